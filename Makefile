@@ -1,0 +1,34 @@
+# Two commands: `make run` and `make test`. Each does all set-up first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+WEIGHTS := weights/lite_medsam.pth
+HOST ?= 127.0.0.1
+PORT ?= 7860
+
+.PHONY: run test setup weights serve lint clean
+
+run: setup
+	GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/medseg serve --host $(HOST) --port $(PORT)
+
+test: setup
+	GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -n 2 -m "not gpu" tests
+
+setup: $(STAMP) $(WEIGHTS)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PIP) install --quiet -e ".[test]"
+	touch $(STAMP)
+
+weights: $(WEIGHTS)
+
+$(WEIGHTS): scripts/fetch_weights.py | $(STAMP)
+	$(PY) scripts/fetch_weights.py $(WEIGHTS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,55 @@
+"""``medseg info``: what a study is (modality, size, spacing, orientation, series)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from data.readers import list_series, read_study
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("info", help="show modality, shape, spacing, orientation and series of a study")
+    p.add_argument("input", help="NIfTI file, DICOM file or series folder, PNG/JPEG")
+    p.add_argument("--series", metavar="UID", help="SeriesInstanceUID, when a folder holds several series")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def describe(path: str, series: str | None = None) -> dict:
+    if Path(path).is_dir() and series is None:
+        found = list_series(path)
+        if len(found) > 1:
+            return {
+                "path": path,
+                "series": [
+                    {"uid": s.series_instance_uid, "modality": s.modality, "description": s.description, "files": len(s.files)}
+                    for s in found
+                ],
+            }
+    v = read_study(path, series_uid=series)
+    return {
+        "path": path,
+        "format": v.source.format,
+        "modality": v.modality,
+        "shape_kji": list(v.array.shape[:3]),
+        "rgb": v.is_rgb,
+        "dtype": str(v.array.dtype),
+        "spacing_mm_ijk": [round(s, 6) for s in v.spacing],
+        "origin_mm_lps": [round(o, 6) for o in v.origin],
+        "orientation": v.orientation_code(),
+        "direction": [round(d, 6) for d in v.direction],
+        "study_instance_uid": v.source.study_instance_uid,
+        "series_instance_uid": v.source.series_instance_uid,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    facts = describe(args.input, args.series)
+    if args.json:
+        print(json.dumps(facts))
+    else:
+        for key, value in facts.items():
+            print(f"{key:>20}: {value}")
+    return 0

@@ -1,0 +1,61 @@
+"""``medseg segment``: one prompt on one slice -> a mask file."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from app.commands.common import add_model_args, add_prompt_args, add_slice_args, add_study_args, load_slice, prompts_from_args
+from app.errors import UsageError
+from data.writers import write_label_nifti, write_png_mask
+from models.registry import load_segmenter
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "segment",
+        help="segment a structure from a box or clicks",
+        description="Segment one structure on one slice. 2D input writes a PNG mask (0/255); 3D input writes a "
+        "NIfTI label map on the source grid with the mask (value 1) on slice K.",
+    )
+    add_study_args(p)
+    add_slice_args(p)
+    add_prompt_args(p)
+    add_model_args(p)
+    p.add_argument("--multimask", action="store_true", help="ask for 3 candidate masks and keep the best-scored one")
+    p.add_argument("--output", "-o", required=True, help="output: .png (2D input) or .nii/.nii.gz")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    prompts = prompts_from_args(args)
+    volume, k, image = load_slice(args)
+    out = Path(args.output)
+    is_nifti = out.name.lower().endswith((".nii", ".nii.gz"))
+    if not volume.is_2d and not is_nifti:
+        raise UsageError(f"--output {out}: a 3D study is written as a NIfTI label map; use a .nii.gz name")
+    if volume.is_2d and not (is_nifti or out.suffix.lower() == ".png"):
+        raise UsageError(f"--output {out}: expected a .png (or .nii.gz) name for 2D input")
+    prompts.validate(image.shape[:2])
+    segmenter = load_segmenter(args.model, args.checkpoint, args.device)
+    t0 = time.perf_counter()
+    embedding = segmenter.embed(image)
+    t1 = time.perf_counter()
+    result = segmenter.predict(embedding, prompts, multimask_output=args.multimask)
+    t2 = time.perf_counter()
+    mask = result.best_mask
+    if is_nifti:
+        labels = np.zeros(volume.array.shape[:3], dtype=np.uint8)
+        labels[k] = mask
+        write_label_nifti(labels, volume, out)
+    else:
+        write_png_mask(mask, out)
+    score = result.scores[result.best_index]
+    print(
+        f"{out}: {int(mask.sum())} pixels on slice {k}, predicted IoU {score:.3f}; "
+        f"encode {1000 * (t1 - t0):.0f} ms, prompt {1000 * (t2 - t1):.0f} ms ({args.device})"
+    )
+    return 0

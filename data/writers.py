@@ -1,0 +1,76 @@
+"""Write results on the exact source grid: NIfTI label maps, PNG masks. All writes are atomic."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image
+
+from data.volume import Volume
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in the target folder; rename it over ``path`` only on success.
+
+    A crash mid-write leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def label_volume_image(labels: np.ndarray, reference: Volume) -> sitk.Image:
+    """(K, J, I) integer labels -> a SimpleITK image with the reference's geometry."""
+    if labels.shape != reference.array.shape[:3]:
+        raise ValueError(f"label array {labels.shape} does not match the source grid {reference.array.shape[:3]}")
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
+    image = sitk.GetImageFromArray(np.ascontiguousarray(labels, dtype=dtype))
+    reference.copy_geometry_to(image)
+    return image
+
+
+def write_label_nifti(labels: np.ndarray, reference: Volume, path: str | Path) -> Path:
+    """Write a NIfTI label map on the source grid (SimpleITK converts LPS -> the NIfTI RAS affine)."""
+    path = Path(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{path}: a NIfTI label map must end in .nii or .nii.gz")
+    image = label_volume_image(labels, reference)
+    with atomic_output(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=path.name.lower().endswith(".gz"))
+    return path
+
+
+def write_png_mask(mask: np.ndarray, path: str | Path) -> Path:
+    """(H, W) bool -> 8-bit PNG with 0 = background, 255 = structure (viewable, and any non-zero reads back)."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        Image.fromarray(np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
+    return path
+
+
+def write_png_labels(labels: np.ndarray, path: str | Path) -> Path:
+    """(H, W) integer label map -> 8-bit PNG keeping the label values."""
+    path = Path(path)
+    if labels.max(initial=0) > 255:
+        raise ValueError("a PNG label map holds at most 255 labels")
+    with atomic_output(path) as tmp:
+        Image.fromarray(np.asarray(labels, dtype=np.uint8)).save(tmp, format="PNG")
+    return path

