@@ -10,6 +10,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("MEDSEG_SHARED", ROOT.parent / "shared"))
+if not SHARED.is_dir():
+    SHARED = Path("/work/shared")
 DATA = SHARED / "data"
 PARITY = SHARED / "parity"
 SAMPLES = ROOT / "samples"
