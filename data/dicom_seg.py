@@ -1,0 +1,302 @@
+"""DICOM-SEG (segmentation storage) written and read with highdicom.
+
+Writing needs a DICOM source: the SEG references every source image (Referenced Series
+Sequence, per-frame Source Image Sequence) and takes its patient/study/frame-of-reference
+identity from them, so 3D Slicer and OHIF put it on the right series. One segment per label
+value, in increasing order of value: segment number ``n`` holds the ``n``-th label value
+(labels 1..N round-trip unchanged; other values are renumbered and the mapping is returned by
+:func:`read_dicom_seg` through the segment names).
+
+Reading returns a label map (segment numbers as values) either on a given source grid (by
+SOP Instance UID when the SEG references that series, else by position in patient space) or,
+without a grid, on the SEG's own frames and geometry (PlanePosition / PixelMeasures /
+PlaneOrientation), which is what a third-party SEG whose source images are absent gives.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from data.volume import SourceRef, Volume
+from data.writers import atomic_output
+
+SEG_SERIES_NUMBER = 900
+DEFAULT_COLOURS: tuple[tuple[int, int, int], ...] = (  # one per segment, cycled
+    (255, 200, 0), (0, 160, 255), (230, 60, 60), (60, 200, 90), (190, 90, 230), (240, 130, 40), (40, 210, 210),
+    (250, 110, 180),
+)
+
+# Patient / General Study attributes highdicom copies from the source; some sources (e.g. headers
+# written by a script) lack them, and the standard lets them be empty.
+TYPE2_FROM_SOURCE = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+
+Deidentifier = Callable[[pydicom.Dataset], None]
+"""Hook called on the finished SEG dataset before it is written (edits it in place). Patient
+name, ID, birth date, sex and the study's dates and IDs are copied from the source images by
+highdicom; a de-identifier (e.g. one following DICOM PS3.15 Annex E) belongs here."""
+
+
+class DicomSegError(ValueError):
+    """A DICOM-SEG that cannot be written or read; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class SegLabels:
+    """A DICOM-SEG read back: ``labels.array`` is a ``[k, j, i]`` uint label map whose values are
+    segment numbers (0 = background), with the geometry of the grid it lies on.
+
+    names / colours: segment number -> label and recommended display colour (RGB 0..255).
+    """
+
+    labels: Volume
+    names: dict[int, str] = field(default_factory=dict)
+    colours: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    algorithm: str = ""
+
+
+def medseg_version() -> str:
+    try:
+        return importlib.metadata.version("medseg")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+# --- writing ------------------------------------------------------------------------------------
+def write_dicom_seg(
+    labels: np.ndarray,
+    volume: Volume,
+    path: str | Path,
+    *,
+    label_names: Mapping[int, str] | None = None,
+    colours: Mapping[int, Sequence[int]] | None = None,
+    model_name: str = "litemedsam",
+    series_description: str = "medseg segmentation",
+    deidentify: Deidentifier | None = None,
+) -> Path:
+    """Write ``labels`` ((K, H, W) integers on ``volume``'s grid, 0 = background) as a BINARY DICOM-SEG.
+
+    ``volume`` must come from a DICOM series (``volume.source.files``: one file per slice k, in
+    array order). ``label_names`` / ``colours`` map label values to a name and an RGB colour;
+    missing ones get ``"label <v>"`` and a default palette.
+    """
+    import highdicom as hd
+
+    path = Path(path)
+    labels = np.asarray(labels)
+    if labels.shape != volume.array.shape[:3]:
+        raise DicomSegError(f"{path}: label array {labels.shape} does not match the source grid {volume.array.shape[:3]}")
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        raise DicomSegError(f"{path}: labels must be integers (0 = background), got {labels.dtype}")
+    if labels.min(initial=0) < 0:
+        raise DicomSegError(f"{path}: labels must be >= 0, found {int(labels.min())}")
+    sources = _source_datasets(volume, path)
+    values = sorted(int(v) for v in np.unique(labels) if v != 0)
+    if label_names:
+        values = sorted(set(values) | {int(v) for v in label_names if int(v) != 0})
+    if not values:
+        values = [1]  # nothing segmented: still a valid SEG with one (empty) segment
+    remapped = np.zeros(labels.shape, dtype=np.uint8 if len(values) < 256 else np.uint16)
+    for number, value in enumerate(values, start=1):
+        remapped[labels == value] = number
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=model_name,
+        family=_codes().DCM.ArtificialIntelligence,
+        version=f"medseg {medseg_version()}",
+        source="medseg",
+    )
+    descriptions = [
+        _segment_description(number, value, label_names or {}, colours or {}, algorithm)
+        for number, value in enumerate(values, start=1)
+    ]
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=remapped,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=SEG_SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="medseg",
+            manufacturer_model_name="medseg",
+            software_versions=medseg_version(),
+            device_serial_number="0",
+            series_description=series_description[:64],
+            # Omit frames with no foreground (smaller files, what Slicer/dcmqi write); an all-empty
+            # result keeps its frames, since a SEG needs at least one frame.
+            omit_empty_frames=bool(remapped.any()),
+        )
+    except (ValueError, TypeError, AttributeError) as e:
+        raise DicomSegError(f"{path}: highdicom could not build the DICOM-SEG ({e})") from e
+    if deidentify is not None:
+        deidentify(seg)
+    with atomic_output(path) as tmp:
+        seg.save_as(tmp)
+    return path
+
+
+def _codes():
+    from pydicom.sr.codedict import codes
+
+    return codes
+
+
+def _segment_description(number, value, names, colours, algorithm):
+    import highdicom as hd
+
+    codes = _codes()
+    name = str(names.get(value, f"label {value}"))
+    concept = getattr(codes.SCT, "".join(w[:1].upper() + w[1:] for w in name.split()), None)
+    if concept is not None:
+        category, kind = codes.SCT.AnatomicalStructure, concept
+    else:  # free-text label: the generic coded pair dcmqi also uses
+        category, kind = codes.SCT.Tissue, codes.SCT.Tissue
+    rgb = tuple(int(c) for c in colours.get(value, DEFAULT_COLOURS[(number - 1) % len(DEFAULT_COLOURS)]))
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise DicomSegError(f"colour of label {value} must be 3 values in 0..255, got {rgb}")
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=name[:64],
+        segmented_property_category=category,
+        segmented_property_type=kind,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+        algorithm_identification=algorithm,
+        display_color=hd.color.CIELabColor.from_rgb(*rgb),
+    )
+
+
+def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
+    src = volume.source
+    if src.format not in ("dicom-series", "dicom") or not src.files:
+        raise DicomSegError(
+            f"{path}: DICOM-SEG needs a DICOM source series (this study is {src.format or 'in memory'}); "
+            "write a NIfTI label map (.nii.gz) instead"
+        )
+    if len(src.files) != volume.num_slices:
+        raise DicomSegError(
+            f"{path}: the source has {len(src.files)} DICOM files for {volume.num_slices} slices "
+            "(a multi-frame source); write a NIfTI label map (.nii.gz) instead"
+        )
+    datasets = []
+    for f in src.files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except (OSError, pydicom.errors.InvalidDicomError) as e:
+            raise DicomSegError(f"{path}: the source image {f} can no longer be read ({e}); reopen the study") from e
+        for keyword in TYPE2_FROM_SOURCE:  # Type 2: must be present, may be empty (PS3.3 C.7.1.1, C.7.2.1)
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+        datasets.append(ds)
+    return datasets
+
+
+# --- reading ------------------------------------------------------------------------------------
+def read_dicom_seg(path: str | Path, reference: Volume | None = None) -> SegLabels:
+    """Read a DICOM-SEG as a label map (values = segment numbers).
+
+    With ``reference``: on its grid, by SOP Instance UID when the SEG references its DICOM
+    images, else by patient-space position (nearest neighbour; needs the same frame of
+    reference). Without: the SEG's own frames and geometry.
+    """
+    import highdicom as hd
+
+    path = Path(path)
+    try:
+        seg = hd.seg.segread(path)
+    except Exception as e:  # pydicom/highdicom raise many types on a bad file
+        raise DicomSegError(f"{path}: not a readable DICOM-SEG ({e})") from e
+    names = {int(d.SegmentNumber): str(d.SegmentLabel) for d in seg.SegmentSequence}
+    colours = {}
+    for d in seg.SegmentSequence:
+        if "RecommendedDisplayCIELabValue" in d:
+            colours[int(d.SegmentNumber)] = tuple(int(c) for c in hd.color.CIELabColor.from_dicom_value(
+                d.RecommendedDisplayCIELabValue).to_rgb())
+    algorithm = ""
+    first = seg.SegmentSequence[0]
+    if "SegmentationAlgorithmIdentificationSequence" in first:
+        item = first.SegmentationAlgorithmIdentificationSequence[0]
+        algorithm = f"{item.AlgorithmName} ({item.AlgorithmVersion})"
+
+    if reference is not None:
+        referenced = {uid for _, _, uid in seg.get_source_image_uids()}
+        ours = reference.source.sop_instance_uids
+        if ours and referenced & set(ours):
+            array = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=list(ours),
+                combine_segments=True,
+                assert_missing_frames_are_empty=True,
+                dtype=np.uint16,
+            )
+            labels = reference.with_array(_smallest_uint(array))
+        else:
+            labels = _resample_onto(_own_grid(seg, path), reference, path)
+    else:
+        labels = _own_grid(seg, path)
+    return SegLabels(labels=labels, names=names, colours=colours, algorithm=algorithm)
+
+
+def _own_grid(seg, path: Path) -> Volume:
+    """The SEG's frames as a volume, geometry from its functional groups (LPS, ITK convention)."""
+    try:
+        hd_volume = seg.get_volume(combine_segments=True, dtype=np.uint16)
+    except (ValueError, RuntimeError) as e:
+        raise DicomSegError(f"{path}: the SEG frames do not form a regular volume ({e})") from e
+    affine = np.asarray(hd_volume.affine, dtype=float)  # (slice, row, column) index -> LPS mm
+    cols = affine[:3, :3]  # columns: k, j, i axes
+    axes = cols[:, [2, 1, 0]]  # -> i, j, k
+    spacing = np.linalg.norm(axes, axis=0)
+    direction = axes / spacing
+    origin = affine[:3, 3].copy()
+    array = np.asarray(hd_volume.array)
+    if array.ndim == 4:  # a channel axis left over (one segment)
+        array = array[..., 0]
+    if np.dot(np.cross(direction[:, 0], direction[:, 1]), direction[:, 2]) < 0:
+        # order slices along the row x column normal, as ITK's DICOM reader does (right-handed)
+        origin = origin + (array.shape[0] - 1) * axes[:, 2]
+        direction[:, 2] = -direction[:, 2]
+        array = array[::-1]
+    frame_uid = str(getattr(seg, "FrameOfReferenceUID", "")) or None
+    return Volume(
+        array=_smallest_uint(array),
+        spacing=tuple(float(s) for s in spacing),
+        origin=tuple(float(o) for o in origin),
+        direction=tuple(float(d) + 0.0 for d in direction.reshape(-1)),
+        modality="SEG",
+        source=SourceRef(
+            path=str(path),
+            format="dicom-seg",
+            study_instance_uid=str(seg.StudyInstanceUID),
+            series_instance_uid=str(seg.SeriesInstanceUID),
+            frame_of_reference_uid=frame_uid,
+            sop_instance_uids=(str(seg.SOPInstanceUID),),
+            sop_class_uid=str(seg.SOPClassUID),
+            files=(str(path),),
+        ),
+    )
+
+
+def _resample_onto(own: Volume, reference: Volume, path: Path) -> Volume:
+    ref_for, seg_for = reference.source.frame_of_reference_uid, own.source.frame_of_reference_uid
+    if ref_for and seg_for and ref_for != seg_for:
+        raise DicomSegError(
+            f"{path}: the SEG lies in frame of reference {seg_for}, the study in {ref_for}: it belongs to another study"
+        )
+    target = sitk.Image(*reversed(reference.array.shape[:3]), sitk.sitkUInt8)
+    reference.copy_geometry_to(target)
+    moved = sitk.Resample(own.to_sitk(), target, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    return reference.with_array(_smallest_uint(sitk.GetArrayFromImage(moved)))
+
+
+def _smallest_uint(array: np.ndarray) -> np.ndarray:
+    return np.asarray(array, dtype=np.uint8 if array.max(initial=0) < 256 else np.uint16)
