@@ -1,0 +1,466 @@
+"""The UI's actions, free of Gradio: each takes a session id and returns a :class:`ViewModel`.
+
+``app.ui`` only lays out components and maps a ViewModel onto them, so everything here is
+testable with plain calls. Every action that changes the label map saves the session
+atomically before it returns (``SessionStore.save``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from app import interaction
+from app.interaction import ModelRunner, Prefetcher
+from app.render import Markers, Plane, VIEWS, compose, display_size, display_to_plane, display_window, to_rgb
+from app.session import PALETTE, Session, SessionError, SessionStore
+from app.uploads import import_upload
+from data.readers import read_study
+from data.writers import write_label_nifti
+from models.prompts import PromptError
+from models.registry import PROJECT_ROOT, list_specs
+
+Progress = Callable[[float, str], None]
+MODES = ("point +", "point −", "box")
+
+
+def sample_studies() -> dict[str, Path]:
+    """The bundled samples the study picker offers (name -> path)."""
+    root = PROJECT_ROOT / "samples"
+    return {
+        "CT head (DICOM series, 12 slices)": root / "ct_head_0051_series",
+        "MR T1 brain, Colin27 (NIfTI, 32 slices)": root / "colin27" / "mr_t1_colin27_slabA_image.nii.gz",
+    }
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """(label, name) for every registered variant; those without weights say which file they need."""
+    out = []
+    for spec in list_specs():
+        if spec.available():
+            out.append((f"{spec.name}: {spec.description}", spec.name))
+        else:
+            out.append((f"{spec.name} (unavailable: needs {spec.default_checkpoint})", spec.name))
+    return out
+
+
+def dicom_seg_available() -> bool:
+    """DICOM-SEG export comes from ``data.export`` (the standards work); absent, only NIfTI is offered."""
+    return importlib.util.find_spec("data.export") is not None
+
+
+@dataclass
+class AppContext:
+    """Everything the actions share: the session store, the model door and the prefetcher."""
+
+    store: SessionStore
+    runner: ModelRunner
+    prefetcher: Prefetcher
+
+
+@dataclass
+class ViewModel:
+    """What the page shows after an action."""
+
+    session_id: str
+    image: np.ndarray | None = None
+    views: list[str] = field(default_factory=lambda: ["axial"])
+    view: str = "axial"
+    slice_max: int = 0
+    slice_index: int = 0
+    labels: list[tuple[str, int]] = field(default_factory=list)
+    active: int = 1
+    colour: str = "#e6194b"
+    label_name: str = ""
+    measurements: list[list] = field(default_factory=list)
+    alternatives: list[str] = field(default_factory=list)
+    chosen: str | None = None
+    facts: str = "No study open."
+    status: str = ""
+    model: str = "litemedsam"
+    window: str = "default"
+    level: float = 40.0
+    width: float = 400.0
+    opacity: float = 0.45
+    mode: str = MODES[0]
+    undo_depth: int = 0
+    redo_depth: int = 0
+
+
+# --- session lifecycle ------------------------------------------------------------------------
+def start(ctx: AppContext, stored_id: str | None, session_hash: str | None = None) -> ViewModel:
+    """Page load: restore the browser's session if the server has it, else start a new one."""
+    session, restored = ctx.store.open(stored_id)
+    if session_hash:
+        ctx.store.bind(session_hash, session.id)
+    if not restored:
+        ctx.store.cleanup()
+    status = "Session restored." if restored and session.volume is not None else "Open a sample or upload a study."
+    return view_model(session, status)
+
+
+def _session(ctx: AppContext, sid: str) -> Session:
+    return ctx.store.get(sid)
+
+
+def _with_session(fn):
+    """Run an action under the session's lock (two tabs of one browser share a session)."""
+
+    def wrapper(ctx: AppContext, sid: str, *args, **kwargs) -> ViewModel:
+        session = _session(ctx, sid)
+        with session.lock:
+            return fn(ctx, session, *args, **kwargs)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+# --- opening studies --------------------------------------------------------------------------
+@_with_session
+def open_sample(ctx: AppContext, session: Session, name: str, progress: Progress | None = None) -> ViewModel:
+    samples = sample_studies()
+    if name not in samples:
+        raise SessionError(f"unknown sample {name!r}; choose one of: {', '.join(samples)}")
+    return _open(ctx, session, samples[name], name, progress)
+
+
+@_with_session
+def open_upload(ctx: AppContext, session: Session, files: list[str], progress: Progress | None = None) -> ViewModel:
+    if progress:
+        progress(0.05, "copying the upload")
+    upload_dir = session.directory / "uploads" / time.strftime("%Y%m%d-%H%M%S")
+    path = import_upload(files, upload_dir)
+    return _open(ctx, session, path, Path(files[0]).name if len(files) == 1 else f"{len(files)} files", progress)
+
+
+def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Progress | None) -> ViewModel:
+    if progress:
+        progress(0.2, f"reading {name}")
+    volume = read_study(path)
+    session.start_study(volume, str(path), name)
+    ctx.store.save(session)
+    if progress:
+        progress(0.9, "rendering")
+    return view_model(session, f"Opened {name}. Click on the structure, or draw a box with two clicks.")
+
+
+@_with_session
+def warm(ctx: AppContext, session: Session) -> ViewModel:
+    """Encode the shown plane now (so the first click is fast) and queue its neighbours."""
+    if session.volume is None:
+        return view_model(session, "")
+    view, index = session.view.view, session.view.index[session.view.view]
+    with ctx.runner.turn():
+        ctx.runner.embedding(session, view, index)
+    ctx.prefetcher.request(session, view, index)
+    return view_model(session, "Ready: the slice is encoded.")
+
+
+# --- looking ----------------------------------------------------------------------------------
+@_with_session
+def set_view(ctx: AppContext, session: Session, view: str) -> ViewModel:
+    volume = session.require_study()
+    Plane.of(volume, view)
+    session.view.view = view
+    session.prompt = None
+    ctx.store.save(session)
+    return view_model(session, "")
+
+
+@_with_session
+def set_slice(ctx: AppContext, session: Session, index: int) -> ViewModel:
+    volume = session.require_study()
+    n = Plane.of(volume, session.view.view).count(session.labels.shape)
+    session.view.index[session.view.view] = int(np.clip(int(index), 0, n - 1))
+    ctx.store.save(session)
+    return view_model(session, "")
+
+
+@_with_session
+def step(ctx: AppContext, session: Session, delta: int) -> ViewModel:
+    volume = session.require_study()
+    n = Plane.of(volume, session.view.view).count(session.labels.shape)
+    v = session.view.view
+    session.view.index[v] = int(np.clip(session.view.index[v] + int(delta), 0, n - 1))
+    return view_model(session, "")
+
+
+@_with_session
+def set_display(
+    ctx: AppContext, session: Session, window: str, level: float, width: float, opacity: float, mode: str
+) -> ViewModel:
+    """Window, free level/width, overlay opacity and click mode (display only; the model is unaffected)."""
+    if window == "custom" and (width is None or float(width) <= 0):
+        raise ValueError(f"window width must be positive, got {width}")
+    if mode not in MODES:
+        raise ValueError(f"unknown click mode {mode!r}; expected one of {', '.join(MODES)}")
+    vs = session.view
+    vs.window, vs.opacity, vs.mode = window, float(np.clip(opacity, 0.0, 1.0)), mode
+    if level is not None:
+        vs.level = float(level)
+    if width is not None:
+        vs.width = float(width)
+    if session.prompt is not None and session.prompt.corner is not None and mode != "box":
+        session.prompt = None
+    ctx.store.save(session)
+    return view_model(session, "")
+
+
+# --- prompting --------------------------------------------------------------------------------
+@_with_session
+def click(ctx: AppContext, session: Session, x_display: float, y_display: float) -> ViewModel:
+    """A click on the shown image, in display pixels (x, y), acted on by the current mode."""
+    volume = session.require_study()
+    view, index = session.view.view, session.view.index[session.view.view]
+    plane = Plane.of(volume, view)
+    plane_hw = plane.extract(session.labels, index).shape
+    x, y = display_to_plane((x_display, y_display), plane_hw, display_size(plane_hw, plane.spacing(volume)))
+    mode = session.view.mode
+    if mode == "box":
+        edit = interaction.box_click(ctx.runner, session, x, y)
+        if edit is None:
+            return view_model(session, "Box: now click the opposite corner.")
+    else:
+        edit = interaction.click(ctx.runner, session, x, y, positive=mode == "point +")
+    ctx.store.save(session)
+    ctx.prefetcher.request(session, view, index)
+    return view_model(session, _done(session, edit.description))
+
+
+@_with_session
+def choose(ctx: AppContext, session: Session, alternative: int) -> ViewModel:
+    edit = interaction.choose_alternative(session, alternative)
+    ctx.store.save(session)
+    return view_model(session, _done(session, edit.description))
+
+
+@_with_session
+def mask(ctx: AppContext, session: Session, mask_display: np.ndarray, use_model: bool) -> ViewModel:
+    """A mask drawn on (or uploaded at) display size or plane size -> prompt or paint."""
+    volume = session.require_study()
+    view, index = session.view.view, session.view.index[session.view.view]
+    plane = Plane.of(volume, view)
+    plane_hw = plane.extract(session.labels, index).shape
+    m = np.asarray(mask_display).astype(bool)
+    if m.ndim == 3:
+        m = m.any(axis=2)
+    if m.shape != plane_hw:
+        import cv2
+
+        shown = display_size(plane_hw, plane.spacing(volume))
+        if m.shape != shown:
+            raise PromptError(
+                f"the mask is {m.shape[1]}x{m.shape[0]} pixels; expected the plane ({plane_hw[1]}x{plane_hw[0]}) "
+                f"or the display ({shown[1]}x{shown[0]})"
+            )
+        m = cv2.resize(m.astype(np.uint8), (plane_hw[1], plane_hw[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+    edit = interaction.mask_prompt(ctx.runner, session, m, use_model=use_model)
+    ctx.store.save(session)
+    return view_model(session, _done(session, edit.description))
+
+
+@_with_session
+def new_object(ctx: AppContext, session: Session) -> ViewModel:
+    session.prompt = None
+    return view_model(session, "Next click starts a new object.")
+
+
+@_with_session
+def undo(ctx: AppContext, session: Session) -> ViewModel:
+    edit = session.undo()
+    ctx.store.save(session)
+    return view_model(session, f"Undid {edit.description}." if edit else "Nothing to undo.")
+
+
+@_with_session
+def redo(ctx: AppContext, session: Session) -> ViewModel:
+    edit = session.redo()
+    ctx.store.save(session)
+    return view_model(session, f"Redid {edit.description}." if edit else "Nothing to redo.")
+
+
+@_with_session
+def clear(ctx: AppContext, session: Session) -> ViewModel:
+    name = session.label(session.active).name
+    edit = session.clear_label(session.active)
+    ctx.store.save(session)
+    return view_model(session, f"Cleared {name} (undo brings it back)." if edit else f"{name} was already empty.")
+
+
+# --- labels -----------------------------------------------------------------------------------
+@_with_session
+def add_label(ctx: AppContext, session: Session, name: str) -> ViewModel:
+    session.require_study()
+    d = session.add_label(name)
+    ctx.store.save(session)
+    return view_model(session, f"Added {d.name}; it is now the active label.")
+
+
+@_with_session
+def select_label(ctx: AppContext, session: Session, value: int) -> ViewModel:
+    session.label(int(value))
+    if session.active != int(value):
+        session.active = int(value)
+        session.prompt = None
+    ctx.store.save(session)
+    return view_model(session, "")
+
+
+@_with_session
+def edit_label(ctx: AppContext, session: Session, name: str, colour: str) -> ViewModel:
+    session.edit_label(session.active, name=name, colour=parse_colour(colour))
+    ctx.store.save(session)
+    return view_model(session, "")
+
+
+def parse_colour(text: str | None) -> tuple[int, int, int] | None:
+    """'#rrggbb' or 'rgb(r, g, b)'/'rgba(...)' (what colour pickers send) -> (r, g, b); None if empty."""
+    if not text:
+        return None
+    t = text.strip().lower()
+    try:
+        if t.startswith("#") and len(t) in (7, 9):
+            return int(t[1:3], 16), int(t[3:5], 16), int(t[5:7], 16)
+        if t.startswith("rgb"):
+            parts = t[t.index("(") + 1 : t.index(")")].split(",")
+            return tuple(int(round(float(p))) for p in parts[:3])  # type: ignore[return-value]
+    except ValueError:
+        pass
+    raise ValueError(f"colour {text!r} is not '#rrggbb'")
+
+
+# --- model ------------------------------------------------------------------------------------
+@_with_session
+def set_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
+    specs = {s.name: s for s in list_specs()}
+    if name not in specs:
+        raise SessionError(f"unknown model {name!r}; known: {', '.join(specs)}")
+    if not specs[name].available():
+        raise SessionError(f"{name} is unavailable: put its weights at {specs[name].default_checkpoint}")
+    ctx.runner.segmenter(name)  # load once (cached per process) before switching
+    session.model = name
+    session.prompt = None
+    ctx.store.save(session)
+    return view_model(session, f"Model: {name}.")
+
+
+# --- export -----------------------------------------------------------------------------------
+def export(ctx: AppContext, sid: str, fmt: str) -> tuple[Path, ViewModel]:
+    """Write the label map into the session's exports/ folder; returns the file to download."""
+    session = _session(ctx, sid)
+    with session.lock:
+        volume = session.require_study()
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(session.study_name).stem.split(".")[0])
+        out_dir = session.directory / "exports"
+        if fmt == "nifti":
+            path = write_label_nifti(session.labels, volume, out_dir / f"{stem or 'study'}_labels.nii.gz")
+        elif fmt == "dicom-seg":
+            if not dicom_seg_available():
+                raise SessionError("DICOM-SEG export is not available in this build; export NIfTI")
+            from data.export import export_labels
+
+            path = export_labels(
+                session.labels,
+                volume,
+                out_dir / f"{stem or 'study'}_seg.dcm",
+                label_names={d.value: d.name for d in session.label_defs},
+                colours={d.value: d.colour for d in session.label_defs},
+                model_name=session.model,
+            )
+        else:
+            raise ValueError(f"unknown export format {fmt!r}; expected nifti or dicom-seg")
+        return Path(path), view_model(session, f"Exported {Path(path).name}.")
+
+
+# --- the view ---------------------------------------------------------------------------------
+def _done(session: Session, what: str) -> str:
+    p = session.prompt
+    n = len(p.points) if p is not None else 0
+    extra = f" ({n} point{'s' if n != 1 else ''}{', box' if p is not None and p.box else ''})" if p is not None else ""
+    return f"{what.capitalize()}{extra}: overlay updated."
+
+
+def render(session: Session) -> np.ndarray:
+    """The shown image of the session's current plane with labels and prompt marks."""
+    volume = session.require_study()
+    vs = session.view
+    plane = Plane.of(volume, vs.view)
+    index = vs.index[vs.view]
+    key = (vs.window, vs.level, vs.width) if vs.window == "custom" else (vs.window,)
+    windows = session.runtime.setdefault("display_windows", {})
+    if key not in windows:
+        windows[key] = display_window(volume, vs.window, vs.level, vs.width)
+    image = to_rgb(np.ascontiguousarray(plane.extract(volume.array, index)), windows[key])
+    labels = np.asarray(plane.extract(session.labels, index))
+    markers = None
+    p = session.prompt
+    if p is not None and p.same_target(vs.view, index, p.label):
+        markers = Markers(
+            points=np.asarray(p.points, float).reshape(-1, 2) if p.points else None,
+            point_labels=np.asarray(p.point_labels) if p.points else None,
+            box=np.asarray(p.box) if p.box is not None else None,
+            corner=p.corner,
+        )
+    return compose(image, labels, session.colours(), shown_hw=display_size(labels.shape, plane.spacing(volume)),
+                   opacity=vs.opacity, markers=markers)
+
+
+def facts(session: Session) -> str:
+    """``medseg info``-style facts of the open study (markdown)."""
+    v = session.volume
+    if v is None:
+        return "No study open."
+    sx, sy, sz = v.spacing
+    k, j, i = v.array.shape[:3]
+    lines = [
+        f"**{session.study_name}**",
+        f"modality **{v.modality}**, format {v.source.format or '?'}",
+        f"size {i} × {j} × {k} (i × j × k){', RGB' if v.is_rgb else ''}, {v.array.dtype}",
+        f"spacing {sx:.3g} × {sy:.3g} × {sz:.3g} mm, orientation {v.orientation_code()}",
+    ]
+    if v.source.series_instance_uid:
+        lines.append(f"series `{v.source.series_instance_uid}`")
+    return "  \n".join(lines)
+
+
+def view_model(session: Session, status: str) -> ViewModel:
+    vs = session.view
+    vm = ViewModel(
+        session_id=session.id,
+        status=status,
+        model=session.model,
+        window=vs.window,
+        level=vs.level,
+        width=vs.width,
+        opacity=vs.opacity,
+        mode=vs.mode,
+        facts=facts(session),
+        undo_depth=len(session.undo_stack),
+        redo_depth=len(session.redo_stack),
+    )
+    if session.volume is None or session.labels is None:
+        return vm
+    volume = session.volume
+    vm.views = ["axial"] if volume.is_2d else list(VIEWS)
+    vm.view = vs.view
+    plane = Plane.of(volume, vs.view)
+    vm.slice_max = plane.count(session.labels.shape) - 1
+    vm.slice_index = vs.index[vs.view]
+    vm.labels = [(f"{d.value} · {d.name}", d.value) for d in session.label_defs]
+    vm.active = session.active
+    active = session.label(session.active) if session.label_defs else None
+    vm.label_name = active.name if active else ""
+    vm.colour = "#%02x%02x%02x" % (active.colour if active else PALETTE[0])
+    vm.measurements = interaction.measurements(session)
+    p = session.prompt
+    if p is not None and p.alternatives and p.same_target(vs.view, vm.slice_index, session.active):
+        vm.alternatives = [f"{i + 1} (IoU {score:.2f})" for i, (_, _, score) in enumerate(p.alternatives)]
+        vm.chosen = vm.alternatives[p.chosen]
+    vm.image = render(session)
+    return vm

@@ -1,0 +1,382 @@
+"""Prompting on a plane: clicks, boxes and masks become :class:`Prompts`; results become edits.
+
+The interaction protocol (``DESIGN.md``): the first prompt may be a box, a click or a mask; each
+later click on the same object adds a point and feeds back the previous low-resolution logits,
+as SAM's interactive loop does. A lone first click is ambiguous (part or whole?), so it asks for
+SAM's three multimask candidates, keeps the one with the best predicted IoU and offers the others.
+
+Model work goes through one :class:`ModelRunner` (a lock shared by user requests and the
+background :class:`Prefetcher`); embeddings are cached per session, per plane.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
+
+from app.render import Plane, to_rgb
+from app.session import Edit, PromptState, Session, SessionError
+from data.windowing import Window, default_window
+from models.prompts import MaskResult, PromptError, Prompts
+from models.registry import load_segmenter
+from models.segmenter import Embedding, Segmenter
+
+log = logging.getLogger(__name__)
+EMBEDDINGS_PER_SESSION = 24  # LiteMedSAM: 4 MiB each
+
+
+class PlaneEmbeddings:
+    """LRU cache of one session's embeddings keyed by (model, view, index)."""
+
+    def __init__(self, max_items: int = EMBEDDINGS_PER_SESSION):
+        self.max_items = max_items
+        self._items: OrderedDict[tuple[str, str, int], Embedding] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, int]) -> Embedding | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: tuple[str, str, int], embedding: Embedding) -> None:
+        with self._lock:
+            self._items[key] = embedding
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def __contains__(self, key: tuple[str, str, int]) -> bool:
+        with self._lock:
+            return key in self._items
+
+
+def embeddings_of(session: Session) -> PlaneEmbeddings:
+    return session.runtime.setdefault("embeddings", PlaneEmbeddings())
+
+
+def model_window(session: Session) -> Window | None:
+    """The study's default window (what the model sees), computed once per study."""
+    if "model_window" not in session.runtime:
+        session.runtime["model_window"] = default_window(session.require_study())
+    return session.runtime["model_window"]
+
+
+def plane_image(session: Session, view: str, index: int) -> np.ndarray:
+    """(H, W, 3) uint8 model input of one plane (the study's default window, not the display's)."""
+    volume = session.require_study()
+    return to_rgb(np.ascontiguousarray(Plane.of(volume, view).extract(volume.array, index)), model_window(session))
+
+
+class ModelRunner:
+    """The one door to the models: a lock so that one model call runs at a time.
+
+    Weights come from ``load_segmenter`` (cached per process, shared read-only). ``busy`` counts
+    user requests waiting or running, so the prefetcher steps aside for them.
+    """
+
+    def __init__(self, device: str = "cpu", idle_after_s: float = 0.5):
+        self.device = device
+        self.idle_after_s = idle_after_s
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._last_user = 0.0
+        self._count_lock = threading.Lock()
+
+    def segmenter(self, name: str) -> Segmenter:
+        return load_segmenter(name, device=self.device)
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """Hold the model for a user request."""
+        with self._count_lock:
+            self._waiting += 1
+        try:
+            with self._lock:
+                yield
+        finally:
+            with self._count_lock:
+                self._waiting -= 1
+                self._last_user = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        """A user request is waiting or running, or one ended less than ``idle_after_s`` ago."""
+        return self._waiting > 0 or time.monotonic() - self._last_user < self.idle_after_s
+
+    def try_background_turn(self) -> bool:
+        """Take the model for background work only if no user request is waiting (release after)."""
+        if self.busy:
+            return False
+        return self._lock.acquire(blocking=False)
+
+    def release_background_turn(self) -> None:
+        self._lock.release()
+
+    def embedding(self, session: Session, view: str, index: int) -> Embedding:
+        """The plane's embedding from the session cache, encoding it on a miss (caller holds a turn)."""
+        key = (session.model, view, int(index))
+        cache = embeddings_of(session)
+        hit = cache.get(key)
+        if hit is None:
+            hit = self.segmenter(session.model).embed(plane_image(session, view, index))
+            cache.put(key, hit)
+        return hit
+
+
+class Prefetcher:
+    """Encodes neighbouring planes in a background thread while no user request needs the model.
+
+    Started lazily on the first request (importing does nothing); one daemon thread per app.
+    A new request for a session replaces its older one (only the current neighbourhood matters).
+    """
+
+    def __init__(self, runner: ModelRunner, radius: int = 1):
+        self.runner = runner
+        self.radius = radius
+        self._jobs: "queue.Queue[tuple[Session, str, int, str]]" = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.done = 0
+
+    def neighbours(self, session: Session, view: str, index: int) -> list[int]:
+        n = Plane.of(session.require_study(), view).count(session.labels.shape)
+        out = []
+        for d in range(1, self.radius + 1):
+            out += [i for i in (index + d, index - d) if 0 <= i < n]
+        return out
+
+    def request(self, session: Session, view: str, index: int) -> None:
+        if self.radius <= 0 or session.volume is None:
+            return
+        for i in self.neighbours(session, view, index):
+            if (session.model, view, i) not in embeddings_of(session):
+                self._jobs.put((session, view, i, session.model))
+        self._ensure_thread()
+
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="medseg-prefetch", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def idle(self) -> bool:
+        return self._jobs.unfinished_tasks == 0
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                session, view, index, model = self._jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self._one(session, view, index, model)
+            except Exception:  # a background nicety must never take the server down
+                log.exception("prefetch of %s %d failed", view, index)
+            finally:
+                self._jobs.task_done()
+
+    def _one(self, session: Session, view: str, index: int, model: str) -> None:
+        while not self._stop.is_set():
+            if session.model != model or session.volume is None or (model, view, index) in embeddings_of(session):
+                return
+            if self.runner.try_background_turn():
+                try:
+                    self.runner.embedding(session, view, index)
+                    self.done += 1
+                finally:
+                    self.runner.release_background_turn()
+                return
+            self._stop.wait(0.05)
+
+
+# --- prompts -> results -> edits --------------------------------------------------------------
+def new_prompt(session: Session, view: str, index: int) -> PromptState:
+    """Start a new object on the plane, remembering the plane as it is now."""
+    base = np.array(session.region(view, index), copy=True)
+    return PromptState(view=view, index=index, label=session.active, base=base)
+
+
+def current_prompt(session: Session, view: str, index: int) -> PromptState:
+    """The object being refined on this plane and label, or a new one."""
+    p = session.prompt
+    if p is not None and p.base is not None and p.same_target(view, index, session.active):
+        return p
+    return new_prompt(session, view, index)
+
+
+def to_prompts(p: PromptState) -> Prompts:
+    points = np.asarray(p.points, dtype=np.float32).reshape(-1, 2) if p.points else None
+    labels = np.asarray(p.point_labels, dtype=np.int64) if p.points else None
+    return Prompts(points=points, point_labels=labels, box=p.box, mask_logits=p.logits)
+
+
+def merged_plane(base: np.ndarray, mask: np.ndarray, label: int) -> np.ndarray:
+    """``base`` with ``mask`` painted as ``label``; other labels are kept (never overwritten)."""
+    out = np.where(base == label, 0, base).astype(base.dtype)
+    out[np.asarray(mask, bool) & (out == 0)] = label
+    return out
+
+
+def _edit(session: Session, before_prompt: PromptState | None, after: PromptState, mask: np.ndarray, what: str) -> Edit:
+    region = session.region(after.view, after.index)
+    return Edit(
+        description=what,
+        view=after.view,
+        index=after.index,
+        before=np.array(region, copy=True),
+        after=merged_plane(after.base, mask, after.label),
+        prompt_before=before_prompt,
+        prompt_after=after,
+    )
+
+
+def click(runner: ModelRunner, session: Session, x: float, y: float, positive: bool) -> Edit:
+    """A click at plane pixel (x, y): refine the current object, or start one (multimask)."""
+    view, index = session.view.view, session.view.index[session.view.view]
+    before = session.prompt
+    p = current_prompt(session, view, index)
+    if p.corner is not None:
+        p = PromptState(view=view, index=index, label=p.label, points=p.points, point_labels=p.point_labels,
+                        box=p.box, base=p.base, logits=p.logits)  # a click cancels a half-drawn box
+    if not p.points and p.box is None and p.logits is None and not positive:
+        raise PromptError("start an object with a positive click, a box or a mask; a negative click only refines")
+    points = p.points + ((float(x), float(y)),)
+    point_labels = p.point_labels + (1 if positive else 0,)
+    p = PromptState(view=view, index=index, label=p.label, points=points, point_labels=point_labels,
+                    box=p.box, base=p.base, logits=p.logits)
+    ambiguous = len(points) == 1 and p.box is None and p.logits is None
+    result = _predict(runner, session, p, multimask=ambiguous)
+    best = result.best_index
+    alternatives = (
+        tuple((result.masks[i], result.low_res_logits[i][None], float(result.scores[i])) for i in range(len(result.scores)))
+        if ambiguous
+        else ()
+    )
+    after = PromptState(view=view, index=index, label=p.label, points=points, point_labels=point_labels, box=p.box,
+                        base=p.base, logits=result.low_res_logits[best][None], alternatives=alternatives, chosen=best)
+    edit = _edit(session, before, after, result.masks[best], f"{'positive' if positive else 'negative'} click")
+    session.apply(edit, kind="click+" if positive else "click-")
+    return edit
+
+
+def box_click(runner: ModelRunner, session: Session, x: float, y: float) -> Edit | None:
+    """First call remembers a corner; the second draws the box and segments (a new object)."""
+    view, index = session.view.view, session.view.index[session.view.view]
+    p = session.prompt
+    if p is None or p.corner is None or not p.same_target(view, index, session.active):
+        fresh = new_prompt(session, view, index)
+        session.prompt = PromptState(view=view, index=index, label=session.active, corner=(float(x), float(y)),
+                                     base=fresh.base)
+        return None
+    (xa, ya), before = p.corner, _without_corner(p)
+    box = (min(xa, x), min(ya, y), max(xa, x), max(ya, y))
+    return box_prompt(runner, session, box, before=before)
+
+
+def _without_corner(p: PromptState) -> PromptState | None:
+    """The prompt state an undo of a box goes back to: none if only the corner was set."""
+    return None if not p.points and p.box is None and p.logits is None else p
+
+
+def box_prompt(
+    runner: ModelRunner, session: Session, box: tuple[float, float, float, float], *, before: PromptState | None = None
+) -> Edit:
+    """Segment from a box (x0, y0, x1, y1) on the current plane: starts a new object."""
+    view, index = session.view.view, session.view.index[session.view.view]
+    before = session.prompt if before is None else before
+    base = new_prompt(session, view, index).base
+    p = PromptState(view=view, index=index, label=session.active, box=tuple(float(v) for v in box), base=base)
+    result = _predict(runner, session, p, multimask=False)
+    after = PromptState(view=view, index=index, label=p.label, box=p.box, base=base,
+                        logits=result.low_res_logits[result.best_index][None])
+    edit = _edit(session, before, after, result.best_mask, "box")
+    session.apply(edit, kind="box")
+    return edit
+
+
+def mask_prompt(runner: ModelRunner, session: Session, mask: np.ndarray, *, use_model: bool = True) -> Edit:
+    """A drawn or uploaded (H, W) mask on the current plane: paint it, or prompt the model with it.
+
+    As a prompt it gives both the mask (as logits) and its bounding box: LiteMedSAM was trained
+    with boxes, and the box keeps the result where the user drew.
+    """
+    view, index = session.view.view, session.view.index[session.view.view]
+    mask = np.asarray(mask, bool)
+    plane_hw = session.region(view, index).shape
+    if mask.shape != plane_hw:
+        raise PromptError(f"the mask is {mask.shape[1]}x{mask.shape[0]} pixels; this plane is {plane_hw[1]}x{plane_hw[0]}")
+    if not mask.any():
+        raise PromptError("the mask is empty: paint over the structure first")
+    before = session.prompt
+    base = new_prompt(session, view, index).base
+    if not use_model:
+        after = PromptState(view=view, index=index, label=session.active, base=base)
+        edit = _edit(session, before, after, mask, "paint")
+        session.apply(edit, kind="paint")
+        return edit
+    rows, cols = np.nonzero(mask)
+    box = (float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max()))
+    segmenter = runner.segmenter(session.model)
+    p = PromptState(view=view, index=index, label=session.active, box=box, base=base,
+                    logits=segmenter.mask_prompt_from_mask(mask))
+    result = _predict(runner, session, p, multimask=False)
+    after = PromptState(view=view, index=index, label=p.label, box=box, base=base,
+                        logits=result.low_res_logits[result.best_index][None])
+    edit = _edit(session, before, after, result.best_mask, "mask prompt")
+    session.apply(edit, kind="mask")
+    return edit
+
+
+def choose_alternative(session: Session, which: int) -> Edit:
+    """Swap the result of an ambiguous first click for multimask candidate ``which``."""
+    p = session.prompt
+    if p is None or not p.alternatives:
+        raise PromptError("no alternatives to choose from: they exist only after a lone first click")
+    if not 0 <= which < len(p.alternatives):
+        raise PromptError(f"alternative {which + 1} does not exist; choose 1..{len(p.alternatives)}")
+    mask, logits, _ = p.alternatives[which]
+    after = PromptState(view=p.view, index=p.index, label=p.label, points=p.points, point_labels=p.point_labels,
+                        box=p.box, base=p.base, logits=logits, alternatives=p.alternatives, chosen=which)
+    edit = _edit(session, p, after, mask, f"alternative {which + 1}")
+    session.apply(edit)
+    return edit
+
+
+def _predict(runner: ModelRunner, session: Session, p: PromptState, *, multimask: bool) -> MaskResult:
+    if p.base is None:
+        raise SessionError("internal: a prompt without its base plane")
+    with runner.turn():
+        embedding = runner.embedding(session, p.view, p.index)
+        return runner.segmenter(session.model).predict(embedding, to_prompts(p), multimask_output=multimask)
+
+
+# --- measurements -----------------------------------------------------------------------------
+def measurements(session: Session) -> list[list]:
+    """Per label: [value, name, voxels on this plane, area mm² on this plane, volume mL over the study]."""
+    volume = session.require_study()
+    view, index = session.view.view, session.view.index[session.view.view]
+    plane = Plane.of(volume, view)
+    row_mm, col_mm = plane.spacing(volume)
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    region = plane.extract(session.labels, index)
+    counts = np.bincount(session.labels.ravel(), minlength=max(d.value for d in session.label_defs) + 1)
+    plane_counts = np.bincount(np.asarray(region).ravel(), minlength=len(counts))
+    rows = []
+    for d in session.label_defs:
+        n_plane = int(plane_counts[d.value]) if d.value < len(plane_counts) else 0
+        n_all = int(counts[d.value]) if d.value < len(counts) else 0
+        rows.append([d.value, d.name, n_plane, round(n_plane * row_mm * col_mm, 2), round(n_all * voxel_ml, 4)])
+    return rows

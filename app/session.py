@@ -1,0 +1,401 @@
+"""Per-user annotation sessions: typed state, undoable edits, atomic autosave, restore, expiry.
+
+A :class:`Session` is what one browser works on: the study it opened, a label map on the source
+grid, the label table, the object being prompted, undo/redo stacks and the current view. The
+:class:`SessionStore` keeps sessions by id (a random token that also names the session folder)
+behind a lock, saves each one atomically after every edit and reloads it from disk when a page
+comes back after the server forgot it (restart, idle eviction).
+
+On disk, ``<root>/<id>/``: ``state.json`` (everything but arrays), ``labels.npz`` (the label map),
+``uploads/`` (the study, when uploaded) and ``exports/``. Undo history and the embedding cache
+live in memory only: they survive a page reload, not a server restart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.render import VIEWS, Plane, acquisition_view
+from data.readers import StudyError, read_study
+from data.volume import Volume
+from data.writers import atomic_output
+
+STATE_VERSION = 1
+MAX_UNDO = 100
+SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+)  # fmt: skip
+
+
+class SessionError(ValueError):
+    """A session id that is malformed or unknown, or a session without a study yet."""
+
+
+@dataclass(frozen=True)
+class LabelDef:
+    """One label of the study: its value in the label map, a name and a display colour (RGB 0-255)."""
+
+    value: int
+    name: str
+    colour: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class PromptState:
+    """The object being prompted on one plane: the prompts so far and what the model returned.
+
+    points: ((x, y), ...) on the plane grid; point_labels: 1 foreground / 0 background;
+    box: (x0, y0, x1, y1) or None; corner: the first click of a two-click box, waiting for the second.
+    base: the label plane before this object started (each refinement re-applies onto it, so
+    other objects on the plane are never eaten). logits: (1, 256, 256) low-res logits of the
+    last result, fed back on the next click. alternatives: the multimask candidates of an
+    ambiguous first click, ((mask (H, W) bool, logits (1, h, w), score), ...).
+    """
+
+    view: str
+    index: int
+    label: int
+    points: tuple[tuple[float, float], ...] = ()
+    point_labels: tuple[int, ...] = ()
+    box: tuple[float, float, float, float] | None = None
+    corner: tuple[float, float] | None = None
+    base: np.ndarray | None = field(default=None, repr=False, compare=False)
+    logits: np.ndarray | None = field(default=None, repr=False, compare=False)
+    alternatives: tuple = field(default=(), repr=False, compare=False)
+    chosen: int = 0
+
+    def same_target(self, view: str, index: int, label: int) -> bool:
+        return (self.view, self.index, self.label) == (view, index, label)
+
+    def record(self, kind: str) -> dict[str, Any]:
+        """A JSON-able line of the per-label prompt history."""
+        return {
+            "kind": kind,
+            "view": self.view,
+            "index": self.index,
+            "points": [list(p) for p in self.points],
+            "point_labels": list(self.point_labels),
+            "box": list(self.box) if self.box is not None else None,
+            "time": round(time.time(), 3),
+        }
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One undoable change of the label map: a plane (view, index), or the whole map (view None)."""
+
+    description: str
+    view: str | None
+    index: int | None
+    before: np.ndarray = field(repr=False)
+    after: np.ndarray = field(repr=False)
+    prompt_before: PromptState | None = field(default=None, repr=False)
+    prompt_after: PromptState | None = field(default=None, repr=False)
+
+
+@dataclass
+class ViewState:
+    """What the user is looking at; display settings never change what the model sees."""
+
+    view: str = "axial"
+    index: dict[str, int] = field(default_factory=lambda: {"axial": 0, "coronal": 0, "sagittal": 0})
+    window: str = "default"
+    level: float = 40.0
+    width: float = 400.0
+    opacity: float = 0.45
+    mode: str = "point +"
+
+
+@dataclass
+class Session:
+    """One user's work. Arrays follow ``data.volume``: ``labels[k, j, i]`` on the study grid."""
+
+    id: str
+    directory: Path
+    model: str = "litemedsam"
+    study_path: str | None = None
+    series_uid: str | None = None
+    study_name: str = ""
+    labels: np.ndarray | None = field(default=None, repr=False)
+    label_defs: list[LabelDef] = field(default_factory=list)
+    active: int = 1
+    view: ViewState = field(default_factory=ViewState)
+    prompt: PromptState | None = None
+    history: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    undo_stack: list[Edit] = field(default_factory=list, repr=False)
+    redo_stack: list[Edit] = field(default_factory=list, repr=False)
+    updated: float = field(default_factory=time.time)
+    # runtime only (never saved)
+    volume: Volume | None = field(default=None, repr=False)
+    runtime: dict[str, Any] = field(default_factory=dict, repr=False)  # model window, embedding cache
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    # --- study -------------------------------------------------------------------------------
+    def require_study(self) -> Volume:
+        if self.volume is None or self.labels is None:
+            raise SessionError("no study is open: pick a sample or upload one first")
+        return self.volume
+
+    def start_study(self, volume: Volume, path: str, name: str, series_uid: str | None = None) -> None:
+        """A fresh label map and table for a newly opened study (the previous work stays on disk only)."""
+        self.volume = volume
+        self.study_path, self.series_uid, self.study_name = path, series_uid, name
+        self.labels = np.zeros(volume.array.shape[:3], dtype=np.uint16)
+        self.label_defs = [LabelDef(1, "label 1", PALETTE[0])]
+        self.active = 1
+        self.prompt = None
+        self.history = {}
+        self.undo_stack.clear()
+        self.redo_stack.clear()
+        shape = volume.array.shape[:3]
+        self.view.view = acquisition_view(volume)
+        views = VIEWS if not volume.is_2d else ("axial",)
+        self.view.index = {v: Plane.of(volume, v).count(shape) // 2 for v in views}
+        self.runtime.clear()
+
+    # --- labels table ----------------------------------------------------------------------
+    def label(self, value: int) -> LabelDef:
+        for d in self.label_defs:
+            if d.value == value:
+                return d
+        raise SessionError(f"no label {value}; labels are {', '.join(str(d.value) for d in self.label_defs)}")
+
+    def add_label(self, name: str = "", colour: tuple[int, int, int] | None = None) -> LabelDef:
+        value = max((d.value for d in self.label_defs), default=0) + 1
+        if value > 65535:
+            raise SessionError("at most 65535 labels per study")
+        d = LabelDef(value, name.strip() or f"label {value}", colour or PALETTE[(value - 1) % len(PALETTE)])
+        self.label_defs.append(d)
+        self.active = value
+        self.prompt = None
+        return d
+
+    def edit_label(self, value: int, name: str | None = None, colour: tuple[int, int, int] | None = None) -> None:
+        old = self.label(value)
+        new = replace(old, name=(name.strip() or old.name) if name is not None else old.name, colour=colour or old.colour)
+        self.label_defs = [new if d.value == value else d for d in self.label_defs]
+
+    def colours(self) -> dict[int, tuple[int, int, int]]:
+        return {d.value: d.colour for d in self.label_defs}
+
+    # --- edits -------------------------------------------------------------------------------
+    def region(self, view: str | None, index: int | None) -> np.ndarray:
+        """The label plane an edit covers (a view into ``labels``), or the whole map."""
+        if view is None:
+            return self.labels
+        return Plane.of(self.require_study(), view).extract(self.labels, index)
+
+    def apply(self, edit: Edit, kind: str = "") -> None:
+        """Apply ``edit`` and push it on the undo stack (clears redo). ``kind`` logs the prompt."""
+        self.region(edit.view, edit.index)[...] = edit.after
+        self.prompt = edit.prompt_after
+        self.undo_stack.append(edit)
+        del self.undo_stack[:-MAX_UNDO]
+        self.redo_stack.clear()
+        if kind and edit.prompt_after is not None:
+            self.history.setdefault(edit.prompt_after.label, []).append(edit.prompt_after.record(kind))
+
+    def undo(self) -> Edit | None:
+        if not self.undo_stack:
+            return None
+        edit = self.undo_stack.pop()
+        self.region(edit.view, edit.index)[...] = edit.before
+        self.prompt = edit.prompt_before
+        self.redo_stack.append(edit)
+        return edit
+
+    def redo(self) -> Edit | None:
+        if not self.redo_stack:
+            return None
+        edit = self.redo_stack.pop()
+        self.region(edit.view, edit.index)[...] = edit.after
+        self.prompt = edit.prompt_after
+        self.undo_stack.append(edit)
+        return edit
+
+    def clear_label(self, value: int) -> Edit | None:
+        """Remove ``value`` from the whole study as one undoable edit (None when it was empty)."""
+        self.require_study()
+        if not (self.labels == value).any():
+            return None
+        after = np.where(self.labels == value, 0, self.labels).astype(self.labels.dtype)
+        edit = Edit(f"clear {self.label(value).name}", None, None, self.labels.copy(), after, self.prompt, None)
+        self.apply(edit)
+        return edit
+
+    # --- persistence -----------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        study = self.study_path
+        if study is not None and Path(study).resolve().is_relative_to(self.directory.resolve()):
+            study = "@session/" + str(Path(study).resolve().relative_to(self.directory.resolve()))
+        return {
+            "version": STATE_VERSION,
+            "id": self.id,
+            "model": self.model,
+            "study_path": study,
+            "series_uid": self.series_uid,
+            "study_name": self.study_name,
+            "labels": [{"value": d.value, "name": d.name, "colour": list(d.colour)} for d in self.label_defs],
+            "active": self.active,
+            "view": asdict(self.view),
+            "history": {str(k): v for k, v in self.history.items()},
+            "updated": self.updated,
+        }
+
+
+class SessionStore:
+    """Sessions keyed by id, behind a lock; one folder each under ``root``.
+
+    ``ttl_s``: a session untouched this long is deleted from disk by :meth:`cleanup`.
+    ``max_in_memory``: least recently used sessions beyond this are dropped from memory (their
+    files stay and they reload on the next request).
+    """
+
+    def __init__(self, root: str | Path, *, ttl_s: float = 14 * 86400, max_in_memory: int = 32):
+        self.root = Path(root)
+        self.ttl_s = float(ttl_s)
+        self.max_in_memory = int(max_in_memory)
+        self._sessions: dict[str, Session] = {}
+        self._bound: dict[str, str] = {}  # Gradio session hash -> session id (for unload)
+        self._lock = threading.Lock()
+
+    # --- lookup ------------------------------------------------------------------------------
+    def create(self) -> Session:
+        sid = secrets.token_hex(16)
+        directory = self.root / sid
+        directory.mkdir(parents=True, exist_ok=False)
+        session = Session(id=sid, directory=directory)
+        self.save(session)
+        with self._lock:
+            self._sessions[sid] = session
+            self._evict_locked()
+        return session
+
+    def get(self, sid: str) -> Session:
+        """The session ``sid`` from memory, else from its folder. SessionError if malformed/unknown."""
+        if not isinstance(sid, str) or not SESSION_ID.match(sid):
+            raise SessionError(f"malformed session id {str(sid)[:40]!r}")
+        with self._lock:
+            session = self._sessions.get(sid)
+            if session is not None:
+                self._sessions[sid] = self._sessions.pop(sid)  # most recently used last
+                return session
+        session = self._load(sid)
+        with self._lock:
+            session = self._sessions.setdefault(sid, session)
+            self._evict_locked()
+        return session
+
+    def open(self, sid: str | None) -> tuple[Session, bool]:
+        """Restore ``sid`` if it exists, else start a new session. Returns (session, restored)."""
+        if sid:
+            try:
+                return self.get(sid), True
+            except SessionError:
+                pass
+        return self.create(), False
+
+    def bind(self, session_hash: str, sid: str) -> None:
+        with self._lock:
+            self._bound[session_hash] = sid
+
+    def release(self, session_hash: str) -> None:
+        """The page went away: drop the session's memory-heavy runtime (embeddings), keep its files."""
+        with self._lock:
+            sid = self._bound.pop(session_hash, None)
+            if sid is None or sid in self._bound.values():
+                return  # another tab still shows it
+            session = self._sessions.get(sid)
+        if session is not None:
+            with session.lock:
+                session.runtime.pop("embeddings", None)
+
+    def in_memory(self) -> list[str]:
+        with self._lock:
+            return list(self._sessions)
+
+    # --- disk --------------------------------------------------------------------------------
+    def save(self, session: Session) -> None:
+        """Atomically write labels first, then the state that refers to them."""
+        session.updated = time.time()
+        if session.labels is not None:
+            with atomic_output(session.directory / "labels.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, labels=session.labels)
+        with atomic_output(session.directory / "state.json") as tmp:
+            tmp.write_text(json.dumps(session.to_json(), indent=1))
+
+    def _load(self, sid: str) -> Session:
+        directory = self.root / sid
+        state_file = directory / "state.json"
+        if not state_file.is_file():
+            raise SessionError(f"no saved session {sid}")
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError) as e:
+            raise SessionError(f"{state_file}: unreadable session state ({e})") from e
+        view = ViewState(**{k: v for k, v in state.get("view", {}).items() if k in ViewState.__dataclass_fields__})
+        session = Session(
+            id=sid,
+            directory=directory,
+            model=state.get("model", "litemedsam"),
+            series_uid=state.get("series_uid"),
+            study_name=state.get("study_name", ""),
+            label_defs=[LabelDef(int(d["value"]), str(d["name"]), tuple(d["colour"])) for d in state.get("labels", [])],
+            active=int(state.get("active", 1)),
+            view=view,
+            history={int(k): v for k, v in state.get("history", {}).items()},
+            updated=float(state.get("updated", time.time())),
+        )
+        study = state.get("study_path")
+        if study:
+            path = directory / study.removeprefix("@session/") if study.startswith("@session/") else Path(study)
+            session.study_path = str(path)
+            try:
+                session.volume = read_study(path, series_uid=session.series_uid)
+            except StudyError as e:
+                raise SessionError(f"session {sid}: its study can no longer be read ({e})") from e
+            labels_file = directory / "labels.npz"
+            if labels_file.is_file():
+                with np.load(labels_file) as z:
+                    session.labels = z["labels"]
+            if session.labels is None or session.labels.shape != session.volume.array.shape[:3]:
+                session.labels = np.zeros(session.volume.array.shape[:3], dtype=np.uint16)
+        return session
+
+    def cleanup(self, now: float | None = None) -> list[str]:
+        """Delete sessions untouched for ``ttl_s`` (memory and disk); returns their ids."""
+        now = time.time() if now is None else now
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for directory in self.root.iterdir():
+            if not directory.is_dir() or not SESSION_ID.match(directory.name):
+                continue
+            state = directory / "state.json"
+            try:
+                age = now - state.stat().st_mtime
+            except OSError:
+                age = now - directory.stat().st_mtime
+            if age > self.ttl_s:
+                with self._lock:
+                    self._sessions.pop(directory.name, None)
+                shutil.rmtree(directory, ignore_errors=True)
+                removed.append(directory.name)
+        return removed
+
+    def _evict_locked(self) -> None:
+        while len(self._sessions) > self.max_in_memory:
+            self._sessions.pop(next(iter(self._sessions)))

@@ -1,0 +1,125 @@
+"""Bring an uploaded study into a session's upload folder, safely.
+
+Browsers hand us temporary files (NIfTI, single DICOM files, a zip of a series, PNG/JPEG). We
+copy them into ``<session>/uploads/<n>/`` so the session owns them (Gradio's cache is cleaned on a
+timer), and unpack zips there. A zip is untrusted input: members with absolute paths or ``..``
+are refused, and the unpacked size and member count are capped before anything is written
+(a "zip bomb" would otherwise fill the disk).
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, StudyError
+
+MAX_UNZIPPED_BYTES = 2 * 1024**3  # 2 GiB: a large CT series, not a disk filler
+MAX_ZIP_MEMBERS = 10_000
+
+
+class UploadError(StudyError):
+    """An upload we will not unpack or cannot read; the message names the file and the fix."""
+
+
+def safe_extract_zip(
+    archive: str | Path, dest: str | Path, *, max_bytes: int = MAX_UNZIPPED_BYTES, max_members: int = MAX_ZIP_MEMBERS
+) -> Path:
+    """Unpack ``archive`` into ``dest`` after checking every member; returns ``dest``.
+
+    Raises UploadError for an unreadable zip, an absolute or ``..`` member, a symlink member,
+    more than ``max_members`` files or more than ``max_bytes`` uncompressed.
+    """
+    archive, dest = Path(archive), Path(dest)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UploadError(f"{archive.name}: not a readable zip file ({e})") from e
+    with zf:
+        members = zf.infolist()
+        if len(members) > max_members:
+            raise UploadError(f"{archive.name}: {len(members)} members; at most {max_members} are accepted")
+        total = 0
+        for m in members:
+            name = PurePosixPath(m.filename.replace("\\", "/"))
+            if name.is_absolute() or ".." in name.parts or (m.filename[1:2] == ":"):
+                raise UploadError(f"{archive.name}: member {m.filename!r} points outside the archive; refused")
+            if (m.external_attr >> 16) & 0o170000 == 0o120000:
+                raise UploadError(f"{archive.name}: member {m.filename!r} is a symbolic link; refused")
+            total += m.file_size
+            if total > max_bytes:
+                raise UploadError(
+                    f"{archive.name}: unpacks to more than {max_bytes / 1024**2:.0f} MiB; upload a smaller series"
+                )
+        dest.mkdir(parents=True, exist_ok=True)
+        root = dest.resolve()
+        for m in members:
+            target = (dest / m.filename).resolve()
+            if root not in target.parents and target != root:
+                raise UploadError(f"{archive.name}: member {m.filename!r} points outside the archive; refused")
+            if m.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            written = 0
+            with zf.open(m) as src, open(target, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    written += len(chunk)
+                    if written > m.file_size:  # a lying header: stop at the declared size
+                        raise UploadError(f"{archive.name}: member {m.filename!r} is larger than its header says")
+                    out.write(chunk)
+    return dest
+
+
+def import_upload(files: list[str | Path], upload_dir: str | Path) -> Path:
+    """Copy uploaded files into ``upload_dir`` and return the path ``read_study`` should open.
+
+    One NIfTI / PNG / JPEG / DICOM file -> that file; several DICOM files -> their folder;
+    a zip -> the folder it unpacks to (or the single NIfTI/image inside it).
+    """
+    paths = [Path(f) for f in files if f]
+    if not paths:
+        raise UploadError("no file was uploaded: choose a NIfTI, DICOM files, a zip of a series, or PNG/JPEG")
+    upload_dir = Path(upload_dir)
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    zips = [p for p in paths if p.name.lower().endswith(".zip")]
+    if zips:
+        if len(paths) > 1:
+            raise UploadError("upload one zip on its own (it should hold one series)")
+        out = safe_extract_zip(zips[0], upload_dir / "unzipped")
+        return _single_study_in(out)
+    singles = [p for p in paths if p.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES)]
+    if singles:
+        if len(paths) > 1:
+            raise UploadError("upload one NIfTI or image file at a time (several files must be DICOM slices)")
+        target = upload_dir / _safe_name(paths[0].name)
+        shutil.copyfile(paths[0], target)
+        return target
+    if len(paths) == 1:
+        target = upload_dir / _safe_name(paths[0].name)
+        shutil.copyfile(paths[0], target)
+        return target
+    series = upload_dir / "series"
+    series.mkdir(exist_ok=True)
+    for i, p in enumerate(paths):
+        shutil.copyfile(p, series / f"{i:05d}_{_safe_name(p.name)}")
+    return series
+
+
+def _single_study_in(folder: Path) -> Path:
+    """A folder unpacked from a zip: the lone NIfTI/image in it, else the folder (a DICOM series)."""
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    if not files:
+        raise UploadError("the zip is empty: it should hold the files of one DICOM series or one NIfTI")
+    singles = [p for p in files if p.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES)]
+    if len(singles) == 1 and len(files) == 1:
+        return singles[0]
+    return folder
+
+
+def _safe_name(name: str) -> str:
+    """A browser-supplied file name reduced to its last part, with only harmless characters."""
+    base = PurePosixPath(name.replace("\\", "/")).name
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in base).lstrip(".")
+    return cleaned or "upload"
