@@ -47,6 +47,8 @@ def read_state_dict(path: str | Path, *, expected_sha256: str | None = None) -> 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # a refused class is named as a "global"; else corrupt
+            raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch file (corrupt or not a checkpoint)") from e
         raise CheckpointError(
             f"checkpoint {path} contains pickled Python objects that a weights-only load refuses "
             f"(often an optimizer). If you trust this file, convert it once with: "

@@ -1,0 +1,135 @@
+"""`medseg segment` and `medseg info`: outputs a user relies on, and one clear line + exit 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from app.cli import main
+from data.readers import read_study
+from models.prompts import Prompts
+from tests.conftest import DATA, SAMPLES
+
+CT_SERIES = SAMPLES / "ct_head_0051_series"
+PNG_SLICE = DATA / "synthetic_shepp_logan_image.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def png_image(tmp_path_factory):
+    """The phantom slice as an 8-bit grey PNG (400 x 400)."""
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(PNG_SLICE)))[0]
+    path = tmp_path_factory.mktemp("png") / "phantom.png"
+    Image.fromarray((arr / 1000 * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_segment_3d_writes_label_map_on_source_grid(capsys, tmp_path, litemedsam):
+    out = tmp_path / "head.nii.gz"
+    code, stdout, err = run_cli(capsys, "segment", CT_SERIES, "--slice", 3, "--box", 50, 10, 210, 220, "--output", out)
+    assert code == 0, err
+    labels = sitk.ReadImage(str(out))
+    arr = sitk.GetArrayFromImage(labels)
+    src = read_study(CT_SERIES)
+    assert arr.shape == src.array.shape
+    assert set(np.unique(arr)) == {0, 1}
+    assert arr[3].sum() > 10000 and arr[[0, 1, 2, 4]].sum() == 0  # the head fills most of the box, only on K
+    np.testing.assert_allclose(labels.GetOrigin(), src.origin, atol=1e-4)
+    np.testing.assert_allclose(labels.GetDirection(), src.direction, atol=1e-6)
+    assert "slice 3" in stdout
+
+
+def test_segment_2d_png_matches_official_dice(capsys, tmp_path, png_image, litemedsam):
+    """PNG in, PNG out: the phantom's left dark ellipse with the +5 px box gives the official Dice 0.7178."""
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "synthetic_shepp_logan_label.nii.gz")))[0] == 3
+    out = tmp_path / "m.png"
+    code, _, err = run_cli(capsys, "segment", png_image, "--box", 112, 117, 200, 282, "--output", out)
+    assert code == 0, err
+    mask = np.asarray(Image.open(out)) > 0
+    assert mask.shape == label.shape and set(np.unique(np.asarray(Image.open(out)))) == {0, 255}
+    dice = 2 * (mask & label).sum() / (mask.sum() + label.sum())
+    assert dice == pytest.approx(0.7178, abs=0.005)
+
+
+def test_segment_with_points_passes_x_then_y(capsys, tmp_path, png_image, litemedsam):
+    """--point X Y LABEL reaches the model as (x, y) pixels: the CLI mask equals the API's mask."""
+    out = tmp_path / "m.png"
+    argv = ["segment", png_image, "--box", 112, 117, 200, 282, "--point", 150, 230, 1, "--point", 20, 60, 0]
+    code, _, err = run_cli(capsys, *argv, "--output", out)
+    assert code == 0, err
+    image = np.repeat(np.asarray(Image.open(png_image))[:, :, None], 3, axis=2)
+    prompts = Prompts(box=np.array([112, 117, 200, 282]), points=np.array([[150, 230], [20, 60]]), point_labels=np.array([1, 0]))
+    expected = litemedsam.predict(litemedsam.embed(image), prompts).best_mask
+    swapped = Prompts(box=prompts.box, points=prompts.points[:, ::-1], point_labels=prompts.point_labels)
+    other = litemedsam.predict(litemedsam.embed(image), swapped).best_mask
+    got = np.asarray(Image.open(out)) > 0
+    assert np.array_equal(got, expected) and not np.array_equal(got, other)
+
+
+def test_info_reports_geometry(capsys):
+    code, out, _ = run_cli(capsys, "info", CT_SERIES, "--json")
+    facts = json.loads(out)
+    assert code == 0
+    assert facts["modality"] == "CT" and facts["shape_kji"] == [12, 256, 256]
+    assert facts["spacing_mm_ijk"] == pytest.approx([0.957031, 0.957031, 1.5], abs=1e-5)
+    assert facts["orientation"] == "LIP"
+
+
+def _bad_inputs(tmp_path):
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("not an image")
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello")
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x00garbage" * 100)
+    ok = [CT_SERIES, "--slice", 3]
+    return [
+        ("missing file", ["segment", tmp_path / "nope.nii.gz", "--box", 1, 1, 5, 5, "-o", tmp_path / "o.png"], "no such file"),
+        ("unreadable file", ["segment", text, "--box", 1, 1, 5, 5, "-o", tmp_path / "o.nii.gz"], "not a readable NIfTI"),
+        ("unsupported format", ["segment", txt, "--box", 1, 1, 5, 5, "-o", tmp_path / "o.png"], "unsupported format"),
+        ("box outside", ["segment", *ok, "--box", 10, 10, 300, 20, "-o", tmp_path / "o.nii.gz"], "outside the image"),
+        ("empty box", ["segment", *ok, "--box", 50, 50, 40, 60, "-o", tmp_path / "o.nii.gz"], "is empty"),
+        ("slice out of range", ["segment", CT_SERIES, "--slice", 12, "--box", 1, 1, 5, 5, "-o", tmp_path / "o.nii.gz"], "out of range"),
+        ("no slice for 3D", ["segment", CT_SERIES, "--box", 1, 1, 5, 5, "-o", tmp_path / "o.nii.gz"], "--slice K"),
+        ("no prompt", ["segment", *ok, "-o", tmp_path / "o.nii.gz"], "give a prompt"),
+        ("bad point label", ["segment", *ok, "--point", 5, 5, 2, "-o", tmp_path / "o.nii.gz"], "LABEL must be 1"),
+        ("missing weights", ["segment", *ok, "--box", 1, 1, 5, 5, "--checkpoint", tmp_path / "none.pth", "-o", tmp_path / "o.nii.gz"], "does not exist"),
+        ("corrupt weights", ["segment", *ok, "--box", 1, 1, 5, 5, "--checkpoint", corrupt, "-o", tmp_path / "o.nii.gz"], "could not be read"),
+        ("unknown model", ["segment", *ok, "--box", 1, 1, 5, 5, "--model", "sam_vit_x", "-o", tmp_path / "o.nii.gz"], "unknown model"),
+        ("3D to PNG", ["segment", *ok, "--box", 1, 1, 5, 5, "-o", tmp_path / "o.png"], ".nii.gz"),
+        ("info missing", ["info", tmp_path / "nope"], "no such file"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(14))
+def test_bad_input_is_one_line_and_exit_2(case, capsys, tmp_path):
+    name, argv, expected = _bad_inputs(tmp_path)[case]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2, f"{name}: exit {code}"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, f"{name}: {err}"
+    assert expected in lines[0], f"{name}: {lines[0]}"
+    assert lines[0].startswith(f"medseg {argv[0]}: error:")
+
+
+def test_missing_default_weights_names_the_file(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEG_WEIGHTS", str(tmp_path))
+    code, _, err = run_cli(capsys, "segment", CT_SERIES, "--slice", 3, "--box", 1, 1, 5, 5, "-o", tmp_path / "o.nii.gz")
+    assert code == 2 and str(tmp_path / "lite_medsam.pth") in err and "make weights" in err
+
+
+def test_corrupt_default_weights_fail_the_sha256_pin(capsys, tmp_path, monkeypatch):
+    shutil.copy(__file__, tmp_path / "lite_medsam.pth")
+    monkeypatch.setenv("MEDSEG_WEIGHTS", str(tmp_path))
+    code, _, err = run_cli(capsys, "segment", CT_SERIES, "--slice", 3, "--box", 1, 1, 5, 5, "-o", tmp_path / "o.nii.gz")
+    assert code == 2 and "sha256" in err
