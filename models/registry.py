@@ -161,12 +161,14 @@ _ZOO = (
      ("box", "points", "mask"), "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"),
     ("mobilesam", "MobileSAM (TinyViT-5M encoder at 1024)", "mobile_sam.pt", _build_mobilesam, 1024,
      ("box", "points", "mask"), "weights/mobile_sam.pt of github.com/ChaoningZhang/MobileSAM"),
-    ("sam_med2d", "SAM-Med2D ViT-B at 256 with encoder adapters", "sam-med2d_b.pth", _build_sam_med2d, 256,
+    ("sam_med2d", "SAM-Med2D ViT-B at 256 with encoder adapters", "sam-med2d_b.safetensors", _build_sam_med2d, 256,
      ("box", "points", "mask"),
-     "sam-med2d_b.pth linked from github.com/OpenGVLab/SAM-Med2D (pickles an optimizer: run medseg convert-checkpoint)"),
-    ("sam_unet", "SAM-UNet (SAM ViT-B at 256 + ResNet-50 branch), one mask, no IoU head", "sam_unet_res50.pth",
+     "sam-med2d_b.pth linked from github.com/OpenGVLab/SAM-Med2D; it pickles an optimizer, so convert it once: "
+     "medseg convert-checkpoint sam-med2d_b.pth weights/sam-med2d_b.safetensors --trust"),
+    ("sam_unet", "SAM-UNet (SAM ViT-B at 256 + ResNet-50 branch), one mask, no IoU head", "sam_unet_res50.safetensors",
      _build_sam_unet, 256, ("box", "points", "mask"),
-     "res50 SAM-UNet checkpoint of github.com/Hhankyangg/sam-unet (pickles an optimizer: run medseg convert-checkpoint)"),
+     "the res50 checkpoint trained with github.com/Hhankyangg/sam-unet; it pickles an optimizer, so convert it once: "
+     "medseg convert-checkpoint FILE.pth weights/sam_unet_res50.safetensors --trust"),
     ("sam_adapter", "SAM-Adapter ViT-B (cod-sam-vit-b): automatic, no prompts", "sam_adapter_cod_vit_b.pth",
      _build_sam_adapter, 1024, ("auto",), "a model_epoch_*.pth trained with github.com/tianrun-chen/SAM-Adapter-PyTorch"),
 )
