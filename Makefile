@@ -13,8 +13,13 @@ PORT ?= 7860
 run: setup
 	GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/medseg serve --host $(HOST) --port $(PORT)
 
-test: setup
+test: setup $(VENV)/.dicom3tools
 	GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -n 2 -m "not gpu" tests
+
+# dciodvfy (Debian dicom3tools) validates the DICOM-SEG files the tests write.
+$(VENV)/.dicom3tools: | $(STAMP)
+	command -v dciodvfy || (apt-get update -qq && apt-get install -y -qq dicom3tools)
+	touch $@
 
 setup: $(STAMP) $(WEIGHTS)
 

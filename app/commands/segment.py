@@ -10,7 +10,8 @@ import numpy as np
 
 from app.commands.common import add_model_args, add_prompt_args, add_slice_args, add_study_args, load_slice, prompts_from_args
 from app.errors import UsageError
-from data.writers import write_label_nifti, write_png_mask
+from data.export import export_labels
+from data.writers import write_png_mask
 from models.registry import load_segmenter
 
 
@@ -26,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_prompt_args(p)
     add_model_args(p)
     p.add_argument("--multimask", action="store_true", help="ask for 3 candidate masks and keep the best-scored one")
-    p.add_argument("--output", "-o", required=True, help="output: .png (2D input) or .nii/.nii.gz")
+    p.add_argument("--output", "-o", required=True, help="output: .png (2D input), .nii/.nii.gz or .dcm (DICOM-SEG)")
     return p
 
 
@@ -34,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
     prompts = prompts_from_args(args)
     volume, k, image = load_slice(args)
     out = Path(args.output)
-    is_nifti = out.name.lower().endswith((".nii", ".nii.gz"))
+    is_nifti = out.name.lower().endswith((".nii", ".nii.gz", ".dcm"))  # .dcm: DICOM-SEG via data.export
     if not volume.is_2d and not is_nifti:
-        raise UsageError(f"--output {out}: a 3D study is written as a NIfTI label map; use a .nii.gz name")
+        raise UsageError(f"--output {out}: a 3D study is written as a label map; use a .nii.gz (or .dcm) name")
     if volume.is_2d and not (is_nifti or out.suffix.lower() == ".png"):
         raise UsageError(f"--output {out}: expected a .png (or .nii.gz) name for 2D input")
     prompts.validate(image.shape[:2])
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if is_nifti:
         labels = np.zeros(volume.array.shape[:3], dtype=np.uint8)
         labels[k] = mask
-        write_label_nifti(labels, volume, out)
+        export_labels(labels, volume, out, label_names={1: "structure"}, model_name=args.model)
     else:
         write_png_mask(mask, out)
     score = result.scores[result.best_index]

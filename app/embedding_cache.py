@@ -1,0 +1,111 @@
+"""A small bounded cache of slice embeddings keyed by (volume, slice, model, window).
+
+Encoding is the slow step (~2 s per LiteMedSAM slice on a CPU); prompting is ~60 ms. The cache
+lets propagation, re-propagation after a correction and the UI's slice browsing encode each
+slice once. It is per session (pass it in; never a module global) and least-recently-used.
+Missing slices are encoded in batches with ``Segmenter.embed_batch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Callable, Hashable, Sequence
+
+import numpy as np
+
+from data.volume import Volume
+from data.windowing import Window, slice_to_rgb
+from models.segmenter import Embedding, Segmenter
+
+CacheKey = tuple[str, int, str, Hashable]
+
+
+def volume_key(volume: Volume) -> str:
+    """A content key of a volume: its voxels and geometry (two studies never share one by accident)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((volume.array.shape, str(volume.array.dtype), volume.spacing, volume.origin, volume.direction)).encode())
+    h.update(np.ascontiguousarray(volume.array).tobytes())
+    return h.hexdigest()
+
+
+def window_key(window: Window | None) -> Hashable:
+    return None if window is None else (round(float(window.lo), 6), round(float(window.hi), 6))
+
+
+class EmbeddingCache:
+    """LRU cache of :class:`Embedding` objects; ``max_items`` bounds memory (LiteMedSAM: 4 MiB each)."""
+
+    def __init__(self, max_items: int = 48):
+        if max_items < 1:
+            raise ValueError(f"EmbeddingCache max_items must be >= 1, got {max_items}")
+        self.max_items = max_items
+        self._items: OrderedDict[CacheKey, Embedding] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: CacheKey) -> Embedding | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: CacheKey, embedding: Embedding) -> None:
+        with self._lock:
+            self._items[key] = embedding
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def embeddings(
+        self,
+        segmenter: Segmenter,
+        volume: Volume,
+        slices: Sequence[int],
+        window: Window | None,
+        *,
+        vkey: str | None = None,
+        batch_size: int = 4,
+        on_encoded: Callable[[int], None] | None = None,
+    ) -> dict[int, Embedding]:
+        """Embeddings of ``slices``, encoding the missing ones ``batch_size`` at a time.
+
+        ``vkey``: a precomputed :func:`volume_key` (hashing a large volume once per call is enough).
+        ``on_encoded(n)`` is told how many slices each batch encoded (for progress bars).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        vkey = vkey or volume_key(volume)
+        wkey = window_key(window)
+        out: dict[int, Embedding] = {}
+        missing = []
+        for k in dict.fromkeys(slices):
+            hit = self.get((vkey, int(k), segmenter.name, wkey))
+            if hit is None:
+                missing.append(int(k))
+            else:
+                self.hits += 1
+                out[int(k)] = hit
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            encoded = segmenter.embed_batch([slice_to_rgb(volume, k, window) for k in chunk])
+            for k, emb in zip(chunk, encoded):
+                # own the memory: a slice of the batch tensor would keep the whole batch alive
+                emb = replace(emb, features=emb.features.clone())
+                self.misses += 1
+                self.put((vkey, k, segmenter.name, wkey), emb)
+                out[k] = emb
+            if on_encoded is not None:
+                on_encoded(len(chunk))
+        return out
