@@ -1,0 +1,220 @@
+"""The evaluation manifest: a CSV of (image, label, slice) cases, and loading one case as a 2D slice.
+
+Columns (paths relative to the manifest's folder):
+
+* required: ``case_id``, ``image``, ``label``;
+* optional: ``slice_index`` (k of a 3D study as ``SimpleITK.GetArrayFromImage(volume)[k]``;
+  required for 3D), ``label_values`` (``|``-separated label values forming the structure;
+  default: any non-zero), ``structure`` (its name; default ``label``), ``transform`` (``T`` or
+  ``rot90``, below), ``norm_lo``/``norm_hi`` (intensity window; default: the study's default
+  window, see ``data.windowing``);
+* any other column is an attribute (modality, site, sex...) usable with ``--group-by``.
+
+``transform`` names how the shared data's 2D slice was cut from the NIfTI array ``vol`` as
+nibabel loads it (``[i, j, k]``): ``T`` = ``vol[:, :, k].T`` and ``rot90`` =
+``np.rot90(vol[:, :, k])``. SimpleITK's slice ``s = GetArrayFromImage(img)[k]`` is
+``vol[:, :, k].T`` (rows j, columns i), so ``T`` is ``s`` as is and ``rot90`` is ``s[::-1, :]``
+(a flip of the rows; checked against nibabel in the tests). Neither swaps the axes, so the
+row spacing is the j spacing and the column spacing the i spacing of the image geometry.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from data.readers import StudyError, read_study
+from data.volume import Volume
+from data.windowing import Window, default_window, slice_to_rgb
+
+REQUIRED = ("case_id", "image", "label")
+KNOWN = (*REQUIRED, "slice_index", "label_values", "structure", "transform", "norm_lo", "norm_hi")
+TRANSFORMS = ("", "none", "T", "rot90")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file, the row and the column."""
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """One manifest row, parsed but not loaded. ``line`` is the CSV line number (header = 1)."""
+
+    case_id: str
+    image: Path
+    label: Path
+    line: int
+    slice_index: int | None = None
+    label_values: tuple[float, ...] | None = None
+    structure: str = "label"
+    transform: str = ""
+    window: tuple[float, float] | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    def row(self) -> dict[str, str]:
+        """Attributes plus the structure, as a flat row for grouping."""
+        return {**self.attributes, "structure": self.structure}
+
+
+@dataclass(frozen=True)
+class LoadedCase:
+    """A case ready for a model: image (H, W, 3) uint8, ground truth (H, W) bool, spacing (row_mm, col_mm)."""
+
+    spec: CaseSpec
+    image: np.ndarray
+    gt: np.ndarray
+    spacing: tuple[float, float]
+
+
+def _where(manifest: Path, line: int, column: str | None = None) -> str:
+    return f"{manifest} line {line}" + (f", column {column!r}" if column else "")
+
+
+def _float(value: str, manifest: Path, line: int, column: str) -> float:
+    try:
+        out = float(value)
+    except ValueError:
+        raise ManifestError(f"{_where(manifest, line, column)}: {value!r} is not a number") from None
+    if not math.isfinite(out):
+        raise ManifestError(f"{_where(manifest, line, column)}: {value!r} is not a finite number")
+    return out
+
+
+def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
+    """Parse MANIFEST.csv -> (cases in file order, attribute column names). Reads no images."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest file")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise ManifestError(
+                f"{path}: missing column(s) {', '.join(missing)}; a manifest needs {', '.join(REQUIRED)} "
+                f"(found: {', '.join(header) or 'no header'})"
+            )
+        attributes = [h for h in header if h not in KNOWN]
+        cases: list[CaseSpec] = []
+        seen: dict[str, int] = {}
+        for i, raw in enumerate(reader):
+            line = i + 2
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            cases.append(_parse_row(row, path, line, attributes))
+            cid = cases[-1].case_id
+            if cid in seen:
+                raise ManifestError(f"{_where(path, line, 'case_id')}: {cid!r} repeats line {seen[cid]}; ids must be unique")
+            seen[cid] = line
+    if not cases:
+        raise ManifestError(f"{path}: the manifest has a header but no cases")
+    return cases, attributes
+
+
+def _parse_row(row: dict[str, str], manifest: Path, line: int, attributes: list[str]) -> CaseSpec:
+    for col in REQUIRED:
+        if not row.get(col):
+            raise ManifestError(f"{_where(manifest, line, col)}: empty; every case needs {', '.join(REQUIRED)}")
+    base = manifest.parent
+    slice_index = None
+    if row.get("slice_index"):
+        v = _float(row["slice_index"], manifest, line, "slice_index")
+        if v != int(v) or v < 0:
+            raise ManifestError(f"{_where(manifest, line, 'slice_index')}: {row['slice_index']!r} is not a slice index >= 0")
+        slice_index = int(v)
+    label_values = None
+    if row.get("label_values"):
+        label_values = tuple(
+            _float(p.strip(), manifest, line, "label_values") for p in row["label_values"].split("|") if p.strip()
+        )
+        if not label_values:
+            raise ManifestError(f"{_where(manifest, line, 'label_values')}: no values in {row['label_values']!r}")
+    transform = row.get("transform", "")
+    if transform not in TRANSFORMS:
+        raise ManifestError(f"{_where(manifest, line, 'transform')}: {transform!r} is unknown; use T, rot90 or leave empty")
+    lo, hi = row.get("norm_lo", ""), row.get("norm_hi", "")
+    window = None
+    if lo or hi:
+        if not (lo and hi):
+            raise ManifestError(f"{_where(manifest, line, 'norm_lo' if not lo else 'norm_hi')}: give both norm_lo and norm_hi")
+        window = (_float(lo, manifest, line, "norm_lo"), _float(hi, manifest, line, "norm_hi"))
+        if not window[1] > window[0]:
+            raise ManifestError(f"{_where(manifest, line, 'norm_hi')}: norm_hi {hi} must be above norm_lo {lo}")
+    return CaseSpec(
+        case_id=row["case_id"],
+        image=base / row["image"],
+        label=base / row["label"],
+        line=line,
+        slice_index=slice_index,
+        label_values=label_values,
+        structure=row.get("structure") or "label",
+        transform="" if transform == "none" else transform,
+        window=window,
+        attributes={a: row.get(a, "") for a in attributes},
+    )
+
+
+def apply_transform(slice_2d: np.ndarray, transform: str) -> np.ndarray:
+    """SimpleITK slice (rows j, columns i[, c]) -> the manifest's 2D view (see the module doc)."""
+    if transform in ("", "none", "T"):
+        return np.ascontiguousarray(slice_2d)
+    if transform == "rot90":
+        return np.ascontiguousarray(slice_2d[::-1])
+    raise ValueError(f"unknown transform {transform!r}; use T, rot90 or nothing")
+
+
+class CaseLoader:
+    """Loads cases, reading each study file once (many rows share one volume)."""
+
+    def __init__(self, manifest: str | Path):
+        self.manifest = Path(manifest)
+        self._volumes: dict[Path, Volume] = {}
+
+    def _volume(self, path: Path, spec: CaseSpec, column: str) -> Volume:
+        if path not in self._volumes:
+            try:
+                self._volumes[path] = read_study(path)
+            except StudyError as e:
+                raise ManifestError(f"{_where(self.manifest, spec.line, column)}: {e}") from e
+        return self._volumes[path]
+
+    def _slice_index(self, volume: Volume, spec: CaseSpec, column: str) -> int:
+        k = spec.slice_index
+        if k is None:
+            if volume.is_2d:
+                return 0
+            raise ManifestError(
+                f"{_where(self.manifest, spec.line, 'slice_index')}: {column} is 3D ({volume.num_slices} slices); "
+                f"give slice_index (0..{volume.num_slices - 1})"
+            )
+        if not 0 <= k < volume.num_slices:
+            raise ManifestError(
+                f"{_where(self.manifest, spec.line, 'slice_index')}: {k} is out of range for {column} "
+                f"(slices 0..{volume.num_slices - 1})"
+            )
+        return k
+
+    def load(self, spec: CaseSpec) -> LoadedCase:
+        image_vol = self._volume(spec.image, spec, "image")
+        label_vol = self._volume(spec.label, spec, "label")
+        k = self._slice_index(image_vol, spec, "image")
+        kl = self._slice_index(label_vol, spec, "label")
+        if label_vol.slice_shape != image_vol.slice_shape:
+            raise ManifestError(
+                f"{_where(self.manifest, spec.line, 'label')}: label slices are {label_vol.slice_shape} (H, W) "
+                f"but image slices are {image_vol.slice_shape}"
+            )
+        window = Window(*spec.window, name="manifest") if spec.window else default_window(image_vol)
+        image = apply_transform(slice_to_rgb(image_vol, k, window), spec.transform)
+        labels = label_vol.slice(kl)
+        if label_vol.is_rgb:
+            if not (labels[..., :1] == labels[..., :3]).all():
+                raise ManifestError(f"{_where(self.manifest, spec.line, 'label')}: a colour label image; expected grey levels")
+            labels = labels[..., 0]
+        labels = apply_transform(labels, spec.transform)
+        gt = np.isin(labels, spec.label_values) if spec.label_values else labels != 0
+        spacing = (float(image_vol.spacing[1]), float(image_vol.spacing[0]))
+        return LoadedCase(spec=spec, image=image, gt=np.ascontiguousarray(gt), spacing=spacing)
