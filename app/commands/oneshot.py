@@ -1,0 +1,115 @@
+"""``medseg oneshot``: learn a structure from one annotated slice (PerSAM / PerSAM-F), segment other images.
+
+2D targets write ``DIR/<target file stem>.png`` (0/255); 3D targets write ``DIR/<stem>.nii.gz``, a
+label map on the target's grid with every slice segmented (value 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from adapters.persam_f import ITERATIONS
+from adapters.persam_oneshot import METHODS, fit_oneshot, segment_images
+from app.commands.common import add_model_args, resolve_slice
+from app.errors import UsageError
+from data.readers import read_study
+from data.volume import Volume
+from data.windowing import default_window, slice_to_rgb
+from data.writers import write_label_nifti, write_png_mask
+from models.registry import load_segmenter
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "oneshot",
+        help="one-shot segmentation: learn a structure from one annotated slice, find it in other images",
+        description="PerSAM (training-free) or PerSAM-F (2 weights trained on the reference) on a SAM-family "
+        "model. 2D targets write DIR/<stem>.png; 3D targets write DIR/<stem>.nii.gz with every slice segmented.",
+    )
+    p.add_argument("--method", choices=METHODS, default="persam", help="default persam")
+    p.add_argument("--ref", required=True, metavar="IMAGE", help="reference image: PNG/JPEG, NIfTI, DICOM file or series")
+    p.add_argument("--ref-mask", required=True, metavar="MASK", help="its annotation (PNG or label NIfTI on the same grid)")
+    p.add_argument("--ref-slice", type=int, default=None, metavar="K", help="slice K of a 3D --ref (and of its mask)")
+    p.add_argument(
+        "--ref-label", type=int, default=None, metavar="V",
+        help="label value of the structure in --ref-mask (default: every non-zero pixel)",
+    )
+    p.add_argument("--targets", required=True, nargs="+", metavar="IMAGE", help="images or volumes to segment")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument(
+        "--window", default=None,
+        help="intensity window for every image: abdomen|lung|bone|brain (CT), percentile, minmax; "
+        "default: abdomen for CT, 0.5-99.5 percentile of non-zero voxels otherwise",
+    )
+    p.add_argument("--iterations", type=int, default=ITERATIONS, help=f"PerSAM-F training steps (default {ITERATIONS})")
+    p.add_argument(
+        "--parity", action="store_true",
+        help="reproduce the official code's quirks (mask normalisation, query_pe leak, stretched prior)",
+    )
+    add_model_args(p)
+    return p
+
+
+def output_stem(path: Path) -> str:
+    """File stem without .nii.gz/.nii/.png/... ; a DICOM series folder gives its folder name."""
+    name = path.resolve().name if path.is_dir() else path.name
+    for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def reference_mask(args: argparse.Namespace, ref: Volume, k: int) -> np.ndarray:
+    """(H, W) bool mask of the structure on reference slice K."""
+    mask_vol = read_study(args.ref_mask)
+    if mask_vol.array.shape[:3] != ref.array.shape[:3]:
+        raise UsageError(
+            f"--ref-mask {args.ref_mask} has grid {mask_vol.array.shape[:3]} but --ref {args.ref} has "
+            f"{ref.array.shape[:3]} (slices, rows, columns): give the annotation of that very image"
+        )
+    s = np.asarray(mask_vol.slice(0 if mask_vol.is_2d else k))
+    if s.ndim == 3:  # an RGB annotation (PerSAM's own masks are red): any channel
+        s = s.max(axis=2)
+    mask = s == args.ref_label if args.ref_label is not None else s > 0
+    if not mask.any():
+        what = f"label {args.ref_label}" if args.ref_label is not None else "no non-zero pixel"
+        raise UsageError(f"--ref-mask {args.ref_mask}: slice {k} has {what}: choose the slice with --ref-slice K")
+    return mask
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.iterations < 1:
+        raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
+    out_dir = Path(args.output)
+    targets = [Path(t) for t in args.targets]
+    stems = [output_stem(t) for t in targets]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise UsageError(f"--targets: several targets would write {dupes[0]!r} in {out_dir}; give distinct file names")
+    ref = read_study(args.ref)
+    k = resolve_slice(ref, args.ref_slice)
+    ref_image = slice_to_rgb(ref, k, default_window(ref, args.window))
+    mask = reference_mask(args, ref, k)
+    segmenter = load_segmenter(args.model, args.checkpoint, args.device)
+    t0 = time.perf_counter()
+    oneshot = fit_oneshot(segmenter, ref_image, mask, method=args.method, parity=args.parity, iterations=args.iterations)
+    print(f"learnt {args.method} from {args.ref} slice {k} ({int(mask.sum())} px) in {time.perf_counter() - t0:.1f} s")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for target, stem in zip(targets, stems):
+        volume = read_study(target)
+        window = default_window(volume, args.window)
+        images = [slice_to_rgb(volume, i, window) for i in range(volume.num_slices)]
+        t1 = time.perf_counter()
+        results = segment_images(segmenter, oneshot, images)
+        if volume.is_2d:
+            path = write_png_mask(results[0].mask, out_dir / f"{stem}.png")
+        else:
+            labels = np.stack([r.mask for r in results]).astype(np.uint8)
+            path = write_label_nifti(labels, volume, out_dir / f"{stem}.nii.gz")
+        area = sum(int(r.mask.sum()) for r in results)
+        print(f"{path}: {area} pixels on {len(results)} slice(s) in {time.perf_counter() - t1:.1f} s")
+    return 0
