@@ -1,0 +1,82 @@
+"""Uploads: a zipped series opens; a zip that escapes its folder or bombs the disk is refused."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+
+from app.uploads import UploadError, import_upload, safe_extract_zip
+from data.readers import read_study
+from tests.conftest import SAMPLES
+
+CT = SAMPLES / "ct_head_0051_series"
+
+
+def _zip(path, members: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_zipped_dicom_series_opens_with_its_geometry(tmp_path):
+    archive = _zip(tmp_path / "series.zip", {f"study/{f.name}": f.read_bytes() for f in sorted(CT.iterdir())})
+    path = import_upload([archive], tmp_path / "upload")
+    volume = read_study(path)
+    reference = read_study(CT)
+    assert volume.array.shape == (12, 256, 256)
+    assert (volume.spacing, volume.origin, volume.direction) == (reference.spacing, reference.origin, reference.direction)
+
+
+def test_loose_dicom_files_become_one_series_folder(tmp_path):
+    files = sorted(CT.iterdir())[:4]
+    path = import_upload(files, tmp_path / "upload")
+    assert path.is_dir() and read_study(path).num_slices == 4
+
+
+def test_single_nifti_is_copied_under_a_safe_name(tmp_path):
+    src = SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"
+    path = import_upload([src], tmp_path / "upload")
+    assert path.parent == tmp_path / "upload" and path.name == src.name
+    assert read_study(path).array.shape == (32, 217, 181)
+
+
+@pytest.mark.parametrize("member", ["../evil.txt", "a/../../evil.txt", "/etc/evil.txt", "C:/evil.txt"])
+def test_zip_members_outside_the_folder_are_refused(tmp_path, member):
+    archive = _zip(tmp_path / "bad.zip", {"ok.dcm": b"x", member: b"owned"})
+    with pytest.raises(UploadError, match="outside the archive"):
+        safe_extract_zip(archive, tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_zip_bomb_is_refused_before_writing(tmp_path):
+    archive = _zip(tmp_path / "bomb.zip", {"big.bin": b"\0" * (3 * 1024 * 1024)})  # compresses to a few KiB
+    with pytest.raises(UploadError, match="unpacks to more than"):
+        safe_extract_zip(archive, tmp_path / "out", max_bytes=1024 * 1024)
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_many_members_refused(tmp_path):
+    archive = _zip(tmp_path / "many.zip", {f"{i}.dcm": b"x" for i in range(11)})
+    with pytest.raises(UploadError, match="at most 10"):
+        safe_extract_zip(archive, tmp_path / "out", max_members=10)
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [([], "no file was uploaded"), (["a.zip", "b.dcm"], "one zip on its own"), (["a.nii.gz", "b.png"], "one NIfTI")],
+)
+def test_ambiguous_uploads_name_the_fix(tmp_path, files, message):
+    paths = []
+    for name in files:
+        (tmp_path / name).write_bytes(b"x")
+        paths.append(tmp_path / name)
+    with pytest.raises(UploadError, match=message):
+        import_upload(paths, tmp_path / "upload")
+
+
+def test_not_a_zip_is_a_user_error(tmp_path):
+    (tmp_path / "fake.zip").write_bytes(b"not a zip")
+    with pytest.raises(UploadError, match="not a readable zip"):
+        import_upload([tmp_path / "fake.zip"], tmp_path / "upload")
