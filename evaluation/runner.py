@@ -176,16 +176,18 @@ def evaluate(
     cases: list[CaseSpec] | None = None,
     progress: bool = True,
     on_case: Callable[[list[StepRow]], None] | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> EvalRun:
     """Every case of ``manifest`` (or the given subset ``cases``) under ``settings``.
 
     ``progress`` shows a tqdm bar on stderr; ``on_case`` gets each case's rows as they come
-    (for streaming to disk or a dashboard).
+    (for streaming to disk or a dashboard). Pass one ``cache`` to several calls to compare
+    protocols on the same slices without encoding them again.
     """
     all_cases, attributes = read_manifest(manifest)
     cases = all_cases if cases is None else cases
     loader = CaseLoader(manifest)
-    cache = EmbeddingCache(segmenter)
+    cache = cache if cache is not None else EmbeddingCache(segmenter)
     # Visit rows that share a slice one after the other so each slice is encoded once;
     # the rows come back in manifest order.
     order = sorted(range(len(cases)), key=lambda i: _slice_key(cases[i]))

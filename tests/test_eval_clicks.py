@@ -1,0 +1,166 @@
+"""Click protocols: parsing, boxes, SAM-Med2D points, corrective clicks and the simulated session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evaluation.clicks import (
+    Click,
+    Protocol,
+    ProtocolError,
+    box_from_mask,
+    next_click,
+    parse_protocol,
+    sample_points,
+    simulate,
+)
+from models.prompts import MaskResult
+
+
+@pytest.mark.parametrize(
+    "text,kind,n,steps",
+    [
+        ("box", "box", 0, [0]),
+        (" Points:3 ", "points", 3, [3]),
+        ("clicks:4", "clicks", 4, [1, 2, 3, 4]),
+        ("box+clicks:2", "box+clicks", 2, [0, 1, 2]),
+    ],
+)
+def test_parse_protocol(text, kind, n, steps):
+    p = parse_protocol(text)
+    assert (p.kind, p.n, p.click_steps) == (kind, n, steps)
+
+
+@pytest.mark.parametrize("text", ["", "boxes", "points", "clicks:-1", "clicks:x", "box:3", "box+points:2"])
+def test_bad_protocol_names_the_choices(text):
+    with pytest.raises(ProtocolError, match="box \\| points:N"):
+        parse_protocol(text)
+
+
+def test_zero_points_is_refused():
+    with pytest.raises(ProtocolError, match="at least 1"):
+        parse_protocol("points:0")
+
+
+def blob(shape=(40, 50), rows=(10, 20), cols=(5, 30)) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    m[rows[0] : rows[1], cols[0] : cols[1]] = True
+    return m
+
+
+@pytest.mark.parametrize(
+    "rows,cols,margin,expected",
+    [
+        ((10, 20), (5, 30), 0, [5, 10, 29, 19]),  # tight box, inclusive pixels
+        ((10, 20), (5, 30), 5, [0, 5, 34, 24]),
+        ((10, 20), (5, 30), 12, [0, 0, 41, 31]),  # clipped to the image (W 50, H 40)
+        ((30, 40), (40, 50), 5, [35, 25, 49, 39]),  # clipped at the bottom/right edge
+    ],
+)
+def test_box_margin_and_clipping(rows, cols, margin, expected):
+    assert box_from_mask(blob(rows=rows, cols=cols), margin).tolist() == expected
+
+
+def test_box_jitter_is_bounded_and_seeded():
+    gt = blob()
+    a = box_from_mask(gt, 5, jitter=3, rng=np.random.default_rng(7))
+    b = box_from_mask(gt, 5, jitter=3, rng=np.random.default_rng(7))
+    assert a.tolist() == b.tolist()
+    assert np.abs(a - np.array([0, 5, 34, 24])).max() <= 3
+    boxes = {tuple(box_from_mask(gt, 5, jitter=3, rng=np.random.default_rng(s))) for s in range(20)}
+    assert len(boxes) > 5
+
+
+def test_box_of_empty_mask_is_an_error():
+    with pytest.raises(ProtocolError, match="empty"):
+        box_from_mask(np.zeros((5, 5), bool), 5)
+
+
+@pytest.mark.parametrize("n,n_pos,n_neg", [(1, 1, 0), (2, 1, 1), (3, 1, 2), (5, 2, 3), (6, 3, 3)])
+def test_sam_med2d_points(n, n_pos, n_neg):
+    gt = blob()
+    pts, labels = sample_points(gt, n, np.random.default_rng(0))
+    assert pts.shape == (n, 2) and (labels == 1).sum() == n_pos and (labels == 0).sum() == n_neg
+    x, y = pts[:, 0].astype(int), pts[:, 1].astype(int)
+    assert gt[y[labels == 1], x[labels == 1]].all()  # positives inside (x = column)
+    assert not gt[y[labels == 0], x[labels == 0]].any()  # negatives outside
+    again, _ = sample_points(gt, n, np.random.default_rng(0))
+    assert np.array_equal(pts, again)
+
+
+@pytest.mark.parametrize(
+    "pred_box,expected",
+    [
+        (None, Click(x=17, y=14, positive=True)),  # empty mask: the most central GT pixel
+        # GT minus its right part (cols 20..29): the miss is cols 20..29, rows 10..19
+        ((10, 20, 5, 20), Click(x=24, y=14, positive=True)),
+        # GT plus a false-positive slab rows 25..39, cols 0..49 (larger than any miss)
+        ("fp", Click(x=24, y=32, positive=False)),
+    ],
+)
+def test_next_click_goes_to_the_centre_of_the_largest_error(pred_box, expected):
+    gt = blob()
+    if pred_box is None:
+        pred = np.zeros_like(gt)
+    elif pred_box == "fp":
+        pred = gt | blob(rows=(25, 40), cols=(0, 50))
+    else:
+        pred = blob(rows=pred_box[:2], cols=pred_box[2:])
+    assert next_click(gt, pred) == expected
+
+
+def test_no_error_no_click():
+    assert next_click(blob(), blob()) is None
+
+
+class FakeModel:
+    """Records every call; predicts the GT with its right half missing, then the GT itself."""
+
+    def __init__(self, gt: np.ndarray):
+        self.gt, self.calls = gt, []
+
+    def __call__(self, prompts, multimask):
+        self.calls.append((prompts, multimask))
+        mask = self.gt.copy()
+        if len(self.calls) == 1:
+            mask[:, 18:] = False
+        k = 3 if multimask else 1
+        logits = np.full((k, 256, 256), float(len(self.calls)), np.float32)
+        return MaskResult(masks=np.repeat(mask[None], k, 0), scores=np.arange(k, dtype=np.float32), low_res_logits=logits)
+
+
+def test_box_plus_clicks_session():
+    gt = blob()
+    model = FakeModel(gt)
+    steps = list(simulate(model, gt, parse_protocol("box+clicks:3"), margin=2, rng=np.random.default_rng(0)))
+    assert [s.clicks for s in steps] == [0, 1, 2, 3]
+    assert len(model.calls) == 2  # the mask is perfect after click 1: click 2 and 3 repeat it, no model call
+    first, second = model.calls
+    assert first[0].box.tolist() == [3, 8, 31, 21] and first[0].points is None and not first[1]
+    p = second[0]
+    assert p.box.tolist() == [3, 8, 31, 21]  # the box is kept
+    assert p.points.tolist() == [[23, 14]] and p.point_labels.tolist() == [1]  # centre of the missed part
+    assert p.mask_logits is not None and float(p.mask_logits.mean()) == 1.0  # logits of call 1 fed back
+    assert steps[-1].mask.sum() == gt.sum() and steps[-1].seconds == 0.0
+
+
+def test_clicks_session_multimask_only_on_a_lone_first_click_and_no_feedback_option():
+    gt = blob()
+    model = FakeModel(gt)
+    list(simulate(model, gt, Protocol("clicks", 2), rng=np.random.default_rng(0), feed_logits=False))
+    (p1, mm1), (p2, mm2) = model.calls
+    assert mm1 and not mm2
+    assert p1.points.tolist() == [[17, 14]] and p2.points.tolist() == [[17, 14], [23, 14]]
+    assert p2.mask_logits is None
+
+
+def test_points_session_is_one_step_reported_at_n():
+    gt = blob()
+    steps = list(simulate(FakeModel(gt), gt, parse_protocol("points:5"), rng=np.random.default_rng(3)))
+    assert [s.clicks for s in steps] == [5] and len(steps[0].prompts.points) == 5
+
+
+def test_empty_ground_truth_is_a_clear_error():
+    with pytest.raises(ProtocolError, match="empty"):
+        list(simulate(FakeModel(blob()), np.zeros((40, 50), bool), parse_protocol("box"), rng=np.random.default_rng(0)))
