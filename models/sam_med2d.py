@@ -143,7 +143,7 @@ class SamMed2DSegmenter(Segmenter):
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         mean = torch.tensor(PIXEL_MEAN, dtype=torch.float32)
         std = torch.tensor(PIXEL_STD, dtype=torch.float32)
-        x = (torch.from_numpy(image).float() - mean) / std  # (H, W, 3), normalised before resizing
+        x = (torch.from_numpy(np.array(image, dtype=np.float32)) - mean) / std  # (H, W, 3), normalised before resizing
         x = x.permute(2, 0, 1)[None]
         return F.interpolate(x, (INPUT_SIZE, INPUT_SIZE), mode="nearest")
 
