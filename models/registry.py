@@ -69,23 +69,64 @@ def list_specs() -> list[ModelSpec]:
     return [REGISTRY[k] for k in sorted(REGISTRY)]
 
 
-def load_segmenter(name: str = "litemedsam", checkpoint: str | Path | None = None, device: str = "cpu") -> Segmenter:
-    """Build a variant and load its weights (strict, weights-only). Raises CheckpointError/KeyError."""
+BACKENDS = ("torch", "onnx")
+
+
+def load_segmenter(
+    name: str = "litemedsam", checkpoint: str | Path | None = None, device: str = "cpu", backend: str = "torch"
+) -> Segmenter:
+    """Build a variant and load its weights (strict, weights-only). Raises CheckpointError/KeyError.
+
+    ``backend="onnx"`` runs the same variant with onnxruntime; its ONNX files are exported once
+    from the checkpoint into ``weights/onnx/`` (locally, no download).
+    """
     spec = get_spec(name)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     path = Path(checkpoint) if checkpoint is not None else spec.default_checkpoint
     if checkpoint is None and not path.is_file():
         raise CheckpointError(
             f"model {name!r} needs its weights at {path}" + (f" ({spec.source})" if spec.source else "")
         )
-    return _load_cached(name, str(path.resolve()), _resolve_device(device))
+    return _load_cached(name, str(path.resolve()), _resolve_device(device), backend)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(name: str, path: str, device: str) -> Segmenter:
+def _load_cached(name: str, path: str, device: str, backend: str = "torch") -> Segmenter:
+    if backend == "onnx":
+        from models.onnx_backend import OnnxSegmenter
+
+        base = _load_cached(name, path, "cpu", "torch")
+        encoder, decoder = _onnx_files(base, path)
+        return OnnxSegmenter(base, encoder, decoder, device=device)
     spec = get_spec(name)
     pinned = spec.sha256 if Path(path).name == spec.weight_file else None
     state = read_state_dict(path, expected_sha256=pinned)
-    return spec.build(state, device)
+    try:
+        return spec.build(state, device)
+    except CheckpointError as e:  # the builder knows the model, not the file: name both
+        raise CheckpointError(f"{path}: {e}") from e
+
+
+def _onnx_files(base: Segmenter, checkpoint: str) -> tuple[Path, Path]:
+    """ONNX export of a loaded variant, cached by the checkpoint's sha256 (atomic: export, then rename)."""
+    import shutil
+    import tempfile
+
+    from models.checkpoint import sha256_of
+    from models.onnx_export import export_onnx
+
+    folder = weights_dir() / "onnx" / f"{base.name}-{sha256_of(checkpoint)[:16]}"
+    if not (folder / "decoder.onnx").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            export_onnx(base, tmp)
+            if not folder.exists():
+                tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder / "encoder.onnx", folder / "decoder.onnx"
 
 
 def _resolve_device(device: str) -> str:
