@@ -17,8 +17,8 @@ import numpy as np
 
 from app import interaction
 from app.interaction import ModelRunner, Prefetcher
-from app.render import Markers, Plane, VIEWS, compose, display_size, display_to_plane, display_window, to_rgb
-from app.session import PALETTE, Session, SessionError, SessionStore
+from app.render import Markers, Plane, VIEWS, acquisition_view, compose, display_size, display_to_plane, display_window, to_rgb
+from app.session import PALETTE, Edit, Session, SessionError, SessionStore
 from app.uploads import import_upload
 from data.readers import read_study
 from data.writers import write_label_nifti
@@ -42,7 +42,9 @@ def model_choices() -> list[tuple[str, str]]:
     """(label, name) for every registered variant; those without weights say which file they need."""
     out = []
     for spec in list_specs():
-        if spec.available():
+        if "auto" in spec.prompt_types:
+            out.append((f"{spec.name} (not promptable: automatic segmentation only)", spec.name))
+        elif spec.available():
             out.append((f"{spec.name}: {spec.description}", spec.name))
         else:
             out.append((f"{spec.name} (unavailable: needs {spec.default_checkpoint})", spec.name))
@@ -293,6 +295,43 @@ def clear(ctx: AppContext, session: Session) -> ViewModel:
     return view_model(session, f"Cleared {name} (undo brings it back)." if edit else f"{name} was already empty.")
 
 
+@_with_session
+def propagate(ctx: AppContext, session: Session, progress: Progress | None = None) -> ViewModel:
+    """Carry the active label from the shown slice through the study (``app.propagation``), one undoable edit.
+
+    Propagation walks the stored slices (k), so it runs from the acquisition view.
+    """
+    from app.embedding_cache import EmbeddingCache
+    from app.propagation import repropagate
+
+    volume = session.require_study()
+    acquired = acquisition_view(volume)
+    if volume.is_2d:
+        raise SessionError("propagation needs a 3D study; this one has a single slice")
+    if session.view.view != acquired:
+        raise SessionError(f"propagate from the {acquired} view (the stored slices): switch the view, then propagate")
+    k = session.view.index[acquired]
+    cache = session.runtime.setdefault("propagation_cache", EmbeddingCache(max_items=24))
+
+    def report(done: int, total: int, message: str) -> None:
+        if progress:
+            progress(done / max(total, 1), message)
+
+    with ctx.runner.turn():
+        new_labels, result = repropagate(
+            ctx.runner.segmenter(session.model), volume, session.labels, k, session.active,
+            window=interaction.model_window(session), cache=cache, progress=report,
+        )
+    edit = Edit(f"propagate {session.label(session.active).name}", None, None, session.labels.copy(), new_labels,
+                session.prompt, None)
+    session.apply(edit)
+    ctx.store.save(session)
+    reached = result.slices
+    span = f"slices {reached[0]}..{reached[-1]}" if reached else "no slice"
+    why = ", ".join(f"{d}: {r}" for d, r in result.stopped.items())
+    return view_model(session, f"Propagated to {span} ({why}). Undo reverts the whole propagation.")
+
+
 # --- labels -----------------------------------------------------------------------------------
 @_with_session
 def add_label(ctx: AppContext, session: Session, name: str) -> ViewModel:
@@ -341,6 +380,8 @@ def set_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
     specs = {s.name: s for s in list_specs()}
     if name not in specs:
         raise SessionError(f"unknown model {name!r}; known: {', '.join(specs)}")
+    if "auto" in specs[name].prompt_types:
+        raise SessionError(f"{name} segments without prompts; the interactive UI needs a promptable model")
     if not specs[name].available():
         raise SessionError(f"{name} is unavailable: put its weights at {specs[name].default_checkpoint}")
     ctx.runner.segmenter(name)  # load once (cached per process) before switching
@@ -460,7 +501,10 @@ def view_model(session: Session, status: str) -> ViewModel:
     vm.measurements = interaction.measurements(session)
     p = session.prompt
     if p is not None and p.alternatives and p.same_target(vs.view, vm.slice_index, session.active):
-        vm.alternatives = [f"{i + 1} (IoU {score:.2f})" for i, (_, _, score) in enumerate(p.alternatives)]
+        vm.alternatives = [
+            f"{i + 1} (IoU {score:.2f}{', box' if box is not None else ''})"
+            for i, (_, _, score, box) in enumerate(p.alternatives)
+        ]
         vm.chosen = vm.alternatives[p.chosen]
     vm.image = render(session)
     return vm

@@ -3,7 +3,9 @@
 The interaction protocol (``DESIGN.md``): the first prompt may be a box, a click or a mask; each
 later click on the same object adds a point and feeds back the previous low-resolution logits,
 as SAM's interactive loop does. A lone first click is ambiguous (part or whole?), so it asks for
-SAM's three multimask candidates, keeps the one with the best predicted IoU and offers the others.
+SAM's three multimask candidates, keeps the one with the best predicted IoU and offers the others;
+for a model trained with boxes only (LiteMedSAM gives empty masks for a lone point), the
+candidates are boxes of three sizes around the click instead (see ``_first_click_candidates``).
 
 Model work goes through one :class:`ModelRunner` (a lock shared by user requests and the
 background :class:`Prefetcher`); embeddings are cached per session, per plane.
@@ -30,6 +32,8 @@ from models.segmenter import Embedding, Segmenter
 
 log = logging.getLogger(__name__)
 EMBEDDINGS_PER_SESSION = 24  # LiteMedSAM: 4 MiB each
+MIN_CANDIDATE_PX = 10  # a multimask candidate smaller than this is "nothing"
+CLICK_BOX_MM = (5.0, 10.0, 20.0)  # half-sides of the boxes tried around a lone click (box-trained models)
 
 
 class PlaneEmbeddings:
@@ -258,16 +262,19 @@ def click(runner: ModelRunner, session: Session, x: float, y: float, positive: b
     p = PromptState(view=view, index=index, label=p.label, points=points, point_labels=point_labels,
                     box=p.box, base=p.base, logits=p.logits)
     ambiguous = len(points) == 1 and p.box is None and p.logits is None
-    result = _predict(runner, session, p, multimask=ambiguous)
-    best = result.best_index
-    alternatives = (
-        tuple((result.masks[i], result.low_res_logits[i][None], float(result.scores[i])) for i in range(len(result.scores)))
-        if ambiguous
-        else ()
-    )
-    after = PromptState(view=view, index=index, label=p.label, points=points, point_labels=point_labels, box=p.box,
-                        base=p.base, logits=result.low_res_logits[best][None], alternatives=alternatives, chosen=best)
-    edit = _edit(session, before, after, result.masks[best], f"{'positive' if positive else 'negative'} click")
+    if ambiguous:
+        candidates = _first_click_candidates(runner, session, p)
+        best = int(np.argmax([c[2] for c in candidates]))
+        mask, logits, _, box = candidates[best]
+        after = PromptState(view=view, index=index, label=p.label, points=points, point_labels=point_labels, box=box,
+                            base=p.base, logits=logits, alternatives=tuple(candidates), chosen=best)
+    else:
+        result = _predict(runner, session, p, multimask=False)
+        best = result.best_index
+        mask = result.masks[best]
+        after = PromptState(view=view, index=index, label=p.label, points=points, point_labels=point_labels,
+                            box=p.box, base=p.base, logits=result.low_res_logits[best][None])
+    edit = _edit(session, before, after, mask, f"{'positive' if positive else 'negative'} click")
     session.apply(edit, kind="click+" if positive else "click-")
     return edit
 
@@ -347,12 +354,39 @@ def choose_alternative(session: Session, which: int) -> Edit:
         raise PromptError("no alternatives to choose from: they exist only after a lone first click")
     if not 0 <= which < len(p.alternatives):
         raise PromptError(f"alternative {which + 1} does not exist; choose 1..{len(p.alternatives)}")
-    mask, logits, _ = p.alternatives[which]
+    mask, logits, _, box = p.alternatives[which]
     after = PromptState(view=p.view, index=p.index, label=p.label, points=p.points, point_labels=p.point_labels,
-                        box=p.box, base=p.base, logits=logits, alternatives=p.alternatives, chosen=which)
+                        box=box, base=p.base, logits=logits, alternatives=p.alternatives, chosen=which)
     edit = _edit(session, p, after, mask, f"alternative {which + 1}")
     session.apply(edit)
     return edit
+
+
+def _first_click_candidates(runner: ModelRunner, session: Session, p: PromptState) -> list[tuple]:
+    """Candidates for a lone first click: (mask, logits (1, h, w), predicted IoU, box or None), best first not implied.
+
+    SAM's answer to ambiguity is its three multimask outputs. A model trained with boxes only
+    (LiteMedSAM) returns empty masks for a lone point, so when every multimask candidate is
+    smaller than ``MIN_CANDIDATE_PX``, the candidates become the point plus a box of
+    ``CLICK_BOX_MM`` half-sides around it: a small, a medium and a large structure.
+    """
+    result = _predict(runner, session, p, multimask=True)
+    candidates = [(result.masks[i], result.low_res_logits[i][None], float(result.scores[i]), None)
+                  for i in range(len(result.masks))]
+    if max(int(m.sum()) for m, *_ in candidates) >= MIN_CANDIDATE_PX:
+        return candidates
+    (x, y), (h, w) = p.points[0], p.base.shape
+    row_mm, col_mm = Plane.of(session.require_study(), p.view).spacing(session.require_study())
+    boxed = []
+    for half_mm in CLICK_BOX_MM:
+        hx, hy = half_mm / col_mm, half_mm / row_mm
+        box = (max(0.0, x - hx), max(0.0, y - hy), min(w - 1.0, x + hx), min(h - 1.0, y + hy))
+        r = _predict(runner, session, PromptState(p.view, p.index, p.label, p.points, p.point_labels, box, base=p.base),
+                     multimask=False)
+        i = r.best_index
+        score = float(r.scores[i]) if np.isfinite(r.scores[i]) else 0.0
+        boxed.append((r.masks[i], r.low_res_logits[i][None], score, box))
+    return boxed
 
 
 def _predict(runner: ModelRunner, session: Session, p: PromptState, *, multimask: bool) -> MaskResult:

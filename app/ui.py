@@ -126,6 +126,7 @@ def build_app(config: UIConfig):
                 alternatives = gr.Radio([], label="Alternatives of the first click", elem_id="alternatives")
                 with gr.Row():
                     new_btn = gr.Button("New object", size="sm", elem_id="new-object")
+                    propagate_btn = gr.Button("Propagate 3D", size="sm", elem_id="propagate")
                     undo_btn = gr.Button("Undo", size="sm", elem_id="undo-btn")
                     redo_btn = gr.Button("Redo", size="sm", elem_id="redo-btn")
                 with gr.Accordion("Labels", open=True):
@@ -251,6 +252,10 @@ def build_app(config: UIConfig):
                 return [gr.skip()] * len(outputs)
             return guarded(controller.choose, s, int(str(choice).split()[0]) - 1)
 
+        def on_propagate(s, progress=gr.Progress()):
+            return guarded(controller.propagate, s, lambda f, d: progress(f, desc=d))
+
+        propagate_btn.click(on_propagate, [sid], outputs, **GPU)
         alternatives.input(on_choose, [sid, alternatives], outputs)
         new_btn.click(lambda s: guarded(controller.new_object, s), [sid], outputs)
         undo_btn.click(lambda s: guarded(controller.undo, s), [sid], outputs)

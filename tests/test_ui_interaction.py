@@ -1,0 +1,212 @@
+"""Prompting through the UI's actions with the real LiteMedSAM on the bundled CT: boxes, clicks,
+refinement with fed-back logits, first-click alternatives, labels, measurements, export, prefetch,
+propagation and restore."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from app import controller, interaction
+from app.controller import AppContext
+from app.interaction import ModelRunner, Prefetcher, merged_plane
+from app.session import SessionStore
+from models.prompts import PromptError
+from tests.conftest import SAMPLES
+
+CT_NAME = "CT head (DICOM series, 12 slices)"
+# Display pixels (512 x 512 for this 256 x 256 coronal slice): a box around the left lateral
+# ventricle region and a point inside the brain.
+BOX = ((180, 150), (330, 330))
+INSIDE = (256, 240)
+
+
+class SpyRunner(ModelRunner):
+    """The real runner, recording every Prompts the model receives."""
+
+    def __init__(self):
+        super().__init__("cpu")
+        self.calls = []
+
+    def segmenter(self, name):
+        real = super().segmenter(name)
+        spy = self
+
+        class Recorder:
+            def __getattr__(self, attr):
+                return getattr(real, attr)
+
+            def predict(self, embedding, prompts, **kw):
+                spy.calls.append(prompts)
+                return real.predict(embedding, prompts, **kw)
+
+        return Recorder()
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory, litemedsam):
+    runner = SpyRunner()
+    return AppContext(SessionStore(tmp_path_factory.mktemp("sessions")), runner, Prefetcher(runner, radius=0))
+
+
+@pytest.fixture(scope="module")
+def opened(ctx):
+    """A session with the CT open and its shown slice encoded (the one embedding most tests share)."""
+    sid = controller.start(ctx, None).session_id
+    vm = controller.open_sample(ctx, sid, CT_NAME)
+    assert (vm.view, vm.slice_index, vm.image.shape) == ("coronal", 6, (512, 512, 3))
+    controller.warm(ctx, sid)
+    return sid
+
+
+def _draw_box(ctx, sid):
+    controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
+    first = controller.click(ctx, sid, *BOX[0])
+    assert "opposite corner" in first.status
+    return controller.click(ctx, sid, *BOX[1])
+
+
+def test_box_segments_inside_the_box_and_undo_redo_round_trip(ctx, opened):
+    session = ctx.store.get(opened)
+    before = session.labels.copy()
+    vm = _draw_box(ctx, opened)
+    plane = session.region("coronal", 6)
+    assert 500 < int((plane == 1).sum()) < 256 * 256 // 2
+    rows, cols = np.nonzero(plane == 1)  # box corners on the plane: (89.75, 74.75)..(164.75, 164.75)
+    assert cols.min() >= 85 and cols.max() <= 170 and rows.min() >= 70 and rows.max() <= 170
+    assert vm.measurements[0][2] == int((plane == 1).sum())
+    after = session.labels.copy()
+    controller.undo(ctx, opened)
+    np.testing.assert_array_equal(session.labels, before)
+    controller.redo(ctx, opened)
+    np.testing.assert_array_equal(session.labels, after)
+
+
+def test_clicks_accumulate_points_and_feed_back_the_previous_logits(ctx, opened):
+    _draw_box(ctx, opened)
+    session = ctx.store.get(opened)
+    box_logits = session.prompt.logits.copy()
+    controller.set_display(ctx, opened, "default", 40, 400, 0.45, "point −")
+    ctx.runner.calls.clear()
+    controller.click(ctx, opened, 300, 300)
+    controller.set_display(ctx, opened, "default", 40, 400, 0.45, "point +")
+    controller.click(ctx, opened, *INSIDE)
+    first, second = ctx.runner.calls
+    np.testing.assert_array_equal(first.mask_logits, box_logits)
+    assert first.box is not None and first.point_labels.tolist() == [0]
+    assert second.point_labels.tolist() == [0, 1] and len(second.points) == 2
+    np.testing.assert_array_equal(second.mask_logits, session.undo_stack[-2].prompt_after.logits)
+    assert len(session.history[1]) >= 3 and session.history[1][-1]["kind"] == "click+"
+
+
+def test_lone_first_click_offers_alternatives_and_choosing_one_swaps_the_mask(ctx, opened):
+    controller.new_object(ctx, opened)
+    controller.set_display(ctx, opened, "default", 40, 400, 0.45, "point +")
+    vm = controller.click(ctx, opened, *INSIDE)
+    assert len(vm.alternatives) == 3 and vm.chosen in vm.alternatives
+    session = ctx.store.get(opened)
+    other = next(i for i in range(3) if vm.alternatives[i] != vm.chosen)
+    controller.choose(ctx, opened, other)
+    expected = session.prompt.alternatives[other][0]
+    plane = session.region("coronal", 6)
+    np.testing.assert_array_equal(plane == 1, expected & ((session.prompt.base == 0) | (session.prompt.base == 1)))
+
+
+def test_a_negative_first_click_is_a_user_error(ctx, opened):
+    controller.new_object(ctx, opened)
+    controller.set_display(ctx, opened, "default", 40, 400, 0.45, "point −")
+    with pytest.raises(PromptError, match="positive click"):
+        controller.click(ctx, opened, *INSIDE)
+
+
+@pytest.mark.parametrize(
+    "base, mask, label, expected",
+    [
+        ([[0, 0], [0, 0]], [[1, 1], [0, 0]], 1, [[1, 1], [0, 0]]),
+        ([[2, 0], [1, 1]], [[1, 1], [0, 0]], 1, [[2, 1], [0, 0]]),  # label 2 is kept; old label-1 pixels replaced
+        ([[2, 2], [0, 0]], [[1, 1], [1, 1]], 2, [[2, 2], [2, 2]]),
+    ],
+)
+def test_merged_plane_never_overwrites_other_labels(base, mask, label, expected):
+    out = merged_plane(np.array(base, np.uint16), np.array(mask, bool), label)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_paint_labels_and_measurements_in_mm(ctx, opened):
+    controller.add_label(ctx, opened, "painted")
+    session = ctx.store.get(opened)
+    mask = np.zeros((256, 256), bool)
+    mask[10:20, 10:30] = True  # 200 px on the plane grid
+    vm = controller.mask(ctx, opened, mask, use_model=False)
+    row = next(r for r in vm.measurements if r[1] == "painted")
+    sx, sy, sz = session.volume.spacing  # coronal plane: rows along j, columns along i
+    assert row[2] == 200
+    assert row[3] == pytest.approx(200 * sy * sx, abs=0.01)
+    assert row[4] == pytest.approx(200 * sx * sy * sz / 1000, abs=1e-4)
+    controller.edit_label(ctx, opened, "painted roi", "#00ff80")
+    assert session.label(session.active).colour == (0, 255, 128)
+
+
+def test_exports_equal_the_server_labels(ctx, opened):
+    session = ctx.store.get(opened)
+    path, _ = controller.export(ctx, opened, "nifti")
+    image = sitk.ReadImage(str(path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), session.labels)
+    assert image.GetSpacing() == pytest.approx(session.volume.spacing)
+    assert path.parent == session.directory / "exports"
+    seg_path, _ = controller.export(ctx, opened, "dicom-seg")
+    from data.dicom_seg import read_dicom_seg
+
+    seg = read_dicom_seg(seg_path, reference=session.volume)
+    present = np.unique(session.labels[session.labels > 0])
+    assert seg.labels.array.shape == session.labels.shape
+    for value in present:  # segment numbers may be renumbered; the voxels must agree
+        name = session.label(int(value)).name
+        number = next(n for n, nm in seg.names.items() if nm == name)
+        np.testing.assert_array_equal(seg.labels.array == number, session.labels == value)
+
+
+def test_restore_in_a_new_store_keeps_labels_and_view(ctx, opened):
+    session = ctx.store.get(opened)
+    again = SessionStore(ctx.store.root)
+    restored_ctx = AppContext(again, ctx.runner, ctx.prefetcher)
+    vm = controller.start(restored_ctx, opened)
+    assert vm.session_id == opened and vm.status == "Session restored."
+    np.testing.assert_array_equal(again.get(opened).labels, session.labels)
+    assert (vm.view, vm.slice_index) == ("coronal", 6)
+
+
+def test_prefetcher_encodes_the_neighbour_while_idle(ctx, opened):
+    session = ctx.store.get(opened)
+    prefetcher = Prefetcher(ctx.runner, radius=1)
+    controller.set_slice(ctx, opened, 0)
+    prefetcher.request(session, "coronal", 0)  # slice 0 has one neighbour: 1
+    deadline = time.monotonic() + 120
+    while not prefetcher.idle() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    prefetcher.stop()
+    assert (session.model, "coronal", 1) in interaction.embeddings_of(session)
+    controller.set_slice(ctx, opened, 6)
+
+
+def test_propagation_carries_the_label_and_undoes_as_one_edit(ctx, tmp_path, litemedsam):
+    from data.readers import read_study
+
+    ct = read_study(SAMPLES / "ct_head_0051_series")
+    small = tmp_path / "three.nii.gz"
+    sitk.WriteImage(replace(ct, array=ct.array[5:8]).to_sitk(), str(small))  # 3 slices keep this test cheap
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(small)])
+    _draw_box(ctx, sid)
+    session = ctx.store.get(sid)
+    assert session.view.index["coronal"] == 1 and (session.labels[1] == 1).sum() > 500
+    before = session.labels.copy()
+    vm = controller.propagate(ctx, sid)
+    assert "Propagated" in vm.status
+    assert (session.labels[0] == 1).sum() > 100 and (session.labels[2] == 1).sum() > 100
+    controller.undo(ctx, sid)
+    np.testing.assert_array_equal(session.labels, before)
