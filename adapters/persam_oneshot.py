@@ -13,20 +13,23 @@ from typing import Callable, Sequence
 import numpy as np
 
 from adapters.persam import PerSAMReference, PerSAMResult, persam_reference, persam_segment
+from adapters.persam_box import PerSAMBoxModel, fit_persam_box, persam_box_segment
 from adapters.persam_f import ITERATIONS, PerSAMFModel, fit_persam_f, persam_f_segment
 from models.segmenter import Embedding, Segmenter
 
-METHODS = ("persam", "persam_f")
+# persam / persam_f: the paper's methods; persam_box: our box-prompt variant for box-trained models.
+METHODS = ("persam", "persam_f", "persam_box")
 
 
 @dataclass(frozen=True)
 class OneShot:
-    """A learnt reference. method: 'persam' or 'persam_f'; exactly one of ``reference``/``persam_f`` is set."""
+    """A learnt reference. method: one of METHODS; the matching one of the model fields is set."""
 
     method: str
     model_name: str
     reference: PerSAMReference | None = None
     persam_f: PerSAMFModel | None = None
+    persam_box: PerSAMBoxModel | None = None
 
     def segment(self, segmenter: Segmenter, embedding: Embedding) -> PerSAMResult:
         """Segment the learnt structure on one embedded slice."""
@@ -37,6 +40,8 @@ class OneShot:
             )
         if self.method == "persam_f":
             return persam_f_segment(segmenter, self.persam_f, embedding)
+        if self.method == "persam_box":
+            return persam_box_segment(segmenter, self.persam_box, embedding)
         return persam_segment(segmenter, self.reference, embedding)
 
 
@@ -61,6 +66,8 @@ def fit_oneshot(
     if method == "persam_f":
         model = fit_persam_f(segmenter, embedding, ref_mask, parity=parity, iterations=iterations)
         return OneShot(method, segmenter.name, persam_f=model)
+    if method == "persam_box":
+        return OneShot(method, segmenter.name, persam_box=fit_persam_box(segmenter, embedding, ref_mask, parity=parity))
     return OneShot(method, segmenter.name, reference=persam_reference(segmenter, embedding, ref_mask, parity=parity))
 
 

@@ -90,6 +90,7 @@ def main() -> int:
         models = {
             "persam": fit_oneshot(seg, ref_img, ref_gt, method="persam", ref_embedding=embed(ref)),
             "persam_parity": fit_oneshot(seg, ref_img, ref_gt, method="persam", parity=True, ref_embedding=embed(ref)),
+            "persam_box": fit_oneshot(seg, ref_img, ref_gt, method="persam_box", ref_embedding=embed(ref)),
             "persam_f": fit_oneshot(
                 seg, ref_img, ref_gt, method="persam_f", iterations=args.iterations, ref_embedding=embed(ref)
             ),
@@ -127,7 +128,7 @@ def main() -> int:
         w.writeheader()
         w.writerows(out_rows)
     print(f"wrote {args.out} ({len(out_rows)} rows) in {time.time() - t_start:.0f} s")
-    for name in ("gt_box", "persam", "persam_parity", "persam_f"):
+    for name in ("gt_box", "persam", "persam_parity", "persam_f", "persam_box"):
         for mod in ("MR-T1", "CT"):
             v = [r[f"dice_{name}"] for r in out_rows if r["modality"] == mod]
             if v:

@@ -264,3 +264,19 @@ def test_query_pe_leak_changes_the_first_decoder_call(sam, embeddings, persam_re
             out[leak] = sam.predict(emb, step1.prompts).low_res_logits
     close(out[True], golden["test01__step1__low_res_logits"], 1e-4, 1e-4)
     assert np.abs(out[True] - out[False]).max() > 1e-2
+
+
+# --- PerSAM-box helper (hand-computed) -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "centre, size, image, expected",
+    [
+        ((50, 40), (20, 10), (100, 200), (40, 35, 59, 44)),  # centred
+        ((2, 3), (20, 10), (100, 200), (0, 0, 19, 9)),  # pushed inside at the top-left
+        ((199, 99), (20, 10), (100, 200), (180, 90, 199, 99)),  # pushed inside at the bottom-right
+        ((10, 10), (500, 500), (100, 200), (0, 0, 199, 99)),  # larger than the image: the whole image
+    ],
+)
+def test_centred_box(centre, size, image, expected):
+    from adapters.persam_box import centred_box
+
+    np.testing.assert_array_equal(centred_box(np.array(centre), size, image), expected)

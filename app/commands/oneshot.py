@@ -30,7 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="PerSAM (training-free) or PerSAM-F (2 weights trained on the reference) on a SAM-family "
         "model. 2D targets write DIR/<stem>.png; 3D targets write DIR/<stem>.nii.gz with every slice segmented.",
     )
-    p.add_argument("--method", choices=METHODS, default="persam", help="default persam")
+    p.add_argument(
+        "--method", choices=METHODS, default="persam",
+        help="persam (training-free), persam_f (2 weights trained on the reference), persam_box (PerSAM's location "
+        "prior as a box of the reference's size: for box-trained models such as LiteMedSAM); default persam",
+    )
     p.add_argument("--ref", required=True, metavar="IMAGE", help="reference image: PNG/JPEG, NIfTI, DICOM file or series")
     p.add_argument("--ref-mask", required=True, metavar="MASK", help="its annotation (PNG or label NIfTI on the same grid)")
     p.add_argument("--ref-slice", type=int, default=None, metavar="K", help="slice K of a 3D --ref (and of its mask)")
