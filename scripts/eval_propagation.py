@@ -65,7 +65,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "propagation_dice.csv"))
     parser.add_argument("--start-margin", type=float, default=5.0)
+    parser.add_argument("--plot-only", action="store_true", help="only redraw the figure from --out")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(Path(args.out))
+        return 0
     torch.set_num_threads(2)
     seg = load_segmenter("litemedsam")
     volumes, caches, rows = {}, {}, []
@@ -110,7 +114,36 @@ def main() -> int:
             d = [r["dice3d"] for r in rows if r["rule"] == rule and r["dataset"] == dataset]
             print(f"  {dataset:8s} {rule:36s} {np.mean(d):.3f}  (n={len(d)})")
     print(f"wrote {out}")
+    plot(out)
     return 0
+
+
+def plot(csv_path: Path) -> Path:
+    """Bar chart of 3D Dice per structure and rule -> docs/img/propagation_dice.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    structures = list(dict.fromkeys(f"{r['dataset']}: {r['structure']}" for r in rows))
+    rules = list(dict.fromkeys(r["rule"] for r in rows))
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    width = 0.8 / len(rules)
+    for n, rule in enumerate(rules):
+        d = {f"{r['dataset']}: {r['structure']}": float(r["dice3d"]) for r in rows if r["rule"] == rule}
+        ax.bar(np.arange(len(structures)) + n * width, [d[s] for s in structures], width, label=rule)
+    ax.set_xticks(np.arange(len(structures)) + 0.4 - width / 2, structures, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("3D Dice")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("LiteMedSAM 3D propagation from one box on the largest GT slice")
+    fig.tight_layout()
+    png = csv_path.with_suffix(".png")
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
 
 
 if __name__ == "__main__":
