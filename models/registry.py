@@ -211,7 +211,8 @@ _ZOO = (
      "the res50 checkpoint trained with github.com/Hhankyangg/sam-unet; it pickles an optimizer, so convert it once: "
      "medseg convert-checkpoint FILE.pth weights/sam_unet_res50.safetensors --trust"),
     ("sam_adapter", "SAM-Adapter ViT-B (cod-sam-vit-b): automatic, no prompts", "sam_adapter_cod_vit_b.pth",
-     _build_sam_adapter, 1024, ("auto",), "a model_epoch_*.pth trained with github.com/tianrun-chen/SAM-Adapter-PyTorch"),
+     _build_sam_adapter, 1024, ("auto",),
+     "a model_epoch_*.pth trained with github.com/tianrun-chen/SAM-Adapter-PyTorch"),
 )
 
 _BUILTIN_DONE = False

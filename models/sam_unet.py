@@ -92,7 +92,10 @@ class Reshaper(nn.Module):
 def _up4(c_in: int, c_mid: int, c_out: int) -> nn.Sequential:
     """Two 2x2 stride-2 transposed convs (x4 in size) with LayerNorm2d and GELU between."""
     return nn.Sequential(
-        nn.ConvTranspose2d(c_in, c_mid, 2, stride=2), LayerNorm2d(c_mid), nn.GELU(), nn.ConvTranspose2d(c_mid, c_out, 2, stride=2)
+        nn.ConvTranspose2d(c_in, c_mid, 2, stride=2),
+        LayerNorm2d(c_mid),
+        nn.GELU(),
+        nn.ConvTranspose2d(c_mid, c_out, 2, stride=2),
     )
 
 
@@ -157,9 +160,8 @@ class MedTokenDecoder(nn.Module):
         multi_scale_feature: torch.Tensor,
     ) -> torch.Tensor:
         """-> (B, 1, 64, 64) low-res logits."""
-        tokens = torch.cat(
-            (self.med_token.weight[None].expand(sparse_prompt_embeddings.shape[0], -1, -1), sparse_prompt_embeddings), dim=1
-        )
+        med = self.med_token.weight[None].expand(sparse_prompt_embeddings.shape[0], -1, -1)
+        tokens = torch.cat((med, sparse_prompt_embeddings), dim=1)
         src = image_embeddings + dense_prompt_embeddings
         b, c, h, w = src.shape
         hs, src = self.sam_mask_decoder.transformer(src, image_pe.expand(b, -1, -1, -1), tokens)

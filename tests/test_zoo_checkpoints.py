@@ -92,16 +92,30 @@ def test_pickle_without_trust_says_exactly_what_to_run(pickled_with_optimizer, c
     rc = main(["convert-checkpoint", str(path), str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and not out.exists()
-    assert err.startswith("medseg convert-checkpoint: error:") and f"medseg convert-checkpoint {path} {out} --trust" in err
+    assert err.startswith("medseg convert-checkpoint: error:")
+    assert f"medseg convert-checkpoint {path} {out} --trust" in err
 
 
-def test_convert_with_trust_writes_weights_only_file_that_loads(pickled_with_optimizer, mobilesam_state, tmp_path, capsys):
+def test_convert_with_trust_writes_weights_only_file_that_loads(
+    pickled_with_optimizer, mobilesam_state, tmp_path, capsys
+):
     out = tmp_path / "mobile_sam.safetensors"
     assert main(["convert-checkpoint", str(pickled_with_optimizer), str(out), "--trust"]) == 0
     assert "439 tensors" in capsys.readouterr().out
     segmenter = load_segmenter("mobilesam", checkpoint=out)
     own = segmenter.model.state_dict()
     assert all(torch.equal(own[k], v) for k, v in mobilesam_state.items())
+
+
+def test_convert_needs_no_trust_for_a_weights_only_file(mobilesam_state, tmp_path, capsys):
+    src, out = tmp_path / "plain.pth", tmp_path / "plain.safetensors"
+    torch.save({"model": mobilesam_state}, src)
+    assert main(["convert-checkpoint", str(src), str(out)]) == 0
+    from safetensors.torch import load_file
+
+    converted = load_file(str(out))
+    assert converted.keys() == mobilesam_state.keys()
+    assert all(torch.equal(converted[k], v) for k, v in mobilesam_state.items())
 
 
 def test_convert_refuses_other_output_suffix(pickled_with_optimizer, tmp_path, capsys):
@@ -136,7 +150,8 @@ def test_models_command_shows_present_and_missing_weights(tmp_path, monkeypatch,
     rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert tuple(sorted(rows)) == ZOO
     assert rows["mobilesam"]["weights"] == "present"
-    assert rows["sam_vit_b"] == {**rows["sam_vit_b"], "weights": "missing", "file": str(tmp_path / "sam_vit_b_01ec64.pth")}
+    assert rows["sam_vit_b"]["weights"] == "missing"
+    assert rows["sam_vit_b"]["file"] == str(tmp_path / "sam_vit_b_01ec64.pth")
     assert rows["sam_adapter"]["prompt_types"] == ["auto"] and rows["sam_med2d"]["input_size"] == 256
     assert main(["models"]) == 0
     text = capsys.readouterr().out

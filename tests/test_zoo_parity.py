@@ -4,7 +4,8 @@ For each fixture the synthetic weights are regenerated once per session (checked
 manifest's SHA-256), saved in the official file form, and loaded through ``load_segmenter``. For
 the prompted models the image is saved as PNG and segmented by ``medseg segment ... --box`` in
 process; the embedding that run computes (and the intermediate outputs, via forward hooks) is
-reused for every other comparison, so each encoder runs once. Tolerances: ``shared/parity/README.md`` §4.
+reused for every other comparison, so each encoder runs once (SAM-Adapter goes through the CLI
+too: it ignores the box). Tolerances: ``shared/parity/README.md`` §4.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def _run(name: str, folder: Path) -> ZooRun:
     segmenter = load_segmenter(name, checkpoint=str(checkpoint))
     captured: dict[str, torch.Tensor] = {}
     handles = [
-        _hook(segmenter.model.get_submodule(path), what, key, captured) for key, (path, what) in HOOKS.get(name, {}).items()
+        _hook(segmenter.model.get_submodule(path), what, key, captured)
+        for key, (path, what) in HOOKS.get(name, {}).items()
     ]
     embeddings: list[Embedding] = []
     encode = segmenter.embed
@@ -105,15 +107,13 @@ def _run(name: str, folder: Path) -> ZooRun:
 
     run = ZooRun(name, golden, segmenter, None, checkpoint, other_form, captured)  # type: ignore[arg-type]
     try:
-        if name in CLI_MODELS:
-            png, out = folder / f"{name}_image.png", folder / f"{name}_mask.png"
-            Image.fromarray(golden["image"]).save(png)
-            segmenter.embed = recording_embed  # the CLI loads this same cached instance
-            box = [str(v) for v in golden["box__box"].tolist()]
-            run.cli_rc = main(["segment", str(png), "--model", name, "--checkpoint", str(checkpoint), "--box", *box, "-o", str(out)])
-            run.cli_mask = np.asarray(Image.open(out)) > 0 if out.exists() else None
-        else:
-            embeddings.append(segmenter.embed(golden["image"]))
+        png, out = folder / f"{name}_image.png", folder / f"{name}_mask.png"
+        Image.fromarray(golden["image"]).save(png)
+        segmenter.embed = recording_embed  # the CLI loads this same cached instance
+        box = [str(v) for v in golden.get("box__box", np.array([215, 82, 305, 160])).tolist()]
+        argv = ["segment", str(png), "--model", name, "--checkpoint", str(checkpoint), "--box", *box, "-o", str(out)]
+        run.cli_rc = main(argv)
+        run.cli_mask = np.asarray(Image.open(out)) > 0 if out.exists() else None
     finally:
         segmenter.__dict__.pop("embed", None)
         for h in handles:
@@ -160,7 +160,9 @@ def assert_masks_match(mask: np.ndarray, golden: np.ndarray, logits: np.ndarray,
 
 
 PROMPTED = ("sam_vit_b", "mobilesam", "sam_med2d", "sam_unet")
-CASES = [(m, p) for m in PROMPTED for p in PROMPT_SETS if f"{p}__low_res_logits" in np.load(PARITY / m / "golden.npz").files]
+CASES = [
+    (m, p) for m in PROMPTED for p in PROMPT_SETS if f"{p}__low_res_logits" in np.load(PARITY / m / "golden.npz").files
+]
 
 
 @pytest.mark.parametrize("name", PROMPTED + ("sam_adapter",))
@@ -212,7 +214,8 @@ def test_prompt_set_matches_official(zoo_runs, name, pset):
     else:  # SAM-UNet has no IoU head
         assert np.isnan(result.scores).all()
     with torch.inference_mode():
-        logits = seg.geometry.logits_to_original(torch.from_numpy(result.low_res_logits)[None], run.embedding.original_size)
+        low_res = torch.from_numpy(result.low_res_logits)[None]
+        logits = seg.geometry.logits_to_original(low_res, run.embedding.original_size)
     golden_masks = g[f"{pset}__masks"]
     assert result.masks.shape == golden_masks.shape
     for k in range(len(golden_masks)):
@@ -243,6 +246,13 @@ def test_cli_segment_box_gives_official_mask(zoo_runs, name):
     assert run.cli_mask is not None and run.cli_mask.shape == golden.shape
     differ = run.cli_mask != golden
     assert differ.sum() <= 1e-4 * differ.size, f"{name}: {int(differ.sum())} pixels differ from the official box mask"
+
+
+def test_cli_segment_runs_sam_adapter_automatically(zoo_runs):
+    """SAM-Adapter through ``medseg segment``: the mask is the automatic one, whatever the box."""
+    run = zoo_runs("sam_adapter")
+    assert run.cli_rc == 0
+    np.testing.assert_array_equal(run.cli_mask, run.segmenter.predict(run.embedding).masks[0])
 
 
 @pytest.mark.parametrize("name", PROMPTED + ("sam_adapter",))

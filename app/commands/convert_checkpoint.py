@@ -59,12 +59,16 @@ def convert(src: str | Path, dst: str | Path, *, trust: bool) -> int:
     try:
         state = read_state_dict(src)  # weights-only first: no trust needed if this works
     except CheckpointError as e:
-        if not trust:
+        if trust:
+            state = load_trusted(src)
+        elif "--trust" in str(e):  # pickled objects, not a corrupt file
             raise CheckpointError(
-                f"{e}. Unpickling can run code from the file, so convert-checkpoint does it only with --trust: "
+                f"checkpoint {src} holds pickled Python objects (often an optimizer) besides its weights; reading "
+                f"them means unpickling, which can run code from the file. If you trust its source, run: "
                 f"medseg convert-checkpoint {src} {dst} --trust"
             ) from e
-        state = load_trusted(src)
+        else:
+            raise
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     with atomic_output(dst) as tmp:
         save_file(tensors, str(tmp), metadata={"converted_from": src.name})

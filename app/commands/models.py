@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         state = f"present: {r['file']}" if r["weights"] == "present" else f"missing: expects {r['file']}"
+        source = f"; from {r['source']}" if r["source"] and r["weights"] == "missing" else ""
         print(
             f"{r['name']:<{width}}  {r['input_size']:>4}px  prompts: {','.join(r['prompt_types']):<15}  {state}\n"
-            f"{'':<{width}}  {r['description']}" + (f"; from {r['source']}" if r["source"] and r["weights"] == "missing" else "")
+            f"{'':<{width}}  {r['description']}{source}"
         )
     return 0
