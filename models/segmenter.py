@@ -117,12 +117,18 @@ class Segmenter:
                 f"this embedding was computed by {embedding.model_name!r}, not {self.name!r}: call embed() again"
             )
         prompts.validate(embedding.original_size)
-        sparse, dense = self.encode_prompts(embedding, prompts)
-        low_res, iou = self.decode(embedding, sparse, dense, multimask_output)
+        low_res, iou = self.decode_prompts(embedding, prompts, multimask_output)
         upscaled = self.geometry.logits_to_original(low_res, embedding.original_size)
         masks = (upscaled > 0.0)[0].cpu().numpy()
         scores = iou[0].float().cpu().numpy() if self.has_iou_head else np.full(masks.shape[0], np.nan, np.float32)
         return MaskResult(masks=masks, scores=scores, low_res_logits=low_res[0].float().cpu().numpy())
+
+    def decode_prompts(
+        self, embedding: Embedding, prompts: Prompts, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts -> (1, K, h, w) low-res logits and (1, K) IoU (another backend replaces this)."""
+        sparse, dense = self.encode_prompts(embedding, prompts)
+        return self.decode(embedding, sparse, dense, multimask_output)
 
     def encode_prompts(self, embedding: Embedding, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
         """Map prompts into the model frame and run the prompt encoder -> (sparse, dense)."""

@@ -22,6 +22,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="litemedsam", help="registry name (see `medseg models`); default litemedsam")
     p.add_argument("--checkpoint", metavar="FILE", help="weights file; default: the registry's file in weights/")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="default torch; onnx runs onnxruntime")
+
+
+def segmenter_from_args(args: argparse.Namespace):
+    """The shared, cached segmenter that --model/--checkpoint/--device/--backend name."""
+    from models.registry import load_segmenter
+
+    return load_segmenter(args.model, args.checkpoint, args.device, getattr(args, "backend", "torch"))
 
 
 def add_slice_args(p: argparse.ArgumentParser) -> None:

@@ -8,11 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-from app.commands.common import add_model_args, add_prompt_args, add_slice_args, add_study_args, load_slice, prompts_from_args
+from app.commands.common import (
+    add_model_args,
+    add_prompt_args,
+    add_slice_args,
+    add_study_args,
+    load_slice,
+    prompts_from_args,
+    segmenter_from_args,
+)
 from app.errors import UsageError
 from data.export import export_labels
 from data.writers import write_png_mask
-from models.registry import load_segmenter
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if volume.is_2d and not (is_nifti or out.suffix.lower() == ".png"):
         raise UsageError(f"--output {out}: expected a .png (or .nii.gz) name for 2D input")
     prompts.validate(image.shape[:2])
-    segmenter = load_segmenter(args.model, args.checkpoint, args.device)
+    segmenter = segmenter_from_args(args)
     t0 = time.perf_counter()
     embedding = segmenter.embed(image)
     t1 = time.perf_counter()

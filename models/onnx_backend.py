@@ -1,0 +1,83 @@
+"""ONNX Runtime backend: the same Segmenter interface, encoder and decoder run by onnxruntime.
+
+Preprocessing and geometry stay the torch variant's (one place for each), so both backends see
+identical inputs. CPU here; the CUDA provider is used where onnxruntime-gpu is installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.prompts import Prompts
+from models.segmenter import Embedding, Segmenter
+
+
+def available_providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+    return [p for p in wanted if p in have]
+
+
+class OnnxSegmenter(Segmenter):
+    """Runs ``encoder.onnx`` / ``decoder.onnx`` written by :func:`models.onnx_export.export_onnx`."""
+
+    def __init__(self, base: Segmenter, encoder_path: str | Path, decoder_path: str | Path, device: str = "cpu"):
+        import onnxruntime as ort
+
+        # No super().__init__: there is no torch model to place; preprocessing is the base's.
+        self.base = base
+        self.name = f"{base.name}+onnx"
+        self.geometry = base.geometry
+        self.low_res_size = base.low_res_size
+        self.has_iou_head = base.has_iou_head
+        self.device = torch.device("cpu")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        providers = available_providers(device)
+        self.providers = providers
+        self.encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
+        self.decoder = ort.InferenceSession(str(decoder_path), options, providers=providers)
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        return self.base.preprocess(image)
+
+    def encode(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        (features,) = self.encoder.run(None, {"image": batch.cpu().numpy().astype(np.float32)})
+        return torch.from_numpy(features), {}
+
+    def decode_prompts(
+        self, embedding: Embedding, prompts: Prompts, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        size = embedding.original_size
+        coords, labels = [], []
+        if prompts.points is not None:
+            coords.append(self.geometry.apply_coords(prompts.points, size))
+            labels.append(prompts.point_labels.astype(np.float32))
+        if prompts.box is not None:
+            coords.append(self.geometry.apply_box(prompts.box, size).reshape(2, 2))
+            labels.append(np.array([2.0, 3.0], dtype=np.float32))
+        else:
+            coords.append(np.zeros((1, 2), dtype=np.float32))  # SAM's padding point when there is no box
+            labels.append(np.array([-1.0], dtype=np.float32))
+        low = self.low_res_size
+        if prompts.mask_logits is not None:
+            mask_input, has_mask = prompts.mask_logits.reshape(1, 1, low, low), np.ones(1, np.float32)
+        else:
+            mask_input, has_mask = np.zeros((1, 1, low, low), np.float32), np.zeros(1, np.float32)
+        low_res, iou = self.decoder.run(
+            None,
+            {
+                "image_embeddings": embedding.features.cpu().numpy(),
+                "point_coords": np.concatenate(coords)[None].astype(np.float32),
+                "point_labels": np.concatenate(labels)[None].astype(np.float32),
+                "mask_input": mask_input.astype(np.float32),
+                "has_mask_input": has_mask,
+            },
+        )
+        pick = slice(1, None) if multimask_output else slice(0, 1)
+        return torch.from_numpy(low_res[:, pick]), torch.from_numpy(iou[:, pick])

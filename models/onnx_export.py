@@ -1,0 +1,124 @@
+"""Export-only ONNX wrappers for a SAM-family segmenter: an image encoder and a prompt decoder.
+
+The decoder wrapper follows the facts of segment_anything's ``utils/onnx.py::SamOnnxModel``
+(points and box corners as one point list with labels -1 pad, 0 negative, 1 positive, 2/3 box
+corners; a mask input gated by ``has_mask_input``), written without boolean indexing so that
+the number of points stays a dynamic axis. It returns the low-res logits and IoU of all four
+mask tokens; the backend picks the single or the three multimask outputs as SAM does, and maps
+logits back to the original image in NumPy/torch with the model's own geometry.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.segmenter import Segmenter
+
+OPSET = 17
+
+
+class EncoderOnnx(nn.Module):
+    """(B, 3, S, S) preprocessed input -> (B, 256, h, w) image embedding."""
+
+    def __init__(self, segmenter: Segmenter):
+        super().__init__()
+        self.image_encoder = segmenter.model.image_encoder
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(image)
+
+
+class DecoderOnnx(nn.Module):
+    """Prompt encoder + mask decoder of segment_anything, for one image and N prompt points.
+
+    Inputs: image_embeddings (1, 256, h, w); point_coords (1, N, 2) in the model's input frame;
+    point_labels (1, N) float; mask_input (1, 1, 4h, 4w) logits; has_mask_input (1,) 0 or 1.
+    Outputs: low_res_logits (1, 4, 4h, 4w), iou_predictions (1, 4).
+    """
+
+    def __init__(self, segmenter: Segmenter):
+        super().__init__()
+        sam = segmenter.model
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+
+    def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pe = self.prompt_encoder
+        coords = coords + 0.5
+        coords = coords / torch.tensor([pe.input_image_size[1], pe.input_image_size[0]], dtype=coords.dtype)
+        emb = pe.pe_layer._pe_encoding(coords)
+        labels = labels.unsqueeze(-1)
+        emb = emb * (labels != -1)
+        emb = emb + pe.not_a_point_embed.weight * (labels == -1)
+        for i in range(pe.num_point_embeddings):
+            emb = emb + pe.point_embeddings[i].weight * (labels == i)
+        return emb
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse = self._embed_points(point_coords, point_labels)
+        pe = self.prompt_encoder
+        dense = has_mask_input * pe.mask_downscaling(mask_input) + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(
+            1, -1, 1, 1
+        )
+        masks, iou = self.mask_decoder.predict_masks(
+            image_embeddings=image_embeddings,
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+        )
+        return masks, iou
+
+
+def export_onnx(segmenter: Segmenter, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``encoder.onnx`` and ``decoder.onnx`` for a segmenter; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = segmenter.geometry.target
+    device = torch.device("cpu")
+    image = torch.zeros(1, 3, size, size, device=device)
+    model = segmenter.model.to(device)
+    enc_path, dec_path = out_dir / "encoder.onnx", out_dir / "decoder.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on constants; parity is tested instead
+        torch.onnx.export(
+            EncoderOnnx(segmenter).eval(),
+            (image,),
+            str(enc_path),
+            input_names=["image"],
+            output_names=["image_embeddings"],
+            dynamic_axes={"image": {0: "batch"}, "image_embeddings": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+        emb = EncoderOnnx(segmenter).eval()(image)
+        low = segmenter.low_res_size
+        args = (
+            emb,
+            torch.zeros(1, 3, 2, device=device),
+            torch.tensor([[1.0, 2.0, 3.0]], device=device),
+            torch.zeros(1, 1, low, low, device=device),
+            torch.zeros(1, device=device),
+        )
+        torch.onnx.export(
+            DecoderOnnx(segmenter).eval(),
+            args,
+            str(dec_path),
+            input_names=["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+            output_names=["low_res_logits", "iou_predictions"],
+            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    model.to(segmenter.device)
+    return enc_path, dec_path

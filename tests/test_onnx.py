@@ -1,0 +1,77 @@
+"""ONNX Runtime backend = torch backend: same embedding, logits, IoU and masks for any number of points."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from models.onnx_backend import OnnxSegmenter
+from models.registry import _load_cached, load_segmenter, weights_dir
+from models.prompts import Prompts
+from tests.conftest import PARITY
+
+
+@pytest.fixture(scope="module")
+def onnx_weights(tmp_path_factory):
+    """A weights/ folder holding (a link to) the real checkpoint, for the registry's ONNX export."""
+    folder = tmp_path_factory.mktemp("weights")
+    os.symlink(weights_dir() / "lite_medsam.pth", folder / "lite_medsam.pth")
+    old = os.environ.get("MEDSEG_WEIGHTS")
+    os.environ["MEDSEG_WEIGHTS"] = str(folder)
+    yield folder
+    if old is None:
+        del os.environ["MEDSEG_WEIGHTS"]
+    else:
+        os.environ["MEDSEG_WEIGHTS"] = old
+
+
+@pytest.fixture(scope="module")
+def onnx_litemedsam(onnx_weights) -> OnnxSegmenter:
+    """`--backend onnx`: exported once from the checkpoint into weights/onnx/, then run by onnxruntime."""
+    return load_segmenter("litemedsam", backend="onnx")
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return np.load(PARITY / "litemedsam_real" / "golden.npz")
+
+
+def _prompt_sets(g) -> list[tuple[str, Prompts, bool]]:
+    pts, lab = g["points2__point_coords"], g["points2__point_labels"]
+    five = np.array([[260, 120], [132, 186], [240, 100], [280, 140], [30, 30]], dtype=np.float32)
+    return [
+        ("box", Prompts(box=g["box__box"]), False),
+        ("1 point, multimask", Prompts(points=pts[:1], point_labels=lab[:1]), True),
+        ("2 points", Prompts(points=pts, point_labels=lab), False),
+        ("5 points + box", Prompts(points=five, point_labels=np.array([1, 0, 1, 1, 0]), box=g["box__box"]), False),
+        ("points + mask", Prompts(points=pts, point_labels=lab, mask_logits=g["mask__mask_input"]), False),
+    ]
+
+
+def test_onnx_matches_torch(litemedsam, onnx_litemedsam, golden):
+    a, b = litemedsam.embed(golden["image"]), onnx_litemedsam.embed(golden["image"])
+    np.testing.assert_allclose(b.features.numpy(), a.features.numpy(), rtol=1e-4, atol=1e-4)
+    for name, prompts, multimask in _prompt_sets(golden):
+        r1 = litemedsam.predict(a, prompts, multimask_output=multimask)
+        r2 = onnx_litemedsam.predict(b, prompts, multimask_output=multimask)
+        assert r2.low_res_logits.shape == r1.low_res_logits.shape, name
+        # real-weight logits reach |40|: the README's 1e-4 relative tolerance
+        np.testing.assert_allclose(r2.low_res_logits, r1.low_res_logits, rtol=1e-4, atol=2e-4, err_msg=name)
+        np.testing.assert_allclose(r2.scores, r1.scores, rtol=0, atol=1e-5, err_msg=name)
+        assert (r1.masks != r2.masks).mean() <= 1e-4, name
+
+
+def test_onnx_export_is_cached_by_checkpoint(onnx_litemedsam, onnx_weights):
+    folders = list((onnx_weights / "onnx").iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("litemedsam-")
+    files = {p.name: p.stat().st_mtime_ns for p in folders[0].iterdir()}
+    assert {"encoder.onnx", "decoder.onnx"} <= set(files)
+    _load_cached.cache_clear()  # a new process would find the files and not export again
+    try:
+        again = load_segmenter("litemedsam", backend="onnx")
+    finally:
+        _load_cached.cache_clear()
+    assert again.name == "litemedsam+onnx"
+    assert {p.name: p.stat().st_mtime_ns for p in folders[0].iterdir()} == files
