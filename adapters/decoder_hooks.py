@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
+from segment_anything.modeling.transformer import TwoWayTransformer
 from torch import nn
 
 
@@ -39,34 +40,37 @@ class UnsupportedDecoderError(ValueError):
 
 
 def mask_decoder_of(segmenter: object) -> nn.Module:
-    """The torch mask decoder of a ``Segmenter``; UnsupportedDecoderError for backends without one (ONNX)."""
-    decoder = getattr(getattr(segmenter, "model", None), "mask_decoder", None)
+    """The torch mask decoder of a promptable ``Segmenter``.
+
+    UnsupportedDecoderError for backends without one (ONNX) and for prompt-free models (SAM-Adapter),
+    which PerSAM's point and box prompts cannot steer.
+    """
+    model = getattr(segmenter, "model", None)
+    name = getattr(segmenter, "name", type(segmenter).__name__)
+    decoder = getattr(model, "mask_decoder", None)
+    if isinstance(decoder, nn.Module) and getattr(model, "prompt_encoder", None) is None:
+        raise UnsupportedDecoderError(f"{name!r} segments without prompts: one-shot needs a promptable model")
     if not isinstance(decoder, nn.Module):
         raise UnsupportedDecoderError(
-            f"{getattr(segmenter, 'name', type(segmenter).__name__)!r} has no PyTorch mask decoder to personalise "
+            f"{name!r} has no PyTorch mask decoder to personalise "
             "(PerSAM needs the PyTorch backend, not ONNX)"
         )
     return decoder
 
 
 def two_way_transformer(mask_decoder: nn.Module) -> nn.Module:
-    """The decoder's ``TwoWayTransformer`` (duck-typed); raises UnsupportedDecoderError naming what is missing."""
-    transformer = getattr(mask_decoder, "transformer", None)
-    layers = getattr(transformer, "layers", None)
-    if transformer is None or layers is None or not hasattr(transformer, "final_attn_token_to_image"):
+    """The ``TwoWayTransformer`` inside a mask decoder; UnsupportedDecoderError naming what is missing.
+
+    Found by type among the decoder's submodules, so decoders that nest it (SAM-UNet keeps it in
+    ``mask_decoder.sam_mask_decoder.transformer``) are served as well as SAM's own ``MaskDecoder``.
+    """
+    found = [m for m in mask_decoder.modules() if isinstance(m, TwoWayTransformer)]
+    if len(found) != 1:
         raise UnsupportedDecoderError(
-            f"{type(mask_decoder).__name__} has no segment_anything TwoWayTransformer "
-            "(.transformer.layers / .final_attn_token_to_image): PerSAM needs a SAM-style mask decoder"
+            f"{type(mask_decoder).__name__} holds {len(found)} segment_anything TwoWayTransformer modules, not 1: "
+            "PerSAM needs a SAM-style mask decoder"
         )
-    for i, layer in enumerate(layers):
-        attn = getattr(layer, "cross_attn_token_to_image", None)
-        needed = ("q_proj", "k_proj", "v_proj", "out_proj", "num_heads", "_separate_heads", "_recombine_heads")
-        if attn is None or not all(hasattr(attn, n) for n in needed):
-            raise UnsupportedDecoderError(
-                f"decoder layer {i} has no segment_anything Attention as cross_attn_token_to_image; "
-                "PerSAM's target-guided attention cannot be installed"
-            )
-    return transformer
+    return found[0]
 
 
 def guided_attention(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_sim: torch.Tensor) -> torch.Tensor:

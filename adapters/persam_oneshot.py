@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from adapters.decoder_hooks import mask_decoder_of, two_way_transformer
 from adapters.persam import PerSAMReference, PerSAMResult, persam_reference, persam_segment
 from adapters.persam_box import PerSAMBoxModel, fit_persam_box, persam_box_segment
 from adapters.persam_f import ITERATIONS, PerSAMFModel, fit_persam_f, persam_f_segment
@@ -62,6 +63,7 @@ def fit_oneshot(
     """
     if method not in METHODS:
         raise ValueError(f"one-shot method must be one of {', '.join(METHODS)}, got {method!r}")
+    two_way_transformer(mask_decoder_of(segmenter))  # refuse unsupported models before any work
     embedding = ref_embedding if ref_embedding is not None else segmenter.embed(ref_image)
     if method == "persam_f":
         model = fit_persam_f(segmenter, embedding, ref_mask, parity=parity, iterations=iterations)
