@@ -164,3 +164,27 @@ def test_unknown_sam_variant_is_a_value_error():
 
     with pytest.raises(ValueError, match="vit_b"):
         build_sam("vit_x")
+
+
+@pytest.mark.parametrize(
+    "variant,depth,dim,global_blocks",
+    [("vit_b", 12, 768, (2, 5, 8, 11)), ("vit_l", 24, 1024, (5, 11, 17, 23)), ("vit_h", 32, 1280, (7, 15, 23, 31))],
+)
+def test_sam_registry_builds_each_size(variant, depth, dim, global_blocks):
+    """ViT-L/H share ViT-B's path; built on the meta device (shapes only, no memory, no init time)."""
+    from models.sam import build_sam
+
+    with torch.device("meta"):
+        sam = build_sam(variant)
+    blocks = sam.image_encoder.blocks
+    assert len(blocks) == depth and tuple(sam.image_encoder.pos_embed.shape) == (1, 64, 64, dim)
+    assert tuple(i for i, b in enumerate(blocks) if b.window_size == 0) == global_blocks
+    assert get_spec(f"sam_{variant}").input_size == 1024
+
+
+@pytest.mark.parametrize("name", [n for n in ZOO if n != "litemedsam"])
+def test_without_checkpoint_the_error_names_the_expected_file(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("MEDSEG_WEIGHTS", str(tmp_path))
+    with pytest.raises(CheckpointError) as info:
+        load_segmenter(name)
+    assert str(tmp_path / get_spec(name).weight_file) in str(info.value)
