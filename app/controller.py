@@ -70,6 +70,7 @@ class ViewModel:
     """What the page shows after an action."""
 
     session_id: str
+    status: str | None = ""  # None: leave the page's message as it is
     image: np.ndarray | None = None
     views: list[str] = field(default_factory=lambda: ["axial"])
     view: str = "axial"
@@ -83,7 +84,6 @@ class ViewModel:
     alternatives: list[str] = field(default_factory=list)
     chosen: str | None = None
     facts: str = "No study open."
-    status: str = ""
     model: str = "litemedsam"
     window: str = "default"
     level: float = 40.0
@@ -102,8 +102,10 @@ def start(ctx: AppContext, stored_id: str | None, session_hash: str | None = Non
         ctx.store.bind(session_hash, session.id)
     if not restored:
         ctx.store.cleanup()
-    status = "Session restored." if restored and session.volume is not None else "Open a sample or upload a study."
-    return view_model(session, status)
+    if restored and session.volume is not None:
+        session.runtime["greeting"] = "Session restored."
+        return view_model(session, "Session restored.")
+    return view_model(session, "Open a sample or upload a study.")
 
 
 def _session(ctx: AppContext, sid: str) -> Session:
@@ -156,12 +158,13 @@ def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Pr
 def warm(ctx: AppContext, session: Session) -> ViewModel:
     """Encode the shown plane now (so the first click is fast) and queue its neighbours."""
     if session.volume is None:
-        return view_model(session, "")
+        return view_model(session, None)  # keep the page's message
     view, index = session.view.view, session.view.index[session.view.view]
     with ctx.runner.turn():
         ctx.runner.embedding(session, view, index)
     ctx.prefetcher.request(session, view, index)
-    return view_model(session, "Ready: the slice is encoded.")
+    greeting = session.runtime.pop("greeting", "")
+    return view_model(session, f"{greeting} Ready: the slice is encoded.".strip())
 
 
 # --- looking ----------------------------------------------------------------------------------
@@ -470,7 +473,7 @@ def facts(session: Session) -> str:
     return "  \n".join(lines)
 
 
-def view_model(session: Session, status: str) -> ViewModel:
+def view_model(session: Session, status: str | None) -> ViewModel:
     vs = session.view
     vm = ViewModel(
         session_id=session.id,

@@ -171,7 +171,7 @@ def build_app(config: UIConfig):
                 vm.measurements or None,
                 gr.update(choices=vm.alternatives, value=vm.chosen, visible=bool(vm.alternatives)),
                 vm.facts,
-                vm.status,
+                gr.skip() if vm.status is None else vm.status,
                 vm.model,
                 vm.window,
                 vm.level,

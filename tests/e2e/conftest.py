@@ -1,0 +1,79 @@
+"""A live medseg server (in a thread of the test process, on a free port) and headless Chromium.
+
+The browser is Debian's ``/usr/bin/chromium`` (installed by ``make test``'s set-up) driven by
+Playwright. ``MEDSEG_UI_SCREENSHOTS=DIR`` saves the screenshots there (``docs/img`` for the docs).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = Path(os.environ.get("MEDSEG_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+needs_browser = pytest.mark.skipif(
+    not CHROMIUM.is_file() or shutil.which(str(CHROMIUM)) is None,
+    reason=f"Chromium not found at {CHROMIUM} (make test installs Debian's chromium)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """The running app: its URL and its on-disk session store (what the server holds)."""
+
+    def __init__(self, url: str, sessions: Path):
+        self.url, self.sessions = url, sessions
+
+    def session_ids(self) -> set[str]:
+        return {p.name for p in self.sessions.iterdir() if p.is_dir()}
+
+    def labels(self, sid: str) -> np.ndarray:
+        with np.load(self.sessions / sid / "labels.npz") as z:
+            return z["labels"]
+
+
+@pytest.fixture(scope="package")
+def server(tmp_path_factory, litemedsam):
+    from app.ui import launch
+
+    state = tmp_path_factory.mktemp("medseg-state")
+    port = _free_port()
+    demo = launch("127.0.0.1", port, "litemedsam", "cpu", state_dir=state, prefetch_radius=0, prevent_thread_lock=True)
+    yield Server(f"http://127.0.0.1:{port}/", state / "sessions")
+    demo.close()
+
+
+@pytest.fixture(scope="package")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def shots(tmp_path) -> Path:
+    out = Path(os.environ.get("MEDSEG_UI_SCREENSHOTS", tmp_path))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
