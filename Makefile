@@ -13,12 +13,17 @@ PORT ?= 7860
 run: setup
 	GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/medseg serve --host $(HOST) --port $(PORT)
 
-test: setup $(VENV)/.dicom3tools
+test: setup $(VENV)/.dicom3tools $(VENV)/.chromium
 	GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -n 2 -m "not gpu" tests
 
 # dciodvfy (Debian dicom3tools) validates the DICOM-SEG files the tests write.
 $(VENV)/.dicom3tools: | $(STAMP)
 	command -v dciodvfy || (apt-get update -qq && apt-get install -y -qq dicom3tools)
+	touch $@
+
+# Debian's chromium drives the Playwright end-to-end UI tests (tests/e2e).
+$(VENV)/.chromium: | $(STAMP)
+	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
 	touch $@
 
 setup: $(STAMP) $(WEIGHTS)
