@@ -73,7 +73,9 @@ def two_way_transformer(mask_decoder: nn.Module) -> nn.Module:
     return found[0]
 
 
-def guided_attention(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_sim: torch.Tensor) -> torch.Tensor:
+def guided_attention(
+    attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_sim: torch.Tensor
+) -> torch.Tensor:
     """segment_anything ``Attention.forward`` with PerSAM's second softmax over ``attn + attn_sim``.
 
     q: (B, Nq, C) tokens; k, v: (B, Nk, C) image tokens; attn_sim: broadcastable to (B, heads, Nq, Nk).
@@ -147,7 +149,9 @@ def persam_guidance(
             te = target_embedding
             if leak_into_query_pe:
                 # queries IS point_embedding before block 0: the in-place add changes both.
-                handles.append(transformer.register_forward_pre_hook(add_to("point_embedding", 2, te), with_kwargs=True))
+                handles.append(
+                    transformer.register_forward_pre_hook(add_to("point_embedding", 2, te), with_kwargs=True)
+                )
                 first = 1
             else:
                 first = 0

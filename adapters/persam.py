@@ -183,7 +183,9 @@ def similarity_grid(target_feat: torch.Tensor, embedding: Embedding) -> torch.Te
     return (target_feat.to(feats.device) @ feats.reshape(c, h * w)).reshape(1, 1, h, w)
 
 
-def location_confidence(segmenter: Segmenter, sim: torch.Tensor, embedding: Embedding) -> tuple[torch.Tensor, torch.Tensor]:
+def location_confidence(
+    segmenter: Segmenter, sim: torch.Tensor, embedding: Embedding
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(1, 1, h, w) similarity -> ((1, 1, 4h, 4w) upsampled, (H, W) map at the original image size).
 
     The official code upsamples x4 (to the low-res logit size) and then treats the map as mask logits.
@@ -263,7 +265,7 @@ def persam_segment(
 ) -> PerSAMResult:
     """Segment the reference's target on one embedded image (see the module docstring)."""
     parity = reference.parity if parity is None else parity
-    _check_model(reference, embedding)
+    check_same_model(reference, embedding)
     decoder = mask_decoder_of(segmenter)
     sim = similarity_grid(reference.target_feat, embedding)
     _, conf = location_confidence(segmenter, sim, embedding)
@@ -278,7 +280,8 @@ def persam_segment(
         target_embedding=reference.target_embedding,
         leak_into_query_pe=parity,
     ):
-        step1 = run_step(segmenter, embedding, "step1", Prompts(points=points, point_labels=labels), multimask=False, best=0)
+        first = Prompts(points=points, point_labels=labels)
+        step1 = run_step(segmenter, embedding, "step1", first, multimask=False, best=0)
     steps = [step1]
     refine1 = run_step(
         segmenter, embedding, "refine1",
@@ -298,7 +301,7 @@ def persam_segment(
     )
 
 
-def _check_model(reference: PerSAMReference, embedding: Embedding) -> None:
+def check_same_model(reference: PerSAMReference, embedding: Embedding) -> None:
     if reference.model_name != embedding.model_name:
         raise RuntimeError(
             f"the reference was learnt with {reference.model_name!r} but this image was embedded by "

@@ -18,7 +18,7 @@ from adapters.persam import (
     DecoderStep,
     PerSAMReference,
     PerSAMResult,
-    _check_model,
+    check_same_model,
     box_of,
     location_confidence,
     persam_reference,
@@ -38,7 +38,9 @@ class PerSAMBoxModel:
     box_size: tuple[int, int]
 
 
-def fit_persam_box(segmenter: Segmenter, embedding: Embedding, mask: np.ndarray, *, parity: bool = False) -> PerSAMBoxModel:
+def fit_persam_box(
+    segmenter: Segmenter, embedding: Embedding, mask: np.ndarray, *, parity: bool = False
+) -> PerSAMBoxModel:
     reference = persam_reference(segmenter, embedding, mask, parity=parity)
     x0, y0, x1, y1 = box_of(np.asarray(mask, dtype=bool))
     return PerSAMBoxModel(reference, (int(x1 - x0 + 1), int(y1 - y0 + 1)))
@@ -54,7 +56,7 @@ def centred_box(centre_xy: np.ndarray, size: tuple[int, int], image_size: tuple[
 
 
 def persam_box_segment(segmenter: Segmenter, model: PerSAMBoxModel, embedding: Embedding) -> PerSAMResult:
-    _check_model(model.reference, embedding)
+    check_same_model(model.reference, embedding)
     sim = similarity_grid(model.reference.target_feat, embedding)
     _, conf = location_confidence(segmenter, sim, embedding)
     pos, neg = select_points(conf)

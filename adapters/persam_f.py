@@ -24,7 +24,7 @@ from torch import nn
 from adapters.persam import (
     PerSAMReference,
     PerSAMResult,
-    _check_model,
+    check_same_model,
     box_refinement,
     location_confidence,
     reference_features,
@@ -148,7 +148,7 @@ def fit_persam_f(
 
 def persam_f_segment(segmenter: Segmenter, model: PerSAMFModel, embedding: Embedding) -> PerSAMResult:
     """Segment with the learned weights: weighted multimask step, then two box refinements."""
-    _check_model(model.reference, embedding)
+    check_same_model(model.reference, embedding)
     pos, conf = _positive_point(segmenter, model.reference, embedding)
     points, labels = pos[None].astype(np.float32), np.array([1], dtype=np.int64)
     step1 = run_step(segmenter, embedding, "step1", Prompts(points=points, point_labels=labels), multimask=True)

@@ -66,7 +66,10 @@ def main() -> int:
     data = Path(args.data)
     if not data.is_dir():
         data = Path("/work/shared/data")
-    rows = [r for r in csv.DictReader(open(data / "manifest.csv")) if r["set"] == "shared" and "shepp" not in r["case_id"]]
+    rows = [
+        r for r in csv.DictReader(open(data / "manifest.csv"))
+        if r["set"] == "shared" and "shepp" not in r["case_id"]
+    ]
     by_structure: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_structure[(r["image"], r["structure"])].append(r)
@@ -107,7 +110,8 @@ def main() -> int:
             box_mask = seg.predict(emb, Prompts(box=np.array([x0, y0, x1, y1]))).best_mask
             rec = {
                 "structure": structure, "modality": tgt["modality"], "ref_k": ref["slice_index"],
-                "target_k": tgt["slice_index"], "gt_area_px": int(gt.sum()), "dice_gt_box": round(dice(box_mask, gt), 4),
+                "target_k": tgt["slice_index"], "gt_area_px": int(gt.sum()),
+                "dice_gt_box": round(dice(box_mask, gt), 4),
             }
             other_gt = None
             if other is not None:
@@ -122,7 +126,7 @@ def main() -> int:
             rec["fit_s"] = round(fit_s, 1)
             out_rows.append(rec)
             print(rec, flush=True)
-    keys = sorted({k for r in out_rows for k in r}, key=lambda k: list(out_rows[0]).index(k) if k in out_rows[0] else 99)
+    keys = list(dict.fromkeys(k for r in out_rows for k in r))
     with open(args.out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()

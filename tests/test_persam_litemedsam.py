@@ -95,7 +95,9 @@ def test_persam_f_learns_weights_and_segments_the_brain(litemedsam, embedded, sl
 
 
 def test_persam_box_prompts_a_box_of_the_reference_size_at_the_positive_point(litemedsam, embedded, slices):
-    oneshot = fit_oneshot(litemedsam, slices[REF_K][0], slices[REF_K][1], method="persam_box", ref_embedding=embedded[REF_K])
+    oneshot = fit_oneshot(
+        litemedsam, slices[REF_K][0], slices[REF_K][1], method="persam_box", ref_embedding=embedded[REF_K]
+    )
     ys, xs = np.nonzero(slices[REF_K][1])
     assert oneshot.persam_box.box_size == (xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
     result = oneshot.segment(litemedsam, embedded[TARGET_K])

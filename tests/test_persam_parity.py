@@ -14,30 +14,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from adapters import persam as P
 from adapters import persam_f as PF
 from adapters.decoder_hooks import persam_guidance
-from models.geometry import LongestSide
 from models.prompts import Prompts
-from models.segmenter import Embedding, Segmenter
+from models.segmenter import Embedding
 from tests.conftest import PARITY
 from tests.synthetic_weights import check_against_manifest, synthetic_state_dict
 
 FIXTURE = PARITY / "persam"
 TESTS = ("test00", "test01")
-
-
-class SyntheticSamSegmenter(Segmenter):
-    """SAM ViT-B with SamPredictor's preprocessing (PIL bilinear long side 1024, Sam.preprocess)."""
-
-    name = "sam_vit_b_synthetic"
-
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        newh, neww = self.geometry.input_size(image.shape[:2])
-        small = np.array(Image.fromarray(image).resize((neww, newh), Image.BILINEAR))
-        return self.model.preprocess(torch.from_numpy(small).permute(2, 0, 1)[None].float())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,13 +47,14 @@ def golden_f():
 
 @pytest.fixture(scope="module")
 def sam():
-    from segment_anything import sam_model_registry
+    """The registry's SAM ViT-B segmenter (SamPredictor preprocessing) with the synthetic weights."""
+    from models.sam import SamSegmenter, build_sam
 
     state = synthetic_state_dict(FIXTURE)
     check_against_manifest(FIXTURE, state)
-    model = sam_model_registry["vit_b"]()
+    model = build_sam("vit_b")
     model.load_state_dict(state, strict=True)
-    return SyntheticSamSegmenter(model, geometry=LongestSide(1024))
+    return SamSegmenter(model, name="sam_vit_b")
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +163,8 @@ def test_persam_final_mask_matches_official(sam, persam_results, embeddings, gol
     r = persam_results[1][t]
     last = r.steps[-1]
     assert_masks_match(
-        sam, embeddings[t], r.mask[None], last.result.low_res_logits[last.best_idx][None], golden[f"{t}__final_mask"][None]
+        sam, embeddings[t], r.mask[None], last.result.low_res_logits[last.best_idx][None],
+        golden[f"{t}__final_mask"][None],
     )
 
 
@@ -220,7 +209,8 @@ def test_persam_f_cascade_matches_official(sam, persam_f_results, embeddings, go
             assert_masks_match(sam, embeddings[t], s.result.masks, s.result.low_res_logits, golden_f[k + "masks"])
     last = r.steps[-1]
     assert_masks_match(
-        sam, embeddings[t], r.mask[None], last.result.low_res_logits[last.best_idx][None], golden_f[f"{t}__final_mask"][None]
+        sam, embeddings[t], r.mask[None], last.result.low_res_logits[last.best_idx][None],
+        golden_f[f"{t}__final_mask"][None],
     )
 
 
@@ -229,7 +219,9 @@ def test_persam_f_defaults_are_the_official_schedule():
 
 
 # --- clean mode (default) vs the official quirks ---------------------------------------------------
-def test_clean_reference_selects_cells_by_coverage_not_by_normalised_intensity(sam, embeddings, ref_mask, persam_results):
+def test_clean_reference_selects_cells_by_coverage_not_by_normalised_intensity(
+    sam, embeddings, ref_mask, persam_results
+):
     official, _ = persam_results
     clean = P.persam_reference(sam, embeddings["test00"], ref_mask)
     # the official rule keeps only cells whose bilinear sample has R > 123.7 of 128: the mask's core
@@ -260,7 +252,9 @@ def test_query_pe_leak_changes_the_first_decoder_call(sam, embeddings, persam_re
     attn_sim = torch.as_tensor(results["test01"].attn_sim)
     out = {}
     for leak in (True, False):
-        with persam_guidance(sam.model.mask_decoder, attn_sim=attn_sim, target_embedding=ref.target_embedding, leak_into_query_pe=leak):
+        with persam_guidance(
+            sam.model.mask_decoder, attn_sim=attn_sim, target_embedding=ref.target_embedding, leak_into_query_pe=leak
+        ):
             out[leak] = sam.predict(emb, step1.prompts).low_res_logits
     close(out[True], golden["test01__step1__low_res_logits"], 1e-4, 1e-4)
     assert np.abs(out[True] - out[False]).max() > 1e-2

@@ -35,8 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="persam (training-free), persam_f (2 weights trained on the reference), persam_box (PerSAM's location "
         "prior as a box of the reference's size: for box-trained models such as LiteMedSAM); default persam",
     )
-    p.add_argument("--ref", required=True, metavar="IMAGE", help="reference image: PNG/JPEG, NIfTI, DICOM file or series")
-    p.add_argument("--ref-mask", required=True, metavar="MASK", help="its annotation (PNG or label NIfTI on the same grid)")
+    p.add_argument(
+        "--ref", required=True, metavar="IMAGE", help="reference image: PNG/JPEG, NIfTI, DICOM file or series"
+    )
+    p.add_argument(
+        "--ref-mask", required=True, metavar="MASK", help="its annotation (PNG or label NIfTI on the same grid)"
+    )
     p.add_argument("--ref-slice", type=int, default=None, metavar="K", help="slice K of a 3D --ref (and of its mask)")
     p.add_argument(
         "--ref-label", type=int, default=None, metavar="V",
@@ -88,6 +92,8 @@ def reference_mask(args: argparse.Namespace, ref: Volume, k: int) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     if args.iterations < 1:
         raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
+    if getattr(args, "backend", "torch") != "torch":
+        raise UsageError("one-shot methods hook the PyTorch mask decoder: use --backend torch")
     out_dir = Path(args.output)
     targets = [Path(t) for t in args.targets]
     stems = [output_stem(t) for t in targets]
@@ -100,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
     mask = reference_mask(args, ref, k)
     segmenter = load_segmenter(args.model, args.checkpoint, args.device)
     t0 = time.perf_counter()
-    oneshot = fit_oneshot(segmenter, ref_image, mask, method=args.method, parity=args.parity, iterations=args.iterations)
+    oneshot = fit_oneshot(
+        segmenter, ref_image, mask, method=args.method, parity=args.parity, iterations=args.iterations
+    )
     print(f"learnt {args.method} from {args.ref} slice {k} ({int(mask.sum())} px) in {time.perf_counter() - t0:.1f} s")
     out_dir.mkdir(parents=True, exist_ok=True)
     for target, stem in zip(targets, stems):
