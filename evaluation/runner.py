@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from evaluation.clicks import Protocol, ProtocolError, simulate
+from evaluation.clicks import Protocol, ProtocolError, Step, simulate
 from evaluation.manifest import CaseLoader, CaseSpec, LoadedCase, read_manifest
 from evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, EmptyPolicy, case_metrics
 from models.prompts import MaskResult, Prompts
@@ -126,8 +126,12 @@ def evaluate_case(
     *,
     embedding: Embedding | None = None,
     embed_seconds: float = 0.0,
+    on_step: Callable[[Step], None] | None = None,
 ) -> list[StepRow]:
-    """All steps of ``settings.protocol`` on one case; embeds the slice unless ``embedding`` is given."""
+    """All steps of ``settings.protocol`` on one case; embeds the slice unless ``embedding`` is given.
+
+    ``on_step`` sees each simulated step (its prompts and mask), e.g. to save the final masks.
+    """
     if embedding is None:
         t0 = time.perf_counter()
         embedding = segmenter.embed(case.image)
@@ -149,6 +153,8 @@ def evaluate_case(
             feed_logits=settings.feed_logits,
         )
         for i, step in enumerate(steps):
+            if on_step is not None:
+                on_step(step)
             m = case_metrics(step.mask, case.gt, case.spacing, nsd_tolerance_mm=settings.nsd_tolerance_mm, policy=settings.policy)
             rows.append(
                 StepRow(
