@@ -182,4 +182,4 @@ def test_cli_oneshot_3d_reference_2d_and_3d_targets(tmp_path, litemedsam, slices
     assert mask.shape == slices[TARGET_K][1].shape and mask.any()
 
     rc = cli_main(["oneshot", "--ref", str(vol), "--ref-mask", str(lab), "--targets", str(vol), "--output", str(out)])
-    assert rc == 2 and "--slice" in capsys.readouterr().err
+    assert rc == 2 and "--ref-slice K (0..1)" in capsys.readouterr().err

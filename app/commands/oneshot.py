@@ -14,7 +14,7 @@ import numpy as np
 
 from adapters.persam_f import ITERATIONS
 from adapters.persam_oneshot import METHODS, fit_oneshot, segment_images
-from app.commands.common import add_model_args, resolve_slice
+from app.commands.common import add_model_args
 from app.errors import UsageError
 from data.readers import read_study
 from data.volume import Volume
@@ -71,6 +71,18 @@ def output_stem(path: Path) -> str:
     return Path(name).stem
 
 
+def reference_slice(ref: Volume, k: int | None, path: str) -> int:
+    """The annotated slice of --ref: 0 for 2D, --ref-slice K (required, in range) for 3D."""
+    n = ref.num_slices
+    if k is None:
+        if ref.is_2d:
+            return 0
+        raise UsageError(f"--ref {path} has {n} slices: choose the annotated one with --ref-slice K (0..{n - 1})")
+    if not 0 <= k < n:
+        raise UsageError(f"--ref-slice {k} is out of range: --ref {path} has slices 0..{n - 1}")
+    return k
+
+
 def reference_mask(args: argparse.Namespace, ref: Volume, k: int) -> np.ndarray:
     """(H, W) bool mask of the structure on reference slice K."""
     mask_vol = read_study(args.ref_mask)
@@ -101,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if dupes:
         raise UsageError(f"--targets: several targets would write {dupes[0]!r} in {out_dir}; give distinct file names")
     ref = read_study(args.ref)
-    k = resolve_slice(ref, args.ref_slice)
+    k = reference_slice(ref, args.ref_slice, args.ref)
     ref_image = slice_to_rgb(ref, k, default_window(ref, args.window))
     mask = reference_mask(args, ref, k)
     segmenter = load_segmenter(args.model, args.checkpoint, args.device)
