@@ -245,3 +245,38 @@ def write_report(run: EvalRun, out_dir: str | Path, group_by: Sequence[str] = ()
     with atomic_output(out / "report.md") as tmp:
         tmp.write_text(report_markdown(summary, images), encoding="utf-8")
     return summary
+
+
+def plot_protocol_comparison(summaries: dict[str, dict], path: str | Path, *, structure: str = "all") -> Path:
+    """Mean Dice against clicks for several runs (label -> summary.json content) on one figure.
+
+    One-step protocols (box, points:N) are single markers at their click count; iterative ones
+    are lines. Used for the protocol comparison in docs/evaluation.md.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    markers = iter("osD^v<>phX*")
+    for label, s in summaries.items():
+        per = s["means"][structure]
+        xs = [int(c) for c in per]
+        ys = [per[c]["dice"] for c in per]
+        if len(xs) == 1:
+            ax.plot(xs, ys, next(markers), ms=8, ls="none", label=f"{label}: {ys[0]:.3f}")
+        else:
+            ax.plot(xs, ys, "o-", ms=3, label=f"{label}: {ys[0]:.3f} -> {ys[-1]:.3f}")
+    ax.set_xlabel("clicks (0 = box only; points:N drawn at N)")
+    ax.set_ylabel(f"mean Dice ({structure})")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    model = next(iter(summaries.values()))["model"] if summaries else ""
+    ax.set_title(f"{model}: protocols compared ({structure})")
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
