@@ -23,12 +23,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="FILE", help="weights file; default: the registry's file in weights/")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="default torch; onnx runs onnxruntime")
+    p.add_argument("--adapter", metavar="DIR", help="apply a fine-tuned adapter (the --output of medseg finetune)")
 
 
 def segmenter_from_args(args: argparse.Namespace):
-    """The shared, cached segmenter that --model/--checkpoint/--device/--backend name."""
+    """The shared, cached segmenter that --model/--checkpoint/--device/--backend (and --adapter) name."""
     from models.registry import load_segmenter
 
+    if getattr(args, "adapter", None):
+        from adapters.io import load_adapted
+
+        return load_adapted(
+            args.adapter, model=args.model, checkpoint=args.checkpoint, device=args.device, backend=getattr(args, "backend", "torch")
+        )
     return load_segmenter(args.model, args.checkpoint, args.device, getattr(args, "backend", "torch"))
 
 

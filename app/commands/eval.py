@@ -6,14 +6,13 @@ import argparse
 import re
 from pathlib import Path
 
-from app.commands.common import add_model_args
+from app.commands.common import add_model_args, segmenter_from_args
 from app.errors import UsageError
 from evaluation.clicks import PROTOCOL_HELP, parse_protocol
 from evaluation.manifest import read_manifest
 from evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, EmptyPolicy
 from evaluation.report import write_report
 from evaluation.runner import EvalSettings, evaluate
-from models.registry import load_segmenter
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -81,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         policy=EmptyPolicy(one_empty_hd=args.hd_one_empty),
         feed_logits=not args.no_feedback,
     )
-    segmenter = load_segmenter(args.model, args.checkpoint, args.device)
+    segmenter = segmenter_from_args(args)
     subset = cases[: args.limit] if args.limit else None
     result = evaluate(segmenter, args.manifest, settings, cases=subset, progress=not args.no_progress)
     summary = write_report(result, out, args.group_by)

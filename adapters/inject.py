@@ -1,0 +1,216 @@
+"""One way to put an adapter into both encoders: find the transformer blocks, wrap or hook them.
+
+Blocks: segment_anything's ``ImageEncoderViT`` blocks (tokens (B, H, W, C), one group) and our
+TinyViT's ``TinyViTBlock`` s (tokens (B, H*W, C), one group per stage). TinyViT's stage 0 is
+MBConv (convolutions, no tokens) and is skipped: the adapters sit in stages 1-3, as SAM-Med2D
+puts them in transformer blocks only.
+
+* ``sam_med2d``: each block's ``mlp`` becomes :class:`AdaptedMlp` = mlp(x) + adapter(norm(x)),
+  SAM-Med2D's ``x + mlp(norm2(x)) + Adapter(norm2(x))`` (TinyViT's Mlp carries its own norm);
+* ``lora``: each block's ``attn.qkv`` becomes a :class:`~adapters.layers.LoRALinear`;
+* ``sam_adapter``: a :class:`~adapters.layers.HighFrequencyPrompt` per group under
+  ``image_encoder.hf_prompt``, and a forward pre-hook on each block adds its prompt to the
+  block's input. The encoder's input image reaches the hooks through a ``ContextVar`` set by a
+  pre-hook on the encoder, so concurrent threads never see each other's image.
+
+:func:`inject` works on a deep copy with every base weight frozen: the shared read-only model
+of the server is never touched. Adapter tensors are those whose names match
+:func:`is_adapter_key`; they are what :mod:`adapters.io` saves.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, fields
+from functools import partial
+
+import torch
+from segment_anything.modeling import ImageEncoderViT
+from segment_anything.modeling.image_encoder import Block
+from torch import nn
+
+from adapters.layers import ChannelSpatialAdapter, HighFrequencyPrompt, LoRALinear
+from models.tiny_vit import TinyViT, TinyViTBlock
+
+KINDS = ("sam_med2d", "sam_adapter", "lora")
+# Name segments that only adapter tensors have (see is_adapter_key).
+_ADAPTER_MARKS = (".adapter.", ".lora_A", ".lora_B", "image_encoder.hf_prompt.")
+
+# The encoder input of the forward pass running in this context (sam_adapter prompts need it).
+_ENCODER_INPUT: ContextVar[dict | None] = ContextVar("medseg_adapter_encoder_input", default=None)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """What is injected; stored in the adapter's metadata and rebuilt from it on load."""
+
+    kind: str = "sam_med2d"
+    bottleneck_ratio: float = 0.25  # sam_med2d: bottleneck channels / block width
+    mlp_ratio: float = 0.25  # sam_med2d: channel-attention hidden / bottleneck (official 0.25)
+    lora_rank: int = 4
+    lora_alpha: float = 8.0
+    scale_factor: int = 32  # sam_adapter: block width / prompt width (official 32)
+    freq_nums: float = 0.25  # sam_adapter: share of the spectrum removed by the high-pass (official 0.25)
+    train_decoder: bool = False  # the mask decoder is trained (and saved) too
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"adapter kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if not 0 < self.bottleneck_ratio <= 1:
+            raise ValueError(f"bottleneck_ratio must be in (0, 1], got {self.bottleneck_ratio}")
+        if self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "adapter metadata") -> "AdapterConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown adapter setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class BlockSite:
+    """One transformer block: its width, token grid side, token layout and group (stage)."""
+
+    block: nn.Module
+    dim: int
+    grid: int
+    layout: str  # "bhwc" (ViT) or "bnc" (TinyViT)
+    group: int
+    index: int  # position within its group
+
+
+def find_sites(encoder: nn.Module) -> tuple[list[BlockSite], int]:
+    """The encoder's transformer blocks and its input size. TypeError for an unknown encoder."""
+    if isinstance(encoder, ImageEncoderViT):
+        stride = encoder.patch_embed.proj.stride[0]
+        grid = encoder.img_size // stride
+        sites = [
+            BlockSite(b, b.norm1.normalized_shape[0], grid, "bhwc", 0, i)
+            for i, b in enumerate(encoder.blocks)
+            if isinstance(b, Block)
+        ]
+        return sites, encoder.img_size
+    if isinstance(encoder, TinyViT):
+        sites = []
+        for g, stage in enumerate(encoder.layers):
+            blocks = [b for b in stage.blocks if isinstance(b, TinyViTBlock)]  # stage 0 (MBConv) has none
+            sites += [BlockSite(b, b.attn.qkv.in_features, b.resolution, "bnc", g, i) for i, b in enumerate(blocks)]
+        return sites, encoder.config.img_size
+    raise TypeError(
+        f"adapters can be injected into segment_anything's ImageEncoderViT or TinyViT, not {type(encoder).__name__}"
+    )
+
+
+class AdaptedMlp(nn.Module):
+    """``base(x) + adapter(norm(x))``; ``base`` is the block's original MLP (frozen)."""
+
+    def __init__(self, base: nn.Module, adapter: nn.Module, layout: str, grid: int):
+        super().__init__()
+        self.base, self.adapter, self.layout, self.grid = base, adapter, layout, grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.layout == "bhwc":  # the ViT block already normalised x (norm2)
+            return out + self.adapter(x)
+        b, n, c = x.shape
+        y = self.base.norm(x).view(b, self.grid, self.grid, c)
+        return out + self.adapter(y).reshape(b, n, c)
+
+
+def _remember_input(module: nn.Module, args: tuple) -> None:
+    state: dict = {"image": args[0]}
+    state["token"] = _ENCODER_INPUT.set(state)
+
+
+def _forget_input(module: nn.Module, args: tuple, output: object) -> None:
+    state = _ENCODER_INPUT.get()
+    if state is not None:
+        _ENCODER_INPUT.reset(state["token"])
+
+
+def _add_prompt(generator: HighFrequencyPrompt, group: int, index: int, layout: str, module: nn.Module, args: tuple):
+    state = _ENCODER_INPUT.get()
+    if state is None:
+        raise RuntimeError("a sam_adapter block was called outside its image encoder; call the encoder")
+    x = args[0]
+    tokens = x.reshape(x.shape[0], -1, x.shape[-1])
+    key = ("mixed", group)
+    if key not in state:  # the group's first block: mix the high-pass image with its input tokens
+        state[key] = generator.mixed_feature(state["image"], tokens)
+    prompt = generator.prompt(state[key], index).to(x.dtype)
+    return (x + prompt.reshape(x.shape), *args[1:])
+
+
+def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
+    """A deep copy of a SAM-shaped ``model`` with adapters in its image encoder; base weights frozen."""
+    adapted = copy.deepcopy(model)
+    adapted.requires_grad_(False)
+    encoder = adapted.image_encoder
+    sites, input_size = find_sites(encoder)
+    if not sites:
+        raise TypeError(f"{type(encoder).__name__} has no transformer block to put an adapter in")
+    if config.kind == "sam_med2d":
+        for s in sites:
+            adapter = ChannelSpatialAdapter(s.dim, max(1, int(s.dim * config.bottleneck_ratio)), config.mlp_ratio)
+            s.block.mlp = AdaptedMlp(s.block.mlp, adapter, s.layout, s.grid)
+    elif config.kind == "lora":
+        for s in sites:
+            s.block.attn.qkv = LoRALinear(s.block.attn.qkv, config.lora_rank, config.lora_alpha)
+    else:
+        groups: dict[int, list[BlockSite]] = {}
+        for s in sites:
+            groups.setdefault(s.group, []).append(s)
+        generators = nn.ModuleDict()
+        for g, members in groups.items():
+            first = members[0]
+            gen = HighFrequencyPrompt(
+                first.dim, len(members), first.grid, input_size // first.grid, config.scale_factor, config.freq_nums
+            )
+            generators[str(g)] = gen
+            for s in members:
+                s.block.register_forward_pre_hook(partial(_add_prompt, gen, g, s.index, s.layout))
+        encoder.hf_prompt = generators
+        encoder.register_forward_pre_hook(_remember_input)
+        encoder.register_forward_hook(_forget_input, always_call=True)
+    if config.train_decoder:
+        adapted.mask_decoder.requires_grad_(True)
+    return adapted
+
+
+def is_adapter_key(name: str, config: AdapterConfig) -> bool:
+    """Whether a state-dict entry belongs to the adapter (what is trained and saved)."""
+    if config.train_decoder and name.startswith("mask_decoder."):
+        return True
+    return any(mark in name for mark in _ADAPTER_MARKS)
+
+
+def adapter_state(model: nn.Module, config: AdapterConfig) -> dict[str, torch.Tensor]:
+    """The adapter's tensors, float32 on the CPU, ready for safetensors."""
+    return {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items() if is_adapter_key(k, config)}
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """-> (trainable, total) parameter counts."""
+    return sum(p.numel() for p in trainable_parameters(model)), sum(p.numel() for p in model.parameters())
+
+
+def adapted_segmenter(base, model: nn.Module, name: str):
+    """A copy of the :class:`~models.segmenter.Segmenter` ``base`` that runs ``model`` under ``name``.
+
+    The name differs from the base's so an embedding of one is never decoded by the other.
+    """
+    seg = copy.copy(base)
+    seg.model = model.eval().to(base.device)
+    seg.name = name
+    return seg

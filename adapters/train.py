@@ -1,0 +1,417 @@
+"""Fine-tune an adapter (and optionally the mask decoder) on labelled slices, clicks included.
+
+The loop follows SAM-Med2D's ``train.py`` / ``utils.py`` (OpenGVLab/SAM-Med2D), adapted:
+
+* first prompt: a box from the ground truth (random margin and jitter, as ``medseg eval``'s
+  ``box`` protocol) with probability ``box_prob``, else one positive point (multimask, the mask
+  with the best predicted IoU kept, as SAM-Med2D);
+* then up to ``clicks`` corrective clicks from the error region, the previous low-resolution
+  logits fed back as the mask prompt and the box kept (``medseg eval``'s ``box+clicks``). Half
+  the clicks are the evaluation's user (:func:`evaluation.clicks.next_click`, the centre of the
+  largest error), half a random error pixel (SAM-Med2D's ``select_random_points``);
+* loss per prompt step: 20 x focal + Dice (MONAI ``DiceFocalLoss``, SAM-Med2D's weights) on the
+  logits at the original resolution, + MSE between the IoU head and the mask's true IoU;
+  the steps' mean is one optimizer step (SAM-Med2D steps after each prompt instead);
+* images pass through the model's own ``Segmenter.preprocess`` and geometry, exactly as at
+  inference; the model stays in ``eval()`` mode (frozen BatchNorm statistics, no dropout).
+
+Validation (by slice, :mod:`adapters.train_data`) runs ``box+clicks:N`` with the evaluation
+runner; its score is the mean of the box Dice and the Dice after N clicks, so an adapter that
+buys clicks with box Dice does not win. The best adapter is saved; training stops after
+``patience`` validations without improvement. ``DIR/checkpoint.pt`` (adapter, optimizer,
+scheduler, step) is written atomically at each validation for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adapters.inject import AdapterConfig, adapted_segmenter, adapter_state, count_parameters, inject, trainable_parameters
+from adapters.io import save_adapter
+from adapters.train_data import Augment, check_disjoint, data_summary, load_cases, split_by_slice
+from evaluation.clicks import Click, Protocol, box_from_mask, next_click
+from evaluation.manifest import LoadedCase
+from evaluation.runner import EvalSettings, evaluate_case
+from models.prompts import Prompts
+from models.segmenter import Embedding, Segmenter
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.csv"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimizer steps in all (a quick run)
+    batch_size: int = 2
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    clicks: int = 5  # most corrective clicks after the first prompt, in training and validation
+    box_prob: float = 0.7  # first prompt: box with this probability, else one positive point
+    box_margin: int = 10  # px: the box margin is drawn from 0..box_margin
+    box_jitter: int = 3  # px per side
+    augment: bool = True
+    val_fraction: float = 0.2
+    val_every: int | None = None  # steps between validations; default once per epoch
+    patience: int = 3  # validations without improvement before stopping
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on the CPU)
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    best_score: float
+    best_step: int
+    history: list[dict]
+    stopped_early: bool
+    segmenter: Segmenter  # the model as trained at the last step (the saved adapter is the best one)
+
+
+class Objective:
+    """20 x focal + Dice on logits (MONAI DiceFocalLoss) + MSE of the IoU head, as SAM-Med2D."""
+
+    def __init__(self) -> None:
+        from monai.losses import DiceFocalLoss
+
+        self.mask_loss = DiceFocalLoss(sigmoid=True, gamma=2.0, alpha=0.25, lambda_dice=1.0, lambda_focal=20.0)
+
+    def __call__(self, logits: torch.Tensor, gt: torch.Tensor, iou_pred: torch.Tensor) -> torch.Tensor:
+        """logits, gt: (1, 1, H, W) float; iou_pred: (1,)."""
+        with torch.no_grad():
+            pred = logits > 0
+            inter = (pred & (gt > 0)).sum()
+            union = (pred | (gt > 0)).sum()
+            iou = (inter.float() / union.clamp(min=1).float()).reshape(1)
+        return self.mask_loss(logits, gt) + torch.mean((iou_pred.float() - iou) ** 2)
+
+
+def random_error_click(gt: np.ndarray, pred: np.ndarray, rng: np.random.Generator) -> Click | None:
+    """A uniformly drawn wrong pixel: positive where missed, negative where a false positive."""
+    wrong = np.argwhere(gt != pred)
+    if len(wrong) == 0:
+        return None
+    row, col = wrong[rng.integers(len(wrong))]
+    return Click(x=int(col), y=int(row), positive=bool(gt[row, col]))
+
+
+def _decode(seg: Segmenter, emb: Embedding, prompts: Prompts, multimask: bool, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (1, 1, h, w) low-res logits and (1,) IoU of the kept mask (best-scored of several)."""
+    with autocast():
+        sparse, dense = seg.encode_prompts(emb, prompts)
+        low, iou = seg.decode(emb, sparse, dense, multimask)
+    low, iou = low.float(), iou.float()
+    best = int(iou[0].argmax())
+    return low[:, best : best + 1], iou[:, best]
+
+
+def case_loss(
+    seg: Segmenter,
+    emb: Embedding,
+    case: tuple[np.ndarray, np.ndarray],
+    objective: Objective,
+    settings: TrainSettings,
+    rng: np.random.Generator,
+    autocast,
+    *,
+    n_clicks: int,
+    first_box: bool,
+) -> torch.Tensor:
+    """The mean loss over one simulated session: first prompt, then ``n_clicks`` corrections."""
+    _, gt = case
+    size = emb.original_size
+    gt_t = torch.from_numpy(gt.astype(np.float32))[None, None].to(seg.device)
+    if first_box:
+        margin = int(rng.integers(0, settings.box_margin + 1))
+        prompts = Prompts(box=box_from_mask(gt, margin, jitter=settings.box_jitter, rng=rng))
+        multimask = False
+    else:
+        click = next_click(gt, np.zeros_like(gt)) if rng.random() < 0.5 else random_error_click(gt, np.zeros_like(gt), rng)
+        prompts = Prompts(points=np.array([[click.x, click.y]], np.float32), point_labels=np.array([1]))
+        multimask = True
+    losses = []
+    for step in range(n_clicks + 1):
+        low, iou = _decode(seg, emb, prompts, multimask, autocast)
+        logits = seg.geometry.logits_to_original(low, size)
+        losses.append(objective(logits, gt_t, iou))
+        if step == n_clicks:
+            break
+        pred = (logits.detach() > 0)[0, 0].cpu().numpy()
+        click = next_click(gt, pred) if rng.random() < 0.5 else random_error_click(gt, pred, rng)
+        if click is None:
+            break
+        prompts = prompts.with_click(click.x, click.y, click.positive)
+        prompts = Prompts(
+            points=prompts.points,
+            point_labels=prompts.point_labels,
+            box=prompts.box,
+            mask_logits=low.detach()[0].cpu().numpy(),
+        )
+        multimask = prompts.box is None and len(prompts.points) == 1
+    return torch.stack(losses).mean()
+
+
+def batch_loss(
+    seg: Segmenter,
+    batch: list[tuple[np.ndarray, np.ndarray]],
+    objective: Objective,
+    settings: TrainSettings,
+    rng: np.random.Generator,
+    autocast,
+    *,
+    deterministic_box: bool = False,
+) -> torch.Tensor:
+    """Encode the batch once (with gradients into the adapter), then one session per slice.
+
+    ``deterministic_box``: a box with a 5 px margin and no click (the fixed probe of
+    :func:`probe_loss`).
+    """
+    x = torch.cat([seg.preprocess(image) for image, _ in batch]).to(seg.device)
+    with autocast():
+        features, extras = seg.encode(x)
+    total = []
+    for b, (image, gt) in enumerate(batch):
+        size = (int(image.shape[0]), int(image.shape[1]))
+        emb = Embedding(
+            features=features[b : b + 1],
+            original_size=size,
+            input_size=seg.geometry.input_size(size),
+            model_name=seg.name,
+            extras={k: v[b : b + 1] for k, v in extras.items()},
+        )
+        if deterministic_box:
+            prompts = Prompts(box=box_from_mask(gt, 5))
+            low, iou = _decode(seg, emb, prompts, False, autocast)
+            gt_t = torch.from_numpy(gt.astype(np.float32))[None, None].to(seg.device)
+            total.append(objective(seg.geometry.logits_to_original(low, size), gt_t, iou))
+            continue
+        n_clicks = int(rng.integers(0, settings.clicks + 1))
+        first_box = bool(rng.random() < settings.box_prob)
+        total.append(
+            case_loss(seg, emb, (image, gt), objective, settings, rng, autocast, n_clicks=n_clicks, first_box=first_box)
+        )
+    return torch.stack(total).mean()
+
+
+def probe_loss(seg: Segmenter, cases: list[LoadedCase]) -> float:
+    """The loss with a fixed 5 px box and no augmentation: comparable from step to step."""
+    objective = Objective()
+    with torch.no_grad():
+        batch = [(c.image, c.gt) for c in cases]
+        return float(batch_loss(seg, batch, objective, TrainSettings(), np.random.default_rng(0), contextlib.nullcontext, deterministic_box=True))
+
+
+def validate(seg: Segmenter, cases: list[LoadedCase], clicks: int) -> dict:
+    """``box+clicks:N`` on each case -> mean box Dice, mean Dice after N clicks, and their mean (the score)."""
+    settings = EvalSettings(protocol=Protocol("box+clicks", clicks))
+    box, last = [], []
+    for case in cases:
+        rows = evaluate_case(seg, case, settings)
+        box.append(rows[0].dice)
+        last.append(rows[-1].dice)
+    box_dice, click_dice = float(np.nanmean(box)), float(np.nanmean(last))
+    return {"box_dice": box_dice, f"box_clicks{clicks}_dice": click_dice, "score": (box_dice + click_dice) / 2}
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_history(history: list[dict], output: Path) -> None:
+    if not history:
+        return
+    columns = sorted({k for row in history for k in row}, key=lambda k: (k not in ("step", "epoch"), k))
+    with open(output / HISTORY, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(history)
+    plot_curves(history, output / "curves.png")
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Training loss and validation Dice against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    tr = [r for r in history if r.get("train_loss") not in (None, "")]
+    a.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], lw=0.8)
+    a.set_xlabel("step")
+    a.set_ylabel("training loss")
+    va = [r for r in history if r.get("score") not in (None, "")]
+    for key in sorted({k for r in va for k in r if k.endswith("_dice")}):
+        b.plot([r["step"] for r in va], [r[key] for r in va], marker="o", label=key)
+    b.set_xlabel("step")
+    b.set_ylabel("validation Dice")
+    if va:
+        b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def finetune(
+    base: Segmenter,
+    base_checkpoint: str | Path,
+    manifest: str | Path,
+    output: str | Path,
+    config: AdapterConfig,
+    settings: TrainSettings,
+    *,
+    val_manifest: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train an adapter on ``manifest`` and save the best one to ``output`` (see the module doc).
+
+    ``base`` is not modified: the adapter goes into a deep copy of its model.
+    """
+    from models.checkpoint import sha256_of
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    cases = load_cases(manifest)
+    if val_manifest is not None:
+        train, val = cases, load_cases(val_manifest)
+        check_disjoint(train, val)
+    else:
+        train, val = split_by_slice(cases, settings.val_fraction, settings.seed)
+    if not train:
+        raise ValueError(f"{manifest}: no training case is left after the validation split")
+    base_sha = sha256_of(base_checkpoint)
+    device = torch.device(settings.device)
+    torch.manual_seed(settings.seed)
+    model = inject(base.model, config)
+    seg = adapted_segmenter(base, model, f"{base.name}+training")
+    model = seg.model = seg.model.to(device)
+    seg.device = device
+    params = trainable_parameters(model)
+    n_train, n_total = count_parameters(model)
+    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+    total_steps = settings.epochs * steps_per_epoch
+    if settings.max_steps is not None:
+        total_steps = min(total_steps, settings.max_steps)
+    if total_steps < 1:
+        raise ValueError("nothing to train: --epochs and --max-steps must be at least 1")
+    val_every = settings.val_every or steps_per_epoch
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    use_bf16 = settings.bf16 and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    objective = Objective()
+    augment = Augment() if settings.augment else None
+    step, best_score, best_step, bad, history = 0, -math.inf, -1, 0, []
+    ckpt_path = output / CHECKPOINT
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {output}; start without --resume")
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if ckpt.get("adapter_config") != config.as_dict() or ckpt.get("base_sha256") != base_sha:
+            raise ValueError(f"--resume: {ckpt_path} was written for another adapter or base model; use a new --output")
+        model.load_state_dict(ckpt["adapter"], strict=False)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step, best_score, best_step, bad = ckpt["step"], ckpt["best_score"], ckpt["best_step"], ckpt["bad_validations"]
+        history = list(ckpt["history"])
+    summary = data_summary(manifest, train, val)
+    training_meta = {**asdict(settings), "val_manifest": None if val_manifest is None else str(val_manifest),
+                     "trainable_parameters": n_train, "total_parameters": n_total}
+
+    def save_best(scores: dict) -> None:
+        save_adapter(model, config, output, base_model=base.name, base_sha256=base_sha, data=summary,
+                     validation={**scores, "step": step}, training=training_meta)
+
+    def checkpoint() -> None:
+        _atomic_torch_save(
+            {"adapter": adapter_state(model, config), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "step": step, "best_score": float(best_score),
+             "best_step": best_step, "bad_validations": bad, "history": history,
+             "adapter_config": config.as_dict(), "base_sha256": base_sha},
+            ckpt_path,
+        )
+
+    def run_validation() -> bool:
+        """Validate, save the adapter if it is the best; True when training should stop."""
+        nonlocal best_score, best_step, bad
+        if not val:
+            return False
+        scores = validate(seg, val, settings.clicks)
+        history.append({"step": step, "epoch": step / steps_per_epoch, **scores})
+        if scores["score"] > best_score + 1e-6:
+            best_score, best_step, bad = scores["score"], step, 0
+            save_best(scores)
+        else:
+            bad += 1
+        return bad >= settings.patience
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc=f"finetune {config.kind}", unit="step", file=sys.stderr)
+    stopped = False
+    try:
+        if step == 0 and run_validation():  # the base model's score is the bar to beat
+            stopped = True
+        while step < total_steps and not stopped:
+            epoch = step // steps_per_epoch
+            order = np.random.default_rng([settings.seed, epoch]).permutation(len(train))
+            start = (step % steps_per_epoch) * settings.batch_size
+            for i in range(start, len(order), settings.batch_size):
+                rng = np.random.default_rng([settings.seed, 1, step])
+                batch = []
+                for j in order[i : i + settings.batch_size]:
+                    c = train[int(j)]
+                    image, gt = c.image, c.gt
+                    if augment is not None:
+                        image, gt = augment(image, gt, int(rng.integers(2**31)))
+                    batch.append((image, gt))
+                t0 = time.perf_counter()
+                loss = batch_loss(seg, batch, objective, settings, rng, autocast)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                history.append({"step": step, "epoch": step / steps_per_epoch, "train_loss": float(loss.detach()),
+                                "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}", best=f"{best_score:.3f}")
+                    bar.update(1)
+                if step % val_every == 0 or step >= total_steps:
+                    stopped = run_validation()
+                    checkpoint()
+                if stopped or step >= total_steps:
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    if not val:  # nothing to choose with: keep the last adapter
+        save_best({})
+        best_step = step
+    checkpoint()
+    _write_history(history, output)
+    return TrainResult(output=output, steps=step, best_score=float(best_score), best_step=best_step,
+                       history=history, stopped_early=stopped, segmenter=seg)

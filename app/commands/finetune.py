@@ -1,0 +1,81 @@
+"""``medseg finetune``: train an adapter (and optionally the decoder) on a manifest of labelled slices."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from app.errors import UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from adapters.inject import KINDS
+    from adapters.train import TrainSettings
+
+    d = TrainSettings()
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune an adapter on your own labelled slices (boxes and clicks)",
+        description="Train an adapter injected into a frozen encoder on MANIFEST.csv (the format of medseg eval), "
+        "with simulated boxes and corrective clicks. Writes DIR/adapter.safetensors + DIR/adapter.json (use them "
+        "with `medseg segment --adapter DIR`), DIR/history.csv, DIR/curves.png and DIR/checkpoint.pt (--resume).",
+    )
+    p.add_argument("manifest", metavar="MANIFEST.csv", help="training slices; paths are relative to its folder")
+    p.add_argument("--model", default="litemedsam", help="base model (registry name); default litemedsam")
+    p.add_argument("--checkpoint", metavar="FILE", help="base weights; default: the registry's file in weights/")
+    p.add_argument("--adapter", required=True, choices=KINDS, help="adapter kind")
+    p.add_argument("--epochs", type=int, required=True, metavar="N", help="passes over the training slices")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop after N optimizer steps in all")
+    p.add_argument("--train-decoder", action="store_true", help="train the mask decoder too (saved with the adapter)")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    p.add_argument("--val-manifest", metavar="CSV", help="validation slices (default: a split of MANIFEST by slice)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"share of slices held out; default {d.val_fraction}")
+    p.add_argument("--val-every", type=int, default=None, metavar="STEPS", help="validate every STEPS steps; default once an epoch")
+    p.add_argument("--patience", type=int, default=d.patience, help=f"validations without gain before stopping; default {d.patience}")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"slices per step; default {d.batch_size}")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (AdamW, cosine); default {d.lr:g}")
+    p.add_argument("--clicks", type=int, default=d.clicks, help=f"most corrective clicks per slice; default {d.clicks}")
+    p.add_argument("--box-prob", type=float, default=d.box_prob, help=f"share of sessions starting with a box; default {d.box_prob}")
+    p.add_argument("--no-augment", action="store_true", help="no MONAI augmentation")
+    p.add_argument("--bottleneck-ratio", type=float, default=0.25, help="sam_med2d: adapter width / block width; default 0.25")
+    p.add_argument("--lora-rank", type=int, default=4, help="lora: rank; default 4")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu; bf16 autocast on cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from adapters.inject import AdapterConfig
+    from adapters.train import TrainSettings, finetune
+    from models.registry import get_spec, load_segmenter
+
+    for name in ("epochs", "batch_size", "patience", "lora_rank"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
+    if args.clicks < 0 or not 0 <= args.box_prob <= 1:
+        raise UsageError("--clicks must be >= 0 and --box-prob in [0, 1]")
+    out = Path(args.output)
+    if (out / "checkpoint.pt").exists() and not args.resume:
+        raise UsageError(f"{out} already holds a training run: add --resume to continue it, or choose a new --output")
+    config = AdapterConfig(
+        kind=args.adapter, bottleneck_ratio=args.bottleneck_ratio, lora_rank=args.lora_rank, train_decoder=args.train_decoder
+    )
+    settings = TrainSettings(
+        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, clicks=args.clicks,
+        box_prob=args.box_prob, augment=not args.no_augment, val_fraction=args.val_fraction, val_every=args.val_every,
+        patience=args.patience, seed=args.seed, device=args.device,
+    )
+    base = load_segmenter(args.model, args.checkpoint, args.device)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else get_spec(args.model).default_checkpoint
+    result = finetune(
+        base, checkpoint, args.manifest, out, config, settings,
+        val_manifest=args.val_manifest, resume=args.resume, progress=not args.no_progress,
+    )
+    best = "no validation set" if result.best_step < 0 else f"best validation score {result.best_score:.4f} at step {result.best_step}"
+    print(f"{out}: {result.steps} steps{' (stopped early)' if result.stopped_early else ''}, {best}; "
+          f"use it with: medseg segment ... --model {args.model} --adapter {out}")
+    return 0

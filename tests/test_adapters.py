@@ -1,0 +1,200 @@
+"""Adapters: injection into both encoders, fine-tuning on real slices, saving, reloading, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from segment_anything.modeling import ImageEncoderViT
+from torch import nn
+
+from adapters.inject import AdapterConfig, count_parameters, inject, is_adapter_key
+from adapters.io import apply_adapter, list_adapters, load_adapted, read_metadata, save_adapter
+from adapters.train import TrainSettings, finetune, probe_loss
+from adapters.train_data import load_cases
+from app.cli import main
+from models.checkpoint import CheckpointError, sha256_of
+from models.prompts import Prompts
+from models.registry import get_spec
+from tests.conftest import DATA
+
+CHECKPOINT = get_spec("litemedsam").default_checkpoint
+TRAIN_CASES = ("mr_t1_colin27_slabA_caudate_L_k011", "mr_t1_colin27_slabA_putamen_L_k013")
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def base_features(litemedsam):
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return x, litemedsam.model.image_encoder(x)
+
+
+# kind, most trainable parameters as a share of the whole model (LiteMedSAM: 9.8 M)
+@pytest.mark.parametrize("kind, max_share", [("sam_med2d", 0.10), ("sam_adapter", 0.005), ("lora", 0.005)])
+def test_inject_into_litemedsam_freezes_base_and_leaves_shared_model_alone(litemedsam, base_features, kind, max_share):
+    shared = litemedsam.model
+    state_before = {k: v.clone() for k, v in shared.state_dict().items()}
+    flags_before = {k: p.requires_grad for k, p in shared.named_parameters()}
+    modules_before, hooks_before = len(list(shared.modules())), _hooks(shared)
+    config = AdapterConfig(kind=kind)
+
+    adapted = inject(shared, config)
+
+    trainable, total = count_parameters(adapted)
+    assert 0 < trainable <= max_share * total
+    for name, p in adapted.named_parameters():
+        assert p.requires_grad == is_adapter_key(name, config), name
+    assert not any(k.startswith("image_encoder.layers.0.") and is_adapter_key(k, config) for k in adapted.state_dict())
+    # the shared model: same tensors, same flags, no new module or hook
+    assert {k: p.requires_grad for k, p in shared.named_parameters()} == flags_before
+    assert len(list(shared.modules())) == modules_before and _hooks(shared) == hooks_before
+    for k, v in shared.state_dict().items():
+        assert torch.equal(v, state_before[k]), k
+    # an untrained adapter is the identity: the base model's features exactly
+    x, ref = base_features
+    with torch.no_grad():
+        torch.testing.assert_close(adapted.image_encoder(x), ref, rtol=0, atol=0)
+
+
+class _TinySam(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.image_encoder = ImageEncoderViT(
+            img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=2, out_chans=32,
+            qkv_bias=True, use_rel_pos=True, window_size=2, global_attn_indexes=(1,),
+        )
+        self.mask_decoder = nn.Linear(4, 4)
+
+
+@pytest.mark.parametrize("kind", ["sam_med2d", "sam_adapter", "lora"])
+def test_same_mechanism_injects_into_segment_anything_vit(kind):
+    """A tiny random SAM ViT (no real ViT weights here): identity at start, then the adapter acts."""
+    torch.manual_seed(0)
+    model = _TinySam().eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.image_encoder(x)
+    config = AdapterConfig(kind=kind, train_decoder=True)
+    adapted = inject(model, config)
+    with torch.no_grad():
+        torch.testing.assert_close(adapted.image_encoder(x), ref, rtol=0, atol=0)
+        for name, p in adapted.named_parameters():
+            assert p.requires_grad == is_adapter_key(name, config), name
+            if p.requires_grad and name.startswith("image_encoder."):
+                p.add_(0.05 * torch.randn_like(p))
+        assert (adapted.image_encoder(x) - ref).abs().max() > 1e-3
+        torch.testing.assert_close(model.image_encoder(x), ref, rtol=0, atol=0)  # the original is untouched
+    assert any(k.startswith("mask_decoder.") for k in adapted.state_dict() if is_adapter_key(k, config))
+
+
+def test_adapter_config_refuses_bad_values():
+    with pytest.raises(ValueError, match="kind"):
+        AdapterConfig(kind="prefix")
+    with pytest.raises(ValueError, match="unknown adapter setting"):
+        AdapterConfig.from_dict({"kind": "lora", "rank": 3})
+
+
+def _manifest(path, case_ids) -> str:
+    with open(DATA / "manifest.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["case_id"] in case_ids]
+    for r in rows:
+        r["image"], r["label"] = str(DATA / r["image"]), str(DATA / r["label"])
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, litemedsam):
+    """A SAM-Med2D adapter trained 2 steps, then resumed for a 3rd, on two real MR slices (CPU)."""
+    folder = tmp_path_factory.mktemp("adapter")
+    manifest = _manifest(folder / "train.csv", TRAIN_CASES)
+    out = folder / "run"
+    config = AdapterConfig(kind="sam_med2d")
+    common = dict(batch_size=2, lr=3e-3, clicks=1, box_prob=1.0, augment=False, val_fraction=0.0, seed=0)
+    first = finetune(litemedsam, CHECKPOINT, manifest, out, config, TrainSettings(max_steps=2, **common), progress=False)
+    result = finetune(
+        litemedsam, CHECKPOINT, manifest, out, config, TrainSettings(max_steps=3, **common), resume=True, progress=False
+    )
+    return {"manifest": manifest, "out": out, "first": first, "result": result, "cases": load_cases(manifest)}
+
+
+def test_finetune_lowers_the_loss_and_resumes(trained, litemedsam):
+    cases = trained["cases"]
+    before = probe_loss(litemedsam, cases)
+    after = probe_loss(trained["result"].segmenter, cases)
+    assert after < before - 0.01, (before, after)
+    assert trained["first"].steps == 2 and trained["result"].steps == 3
+    assert [r["step"] for r in trained["result"].history if "train_loss" in r] == [1, 2, 3]
+    assert torch.load(trained["out"] / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert (trained["out"] / "curves.png").is_file() and (trained["out"] / "history.csv").is_file()
+
+
+def test_saved_adapter_is_small_and_reloads_to_identical_outputs(trained, litemedsam):
+    out = trained["out"]
+    assert (out / "adapter.safetensors").stat().st_size < 0.1 * CHECKPOINT.stat().st_size
+    meta = read_metadata(out)
+    assert meta["base_model"] == "litemedsam" and meta["base_sha256"] == sha256_of(CHECKPOINT)
+    assert meta["adapter"]["kind"] == "sam_med2d" and meta["data"]["train"]["case_ids"] == list(TRAIN_CASES)
+    reloaded = apply_adapter(litemedsam, out, CHECKPOINT)
+    trained_seg = trained["result"].segmenter
+    case = trained["cases"][0]
+    prompts = Prompts(box=np.array([65, 59, 93, 90], np.float32))
+    a = trained_seg.predict(trained_seg.embed(case.image), prompts)
+    b = reloaded.predict(reloaded.embed(case.image), prompts)
+    np.testing.assert_allclose(b.low_res_logits, a.low_res_logits, rtol=0, atol=1e-5)
+    assert np.array_equal(a.masks, b.masks)
+    assert reloaded.name != litemedsam.name  # embeddings of the base cannot be decoded by the adapter
+    base = litemedsam.predict(litemedsam.embed(case.image), prompts)
+    assert np.abs(base.low_res_logits - b.low_res_logits).max() > 1e-3  # the adapter did change something
+
+
+def test_adapter_refuses_other_base_weights(trained, litemedsam, tmp_path):
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"not the LiteMedSAM weights")
+    with pytest.raises(CheckpointError, match="sha256"):
+        apply_adapter(litemedsam, trained["out"], other)
+    with pytest.raises(CheckpointError, match="trained on model 'litemedsam'"):
+        load_adapted(trained["out"], model="mobilesam")
+    with pytest.raises(CheckpointError, match="no adapter.json"):
+        read_metadata(tmp_path)
+
+
+def test_list_adapters_skips_broken_folders(trained, litemedsam, tmp_path):
+    good = tmp_path / "adapters" / "caudate_v1"
+    save_adapter(
+        inject(litemedsam.model, AdapterConfig(kind="lora")), AdapterConfig(kind="lora"), good,
+        base_model="litemedsam", base_sha256=sha256_of(CHECKPOINT), validation={"box_dice": 0.8},
+    )
+    (tmp_path / "adapters" / "broken").mkdir()
+    (tmp_path / "adapters" / "broken" / "adapter.json").write_text("{")
+    found = list_adapters(tmp_path)
+    assert [a.name for a in found] == ["caudate_v1"]
+    assert found[0].kind == "lora" and found[0].base_model == "litemedsam" and found[0].validation["box_dice"] == 0.8
+    assert json.loads((good / "adapter.json").read_text())["adapter"]["lora_rank"] == 4
+
+
+def test_cli_segment_with_adapter_matches_the_api(trained, litemedsam, tmp_path, capsys):
+    case = trained["cases"][0]
+    png = tmp_path / "slice.png"
+    Image.fromarray(case.image[:, :, 0]).save(png)
+    out = tmp_path / "m.png"
+    code = main(["segment", str(png), "--box", "65", "59", "93", "90", "--adapter", str(trained["out"]), "--output", str(out)])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    reloaded = apply_adapter(litemedsam, trained["out"], CHECKPOINT)
+    expected = reloaded.predict(reloaded.embed(case.image), Prompts(box=np.array([65, 59, 93, 90], np.float32))).best_mask
+    assert np.array_equal(np.asarray(Image.open(out)) > 0, expected)
+    code = main(["segment", str(png), "--box", "65", "59", "93", "90", "--model", "mobilesam",
+                 "--adapter", str(trained["out"]), "--output", str(out)])
+    assert code == 2 and "trained on model 'litemedsam'" in capsys.readouterr().err
