@@ -1,0 +1,156 @@
+"""``medseg batch`` on a local Ray (2 CPU workers): same per_case.csv as ``medseg eval``, a killed
+worker loses nothing, a second run resumes. One Ray for the module (start-up costs seconds).
+
+The cohort: 4 real cases of the shared Colin27 MR, 2 structures on each of 2 slices, so tasks
+group rows that share a slice and both workers get one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.cli import main
+from evaluation.distributed import FAULT_ENV, BatchJob, case_path, mask_path, plan_tasks, run_batch
+from evaluation.manifest import CaseLoader, read_manifest
+from evaluation.metrics import case_metrics
+from evaluation.runner import PER_CASE_COLUMNS, EvalSettings
+from evaluation.clicks import parse_protocol
+from tests.conftest import DATA
+
+PROTOCOL = "box+clicks:2"
+CASES = [  # manifest order
+    "mr_t1_colin27_slabA_thalamus_L_k004",
+    "mr_t1_colin27_slabA_thalamus_L_k011",
+    "mr_t1_colin27_slabA_thalamus_R_k004",
+    "mr_t1_colin27_slabA_thalamus_R_k011",
+]
+DICE_TOL = 1e-5  # Dice recomputed from the saved PNG vs the CSV (6 significant digits)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """Part of the shared manifest, its file paths made absolute."""
+    with open(DATA / "manifest.csv", newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = [r for r in reader if r["case_id"] in CASES]
+    assert [r["case_id"] for r in rows] == CASES
+    for r in rows:
+        r["image"], r["label"] = str(DATA / r["image"]), str(DATA / r["label"])
+    path = tmp_path_factory.mktemp("cohort") / "manifest.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def read_rows(per_case: Path) -> tuple[list[str], list[dict]]:
+    """Header and rows of per_case.csv without the timing column (it differs run to run)."""
+    with open(per_case, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), [{k: v for k, v in r.items() if k != "seconds"} for r in reader]
+
+
+@pytest.fixture(scope="module")
+def eval_rows(cohort, litemedsam, tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("eval")
+    assert main(["eval", str(cohort), "--protocol", PROTOCOL, "--no-progress", "-o", str(out)]) == 0
+    header, rows = read_rows(out / "per_case.csv")
+    assert header == list(PER_CASE_COLUMNS)
+    assert len(rows) == len(CASES) * 3
+    return rows
+
+
+@pytest.fixture(scope="module")
+def batch_dir(ray_local, cohort, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("batch") / "run"
+    args = ["batch", str(cohort), "--protocol", PROTOCOL, "--ray", "local", "--workers", "2", "--no-progress"]
+    assert main([*args, "--output", str(out)]) == 0
+    return out
+
+
+def test_two_workers_give_the_per_case_csv_of_eval(batch_dir, eval_rows):
+    header, rows = read_rows(batch_dir / "per_case.csv")
+    assert header == list(PER_CASE_COLUMNS)
+    assert rows == eval_rows  # same numbers, same (manifest, click) order
+    pids = {json.loads(case_path(batch_dir, c).read_text())["worker_pid"] for c in CASES}
+    assert len(pids) == 2, "both workers should have taken a slice"
+    for name in ("summary.json", "report.md"):
+        assert (batch_dir / name).is_file()
+
+
+def test_saved_masks_are_the_final_masks(batch_dir, cohort, eval_rows):
+    """Each PNG, read back, scores the Dice that per_case.csv reports for the last click."""
+    specs, _ = read_manifest(cohort)
+    loader = CaseLoader(cohort)
+    final = {r["case_id"]: float(r["dice"]) for r in eval_rows if r["clicks"] == "2"}
+    for spec in specs:
+        case = loader.load(spec)
+        mask = np.asarray(Image.open(mask_path(batch_dir, spec.case_id))) > 0
+        assert mask.shape == case.gt.shape
+        dice = case_metrics(mask, case.gt, case.spacing).dice
+        assert abs(dice - final[spec.case_id]) <= DICE_TOL, spec.case_id
+
+
+def test_a_killed_worker_is_restarted_and_nothing_is_lost(ray_local, cohort, eval_rows, tmp_path, monkeypatch):
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(FAULT_ENV, str(marker))  # the first worker to start a task calls os._exit
+    out = tmp_path / "run"
+    args = ["batch", str(cohort), "--protocol", PROTOCOL, "--ray", "local", "--workers", "2", "--no-progress"]
+    assert main([*args, "--output", str(out)]) == 0
+    assert marker.is_file(), "the fault hook did not fire: nothing was killed"
+    dead_pid = int(marker.read_text())
+    pids = [json.loads(case_path(out, c).read_text())["worker_pid"] for c in CASES]
+    assert dead_pid not in pids
+    assert read_rows(out / "per_case.csv")[1] == eval_rows
+
+
+def test_resume_runs_only_the_unfinished_cases(ray_local, batch_dir, cohort, eval_rows, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(batch_dir, out)
+    lost = CASES[2]
+    case_path(out, lost).unlink()
+    (out / "per_case.csv").unlink()
+    kept = {c: case_path(out, c).read_bytes() for c in CASES if c != lost}
+    job = BatchJob(manifest=str(cohort), model="litemedsam", settings=EvalSettings(parse_protocol(PROTOCOL)))
+    result = run_batch(job, out, workers=2, progress=False)
+    assert result.computed == [lost]
+    assert sorted(result.skipped) == sorted(kept)
+    assert {c: case_path(out, c).read_bytes() for c in kept} == kept  # finished files untouched
+    assert read_rows(out / "per_case.csv")[1] == eval_rows
+
+
+def test_resume_with_other_settings_is_refused(batch_dir, cohort, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(batch_dir, out)
+    code = main(["batch", str(cohort), "--protocol", "box", "--no-progress", "--output", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "protocol" in err and "--output" in err
+
+
+def test_rows_that_share_a_slice_run_in_one_task(cohort):
+    specs, _ = read_manifest(cohort)
+    tasks = plan_tasks(specs)
+    by_slice = [sorted(CASES[0::2]), sorted(CASES[1::2])]  # k004: L and R; k011: L and R
+    assert sorted(sorted(s.case_id for s in t) for t in tasks) == by_slice
+    assert [len(t) for t in plan_tasks(specs, slices_per_task=2)] == [4]
