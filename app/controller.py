@@ -17,7 +17,17 @@ import numpy as np
 
 from app import interaction
 from app.interaction import ModelRunner, Prefetcher
-from app.render import Markers, Plane, VIEWS, acquisition_view, compose, display_size, display_to_plane, display_window, to_rgb
+from app.render import (
+    VIEWS,
+    Markers,
+    Plane,
+    acquisition_view,
+    compose,
+    display_size,
+    display_to_plane,
+    display_window,
+    to_rgb,
+)
 from app.session import PALETTE, Edit, Session, SessionError, SessionStore
 from app.uploads import import_upload
 from data.readers import read_study
@@ -123,6 +133,12 @@ def _with_session(fn):
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
     return wrapper
+
+
+@_with_session
+def refresh(ctx: AppContext, session: Session, status: str | None) -> ViewModel:
+    """The page as the server holds it (after an error, controls snap back to the truth)."""
+    return view_model(session, status)
 
 
 # --- opening studies --------------------------------------------------------------------------
@@ -424,10 +440,15 @@ def export(ctx: AppContext, sid: str, fmt: str) -> tuple[Path, ViewModel]:
 
 # --- the view ---------------------------------------------------------------------------------
 def _done(session: Session, what: str) -> str:
+    """'Positive click (2 points + box): overlay updated.'"""
     p = session.prompt
-    n = len(p.points) if p is not None else 0
-    extra = f" ({n} point{'s' if n != 1 else ''}{', box' if p is not None and p.box else ''})" if p is not None else ""
-    return f"{what.capitalize()}{extra}: overlay updated."
+    parts = []
+    if p is not None and p.points:
+        parts.append(f"{len(p.points)} point{'s' if len(p.points) != 1 else ''}")
+    if p is not None and p.box is not None:
+        parts.append("box")
+    extra = f" ({' + '.join(parts)})" if parts and what != "box" else ""
+    return f"{what[:1].upper()}{what[1:]}{extra}: overlay updated."
 
 
 def render(session: Session) -> np.ndarray:

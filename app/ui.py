@@ -121,26 +121,29 @@ def build_app(config: UIConfig):
                     buttons=["fullscreen"],
                 )
                 status = gr.Markdown("", elem_id="status")
+                table = gr.Dataframe(
+                    headers=["#", "label", "pixels on the slice", "area on the slice (mm²)", "volume in the study (mL)"],
+                    interactive=False, elem_id="measurements", label="Labels",
+                )
             with gr.Column(scale=1, min_width=280):
                 mode = gr.Radio(list(MODES), value=MODES[0], label="Click mode", elem_id="mode")
                 alternatives = gr.Radio([], label="Alternatives of the first click", elem_id="alternatives")
                 with gr.Row():
-                    new_btn = gr.Button("New object", size="sm", elem_id="new-object")
-                    propagate_btn = gr.Button("Propagate 3D", size="sm", elem_id="propagate")
-                    undo_btn = gr.Button("Undo", size="sm", elem_id="undo-btn")
-                    redo_btn = gr.Button("Redo", size="sm", elem_id="redo-btn")
+                    undo_btn = gr.Button("Undo", size="sm", min_width=60, elem_id="undo-btn")
+                    redo_btn = gr.Button("Redo", size="sm", min_width=60, elem_id="redo-btn")
+                with gr.Row():
+                    new_btn = gr.Button("New object", size="sm", min_width=60, elem_id="new-object")
+                    propagate_btn = gr.Button("Propagate 3D", size="sm", min_width=60, elem_id="propagate")
                 with gr.Accordion("Labels", open=True):
                     label = gr.Dropdown([], label="Active label", elem_id="label")
                     with gr.Row():
                         label_name = gr.Textbox(label="Name", elem_id="label-name", scale=2)
                         colour = gr.ColorPicker(label="Colour", elem_id="label-colour", scale=1)
                     with gr.Row():
-                        add_btn = gr.Button("Add label", size="sm", elem_id="add-label")
-                        clear_btn = gr.Button("Clear label", size="sm", variant="stop", elem_id="clear-label")
-                    table = gr.Dataframe(
-                        headers=["value", "label", "px (slice)", "area mm² (slice)", "volume mL (study)"],
-                        interactive=False, elem_id="measurements", wrap=True,
-                    )
+                        add_btn = gr.Button("Add label", size="sm", min_width=60, elem_id="add-label")
+                        clear_btn = gr.Button(
+                            "Clear label", size="sm", min_width=60, variant="stop", elem_id="clear-label"
+                        )
                 with gr.Accordion("Brush or mask", open=False):
                     editor = gr.ImageEditor(
                         type="numpy", label="Paint on the slice", elem_id="brush", layers=False, transforms=(),
@@ -158,6 +161,11 @@ def build_app(config: UIConfig):
 
         outputs = [sid, image, view, slider, label, label_name, colour, table, alternatives, facts, status,
                    model, window, level, width, opacity, mode]
+        at_status = outputs.index(status)
+
+        def only_status(message: str) -> list[Any]:
+            """Outputs that change nothing but the status line."""
+            return [message if i == at_status else gr.skip() for i in range(len(outputs))]
 
         def present(vm: ViewModel) -> list[Any]:
             return [
@@ -185,13 +193,20 @@ def build_app(config: UIConfig):
             try:
                 return present(action(ctx, *args))
             except (SessionError, *USER_ERRORS) as e:
-                message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-                gr.Warning(str(message))
-                return [gr.skip()] * (len(outputs) - 1) + [f"⚠ {message}"]
+                message = f"⚠ {e.args[0] if isinstance(e, KeyError) and e.args else e}"
+                gr.Warning(message[2:])
             except Exception as e:  # unexpected: log it for us, show one line to the user
                 log.exception("UI action %s failed", getattr(action, "__name__", action))
                 gr.Warning(f"internal error: {type(e).__name__}; the session is saved, try again")
-                return [gr.skip()] * (len(outputs) - 1) + [f"⚠ internal error ({type(e).__name__})"]
+                message = f"⚠ internal error ({type(e).__name__})"
+            try:  # show the server's state again (e.g. the model picker snaps back)
+                return present(controller.refresh(ctx, args[0], message))
+            except Exception:
+                return only_status(message)
+
+        def warm(s):
+            """Encode the shown plane ahead of the first click; only the status line shows it."""
+            return guarded(controller.warm, s)[at_status]
 
         # --- session start / restore -------------------------------------------------------
         def on_load(stored_id: str | None, request: gr.Request):
@@ -202,7 +217,7 @@ def build_app(config: UIConfig):
             ctx.store.release(getattr(request, "session_hash", "") or "")
 
         load_event = demo.load(on_load, [stored], outputs + [stored])
-        load_event.then(lambda s: guarded(controller.warm, s), [sid], outputs, **GPU)
+        load_event.then(warm, [sid], [status], show_progress="minimal", **GPU)
         demo.unload(on_unload)
 
         # --- study ---------------------------------------------------------------------------
@@ -214,13 +229,11 @@ def build_app(config: UIConfig):
                 return [gr.skip()] * len(outputs)
             return guarded(controller.open_upload, s, list(files), lambda f, d: progress(f, desc=d))
 
-        def warm(s):
-            return guarded(controller.warm, s)
 
-        open_btn.click(on_open, [sid, sample], outputs).then(warm, [sid], outputs, **GPU)
-        upload.upload(on_upload, [sid, upload], outputs).then(warm, [sid], outputs, **GPU)
+        open_btn.click(on_open, [sid, sample], outputs).then(warm, [sid], [status], show_progress="minimal", **GPU)
+        upload.upload(on_upload, [sid, upload], outputs).then(warm, [sid], [status], show_progress="minimal", **GPU)
         model.input(lambda s, m: guarded(controller.set_model, s, m), [sid, model], outputs, **GPU).then(
-            warm, [sid], outputs, **GPU
+            warm, [sid], [status], show_progress="minimal", **GPU
         )
 
         # --- looking -------------------------------------------------------------------------
@@ -232,13 +245,14 @@ def build_app(config: UIConfig):
             control.input(display, display_inputs, outputs, trigger_mode="always_last")
         for control in (level, width):
             control.submit(lambda s, w, lv, wd, op, md: display(s, "custom", lv, wd, op, md), display_inputs, outputs)
-        view.input(lambda s, v: guarded(controller.set_view, s, v), [sid, view], outputs).then(warm, [sid], outputs, **GPU)
-        slider.input(lambda s, k: guarded(controller.set_slice, s, k), [sid, slider], outputs, trigger_mode="always_last",
-                     show_progress="hidden").then(warm, [sid], outputs, show_progress="hidden", **GPU)
+        view.input(lambda s, v: guarded(controller.set_view, s, v), [sid, view], outputs).then(
+            warm, [sid], [status], show_progress="minimal", **GPU)
+        slider.input(lambda s, k: guarded(controller.set_slice, s, k), [sid, slider], outputs,
+                     trigger_mode="always_last", show_progress="hidden").then(warm, [sid], [status], show_progress="hidden", **GPU)
         prev_btn.click(lambda s: guarded(controller.step, s, -1), [sid], outputs, show_progress="hidden").then(
-            warm, [sid], outputs, show_progress="hidden", **GPU)
+            warm, [sid], [status], show_progress="hidden", **GPU)
         next_btn.click(lambda s: guarded(controller.step, s, 1), [sid], outputs, show_progress="hidden").then(
-            warm, [sid], outputs, show_progress="hidden", **GPU)
+            warm, [sid], [status], show_progress="hidden", **GPU)
 
         # --- prompting -----------------------------------------------------------------------
         def on_select(s, evt: gr.SelectData):
@@ -289,7 +303,7 @@ def build_app(config: UIConfig):
                 return [str(path)] + present(vm)
             except (SessionError, *USER_ERRORS) as e:
                 gr.Warning(str(e))
-                return [gr.skip()] * len(outputs) + [f"⚠ {e}"]
+                return [gr.skip()] + only_status(f"⚠ {e}")
 
         export_btn.click(on_export, [sid, export_fmt], [download] + outputs)
 

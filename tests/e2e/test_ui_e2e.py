@@ -4,11 +4,11 @@ sessions stay apart; a reload restores the session. Also measures click-to-overl
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from tests.e2e.conftest import needs_browser
@@ -149,6 +149,20 @@ def test_two_sessions_stay_apart_and_reload_restores(browser, server, shots):
     np.testing.assert_array_equal(server.labels(sid_a), drawn)
     table = a.locator("#measurements").inner_text()
     assert str(int((drawn == 1).sum())) in table  # the restored page shows the restored labels
+    _wait_status(a, "Ready")
     a.screenshot(path=str(shots / "ui_restored.png"))
+
+    # keyboard stepping: Down goes one slice back (outside text fields)
+    a.locator("#facts").click()
+    a.keyboard.press("ArrowDown")
+    from playwright.sync_api import expect
+
+    expect(a.locator("#slice input[type=number]")).to_have_value("5", timeout=TIMEOUT_MS)
+
+    # a variant without weights is listed as unavailable; picking it warns and the picker snaps back
+    a.locator("#model input").click()
+    a.get_by_role("option", name="sam_vit_b (unavailable", exact=False).click()
+    _wait_status(a, "unavailable: put its weights at")
+    expect(a.locator("#model input")).to_have_value(re.compile(r"^litemedsam"), timeout=TIMEOUT_MS)
     context_a.close()
     context_b.close()
