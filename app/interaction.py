@@ -324,7 +324,9 @@ def mask_prompt(runner: ModelRunner, session: Session, mask: np.ndarray, *, use_
     mask = np.asarray(mask, bool)
     plane_hw = session.region(view, index).shape
     if mask.shape != plane_hw:
-        raise PromptError(f"the mask is {mask.shape[1]}x{mask.shape[0]} pixels; this plane is {plane_hw[1]}x{plane_hw[0]}")
+        raise PromptError(
+            f"the mask is {mask.shape[1]}x{mask.shape[0]} pixels; this plane is {plane_hw[1]}x{plane_hw[0]}"
+        )
     if not mask.any():
         raise PromptError("the mask is empty: paint over the structure first")
     before = session.prompt

@@ -113,14 +113,18 @@ def acquisition_view(volume: Volume) -> str:
     return next(v for v in VIEWS if Plane.of(volume, v).fixed == 0)
 
 
-def display_size(plane_hw: tuple[int, int], spacing_rc: tuple[float, float], long_side: int = DISPLAY_LONG_SIDE) -> tuple[int, int]:
+def display_size(
+    plane_hw: tuple[int, int], spacing_rc: tuple[float, float], long_side: int = DISPLAY_LONG_SIDE
+) -> tuple[int, int]:
     """(H, W) pixels of the display: physical aspect, longer side ``long_side``."""
     h_mm, w_mm = plane_hw[0] * spacing_rc[0], plane_hw[1] * spacing_rc[1]
     scale = long_side / max(h_mm, w_mm)
     return max(1, int(round(h_mm * scale))), max(1, int(round(w_mm * scale)))
 
 
-def display_to_plane(xy: tuple[float, float], plane_hw: tuple[int, int], shown_hw: tuple[int, int]) -> tuple[float, float]:
+def display_to_plane(
+    xy: tuple[float, float], plane_hw: tuple[int, int], shown_hw: tuple[int, int]
+) -> tuple[float, float]:
     """A click at display pixel (x, y) -> (x, y) on the plane grid (pixel centres map to centres)."""
     (h, w), (dh, dw) = plane_hw, shown_hw
     x = (float(xy[0]) + 0.5) * w / dw - 0.5

@@ -184,7 +184,8 @@ class Session:
 
     def edit_label(self, value: int, name: str | None = None, colour: tuple[int, int, int] | None = None) -> None:
         old = self.label(value)
-        new = replace(old, name=(name.strip() or old.name) if name is not None else old.name, colour=colour or old.colour)
+        new_name = (name.strip() or old.name) if name is not None else old.name
+        new = replace(old, name=new_name, colour=colour or old.colour)
         self.label_defs = [new if d.value == value else d for d in self.label_defs]
 
     def colours(self) -> dict[int, tuple[int, int, int]]:

@@ -80,7 +80,8 @@ def test_saved_session_restores_in_a_fresh_store(store, ct_volume, tmp_path):
     again = SessionStore(tmp_path / "sessions").get(s.id)  # as after a server restart
     np.testing.assert_array_equal(again.labels, s.labels)
     assert again.labels.dtype == s.labels.dtype
-    assert [(d.value, d.name, d.colour) for d in again.label_defs] == [(1, "label 1", s.label_defs[0].colour), (2, "ventricle", (1, 2, 3))]
+    table = [(d.value, d.name, d.colour) for d in again.label_defs]
+    assert table == [(1, "label 1", s.label_defs[0].colour), (2, "ventricle", (1, 2, 3))]
     assert (again.active, again.view.window, again.view.opacity, again.view.index["axial"]) == (2, "brain", 0.7, 3)
     assert again.history == {2: [{"kind": "box", "box": [1, 2, 3, 4]}]}
     assert again.volume.array.shape == (12, 256, 256) and again.volume.spacing == ct_volume.spacing

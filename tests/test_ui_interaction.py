@@ -210,3 +210,26 @@ def test_propagation_carries_the_label_and_undoes_as_one_edit(ctx, tmp_path, lit
     assert (session.labels[0] == 1).sum() > 100 and (session.labels[2] == 1).sum() > 100
     controller.undo(ctx, sid)
     np.testing.assert_array_equal(session.labels, before)
+
+
+def test_brush_canvas_layer_becomes_the_mask_of_the_plane(ctx, opened):
+    """The ImageEditor's painted layer (RGBA at display size) is the mask, mapped to the plane grid."""
+    from app.ui import _mask_action
+
+    controller.set_slice(ctx, opened, 6)
+    controller.add_label(ctx, opened, "brushed")
+    session = ctx.store.get(opened)
+    layer = np.zeros((512, 512, 4), np.uint8)  # display size: 2 display px per plane px
+    layer[100:140, 200:260, 3] = 255
+    _mask_action(ctx, opened, {"background": None, "layers": [layer], "composite": None}, None, use_model=False)
+    plane = session.region("coronal", 6)
+    assert int((plane == session.active).sum()) == 20 * 30
+    assert (plane[50:70, 100:130] == session.active).all()
+
+
+def test_nothing_painted_is_a_user_error(ctx, opened):
+    from app.session import SessionError
+    from app.ui import _mask_action
+
+    with pytest.raises(SessionError, match="nothing painted"):
+        _mask_action(ctx, opened, {"background": None, "layers": [], "composite": None}, None, use_model=True)

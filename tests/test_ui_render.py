@@ -113,14 +113,18 @@ def test_overlay_blends_with_opacity_and_outlines_in_full_colour():
 
 def test_markers_are_drawn_where_the_prompts_are():
     image = np.zeros((100, 100, 3), np.uint8)
-    m = Markers(points=np.array([[20.0, 30.0], [70.0, 80.0]]), point_labels=np.array([1, 0]), box=np.array([10, 10, 90, 50.0]))
+    m = Markers(
+        points=np.array([[20.0, 30.0], [70.0, 80.0]]), point_labels=np.array([1, 0]), box=np.array([10, 10, 90, 50.0])
+    )
     out = compose(image, np.zeros((100, 100), np.uint8), {}, shown_hw=(200, 200), markers=m)
     assert tuple(out[61, 41]) == (40, 220, 40)  # positive point at (20, 30) -> display (40.5, 60.5)
     assert tuple(out[161, 141]) == (240, 40, 40)  # negative point
     assert tuple(out[21, 100]) == (0, 170, 255)  # box top edge at y = 10 -> 20.5
 
 
-@pytest.mark.parametrize("name, level, width, lo, hi", [("brain", None, None, 0.0, 80.0), ("custom", 50, 100, 0.0, 100.0)])
+@pytest.mark.parametrize(
+    "name, level, width, lo, hi", [("brain", None, None, 0.0, 80.0), ("custom", 50, 100, 0.0, 100.0)]
+)
 def test_display_windows(studies, name, level, width, lo, hi):
     w = display_window(studies["ct"], name, level, width)
     assert (w.lo, w.hi) == (lo, hi)

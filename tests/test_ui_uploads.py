@@ -26,7 +26,8 @@ def test_zipped_dicom_series_opens_with_its_geometry(tmp_path):
     volume = read_study(path)
     reference = read_study(CT)
     assert volume.array.shape == (12, 256, 256)
-    assert (volume.spacing, volume.origin, volume.direction) == (reference.spacing, reference.origin, reference.direction)
+    geometry = (volume.spacing, volume.origin, volume.direction)
+    assert geometry == (reference.spacing, reference.origin, reference.direction)
 
 
 def test_loose_dicom_files_become_one_series_folder(tmp_path):
