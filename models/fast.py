@@ -23,22 +23,57 @@ from models.segmenter import Segmenter
 
 
 class SDPAAttention(sam_vit.Attention):
-    """segment_anything's ViT attention computed by SDPA; the rel-pos bias is the attention mask."""
+    """segment_anything's ViT attention computed by SDPA.
+
+    fp32: the decomposed relative-position bias is passed as an additive attention mask (exact
+    within float32 rounding). bf16/fp16 on a GPU: the bias is folded into the dot product, so that
+    a flash kernel runs without materialising the (N x N) bias: with one-hot key positions,
+    ``q_aug . k_aug = q . k + (rel_h[q, kh] + rel_w[q, kw]) / scale``, where
+    ``q_aug = [q, rel_h / scale, rel_w / scale]`` and ``k_aug = [k, onehot(kh), onehot(kw)]``
+    (v is zero-padded to the same width and the padding dropped after).
+    """
+
+    fold_bias: bool | None = None  # None: fold on CUDA in half precision; True/False forces it (tests)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, heads, N, C)
-        bias = None
-        if self.use_rel_pos:
-            rh = sam_vit.get_rel_pos(h, h, self.rel_pos_h)
-            rw = sam_vit.get_rel_pos(w, w, self.rel_pos_w)
+        if not self.use_rel_pos:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            rh = sam_vit.get_rel_pos(h, h, self.rel_pos_h).to(q.dtype)
+            rw = sam_vit.get_rel_pos(w, w, self.rel_pos_w).to(q.dtype)
             r_q = q.reshape(b, self.num_heads, h, w, -1)
             rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh)
             rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw)
-            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, self.num_heads, h * w, h * w)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype) if bias is not None else None)
+            fold = self.fold_bias
+            if fold is None:
+                fold = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+            if fold:
+                out = _folded_rel_pos_attention(q, k, v, rel_h, rel_w, self.scale)
+            else:
+                bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, self.num_heads, h * w, h * w)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1))
+
+
+def _folded_rel_pos_attention(q, k, v, rel_h, rel_w, scale: float) -> torch.Tensor:
+    """Attention with the decomposed rel-pos bias inside the dot product (see SDPAAttention)."""
+    b, n_heads, n, c = q.shape
+    h, w = rel_h.shape[2], rel_w.shape[3]
+    eye_h = torch.eye(h, dtype=q.dtype, device=q.device)
+    eye_w = torch.eye(w, dtype=q.dtype, device=q.device)
+    key_h = eye_h[:, None, :].expand(h, w, h).reshape(n, h)  # key (kh, kw) -> onehot(kh)
+    key_w = eye_w[None, :, :].expand(h, w, w).reshape(n, w)  # key (kh, kw) -> onehot(kw)
+    width = c + h + w
+    pad = (-width) % 8
+    q_aug = torch.cat([q, rel_h.reshape(b, n_heads, n, h) / scale, rel_w.reshape(b, n_heads, n, w) / scale], -1)
+    k_aug = torch.cat([k, key_h.expand(b, n_heads, n, h), key_w.expand(b, n_heads, n, w)], -1)
+    q_aug = F.pad(q_aug, (0, pad))
+    k_aug = F.pad(k_aug, (0, pad))
+    v_aug = F.pad(v, (0, width + pad - c))
+    return F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=scale)[..., :c]
 
 
 def use_sdpa_attention(model: nn.Module) -> int:
@@ -51,28 +86,84 @@ def use_sdpa_attention(model: nn.Module) -> int:
     return n
 
 
-def tuned(
-    segmenter: Segmenter, *, precision: str = "bf16", channels_last: bool = True, compile: bool = False
-) -> Segmenter:
-    """A copy of ``segmenter`` whose encoder runs in ``precision`` ('fp32' or 'bf16').
+def fuse_batchnorm(module: nn.Module) -> int:
+    """Fold every eval-mode ``Conv2d`` + ``BatchNorm2d`` pair (TinyViT's ``Conv2dBN``) into one conv.
 
-    The copy shares the (read-only) weights; only its ``encode`` differs. Outputs are cast back
-    to float32 so the decoder and everything after it are unchanged.
+    Mutates ``module``: call it on a copy. Returns the number of folded pairs.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    n = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Sequential) and set(child._modules) == {"c", "bn"}:
+            setattr(module, name, fuse_conv_bn_eval(child.c.eval(), child.bn.eval()))
+            n += 1
+        else:
+            n += fuse_batchnorm(child)
+    return n
+
+
+def tuned(
+    segmenter: Segmenter,
+    *,
+    precision: str = "bf16",
+    channels_last: bool = True,
+    compile: bool | str = False,
+    fuse: bool = True,
+    compile_decoder: bool = False,
+    cast_weights: bool = False,
+) -> Segmenter:
+    """A copy of ``segmenter`` for speed: encoder in ``precision`` ('fp32' or 'bf16'), Conv+BN
+    folded, channels-last input, optionally ``torch.compile``d; decoder optionally compiled with
+    CUDA graphs (``mode="reduce-overhead"``). ``compile`` may name a ``torch.compile`` mode
+    (e.g. "max-autotune"). ``cast_weights`` stores the folded encoder copy in bf16 instead of
+    casting per op under autocast.
+
+    The copy shares the (read-only) weights of the original, except a folded copy of the encoder
+    when ``fuse`` applies (variants whose ``encode`` is the plain ``image_encoder`` call). Outputs
+    are float32, so everything after the encoder is unchanged.
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else None
-    base_encode = segmenter.encode
-    run = torch.compile(base_encode, dynamic=False) if compile else base_encode
+    plain_encoder = type(segmenter).encode is Segmenter.encode
+    if fuse and plain_encoder:
+        encoder = copy.deepcopy(segmenter.model.image_encoder)
+        fuse_batchnorm(encoder)
+        if channels_last:
+            encoder = encoder.to(memory_format=torch.channels_last)
+        if cast_weights and dtype is not None:
+            encoder = encoder.to(dtype)
+            base_encode = lambda batch: (encoder(batch.to(dtype)), {})  # noqa: E731
+        else:
+            base_encode = lambda batch: (encoder(batch), {})  # noqa: E731
+    else:
+        base_encode = segmenter.encode
+    mode = compile if isinstance(compile, str) else None
+    run = torch.compile(base_encode, dynamic=False, mode=mode) if compile else base_encode
 
     def encode(batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast(batch.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             features, extras = run(batch)
-        return features.float(), {k: v.float() for k, v in extras.items()}
+        return features.float().contiguous(), {k: v.float() for k, v in extras.items()}
 
     fast = copy.copy(segmenter)
     fast.encode = encode  # type: ignore[method-assign]
     fast.precision = precision
+    if compile_decoder and type(segmenter).decode is Segmenter.decode:
+        decoder = torch.compile(segmenter.model.mask_decoder, mode="reduce-overhead", dynamic=False)
+        image_pe = segmenter.model.prompt_encoder.get_dense_pe()
+
+        def decode(embedding, sparse, dense, multimask_output):
+            return decoder(
+                image_embeddings=embedding.features,
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
+
+        fast.decode = decode  # type: ignore[method-assign]
     return fast

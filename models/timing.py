@@ -7,6 +7,7 @@ import statistics
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 
 
@@ -22,3 +23,32 @@ def median_ms(fn: Callable[[], object], *, device: str, warmup: int = 3, repeat:
         sync()
         times.append((time.perf_counter() - t0) * 1000.0)
     return statistics.median(times)
+
+
+def measure_segmenter(segmenter, image: np.ndarray, *, device: str, batches: list[int], repeat: int) -> dict:
+    """The latencies `medseg bench` reports for one segmenter on one (H, W, 3) uint8 slice.
+
+    encoder_ms: embed() at batch 1, preprocessing included; slices_per_s: best over ``batches``;
+    decoder_ms: prompt encoder + mask decoder on a cached embedding; click_ms: predict() end to end
+    (prompt in, mask at the original size out) on a cached embedding.
+    """
+    from models.prompts import Prompts
+
+    h, w = image.shape[:2]
+    prompts = Prompts(box=np.array([w * 0.2, h * 0.2, w * 0.8, h * 0.8], dtype=np.float32))
+    encoder_ms = median_ms(lambda: segmenter.embed(image), device=device, repeat=repeat)
+    best = (0.0, 1)
+    for b in batches:
+        ms = median_ms(lambda: segmenter.embed_batch([image] * b), device=device, warmup=2, repeat=max(3, repeat // 2))
+        best = max(best, (1000.0 * b / ms, b))
+    emb = segmenter.embed(image)
+    with torch.inference_mode():
+        decoder_ms = median_ms(lambda: segmenter.decode_prompts(emb, prompts, False), device=device, repeat=repeat * 3)
+    click_ms = median_ms(lambda: segmenter.predict(emb, prompts), device=device, repeat=repeat * 3)
+    return {
+        "encoder_ms": round(encoder_ms, 3),
+        "slices_per_s": round(best[0], 2),
+        "batch": best[1],
+        "decoder_ms": round(decoder_ms, 3),
+        "click_ms": round(click_ms, 3),
+    }

@@ -57,3 +57,14 @@ def test_bf16_encoder_keeps_the_box_mask(litemedsam):
 def test_tuned_rejects_unknown_precision(litemedsam):
     with pytest.raises(ValueError, match="precision"):
         tuned(litemedsam, precision="fp8")
+
+
+def test_folded_rel_pos_attention_matches_the_bias_mask(monkeypatch):
+    """The half-precision GPU path (bias folded into q.k) computes the same function; checked in fp32."""
+    reference = _tiny_vit()
+    fast = copy.deepcopy(reference)
+    use_sdpa_attention(fast)
+    monkeypatch.setattr(SDPAAttention, "fold_bias", True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        np.testing.assert_allclose(fast(x).numpy(), reference(x).numpy(), rtol=1e-4, atol=1e-5)

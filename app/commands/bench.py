@@ -10,15 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-import torch
-
 from app.errors import UsageError
 from data.readers import read_study
 from data.windowing import default_window, slice_to_rgb
-from models.prompts import Prompts
 from models.registry import PROJECT_ROOT, load_segmenter
-from models.timing import median_ms
+from models.timing import measure_segmenter
 
 SAMPLE = PROJECT_ROOT / "samples" / "ct_head_0051_series"
 
@@ -50,28 +46,6 @@ def _segmenter(args: argparse.Namespace, backend: str):
     raise UsageError(f"unknown backend {backend!r}; expected torch, torch-bf16, torch-compile or onnx")
 
 
-def measure(segmenter, image: np.ndarray, *, device: str, batches: list[int], repeat: int) -> dict:
-    """Latencies of one segmenter on one (H, W, 3) uint8 slice."""
-    h, w = image.shape[:2]
-    prompts = Prompts(box=np.array([w * 0.2, h * 0.2, w * 0.8, h * 0.8], dtype=np.float32))
-    encoder_ms = median_ms(lambda: segmenter.embed(image), device=device, repeat=repeat)
-    best = (0.0, 1)
-    for b in batches:
-        ms = median_ms(lambda: segmenter.embed_batch([image] * b), device=device, warmup=2, repeat=max(3, repeat // 2))
-        best = max(best, (1000.0 * b / ms, b))
-    emb = segmenter.embed(image)
-    with torch.inference_mode():
-        decoder_ms = median_ms(lambda: segmenter.decode_prompts(emb, prompts, False), device=device, repeat=repeat * 3)
-    click_ms = median_ms(lambda: segmenter.predict(emb, prompts), device=device, repeat=repeat * 3)
-    return {
-        "encoder_ms": round(encoder_ms, 3),
-        "slices_per_s": round(best[0], 2),
-        "batch": best[1],
-        "decoder_ms": round(decoder_ms, 3),
-        "click_ms": round(click_ms, 3),
-    }
-
-
 def run(args: argparse.Namespace) -> int:
     volume = read_study(SAMPLE)
     image = slice_to_rgb(volume, volume.num_slices // 2, default_window(volume))
@@ -79,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         seg = _segmenter(args, backend)
         row = {"model": args.model, "backend": backend, "device": args.device, "image": list(image.shape[:2])}
-        row.update(measure(seg, image, device=args.device, batches=batches, repeat=args.repeat))
+        row.update(measure_segmenter(seg, image, device=args.device, batches=batches, repeat=args.repeat))
         if args.json:
             print(json.dumps(row), flush=True)
         else:

