@@ -193,8 +193,6 @@ def main() -> int:
         emit(ours_row("ours litemedsam bf16 fused+compile", fastest, image, device, batches, args.repeat))
         cast = tuned(ours, precision="bf16", compile=True, compile_decoder=True, cast_weights=True)
         emit(ours_row("ours litemedsam bf16 weights+compile", cast, image, device, batches + [128], args.repeat))
-        auto = tuned(ours, precision="bf16", compile="max-autotune", compile_decoder=True, cast_weights=True)
-        emit(ours_row("ours litemedsam bf16 weights+max-autotune", auto, image, device, batches + [128], args.repeat))
     onnx = load_segmenter("litemedsam", device=device, backend="onnx")
     emit(ours_row(f"ours litemedsam onnx ({onnx.providers[0]})", onnx, image, device, [1, 8], max(3, args.repeat // 4)))
 
