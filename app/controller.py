@@ -209,6 +209,7 @@ def step(ctx: AppContext, session: Session, delta: int) -> ViewModel:
     n = Plane.of(volume, session.view.view).count(session.labels.shape)
     v = session.view.view
     session.view.index[v] = int(np.clip(session.view.index[v] + int(delta), 0, n - 1))
+    ctx.store.save(session)
     return view_model(session, "")
 
 
