@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.commands.common import add_model_args, add_slice_args, add_study_args, resolve_slice
+from app.commands.common import add_model_args, add_slice_args, add_study_args, resolve_slice, segmenter_from_args
 from app.embedding_cache import EmbeddingCache
 from app.errors import UsageError
 from app.propagation import PropagationSettings, propagate
@@ -17,7 +17,6 @@ from data.export import export_format, export_labels
 from data.readers import read_study
 from data.windowing import default_window
 from models.prompts import Prompts
-from models.registry import load_segmenter
 
 DEFAULTS = PropagationSettings()
 
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         min_score=args.min_score,
         max_slices=args.max_slices,
     )
-    segmenter = load_segmenter(args.model, args.checkpoint, args.device)
+    segmenter = segmenter_from_args(args)
 
     def progress(done: int, total: int, message: str) -> None:
         if not args.quiet:
