@@ -1,5 +1,6 @@
-"""``medseg batch`` on a local Ray (2 CPU workers): same per_case.csv as ``medseg eval``, a killed
-worker loses nothing, a second run resumes. One Ray for the module (start-up costs seconds).
+"""``medseg batch`` on a local Ray (2 CPU workers): same per_case.csv as ``medseg eval`` although
+one worker is killed mid-run, and a second run resumes. One Ray and one 2-worker run for the
+module (Ray and model start-up cost seconds each).
 
 The cohort: 4 real cases of the shared Colin27 MR, 2 structures on each of 2 slices, so tasks
 group rows that share a slice and both workers get one.
@@ -82,10 +83,13 @@ def eval_rows(cohort, litemedsam, tmp_path_factory) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def batch_dir(ray_local, cohort, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("batch") / "run"
+    """One run on 2 workers in which the first worker to start a task dies hard (the test-only fault hook)."""
+    base = tmp_path_factory.mktemp("batch")
     args = ["batch", str(cohort), "--protocol", PROTOCOL, "--ray", "local", "--workers", "2", "--no-progress"]
-    assert main([*args, "--output", str(out)]) == 0
-    return out
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(FAULT_ENV, str(base / "crashed"))
+        assert main([*args, "--output", str(base / "run")]) == 0
+    return base / "run"
 
 
 def test_two_workers_give_the_per_case_csv_of_eval(batch_dir, eval_rows):
@@ -111,17 +115,13 @@ def test_saved_masks_are_the_final_masks(batch_dir, cohort, eval_rows):
         assert abs(dice - final[spec.case_id]) <= DICE_TOL, spec.case_id
 
 
-def test_a_killed_worker_is_restarted_and_nothing_is_lost(ray_local, cohort, eval_rows, tmp_path, monkeypatch):
-    marker = tmp_path / "crashed"
-    monkeypatch.setenv(FAULT_ENV, str(marker))  # the first worker to start a task calls os._exit
-    out = tmp_path / "run"
-    args = ["batch", str(cohort), "--protocol", PROTOCOL, "--ray", "local", "--workers", "2", "--no-progress"]
-    assert main([*args, "--output", str(out)]) == 0
+def test_a_killed_worker_is_restarted_and_nothing_is_lost(batch_dir, eval_rows):
+    marker = batch_dir.parent / "crashed"
     assert marker.is_file(), "the fault hook did not fire: nothing was killed"
     dead_pid = int(marker.read_text())
-    pids = [json.loads(case_path(out, c).read_text())["worker_pid"] for c in CASES]
-    assert dead_pid not in pids
-    assert read_rows(out / "per_case.csv")[1] == eval_rows
+    pids = [json.loads(case_path(batch_dir, c).read_text())["worker_pid"] for c in CASES]
+    assert dead_pid not in pids  # its task was redone by the restarted actor
+    assert read_rows(batch_dir / "per_case.csv")[1] == eval_rows
 
 
 def test_resume_runs_only_the_unfinished_cases(ray_local, batch_dir, cohort, eval_rows, tmp_path):

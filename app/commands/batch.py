@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one worker per GPU; default cpu")
     p.add_argument("--protocol", default="box", help=f"simulated user: {PROTOCOL_HELP}; default box")
     p.add_argument("--margin", type=int, default=5, metavar="PX", help="px added to each side of the GT box; default 5")
-    p.add_argument("--jitter", type=int, default=0, metavar="PX", help="move each box side by up to PX at random; default 0")
+    p.add_argument("--jitter", type=int, default=0, metavar="PX",
+                   help="move each box side by up to PX at random; default 0")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random prompts; default 0")
     p.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
                    help=f"NSD boundary tolerance in mm; default {DEFAULT_NSD_TOLERANCE_MM:g}")
@@ -67,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     for column in args.group_by:
         if column not in attributes and column != "structure":
             raise UsageError(
-                f"--group-by {column}: no such column in {args.manifest}; attribute columns: {', '.join(attributes) or 'none'}"
+                f"--group-by {column}: no such column in {args.manifest}; "
+                f"attribute columns: {', '.join(attributes) or 'none'}"
             )
     settings = EvalSettings(
         protocol=protocol,
