@@ -338,20 +338,24 @@ def launch(
 ):
     """Start the server (loopback by default). Files are served only from the session folders."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    from app.settings import get_settings
+
+    limits = get_settings()
     state = Path(state_dir) if state_dir else default_state_dir()
     sessions = state / "sessions"
     sessions.mkdir(parents=True, exist_ok=True)
     load_segmenter(model, device=device)  # load once before serving; fail early on missing weights
     config = UIConfig(
         sessions_root=sessions, model=model, device=device, prefetch_radius=prefetch_radius,
-        browser_secret=browser_secret(state),
+        browser_secret=browser_secret(state), session_ttl_s=limits.session_ttl_s,
     )
     demo = build_app(config)
     demo.queue(default_concurrency_limit=4)
     demo.launch(
         server_name=host,
         server_port=port,
-        allowed_paths=[str(sessions)],
+        allowed_paths=[str(sessions), *(str(r) for r in limits.allowed_roots)],
+        max_file_size=limits.max_upload_bytes,
         footer_links=[],
         run_history=False,  # never keep patients' images in the browser's run history
         head=KEYBOARD_JS,

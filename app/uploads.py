@@ -72,22 +72,36 @@ def safe_extract_zip(
     return dest
 
 
-def import_upload(files: list[str | Path], upload_dir: str | Path) -> Path:
+def import_upload(files: list[str | Path], upload_dir: str | Path, *, settings=None) -> Path:
     """Copy uploaded files into ``upload_dir`` and return the path ``read_study`` should open.
 
     One NIfTI / PNG / JPEG / DICOM file -> that file; several DICOM files -> their folder;
-    a zip -> the folder it unpacks to (or the single NIfTI/image inside it).
+    a zip -> the folder it unpacks to (or the single NIfTI/image inside it). ``settings``
+    (default ``app.settings.get_settings()``) bounds the file count and sizes.
     """
+    from app.settings import get_settings
+
+    settings = settings or get_settings()
     paths = [Path(f) for f in files if f]
     if not paths:
         raise UploadError("no file was uploaded: choose a NIfTI, DICOM files, a zip of a series, or PNG/JPEG")
+    if len(paths) > settings.max_upload_files:
+        raise UploadError(f"{len(paths)} files uploaded; at most {settings.max_upload_files} (MEDSEG_MAX_UPLOAD_FILES)")
+    size = sum(p.stat().st_size for p in paths)
+    if size > settings.max_upload_bytes:
+        raise UploadError(
+            f"the upload is {size / 1024**2:.0f} MiB; at most {settings.max_upload_bytes / 1024**2:.0f} MiB "
+            "(MEDSEG_MAX_UPLOAD_MB)"
+        )
     upload_dir = Path(upload_dir)
     upload_dir.mkdir(parents=True, exist_ok=True)
     zips = [p for p in paths if p.name.lower().endswith(".zip")]
     if zips:
         if len(paths) > 1:
             raise UploadError("upload one zip on its own (it should hold one series)")
-        out = safe_extract_zip(zips[0], upload_dir / "unzipped")
+        out = safe_extract_zip(
+            zips[0], upload_dir / "unzipped", max_bytes=settings.max_unzipped_bytes, max_members=settings.max_upload_files
+        )
         return _single_study_in(out)
     singles = [p for p in paths if p.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES)]
     if singles:

@@ -127,7 +127,7 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
         raise StudyError(f"{path}: empty image of size {image.GetSize()}")
     vol = Volume.from_sitk(image, source=SourceRef(path=str(path), format="nifti"))
     return Volume(
-        array=_finite(vol.array, path),
+        array=_finite(_raw_non_finite(vol.array, path), path),
         spacing=vol.spacing,
         origin=vol.origin,
         direction=vol.direction,
@@ -144,6 +144,27 @@ def _nifti_shape(path: Path) -> tuple[int, ...] | None:
         return tuple(int(n) for n in nibabel.load(str(path)).header.get_data_shape())
     except Exception:  # not a NIfTI at all: SimpleITK's error below names it
         return None
+
+
+def _raw_non_finite(array: np.ndarray, path: Path) -> np.ndarray:
+    """ITK's NIfTI reader turns NaN/Inf into 0 silently (0 HU is water): put them back from the raw data."""
+    import nibabel
+
+    if not np.issubdtype(array.dtype, np.floating):
+        return array
+    try:
+        raw = np.asanyarray(nibabel.load(str(path)).dataobj)
+    except Exception:
+        return array
+    if raw.size != array.size or not np.issubdtype(raw.dtype, np.floating):
+        return array
+    raw = raw.T.reshape(array.shape)  # nibabel (i, j, k) -> ours [k, j, i]
+    bad = ~np.isfinite(raw)
+    if not bad.any():
+        return array
+    out = array.copy()
+    out[bad] = raw[bad]
+    return out
 
 
 def _finite(array: np.ndarray, path: Path) -> np.ndarray:

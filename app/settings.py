@@ -1,0 +1,76 @@
+"""Server limits, typed and read once from the environment (so one place documents every knob).
+
+| variable                    | default        | what it bounds                                          |
+|-----------------------------|----------------|---------------------------------------------------------|
+| ``MEDSEG_MAX_UPLOAD_MB``    | 2048           | one upload (all its files together; also Gradio's cap)  |
+| ``MEDSEG_MAX_UNZIPPED_MB``  | 2048           | what a zip may unpack to                                 |
+| ``MEDSEG_MAX_UPLOAD_FILES`` | 10000          | files in one upload, or members in one zip               |
+| ``MEDSEG_MAX_VOXELS``       | 268435456      | voxels of a study (checked from the header, before pixels) |
+| ``MEDSEG_SESSION_TTL_HOURS``| 336 (14 days)  | a session untouched this long is deleted with its uploads |
+| ``MEDSEG_ALLOWED_ROOTS``    | (none)         | extra folders the server may serve files from (``os.pathsep``-separated); session folders are always allowed |
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from data.readers import DEFAULT_MAX_VOXELS
+
+MIB = 1024**2
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value we cannot use; the message names it and the expected form."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Limits the server enforces on untrusted input."""
+
+    max_upload_bytes: int = 2048 * MIB
+    max_unzipped_bytes: int = 2048 * MIB
+    max_upload_files: int = 10_000
+    max_voxels: int = DEFAULT_MAX_VOXELS
+    session_ttl_s: float = 14 * 86400.0
+    allowed_roots: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Settings from ``env`` (default ``os.environ``); unset or empty variables keep the defaults."""
+        env = os.environ if env is None else env
+        d = cls()
+        roots = tuple(Path(p).expanduser().resolve() for p in env.get("MEDSEG_ALLOWED_ROOTS", "").split(os.pathsep) if p)
+        for root in roots:
+            if not root.is_dir():
+                raise SettingsError(f"MEDSEG_ALLOWED_ROOTS: {root} is not a folder")
+        return cls(
+            max_upload_bytes=int(_number(env, "MEDSEG_MAX_UPLOAD_MB", d.max_upload_bytes / MIB) * MIB),
+            max_unzipped_bytes=int(_number(env, "MEDSEG_MAX_UNZIPPED_MB", d.max_unzipped_bytes / MIB) * MIB),
+            max_upload_files=int(_number(env, "MEDSEG_MAX_UPLOAD_FILES", d.max_upload_files, whole=True)),
+            max_voxels=int(_number(env, "MEDSEG_MAX_VOXELS", d.max_voxels, whole=True)),
+            session_ttl_s=_number(env, "MEDSEG_SESSION_TTL_HOURS", d.session_ttl_s / 3600) * 3600,
+            allowed_roots=roots,
+        )
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return float(default)
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        raise SettingsError(f"{name}={text!r}: expected a {'whole ' if whole else ''}number > 0") from None
+    if not value > 0:
+        raise SettingsError(f"{name}={text!r}: must be > 0")
+    return float(value)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use (not at import)."""
+    return Settings.from_env()
