@@ -41,14 +41,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def slices():
     return {k: (window(mr_slice(IMAGE, k)), mr_slice(BRAIN, k) > 0) for k in (REF_K, TARGET_K)}

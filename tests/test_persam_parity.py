@@ -27,14 +27,6 @@ FIXTURE = PARITY / "persam"
 TESTS = ("test00", "test01")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def golden():
     return dict(np.load(FIXTURE / "golden.npz"))

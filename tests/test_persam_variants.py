@@ -19,14 +19,6 @@ from models.segmenter import Embedding
 SIZE = (200, 240)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def sam_unet():
     from models.sam_unet import SamUNetSegmenter, build_sam_unet
