@@ -300,6 +300,10 @@ def build_app(config: UIConfig):
         def on_export(s, fmt):
             try:
                 path, vm = controller.export(ctx, s, "dicom-seg" if str(fmt).startswith("DICOM") else "nifti")
+                from data.deidentify import patient_data_note
+
+                if note := (patient_data_note(path) if Path(path).suffix == ".dcm" else None):
+                    vm.status = f"{vm.status} ⚠ Note: {note}."
                 return [str(path)] + present(vm)
             except (SessionError, *USER_ERRORS) as e:
                 gr.Warning(str(e))

@@ -13,6 +13,7 @@ from app.commands.common import add_model_args, add_slice_args, add_study_args, 
 from app.embedding_cache import EmbeddingCache
 from app.errors import UsageError
 from app.propagation import PropagationSettings, propagate
+from data.deidentify import deidentifier
 from data.export import export_format, export_labels
 from data.readers import read_study
 from data.windowing import default_window
@@ -35,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--box", type=float, nargs=4, required=True, metavar=("X0", "Y0", "X1", "Y1"),
                    help="box on slice K in pixels (x = column, y = row), inclusive corners")
     add_model_args(p)
+    p.add_argument("--deidentify", action="store_true",
+                   help="DICOM-SEG output: empty patient name/ID/birth date, study dates, accession number "
+                   "(DICOM Basic Profile subset, UIDs kept)")
     p.add_argument("--output", "-o", required=True, help="output: .nii, .nii.gz or .dcm (DICOM-SEG)")
     p.add_argument("--label", default="structure", help="segment name written in a DICOM-SEG (default: structure)")
     p.add_argument("--margin", type=float, default=DEFAULTS.margin_px,
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - t0
     labels = result.masks.astype(np.uint8)
-    export_labels(labels, volume, out, label_names={1: args.label}, model_name=args.model)
+    export_labels(labels, volume, out, label_names={1: args.label}, model_name=args.model, deidentify=deidentifier(args))
     span = f"slices {result.slices[0]}..{result.slices[-1]}" if result.slices else "no slice"
     stops = ", ".join(f"{d}: {r}" for d, r in result.stopped.items())
     print(f"{out}: {int(labels.sum())} voxels on {len(result.slices)} slices ({span}); stopped {stops}; "

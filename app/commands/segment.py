@@ -18,6 +18,7 @@ from app.commands.common import (
     segmenter_from_args,
 )
 from app.errors import UsageError
+from data.deidentify import deidentifier
 from data.export import export_labels
 from data.writers import write_png_mask
 
@@ -34,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_prompt_args(p)
     add_model_args(p)
     p.add_argument("--multimask", action="store_true", help="ask for 3 candidate masks and keep the best-scored one")
+    p.add_argument("--deidentify", action="store_true",
+                   help="DICOM-SEG output: empty patient name/ID/birth date, study dates, accession number "
+                   "(DICOM Basic Profile subset, UIDs kept)")
     p.add_argument("--output", "-o", required=True, help="output: .png (2D input), .nii/.nii.gz or .dcm (DICOM-SEG)")
     return p
 
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if is_nifti:
         labels = np.zeros(volume.array.shape[:3], dtype=np.uint8)
         labels[k] = mask
-        export_labels(labels, volume, out, label_names={1: "structure"}, model_name=args.model)
+        export_labels(labels, volume, out, label_names={1: "structure"}, model_name=args.model, deidentify=deidentifier(args))
     else:
         write_png_mask(mask, out)
     score = result.scores[result.best_index]
