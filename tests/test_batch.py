@@ -26,8 +26,6 @@ from evaluation.runner import PER_CASE_COLUMNS, EvalSettings
 from evaluation.clicks import parse_protocol
 from tests.conftest import DATA
 
-# one Ray at a time and the module fixtures built once, under `make test` (-n 2 --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("ray")
 PROTOCOL = "box+clicks:2"
 CASES = [  # manifest order
     "mr_t1_colin27_slabA_thalamus_L_k004",

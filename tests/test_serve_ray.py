@@ -15,8 +15,6 @@ from models.prompts import Prompts
 from models.segmenter import Segmenter
 from tests.conftest import SAMPLES
 
-# one Ray at a time and the module fixtures built once, under `make test` (-n 2 --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("ray")
 FEATURE_ATOL = 1e-3  # the replica runs 1 thread, the test 2: float sums in another order
 LOGIT_ATOL = 1e-2
 MASK_AGREEMENT = 0.999  # fraction of pixels equal between the remote and the local mask
