@@ -133,6 +133,7 @@ def test_a_file_under_the_pinned_name_with_other_bytes_is_refused(tmp_path):
         load_segmenter("litemedsam", fake)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_plain_pickle_files_are_not_loaded(tmp_path):
     path = tmp_path / "state.pt"
     path.write_bytes(pickle.dumps({"w": np.zeros(2)}))
