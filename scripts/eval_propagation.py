@@ -39,7 +39,6 @@ RULES: dict[str, PropagationSettings] = {
     "medsam (box+3, no mask, stop empty)": MEDSAM_RULE,
     "box+3, mask prompt": replace(MEDSAM_RULE, use_mask_prompt=True),
     "box+5": replace(MEDSAM_RULE, margin_px=5),
-    "box+5, mask prompt": replace(MEDSAM_RULE, margin_px=5, use_mask_prompt=True),
     "box+3, stop IoU<0.5": replace(MEDSAM_RULE, min_area_px=10, min_score=0.5),
     "box+3, stop IoU<0.7": replace(MEDSAM_RULE, min_area_px=10, min_score=0.7),
     "box+3, mask prompt, stop IoU<0.5": replace(MEDSAM_RULE, use_mask_prompt=True, min_area_px=10, min_score=0.5),
@@ -66,7 +65,16 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "propagation_dice.csv"))
     parser.add_argument("--start-margin", type=float, default=5.0)
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figure from --out")
+    parser.add_argument("--only", nargs="+", metavar="STRUCTURE",
+                        help="run these structures only (e.g. 'head (1|2)' 'thalamus L'), to split the run over processes")
+    parser.add_argument("--merge", nargs="+", metavar="CSV", help="concatenate these CSVs into --out and plot")
     args = parser.parse_args()
+    if args.merge:
+        rows = [r for f in args.merge for r in csv.DictReader(open(f))]
+        write_rows(rows, Path(args.out))
+        summarise(rows)
+        plot(Path(args.out))
+        return 0
     if args.plot_only:
         plot(Path(args.out))
         return 0
@@ -75,6 +83,8 @@ def main() -> int:
     volumes, caches, rows = {}, {}, []
     t0 = time.perf_counter()
     for dataset, image_path, label_path, structure, values in cases():
+        if args.only and structure not in args.only:
+            continue
         if image_path not in volumes:
             volumes[image_path] = read_study(image_path)
             caches[image_path] = EmbeddingCache(max_items=64)
@@ -103,19 +113,28 @@ def main() -> int:
             print(f"{dataset:8s} {structure:14s} {rule:36s} dice3d {rows[-1]['dice3d']:.3f} "
                   f"gt {rows[-1]['gt_slices']:7s} pred {rows[-1]['pred_slices']:7s} {rows[-1]['stopped']}", flush=True)
     out = Path(args.out)
+    write_rows(rows, out)
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    summarise(rows)
+    plot(out)
+    return 0
+
+
+def write_rows(rows: list[dict], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"\nmean 3D Dice per rule ({time.perf_counter() - t0:.0f} s):")
-    for dataset in ("CT head", "Colin27"):
-        for rule in RULES:
-            d = [r["dice3d"] for r in rows if r["rule"] == rule and r["dataset"] == dataset]
-            print(f"  {dataset:8s} {rule:36s} {np.mean(d):.3f}  (n={len(d)})")
     print(f"wrote {out}")
-    plot(out)
-    return 0
+
+
+def summarise(rows: list[dict]) -> None:
+    print("mean 3D Dice per rule:")
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        for rule in dict.fromkeys(r["rule"] for r in rows):
+            d = [float(r["dice3d"]) for r in rows if r["rule"] == rule and r["dataset"] == dataset]
+            print(f"  {dataset:8s} {rule:36s} {np.mean(d):.3f}  (n={len(d)})")
 
 
 def plot(csv_path: Path) -> Path:
@@ -133,7 +152,7 @@ def plot(csv_path: Path) -> Path:
     width = 0.8 / len(rules)
     for n, rule in enumerate(rules):
         d = {f"{r['dataset']}: {r['structure']}": float(r["dice3d"]) for r in rows if r["rule"] == rule}
-        ax.bar(np.arange(len(structures)) + n * width, [d[s] for s in structures], width, label=rule)
+        ax.bar(np.arange(len(structures)) + n * width, [d.get(s, np.nan) for s in structures], width, label=rule)
     ax.set_xticks(np.arange(len(structures)) + 0.4 - width / 2, structures, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("3D Dice")
     ax.set_ylim(0, 1)
