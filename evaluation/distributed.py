@@ -224,6 +224,23 @@ def check_run_file(output: Path, job: BatchJob) -> None:
         tmp.write_text(json.dumps(want, indent=1), encoding="utf-8")
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` nobody listens on (Ray itself retries for minutes)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise BatchError(
+            f"--ray {address}: cannot reach a Ray cluster there ({e}); start one with `ray start --head` "
+            "and pass its address, or use --ray local"
+        ) from None
+
+
 @contextlib.contextmanager
 def ray_session(address: str, num_cpus: int | None = None) -> Iterator[object]:
     """``local`` starts a Ray on this machine (stopped after); an address joins a cluster.
@@ -272,6 +289,8 @@ def run_batch(
     from evaluation.report import write_report
 
     output = Path(output)
+    if ray_address != "local":
+        check_reachable(ray_address)
     all_cases, attributes = read_manifest(job.manifest)
     cases = all_cases if cases is None else cases
     output.mkdir(parents=True, exist_ok=True)

@@ -154,3 +154,10 @@ def test_rows_that_share_a_slice_run_in_one_task(cohort):
     by_slice = [sorted(CASES[0::2]), sorted(CASES[1::2])]  # k004: L and R; k011: L and R
     assert sorted(sorted(s.case_id for s in t) for t in tasks) == by_slice
     assert [len(t) for t in plan_tasks(specs, slices_per_task=2)] == [4]
+
+
+def test_an_unreachable_cluster_is_one_line_error(cohort, tmp_path, capsys):
+    code = main(["batch", str(cohort), "--ray", "127.0.0.1:1", "--no-progress", "--output", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot reach a Ray cluster" in err and "--ray local" in err
