@@ -37,6 +37,9 @@ KINDS = ("sam_med2d", "sam_adapter", "lora")
 # Name segments that only adapter tensors have (see is_adapter_key).
 _ADAPTER_MARKS = (".adapter.", ".lora_A", ".lora_B", "image_encoder.hf_prompt.")
 
+# What --train-decoder trains (and saves) besides the adapter.
+_DECODER_PARTS = ("prompt_encoder", "mask_decoder")
+
 # The encoder input of the forward pass running in this context (sam_adapter prompts need it).
 _ENCODER_INPUT: ContextVar[dict | None] = ContextVar("medseg_adapter_encoder_input", default=None)
 
@@ -52,7 +55,7 @@ class AdapterConfig:
     lora_alpha: float = 8.0
     scale_factor: int = 32  # sam_adapter: block width / prompt width (official 32)
     freq_nums: float = 0.25  # sam_adapter: share of the spectrum removed by the high-pass (official 0.25)
-    train_decoder: bool = False  # the mask decoder is trained (and saved) too
+    train_decoder: bool = False  # the prompt encoder and mask decoder are trained (and saved) too
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -179,14 +182,16 @@ def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
         encoder.hf_prompt = generators
         encoder.register_forward_pre_hook(_remember_input)
         encoder.register_forward_hook(_forget_input, always_call=True)
-    if config.train_decoder:
-        adapted.mask_decoder.requires_grad_(True)
+    if config.train_decoder:  # SAM-Med2D trains the prompt encoder and the mask decoder together
+        for part in _DECODER_PARTS:
+            if hasattr(adapted, part):
+                getattr(adapted, part).requires_grad_(True)
     return adapted
 
 
 def is_adapter_key(name: str, config: AdapterConfig) -> bool:
     """Whether a state-dict entry belongs to the adapter (what is trained and saved)."""
-    if config.train_decoder and name.startswith("mask_decoder."):
+    if config.train_decoder and name.startswith(tuple(f"{p}." for p in _DECODER_PARTS)):
         return True
     return any(mark in name for mark in _ADAPTER_MARKS)
 

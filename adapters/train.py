@@ -11,7 +11,7 @@ The loop follows SAM-Med2D's ``train.py`` / ``utils.py`` (OpenGVLab/SAM-Med2D), 
   largest error), half a random error pixel (SAM-Med2D's ``select_random_points``);
 * loss per prompt step: 20 x focal + Dice (MONAI ``DiceFocalLoss``, SAM-Med2D's weights) on the
   logits at the original resolution, + MSE between the IoU head and the mask's true IoU;
-  the steps' mean is one optimizer step (SAM-Med2D steps after each prompt instead);
+  the steps' mean is one AdamW step (cosine learning rate; SAM-Med2D steps after each prompt instead);
 * images pass through the model's own ``Segmenter.preprocess`` and geometry, exactly as at
   inference; the model stays in ``eval()`` mode (frozen BatchNorm statistics, no dropout).
 
@@ -19,7 +19,7 @@ Validation (by slice, :mod:`adapters.train_data`) runs ``box+clicks:N`` with the
 runner; its score is the mean of the box Dice and the Dice after N clicks, so an adapter that
 buys clicks with box Dice does not win. The best adapter is saved; training stops after
 ``patience`` validations without improvement. ``DIR/checkpoint.pt`` (adapter, optimizer,
-scheduler, step) is written atomically at each validation for ``--resume``.
+schedule, step) is written atomically at each validation for ``--resume``.
 """
 
 from __future__ import annotations
@@ -226,6 +226,14 @@ def validate(seg: Segmenter, cases: list[LoadedCase], clicks: int) -> dict:
     return {"box_dice": box_dice, f"box_clicks{clicks}_dice": click_dice, "score": (box_dice + click_dice) / 2}
 
 
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """Cosine decay from ``base`` over ``total`` steps, a function of the step alone.
+
+    Being stateless, it resumes exactly and stretches when a resumed run is given more steps.
+    """
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
 def _atomic_torch_save(obj: dict, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -256,7 +264,12 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     tr = [r for r in history if r.get("train_loss") not in (None, "")]
-    a.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], lw=0.8)
+    steps, losses = [r["step"] for r in tr], np.array([r["train_loss"] for r in tr], dtype=float)
+    a.plot(steps, losses, lw=0.6, alpha=0.5, label="per step")
+    if len(losses) >= 20:  # each step draws its own prompts: the running mean shows the trend
+        k = max(5, len(losses) // 20)
+        a.plot(steps[k - 1 :], np.convolve(losses, np.ones(k) / k, mode="valid"), lw=1.5, label=f"mean of {k}")
+        a.legend()
     a.set_xlabel("step")
     a.set_ylabel("training loss")
     va = [r for r in history if r.get("score") not in (None, "")]
@@ -316,7 +329,6 @@ def finetune(
         raise ValueError("nothing to train: --epochs and --max-steps must be at least 1")
     val_every = settings.val_every or steps_per_epoch
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     use_bf16 = settings.bf16 and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     objective = Objective()
@@ -331,7 +343,6 @@ def finetune(
             raise ValueError(f"--resume: {ckpt_path} was written for another adapter or base model; use a new --output")
         model.load_state_dict(ckpt["adapter"], strict=False)
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
         step, best_score, best_step, bad = ckpt["step"], ckpt["best_score"], ckpt["best_step"], ckpt["bad_validations"]
         history = list(ckpt["history"])
     summary = data_summary(manifest, train, val)
@@ -345,7 +356,7 @@ def finetune(
     def checkpoint() -> None:
         _atomic_torch_save(
             {"adapter": adapter_state(model, config), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "step": step, "best_score": float(best_score),
+             "scheduler": {"kind": "cosine", "base_lr": settings.lr, "total_steps": total_steps}, "step": step, "best_score": float(best_score),
              "best_step": best_step, "bad_validations": bad, "history": history,
              "adapter_config": config.as_dict(), "base_sha256": base_sha},
             ckpt_path,
@@ -392,11 +403,13 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
+                lr = cosine_lr(settings.lr, step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
                 optimizer.step()
-                scheduler.step()
                 step += 1
                 history.append({"step": step, "epoch": step / steps_per_epoch, "train_loss": float(loss.detach()),
-                                "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0})
+                                "lr": lr, "seconds": time.perf_counter() - t0})
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}", best=f"{best_score:.3f}")
                     bar.update(1)

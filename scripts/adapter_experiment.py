@@ -10,7 +10,7 @@ Split (never the same slice on both sides):
 Writes OUT/manifests/{train,heldout,all}.csv, OUT/adapter/ (medseg finetune), OUT/eval/<set>_<before|after>_<protocol>/
 (medseg eval) and OUT/results.md + OUT/results.json. Every step is a ``medseg`` command, printed before it runs.
 
-    python scripts/adapter_experiment.py --out out/adapter_exp --device cuda --epochs 40
+    python scripts/adapter_experiment.py --out out/adapter_exp --device cuda --epochs 15
     python scripts/adapter_experiment.py --out /tmp/exp --max-steps 2 --limit 2          # CPU smoke run
 """
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--adapter", default="sam_med2d", choices=["sam_med2d", "sam_adapter", "lora"])
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=3e-4)

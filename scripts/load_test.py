@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="stop starting new rounds after this long")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    ap.add_argument("--keep", action="store_true", help="keep the session folders (default: delete them)")
     args = ap.parse_args(argv)
 
     import torch
@@ -179,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         "rss_end_mib": round(rss_mib()),
     }
     print(json.dumps(figures, indent=1))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0 if not errors and not mismatches else 1

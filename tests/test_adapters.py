@@ -24,6 +24,7 @@ from tests.conftest import DATA
 
 CHECKPOINT = get_spec("litemedsam").default_checkpoint
 TRAIN_CASES = ("mr_t1_colin27_slabA_caudate_L_k011", "mr_t1_colin27_slabA_putamen_L_k013")
+BOX = np.array([65, 59, 91, 90], np.float32)  # caudate L on slice 11, +5 px
 
 
 def _hooks(model: nn.Module) -> int:
@@ -116,47 +117,52 @@ def _manifest(path, case_ids) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, litemedsam):
-    """A SAM-Med2D adapter trained 2 steps, then resumed for a 3rd, on two real MR slices (CPU)."""
+    """A SAM-Med2D adapter trained 1 step, then resumed for a 2nd, on two real MR slices (CPU)."""
     folder = tmp_path_factory.mktemp("adapter")
     manifest = _manifest(folder / "train.csv", TRAIN_CASES)
     out = folder / "run"
     config = AdapterConfig(kind="sam_med2d")
     common = dict(batch_size=2, lr=3e-3, clicks=1, box_prob=1.0, augment=False, val_fraction=0.0, seed=0)
-    first = finetune(litemedsam, CHECKPOINT, manifest, out, config, TrainSettings(max_steps=2, **common), progress=False)
+    first = finetune(litemedsam, CHECKPOINT, manifest, out, config, TrainSettings(max_steps=1, **common), progress=False)
     result = finetune(
-        litemedsam, CHECKPOINT, manifest, out, config, TrainSettings(max_steps=3, **common), resume=True, progress=False
+        litemedsam, CHECKPOINT, manifest, out, config, TrainSettings(max_steps=2, **common), resume=True, progress=False
     )
     return {"manifest": manifest, "out": out, "first": first, "result": result, "cases": load_cases(manifest)}
 
 
+@pytest.fixture(scope="module")
+def reloaded(trained, litemedsam):
+    """The saved adapter loaded back onto the shared base, and its mask for a box on the first slice."""
+    seg = apply_adapter(litemedsam, trained["out"], CHECKPOINT)
+    result = seg.predict(seg.embed(trained["cases"][0].image), Prompts(box=BOX))
+    return seg, result
+
+
 def test_finetune_lowers_the_loss_and_resumes(trained, litemedsam):
-    cases = trained["cases"]
+    """The fixed-box loss on a training slice falls (measured 0.59 -> 0.26 after the 2 steps)."""
+    cases = trained["cases"][:1]
     before = probe_loss(litemedsam, cases)
     after = probe_loss(trained["result"].segmenter, cases)
-    assert after < before - 0.01, (before, after)
-    assert trained["first"].steps == 2 and trained["result"].steps == 3
-    assert [r["step"] for r in trained["result"].history if "train_loss" in r] == [1, 2, 3]
-    assert torch.load(trained["out"] / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert after < before - 0.05, (before, after)
+    assert trained["first"].steps == 1 and trained["result"].steps == 2
+    assert [r["step"] for r in trained["result"].history if "train_loss" in r] == [1, 2]
+    assert all(r["lr"] > 0 for r in trained["result"].history if "train_loss" in r)
+    assert torch.load(trained["out"] / "checkpoint.pt", weights_only=True)["step"] == 2
     assert (trained["out"] / "curves.png").is_file() and (trained["out"] / "history.csv").is_file()
 
 
-def test_saved_adapter_is_small_and_reloads_to_identical_outputs(trained, litemedsam):
+def test_saved_adapter_is_small_and_reloads_to_identical_outputs(trained, reloaded, litemedsam):
     out = trained["out"]
     assert (out / "adapter.safetensors").stat().st_size < 0.1 * CHECKPOINT.stat().st_size
     meta = read_metadata(out)
     assert meta["base_model"] == "litemedsam" and meta["base_sha256"] == sha256_of(CHECKPOINT)
     assert meta["adapter"]["kind"] == "sam_med2d" and meta["data"]["train"]["case_ids"] == list(TRAIN_CASES)
-    reloaded = apply_adapter(litemedsam, out, CHECKPOINT)
+    seg, b = reloaded
     trained_seg = trained["result"].segmenter
-    case = trained["cases"][0]
-    prompts = Prompts(box=np.array([65, 59, 93, 90], np.float32))
-    a = trained_seg.predict(trained_seg.embed(case.image), prompts)
-    b = reloaded.predict(reloaded.embed(case.image), prompts)
+    a = trained_seg.predict(trained_seg.embed(trained["cases"][0].image), Prompts(box=BOX))
     np.testing.assert_allclose(b.low_res_logits, a.low_res_logits, rtol=0, atol=1e-5)
     assert np.array_equal(a.masks, b.masks)
-    assert reloaded.name != litemedsam.name  # embeddings of the base cannot be decoded by the adapter
-    base = litemedsam.predict(litemedsam.embed(case.image), prompts)
-    assert np.abs(base.low_res_logits - b.low_res_logits).max() > 1e-3  # the adapter did change something
+    assert seg.name != litemedsam.name  # embeddings of the base cannot be decoded by the adapter
 
 
 def test_adapter_refuses_other_base_weights(trained, litemedsam, tmp_path):
@@ -184,17 +190,16 @@ def test_list_adapters_skips_broken_folders(trained, litemedsam, tmp_path):
     assert json.loads((good / "adapter.json").read_text())["adapter"]["lora_rank"] == 4
 
 
-def test_cli_segment_with_adapter_matches_the_api(trained, litemedsam, tmp_path, capsys):
+def test_cli_segment_with_adapter_matches_the_api(trained, reloaded, tmp_path, capsys):
     case = trained["cases"][0]
     png = tmp_path / "slice.png"
     Image.fromarray(case.image[:, :, 0]).save(png)
     out = tmp_path / "m.png"
-    code = main(["segment", str(png), "--box", "65", "59", "93", "90", "--adapter", str(trained["out"]), "--output", str(out)])
+    code = main(["segment", str(png), "--box", "65", "59", "91", "90", "--adapter", str(trained["out"]), "--output", str(out)])
     _, err = capsys.readouterr()
     assert code == 0, err
-    reloaded = apply_adapter(litemedsam, trained["out"], CHECKPOINT)
-    expected = reloaded.predict(reloaded.embed(case.image), Prompts(box=np.array([65, 59, 93, 90], np.float32))).best_mask
+    expected = reloaded[1].best_mask
     assert np.array_equal(np.asarray(Image.open(out)) > 0, expected)
-    code = main(["segment", str(png), "--box", "65", "59", "93", "90", "--model", "mobilesam",
+    code = main(["segment", str(png), "--box", "65", "59", "91", "90", "--model", "mobilesam",
                  "--adapter", str(trained["out"]), "--output", str(out)])
     assert code == 2 and "trained on model 'litemedsam'" in capsys.readouterr().err

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True, choices=KINDS, help="adapter kind")
     p.add_argument("--epochs", type=int, required=True, metavar="N", help="passes over the training slices")
     p.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop after N optimizer steps in all")
-    p.add_argument("--train-decoder", action="store_true", help="train the mask decoder too (saved with the adapter)")
+    p.add_argument("--train-decoder", action="store_true", help="train the prompt encoder and mask decoder too (saved with the adapter)")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     p.add_argument("--val-manifest", metavar="CSV", help="validation slices (default: a split of MANIFEST by slice)")
