@@ -56,6 +56,8 @@ class TrainSettings:
     max_steps: int | None = None  # stop after this many optimizer steps in all (a quick run)
     batch_size: int = 2
     lr: float = 3e-4
+    decoder_lr_scale: float = 0.1  # the (pre-trained) decoder moves slower than the new adapter
+    warmup_steps: int | None = None  # linear warm-up; default min(100, total steps // 10)
     weight_decay: float = 1e-4
     clicks: int = 5  # most corrective clicks after the first prompt, in training and validation
     box_prob: float = 0.7  # first prompt: box with this probability, else one positive point
@@ -226,12 +228,17 @@ def validate(seg: Segmenter, cases: list[LoadedCase], clicks: int) -> dict:
     return {"box_dice": box_dice, f"box_clicks{clicks}_dice": click_dice, "score": (box_dice + click_dice) / 2}
 
 
-def cosine_lr(base: float, step: int, total: int) -> float:
-    """Cosine decay from ``base`` over ``total`` steps, a function of the step alone.
+def cosine_lr(base: float, step: int, total: int, warmup: int = 0) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``total``: a function of the step alone.
 
     Being stateless, it resumes exactly and stretches when a resumed run is given more steps.
+    The warm-up matters with ``--train-decoder``: Adam's first steps move every decoder weight
+    by about the learning rate at once, which can wreck a pre-trained decoder.
     """
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    if step < warmup:
+        return base * (step + 1) / warmup
+    span = max(total - warmup, 1)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
@@ -328,7 +335,11 @@ def finetune(
     if total_steps < 1:
         raise ValueError("nothing to train: --epochs and --max-steps must be at least 1")
     val_every = settings.val_every or steps_per_epoch
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    decoder = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(("mask_decoder.", "prompt_encoder."))]
+    adapter = [p for p in params if all(p is not q for q in decoder)]
+    groups = [{"params": adapter, "lr_scale": 1.0}] + ([{"params": decoder, "lr_scale": settings.decoder_lr_scale}] if decoder else [])
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    warmup = settings.warmup_steps if settings.warmup_steps is not None else min(100, max(1, total_steps // 10))
     use_bf16 = settings.bf16 and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     objective = Objective()
@@ -356,7 +367,7 @@ def finetune(
     def checkpoint() -> None:
         _atomic_torch_save(
             {"adapter": adapter_state(model, config), "optimizer": optimizer.state_dict(),
-             "scheduler": {"kind": "cosine", "base_lr": settings.lr, "total_steps": total_steps}, "step": step, "best_score": float(best_score),
+             "scheduler": {"kind": "cosine", "base_lr": settings.lr, "total_steps": total_steps, "warmup": warmup}, "step": step, "best_score": float(best_score),
              "best_step": best_step, "bad_validations": bad, "history": history,
              "adapter_config": config.as_dict(), "base_sha256": base_sha},
             ckpt_path,
@@ -403,9 +414,9 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
-                lr = cosine_lr(settings.lr, step, total_steps)
+                lr = cosine_lr(settings.lr, step, total_steps, warmup)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["lr_scale"]
                 optimizer.step()
                 step += 1
                 history.append({"step": step, "epoch": step / steps_per_epoch, "train_loss": float(loss.detach()),

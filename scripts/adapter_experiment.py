@@ -2,7 +2,7 @@
 
 Split (never the same slice on both sides):
 
-* training: MR caudate, putamen and pallidum (AAL 71-76) and CT head and skull bone, on the slabs'
+* training: MR caudate, putamen and pallidum (AAL 71-76) and CT head, on the slabs'
   slices that ``shared/data/manifest.csv`` does NOT use (every manifest slice is left out);
 * ``heldout`` evaluation: the manifest's thalamus, brain and phantom rows (structures never trained on);
 * ``all`` evaluation: the whole manifest (its slices are never trained on; some structures are).
@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path("/work/shared/data") if not (ROOT.parent / "shared" / "data").is_dir() else ROOT.parent / "shared" / "data"
 PROTOCOLS = ("box", "box+clicks:5")
 MR_TRAIN = {"caudate_L": "71", "caudate_R": "72", "putamen_L": "73", "putamen_R": "74", "pallidum_L": "75", "pallidum_R": "76"}
-CT_TRAIN = {"head": "1|2", "skull_bone": "2"}
+# Not the skull: a thin ring whose box also fits the whole head (shared/data/README.md); training on
+# it would teach the model that a box means a ring.
+CT_TRAIN = {"head": "1|2"}
 HELDOUT = ("thalamus", "brain", "outer_ring", "interior", "dark_ellipse")
 MIN_AREA = 30
 
@@ -59,7 +61,8 @@ def build_manifests(data: Path, out: Path, limit: int | None) -> dict[str, Path]
 
     shared = [_absolute(r, data) for r in _rows(data / "manifest.csv")]
     used = {(r["image"], int(r["slice_index"])) for r in shared}
-    template = {r["modality"]: r for r in shared}
+    # a row of each slab whose label file holds the training structures (the MR brain rows use the brain mask)
+    template = {r["modality"]: r for r in shared if r["structure"] in ("caudate_L", "head")}
     candidates = []
     for modality, structures in (("MR-T1", MR_TRAIN), ("CT", CT_TRAIN)):
         t = template[modality]

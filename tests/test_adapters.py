@@ -122,7 +122,7 @@ def trained(tmp_path_factory, litemedsam):
     manifest = _manifest(folder / "train.csv", TRAIN_CASES)
     out = folder / "run"
     config = AdapterConfig(kind="sam_med2d")
-    common = dict(batch_size=2, lr=3e-3, clicks=1, box_prob=1.0, augment=False, val_fraction=0.0, seed=0)
+    common = dict(batch_size=2, lr=1.5e-3, clicks=1, box_prob=1.0, augment=False, val_fraction=0.0, seed=0)
     first = finetune(litemedsam, CHECKPOINT, manifest, out, config, TrainSettings(max_steps=1, **common), progress=False)
     result = finetune(
         litemedsam, CHECKPOINT, manifest, out, config, TrainSettings(max_steps=2, **common), resume=True, progress=False
@@ -139,7 +139,7 @@ def reloaded(trained, litemedsam):
 
 
 def test_finetune_lowers_the_loss_and_resumes(trained, litemedsam):
-    """The fixed-box loss on a training slice falls (measured 0.59 -> 0.26 after the 2 steps)."""
+    """The fixed-box loss on a training slice falls (measured 0.59 -> 0.15 after the 2 steps)."""
     cases = trained["cases"][:1]
     before = probe_loss(litemedsam, cases)
     after = probe_loss(trained["result"].segmenter, cases)

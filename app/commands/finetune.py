@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=d.patience, help=f"validations without gain before stopping; default {d.patience}")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"slices per step; default {d.batch_size}")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (AdamW, cosine); default {d.lr:g}")
+    p.add_argument("--decoder-lr-scale", type=float, default=d.decoder_lr_scale,
+                   help=f"--train-decoder: decoder learning rate / --lr; default {d.decoder_lr_scale}")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps; default min(100, steps / 10)")
     p.add_argument("--clicks", type=int, default=d.clicks, help=f"most corrective clicks per slice; default {d.clicks}")
     p.add_argument("--box-prob", type=float, default=d.box_prob, help=f"share of sessions starting with a box; default {d.box_prob}")
     p.add_argument("--no-augment", action="store_true", help="no MONAI augmentation")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     )
     settings = TrainSettings(
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, clicks=args.clicks,
-        box_prob=args.box_prob, augment=not args.no_augment, val_fraction=args.val_fraction, val_every=args.val_every,
+        decoder_lr_scale=args.decoder_lr_scale, warmup_steps=args.warmup_steps, box_prob=args.box_prob, augment=not args.no_augment, val_fraction=args.val_fraction, val_every=args.val_every,
         patience=args.patience, seed=args.seed, device=args.device,
     )
     base = load_segmenter(args.model, args.checkpoint, args.device)
