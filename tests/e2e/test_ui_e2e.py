@@ -158,6 +158,7 @@ def test_two_sessions_stay_apart_and_reload_restores(browser, server, shots):
     from playwright.sync_api import expect
 
     expect(a.locator("#slice input[type=number]")).to_have_value("5", timeout=TIMEOUT_MS)
+    _wait_status(a, "Ready")  # the step's encode has reported; its message can't overwrite the next one
 
     # a variant without weights is listed as unavailable; picking it warns and the picker snaps back
     a.locator("#model input").click()
