@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 from app.errors import UsageError
-from evaluation.clicks import PROTOCOL_HELP, parse_protocol
-from evaluation.manifest import read_manifest
-from evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, EmptyPolicy
-from evaluation.runner import EvalSettings
+from app.commands.eval import settings_from_args
+from evaluation.clicks import PROTOCOL_HELP
+from evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -56,30 +55,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from evaluation.distributed import BatchJob, run_batch
 
-    protocol = parse_protocol(args.protocol)
-    if args.margin < 0 or args.jitter < 0:
-        raise UsageError(f"--margin and --jitter must be >= 0 px, got {args.margin} and {args.jitter}")
-    for flag, value in (("--limit", args.limit), ("--workers", args.workers), ("--embed-batch", args.embed_batch)):
+    for flag, value in (("--workers", args.workers), ("--embed-batch", args.embed_batch)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     if args.max_retries < 0:
         raise UsageError(f"--max-retries must be >= 0, got {args.max_retries}")
-    cases, attributes = read_manifest(args.manifest)
-    for column in args.group_by:
-        if column not in attributes and column != "structure":
-            raise UsageError(
-                f"--group-by {column}: no such column in {args.manifest}; "
-                f"attribute columns: {', '.join(attributes) or 'none'}"
-            )
-    settings = EvalSettings(
-        protocol=protocol,
-        margin=args.margin,
-        jitter=args.jitter,
-        seed=args.seed,
-        nsd_tolerance_mm=args.nsd_tolerance,
-        policy=EmptyPolicy(one_empty_hd=args.hd_one_empty),
-        feed_logits=not args.no_feedback,
-    )
+    settings, subset = settings_from_args(args)
+    protocol = settings.protocol
     job = BatchJob(manifest=args.manifest, model=args.model, settings=settings, checkpoint=args.checkpoint,
                    device=args.device, embed_batch=args.embed_batch)
     out = Path(args.output)
@@ -88,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         out,
         ray_address=args.ray,
         workers=args.workers,
-        cases=cases[: args.limit] if args.limit else None,
+        cases=subset,
         group_by=args.group_by,
         max_retries=args.max_retries,
         progress=not args.no_progress,

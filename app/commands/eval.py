@@ -58,7 +58,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def settings_from_args(args: argparse.Namespace) -> tuple[EvalSettings, list]:
+    """The checks and settings `medseg eval` and `medseg batch` share; reads the manifest once.
+
+    Returns the settings and the manifest's cases (limited by ``--limit``, ``None`` = all).
+    """
     protocol = parse_protocol(args.protocol)
     if args.margin < 0 or args.jitter < 0:
         raise UsageError(f"--margin and --jitter must be >= 0 px, got {args.margin} and {args.jitter}")
@@ -70,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--group-by {column}: no such column in {args.manifest}; attribute columns: {', '.join(attributes) or 'none'}"
             )
-    out = Path(args.output or Path("out") / "eval" / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{args.model}_{protocol}"))
     settings = EvalSettings(
         protocol=protocol,
         margin=args.margin,
@@ -80,8 +83,14 @@ def run(args: argparse.Namespace) -> int:
         policy=EmptyPolicy(one_empty_hd=args.hd_one_empty),
         feed_logits=not args.no_feedback,
     )
+    return settings, (cases[: args.limit] if args.limit else None)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings, subset = settings_from_args(args)
+    protocol = settings.protocol
+    out = Path(args.output or Path("out") / "eval" / re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{args.model}_{protocol}"))
     segmenter = segmenter_from_args(args)
-    subset = cases[: args.limit] if args.limit else None
     result = evaluate(segmenter, args.manifest, settings, cases=subset, progress=not args.no_progress)
     summary = write_report(result, out, args.group_by)
     overall = summary["means"]["all"]
