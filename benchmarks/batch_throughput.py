@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N cases of the manifest (both commands)")
     p.add_argument("--workers", type=int, default=None, help="batch workers; default one per GPU / CPU")
     p.add_argument("--embed-batch", type=int, default=1)
+    p.add_argument("--gpus-per-worker", type=float, default=1.0)
     p.add_argument("--ray", default="local")
     p.add_argument("--keep", type=Path, default=None, help="keep the outputs in this folder")
     args = p.parse_args(argv)
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(d, ignore_errors=True)
         t_eval = timed([*medseg, "eval", *common, "--output", str(eval_out)], env)
         batch_extra = ["--ray", args.ray, "--embed-batch", str(args.embed_batch)]
+        batch_extra += ["--gpus-per-worker", str(args.gpus_per_worker)] if args.device == "cuda" else []
         batch_extra += ["--workers", str(args.workers)] if args.workers else []
         t_batch = timed([*medseg, "batch", *common, *batch_extra, "--output", str(batch_out)], env)
         eval_rows, batch_rows = per_case_rows(eval_out / "per_case.csv"), per_case_rows(batch_out / "per_case.csv")
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             ("medseg eval", t_eval, eval_out, {"workers": 1}),
             ("medseg batch", t_batch, batch_out,
              {"workers": args.workers or "auto", "embed_batch": args.embed_batch, "ray": args.ray,
+              "gpus_per_worker": args.gpus_per_worker,
               "per_case_identical": batch_rows == eval_rows}),
         ):
             summary = json.loads((out / "summary.json").read_text())

@@ -57,6 +57,7 @@ class BatchJob:
     checkpoint: str | None = None
     device: str = "cpu"
     embed_batch: int = 1  # distinct slices encoded in one forward pass (GPU throughput)
+    gpus_per_worker: float = 1.0  # < 1 puts several model copies on one GPU (CPU-bound metrics, small models)
 
     def fingerprint(self) -> dict:
         """What decides the numbers; a resumed run must match it."""
@@ -263,10 +264,11 @@ def ray_session(address: str, num_cpus: int | None = None) -> Iterator[object]:
         ray.shutdown()
 
 
-def default_workers(ray_mod, device: str) -> int:
-    """One worker per GPU for ``cuda``, one per CPU of the cluster otherwise."""
+def default_workers(ray_mod, device: str, gpus_per_worker: float = 1.0) -> int:
+    """``GPUs / gpus_per_worker`` workers for ``cuda`` (one per GPU by default), one per CPU otherwise."""
     res = ray_mod.cluster_resources()
-    n = int(res.get("GPU", 0) if device.startswith("cuda") else res.get("CPU", 1))
+    gpu = device.startswith("cuda")
+    n = int(res.get("GPU", 0) / gpus_per_worker + 1e-9) if gpu else int(res.get("CPU", 1))
     if n < 1:
         raise BatchError(f"the Ray cluster has no {'GPU' if device.startswith('cuda') else 'CPU'}; "
                          "use --device cpu or join a cluster with GPUs")
@@ -301,7 +303,7 @@ def run_batch(
     retried = 0
     if tasks:
         with ray_session(ray_address, workers) as ray:
-            n = min(workers or default_workers(ray, job.device), len(tasks))
+            n = min(workers or default_workers(ray, job.device, job.gpus_per_worker), len(tasks))
             retried = _drive(ray, job, tasks, n, output, max_retries, progress, len(cases), len(finished))
     rows: list[StepRow] = []
     for spec in cases:
@@ -323,7 +325,7 @@ def _drive(ray, job: BatchJob, tasks: list[list[CaseSpec]], n_workers: int, outp
 
     gpu = job.device.startswith("cuda")
     remote_cls = ray.remote(CaseWorker).options(
-        num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=max_retries, max_task_retries=max_retries
+        num_cpus=1, num_gpus=job.gpus_per_worker if gpu else 0, max_restarts=max_retries, max_task_retries=max_retries
     )
     fault = os.environ.get(FAULT_ENV) or None
     actors = [remote_cls.remote(job, fault) for _ in range(n_workers)]

@@ -161,3 +161,36 @@ def test_an_unreachable_cluster_is_one_line_error(cohort, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "cannot reach a Ray cluster" in err and "--ray local" in err
+
+
+class _Cluster:
+    """A stand-in for the ``ray`` module: only ``cluster_resources`` is read by default_workers."""
+
+    def __init__(self, **resources: float):
+        self.resources = resources
+
+    def cluster_resources(self) -> dict[str, float]:
+        return self.resources
+
+
+@pytest.mark.parametrize(
+    "resources, device, share, expected",
+    [
+        ({"GPU": 1.0, "CPU": 16.0}, "cuda", 1.0, 1),  # one model per GPU by default
+        ({"GPU": 1.0, "CPU": 16.0}, "cuda", 0.25, 4),  # four copies share the GPU
+        ({"GPU": 2.0, "CPU": 32.0}, "cuda", 1 / 3, 6),  # float shares do not lose a worker to rounding
+        ({"CPU": 2.0}, "cpu", 0.25, 2),  # the share only applies to GPUs
+    ],
+)
+def test_default_workers_follow_the_gpu_share(resources, device, share, expected):
+    from evaluation.distributed import default_workers
+
+    assert default_workers(_Cluster(**resources), device, share) == expected
+
+
+@pytest.mark.parametrize("share", ["0", "1.5", "-0.5"])
+def test_a_gpu_share_outside_0_1_is_a_one_line_error(cohort, tmp_path, capsys, share):
+    code = main(["batch", str(cohort), "--device", "cuda", "--gpus-per-worker", share, "-o", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--gpus-per-worker" in err and len(err.splitlines()) == 1
