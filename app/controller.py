@@ -352,6 +352,40 @@ def propagate(ctx: AppContext, session: Session, progress: Progress | None = Non
     return view_model(session, f"Propagated to {span} ({why}). Undo reverts the whole propagation.")
 
 
+# --- one-shot (PerSAM) ----------------------------------------------------------------------------
+@_with_session
+def set_oneshot_reference(ctx: AppContext, session: Session, method: str, progress: Progress | None = None) -> ViewModel:
+    """The active label on the shown slice becomes the one-shot reference (``app.oneshot``), saved in the session."""
+    from app import oneshot
+
+    ref = oneshot.set_reference(ctx.runner, session, method, progress)
+    return view_model(session, f"{ref.describe()} Apply it to this slice, a range or the whole volume, "
+                               "here or in another study.")
+
+
+@_with_session
+def apply_oneshot(
+    ctx: AppContext, session: Session, scope: str, first: float | None = None, last: float | None = None,
+    progress: Progress | None = None,
+) -> ViewModel:
+    """Segment the reference's structure on the target slices into the active label (one undoable edit)."""
+    from app import oneshot
+
+    applied = oneshot.apply_reference(ctx.runner, session, scope, first, last, progress)
+    if applied.edit is not None:
+        ctx.store.save(session)
+    return view_model(session, oneshot.summary(applied, session.label(session.active).name))
+
+
+def oneshot_reference(ctx: AppContext, sid: str) -> str:
+    """The one-line description of the session's one-shot reference (markdown)."""
+    from app import oneshot
+
+    session = _session(ctx, sid)
+    with session.lock:
+        return oneshot.describe(session)
+
+
 # --- labels -----------------------------------------------------------------------------------
 @_with_session
 def add_label(ctx: AppContext, session: Session, name: str) -> ViewModel:

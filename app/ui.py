@@ -22,6 +22,7 @@ from app import controller
 from app.controller import MODES, AppContext, ViewModel
 from app.errors import USER_ERRORS
 from app.interaction import ModelRunner, Prefetcher
+from app.oneshot import METHODS as ONESHOT_METHODS, SCOPES as ONESHOT_SCOPES
 from app.render import window_choices
 from app.session import SessionError, SessionStore
 from models.registry import load_segmenter
@@ -153,6 +154,20 @@ def build_app(config: UIConfig):
                     mask_file = gr.File(label="Or upload a mask (PNG, slice or display size)", type="filepath")
                     use_model = gr.Checkbox(True, label="Use as a model prompt (off: paint the label as drawn)")
                     brush_btn = gr.Button("Apply mask", size="sm", elem_id="apply-brush")
+                with gr.Accordion("One-shot (PerSAM)", open=False, elem_id="oneshot"):
+                    gr.Markdown("Annotate a structure on one slice, use it as the reference, then find it on "
+                                "other slices or in another study opened later. Slices where the active label "
+                                "already has pixels are skipped.")
+                    oneshot_method = gr.Radio(list(ONESHOT_METHODS), value="PerSAM", label="Method",
+                                              elem_id="oneshot-method")
+                    oneshot_set = gr.Button("Use as one-shot reference", size="sm", elem_id="oneshot-set")
+                    oneshot_info = gr.Markdown("", elem_id="oneshot-reference")
+                    oneshot_scope = gr.Radio(list(ONESHOT_SCOPES), value=ONESHOT_SCOPES[0], label="Apply to",
+                                             elem_id="oneshot-scope")
+                    with gr.Row():
+                        oneshot_first = gr.Number(None, precision=0, label="From slice", elem_id="oneshot-first")
+                        oneshot_last = gr.Number(None, precision=0, label="To slice", elem_id="oneshot-last")
+                    oneshot_apply = gr.Button("Apply one-shot", size="sm", elem_id="oneshot-apply")
                 with gr.Accordion("Export", open=True):
                     formats = ["NIfTI (.nii.gz)"] + (["DICOM-SEG (.dcm)"] if controller.dicom_seg_available() else [])
                     export_fmt = gr.Radio(formats, value=formats[0], label="Format", elem_id="export-format")
@@ -287,6 +302,24 @@ def build_app(config: UIConfig):
             return guarded(_mask_action, s, value, file, bool(model_prompt))
 
         brush_btn.click(on_brush, [sid, editor, mask_file, use_model], outputs, **GPU)
+
+        # --- one-shot ------------------------------------------------------------------------
+        def oneshot_info_of(s):
+            try:
+                return controller.oneshot_reference(ctx, s)
+            except (SessionError, *USER_ERRORS) as e:
+                return f"⚠ {e}"
+
+        def on_oneshot_set(s, method, progress=gr.Progress()):
+            return guarded(controller.set_oneshot_reference, s, method, lambda f, d: progress(f, desc=d))
+
+        def on_oneshot_apply(s, scope, first, last, progress=gr.Progress()):
+            return guarded(controller.apply_oneshot, s, scope, first, last, lambda f, d: progress(f, desc=d))
+
+        oneshot_set.click(on_oneshot_set, [sid, oneshot_method], outputs, **GPU).then(
+            oneshot_info_of, [sid], [oneshot_info])
+        oneshot_apply.click(on_oneshot_apply, [sid, oneshot_scope, oneshot_first, oneshot_last], outputs, **GPU)
+        load_event.then(oneshot_info_of, [sid], [oneshot_info])
 
         # --- labels --------------------------------------------------------------------------
         label.input(lambda s, v: guarded(controller.select_label, s, v), [sid, label], outputs)

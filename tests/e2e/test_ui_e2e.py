@@ -123,6 +123,17 @@ def test_open_click_box_undo_export(browser, server, shots, tmp_path):
     np.testing.assert_array_equal(downloaded, server.labels(sid))
     assert (downloaded == 1).sum() == (after_box == 1).sum()
     page.screenshot(path=str(shots / "ui_export.png"), full_page=True)
+
+    # one-shot: the box's mask on this slice becomes the reference, applied to the next slice
+    page.locator("#oneshot").get_by_text("One-shot (PerSAM)").click()
+    page.locator("#oneshot-set").click()
+    _wait_status(page, "Reference: label 1 on coronal slice 6")
+    page.locator("#next-slice").click()
+    _wait_status(page, "Ready")
+    page.locator("#oneshot-apply").click()
+    _wait_status(page, "One-shot wrote label 1 on slice 7")
+    assert (server.labels(sid) == 1).sum() > (after_box == 1).sum() + 500
+    page.screenshot(path=str(shots / "ui_oneshot.png"), full_page=True)
     context.close()
 
 
