@@ -1,9 +1,10 @@
-"""Training data for adapters: manifest cases in memory, a split by slice, MONAI augmentation.
+"""Training data for adapters: manifest cases in memory, a split by slice or structure, MONAI augmentation.
 
 Cases come from an evaluation manifest (``evaluation.manifest``: the same columns, windows and
 2D views as ``medseg eval``), so what is trained is what is measured. The validation split is
 made by *slice* (image file + slice index), never by row: two structures on one slice go to
-the same side, and a slice never appears in both.
+the same side, and a slice never appears in both. The split by *structure* also keeps the
+validation structures out of training, to measure what an adapter does on structures it never saw.
 """
 
 from __future__ import annotations
@@ -50,6 +51,34 @@ def split_by_slice(
     val_keys = {keys[i] for i in order[:n_val]}
     train = [c for c in cases if slice_key(c.spec) not in val_keys]
     val = [c for c in cases if slice_key(c.spec) in val_keys]
+    return train, val
+
+
+def split_by_structure(
+    cases: list[LoadedCase], val_fraction: float, seed: int
+) -> tuple[list[LoadedCase], list[LoadedCase]]:
+    """-> (train, val) where validation structures are never trained on and no slice is on both sides.
+
+    ``val_fraction`` of the structures (by name) and of the slices are drawn for validation;
+    validation = the drawn structures on the drawn slices, training = the other structures on
+    the other slices. Rows of a drawn structure on a training slice, or of a training structure
+    on a validation slice, are used by neither side: what the validation scores measures is how
+    the adapter does on structures it never saw, on slices it never saw.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    structures = sorted({c.spec.structure for c in cases})
+    if val_fraction == 0 or len(structures) < 2:
+        return list(cases), []
+    rng = np.random.default_rng(seed)
+    n_val = min(max(int(round(len(structures) * val_fraction)), 1), len(structures) - 1)
+    val_structures = {structures[i] for i in rng.permutation(len(structures))[:n_val]}
+    # the slices drawn from those that hold a validation structure, so validation is not empty
+    holding = sorted({slice_key(c.spec) for c in cases if c.spec.structure in val_structures})
+    n_slices = min(max(int(round(len(holding) * val_fraction)), 1), len(holding))
+    val_keys = {holding[i] for i in rng.permutation(len(holding))[:n_slices]}
+    train = [c for c in cases if c.spec.structure not in val_structures and slice_key(c.spec) not in val_keys]
+    val = [c for c in cases if c.spec.structure in val_structures and slice_key(c.spec) in val_keys]
     return train, val
 
 

@@ -14,9 +14,11 @@ from torch import nn
 
 from adapters.inject import AdapterConfig, count_parameters, inject, is_adapter_key
 from adapters.io import apply_adapter, list_adapters, load_adapted, read_metadata, save_adapter
-from adapters.train import TrainSettings, finetune, probe_loss
-from adapters.train_data import load_cases
+from adapters.train import TrainSettings, cosine_lr, finetune, probe_loss, selection_score, validate
+from adapters.train_data import check_disjoint, load_cases, slice_key, split_by_structure
 from app.cli import main
+from evaluation.clicks import Protocol
+from evaluation.runner import EvalSettings, evaluate_case
 from models.checkpoint import CheckpointError, sha256_of
 from models.prompts import Prompts
 from models.registry import get_spec
@@ -117,13 +119,14 @@ def _manifest(path, case_ids) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, litemedsam):
-    """A SAM-Med2D adapter trained 1 step, then resumed for a 2nd, on two real MR slices (CPU)."""
+    """A SAM-Med2D adapter trained 1 step (its time budget ends it), then resumed for a 2nd, on two real MR slices (CPU)."""
     folder = tmp_path_factory.mktemp("adapter")
     manifest = _manifest(folder / "train.csv", TRAIN_CASES)
     out = folder / "run"
     config = AdapterConfig(kind="sam_med2d")
     common = dict(batch_size=2, lr=1.5e-3, clicks=1, box_prob=1.0, augment=False, val_fraction=0.0, seed=0)
-    first = finetune(litemedsam, CHECKPOINT, manifest, out, config, TrainSettings(max_steps=1, **common), progress=False)
+    budget = TrainSettings(max_steps=5, max_minutes=1e-4, **common)  # 6 ms: spent by the first step
+    first = finetune(litemedsam, CHECKPOINT, manifest, out, config, budget, progress=False)
     result = finetune(
         litemedsam, CHECKPOINT, manifest, out, config, TrainSettings(max_steps=2, **common), resume=True, progress=False
     )
@@ -144,7 +147,8 @@ def test_finetune_lowers_the_loss_and_resumes(trained, litemedsam):
     before = probe_loss(litemedsam, cases)
     after = probe_loss(trained["result"].segmenter, cases)
     assert after < before - 0.05, (before, after)
-    assert trained["first"].steps == 1 and trained["result"].steps == 2
+    assert trained["first"].steps == 1 and trained["first"].stopped_early  # the time budget stopped it
+    assert trained["result"].steps == 2
     assert [r["step"] for r in trained["result"].history if "train_loss" in r] == [1, 2]
     assert all(r["lr"] > 0 for r in trained["result"].history if "train_loss" in r)
     assert torch.load(trained["out"] / "checkpoint.pt", weights_only=True)["step"] == 2
@@ -203,3 +207,43 @@ def test_cli_segment_with_adapter_matches_the_api(trained, reloaded, tmp_path, c
     code = main(["segment", str(png), "--box", "65", "59", "91", "90", "--model", "mobilesam",
                  "--adapter", str(trained["out"]), "--output", str(out)])
     assert code == 2 and "trained on model 'litemedsam'" in capsys.readouterr().err
+
+
+def test_validation_scores_what_medseg_eval_measures(litemedsam):
+    """validate() computes Dice only, on medseg eval's protocol: same box and click Dice as evaluate_case."""
+    case = [c for c in load_cases(DATA / "manifest.csv") if c.spec.case_id == "mr_t1_colin27_slabA_thalamus_L_k011"][0]
+    rows = evaluate_case(litemedsam, case, EvalSettings(protocol=Protocol("box+clicks", 2)))
+    scores = validate(litemedsam, [case], 2, base_box_dice=rows[0].dice + 0.1)
+    assert scores["box_dice"] == pytest.approx(rows[0].dice, abs=1e-6)
+    assert scores["box_clicks2_dice"] == pytest.approx(rows[-1].dice, abs=1e-6)
+    # 0.1 of box Dice below the base costs 3 x 0.1 on top of the mean
+    assert scores["score"] == pytest.approx((rows[0].dice + rows[-1].dice) / 2 - 0.3, abs=1e-6)
+
+
+def test_selection_score_and_schedule():
+    base = selection_score(0.80, 0.60, 0.80)
+    assert base == pytest.approx(0.70)
+    assert selection_score(0.80, 0.70, 0.80) > base  # clicks help, box kept: better
+    assert selection_score(0.75, 0.75, 0.80) < base  # 5 box points lost for 15 click points: worse
+    assert selection_score(0.85, 0.60, 0.80) == pytest.approx(0.725)  # a box gain is not penalised
+    # the cosine follows the time budget when it is further along than the steps
+    assert cosine_lr(1e-3, 50, 1000, 10, time_fraction=0.0) > 0.99e-3
+    assert cosine_lr(1e-3, 50, 1000, 10, time_fraction=0.5) == pytest.approx(0.5e-3)
+    assert cosine_lr(1e-3, 50, 1000, 10, time_fraction=1.0) == pytest.approx(0.0, abs=1e-12)
+    assert cosine_lr(1e-3, 5, 1000, 10, time_fraction=1.0) == pytest.approx(0.6e-3)  # the warm-up comes first
+
+
+def test_split_by_structure_never_trains_on_a_validation_structure_or_slice():
+    mr = [c for c in load_cases(DATA / "manifest.csv") if c.spec.attributes.get("modality") == "MR-T1"]
+    train, val = split_by_structure(mr, 0.3, seed=0)
+    assert train and val
+    assert not {c.spec.structure for c in train} & {c.spec.structure for c in val}
+    assert not {slice_key(c.spec) for c in train} & {slice_key(c.spec) for c in val}
+    check_disjoint(train, val)  # would raise on a shared slice
+    assert split_by_structure(mr, 0.3, seed=0) == (train, val)  # reproducible
+
+
+def test_cli_finetune_refuses_a_bad_time_budget(tmp_path, capsys):
+    code = main(["finetune", str(DATA / "manifest.csv"), "--adapter", "lora", "--epochs", "1", "--max-minutes", "0",
+                 "--output", str(tmp_path / "run")])
+    assert code == 2 and "--max-minutes must be above 0" in capsys.readouterr().err

@@ -31,8 +31,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     p.add_argument("--val-manifest", metavar="CSV", help="validation slices (default: a split of MANIFEST by slice)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"share of slices held out; default {d.val_fraction}")
+    p.add_argument("--val-split", choices=["slice", "structure"], default=d.val_split,
+                   help="without --val-manifest: hold out slices (default), or structures never trained on "
+                   "(on slices never trained on)")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="MIN",
+                   help="training time budget, validations included; the learning rate decays over it")
     p.add_argument("--val-every", type=int, default=None, metavar="STEPS", help="validate every STEPS steps; default once an epoch")
     p.add_argument("--patience", type=int, default=d.patience, help=f"validations without gain before stopping; default {d.patience}")
+    p.add_argument("--box-loss-weight", type=float, default=d.box_loss_weight,
+                   help="validation score = mean(box, box+clicks) - W x box Dice lost against the base model; "
+                   f"default {d.box_loss_weight:g}")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"slices per step; default {d.batch_size}")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (AdamW, cosine); default {d.lr:g}")
     p.add_argument("--decoder-lr-scale", type=float, default=d.decoder_lr_scale,
@@ -59,6 +67,14 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.max_steps is not None and args.max_steps < 1:
         raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise UsageError(f"--max-minutes must be above 0, got {args.max_minutes}")
+    if not 0 <= args.val_fraction < 1:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.val_every is not None and args.val_every < 1:
+        raise UsageError(f"--val-every must be at least 1, got {args.val_every}")
+    if args.box_loss_weight < 0:
+        raise UsageError(f"--box-loss-weight must be >= 0, got {args.box_loss_weight}")
     if args.clicks < 0 or not 0 <= args.box_prob <= 1:
         raise UsageError("--clicks must be >= 0 and --box-prob in [0, 1]")
     out = Path(args.output)
@@ -69,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     )
     settings = TrainSettings(
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, clicks=args.clicks,
-        decoder_lr_scale=args.decoder_lr_scale, warmup_steps=args.warmup_steps, box_prob=args.box_prob, augment=not args.no_augment, val_fraction=args.val_fraction, val_every=args.val_every,
+        decoder_lr_scale=args.decoder_lr_scale, warmup_steps=args.warmup_steps, box_prob=args.box_prob, augment=not args.no_augment, val_fraction=args.val_fraction, val_split=args.val_split, val_every=args.val_every, max_minutes=args.max_minutes, box_loss_weight=args.box_loss_weight,
         patience=args.patience, seed=args.seed, device=args.device,
     )
     base = load_segmenter(args.model, args.checkpoint, args.device)
