@@ -12,6 +12,8 @@ wheels=("$part"/*.whl)
 if [ ${#wheels[@]} -gt 0 ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}"
 fi
+# zip extraction drops the executable bits: Ray starts gcs_server, raylet, ... from ray/core
+[ -d /tmp/site/ray/core ] && find /tmp/site/ray/core -type f -exec chmod a+x {} +
 # Ray's console scripts are not installed by an unpacked wheel; `ray.init` starts its binaries itself.
 PYTHONPATH=/tmp/site python3 - <<'EOF'
 import importlib

@@ -275,6 +275,14 @@ def default_workers(ray_mod, device: str, gpus_per_worker: float = 1.0) -> int:
     return n
 
 
+def cpus_per_worker(ray_mod, device: str, n_workers: int) -> int:
+    """GPU workers share the node's CPUs (Ray sets each actor's OMP/torch threads to its CPUs, and the
+    per-case metrics run on the CPU); a CPU worker is one CPU."""
+    if not device.startswith("cuda"):
+        return 1
+    return max(1, int(ray_mod.cluster_resources().get("CPU", 1)) // max(1, n_workers))
+
+
 def run_batch(
     job: BatchJob,
     output: str | Path,
@@ -302,9 +310,10 @@ def run_batch(
     tasks = plan_tasks(todo, slices_per_task or max(1, job.embed_batch))
     retried = 0
     if tasks:
-        with ray_session(ray_address, workers) as ray:
+        with ray_session(ray_address, None if job.device.startswith("cuda") else workers) as ray:
             n = min(workers or default_workers(ray, job.device, job.gpus_per_worker), len(tasks))
-            retried = _drive(ray, job, tasks, n, output, max_retries, progress, len(cases), len(finished))
+            cpus = cpus_per_worker(ray, job.device, n)
+            retried = _drive(ray, job, tasks, n, output, max_retries, progress, len(cases), len(finished), cpus)
     rows: list[StepRow] = []
     for spec in cases:
         case_rows = load_case(output, spec)
@@ -319,13 +328,13 @@ def run_batch(
 
 
 def _drive(ray, job: BatchJob, tasks: list[list[CaseSpec]], n_workers: int, output: Path,
-           max_retries: int, progress: bool, total: int, done: int) -> int:
+           max_retries: int, progress: bool, total: int, done: int, cpus: int = 1) -> int:
     """Keep every actor busy (two tasks queued each), save results as they come, re-queue lost tasks."""
     from ray.exceptions import RayActorError, RayTaskError
 
     gpu = job.device.startswith("cuda")
     remote_cls = ray.remote(CaseWorker).options(
-        num_cpus=1, num_gpus=job.gpus_per_worker if gpu else 0, max_restarts=max_retries, max_task_retries=max_retries
+        num_cpus=cpus, num_gpus=job.gpus_per_worker if gpu else 0, max_restarts=max_retries, max_task_retries=max_retries
     )
     fault = os.environ.get(FAULT_ENV) or None
     actors = [remote_cls.remote(job, fault) for _ in range(n_workers)]

@@ -194,3 +194,17 @@ def test_a_gpu_share_outside_0_1_is_a_one_line_error(cohort, tmp_path, capsys, s
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert "--gpus-per-worker" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "resources, device, workers, expected",
+    [
+        ({"GPU": 1.0, "CPU": 16.0}, "cuda", 4, 4),  # four GPU workers share 16 CPUs: 4 threads each
+        ({"GPU": 1.0, "CPU": 2.0}, "cuda", 4, 1),  # never below one CPU
+        ({"CPU": 16.0}, "cpu", 16, 1),  # CPU workers: one CPU each
+    ],
+)
+def test_gpu_workers_share_the_cpus(resources, device, workers, expected):
+    from evaluation.distributed import cpus_per_worker
+
+    assert cpus_per_worker(_Cluster(**resources), device, workers) == expected
