@@ -429,6 +429,11 @@ def finetune(
         base_box = next((r["box_dice"] for r in history if r.get("step") == 0 and "box_dice" in r), None)
         scores = validate(seg, val, settings.clicks, base_box, settings.box_loss_weight)
         history.append({"step": step, "epoch": step / steps_per_epoch, **scores, "elapsed_s": elapsed()})
+        line = f"validation at step {step} ({elapsed():.0f} s): " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+        if bar is not None:
+            bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
         if scores["score"] > best_score + 1e-6:
             best_score, best_step, bad = scores["score"], step, 0
             save_best(scores)

@@ -288,6 +288,11 @@ def eval_stage(args: argparse.Namespace, out: Path) -> dict:
         for tag, extra in (("before", []), ("after", ["--adapter", str(adapter_dir)])):
             for protocol in PROTOCOLS:
                 folder = out / "eval" / f"{name}_{tag}_{protocol.replace('+', '_').replace(':', '')}"
+                summary = folder / "summary.json"
+                if summary.is_file() and summary.stat().st_mtime > (adapter_dir / "adapter.json").stat().st_mtime:
+                    print(f"kept {folder} (newer than the adapter): a rerun of --stage eval goes on where it stopped", flush=True)
+                    results[name][f"{tag} {protocol}"] = _dice(summary)
+                    continue
                 limit = ["--limit", str(args.limit)] if args.limit else []
                 medseg("eval", str(manifest), "--model", "litemedsam", "--device", args.device, "--protocol",
                        protocol, "--output", str(folder), "--no-progress", *limit, *extra)
