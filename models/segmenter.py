@@ -67,6 +67,12 @@ class Segmenter:
         """(H, W, 3) uint8 RGB -> (1, 3, S, S) float32 model input on the CPU."""
         raise NotImplementedError
 
+    def preprocess_batch(self, images: list[np.ndarray]) -> torch.Tensor:
+        """RGB uint8 slices -> (B, 3, S, S) float32 model input on ``self.device``.
+
+        Variants whose arithmetic can run on the device override this (LiteMedSAM)."""
+        return torch.cat([self.preprocess(im) for im in images]).to(self.device)
+
     def encode(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(B, 3, S, S) -> (B, C, h, w) features and per-image extras (batched)."""
         return self.model.image_encoder(batch), {}
@@ -93,7 +99,7 @@ class Segmenter:
     def embed_batch(self, images: list[np.ndarray]) -> list[Embedding]:
         """Encode several slices in one forward pass (volumes, propagation, evaluation)."""
         rgb = [as_rgb_uint8(im) for im in images]
-        batch = torch.cat([self.preprocess(im) for im in rgb]).to(self.device)
+        batch = self.preprocess_batch(rgb)
         features, extras = self.encode(batch)
         out = []
         for b, im in enumerate(rgb):

@@ -68,3 +68,46 @@ def test_folded_rel_pos_attention_matches_the_bias_mask(monkeypatch):
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         np.testing.assert_allclose(fast(x).numpy(), reference(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        torch.nn.Conv2d(8, 8, 3, 1, 1, groups=8),  # TinyViT local conv / MBConv depthwise
+        torch.nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False),  # PatchMerging's strided depthwise
+        torch.nn.Conv2d(8, 16, 1),  # MBConv expand / project
+    ],
+    ids=["depthwise", "depthwise-stride2", "pointwise"],
+)
+def test_decomposed_convolutions_compute_the_same_layer(conv):
+    from models.fast import decompose_convs
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(conv).eval()
+    fast = copy.deepcopy(layer)
+    assert decompose_convs(fast) == 1 and type(fast[0]) is not torch.nn.Conv2d
+    x = torch.randn(2, 8, 13, 13).contiguous(memory_format=torch.channels_last)  # odd size: the padding edges
+    with torch.no_grad():
+        ref, out = layer(x), fast(x)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_decomposed_litemedsam_encoder_keeps_the_embedding(litemedsam):
+    """The compiled GPU path's rewrite, run eagerly on the CPU: same embedding within fp32 rounding."""
+    image = np.load(PARITY / "litemedsam_real" / "golden.npz")["image"]  # (300, 400, 3) uint8
+    ref = litemedsam.embed(image).features
+    fast = tuned(litemedsam, precision="fp32", decompose=True, channels_last=True).embed(image).features
+    assert (fast - ref).abs().max().item() < 2e-5  # measured 3.4e-6 (embedding values up to ~0.6)
+
+
+def test_batched_preprocessing_equals_the_per_slice_pipeline(litemedsam):
+    """MedSAM's resize + min-max + pad, done for a batch with the arithmetic on the model's device,
+    gives exactly the per-slice inputs (sizes that need a resize, padding, a constant slice)."""
+    rng = np.random.default_rng(0)
+    images = [(rng.random((h, w, 3)) * 255).astype(np.uint8) for h, w in [(256, 256), (217, 181), (512, 300), (100, 400)]]
+    images.append(np.full((64, 64, 3), 7, np.uint8))
+    batch = litemedsam.preprocess_batch(images)
+    assert batch.shape == (5, 3, 256, 256)
+    for i, image in enumerate(images):
+        assert torch.equal(batch[i : i + 1], litemedsam.preprocess(image))
