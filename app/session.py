@@ -32,6 +32,10 @@ from data.writers import atomic_output
 
 STATE_VERSION = 1
 MAX_UNDO = 100
+# Undo history per session is also bounded by the bytes of its arrays (planes, logits, candidates):
+# 100 steps of 512x512 planes are ~175 MiB and a whole-study edit holds two copies of the label map.
+# The newest step is always kept, whatever its size.
+MAX_UNDO_BYTES = 32 * 2**20
 SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -103,6 +107,17 @@ class Edit:
     after: np.ndarray = field(repr=False)
     prompt_before: PromptState | None = field(default=None, repr=False)
     prompt_after: PromptState | None = field(default=None, repr=False)
+
+
+def edit_nbytes(edit: Edit) -> int:
+    """Bytes an undo step keeps alive: its planes and the arrays of the prompt it leads to."""
+    arrays = [edit.before, edit.after]
+    p = edit.prompt_after
+    if p is not None:
+        arrays += [p.base, p.logits]
+        for alternative in p.alternatives:
+            arrays += [a for a in alternative if isinstance(a, np.ndarray)]
+    return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
 
 
 @dataclass
@@ -203,10 +218,20 @@ class Session:
         self.region(edit.view, edit.index)[...] = edit.after
         self.prompt = edit.prompt_after
         self.undo_stack.append(edit)
-        del self.undo_stack[:-MAX_UNDO]
         self.redo_stack.clear()
+        self._trim_undo()
         if kind and edit.prompt_after is not None:
             self.history.setdefault(edit.prompt_after.label, []).append(edit.prompt_after.record(kind))
+
+    def _trim_undo(self) -> None:
+        """Drop the oldest steps beyond MAX_UNDO or MAX_UNDO_BYTES (keeps the newest)."""
+        del self.undo_stack[:-MAX_UNDO]
+        sizes = [edit_nbytes(e) for e in self.undo_stack]
+        total, drop = sum(sizes), 0
+        while total > MAX_UNDO_BYTES and drop < len(sizes) - 1:
+            total -= sizes[drop]
+            drop += 1
+        del self.undo_stack[:drop]
 
     def undo(self) -> Edit | None:
         if not self.undo_stack:

@@ -1,20 +1,29 @@
-"""Load test: N concurrent simulated UI sessions on one server context for a bounded time.
+"""Load test: N simulated browser tabs against a real ``medseg serve`` on loopback, for a bounded time.
 
-Each session (a thread) does what a clinician's page does through the UI's action layer
-(``app.controller``: the functions the Gradio handlers call, with the same SessionStore,
-ModelRunner lock and prefetcher as ``medseg serve``, minus HTTP): open the bundled CT, pick its
-own slices, draw boxes (two clicks) and refine with a positive click, start new objects, and
-export NIfTI. Afterwards every session's action list is replayed alone, serially, in a fresh
-context; its concurrent export must equal the replay's bit for bit (no cross-talk between
-sessions, no lost or foreign edits). Reports click latency (p50/p95), errors and process RSS.
+The server is started as a child process (``medseg serve`` on a free port, a temporary state
+folder, prefetch as configured). Each tab (a thread, ``scripts/page_client.Page``: Gradio's page
+protocol over HTTP, as the browser's JavaScript speaks it) loads the page, opens a study (even
+tabs: the bundled CT sample; odd tabs: uploads the Colin27 NIfTI through the file picker's upload
+route), then repeats rounds until the time is up: two slices of its own, on each a box (two
+clicks), a refining positive click and a new object, twice; then a NIfTI export, downloaded.
 
-    .venv/bin/python scripts/load_test.py --sessions 4 --seconds 60
+Checks afterwards:
+- cross-talk: every downloaded export is compared, bit for bit, with a replay of that tab's own
+  actions up to that export, alone, in this process, through the same action layer
+  (``app.controller``); any difference, or an empty export, is cross-talk or a lost edit;
+- errors: any failed event, warning toast or '⚠' status line;
+- memory: the server's RSS sampled every second (start, peak, end, slope over the second half);
+- click latency p50/p95 (from posting the click to its answer, queueing included), with the
+  machine's load average alongside.
+
+    .venv/bin/python scripts/load_test.py --sessions 20 --seconds 240 --json load.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import statistics
@@ -29,163 +38,247 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app import controller  # noqa: E402
-from app.controller import AppContext  # noqa: E402
-from app.interaction import ModelRunner, Prefetcher  # noqa: E402
-from app.session import SessionStore  # noqa: E402
-from data.readers import read_study  # noqa: E402
+from scripts.page_client import Page, ServerProcess  # noqa: E402
 
-SAMPLE = "CT head (DICOM series, 12 slices)"
+CT = "CT head (DICOM series, 12 slices)"
+UPLOAD = ROOT / "samples" / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"
 
 
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def study_of(i: int) -> tuple:
+    """Even tabs open the bundled CT; odd tabs upload a NIfTI (the two ways a study comes in)."""
+    return ("open", CT) if i % 2 == 0 else ("upload", str(UPLOAD))
 
 
-def make_context(root: Path) -> AppContext:
-    runner = ModelRunner("cpu")
-    return AppContext(store=SessionStore(root), runner=runner, prefetcher=Prefetcher(runner, radius=0))
+def round_plan(i: int, r: int, n_slices: int, shown: tuple[int, int], rng: random.Random) -> list[tuple]:
+    """One round of tab ``i``: its two slices, two boxes each refined by a click, then an export.
 
-
-def plan(i: int, rng: random.Random, n_slices: int) -> list[tuple]:
-    """One session's scripted actions: its own two slices, boxes and refining clicks (display pixels)."""
-    actions: list[tuple] = [("open",)]
-    for k in (i % n_slices, (i + 5) % n_slices):
-        actions += [("slice", k), ("warm",)]  # the page encodes a newly shown slice before the first click
+    Coordinates are display pixels inside the shown image (``shown`` = (height, width)).
+    """
+    h, w = shown
+    actions: list[tuple] = []
+    for k in (i % n_slices, (i + n_slices // 2) % n_slices):
+        actions.append(("slice", k))
         for _ in range(2):
-            x0, y0 = rng.uniform(150, 300), rng.uniform(150, 300)
-            w, h = rng.uniform(60, 160), rng.uniform(60, 160)
-            actions += [("mode", "box"), ("click", x0, y0), ("click", x0 + w, y0 + h)]
-            actions += [("mode", "point +"), ("click", x0 + w / 2, y0 + h / 2), ("new",)]
-    actions.append(("export",))
+            x0, y0 = rng.uniform(0.2, 0.5) * w, rng.uniform(0.2, 0.5) * h
+            x1, y1 = x0 + rng.uniform(0.15, 0.35) * w, y0 + rng.uniform(0.15, 0.35) * h
+            actions += [("mode", "box"), ("click", x0, y0), ("click", x1, y1)]
+            actions += [("mode", "point +"), ("click", (x0 + x1) / 2, (y0 + y1) / 2), ("new",)]
+    actions.append(("export", r))
     return actions
 
 
-def perform(ctx: AppContext, sid: str, action: tuple) -> float:
-    """Run one action; returns its wall time (s)."""
-    t0 = time.perf_counter()
+def on_page(page: Page, action: tuple, out_dir: Path, i: int) -> None:
     kind = action[0]
     if kind == "open":
-        controller.open_sample(ctx, sid, SAMPLE)
+        page.open_sample(action[1])
+    elif kind == "upload":
+        page.upload([Path(action[1])])
     elif kind == "slice":
-        controller.set_slice(ctx, sid, action[1])
-    elif kind == "warm":
-        controller.warm(ctx, sid)
+        page.set_slice(action[1])  # the page chains the slice's encode ("warm") after it
     elif kind == "mode":
-        controller.set_display(ctx, sid, "default", 40.0, 400.0, 0.45, action[1])
+        page.set_mode(action[1])
     elif kind == "click":
-        controller.click(ctx, sid, action[1], action[2])
+        page.click(action[1], action[2])
     elif kind == "new":
-        controller.new_object(ctx, sid)
+        page.new_object()
     elif kind == "export":
-        controller.export(ctx, sid, "nifti")
-    return time.perf_counter() - t0
+        page.export(out_dir / f"tab{i:02d}_round{action[1]:03d}.nii.gz")
 
 
-def exported(ctx: AppContext, sid: str) -> np.ndarray:
-    path, _ = controller.export(ctx, sid, "nifti")
-    return read_study(path).array
+def replay(actions: list[tuple], exports: Path, i: int, work: Path) -> list[str]:
+    """Replay one tab's actions alone through ``app.controller``; compare each export with the server's."""
+    from app import controller
+    from app.controller import AppContext
+    from app.interaction import ModelRunner, Prefetcher
+    from app.session import SessionStore
+    from data.readers import read_study
+
+    runner = ModelRunner("cpu")
+    ctx = AppContext(store=SessionStore(work / f"replay{i:02d}"), runner=runner, prefetcher=Prefetcher(runner, 0))
+    sid = controller.start(ctx, None).session_id
+    problems = []
+    for action in actions:
+        kind = action[0]
+        if kind == "open":
+            controller.open_sample(ctx, sid, action[1])
+        elif kind == "upload":
+            controller.open_upload(ctx, sid, [action[1]])
+        elif kind == "slice":
+            controller.set_slice(ctx, sid, action[1])
+        elif kind == "mode":
+            s = ctx.store.get(sid).view
+            controller.set_display(ctx, sid, s.window, s.level, s.width, s.opacity, action[1])
+        elif kind == "click":
+            controller.click(ctx, sid, action[1], action[2])
+        elif kind == "new":
+            controller.new_object(ctx, sid)
+        elif kind == "export":
+            path, _ = controller.export(ctx, sid, "nifti")
+            alone = read_study(path).array
+            served = read_study(exports / f"tab{i:02d}_round{action[1]:03d}.nii.gz").array
+            if alone.shape != served.shape or not np.array_equal(alone, served):
+                diff = int(np.count_nonzero(alone != served)) if alone.shape == served.shape else -1
+                problems.append(f"tab {i} round {action[1]}: export differs from its replay in {diff} voxels")
+            elif not served.any():
+                problems.append(f"tab {i} round {action[1]}: empty export (the check would be vacuous)")
+    return problems
+
+
+def slope_mib_per_min(samples: list[tuple[float, float]]) -> float | None:
+    if len(samples) < 3:
+        return None
+    t = np.array([s[0] for s in samples]) / 60.0
+    m = np.array([s[1] for s in samples])
+    return float(np.polyfit(t, m, 1)[0])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sessions", type=int, default=4)
+    ap.add_argument("--sessions", type=int, default=4, help="concurrent simulated tabs")
     ap.add_argument("--seconds", type=float, default=60.0, help="stop starting new rounds after this long")
+    ap.add_argument("--think", type=float, default=0.3, help="mean pause between a tab's actions (s), random")
+    ap.add_argument("--prefetch", type=int, default=1, help="the server's --prefetch")
+    ap.add_argument("--malloc-arenas", type=int, default=None, help="the server's --malloc-arenas (0: glibc default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    ap.add_argument("--keep", action="store_true", help="keep the session folders (default: delete them)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (state, exports, server log)")
     args = ap.parse_args(argv)
+    if args.sessions < 1 or args.seconds <= 0:
+        ap.error("--sessions must be >= 1 and --seconds > 0")
 
-    import torch
-
-    torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="medseg-load-"))
-    ctx = make_context(work / "concurrent")
-    first = controller.start(ctx, None).session_id
-    controller.open_sample(ctx, first, SAMPLE)
-    controller.warm(ctx, first)  # load the model and encode once, so RSS starts from a warm server
-    n_slices = 12
-    plans = {i: plan(i, random.Random(args.seed * 1000 + i), n_slices) for i in range(args.sessions)}
-    done: dict[int, list[tuple]] = {i: [] for i in plans}
-    sids: dict[int, str] = {}
+    exports = work / "exports"
+    import torch  # the replay's model; the server gets the same thread count, so results match bit for bit
+
+    server = ServerProcess(work / "state", prefetch=args.prefetch, malloc_arenas=args.malloc_arenas,
+                           threads=torch.get_num_threads(), log_path=work / "serve.log")
+    t_boot = time.perf_counter()
+    server.start()
+    boot_s = time.perf_counter() - t_boot
+    # one warm-up tab: the first encode pays one-off costs; RSS is counted from a warm server
+    warmup = Page(server.url)
+    warmup.load()
+    warmup.open_sample(CT)
+    warmup.close()
+
+    done: dict[int, list[tuple]] = {i: [] for i in range(args.sessions)}
     clicks: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    rss: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, float]] = []  # (t, rss MiB, 1-min load average)
     stop = threading.Event()
     t_start = time.perf_counter()
 
     def monitor() -> None:
-        while not stop.wait(0.5):
-            rss.append((time.perf_counter() - t_start, rss_mib()))
+        while True:
+            try:
+                samples.append((time.perf_counter() - t_start, server.rss_mib(), os.getloadavg()[0]))
+            except OSError:
+                return
+            if stop.wait(1.0):
+                return
 
-    def user(i: int) -> None:
-        sid = controller.start(ctx, None).session_id
-        sids[i] = sid
-        rounds = 0
-        while rounds == 0 or time.perf_counter() - t_start < args.seconds:
-            for action in plans[i] if rounds == 0 else plans[i][1:]:  # later rounds refine the same study
-                try:
-                    dt = perform(ctx, sid, action)
-                except Exception as e:  # noqa: BLE001 - the load test counts every failure
-                    with lock:
-                        errors.append(f"session {i} {action}: {type(e).__name__}: {e}")
-                    continue
-                done[i].append(action)
-                if action[0] == "click":
-                    with lock:
-                        clicks.append(dt)
-            rounds += 1
+    def tab(i: int) -> None:
+        rng = random.Random(args.seed * 1000 + i)
+        page = Page(server.url)
+
+        def act(action: tuple) -> bool:
+            time.sleep(rng.expovariate(1 / args.think) if args.think > 0 else 0)
+            t0 = time.perf_counter()
+            try:
+                on_page(page, action, exports, i)
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                with lock:
+                    errors.append(f"tab {i} {action[:2]}: {type(e).__name__}: {e}"[:300])
+                return False
+            dt = time.perf_counter() - t0
+            done[i].append(action)
+            if action[0] == "click":
+                with lock:
+                    clicks.append(dt)
+            return True
+
+        try:
+            page.load()
+            if not act(study_of(i)):
+                return
+            shown = np.asarray(_image_hw(page))
+            n_slices = int(page.last["slice_max"]) + 1
+            r = 0
+            while r == 0 or time.perf_counter() - t_start < args.seconds:
+                for action in round_plan(i, r, n_slices, tuple(shown), rng):
+                    act(action)
+                r += 1
+        except Exception as e:  # noqa: BLE001
+            with lock:
+                errors.append(f"tab {i}: {type(e).__name__}: {e}"[:300])
+        finally:
+            page.close()
 
     threading.Thread(target=monitor, daemon=True).start()
-    rss.append((0.0, rss_mib()))
-    threads = [threading.Thread(target=user, args=(i,)) for i in plans]
+    threads = [threading.Thread(target=tab, args=(i,)) for i in range(args.sessions)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t_start
     stop.set()
-    concurrent = {i: exported(ctx, sids[i]) for i in plans}
+    rss_end = server.rss_mib()
+    server.stop()
 
-    # replay each session alone: its export must be exactly what its own actions give
-    mismatches = []
-    for i in plans:
-        solo = make_context(work / f"solo{i}")
-        sid = controller.start(solo, None).session_id
-        for action in done[i]:
-            perform(solo, sid, action)
-        alone = exported(solo, sid)
-        if alone.shape != concurrent[i].shape or not np.array_equal(alone, concurrent[i]):
-            mismatches.append(i)
-        elif not concurrent[i].any():
-            mismatches.append(i)  # nothing segmented: the check would be vacuous
-    half = [m for t, m in rss if t >= elapsed / 2]
+    t_replay = time.perf_counter()
+    mismatches: list[str] = []
+    for i, actions in done.items():
+        if actions:
+            mismatches += replay(actions, exports, i, work)
+    replay_s = time.perf_counter() - t_replay
+
+    half = [(t, m) for t, m, _ in samples if t >= elapsed / 2]
+    loads = [la for *_, la in samples]
     figures = {
         "sessions": args.sessions,
+        "server_malloc_arenas": args.malloc_arenas if args.malloc_arenas is not None else 2,
         "seconds": round(elapsed, 1),
+        "server_start_s": round(boot_s, 1),
         "actions": sum(len(v) for v in done.values()),
+        "exports_checked": sum(a[0] == "export" for v in done.values() for a in v),
+        "rounds_per_session": [sum(a[0] == "export" for a in done[i]) for i in done],
         "clicks": len(clicks),
         "click_p50_ms": round(1000 * statistics.median(clicks), 1) if clicks else None,
         "click_p95_ms": round(1000 * float(np.percentile(clicks, 95)), 1) if clicks else None,
         "click_max_ms": round(1000 * max(clicks), 1) if clicks else None,
         "errors": errors,
-        "cross_talk_sessions": mismatches,
-        "rounds_per_session": {i: done[i].count(("export",)) for i in plans},
-        "rss_start_mib": round(rss[0][1]),
-        "rss_peak_mib": round(max(m for _, m in rss)),
-        "rss_second_half_min_max_mib": [round(min(half)), round(max(half))] if half else None,
-        "rss_end_mib": round(rss_mib()),
+        "cross_talk": mismatches,
+        "rss_start_mib": round(samples[0][1]) if samples else None,
+        "rss_peak_mib": round(max(m for _, m, _ in samples)) if samples else None,
+        "rss_end_mib": round(rss_end),
+        "rss_second_half_min_max_mib": [round(min(m for _, m in half)), round(max(m for _, m in half))] if half else None,
+        "rss_slope_second_half_mib_per_min": round(slope_mib_per_min(half), 1) if half else None,
+        "rss_series_mib": [[round(t), round(m)] for t, m, _ in samples[:: max(1, len(samples) // 30)]],
+        "load_average_1min_min_mean_max": [round(min(loads), 1), round(float(np.mean(loads)), 1),
+                                           round(max(loads), 1)] if loads else None,
+        "replay_s": round(replay_s, 1),
+        "cpus": os.cpu_count(),
     }
-    print(json.dumps(figures, indent=1))
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({k: v for k, v in figures.items() if k != "rss_series_mib"}, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
+    if args.keep:
+        print(f"kept {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return 0 if not errors and not mismatches else 1
+
+
+def _image_hw(page: Page) -> tuple[int, int]:
+    """(height, width) of the image the page shows (display pixels), from the served PNG."""
+    import io
+
+    from PIL import Image
+
+    data = page.http.get(page.last["image"]["url"]).raise_for_status().content
+    with Image.open(io.BytesIO(data)) as im:
+        return im.height, im.width
 
 
 if __name__ == "__main__":

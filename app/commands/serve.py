@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import os
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,7 +28,31 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="N",
         help="encode N neighbouring slices ahead while idle (0: off); default 1",
     )
+    p.add_argument(
+        "--malloc-arenas",
+        type=int,
+        default=2,
+        metavar="N",
+        help="cap glibc's malloc arenas (0: glibc's default of 8 per core); default 2, see docs/reliability.md",
+    )
     return p
+
+
+def limit_malloc_arenas(n: int) -> bool:
+    """Cap glibc's malloc arenas for the server's threads; True if the cap is set.
+
+    Why: each Gradio worker thread that runs the encoder gets its own arena (up to 8 per core)
+    and each arena keeps ~150 MiB of freed activations, so a server's RSS climbs for hours as
+    more threads take turns; with 2 arenas it levels off (measured in docs/reliability.md).
+    ``MALLOC_ARENA_MAX`` in the environment wins; on a libc without ``mallopt`` nothing happens.
+    """
+    if n <= 0 or os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_ARENA_MAX, int(n)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.prefetch < 0:
         raise ValueError(f"--prefetch must be 0 or more, got {args.prefetch}")
+    if args.malloc_arenas < 0:
+        raise ValueError(f"--malloc-arenas must be 0 or more, got {args.malloc_arenas}")
+    limit_malloc_arenas(args.malloc_arenas)  # before the server starts its threads
     launch(
         host=args.host,
         port=args.port,

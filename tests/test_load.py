@@ -1,0 +1,71 @@
+"""Load: concurrent tabs on the real server never see each other's work, and per-session memory is bounded.
+
+The full run (20 tabs for minutes) is ``scripts/load_test.py``, with its figures in
+``docs/reliability.md``; here a short run of the same script (3 tabs, one round each) and the
+bound of the undo history, the per-session store that grows with every edit.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from app.session import MAX_UNDO, MAX_UNDO_BYTES, Edit, PromptState, SessionStore, edit_nbytes
+from data.readers import read_study
+from tests.conftest import SAMPLES
+
+
+def _click_edit(session, n: int) -> Edit:
+    """An edit as a refining click makes it: the plane before/after and a prompt with its logits."""
+    view, index = session.view.view, session.view.index[session.view.view]
+    region = session.region(view, index)
+    after = np.array(region, copy=True)
+    after[n % 50, :] = 1
+    prompt = PromptState(view, index, 1, points=((1.0, 2.0),), point_labels=(1,),
+                         base=np.array(region, copy=True), logits=np.full((1, 256, 256), n, np.float32))
+    return Edit(f"click {n}", view, index, np.array(region, copy=True), after, session.prompt, prompt)
+
+
+def test_undo_history_is_bounded_in_bytes_and_undo_still_restores_the_newest_steps(tmp_path):
+    session = SessionStore(tmp_path).create()
+    session.start_study(read_study(SAMPLES / "ct_head_0051_series"), "ct", "ct")
+    snapshots = []
+    for n in range(150):
+        snapshots.append(session.labels.copy())
+        session.apply(_click_edit(session, n), "click+")
+    kept = len(session.undo_stack)
+    assert sum(edit_nbytes(e) for e in session.undo_stack) <= MAX_UNDO_BYTES
+    assert 10 <= kept < MAX_UNDO, f"{kept} steps kept: the byte bound should bind before the count on these planes"
+    assert [e.description for e in session.undo_stack] == [f"click {n}" for n in range(150 - kept, 150)]
+    for n in range(149, 149 - kept, -1):  # each kept step undoes to exactly what it was before
+        session.undo()
+        np.testing.assert_array_equal(session.labels, snapshots[n])
+    assert session.undo() is None
+
+
+def test_one_step_larger_than_the_bound_stays_undoable(tmp_path):
+    session = SessionStore(tmp_path).create()
+    session.start_study(read_study(SAMPLES / "ct_head_0051_series"), "ct", "ct")
+    session.apply(_click_edit(session, 0))
+    huge = np.zeros((MAX_UNDO_BYTES // 2 + 1,), np.uint8)  # two of these exceed the bound alone
+    whole = Edit("propagate", None, None, session.labels.copy(), session.labels + 1, session.prompt,
+                 PromptState("axial", 0, 1, base=huge, logits=huge))
+    session.apply(whole)
+    assert [e.description for e in session.undo_stack] == ["propagate"]
+    session.undo()
+    assert (session.labels[session.labels != 0] == 1).all()
+
+
+@pytest.mark.slow
+def test_three_tabs_on_the_real_server_see_only_their_own_work(tmp_path):
+    from scripts import load_test
+
+    out = tmp_path / "load.json"
+    code = load_test.main(["--sessions", "3", "--seconds", "1", "--think", "0", "--prefetch", "0",
+                           "--json", str(out)])
+    figures = json.loads(out.read_text())
+    assert figures["errors"] == [] and figures["cross_talk"] == [], figures
+    assert figures["exports_checked"] == 3 and figures["clicks"] == 3 * 12
+    assert code == 0
