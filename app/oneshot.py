@@ -120,10 +120,11 @@ def set_reference(
             report(0.1, "encoding the reference slice")
         embedding = runner.embedding(session, view, index)
         if report:
-            report(0.3, f"PerSAM-F: training the mask weights on the reference ({iterations} steps)" if method == "persam_f"
-                   else f"{method_label}: learning the reference")
+            report(0.3, f"PerSAM-F: training the mask weights on the reference ({iterations} steps)"
+                   if method == "persam_f" else f"{method_label}: learning the reference")
         try:
-            oneshot = fit_oneshot(segmenter, image, mask, method=method, ref_embedding=embedding, iterations=iterations)
+            oneshot = fit_oneshot(segmenter, image, mask, method=method, ref_embedding=embedding,
+                                  iterations=iterations)
         except (ReferenceMaskError, UnsupportedDecoderError) as e:
             raise SessionError(f"cannot use this slice as the reference: {e}") from e
         except ValueError as e:  # PerSAM-F on a model without 3 multimask outputs
@@ -227,10 +228,10 @@ def target_planes(session: Session, scope: str, first: float | None, last: float
     raise SessionError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
 
 
-def _embeddings(runner: ModelRunner, session: Session, view: str, indices: list[int], report: Report | None):
+def _embeddings(runner: ModelRunner, session: Session, view: str, indices: list[int]):
     """Embeddings of the planes, from the session's cache or encoded ``BATCH`` at a time (caller holds a turn).
 
-    Yields (index, embedding) in order, so a long volume keeps at most a batch alive beyond the cache.
+    Yields (index, embedding), cached planes first, so a long volume keeps at most a batch alive beyond the cache.
     """
     segmenter = runner.segmenter(session.model)
     cache = embeddings_of(session)
@@ -279,13 +280,13 @@ def apply_reference(
     label = session.active
     plane = Plane.of(session.require_study(), view)
     todo = [k for k in planes if not (np.asarray(plane.extract(session.labels, k)) == label).any()]
-    skipped = tuple(k for k in planes if k not in set(todo))
+    skipped = tuple(sorted(set(planes) - set(todo)))
     after = session.labels.copy()
     written, empty = [], []
     with runner.turn():
         segmenter = runner.segmenter(session.model)
         supported(segmenter)
-        for done, (k, emb) in enumerate(_embeddings(runner, session, view, todo, report), start=1):
+        for done, (k, emb) in enumerate(_embeddings(runner, session, view, todo), start=1):
             mask = ref.oneshot.segment(segmenter, emb).mask
             target = plane.extract(after, k)
             fill = np.asarray(mask, bool) & (target == 0)  # other labels are never overwritten
@@ -296,6 +297,8 @@ def apply_reference(
                 empty.append(k)
             if report:
                 report(done / max(len(todo), 1), f"one-shot: slice {k} ({done}/{len(todo)})")
+    written.sort()
+    empty.sort()
     edit = None
     if written:
         name = session.label(label).name
@@ -317,19 +320,18 @@ def apply_reference(
 
 def summary(applied: Applied, label_name: str) -> str:
     """The status line after an application."""
+
     def span(ks: tuple[int, ...]) -> str:
-        if not ks:
-            return "none"
-        return f"{ks[0]}" if len(ks) == 1 else f"{len(ks)} ({ks[0]}..{ks[-1]})"
+        return f"slice {ks[0]}" if len(ks) == 1 else f"{len(ks)} slices ({ks[0]}..{ks[-1]})"
 
     parts = []
     if applied.written:
-        parts.append(f"One-shot wrote {label_name} on slice{'s' if len(applied.written) > 1 else ''} "
-                     f"{span(applied.written)}; undo reverts it")
+        parts.append(f"One-shot wrote {label_name} on {span(applied.written)}; undo reverts it")
     else:
         parts.append(f"One-shot changed nothing in {label_name}")
     if applied.skipped:
         parts.append(f"skipped {span(applied.skipped)} where {label_name} already has pixels (clear them to redo)")
     if applied.empty:
         parts.append(f"found nothing new on {span(applied.empty)}")
-    return "; ".join(parts) + ". One-shot always finds something: check each slice, the ends above all."
+    note = " One-shot always finds something: check each slice, the ends above all." if len(applied.written) > 1 else ""
+    return "; ".join(parts) + "." + note

@@ -157,14 +157,15 @@ def build_app(config: UIConfig):
                 with gr.Accordion("One-shot (PerSAM)", open=False, elem_id="oneshot"):
                     gr.Markdown("Annotate a structure on one slice, use it as the reference, then find it on "
                                 "other slices or in another study opened later. Slices where the active label "
-                                "already has pixels are skipped.")
+                                "already has pixels are skipped. With LiteMedSAM, PerSAM suits large structures "
+                                "(brain, head); PerSAM-box small ones (docs/oneshot.md).")
                     oneshot_method = gr.Radio(list(ONESHOT_METHODS), value="PerSAM", label="Method",
                                               elem_id="oneshot-method")
                     oneshot_set = gr.Button("Use as one-shot reference", size="sm", elem_id="oneshot-set")
                     oneshot_info = gr.Markdown("", elem_id="oneshot-reference")
                     oneshot_scope = gr.Radio(list(ONESHOT_SCOPES), value=ONESHOT_SCOPES[0], label="Apply to",
                                              elem_id="oneshot-scope")
-                    with gr.Row():
+                    with gr.Row(visible=False) as oneshot_range:
                         oneshot_first = gr.Number(None, precision=0, label="From slice", elem_id="oneshot-first")
                         oneshot_last = gr.Number(None, precision=0, label="To slice", elem_id="oneshot-last")
                     oneshot_apply = gr.Button("Apply one-shot", size="sm", elem_id="oneshot-apply")
@@ -320,6 +321,7 @@ def build_app(config: UIConfig):
             oneshot_info_of, [sid], [oneshot_info])
         oneshot_apply.click(on_oneshot_apply, [sid, oneshot_scope, oneshot_first, oneshot_last], outputs, **GPU)
         load_event.then(oneshot_info_of, [sid], [oneshot_info])
+        oneshot_scope.change(lambda scope: gr.update(visible=scope == "slice range"), [oneshot_scope], [oneshot_range])
 
         # --- labels --------------------------------------------------------------------------
         label.input(lambda s, v: guarded(controller.select_label, s, v), [sid, label], outputs)

@@ -13,6 +13,7 @@ import shutil
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from app import controller, oneshot
@@ -109,16 +110,18 @@ def test_reference_finds_the_head_on_other_slices_skips_annotated_ones_undo_and_
     drawn = session.labels.copy()
 
     vm = controller.apply_oneshot(ctx, ct, "this slice")  # slice 6 holds the annotation: never overwritten
-    assert "changed nothing" in vm.status and "skipped 6 where label 1 already has pixels" in vm.status
+    assert "changed nothing" in vm.status and "skipped slice 6 where label 1 already has pixels" in vm.status
     assert np.array_equal(session.labels, drawn) and vm.undo_depth == 1  # only the painting
 
     vm = controller.apply_oneshot(ctx, ct, "slice range", 7, 5)  # either order
-    assert "wrote label 1 on slices 2 (5..7)" in vm.status and "skipped 6" in vm.status
+    assert "wrote label 1 on 2 slices (5..7)" in vm.status and "skipped slice 6" in vm.status
     assert np.array_equal(_plane(ctx, ct, session.labels, REF), _plane(ctx, ct, drawn, REF))
     scores = {k: dice(_plane(ctx, ct, session.labels, k) == 1, _plane(ctx, ct, gt, k)) for k in (5, 7)}
     print("one-shot Dice, same study:", {k: round(v, 3) for k, v in scores.items()})
     assert min(scores.values()) > DICE_SAME_STUDY
     result = session.labels.copy()
+    path, _ = controller.export(ctx, ct, "nifti")  # exported like any edit
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), result)
 
     # autosaved: a fresh store (a server restart) reads the same labels and the same reference
     again = SessionStore(ctx.store.root).get(ct)
