@@ -321,7 +321,13 @@ def build_app(config: UIConfig):
             oneshot_info_of, [sid], [oneshot_info])
         oneshot_apply.click(on_oneshot_apply, [sid, oneshot_scope, oneshot_first, oneshot_last], outputs, **GPU)
         load_event.then(oneshot_info_of, [sid], [oneshot_info])
-        oneshot_scope.change(lambda scope: gr.update(visible=scope == "slice range"), [oneshot_scope], [oneshot_range])
+
+        def on_oneshot_scope(scope, k, first, last):
+            """Show the range inputs for a range, starting from the shown slice."""
+            return gr.update(visible=scope == "slice range"), k if first is None else first, k if last is None else last
+
+        oneshot_scope.change(on_oneshot_scope, [oneshot_scope, slider, oneshot_first, oneshot_last],
+                             [oneshot_range, oneshot_first, oneshot_last])
 
         # --- labels --------------------------------------------------------------------------
         label.input(lambda s, v: guarded(controller.select_label, s, v), [sid, label], outputs)
