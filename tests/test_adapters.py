@@ -212,10 +212,10 @@ def test_cli_segment_with_adapter_matches_the_api(trained, reloaded, tmp_path, c
 def test_validation_scores_what_medseg_eval_measures(litemedsam):
     """validate() computes Dice only, on medseg eval's protocol: same box and click Dice as evaluate_case."""
     case = [c for c in load_cases(DATA / "manifest.csv") if c.spec.case_id == "mr_t1_colin27_slabA_thalamus_L_k011"][0]
-    rows = evaluate_case(litemedsam, case, EvalSettings(protocol=Protocol("box+clicks", 2)))
-    scores = validate(litemedsam, [case], 2, base_box_dice=rows[0].dice + 0.1)
+    rows = evaluate_case(litemedsam, case, EvalSettings(protocol=Protocol("box+clicks", 1)))
+    scores = validate(litemedsam, [case], 1, base_box_dice=rows[0].dice + 0.1)
     assert scores["box_dice"] == pytest.approx(rows[0].dice, abs=1e-6)
-    assert scores["box_clicks2_dice"] == pytest.approx(rows[-1].dice, abs=1e-6)
+    assert scores["box_clicks1_dice"] == pytest.approx(rows[-1].dice, abs=1e-6)
     # 0.1 of box Dice below the base costs 3 x 0.1 on top of the mean
     assert scores["score"] == pytest.approx((rows[0].dice + rows[-1].dice) / 2 - 0.3, abs=1e-6)
 
