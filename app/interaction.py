@@ -150,6 +150,8 @@ class Prefetcher:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
+        self._pending: set[tuple[str, str, str, int]] = set()  # queued (session, model, view, index), once each
+        self._pending_lock = threading.Lock()
         self.done = 0
 
     def neighbours(self, session: Session, view: str, index: int) -> list[int]:
@@ -163,8 +165,14 @@ class Prefetcher:
         if self.radius <= 0 or session.volume is None:
             return
         for i in self.neighbours(session, view, index):
-            if (session.model, view, i) not in embeddings_of(session):
-                self._jobs.put((session, view, i, session.model))
+            key = (session.id, session.model, view, i)
+            if (session.model, view, i) in embeddings_of(session):
+                continue
+            with self._pending_lock:  # under sustained load the queue never drains: queue each plane once
+                if key in self._pending:
+                    continue
+                self._pending.add(key)
+            self._jobs.put((session, view, i, session.model))
         self._ensure_thread()
 
     def _ensure_thread(self) -> None:
@@ -190,6 +198,8 @@ class Prefetcher:
             except Exception:  # a background nicety must never take the server down
                 log.exception("prefetch of %s %d failed", view, index)
             finally:
+                with self._pending_lock:
+                    self._pending.discard((session.id, model, view, index))
                 self._jobs.task_done()
 
     def _one(self, session: Session, view: str, index: int, model: str) -> None:

@@ -58,6 +58,21 @@ def test_one_step_larger_than_the_bound_stays_undoable(tmp_path):
     assert (session.labels[session.labels != 0] == 1).all()
 
 
+def test_prefetch_queue_holds_each_plane_once_while_users_keep_the_model_busy(tmp_path):
+    from app.interaction import ModelRunner, Prefetcher
+
+    session = SessionStore(tmp_path).create()
+    session.start_study(read_study(SAMPLES / "ct_head_0051_series"), "ct", "ct")
+    runner = ModelRunner("cpu")
+    prefetcher = Prefetcher(runner, radius=1)
+    with runner.turn():  # a user request holds the model: background work must wait
+        for _ in range(50):  # every click asks for the same neighbours again
+            prefetcher.request(session, "coronal", 5)
+        queued = prefetcher._jobs.unfinished_tasks
+        prefetcher.stop()
+    assert queued == 2, f"{queued} jobs queued for the 2 neighbours of slice 5"
+
+
 @pytest.mark.slow
 def test_three_tabs_on_the_real_server_see_only_their_own_work(tmp_path):
     from scripts import load_test
