@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     p.add_argument("--val-manifest", metavar="CSV", help="validation slices (default: a split of MANIFEST by slice)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"share of slices held out; default {d.val_fraction}")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"share of slices (and with --val-split structure, of structures) held out; default {d.val_fraction}")
     p.add_argument("--val-split", choices=["slice", "structure"], default=d.val_split,
                    help="without --val-manifest: hold out slices (default), or structures never trained on "
                    "(on slices never trained on)")
