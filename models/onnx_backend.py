@@ -26,12 +26,14 @@ def available_providers(device: str) -> list[str]:
 class OnnxSegmenter(Segmenter):
     """Runs ``encoder.onnx`` / ``decoder.onnx`` written by :func:`models.onnx_export.export_onnx`."""
 
-    def __init__(self, base: Segmenter, encoder_path: str | Path, decoder_path: str | Path, device: str = "cpu"):
+    def __init__(
+        self, base: Segmenter, encoder_path: str | Path, decoder_path: str | Path, device: str = "cpu", label: str = "onnx"
+    ):
         import onnxruntime as ort
 
         # No super().__init__: there is no torch model to place; preprocessing is the base's.
         self.base = base
-        self.name = f"{base.name}+onnx"
+        self.name = f"{base.name}+{label}"
         self.geometry = base.geometry
         self.low_res_size = base.low_res_size
         self.has_iou_head = base.has_iou_head

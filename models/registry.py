@@ -69,7 +69,7 @@ def list_specs() -> list[ModelSpec]:
     return [REGISTRY[k] for k in sorted(REGISTRY)]
 
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 def load_segmenter(
@@ -78,7 +78,8 @@ def load_segmenter(
     """Build a variant and load its weights (strict, weights-only). Raises CheckpointError/KeyError.
 
     ``backend="onnx"`` runs the same variant with onnxruntime; its ONNX files are exported once
-    from the checkpoint into ``weights/onnx/`` (locally, no download).
+    from the checkpoint into ``weights/onnx/`` (locally, no download). ``"onnx-int8"`` is the same
+    with the encoder's linear layers in int8 (models/onnx_quant.py; the decoder stays fp32).
     """
     spec = get_spec(name)
     if backend not in BACKENDS:
@@ -93,12 +94,16 @@ def load_segmenter(
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(name: str, path: str, device: str, backend: str = "torch") -> Segmenter:
-    if backend == "onnx":
+    if backend in ("onnx", "onnx-int8"):
         from models.onnx_backend import OnnxSegmenter
 
         base = _load_cached(name, path, "cpu", "torch")
         encoder, decoder = _onnx_files(base, path)
-        return OnnxSegmenter(base, encoder, decoder, device=device)
+        if backend == "onnx-int8":
+            from models.onnx_quant import int8_encoder
+
+            encoder = int8_encoder(base, encoder)
+        return OnnxSegmenter(base, encoder, decoder, device=device, label=backend)
     spec = get_spec(name)
     pinned = spec.sha256 if Path(path).name == spec.weight_file else None
     state = read_state_dict(path, expected_sha256=pinned)

@@ -1,0 +1,189 @@
+"""int8 ONNX Runtime encoder for the CPU: the linear layers of the attention stages in int8.
+
+What was measured (docs/benchmarks.md, CPU section) decided the recipe:
+* int8 pays off only in the MatMuls with weights (qkv, proj, fc1, fc2 of TinyViT stages 1-3):
+  dynamic quantization (int8 per-channel weights, uint8 activations with a per-tensor range taken at
+  run time, fused into ``DynamicQuantizeMatMul``) cut them 2-4x. Calibrated QDQ (static) on the
+  same nodes was slower (the QuantizeLinear/DequantizeLinear passes) and moved the embedding more;
+  static int8 on stage 0's convolutions was slower than fp32 (QDQ splits the fused GELU and adds
+  passes over 256 x 256 x 256 tensors); 8-bit ``MatMulNBits`` was slower too.
+* Quantizing every MatMul (attention products included, per-tensor weights) moved the embedding
+  by 23 % (relative L2) and mean Dice by -0.019; the 40 weight MatMuls by 7.8 % and -0.0039. The per-group error
+  adds in quadrature; fc2 of stages 2 and 3 (GELU outputs, long-tailed) cost the most, so the
+  default recipe leaves them in fp32.
+
+A recipe names the quantized nodes by patterns of the exported node names; its name is part of
+the cached file's name, so a change of recipe never reuses a stale file. Static recipes calibrate
+on bundled sample slices (``samples/``) that are NOT in the shared evaluation manifest
+(``CALIBRATION_SLICES``); dynamic ones need no data. No network, no file outside the project.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.segmenter import Segmenter
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+# (study under samples/, slice indices). The manifest uses Colin27 slab slices 1, 4, 7, 11, 13,
+# 17, 19, 20, 24, 30 and CT slab slices 1, 9, 17, 24, 32; the bundled CT series is slab slices
+# 12..23, so its index 5 (= slab 17) is left out.
+CALIBRATION_SLICES: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("colin27/mr_t1_colin27_slabA_image.nii.gz", (2, 5, 9, 15, 22, 26, 28)),
+    ("ct_head_0051_series", (0, 3, 7, 10)),
+)
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """Which encoder nodes get int8 (regexes on the exported node names) and how."""
+
+    name: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+    op_types: tuple[str, ...] = ("Conv", "MatMul")
+    per_channel: bool = True
+    dynamic: bool = False  # activation ranges computed per call (no calibration) instead of calibrated
+
+    def nodes(self, model) -> list[str]:
+        """Names of the nodes of ``model`` (an onnx ModelProto) this recipe quantizes."""
+        weights = {i.name for i in model.graph.initializer}
+        chosen = []
+        for node in model.graph.node:
+            if node.op_type not in self.op_types or len(node.input) < 2 or node.input[1] not in weights:
+                continue  # activation x activation MatMuls (attention scores) stay fp32
+            if any(re.search(p, node.name) for p in self.include) and not any(
+                re.search(p, node.name) for p in self.exclude
+            ):
+                chosen.append(node.name)
+        return chosen
+
+
+_LINEAR = (r"/attn/qkv/", r"/attn/proj/", r"/mlp/fc1/", r"/mlp/fc2/")
+RECIPES: dict[str, QuantRecipe] = {
+    r.name: r
+    for r in (
+        # every weight MatMul of the three attention stages (qkv, proj, fc1, fc2: 40 nodes)
+        QuantRecipe("linear-dynamic", include=_LINEAR, op_types=("MatMul",), dynamic=True),
+        # the same without fc2 of stages 2 and 3, the two most sensitive groups (their input is a
+        # GELU output with a long tail, badly served by one per-tensor activation range)
+        QuantRecipe(
+            "linear-but-deep-fc2-dynamic",
+            include=(r"/attn/qkv/", r"/attn/proj/", r"/mlp/fc1/", r"layers\.1/.*/mlp/fc2/"),
+            op_types=("MatMul",),
+            dynamic=True,
+        ),
+        # the least sensitive, most profitable groups only
+        QuantRecipe(
+            "qkv-fc1-dynamic",
+            include=(r"layers\.[123]/.*/attn/qkv/", r"layers\.[13]/.*/mlp/fc1/"),
+            op_types=("MatMul",),
+            dynamic=True,
+        ),
+        # calibrated QDQ on the same 40 nodes: measured slower and less accurate than dynamic
+        QuantRecipe("linear-static", include=_LINEAR, op_types=("MatMul",)),
+    )
+}
+DEFAULT_RECIPE = "linear-but-deep-fc2-dynamic"
+
+
+def calibration_inputs(base: Segmenter, slices=CALIBRATION_SLICES) -> list[np.ndarray]:
+    """Preprocessed (1, 3, S, S) float32 encoder inputs for the calibration slices."""
+    from data.readers import read_study
+    from data.windowing import default_window, slice_to_rgb
+
+    out = []
+    for study, indices in slices:
+        volume = read_study(SAMPLES / study)
+        window = default_window(volume)
+        for k in indices:
+            if not 0 <= k < volume.num_slices:
+                raise ValueError(f"calibration slice {k} is out of range for {SAMPLES / study} ({volume.num_slices} slices)")
+            out.append(base.preprocess(slice_to_rgb(volume, k, window)).cpu().numpy().astype(np.float32))
+    return out
+
+
+class _Reader:
+    """onnxruntime.quantization CalibrationDataReader over a list of inputs."""
+
+    def __init__(self, inputs: list[np.ndarray]):
+        self._it = iter([{"image": x} for x in inputs])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def quantize_encoder(
+    fp32_encoder: str | Path, out_path: str | Path, inputs: list[np.ndarray], recipe: QuantRecipe
+) -> Path:
+    """Write an int8 QDQ copy of ``fp32_encoder`` (from models.onnx_export) to ``out_path``."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_encoder), str(prepared), skip_symbolic_shape=False)
+        nodes = recipe.nodes(onnx.load(str(prepared), load_external_data=False))
+        if not nodes:
+            raise ValueError(f"quantization recipe {recipe.name!r} matches no node of {fp32_encoder}")
+        if recipe.dynamic:
+            quantize_dynamic(
+                str(prepared),
+                str(out_path),
+                op_types_to_quantize=list(recipe.op_types),
+                nodes_to_quantize=nodes,
+                per_channel=recipe.per_channel,
+                weight_type=QuantType.QInt8,
+            )
+            return out_path
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            _Reader(inputs),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(recipe.op_types),
+            nodes_to_quantize=nodes,
+            per_channel=recipe.per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"CalibTensorRangeSymmetric": False},
+        )
+    return out_path
+
+
+def int8_encoder(base: Segmenter, fp32_encoder: str | Path, recipe: str = DEFAULT_RECIPE) -> Path:
+    """The int8 encoder next to ``fp32_encoder`` (``encoder-int8-<recipe>.onnx``), built once.
+
+    Atomic: written under a temporary name in the same folder, then renamed, so a crash or a
+    concurrent build never leaves a half-written file under the final name.
+    """
+    import os
+    import tempfile
+
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown int8 recipe {recipe!r}; known: {', '.join(sorted(RECIPES))}")
+    fp32_encoder = Path(fp32_encoder)
+    final = fp32_encoder.with_name(f"encoder-int8-{recipe}.onnx")
+    if final.is_file():
+        return final
+    spec = RECIPES[recipe]
+    inputs = [] if spec.dynamic else calibration_inputs(base)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".onnx", dir=final.parent)
+    os.close(fd)
+    try:
+        quantize_encoder(fp32_encoder, tmp, inputs, spec)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final
