@@ -49,14 +49,16 @@ def study_of(i: int) -> tuple:
     return ("open", CT) if i % 2 == 0 else ("upload", str(UPLOAD))
 
 
-def round_plan(i: int, r: int, n_slices: int, shown: tuple[int, int], rng: random.Random) -> list[tuple]:
-    """One round of tab ``i``: its two slices, two boxes each refined by a click, then an export.
+def round_plan(
+    i: int, r: int, n_slices: int, shown: tuple[int, int], rng: random.Random, slices: int = 2
+) -> list[tuple]:
+    """One round of tab ``i``: its own ``slices`` slices, two boxes each refined by a click, then an export.
 
     Coordinates are display pixels inside the shown image (``shown`` = (height, width)).
     """
     h, w = shown
     actions: list[tuple] = []
-    for k in (i % n_slices, (i + n_slices // 2) % n_slices):
+    for k in (i % n_slices, (i + n_slices // 2) % n_slices)[:slices]:
         actions.append(("slice", k))
         for _ in range(2):
             x0, y0 = rng.uniform(0.2, 0.5) * w, rng.uniform(0.2, 0.5) * h
@@ -136,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=4, help="concurrent simulated tabs")
     ap.add_argument("--seconds", type=float, default=60.0, help="stop starting new rounds after this long")
+    ap.add_argument("--slices", type=int, default=2, choices=(1, 2), help="slices a tab works on per round")
     ap.add_argument("--think", type=float, default=0.3, help="mean pause between a tab's actions (s), random")
     ap.add_argument("--prefetch", type=int, default=1, help="the server's --prefetch")
     ap.add_argument("--malloc-arenas", type=int, default=None, help="the server's --malloc-arenas (0: glibc default)")
+    ap.add_argument("--no-replay", action="store_true", help="skip the cross-talk replay (memory/latency runs only)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (state, exports, server log)")
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             n_slices = int(page.last["slice_max"]) + 1
             r = 0
             while r == 0 or time.perf_counter() - t_start < args.seconds:
-                for action in round_plan(i, r, n_slices, tuple(shown), rng):
+                for action in round_plan(i, r, n_slices, tuple(shown), rng, args.slices):
                     act(action)
                 r += 1
         except Exception as e:  # noqa: BLE001
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     t_replay = time.perf_counter()
     mismatches: list[str] = []
     for i, actions in done.items():
-        if actions:
+        if actions and not args.no_replay:
             mismatches += replay(actions, exports, i, work)
     replay_s = time.perf_counter() - t_replay
 
@@ -257,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_series_mib": [[round(t), round(m)] for t, m, _ in samples[:: max(1, len(samples) // 30)]],
         "load_average_1min_min_mean_max": [round(min(loads), 1), round(float(np.mean(loads)), 1),
                                            round(max(loads), 1)] if loads else None,
-        "replay_s": round(replay_s, 1),
+        "replay_s": None if args.no_replay else round(replay_s, 1),
         "cpus": os.cpu_count(),
     }
     print(json.dumps({k: v for k, v in figures.items() if k != "rss_series_mib"}, indent=1))
