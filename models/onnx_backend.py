@@ -42,6 +42,7 @@ class OnnxSegmenter(Segmenter):
         options.log_severity_level = 3
         providers = available_providers(device)
         self.providers = providers
+        self.encoder_path, self.decoder_path = Path(encoder_path), Path(decoder_path)
         self.encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
         self.decoder = ort.InferenceSession(str(decoder_path), options, providers=providers)
 

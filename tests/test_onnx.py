@@ -121,7 +121,7 @@ def test_int8_encoder_is_cached_next_to_the_fp32_export(onnx_int8, onnx_weights)
     assert onnx_int8.name == "litemedsam+onnx-int8"
     (folder,) = (onnx_weights / "onnx").iterdir()
     path = folder / f"encoder-int8-{DEFAULT_RECIPE}.onnx"
-    assert path.is_file()
+    assert onnx_int8.encoder_path == path and path.is_file()
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary left behind
     before = path.stat().st_mtime_ns
     _load_cached.cache_clear()
