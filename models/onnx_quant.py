@@ -121,7 +121,8 @@ class _Reader:
 def quantize_encoder(
     fp32_encoder: str | Path, out_path: str | Path, inputs: list[np.ndarray], recipe: QuantRecipe
 ) -> Path:
-    """Write an int8 QDQ copy of ``fp32_encoder`` (from models.onnx_export) to ``out_path``."""
+    """Write an int8 copy of ``fp32_encoder`` (models.onnx_export) to ``out_path``: QDQ nodes when
+    the recipe is static (calibrated on ``inputs``), fused dynamic-quantized MatMuls when dynamic."""
     import tempfile
 
     import onnx
