@@ -39,6 +39,15 @@ _ADAPTER_MARKS = (".adapter.", ".lora_A", ".lora_B", "image_encoder.hf_prompt.")
 
 # What --train-decoder trains (and saves) besides the adapter.
 _DECODER_PARTS = ("prompt_encoder", "mask_decoder")
+# What --train-click-prompts trains: the prompt encoder's tensors that only clicks and the fed-back
+# mask use. A box alone (corners = point_embeddings 2, 3; dense = no_mask_embed) never reads them, so
+# the box path stays exactly the adapter-only model's.
+_CLICK_PROMPT_PARTS = (
+    "prompt_encoder.point_embeddings.0.",  # negative click
+    "prompt_encoder.point_embeddings.1.",  # positive click
+    "prompt_encoder.not_a_point_embed.",
+    "prompt_encoder.mask_downscaling.",  # the previous low-res logits fed back on each click
+)
 
 # The encoder input of the forward pass running in this context (sam_adapter prompts need it).
 _ENCODER_INPUT: ContextVar[dict | None] = ContextVar("medseg_adapter_encoder_input", default=None)
@@ -56,6 +65,7 @@ class AdapterConfig:
     scale_factor: int = 32  # sam_adapter: block width / prompt width (official 32)
     freq_nums: float = 0.25  # sam_adapter: share of the spectrum removed by the high-pass (official 0.25)
     train_decoder: bool = False  # the prompt encoder and mask decoder are trained (and saved) too
+    train_click_prompts: bool = False  # only the click and mask-prompt embeddings of the prompt encoder
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -186,12 +196,18 @@ def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
         for part in _DECODER_PARTS:
             if hasattr(adapted, part):
                 getattr(adapted, part).requires_grad_(True)
+    if config.train_click_prompts:
+        for name, param in adapted.named_parameters():
+            if name.startswith(_CLICK_PROMPT_PARTS):
+                param.requires_grad_(True)
     return adapted
 
 
 def is_adapter_key(name: str, config: AdapterConfig) -> bool:
     """Whether a state-dict entry belongs to the adapter (what is trained and saved)."""
     if config.train_decoder and name.startswith(tuple(f"{p}." for p in _DECODER_PARTS)):
+        return True
+    if config.train_click_prompts and name.startswith(_CLICK_PROMPT_PARTS):
         return True
     return any(mark in name for mark in _ADAPTER_MARKS)
 

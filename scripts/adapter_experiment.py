@@ -268,6 +268,8 @@ def train_stage(args: argparse.Namespace, out: Path) -> dict:
         train_args += ["--max-steps", str(args.max_steps)]
     if not args.no_train_decoder:
         train_args.append("--train-decoder")
+    if args.click_prompts:
+        train_args.append("--train-click-prompts")
     if args.no_progress:
         train_args.append("--no-progress")
     if (adapter_dir / "checkpoint.pt").exists():
@@ -340,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patience", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-train-decoder", action="store_true", help="adapter only (the decoder stays frozen)")
+    p.add_argument("--click-prompts", action="store_true",
+                   help="also train the click and mask-prompt embeddings (with --no-train-decoder: box path = adapter only)")
     p.add_argument("--limit", type=int, default=None, help="a smoke run: N training and validation rows, N cases per evaluation")
     p.add_argument("--sets", default="heldout,all", help="evaluation sets, comma-separated (heldout, all)")
     p.add_argument("--no-progress", action="store_true")
@@ -357,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     results.setdefault("seconds", {})
     t0 = time.perf_counter()
     if args.stage in ("train", "all"):
-        results.update(train_stage(args, out), adapter=args.adapter, train_decoder=not args.no_train_decoder)
+        results.update(train_stage(args, out), adapter=args.adapter, train_decoder=not args.no_train_decoder,
+                       click_prompts=args.click_prompts)
         results["seconds"]["train"] = round(time.perf_counter() - t0, 1)
         state_path.write_text(json.dumps(results, indent=2))
     if args.stage in ("eval", "all"):

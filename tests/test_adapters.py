@@ -247,3 +247,40 @@ def test_cli_finetune_refuses_a_bad_time_budget(tmp_path, capsys):
     code = main(["finetune", str(DATA / "manifest.csv"), "--adapter", "lora", "--epochs", "1", "--max-minutes", "0",
                  "--output", str(tmp_path / "run")])
     assert code == 2 and "--max-minutes must be above 0" in capsys.readouterr().err
+
+
+def test_click_prompt_training_leaves_the_box_path_alone(litemedsam):
+    """--train-click-prompts trains the click and mask-prompt embeddings only: a box alone gives the
+    same logits whatever they learn, while a click (or a fed-back mask) does see them."""
+    config = AdapterConfig(kind="lora", train_click_prompts=True)
+    adapted = inject(litemedsam.model, config)
+    trained = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    assert trained == {n for n, _ in adapted.named_parameters() if is_adapter_key(n, config)}
+    assert {n for n in trained if n.startswith("prompt_encoder.")} == {
+        "prompt_encoder.point_embeddings.0.weight", "prompt_encoder.point_embeddings.1.weight",
+        "prompt_encoder.not_a_point_embed.weight",
+        *(n for n, _ in adapted.named_parameters() if n.startswith("prompt_encoder.mask_downscaling.")),
+    }
+    assert not any(n.startswith("mask_decoder.") for n in trained)
+
+    seg = _segmenter_with(litemedsam, adapted)
+    image = (np.random.default_rng(0).random((128, 128, 3)) * 255).astype(np.uint8)
+    emb = seg.embed(image)
+    box = Prompts(box=np.array([30, 30, 90, 90], dtype=np.float32))
+    click = box.with_click(60, 60, positive=True)
+    before_box, before_click = seg.predict(emb, box).low_res_logits, seg.predict(emb, click).low_res_logits
+    with torch.no_grad():  # what training could do to them
+        for n, p in adapted.named_parameters():
+            if n in trained and n.startswith("prompt_encoder."):
+                p.add_(1.0)
+    assert np.array_equal(seg.predict(emb, box).low_res_logits, before_box)
+    assert not np.allclose(seg.predict(emb, click).low_res_logits, before_click)
+
+
+def _segmenter_with(base, model):
+    """The base segmenter's pipeline around another model (same name, so its embeddings decode)."""
+    import copy
+
+    seg = copy.copy(base)
+    seg.model = model
+    return seg
