@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -28,3 +32,24 @@ def litemedsam():
     from models.registry import load_segmenter
 
     return load_segmenter("litemedsam", device="cpu")
+
+
+@contextlib.contextmanager
+def real_server_turn() -> Iterator[None]:
+    """Tests that drive a real server with the real model take turns across xdist workers.
+
+    Two of them at once on CI's 2 cores (each server encoding slices for several tabs) starved a
+    browser click past a 240 s timeout; one at a time, each runs in under a minute."""
+    with open(Path(tempfile.gettempdir()) / "medseg-tests-real-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture()
+def exclusive_server():
+    """Use in a test that starts a real server (see :func:`real_server_turn`)."""
+    with real_server_turn():
+        yield

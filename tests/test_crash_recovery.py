@@ -36,7 +36,7 @@ def _box_and_click(page: Page, x0: float, y0: float, x1: float, y1: float) -> No
 
 
 @pytest.mark.slow
-def test_acknowledged_edits_survive_kill_9_of_the_real_server(tmp_path):
+def test_acknowledged_edits_survive_kill_9_of_the_real_server(tmp_path, exclusive_server):
     assert (ROOT / "weights" / "lite_medsam.pth").is_file(), "run `make setup` for the LiteMedSAM weights"
     server = ServerProcess(tmp_path / "state", prefetch=0, log_path=tmp_path / "serve.log").start()
     try:

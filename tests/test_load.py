@@ -74,7 +74,7 @@ def test_prefetch_queue_holds_each_plane_once_while_users_keep_the_model_busy(tm
 
 
 @pytest.mark.slow
-def test_three_tabs_on_the_real_server_see_only_their_own_work(tmp_path):
+def test_three_tabs_on_the_real_server_see_only_their_own_work(tmp_path, exclusive_server):
     from scripts import load_test
 
     out = tmp_path / "load.json"

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import real_server_turn
+
 CHROMIUM = Path(os.environ.get("MEDSEG_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = [
     "--headless",
@@ -56,10 +58,11 @@ def server(tmp_path_factory, litemedsam):
     from app.ui import launch
 
     state = tmp_path_factory.mktemp("medseg-state")
-    port = _free_port()
-    demo = launch("127.0.0.1", port, "litemedsam", "cpu", state_dir=state, prefetch_radius=0, prevent_thread_lock=True)
-    yield Server(f"http://127.0.0.1:{port}/", state / "sessions")
-    demo.close()
+    with real_server_turn():
+        port = _free_port()
+        demo = launch("127.0.0.1", port, "litemedsam", "cpu", state_dir=state, prefetch_radius=0, prevent_thread_lock=True)
+        yield Server(f"http://127.0.0.1:{port}/", state / "sessions")
+        demo.close()
 
 
 @pytest.fixture(scope="package")
