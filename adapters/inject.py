@@ -30,6 +30,7 @@ from segment_anything.modeling import ImageEncoderViT
 from segment_anything.modeling.image_encoder import Block
 from torch import nn
 
+from adapters.click_refiner import ATTRIBUTE as REFINER, ClickRefiner
 from adapters.layers import ChannelSpatialAdapter, HighFrequencyPrompt, LoRALinear
 from models.tiny_vit import TinyViT, TinyViTBlock
 
@@ -66,6 +67,7 @@ class AdapterConfig:
     freq_nums: float = 0.25  # sam_adapter: share of the spectrum removed by the high-pass (official 0.25)
     train_decoder: bool = False  # the prompt encoder and mask decoder are trained (and saved) too
     train_click_prompts: bool = False  # only the click and mask-prompt embeddings of the prompt encoder
+    click_refiner: bool = False  # a residual decoder for corrective clicks (adapters.click_refiner)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -200,6 +202,8 @@ def inject(model: nn.Module, config: AdapterConfig) -> nn.Module:
         for name, param in adapted.named_parameters():
             if name.startswith(_CLICK_PROMPT_PARTS):
                 param.requires_grad_(True)
+    if config.click_refiner:  # copies of the frozen base decoder, so trained weights never leak into the box path
+        setattr(adapted, REFINER, ClickRefiner(adapted.prompt_encoder, adapted.mask_decoder))
     return adapted
 
 
@@ -208,6 +212,8 @@ def is_adapter_key(name: str, config: AdapterConfig) -> bool:
     if config.train_decoder and name.startswith(tuple(f"{p}." for p in _DECODER_PARTS)):
         return True
     if config.train_click_prompts and name.startswith(_CLICK_PROMPT_PARTS):
+        return True
+    if config.click_refiner and name.startswith(f"{REFINER}."):
         return True
     return any(mark in name for mark in _ADAPTER_MARKS)
 

@@ -118,9 +118,8 @@ def random_error_click(gt: np.ndarray, pred: np.ndarray, rng: np.random.Generato
 
 def _decode(seg: Segmenter, emb: Embedding, prompts: Prompts, multimask: bool, autocast) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (1, 1, h, w) low-res logits and (1,) IoU of the kept mask (best-scored of several)."""
-    with autocast():
-        sparse, dense = seg.encode_prompts(emb, prompts)
-        low, iou = seg.decode(emb, sparse, dense, multimask)
+    with autocast():  # decode_prompts: a click refiner, when the adapter has one, takes the corrective clicks
+        low, iou = seg.decode_prompts(emb, prompts, multimask)
     low, iou = low.float(), iou.float()
     best = int(iou[0].argmax())
     return low[:, best : best + 1], iou[:, best]

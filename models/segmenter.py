@@ -132,12 +132,30 @@ class Segmenter:
     def decode_prompts(
         self, embedding: Embedding, prompts: Prompts, multimask_output: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts -> (1, K, h, w) low-res logits and (1, K) IoU (another backend replaces this)."""
+        """Prompts -> (1, K, h, w) low-res logits and (1, K) IoU (another backend replaces this).
+
+        A model carrying an adapter's click refiner (``adapters.click_refiner``) sends corrective
+        clicks (points with the previous logits fed back) through it; everything else, boxes
+        included, goes through the model's own decoder.
+        """
+        refiner = getattr(self.model, "click_refiner", None)
+        if refiner is not None and refiner.applies(
+            multimask_output, prompts.points is not None, prompts.mask_logits is not None
+        ):
+            points, boxes, masks = self.prompt_tensors(embedding, prompts)
+            return refiner(embedding.features, points, boxes, masks)
         sparse, dense = self.encode_prompts(embedding, prompts)
         return self.decode(embedding, sparse, dense, multimask_output)
 
     def encode_prompts(self, embedding: Embedding, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
         """Map prompts into the model frame and run the prompt encoder -> (sparse, dense)."""
+        points, boxes, masks = self.prompt_tensors(embedding, prompts)
+        return self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+
+    def prompt_tensors(
+        self, embedding: Embedding, prompts: Prompts
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None, torch.Tensor | None]:
+        """Prompts in original pixels -> the prompt encoder's (points, boxes, masks) in the model frame."""
         size = embedding.original_size
         points = boxes = masks = None
         if prompts.points is not None:
@@ -156,7 +174,7 @@ class Segmenter:
                     f"got {m.shape}; use mask_prompt_from_mask() for a drawn mask"
                 )
             masks = torch.as_tensor(m, dtype=torch.float32, device=self.device)[None]
-        return self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        return points, boxes, masks
 
     def mask_prompt_from_mask(self, mask: np.ndarray, *, strength: float = 8.0) -> np.ndarray:
         """A drawn (H, W) bool mask -> (1, h, w) logits usable as ``Prompts.mask_logits``.

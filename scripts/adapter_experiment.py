@@ -270,6 +270,8 @@ def train_stage(args: argparse.Namespace, out: Path) -> dict:
         train_args.append("--train-decoder")
     if args.click_prompts:
         train_args.append("--train-click-prompts")
+    if args.click_refiner:
+        train_args.append("--click-refiner")
     if args.no_progress:
         train_args.append("--no-progress")
     if (adapter_dir / "checkpoint.pt").exists():
@@ -344,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-train-decoder", action="store_true", help="adapter only (the decoder stays frozen)")
     p.add_argument("--click-prompts", action="store_true",
                    help="also train the click and mask-prompt embeddings (with --no-train-decoder: box path = adapter only)")
+    p.add_argument("--click-refiner", action="store_true",
+                   help="train a residual click decoder (with --no-train-decoder: box path = adapter only)")
     p.add_argument("--limit", type=int, default=None, help="a smoke run: N training and validation rows, N cases per evaluation")
     p.add_argument("--sets", default="heldout,all", help="evaluation sets, comma-separated (heldout, all)")
     p.add_argument("--no-progress", action="store_true")

@@ -284,3 +284,58 @@ def _segmenter_with(base, model):
     seg = copy.copy(base)
     seg.model = model
     return seg
+
+
+def _click_after_box(seg, emb, box: np.ndarray, x: int, y: int):
+    """A box, then one positive click with the box's logits fed back (``box+clicks``'s second step)."""
+    first = seg.predict(emb, Prompts(box=box))
+    return first, seg.predict(emb, Prompts(box=box, mask_logits=first.best_logits).with_click(x, y, positive=True))
+
+
+def test_click_refiner_starts_as_a_no_op_and_never_touches_the_box_path(litemedsam, trained):
+    """An untrained refiner returns the fed-back logits unchanged (a click starts out doing nothing);
+    whatever it learns, a box alone still goes through the frozen base decoder."""
+    config = AdapterConfig(kind="lora", click_refiner=True)
+    adapted = inject(litemedsam.model, config)
+    refiner = {n for n, p in adapted.named_parameters() if n.startswith("click_refiner.")}
+    assert refiner and all(is_adapter_key(n, config) for n in refiner)
+    assert not any(p.requires_grad for n, p in adapted.named_parameters() if n.startswith(("mask_decoder.", "prompt_encoder.")))
+    seg = _segmenter_with(litemedsam, adapted)
+    image = trained["cases"][0].image  # caudate L, slice 11
+    emb, base_emb = seg.embed(image), litemedsam.embed(image)
+    box, click = _click_after_box(seg, emb, BOX, 78, 75)
+    assert np.array_equal(box.low_res_logits, litemedsam.predict(base_emb, Prompts(box=BOX)).low_res_logits)
+    assert np.array_equal(click.low_res_logits, box.low_res_logits)
+    with torch.no_grad():  # what training could do to it
+        for n, p in adapted.named_parameters():
+            if n in refiner:
+                p.add_(0.05 * torch.randn_like(p))
+    box2, click2 = _click_after_box(seg, emb, BOX, 78, 75)
+    assert np.array_equal(box2.low_res_logits, box.low_res_logits)
+    assert not np.allclose(click2.low_res_logits, box.low_res_logits)
+    point = Prompts(points=np.array([[78, 75]], np.float32), point_labels=np.array([1]))
+    assert np.array_equal(  # a first click (no fed-back mask) is not a correction: the base decoder answers
+        seg.predict(emb, point, multimask_output=True).low_res_logits,
+        litemedsam.predict(base_emb, point, multimask_output=True).low_res_logits,
+    )
+
+
+def test_click_refiner_training_makes_clicks_help_and_reloads_identically(tmp_path, litemedsam, trained):
+    """A few CPU steps on one real slice: box+3 clicks goes from far below the box (the box-trained
+    base, clicks fed back) to above it; the saved refiner reloads to the same click logits."""
+    cases = trained["cases"][:1]
+    manifest = _manifest(tmp_path / "train.csv", TRAIN_CASES[:1])
+    before = validate(litemedsam, cases, 3)
+    settings = TrainSettings(max_steps=4, batch_size=1, lr=2e-3, clicks=3, box_prob=1.0, augment=False,
+                             val_fraction=0.0, warmup_steps=1, seed=0)
+    result = finetune(litemedsam, CHECKPOINT, manifest, tmp_path / "run", AdapterConfig(kind="lora", click_refiner=True),
+                      settings, progress=False)
+    after = validate(result.segmenter, cases, 3)
+    assert before["box_clicks3_dice"] < before["box_dice"] - 0.2, before
+    assert after["box_clicks3_dice"] > after["box_dice"], after
+    assert after["box_clicks3_dice"] > before["box_clicks3_dice"] + 0.3, (before, after)
+    reloaded = apply_adapter(litemedsam, tmp_path / "run", CHECKPOINT)
+    image = cases[0].image
+    _, ours = _click_after_box(result.segmenter, result.segmenter.embed(image), BOX, 78, 75)
+    _, back = _click_after_box(reloaded, reloaded.embed(image), BOX, 78, 75)
+    np.testing.assert_allclose(back.low_res_logits, ours.low_res_logits, atol=1e-5)

@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--train-click-prompts", action="store_true",
                    help="train only the prompt encoder's click and mask-prompt embeddings (saved with the adapter); "
                    "a box alone never reads them, so box results are the adapter-only model's")
+    p.add_argument("--click-refiner", action="store_true",
+                   help="train a residual decoder for corrective clicks (adapters.click_refiner): boxes keep the "
+                   "frozen decoder, each click adds a learned correction to the previous logits")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     p.add_argument("--val-manifest", metavar="CSV", help="validation slices (default: a split of MANIFEST by slice)")
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{out} already holds a training run: add --resume to continue it, or choose a new --output")
     config = AdapterConfig(
         kind=args.adapter, bottleneck_ratio=args.bottleneck_ratio, lora_rank=args.lora_rank, train_decoder=args.train_decoder,
-        train_click_prompts=args.train_click_prompts
+        train_click_prompts=args.train_click_prompts, click_refiner=args.click_refiner,
     )
     settings = TrainSettings(
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, clicks=args.clicks,
