@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adapters.click_refiner import ATTRIBUTE as REFINER
 from adapters.inject import AdapterConfig, adapted_segmenter, adapter_state, count_parameters, inject, trainable_parameters
 from adapters.io import save_adapter
 from adapters.train_data import Augment, check_disjoint, data_summary, load_cases, split_by_slice, split_by_structure
@@ -60,6 +61,7 @@ class TrainSettings:
     batch_size: int = 2
     lr: float = 3e-4
     decoder_lr_scale: float = 0.1  # the (pre-trained) decoder moves slower than the new adapter
+    encoder_lr_scale: float = 1.0  # the encoder adapter's learning rate / lr; 0 freezes it (the base encoder's embeddings)
     warmup_steps: int | None = None  # linear warm-up; default min(100, total steps // 10)
     weight_decay: float = 1e-4
     clicks: int = 5  # most corrective clicks after the first prompt, in training and validation
@@ -377,8 +379,16 @@ def finetune(
         raise ValueError("nothing to train: --epochs and --max-steps must be at least 1")
     val_every = settings.val_every or steps_per_epoch
     decoder = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(("mask_decoder.", "prompt_encoder."))]
-    adapter = [p for p in params if all(p is not q for q in decoder)]
-    groups = [{"params": adapter, "lr_scale": 1.0}] + ([{"params": decoder, "lr_scale": settings.decoder_lr_scale}] if decoder else [])
+    refiner = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(f"{REFINER}.")]
+    adapter = [p for p in params if all(p is not q for q in decoder + refiner)]
+    if settings.encoder_lr_scale == 0:  # only the decoder side learns; the encoder adapter stays the identity
+        for p in adapter:
+            p.requires_grad_(False)
+        params, adapter = decoder + refiner, []
+    groups = [{"params": g, "lr_scale": s} for g, s in (
+        (adapter, settings.encoder_lr_scale), (decoder, settings.decoder_lr_scale), (refiner, 1.0)) if g]
+    if not groups:
+        raise ValueError("nothing to train: the encoder adapter is frozen (encoder_lr_scale 0) and no decoder part is trained")
     optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     warmup = settings.warmup_steps if settings.warmup_steps is not None else min(100, max(1, total_steps // 10))
     use_bf16 = settings.bf16 and device.type == "cuda"

@@ -51,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (AdamW, cosine); default {d.lr:g}")
     p.add_argument("--decoder-lr-scale", type=float, default=d.decoder_lr_scale,
                    help=f"--train-decoder: decoder learning rate / --lr; default {d.decoder_lr_scale}")
+    p.add_argument("--encoder-lr-scale", type=float, default=d.encoder_lr_scale,
+                   help="encoder adapter learning rate / --lr; 0 freezes it, so boxes give exactly the base "
+                   f"model's masks (with --click-refiner); default {d.encoder_lr_scale:g}")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps; default min(100, steps / 10)")
     p.add_argument("--clicks", type=int, default=d.clicks, help=f"most corrective clicks per slice; default {d.clicks}")
     p.add_argument("--box-prob", type=float, default=d.box_prob, help=f"share of sessions starting with a box; default {d.box_prob}")
@@ -81,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--val-every must be at least 1, got {args.val_every}")
     if args.box_loss_weight < 0:
         raise UsageError(f"--box-loss-weight must be >= 0, got {args.box_loss_weight}")
+    if args.encoder_lr_scale < 0:
+        raise UsageError(f"--encoder-lr-scale must be >= 0, got {args.encoder_lr_scale}")
+    if args.encoder_lr_scale == 0 and not (args.train_decoder or args.train_click_prompts or args.click_refiner):
+        raise UsageError("--encoder-lr-scale 0 freezes the encoder adapter: add --click-refiner, --train-decoder "
+                         "or --train-click-prompts, or there is nothing to train")
     if args.clicks < 0 or not 0 <= args.box_prob <= 1:
         raise UsageError("--clicks must be >= 0 and --box-prob in [0, 1]")
     out = Path(args.output)
@@ -92,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     )
     settings = TrainSettings(
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, clicks=args.clicks,
-        decoder_lr_scale=args.decoder_lr_scale, warmup_steps=args.warmup_steps, box_prob=args.box_prob, augment=not args.no_augment, val_fraction=args.val_fraction, val_split=args.val_split, val_every=args.val_every, max_minutes=args.max_minutes, box_loss_weight=args.box_loss_weight,
+        decoder_lr_scale=args.decoder_lr_scale, encoder_lr_scale=args.encoder_lr_scale, warmup_steps=args.warmup_steps, box_prob=args.box_prob, augment=not args.no_augment, val_fraction=args.val_fraction, val_split=args.val_split, val_every=args.val_every, max_minutes=args.max_minutes, box_loss_weight=args.box_loss_weight,
         patience=args.patience, seed=args.seed, device=args.device,
     )
     base = load_segmenter(args.model, args.checkpoint, args.device)
