@@ -82,6 +82,13 @@ class LiteMedSAMSegmenter(Segmenter):
         host-to-device traffic and no per-slice float work on the CPU (the CPU pipeline cost more
         than the compiled encoder; docs/benchmarks.md).
         """
+        host = self.upstream_host_inputs(images)
+        return self.upstream_device_inputs(**{k: torch.from_numpy(v).to(device) for k, v in host.items()})
+
+    def upstream_host_inputs(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The CPU half of :meth:`_upstream_inputs`: fixed-shape arrays (a CUDA graph copies them into
+        static buffers): ``pixels`` (n, 256, 256, 3) uint8 resized and zero-padded, ``lo`` / ``span``
+        (n,) float32 min and max - min, ``size`` (n, 2) int64 (newh, neww)."""
         n = len(images)
         buf = np.zeros((n, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
         lo, hi, sizes = np.empty(n, np.float32), np.empty(n, np.float32), np.empty((n, 2), np.int64)
@@ -91,11 +98,14 @@ class LiteMedSAMSegmenter(Segmenter):
             small = image if same else cv2.resize(image, (neww, newh), interpolation=cv2.INTER_AREA)
             buf[i, :newh, :neww] = small
             lo[i], hi[i], sizes[i] = small.min(), small.max(), (newh, neww)
-        x = torch.from_numpy(buf).to(device).permute(0, 3, 1, 2).float()
-        lo_t = torch.from_numpy(lo).to(device).view(n, 1, 1, 1)
-        span = torch.from_numpy(np.clip(hi - lo, 1e-8, None)).to(device).view(n, 1, 1, 1)
-        x = (x - lo_t) / span
-        size = torch.from_numpy(sizes).to(device)
-        grid = torch.arange(INPUT_SIZE, device=device)
+        return {"pixels": buf, "lo": lo, "span": np.clip(hi - lo, 1e-8, None), "size": sizes}
+
+    @staticmethod
+    def upstream_device_inputs(pixels: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        """The device half of :meth:`_upstream_inputs` (no host synchronisation: CUDA-graph safe)."""
+        n = pixels.shape[0]
+        x = pixels.permute(0, 3, 1, 2).float()
+        x = (x - lo.view(n, 1, 1, 1)) / span.view(n, 1, 1, 1)
+        grid = torch.arange(INPUT_SIZE, device=pixels.device)
         inside = (grid.view(1, -1, 1) < size[:, 0].view(n, 1, 1)) & (grid.view(1, 1, -1) < size[:, 1].view(n, 1, 1))
-        return torch.where(inside[:, None], x, torch.zeros((), device=device))
+        return torch.where(inside[:, None], x, torch.zeros((), device=pixels.device))

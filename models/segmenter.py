@@ -99,8 +99,7 @@ class Segmenter:
     def embed_batch(self, images: list[np.ndarray]) -> list[Embedding]:
         """Encode several slices in one forward pass (volumes, propagation, evaluation)."""
         rgb = [as_rgb_uint8(im) for im in images]
-        batch = self.preprocess_batch(rgb)
-        features, extras = self.encode(batch)
+        features, extras = self.embed_features(rgb)
         out = []
         for b, im in enumerate(rgb):
             size = (int(im.shape[0]), int(im.shape[1]))
@@ -114,6 +113,11 @@ class Segmenter:
                 )
             )
         return out
+
+    def embed_features(self, rgb: list[np.ndarray]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """RGB uint8 slices -> batched features and extras: preprocessing + encoder, the one step a
+        fast path may replace whole (``models.cuda_graphs`` replays both as one CUDA graph)."""
+        return self.encode(self.preprocess_batch(rgb))
 
     @torch.inference_mode()
     def predict(self, embedding: Embedding, prompts: Prompts, *, multimask_output: bool = False) -> MaskResult:
@@ -156,25 +160,39 @@ class Segmenter:
         self, embedding: Embedding, prompts: Prompts
     ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None, torch.Tensor | None]:
         """Prompts in original pixels -> the prompt encoder's (points, boxes, masks) in the model frame."""
-        size = embedding.original_size
+        coords, labels, box, mask = self.prompt_arrays(embedding, prompts)
         points = boxes = masks = None
-        if prompts.points is not None:
-            coords = self.geometry.apply_coords(prompts.points, size)
+        if coords is not None:
             points = (
                 torch.as_tensor(coords, dtype=torch.float32, device=self.device)[None],
-                torch.as_tensor(prompts.point_labels, dtype=torch.int64, device=self.device)[None],
+                torch.as_tensor(labels, dtype=torch.int64, device=self.device)[None],
             )
+        if box is not None:
+            boxes = torch.as_tensor(box, device=self.device)[None]
+        if mask is not None:
+            masks = torch.as_tensor(mask, dtype=torch.float32, device=self.device)[None]
+        return points, boxes, masks
+
+    def prompt_arrays(
+        self, embedding: Embedding, prompts: Prompts
+    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """The host half of :meth:`prompt_tensors`: (coords, labels, box, mask logits) in the model frame
+        as numpy arrays, so a CUDA-graphed decoder can copy them into its static buffers."""
+        size = embedding.original_size
+        coords = labels = box = mask = None
+        if prompts.points is not None:
+            coords = self.geometry.apply_coords(prompts.points, size)
+            labels = np.asarray(prompts.point_labels)
         if prompts.box is not None:
-            boxes = torch.as_tensor(self.geometry.apply_box(prompts.box, size), device=self.device)[None]
+            box = self.geometry.apply_box(prompts.box, size)
         if prompts.mask_logits is not None:
-            m = prompts.mask_logits
-            if m.shape[-2:] != (self.low_res_size, self.low_res_size):
+            mask = prompts.mask_logits
+            if mask.shape[-2:] != (self.low_res_size, self.low_res_size):
                 raise PromptError(
                     f"mask prompt must be ({self.low_res_size}, {self.low_res_size}) low-res logits of this model, "
-                    f"got {m.shape}; use mask_prompt_from_mask() for a drawn mask"
+                    f"got {mask.shape}; use mask_prompt_from_mask() for a drawn mask"
                 )
-            masks = torch.as_tensor(m, dtype=torch.float32, device=self.device)[None]
-        return points, boxes, masks
+        return coords, labels, box, mask
 
     def mask_prompt_from_mask(self, mask: np.ndarray, *, strength: float = 8.0) -> np.ndarray:
         """A drawn (H, W) bool mask -> (1, h, w) logits usable as ``Prompts.mask_logits``.
