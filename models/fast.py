@@ -182,6 +182,7 @@ def tuned(
     compile_decoder: bool = False,
     cast_weights: bool = False,
     decompose: bool | None = None,
+    cuda_graphs: bool = False,
 ) -> Segmenter:
     """A copy of ``segmenter`` for speed: encoder in ``precision`` ('fp32' or 'bf16'), Conv+BN
     folded, channels-last input, optionally ``torch.compile``d; decoder optionally compiled with
@@ -190,6 +191,12 @@ def tuned(
     casting per op under autocast. ``decompose`` (default: when compiling) rewrites 1x1 and depthwise
     convolutions as GEMMs and fused shifted sums (:func:`decompose_convs`). With a CUDA-graph mode
     ("reduce-overhead", "max-autotune") the features are copied out of the graph's static buffer.
+
+    ``cuda_graphs`` (``models.cuda_graphs``): a batch-1 embed (host-to-device copy, preprocessing and
+    encoder) replays as one CUDA graph, where the segmenter has LiteMedSAM's split preprocessing, and
+    ``decode_prompts`` (prompt encoder + mask decoder) as one graph per prompt shape; outputs equal
+    the un-graphed path. Not combinable with a CUDA-graph compile mode. On the CPU the same code runs
+    without graphs.
 
     The copy shares the (read-only) weights of the original, except a folded copy of the encoder
     when ``fuse`` applies (variants whose ``encode`` is the plain ``image_encoder`` call). Outputs
@@ -214,6 +221,8 @@ def tuned(
     else:
         base_encode = segmenter.encode
     mode = compile if isinstance(compile, str) else None
+    if cuda_graphs and mode in ("reduce-overhead", "max-autotune"):
+        raise ValueError(f"cuda_graphs=True captures its own graphs: use compile=True, not mode {mode!r}")
     run = torch.compile(base_encode, dynamic=False, mode=mode) if compile else base_encode
     graphs = mode in ("reduce-overhead", "max-autotune")  # outputs live in a buffer the next replay overwrites
 
@@ -229,6 +238,8 @@ def tuned(
     fast = copy.copy(segmenter)
     fast.encode = encode  # type: ignore[method-assign]
     fast.precision = precision
+    if cuda_graphs:
+        return _with_cuda_graphs(fast, segmenter, encode, compile_decoder)
     if compile_decoder and type(segmenter).decode is Segmenter.decode:
         decoder = torch.compile(segmenter.model.mask_decoder, mode="reduce-overhead", dynamic=False)
         image_pe = segmenter.model.prompt_encoder.get_dense_pe()
@@ -243,4 +254,18 @@ def tuned(
             )
 
         fast.decode = decode  # type: ignore[method-assign]
+    return fast
+
+
+def _with_cuda_graphs(fast: Segmenter, original: Segmenter, encode, compile_decoder: bool) -> Segmenter:
+    """Install the graphed embed and decode of ``models.cuda_graphs`` on ``fast`` where they apply."""
+    from models.cuda_graphs import GraphedDecoder, GraphedEmbed
+
+    if hasattr(original, "upstream_host_inputs") and getattr(original, "pipeline", None) == "upstream":
+        fast.embed_features = GraphedEmbed(fast, encode, fast.embed_features)  # type: ignore[method-assign]
+    cls = type(original)
+    if cls.decode is Segmenter.decode and cls.decode_prompts is Segmenter.decode_prompts:
+        # compile_decoder: fused kernels inside the graph (default mode; one compile per prompt shape)
+        decoder = torch.compile(original.model.mask_decoder, dynamic=False) if compile_decoder else None
+        fast.decode_prompts = GraphedDecoder(fast, fast.decode_prompts, decoder=decoder)  # type: ignore[method-assign]
     return fast

@@ -1,0 +1,116 @@
+"""tuned(..., cuda_graphs=True): one graph per batch-1 encode and per prompt shape, same numbers as without.
+
+The CPU tests run the graphs' static-shape code without a graph (split preprocessing, packed prompt
+buffers, the host-sync-free prompt encoder) against the plain segmenter; the GPU tests compare graph
+replays with the same segmenter's un-graphed path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.fast import tuned
+from models.prompts import Prompts
+from tests.conftest import PARITY
+
+GOLDEN = PARITY / "litemedsam_real" / "golden.npz"
+
+
+def _prompt_sets(g) -> dict[str, Prompts]:
+    """Every prompt kind the UI sends: box, clicks without a box (SAM pads them), box + click, mask fed back."""
+    return {
+        "box": Prompts(box=g["box__box"]),
+        "one click": Prompts(points=g["point1__point_coords"], point_labels=g["point1__point_labels"]),
+        "two clicks": Prompts(points=g["points2__point_coords"], point_labels=g["points2__point_labels"]),
+        "box + click": Prompts(
+            points=g["box_point__point_coords"], point_labels=g["box_point__point_labels"], box=g["box_point__box"]
+        ),
+        "clicks + mask": Prompts(
+            points=g["mask__point_coords"], point_labels=g["mask__point_labels"], mask_logits=g["mask__mask_input"]
+        ),
+    }
+
+
+def test_static_decoder_equals_the_plain_prompt_encoder_and_decoder(litemedsam):
+    """The prompt encoder without boolean indexing + packed point buffers: bit-identical logits and IoU."""
+    g = np.load(GOLDEN)
+    emb = litemedsam.embed(g["image"])
+    fast = tuned(litemedsam, precision="fp32", fuse=False, channels_last=False, cuda_graphs=True)
+    for name, prompts in _prompt_sets(g).items():
+        for multimask in (False, True):
+            ref_logits, ref_iou = litemedsam.decode_prompts(emb, prompts, multimask)
+            logits, iou = fast.decode_prompts(emb, prompts, multimask)
+            assert torch.equal(logits, ref_logits), (name, multimask)
+            assert torch.equal(iou, ref_iou), (name, multimask)
+    result = fast.predict(emb, _prompt_sets(g)["box"])
+    assert np.array_equal(result.masks, litemedsam.predict(emb, _prompt_sets(g)["box"]).masks)
+
+
+def test_graph_ready_embed_equals_embed_for_any_slice_shape(litemedsam):
+    """The split preprocessing (host half into fixed 256 x 256 buffers, device half after the copy) gives
+    the plain embedding for a slice that needs a resize and padding and for one that needs neither;
+    a batch of two takes the ordinary path."""
+    rng = np.random.default_rng(0)
+    images = [np.load(GOLDEN)["image"], (rng.random((256, 256)) * 255).astype(np.uint8)]
+    fast = tuned(litemedsam, precision="fp32", fuse=False, channels_last=False, cuda_graphs=True)
+    for image in images:
+        assert torch.equal(fast.embed(image).features, litemedsam.embed(image).features)
+    pair = fast.embed_batch(images)
+    assert [e.original_size for e in pair] == [(300, 400), (256, 256)]
+    assert torch.equal(pair[1].features, litemedsam.embed_batch(images)[1].features)
+
+
+def test_cuda_graphs_refuse_a_graph_compile_mode(litemedsam):
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        tuned(litemedsam, compile="reduce-overhead", cuda_graphs=True)
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def cuda_litemedsam():
+    from models.registry import load_segmenter
+
+    return load_segmenter("litemedsam", device="cuda")
+
+
+@pytest.mark.gpu
+@gpu
+def test_graphed_embed_replays_equal_the_ungraphed_encode(cuda_litemedsam):
+    """One graph serves every slice shape; each replay equals the same segmenter's un-graphed path, and
+    an embedding returned earlier is not overwritten by later replays."""
+    fast = tuned(cuda_litemedsam, precision="bf16", cast_weights=True, cuda_graphs=True)
+    rng = np.random.default_rng(1)
+    images = [np.load(GOLDEN)["image"]] + [(rng.random(s) * 255).astype(np.uint8) for s in [(256, 256, 3), (512, 200)]]
+    first = [fast.embed(im) for im in images]
+    kept = [e.features.clone() for e in first]
+    for _ in range(3):
+        for im, e in zip(images, first):
+            again = fast.embed(im).features
+            ref = fast.embed_features.fallback([np.repeat(im[..., None], 3, 2) if im.ndim == 2 else im])[0]
+            assert torch.equal(again, ref)
+            assert torch.equal(again, e.features)
+    for e, k in zip(first, kept):
+        assert torch.equal(e.features, k)
+
+
+@pytest.mark.gpu
+@gpu
+def test_graphed_decoder_replays_equal_the_ungraphed_decoder(cuda_litemedsam):
+    g = np.load(GOLDEN)
+    fast = tuned(cuda_litemedsam, precision="bf16", cast_weights=True, cuda_graphs=True)
+    emb = fast.embed(g["image"])
+    earlier = None
+    for _ in range(2):
+        for name, prompts in _prompt_sets(g).items():
+            for multimask in (False, True):
+                logits, iou = fast.decode_prompts(emb, prompts, multimask)
+                ref_logits, ref_iou = fast.decode_prompts.fallback(emb, prompts, multimask)
+                assert torch.equal(logits, ref_logits), (name, multimask)
+                assert torch.equal(iou, ref_iou), (name, multimask)
+                if earlier is None:
+                    earlier = (logits, logits.clone())
+    assert torch.equal(*earlier)  # later replays did not write into a returned result
