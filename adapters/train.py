@@ -65,6 +65,7 @@ class TrainSettings:
     warmup_steps: int | None = None  # linear warm-up; default min(100, total steps // 10)
     weight_decay: float = 1e-4
     clicks: int = 5  # most corrective clicks after the first prompt, in training and validation
+    click_schedule: str = "uniform"  # corrective clicks per training session: "uniform" 0..clicks, or "full" (always clicks)
     box_prob: float = 0.7  # first prompt: box with this probability, else one positive point
     box_margin: int = 10  # px: the box margin is drawn from 0..box_margin
     box_jitter: int = 3  # px per side
@@ -207,7 +208,9 @@ def batch_loss(
             gt_t = torch.from_numpy(gt.astype(np.float32))[None, None].to(seg.device)
             total.append(objective(seg.geometry.logits_to_original(low, size), gt_t, iou))
             continue
-        n_clicks = int(rng.integers(0, settings.clicks + 1))
+        n_clicks = int(rng.integers(0, settings.clicks + 1))  # drawn in both schedules: the same rng stream
+        if settings.click_schedule == "full":  # SAM-Med2D's fixed iterations: the last clicks get trained as often as the first
+            n_clicks = settings.clicks
         first_box = bool(rng.random() < settings.box_prob)
         total.append(
             case_loss(seg, emb, (image, gt), objective, settings, rng, autocast, n_clicks=n_clicks, first_box=first_box)

@@ -272,6 +272,8 @@ def train_stage(args: argparse.Namespace, out: Path) -> dict:
         train_args.append("--train-click-prompts")
     if args.click_refiner:
         train_args.append("--click-refiner")
+    if args.click_schedule != "uniform":
+        train_args += ["--click-schedule", args.click_schedule]
     if args.encoder_lr_scale != 1.0:
         train_args += ["--encoder-lr-scale", str(args.encoder_lr_scale)]
     if args.no_progress:
@@ -351,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--click-refiner", action="store_true",
                    help="train a residual click decoder (with --no-train-decoder: box path = adapter only)")
     p.add_argument("--encoder-lr-scale", type=float, default=1.0, help="0: the encoder adapter stays the identity")
+    p.add_argument("--click-schedule", choices=["uniform", "full"], default="uniform")
     p.add_argument("--limit", type=int, default=None, help="a smoke run: N training and validation rows, N cases per evaluation")
     p.add_argument("--sets", default="heldout,all", help="evaluation sets, comma-separated (heldout, all)")
     p.add_argument("--no-progress", action="store_true")

@@ -56,6 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    f"model's masks (with --click-refiner); default {d.encoder_lr_scale:g}")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps; default min(100, steps / 10)")
     p.add_argument("--clicks", type=int, default=d.clicks, help=f"most corrective clicks per slice; default {d.clicks}")
+    p.add_argument("--click-schedule", choices=["uniform", "full"], default=d.click_schedule,
+                   help="corrective clicks per training session: uniform in 0..--clicks (default), or always --clicks "
+                   "(SAM-Med2D's fixed iterations; trains the later clicks as often as the first)")
     p.add_argument("--box-prob", type=float, default=d.box_prob, help=f"share of sessions starting with a box; default {d.box_prob}")
     p.add_argument("--no-augment", action="store_true", help="no MONAI augmentation")
     p.add_argument("--bottleneck-ratio", type=float, default=0.25, help="sam_med2d: adapter width / block width; default 0.25")
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         train_click_prompts=args.train_click_prompts, click_refiner=args.click_refiner,
     )
     settings = TrainSettings(
-        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, clicks=args.clicks,
+        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, clicks=args.clicks, click_schedule=args.click_schedule,
         decoder_lr_scale=args.decoder_lr_scale, encoder_lr_scale=args.encoder_lr_scale, warmup_steps=args.warmup_steps, box_prob=args.box_prob, augment=not args.no_augment, val_fraction=args.val_fraction, val_split=args.val_split, val_every=args.val_every, max_minutes=args.max_minutes, box_loss_weight=args.box_loss_weight,
         patience=args.patience, seed=args.seed, device=args.device,
     )
