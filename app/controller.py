@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from app import interaction
+from app import interaction, model_catalog
 from app.interaction import ModelRunner, Prefetcher
 from app.render import (
     VIEWS,
@@ -33,7 +33,8 @@ from app.uploads import import_upload
 from data.readers import read_study
 from data.writers import write_label_nifti
 from models.prompts import PromptError
-from models.registry import PROJECT_ROOT, list_specs
+from models.checkpoint import CheckpointError
+from models.registry import PROJECT_ROOT
 
 Progress = Callable[[float, str], None]
 MODES = ("point +", "point −", "box")
@@ -49,16 +50,8 @@ def sample_studies() -> dict[str, Path]:
 
 
 def model_choices() -> list[tuple[str, str]]:
-    """(label, name) for every registered variant; those without weights say which file they need."""
-    out = []
-    for spec in list_specs():
-        if "auto" in spec.prompt_types:
-            out.append((f"{spec.name} (not promptable: automatic segmentation only)", spec.name))
-        elif spec.available():
-            out.append((f"{spec.name}: {spec.description}", spec.name))
-        else:
-            out.append((f"{spec.name} (unavailable: needs {spec.default_checkpoint})", spec.name))
-    return out
+    """(label, name) for every registered variant and every adapter in the weights folder."""
+    return model_catalog.choices()
 
 
 def dicom_seg_available() -> bool:
@@ -431,14 +424,11 @@ def parse_colour(text: str | None) -> tuple[int, int, int] | None:
 # --- model ------------------------------------------------------------------------------------
 @_with_session
 def set_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
-    specs = {s.name: s for s in list_specs()}
-    if name not in specs:
-        raise SessionError(f"unknown model {name!r}; known: {', '.join(specs)}")
-    if "auto" in specs[name].prompt_types:
-        raise SessionError(f"{name} segments without prompts; the interactive UI needs a promptable model")
-    if not specs[name].available():
-        raise SessionError(f"{name} is unavailable: put its weights at {specs[name].default_checkpoint}")
-    ctx.runner.segmenter(name)  # load once (cached per process) before switching
+    model_catalog.check_selectable(name)
+    try:
+        ctx.runner.segmenter(name)  # load once (cached per process) before switching
+    except (CheckpointError, ValueError) as e:  # an adapter for other base weights, a broken file
+        raise SessionError(f"cannot use {name}: {e}") from e
     session.model = name
     session.prompt = None
     ctx.store.save(session)

@@ -23,11 +23,11 @@ from typing import Iterator
 
 import numpy as np
 
+from app.model_catalog import load_model
 from app.render import Plane, to_rgb
 from app.session import Edit, PromptState, Session, SessionError
 from data.windowing import Window, default_window
 from models.prompts import MaskResult, PromptError, Prompts
-from models.registry import load_segmenter
 from models.segmenter import Embedding, Segmenter
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def plane_image(session: Session, view: str, index: int) -> np.ndarray:
 class ModelRunner:
     """The one door to the models: a lock so that one model call runs at a time.
 
-    Weights come from ``load_segmenter`` (cached per process, shared read-only). ``busy`` counts
+    Weights come from ``app.model_catalog.load_model`` (cached per process, shared read-only). ``busy`` counts
     user requests waiting or running, so the prefetcher steps aside for them.
     """
 
@@ -96,7 +96,8 @@ class ModelRunner:
         self._count_lock = threading.Lock()
 
     def segmenter(self, name: str) -> Segmenter:
-        return load_segmenter(name, device=self.device)
+        """A registry model or an adapter (``app.model_catalog``), loaded once per process."""
+        return load_model(name, self.device)
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:

@@ -227,6 +227,9 @@ def build_app(config: UIConfig):
         # --- session start / restore -------------------------------------------------------
         def on_load(stored_id: str | None, request: gr.Request):
             result = guarded(controller.start, stored_id, getattr(request, "session_hash", None))
+            at_model = outputs.index(model)  # list the models again: an adapter trained since start shows up
+            shown = {"value": result[at_model]} if isinstance(result[at_model], str) else {}
+            result[at_model] = gr.update(choices=controller.model_choices(), **shown)
             return result + [result[0]]
 
         def on_unload(request: gr.Request) -> None:

@@ -1,0 +1,66 @@
+"""The models the UI offers: the registry's variants and the adapters trained on top of them.
+
+An adapter in ``<weights>/adapters/<folder>/`` (``medseg finetune --output``) is offered as
+``<base model>+<folder>``, the name its adapted segmenter carries, so embeddings cached under one
+model are never decoded by another. The folder is looked up again on each load, so an adapter
+copied into the weights folder while the server runs appears on the next page load.
+"""
+
+from __future__ import annotations
+
+from adapters.io import AdapterInfo, list_adapters, load_adapted
+from app.session import SessionError
+from models.registry import list_specs, load_segmenter, weights_dir
+from models.segmenter import Segmenter
+
+
+def adapters() -> dict[str, AdapterInfo]:
+    """Model name -> adapter, for every readable adapter folder under the weights folder."""
+    return {f"{a.base_model}+{a.name}": a for a in list_adapters(weights_dir())}
+
+
+def choices() -> list[tuple[str, str]]:
+    """(label, name) for every registered variant and every adapter; what cannot run says why."""
+    specs = {s.name: s for s in list_specs()}
+    out = []
+    for spec in specs.values():
+        if "auto" in spec.prompt_types:
+            out.append((f"{spec.name} (not promptable: automatic segmentation only)", spec.name))
+        elif spec.available():
+            out.append((f"{spec.name}: {spec.description}", spec.name))
+        else:
+            out.append((f"{spec.name} (unavailable: needs {spec.default_checkpoint})", spec.name))
+    for name, info in adapters().items():
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in info.validation.items() if k.endswith("_dice"))
+        label = f"{info.label}" + (f" (validation {scores})" if scores else "")
+        base = specs.get(info.base_model)
+        if base is None or not base.available():
+            label += f" (unavailable: needs the {info.base_model} weights)"
+        out.append((label, name))
+    return out
+
+
+def check_selectable(name: str) -> None:
+    """SessionError saying why ``name`` cannot be used for interactive prompting."""
+    specs = {s.name: s for s in list_specs()}
+    if name in specs:
+        spec = specs[name]
+        if "auto" in spec.prompt_types:
+            raise SessionError(f"{name} segments without prompts; the interactive UI needs a promptable model")
+        if not spec.available():
+            raise SessionError(f"{name} is unavailable: put its weights at {spec.default_checkpoint}")
+        return
+    found = adapters()
+    if name not in found:
+        raise SessionError(f"unknown model {name!r}; known: {', '.join([*specs, *found])}")
+    base = specs.get(found[name].base_model)
+    if base is None or not base.available():
+        raise SessionError(f"{name} needs the base model {found[name].base_model!r} and its weights")
+
+
+def load_model(name: str, device: str) -> Segmenter:
+    """The shared, read-only segmenter for a registry name or an adapter name (cached per process)."""
+    found = adapters() if "+" in name else {}
+    if name in found:
+        return load_adapted(found[name].path, model=found[name].base_model, device=device)
+    return load_segmenter(name, device=device)
