@@ -188,7 +188,7 @@ class GraphedDecoder:
     ):
         self.segmenter = segmenter
         self.fallback = fallback
-        self.decoder = decoder or segmenter.model.mask_decoder
+        self.decoder = decoder if decoder is not None else segmenter.model.mask_decoder  # a compiled module has no truth value
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._features: torch.Tensor | None = None  # the one static embedding buffer all graphs read
