@@ -91,6 +91,11 @@ RECIPES: dict[str, QuantRecipe] = {
 }
 DEFAULT_RECIPE = "linear-but-deep-fc2-dynamic"
 
+# ``--backend`` names of the int8 encoders -> their recipe. ``onnx-int8`` keeps the most Dice margin;
+# ``onnx-int8-all`` quantizes all 40 weight MatMuls: faster at 2 threads, mean box Dice -0.004 on the
+# shared slices (the issue allows 0.005; docs/benchmarks.md, CPU section).
+BACKEND_RECIPES: dict[str, str] = {"onnx-int8": DEFAULT_RECIPE, "onnx-int8-all": "linear-dynamic"}
+
 
 def calibration_inputs(base: Segmenter, slices=CALIBRATION_SLICES) -> list[np.ndarray]:
     """Preprocessed (1, 3, S, S) float32 encoder inputs for the calibration slices."""

@@ -69,7 +69,7 @@ def list_specs() -> list[ModelSpec]:
     return [REGISTRY[k] for k in sorted(REGISTRY)]
 
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "onnx-int8-all")
 
 
 def load_segmenter(
@@ -79,7 +79,8 @@ def load_segmenter(
 
     ``backend="onnx"`` runs the same variant with onnxruntime; its ONNX files are exported once
     from the checkpoint into ``weights/onnx/`` (locally, no download). ``"onnx-int8"`` is the same
-    with the encoder's linear layers in int8 (models/onnx_quant.py; the decoder stays fp32).
+    with the encoder's linear layers in int8 (models/onnx_quant.py; the decoder stays fp32);
+    ``"onnx-int8-all"`` quantizes all of them (``onnx_quant.BACKEND_RECIPES``).
     """
     spec = get_spec(name)
     if backend not in BACKENDS:
@@ -94,15 +95,15 @@ def load_segmenter(
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(name: str, path: str, device: str, backend: str = "torch") -> Segmenter:
-    if backend in ("onnx", "onnx-int8"):
+    if backend.startswith("onnx"):
         from models.onnx_backend import OnnxSegmenter
 
         base = _load_cached(name, path, "cpu", "torch")
         encoder, decoder = _onnx_files(base, path)
-        if backend == "onnx-int8":
-            from models.onnx_quant import int8_encoder
+        if backend != "onnx":
+            from models.onnx_quant import BACKEND_RECIPES, int8_encoder
 
-            encoder = int8_encoder(base, encoder)
+            encoder = int8_encoder(base, encoder, BACKEND_RECIPES[backend])
         return OnnxSegmenter(base, encoder, decoder, device=device, label=backend)
     spec = get_spec(name)
     pinned = spec.sha256 if Path(path).name == spec.weight_file else None
