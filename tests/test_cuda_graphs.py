@@ -50,16 +50,14 @@ def test_static_decoder_equals_the_plain_prompt_encoder_and_decoder(litemedsam):
 
 def test_graph_ready_embed_equals_embed_for_any_slice_shape(litemedsam):
     """The split preprocessing (host half into fixed 256 x 256 buffers, device half after the copy) gives
-    the plain embedding for a slice that needs a resize and padding and for one that needs neither;
-    a batch of two takes the ordinary path."""
+    the plain embedding for a slice that needs a resize and padding and for one that needs neither."""
     rng = np.random.default_rng(0)
     images = [np.load(GOLDEN)["image"], (rng.random((256, 256)) * 255).astype(np.uint8)]
     fast = tuned(litemedsam, precision="fp32", fuse=False, channels_last=False, cuda_graphs=True)
     for image in images:
-        assert torch.equal(fast.embed(image).features, litemedsam.embed(image).features)
-    pair = fast.embed_batch(images)
-    assert [e.original_size for e in pair] == [(300, 400), (256, 256)]
-    assert torch.equal(pair[1].features, litemedsam.embed_batch(images)[1].features)
+        emb = fast.embed(image)
+        assert emb.original_size == image.shape[:2]
+        assert torch.equal(emb.features, litemedsam.embed(image).features)
 
 
 def test_cuda_graphs_refuse_a_graph_compile_mode(litemedsam):
