@@ -7,7 +7,9 @@
   (LiteMedSAM, MobileSAM) already uses SDPA with its attention biases.
 * :func:`tuned` returns a copy of a segmenter that encodes under bf16 autocast, with the encoder
   in channels-last memory format and optionally ``torch.compile``d. The copy shares the weights
-  of the original; decoding stays fp32 (it is small and sets the mask edges).
+  of the original; decoding stays fp32 (it is small and sets the mask edges). With
+  ``cuda_graphs=True`` a batch-1 embed and each prompt shape's decode replay as single CUDA graphs
+  (``models/cuda_graphs.py``), the lowest end-to-end latency (docs/benchmarks.md, run 4).
 """
 
 from __future__ import annotations
