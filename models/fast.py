@@ -174,6 +174,29 @@ def decompose_convs(module: nn.Module) -> int:
     return n
 
 
+WINDOW_ATTENTION = ("sdpa", "math", "flash")
+SMALL_WINDOW_TOKENS = 64  # 7 x 7 windows (TinyViT stages 1 and 3); stage 2's 14 x 14 keeps SDPA
+
+
+def set_window_attention(module: nn.Module, impl: str, max_tokens: int = SMALL_WINDOW_TOKENS) -> int:
+    """Set ``impl`` (:data:`WINDOW_ATTENTION`) on every TinyViT attention whose window has at most
+    ``max_tokens`` tokens; returns how many. Mutates ``module``: call it on a copy.
+
+    Only short windows change: at 49 tokens SDPA's memory-efficient kernel is mostly padding, while
+    the explicit scores of a 196-token window would be 16x larger in memory than at 49.
+    """
+    from models.tiny_vit import Attention
+
+    if impl not in WINDOW_ATTENTION:
+        raise ValueError(f"attention must be one of {WINDOW_ATTENTION}, got {impl!r}")
+    n = 0
+    for m in module.modules():
+        if isinstance(m, Attention) and m.attention_bias_idxs.shape[0] <= max_tokens:
+            m.impl = impl
+            n += 1
+    return n
+
+
 def tuned(
     segmenter: Segmenter,
     *,
@@ -185,6 +208,7 @@ def tuned(
     cast_weights: bool = False,
     decompose: bool | None = None,
     cuda_graphs: bool = False,
+    attention: str = "sdpa",
 ) -> Segmenter:
     """A copy of ``segmenter`` for speed: encoder in ``precision`` ('fp32' or 'bf16'), Conv+BN
     folded, channels-last input, optionally ``torch.compile``d; decoder optionally compiled with
@@ -200,17 +224,27 @@ def tuned(
     the un-graphed path. Not combinable with a CUDA-graph compile mode. On the CPU the same code runs
     without graphs.
 
+    ``attention`` ("sdpa", "math", "flash"; :func:`set_window_attention`) picks how TinyViT's 7 x 7
+    window attention is computed in the folded encoder copy, for batched throughput under compile
+    (docs/benchmarks.md, run 5). fp32 results equal the default within rounding (tests/test_fast_paths.py).
+
     The copy shares the (read-only) weights of the original, except a folded copy of the encoder
     when ``fuse`` applies (variants whose ``encode`` is the plain ``image_encoder`` call). Outputs
     are float32, so everything after the encoder is unchanged.
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if attention not in WINDOW_ATTENTION:
+        raise ValueError(f"attention must be one of {WINDOW_ATTENTION}, got {attention!r}")
     dtype = torch.bfloat16 if precision == "bf16" else None
     plain_encoder = type(segmenter).encode is Segmenter.encode
+    if attention != "sdpa" and not (fuse and plain_encoder):
+        raise ValueError(f"attention={attention!r} needs fuse=True and a segmenter whose encode is the plain image encoder")
     if fuse and plain_encoder:
         encoder = copy.deepcopy(segmenter.model.image_encoder)
         fuse_batchnorm(encoder)
+        if attention != "sdpa" and not set_window_attention(encoder, attention):
+            raise ValueError(f"attention={attention!r}: {type(encoder).__name__} has no TinyViT window attention to change")
         if bool(compile) if decompose is None else decompose:
             decompose_convs(encoder)
         if channels_last:

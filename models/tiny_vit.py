@@ -133,7 +133,17 @@ def _bias_index(window: int) -> tuple[torch.Tensor, int]:
 
 
 class Attention(nn.Module):
-    """Windowed multi-head attention with learned relative biases, via SDPA."""
+    """Windowed multi-head attention with learned relative biases, via SDPA.
+
+    ``impl`` picks how the product is computed (``models.fast.set_window_attention`` sets it on a
+    tuned copy; the default is the reference): "sdpa" passes the bias as SDPA's mask, which on a GPU
+    runs the memory-efficient kernel, poor at 49-token windows; "math" writes it out
+    (``q k^T * scale + bias``, softmax in fp32, ``@ v``) so that ``torch.compile`` fuses bias and softmax
+    into one kernel between two batched GEMMs; "flash" folds the bias into the dot product (see
+    :meth:`_folded`) so that SDPA can take its flash kernel, which accepts no mask.
+    """
+
+    impl: str = "sdpa"
 
     def __init__(self, dim: int, num_heads: int, window: int):
         super().__init__()
@@ -150,9 +160,29 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.head_dim)
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.head_dim, dim=3)
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        bias = self.attention_biases[:, self.attention_bias_idxs]  # (heads, n, n), the weights' dtype
+        if self.impl == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        elif self.impl == "math":
+            scores = (q @ k.transpose(-2, -1)).float() * self.head_dim**-0.5 + bias.float()
+            out = scores.softmax(-1).to(v.dtype) @ v
+        else:
+            out = self._folded(q, k, v, bias)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+    def _folded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Attention with the (heads, n, n) bias inside q.k, so no mask is passed: query i gains the
+        one-hot e_i, key j gains column j of bias / scale; then scale * (q_i.k_j + bias[i, j] / scale)
+        is the masked score. All widths are padded to a multiple of 8 (v with zeros, dropped after)."""
+        b, heads, n, d = q.shape
+        scale = d**-0.5
+        width = d + n + (-(d + n)) % 8
+        eye = torch.eye(n, dtype=q.dtype, device=q.device).expand(b, heads, n, n)
+        cols = (bias.float().transpose(-2, -1) / scale).to(q.dtype).expand(b, heads, n, n)
+        q_aug = F.pad(torch.cat([q, eye], -1), (0, width - d - n))
+        k_aug = F.pad(torch.cat([k, cols], -1), (0, width - d - n))
+        v_aug = F.pad(v, (0, width - d))
+        return F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=scale)[..., :d]
 
 
 class TinyViTBlock(nn.Module):

@@ -111,3 +111,44 @@ def test_batched_preprocessing_equals_the_per_slice_pipeline(litemedsam):
     assert batch.shape == (5, 3, 256, 256)
     for i, image in enumerate(images):
         assert torch.equal(batch[i : i + 1], litemedsam.preprocess(image))
+
+
+@pytest.mark.parametrize("impl", ["math", "flash"])
+def test_window_attention_variants_compute_the_same_attention(impl):
+    """The explicit and the bias-folded forms of TinyViT's 7x7 window attention equal the SDPA reference
+    in fp32 (random weights and biases, fresh inputs), so only speed can differ on the GPU."""
+    from models.tiny_vit import Attention
+
+    torch.manual_seed(1)
+    ref = Attention(dim=64, num_heads=2, window=7).eval()
+    with torch.no_grad():
+        ref.attention_biases.normal_(0, 2.0)  # biases start at zero: make them matter
+    fast = copy.deepcopy(ref)
+    fast.impl = impl
+    x = torch.randn(6, 49, 64)
+    with torch.no_grad():
+        a, b = ref(x), fast(x)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    assert (a - fast(torch.randn(6, 49, 64))).abs().max() > 0.1  # the check can fail: other inputs differ
+
+
+@pytest.mark.parametrize("impl", ["math", "flash"])
+def test_tuned_window_attention_keeps_the_litemedsam_embedding(litemedsam, impl):
+    """Real weights, real slice, fp32: the 4 short-window blocks (stages 1 and 3) switched, stage 2's
+    14x14 windows left on SDPA, the embedding within fp32 rounding of the default (measured 3.8e-6)."""
+    from models.fast import set_window_attention
+    from models.tiny_vit import Attention
+
+    encoder = copy.deepcopy(litemedsam.model.image_encoder)
+    assert set_window_attention(encoder, impl) == 4
+    assert sorted(m.impl for m in encoder.modules() if isinstance(m, Attention)) == [impl] * 4 + ["sdpa"] * 6
+    image = np.load(PARITY / "litemedsam_real" / "golden.npz")["image"]
+    ref = litemedsam.embed(image).features
+    fast = tuned(litemedsam, precision="fp32", attention=impl).embed(image).features
+    assert (fast - ref).abs().max().item() < 2e-5
+    assert all(m.impl == "sdpa" for m in litemedsam.model.modules() if isinstance(m, Attention))  # original untouched
+
+
+def test_tuned_rejects_unknown_window_attention(litemedsam):
+    with pytest.raises(ValueError, match="attention must be one of"):
+        tuned(litemedsam, attention="xformers")
