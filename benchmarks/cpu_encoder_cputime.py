@@ -53,6 +53,11 @@ def main() -> int:
     ap.add_argument("--wall", action="store_true", help="wall clock instead of thread CPU time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads and ORT intra-op threads (with --wall)")
     ap.add_argument("--backends", default="onnx,onnx-int8,onnx-int8-all", help="comma-separated ONNX backends of ours")
+    ap.add_argument(
+        "--gap-ms", type=float, default=0.0,
+        help="sleep between two timed calls, so that the worker threads one implementation leaves spinning "
+        "(torch's OpenMP, each ORT session's pool) are idle before the next one is timed",
+    )
     args = ap.parse_args()
     if args.threads != 1 and not args.wall:
         ap.error("thread CPU time counts one thread only: use --threads 1, or --wall")
@@ -78,13 +83,14 @@ def main() -> int:
             fn()  # warm-up
         for _ in range(args.rounds):
             for name, fn in runs.items():
+                time.sleep(args.gap_ms / 1000.0)
                 times[name].append(elapsed_ms(fn, clock))
     official = statistics.median(next(iter(times.values())))
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     for name, t in times.items():
         row = {"impl": name, f"{unit}_median": round(statistics.median(t), 1), f"{unit}_min": round(min(t), 1),
                "official_over_this": round(official / statistics.median(t), 2), "rounds": args.rounds,
-               "threads": args.threads, "load_avg_1min_before_after": load}
+               "threads": args.threads, "gap_ms": args.gap_ms, "load_avg_1min_before_after": load}
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as f:
