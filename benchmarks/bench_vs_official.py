@@ -239,7 +239,8 @@ def bf16_dice_change(seg, fast, slices, label: str) -> dict:
     diff = np.array(d16) - np.array(d32)
     worst = int(np.argmax(np.abs(diff)))
     return {"check": f"{label} vs fp32 Dice, {len(d32)} shared slices, box +5 px", "mean_dice_fp32": float(np.mean(d32)),
-            "mean_dice_fast": float(np.mean(d16)), "max_abs_case_change": float(np.abs(diff).max()),
+            "mean_dice_fast": float(np.mean(d16)), "mean_dice_change": f"{float(np.mean(diff)):+.5f}",  # emit rounds floats
+            "max_abs_case_change": float(np.abs(diff).max()),
             "worst_case": str(ids[worst])}
 
 
