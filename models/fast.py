@@ -131,17 +131,13 @@ class ShiftedDepthwiseConv(nn.Module):
     a cuDNN grouped convolution plus layout transforms.
     """
 
-    def __init__(self, conv: nn.Conv2d, nhwc: bool = False):
+    def __init__(self, conv: nn.Conv2d):
         super().__init__()
         self.weight = nn.Parameter(conv.weight.detach()[:, 0], requires_grad=False)  # (C, k, k)
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=False)
         self.stride, self.padding = conv.stride[0], conv.padding[0]
-        self.nhwc = nhwc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._nhwc(x) if self.nhwc else self._nchw(x)
-
-    def _nchw(self, x: torch.Tensor) -> torch.Tensor:
         k, s, p = self.weight.shape[-1], self.stride, self.padding
         h_out = (x.shape[-2] + 2 * p - k) // s + 1
         w_out = (x.shape[-1] + 2 * p - k) // s + 1
@@ -156,28 +152,9 @@ class ShiftedDepthwiseConv(nn.Module):
             out = out + self.bias.view(1, -1, 1, 1).to(x.dtype)
         return out
 
-    def _nhwc(self, x: torch.Tensor) -> torch.Tensor:
-        """The same sum on the (B, H, W, C) view: the memory order of the channels-last tensors the
-        GEMMs around it read and write, so the fused kernel iterates along contiguous channels. Run 5's
-        profile: in NCHW order the stage-0 kernel ran at ~10 % of HBM bandwidth (31 ms a call, batch 128)."""
-        k, s, p = self.weight.shape[-1], self.stride, self.padding
-        h_out = (x.shape[-2] + 2 * p - k) // s + 1
-        w_out = (x.shape[-1] + 2 * p - k) // s + 1
-        xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, p, p, p, p))
-        out = None
-        for dy in range(k):
-            for dx in range(k):
-                tap = xp[:, dy : dy + s * (h_out - 1) + 1 : s, dx : dx + s * (w_out - 1) + 1 : s, :]
-                term = tap * self.weight[:, dy, dx].to(x.dtype)
-                out = term if out is None else out + term
-        if self.bias is not None:
-            out = out + self.bias.to(x.dtype)
-        return out.permute(0, 3, 1, 2)
 
-
-def decompose_convs(module: nn.Module, nhwc: bool = False) -> int:
-    """Replace 1x1 and depthwise ``Conv2d`` layers by :class:`PointwiseConv` / :class:`ShiftedDepthwiseConv`
-    (``nhwc``: the depthwise sums written in channels-last order).
+def decompose_convs(module: nn.Module) -> int:
+    """Replace 1x1 and depthwise ``Conv2d`` layers by :class:`PointwiseConv` / :class:`ShiftedDepthwiseConv`.
 
     For compiled GPU encoders only (eager, the shifted sum is k*k kernels). Mutates ``module``:
     call it on a copy. Returns the number of replaced layers.
@@ -190,10 +167,10 @@ def decompose_convs(module: nn.Module, nhwc: bool = False) -> int:
                 setattr(module, name, PointwiseConv(child))
                 n += 1
             elif square and child.groups == child.in_channels == child.out_channels and child.padding[0] == child.padding[1]:
-                setattr(module, name, ShiftedDepthwiseConv(child, nhwc))
+                setattr(module, name, ShiftedDepthwiseConv(child))
                 n += 1
         else:
-            n += decompose_convs(child, nhwc)
+            n += decompose_convs(child)
     return n
 
 
@@ -232,7 +209,6 @@ def tuned(
     decompose: bool | None = None,
     cuda_graphs: bool = False,
     attention: str = "sdpa",
-    depthwise_nhwc: bool = False,
 ) -> Segmenter:
     """A copy of ``segmenter`` for speed: encoder in ``precision`` ('fp32' or 'bf16'), Conv+BN
     folded, channels-last input, optionally ``torch.compile``d; decoder optionally compiled with
@@ -251,8 +227,6 @@ def tuned(
     ``attention`` ("sdpa", "math", "flash"; :func:`set_window_attention`) picks how TinyViT's 7 x 7
     window attention is computed in the folded encoder copy, for batched throughput under compile
     (docs/benchmarks.md, run 5). fp32 results equal the default within rounding (tests/test_fast_paths.py).
-    ``depthwise_nhwc`` writes the decomposed depthwise convolutions in channels-last order (same
-    arithmetic, bit-identical results; for the fused kernel's memory access, run 5).
 
     The copy shares the (read-only) weights of the original, except a folded copy of the encoder
     when ``fuse`` applies (variants whose ``encode`` is the plain ``image_encoder`` call). Outputs
@@ -271,11 +245,8 @@ def tuned(
         fuse_batchnorm(encoder)
         if attention != "sdpa" and not set_window_attention(encoder, attention):
             raise ValueError(f"attention={attention!r}: {type(encoder).__name__} has no TinyViT window attention to change")
-        decomposing = bool(compile) if decompose is None else decompose
-        if depthwise_nhwc and not decomposing:
-            raise ValueError("depthwise_nhwc=True changes the decomposed convolutions: pass compile=True or decompose=True")
-        if decomposing:
-            decompose_convs(encoder, nhwc=depthwise_nhwc)
+        if bool(compile) if decompose is None else decompose:
+            decompose_convs(encoder)
         if channels_last:
             encoder = encoder.to(memory_format=torch.channels_last)
         if cast_weights and dtype is not None:

@@ -84,15 +84,13 @@ def test_decomposed_convolutions_compute_the_same_layer(conv):
 
     torch.manual_seed(0)
     layer = torch.nn.Sequential(conv).eval()
-    fast, fast_nhwc = copy.deepcopy(layer), copy.deepcopy(layer)
+    fast = copy.deepcopy(layer)
     assert decompose_convs(fast) == 1 and type(fast[0]) is not torch.nn.Conv2d
-    assert decompose_convs(fast_nhwc, nhwc=True) == 1
     x = torch.randn(2, 8, 13, 13).contiguous(memory_format=torch.channels_last)  # odd size: the padding edges
     with torch.no_grad():
-        ref, out, out_nhwc = layer(x), fast(x), fast_nhwc(x)
-    assert out.shape == ref.shape == out_nhwc.shape
+        ref, out = layer(x), fast(x)
+    assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
-    assert torch.equal(out_nhwc, out)  # tuned(depthwise_nhwc=True): the same sums in another loop order
 
 
 def test_decomposed_litemedsam_encoder_keeps_the_embedding(litemedsam):
@@ -151,8 +149,6 @@ def test_tuned_window_attention_keeps_the_litemedsam_embedding(litemedsam, impl)
     assert all(m.impl == "sdpa" for m in litemedsam.model.modules() if isinstance(m, Attention))  # original untouched
 
 
-def test_tuned_rejects_bad_throughput_options(litemedsam):
+def test_tuned_rejects_unknown_window_attention(litemedsam):
     with pytest.raises(ValueError, match="attention must be one of"):
         tuned(litemedsam, attention="xformers")
-    with pytest.raises(ValueError, match="depthwise_nhwc"):
-        tuned(litemedsam, depthwise_nhwc=True)  # not compiled, so nothing decomposed: say so
