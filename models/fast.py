@@ -175,6 +175,14 @@ def decompose_convs(module: nn.Module) -> int:
 
 
 WINDOW_ATTENTION = ("sdpa", "math", "flash")
+
+# Inductor inlines a cheap producer into every consumer load. Before a decomposed depthwise conv that
+# means the GELU in front of it (MBConv's act1, PatchMerging's act) is recomputed for each of the 9 taps:
+# its padded node (~20 ops, read by 9 slices) stays under the default threshold of 30 ops for
+# realizing a reused node. At 16 it is written once and read 9 times (CPU output code of the LiteMedSAM
+# encoder: erf calls 45 -> 13, same outputs; docs/benchmarks.md, run 5). Pass as
+# ``tuned(..., inductor_options=REALIZE_STENCIL_INPUTS)``.
+REALIZE_STENCIL_INPUTS = {"realize_opcount_threshold": 16}
 SMALL_WINDOW_TOKENS = 64  # 7 x 7 windows (TinyViT stages 1 and 3); stage 2's 14 x 14 keeps SDPA
 
 
@@ -209,6 +217,7 @@ def tuned(
     decompose: bool | None = None,
     cuda_graphs: bool = False,
     attention: str = "sdpa",
+    inductor_options: dict | None = None,
 ) -> Segmenter:
     """A copy of ``segmenter`` for speed: encoder in ``precision`` ('fp32' or 'bf16'), Conv+BN
     folded, channels-last input, optionally ``torch.compile``d; decoder optionally compiled with
@@ -227,6 +236,8 @@ def tuned(
     ``attention`` ("sdpa", "math", "flash"; :func:`set_window_attention`) picks how TinyViT's 7 x 7
     window attention is computed in the folded encoder copy, for batched throughput under compile
     (docs/benchmarks.md, run 5). fp32 results equal the default within rounding (tests/test_fast_paths.py).
+    ``inductor_options`` go to the encoder's ``torch.compile(options=...)`` (e.g.
+    :data:`REALIZE_STENCIL_INPUTS`); torch.compile takes them only without a named ``compile`` mode.
 
     The copy shares the (read-only) weights of the original, except a folded copy of the encoder
     when ``fuse`` applies (variants whose ``encode`` is the plain ``image_encoder`` call). Outputs
@@ -257,9 +268,14 @@ def tuned(
     else:
         base_encode = segmenter.encode
     mode = compile if isinstance(compile, str) else None
+    if inductor_options and (mode is not None or not compile):
+        raise ValueError("inductor_options need compile=True (torch.compile takes options or a mode, not both)")
     if cuda_graphs and mode in ("reduce-overhead", "max-autotune"):
         raise ValueError(f"cuda_graphs=True captures its own graphs: use compile=True, not mode {mode!r}")
-    run = torch.compile(base_encode, dynamic=False, mode=mode) if compile else base_encode
+    if compile and inductor_options:
+        run = torch.compile(base_encode, dynamic=False, options=dict(inductor_options))
+    else:
+        run = torch.compile(base_encode, dynamic=False, mode=mode) if compile else base_encode
     graphs = mode in ("reduce-overhead", "max-autotune")  # outputs live in a buffer the next replay overwrites
 
     def encode(batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -152,3 +152,33 @@ def test_tuned_window_attention_keeps_the_litemedsam_embedding(litemedsam, impl)
 def test_tuned_rejects_unknown_window_attention(litemedsam):
     with pytest.raises(ValueError, match="attention must be one of"):
         tuned(litemedsam, attention="xformers")
+
+
+def test_realize_option_computes_the_gelu_before_a_depthwise_conv_once():
+    """Compiled (CPU) MBConv-like block, convs decomposed: by default inductor recomputes the GELU in front
+    of the depthwise conv for each of its 9 taps; with REALIZE_STENCIL_INPUTS the output code has one
+    erf per GELU, and the outputs stay those of the eager block."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    from models.fast import REALIZE_STENCIL_INPUTS, decompose_convs
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d
+    block = torch.nn.Sequential(conv(16, 64, 1), torch.nn.GELU(), conv(64, 64, 3, 1, 1, groups=64), torch.nn.GELU(),
+                                conv(64, 16, 1)).eval()
+    decompose_convs(block)
+    x = torch.randn(2, 16, 20, 20).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out, codes = run_and_get_code(torch.compile(block, dynamic=False, options=REALIZE_STENCIL_INPUTS), x)
+        ref = block(x)
+    assert len(re.findall(r"\berf\(", codes[0])) == 2  # default options: 10 (9 taps + the GELU after)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_tuned_inductor_options_need_a_plain_compile(litemedsam):
+    from models.fast import REALIZE_STENCIL_INPUTS
+
+    with pytest.raises(ValueError, match="inductor_options"):
+        tuned(litemedsam, compile="max-autotune", inductor_options=REALIZE_STENCIL_INPUTS)
