@@ -59,8 +59,15 @@ def check_selectable(name: str) -> None:
 
 
 def load_model(name: str, device: str) -> Segmenter:
-    """The shared, read-only segmenter for a registry name or an adapter name (cached per process)."""
-    found = adapters() if "+" in name else {}
-    if name in found:
-        return load_adapted(found[name].path, model=found[name].base_model, device=device)
-    return load_segmenter(name, device=device)
+    """The shared, read-only segmenter for a registry name or an adapter name (cached per process).
+
+    Called on every model request, so an adapter name goes straight to its folder (no scan of the
+    adapters, no metadata read: ``load_adapted`` caches the loaded model by folder).
+    """
+    if "+" not in name:
+        return load_segmenter(name, device=device)
+    folder = weights_dir() / "adapters" / name.split("+", 1)[1]
+    segmenter = load_adapted(folder, device=device)
+    if segmenter.name != name:  # the folder's adapter was trained on another base model
+        raise SessionError(f"{name}: the adapter in {folder} is for {segmenter.name.split('+', 1)[0]!r}")
+    return segmenter

@@ -115,6 +115,17 @@ def test_int8_backend_keeps_the_box_dice_on_real_slices(litemedsam, onnx_int8):
     assert max(abs(c) for c in changes) < 0.05, changes
 
 
+def _assert_reload_keeps_the_file(path, backend: str) -> None:
+    """Loading the backend again (cache cleared) reuses its quantized file instead of rebuilding it."""
+    before = path.stat().st_mtime_ns
+    _load_cached.cache_clear()
+    try:
+        load_segmenter("litemedsam", backend=backend)
+    finally:
+        _load_cached.cache_clear()
+    assert path.stat().st_mtime_ns == before
+
+
 def test_int8_encoder_is_cached_next_to_the_fp32_export(onnx_int8, onnx_weights):
     from models.onnx_quant import DEFAULT_RECIPE
 
@@ -123,13 +134,7 @@ def test_int8_encoder_is_cached_next_to_the_fp32_export(onnx_int8, onnx_weights)
     path = folder / f"encoder-int8-{DEFAULT_RECIPE}.onnx"
     assert onnx_int8.encoder_path == path and path.is_file()
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary left behind
-    before = path.stat().st_mtime_ns
-    _load_cached.cache_clear()
-    try:
-        load_segmenter("litemedsam", backend="onnx-int8")
-    finally:
-        _load_cached.cache_clear()
-    assert path.stat().st_mtime_ns == before
+    _assert_reload_keeps_the_file(path, "onnx-int8")
 
 
 def test_medseg_bench_lists_the_int8_backend(onnx_int8, capsys, monkeypatch):
@@ -170,13 +175,7 @@ def test_int8_all_backend_is_its_own_cached_recipe(onnx_int8_all, onnx_weights):
     # at load); the 20 attention products (activation x activation) stay fp32
     assert ops.count("MatMulInteger") == ops.count("DynamicQuantizeLinear") == 40
     assert ops.count("MatMul") == 20
-    before = path.stat().st_mtime_ns
-    _load_cached.cache_clear()
-    try:
-        load_segmenter("litemedsam", backend="onnx-int8-all")
-    finally:
-        _load_cached.cache_clear()
-    assert path.stat().st_mtime_ns == before
+    _assert_reload_keeps_the_file(path, "onnx-int8-all")
 
 
 def test_medseg_eval_runs_the_int8_all_backend(litemedsam, onnx_int8_all, tmp_path):
