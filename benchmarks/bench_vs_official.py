@@ -10,7 +10,9 @@ Implementations, each timed with the same slice, warm-up and median of repeats (
   graph per batch-1 encode and per prompt shape, checked equal to the un-graphed path), and ONNX Runtime.
   ``--lite-rows`` picks rows. The batched-throughput sweep of run 5 (``SWEEP_ROWS``: ``realize``, the GELU
   before each depthwise conv computed once instead of per tap (``models.fast.REALIZE_STENCIL_INPUTS``);
-  ``math``, ``flash``: TinyViT's 7x7 window attention written out or bias-folded for flash; ``autotune``: the best of those compiled with
+  ``math``, ``flash``: TinyViT's 7x7 window attention written out or bias-folded for flash; ``triton``,
+  ``triton-convs``, ``triton-attn``: the hand-written Triton kernels of ``models/triton_convs.py`` and
+  ``models/triton_attention.py``, with ``realize``; ``cast``: inductor's defaults; ``autotune``: the best of those compiled with
   ``max-autotune-no-cudagraphs``) goes with ``--throughput-only`` (compiled rows time ``embed_batch`` at
   ``--compiled-batches`` only: one compile per batch size), ``--deadline-s`` (no new compiled row after
   that many seconds) and ``--profile-batch`` (top CUDA kernels of the fastest row).
@@ -244,23 +246,27 @@ def bf16_dice_change(seg, fast, slices, label: str) -> dict:
             "worst_case": str(ids[worst])}
 
 
-def attention_checks(ours, slices, image: np.ndarray, emit) -> None:
-    """Run 5's numbers: fp32 embedding of each 7x7 attention variant vs the default, and the bf16 fast
-    path's Dice change on the shared slices with each (run eagerly; the compiled path fuses the same ops)."""
+def variant_checks(ours, slices, image: np.ndarray, emit, variants: list[dict]) -> None:
+    """The numbers of each swept variant (run eagerly; the compiled path fuses the same ops): its fp32
+    embedding vs the default, and its bf16 Dice change on the shared slices (the baseline's first)."""
+    unique = [{}] + [v for i, v in enumerate(variants) if v and v not in variants[:i]]
     with torch.inference_mode():
         ref = ours.embed(image).features
-        for attention in ("math", "flash"):
-            got = tuned(ours, precision="fp32", decompose=True, attention=attention).embed(image).features
-            emit({"check": f"litemedsam embedding fp32, convs decomposed + 7x7 attention {attention} vs default",
+        for opts in unique[1:]:
+            got = tuned(ours, precision="fp32", decompose=True, **opts).embed(image).features
+            emit({"check": f"litemedsam embedding fp32, convs decomposed{_describe(opts)} vs default",
                   "max_abs_diff": f"{float((got - ref).abs().max()):.3g}"})
-    for attention in ("sdpa", "math", "flash"):
-        fast = tuned(ours, precision="bf16", cast_weights=True, decompose=True, attention=attention)
-        emit(bf16_dice_change(ours, fast, slices, f"bf16 weights, convs decomposed, 7x7 attention {attention}"))
+    for opts in unique:
+        fast = tuned(ours, precision="bf16", cast_weights=True, decompose=True, **opts)
+        emit(bf16_dice_change(ours, fast, slices, f"bf16 weights, convs decomposed{_describe(opts)}"))
 
 
 # run 5's throughput sweep: row name -> tuned() options on top of bf16 weights, compile, convs decomposed
 SWEEP_ROWS = {
-    "cast": {},
+    "triton": {"attention": "triton", "triton_convs": True},
+    "triton-convs": {"triton_convs": True},
+    "triton-attn": {"attention": "triton"},
+    "cast": {"inductor_options": {}},
     "realize": {"inductor_options": REALIZE_STENCIL_INPUTS},
     "realize-flash": {"inductor_options": REALIZE_STENCIL_INPUTS, "attention": "flash"},
     "flash": {"attention": "flash"},
@@ -269,12 +275,14 @@ SWEEP_ROWS = {
 
 
 def _describe(opts: dict) -> str:
-    parts = [f"inductor {opts['inductor_options']}"] if "inductor_options" in opts else []
-    parts += [f"7x7 attention {opts['attention']}"] if "attention" in opts else []
+    parts = [f"inductor {opts['inductor_options'] or 'defaults'}"] if "inductor_options" in opts else []
+    parts += ["Triton MBConv/PatchMerging"] if opts.get("triton_convs") else []
+    parts += [f"window attention {opts['attention']}"] if "attention" in opts else []
     return "".join(f", {p}" for p in parts)
 
 
-ALL_LITE_ROWS = ("fp32,fp32-fused,bf16-fused,compile,cast,realize,realize-flash,flash,math,autotune,graphs,cuda-graphs,"
+ALL_LITE_ROWS = ("fp32,fp32-fused,bf16-fused,compile,cast,realize,realize-flash,flash,math,triton,triton-convs,triton-attn,"
+                 "autotune,graphs,cuda-graphs,"
                  "cuda-graphs-dec,onnx")
 
 
@@ -385,8 +393,9 @@ def main() -> int:
                 for batch in args.profile_batch.split(","):
                     for row in profile_rows(name, seg, image, int(batch)):
                         emit(row)
-            if args.throughput_only:
-                attention_checks(ours, slices, image, emit)
+            if args.throughput_only and not args.skip_dice:
+                checked = [{k: v for k, v in opts.items() if k != "inductor_options"} for *_, opts in sweep]
+                variant_checks(ours, slices, image, emit, checked)
             if "autotune" in want and in_time("autotune"):  # slow to compile: the best options, their best batch
                 _, batch, _, _, opts = max(sweep, key=lambda r: r[0]) if sweep else (0, big[-1], "", None, {})
                 from torch._inductor import list_mode_options
@@ -428,7 +437,7 @@ def main() -> int:
             e_our = ours.model.image_encoder(x)
             emit({"check": "litemedsam embedding ours vs official (fp32, same input)",
                   "max_abs_diff": float((e_off - e_our).abs().max())})
-        if not args.skip_dice and not args.throughput_only:  # --throughput-only: attention_checks in the sweep
+        if not args.skip_dice and not args.throughput_only:  # --throughput-only: variant_checks in the sweep
             if int8 is not None:
                 emit(bf16_dice_change(ours, int8, slices, "onnx-int8"))
             emit(bf16_dice_change(ours, tuned(ours, precision="fp32"), slices, "fp32 fused"))

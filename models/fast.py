@@ -174,7 +174,7 @@ def decompose_convs(module: nn.Module) -> int:
     return n
 
 
-WINDOW_ATTENTION = ("sdpa", "math", "flash")
+WINDOW_ATTENTION = ("sdpa", "math", "flash", "triton")
 
 # Inductor inlines a cheap producer into every consumer load. Before a decomposed depthwise conv that
 # means the GELU in front of it (MBConv's act1, PatchMerging's act) is recomputed for each of the 9 taps:
@@ -182,6 +182,7 @@ WINDOW_ATTENTION = ("sdpa", "math", "flash")
 # realizing a reused node. At 16 it is written once and read 9 times (CPU output code of the LiteMedSAM
 # encoder: erf calls 45 -> 13, same outputs; docs/benchmarks.md, run 5). Pass as
 # ``tuned(..., inductor_options=REALIZE_STENCIL_INPUTS)``.
+# Measured on the H100 (run 6): 735 -> 976 slices/s; the default of ``tuned(..., compile=True)``.
 REALIZE_STENCIL_INPUTS = {"realize_opcount_threshold": 16}
 SMALL_WINDOW_TOKENS = 64  # 7 x 7 windows (TinyViT stages 1 and 3); stage 2's 14 x 14 keeps SDPA
 
@@ -190,8 +191,9 @@ def set_window_attention(module: nn.Module, impl: str, max_tokens: int = SMALL_W
     """Set ``impl`` (:data:`WINDOW_ATTENTION`) on every TinyViT attention whose window has at most
     ``max_tokens`` tokens; returns how many. Mutates ``module``: call it on a copy.
 
-    Only short windows change: at 49 tokens SDPA's memory-efficient kernel is mostly padding, while
-    the explicit scores of a 196-token window would be 16x larger in memory than at 49.
+    For "math" and "flash" only short windows change by default: at 49 tokens SDPA's memory-efficient
+    kernel is mostly padding, while the explicit scores of a 196-token window would be 16x larger in
+    memory than at 49. "triton" (``models/triton_attention.py``) serves every window size.
     """
     from models.tiny_vit import Attention
 
@@ -218,6 +220,7 @@ def tuned(
     cuda_graphs: bool = False,
     attention: str = "sdpa",
     inductor_options: dict | None = None,
+    triton_convs: bool = False,
 ) -> Segmenter:
     """A copy of ``segmenter`` for speed: encoder in ``precision`` ('fp32' or 'bf16'), Conv+BN
     folded, channels-last input, optionally ``torch.compile``d; decoder optionally compiled with
@@ -236,8 +239,12 @@ def tuned(
     ``attention`` ("sdpa", "math", "flash"; :func:`set_window_attention`) picks how TinyViT's 7 x 7
     window attention is computed in the folded encoder copy, for batched throughput under compile
     (docs/benchmarks.md, run 5). fp32 results equal the default within rounding (tests/test_fast_paths.py).
-    ``inductor_options`` go to the encoder's ``torch.compile(options=...)`` (e.g.
-    :data:`REALIZE_STENCIL_INPUTS`); torch.compile takes them only without a named ``compile`` mode.
+    ``attention="triton"`` runs every window (7 x 7 and 14 x 14) through the Triton kernel of
+    ``models/triton_attention.py``, and ``triton_convs`` swaps TinyViT's MBConv and PatchMerging blocks
+    for the fused Triton kernels of ``models/triton_convs.py`` (CUDA; the depthwise output never goes to
+    memory). ``inductor_options`` go to the encoder's ``torch.compile(options=...)``; with ``compile=True``
+    they default to :data:`REALIZE_STENCIL_INPUTS` (pass ``{}`` for inductor's defaults); torch.compile
+    takes them only without a named ``compile`` mode.
 
     The copy shares the (read-only) weights of the original, except a folded copy of the encoder
     when ``fuse`` applies (variants whose ``encode`` is the plain ``image_encoder`` call). Outputs
@@ -249,13 +256,19 @@ def tuned(
         raise ValueError(f"attention must be one of {WINDOW_ATTENTION}, got {attention!r}")
     dtype = torch.bfloat16 if precision == "bf16" else None
     plain_encoder = type(segmenter).encode is Segmenter.encode
-    if attention != "sdpa" and not (fuse and plain_encoder):
-        raise ValueError(f"attention={attention!r} needs fuse=True and a segmenter whose encode is the plain image encoder")
+    if (attention != "sdpa" or triton_convs) and not (fuse and plain_encoder):
+        raise ValueError("attention other than 'sdpa' and triton_convs need fuse=True and a segmenter whose encode "
+                         "is the plain image encoder")
     if fuse and plain_encoder:
         encoder = copy.deepcopy(segmenter.model.image_encoder)
         fuse_batchnorm(encoder)
-        if attention != "sdpa" and not set_window_attention(encoder, attention):
+        max_tokens = 1 << 30 if attention == "triton" else SMALL_WINDOW_TOKENS
+        if attention != "sdpa" and not set_window_attention(encoder, attention, max_tokens):
             raise ValueError(f"attention={attention!r}: {type(encoder).__name__} has no TinyViT window attention to change")
+        if triton_convs:
+            from models.triton_convs import use_triton_convs
+
+            use_triton_convs(encoder)
         if bool(compile) if decompose is None else decompose:
             decompose_convs(encoder)
         if channels_last:
@@ -268,6 +281,8 @@ def tuned(
     else:
         base_encode = segmenter.encode
     mode = compile if isinstance(compile, str) else None
+    if inductor_options is None and compile is True:
+        inductor_options = REALIZE_STENCIL_INPUTS
     if inductor_options and (mode is not None or not compile):
         raise ValueError("inductor_options need compile=True (torch.compile takes options or a mode, not both)")
     if cuda_graphs and mode in ("reduce-overhead", "max-autotune"):
