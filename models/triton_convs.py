@@ -1,0 +1,324 @@
+"""Triton kernels for TinyViT's convolution blocks (stage-0 MBConv, PatchMerging) on channels-last data.
+
+Why: at batch 128 the LiteMedSAM encoder's stage 0 is memory-bound. Compiled, each MBConv writes and
+re-reads several 256-channel tensors (4.3 GB each in bf16): conv1's GEMM output, its GELU (padded),
+the depthwise output. Here a block is two kernels and one 256-channel tensor:
+
+* ``pointwise``: ``GELU(x @ W1^T + b1)`` over the rows of an NHWC tensor (conv1 + act1);
+* ``depthwise_pointwise``: ``[GELU](GELU(dw3x3(h) + b_dw) @ W3^T + b3 [+ residual])``. The 9 taps are
+  read straight from the unpadded NHWC hidden (zero padding by masks), summed in fp32 per chunk of
+  channels, and fed to ``tl.dot`` with the matching rows of W3, so the depthwise output never
+  reaches memory.
+
+Both accumulate in fp32 and write the input's dtype; fp32 inputs use exact (IEEE) dots, not TF32.
+Each launch is a ``torch.library.custom_op`` (``medseg::pointwise_gelu``, ``medseg::dw_pointwise``)
+so that ``torch.compile`` of the whole encoder keeps it as one opaque call.
+
+:func:`use_triton_convs` swaps every MBConv and PatchMerging of a Conv+BN-folded TinyViT
+(``models.fast.fuse_batchnorm``) for :class:`FusedMBConv` / :class:`FusedPatchMerging`.
+Offsets are int64: 128 x 256 x 256 x 256 elements is 2^31.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+
+from models.fast import PointwiseConv, ShiftedDepthwiseConv
+from models.tiny_vit import MBConv, PatchMerging
+
+# Launch parameters, per kernel; benchmarks/triton_convs_check.py sweeps them. Read at every call,
+# so changing them takes effect without recompiling an encoder that calls the custom ops.
+TUNING: dict[str, dict[str, int]] = {
+    "pointwise": {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+    "depthwise_pointwise": {"TILE_H": 4, "TILE_W": 16, "BLOCK_C": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
+}
+
+
+@triton.jit
+def _gelu(x):
+    """Exact (erf) GELU, as nn.GELU(); x is fp32."""
+    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+
+
+@triton.jit
+def _pointwise_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, M, K, N,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+):
+    """y[m, n] = GELU(sum_k x[m, k] * w[k, n] + b[n]); x (M, K), w = W1^T (K, N), y (M, N), all row-major."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < M
+    nmask = cols < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < K
+        a = tl.load(x_ptr + rows[:, None] * K + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        w = tl.load(w_ptr + ks[:, None] * N + cols[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
+        if IEEE:
+            acc += tl.dot(a, w, input_precision="ieee")
+        else:
+            acc += tl.dot(a, w)
+    acc += tl.load(b_ptr + cols, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    y = _gelu(acc)
+    ymask = rmask[:, None] & nmask[None, :]
+    tl.store(y_ptr + rows[:, None] * N + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=ymask)
+
+
+@triton.jit
+def _depthwise_pointwise_kernel(
+    h_ptr, wdw_ptr, bdw_ptr, w3_ptr, b3_ptr, res_ptr, out_ptr,
+    H, W, C, HO, WO, N, tiles_h, tiles_w,
+    STRIDE: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr, HAS_RES: tl.constexpr, OUT_GELU: tl.constexpr, IEEE: tl.constexpr,
+):
+    """One program: a TILE_H x TILE_W tile of output pixels of one image, BLOCK_N output channels.
+
+    h (B, H, W, C) NHWC; wdw (9, C) taps row-major over (ky, kx); w3 = W3^T (C, N); res/out (B, HO, WO, N).
+    """
+    pid = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    tx = pid % tiles_w
+    t = pid // tiles_w
+    ty = t % tiles_h
+    b = (t // tiles_h).to(tl.int64)
+    p = tl.arange(0, TILE_H * TILE_W)
+    oy = ty * TILE_H + p // TILE_W
+    ox = tx * TILE_W + p % TILE_W
+    pmask = (oy < HO) & (ox < WO)
+    ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = ns < N
+    acc = tl.zeros((TILE_H * TILE_W, BLOCK_N), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        cmask = cs < C
+        d = tl.zeros((TILE_H * TILE_W, BLOCK_C), dtype=tl.float32)
+        for ky in tl.static_range(3):
+            iy = oy * STRIDE + (ky - 1)
+            ymask = pmask & (iy >= 0) & (iy < H)
+            for kx in tl.static_range(3):
+                ix = ox * STRIDE + (kx - 1)
+                ok = ymask & (ix >= 0) & (ix < W)
+                pix = (b * H + iy) * W + ix
+                v = tl.load(h_ptr + pix[:, None] * C + cs[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
+                wk = tl.load(wdw_ptr + (ky * 3 + kx) * C + cs, mask=cmask, other=0.0)
+                d += v.to(tl.float32) * wk.to(tl.float32)[None, :]
+        d += tl.load(bdw_ptr + cs, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        d = _gelu(d)
+        w3 = tl.load(w3_ptr + cs[:, None] * N + ns[None, :], mask=cmask[:, None] & nmask[None, :], other=0.0)
+        if IEEE:
+            acc += tl.dot(d.to(w3.dtype), w3, input_precision="ieee")
+        else:
+            acc += tl.dot(d.to(w3.dtype), w3)
+    acc += tl.load(b3_ptr + ns, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    opix = (b * HO + oy) * WO + ox
+    omask = pmask[:, None] & nmask[None, :]
+    if HAS_RES:
+        acc += tl.load(res_ptr + opix[:, None] * N + ns[None, :], mask=omask, other=0.0).to(tl.float32)
+    if OUT_GELU:
+        acc = _gelu(acc)
+    tl.store(out_ptr + opix[:, None] * N + ns[None, :], acc.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+def _dot_block(n: int, cap: int) -> int:
+    """A tl.dot dimension: a power of two >= 16, at most ``cap`` unless n needs more lanes than that."""
+    return max(16, min(cap, triton.next_power_of_2(n)))
+
+
+def _on(device: torch.device):
+    """Launch on the tensors' GPU (Triton launches on the current device), e.g. a worker's cuda:1."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def pointwise(x: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor, **tuning: int) -> torch.Tensor:
+    """GELU(x @ w1t + b1) over the last dim of an NHWC (..., K) tensor; w1t is (K, N). Eager launcher."""
+    cfg = {**TUNING["pointwise"], **tuning}
+    x = x.contiguous()
+    k, n = w1t.shape
+    if x.shape[-1] != k:
+        raise ValueError(f"pointwise: x has {x.shape[-1]} channels, the weight {k}")
+    m = x.numel() // k
+    y = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
+    bm, bn, bk = cfg["BLOCK_M"], _dot_block(n, cfg["BLOCK_N"]), _dot_block(k, cfg["BLOCK_K"])
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    with _on(x.device):
+        _pointwise_kernel[grid](
+            x, w1t.to(x.dtype).contiguous(), b1.contiguous(), y, m, k, n,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, IEEE=x.dtype == torch.float32,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )
+    return y
+
+
+def depthwise_pointwise(
+    h: torch.Tensor, wdw: torch.Tensor, bdw: torch.Tensor, w3t: torch.Tensor, b3: torch.Tensor,
+    residual: torch.Tensor | None = None, stride: int = 1, out_gelu: bool = False, **tuning: int,
+) -> torch.Tensor:
+    """[GELU](GELU(dw3x3(h, stride, pad 1) + bdw) @ w3t + b3 [+ residual]) on NHWC ``h`` (B, H, W, C).
+
+    wdw (9, C): the 3x3 taps row-major; w3t (C, N); residual (B, HO, WO, N). Eager launcher.
+    """
+    cfg = {**TUNING["depthwise_pointwise"], **tuning}
+    h = h.contiguous()
+    bsz, hh, ww, c = h.shape
+    n = w3t.shape[1]
+    if wdw.shape != (9, c) or w3t.shape[0] != c:
+        raise ValueError(
+            f"depthwise_pointwise: hidden has {c} channels, taps {tuple(wdw.shape)}, W3^T {tuple(w3t.shape)}"
+        )
+    ho, wo = (hh - 1) // stride + 1, (ww - 1) // stride + 1
+    out = torch.empty(bsz, ho, wo, n, dtype=h.dtype, device=h.device)
+    if residual is not None:
+        if residual.shape != out.shape:
+            raise ValueError(f"depthwise_pointwise: residual {tuple(residual.shape)}, output {tuple(out.shape)}")
+        residual = residual.contiguous()
+    th, tw = cfg["TILE_H"], cfg["TILE_W"]
+    bc, bn = _dot_block(c, cfg["BLOCK_C"]), _dot_block(n, cfg["BLOCK_N"])
+    tiles_h, tiles_w = triton.cdiv(ho, th), triton.cdiv(wo, tw)
+    grid = (bsz * tiles_h * tiles_w, triton.cdiv(n, bn))
+    with _on(h.device):
+        _depthwise_pointwise_kernel[grid](
+            h, wdw.contiguous(), bdw.contiguous(), w3t.to(h.dtype).contiguous(), b3.contiguous(),
+            out if residual is None else residual, out,
+            hh, ww, c, ho, wo, n, tiles_h, tiles_w,
+            STRIDE=stride, TILE_H=th, TILE_W=tw, BLOCK_C=bc, BLOCK_N=bn,
+            HAS_RES=residual is not None, OUT_GELU=out_gelu, IEEE=h.dtype == torch.float32,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )
+    return out
+
+
+# --- opaque ops for torch.compile -----------------------------------------------------------------
+@torch.library.custom_op("medseg::pointwise_gelu", mutates_args=())
+def pointwise_gelu_op(x: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+    return pointwise(x, w1t, b1)
+
+
+@pointwise_gelu_op.register_fake
+def _(x, w1t, b1):
+    return x.new_empty(*x.shape[:-1], w1t.shape[1])
+
+
+@torch.library.custom_op("medseg::dw_pointwise", mutates_args=())
+def dw_pointwise_op(
+    h: torch.Tensor, wdw: torch.Tensor, bdw: torch.Tensor, w3t: torch.Tensor, b3: torch.Tensor,
+    residual: torch.Tensor | None, stride: int, out_gelu: bool,
+) -> torch.Tensor:
+    return depthwise_pointwise(h, wdw, bdw, w3t, b3, residual, stride, out_gelu)
+
+
+@dw_pointwise_op.register_fake
+def _(h, wdw, bdw, w3t, b3, residual, stride, out_gelu):
+    b, hh, ww, _ = h.shape
+    return h.new_empty(b, (hh - 1) // stride + 1, (ww - 1) // stride + 1, w3t.shape[1])
+
+
+# --- modules -------------------------------------------------------------------------------------
+def _pointwise_weights(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W^T (Cin, Cout), bias) of a folded 1x1 conv (nn.Conv2d with bias, or PointwiseConv)."""
+    if isinstance(conv, PointwiseConv):
+        w, b = conv.weight, conv.bias
+    elif isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1:
+        w, b = conv.weight.flatten(1), conv.bias
+    else:
+        raise _not_folded(conv)
+    if b is None:
+        b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    return w.detach().t().contiguous(), b.detach().clone()
+
+
+def _depthwise_weights(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(taps (9, C), bias, stride) of a folded 3x3 depthwise conv with padding 1."""
+    if isinstance(conv, ShiftedDepthwiseConv) and conv.weight.shape[-1] == 3 and conv.padding == 1:
+        w, b, s = conv.weight, conv.bias, conv.stride
+    elif (
+        isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+        and conv.groups == conv.in_channels == conv.out_channels and conv.stride[0] == conv.stride[1]
+        and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
+    ):
+        w, b, s = conv.weight[:, 0], conv.bias, conv.stride[0]
+    else:
+        raise _not_folded(conv)
+    if b is None:
+        b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    return w.detach().flatten(1).t().contiguous(), b.detach().clone(), s
+
+
+def _not_folded(conv: nn.Module) -> ValueError:
+    return ValueError(
+        f"use_triton_convs needs a Conv+BN-folded TinyViT (models.fast.fuse_batchnorm); found {type(conv).__name__}"
+    )
+
+
+class _FusedConvBlock(nn.Module):
+    """The weights of a conv1 -> GELU -> dw3x3 -> GELU -> conv3 block, laid out for the two kernels."""
+
+    def __init__(self, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module):
+        super().__init__()
+        w1t, b1 = _pointwise_weights(conv1)
+        wdw, bdw, self.stride = _depthwise_weights(conv2)
+        w3t, b3 = _pointwise_weights(conv3)
+        for name, t in (("w1t", w1t), ("b1", b1), ("wdw", wdw), ("bdw", bdw), ("w3t", w3t), ("b3", b3)):
+            self.register_buffer(name, t)
+
+    def _run(self, x: torch.Tensor, residual: torch.Tensor | None, out_gelu: bool) -> torch.Tensor:
+        """NHWC in, NHWC out; weights follow the activations' dtype (autocast-style inputs)."""
+        dt = x.dtype
+        h = pointwise_gelu_op(x, self.w1t.to(dt), self.b1)
+        return dw_pointwise_op(h, self.wdw, self.bdw, self.w3t.to(dt), self.b3, residual, self.stride, out_gelu)
+
+
+class FusedMBConv(_FusedConvBlock):
+    """MBConv of a folded TinyViT in two Triton kernels: (B, C, H, W) -> (B, C, H, W), channels-last out."""
+
+    def __init__(self, block: MBConv):
+        super().__init__(block.conv1, block.conv2, block.conv3)
+        if self.stride != 1:
+            raise ValueError("MBConv's depthwise conv must have stride 1")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xh = x.permute(0, 2, 3, 1).contiguous()  # no copy for a channels-last input
+        return self._run(xh, xh, True).permute(0, 3, 1, 2)
+
+
+class FusedPatchMerging(_FusedConvBlock):
+    """PatchMerging of a folded TinyViT in two Triton kernels: (B, C, H, W) or (B, H*W, C) -> (B, H'*W', C')."""
+
+    def __init__(self, block: PatchMerging):
+        super().__init__(block.conv1, block.conv2, block.conv3)
+        self.resolution = block.resolution
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 3:
+            xh = x.reshape(x.shape[0], self.resolution, self.resolution, x.shape[2])
+        else:
+            xh = x.permute(0, 2, 3, 1)
+        out = self._run(xh.contiguous(), None, False)
+        return out.flatten(1, 2)
+
+
+def use_triton_convs(encoder: nn.Module) -> int:
+    """Replace every MBConv and PatchMerging of a folded TinyViT by its fused Triton module; returns how many.
+
+    Mutates ``encoder`` (call it on a copy, after ``fuse_batchnorm``; before or after ``decompose_convs``
+    and the dtype cast). Raises ValueError if a block still has an unfolded Conv2d + BatchNorm.
+    """
+    n = 0
+    for name, child in list(encoder.named_children()):
+        if isinstance(child, MBConv):
+            setattr(encoder, name, FusedMBConv(child))
+            n += 1
+        elif isinstance(child, PatchMerging):
+            setattr(encoder, name, FusedPatchMerging(child))
+            n += 1
+        else:
+            n += use_triton_convs(child)
+    return n

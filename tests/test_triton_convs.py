@@ -1,0 +1,95 @@
+"""The Triton MBConv / PatchMerging kernels (models/triton_convs.py) compute the folded TinyViT blocks.
+
+CPU: the Triton interpreter in a subprocess (TRITON_INTERPRET=1 must precede the kernels' decoration,
+and other tests import triton first), fp32, LiteMedSAM's real blocks at small sizes. GPU (device
+machine): real sizes, fp32 and bf16, against the folded originals.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.fast import fuse_batchnorm
+from models.tiny_vit import TinyViT, TinyViTConfig
+
+SCRIPT = Path(__file__).with_name("triton_convs_interpret.py")
+
+
+def _interpret(case: str) -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(SCRIPT), case], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", ["mbconv", "patch_merging", "patch_merging_stride1", "encoder"])
+def test_fused_blocks_equal_the_folded_originals_in_fp32(case):
+    """Stage-0 MBConv (20 x 20, not a tile multiple), PatchMerging stride 2 (NCHW and odd-sized tokens) and
+    stride 1 (320 outputs: several channel blocks), a whole small encoder eager and compiled."""
+    r = _interpret(case)
+    assert r["shape_ok"]
+    assert r["max_abs"] <= 1e-6 * max(r["scale"], 1.0) + 1e-5, r
+    if case == "mbconv":
+        assert r["channels_last"]
+    if case == "encoder":
+        assert r["count"] == r["count_after_decompose"] == 5  # 2 MBConv + 3 PatchMerging
+
+
+def test_fused_blocks_in_half_precision_are_as_close_as_the_originals():
+    """fp16 through the interpreter (its bf16 is unusable): the kernels' low-precision dot and casts
+    stay as close to fp32 as the original blocks run in fp16."""
+    r = _interpret("half")
+    assert r["shape_ok"]
+    assert r["fused_err"] <= 1.5 * r["original_err"] + 1e-3 * r["scale"], r
+
+
+def test_use_triton_convs_refuses_an_unfolded_encoder():
+    from models.triton_convs import use_triton_convs
+
+    encoder = TinyViT(TinyViTConfig(img_size=16, embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4)))
+    with pytest.raises(ValueError, match="fuse_batchnorm"):
+        use_triton_convs(encoder)
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("block", ["mbconv", "patch_merging"])
+def test_fused_blocks_on_the_gpu_match_the_originals(litemedsam, block):
+    """Real LiteMedSAM blocks at 256 x 256, batch 4: fp32 within rounding; bf16 no further from the fp32
+    reference than the original block run in bf16 (plus a margin of bf16 rounding)."""
+    from models.triton_convs import FusedMBConv, FusedPatchMerging
+
+    encoder = copy.deepcopy(litemedsam.model.image_encoder).eval()
+    fuse_batchnorm(encoder)
+    ref = encoder.layers[0].blocks[0] if block == "mbconv" else encoder.layers[0].downsample
+    ref = ref.cuda().to(memory_format=torch.channels_last)
+    make = FusedMBConv if block == "mbconv" else FusedPatchMerging
+    torch.manual_seed(0)
+    x = torch.randn(4, 64, 256, 256, device="cuda").contiguous(memory_format=torch.channels_last)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            want = ref(x).float()
+            got = make(ref)(x)
+            ref16 = copy.deepcopy(ref).to(torch.bfloat16)
+            got16 = make(ref16)(x.to(torch.bfloat16)).float()
+            base16 = ref16(x.to(torch.bfloat16)).float()
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    scale = want.abs().max().item()
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= 1e-6 * scale + 1e-4
+    err16, base_err16 = (got16 - want).abs().max().item(), (base16 - want).abs().max().item()
+    assert err16 <= 1.5 * base_err16 + 2 ** -8 * scale, (err16, base_err16)
