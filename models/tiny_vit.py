@@ -140,7 +140,8 @@ class Attention(nn.Module):
     runs the memory-efficient kernel, poor at 49-token windows; "math" writes it out
     (``q k^T * scale + bias``, softmax in fp32, ``@ v``) so that ``torch.compile`` fuses bias and softmax
     into one kernel between two batched GEMMs; "flash" folds the bias into the dot product (see
-    :meth:`_folded`) so that SDPA can take its flash kernel, which accepts no mask.
+    :meth:`_folded`) so that SDPA can take its flash kernel, which accepts no mask; "triton" runs
+    ``models.triton_attention.window_attention`` (CUDA), one kernel from the qkv output to proj's input.
     """
 
     impl: str = "sdpa"
@@ -158,6 +159,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
+        if self.impl == "triton":
+            from models.triton_attention import window_attention
+
+            bias = self.attention_biases[:, self.attention_bias_idxs]
+            return self.proj(window_attention(self.qkv(self.norm(x)), bias, self.num_heads, self.head_dim**-0.5))
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.head_dim)
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.head_dim, dim=3)
         bias = self.attention_biases[:, self.attention_bias_idxs]  # (heads, n, n), the weights' dtype
