@@ -31,20 +31,25 @@ from models.triton_convs import FusedMBConv, FusedPatchMerging, depthwise_pointw
 DEV = "cuda"  # --device cpu (with TRITON_INTERPRET=1, --size 16 --repeat 1) is a smoke test of this script
 REPEAT = 10
 POINTWISE_SWEEP = [
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-    {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
-    {"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
-    {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
-    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_M": 32, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
 ]
+_DW = {"TILE_H": 4, "TILE_W": 16, "BLOCK_C": 32, "BLOCK_N": 64, "UNROLL_TAPS": 0, "num_warps": 4, "num_stages": 2}
 DW_SWEEP = [
-    {"TILE_H": 4, "TILE_W": 16, "BLOCK_C": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
-    {"TILE_H": 4, "TILE_W": 16, "BLOCK_C": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
-    {"TILE_H": 8, "TILE_W": 16, "BLOCK_C": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
-    {"TILE_H": 8, "TILE_W": 16, "BLOCK_C": 32, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
-    {"TILE_H": 8, "TILE_W": 8, "BLOCK_C": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
-    {"TILE_H": 2, "TILE_W": 32, "BLOCK_C": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
-    {"TILE_H": 1, "TILE_W": 64, "BLOCK_C": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
+    _DW,
+    {**_DW, "num_stages": 1},
+    {**_DW, "num_stages": 3},
+    {**_DW, "BLOCK_C": 64},
+    {**_DW, "TILE_H": 8, "num_warps": 8},
+    {**_DW, "TILE_H": 2, "TILE_W": 32},
+    {**_DW, "TILE_H": 1, "TILE_W": 64},
+    {**_DW, "UNROLL_TAPS": 1},
+    {**_DW, "UNROLL_TAPS": 1, "TILE_H": 8, "num_warps": 8},
+    {**_DW, "UNROLL_TAPS": 1, "num_stages": 1},
 ]
 
 

@@ -33,9 +33,11 @@ from models.tiny_vit import MBConv, PatchMerging
 
 # Launch parameters, per kernel; benchmarks/triton_convs_check.py sweeps them. Read at every call,
 # so changing them takes effect without recompiling an encoder that calls the custom ops.
+# Defaults: no register spills on sm_90 (ptxas -v of an offline compile, triton 3.8), unmeasured on a GPU.
 TUNING: dict[str, dict[str, int]] = {
-    "pointwise": {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-    "depthwise_pointwise": {"TILE_H": 4, "TILE_W": 16, "BLOCK_C": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
+    "pointwise": {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+    "depthwise_pointwise": {"TILE_H": 4, "TILE_W": 16, "BLOCK_C": 32, "BLOCK_N": 64, "UNROLL_TAPS": 0,
+                            "num_warps": 4, "num_stages": 2},
 }
 
 
@@ -51,11 +53,16 @@ def _pointwise_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
 ):
     """y[m, n] = GELU(sum_k x[m, k] * w[k, n] + b[n]); x (M, K), w = W1^T (K, N), y (M, N), all row-major."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid = tl.program_id(0)  # one grid axis (M / BLOCK_M passes 65535); n fastest: x tiles reused from L2
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    row0 = pid_m.to(tl.int64) * BLOCK_M  # the only 64-bit product: M * N reaches 2^31 at batch 128
+    x_ptr += row0 * K
+    y_ptr += row0 * N
+    rows = tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < M
+    rmask = rows < M - row0
     nmask = cols < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -74,22 +81,38 @@ def _pointwise_kernel(
 
 
 @triton.jit
+def _tap(h_ptr, wdw_ptr, oy, ox, pmask, cs, cmask, tap, H, W, C, STRIDE: tl.constexpr):
+    """Tap ``tap`` (ky * 3 + kx) of the 3x3 depthwise conv for pixels (oy, ox) and channels cs, fp32."""
+    iy = oy * STRIDE + (tap // 3 - 1)
+    ix = ox * STRIDE + (tap % 3 - 1)
+    ok = pmask & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+    v = tl.load(h_ptr + (iy * W + ix)[:, None] * C + cs[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
+    wk = tl.load(wdw_ptr + tap * C + cs, mask=cmask, other=0.0)
+    return v.to(tl.float32) * wk.to(tl.float32)[None, :]
+
+
+@triton.jit
 def _depthwise_pointwise_kernel(
     h_ptr, wdw_ptr, bdw_ptr, w3_ptr, b3_ptr, res_ptr, out_ptr,
     H, W, C, HO, WO, N, tiles_h, tiles_w,
     STRIDE: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_RES: tl.constexpr, OUT_GELU: tl.constexpr, IEEE: tl.constexpr,
+    UNROLL_TAPS: tl.constexpr,
 ):
     """One program: a TILE_H x TILE_W tile of output pixels of one image, BLOCK_N output channels.
 
     h (B, H, W, C) NHWC; wdw (9, C) taps row-major over (ky, kx); w3 = W3^T (C, N); res/out (B, HO, WO, N).
     """
-    pid = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_n = tl.program_id(0) % num_n  # n fastest: programs sharing a tile of h run together
+    pid = tl.program_id(0) // num_n
     tx = pid % tiles_w
     t = pid // tiles_w
     ty = t % tiles_h
     b = (t // tiles_h).to(tl.int64)
+    h_ptr += b * H * W * C  # 64-bit image bases; offsets inside one image fit in 32 bits
+    out_ptr += b * HO * WO * N
+    res_ptr += b * HO * WO * N
     p = tl.arange(0, TILE_H * TILE_W)
     oy = ty * TILE_H + p // TILE_W
     ox = tx * TILE_W + p % TILE_W
@@ -101,16 +124,12 @@ def _depthwise_pointwise_kernel(
         cs = c0 + tl.arange(0, BLOCK_C)
         cmask = cs < C
         d = tl.zeros((TILE_H * TILE_W, BLOCK_C), dtype=tl.float32)
-        for ky in tl.static_range(3):
-            iy = oy * STRIDE + (ky - 1)
-            ymask = pmask & (iy >= 0) & (iy < H)
-            for kx in tl.static_range(3):
-                ix = ox * STRIDE + (kx - 1)
-                ok = ymask & (ix >= 0) & (ix < W)
-                pix = (b * H + iy) * W + ix
-                v = tl.load(h_ptr + pix[:, None] * C + cs[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
-                wk = tl.load(wdw_ptr + (ky * 3 + kx) * C + cs, mask=cmask, other=0.0)
-                d += v.to(tl.float32) * wk.to(tl.float32)[None, :]
+        if UNROLL_TAPS:  # 9 loads in flight, but more registers and shared memory (sm_90: up to 2x)
+            for tap in tl.static_range(9):
+                d += _tap(h_ptr, wdw_ptr, oy, ox, pmask, cs, cmask, tap, H, W, C, STRIDE)
+        else:
+            for tap in range(9):
+                d += _tap(h_ptr, wdw_ptr, oy, ox, pmask, cs, cmask, tap, H, W, C, STRIDE)
         d += tl.load(bdw_ptr + cs, mask=cmask, other=0.0).to(tl.float32)[None, :]
         d = _gelu(d)
         w3 = tl.load(w3_ptr + cs[:, None] * N + ns[None, :], mask=cmask[:, None] & nmask[None, :], other=0.0)
@@ -119,7 +138,7 @@ def _depthwise_pointwise_kernel(
         else:
             acc += tl.dot(d.to(w3.dtype), w3)
     acc += tl.load(b3_ptr + ns, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    opix = (b * HO + oy) * WO + ox
+    opix = oy * WO + ox
     omask = pmask[:, None] & nmask[None, :]
     if HAS_RES:
         acc += tl.load(res_ptr + opix[:, None] * N + ns[None, :], mask=omask, other=0.0).to(tl.float32)
@@ -148,7 +167,7 @@ def pointwise(x: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor, **tuning: in
     m = x.numel() // k
     y = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     bm, bn, bk = cfg["BLOCK_M"], _dot_block(n, cfg["BLOCK_N"]), _dot_block(k, cfg["BLOCK_K"])
-    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
     with _on(x.device):
         _pointwise_kernel[grid](
             x, w1t.to(x.dtype).contiguous(), b1.contiguous(), y, m, k, n,
@@ -183,7 +202,7 @@ def depthwise_pointwise(
     th, tw = cfg["TILE_H"], cfg["TILE_W"]
     bc, bn = _dot_block(c, cfg["BLOCK_C"]), _dot_block(n, cfg["BLOCK_N"])
     tiles_h, tiles_w = triton.cdiv(ho, th), triton.cdiv(wo, tw)
-    grid = (bsz * tiles_h * tiles_w, triton.cdiv(n, bn))
+    grid = (bsz * tiles_h * tiles_w * triton.cdiv(n, bn),)
     with _on(h.device):
         _depthwise_pointwise_kernel[grid](
             h, wdw.contiguous(), bdw.contiguous(), w3t.to(h.dtype).contiguous(), b3.contiguous(),
@@ -191,7 +210,7 @@ def depthwise_pointwise(
             hh, ww, c, ho, wo, n, tiles_h, tiles_w,
             STRIDE=stride, TILE_H=th, TILE_W=tw, BLOCK_C=bc, BLOCK_N=bn,
             HAS_RES=residual is not None, OUT_GELU=out_gelu, IEEE=h.dtype == torch.float32,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            UNROLL_TAPS=bool(cfg["UNROLL_TAPS"]), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
     return out
 

@@ -59,6 +59,55 @@ def test_use_triton_convs_refuses_an_unfolded_encoder():
         use_triton_convs(encoder)
 
 
+def _sm90_ptxas(kernel, signature: dict, constexprs: dict, num_warps: int, num_stages: int) -> str:
+    """Compile ``kernel`` offline for an H100 (no GPU needed) as the JIT would specialise it for
+    16-divisible sizes and aligned tensors; returns ``ptxas -v``'s report."""
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    ptxas = Path(triton.__path__[0]) / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.is_file():
+        pytest.skip("triton's bundled ptxas is not installed")
+    attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(signature.values()) if t != "constexpr"}
+    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(compiled.asm["ptx"])
+        f.flush()
+        cmd = [str(ptxas), "-arch=sm_90a", "-v", f.name, "-o", os.devnull]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stderr
+
+
+def test_default_launch_parameters_compile_for_the_h100_without_register_spills():
+    """bf16, the stage-0 shapes: spills to local memory would cost the bandwidth the kernels exist to save."""
+    from models import triton_convs as tc
+
+    pw, dw = tc.TUNING["pointwise"], tc.TUNING["depthwise_pointwise"]
+    ptrs = {n: "*bf16" for n in ("x_ptr", "w_ptr", "b_ptr", "y_ptr")}
+    sig = {**ptrs, **dict.fromkeys(("M", "K", "N"), "i32"),
+           **dict.fromkeys(("BLOCK_M", "BLOCK_N", "BLOCK_K", "IEEE"), "constexpr")}
+    reports = [_sm90_ptxas(tc._pointwise_kernel, sig, {"BLOCK_M": pw["BLOCK_M"], "BLOCK_N": pw["BLOCK_N"],
+                                                       "BLOCK_K": pw["BLOCK_K"], "IEEE": False},
+                           pw["num_warps"], pw["num_stages"])]
+    ptrs = {n: "*bf16" for n in ("h_ptr", "wdw_ptr", "bdw_ptr", "w3_ptr", "b3_ptr", "res_ptr", "out_ptr")}
+    ints = dict.fromkeys(("H", "W", "C", "HO", "WO", "N", "tiles_h", "tiles_w"), "i32")
+    consts = ("STRIDE", "TILE_H", "TILE_W", "BLOCK_C", "BLOCK_N", "HAS_RES", "OUT_GELU", "IEEE", "UNROLL_TAPS")
+    sig = {**ptrs, **ints, **dict.fromkeys(consts, "constexpr")}
+    for stride, n_out, mbconv in ((1, 64, True), (2, 128, False)):  # MBConv, PatchMerging 0
+        ce = {"STRIDE": stride, "TILE_H": dw["TILE_H"], "TILE_W": dw["TILE_W"], "BLOCK_C": dw["BLOCK_C"],
+              "BLOCK_N": max(n_out, dw["BLOCK_N"]), "HAS_RES": mbconv, "OUT_GELU": mbconv, "IEEE": False,
+              "UNROLL_TAPS": bool(dw["UNROLL_TAPS"])}
+        reports.append(_sm90_ptxas(tc._depthwise_pointwise_kernel, sig, ce, dw["num_warps"], dw["num_stages"]))
+    for report in reports:
+        assert "0 bytes spill stores" in report, report
+
+
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
