@@ -216,7 +216,9 @@ def depthwise_pointwise(
 
 
 # --- opaque ops for torch.compile -----------------------------------------------------------------
-@torch.library.custom_op("medseg::pointwise_gelu", mutates_args=())
+# Explicit schemas: no annotation inference (this module's annotations are strings).
+@torch.library.custom_op("medseg::pointwise_gelu", mutates_args=(),
+                         schema="(Tensor x, Tensor w1t, Tensor b1) -> Tensor")
 def pointwise_gelu_op(x: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
     return pointwise(x, w1t, b1)
 
@@ -226,7 +228,11 @@ def _(x, w1t, b1):
     return x.new_empty(*x.shape[:-1], w1t.shape[1])
 
 
-@torch.library.custom_op("medseg::dw_pointwise", mutates_args=())
+@torch.library.custom_op(
+    "medseg::dw_pointwise", mutates_args=(),
+    schema="(Tensor h, Tensor wdw, Tensor bdw, Tensor w3t, Tensor b3, Tensor? residual, int stride, "
+    "bool out_gelu) -> Tensor",
+)
 def dw_pointwise_op(
     h: torch.Tensor, wdw: torch.Tensor, bdw: torch.Tensor, w3t: torch.Tensor, b3: torch.Tensor,
     residual: torch.Tensor | None, stride: int, out_gelu: bool,
