@@ -35,8 +35,10 @@ from models.tiny_vit import MBConv, PatchMerging
 # so changing them takes effect without recompiling an encoder that calls the custom ops.
 # Defaults: no register spills on sm_90 (ptxas -v of an offline compile, triton 3.8), unmeasured on a GPU.
 TUNING: dict[str, dict[str, int]] = {
-    "pointwise": {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
-    "depthwise_pointwise": {"TILE_H": 4, "TILE_W": 16, "BLOCK_C": 32, "BLOCK_N": 64, "UNROLL_TAPS": 0,
+    # the fastest of benchmarks/triton_convs_check.py's sweep for stage 0's MBConv on the H100
+    # (docs/bench/h100_triton_convs_run1.jsonl: 4.47 and 10.88 ms at batch 128)
+    "pointwise": {"BLOCK_M": 32, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
+    "depthwise_pointwise": {"TILE_H": 4, "TILE_W": 16, "BLOCK_C": 64, "BLOCK_N": 64, "UNROLL_TAPS": 0,
                             "num_warps": 4, "num_stages": 2},
 }
 
