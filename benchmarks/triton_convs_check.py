@@ -38,18 +38,18 @@ POINTWISE_SWEEP = [
     {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
     {"BLOCK_M": 32, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
 ]
-_DW = {"TILE_H": 4, "TILE_W": 16, "BLOCK_C": 32, "BLOCK_N": 64, "UNROLL_TAPS": 0, "num_warps": 4, "num_stages": 2}
-DW_SWEEP = [
+_DW = {"TILE_H": 4, "TILE_W": 16, "BLOCK_C": 64, "BLOCK_N": 64, "UNROLL_TAPS": 0, "num_warps": 4, "num_stages": 2,
+       "dw_rows": {"enabled": 0}}
+_ROWS = {"enabled": 1, "TILE_W": 16, "ROWS": 32, "max_channels": 256, "num_warps": 8, "num_stages": 1}
+DW_SWEEP = [  # run 1's fastest direct configs, then the row-walking kernel (stride 1 only; else direct)
     _DW,
-    {**_DW, "num_stages": 1},
-    {**_DW, "num_stages": 3},
-    {**_DW, "BLOCK_C": 64},
-    {**_DW, "TILE_H": 8, "num_warps": 8},
-    {**_DW, "TILE_H": 2, "TILE_W": 32},
-    {**_DW, "TILE_H": 1, "TILE_W": 64},
-    {**_DW, "UNROLL_TAPS": 1},
-    {**_DW, "UNROLL_TAPS": 1, "TILE_H": 8, "num_warps": 8},
-    {**_DW, "UNROLL_TAPS": 1, "num_stages": 1},
+    {**_DW, "BLOCK_C": 32, "UNROLL_TAPS": 1},
+    {**_DW, "BLOCK_C": 32, "TILE_H": 8, "num_warps": 8},
+    {"dw_rows": _ROWS},
+    {"dw_rows": {**_ROWS, "ROWS": 64}},
+    {"dw_rows": {**_ROWS, "ROWS": 16}},
+    {"dw_rows": {**_ROWS, "num_stages": 2}},
+    {"dw_rows": {**_ROWS, "TILE_W": 32, "num_warps": 16}},
 ]
 
 
@@ -173,12 +173,15 @@ def sweep_block(block: str, b: int, size: int, mods: dict, row: dict, out: str |
         best1 = sweep("pointwise", lambda **c: pointwise(xh, m.w1t, m.b1, **c), POINTWISE_SWEEP, nb["k1"], row, out)
         h = pointwise(xh, m.w1t, m.b1)
         res, gelu = (xh, True) if block == "mbconv0" else (None, False)
-        configs = [{**c, "BLOCK_N": max(c["BLOCK_N"], m.w3t.shape[1])} for c in DW_SWEEP]
+        configs = [{**c, "BLOCK_N": max(c["BLOCK_N"], m.w3t.shape[1])} if "BLOCK_N" in c else c for c in DW_SWEEP]
         best2 = sweep("depthwise_pointwise",
                       lambda **c: depthwise_pointwise(h, m.wdw, m.bdw, m.w3t, m.b3, res, m.stride, gelu, **c),
                       configs, nb["k2"], row, out)
         h = None
         saved = copy.deepcopy(triton_convs.TUNING)
+        if best2 and "dw_rows" in best2:
+            best2 = dict(best2)
+            triton_convs.TUNING["dw_rows"] = {**triton_convs.TUNING["dw_rows"], **best2.pop("dw_rows")}
         triton_convs.TUNING.update({k: v for k, v in (("pointwise", best1), ("depthwise_pointwise", best2)) if v})
         x = xh.permute(0, 3, 1, 2)  # the block's channels-last NCHW input
         ms = median_ms(lambda: m(x), device=DEV, warmup=min(3, REPEAT), repeat=REPEAT)

@@ -40,6 +40,8 @@ TUNING: dict[str, dict[str, int]] = {
     "pointwise": {"BLOCK_M": 32, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
     "depthwise_pointwise": {"TILE_H": 4, "TILE_W": 16, "BLOCK_C": 64, "BLOCK_N": 64, "UNROLL_TAPS": 0,
                             "num_warps": 4, "num_stages": 2},
+    # stride 1 (MBConv): the row-walking kernel, whose running sums hold TILE_W x C fp32 per program
+    "dw_rows": {"enabled": 1, "TILE_W": 16, "ROWS": 32, "max_channels": 256, "num_warps": 8, "num_stages": 1},
 }
 
 
@@ -149,6 +151,78 @@ def _depthwise_pointwise_kernel(
     tl.store(out_ptr + opix[:, None] * N + ns[None, :], acc.to(out_ptr.dtype.element_ty), mask=omask)
 
 
+@triton.jit
+def _dw_rows_kernel(
+    h_ptr, wdw_ptr, bdw_ptr, w3_ptr, b3_ptr, res_ptr, out_ptr, H, W, tiles_w, row_blocks,
+    C: tl.constexpr, N: tl.constexpr, TILE_W: tl.constexpr, ROWS: tl.constexpr,
+    HAS_RES: tl.constexpr, OUT_GELU: tl.constexpr, IEEE: tl.constexpr,
+):
+    """Stride-1 ``depthwise_pointwise`` that reads each hidden row 3 times instead of 9.
+
+    One program: ``ROWS`` output rows x ``TILE_W`` columns of one image, all C (a power of two)
+    channels and all N output channels. It walks down the input rows; each row is loaded at three
+    column shifts and added, with the three kernel rows' weights, to three running sums: the output
+    row above it (now complete: GELU, then the 1x1 projection by ``tl.dot``, stored), the row itself
+    and the row below. The direct kernel loads every tap (9 loads a value); here the row sums stay
+    in registers between rows.
+    """
+    pid = tl.program_id(0)
+    rb = pid % row_blocks
+    t = pid // row_blocks
+    tx = t % tiles_w
+    b = (t // tiles_w).to(tl.int64)
+    h_ptr += b * H * W * C  # 64-bit image bases; offsets inside one image fit in 32 bits
+    out_ptr += b * H * W * N
+    res_ptr += b * H * W * N
+    xs = tx * TILE_W + tl.arange(0, TILE_W)
+    cs = tl.arange(0, C)
+    ns = tl.arange(0, N)
+    ok_l = (xs >= 1) & (xs - 1 < W)
+    ok_c = xs < W
+    ok_r = xs + 1 < W
+    w00 = tl.load(wdw_ptr + 0 * C + cs).to(tl.float32)[None, :]
+    w01 = tl.load(wdw_ptr + 1 * C + cs).to(tl.float32)[None, :]
+    w02 = tl.load(wdw_ptr + 2 * C + cs).to(tl.float32)[None, :]
+    w10 = tl.load(wdw_ptr + 3 * C + cs).to(tl.float32)[None, :]
+    w11 = tl.load(wdw_ptr + 4 * C + cs).to(tl.float32)[None, :]
+    w12 = tl.load(wdw_ptr + 5 * C + cs).to(tl.float32)[None, :]
+    w20 = tl.load(wdw_ptr + 6 * C + cs).to(tl.float32)[None, :]
+    w21 = tl.load(wdw_ptr + 7 * C + cs).to(tl.float32)[None, :]
+    w22 = tl.load(wdw_ptr + 8 * C + cs).to(tl.float32)[None, :]
+    bdw = tl.load(bdw_ptr + cs).to(tl.float32)[None, :]
+    w3 = tl.load(w3_ptr + cs[:, None] * N + ns[None, :])
+    b3 = tl.load(b3_ptr + ns).to(tl.float32)[None, :]
+    y0 = rb * ROWS
+    above = tl.zeros((TILE_W, C), dtype=tl.float32)  # running sum of output row r - 1
+    here = tl.zeros((TILE_W, C), dtype=tl.float32)  # ... of output row r
+    for r in range(y0 - 1, y0 + ROWS + 1):  # input rows; output row r - 1 completes at row r
+        row_ok = (r >= 0) & (r < H)
+        row = h_ptr + r * W * C
+        left = tl.load(row + (xs - 1)[:, None] * C + cs[None, :], mask=(ok_l & row_ok)[:, None], other=0.0)
+        mid = tl.load(row + xs[:, None] * C + cs[None, :], mask=(ok_c & row_ok)[:, None], other=0.0)
+        right = tl.load(row + (xs + 1)[:, None] * C + cs[None, :], mask=(ok_r & row_ok)[:, None], other=0.0)
+        left = left.to(tl.float32)
+        mid = mid.to(tl.float32)
+        right = right.to(tl.float32)
+        done = above + left * w20 + mid * w21 + right * w22
+        above = here + left * w10 + mid * w11 + right * w12
+        here = left * w00 + mid * w01 + right * w02
+        o = r - 1
+        d = _gelu(done + bdw)
+        if IEEE:
+            acc = tl.dot(d.to(w3.dtype), w3, input_precision="ieee")
+        else:
+            acc = tl.dot(d.to(w3.dtype), w3)
+        acc += b3
+        omask = (ok_c & (o >= y0) & (o < y0 + ROWS) & (o < H))[:, None]
+        offs = (o * W + xs)[:, None] * N + ns[None, :]
+        if HAS_RES:
+            acc += tl.load(res_ptr + offs, mask=omask, other=0.0).to(tl.float32)
+        if OUT_GELU:
+            acc = _gelu(acc)
+        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=omask)
+
+
 def _dot_block(n: int, cap: int) -> int:
     """A tl.dot dimension: a power of two >= 16, at most ``cap`` unless n needs more lanes than that."""
     return max(16, min(cap, triton.next_power_of_2(n)))
@@ -187,6 +261,7 @@ def depthwise_pointwise(
 
     wdw (9, C): the 3x3 taps row-major; w3t (C, N); residual (B, HO, WO, N). Eager launcher.
     """
+    rows = {**TUNING["dw_rows"], **tuning.pop("dw_rows", {})}  # a sweep may pass either kernel's settings
     cfg = {**TUNING["depthwise_pointwise"], **tuning}
     h = h.contiguous()
     bsz, hh, ww, c = h.shape
@@ -201,6 +276,8 @@ def depthwise_pointwise(
         if residual.shape != out.shape:
             raise ValueError(f"depthwise_pointwise: residual {tuple(residual.shape)}, output {tuple(out.shape)}")
         residual = residual.contiguous()
+    if rows["enabled"] and stride == 1 and _pow2(c) and _pow2(n) and 16 <= n and c <= rows["max_channels"]:
+        return _dw_rows(h, wdw, bdw, w3t, b3, residual, out, out_gelu, rows)
     th, tw = cfg["TILE_H"], cfg["TILE_W"]
     bc, bn = _dot_block(c, cfg["BLOCK_C"]), _dot_block(n, cfg["BLOCK_N"])
     tiles_h, tiles_w = triton.cdiv(ho, th), triton.cdiv(wo, tw)
@@ -213,6 +290,25 @@ def depthwise_pointwise(
             STRIDE=stride, TILE_H=th, TILE_W=tw, BLOCK_C=bc, BLOCK_N=bn,
             HAS_RES=residual is not None, OUT_GELU=out_gelu, IEEE=h.dtype == torch.float32,
             UNROLL_TAPS=bool(cfg["UNROLL_TAPS"]), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )
+    return out
+
+
+def _pow2(n: int) -> bool:
+    return n >= 16 and n & (n - 1) == 0
+
+
+def _dw_rows(h, wdw, bdw, w3t, b3, residual, out, out_gelu: bool, cfg: dict) -> torch.Tensor:
+    """Launch :func:`_dw_rows_kernel` (stride 1; C and N powers of two)."""
+    bsz, hh, ww, c = h.shape
+    n = w3t.shape[1]
+    tiles_w, row_blocks = triton.cdiv(ww, cfg["TILE_W"]), triton.cdiv(hh, cfg["ROWS"])
+    with _on(h.device):
+        _dw_rows_kernel[(bsz * tiles_w * row_blocks,)](
+            h, wdw.contiguous(), bdw.contiguous(), w3t.to(h.dtype).contiguous(), b3.contiguous(),
+            out if residual is None else residual, out, hh, ww, tiles_w, row_blocks,
+            C=c, N=n, TILE_W=cfg["TILE_W"], ROWS=cfg["ROWS"], HAS_RES=residual is not None, OUT_GELU=out_gelu,
+            IEEE=h.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
     return out
 

@@ -104,6 +104,13 @@ def test_default_launch_parameters_compile_for_the_h100_without_register_spills(
               "BLOCK_N": max(n_out, dw["BLOCK_N"]), "HAS_RES": mbconv, "OUT_GELU": mbconv, "IEEE": False,
               "UNROLL_TAPS": bool(dw["UNROLL_TAPS"])}
         reports.append(_sm90_ptxas(tc._depthwise_pointwise_kernel, sig, ce, dw["num_warps"], dw["num_stages"]))
+    rows = tc.TUNING["dw_rows"]
+    ptrs = {n: "*bf16" for n in ("h_ptr", "wdw_ptr", "bdw_ptr", "w3_ptr", "b3_ptr", "res_ptr", "out_ptr")}
+    sig = {**ptrs, **dict.fromkeys(("H", "W", "tiles_w", "row_blocks"), "i32"),
+           **dict.fromkeys(("C", "N", "TILE_W", "ROWS", "HAS_RES", "OUT_GELU", "IEEE"), "constexpr")}
+    ce = {"C": 256, "N": 64, "TILE_W": rows["TILE_W"], "ROWS": rows["ROWS"], "HAS_RES": True, "OUT_GELU": True,
+          "IEEE": False}  # stage 0's MBConv
+    reports.append(_sm90_ptxas(tc._dw_rows_kernel, sig, ce, rows["num_warps"], rows["num_stages"]))
     for report in reports:
         assert "0 bytes spill stores" in report, report
 
