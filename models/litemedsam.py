@@ -11,6 +11,10 @@ Two preprocessing pipelines, both from the official code:
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
 import torch
@@ -23,6 +27,30 @@ from models.tiny_vit import TinyViT, TinyViTConfig
 
 INPUT_SIZE = 256
 EMBED_SIZE = 64
+# Batches from this size on resize their slices in parallel threads (cv2 and numpy release the GIL);
+# smaller ones stay serial, where the hand-off to threads would cost more than it saves.
+PARALLEL_MIN_SLICES = 8
+HOST_WORKERS = min(8, os.cpu_count() or 1)
+
+# The host half's arrays per slice: (shape, numpy dtype, torch dtype); see upstream_host_inputs.
+HOST_LAYOUT = {
+    "pixels": ((INPUT_SIZE, INPUT_SIZE, 3), np.uint8, torch.uint8),
+    "lo": ((), np.float32, torch.float32),
+    "span": ((), np.float32, torch.float32),
+    "size": ((2,), np.int64, torch.int64),
+}
+
+_host_pool: ThreadPoolExecutor | None = None
+_host_pool_lock = threading.Lock()
+
+
+def host_pool() -> ThreadPoolExecutor:
+    """The threads shared by every segmenter for the per-slice host preprocessing, created on first use."""
+    global _host_pool
+    with _host_pool_lock:
+        if _host_pool is None:
+            _host_pool = ThreadPoolExecutor(max_workers=HOST_WORKERS, thread_name_prefix="litemedsam-host")
+        return _host_pool
 
 
 def sam_prompt_parts(image_size: int, embed_size: int) -> tuple[PromptEncoder, MaskDecoder]:
@@ -80,25 +108,51 @@ class LiteMedSAMSegmenter(Segmenter):
 
         Only uint8 travels to ``device`` and the arithmetic runs there: on a GPU this is 4x less
         host-to-device traffic and no per-slice float work on the CPU (the CPU pipeline cost more
-        than the compiled encoder; docs/benchmarks.md).
+        than the compiled encoder; docs/benchmarks.md). On CUDA the host arrays live in fresh pinned
+        memory and the copy does not block the host, so the caller can prepare the next batch while
+        the GPU works; torch's pinned allocator keeps each buffer until its copy has completed.
         """
-        host = self.upstream_host_inputs(images)
-        return self.upstream_device_inputs(**{k: torch.from_numpy(v).to(device) for k, v in host.items()})
+        if device.type != "cuda":
+            host = self.upstream_host_inputs(images)
+            return self.upstream_device_inputs(**{k: torch.from_numpy(v).to(device) for k, v in host.items()})
+        n = len(images)
+        pinned = {k: torch.empty((n, *shape), dtype=dt, pin_memory=True) for k, (shape, _, dt) in HOST_LAYOUT.items()}
+        self._fill_host_inputs(images, {k: v.numpy() for k, v in pinned.items()})
+        return self.upstream_device_inputs(**{k: v.to(device, non_blocking=True) for k, v in pinned.items()})
 
     def upstream_host_inputs(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
         """The CPU half of :meth:`_upstream_inputs`: fixed-shape arrays (a CUDA graph copies them into
         static buffers): ``pixels`` (n, 256, 256, 3) uint8 resized and zero-padded, ``lo`` / ``span``
         (n,) float32 min and max - min, ``size`` (n, 2) int64 (newh, neww)."""
+        out = {k: np.empty((len(images), *shape), dtype) for k, (shape, dtype, _) in HOST_LAYOUT.items()}
+        self._fill_host_inputs(images, out)
+        return out
+
+    def _fill_host_inputs(self, images: list[np.ndarray], out: dict[str, np.ndarray]) -> None:
+        """Write every slice into ``out`` (uninitialised buffers laid out as ``HOST_LAYOUT``), in threads
+        for larger batches."""
         n = len(images)
-        buf = np.zeros((n, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
-        lo, hi, sizes = np.empty(n, np.float32), np.empty(n, np.float32), np.empty((n, 2), np.int64)
-        for i, image in enumerate(images):
+        if n < PARALLEL_MIN_SLICES or HOST_WORKERS < 2:
+            self._fill_slices(images, range(n), out)
+        else:
+            w = HOST_WORKERS
+            chunks = [range(k * n // w, (k + 1) * n // w) for k in range(w)]
+            list(host_pool().map(lambda idx: self._fill_slices(images, idx, out), chunks))  # list(): re-raise errors
+        span = out["span"]  # holds max here
+        np.clip(span - out["lo"], 1e-8, None, out=span)
+
+    def _fill_slices(self, images: list[np.ndarray], indices: range, out: dict[str, np.ndarray]) -> None:
+        """Resize, pad and take min / max of ``images[i]`` for i in ``indices``; ``span`` gets the max."""
+        pixels, lo, hi, sizes = out["pixels"], out["lo"], out["span"], out["size"]
+        for i in indices:
+            image = images[i]
             newh, neww = self.geometry.input_size(image.shape[:2])
             same = (newh, neww) == tuple(image.shape[:2])
             small = image if same else cv2.resize(image, (neww, newh), interpolation=cv2.INTER_AREA)
-            buf[i, :newh, :neww] = small
+            pixels[i, :newh, :neww] = small
+            pixels[i, newh:] = 0
+            pixels[i, :newh, neww:] = 0
             lo[i], hi[i], sizes[i] = small.min(), small.max(), (newh, neww)
-        return {"pixels": buf, "lo": lo, "span": np.clip(hi - lo, 1e-8, None), "size": sizes}
 
     @staticmethod
     def upstream_device_inputs(pixels: torch.Tensor, lo: torch.Tensor, span: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
