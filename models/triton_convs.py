@@ -14,9 +14,8 @@ Both accumulate in fp32 and write the input's dtype; fp32 inputs use exact (IEEE
 Each launch is a ``torch.library.custom_op`` (``medseg::pointwise_gelu``, ``medseg::dw_pointwise``)
 so that ``torch.compile`` of the whole encoder keeps it as one opaque call.
 
-:func:`use_triton_convs` swaps every MBConv, PatchMerging and MLP of a Conv+BN-folded TinyViT
-(``models.fast.fuse_batchnorm``) for :class:`FusedMBConv` / :class:`FusedPatchMerging` / :class:`FusedMlp`
-(fc1 + GELU as one ``pointwise``).
+:func:`use_triton_convs` swaps every MBConv and PatchMerging of a Conv+BN-folded TinyViT
+(``models.fast.fuse_batchnorm``) for :class:`FusedMBConv` / :class:`FusedPatchMerging`.
 Offsets are int64: 128 x 256 x 256 x 256 elements is 2^31.
 """
 
@@ -30,7 +29,7 @@ import triton.language as tl
 from torch import nn
 
 from models.fast import PointwiseConv, ShiftedDepthwiseConv
-from models.tiny_vit import MBConv, Mlp, PatchMerging
+from models.tiny_vit import MBConv, PatchMerging
 
 # Launch parameters, per kernel; benchmarks/triton_convs_check.py sweeps them. Read at every call,
 # so changing them takes effect without recompiling an encoder that calls the custom ops.
@@ -429,28 +428,8 @@ class FusedPatchMerging(_FusedConvBlock):
         return out.flatten(1, 2)
 
 
-class FusedMlp(nn.Module):
-    """TinyViT's MLP with ``fc1`` and its GELU as one :func:`pointwise` kernel (the GELU never makes a
-    pass of its own over the 4x-wide hidden tensor); ``norm`` and ``fc2`` stay as they are."""
-
-    def __init__(self, mlp: Mlp):
-        super().__init__()
-        self.norm, self.fc2 = mlp.norm, mlp.fc2
-        self.register_buffer("w1t", mlp.fc1.weight.detach().t().contiguous())
-        self.register_buffer("b1", mlp.fc1.bias.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm(x)
-        # Under autocast LayerNorm returns fp32 and nn.Linear would run fc1 in the autocast dtype; without
-        # this cast the kernel would take fp32 (IEEE) dots: 56 slices/s instead of ~1100 (run 9).
-        on = torch.is_autocast_enabled(h.device.type)
-        dt = torch.get_autocast_dtype(h.device.type) if on else self.w1t.dtype
-        return self.fc2(pointwise_gelu_op(h.to(dt), self.w1t.to(dt), self.b1))
-
-
 def use_triton_convs(encoder: nn.Module) -> int:
-    """Replace every MBConv, PatchMerging and MLP of a folded TinyViT by its fused Triton module; returns
-    how many.
+    """Replace every MBConv and PatchMerging of a folded TinyViT by its fused Triton module; returns how many.
 
     Mutates ``encoder`` (call it on a copy, after ``fuse_batchnorm``; before or after ``decompose_convs``
     and the dtype cast). Raises ValueError if a block still has an unfolded Conv2d + BatchNorm.
@@ -462,9 +441,6 @@ def use_triton_convs(encoder: nn.Module) -> int:
             n += 1
         elif isinstance(child, PatchMerging):
             setattr(encoder, name, FusedPatchMerging(child))
-            n += 1
-        elif isinstance(child, Mlp) and isinstance(child.act, nn.GELU) and child.act.approximate == "none":
-            setattr(encoder, name, FusedMlp(child))
             n += 1
         else:
             n += use_triton_convs(child)
