@@ -45,12 +45,19 @@ class OnnxSegmenter(Segmenter):
         self.encoder_path, self.decoder_path = Path(encoder_path), Path(decoder_path)
         self.encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
         self.decoder = ort.InferenceSession(str(decoder_path), options, providers=providers)
+        # an encoder exported for one image (models/onnx_fast_export.py) is run once per image of a batch
+        self._one_per_call = self.encoder.get_inputs()[0].shape[0] == 1
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         return self.base.preprocess(image)
 
     def encode(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        (features,) = self.encoder.run(None, {"image": batch.cpu().numpy().astype(np.float32)})
+        images = batch.cpu().numpy().astype(np.float32)
+        if self._one_per_call and len(images) != 1:
+            runs = [self.encoder.run(None, {"image": images[i : i + 1]})[0] for i in range(len(images))]
+            features = np.concatenate(runs)
+        else:
+            (features,) = self.encoder.run(None, {"image": images})
         return torch.from_numpy(features), {}
 
     def decode_prompts(

@@ -69,7 +69,7 @@ def list_specs() -> list[ModelSpec]:
     return [REGISTRY[k] for k in sorted(REGISTRY)]
 
 
-BACKENDS = ("torch", "onnx", "onnx-int8", "onnx-int8-all")
+BACKENDS = ("torch", "onnx", "onnx-int8", "onnx-int8-all", "onnx-int8-fast")
 
 
 def load_segmenter(
@@ -80,7 +80,9 @@ def load_segmenter(
     ``backend="onnx"`` runs the same variant with onnxruntime; its ONNX files are exported once
     from the checkpoint into ``weights/onnx/`` (locally, no download). ``"onnx-int8"`` is the same
     with the encoder's linear layers in int8 (models/onnx_quant.py; the decoder stays fp32);
-    ``"onnx-int8-all"`` quantizes all of them (``onnx_quant.BACKEND_RECIPES``).
+    ``"onnx-int8-all"`` quantizes all of them (``onnx_quant.BACKEND_RECIPES``); ``"onnx-int8-fast"``
+    quantizes the same layers of an encoder export rewritten for ONNX Runtime on the CPU
+    (``models/onnx_fast_export.py``: fewer nodes, same fp32 arithmetic).
     """
     spec = get_spec(name)
     if backend not in BACKENDS:
@@ -101,8 +103,12 @@ def _load_cached(name: str, path: str, device: str, backend: str = "torch") -> S
         base = _load_cached(name, path, "cpu", "torch")
         encoder, decoder = _onnx_files(base, path)
         if backend != "onnx":
-            from models.onnx_quant import BACKEND_RECIPES, int8_encoder
+            from models.onnx_quant import BACKEND_RECIPES, FAST_EXPORT_BACKENDS, int8_encoder
 
+            if backend in FAST_EXPORT_BACKENDS:
+                from models.onnx_fast_export import fast_encoder
+
+                encoder = fast_encoder(base, encoder)
             encoder = int8_encoder(base, encoder, BACKEND_RECIPES[backend])
         return OnnxSegmenter(base, encoder, decoder, device=device, label=backend)
     spec = get_spec(name)

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", default="litemedsam")
     p.add_argument("--checkpoint", metavar="FILE")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backends", default="torch", help="comma-separated: torch, torch-bf16, torch-compile, onnx, onnx-int8, onnx-int8-all")
+    p.add_argument("--backends", default="torch", help="comma-separated: torch, torch-bf16, torch-compile, onnx, onnx-int8, onnx-int8-all, onnx-int8-fast")
     p.add_argument("--batches", default="1,2,4,8", help="batch sizes tried for slices_per_s")
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--json", action="store_true", help="one JSON object per line per backend")
@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _segmenter(args: argparse.Namespace, backend: str):
     from models.fast import tuned
 
-    if backend in ("onnx", "onnx-int8", "onnx-int8-all"):
+    if backend in ("onnx", "onnx-int8", "onnx-int8-all", "onnx-int8-fast"):
         return load_segmenter(args.model, args.checkpoint, args.device, backend=backend)
     base = load_segmenter(args.model, args.checkpoint, args.device)
     if backend == "torch":
@@ -43,7 +43,7 @@ def _segmenter(args: argparse.Namespace, backend: str):
         return tuned(base, precision="bf16")
     if backend == "torch-compile":
         return tuned(base, precision="bf16", compile=True)
-    raise UsageError(f"unknown backend {backend!r}; expected torch, torch-bf16, torch-compile, onnx, onnx-int8 or onnx-int8-all")
+    raise UsageError(f"unknown backend {backend!r}; expected torch, torch-bf16, torch-compile, onnx, onnx-int8, onnx-int8-all or onnx-int8-fast")
 
 
 def run(args: argparse.Namespace) -> int:
