@@ -182,3 +182,13 @@ def test_tuned_inductor_options_need_a_plain_compile(litemedsam):
 
     with pytest.raises(ValueError, match="inductor_options"):
         tuned(litemedsam, compile="max-autotune", inductor_options=REALIZE_STENCIL_INPUTS)
+
+
+def test_medseg_bench_refuses_torch_triton_without_a_gpu(capsys):
+    """The Triton backend names its requirement instead of failing inside a kernel launch."""
+    from app.cli import main
+
+    code = main(["bench", "--backends", "torch-triton", "--device", "cpu", "--batches", "1"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "torch-triton" in err and "--device cuda" in err

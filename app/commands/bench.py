@@ -17,6 +17,10 @@ from models.registry import PROJECT_ROOT, load_segmenter
 from models.timing import measure_segmenter
 
 SAMPLE = PROJECT_ROOT / "samples" / "ct_head_0051_series"
+ONNX_BACKENDS = ("onnx", "onnx-int8", "onnx-int8-all", "onnx-int8-fast")
+# torch-triton: the fastest batched GPU path (docs/benchmarks.md, run 10): bf16 weights, compiled, with the
+# Triton window-attention and MBConv/PatchMerging kernels (models/triton_attention.py, models/triton_convs.py)
+BACKENDS = ("torch", "torch-bf16", "torch-compile", "torch-triton", *ONNX_BACKENDS)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", default="litemedsam")
     p.add_argument("--checkpoint", metavar="FILE")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backends", default="torch", help="comma-separated: torch, torch-bf16, torch-compile, onnx, onnx-int8, onnx-int8-all, onnx-int8-fast")
+    p.add_argument("--backends", default="torch", help=f"comma-separated: {', '.join(BACKENDS)}")
     p.add_argument("--batches", default="1,2,4,8", help="batch sizes tried for slices_per_s")
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--json", action="store_true", help="one JSON object per line per backend")
@@ -34,7 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _segmenter(args: argparse.Namespace, backend: str):
     from models.fast import tuned
 
-    if backend in ("onnx", "onnx-int8", "onnx-int8-all", "onnx-int8-fast"):
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "torch-triton" and args.device != "cuda":
+        raise UsageError("backend torch-triton runs Triton GPU kernels: use --device cuda")
+    if backend in ONNX_BACKENDS:
         return load_segmenter(args.model, args.checkpoint, args.device, backend=backend)
     base = load_segmenter(args.model, args.checkpoint, args.device)
     if backend == "torch":
@@ -43,7 +51,7 @@ def _segmenter(args: argparse.Namespace, backend: str):
         return tuned(base, precision="bf16")
     if backend == "torch-compile":
         return tuned(base, precision="bf16", compile=True)
-    raise UsageError(f"unknown backend {backend!r}; expected torch, torch-bf16, torch-compile, onnx, onnx-int8, onnx-int8-all or onnx-int8-fast")
+    return tuned(base, precision="bf16", compile=True, cast_weights=True, attention="triton", triton_convs=True)
 
 
 def run(args: argparse.Namespace) -> int:
