@@ -13,11 +13,12 @@ import json
 from app.errors import UsageError
 from data.readers import read_study
 from data.windowing import default_window, slice_to_rgb
+from models.registry import BACKENDS as LOADER_BACKENDS
 from models.registry import PROJECT_ROOT, load_segmenter
 from models.timing import measure_segmenter
 
 SAMPLE = PROJECT_ROOT / "samples" / "ct_head_0051_series"
-ONNX_BACKENDS = ("onnx", "onnx-int8", "onnx-int8-all", "onnx-int8-fast")
+ONNX_BACKENDS = tuple(b for b in LOADER_BACKENDS if b != "torch")  # the registry's onnxruntime backends
 # torch-triton: the fastest batched GPU path (docs/benchmarks.md, run 10): bf16 weights, compiled, with the
 # Triton window-attention and MBConv/PatchMerging kernels (models/triton_attention.py, models/triton_convs.py)
 BACKENDS = ("torch", "torch-bf16", "torch-compile", "torch-triton", *ONNX_BACKENDS)
