@@ -16,6 +16,7 @@ the whole encoder keeps it as one opaque call.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -148,6 +149,14 @@ def launch(
     if windows == 0:
         return out
     grid = (triton.cdiv(windows, cfg.windows), num_heads // cfg.heads, triton.cdiv(n, cfg.block_m))
+    # Triton launches on the current device: follow the tensors (e.g. a worker's cuda:1)
+    with torch.cuda.device(qkv.device) if qkv.is_cuda else contextlib.nullcontext():
+        _launch(grid, qkv, bias, out, windows, scale, n, num_heads, head_dim, cfg)
+    return out
+
+
+def _launch(grid, qkv, bias, out, windows: int, scale: float, n: int, num_heads: int, head_dim: int,
+            cfg: LaunchConfig) -> None:
     _window_attention_kernel[grid](
         qkv,
         bias,
@@ -165,7 +174,6 @@ def launch(
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
-    return out
 
 
 @torch.library.custom_op("medseg::window_attention", mutates_args=())
