@@ -22,6 +22,7 @@ Offsets are int64: 128 x 256 x 256 x 256 elements is 2^31.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
@@ -233,8 +234,14 @@ def _on(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+def _check_device(x: torch.Tensor) -> None:
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("the Triton MBConv/PatchMerging kernels need CUDA tensors (or TRITON_INTERPRET=1 on the CPU)")
+
+
 def pointwise(x: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor, **tuning: int) -> torch.Tensor:
     """GELU(x @ w1t + b1) over the last dim of an NHWC (..., K) tensor; w1t is (K, N). Eager launcher."""
+    _check_device(x)
     cfg = {**TUNING["pointwise"], **tuning}
     x = x.contiguous()
     k, n = w1t.shape
@@ -261,6 +268,7 @@ def depthwise_pointwise(
 
     wdw (9, C): the 3x3 taps row-major; w3t (C, N); residual (B, HO, WO, N). Eager launcher.
     """
+    _check_device(h)
     rows = {**TUNING["dw_rows"], **tuning.pop("dw_rows", {})}  # a sweep may pass either kernel's settings
     cfg = {**TUNING["depthwise_pointwise"], **tuning}
     h = h.contiguous()

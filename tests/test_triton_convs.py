@@ -149,3 +149,15 @@ def test_fused_blocks_on_the_gpu_match_the_originals(litemedsam, block):
     assert (got - want).abs().max().item() <= 1e-6 * scale + 1e-4
     err16, base_err16 = (got16 - want).abs().max().item(), (base16 - want).abs().max().item()
     assert err16 <= 1.5 * base_err16 + 2 ** -8 * scale, (err16, base_err16)
+
+
+def test_fused_blocks_refuse_cpu_tensors_with_a_clear_message(litemedsam):
+    """Without a GPU (and without the interpreter) the kernels say what they need, not a driver error."""
+    from models.triton_convs import FusedMBConv
+
+    encoder = copy.deepcopy(litemedsam.model.image_encoder).eval()
+    fuse_batchnorm(encoder)
+    block = FusedMBConv(encoder.layers[0].blocks[0])
+    x = torch.zeros(1, 64, 8, 8).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="need CUDA tensors"):
+        block(x)
