@@ -155,6 +155,16 @@ def test_medseg_bench_lists_the_int8_backend(onnx_int8, capsys, monkeypatch):
     assert row["encoder_ms"] > 0 and row["slices_per_s"] > 0 and row["decoder_ms"] > 0 and row["click_ms"] > 0
 
 
+def _cached_int8_file(segmenter: OnnxSegmenter, onnx_weights, name: str) -> tuple:
+    """The backend's encoder is ``name`` in the one export folder under weights/onnx; (path, op types)."""
+    import onnx
+
+    (folder,) = (onnx_weights / "onnx").iterdir()
+    path = folder / name
+    assert segmenter.encoder_path == path and path.is_file()
+    return path, [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+
+
 # --- onnx-int8-all: every weight MatMul of stages 1-3 in int8 (the faster CPU recipe) ----------
 @pytest.fixture(scope="module")
 def onnx_int8_all(onnx_litemedsam) -> OnnxSegmenter:
@@ -165,12 +175,7 @@ def onnx_int8_all(onnx_litemedsam) -> OnnxSegmenter:
 def test_int8_all_backend_is_its_own_cached_recipe(onnx_int8_all, onnx_weights):
     """A second name, a second file: never the default recipe's file, never rebuilt."""
     assert onnx_int8_all.name == "litemedsam+onnx-int8-all"
-    (folder,) = (onnx_weights / "onnx").iterdir()
-    path = folder / "encoder-int8-linear-dynamic.onnx"
-    assert onnx_int8_all.encoder_path == path and path.is_file()
-    import onnx
-
-    ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+    path, ops = _cached_int8_file(onnx_int8_all, onnx_weights, "encoder-int8-linear-dynamic.onnx")
     # qkv, proj, fc1, fc2 of the 10 attention blocks (ORT fuses each pair into DynamicQuantizeMatMul
     # at load); the 20 attention products (activation x activation) stay fp32
     assert ops.count("MatMulInteger") == ops.count("DynamicQuantizeLinear") == 40
@@ -227,13 +232,8 @@ def onnx_int8_fast(onnx_litemedsam) -> OnnxSegmenter:
 
 
 def test_int8_fast_backend_quantizes_every_weight_matmul_once(onnx_int8_fast, onnx_weights):
-    import onnx
-
     assert onnx_int8_fast.name == "litemedsam+onnx-int8-fast"
-    (folder,) = (onnx_weights / "onnx").iterdir()
-    path = folder / "encoder-fast-int8-linear-fast-dynamic.onnx"
-    assert onnx_int8_fast.encoder_path == path and path.is_file()
-    ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+    path, ops = _cached_int8_file(onnx_int8_fast, onnx_weights, "encoder-fast-int8-linear-fast-dynamic.onnx")
     # q, k, v, proj, fc1, fc2 of the 10 attention blocks; q, k and v share one quantized input
     assert ops.count("MatMulInteger") == 60 and ops.count("DynamicQuantizeLinear") == 40
     assert ops.count("MatMul") == 21  # the 20 attention products and the neck's 1x1 conv stay fp32
