@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +20,17 @@ if not SHARED.is_dir():
 DATA = SHARED / "data"
 PARITY = SHARED / "parity"
 SAMPLES = ROOT / "samples"
+
+# Gradio copies every image and file a UI test returns into GRADIO_TEMP_DIR (default /tmp/gradio),
+# which outlives the run: a full suite left ~100 MB there each time, and a CI machine's disk filled up.
+# Each test process gets its own folder (servers started by a test inherit it), removed at exit.
+_GRADIO_TMP = tempfile.mkdtemp(prefix="medseg-tests-gradio-")
+os.environ["GRADIO_TEMP_DIR"] = _GRADIO_TMP
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(_GRADIO_TMP, ignore_errors=True)
+
 
 # One torch thread per xdist worker (`make test` runs 2 workers on 2 cores), 2 otherwise. The parity
 # fixtures' README measured 1 vs 2 threads: differences far inside the recommended tolerances.
