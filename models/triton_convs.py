@@ -284,7 +284,7 @@ def depthwise_pointwise(
         if residual.shape != out.shape:
             raise ValueError(f"depthwise_pointwise: residual {tuple(residual.shape)}, output {tuple(out.shape)}")
         residual = residual.contiguous()
-    if rows["enabled"] and stride == 1 and _pow2(c) and _pow2(n) and 16 <= n and c <= rows["max_channels"]:
+    if rows["enabled"] and stride == 1 and _pow2(c) and _pow2(n) and c <= rows["max_channels"]:
         return _dw_rows(h, wdw, bdw, w3t, b3, residual, out, out_gelu, rows)
     th, tw = cfg["TILE_H"], cfg["TILE_W"]
     bc, bn = _dot_block(c, cfg["BLOCK_C"]), _dot_block(n, cfg["BLOCK_N"])
