@@ -75,8 +75,12 @@ def throughput_row(name: str, seg, image: np.ndarray, device: str, batches: list
         ms = median_ms(lambda: seg.embed_batch([image] * b), device=device, warmup=2, repeat=5)
         per_batch[str(b)] = 1000.0 * b / ms
     best = max(per_batch, key=per_batch.get)
+    with torch.inference_mode():  # the encoder alone, on a batch already preprocessed on the device
+        x = seg.preprocess_batch([image] * int(best))
+        encode_ms = median_ms(lambda: seg.encode(x), device=device, warmup=2, repeat=5)
     return {"impl": name, "slices_per_s": per_batch[best], "batch": int(best),
-            **{f"slices_per_s_b{b}": v for b, v in per_batch.items()}}
+            **{f"slices_per_s_b{b}": v for b, v in per_batch.items()},
+            "embed_batch_ms": 1000.0 * int(best) / per_batch[best], "encode_only_ms": encode_ms}
 
 
 def profile_rows(name: str, seg, image: np.ndarray, batch: int) -> list[dict]:
@@ -252,7 +256,7 @@ def variant_checks(ours, slices, image: np.ndarray, emit, variants: list[dict]) 
     unique = [{}] + [v for i, v in enumerate(variants) if v and v not in variants[:i]]
     for opts in unique:
         try:
-            if opts:
+            if opts and opts.get("gelu", "erf") == "erf":  # gelu="tanh" is bf16 only: no fp32 embedding
                 with torch.inference_mode():
                     ref = ours.embed(image).features
                     got = tuned(ours, precision="fp32", decompose=True, **opts).embed(image).features
@@ -267,6 +271,7 @@ def variant_checks(ours, slices, image: np.ndarray, emit, variants: list[dict]) 
 # run 5's throughput sweep: row name -> tuned() options on top of bf16 weights, compile, convs decomposed
 SWEEP_ROWS = {
     "triton": {"attention": "triton", "triton_convs": True},
+    "triton-tanh": {"attention": "triton", "triton_convs": True, "gelu": "tanh"},
     "triton-convs": {"triton_convs": True},
     "triton-attn": {"attention": "triton"},
     "cast": {"inductor_options": {}},
@@ -281,11 +286,13 @@ def _describe(opts: dict) -> str:
     parts = [f"inductor {opts['inductor_options'] or 'defaults'}"] if "inductor_options" in opts else []
     parts += ["Triton MBConv/PatchMerging"] if opts.get("triton_convs") else []
     parts += [f"window attention {opts['attention']}"] if "attention" in opts else []
+    parts += [f"GELU {opts['gelu']}"] if "gelu" in opts else []
     return "".join(f", {p}" for p in parts)
 
 
 AUTOTUNE_BUDGET_S = 600.0  # time to leave for the max-autotune row before --deadline-s (run 6 needed > 300 s)
-ALL_LITE_ROWS = ("fp32,fp32-fused,bf16-fused,compile,cast,realize,realize-flash,flash,math,triton,triton-convs,triton-attn,"
+ALL_LITE_ROWS = ("fp32,fp32-fused,bf16-fused,compile,cast,realize,realize-flash,flash,math,triton,triton-tanh,triton-convs,"
+                 "triton-attn,"
                  "autotune,graphs,cuda-graphs,"
                  "cuda-graphs-dec,onnx")
 
@@ -297,6 +304,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip-sam", action="store_true")
+    ap.add_argument("--triton-tuning", default=None, metavar="JSON",
+                    help="launch parameters for models/triton_convs.py (triton_convs_check.py --best-out), if the file exists")
     ap.add_argument("--skip-dice", action="store_true", help="timings only: no Dice checks on the 42 slices")
     ap.add_argument("--skip-litemedsam", action="store_true", help="SAM ViT-B rows only (a second call)")
     ap.add_argument("--smoke", action="store_true", help="every path once, no timing (CPU check)")
@@ -335,6 +344,13 @@ def main() -> int:
         if args.out:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
+
+    if args.triton_tuning and Path(args.triton_tuning).is_file():
+        from models import triton_convs
+
+        for kernel, params in json.loads(Path(args.triton_tuning).read_text()).items():
+            triton_convs.TUNING[kernel] = {**triton_convs.TUNING[kernel], **params}
+        emit({"triton_tuning": triton_convs.TUNING})
 
     if not args.skip_litemedsam:
         # LiteMedSAM

@@ -30,26 +30,36 @@ from models.triton_convs import FusedMBConv, FusedPatchMerging, depthwise_pointw
 
 DEV = "cuda"  # --device cpu (with TRITON_INTERPRET=1, --size 16 --repeat 1) is a smoke test of this script
 REPEAT = 10
-POINTWISE_SWEEP = [
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
-    {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
-    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
-    {"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
-    {"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+_FAST = {"fast_gelu": True}  # every GELU in the tanh form (models.triton_convs._gelu)
+POINTWISE_SWEEP = [  # run 3's fastest erf and tanh configs first, then neighbours of the tanh one
     {"BLOCK_M": 32, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2, **_FAST},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3, **_FAST},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2, **_FAST},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2, **_FAST},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2, **_FAST},
+    {"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2, **_FAST},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2, **_FAST},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2, **_FAST},  # repeat: noise
 ]
 _DW = {"TILE_H": 4, "TILE_W": 16, "BLOCK_C": 64, "BLOCK_N": 64, "UNROLL_TAPS": 0, "num_warps": 4, "num_stages": 2,
        "dw_rows": {"enabled": 0}}
-_ROWS = {"enabled": 1, "TILE_W": 16, "ROWS": 32, "max_channels": 256, "num_warps": 8, "num_stages": 1}
-DW_SWEEP = [  # run 1's fastest direct configs, then the row-walking kernel (stride 1 only; else direct)
-    _DW,
-    {**_DW, "BLOCK_C": 32, "UNROLL_TAPS": 1},
-    {**_DW, "BLOCK_C": 32, "TILE_H": 8, "num_warps": 8},
+_ROWS = {"enabled": 1, "TILE_W": 16, "ROWS": 64, "max_channels": 256, "num_warps": 8, "num_stages": 1, "PREFETCH": 1,
+         "maxnreg": 0}
+DW_SWEEP = [  # the direct kernel (stride 2 always takes it), then the row-walking one (stride 1 only; else direct)
+    {**_DW, **_FAST},
+    {**_DW, "BLOCK_C": 32, **_FAST},
+    {**_DW, "TILE_H": 2, "TILE_W": 32, **_FAST},
+    {**_DW, "TILE_H": 8, "TILE_W": 8, **_FAST},
+    {**_DW, "num_stages": 3, **_FAST},
+    {**_DW, **_FAST},  # repeat: noise
     {"dw_rows": _ROWS},
-    {"dw_rows": {**_ROWS, "ROWS": 64}},
-    {"dw_rows": {**_ROWS, "ROWS": 16}},
-    {"dw_rows": {**_ROWS, "num_stages": 2}},
-    {"dw_rows": {**_ROWS, "TILE_W": 32, "num_warps": 16}},
+    {"dw_rows": _ROWS, **_FAST},
+    {"dw_rows": {**_ROWS, "ROWS": 128}, **_FAST},
+    {"dw_rows": {**_ROWS, "ROWS": 256}, **_FAST},
+    {"dw_rows": {**_ROWS, "ROWS": 32}, **_FAST},
+    {"dw_rows": {**_ROWS, "num_warps": 4}, **_FAST},
+    {"dw_rows": _ROWS, **_FAST},  # repeat: noise
 ]
 
 
@@ -149,12 +159,13 @@ def accuracy_and_time(block: str, b: int, size: int, mods: dict, row: dict, out:
         want = mods["ref32"](x32)
         emit({**row, "part": "accuracy fp32", "what": "fused fp32 vs original fp32",
               **diffs(mods["fused32"](x32), want)}, out)
-        for what in ("fused bf16", "original bf16 eager", "original bf16 compiled", "fused bf16 compiled"):
+        for what in ("fused bf16", "fused bf16 tanh", "original bf16 eager", "original bf16 compiled",
+                     "fused bf16 compiled"):
             got = mods[what](x16)
             emit({**row, "part": "accuracy bf16", "what": f"{what} vs original fp32", **diffs(got, want)}, out)
         want = x32 = got = None
         nb = moved_bytes(block, b, size)
-        for what in ("original bf16 compiled", "fused bf16", "fused bf16 compiled"):
+        for what in ("original bf16 compiled", "fused bf16", "fused bf16 tanh", "fused bf16 compiled"):
             fn = mods[what]
             ms = median_ms(lambda: fn(x16), device=DEV, warmup=min(3, REPEAT), repeat=REPEAT)
             emit({**row, "part": "time", "what": what, "ms": ms, "gb_per_s_two_kernels": nb["block"] / ms / 1e6,
@@ -162,8 +173,9 @@ def accuracy_and_time(block: str, b: int, size: int, mods: dict, row: dict, out:
                   "tuning": copy.deepcopy(triton_convs.TUNING)}, out)
 
 
-def sweep_block(block: str, b: int, size: int, mods: dict, row: dict, out: str | None) -> None:
-    """Each kernel alone over its sweep, then the block with the fastest config of each (bf16)."""
+def sweep_block(block: str, b: int, size: int, mods: dict, row: dict, out: str | None) -> dict:
+    """Each kernel alone over its sweep, then the block with the fastest config of each (bf16).
+    Returns the TUNING that block ran with."""
     x_mb, x_pm = block_inputs(mods["encoder"], b, size)
     xh = (x_mb if block == "mbconv0" else x_pm).to(torch.bfloat16).permute(0, 2, 3, 1).contiguous()
     x_mb = x_pm = None
@@ -179,15 +191,21 @@ def sweep_block(block: str, b: int, size: int, mods: dict, row: dict, out: str |
                       configs, nb["k2"], row, out)
         h = None
         saved = copy.deepcopy(triton_convs.TUNING)
-        if best2 and "dw_rows" in best2:
-            best2 = dict(best2)
+        best1, best2 = dict(best1 or {}), dict(best2 or {})
+        fast = bool(best1.pop("fast_gelu", False)) | bool(best2.pop("fast_gelu", False))
+        if "dw_rows" in best2:
             triton_convs.TUNING["dw_rows"] = {**triton_convs.TUNING["dw_rows"], **best2.pop("dw_rows")}
-        triton_convs.TUNING.update({k: v for k, v in (("pointwise", best1), ("depthwise_pointwise", best2)) if v})
+        for k, v in (("pointwise", best1), ("depthwise_pointwise", best2)):
+            triton_convs.TUNING[k] = {**triton_convs.TUNING[k], **v}
         x = xh.permute(0, 3, 1, 2)  # the block's channels-last NCHW input
+        m.fast_gelu = fast
         ms = median_ms(lambda: m(x), device=DEV, warmup=min(3, REPEAT), repeat=REPEAT)
-        emit({**row, "part": "time", "what": "fused bf16, fastest swept configs", "ms": ms,
+        m.fast_gelu = False
+        emit({**row, "part": "time", "what": "fused bf16, fastest swept configs", "fast_gelu": fast, "ms": ms,
               "gb_per_s_two_kernels": nb["block"] / ms / 1e6, "tuning": copy.deepcopy(triton_convs.TUNING)}, out)
+        fastest = copy.deepcopy(triton_convs.TUNING)
         triton_convs.TUNING.update(saved)
+    return fastest
 
 
 def main() -> int:
@@ -195,6 +213,8 @@ def main() -> int:
     ap.add_argument("--batches", default="128,16", help="the first one gets the launch-parameter sweep")
     ap.add_argument("--blocks", default="mbconv0,patch_merging0")
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--best-out", default=None, help="write the fastest swept TUNING here (JSON): pointwise and "
+                    "dw_rows from mbconv0, depthwise_pointwise from patch_merging0; bench_vs_official.py --triton-tuning")
     ap.add_argument("--out", default=None)
     ap.add_argument("--size", type=int, default=256, help="stage-0 grid (LiteMedSAM: 256)")
     ap.add_argument("--repeat", type=int, default=10)
@@ -218,6 +238,7 @@ def main() -> int:
     base = {"device": torch.cuda.get_device_name() if DEV == "cuda" else DEV, "torch": torch.__version__,
             "triton": triton.__version__}
     batches = [int(b) for b in args.batches.split(",")]
+    best: dict = {}
     for block in filter(None, args.blocks.split(",")):
         pick = (lambda e: e.layers[0].blocks[0]) if block == "mbconv0" else (lambda e: e.layers[0].downsample)
         make = FusedMBConv if block == "mbconv0" else FusedPatchMerging
@@ -228,13 +249,19 @@ def main() -> int:
                 "original bf16 eager": ref16,
                 "original bf16 compiled": torch.compile(compiled, dynamic=False, options=dict(REALIZE_STENCIL_INPUTS))}
         mods["fused bf16 compiled"] = torch.compile(mods["fused bf16"], dynamic=False)
+        mods["fused bf16 tanh"] = make(ref16)
+        mods["fused bf16 tanh"].fast_gelu = True  # every GELU of the block in the tanh form
         for i, b in enumerate(batches):
             row = {**base, "block": block, "batch": b}
             accuracy_and_time(block, b, args.size, mods, row, args.out)
             if i == 0 and not args.no_sweep:
-                sweep_block(block, b, args.size, mods, row, args.out)
+                fastest = sweep_block(block, b, args.size, mods, row, args.out)
+                keys = ("pointwise", "dw_rows") if block == "mbconv0" else ("depthwise_pointwise",)
+                best.update({k: fastest[k] for k in keys})
             if DEV == "cuda":
                 torch.cuda.empty_cache()
+    if args.best_out and best:
+        Path(args.best_out).write_text(json.dumps(best))
     if args.encoder:
         encoder_rows(enc32, args.encoder, args.size, args.attention, base, args.out)
     emit({**base, "part": "done", "total_s": time.perf_counter() - t_start}, args.out)

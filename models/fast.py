@@ -207,6 +207,38 @@ def set_window_attention(module: nn.Module, impl: str, max_tokens: int = SMALL_W
     return n
 
 
+GELU_FORMS = ("erf", "tanh")
+
+
+def use_tanh_gelu(module: nn.Module) -> int:
+    """Every GELU of a TinyViT encoder copy in the tanh form, ``nn.GELU(approximate="tanh")``; returns how
+    many were changed. Mutates ``module``: call it on a copy.
+
+    Why: where GELU follows a GEMM it can go into the GEMM's epilogue (cuBLASLt's GELU is the tanh
+    form; ``models/linear_gelu.py``), and in the Triton conv kernels the erf form costs more
+    instructions than the rest of their work per value. The two forms differ by < 5e-4, under bf16's
+    rounding (``tuned(gelu="tanh")`` allows it with bf16 only). Each MLP's ``fc1`` + GELU becomes one
+    :class:`~models.linear_gelu.LinearGELU`; the fused conv blocks of ``models/triton_convs.py`` get
+    ``fast_gelu``; every other ``nn.GELU`` gets ``approximate="tanh"``.
+    """
+    from models.linear_gelu import LinearGELU
+    from models.tiny_vit import Mlp
+
+    n = 0
+    for m in list(module.modules()):
+        if isinstance(m, Mlp) and isinstance(m.act, nn.GELU) and m.fc1.bias is not None:
+            m.fc1, m.act = LinearGELU(m.fc1), nn.Identity()
+            n += 1
+    for m in module.modules():  # what the MLPs kept
+        if isinstance(m, nn.GELU) and m.approximate != "tanh":
+            m.approximate = "tanh"
+            n += 1
+        elif getattr(m, "fast_gelu", None) is False:  # models.triton_convs' fused blocks
+            m.fast_gelu = True
+            n += 1
+    return n
+
+
 def tuned(
     segmenter: Segmenter,
     *,
@@ -221,6 +253,7 @@ def tuned(
     attention: str = "sdpa",
     inductor_options: dict | None = None,
     triton_convs: bool = False,
+    gelu: str = "erf",
 ) -> Segmenter:
     """A copy of ``segmenter`` for speed: encoder in ``precision`` ('fp32' or 'bf16'), Conv+BN
     folded, channels-last input, optionally ``torch.compile``d; decoder optionally compiled with
@@ -244,7 +277,8 @@ def tuned(
     for the fused Triton kernels of ``models/triton_convs.py`` (CUDA; the depthwise output never goes to
     memory). ``inductor_options`` go to the encoder's ``torch.compile(options=...)``; with ``compile=True``
     they default to :data:`REALIZE_STENCIL_INPUTS` (pass ``{}`` for inductor's defaults); torch.compile
-    takes them only without a named ``compile`` mode.
+    takes them only without a named ``compile`` mode. ``gelu="tanh"`` (bf16 only; :func:`use_tanh_gelu`)
+    computes the encoder's GELUs in the tanh form, each MLP's fc1 + GELU as one cuBLASLt GEMM.
 
     The copy shares the (read-only) weights of the original, except a folded copy of the encoder
     when ``fuse`` applies (variants whose ``encode`` is the plain ``image_encoder`` call). Outputs
@@ -254,11 +288,15 @@ def tuned(
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     if attention not in WINDOW_ATTENTION:
         raise ValueError(f"attention must be one of {WINDOW_ATTENTION}, got {attention!r}")
+    if gelu not in GELU_FORMS:
+        raise ValueError(f"gelu must be one of {GELU_FORMS}, got {gelu!r}")
+    if gelu == "tanh" and precision != "bf16":
+        raise ValueError("gelu='tanh' is for precision='bf16' (fp32 keeps the exact GELU of the parity tests)")
     dtype = torch.bfloat16 if precision == "bf16" else None
     plain_encoder = type(segmenter).encode is Segmenter.encode
-    if (attention != "sdpa" or triton_convs) and not (fuse and plain_encoder):
-        raise ValueError("attention other than 'sdpa' and triton_convs need fuse=True and a segmenter whose encode "
-                         "is the plain image encoder")
+    if (attention != "sdpa" or triton_convs or gelu != "erf") and not (fuse and plain_encoder):
+        raise ValueError("attention other than 'sdpa', triton_convs and gelu='tanh' need fuse=True and a segmenter "
+                         "whose encode is the plain image encoder")
     if fuse and plain_encoder:
         encoder = copy.deepcopy(segmenter.model.image_encoder)
         fuse_batchnorm(encoder)
@@ -269,6 +307,8 @@ def tuned(
             from models.triton_convs import use_triton_convs
 
             use_triton_convs(encoder)
+        if gelu == "tanh":
+            use_tanh_gelu(encoder)
         if bool(compile) if decompose is None else decompose:
             decompose_convs(encoder)
         if channels_last:

@@ -34,28 +34,47 @@ from models.tiny_vit import MBConv, PatchMerging
 
 # Launch parameters, per kernel; benchmarks/triton_convs_check.py sweeps them. Read at every call,
 # so changing them takes effect without recompiling an encoder that calls the custom ops.
-# Defaults: no register spills on sm_90 (ptxas -v of an offline compile, triton 3.8), unmeasured on a GPU.
+# Defaults compile without register spills on sm_90 (tests/test_triton_convs.py, ptxas -v offline).
 TUNING: dict[str, dict[str, int]] = {
     # the fastest of benchmarks/triton_convs_check.py's sweep for stage 0's MBConv on the H100
-    # (docs/bench/h100_triton_convs_run1.jsonl: 4.47 and 10.88 ms at batch 128)
-    "pointwise": {"BLOCK_M": 32, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
+    # (docs/bench/h100_triton_convs_run3.jsonl, batch 128, tanh GELU: 2.41 ms for conv1, 6.13 ms for
+    # the row-walking depthwise-pointwise, 1.55 ms for PatchMerging 0's direct kernel)
+    "pointwise": {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
     "depthwise_pointwise": {"TILE_H": 4, "TILE_W": 16, "BLOCK_C": 64, "BLOCK_N": 64, "UNROLL_TAPS": 0,
                             "num_warps": 4, "num_stages": 2},
-    # stride 1 (MBConv): the row-walking kernel, whose running sums hold TILE_W x C fp32 per program
-    "dw_rows": {"enabled": 1, "TILE_W": 16, "ROWS": 32, "max_channels": 256, "num_warps": 8, "num_stages": 1},
+    # stride 1 (MBConv): the row-walking kernel, whose running sums hold TILE_W x C fp32 per program;
+    # PREFETCH loads the next row before this row's arithmetic (10.4 -> 9.1 ms erf, 6.5 tanh in run 3)
+    "dw_rows": {"enabled": 1, "TILE_W": 16, "ROWS": 64, "max_channels": 256, "num_warps": 8, "num_stages": 1,
+                "PREFETCH": 1, "maxnreg": 0},  # maxnreg 0: no register cap
 }
 
 
+# GELU variants (the kernels' ``GELU`` constexpr). The erf form costs ~37 instructions a value on
+# sm_90 (libdevice's erff), more than the rest of these kernels' work per value; the tanh form,
+# nn.GELU(approximate="tanh"), costs ~8 and differs from erf by < 5e-4, under bf16's rounding of the
+# values it feeds. It is opt-in (``fast_gelu``; ``models.fast.tuned(gelu="tanh")``, bf16 only there).
+GELU_ERF, GELU_TANH_SFU, GELU_TANH_EXP = 0, 1, 2
+
+
 @triton.jit
-def _gelu(x):
-    """Exact (erf) GELU, as nn.GELU(); x is fp32."""
-    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+def _gelu(x, GELU: tl.constexpr = 0):
+    """GELU of fp32 ``x``: 0 exact (erf), as nn.GELU(); 1 tanh form with the SFU's tanh.approx.f32
+    (GPU); 2 the same tanh form as x * sigmoid(2u), for the interpreter (no inline PTX there)."""
+    if GELU == 0:
+        return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    u = x * (0.7978845608028654 + 0.035677408136300125 * x * x)  # sqrt(2/pi) * (x + 0.044715 x^3)
+    if GELU == 1:
+        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [u], dtype=tl.float32, is_pure=True, pack=1)
+        h = 0.5 * x
+        return h + h * t
+    return x / (1.0 + tl.exp(-2.0 * u))
 
 
 @triton.jit
 def _pointwise_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, M, K, N,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+    GELU: tl.constexpr = 0,
 ):
     """y[m, n] = GELU(sum_k x[m, k] * w[k, n] + b[n]); x (M, K), w = W1^T (K, N), y (M, N), all row-major."""
     pid = tl.program_id(0)  # one grid axis (M / BLOCK_M passes 65535); n fastest: x tiles reused from L2
@@ -80,7 +99,7 @@ def _pointwise_kernel(
         else:
             acc += tl.dot(a, w)
     acc += tl.load(b_ptr + cols, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    y = _gelu(acc)
+    y = _gelu(acc, GELU)
     ymask = rmask[:, None] & nmask[None, :]
     tl.store(y_ptr + rows[:, None] * N + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=ymask)
 
@@ -102,7 +121,7 @@ def _depthwise_pointwise_kernel(
     H, W, C, HO, WO, N, tiles_h, tiles_w,
     STRIDE: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_RES: tl.constexpr, OUT_GELU: tl.constexpr, IEEE: tl.constexpr,
-    UNROLL_TAPS: tl.constexpr,
+    UNROLL_TAPS: tl.constexpr, GELU: tl.constexpr = 0,
 ):
     """One program: a TILE_H x TILE_W tile of output pixels of one image, BLOCK_N output channels.
 
@@ -136,7 +155,7 @@ def _depthwise_pointwise_kernel(
             for tap in range(9):
                 d += _tap(h_ptr, wdw_ptr, oy, ox, pmask, cs, cmask, tap, H, W, C, STRIDE)
         d += tl.load(bdw_ptr + cs, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        d = _gelu(d)
+        d = _gelu(d, GELU)
         w3 = tl.load(w3_ptr + cs[:, None] * N + ns[None, :], mask=cmask[:, None] & nmask[None, :], other=0.0)
         if IEEE:
             acc += tl.dot(d.to(w3.dtype), w3, input_precision="ieee")
@@ -148,15 +167,27 @@ def _depthwise_pointwise_kernel(
     if HAS_RES:
         acc += tl.load(res_ptr + opix[:, None] * N + ns[None, :], mask=omask, other=0.0).to(tl.float32)
     if OUT_GELU:
-        acc = _gelu(acc)
+        acc = _gelu(acc, GELU)
     tl.store(out_ptr + opix[:, None] * N + ns[None, :], acc.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def _row3(h_ptr, r, H, W, xs, cs, ok_l, ok_c, ok_r, C: tl.constexpr):
+    """Input row ``r`` at columns xs - 1, xs, xs + 1 (zero outside the image), in the input dtype."""
+    row_ok = (r >= 0) & (r < H)
+    row = h_ptr + r * W * C
+    left = tl.load(row + (xs - 1)[:, None] * C + cs[None, :], mask=(ok_l & row_ok)[:, None], other=0.0)
+    mid = tl.load(row + xs[:, None] * C + cs[None, :], mask=(ok_c & row_ok)[:, None], other=0.0)
+    right = tl.load(row + (xs + 1)[:, None] * C + cs[None, :], mask=(ok_r & row_ok)[:, None], other=0.0)
+    return left, mid, right
 
 
 @triton.jit
 def _dw_rows_kernel(
     h_ptr, wdw_ptr, bdw_ptr, w3_ptr, b3_ptr, res_ptr, out_ptr, H, W, tiles_w, row_blocks,
     C: tl.constexpr, N: tl.constexpr, TILE_W: tl.constexpr, ROWS: tl.constexpr,
-    HAS_RES: tl.constexpr, OUT_GELU: tl.constexpr, IEEE: tl.constexpr,
+    HAS_RES: tl.constexpr, OUT_GELU: tl.constexpr, IEEE: tl.constexpr, GELU: tl.constexpr = 0,
+    PREFETCH: tl.constexpr = 0,
 ):
     """Stride-1 ``depthwise_pointwise`` that reads each hidden row 3 times instead of 9.
 
@@ -165,7 +196,8 @@ def _dw_rows_kernel(
     column shifts and added, with the three kernel rows' weights, to three running sums: the output
     row above it (now complete: GELU, then the 1x1 projection by ``tl.dot``, stored), the row itself
     and the row below. The direct kernel loads every tap (9 loads a value); here the row sums stay
-    in registers between rows.
+    in registers between rows. ``PREFETCH``: the next row's loads are issued before this row's
+    arithmetic, so that their latency overlaps it (one program per SM leaves no other to switch to).
     """
     pid = tl.program_id(0)
     rb = pid % row_blocks
@@ -196,12 +228,14 @@ def _dw_rows_kernel(
     y0 = rb * ROWS
     above = tl.zeros((TILE_W, C), dtype=tl.float32)  # running sum of output row r - 1
     here = tl.zeros((TILE_W, C), dtype=tl.float32)  # ... of output row r
+    if PREFETCH:
+        next_l, next_m, next_r = _row3(h_ptr, y0 - 1, H, W, xs, cs, ok_l, ok_c, ok_r, C)
     for r in range(y0 - 1, y0 + ROWS + 1):  # input rows; output row r - 1 completes at row r
-        row_ok = (r >= 0) & (r < H)
-        row = h_ptr + r * W * C
-        left = tl.load(row + (xs - 1)[:, None] * C + cs[None, :], mask=(ok_l & row_ok)[:, None], other=0.0)
-        mid = tl.load(row + xs[:, None] * C + cs[None, :], mask=(ok_c & row_ok)[:, None], other=0.0)
-        right = tl.load(row + (xs + 1)[:, None] * C + cs[None, :], mask=(ok_r & row_ok)[:, None], other=0.0)
+        if PREFETCH:
+            left, mid, right = next_l, next_m, next_r
+            next_l, next_m, next_r = _row3(h_ptr, r + 1, H, W, xs, cs, ok_l, ok_c, ok_r, C)
+        else:
+            left, mid, right = _row3(h_ptr, r, H, W, xs, cs, ok_l, ok_c, ok_r, C)
         left = left.to(tl.float32)
         mid = mid.to(tl.float32)
         right = right.to(tl.float32)
@@ -209,7 +243,7 @@ def _dw_rows_kernel(
         above = here + left * w10 + mid * w11 + right * w12
         here = left * w00 + mid * w01 + right * w02
         o = r - 1
-        d = _gelu(done + bdw)
+        d = _gelu(done + bdw, GELU)
         if IEEE:
             acc = tl.dot(d.to(w3.dtype), w3, input_precision="ieee")
         else:
@@ -220,7 +254,7 @@ def _dw_rows_kernel(
         if HAS_RES:
             acc += tl.load(res_ptr + offs, mask=omask, other=0.0).to(tl.float32)
         if OUT_GELU:
-            acc = _gelu(acc)
+            acc = _gelu(acc, GELU)
         tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=omask)
 
 
@@ -234,13 +268,27 @@ def _on(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _check_device(x: torch.Tensor) -> None:
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if not x.is_cuda and not _interpreting():
         raise RuntimeError("the Triton MBConv/PatchMerging kernels need CUDA tensors (or TRITON_INTERPRET=1 on the CPU)")
 
 
-def pointwise(x: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor, **tuning: int) -> torch.Tensor:
-    """GELU(x @ w1t + b1) over the last dim of an NHWC (..., K) tensor; w1t is (K, N). Eager launcher."""
+def _gelu_mode(fast_gelu: bool) -> int:
+    """The kernels' ``GELU`` constexpr: exact erf, or the tanh form (SFU on a GPU, exp in the interpreter)."""
+    if not fast_gelu:
+        return GELU_ERF
+    return GELU_TANH_EXP if _interpreting() else GELU_TANH_SFU
+
+
+def pointwise(
+    x: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor, fast_gelu: bool = False, **tuning: int
+) -> torch.Tensor:
+    """GELU(x @ w1t + b1) over the last dim of an NHWC (..., K) tensor; w1t is (K, N). Eager launcher.
+    ``fast_gelu``: the tanh form of GELU (see ``_gelu``) instead of erf."""
     _check_device(x)
     cfg = {**TUNING["pointwise"], **tuning}
     x = x.contiguous()
@@ -254,7 +302,7 @@ def pointwise(x: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor, **tuning: in
     with _on(x.device):
         _pointwise_kernel[grid](
             x, w1t.to(x.dtype).contiguous(), b1.contiguous(), y, m, k, n,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, IEEE=x.dtype == torch.float32,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, IEEE=x.dtype == torch.float32, GELU=_gelu_mode(fast_gelu),
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
     return y
@@ -262,11 +310,13 @@ def pointwise(x: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor, **tuning: in
 
 def depthwise_pointwise(
     h: torch.Tensor, wdw: torch.Tensor, bdw: torch.Tensor, w3t: torch.Tensor, b3: torch.Tensor,
-    residual: torch.Tensor | None = None, stride: int = 1, out_gelu: bool = False, **tuning: int,
+    residual: torch.Tensor | None = None, stride: int = 1, out_gelu: bool = False, fast_gelu: bool = False,
+    **tuning: int,
 ) -> torch.Tensor:
     """[GELU](GELU(dw3x3(h, stride, pad 1) + bdw) @ w3t + b3 [+ residual]) on NHWC ``h`` (B, H, W, C).
 
     wdw (9, C): the 3x3 taps row-major; w3t (C, N); residual (B, HO, WO, N). Eager launcher.
+    ``fast_gelu``: both GELUs in the tanh form (see ``_gelu``) instead of erf.
     """
     _check_device(h)
     rows = {**TUNING["dw_rows"], **tuning.pop("dw_rows", {})}  # a sweep may pass either kernel's settings
@@ -285,7 +335,7 @@ def depthwise_pointwise(
             raise ValueError(f"depthwise_pointwise: residual {tuple(residual.shape)}, output {tuple(out.shape)}")
         residual = residual.contiguous()
     if rows["enabled"] and stride == 1 and _pow2(c) and _pow2(n) and c <= rows["max_channels"]:
-        return _dw_rows(h, wdw, bdw, w3t, b3, residual, out, out_gelu, rows)
+        return _dw_rows(h, wdw, bdw, w3t, b3, residual, out, out_gelu, fast_gelu, rows)
     th, tw = cfg["TILE_H"], cfg["TILE_W"]
     bc, bn = _dot_block(c, cfg["BLOCK_C"]), _dot_block(n, cfg["BLOCK_N"])
     tiles_h, tiles_w = triton.cdiv(ho, th), triton.cdiv(wo, tw)
@@ -297,7 +347,7 @@ def depthwise_pointwise(
             hh, ww, c, ho, wo, n, tiles_h, tiles_w,
             STRIDE=stride, TILE_H=th, TILE_W=tw, BLOCK_C=bc, BLOCK_N=bn,
             HAS_RES=residual is not None, OUT_GELU=out_gelu, IEEE=h.dtype == torch.float32,
-            UNROLL_TAPS=bool(cfg["UNROLL_TAPS"]), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            UNROLL_TAPS=bool(cfg["UNROLL_TAPS"]), GELU=_gelu_mode(fast_gelu), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
     return out
 
@@ -306,7 +356,7 @@ def _pow2(n: int) -> bool:
     return n >= 16 and n & (n - 1) == 0
 
 
-def _dw_rows(h, wdw, bdw, w3t, b3, residual, out, out_gelu: bool, cfg: dict) -> torch.Tensor:
+def _dw_rows(h, wdw, bdw, w3t, b3, residual, out, out_gelu: bool, fast_gelu: bool, cfg: dict) -> torch.Tensor:
     """Launch :func:`_dw_rows_kernel` (stride 1; C and N powers of two)."""
     bsz, hh, ww, c = h.shape
     n = w3t.shape[1]
@@ -316,7 +366,9 @@ def _dw_rows(h, wdw, bdw, w3t, b3, residual, out, out_gelu: bool, cfg: dict) -> 
             h, wdw.contiguous(), bdw.contiguous(), w3t.to(h.dtype).contiguous(), b3.contiguous(),
             out if residual is None else residual, out, hh, ww, tiles_w, row_blocks,
             C=c, N=n, TILE_W=cfg["TILE_W"], ROWS=cfg["ROWS"], HAS_RES=residual is not None, OUT_GELU=out_gelu,
-            IEEE=h.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            IEEE=h.dtype == torch.float32, GELU=_gelu_mode(fast_gelu), PREFETCH=bool(cfg.get("PREFETCH", 0)),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}),
         )
     return out
 
@@ -324,30 +376,30 @@ def _dw_rows(h, wdw, bdw, w3t, b3, residual, out, out_gelu: bool, cfg: dict) -> 
 # --- opaque ops for torch.compile -----------------------------------------------------------------
 # Explicit schemas: no annotation inference (this module's annotations are strings).
 @torch.library.custom_op("medseg::pointwise_gelu", mutates_args=(),
-                         schema="(Tensor x, Tensor w1t, Tensor b1) -> Tensor")
-def pointwise_gelu_op(x: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
-    return pointwise(x, w1t, b1)
+                         schema="(Tensor x, Tensor w1t, Tensor b1, bool fast_gelu=False) -> Tensor")
+def pointwise_gelu_op(x: torch.Tensor, w1t: torch.Tensor, b1: torch.Tensor, fast_gelu: bool = False) -> torch.Tensor:
+    return pointwise(x, w1t, b1, fast_gelu)
 
 
 @pointwise_gelu_op.register_fake
-def _(x, w1t, b1):
+def _(x, w1t, b1, fast_gelu=False):
     return x.new_empty(*x.shape[:-1], w1t.shape[1])
 
 
 @torch.library.custom_op(
     "medseg::dw_pointwise", mutates_args=(),
     schema="(Tensor h, Tensor wdw, Tensor bdw, Tensor w3t, Tensor b3, Tensor? residual, int stride, "
-    "bool out_gelu) -> Tensor",
+    "bool out_gelu, bool fast_gelu=False) -> Tensor",
 )
 def dw_pointwise_op(
     h: torch.Tensor, wdw: torch.Tensor, bdw: torch.Tensor, w3t: torch.Tensor, b3: torch.Tensor,
-    residual: torch.Tensor | None, stride: int, out_gelu: bool,
+    residual: torch.Tensor | None, stride: int, out_gelu: bool, fast_gelu: bool = False,
 ) -> torch.Tensor:
-    return depthwise_pointwise(h, wdw, bdw, w3t, b3, residual, stride, out_gelu)
+    return depthwise_pointwise(h, wdw, bdw, w3t, b3, residual, stride, out_gelu, fast_gelu)
 
 
 @dw_pointwise_op.register_fake
-def _(h, wdw, bdw, w3t, b3, residual, stride, out_gelu):
+def _(h, wdw, bdw, w3t, b3, residual, stride, out_gelu, fast_gelu=False):
     b, hh, ww, _ = h.shape
     return h.new_empty(b, (hh - 1) // stride + 1, (ww - 1) // stride + 1, w3t.shape[1])
 
@@ -390,7 +442,10 @@ def _not_folded(conv: nn.Module) -> ValueError:
 
 
 class _FusedConvBlock(nn.Module):
-    """The weights of a conv1 -> GELU -> dw3x3 -> GELU -> conv3 block, laid out for the two kernels."""
+    """The weights of a conv1 -> GELU -> dw3x3 -> GELU -> conv3 block, laid out for the two kernels.
+    ``fast_gelu`` (set by ``models.fast.use_tanh_gelu``): every GELU of the block in the tanh form."""
+
+    fast_gelu: bool = False
 
     def __init__(self, conv1: nn.Module, conv2: nn.Module, conv3: nn.Module):
         super().__init__()
@@ -403,8 +458,9 @@ class _FusedConvBlock(nn.Module):
     def _run(self, x: torch.Tensor, residual: torch.Tensor | None, out_gelu: bool) -> torch.Tensor:
         """NHWC in, NHWC out; weights follow the activations' dtype (autocast-style inputs)."""
         dt = x.dtype
-        h = pointwise_gelu_op(x, self.w1t.to(dt), self.b1)
-        return dw_pointwise_op(h, self.wdw, self.bdw, self.w3t.to(dt), self.b3, residual, self.stride, out_gelu)
+        fast = self.fast_gelu
+        h = pointwise_gelu_op(x, self.w1t.to(dt), self.b1, fast)
+        return dw_pointwise_op(h, self.wdw, self.bdw, self.w3t.to(dt), self.b3, residual, self.stride, out_gelu, fast)
 
 
 class FusedMBConv(_FusedConvBlock):

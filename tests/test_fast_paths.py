@@ -192,3 +192,71 @@ def test_medseg_bench_refuses_torch_triton_without_a_gpu(capsys):
     err = capsys.readouterr().err
     assert code != 0
     assert "torch-triton" in err and "--device cuda" in err
+
+
+def test_linear_gelu_is_the_linear_layer_and_the_tanh_gelu():
+    """One op for fc1 + GELU: fp32 equal to nn.Linear + nn.GELU(approximate="tanh"); bf16 under autocast
+    (the LayerNorm in front returns fp32 there); torch.compile keeps it as one call."""
+    from models.linear_gelu import LinearGELU
+
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(64, 256)
+    fused = LinearGELU(fc)
+    x = torch.randn(2, 49, 64)
+    with torch.inference_mode():
+        want = torch.nn.functional.gelu(fc(x), approximate="tanh")
+        torch.testing.assert_close(fused(x), want, rtol=0, atol=1e-6)
+        assert (torch.nn.functional.gelu(fc(x)) - want).abs().max() > 1e-5  # erf: another function
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = fused(x)
+        assert half.dtype == torch.bfloat16
+        torch.testing.assert_close(half.float(), want, rtol=0.02, atol=0.02)
+        graphs = []
+        compiled = torch.compile(fused, backend=lambda gm, _: graphs.append(gm) or gm)
+        torch.testing.assert_close(compiled(x), want, rtol=0, atol=1e-6)
+    calls = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert torch.ops.medseg.linear_gelu.default in calls or torch.ops.medseg.linear_gelu in calls
+
+
+def test_tanh_gelu_keeps_the_litemedsam_box_mask(litemedsam):
+    """tuned(gelu="tanh"): every GELU of the encoder copy in the tanh form (10 MLPs as one GEMM each),
+    the mask of the parity box as from the bf16 erf path; bf16 only."""
+    from models.fast import use_tanh_gelu
+    from models.linear_gelu import LinearGELU
+
+    encoder = copy.deepcopy(litemedsam.model.image_encoder)
+    changed = use_tanh_gelu(encoder)
+    gelus = [m for m in encoder.modules() if isinstance(m, torch.nn.GELU)]
+    assert sum(isinstance(m, LinearGELU) for m in encoder.modules()) == 10
+    assert gelus and all(m.approximate == "tanh" for m in gelus) and changed == 10 + len(gelus)
+    g = np.load(PARITY / "litemedsam_real" / "golden.npz")
+    erf, tanh = tuned(litemedsam, precision="bf16"), tuned(litemedsam, precision="bf16", gelu="tanh")
+    a, b = erf.embed(g["image"]), tanh.embed(g["image"])
+    assert not a.features.equal(b.features)
+    m1 = erf.predict(a, Prompts(box=g["box__box"])).best_mask
+    m2 = tanh.predict(b, Prompts(box=g["box__box"])).best_mask
+    assert 2 * (m1 & m2).sum() / (m1.sum() + m2.sum()) > 0.98
+    with pytest.raises(ValueError, match="bf16"):
+        tuned(litemedsam, precision="fp32", gelu="tanh")
+    with pytest.raises(ValueError, match="gelu"):
+        tuned(litemedsam, gelu="sigmoid")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_linear_gelu_on_the_gpu_is_the_tanh_gelu():
+    """On CUDA the op is cuBLASLt's GELU epilogue: the tanh form, in fp32 and in bf16 (stage 1's MLP shape)."""
+    from models.linear_gelu import LinearGELU
+
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(128, 512).cuda()
+    x = torch.randn(4096, 128, device="cuda")
+    with torch.inference_mode():
+        want = torch.nn.functional.gelu(fc(x), approximate="tanh")
+        erf = torch.nn.functional.gelu(fc(x))
+        got = LinearGELU(fc)(x)
+        assert (got - want).abs().max() < 0.1 * (erf - want).abs().max()  # nearer tanh than erf
+        fc16 = copy.deepcopy(fc).to(torch.bfloat16)
+        got16 = LinearGELU(fc16)(x.to(torch.bfloat16)).float()
+        want16 = torch.nn.functional.gelu(fc16(x.to(torch.bfloat16)).float(), approximate="tanh")
+    torch.testing.assert_close(got16, want16, rtol=0.02, atol=0.02)

@@ -133,7 +133,31 @@ def case_half() -> dict:
     return out
 
 
-CASES = {"mbconv": case_mbconv, "patch_merging": case_patch_merging,
+def case_tanh_gelu() -> dict:
+    """fast_gelu (the interpreter's exp form of the tanh GELU) on MBConv and PatchMerging 0, fp32, against
+    the folded originals with every GELU set to nn.GELU(approximate="tanh"); and how far the erf
+    originals are (the tanh form must be a different function, not a no-op)."""
+    out = {"max_abs": 0.0, "erf_vs_tanh": 0.0, "scale": 0.0, "shape_ok": True}
+    x = channels_last(1, 64, 20, 20)
+    blocks = ((MBConv(64, 4.0), "image_encoder.layers.0.blocks.0.", FusedMBConv),
+              (PatchMerging(20, 64, 128, 2), "image_encoder.layers.0.downsample.", FusedPatchMerging))
+    for block, prefix, make in blocks:
+        ref, out["source"] = folded(block, prefix)
+        erf = ref(x)
+        fused = make(ref)
+        fused.fast_gelu = True
+        for m in ref.modules():
+            if isinstance(m, torch.nn.GELU):
+                m.approximate = "tanh"
+        want, got = ref(x), fused(x)
+        out["shape_ok"] &= got.shape == want.shape
+        out["max_abs"] = max(out["max_abs"], (got - want).abs().max().item())
+        out["erf_vs_tanh"] = max(out["erf_vs_tanh"], (erf - want).abs().max().item())
+        out["scale"] = max(out["scale"], want.abs().max().item())
+    return out
+
+
+CASES = {"mbconv": case_mbconv, "tanh_gelu": case_tanh_gelu, "patch_merging": case_patch_merging,
          "patch_merging_stride1": case_patch_merging_stride1, "encoder": case_encoder, "half": case_half}
 
 if __name__ == "__main__":

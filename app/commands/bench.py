@@ -19,9 +19,11 @@ from models.timing import measure_segmenter
 
 SAMPLE = PROJECT_ROOT / "samples" / "ct_head_0051_series"
 ONNX_BACKENDS = tuple(b for b in LOADER_BACKENDS if b != "torch")  # the registry's onnxruntime backends
-# torch-triton: the fastest batched GPU path (docs/benchmarks.md, run 10): bf16 weights, compiled, with the
-# Triton window-attention and MBConv/PatchMerging kernels (models/triton_attention.py, models/triton_convs.py)
-BACKENDS = ("torch", "torch-bf16", "torch-compile", "torch-triton", *ONNX_BACKENDS)
+# torch-triton: bf16 weights, compiled, with the Triton window-attention and MBConv/PatchMerging kernels
+# (models/triton_attention.py, models/triton_convs.py); torch-triton-tanh: the same with every GELU in the
+# tanh form (models.fast.use_tanh_gelu), the fastest batched GPU path (docs/benchmarks.md, run 12)
+TRITON_BACKENDS = ("torch-triton", "torch-triton-tanh")
+BACKENDS = ("torch", "torch-bf16", "torch-compile", *TRITON_BACKENDS, *ONNX_BACKENDS)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,8 +43,8 @@ def _segmenter(args: argparse.Namespace, backend: str):
 
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    if backend == "torch-triton" and args.device != "cuda":
-        raise UsageError("backend torch-triton runs Triton GPU kernels: use --device cuda")
+    if backend in TRITON_BACKENDS and args.device != "cuda":
+        raise UsageError(f"backend {backend} runs Triton GPU kernels: use --device cuda")
     if backend in ONNX_BACKENDS:
         return load_segmenter(args.model, args.checkpoint, args.device, backend=backend)
     base = load_segmenter(args.model, args.checkpoint, args.device)
@@ -52,7 +54,9 @@ def _segmenter(args: argparse.Namespace, backend: str):
         return tuned(base, precision="bf16")
     if backend == "torch-compile":
         return tuned(base, precision="bf16", compile=True)
-    return tuned(base, precision="bf16", compile=True, cast_weights=True, attention="triton", triton_convs=True)
+    gelu = "tanh" if backend == "torch-triton-tanh" else "erf"
+    return tuned(base, precision="bf16", compile=True, cast_weights=True, attention="triton", triton_convs=True,
+                 gelu=gelu)
 
 
 def run(args: argparse.Namespace) -> int:
