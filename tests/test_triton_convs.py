@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +97,8 @@ def _sm90_ptxas(kernel, signature: dict, constexprs: dict, num_warps: int, num_s
 @pytest.mark.parametrize("gelu", [0, 1], ids=["erf", "tanh"])
 def test_default_launch_parameters_compile_for_the_h100_without_register_spills(gelu):
     """bf16, the stage-0 shapes, both GELU forms: spills to local memory would cost the bandwidth the
-    kernels exist to save."""
+    kernels exist to save. The row-walking kernel's 4-warp default is the exception measured on the H100
+    (faster than 8 warps without spills; models/triton_convs.py): its spills stay under 512 bytes."""
     from models import triton_convs as tc
 
     pw, dw = tc.TUNING["pointwise"], tc.TUNING["depthwise_pointwise"]
@@ -121,9 +123,11 @@ def test_default_launch_parameters_compile_for_the_h100_without_register_spills(
            **dict.fromkeys(("C", "N", "TILE_W", "ROWS", "HAS_RES", "OUT_GELU", "IEEE", "GELU", "PREFETCH"), "constexpr")}
     ce = {"C": 256, "N": 64, "TILE_W": rows["TILE_W"], "ROWS": rows["ROWS"], "HAS_RES": True, "OUT_GELU": True,
           "IEEE": False, "GELU": gelu, "PREFETCH": bool(rows["PREFETCH"])}  # stage 0's MBConv
-    reports.append(_sm90_ptxas(tc._dw_rows_kernel, sig, ce, rows["num_warps"], rows["num_stages"]))
+    rows_report = _sm90_ptxas(tc._dw_rows_kernel, sig, ce, rows["num_warps"], rows["num_stages"])
     for report in reports:
         assert "0 bytes spill stores" in report, report
+    spilled = re.search(r"(\d+) bytes spill stores", rows_report)
+    assert spilled and int(spilled.group(1)) < 512, rows_report
 
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
