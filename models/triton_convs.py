@@ -199,7 +199,7 @@ def _dw_rows_kernel(
     row above it (now complete: GELU, then the 1x1 projection by ``tl.dot``, stored), the row itself
     and the row below. The direct kernel loads every tap (9 loads a value); here the row sums stay
     in registers between rows. ``PREFETCH``: the next row's loads are issued before this row's
-    arithmetic, so that their latency overlaps it (one program per SM leaves no other to switch to).
+    arithmetic, so that their latency overlaps it (one or two programs per SM leave few warps to switch to).
     """
     pid = tl.program_id(0)
     rb = pid % row_blocks
