@@ -305,7 +305,8 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip-sam", action="store_true")
     ap.add_argument("--triton-tuning", default=None, metavar="JSON",
-                    help="launch parameters for models/triton_convs.py (triton_convs_check.py --best-out), if the file exists")
+                    help="launch parameters for models/triton_convs.py and models/triton_attention.py "
+                    "(triton_convs_check.py / triton_attention_check.py --best-out), if the file exists")
     ap.add_argument("--skip-dice", action="store_true", help="timings only: no Dice checks on the 42 slices")
     ap.add_argument("--skip-litemedsam", action="store_true", help="SAM ViT-B rows only (a second call)")
     ap.add_argument("--smoke", action="store_true", help="every path once, no timing (CPU check)")
@@ -346,11 +347,16 @@ def main() -> int:
                 f.write(json.dumps(row) + "\n")
 
     if args.triton_tuning and Path(args.triton_tuning).is_file():
-        from models import triton_convs
+        from models import triton_attention, triton_convs
 
         for kernel, params in json.loads(Path(args.triton_tuning).read_text()).items():
-            triton_convs.TUNING[kernel] = {**triton_convs.TUNING[kernel], **params}
-        emit({"triton_tuning": triton_convs.TUNING})
+            if kernel == "attention":  # window length -> LaunchConfig fields (triton_attention_check.py --best-out)
+                for n, cfg in params.items():
+                    triton_attention.DEFAULT_CONFIGS[int(n)] = triton_attention.LaunchConfig(**cfg)
+            else:
+                triton_convs.TUNING[kernel] = {**triton_convs.TUNING[kernel], **params}
+        emit({"triton_tuning": triton_convs.TUNING,
+              "attention": {n: vars(c) for n, c in triton_attention.DEFAULT_CONFIGS.items()}})
 
     if not args.skip_litemedsam:
         # LiteMedSAM

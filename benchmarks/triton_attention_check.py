@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import triton
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -98,6 +99,11 @@ def sweep_rounds(n: int, heads: int) -> list[list[dict]]:
         blocks = [(64, 64), (128, 64), (64, 128), (128, 128), (256, 64)]
         shapes = [{"block_m": bm, "block_n": bn, "windows": w, "heads": 1} for bm, bn in blocks for w in (1, 2)]
         shapes.append({"block_m": 64, "block_n": 64, "windows": 1, "heads": heads})
+        # one key block for all n keys: the bias tile stays in registers across the program's windows
+        # (with two key blocks each window reloads it from L2); 8 warps to hold the wider score tile
+        one = triton.next_power_of_2(n)
+        shapes += [{"block_m": bm, "block_n": one, "windows": w, "heads": 1, "num_warps": nw}
+                   for bm, nw in ((32, 4), (64, 8)) for w in (1, 2, 4)]
     return [shapes, [{"num_warps": nw, "num_stages": ns} for nw in (2, 4, 8) for ns in (1, 2, 3)]]
 
 
@@ -107,16 +113,17 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--budget-s", type=float, default=80.0, help="sweep time over all stages (compiles included)")
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--best-out", default=None, help="write the fastest config per window length here (JSON "
+                    '{"attention": {n: config}}; bench_vs_official.py --triton-tuning)')
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     t_start = time.time()
     seg = load_segmenter("litemedsam", device="cuda")
     encoder = copy.deepcopy(seg.model.image_encoder).eval().to(torch.bfloat16)
-    base = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch}
-    import triton
-
-    base["triton"] = triton.__version__
+    base = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch,
+            "triton": triton.__version__}
     inputs = captured_inputs(encoder, slice_batch(seg, args.batch))
+    fastest: dict[str, dict] = {}
 
     for stage, (attn, x) in sorted(inputs.items()):
         heads, n, hd = attn.num_heads, x.shape[1], attn.head_dim
@@ -167,8 +174,11 @@ def main() -> int:
                         best, best_ms = cfg, ms
             emit({**info, "part": "best", "config": vars(best), "ms": best_ms, "sdpa_ms": sdpa_ms,
                   "speedup_vs_sdpa": sdpa_ms / best_ms}, args.out)
+            fastest[str(n)] = vars(best)
         del qkv16
 
+    if args.best_out:
+        Path(args.best_out).write_text(json.dumps({"attention": fastest}))
     # the whole encoder, eager bf16: every window attention through the kernel vs through SDPA
     with torch.inference_mode():
         x = slice_batch(seg, 8).to(torch.bfloat16)
