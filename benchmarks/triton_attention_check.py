@@ -174,7 +174,7 @@ def main() -> int:
                         best, best_ms = cfg, ms
             emit({**info, "part": "best", "config": vars(best), "ms": best_ms, "sdpa_ms": sdpa_ms,
                   "speedup_vs_sdpa": sdpa_ms / best_ms}, args.out)
-            fastest[str(n)] = vars(best)
+            fastest.setdefault(str(n), vars(best))  # one config per window length: stage 1's for 49 (its largest user)
         del qkv16
 
     if args.best_out:
