@@ -272,6 +272,9 @@ def variant_checks(ours, slices, image: np.ndarray, emit, variants: list[dict]) 
 SWEEP_ROWS = {
     "triton": {"attention": "triton", "triton_convs": True},
     "triton-tanh": {"attention": "triton", "triton_convs": True, "gelu": "tanh"},
+    # inductor's coordinate-descent tuning of its own Triton kernels (LayerNorm reductions, pointwise passes)
+    "triton-tanh-cdt": {"attention": "triton", "triton_convs": True, "gelu": "tanh",
+                        "inductor_options": {**REALIZE_STENCIL_INPUTS, "coordinate_descent_tuning": True}},
     "triton-convs": {"triton_convs": True},
     "triton-attn": {"attention": "triton"},
     "cast": {"inductor_options": {}},
@@ -291,7 +294,8 @@ def _describe(opts: dict) -> str:
 
 
 AUTOTUNE_BUDGET_S = 600.0  # time to leave for the max-autotune row before --deadline-s (run 6 needed > 300 s)
-ALL_LITE_ROWS = ("fp32,fp32-fused,bf16-fused,compile,cast,realize,realize-flash,flash,math,triton,triton-tanh,triton-convs,"
+ALL_LITE_ROWS = ("fp32,fp32-fused,bf16-fused,compile,cast,realize,realize-flash,flash,math,triton,triton-tanh,"
+                 "triton-tanh-cdt,triton-convs,"
                  "triton-attn,"
                  "autotune,graphs,cuda-graphs,"
                  "cuda-graphs-dec,onnx")
