@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / ".bench" / "official"))
 
-from models.fast import REALIZE_STENCIL_INPUTS, tuned, use_sdpa_attention  # noqa: E402
+from models.fast import REALIZE_STENCIL_INPUTS, TUNED_KERNELS, tuned, use_sdpa_attention  # noqa: E402
 from models.prompts import Prompts  # noqa: E402
 from models.registry import load_segmenter  # noqa: E402
 import models.timing  # noqa: E402
@@ -272,9 +272,8 @@ def variant_checks(ours, slices, image: np.ndarray, emit, variants: list[dict]) 
 SWEEP_ROWS = {
     "triton": {"attention": "triton", "triton_convs": True},
     "triton-tanh": {"attention": "triton", "triton_convs": True, "gelu": "tanh"},
-    # inductor's coordinate-descent tuning of its own Triton kernels (LayerNorm reductions, pointwise passes)
-    "triton-tanh-cdt": {"attention": "triton", "triton_convs": True, "gelu": "tanh",
-                        "inductor_options": {**REALIZE_STENCIL_INPUTS, "coordinate_descent_tuning": True}},
+    # + inductor's coordinate-descent tuning of its own kernels: medseg bench's torch-triton-tanh
+    "triton-tanh-cdt": {"attention": "triton", "triton_convs": True, "gelu": "tanh", "inductor_options": TUNED_KERNELS},
     "triton-convs": {"triton_convs": True},
     "triton-attn": {"attention": "triton"},
     "cast": {"inductor_options": {}},

@@ -184,14 +184,15 @@ def test_tuned_inductor_options_need_a_plain_compile(litemedsam):
         tuned(litemedsam, compile="max-autotune", inductor_options=REALIZE_STENCIL_INPUTS)
 
 
-def test_medseg_bench_refuses_torch_triton_without_a_gpu(capsys):
-    """The Triton backend names its requirement instead of failing inside a kernel launch."""
+@pytest.mark.parametrize("backend", ["torch-triton", "torch-triton-tanh"])
+def test_medseg_bench_refuses_torch_triton_without_a_gpu(capsys, backend):
+    """The Triton backends name their requirement instead of failing inside a kernel launch."""
     from app.cli import main
 
-    code = main(["bench", "--backends", "torch-triton", "--device", "cpu", "--batches", "1"])
+    code = main(["bench", "--backends", backend, "--device", "cpu", "--batches", "1"])
     err = capsys.readouterr().err
     assert code != 0
-    assert "torch-triton" in err and "--device cuda" in err
+    assert backend in err and "--device cuda" in err
 
 
 def test_linear_gelu_is_the_linear_layer_and_the_tanh_gelu():

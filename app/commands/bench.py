@@ -21,7 +21,8 @@ SAMPLE = PROJECT_ROOT / "samples" / "ct_head_0051_series"
 ONNX_BACKENDS = tuple(b for b in LOADER_BACKENDS if b != "torch")  # the registry's onnxruntime backends
 # torch-triton: bf16 weights, compiled, with the Triton window-attention and MBConv/PatchMerging kernels
 # (models/triton_attention.py, models/triton_convs.py); torch-triton-tanh: the same with every GELU in the
-# tanh form (models.fast.use_tanh_gelu), the fastest batched GPU path (docs/benchmarks.md, run 12)
+# tanh form (models.fast.use_tanh_gelu) and inductor's kernels tuned (models.fast.TUNED_KERNELS), the
+# fastest batched GPU path (docs/benchmarks.md, run 16); its compile takes minutes per batch size
 TRITON_BACKENDS = ("torch-triton", "torch-triton-tanh")
 BACKENDS = ("torch", "torch-bf16", "torch-compile", *TRITON_BACKENDS, *ONNX_BACKENDS)
 
@@ -39,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _segmenter(args: argparse.Namespace, backend: str):
-    from models.fast import tuned
+    from models.fast import TUNED_KERNELS, tuned
 
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -54,9 +55,10 @@ def _segmenter(args: argparse.Namespace, backend: str):
         return tuned(base, precision="bf16")
     if backend == "torch-compile":
         return tuned(base, precision="bf16", compile=True)
-    gelu = "tanh" if backend == "torch-triton-tanh" else "erf"
-    return tuned(base, precision="bf16", compile=True, cast_weights=True, attention="triton", triton_convs=True,
-                 gelu=gelu)
+    if backend == "torch-triton-tanh":
+        return tuned(base, precision="bf16", compile=True, cast_weights=True, attention="triton", triton_convs=True,
+                     gelu="tanh", inductor_options=TUNED_KERNELS)
+    return tuned(base, precision="bf16", compile=True, cast_weights=True, attention="triton", triton_convs=True)
 
 
 def run(args: argparse.Namespace) -> int:
