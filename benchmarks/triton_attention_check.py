@@ -99,8 +99,8 @@ def sweep_rounds(n: int, heads: int) -> list[list[dict]]:
         blocks = [(64, 64), (128, 64), (64, 128), (128, 128), (256, 64)]
         shapes = [{"block_m": bm, "block_n": bn, "windows": w, "heads": 1} for bm, bn in blocks for w in (1, 2)]
         shapes.append({"block_m": 64, "block_n": 64, "windows": 1, "heads": heads})
-        # one key block for all n keys: the bias tile stays in registers across the program's windows
-        # (with two key blocks each window reloads it from L2); 8 warps to hold the wider score tile
+        # one key block for all n keys, so the bias tile stays in registers across the program's windows
+        # (8 warps for the wider score tile). H100 run 15: 2.2-3.3 ms vs 1.5 for 64 x 128; kept as a check
         one = triton.next_power_of_2(n)
         shapes += [{"block_m": bm, "block_n": one, "windows": w, "heads": 1, "num_warps": nw}
                    for bm, nw in ((32, 4), (64, 8)) for w in (1, 2, 4)]
