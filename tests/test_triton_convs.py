@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.fast import fuse_batchnorm
+from models.fast import fuse_batchnorm, use_tanh_gelu
 from models.tiny_vit import TinyViT, TinyViTConfig
 
 SCRIPT = Path(__file__).with_name("triton_convs_interpret.py")
@@ -133,12 +133,8 @@ def test_default_launch_parameters_compile_for_the_h100_without_register_spills(
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("block", ["mbconv", "patch_merging"])
-def test_tanh_gelu_blocks_on_the_gpu_match_the_tanh_originals(litemedsam, block):
-    """fast_gelu on the GPU (the SFU's tanh.approx.f32): bf16 no further from the fp32 block with
-    nn.GELU(approximate="tanh") than the plain bf16 kernels are from the fp32 erf block, plus bf16 rounding."""
+def _gpu_block(litemedsam, block: str):
+    """(folded fp32 block on the GPU, its fused class, a channels-last batch of 4 at 256 x 256)."""
     from models.triton_convs import FusedMBConv, FusedPatchMerging
 
     encoder = copy.deepcopy(litemedsam.model.image_encoder).eval()
@@ -148,15 +144,23 @@ def test_tanh_gelu_blocks_on_the_gpu_match_the_tanh_originals(litemedsam, block)
     make = FusedMBConv if block == "mbconv" else FusedPatchMerging
     torch.manual_seed(0)
     x = torch.randn(4, 64, 256, 256, device="cuda").contiguous(memory_format=torch.channels_last)
+    return ref, make, x
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("block", ["mbconv", "patch_merging"])
+def test_tanh_gelu_blocks_on_the_gpu_match_the_tanh_originals(litemedsam, block):
+    """fast_gelu on the GPU (the SFU's tanh.approx.f32): bf16 no further from the fp32 block with
+    nn.GELU(approximate="tanh") than the plain bf16 kernels are from the fp32 erf block, plus bf16 rounding."""
+    ref, make, x = _gpu_block(litemedsam, block)
     with torch.inference_mode():
         ref16 = copy.deepcopy(ref).to(torch.bfloat16)
         plain16, fast16 = make(ref16), make(ref16)
         fast16.fast_gelu = True
         want_erf = ref(x).float()
         err_plain = (plain16(x.to(torch.bfloat16)).float() - want_erf).abs().max().item()
-        for m in ref.modules():
-            if isinstance(m, torch.nn.GELU):
-                m.approximate = "tanh"
+        use_tanh_gelu(ref)
         want = ref(x).float()
         err_fast = (fast16(x.to(torch.bfloat16)).float() - want).abs().max().item()
     scale = want.abs().max().item()
@@ -169,15 +173,7 @@ def test_tanh_gelu_blocks_on_the_gpu_match_the_tanh_originals(litemedsam, block)
 def test_fused_blocks_on_the_gpu_match_the_originals(litemedsam, block):
     """Real LiteMedSAM blocks at 256 x 256, batch 4: fp32 within rounding; bf16 no further from the fp32
     reference than the original block run in bf16 (plus a margin of bf16 rounding)."""
-    from models.triton_convs import FusedMBConv, FusedPatchMerging
-
-    encoder = copy.deepcopy(litemedsam.model.image_encoder).eval()
-    fuse_batchnorm(encoder)
-    ref = encoder.layers[0].blocks[0] if block == "mbconv" else encoder.layers[0].downsample
-    ref = ref.cuda().to(memory_format=torch.channels_last)
-    make = FusedMBConv if block == "mbconv" else FusedPatchMerging
-    torch.manual_seed(0)
-    x = torch.randn(4, 64, 256, 256, device="cuda").contiguous(memory_format=torch.channels_last)
+    ref, make, x = _gpu_block(litemedsam, block)
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     try:

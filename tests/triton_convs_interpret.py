@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.fast import decompose_convs, fuse_batchnorm  # noqa: E402
+from models.fast import decompose_convs, fuse_batchnorm, use_tanh_gelu  # noqa: E402
 from models.tiny_vit import MBConv, PatchMerging, TinyViT, TinyViTConfig  # noqa: E402
 from models.triton_convs import FusedMBConv, FusedPatchMerging, use_triton_convs  # noqa: E402
 
@@ -113,14 +113,18 @@ def case_encoder() -> dict:
             "scale": want.abs().max().item(), "shape_ok": y_compiled.shape == want.shape}
 
 
+def stage0_blocks(size: int) -> tuple:
+    """(block, its state-dict prefix in lite_medsam.pth, fused class) for MBConv 0 and PatchMerging 0 at ``size``."""
+    return ((MBConv(64, 4.0), "image_encoder.layers.0.blocks.0.", FusedMBConv),
+            (PatchMerging(size, 64, 128, 2), "image_encoder.layers.0.downsample.", FusedPatchMerging))
+
+
 def case_half() -> dict:
     """fp16 (the interpreter's bf16 is garbage; fp16 takes the same non-IEEE dot and casts): MBConv and
     PatchMerging 0 against fp32, next to the original blocks run in fp16."""
     out = {"fused_err": 0.0, "original_err": 0.0, "scale": 0.0, "shape_ok": True}
     x = channels_last(1, 64, 12, 12)
-    blocks = ((MBConv(64, 4.0), "image_encoder.layers.0.blocks.0.", FusedMBConv),
-              (PatchMerging(12, 64, 128, 2), "image_encoder.layers.0.downsample.", FusedPatchMerging))
-    for block, prefix, make in blocks:
+    for block, prefix, make in stage0_blocks(12):
         ref, out["source"] = folded(block, prefix)
         want = ref(x)
         half = copy.deepcopy(ref).half()
@@ -139,16 +143,12 @@ def case_tanh_gelu() -> dict:
     originals are (the tanh form must be a different function, not a no-op)."""
     out = {"max_abs": 0.0, "erf_vs_tanh": 0.0, "scale": 0.0, "shape_ok": True}
     x = channels_last(1, 64, 20, 20)
-    blocks = ((MBConv(64, 4.0), "image_encoder.layers.0.blocks.0.", FusedMBConv),
-              (PatchMerging(20, 64, 128, 2), "image_encoder.layers.0.downsample.", FusedPatchMerging))
-    for block, prefix, make in blocks:
+    for block, prefix, make in stage0_blocks(20):
         ref, out["source"] = folded(block, prefix)
         erf = ref(x)
         fused = make(ref)
         fused.fast_gelu = True
-        for m in ref.modules():
-            if isinstance(m, torch.nn.GELU):
-                m.approximate = "tanh"
+        use_tanh_gelu(ref)
         want, got = ref(x), fused(x)
         out["shape_ok"] &= got.shape == want.shape
         out["max_abs"] = max(out["max_abs"], (got - want).abs().max().item())
