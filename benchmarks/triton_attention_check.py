@@ -1,4 +1,4 @@
-"""TinyViT window attention on the GPU: the Triton kernel (models/triton_attention.py) against SDPA with
+"""TinyViT window attention on the GPU: the Triton kernel (runtime/triton_attention.py) against SDPA with
 the bias as a mask, at LiteMedSAM's three attention stages and batch 128. A diagnostic for choosing
 ``DEFAULT_CONFIGS`` and for docs/benchmarks.md, not a benchmark of record.
 
@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from models.registry import load_segmenter  # noqa: E402
 from models.tiny_vit import Attention  # noqa: E402
-from models.triton_attention import LaunchConfig, default_config, launch, reference  # noqa: E402
+from runtime.fast import set_window_attention  # noqa: E402
+from runtime.triton_attention import LaunchConfig, default_config, launch, reference  # noqa: E402
 
 
 def emit(row: dict, out: str | None) -> None:
@@ -183,9 +184,7 @@ def main() -> int:
     with torch.inference_mode():
         x = slice_batch(seg, 8).to(torch.bfloat16)
         ref = encoder(x).float()
-        for m in encoder.modules():
-            if isinstance(m, Attention):
-                m.impl = "triton"
+        set_window_attention(encoder, "triton", max_tokens=10**6)
         got = encoder(x).float()
     emit({**base, "part": "encoder", "batch": 8, "max_abs_diff": (got - ref).abs().max().item(),
           "ref_absmax": ref.abs().max().item(), "mean_abs_diff": (got - ref).abs().mean().item(),

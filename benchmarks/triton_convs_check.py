@@ -1,4 +1,4 @@
-"""Device check of models/triton_convs.py on the real LiteMedSAM encoder (folded, bf16 weights):
+"""Device check of runtime/triton_convs.py on the real LiteMedSAM encoder (folded, bf16 weights):
 accuracy of the fused stage-0 MBConv and PatchMerging 0 against the originals, their time against the
 same block compiled as we run it now (decompose_convs + REALIZE_STENCIL_INPUTS), a small sweep of
 launch parameters per kernel, and GB/s against the bytes the two kernels must move. One JSON line
@@ -23,14 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models import triton_convs  # noqa: E402
-from models.fast import REALIZE_STENCIL_INPUTS, decompose_convs, fuse_batchnorm  # noqa: E402
+from runtime.conv_forms import decompose_convs, fuse_batchnorm  # noqa: E402
+from runtime.fast import REALIZE_STENCIL_INPUTS  # noqa: E402
 from models.registry import load_segmenter  # noqa: E402
-from models.timing import median_ms  # noqa: E402
-from models.triton_convs import FusedMBConv, FusedPatchMerging, depthwise_pointwise, pointwise  # noqa: E402
+from runtime.timing import median_ms  # noqa: E402
+from runtime.triton_convs import FusedMBConv, FusedPatchMerging, depthwise_pointwise, pointwise  # noqa: E402
 
 DEV = "cuda"  # --device cpu (with TRITON_INTERPRET=1, --size 16 --repeat 1) is a smoke test of this script
 REPEAT = 10
-_FAST = {"fast_gelu": True}  # every GELU in the tanh form (models.triton_convs._gelu)
+_FAST = {"fast_gelu": True}  # every GELU in the tanh form (runtime.triton_convs._gelu)
 POINTWISE_SWEEP = [  # run 3's fastest erf and tanh configs first, then neighbours of the tanh one
     {"BLOCK_M": 32, "BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
     {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2, **_FAST},
@@ -121,8 +122,8 @@ def sweep(name: str, fn, configs: list[dict], nbytes: int, base: dict, out: str 
 def encoder_rows(enc32: torch.nn.Module, batch: int, size: int, attention: str, base: dict, out: str | None) -> None:
     """The whole folded bf16 encoder compiled as tuned() builds it (decompose_convs, REALIZE_STENCIL_INPUTS),
     with and without use_triton_convs: time at ``batch`` and the difference from the fp32 eager encoder."""
-    from models.fast import set_window_attention
-    from models.triton_convs import use_triton_convs
+    from runtime.fast import set_window_attention
+    from runtime.triton_convs import use_triton_convs
 
     torch.manual_seed(0)
     img = torch.rand(batch, 3, size, size, device=DEV).contiguous(memory_format=torch.channels_last)
@@ -221,7 +222,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--encoder", type=int, default=0, metavar="BATCH",
                     help="also time the whole compiled encoder at this batch, with and without the Triton blocks")
-    ap.add_argument("--attention", default="sdpa", help="window attention of the --encoder runs (models.fast)")
+    ap.add_argument("--attention", default="sdpa", help="window attention of the --encoder runs (runtime.fast)")
     args = ap.parse_args()
     global DEV, REPEAT
     DEV, REPEAT = args.device, args.repeat

@@ -69,48 +69,29 @@ def list_specs() -> list[ModelSpec]:
     return [REGISTRY[k] for k in sorted(REGISTRY)]
 
 
-BACKENDS = ("torch", "onnx", "onnx-int8", "onnx-int8-all", "onnx-int8-fast")
+def load_segmenter(name: str = "litemedsam", checkpoint: str | Path | None = None, device: str = "cpu") -> Segmenter:
+    """Build a variant and load its weights (strict, weights-only), in torch. Raises CheckpointError/KeyError.
 
-
-def load_segmenter(
-    name: str = "litemedsam", checkpoint: str | Path | None = None, device: str = "cpu", backend: str = "torch"
-) -> Segmenter:
-    """Build a variant and load its weights (strict, weights-only). Raises CheckpointError/KeyError.
-
-    ``backend="onnx"`` runs the same variant with onnxruntime; its ONNX files are exported once
-    from the checkpoint into ``weights/onnx/`` (locally, no download). ``"onnx-int8"`` is the same
-    with the encoder's linear layers in int8 (models/onnx_quant.py; the decoder stays fp32);
-    ``"onnx-int8-all"`` quantizes all of them (``onnx_quant.BACKEND_RECIPES``); ``"onnx-int8-fast"``
-    quantizes the same layers of an encoder export rewritten for ONNX Runtime on the CPU
-    (``models/onnx_fast_export.py``: fewer nodes, same fp32 arithmetic).
+    The faster ways to run the same weights (onnxruntime, int8, compiled GPU paths) live in ``runtime/``:
+    ``runtime.load_segmenter(..., backend=...)`` starts from this function's result.
     """
+    path = checkpoint_path(name, checkpoint)
+    return _load_cached(name, str(path.resolve()), resolve_device(device))
+
+
+def checkpoint_path(name: str, checkpoint: str | Path | None = None) -> Path:
+    """The checkpoint a variant loads: ``checkpoint`` or its default file, which must exist."""
     spec = get_spec(name)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     path = Path(checkpoint) if checkpoint is not None else spec.default_checkpoint
     if checkpoint is None and not path.is_file():
         raise CheckpointError(
             f"model {name!r} needs its weights at {path}" + (f" ({spec.source})" if spec.source else "")
         )
-    return _load_cached(name, str(path.resolve()), _resolve_device(device), backend)
+    return path
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(name: str, path: str, device: str, backend: str = "torch") -> Segmenter:
-    if backend.startswith("onnx"):
-        from models.onnx_backend import OnnxSegmenter
-
-        base = _load_cached(name, path, "cpu", "torch")
-        encoder, decoder = _onnx_files(base, path)
-        if backend != "onnx":
-            from models.onnx_quant import BACKEND_RECIPES, FAST_EXPORT_BACKENDS, int8_encoder
-
-            if backend in FAST_EXPORT_BACKENDS:
-                from models.onnx_fast_export import fast_encoder
-
-                encoder = fast_encoder(base, encoder)
-            encoder = int8_encoder(base, encoder, BACKEND_RECIPES[backend])
-        return OnnxSegmenter(base, encoder, decoder, device=device, label=backend)
+def _load_cached(name: str, path: str, device: str) -> Segmenter:
     spec = get_spec(name)
     pinned = spec.sha256 if Path(path).name == spec.weight_file else None
     state = read_state_dict(path, expected_sha256=pinned)
@@ -120,28 +101,7 @@ def _load_cached(name: str, path: str, device: str, backend: str = "torch") -> S
         raise CheckpointError(f"{path}: {e}") from e
 
 
-def _onnx_files(base: Segmenter, checkpoint: str) -> tuple[Path, Path]:
-    """ONNX export of a loaded variant, cached by the checkpoint's sha256 (atomic: export, then rename)."""
-    import shutil
-    import tempfile
-
-    from models.checkpoint import sha256_of
-    from models.onnx_export import export_onnx
-
-    folder = weights_dir() / "onnx" / f"{base.name}-{sha256_of(checkpoint)[:16]}"
-    if not (folder / "decoder.onnx").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            export_onnx(base, tmp)
-            if not folder.exists():
-                tmp.rename(folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder / "encoder.onnx", folder / "decoder.onnx"
-
-
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str) -> str:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():

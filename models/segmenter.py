@@ -116,7 +116,7 @@ class Segmenter:
 
     def embed_features(self, rgb: list[np.ndarray]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """RGB uint8 slices -> batched features and extras: preprocessing + encoder, the one step a
-        fast path may replace whole (``models.cuda_graphs`` replays both as one CUDA graph)."""
+        fast path may replace whole (``runtime.cuda_graphs`` replays both as one CUDA graph)."""
         return self.encode(self.preprocess_batch(rgb))
 
     @torch.inference_mode()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -135,16 +136,19 @@ def _bias_index(window: int) -> tuple[torch.Tensor, int]:
 class Attention(nn.Module):
     """Windowed multi-head attention with learned relative biases, via SDPA.
 
-    ``impl`` picks how the product is computed (``models.fast.set_window_attention`` sets it on a
+    ``impl`` picks how the product is computed (``runtime.fast.set_window_attention`` sets it on a
     tuned copy; the default is the reference): "sdpa" passes the bias as SDPA's mask, which on a GPU
     runs the memory-efficient kernel, poor at 49-token windows; "math" writes it out
     (``q k^T * scale + bias``, softmax in fp32, ``@ v``) so that ``torch.compile`` fuses bias and softmax
     into one kernel between two batched GEMMs; "flash" folds the bias into the dot product (see
     :meth:`_folded`) so that SDPA can take its flash kernel, which accepts no mask; "triton" runs
-    ``models.triton_attention.window_attention`` (CUDA), one kernel from the qkv output to proj's input.
+    ``window_kernel`` (CUDA; ``runtime.fast.set_window_attention`` sets ``runtime.triton_attention``'s),
+    one kernel from the qkv output to proj's input. The kernel is handed in, so that ``models/`` imports
+    nothing from ``runtime/``.
     """
 
     impl: str = "sdpa"
+    window_kernel: Callable[[torch.Tensor, torch.Tensor, int, float], torch.Tensor] | None = None
 
     def __init__(self, dim: int, num_heads: int, window: int):
         super().__init__()
@@ -160,10 +164,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         if self.impl == "triton":
-            from models.triton_attention import window_attention
-
+            if self.window_kernel is None:
+                raise RuntimeError("impl 'triton' needs a window_kernel (runtime.fast.set_window_attention sets it)")
             bias = self.attention_biases[:, self.attention_bias_idxs]
-            return self.proj(window_attention(self.qkv(self.norm(x)), bias, self.num_heads, self.head_dim**-0.5))
+            return self.proj(self.window_kernel(self.qkv(self.norm(x)), bias, self.num_heads, self.head_dim**-0.5))
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.head_dim)
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.head_dim, dim=3)
         bias = self.attention_biases[:, self.attention_bias_idxs]  # (heads, n, n), the weights' dtype

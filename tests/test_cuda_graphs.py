@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.fast import tuned
+from runtime.fast import tuned
 from models.prompts import Prompts
 from tests.conftest import PARITY
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from segment_anything.modeling import ImageEncoderViT
 
-from models.fast import SDPAAttention, tuned, use_sdpa_attention
+from runtime.fast import SDPAAttention, tuned, use_sdpa_attention
 from models.prompts import Prompts
 from tests.conftest import PARITY
 
@@ -80,7 +80,7 @@ def test_folded_rel_pos_attention_matches_the_bias_mask(monkeypatch):
     ids=["depthwise", "depthwise-stride2", "pointwise"],
 )
 def test_decomposed_convolutions_compute_the_same_layer(conv):
-    from models.fast import decompose_convs
+    from runtime.conv_forms import decompose_convs
 
     torch.manual_seed(0)
     layer = torch.nn.Sequential(conv).eval()
@@ -136,7 +136,7 @@ def test_window_attention_variants_compute_the_same_attention(impl):
 def test_tuned_window_attention_keeps_the_litemedsam_embedding(litemedsam, impl):
     """Real weights, real slice, fp32: the 4 short-window blocks (stages 1 and 3) switched, stage 2's
     14x14 windows left on SDPA, the embedding within fp32 rounding of the default (measured 3.8e-6)."""
-    from models.fast import set_window_attention
+    from runtime.fast import set_window_attention
     from models.tiny_vit import Attention
 
     encoder = copy.deepcopy(litemedsam.model.image_encoder)
@@ -162,7 +162,8 @@ def test_realize_option_computes_the_gelu_before_a_depthwise_conv_once():
 
     from torch._inductor.utils import run_and_get_code
 
-    from models.fast import REALIZE_STENCIL_INPUTS, decompose_convs
+    from runtime.conv_forms import decompose_convs
+    from runtime.fast import REALIZE_STENCIL_INPUTS
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d
@@ -178,7 +179,7 @@ def test_realize_option_computes_the_gelu_before_a_depthwise_conv_once():
 
 
 def test_tuned_inductor_options_need_a_plain_compile(litemedsam):
-    from models.fast import REALIZE_STENCIL_INPUTS
+    from runtime.fast import REALIZE_STENCIL_INPUTS
 
     with pytest.raises(ValueError, match="inductor_options"):
         tuned(litemedsam, compile="max-autotune", inductor_options=REALIZE_STENCIL_INPUTS)
@@ -198,7 +199,7 @@ def test_medseg_bench_refuses_torch_triton_without_a_gpu(capsys, backend):
 def test_linear_gelu_is_the_linear_layer_and_the_tanh_gelu():
     """One op for fc1 + GELU: fp32 equal to nn.Linear + nn.GELU(approximate="tanh"); bf16 under autocast
     (the LayerNorm in front returns fp32 there); torch.compile keeps it as one call."""
-    from models.linear_gelu import LinearGELU
+    from runtime.linear_gelu import LinearGELU
 
     torch.manual_seed(0)
     fc = torch.nn.Linear(64, 256)
@@ -222,8 +223,8 @@ def test_linear_gelu_is_the_linear_layer_and_the_tanh_gelu():
 def test_tanh_gelu_keeps_the_litemedsam_box_mask(litemedsam):
     """tuned(gelu="tanh"): every GELU of the encoder copy in the tanh form (10 MLPs as one GEMM each),
     the mask of the parity box as from the bf16 erf path; bf16 only."""
-    from models.fast import use_tanh_gelu
-    from models.linear_gelu import LinearGELU
+    from runtime.fast import use_tanh_gelu
+    from runtime.linear_gelu import LinearGELU
 
     encoder = copy.deepcopy(litemedsam.model.image_encoder)
     changed = use_tanh_gelu(encoder)
@@ -247,7 +248,7 @@ def test_tanh_gelu_keeps_the_litemedsam_box_mask(litemedsam):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_linear_gelu_on_the_gpu_is_the_tanh_gelu():
     """On CUDA the op is cuBLASLt's GELU epilogue: the tanh form, in fp32 and in bf16 (stage 1's MLP shape)."""
-    from models.linear_gelu import LinearGELU
+    from runtime.linear_gelu import LinearGELU
 
     torch.manual_seed(0)
     fc = torch.nn.Linear(128, 512).cuda()

@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from models.onnx_backend import OnnxSegmenter
-from models.registry import _load_cached, load_segmenter, weights_dir
+from runtime.onnx_backend import OnnxSegmenter
+from models.registry import weights_dir
+from runtime import clear_caches, load_segmenter
 from models.prompts import Prompts
 from tests.conftest import PARITY
 
@@ -68,16 +69,16 @@ def test_onnx_export_is_cached_by_checkpoint(onnx_litemedsam, onnx_weights):
     assert len(folders) == 1 and folders[0].name.startswith("litemedsam-")
     files = {p.name: p.stat().st_mtime_ns for p in folders[0].iterdir()}
     assert {"encoder.onnx", "decoder.onnx"} <= set(files)
-    _load_cached.cache_clear()  # a new process would find the files and not export again
+    clear_caches()  # a new process would find the files and not export again
     try:
         again = load_segmenter("litemedsam", backend="onnx")
     finally:
-        _load_cached.cache_clear()
+        clear_caches()
     assert again.name == "litemedsam+onnx"
     assert {p.name: p.stat().st_mtime_ns for p in folders[0].iterdir()} == files
 
 
-# --- onnx-int8: the CPU speed path (models/onnx_quant.py) ---------------------------------------
+# --- onnx-int8: the CPU speed path (runtime/onnx_quant.py) ---------------------------------------
 @pytest.fixture(scope="module")
 def onnx_int8(onnx_litemedsam) -> OnnxSegmenter:
     """`--backend onnx-int8`: quantized once from the fp32 export, next to it in weights/onnx/."""
@@ -118,16 +119,16 @@ def test_int8_backend_keeps_the_box_dice_on_real_slices(litemedsam, onnx_int8):
 def _assert_reload_keeps_the_file(path, backend: str) -> None:
     """Loading the backend again (cache cleared) reuses its quantized file instead of rebuilding it."""
     before = path.stat().st_mtime_ns
-    _load_cached.cache_clear()
+    clear_caches()
     try:
         load_segmenter("litemedsam", backend=backend)
     finally:
-        _load_cached.cache_clear()
+        clear_caches()
     assert path.stat().st_mtime_ns == before
 
 
 def test_int8_encoder_is_cached_next_to_the_fp32_export(onnx_int8, onnx_weights):
-    from models.onnx_quant import DEFAULT_RECIPE
+    from runtime.onnx_quant import DEFAULT_RECIPE
 
     assert onnx_int8.name == "litemedsam+onnx-int8"
     (folder,) = (onnx_weights / "onnx").iterdir()
@@ -141,14 +142,14 @@ def test_medseg_bench_lists_the_int8_backend(onnx_int8, capsys, monkeypatch):
     """Every timed call runs once (timing itself is the benchmark's job, not a test's)."""
     import json
 
-    import models.timing
+    import runtime.timing
     from app.cli import main
 
     def once(fn, *, device, warmup=0, repeat=1):
         fn()
         return 1.0
 
-    monkeypatch.setattr(models.timing, "median_ms", once)
+    monkeypatch.setattr(runtime.timing, "median_ms", once)
     assert main(["bench", "--backends", "onnx-int8", "--batches", "1", "--json"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert row["backend"] == "onnx-int8"
@@ -206,11 +207,11 @@ def test_medseg_eval_runs_the_int8_all_backend(litemedsam, onnx_int8_all, tmp_pa
 
 # --- onnx-int8-fast: the same int8 layers in an encoder graph rewritten for ORT on the CPU ------
 def test_fast_encoder_export_keeps_the_fp32_embedding(litemedsam, onnx_litemedsam, golden):
-    """models/onnx_fast_export.py changes the graph (q, k, v apart, scale folded, neck in token layout,
+    """runtime/onnx_fast_export.py changes the graph (q, k, v apart, scale folded, neck in token layout,
     batch 1), not the arithmetic: fp32 within the ONNX tolerance of torch, for a batch of 2 too."""
     import torch
 
-    from models.onnx_fast_export import fast_encoder
+    from runtime.onnx_fast_export import fast_encoder
 
     path = fast_encoder(litemedsam, onnx_litemedsam.encoder_path)
     assert path.name == "encoder-fast.onnx" and path.parent == onnx_litemedsam.encoder_path.parent

@@ -1,7 +1,7 @@
 """PerSAM / PerSAM-F on the real LiteMedSAM and real MR (Colin27 brain), the scoped hooks, the CLI.
 
 Reference = slice k=1 of the Colin27 slab with its brain mask; targets = slices 20 (and 19) of the
-same slab. Figures measured with ``scripts/oneshot_eval.py`` (docs/oneshot.md): PerSAM Dice 0.78,
+same slab. Figures measured with ``experiments/oneshot_eval.py`` (docs/oneshot.md): PerSAM Dice 0.78,
 PerSAM-F 0.53, the tight GT box 0.58 on k=20.
 """
 

@@ -1,4 +1,4 @@
-"""The Triton window attention (models/triton_attention.py) computes what TinyViT's SDPA path computes.
+"""The Triton window attention (runtime/triton_attention.py) computes what TinyViT's SDPA path computes.
 
 CPU: the kernel runs in Triton's interpreter, in a subprocess, because TRITON_INTERPRET must be set
 before the kernel is decorated and other tests import triton first. The interpreter mishandles
@@ -24,6 +24,7 @@ _INTERPRETED = r"""
 import json, sys, torch
 from pathlib import Path
 from models.tiny_vit import Attention
+from runtime.fast import set_window_attention
 
 torch.set_num_threads(1)
 ckpt = Path("weights/lite_medsam.pth")
@@ -45,7 +46,7 @@ for stage, (dim, heads, window) in enumerate(json.loads(sys.argv[1]), start=1):
     with torch.no_grad():
         attn.impl = "sdpa"
         ref = attn(x)
-        attn.impl = "triton"
+        set_window_attention(attn, "triton", max_tokens=10**6)
         out = attn(x)
         # once: the op's fake (shape-only) version lets a full-graph compile keep it as one call
         compiled = torch.compile(attn, backend="aot_eager", fullgraph=True)(x) if stage == 1 else out
@@ -74,7 +75,7 @@ def test_triton_window_attention_matches_sdpa_in_the_interpreter():
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter runs CPU tensors")
 def test_triton_window_attention_refuses_cpu_tensors():
-    from models.triton_attention import window_attention
+    from runtime.triton_attention import window_attention
 
     qkv = torch.zeros(1, 49, 4 * 96)
     with pytest.raises(RuntimeError, match="CUDA"):
@@ -91,7 +92,7 @@ def test_triton_window_attention_on_gpu(dim, heads, window):
     """The attention core at LiteMedSAM's stage sizes (two 256 x 256 slices' windows): fp32 equals SDPA
     within rounding; in bf16 its error against an fp32 reference is no larger than SDPA's own bf16
     error (up to rounding); compiled, it is the same op."""
-    from models.triton_attention import reference, window_attention
+    from runtime.triton_attention import reference, window_attention
 
     torch.manual_seed(0)
     grid = {7: (128 if dim == 128 else 64), 14: 64}[window]

@@ -1,4 +1,4 @@
-"""The Triton MBConv / PatchMerging kernels (models/triton_convs.py) compute the folded TinyViT blocks.
+"""The Triton MBConv / PatchMerging kernels (runtime/triton_convs.py) compute the folded TinyViT blocks.
 
 CPU: the Triton interpreter in a subprocess (TRITON_INTERPRET=1 must precede the kernels' decoration,
 and other tests import triton first), fp32, LiteMedSAM's real blocks at small sizes. GPU (device
@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.fast import fuse_batchnorm, use_tanh_gelu
+from runtime.conv_forms import fuse_batchnorm
+from runtime.fast import use_tanh_gelu
 from models.tiny_vit import TinyViT, TinyViTConfig
 
 SCRIPT = Path(__file__).with_name("triton_convs_interpret.py")
@@ -62,7 +63,7 @@ def test_fused_blocks_in_half_precision_are_as_close_as_the_originals():
 
 
 def test_use_triton_convs_refuses_an_unfolded_encoder():
-    from models.triton_convs import use_triton_convs
+    from runtime.triton_convs import use_triton_convs
 
     encoder = TinyViT(TinyViTConfig(img_size=16, embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4)))
     with pytest.raises(ValueError, match="fuse_batchnorm"):
@@ -98,7 +99,7 @@ def _sm90_ptxas(kernel, signature: dict, constexprs: dict, num_warps: int, num_s
 def test_default_launch_parameters_compile_for_the_h100_without_register_spills(gelu):
     """bf16, the stage-0 shapes, both GELU forms: spills to local memory would cost the bandwidth the
     kernels exist to save. The row-walking kernel's 4-warp default is the exception measured on the H100
-    (faster than 8 warps without spills; models/triton_convs.py): its spills stay under 512 bytes."""
+    (faster than 8 warps without spills; runtime/triton_convs.py): its spills stay under 512 bytes."""
     from models import triton_convs as tc
 
     pw, dw = tc.TUNING["pointwise"], tc.TUNING["depthwise_pointwise"]
@@ -135,7 +136,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 
 def _gpu_block(litemedsam, block: str):
     """(folded fp32 block on the GPU, its fused class, a channels-last batch of 4 at 256 x 256)."""
-    from models.triton_convs import FusedMBConv, FusedPatchMerging
+    from runtime.triton_convs import FusedMBConv, FusedPatchMerging
 
     encoder = copy.deepcopy(litemedsam.model.image_encoder).eval()
     fuse_batchnorm(encoder)
@@ -194,7 +195,7 @@ def test_fused_blocks_on_the_gpu_match_the_originals(litemedsam, block):
 
 def test_fused_blocks_refuse_cpu_tensors_with_a_clear_message(litemedsam):
     """Without a GPU (and without the interpreter) the kernels say what they need, not a driver error."""
-    from models.triton_convs import FusedMBConv
+    from runtime.triton_convs import FusedMBConv
 
     encoder = copy.deepcopy(litemedsam.model.image_encoder).eval()
     fuse_batchnorm(encoder)

@@ -1,4 +1,4 @@
-"""CPU checks of models/triton_convs.py through the Triton interpreter, one case per run.
+"""CPU checks of runtime/triton_convs.py through the Triton interpreter, one case per run.
 
 Run by tests/test_triton_convs.py in a subprocess with TRITON_INTERPRET=1, which must be set before
 the kernels are decorated (other tests import triton first). fp32 only: the interpreter's bf16 is
@@ -19,9 +19,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.fast import decompose_convs, fuse_batchnorm, use_tanh_gelu  # noqa: E402
+from runtime.conv_forms import decompose_convs, fuse_batchnorm  # noqa: E402
+from runtime.fast import use_tanh_gelu  # noqa: E402
 from models.tiny_vit import MBConv, PatchMerging, TinyViT, TinyViTConfig  # noqa: E402
-from models.triton_convs import FusedMBConv, FusedPatchMerging, use_triton_convs  # noqa: E402
+from runtime.triton_convs import FusedMBConv, FusedPatchMerging, use_triton_convs  # noqa: E402
 
 WEIGHTS = ROOT / "weights" / "lite_medsam.pth"
 

@@ -13,15 +13,16 @@ import json
 from app.errors import UsageError
 from data.readers import read_study
 from data.windowing import default_window, slice_to_rgb
-from models.registry import BACKENDS as LOADER_BACKENDS
-from models.registry import PROJECT_ROOT, load_segmenter
-from models.timing import measure_segmenter
+from runtime import BACKENDS as LOADER_BACKENDS
+from models.registry import PROJECT_ROOT
+from runtime import load_segmenter
+from runtime.timing import measure_segmenter
 
 SAMPLE = PROJECT_ROOT / "samples" / "ct_head_0051_series"
 ONNX_BACKENDS = tuple(b for b in LOADER_BACKENDS if b != "torch")  # the registry's onnxruntime backends
 # torch-triton: bf16 weights, compiled, with the Triton window-attention and MBConv/PatchMerging kernels
-# (models/triton_attention.py, models/triton_convs.py); torch-triton-tanh: the same with every GELU in the
-# tanh form (models.fast.use_tanh_gelu) and inductor's kernels tuned (models.fast.TUNED_KERNELS), the
+# (runtime/triton_attention.py, runtime/triton_convs.py); torch-triton-tanh: the same with every GELU in the
+# tanh form (runtime.fast.use_tanh_gelu) and inductor's kernels tuned (runtime.fast.TUNED_KERNELS), the
 # fastest batched GPU path (docs/benchmarks.md, run 16); its compile takes minutes per batch size
 TRITON_BACKENDS = ("torch-triton", "torch-triton-tanh")
 BACKENDS = ("torch", "torch-bf16", "torch-compile", *TRITON_BACKENDS, *ONNX_BACKENDS)
@@ -40,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _segmenter(args: argparse.Namespace, backend: str):
-    from models.fast import TUNED_KERNELS, tuned
+    from runtime.fast import TUNED_KERNELS, tuned
 
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")

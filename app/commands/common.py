@@ -11,6 +11,7 @@ from data.readers import read_study
 from data.volume import Volume
 from data.windowing import default_window, slice_to_rgb
 from models.prompts import Prompts
+from runtime import BACKENDS
 
 
 def add_study_args(p: argparse.ArgumentParser) -> None:
@@ -23,7 +24,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="FILE", help="weights file; default: the registry's file in weights/")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     p.add_argument(
-        "--backend", default="torch", choices=["torch", "onnx", "onnx-int8", "onnx-int8-all", "onnx-int8-fast"],
+        "--backend", default="torch", choices=BACKENDS,
         help="default torch; onnx runs onnxruntime; onnx-int8 also runs most of the encoder's linear layers "
         "in int8, onnx-int8-all all of them (faster on the CPU, Dice -0.004), onnx-int8-fast all of them in an "
         "encoder graph rewritten for onnxruntime (the fastest on the CPU, Dice -0.003)",
@@ -33,7 +34,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def segmenter_from_args(args: argparse.Namespace):
     """The shared, cached segmenter that --model/--checkpoint/--device/--backend (and --adapter) name."""
-    from models.registry import load_segmenter
+    from runtime import load_segmenter
 
     if getattr(args, "adapter", None):
         from adapters.io import load_adapted

@@ -15,7 +15,7 @@ Each launch is a ``torch.library.custom_op`` (``medseg::pointwise_gelu``, ``meds
 so that ``torch.compile`` of the whole encoder keeps it as one opaque call.
 
 :func:`use_triton_convs` swaps every MBConv and PatchMerging of a Conv+BN-folded TinyViT
-(``models.fast.fuse_batchnorm``) for :class:`FusedMBConv` / :class:`FusedPatchMerging`.
+(``runtime.conv_forms.fuse_batchnorm``) for :class:`FusedMBConv` / :class:`FusedPatchMerging`.
 Offsets are int64: 128 x 256 x 256 x 256 elements is 2^31.
 """
 
@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from models.fast import PointwiseConv, ShiftedDepthwiseConv
+from runtime.conv_forms import PointwiseConv, ShiftedDepthwiseConv
 from models.tiny_vit import MBConv, PatchMerging
 
 # Launch parameters, per kernel; benchmarks/triton_convs_check.py sweeps them. Read at every call,
@@ -54,7 +54,7 @@ TUNING: dict[str, dict[str, int]] = {
 # GELU variants (the kernels' ``GELU`` constexpr). The erf form costs ~37 instructions a value on
 # sm_90 (libdevice's erff), more than the rest of these kernels' work per value; the tanh form,
 # nn.GELU(approximate="tanh"), costs ~8 and differs from erf by < 5e-4, under bf16's rounding of the
-# values it feeds. It is opt-in (``fast_gelu``; ``models.fast.tuned(gelu="tanh")``, bf16 only there).
+# values it feeds. It is opt-in (``fast_gelu``; ``runtime.fast.tuned(gelu="tanh")``, bf16 only there).
 GELU_ERF, GELU_TANH_SFU, GELU_TANH_EXP = 0, 1, 2
 
 
@@ -439,13 +439,13 @@ def _depthwise_weights(conv: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int
 
 def _not_folded(conv: nn.Module) -> ValueError:
     return ValueError(
-        f"use_triton_convs needs a Conv+BN-folded TinyViT (models.fast.fuse_batchnorm); found {type(conv).__name__}"
+        f"use_triton_convs needs a Conv+BN-folded TinyViT (runtime.conv_forms.fuse_batchnorm); found {type(conv).__name__}"
     )
 
 
 class _FusedConvBlock(nn.Module):
     """The weights of a conv1 -> GELU -> dw3x3 -> GELU -> conv3 block, laid out for the two kernels.
-    ``fast_gelu`` (set by ``models.fast.use_tanh_gelu``): every GELU of the block in the tanh form."""
+    ``fast_gelu`` (set by ``runtime.fast.use_tanh_gelu``): every GELU of the block in the tanh form."""
 
     fast_gelu: bool = False
 

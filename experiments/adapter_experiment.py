@@ -20,17 +20,19 @@ without losing box Dice, on structures the adapter never saw. So the split is by
 One-time preparation (here, not on the device; writes ``weights/devdata/colin27``, about 11 MB):
 
     apt-get download mricron-data && dpkg-deb -x mricron-data_*.deb /tmp/mricron
-    python scripts/adapter_experiment.py --prepare-colin27 /tmp/mricron/usr/share/mricron/templates
+    python experiments/adapter_experiment.py --prepare-colin27 /tmp/mricron/usr/share/mricron/templates
 
 Run (``--stage train`` then ``--stage eval`` reuse ``--out``; ``--stage all`` does both):
 
-    python scripts/adapter_experiment.py --out out/adapter_exp --data weights/devdata --device cuda
-    python scripts/adapter_experiment.py --out /tmp/exp --limit 3 --max-steps 2     # CPU smoke run
+    python experiments/adapter_experiment.py --out out/adapter_exp --data weights/devdata --device cuda
+    python experiments/adapter_experiment.py --out /tmp/exp --limit 3 --max-steps 2     # CPU smoke run
 
 Writes OUT/manifests/{train,val,heldout,all}.csv, OUT/adapter/ (``medseg finetune``),
 OUT/eval/<set>_<before|after>_<protocol>/ (``medseg eval``), OUT/results.md and OUT/results.json.
 Every step is a ``medseg`` command, printed before it runs; they run in this process so the model
 and the CUDA context are loaded once.
+
+Question answered and where: docs/adapters.md (raw runs in docs/adapter_runs/).
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def prepare_colin27(templates: Path, data: Path, dest: Path) -> None:
         "Colin27 T1 (ch2.nii.gz) and the AAL atlas (aal.nii.gz) from Debian mricron-data 1.2.20211006+dfsg-4\n"
         "(licences: shared/data/README.md), one file per view: axial = the source array, coronal and sagittal =\n"
         f"its axes {VIEW_AXES['coronal']} and {VIEW_AXES['sagittal']} (slice k, then rot90 as the manifest's MR rows).\n"
-        "Written by scripts/adapter_experiment.py --prepare-colin27; for the adapter experiment only.\n")
+        "Written by experiments/adapter_experiment.py --prepare-colin27; for the adapter experiment only.\n")
     print(f"wrote {dest}: " + ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(dest.iterdir())))
 
 

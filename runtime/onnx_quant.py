@@ -87,7 +87,7 @@ RECIPES: dict[str, QuantRecipe] = {
         ),
         # calibrated QDQ on the same 40 nodes: measured slower and less accurate than dynamic
         QuantRecipe("linear-static", include=_LINEAR, op_types=("MatMul",)),
-        # the same layers in models/onnx_fast_export.py's encoder, where qkv is three MatMuls (q, k, v:
+        # the same layers in runtime/onnx_fast_export.py's encoder, where qkv is three MatMuls (q, k, v:
         # 60 nodes, the numbers of the 40 above: each of q, k, v quantizes the same input)
         QuantRecipe(
             "linear-fast-dynamic",
@@ -102,7 +102,7 @@ DEFAULT_RECIPE = "linear-but-deep-fc2-dynamic"
 # ``--backend`` names of the int8 encoders -> their recipe. ``onnx-int8`` keeps the most Dice margin;
 # ``onnx-int8-all`` quantizes all 40 weight MatMuls: faster at 2 threads, mean box Dice -0.004 on the
 # shared slices (the issue allows 0.005; docs/benchmarks.md, CPU section). ``onnx-int8-fast``: the same
-# layers in int8, quantized from the rewritten encoder of models/onnx_fast_export.py (fewer nodes).
+# layers in int8, quantized from the rewritten encoder of runtime/onnx_fast_export.py (fewer nodes).
 BACKEND_RECIPES: dict[str, str] = {
     "onnx-int8": DEFAULT_RECIPE,
     "onnx-int8-all": "linear-dynamic",
@@ -141,7 +141,7 @@ class _Reader:
 def quantize_encoder(
     fp32_encoder: str | Path, out_path: str | Path, inputs: list[np.ndarray], recipe: QuantRecipe
 ) -> Path:
-    """Write an int8 copy of ``fp32_encoder`` (models.onnx_export) to ``out_path``: QDQ nodes when
+    """Write an int8 copy of ``fp32_encoder`` (runtime.onnx_export) to ``out_path``: QDQ nodes when
     the recipe is static (calibrated on ``inputs``), fused dynamic-quantized MatMuls when dynamic."""
     import tempfile
 
@@ -153,7 +153,7 @@ def quantize_encoder(
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # On a graph with static shapes ORT's pre-optimization turns MatMul + Add into Gemm, which
-        # dynamic quantization skips: the static fast export (models/onnx_fast_export.py) goes unoptimized.
+        # dynamic quantization skips: the static fast export (runtime/onnx_fast_export.py) goes unoptimized.
         quant_pre_process(
             str(fp32_encoder), str(prepared), skip_optimization=_static_batch(fp32_encoder), skip_symbolic_shape=False
         )
@@ -187,7 +187,7 @@ def quantize_encoder(
 
 
 def _static_batch(path: str | Path) -> bool:
-    """Whether the encoder's input has a fixed batch size (models/onnx_fast_export.py) or a dynamic one."""
+    """Whether the encoder's input has a fixed batch size (runtime/onnx_fast_export.py) or a dynamic one."""
     import onnx
 
     dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]

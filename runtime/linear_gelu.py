@@ -8,7 +8,7 @@ GEMM with the bias and the GELU applied as the result is written.
 cuBLASLt's GELU is the tanh form, ``nn.GELU(approximate="tanh")``, and so is torch's CUDA fallback
 where cuBLASLt does not apply (torch's tests compare it with that form); on the CPU the op computes
 the same form itself. So :class:`LinearGELU` replaces an exact GELU only where
-``models.fast.tuned(gelu="tanh")`` asks for it. The call is a ``torch.library`` custom op so that
+``runtime.fast.tuned(gelu="tanh")`` asks for it. The call is a ``torch.library`` custom op so that
 ``torch.compile`` keeps it whole (inductor would otherwise split it into a GEMM and a GELU pass).
 """
 

@@ -9,7 +9,7 @@
   in channels-last memory format and optionally ``torch.compile``d. The copy shares the weights
   of the original; decoding stays fp32 (it is small and sets the mask edges). With
   ``cuda_graphs=True`` a batch-1 embed and each prompt shape's decode replay as single CUDA graphs
-  (``models/cuda_graphs.py``), the lowest end-to-end latency (docs/benchmarks.md, run 4).
+  (``runtime/cuda_graphs.py``), the lowest end-to-end latency (docs/benchmarks.md, run 4).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from segment_anything.modeling import image_encoder as sam_vit
 from torch import nn
 
 from models.segmenter import Segmenter
+from runtime.conv_forms import decompose_convs, fuse_batchnorm
 
 
 class SDPAAttention(sam_vit.Attention):
@@ -88,92 +89,6 @@ def use_sdpa_attention(model: nn.Module) -> int:
     return n
 
 
-def fuse_batchnorm(module: nn.Module) -> int:
-    """Fold every eval-mode ``Conv2d`` + ``BatchNorm2d`` pair (TinyViT's ``Conv2dBN``) into one conv.
-
-    Mutates ``module``: call it on a copy. Returns the number of folded pairs.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    n = 0
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.Sequential) and set(child._modules) == {"c", "bn"}:
-            setattr(module, name, fuse_conv_bn_eval(child.c.eval(), child.bn.eval()))
-            n += 1
-        else:
-            n += fuse_batchnorm(child)
-    return n
-
-
-class PointwiseConv(nn.Module):
-    """A 1x1, stride-1, ungrouped ``Conv2d`` as a matmul over the channels of a channels-last tensor.
-
-    The same arithmetic as the convolution (a sum over input channels); under ``torch.compile`` it
-    becomes one cuBLAS GEMM with the bias and the following activation fused into a Triton
-    epilogue, where cuDNN spent most of LiteMedSAM's batched encoder time converting layouts
-    (docs/benchmarks.md, profile).
-    """
-
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__()
-        self.weight = nn.Parameter(conv.weight.detach().flatten(1), requires_grad=False)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
-
-
-class ShiftedDepthwiseConv(nn.Module):
-    """A depthwise (groups = channels) ``Conv2d`` as a sum of k*k shifted, per-channel-scaled copies.
-
-    Memory-bound by nature, so it belongs in one fused elementwise kernel: ``torch.compile`` makes
-    it one Triton kernel together with the folded BatchNorm bias and the GELU after it, instead of
-    a cuDNN grouped convolution plus layout transforms.
-    """
-
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__()
-        self.weight = nn.Parameter(conv.weight.detach()[:, 0], requires_grad=False)  # (C, k, k)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=False)
-        self.stride, self.padding = conv.stride[0], conv.padding[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, s, p = self.weight.shape[-1], self.stride, self.padding
-        h_out = (x.shape[-2] + 2 * p - k) // s + 1
-        w_out = (x.shape[-1] + 2 * p - k) // s + 1
-        xp = F.pad(x, (p, p, p, p))
-        out = None
-        for dy in range(k):
-            for dx in range(k):
-                tap = xp[:, :, dy : dy + s * (h_out - 1) + 1 : s, dx : dx + s * (w_out - 1) + 1 : s]
-                term = tap * self.weight[:, dy, dx].view(1, -1, 1, 1).to(x.dtype)
-                out = term if out is None else out + term
-        if self.bias is not None:
-            out = out + self.bias.view(1, -1, 1, 1).to(x.dtype)
-        return out
-
-
-def decompose_convs(module: nn.Module) -> int:
-    """Replace 1x1 and depthwise ``Conv2d`` layers by :class:`PointwiseConv` / :class:`ShiftedDepthwiseConv`.
-
-    For compiled GPU encoders only (eager, the shifted sum is k*k kernels). Mutates ``module``:
-    call it on a copy. Returns the number of replaced layers.
-    """
-    n = 0
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.Conv2d) and child.padding_mode == "zeros" and child.dilation == (1, 1):
-            square = child.kernel_size[0] == child.kernel_size[1] and child.stride[0] == child.stride[1]
-            if child.kernel_size == (1, 1) and child.stride == (1, 1) and child.groups == 1:
-                setattr(module, name, PointwiseConv(child))
-                n += 1
-            elif square and child.groups == child.in_channels == child.out_channels and child.padding[0] == child.padding[1]:
-                setattr(module, name, ShiftedDepthwiseConv(child))
-                n += 1
-        else:
-            n += decompose_convs(child)
-    return n
-
-
 WINDOW_ATTENTION = ("sdpa", "math", "flash", "triton")
 
 # Inductor inlines a cheap producer into every consumer load. Before a decomposed depthwise conv that
@@ -198,16 +113,19 @@ def set_window_attention(module: nn.Module, impl: str, max_tokens: int = SMALL_W
 
     For "math" and "flash" only short windows change by default: at 49 tokens SDPA's memory-efficient
     kernel is mostly padding, while the explicit scores of a 196-token window would be 16x larger in
-    memory than at 49. "triton" (``models/triton_attention.py``) serves every window size.
+    memory than at 49. "triton" (``runtime/triton_attention.py``) serves every window size.
     """
     from models.tiny_vit import Attention
 
     if impl not in WINDOW_ATTENTION:
         raise ValueError(f"attention must be one of {WINDOW_ATTENTION}, got {impl!r}")
+    kernel = None
+    if impl == "triton":
+        from runtime.triton_attention import window_attention as kernel
     n = 0
     for m in module.modules():
         if isinstance(m, Attention) and m.attention_bias_idxs.shape[0] <= max_tokens:
-            m.impl = impl
+            m.impl, m.window_kernel = impl, kernel
             n += 1
     return n
 
@@ -220,13 +138,13 @@ def use_tanh_gelu(module: nn.Module) -> int:
     many were changed. Mutates ``module``: call it on a copy.
 
     Why: where GELU follows a GEMM it can go into the GEMM's epilogue (cuBLASLt's GELU is the tanh
-    form; ``models/linear_gelu.py``), and in the Triton conv kernels the erf form costs more
+    form; ``runtime/linear_gelu.py``), and in the Triton conv kernels the erf form costs more
     instructions than the rest of their work per value. The two forms differ by < 5e-4, under bf16's
     rounding (``tuned(gelu="tanh")`` allows it with bf16 only). Each MLP's ``fc1`` + GELU becomes one
-    :class:`~models.linear_gelu.LinearGELU`; the fused conv blocks of ``models/triton_convs.py`` get
+    :class:`~runtime.linear_gelu.LinearGELU`; the fused conv blocks of ``runtime/triton_convs.py`` get
     ``fast_gelu``; every other ``nn.GELU`` gets ``approximate="tanh"``.
     """
-    from models.linear_gelu import LinearGELU
+    from runtime.linear_gelu import LinearGELU
     from models.tiny_vit import Mlp
 
     n = 0
@@ -238,7 +156,7 @@ def use_tanh_gelu(module: nn.Module) -> int:
         if isinstance(m, nn.GELU) and m.approximate != "tanh":
             m.approximate = "tanh"
             n += 1
-        elif getattr(m, "fast_gelu", None) is False:  # models.triton_convs' fused blocks
+        elif getattr(m, "fast_gelu", None) is False:  # runtime.triton_convs' fused blocks
             m.fast_gelu = True
             n += 1
     return n
@@ -268,7 +186,7 @@ def tuned(
     convolutions as GEMMs and fused shifted sums (:func:`decompose_convs`). With a CUDA-graph mode
     ("reduce-overhead", "max-autotune") the features are copied out of the graph's static buffer.
 
-    ``cuda_graphs`` (``models.cuda_graphs``): a batch-1 embed (host-to-device copy, preprocessing and
+    ``cuda_graphs`` (``runtime.cuda_graphs``): a batch-1 embed (host-to-device copy, preprocessing and
     encoder) replays as one CUDA graph, where the segmenter has LiteMedSAM's split preprocessing, and
     ``decode_prompts`` (prompt encoder + mask decoder) as one graph per prompt shape; outputs equal
     the un-graphed path. Not combinable with a CUDA-graph compile mode. On the CPU the same code runs
@@ -278,8 +196,8 @@ def tuned(
     window attention is computed in the folded encoder copy, for batched throughput under compile
     (docs/benchmarks.md, run 5). fp32 results equal the default within rounding (tests/test_fast_paths.py).
     ``attention="triton"`` runs every window (7 x 7 and 14 x 14) through the Triton kernel of
-    ``models/triton_attention.py``, and ``triton_convs`` swaps TinyViT's MBConv and PatchMerging blocks
-    for the fused Triton kernels of ``models/triton_convs.py`` (CUDA; the depthwise output never goes to
+    ``runtime/triton_attention.py``, and ``triton_convs`` swaps TinyViT's MBConv and PatchMerging blocks
+    for the fused Triton kernels of ``runtime/triton_convs.py`` (CUDA; the depthwise output never goes to
     memory). ``inductor_options`` go to the encoder's ``torch.compile(options=...)``; with ``compile=True``
     they default to :data:`REALIZE_STENCIL_INPUTS` (pass ``{}`` for inductor's defaults); torch.compile
     takes them only without a named ``compile`` mode. ``gelu="tanh"`` (bf16 only; :func:`use_tanh_gelu`)
@@ -309,7 +227,7 @@ def tuned(
         if attention != "sdpa" and not set_window_attention(encoder, attention, max_tokens):
             raise ValueError(f"attention={attention!r}: {type(encoder).__name__} has no TinyViT window attention to change")
         if triton_convs:
-            from models.triton_convs import use_triton_convs
+            from runtime.triton_convs import use_triton_convs
 
             use_triton_convs(encoder)
         if gelu == "tanh":
@@ -370,8 +288,8 @@ def tuned(
 
 
 def _with_cuda_graphs(fast: Segmenter, original: Segmenter, encode, compile_decoder: bool) -> Segmenter:
-    """Install the graphed embed and decode of ``models.cuda_graphs`` on ``fast`` where they apply."""
-    from models.cuda_graphs import GraphedDecoder, GraphedEmbed
+    """Install the graphed embed and decode of ``runtime.cuda_graphs`` on ``fast`` where they apply."""
+    from runtime.cuda_graphs import GraphedDecoder, GraphedEmbed
 
     if hasattr(original, "upstream_host_inputs") and getattr(original, "pipeline", None) == "upstream":
         fast.embed_features = GraphedEmbed(fast, encode, fast.embed_features)  # type: ignore[method-assign]

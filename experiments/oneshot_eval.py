@@ -4,7 +4,9 @@ For each structure of ``shared/data/manifest.csv`` the first listed slice is the
 mask is the one annotation) and the structure's other listed slices, elsewhere in the slab, are the
 targets. Slices are made exactly as the manifest says (transform, clip to norm_lo..norm_hi, 0..255).
 
-    .venv/bin/python scripts/oneshot_eval.py --out /tmp/oneshot_eval.csv
+    .venv/bin/python experiments/oneshot_eval.py --out /tmp/oneshot_eval.csv
+
+Question: how close does one-shot come to the GT box? Result: docs/oneshot.md.
 """
 
 from __future__ import annotations

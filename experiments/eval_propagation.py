@@ -1,12 +1,14 @@
 """Measure 3D propagation (3D Dice against the labels) on the CT head and Colin27 slabs.
 
-    .venv/bin/python scripts/eval_propagation.py [--out docs/img/propagation_dice.csv]
+    .venv/bin/python experiments/eval_propagation.py [--out docs/img/propagation_dice.csv]
 
 Each structure starts on the slice where its ground truth is largest, from the tight GT box on
 that slice + 5 px (the 2D baseline's middle setting); the walk then goes up and down the slab.
 Rules compared: MedSAM's own (previous box + 3 px, no mask prompt, stop on empty) and variants
 with a wider margin, the previous logits as a mask prompt, and a predicted-IoU stop.
 Every slice is encoded once (one EmbeddingCache per volume) and reused by all rules.
+
+Question: which propagation rule gives the best 3D Dice? Result: docs/evaluation.md, section 3D propagation.
 """
 
 from __future__ import annotations

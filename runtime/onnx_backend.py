@@ -24,7 +24,7 @@ def available_providers(device: str) -> list[str]:
 
 
 class OnnxSegmenter(Segmenter):
-    """Runs ``encoder.onnx`` / ``decoder.onnx`` written by :func:`models.onnx_export.export_onnx`."""
+    """Runs ``encoder.onnx`` / ``decoder.onnx`` written by :func:`runtime.onnx_export.export_onnx`."""
 
     def __init__(
         self, base: Segmenter, encoder_path: str | Path, decoder_path: str | Path, device: str = "cpu", label: str = "onnx"
@@ -45,7 +45,7 @@ class OnnxSegmenter(Segmenter):
         self.encoder_path, self.decoder_path = Path(encoder_path), Path(decoder_path)
         self.encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
         self.decoder = ort.InferenceSession(str(decoder_path), options, providers=providers)
-        # an encoder exported for one image (models/onnx_fast_export.py) is run once per image of a batch
+        # an encoder exported for one image (runtime/onnx_fast_export.py) is run once per image of a batch
         self._one_per_call = self.encoder.get_inputs()[0].shape[0] == 1
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 Reads the ``per_case.tgz`` archives that the device runs bring back (``eval/<set>_<before|after>_box_clicks5/per_case.csv``)
 and draws docs/img/adapter_dice_per_click.png; prints the per-click means and the per-case gains.
-Usage: python scripts/plot_adapter_runs.py [LABEL=PER_CASE.tgz ...]
+Usage: python experiments/plot_adapter_runs.py [LABEL=PER_CASE.tgz ...]
+
+Question: Dice per corrective click before/after an adapter. Result: docs/img/adapter_dice_per_click.png in docs/adapters.md.
 """
 import csv, collections, tarfile, io, sys, json
 import numpy as np
