@@ -9,8 +9,9 @@ Why these numbers:
   ~100,000 nested items overflows its C stack (signal 11), so the depth is checked before it reads.
 * ``MAX_DICOM_ITEMS`` 200,000 sequence items per file: a 5,000-frame enhanced CT carries ~30 per
   frame. Bounds the time and memory pydicom spends building the header.
-* ``MAX_DICOM_HEADER_BYTES`` 64 MiB of elements other than pixel data: a DICOM header larger than
-  that is not an image header.
+* ``MAX_DICOM_HEADER_BYTES`` 32 MiB of elements other than pixel data (an enhanced 5,000-frame
+  header is ~15 MiB); also what a deflated data set may inflate to before its pixel data, and
+  the most a NIfTI header with extensions may take (``vox_offset``).
 * ``GZIP_SLACK_BYTES`` 1 MiB: what a .nii.gz may hold after the voxels its header declares before
   it counts as a gzip bomb (real files hold 0 bytes there).
 """
@@ -22,9 +23,9 @@ import os
 DEFAULT_MAX_VOXELS = 2**28
 MAX_DICOM_DEPTH = 32
 MAX_DICOM_ITEMS = 200_000
-MAX_DICOM_HEADER_BYTES = 64 * 1024**2
+MAX_DICOM_HEADER_BYTES = 32 * 1024**2
 GZIP_SLACK_BYTES = 1024**2
-MAX_BYTES_PER_VOXEL = 8  # float64 / 64-bit pixel data, or 2 x 32-bit RGB... the most a legit voxel needs
+MAX_BYTES_PER_VOXEL = 8  # float64 pixel data: the most one voxel of a legitimate study takes
 MAX_SAMPLES_PER_PIXEL = 4
 
 
