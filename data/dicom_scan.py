@@ -310,3 +310,51 @@ def _read_value(scan: DicomScan, raw: bytes, tag: int, u16: struct.Struct) -> No
             pass
     elif len(raw) == 2:
         scan.values[US_TAGS[tag]] = u16.unpack(raw)[0]
+
+
+JPEG_SOF = frozenset([0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7])
+FRAME_HEAD_BYTES = 64 * 1024
+
+
+def encoded_frame_sizes(path: Path, scan: DicomScan) -> list[tuple[int, int, int]]:
+    """(columns, rows, components) that each JPEG / JPEG-LS / JPEG 2000 fragment's own header
+    declares (fragments that start a codestream only). A decoder allocates what the codestream
+    says, whatever Rows/Columns say, so the two must agree before anything decodes it."""
+    sizes = []
+    with open(path, "rb") as f:
+        for offset, length in scan.fragments[1:]:  # [0] is the basic offset table
+            f.seek(offset)
+            head = f.read(min(length, FRAME_HEAD_BYTES))
+            size = _jpeg_size(head) if head[:2] == b"\xff\xd8" else _j2k_size(head)
+            if size is not None:
+                sizes.append(size)
+    return sizes
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int, int] | None:
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if 0xD0 <= marker <= 0xD9 or marker == 0x01:
+            pos += 2
+            continue
+        seg = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        if marker in JPEG_SOF and pos + 10 <= len(data):
+            rows, cols = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return cols, rows, data[pos + 9]
+        pos += 2 + seg
+    return None
+
+
+def _j2k_size(data: bytes) -> tuple[int, int, int] | None:
+    at = data.find(b"\xff\x4f\xff\x51")
+    if at < 0 or at + 42 > len(data):
+        return None
+    x, y, xo, yo = struct.unpack(">IIII", data[at + 8 : at + 24])
+    comps = struct.unpack(">H", data[at + 40 : at + 42])[0]
+    return x - xo, y - yo, comps

@@ -120,6 +120,9 @@ def _parse_header(prefix: bytes):
                     raise NiftiCheckError("a header of a .hdr/.img pair; expected a single-file NIfTI (magic n+1)")
                 if magic not in (b"n+1", b"n+2"):
                     raise NiftiCheckError(f"NIfTI magic {magic!r}; expected b'n+1' or b'n+2'")
+                if size == 540:  # SimpleITK's reader here does not know NIfTI-2 (measured: "Unable to determine ImageIO")
+                    raise NiftiCheckError("a NIfTI-2 file; medseg reads NIfTI-1: convert it, e.g. "
+                                          "nibabel.save(nibabel.Nifti1Image.from_image(nibabel.load(IN)), OUT)")
                 return header, size
     raise NiftiCheckError("no NIfTI header (sizeof_hdr is neither 348 nor 540)")
 

@@ -35,7 +35,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from data import limits
-from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, scan_dicom
+from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
 from data.limits import DEFAULT_MAX_VOXELS, LimitError
 from data.nifti_check import NiftiCheckError, check_nifti
 from data.series_geometry import GeometryError, check_pixel_spacing, check_series_geometry, orientation, position_along_normal
@@ -260,6 +260,11 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
     if scan.encapsulated:
         if len(scan.fragments) < 2 or not any(n for _, n in scan.fragments[1:]):
             raise StudyError(f"{path}: compressed pixel data without any frame fragment")
+        rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+        for c, r, comps in encoded_frame_sizes(path, scan):
+            if (c, r) != (cols, rows) or comps != samples:
+                raise StudyError(f"{path}: a compressed frame of {c} x {r} x {comps} (its JPEG frame header) in an image "
+                                 f"of Columns x Rows x SamplesPerPixel {cols} x {rows} x {samples}; refused before decoding")
         return
     per_frame = _int(ds, "Rows") * _int(ds, "Columns") * samples
     if str(getattr(ds, "PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
