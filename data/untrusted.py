@@ -49,7 +49,7 @@ def check_regular(path: Path, *, folder: Path | None = None, allow_dir: bool = F
         base = Path(os.path.realpath(folder if folder is not None else Path(path).absolute().parent))
         target = Path(os.path.realpath(path))
         if base != target and base not in target.parents:
-            raise UntrustedFileError(f"{path}: a link to a file outside its folder; copy the file in instead")
+            raise UntrustedFileError(f"{path}: a link to a file outside its folder; name the real path or copy the file in")
     try:
         st = os.stat(path)
     except OSError as e:

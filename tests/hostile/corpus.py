@@ -438,7 +438,12 @@ def nifti_bytes(d: Path) -> list[Case]:
     piece_c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     piece = piece_c.compress(bytes(1024**2)) + piece_c.flush(zlib.Z_FULL_FLUSH)
     cases.append(case("gzip_bomb_one_member", stream + piece * 4096 + c.flush(), "a gzip bomb", gz="raw"))
-    # accepted: trailing bytes within the slack, NIfTI-2, big-endian, 2D
+    # accepted: two gzip members (as concatenating tools write), zero padding after the stream, trailing
+    # bytes within the slack, big-endian
+    half = len(full) // 2
+    cases.append(case("gz_two_members", gzip.compress(full[:half]) + gzip.compress(full[half:]), "", expect="accept",
+                      expected=ours(vol), gz="raw"))
+    cases.append(case("gz_zero_padding", gzip.compress(full) + bytes(4096), "", expect="accept", expected=ours(vol), gz="raw"))
     cases.append(case("trailing_bytes_within_slack", full + b"\0" * 1000, "", expect="accept", expected=ours(vol), gz=True))
     n2 = _nifti(d / "nifti2.nii", vol, cls=nib.Nifti2Image)
     cases.append(Case("nifti2_refused", "nifti-bytes", n2, "refuse", "a NIfTI-2 file; medseg reads NIfTI-1"))
