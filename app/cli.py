@@ -1,6 +1,9 @@
 """``medseg``: the command line. Each subcommand lives in ``app/commands/<name>.py`` and exposes
 ``add_parser(subparsers)`` and ``run(args) -> int``. Known user errors print one line on stderr
-and exit with code 2, never a traceback.
+and exit with code 2, never a traceback: control characters in the message (a newline in a file
+name) are escaped, and Python warnings raised on the way are not printed (libraries' notes would
+make the error several lines). When the command succeeds, each warning is printed as one line
+``medseg CMD: warning: ...`` (e.g. NaN voxels replaced, ``--allow-uneven`` spacing).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 # Subcommand modules, in the order `medseg --help` lists them.
 COMMANDS = ["segment", "info", "serve", "propagate", "eval", "models", "convert-checkpoint", "oneshot", "bench", "batch", "finetune"]
@@ -31,16 +35,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from app.errors import USER_ERRORS
+    from data.untrusted import one_line
 
+    caught: list[warnings.WarningMessage] | None = None
     try:
-        return int(args._run(args) or 0)
+        # a server logs its warnings as they come; every other command holds them until it succeeds
+        with warnings.catch_warnings(record=args.command != "serve") as caught:
+            if caught is not None:
+                warnings.simplefilter("default")
+            code = int(args._run(args) or 0)
     except USER_ERRORS as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"medseg {args.command}: error: {message}", file=sys.stderr)
+        print(f"medseg {args.command}: error: {one_line(str(message))}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:
         print(f"medseg {args.command}: interrupted", file=sys.stderr)
         return 130
+    for text in dict.fromkeys(one_line(str(w.message)) for w in caught or ()):
+        print(f"medseg {args.command}: warning: {text}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

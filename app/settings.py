@@ -8,6 +8,10 @@
 | ``MEDSEG_MAX_VOXELS``       | 268435456      | voxels of a study (checked from the header, before pixels) |
 | ``MEDSEG_SESSION_TTL_HOURS``| 336 (14 days)  | a session untouched this long is deleted with its uploads |
 | ``MEDSEG_ALLOWED_ROOTS``    | (none)         | extra folders the server may serve files from (``os.pathsep``-separated); session folders are always allowed |
+
+The readers' fixed bounds on untrusted files (DICOM nesting depth 32, 200,000 sequence items, 32 MiB
+of header, deflated data sets inflated in capped steps, .nii.gz streams at most 1 MiB past what the
+header declares) live in ``data/limits.py``; the deflate cap scales with ``MEDSEG_MAX_VOXELS``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from data.readers import DEFAULT_MAX_VOXELS
+from data.limits import DEFAULT_MAX_VOXELS
 
 MIB = 1024**2
 

@@ -4,18 +4,29 @@ Every reader keeps the geometry (SimpleITK/ITK LPS convention, see ``data.volume
 series is ordered by position along the slice normal (ImagePositionPatient projected on
 row x column of ImageOrientationPatient), never by file name.
 
-Untrusted input: every reader raises :class:`StudyError` (never another exception) for a file
-it cannot use. Sizes are checked from the header before pixels are decoded (``max_voxels``,
-default ``$MEDSEG_MAX_VOXELS`` or 2**28); a DICOM series with a missing slice, two images at one
-position or uneven slice spacing is refused (stacking it would give a wrong slice spacing);
-NaN/-Inf voxels become the smallest finite value and +Inf the largest, with a warning.
+Untrusted input (issue 23): every reader raises :class:`StudyError` (never another exception,
+never a signal) for a file it cannot use, and nothing native sees a file before it is checked:
+
+* only regular files, and links only inside their folder (``data.untrusted``);
+* DICOM: the tag stream is walked in pure Python first (``data.dicom_scan``: nesting depth,
+  item count, header size, deflated data inflated in capped steps, every length against the
+  bytes present), then the pixel bytes present must match Rows x Columns x samples x bits x frames;
+* NIfTI: the header against the bytes present, gzip streams counted with a cap, spacing and
+  orientation valid, sform/qform chosen by nibabel's rule (``data.nifti_check``);
+* sizes from the header before any pixel is decoded (``max_voxels``, default
+  ``$MEDSEG_MAX_VOXELS`` or 2**28);
+* a DICOM series must prove its geometry (``data.series_geometry``): a missing or invalid
+  position/orientation, two images at one position, mixed orientation or uneven spacing is
+  refused; ``allow_uneven=True`` opens uneven spacing at the mean step with a note.
+
+NaN/-Inf voxels become the smallest finite value and +Inf the largest, with a warning. Where the
+geometry came from, and any repair, is in ``Volume.source.geometry`` / ``Volume.source.notes``.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +34,27 @@ import pydicom
 import SimpleITK as sitk
 from PIL import Image
 
+from data import limits
+from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
+from data.limits import DEFAULT_MAX_VOXELS, LimitError
+from data.nifti_check import NiftiCheckError, check_nifti
+from data.series_geometry import GeometryError, check_pixel_spacing, check_series_geometry, orientation, position_along_normal
+from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import SourceRef, Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-DEFAULT_MAX_VOXELS = 2**28  # 512 x 512 x 1024: a long CT; ~1 GiB as float32 while windowing
-SPACING_TOLERANCE = 0.02  # relative deviation of one slice gap from the median gap still called even
 PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+__all__ = ["DEFAULT_MAX_VOXELS", "StudyError", "StudyWarning", "read_study", "list_series", "voxel_limit"]
 
 
 class StudyError(ValueError):
-    """A study that cannot be read; the message names the file and what was expected."""
+    """A study that cannot be read; the message names the file and what was expected, on one line
+    (control characters in file names are escaped, so a name with a newline cannot split it)."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(one_line(str(message)))
 
 
 class StudyWarning(UserWarning):
@@ -43,13 +63,10 @@ class StudyWarning(UserWarning):
 
 def voxel_limit(max_voxels: int | None = None) -> int:
     """``max_voxels``, else ``$MEDSEG_MAX_VOXELS``, else DEFAULT_MAX_VOXELS (see app.settings)."""
-    if max_voxels is not None:
-        return int(max_voxels)
-    text = os.environ.get("MEDSEG_MAX_VOXELS", "").strip()
     try:
-        return int(text) if text else DEFAULT_MAX_VOXELS
-    except ValueError:
-        raise StudyError(f"MEDSEG_MAX_VOXELS={text!r}: expected a whole number of voxels") from None
+        return limits.voxel_limit(max_voxels)
+    except LimitError as e:
+        raise StudyError(str(e)) from None
 
 
 def _check_voxels(path: Path, shape: tuple[int, ...], limit: int) -> None:
@@ -71,10 +88,14 @@ class SeriesInfo:
     files: tuple[str, ...]  # ordered along the slice normal
 
 
-def read_study(path: str | Path, *, series_uid: str | None = None, max_voxels: int | None = None) -> Volume:
+def read_study(
+    path: str | Path, *, series_uid: str | None = None, max_voxels: int | None = None, allow_uneven: bool = False
+) -> Volume:
     """Read any supported study. ``series_uid`` picks one series of a folder that holds several.
 
     ``max_voxels``: refuse larger studies before decoding them (default: :func:`voxel_limit`).
+    ``allow_uneven``: open a DICOM series with uneven slice spacing at its mean spacing, with a note
+    in ``source.notes`` and a StudyWarning, instead of refusing it.
     """
     path = Path(path)
     limit = voxel_limit(max_voxels)
@@ -83,17 +104,26 @@ def read_study(path: str | Path, *, series_uid: str | None = None, max_voxels: i
     except UnicodeEncodeError:
         # SimpleITK aborts the whole process on such a name; refuse it here instead
         raise StudyError(f"{str(path)!r}: the file name is not valid UTF-8; rename the file") from None
-    if not path.exists():
-        raise StudyError(f"{path}: no such file or folder")
-    if path.is_dir():
-        return read_dicom_series(path, series_uid=series_uid, max_voxels=limit)
-    name = path.name.lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        return read_nifti(path, max_voxels=limit)
-    if name.endswith(IMAGE_SUFFIXES):
-        return read_image_file(path, max_voxels=limit)
-    if name.endswith(".dcm") or _has_dicom_magic(path):
-        return read_dicom_file(path, max_voxels=limit)
+    try:
+        check_regular(path, allow_dir=True)
+    except UntrustedFileError as e:
+        raise StudyError(str(e)) from None
+    try:
+        if path.is_dir():
+            return read_dicom_series(path, series_uid=series_uid, max_voxels=limit, allow_uneven=allow_uneven)
+        name = path.name.lower()
+        if name.endswith(NIFTI_SUFFIXES):
+            return read_nifti(path, max_voxels=limit)
+        if name.endswith(IMAGE_SUFFIXES):
+            return read_image_file(path, max_voxels=limit)
+        if name.endswith(".dcm") or _has_dicom_magic(path):
+            return read_dicom_file(path, max_voxels=limit)
+    except StudyError:
+        raise
+    except (RecursionError, MemoryError, OSError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            RuntimeError, ArithmeticError, EOFError, NotImplementedError) as e:
+        # a failure no check above foresaw: still one clear error for this file, never a traceback
+        raise StudyError(f"{path}: could not be read ({type(e).__name__}: {_first_line(e)})") from e
     raise StudyError(
         f"{path}: unsupported format; expected a NIfTI (.nii, .nii.gz), a DICOM file or series folder, or PNG/JPEG"
     )
@@ -108,15 +138,22 @@ def _has_dicom_magic(path: Path) -> bool:
         return False
 
 
+def _itk(call, *args):
+    """Run a SimpleITK read with ITK's warning blocks off and native stderr captured (one-line errors)."""
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    with native_stderr_captured():
+        return call(*args)
+
+
 # --- NIfTI ------------------------------------------------------------------------------------
 def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
-    shape = _nifti_shape(path)
-    if shape is not None:  # header readable: check the size before decoding anything
-        if len(shape) > 3 and any(n != 1 for n in shape[3:]):
-            raise StudyError(f"{path}: a {len(shape)}D NIfTI of size {shape}; expected a 2D or 3D image (one volume)")
-        _check_voxels(path, shape, voxel_limit(max_voxels))
+    """A NIfTI file, checked by ``data.nifti_check`` before ITK decodes it (see the module doc)."""
     try:
-        image = sitk.ReadImage(str(path))
+        facts = check_nifti(path, max_voxels=voxel_limit(max_voxels))
+    except NiftiCheckError as e:
+        raise StudyError(f"{path}: {e}") from None
+    try:
+        image = _itk(sitk.ReadImage, str(path))
     except RuntimeError as e:
         raise StudyError(f"{path}: not a readable NIfTI file ({_first_line(e)})") from e
     if image.GetDimension() > 3:
@@ -125,25 +162,23 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
         raise StudyError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected 1 or 3")
     if 0 in image.GetSize():
         raise StudyError(f"{path}: empty image of size {image.GetSize()}")
-    vol = Volume.from_sitk(image, source=SourceRef(path=str(path), format="nifti"))
-    return Volume(
+    vol = Volume.from_sitk(image, source=SourceRef(path=str(path), format="nifti", geometry=facts.geometry))
+    if image.GetDimension() == 3 and not _same_geometry(vol, facts):
+        # ITK chose the other transform (it prefers the qform when the two disagree): apply nibabel's rule
+        vol = replace(vol, spacing=facts.spacing, origin=facts.origin, direction=facts.direction)
+    return replace(
+        vol,
         array=_finite(_raw_non_finite(vol.array, path), path),
-        spacing=vol.spacing,
-        origin=vol.origin,
-        direction=vol.direction,
         modality=guess_modality(vol.array),
-        source=vol.source,
     )
 
 
-def _nifti_shape(path: Path) -> tuple[int, ...] | None:
-    """The image size from the NIfTI header (nibabel reads the header only), None if unreadable."""
-    import nibabel
-
-    try:
-        return tuple(int(n) for n in nibabel.load(str(path)).header.get_data_shape())
-    except Exception:  # not a NIfTI at all: SimpleITK's error below names it
-        return None
+def _same_geometry(vol: Volume, facts) -> bool:
+    return (
+        np.allclose(vol.spacing, facts.spacing, rtol=1e-4, atol=1e-4)
+        and np.allclose(vol.origin, facts.origin, rtol=1e-4, atol=1e-3)
+        and np.allclose(vol.direction, facts.direction, atol=1e-4)
+    )
 
 
 def _raw_non_finite(array: np.ndarray, path: Path) -> np.ndarray:
@@ -180,7 +215,8 @@ def _finite(array: np.ndarray, path: Path) -> np.ndarray:
     low, high = good.min(), good.max()
     fixed = np.where(np.isposinf(array), high, np.where(bad, low, array)).astype(array.dtype)
     warnings.warn(
-        f"{path}: {int(bad.sum())} NaN/infinite voxels set to the finite minimum {low:g} (+Inf to the maximum {high:g})",
+        one_line(f"{path}: {int(bad.sum())} NaN/infinite voxels set to the finite minimum {low:g} "
+                 f"(+Inf to the maximum {high:g})"),
         StudyWarning,
         stacklevel=3,
     )
@@ -195,20 +231,86 @@ def guess_modality(array: np.ndarray) -> str:
 
 
 # --- DICOM ------------------------------------------------------------------------------------
-def list_series(folder: str | Path) -> list[SeriesInfo]:
-    """All image series in a folder (recursively), each ordered along its slice normal."""
+def scan_checked(path: Path, *, max_voxels: int) -> DicomScan:
+    """Walk ``path``'s tag stream (``data.dicom_scan``) and check its pixel bytes against its header."""
+    try:
+        scan = scan_dicom(path, max_voxels=max_voxels)
+    except DicomScanError as e:
+        raise StudyError(f"{path}: not a readable DICOM file ({e})") from None
+    except OSError as e:
+        raise StudyError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return scan
+
+
+def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -> None:
+    """Pixel data present, within the voxel limit, and (native syntaxes) at least as long as the header says."""
+    if scan.pixel_keyword is None or "Rows" not in ds:
+        raise StudyError(f"{path}: DICOM file without pixel data; expected an image")
+    frames = _int(ds, "NumberOfFrames", 1)
+    _check_voxels(path, (frames, _int(ds, "Rows"), _int(ds, "Columns")), limit)
+    samples, bits = _int(ds, "SamplesPerPixel", 1), _int(ds, "BitsAllocated", 16)
+    if not 1 <= samples <= limits.MAX_SAMPLES_PER_PIXEL or bits not in (1, 8, 16, 32, 64):
+        raise StudyError(f"{path}: SamplesPerPixel {samples} / BitsAllocated {bits}; expected 1-4 samples of 1, 8, 16, 32 or 64 bits")
+    native = scan.transfer_syntax in NATIVE_SYNTAXES or not scan.transfer_syntax
+    if native and scan.encapsulated:
+        raise StudyError(f"{path}: compressed (encapsulated) pixel data in the uncompressed transfer syntax {scan.transfer_syntax}")
+    if not native and not scan.encapsulated:
+        raise StudyError(f"{path}: transfer syntax {scan.transfer_syntax} needs compressed (encapsulated) pixel data; "
+                         "the file holds raw bytes")
+    if scan.encapsulated:
+        if len(scan.fragments) < 2 or not any(n for _, n in scan.fragments[1:]):
+            raise StudyError(f"{path}: compressed pixel data without any frame fragment")
+        rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+        for c, r, comps in encoded_frame_sizes(path, scan):
+            if (c, r) != (cols, rows) or comps != samples:
+                raise StudyError(f"{path}: a compressed frame of {c} x {r} x {comps} (its JPEG frame header) in an image "
+                                 f"of Columns x Rows x SamplesPerPixel {cols} x {rows} x {samples}; refused before decoding")
+        return
+    per_frame = _int(ds, "Rows") * _int(ds, "Columns") * samples
+    if str(getattr(ds, "PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
+        per_frame = per_frame * 2 // 3  # two samples per pixel stored for 4:2:2 chroma
+    expected = (frames * per_frame * bits + 7) // 8
+    if (scan.pixel_length or 0) < expected:
+        raise StudyError(f"{path}: truncated DICOM file: {scan.pixel_length or 0} of {expected} bytes of pixel data "
+                         f"({frames} frame(s) of {_int(ds, 'Rows')} x {_int(ds, 'Columns')} x {samples} x {bits} bits)")
+
+
+def _read_header(path: Path) -> pydicom.Dataset:
+    """pydicom's header read, after ``scan_checked`` proved the tag stream sound."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's notes on odd values: not the user's concern here
+            return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as e:
+        raise StudyError(f"{path}: not a readable DICOM file ({_first_line(e)})") from e
+
+
+def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[SeriesInfo]:
+    """All image series in a folder (recursively), each ordered along its slice normal.
+
+    Files without the DICOM marker (a README, a thumbnail) are skipped; a DICOM file that fails
+    the checks, a link out of the folder or a FIFO refuses the whole folder, naming the file.
+    """
     folder = Path(folder)
+    limit = voxel_limit(max_voxels)
     groups: dict[str, list[tuple[float, int, str, pydicom.Dataset]]] = {}
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for f in sorted(folder.rglob("*")):
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except Exception:
-            continue  # not DICOM (a README, a thumbnail): skip
+            f_stat = check_regular(f, folder=folder, allow_dir=True)
+        except UntrustedFileError as e:
+            raise StudyError(str(e)) from None
+        if not Path(f).is_file() or f_stat.st_size < 132 or not _has_dicom_magic(f):
+            continue
+        scan = scan_checked(f, max_voxels=limit)
+        ds = _read_header(f)
         if "SeriesInstanceUID" not in ds or getattr(ds, "SOPClassUID", None) == SEG_SOP_CLASS:
             continue
         if "Rows" not in ds:
             continue  # no image (structured report, presentation state)
-        groups.setdefault(str(ds.SeriesInstanceUID), []).append((_position_along_normal(ds), _instance(ds), str(f), ds))
+        _check_pixels(f, scan, ds, limit)
+        position = position_along_normal(ds)
+        groups.setdefault(str(ds.SeriesInstanceUID), []).append(
+            (position if position is not None else float(_instance(ds)), _instance(ds), str(f), ds))
     series = []
     for uid, items in groups.items():
         items.sort(key=lambda t: (t[0], t[1]))
@@ -224,15 +326,6 @@ def list_series(folder: str | Path) -> list[SeriesInfo]:
     return series
 
 
-def _position_along_normal(ds: pydicom.Dataset) -> float:
-    iop = getattr(ds, "ImageOrientationPatient", None)
-    ipp = getattr(ds, "ImagePositionPatient", None)
-    if iop is None or ipp is None:
-        return float(_instance(ds))
-    row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
-    return float(np.dot(np.cross(row, col), np.asarray(ipp, float)))
-
-
 def _instance(ds: pydicom.Dataset) -> int:
     try:
         return int(getattr(ds, "InstanceNumber", 0) or 0)
@@ -240,8 +333,10 @@ def _instance(ds: pydicom.Dataset) -> int:
         return 0
 
 
-def read_dicom_series(folder: Path, *, series_uid: str | None = None, max_voxels: int | None = None) -> Volume:
-    series = list_series(folder)
+def read_dicom_series(
+    folder: Path, *, series_uid: str | None = None, max_voxels: int | None = None, allow_uneven: bool = False
+) -> Volume:
+    series = list_series(folder, max_voxels=max_voxels)
     if not series:
         raise StudyError(f"{folder}: no DICOM image series found in this folder")
     if series_uid is not None:
@@ -259,16 +354,23 @@ def read_dicom_series(folder: Path, *, series_uid: str | None = None, max_voxels
             f.encode("utf-8")
         except UnicodeEncodeError:  # SimpleITK aborts the process on such a name
             raise StudyError(f"{f!r}: the file name is not valid UTF-8; rename the file") from None
-    heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in info.files]
+    heads = [_read_header(Path(f)) for f in info.files]
     first = heads[0]
     _check_voxels(folder, (len(heads), _int(first, "Rows"), _int(first, "Columns")), voxel_limit(max_voxels))
-    _check_even_spacing(folder, info.files, heads)
+    try:
+        geometry = check_series_geometry(info.files, heads, allow_uneven=allow_uneven)
+    except GeometryError as e:
+        raise StudyError(f"{folder}: {e}") from None
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(info.files))
     try:
-        image = reader.Execute()
+        image = _itk(reader.Execute)
     except RuntimeError as e:
         raise StudyError(f"{folder}: the DICOM series could not be read ({_first_line(e)})") from e
+    if geometry.spacing_k is not None and image.GetDimension() == 3:
+        image.SetSpacing((*image.GetSpacing()[:2], geometry.spacing_k))
+    for note in geometry.notes:
+        warnings.warn(one_line(f"{folder}: {note}"), StudyWarning, stacklevel=2)
     source = SourceRef(
         path=str(folder),
         format="dicom-series",
@@ -278,6 +380,9 @@ def read_dicom_series(folder: Path, *, series_uid: str | None = None, max_voxels
         sop_instance_uids=tuple(str(h.SOPInstanceUID) for h in heads),
         sop_class_uid=str(getattr(first, "SOPClassUID", "")) or None,
         files=info.files,
+        geometry="ImagePositionPatient/ImageOrientationPatient" + (
+            f" (mean slice spacing, --allow-uneven)" if geometry.spacing_k is not None else ""),
+        notes=geometry.notes,
     )
     return Volume.from_sitk(image, modality=info.modality, source=source)
 
@@ -289,82 +394,22 @@ def _int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
         return default
 
 
-def _check_even_spacing(folder: Path, files: tuple[str, ...], heads: list[pydicom.Dataset]) -> None:
-    """Refuse a series whose slices are not evenly spaced: a missing slice, a duplicate, uneven gaps.
-
-    SimpleITK would only warn and stack them at the first gap's spacing, misplacing every slice after
-    it. Gaps are compared as 3D vectors (ImagePositionPatient steps), so a slice shifted in-plane counts too.
-    """
-    if len(heads) < 3 or any("ImagePositionPatient" not in h or "ImageOrientationPatient" not in h for h in heads):
-        return
-    try:
-        ipp = np.array([[float(x) for x in h.ImagePositionPatient] for h in heads])
-        iop = np.array([[float(x) for x in h.ImageOrientationPatient] for h in heads])
-        positions = np.array([_position_along_normal(h) for h in heads])
-    except (TypeError, ValueError, IndexError):
-        raise StudyError(f"{folder}: unreadable ImagePositionPatient/ImageOrientationPatient in the series") from None
-    if ipp.shape[1] != 3 or iop.shape[1] != 6:
-        raise StudyError(f"{folder}: ImagePositionPatient needs 3 values and ImageOrientationPatient 6")
-    tilted = np.abs(iop - iop[0]).max(axis=1) > 1e-3
-    if tilted.any():
-        raise StudyError(f"{folder}: {Path(files[int(np.argmax(tilted))]).name} is oriented unlike the others; "
-                         "the series is not one stack of parallel slices")
-    steps = np.diff(ipp, axis=0)
-    typical = np.median(steps, axis=0)
-    size = float(np.linalg.norm(typical))
-    tol = max(SPACING_TOLERANCE * size, 1e-3)
-    for n, step in enumerate(steps):
-        if np.linalg.norm(step - typical) <= tol:
-            continue
-        a, b = Path(files[n]).name, Path(files[n + 1]).name
-        where = f"between {a} ({positions[n]:.2f} mm) and {b} ({positions[n + 1]:.2f} mm)"
-        if np.linalg.norm(step) <= tol:
-            raise StudyError(f"{folder}: two images at the same position {where}; remove the duplicate or pick one series")
-        missing = int(round(float(np.dot(step, typical)) / size**2)) - 1 if size > tol else 0
-        if missing >= 1 and np.linalg.norm(step - (missing + 1) * typical) <= tol * (missing + 1):
-            raise StudyError(
-                f"{folder}: {missing} slice(s) missing {where} (the other slices are {size:.3g} mm apart); "
-                "add the missing file(s) or open the complete series"
-            )
-        raise StudyError(
-            f"{folder}: uneven slice spacing, a step of {np.linalg.norm(step):.3g} mm {where} while the others are "
-            f"{size:.3g} mm; resample the series to even spacing (e.g. in 3D Slicer) before opening it"
-        )
-
-
 def read_dicom_file(path: Path, *, max_voxels: int | None = None) -> Volume:
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as e:
-        raise StudyError(f"{path}: not a readable DICOM file ({_first_line(e)})") from e
+    limit = voxel_limit(max_voxels)
+    scan = scan_checked(path, max_voxels=limit)
+    ds = _read_header(path)
     if getattr(ds, "SOPClassUID", None) == SEG_SOP_CLASS:
         raise StudyError(f"{path}: a DICOM-SEG (segmentation), not an image; open it as labels")
+    _check_pixels(path, scan, ds, limit)
     try:
-        pixels = pydicom.dcmread(path, specific_tags=list(PIXEL_DATA_TAGS))
-    except Exception as e:
-        raise StudyError(f"{path}: the DICOM file is damaged or truncated ({_first_line(e)})") from e
-    tag = next((t for t in PIXEL_DATA_TAGS if t in pixels), None)
-    if tag is None or "Rows" not in ds:
-        raise StudyError(f"{path}: DICOM file without pixel data; expected an image")
-    frames = _int(ds, "NumberOfFrames", 1)
-    _check_voxels(path, (frames, _int(ds, "Rows"), _int(ds, "Columns")), voxel_limit(max_voxels))
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and not syntax.is_compressed:  # uncompressed: the byte count is known
-        expected = frames * _int(ds, "Rows") * _int(ds, "Columns") * _int(ds, "SamplesPerPixel", 1) * (
-            _int(ds, "BitsAllocated", 16) // 8
-        )
-        try:
-            have = len(pixels[tag].value)
-        except Exception:
-            have = 0
-        if have < expected:
-            raise StudyError(f"{path}: truncated DICOM file: {have} of {expected} bytes of pixel data")
+        orientation(ds)
+        check_pixel_spacing(ds)
+    except GeometryError as e:
+        raise StudyError(f"{path}: {e}") from None
     try:
-        image = sitk.ReadImage(str(path))
+        image = _itk(sitk.ReadImage, str(path))
     except RuntimeError as e:
         raise StudyError(f"{path}: DICOM pixel data could not be decoded ({_first_line(e)})") from e
-    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
-        pass  # single frame read as 3D: keep
     source = SourceRef(
         path=str(path),
         format="dicom",
@@ -374,11 +419,15 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None) -> Volume:
         sop_instance_uids=(str(getattr(ds, "SOPInstanceUID", "")),),
         sop_class_uid=str(getattr(ds, "SOPClassUID", "")) or None,
         files=(str(path),),
+        geometry="ImagePositionPatient/ImageOrientationPatient" if "ImageOrientationPatient" in ds else "none (identity)",
     )
     return Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
 
 
 # --- PNG / JPEG -------------------------------------------------------------------------------
+TO_RGB_MODES = ("RGBA", "RGBa", "P", "PA", "LA", "La", "CMYK", "YCbCr", "LAB", "HSV")
+
+
 def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
     limit = voxel_limit(max_voxels)
     try:
@@ -390,11 +439,16 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
     except Exception as e:
         raise StudyError(f"{path}: not a readable PNG/JPEG image ({_first_line(e)})") from e
     try:
-        with im:
+        with im, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's notes on odd chunks; a damaged image raises below
             _check_voxels(path, (im.size[1], im.size[0]), limit)
-            im.load()
+            with native_stderr_captured():  # libjpeg's "Corrupt JPEG data" lines
+                im.load()
             mode = im.mode
-            if mode in ("RGBA", "P", "LA", "CMYK", "YCbCr"):
+            if mode == "1":
+                im = im.convert("L")  # a 1-bit image shows as 0 / 255, as every viewer shows it
+                mode = "L"
+            elif mode in TO_RGB_MODES:
                 im = im.convert("RGB")
                 mode = "RGB"
             array = np.asarray(im)
@@ -402,14 +456,16 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
         raise
     except Exception as e:
         raise StudyError(f"{path}: not a readable PNG/JPEG image ({_first_line(e)})") from e
+    if array.dtype.byteorder not in ("=", "|"):
+        array = array.astype(array.dtype.newbyteorder("="))  # 16-bit big-endian PNG modes
     if array.ndim == 3 and mode != "RGB":
         array = array[..., :3]
-    if 0 in array.shape[:2]:
+    if array.ndim not in (2, 3) or 0 in array.shape[:2]:
         raise StudyError(f"{path}: empty image of size {array.shape}")
     fmt = "png" if path.suffix.lower() == ".png" else "jpeg"
-    return Volume(array=array[None], modality="OT", source=SourceRef(path=str(path), format=fmt))
+    return Volume(array=array[None], modality="OT", source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)"))
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[-1][:200] if text else type(e).__name__
+    text = [line for line in str(e).strip().splitlines() if line.strip()]
+    return one_line(text[-1].strip()[:200]) if text else type(e).__name__

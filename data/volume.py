@@ -33,6 +33,8 @@ class SourceRef:
     sop_instance_uids: tuple[str, ...] = ()  # one per slice k, in array order
     sop_class_uid: str | None = None
     files: tuple[str, ...] = ()  # one per slice k for a DICOM series, in array order
+    geometry: str = ""  # where spacing/origin/direction came from, e.g. "sform (sform_code 1)"
+    notes: tuple[str, ...] = ()  # repairs the user asked for (e.g. --allow-uneven), shown with the study
 
 
 @dataclass(frozen=True)

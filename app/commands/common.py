@@ -17,6 +17,20 @@ from runtime import BACKENDS
 def add_study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="NIfTI file, DICOM file or series folder, PNG/JPEG")
     p.add_argument("--series", metavar="UID", help="SeriesInstanceUID, when a folder holds several series")
+    add_allow_uneven_arg(p)
+
+
+def add_allow_uneven_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-uneven", action="store_true",
+        help="open a DICOM series with uneven slice spacing (or missing slices) at its mean spacing, with a "
+        "warning, instead of refusing it; positions along the slice normal are then approximate",
+    )
+
+
+def read_input(args: argparse.Namespace) -> Volume:
+    """The study INPUT names (--series, --allow-uneven applied)."""
+    return read_study(args.input, series_uid=args.series, allow_uneven=getattr(args, "allow_uneven", False))
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -98,6 +112,6 @@ def resolve_slice(volume: Volume, k: int | None) -> int:
 
 def load_slice(args: argparse.Namespace) -> tuple[Volume, int, np.ndarray]:
     """Read the study, pick slice K and window it -> (volume, k, (H, W, 3) uint8)."""
-    volume = read_study(args.input, series_uid=args.series)
+    volume = read_input(args)
     k = resolve_slice(volume, args.slice)
     return volume, k, slice_to_rgb(volume, k, default_window(volume, args.window))

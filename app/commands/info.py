@@ -6,18 +6,21 @@ import argparse
 import json
 from pathlib import Path
 
+from app.commands.common import add_allow_uneven_arg
 from data.readers import list_series, read_study
+from data.untrusted import one_line
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show modality, shape, spacing, orientation and series of a study")
     p.add_argument("input", help="NIfTI file, DICOM file or series folder, PNG/JPEG")
     p.add_argument("--series", metavar="UID", help="SeriesInstanceUID, when a folder holds several series")
+    add_allow_uneven_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
-def describe(path: str, series: str | None = None) -> dict:
+def describe(path: str, series: str | None = None, *, allow_uneven: bool = False) -> dict:
     if Path(path).is_dir() and series is None:
         found = list_series(path)
         if len(found) > 1:
@@ -28,7 +31,7 @@ def describe(path: str, series: str | None = None) -> dict:
                     for s in found
                 ],
             }
-    v = read_study(path, series_uid=series)
+    v = read_study(path, series_uid=series, allow_uneven=allow_uneven)
     return {
         "path": path,
         "format": v.source.format,
@@ -40,16 +43,18 @@ def describe(path: str, series: str | None = None) -> dict:
         "origin_mm_lps": [round(o, 6) for o in v.origin],
         "orientation": v.orientation_code(),
         "direction": [round(d, 6) for d in v.direction],
+        "geometry": v.source.geometry,
+        "notes": list(v.source.notes),
         "study_instance_uid": v.source.study_instance_uid,
         "series_instance_uid": v.source.series_instance_uid,
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    facts = describe(args.input, args.series)
+    facts = describe(args.input, args.series, allow_uneven=args.allow_uneven)
     if args.json:
         print(json.dumps(facts))
     else:
         for key, value in facts.items():
-            print(f"{key:>20}: {value}")
+            print(f"{key:>20}: {one_line(str(value))}")
     return 0

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from app.commands.common import add_model_args, add_slice_args, add_study_args, resolve_slice, segmenter_from_args
+from app.commands.common import add_model_args, add_slice_args, add_study_args, read_input, resolve_slice, segmenter_from_args
 from app.embedding_cache import EmbeddingCache
 from app.errors import UsageError
 from app.propagation import PropagationSettings, propagate
 from data.deidentify import deidentifier
 from data.export import export_format, export_labels
-from data.readers import read_study
 from data.windowing import default_window
 from models.prompts import Prompts
 
@@ -57,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     fmt = export_format(out)
-    volume = read_study(args.input, series_uid=args.series)
+    volume = read_input(args)
     if volume.is_2d:
         raise UsageError(f"{args.input} is a single 2D image: nothing to propagate; use `medseg segment`")
     if fmt == "dicom-seg" and volume.source.format != "dicom-series":

@@ -1,0 +1,227 @@
+"""Check a NIfTI file's header against the bytes present, and choose its geometry, before any
+voxel is decoded (issue 23: a cut .nii opened with its missing slices as zeros, a 352-byte
+header "opened" as a 16000 x 16000 image, a .nii.gz bomb within the voxel limit took 9 GB).
+
+What is checked, from the fixed header (348/540 bytes) and the extension chain only:
+
+* the voxel type is real-valued (complex, 1-bit and 128-bit float are refused), ``bitpix`` agrees;
+* one 2D/3D volume of at most ``max_voxels`` voxels;
+* ``vox_offset + voxels x bitpix/8`` bytes are present: the file size for ``.nii``, the gzip stream
+  for ``.nii.gz`` (decompressed in 1 MiB steps, counted, and refused once it runs past what the
+  header declares plus ``GZIP_SLACK_BYTES``, so a bomb costs 1 MiB of memory);
+* spacing (``pixdim``) finite and > 0, and an orientation matrix that is finite, non-degenerate
+  and without shear.
+
+Geometry rule (nibabel's ``get_best_affine``, NIfTI-1 "method 3 before method 2"): the sform when
+``sform_code > 0``, else the qform when ``qform_code > 0``, else pixdim scaling alone (method 1).
+ITK prefers the qform when both are set and they disagree, so the reader applies this choice and
+says which was used (``Volume.source.geometry``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data.limits import GZIP_SLACK_BYTES, MAX_DICOM_HEADER_BYTES
+
+# NIfTI datatype code -> (bits per voxel, name); what ITK and medseg can show
+REAL_TYPES = {
+    2: (8, "uint8"), 4: (16, "int16"), 8: (32, "int32"), 16: (32, "float32"), 64: (64, "float64"),
+    256: (8, "int8"), 512: (16, "uint16"), 768: (32, "uint32"), 1024: (64, "int64"), 1280: (64, "uint64"),
+    128: (24, "RGB24"), 2304: (32, "RGBA32"),
+}
+REFUSED_TYPES = {
+    1: "1-bit (binary) voxels", 32: "complex-valued voxels (complex64)", 1792: "complex-valued voxels (complex128)",
+    2048: "complex-valued voxels (complex256)", 1536: "128-bit float voxels",
+}
+MAX_HEADER_BYTES = MAX_DICOM_HEADER_BYTES  # vox_offset: header plus extensions
+
+
+class NiftiCheckError(ValueError):
+    """The header does not describe the bytes present, or its geometry is invalid (caller adds the path)."""
+
+
+@dataclass(frozen=True)
+class NiftiFacts:
+    """What the header says, after checking: shape (i, j, k...), the geometry rule used, LPS geometry."""
+
+    shape: tuple[int, ...]
+    datatype: str
+    geometry: str  # e.g. "sform (sform_code 1)"
+    spacing: tuple[float, float, float]  # (i, j, k) mm
+    origin: tuple[float, float, float]  # LPS mm
+    direction: tuple[float, ...]  # 3x3 row-major, LPS, columns = i, j, k axes
+
+
+def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
+    """Check ``path`` (see the module doc); raises NiftiCheckError naming the field and what was expected."""
+    gz = path.name.lower().endswith(".gz")
+    try:
+        prefix = _read_prefix(path, gz, 544)
+    except (OSError, EOFError, zlib.error) as e:
+        raise NiftiCheckError(f"not a readable NIfTI file ({'damaged gzip stream: ' if gz else ''}{e})") from None
+    header, hdr_size = _parse_header(prefix)
+    dims = [int(d) for d in header["dim"]]
+    ndim = dims[0]
+    if not 1 <= ndim <= 7:
+        raise NiftiCheckError(f"dim[0] = {ndim}; expected 1 to 7 dimensions")
+    shape = tuple(dims[1 : ndim + 1])
+    if any(n < 1 for n in shape):
+        raise NiftiCheckError(f"empty image of size {shape}")
+    if len(shape) > 3 and any(n != 1 for n in shape[3:]):
+        raise NiftiCheckError(f"a {len(shape)}D NIfTI of size {shape}; expected a 2D or 3D image (one volume)")
+    code = int(header["datatype"])
+    if code in REFUSED_TYPES:
+        raise NiftiCheckError(f"{REFUSED_TYPES[code]} (NIfTI datatype {code}); expected real-valued voxels")
+    if code not in REAL_TYPES:
+        raise NiftiCheckError(f"unknown NIfTI datatype {code}")
+    bits, name = REAL_TYPES[code]
+    if int(header["bitpix"]) != bits:
+        raise NiftiCheckError(f"bitpix {int(header['bitpix'])} does not match datatype {name} ({bits} bits)")
+    voxels = math.prod(shape)
+    if voxels > max_voxels:
+        raise NiftiCheckError(
+            f"{' x '.join(map(str, shape))} voxels is more than the limit of {max_voxels} "
+            "(raise MEDSEG_MAX_VOXELS, or crop/downsample the study)"
+        )
+    offset = _voxel_offset(header, hdr_size)
+    _check_extensions(path, gz, prefix, hdr_size, offset, header.endianness)
+    needed = offset + voxels * bits // 8
+    _check_bytes_present(path, gz, needed)
+    geometry, spacing, origin, direction = _geometry(header, shape)
+    return NiftiFacts(shape=shape, datatype=name, geometry=geometry, spacing=spacing, origin=origin, direction=direction)
+
+
+def _read_prefix(path: Path, gz: bool, n: int) -> bytes:
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        return f.read(n)  # gzip's read(n) decompresses only what n needs
+
+
+def _parse_header(prefix: bytes):
+    import nibabel as nib
+
+    if len(prefix) < 348:
+        raise NiftiCheckError(f"{len(prefix)} bytes; a NIfTI header needs 348")
+    for cls, size in ((nib.Nifti1Header, 348), (nib.Nifti2Header, 540)):
+        for order in "<>":
+            if struct.unpack(order + "i", prefix[:4])[0] == size:
+                if len(prefix) < size:
+                    raise NiftiCheckError(f"{len(prefix)} bytes; a NIfTI-2 header needs 540")
+                header = cls(binaryblock=prefix[:size], endianness=order, check=False)
+                magic = bytes(header["magic"]).rstrip(b"\0")
+                if magic in (b"ni1", b"ni2"):
+                    raise NiftiCheckError("a header of a .hdr/.img pair; expected a single-file NIfTI (magic n+1)")
+                if magic not in (b"n+1", b"n+2"):
+                    raise NiftiCheckError(f"NIfTI magic {magic!r}; expected b'n+1' or b'n+2'")
+                if size == 540:  # SimpleITK's reader here does not know NIfTI-2 (measured: "Unable to determine ImageIO")
+                    raise NiftiCheckError("a NIfTI-2 file; medseg reads NIfTI-1: convert it, e.g. "
+                                          "nibabel.save(nibabel.Nifti1Image.from_image(nibabel.load(IN)), OUT)")
+                return header, size
+    raise NiftiCheckError("no NIfTI header (sizeof_hdr is neither 348 nor 540)")
+
+
+def _voxel_offset(header, hdr_size: int) -> int:
+    value = float(header["vox_offset"])
+    if not math.isfinite(value) or value < 0:
+        raise NiftiCheckError(f"vox_offset {value}; expected a byte offset >= {hdr_size + 4}")
+    if value > MAX_HEADER_BYTES:
+        raise NiftiCheckError(f"vox_offset {value:.0f}: more than {MAX_HEADER_BYTES} bytes of header and extensions")
+    return max(int(value), hdr_size + 4)  # nifti1_io reads a single file's voxels from >= 352 (NIfTI-2: 544)
+
+
+def _check_extensions(path: Path, gz: bool, prefix: bytes, hdr_size: int, offset: int, order: str) -> None:
+    """The extension chain (esize, ecode)* must end inside the header: nibabel reads each one whole."""
+    if offset <= hdr_size + 4:
+        return
+    if len(prefix) < hdr_size + 4:
+        raise NiftiCheckError(f"truncated header: {len(prefix)} bytes, vox_offset {offset}")
+    if prefix[hdr_size] == 0:
+        return  # no extensions
+    try:
+        block = _read_prefix(path, gz, offset)
+    except (OSError, EOFError, zlib.error) as e:
+        raise NiftiCheckError(f"damaged header extensions ({e})") from None
+    pos = hdr_size + 4
+    while pos + 8 <= offset:
+        if pos + 8 > len(block):
+            raise NiftiCheckError(f"truncated: the header extensions end at byte {len(block)}, before vox_offset {offset}")
+        esize = struct.unpack(order + "i", block[pos : pos + 4])[0]
+        if esize < 8 or pos + esize > offset:
+            raise NiftiCheckError(f"a header extension of {esize} bytes at byte {pos} runs past vox_offset {offset}")
+        pos += esize
+
+
+def _check_bytes_present(path: Path, gz: bool, needed: int) -> None:
+    if not gz:
+        size = path.stat().st_size
+        if size < needed:
+            raise NiftiCheckError(f"truncated: {size} of the {needed} bytes that the header declares")
+        return
+    from data.untrusted import gzip_length
+
+    cap = needed + GZIP_SLACK_BYTES
+    try:
+        length = gzip_length(path, cap)
+    except (OSError, EOFError, zlib.error) as e:
+        raise NiftiCheckError(f"damaged or truncated gzip stream ({e})") from None
+    if length < needed:
+        raise NiftiCheckError(f"truncated: the gzip stream holds {length} of the {needed} bytes that the header declares")
+    if length > cap:
+        raise NiftiCheckError(
+            f"the gzip stream holds more than {cap} bytes, {needed} declared by the header (a gzip bomb?); refused "
+            "without decompressing the rest"
+        )
+
+
+def _geometry(header, shape: tuple[int, ...]):
+    """(rule, spacing, origin LPS, direction LPS) from the sform/qform/pixdim, or NiftiCheckError."""
+    pixdim = [float(x) for x in header["pixdim"]]
+    n = min(len(shape), 3)
+    for axis in range(1, n + 1):
+        if not (math.isfinite(pixdim[axis]) and pixdim[axis] > 0):
+            raise NiftiCheckError(f"pixdim[{axis}] = {pixdim[axis]}: voxel spacing must be a finite number > 0 mm")
+    sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+    if sform_code > 0:
+        affine = np.array([header["srow_x"], header["srow_y"], header["srow_z"]], dtype=float)
+        rule = f"sform (sform_code {sform_code})"
+        if qform_code > 0:
+            qform = _qform(header)
+            if qform is None or not np.allclose(qform, affine, atol=1e-3, rtol=1e-4):
+                rule += f"; the qform (qform_code {qform_code}) disagrees and was not used"
+    elif qform_code > 0:
+        affine = _qform(header)
+        if affine is None:
+            raise NiftiCheckError("the qform quaternion is not a rotation (b^2 + c^2 + d^2 > 1, or not finite)")
+        rule = f"qform (qform_code {qform_code})"
+    else:
+        affine = np.zeros((3, 4))
+        affine[[0, 1, 2], [0, 1, 2]] = [pixdim[1], pixdim[2] if n > 1 else 1.0, pixdim[3] if n > 2 else 1.0]
+        rule = "pixdim only (qform_code and sform_code 0: NIfTI method 1, no orientation)"
+    if not np.isfinite(affine).all():
+        raise NiftiCheckError(f"the {rule.split()[0]} holds NaN or infinite values")
+    matrix = affine[:, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    if (spacing[:n] <= 1e-9).any() or abs(np.linalg.det(matrix)) <= 1e-12 * float(np.prod(spacing)):
+        raise NiftiCheckError(f"the {rule.split()[0]} is degenerate (zero or collinear axes); no orientation can be derived")
+    cosines = matrix / spacing
+    if np.abs(cosines.T @ cosines - np.eye(3)).max() > 1e-3:
+        raise NiftiCheckError(f"the {rule.split()[0]} has shear (its axes are not perpendicular); resample the image first")
+    flip = np.array([-1.0, -1.0, 1.0])  # RAS (NIfTI) -> LPS (ITK)
+    direction = (cosines * flip[:, None]).ravel()
+    origin = affine[:, 3] * flip
+    return rule, tuple(map(float, spacing)), tuple(map(float, origin)), tuple(map(float, direction))
+
+
+def _qform(header) -> np.ndarray | None:
+    """The qform's 3 x 4 affine (nibabel's, qfac and pixdim applied), None when the quaternion is invalid."""
+    b, c, d = (float(header[k]) for k in ("quatern_b", "quatern_c", "quatern_d"))
+    if not all(map(math.isfinite, (b, c, d))) or b * b + c * c + d * d > 1 + 1e-6:
+        return None
+    return np.asarray(header.get_qform(), dtype=float)[:3]

@@ -1,0 +1,120 @@
+"""Small guards for files we did not write: regular files only, links kept inside their folder,
+bounded gzip streams, one-line messages, and native libraries' stderr kept off the user's terminal.
+
+Link policy (decided for issue 23): a symbolic link is followed only when its target lies in the
+folder that holds the link (a series folder, or the folder of the file named on the command line);
+a link that leaves that folder (``scan.nii.gz -> /etc/shadow``) is refused, never opened. FIFOs,
+sockets and devices are refused before anything opens them (opening a FIFO blocks forever).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import sys
+import tempfile
+import threading
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+CHUNK = 1024**2
+
+# C0/C1 controls, DEL, and the Unicode line/paragraph separators: anything a terminal or a log
+# would show as a line break or an escape sequence.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x1b``...), so it prints as one line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+class UntrustedFileError(ValueError):
+    """A path that is not a regular file we may open; the readers turn it into a StudyError."""
+
+
+def check_regular(path: Path, *, folder: Path | None = None, allow_dir: bool = False) -> os.stat_result:
+    """Refuse anything but a regular file (or a folder when ``allow_dir``), and links leaving ``folder``.
+
+    ``folder`` defaults to the folder holding ``path``. Returns the target's stat (never opens it).
+    """
+    try:
+        link = os.lstat(path)
+    except OSError as e:
+        raise UntrustedFileError(f"{path}: no such file or folder") from e
+    if stat.S_ISLNK(link.st_mode):
+        base = Path(os.path.realpath(folder if folder is not None else Path(path).absolute().parent))
+        target = Path(os.path.realpath(path))
+        if base != target and base not in target.parents:
+            raise UntrustedFileError(f"{path}: a link to a file outside its folder; name the real path or copy the file in")
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UntrustedFileError(f"{path}: a broken link") from e
+    if stat.S_ISREG(st.st_mode) or (allow_dir and stat.S_ISDIR(st.st_mode)):
+        return st
+    kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a pipe" if stat.S_ISFIFO(st.st_mode) else (
+        "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket or special file")
+    raise UntrustedFileError(f"{path}: {kind}, not a regular file")
+
+
+def gzip_length(path: Path, cap: int) -> int:
+    """Bytes the gzip file ``path`` decompresses to, counted in 1 MiB steps; stops once past ``cap``.
+
+    Memory stays at one chunk whatever the stream claims (a gzip bomb stops at ``cap`` + 1 MiB).
+    Concatenated gzip members count, as zlib's ``gzread`` (ITK) and Python's gzip read them.
+    Raises ``zlib.error``/``EOFError`` for a damaged or cut stream.
+    """
+    total = 0
+    with open(path, "rb") as f:
+        d, started, data = zlib.decompressobj(wbits=31), False, b""
+        while total <= cap:
+            if not data:
+                data = f.read(CHUNK)
+                if not data:
+                    if started:
+                        total += len(d.flush())  # at most a few bytes' worth of pending output
+                        if not d.eof:
+                            raise EOFError("the gzip stream ends before its end marker (truncated)")
+                    return total
+            if not started and total and not data.strip(b"\0"):
+                data = b""  # zero padding after the last member, which gzip tools skip
+                continue
+            started = True
+            total += len(d.decompress(data, CHUNK))
+            data = d.unconsumed_tail
+            if d.eof:  # next member, if any
+                data = d.unused_data
+                d, started = zlib.decompressobj(wbits=31), False
+    return total
+
+
+_stderr_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[list[str]]:
+    """Send what C/C++ code writes to file descriptor 2 (ITK/GDCM/libjpeg blocks) to a buffer.
+
+    Yields a list that holds the captured lines afterwards. Only in the main thread: moving fd 2
+    is process-wide, and a server's handler threads must not hide the other threads' logs.
+    """
+    lines: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lines
+        return
+    with _stderr_lock, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read(64 * 1024).decode("utf-8", "replace").splitlines())
