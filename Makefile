@@ -46,6 +46,7 @@ gpu-bundle: setup
 
 # Mutation testing (mutmut) per module with that module's fast tests; slow, not in CI. MODULES=... picks.
 mutants: setup
+	$(PY) -c "import mutmut" 2>/dev/null || $(PIP) install --quiet -e ".[mutation]"
 	$(PY) scripts/mutants.py $(MODULES)
 
 $(STAMP): pyproject.toml
