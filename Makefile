@@ -8,7 +8,7 @@ WEIGHTS := weights/lite_medsam.pth
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
-.PHONY: run test setup weights serve lint clean
+.PHONY: run test setup weights serve lint clean gpu-test gpu-bundle mutants
 
 run: setup
 	GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/medseg serve --host $(HOST) --port $(PORT)
@@ -27,6 +27,27 @@ $(VENV)/.chromium: | $(STAMP)
 	touch $@
 
 setup: $(STAMP) $(WEIGHTS)
+
+# GPU tests (pytest -m gpu: CUDA-graph replays, Triton kernels in bf16, the compiled fast path's Dice) on the
+# GPU machine from the checkout alone, with its own python3 (torch, Triton, pytest); docs/testing.md.
+gpu-test:
+	bash scripts/gpu_test.sh
+
+# Here, before a GPU run: what that machine lacks, in git-ignored folders that a device call carries
+# (.devwheels/a: the study readers; .gpu: the weights, shared/data and the LiteMedSAM golden, ~50 MB).
+SHARED ?= $(firstword $(wildcard ../shared /work/shared))
+gpu-bundle: setup
+	test -d .devwheels/a || $(PY) benchmarks/prepare_device_env.py
+	rm -rf .gpu && mkdir -p .gpu/weights .gpu/shared/parity
+	cp -L $(WEIGHTS) .gpu/weights/
+	cp -r $(SHARED)/data .gpu/shared/data
+	cp -r $(SHARED)/parity/litemedsam_real .gpu/shared/parity/
+	du -sh .gpu .devwheels/a
+
+# Mutation testing (mutmut) per module with that module's fast tests; slow, not in CI. MODULES=... picks.
+mutants: setup
+	$(PY) -c "import mutmut" 2>/dev/null || $(PIP) install --quiet -e ".[mutation]"
+	$(PY) scripts/mutants.py $(MODULES)
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)

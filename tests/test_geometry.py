@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -22,13 +25,34 @@ STUDIES = [
 ]
 
 
+def slices_in_position_order(folder: Path) -> list[tuple[float, Path, pydicom.Dataset]]:
+    """(position along the slice normal, file, dataset) sorted by position, computed here with pydicom
+    alone: the reference the reader's order is checked against."""
+    out = []
+    for f in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(f)
+        iop = np.array(ds.ImageOrientationPatient, float)
+        out.append((float(np.dot(np.cross(iop[:3], iop[3:]), np.array(ds.ImagePositionPatient, float))), f, ds))
+    return sorted(out, key=lambda t: t[0])
+
+
+def instance_numbers_against_position(src: Path, dest: Path) -> Path:
+    """A copy of the series whose InstanceNumber runs against position, under names in neither order."""
+    files = sorted(src.glob("*.dcm"))
+    for n, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.InstanceNumber = len(files) - n
+        ds.save_as(dest / f"s{(5 * n) % len(files):02d}.dcm")
+    return dest
+
+
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
 def test_read_matches_simpleitk_geometry(path):
     """What we read equals what SimpleITK reads (the reference for ITK/Slicer/DICOM LPS geometry)."""
     vol = read_study(path)
-    if path.is_dir():
+    if path.is_dir():  # SimpleITK gets the files in position order found by pydicom, not our reader's order
         reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(list(vol.source.files))
+        reader.SetFileNames([str(f) for _, f, _ in slices_in_position_order(path)])
         ref = reader.Execute()
     else:
         ref = sitk.ReadImage(str(path))
@@ -91,6 +115,20 @@ def test_dicom_series_is_ordered_by_position_not_file_name(tmp_path):
     assert len(set(vol.source.sop_instance_uids)) == 12
 
 
+def test_series_order_is_position_even_when_instance_numbers_run_against_it(tmp_path):
+    """Slice k of the volume is the k-th image in position order (pydicom's positions, pixels and UIDs)."""
+    folder = instance_numbers_against_position(CT_SERIES, tmp_path)
+    vol = read_study(folder)
+    ordered = slices_in_position_order(folder)
+    assert [int(ds.InstanceNumber) for _, _, ds in ordered] == list(range(12, 0, -1))  # the trap is set
+    assert [Path(f) for f in vol.source.files] == [f for _, f, _ in ordered]
+    assert vol.source.sop_instance_uids == tuple(str(ds.SOPInstanceUID) for _, _, ds in ordered)
+    for k, (_, _, ds) in enumerate(ordered):
+        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_array_equal(vol.array[k], hu)
+        np.testing.assert_allclose(vol.index_to_physical(np.array([[0, 0, k]]))[0], ds.ImagePositionPatient, atol=1e-3)
+
+
 def test_bundled_series_keeps_dicom_identity():
     vol = read_study(SAMPLES / "ct_head_0051_series")
     assert vol.modality == "CT"
@@ -107,8 +145,23 @@ def test_bundled_series_keeps_dicom_identity():
     ],
 )
 def test_single_dicom_files(name, shape, modality):
-    vol = read_study(DATA / "dicom" / name)
+    """Shape, modality, pixel values (rescaled) and geometry equal what pydicom reads from the file."""
+    path = DATA / "dicom" / name
+    vol = read_study(path)
+    ds = pydicom.dcmread(path)
     assert vol.array.shape == shape and vol.modality == modality
+    pixels = ds.pixel_array
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        pixels = pixels * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+    np.testing.assert_array_equal(vol.array[0], pixels)
+    if "PixelSpacing" in ds:  # DICOM: row spacing first; ours: x (columns) first
+        np.testing.assert_allclose(vol.spacing[:2], [float(ds.PixelSpacing[1]), float(ds.PixelSpacing[0])], atol=1e-6)
+    if "ImagePositionPatient" in ds:
+        np.testing.assert_allclose(vol.origin, [float(v) for v in ds.ImagePositionPatient], atol=1e-4)
+        iop = np.array(ds.ImageOrientationPatient, float)
+        direction = np.array(vol.direction).reshape(3, 3)
+        np.testing.assert_allclose(direction[:, 0], iop[:3], atol=1e-6)
+        np.testing.assert_allclose(direction[:, 1], iop[3:], atol=1e-6)
 
 
 def test_png_round_trip_keeps_pixels(tmp_path):

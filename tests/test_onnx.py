@@ -139,21 +139,31 @@ def test_int8_encoder_is_cached_next_to_the_fp32_export(onnx_int8, onnx_weights)
 
 
 def test_medseg_bench_lists_the_int8_backend(onnx_int8, capsys, monkeypatch):
-    """Every timed call runs once (timing itself is the benchmark's job, not a test's)."""
+    """Every timed call runs once on the int8 backend (timing itself is the benchmark's job, not a test's):
+    each call gets its own fake duration, and the row must report the right one in the right field."""
     import json
 
     import runtime.timing
     from app.cli import main
 
+    timed = []  # (fake ms, what the call returned)
+
     def once(fn, *, device, warmup=0, repeat=1):
-        fn()
-        return 1.0
+        timed.append((10.0 * (len(timed) + 1), fn()))
+        return timed[-1][0]
 
     monkeypatch.setattr(runtime.timing, "median_ms", once)
     assert main(["bench", "--backends", "onnx-int8", "--batches", "1", "--json"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert row["backend"] == "onnx-int8"
-    assert row["encoder_ms"] > 0 and row["slices_per_s"] > 0 and row["decoder_ms"] > 0 and row["click_ms"] > 0
+    # measure_segmenter's order: embed, encode, embed_batch (batch 1), decode_prompts, predict
+    assert len(timed) == 5
+    (encoder, embedding), (network, _), (batch_ms, batch), (decoder, _), (click, result) = timed
+    assert embedding.model_name == onnx_int8.name and len(batch) == 1
+    assert result.masks.any()  # the timed click really segmented
+    assert row["encoder_ms"] == encoder and row["network_ms"] == network
+    assert row["slices_per_s"] == round(1000.0 / batch_ms, 2) and row["batch"] == 1
+    assert row["decoder_ms"] == decoder and row["click_ms"] == click
 
 
 def _cached_int8_file(segmenter: OnnxSegmenter, onnx_weights, name: str) -> tuple:

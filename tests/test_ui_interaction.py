@@ -15,14 +15,20 @@ from app import controller, interaction
 from app.controller import AppContext
 from app.interaction import ModelRunner, Prefetcher, merged_plane
 from app.session import SessionStore
-from models.prompts import PromptError
+from data.windowing import default_window, slice_to_rgb
+from models.prompts import PromptError, Prompts
 from tests.conftest import SAMPLES
 
 CT_NAME = "CT head (DICOM series, 12 slices)"
 # Display pixels (512 x 512 for this 256 x 256 coronal slice): a box around the left lateral
 # ventricle region and a point inside the brain.
 BOX = ((180, 150), (330, 330))
+PLANE_BOX = (89.75, 74.75, 164.75, 164.75)  # BOX on the 256 x 256 plane grid
 INSIDE = (256, 240)
+
+
+def _box_area(box) -> float:
+    return (box[2] - box[0] + 1) * (box[3] - box[1] + 1)
 
 
 class SpyRunner(ModelRunner):
@@ -70,14 +76,18 @@ def _draw_box(ctx, sid):
     return controller.click(ctx, sid, *BOX[1])
 
 
-def test_box_segments_inside_the_box_and_undo_redo_round_trip(ctx, opened):
+def test_box_segments_inside_the_box_and_undo_redo_round_trip(ctx, opened, litemedsam):
     session = ctx.store.get(opened)
     before = session.labels.copy()
     vm = _draw_box(ctx, opened)
     plane = session.region("coronal", 6)
-    assert 500 < int((plane == 1).sum()) < 256 * 256 // 2
-    rows, cols = np.nonzero(plane == 1)  # box corners on the plane: (89.75, 74.75)..(164.75, 164.75)
-    assert cols.min() >= 85 and cols.max() <= 170 and rows.min() >= 70 and rows.max() <= 170
+    # the reference: the model called directly on the stored slice 6 (the coronal plane of this LIP
+    # series), windowed independently of the UI, with the box's plane corners
+    volume = session.volume
+    image = slice_to_rgb(volume, 6, default_window(volume))
+    reference = litemedsam.predict(litemedsam.embed(image), Prompts(box=PLANE_BOX)).best_mask
+    assert 500 < int(reference.sum()) < 0.9 * _box_area(PLANE_BOX)  # a mask that fills the box is not this
+    np.testing.assert_array_equal(plane == 1, reference)
     assert vm.measurements[0][2] == int((plane == 1).sum())
     after = session.labels.copy()
     controller.undo(ctx, opened)
@@ -101,6 +111,28 @@ def test_clicks_accumulate_points_and_feed_back_the_previous_logits(ctx, opened)
     assert second.point_labels.tolist() == [0, 1] and len(second.points) == 2
     np.testing.assert_array_equal(second.mask_logits, session.undo_stack[-2].prompt_after.logits)
     assert len(session.history[1]) >= 3 and session.history[1][-1]["kind"] == "click+"
+
+
+def test_a_click_after_undo_never_resends_the_undone_point(ctx, opened):
+    """Box, negative click, Undo, positive click: the model gets the box and [1], not [0, 1]."""
+    _draw_box(ctx, opened)
+    session = ctx.store.get(opened)
+    after_box = session.labels.copy()
+    box_logits = session.prompt.logits.copy()
+    controller.set_display(ctx, opened, "default", 40, 400, 0.45, "point −")
+    controller.click(ctx, opened, 300, 300)
+    assert controller.undo(ctx, opened).status == "Undid negative click."
+    np.testing.assert_array_equal(session.labels, after_box)
+    controller.set_display(ctx, opened, "default", 40, 400, 0.45, "point +")
+    ctx.runner.calls.clear()
+    controller.click(ctx, opened, *INSIDE)
+    (call,) = ctx.runner.calls
+    assert call.point_labels.tolist() == [1] and len(call.points) == 1
+    assert call.box is not None
+    np.testing.assert_array_equal(call.mask_logits, box_logits)  # the box's logits, not the undone click's
+    assert session.prompt.point_labels == (1,)
+    controller.undo(ctx, opened)  # and back to the box once more: still no negative point
+    assert session.prompt.point_labels == () and session.prompt.box is not None
 
 
 def test_lone_first_click_offers_alternatives_and_choosing_one_swaps_the_mask(ctx, opened):
@@ -223,8 +255,9 @@ def test_brush_canvas_layer_becomes_the_mask_of_the_plane(ctx, opened):
     layer[100:140, 200:260, 3] = 255
     _mask_action(ctx, opened, {"background": None, "layers": [layer], "composite": None}, None, use_model=False)
     plane = session.region("coronal", 6)
-    assert int((plane == session.active).sum()) == 20 * 30
-    assert (plane[50:70, 100:130] == session.active).all()
+    expected = np.zeros((256, 256), bool)
+    expected[50:70, 100:130] = True  # display rows 100..139, columns 200..259 halved
+    np.testing.assert_array_equal(plane == session.active, expected)
 
 
 def test_nothing_painted_is_a_user_error(ctx, opened):

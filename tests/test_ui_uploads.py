@@ -81,3 +81,21 @@ def test_not_a_zip_is_a_user_error(tmp_path):
     (tmp_path / "fake.zip").write_bytes(b"not a zip")
     with pytest.raises(UploadError, match="not a readable zip"):
         import_upload([tmp_path / "fake.zip"], tmp_path / "upload")
+
+
+def test_zip_member_that_is_a_symbolic_link_is_refused(tmp_path):
+    """A symlink member (as `zip --symlinks` stores it: mode 0o120777, the target as its data) is refused
+    before anything is written, also when the zip comes through an upload."""
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok.dcm", b"x")
+        link = zipfile.ZipInfo("series/IM0001.dcm")
+        link.create_system = 3  # Unix: the high 16 bits of external_attr are st_mode
+        link.external_attr = 0o120777 << 16
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(UploadError, match="symbolic link"):
+        safe_extract_zip(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UploadError, match="IM0001.dcm.*symbolic link"):
+        import_upload([archive], tmp_path / "upload")
+    assert not (tmp_path / "upload" / "unzipped").exists()

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make gpu-test`: the GPU tests (pytest -m gpu) on the GPU machine, from the checkout alone.
+#
+# That machine's python3 has torch, Triton and pytest but not the study readers; it cannot download.
+# Here (the dev machine), once:   make gpu-bundle   (= .devwheels/ and .gpu/, both git-ignored)
+# Device call 1 (carry .devwheels/a):  bash benchmarks/device_install.sh .devwheels/a
+# Device call 2 (carry .gpu):          make gpu-test      (or: bash scripts/gpu_test.sh)
+# /tmp/site (call 1) stays while the machine is warm. docs/testing.md has the details.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${GPU_PY:-python3}
+export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$PY" -c "import SimpleITK, monai, nibabel, pydicom, segment_anything" 2>/dev/null; then
+  if [ -d .devwheels/a ]; then
+    bash benchmarks/device_install.sh .devwheels/a
+  else
+    echo "gpu-test: SimpleITK/MONAI/nibabel/pydicom/segment-anything are missing and .devwheels/a was not carried" \
+         "(run benchmarks/device_install.sh .devwheels/a in an earlier call, see docs/testing.md)" >&2
+    exit 2
+  fi
+fi
+# weights and shared data: .gpu/ (make gpu-bundle) when carried, else the usual places
+[ -f .gpu/weights/lite_medsam.pth ] && export MEDSEG_WEIGHTS="$PWD/.gpu/weights"
+[ -d .gpu/shared/data ] && export MEDSEG_SHARED="$PWD/.gpu/shared"
+weights="${MEDSEG_WEIGHTS:-$PWD/weights}/lite_medsam.pth"
+[ -f "$weights" ] || { echo "gpu-test: $weights is missing (carry .gpu, see docs/testing.md)" >&2; exit 2; }
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-test: torch sees no CUDA GPU')"
+"$PY" - <<'PY'
+import torch, triton
+print(f"gpu-test: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, triton {triton.__version__}")
+PY
+export GRADIO_ANALYTICS_ENABLED=False MEDSEG_TEST_THREADS=${MEDSEG_TEST_THREADS:-4}
+# -m gpu: the CUDA-graph replays, the Triton kernels in bf16 (attention, MBConv/PatchMerging, tanh GELU),
+# pinned host inputs, and the compiled fast path end to end with its Dice check (issue 22's rule)
+exec "$PY" -m pytest -p no:cacheprovider -m gpu -v -rA "$@" \
+  tests/test_cuda_graphs.py tests/test_triton_attention.py tests/test_triton_convs.py tests/test_fast_paths.py \
+  tests/test_litemedsam_host_inputs.py tests/test_compiled_path_dice.py

@@ -1,0 +1,135 @@
+"""`make mutants`: mutation testing with mutmut, one module at a time with that module's fast tests.
+
+Each module runs in its own folder ``.mutants/<module>/`` (git-ignored): the packages and tests are
+linked there with a ``pyproject.toml`` whose ``[tool.mutmut]`` mutates that one file and selects its
+tests, so the runs stay independent and small enough for 2 cores. mutmut copies the code into
+``mutants/`` there and never touches the checkout. Prints one line per module (killed / survived /
+other / kill rate over the non-equivalent mutants) and writes ``.mutants/results.json``; the
+survivors are listed with ``cd .mutants/<module> && mutmut show NAME``.
+
+    .venv/bin/python scripts/mutants.py                      # every module below (hours on 2 cores)
+    .venv/bin/python scripts/mutants.py data/windowing.py    # one module
+
+Not in CI: too slow for 2 cores. docs/testing.md has the last table and the equivalent mutants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".mutants"
+PACKAGES = ("app", "data", "evaluation", "models", "adapters")
+# module -> the tests that exercise it and run in seconds to a minute (issue 26's scope)
+MODULES: dict[str, list[str]] = {
+    "data/windowing.py": ["tests/test_windowing.py"],
+    "data/volume.py": ["tests/test_geometry.py"],
+    "data/writers.py": ["tests/test_geometry.py"],
+    "data/readers.py": ["tests/test_geometry.py", "tests/test_fuzz_readers.py", "tests/test_limits.py"],
+    "data/deidentify.py": ["tests/test_deidentify.py"],
+    "data/dicom_seg.py": ["tests/test_dicom_seg.py"],
+    "data/export.py": ["tests/test_export.py"],
+    "evaluation/metrics.py": ["tests/test_eval_metrics.py"],
+    "evaluation/manifest.py": ["tests/test_eval_manifest.py"],
+    "evaluation/clicks.py": ["tests/test_eval_clicks.py"],
+    "evaluation/fairness.py": ["tests/test_eval_fairness.py"],
+    "evaluation/report.py": ["tests/test_eval_fairness.py", "tests/test_eval_runner.py"],
+    "evaluation/runner.py": ["tests/test_eval_runner.py"],
+    "evaluation/distributed.py": ["tests/test_batch.py"],
+    "app/session.py": ["tests/test_session.py", "tests/test_load.py"],
+    "app/uploads.py": ["tests/test_ui_uploads.py"],
+    "app/interaction.py": ["tests/test_ui_interaction.py"],
+    "models/segmenter.py": ["tests/test_litemedsam_parity.py", "tests/test_fast_paths.py"],
+}
+# Mutants that cannot change behaviour, excluded from the kill rate (key -> why); docs/testing.md lists them.
+EQUIVALENT: dict[str, str] = {}
+KILLED = {1, 3}
+SURVIVED = {0}
+
+
+def shared_dir() -> Path:
+    for candidate in (os.environ.get("MEDSEG_SHARED"), ROOT.parent / "shared", Path("/work/shared")):
+        if candidate and Path(candidate, "data").is_dir():
+            return Path(candidate).resolve()
+    raise SystemExit("mutants: no shared data folder (set MEDSEG_SHARED)")
+
+
+def stage(module: str, tests: list[str]) -> Path:
+    """``.mutants/<module>/``: links to the code, tests and samples, and a pyproject for this module."""
+    folder = WORK / module.replace("/", "__").removesuffix(".py")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (*PACKAGES, "tests", "samples"):
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(ROOT / name)
+    config = (ROOT / "pyproject.toml").read_text()
+    config += (
+        "\n[tool.mutmut]\n"
+        f"source_paths = {json.dumps(list(PACKAGES))}\n"
+        f"only_mutate = {json.dumps([module])}\n"
+        "also_copy = [\"samples\"]\n"
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
+        "pytest_add_cli_args = [\"-p\", \"no:xdist\", \"-p\", \"no:cacheprovider\", \"-x\", \"-q\"]\n"
+        "timeout_multiplier = 5.0\n"
+    )
+    (folder / "pyproject.toml").write_text(config)
+    return folder
+
+
+def tally(folder: Path, module: str) -> dict:
+    meta = folder / "mutants" / f"{module}.meta"
+    codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
+    equivalent = sorted(k for k in codes if k in EQUIVALENT)
+    rest = {k: v for k, v in codes.items() if k not in EQUIVALENT}
+    killed = sorted(k for k, v in rest.items() if v in KILLED)
+    survived = sorted(k for k, v in rest.items() if v in SURVIVED)
+    other = sorted(k for k, v in rest.items() if v not in KILLED | SURVIVED)
+    checked = len(killed) + len(survived)
+    return {
+        "module": module, "mutants": len(codes), "equivalent": equivalent, "killed": len(killed),
+        "survived": survived, "other": {k: rest[k] for k in other},
+        "kill_rate": round(len(killed) / checked, 3) if checked else None,
+    }
+
+
+def run(module: str) -> dict:
+    folder = stage(module, MODULES[module])
+    env = {**os.environ, "MEDSEG_WEIGHTS": str((ROOT / "weights").resolve()), "MEDSEG_SHARED": str(shared_dir()),
+           "GRADIO_ANALYTICS_ENABLED": "False", "MEDSEG_TEST_THREADS": "1", "PYTHONPATH": ""}
+    mutmut = Path(sys.executable).with_name("mutmut")
+    children = os.environ.get("MUTANTS_CHILDREN", "2")
+    with open(folder / "mutmut.log", "w") as log:  # mutmut's progress spinner: kept out of the terminal
+        subprocess.run([str(mutmut), "run", "--max-children", children], cwd=folder, env=env, check=False,
+                       stdout=log, stderr=subprocess.STDOUT)
+    return tally(folder, module)
+
+
+def main(argv: list[str]) -> int:
+    modules = argv or list(MODULES)
+    unknown = [m for m in modules if m not in MODULES]
+    if unknown:
+        print(f"mutants: unknown module {unknown[0]!r}; known: {', '.join(MODULES)}", file=sys.stderr)
+        return 2
+    if shutil.which("mutmut", path=str(Path(sys.executable).parent)) is None:
+        print("mutants: mutmut is not installed in this venv (pip install mutmut==3.8.1)", file=sys.stderr)
+        return 2
+    results_file = WORK / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    for module in modules:
+        r = run(module)
+        results[module] = r
+        WORK.mkdir(exist_ok=True)
+        results_file.write_text(json.dumps(results, indent=1))
+        rate = "n/a" if r["kill_rate"] is None else f"{100 * r['kill_rate']:.1f} %"
+        print(f"{module}: {r['mutants']} mutants, {r['killed']} killed, {len(r['survived'])} survived, "
+              f"{len(r['other'])} other (no tests/timeout), {len(r['equivalent'])} equivalent; kill rate {rate}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
