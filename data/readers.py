@@ -381,7 +381,7 @@ def read_dicom_series(
         sop_class_uid=str(getattr(first, "SOPClassUID", "")) or None,
         files=info.files,
         geometry="ImagePositionPatient/ImageOrientationPatient" + (
-            f" (mean slice spacing, --allow-uneven)" if geometry.spacing_k is not None else ""),
+            " (mean slice spacing, --allow-uneven)" if geometry.spacing_k is not None else ""),
         notes=geometry.notes,
     )
     return Volume.from_sitk(image, modality=info.modality, source=source)
