@@ -7,7 +7,9 @@ exactly what the page's JavaScript does instead: it reads ``/config``, posts eac
 ``session_hash``), reads the answer from the ``/gradio_api/queue/data`` event stream, runs the
 ``.then`` steps the page chains after an event, uploads through ``/gradio_api/upload`` and
 downloads exports through the ``file=`` URL. The server keeps each tab's ``gr.State`` by its
-session hash, as it does for a browser. Used by ``scripts/load_test.py`` and the crash test.
+session hash, as it does for a browser, and the session itself by the HttpOnly cookie it sets
+when the page is first fetched (``app.web_session``); the client's cookie jar keeps it, as a
+browser does. Used by ``scripts/load_test.py`` and the crash test.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+COOKIE = "medseg_session"  # app.web_session.COOKIE (this client imports nothing of the app)
 # the page's outputs, in app.ui's order (after the session id), by what they show
 OUTPUTS = ("sid", "image", "view", "slice", "label", "label_name", "colour", "table", "alternatives", "facts",
            "status", "model", "window", "level", "width", "opacity", "mode")
@@ -106,12 +109,18 @@ class ServerProcess:
 
 
 class Page:
-    """One browser tab: its own session hash (so its own ``gr.State``) and the page's event wiring."""
+    """One browser tab: its own session hash (so its own ``gr.State``) and the page's event wiring.
 
-    def __init__(self, url: str, timeout_s: float = 600.0):
+    ``token``: the session cookie a browser kept (restores that session); None: a new browser, whose
+    cookie the server sets on the first request.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 600.0, token: str | None = None):
         self.url = url.rstrip("/")
         self.api = self.url + "/gradio_api"
         self.http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0))
+        if token:
+            self.http.cookies.set(COOKIE, token)
         self.session_hash = uuid.uuid4().hex[:11]
         config = self.http.get(self.url + "/config").raise_for_status().json()
         self._elem = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c["props"].get("elem_id")}
@@ -119,10 +128,12 @@ class Page:
         # component id -> what it shows: the page's outputs as app.ui lists them, the download, the stored id
         self._names = dict(zip(self._dep("open-sample", "click")["outputs"], OUTPUTS))
         self._names[self._elem["download"]] = "download"
-        load_outputs = self._dep(None, "load")["outputs"]
-        self._names[load_outputs[-1]] = "stored"
-        self.sid: str | None = None
         self.last: dict[str, Any] = {}
+
+    @property
+    def token(self) -> str | None:
+        """The session cookie the server set for this tab (what a browser keeps across reloads)."""
+        return self.http.cookies.get(COOKIE)
 
     def close(self) -> None:
         self.http.close()
@@ -202,17 +213,15 @@ class Page:
                 if "choices" in value:
                     self.last[name + "_choices"] = value["choices"]
                 value = value["value"]
-            if name == "stored":
-                self.sid = value  # what the page writes into its localStorage
             self.last[name] = value
         status = self.last.get("status")
         if isinstance(status, str) and status.startswith("⚠"):
             raise PageError(f"{dep.get('api_name')}: {status}")
 
     # --- what a user does ----------------------------------------------------------------------
-    def load(self, stored_sid: str | None = None) -> dict[str, Any]:
-        """Open the page; ``stored_sid`` is the id a browser keeps in localStorage (restores that session)."""
-        return self.event(None, "load", [stored_sid])
+    def load(self) -> dict[str, Any]:
+        """Open the page: the server restores the session of this tab's cookie, or starts one."""
+        return self.event(None, "load", [])
 
     def open_sample(self, name: str) -> dict[str, Any]:
         return self.event("open-sample", "click", [None, name])
@@ -249,7 +258,7 @@ class Page:
 
     def export(self, dest: Path) -> Path:
         """Export NIfTI and download it (what the browser's download link fetches)."""
-        state = self.event("export-btn", "click", [None, "NIfTI (.nii.gz)"])
+        state = self.event("export-btn", "click", [None, "NIfTI (.nii.gz)", False])
         url = state["download"]["url"]
         r = self.http.get(url).raise_for_status()
         dest.parent.mkdir(parents=True, exist_ok=True)
