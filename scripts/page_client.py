@@ -172,6 +172,36 @@ class Page:
                     return msg["output"]["data"]
         raise PageError(f"{dep.get('api_name')}: the event stream ended without an answer")
 
+    def raw_event(self, elem_id: str | None, event: str, data: list[Any], event_data: Any = None) -> list[dict]:
+        """Post one event and return every message the server sent for it (nothing raised, no ``.then``).
+
+        For tests that look at what a user would see: warning toasts (``msg == "log"``), a failed
+        event (``process_completed`` with ``success`` false: Gradio's red "Error"), the outputs.
+        """
+        dep = self._dep(elem_id, event)
+        body = {"data": data, "fn_index": dep["id"], "session_hash": self.session_hash,
+                "event_data": event_data, "trigger_id": None if elem_id is None else self._elem[elem_id]}
+        event_id = self.http.post(self.api + "/queue/join", json=body).raise_for_status().json()["event_id"]
+        seen: list[dict] = []
+        with self.http.stream("GET", self.api + "/queue/data", params={"session_hash": self.session_hash}) as s:
+            for line in s.raise_for_status().iter_lines():
+                if line.startswith("data:"):
+                    msg = json.loads(line[5:])
+                    if msg.get("event_id") not in (None, event_id):
+                        continue
+                    seen.append(msg)
+                    if msg.get("msg") in ("process_completed", "unexpected_error"):
+                        break
+        return seen
+
+    def upload_files(self, paths: list[Path]) -> list[dict]:
+        """Upload files through ``/gradio_api/upload`` and the upload event; the event's messages."""
+        files = [("files", (Path(p).name, Path(p).read_bytes())) for p in paths]
+        r = self.http.post(self.api + "/upload", files=files).raise_for_status()
+        data = [{"path": p, "orig_name": Path(src).name, "meta": {"_type": "gradio.FileData"}}
+                for p, src in zip(r.json(), paths)]
+        return self.raw_event("upload", "upload", [None, data])
+
     def start_event(self, elem_id: str, event: str, data: list[Any], event_data: Any = None) -> httpx.Response:
         """Post an event and return once the server has started processing it (its answer not read).
 
