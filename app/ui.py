@@ -334,7 +334,7 @@ def build_app(config: UIConfig):
                 return ""
             try:
                 check_cookie(s)
-                return controller.oneshot_reference(ctx, s)
+                return messages.for_markdown(controller.oneshot_reference(ctx, s), hide=[s])
             except (SessionError, *USER_ERRORS) as e:
                 return messages.for_markdown(f"⚠ {messages.error_text(e)}", hide=[s])
 

@@ -85,8 +85,9 @@ def _assert_clean(text: str, secrets: list[str]) -> None:
         assert secret not in text, f"{secret!r} shown to the user: {text}"
 
 
-def _clicker(url: str, stop: threading.Event, errors: list[str], done: list[int]) -> None:
-    """Session B: opens the CT and keeps clicking and stepping slices until told to stop."""
+def _clicker(url: str, ready: threading.Event, stop: threading.Event, errors: list[str], done: list[int]) -> None:
+    """Session B: opens the CT, clicks once (then ``ready``), and keeps clicking and stepping slices
+    until told to stop."""
     page = Page(url)
     try:
         page.load()
@@ -94,12 +95,14 @@ def _clicker(url: str, stop: threading.Event, errors: list[str], done: list[int]
         points = [(250, 250), (260, 240), (240, 262)]
         while not stop.is_set() or done[0] < 4:
             page.click(*points[done[0] % len(points)])
+            ready.set()
             if done[0] % 2:
                 page.set_slice(int(page.last["slice"]) + (1 if done[0] % 4 == 1 else -1))
             done[0] += 1
     except (PageError, httpx.HTTPError) as e:
         errors.append(str(e))
     finally:
+        ready.set()
         page.close()
 
 
@@ -109,8 +112,8 @@ def test_hostile_uploads_leave_the_server_up_and_the_other_session_unharmed(tmp_
     state = tmp_path / "state"
     log = tmp_path / "serve.log"
     server = ServerProcess(state, prefetch=1, log_path=log).start()
-    stop, errors, done = threading.Event(), [], [0]
-    clicker = threading.Thread(target=_clicker, args=(server.url, stop, errors, done), daemon=True)
+    ready, stop, errors, done = threading.Event(), threading.Event(), [], [0]
+    clicker = threading.Thread(target=_clicker, args=(server.url, ready, stop, errors, done), daemon=True)
     try:
         # no cookie, no upload
         r = httpx.post(server.url + "/gradio_api/upload", files=[("files", ("a.nii.gz", b"x"))])
@@ -122,9 +125,11 @@ def test_hostile_uploads_leave_the_server_up_and_the_other_session_unharmed(tmp_
         (sid,) = [p.name for p in (state / "sessions").iterdir()]
         secrets = [token, sid, str(state), str(tmp_path), "/tmp/", str(ROOT)]
         clicker.start()
+        hostile = _hostile_files(tmp_path / "hostile")
+        assert ready.wait(600) and not errors, errors  # B is clicking while the uploads arrive
 
         uploaded_urls = []
-        for path in _hostile_files(tmp_path / "hostile"):
+        for path in hostile:
             files = [("files", (path.name, path.read_bytes()))]
             cached = attacker.http.post(attacker.api + "/upload", files=files).raise_for_status().json()
             uploaded_urls += [f"{attacker.api}/file={p}" for p in cached]
