@@ -37,6 +37,7 @@ COOKIE = "medseg_session"
 TOKEN = re.compile(r"^[0-9a-f]{64}$")
 EXPORTS_DIR = "medseg-exports"  # under Gradio's cache folder
 RELOAD_PAGE = b"<!doctype html><meta http-equiv='refresh' content='0'><title>medseg</title>"
+FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/")  # Gradio's file route and its deprecated alias
 PAGE_PATHS = ("/", "/config")  # where a missing cookie is issued (the page and its configuration)
 
 
@@ -129,8 +130,9 @@ class SessionCookieMiddleware:
         if local.endswith("/gradio_api/upload") and method == "POST":
             if sid is None or not self.session_exists(sid):
                 return await _plain(send, 403, b"uploads need an open session: reload the page")
-        if "/gradio_api/file=" in local:
-            served = unquote(local.split("/gradio_api/file=", 1)[1])
+        marker = next((m for m in FILE_ROUTES if m in local), None)
+        if marker is not None:
+            served = unquote(local.split(marker, 1)[1])
             if self.shelf.holds(served):
                 owner = self.shelf.owner(str(Path(served).resolve())) if served else None
                 if owner is None or owner != sid:

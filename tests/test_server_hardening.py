@@ -58,7 +58,7 @@ def gated(tmp_path):
         return FileResponse(request.path_params["path"], media_type="text/html", content_disposition_type="inline")
 
     app = Starlette(routes=[Route("/", page), Route("/config", page), Route("/gradio_api/upload", upload, methods=["POST"]),
-                            Route("/gradio_api/file={path:path}", file)])
+                            Route("/gradio_api/file={path:path}", file), Route("/gradio_api/file/{path:path}", file)])
     wrapped = web_session.SessionCookieMiddleware(app, session_exists=store.exists, shelf=shelf, max_age_s=3600)
     return TestClient(wrapped, base_url="http://127.0.0.1"), store, shelf
 
@@ -102,9 +102,10 @@ def test_exports_are_served_only_to_their_session_and_only_as_downloads(gated, t
     assert r.headers["content-type"] == "application/octet-stream"
     assert r.headers["content-disposition"] == 'attachment; filename="x_labels.nii.gz"'
     stranger = TestClient(client.app, base_url="http://127.0.0.1")
-    assert stranger.get(f"/gradio_api/file={served}").status_code == 404
     stranger.get("/")
-    assert stranger.get(f"/gradio_api/file={served}").status_code == 404
+    for route in ("/gradio_api/file=", "/gradio_api/file/", "/gradio_api/file/../file="):  # and Gradio's alias
+        assert stranger.get(f"{route}{served}").status_code == 404, route
+    assert client.get(f"/gradio_api/file/{served}").headers["content-disposition"].startswith("attachment")
     unknown = Path(served).parent.parent / ("0" * 32) / "x.nii.gz"
     assert client.get(f"/gradio_api/file={unknown}").status_code == 404
     assert shelf.publish(export, sid) != served  # same bytes, new URL: never shared between sessions
