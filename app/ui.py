@@ -3,8 +3,9 @@
 Sessions: the server gives the browser an HttpOnly, SameSite=Strict cookie holding a random token
 (``app.web_session``); the session id is derived from it on the server, so a reload, or reopening
 the page, restores that session from the server's store, page scripts never see the credential,
-and two browsers never share a session. Every message shown is escaped text (``app.messages``). All model work (encode, prompt) runs through one Gradio queue
-(``concurrency_id="gpu"``, one at a time) and the runner's lock; display-only events run beside it.
+and two browsers never share a session. Every message shown is escaped text (``app.messages``).
+All model work (encode, prompt) runs through one Gradio queue (``concurrency_id="gpu"``, one at a
+time) and the runner's lock; display-only events run beside it.
 """
 
 # No `from __future__ import annotations`: Gradio reads the handlers' real annotations
@@ -214,8 +215,8 @@ def build_app(config: UIConfig):
             gr.Warning(messages.for_toast(text))
             message = messages.for_markdown(f"⚠ {text}")
             try:  # show the server's state again (e.g. the model picker snaps back)
-                vm = controller.refresh(ctx, s, None)
                 check_cookie(s)
+                vm = controller.refresh(ctx, s, None)
                 return [message if i == at_status else v for i, v in enumerate(present(vm))]
             except Exception:
                 return only_status(message)
