@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         page = Page(server.url)
 
         def act(action: tuple) -> bool:
+            if args.soak is not None and time.perf_counter() - t_start >= args.seconds:
+                return False  # a soak ends on time, mid-round (memory is its point, not whole rounds)
             time.sleep(rng.expovariate(1 / args.think) if args.think > 0 else 0)
             t0 = time.perf_counter()
             try:
