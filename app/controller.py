@@ -8,6 +8,8 @@ atomically before it returns (``SessionStore.save``).
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ import numpy as np
 
 from app import interaction, model_catalog
 from app.interaction import ModelRunner, Prefetcher
+from app.messages import escape_markdown
 from app.render import (
     VIEWS,
     Markers,
@@ -145,11 +148,35 @@ def open_sample(ctx: AppContext, session: Session, name: str, progress: Progress
 
 @_with_session
 def open_upload(ctx: AppContext, session: Session, files: list[str], progress: Progress | None = None) -> ViewModel:
+    """Copy an upload into a folder of its own (unique per request), check the quotas and open it.
+
+    A refused upload, or one that does not open, is deleted at once; once it opens, the folders of
+    earlier uploads (no longer reachable: the session holds one study) are deleted.
+    """
+    from app.settings import get_settings
+
+    settings = get_settings()
     if progress:
         progress(0.05, "copying the upload")
-    upload_dir = session.directory / "uploads" / time.strftime("%Y%m%d-%H%M%S")
-    path = import_upload(files, upload_dir)
-    return _open(ctx, session, path, Path(files[0]).name if len(files) == 1 else f"{len(files)} files", progress)
+    uploads = session.directory / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    kept = [p for p in uploads.iterdir() if p.is_dir()]
+    if len(kept) + 1 > settings.max_studies:
+        raise SessionError(f"this session holds {len(kept)} studies; at most {settings.max_studies} "
+                           "(MEDSEG_MAX_STUDIES): reload the page to start again")
+    room = min(settings.session_disk_bytes - ctx.store.disk_bytes(session.id),
+               settings.total_disk_bytes - ctx.store.disk_bytes())
+    upload_dir = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=uploads))
+    try:
+        path = import_upload(files, upload_dir, settings=settings, room_bytes=room)
+        view = _open(ctx, session, path, Path(files[0]).name if len(files) == 1 else f"{len(files)} files", progress)
+    except BaseException:
+        shutil.rmtree(upload_dir, ignore_errors=True)
+        raise
+    for old in kept:
+        if not Path(str(session.study_path)).is_relative_to(old):
+            shutil.rmtree(old, ignore_errors=True)
+    return view
 
 
 def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Progress | None) -> ViewModel:
@@ -436,8 +463,12 @@ def set_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
 
 
 # --- export -----------------------------------------------------------------------------------
-def export(ctx: AppContext, sid: str, fmt: str) -> tuple[Path, ViewModel]:
-    """Write the label map into the session's exports/ folder; returns the file to download."""
+def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) -> tuple[Path, ViewModel]:
+    """Write the label map into the session's exports/ folder; returns the file to download.
+
+    A DICOM-SEG is de-identified (``data.deidentify``, DICOM PS3.15 Basic Profile with the Retain
+    UIDs option) unless ``keep_identifiers`` asks for the source's patient and study identity.
+    """
     session = _session(ctx, sid)
     with session.lock:
         volume = session.require_study()
@@ -448,6 +479,7 @@ def export(ctx: AppContext, sid: str, fmt: str) -> tuple[Path, ViewModel]:
         elif fmt == "dicom-seg":
             if not dicom_seg_available():
                 raise SessionError("DICOM-SEG export is not available in this build; export NIfTI")
+            from data.deidentify import deidentify_basic
             from data.export import export_labels
 
             path = export_labels(
@@ -457,6 +489,7 @@ def export(ctx: AppContext, sid: str, fmt: str) -> tuple[Path, ViewModel]:
                 label_names={d.value: d.name for d in session.label_defs},
                 colours={d.value: d.colour for d in session.label_defs},
                 model_name=session.model,
+                deidentify=None if keep_identifiers else deidentify_basic,
             )
         else:
             raise ValueError(f"unknown export format {fmt!r}; expected nifti or dicom-seg")
@@ -509,13 +542,13 @@ def facts(session: Session) -> str:
     sx, sy, sz = v.spacing
     k, j, i = v.array.shape[:3]
     lines = [
-        f"**{session.study_name}**",
+        f"**{escape_markdown(session.study_name)}**",
         f"modality **{v.modality}**, format {v.source.format or '?'}",
         f"size {i} × {j} × {k} (i × j × k){', RGB' if v.is_rgb else ''}, {v.array.dtype}",
         f"spacing {sx:.3g} × {sy:.3g} × {sz:.3g} mm, orientation {v.orientation_code()}",
     ]
     if v.source.series_instance_uid:
-        lines.append(f"series `{v.source.series_instance_uid}`")
+        lines.append(f"series {escape_markdown(str(v.source.series_instance_uid))}")
     return "  \n".join(lines)
 
 

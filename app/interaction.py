@@ -173,7 +173,7 @@ class Prefetcher:
                 if key in self._pending:
                     continue
                 self._pending.add(key)
-            self._jobs.put((session, view, i, session.model))
+            self._jobs.put((session, view, i, session.model, session.volume))
         self._ensure_thread()
 
     def _ensure_thread(self) -> None:
@@ -191,22 +191,27 @@ class Prefetcher:
     def _work(self) -> None:
         while not self._stop.is_set():
             try:
-                session, view, index, model = self._jobs.get(timeout=0.5)
+                session, view, index, model, volume = self._jobs.get(timeout=0.5)
             except queue.Empty:
                 continue
             try:
-                self._one(session, view, index, model)
+                self._one(session, view, index, model, volume)
             except Exception:  # a background nicety must never take the server down
-                log.exception("prefetch of %s %d failed", view, index)
+                if session.volume is volume:
+                    log.exception("prefetch of %s %d failed", view, index)
+                else:  # the study changed under it: the job is moot, not a fault
+                    log.debug("prefetch of %s %d dropped: the study changed", view, index)
             finally:
                 with self._pending_lock:
                     self._pending.discard((session.id, model, view, index))
                 self._jobs.task_done()
 
-    def _one(self, session: Session, view: str, index: int, model: str) -> None:
+    def _one(self, session: Session, view: str, index: int, model: str, volume=None) -> None:
         while not self._stop.is_set():
             if session.model != model or session.volume is None or (model, view, index) in embeddings_of(session):
                 return
+            if volume is not None and session.volume is not volume:
+                return  # another study was opened since the request
             if self.runner.try_background_turn():
                 try:
                     self.runner.embedding(session, view, index)

@@ -64,7 +64,7 @@ class Reference:
 
     def describe(self) -> str:
         return (
-            f"Reference: **{self.label_name}** on {self.view} slice {self.index} of *{self.study_name}* "
+            f"Reference: {self.label_name} on {self.view} slice {self.index} of {self.study_name} "
             f"({int(self.mask.sum())} px), {self.method_label}, model {self.oneshot.model_name}."
         )
 
@@ -204,7 +204,7 @@ def describe(session: Session) -> str:
     except SessionError as e:
         return f"⚠ {e}"
     if ref is None:
-        return "No reference yet: annotate a structure on one slice, then press *Use as one-shot reference*."
+        return "No reference yet: annotate a structure on one slice, then press Use as one-shot reference."
     return ref.describe()
 
 

@@ -14,6 +14,7 @@ live in memory only: they survive a page reload, not a server restart.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import shutil
@@ -281,6 +282,18 @@ class Session:
         }
 
 
+def folder_bytes(folder: Path) -> int:
+    """Apparent size of the regular files under ``folder`` (0 when it does not exist)."""
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
 class SessionStore:
     """Sessions keyed by id, behind a lock; one folder each under ``root``.
 
@@ -298,8 +311,11 @@ class SessionStore:
         self._lock = threading.Lock()
 
     # --- lookup ------------------------------------------------------------------------------
-    def create(self) -> Session:
-        sid = secrets.token_hex(16)
+    def create(self, sid: str | None = None) -> Session:
+        """A new session; ``sid`` (from ``app.web_session.sid_of_token``) or a random id."""
+        sid = sid or secrets.token_hex(16)
+        if not SESSION_ID.match(sid):
+            raise SessionError("malformed session id")
         directory = self.root / sid
         directory.mkdir(parents=True, exist_ok=False)
         session = Session(id=sid, directory=directory)
@@ -312,7 +328,7 @@ class SessionStore:
     def get(self, sid: str) -> Session:
         """The session ``sid`` from memory, else from its folder. SessionError if malformed/unknown."""
         if not isinstance(sid, str) or not SESSION_ID.match(sid):
-            raise SessionError(f"malformed session id {str(sid)[:40]!r}")
+            raise SessionError("malformed session id: reload the page")
         with self._lock:
             session = self._sessions.get(sid)
             if session is not None:
@@ -325,13 +341,30 @@ class SessionStore:
         return session
 
     def open(self, sid: str | None) -> tuple[Session, bool]:
-        """Restore ``sid`` if it exists, else start a new session. Returns (session, restored)."""
+        """Restore ``sid`` if it exists, else start a new session under that id (a random one when
+        ``sid`` is None). Returns (session, restored).
+
+        A session whose folder exists but cannot be restored (its study is gone) starts again empty
+        under the same id: the browser's cookie keeps pointing at it.
+        """
         if sid:
             try:
                 return self.get(sid), True
             except SessionError:
-                pass
-        return self.create(), False
+                if not SESSION_ID.match(sid):
+                    raise
+            if (self.root / sid).exists():
+                shutil.rmtree(self.root / sid, ignore_errors=True)
+        return self.create(sid), False
+
+    def exists(self, sid: str) -> bool:
+        """A session with this id is in memory or saved (cheap: no study is read)."""
+        if not isinstance(sid, str) or not SESSION_ID.match(sid):
+            return False
+        with self._lock:
+            if sid in self._sessions:
+                return True
+        return (self.root / sid / "state.json").is_file()
 
     def bind(self, session_hash: str, sid: str) -> None:
         with self._lock:
@@ -347,6 +380,10 @@ class SessionStore:
         if session is not None:
             with session.lock:
                 session.runtime.pop("embeddings", None)
+
+    def disk_bytes(self, sid: str | None = None) -> int:
+        """Bytes under one session's folder, or under the whole store (``sid`` None)."""
+        return folder_bytes(self.root / sid if sid else self.root)
 
     def in_memory(self) -> list[str]:
         with self._lock:
@@ -367,11 +404,11 @@ class SessionStore:
         directory = self.root / sid
         state_file = directory / "state.json"
         if not state_file.is_file():
-            raise SessionError(f"no saved session {sid}")
+            raise SessionError("no saved session: reload the page")
         try:
             state = json.loads(state_file.read_text())
         except (OSError, ValueError) as e:
-            raise SessionError(f"{state_file}: unreadable session state ({e})") from e
+            raise SessionError(f"unreadable session state ({type(e).__name__})") from e
         view = ViewState(**{k: v for k, v in state.get("view", {}).items() if k in ViewState.__dataclass_fields__})
         session = Session(
             id=sid,
@@ -392,7 +429,7 @@ class SessionStore:
             try:
                 session.volume = read_study(path, series_uid=session.series_uid)
             except StudyError as e:
-                raise SessionError(f"session {sid}: its study can no longer be read ({e})") from e
+                raise SessionError(f"the session's study can no longer be read ({e})") from e
             labels_file = directory / "labels.npz"
             if labels_file.is_file():
                 with np.load(labels_file) as z:

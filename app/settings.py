@@ -7,7 +7,10 @@
 | ``MEDSEG_MAX_UPLOAD_FILES`` | 10000          | files in one upload, or members in one zip               |
 | ``MEDSEG_MAX_VOXELS``       | 268435456      | voxels of a study (checked from the header, before pixels) |
 | ``MEDSEG_SESSION_TTL_HOURS``| 336 (14 days)  | a session untouched this long is deleted with its uploads |
-| ``MEDSEG_ALLOWED_ROOTS``    | (none)         | extra folders the server may serve files from (``os.pathsep``-separated); session folders are always allowed |
+| ``MEDSEG_SESSION_DISK_MB``  | 4096           | disk one session may hold (uploads, unpacked zips, exports) |
+| ``MEDSEG_TOTAL_DISK_MB``    | 20480          | disk all sessions together may hold                      |
+| ``MEDSEG_MAX_STUDIES``      | 4              | studies (uploads) one session keeps on disk at once      |
+| ``MEDSEG_ALLOWED_ROOTS``    | (none)         | extra folders the server may serve files from (``os.pathsep``-separated); session folders are never served |
 
 The readers' fixed bounds on untrusted files (DICOM nesting depth 32, 200,000 sequence items, 32 MiB
 of header, deflated data sets inflated in capped steps, .nii.gz streams at most 1 MiB past what the
@@ -40,6 +43,9 @@ class Settings:
     max_upload_files: int = 10_000
     max_voxels: int = DEFAULT_MAX_VOXELS
     session_ttl_s: float = 14 * 86400.0
+    session_disk_bytes: int = 4096 * MIB
+    total_disk_bytes: int = 20480 * MIB
+    max_studies: int = 4
     allowed_roots: tuple[Path, ...] = ()
 
     @classmethod
@@ -57,6 +63,9 @@ class Settings:
             max_upload_files=int(_number(env, "MEDSEG_MAX_UPLOAD_FILES", d.max_upload_files, whole=True)),
             max_voxels=int(_number(env, "MEDSEG_MAX_VOXELS", d.max_voxels, whole=True)),
             session_ttl_s=_number(env, "MEDSEG_SESSION_TTL_HOURS", d.session_ttl_s / 3600) * 3600,
+            session_disk_bytes=int(_number(env, "MEDSEG_SESSION_DISK_MB", d.session_disk_bytes / MIB) * MIB),
+            total_disk_bytes=int(_number(env, "MEDSEG_TOTAL_DISK_MB", d.total_disk_bytes / MIB) * MIB),
+            max_studies=int(_number(env, "MEDSEG_MAX_STUDIES", d.max_studies, whole=True)),
             allowed_roots=roots,
         )
 

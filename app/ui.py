@@ -1,9 +1,11 @@
 """The clinician's web UI: layout and wiring only (actions live in ``app.controller``).
 
-Sessions: the browser keeps a random session id in its localStorage (``gr.BrowserState``), so a
-reload, or reopening the page, restores that session from the server's store; two browsers
-never share an id. All model work (encode, prompt) runs through one Gradio queue
-(``concurrency_id="gpu"``, one at a time) and the runner's lock; display-only events run beside it.
+Sessions: the server gives the browser an HttpOnly, SameSite=Strict cookie holding a random token
+(``app.web_session``); the session id is derived from it on the server, so a reload, or reopening
+the page, restores that session from the server's store, page scripts never see the credential,
+and two browsers never share a session. Every message shown is escaped text (``app.messages``).
+All model work (encode, prompt) runs through one Gradio queue (``concurrency_id="gpu"``, one at a
+time) and the runner's lock; display-only events run beside it.
 """
 
 # No `from __future__ import annotations`: Gradio reads the handlers' real annotations
@@ -11,14 +13,13 @@ never share an id. All model work (encode, prompt) runs through one Gradio queue
 
 import logging
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from app import controller
+from app import controller, messages, web_session
 from app.controller import MODES, AppContext, ViewModel
 from app.errors import USER_ERRORS
 from app.interaction import ModelRunner, Prefetcher
@@ -29,7 +30,8 @@ from models.registry import load_segmenter
 
 log = logging.getLogger(__name__)
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
-STORAGE_KEY = "medseg-session"
+NO_COOKIE = ("this page needs its session cookie: allow cookies for this site, then reload "
+             "(the cookie holds only a random token)")
 
 # Keyboard: Up/Down (or PageUp/PageDown) step slices, Ctrl+Z / Ctrl+Y undo / redo, outside text fields.
 KEYBOARD_JS = """
@@ -57,23 +59,11 @@ class UIConfig:
     device: str = "cpu"
     prefetch_radius: int = 1
     session_ttl_s: float = 14 * 86400
-    browser_secret: str | None = None  # encrypts the id in localStorage; fixed so restarts can restore
 
 
 def default_state_dir() -> Path:
     """``$MEDSEG_STATE_DIR`` or ``~/.local/state/medseg`` (sessions survive reboots, unlike /tmp)."""
     return Path(os.environ.get("MEDSEG_STATE_DIR", Path.home() / ".local" / "state" / "medseg"))
-
-
-def browser_secret(state_dir: Path) -> str:
-    """A per-installation secret kept outside the served session folders (created once, mode 600)."""
-    path = state_dir / "browser_secret"
-    if not path.is_file():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(16))
-    return path.read_text().strip()
 
 
 def build_app(config: UIConfig):
@@ -87,10 +77,13 @@ def build_app(config: UIConfig):
         prefetcher=Prefetcher(runner, radius=config.prefetch_radius),
     )
     samples = list(controller.sample_studies())
+    from gradio.utils import get_upload_folder
+
+    shelf = web_session.ExportShelf(get_upload_folder())
 
     with gr.Blocks(title="medseg", delete_cache=(3600, 86400)) as demo:
+        demo.medseg_ctx, demo.medseg_shelf = ctx, shelf  # for launch(): the middleware's view of sessions
         sid = gr.State(None)
-        stored = gr.BrowserState(None, storage_key=STORAGE_KEY, secret=config.browser_secret)
         gr.Markdown("### medseg: promptable segmentation of CT, MR and photographs")
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
@@ -110,7 +103,7 @@ def build_app(config: UIConfig):
                     window = gr.Dropdown(window_choices(), value="default", label="Window", elem_id="window")
                     with gr.Row():
                         level = gr.Number(40, label="Level", elem_id="level")
-                        width = gr.Number(400, label="Width", elem_id="width", minimum=1)
+                        width = gr.Number(400, label="Width", elem_id="width")  # > 0: checked by the controller
                     opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Label opacity", elem_id="opacity")
             with gr.Column(scale=3, min_width=420):
                 with gr.Row(equal_height=True):
@@ -172,6 +165,8 @@ def build_app(config: UIConfig):
                 with gr.Accordion("Export", open=True):
                     formats = ["NIfTI (.nii.gz)"] + (["DICOM-SEG (.dcm)"] if controller.dicom_seg_available() else [])
                     export_fmt = gr.Radio(formats, value=formats[0], label="Format", elem_id="export-format")
+                    keep_ids = gr.Checkbox(False, label="Keep patient identifiers (DICOM-SEG; off: de-identified, "
+                                           "DICOM PS3.15 Basic Profile)", elem_id="keep-identifiers")
                     export_btn = gr.Button("Export labels", elem_id="export-btn")
                     download = gr.File(label="Download", interactive=False, elem_id="download")
 
@@ -180,10 +175,11 @@ def build_app(config: UIConfig):
         at_status = outputs.index(status)
 
         def only_status(message: str) -> list[Any]:
-            """Outputs that change nothing but the status line."""
+            """Outputs that change nothing but the status line (``message`` already escaped)."""
             return [message if i == at_status else gr.skip() for i in range(len(outputs))]
 
         def present(vm: ViewModel) -> list[Any]:
+            status = gr.skip() if vm.status is None else messages.for_markdown(vm.status, hide=[vm.session_id])
             return [
                 vm.session_id,
                 vm.image,
@@ -195,7 +191,7 @@ def build_app(config: UIConfig):
                 vm.measurements or None,
                 gr.update(choices=vm.alternatives, value=vm.chosen, visible=bool(vm.alternatives)),
                 vm.facts,
-                gr.skip() if vm.status is None else vm.status,
+                status,
                 vm.model,
                 vm.window,
                 vm.level,
@@ -205,37 +201,63 @@ def build_app(config: UIConfig):
             ]
 
         def guarded(action: Callable[..., ViewModel], *args) -> list[Any]:
-            """Run an action; a user error becomes a warning toast and a status line, never a traceback."""
+            """Run an action; a user error becomes one warning toast and a status line (escaped, no
+            server paths, no session id), never a traceback."""
+            s = args[0] if args else None
             try:
+                check_cookie(s)
                 return present(action(ctx, *args))
             except (SessionError, *USER_ERRORS) as e:
-                message = f"⚠ {e.args[0] if isinstance(e, KeyError) and e.args else e}"
-                gr.Warning(message[2:])
+                text = messages.plain(messages.error_text(e), hide=[str(s or "")])
             except Exception as e:  # unexpected: log it for us, show one line to the user
                 log.exception("UI action %s failed", getattr(action, "__name__", action))
-                gr.Warning(f"internal error: {type(e).__name__}; the session is saved, try again")
-                message = f"⚠ internal error ({type(e).__name__})"
+                text = f"internal error ({type(e).__name__}); the session is saved, try again"
+            gr.Warning(messages.for_toast(text))
+            message = messages.for_markdown(f"⚠ {text}")
             try:  # show the server's state again (e.g. the model picker snaps back)
-                return present(controller.refresh(ctx, args[0], message))
+                check_cookie(s)
+                vm = controller.refresh(ctx, s, None)
+                return [message if i == at_status else v for i, v in enumerate(present(vm))]
             except Exception:
                 return only_status(message)
 
+        def check_cookie(s: str | None) -> None:
+            """The event must carry the cookie of the session this page holds (the page's state is
+            keyed by Gradio's session hash, which the client picks: the cookie is the credential)."""
+            from gradio.context import LocalContext
+
+            request = LocalContext.request.get(None)
+            if request is None:  # called outside an event (tests call the actions directly)
+                return
+            if s is None or web_session.sid_of_request(request) != s:
+                raise SessionError(NO_COOKIE if web_session.sid_of_request(request) is None
+                                   else "this page's session has changed: reload the page")
+
         def warm(s):
             """Encode the shown plane ahead of the first click; only the status line shows it."""
+            if s is None:
+                return gr.skip()
             return guarded(controller.warm, s)[at_status]
 
         # --- session start / restore -------------------------------------------------------
-        def on_load(stored_id: str | None, request: gr.Request):
-            result = guarded(controller.start, stored_id, getattr(request, "session_hash", None))
+        def on_load(request: gr.Request):
+            token_sid = web_session.sid_of_request(request)
+            if token_sid is None:
+                return only_status(messages.for_markdown(f"⚠ {NO_COOKIE}"))
+            try:
+                vm = controller.start(ctx, token_sid, getattr(request, "session_hash", None))
+            except (SessionError, *USER_ERRORS) as e:
+                return only_status(messages.for_markdown(f"⚠ {messages.plain(messages.error_text(e))}"))
+            result = present(vm)
             at_model = outputs.index(model)  # list the models again: an adapter trained since start shows up
             shown = {"value": result[at_model]} if isinstance(result[at_model], str) else {}
             result[at_model] = gr.update(choices=controller.model_choices(), **shown)
-            return result + [result[0]]
+            return result
 
         def on_unload(request: gr.Request) -> None:
             ctx.store.release(getattr(request, "session_hash", "") or "")
 
-        load_event = demo.load(on_load, [stored], outputs + [stored])
+        load_event = demo.load(on_load, None, outputs)
         load_event.then(warm, [sid], [status], show_progress="minimal", **GPU)
         demo.unload(on_unload)
 
@@ -246,7 +268,7 @@ def build_app(config: UIConfig):
         def on_upload(s, files, progress=gr.Progress()):
             if not files:
                 return [gr.skip()] * len(outputs)
-            return guarded(controller.open_upload, s, list(files), lambda f, d: progress(f, desc=d))
+            return guarded(_open_upload, s, list(files), lambda f, d: progress(f, desc=d))
 
 
         open_btn.click(on_open, [sid, sample], outputs).then(warm, [sid], [status], show_progress="minimal", **GPU)
@@ -309,10 +331,13 @@ def build_app(config: UIConfig):
 
         # --- one-shot ------------------------------------------------------------------------
         def oneshot_info_of(s):
+            if s is None:
+                return ""
             try:
-                return controller.oneshot_reference(ctx, s)
+                check_cookie(s)
+                return messages.for_markdown(controller.oneshot_reference(ctx, s), hide=[s])
             except (SessionError, *USER_ERRORS) as e:
-                return f"⚠ {e}"
+                return messages.for_markdown(f"⚠ {messages.error_text(e)}", hide=[s])
 
         def on_oneshot_set(s, method, progress=gr.Progress()):
             return guarded(controller.set_oneshot_reference, s, method, lambda f, d: progress(f, desc=d))
@@ -341,21 +366,49 @@ def build_app(config: UIConfig):
                      trigger_mode="always_last")
 
         # --- export --------------------------------------------------------------------------
-        def on_export(s, fmt):
+        def on_export(s, fmt, keep):
             try:
-                path, vm = controller.export(ctx, s, "dicom-seg" if str(fmt).startswith("DICOM") else "nifti")
+                check_cookie(s)
+                path, vm = controller.export(ctx, s, "dicom-seg" if str(fmt).startswith("DICOM") else "nifti",
+                                             keep_identifiers=bool(keep))
                 from data.deidentify import patient_data_note
 
                 if note := (patient_data_note(path) if Path(path).suffix == ".dcm" else None):
                     vm.status = f"{vm.status} ⚠ Note: {note}."
-                return [str(path)] + present(vm)
+                # served from Gradio's cache under a random folder, to this session's cookie only
+                return [shelf.publish(path, s)] + present(vm)
             except (SessionError, *USER_ERRORS) as e:
-                gr.Warning(str(e))
-                return [gr.skip()] + only_status(f"⚠ {e}")
+                text = messages.plain(messages.error_text(e), hide=[str(s or "")])
+                gr.Warning(messages.for_toast(text))
+                return [gr.skip()] + only_status(messages.for_markdown(f"⚠ {text}"))
 
-        export_btn.click(on_export, [sid, export_fmt], [download] + outputs)
+        export_btn.click(on_export, [sid, export_fmt, keep_ids], [download] + outputs)
 
     return demo
+
+
+def _open_upload(ctx: AppContext, sid: str, files: list[str], progress=None) -> ViewModel:
+    """Open an upload; when it is refused, Gradio's cached copy of it is deleted too (the session's
+    copy already is), so a refused file is nowhere to be served or to fill the disk."""
+    try:
+        return controller.open_upload(ctx, sid, files, progress)
+    except BaseException:
+        _discard_uploaded(files)
+        raise
+
+
+def _discard_uploaded(files: list[str]) -> None:
+    from gradio.utils import get_upload_folder
+
+    cache = Path(get_upload_folder()).resolve()
+    for f in files:
+        path = Path(f).resolve()
+        if path.is_file() and path.is_relative_to(cache) and path.parent != cache:
+            try:
+                path.unlink()
+                path.parent.rmdir()  # Gradio's per-upload folder, when now empty
+            except OSError:
+                pass
 
 
 def _mask_action(ctx: AppContext, sid: str, editor_value: Any, mask_file: str | None, use_model: bool) -> ViewModel:
@@ -384,7 +437,12 @@ def launch(
     prefetch_radius: int = 1,
     prevent_thread_lock: bool = False,
 ):
-    """Start the server (loopback by default). Files are served only from the session folders."""
+    """Start the server (loopback by default).
+
+    Session folders are never served (Gradio's ``blocked_paths``); Gradio serves its own cache
+    (slice images, the upload widget's files as downloads unless an image) and ``MEDSEG_ALLOWED_ROOTS``;
+    exports only to their session's cookie (``app.web_session``).
+    """
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     from app.settings import get_settings
 
@@ -395,14 +453,20 @@ def launch(
     load_segmenter(model, device=device)  # load once before serving; fail early on missing weights
     config = UIConfig(
         sessions_root=sessions, model=model, device=device, prefetch_radius=prefetch_radius,
-        browser_secret=browser_secret(state), session_ttl_s=limits.session_ttl_s,
+        session_ttl_s=limits.session_ttl_s,
     )
     demo = build_app(config)
     demo.queue(default_concurrency_limit=4)
+    from starlette.middleware import Middleware
+
+    cookie = Middleware(web_session.SessionCookieMiddleware, session_exists=demo.medseg_ctx.store.exists,
+                        shelf=demo.medseg_shelf, max_age_s=limits.session_ttl_s)
     demo.launch(
         server_name=host,
         server_port=port,
-        allowed_paths=[str(sessions), *(str(r) for r in limits.allowed_roots)],
+        allowed_paths=[str(r) for r in limits.allowed_roots],
+        blocked_paths=[str(sessions.resolve())],
+        app_kwargs={"middleware": [cookie]},
         max_file_size=limits.max_upload_bytes,
         footer_links=[],
         run_history=False,  # never keep patients' images in the browser's run history

@@ -72,13 +72,25 @@ def safe_extract_zip(
     return dest
 
 
-def import_upload(files: list[str | Path], upload_dir: str | Path, *, settings=None) -> Path:
+def import_upload(
+    files: list[str | Path], upload_dir: str | Path, *, settings=None, room_bytes: int | None = None
+) -> Path:
     """Copy uploaded files into ``upload_dir`` and return the path ``read_study`` should open.
 
     One NIfTI / PNG / JPEG / DICOM file -> that file; several DICOM files -> their folder;
     a zip -> the folder it unpacks to (or the single NIfTI/image inside it). ``settings``
-    (default ``app.settings.get_settings()``) bounds the file count and sizes.
+    (default ``app.settings.get_settings()``) bounds the file count and sizes; ``room_bytes`` is
+    the disk the session may still fill (its quota and the server's). A refused upload leaves
+    nothing behind: ``upload_dir`` is removed before the error is raised.
     """
+    try:
+        return _import(files, Path(upload_dir), settings, room_bytes)
+    except BaseException:
+        shutil.rmtree(upload_dir, ignore_errors=True)
+        raise
+
+
+def _import(files: list[str | Path], upload_dir: Path, settings, room_bytes: int | None) -> Path:
     from app.settings import get_settings
 
     settings = settings or get_settings()
@@ -93,15 +105,18 @@ def import_upload(files: list[str | Path], upload_dir: str | Path, *, settings=N
             f"the upload is {size / 1024**2:.0f} MiB; at most {settings.max_upload_bytes / 1024**2:.0f} MiB "
             "(MEDSEG_MAX_UPLOAD_MB)"
         )
-    upload_dir = Path(upload_dir)
-    upload_dir.mkdir(parents=True, exist_ok=True)
     zips = [p for p in paths if p.name.lower().endswith(".zip")]
+    if room_bytes is not None and not zips and size > room_bytes:
+        raise UploadError(f"the upload is {size / 1024**2:.0f} MiB but this session has room for "
+                          f"{max(room_bytes, 0) / 1024**2:.0f} MiB more (disk quota)")
+    upload_dir.mkdir(parents=True, exist_ok=True)
     if zips:
         if len(paths) > 1:
             raise UploadError("upload one zip on its own (it should hold one series)")
-        out = safe_extract_zip(
-            zips[0], upload_dir / "unzipped", max_bytes=settings.max_unzipped_bytes, max_members=settings.max_upload_files
-        )
+        cap = settings.max_unzipped_bytes if room_bytes is None else min(settings.max_unzipped_bytes, room_bytes)
+        if cap <= 0:
+            raise UploadError("this session has no disk room left (disk quota); close some studies")
+        out = safe_extract_zip(zips[0], upload_dir / "unzipped", max_bytes=cap, max_members=settings.max_upload_files)
         return _single_study_in(out)
     singles = [p for p in paths if p.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES)]
     if singles:

@@ -17,6 +17,12 @@ Checks afterwards:
   machine's load average alongside.
 
     .venv/bin/python scripts/load_test.py --sessions 20 --seconds 240 --json load.json
+
+Soak (the memory plateau of issue 23): ``--soak MINUTES`` runs 20 tabs (unless ``--sessions``) for
+that long without the replay, prints the server's RSS once a minute as it goes, and reports the
+per-minute series and its spread over the last 10 minutes (the target: within 10 %):
+
+    .venv/bin/python scripts/load_test.py --soak 30 --json soak.json
 """
 
 from __future__ import annotations
@@ -136,17 +142,25 @@ def slope_mib_per_min(samples: list[tuple[float, float]]) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sessions", type=int, default=4, help="concurrent simulated tabs")
+    ap.add_argument("--sessions", type=int, default=None, help="concurrent simulated tabs (default 4; 20 with --soak)")
     ap.add_argument("--seconds", type=float, default=60.0, help="stop starting new rounds after this long")
     ap.add_argument("--slices", type=int, default=2, choices=(1, 2), help="slices a tab works on per round")
     ap.add_argument("--think", type=float, default=0.3, help="mean pause between a tab's actions (s), random")
     ap.add_argument("--prefetch", type=int, default=1, help="the server's --prefetch")
     ap.add_argument("--malloc-arenas", type=int, default=None, help="the server's --malloc-arenas (0: glibc default)")
     ap.add_argument("--no-replay", action="store_true", help="skip the cross-talk replay (memory/latency runs only)")
+    ap.add_argument("--soak", type=float, metavar="MINUTES",
+                    help="memory soak: run MINUTES (20 tabs unless --sessions, no replay), RSS reported per minute")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (state, exports, server log)")
     args = ap.parse_args(argv)
+    if args.soak is not None:
+        if args.soak <= 0:
+            ap.error("--soak must be > 0 minutes")
+        args.seconds, args.no_replay = args.soak * 60.0, True
+        args.sessions = 20 if args.sessions is None else args.sessions
+    args.sessions = 4 if args.sessions is None else args.sessions
     if args.sessions < 1 or args.seconds <= 0:
         ap.error("--sessions must be >= 1 and --seconds > 0")
 
@@ -174,11 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     def monitor() -> None:
+        minute = 0
         while True:
             try:
                 samples.append((time.perf_counter() - t_start, server.rss_mib(), os.getloadavg()[0]))
             except OSError:
                 return
+            if args.soak is not None and samples[-1][0] >= 60 * (minute + 1):
+                minute += 1
+                last = [m for t, m, _ in samples if t >= 60 * (minute - 1)]
+                with lock:
+                    n_err, n_clicks = len(errors), len(clicks)
+                print(f"minute {minute}: server RSS {last[-1]:.0f} MiB (min {min(last):.0f}, max {max(last):.0f}), "
+                      f"load {samples[-1][2]:.1f}, clicks so far {n_clicks}, errors {n_err}", flush=True)
             if stop.wait(1.0):
                 return
 
@@ -187,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         page = Page(server.url)
 
         def act(action: tuple) -> bool:
+            if args.soak is not None and time.perf_counter() - t_start >= args.seconds:
+                return False  # a soak ends on time, mid-round (memory is its point, not whole rounds)
             time.sleep(rng.expovariate(1 / args.think) if args.think > 0 else 0)
             t0 = time.perf_counter()
             try:
@@ -262,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1min_min_mean_max": [round(min(loads), 1), round(float(np.mean(loads)), 1),
                                            round(max(loads), 1)] if loads else None,
         "replay_s": None if args.no_replay else round(replay_s, 1),
+        **(soak_figures([(t, m) for t, m, _ in samples]) if args.soak is not None else {}),
         "cpus": os.cpu_count(),
     }
     print(json.dumps({k: v for k, v in figures.items() if k != "rss_series_mib"}, indent=1))
@@ -272,6 +297,31 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if not errors and not mismatches else 1
+
+
+def rss_per_minute(samples: list[tuple[float, float]]) -> list[float]:
+    """The mean RSS (MiB) of each whole minute of the run."""
+    out = []
+    for minute in range(int(max((t for t, _ in samples), default=0) // 60)):
+        inside = [m for t, m in samples if 60 * minute <= t < 60 * (minute + 1)]
+        if inside:
+            out.append(float(np.mean(inside)))
+    return out
+
+
+def soak_figures(samples: list[tuple[float, float]], window_min: int = 10) -> dict:
+    """Per-minute RSS and its spread over the last ``window_min`` minutes (all of them if fewer)."""
+    per_minute = rss_per_minute(samples)
+    last = per_minute[-window_min:]
+    spread = (max(last) - min(last)) / min(last) * 100 if last else None
+    return {
+        "rss_per_minute_mib": [round(m) for m in per_minute],
+        "plateau_window_min": len(last),
+        "plateau_spread_pct": None if spread is None else round(spread, 1),
+        "plateau_flat_within_10pct": None if spread is None else spread <= 10.0,
+        "plateau_slope_mib_per_min": round(float(np.polyfit(np.arange(len(last)), last, 1)[0]), 1)
+        if len(last) >= 2 else None,
+    }
 
 
 def _image_hw(page: Page) -> tuple[int, int]:

@@ -7,7 +7,9 @@ exactly what the page's JavaScript does instead: it reads ``/config``, posts eac
 ``session_hash``), reads the answer from the ``/gradio_api/queue/data`` event stream, runs the
 ``.then`` steps the page chains after an event, uploads through ``/gradio_api/upload`` and
 downloads exports through the ``file=`` URL. The server keeps each tab's ``gr.State`` by its
-session hash, as it does for a browser. Used by ``scripts/load_test.py`` and the crash test.
+session hash, as it does for a browser, and the session itself by the HttpOnly cookie it sets
+when the page is first fetched (``app.web_session``); the client's cookie jar keeps it, as a
+browser does. Used by ``scripts/load_test.py`` and the crash test.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+COOKIE = "medseg_session"  # app.web_session.COOKIE (this client imports nothing of the app)
 # the page's outputs, in app.ui's order (after the session id), by what they show
 OUTPUTS = ("sid", "image", "view", "slice", "label", "label_name", "colour", "table", "alternatives", "facts",
            "status", "model", "window", "level", "width", "opacity", "mode")
@@ -106,12 +109,18 @@ class ServerProcess:
 
 
 class Page:
-    """One browser tab: its own session hash (so its own ``gr.State``) and the page's event wiring."""
+    """One browser tab: its own session hash (so its own ``gr.State``) and the page's event wiring.
 
-    def __init__(self, url: str, timeout_s: float = 600.0):
+    ``token``: the session cookie a browser kept (restores that session); None: a new browser, whose
+    cookie the server sets on the first request.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 600.0, token: str | None = None):
         self.url = url.rstrip("/")
         self.api = self.url + "/gradio_api"
         self.http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0))
+        if token:
+            self.http.cookies.set(COOKIE, token)
         self.session_hash = uuid.uuid4().hex[:11]
         config = self.http.get(self.url + "/config").raise_for_status().json()
         self._elem = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c["props"].get("elem_id")}
@@ -119,10 +128,12 @@ class Page:
         # component id -> what it shows: the page's outputs as app.ui lists them, the download, the stored id
         self._names = dict(zip(self._dep("open-sample", "click")["outputs"], OUTPUTS))
         self._names[self._elem["download"]] = "download"
-        load_outputs = self._dep(None, "load")["outputs"]
-        self._names[load_outputs[-1]] = "stored"
-        self.sid: str | None = None
         self.last: dict[str, Any] = {}
+
+    @property
+    def token(self) -> str | None:
+        """The session cookie the server set for this tab (what a browser keeps across reloads)."""
+        return self.http.cookies.get(COOKIE)
 
     def close(self) -> None:
         self.http.close()
@@ -160,6 +171,36 @@ class Page:
                         raise PageError(f"{dep.get('api_name')}: {msg.get('output')}")
                     return msg["output"]["data"]
         raise PageError(f"{dep.get('api_name')}: the event stream ended without an answer")
+
+    def raw_event(self, elem_id: str | None, event: str, data: list[Any], event_data: Any = None) -> list[dict]:
+        """Post one event and return every message the server sent for it (nothing raised, no ``.then``).
+
+        For tests that look at what a user would see: warning toasts (``msg == "log"``), a failed
+        event (``process_completed`` with ``success`` false: Gradio's red "Error"), the outputs.
+        """
+        dep = self._dep(elem_id, event)
+        body = {"data": data, "fn_index": dep["id"], "session_hash": self.session_hash,
+                "event_data": event_data, "trigger_id": None if elem_id is None else self._elem[elem_id]}
+        event_id = self.http.post(self.api + "/queue/join", json=body).raise_for_status().json()["event_id"]
+        seen: list[dict] = []
+        with self.http.stream("GET", self.api + "/queue/data", params={"session_hash": self.session_hash}) as s:
+            for line in s.raise_for_status().iter_lines():
+                if line.startswith("data:"):
+                    msg = json.loads(line[5:])
+                    if msg.get("event_id") not in (None, event_id):
+                        continue
+                    seen.append(msg)
+                    if msg.get("msg") in ("process_completed", "unexpected_error"):
+                        break
+        return seen
+
+    def upload_files(self, paths: list[Path]) -> list[dict]:
+        """Upload files through ``/gradio_api/upload`` and the upload event; the event's messages."""
+        files = [("files", (Path(p).name, Path(p).read_bytes())) for p in paths]
+        r = self.http.post(self.api + "/upload", files=files).raise_for_status()
+        data = [{"path": p, "orig_name": Path(src).name, "meta": {"_type": "gradio.FileData"}}
+                for p, src in zip(r.json(), paths)]
+        return self.raw_event("upload", "upload", [None, data])
 
     def start_event(self, elem_id: str, event: str, data: list[Any], event_data: Any = None) -> httpx.Response:
         """Post an event and return once the server has started processing it (its answer not read).
@@ -202,17 +243,15 @@ class Page:
                 if "choices" in value:
                     self.last[name + "_choices"] = value["choices"]
                 value = value["value"]
-            if name == "stored":
-                self.sid = value  # what the page writes into its localStorage
             self.last[name] = value
         status = self.last.get("status")
         if isinstance(status, str) and status.startswith("⚠"):
             raise PageError(f"{dep.get('api_name')}: {status}")
 
     # --- what a user does ----------------------------------------------------------------------
-    def load(self, stored_sid: str | None = None) -> dict[str, Any]:
-        """Open the page; ``stored_sid`` is the id a browser keeps in localStorage (restores that session)."""
-        return self.event(None, "load", [stored_sid])
+    def load(self) -> dict[str, Any]:
+        """Open the page: the server restores the session of this tab's cookie, or starts one."""
+        return self.event(None, "load", [])
 
     def open_sample(self, name: str) -> dict[str, Any]:
         return self.event("open-sample", "click", [None, name])
@@ -249,7 +288,7 @@ class Page:
 
     def export(self, dest: Path) -> Path:
         """Export NIfTI and download it (what the browser's download link fetches)."""
-        state = self.event("export-btn", "click", [None, "NIfTI (.nii.gz)"])
+        state = self.event("export-btn", "click", [None, "NIfTI (.nii.gz)", False])
         url = state["download"]["url"]
         r = self.http.get(url).raise_for_status()
         dest.parent.mkdir(parents=True, exist_ok=True)

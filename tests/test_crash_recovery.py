@@ -1,5 +1,5 @@
 """Crash: ``medseg serve`` is killed with SIGKILL in the middle of a session and restarted on the same
-state folder; the page comes back with its stored session id and every acknowledged edit is there.
+state folder; the page comes back with its session cookie and every acknowledged edit is there.
 
 The server is the real one (a child process on loopback, the real LiteMedSAM weights), driven
 through the page protocol a browser uses (``scripts/page_client.Page``). An edit is acknowledged
@@ -63,9 +63,10 @@ def test_acknowledged_edits_survive_kill_9_of_the_real_server(tmp_path, exclusiv
         in_flight.close()
 
         server.start()
-        again = Page(server.url)
-        restored_state = again.load(page.sid)  # the id the browser kept in localStorage
-        assert again.sid == page.sid
+        assert page.token  # the server set the session cookie
+        again = Page(server.url, token=page.token)  # the cookie the browser kept
+        restored_state = again.load()
+        assert again.token == page.token
         assert restored_state["status"].startswith("Session restored")
         names = {name.split(" · ", 1)[1] for name, _ in restored_state["label_choices"]}
         assert {"label 1", "organ 2", "in flight"} <= names

@@ -95,3 +95,126 @@ def test_cli_segment_deidentify_flag(tmp_path, identified_series, capsys, liteme
     ds = pydicom.dcmread(out)
     assert _text(ds, "PatientName") == "" and _text(ds, "PatientID") == "" and ds.PatientIdentityRemoved == "YES"
     assert read_dicom_seg(out, reference=read_study(identified_series)).labels.array[5].any()
+
+
+# --- the whole profile, row by row ----------------------------------------------------------------
+def _identifying_value(vr: str, n: int):
+    """A value of ``vr`` that can be told apart from any dummy (and found in the file's bytes)."""
+    return {
+        "DA": "20240517", "TM": "101500", "DT": "20240517101500", "PN": f"DOE^JANE{n}", "AS": "042Y",
+        "IS": str(100 + n), "DS": str(100 + n), "US": 4242, "SS": 4242, "UL": 4242, "SL": 4242, "FL": 42.5,
+        "FD": 42.5, "UI": f"1.2.3.4242.{n}", "CS": f"ID{n}", "AE": f"AE{n}",
+    }.get(vr, b"IDENTITY%04d" % n if vr in ("OB", "OW", "UN") else f"IDENTITY{n:04d}")
+
+
+def _fully_populated() -> tuple[pydicom.Dataset, dict[int, tuple[str, object]]]:
+    """Every exact row of Table E.1-1 present with an identifying value; sequences hold one item
+    with a patient name; plus an overlay, a curve and a private attribute (masked rows, private rule)."""
+    from pydicom.datadict import dictionary_VR, keyword_for_tag
+    from pydicom.dataelem import DataElement
+
+    from data.deidentify import table_rows
+
+    ds, values = pydicom.Dataset(), {}
+    for n, (tag, _) in enumerate(table_rows()):
+        vr = dictionary_VR(tag).split(" or ")[0] if keyword_for_tag(tag) else "LO"
+        if vr == "SQ":
+            item = pydicom.Dataset()
+            item.PatientName = f"NESTED^NAME{n}"
+            item.ReferencedSOPInstanceUID = f"1.2.3.999.{n}"
+            value = pydicom.Sequence([item])
+        else:
+            value = _identifying_value(vr, n)
+        ds[tag] = DataElement(tag, vr, value)
+        values[tag] = (vr, value)
+    ds.add_new(0x60003000, "OW", b"\1\2" * 8)  # overlay data
+    ds.add_new(0x60024000, "LT", "OVERLAY COMMENT")
+    ds.add_new(0x50000010, "US", 3)  # a retired curve attribute
+    block = ds.private_block(0x0009, "EVIL PACS", create=True)
+    block.add_new(0x01, "LO", "PRIVATE^PATIENT")
+    return ds, values
+
+
+def test_every_row_of_the_basic_profile_on_a_fully_populated_dataset():
+    from data.deidentify import dummy, profile, resolve
+
+    ds, values = _fully_populated()
+    assert len(values) >= 600 and len(profile()[1]) == 3  # the whole 2026c table: 652 rows + 3 masked
+    deidentify_basic(ds)
+    done = {"X": 0, "Z": 0, "D": 0, "K": 0}
+    for tag, (vr, original) in values.items():
+        what = resolve(profile()[0][tag], pydicom.datadict.keyword_for_tag(tag))
+        done[what] += 1
+        name = f"{tag:08X} {pydicom.datadict.keyword_for_tag(tag)} ({profile()[0][tag]} -> {what})"
+        if what == "X":
+            assert tag not in ds, name
+            continue
+        assert tag in ds, name
+        value = ds[tag].value
+        if what == "Z":
+            assert value in (None, "", b"") or (vr == "SQ" and len(value) == 0), name
+        elif what == "D":
+            assert (len(value) == 0) if vr == "SQ" else value == dummy(vr), name
+        elif vr == "SQ":  # kept reference sequences: UIDs kept, the patient name inside emptied
+            assert value[0].ReferencedSOPInstanceUID == original[0].ReferencedSOPInstanceUID, name
+            assert value[0].PatientName in (None, ""), name
+        else:
+            assert value == original, name
+    assert all(done.values()), done  # every action of the table was exercised
+    assert 0x60003000 not in ds and 0x60024000 not in ds and 0x50000010 not in ds
+    assert not any(e.tag.is_private for e in ds)
+    assert ds.PatientIdentityRemoved == "YES" and ds.LongitudinalTemporalInformationModified == "REMOVED"
+    assert [c.CodeValue for c in ds.DeidentificationMethodCodeSequence] == ["113100", "113110"]
+    # nothing identifying is left in the written bytes, except the UIDs the option retains
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)  # (the table has command-group rows, which a file may not hold)
+    raw = buffer.getvalue()
+    for marker in (b"IDENTITY", b"DOE^JANE", b"NESTED^NAME", b"20240517", b"PRIVATE^PATIENT", b"OVERLAY"):
+        assert marker not in raw, marker
+
+
+def test_the_issue_23_leftovers_are_gone(tmp_path, labels_and_volume):
+    """The attributes the old subset kept while stamping PatientIdentityRemoved=YES (issue 23)."""
+    labels, volume = labels_and_volume
+
+    def populate_then_deidentify(seg):
+        for keyword, value in {
+            "IssuerOfPatientID": "HOSPITAL-X", "PhysiciansOfRecord": "WILSON^JAMES", "Occupation": "PILOT",
+            "AdditionalPatientHistory": "fell off a ladder", "AdmittingDiagnosesDescription": "fracture",
+            "ResponsiblePerson": "DOE^JOHN", "ClinicalTrialSubjectID": "SUBJ-9", "ClinicalTrialSponsorName": "ACME",
+            "ClinicalTrialProtocolID": "PROT-1", "ClinicalTrialSiteID": "SITE-3", "ClinicalTrialSiteName": "Boston",
+        }.items():
+            setattr(seg, keyword, value)
+        deidentify_basic(seg)
+
+    from data.dicom_seg import write_dicom_seg
+
+    out = write_dicom_seg(labels, volume, tmp_path / "seg.dcm", deidentify=populate_then_deidentify)
+    raw = Path(out).read_bytes()
+    for value in ("HOSPITAL-X", "WILSON", "PILOT", "ladder", "fracture", "DOE^JOHN", "SUBJ-9", "ACME", "PROT-1",
+                  "SITE-3", "Boston"):
+        assert value.encode() not in raw, value
+    assert read_dicom_seg(out, reference=volume).labels.array.any()
+
+
+def test_ui_exports_are_deidentified_unless_asked_to_keep_identifiers(tmp_path, identified_series):
+    from app import controller
+    from app.controller import AppContext
+    from app.interaction import ModelRunner, Prefetcher
+    from app.session import SessionStore
+
+    runner = ModelRunner("cpu")
+    ctx = AppContext(SessionStore(tmp_path / "sessions"), runner, Prefetcher(runner, radius=0))
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(p) for p in sorted(identified_series.glob("*.dcm"))])
+    ctx.store.get(sid).labels[5, 100:120, 100:120] = 1
+    default, _ = controller.export(ctx, sid, "dicom-seg")
+    ds = pydicom.dcmread(default)
+    assert ds.PatientIdentityRemoved == "YES" and _text(ds, "PatientName") == "" and "InstitutionName" not in ds
+    assert b"DOE^JANE" not in Path(default).read_bytes() and patient_data_note(default) is None
+    kept, _ = controller.export(ctx, sid, "dicom-seg", keep_identifiers=True)
+    assert _text(pydicom.dcmread(kept), "PatientName") == "DOE^JANE" and patient_data_note(kept) is not None

@@ -82,8 +82,9 @@ def test_uploads_live_in_the_session_folder_and_expire_with_it(tmp_path):
     assert store.cleanup(now=time.time() + 1800) == [] and again.directory.is_dir()
 
 
-def test_served_paths_are_the_session_folders_and_configured_roots(tmp_path, monkeypatch):
-    """``medseg serve`` hands Gradio only the session root and MEDSEG_ALLOWED_ROOTS, and the upload cap."""
+def test_served_paths_are_the_configured_roots_and_never_the_session_folders(tmp_path, monkeypatch):
+    """``medseg serve`` lets Gradio serve only MEDSEG_ALLOWED_ROOTS, blocks the session root (uploads
+    there are user files: served inline, they were stored XSS, issue 23), and sets the upload cap."""
     import gradio as gr
 
     import app.ui as ui
@@ -100,7 +101,8 @@ def test_served_paths_are_the_session_folders_and_configured_roots(tmp_path, mon
         ui.launch(state_dir=tmp_path / "state", prevent_thread_lock=True)
     finally:
         get_settings.cache_clear()
-    assert seen["allowed_paths"] == [str(tmp_path / "state" / "sessions"), str(SAMPLES.resolve())]
+    assert seen["allowed_paths"] == [str(SAMPLES.resolve())]
+    assert seen["blocked_paths"] == [str((tmp_path / "state" / "sessions").resolve())]
     assert seen["max_file_size"] == 64 * MIB
     assert str(ROOT) not in seen["allowed_paths"] and "/" not in seen["allowed_paths"]
 

@@ -108,9 +108,15 @@ def test_malformed_session_ids_are_refused(store, bad):
         store.get(bad)
 
 
-def test_open_unknown_id_starts_a_new_session(store):
+def test_open_unknown_id_starts_a_new_empty_session_under_that_id(store):
+    """The id comes from the browser's cookie (``app.web_session``): the new session must keep it,
+    or the next reload would not find it."""
     s, restored = store.open("0" * 32)
-    assert not restored and s.id != "0" * 32 and (s.directory / "state.json").is_file()
+    assert not restored and s.id == "0" * 32 and (s.directory / "state.json").is_file() and s.volume is None
+    again, restored = store.open("0" * 32)
+    assert restored and again is s
+    with pytest.raises(SessionError):
+        store.open("../../etc")
 
 
 def test_cleanup_deletes_only_expired_sessions(store):

@@ -105,7 +105,7 @@ def test_errors_are_messages_not_tracebacks(ctx, ct):
 def test_reference_finds_the_head_on_other_slices_skips_annotated_ones_undo_and_autosave(ctx, ct, head):
     gt = head[SERIES_IN_SLAB]
     vm = controller.set_oneshot_reference(ctx, ct, "PerSAM")
-    assert "Reference: **label 1** on coronal slice 6" in vm.status and "PerSAM" in vm.status
+    assert "Reference: label 1 on coronal slice 6" in vm.status and "PerSAM" in vm.status
     session = ctx.store.get(ct)
     drawn = session.labels.copy()
 

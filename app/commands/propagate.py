@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--deidentify", action="store_true",
                    help="DICOM-SEG output: empty patient name/ID/birth date, study dates, accession number "
-                   "(DICOM Basic Profile subset, UIDs kept)")
+                   "(DICOM PS3.15 Annex E Basic Profile, UIDs kept)")
     p.add_argument("--output", "-o", required=True, help="output: .nii, .nii.gz or .dcm (DICOM-SEG)")
     p.add_argument("--label", default="structure", help="segment name written in a DICOM-SEG (default: structure)")
     p.add_argument("--margin", type=float, default=DEFAULTS.margin_px,

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--multimask", action="store_true", help="ask for 3 candidate masks and keep the best-scored one")
     p.add_argument("--deidentify", action="store_true",
                    help="DICOM-SEG output: empty patient name/ID/birth date, study dates, accession number "
-                   "(DICOM Basic Profile subset, UIDs kept)")
+                   "(DICOM PS3.15 Annex E Basic Profile, UIDs kept)")
     p.add_argument("--output", "-o", required=True, help="output: .png (2D input), .nii/.nii.gz or .dcm (DICOM-SEG)")
     return p
 

@@ -6,8 +6,10 @@ import argparse
 import ctypes
 import ctypes.util
 import os
+import sys
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -63,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if args.malloc_arenas < 0:
         raise ValueError(f"--malloc-arenas must be 0 or more, got {args.malloc_arenas}")
     limit_malloc_arenas(args.malloc_arenas)  # before the server starts its threads
+    if args.host not in LOOPBACK:
+        print(f"medseg serve: listening on {args.host}: anyone who can reach it can open sessions and upload; "
+              "medseg has no user accounts: put a TLS proxy with authentication in front "
+              "(docs/reliability.md#threat-model)", file=sys.stderr)
     launch(
         host=args.host,
         port=args.port,

@@ -156,6 +156,13 @@ def test_two_sessions_stay_apart_and_reload_restores(browser, server, shots):
     assert not server.labels(sid_b).any()  # B never sees A's work
     assert "Box" not in b.locator("#status").inner_text()
 
+    # the session is held by an HttpOnly, SameSite=Strict cookie: page scripts can't read it, and
+    # nothing about it is in localStorage (issue 23: an inline upload read and unwrapped it there)
+    (cookie,) = [c for c in context_a.cookies() if c["name"] == "medseg_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert "medseg_session" not in a.evaluate("document.cookie")
+    assert cookie["value"] not in a.evaluate("JSON.stringify(localStorage)") + a.content()
+
     before = server.session_ids()
     a.reload()
     _wait_status(a, "Session restored")

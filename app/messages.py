@@ -1,0 +1,52 @@
+"""Text the page shows a user: one line, no server paths, no session id, and never markup.
+
+Why: error messages quote what users and files supply (a zip member name, a SeriesInstanceUID, a
+file name). Toasts render HTML and the status line and study facts render Markdown, so such text
+could draw a fake "session expired: sign in" link; and readers' messages carry absolute paths
+that show the session folder. Everything shown goes through :func:`for_toast` or
+:func:`for_markdown`.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Iterable
+
+MAX_CHARS = 400
+# an absolute POSIX path (after start, space, quote or bracket): shown as its last part
+_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"(),;]+/)+([^\s/'\"(),;]*)")
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
+
+
+def plain(text: object, hide: Iterable[str] = ()) -> str:
+    """``text`` as one line of at most MAX_CHARS, with paths shortened to names and ``hide`` removed."""
+    s = str(text)
+    for secret in hide:
+        if secret:
+            s = s.replace(secret, "…")
+    s = _PATH.sub(lambda m: m.group(1) or "…", s)
+    s = " ".join(s.split())  # newlines, tabs: one line
+    return s if len(s) <= MAX_CHARS else s[: MAX_CHARS - 1] + "…"
+
+
+def for_toast(text: object, hide: Iterable[str] = ()) -> str:
+    """For ``gr.Warning``/``gr.Info`` (rendered as HTML): plain text, HTML-escaped."""
+    return html.escape(plain(text, hide), quote=True)
+
+
+def escape_markdown(s: str) -> str:
+    """Literal text inside Markdown: HTML-escaped and Markdown punctuation backslash-escaped."""
+    return _MARKDOWN.sub(r"\\\1", html.escape(s, quote=False))
+
+
+def for_markdown(text: object, hide: Iterable[str] = ()) -> str:
+    """For a ``gr.Markdown`` (the status line): plain text that renders as itself."""
+    return escape_markdown(plain(text, hide))
+
+
+def error_text(error: BaseException) -> str:
+    """The message of a user error (KeyError's repr quotes dropped)."""
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    return str(error)

@@ -1,0 +1,209 @@
+"""Issue 23, the server half, piece by piece (fast; ``test_hostile_server.py`` runs it all on a real server):
+escaped messages, the session cookie and what it gates, upload folders, quotas, the prefetcher."""
+
+from __future__ import annotations
+
+import logging
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import FileResponse, PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from app import controller, messages, web_session
+from app.controller import AppContext
+from app.interaction import ModelRunner, Prefetcher
+from app.render import Plane
+from app.session import SessionError, SessionStore
+from app.settings import Settings, get_settings
+from data.readers import read_study
+from tests.conftest import SAMPLES
+
+CT = SAMPLES / "ct_head_0051_series"
+NIFTI = SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"
+
+
+# --- messages ---------------------------------------------------------------------------------------
+def test_messages_are_one_line_without_paths_or_the_session_and_never_markup():
+    sid = "0123456789abcdef0123456789abcdef"
+    raw = (f"/home/u/.local/state/medseg/sessions/{sid}/uploads/x/IM0005.dcm: truncated\n"
+           "member '<img src=x onerror=alert(1)>' and [sign in](http://evil.example)")
+    text = messages.plain(raw, hide=[sid])
+    assert "\n" not in text and "/home" not in text and sid not in text and text.startswith("IM0005.dcm: truncated")
+    toast = messages.for_toast(raw, hide=[sid])
+    assert "<" not in toast and "&lt;img" in toast
+    md = messages.for_markdown(raw, hide=[sid])
+    assert "<" not in md and "\\[sign in\\]\\(http://evil.example\\)" in md
+    assert len(messages.plain("x" * 5000)) == messages.MAX_CHARS
+
+
+# --- the cookie and what it gates -------------------------------------------------------------------
+@pytest.fixture()
+def gated(tmp_path):
+    """The middleware around a stand-in for Gradio's routes (page, upload, file=)."""
+    store = SessionStore(tmp_path / "sessions")
+    shelf = web_session.ExportShelf(tmp_path / "gradio")
+
+    async def page(request):
+        return PlainTextResponse("page")
+
+    async def upload(request):
+        return PlainTextResponse("stored")
+
+    async def file(request):
+        return FileResponse(request.path_params["path"], media_type="text/html", content_disposition_type="inline")
+
+    app = Starlette(routes=[Route("/", page), Route("/config", page), Route("/gradio_api/upload", upload, methods=["POST"]),
+                            Route("/gradio_api/file={path:path}", file), Route("/gradio_api/file/{path:path}", file)])
+    wrapped = web_session.SessionCookieMiddleware(app, session_exists=store.exists, shelf=shelf, max_age_s=3600)
+    return TestClient(wrapped, base_url="http://127.0.0.1"), store, shelf
+
+
+def test_the_page_sets_an_httponly_strict_cookie_and_the_id_is_derived_on_the_server(gated):
+    client, store, _ = gated
+    r = client.get("/")
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and r.headers["x-content-type-options"] == "nosniff"
+    token = client.cookies.get(web_session.COOKIE)
+    sid = web_session.sid_of_token(token)
+    assert sid and sid not in token and store.open(sid)[0].id == sid
+    assert "set-cookie" not in client.get("/").headers  # kept, not replaced
+    assert web_session.sid_of_token("../../etc") is None and web_session.sid_of_token("A" * 64) is None
+
+
+def test_a_cross_site_navigation_reloads_instead_of_replacing_the_cookie(gated):
+    client, _, _ = gated
+    r = client.get("/", headers={"sec-fetch-site": "cross-site"})
+    assert "set-cookie" not in r.headers and "http-equiv='refresh'" in r.text
+
+
+def test_uploads_need_the_cookie_of_an_existing_session(gated):
+    client, store, _ = gated
+    assert client.post("/gradio_api/upload").status_code == 403
+    client.get("/")  # a cookie, but no session opened with it yet
+    assert client.post("/gradio_api/upload").status_code == 403
+    store.open(web_session.sid_of_token(client.cookies.get(web_session.COOKIE)))
+    assert client.post("/gradio_api/upload").text == "stored"
+
+
+def test_exports_are_served_only_to_their_session_and_only_as_downloads(gated, tmp_path):
+    client, store, shelf = gated
+    client.get("/")
+    sid = web_session.sid_of_token(client.cookies.get(web_session.COOKIE))
+    export = tmp_path / "x_labels.nii.gz"
+    export.write_bytes(b"<html>labels</html>")
+    served = shelf.publish(export, sid)
+    r = client.get(f"/gradio_api/file={served}")
+    assert r.status_code == 200 and r.content == export.read_bytes()
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.headers["content-disposition"] == 'attachment; filename="x_labels.nii.gz"'
+    stranger = TestClient(client.app, base_url="http://127.0.0.1")
+    stranger.get("/")
+    for route in ("/gradio_api/file=", "/gradio_api/file/", "/gradio_api/file/../file="):  # and Gradio's alias
+        assert stranger.get(f"{route}{served}").status_code == 404, route
+    assert client.get(f"/gradio_api/file/{served}").headers["content-disposition"].startswith("attachment")
+    unknown = Path(served).parent.parent / ("0" * 32) / "x.nii.gz"
+    assert client.get(f"/gradio_api/file={unknown}").status_code == 404
+    assert shelf.publish(export, sid) != served  # same bytes, new URL: never shared between sessions
+
+
+# --- uploads: folders, refusals, quotas --------------------------------------------------------------
+@pytest.fixture()
+def ctx(tmp_path):
+    runner = ModelRunner("cpu")
+    return AppContext(SessionStore(tmp_path / "sessions"), runner, Prefetcher(runner, radius=0))
+
+
+def _uploads(ctx, sid) -> list[Path]:
+    folder = ctx.store.get(sid).directory / "uploads"
+    return sorted(p for p in folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.fixture()
+def limits(monkeypatch):
+    def set_(**env):
+        for k, v in env.items():
+            monkeypatch.setenv(k, str(v))
+        get_settings.cache_clear()
+
+    yield set_
+    get_settings.cache_clear()
+
+
+def test_refused_uploads_leave_nothing_and_opened_ones_replace_the_last(ctx, tmp_path, limits):
+    limits(MEDSEG_MAX_UNZIPPED_MB=1)
+    sid = controller.start(ctx, None).session_id
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.dcm", b"\0" * (3 << 20))
+    for bad in (bomb, tmp_path / "evil.html"):
+        if bad.suffix == ".html":
+            bad.write_text("<script>alert(1)</script>")
+        with pytest.raises(Exception):
+            controller.open_upload(ctx, sid, [str(bad)])
+        assert _uploads(ctx, sid) == []  # nothing of it kept
+    controller.open_upload(ctx, sid, [str(NIFTI)])
+    controller.open_upload(ctx, sid, [str(NIFTI)])  # the same second: its own folder
+    (kept,) = _uploads(ctx, sid)
+    assert Path(ctx.store.get(sid).study_path).is_relative_to(kept)  # the earlier one is gone
+
+
+def test_disk_quotas_refuse_before_copying(ctx, limits):
+    size_mb = NIFTI.stat().st_size / 2**20
+    limits(MEDSEG_SESSION_DISK_MB=size_mb / 2)
+    sid = controller.start(ctx, None).session_id
+    with pytest.raises(Exception, match="disk quota"):
+        controller.open_upload(ctx, sid, [str(NIFTI)])
+    assert _uploads(ctx, sid) == []
+    limits(MEDSEG_SESSION_DISK_MB=1024, MEDSEG_TOTAL_DISK_MB=size_mb * 1.5)
+    controller.open_upload(ctx, sid, [str(NIFTI)])
+    other = controller.start(ctx, None).session_id  # the store now holds one upload: no room for a second
+    with pytest.raises(Exception, match="disk quota"):
+        controller.open_upload(ctx, other, [str(NIFTI)])
+
+
+def test_a_session_holds_at_most_max_studies(ctx, limits):
+    limits(MEDSEG_MAX_STUDIES=1)
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(NIFTI)])
+    with pytest.raises(SessionError, match="MEDSEG_MAX_STUDIES"):
+        controller.open_upload(ctx, sid, [str(NIFTI)])
+    assert len(_uploads(ctx, sid)) == 1
+    assert Settings.from_env({"MEDSEG_MAX_STUDIES": "3", "MEDSEG_TOTAL_DISK_MB": "10"}).max_studies == 3
+
+
+def test_width_zero_is_one_clear_error(ctx):
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, "CT head (DICOM series, 12 slices)")
+    for width in (0, -5):
+        with pytest.raises(ValueError, match="window width must be positive"):
+            controller.set_display(ctx, sid, "custom", 40, width, 0.45, "point +")
+    assert ctx.store.get(sid).view.width == 400
+
+
+# --- the prefetcher after a study change ---------------------------------------------------------------
+def test_prefetch_jobs_of_a_closed_study_are_dropped_without_a_traceback(tmp_path, caplog, litemedsam):
+    runner = ModelRunner("cpu", idle_after_s=0.0)
+    prefetcher = Prefetcher(runner, radius=1)
+    store = SessionStore(tmp_path / "sessions")
+    session = store.create()
+    ct, mr = read_study(CT), read_study(NIFTI)
+    session.start_study(mr, str(NIFTI), "mr")
+    view = "coronal"
+    last = Plane.of(mr, view).count(mr.array.shape[:3]) - 1
+    assert last - 1 >= Plane.of(ct, view).count(ct.array.shape[:3])  # the queued plane is not in the next study
+    caplog.set_level(logging.DEBUG, logger="app.interaction")
+    with runner.turn():  # the model is busy: the jobs wait
+        prefetcher.request(session, view, last)
+        session.start_study(ct, str(CT), "ct")
+        session.view.view = view
+    deadline = time.monotonic() + 60
+    while not prefetcher.idle() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    prefetcher.stop()
+    assert prefetcher.idle()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
