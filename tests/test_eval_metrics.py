@@ -117,3 +117,21 @@ def test_accumulator_means_skip_undefined_values():
     out = acc.aggregate(("brain", 0))
     assert out == pytest.approx({"dice": 0.7, "iou": 0.5, "hd95": 2.0, "nsd": 0.8, "count": 2})
     assert set(acc.keys()) == {("brain", 0), ("skull", 0)}
+
+
+def test_every_documented_policy_value_is_accepted_and_a_zero_tolerance_is_allowed():
+    """Mutation survivors: 'nan' / 'diagonal' spelled out, NSD at 0 mm (exact boundary agreement)."""
+    from evaluation.metrics import nan_mean
+
+    for both in ("perfect", "nan"):
+        for hd in ("diagonal", "nan"):
+            assert EmptyPolicy(both, hd) == EmptyPolicy(both_empty=both, one_empty_hd=hd)
+    with pytest.raises(ValueError, match="one_empty_hd must be 'diagonal' or 'nan', got 'zero'"):
+        EmptyPolicy(one_empty_hd="zero")
+    square = np.zeros((8, 8), bool)
+    square[2:6, 2:6] = True
+    m = case_metrics(square, square, nsd_tolerance_mm=0.0)
+    assert (m.dice, m.iou, m.hd95, m.nsd) == (1.0, 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="NSD tolerance must be >= 0 mm, got -1"):
+        case_metrics(square, square, nsd_tolerance_mm=-1)
+    assert math.isnan(nan_mean([])) and math.isnan(nan_mean([math.nan])) and nan_mean([1, math.inf, 3]) == 2.0

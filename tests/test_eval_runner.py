@@ -79,18 +79,49 @@ class CountingSegmenter:
         return self.inner.predict(embedding, prompts, multimask_output=multimask_output)
 
 
-def test_clicks_reuse_one_embedding_per_slice_and_are_deterministic(litemedsam):
+def manifest_ground_truth(case_id: str) -> np.ndarray:
+    """The case's (H, W) ground truth cut here from the label NIfTI with nibabel, as shared/data/README.md
+    says (``rot90`` = ``np.rot90(vol[:, :, k])``), checked against the manifest's gt_area_px."""
+    import nibabel as nib
+
+    with open(MANIFEST, newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["case_id"] == case_id)
+    assert row["transform"] == "rot90"
+    plane = np.rot90(np.asanyarray(nib.load(DATA / row["label"]).dataobj)[:, :, int(row["slice_index"])])
+    gt = np.isin(plane, [float(v) for v in row["label_values"].split("|")])
+    assert int(gt.sum()) == int(row["gt_area_px"])
+    return gt
+
+
+def test_clicks_reuse_one_embedding_per_slice_and_are_deterministic(litemedsam, monkeypatch):
+    import evaluation.runner
+
     cases, _ = read_manifest(MANIFEST)
     pick = ["mr_t1_colin27_slabA_caudate_L_k001", "mr_t1_colin27_slabA_brain_k001", "mr_t1_colin27_slabA_caudate_R_k001"]
     subset = [c for c in cases if c.case_id in pick]  # three structures on one slice
+    masks = []  # each step's mask, in row order
+    simulate = evaluation.runner.simulate
+
+    def recording(*args, **kwargs):
+        for step in simulate(*args, **kwargs):
+            masks.append(np.asarray(step.mask, bool))
+            yield step
+
+    monkeypatch.setattr(evaluation.runner, "simulate", recording)
     seg = CountingSegmenter(litemedsam)
     cache = EmbeddingCache(seg)
     run = evaluate(seg, MANIFEST, EvalSettings(parse_protocol("box+clicks:2"), margin=5), cases=subset, progress=False, cache=cache)
     assert seg.embeds == 1
     assert [(r.case_id, r.clicks) for r in run.rows] == [(c.case_id, k) for c in subset for k in (0, 1, 2)]
     base = baseline_dice(5)
+    by_slice = sorted(range(len(subset)), key=lambda i: evaluation.runner._slice_key(subset[i]))  # visit order
+    steps = {subset[i].case_id: masks[3 * n: 3 * n + 3] for n, i in enumerate(by_slice)}
     for r in run.rows:
-        assert 0.0 <= r.dice <= 1.0 and 0.0 <= r.nsd <= 1.0 and r.hd95 >= 0
+        assert 0.0 <= r.nsd <= 1.0 and r.hd95 >= 0
+        gt, mask = manifest_ground_truth(r.case_id), steps[r.case_id][r.clicks]
+        both = int((mask & gt).sum())
+        assert r.dice == pytest.approx(2 * both / (mask.sum() + gt.sum()), abs=1e-6)  # Dice by hand
+        assert r.iou == pytest.approx(both / (mask | gt).sum(), abs=1e-6)
         if r.clicks == 0:
             assert r.dice == pytest.approx(base[r.case_id], abs=0.005)
 

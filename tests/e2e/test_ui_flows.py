@@ -1,0 +1,197 @@
+"""End to end in a real browser, the flows of docs/ui.md that test_ui_e2e.py does not cover:
+negative click after an undo, alternatives, labels, brush, Propagate 3D, upload, DICOM-SEG export.
+
+What the server holds (``labels.npz``) and what the model received (a spy on ``predict``) are the
+assertions; the page is driven through element ids and labels only."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import needs_browser
+from tests.e2e.test_ui_e2e import BOX, INSIDE, TIMEOUT_MS, _click_and_wait_overlay, _click_image, _open_page, \
+    _open_sample, _set_mode, _wait_status
+
+pytestmark = needs_browser
+
+
+@pytest.fixture()
+def model_calls(monkeypatch):
+    """Every Prompts the server's model receives during the test, in order."""
+    from models.segmenter import Segmenter
+
+    calls = []
+    real = Segmenter.predict
+
+    def spy(self, embedding, prompts, **kw):
+        calls.append(prompts)
+        return real(self, embedding, prompts, **kw)
+
+    monkeypatch.setattr(Segmenter, "predict", spy)
+    return calls
+
+
+def _labels_of(calls) -> list[list[int] | None]:
+    return [None if c.point_labels is None else c.point_labels.tolist() for c in calls]
+
+
+def _draw_box(page) -> None:
+    _set_mode(page, "box")
+    _click_image(page, BOX[0])
+    _wait_status(page, "opposite corner")
+    _click_and_wait_overlay(page, BOX[1])
+    _wait_status(page, "Box")
+
+
+def test_negative_click_then_undo_then_positive_click(browser, server, model_calls):
+    """Box, negative click, Undo, positive click: the model sees the box and the positive point only."""
+    context, page, sid = _open_page(browser, server)
+    _open_sample(page)
+    _draw_box(page)
+    after_box = server.labels(sid)
+    _set_mode(page, "point −")
+    _click_and_wait_overlay(page, (0.58, 0.58))
+    _wait_status(page, "Negative click")
+    assert _labels_of(model_calls)[-1] == [0]
+    assert not np.array_equal(server.labels(sid), after_box)  # the negative click removed pixels
+    page.locator("#undo-btn").click()
+    _wait_status(page, "Undid negative click")
+    np.testing.assert_array_equal(server.labels(sid), after_box)
+    _set_mode(page, "point +")
+    model_calls.clear()
+    _click_and_wait_overlay(page, INSIDE)
+    _wait_status(page, "Positive click")
+    assert _labels_of(model_calls) == [[1]]  # not [0, 1]: the undone negative point is gone
+    assert model_calls[0].box is not None
+    context.close()
+
+
+def _state(server, sid) -> dict:
+    import json
+
+    return json.loads((server.sessions / sid / "state.json").read_text())
+
+
+def test_alternatives_labels_and_dicom_seg_export(browser, server, model_calls, tmp_path):
+    """One page on the CT series: choose another alternative of a lone click, add / rename a label, paint
+    with it (mask upload), export DICOM-SEG whose segments equal what the server holds, clear, undo."""
+    from playwright.sync_api import expect
+
+    context, page, sid = _open_page(browser, server)
+    _open_sample(page)
+
+    # alternatives: a lone click gives 3 candidates (LiteMedSAM: boxes around the click); picking another
+    # puts exactly that candidate's mask on the slice (the model's answer for it, recorded by the spy)
+    model_calls.clear()
+    _click_and_wait_overlay(page, INSIDE)
+    _wait_status(page, "Positive click")
+    radios = page.locator("#alternatives input[type=radio]")
+    expect(radios).to_have_count(3, timeout=TIMEOUT_MS)
+    chosen = next(i for i in range(3) if radios.nth(i).is_checked())
+    other = (chosen + 1) % 3
+    radios.nth(other).check()
+    _wait_status(page, f"Alternative {other + 1}")
+    assert len(model_calls) == 4  # the multimask try, then one call per box candidate
+    candidate = model_calls[1 + other]
+    assert candidate.box is not None and candidate.point_labels.tolist() == [1]
+    labels = server.labels(sid)
+    assert (labels[6] == 1).sum() > 50 and not (labels[np.arange(12) != 6] == 1).any()
+
+    before = server.labels(sid)
+
+    # labels: add one, rename it (Enter), paint with it (mask upload, as drawn), clear it, undo the clear
+    page.locator("#label-name textarea, #label-name input").first.fill("tumour")
+    page.locator("#add-label").click()
+    _wait_status(page, "Added tumour")
+    assert [d["name"] for d in _state(server, sid)["labels"]] == ["label 1", "tumour"]
+    name = page.locator("#label-name textarea, #label-name input").first
+    name.fill("lesion")
+    name.press("Enter")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#label input')].some(i => i.value.includes('lesion'))",
+        timeout=TIMEOUT_MS)
+    assert [d["name"] for d in _state(server, sid)["labels"]] == ["label 1", "lesion"]
+
+    from PIL import Image
+
+    mask = np.zeros((256, 256), np.uint8)
+    mask[20:40, 30:70] = 255  # plane size: 20 x 40 pixels, away from label 1
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    page.get_by_text("Brush or mask").click()
+    page.get_by_label("Use as a model prompt (off: paint the label as drawn)").uncheck()
+    page.locator(".block", has_text="Or upload a mask").locator("input[type=file]:not([accept])").set_input_files(
+        str(tmp_path / "mask.png"))
+    time.sleep(1.0)  # the file reaches the server before the button reads it
+    page.locator("#apply-brush").click()
+    _wait_status(page, "Paint")
+    painted = server.labels(sid)
+    np.testing.assert_array_equal(painted[6] == 2, mask > 0)
+    np.testing.assert_array_equal(painted == 1, before == 1)  # label 1 untouched
+
+    # DICOM-SEG: each segment, found by name, equals the server's label voxel for voxel
+    page.locator("#export-format").get_by_label("DICOM-SEG (.dcm)").check()
+    page.locator("#export-btn").click()
+    _wait_status(page, "Exported")
+    with page.expect_download(timeout=TIMEOUT_MS) as info:
+        page.locator("#download a").first.click()
+    path = tmp_path / "seg.dcm"
+    info.value.save_as(path)
+    from data.dicom_seg import read_dicom_seg
+    from data.readers import read_study
+    from tests.conftest import SAMPLES
+
+    seg = read_dicom_seg(path, reference=read_study(SAMPLES / "ct_head_0051_series"))
+    assert sorted(seg.names.values()) == ["label 1", "lesion"]
+    for number, seg_name in seg.names.items():
+        value = 1 if seg_name == "label 1" else 2
+        np.testing.assert_array_equal(seg.labels.array == number, painted == value)
+
+    page.locator("#clear-label").click()
+    _wait_status(page, "Cleared lesion")
+    assert not (server.labels(sid) == 2).any()
+    page.locator("#undo-btn").click()
+    _wait_status(page, "Undid clear lesion")
+    np.testing.assert_array_equal(server.labels(sid), painted)
+    context.close()
+
+
+def test_upload_then_propagate_3d(browser, server, tmp_path):
+    """Dropping a NIfTI on the upload box opens a copy of it in the session; a box on the middle slice,
+    Propagate 3D carries it to both neighbours; Undo reverts the propagation as one edit. Three slices of
+    the CT keep the propagation to two encodes."""
+    import SimpleITK as sitk
+    from dataclasses import replace
+
+    from data.readers import read_study
+    from tests.conftest import SAMPLES
+
+    ct = read_study(SAMPLES / "ct_head_0051_series")
+    src = tmp_path / "three.nii.gz"
+    sitk.WriteImage(replace(ct, array=ct.array[5:8]).to_sitk(), str(src))
+    context, page, sid = _open_page(browser, server)
+    page.locator("#upload input[type=file]").set_input_files(str(src))
+    _wait_status(page, "Opened")
+    assert "CT" in page.locator("#facts").inner_text()
+    state = _state(server, sid)
+    assert state["study_path"].startswith("@session/uploads/") and state["study_path"].endswith(src.name)
+    copy = server.sessions / sid / state["study_path"].removeprefix("@session/")
+    uploaded, original = read_study(copy), read_study(src)
+    np.testing.assert_array_equal(uploaded.array, original.array)
+    assert (uploaded.spacing, uploaded.origin, uploaded.direction) == (original.spacing, original.origin, original.direction)
+    _wait_status(page, "Ready")
+
+    _draw_box(page)
+    before = server.labels(sid)
+    assert before.shape == (3, 256, 256) and (before[1] == 1).sum() > 500 and not before[[0, 2]].any()
+    page.locator("#propagate").click()
+    _wait_status(page, "Propagated")
+    after = server.labels(sid)
+    assert (after[0] == 1).sum() > 100 and (after[2] == 1).sum() > 100
+    np.testing.assert_array_equal(after[1], before[1])
+    page.locator("#undo-btn").click()
+    _wait_status(page, "Undid")
+    np.testing.assert_array_equal(server.labels(sid), before)
+    context.close()
