@@ -7,6 +7,7 @@
 | ``MEDSEG_MAX_UPLOAD_FILES`` | 10000          | files in one upload, or members in one zip               |
 | ``MEDSEG_MAX_VOXELS``       | 268435456      | voxels of a study (checked from the header, before pixels) |
 | ``MEDSEG_SESSION_TTL_HOURS``| 336 (14 days)  | a session untouched this long is deleted with its uploads |
+| ``MEDSEG_DICOMWEB_TIMEOUT_S``| 30           | seconds a PACS may stay silent on one DICOMweb request   |
 | ``MEDSEG_ALLOWED_ROOTS``    | (none)         | extra folders the server may serve files from (``os.pathsep``-separated); session folders are always allowed |
 """
 
@@ -37,6 +38,7 @@ class Settings:
     max_voxels: int = DEFAULT_MAX_VOXELS
     session_ttl_s: float = 14 * 86400.0
     allowed_roots: tuple[Path, ...] = ()
+    dicomweb_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -54,6 +56,7 @@ class Settings:
             max_voxels=int(_number(env, "MEDSEG_MAX_VOXELS", d.max_voxels, whole=True)),
             session_ttl_s=_number(env, "MEDSEG_SESSION_TTL_HOURS", d.session_ttl_s / 3600) * 3600,
             allowed_roots=roots,
+            dicomweb_timeout_s=_number(env, "MEDSEG_DICOMWEB_TIMEOUT_S", d.dicomweb_timeout_s),
         )
 
 

@@ -6,12 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from data.readers import list_series, read_study
+from app.commands.common import INPUT_HELP, read_input
+from data.readers import list_series
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show modality, shape, spacing, orientation and series of a study")
-    p.add_argument("input", help="NIfTI file, DICOM file or series folder, PNG/JPEG")
+    p.add_argument("input", help=INPUT_HELP)
     p.add_argument("--series", metavar="UID", help="SeriesInstanceUID, when a folder holds several series")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
@@ -28,7 +29,7 @@ def describe(path: str, series: str | None = None) -> dict:
                     for s in found
                 ],
             }
-    v = read_study(path, series_uid=series)
+    v = read_input(path, series, quiet=True)
     return {
         "path": path,
         "format": v.source.format,
