@@ -122,13 +122,19 @@ def read_input(text: str, series_uid: str | None = None, *, quiet: bool = False)
     from app.settings import get_settings
 
     settings = get_settings()
-    with tqdm(desc="retrieving", unit="image", file=sys.stderr, disable=quiet, leave=False) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    bars = []  # the bar appears with the first image (an error before that prints only its one line)
 
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(desc="retrieving", total=total, unit="image", file=sys.stderr, disable=quiet, leave=False))
+        bars[0].update(done - bars[0].n)
+
+    try:
         folder = fetch_series(url, max_voxels=settings.max_voxels, max_bytes=settings.max_upload_bytes,
                               timeout=settings.dicomweb_timeout_s, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
     atexit.register(shutil.rmtree, folder, True)
     return read_study(folder, max_voxels=settings.max_voxels)
 
