@@ -152,6 +152,20 @@ def request_prompts(entry: ModelEntry, params: Mapping[str, Any], volume: Volume
     return k, prompts, value
 
 
+def _max_slices(params: Mapping[str, Any]) -> int | None:
+    """``max_slices`` (an infer option a viewer may pass, e.g. OHIF's per-model config): walk at most N slices each way."""
+    value = params.get("max_slices")
+    if value in (None, ""):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise InferError(f"params.max_slices: expected a whole number >= 0, got {value!r}") from None
+    if n < 0:
+        raise InferError(f"params.max_slices: expected a whole number >= 0, got {n}")
+    return n
+
+
 def run_infer(segmenter, entry: ModelEntry, volume: Volume, params: Mapping[str, Any], cache: EmbeddingCache) -> InferResult:
     """Run one request; the 2D path is step for step ``medseg segment`` (same window, embed, predict)."""
     t0 = time.perf_counter()
@@ -170,7 +184,8 @@ def run_infer(segmenter, entry: ModelEntry, volume: Volume, params: Mapping[str,
     else:
         from app.propagation import PropagationSettings, propagate
 
-        result = propagate(segmenter, volume, k, prompts, window=window, cache=cache, settings=PropagationSettings())
+        result = propagate(segmenter, volume, k, prompts, window=window, cache=cache,
+                           settings=PropagationSettings(max_slices=_max_slices(params)))
         labels[result.masks] = value
     t2 = time.perf_counter()
     name = str(params.get("label") or DEFAULT_LABEL)
