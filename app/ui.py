@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from app import controller
+from app import controller, pacs
 from app.controller import MODES, AppContext, ViewModel
 from app.errors import USER_ERRORS
 from app.interaction import ModelRunner, Prefetcher
@@ -58,6 +58,7 @@ class UIConfig:
     prefetch_radius: int = 1
     session_ttl_s: float = 14 * 86400
     browser_secret: str | None = None  # encrypts the id in localStorage; fixed so restarts can restore
+    dicomweb: str | None = None  # a PACS's DICOMweb base URL: the PACS panel (app/pacs.py)
 
 
 def default_state_dir() -> Path:
@@ -104,6 +105,7 @@ def build_app(config: UIConfig):
                         elem_id="upload",
                     )
                     facts = gr.Markdown("No study open.", elem_id="facts")
+                pacs_panel = pacs.layout(config.dicomweb)
                 model = gr.Dropdown(controller.model_choices(), value=config.model, label="Model", elem_id="model")
                 with gr.Accordion("Display", open=True):
                     view = gr.Radio(["axial"], value="axial", label="View", elem_id="view")
@@ -234,6 +236,8 @@ def build_app(config: UIConfig):
 
         def on_unload(request: gr.Request) -> None:
             ctx.store.release(getattr(request, "session_hash", "") or "")
+
+        pacs.wire(pacs_panel, ctx, sid, outputs, status, guarded, warm, GPU)
 
         load_event = demo.load(on_load, [stored], outputs + [stored])
         load_event.then(warm, [sid], [status], show_progress="minimal", **GPU)
@@ -383,6 +387,8 @@ def launch(
     state_dir: str | Path | None = None,
     prefetch_radius: int = 1,
     prevent_thread_lock: bool = False,
+    dicomweb: str | None = None,
+    auth: Callable[[str, str], bool] | None = None,
 ):
     """Start the server (loopback by default). Files are served only from the session folders."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -395,7 +401,7 @@ def launch(
     load_segmenter(model, device=device)  # load once before serving; fail early on missing weights
     config = UIConfig(
         sessions_root=sessions, model=model, device=device, prefetch_radius=prefetch_radius,
-        browser_secret=browser_secret(state), session_ttl_s=limits.session_ttl_s,
+        browser_secret=browser_secret(state), session_ttl_s=limits.session_ttl_s, dicomweb=dicomweb,
     )
     demo = build_app(config)
     demo.queue(default_concurrency_limit=4)
@@ -408,6 +414,7 @@ def launch(
         run_history=False,  # never keep patients' images in the browser's run history
         head=KEYBOARD_JS,
         prevent_thread_lock=prevent_thread_lock,
+        auth=auth,  # a login page when bound beyond loopback (app.access)
         quiet=True,
     )
     return demo

@@ -210,3 +210,40 @@ def test_slow_pacs_times_out_with_one_clear_error(private_tmp, settings_env, cap
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_ui_pacs_panel_lists_opens_and_exports(pacs, ct, litemedsam, tmp_path):
+    """`medseg serve --dicomweb`: the PACS panel's actions (QIDO list, WADO open, STOW export) on the real Orthanc."""
+    from app import controller
+    from app.controller import AppContext
+    from app.interaction import ModelRunner, Prefetcher
+    from app.pacs import export_to_pacs, open_series, series_choices
+    from app.session import SessionStore
+    from app.ui import UIConfig, build_app
+
+    build_app(UIConfig(sessions_root=tmp_path / "ui", dicomweb=pacs.dicomweb))  # the panel lays out and wires
+    choices = series_choices(pacs.dicomweb)
+    url = series_url(pacs, ct)
+    assert url in [u for _, u in choices]
+    runner = ModelRunner("cpu")
+    ctx = AppContext(SessionStore(tmp_path / "sessions"), runner, Prefetcher(runner, radius=0))
+    sid = controller.start(ctx, None).session_id
+    vm = open_series(ctx, sid, url)
+    assert "Opened PACS series" in vm.status
+    before = pacs.instance_count()
+    with pytest.raises(Exception, match="nothing is segmented"):
+        export_to_pacs(ctx, sid, pacs.dicomweb)  # nothing drawn yet: refused, nothing stored
+    assert pacs.instance_count() == before
+    vm = controller.click(ctx, sid, 128, 120)
+    assert vm.measurements
+    vm = export_to_pacs(ctx, sid, pacs.dicomweb)
+    assert "Stored the DICOM-SEG on the PACS" in vm.status and pacs.instance_count() == before + 1
+
+
+def test_serve_beyond_loopback_needs_a_token(monkeypatch, capsys):
+    monkeypatch.delenv("MEDSEG_TOKEN", raising=False)
+    code, _, err = run_cli(capsys, "serve", "--host", "0.0.0.0")
+    assert code == 2 and "MEDSEG_TOKEN" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("MEDSEG_TOKEN", "short")
+    code, _, err = run_cli(capsys, "serve", "--host", "0.0.0.0")
+    assert code == 2 and "at least 16" in err
