@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -44,23 +45,22 @@ def run(args: argparse.Namespace) -> int:
     token = required_token(args.host, args.token_file)
     limits = get_settings()
     work = Path(tempfile.mkdtemp(prefix="medseg-labelserver-"))
-    if args.studies:
-        datastore = StudiesDir(Path(args.studies))
-    else:
-        datastore = DicomWebStore(args.dicomweb, work / "pacs", max_voxels=limits.max_voxels,
-                                  max_bytes=limits.max_upload_bytes, timeout=limits.dicomweb_timeout_s)
-    segmenter = load_segmenter(args.model, device=args.device)  # fail early on missing weights
-    cfg = ServerConfig(model=args.model, segmenter=segmenter, datastore=datastore, sessions=Sessions(work / "sessions"),
-                       work_dir=work, token=token, max_upload_bytes=limits.max_upload_bytes)
-    app = build_app(cfg)
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"medseg labelserver: MONAI Label API at http://{shown}:{args.port}/ "
-          f"({'token required' if token else 'loopback, no token'}); models {args.model}, {args.model}_3d, "
-          f"{args.model}_points", file=sys.stderr, flush=True)
-    try:
+    try:  # the work folder (sessions, retrieved series) goes with the server, or with a failed start
+        if args.studies:
+            datastore = StudiesDir(Path(args.studies))
+        else:
+            datastore = DicomWebStore(args.dicomweb, work / "pacs", max_voxels=limits.max_voxels,
+                                      max_bytes=limits.max_upload_bytes, timeout=limits.dicomweb_timeout_s)
+        segmenter = load_segmenter(args.model, device=args.device)  # fail early on missing weights
+        cfg = ServerConfig(model=args.model, segmenter=segmenter, datastore=datastore,
+                           sessions=Sessions(work / "sessions"), work_dir=work, token=token,
+                           max_upload_bytes=limits.max_upload_bytes)
+        app = build_app(cfg)
+        shown = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"medseg labelserver: MONAI Label API at http://{shown}:{args.port}/ "
+              f"({'token required' if token else 'loopback, no token'}); models {args.model}, {args.model}_3d, "
+              f"{args.model}_points", file=sys.stderr, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
     return 0
