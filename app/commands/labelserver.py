@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -44,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port}: expected 1..65535")
     token = required_token(args.host, args.token_file)
     limits = get_settings()
+    # uvicorn stops gracefully on SIGTERM, then re-raises it: exit through `finally` instead of dying there
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     work = Path(tempfile.mkdtemp(prefix="medseg-labelserver-"))
     try:  # the work folder (sessions, retrieved series) goes with the server, or with a failed start
         if args.studies:
