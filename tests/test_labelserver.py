@@ -250,3 +250,21 @@ def test_token_required_beyond_loopback(litemedsam, studies, tmp_path, monkeypat
         code, _, _ = post_multipart(f"{url}/infer/litemedsam?image=ct", {"roi": ROI},
                                     headers={"Authorization": "Bearer not-the-token-000000"})
         assert code == 401
+
+
+def test_slicer_upload_of_its_own_volume_then_save(mlc, studies, tmp_path):
+    """Slicer's other flow: PUT /datastore/?image=ID with the volume it saved (NRRD), infer, submit the label."""
+    volume = tmp_path / "mine.nrrd"
+    sitk.WriteImage(read_study(SERIES).to_sitk(), str(volume))
+    assert mlc.upload_image(str(volume), image_id="mine") == {"image": "mine"}
+    assert (studies / "mine.nrrd").is_file() and "mine" in mlc.datastore()["objects"]
+    path, _ = mlc.infer("litemedsam", "mine", {"roi": ROI, "result_extension": ".nrrd", "result_dtype": "uint8"})
+    label, image = read_label(path)
+    assert_on_source_grid(image)
+    assert mlc.save_label("mine", path, tag="final")["label"] == "mine"
+    np.testing.assert_array_equal(read_label(studies / "labels" / "final" / "mine.nii.gz")[0], label)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(MONAILabelClientException) as e:
+        mlc.upload_image(str(broken), image_id="broken")
+    assert e.value.msg and not (studies / "broken.nii.gz").exists()
