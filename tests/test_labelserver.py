@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -214,6 +215,15 @@ def test_ohif_point_prompts_on_a_pacs_and_the_label_saved_back_as_seg(litemedsam
             assert_on_source_grid(image)
             per_slice = labels.reshape(labels.shape[0], -1).sum(axis=1)
             assert per_slice[K] > 100 and (per_slice > 0).sum() == 3  # carried one slice up and one down
+
+            # output=dicom_seg: a DICOM-SEG of the result, referencing the series
+            code, body, headers = post_multipart(f"{url}/infer/litemedsam?image={uid}&output=dicom_seg",
+                                                 {"roi": ROI, "label": "head"})
+            assert code == 200 and headers["content-type"] == "application/dicom", body[:300]
+            (tmp_path / "r.dcm").write_bytes(body)
+            seg = pydicom.dcmread(tmp_path / "r.dcm")
+            assert seg.Modality == "SEG" and seg.SegmentSequence[0].SegmentLabel == "head"
+            assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
 
             mlc = MONAILabelClient(url, tmpdir=str(tmp_path))
             assert mlc.info()["datastore"]["total"] == 1
