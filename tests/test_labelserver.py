@@ -56,6 +56,16 @@ def serving(cfg: ServerConfig):
         thread.join(timeout=20)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _server_turn():
+    """This module's servers run the real model: they take their turn with the suite's other real servers
+    (tests.conftest.real_server_turn), once for the whole module (a second lock in one process would wait forever)."""
+    from tests.conftest import real_server_turn
+
+    with real_server_turn():
+        yield
+
+
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory):
     root = tmp_path_factory.mktemp("studies")
