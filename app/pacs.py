@@ -7,7 +7,6 @@ DICOM-SEG the Export button would write). Layout and wiring are here so ``app/ui
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from app import controller

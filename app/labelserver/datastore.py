@@ -27,7 +27,7 @@ from typing import Iterable
 import numpy as np
 import SimpleITK as sitk
 
-from data.readers import StudyError, list_series, read_study, voxel_limit
+from data.readers import StudyError, read_study, voxel_limit
 from data.volume import SourceRef, Volume
 from data.writers import atomic_output
 
