@@ -15,7 +15,7 @@ import sys
 import warnings
 
 # Subcommand modules, in the order `medseg --help` lists them.
-COMMANDS = ["segment", "info", "serve", "propagate", "eval", "models", "convert-checkpoint", "oneshot", "bench", "batch", "finetune"]
+COMMANDS = ["segment", "info", "serve", "labelserver", "propagate", "eval", "models", "convert-checkpoint", "oneshot", "bench", "batch", "finetune"]
 
 USER_ERROR = 2
 

@@ -10,6 +10,7 @@
 | ``MEDSEG_SESSION_DISK_MB``  | 4096           | disk one session may hold (uploads, unpacked zips, exports) |
 | ``MEDSEG_TOTAL_DISK_MB``    | 20480          | disk all sessions together may hold                      |
 | ``MEDSEG_MAX_STUDIES``      | 4              | studies (uploads) one session keeps on disk at once      |
+| ``MEDSEG_DICOMWEB_TIMEOUT_S``| 30           | seconds a PACS may stay silent on one DICOMweb request   |
 | ``MEDSEG_ALLOWED_ROOTS``    | (none)         | extra folders the server may serve files from (``os.pathsep``-separated); session folders are never served |
 
 The readers' fixed bounds on untrusted files (DICOM nesting depth 32, 200,000 sequence items, 32 MiB
@@ -47,6 +48,7 @@ class Settings:
     total_disk_bytes: int = 20480 * MIB
     max_studies: int = 4
     allowed_roots: tuple[Path, ...] = ()
+    dicomweb_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -67,6 +69,7 @@ class Settings:
             total_disk_bytes=int(_number(env, "MEDSEG_TOTAL_DISK_MB", d.total_disk_bytes / MIB) * MIB),
             max_studies=int(_number(env, "MEDSEG_MAX_STUDIES", d.max_studies, whole=True)),
             allowed_roots=roots,
+            dicomweb_timeout_s=_number(env, "MEDSEG_DICOMWEB_TIMEOUT_S", d.dicomweb_timeout_s),
         )
 
 

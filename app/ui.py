@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from app import controller, messages, web_session
+from app import controller, messages, pacs, web_session
 from app.controller import MODES, AppContext, ViewModel
 from app.errors import USER_ERRORS
 from app.interaction import ModelRunner, Prefetcher
@@ -59,6 +59,7 @@ class UIConfig:
     device: str = "cpu"
     prefetch_radius: int = 1
     session_ttl_s: float = 14 * 86400
+    dicomweb: str | None = None  # a PACS's DICOMweb base URL: the PACS panel (app/pacs.py)
 
 
 def default_state_dir() -> Path:
@@ -97,6 +98,7 @@ def build_app(config: UIConfig):
                         elem_id="upload",
                     )
                     facts = gr.Markdown("No study open.", elem_id="facts")
+                pacs_panel = pacs.layout(config.dicomweb)
                 model = gr.Dropdown(controller.model_choices(), value=config.model, label="Model", elem_id="model")
                 with gr.Accordion("Display", open=True):
                     view = gr.Radio(["axial"], value="axial", label="View", elem_id="view")
@@ -256,6 +258,8 @@ def build_app(config: UIConfig):
 
         def on_unload(request: gr.Request) -> None:
             ctx.store.release(getattr(request, "session_hash", "") or "")
+
+        pacs.wire(pacs_panel, ctx, sid, outputs, status, guarded, warm, GPU)
 
         load_event = demo.load(on_load, None, outputs)
         load_event.then(warm, [sid], [status], show_progress="minimal", **GPU)
@@ -436,6 +440,8 @@ def launch(
     state_dir: str | Path | None = None,
     prefetch_radius: int = 1,
     prevent_thread_lock: bool = False,
+    dicomweb: str | None = None,
+    auth: Callable[[str, str], bool] | None = None,
 ):
     """Start the server (loopback by default).
 
@@ -453,7 +459,7 @@ def launch(
     load_segmenter(model, device=device)  # load once before serving; fail early on missing weights
     config = UIConfig(
         sessions_root=sessions, model=model, device=device, prefetch_radius=prefetch_radius,
-        session_ttl_s=limits.session_ttl_s,
+        session_ttl_s=limits.session_ttl_s, dicomweb=dicomweb,
     )
     demo = build_app(config)
     demo.queue(default_concurrency_limit=4)
@@ -472,6 +478,7 @@ def launch(
         run_history=False,  # never keep patients' images in the browser's run history
         head=KEYBOARD_JS,
         prevent_thread_lock=prevent_thread_lock,
+        auth=auth,  # a login page when bound beyond loopback (app.access)
         quiet=True,
     )
     return demo

@@ -83,31 +83,27 @@ def write_dicom_seg(
     series_description: str = "medseg segmentation",
     deidentify: Deidentifier | None = None,
 ) -> Path:
-    """Write ``labels`` ((K, H, W) integers on ``volume``'s grid, 0 = background) as a BINARY DICOM-SEG.
+    """Write ``labels`` as a BINARY DICOM-SEG: a (K, H, W) integer label map on ``volume``'s grid
+    (0 = background, one segment per value present), or a (S, K, H, W) stack of 0/1 masks whose
+    structures may overlap (layer s is label value s + 1, one segment each).
 
-    ``volume`` must come from a DICOM series (``volume.source.files``: one file per slice k, in
-    array order). ``label_names`` / ``colours`` map label values to a name and an RGB colour;
-    missing ones get ``"label <v>"`` and a default palette.
+    Empty labels get no segment; with nothing segmented at all DicomSegError is raised (a SEG with
+    an empty segment confuses viewers). ``volume`` must come from a DICOM series
+    (``volume.source.files``: one file per slice k, in array order). ``label_names`` / ``colours``
+    map label values to a name and an RGB colour; missing ones get ``"label <v>"`` and a default
+    palette. Names SNOMED-CT knows (``Liver``, ``Skull``, ...) are coded as that anatomy.
     """
     import highdicom as hd
 
     path = Path(path)
-    labels = np.asarray(labels)
-    if labels.shape != volume.array.shape[:3]:
-        raise DicomSegError(f"{path}: label array {labels.shape} does not match the source grid {volume.array.shape[:3]}")
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
-        raise DicomSegError(f"{path}: labels must be integers (0 = background), got {labels.dtype}")
-    if labels.min(initial=0) < 0:
-        raise DicomSegError(f"{path}: labels must be >= 0, found {int(labels.min())}")
+    layers = _segment_layers(np.asarray(labels), volume, path)
     sources = _source_datasets(volume, path)
-    values = sorted(int(v) for v in np.unique(labels) if v != 0)
-    if label_names:
-        values = sorted(set(values) | {int(v) for v in label_names if int(v) != 0})
+    values = [v for v in sorted(layers) if layers[v].any()]  # no empty segments
     if not values:
-        values = [1]  # nothing segmented: still a valid SEG with one (empty) segment
-    remapped = np.zeros(labels.shape, dtype=np.uint8 if len(values) < 256 else np.uint16)
-    for number, value in enumerate(values, start=1):
-        remapped[labels == value] = number
+        raise DicomSegError(f"{path}: nothing is segmented (every label is empty); a DICOM-SEG needs at least one "
+                            "non-empty segment")
+    # (frames, rows, columns, segments): one binary layer per segment, so segments may overlap
+    pixels = np.stack([layers[v] for v in values], axis=-1).astype(np.uint8)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=model_name,
         family=_codes().DCM.ArtificialIntelligence,
@@ -121,7 +117,7 @@ def write_dicom_seg(
     try:
         seg = hd.seg.Segmentation(
             source_images=sources,
-            pixel_array=remapped,
+            pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),
@@ -133,9 +129,7 @@ def write_dicom_seg(
             software_versions=medseg_version(),
             device_serial_number="0",
             series_description=series_description[:64],
-            # Omit frames with no foreground (smaller files, what Slicer/dcmqi write); an all-empty
-            # result keeps its frames, since a SEG needs at least one frame.
-            omit_empty_frames=bool(remapped.any()),
+            omit_empty_frames=True,  # frames with no foreground are left out (what Slicer/dcmqi write)
         )
     except (ValueError, TypeError, AttributeError) as e:
         raise DicomSegError(f"{path}: highdicom could not build the DICOM-SEG ({e})") from e
@@ -144,6 +138,25 @@ def write_dicom_seg(
     with atomic_output(path) as tmp:
         seg.save_as(tmp)
     return path
+
+
+def _segment_layers(labels: np.ndarray, volume: Volume, path: Path) -> dict[int, np.ndarray]:
+    """label value -> (K, H, W) bool mask. A (K, H, W) label map gives one layer per value; a
+    (S, K, H, W) stack of binary masks (overlapping structures) gives layer s the value s + 1."""
+    grid = volume.array.shape[:3]
+    if labels.ndim == 4:
+        if labels.shape[1:] != grid:
+            raise DicomSegError(f"{path}: mask stack {labels.shape} does not match (segments, *{grid}) of the source grid")
+        if not np.isin(labels, (0, 1)).all():
+            raise DicomSegError(f"{path}: a stack of overlapping masks must hold 0/1 (or bool) values")
+        return {n + 1: labels[n] != 0 for n in range(labels.shape[0])}
+    if labels.shape != grid:
+        raise DicomSegError(f"{path}: label array {labels.shape} does not match the source grid {grid}")
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        raise DicomSegError(f"{path}: labels must be integers (0 = background), got {labels.dtype}")
+    if labels.min(initial=0) < 0:
+        raise DicomSegError(f"{path}: labels must be >= 0, found {int(labels.min())}")
+    return {int(v): labels == v for v in np.unique(labels) if v != 0}
 
 
 def _codes():

@@ -43,6 +43,7 @@ def export_labels(
     deidentify: Deidentifier | None = None,
 ) -> Path:
     """Write ``labels`` ((K, H, W) integers on ``volume``'s grid, 0 = background) to ``path``.
+    A DICOM-SEG also takes a (S, K, H, W) stack of overlapping 0/1 masks (see ``write_dicom_seg``).
 
     NIfTI keeps the label values; DICOM-SEG writes one segment per value with its name, colour
     and the model that made it (see ``data.dicom_seg``). Raises ExportError when the format does
@@ -50,7 +51,7 @@ def export_labels(
     """
     fmt = export_format(path)
     labels = np.asarray(labels)
-    if labels.shape != volume.array.shape[:3]:
+    if labels.shape[-3:] != volume.array.shape[:3] or labels.ndim != (4 if labels.ndim == 4 and fmt == "dicom-seg" else 3):
         raise ExportError(f"{path}: label array {labels.shape} does not match the study grid {volume.array.shape[:3]}")
     if fmt == "nifti":
         return write_label_nifti(labels, volume, path)

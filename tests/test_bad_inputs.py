@@ -220,17 +220,21 @@ def test_nan_and_inf_voxels_become_finite_with_a_warning(tmp_path, capsys):
     one_line_error(code, capsys.readouterr().err, "every voxel is NaN")
 
 
-@pytest.mark.parametrize("suffix", [".nii.gz", ".dcm"])
-def test_empty_label_map_exports_and_reads_back_empty(tmp_path, suffix):
+def test_empty_label_map_exports_and_reads_back_empty(tmp_path):
     volume = read_study(CT)
-    out = export_labels(np.zeros(volume.array.shape[:3], np.uint8), volume, tmp_path / f"empty{suffix}")
-    if suffix == ".dcm":
-        from data.dicom_seg import read_dicom_seg
-
-        back = read_dicom_seg(out, reference=volume).labels.array
-    else:
-        back = read_study(out).array
+    out = export_labels(np.zeros(volume.array.shape[:3], np.uint8), volume, tmp_path / "empty.nii.gz")
+    back = read_study(out).array
     assert back.shape == volume.array.shape[:3] and not back.any()
+
+
+def test_empty_label_map_is_no_dicom_seg(tmp_path):
+    """A DICOM-SEG has no empty segments (issue 20): nothing segmented is one clear error, no file."""
+    from data.export import ExportError
+
+    volume = read_study(CT)
+    with pytest.raises(ExportError, match="nothing is segmented"):
+        export_labels(np.zeros(volume.array.shape[:3], np.uint8), volume, tmp_path / "empty.dcm")
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- the UI's upload path -------------------------------------------------------------------------

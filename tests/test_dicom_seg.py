@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -91,9 +94,95 @@ def test_label_values_become_segments_in_order(ct, tmp_path, values, names):
         assert back.names[n] == names.get(v, f"label {v}")
 
 
-def test_all_empty_labels_still_write_a_readable_seg(ct, tmp_path):
-    back = read_dicom_seg(write_dicom_seg(np.zeros(ct.array.shape, np.uint8), ct, tmp_path / "e.dcm"), ct)
-    assert back.labels.array.shape == ct.array.shape and not back.labels.array.any()
+def test_all_empty_labels_are_refused_and_nothing_is_written(ct, tmp_path):
+    with pytest.raises(DicomSegError, match="nothing is segmented"):
+        write_dicom_seg(np.zeros(ct.array.shape, np.uint8), ct, tmp_path / "e.dcm", label_names={1: "liver"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_named_labels_without_voxels_get_no_segment(ct, ct_labels, tmp_path):
+    labels = np.where(ct_labels == 1, 1, 0).astype(np.uint8)
+    ds = pydicom.dcmread(write_dicom_seg(labels, ct, tmp_path / "s.dcm", label_names={1: "head", 2: "skull", 3: "x"}))
+    assert [str(d.SegmentLabel) for d in ds.SegmentSequence] == ["head"]
+
+
+def test_coded_anatomy_from_known_names_generic_code_otherwise(ct, ct_labels, tmp_path):
+    ds = pydicom.dcmread(write_dicom_seg(ct_labels, ct, tmp_path / "s.dcm", label_names={1: "liver", 2: "my blob"}))
+    liver, blob = ds.SegmentSequence
+    assert (liver.SegmentedPropertyTypeCodeSequence[0].CodeValue, liver.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) == ("10200004", "SCT")
+    assert liver.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"  # Anatomical structure
+    assert blob.SegmentLabel == "my blob"
+    assert blob.SegmentedPropertyTypeCodeSequence[0].CodeValue == "85756007"  # Tissue: the generic pair
+    assert blob.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "85756007"
+
+
+def test_every_frame_references_its_source_image(ct, ct_labels, tmp_path):
+    ds = pydicom.dcmread(write_dicom_seg(ct_labels, ct, tmp_path / "s.dcm", label_names={1: "head", 2: "skull"}))
+    k_of = {uid: k for k, uid in enumerate(ct.source.sop_instance_uids)}
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        ref = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        k = k_of[ref.ReferencedSOPInstanceUID]
+        ipp = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+        np.testing.assert_allclose(ipp, ct.index_to_physical(np.array([0.0, 0.0, k])), atol=1e-3)
+
+
+@needs_dciodvfy
+def test_overlapping_structures_are_one_segment_each(ct, ct_labels, tmp_path):
+    head, everything = ct_labels == 1, ct_labels >= 1  # 'everything' contains 'head'
+    stack = np.stack([head, everything]).astype(np.uint8)
+    out = write_dicom_seg(stack, ct, tmp_path / "o.dcm", label_names={1: "head", 2: "tissue"})
+    assert dciodvfy_errors(out) == []
+    ds = pydicom.dcmread(out)
+    assert ds.SegmentationType == "BINARY" and len(ds.SegmentSequence) == 2
+    import highdicom as hd
+
+    seg = hd.seg.segread(out)
+    for number, mask in ((1, head), (2, everything)):
+        got = seg.get_pixels_by_source_instance(list(ct.source.sop_instance_uids), segment_numbers=[number],
+                                                assert_missing_frames_are_empty=True)[..., 0]
+        np.testing.assert_array_equal(got, mask)
+
+
+needs_dcmqi = pytest.mark.skipif(shutil.which("segimage2itkimage") is None and not (
+    Path(sys.executable).parent / "segimage2itkimage").exists(), reason="dcmqi (PyPI) not installed")
+
+
+def dcmqi_read(seg_path, out_dir, reference) -> dict[int, np.ndarray]:
+    """segimage2itkimage (dcmqi, an independent reader): segment number -> mask resampled onto the source grid."""
+    import SimpleITK as sitk
+
+    exe = shutil.which("segimage2itkimage") or str(Path(sys.executable).parent / "segimage2itkimage")
+    out_dir.mkdir()
+    run = subprocess.run([exe, "--inputDICOM", str(seg_path), "--outputDirectory", str(out_dir), "--outputType", "nrrd"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-1000:]
+    meta = json.loads((out_dir / "meta.json").read_text())
+    target = sitk.Image(*reversed(reference.array.shape[:3]), sitk.sitkUInt8)
+    reference.copy_geometry_to(target)
+    masks = {}
+    for n, group in enumerate(meta["segmentAttributes"], start=1):
+        image = sitk.ReadImage(str(out_dir / f"{n}.nrrd"))
+        on_grid = sitk.GetArrayFromImage(sitk.Resample(image, target, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+        for attrs in group:
+            masks[int(attrs["labelID"])] = on_grid == int(attrs["labelID"])
+    return masks
+
+
+@needs_dcmqi
+@pytest.mark.parametrize("overlap", [False, True])
+def test_dcmqi_reads_it_back_voxel_identical_on_the_source_grid(ct, ct_labels, tmp_path, overlap):
+    labels = ct_labels.copy()
+    labels[:3] = 0  # omitted frames: dcmqi must still place the rest on the right slices
+    if overlap:
+        data, expected = np.stack([labels == 1, labels >= 1]).astype(np.uint8), {1: labels == 1, 2: labels >= 1}
+    else:
+        data, expected = labels, {1: labels == 1, 2: labels == 2}
+    out = write_dicom_seg(data, ct, tmp_path / "s.dcm", label_names={1: "head", 2: "skull"})
+    got = dcmqi_read(out, tmp_path / "dcmqi", ct)
+    assert sorted(got) == [1, 2]
+    for number, mask in expected.items():
+        assert int(got[number].sum()) == int(mask.sum()) > 0
+        np.testing.assert_array_equal(got[number], mask)
 
 
 def test_position_based_read_when_uids_are_unknown(ct, ct_labels, tmp_path):

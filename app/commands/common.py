@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
+import sys
+from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -14,8 +19,13 @@ from models.prompts import Prompts
 from runtime import BACKENDS
 
 
+INPUT_HELP = ("NIfTI file, DICOM file or series folder, PNG/JPEG, or a DICOMweb series URL "
+              "http(s)://HOST/PREFIX/studies/{StudyInstanceUID}/series/{SeriesInstanceUID}")
+DICOMWEB_OUTPUT = "dicomweb:"
+
+
 def add_study_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="NIfTI file, DICOM file or series folder, PNG/JPEG")
+    p.add_argument("input", help=INPUT_HELP)
     p.add_argument("--series", metavar="UID", help="SeriesInstanceUID, when a folder holds several series")
     add_allow_uneven_arg(p)
 
@@ -26,11 +36,6 @@ def add_allow_uneven_arg(p: argparse.ArgumentParser) -> None:
         help="open a DICOM series with uneven slice spacing (or missing slices) at its mean spacing, with a "
         "warning, instead of refusing it; positions along the slice normal are then approximate",
     )
-
-
-def read_input(args: argparse.Namespace) -> Volume:
-    """The study INPUT names (--series, --allow-uneven applied)."""
-    return read_study(args.input, series_uid=args.series, allow_uneven=getattr(args, "allow_uneven", False))
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -110,8 +115,87 @@ def resolve_slice(volume: Volume, k: int | None) -> int:
     return k
 
 
+def read_input(text: str, series_uid: str | None = None, *, quiet: bool = False, allow_uneven: bool = False) -> Volume:
+    """The study INPUT names: a file or folder, or a DICOMweb series URL (retrieved with a progress bar
+    on stderr into a temporary folder that lives until the command exits, since a DICOM-SEG written
+    later reads its source headers from there)."""
+    from data.dicomweb import fetch_series, is_url, parse_series_url
+
+    url = parse_series_url(text)
+    if url is None:
+        if is_url(text):
+            raise UsageError(f"{text}: a URL INPUT must name one series: "
+                             "http(s)://HOST/PREFIX/studies/{StudyInstanceUID}/series/{SeriesInstanceUID}")
+        return read_study(text, series_uid=series_uid, allow_uneven=allow_uneven)
+    from tqdm import tqdm
+
+    from app.settings import get_settings
+
+    settings = get_settings()
+    bars = []  # the bar appears with the first image (an error before that prints only its one line)
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(desc="retrieving", total=total, unit="image", file=sys.stderr, disable=quiet, leave=False))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        folder = fetch_series(url, max_voxels=settings.max_voxels, max_bytes=settings.max_upload_bytes,
+                              timeout=settings.dicomweb_timeout_s, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
+    atexit.register(shutil.rmtree, folder, True)
+    return read_study(folder, max_voxels=settings.max_voxels, allow_uneven=allow_uneven)
+
+
+def add_output_arg(p: argparse.ArgumentParser, formats: str) -> None:
+    p.add_argument("--output", "-o", required=True,
+                   help=f"output: {formats}, or dicomweb:BASE_URL to store a DICOM-SEG on a PACS over STOW-RS "
+                   "(e.g. dicomweb:http://pacs:8042/dicom-web)")
+
+
+def dicomweb_target(output: str) -> str | None:
+    """The PACS base URL of ``--output dicomweb:BASE_URL``, else None (a file name)."""
+    if not str(output).lower().startswith(DICOMWEB_OUTPUT):
+        return None
+    from data.dicomweb import check_base_url
+
+    return check_base_url(str(output)[len(DICOMWEB_OUTPUT):])
+
+
+def save_labels(
+    labels: np.ndarray,
+    volume: Volume,
+    output: str,
+    *,
+    label_names: Mapping[int, str],
+    model_name: str,
+    deidentify=None,
+) -> str:
+    """Write labels to a file (the name picks the format) or, for ``dicomweb:BASE_URL``, as a DICOM-SEG
+    stored on the PACS (written to a temporary file first, removed after; the PACS gets all or nothing).
+    Returns where they went."""
+    from data.export import export_labels
+
+    base = dicomweb_target(output)
+    if base is None:
+        return str(export_labels(labels, volume, output, label_names=label_names, model_name=model_name,
+                                 deidentify=deidentify))
+    import tempfile
+
+    from app.settings import get_settings
+    from data.dicomweb import store
+
+    with tempfile.TemporaryDirectory(prefix="medseg-stow-") as tmp:
+        seg = export_labels(labels, volume, Path(tmp) / "seg.dcm", label_names=label_names, model_name=model_name,
+                            deidentify=deidentify)
+        (uid,) = store(base, [seg], timeout=get_settings().dicomweb_timeout_s)
+    return f"{base} (DICOM-SEG {uid})"
+
+
 def load_slice(args: argparse.Namespace) -> tuple[Volume, int, np.ndarray]:
     """Read the study, pick slice K and window it -> (volume, k, (H, W, 3) uint8)."""
-    volume = read_input(args)
+    volume = read_input(args.input, args.series, allow_uneven=getattr(args, "allow_uneven", False))
     k = resolve_slice(volume, args.slice)
     return volume, k, slice_to_rgb(volume, k, default_window(volume, args.window))

@@ -6,14 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from app.commands.common import add_allow_uneven_arg
-from data.readers import list_series, read_study
+from app.commands.common import INPUT_HELP, add_allow_uneven_arg, read_input
+from data.readers import list_series
 from data.untrusted import one_line
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show modality, shape, spacing, orientation and series of a study")
-    p.add_argument("input", help="NIfTI file, DICOM file or series folder, PNG/JPEG")
+    p.add_argument("input", help=INPUT_HELP)
     p.add_argument("--series", metavar="UID", help="SeriesInstanceUID, when a folder holds several series")
     add_allow_uneven_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -31,7 +31,7 @@ def describe(path: str, series: str | None = None, *, allow_uneven: bool = False
                     for s in found
                 ],
             }
-    v = read_study(path, series_uid=series, allow_uneven=allow_uneven)
+    v = read_input(path, series, quiet=True, allow_uneven=allow_uneven)
     return {
         "path": path,
         "format": v.source.format,

@@ -9,12 +9,22 @@ from pathlib import Path
 
 import numpy as np
 
-from app.commands.common import add_model_args, add_slice_args, add_study_args, read_input, resolve_slice, segmenter_from_args
+from app.commands.common import (
+    add_model_args,
+    add_output_arg,
+    add_slice_args,
+    add_study_args,
+    dicomweb_target,
+    read_input,
+    resolve_slice,
+    save_labels,
+    segmenter_from_args,
+)
 from app.embedding_cache import EmbeddingCache
 from app.errors import UsageError
 from app.propagation import PropagationSettings, propagate
 from data.deidentify import deidentifier
-from data.export import export_format, export_labels
+from data.export import export_format
 from data.windowing import default_window
 from models.prompts import Prompts
 
@@ -38,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--deidentify", action="store_true",
                    help="DICOM-SEG output: empty patient name/ID/birth date, study dates, accession number "
                    "(DICOM PS3.15 Annex E Basic Profile, UIDs kept)")
-    p.add_argument("--output", "-o", required=True, help="output: .nii, .nii.gz or .dcm (DICOM-SEG)")
+    add_output_arg(p, ".nii, .nii.gz or .dcm (DICOM-SEG)")
     p.add_argument("--label", default="structure", help="segment name written in a DICOM-SEG (default: structure)")
     p.add_argument("--margin", type=float, default=DEFAULTS.margin_px,
                    help=f"pixels added around the previous mask's box (default {DEFAULTS.margin_px:g})")
@@ -55,8 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    fmt = export_format(out)
-    volume = read_input(args)
+    fmt = "dicom-seg" if dicomweb_target(args.output) is not None else export_format(out)
+    volume = read_input(args.input, args.series, quiet=args.quiet, allow_uneven=getattr(args, "allow_uneven", False))
     if volume.is_2d:
         raise UsageError(f"{args.input} is a single 2D image: nothing to propagate; use `medseg segment`")
     if fmt == "dicom-seg" and volume.source.format != "dicom-series":
@@ -84,9 +94,10 @@ def run(args: argparse.Namespace) -> int:
     )
     elapsed = time.perf_counter() - t0
     labels = result.masks.astype(np.uint8)
-    export_labels(labels, volume, out, label_names={1: args.label}, model_name=args.model, deidentify=deidentifier(args))
+    where = save_labels(labels, volume, args.output, label_names={1: args.label}, model_name=args.model,
+                        deidentify=deidentifier(args))
     span = f"slices {result.slices[0]}..{result.slices[-1]}" if result.slices else "no slice"
     stops = ", ".join(f"{d}: {r}" for d, r in result.stopped.items())
-    print(f"{out}: {int(labels.sum())} voxels on {len(result.slices)} slices ({span}); stopped {stops}; "
+    print(f"{where}: {int(labels.sum())} voxels on {len(result.slices)} slices ({span}); stopped {stops}; "
           f"{elapsed:.1f} s ({args.device})")
     return 0

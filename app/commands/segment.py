@@ -13,13 +13,15 @@ from app.commands.common import (
     add_prompt_args,
     add_slice_args,
     add_study_args,
+    add_output_arg,
+    dicomweb_target,
     load_slice,
     prompts_from_args,
+    save_labels,
     segmenter_from_args,
 )
 from app.errors import UsageError
 from data.deidentify import deidentifier
-from data.export import export_labels
 from data.writers import write_png_mask
 
 
@@ -38,15 +40,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--deidentify", action="store_true",
                    help="DICOM-SEG output: empty patient name/ID/birth date, study dates, accession number "
                    "(DICOM PS3.15 Annex E Basic Profile, UIDs kept)")
-    p.add_argument("--output", "-o", required=True, help="output: .png (2D input), .nii/.nii.gz or .dcm (DICOM-SEG)")
+    add_output_arg(p, ".png (2D input), .nii/.nii.gz or .dcm (DICOM-SEG)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     prompts = prompts_from_args(args)
+    to_pacs = dicomweb_target(args.output) is not None
     volume, k, image = load_slice(args)
     out = Path(args.output)
-    is_nifti = out.name.lower().endswith((".nii", ".nii.gz", ".dcm"))  # .dcm: DICOM-SEG via data.export
+    is_nifti = to_pacs or out.name.lower().endswith((".nii", ".nii.gz", ".dcm"))  # .dcm: DICOM-SEG via data.export
     if not volume.is_2d and not is_nifti:
         raise UsageError(f"--output {out}: a 3D study is written as a label map; use a .nii.gz (or .dcm) name")
     if volume.is_2d and not (is_nifti or out.suffix.lower() == ".png"):
@@ -62,12 +65,13 @@ def run(args: argparse.Namespace) -> int:
     if is_nifti:
         labels = np.zeros(volume.array.shape[:3], dtype=np.uint8)
         labels[k] = mask
-        export_labels(labels, volume, out, label_names={1: "structure"}, model_name=args.model, deidentify=deidentifier(args))
+        where = save_labels(labels, volume, args.output, label_names={1: "structure"}, model_name=args.model,
+                            deidentify=deidentifier(args))
     else:
-        write_png_mask(mask, out)
+        where = str(write_png_mask(mask, out))
     score = result.scores[result.best_index]
     print(
-        f"{out}: {int(mask.sum())} pixels on slice {k}, predicted IoU {score:.3f}; "
+        f"{where}: {int(mask.sum())} pixels on slice {k}, predicted IoU {score:.3f}; "
         f"encode {1000 * (t1 - t0):.0f} ms, prompt {1000 * (t2 - t1):.0f} ms ({args.device})"
     )
     return 0

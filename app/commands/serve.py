@@ -30,6 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="N",
         help="encode N neighbouring slices ahead while idle (0: off); default 1",
     )
+    p.add_argument("--dicomweb", metavar="BASE_URL",
+                   help="a PACS's DICOMweb root (e.g. http://pacs:8042/dicom-web): the UI lists its series and "
+                   "exports DICOM-SEG to it")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="access token (first line; default $MEDSEG_TOKEN); required when --host is not loopback: "
+                   f"the browser logs in as user 'medseg' with the token as password")
     p.add_argument(
         "--malloc-arenas",
         type=int,
@@ -64,11 +70,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--prefetch must be 0 or more, got {args.prefetch}")
     if args.malloc_arenas < 0:
         raise ValueError(f"--malloc-arenas must be 0 or more, got {args.malloc_arenas}")
+    from app.access import LOGIN_USER, required_token, token_matches
+
+    token = required_token(args.host, args.token_file)
+    auth = None if token is None else (lambda user, password: user == LOGIN_USER and token_matches(password, token))
+    dicomweb = None
+    if args.dicomweb:
+        from data.dicomweb import check_base_url
+
+        dicomweb = check_base_url(args.dicomweb)
     limit_malloc_arenas(args.malloc_arenas)  # before the server starts its threads
     if args.host not in LOOPBACK:
-        print(f"medseg serve: listening on {args.host}: anyone who can reach it can open sessions and upload; "
-              "medseg has no user accounts: put a TLS proxy with authentication in front "
-              "(docs/reliability.md#threat-model)", file=sys.stderr)
+        print(f"medseg serve: listening on {args.host}: the token login guards it, but traffic is plain HTTP: "
+              "put a TLS proxy in front (docs/integration.md, docs/reliability.md#threat-model)", file=sys.stderr)
     launch(
         host=args.host,
         port=args.port,
@@ -76,5 +90,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         state_dir=args.state_dir,
         prefetch_radius=args.prefetch,
+        dicomweb=dicomweb,
+        auth=auth,
     )
     return 0

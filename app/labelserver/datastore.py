@@ -1,0 +1,450 @@
+"""Where the label server's images come from and where submitted labels go.
+
+* ``StudiesDir``: a folder of NIfTI files and DICOM series folders; the image id is the file name
+  without ``.nii``/``.nii.gz`` or the folder name (MONAI Label's local datastore uses file stems too).
+  Submitted labels go to ``DIR/labels/<tag>/<id>.nii.gz``, like MONAI Label's.
+* ``DicomWebStore``: a PACS; the image id is the SeriesInstanceUID (what OHIF sends). Series are
+  retrieved on first use (limits checked first) and kept for the server's lifetime; a submitted label
+  is written as a DICOM-SEG and stored on the PACS over STOW-RS.
+* ``Sessions``: images a viewer uploads (``PUT /session/``), e.g. a volume open in 3D Slicer.
+
+Every image read here goes through ``data.readers`` (geometry kept, size checked from the header).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import SimpleITK as sitk
+
+from data.readers import StudyError, read_study, voxel_limit
+from data.volume import SourceRef, Volume
+from data.writers import atomic_output
+
+LABEL_EXTS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
+UPLOAD_EXTS = (".nii.gz", ".nii", ".nrrd", ".dcm")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_SAFE_TAG = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class NotFound(LookupError):
+    """An image, label or session id the server does not have (HTTP 404)."""
+
+
+class BadLabel(ValueError):
+    """A submitted label we refuse (HTTP 400): unreadable, or not on the image's grid."""
+
+
+def check_id(value: str, what: str = "image") -> str:
+    if not _SAFE_ID.match(value or "") or value in (".", ".."):
+        raise NotFound(f"{what} {value!r}: unknown id")
+    return value
+
+
+def check_tag(tag: str) -> str:
+    if not _SAFE_TAG.match(tag or ""):
+        raise BadLabel(f"tag {tag!r}: letters, digits, '-' and '_' only")
+    return tag
+
+
+def stem(name: str) -> str:
+    low = name.lower()
+    for ext in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".dcm"):
+        if low.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def read_image_file(path: Path) -> Volume:
+    """A viewer's upload: NRRD (3D Slicer's default) via SimpleITK with the size checked from the
+    header first, anything else through ``data.readers.read_study``."""
+    if path.name.lower().endswith(".nrrd"):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as e:
+            raise StudyError(f"{path.name}: not a readable NRRD file") from e
+        size = reader.GetSize()
+        if int(np.prod(size, dtype=np.float64)) > voxel_limit() or len(size) not in (2, 3):
+            raise StudyError(f"{path.name}: {size} voxels is not a 2D/3D image within the limit of {voxel_limit()}")
+        try:
+            image = reader.Execute()
+        except RuntimeError as e:
+            raise StudyError(f"{path.name}: the NRRD pixel data could not be read") from e
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise StudyError(f"{path.name}: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
+        volume = Volume.from_sitk(image, source=SourceRef(path=str(path), format="nrrd"))
+        from data.readers import guess_modality
+
+        return Volume(array=volume.array, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
+                      modality=guess_modality(volume.array), source=volume.source)
+    return read_study(path)
+
+
+def read_label_on_grid(path: Path, volume: Volume) -> np.ndarray:
+    """A submitted label file as a ``[k, j, i]`` uint array on ``volume``'s grid; BadLabel when its size
+    or geometry differs (a label shifted by a voxel must not be saved as if it fitted)."""
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise BadLabel(f"{path.name}: not a readable label image (.nii.gz or .nrrd)") from None
+    array = sitk.GetArrayFromImage(image)
+    if image.GetDimension() == 2:
+        array = array[None]
+    if array.ndim == 4:  # a .seg.nrrd with one layer per segment: overlapping segments -> first non-zero wins
+        array = array.max(axis=-1)
+    if array.shape != volume.array.shape[:3]:
+        raise BadLabel(f"{path.name}: label grid {array.shape} (k, j, i) differs from the image's {volume.array.shape[:3]}")
+    if image.GetDimension() == 3:
+        tol = 1e-3 * max(1.0, max(abs(s) for s in volume.spacing))
+        if (np.abs(np.subtract(image.GetSpacing(), volume.spacing)).max() > tol
+                or np.abs(np.subtract(image.GetOrigin(), volume.origin)).max() > 1e-2
+                or np.abs(np.subtract(image.GetDirection(), volume.direction)).max() > 1e-4):
+            raise BadLabel(f"{path.name}: spacing/origin/direction differ from the image's; export the label on "
+                           "the image's grid")
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.mod(array, 1) == 0):
+            raise BadLabel(f"{path.name}: label values must be whole numbers")
+    if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
+        raise BadLabel(f"{path.name}: label values must be in 0..65535")
+    return np.asarray(array, dtype=np.uint8 if array.max(initial=0) < 256 else np.uint16)
+
+
+@dataclass
+class Session:
+    session_id: str
+    folder: Path
+    image: Path
+    volume: Volume
+    created: float
+    expiry_s: float
+
+    def info(self) -> dict:
+        return {"name": self.image.name, "path": self.image.name, "image": self.session_id,
+                "meta": {}, "create_ts": int(self.created), "last_access_ts": int(time.time()),
+                "expiry": int(self.expiry_s)}
+
+
+class Sessions:
+    """Viewer uploads, each in its own folder under ``root``; expired ones are removed on the next add."""
+
+    def __init__(self, root: Path, default_expiry_s: float = 3600.0, max_sessions: int = 16):
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.default_expiry_s = default_expiry_s
+        self.max_sessions = max_sessions
+        self._items: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, uploads: list[tuple[str, Path]], expiry_s: float = 0) -> Session:
+        """``uploads``: (client file name, saved temp file). One file = one image; several = a DICOM series."""
+        self._expire()
+        sid = str(uuid.uuid4())
+        folder = self.root / sid
+        folder.mkdir()
+        try:
+            for n, (name, tmp) in enumerate(uploads):
+                safe = Path(name or f"image{n}").name
+                if not safe.lower().endswith(UPLOAD_EXTS) and len(uploads) == 1:
+                    raise StudyError(f"{safe}: expected a .nii.gz, .nii or .nrrd image, or DICOM files")
+                target = folder / (f"{n:05d}_{safe}" if len(uploads) > 1 else safe)
+                shutil.move(str(tmp), target)
+            image = folder if len(uploads) > 1 else next(folder.iterdir())
+            volume = read_study(folder) if len(uploads) > 1 else read_image_file(image)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        session = Session(sid, folder, image, volume, time.time(), float(expiry_s or self.default_expiry_s))
+        with self._lock:
+            self._items[sid] = session
+            while len(self._items) > self.max_sessions:
+                _, old = self._items.popitem(last=False)
+                shutil.rmtree(old.folder, ignore_errors=True)
+        return session
+
+    def get(self, sid: str) -> Session:
+        with self._lock:
+            s = self._items.get(sid)
+        if s is None or time.time() - s.created > s.expiry_s:
+            raise NotFound(f"session {sid!r} not found (expired?); create one with PUT /session/")
+        return s
+
+    def remove(self, sid: str) -> Session:
+        s = self.get(sid)
+        with self._lock:
+            self._items.pop(sid, None)
+        shutil.rmtree(s.folder, ignore_errors=True)
+        return s
+
+    def _expire(self) -> None:
+        now = time.time()
+        with self._lock:
+            old = [k for k, s in self._items.items() if now - s.created > s.expiry_s]
+            gone = [self._items.pop(k) for k in old]
+        for s in gone:
+            shutil.rmtree(s.folder, ignore_errors=True)
+
+    def close(self) -> None:
+        with self._lock:
+            items = list(self._items.values())
+            self._items.clear()
+        for s in items:
+            shutil.rmtree(s.folder, ignore_errors=True)
+
+
+class Datastore:
+    """What ``/datastore/`` and ``?image=ID`` see; subclasses say where images live."""
+
+    name = "medseg"
+    description = "medseg datastore"
+
+    def ids(self) -> list[str]:
+        raise NotImplementedError
+
+    def volume(self, image_id: str) -> Volume:
+        raise NotImplementedError
+
+    def labels(self, image_id: str) -> dict[str, Path]:
+        """tag -> stored label file (for /datastore/?output=all and the 'completed' count)."""
+        return {}
+
+    def save_label(self, image_id: str, labels: np.ndarray, tag: str, label_names: dict[int, str]) -> str:
+        raise NotImplementedError
+
+    def add_image(self, image_id: str, name: str, tmp: Path) -> str:
+        """Keep an image a viewer uploads (``PUT /datastore/?image=ID``, Slicer's 'upload'); returns its id."""
+        raise NotImplementedError
+
+    def label_file(self, image_id: str, tag: str) -> Path:
+        path = self.labels(check_id(image_id)).get(check_tag(tag))
+        if path is None:
+            raise NotFound(f"no label {tag!r} for image {image_id!r}")
+        return path
+
+    def status(self) -> dict:
+        tags: dict[str, int] = {}
+        completed = 0
+        ids = self.ids()
+        for i in ids:
+            found = self.labels(i)
+            completed += "final" in found
+            for tag in found:
+                tags[tag] = tags.get(tag, 0) + 1
+        return {"total": len(ids), "completed": completed, "label_tags": tags}
+
+    def as_json(self) -> dict:
+        """MONAI Label's datastore model: name, description, images_dir, labels_dir, objects."""
+        objects = {}
+        for i in self.ids():
+            labels = {tag: {"ext": _ext(p), "info": {"ts": int(p.stat().st_mtime)}} for tag, p in self.labels(i).items()}
+            objects[i] = {"image": {"ext": self.image_ext(i), "info": {}}, "labels": labels}
+        return {"name": self.name, "description": self.description, "images_dir": ".", "labels_dir": "labels",
+                "objects": objects}
+
+    def image_ext(self, image_id: str) -> str:
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+def _ext(path: Path) -> str:
+    name = path.name.lower()
+    return next((e for e in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".dcm") if name.endswith(e)), path.suffix)
+
+
+class StudiesDir(Datastore):
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise StudyError(f"--studies {root}: not a folder")
+        self.description = f"studies in {self.root.name}"
+        self._cache: OrderedDict[str, Volume] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _entries(self) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for p in sorted(self.root.iterdir()):
+            if p.name.startswith(".") or p.name == "labels":
+                continue
+            if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz", ".nrrd")):
+                out.setdefault(stem(p.name), p)
+            elif p.is_dir() and _SAFE_ID.match(p.name):
+                out.setdefault(p.name, p)
+        return {k: v for k, v in out.items() if _SAFE_ID.match(k)}
+
+    def ids(self) -> list[str]:
+        return list(self._entries())
+
+    def path(self, image_id: str) -> Path:
+        p = self._entries().get(check_id(image_id))
+        if p is None:
+            raise NotFound(f"image {image_id!r} not in the datastore")
+        return p
+
+    def image_ext(self, image_id: str) -> str:
+        p = self.path(image_id)
+        return "" if p.is_dir() else _ext(p)
+
+    def volume(self, image_id: str) -> Volume:
+        with self._lock:
+            if image_id in self._cache:
+                self._cache.move_to_end(image_id)
+                return self._cache[image_id]
+        p = self.path(image_id)
+        v = read_study(p) if p.is_dir() else read_image_file(p)
+        with self._lock:
+            self._cache[image_id] = v
+            while len(self._cache) > 2:
+                self._cache.popitem(last=False)
+        return v
+
+    def add_image(self, image_id: str, name: str, tmp: Path) -> str:
+        image_id = check_id(image_id or stem(Path(name).name))
+        ext = _ext(Path(name))
+        if ext not in (".nii.gz", ".nii", ".nrrd"):
+            raise StudyError(f"{Path(name).name}: expected a .nii.gz, .nii or .nrrd image")
+        target = self.root / f"{image_id}{ext}"
+        staged = target.with_name(f".{target.name}.part{ext}")
+        shutil.move(str(tmp), staged)
+        try:
+            read_image_file(staged)  # refuse what we could not read later
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        for old in self.root.glob(f"{image_id}.*"):
+            if old.is_file() and stem(old.name) == image_id:
+                old.unlink()
+        staged.replace(target)
+        with self._lock:
+            self._cache.pop(image_id, None)
+        return image_id
+
+    def labels(self, image_id: str) -> dict[str, Path]:
+        base = self.root / "labels"
+        if not base.is_dir():
+            return {}
+        out = {}
+        for tag_dir in sorted(base.iterdir()):
+            if tag_dir.is_dir():
+                for ext in LABEL_EXTS:
+                    f = tag_dir / f"{image_id}{ext}"
+                    if f.is_file():
+                        out[tag_dir.name] = f
+                        break
+        return out
+
+    def save_label(self, image_id: str, labels: np.ndarray, tag: str, label_names: dict[int, str]) -> str:
+        from data.writers import write_label_nifti
+
+        volume = self.volume(check_id(image_id))
+        target = self.root / "labels" / check_tag(tag) / f"{image_id}.nii.gz"
+        write_label_nifti(labels, volume, target)
+        return image_id
+
+
+class DicomWebStore(Datastore):
+    """A PACS as the datastore; series retrieved into ``cache_dir`` on first use (at most ``keep`` kept)."""
+
+    def __init__(self, base: str, cache_dir: Path, *, max_voxels: int, max_bytes: int, timeout: float, keep: int = 4):
+        from data.dicomweb import check_base_url
+
+        self.base = check_base_url(base)
+        self.description = f"DICOMweb {self.base}"
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.max_voxels, self.max_bytes, self.timeout, self.keep = max_voxels, max_bytes, timeout, keep
+        self._volumes: OrderedDict[str, tuple[Volume, Path]] = OrderedDict()
+        self._saved: dict[str, dict[str, Path]] = {}
+        self._lock = threading.Lock()
+
+    def ids(self) -> list[str]:
+        from data.dicomweb import list_all_series
+
+        return [s.series_uid for s in list_all_series(self.base, timeout=self.timeout)]
+
+    def image_ext(self, image_id: str) -> str:
+        return ""
+
+    def volume(self, image_id: str) -> Volume:
+        from data.dicomweb import fetch_series, find_series
+
+        check_id(image_id)
+        with self._lock:
+            if image_id in self._volumes:
+                self._volumes.move_to_end(image_id)
+                return self._volumes[image_id][0]
+        url = find_series(self.base, image_id, timeout=self.timeout)
+        folder = fetch_series(url, Path(tempfile.mkdtemp(dir=self.cache_dir)), max_voxels=self.max_voxels,
+                              max_bytes=self.max_bytes, timeout=self.timeout)
+        try:
+            volume = read_study(folder, max_voxels=self.max_voxels)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        with self._lock:
+            self._volumes[image_id] = (volume, folder)
+            while len(self._volumes) > self.keep:
+                _, (_, old) = self._volumes.popitem(last=False)
+                shutil.rmtree(old, ignore_errors=True)
+        return volume
+
+    def add_image(self, image_id: str, name: str, tmp: Path) -> str:
+        raise StudyError("this server's datastore is a PACS: send a local image as a session (PUT /session/) "
+                         "or store it on the PACS")
+
+    def labels(self, image_id: str) -> dict[str, Path]:
+        return dict(self._saved.get(image_id, {}))
+
+    def save_label(self, image_id: str, labels: np.ndarray, tag: str, label_names: dict[int, str]) -> str:
+        """Write the label as a DICOM-SEG referencing the series and store it on the PACS (STOW-RS)."""
+        from data.dicom_seg import write_dicom_seg
+        from data.dicomweb import store
+
+        volume = self.volume(image_id)
+        target = self.cache_dir / "labels" / check_tag(tag) / f"{image_id}.dcm"
+        write_dicom_seg(labels, volume, target, label_names=label_names, model_name="medseg labelserver",
+                        series_description=f"medseg label ({tag})")
+        try:
+            (uid,) = store(self.base, [target], timeout=self.timeout)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        self._saved.setdefault(image_id, {})[tag] = target
+        return uid
+
+    def close(self) -> None:
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+
+def label_names_from_params(info: Iterable | None) -> dict[int, str]:
+    """Slicer's ``label_info`` ``[{"name": ..., "idx": n}, ...]`` (or ``"id"``) -> {value: name}."""
+    names: dict[int, str] = {}
+    for item in info or []:
+        if isinstance(item, dict) and item.get("name"):
+            try:
+                names[int(item.get("idx", item.get("id")))] = str(item["name"])[:64]
+            except (TypeError, ValueError):
+                continue
+    return names
+
+
+def write_label_file(labels: np.ndarray, volume: Volume, path: Path, *, compress: bool = True) -> Path:
+    """A label map on the source grid as .nrrd or .nii.gz (SimpleITK keeps spacing/origin/direction)."""
+    from data.writers import label_volume_image
+
+    image = label_volume_image(labels, volume)
+    with atomic_output(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    return path

@@ -1,0 +1,275 @@
+"""DICOMweb in and out of a PACS (QIDO-RS search, WADO-RS retrieve, STOW-RS store) with dicomweb-client.
+
+Why a module of its own: every command and both servers take studies from a PACS the same way, with
+the same limits and the same one-line errors. A series is named by its URL,
+``http(s)://HOST/PREFIX/studies/{StudyInstanceUID}/series/{SeriesInstanceUID}``; the PACS by its
+DICOMweb base URL (``http(s)://HOST/PREFIX``, e.g. Orthanc's ``http://pacs:8042/dicom-web``).
+
+Retrieval checks the series' size from its WADO-RS metadata (no pixels) against the voxel and byte
+limits first, then fetches one instance at a time into a fresh folder, reporting progress; any
+failure removes that folder, so nothing half-written is left. Errors are :class:`DicomWebError`
+(a ``StudyError``: exit code 2, one line naming the URL and what to check).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import requests
+
+from data.readers import StudyError
+
+DEFAULT_TIMEOUT_S = 30.0
+ProgressFn = Callable[[int, int], None]  # (instances done, instances in all)
+
+_SERIES_URL = re.compile(
+    r"^(?P<base>https?://[^?#]+?)/studies/(?P<study>[0-9.]+)/series/(?P<series>[0-9.]+)/?$", re.IGNORECASE
+)
+
+
+class DicomWebError(StudyError):
+    """A PACS that cannot be reached or does not have what was asked; the message names the URL."""
+
+
+@dataclass(frozen=True)
+class SeriesURL:
+    """A DICOMweb series address, split into its base URL and UIDs."""
+
+    base: str
+    study_uid: str
+    series_uid: str
+
+    def __str__(self) -> str:
+        return f"{self.base}/studies/{self.study_uid}/series/{self.series_uid}"
+
+
+def parse_series_url(text: str) -> SeriesURL | None:
+    """``SeriesURL`` when ``text`` is a DICOMweb series URL, else None (a file path)."""
+    m = _SERIES_URL.match(str(text).strip())
+    if not m:
+        return None
+    return SeriesURL(base=m["base"].rstrip("/"), study_uid=m["study"], series_uid=m["series"])
+
+
+def is_url(text: str) -> bool:
+    return str(text).lower().startswith(("http://", "https://"))
+
+
+def check_base_url(base: str) -> str:
+    """A DICOMweb base URL without its trailing slash; DicomWebError if it is not http(s)."""
+    base = str(base).strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", base, re.IGNORECASE):
+        raise DicomWebError(f"{base or '(empty)'}: expected a DICOMweb base URL such as http://pacs:8042/dicom-web")
+    return base
+
+
+def _headers() -> dict[str, str]:
+    """An ``Authorization: Bearer`` header from ``$MEDSEG_DICOMWEB_TOKEN`` for a PACS that wants one."""
+    token = os.environ.get("MEDSEG_DICOMWEB_TOKEN", "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def client(base: str, timeout: float = DEFAULT_TIMEOUT_S):
+    """A dicomweb-client for ``base`` that fails fast (no retries) after ``timeout`` seconds of silence."""
+    from dicomweb_client import DICOMwebClient
+
+    c = DICOMwebClient(check_base_url(base), headers=_headers(), timeout=float(timeout))
+    c.set_http_retry_params(retry=False)
+    return c
+
+
+def _explain(e: BaseException, url: str, what: str, timeout: float) -> DicomWebError:
+    """One line for a failed request: unreachable, too slow, not found, refused, or not DICOMweb."""
+    if isinstance(e, requests.exceptions.Timeout):
+        return DicomWebError(f"{url}: no answer within {timeout:g} s while {what}; is the PACS overloaded? "
+                             "(raise MEDSEG_DICOMWEB_TIMEOUT_S)")
+    if isinstance(e, requests.exceptions.ConnectionError):
+        return DicomWebError(f"{url}: cannot connect while {what}; is the PACS running and the URL right?")
+    if isinstance(e, requests.exceptions.HTTPError) and e.response is not None:
+        code = e.response.status_code
+        if code == 404:
+            return DicomWebError(f"{url}: not found (HTTP 404) while {what}; check the UIDs and the DICOMweb prefix")
+        if code in (401, 403):
+            return DicomWebError(f"{url}: access refused (HTTP {code}) while {what}; set MEDSEG_DICOMWEB_TOKEN")
+        return DicomWebError(f"{url}: the PACS answered HTTP {code} while {what}")
+    return DicomWebError(f"{url}: {what} failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+
+
+def _call(fn, url: str, what: str, timeout: float):
+    try:
+        return fn()
+    except DicomWebError:
+        raise
+    except (requests.exceptions.RequestException, ValueError, KeyError, TypeError) as e:
+        raise _explain(e, url, what, timeout) from None
+
+
+# --- QIDO-RS ------------------------------------------------------------------------------------
+def _value(item: dict, tag: str, default: str = "") -> str:
+    values = (item.get(tag) or {}).get("Value") or []
+    if not values:
+        return default
+    v = values[0]
+    if isinstance(v, dict):  # person name
+        return str(v.get("Alphabetic", default))
+    return str(v)
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    study_uid: str
+    patient_name: str
+    patient_id: str
+    date: str
+    description: str
+    modalities: str
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    study_uid: str
+    series_uid: str
+    modality: str
+    description: str
+    number: str
+    instances: str
+
+
+def search_studies(base: str, *, limit: int = 200, timeout: float = DEFAULT_TIMEOUT_S) -> list[StudySummary]:
+    """The PACS's studies (QIDO-RS), newest first as the PACS returns them."""
+    c = client(base, timeout)
+    found = _call(lambda: c.search_for_studies(limit=limit, fields=["StudyDescription", "ModalitiesInStudy"]),
+                  base, "searching studies (QIDO-RS)", timeout)
+    return [StudySummary(study_uid=_value(s, "0020000D"), patient_name=_value(s, "00100010"),
+                         patient_id=_value(s, "00100020"), date=_value(s, "00080020"),
+                         description=_value(s, "00081030"), modalities=_value(s, "00080061"))
+            for s in found or []]
+
+
+def search_series(base: str, study_uid: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> list[SeriesSummary]:
+    """The series of one study (QIDO-RS)."""
+    c = client(base, timeout)
+    found = _call(lambda: c.search_for_series(study_uid, fields=["SeriesDescription", "NumberOfSeriesRelatedInstances"]),
+                  f"{base}/studies/{study_uid}", "searching series (QIDO-RS)", timeout)
+    return [SeriesSummary(study_uid=study_uid, series_uid=_value(s, "0020000E"), modality=_value(s, "00080060"),
+                          description=_value(s, "0008103E"), number=_value(s, "00200011"),
+                          instances=_value(s, "00201209"))
+            for s in found or []]
+
+
+def find_series(base: str, series_uid: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> SeriesURL:
+    """The full address of a series known only by its UID (what OHIF sends as an image id)."""
+    c = client(base, timeout)
+    found = _call(lambda: c.search_for_series(search_filters={"SeriesInstanceUID": series_uid}),
+                  base, f"looking up series {series_uid} (QIDO-RS)", timeout)
+    if not found:
+        raise DicomWebError(f"{base}: no series {series_uid} on this PACS")
+    return SeriesURL(base=check_base_url(base), study_uid=_value(found[0], "0020000D"), series_uid=series_uid)
+
+
+def list_all_series(base: str, *, limit: int = 500, timeout: float = DEFAULT_TIMEOUT_S) -> list[SeriesSummary]:
+    """Every image series on the PACS (segmentations left out)."""
+    c = client(base, timeout)
+    found = _call(lambda: c.search_for_series(limit=limit, fields=["SeriesDescription"]),
+                  base, "searching series (QIDO-RS)", timeout)
+    return [SeriesSummary(study_uid=_value(s, "0020000D"), series_uid=_value(s, "0020000E"),
+                          modality=_value(s, "00080060"), description=_value(s, "0008103E"),
+                          number=_value(s, "00200011"), instances=_value(s, "00201209"))
+            for s in found or [] if _value(s, "00080060") not in ("SEG", "SR", "PR", "RTSTRUCT")]
+
+
+# --- WADO-RS ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SeriesSize:
+    instances: int
+    voxels: int
+    bytes: int
+
+
+def series_size(metadata: list[dict]) -> SeriesSize:
+    """Instances, voxels and uncompressed pixel bytes a series will hold, from its metadata alone."""
+    voxels = nbytes = 0
+    for m in metadata:
+        rows, cols = int(_value(m, "00280010", "0") or 0), int(_value(m, "00280011", "0") or 0)
+        frames = int(float(_value(m, "00280008", "1") or 1))
+        samples = int(_value(m, "00280002", "1") or 1)
+        bits = int(_value(m, "00280100", "16") or 16)
+        voxels += rows * cols * frames
+        nbytes += rows * cols * frames * samples * max(bits // 8, 1)
+    return SeriesSize(instances=len(metadata), voxels=voxels, bytes=nbytes)
+
+
+def fetch_series(
+    url: SeriesURL,
+    dest: Path | None = None,
+    *,
+    max_voxels: int,
+    max_bytes: int,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Retrieve a series (WADO-RS) into a new folder and return it (``dest`` or a fresh temp folder).
+
+    The sizes are checked from the metadata before any pixel is fetched; each instance is written as
+    it arrives (so memory holds one at a time) and the running byte count is checked again. On any
+    error the folder is removed and DicomWebError raised.
+    """
+    c = client(url.base, timeout)
+    where = str(url)
+    metadata = _call(lambda: c.retrieve_series_metadata(url.study_uid, url.series_uid), where,
+                     "reading the series metadata (WADO-RS)", timeout)
+    if not metadata:
+        raise DicomWebError(f"{where}: the series has no instances")
+    size = series_size(metadata)
+    if size.voxels > max_voxels:
+        raise DicomWebError(f"{where}: {size.voxels} voxels in {size.instances} images is more than the limit of "
+                            f"{max_voxels} (raise MEDSEG_MAX_VOXELS); nothing was downloaded")
+    if size.bytes > max_bytes:
+        raise DicomWebError(f"{where}: {size.bytes / 2**20:.0f} MiB of pixels is more than the limit of "
+                            f"{max_bytes / 2**20:.0f} MiB (raise MEDSEG_MAX_UPLOAD_MB); nothing was downloaded")
+    sops = [_value(m, "00080018") for m in metadata]
+    if not all(sops):
+        raise DicomWebError(f"{where}: the series metadata lacks SOPInstanceUIDs")
+    folder = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="medseg-dicomweb-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        received = 0
+        budget = max_bytes + 64 * 2**10 * len(sops)  # headers on top of the pixels
+        for n, sop in enumerate(sops):
+            ds = _call(lambda sop=sop: c.retrieve_instance(url.study_uid, url.series_uid, sop), where,
+                       f"retrieving instance {n + 1} of {len(sops)} (WADO-RS)", timeout)
+            path = folder / f"{n:05d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            received += path.stat().st_size
+            if received > budget:
+                raise DicomWebError(f"{where}: the PACS sent more than the {max_bytes / 2**20:.0f} MiB its metadata "
+                                    "announced; download stopped")
+            if progress is not None:
+                progress(n + 1, len(sops))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+# --- STOW-RS ------------------------------------------------------------------------------------
+def store(base: str, files: Iterable[str | Path], *, timeout: float = DEFAULT_TIMEOUT_S) -> list[str]:
+    """Store DICOM files on the PACS (STOW-RS); returns their SOPInstanceUIDs as the PACS acknowledged them."""
+    import pydicom
+
+    datasets = [pydicom.dcmread(f) for f in files]
+    c = client(base, timeout)
+    reply = _call(lambda: c.store_instances(datasets), base, "storing (STOW-RS)", timeout)
+    failed = reply.get("00081198") if reply is not None else None  # FailedSOPSequence
+    if failed and failed.get("Value"):
+        reasons = {str(_value(item, "00081197")) for item in failed["Value"]}
+        raise DicomWebError(f"{base}: the PACS refused {len(failed['Value'])} instance(s) (failure reason "
+                            f"{', '.join(sorted(reasons))})")
+    return [str(ds.SOPInstanceUID) for ds in datasets]
+
