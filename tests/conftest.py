@@ -46,6 +46,15 @@ def litemedsam():
     return load_segmenter("litemedsam", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def litemedsam_base():
+    """LiteMedSAM without the shipped click model (``litemedsam-base``): what the official code computes,
+    for parity with its goldens and with backends that run the base decoder (ONNX)."""
+    from models.registry import load_segmenter
+
+    return load_segmenter("litemedsam-base", device="cpu")
+
+
 @contextlib.contextmanager
 def real_server_turn() -> Iterator[None]:
     """Tests that drive a real server with the real model take turns across xdist workers.

@@ -34,6 +34,17 @@ def _hooks(model: nn.Module) -> int:
 
 
 @pytest.fixture(scope="module")
+def litemedsam(litemedsam_base):
+    """These tests are about the adapter mechanism on the box-trained base: LiteMedSAM without the
+    shipped click model (docs/clicks.md), under the name adapters record ("litemedsam")."""
+    import copy
+
+    seg = copy.copy(litemedsam_base)
+    seg.name = "litemedsam"
+    return seg
+
+
+@pytest.fixture(scope="module")
 def base_features(litemedsam):
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

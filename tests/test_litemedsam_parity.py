@@ -29,9 +29,9 @@ def synthetic_pkg() -> LiteMedSAMSegmenter:
 
 
 @pytest.fixture(scope="module")
-def real_pkg(litemedsam) -> LiteMedSAMSegmenter:
-    """The real weights (shared with the session fixture) in the package's pipeline."""
-    return LiteMedSAMSegmenter(litemedsam.model, pipeline="pkg")
+def real_pkg(litemedsam_base) -> LiteMedSAMSegmenter:
+    """The real weights (shared with the session fixture, without the click model) in the package's pipeline."""
+    return LiteMedSAMSegmenter(litemedsam_base.model, pipeline="pkg")
 
 
 def _prompts(g: np.lib.npyio.NpzFile, p: str) -> Prompts:

@@ -134,7 +134,10 @@ def test_both_checkpoint_forms_load_through_load_segmenter(tmp_path, mobilesam_s
 
 def test_registry_lists_every_variant_with_size_and_prompts():
     specs = {s.name: s for s in list_specs()}
-    assert tuple(sorted(specs)) == ZOO
+    assert tuple(sorted(specs)) == tuple(sorted(ZOO + ("litemedsam-base",)))
+    # litemedsam-base is litemedsam without the shipped click model: the same weights file
+    assert specs["litemedsam-base"].weight_file == specs["litemedsam"].weight_file
+    specs.pop("litemedsam-base")
     assert {n: specs[n].input_size for n in ZOO} == {
         "litemedsam": 256, "mobilesam": 1024, "sam_adapter": 1024, "sam_med2d": 256,
         "sam_unet": 256, "sam_vit_b": 1024, "sam_vit_h": 1024, "sam_vit_l": 1024,
@@ -148,7 +151,7 @@ def test_models_command_shows_present_and_missing_weights(tmp_path, monkeypatch,
     torch.save(mobilesam_state, tmp_path / get_spec("mobilesam").weight_file)
     assert main(["models", "--json"]) == 0
     rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
-    assert tuple(sorted(rows)) == ZOO
+    assert tuple(sorted(rows)) == tuple(sorted(ZOO + ("litemedsam-base",)))
     assert rows["mobilesam"]["weights"] == "present"
     assert rows["sam_vit_b"]["weights"] == "missing"
     assert rows["sam_vit_b"]["file"] == str(tmp_path / "sam_vit_b_01ec64.pth")

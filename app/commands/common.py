@@ -49,6 +49,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "encoder graph rewritten for onnxruntime (the fastest on the CPU, Dice -0.003)",
     )
     p.add_argument("--adapter", metavar="DIR", help="apply a fine-tuned adapter (the --output of medseg finetune)")
+    p.add_argument("--no-click-model", action="store_true",
+                   help="litemedsam without its click model (= --model litemedsam-base): the official decoder for clicks too")
+
+
+def model_name(args: argparse.Namespace) -> str:
+    """--model, with --no-click-model turning litemedsam into litemedsam-base."""
+    if getattr(args, "no_click_model", False) and args.model == "litemedsam":
+        return "litemedsam-base"
+    return args.model
 
 
 def segmenter_from_args(args: argparse.Namespace):
@@ -59,9 +68,9 @@ def segmenter_from_args(args: argparse.Namespace):
         from adapters.io import load_adapted
 
         return load_adapted(
-            args.adapter, model=args.model, checkpoint=args.checkpoint, device=args.device, backend=getattr(args, "backend", "torch")
+            args.adapter, model=model_name(args), checkpoint=args.checkpoint, device=args.device, backend=getattr(args, "backend", "torch")
         )
-    return load_segmenter(args.model, args.checkpoint, args.device, getattr(args, "backend", "torch"))
+    return load_segmenter(model_name(args), args.checkpoint, args.device, getattr(args, "backend", "torch"))
 
 
 def add_slice_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,396 @@
+"""Train the shipped click model: a ``scope="prompts"`` click refiner on cached embeddings.
+
+Why a trainer of its own (beside ``adapters.train``): the encoder stays the base model's (box
+masks bit-identical), so each slice is encoded once and every training step runs the prompt
+encoder and mask decoder only, for a whole batch of simulated sessions in lockstep. On an H200
+this makes thousands of sessions a minute, where ``medseg finetune`` re-encodes every slice.
+
+Slices are resized beforehand so that the longest side is the model's input size (256): the
+model frame is then the slice itself (padded), prompts need no rescaling, and clicks and losses
+are computed on the 256 x 256 low-resolution logits directly (the padding is ignored).
+
+Sessions (one kind per batch, drawn each step), each followed by corrective clicks (the centre of
+the largest error region, ``evaluation.clicks.next_click``, or a random wrong pixel, half each),
+with the points accumulated and the previous logits fed back, as ``medseg eval`` does:
+
+* ``box``: the frozen base decoder's box mask (margin 0-10 px, jitter 3), then 5 clicks;
+* ``points``: one positive point (or ``points:N``'s N/2 positive + N/2 negative points), no mask;
+* ``neighbour``: the mask of a slice 1-4 voxels away as the mask prompt (the base model's box
+  prediction there, or its label as +-8 logits), with that mask's box half the time: what 3D
+  propagation passes on (issue 21).
+
+Loss per step: 20 x focal + Dice (SAM-Med2D's weights) + MSE of the IoU head against the true IoU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from adapters.click_refiner import ClickRefiner
+from evaluation.clicks import Click, box_from_mask, next_click, sample_points
+
+SESSION_KINDS = ("box", "points", "neighbour")
+
+
+@dataclass(frozen=True)
+class ClickTrainSettings:
+    steps: int = 2000
+    batch_size: int = 24
+    lr: float = 2e-4
+    warmup: int = 100
+    weight_decay: float = 1e-4
+    clicks: int = 5
+    kind_weights: tuple[float, float, float] = (0.45, 0.35, 0.20)  # box, points, neighbour
+    max_minutes: float | None = None
+    val_every: int = 200
+    seed: int = 0
+    device: str = "cpu"
+
+
+# --- batched SAM decoding -----------------------------------------------------------------------
+def decode_batched(prompt_encoder, mask_decoder, features: torch.Tensor, points, boxes, masks) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's prompt encoder + mask decoder (one mask) for B images with one prompt set each.
+
+    segment_anything's ``predict_masks`` repeats the image embedding once per prompt, which
+    assumes one image; here image b pairs with prompt b (the same arithmetic per pair).
+    """
+    sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=masks)
+    d = mask_decoder
+    tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight], dim=0)
+    tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
+    src = features + dense
+    pos = prompt_encoder.get_dense_pe().expand(src.shape[0], -1, -1, -1)
+    b, c, h, w = src.shape
+    hs, src = d.transformer(src, pos, tokens)
+    iou_out, mask_out = hs[:, 0, :], hs[:, 1, :]
+    up = d.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper = d.output_hypernetworks_mlps[0](mask_out)
+    bb, cc, hh, ww = up.shape
+    logits = (hyper[:, None] @ up.view(bb, cc, hh * ww)).view(bb, 1, hh, ww)
+    return logits, d.iou_prediction_head(iou_out)[:, :1]
+
+
+def refine_batched(refiner: ClickRefiner, features, points, boxes, masks) -> tuple[torch.Tensor, torch.Tensor]:
+    correction, iou = decode_batched(refiner.prompt_encoder, refiner.mask_decoder, features, points, boxes, masks)
+    return (correction if masks is None else masks + correction), iou
+
+
+# --- data -------------------------------------------------------------------------------------
+@dataclass
+class TrainSlice:
+    image: np.ndarray  # (h, w) uint8, longest side = input size
+    labels: np.ndarray  # (h, w) int32; -1 = the brain mask's own code
+    volume_key: tuple[int, str]  # (variant, view): neighbours share it
+    k: int
+
+
+def resize_longest(image: np.ndarray, labels: np.ndarray, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    h, w = image.shape
+    s = size / max(h, w)
+    nh, nw = int(h * s + 0.5), int(w * s + 0.5)
+    return (cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR),
+            cv2.resize(labels.astype(np.int32), (nw, nh), interpolation=cv2.INTER_NEAREST))
+
+
+def volume_slices(image: np.ndarray, labels: np.ndarray, brain: np.ndarray, *, min_brain_px: int = 800) -> list[TrainSlice]:
+    """Every slice of the three views (and their left-right mirror, a gamma variant) with enough brain."""
+    axes = {"axial": (0, 1, 2), "coronal": (0, 2, 1), "sagittal": (1, 2, 0)}
+    out = []
+    lab = np.where(brain & (labels == 0), -1, labels).astype(np.int32)  # brain voxels without a label still count as brain
+    for v, (view, ax) in enumerate(axes.items()):
+        img_v, lab_v = image.transpose(ax), lab.transpose(ax)
+        for k in range(img_v.shape[2]):
+            im2, la2 = np.rot90(img_v[:, :, k]), np.rot90(lab_v[:, :, k])
+            if (la2 != 0).sum() < min_brain_px / 4:
+                continue
+            im2, la2 = resize_longest(np.ascontiguousarray(im2), np.ascontiguousarray(la2))
+            if (la2 != 0).sum() < min_brain_px:
+                continue
+            for variant, (flip, gamma) in enumerate(((False, 1.0), (True, 1.0), (False, 0.75), (True, 1.35))):
+                im3 = im2[:, ::-1] if flip else im2
+                la3 = la2[:, ::-1] if flip else la2
+                if gamma != 1.0:
+                    im3 = np.rint(255.0 * (im3 / 255.0) ** gamma).astype(np.uint8)
+                out.append(TrainSlice(np.ascontiguousarray(im3), np.ascontiguousarray(la3), (variant, view), k))
+    return out
+
+
+LARGE = (0, -2, -3)  # the whole brain, its image-left and image-right halves: the large structures
+LARGE_SHARE = 0.3  # of the sessions prompt a large structure (the atlas' parcels are mostly small)
+
+
+def structures_on(labels: np.ndarray, min_px: int = 40, exclude: set[int] | None = None) -> list[int]:
+    """Label values on a slice big enough to prompt (0 = the whole brain: any non-zero)."""
+    vals, counts = np.unique(labels, return_counts=True)
+    keep = [int(v) for v, c in zip(vals, counts) if v > 0 and c >= min_px and (exclude is None or v not in exclude)]
+    return keep + [0]
+
+
+def structure_mask(labels: np.ndarray, value: int) -> np.ndarray:
+    """The mask of a label value; 0 the brain, -2/-3 the brain's left/right half (split at its centroid)."""
+    if value > 0:
+        return labels == value
+    brain = labels != 0
+    if value == 0 or not brain.any():
+        return brain
+    mid = int(round(np.argwhere(brain)[:, 1].mean()))
+    half = np.zeros_like(brain)
+    if value == -2:
+        half[:, :mid] = brain[:, :mid]
+    else:
+        half[:, mid:] = brain[:, mid:]
+    return half
+
+
+def draw_structure(structures: list[int], rng: np.random.Generator, large_share: float = LARGE_SHARE) -> int:
+    small = [v for v in structures if v > 0]
+    if not small or rng.random() < large_share:
+        return int(LARGE[rng.integers(len(LARGE))])
+    return int(small[rng.integers(len(small))])
+
+
+# --- prompts ----------------------------------------------------------------------------------
+def random_error_click(gt: np.ndarray, pred: np.ndarray, rng: np.random.Generator) -> Click | None:
+    wrong = np.argwhere(gt != pred)
+    if len(wrong) == 0:
+        return None
+    row, col = wrong[rng.integers(len(wrong))]
+    return Click(x=int(col), y=int(row), positive=bool(gt[row, col]))
+
+
+CENTRE_SHARE = 0.7  # of the training clicks go to the centre of the largest error (the evaluation's user)
+
+
+def pick_click(gt: np.ndarray, pred: np.ndarray, rng: np.random.Generator) -> Click | None:
+    return next_click(gt, pred) if rng.random() < CENTRE_SHARE else random_error_click(gt, pred, rng)
+
+
+def _click_job(args: tuple) -> Click | None:
+    gt, pred, seed = args
+    if seed is None:
+        return next_click(gt, pred)
+    return pick_click(gt, pred, np.random.default_rng(seed))
+
+
+def pad_points(points: list[list[tuple[float, float, int]]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-session lists of (x, y, label) -> (B, N, 2), (B, N) with label -1 (SAM's 'not a point') as padding."""
+    n = max(1, max(len(p) for p in points))
+    coords = np.zeros((len(points), n, 2), np.float32)
+    labels = -np.ones((len(points), n), np.int64)
+    for b, pts in enumerate(points):
+        for i, (x, y, lab) in enumerate(pts):
+            coords[b, i] = (x, y)
+            labels[b, i] = lab
+    return torch.from_numpy(coords).to(device), torch.from_numpy(labels).to(device)
+
+
+def logits_from_mask(mask: np.ndarray, strength: float = 8.0) -> np.ndarray:
+    return ((mask.astype(np.float32) * 2 - 1) * strength)
+
+
+def pad_to(a: np.ndarray, size: int = 256) -> np.ndarray:
+    out = np.zeros((size, size), a.dtype)
+    out[: a.shape[0], : a.shape[1]] = a
+    return out
+
+
+# --- loss -------------------------------------------------------------------------------------
+def session_loss(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """20 x focal (gamma 2, alpha 0.25) + Dice on the valid (unpadded) pixels + IoU-head MSE; (B,) -> mean."""
+    x, t, v = logits[:, 0].float(), gt, valid
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha = 0.25 * t + 0.75 * (1 - t)
+    focal = (alpha * ce * (1 - p_t) ** 2 * v).sum(dim=(1, 2)) / v.sum(dim=(1, 2))
+    inter = (p * t * v).sum(dim=(1, 2))
+    dice = 1 - (2 * inter + 1) / ((p * v).sum(dim=(1, 2)) + (t * v).sum(dim=(1, 2)) + 1)
+    with torch.no_grad():
+        hard = (x > 0).float() * v
+        iou = (hard * t).sum(dim=(1, 2)) / ((hard + t - hard * t) * v).sum(dim=(1, 2)).clamp(min=1)
+    return (20 * focal + dice + (iou_pred[:, 0].float() - iou) ** 2).mean()
+
+
+# --- the trainer --------------------------------------------------------------------------------
+class ClickTrainer:
+    def __init__(self, segmenter, slices: list[TrainSlice], settings: ClickTrainSettings, exclude: set[int], pool=None):
+        self.seg, self.slices, self.s, self.pool = segmenter, slices, settings, pool
+        self.large_share = LARGE_SHARE
+        self.device = torch.device(settings.device)
+        model = segmenter.model
+        self.refiner = ClickRefiner(model.prompt_encoder, model.mask_decoder, scope="prompts").to(self.device)
+        self.base_pe, self.base_dec = model.prompt_encoder, model.mask_decoder
+        self.structures = [structures_on(s.labels, exclude=exclude) for s in slices]
+        self.by_key = {(s.volume_key, s.k): i for i, s in enumerate(slices)}
+        self.features = self._encode()
+
+    @torch.no_grad()
+    def _encode(self) -> torch.Tensor:
+        feats = []
+        for i in range(0, len(self.slices), 64):
+            batch = [np.repeat(s.image[:, :, None], 3, axis=2) for s in self.slices[i : i + 64]]
+            f, _ = self.seg.embed_features(batch)
+            feats.append(f.float())
+        return torch.cat(feats)
+
+    def _session(self, idx: list[int], kind: str, rng: np.random.Generator, grad: bool = True):
+        """Run one batch of sessions; -> (mean loss over steps, per-step Dice lists)."""
+        dev = self.device
+        feats = self.features[idx]
+        gts, valids, values, boxes, points, masks_in = [], [], [], None, [[] for _ in idx], None
+        for b, i in enumerate(idx):
+            sl = self.slices[i]
+            value = draw_structure(self.structures[i], rng, self.large_share)
+            values.append(value)
+            gts.append(pad_to(structure_mask(sl.labels, value)))
+            valids.append(pad_to(np.ones(sl.labels.shape, bool)))
+        gt_np = np.stack(gts)
+        gt_t = torch.from_numpy(gt_np.astype(np.float32)).to(dev)
+        valid_t = torch.from_numpy(np.stack(valids).astype(np.float32)).to(dev)
+        steps: list[torch.Tensor] = []
+        dices: list[list[float]] = []
+        if kind == "box":
+            bx = np.stack([box_from_mask(g, int(rng.integers(0, 11)), jitter=3, rng=rng) for g in gt_np])
+            for b, i in enumerate(idx):  # keep boxes inside the slice, as a user's would be
+                h, w = self.slices[i].labels.shape
+                bx[b] = np.minimum(bx[b], [w - 1, h - 1, w - 1, h - 1])
+            boxes = torch.from_numpy(np.floor(bx).astype(np.float32)).to(dev)
+            with torch.no_grad():
+                low, _ = decode_batched(self.base_pe, self.base_dec, feats, None, boxes, None)
+            masks_in = low.float()
+            n_clicks = self.s.clicks
+        elif kind == "points":
+            for b, g in enumerate(gt_np):
+                n = 1 if rng.random() < 0.6 else int(rng.integers(2, 6))
+                h, w = self.slices[idx[b]].labels.shape
+                pts, labs = sample_points(g[:h, :w], n, rng)  # negatives inside the slice, not in the padding
+                points[b] = [(float(x), float(y), int(l)) for (x, y), l in zip(pts, labs)]
+            n_clicks = int(rng.integers(0, self.s.clicks + 1))
+        else:
+            neigh = []
+            for b, i in enumerate(idx):
+                sl = self.slices[i]
+                j = None
+                for _ in range(4):
+                    d = int(rng.integers(1, 5)) * (1 if rng.random() < 0.5 else -1)
+                    j = self.by_key.get((sl.volume_key, sl.k + d))
+                    if j is not None:
+                        break
+                neigh.append(i if j is None else j)
+            value_masks = []
+            for b, j in enumerate(neigh):  # the same structure (label value) on the neighbour
+                nm = pad_to(structure_mask(self.slices[j].labels, values[b]))
+                value_masks.append(nm if nm.sum() >= 10 else gt_np[b])
+            nmask = np.stack(value_masks)
+            use_box = rng.random() < 0.5
+            if use_box:
+                bx = np.stack([box_from_mask(m, 5) for m in nmask])
+                boxes = torch.from_numpy(bx).to(dev)
+            with torch.no_grad():
+                if rng.random() < 0.5:  # the base model's own prediction on the neighbour
+                    nb = torch.from_numpy(np.stack([box_from_mask(m, 5) for m in nmask])).to(dev)
+                    low, _ = decode_batched(self.base_pe, self.base_dec, self.features[neigh], None, nb, None)
+                    masks_in = low.float()
+                else:
+                    masks_in = torch.from_numpy(logits_from_mask(nmask)[:, None]).to(dev)
+            n_clicks = int(rng.integers(0, 4))
+        for step in range(n_clicks + 1):
+            if kind == "box" and step == 0:
+                pred = (masks_in[:, 0] > 0).cpu().numpy() & (valid_t > 0).cpu().numpy()
+                dices.append(_dices(pred, gt_np))
+            else:
+                pts = pad_points(points, dev) if any(points) else None
+                with torch.set_grad_enabled(grad):
+                    low, iou = refine_batched(self.refiner, feats, pts, boxes, masks_in)
+                steps.append(session_loss(low, iou, gt_t, valid_t))
+                pred = (low.detach()[:, 0] > 0).cpu().numpy() & (valid_t > 0).cpu().numpy()
+                dices.append(_dices(pred, gt_np))
+                masks_in = low.detach()
+            if step == n_clicks:
+                break
+            jobs = [(gt_np[b], pred[b], int(rng.integers(2**31)) if grad else None) for b in range(len(idx))]
+            clicks = self.pool.map(_click_job, jobs) if self.pool is not None else [_click_job(j) for j in jobs]
+            for b, click in enumerate(clicks):
+                if click is not None:
+                    points[b].append((float(click.x), float(click.y), int(click.positive)))
+                elif not points[b]:
+                    points[b].append((0.0, 0.0, -1))
+        loss = torch.stack(steps).mean() if steps else None
+        return loss, dices
+
+    def train(self, log) -> list[dict]:
+        s = self.s
+        params = [p for p in self.refiner.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        history, t0 = [], time.perf_counter()
+        budget = None if s.max_minutes is None else 60 * s.max_minutes
+        kinds_p = np.asarray(s.kind_weights) / np.sum(s.kind_weights)
+        best = (-math.inf, None, -1)
+        for step in range(s.steps):
+            rng = np.random.default_rng([s.seed, step])
+            frac = max(step / s.steps, 0.0 if budget is None else (time.perf_counter() - t0) / budget)
+            lr = s.lr * min(1.0, (step + 1) / s.warmup) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            kind = SESSION_KINDS[int(rng.choice(3, p=kinds_p))]
+            idx = [int(i) for i in rng.integers(len(self.slices), size=s.batch_size)]
+            loss, dices = self._session(idx, kind, rng)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            row = {"step": step + 1, "kind": kind, "loss": float(loss.detach()), "lr": lr, "elapsed_s": time.perf_counter() - t0,
+                   "dice_first": float(np.mean(dices[0])), "dice_last": float(np.mean(dices[-1]))}
+            history.append(row)
+            if (step + 1) % 20 == 0:
+                log(json.dumps(row))
+            out_of_time = budget is not None and time.perf_counter() - t0 >= budget
+            if (step + 1) % s.val_every == 0 or step + 1 == s.steps or out_of_time:
+                val = self.validate()
+                history.append({"step": step + 1, **val, "elapsed_s": time.perf_counter() - t0})
+                log(json.dumps(history[-1]))
+                if val["score"] > best[0]:
+                    best = (val["score"], {k: v.detach().clone() for k, v in self.refiner.state_dict().items()}, step + 1)
+            if out_of_time:
+                break
+        if best[1] is not None:
+            self.refiner.load_state_dict(best[1])
+        self.best_step = best[2]
+        return history
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Fixed validation sessions on ``self.val_idx`` (structures never trained on): mean Dice per kind."""
+        out = {}
+        for kind in SESSION_KINDS:
+            rng = np.random.default_rng([self.s.seed, 99, SESSION_KINDS.index(kind)])
+            saved, self.structures, self.large_share = self.structures, self.val_structures, 0.0
+            try:
+                _, dices = self._session(self.val_idx, kind, rng, grad=False)
+            finally:
+                self.structures, self.large_share = saved, LARGE_SHARE
+            out[f"val_{kind}_first"] = float(np.mean(dices[0]))
+            out[f"val_{kind}_last"] = float(np.mean(dices[-1]))
+        out["score"] = float(np.mean([out["val_box_last"] - out["val_box_first"], out["val_points_first"],
+                                      out["val_points_last"], out["val_neighbour_first"]]))
+        return out
+
+
+def _dices(pred: np.ndarray, gt: np.ndarray) -> list[float]:
+    inter = (pred & gt).sum(axis=(1, 2))
+    total = pred.sum(axis=(1, 2)) + gt.sum(axis=(1, 2))
+    return [1.0 if t == 0 else 2 * i / t for i, t in zip(inter, total)]
+
+
+def settings_dict(s: ClickTrainSettings) -> dict:
+    return asdict(s)
