@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adapters.click_refiner import ClickRefiner
+from models.click_refiner import ClickRefiner
 from evaluation.clicks import Click, box_from_mask, next_click, sample_points
 
 SESSION_KINDS = ("box", "points", "neighbour")

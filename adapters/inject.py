@@ -30,7 +30,7 @@ from segment_anything.modeling import ImageEncoderViT
 from segment_anything.modeling.image_encoder import Block
 from torch import nn
 
-from adapters.click_refiner import ATTRIBUTE as REFINER, ClickRefiner
+from models.click_refiner import ATTRIBUTE as REFINER, ClickRefiner
 from adapters.layers import ChannelSpatialAdapter, HighFrequencyPrompt, LoRALinear
 from models.tiny_vit import TinyViT, TinyViTBlock
 
@@ -67,7 +67,7 @@ class AdapterConfig:
     freq_nums: float = 0.25  # sam_adapter: share of the spectrum removed by the high-pass (official 0.25)
     train_decoder: bool = False  # the prompt encoder and mask decoder are trained (and saved) too
     train_click_prompts: bool = False  # only the click and mask-prompt embeddings of the prompt encoder
-    click_refiner: bool = False  # a residual decoder for corrective clicks (adapters.click_refiner)
+    click_refiner: bool = False  # a residual decoder for corrective clicks (models.click_refiner)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

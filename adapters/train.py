@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapters.click_refiner import ATTRIBUTE as REFINER
+from models.click_refiner import ATTRIBUTE as REFINER
 from adapters.inject import AdapterConfig, adapted_segmenter, adapter_state, count_parameters, inject, trainable_parameters
 from adapters.io import save_adapter
 from adapters.train_data import Augment, check_disjoint, data_summary, load_cases, split_by_slice, split_by_structure

@@ -2,7 +2,7 @@
 
 ``weights/click_model/`` (in the repository, no download) holds ``click_model.safetensors`` (the
 refiner's tensors: a residual copy of the prompt encoder and mask decoder, see
-``adapters.click_refiner``) and ``adapter.json`` (its sha256, the base weights' sha256, every
+``models.click_refiner``) and ``adapter.json`` (its sha256, the base weights' sha256, every
 training volume with package, version, path and sha256, and the measured results).
 
 Loading checks both digests: a changed weights file is refused (CheckpointError naming the file);
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adapters.click_refiner import ATTRIBUTE, ClickRefiner
+from models.click_refiner import ATTRIBUTE, ClickRefiner
 from models.checkpoint import CheckpointError, sha256_of
 
 log = logging.getLogger(__name__)

@@ -138,7 +138,7 @@ class Segmenter:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> (1, K, h, w) low-res logits and (1, K) IoU (another backend replaces this).
 
-        A model carrying a click refiner (``adapters.click_refiner``: an adapter's, or the shipped
+        A model carrying a click refiner (``models.click_refiner``: an adapter's, or the shipped
         click model of ``models.click_model``) sends the prompts it takes through it (corrective
         clicks; for the click model every point or mask prompt); a box alone always goes through
         the model's own decoder, so box masks are the base model's bit for bit.

@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="train only the prompt encoder's click and mask-prompt embeddings (saved with the adapter); "
                    "a box alone never reads them, so box results are the adapter-only model's")
     p.add_argument("--click-refiner", action="store_true",
-                   help="train a residual decoder for corrective clicks (adapters.click_refiner): boxes keep the "
+                   help="train a residual decoder for corrective clicks (models.click_refiner): boxes keep the "
                    "frozen decoder, each click adds a learned correction to the previous logits")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
