@@ -1,6 +1,6 @@
 """Dice per click of the base model and the click model (docs/clicks.md), from the training run's heldout.json.
 
-    python scripts/plot_click_model.py docs/clicks/heldout.json docs/img/click_model_dice_per_click.png
+    python experiments/plot_click_model.py docs/clicks/heldout.json docs/img/click_model_dice_per_click.png
 """
 
 from __future__ import annotations

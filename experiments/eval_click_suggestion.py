@@ -8,7 +8,7 @@ For each case of a ``medseg eval`` manifest: the box (margin 5 px), then N click
 
 Points accumulate and the logits are fed back, as in ``box+clicks:N``. Prints mean Dice per click.
 
-    python scripts/eval_click_suggestion.py /work/shared/data/manifest.csv --clicks 3 [--model litemedsam]
+    python experiments/eval_click_suggestion.py /work/shared/data/manifest.csv --clicks 3 [--model litemedsam]
 """
 
 from __future__ import annotations
