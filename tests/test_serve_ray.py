@@ -15,8 +15,12 @@ from models.prompts import Prompts
 from models.segmenter import Segmenter
 from tests.conftest import SAMPLES
 
-FEATURE_ATOL = 1e-3  # the replica runs 1 thread, the test 2: float sums in another order
-LOGIT_ATOL = 1e-2
+# The replica runs 1 thread, the test 1 or 2: float sums in another order. Measured on the CT slice
+# below (LiteMedSAM, CPU, 1 vs 2 torch threads): features differ by at most 2.0e-6, low-res logits by
+# 3.2e-5. The tolerances are 10x that noise. Features sent as fp16 (a transport bug) differ by 2.4e-4
+# and the logits by 2.4e-3 (masks still agree): both fail here.
+FEATURE_ATOL = 2e-5
+LOGIT_ATOL = 3e-4
 MASK_AGREEMENT = 0.999  # fraction of pixels equal between the remote and the local mask
 
 

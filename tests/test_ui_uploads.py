@@ -99,3 +99,58 @@ def test_zip_member_that_is_a_symbolic_link_is_refused(tmp_path):
     with pytest.raises(UploadError, match="IM0001.dcm.*symbolic link"):
         import_upload([archive], tmp_path / "upload")
     assert not (tmp_path / "upload" / "unzipped").exists()
+
+
+def test_zip_limits_are_inclusive_and_sum_over_members(tmp_path):
+    """Exactly max_members files and exactly max_bytes unpack; the byte cap counts all members together."""
+    archive = _zip(tmp_path / "ten.zip", {f"{i}.dcm": b"x" * 100 for i in range(10)})
+    out = safe_extract_zip(archive, tmp_path / "ok", max_members=10, max_bytes=1000)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{i}.dcm" for i in range(10))
+    with pytest.raises(UploadError, match=r"^ten.zip: unpacks to more than 0 MiB; upload a smaller series$"):
+        safe_extract_zip(archive, tmp_path / "over", max_bytes=999)  # 10 x 100 bytes, none over alone
+    mib = _zip(tmp_path / "mib.zip", {"a.bin": bytes(3 * 1024**2)})
+    with pytest.raises(UploadError, match=r"^mib.zip: unpacks to more than 2 MiB"):
+        safe_extract_zip(mib, tmp_path / "x", max_bytes=2 * 1024**2)
+    with pytest.raises(UploadError, match=r"^ten.zip: 10 members; at most 9 are accepted$"):
+        safe_extract_zip(archive, tmp_path / "y", max_members=9)
+
+
+def test_nested_folders_unpack_in_place(tmp_path):
+    archive = tmp_path / "nested.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("study/", b"")
+        zf.writestr("study/series/a/IM1.dcm", b"one")
+        zf.writestr("study/b\\IM2.dcm", b"two")  # a Windows separator stays inside the folder
+    out = safe_extract_zip(archive, tmp_path / "deep" / "out")
+    assert (out / "study" / "series" / "a" / "IM1.dcm").read_bytes() == b"one"
+    assert (out / "study").is_dir() and len([p for p in out.rglob("*") if p.is_file()]) == 2
+
+
+@pytest.mark.parametrize(
+    "members, expected",
+    [
+        ({"in/mr.nii.gz": b"n"}, "in/mr.nii.gz"),  # one NIfTI alone: that file
+        ({"in/mr.nii.gz": b"n", "in/.DS_Store": b"x"}, "in/mr.nii.gz"),  # hidden files do not count
+        ({"in/a.png": b"p", "in/b.png": b"q"}, "."),  # two images: the folder
+        ({"s/IM1.dcm": b"d"}, "."),  # DICOM: the folder
+    ],
+)
+def test_a_zip_opens_as_its_lone_study_file_or_its_folder(tmp_path, members, expected):
+    path = import_upload([_zip(tmp_path / "u.zip", members)], tmp_path / "up")
+    assert path == (tmp_path / "up" / "unzipped" / expected).resolve() or path == tmp_path / "up" / "unzipped" / expected
+
+
+def test_an_empty_zip_names_what_it_should_hold(tmp_path):
+    with pytest.raises(UploadError, match=r"^the zip is empty: it should hold the files of one DICOM series or one NIfTI$"):
+        import_upload([_zip(tmp_path / "e.zip", {".hidden": b"x"})], tmp_path / "up")
+
+
+@pytest.mark.parametrize(
+    "name, safe",
+    [("../../a b.nii.gz", "a_b.nii.gz"), ("C:\\Users\\x\\scan.PNG", "scan.PNG"), ("..hidden.png", "hidden.png"),
+     ("??.png", "__.png"), ("...", "upload"), ("a-b_c.1.dcm", "a-b_c.1.dcm")],
+)
+def test_uploaded_names_are_reduced_to_harmless_characters(tmp_path, name, safe):
+    from app.uploads import _safe_name
+
+    assert _safe_name(name) == safe

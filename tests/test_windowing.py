@@ -108,3 +108,16 @@ def test_window_edges_and_a_flat_window():
     for width in (0, -1):
         with pytest.raises(ValueError, match=f"window width must be positive, got {width}"):
             Window.from_level_width(0, width)
+
+
+def test_window_names_dtypes_and_the_smallest_width():
+    """Mutation survivors: names shown in the UI, uint8 output of a flat window, widths below 1 allowed."""
+    assert Window.from_level_width(0, 10).name == "custom"
+    assert default_window(_volume(np.zeros((1, 2, 2)), "CT")).name == "abdomen"
+    narrow = Window.from_level_width(0.0, 0.5)
+    assert (narrow.lo, narrow.hi) == (-0.25, 0.25)
+    flat = Window(5.0, 5.0).apply(np.array([1.0, 9.0]))
+    assert flat.dtype == np.uint8
+    assert default_window(_volume(np.array([[[0, 7]]], np.uint8), "OT")) is None  # a grey photo: as it is
+    with pytest.raises(ValueError, match=r"expected one of abdomen, lung, bone, brain, percentile, minmax$"):
+        default_window(_volume(np.zeros((1, 2, 2)), "CT"), "auto")
