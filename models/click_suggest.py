@@ -10,7 +10,7 @@ Two signals, each turned into a map of uncertainty in [0, 1] at the slice's size
 The suggested click is the interior point (farthest from the border, Euclidean distance
 transform) of the largest connected region of the map above ``threshold`` (as the simulated
 user's ``evaluation.clicks.next_click`` picks inside an error region); ``positive`` guesses its
-sign: positive when the point lies outside the current mask. ``scripts/eval_click_suggestion.py``
+sign: positive when the point lies outside the current mask. ``experiments/eval_click_suggestion.py``
 measures a click there against the simulated error-region click (docs/clicks.md).
 """
 
