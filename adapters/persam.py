@@ -31,7 +31,7 @@ Model with One Shot", ICLR 2024), step by step (``shared/parity/persam/manifest.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -244,7 +244,9 @@ def box_of(mask: np.ndarray) -> np.ndarray | None:
 def run_step(
     segmenter: Segmenter, embedding: Embedding, name: str, prompts: Prompts, *, multimask: bool, best: int | None = None
 ) -> DecoderStep:
-    result = segmenter.predict(embedding, prompts, multimask_output=multimask)
+    # the base decoder, not the click model: PerSAM's prompts and hooks are what the base was used with
+    # (through the click model PerSAM's brain Dice fell from 0.78 to 0.03, tests/test_persam_litemedsam.py)
+    result = segmenter.predict(embedding, replace(prompts, base_decoder=True), multimask_output=multimask)
     return DecoderStep(name, prompts, result, result.best_index if best is None else best)
 
 

@@ -134,7 +134,7 @@ def fit_persam_f(
     """Learn PerSAM-F's weights on the reference image (embedded) and its (H, W) bool mask."""
     reference = persam_f_reference(segmenter, embedding, mask, parity=parity)
     pos, _ = _positive_point(segmenter, reference, embedding)
-    prompts = Prompts(points=pos[None].astype(np.float32), point_labels=np.array([1]))
+    prompts = Prompts(points=pos[None].astype(np.float32), point_labels=np.array([1]), base_decoder=True)
     result = segmenter.predict(embedding, prompts, multimask_output=True)
     if result.low_res_logits.shape[0] != 3:
         raise ValueError(

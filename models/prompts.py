@@ -22,12 +22,15 @@ class Prompts:
     box: (4,) float, x0, y0, x1, y1 pixels (inclusive corners, x0 <= x1, y0 <= y1).
     mask_logits: (1, h, w) float low-resolution logits, as returned in ``MaskResult.low_res_logits``
     by the same model (fed back on the next click, as SAM does).
+    base_decoder: answer with the model's own decoder even where a click model is attached (one-shot
+    methods: their point prompts and decoder hooks are not what the click model was trained on).
     """
 
     points: np.ndarray | None = None
     point_labels: np.ndarray | None = None
     box: np.ndarray | None = None
     mask_logits: np.ndarray | None = None
+    base_decoder: bool = False
 
     def __post_init__(self) -> None:
         if self.points is not None:

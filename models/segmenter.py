@@ -144,7 +144,7 @@ class Segmenter:
         the model's own decoder, so box masks are the base model's bit for bit.
         """
         refiner = getattr(self.model, "click_refiner", None)
-        if refiner is not None and refiner.applies(
+        if refiner is not None and not prompts.base_decoder and refiner.applies(
             multimask_output, prompts.points is not None, prompts.mask_logits is not None
         ):
             points, boxes, masks = self.prompt_tensors(embedding, prompts)

@@ -131,7 +131,8 @@ def test_hooks_are_removed_when_the_call_fails(litemedsam, reference):
 
 def test_another_session_is_not_personalised_while_hooks_are_installed(litemedsam, embedded, reference):
     emb = embedded[TARGET_K]
-    prompts = Prompts(points=np.array([[90, 110]]), point_labels=[1])
+    # the hooks sit on the base decoder, which one-shot prompts ask for (the click model has none)
+    prompts = Prompts(points=np.array([[90, 110]]), point_labels=[1], base_decoder=True)
     plain = litemedsam.predict(emb, prompts).low_res_logits
     attn_sim = torch.rand(1, 1, 1, 64 * 64)
     seen = {}
