@@ -71,9 +71,9 @@ class PropagationSettings:
     margin_px: float = 3.0
     min_area_px: int = 10
     min_score: float = 0.5
-    score_drop: float = 0.0
+    score_drop: float = 0.7
     area_drop: float = 0.0
-    min_overlap: float = 0.0
+    min_overlap: float = 0.3
     candidates: Literal["best", "overlap"] = "best"
     max_slices: int | None = None
     batch_size: int = 4

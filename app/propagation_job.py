@@ -169,15 +169,20 @@ def start_propagation(
 
 
 def _land(session: Session, job: PropagationJob, before: np.ndarray, new: np.ndarray) -> None:
-    """Apply the walk as one edit on the map as it is NOW: slices the user changed meanwhile stay theirs."""
+    """Apply the walk as one edit on the map as it is NOW: the job's label is replaced by the walk's,
+    except on slices where the user changed that label meanwhile (those stay theirs and become anchors);
+    other labels, drawn meanwhile or not, are never overwritten."""
     current = session.labels
-    changed = np.flatnonzero((current != before).reshape(len(current), -1).any(axis=1))
-    after = new.copy()
-    after[changed] = current[changed]
-    for k in changed:
-        if (current[k] == job.label).any():
-            add_anchor(session, job.label, int(k))
-    edit = Edit(f"propagate {session.label(job.label).name}", None, None, current.copy(), after, session.prompt, None)
+    label = job.label
+    touched = ((current == label) != (before == label)).reshape(len(current), -1).any(axis=1)
+    after = current.copy()
+    walked = ~touched[:, None, None]
+    after[walked & (after == label)] = 0
+    after[walked & (new == label) & (after == 0)] = label
+    for k in np.flatnonzero(touched):
+        if (current[k] == label).any():
+            add_anchor(session, label, int(k))
+    edit = Edit(f"propagate {session.label(label).name}", None, None, current.copy(), after, session.prompt, None)
     session.apply(edit)
 
 

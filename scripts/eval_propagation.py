@@ -132,6 +132,8 @@ def main() -> int:
     parser.add_argument("--embeddings", type=Path, help="folder to keep slice embeddings in between runs")
     parser.add_argument("--model", default="litemedsam")
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figure from --out")
+    parser.add_argument("--overlay", nargs="+", metavar="STRUCTURE",
+                        help="draw these structures' propagation (default rule) over the image -> docs/img/propagation_overlay.png")
     args = parser.parse_args()
     if args.plot_only:
         plot(Path(args.out))
@@ -139,7 +141,7 @@ def main() -> int:
     torch.set_num_threads(2)
     seg = load_segmenter(args.model)
     rules = {r: RULES[r] for r in (args.rules or RULES)}
-    volumes, caches, rows = {}, {}, []
+    volumes, caches, rows, overlays = {}, {}, [], []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for dataset, image_path, label_path, structure, values in cases(args.mricron, Path(tmp)):
@@ -158,6 +160,11 @@ def main() -> int:
             base = {"dataset": dataset, "structure": structure, "start_slice": k0,
                     "gt_slices": f"{np.flatnonzero(areas).min()}..{np.flatnonzero(areas).max()}"}
             default_res = None
+            if args.overlay:
+                if structure in args.overlay:
+                    res = propagate(seg, volume, k0, Prompts(box=box), window=window, cache=cache, settings=DEFAULT)
+                    overlays.append((f"{dataset}: {structure}", volume, window, gt, res))
+                continue
             if "rules" in args.parts or "anchor" in args.parts:
                 for rule, settings in ({**rules, "default": DEFAULT} if "anchor" in args.parts else rules).items():
                     res = propagate(seg, volume, k0, Prompts(box=box), window=window, cache=cache, settings=settings)
@@ -177,6 +184,9 @@ def main() -> int:
                 rows.extend(fill_rows(seg, volume, window, cache, gt, base))
                 report(rows[-2])
                 report(rows[-1])
+    if args.overlay:
+        print(f"wrote {draw_overlay(overlays, ROOT / 'docs' / 'img' / 'propagation_overlay.png')}")
+        return 0
     out = Path(args.out)
     write_rows(rows, out)
     print(f"({time.perf_counter() - t0:.0f} s)")
@@ -241,6 +251,38 @@ def summarise(rows: list[dict]) -> None:
                 d = [float(r["dice3d"]) for r in rows if r["part"] == part and r["dataset"] == dataset and kind in r["rule"]]
                 if d:
                     print(f"  {dataset:24s} {part} {kind:31s} {np.mean(d):.3f}  (n={len(d)})")
+
+
+def draw_overlay(items: list, png: Path, columns: int = 6) -> Path:
+    """Rows of slices (start slice, then evenly spread over the GT extent and beyond): image, prediction
+    (filled, red) and ground truth (contour, green), with the slice's 2D Dice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from data.windowing import slice_to_rgb
+
+    fig, axes = plt.subplots(len(items), columns, figsize=(2.2 * columns, 2.4 * len(items)), squeeze=False)
+    for row, (title, volume, window, gt, res) in zip(axes, items):
+        ks = np.flatnonzero(gt.reshape(len(gt), -1).any(axis=1))
+        lo, hi = max(0, ks.min() - 2), min(len(gt) - 1, ks.max() + 2)
+        picks = sorted(set([res.start_slice] + [int(round(v)) for v in np.linspace(lo, hi, columns)]))[:columns]
+        for ax, k in zip(row, picks):
+            ax.imshow(slice_to_rgb(volume, k, window))
+            ax.imshow(np.ma.masked_where(~res.masks[k], res.masks[k]), cmap="autumn", alpha=0.45, vmin=0, vmax=1)
+            if gt[k].any():
+                ax.contour(gt[k], levels=[0.5], colors="lime", linewidths=0.8)
+            d = dice(res.masks[k], gt[k]) if (res.masks[k].any() or gt[k].any()) else float("nan")
+            ax.set_title(f"k={k}{' (start)' if k == res.start_slice else ''}  Dice {d:.2f}", fontsize=7)
+            ax.axis("off")
+        row[0].text(-0.05, 0.5, title, transform=row[0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
+        for ax in row[len(picks):]:
+            ax.axis("off")
+    fig.suptitle("Propagation from one box (red: prediction, green: ground truth)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
 
 
 def plot(csv_path: Path) -> Path:
