@@ -71,7 +71,7 @@ class PropagationSettings:
     margin_px: float = 3.0
     min_area_px: int = 10
     min_score: float = 0.5
-    score_drop: float = 0.7
+    score_drop: float = 0.75
     area_drop: float = 0.0
     min_overlap: float = 0.3
     candidates: Literal["best", "overlap"] = "best"
@@ -104,7 +104,9 @@ class PropagationSettings:
         return "mask" in self.prompt
 
 
-MEDSAM_RULE = PropagationSettings(prompt="box", margin_px=3.0, min_area_px=1, min_score=0.0)
+MEDSAM_RULE = PropagationSettings(
+    prompt="box", margin_px=3.0, min_area_px=1, min_score=0.0, score_drop=0.0, area_drop=0.0, min_overlap=0.0
+)
 """MedSAM's own per-slice rule: previous mask's box + 3 px, no mask prompt, stop only on an empty mask."""
 
 
