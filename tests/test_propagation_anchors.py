@@ -134,3 +134,47 @@ def test_anchor_outside_the_volume_or_empty_is_refused(litemedsam, ct, head, cac
         propagate_anchors(litemedsam, ct, {12: head[0]}, window=default_window(ct), cache=cache)
     with pytest.raises(PromptError, match="anchor slice 3 is empty"):
         propagate_anchors(litemedsam, ct, {3: np.zeros_like(head[3])}, window=default_window(ct), cache=cache)
+
+
+# --- command line -------------------------------------------------------------------------------
+def _png(path, mask):
+    import cv2
+
+    cv2.imwrite(str(path), mask.astype(np.uint8) * 255)
+    return path
+
+
+def test_cli_fill_shape_between_two_anchor_pngs(head, ct, tmp_path, capsys):
+    from app.cli import main
+
+    a, b = _png(tmp_path / "a.png", head[2]), _png(tmp_path / "b.png", head[9])
+    out = tmp_path / "fill.nii.gz"
+    code = main(["propagate", str(CT_SERIES), "--anchor", f"2:{a}", "--anchor", f"9:{b}", "--fill", "shape",
+                 "--output", str(out)])
+    assert code == 0, capsys.readouterr().err
+    labels = read_study(out).array
+    np.testing.assert_array_equal(labels[2] == 1, head[2])
+    np.testing.assert_array_equal(labels[9] == 1, head[9])
+    assert all(labels[k].any() for k in range(2, 10)) and not labels[:2].any() and not labels[10:].any()
+    assert dice(labels[3:9] == 1, head[3:9]) >= 0.9
+
+
+@pytest.mark.parametrize(
+    "anchor, message",
+    [
+        ("3", "expected K:MASK.png"),
+        ("12:{a}", "slice 12 is out of range 0..11"),
+        ("3:{small}", "mask is 10x10 (rows x columns), slice 3 is 256x256"),
+        ("3:{empty}", "no non-zero pixel"),
+        ("3:{missing}", "missing.png"),
+    ],
+)
+def test_cli_refuses_bad_anchors(head, tmp_path, capsys, anchor, message):
+    from app.cli import main
+
+    files = {"a": _png(tmp_path / "a.png", head[3]), "small": _png(tmp_path / "s.png", np.ones((10, 10), bool)),
+             "empty": _png(tmp_path / "e.png", np.zeros_like(head[3])), "missing": tmp_path / "missing.png"}
+    code = main(["propagate", str(CT_SERIES), "--anchor", anchor.format(**files), "--output", str(tmp_path / "x.nii.gz")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "x.nii.gz").exists()
