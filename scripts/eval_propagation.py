@@ -80,7 +80,7 @@ def cases(mricron: Path | None, workdir: Path):
     image, labels, brain = held_out_slab(mricron, workdir)
     for v, name in HELD_OUT_AAL.items():
         yield "held-out Colin27 z34-65", image, labels, name, (v,)
-    yield "held-out Colin27 z34-65", image, brain, "brain (mask)", (1,)
+    yield "held-out Colin27 z34-65", image, brain, "brain (held-out slab)", (1,)
 
 
 def held_out_slab(mricron: Path, workdir: Path) -> tuple[Path, Path, Path]:
@@ -134,7 +134,14 @@ def main() -> int:
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figure from --out")
     parser.add_argument("--overlay", nargs="+", metavar="STRUCTURE",
                         help="draw these structures' propagation (default rule) over the image -> docs/img/propagation_overlay.png")
+    parser.add_argument("--merge", nargs="+", metavar="CSV", help="concatenate these CSVs (runs split with --only) into --out")
     args = parser.parse_args()
+    if args.merge:
+        rows = [r for f in args.merge for r in csv.DictReader(open(f))]
+        write_rows(rows, Path(args.out))
+        summarise(rows)
+        plot(Path(args.out))
+        return 0
     if args.plot_only:
         plot(Path(args.out))
         return 0
