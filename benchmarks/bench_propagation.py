@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def big_ct(slices: int, size: int) -> Volume:
     big = F.interpolate(t, (slices, size, size), mode="trilinear", align_corners=False)[0, 0]
     k, h, w = ct.array.shape
     sx, sy, sz = ct.spacing
-    return ct.with_array(big.round().numpy().astype(ct.array.dtype), spacing=(sx * w / size, sy * h / size, sz * k / slices))
+    return replace(ct, array=big.round().numpy().astype(ct.array.dtype), spacing=(sx * w / size, sy * h / size, sz * k / slices))
 
 
 def segmenter(args):
