@@ -267,7 +267,11 @@ def draw_overlay(items: list, png: Path, columns: int = 6) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
     from data.windowing import slice_to_rgb
+
+    red = ListedColormap(["red"])
 
     fig, axes = plt.subplots(len(items), columns, figsize=(2.2 * columns, 2.4 * len(items)), squeeze=False)
     for row, (title, volume, window, gt, res) in zip(axes, items):
@@ -276,7 +280,7 @@ def draw_overlay(items: list, png: Path, columns: int = 6) -> Path:
         picks = sorted(set([res.start_slice] + [int(round(v)) for v in np.linspace(lo, hi, columns)]))[:columns]
         for ax, k in zip(row, picks):
             ax.imshow(slice_to_rgb(volume, k, window))
-            ax.imshow(np.ma.masked_where(~res.masks[k], res.masks[k]), cmap="autumn", alpha=0.45, vmin=0, vmax=1)
+            ax.imshow(np.ma.masked_where(~res.masks[k], res.masks[k]), cmap=red, alpha=0.4, vmin=0, vmax=1)
             if gt[k].any():
                 ax.contour(gt[k], levels=[0.5], colors="lime", linewidths=0.8)
             d = dice(res.masks[k], gt[k]) if (res.masks[k].any() or gt[k].any()) else float("nan")
@@ -285,7 +289,8 @@ def draw_overlay(items: list, png: Path, columns: int = 6) -> Path:
         row[0].text(-0.05, 0.5, title, transform=row[0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
         for ax in row[len(picks):]:
             ax.axis("off")
-    fig.suptitle("Propagation from one box (red: prediction, green: ground truth)", fontsize=9)
+    fig.suptitle("LiteMedSAM propagation from one box on the start slice, default rule (red: prediction, green: ground "
+                 "truth; slices as stored, k = slice index)", fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
