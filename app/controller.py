@@ -199,8 +199,22 @@ def warm(ctx: AppContext, session: Session) -> ViewModel:
     with ctx.runner.turn():
         ctx.runner.embedding(session, view, index)
     ctx.prefetcher.request(session, view, index)
+    _encode_study_once(ctx, session)
     greeting = session.runtime.pop("greeting", "")
     return view_model(session, f"{greeting} Ready: the slice is encoded.".strip())
+
+
+def _encode_study_once(ctx: AppContext, session: Session) -> None:
+    """Start encoding the study's stored slices in the background (for propagation), once per study and model."""
+    from app.propagation_job import encode_study
+
+    volume = session.volume
+    if volume is None or volume.is_2d or not ctx.prefetcher.radius:
+        return
+    key = (id(volume), session.model)
+    if session.runtime.get("study_encoded") != key:
+        session.runtime["study_encoded"] = key
+        encode_study(ctx.runner, session)
 
 
 # --- looking ----------------------------------------------------------------------------------
@@ -270,6 +284,7 @@ def click(ctx: AppContext, session: Session, x_display: float, y_display: float)
             return view_model(session, "Box: now click the opposite corner.")
     else:
         edit = interaction.click(ctx.runner, session, x, y, positive=mode == "point +")
+    _mark_anchor(session)
     ctx.store.save(session)
     ctx.prefetcher.request(session, view, index)
     return view_model(session, _done(session, edit.description))
@@ -303,6 +318,7 @@ def mask(ctx: AppContext, session: Session, mask_display: np.ndarray, use_model:
             )
         m = cv2.resize(m.astype(np.uint8), (plane_hw[1], plane_hw[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
     edit = interaction.mask_prompt(ctx.runner, session, m, use_model=use_model)
+    _mark_anchor(session)
     ctx.store.save(session)
     return view_model(session, _done(session, edit.description))
 
@@ -336,13 +352,13 @@ def clear(ctx: AppContext, session: Session) -> ViewModel:
 
 
 @_with_session
-def propagate(ctx: AppContext, session: Session, progress: Progress | None = None) -> ViewModel:
-    """Carry the active label from the shown slice through the study (``app.propagation``), one undoable edit.
+def propagate(ctx: AppContext, session: Session, progress: Progress | None = None, *, background: bool = True) -> ViewModel:
+    """Carry the active label from the shown slice through the study, keeping its anchors (``app.propagation_job``).
 
-    Propagation walks the stored slices (k), so it runs from the acquisition view.
+    It runs in the background (the study stays usable; :func:`propagation_status` polls it) and lands
+    as one undoable edit. Propagation walks the stored slices (k), so it runs from the acquisition view.
     """
-    from app.embedding_cache import EmbeddingCache
-    from app.propagation import repropagate
+    from app.propagation_job import start_propagation
 
     volume = session.require_study()
     acquired = acquisition_view(volume)
@@ -350,26 +366,57 @@ def propagate(ctx: AppContext, session: Session, progress: Progress | None = Non
         raise SessionError("propagation needs a 3D study; this one has a single slice")
     if session.view.view != acquired:
         raise SessionError(f"propagate from the {acquired} view (the stored slices): switch the view, then propagate")
-    k = session.view.index[acquired]
-    cache = session.runtime.setdefault("propagation_cache", EmbeddingCache(max_items=24))
+    session.runtime.pop("review", None)
+    job = start_propagation(ctx.runner, session, session.view.index[acquired], on_done=ctx.store.save,
+                            background=background)
+    return view_model(session, job.status())
 
-    def report(done: int, total: int, message: str) -> None:
-        if progress:
-            progress(done / max(total, 1), message)
 
-    with ctx.runner.turn():
-        new_labels, result = repropagate(
-            ctx.runner.segmenter(session.model), volume, session.labels, k, session.active,
-            window=interaction.model_window(session), cache=cache, progress=report,
-        )
-    edit = Edit(f"propagate {session.label(session.active).name}", None, None, session.labels.copy(), new_labels,
-                session.prompt, None)
-    session.apply(edit)
-    ctx.store.save(session)
-    reached = result.slices
-    span = f"slices {reached[0]}..{reached[-1]}" if reached else "no slice"
-    why = ", ".join(f"{d}: {r}" for d, r in result.stopped.items())
-    return view_model(session, f"Propagated to {span} ({why}). Undo reverts the whole propagation.")
+@_with_session
+def propagation_status(ctx: AppContext, session: Session) -> ViewModel:
+    """The running (or last) propagation's progress, per slice; the page polls this while one runs."""
+    from app.propagation_job import job_of
+
+    job = job_of(session)
+    return view_model(session, job.status() if job is not None else None)
+
+
+def propagation_job(ctx: AppContext, sid: str):
+    """The session's running or last propagation job (None before the first), without the session lock."""
+    from app.propagation_job import job_of
+
+    return job_of(_session(ctx, sid))
+
+
+def _mark_anchor(session: Session) -> None:
+    """A prompt or correction on a stored slice makes it an anchor of the active label."""
+    from app.propagation_job import add_anchor
+
+    volume = session.volume
+    if volume is not None and not volume.is_2d and session.view.view == acquisition_view(volume):
+        add_anchor(session, session.active, session.view.index[session.view.view])
+
+
+# --- review of a propagation --------------------------------------------------------------------
+@_with_session
+def review(ctx: AppContext, session: Session, action: str) -> ViewModel:
+    """start | next | prev | accept | cut (``app.review``); 'fix' is any correction on the shown slice."""
+    from app import review as rv
+
+    if action == "start":
+        r = rv.start_review(session)
+    elif action in ("next", "prev"):
+        r = rv.step_review(session, 1 if action == "next" else -1)
+    elif action == "accept":
+        r = rv.accept(session)
+    elif action == "cut":
+        rv.cut_here(session)
+        ctx.store.save(session)
+        r = rv.review_of(session)
+    else:
+        raise ValueError(f"unknown review action {action!r}")
+    return view_model(session, f"Review: slice {r.current} ({r.position + 1}/{len(r.slices)}). Accept, fix it with "
+                               "a click, box or brush (it becomes an anchor), or cut the range here.")
 
 
 # --- one-shot (PerSAM) ----------------------------------------------------------------------------

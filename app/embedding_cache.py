@@ -64,6 +64,11 @@ class EmbeddingCache:
             while len(self._items) > self.max_items:
                 self._items.popitem(last=False)
 
+    def items(self) -> list[tuple[CacheKey, Embedding]]:
+        """A snapshot of (key, embedding), oldest first (to move them into a larger cache)."""
+        with self._lock:
+            return list(self._items.items())
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

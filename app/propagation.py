@@ -1,16 +1,28 @@
-"""3D propagation: carry one slice's mask up and down a volume, slice by slice.
+"""3D propagation: carry masks from prompted or corrected slices (anchors) through a volume.
 
 Why in ``app/``: it composes a study (``data``: Volume, windows) with a model (``models``:
-Segmenter) and a per-session cache, like the CLI and the UI that call it; ``models/`` stays free
-of volumes and windows.
+Segmenter) and a per-session cache, like the CLI, the UI and the MONAI Label 3D model that call it
+(this module is the one engine behind all three); ``models/`` stays free of volumes and windows.
 
-The rule (MedSAM's 3D inference, ``CVPR24_LiteMedSAM_infer.py::MedSAM_infer_npz_3D``, plus a
-stop): slice k+-1 is prompted with the box of the mask on slice k grown by ``margin_px``
-(optionally with slice k's low-resolution logits as a mask prompt), and the walk stops where the
-structure ends: the new mask has fewer than ``min_area_px`` pixels or a predicted IoU below
-``min_score``; that slice is left empty. MedSAM itself never stops early (it walks the z range of
-a 3D box the user gives) and falls back to that box on an empty slice; ``MEDSAM_RULE`` is its
-per-slice rule without those two (no 3D box exists here), the baseline in docs/evaluation.md.
+The rule. Each new slice is prompted from its already-segmented neighbour through the
+:class:`~models.segmenter.Segmenter` interface (so the base LiteMedSAM and the click model of
+issue 18, which is trained on neighbouring-slice mask prompts, both plug in):
+
+- ``prompt="box"``: the box of the neighbour's mask grown by ``margin_px`` (MedSAM's 3D rule,
+  ``CVPR24_LiteMedSAM_infer.py::MedSAM_infer_npz_3D``);
+- ``prompt="mask"``: the neighbour's low-res logits as SAM's mask prompt;
+- ``prompt="mask+box"``: both.
+
+The walk stops where the structure ends, without copying a miss onward: the new mask is empty
+(< ``min_area_px``), its predicted IoU is low (< ``min_score``) or dropped sharply against the
+neighbour's (< ``score_drop`` x), its area dropped sharply (< ``area_drop`` x the neighbour's),
+or it barely overlaps the neighbour (Dice < ``min_overlap``). That slice is left empty.
+The defaults and how they were chosen (on held-out structures) are in docs/evaluation.md.
+
+Anchors. Any slice the user drew or corrected is an anchor: :func:`propagate_anchors` keeps every
+anchor as it is, walks outward beyond the first and last one, and fills each gap between two
+anchors from both ends, blending the two walks' logits by distance ("model interpolation";
+:func:`interpolate_shapes` is the plain signed-distance interpolation for comparison).
 
 Masks are (H, W) bool on slice k of ``volume.array[k]``; boxes are x0, y0, x1, y1 pixels
 (x = column), inclusive, as everywhere in ``models.prompts``.
@@ -22,49 +34,79 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import numpy as np
+import torch
 
 from app.embedding_cache import EmbeddingCache, volume_key
 from data.volume import Volume
 from data.windowing import Window
 from models.prompts import PromptError, Prompts
-from models.segmenter import Segmenter
+from models.segmenter import Embedding, Segmenter
 
 Direction = Literal["up", "down"]  # up = increasing k, down = decreasing k
+PromptRule = Literal["box", "mask", "mask+box"]
 ProgressFn = Callable[[int, int, str], None]
 """progress(done, total, message): ``done`` of at most ``total`` slices handled so far."""
+SliceFn = Callable[[int, np.ndarray], None]
+"""on_slice(k, mask): a slice's mask is final (the UI shows it while the walk goes on)."""
 
 
 @dataclass(frozen=True)
 class PropagationSettings:
     """How the next slice is prompted and when the walk stops (defaults chosen in docs/evaluation.md).
 
-    margin_px: pixels added on each side of the previous mask's box (original pixels).
-    use_mask_prompt: also feed the previous slice's low-res logits as SAM's mask prompt.
+    prompt: what the neighbour gives the next slice: its box, its logits as a mask prompt, or both.
+    margin_px: pixels added on each side of the neighbour's box (original pixels).
     min_area_px: a mask smaller than this means the structure has ended.
     min_score: a predicted IoU below this means the structure has ended (0 disables).
+    score_drop: stop where the predicted IoU falls below this fraction of the neighbour's (0 disables).
+    area_drop: stop where the area falls below this fraction of the neighbour's (0 disables).
+    min_overlap: stop where the Dice with the neighbour's mask falls below this (0 disables).
+    candidates: 'best' = the model's single mask; 'overlap' = of SAM's three multimask candidates the
+    one that overlaps the neighbour's mask most (Dice), the neighbour as a shape prior.
     max_slices: walk at most this many slices each way (None: to the end of the volume).
     batch_size: slices encoded per forward pass, ahead of the walk.
     """
 
+    prompt: PromptRule = "box"
     margin_px: float = 3.0
-    use_mask_prompt: bool = False
     min_area_px: int = 10
     min_score: float = 0.5
+    score_drop: float = 0.75
+    area_drop: float = 0.0
+    min_overlap: float = 0.3
+    candidates: Literal["best", "overlap"] = "best"
     max_slices: int | None = None
     batch_size: int = 4
 
     def __post_init__(self) -> None:
+        if self.prompt not in ("box", "mask", "mask+box"):
+            raise ValueError(f"prompt must be 'box', 'mask' or 'mask+box', got {self.prompt!r}")
+        if self.candidates not in ("best", "overlap"):
+            raise ValueError(f"candidates must be 'best' or 'overlap', got {self.candidates!r}")
         if self.margin_px < 0:
             raise ValueError(f"margin_px must be >= 0, got {self.margin_px}")
         if self.min_area_px < 1:
             raise ValueError(f"min_area_px must be >= 1 (an empty mask always stops), got {self.min_area_px}")
-        if not 0.0 <= self.min_score <= 1.0:
-            raise ValueError(f"min_score is a predicted IoU in 0..1, got {self.min_score}")
+        for name in ("min_score", "score_drop", "area_drop", "min_overlap"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a fraction in 0..1, got {getattr(self, name)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_slices is not None and self.max_slices < 0:
+            raise ValueError(f"max_slices must be >= 0, got {self.max_slices}")
+
+    @property
+    def use_box(self) -> bool:
+        return "box" in self.prompt
+
+    @property
+    def use_mask_prompt(self) -> bool:
+        return "mask" in self.prompt
 
 
-MEDSAM_RULE = PropagationSettings(margin_px=3.0, use_mask_prompt=False, min_area_px=1, min_score=0.0)
+MEDSAM_RULE = PropagationSettings(
+    prompt="box", margin_px=3.0, min_area_px=1, min_score=0.0, score_drop=0.0, area_drop=0.0, min_overlap=0.0
+)
 """MedSAM's own per-slice rule: previous mask's box + 3 px, no mask prompt, stop only on an empty mask."""
 
 
@@ -72,18 +114,31 @@ MEDSAM_RULE = PropagationSettings(margin_px=3.0, use_mask_prompt=False, min_area
 class PropagationResult:
     """masks: (K, H, W) bool, the structure on every slice reached (others empty).
     scores: slice -> predicted IoU of every slice tried (including the ones that stopped the walk).
-    stopped: direction -> why the walk ended ('empty', 'low score', 'end of volume', 'max slices').
+    stopped: walk -> why it ended ('empty', 'low score', 'score drop', 'area drop', 'overlap drop',
+    'end of volume', 'max slices'); walks are 'up' and 'down' (beyond the outermost anchors) and
+    'gap A..B' between two anchors.
+    anchors: the slices kept as given.
     """
 
     masks: np.ndarray
     start_slice: int
     scores: dict[int, float] = field(default_factory=dict)
     stopped: dict[str, str] = field(default_factory=dict)
+    anchors: list[int] = field(default_factory=list)
 
     @property
     def slices(self) -> list[int]:
         """Slices that hold a mask, in increasing order."""
         return [int(k) for k in np.flatnonzero(self.masks.reshape(len(self.masks), -1).any(axis=1))]
+
+
+@dataclass
+class _Step:
+    """One segmented slice: its mask, its low-res logits (1, h, w) and its predicted IoU."""
+
+    mask: np.ndarray
+    logits: np.ndarray
+    score: float
 
 
 def box_around(mask: np.ndarray, margin: float) -> np.ndarray:
@@ -104,6 +159,192 @@ def box_around(mask: np.ndarray, margin: float) -> np.ndarray:
     )
 
 
+def neighbour_prompts(prev: _Step, settings: PropagationSettings) -> Prompts:
+    """The prompt a slice gets from its segmented neighbour (see the module docstring)."""
+    return Prompts(
+        box=box_around(prev.mask, settings.margin_px) if settings.use_box else None,
+        mask_logits=prev.logits if settings.use_mask_prompt else None,
+    )
+
+
+def stop_reason(new: _Step, prev: _Step, settings: PropagationSettings) -> str | None:
+    """Why ``new`` (segmented from its neighbour ``prev``) ends the structure, or None to go on."""
+    area, prev_area = int(new.mask.sum()), int(prev.mask.sum())
+    if area < settings.min_area_px:
+        return "empty"
+    if settings.min_score > 0 and new.score < settings.min_score:
+        return "low score"
+    if settings.score_drop > 0 and np.isfinite(prev.score) and new.score < settings.score_drop * prev.score:
+        return "score drop"
+    if settings.area_drop > 0 and area < settings.area_drop * prev_area:
+        return "area drop"
+    if settings.min_overlap > 0:
+        overlap = 2.0 * np.logical_and(new.mask, prev.mask).sum() / max(area + prev_area, 1)
+        if overlap < settings.min_overlap:
+            return "overlap drop"
+    return None
+
+
+class _SliceSource:
+    """Embeddings of one volume, encoded ``batch_size`` slices ahead in the walk's direction."""
+
+    def __init__(self, segmenter: Segmenter, volume: Volume, window: Window | None, cache: EmbeddingCache, batch: int):
+        self.segmenter, self.volume, self.window, self.cache, self.batch = segmenter, volume, window, cache, batch
+        self.vkey = volume_key(volume)
+        self._ahead: dict[int, Embedding] = {}
+
+    def get(self, k: int, upcoming: list[int]) -> Embedding:
+        if k not in self._ahead:
+            chunk = [k] + [j for j in upcoming if j != k][: self.batch - 1]
+            self._ahead = self.cache.embeddings(
+                self.segmenter, self.volume, chunk, self.window, vkey=self.vkey, batch_size=self.batch
+            )
+        return self._ahead[k]
+
+    def predict(self, k: int, prompts: Prompts, upcoming: list[int], prior: np.ndarray | None = None) -> _Step:
+        """Segment slice k; with a ``prior`` mask, of the multimask candidates keep the one overlapping it most."""
+        res = self.segmenter.predict(self.get(k, upcoming), prompts, multimask_output=prior is not None)
+        i = res.best_index
+        if prior is not None:
+            inter = np.logical_and(res.masks, prior[None]).reshape(len(res.masks), -1).sum(1)
+            sizes = res.masks.reshape(len(res.masks), -1).sum(1) + prior.sum()
+            i = int(np.argmax(2.0 * inter / np.maximum(sizes, 1)))
+        return _Step(res.masks[i], res.low_res_logits[i][None], float(res.scores[i]))
+
+
+def _walk(
+    source: _SliceSource, seed: _Step, ks: list[int], settings: PropagationSettings, *, stop: bool,
+    on_step: Callable[[int, _Step, str | None], None],
+) -> tuple[dict[int, _Step], str | None]:
+    """Segment ``ks`` in order, each from the one before (``seed`` first). Returns the kept steps and
+    the stop reason (None when every slice was kept). ``stop=False`` never stops (gaps between anchors)."""
+    kept: dict[int, _Step] = {}
+    prev = seed
+    for n, k in enumerate(ks):
+        prior = prev.mask if settings.candidates == "overlap" else None
+        new = source.predict(k, neighbour_prompts(prev, settings), ks[n:], prior)
+        reason = stop_reason(new, prev, settings) if stop else None
+        on_step(k, new, reason)
+        if reason is not None:
+            return kept, reason
+        kept[k] = new
+        if new.mask.any():  # an empty slice inside a gap: the next one is prompted from the last non-empty
+            prev = new
+    return kept, None
+
+
+def _blend(segmenter: Segmenter, a: _Step, b: _Step, weight_a: float, size: tuple[int, int]) -> np.ndarray:
+    """Mask from the distance-weighted mean of two walks' low-res logits (model interpolation)."""
+    logits = weight_a * a.logits + (1.0 - weight_a) * b.logits
+    up = segmenter.geometry.logits_to_original(torch.as_tensor(logits[None]), size)
+    return (up > 0.0)[0, 0].cpu().numpy()
+
+
+def propagate_anchors(
+    segmenter: Segmenter,
+    volume: Volume,
+    anchors: dict[int, np.ndarray],
+    *,
+    window: Window | None,
+    cache: EmbeddingCache | None = None,
+    settings: PropagationSettings = PropagationSettings(),
+    beyond: tuple[Direction, ...] = ("up", "down"),
+    between: bool = True,
+    seed_steps: dict[int, _Step] | None = None,
+    progress: ProgressFn | None = None,
+    on_slice: SliceFn | None = None,
+) -> PropagationResult:
+    """Keep every anchor (slice -> (H, W) bool mask) as given; recompute the rest.
+
+    beyond: walk outward from the lowest anchor ('down') and the highest ('up'), with the stop rule.
+    between: fill every gap between two consecutive anchors from both ends (no stop: the structure
+    is on both anchors), blending the two walks by distance.
+    seed_steps: the model's own result on an anchor (logits, score), when it has one; a drawn anchor
+    gets :meth:`Segmenter.mask_prompt_from_mask` logits and the predicted IoU of the next slice.
+    """
+    if not anchors:
+        raise PromptError("no anchor: segment or draw the structure on at least one slice")
+    shape = volume.array.shape[:3]
+    ks = sorted(int(k) for k in anchors)
+    for k in ks:
+        volume.slice(k)  # IndexError naming the valid range
+        if np.asarray(anchors[k]).shape != volume.slice_shape:
+            raise ValueError(f"anchor mask of slice {k} has shape {np.asarray(anchors[k]).shape}, the slice is {volume.slice_shape}")
+        if not np.asarray(anchors[k]).any():
+            raise PromptError(f"anchor slice {k} is empty: draw the structure there or remove the anchor")
+    cache = cache if cache is not None else EmbeddingCache(max_items=max(settings.batch_size * 2, 8))
+    source = _SliceSource(segmenter, volume, window, cache, settings.batch_size)
+    steps = dict(seed_steps or {})
+    for k in ks:
+        if k not in steps:
+            mask = np.asarray(anchors[k], dtype=bool)
+            steps[k] = _Step(mask, segmenter.mask_prompt_from_mask(mask), float("nan"))
+    masks = np.zeros(shape, dtype=bool)
+    result = PropagationResult(masks=masks, start_slice=ks[0], anchors=ks)
+    result.scores.update({k: s.score for k, s in steps.items() if k in anchors and np.isfinite(s.score)})
+    walks = _plan(ks, shape[0], beyond if ks else (), between, settings.max_slices)
+    total = len(ks) + sum(len(w) for w in walks.values())
+    done = 0
+
+    def report(message: str) -> None:
+        if progress is not None:
+            progress(done, total, message)
+
+    for k in ks:
+        masks[k] = anchors[k]
+        done += 1
+        report(f"slice {k}: anchor, {int(masks[k].sum())} px")
+        if on_slice is not None:
+            on_slice(k, masks[k])
+
+    def on_step(k: int, step: _Step, reason: str | None) -> None:
+        nonlocal done
+        done += 1
+        result.scores[k] = step.score
+        what = f"stopped ({reason}, " if reason else "("
+        report(f"slice {k}: {what}{int(step.mask.sum())} px, predicted IoU {step.score:.2f})")
+
+    for name, path in walks.items():
+        if name in ("up", "down"):
+            start = ks[-1] if name == "up" else ks[0]
+            kept, reason = _walk(source, steps[start], path, settings, stop=True, on_step=on_step)
+            for k, s in kept.items():
+                masks[k] = s.mask
+                if on_slice is not None:
+                    on_slice(k, s.mask)
+            room = shape[0] - 1 - start if name == "up" else start
+            result.stopped[name] = reason or ("max slices" if len(path) < room else "end of volume")
+            done += len(path) - len(kept) - (1 if reason else 0)
+            continue
+        a, b = path[0] - 1, path[-1] + 1
+        from_a, _ = _walk(source, steps[a], path, settings, stop=False, on_step=on_step)
+        from_b, _ = _walk(source, steps[b], path[::-1], settings, stop=False, on_step=lambda *_: None)
+        for k in path:
+            masks[k] = _blend(segmenter, from_a[k], from_b[k], (b - k) / (b - a), volume.slice_shape)
+            if on_slice is not None:
+                on_slice(k, masks[k])
+        result.stopped[name] = "filled"
+    done = total
+    reached = result.slices
+    report(f"done: slices {reached[0]}..{reached[-1]}" if reached else "done: no slice")
+    return result
+
+
+def _plan(ks: list[int], num_slices: int, beyond: tuple[Direction, ...], between: bool, max_slices: int | None) -> dict[str, list[int]]:
+    """The walks to run: name -> slices in walking order."""
+    walks: dict[str, list[int]] = {}
+    for d in beyond:
+        if d not in ("up", "down"):
+            raise ValueError(f"direction must be 'up' or 'down', got {d!r}")
+        path = list(range(ks[-1] + 1, num_slices)) if d == "up" else list(range(ks[0] - 1, -1, -1))
+        walks[d] = path if max_slices is None else path[:max_slices]
+    if between:
+        for a, b in zip(ks, ks[1:]):
+            if b - a > 1:
+                walks[f"gap {a}..{b}"] = list(range(a + 1, b))
+    return walks
+
+
 def propagate(
     segmenter: Segmenter,
     volume: Volume,
@@ -111,14 +352,17 @@ def propagate(
     prompts: Prompts | None = None,
     *,
     start_mask: np.ndarray | None = None,
+    anchors: dict[int, np.ndarray] | None = None,
     window: Window | None,
     cache: EmbeddingCache | None = None,
     settings: PropagationSettings = PropagationSettings(),
     directions: tuple[Direction, ...] = ("up", "down"),
     progress: ProgressFn | None = None,
+    on_slice: SliceFn | None = None,
 ) -> PropagationResult:
     """Segment ``start_slice`` from ``prompts`` (or take ``start_mask`` as it is), then carry it.
 
+    ``anchors``: more corrected slices (slice -> mask) kept as they are; the start slice is one too.
     ``window`` is the intensity window the model sees (``data.windowing.default_window``);
     ``cache`` keeps embeddings for later calls (a new, call-local one when None).
     """
@@ -127,63 +371,30 @@ def propagate(
     k0 = int(start_slice)
     volume.slice(k0)  # IndexError naming the valid range
     cache = cache if cache is not None else EmbeddingCache(max_items=max(settings.batch_size * 2, 8))
-    vkey = volume_key(volume)
-    total = _walk_length(volume.num_slices, k0, directions, settings.max_slices) + 1
-    done = 0
-    masks = np.zeros(volume.array.shape[:3], dtype=bool)
-    result = PropagationResult(masks=masks, start_slice=k0)
-
-    def report(message: str) -> None:
-        if progress is not None:
-            progress(done, total, message)
-
+    seeds: dict[int, _Step] = {}
     if prompts is not None:
-        emb = cache.embeddings(segmenter, volume, [k0], window, vkey=vkey)[k0]
+        emb = cache.embeddings(segmenter, volume, [k0], window, batch_size=settings.batch_size)[k0]
         first = segmenter.predict(emb, prompts)
-        seed_mask, seed_logits = first.best_mask, first.best_logits
-        result.scores[k0] = float(first.scores[first.best_index])
+        seeds[k0] = _Step(first.best_mask, first.best_logits, float(first.scores[first.best_index]))
+        seed_mask = first.best_mask
     else:
         seed_mask = np.asarray(start_mask, dtype=bool)
         if seed_mask.shape != volume.slice_shape:
             raise ValueError(f"start_mask has shape {seed_mask.shape}, slice {k0} is {volume.slice_shape}")
-        seed_logits = segmenter.mask_prompt_from_mask(seed_mask)
-    done += 1
     if seed_mask.sum() < settings.min_area_px:
+        result = PropagationResult(masks=np.zeros(volume.array.shape[:3], bool), start_slice=k0, anchors=[k0])
+        result.scores.update({k: s.score for k, s in seeds.items()})
         result.stopped = {d: "empty start" for d in directions}
-        report(f"slice {k0}: empty mask, nothing to propagate")
+        if progress is not None:
+            progress(1, 1, f"slice {k0}: empty mask, nothing to propagate")
         return result
-    masks[k0] = seed_mask
-    report(f"slice {k0}: {int(seed_mask.sum())} px")
-
-    for direction in directions:
-        step = 1 if direction == "up" else -1
-        limit = _walk_length(volume.num_slices, k0, (direction,), settings.max_slices)
-        prev_mask, prev_logits = seed_mask, seed_logits
-        reason = "end of volume" if settings.max_slices is None or limit < settings.max_slices else "max slices"
-        ahead: dict = {}
-        for n in range(1, limit + 1):
-            k = k0 + step * n
-            if k not in ahead:  # encode the next batch of slices in the direction of travel
-                chunk = [k0 + step * m for m in range(n, min(limit, n + settings.batch_size - 1) + 1)]
-                ahead = cache.embeddings(segmenter, volume, chunk, window, vkey=vkey, batch_size=settings.batch_size)
-            res = segmenter.predict(ahead[k], _next_prompts(prev_mask, prev_logits, settings))
-            mask, score = res.best_mask, float(res.scores[res.best_index])
-            result.scores[k] = score
-            done += 1
-            if mask.sum() < settings.min_area_px:
-                reason = "empty"
-            elif settings.min_score > 0 and score < settings.min_score:
-                reason = "low score"
-            else:
-                masks[k] = mask
-                prev_mask, prev_logits = mask, res.best_logits
-                report(f"slice {k}: {int(mask.sum())} px, predicted IoU {score:.2f}")
-                continue
-            report(f"slice {k}: stopped ({reason}, {int(mask.sum())} px, predicted IoU {score:.2f})")
-            break
-        result.stopped[direction] = reason
-    done = total
-    report(f"done: slices {result.slices[0]}..{result.slices[-1]}")
+    all_anchors = {int(k): np.asarray(m, dtype=bool) for k, m in (anchors or {}).items()}
+    all_anchors[k0] = seed_mask
+    result = propagate_anchors(
+        segmenter, volume, all_anchors, window=window, cache=cache, settings=settings, beyond=directions,
+        seed_steps=seeds, progress=progress, on_slice=on_slice,
+    )
+    result.start_slice = k0
     return result
 
 
@@ -194,18 +405,20 @@ def repropagate(
     start_slice: int,
     label_value: int = 1,
     *,
+    anchors: list[int] | tuple[int, ...] = (),
     window: Window | None,
     cache: EmbeddingCache | None = None,
     settings: PropagationSettings = PropagationSettings(),
     directions: tuple[Direction, ...] = ("up", "down"),
     progress: ProgressFn | None = None,
+    on_slice: SliceFn | None = None,
 ) -> tuple[np.ndarray, PropagationResult]:
-    """After the user corrected ``label_value`` on ``start_slice``, carry that slice's mask again.
+    """After the user corrected ``label_value`` on ``start_slice``, carry it again, keeping ``anchors``.
 
-    labels: (K, H, W) integer label map on ``volume``'s grid. Returns a new label map in which,
-    on the side(s) walked, ``label_value`` is replaced by the new propagation (pixels of that
-    label beyond where the walk stopped are cleared; other labels are never overwritten), and
-    the propagation result.
+    labels: (K, H, W) integer label map on ``volume``'s grid. ``anchors``: other slices whose
+    ``label_value`` pixels are kept as they are (earlier corrections); empty ones are ignored.
+    Returns a new label map in which every slice that was walked gets the new propagation for
+    ``label_value`` (its old pixels there are cleared; other labels are never overwritten), and the result.
     """
     labels = np.asarray(labels)
     if labels.shape != volume.array.shape[:3]:
@@ -213,39 +426,57 @@ def repropagate(
     seed = labels[start_slice] == label_value
     if not seed.any():
         raise PromptError(f"slice {start_slice} holds no pixel of label {label_value}: draw or segment it first")
+    kept = {int(k): labels[k] == label_value for k in anchors if int(k) != start_slice and (labels[k] == label_value).any()}
     result = propagate(
-        segmenter, volume, start_slice, start_mask=seed, window=window, cache=cache, settings=settings,
-        directions=directions, progress=progress,
+        segmenter, volume, start_slice, start_mask=seed, anchors=kept, window=window, cache=cache, settings=settings,
+        directions=directions, progress=progress, on_slice=on_slice,
     )
-    out = labels.copy()
+    return merge_label(labels, result, label_value, directions), result
+
+
+def merge_label(labels: np.ndarray, result: PropagationResult, label_value: int, directions: tuple[Direction, ...]) -> np.ndarray:
+    """``labels`` with ``label_value`` replaced by ``result`` on every slice the walks covered."""
+    ks = result.anchors
     walked = np.zeros(labels.shape[0], dtype=bool)
-    for d in directions:
-        if d == "up":
-            walked[start_slice + 1 :] = True
-        else:
-            walked[:start_slice] = True
+    walked[ks[0] : ks[-1] + 1] = True
+    if "up" in directions:
+        walked[ks[-1] + 1 :] = True
+    if "down" in directions:
+        walked[: ks[0]] = True
+    out = labels.copy()
     region = walked[:, None, None]
     out[region & (out == label_value)] = 0
     free = (out == 0) | (out == label_value)
     out[region & result.masks & free] = label_value
-    return out, result
+    return out
 
 
-def _next_prompts(prev_mask: np.ndarray, prev_logits: np.ndarray, settings: PropagationSettings) -> Prompts:
-    return Prompts(
-        box=box_around(prev_mask, settings.margin_px),
-        mask_logits=prev_logits if settings.use_mask_prompt else None,
-    )
+def interpolate_shapes(anchors: dict[int, np.ndarray], num_slices: int) -> np.ndarray:
+    """Shape-based interpolation (signed distance, linear in k) between consecutive anchors -> (K, H, W) bool.
 
+    The plain geometric baseline for "fill between slices": no image is looked at. Slices
+    outside the first..last anchor stay empty.
+    """
+    from scipy.ndimage import distance_transform_edt
 
-def _walk_length(num_slices: int, k0: int, directions: tuple[Direction, ...], max_slices: int | None) -> int:
-    n = 0
-    for d in directions:
-        if d not in ("up", "down"):
-            raise ValueError(f"direction must be 'up' or 'down', got {d!r}")
-        room = num_slices - 1 - k0 if d == "up" else k0
-        n += room if max_slices is None else min(room, max_slices)
-    return n
+    if len(anchors) < 2:
+        raise PromptError("shape interpolation needs at least two annotated slices")
+    ks = sorted(int(k) for k in anchors)
+    shape = np.asarray(anchors[ks[0]]).shape
+    out = np.zeros((num_slices, *shape), dtype=bool)
+
+    def sdf(m: np.ndarray) -> np.ndarray:
+        m = np.asarray(m, dtype=bool)
+        return distance_transform_edt(~m) - distance_transform_edt(m)  # < 0 inside
+
+    for a, b in zip(ks, ks[1:]):
+        da, db = sdf(anchors[a]), sdf(anchors[b])
+        out[a] = anchors[a]
+        out[b] = anchors[b]
+        for k in range(a + 1, b):
+            t = (k - a) / (b - a)
+            out[k] = (1 - t) * da + t * db < 0
+    return out
 
 
 __all__ = [
@@ -253,6 +484,11 @@ __all__ = [
     "PropagationResult",
     "PropagationSettings",
     "box_around",
+    "interpolate_shapes",
+    "merge_label",
+    "neighbour_prompts",
     "propagate",
+    "propagate_anchors",
     "repropagate",
+    "stop_reason",
 ]

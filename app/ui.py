@@ -130,6 +130,7 @@ def build_app(config: UIConfig):
                 with gr.Row():
                     new_btn = gr.Button("New object", size="sm", min_width=60, elem_id="new-object")
                     propagate_btn = gr.Button("Propagate 3D", size="sm", min_width=60, elem_id="propagate")
+                review_btns = _review_buttons()
                 with gr.Accordion("Labels", open=True):
                     label = gr.Dropdown([], label="Active label", elem_id="label")
                     with gr.Row():
@@ -311,10 +312,7 @@ def build_app(config: UIConfig):
                 return [gr.skip()] * len(outputs)
             return guarded(controller.choose, s, int(str(choice).split()[0]) - 1)
 
-        def on_propagate(s, progress=gr.Progress()):
-            return guarded(controller.propagate, s, lambda f, d: progress(f, desc=d))
-
-        propagate_btn.click(on_propagate, [sid], outputs, **GPU)
+        _wire_propagation(ctx, propagate_btn, review_btns, sid, outputs, guarded)
         alternatives.input(on_choose, [sid, alternatives], outputs)
         new_btn.click(lambda s: guarded(controller.new_object, s), [sid], outputs)
         undo_btn.click(lambda s: guarded(controller.undo, s), [sid], outputs)
@@ -413,6 +411,33 @@ def _discard_uploaded(files: list[str]) -> None:
                 path.parent.rmdir()  # Gradio's per-upload folder, when now empty
             except OSError:
                 pass
+
+
+def _review_buttons() -> dict[str, Any]:
+    """Step through a finished propagation: accept / cut the range here / previous / next (``app.review``)."""
+    with gr.Row():
+        buttons = {"start": gr.Button("Review", size="sm", min_width=50, elem_id="review")}
+        for action, text in (("prev", "◀"), ("accept", "Accept"), ("cut", "Cut here"), ("next", "▶")):
+            buttons[action] = gr.Button(text, size="sm", min_width=40, elem_id=f"review-{action}")
+    return buttons
+
+
+def _wire_propagation(ctx: AppContext, button: Any, review_btns: dict[str, Any], sid: Any, outputs: list, guarded: Callable) -> None:
+    """Propagate starts a background job and returns at once (the study stays visible and usable); a timer
+    polls its per-slice progress and shows the result when it lands. Review buttons call ``controller.review``."""
+    timer = gr.Timer(1.0, active=False)
+
+    def on_propagate(s):
+        return guarded(controller.propagate, s) + [gr.Timer(active=True)]
+
+    def on_tick(s):
+        job = controller.propagation_job(ctx, s)
+        return guarded(controller.propagation_status, s) + [gr.Timer(active=bool(job and job.running))]
+
+    button.click(on_propagate, [sid], outputs + [timer])
+    timer.tick(on_tick, [sid], outputs + [timer], show_progress="hidden")
+    for action, btn in review_btns.items():
+        btn.click(lambda s, a=action: guarded(controller.review, s, a), [sid], outputs, show_progress="hidden")
 
 
 def _mask_action(ctx: AppContext, sid: str, editor_value: Any, mask_file: str | None, use_model: bool) -> ViewModel:

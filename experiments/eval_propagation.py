@@ -1,14 +1,23 @@
 """Measure 3D propagation (3D Dice against the labels) on the CT head and Colin27 slabs.
 
-    .venv/bin/python experiments/eval_propagation.py [--out docs/img/propagation_dice.csv]
+    .venv/bin/python experiments/eval_propagation.py [--embeddings /tmp/emb] [--mricron DIR] [--out docs/img/propagation_dice.csv]
 
 Each structure starts on the slice where its ground truth is largest, from the tight GT box on
-that slice + 5 px (the 2D baseline's middle setting); the walk then goes up and down the slab.
-Rules compared: MedSAM's own (previous box + 3 px, no mask prompt, stop on empty) and variants
-with a wider margin, the previous logits as a mask prompt, and a predicted-IoU stop.
-Every slice is encoded once (one EmbeddingCache per volume) and reused by all rules.
+that slice + 5 px; the walk then goes up and down the slab (``app.propagation``, the engine the
+CLI and the UI use). Parts (``--parts``):
 
-Question: which propagation rule gives the best 3D Dice? Result: docs/evaluation.md, section 3D propagation.
+- ``rules``: prompt rules and stop rules, 3D Dice per structure;
+- ``anchor``: for each structure under 0.5 with the default rule, the GT mask of its worst slice
+  (lowest 2D Dice among the GT slices) is added as one anchor and the volume re-propagated;
+- ``fill``: two GT slices (at 25 % and 75 % of the GT extent) as anchors; the slices between
+  filled by the model (both ends, blended) and by shape interpolation (signed distance).
+
+``--mricron DIR``: the extracted Debian package ``mricron-data`` (``dpkg-deb -x mricron-data_*.deb DIR``);
+adds the held-out set: another slab of Colin27 (axial z = 34..65, never used to choose anything)
+with the AAL hippocampi and amygdalae and the brain mask.
+``--embeddings DIR`` keeps every slice's embedding on disk (re-runs skip the encoder).
+
+Question: which propagation rule gives the best 3D Dice, and what do anchors add? Result: docs/evaluation.md, section 3D propagation.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,28 +36,40 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.embedding_cache import EmbeddingCache  # noqa: E402
-from app.propagation import MEDSAM_RULE, PropagationSettings, box_around, propagate  # noqa: E402
+from app.embedding_cache import EmbeddingCache, volume_key, window_key  # noqa: E402
+from app.propagation import (  # noqa: E402
+    MEDSAM_RULE,
+    PropagationSettings,
+    box_around,
+    interpolate_shapes,
+    propagate,
+    propagate_anchors,
+)
 from data.readers import read_study  # noqa: E402
 from data.windowing import default_window  # noqa: E402
 from models.prompts import Prompts  # noqa: E402
 from models.registry import load_segmenter  # noqa: E402
+from models.segmenter import Embedding  # noqa: E402
 
 DATA = Path("/work/shared/data")
 AAL = {71: "caudate L", 72: "caudate R", 73: "putamen L", 74: "putamen R", 75: "pallidum L", 76: "pallidum R",
        77: "thalamus L", 78: "thalamus R"}
+HELD_OUT_AAL = {37: "hippocampus L", 38: "hippocampus R", 41: "amygdala L", 42: "amygdala R"}
+HELD_OUT_Z = (34, 66)  # Colin27 axial slices of the held-out slab (the shared slab A is 66..97)
 
+DEFAULT = PropagationSettings()
+NO_STOP = replace(MEDSAM_RULE)
 RULES: dict[str, PropagationSettings] = {
-    "medsam (box+3, no mask, stop empty)": MEDSAM_RULE,
-    "box+3, mask prompt": replace(MEDSAM_RULE, use_mask_prompt=True),
-    "box+5": replace(MEDSAM_RULE, margin_px=5),
-    "box+3, stop IoU<0.5": replace(MEDSAM_RULE, min_area_px=10, min_score=0.5),
-    "box+3, stop IoU<0.7": replace(MEDSAM_RULE, min_area_px=10, min_score=0.7),
-    "box+3, mask prompt, stop IoU<0.5": replace(MEDSAM_RULE, use_mask_prompt=True, min_area_px=10, min_score=0.5),
+    "medsam (box+3, stop empty)": MEDSAM_RULE,
+    "mask prompt only": replace(NO_STOP, prompt="mask"),
+    "mask+box": replace(NO_STOP, prompt="mask+box"),
+    "box+3, stop IoU<0.5 (old default)": replace(MEDSAM_RULE, min_area_px=10, min_score=0.5),
+    "default": DEFAULT,
 }
 
 
-def cases():
+def cases(mricron: Path | None, workdir: Path):
+    """(dataset, image, label, structure, values) for the shared set and, with mricron, the held-out slab."""
     ct = DATA / "ct_head_0051_slabA_label.nii.gz"
     yield "CT head", DATA / "ct_head_0051_slabA_image.nii.gz", ct, "head (1|2)", (1, 2)
     yield "CT head", DATA / "ct_head_0051_slabA_image.nii.gz", ct, "skull (2)", (2,)
@@ -55,6 +77,29 @@ def cases():
     for v, name in AAL.items():
         yield "Colin27", mr, DATA / "mr_t1_colin27_slabA_label.nii.gz", name, (v,)
     yield "Colin27", mr, DATA / "mr_t1_colin27_slabA_brainmask.nii.gz", "brain (mask)", (1,)
+    if mricron is None:
+        return
+    image, labels, brain = held_out_slab(mricron, workdir)
+    for v, name in HELD_OUT_AAL.items():
+        yield "held-out Colin27 z34-65", image, labels, name, (v,)
+    yield "held-out Colin27 z34-65", image, brain, "brain (held-out slab)", (1,)
+
+
+def held_out_slab(mricron: Path, workdir: Path) -> tuple[Path, Path, Path]:
+    """Axial slab z = 34..65 of mricron-data's ch2 / aal / ch2bet (>0), written as NIfTI (geometry kept)."""
+    import SimpleITK as sitk
+
+    templates = mricron / "usr" / "share" / "mricron" / "templates"
+    out = []
+    for name, binarise in (("ch2", False), ("aal", False), ("ch2bet", True)):
+        img = sitk.ReadImage(str(templates / f"{name}.nii.gz"))
+        slab = img[:, :, HELD_OUT_Z[0] : HELD_OUT_Z[1]]
+        if binarise:
+            slab = sitk.Cast(slab > 0, sitk.sitkUInt8)
+        path = workdir / f"heldout_{name}_z{HELD_OUT_Z[0]}-{HELD_OUT_Z[1] - 1}.nii.gz"
+        sitk.WriteImage(slab, str(path))
+        out.append(path)
+    return out[0], out[1], out[2]
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -62,14 +107,36 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * np.logical_and(a, b).sum() / s) if s else 1.0
 
 
+def cache_for(seg, volume, window, store: Path | None) -> EmbeddingCache:
+    """An EmbeddingCache holding the whole volume, filled from / saved to ``store`` when given."""
+    cache = EmbeddingCache(max_items=max(volume.num_slices, 8))
+    vkey, wkey = volume_key(volume), window_key(window)
+    path = store / f"{seg.name}_{vkey}.pt" if store else None
+    if path is not None and path.exists():
+        for k, (f, o, i) in torch.load(path, weights_only=True).items():
+            cache.put((vkey, k, seg.name, wkey), Embedding(f, tuple(o), tuple(i), seg.name))
+        return cache
+    embs = cache.embeddings(seg, volume, list(range(volume.num_slices)), window, vkey=vkey, batch_size=4)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: (e.features, list(e.original_size), list(e.input_size)) for k, e in embs.items()}, path)
+    return cache
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "propagation_dice.csv"))
     parser.add_argument("--start-margin", type=float, default=5.0)
+    parser.add_argument("--parts", nargs="+", default=["rules", "anchor", "fill"], choices=["rules", "anchor", "fill"])
+    parser.add_argument("--rules", nargs="+", metavar="RULE", help=f"only these rules (of: {', '.join(RULES)})")
+    parser.add_argument("--only", nargs="+", metavar="STRUCTURE", help="only these structures (e.g. 'thalamus L')")
+    parser.add_argument("--mricron", type=Path, help="extracted mricron-data package: adds the held-out slab")
+    parser.add_argument("--embeddings", type=Path, help="folder to keep slice embeddings in between runs")
+    parser.add_argument("--model", default="litemedsam")
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figure from --out")
-    parser.add_argument("--only", nargs="+", metavar="STRUCTURE",
-                        help="run these structures only (e.g. 'head (1|2)' 'thalamus L'), to split the run over processes")
-    parser.add_argument("--merge", nargs="+", metavar="CSV", help="concatenate these CSVs into --out and plot")
+    parser.add_argument("--overlay", nargs="+", metavar="STRUCTURE",
+                        help="draw these structures' propagation (default rule) over the image -> docs/img/propagation_overlay.png")
+    parser.add_argument("--merge", nargs="+", metavar="CSV", help="concatenate these CSVs (runs split with --only) into --out")
     args = parser.parse_args()
     if args.merge:
         rows = [r for f in args.merge for r in csv.DictReader(open(f))]
@@ -81,39 +148,54 @@ def main() -> int:
         plot(Path(args.out))
         return 0
     torch.set_num_threads(2)
-    seg = load_segmenter("litemedsam")
-    volumes, caches, rows = {}, {}, []
+    seg = load_segmenter(args.model)
+    rules = {r: RULES[r] for r in (args.rules or RULES)}
+    volumes, caches, rows, overlays = {}, {}, [], []
     t0 = time.perf_counter()
-    for dataset, image_path, label_path, structure, values in cases():
-        if args.only and structure not in args.only:
-            continue
-        if image_path not in volumes:
-            volumes[image_path] = read_study(image_path)
-            caches[image_path] = EmbeddingCache(max_items=64)
-        volume = volumes[image_path]
-        window = default_window(volume)
-        gt = np.isin(read_study(label_path).array, values)
-        areas = gt.reshape(len(gt), -1).sum(axis=1)
-        k0 = int(np.argmax(areas))
-        box = box_around(gt[k0], args.start_margin)
-        for rule, settings in RULES.items():
-            res = propagate(seg, volume, k0, Prompts(box=box), window=window, cache=caches[image_path], settings=settings)
-            gt_slices = np.flatnonzero(areas)
-            got = res.slices
-            in_gt = [res.scores[k] for k in res.scores if areas[k] > 0]
-            out_gt = [res.scores[k] for k in res.scores if areas[k] == 0]
-            rows.append({
-                "dataset": dataset, "structure": structure, "rule": rule, "start_slice": k0,
-                "dice3d": round(dice(res.masks, gt), 4),
-                "start_dice2d": round(dice(res.masks[k0], gt[k0]), 4),
-                "gt_slices": f"{gt_slices.min()}..{gt_slices.max()}",
-                "pred_slices": f"{got[0]}..{got[-1]}" if got else "",
-                "stopped": ";".join(f"{d}:{r}" for d, r in res.stopped.items()),
-                "mean_iou_pred_in_gt": round(float(np.mean(in_gt)), 3) if in_gt else "",
-                "mean_iou_pred_off_gt": round(float(np.mean(out_gt)), 3) if out_gt else "",
-            })
-            print(f"{dataset:8s} {structure:14s} {rule:36s} dice3d {rows[-1]['dice3d']:.3f} "
-                  f"gt {rows[-1]['gt_slices']:7s} pred {rows[-1]['pred_slices']:7s} {rows[-1]['stopped']}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for dataset, image_path, label_path, structure, values in cases(args.mricron, Path(tmp)):
+            if args.only and structure not in args.only:
+                continue
+            key = str(image_path)
+            if key not in volumes:
+                volumes[key] = read_study(image_path)
+                caches[key] = cache_for(seg, volumes[key], default_window(volumes[key]), args.embeddings)
+            volume, cache = volumes[key], caches[key]
+            window = default_window(volume)
+            gt = np.isin(read_study(label_path).array, values)
+            areas = gt.reshape(len(gt), -1).sum(axis=1)
+            k0 = int(np.argmax(areas))
+            box = box_around(gt[k0], args.start_margin)
+            base = {"dataset": dataset, "structure": structure, "start_slice": k0,
+                    "gt_slices": f"{np.flatnonzero(areas).min()}..{np.flatnonzero(areas).max()}"}
+            default_res = None
+            if args.overlay:
+                if structure in args.overlay:
+                    res = propagate(seg, volume, k0, Prompts(box=box), window=window, cache=cache, settings=DEFAULT)
+                    overlays.append((f"{dataset}: {structure}", volume, window, gt, res))
+                continue
+            if "rules" in args.parts or "anchor" in args.parts:
+                for rule, settings in ({**rules, "default": DEFAULT} if "anchor" in args.parts else rules).items():
+                    res = propagate(seg, volume, k0, Prompts(box=box), window=window, cache=cache, settings=settings)
+                    if rule == "default":
+                        default_res = res
+                    if rule not in rules:
+                        continue
+                    got = res.slices
+                    rows.append({**base, "part": "rules", "rule": rule, "dice3d": round(dice(res.masks, gt), 4),
+                                 "pred_slices": f"{got[0]}..{got[-1]}" if got else "",
+                                 "stopped": ";".join(f"{d}:{r}" for d, r in res.stopped.items())})
+                    report(rows[-1])
+            if "anchor" in args.parts and default_res is not None and dice(default_res.masks, gt) < 0.5:
+                rows.append(anchor_row(seg, volume, window, cache, gt, default_res, base))
+                report(rows[-1])
+            if "fill" in args.parts:
+                rows.extend(fill_rows(seg, volume, window, cache, gt, base))
+                report(rows[-2])
+                report(rows[-1])
+    if args.overlay:
+        print(f"wrote {draw_overlay(overlays, ROOT / 'docs' / 'img' / 'propagation_overlay.png')}")
+        return 0
     out = Path(args.out)
     write_rows(rows, out)
     print(f"({time.perf_counter() - t0:.0f} s)")
@@ -122,43 +204,121 @@ def main() -> int:
     return 0
 
 
+def anchor_row(seg, volume, window, cache, gt, res, base: dict) -> dict:
+    """One correction: the GT mask of the worst GT slice becomes an anchor; re-propagate from both."""
+    gt_ks = np.flatnonzero(gt.reshape(len(gt), -1).any(axis=1))
+    worst = int(min((k for k in gt_ks if k != res.start_slice), key=lambda k: dice(res.masks[k], gt[k])))
+    anchors = {res.start_slice: res.masks[res.start_slice], worst: gt[worst]}
+    after = propagate_anchors(seg, volume, anchors, window=window, cache=cache, settings=DEFAULT)
+    before_d, after_d = dice(res.masks, gt), dice(after.masks, gt)
+    return {**base, "part": "anchor", "rule": f"default + GT anchor on slice {worst}", "dice3d": round(after_d, 4),
+            "dice3d_before": round(before_d, 4), "gain": round(after_d - before_d, 4),
+            "pred_slices": f"{after.slices[0]}..{after.slices[-1]}",
+            "stopped": ";".join(f"{d}:{r}" for d, r in after.stopped.items())}
+
+
+def fill_rows(seg, volume, window, cache, gt, base: dict) -> list[dict]:
+    """Two GT slices as anchors (25 % and 75 % of the extent): Dice on the slices strictly between."""
+    gt_ks = np.flatnonzero(gt.reshape(len(gt), -1).any(axis=1))
+    a, b = int(np.percentile(gt_ks, 25)), int(np.percentile(gt_ks, 75))
+    if b - a < 2:
+        return []
+    anchors = {a: gt[a], b: gt[b]}
+    model = propagate_anchors(seg, volume, anchors, window=window, cache=cache, settings=DEFAULT, beyond=())
+    shape = interpolate_shapes(anchors, volume.num_slices)
+    between = slice(a + 1, b)
+    return [{**base, "part": "fill", "rule": f"fill {a}..{b}: {name}", "dice3d": round(dice(m[between], gt[between]), 4),
+             "pred_slices": f"{a}..{b}", "stopped": ""} for name, m in (("model", model.masks), ("shape (SDF)", shape))]
+
+
+def report(row: dict) -> None:
+    extra = f" (before {row['dice3d_before']:.3f}, gain {row['gain']:+.3f})" if "gain" in row else ""
+    print(f"{row['dataset']:24s} {row['structure']:14s} {row['rule']:36s} dice3d {row['dice3d']:.3f}{extra} "
+          f"gt {row['gt_slices']:7s} pred {row.get('pred_slices', ''):7s} {row.get('stopped', '')}", flush=True)
+
+
 def write_rows(rows: list[dict], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
     print(f"wrote {out}")
 
 
 def summarise(rows: list[dict]) -> None:
-    print("mean 3D Dice per rule:")
+    print("mean 3D Dice per dataset and rule (Colin27: the 9 structures; held-out: its 5):")
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        for rule in dict.fromkeys(r["rule"] for r in rows):
-            d = [float(r["dice3d"]) for r in rows if r["rule"] == rule and r["dataset"] == dataset]
-            print(f"  {dataset:8s} {rule:36s} {np.mean(d):.3f}  (n={len(d)})")
+        for rule in dict.fromkeys(r["rule"] for r in rows if r["part"] == "rules"):
+            d = [float(r["dice3d"]) for r in rows if r["rule"] == rule and r["dataset"] == dataset
+                 and r["structure"] != "skull (2)"]
+            if d:
+                print(f"  {dataset:24s} {rule:36s} {np.mean(d):.3f}  (n={len(d)})")
+        for part in ("fill", "anchor"):
+            for kind in ("model", "shape", "GT anchor"):
+                d = [float(r["dice3d"]) for r in rows if r["part"] == part and r["dataset"] == dataset and kind in r["rule"]]
+                if d:
+                    print(f"  {dataset:24s} {part} {kind:31s} {np.mean(d):.3f}  (n={len(d)})")
+
+
+def draw_overlay(items: list, png: Path, columns: int = 6) -> Path:
+    """Rows of slices (start slice, then evenly spread over the GT extent and beyond): image, prediction
+    (filled, red) and ground truth (contour, green), with the slice's 2D Dice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from data.windowing import slice_to_rgb
+
+    red = ListedColormap(["red"])
+
+    fig, axes = plt.subplots(len(items), columns, figsize=(2.2 * columns, 2.4 * len(items)), squeeze=False)
+    for row, (title, volume, window, gt, res) in zip(axes, items):
+        ks = np.flatnonzero(gt.reshape(len(gt), -1).any(axis=1))
+        lo, hi = max(0, ks.min() - 2), min(len(gt) - 1, ks.max() + 2)
+        picks = sorted(set([res.start_slice] + [int(round(v)) for v in np.linspace(lo, hi, columns)]))[:columns]
+        for ax, k in zip(row, picks):
+            ax.imshow(slice_to_rgb(volume, k, window))
+            ax.imshow(np.ma.masked_where(~res.masks[k], res.masks[k]), cmap=red, alpha=0.4, vmin=0, vmax=1)
+            if gt[k].any():
+                ax.contour(gt[k], levels=[0.5], colors="lime", linewidths=0.8)
+            d = dice(res.masks[k], gt[k]) if (res.masks[k].any() or gt[k].any()) else float("nan")
+            ax.set_title(f"k={k}{' (start)' if k == res.start_slice else ''}  Dice {d:.2f}", fontsize=7)
+            ax.axis("off")
+        row[0].text(-0.05, 0.5, title, transform=row[0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
+        for ax in row[len(picks):]:
+            ax.axis("off")
+    fig.suptitle("LiteMedSAM propagation from one box on the start slice, default rule (red: prediction, green: ground "
+                 "truth; slices as stored, k = slice index)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
 
 
 def plot(csv_path: Path) -> Path:
-    """Bar chart of 3D Dice per structure and rule -> docs/img/propagation_dice.png."""
+    """Bar chart of 3D Dice per structure and rule (the 'rules' part) -> the CSV's name .png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if r["part"] == "rules"]
     structures = list(dict.fromkeys(f"{r['dataset']}: {r['structure']}" for r in rows))
     rules = list(dict.fromkeys(r["rule"] for r in rows))
-    fig, ax = plt.subplots(figsize=(12, 4.5))
-    width = 0.8 / len(rules)
+    fig, ax = plt.subplots(figsize=(13, 4.8))
+    width = 0.8 / max(len(rules), 1)
     for n, rule in enumerate(rules):
         d = {f"{r['dataset']}: {r['structure']}": float(r["dice3d"]) for r in rows if r["rule"] == rule}
         ax.bar(np.arange(len(structures)) + n * width, [d.get(s, np.nan) for s in structures], width, label=rule)
-    ax.set_xticks(np.arange(len(structures)) + 0.4 - width / 2, structures, rotation=35, ha="right", fontsize=8)
+    ax.set_xticks(np.arange(len(structures)) + 0.4 - width / 2, structures, rotation=35, ha="right", fontsize=7)
     ax.set_ylabel("3D Dice")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=3)
     ax.set_title("LiteMedSAM 3D propagation from one box on the largest GT slice")
     fig.tight_layout()
     png = csv_path.with_suffix(".png")

@@ -237,8 +237,9 @@ def test_propagation_carries_the_label_and_undoes_as_one_edit(ctx, tmp_path, lit
     session = ctx.store.get(sid)
     assert session.view.index["coronal"] == 1 and (session.labels[1] == 1).sum() > 500
     before = session.labels.copy()
-    vm = controller.propagate(ctx, sid)
-    assert "Propagated" in vm.status
+    controller.propagate(ctx, sid)
+    controller.propagation_job(ctx, sid).wait()
+    assert "Propagated" in controller.propagation_status(ctx, sid).status
     assert (session.labels[0] == 1).sum() > 100 and (session.labels[2] == 1).sum() > 100
     controller.undo(ctx, sid)
     np.testing.assert_array_equal(session.labels, before)

@@ -1,4 +1,5 @@
-"""``medseg propagate``: a box on slice K -> the structure on every slice it reaches -> NIfTI or DICOM-SEG."""
+"""``medseg propagate``: a box on slice K and/or annotated slices (``--anchor K:MASK.png``) -> the structure
+on every slice it reaches -> NIfTI or DICOM-SEG. The engine is ``app.propagation`` (shared with the UI)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from app.commands.common import (
 )
 from app.embedding_cache import EmbeddingCache
 from app.errors import UsageError
-from app.propagation import PropagationSettings, propagate
+from app.propagation import PropagationResult, PropagationSettings, interpolate_shapes, propagate, propagate_anchors
+from data.volume import Volume
 from data.deidentify import deidentifier
 from data.export import export_format
 from data.windowing import default_window
@@ -34,16 +36,24 @@ DEFAULTS = PropagationSettings()
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "propagate",
-        help="segment a structure on slice K from a box and carry it through the volume",
+        help="segment a structure on slice K from a box (and/or annotated slices) and carry it through the volume",
         description="Segment one structure on slice K from a box, then carry the mask up and down the volume "
-        "(each slice prompted with the box of the previous slice's mask plus a margin) until the structure ends. "
-        "Writes a label map (value 1) on the source grid: .nii/.nii.gz (any 3D study) or .dcm (DICOM-SEG, DICOM "
-        "series only).",
+        "(each slice prompted by its segmented neighbour: --prompt) until the structure ends (the stop rule: "
+        "--min-score, --score-drop, --area-drop, --min-overlap). Annotated slices (--anchor K:MASK.png, "
+        "repeatable) are kept as drawn; the slices between two of them are filled from both ends, those beyond "
+        "the outermost are walked outward. Writes a label map (value 1) on the source grid: .nii/.nii.gz (any 3D "
+        "study) or .dcm (DICOM-SEG, DICOM series only).",
     )
     add_study_args(p)
     add_slice_args(p)
-    p.add_argument("--box", type=float, nargs=4, required=True, metavar=("X0", "Y0", "X1", "Y1"),
+    p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
                    help="box on slice K in pixels (x = column, y = row), inclusive corners")
+    p.add_argument("--anchor", action="append", default=[], metavar="K:MASK.png",
+                   help="slice K annotated by a 2D mask image (non-zero = structure, the slice's size), kept as it "
+                   "is; repeatable. Without --box, two or more anchors fill the slices between them")
+    p.add_argument("--fill", choices=["model", "shape"], default="model",
+                   help="between anchors: the model from both ends (default), or shape = signed-distance "
+                   "interpolation of the anchors alone (no model, nothing beyond the outermost anchors)")
     add_model_args(p)
     p.add_argument("--deidentify", action="store_true",
                    help="DICOM-SEG output: empty patient name/ID/birth date, study dates, accession number "
@@ -52,15 +62,49 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--label", default="structure", help="segment name written in a DICOM-SEG (default: structure)")
     p.add_argument("--margin", type=float, default=DEFAULTS.margin_px,
                    help=f"pixels added around the previous mask's box (default {DEFAULTS.margin_px:g})")
-    p.add_argument("--mask-prompt", action="store_true",
-                   help="also feed the previous slice's logits as a mask prompt (off by default, see docs/evaluation.md)")
+    p.add_argument("--prompt", choices=["box", "mask", "mask+box"], default=DEFAULTS.prompt,
+                   help="what a slice gets from its segmented neighbour: the box of its mask (+ --margin), its "
+                   f"low-res logits as SAM's mask prompt, or both (default {DEFAULTS.prompt}, see docs/evaluation.md)")
+    p.add_argument("--mask-prompt", action="store_true", help="the same as --prompt mask+box (kept for old scripts)")
     p.add_argument("--min-score", type=float, default=DEFAULTS.min_score,
                    help=f"stop where the predicted IoU falls below this (default {DEFAULTS.min_score:g}; 0 = never)")
+    p.add_argument("--score-drop", type=float, default=DEFAULTS.score_drop,
+                   help=f"stop where the predicted IoU falls below this fraction of the neighbour's (default {DEFAULTS.score_drop:g})")
+    p.add_argument("--area-drop", type=float, default=DEFAULTS.area_drop,
+                   help=f"stop where the area falls below this fraction of the neighbour's (default {DEFAULTS.area_drop:g})")
+    p.add_argument("--min-overlap", type=float, default=DEFAULTS.min_overlap,
+                   help=f"stop where the Dice with the neighbour's mask falls below this (default {DEFAULTS.min_overlap:g})")
     p.add_argument("--min-area", type=int, default=DEFAULTS.min_area_px,
                    help=f"stop where the mask has fewer pixels than this (default {DEFAULTS.min_area_px})")
     p.add_argument("--max-slices", type=int, default=None, help="walk at most N slices each way")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-slice progress on stderr")
     return p
+
+
+def read_anchors(specs: list[str], volume: Volume) -> dict[int, np.ndarray]:
+    """``K:MASK.png`` strings -> slice -> (H, W) bool, refusing bad K, unreadable, mis-sized or empty masks."""
+    anchors: dict[int, np.ndarray] = {}
+    for spec in specs:
+        k_text, sep, path = spec.partition(":")
+        if not sep or not path or not k_text.strip().lstrip("-").isdigit():
+            raise UsageError(f"--anchor {spec!r}: expected K:MASK.png (a slice index, a colon, a mask image)")
+        k = int(k_text)
+        if not 0 <= k < volume.num_slices:
+            raise UsageError(f"--anchor {spec}: slice {k} is out of range 0..{volume.num_slices - 1}")
+        if k in anchors:
+            raise UsageError(f"--anchor {spec}: slice {k} is annotated twice")
+        image = read_study(path)
+        if not image.is_2d:
+            raise UsageError(f"--anchor {spec}: {path} is not a 2D mask image")
+        mask = np.asarray(image.slice(0))
+        mask = (mask.max(axis=2) if mask.ndim == 3 else mask) > 0
+        if mask.shape != volume.slice_shape:
+            raise UsageError(f"--anchor {spec}: mask is {mask.shape[0]}x{mask.shape[1]} (rows x columns), slice {k} "
+                             f"is {volume.slice_shape[0]}x{volume.slice_shape[1]}")
+        if not mask.any():
+            raise UsageError(f"--anchor {spec}: the mask has no non-zero pixel")
+        anchors[k] = mask
+    return anchors
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,16 +115,37 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.input} is a single 2D image: nothing to propagate; use `medseg segment`")
     if fmt == "dicom-seg" and volume.source.format != "dicom-series":
         raise UsageError(f"--output {out}: DICOM-SEG needs a DICOM series as input; use a .nii.gz name")
-    k = resolve_slice(volume, args.slice)
-    prompts = Prompts(box=args.box)
-    prompts.validate(volume.slice_shape)
-    settings = PropagationSettings(
-        margin_px=args.margin,
-        use_mask_prompt=args.mask_prompt,
-        min_area_px=args.min_area,
-        min_score=args.min_score,
-        max_slices=args.max_slices,
-    )
+    anchors = read_anchors(args.anchor, volume)
+    prompts = None
+    if args.box is not None:
+        k = resolve_slice(volume, args.slice)
+        prompts = Prompts(box=args.box)
+        prompts.validate(volume.slice_shape)
+        if k in anchors:
+            raise UsageError(f"--slice {k} has both --box and --anchor: give one of them")
+    elif not anchors:
+        raise UsageError("give a prompt: --slice K --box X0 Y0 X1 Y1, or annotated slices with --anchor K:MASK.png")
+    if args.fill == "shape" and (prompts is not None or len(anchors) < 2):
+        raise UsageError("--fill shape interpolates between annotated slices: give two or more --anchor and no --box")
+    try:
+        settings = PropagationSettings(
+            prompt="mask+box" if args.mask_prompt else args.prompt,
+            margin_px=args.margin,
+            min_area_px=args.min_area,
+            min_score=args.min_score,
+            score_drop=args.score_drop,
+            area_drop=args.area_drop,
+            min_overlap=args.min_overlap,
+            max_slices=args.max_slices,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.fill == "shape":
+        labels = interpolate_shapes(anchors, volume.num_slices).astype(np.uint8)
+        export_labels(labels, volume, out, label_names={1: args.label}, model_name="shape interpolation",
+                      deidentify=deidentifier(args))
+        print(f"{out}: {int(labels.sum())} voxels on slices {min(anchors)}..{max(anchors)} (shape interpolation)")
+        return 0
     segmenter = segmenter_from_args(args)
 
     def progress(done: int, total: int, message: str) -> None:
@@ -88,10 +153,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    result = propagate(
-        segmenter, volume, k, prompts, window=default_window(volume, args.window),
-        cache=EmbeddingCache(max_items=2 * settings.batch_size), settings=settings, progress=progress,
-    )
+    window = default_window(volume, args.window)
+    cache = EmbeddingCache(max_items=2 * settings.batch_size)
+    result: PropagationResult
+    if prompts is not None:
+        result = propagate(segmenter, volume, k, prompts, anchors=anchors, window=window, cache=cache,
+                           settings=settings, progress=progress)
+    else:
+        result = propagate_anchors(segmenter, volume, anchors, window=window, cache=cache, settings=settings,
+                                   progress=progress)
     elapsed = time.perf_counter() - t0
     labels = result.masks.astype(np.uint8)
     where = save_labels(labels, volume, args.output, label_names={1: args.label}, model_name=args.model,

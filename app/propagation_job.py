@@ -1,0 +1,223 @@
+"""Propagation in a session: anchors, a background job the study stays usable during, study encoding.
+
+Why a module of its own: the UI (``app.controller``) and any other front end (MONAI Label's 3D
+model) drive the same engine (``app.propagation``) through these few functions; the engine knows
+nothing of sessions, threads or undo.
+
+- Anchors: every slice of a label that the user prompted, corrected or accepted is an anchor
+  (``session.runtime['anchors'][label]``); re-propagation keeps them and recomputes the rest.
+- :class:`PropagationJob`: runs in a thread, taking the model one call at a time (clicks and
+  slice browsing go on meanwhile), reports per slice, and lands as ONE undoable edit.
+- :func:`encode_study`: encodes the study's stored slices in the background when it opens, in
+  batches, into the session's propagation cache, only while no user request needs the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from app.embedding_cache import EmbeddingCache, volume_key
+from app.propagation import PropagationResult, PropagationSettings, repropagate
+from app.session import Edit, Session, SessionError
+
+log = logging.getLogger(__name__)
+EMBEDDING_BYTES_BUDGET = 1 << 30  # per session: 256 LiteMedSAM slices (4 MiB each) stay encoded
+
+
+def anchors_of(session: Session, label: int) -> set[int]:
+    """The anchor slices of ``label`` (stored-slice indices k)."""
+    return session.runtime.setdefault("anchors", {}).setdefault(int(label), set())
+
+
+def add_anchor(session: Session, label: int, k: int) -> None:
+    anchors_of(session, label).add(int(k))
+
+
+def propagation_cache(session: Session) -> EmbeddingCache:
+    """The session's embeddings of its stored slices, sized to keep the study (up to the budget)."""
+    cache = session.runtime.get("propagation_cache")
+    n = session.require_study().num_slices
+    want = max(8, min(n, EMBEDDING_BYTES_BUDGET // (4 << 20)))
+    if cache is None or cache.max_items < want:
+        old = cache
+        cache = EmbeddingCache(max_items=want)
+        if old is not None:
+            for key, emb in old.items():
+                cache.put(key, emb)
+        session.runtime["propagation_cache"] = cache
+    return cache
+
+
+class TurnTaking:
+    """A segmenter seen through the app's model door: each model call takes one turn of ``runner``.
+
+    So a long walk lets a click of the same (or another) session in between two slices."""
+
+    def __init__(self, segmenter, runner):
+        self._segmenter, self._runner = segmenter, runner
+
+    def __getattr__(self, name: str):
+        return getattr(self._segmenter, name)
+
+    def embed_batch(self, images):
+        with self._runner.turn():
+            return self._segmenter.embed_batch(images)
+
+    def predict(self, embedding, prompts, **kwargs):
+        with self._runner.turn():
+            return self._segmenter.predict(embedding, prompts, **kwargs)
+
+
+@dataclass
+class PropagationJob:
+    """One propagation of one label, started from one slice; the UI polls its fields."""
+
+    label: int
+    start: int
+    anchors: list[int]
+    total: int = 0
+    done: int = 0
+    message: str = "starting"
+    state: str = "running"  # running | done | failed
+    finished: list[int] = field(default_factory=list)
+    result: PropagationResult | None = None
+    error: str | None = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def status(self) -> str:
+        if self.state == "running":
+            return f"Propagating: {self.done}/{self.total} slices ({self.message}). The study stays usable."
+        if self.state == "failed":
+            return f"Propagation failed: {self.error}"
+        reached = self.result.slices if self.result else []
+        span = f"slices {reached[0]}..{reached[-1]}" if reached else "no slice"
+        why = ", ".join(f"{d}: {r}" for d, r in (self.result.stopped if self.result else {}).items())
+        return f"Propagated to {span} ({why}). Undo reverts the whole propagation."
+
+
+def job_of(session: Session) -> PropagationJob | None:
+    return session.runtime.get("propagation_job")
+
+
+def start_propagation(
+    runner, session: Session, k: int, *, settings: PropagationSettings = PropagationSettings(),
+    on_done: Callable[[Session], None] | None = None, background: bool = True,
+    observe: Callable[[PropagationJob], None] | None = None,
+) -> PropagationJob:
+    """Propagate the active label from stored slice ``k`` keeping its anchors; one undoable edit at the end.
+
+    ``on_done(session)`` runs after the edit landed (the controller saves the session there).
+    With ``background=False`` the walk runs in the calling thread (the CLI-like path, tests).
+    ``observe(job)`` is called after each slice, outside any lock (a UI push, a test's gate).
+    """
+    from app.interaction import model_window
+
+    volume = session.require_study()
+    label = session.active
+    current = job_of(session)
+    if current is not None and current.running:
+        raise SessionError("a propagation is already running in this study: wait for it (progress is shown)")
+    if not (session.labels[k] == label).any():
+        raise SessionError(f"slice {k} holds nothing of {session.label(label).name}: segment or draw it first")
+    add_anchor(session, label, k)
+    job = PropagationJob(label=label, start=int(k), anchors=sorted(anchors_of(session, label)))
+    session.runtime["propagation_job"] = job
+    before = session.labels.copy()
+    segmenter = TurnTaking(runner.segmenter(session.model), runner)
+    window, cache = model_window(session), propagation_cache(session)
+
+    def progress(done: int, total: int, message: str) -> None:
+        job.done, job.total, job.message = done, total, message
+        if observe is not None:
+            observe(job)
+
+    def work() -> None:
+        try:
+            new, result = repropagate(
+                segmenter, volume, before, job.start, label, anchors=job.anchors, window=window, cache=cache,
+                settings=settings, progress=progress, on_slice=lambda kk, _m: job.finished.append(int(kk)),
+            )
+            with session.lock:
+                _land(session, job, before, new)
+            job.result = result
+            job.state = "done"
+            if on_done is not None:
+                on_done(session)
+        except Exception as e:  # noqa: BLE001 - a background job reports, it never kills the server
+            log.exception("propagation failed")
+            job.error, job.state = (str(e) if isinstance(e, (ValueError, SessionError)) else type(e).__name__), "failed"
+
+    if background:
+        job.thread = threading.Thread(target=work, name="medseg-propagate", daemon=True)
+        job.thread.start()
+    else:
+        work()
+    return job
+
+
+def _land(session: Session, job: PropagationJob, before: np.ndarray, new: np.ndarray) -> None:
+    """Apply the walk as one edit on the map as it is NOW: the job's label is replaced by the walk's,
+    except on slices where the user changed that label meanwhile (those stay theirs and become anchors);
+    other labels, drawn meanwhile or not, are never overwritten."""
+    current = session.labels
+    label = job.label
+    touched = ((current == label) != (before == label)).reshape(len(current), -1).any(axis=1)
+    after = current.copy()
+    walked = ~touched[:, None, None]
+    after[walked & (after == label)] = 0
+    after[walked & (new == label) & (after == 0)] = label
+    for k in np.flatnonzero(touched):
+        if (current[k] == label).any():
+            add_anchor(session, label, int(k))
+    edit = Edit(f"propagate {session.label(label).name}", None, None, current.copy(), after, session.prompt, None)
+    session.apply(edit)
+
+
+def encode_study(runner, session: Session, *, batch_size: int = 4, stop: threading.Event | None = None) -> threading.Thread:
+    """Encode every stored slice of the study into :func:`propagation_cache`, outward from the shown slice,
+    in a daemon thread that steps aside whenever a user request needs the model."""
+    from app.interaction import model_window
+    from app.render import acquisition_view
+
+    volume = session.require_study()
+    model, cache, window = session.model, propagation_cache(session), model_window(session)
+    vkey = volume_key(volume)
+    k0 = session.view.index.get(acquisition_view(volume), 0)
+    order = sorted(range(volume.num_slices), key=lambda k: (abs(k - k0), k))[: cache.max_items]
+    stop = stop or threading.Event()
+
+    def work() -> None:
+        segmenter = runner.segmenter(model)
+        todo = list(order)
+        while todo and not stop.is_set():
+            if session.volume is not volume or session.model != model:
+                return  # another study or model: this work is moot
+            if not runner.try_background_turn():
+                stop.wait(0.05)
+                continue
+            try:
+                chunk, todo = todo[:batch_size], todo[batch_size:]
+                cache.embeddings(segmenter, volume, chunk, window, vkey=vkey, batch_size=batch_size)
+            except Exception:  # noqa: BLE001 - a background nicety must never take the server down
+                log.exception("study encoding failed")
+                return
+            finally:
+                runner.release_background_turn()
+
+    thread = threading.Thread(target=work, name="medseg-encode-study", daemon=True)
+    thread.start()
+    session.runtime["study_encoder"] = (thread, stop)
+    return thread

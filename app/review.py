@@ -1,0 +1,105 @@
+"""Review a propagation slice by slice: accept it, fix it, or cut the range here.
+
+Why a module of its own: the UI only wires three buttons to these functions (the image panel
+is being rebuilt elsewhere); the logic, and its tests, live here. The review walks the slices
+that the last propagation of the active label reached, outward from where it started.
+
+- accept: the slice becomes an anchor (re-propagation keeps it) and the review moves on;
+- fix: stay here; the next correction on this slice makes it an anchor (any edit in the
+  acquisition view does), then Propagate again recomputes the slices around it;
+- cut: remove the label from this slice outward (away from the start), one undoable edit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.propagation_job import add_anchor, job_of
+from app.render import acquisition_view
+from app.session import Edit, Session, SessionError
+
+
+@dataclass
+class Review:
+    """Where the review stands: the slices to look at (in order) and the current position."""
+
+    label: int
+    start: int
+    slices: list[int]
+    position: int = 0
+
+    @property
+    def current(self) -> int:
+        return self.slices[self.position]
+
+
+def review_of(session: Session) -> Review | None:
+    return session.runtime.get("review")
+
+
+def start_review(session: Session) -> Review:
+    """Review the last finished propagation of the active label, nearest slices to its start first."""
+    job = job_of(session)
+    if job is None or job.result is None or job.label != session.active:
+        raise SessionError("nothing to review: propagate the active label first")
+    if job.running:
+        raise SessionError("the propagation is still running: review it when it is done")
+    reached = [k for k in np.flatnonzero((session.labels == job.label).reshape(len(session.labels), -1).any(axis=1))]
+    slices = sorted((int(k) for k in reached if int(k) != job.start), key=lambda k: (abs(k - job.start), k))
+    if not slices:
+        raise SessionError("the propagation reached no slice besides the start one")
+    review = Review(label=job.label, start=job.start, slices=slices)
+    session.runtime["review"] = review
+    _show(session, review)
+    return review
+
+
+def _show(session: Session, review: Review) -> None:
+    view = acquisition_view(session.require_study())
+    session.view.view = view
+    session.view.index[view] = review.current
+    session.prompt = None
+
+
+def _require(session: Session) -> Review:
+    review = review_of(session)
+    if review is None:
+        raise SessionError("no review in progress: press Review after a propagation")
+    return review
+
+
+def step_review(session: Session, delta: int) -> Review:
+    review = _require(session)
+    review.position = int(np.clip(review.position + delta, 0, len(review.slices) - 1))
+    _show(session, review)
+    return review
+
+
+def accept(session: Session) -> Review:
+    """Keep the shown slice as it is (an anchor) and go to the next one."""
+    review = _require(session)
+    add_anchor(session, review.label, review.current)
+    if review.position < len(review.slices) - 1:
+        review.position += 1
+    _show(session, review)
+    return review
+
+
+def cut_here(session: Session) -> Edit:
+    """Remove the label from the shown slice outward (away from the start) as one undoable edit."""
+    review = _require(session)
+    k = review.current
+    before = session.labels.copy()
+    after = before.copy()
+    outward = slice(k, None) if k > review.start else slice(0, k + 1)
+    region = after[outward]
+    region[region == review.label] = 0
+    edit = Edit(f"cut {session.label(review.label).name} from slice {k} outward", None, None, before, after,
+                session.prompt, None)
+    session.apply(edit)
+    review.slices = [s for s in review.slices if (s < k if k > review.start else s > k)] or [review.start]
+    review.position = min(review.position, len(review.slices) - 1)
+    _show(session, review)
+    return edit

@@ -1,0 +1,139 @@
+"""Benchmark: propagate one structure through a 300-slice 512 x 512 CT (issue 21's speed targets).
+
+    # CPU (2 cores): the fastest CPU backend
+    .venv/bin/python benchmarks/bench_propagation.py --device cpu --backend onnx-int8-fast --json
+    # GPU: batched encoding through models/fast.py, fp32 and bf16, with the 3D Dice cost of the fast path
+    .venv/bin/python benchmarks/bench_propagation.py --device cuda --precision bf16 --batch 32 --dice-check --json
+
+The volume is the bundled CT head series (12 slices, 256 x 256) resampled to ``--slices`` x ``--size``
+x ``--size`` (linear in z, bilinear in-plane): the head fills every slice, so the walk goes through all
+of them (the worst case). Timed: encoding every slice in batches of ``--batch`` (what the UI starts
+in the background when a study opens) and the walk itself (prompt encoder + mask decoder per slice),
+end to end through ``app.propagation.propagate``. ``--slices-timed N`` times N slices and
+extrapolates linearly to ``--slices`` (say so when you quote it). ``--dice-check`` (GPU): 3D Dice of
+the fast path's head mask against the fp32 reference path on the 34-slice CT slab of the shared data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.embedding_cache import EmbeddingCache  # noqa: E402
+from app.propagation import PropagationSettings, box_around, propagate  # noqa: E402
+from data.readers import read_study  # noqa: E402
+from data.volume import Volume  # noqa: E402
+from data.windowing import default_window  # noqa: E402
+from models.prompts import Prompts  # noqa: E402
+from models.registry import load_segmenter  # noqa: E402
+
+
+def big_ct(slices: int, size: int) -> Volume:
+    """The bundled CT series resampled to (slices, size, size), spacing scaled to keep the extent."""
+    ct = read_study(ROOT / "samples" / "ct_head_0051_series")
+    t = torch.from_numpy(ct.array.astype(np.float32))[None, None]
+    big = F.interpolate(t, (slices, size, size), mode="trilinear", align_corners=False)[0, 0]
+    k, h, w = ct.array.shape
+    sx, sy, sz = ct.spacing
+    return replace(ct, array=big.round().numpy().astype(ct.array.dtype), spacing=(sx * w / size, sy * h / size, sz * k / slices))
+
+
+def segmenter(args):
+    seg = load_segmenter("litemedsam", device=args.device, backend=args.backend)
+    if args.device == "cuda" and args.precision:
+        from models.fast import tuned
+
+        seg = tuned(seg, precision=args.precision, compile=args.compile)
+    return seg
+
+
+def head_box(volume: Volume, k: int) -> np.ndarray:
+    return box_around(volume.array[k] > -300, 5)
+
+
+def timed_run(seg, volume: Volume, batch: int) -> dict:
+    k0 = volume.num_slices // 2
+    window = default_window(volume)
+    settings = PropagationSettings(batch_size=batch)
+    cache = EmbeddingCache(max_items=volume.num_slices + 1)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() and seg.device.type == "cuda" else (lambda: None)
+    sync()
+    c0, t0 = time.process_time(), time.perf_counter()
+    cache.embeddings(seg, volume, list(range(volume.num_slices)), window, batch_size=batch)
+    sync()
+    t1 = time.perf_counter()
+    res = propagate(seg, volume, k0, Prompts(box=head_box(volume, k0)), window=window, cache=cache, settings=settings)
+    sync()
+    c2, t2 = time.process_time(), time.perf_counter()
+    # process CPU time: on a shared machine, wall time measures the neighbours; CPU time / threads is
+    # what the same work takes on idle cores (an estimate: it assumes the threads stay busy)
+    return {"encode_s": t1 - t0, "walk_s": t2 - t1, "total_s": t2 - t0, "cpu_s": c2 - c0, "slices_reached": len(res.slices)}
+
+
+def dice_check(args) -> dict:
+    """3D Dice of the head: this path vs the plain fp32 torch path, on the 34-slice CT slab."""
+    data = Path("/work/shared/data")
+    vol = read_study(data / "ct_head_0051_slabA_image.nii.gz")
+    gt = np.isin(read_study(data / "ct_head_0051_slabA_label.nii.gz").array, (1, 2))
+    k0 = int(np.argmax(gt.reshape(len(gt), -1).sum(1)))
+    box = Prompts(box=box_around(gt[k0], 5))
+    out = {}
+    for name, seg in (("reference", load_segmenter("litemedsam", device=args.device)), ("fast", segmenter(args))):
+        res = propagate(seg, vol, k0, box, window=default_window(vol), cache=EmbeddingCache(64))
+        out[name] = float(2 * (res.masks & gt).sum() / (res.masks.sum() + gt.sum()))
+    out["cost"] = out["reference"] - out["fast"]
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backend", default="torch", help="CPU: torch or onnx-int8-fast (the fastest); GPU: torch")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="GPU: models.fast.tuned encoder precision")
+    p.add_argument("--compile", action="store_true", help="GPU: torch.compile the encoder (models.fast.tuned)")
+    p.add_argument("--slices", type=int, default=300)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--slices-timed", type=int, default=None, help="time this many slices, extrapolate to --slices")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (GPU: kernels, compile)")
+    p.add_argument("--dice-check", action="store_true")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    seg = segmenter(args)
+    n = args.slices_timed or args.slices
+    volume = big_ct(n, args.size)
+    for _ in range(args.warmup):
+        timed_run(seg, big_ct(min(n, 2 * args.batch), args.size), args.batch)
+    r = timed_run(seg, volume, args.batch)
+    scale = args.slices / n
+    out = {
+        "device": args.device, "backend": args.backend, "precision": args.precision, "batch": args.batch,
+        "threads": args.threads, "size": args.size, "slices": args.slices, "slices_timed": n,
+        **{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()},
+        "per_slice_ms": round(1000 * r["total_s"] / n, 2),
+        "total_s_extrapolated": round(r["total_s"] * scale, 2),
+        "cpu_s_per_thread_extrapolated": round(r["cpu_s"] / args.threads * scale, 2) if args.device == "cpu" else None,
+        "load_average": [round(x, 2) for x in __import__("os").getloadavg()],
+        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+    }
+    if args.dice_check:
+        out["dice3d"] = dice_check(args)
+    print(json.dumps(out, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

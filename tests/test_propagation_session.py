@@ -1,0 +1,137 @@
+"""Propagation in a UI session with the real LiteMedSAM: anchors from corrections, re-propagation
+that keeps them, undo that restores the volume as it was, review (accept / cut), and a study that
+stays usable (browsing, clicking) while a propagation runs in the background.
+
+A 5-slice cut of the bundled CT series keeps the encoding cheap (each slice is encoded once here).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from app import controller
+from app.controller import AppContext
+from app.interaction import ModelRunner, Prefetcher
+from app.propagation_job import anchors_of
+from app.session import SessionStore
+from tests.conftest import SAMPLES
+
+BOX = ((180, 150), (330, 330))  # display pixels (512 x 512) around the brain on the coronal slices
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory, litemedsam):
+    runner = ModelRunner("cpu")
+    return AppContext(SessionStore(tmp_path_factory.mktemp("sessions")), runner, Prefetcher(runner, radius=0))
+
+
+@pytest.fixture(scope="module")
+def five(tmp_path_factory):
+    from data.readers import read_study
+
+    ct = read_study(SAMPLES / "ct_head_0051_series")
+    path = tmp_path_factory.mktemp("study") / "five.nii.gz"
+    sitk.WriteImage(replace(ct, array=ct.array[4:9]).to_sitk(), str(path))
+    return path
+
+
+def _open_and_box(ctx, path, slice_index=2):
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(path)])
+    controller.set_slice(ctx, sid, slice_index)
+    controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
+    controller.click(ctx, sid, *BOX[0])
+    controller.click(ctx, sid, *BOX[1])
+    return sid
+
+
+def _propagate(ctx, sid):
+    controller.propagate(ctx, sid)
+    job = controller.propagation_job(ctx, sid)
+    job.wait(600)
+    assert job.state == "done", job.error
+    return job
+
+
+def test_correction_becomes_an_anchor_repropagation_keeps_it_and_undo_restores(ctx, five):
+    sid = _open_and_box(ctx, five)
+    session = ctx.store.get(sid)
+    assert anchors_of(session, 1) == {2}
+    before_first = session.labels.copy()
+    _propagate(ctx, sid)
+    assert all((session.labels[k] == 1).sum() > 500 for k in range(5))
+    first = session.labels.copy()
+    # correct slice 4 with the brush (paint, no model): a quarter of the head only
+    controller.set_slice(ctx, sid, 4)
+    corrected = np.zeros(session.labels.shape[1:], bool)
+    corrected[:128, :128] = first[4, :128, :128] == 1
+    controller.mask(ctx, sid, corrected, False)
+    assert anchors_of(session, 1) == {2, 4}
+    after_fix = session.labels.copy()
+    # re-propagate from the start slice: slice 4 (an anchor) is kept exactly, slice 3 is recomputed
+    controller.set_slice(ctx, sid, 2)
+    _propagate(ctx, sid)
+    np.testing.assert_array_equal(session.labels[4] == 1, corrected)
+    np.testing.assert_array_equal(session.labels[2], first[2])
+    assert not np.array_equal(session.labels[3], first[3])
+    # undo: the whole re-propagation, then the correction, then the first propagation
+    controller.undo(ctx, sid)
+    np.testing.assert_array_equal(session.labels, after_fix)
+    controller.undo(ctx, sid)
+    np.testing.assert_array_equal(session.labels, first)
+    controller.undo(ctx, sid)
+    np.testing.assert_array_equal(session.labels, before_first)
+
+
+def test_review_accepts_and_cuts_the_range(ctx, five):
+    sid = _open_and_box(ctx, five)
+    session = ctx.store.get(sid)
+    _propagate(ctx, sid)
+    full = session.labels.copy()
+    vm = controller.review(ctx, sid, "start")
+    assert vm.slice_index in (1, 3) and "Review: slice" in vm.status
+    controller.review(ctx, sid, "accept")
+    assert len(anchors_of(session, 1)) == 2
+    # go to slice 4 and cut there: 4 loses the label, nothing else changes
+    while controller.review(ctx, sid, "next").slice_index != 4:
+        pass
+    controller.review(ctx, sid, "cut")
+    assert not (session.labels[4] == 1).any()
+    np.testing.assert_array_equal(session.labels[:4], full[:4])
+    controller.undo(ctx, sid)
+    np.testing.assert_array_equal(session.labels, full)
+
+
+def test_study_stays_usable_while_propagation_runs(ctx, five):
+    """The job is held after its first slices; meanwhile the user browses and segments another slice."""
+    from app.propagation_job import start_propagation
+
+    sid = _open_and_box(ctx, five, slice_index=0)
+    session = ctx.store.get(sid)
+    reached, release = threading.Event(), threading.Event()
+
+    def gate(job):
+        if job.done >= 2 and not release.is_set():
+            reached.set()
+            release.wait(600)
+
+    with session.lock:
+        job = start_propagation(ctx.runner, session, 0, observe=gate)
+    assert reached.wait(600)
+    assert job.running and "Propagating: 2/5" in controller.propagation_status(ctx, sid).status
+    vm = controller.set_slice(ctx, sid, 3)  # browsing: the image of another slice
+    assert vm.slice_index == 3 and vm.image is not None
+    controller.add_label(ctx, sid, "other")  # a second structure on slice 3, segmented while the job waits
+    controller.click(ctx, sid, *BOX[0])
+    vm = controller.click(ctx, sid, *BOX[1])
+    assert (session.labels[3] == 2).sum() > 500
+    release.set()
+    job.wait(600)
+    assert job.state == "done", job.error
+    assert (session.labels[3] == 2).sum() > 500  # the user's work during the run is kept
+    assert (session.labels[1] == 1).sum() > 500 and (session.labels[4] == 1).sum() > 0
