@@ -375,7 +375,12 @@ def propagate(
     if prompts is not None:
         emb = cache.embeddings(segmenter, volume, [k0], window, batch_size=settings.batch_size)[k0]
         first = segmenter.predict(emb, prompts)
-        seeds[k0] = _Step(first.best_mask, first.best_logits, float(first.scores[first.best_index]))
+        # A box-only start is scored by the decoder the walk uses; clicks or a mask go through the click model,
+        # whose IoU head is on another scale: its score is no yardstick for the "score drop" cue (an OHIF
+        # point prompt stopped the walk at its first neighbour, tests/test_labelserver.py), as for an anchor.
+        box_only = prompts.points is None and prompts.mask_logits is None
+        score = float(first.scores[first.best_index]) if box_only else float("nan")
+        seeds[k0] = _Step(first.best_mask, first.best_logits, score)
         seed_mask = first.best_mask
     else:
         seed_mask = np.asarray(start_mask, dtype=bool)

@@ -415,6 +415,8 @@ def _discard_uploaded(files: list[str]) -> None:
 
 def _review_buttons() -> dict[str, Any]:
     """Step through a finished propagation: accept / cut the range here / previous / next (``app.review``)."""
+    import gradio as gr
+
     with gr.Row():
         buttons = {"start": gr.Button("Review", size="sm", min_width=50, elem_id="review")}
         for action, text in (("prev", "◀"), ("accept", "Accept"), ("cut", "Cut here"), ("next", "▶")):
@@ -425,6 +427,8 @@ def _review_buttons() -> dict[str, Any]:
 def _wire_propagation(ctx: AppContext, button: Any, review_btns: dict[str, Any], sid: Any, outputs: list, guarded: Callable) -> None:
     """Propagate starts a background job and returns at once (the study stays visible and usable); a timer
     polls its per-slice progress and shows the result when it lands. Review buttons call ``controller.review``."""
+    import gradio as gr
+
     timer = gr.Timer(1.0, active=False)
 
     def on_propagate(s):

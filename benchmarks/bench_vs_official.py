@@ -350,7 +350,7 @@ def main() -> int:
                 f.write(json.dumps(row) + "\n")
 
     if args.triton_tuning and Path(args.triton_tuning).is_file():
-        from models import triton_attention, triton_convs
+        from runtime import triton_attention, triton_convs
 
         for kernel, params in json.loads(Path(args.triton_tuning).read_text()).items():
             if kernel == "attention":  # window length -> LaunchConfig fields (triton_attention_check.py --best-out)

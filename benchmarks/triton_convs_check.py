@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models import triton_convs  # noqa: E402
+from runtime import triton_convs  # noqa: E402
 from runtime.conv_forms import decompose_convs, fuse_batchnorm  # noqa: E402
 from runtime.fast import REALIZE_STENCIL_INPUTS  # noqa: E402
 from models.registry import load_segmenter  # noqa: E402

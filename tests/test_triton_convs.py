@@ -100,7 +100,7 @@ def test_default_launch_parameters_compile_for_the_h100_without_register_spills(
     """bf16, the stage-0 shapes, both GELU forms: spills to local memory would cost the bandwidth the
     kernels exist to save. The row-walking kernel's 4-warp default is the exception measured on the H100
     (faster than 8 warps without spills; runtime/triton_convs.py): its spills stay under 512 bytes."""
-    from models import triton_convs as tc
+    from runtime import triton_convs as tc
 
     pw, dw = tc.TUNING["pointwise"], tc.TUNING["depthwise_pointwise"]
     ptrs = {n: "*bf16" for n in ("x_ptr", "w_ptr", "b_ptr", "y_ptr")}

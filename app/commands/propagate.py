@@ -24,6 +24,7 @@ from app.commands.common import (
 from app.embedding_cache import EmbeddingCache
 from app.errors import UsageError
 from app.propagation import PropagationResult, PropagationSettings, interpolate_shapes, propagate, propagate_anchors
+from data.readers import read_study
 from data.volume import Volume
 from data.deidentify import deidentifier
 from data.export import export_format
