@@ -365,14 +365,39 @@ class Viewer {
     this.nv.drawScene()
   }
 
-  /** Page the current view by n slices (client side only; the server learns it later). */
+  /** Page the current view by n slices of the study's own grid (client side only; the server learns it later). */
   page(n: number): void {
     if (!this.nv.volumes.length) return
-    const axis = AXIS_OF[this.currentView]
+    const { sign } = this.nativeAxis(this.currentView)
     const d = [0, 0, 0]
-    d[axis] = n
+    d[AXIS_OF[this.currentView]] = n * sign
     this.nv.moveCrosshairInVox(d[0], d[1], d[2])
     this.afterNavigate()
+  }
+
+  /** The stored grid's axis (0 i, 1 j, 2 k) a view steps through, and whether it runs along the RAS axis. */
+  nativeAxis(view: string): { c: number; sign: number } {
+    const A = (this.nv.volumes[0].hdr as any).affine as number[][]
+    const r = AXIS_OF[view]
+    let c = 0
+    for (let k = 1; k < 3; k++) if (Math.abs(A[r][k]) > Math.abs(A[r][c])) c = k
+    return { c, sign: Math.sign(A[r][c]) || 1 }
+  }
+
+  /** The shown slice of a view as the server counts it (the index along the stored grid, from 0). */
+  sliceOf(view: string): { index: number; count: number } {
+    const hdr = this.nv.volumes[0].hdr as any
+    const A = hdr.affine as number[][]
+    const mm = this.crosshairMM()
+    const m = [0, 1, 2].map((r) => [A[r][0], A[r][1], A[r][2]])
+    const b = [0, 1, 2].map((r) => mm[r] - A[r][3])
+    const det = (q: number[][]) => q[0][0] * (q[1][1] * q[2][2] - q[1][2] * q[2][1]) - q[0][1] * (q[1][0] * q[2][2] - q[1][2] * q[2][0]) + q[0][2] * (q[1][0] * q[2][1] - q[1][1] * q[2][0])
+    const D = det(m)
+    const { c } = this.nativeAxis(view)
+    const mc = m.map((row, r) => row.map((v, k) => (k === c ? b[r] : v)))
+    const count = hdr.dims[c + 1]
+    const index = Math.min(count - 1, Math.max(0, Math.round(det(mc) / D)))
+    return { index, count }
   }
 
   afterNavigate(): void {
@@ -386,15 +411,6 @@ class Viewer {
     return [mm[0], mm[1], mm[2]]
   }
 
-  sliceOf(view: string): { index: number; count: number } {
-    const vol = this.nv.volumes[0]
-    const axis = AXIS_OF[view]
-    const dims = (vol as any).dimsRAS as number[]
-    const n = dims[axis + 1]
-    const index = Math.round(this.nv.scene.crosshairPos[axis] * n - 0.5)
-    return { index, count: n }
-  }
-
   showInfo(): void {
     if (!this.nv.volumes.length || !this.state?.study) return
     const view = this.currentView
@@ -403,7 +419,7 @@ class Viewer {
     const axisName = ['x', 'y', 'z'][AXIS_OF[view]]
     const vol = this.nv.volumes[0]
     const wl = this.state.rgb ? '' : ` · W ${Math.round(vol.cal_max! - vol.cal_min!)} L ${Math.round((vol.cal_max! + vol.cal_min!) / 2)}`
-    this.info.textContent = `${view} ${index + 1}/${count} · ${axisName} = ${mm[AXIS_OF[view]].toFixed(1)} mm${wl} · zoom ${this.nv.scene.pan2Dxyzmm[3].toFixed(1)}×`
+    this.info.textContent = `${view} slice ${index} (0–${count - 1}) · ${axisName} = ${mm[AXIS_OF[view]].toFixed(1)} mm${wl} · zoom ${this.nv.scene.pan2Dxyzmm[3].toFixed(1)}×`
     this.root.setAttribute('data-slice', String(index))
     this.root.setAttribute('data-view', view)
   }
@@ -649,6 +665,7 @@ class Viewer {
         this.root.setAttribute('data-busy', String(this.inFlight))
         this.drawOverlay()
         if (this.inFlight === 0) {
+          if (this.state && this.state.rev !== this.rev && this.study === this.state.study) this.reloadLabels()
           if (!quiet || body.kind === 'window') this.syncPage()
           if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box') this.requestEncode()
         }
