@@ -44,13 +44,25 @@ def state(session: Session, token: str) -> dict[str, Any]:
         views=["axial"] if volume.is_2d else ["axial", "coronal", "sagittal"],
         view=vs.view,
         acquisition=acquisition_view(volume),
+        index=vs.index[vs.view],
         slice_mm=from_plane(volume, vs.view, vs.index[vs.view], 0, 0),
+        planes=planes(volume),
         labels=[{"value": d.value, "name": d.name, "colour": "#%02x%02x%02x" % d.colour} for d in session.label_defs],
         active=session.active,
         window=window_of(session),
         opacity=vs.opacity,
         object=markers(session),
     )
+    return out
+
+
+def planes(volume) -> dict[str, dict[str, Any]]:
+    """Per view: how many planes, their (H, W) and (row, column) spacing (scripted clients use it)."""
+    out = {}
+    for view in (["axial"] if volume.is_2d else ["axial", "coronal", "sagittal"]):
+        plane = Plane.of(volume, view)
+        h, w = plane.extract(volume.array, 0).shape[:2]
+        out[view] = {"count": plane.count(volume.array.shape), "hw": [h, w], "spacing": list(plane.spacing(volume))}
     return out
 
 
@@ -232,9 +244,23 @@ def _show(session: Session, view: str, index: int) -> None:
 
 
 def _where(volume, body: dict[str, Any], key: str, view: str | None = None) -> tuple[str, tuple[int, float, float]]:
+    """Where a prompt is: ``key`` in world mm ([x, y, z], the browser), or ``at``/``at2`` as
+    [plane index, x, y] on the plane grid (scripted clients)."""
     view = view or str(body.get("view", ""))
     if volume.is_2d:
         view = "axial"
+    at = body.get("at2" if key == "mm2" else "at")
+    if at is not None and body.get(key) is None:
+        plane = Plane.of(volume, view)
+        try:
+            index, x, y = (float(v) for v in at)
+        except (TypeError, ValueError) as e:
+            raise PromptError("at: expected [plane index, x, y]") from e
+        n = plane.count(volume.array.shape)
+        if not 0 <= index < n:
+            raise PromptError(f"{view} plane {int(index)} is out of range: 0..{n - 1}")
+        h, w = plane.extract(volume.array, int(index)).shape[:2]
+        return view, (int(index), float(np.clip(x, 0, w - 1)), float(np.clip(y, 0, h - 1)))
     mm = body.get(key)
     if not isinstance(mm, (list, tuple)) or len(mm) != 3:
         raise PromptError(f"{key}: expected [x, y, z] in millimetres")

@@ -335,7 +335,9 @@ def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path)
     # a bad upload: the message names the file, not a server path or the session id
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
-    page.locator("#upload input[type=file]").set_input_files(str(bad))
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload").click()
+    chooser.value.set_files(str(bad))
     _wait_status(page, "⚠")
     message = page.locator("#viewer-status").inner_text()
     assert "notes.txt" in message and "/" not in message.replace("notes.txt", "") and sid not in message
