@@ -158,3 +158,15 @@ def test_routes_serve_the_study_and_labels_with_their_geometry(ctx, opened, tmp_
     assert r.status_code == 400 and "reload the page" in r.json()["error"]
     r = client.get(f"/viewer-api/{token}/volume/0123456789abcdef.nii.gz")
     assert r.status_code == 400 and str(s.directory) not in r.text
+
+
+@pytest.mark.parametrize("error, shown", [
+    (ValueError("/srv/medseg/state/sessions/0123456789abcdef0123456789abcdef/uploads/x/scan.nii.gz: unreadable"),
+     "scan.nii.gz: unreadable"),
+    (KeyError("no label 3"), "no label 3"),
+    (ValueError("no saved session 0123456789abcdef0123456789abcdef"), "no saved session …"),
+])
+def test_user_messages_carry_no_server_paths_or_session_ids(error, shown):
+    from app.errors import public_message
+
+    assert public_message(error) == shown
