@@ -255,7 +255,9 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     assert page.evaluate("document.scrollingElement.scrollHeight") <= VIEWPORT["height"]
     export = page.locator("#export-btn").bounding_box()
     assert export["y"] + export["height"] <= VIEWPORT["height"]
+    page.locator("#viewer-shortcuts summary").click()
     assert "Esc" in page.locator("#viewer-shortcuts").inner_text()
+    page.locator("#viewer-shortcuts summary").click()
     assert page.locator("#tool-box").get_attribute("title")
     cursors = set()
     for key in "pbrev":
@@ -338,7 +340,7 @@ def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path)
     with page.expect_file_chooser() as chooser:
         page.locator("#upload").click()
     chooser.value.set_files(str(bad))
-    _wait_status(page, "⚠")
+    _wait_status(page, "notes.txt")
     message = page.locator("#viewer-status").inner_text()
     assert "notes.txt" in message and "/" not in message.replace("notes.txt", "") and sid not in message
 

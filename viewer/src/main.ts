@@ -702,6 +702,11 @@ class Viewer {
     } else {
       for (let k = 0; k < a; k++) for (let j = 0; j < b; j++) img[k * ni * nj + j * ni + p.index] = values[k * b + j]
     }
+    this.refreshLabels()
+  }
+
+  /** Upload the patched labels and redraw (refreshing the label layer alone garbled the overlay in NiiVue 0.69). */
+  refreshLabels(): void {
     this.nv.updateGLVolume()
   }
 
