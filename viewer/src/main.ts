@@ -84,6 +84,7 @@ class Viewer {
   queue: Promise<void> = Promise.resolve()
   drag: { x0: number; y0: number; x: number; y: number; view: string; mm0: number[]; stroke: number[][]; button: number } | null = null
   hover: [number, number] | null = null
+  wl: { x: number; y: number; level: number; width: number } | null = null
   loading: Promise<void> | null = null
   windowTimer = 0
   viewTimer = 0
@@ -484,6 +485,12 @@ class Viewer {
       const [x, y] = this.canvasXY(e)
       const hit = this.pick(x, y)
       if (hit) { this.currentView = hit.view }
+      if (e.button === 2 && hit && this.state?.study && !this.state.rgb) { // window/level drag, ours
+        e.stopPropagation(); e.preventDefault()
+        const vol = this.nv.volumes[0]
+        this.wl = { x: e.clientX, y: e.clientY, level: (vol.cal_max! + vol.cal_min!) / 2, width: vol.cal_max! - vol.cal_min! }
+        return
+      }
       if (e.button !== 0 || !editing() || !hit || !this.state?.study) return
       e.stopPropagation(); e.preventDefault()
       this.drag = { x0: x, y0: y, x, y, view: hit.view, mm0: hit.mm, stroke: [hit.mm], button: 0 }
@@ -493,6 +500,15 @@ class Viewer {
       const [x, y] = this.canvasXY(e)
       const inside = e.target === this.canvas || e.target === this.overlay || stage.contains(e.target as Node)
       this.hover = inside ? [x, y] : null
+      if (this.wl) { // right-drag: horizontal = width, vertical = level (as radiology viewers do)
+        e.stopPropagation(); e.preventDefault()
+        const k = Math.max(this.wl.width, 1) / 300
+        const width = Math.max(1, this.wl.width + (e.clientX - this.wl.x) * k)
+        const level = this.wl.level - (e.clientY - this.wl.y) * k
+        this.applyWindow({ level, width })
+        this.showInfo()
+        return
+      }
       if (!this.drag) { if (this.tool === 'brush' || this.tool === 'erase') this.drawOverlay(); return }
       e.stopPropagation(); e.preventDefault()
       this.drag.x = x; this.drag.y = y
@@ -503,6 +519,12 @@ class Viewer {
       this.drawOverlay()
     }, true)
     window.addEventListener('mouseup', (e) => {
+      if (this.wl && e.button === 2) {
+        e.stopPropagation(); e.preventDefault()
+        this.wl = null
+        this.onWindowDragged()
+        return
+      }
       if (!this.drag || e.button !== 0) return
       e.stopPropagation(); e.preventDefault()
       const d = this.drag
@@ -539,7 +561,6 @@ class Viewer {
     }, { capture: true, passive: false })
     stage.addEventListener('contextmenu', (e) => e.preventDefault())
     stage.addEventListener('mouseup', (e) => {
-      if (e.button === 2) window.setTimeout(() => this.onWindowDragged(), 0)
       if (e.button === 0 && this.tool === 'navigate') window.setTimeout(() => this.afterNavigate(), 0)
     })
     window.addEventListener('keydown', (e) => this.onKey(e), true)
