@@ -5,8 +5,6 @@ browser loads keep the study's geometry, and user errors answer one line without
 from __future__ import annotations
 
 import base64
-import gzip
-import io
 
 import numpy as np
 import pytest

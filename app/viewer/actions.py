@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from app import interaction
 from app.controller import AppContext, facts
 from app.render import Plane, acquisition_view, display_window
-from app.session import Edit, Session, SessionError
+from app.session import Edit, Session
 from app.viewer.geometry import from_plane, to_plane
 from data.writers import atomic_output
 from models.prompts import PromptError

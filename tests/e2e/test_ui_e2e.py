@@ -13,7 +13,6 @@ import json
 import logging
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,6 +198,7 @@ def test_click_box_undo_export_oneshot(browser, server, shots, tmp_path, ct):
     assert 0.3 * (after_box == 1).sum() < found < 3 * (after_box == 1).sum()
     page.wait_for_function("medsegViewer.rev === Number(document.querySelector('#medseg-viewer').dataset.rev)")
     _wait_server(lambda: _browser_labels(page) == _server_counts(server.labels(sid)), 30)
+    page.screenshot(path=str(shots / "ui_oneshot.png"))
     context.close()
 
 
