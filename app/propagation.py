@@ -139,6 +139,7 @@ class _Step:
     mask: np.ndarray
     logits: np.ndarray
     score: float
+    yardstick: bool = True  # False: a start answered by the click model, whose first neighbour it can't judge
 
 
 def box_around(mask: np.ndarray, margin: float) -> np.ndarray:
@@ -172,6 +173,8 @@ def stop_reason(new: _Step, prev: _Step, settings: PropagationSettings) -> str |
     area, prev_area = int(new.mask.sum()), int(prev.mask.sum())
     if area < settings.min_area_px:
         return "empty"
+    if not prev.yardstick:
+        return None
     if settings.min_score > 0 and new.score < settings.min_score:
         return "low score"
     if settings.score_drop > 0 and np.isfinite(prev.score) and new.score < settings.score_drop * prev.score:
@@ -375,12 +378,12 @@ def propagate(
     if prompts is not None:
         emb = cache.embeddings(segmenter, volume, [k0], window, batch_size=settings.batch_size)[k0]
         first = segmenter.predict(emb, prompts)
-        # A box-only start is scored by the decoder the walk uses; clicks or a mask go through the click model,
-        # whose IoU head is on another scale: its score is no yardstick for the "score drop" cue (an OHIF
-        # point prompt stopped the walk at its first neighbour, tests/test_labelserver.py), as for an anchor.
+        # A box-only start is answered by the decoder the walk uses. Clicks or a mask go through the click model:
+        # its IoU head is on another scale and its lone-point masks are small blobs, so such a start is no
+        # yardstick for its first neighbours' stop cues (an OHIF point prompt stopped the walk at its first
+        # neighbour on "overlap drop", tests/test_labelserver.py); only an empty neighbour stops there.
         box_only = prompts.points is None and prompts.mask_logits is None
-        score = float(first.scores[first.best_index]) if box_only else float("nan")
-        seeds[k0] = _Step(first.best_mask, first.best_logits, score)
+        seeds[k0] = _Step(first.best_mask, first.best_logits, float(first.scores[first.best_index]), yardstick=box_only)
         seed_mask = first.best_mask
     else:
         seed_mask = np.asarray(start_mask, dtype=bool)

@@ -143,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if args.fill == "shape":
         labels = interpolate_shapes(anchors, volume.num_slices).astype(np.uint8)
-        export_labels(labels, volume, out, label_names={1: args.label}, model_name="shape interpolation",
-                      deidentify=deidentifier(args))
-        print(f"{out}: {int(labels.sum())} voxels on slices {min(anchors)}..{max(anchors)} (shape interpolation)")
+        where = save_labels(labels, volume, args.output, label_names={1: args.label},
+                            model_name="shape interpolation", deidentify=deidentifier(args))
+        print(f"{where}: {int(labels.sum())} voxels on slices {min(anchors)}..{max(anchors)} (shape interpolation)")
         return 0
     segmenter = segmenter_from_args(args)
 
