@@ -55,8 +55,9 @@ def _hostile_files(folder: Path) -> list[Path]:
     if (ROOT / "tests" / "hostile" / "corpus.py").is_file():
         from tests.hostile.corpus import build_corpus  # the reader half's corpus (issue 23)
 
-        built = build_corpus(folder / "corpus")
-        files += [Path(p) for p in built] if built else sorted(p for p in (folder / "corpus").rglob("*") if p.is_file())
+        build_corpus(folder / "corpus")  # -> Case objects; a case may be a folder (a series) or a FIFO/link
+        # every regular file it wrote, one upload each (FIFOs and links cannot travel over HTTP)
+        files += sorted(p for p in (folder / "corpus").rglob("*") if p.is_file() and not p.is_symlink())
     return files
 
 
