@@ -390,7 +390,8 @@ def _first_click_candidates(runner: ModelRunner, session: Session, p: PromptStat
     ``CLICK_BOX_MM`` half-sides around it: a small, a medium and a large structure.
     The multimask try asks the base decoder: the click model answers a lone point with one small mask
     (points:1 Dice 0.24 on the shared set, docs/clicks.md) three times over, no alternatives at all;
-    the boxed candidates (a point and a box) go through it as corrective prompts.
+    the boxed candidates too, as they were chosen and measured with it; later clicks on the chosen one
+    go through the click model.
     """
     result = _predict(runner, session, p, multimask=True, base_decoder=True)
     candidates = [(result.masks[i], result.low_res_logits[i][None], float(result.scores[i]), None)
@@ -404,7 +405,7 @@ def _first_click_candidates(runner: ModelRunner, session: Session, p: PromptStat
         hx, hy = half_mm / col_mm, half_mm / row_mm
         box = (max(0.0, x - hx), max(0.0, y - hy), min(w - 1.0, x + hx), min(h - 1.0, y + hy))
         r = _predict(runner, session, PromptState(p.view, p.index, p.label, p.points, p.point_labels, box, base=p.base),
-                     multimask=False)
+                     multimask=False, base_decoder=True)
         i = r.best_index
         score = float(r.scores[i]) if np.isfinite(r.scores[i]) else 0.0
         boxed.append((r.masks[i], r.low_res_logits[i][None], score, box))
