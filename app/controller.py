@@ -34,6 +34,7 @@ from app.render import (
 from app.session import PALETTE, Edit, Session, SessionError, SessionStore
 from app.uploads import import_upload
 from data.readers import read_study
+from data.untrusted import one_line
 from data.writers import write_label_nifti
 from models.prompts import PromptError
 from models.checkpoint import CheckpointError
@@ -180,8 +181,8 @@ def open_upload(ctx: AppContext, session: Session, files: list[str], progress: P
 
 
 def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Progress | None) -> ViewModel:
-    if progress:
-        progress(0.2, f"reading {name}")
+    if progress:  # the name is the user's: one line, control and line-separator characters escaped
+        progress(0.2, f"reading {one_line(name)}")
     volume = read_study(path)
     session.start_study(volume, str(path), name)
     ctx.store.save(session)
