@@ -14,7 +14,7 @@ Model with One Shot", ICLR 2024), step by step (``shared/parity/persam/manifest.
 6. refinement 2: same points + the box of the best mask + its logits (multimask, best score).
 
 ``parity=True`` reproduces three behaviours of the official code that this module otherwise fixes
-(the default is the clean behaviour; ``tests/test_persam_parity.py`` shows each difference):
+(the default is the clean behaviour; ``tests/adapters/test_persam_parity.py`` shows each difference):
 
 * the reference mask is drawn in (128, 0, 0) and pushed through the model's image preprocessing
   (pixel normalisation for SAM), so a feature cell is selected when the bilinearly sampled value is
@@ -245,7 +245,7 @@ def run_step(
     segmenter: Segmenter, embedding: Embedding, name: str, prompts: Prompts, *, multimask: bool, best: int | None = None
 ) -> DecoderStep:
     # the base decoder, not the click model: PerSAM's prompts and hooks are what the base was used with
-    # (through the click model PerSAM's brain Dice fell from 0.78 to 0.03, tests/test_persam_litemedsam.py)
+    # (through the click model PerSAM's brain Dice fell from 0.78 to 0.03, tests/adapters/test_persam_litemedsam.py)
     result = segmenter.predict(embedding, replace(prompts, base_decoder=True), multimask_output=multimask)
     return DecoderStep(name, prompts, result, result.best_index if best is None else best)
 

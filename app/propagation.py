@@ -381,7 +381,7 @@ def propagate(
         # A box-only start is answered by the decoder the walk uses. Clicks or a mask go through the click model:
         # its IoU head is on another scale and its lone-point masks are small blobs, so such a start is no
         # yardstick for its first neighbours' stop cues (an OHIF point prompt stopped the walk at its first
-        # neighbour on "overlap drop", tests/test_labelserver.py); only an empty neighbour stops there.
+        # neighbour on "overlap drop", tests/app/test_labelserver.py); only an empty neighbour stops there.
         box_only = prompts.points is None and prompts.mask_logits is None
         seeds[k0] = _Step(first.best_mask, first.best_logits, float(first.scores[first.best_index]), yardstick=box_only)
         seed_mask = first.best_mask

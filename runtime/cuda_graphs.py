@@ -15,7 +15,7 @@ kernels, and a decode ~100 more: on an H100 the launches, not the arithmetic, se
   parity slice: up to 3957 pixels and 34 logits; docs/benchmarks.md), so each count gets its graph.
 
 Results are identical to the un-graphed path: the same host code, the same kernels
-(tests/test_cuda_graphs.py). On the CPU the same static-shape code runs without a graph, so tests
+(tests/runtime/test_cuda_graphs.py). On the CPU the same static-shape code runs without a graph, so tests
 there cover everything but the capture.
 """
 

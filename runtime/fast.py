@@ -3,7 +3,7 @@
 * :func:`use_sdpa_attention` turns every ``segment_anything`` ViT ``Attention`` into one that calls
   ``scaled_dot_product_attention`` with the decomposed relative-position bias passed as an
   additive mask. Same parameters and state-dict keys (the class is swapped in place, nothing is
-  forked), fp32 outputs within the parity tolerances (tests/test_fast_paths.py). TinyViT
+  forked), fp32 outputs within the parity tolerances (tests/runtime/test_fast_paths.py). TinyViT
   (LiteMedSAM, MobileSAM) already uses SDPA with its attention biases.
 * :func:`tuned` returns a copy of a segmenter that encodes under bf16 autocast, with the encoder
   in channels-last memory format and optionally ``torch.compile``d. The copy shares the weights
@@ -194,7 +194,7 @@ def tuned(
 
     ``attention`` ("sdpa", "math", "flash"; :func:`set_window_attention`) picks how TinyViT's 7 x 7
     window attention is computed in the folded encoder copy, for batched throughput under compile
-    (docs/benchmarks.md, run 5). fp32 results equal the default within rounding (tests/test_fast_paths.py).
+    (docs/benchmarks.md, run 5). fp32 results equal the default within rounding (tests/runtime/test_fast_paths.py).
     ``attention="triton"`` runs every window (7 x 7 and 14 x 14) through the Triton kernel of
     ``runtime/triton_attention.py``, and ``triton_convs`` swaps TinyViT's MBConv and PatchMerging blocks
     for the fused Triton kernels of ``runtime/triton_convs.py`` (CUDA; the depthwise output never goes to

@@ -34,7 +34,7 @@ from models.tiny_vit import MBConv, PatchMerging
 
 # Launch parameters, per kernel; benchmarks/triton_convs_check.py sweeps them. Read at every call,
 # so changing them takes effect without recompiling an encoder that calls the custom ops.
-# tests/test_triton_convs.py compiles the defaults for sm_90 offline and bounds their register spills.
+# tests/runtime/test_triton_convs.py compiles the defaults for sm_90 offline and bounds their register spills.
 TUNING: dict[str, dict[str, int]] = {
     # the fastest of benchmarks/triton_convs_check.py's sweeps for stage 0's MBConv on the H100, batch 128,
     # tanh GELU (docs/bench/h100_triton_convs_run4.jsonl: conv1 2.43 ms; the row-walking

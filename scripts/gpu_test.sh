@@ -33,5 +33,5 @@ export GRADIO_ANALYTICS_ENABLED=False MEDSEG_TEST_THREADS=${MEDSEG_TEST_THREADS:
 # -m gpu: the CUDA-graph replays, the Triton kernels in bf16 (attention, MBConv/PatchMerging, tanh GELU),
 # pinned host inputs, and the compiled fast path end to end with its Dice check (issue 22's rule)
 exec "$PY" -m pytest -p no:cacheprovider -m gpu -v -rA "$@" \
-  tests/test_cuda_graphs.py tests/test_triton_attention.py tests/test_triton_convs.py tests/test_fast_paths.py \
-  tests/test_litemedsam_host_inputs.py tests/test_compiled_path_dice.py
+  tests/runtime/test_cuda_graphs.py tests/runtime/test_triton_attention.py tests/runtime/test_triton_convs.py tests/runtime/test_fast_paths.py \
+  tests/models/test_litemedsam_host_inputs.py tests/runtime/test_compiled_path_dice.py

@@ -41,7 +41,7 @@ PROTOCOLS = ("box+clicks:5", "points:1", "points:5")
 
 def case_rng(seed: int, case_id: str) -> np.random.Generator:
     """``evaluation.runner.case_rng`` (not imported: the runner needs SimpleITK, which the GPU machine lacks;
-    tests/test_click_model.py checks that the two agree)."""
+    tests/models/test_click_model.py checks that the two agree)."""
     import zlib
 
     return np.random.default_rng([int(seed), zlib.crc32(case_id.encode("utf-8"))])

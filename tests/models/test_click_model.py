@@ -22,9 +22,9 @@ from models.checkpoint import CheckpointError
 from models.click_model import CLICK_MODEL_DIR, META_FILE, WEIGHTS_FILE, _load_state, attach_click_model, read_meta
 from models.prompts import Prompts
 from models.registry import LITEMEDSAM_SHA256, get_spec, load_segmenter
+from tests.conftest import DATA, ROOT
 
-MANIFEST = Path("/work/shared/data/manifest.csv") if Path("/work/shared/data/manifest.csv").is_file() else (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "manifest.csv")
+MANIFEST = DATA / "manifest.csv"
 pytestmark = pytest.mark.skipif(not get_spec("litemedsam").available() or not MANIFEST.is_file(),
                                 reason="needs weights/lite_medsam.pth and shared/data")
 # three structures of the shared set never trained on (the click model saw only the INIA19 macaque)
@@ -150,7 +150,7 @@ def test_clicks_raise_dice_on_structures_never_trained_on(models, cases):
 def test_training_script_seeds_cases_like_the_evaluation():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("tcm", Path(__file__).resolve().parents[1] / "scripts" / "train_click_model.py")
+    spec = importlib.util.spec_from_file_location("tcm", ROOT / "scripts" / "train_click_model.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     for cid in GAIN_CASES:

@@ -162,7 +162,7 @@ def test_cli_propagate_to_dicom_seg_is_valid_and_reads_back(head_run, ct, head, 
 
     from app.cli import main
     from data.dicom_seg import read_dicom_seg
-    from tests.test_dicom_seg import dciodvfy_errors
+    from tests.data.test_dicom_seg import dciodvfy_errors
 
     x0, y0, x1, y1 = (f"{v:g}" for v in box_around(head[START], 5))
     out = tmp_path / "head.dcm"

@@ -16,7 +16,7 @@ from app.interaction import ModelRunner, Prefetcher
 from app.session import SessionError, SessionStore
 from models.checkpoint import sha256_of
 from models.registry import get_spec
-from tests.test_ui_interaction import BOX, CT_NAME, INSIDE
+from tests.app.test_ui_interaction import BOX, CT_NAME, INSIDE
 
 CHECKPOINT = get_spec("litemedsam").default_checkpoint
 NAME = "litemedsam+clicks_v1"

@@ -39,7 +39,7 @@ def test_segment_3d_writes_label_map_on_source_grid(order, capsys, tmp_path, lit
     """--slice K is the K-th image in position order (read here with pydicom alone); its mask equals the
     model's answer on that image, windowed here; the label map lies on the source grid."""
     from data.windowing import CT_PRESETS, Window
-    from tests.test_geometry import instance_numbers_against_position, slices_in_position_order
+    from tests.data.test_geometry import instance_numbers_against_position, slices_in_position_order
 
     if order == "bundled":
         series = CT_SERIES

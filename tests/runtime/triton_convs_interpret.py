@@ -1,10 +1,10 @@
 """CPU checks of runtime/triton_convs.py through the Triton interpreter, one case per run.
 
-Run by tests/test_triton_convs.py in a subprocess with TRITON_INTERPRET=1, which must be set before
+Run by tests/runtime/test_triton_convs.py in a subprocess with TRITON_INTERPRET=1, which must be set before
 the kernels are decorated (other tests import triton first). fp32 only: the interpreter's bf16 is
 not trustworthy. Prints one JSON line ``{"case": ..., "max_abs": ..., ...}``.
 
-    TRITON_INTERPRET=1 python tests/triton_convs_interpret.py mbconv
+    TRITON_INTERPRET=1 python tests/runtime/triton_convs_interpret.py mbconv
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from runtime.conv_forms import decompose_convs, fuse_batchnorm  # noqa: E402
