@@ -158,7 +158,6 @@ def test_alternatives_labels_and_dicom_seg_export(browser, server, model_calls, 
     context.close()
 
 
-@pytest.mark.skip(reason="passed alone three times on 2026-12-04 but timed out (240 s) waiting for 'Ready' after the upload in the full 2-worker suite; the study-encode-on-open of issue 21 is the suspect; to fix next")
 def test_upload_then_propagate_3d(browser, server, tmp_path):
     """Dropping a NIfTI on the upload box opens a copy of it in the session; a box on the middle slice,
     Propagate 3D carries it to both neighbours; Undo reverts the propagation as one edit. Three slices of
