@@ -135,3 +135,31 @@ def test_study_stays_usable_while_propagation_runs(ctx, five):
     assert job.state == "done", job.error
     assert (session.labels[3] == 2).sum() > 500  # the user's work during the run is kept
     assert (session.labels[1] == 1).sum() > 500 and (session.labels[4] == 1).sum() > 0
+
+
+def test_background_study_encoding_gives_the_model_back_after_every_slice_on_the_cpu(ctx, five):
+    """A user's click waits for at most one background encode on the CPU. Chunks of four held a first
+    click behind four encodes (20-40 s on a loaded 2-core machine: an e2e upload timed out waiting for
+    'Ready'). Each background turn here encodes exactly one slice, and every slice gets encoded."""
+    from app.propagation_job import encode_study
+
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(five)])
+    session = ctx.store.get(sid)
+    real, per_turn = ctx.runner.segmenter(session.model), []
+
+    class Counting:  # the real model, counting the slices encoded while one background turn is held
+        name = real.name
+
+        def embed_batch(self, images):
+            per_turn.append(len(images))
+            return real.embed_batch(images)
+
+    runner = ctx.runner
+    original = runner.segmenter
+    runner.segmenter = lambda name: Counting()
+    try:
+        encode_study(runner, session).join(600)
+    finally:
+        runner.segmenter = original
+    assert per_turn == [1] * 5
