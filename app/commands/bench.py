@@ -24,7 +24,7 @@ ONNX_BACKENDS = tuple(b for b in LOADER_BACKENDS if b != "torch")  # the registr
 # (runtime/triton_attention.py, runtime/triton_convs.py); torch-triton-tanh: the same with every GELU in the
 # tanh form (runtime.fast.use_tanh_gelu) and inductor's kernels tuned (runtime.fast.TUNED_KERNELS), the
 # fastest batched GPU path (docs/benchmarks.md, run 16); its compile takes minutes per batch size
-TRITON_BACKENDS = ("torch-triton", "torch-triton-tanh")
+TRITON_BACKENDS = ("torch-triton", "torch-triton-tanh", "torch-triton-fp16")
 BACKENDS = ("torch", "torch-bf16", "torch-compile", *TRITON_BACKENDS, *ONNX_BACKENDS)
 
 
@@ -56,6 +56,9 @@ def _segmenter(args: argparse.Namespace, backend: str):
         return tuned(base, precision="bf16")
     if backend == "torch-compile":
         return tuned(base, precision="bf16", compile=True)
+    if backend == "torch-triton-fp16":  # bf16's rows fail issue 22's Dice rule; fp16 keeps it (docs/benchmarks.md, E)
+        return tuned(base, precision="fp16", compile=True, cast_weights=True, attention="triton", triton_convs=True,
+                     gelu="tanh", inductor_options=TUNED_KERNELS)
     if backend == "torch-triton-tanh":
         return tuned(base, precision="bf16", compile=True, cast_weights=True, attention="triton", triton_convs=True,
                      gelu="tanh", inductor_options=TUNED_KERNELS)
