@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from app.render import VIEWS, Plane, acquisition_view
+from app.reading import read_untrusted
 from data.readers import StudyError, read_study
 from data.volume import Volume
 from data.writers import atomic_output
@@ -427,7 +428,10 @@ class SessionStore:
             path = directory / study.removeprefix("@session/") if study.startswith("@session/") else Path(study)
             session.study_path = str(path)
             try:
-                session.volume = read_study(path, series_uid=session.series_uid)
+                if path.is_relative_to(directory):  # the user's upload: read in a limited child
+                    session.volume = read_untrusted(path, directory, series_uid=session.series_uid)
+                else:  # a bundled sample
+                    session.volume = read_study(path, series_uid=session.series_uid)
             except StudyError as e:
                 raise SessionError(f"the session's study can no longer be read ({e})") from e
             labels_file = directory / "labels.npz"
