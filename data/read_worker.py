@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import select
 import signal
@@ -37,6 +38,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 MAX_REQUEST_BYTES = 64 * 1024
+# how an allocation refused under RLIMIT_AS shows in the readers' messages: Python's MemoryError,
+# ITK's "Failed to allocate memory for image", C++'s std::bad_alloc, errno ENOMEM
+OUT_OF_MEMORY = re.compile(r"MemoryError|allocate memory|bad_alloc|Cannot allocate", re.IGNORECASE)
 MAX_REPLY_BYTES = 4 * 1024**2  # geometry + per-slice UIDs and file names of a large series
 
 
@@ -106,8 +110,8 @@ def reader_child(request: dict, reply_fd: int) -> int:
             volume = read_study(path, series_uid=request.get("series_uid"), max_voxels=int(request["max_voxels"]),
                                 allow_uneven=bool(request.get("allow_uneven")))
         except StudyError as e:
-            if isinstance(e.__cause__, MemoryError):
-                return answer({"error": one_line(too_big)})
+            if isinstance(e.__cause__, MemoryError) or OUT_OF_MEMORY.search(str(e)):
+                return answer({"error": one_line(too_big)})  # the limit, not the file, is what to name
             return answer({"error": str(e)})
         except MemoryError:
             return answer({"error": one_line(too_big)})
