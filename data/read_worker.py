@@ -177,9 +177,28 @@ def supervise(conn: socket.socket) -> None:
     conn.sendall(json.dumps(reply).encode() + b"\n")
 
 
+def warm_up() -> None:
+    """Import the readers and read the bundled samples once, so that every child starts with the
+    lazy parts loaded (ITK's IO factories, GDCM's dictionaries, pydicom's and nibabel's submodules)
+    instead of loading them and throwing them away on each read."""
+    import warnings
+
+    from data.readers import StudyError, read_study
+
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    for path in (samples / "ct_head_0051_series", samples / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"):
+        if path.exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    read_study(path)
+                except StudyError:
+                    pass
+
+
 def serve(socket_path: str) -> None:
     """Accept requests until stdin closes; each in a forked supervisor (auto-reaped)."""
-    import data.readers  # noqa: F401 - warm: every child starts with the readers imported
+    warm_up()
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path)
