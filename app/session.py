@@ -372,7 +372,12 @@ class SessionStore:
             self._bound[session_hash] = sid
 
     def release(self, session_hash: str) -> None:
-        """The page went away: drop the session's memory-heavy runtime (embeddings), keep its files."""
+        """The page went away: drop the session's memory-heavy runtime, keep its files and work.
+
+        That is the shown planes' embeddings (up to 96 MiB) and the study's (propagation; up to
+        1 GiB), and the background study encoder is stopped: left running it would go on filling a
+        cache nobody reads, for minutes of CPU. Both are rebuilt when a page shows the session again.
+        """
         with self._lock:
             sid = self._bound.pop(session_hash, None)
             if sid is None or sid in self._bound.values():
@@ -380,7 +385,11 @@ class SessionStore:
             session = self._sessions.get(sid)
         if session is not None:
             with session.lock:
-                session.runtime.pop("embeddings", None)
+                for key in ("embeddings", "propagation_cache", "study_encoded"):
+                    session.runtime.pop(key, None)
+                encoder = session.runtime.pop("study_encoder", None)
+                if encoder is not None:
+                    encoder[1].set()  # (thread, stop event): app.propagation_job.encode_study
 
     def disk_bytes(self, sid: str | None = None) -> int:
         """Bytes under one session's folder, or under the whole store (``sid`` None)."""
