@@ -326,6 +326,11 @@ class SessionStore:
             self._evict_locked()
         return session
 
+    def peek(self, sid: str) -> Session | None:
+        """The session ``sid`` if it is in memory (no load, no change of its recency): for reports."""
+        with self._lock:
+            return self._sessions.get(sid)
+
     def get(self, sid: str) -> Session:
         """The session ``sid`` from memory, else from its folder. SessionError if malformed/unknown."""
         if not isinstance(sid, str) or not SESSION_ID.match(sid):

@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sessions < 1 or args.seconds <= 0:
         ap.error("--sessions must be >= 1 and --seconds > 0")
 
+    if args.soak is not None:  # the server logs what its bounded caches hold, once a minute
+        os.environ.setdefault("MEDSEG_MEMORY_LOG_S", "60")
     work = Path(tempfile.mkdtemp(prefix="medseg-load-"))
     exports = work / "exports"
     import torch  # the replay's model; the server gets the same thread count, so results match bit for bit
@@ -287,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                                            round(max(loads), 1)] if loads else None,
         "replay_s": None if args.no_replay else round(replay_s, 1),
         **(soak_figures([(t, m) for t, m, _ in samples]) if args.soak is not None else {}),
+        **({"server_memory_reports": memory_reports(work / "serve.log")} if args.soak is not None else {}),
         "cpus": os.cpu_count(),
     }
     print(json.dumps({k: v for k, v in figures.items() if k != "rss_series_mib"}, indent=1))
@@ -322,6 +325,20 @@ def soak_figures(samples: list[tuple[float, float]], window_min: int = 10) -> di
         "plateau_slope_mib_per_min": round(float(np.polyfit(np.arange(len(last)), last, 1)[0]), 1)
         if len(last) >= 2 else None,
     }
+
+
+def memory_reports(log: Path) -> list[dict]:
+    """The server's ``medseg memory:`` lines (app/memory_report.py), in order."""
+    from app.memory_report import PREFIX
+
+    out = []
+    for line in log.read_text(errors="replace").splitlines() if log.is_file() else []:
+        if line.startswith(PREFIX):
+            try:
+                out.append(json.loads(line[len(PREFIX):]))
+            except ValueError:
+                pass
+    return out
 
 
 def _image_hw(page: Page) -> tuple[int, int]:
