@@ -207,10 +207,17 @@ def serve(socket_path: str) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
     sys.stdout.write("ready\n")
     sys.stdout.flush()
+    os.dup2(2, 1)  # nobody reads our stdout from now on: a library's print must not fill the pipe
     while True:
         ready = select.select([listener, sys.stdin], [], [])[0]
         if sys.stdin in ready and not os.read(sys.stdin.fileno(), 4096):
-            return  # the parent has gone
+            listener.close()  # the parent has gone (even by SIGKILL): leave no socket behind
+            for leftover in (socket_path, os.path.dirname(socket_path)):
+                try:
+                    os.unlink(leftover) if leftover == socket_path else os.rmdir(leftover)
+                except OSError:
+                    pass
+            return
         if listener not in ready:
             continue
         conn, _ = listener.accept()
