@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+import time
 
 log = logging.getLogger("medseg.memory")
 PREFIX = "medseg memory: "
@@ -31,7 +32,7 @@ def report(store) -> dict:
         planes += len(getattr(cache, "_items", ()))
         undo += sum(edit_nbytes(e) for e in list(session.undo_stack) + list(session.redo_stack))
     study = study_embeddings_held()
-    return {"sessions": len(ids), "plane_embeddings": planes, "study_embeddings": study,
+    return {"unix_time": round(time.time(), 1), "sessions": len(ids), "plane_embeddings": planes, "study_embeddings": study,
             "embeddings_mib": (planes + study) * EMBEDDING_BYTES // 2**20, "undo_mib": round(undo / 2**20, 1)}
 
 
