@@ -14,6 +14,7 @@
 | ``MEDSEG_STUDY_EMBEDDINGS_MB``| 2048        | study embeddings (for propagation) all sessions keep in memory together; least recently used sessions' are dropped |
 | ``MEDSEG_READ_MEMORY_MB``   | 512 + 32 B/voxel | memory (address space) the child that reads an upload may add (``data/limits.py``) |
 | ``MEDSEG_READ_TIMEOUT_S``   | 120            | wall-clock and CPU seconds that child may take           |
+| ``MEDSEG_ISOLATE_READS``    | (off)          | ``1``: the CLI reads its input in that child too (``app/reading.py``) |
 | ``MEDSEG_ALLOWED_ROOTS``    | (none)         | extra folders the server may serve files from (``os.pathsep``-separated); session folders are never served |
 
 The readers' fixed bounds on untrusted files (DICOM nesting depth 32, 200,000 sequence items, 32 MiB

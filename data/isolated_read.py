@@ -32,6 +32,7 @@ import numpy as np
 from data import limits
 from data.limits import LimitError
 from data.readers import StudyError, StudyWarning, voxel_limit
+from data.untrusted import link_policy
 from data.volume import SourceRef, Volume
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +159,7 @@ class ReadServer:
         out = Path(tempfile.mkdtemp(prefix=".read-", dir=scratch))
         try:
             reply = self._ask({
-                "path": str(path), "cwd": os.getcwd(), "series_uid": series_uid, "max_voxels": limit, "allow_uneven": allow_uneven,
+                "path": str(path), "cwd": os.getcwd(), "links": link_policy(), "series_uid": series_uid, "max_voxels": limit, "allow_uneven": allow_uneven,
                 "out": str(out), "memory_bytes": lim.memory_bytes, "timeout_s": lim.timeout_s,
                 "max_result_bytes": limit * limits.MAX_BYTES_PER_VOXEL * limits.MAX_SAMPLES_PER_PIXEL + (1 << 20),
             })

@@ -79,9 +79,10 @@ def reader_child(request: dict, reply_fd: int) -> int:
     import numpy as np
 
     from data.readers import StudyError, read_study
-    from data.untrusted import one_line
+    from data.untrusted import one_line, set_link_policy
 
     path = request["path"]
+    set_link_policy(request.get("links", "inside"))  # the caller's: a server's strict rule, or the CLI's
     os.chdir(request["cwd"])  # relative paths, and so messages, as in the caller
     memory = int(request["memory_bytes"])
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE fails (EFBIG), no signal

@@ -97,10 +97,11 @@ def test_a_server_keeps_refusing_links_that_leave_their_folder(dataset):
     assert untrusted.link_policy() == "inside"  # the library's default, which `medseg serve` keeps
     with pytest.raises(StudyError, match="a link to a file outside its folder"):
         read_study(nifti)
-    untrusted.set_link_policy("follow")  # even in a process that follows links (the CLI) ...
     server = ReadServer()
-    try:  # ... the isolated reader the server uses is a process of its own, with the default
+    try:  # the isolated reader the server uses applies the server's rule
         with pytest.raises(StudyError, match="a link to a file outside its folder"):
             server.read(nifti)
+        untrusted.set_link_policy("follow")  # and the CLI's, for a CLI (MEDSEG_ISOLATE_READS=1)
+        assert server.read(nifti).array.shape == (32, 217, 181)
     finally:
         server.stop()
