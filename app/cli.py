@@ -18,6 +18,8 @@ import warnings
 COMMANDS = ["segment", "info", "serve", "labelserver", "propagate", "eval", "models", "convert-checkpoint", "oneshot", "bench", "batch", "finetune"]
 
 USER_ERROR = 2
+# commands that read files on others' behalf keep links inside their folder (data.untrusted)
+SERVERS = ("serve", "labelserver")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from app.errors import USER_ERRORS
-    from data.untrusted import one_line
+    from data.untrusted import one_line, set_link_policy
+
+    if args.command not in SERVERS:  # the user's own files: follow links (docs/reliability.md, "Links")
+        set_link_policy("follow")
 
     caught: list[warnings.WarningMessage] | None = None
     try:

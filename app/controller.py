@@ -31,6 +31,7 @@ from app.render import (
     display_window,
     to_rgb,
 )
+from app.reading import read_untrusted
 from app.session import PALETTE, Edit, Session, SessionError, SessionStore
 from app.uploads import import_upload
 from data.readers import read_study
@@ -144,7 +145,7 @@ def open_sample(ctx: AppContext, session: Session, name: str, progress: Progress
     samples = sample_studies()
     if name not in samples:
         raise SessionError(f"unknown sample {name!r}; choose one of: {', '.join(samples)}")
-    return _open(ctx, session, samples[name], name, progress)
+    return _open(ctx, session, samples[name], name, progress, trusted=True)
 
 
 @_with_session
@@ -180,10 +181,14 @@ def open_upload(ctx: AppContext, session: Session, files: list[str], progress: P
     return view
 
 
-def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Progress | None) -> ViewModel:
+def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Progress | None,
+          *, trusted: bool = False) -> ViewModel:
+    """Read and show a study. Anything but our own bundled samples (``trusted``) is read in a
+    child process with memory and time limits (``data.isolated_read``): a file that crashes a
+    native decoder is one error for this user, never a dead server."""
     if progress:  # the name is the user's: one line, control and line-separator characters escaped
         progress(0.2, f"reading {one_line(name)}")
-    volume = read_study(path)
+    volume = read_study(path) if trusted else read_untrusted(path, session.directory)
     session.start_study(volume, str(path), name)
     ctx.store.save(session)
     if progress:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,6 +28,7 @@ from app.propagation import PropagationResult, PropagationSettings, repropagate
 from app.session import Edit, Session, SessionError
 
 log = logging.getLogger(__name__)
+EMBEDDING_BYTES = 4 << 20  # one LiteMedSAM / SAM slice embedding (256 x 64 x 64 float32)
 EMBEDDING_BYTES_BUDGET = 1 << 30  # per session: 256 LiteMedSAM slices (4 MiB each) stay encoded
 
 
@@ -39,10 +42,14 @@ def add_anchor(session: Session, label: int, k: int) -> None:
 
 
 def propagation_cache(session: Session) -> EmbeddingCache:
-    """The session's embeddings of its stored slices, sized to keep the study (up to the budget)."""
+    """The session's embeddings of its stored slices, sized to keep the study (up to the budget).
+
+    Every use marks the cache as recently used and makes room under the server-wide budget
+    (:func:`make_room`): other sessions' study caches, least recently used first, are dropped.
+    """
     cache = session.runtime.get("propagation_cache")
     n = session.require_study().num_slices
-    want = max(8, min(n, EMBEDDING_BYTES_BUDGET // (4 << 20)))
+    want = max(8, min(n, EMBEDDING_BYTES_BUDGET // EMBEDDING_BYTES))
     if cache is None or cache.max_items < want:
         old = cache
         cache = EmbeddingCache(max_items=want)
@@ -50,7 +57,47 @@ def propagation_cache(session: Session) -> EmbeddingCache:
             for key, emb in old.items():
                 cache.put(key, emb)
         session.runtime["propagation_cache"] = cache
+    with _live_lock:
+        _live[cache] = time.monotonic()
+    make_room(keep=cache)
     return cache
+
+
+# --- the server-wide budget of study embeddings ---------------------------------------------------
+# Why: each session may keep up to 1 GiB of its study encoded, and a server keeps 32 sessions in
+# memory, so 20 users on long CTs would need ~20 GiB. Study embeddings are a cache (propagation
+# encodes a missing slice again), so the server keeps at most MEDSEG_STUDY_EMBEDDINGS_MB of them in
+# all, plus the working set of the session in use; the background encoder stops at the budget.
+_live: "weakref.WeakKeyDictionary[EmbeddingCache, float]" = weakref.WeakKeyDictionary()  # cache -> last use
+_live_lock = threading.Lock()
+
+
+def budget_items() -> int:
+    """How many study embeddings all sessions together may keep (``MEDSEG_STUDY_EMBEDDINGS_MB``)."""
+    from app.settings import get_settings
+
+    return max(1, int(get_settings().study_embeddings_bytes // EMBEDDING_BYTES))
+
+
+def study_embeddings_held() -> int:
+    """Study embeddings held by all live sessions' caches now."""
+    with _live_lock:
+        caches = list(_live)
+    return sum(len(c) for c in caches)
+
+
+def make_room(keep: EmbeddingCache | None = None, need: int = 0) -> None:
+    """Drop other sessions' study caches, least recently used first, until ``need`` more fit the budget."""
+    limit = budget_items()
+    with _live_lock:
+        caches = sorted(_live.items(), key=lambda item: item[1])
+    total = sum(len(c) for c, _ in caches)
+    for cache, _ in caches:
+        if total + need <= limit:
+            return
+        if cache is not keep and len(cache):
+            total -= len(cache)
+            cache.clear()
 
 
 class TurnTaking:
@@ -141,6 +188,7 @@ def start_propagation(
 
     def progress(done: int, total: int, message: str) -> None:
         job.done, job.total, job.message = done, total, message
+        make_room(keep=cache)  # this study grows: others' least recently used study caches make room
         if observe is not None:
             observe(job)
 
@@ -210,6 +258,8 @@ def encode_study(runner, session: Session, *, batch_size: int | None = None, sto
         while todo and not stop.is_set():
             if session.volume is not volume or session.model != model:
                 return  # another study or model: this work is moot
+            if study_embeddings_held() + min(batch_size, len(todo)) > budget_items():
+                return  # the server-wide budget is full: encoding ahead is a nicety, not worth evicting for
             if not runner.try_background_turn():
                 stop.wait(0.05)
                 continue

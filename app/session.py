@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from app.render import VIEWS, Plane, acquisition_view
+from app.reading import read_untrusted
 from data.readers import StudyError, read_study
 from data.volume import Volume
 from data.writers import atomic_output
@@ -325,6 +326,11 @@ class SessionStore:
             self._evict_locked()
         return session
 
+    def peek(self, sid: str) -> Session | None:
+        """The session ``sid`` if it is in memory (no load, no change of its recency): for reports."""
+        with self._lock:
+            return self._sessions.get(sid)
+
     def get(self, sid: str) -> Session:
         """The session ``sid`` from memory, else from its folder. SessionError if malformed/unknown."""
         if not isinstance(sid, str) or not SESSION_ID.match(sid):
@@ -371,7 +377,12 @@ class SessionStore:
             self._bound[session_hash] = sid
 
     def release(self, session_hash: str) -> None:
-        """The page went away: drop the session's memory-heavy runtime (embeddings), keep its files."""
+        """The page went away: drop the session's memory-heavy runtime, keep its files and work.
+
+        That is the shown planes' embeddings (up to 96 MiB) and the study's (propagation; up to
+        1 GiB), and the background study encoder is stopped: left running it would go on filling a
+        cache nobody reads, for minutes of CPU. Both are rebuilt when a page shows the session again.
+        """
         with self._lock:
             sid = self._bound.pop(session_hash, None)
             if sid is None or sid in self._bound.values():
@@ -379,7 +390,11 @@ class SessionStore:
             session = self._sessions.get(sid)
         if session is not None:
             with session.lock:
-                session.runtime.pop("embeddings", None)
+                for key in ("embeddings", "propagation_cache", "study_encoded"):
+                    session.runtime.pop(key, None)
+                encoder = session.runtime.pop("study_encoder", None)
+                if encoder is not None:
+                    encoder[1].set()  # (thread, stop event): app.propagation_job.encode_study
 
     def disk_bytes(self, sid: str | None = None) -> int:
         """Bytes under one session's folder, or under the whole store (``sid`` None)."""
@@ -427,7 +442,10 @@ class SessionStore:
             path = directory / study.removeprefix("@session/") if study.startswith("@session/") else Path(study)
             session.study_path = str(path)
             try:
-                session.volume = read_study(path, series_uid=session.series_uid)
+                if path.is_relative_to(directory):  # the user's upload: read in a limited child
+                    session.volume = read_untrusted(path, directory, series_uid=session.series_uid)
+                else:  # a bundled sample
+                    session.volume = read_study(path, series_uid=session.series_uid)
             except StudyError as e:
                 raise SessionError(f"the session's study can no longer be read ({e})") from e
             labels_file = directory / "labels.npz"

@@ -11,6 +11,10 @@
 | ``MEDSEG_TOTAL_DISK_MB``    | 20480          | disk all sessions together may hold                      |
 | ``MEDSEG_MAX_STUDIES``      | 4              | studies (uploads) one session keeps on disk at once      |
 | ``MEDSEG_DICOMWEB_TIMEOUT_S``| 30           | seconds a PACS may stay silent on one DICOMweb request   |
+| ``MEDSEG_STUDY_EMBEDDINGS_MB``| 2048        | study embeddings (for propagation) all sessions keep in memory together; least recently used sessions' are dropped |
+| ``MEDSEG_READ_MEMORY_MB``   | 512 + 32 B/voxel | memory (address space) the child that reads an upload may add (``data/limits.py``) |
+| ``MEDSEG_READ_TIMEOUT_S``   | 120            | wall-clock and CPU seconds that child may take           |
+| ``MEDSEG_ISOLATE_READS``    | (off)          | ``1``: the CLI reads its input in that child too (``app/reading.py``) |
 | ``MEDSEG_ALLOWED_ROOTS``    | (none)         | extra folders the server may serve files from (``os.pathsep``-separated); session folders are never served |
 
 The readers' fixed bounds on untrusted files (DICOM nesting depth 32, 200,000 sequence items, 32 MiB
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from data.limits import DEFAULT_MAX_VOXELS
+from data.limits import DEFAULT_MAX_VOXELS, DEFAULT_READ_TIMEOUT_S
 
 MIB = 1024**2
 
@@ -49,6 +53,9 @@ class Settings:
     max_studies: int = 4
     allowed_roots: tuple[Path, ...] = ()
     dicomweb_timeout_s: float = 30.0
+    study_embeddings_bytes: int = 2048 * MIB
+    read_memory_mb: float | None = None  # None: data.limits.read_memory_bytes's default for max_voxels
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -70,6 +77,9 @@ class Settings:
             max_studies=int(_number(env, "MEDSEG_MAX_STUDIES", d.max_studies, whole=True)),
             allowed_roots=roots,
             dicomweb_timeout_s=_number(env, "MEDSEG_DICOMWEB_TIMEOUT_S", d.dicomweb_timeout_s),
+            study_embeddings_bytes=int(_number(env, "MEDSEG_STUDY_EMBEDDINGS_MB", d.study_embeddings_bytes / MIB) * MIB),
+            read_memory_mb=_number(env, "MEDSEG_READ_MEMORY_MB", 0) or None,
+            read_timeout_s=_number(env, "MEDSEG_READ_TIMEOUT_S", d.read_timeout_s),
         )
 
 

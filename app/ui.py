@@ -492,6 +492,9 @@ def launch(
     )
     demo = build_app(config)
     demo.queue(default_concurrency_limit=4)
+    from app import memory_report
+
+    memory_report.start(demo.medseg_ctx.store)  # only with MEDSEG_MEMORY_LOG_S (the soak)
     from starlette.middleware import Middleware
 
     cookie = Middleware(web_session.SessionCookieMiddleware, session_exists=demo.medseg_ctx.store.exists,

@@ -1,10 +1,18 @@
 """Small guards for files we did not write: regular files only, links kept inside their folder,
 bounded gzip streams, one-line messages, and native libraries' stderr kept off the user's terminal.
 
-Link policy (decided for issue 23): a symbolic link is followed only when its target lies in the
-folder that holds the link (a series folder, or the folder of the file named on the command line);
-a link that leaves that folder (``scan.nii.gz -> /etc/shadow``) is refused, never opened. FIFOs,
-sockets and devices are refused before anything opens them (opening a FIFO blocks forever).
+Link policy, per process (``set_link_policy``; docs/reliability.md, "Links"):
+
+* ``"inside"`` (the default, and what a server keeps): a symbolic link is followed only when its
+  target lies in the folder that holds the link; a link that leaves it (``scan.nii.gz ->
+  /etc/shadow``) is refused, never opened. A server reads on behalf of others with its own rights.
+* ``"follow"`` (set by the ``medseg`` commands that read the user's own files): a link is followed
+  wherever it points, as the user could name its target themselves; this is what datalad and
+  git-annex datasets are made of (``T1w.nii.gz -> ../../.git/annex/objects/...``).
+
+Either way the *target* must be a regular file (or a folder where one is expected): FIFOs, sockets
+and devices (``-> /dev/zero``) are refused before anything opens them (opening a FIFO blocks
+forever), and a broken link is refused, naming git-annex when that is where it pointed.
 """
 
 from __future__ import annotations
@@ -36,16 +44,33 @@ class UntrustedFileError(ValueError):
     """A path that is not a regular file we may open; the readers turn it into a StudyError."""
 
 
-def check_regular(path: Path, *, folder: Path | None = None, allow_dir: bool = False) -> os.stat_result:
-    """Refuse anything but a regular file (or a folder when ``allow_dir``), and links leaving ``folder``.
+LINK_POLICIES = ("inside", "follow")
+_link_policy = "inside"
 
-    ``folder`` defaults to the folder holding ``path``. Returns the target's stat (never opens it).
+
+def set_link_policy(policy: str) -> None:
+    """``"inside"`` (default: links only within their folder) or ``"follow"`` (the CLI: the user's own files)."""
+    global _link_policy
+    if policy not in LINK_POLICIES:
+        raise ValueError(f"link policy {policy!r}; expected one of {', '.join(LINK_POLICIES)}")
+    _link_policy = policy
+
+
+def link_policy() -> str:
+    return _link_policy
+
+
+def check_regular(path: Path, *, folder: Path | None = None, allow_dir: bool = False) -> os.stat_result:
+    """Refuse anything but a regular file (or a folder when ``allow_dir``), and, under the
+    ``"inside"`` policy, links leaving ``folder`` (default: the folder holding ``path``).
+
+    Returns the target's stat (never opens it).
     """
     try:
         link = os.lstat(path)
     except OSError as e:
         raise UntrustedFileError(f"{path}: no such file or folder") from e
-    if stat.S_ISLNK(link.st_mode):
+    if stat.S_ISLNK(link.st_mode) and _link_policy == "inside":
         base = Path(os.path.realpath(folder if folder is not None else Path(path).absolute().parent))
         target = Path(os.path.realpath(path))
         if base != target and base not in target.parents:
@@ -53,7 +78,9 @@ def check_regular(path: Path, *, folder: Path | None = None, allow_dir: bool = F
     try:
         st = os.stat(path)
     except OSError as e:
-        raise UntrustedFileError(f"{path}: a broken link") from e
+        annex = "/.git/annex/objects/" in os.path.realpath(path)
+        raise UntrustedFileError(f"{path}: a broken link" + (
+            " (a git-annex file whose content is not here: `datalad get` or `git annex get` it)" if annex else "")) from e
     if stat.S_ISREG(st.st_mode) or (allow_dir and stat.S_ISDIR(st.st_mode)):
         return st
     kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a pipe" if stat.S_ISFIFO(st.st_mode) else (

@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sessions < 1 or args.seconds <= 0:
         ap.error("--sessions must be >= 1 and --seconds > 0")
 
+    if args.soak is not None:  # the server logs what its bounded caches hold, once a minute
+        os.environ.setdefault("MEDSEG_MEMORY_LOG_S", "60")
     work = Path(tempfile.mkdtemp(prefix="medseg-load-"))
     exports = work / "exports"
     import torch  # the replay's model; the server gets the same thread count, so results match bit for bit
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     samples: list[tuple[float, float, float]] = []  # (t, rss MiB, 1-min load average)
     stop = threading.Event()
     t_start = time.perf_counter()
+    t_start_wall = time.time()
 
     def monitor() -> None:
         minute = 0
@@ -287,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                                            round(max(loads), 1)] if loads else None,
         "replay_s": None if args.no_replay else round(replay_s, 1),
         **(soak_figures([(t, m) for t, m, _ in samples]) if args.soak is not None else {}),
+        **(cache_figures(memory_reports(work / "serve.log"), samples, t_start_wall) if args.soak is not None else {}),
         "cpus": os.cpu_count(),
     }
     print(json.dumps({k: v for k, v in figures.items() if k != "rss_series_mib"}, indent=1))
@@ -322,6 +326,44 @@ def soak_figures(samples: list[tuple[float, float]], window_min: int = 10) -> di
         "plateau_slope_mib_per_min": round(float(np.polyfit(np.arange(len(last)), last, 1)[0]), 1)
         if len(last) >= 2 else None,
     }
+
+
+def memory_reports(log: Path) -> list[dict]:
+    """The server's ``medseg memory:`` lines (app/memory_report.py), in order."""
+    from app.memory_report import PREFIX
+
+    out = []
+    for line in log.read_text(errors="replace").splitlines() if log.is_file() else []:
+        if line.startswith(PREFIX):
+            try:
+                out.append(json.loads(line[len(PREFIX):]))
+            except ValueError:
+                pass
+    return out
+
+
+def cache_figures(reports: list[dict], samples: list[tuple[float, float, float]], t0_wall: float,
+                  window_min: int = 10) -> dict:
+    """The server's cache reports, and per minute the lowest RSS minus what the bounded caches hold.
+
+    Why the lowest: RSS swings by hundreds of MiB within a minute (the encoder's activations come
+    and go); the floor is what stays. If that floor minus the caches is flat while RSS rises, the
+    rise is the caches filling towards their bounds, not a leak.
+    """
+    for r in reports:
+        r["minute"] = round((r.get("unix_time", t0_wall) - t0_wall) / 60.0, 2)
+    residual = []
+    for minute in range(int(max((t for t, *_ in samples), default=0) // 60)):
+        inside = [m for t, m, _ in samples if 60 * minute <= t < 60 * (minute + 1)]
+        held = [r for r in reports if minute <= r["minute"] < minute + 1]
+        if inside and held:
+            caches = held[-1]["embeddings_mib"] + held[-1]["undo_mib"]
+            residual.append([minute + 1, round(min(inside)), round(caches), round(min(inside) - caches)])
+    last = [r[3] for r in residual[-window_min:]]
+    spread = (max(last) - min(last)) / min(last) * 100 if last else None
+    return {"server_memory_reports": reports,
+            "rss_floor_caches_rest_per_minute_mib": residual,
+            "rest_spread_last_window_pct": None if spread is None else round(spread, 1)}
 
 
 def _image_hw(page: Page) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from app.errors import UsageError
-from data.readers import read_study
+from app.reading import read_for_cli
 from data.volume import Volume
 from data.windowing import default_window, slice_to_rgb
 from models.prompts import Prompts
@@ -135,7 +135,7 @@ def read_input(text: str, series_uid: str | None = None, *, quiet: bool = False,
         if is_url(text):
             raise UsageError(f"{text}: a URL INPUT must name one series: "
                              "http(s)://HOST/PREFIX/studies/{StudyInstanceUID}/series/{SeriesInstanceUID}")
-        return read_study(text, series_uid=series_uid, allow_uneven=allow_uneven)
+        return read_for_cli(text, series_uid=series_uid, allow_uneven=allow_uneven)
     from tqdm import tqdm
 
     from app.settings import get_settings
@@ -155,7 +155,7 @@ def read_input(text: str, series_uid: str | None = None, *, quiet: bool = False,
         for bar in bars:
             bar.close()
     atexit.register(shutil.rmtree, folder, True)
-    return read_study(folder, max_voxels=settings.max_voxels, allow_uneven=allow_uneven)
+    return read_for_cli(folder, max_voxels=settings.max_voxels, allow_uneven=allow_uneven)
 
 
 def add_output_arg(p: argparse.ArgumentParser, formats: str) -> None:

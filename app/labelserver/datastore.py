@@ -27,6 +27,7 @@ from typing import Iterable
 import numpy as np
 import SimpleITK as sitk
 
+from data.isolated_read import read_study_isolated
 from data.readers import StudyError, read_study, voxel_limit
 from data.volume import SourceRef, Volume
 from data.writers import atomic_output
@@ -90,6 +91,15 @@ def read_image_file(path: Path) -> Volume:
         return Volume(array=volume.array, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
                       modality=guess_modality(volume.array), source=volume.source)
     return read_study(path)
+
+
+def read_upload(path: Path, scratch: Path) -> Volume:
+    """A viewer's upload (a file, or a folder of DICOM files): read in a child process with memory
+    and time limits (``data.isolated_read``), so a file that crashes a decoder cannot take the
+    server down; NRRD (header-checked SimpleITK, ``read_image_file``) is still read in process."""
+    if not path.is_dir() and path.name.lower().endswith(".nrrd"):
+        return read_image_file(path)
+    return read_study_isolated(path, scratch=scratch)
 
 
 def read_label_on_grid(path: Path, volume: Volume) -> np.ndarray:
@@ -161,7 +171,7 @@ class Sessions:
                 target = folder / (f"{n:05d}_{safe}" if len(uploads) > 1 else safe)
                 shutil.move(str(tmp), target)
             image = folder if len(uploads) > 1 else next(folder.iterdir())
-            volume = read_study(folder) if len(uploads) > 1 else read_image_file(image)
+            volume = read_upload(image, folder)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -389,7 +399,7 @@ class DicomWebStore(Datastore):
         folder = fetch_series(url, Path(tempfile.mkdtemp(dir=self.cache_dir)), max_voxels=self.max_voxels,
                               max_bytes=self.max_bytes, timeout=self.timeout)
         try:
-            volume = read_study(folder, max_voxels=self.max_voxels)
+            volume = read_study_isolated(folder, scratch=folder, max_voxels=self.max_voxels)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -84,3 +84,17 @@ def test_three_tabs_on_the_real_server_see_only_their_own_work(tmp_path, exclusi
     assert figures["errors"] == [] and figures["cross_talk"] == [], figures
     assert figures["exports_checked"] == 3 and figures["clicks"] == 3 * 6
     assert code == 0
+
+
+def test_soak_tells_caches_filling_from_a_leak():
+    """load_test --soak: the RSS floor minus what the server's caches hold; flat when only caches grow."""
+    from scripts.load_test import cache_figures
+
+    t0 = 1000.0
+    reports = [{"unix_time": t0 + 60 * m + 30, "embeddings_mib": 100 * m, "undo_mib": 10.0 * m} for m in range(12)]
+    filling = [(60 * m + s, 2000 + 110 * m + (400 if s % 7 else 0), 1.0) for m in range(12) for s in range(0, 60, 5)]
+    figures = cache_figures(reports, filling, t0)
+    assert [row[3] for row in figures["rss_floor_caches_rest_per_minute_mib"]] == [2000] * 11
+    assert figures["rest_spread_last_window_pct"] == 0.0
+    leaking = [(t, m + 50 * (t // 60), la) for t, m, la in filling]  # +50 MiB a minute beyond the caches
+    assert cache_figures(reports, leaking, t0)["rest_spread_last_window_pct"] > 10

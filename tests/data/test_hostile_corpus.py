@@ -70,6 +70,9 @@ def test_accepted_cases_exit_0_and_warn_only_where_expected(corpus):
 def test_accepted_cases_hold_exactly_the_content_they_were_written_with(corpus, monkeypatch):
     """0 corrupt inputs accepted: voxels equal to the source array, spacing and geometry rule as written."""
     monkeypatch.setenv("MEDSEG_MAX_VOXELS", str(REFERENCE_VOXELS))
+    from data import untrusted
+
+    monkeypatch.setattr(untrusted, "_link_policy", "follow")  # the corpus is `medseg info`'s: links followed
     cases, _ = corpus
     checked = 0
     for case in cases:

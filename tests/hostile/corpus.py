@@ -581,15 +581,44 @@ def files_and_names(d: Path) -> list[Case]:
     series, _, _ = _series(d / "series_with_fifo", 3)
     os.mkfifo(series / "IM0009.dcm")
     cases.append(Case("fifo_in_series_folder", "files", series, "refuse", "IM0009.dcm: a pipe"))
-    for name, target in (("passwd.nii.gz", "/etc/passwd"), ("hostname.dcm", "/etc/hostname"), ("zero.nii", "/dev/zero")):
+    # links: `medseg` follows them to regular files (the user's own files: datalad/git-annex datasets
+    # are links), and refuses targets that are not regular files; a server keeps links in their folder
+    # (data.untrusted; tests/data/test_links.py checks that policy)
+    for name, target, fragment in (("passwd.nii.gz", "/etc/passwd", "not a readable NIfTI file"),
+                                   ("hostname.dcm", "/etc/hostname", "not a readable DICOM file"),
+                                   ("zero.nii", "/dev/zero", "a device, not a regular file")):
         os.symlink(target, d / name)
-        cases.append(Case(f"link_to_{Path(target).name}", "files", d / name, "refuse", "a link to a file outside its folder"))
-    outside, _, _ = _series(d / "elsewhere", 1)
+        cases.append(Case(f"link_to_{Path(target).name}", "files", d / name, "refuse", fragment))
+    os.mkfifo(d / "fifo_target")
+    os.symlink(d / "fifo_target", d / "link_to_fifo.nii.gz")
+    cases.append(Case("link_to_fifo", "files", d / "link_to_fifo.nii.gz", "refuse", "a pipe, not a regular file"))
+    outside, _, _ = _series(d / "elsewhere", 1)  # same series UID, slice 1 at z = 0
     series, _, _ = _series(d / "series_with_outside_link", 3)
     (series / "IM0002.dcm").unlink()
     (series / "sub").mkdir()
-    os.symlink(outside / "IM0001.dcm", series / "sub" / "IM0002.dcm")
-    cases.append(Case("link_out_of_series_folder", "files", series, "refuse", "a link to a file outside its folder"))
+    os.symlink(outside / "IM0001.dcm", series / "sub" / "IM0002.dcm")  # followed: a second image at z = 0
+    cases.append(Case("link_out_of_series_folder", "files", series, "refuse", "two images at the same position"))
+    annex = d / "dataset" / ".git" / "annex" / "objects"
+    nii = annex / "Xk" / "2v" / "SHA256E-s1--a.nii.gz" / "SHA256E-s1--a.nii.gz"
+    nii.parent.mkdir(parents=True)
+    anat = d / "dataset" / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    shutil.copyfile(good, nii)
+    os.symlink(os.path.relpath(nii, anat), anat / "sub-01_T1w.nii.gz")
+    cases.append(Case("datalad_annexed_nifti", "files", anat / "sub-01_T1w.nii.gz", "accept",
+                      expected=ours(np.asarray(nib.load(str(good)).dataobj))))
+    os.symlink(os.path.relpath(annex / "Qq" / "9z" / "SHA256E-s2--b.nii.gz" / "SHA256E-s2--b.nii.gz", anat),
+               anat / "sub-01_T2w.nii.gz")
+    cases.append(Case("datalad_not_fetched", "files", anat / "sub-01_T2w.nii.gz", "refuse", "`datalad get`"))
+    store, stack, _ = _series(d / "dataset_store", 4)
+    ct = d / "dataset" / "sub-01" / "ct"
+    ct.mkdir()
+    for k, f in enumerate(sorted(store.glob("*.dcm"))):
+        key = annex / f"D{k}" / "ab" / f"SHA256E-s{k}--{f.name}"
+        key.mkdir(parents=True)
+        shutil.move(str(f), key / f.name)
+        os.symlink(os.path.relpath(key / f.name, ct), ct / f.name)
+    cases.append(Case("datalad_annexed_series", "files", ct, "accept", expected=stack, spacing=(0.5, 0.5, 1.5)))
     os.symlink("good.nii.gz", d / "alias.nii.gz")
     cases.append(Case("link_inside_folder", "files", d / "alias.nii.gz", "accept",
                       expected=ours(np.asarray(nib.load(str(good)).dataobj))))

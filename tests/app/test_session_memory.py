@@ -1,0 +1,83 @@
+"""What sessions keep in memory (the soak's bound, issue 23).
+
+A closed tab must not keep its study's embeddings (up to 1 GiB for propagation) nor keep a
+background encoder filling them; the labels and files stay. All sessions' study embeddings
+together stay within ``MEDSEG_STUDY_EMBEDDINGS_MB``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from app.interaction import ModelRunner
+from app.propagation_job import encode_study, propagation_cache, study_embeddings_held
+from app.session import SessionStore
+from app.settings import get_settings
+from data.readers import read_study
+from tests.conftest import SAMPLES
+
+
+def test_a_closed_page_drops_the_study_embeddings_and_stops_their_encoder(tmp_path):
+    store = SessionStore(tmp_path)
+    session = store.create()
+    session.start_study(read_study(SAMPLES / "ct_head_0051_series"), "ct", "ct")
+    session.labels[5, 100:110, 100:110] = 1
+    store.bind("tab", session.id)
+    thread = encode_study(ModelRunner("cpu"), session, batch_size=2)
+    cache = session.runtime["propagation_cache"]
+    deadline = time.monotonic() + 600
+    while len(cache) == 0 and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first batch is in
+    assert len(cache) >= 1
+
+    store.release("tab")  # the page unloads
+    thread.join(600)
+    assert not thread.is_alive()
+    assert len(cache) < session.volume.num_slices, "the encoder went on after the page had gone"
+    assert "propagation_cache" not in session.runtime and "study_encoder" not in session.runtime
+    assert "embeddings" not in session.runtime
+    assert store.get(session.id).labels[5, 105, 105] == 1  # the work stays
+
+
+def _session_with(store: SessionStore, volume, held: int):
+    """A session whose study cache holds ``held`` (stand-in) embeddings, as encoding would leave it."""
+    session = store.create()
+    session.start_study(volume, "ct", "ct")
+    cache = propagation_cache(session)
+    for k in range(held):
+        cache.put(("v", k, "m", None), object())
+    return session, cache
+
+
+def test_study_embeddings_of_all_sessions_stay_within_the_server_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEG_STUDY_EMBEDDINGS_MB", str(20 * 4))  # 20 embeddings of 4 MiB
+    get_settings.cache_clear()
+    try:
+        store = SessionStore(tmp_path)
+        volume = read_study(SAMPLES / "ct_head_0051_series")
+        a, cache_a = _session_with(store, volume, 12)
+        b, cache_b = _session_with(store, volume, 12)  # b in use may pass the budget by its working set ...
+        assert study_embeddings_held() == 24
+        propagation_cache(b)  # ... and at its next step the least recently used study (a) makes room
+        assert len(cache_a) == 0 and len(cache_b) == 12 and study_embeddings_held() <= 20
+        c, cache_c = _session_with(store, volume, 12)
+        propagation_cache(c)
+        assert len(cache_b) == 0 and len(cache_c) == 12  # b was the least recently used now
+        assert propagation_cache(a) is cache_a and len(cache_c) == 12  # a, empty, refills on demand
+    finally:
+        get_settings.cache_clear()
+
+
+def test_the_background_study_encoder_stops_at_the_server_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSEG_STUDY_EMBEDDINGS_MB", str(2 * 4))  # room for 2 embeddings in all
+    get_settings.cache_clear()
+    try:
+        store = SessionStore(tmp_path)
+        session = store.create()
+        session.start_study(read_study(SAMPLES / "ct_head_0051_series"), "ct", "ct")
+        thread = encode_study(ModelRunner("cpu"), session, batch_size=2)
+        thread.join(600)
+        assert not thread.is_alive()
+        assert len(session.runtime["propagation_cache"]) == 2  # one batch, then the budget was full
+    finally:
+        get_settings.cache_clear()
