@@ -60,8 +60,8 @@ def init_state(predictor, frames: FrameStack | torch.Tensor, height: int, width:
         "temp_output_dict_per_obj": {},
         "frames_tracked_per_obj": {},
     }
-    with torch.inference_mode():
-        predictor._get_image_feature(state, frame_idx=0, batch_size=1)  # as init_state: warm frame 0
+    # init_state also encodes frame 0 to warm its one-frame feature cache; a volume's start slice is
+    # rarely slice 0, so that pass is skipped (the cache only saves work, it changes no output)
     return state
 
 
@@ -108,7 +108,24 @@ class MemoryTracker:
                   ) -> Iterator[tuple[int, np.ndarray]]:
         """``propagate_in_video``: (k, (H, W) logits at the original size) in walking order, starting at
         the earliest conditioning frame (or ``start``). Stop iterating to stop the walk."""
-        for k, _, logits in self.predictor.propagate_in_video(
+        import sam2.sam2_video_predictor as official
+
+        walk = self.predictor.propagate_in_video(
             self.state, start_frame_idx=start, max_frame_num_to_track=max_frames, reverse=reverse
-        ):
+        )
+        bar, official.tqdm = official.tqdm, _no_bar  # the callers report progress themselves (CLI, UI, MONAI Label)
+        try:
+            first = next(walk, None)  # the official generator makes its tqdm bar on the first step
+        finally:
+            official.tqdm = bar
+        if first is None:
+            return
+        k, _, logits = first
+        yield int(k), logits[0, 0].float().cpu().numpy()
+        for k, _, logits in walk:
             yield int(k), logits[0, 0].float().cpu().numpy()
+
+
+def _no_bar(iterable, **_):
+    """Stands in for tqdm in the official propagation loop (no progress bar on stderr)."""
+    return iterable
