@@ -135,6 +135,17 @@ def video_frame(rgb: np.ndarray, size: int) -> torch.Tensor:
     return (x - torch.tensor(IMG_MEAN)[:, None, None]) / torch.tensor(IMG_STD)[:, None, None]
 
 
+def image_predictor_input(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, S, S) float32 as ``SAM2Transforms``: ToTensor, Resize((S, S)) (bilinear,
+    antialiased), Normalize. The same torchvision calls, unscripted (``torch.jit.script`` warns it is
+    deprecated on every construction; the parity test checks the tensor equals the official one)."""
+    from torchvision.transforms import functional as TF
+
+    x = TF.to_tensor(rgb)
+    x = TF.resize(x, [size, size], antialias=True)
+    return TF.normalize(x, list(IMG_MEAN), list(IMG_STD))
+
+
 class Sam2Segmenter(Segmenter):
     """SAM 2 behind the :class:`Segmenter` interface (2D prompts) and the video model for 3D.
 
@@ -146,14 +157,11 @@ class Sam2Segmenter(Segmenter):
     memory_tracking = True
 
     def __init__(self, model: nn.Module, *, variant: Sam2Variant, device: str | torch.device = "cpu"):
-        from sam2.utils.transforms import SAM2Transforms
-
         self.name = variant.name
         self.variant = variant
         size = int(model.image_size)
         self.low_res_size = size // 4
         super().__init__(model, geometry=Stretch(size), device=device)
-        self._transforms = SAM2Transforms(resolution=size, mask_threshold=0.0)
         self._feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
 
     @property
@@ -169,7 +177,7 @@ class Sam2Segmenter(Segmenter):
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         if self.variant.preprocessing == "medsam2":
             return medsam2_frame(image, self.image_size)[None]
-        return self._transforms(image)[None]
+        return image_predictor_input(image, self.image_size)[None]
 
     def encode(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``SAM2ImagePredictor.set_image_batch``: backbone, + no_mem_embed, tokens -> maps."""
