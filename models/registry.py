@@ -181,12 +181,11 @@ def _build_sam2(state: dict[str, torch.Tensor], device: str, variant: str = "sam
 
 
 def _build_tinysam(state: dict[str, torch.Tensor], device: str) -> Segmenter:
-    from models.mobilesam import build_tinysam
-    from models.sam import SamSegmenter
+    from models.tinysam import TinySamSegmenter, build_tinysam
 
     model = build_tinysam()
     load_strict(model, state, source="TinySAM checkpoint", model_name="tinysam")
-    return SamSegmenter(model, name="tinysam", device=device)
+    return TinySamSegmenter(model, name="tinysam", device=device)
 
 
 # The official SAM file names end in the first hex digits of their MD5, not of a SHA-256; no
@@ -200,6 +199,9 @@ _ZOO = (
      ("box", "points", "mask"), "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"),
     ("mobilesam", "MobileSAM (TinyViT-5M encoder at 1024)", "mobile_sam.pt", _build_mobilesam, 1024,
      ("box", "points", "mask"), "weights/mobile_sam.pt of github.com/ChaoningZhang/MobileSAM"),
+    ("tinysam", "TinySAM (distilled SAM, MobileSAM's TinyViT-5M shape at 1024); always 3 candidates, best by IoU",
+     "tinysam_42.3.pth", _build_tinysam, 1024, ("box", "points", "mask"),
+     "https://github.com/xinghaochen/TinySAM/releases/download/3.0/tinysam_42.3.pth (not Q-TinySAM)"),
     ("sam_med2d", "SAM-Med2D ViT-B at 256 with encoder adapters", "sam-med2d_b.safetensors", _build_sam_med2d, 256,
      ("box", "points", "mask"),
      "sam-med2d_b.pth linked from github.com/OpenGVLab/SAM-Med2D; it pickles an optimizer, so convert it once: "
