@@ -21,8 +21,11 @@ On the GPU machine (carry ``.bench``; the wheels are built here, once, with
 ``SAM2_BUILD_CUDA=0 .venv/bin/pip wheel -q --no-deps --no-build-isolation -w .bench/sam2_wheels sam2==1.1.0
 hydra-core==1.3.8 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 iopath==0.1.10 portalocker``)::
 
-    python3 -m pip install -q --no-index --no-deps --target /tmp/s2 .bench/sam2_wheels/*.whl
-    PYTHONPATH=/tmp/s2:$PWD python3 benchmarks/bench_sam2.py --device cuda --out $OUT/sam2.jsonl
+    bash benchmarks/device_install.sh .devwheels/a       # SimpleITK, MONAI, pydicom (benchmarks/prepare_device_env.py)
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .bench/sam2_wheels/*.whl
+    PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 python3 benchmarks/bench_sam2.py --device cuda --out $OUT/sam2.jsonl
+
+(the device image already holds pyyaml, tqdm, pillow and portalocker, which omegaconf, sam2 and iopath need).
 
 ``--smoke`` runs every path once on the CPU at a 256 input with 3 frames (a check before spending GPU time).
 """
