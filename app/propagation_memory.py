@@ -130,8 +130,10 @@ def propagate_memory(
         go_on = ("down" if reverse else "up") in directions
         if reverse:
             max_frames = limit
-        else:  # the forward walk also fills the gaps between anchors, even when "up" was not asked for
-            max_frames = (hi - lo) + (limit or 0) if (limit is not None or not go_on) else None
+        elif not go_on:  # the forward walk fills the gaps between anchors even when "up" was not asked for
+            max_frames = hi - lo
+        else:
+            max_frames = None if limit is None else (hi - lo) + limit
         for k, logits in tracker.propagate(reverse=reverse, start=lo, max_frames=max_frames):
             if k in cond:
                 result.scores[k] = tracker.object_score(k)
