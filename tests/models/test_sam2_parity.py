@@ -19,6 +19,7 @@ from tests.models import sam2_official as official
 from tests.models.sam2_testing import register_test_model, save_synthetic_checkpoint
 
 pytest.importorskip("sam2")
+pytestmark = pytest.mark.slow  # SAM 2 encoder passes on the CPU (a 256 input: ~1-3 s each on an idle 2-core box)
 
 
 @pytest.fixture(scope="module")
