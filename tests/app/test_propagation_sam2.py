@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from tests.models.sam2_official import synthetic_slice
-from tests.models.sam2_testing import TEST_MODEL, register_test_model, save_synthetic_checkpoint
+from tests.models.sam2_testing import TEST_MODEL, registered_test_model, save_synthetic_checkpoint
 
 pytest.importorskip("sam2")
 pytestmark = pytest.mark.slow  # SAM 2 encoder passes on the CPU (a 256 input: ~1-3 s each on an idle 2-core box)
@@ -24,8 +24,8 @@ BOX = ["80", "35", "120", "68"]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    register_test_model()
-    return save_synthetic_checkpoint(tmp_path_factory.mktemp("sam2w"))
+    with registered_test_model():
+        yield save_synthetic_checkpoint(tmp_path_factory.mktemp("sam2w"))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ form (``{'model': state_dict}``) and loaded through ``load_segmenter`` (weights-
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -29,15 +31,18 @@ def _build(state: dict[str, torch.Tensor], device: str):
     return Sam2Segmenter(model, variant=variant, device=device)
 
 
-def register_test_model() -> str:
-    """Register the 256 test variant once per process; returns its name."""
+@contextmanager
+def registered_test_model() -> Iterator[str]:
+    """The 256 test variant in the registry for the duration of the block (other tests list the registry)."""
     get_spec("litemedsam")  # the built-in variants first
-    if TEST_MODEL not in REGISTRY:
-        REGISTRY[TEST_MODEL] = ModelSpec(
-            name=TEST_MODEL, description="SAM 2.1 Hiera-T at 256 (tests only)", weight_file="none.pt",
-            build=_build, input_size=TEST_SIZE,
-        )
-    return TEST_MODEL
+    REGISTRY[TEST_MODEL] = ModelSpec(
+        name=TEST_MODEL, description="SAM 2.1 Hiera-T at 256 (tests only)", weight_file="none.pt",
+        build=_build, input_size=TEST_SIZE,
+    )
+    try:
+        yield TEST_MODEL
+    finally:
+        REGISTRY.pop(TEST_MODEL, None)
 
 
 def save_synthetic_checkpoint(folder: Path) -> Path:

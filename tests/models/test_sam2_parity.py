@@ -16,16 +16,22 @@ import torch
 from models.prompts import Prompts
 from models.registry import load_segmenter
 from tests.models import sam2_official as official
-from tests.models.sam2_testing import register_test_model, save_synthetic_checkpoint
+from tests.models.sam2_testing import registered_test_model, save_synthetic_checkpoint
 
 pytest.importorskip("sam2")
 pytestmark = pytest.mark.slow  # SAM 2 encoder passes on the CPU (a 256 input: ~1-3 s each on an idle 2-core box)
 
 
 @pytest.fixture(scope="module")
-def ours(tmp_path_factory):
+def sam2_model_name():
+    with registered_test_model() as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory, sam2_model_name):
     checkpoint = save_synthetic_checkpoint(tmp_path_factory.mktemp("sam2"))
-    return load_segmenter(register_test_model(), checkpoint=checkpoint)
+    return load_segmenter(sam2_model_name, checkpoint=checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -94,17 +100,16 @@ def test_one_propagation_step_with_memory_equals_the_official(ours):
     assert golden["frame1__object_score_logits"].item() > 0  # frame 1 (memory only) holds the object
 
 
-def test_sam2_checkpoint_of_another_model_is_refused_in_one_line(tmp_path, capsys):
+def test_sam2_checkpoint_of_another_model_is_refused_in_one_line(tmp_path, capsys, sam2_model_name):
     """A SAM (v1) checkpoint given to a SAM 2 model: exit 2, one line naming the file and the mismatch."""
     from app.cli import main
     from PIL import Image
 
-    register_test_model()
     wrong = tmp_path / "sam_vit_b.pth"
     torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 16, 16)}, wrong)
     image = tmp_path / "slice.png"
     Image.fromarray(official.synthetic_slice()).save(image)
-    rc = main(["segment", str(image), "--box", "80", "35", "120", "68", "--model", "sam2.1_hiera_tiny_test256",
+    rc = main(["segment", str(image), "--box", "80", "35", "120", "68", "--model", sam2_model_name,
                "--checkpoint", str(wrong), "--output", str(tmp_path / "out.png")])
     err = capsys.readouterr().err.strip()
     assert rc == 2
