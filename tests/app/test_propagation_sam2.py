@@ -64,7 +64,7 @@ def test_medseg_propagate_carries_a_box_through_the_volume_with_sam2_memory(ct_p
     assert "up:" in captured.out and "down:" in captured.out
 
 
-def test_a_corrected_slice_is_a_conditioning_frame_kept_as_drawn(ct_path, checkpoint):
+def test_box_and_clicks_start_and_a_corrected_slice_is_a_conditioning_frame_kept_as_drawn(ct_path, checkpoint):
     from app.propagation import propagate
     from data.readers import read_study
     from data.windowing import default_window
@@ -76,10 +76,13 @@ def test_a_corrected_slice_is_a_conditioning_frame_kept_as_drawn(ct_path, checkp
     drawn = np.zeros(volume.slice_shape, dtype=bool)
     drawn[40:70, 85:125] = True
     seen: list[int] = []
-    result = propagate(segmenter, volume, 0, Prompts(box=np.array([80.0, 35.0, 120.0, 68.0])),
+    clicks = Prompts(box=np.array([80.0, 35.0, 120.0, 68.0]), points=np.array([[99.0, 50.0], [30.0, 90.0]]),
+                     point_labels=np.array([1, 0]))  # a box and clicks together (the points reach the tracker too)
+    result = propagate(segmenter, volume, 0, clicks,
                        anchors={3: drawn}, window=default_window(volume), directions=("up", "down"),
                        on_slice=lambda k, m: seen.append(k))
     assert result.anchors == [0, 3]
+    assert result.masks[0].any()  # the clicked slice
     assert np.array_equal(result.masks[3], drawn)  # the correction is kept exactly
     assert result.stopped.get("gap 0..3") == "filled"
     assert result.masks[1].any() and result.masks[2].any()  # the gap is filled from memory
