@@ -62,6 +62,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[test]"
 	# MONAI Label's own client for the label-server tests; only its client is used (it needs requests)
 	$(PIP) install --quiet --no-deps monailabel==0.8.5
+	# SAM 2's official network (models/sam2_hiera.py): no CUDA extension, no dependency resolution (torch stays pinned),
+	# no build isolation (its setup.py imports torch, which an isolated build would download again)
+	SAM2_BUILD_CUDA=0 $(PIP) install --quiet --no-deps --no-build-isolation sam2==1.1.0
 	touch $(STAMP)
 
 weights: $(WEIGHTS)

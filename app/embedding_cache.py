@@ -107,7 +107,7 @@ class EmbeddingCache:
             encoded = segmenter.embed_batch([slice_to_rgb(volume, k, window) for k in chunk])
             for k, emb in zip(chunk, encoded):
                 # own the memory: a slice of the batch tensor would keep the whole batch alive
-                emb = replace(emb, features=emb.features.clone())
+                emb = replace(emb, features=emb.features.clone(), extras={k: v.clone() for k, v in emb.extras.items()})
                 self.misses += 1
                 self.put((vkey, k, segmenter.name, wkey), emb)
                 out[k] = emb

@@ -267,6 +267,13 @@ def propagate_anchors(
     """
     if not anchors:
         raise PromptError("no anchor: segment or draw the structure on at least one slice")
+    if getattr(segmenter, "memory_tracking", False):  # SAM 2: slices as video frames (app/propagation_memory.py)
+        from app.propagation_memory import propagate_memory
+
+        return propagate_memory(
+            segmenter, volume, window=window, start_slice=min(int(k) for k in anchors), anchors=anchors,
+            settings=settings, directions=beyond, progress=progress, on_slice=on_slice,
+        )
     shape = volume.array.shape[:3]
     ks = sorted(int(k) for k in anchors)
     for k in ks:
@@ -373,6 +380,19 @@ def propagate(
         raise ValueError("give exactly one of prompts (segment the start slice) or start_mask (a drawn/corrected mask)")
     k0 = int(start_slice)
     volume.slice(k0)  # IndexError naming the valid range
+    empty_start = start_mask is not None and np.asarray(start_mask).sum() < settings.min_area_px  # handled below
+    if getattr(segmenter, "memory_tracking", False) and not empty_start:  # SAM 2: slices as video frames
+        from app.propagation_memory import propagate_memory
+
+        extra = {int(k): np.asarray(m, dtype=bool) for k, m in (anchors or {}).items()}
+        if start_mask is not None:
+            if np.asarray(start_mask).shape != volume.slice_shape:
+                raise ValueError(f"start_mask has shape {np.asarray(start_mask).shape}, slice {k0} is {volume.slice_shape}")
+            extra[k0] = np.asarray(start_mask, dtype=bool)
+        return propagate_memory(
+            segmenter, volume, window=window, start_slice=k0, prompts=prompts, anchors=extra, settings=settings,
+            directions=directions, progress=progress, on_slice=on_slice,
+        )
     cache = cache if cache is not None else EmbeddingCache(max_items=max(settings.batch_size * 2, 8))
     seeds: dict[int, _Step] = {}
     if prompts is not None:

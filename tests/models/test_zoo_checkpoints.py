@@ -16,7 +16,9 @@ from models.registry import get_spec, list_specs, load_segmenter
 from tests.conftest import PARITY, ROOT
 from tests.synthetic_weights import synthetic_state_dict
 
-ZOO = ("litemedsam", "mobilesam", "sam_adapter", "sam_med2d", "sam_unet", "sam_vit_b", "sam_vit_h", "sam_vit_l")
+SAM2 = tuple(f"{v}_hiera_{s}" for v in ("sam2", "sam2.1") for s in ("tiny", "small", "base_plus", "large"))
+ZOO = ("litemedsam", "mobilesam", "sam_adapter", "sam_med2d", "sam_unet", "sam_vit_b", "sam_vit_h", "sam_vit_l",
+       "tinysam", "medsam2", *SAM2)
 
 
 @pytest.fixture(scope="session")
@@ -141,6 +143,7 @@ def test_registry_lists_every_variant_with_size_and_prompts():
     assert {n: specs[n].input_size for n in ZOO} == {
         "litemedsam": 256, "mobilesam": 1024, "sam_adapter": 1024, "sam_med2d": 256,
         "sam_unet": 256, "sam_vit_b": 1024, "sam_vit_h": 1024, "sam_vit_l": 1024,
+        "tinysam": 1024, "medsam2": 512, **{n: 1024 for n in SAM2},
     }  # fmt: skip
     assert specs["sam_adapter"].prompt_types == ("auto",)
     assert len({s.weight_file for s in specs.values()}) == len(ZOO)  # no two variants share a file name
