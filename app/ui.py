@@ -5,7 +5,8 @@ Sessions: the server gives the browser an HttpOnly, SameSite=Strict cookie holdi
 the page, restores that session from the server's store, page scripts never see the credential,
 and two browsers never share a session. Every message shown is escaped text (``app.messages``).
 All model work (encode, prompt) runs through one Gradio queue (``concurrency_id="gpu"``, one at a
-time) and the runner's lock; display-only events run beside it.
+time) and the runner's lock; display-only events run beside it. A GPU server with a batching window
+(``--batch-window-ms``) lets up to :data:`BATCHED_CONCURRENCY` model events in at once, for the batcher.
 """
 
 # No `from __future__ import annotations`: Gradio reads the handlers' real annotations
@@ -30,6 +31,7 @@ from app.model_catalog import load_model
 
 log = logging.getLogger(__name__)
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
+BATCHED_CONCURRENCY = 32  # model events in flight when the runner batches encodes (app.encode_batcher)
 NO_COOKIE = ("this page needs its session cookie: allow cookies for this site, then reload "
              "(the cookie holds only a random token)")
 
@@ -64,6 +66,11 @@ class UIConfig:
     dicomweb: str | None = None  # a PACS's DICOMweb base URL: the PACS panel (app/pacs.py)
 
 
+def model_events(config: UIConfig) -> dict[str, Any]:
+    """Gradio queue settings of the model events: one at a time, or many when the runner batches encodes."""
+    return {**GPU, "concurrency_limit": BATCHED_CONCURRENCY} if config.batch_window_ms > 0 else dict(GPU)
+
+
 def default_state_dir() -> Path:
     """``$MEDSEG_STATE_DIR`` or ``~/.local/state/medseg`` (sessions survive reboots, unlike /tmp)."""
     return Path(os.environ.get("MEDSEG_STATE_DIR", Path.home() / ".local" / "state" / "medseg"))
@@ -73,6 +80,7 @@ def build_app(config: UIConfig):
     """Lay out the page and wire each control to its action. Nothing runs until launch."""
     import gradio as gr
 
+    GPU = model_events(config)  # noqa: N806 - the events' queue settings, as the module's default is named
     runner = ModelRunner(config.device, backend=config.backend, batch_window_ms=config.batch_window_ms)  # one lock for user and background model work
     ctx = AppContext(
         store=SessionStore(config.sessions_root, ttl_s=config.session_ttl_s),
