@@ -10,7 +10,7 @@ Rows (one JSON line each): ``impl`` (config + resize), ``encoder_ms`` (``embed()
 normalise, pad, encoder, features out), ``preprocess_ms`` (``preprocess()`` alone, synchronised),
 ``network_ms`` (the encoder alone on an input already on the device). A ``check`` line gives the largest
 difference between the two preprocessed inputs (expected 0: bit-identical) and the mask pixels that differ
-for a box prompt. Random weights (speed does not depend on them); the image is the 512 x 512 CT sample.
+for a box prompt. Random weights (speed does not depend on them); the image is the middle slice of the bundled CT series (256 x 256).
 ``--configs`` picks fp32, bf16 and ``graphs`` (bf16 weights + compile with CUDA graphs, the fastest row of
 docs/benchmarks.md; ~1 min of compile).
 """
@@ -89,7 +89,8 @@ def main() -> int:
             variants[resize] = v
         with torch.inference_mode():
             a, b = (v.preprocess(image).to(args.device) for v in variants.values())
-            box = Prompts(box=np.array([120, 140, 380, 400], dtype=np.float32))
+            h, w = image.shape[:2]
+            box = Prompts(box=np.array([w * 0.25, h * 0.25, w * 0.75, h * 0.75], dtype=np.float32))
             ea, eb = (v.embed(image) for v in variants.values())
             ma, mb = (v.predict(e, box).masks for v, e in zip(variants.values(), (ea, eb)))
             emit({"check": f"sam_vit_b {name}: PIL vs device resize", "input_max_abs_diff": float((a - b).abs().max()),
