@@ -10,7 +10,8 @@ Rows (one JSON line each): ``impl`` (config + resize), ``encoder_ms`` (``embed()
 normalise, pad, encoder, features out), ``preprocess_ms`` (``preprocess()`` alone, synchronised),
 ``network_ms`` (the encoder alone on an input already on the device). A ``check`` line gives the largest
 difference between the two preprocessed inputs (expected 0: bit-identical) and the mask pixels that differ
-for a box prompt. Random weights (speed does not depend on them); the image is the middle slice of the bundled CT series (256 x 256).
+for a box prompt. Random weights (speed does not depend on them); the image is the middle slice of the bundled CT series (256 x 256;
+``.bench/slices.npz``'s ``ct_slice`` where the bundle exists).
 ``--configs`` picks fp32, bf16 and ``graphs`` (bf16 weights + compile with CUDA graphs, the fastest row of
 docs/benchmarks.md; ~1 min of compile).
 """
@@ -30,8 +31,6 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from data.readers import read_study  # noqa: E402
-from data.windowing import default_window, slice_to_rgb  # noqa: E402
 from models.prompts import Prompts  # noqa: E402
 from runtime import load_segmenter  # noqa: E402
 from runtime.fast import tuned  # noqa: E402
@@ -64,8 +63,15 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
-    volume = read_study(ROOT / "samples" / "ct_head_0051_series")
-    image = slice_to_rgb(volume, volume.num_slices // 2, default_window(volume))
+    bundle = ROOT / ".bench" / "slices.npz"  # benchmarks/prepare_device_bundle.py: the GPU machine has no SimpleITK
+    if bundle.is_file():
+        image = np.load(bundle)["ct_slice"]
+    else:
+        from data.readers import read_study
+        from data.windowing import default_window, slice_to_rgb
+
+        volume = read_study(ROOT / "samples" / "ct_head_0051_series")
+        image = slice_to_rgb(volume, volume.num_slices // 2, default_window(volume))
     rows: list[dict] = []
 
     def emit(row: dict) -> None:
