@@ -81,7 +81,8 @@ def build_app(config: UIConfig):
     import gradio as gr
 
     GPU = model_events(config)  # noqa: N806 - the events' queue settings, as the module's default is named
-    runner = ModelRunner(config.device, backend=config.backend, batch_window_ms=config.batch_window_ms)  # one lock for user and background model work
+    # one lock for user and background model work, or encodes batched across sessions (batch_window_ms > 0)
+    runner = ModelRunner(config.device, backend=config.backend, batch_window_ms=config.batch_window_ms)
     ctx = AppContext(
         store=SessionStore(config.sessions_root, ttl_s=config.session_ttl_s),
         runner=runner,

@@ -10,8 +10,8 @@ Rows (one JSON line each): ``impl`` (config + resize), ``encoder_ms`` (``embed()
 normalise, pad, encoder, features out), ``preprocess_ms`` (``preprocess()`` alone, synchronised),
 ``network_ms`` (the encoder alone on an input already on the device). A ``check`` line gives the largest
 difference between the two preprocessed inputs (expected 0: bit-identical) and the mask pixels that differ
-for a box prompt. Random weights (speed does not depend on them); the image is the middle slice of the bundled CT series (256 x 256;
-``.bench/slices.npz``'s ``ct_slice`` where the bundle exists).
+for a box prompt. Random weights (speed does not depend on them); the image is the middle slice of the bundled
+CT series (256 x 256; ``.bench/slices.npz``'s ``ct_slice`` where the bundle exists).
 ``--configs`` picks fp32, bf16 and ``graphs`` (bf16 weights + compile with CUDA graphs, the fastest row of
 docs/benchmarks.md; ~1 min of compile).
 """

@@ -4,7 +4,8 @@ one-at-a-time serving (the runner's lock) against encodes batched across session
 ``scripts/load_test.py`` drives the real server over HTTP (it needs Gradio on the machine); this drives the
 same actions in one process, so it runs wherever the model does (the GPU machine has no Gradio):
 
-    python3 benchmarks/bench_sessions.py --device cuda --sessions 20 --seconds 60 --windows 0,4 --out $OUT/sessions.jsonl
+    python3 benchmarks/bench_sessions.py --device cuda --sessions 20 --seconds 60 --windows 0,4 \
+        --out $OUT/sessions.jsonl
 
 Each session (a thread) opens the bundled CT, then repeats: go to a random slice and encode it (``warm``, as
 the page does after a slice change), click a positive point, refine with two more clicks, with ``--think``

@@ -5,7 +5,7 @@ Inputs, all kept in ``docs/bench/``: the per-case Dice of ``medseg eval`` for ea
 int8 kind (``u8w``: x86 without VNNI; ``s8w``: the others); the other kind's entry is kept.
 
     .venv/bin/python benchmarks/cpu_backend_table.py --kind u8w --evals docs/bench/cpu22 \
-        --timing docs/bench/cpu22/timing.jsonl --measured "2026-12-04, AMD EPYC (AVX2, no VNNI), 2 cores" [--speed cpu_ms]
+        --timing docs/bench/cpu22/timing.jsonl --measured "2026-12-04, AMD EPYC (AVX2), 2 cores" [--speed cpu_ms]
 """
 
 from __future__ import annotations

@@ -69,7 +69,13 @@ def onnx_files(base: Segmenter, checkpoint: str, backend: str = "onnx") -> tuple
     )
     if backend == "onnx":
         return encoder, decoder
-    from runtime.onnx_quant import BACKEND_RECIPES, FAST_EXPORT_BACKENDS, build_int8_encoder, int8_dot_saturates, int8_file_name
+    from runtime.onnx_quant import (
+        BACKEND_RECIPES,
+        FAST_EXPORT_BACKENDS,
+        build_int8_encoder,
+        int8_dot_saturates,
+        int8_file_name,
+    )
 
     if backend in FAST_EXPORT_BACKENDS:
         from runtime.onnx_fast_export import export_fast_encoder

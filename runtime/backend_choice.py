@@ -89,7 +89,12 @@ def fastest_accurate(rows: Mapping[str, Mapping[str, float]], speed: str = "slic
 
 
 def choose(
-    model: str, device: str, requested: str | None = None, *, adapter: bool = False, env: Mapping[str, str] | None = None
+    model: str,
+    device: str,
+    requested: str | None = None,
+    *,
+    adapter: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> BackendChoice:
     """The backend for ``model`` on ``device``: ``requested`` (a flag) if given and not ``auto``, else
     ``$MEDSEG_BACKEND`` if set and not ``auto``, else the rule. Raises BackendError for an unknown name."""

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
             datastore = DicomWebStore(args.dicomweb, work / "pacs", max_voxels=limits.max_voxels,
                                       max_bytes=limits.max_upload_bytes, timeout=limits.dicomweb_timeout_s)
         choice = backend_choice(args)
-        segmenter = load_segmenter(args.model, device=args.device, backend=choice.backend)  # fail early on missing weights
+        # load (and export once) before serving: fail early on missing weights
+        segmenter = load_segmenter(args.model, device=args.device, backend=choice.backend)
         cfg = ServerConfig(model=args.model, segmenter=segmenter, datastore=datastore,
                            sessions=Sessions(work / "sessions"), work_dir=work, token=token,
                            max_upload_bytes=limits.max_upload_bytes)

@@ -129,7 +129,8 @@ def test_a_tampered_int8_encoder_is_rebuilt_not_run(copied_weights):
     with open(path, "r+b") as f:  # zero 64 bytes in the middle of the weights
         f.seek(path.stat().st_size // 2)
         f.write(b"\x00" * 64)
-    assert "sha256" in why_stale(path, export_cache.cache_key(seg_weights_sha(path)), copied_weights / "encoder-fast.onnx")
+    key = export_cache.cache_key(seg_weights_sha(path))
+    assert "sha256" in why_stale(path, key, copied_weights / "encoder-fast.onnx")
     before = BUILDS[path.name]
     clear_caches()
     again = load_segmenter("litemedsam", backend=BACKEND)
