@@ -85,3 +85,15 @@ def test_sam_masks_with_the_torch_resize_match_the_official_goldens(sam_vit_b_sy
             assert_masks_match(result.masks[c], g[f"{p}__masks"][c], logits[0, c].numpy(), f"{p}[{c}]")
             checked += 1
     assert checked == 6
+
+
+@pytest.mark.gpu
+def test_torch_resize_on_the_gpu_is_pils():
+    """The same integer ops on CUDA (what SAM runs on a GPU): bit for bit PIL's, up and down."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    rng = np.random.default_rng(1)
+    for src, dst in (((256, 256), (1024, 1024)), ((300, 400), (768, 1024)), ((2000, 3000), (683, 1024))):
+        noise = rng.integers(0, 256, (*src, 3), dtype=np.uint8)
+        out = pil_bilinear_resize(torch.from_numpy(noise).cuda(), dst).cpu().numpy()
+        np.testing.assert_array_equal(out, _pil(noise, *dst))
