@@ -85,20 +85,23 @@ def test_one_shot_works_on_the_default_backend(tmp_path, default_env):
     torch variant, instead of refusing ("no PyTorch mask decoder")."""
     from app.render import Plane
     from data.readers import read_study
-    from tests.test_ui_oneshot import REF, SERIES_IN_SLAB, SLAB_LABEL
+    from tests.conftest import DATA
+
+    # the head of the CT slab's labels on the bundled series' slices (as the one-shot UI tests use it)
+    ref, series_in_slab, slab_label = 6, slice(12, 24), DATA / "ct_head_0051_slabA_label.nii.gz"
 
     runner = ModelRunner("cpu")
     ctx = AppContext(SessionStore(tmp_path / "sessions"), runner, Prefetcher(runner, radius=0))
     sid = controller.start(ctx, None).session_id
     controller.open_sample(ctx, sid, CT_NAME)
-    controller.set_slice(ctx, sid, REF)
+    controller.set_slice(ctx, sid, ref)
     session = ctx.store.get(sid)
     plane = Plane.of(session.volume, session.view.view)
-    head = read_study(SLAB_LABEL).array[SERIES_IN_SLAB] > 0
-    controller.mask(ctx, sid, np.asarray(plane.extract(head, REF)), False)  # painted, not predicted
+    head = read_study(slab_label).array[series_in_slab] > 0
+    controller.mask(ctx, sid, np.asarray(plane.extract(head, ref)), False)  # painted, not predicted
     vm = controller.set_oneshot_reference(ctx, sid, "PerSAM")
     assert "Reference: label 1" in vm.status
-    controller.apply_oneshot(ctx, sid, "slice range", REF + 1, REF + 1)
-    got = np.asarray(plane.extract(ctx.store.get(sid).labels, REF + 1)) == 1
-    want = np.asarray(plane.extract(head, REF + 1))
+    controller.apply_oneshot(ctx, sid, "slice range", ref + 1, ref + 1)
+    got = np.asarray(plane.extract(ctx.store.get(sid).labels, ref + 1)) == 1
+    want = np.asarray(plane.extract(head, ref + 1))
     assert 2 * (got & want).sum() / (got.sum() + want.sum()) > 0.55  # torch: 0.683 (tests/test_ui_oneshot.py)

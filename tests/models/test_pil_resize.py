@@ -68,7 +68,11 @@ def sam_vit_b_synthetic(tmp_path_factory):
 def test_sam_masks_with_the_torch_resize_match_the_official_goldens(sam_vit_b_synthetic):
     """The parity README's rule: at most 0.01 % of mask pixels differ, only where the logit is near 0."""
     from models.prompts import Prompts
-    from tests.test_zoo_parity import assert_masks_match
+
+    def assert_masks_match(mask, golden, logits, what):  # the parity README's rule (as tests of the zoo's parity)
+        differ = mask != golden
+        assert differ.sum() <= 1e-4 * differ.size, f"{what}: {int(differ.sum())} of {differ.size} pixels differ"
+        assert np.all(np.abs(logits[differ]) < 1e-3), f"{what}: pixels with confident logits differ"
 
     g = dict(np.load(PARITY / "sam_vit_b" / "golden.npz"))
     seg = sam_vit_b_synthetic
