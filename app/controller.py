@@ -207,7 +207,8 @@ def warm(ctx: AppContext, session: Session) -> ViewModel:
     ctx.prefetcher.request(session, view, index)
     _encode_study_once(ctx, session)
     greeting = session.runtime.pop("greeting", "")
-    return view_model(session, f"{greeting} Ready: the slice is encoded.".strip())
+    backend = ctx.runner.backend_choice(session.model).status()
+    return view_model(session, f"{greeting} Ready: the slice is encoded ({backend}).".strip())
 
 
 def _encode_study_once(ctx: AppContext, session: Session) -> None:

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from app.model_catalog import load_model
+from app.model_catalog import backend_for, load_model
 from app.render import Plane, to_rgb
 from app.session import Edit, PromptState, Session, SessionError
 from data.windowing import Window, default_window
@@ -86,10 +86,22 @@ class ModelRunner:
 
     Weights come from ``app.model_catalog.load_model`` (cached per process, shared read-only). ``busy`` counts
     user requests waiting or running, so the prefetcher steps aside for them.
+
+    With ``batch_window_ms`` > 0 (a GPU server, ``medseg serve --batch-window-ms``) user requests no longer take
+    the lock: their encodes go through one :class:`app.encode_batcher.EncodeBatcher` (sessions' encodes batched,
+    served round-robin) and their decoder calls run side by side. Background work still takes turns.
     """
 
-    def __init__(self, device: str = "cpu", idle_after_s: float = 0.5):
+    def __init__(
+        self, device: str = "cpu", idle_after_s: float = 0.5, backend: str | None = None, batch_window_ms: float = 0.0
+    ):
         self.device = device
+        self.backend = backend  # None or "auto": $MEDSEG_BACKEND or the rule (runtime.backend_choice)
+        self.batcher = None
+        if batch_window_ms > 0:
+            from app.encode_batcher import EncodeBatcher
+
+            self.batcher = EncodeBatcher(self.segmenter, window_s=batch_window_ms / 1000.0)
         self.idle_after_s = idle_after_s
         self._lock = threading.Lock()
         self._waiting = 0
@@ -98,7 +110,11 @@ class ModelRunner:
 
     def segmenter(self, name: str) -> Segmenter:
         """A registry model or an adapter (``app.model_catalog``), loaded once per process."""
-        return load_model(name, self.device)
+        return load_model(name, self.device, self.backend)
+
+    def backend_choice(self, name: str):
+        """Which backend ``name`` runs with here and why (for the status line)."""
+        return backend_for(name, self.device, self.backend)
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
@@ -106,7 +122,7 @@ class ModelRunner:
         with self._count_lock:
             self._waiting += 1
         try:
-            with self._lock:
+            with contextlib.nullcontext() if self.batcher is not None else self._lock:
                 yield
         finally:
             with self._count_lock:
@@ -133,7 +149,11 @@ class ModelRunner:
         cache = embeddings_of(session)
         hit = cache.get(key)
         if hit is None:
-            hit = self.segmenter(session.model).embed(plane_image(session, view, index))
+            image = plane_image(session, view, index)
+            if self.batcher is not None:
+                hit = self.batcher.embed(session.id, session.model, image)
+            else:
+                hit = self.segmenter(session.model).embed(image)
             cache.put(key, hit)
         return hit
 

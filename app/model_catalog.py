@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from adapters.io import AdapterInfo, list_adapters, load_adapted
 from app.session import SessionError
-from models.registry import list_specs, load_segmenter, weights_dir
+from models.registry import list_specs, weights_dir
+from runtime import load_segmenter
+from runtime.backend_choice import BackendChoice, choose
 from models.segmenter import Segmenter
 
 
@@ -58,14 +60,21 @@ def check_selectable(name: str) -> None:
         raise SessionError(f"{name} needs the base model {found[name].base_model!r} and its weights")
 
 
-def load_model(name: str, device: str) -> Segmenter:
-    """The shared, read-only segmenter for a registry name or an adapter name (cached per process).
+def backend_for(name: str, device: str, backend: str | None = None) -> BackendChoice:
+    """The backend ``name`` runs with (``runtime.backend_choice``: ``backend``, else $MEDSEG_BACKEND, else the
+    fastest one that keeps fp32's Dice on this device); adapters run on torch."""
+    return choose(name, device, backend, adapter="+" in name)
+
+
+def load_model(name: str, device: str, backend: str | None = None) -> Segmenter:
+    """The shared, read-only segmenter for a registry name or an adapter name (cached per process), run by
+    :func:`backend_for`'s backend.
 
     Called on every model request, so an adapter name goes straight to its folder (no scan of the
     adapters, no metadata read: ``load_adapted`` caches the loaded model by folder).
     """
     if "+" not in name:
-        return load_segmenter(name, device=device)
+        return load_segmenter(name, device=device, backend=backend_for(name, device, backend).backend)
     folder = weights_dir() / "adapters" / name.split("+", 1)[1]
     segmenter = load_adapted(folder, device=device)
     if segmenter.name != name:  # the folder's adapter was trained on another base model

@@ -32,7 +32,7 @@ from app.interaction import ModelRunner, embeddings_of, plane_image
 from app.render import Plane
 from app.session import Edit, Session, SessionError
 from data.writers import atomic_output
-from models.segmenter import Segmenter
+from models.segmenter import Embedding, Segmenter
 
 # What the UI offers (label -> adapters method). PerSAM-box is ours: box-trained LiteMedSAM needs it
 # for small structures (docs/oneshot.md).
@@ -84,6 +84,17 @@ def reference_path(session: Session) -> Path:
 
 
 # --- fitting ----------------------------------------------------------------------------------
+def decoder_side(segmenter: Segmenter) -> Segmenter:
+    """The segmenter whose PyTorch mask decoder one-shot hooks: for an ONNX-encoded model (the CPU default,
+    ``runtime.backend_choice``) its torch variant, which decodes the ONNX embeddings (:func:`as_decoder_side`)."""
+    return getattr(segmenter, "base", None) or segmenter
+
+
+def as_decoder_side(segmenter: Segmenter, embedding: Embedding) -> Embedding:
+    """``embedding`` labelled for :func:`decoder_side` (same features: the ONNX encoder's)."""
+    return replace(embedding, model_name=segmenter.name) if embedding.model_name != segmenter.name else embedding
+
+
 def supported(segmenter: Segmenter) -> None:
     """Refuse a model whose decoder PerSAM cannot guide (SessionError with the reason)."""
     try:
@@ -114,11 +125,11 @@ def set_reference(
     method = METHODS[method_label]
     image = plane_image(session, view, index)
     with runner.turn():
-        segmenter = runner.segmenter(session.model)
+        segmenter = decoder_side(runner.segmenter(session.model))
         supported(segmenter)
         if report:
             report(0.1, "encoding the reference slice")
-        embedding = runner.embedding(session, view, index)
+        embedding = as_decoder_side(segmenter, runner.embedding(session, view, index))
         if report:
             report(0.3, f"PerSAM-F: training the mask weights on the reference ({iterations} steps)"
                    if method == "persam_f" else f"{method_label}: learning the reference")
@@ -284,10 +295,10 @@ def apply_reference(
     after = session.labels.copy()
     written, empty = [], []
     with runner.turn():
-        segmenter = runner.segmenter(session.model)
+        segmenter = decoder_side(runner.segmenter(session.model))
         supported(segmenter)
         for done, (k, emb) in enumerate(_embeddings(runner, session, view, todo), start=1):
-            mask = ref.oneshot.segment(segmenter, emb).mask
+            mask = ref.oneshot.segment(segmenter, as_decoder_side(segmenter, emb)).mask
             target = plane.extract(after, k)
             fill = np.asarray(mask, bool) & (target == 0)  # other labels are never overwritten
             if fill.any():

@@ -5,7 +5,8 @@ Sessions: the server gives the browser an HttpOnly, SameSite=Strict cookie holdi
 the page, restores that session from the server's store, page scripts never see the credential,
 and two browsers never share a session. Every message shown is escaped text (``app.messages``).
 All model work (encode, prompt) runs through one Gradio queue (``concurrency_id="gpu"``, one at a
-time) and the runner's lock; display-only events run beside it.
+time) and the runner's lock; display-only events run beside it. A GPU server with a batching window
+(``--batch-window-ms``) lets up to :data:`BATCHED_CONCURRENCY` model events in at once, for the batcher.
 """
 
 # No `from __future__ import annotations`: Gradio reads the handlers' real annotations
@@ -26,10 +27,11 @@ from app.interaction import ModelRunner, Prefetcher
 from app.oneshot import METHODS as ONESHOT_METHODS, SCOPES as ONESHOT_SCOPES
 from app.render import window_choices
 from app.session import SessionError, SessionStore
-from models.registry import load_segmenter
+from app.model_catalog import load_model
 
 log = logging.getLogger(__name__)
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
+BATCHED_CONCURRENCY = 32  # model events in flight when the runner batches encodes (app.encode_batcher)
 NO_COOKIE = ("this page needs its session cookie: allow cookies for this site, then reload "
              "(the cookie holds only a random token)")
 
@@ -57,9 +59,16 @@ class UIConfig:
     sessions_root: Path
     model: str = "litemedsam"
     device: str = "cpu"
+    backend: str | None = None  # None/"auto": $MEDSEG_BACKEND or the rule (runtime.backend_choice)
+    batch_window_ms: float = 0.0  # > 0: sessions' encodes batched (app.encode_batcher), for a GPU server
     prefetch_radius: int = 1
     session_ttl_s: float = 14 * 86400
     dicomweb: str | None = None  # a PACS's DICOMweb base URL: the PACS panel (app/pacs.py)
+
+
+def model_events(config: UIConfig) -> dict[str, Any]:
+    """Gradio queue settings of the model events: one at a time, or many when the runner batches encodes."""
+    return {**GPU, "concurrency_limit": BATCHED_CONCURRENCY} if config.batch_window_ms > 0 else dict(GPU)
 
 
 def default_state_dir() -> Path:
@@ -71,7 +80,9 @@ def build_app(config: UIConfig):
     """Lay out the page and wire each control to its action. Nothing runs until launch."""
     import gradio as gr
 
-    runner = ModelRunner(config.device)  # one lock for user and background model work
+    GPU = model_events(config)  # noqa: N806 - the events' queue settings, as the module's default is named
+    # one lock for user and background model work, or encodes batched across sessions (batch_window_ms > 0)
+    runner = ModelRunner(config.device, backend=config.backend, batch_window_ms=config.batch_window_ms)
     ctx = AppContext(
         store=SessionStore(config.sessions_root, ttl_s=config.session_ttl_s),
         runner=runner,
@@ -471,8 +482,11 @@ def launch(
     prevent_thread_lock: bool = False,
     dicomweb: str | None = None,
     auth: Callable[[str, str], bool] | None = None,
+    backend: str | None = None,
+    batch_window_ms: float = 0.0,
 ):
-    """Start the server (loopback by default).
+    """Start the server (loopback by default). ``backend``: as ``--backend`` (None: $MEDSEG_BACKEND or the rule);
+    ``batch_window_ms``: as ``--batch-window-ms``.
 
     Session folders are never served (Gradio's ``blocked_paths``); Gradio serves its own cache
     (slice images, the upload widget's files as downloads unless an image) and ``MEDSEG_ALLOWED_ROOTS``;
@@ -485,9 +499,10 @@ def launch(
     state = Path(state_dir) if state_dir else default_state_dir()
     sessions = state / "sessions"
     sessions.mkdir(parents=True, exist_ok=True)
-    load_segmenter(model, device=device)  # load once before serving; fail early on missing weights
+    load_model(model, device, backend)  # load (export once) before serving; fail early on missing weights
     config = UIConfig(
-        sessions_root=sessions, model=model, device=device, prefetch_radius=prefetch_radius,
+        sessions_root=sessions, model=model, device=device, backend=backend, batch_window_ms=batch_window_ms,
+        prefetch_radius=prefetch_radius,
         session_ttl_s=limits.session_ttl_s, dicomweb=dicomweb,
     )
     demo = build_app(config)

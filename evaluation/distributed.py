@@ -58,6 +58,7 @@ class BatchJob:
     device: str = "cpu"
     embed_batch: int = 1  # distinct slices encoded in one forward pass (GPU throughput)
     gpus_per_worker: float = 1.0  # < 1 puts several model copies on one GPU (CPU-bound metrics, small models)
+    backend: str = "torch"  # runtime.load_segmenter's backend (medseg batch resolves --backend auto)
 
     def fingerprint(self) -> dict:
         """What decides the numbers; a resumed run must match it."""
@@ -66,6 +67,7 @@ class BatchJob:
             "model": self.model,
             "checkpoint": None if self.checkpoint is None else str(Path(self.checkpoint).resolve()),
             **self.settings.as_dict(),
+            **({"backend": self.backend} if self.backend != "torch" else {}),  # older runs (torch) still resume
         }
 
 
@@ -114,11 +116,11 @@ class CaseWorker:
     """
 
     def __init__(self, job: BatchJob, fault_marker: str | None = None):
-        from models.registry import load_segmenter
+        from runtime import load_segmenter
 
         self.job = job
         self.fault_marker = fault_marker
-        self.segmenter = load_segmenter(job.model, job.checkpoint, job.device)
+        self.segmenter = load_segmenter(job.model, job.checkpoint, job.device, job.backend)
         self.loader = CaseLoader(job.manifest)
 
     def _maybe_fail(self) -> None:

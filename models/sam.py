@@ -17,6 +17,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from models.geometry import LongestSide
+from models.pil_resize import pil_bilinear_resize
 from models.segmenter import Segmenter
 
 SAM_INPUT_SIZE = 1024
@@ -34,10 +35,22 @@ def build_sam(variant: str) -> Sam:
     return sam_model_registry[variant](checkpoint=None)
 
 
-def resize_longest_side(image: np.ndarray, target: int) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, h', w') float32, PIL bilinear as ``ResizeLongestSide.apply_image``."""
-    resized = ResizeLongestSide(target).apply_image(image)
-    return torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].float()
+def resize_longest_side(
+    image: np.ndarray, target: int, device: str | torch.device = "cpu", torch_resize: bool | None = None
+) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, h', w') float32 on ``device``, PIL bilinear as ``ResizeLongestSide.apply_image``.
+
+    ``torch_resize`` (default: on a GPU) resizes on ``device`` with ``models.pil_resize`` (Pillow's arithmetic,
+    bit for bit): PIL's resize on the CPU was most of SAM's end-to-end time on a GPU. On the CPU, PIL itself
+    (faster there than the gathers)."""
+    device = torch.device(device)
+    on_device = device.type != "cpu" if torch_resize is None else torch_resize
+    if not on_device:
+        resized = ResizeLongestSide(target).apply_image(image)
+        return torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].float()
+    h, w = ResizeLongestSide.get_preprocess_shape(image.shape[0], image.shape[1], target)
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True)
+    return pil_bilinear_resize(pixels, (h, w)).permute(2, 0, 1)[None].float()
 
 
 def normalize_and_pad(x: torch.Tensor, target: int, mean=PIXEL_MEAN, std=PIXEL_STD) -> torch.Tensor:
@@ -55,10 +68,14 @@ def normalize_and_pad(x: torch.Tensor, target: int, mean=PIXEL_MEAN, std=PIXEL_S
 class SamSegmenter(Segmenter):
     """Any network with ``Sam``'s parts and ``preprocess`` (SAM ViT-B/L/H, MobileSAM) at 1024."""
 
+    # None: resize on the device where it is a GPU (resize_longest_side); False: PIL on the CPU whatever the
+    # device (benchmarks/bench_sam_resize.py's "before"); True: torch even on the CPU (the parity test)
+    torch_resize: bool | None = None
+
     def __init__(self, model: Sam, *, name: str, device: str | torch.device = "cpu"):
         self.name = name
         super().__init__(model, geometry=LongestSide(SAM_INPUT_SIZE), device=device)
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        x = resize_longest_side(image, SAM_INPUT_SIZE).to(self.device)
-        return self.model.preprocess(x)
+        x = resize_longest_side(image, SAM_INPUT_SIZE, self.device, self.torch_resize)
+        return self.model.preprocess(x.to(self.device))

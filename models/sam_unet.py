@@ -240,7 +240,7 @@ class SamUNetSegmenter(Segmenter):
         super().__init__(model, geometry=LongestSide(INPUT_SIZE), device=device)
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        return normalize_and_pad(resize_longest_side(image, INPUT_SIZE), INPUT_SIZE)
+        return normalize_and_pad(resize_longest_side(image, INPUT_SIZE, self.device), INPUT_SIZE)
 
     def encode(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         embedding, msf = self.model.encode(batch)

@@ -9,8 +9,6 @@ backend asked for. The GPU paths (``runtime.fast.tuned``) wrap an already loaded
 from __future__ import annotations
 
 import functools
-import shutil
-import tempfile
 from pathlib import Path
 
 from models.checkpoint import sha256_of
@@ -31,12 +29,17 @@ def load_segmenter(
     ``"onnx-int8"`` is the same with the encoder's linear layers in int8 (``runtime/onnx_quant.py``; the
     decoder stays fp32); ``"onnx-int8-all"`` quantizes all of them (``onnx_quant.BACKEND_RECIPES``);
     ``"onnx-int8-fast"`` quantizes the same layers of an encoder export rewritten for ONNX Runtime on the CPU
-    (``runtime/onnx_fast_export.py``: fewer nodes, same fp32 arithmetic).
+    (``runtime/onnx_fast_export.py``: fewer nodes, same fp32 arithmetic). ``"auto"``: ``$MEDSEG_BACKEND`` or
+    the fastest backend that keeps fp32's Dice on this device (``runtime.backend_choice``).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    path = str(checkpoint_path(name, checkpoint).resolve())
     device = resolve_device(device)
+    if backend == "auto":
+        from runtime.backend_choice import choose
+
+        backend = choose(name, device).backend
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of auto, {', '.join(BACKENDS)}, got {backend!r}")
+    path = str(checkpoint_path(name, checkpoint).resolve())
     if backend == "torch":
         return _load_torch(name, path, device)
     return _load_onnx(name, path, device, backend)
@@ -47,33 +50,45 @@ def _load_onnx(name: str, path: str, device: str, backend: str) -> Segmenter:
     from runtime.onnx_backend import OnnxSegmenter
 
     base = _load_torch(name, path, "cpu")
-    encoder, decoder = _onnx_files(base, path)
-    if backend != "onnx":
-        from runtime.onnx_quant import BACKEND_RECIPES, FAST_EXPORT_BACKENDS, int8_encoder
-
-        if backend in FAST_EXPORT_BACKENDS:
-            from runtime.onnx_fast_export import fast_encoder
-
-            encoder = fast_encoder(base, encoder)
-        encoder = int8_encoder(base, encoder, BACKEND_RECIPES[backend])
+    encoder, decoder = onnx_files(base, path, backend)
     return OnnxSegmenter(base, encoder, decoder, device=device, label=backend)
 
 
-def _onnx_files(base: Segmenter, checkpoint: str) -> tuple[Path, Path]:
-    """ONNX export of a loaded variant, cached by the checkpoint's sha256 (atomic: export, then rename)."""
+def onnx_files(base: Segmenter, checkpoint: str, backend: str = "onnx") -> tuple[Path, Path]:
+    """The (encoder, decoder) ONNX files ``backend`` runs for a loaded variant, built once into
+    ``weights/onnx/<variant>-<checkpoint sha256[:16]>/`` and checked before each reuse (``runtime.export_cache``:
+    a damaged or stale file is rebuilt)."""
+    from runtime import export_cache
     from runtime.onnx_export import export_onnx
 
-    folder = weights_dir() / "onnx" / f"{base.name}-{sha256_of(checkpoint)[:16]}"
-    if not (folder / "decoder.onnx").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            export_onnx(base, tmp)
-            if not folder.exists():
-                tmp.rename(folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder / "encoder.onnx", folder / "decoder.onnx"
+    weights_sha = sha256_of(checkpoint)
+    key = export_cache.cache_key(weights_sha)
+    folder = weights_dir() / "onnx" / f"{base.name}-{weights_sha[:16]}"
+    encoder, decoder = export_cache.ensure(
+        [folder / "encoder.onnx", folder / "decoder.onnx"], lambda tmp: export_onnx(base, tmp), key
+    )
+    if backend == "onnx":
+        return encoder, decoder
+    from runtime.onnx_quant import (
+        BACKEND_RECIPES,
+        FAST_EXPORT_BACKENDS,
+        build_int8_encoder,
+        int8_dot_saturates,
+        int8_file_name,
+    )
+
+    if backend in FAST_EXPORT_BACKENDS:
+        from runtime.onnx_fast_export import export_fast_encoder
+
+        (encoder,) = export_cache.ensure(
+            [folder / "encoder-fast.onnx"], lambda tmp: export_fast_encoder(base, tmp / "encoder-fast.onnx"), key
+        )
+    recipe, u8_weights = BACKEND_RECIPES[backend], int8_dot_saturates()
+    int8 = folder / int8_file_name(encoder, recipe, u8_weights)
+    export_cache.ensure(
+        [int8], lambda tmp: build_int8_encoder(base, encoder, tmp / int8.name, recipe, u8_weights), key, source=encoder
+    )
+    return int8, decoder
 
 
 def clear_caches() -> None:

@@ -2,6 +2,10 @@
 
 Preprocessing and geometry stay the torch variant's (one place for each), so both backends see
 identical inputs. CPU here; the CUDA provider is used where onnxruntime-gpu is installed.
+
+The shipped click model (``models.click_model``) is not exported: a prompt it takes (a point or a mask
+prompt) is decoded by the torch variant's refiner on the ONNX encoder's embedding, so clicks keep it
+whatever the encoder's backend; a box alone goes through the ONNX decoder (the base decoder, as in torch).
 """
 
 from __future__ import annotations
@@ -63,6 +67,11 @@ class OnnxSegmenter(Segmenter):
     def decode_prompts(
         self, embedding: Embedding, prompts: Prompts, multimask_output: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        refiner = getattr(self.base.model, "click_refiner", None)
+        if refiner is not None and not prompts.base_decoder and refiner.applies(
+            multimask_output, prompts.points is not None, prompts.mask_logits is not None
+        ):
+            return self.base.decode_prompts(embedding, prompts, multimask_output)  # torch refiner, ONNX embedding
         size = embedding.original_size
         coords, labels = [], []
         if prompts.points is not None:

@@ -189,22 +189,3 @@ def export_fast_encoder(segmenter: Segmenter, path: str | Path) -> Path:
     _drop_unused(model)
     onnx.save(model, str(path))
     return path
-
-
-def fast_encoder(base: Segmenter, fp32_encoder: str | Path) -> Path:
-    """``encoder-fast.onnx`` next to the fp32 export ``fp32_encoder``, built once (atomic rename)."""
-    import os
-    import tempfile
-
-    final = Path(fp32_encoder).with_name("encoder-fast.onnx")
-    if final.is_file():
-        return final
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".onnx", dir=final.parent)
-    os.close(fd)
-    try:
-        export_fast_encoder(base, tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return final

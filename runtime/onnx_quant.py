@@ -223,36 +223,18 @@ def _static_batch(path: str | Path) -> bool:
     return dim.HasField("dim_value")
 
 
-def int8_encoder(
-    base: Segmenter, fp32_encoder: str | Path, recipe: str = DEFAULT_RECIPE, u8_weights: bool | None = None
-) -> Path:
-    """The int8 encoder next to ``fp32_encoder`` (``<its stem>-int8-<recipe>[-u8w].onnx``), built once.
-
-    ``u8_weights`` (file suffix ``-u8w``) defaults to :func:`int8_dot_saturates` for this CPU, so a file
-    built for one kind of CPU is never taken for the other.
-
-    Atomic: written under a temporary name in the same folder, then renamed, so a crash or a
-    concurrent build never leaves a half-written file under the final name.
-    """
-    import os
-    import tempfile
-
+def int8_file_name(fp32_encoder: str | Path, recipe: str, u8_weights: bool) -> str:
+    """``<encoder stem>-int8-<recipe>[-u8w].onnx``: recipe and weight type in the name, so a file built for
+    one kind of CPU (see :func:`int8_dot_saturates`) or one recipe is never taken for another."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown int8 recipe {recipe!r}; known: {', '.join(sorted(RECIPES))}")
-    if u8_weights is None:
-        u8_weights = int8_dot_saturates()
-    fp32_encoder = Path(fp32_encoder)
-    final = fp32_encoder.with_name(f"{fp32_encoder.stem}-int8-{recipe}{'-u8w' if u8_weights else ''}.onnx")
-    if final.is_file():
-        return final
+    return f"{Path(fp32_encoder).stem}-int8-{recipe}{'-u8w' if u8_weights else ''}.onnx"
+
+
+def build_int8_encoder(
+    base: Segmenter, fp32_encoder: str | Path, out_path: str | Path, recipe: str, u8_weights: bool
+) -> Path:
+    """Quantize ``fp32_encoder`` with ``recipe`` into ``out_path`` (cached by ``runtime.export_cache``)."""
     spec = RECIPES[recipe]
     inputs = [] if spec.dynamic else calibration_inputs(base)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".onnx", dir=final.parent)
-    os.close(fd)
-    try:
-        quantize_encoder(fp32_encoder, tmp, inputs, spec, u8_weights=u8_weights)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return final
+    return quantize_encoder(fp32_encoder, out_path, inputs, spec, u8_weights=u8_weights)

@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-replay", action="store_true", help="skip the cross-talk replay (memory/latency runs only)")
     ap.add_argument("--soak", type=float, metavar="MINUTES",
                     help="memory soak: run MINUTES (20 tabs unless --sessions, no replay), RSS reported per minute")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="the server's --device")
+    ap.add_argument("--batch-window-ms", type=float, default=None,
+                    help="the server's --batch-window-ms (0: one encode at a time; default: the server's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (state, exports, server log)")
@@ -171,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # the replay's model; the server gets the same thread count, so results match bit for bit
 
     server = ServerProcess(work / "state", prefetch=args.prefetch, malloc_arenas=args.malloc_arenas,
-                           threads=torch.get_num_threads(), log_path=work / "serve.log")
+                           threads=torch.get_num_threads(), log_path=work / "serve.log",
+                           extra_args=("--device", args.device, *(() if args.batch_window_ms is None else
+                                                                  ("--batch-window-ms", str(args.batch_window_ms)))))
     t_boot = time.perf_counter()
     server.start()
     boot_s = time.perf_counter() - t_boot
@@ -275,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         "exports_checked": sum(a[0] == "export" for v in done.values() for a in v),
         "rounds_per_session": [sum(a[0] == "export" for a in done[i]) for i in done],
         "clicks": len(clicks),
+        "clicks_per_s": round(len(clicks) / elapsed, 2) if elapsed else None,
+        "device": args.device,
+        "batch_window_ms": args.batch_window_ms,
         "click_p50_ms": round(1000 * statistics.median(clicks), 1) if clicks else None,
         "click_p95_ms": round(1000 * float(np.percentile(clicks, 95)), 1) if clicks else None,
         "click_max_ms": round(1000 * max(clicks), 1) if clicks else None,

@@ -55,6 +55,7 @@ class ServerProcess:
     malloc_arenas: int | None = None  # None: the server's default
     threads: int | None = None  # torch threads (OMP_NUM_THREADS); match a replay's for bit-equal results
     log_path: Path | None = None
+    extra_args: tuple[str, ...] = ()  # more `medseg serve` arguments (--device cuda, --batch-window-ms MS)
     proc: subprocess.Popen | None = None
 
     @property
@@ -67,7 +68,7 @@ class ServerProcess:
         medseg = Path(sys.executable).parent / "medseg"
         cmd = [str(medseg) if medseg.is_file() else sys.executable, *([] if medseg.is_file() else ["-m", "app.cli"]),
                "serve", "--port", str(self.port), "--state-dir", str(self.state_dir), "--prefetch", str(self.prefetch),
-               *([] if self.malloc_arenas is None else ["--malloc-arenas", str(self.malloc_arenas)])]
+               *([] if self.malloc_arenas is None else ["--malloc-arenas", str(self.malloc_arenas)]), *self.extra_args]
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)

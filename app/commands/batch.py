@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from app.commands.common import add_backend_arg, backend_choice
 from app.errors import UsageError
 from app.commands.eval import settings_from_args
 from evaluation.clicks import PROTOCOL_HELP
@@ -24,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", default="litemedsam", help="registry name (see `medseg models`); default litemedsam")
     p.add_argument("--checkpoint", metavar="FILE", help="weights file; default: the registry's file in weights/")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one worker per GPU; default cpu")
+    add_backend_arg(p)
     p.add_argument("--protocol", default="box", help=f"simulated user: {PROTOCOL_HELP}; default box")
     p.add_argument("--margin", type=int, default=5, metavar="PX", help="px added to each side of the GT box; default 5")
     p.add_argument("--jitter", type=int, default=0, metavar="PX",
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     protocol = settings.protocol
     job = BatchJob(manifest=args.manifest, model=args.model, settings=settings, checkpoint=args.checkpoint,
                    device=args.device, embed_batch=args.embed_batch,
-                   gpus_per_worker=args.gpus_per_worker)
+                   gpus_per_worker=args.gpus_per_worker, backend=backend_choice(args).backend)
     out = Path(args.output)
     result = run_batch(
         job,

@@ -17,6 +17,7 @@ from data.volume import Volume
 from data.windowing import default_window, slice_to_rgb
 from models.prompts import Prompts
 from runtime import BACKENDS
+from runtime.backend_choice import AUTO, ENV_VAR
 
 
 INPUT_HELP = ("NIfTI file, DICOM file or series folder, PNG/JPEG, or a DICOMweb series URL "
@@ -42,15 +43,32 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="litemedsam", help="registry name (see `medseg models`); default litemedsam")
     p.add_argument("--checkpoint", metavar="FILE", help="weights file; default: the registry's file in weights/")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
-    p.add_argument(
-        "--backend", default="torch", choices=BACKENDS,
-        help="default torch; onnx runs onnxruntime; onnx-int8 also runs most of the encoder's linear layers "
-        "in int8, onnx-int8-all all of them (faster on the CPU, Dice -0.004), onnx-int8-fast all of them in an "
-        "encoder graph rewritten for onnxruntime (the fastest on the CPU, Dice -0.003)",
-    )
+    add_backend_arg(p)
     p.add_argument("--adapter", metavar="DIR", help="apply a fine-tuned adapter (the --output of medseg finetune)")
     p.add_argument("--no-click-model", action="store_true",
                    help="litemedsam without its click model (= --model litemedsam-base): the official decoder for clicks too")
+
+
+def add_backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend", default=AUTO, choices=(AUTO, *BACKENDS),
+        help=f"default auto (or ${ENV_VAR}): on the CPU the fastest backend whose Dice stays within 0.005 of fp32 "
+        "torch on the shared set (runtime/backend_choice.py; `medseg info --json` prints the choice and why), torch "
+        "on a GPU; torch runs PyTorch fp32; onnx runs onnxruntime; onnx-int8 also runs most of the encoder's linear "
+        "layers in int8, onnx-int8-all all of them, onnx-int8-fast all of them in an encoder graph rewritten for "
+        "onnxruntime",
+    )
+
+
+def backend_choice(args: argparse.Namespace):
+    """The backend --backend / $MEDSEG_BACKEND / the rule picks for these arguments (runtime.backend_choice)."""
+    from runtime.backend_choice import BackendError, choose
+
+    try:
+        return choose(model_name(args), args.device, getattr(args, "backend", AUTO),
+                      adapter=bool(getattr(args, "adapter", None)))
+    except BackendError as e:
+        raise UsageError(str(e)) from None
 
 
 def model_name(args: argparse.Namespace) -> str:
@@ -64,13 +82,14 @@ def segmenter_from_args(args: argparse.Namespace):
     """The shared, cached segmenter that --model/--checkpoint/--device/--backend (and --adapter) name."""
     from runtime import load_segmenter
 
+    backend = backend_choice(args).backend
     if getattr(args, "adapter", None):
         from adapters.io import load_adapted
 
         return load_adapted(
-            args.adapter, model=model_name(args), checkpoint=args.checkpoint, device=args.device, backend=getattr(args, "backend", "torch")
+            args.adapter, model=model_name(args), checkpoint=args.checkpoint, device=args.device, backend=backend
         )
-    return load_segmenter(model_name(args), args.checkpoint, args.device, getattr(args, "backend", "torch"))
+    return load_segmenter(model_name(args), args.checkpoint, args.device, backend)
 
 
 def add_slice_args(p: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from app.commands.common import add_backend_arg, backend_choice
 from app.errors import UsageError
 
 
@@ -28,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     src.add_argument("--dicomweb", metavar="BASE_URL", help="a PACS's DICOMweb root, e.g. http://pacs:8042/dicom-web")
     p.add_argument("--model", default="litemedsam", help="registry name (see `medseg models`); default litemedsam")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_backend_arg(p)
     p.add_argument("--token-file", metavar="FILE", help="access token (first line); default $MEDSEG_TOKEN")
     return p
 
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from app.labelserver.datastore import DicomWebStore, Sessions, StudiesDir
     from app.labelserver.server import ServerConfig, build_app
     from app.settings import get_settings
-    from models.registry import load_segmenter
+    from runtime import load_segmenter
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: expected 1..65535")
@@ -54,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             datastore = DicomWebStore(args.dicomweb, work / "pacs", max_voxels=limits.max_voxels,
                                       max_bytes=limits.max_upload_bytes, timeout=limits.dicomweb_timeout_s)
-        segmenter = load_segmenter(args.model, device=args.device)  # fail early on missing weights
+        choice = backend_choice(args)
+        # load (and export once) before serving: fail early on missing weights
+        segmenter = load_segmenter(args.model, device=args.device, backend=choice.backend)
         cfg = ServerConfig(model=args.model, segmenter=segmenter, datastore=datastore,
                            sessions=Sessions(work / "sessions"), work_dir=work, token=token,
                            max_upload_bytes=limits.max_upload_bytes)
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         shown = f"[{args.host}]" if ":" in args.host else args.host
         print(f"medseg labelserver: MONAI Label API at http://{shown}:{args.port}/ "
               f"({'token required' if token else 'loopback, no token'}); models {args.model}, {args.model}_3d, "
-              f"{args.model}_points", file=sys.stderr, flush=True)
+              f"{args.model}_points; {choice.status()}", file=sys.stderr, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -104,7 +104,7 @@ def reference_mask(args: argparse.Namespace, ref: Volume, k: int) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     if args.iterations < 1:
         raise UsageError(f"--iterations must be >= 1, got {args.iterations}")
-    if getattr(args, "backend", "torch") != "torch":
+    if getattr(args, "backend", "torch") not in ("torch", "auto"):
         raise UsageError("one-shot methods hook the PyTorch mask decoder: use --backend torch")
     out_dir = Path(args.output)
     targets = [Path(t) for t in args.targets]

@@ -8,6 +8,8 @@ import ctypes.util
 import os
 import sys
 
+from app.commands.common import add_backend_arg, backend_choice
+
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -18,6 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--model", default="litemedsam", help="model a new session starts with")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_backend_arg(p)
+    p.add_argument("--batch-window-ms", type=float, default=None, metavar="MS",
+                   help="batch the sessions' slice encodes that arrive within MS of each other, each session served "
+                   "in turn (app/encode_batcher.py); default 4 with --device cuda, 0 (one at a time) on the CPU")
     p.add_argument(
         "--state-dir",
         metavar="DIR",
@@ -79,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         from data.dicomweb import check_base_url
 
         dicomweb = check_base_url(args.dicomweb)
+    backend_choice(args)  # a bad --backend or $MEDSEG_BACKEND stops here, in one line
+    window = args.batch_window_ms if args.batch_window_ms is not None else (4.0 if args.device == "cuda" else 0.0)
+    if not 0 <= window <= 1000:
+        raise ValueError(f"--batch-window-ms must be 0..1000, got {window}")
     limit_malloc_arenas(args.malloc_arenas)  # before the server starts its threads
     if args.host not in LOOPBACK:
         print(f"medseg serve: listening on {args.host}: the token login guards it, but traffic is plain HTTP: "
@@ -92,5 +102,7 @@ def run(args: argparse.Namespace) -> int:
         prefetch_radius=args.prefetch,
         dicomweb=dicomweb,
         auth=auth,
+        backend=args.backend,  # resolved per model by app.model_catalog.backend_for
+        batch_window_ms=window,
     )
     return 0

@@ -1,0 +1,136 @@
+"""Many sessions clicking at once through the UI's action layer (``app.controller``), without a browser:
+one-at-a-time serving (the runner's lock) against encodes batched across sessions (``app.encode_batcher``).
+
+``scripts/load_test.py`` drives the real server over HTTP (it needs Gradio on the machine); this drives the
+same actions in one process, so it runs wherever the model does (the GPU machine has no Gradio):
+
+    python3 benchmarks/bench_sessions.py --device cuda --sessions 20 --seconds 60 --windows 0,4 \
+        --out $OUT/sessions.jsonl
+
+Each session (a thread) opens the bundled CT, then repeats: go to a random slice and encode it (``warm``, as
+the page does after a slice change), click a positive point, refine with two more clicks, with ``--think``
+seconds (random, mean) before each click. One JSON line per window: clicks, clicks_per_s, p50/p95/max
+click-to-mask ms for clicks on slices already encoded (``hit``; the issue's 50 ms p95 target) and on slices
+that still needed an encode (``miss``), the encode latency, and the batch sizes the batcher ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app import controller  # noqa: E402
+from app.controller import AppContext  # noqa: E402
+from app.interaction import ModelRunner, Prefetcher, embeddings_of  # noqa: E402
+from app.session import SessionStore  # noqa: E402
+
+CT = "CT head (DICOM series, 12 slices)"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def run(device: str, window_ms: float, sessions: int, seconds: float, think: float, seed: int) -> dict:
+    runner = ModelRunner(device, batch_window_ms=window_ms)
+    runner.segmenter("litemedsam")  # loaded before the clock starts
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = AppContext(SessionStore(Path(tmp)), runner, Prefetcher(runner, radius=0))
+        sids = []
+        for _ in range(sessions):
+            sid = controller.start(ctx, None).session_id
+            controller.open_sample(ctx, sid, CT)
+            sids.append(sid)
+        controller.warm(ctx, sids[0])  # one-off costs (first encode, allocator) before timing
+        hits: list[float] = []
+        misses: list[float] = []
+        warms: list[float] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        stop = time.monotonic() + seconds
+
+        def tab(i: int) -> None:
+            rng = random.Random(seed + i)
+            sid = sids[i]
+            while time.monotonic() < stop:
+                k = rng.randrange(12)
+                controller.set_slice(ctx, sid, k)
+                controller.new_object(ctx, sid)
+                t0 = time.perf_counter()
+                controller.warm(ctx, sid)  # what the page chains after a slice change: the encode
+                with lock:
+                    warms.append((time.perf_counter() - t0) * 1000.0)
+                session = ctx.store.get(sid)
+                for c in range(3):
+                    time.sleep(rng.expovariate(1.0 / think) if think > 0 else 0)
+                    cached = (session.model, session.view.view, k) in embeddings_of(session)
+                    x, y = rng.uniform(200, 300), rng.uniform(200, 300)  # display pixels inside the head
+                    t0 = time.perf_counter()
+                    try:
+                        vm = controller.click(ctx, sid, x, y)
+                    except Exception as e:  # noqa: BLE001 - counted, reported
+                        with lock:
+                            errors.append(f"{type(e).__name__}: {e}")
+                        continue
+                    ms = (time.perf_counter() - t0) * 1000.0
+                    with lock:
+                        (hits if cached else misses).append(ms)
+                    if vm.status and "⚠" in vm.status:
+                        with lock:
+                            errors.append(vm.status)
+
+        t_start = time.perf_counter()
+        threads = [threading.Thread(target=tab, args=(i,)) for i in range(sessions)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t_start
+    batches = [len(b) for b in runner.batcher.history] if runner.batcher else []
+    clicks = hits + misses
+    return {
+        "device": device, "batch_window_ms": window_ms, "sessions": sessions, "seconds": round(elapsed, 1),
+        "think_s": think, "clicks": len(clicks), "clicks_per_s": round(len(clicks) / elapsed, 2),
+        "hit_clicks": len(hits), "hit_p50_ms": percentile(hits, 50), "hit_p95_ms": percentile(hits, 95),
+        "miss_clicks": len(misses), "miss_p50_ms": percentile(misses, 50), "miss_p95_ms": percentile(misses, 95),
+        "encode_p50_ms": percentile(warms, 50), "encode_p95_ms": percentile(warms, 95), "encodes": len(warms),
+        "all_p50_ms": percentile(clicks, 50), "all_p95_ms": percentile(clicks, 95),
+        "max_ms": round(max(clicks), 1) if clicks else None,
+        "batches": len(batches), "mean_batch": round(statistics.mean(batches), 2) if batches else None,
+        "max_batch": max(batches) if batches else None, "errors": errors[:5], "n_errors": len(errors),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--think", type=float, default=0.3, help="mean pause between a session's clicks (s)")
+    ap.add_argument("--windows", default="0,4", help="batch windows in ms; 0 = one at a time (the lock)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    rows = []
+    for w in (float(v) for v in args.windows.split(",")):
+        rows.append(run(args.device, w, args.sessions, args.seconds, args.think, args.seed))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.out:
+        args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
