@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from data.readers import read_study  # noqa: E402
 from data.windowing import default_window, slice_to_rgb  # noqa: E402
-from runtime import BACKENDS, load_segmenter  # noqa: E402
+from runtime import BACKENDS, GPU_ONLY_BACKENDS, load_segmenter  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -41,7 +41,7 @@ def cpu_name() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--backends", default=",".join(b for b in BACKENDS if b not in GPU_ONLY_BACKENDS))
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--gap-ms", type=float, default=200.0, help="pause between calls (lets the turbo settle)")
     ap.add_argument("--out", type=Path)

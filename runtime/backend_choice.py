@@ -5,7 +5,8 @@ The rule, on the CPU: the fastest backend whose mean Dice on the shared set (42 
 measured, never assumed: ``runtime/cpu_backends.json`` holds them with their command and raw files, per
 kind of int8 arithmetic (``u8w``: x86 without VNNI, whose int8 files carry uint8 weights, see
 ``runtime.onnx_quant.int8_dot_saturates``; ``s8w``: the others). A CPU kind or a model without figures
-runs torch. On a GPU the default is torch: the compiled GPU paths' Dice is issue 22's GPU half.
+runs torch. On a GPU, LiteMedSAM's default is ``torch-fp16`` (eager fp16 encoder), measured through that
+path on the shared set on an H200 (docs/benchmarks.md, section E); other models and adapters run torch.
 
 Override, strongest first: ``--backend NAME`` (CLI, ``medseg serve``, ``medseg labelserver``), then
 ``$MEDSEG_BACKEND``, then the rule. ``auto`` in either place means "the rule".
@@ -25,6 +26,11 @@ ENV_VAR = "MEDSEG_BACKEND"
 MEASUREMENTS = Path(__file__).resolve().parent / "cpu_backends.json"
 MEAN_TOLERANCE = 0.005  # |mean Dice change| allowed against fp32 torch
 CASE_TOLERANCE = 0.1  # largest loss of one case allowed
+# GPU: models whose fp16 encoder was measured against fp32 through the path that runs (eager fp16, batch 1 and 64)
+GPU_MEASURED = {
+    "litemedsam": "H200 2026-12-04, 42 shared slices: mean Dice change -0.00001, worst case -0.0074, "
+                  "644 vs 260 slices/s (docs/bench/h200_bisect_compiled_2026-12-04_b.jsonl)",
+}
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ def choose(
 ) -> BackendChoice:
     """The backend for ``model`` on ``device``: ``requested`` (a flag) if given and not ``auto``, else
     ``$MEDSEG_BACKEND`` if set and not ``auto``, else the rule. Raises BackendError for an unknown name."""
-    from runtime import BACKENDS
+    from runtime import BACKENDS, GPU_ONLY_BACKENDS
 
     env = os.environ if env is None else env
     for source, value, where in (("flag", requested, "--backend"), ("env", env.get(ENV_VAR, "").strip(), ENV_VAR)):
@@ -110,9 +116,14 @@ def choose(
             if source == "env":  # a machine-wide default does not forbid adapters
                 return BackendChoice("torch", f"adapters run on the torch backend only ({ENV_VAR} not applied)", "rule")
             raise BackendError(f"{where} {value}: adapters run on the torch backend only")
+        if value in GPU_ONLY_BACKENDS and device == "cpu":
+            raise BackendError(f"{where} {value}: needs a CUDA GPU (--device cuda)")
         return BackendChoice(value, f"asked for with {where}", source)
     if device != "cpu":
-        return BackendChoice("torch", "on a GPU the default is torch fp32 (the compiled paths' Dice: issue 22)", "rule")
+        if adapter or model not in GPU_MEASURED:
+            return BackendChoice("torch", "on a GPU, models without a measured fp16 Dice run torch fp32", "rule")
+        return BackendChoice("torch-fp16", "fp16 keeps fp32's Dice on the GPU (within 0.005, no case worse than 0.1)",
+                             "rule", GPU_MEASURED[model])
     if adapter:
         return BackendChoice("torch", "adapters run on the torch backend only", "rule")
     table = load_measurements()

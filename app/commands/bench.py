@@ -20,13 +20,13 @@ from runtime import load_segmenter
 from runtime.timing import measure_segmenter
 
 SAMPLE = PROJECT_ROOT / "samples" / "ct_head_0051_series"
-ONNX_BACKENDS = tuple(b for b in LOADER_BACKENDS if b != "torch")  # the registry's onnxruntime backends
+LOADER_ONLY = tuple(b for b in LOADER_BACKENDS if b != "torch")  # built by runtime.load_segmenter (onnxruntime, torch-fp16)
 # torch-triton: bf16 weights, compiled, with the Triton window-attention and MBConv/PatchMerging kernels
 # (runtime/triton_attention.py, runtime/triton_convs.py); torch-triton-tanh: the same with every GELU in the
 # tanh form (runtime.fast.use_tanh_gelu) and inductor's kernels tuned (runtime.fast.TUNED_KERNELS), the
 # fastest batched GPU path (docs/benchmarks.md, run 16); its compile takes minutes per batch size
 TRITON_BACKENDS = ("torch-triton", "torch-triton-tanh", "torch-triton-fp16")
-BACKENDS = ("torch", "torch-bf16", "torch-compile", *TRITON_BACKENDS, *ONNX_BACKENDS)
+BACKENDS = ("torch", "torch-bf16", "torch-compile", *TRITON_BACKENDS, *LOADER_ONLY)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def _segmenter(args: argparse.Namespace, backend: str):
         raise UsageError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend in TRITON_BACKENDS and args.device != "cuda":
         raise UsageError(f"backend {backend} runs Triton GPU kernels: use --device cuda")
-    if backend in ONNX_BACKENDS:
+    if backend in LOADER_ONLY:
         return load_segmenter(args.model, args.checkpoint, args.device, backend=backend)
     base = load_segmenter(args.model, args.checkpoint, args.device)
     if backend == "torch":

@@ -94,14 +94,20 @@ def test_overrides_flag_then_environment_then_rule():
         choose("litemedsam", "cpu", None, env={ENV_VAR: "onnx-int9"})
 
 
-def test_gpu_adapters_and_unmeasured_models_default_to_torch():
-    assert choose("litemedsam", "cuda", env={}).backend == "torch"
+def test_gpu_default_is_the_measured_fp16_encoder_adapters_and_unmeasured_models_run_torch():
+    # LiteMedSAM's fp16 encoder was measured through its own path on an H200 (docs/benchmarks.md, section E)
+    choice = choose("litemedsam", "cuda", env={})
+    assert choice.backend == "torch-fp16" and "-0.00001" in choice.evidence and "h200_bisect" in choice.evidence
     assert choose("litemedsam+liver", "cpu", adapter=True, env={}).backend == "torch"
     assert choose("litemedsam+liver", "cpu", adapter=True, env={ENV_VAR: "onnx-int8-fast"}).backend == "torch"
     with pytest.raises(BackendError, match="adapters"):
         choose("litemedsam", "cpu", "onnx", adapter=True, env={})
     sam = choose("sam_vit_b", "cpu", env={})
     assert sam.backend == "torch" and "sam_vit_b" in sam.reason
+    assert choose("sam_vit_b", "cuda", env={}).backend == "torch"
+    assert choose("litemedsam+liver", "cuda", adapter=True, env={}).backend == "torch"
+    with pytest.raises(BackendError, match="needs a CUDA GPU"):
+        choose("litemedsam", "cpu", "torch-fp16", env={})
 
 
 def test_medseg_info_prints_the_choice_and_why(capsys, monkeypatch):
