@@ -191,18 +191,24 @@ def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Pr
     return view_model(session, f"Opened {name}. Click on the structure, or draw a box with two clicks.")
 
 
-@_with_session
-def warm(ctx: AppContext, session: Session) -> ViewModel:
-    """Encode the shown plane now (so the first click is fast) and queue its neighbours."""
-    if session.volume is None:
-        return view_model(session, None)  # keep the page's message
-    view, index = session.view.view, session.view.index[session.view.view]
+def warm(ctx: AppContext, sid: str) -> ViewModel:
+    """Encode the shown plane now (so the first click is fast) and queue its neighbours.
+
+    The session's lock is held only to read what is shown, not while encoding: the viewer's
+    requests (the study, the labels) must not wait for the encoder.
+    """
+    session = _session(ctx, sid)
+    with session.lock:
+        if session.volume is None:
+            return view_model(session, None)  # keep the page's message
+        view, index = session.view.view, session.view.index[session.view.view]
     with ctx.runner.turn():
         ctx.runner.embedding(session, view, index)
-    ctx.prefetcher.request(session, view, index)
-    _encode_study_once(ctx, session)
-    greeting = session.runtime.pop("greeting", "")
-    return view_model(session, f"{greeting} Ready: the slice is encoded.".strip())
+    with session.lock:
+        ctx.prefetcher.request(session, view, index)
+        _encode_study_once(ctx, session)
+        greeting = session.runtime.pop("greeting", "")
+        return view_model(session, f"{greeting} Ready: the slice is encoded.".strip())
 
 
 def _encode_study_once(ctx: AppContext, session: Session) -> None:

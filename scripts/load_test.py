@@ -325,14 +325,8 @@ def soak_figures(samples: list[tuple[float, float]], window_min: int = 10) -> di
 
 
 def _image_hw(page: Page) -> tuple[int, int]:
-    """(height, width) of the image the page shows (display pixels), from the served PNG."""
-    import io
-
-    from PIL import Image
-
-    data = page.http.get(page.last["image"]["url"]).raise_for_status().content
-    with Image.open(io.BytesIO(data)) as im:
-        return im.height, im.width
+    """(height, width) of the shown plane at the old panel's display size (the clicks' coordinates)."""
+    return tuple(page.last["image_hw"])
 
 
 if __name__ == "__main__":
