@@ -291,7 +291,7 @@ def click(ctx: AppContext, session: Session, x_display: float, y_display: float)
             return view_model(session, "Box: now click the opposite corner.")
     else:
         edit = interaction.click(ctx.runner, session, x, y, positive=mode == "point +")
-    _mark_anchor(session)
+    mark_anchor(session)
     ctx.store.save(session)
     ctx.prefetcher.request(session, view, index)
     return view_model(session, _done(session, edit.description))
@@ -325,7 +325,7 @@ def mask(ctx: AppContext, session: Session, mask_display: np.ndarray, use_model:
             )
         m = cv2.resize(m.astype(np.uint8), (plane_hw[1], plane_hw[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
     edit = interaction.mask_prompt(ctx.runner, session, m, use_model=use_model)
-    _mark_anchor(session)
+    mark_anchor(session)
     ctx.store.save(session)
     return view_model(session, _done(session, edit.description))
 
@@ -395,7 +395,7 @@ def propagation_job(ctx: AppContext, sid: str):
     return job_of(_session(ctx, sid))
 
 
-def _mark_anchor(session: Session) -> None:
+def mark_anchor(session: Session) -> None:
     """A prompt or correction on a stored slice makes it an anchor of the active label."""
     from app.propagation_job import add_anchor
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from app import interaction
+from app import controller, interaction
 from app.controller import AppContext
 from app.render import Plane, acquisition_view, display_window
 from app.session import Edit, Session
@@ -53,6 +53,9 @@ def state(session: Session) -> dict[str, Any]:
         opacity=vs.opacity,
         object=markers(session),
     )
+    review = session.runtime.get("review")  # app.review: the viewer goes to the slice under review
+    if review is not None and review.label == session.active:
+        out["review"] = {"index": int(review.current), "position": int(review.position), "n": len(review.slices)}
     return out
 
 
@@ -203,6 +206,8 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
             session.label(value)
             if value != session.active:
                 session.active, session.prompt = value, None
+        if kind in ("point", "box", "brush", "erase"):
+            controller.mark_anchor(session)  # a prompt or correction on a stored slice anchors propagation
         ctx.store.save(session)
         if kind in ("point", "box", "brush", "erase"):
             ctx.prefetcher.request(session, session.view.view, session.view.index[session.view.view])

@@ -11,7 +11,8 @@ type State = {
   study: string | null; rev: number; name?: string; rgb?: boolean; is2d?: boolean
   views?: string[]; view?: string; acquisition?: string; slice_mm?: number[]
   labels?: LabelDef[]; active?: number; window?: { level: number; width: number } | null; opacity?: number
-  object?: ObjectMarks | null
+  object?: ObjectMarks | null; index?: number
+  review?: { index: number; position: number; n: number }
 }
 type Answer = {
   ok: boolean; error?: string; status?: string; rev?: number; reload?: boolean; object?: ObjectMarks | null
@@ -90,6 +91,7 @@ class Viewer {
   windowTimer = 0
   viewTimer = 0
   encodeBusy = false
+  reviewKey = ''
   encodeAgain = false
   frameTimes: number[] = []
   promptTimes: number[] = []
@@ -236,7 +238,21 @@ class Viewer {
     this.applyLabelLook()
     if (s.window) this.applyWindow(s.window)
     this.object = s.object ?? null
+    this.followReview(s)
     this.drawOverlay()
+  }
+
+  /** A review of a propagation (app.review) steps through slices on the server: show the slice it is at. */
+  followReview(s: State): void {
+    const key = s.review ? `${s.view}/${s.review.index}/${s.review.position}` : ''
+    if (key && key !== this.reviewKey && s.slice_mm && s.view) {
+      this.currentView = s.view
+      if (!this.three) this.applyLayout()
+      this.moveTo(s.slice_mm, s.view)
+      this.showInfo()
+      this.requestEncode()
+    }
+    this.reviewKey = key
   }
 
   url(what: string): string {
@@ -281,6 +297,10 @@ class Viewer {
     const rev = Number(response.headers.get('X-Labels-Revision') ?? s.rev)
     const buffer = await response.arrayBuffer()
     const vol = await NVImage.new(buffer, 'labels.nii.gz', 'gray', 1)
+    // A label map (NIFTI_INTENT_LABEL): NiiVue then draws it with its integer atlas shader, one exact
+    // colour per value, and can outline it. Without it the labels went through the intensity shader
+    // (values scaled by cal_min/cal_max into the colour table) and Outline only made the fill opaque.
+    vol.hdr!.intent_code = 1002
     if (key !== this.study) return
     if (this.labelsVol && this.labelsVol.img && vol.img && this.labelsVol.img.length === vol.img.length) {
       (this.labelsVol.img as any).set(vol.img as any)
@@ -306,7 +326,7 @@ class Viewer {
       R.push(r); G.push(g); B.push(b); A.push(this.hidden.has(v) ? 0 : 255); I.push(v); names.push(d?.name ?? String(v))
     }
     vol.setColormapLabel({ R, G, B, A, I, labels: names } as any)
-    vol.opacity = this.outline ? 1 : this.opacity
+    vol.opacity = this.outline ? 0 : this.opacity // outline: borders opaque, the inside clear
     this.nv.setAtlasOutline(this.outline ? 1 : 0)
     ;(this.nv.opts as any).atlasActiveIndex = 0
     this.nv.updateGLVolume()
