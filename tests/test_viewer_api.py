@@ -181,3 +181,31 @@ def test_user_messages_carry_no_server_paths_or_session_ids(error, shown):
     from app import messages
 
     assert messages.plain(messages.error_text(error), hide=["0123456789abcdef0123456789abcdef"]) == shown
+
+
+def test_refinement_clicks_label_only_the_clicked_structure(ctx, opened):
+    """The viewer's first walk (issue 19): a click on CT coronal slice 6, six refinement clicks around it,
+    then a box as a new object. On the click path of the first viewer build (ed75254) the clicks left
+    ~2300 label pixels scattered in the air around the head: the "dotted patches" of its screenshots,
+    which the measurements table counted too (data, not drawing). Every pixel must stay near the prompts."""
+    s = opened
+    s.view.index["coronal"] = 6
+    s.runtime.pop("embeddings", None)  # slice 6: its own encode
+
+    def act(body):
+        return actions.act(ctx, s, body)
+
+    for x, y in [(128, 120), (118, 115), (138, 115), (128, 133), (120, 128), (136, 128), (128, 108)]:
+        act({"kind": "point", "view": "coronal", "mm": _mm(s, x, y, index=6), "positive": True})
+    clicked = s.labels[6] == 1
+    assert clicked.sum() > 50
+    far = clicked.copy()
+    far[60:190, 80:180] = False  # well around the clicks (rows 108-133, columns 118-138)
+    assert far.sum() <= 5, f"{int(far.sum())} label pixels far from the clicks"
+    act({"kind": "new_object"})
+    act({"kind": "box", "view": "coronal", "mm": _mm(s, 90, 74, index=6), "mm2": _mm(s, 166, 166, index=6)})
+    boxed = s.labels[6] == 1
+    assert boxed[clicked].all()  # the box, a new object, kept the clicked one
+    far = boxed.copy()
+    far[60:190, 80:180] = False
+    assert far.sum() <= 5, f"{int(far.sum())} label pixels far from the prompts"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import statistics
 import time
 
@@ -126,6 +127,8 @@ def _page_to(page, target: int) -> None:
 
 
 def test_click_box_undo_export_oneshot(browser, server, shots, tmp_path, ct):
+    """A click shows its marker before any answer, then the overlay; a drag draws a box (the old UI's
+    image drew no box on a drag: a box took two clicks); undo, redo, export and one-shot keep working."""
     context, page, sid = _open_page(browser, server)
     _open_sample(page)
     assert "CT" in page.locator("#facts").inner_text() and "0.957" in page.locator("#facts").inner_text()
@@ -246,6 +249,10 @@ def test_second_object_keeps_the_first_and_rapid_prompts_all_register(browser, s
 
 
 def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, caplog):
+    """The old UI: a 1312 px tall page (Export and Level/Width below the fold), one crosshair cursor for
+    every mode, no tooltips, the wheel scrolled the page, no zoom or pan, no W/L drag, Escape did not
+    cancel a box, "brain" left the Level/Width boxes at 40/400, one 512 px view, a ~190 px brush canvas
+    without an eraser, no per-label hide or lock, no outline."""
     context, page, sid = _open_page(browser, server)
     _open_sample(page)
     stage = page.locator("#viewer-stage").bounding_box()
@@ -294,6 +301,24 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     width = _state(server, sid)["view"]["width"]
     assert width != 400
     page.wait_for_function(f"Math.abs(Number(document.querySelector('#width input').value) - {width}) < 0.5")
+    # a named window shows its own level and width in the boxes (brain: 40/80), and the viewer applies it
+    page.locator("#window input").click()
+    page.get_by_role("option", name="brain", exact=True).click()
+    page.wait_for_function("Number(document.querySelector('#level input').value) === 40 && "
+                           "Number(document.querySelector('#width input').value) === 80", timeout=TIMEOUT_MS)
+    page.wait_for_function("Math.abs(medsegViewer.nv.volumes[0].cal_max - medsegViewer.nv.volumes[0].cal_min - 80)"
+                           " < 0.01", timeout=TIMEOUT_MS)
+    assert "W 80 L 40" in page.locator("#viewer-info").inner_text()
+
+    # middle-drag pans; the corner tells the view, the slice and its position in mm
+    before_pan = page.evaluate("medsegViewer.nv.scene.pan2Dxyzmm.slice(0, 2)")
+    page.mouse.move(*centre)
+    page.mouse.down(button="middle")
+    page.mouse.move(centre[0] + 80, centre[1] + 40, steps=5)
+    page.mouse.up(button="middle")
+    assert page.evaluate("medsegViewer.nv.scene.pan2Dxyzmm.slice(0, 2)") != before_pan
+    page.keyboard.press("0")
+    assert re.search(r"coronal slice \d+ \(0–11\) · y = -?[\d.]+ mm", page.locator("#viewer-info").inner_text())
 
     # Escape cancels a half-drawn box: nothing is sent
     _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
@@ -314,6 +339,36 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     _idle(page)
     painted = server.labels(sid)
     assert painted.any() and (painted[:, j, :] == 1).sum() == (painted == 1).sum()
+    assert _browser_labels(page) == _server_counts(painted)
+
+    # the eraser, bigger ("]" four times), over the middle of the stroke: that part goes, the ends stay
+    page.keyboard.press("e")
+    for _ in range(4):
+        page.keyboard.press("]")
+    assert page.locator("#brush-size").input_value() == "12"
+    _drag(page, _xy(page, ct, 118, 5, index=j, view="axial"), _xy(page, ct, 132, 5, index=j, view="axial"))
+    _idle(page)
+    _wait_status(page, "Erased")
+    erased = server.labels(sid)
+    assert 0 < (erased == 1).sum() < (painted == 1).sum()
+    assert not erased[:, j, 120:131].any() and erased[:, j, 100].any() and erased[:, j, 150].any()
+    assert _browser_labels(page) == _server_counts(erased)
+
+    # lock: a locked label refuses the brush (one message, nothing sent); hide and outline are the viewer's
+    page.locator('#viewer-legend .mv-label[data-value="1"] .mv-lock').click()
+    page.keyboard.press("r")
+    _drag(page, _xy(page, ct, 60, 5, index=j, view="axial"), _xy(page, ct, 80, 5, index=j, view="axial"))
+    _wait_status(page, "locked")
+    _idle(page)
+    np.testing.assert_array_equal(server.labels(sid), erased)
+    page.locator('#viewer-legend .mv-label[data-value="1"] .mv-lock').click()
+    page.keyboard.press("h")
+    assert page.evaluate("medsegViewer.labelsVol.colormapLabel.lut[7]") == 0  # label 1's alpha
+    page.keyboard.press("h")
+    assert page.evaluate("medsegViewer.labelsVol.colormapLabel.lut[7]") == 255
+    page.keyboard.press("o")
+    assert page.evaluate("medsegViewer.nv.opts.atlasOutline") == 1
+    page.keyboard.press("o")
     (shots / "ui_paging.json").write_text(json.dumps({
         "frame_ms": page.evaluate("medsegViewer.frameTimes.slice()"), "key_to_key_s": paging_s}))
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -321,6 +376,10 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
 
 
 def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path):
+    """The old UI: width 0 + Enter put a red "Error" on ~12 components and logged a traceback; error
+    toasts showed server paths and the session id; opening another study (or the same one again)
+    dropped the labels ("Nothing to undo" after); the CT's window carried over to the MR; the previous
+    study's export stayed in the Download box. Then a reload mid-session restores everything."""
     context, page, sid = _open_page(browser, server)
     _open_sample(page)
     page.mouse.click(*_xy(page, ct, *INSIDE))
@@ -357,6 +416,11 @@ def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path)
     _open_sample(page, CT_NAME)
     np.testing.assert_array_equal(server.labels(sid), ct_labels)
     assert _browser_labels(page) == _server_counts(ct_labels)
+    # re-opening the open sample keeps its labels too (the old UI dropped them silently)
+    page.locator("#open-sample").click()
+    _wait_status(page, "Opened")
+    _wait_status(page, "Ready")
+    np.testing.assert_array_equal(server.labels(sid), ct_labels)
 
     # the session is held by an HttpOnly, SameSite=Strict cookie: page scripts (the viewer included)
     # can't read it, nothing about it is in the page or localStorage, and the viewer's requests carry it

@@ -341,6 +341,7 @@ class Viewer {
     vol.cal_min = lo
     vol.cal_max = hi
     this.nv.updateGLVolume()
+    this.showInfo()
   }
 
   // --- layout, navigation --------------------------------------------------------------------
