@@ -92,8 +92,9 @@ def test_negative_click_then_undo_then_positive_click(browser, server, model_cal
 
 
 def test_alternatives_labels_mask_file_and_dicom_seg_export(browser, server, model_calls, ct, tmp_path):
-    """One page on the CT series: choose another alternative of a lone click, add / rename a label, paint
-    with it (a mask file), export DICOM-SEG whose segments equal what the server holds, clear, undo."""
+    """One page on the CT series: choose another alternative of a lone click, add / rename a label, type
+    its colour, paint with it (a mask file), export DICOM-SEG whose segments equal what the server holds,
+    clear, undo."""
     from playwright.sync_api import expect
 
     context, page, sid = _open_page(browser, server)
@@ -132,6 +133,15 @@ def test_alternatives_labels_mask_file_and_dicom_seg_export(browser, server, mod
         timeout=TIMEOUT_MS)
     assert [d["name"] for d in _state(server, sid)["labels"]] == ["label 1", "lesion"]
     expect(page.locator("#viewer-legend")).to_contain_text("2 · lesion", timeout=TIMEOUT_MS)
+    # a typed hex colour is saved and drawn (the old UI changed the swatch only)
+    page.locator("#label-colour .dialog-button").click()
+    hex_input = page.locator("#label-colour .input-wrap input[type=text]")
+    hex_input.fill("#00ff00")
+    hex_input.press("Enter")
+    page.locator("#facts").click()  # close the picker
+    _wait_server(lambda: _state(server, sid)["labels"][1]["colour"] == [0, 255, 0], 60)
+    expect(page.locator('#viewer-legend .mv-label[data-value="2"] .mv-swatch')).to_have_css(
+        "background-color", "rgb(0, 255, 0)", timeout=TIMEOUT_MS)
 
     # a mask file painted as drawn with the active label (2)
     from PIL import Image
