@@ -11,7 +11,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1
 
 RUN apt-get update -qq \
-    && apt-get install -y -qq --no-install-recommends python3 python3-venv python3-dev make git ca-certificates dicom3tools \
+    && apt-get install -y -qq --no-install-recommends python3 python3-venv python3-dev make git ca-certificates dicom3tools nodejs npm \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/medseg

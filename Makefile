@@ -8,7 +8,10 @@ WEIGHTS := weights/lite_medsam.pth
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
-.PHONY: run test setup weights serve lint clean gpu-test gpu-bundle mutants
+VIEWER_STAMP := app/viewer/static/.built
+VIEWER_SRC := $(wildcard viewer/src/*) viewer/package.json viewer/package-lock.json viewer/vite.config.js
+
+.PHONY: run test setup weights viewer serve lint clean gpu-test gpu-bundle mutants
 
 run: setup
 	GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/medseg serve --host $(HOST) --port $(PORT)
@@ -32,7 +35,17 @@ $(VENV)/.chromium: | $(STAMP)
 	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
 	touch $@
 
-setup: $(STAMP) $(WEIGHTS)
+setup: $(STAMP) $(WEIGHTS) $(VIEWER_STAMP)
+
+# The browser viewer (NiiVue, WebGL): npm ci from the committed lock file, vite build into the folder
+# the app serves (app/viewer/static). Node 20 and npm come from Debian when missing.
+viewer: $(VIEWER_STAMP)
+
+$(VIEWER_STAMP): $(VIEWER_SRC)
+	command -v npm || (apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm)
+	cd viewer && npm ci --no-audit --no-fund --loglevel=error
+	cd viewer && npm run build
+	touch $@
 
 # GPU tests (pytest -m gpu: CUDA-graph replays, Triton kernels in bf16, the compiled fast path's Dice) on the
 # GPU machine from the checkout alone, with its own python3 (torch, Triton, pytest); docs/testing.md.
@@ -73,4 +86,4 @@ $(WEIGHTS): scripts/fetch_weights.py | $(STAMP)
 	$(PY) scripts/fetch_weights.py $(WEIGHTS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache viewer/node_modules app/viewer/static

@@ -196,19 +196,25 @@ def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Pr
     return view_model(session, f"Opened {name}. Click on the structure, or draw a box with two clicks.")
 
 
-@_with_session
-def warm(ctx: AppContext, session: Session) -> ViewModel:
-    """Encode the shown plane now (so the first click is fast) and queue its neighbours."""
-    if session.volume is None:
-        return view_model(session, None)  # keep the page's message
-    view, index = session.view.view, session.view.index[session.view.view]
+def warm(ctx: AppContext, sid: str) -> ViewModel:
+    """Encode the shown plane now (so the first click is fast) and queue its neighbours.
+
+    The session's lock is held only to read what is shown, not while encoding: the viewer's
+    requests (the study, the labels) must not wait for the encoder.
+    """
+    session = _session(ctx, sid)
+    with session.lock:
+        if session.volume is None:
+            return view_model(session, None)  # keep the page's message
+        view, index = session.view.view, session.view.index[session.view.view]
     with ctx.runner.turn():
         ctx.runner.embedding(session, view, index)
-    ctx.prefetcher.request(session, view, index)
-    _encode_study_once(ctx, session)
-    greeting = session.runtime.pop("greeting", "")
-    backend = ctx.runner.backend_choice(session.model).status()
-    return view_model(session, f"{greeting} Ready: the slice is encoded ({backend}).".strip())
+    with session.lock:
+        ctx.prefetcher.request(session, view, index)
+        _encode_study_once(ctx, session)
+        greeting = session.runtime.pop("greeting", "")
+        backend = ctx.runner.backend_choice(session.model).status()
+        return view_model(session, f"{greeting} Ready: the slice is encoded ({backend}).".strip())
 
 
 def _encode_study_once(ctx: AppContext, session: Session) -> None:
@@ -291,7 +297,7 @@ def click(ctx: AppContext, session: Session, x_display: float, y_display: float)
             return view_model(session, "Box: now click the opposite corner.")
     else:
         edit = interaction.click(ctx.runner, session, x, y, positive=mode == "point +")
-    _mark_anchor(session)
+    mark_anchor(session)
     ctx.store.save(session)
     ctx.prefetcher.request(session, view, index)
     return view_model(session, _done(session, edit.description))
@@ -325,7 +331,7 @@ def mask(ctx: AppContext, session: Session, mask_display: np.ndarray, use_model:
             )
         m = cv2.resize(m.astype(np.uint8), (plane_hw[1], plane_hw[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
     edit = interaction.mask_prompt(ctx.runner, session, m, use_model=use_model)
-    _mark_anchor(session)
+    mark_anchor(session)
     ctx.store.save(session)
     return view_model(session, _done(session, edit.description))
 
@@ -395,7 +401,7 @@ def propagation_job(ctx: AppContext, sid: str):
     return job_of(_session(ctx, sid))
 
 
-def _mark_anchor(session: Session) -> None:
+def mark_anchor(session: Session) -> None:
     """A prompt or correction on a stored slice makes it an anchor of the active label."""
     from app.propagation_job import add_anchor
 

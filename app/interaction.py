@@ -265,10 +265,28 @@ def to_prompts(p: PromptState) -> Prompts:
 
 
 def merged_plane(base: np.ndarray, mask: np.ndarray, label: int) -> np.ndarray:
-    """``base`` with ``mask`` painted as ``label``; other labels are kept (never overwritten)."""
-    out = np.where(base == label, 0, base).astype(base.dtype)
+    """``base`` with ``mask`` painted as ``label`` where ``base`` is empty.
+
+    ``base`` is the plane before this object started, so everything on it stays: other labels
+    and the label's other objects (a second object never erases the first).
+    """
+    out = np.array(base, copy=True)
     out[np.asarray(mask, bool) & (out == 0)] = label
     return out
+
+
+def erase(session: Session, mask: np.ndarray) -> Edit:
+    """Remove the active label under ``mask`` on the current plane (other labels are untouched)."""
+    view, index = session.view.view, session.view.index[session.view.view]
+    region = session.region(view, index)
+    mask = np.asarray(mask, bool)
+    if mask.shape != region.shape:
+        raise PromptError(f"the eraser mask is {mask.shape[1]}x{mask.shape[0]}; this plane is "
+                          f"{region.shape[1]}x{region.shape[0]}")
+    after = np.where(mask & (region == session.active), 0, region).astype(region.dtype)
+    edit = Edit("erase", view, index, np.array(region, copy=True), after, session.prompt, None)
+    session.apply(edit, kind="erase")
+    return edit
 
 
 def _edit(session: Session, before_prompt: PromptState | None, after: PromptState, mask: np.ndarray, what: str) -> Edit:

@@ -13,6 +13,7 @@ live in memory only: they survive a page reload, not a server restart.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -154,7 +155,11 @@ class Session:
     undo_stack: list[Edit] = field(default_factory=list, repr=False)
     redo_stack: list[Edit] = field(default_factory=list, repr=False)
     updated: float = field(default_factory=time.time)
+    # the other studies opened in this session, by study key: their labels stay (studies/<key>.npz)
+    studies: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     # runtime only (never saved)
+    revision: int = field(default=0, repr=False)  # bumped on every change of the label map (the viewer's cue)
+    stashed: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # other studies' arrays, undo
     volume: Volume | None = field(default=None, repr=False)
     runtime: dict[str, Any] = field(default_factory=dict, repr=False)  # model window, embedding cache
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -165,22 +170,75 @@ class Session:
             raise SessionError("no study is open: pick a sample or upload one first")
         return self.volume
 
+    @property
+    def study_key(self) -> str | None:
+        """The open study's key (its path and series): the same study opened again finds its labels."""
+        return study_key(self.study_path, self.series_uid) if self.study_path else None
+
     def start_study(self, volume: Volume, path: str, name: str, series_uid: str | None = None) -> None:
-        """A fresh label map and table for a newly opened study (the previous work stays on disk only)."""
+        """Open a study. The open one's labels, label table, view and undo history are kept in the
+        session (``studies``) and come back when it is opened again; re-opening the open study keeps it."""
+        key = study_key(path, series_uid)
+        if key == self.study_key and self.labels is not None and self.labels.shape == volume.array.shape[:3]:
+            self.volume, self.study_name = volume, name
+            self.prompt = None
+            self.revision += 1
+            return
+        if self.study_key is not None and self.labels is not None:
+            self._stash()
         self.volume = volume
         self.study_path, self.series_uid, self.study_name = path, series_uid, name
+        self.prompt = None
+        self.runtime.clear()
+        self.revision += 1
+        if self._unstash(key, volume):
+            return
         self.labels = np.zeros(volume.array.shape[:3], dtype=np.uint16)
         self.label_defs = [LabelDef(1, "label 1", PALETTE[0])]
         self.active = 1
-        self.prompt = None
         self.history = {}
         self.undo_stack.clear()
         self.redo_stack.clear()
         shape = volume.array.shape[:3]
+        self.view = ViewState(mode=self.view.mode)
         self.view.view = acquisition_view(volume)
         views = VIEWS if not volume.is_2d else ("axial",)
         self.view.index = {v: Plane.of(volume, v).count(shape) // 2 for v in views}
-        self.runtime.clear()
+
+    def _stash(self) -> None:
+        """Keep the open study's work under its key (arrays in memory until the store writes them)."""
+        key = self.study_key
+        self.studies[key] = {
+            "study_path": self.study_path, "series_uid": self.series_uid, "study_name": self.study_name,
+            "labels": [{"value": d.value, "name": d.name, "colour": list(d.colour)} for d in self.label_defs],
+            "active": self.active, "view": asdict(self.view),
+            "history": {str(k): v for k, v in self.history.items()},
+        }
+        self.stashed[key] = {"labels": self.labels, "undo": list(self.undo_stack), "redo": list(self.redo_stack),
+                             "dirty": True}
+
+    def _unstash(self, key: str, volume: Volume) -> bool:
+        """Bring back a study's kept work; False when the session has none for it."""
+        meta = self.studies.pop(key, None)
+        if meta is None:
+            return False
+        arrays = self.stashed.pop(key, None) or {}
+        labels = arrays.get("labels")
+        if labels is None:
+            labels_file = self.directory / "studies" / f"{key}.npz"
+            if labels_file.is_file():
+                with np.load(labels_file) as z:
+                    labels = z["labels"]
+        if labels is None or labels.shape != volume.array.shape[:3]:
+            labels = np.zeros(volume.array.shape[:3], dtype=np.uint16)
+        self.labels = labels
+        self.label_defs = [LabelDef(int(d["value"]), str(d["name"]), tuple(d["colour"])) for d in meta["labels"]]
+        self.active = int(meta["active"])
+        self.view = ViewState(**{k: v for k, v in meta["view"].items() if k in ViewState.__dataclass_fields__})
+        self.history = {int(k): v for k, v in meta.get("history", {}).items()}
+        self.undo_stack[:] = arrays.get("undo", [])
+        self.redo_stack[:] = arrays.get("redo", [])
+        return True
 
     # --- labels table ----------------------------------------------------------------------
     def label(self, value: int) -> LabelDef:
@@ -219,6 +277,7 @@ class Session:
         """Apply ``edit`` and push it on the undo stack (clears redo). ``kind`` logs the prompt."""
         self.region(edit.view, edit.index)[...] = edit.after
         self.prompt = edit.prompt_after
+        self.revision += 1
         self.undo_stack.append(edit)
         self.redo_stack.clear()
         self._trim_undo()
@@ -241,6 +300,7 @@ class Session:
         edit = self.undo_stack.pop()
         self.region(edit.view, edit.index)[...] = edit.before
         self.prompt = edit.prompt_before
+        self.revision += 1
         self.redo_stack.append(edit)
         return edit
 
@@ -250,6 +310,7 @@ class Session:
         edit = self.redo_stack.pop()
         self.region(edit.view, edit.index)[...] = edit.after
         self.prompt = edit.prompt_after
+        self.revision += 1
         self.undo_stack.append(edit)
         return edit
 
@@ -279,6 +340,7 @@ class Session:
             "active": self.active,
             "view": asdict(self.view),
             "history": {str(k): v for k, v in self.history.items()},
+            "studies": self.studies,
             "updated": self.updated,
         }
 
@@ -293,6 +355,12 @@ def folder_bytes(folder: Path) -> int:
             except OSError:
                 pass
     return total
+
+
+def study_key(path: str, series_uid: str | None = None) -> str:
+    """A short stable key of a study: its resolved path and series (names its kept labels file)."""
+    text = f"{Path(path).resolve()}|{series_uid or ''}"
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 class SessionStore:
@@ -408,6 +476,12 @@ class SessionStore:
     def save(self, session: Session) -> None:
         """Atomically write labels first, then the state that refers to them."""
         session.updated = time.time()
+        for key, arrays in session.stashed.items():
+            if arrays.pop("dirty", False):
+                (session.directory / "studies").mkdir(exist_ok=True)
+                with atomic_output(session.directory / "studies" / f"{key}.npz") as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez_compressed(f, labels=arrays["labels"])
         if session.labels is not None:
             with atomic_output(session.directory / "labels.npz") as tmp:
                 with open(tmp, "wb") as f:
@@ -435,6 +509,7 @@ class SessionStore:
             active=int(state.get("active", 1)),
             view=view,
             history={int(k): v for k, v in state.get("history", {}).items()},
+            studies=dict(state.get("studies", {})),
             updated=float(state.get("updated", time.time())),
         )
         study = state.get("study_path")

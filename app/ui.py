@@ -1,17 +1,27 @@
-"""The clinician's web UI: layout and wiring only (actions live in ``app.controller``).
+"""The clinician's web UI: layout and wiring only (actions live in ``app.controller`` and ``app.viewer``).
+
+The image panel is a WebGL viewer (NiiVue, ``viewer/`` built into ``app/viewer/static``): the page
+holds the study and its labels, pages, zooms and windows them itself, and sends prompts to the
+viewer's JSON routes (``app.viewer.api``). The Gradio side shows what the viewer cannot: the study
+picker, labels table, measurements, alternatives, propagate, one-shot and export. The two meet in
+a hidden ``#viewer-state`` element (what the viewer must show) and a hidden ``#viewer-sync``
+button (the viewer asks the page to refresh after its edits).
 
 Sessions: the server gives the browser an HttpOnly, SameSite=Strict cookie holding a random token
 (``app.web_session``); the session id is derived from it on the server, so a reload, or reopening
-the page, restores that session from the server's store, page scripts never see the credential,
-and two browsers never share a session. Every message shown is escaped text (``app.messages``).
-All model work (encode, prompt) runs through one Gradio queue (``concurrency_id="gpu"``, one at a
-time) and the runner's lock; display-only events run beside it. A GPU server with a batching window
-(``--batch-window-ms``) lets up to :data:`BATCHED_CONCURRENCY` model events in at once, for the batcher.
+the page, restores that session from the server's store, page scripts never see the credential
+(the viewer's routes read the same cookie), and two browsers never share a session. Every message
+shown is escaped text (``app.messages``). All model work (encode, prompt) runs through one Gradio
+queue (``concurrency_id="gpu"``, one at a time) and the runner's lock; display-only events run beside it.
+A GPU server with a batching window (``--batch-window-ms``) lets up to :data:`BATCHED_CONCURRENCY` model
+events in at once, for the batcher.
 """
 
 # No `from __future__ import annotations`: Gradio reads the handlers' real annotations
 # (gr.Request, gr.SelectData, gr.Progress) to inject them.
 
+import html
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -28,6 +38,8 @@ from app.oneshot import METHODS as ONESHOT_METHODS, SCOPES as ONESHOT_SCOPES
 from app.render import window_choices
 from app.session import SessionError, SessionStore
 from app.model_catalog import load_model
+from app.viewer import actions as viewer_actions
+from app.viewer.api import head_html, routes as viewer_routes
 
 log = logging.getLogger(__name__)
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
@@ -35,20 +47,11 @@ BATCHED_CONCURRENCY = 32  # model events in flight when the runner batches encod
 NO_COOKIE = ("this page needs its session cookie: allow cookies for this site, then reload "
              "(the cookie holds only a random token)")
 
-# Keyboard: Up/Down (or PageUp/PageDown) step slices, Ctrl+Z / Ctrl+Y undo / redo, outside text fields.
-KEYBOARD_JS = """
-<script>
-document.addEventListener('keydown', (e) => {
-  const t = e.target;
-  if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;
-  const ids = {ArrowUp: 'next-slice', PageUp: 'next-slice', ArrowDown: 'prev-slice', PageDown: 'prev-slice'};
-  let id = ids[e.key];
-  if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === 'z') id = 'undo-btn';
-  if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === 'y') id = 'redo-btn';
-  const btn = id && document.getElementById(id);
-  if (btn) { e.preventDefault(); btn.click(); }
-});
-</script>
+# The page's own style: the hidden state and sync elements the viewer talks through, a compact page.
+PAGE_CSS = """
+.mv-hidden { display: none !important; }
+#status { min-height: 1.5em; }
+.gradio-container { max-width: 100% !important; padding-top: 4px !important; }
 """
 
 
@@ -96,69 +99,58 @@ def build_app(config: UIConfig):
     with gr.Blocks(title="medseg", delete_cache=(3600, 86400)) as demo:
         demo.medseg_ctx, demo.medseg_shelf = ctx, shelf  # for launch(): the middleware's view of sessions
         sid = gr.State(None)
-        gr.Markdown("### medseg: promptable segmentation of CT, MR and photographs")
-        with gr.Row():
-            with gr.Column(scale=1, min_width=260):
-                with gr.Accordion("Study", open=True):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=250):
+                gr.Markdown("**medseg**: promptable segmentation of CT, MR and photographs")
+                with gr.Group():
                     sample = gr.Dropdown(samples, value=samples[0], label="Bundled sample", elem_id="sample")
-                    open_btn = gr.Button("Open sample", variant="primary", elem_id="open-sample")
-                    upload = gr.File(
-                        label="Or upload: NIfTI, DICOM files, a zip of a series, PNG/JPEG",
-                        file_count="multiple",
-                        type="filepath",
-                        elem_id="upload",
-                    )
-                    facts = gr.Markdown("No study open.", elem_id="facts")
+                    with gr.Row():
+                        open_btn = gr.Button("Open sample", variant="primary", size="sm", elem_id="open-sample")
+                        upload = gr.UploadButton(
+                            "Upload…", file_count="multiple", type="filepath", size="sm", elem_id="upload",
+                        )
+                facts = gr.Markdown("No study open.", elem_id="facts")
                 pacs_panel = pacs.layout(config.dicomweb)
                 model = gr.Dropdown(controller.model_choices(), value=config.model, label="Model", elem_id="model")
-                with gr.Accordion("Display", open=True):
-                    view = gr.Radio(["axial"], value="axial", label="View", elem_id="view")
-                    window = gr.Dropdown(window_choices(), value="default", label="Window", elem_id="window")
+                with gr.Group():
+                    window = gr.Dropdown(window_choices(), value="default", label="Window (or right-drag the image)",
+                                         elem_id="window")
                     with gr.Row():
-                        level = gr.Number(40, label="Level", elem_id="level")
-                        width = gr.Number(400, label="Width", elem_id="width")  # > 0: checked by the controller
-                    opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Label opacity", elem_id="opacity")
-            with gr.Column(scale=3, min_width=420):
-                with gr.Row(equal_height=True):
-                    prev_btn = gr.Button("◀ prev", size="sm", min_width=60, scale=0, elem_id="prev-slice")
-                    slider = gr.Slider(0, 1, value=0, step=1, label="Slice (↑/↓ keys)", elem_id="slice", scale=4)
-                    next_btn = gr.Button("next ▶", size="sm", min_width=60, scale=0, elem_id="next-slice")
-                image = gr.Image(
-                    type="numpy", format="png", interactive=False, show_label=False, elem_id="slice-view",
-                    buttons=["fullscreen"],
-                )
-                status = gr.Markdown("", elem_id="status")
+                        level = gr.Number(40, label="Level", elem_id="level", min_width=60)
+                        width = gr.Number(400, label="Width", elem_id="width", min_width=60)
+                with gr.Group():
+                    formats = ["NIfTI (.nii.gz)"] + (["DICOM-SEG (.dcm)"] if controller.dicom_seg_available() else [])
+                    export_fmt = gr.Radio(formats, value=formats[0], label="Export format", elem_id="export-format")
+                    keep_ids = gr.Checkbox(False, label="Keep patient identifiers (DICOM-SEG; off: de-identified)",
+                                           elem_id="keep-identifiers")
+                    export_btn = gr.Button("Export labels", size="sm", elem_id="export-btn")
+                    download = gr.DownloadButton("Download", visible=False, size="sm", elem_id="download")
+            with gr.Column(scale=4, min_width=520):
+                gr.HTML('<div id="medseg-viewer">The viewer is loading (if it never appears, run <code>make</code> '
+                        'to build it).</div>', elem_id="viewer-panel", padding=False)
+                viewer_state = gr.HTML("", elem_id="viewer-state", elem_classes=["mv-hidden"])
+                viewer_sync = gr.Button("sync", elem_id="viewer-sync", elem_classes=["mv-hidden"])
+                status = gr.Markdown("", elem_id="status", elem_classes=["mv-hidden"])  # shown by the viewer
+            with gr.Column(scale=1, min_width=260):
                 table = gr.Dataframe(
-                    headers=["#", "label", "pixels on the slice", "area on the slice (mm²)", "volume in the study (mL)"],
-                    interactive=False, elem_id="measurements", label="Labels",
+                    headers=["#", "label", "px on slice", "mm² on slice", "mL in study"],
+                    interactive=False, elem_id="measurements", label="Labels", max_height=180,
                 )
-            with gr.Column(scale=1, min_width=280):
-                mode = gr.Radio(list(MODES), value=MODES[0], label="Click mode", elem_id="mode")
-                alternatives = gr.Radio([], label="Alternatives of the first click", elem_id="alternatives")
-                with gr.Row():
-                    undo_btn = gr.Button("Undo", size="sm", min_width=60, elem_id="undo-btn")
-                    redo_btn = gr.Button("Redo", size="sm", min_width=60, elem_id="redo-btn")
-                with gr.Row():
-                    new_btn = gr.Button("New object", size="sm", min_width=60, elem_id="new-object")
-                    propagate_btn = gr.Button("Propagate 3D", size="sm", min_width=60, elem_id="propagate")
-                review_btns = _review_buttons()
-                with gr.Accordion("Labels", open=True):
+                with gr.Group():
                     label = gr.Dropdown([], label="Active label", elem_id="label")
                     with gr.Row():
-                        label_name = gr.Textbox(label="Name", elem_id="label-name", scale=2)
-                        colour = gr.ColorPicker(label="Colour", elem_id="label-colour", scale=1)
+                        label_name = gr.Textbox(label="Name", elem_id="label-name", scale=2, min_width=80)
+                        colour = gr.ColorPicker(label="Colour", elem_id="label-colour", scale=1, min_width=60)
                     with gr.Row():
                         add_btn = gr.Button("Add label", size="sm", min_width=60, elem_id="add-label")
                         clear_btn = gr.Button(
                             "Clear label", size="sm", min_width=60, variant="stop", elem_id="clear-label"
                         )
-                with gr.Accordion("Brush or mask", open=False):
-                    editor = gr.ImageEditor(
-                        type="numpy", label="Paint on the slice", elem_id="brush", layers=False, transforms=(),
-                        brush=gr.Brush(colors=["#ffff00"], default_size=8, color_mode="fixed"),
-                    )
-                    copy_btn = gr.Button("Copy the slice to the canvas", size="sm")
-                    mask_file = gr.File(label="Or upload a mask (PNG, slice or display size)", type="filepath")
+                alternatives = gr.Radio([], label="Alternatives of the first click", elem_id="alternatives")
+                propagate_btn = gr.Button("Propagate 3D (from the shown slice)", size="sm", elem_id="propagate")
+                review_btns = _review_buttons()
+                with gr.Accordion("Mask file", open=False):
+                    mask_file = gr.File(label="A mask PNG (slice or display size)", type="filepath", height=80)
                     use_model = gr.Checkbox(True, label="Use as a model prompt (off: paint the label as drawn)")
                     brush_btn = gr.Button("Apply mask", size="sm", elem_id="apply-brush")
                 with gr.Accordion("One-shot (PerSAM)", open=False, elem_id="oneshot"):
@@ -176,16 +168,9 @@ def build_app(config: UIConfig):
                         oneshot_first = gr.Number(None, precision=0, label="From slice", elem_id="oneshot-first")
                         oneshot_last = gr.Number(None, precision=0, label="To slice", elem_id="oneshot-last")
                     oneshot_apply = gr.Button("Apply one-shot", size="sm", elem_id="oneshot-apply")
-                with gr.Accordion("Export", open=True):
-                    formats = ["NIfTI (.nii.gz)"] + (["DICOM-SEG (.dcm)"] if controller.dicom_seg_available() else [])
-                    export_fmt = gr.Radio(formats, value=formats[0], label="Format", elem_id="export-format")
-                    keep_ids = gr.Checkbox(False, label="Keep patient identifiers (DICOM-SEG; off: de-identified, "
-                                           "DICOM PS3.15 Basic Profile)", elem_id="keep-identifiers")
-                    export_btn = gr.Button("Export labels", elem_id="export-btn")
-                    download = gr.File(label="Download", interactive=False, elem_id="download")
 
-        outputs = [sid, image, view, slider, label, label_name, colour, table, alternatives, facts, status,
-                   model, window, level, width, opacity, mode]
+        outputs = [sid, viewer_state, label, label_name, colour, table, alternatives, facts, status,
+                   model, window, level, width]
         at_status = outputs.index(status)
 
         def only_status(message: str) -> list[Any]:
@@ -193,12 +178,21 @@ def build_app(config: UIConfig):
             return [message if i == at_status else gr.skip() for i in range(len(outputs))]
 
         def present(vm: ViewModel) -> list[Any]:
+            shown_window = {"level": vm.level, "width": vm.width}
+            state_html = ""
+            try:
+                session = ctx.store.get(vm.session_id)
+                with session.lock:
+                    state = viewer_actions.state(session)
+                    if session.volume is not None:
+                        shown_window = viewer_actions.window_of(session) or shown_window
+                state_html = f'<div data-state="{html.escape(json.dumps(state), quote=True)}"></div>'
+            except SessionError:
+                pass
             status = gr.skip() if vm.status is None else messages.for_markdown(vm.status, hide=[vm.session_id])
             return [
                 vm.session_id,
-                vm.image,
-                gr.update(choices=vm.views, value=vm.view),
-                gr.update(maximum=max(vm.slice_max, 1), value=vm.slice_index, interactive=vm.slice_max > 0),
+                state_html,
                 gr.update(choices=vm.labels, value=vm.active if vm.labels else None),
                 vm.label_name,
                 vm.colour,
@@ -208,15 +202,13 @@ def build_app(config: UIConfig):
                 status,
                 vm.model,
                 vm.window,
-                vm.level,
-                vm.width,
-                vm.opacity,
-                vm.mode,
+                round(float(shown_window["level"]), 2),
+                round(float(shown_window["width"]), 2),
             ]
 
         def guarded(action: Callable[..., ViewModel], *args) -> list[Any]:
-            """Run an action; a user error becomes one warning toast and a status line (escaped, no
-            server paths, no session id), never a traceback."""
+            """Run an action; a user error becomes one warning toast and one status line in the viewer
+            (escaped, no server paths, no session id), never a traceback or a red Error."""
             s = args[0] if args else None
             try:
                 check_cookie(s)
@@ -279,45 +271,38 @@ def build_app(config: UIConfig):
 
         # --- study ---------------------------------------------------------------------------
         def on_open(s, name, progress=gr.Progress()):
-            return guarded(controller.open_sample, s, name, lambda f, d: progress(f, desc=d))
+            return guarded(controller.open_sample, s, name, lambda f, d: progress(f, desc=d)) + [_no_download()]
 
         def on_upload(s, files, progress=gr.Progress()):
             if not files:
-                return [gr.skip()] * len(outputs)
-            return guarded(_open_upload, s, list(files), lambda f, d: progress(f, desc=d))
+                return [gr.skip()] * (len(outputs) + 1)
+            files = [files] if isinstance(files, str) else list(files)
+            return guarded(_open_upload, s, files, lambda f, d: progress(f, desc=d)) + [_no_download()]
 
-
-        open_btn.click(on_open, [sid, sample], outputs).then(warm, [sid], [status], show_progress="minimal", **GPU)
-        upload.upload(on_upload, [sid, upload], outputs).then(warm, [sid], [status], show_progress="minimal", **GPU)
+        open_btn.click(on_open, [sid, sample], outputs + [download]).then(
+            warm, [sid], [status], show_progress="minimal", **GPU)
+        upload.upload(on_upload, [sid, upload], outputs + [download]).then(
+            warm, [sid], [status], show_progress="minimal", **GPU)
         model.input(lambda s, m: guarded(controller.set_model, s, m), [sid, model], outputs, **GPU).then(
             warm, [sid], [status], show_progress="minimal", **GPU
         )
 
-        # --- looking -------------------------------------------------------------------------
-        def display(s, w, lv, wd, op, md):
-            return guarded(controller.set_display, s, w, lv, wd, op, md)
+        # --- looking (the viewer pages, zooms and windows itself; these set the window by name or number) --
+        def display(s, w, lv, wd):
+            try:
+                vs = ctx.store.get(s).view if s else None
+            except SessionError:
+                vs = None
+            opacity, mode = (vs.opacity, vs.mode) if vs is not None else (0.45, MODES[0])
+            return guarded(controller.set_display, s, w, lv, wd, opacity, mode)
 
-        display_inputs = [sid, window, level, width, opacity, mode]
-        for control in (window, opacity, mode):
-            control.input(display, display_inputs, outputs, trigger_mode="always_last")
+        window.input(display, [sid, window, level, width], outputs, trigger_mode="always_last")
         for control in (level, width):
-            control.submit(lambda s, w, lv, wd, op, md: display(s, "custom", lv, wd, op, md), display_inputs, outputs)
-        view.input(lambda s, v: guarded(controller.set_view, s, v), [sid, view], outputs).then(
-            warm, [sid], [status], show_progress="minimal", **GPU)
-        slider.input(lambda s, k: guarded(controller.set_slice, s, k), [sid, slider], outputs,
-                     trigger_mode="always_last", show_progress="hidden").then(warm, [sid], [status], show_progress="hidden", **GPU)
-        prev_btn.click(lambda s: guarded(controller.step, s, -1), [sid], outputs, show_progress="hidden").then(
-            warm, [sid], [status], show_progress="hidden", **GPU)
-        next_btn.click(lambda s: guarded(controller.step, s, 1), [sid], outputs, show_progress="hidden").then(
-            warm, [sid], [status], show_progress="hidden", **GPU)
+            control.submit(lambda s, lv, wd: display(s, "custom", lv, wd), [sid, level, width], outputs)
+        viewer_sync.click(lambda s: guarded(controller.refresh, s, None), [sid], outputs,
+                          trigger_mode="always_last", show_progress="hidden")
 
-        # --- prompting -----------------------------------------------------------------------
-        def on_select(s, evt: gr.SelectData):
-            x, y = evt.index[:2]
-            return guarded(controller.click, s, float(x), float(y))
-
-        image.select(on_select, [sid], outputs, show_progress="hidden", **GPU)
-
+        # --- prompting (clicks, boxes and the brush live in the viewer) ------------------------
         def on_choose(s, choice):
             if not choice:
                 return [gr.skip()] * len(outputs)
@@ -325,22 +310,11 @@ def build_app(config: UIConfig):
 
         _wire_propagation(ctx, propagate_btn, review_btns, sid, outputs, guarded)
         alternatives.input(on_choose, [sid, alternatives], outputs)
-        new_btn.click(lambda s: guarded(controller.new_object, s), [sid], outputs)
-        undo_btn.click(lambda s: guarded(controller.undo, s), [sid], outputs)
-        redo_btn.click(lambda s: guarded(controller.redo, s), [sid], outputs)
 
-        def copy_to_canvas(current):
-            if current is None:
-                gr.Warning("open a study first")
-                return gr.skip()
-            return {"background": current, "layers": [], "composite": current}
+        def on_mask(s, file, model_prompt):
+            return guarded(_mask_action, s, None, file, bool(model_prompt))
 
-        copy_btn.click(copy_to_canvas, [image], [editor])
-
-        def on_brush(s, value, file, model_prompt):
-            return guarded(_mask_action, s, value, file, bool(model_prompt))
-
-        brush_btn.click(on_brush, [sid, editor, mask_file, use_model], outputs, **GPU)
+        brush_btn.click(on_mask, [sid, mask_file, use_model], outputs, **GPU)
 
         # --- one-shot ------------------------------------------------------------------------
         def oneshot_info_of(s):
@@ -363,11 +337,16 @@ def build_app(config: UIConfig):
         oneshot_apply.click(on_oneshot_apply, [sid, oneshot_scope, oneshot_first, oneshot_last], outputs, **GPU)
         load_event.then(oneshot_info_of, [sid], [oneshot_info])
 
-        def on_oneshot_scope(scope, k, first, last):
+        def on_oneshot_scope(s, scope, first, last):
             """Show the range inputs for a range, starting from the shown slice."""
+            try:
+                vs = ctx.store.get(s).view
+                k = vs.index.get(vs.view, 0)
+            except (SessionError, *USER_ERRORS):
+                k = 0
             return gr.update(visible=scope == "slice range"), k if first is None else first, k if last is None else last
 
-        oneshot_scope.change(on_oneshot_scope, [oneshot_scope, slider, oneshot_first, oneshot_last],
+        oneshot_scope.change(on_oneshot_scope, [sid, oneshot_scope, oneshot_first, oneshot_last],
                              [oneshot_range, oneshot_first, oneshot_last])
 
         # --- labels --------------------------------------------------------------------------
@@ -375,8 +354,9 @@ def build_app(config: UIConfig):
         add_btn.click(lambda s, n: guarded(controller.add_label, s, n), [sid, label_name], outputs)
         clear_btn.click(lambda s: guarded(controller.clear, s), [sid], outputs)
         label_name.submit(lambda s, n, c: guarded(controller.edit_label, s, n, c), [sid, label_name, colour], outputs)
-        colour.input(lambda s, n, c: guarded(controller.edit_label, s, n, c), [sid, label_name, colour], outputs,
-                     trigger_mode="always_last")
+        for event in (colour.input, colour.change):  # a typed hex colour fires change only
+            event(lambda s, n, c: _colour_changed(ctx, guarded, s, n, c, len(outputs)), [sid, label_name, colour],
+                  outputs, trigger_mode="always_last", show_progress="hidden")
 
         # --- export --------------------------------------------------------------------------
         def on_export(s, fmt, keep):
@@ -388,8 +368,9 @@ def build_app(config: UIConfig):
 
                 if note := (patient_data_note(path) if Path(path).suffix == ".dcm" else None):
                     vm.status = f"{vm.status} ⚠ Note: {note}."
-                # served from Gradio's cache under a random folder, to this session's cookie only
-                return [shelf.publish(path, s)] + present(vm)
+                # served from Gradio's cache under a random folder, to this session's cookie only, as an attachment
+                served = shelf.publish(path, s)
+                return [gr.update(value=served, visible=True, label=f"Download {Path(path).name}")] + present(vm)
             except (SessionError, *USER_ERRORS) as e:
                 text = messages.plain(messages.error_text(e), hide=[str(s or "")])
                 gr.Warning(messages.for_toast(text))
@@ -397,6 +378,7 @@ def build_app(config: UIConfig):
 
         export_btn.click(on_export, [sid, export_fmt, keep_ids], [download] + outputs)
 
+    demo.viewer_routes = viewer_routes(ctx)
     return demo
 
 
@@ -428,7 +410,7 @@ def _review_buttons() -> dict[str, Any]:
     """Step through a finished propagation: accept / cut the range here / previous / next (``app.review``)."""
     import gradio as gr
 
-    with gr.Row():
+    with gr.Row(elem_id="review-row"):
         buttons = {"start": gr.Button("Review", size="sm", min_width=50, elem_id="review")}
         for action, text in (("prev", "◀"), ("accept", "Accept"), ("cut", "Cut here"), ("next", "▶")):
             buttons[action] = gr.Button(text, size="sm", min_width=40, elem_id=f"review-{action}")
@@ -455,6 +437,27 @@ def _wire_propagation(ctx: AppContext, button: Any, review_btns: dict[str, Any],
         btn.click(lambda s, a=action: guarded(controller.review, s, a), [sid], outputs, show_progress="hidden")
 
 
+def _no_download():
+    """A newly opened study hides the previous study's export."""
+    import gradio as gr
+
+    return gr.update(value=None, visible=False)
+
+
+def _colour_changed(ctx: AppContext, guarded, sid, name, colour, n_outputs: int) -> list[Any]:
+    """Save a picked or typed colour unless it is the active label's colour already (the page echoes it)."""
+    import gradio as gr
+
+    try:
+        session = ctx.store.get(sid)
+        with session.lock:
+            if session.volume is None or controller.parse_colour(colour) == session.label(session.active).colour:
+                return [gr.skip()] * n_outputs
+    except (SessionError, *USER_ERRORS):
+        pass
+    return guarded(controller.edit_label, sid, name, colour)
+
+
 def _mask_action(ctx: AppContext, sid: str, editor_value: Any, mask_file: str | None, use_model: bool) -> ViewModel:
     """The brush canvas's painted pixels, or an uploaded mask image, as the mask of the current plane."""
     if mask_file:
@@ -465,7 +468,7 @@ def _mask_action(ctx: AppContext, sid: str, editor_value: Any, mask_file: str | 
     else:
         layers = (editor_value or {}).get("layers") or []
         if not layers:
-            raise SessionError("nothing painted: copy the slice to the canvas and paint over the structure")
+            raise SessionError("nothing painted: choose a mask file, or paint with the viewer's brush")
         layer = np.asarray(layers[0])
         drawn = layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 else layer.any(axis=-1)
     return controller.mask(ctx, sid, drawn, use_model)
@@ -489,10 +492,13 @@ def launch(
     ``batch_window_ms``: as ``--batch-window-ms``.
 
     Session folders are never served (Gradio's ``blocked_paths``); Gradio serves its own cache
-    (slice images, the upload widget's files as downloads unless an image) and ``MEDSEG_ALLOWED_ROOTS``;
-    exports only to their session's cookie (``app.web_session``).
+    (the upload widget's files as downloads unless an image) and ``MEDSEG_ALLOWED_ROOTS``; exports
+    only to their session's cookie (``app.web_session``); the viewer's routes act on the cookie's
+    session only (``app.viewer.api``).
     """
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    import gradio as gr
+
     from app.settings import get_settings
 
     limits = get_settings()
@@ -519,11 +525,13 @@ def launch(
         server_port=port,
         allowed_paths=[str(r) for r in limits.allowed_roots],
         blocked_paths=[str(sessions.resolve())],
-        app_kwargs={"middleware": [cookie]},
         max_file_size=limits.max_upload_bytes,
         footer_links=[],
         run_history=False,  # never keep patients' images in the browser's run history
-        head=KEYBOARD_JS,
+        head=head_html(),
+        theme=gr.themes.Default(spacing_size="sm", text_size="sm", radius_size="sm"),
+        css=PAGE_CSS,
+        app_kwargs={"routes": demo.viewer_routes, "middleware": [cookie]},
         prevent_thread_lock=prevent_thread_lock,
         auth=auth,  # a login page when bound beyond loopback (app.access)
         quiet=True,

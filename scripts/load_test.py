@@ -375,14 +375,8 @@ def cache_figures(reports: list[dict], samples: list[tuple[float, float, float]]
 
 
 def _image_hw(page: Page) -> tuple[int, int]:
-    """(height, width) of the image the page shows (display pixels), from the served PNG."""
-    import io
-
-    from PIL import Image
-
-    data = page.http.get(page.last["image"]["url"]).raise_for_status().content
-    with Image.open(io.BytesIO(data)) as im:
-        return im.height, im.width
+    """(height, width) of the shown plane at the old panel's display size (the clicks' coordinates)."""
+    return tuple(page.last["image_hw"])
 
 
 if __name__ == "__main__":

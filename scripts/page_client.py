@@ -9,13 +9,17 @@ exactly what the page's JavaScript does instead: it reads ``/config``, posts eac
 downloads exports through the ``file=`` URL. The server keeps each tab's ``gr.State`` by its
 session hash, as it does for a browser, and the session itself by the HttpOnly cookie it sets
 when the page is first fetched (``app.web_session``); the client's cookie jar keeps it, as a
-browser does. Used by ``scripts/load_test.py`` and the crash test.
+browser does. Image prompts go where the page's viewer sends them: the viewer's JSON routes
+(``app.viewer.api``, which act on the cookie's session); after each, the page's ``#viewer-sync``
+refresh, as the viewer does. Used by ``scripts/load_test.py`` and the crash test.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,11 +32,38 @@ from typing import Any
 
 import httpx
 
+from app.render import display_size, display_to_plane
+
 ROOT = Path(__file__).resolve().parent.parent
-COOKIE = "medseg_session"  # app.web_session.COOKIE (this client imports nothing of the app)
+COOKIE = "medseg_session"  # app.web_session.COOKIE
 # the page's outputs, in app.ui's order (after the session id), by what they show
-OUTPUTS = ("sid", "image", "view", "slice", "label", "label_name", "colour", "table", "alternatives", "facts",
-           "status", "model", "window", "level", "width", "opacity", "mode")
+OUTPUTS = ("sid", "viewer_state", "label", "label_name", "colour", "table", "alternatives", "facts", "status",
+           "model", "window", "level", "width")
+
+
+class InFlight:
+    """A viewer request sent from a thread; ``close`` forgets it (the crash test kills the server meanwhile)."""
+
+    def __init__(self, page: "Page", body: dict[str, Any] | None, settle_s: float = 0.5):
+        import threading
+
+        self.thread = None
+        if body is not None:
+            url = f"{page.url}/viewer-api/action"
+            cookies = dict(page.http.cookies)  # the tab's session cookie, as the browser sends it
+
+            def send() -> None:
+                try:
+                    httpx.post(url, json=body, cookies=cookies, timeout=600)
+                except httpx.HTTPError:
+                    pass  # the server was killed: that is the point
+
+            self.thread = threading.Thread(target=send, daemon=True)
+            self.thread.start()
+            time.sleep(settle_s)  # the server has it and works on it
+
+    def close(self) -> None:
+        pass
 
 
 class PageError(RuntimeError):
@@ -130,6 +161,9 @@ class Page:
         self._names = dict(zip(self._dep("open-sample", "click")["outputs"], OUTPUTS))
         self._names[self._elem["download"]] = "download"
         self.last: dict[str, Any] = {}
+        self.viewer: dict[str, Any] = {}  # what the page's viewer was told (#viewer-state)
+        self.mode = "point +"
+        self.corner: tuple[float, float] | None = None
 
     @property
     def token(self) -> str | None:
@@ -244,6 +278,8 @@ class Page:
                 if "choices" in value:
                     self.last[name + "_choices"] = value["choices"]
                 value = value["value"]
+            if name == "viewer_state" and isinstance(value, str) and (m := re.search(r'data-state="([^"]*)"', value)):
+                self._viewer_state(json.loads(html.unescape(m.group(1))))
             self.last[name] = value
         status = self.last.get("status")
         if isinstance(status, str) and status.startswith("⚠"):
@@ -265,24 +301,62 @@ class Page:
                 for p, src in zip(r.json(), paths)]
         return self.event("upload", "upload", [None, data])
 
+    def _viewer_state(self, state: dict[str, Any]) -> None:
+        self.viewer = state
+        if state.get("study"):
+            view = state["view"]
+            plane = state["planes"][view]
+            self.last.update(slice=state["index"], slice_max=plane["count"] - 1, label=state["active"],
+                             view=view, image_hw=display_size(tuple(plane["hw"]), tuple(plane["spacing"])))
+
+    def viewer_action(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One request of the page's viewer, then the page's refresh; the viewer's answer is in ``last['viewer']``."""
+        r = self.http.post(f"{self.url}/viewer-api/action", json=body)
+        answer = r.json()
+        if not answer.get("ok"):
+            raise PageError(f"viewer {body.get('kind')}: {answer.get('error')}")
+        self.event("viewer-sync", "click", [None])
+        self.last["viewer"] = answer
+        return self.last
+
+    def _at(self, x: float, y: float) -> list[float]:
+        """A display pixel of the old image panel (512 px on the long side) -> [plane index, x, y]."""
+        plane = self.viewer["planes"][self.viewer["view"]]
+        px, py = display_to_plane((x, y), tuple(plane["hw"]), self.last["image_hw"])
+        return [self.viewer["index"], px, py]
+
     def set_slice(self, index: int) -> dict[str, Any]:
-        return self.event("slice", "input", [None, int(index)])
+        """Page to a slice (the viewer reports it after paging), then encode it as the viewer asks."""
+        self.viewer_action({"kind": "view", "view": self.viewer["view"], "at": [int(index), 0, 0]})
+        self.http.post(f"{self.url}/viewer-api/encode").raise_for_status()
+        return self.last
 
     def set_mode(self, mode: str) -> dict[str, Any]:
-        s = self.last
-        return self.event("mode", "input", [None, s.get("window", "default"), s.get("level", 40.0),
-                                           s.get("width", 400.0), s.get("opacity", 0.45), mode])
+        self.mode, self.corner = mode, None
+        return self.last
+
+    def _click_body(self, x: float, y: float) -> dict[str, Any] | None:
+        view = self.viewer["view"]
+        if self.mode == "box":
+            if self.corner is None:
+                self.corner = (x, y)
+                return None
+            corner, self.corner = self.corner, None
+            return {"kind": "box", "view": view, "at": self._at(*corner), "at2": self._at(x, y)}
+        return {"kind": "point", "view": view, "at": self._at(x, y), "positive": self.mode == "point +"}
 
     def click(self, x: float, y: float) -> dict[str, Any]:
-        """A click on the shown image at display pixel (x, y): ``gr.SelectData`` as the browser sends it."""
-        return self.event("slice-view", "select", [None], {"index": [x, y], "value": None, "selected": True})
+        """A click at display pixel (x, y); in box mode the second click sends the box (a drag, in the page)."""
+        body = self._click_body(x, y)
+        return self.last if body is None else self.viewer_action(body)
 
-    def start_click(self, x: float, y: float) -> httpx.Response:
-        """A click whose answer is not awaited: returns while the server processes it."""
-        return self.start_event("slice-view", "select", [None], {"index": [x, y], "value": None, "selected": True})
+    def start_click(self, x: float, y: float) -> "InFlight":
+        """A click whose answer is not awaited: returns once the request is on its way."""
+        body = self._click_body(x, y)
+        return InFlight(self, body)
 
     def new_object(self) -> dict[str, Any]:
-        return self.event("new-object", "click", [None])
+        return self.viewer_action({"kind": "new_object"})
 
     def add_label(self, name: str) -> dict[str, Any]:
         return self.event("add-label", "click", [None, name])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from app import controller
+from app import controller, interaction
 from app.controller import AppContext
 from app.interaction import ModelRunner, Prefetcher
 from app.propagation_job import anchors_of
@@ -66,11 +66,14 @@ def test_correction_becomes_an_anchor_repropagation_keeps_it_and_undo_restores(c
     _propagate(ctx, sid)
     assert all((session.labels[k] == 1).sum() > 500 for k in range(5))
     first = session.labels.copy()
-    # correct slice 4 with the brush (paint, no model): a quarter of the head only
+    # correct slice 4 with the viewer's eraser: a quarter of the head only is kept (a brush or mask only
+    # adds pixels since issue 19: a new prompt never erases another object)
     controller.set_slice(ctx, sid, 4)
-    corrected = np.zeros(session.labels.shape[1:], bool)
-    corrected[:128, :128] = first[4, :128, :128] == 1
-    controller.mask(ctx, sid, corrected, False)
+    keep = np.zeros(session.labels.shape[1:], bool)
+    keep[:128, :128] = True
+    corrected = keep & (first[4] == 1)
+    interaction.erase(session, ~keep)
+    controller.mark_anchor(session)  # what app.viewer.actions does after every correction
     assert anchors_of(session, 1) == {2, 4}
     after_fix = session.labels.copy()
     # re-propagate from the start slice: slice 4 (an anchor) is kept exactly, slice 3 is recomputed

@@ -138,3 +138,47 @@ def test_release_drops_embeddings_but_keeps_work(store, ct_volume):
     assert "embeddings" in s.runtime  # the other tab still uses it
     store.release("hash-b")
     assert "embeddings" not in s.runtime and store.get(s.id).labels is not None
+
+
+MR = SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"
+
+
+def test_opening_another_study_keeps_the_first_ones_labels_view_and_undo(store, ct_volume, tmp_path):
+    """Issue 19: opening a study used to drop the open one's labels ("Nothing to undo" after)."""
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    s.add_label("horn")
+    edit = _plane_edit(s, 2, slice(10, 20), slice(10, 20))
+    s.apply(edit)
+    s.view.window, s.view.level, s.view.width = "custom", 40.0, 80.0
+    ct_labels = s.labels.copy()
+    store.save(s)
+
+    s.start_study(read_study(MR), str(MR), "mr")  # another study: fresh labels, its own default window
+    assert not s.labels.any() and [d.name for d in s.label_defs] == ["label 1"] and s.view.window == "default"
+    assert not s.undo_stack
+    store.save(s)
+
+    s.start_study(ct_volume, str(CT), "ct")  # back: labels, table, window and undo history are there
+    np.testing.assert_array_equal(s.labels, ct_labels)
+    assert [d.name for d in s.label_defs] == ["label 1", "horn"] and s.active == 2
+    assert (s.view.window, s.view.level, s.view.width) == ("custom", 40.0, 80.0)
+    assert s.undo() is edit and not s.labels.any()
+    s.redo()
+
+    # the kept study survives a restart: the MR's (empty) work is on disk, the CT's too
+    s.start_study(read_study(MR), str(MR), "mr")
+    store.save(s)
+    restored = SessionStore(store.root).get(s.id)
+    restored.start_study(ct_volume, str(CT), "ct")
+    np.testing.assert_array_equal(restored.labels, ct_labels)
+
+
+def test_reopening_the_open_study_keeps_its_labels(store, ct_volume):
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    s.apply(_plane_edit(s, 1, slice(0, 5), slice(0, 5)))
+    before = s.labels.copy()
+    s.start_study(read_study(CT), str(CT), "ct")
+    np.testing.assert_array_equal(s.labels, before)
+    assert len(s.undo_stack) == 1

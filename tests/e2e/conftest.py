@@ -26,6 +26,8 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
     "--disable-quic",
+    "--use-angle=swiftshader",  # WebGL2 for the NiiVue viewer without a GPU
+    "--enable-unsafe-swiftshader",
 ]
 needs_browser = pytest.mark.skipif(
     not CHROMIUM.is_file() or shutil.which(str(CHROMIUM)) is None,

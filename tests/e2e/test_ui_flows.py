@@ -1,21 +1,33 @@
-"""End to end in a real browser, the flows of docs/ui.md that test_ui_e2e.py does not cover:
-negative click after an undo, alternatives, labels, brush, Propagate 3D, upload, DICOM-SEG export.
+"""End to end in a real browser, the flows of docs/ui.md that test_ui_e2e.py does not cover, on the
+NiiVue viewer: a negative click after an undo, alternatives, labels, a mask file, DICOM-SEG export,
+clear and undo; an upload, Propagate 3D (a background job) and its review.
 
-What the server holds (``labels.npz``) and what the model received (a spy on ``predict``) are the
-assertions; the page is driven through element ids and labels only."""
+What the server holds (``labels.npz``), what the model received (a spy on ``predict``) and what the
+browser's label layer holds are the assertions; prompts are gestures on the viewer's canvas.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 
 import numpy as np
 import pytest
 
 from tests.e2e.conftest import needs_browser
-from tests.e2e.test_ui_e2e import BOX, INSIDE, TIMEOUT_MS, _click_and_wait_overlay, _click_image, _open_page, \
-    _open_sample, _set_mode, _wait_status
+from tests.e2e.test_ui_e2e import BOX, INSIDE, TIMEOUT_MS, _browser_labels, _drag, _idle, _open_page, \
+    _open_sample, _server_counts, _wait_server, _wait_status, _xy
 
 pytestmark = needs_browser
+
+
+@pytest.fixture(scope="module")
+def ct():
+    from data.readers import read_study
+    from tests.conftest import SAMPLES
+
+    return read_study(SAMPLES / "ct_head_0051_series")
 
 
 @pytest.fixture()
@@ -38,55 +50,61 @@ def _labels_of(calls) -> list[list[int] | None]:
     return [None if c.point_labels is None else c.point_labels.tolist() for c in calls]
 
 
-def _draw_box(page) -> None:
-    _set_mode(page, "box")
-    _click_image(page, BOX[0])
-    _wait_status(page, "opposite corner")
-    _click_and_wait_overlay(page, BOX[1])
+def _state(server, sid) -> dict:
+    return json.loads((server.sessions / sid / "state.json").read_text())
+
+
+def _box(page, volume) -> None:
+    _drag(page, _xy(page, volume, *BOX[0]), _xy(page, volume, *BOX[1]))
+    _idle(page)
     _wait_status(page, "Box")
 
 
-def test_negative_click_then_undo_then_positive_click(browser, server, model_calls):
-    """Box, negative click, Undo, positive click: the model sees the box and the positive point only."""
+def _in_sync(page, server, sid) -> None:
+    """The browser's label layer shows what the server holds (after a reload of the labels)."""
+    _wait_server(lambda: _browser_labels(page) == _server_counts(server.labels(sid)), 60)
+
+
+def test_negative_click_then_undo_then_positive_click(browser, server, model_calls, ct):
+    """Box, shift+click (negative), Undo, click: the model sees the box and the positive point only."""
     context, page, sid = _open_page(browser, server)
     _open_sample(page)
-    _draw_box(page)
+    _box(page, ct)
     after_box = server.labels(sid)
-    _set_mode(page, "point −")
-    _click_and_wait_overlay(page, (0.58, 0.58))
+    page.keyboard.down("Shift")
+    page.mouse.click(*_xy(page, ct, 148.5, 148.5))
+    page.keyboard.up("Shift")
+    _idle(page)
     _wait_status(page, "Negative click")
     assert _labels_of(model_calls)[-1] == [0]
     assert not np.array_equal(server.labels(sid), after_box)  # the negative click removed pixels
     page.locator("#undo-btn").click()
     _wait_status(page, "Undid negative click")
     np.testing.assert_array_equal(server.labels(sid), after_box)
-    _set_mode(page, "point +")
+    assert _browser_labels(page) == _server_counts(after_box)
     model_calls.clear()
-    _click_and_wait_overlay(page, INSIDE)
+    page.mouse.click(*_xy(page, ct, *INSIDE))
+    _idle(page)
     _wait_status(page, "Positive click")
     assert _labels_of(model_calls) == [[1]]  # not [0, 1]: the undone negative point is gone
     assert model_calls[0].box is not None
     context.close()
 
 
-def _state(server, sid) -> dict:
-    import json
-
-    return json.loads((server.sessions / sid / "state.json").read_text())
-
-
-def test_alternatives_labels_and_dicom_seg_export(browser, server, model_calls, tmp_path):
-    """One page on the CT series: choose another alternative of a lone click, add / rename a label, paint
-    with it (mask upload), export DICOM-SEG whose segments equal what the server holds, clear, undo."""
+def test_alternatives_labels_mask_file_and_dicom_seg_export(browser, server, model_calls, ct, tmp_path):
+    """One page on the CT series: choose another alternative of a lone click, add / rename a label, type
+    its colour, paint with it (a mask file), export DICOM-SEG whose segments equal what the server holds,
+    clear, undo."""
     from playwright.sync_api import expect
 
     context, page, sid = _open_page(browser, server)
     _open_sample(page)
 
     # alternatives: a lone click gives 3 candidates (LiteMedSAM: boxes around the click); picking another
-    # puts exactly that candidate's mask on the slice (the model's answer for it, recorded by the spy)
+    # puts exactly that candidate's mask on the slice, and the viewer shows it
     model_calls.clear()
-    _click_and_wait_overlay(page, INSIDE)
+    page.mouse.click(*_xy(page, ct, *INSIDE))
+    _idle(page)
     _wait_status(page, "Positive click")
     radios = page.locator("#alternatives input[type=radio]")
     expect(radios).to_have_count(3, timeout=TIMEOUT_MS)
@@ -99,10 +117,10 @@ def test_alternatives_labels_and_dicom_seg_export(browser, server, model_calls, 
     assert candidate.box is not None and candidate.point_labels.tolist() == [1]
     labels = server.labels(sid)
     assert (labels[6] == 1).sum() > 50 and not (labels[np.arange(12) != 6] == 1).any()
-
+    _in_sync(page, server, sid)
     before = server.labels(sid)
 
-    # labels: add one, rename it (Enter), paint with it (mask upload, as drawn), clear it, undo the clear
+    # labels: add one, rename it (Enter); the viewer's legend lists it
     page.locator("#label-name textarea, #label-name input").first.fill("tumour")
     page.locator("#add-label").click()
     _wait_status(page, "Added tumour")
@@ -114,15 +132,26 @@ def test_alternatives_labels_and_dicom_seg_export(browser, server, model_calls, 
         "() => [...document.querySelectorAll('#label input')].some(i => i.value.includes('lesion'))",
         timeout=TIMEOUT_MS)
     assert [d["name"] for d in _state(server, sid)["labels"]] == ["label 1", "lesion"]
+    expect(page.locator("#viewer-legend")).to_contain_text("2 · lesion", timeout=TIMEOUT_MS)
+    # a typed hex colour is saved and drawn (the old UI changed the swatch only)
+    page.locator("#label-colour .dialog-button").click()
+    hex_input = page.locator("#label-colour .input-wrap input[type=text]")
+    hex_input.fill("#00ff00")
+    hex_input.press("Enter")
+    page.locator("#facts").click()  # close the picker
+    _wait_server(lambda: _state(server, sid)["labels"][1]["colour"] == [0, 255, 0], 60)
+    expect(page.locator('#viewer-legend .mv-label[data-value="2"] .mv-swatch')).to_have_css(
+        "background-color", "rgb(0, 255, 0)", timeout=TIMEOUT_MS)
 
+    # a mask file painted as drawn with the active label (2)
     from PIL import Image
 
     mask = np.zeros((256, 256), np.uint8)
     mask[20:40, 30:70] = 255  # plane size: 20 x 40 pixels, away from label 1
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    page.get_by_text("Brush or mask").click()
+    page.get_by_text("Mask file").click()
     page.get_by_label("Use as a model prompt (off: paint the label as drawn)").uncheck()
-    page.locator(".block", has_text="Or upload a mask").locator("input[type=file]:not([accept])").set_input_files(
+    page.locator(".block", has_text="A mask PNG").locator("input[type=file]").set_input_files(
         str(tmp_path / "mask.png"))
     time.sleep(1.0)  # the file reaches the server before the button reads it
     page.locator("#apply-brush").click()
@@ -130,13 +159,14 @@ def test_alternatives_labels_and_dicom_seg_export(browser, server, model_calls, 
     painted = server.labels(sid)
     np.testing.assert_array_equal(painted[6] == 2, mask > 0)
     np.testing.assert_array_equal(painted == 1, before == 1)  # label 1 untouched
+    _in_sync(page, server, sid)
 
-    # DICOM-SEG: each segment, found by name, equals the server's label voxel for voxel
+    # DICOM-SEG: each segment, found by name, equals the server's label voxel for voxel; an attachment
     page.locator("#export-format").get_by_label("DICOM-SEG (.dcm)").check()
     page.locator("#export-btn").click()
     _wait_status(page, "Exported")
     with page.expect_download(timeout=TIMEOUT_MS) as info:
-        page.locator("#download a").first.click()
+        page.locator("#download").click()
     path = tmp_path / "seg.dcm"
     info.value.save_as(path)
     from data.dicom_seg import read_dicom_seg
@@ -149,31 +179,35 @@ def test_alternatives_labels_and_dicom_seg_export(browser, server, model_calls, 
         value = 1 if seg_name == "label 1" else 2
         np.testing.assert_array_equal(seg.labels.array == number, painted == value)
 
+    # clear the label, then undo from the viewer's toolbar: the viewer reloads the whole label map
     page.locator("#clear-label").click()
     _wait_status(page, "Cleared lesion")
     assert not (server.labels(sid) == 2).any()
+    _in_sync(page, server, sid)
     page.locator("#undo-btn").click()
     _wait_status(page, "Undid clear lesion")
     np.testing.assert_array_equal(server.labels(sid), painted)
+    _in_sync(page, server, sid)
     context.close()
 
 
-def test_upload_then_propagate_3d(browser, server, tmp_path):
-    """Dropping a NIfTI on the upload box opens a copy of it in the session; a box on the middle slice,
-    Propagate 3D carries it to both neighbours; Undo reverts the propagation as one edit. Three slices of
-    the CT keep the propagation to two encodes."""
+def test_upload_then_propagate_3d_and_review(browser, server, tmp_path, ct, shots):
+    """Uploading a NIfTI through the Upload button opens a copy of it in the session; a box on the middle
+    slice, Propagate 3D (a background job with per-slice progress) carries it to both neighbours and the
+    viewer shows the result; Review steps the viewer to a propagated slice; Undo reverts the propagation
+    as one edit. Three slices of the CT keep the propagation to two encodes."""
     import SimpleITK as sitk
     from dataclasses import replace
 
     from data.readers import read_study
-    from tests.conftest import SAMPLES
 
-    ct = read_study(SAMPLES / "ct_head_0051_series")
     src = tmp_path / "three.nii.gz"
     sitk.WriteImage(replace(ct, array=ct.array[5:8]).to_sitk(), str(src))
     context, page, sid = _open_page(browser, server)
-    page.locator("#upload input[type=file]").set_input_files(str(src))
-    _wait_status(page, "Opened")
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload").click()
+    chooser.value.set_files(str(src))
+    page.wait_for_function("document.querySelector('#medseg-viewer').dataset.study", timeout=TIMEOUT_MS)
     assert "CT" in page.locator("#facts").inner_text()
     state = _state(server, sid)
     assert state["study_path"].startswith("@session/uploads/") and state["study_path"].endswith(src.name)
@@ -182,8 +216,9 @@ def test_upload_then_propagate_3d(browser, server, tmp_path):
     np.testing.assert_array_equal(uploaded.array, original.array)
     assert (uploaded.spacing, uploaded.origin, uploaded.direction) == (original.spacing, original.origin, original.direction)
     _wait_status(page, "Ready")
+    assert page.locator("#medseg-viewer").get_attribute("data-slice") == "1"
 
-    _draw_box(page)
+    _box(page, uploaded)
     before = server.labels(sid)
     assert before.shape == (3, 256, 256) and (before[1] == 1).sum() > 500 and not before[[0, 2]].any()
     page.locator("#propagate").click()
@@ -191,7 +226,22 @@ def test_upload_then_propagate_3d(browser, server, tmp_path):
     after = server.labels(sid)
     assert (after[0] == 1).sum() > 100 and (after[2] == 1).sum() > 100
     np.testing.assert_array_equal(after[1], before[1])
+    _in_sync(page, server, sid)
+
+    # review: the viewer goes to the first propagated slice, then the next
+    page.locator("#review").click()
+    _wait_status(page, "Review: slice")
+    first = int(re.search(r"Review: slice (\d+)", page.locator("#viewer-status").inner_text()).group(1))
+    assert first in (0, 2)
+    page.wait_for_function(f"document.querySelector('#medseg-viewer').dataset.slice === '{first}'",
+                           timeout=TIMEOUT_MS)
+    page.locator("#review-next").click()
+    page.wait_for_function(f"document.querySelector('#medseg-viewer').dataset.slice === '{2 - first}'",
+                           timeout=TIMEOUT_MS)
+    page.locator("#viewer-stage").screenshot(path=str(shots / "ui_review.png"))
+
     page.locator("#undo-btn").click()
     _wait_status(page, "Undid")
     np.testing.assert_array_equal(server.labels(sid), before)
+    _in_sync(page, server, sid)
     context.close()

@@ -1,0 +1,305 @@
+"""The viewer's actions on a session, free of HTTP: prompts given in world millimetres, brush
+strokes, undo/redo, the shown plane, the display window; each answers with what the browser
+must change (a label plane, or "reload the labels") and the current object's markers.
+
+Prompts reuse ``app.interaction`` (the same protocol as the CLI and the unit tests); every
+edit is saved before the answer goes out (``SessionStore.save``).
+"""
+
+from __future__ import annotations
+
+import base64
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from app import controller, interaction
+from app.controller import AppContext
+from app.render import Plane, acquisition_view, display_window
+from app.session import Edit, Session
+from app.viewer.geometry import from_plane, to_plane
+from data.writers import atomic_output
+from models.prompts import PromptError
+
+KINDS = ("point", "box", "brush", "erase", "new_object", "undo", "redo", "view", "window", "active")
+MAX_STROKE_POINTS = 2000
+MAX_BRUSH_PX = 200
+
+
+def state(session: Session) -> dict[str, Any]:
+    """What the browser needs to show the session: the study, its label table, window and revision
+    (no credential: the viewer's requests carry the session cookie)."""
+    out: dict[str, Any] = {"study": None, "rev": session.revision}
+    if session.volume is None or session.labels is None:
+        return out
+    volume, vs = session.volume, session.view
+    out.update(
+        study=session.study_key,
+        name=session.study_name,
+        rgb=volume.is_rgb,
+        is2d=volume.is_2d,
+        views=["axial"] if volume.is_2d else ["axial", "coronal", "sagittal"],
+        view=vs.view,
+        acquisition=acquisition_view(volume),
+        index=vs.index[vs.view],
+        slice_mm=from_plane(volume, vs.view, vs.index[vs.view], 0, 0),
+        planes=planes(volume),
+        labels=[{"value": d.value, "name": d.name, "colour": "#%02x%02x%02x" % d.colour} for d in session.label_defs],
+        active=session.active,
+        window=window_of(session),
+        opacity=vs.opacity,
+        object=markers(session),
+    )
+    review = session.runtime.get("review")  # app.review: the viewer goes to the slice under review
+    if review is not None and review.label == session.active:
+        out["review"] = {"index": int(review.current), "position": int(review.position), "n": len(review.slices)}
+    return out
+
+
+def planes(volume) -> dict[str, dict[str, Any]]:
+    """Per view: how many planes, their (H, W) and (row, column) spacing (scripted clients use it)."""
+    out = {}
+    for view in (["axial"] if volume.is_2d else ["axial", "coronal", "sagittal"]):
+        plane = Plane.of(volume, view)
+        h, w = plane.extract(volume.array, 0).shape[:2]
+        out[view] = {"count": plane.count(volume.array.shape), "hw": [h, w], "spacing": list(plane.spacing(volume))}
+    return out
+
+
+def window_of(session: Session) -> dict[str, float] | None:
+    """The display window as level/width (what the browser applies), None for colour images."""
+    vs = session.view
+    if session.volume.is_rgb:
+        return None
+    if vs.window == "custom":
+        return {"level": float(vs.level), "width": float(vs.width)}
+    w = display_window(session.volume, vs.window)
+    return None if w is None else {"level": (w.lo + w.hi) / 2, "width": w.hi - w.lo}
+
+
+def markers(session: Session) -> dict[str, Any] | None:
+    """The current object's prompts in world mm (points with their sign, the box), for the overlay."""
+    p, volume = session.prompt, session.volume
+    if p is None or volume is None or p.label != session.active:
+        return None
+    points = [{"mm": from_plane(volume, p.view, p.index, x, y), "positive": bool(lab)}
+              for (x, y), lab in zip(p.points, p.point_labels)]
+    box = None
+    if p.box is not None:
+        x0, y0, x1, y1 = p.box
+        box = [from_plane(volume, p.view, p.index, x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
+    if not points and box is None:
+        return None
+    return {"view": p.view, "index": p.index, "points": points, "box": box}
+
+
+# --- files the browser loads ----------------------------------------------------------------------
+def volume_file(session: Session) -> Path:
+    """The study as NIfTI (written once per study into the session's viewer/ folder)."""
+    volume = session.require_study()
+    path = session.directory / "viewer" / f"{session.study_key}.nii.gz"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if volume.is_rgb:  # NiiVue shows RGB24 NIfTI; SimpleITK would write a vector image
+            import nibabel as nib
+
+            rgb = np.ascontiguousarray(volume.array[..., :3].astype(np.uint8))
+            structured = rgb.view([("R", "u1"), ("G", "u1"), ("B", "u1")]).reshape(rgb.shape[:3])
+            image = nib.Nifti1Image(structured.transpose(2, 1, 0), _ras_affine(session))
+            with atomic_output(path) as tmp:
+                nib.save(image, str(tmp.with_name(tmp.name + ".nii.gz")))
+                tmp.with_name(tmp.name + ".nii.gz").replace(tmp)
+        else:
+            array = volume.array
+            if array.dtype == np.float64 or array.dtype == np.int64:
+                array = array.astype(np.float32)
+            image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+            volume.copy_geometry_to(image)
+            with atomic_output(path) as tmp:
+                sitk.WriteImage(image, str(tmp), useCompression=True, compressionLevel=1, imageIO="NiftiImageIO")
+    return path
+
+
+def _ras_affine(session: Session) -> np.ndarray:
+    volume = session.volume
+    affine = np.eye(4)
+    affine[:3, :3] = volume.direction_matrix @ np.diag(volume.spacing)
+    affine[:3, 3] = volume.origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS -> RAS
+
+
+def labels_bytes(session: Session) -> bytes:
+    """The label map as a gzipped uint16 NIfTI on the study grid (the browser's label layer)."""
+    volume = session.require_study()
+    image = sitk.GetImageFromArray(np.ascontiguousarray(session.labels, dtype=np.uint16))
+    volume.copy_geometry_to(image)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "labels.nii.gz"
+        sitk.WriteImage(image, str(path), useCompression=True, compressionLevel=1, imageIO="NiftiImageIO")
+        return path.read_bytes()
+
+
+# --- actions ---------------------------------------------------------------------------------------
+def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, Any]:
+    """One viewer action (``body["kind"]`` in :data:`KINDS`) under the session's lock."""
+    kind = body.get("kind")
+    if kind not in KINDS:
+        raise PromptError(f"unknown action {str(kind)[:40]!r}; expected one of {', '.join(KINDS)}")
+    with session.lock:
+        volume = session.require_study()
+        if kind in ("point", "box", "brush", "erase") and body.get("label") is not None:
+            if int(body["label"]) != session.active:  # the browser's active label is the truth for its prompts
+                session.label(int(body["label"]))
+                session.active, session.prompt = int(body["label"]), None
+        if kind in ("point", "box", "brush", "erase") and session.active in set(body.get("locked") or []):
+            raise PromptError(f"{session.label(session.active).name} is locked: unlock it to edit it")
+        edit: Edit | None = None
+        status = ""
+        if kind == "point":
+            view, (index, x, y) = _where(volume, body, "mm")
+            _show(session, view, index)
+            positive = bool(body.get("positive", True))
+            if body.get("new_object"):
+                session.prompt = None
+            edit = interaction.click(ctx.runner, session, x, y, positive=positive)
+            status = f"{'Positive' if positive else 'Negative'} click ({len(session.prompt.points)} points): overlay updated."
+        elif kind == "box":
+            view, (index, x0, y0) = _where(volume, body, "mm")
+            _, (_, x1, y1) = _where(volume, body, "mm2", view)
+            _show(session, view, index)
+            if abs(x1 - x0) < 1 and abs(y1 - y0) < 1:
+                raise PromptError("the box is empty: drag across the structure")
+            edit = interaction.box_prompt(ctx.runner, session, (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+            status = "Box: overlay updated."
+        elif kind in ("brush", "erase"):
+            view, index, mask = _stroke(volume, body)
+            _show(session, view, index)
+            session.prompt = None
+            if kind == "brush":
+                edit = interaction.mask_prompt(ctx.runner, session, mask, use_model=False)
+                status = f"Painted {int(mask.sum())} pixels."
+            else:
+                edit = interaction.erase(session, mask)
+                status = "Erased."
+        elif kind == "new_object":
+            session.prompt = None
+            status = "Next prompt starts a new object."
+        elif kind == "undo":
+            edit = session.undo()
+            status = f"Undid {edit.description}." if edit else "Nothing to undo."
+        elif kind == "redo":
+            edit = session.redo()
+            status = f"Redid {edit.description}." if edit else "Nothing to redo."
+        elif kind == "view":
+            view, (index, _, _) = _where(volume, body, "mm")
+            _show(session, view, index)
+        elif kind == "window":
+            level, width = float(body.get("level")), float(body.get("width"))
+            if not np.isfinite(level) or not np.isfinite(width) or width <= 0:
+                raise PromptError(f"window width must be a positive number, got {width:g}")
+            session.view.window, session.view.level, session.view.width = "custom", level, width
+        elif kind == "active":
+            value = int(body.get("label"))
+            session.label(value)
+            if value != session.active:
+                session.active, session.prompt = value, None
+        if kind in ("point", "box", "brush", "erase"):
+            controller.mark_anchor(session)  # a prompt or correction on a stored slice anchors propagation
+        ctx.store.save(session)
+        if kind in ("point", "box", "brush", "erase"):
+            ctx.prefetcher.request(session, session.view.view, session.view.index[session.view.view])
+        answer: dict[str, Any] = {"ok": True, "status": status, "rev": session.revision, "object": markers(session)}
+        if kind in ("undo", "redo") and edit is not None and edit.view is None:
+            answer["reload"] = True
+        elif edit is not None:
+            answer["patch"] = patch(session, edit.view, edit.index)
+        if kind in ("point", "box", "undo", "redo") and session.prompt is not None and session.prompt.alternatives:
+            answer["alternatives"] = len(session.prompt.alternatives)
+        return answer
+
+
+def encode_shown(ctx: AppContext, session: Session) -> str:
+    """Encode the shown plane now (so the next prompt only runs the decoder)."""
+    with session.lock:
+        if session.volume is None:
+            return ""
+        view, index = session.view.view, session.view.index[session.view.view]
+    with ctx.runner.turn():
+        ctx.runner.embedding(session, view, index)
+    return "Ready: the slice is encoded."
+
+
+def patch(session: Session, view: str | None, index: int | None) -> dict[str, Any] | None:
+    """The label plane an edit changed, in the array's own order (what the browser writes back)."""
+    if view is None:
+        return None
+    plane = Plane.of(session.require_study(), view)
+    data = np.ascontiguousarray(np.take(session.labels, index, axis=plane.fixed), dtype="<u2")
+    return {"axis": plane.fixed, "index": int(index), "shape": list(data.shape),
+            "data": base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def _show(session: Session, view: str, index: int) -> None:
+    """The plane the user works on becomes the session's shown plane (propagate, one-shot start there)."""
+    session.view.view = view
+    session.view.index[view] = int(index)
+
+
+def _where(volume, body: dict[str, Any], key: str, view: str | None = None) -> tuple[str, tuple[int, float, float]]:
+    """Where a prompt is: ``key`` in world mm ([x, y, z], the browser), or ``at``/``at2`` as
+    [plane index, x, y] on the plane grid (scripted clients)."""
+    view = view or str(body.get("view", ""))
+    if volume.is_2d:
+        view = "axial"
+    at = body.get("at2" if key == "mm2" else "at")
+    if at is not None and body.get(key) is None:
+        plane = Plane.of(volume, view)
+        try:
+            index, x, y = (float(v) for v in at)
+        except (TypeError, ValueError) as e:
+            raise PromptError("at: expected [plane index, x, y]") from e
+        n = plane.count(volume.array.shape)
+        if not 0 <= index < n:
+            raise PromptError(f"{view} plane {int(index)} is out of range: 0..{n - 1}")
+        h, w = plane.extract(volume.array, int(index)).shape[:2]
+        return view, (int(index), float(np.clip(x, 0, w - 1)), float(np.clip(y, 0, h - 1)))
+    mm = body.get(key)
+    if not isinstance(mm, (list, tuple)) or len(mm) != 3:
+        raise PromptError(f"{key}: expected [x, y, z] in millimetres")
+    try:
+        values = [float(v) for v in mm]
+    except (TypeError, ValueError) as e:
+        raise PromptError(f"{key}: expected numbers") from e
+    if not all(np.isfinite(values)):
+        raise PromptError(f"{key}: expected finite numbers")
+    Plane.of(volume, view)  # a clear error for an unknown view
+    return view, to_plane(volume, view, values)
+
+
+def _stroke(volume, body: dict[str, Any]) -> tuple[str, int, np.ndarray]:
+    """A brush stroke (points in mm, a radius in plane pixels) -> (view, plane index, mask)."""
+    import cv2
+
+    points = body.get("points")
+    if not isinstance(points, list) or not 0 < len(points) <= MAX_STROKE_POINTS:
+        raise PromptError(f"points: expected 1..{MAX_STROKE_POINTS} positions")
+    radius = float(body.get("radius", 5))
+    if not 0.5 <= radius <= MAX_BRUSH_PX:
+        raise PromptError(f"brush radius must be 0.5..{MAX_BRUSH_PX} pixels, got {radius:g}")
+    view, (index, x, y) = _where(volume, {"view": body.get("view"), "mm": points[0]}, "mm")
+    plane_shape = Plane.of(volume, view).extract(volume.array[..., 0] if volume.is_rgb else volume.array, index).shape
+    canvas = np.zeros(plane_shape[:2], np.uint8)
+    previous = (x, y)
+    r = max(0, int(round(radius - 0.5)))
+    for mm in points:
+        _, (_, px, py) = _where(volume, {"view": view, "mm": mm}, "mm", view)
+        a = (int(round(previous[0])), int(round(previous[1])))
+        b = (int(round(px)), int(round(py)))
+        cv2.line(canvas, a, b, 1, thickness=2 * r + 1)
+        cv2.circle(canvas, b, r, 1, thickness=-1)
+        previous = (px, py)
+    cv2.circle(canvas, (int(round(x)), int(round(y))), r, 1, thickness=-1)
+    return view, index, canvas.astype(bool)

@@ -1,0 +1,115 @@
+"""HTTP routes of the browser viewer, added to Gradio's own FastAPI app (``launch(app_kwargs=...)``).
+
+Every route acts on the session of the request's HttpOnly cookie (``app.web_session``), the same
+credential the Gradio events carry: the page's scripts never hold a token or a session id, and the
+cookie is SameSite=Strict, so another site cannot make the browser send it. User errors answer 400
+with one escaped line without server paths or the session id (``app.messages``); anything else is
+logged and answers 500 with one line.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the routes' real annotations (Request, Body).
+
+import logging
+from pathlib import Path
+
+from app import messages, web_session
+from app.controller import AppContext
+from app.errors import USER_ERRORS
+from app.session import SessionError
+from app.viewer import actions
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+STATIC_URL = "/medseg-viewer"
+API_URL = "/viewer-api"
+
+
+NO_COOKIE = "this page has no session cookie: allow cookies for this site, then reload"
+
+
+def head_html() -> str:
+    """The tags the Gradio page needs in its <head> to load the viewer bundle."""
+    return (f'<link rel="stylesheet" href="{STATIC_URL}/viewer.css">'
+            f'<script type="module" src="{STATIC_URL}/viewer.js"></script>')
+
+
+def routes(ctx: AppContext) -> list:
+    """The viewer's routes and the bundle's static files (Starlette routes, matched before Gradio's)."""
+    from fastapi import APIRouter, Body, Request
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from starlette.routing import Mount
+    from starlette.staticfiles import StaticFiles
+
+    router = APIRouter()
+    no_store = {"Cache-Control": "no-store"}
+
+    def fail(e: Exception, sid: str | None) -> JSONResponse:
+        if isinstance(e, (SessionError, *USER_ERRORS)):
+            text = messages.plain(messages.error_text(e), hide=[sid or ""])
+            return JSONResponse({"ok": False, "error": text}, status_code=400, headers=no_store)
+        log.exception("viewer request failed")
+        return JSONResponse({"ok": False, "error": f"internal error ({type(e).__name__}); the session is saved, "
+                                                  "try again"}, status_code=500, headers=no_store)
+
+    def session_of(request: Request):
+        """The cookie's session (SessionError when the cookie is missing or names no session)."""
+        sid = web_session.sid_of_request(request)
+        if sid is None or not ctx.store.exists(sid):
+            raise SessionError(NO_COOKIE if sid is None else "this page's session is unknown to the server: reload the page")
+        return ctx.store.get(sid)
+
+    def sid_or_none(request: Request) -> str | None:
+        return web_session.sid_of_request(request)
+
+    @router.get(API_URL + "/state")
+    def get_state(request: Request):
+        try:
+            session = session_of(request)
+            with session.lock:
+                return JSONResponse(actions.state(session), headers=no_store)
+        except Exception as e:  # noqa: BLE001 - answered as one line
+            return fail(e, sid_or_none(request))
+
+    @router.get(API_URL + "/volume/{key}.nii.gz")
+    def get_volume(key: str, request: Request):
+        try:
+            session = session_of(request)
+            with session.lock:
+                if key != session.study_key:
+                    raise SessionError("that study is no longer open: reload the page")
+                path = actions.volume_file(session)
+            return FileResponse(path, media_type="application/gzip", headers={"Cache-Control": "private, max-age=3600"})
+        except Exception as e:  # noqa: BLE001
+            return fail(e, sid_or_none(request))
+
+    @router.get(API_URL + "/labels/{key}.nii.gz")
+    def get_labels(key: str, request: Request):
+        try:
+            session = session_of(request)
+            with session.lock:
+                if key != session.study_key:
+                    raise SessionError("that study is no longer open: reload the page")
+                data, rev = actions.labels_bytes(session), session.revision
+            return Response(data, media_type="application/gzip",
+                            headers={**no_store, "X-Labels-Revision": str(rev)})
+        except Exception as e:  # noqa: BLE001
+            return fail(e, sid_or_none(request))
+
+    @router.post(API_URL + "/action")
+    def post_action(request: Request, body: dict = Body(...)):
+        try:
+            return JSONResponse(actions.act(ctx, session_of(request), body), headers=no_store)
+        except Exception as e:  # noqa: BLE001
+            return fail(e, sid_or_none(request))
+
+    @router.post(API_URL + "/encode")
+    def post_encode(request: Request):
+        try:
+            return JSONResponse({"ok": True, "status": actions.encode_shown(ctx, session_of(request))}, headers=no_store)
+        except Exception as e:  # noqa: BLE001
+            return fail(e, sid_or_none(request))
+
+    out = list(router.routes)
+    STATIC.mkdir(parents=True, exist_ok=True)
+    out.append(Mount(STATIC_URL, app=StaticFiles(directory=str(STATIC)), name="medseg-viewer"))
+    return out

@@ -1,0 +1,114 @@
+"""Latency of the browser viewer (issue 19), measured in headless Chromium with the browser's clock.
+
+    .venv/bin/python benchmarks/ui_latency.py [--clicks 40] [--frames 100] [--device cpu] [--json out.json]
+
+Starts ``medseg serve``'s app on a free loopback port, opens the bundled CT, waits for the shown slice
+to be encoded, then
+- click to overlay: refinement clicks on the cached embedding, each timed with ``performance.now()``
+  from the prompt entering the viewer's queue to the label plane written and drawn (the server's
+  decoder, the JSON round trip, the texture update);
+- paging and window/level: one slice step (or one W/L change) and the next animation frame,
+  ``performance.now()`` before the step and in the ``requestAnimationFrame`` callback after it.
+Prints p50/p95 and the machine's load average (a shared machine's figures are pessimistic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
+
+PAGING_JS = """async ([n, kind]) => {
+  const v = window.medsegViewer, out = [];
+  const vol = v.nv.volumes[0];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    if (kind === 'page') v.page(i % 20 < 10 ? 1 : -1);
+    else { vol.cal_max = vol.cal_min + 60 + (i % 10) * 20; v.nv.updateGLVolume(); }
+    await new Promise(requestAnimationFrame);
+    out.push(performance.now() - t0);
+  }
+  return out;
+}"""
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, float), q))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clicks", type=int, default=40)
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from playwright.sync_api import sync_playwright
+
+    from app.ui import launch
+    from app.viewer.geometry import from_plane
+    from data.readers import read_study
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    state = Path(tempfile.mkdtemp(prefix="medseg-ui-bench-"))
+    demo = launch("127.0.0.1", port, "litemedsam", args.device, state_dir=state, prefetch_radius=0,
+                  prevent_thread_lock=True)
+    ct = read_study(ROOT / "samples" / "ct_head_0051_series")
+    result: dict = {"device": args.device, "load_average": os.getloadavg()}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("window.medsegViewer && document.querySelector('#viewer-status')", timeout=120_000)
+            result["page_ready_s"] = page.evaluate("performance.now()") / 1000
+            page.locator("#open-sample").click()
+            page.wait_for_function("document.querySelector('#medseg-viewer').dataset.study && "
+                                   "document.querySelector('#viewer-status').textContent.includes('Ready')",
+                                   timeout=600_000)
+            box = page.locator("#viewer-canvas").bounding_box()
+
+            def click(x: float, y: float) -> None:
+                mm = from_plane(ct, "coronal", 6, x, y)
+                pos = page.evaluate("([mm]) => medsegViewer.toCanvas(mm, 'coronal')", [mm])
+                page.mouse.click(box["x"] + pos[0], box["y"] + pos[1])
+                page.wait_for_function("document.querySelector('#medseg-viewer').dataset.busy === '0'",
+                                       timeout=600_000)
+
+            click(128, 120)  # the first click (candidates); not counted
+            page.evaluate("medsegViewer.promptTimes.length = 0")
+            rng = np.random.default_rng(0)
+            for _ in range(args.clicks):
+                click(*(np.array([128.0, 120.0]) + rng.uniform(-8, 8, 2)))
+            clicks = page.evaluate("medsegViewer.promptTimes.slice()")
+            paging = page.evaluate(PAGING_JS, [args.frames, "page"])
+            window = page.evaluate(PAGING_JS, [args.frames, "window"])
+            browser.close()
+    finally:
+        demo.close()
+    for name, values in (("click_to_overlay_ms", clicks), ("paging_frame_ms", paging), ("window_frame_ms", window)):
+        result[name] = {"n": len(values), "p50": round(pct(values, 50), 1), "p95": round(pct(values, 95), 1)}
+    result["load_average_end"] = os.getloadavg()
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

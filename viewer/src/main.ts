@@ -1,0 +1,871 @@
+// medseg's image panel: NiiVue (WebGL) with the study and its labels in the browser.
+// Paging, zoom, pan and window/level never call the server; prompts go to /viewer-api in order
+// (a client-side queue: none is dropped) and come back as the changed label plane. Requests carry
+// the HttpOnly session cookie (same origin); this script never sees a token or a session id.
+import { Niivue, NVImage, SLICE_TYPE, DRAG_MODE, SHOW_RENDER, MULTIPLANAR_TYPE } from '@niivue/niivue'
+import './viewer.css'
+
+type LabelDef = { value: number; name: string; colour: string }
+type ObjectMarks = { view: string; index: number; points: { mm: number[]; positive: boolean }[]; box: number[][] | null }
+type State = {
+  study: string | null; rev: number; name?: string; rgb?: boolean; is2d?: boolean
+  views?: string[]; view?: string; acquisition?: string; slice_mm?: number[]
+  labels?: LabelDef[]; active?: number; window?: { level: number; width: number } | null; opacity?: number
+  object?: ObjectMarks | null; index?: number
+  review?: { index: number; position: number; n: number }
+}
+type Answer = {
+  ok: boolean; error?: string; status?: string; rev?: number; reload?: boolean; object?: ObjectMarks | null
+  patch?: { axis: number; index: number; shape: number[]; data: string } | null
+}
+type Tool = 'point' | 'box' | 'brush' | 'erase' | 'navigate'
+type Pending = { kind: 'point' | 'box' | 'stroke'; view: string; mm: number[][]; positive?: boolean }
+
+const VIEW_OF: Record<number, string> = { 0: 'axial', 1: 'coronal', 2: 'sagittal' }
+const SLICE_OF: Record<string, SLICE_TYPE> = { axial: SLICE_TYPE.AXIAL, coronal: SLICE_TYPE.CORONAL, sagittal: SLICE_TYPE.SAGITTAL }
+const AXIS_OF: Record<string, number> = { sagittal: 0, coronal: 1, axial: 2 } // RAS axis held fixed by a view
+const DRAG_PX = 4 // a press that moves less than this is a click, not a box
+
+const SHORTCUTS: [string, string][] = [
+  ['P / B / R / E / V', 'point, box, brush, eraser, navigate'],
+  ['click', 'positive point (shift+click: negative)'],
+  ['drag', 'box (in point and box modes)'],
+  ['Esc', 'cancel a box being drawn'],
+  ['N', 'new object'],
+  ['wheel, ↑/↓, PgUp/PgDn', 'page slices'],
+  ['ctrl+wheel, +/−, 0', 'zoom in / out / reset'],
+  ['middle-drag', 'pan'],
+  ['right-drag', 'window/level'],
+  ['[ / ]', 'brush size'],
+  ['O', 'outline / fill'],
+  ['H', 'hide / show the active label'],
+  ['M', 'one view / three views'],
+  ['ctrl+Z / ctrl+Y', 'undo / redo'],
+]
+
+function hexToRgb(hex: string): number[] {
+  const h = hex.replace('#', '')
+  return [parseInt(h.slice(0, 2), 16), parseInt(h.slice(2, 4), 16), parseInt(h.slice(4, 6), 16)]
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, text = ''): HTMLElementTagNameMap[K] {
+  const e = document.createElement(tag)
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v)
+  if (text) e.textContent = text
+  return e
+}
+
+class Viewer {
+  nv: Niivue
+  root: HTMLElement
+  stage: HTMLElement
+  canvas: HTMLCanvasElement
+  overlay: HTMLCanvasElement
+  statusLine: HTMLElement
+  info: HTMLElement
+  legend: HTMLElement
+  state: State | null = null
+  stateText = ''
+  pageStatus = ''
+  study: string | null = null
+  rev = -1
+  labelsVol: NVImage | null = null
+  tool: Tool = 'point'
+  negative = false
+  newObject = false
+  three = false
+  outline = false
+  opacity = 0.45
+  brushPx = 8
+  hidden = new Set<number>()
+  locked = new Set<number>()
+  currentView = 'axial'
+  object: ObjectMarks | null = null
+  pending: Pending[] = []
+  inFlight = 0
+  queue: Promise<void> = Promise.resolve()
+  drag: { x0: number; y0: number; x: number; y: number; view: string; mm0: number[]; stroke: number[][]; button: number } | null = null
+  hover: [number, number] | null = null
+  wl: { x: number; y: number; level: number; width: number } | null = null
+  loading: Promise<void> | null = null
+  windowTimer = 0
+  viewTimer = 0
+  encodeBusy = false
+  reviewKey = ''
+  encodeAgain = false
+  frameTimes: number[] = []
+  promptTimes: number[] = []
+
+  constructor(root: HTMLElement) {
+    this.root = root
+    root.innerHTML = ''
+    root.classList.add('mv-root')
+    const bar = el('div', { class: 'mv-toolbar', role: 'toolbar' })
+    const tools: [Tool, string, string][] = [
+      ['point', 'Point', 'P: click for a positive point, shift+click for a negative one; drag draws a box'],
+      ['box', 'Box', 'B: drag a box around the structure'],
+      ['brush', 'Brush', 'R: paint the active label (size with [ and ])'],
+      ['erase', 'Eraser', 'E: erase the active label'],
+      ['navigate', 'Navigate', 'V: click moves the crosshair; no prompts'],
+    ]
+    for (const [tool, name, tip] of tools) {
+      const b = el('button', { class: 'mv-btn mv-tool', 'data-tool': tool, id: `tool-${tool}`, title: tip, type: 'button' }, name)
+      b.addEventListener('click', () => this.setTool(tool))
+      bar.append(b)
+    }
+    const neg = el('label', { class: 'mv-check', title: 'Clicks add negative points (or hold shift)' })
+    const negBox = el('input', { type: 'checkbox', id: 'tool-negative' }) as HTMLInputElement
+    negBox.addEventListener('change', () => { this.negative = negBox.checked })
+    neg.append(negBox, document.createTextNode(' negative'))
+    bar.append(neg)
+    const size = el('label', { class: 'mv-size', title: 'Brush diameter in pixels of the image grid ([ and ])' }, 'size ')
+    const sizeIn = el('input', { type: 'number', id: 'brush-size', min: '1', max: '100', value: String(this.brushPx) }) as HTMLInputElement
+    sizeIn.addEventListener('change', () => this.setBrush(Number(sizeIn.value)))
+    size.append(sizeIn, document.createTextNode(' px'))
+    bar.append(size)
+    const sep = el('span', { class: 'mv-sep' })
+    bar.append(sep)
+    const actions: [string, string, string, () => void][] = [
+      ['new-object', 'New object', 'N: the next prompt starts another object (the others stay)', () => this.enqueue({ kind: 'new_object' })],
+      ['undo-btn', 'Undo', 'ctrl+Z', () => this.enqueue({ kind: 'undo' })],
+      ['redo-btn', 'Redo', 'ctrl+Y', () => this.enqueue({ kind: 'redo' })],
+      ['layout-btn', '3 views', 'M: one view or linked axial, coronal and sagittal views', () => this.toggleLayout()],
+      ['outline-btn', 'Outline', 'O: outline or fill', () => this.toggleOutline()],
+      ['zoom-reset', 'Fit', '0: reset zoom and pan', () => this.resetZoom()],
+    ]
+    for (const [id, name, tip, fn] of actions) {
+      const b = el('button', { class: 'mv-btn', id, title: tip, type: 'button' }, name)
+      b.addEventListener('click', fn)
+      bar.append(b)
+    }
+    const opacity = el('label', { class: 'mv-size', title: 'Label opacity' }, 'opacity ')
+    const opIn = el('input', { type: 'range', id: 'label-opacity', min: '0', max: '1', step: '0.05', value: String(this.opacity) }) as HTMLInputElement
+    opIn.addEventListener('input', () => { this.opacity = Number(opIn.value); this.applyLabelLook() })
+    opacity.append(opIn)
+    bar.append(opacity)
+
+    this.stage = el('div', { class: 'mv-stage', id: 'viewer-stage', tabindex: '0' })
+    this.canvas = el('canvas', { id: 'viewer-canvas' })
+    this.overlay = el('canvas', { class: 'mv-overlay', id: 'viewer-overlay' })
+    this.info = el('div', { class: 'mv-info', id: 'viewer-info' })
+    this.stage.append(this.canvas, this.overlay, this.info)
+    const below = el('div', { class: 'mv-below' })
+    this.statusLine = el('div', { class: 'mv-status', id: 'viewer-status', role: 'status', 'aria-live': 'polite' })
+    this.legend = el('div', { class: 'mv-legend', id: 'viewer-legend' })
+    const help = el('details', { class: 'mv-help', id: 'viewer-shortcuts' })
+    help.append(el('summary', {}, 'Shortcuts'))
+    const table = el('table')
+    for (const [k, v] of SHORTCUTS) {
+      const tr = el('tr')
+      tr.append(el('td', {}, k), el('td', {}, v))
+      table.append(tr)
+    }
+    help.append(table)
+    below.append(this.legend, help)
+    root.append(bar, this.stage, this.statusLine, below)
+
+    this.nv = new Niivue({
+      backColor: [0, 0, 0, 1],
+      crosshairColor: [1, 0.75, 0, 0.7],
+      crosshairWidth: 1,
+      show3Dcrosshair: false,
+      isOrientationTextVisible: true,
+      isRadiologicalConvention: true,
+      multiplanarShowRender: SHOW_RENDER.NEVER,
+      multiplanarLayout: MULTIPLANAR_TYPE.AUTO,
+      dragAndDropEnabled: false,
+      isColorbar: false,
+      logLevel: 'error',
+      loadingText: '',
+      textHeight: 0.05,
+      isNearestInterpolation: false,
+      mouseEventConfig: {
+        leftButton: { primary: DRAG_MODE.crosshair },
+        rightButton: DRAG_MODE.windowing,
+        centerButton: DRAG_MODE.pan,
+      },
+    } as any)
+    this.setTool('point')
+    this.bindInput()
+  }
+
+  async start(): Promise<void> {
+    await this.nv.attachToCanvas(this.canvas)
+    this.nv.onLocationChange = () => this.showInfo()
+    const draw = this.nv.drawScene.bind(this.nv)
+    ;(this.nv as any).drawScene = () => {
+      const t0 = performance.now()
+      const out = draw()
+      this.drawOverlay()
+      this.frameTimes.push(performance.now() - t0)
+      if (this.frameTimes.length > 500) this.frameTimes.shift()
+      return out
+    }
+    new ResizeObserver(() => this.drawOverlay()).observe(this.stage)
+    setInterval(() => this.pollState(), 100)
+    this.pollState()
+  }
+
+  // --- state from the Gradio page --------------------------------------------------------------
+  pollState(): void {
+    const pageStatus = (document.querySelector('#status [data-testid="markdown"]') as HTMLElement | null)?.innerText?.trim() ?? ''
+    if (pageStatus !== this.pageStatus) {
+      this.pageStatus = pageStatus
+      if (pageStatus) (pageStatus.startsWith('⚠') ? this.showError(pageStatus.replace(/^⚠\s*/, '')) : this.showStatus(pageStatus))
+    }
+    const holder = document.querySelector('#viewer-state [data-state]') as HTMLElement | null
+    const text = holder?.getAttribute('data-state') || ''
+    if (!text || text === this.stateText) return
+    this.stateText = text
+    let s: State
+    try { s = JSON.parse(text) } catch { return }
+    this.state = s
+    this.onState(s)
+  }
+
+  onState(s: State): void {
+    if (!s.study) {
+      this.showStatus('Open a sample or upload a study.')
+      return
+    }
+    this.renderLegend()
+    if (s.study !== this.study) {
+      this.loading = this.loadStudy(s)
+      return
+    }
+    if (this.loading) { this.loading.then(() => this.onState(this.state!)); return }
+    if (s.rev !== this.rev && this.inFlight === 0) this.reloadLabels()
+    this.applyLabelLook()
+    if (s.window) this.applyWindow(s.window)
+    this.object = s.object ?? null
+    this.followReview(s)
+    this.drawOverlay()
+  }
+
+  /** A review of a propagation (app.review) steps through slices on the server: show the slice it is at. */
+  followReview(s: State): void {
+    const key = s.review ? `${s.view}/${s.review.index}/${s.review.position}` : ''
+    if (key && key !== this.reviewKey && s.slice_mm && s.view) {
+      this.currentView = s.view
+      if (!this.three) this.applyLayout()
+      this.moveTo(s.slice_mm, s.view)
+      this.showInfo()
+      this.requestEncode()
+    }
+    this.reviewKey = key
+  }
+
+  url(what: string): string {
+    return `/viewer-api/${what}`
+  }
+
+  async loadStudy(s: State): Promise<void> {
+    this.study = s.study
+    this.showStatus(`Loading ${s.name ?? 'the study'} into the viewer…`)
+    const nv = this.nv
+    try {
+      while (nv.volumes.length) nv.removeVolume(nv.volumes[nv.volumes.length - 1])
+      this.labelsVol = null
+      await nv.loadVolumes([{ url: this.url(`volume/${s.study}.nii.gz`), name: 'study.nii.gz' } as any])
+      this.rev = -1
+      await this.reloadLabels()
+      this.currentView = s.view || 'axial'
+      this.three = false
+      this.applyLayout()
+      if (s.slice_mm) this.moveTo(s.slice_mm, s.view || 'axial')
+      if (s.window) this.applyWindow(s.window)
+      if (s.opacity !== undefined) this.opacity = s.opacity
+      this.object = s.object ?? null
+      this.applyLabelLook()
+      this.resetZoom()
+      this.showInfo()
+      this.showStatus(`${s.name ?? 'Study'} in the viewer. Click on a structure or drag a box.`)
+      this.root.setAttribute('data-study', s.study || '')
+      this.requestEncode()
+    } catch (e) {
+      this.showError(`could not load the study into the viewer: ${e}`)
+    } finally {
+      this.loading = null
+    }
+  }
+
+  async reloadLabels(): Promise<void> {
+    const s = this.state!
+    const key = this.study
+    const response = await fetch(this.url(`labels/${key}.nii.gz`), { cache: 'no-store' })
+    if (!response.ok) { this.showError(await this.errorOf(response)); return }
+    const rev = Number(response.headers.get('X-Labels-Revision') ?? s.rev)
+    const buffer = await response.arrayBuffer()
+    const vol = await NVImage.new(buffer, 'labels.nii.gz', 'gray', 1)
+    // A label map (NIFTI_INTENT_LABEL): NiiVue then draws it with its integer atlas shader, one exact
+    // colour per value, and can outline it. Without it the labels went through the intensity shader
+    // (values scaled by cal_min/cal_max into the colour table) and Outline only made the fill opaque.
+    vol.hdr!.intent_code = 1002
+    if (key !== this.study) return
+    if (this.labelsVol && this.labelsVol.img && vol.img && this.labelsVol.img.length === vol.img.length) {
+      (this.labelsVol.img as any).set(vol.img as any)
+    } else {
+      if (this.labelsVol) this.nv.removeVolume(this.labelsVol)
+      this.labelsVol = vol
+      this.nv.addVolume(vol)
+    }
+    this.rev = rev
+    this.root.setAttribute('data-rev', String(rev))
+    this.applyLabelLook()
+  }
+
+  applyLabelLook(): void {
+    const vol = this.labelsVol
+    const labels = this.state?.labels ?? []
+    if (!vol) return
+    const max = Math.max(1, ...labels.map((d) => d.value))
+    const R = [0], G = [0], B = [0], A = [0], I = [0], names = ['']
+    for (let v = 1; v <= max; v++) {
+      const d = labels.find((x) => x.value === v)
+      const [r, g, b] = d ? hexToRgb(d.colour) : [255, 255, 255]
+      R.push(r); G.push(g); B.push(b); A.push(this.hidden.has(v) ? 0 : 255); I.push(v); names.push(d?.name ?? String(v))
+    }
+    vol.setColormapLabel({ R, G, B, A, I, labels: names } as any)
+    vol.opacity = this.outline ? 0 : this.opacity // outline: borders opaque, the inside clear
+    this.nv.setAtlasOutline(this.outline ? 1 : 0)
+    ;(this.nv.opts as any).atlasActiveIndex = 0
+    this.nv.updateGLVolume()
+    this.renderLegend()
+  }
+
+  applyWindow(w: { level: number; width: number }): void {
+    const vol = this.nv.volumes[0]
+    if (!vol) return
+    const lo = w.level - w.width / 2, hi = w.level + w.width / 2
+    if (Math.abs(vol.cal_min! - lo) < 1e-6 && Math.abs(vol.cal_max! - hi) < 1e-6) return
+    vol.cal_min = lo
+    vol.cal_max = hi
+    this.nv.updateGLVolume()
+    this.showInfo()
+  }
+
+  // --- layout, navigation --------------------------------------------------------------------
+  applyLayout(): void {
+    const is2d = this.state?.is2d
+    if (this.three && !is2d) this.nv.setSliceType(SLICE_TYPE.MULTIPLANAR)
+    else this.nv.setSliceType(SLICE_OF[this.currentView] ?? SLICE_TYPE.AXIAL)
+    const b = this.root.querySelector('#layout-btn')
+    if (b) b.textContent = this.three ? '1 view' : '3 views'
+    this.root.setAttribute('data-layout', this.three ? 'three' : 'one')
+    this.drawOverlay()
+  }
+
+  toggleLayout(): void {
+    if (this.state?.is2d) return
+    this.three = !this.three
+    this.applyLayout()
+  }
+
+  toggleOutline(): void {
+    this.outline = !this.outline
+    const b = this.root.querySelector('#outline-btn')
+    if (b) b.textContent = this.outline ? 'Fill' : 'Outline'
+    this.applyLabelLook()
+  }
+
+  resetZoom(): void {
+    this.nv.setPan2Dxyzmm([0, 0, 0, 1] as any)
+    this.drawOverlay()
+  }
+
+  zoom(factor: number): void {
+    const p = this.nv.scene.pan2Dxyzmm
+    this.nv.setPan2Dxyzmm([p[0], p[1], p[2], Math.min(20, Math.max(0.5, p[3] * factor))] as any)
+  }
+
+  moveTo(mm: number[], view: string): void {
+    const frac = this.nv.mm2frac(mm as any, 0, true)
+    const cross = this.nv.scene.crosshairPos
+    const axis = AXIS_OF[view]
+    const next = [cross[0], cross[1], cross[2]]
+    next[axis] = frac[axis]
+    this.nv.scene.crosshairPos = next as any
+    this.nv.drawScene()
+  }
+
+  /** Page the current view by n slices of the study's own grid (client side only; the server learns it later). */
+  page(n: number): void {
+    if (!this.nv.volumes.length) return
+    const { sign } = this.nativeAxis(this.currentView)
+    const d = [0, 0, 0]
+    d[AXIS_OF[this.currentView]] = n * sign
+    this.nv.moveCrosshairInVox(d[0], d[1], d[2])
+    this.afterNavigate()
+  }
+
+  /** The stored grid's axis (0 i, 1 j, 2 k) a view steps through, and whether it runs along the RAS axis. */
+  nativeAxis(view: string): { c: number; sign: number } {
+    const A = (this.nv.volumes[0].hdr as any).affine as number[][]
+    const r = AXIS_OF[view]
+    let c = 0
+    for (let k = 1; k < 3; k++) if (Math.abs(A[r][k]) > Math.abs(A[r][c])) c = k
+    return { c, sign: Math.sign(A[r][c]) || 1 }
+  }
+
+  /** The shown slice of a view as the server counts it (the index along the stored grid, from 0). */
+  sliceOf(view: string): { index: number; count: number } {
+    const hdr = this.nv.volumes[0].hdr as any
+    const A = hdr.affine as number[][]
+    const mm = this.crosshairMM()
+    const m = [0, 1, 2].map((r) => [A[r][0], A[r][1], A[r][2]])
+    const b = [0, 1, 2].map((r) => mm[r] - A[r][3])
+    const det = (q: number[][]) => q[0][0] * (q[1][1] * q[2][2] - q[1][2] * q[2][1]) - q[0][1] * (q[1][0] * q[2][2] - q[1][2] * q[2][0]) + q[0][2] * (q[1][0] * q[2][1] - q[1][1] * q[2][0])
+    const D = det(m)
+    const { c } = this.nativeAxis(view)
+    const mc = m.map((row, r) => row.map((v, k) => (k === c ? b[r] : v)))
+    const count = hdr.dims[c + 1]
+    const index = Math.min(count - 1, Math.max(0, Math.round(det(mc) / D)))
+    return { index, count }
+  }
+
+  afterNavigate(): void {
+    this.showInfo()
+    window.clearTimeout(this.viewTimer)
+    this.viewTimer = window.setTimeout(() => this.reportView(), 300)
+  }
+
+  crosshairMM(): number[] {
+    const mm = this.nv.frac2mm(this.nv.scene.crosshairPos as any, 0, true)
+    return [mm[0], mm[1], mm[2]]
+  }
+
+  showInfo(): void {
+    if (!this.nv.volumes.length || !this.state?.study) return
+    const view = this.currentView
+    const { index, count } = this.sliceOf(view)
+    const mm = this.crosshairMM()
+    const axisName = ['x', 'y', 'z'][AXIS_OF[view]]
+    const vol = this.nv.volumes[0]
+    const wl = this.state.rgb ? '' : ` · W ${Math.round(vol.cal_max! - vol.cal_min!)} L ${Math.round((vol.cal_max! + vol.cal_min!) / 2)}`
+    this.info.textContent = `${view} slice ${index} (0–${count - 1}) · ${axisName} = ${mm[AXIS_OF[view]].toFixed(1)} mm${wl} · zoom ${this.nv.scene.pan2Dxyzmm[3].toFixed(1)}×`
+    this.root.setAttribute('data-slice', String(index))
+    this.root.setAttribute('data-view', view)
+  }
+
+  reportView(): void {
+    if (!this.state?.study) return
+    this.enqueue({ kind: 'view', view: this.currentView, mm: this.crosshairMM() }, null, true)
+  }
+
+  requestEncode(): void {
+    if (this.encodeBusy) { this.encodeAgain = true; return }
+    this.encodeBusy = true
+    fetch(this.url('encode'), { method: 'POST' })
+      .then(async (r) => { const a = await r.json(); if (a.ok && this.inFlight === 0) this.showStatus(a.status) })
+      .catch(() => undefined)
+      .finally(() => {
+        this.encodeBusy = false
+        if (this.encodeAgain) { this.encodeAgain = false; this.requestEncode() }
+      })
+  }
+
+  // --- tools -------------------------------------------------------------------------------------
+  setTool(tool: Tool): void {
+    this.tool = tool
+    this.root.setAttribute('data-tool', tool)
+    this.root.querySelectorAll('.mv-tool').forEach((b) => b.classList.toggle('mv-on', (b as HTMLElement).dataset.tool === tool))
+    this.stage.style.cursor = { point: 'pointer', box: 'crosshair', brush: 'none', erase: 'none', navigate: 'default' }[tool]
+    this.drag = null
+    this.drawOverlay()
+  }
+
+  setBrush(px: number): void {
+    this.brushPx = Math.max(1, Math.min(100, Math.round(px) || 1))
+    const input = this.root.querySelector('#brush-size') as HTMLInputElement | null
+    if (input) input.value = String(this.brushPx)
+    this.drawOverlay()
+  }
+
+  canvasXY(e: MouseEvent): [number, number] {
+    const r = this.canvas.getBoundingClientRect()
+    return [e.clientX - r.left, e.clientY - r.top]
+  }
+
+  /** The view and world position under a canvas point (CSS pixels), or null outside the slices. */
+  pick(x: number, y: number): { view: string; mm: number[] } | null {
+    const dpr = (this.nv.uiData as any).dpr || window.devicePixelRatio || 1
+    const tile = this.nv.tileIndex(x * dpr, y * dpr)
+    if (tile < 0) return null
+    const view = VIEW_OF[this.nv.screenSlices[tile].axCorSag as number]
+    if (!view) return null
+    const frac = this.nv.canvasPos2frac([x * dpr, y * dpr])
+    if (frac[0] < 0) return null
+    const mm = this.nv.frac2mm(frac as any, 0, true)
+    return { view, mm: [mm[0], mm[1], mm[2]] }
+  }
+
+  bindInput(): void {
+    const stage = this.stage
+    const editing = () => this.tool !== 'navigate'
+    stage.addEventListener('mousedown', (e) => {
+      stage.focus({ preventScroll: true })
+      const [x, y] = this.canvasXY(e)
+      const hit = this.pick(x, y)
+      if (hit) { this.currentView = hit.view }
+      if (e.button === 2 && hit && this.state?.study && !this.state.rgb) { // window/level drag, ours
+        e.stopPropagation(); e.preventDefault()
+        const vol = this.nv.volumes[0]
+        this.wl = { x: e.clientX, y: e.clientY, level: (vol.cal_max! + vol.cal_min!) / 2, width: vol.cal_max! - vol.cal_min! }
+        return
+      }
+      if (e.button !== 0 || !editing() || !hit || !this.state?.study) return
+      e.stopPropagation(); e.preventDefault()
+      this.drag = { x0: x, y0: y, x, y, view: hit.view, mm0: hit.mm, stroke: [hit.mm], button: 0 }
+      this.drawOverlay()
+    }, true)
+    window.addEventListener('mousemove', (e) => {
+      const [x, y] = this.canvasXY(e)
+      const inside = e.target === this.canvas || e.target === this.overlay || stage.contains(e.target as Node)
+      this.hover = inside ? [x, y] : null
+      if (this.wl) { // right-drag: horizontal = width, vertical = level (as radiology viewers do)
+        e.stopPropagation(); e.preventDefault()
+        const k = Math.max(this.wl.width, 1) / 300
+        const width = Math.max(1, this.wl.width + (e.clientX - this.wl.x) * k)
+        const level = this.wl.level - (e.clientY - this.wl.y) * k
+        this.applyWindow({ level, width })
+        this.showInfo()
+        return
+      }
+      if (!this.drag) { if (this.tool === 'brush' || this.tool === 'erase') this.drawOverlay(); return }
+      e.stopPropagation(); e.preventDefault()
+      this.drag.x = x; this.drag.y = y
+      if (this.tool === 'brush' || this.tool === 'erase') {
+        const hit = this.pick(x, y)
+        if (hit && hit.view === this.drag.view) this.drag.stroke.push(hit.mm)
+      }
+      this.drawOverlay()
+    }, true)
+    window.addEventListener('mouseup', (e) => {
+      if (this.wl && e.button === 2) {
+        e.stopPropagation(); e.preventDefault()
+        this.wl = null
+        this.onWindowDragged()
+        return
+      }
+      if (!this.drag || e.button !== 0) return
+      e.stopPropagation(); e.preventDefault()
+      const d = this.drag
+      this.drag = null
+      const moved = Math.hypot(d.x - d.x0, d.y - d.y0) >= DRAG_PX
+      if (this.tool === 'brush' || this.tool === 'erase') {
+        this.prompt({ kind: this.tool, view: d.view, points: d.stroke, radius: this.brushPx / 2 },
+          { kind: 'stroke', view: d.view, mm: d.stroke })
+      } else if (moved) {
+        const end = this.pick(d.x, d.y) ?? this.pickClamped(d.x, d.y, d.view)
+        if (end) this.prompt({ kind: 'box', view: d.view, mm: d.mm0, mm2: end.mm, new_object: true }, { kind: 'box', view: d.view, mm: [d.mm0, end.mm] })
+      } else if (this.tool === 'point') {
+        const positive = !(e.shiftKey || this.negative)
+        const body: any = { kind: 'point', view: d.view, mm: d.mm0, positive }
+        if (this.newObject) { body.new_object = true; this.newObject = false }
+        this.prompt(body, { kind: 'point', view: d.view, mm: [d.mm0], positive })
+      } else {
+        this.showStatus('Box: drag from one corner to the opposite one.')
+      }
+      this.drawOverlay()
+    }, true)
+    stage.addEventListener('wheel', (e) => {
+      const [x, y] = this.canvasXY(e)
+      const hit = this.pick(x, y)
+      if (hit) this.currentView = hit.view
+      if (e.ctrlKey || e.metaKey || e.altKey) {
+        e.preventDefault(); e.stopPropagation()
+        this.zoom(e.deltaY < 0 ? 1.15 : 1 / 1.15)
+        this.showInfo()
+        return
+      }
+      e.preventDefault()
+      window.setTimeout(() => this.afterNavigate(), 0) // NiiVue pages the slice under the mouse
+    }, { capture: true, passive: false })
+    stage.addEventListener('contextmenu', (e) => e.preventDefault())
+    stage.addEventListener('mouseup', (e) => {
+      if (e.button === 0 && this.tool === 'navigate') window.setTimeout(() => this.afterNavigate(), 0)
+    })
+    window.addEventListener('keydown', (e) => this.onKey(e), true)
+  }
+
+  pickClamped(x: number, y: number, view: string): { view: string; mm: number[] } | null {
+    // a box dragged past the image edge: clamp to the tile
+    const dpr = (this.nv.uiData as any).dpr || 1
+    for (const s of this.nv.screenSlices) {
+      if (VIEW_OF[s.axCorSag as number] !== view) continue
+      const [l, t, w, h] = s.leftTopWidthHeight
+      const cx = Math.min(Math.max(x * dpr, l + 1), l + w - 1) / dpr
+      const cy = Math.min(Math.max(y * dpr, t + 1), t + h - 1) / dpr
+      return this.pick(cx, cy)
+    }
+    return null
+  }
+
+  onWindowDragged(): void {
+    const vol = this.nv.volumes[0]
+    if (!vol || this.state?.rgb) return
+    const level = (vol.cal_max! + vol.cal_min!) / 2, width = vol.cal_max! - vol.cal_min!
+    this.showInfo()
+    window.clearTimeout(this.windowTimer)
+    this.windowTimer = window.setTimeout(() => this.enqueue({ kind: 'window', level, width }, null, true), 250)
+  }
+
+  onKey(e: KeyboardEvent): void {
+    const t = e.target as HTMLElement | null
+    if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || t.isContentEditable)) return
+    if (!this.state?.study) return
+    const k = e.key
+    const ctrl = e.ctrlKey || e.metaKey
+    let handled = true
+    if (k === 'Escape') {
+      if (this.drag) { this.drag = null; this.showStatus('Box cancelled.'); this.drawOverlay() } else handled = false
+    } else if (ctrl && k.toLowerCase() === 'z') this.enqueue({ kind: 'undo' })
+    else if (ctrl && k.toLowerCase() === 'y') this.enqueue({ kind: 'redo' })
+    else if (ctrl) handled = false
+    else if (k === 'ArrowUp' || k === 'PageUp') this.page(1)
+    else if (k === 'ArrowDown' || k === 'PageDown') this.page(-1)
+    else if (k === 'p' || k === 'P') this.setTool('point')
+    else if (k === 'b' || k === 'B') this.setTool('box')
+    else if (k === 'r' || k === 'R') this.setTool('brush')
+    else if (k === 'e' || k === 'E') this.setTool('erase')
+    else if (k === 'v' || k === 'V') this.setTool('navigate')
+    else if (k === 'n' || k === 'N') this.enqueue({ kind: 'new_object' })
+    else if (k === '[') this.setBrush(this.brushPx - 1)
+    else if (k === ']') this.setBrush(this.brushPx + 1)
+    else if (k === 'o' || k === 'O') this.toggleOutline()
+    else if (k === 'm' || k === 'M') this.toggleLayout()
+    else if (k === 'h' || k === 'H') this.toggleHidden(this.state.active ?? 1)
+    else if (k === '+' || k === '=') this.zoom(1.25)
+    else if (k === '-') this.zoom(0.8)
+    else if (k === '0') this.resetZoom()
+    else handled = false
+    if (handled) { e.preventDefault(); e.stopPropagation() }
+  }
+
+  // --- labels legend --------------------------------------------------------------------------
+  toggleHidden(v: number): void {
+    if (this.hidden.has(v)) this.hidden.delete(v); else this.hidden.add(v)
+    this.applyLabelLook()
+  }
+
+  renderLegend(): void {
+    const labels = this.state?.labels ?? []
+    const active = this.state?.active
+    this.legend.innerHTML = ''
+    for (const d of labels) {
+      const row = el('div', { class: 'mv-label' + (d.value === active ? ' mv-active' : ''), 'data-value': String(d.value) })
+      const sw = el('span', { class: 'mv-swatch' })
+      sw.style.background = d.colour
+      const name = el('button', { class: 'mv-name', type: 'button', title: 'Make this the active label' }, `${d.value} · ${d.name}`)
+      name.addEventListener('click', () => this.enqueue({ kind: 'active', label: d.value }))
+      const eye = el('button', { class: 'mv-icon mv-eye', type: 'button', title: this.hidden.has(d.value) ? 'Show' : 'Hide' },
+        this.hidden.has(d.value) ? 'show' : 'hide')
+      eye.addEventListener('click', () => this.toggleHidden(d.value))
+      const lock = el('button', { class: 'mv-icon mv-lock', type: 'button', title: 'Locked labels cannot be edited' },
+        this.locked.has(d.value) ? 'unlock' : 'lock')
+      lock.addEventListener('click', () => {
+        if (this.locked.has(d.value)) this.locked.delete(d.value); else this.locked.add(d.value)
+        this.renderLegend()
+      })
+      row.append(sw, name, eye, lock)
+      this.legend.append(row)
+    }
+  }
+
+  // --- prompts: the queue ---------------------------------------------------------------------
+  prompt(body: any, mark: Pending): void {
+    const active = this.state?.active ?? 1
+    if (this.locked.has(active)) {
+      this.showError(`label ${active} is locked: unlock it to edit it`)
+      return
+    }
+    body.label = active
+    body.locked = [...this.locked]
+    this.pending.push(mark)
+    this.drawOverlay()
+    this.enqueue(body, mark)
+  }
+
+  enqueue(body: any, mark: Pending | null = null, quiet = false): void {
+    if (!this.state?.study) return
+    const t0 = performance.now()
+    this.inFlight++
+    this.root.setAttribute('data-busy', String(this.inFlight))
+    this.queue = this.queue.then(async () => {
+      try {
+        const r = await fetch(this.url('action'), {
+          method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+        })
+        if (!r.ok) { this.showError(await this.errorOf(r)); return }
+        const a: Answer = await r.json()
+        await this.apply(a, quiet)
+        if (mark) this.promptTimes.push(performance.now() - t0)
+      } catch (e) {
+        this.showError(`the server did not answer (${e}); your prompt was not applied`)
+      } finally {
+        if (mark) this.pending = this.pending.filter((p) => p !== mark)
+        this.inFlight--
+        this.root.setAttribute('data-busy', String(this.inFlight))
+        this.drawOverlay()
+        if (this.inFlight === 0) {
+          if (this.state && this.state.rev !== this.rev && this.study === this.state.study) this.reloadLabels()
+          if (!quiet || body.kind === 'window') this.syncPage()
+          if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box') this.requestEncode()
+        }
+      }
+    })
+  }
+
+  async errorOf(r: Response): Promise<string> {
+    try { const a = await r.json(); return a.error || `request failed (${r.status})` } catch { return `request failed (${r.status})` }
+  }
+
+  async apply(a: Answer, quiet: boolean): Promise<void> {
+    if (!a.ok) { this.showError(a.error || 'failed'); return }
+    if (a.patch && this.labelsVol) this.writePatch(a.patch)
+    if (a.reload) { this.rev = -1; await this.reloadLabels() }
+    if (a.rev !== undefined && !a.reload) { this.rev = a.rev; this.root.setAttribute('data-rev', String(a.rev)) }
+    if ('object' in a) this.object = a.object ?? null
+    if (a.status && !quiet) this.showStatus(a.status)
+    this.drawOverlay()
+  }
+
+  writePatch(p: { axis: number; index: number; shape: number[]; data: string }): void {
+    const vol = this.labelsVol!
+    const raw = Uint8Array.from(atob(p.data), (c) => c.charCodeAt(0))
+    const values = new Uint16Array(raw.buffer)
+    const img = vol.img as any
+    const hdr = vol.hdr!
+    const ni = hdr.dims[1], nj = hdr.dims[2]
+    const [a, b] = p.shape
+    if (p.axis === 0) {
+      img.set(values, p.index * ni * nj)
+    } else if (p.axis === 1) {
+      for (let k = 0; k < a; k++) for (let i = 0; i < b; i++) img[k * ni * nj + p.index * ni + i] = values[k * b + i]
+    } else {
+      for (let k = 0; k < a; k++) for (let j = 0; j < b; j++) img[k * ni * nj + j * ni + p.index] = values[k * b + j]
+    }
+    this.refreshLabels()
+  }
+
+  /** Upload the patched labels and redraw (refreshing the label layer alone garbled the overlay in NiiVue 0.69). */
+  refreshLabels(): void {
+    this.nv.updateGLVolume()
+  }
+
+  syncPage(): void {
+    const b = document.querySelector('#viewer-sync') as HTMLButtonElement | null
+    b?.click()
+  }
+
+  // --- overlay: markers, the box being drawn, the brush --------------------------------------
+  toCanvas(mm: number[], view: string): [number, number] | null {
+    const frac = this.nv.mm2frac(mm as any, 0, true)
+    const cross = this.nv.scene.crosshairPos
+    const axis = AXIS_OF[view]
+    const dims = (this.nv.volumes[0] as any).dimsRAS as number[]
+    if (Math.abs(frac[axis] - cross[axis]) > 0.5 / dims[axis + 1] + 1e-6) return null // another slice
+    const dpr = (this.nv.uiData as any).dpr || 1
+    for (const s of this.nv.screenSlices) {
+      if (VIEW_OF[s.axCorSag as number] !== view) continue
+      const r = (this.nv as any).frac2canvasPosWithTile(frac, s.axCorSag)
+      if (r && r.pos) return [r.pos[0] / dpr, r.pos[1] / dpr]
+    }
+    return null
+  }
+
+  drawOverlay(): void {
+    const o = this.overlay
+    const w = this.canvas.clientWidth, h = this.canvas.clientHeight
+    const dpr = window.devicePixelRatio || 1
+    if (o.width !== Math.round(w * dpr) || o.height !== Math.round(h * dpr)) {
+      o.width = Math.round(w * dpr); o.height = Math.round(h * dpr)
+    }
+    const g = o.getContext('2d')!
+    g.setTransform(dpr, 0, 0, dpr, 0, 0)
+    g.clearRect(0, 0, w, h)
+    if (!this.nv.volumes.length) return
+    const point = (mm: number[], view: string, positive: boolean, pending: boolean) => {
+      const p = this.toCanvas(mm, view)
+      if (!p) return
+      g.beginPath(); g.arc(p[0], p[1], 5, 0, 2 * Math.PI)
+      g.fillStyle = positive ? 'rgb(40,220,40)' : 'rgb(240,40,40)'
+      g.globalAlpha = pending ? 0.6 : 1
+      g.fill(); g.globalAlpha = 1
+      g.lineWidth = 1.5; g.strokeStyle = pending ? '#ffff00' : '#ffffff'; g.stroke()
+    }
+    const poly = (corners: number[][], view: string, colour: string, dashed: boolean) => {
+      const ps = corners.map((c) => this.toCanvas(c, view))
+      if (ps.some((p) => !p)) return
+      g.beginPath(); ps.forEach((p, i) => (i ? g.lineTo(p![0], p![1]) : g.moveTo(p![0], p![1]))); g.closePath()
+      g.setLineDash(dashed ? [5, 4] : []); g.lineWidth = 2; g.strokeStyle = colour; g.stroke(); g.setLineDash([])
+    }
+    const obj = this.object
+    if (obj) {
+      if (obj.box) poly(obj.box, obj.view, 'rgb(0,170,255)', false)
+      for (const p of obj.points) point(p.mm, obj.view, p.positive, false)
+    }
+    for (const p of this.pending) {
+      if (p.kind === 'point') point(p.mm[0], p.view, p.positive !== false, true)
+      else if (p.kind === 'box') {
+        const a = this.toCanvas(p.mm[0], p.view), b = this.toCanvas(p.mm[1], p.view)
+        if (a && b) { g.setLineDash([5, 4]); g.strokeStyle = '#ffff00'; g.lineWidth = 2; g.strokeRect(a[0], a[1], b[0] - a[0], b[1] - a[1]); g.setLineDash([]) }
+      } else {
+        g.strokeStyle = 'rgba(255,255,0,0.6)'; g.lineWidth = 2; g.beginPath()
+        p.mm.forEach((m, i) => { const c = this.toCanvas(m, p.view); if (c) (i ? g.lineTo(c[0], c[1]) : g.moveTo(c[0], c[1])) }); g.stroke()
+      }
+    }
+    const d = this.drag
+    if (d && (this.tool === 'point' || this.tool === 'box') && Math.hypot(d.x - d.x0, d.y - d.y0) >= DRAG_PX) {
+      g.setLineDash([6, 4]); g.strokeStyle = 'rgb(0,170,255)'; g.lineWidth = 2
+      g.strokeRect(d.x0, d.y0, d.x - d.x0, d.y - d.y0); g.setLineDash([])
+    }
+    if ((this.tool === 'brush' || this.tool === 'erase') && this.hover) {
+      const r = this.brushRadiusCss(this.hover[0], this.hover[1])
+      g.beginPath(); g.arc(this.hover[0], this.hover[1], Math.max(2, r), 0, 2 * Math.PI)
+      g.setLineDash(this.tool === 'erase' ? [4, 3] : []); g.lineWidth = 1.5
+      g.strokeStyle = this.tool === 'erase' ? '#ff6060' : '#ffff00'; g.stroke(); g.setLineDash([])
+      if (d) {
+        g.strokeStyle = this.tool === 'erase' ? 'rgba(255,96,96,0.5)' : 'rgba(255,255,0,0.5)'
+        g.lineWidth = 2 * r; g.lineCap = 'round'; g.beginPath()
+        d.stroke.forEach((m, i) => { const c = this.toCanvas(m, d.view); if (c) (i ? g.lineTo(c[0], c[1]) : g.moveTo(c[0], c[1])) })
+        g.stroke(); g.lineCap = 'butt'
+      }
+    }
+  }
+
+  brushRadiusCss(x: number, y: number): number {
+    const dpr = (this.nv.uiData as any).dpr || 1
+    const tile = this.nv.tileIndex(x * dpr, y * dpr)
+    if (tile < 0) return 0
+    const s = this.nv.screenSlices[tile]
+    const pix = (this.nv.volumes[0] as any).pixDimsRAS as number[] | undefined
+    const mmPerVoxel = pix ? Math.min(pix[1], pix[2], pix[3]) : 1
+    const pxPerMM = s.leftTopWidthHeight[2] / s.fovMM[0] / dpr
+    return (this.brushPx / 2) * mmPerVoxel * pxPerMM
+  }
+
+  // --- messages ---------------------------------------------------------------------------------
+  showStatus(text: string): void {
+    this.statusLine.textContent = text
+    this.statusLine.classList.remove('mv-error')
+  }
+
+  showError(text: string): void {
+    this.statusLine.textContent = `⚠ ${text}`
+    this.statusLine.classList.add('mv-error')
+  }
+}
+
+function mount(): void {
+  const root = document.getElementById('medseg-viewer')
+  if (!root || root.dataset.mounted) return
+  root.dataset.mounted = '1'
+  const viewer = new Viewer(root)
+  ;(window as any).medsegViewer = viewer
+  viewer.start().catch((e) => viewer.showError(`the viewer could not start: ${e}`))
+}
+
+const observer = new MutationObserver(() => mount())
+observer.observe(document.documentElement, { childList: true, subtree: true })
+mount()
