@@ -92,7 +92,7 @@ def test_served_paths_are_the_configured_roots_and_never_the_session_folders(tmp
 
     seen: dict = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
-    monkeypatch.setattr(ui, "load_segmenter", lambda *a, **k: None)
+    monkeypatch.setattr(ui, "load_model", lambda *a, **k: None)  # no model load: only the launch settings matter
     monkeypatch.setenv("MEDSEG_ALLOWED_ROOTS", str(SAMPLES))
     monkeypatch.setenv("MEDSEG_MAX_UPLOAD_MB", "64")
     monkeypatch.setenv("MEDSEG_SESSION_TTL_HOURS", "2")
