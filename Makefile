@@ -14,7 +14,7 @@ VIEWER_SRC := $(wildcard viewer/src/*) viewer/package.json viewer/package-lock.j
 .PHONY: run test setup weights viewer serve lint clean gpu-test gpu-bundle mutants
 
 run: setup
-	GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/medseg serve --host $(HOST) --port $(PORT)
+	GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/medseg serve --host $(HOST) --port $(PORT) --open-sample
 
 test: setup $(VENV)/.dicom3tools $(VENV)/.chromium $(VENV)/.orthanc
 	GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -n 2 --dist loadfile -m "not gpu" tests

@@ -103,8 +103,13 @@ class ViewModel:
 
 
 # --- session lifecycle ------------------------------------------------------------------------
-def start(ctx: AppContext, stored_id: str | None, session_hash: str | None = None) -> ViewModel:
-    """Page load: restore the browser's session if the server has it, else start a new one."""
+def start(
+    ctx: AppContext, stored_id: str | None, session_hash: str | None = None, open_sample_name: str | None = None
+) -> ViewModel:
+    """Page load: restore the browser's session if the server has it, else start a new one.
+
+    ``open_sample_name`` (``medseg serve --open-sample``, what ``make run`` does): a session without a
+    study opens that bundled sample, so the first page shows an image; a restored study is never replaced."""
     session, restored = ctx.store.open(stored_id)
     if session_hash:
         ctx.store.bind(session_hash, session.id)
@@ -113,6 +118,8 @@ def start(ctx: AppContext, stored_id: str | None, session_hash: str | None = Non
     if restored and session.volume is not None:
         session.runtime["greeting"] = "Session restored."
         return view_model(session, "Session restored.")
+    if open_sample_name:
+        return open_sample(ctx, session.id, open_sample_name)
     return view_model(session, "Open a sample or upload a study.")
 
 

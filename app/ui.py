@@ -67,6 +67,7 @@ class UIConfig:
     prefetch_radius: int = 1
     session_ttl_s: float = 14 * 86400
     dicomweb: str | None = None  # a PACS's DICOMweb base URL: the PACS panel (app/pacs.py)
+    open_sample: str | None = None  # a bundled sample each new session opens (`make run`)
 
 
 def model_events(config: UIConfig) -> dict[str, Any]:
@@ -251,7 +252,7 @@ def build_app(config: UIConfig):
             if token_sid is None:
                 return only_status(messages.for_markdown(f"⚠ {NO_COOKIE}"))
             try:
-                vm = controller.start(ctx, token_sid, getattr(request, "session_hash", None))
+                vm = controller.start(ctx, token_sid, getattr(request, "session_hash", None), config.open_sample)
             except (SessionError, *USER_ERRORS) as e:
                 return only_status(messages.for_markdown(f"⚠ {messages.plain(messages.error_text(e))}"))
             result = present(vm)
@@ -487,9 +488,10 @@ def launch(
     auth: Callable[[str, str], bool] | None = None,
     backend: str | None = None,
     batch_window_ms: float = 0.0,
+    open_sample: str | None = None,
 ):
     """Start the server (loopback by default). ``backend``: as ``--backend`` (None: $MEDSEG_BACKEND or the rule);
-    ``batch_window_ms``: as ``--batch-window-ms``.
+    ``batch_window_ms``: as ``--batch-window-ms``; ``open_sample``: as ``--open-sample``.
 
     Session folders are never served (Gradio's ``blocked_paths``); Gradio serves its own cache
     (the upload widget's files as downloads unless an image) and ``MEDSEG_ALLOWED_ROOTS``; exports
@@ -509,7 +511,7 @@ def launch(
     config = UIConfig(
         sessions_root=sessions, model=model, device=device, backend=backend, batch_window_ms=batch_window_ms,
         prefetch_radius=prefetch_radius,
-        session_ttl_s=limits.session_ttl_s, dicomweb=dicomweb,
+        session_ttl_s=limits.session_ttl_s, dicomweb=dicomweb, open_sample=open_sample,
     )
     demo = build_app(config)
     demo.queue(default_concurrency_limit=4)

@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--dicomweb", metavar="BASE_URL",
                    help="a PACS's DICOMweb root (e.g. http://pacs:8042/dicom-web): the UI lists its series and "
                    "exports DICOM-SEG to it")
+    p.add_argument("--open-sample", nargs="?", const="", default=None, metavar="NAME",
+                   help="each new session opens this bundled sample (without NAME: the first, the CT head "
+                   "series); `make run` does this")
     p.add_argument("--token-file", metavar="FILE",
                    help="access token (first line; default $MEDSEG_TOKEN); required when --host is not loopback: "
                    f"the browser logs in as user 'medseg' with the token as password")
@@ -86,6 +89,13 @@ def run(args: argparse.Namespace) -> int:
 
         dicomweb = check_base_url(args.dicomweb)
     backend_choice(args)  # a bad --backend or $MEDSEG_BACKEND stops here, in one line
+    if args.open_sample is not None:
+        from app.controller import sample_studies
+
+        samples = list(sample_studies())
+        args.open_sample = args.open_sample or samples[0]
+        if args.open_sample not in samples:
+            raise ValueError(f"--open-sample {args.open_sample!r}: expected one of {', '.join(map(repr, samples))}")
     window = args.batch_window_ms if args.batch_window_ms is not None else (4.0 if args.device == "cuda" else 0.0)
     if not 0 <= window <= 1000:
         raise ValueError(f"--batch-window-ms must be 0..1000, got {window}")
@@ -104,5 +114,6 @@ def run(args: argparse.Namespace) -> int:
         auth=auth,
         backend=args.backend,  # resolved per model by app.model_catalog.backend_for
         batch_window_ms=window,
+        open_sample=args.open_sample,
     )
     return 0
