@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.page_client import Page, ServerProcess
+from scripts.page_client import OUTPUTS, Page, ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 COLIN = ROOT / "samples" / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"
@@ -30,7 +30,8 @@ def _shown(messages: list[dict]) -> tuple[list[str], str | None, bool]:
     done = [m for m in messages if m.get("msg") == "process_completed"]
     ok = bool(done and done[-1].get("success"))
     data = done[-1]["output"]["data"] if ok else []
-    status = data[10] if len(data) > 10 and isinstance(data[10], str) else None  # page_client.OUTPUTS: "status"
+    at = OUTPUTS.index("status")  # the page's outputs, as scripts/page_client.py names them
+    status = data[at] if len(data) > at and isinstance(data[at], str) else None
     return toasts, status, ok
 
 

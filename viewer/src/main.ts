@@ -91,6 +91,7 @@ class Viewer {
   windowTimer = 0
   viewTimer = 0
   encodeBusy = false
+  statusSeq = 0  // bumped by every message shown: a late "Ready" never hides a newer one
   reviewKey = ''
   encodeAgain = false
   frameTimes: number[] = []
@@ -455,8 +456,12 @@ class Viewer {
   requestEncode(): void {
     if (this.encodeBusy) { this.encodeAgain = true; return }
     this.encodeBusy = true
+    const shown = this.statusSeq  // "Ready" is news only if no other message came while it encoded
     fetch(this.url('encode'), { method: 'POST' })
-      .then(async (r) => { const a = await r.json(); if (a.ok && this.inFlight === 0) this.showStatus(a.status) })
+      .then(async (r) => {
+        const a = await r.json()
+        if (a.ok && this.inFlight === 0 && this.statusSeq === shown) this.showStatus(a.status)
+      })
       .catch(() => undefined)
       .finally(() => {
         this.encodeBusy = false
@@ -847,11 +852,13 @@ class Viewer {
 
   // --- messages ---------------------------------------------------------------------------------
   showStatus(text: string): void {
+    this.statusSeq += 1
     this.statusLine.textContent = text
     this.statusLine.classList.remove('mv-error')
   }
 
   showError(text: string): void {
+    this.statusSeq += 1
     this.statusLine.textContent = `⚠ ${text}`
     this.statusLine.classList.add('mv-error')
   }
