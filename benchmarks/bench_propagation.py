@@ -17,6 +17,7 @@ the fast path's head mask against the fp32 reference path on the 34-slice CT sla
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import time
@@ -36,7 +37,7 @@ from data.readers import read_study  # noqa: E402
 from data.volume import Volume  # noqa: E402
 from data.windowing import default_window  # noqa: E402
 from models.prompts import Prompts  # noqa: E402
-from models.registry import load_segmenter  # noqa: E402
+from runtime import load_segmenter  # noqa: E402
 
 
 def big_ct(slices: int, size: int) -> Volume:
@@ -83,13 +84,14 @@ def timed_run(seg, volume: Volume, batch: int) -> dict:
 
 def dice_check(args) -> dict:
     """3D Dice of the head: this path vs the plain fp32 torch path, on the 34-slice CT slab."""
-    data = Path("/work/shared/data")
+    data = Path(os.environ.get("MEDSEG_SHARED", ROOT.parent / "shared")) / "data"
     vol = read_study(data / "ct_head_0051_slabA_image.nii.gz")
     gt = np.isin(read_study(data / "ct_head_0051_slabA_label.nii.gz").array, (1, 2))
     k0 = int(np.argmax(gt.reshape(len(gt), -1).sum(1)))
     box = Prompts(box=box_around(gt[k0], 5))
     out = {}
-    for name, seg in (("reference", load_segmenter("litemedsam", device=args.device)), ("fast", segmenter(args))):
+    reference = load_segmenter("litemedsam", device=args.device, backend="torch")  # eager fp32
+    for name, seg in (("reference", reference), ("fast", segmenter(args))):
         res = propagate(seg, vol, k0, box, window=default_window(vol), cache=EmbeddingCache(64))
         out[name] = float(2 * (res.masks & gt).sum() / (res.masks.sum() + gt.sum()))
     out["cost"] = out["reference"] - out["fast"]
@@ -99,8 +101,8 @@ def dice_check(args) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--backend", default="torch", help="CPU: torch or onnx-int8-fast (the fastest); GPU: torch")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="GPU: models.fast.tuned encoder precision")
+    p.add_argument("--backend", default="torch", help="CPU: torch or onnx-int8-fast (the fastest); GPU: torch or torch-fp16 (the GPU default)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="GPU: models.fast.tuned encoder precision")
     p.add_argument("--compile", action="store_true", help="GPU: torch.compile the encoder (models.fast.tuned)")
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--size", type=int, default=512)
