@@ -43,6 +43,7 @@ from models.registry import PROJECT_ROOT
 
 Progress = Callable[[float, str], None]
 MODES = ("point +", "point −", "box")
+ANNOUNCE_READY = "announce_ready"  # session.runtime key: the next warm() reports "Ready" (a study opened, a model chosen)
 
 
 def sample_studies() -> dict[str, Path]:
@@ -197,6 +198,7 @@ def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Pr
         progress(0.2, f"reading {one_line(name)}")
     volume = read_study(path) if trusted else read_untrusted(path, session.directory)
     session.start_study(volume, str(path), name)
+    session.runtime[ANNOUNCE_READY] = True
     ctx.store.save(session)
     if progress:
         progress(0.9, "rendering")
@@ -207,7 +209,9 @@ def warm(ctx: AppContext, sid: str) -> ViewModel:
     """Encode the shown plane now (so the first click is fast) and queue its neighbours.
 
     The session's lock is held only to read what is shown, not while encoding: the viewer's
-    requests (the study, the labels) must not wait for the encoder.
+    requests (the study, the labels) must not wait for the encoder. "Ready" is news only after
+    a study opened, the model changed or the session was restored: the page runs this after
+    every upload too, and a failed upload's message must stay, not be replaced by "Ready".
     """
     session = _session(ctx, sid)
     with session.lock:
@@ -219,6 +223,9 @@ def warm(ctx: AppContext, sid: str) -> ViewModel:
     with session.lock:
         ctx.prefetcher.request(session, view, index)
         _encode_study_once(ctx, session)
+        announce = session.runtime.pop(ANNOUNCE_READY, False) or "greeting" in session.runtime
+        if not announce:
+            return view_model(session, None)  # keep the page's message
         greeting = session.runtime.pop("greeting", "")
         backend = ctx.runner.backend_choice(session.model).status()
         return view_model(session, f"{greeting} Ready: the slice is encoded ({backend}).".strip())
@@ -525,6 +532,7 @@ def set_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
         raise SessionError(f"cannot use {name}: {e}") from e
     session.model = name
     session.prompt = None
+    session.runtime[ANNOUNCE_READY] = True
     ctx.store.save(session)
     return view_model(session, f"Model: {name}.")
 
