@@ -1,4 +1,5 @@
-"""Many sessions clicking at once through the UI's action layer (``app.controller``), without a browser:
+"""Many sessions clicking at once through the viewer's action layer (``app.viewer.actions``, what the browser's
+requests run), without a browser:
 one-at-a-time serving (the runner's lock) against encodes batched across sessions (``app.encode_batcher``).
 
 ``scripts/load_test.py`` drives the real server over HTTP (it needs Gradio on the machine); this drives the
@@ -35,6 +36,7 @@ from app import controller  # noqa: E402
 from app.controller import AppContext  # noqa: E402
 from app.interaction import ModelRunner, Prefetcher, embeddings_of  # noqa: E402
 from app.session import SessionStore  # noqa: E402
+from app.viewer import actions  # noqa: E402
 
 CT = "CT head (DICOM series, 12 slices)"
 
@@ -66,20 +68,21 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
             sid = sids[i]
             while time.monotonic() < stop:
                 k = rng.randrange(12)
-                controller.set_slice(ctx, sid, k)
-                controller.new_object(ctx, sid)
+                session = ctx.store.get(sid)
+                view = session.view.view
+                actions.act(ctx, session, {"kind": "view", "view": view, "at": [k, 0, 0]})  # a slice step
+                actions.act(ctx, session, {"kind": "new_object"})
                 t0 = time.perf_counter()
-                controller.warm(ctx, sid)  # what the page chains after a slice change: the encode
+                actions.encode_shown(ctx, session)  # what the viewer asks after a slice change: the encode
                 with lock:
                     warms.append((time.perf_counter() - t0) * 1000.0)
-                session = ctx.store.get(sid)
                 for c in range(3):
                     time.sleep(rng.expovariate(1.0 / think) if think > 0 else 0)
-                    cached = (session.model, session.view.view, k) in embeddings_of(session)
-                    x, y = rng.uniform(200, 300), rng.uniform(200, 300)  # display pixels inside the head
+                    cached = (session.model, view, k) in embeddings_of(session)
+                    x, y = rng.uniform(100, 150), rng.uniform(100, 150)  # plane pixels inside the head
                     t0 = time.perf_counter()
                     try:
-                        vm = controller.click(ctx, sid, x, y)
+                        answer = actions.act(ctx, session, {"kind": "point", "view": view, "at": [k, x, y]})
                     except Exception as e:  # noqa: BLE001 - counted, reported
                         with lock:
                             errors.append(f"{type(e).__name__}: {e}")
@@ -87,9 +90,9 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
                     ms = (time.perf_counter() - t0) * 1000.0
                     with lock:
                         (hits if cached else misses).append(ms)
-                    if vm.status and "⚠" in vm.status:
+                    if not answer.get("ok") or "patch" not in answer:
                         with lock:
-                            errors.append(vm.status)
+                            errors.append(str(answer.get("error", "no patch"))[:200])
 
         t_start = time.perf_counter()
         threads = [threading.Thread(target=tab, args=(i,)) for i in range(sessions)]
