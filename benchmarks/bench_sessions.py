@@ -18,6 +18,7 @@ that still needed an encode (``miss``), the encode latency, and the batch sizes 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -45,11 +46,50 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
+PARTS = ("turn_wait", "predict", "save", "patch")  # where a click's time goes (ms, per click)
+_local = threading.local()
+
+
+def _timed(part: str, fn):
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            parts = getattr(_local, "parts", None)
+            if parts is not None:
+                parts[part] = parts.get(part, 0.0) + (time.perf_counter() - t0) * 1000.0
+    return wrapper
+
+
+def _instrument(runner: ModelRunner, ctx: AppContext) -> None:
+    """Time the parts of each click in this benchmark only: waiting for a model turn, the model's
+    predict (decoder + upsampling), the autosave and the label patch sent back."""
+    seg = runner.segmenter("litemedsam")
+    seg.predict = _timed("predict", seg.predict)
+    ctx.store.save = _timed("save", ctx.store.save)
+    actions.patch = _timed("patch", actions.patch)
+    turn = runner.turn
+
+    @contextlib.contextmanager
+    def timed_turn():
+        t0 = time.perf_counter()
+        with turn():
+            parts = getattr(_local, "parts", None)
+            if parts is not None:
+                parts["turn_wait"] = parts.get("turn_wait", 0.0) + (time.perf_counter() - t0) * 1000.0
+            yield
+
+    runner.turn = timed_turn
+
+
 def run(device: str, window_ms: float, sessions: int, seconds: float, think: float, seed: int) -> dict:
     runner = ModelRunner(device, batch_window_ms=window_ms)
     runner.segmenter("litemedsam")  # loaded before the clock starts
     with tempfile.TemporaryDirectory() as tmp:
         ctx = AppContext(SessionStore(Path(tmp)), runner, Prefetcher(runner, radius=0))
+        _instrument(runner, ctx)
+        parts: dict[str, list[float]] = {p: [] for p in PARTS}
         sids = []
         for _ in range(sessions):
             sid = controller.start(ctx, None).session_id
@@ -80,6 +120,7 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
                     time.sleep(rng.expovariate(1.0 / think) if think > 0 else 0)
                     cached = (session.model, view, k) in embeddings_of(session)
                     x, y = rng.uniform(100, 150), rng.uniform(100, 150)  # plane pixels inside the head
+                    _local.parts = {}
                     t0 = time.perf_counter()
                     try:
                         answer = actions.act(ctx, session, {"kind": "point", "view": view, "at": [k, x, y]})
@@ -90,6 +131,10 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
                     ms = (time.perf_counter() - t0) * 1000.0
                     with lock:
                         (hits if cached else misses).append(ms)
+                        if cached:
+                            for p in PARTS:
+                                parts[p].append(_local.parts.get(p, 0.0))
+                    _local.parts = None
                     if not answer.get("ok") or "patch" not in answer:
                         with lock:
                             errors.append(str(answer.get("error", "no patch"))[:200])
@@ -113,6 +158,8 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
         "max_ms": round(max(clicks), 1) if clicks else None,
         "batches": len(batches), "mean_batch": round(statistics.mean(batches), 2) if batches else None,
         "max_batch": max(batches) if batches else None, "errors": errors[:5], "n_errors": len(errors),
+        "hit_parts_p50_ms": {p: percentile(v, 50) for p, v in parts.items()},
+        "hit_parts_p95_ms": {p: percentile(v, 95) for p, v in parts.items()},
     }
 
 
