@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +27,13 @@ SAMPLES = ROOT / "samples"
 # Each test process gets its own folder (servers started by a test inherit it), removed at exit.
 _GRADIO_TMP = tempfile.mkdtemp(prefix="medseg-tests-gradio-")
 os.environ["GRADIO_TEMP_DIR"] = _GRADIO_TMP
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks, written here independently of evaluation.metrics (which it checks);
+    two empty masks give 0."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return float(2 * np.logical_and(a, b).sum() / max(int(a.sum()) + int(b.sum()), 1))
 
 
 def pytest_unconfigure(config) -> None:

@@ -20,7 +20,7 @@ from adapters.persam import ReferenceMaskError, persam_reference, persam_segment
 from adapters.persam_oneshot import fit_oneshot
 from app.cli import main as cli_main
 from models.prompts import Prompts
-from tests.conftest import DATA
+from tests.conftest import DATA, dice
 
 IMAGE = DATA / "mr_t1_colin27_slabA_image.nii.gz"
 BRAIN = DATA / "mr_t1_colin27_slabA_brainmask.nii.gz"
@@ -36,9 +36,6 @@ def window(a: np.ndarray) -> np.ndarray:
     """The manifest's MR window for this slab: clip 11..158 -> 0..255."""
     return np.round((np.clip(a.astype(float), 11, 158) - 11) / 147 * 255).astype(np.uint8)
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
 @pytest.fixture(scope="module")

@@ -10,29 +10,16 @@ import pytest
 
 from app.embedding_cache import EmbeddingCache, volume_key
 from app.propagation import MEDSAM_RULE, PropagationSettings, box_around, propagate, repropagate
-from data.readers import read_study
 from data.windowing import default_window
 from models.prompts import PromptError, Prompts
 from models.segmenter import Embedding
-from tests.conftest import DATA
+from tests.app.propagation_fixtures import CT_SERIES, ct, head  # noqa: F401 (fixtures)
+from tests.conftest import DATA, dice
 
-CT_SERIES = DATA / "dicom" / "ct_head_0051_series_k050-061"
 START = 6
 
 
-def dice(a, b) -> float:
-    return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
 
-
-@pytest.fixture(scope="module")
-def ct():
-    return read_study(CT_SERIES)
-
-
-@pytest.fixture(scope="module")
-def head():
-    """Head (label 1 or 2) on the series grid: k 12..23 of the slab labels."""
-    return np.isin(read_study(DATA / "ct_head_0051_slabA_label.nii.gz").array[12:24], (1, 2))
 
 
 @pytest.fixture(scope="module")

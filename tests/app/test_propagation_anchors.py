@@ -23,23 +23,12 @@ from app.propagation import (
 from data.readers import read_study
 from data.windowing import default_window
 from models.prompts import PromptError
-from tests.conftest import DATA
-
-CT_SERIES = DATA / "dicom" / "ct_head_0051_series_k050-061"
-
-
-def dice(a, b) -> float:
-    return float(2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1))
+from tests.app.propagation_fixtures import CT_SERIES, ct, head  # noqa: F401 (fixtures)
+from tests.conftest import dice
 
 
-@pytest.fixture(scope="module")
-def ct():
-    return read_study(CT_SERIES)
 
 
-@pytest.fixture(scope="module")
-def head():
-    return np.isin(read_study(DATA / "ct_head_0051_slabA_label.nii.gz").array[12:24], (1, 2))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from app.interaction import ModelRunner, Prefetcher
 from app.render import Plane
 from app.session import SessionError, SessionStore
 from data.readers import read_study
-from tests.conftest import DATA
+from tests.conftest import DATA, dice
 
 CT_NAME = "CT head (DICOM series, 12 slices)"
 SLAB = DATA / "ct_head_0051_slabA_image.nii.gz"
@@ -33,9 +33,6 @@ REF = 6  # series slice of the reference (coronal view, the acquisition view)
 DICE_SAME_STUDY = 0.60
 DICE_OTHER_STUDY = 0.58
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
 @pytest.fixture(scope="module")
