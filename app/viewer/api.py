@@ -9,13 +9,15 @@ logged and answers 500 with one line.
 
 # No `from __future__ import annotations`: FastAPI reads the routes' real annotations (Request, Body).
 
+import contextlib
 import logging
 from pathlib import Path
+from typing import Iterator
 
 from app import messages, web_session
 from app.controller import AppContext
 from app.errors import USER_ERRORS
-from app.session import SessionError
+from app.session import Session, SessionError
 from app.viewer import actions
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,15 @@ def routes(ctx: AppContext) -> list:
     def sid_or_none(request: Request) -> str | None:
         return web_session.sid_of_request(request)
 
+    @contextlib.contextmanager
+    def open_study(request: Request, key: str) -> Iterator[Session]:
+        """The cookie's session, locked, while ``key`` is still its open study (a stale page asks for an old one)."""
+        session = session_of(request)
+        with session.lock:
+            if key != session.study_key:
+                raise SessionError("that study is no longer open: reload the page")
+            yield session
+
     @router.get(API_URL + "/state")
     def get_state(request: Request):
         try:
@@ -73,10 +84,7 @@ def routes(ctx: AppContext) -> list:
     @router.get(API_URL + "/volume/{key}.nii.gz")
     def get_volume(key: str, request: Request):
         try:
-            session = session_of(request)
-            with session.lock:
-                if key != session.study_key:
-                    raise SessionError("that study is no longer open: reload the page")
+            with open_study(request, key) as session:
                 path = actions.volume_file(session)
             return FileResponse(path, media_type="application/gzip", headers={"Cache-Control": "private, max-age=3600"})
         except Exception as e:  # noqa: BLE001
@@ -85,10 +93,7 @@ def routes(ctx: AppContext) -> list:
     @router.get(API_URL + "/labels/{key}.nii.gz")
     def get_labels(key: str, request: Request):
         try:
-            session = session_of(request)
-            with session.lock:
-                if key != session.study_key:
-                    raise SessionError("that study is no longer open: reload the page")
+            with open_study(request, key) as session:
                 data, rev = actions.labels_bytes(session), session.revision
             return Response(data, media_type="application/gzip",
                             headers={**no_store, "X-Labels-Revision": str(rev)})
