@@ -24,6 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
+from app import heap
 from app.model_catalog import backend_for, load_model
 from app.render import Plane, to_rgb
 from app.session import Edit, PromptState, Session, SessionError
@@ -128,6 +129,7 @@ class ModelRunner:
             with self._count_lock:
                 self._waiting -= 1
                 self._last_user = time.monotonic()
+            heap.trim()  # the model call's freed activations go back to the system (app/heap.py)
 
     @property
     def busy(self) -> bool:
@@ -142,6 +144,7 @@ class ModelRunner:
 
     def release_background_turn(self) -> None:
         self._lock.release()
+        heap.trim()
 
     def embedding(self, session: Session, view: str, index: int) -> Embedding:
         """The plane's embedding from the session cache, encoding it on a miss (caller holds a turn)."""

@@ -7,7 +7,13 @@ together stay within ``MEDSEG_STUDY_EMBEDDINGS_MB``.
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
 import time
+
+import numpy as np
+import pytest
 
 from app.interaction import ModelRunner
 from app.propagation_job import encode_study, propagation_cache, study_embeddings_held
@@ -81,3 +87,26 @@ def test_the_background_study_encoder_stops_at_the_server_budget(tmp_path, monke
         assert len(session.runtime["propagation_cache"]) == 2  # one batch, then the budget was full
     finally:
         get_settings.cache_clear()
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not platform.libc_ver()[0] == "glibc",
+                    reason="malloc_trim is glibc's")
+def test_memory_a_model_turn_frees_goes_back_to_the_system_when_the_turn_ends():
+    """Activations freed inside a model turn must not stay resident (the soak's RSS swings and floor):
+    300 MiB of 64 KiB buffers, freed under a buffer that pins the heap's top, are returned at the turn's end."""
+    runner = ModelRunner("cpu")
+    before = _rss_mib()
+    with runner.turn():
+        chunks = [np.ones(8192) for _ in range(4800)]  # 64 KiB each: below mmap's threshold, so heap memory
+        pin = np.ones(8192)  # allocated after them: freeing the chunks cannot shrink the heap's top
+        grown = _rss_mib() - before
+        del chunks
+    after = _rss_mib() - before
+    del pin
+    assert grown > 250, f"the test did not allocate on the heap ({grown:.0f} MiB)"
+    assert after < 50, f"{after:.0f} of {grown:.0f} MiB freed in the turn stayed resident"
