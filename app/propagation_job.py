@@ -79,11 +79,15 @@ def budget_items() -> int:
     return max(1, int(get_settings().study_embeddings_bytes // EMBEDDING_BYTES))
 
 
+def live_study_caches() -> list[EmbeddingCache]:
+    """The study caches of all live sessions now."""
+    with _live_lock:
+        return list(_live)
+
+
 def study_embeddings_held() -> int:
     """Study embeddings held by all live sessions' caches now."""
-    with _live_lock:
-        caches = list(_live)
-    return sum(len(c) for c in caches)
+    return sum(len(c) for c in live_study_caches())
 
 
 def make_room(keep: EmbeddingCache | None = None, need: int = 0) -> None:
