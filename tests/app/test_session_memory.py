@@ -15,11 +15,15 @@ import time
 import numpy as np
 import pytest
 
-from app.interaction import ModelRunner
+import torch
+
+from app.embedding_cache import embedding_nbytes
+from app.interaction import EMBEDDINGS_PER_SESSION, ModelRunner, PlaneEmbeddings
 from app.propagation_job import encode_study, propagation_cache, study_embeddings_held
 from app.session import SessionStore
 from app.settings import get_settings
 from data.readers import read_study
+from models.segmenter import Embedding
 from tests.conftest import SAMPLES
 
 
@@ -51,8 +55,29 @@ def _session_with(store: SessionStore, volume, held: int):
     session.start_study(volume, "ct", "ct")
     cache = propagation_cache(session)
     for k in range(held):
-        cache.put(("v", k, "m", None), object())
+        cache.put(("v", k, "m", None), _embedding())
     return session, cache
+
+
+def _embedding(extra_mib: int = 0) -> Embedding:
+    """A stand-in LiteMedSAM embedding (4 MiB of features), with ``extra_mib`` of extra feature maps."""
+    extras = {"high_res": torch.zeros(extra_mib << 18)} if extra_mib else {}
+    return Embedding(torch.zeros(1, 256, 64, 64), (256, 256), (1024, 1024), "m", extras)
+
+
+def test_caches_of_embeddings_bound_the_bytes_their_embeddings_really_hold():
+    """A plane cache keeps at most the 96 MiB of 24 LiteMedSAM embeddings, whatever the model's embedding
+    holds: with 12 MiB of extra feature maps each (16 MiB in all), 6 of them; a view keeps its whole storage."""
+    plain, big = PlaneEmbeddings(), PlaneEmbeddings()
+    for k in range(30):
+        plain.put(("m", "axial", k), _embedding())
+        big.put(("m", "axial", k), _embedding(12))
+    assert len(plain._items) == EMBEDDINGS_PER_SESSION and plain.nbytes == 96 << 20
+    assert len(big._items) == 6 and big.nbytes == 96 << 20
+    assert [key[2] for key in big._items] == list(range(24, 30))  # the newest stay
+    batch = torch.zeros(8, 256, 64, 64)  # an embedding that is a slice of a batch keeps the batch alive
+    view = Embedding(batch[:1], (256, 256), (1024, 1024), "m")
+    assert embedding_nbytes(view) == 32 << 20
 
 
 def test_study_embeddings_of_all_sessions_stay_within_the_server_budget(tmp_path, monkeypatch):
