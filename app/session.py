@@ -230,6 +230,7 @@ class Session:
         self.runtime.clear()
         self.revision += 1
         if self._unstash(key, volume):
+            self._trim_undo()  # all the session's studies share its undo bound
             return
         self.labels = np.zeros(volume.array.shape[:3], dtype=np.uint16)
         self.label_defs = [LabelDef(1, "label 1", PALETTE[0])]
@@ -252,7 +253,8 @@ class Session:
             "active": self.active, "view": asdict(self.view),
             "history": {str(k): v for k, v in self.history.items()},
         }
-        self.stashed[key] = {"labels": self.labels, "undo": list(self.undo_stack), "redo": list(self.redo_stack),
+        # packed: a session may keep several studies' work, and a label map is mostly zeros
+        self.stashed[key] = {"labels": pack(self.labels), "undo": list(self.undo_stack), "redo": list(self.redo_stack),
                              "dirty": True}
 
     def _unstash(self, key: str, volume: Volume) -> bool:
@@ -262,6 +264,8 @@ class Session:
             return False
         arrays = self.stashed.pop(key, None) or {}
         labels = arrays.get("labels")
+        if isinstance(labels, PackedArray):
+            labels = labels.unpack()
         if labels is None:
             labels_file = self.directory / "studies" / f"{key}.npz"
             if labels_file.is_file():
@@ -323,10 +327,17 @@ class Session:
             self.history.setdefault(edit.prompt_after.label, []).append(edit.prompt_after.record(kind))
 
     def _trim_undo(self) -> None:
-        """Drop the oldest steps beyond MAX_UNDO or MAX_UNDO_BYTES (keeps the newest)."""
+        """Drop the oldest steps beyond MAX_UNDO or MAX_UNDO_BYTES (keeps the newest). The bound is the
+        session's: the other studies' kept history counts too, and gives way first."""
         del self.undo_stack[:-MAX_UNDO]
         sizes = undo_nbytes(self.undo_stack)
         total, drop = sum(sizes), 0
+        for kept in reversed(list(self.stashed.values())):  # the most recently left study keeps its history first
+            held = sum(undo_nbytes(list(kept.get("undo", ())) + list(kept.get("redo", ()))))
+            if total + held > MAX_UNDO_BYTES:
+                kept["undo"], kept["redo"] = [], []
+            else:
+                total += held
         while total > MAX_UNDO_BYTES and drop < len(sizes) - 1:
             total -= sizes[drop]
             drop += 1
@@ -519,7 +530,7 @@ class SessionStore:
                 (session.directory / "studies").mkdir(exist_ok=True)
                 with atomic_output(session.directory / "studies" / f"{key}.npz") as tmp:
                     with open(tmp, "wb") as f:
-                        np.savez_compressed(f, labels=arrays["labels"])
+                        np.savez_compressed(f, labels=np.asarray(arrays["labels"]))
         if session.labels is not None:
             with atomic_output(session.directory / "labels.npz") as tmp:
                 with open(tmp, "wb") as f:

@@ -147,3 +147,24 @@ def test_soak_tells_caches_filling_from_a_leak():
     assert figures["rest_spread_last_window_pct"] == 0.0
     leaking = [(t, m + 50 * (t // 60), la) for t, m, la in filling]  # +50 MiB a minute beyond the caches
     assert cache_figures(reports, leaking, t0)["rest_spread_last_window_pct"] > 10
+
+
+def test_studies_left_in_a_session_share_its_undo_bound_and_keep_their_labels_packed(tmp_path):
+    """A session that moves between studies keeps one undo bound in all (the studies it left give way
+    first) and keeps their label maps packed; going back restores the labels and the newest steps exactly."""
+    session = SessionStore(tmp_path).create()
+    volume = read_study(SAMPLES / "ct_head_0051_series")
+    for name in ("a", "b", "c"):
+        session.start_study(volume, name, name)
+        for n in range(40):  # ~1 MiB a step: each study alone fills the bound
+            session.apply(_first_click_edit(session, n), "click+")
+    held = sum(undo_nbytes(session.undo_stack)) + sum(
+        sum(undo_nbytes(kept["undo"] + kept["redo"])) for kept in session.stashed.values())
+    assert held <= MAX_UNDO_BYTES, f"{held / 2**20:.1f} MiB of undo in the session"
+    assert all(kept["labels"].nbytes < volume.array.size // 20 for kept in session.stashed.values())
+    labels_c = session.labels.copy()
+    session.start_study(volume, "b", "b")
+    assert session.labels.any() and session.labels.dtype == np.uint16
+    session.start_study(volume, "c", "c")
+    np.testing.assert_array_equal(session.labels, labels_c)
+    assert session.undo() is not None
