@@ -55,7 +55,25 @@ def report(store) -> dict:
     study_bytes = _tensor_bytes([emb for c in caches for _, emb in c.items()], seen)
     return {"unix_time": round(time.time(), 1), "sessions": len(ids), "plane_embeddings": planes, "study_embeddings": study,
             "embeddings_mib": round((plane_bytes + study_bytes) / 2**20, 1), "undo_mib": round(undo / 2**20, 1),
-            "rss_mib": round(_rss_bytes() / 2**20)}
+            "plane_mib": round(plane_bytes / 2**20, 1), "study_mib": round(study_bytes / 2**20, 1),
+            "rss_mib": round(_rss_bytes() / 2**20), "bounds_mib": bounds_mib(store)}
+
+
+def bounds_mib(store) -> dict:
+    """What each cache may reach with this server's settings (MiB), and their sum: the server's cache budget.
+
+    Per session in memory (at most ``store.max_in_memory``): plane embeddings and undo history;
+    server-wide: study embeddings, plus the working set of the one session propagating (its own bound)."""
+    from app.embedding_cache import EMBEDDING_BYTES
+    from app.interaction import EMBEDDINGS_PER_SESSION
+    from app.propagation_job import EMBEDDING_BYTES_BUDGET, budget_bytes
+    from app.session import MAX_UNDO_BYTES
+
+    n = store.max_in_memory
+    out = {"plane": n * EMBEDDINGS_PER_SESSION * EMBEDDING_BYTES / 2**20, "undo": n * MAX_UNDO_BYTES / 2**20,
+           "study": budget_bytes() / 2**20, "study_working_set": EMBEDDING_BYTES_BUDGET / 2**20}
+    out["all"] = sum(out.values())
+    return {k: round(v) for k, v in out.items()}
 
 
 def _rss_bytes() -> int:

@@ -135,3 +135,30 @@ def test_memory_a_model_turn_frees_goes_back_to_the_system_when_the_turn_ends():
     del pin
     assert grown > 250, f"the test did not allocate on the heap ({grown:.0f} MiB)"
     assert after < 50, f"{after:.0f} of {grown:.0f} MiB freed in the turn stayed resident"
+
+
+def test_the_memory_report_counts_what_the_caches_really_hold(tmp_path):
+    """The soak tells caches filling from a leak by this report, so it must count true bytes: one
+    embedding cached under two keys once, and the undo steps of the open study and of a study left."""
+    from app.interaction import embeddings_of
+    from app.memory_report import report
+    from app.session import Edit, PromptState, undo_nbytes
+
+    store = SessionStore(tmp_path)
+    session = store.create()
+    volume = read_study(SAMPLES / "ct_head_0051_series")
+    session.start_study(volume, "a", "a")
+    plane = session.region("axial", 3)
+    logits = np.random.default_rng(0).standard_normal((1, 256, 256)).astype(np.float32)  # 0.25 MiB
+    session.apply(Edit("x", "axial", 3, plane.copy(), plane + 1, None, PromptState("axial", 3, 1, logits=logits)))
+    left = sum(undo_nbytes(session.undo_stack))
+    session.start_study(volume, "b", "b")
+    shared = _embedding()
+    embeddings_of(session).put(("m", "axial", 1), shared)
+    embeddings_of(session).put(("m", "axial", 2), shared)
+    embeddings_of(session).put(("m", "axial", 3), _embedding())
+    session.apply(Edit("y", "axial", 3, session.region("axial", 3).copy(), np.ones_like(plane)))
+    r = report(store)
+    assert r["plane_embeddings"] == 3 and r["plane_mib"] == 8.0
+    assert r["undo_mib"] == round((left + sum(undo_nbytes(session.undo_stack))) / 2**20, 1) and left > 2**18
+    assert r["bounds_mib"]["all"] == sum(v for k, v in r["bounds_mib"].items() if k != "all")
