@@ -133,11 +133,16 @@ def _edit_arrays(edit: Edit) -> list:
     return [a for a in arrays if isinstance(a, (np.ndarray, PackedArray))]
 
 
-def _owner(a):
-    """The object that owns ``a``'s memory (a view counts as its base array)."""
+def _owner(a) -> tuple[int, int]:
+    """(identity, bytes) of what holds ``a``'s memory: a view counts as its base array, and an array
+    made by ``tensor.numpy()`` as the tensor's whole storage (a slice of a decoder's output keeps all of it)."""
     while isinstance(a, np.ndarray) and isinstance(a.base, np.ndarray):
         a = a.base
-    return a
+    base = getattr(a, "base", None)
+    if base is not None and hasattr(base, "untyped_storage"):  # a torch tensor
+        storage = base.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
+    return id(a), a.nbytes
 
 
 def undo_nbytes(edits: list[Edit]) -> list[int]:
@@ -149,10 +154,10 @@ def undo_nbytes(edits: list[Edit]) -> list[int]:
     sizes = [0] * len(edits)
     for i in range(len(edits) - 1, -1, -1):
         for a in _edit_arrays(edits[i]):
-            owner = _owner(a)
-            if id(owner) not in seen:
-                seen.add(id(owner))
-                sizes[i] += owner.nbytes
+            key, nbytes = _owner(a)
+            if key not in seen:
+                seen.add(key)
+                sizes[i] += nbytes
     return sizes
 
 

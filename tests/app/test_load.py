@@ -168,3 +168,18 @@ def test_studies_left_in_a_session_share_its_undo_bound_and_keep_their_labels_pa
     session.start_study(volume, "c", "c")
     np.testing.assert_array_equal(session.labels, labels_c)
     assert session.undo() is not None
+
+
+def test_undo_counts_logits_that_view_a_tensor_as_the_tensors_whole_storage(tmp_path):
+    """A logits map that is ``tensor[0].numpy()`` of a larger decoder output keeps the whole storage:
+    the bound must count that, or the history holds several times its bound."""
+    import torch
+
+    session = SessionStore(tmp_path).create()
+    session.start_study(read_study(SAMPLES / "ct_head_0051_series"), "ct", "ct")
+    edit = _click_edit(session, 0)
+    output = torch.zeros(1, 4, 256, 256)  # 1 MiB, as LiteMedSAM's decoder returns it
+    view = output[0, 1:2].numpy()  # the 256 KiB map the app would keep
+    step = Edit(edit.description, edit.view, edit.index, edit.before, edit.after, None,
+                PromptState(**{**edit.prompt_after.__dict__, "logits": view}))
+    assert undo_nbytes([step])[0] >= output.untyped_storage().nbytes() + edit.prompt_after.base.nbytes
