@@ -40,6 +40,8 @@ def embedding_nbytes(embedding: Embedding) -> int:
     """Bytes an embedding keeps alive: the storages behind its features and extras (a view counts whole)."""
     storages = {}
     for t in (embedding.features, *embedding.extras.values()):
+        if not hasattr(t, "untyped_storage"):
+            continue  # not a tensor (a stand-in): it holds no tensor memory
         storage = t.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())

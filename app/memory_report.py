@@ -22,6 +22,8 @@ def _tensor_bytes(embeddings, seen: set[int]) -> int:
     total = 0
     for emb in embeddings:
         for t in (emb.features, *emb.extras.values()):
+            if not hasattr(t, "untyped_storage"):
+                continue
             storage = t.untyped_storage()
             if storage.data_ptr() not in seen:
                 seen.add(storage.data_ptr())
