@@ -21,6 +21,7 @@ from data.windowing import Window, slice_to_rgb
 from models.segmenter import Embedding, Segmenter
 
 CacheKey = tuple[str, int, str, Hashable]
+EMBEDDING_BYTES = 4 << 20  # one LiteMedSAM / SAM slice embedding (256 x 64 x 64 float32)
 
 
 def volume_key(volume: Volume) -> str:
@@ -35,20 +36,40 @@ def window_key(window: Window | None) -> Hashable:
     return None if window is None else (round(float(window.lo), 6), round(float(window.hi), 6))
 
 
-class EmbeddingCache:
-    """LRU cache of :class:`Embedding` objects; ``max_items`` bounds memory (LiteMedSAM: 4 MiB each)."""
+def embedding_nbytes(embedding: Embedding) -> int:
+    """Bytes an embedding keeps alive: the storages behind its features and extras (a view counts whole)."""
+    storages = {}
+    for t in (embedding.features, *embedding.extras.values()):
+        if not hasattr(t, "untyped_storage"):
+            continue  # not a tensor (a stand-in): it holds no tensor memory
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
-    def __init__(self, max_items: int = 48):
+
+class EmbeddingCache:
+    """LRU cache of :class:`Embedding` objects, bounded by count and, with ``max_bytes``, by the bytes
+    its embeddings really hold (:func:`embedding_nbytes`: a model with larger embeddings or extra
+    feature maps keeps fewer). The newest embedding is always kept."""
+
+    def __init__(self, max_items: int = 48, max_bytes: int | None = None):
         if max_items < 1:
             raise ValueError(f"EmbeddingCache max_items must be >= 1, got {max_items}")
         self.max_items = max_items
+        self.max_bytes = max_bytes
         self._items: OrderedDict[CacheKey, Embedding] = OrderedDict()
+        self._sizes: dict[CacheKey, int] = {}
+        self.nbytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __contains__(self, key: CacheKey) -> bool:
+        with self._lock:
+            return key in self._items
 
     def get(self, key: CacheKey) -> Embedding | None:
         with self._lock:
@@ -58,11 +79,16 @@ class EmbeddingCache:
             return item
 
     def put(self, key: CacheKey, embedding: Embedding) -> None:
+        size = embedding_nbytes(embedding)
         with self._lock:
-            self._items[key] = embedding
+            self.nbytes += size - self._sizes.get(key, 0)
+            self._items[key], self._sizes[key] = embedding, size
             self._items.move_to_end(key)
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
+            while len(self._items) > 1 and (
+                len(self._items) > self.max_items or (self.max_bytes is not None and self.nbytes > self.max_bytes)
+            ):
+                old, _ = self._items.popitem(last=False)
+                self.nbytes -= self._sizes.pop(old)
 
     def items(self) -> list[tuple[CacheKey, Embedding]]:
         """A snapshot of (key, embedding), oldest first (to move them into a larger cache)."""
@@ -72,6 +98,8 @@ class EmbeddingCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._sizes.clear()
+            self.nbytes = 0
 
     def embeddings(
         self,

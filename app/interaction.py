@@ -18,12 +18,13 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import replace
 from typing import Iterator
 
 import numpy as np
 
+from app import heap
+from app.embedding_cache import EMBEDDING_BYTES, EmbeddingCache
 from app.model_catalog import backend_for, load_model
 from app.render import Plane, to_rgb
 from app.session import Edit, PromptState, Session, SessionError
@@ -37,31 +38,13 @@ MIN_CANDIDATE_PX = 10  # a multimask candidate smaller than this is "nothing"
 CLICK_BOX_MM = (5.0, 10.0, 20.0)  # half-sides of the boxes tried around a lone click (box-trained models)
 
 
-class PlaneEmbeddings:
-    """LRU cache of one session's embeddings keyed by (model, view, index)."""
+class PlaneEmbeddings(EmbeddingCache):
+    """LRU cache of one session's embeddings keyed by (model, view, index): at most
+    ``EMBEDDINGS_PER_SESSION`` of them and the bytes of that many LiteMedSAM embeddings (96 MiB), counted
+    as the embeddings really hold them (a model with extra feature maps keeps fewer)."""
 
-    def __init__(self, max_items: int = EMBEDDINGS_PER_SESSION):
-        self.max_items = max_items
-        self._items: OrderedDict[tuple[str, str, int], Embedding] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, str, int]) -> Embedding | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def put(self, key: tuple[str, str, int], embedding: Embedding) -> None:
-        with self._lock:
-            self._items[key] = embedding
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
-
-    def __contains__(self, key: tuple[str, str, int]) -> bool:
-        with self._lock:
-            return key in self._items
+    def __init__(self, max_items: int = EMBEDDINGS_PER_SESSION, max_bytes: int | None = None):
+        super().__init__(max_items, EMBEDDINGS_PER_SESSION * EMBEDDING_BYTES if max_bytes is None else max_bytes)
 
 
 def embeddings_of(session: Session) -> PlaneEmbeddings:
@@ -128,6 +111,7 @@ class ModelRunner:
             with self._count_lock:
                 self._waiting -= 1
                 self._last_user = time.monotonic()
+            heap.trim()  # the model call's freed activations go back to the system (app/heap.py)
 
     @property
     def busy(self) -> bool:
@@ -142,6 +126,7 @@ class ModelRunner:
 
     def release_background_turn(self) -> None:
         self._lock.release()
+        heap.trim()
 
     def embedding(self, session: Session, view: str, index: int) -> Embedding:
         """The plane's embedding from the session cache, encoding it on a miss (caller holds a turn)."""

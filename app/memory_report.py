@@ -17,23 +17,73 @@ log = logging.getLogger("medseg.memory")
 PREFIX = "medseg memory: "
 
 
-def report(store) -> dict:
-    """Counts (and MiB) of what every in-memory session holds: plane and study embeddings, undo bytes."""
-    from app.propagation_job import EMBEDDING_BYTES, study_embeddings_held
-    from app.session import edit_nbytes
+def _tensor_bytes(embeddings, seen: set[int]) -> int:
+    """Bytes of the storages behind ``embeddings`` (features and extras), each storage once."""
+    total = 0
+    for emb in embeddings:
+        for t in (emb.features, *emb.extras.values()):
+            if not hasattr(t, "untyped_storage"):
+                continue
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+    return total
 
-    planes = undo = 0
+
+def report(store) -> dict:
+    """What every in-memory session holds, in true bytes: plane and study embeddings (their tensors'
+    storages, each once), undo and redo steps of the open study and of the studies stashed beside it
+    (``app.session.undo_nbytes``), and the process's RSS."""
+    from app.propagation_job import live_study_caches
+    from app.session import undo_nbytes
+
+    planes = undo = plane_bytes = 0
+    seen: set[int] = set()
     ids = store.in_memory()
     for sid in ids:
         session = store.peek(sid)
         if session is None:
             continue
         cache = session.runtime.get("embeddings")
-        planes += len(getattr(cache, "_items", ()))
-        undo += sum(edit_nbytes(e) for e in list(session.undo_stack) + list(session.redo_stack))
-    study = study_embeddings_held()
+        items = list(getattr(cache, "_items", {}).values())
+        planes += len(items)
+        plane_bytes += _tensor_bytes(items, seen)
+        undo += sum(undo_nbytes(list(session.undo_stack) + list(session.redo_stack)))
+        for kept in list(session.stashed.values()):
+            undo += sum(undo_nbytes(list(kept.get("undo", ())) + list(kept.get("redo", ()))))
+    caches = live_study_caches()
+    study = sum(len(c) for c in caches)
+    study_bytes = _tensor_bytes([emb for c in caches for _, emb in c.items()], seen)
     return {"unix_time": round(time.time(), 1), "sessions": len(ids), "plane_embeddings": planes, "study_embeddings": study,
-            "embeddings_mib": (planes + study) * EMBEDDING_BYTES // 2**20, "undo_mib": round(undo / 2**20, 1)}
+            "embeddings_mib": round((plane_bytes + study_bytes) / 2**20, 1), "undo_mib": round(undo / 2**20, 1),
+            "plane_mib": round(plane_bytes / 2**20, 1), "study_mib": round(study_bytes / 2**20, 1),
+            "rss_mib": round(_rss_bytes() / 2**20), "bounds_mib": bounds_mib(store)}
+
+
+def bounds_mib(store) -> dict:
+    """What each cache may reach with this server's settings (MiB), and their sum: the server's cache budget.
+
+    Per session in memory (at most ``store.max_in_memory``): plane embeddings and undo history;
+    server-wide: study embeddings, plus the working set of the one session propagating (its own bound)."""
+    from app.embedding_cache import EMBEDDING_BYTES
+    from app.interaction import EMBEDDINGS_PER_SESSION
+    from app.propagation_job import EMBEDDING_BYTES_BUDGET, budget_bytes
+    from app.session import MAX_UNDO_BYTES
+
+    n = store.max_in_memory
+    out = {"plane": n * EMBEDDINGS_PER_SESSION * EMBEDDING_BYTES / 2**20, "undo": n * MAX_UNDO_BYTES / 2**20,
+           "study": budget_bytes() / 2**20, "study_working_set": EMBEDDING_BYTES_BUDGET / 2**20}
+    out["all"] = sum(out.values())
+    return {k: round(v) for k, v in out.items()}
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def start(store) -> threading.Thread | None:

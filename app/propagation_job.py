@@ -23,12 +23,11 @@ from typing import Callable
 
 import numpy as np
 
-from app.embedding_cache import EmbeddingCache, volume_key
+from app.embedding_cache import EMBEDDING_BYTES, EmbeddingCache, volume_key
 from app.propagation import PropagationResult, PropagationSettings, repropagate
 from app.session import Edit, Session, SessionError
 
 log = logging.getLogger(__name__)
-EMBEDDING_BYTES = 4 << 20  # one LiteMedSAM / SAM slice embedding (256 x 64 x 64 float32)
 EMBEDDING_BYTES_BUDGET = 1 << 30  # per session: 256 LiteMedSAM slices (4 MiB each) stay encoded
 
 
@@ -52,7 +51,7 @@ def propagation_cache(session: Session) -> EmbeddingCache:
     want = max(8, min(n, EMBEDDING_BYTES_BUDGET // EMBEDDING_BYTES))
     if cache is None or cache.max_items < want:
         old = cache
-        cache = EmbeddingCache(max_items=want)
+        cache = EmbeddingCache(max_items=want, max_bytes=max(EMBEDDING_BYTES_BUDGET, 8 * EMBEDDING_BYTES))
         if old is not None:
             for key, emb in old.items():
                 cache.put(key, emb)
@@ -72,31 +71,40 @@ _live: "weakref.WeakKeyDictionary[EmbeddingCache, float]" = weakref.WeakKeyDicti
 _live_lock = threading.Lock()
 
 
-def budget_items() -> int:
-    """How many study embeddings all sessions together may keep (``MEDSEG_STUDY_EMBEDDINGS_MB``)."""
+def budget_bytes() -> int:
+    """Bytes of study embeddings all sessions together may keep (``MEDSEG_STUDY_EMBEDDINGS_MB``)."""
     from app.settings import get_settings
 
-    return max(1, int(get_settings().study_embeddings_bytes // EMBEDDING_BYTES))
+    return max(1, int(get_settings().study_embeddings_bytes))
+
+
+def live_study_caches() -> list[EmbeddingCache]:
+    """The study caches of all live sessions now."""
+    with _live_lock:
+        return list(_live)
 
 
 def study_embeddings_held() -> int:
     """Study embeddings held by all live sessions' caches now."""
-    with _live_lock:
-        caches = list(_live)
-    return sum(len(c) for c in caches)
+    return sum(len(c) for c in live_study_caches())
+
+
+def study_bytes_held() -> int:
+    """Bytes the study embeddings of all live sessions hold now (as the embeddings really hold them)."""
+    return sum(c.nbytes for c in live_study_caches())
 
 
 def make_room(keep: EmbeddingCache | None = None, need: int = 0) -> None:
-    """Drop other sessions' study caches, least recently used first, until ``need`` more fit the budget."""
-    limit = budget_items()
+    """Drop other sessions' study caches, least recently used first, until ``need`` more bytes fit the budget."""
+    limit = budget_bytes()
     with _live_lock:
         caches = sorted(_live.items(), key=lambda item: item[1])
-    total = sum(len(c) for c, _ in caches)
+    total = sum(c.nbytes for c, _ in caches)
     for cache, _ in caches:
         if total + need <= limit:
             return
         if cache is not keep and len(cache):
-            total -= len(cache)
+            total -= cache.nbytes
             cache.clear()
 
 
@@ -260,7 +268,8 @@ def encode_study(runner, session: Session, *, batch_size: int | None = None, sto
         while todo and not stop.is_set():
             if session.volume is not volume or session.model != model:
                 return  # another study or model: this work is moot
-            if study_embeddings_held() + min(batch_size, len(todo)) > budget_items():
+            each = cache.nbytes // len(cache) if len(cache) else EMBEDDING_BYTES
+            if study_bytes_held() + each * min(batch_size, len(todo)) > budget_bytes():
                 return  # the server-wide budget is full: encoding ahead is a nicety, not worth evicting for
             if not runner.try_background_turn():
                 stop.wait(0.05)

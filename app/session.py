@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from app.packed import PackedArray, pack
 from app.render import VIEWS, Plane, acquisition_view
 from app.reading import read_untrusted
 from data.readers import StudyError, read_study
@@ -36,8 +37,10 @@ from data.writers import atomic_output
 
 STATE_VERSION = 1
 MAX_UNDO = 100
-# Undo history per session is also bounded by the bytes of its arrays (planes, logits, candidates):
-# 100 steps of 512x512 planes are ~175 MiB and a whole-study edit holds two copies of the label map.
+# Undo history per session is also bounded by the bytes its arrays hold (``undo_nbytes``: packed label
+# planes, the prompts' low-res logits and first-click candidates, each array once). A click step is
+# ~0.26 MiB (its 256 x 256 float32 logits; the packed planes are a few KiB), so 100 steps fit; steps
+# with first-click candidates (~1 MiB) and whole-study edits are what the byte bound stops.
 # The newest step is always kept, whatever its size.
 MAX_UNDO_BYTES = 32 * 2**20
 SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -102,26 +105,66 @@ class PromptState:
 
 @dataclass(frozen=True)
 class Edit:
-    """One undoable change of the label map: a plane (view, index), or the whole map (view None)."""
+    """One undoable change of the label map: a plane (view, index), or the whole map (view None).
+
+    ``before`` and ``after`` are kept packed (:class:`app.packed.PackedArray`, lossless): label planes
+    are mostly zeros, and undo history is the per-session memory that grows with every click."""
 
     description: str
     view: str | None
     index: int | None
-    before: np.ndarray = field(repr=False)
-    after: np.ndarray = field(repr=False)
+    before: PackedArray = field(repr=False)
+    after: PackedArray = field(repr=False)
     prompt_before: PromptState | None = field(default=None, repr=False)
     prompt_after: PromptState | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "before", pack(self.before))
+        object.__setattr__(self, "after", pack(self.after))
+
+
+def _edit_arrays(edit: Edit) -> list:
+    """The arrays an undo step keeps alive: its packed planes and both prompts' arrays."""
+    arrays: list = [edit.before, edit.after]
+    for p in (edit.prompt_before, edit.prompt_after):
+        if p is not None:
+            arrays += [p.base, p.logits]
+            for alternative in p.alternatives:
+                arrays += [a for a in alternative if isinstance(a, np.ndarray)]
+    return [a for a in arrays if isinstance(a, (np.ndarray, PackedArray))]
+
+
+def _owner(a) -> tuple[int, int]:
+    """(identity, bytes) of what holds ``a``'s memory: a view counts as its base array, and an array
+    made by ``tensor.numpy()`` as the tensor's whole storage (a slice of a decoder's output keeps all of it)."""
+    while isinstance(a, np.ndarray) and isinstance(a.base, np.ndarray):
+        a = a.base
+    base = getattr(a, "base", None)
+    if base is not None and hasattr(base, "untyped_storage"):  # a torch tensor
+        storage = base.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
+    return id(a), a.nbytes
+
+
+def undo_nbytes(edits: list[Edit]) -> list[int]:
+    """Bytes each step of ``edits`` (oldest first) adds, counting every array once: a refining click's
+    prompt shares the object's base plane and the previous click's logits with the steps around it.
+    Each shared array is counted at the newest step that holds it, so dropping the oldest steps frees
+    what they are counted for."""
+    seen: set[int] = set()
+    sizes = [0] * len(edits)
+    for i in range(len(edits) - 1, -1, -1):
+        for a in _edit_arrays(edits[i]):
+            key, nbytes = _owner(a)
+            if key not in seen:
+                seen.add(key)
+                sizes[i] += nbytes
+    return sizes
+
 
 def edit_nbytes(edit: Edit) -> int:
-    """Bytes an undo step keeps alive: its planes and the arrays of the prompt it leads to."""
-    arrays = [edit.before, edit.after]
-    p = edit.prompt_after
-    if p is not None:
-        arrays += [p.base, p.logits]
-        for alternative in p.alternatives:
-            arrays += [a for a in alternative if isinstance(a, np.ndarray)]
-    return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
+    """Bytes one undo step keeps alive on its own (its arrays, each once)."""
+    return sum(undo_nbytes([edit]))
 
 
 @dataclass
@@ -193,6 +236,7 @@ class Session:
         self.runtime.clear()
         self.revision += 1
         if self._unstash(key, volume):
+            self._trim_undo()  # all the session's studies share its undo bound
             return
         self.labels = np.zeros(volume.array.shape[:3], dtype=np.uint16)
         self.label_defs = [LabelDef(1, "label 1", PALETTE[0])]
@@ -215,7 +259,8 @@ class Session:
             "active": self.active, "view": asdict(self.view),
             "history": {str(k): v for k, v in self.history.items()},
         }
-        self.stashed[key] = {"labels": self.labels, "undo": list(self.undo_stack), "redo": list(self.redo_stack),
+        # packed: a session may keep several studies' work, and a label map is mostly zeros
+        self.stashed[key] = {"labels": pack(self.labels), "undo": list(self.undo_stack), "redo": list(self.redo_stack),
                              "dirty": True}
 
     def _unstash(self, key: str, volume: Volume) -> bool:
@@ -225,6 +270,8 @@ class Session:
             return False
         arrays = self.stashed.pop(key, None) or {}
         labels = arrays.get("labels")
+        if isinstance(labels, PackedArray):
+            labels = labels.unpack()
         if labels is None:
             labels_file = self.directory / "studies" / f"{key}.npz"
             if labels_file.is_file():
@@ -276,7 +323,7 @@ class Session:
 
     def apply(self, edit: Edit, kind: str = "") -> None:
         """Apply ``edit`` and push it on the undo stack (clears redo). ``kind`` logs the prompt."""
-        self.region(edit.view, edit.index)[...] = edit.after
+        self.region(edit.view, edit.index)[...] = edit.after.unpack()
         self.prompt = edit.prompt_after
         self.revision += 1
         self.undo_stack.append(edit)
@@ -286,10 +333,17 @@ class Session:
             self.history.setdefault(edit.prompt_after.label, []).append(edit.prompt_after.record(kind))
 
     def _trim_undo(self) -> None:
-        """Drop the oldest steps beyond MAX_UNDO or MAX_UNDO_BYTES (keeps the newest)."""
+        """Drop the oldest steps beyond MAX_UNDO or MAX_UNDO_BYTES (keeps the newest). The bound is the
+        session's: the other studies' kept history counts too, and gives way first."""
         del self.undo_stack[:-MAX_UNDO]
-        sizes = [edit_nbytes(e) for e in self.undo_stack]
+        sizes = undo_nbytes(self.undo_stack)
         total, drop = sum(sizes), 0
+        for kept in reversed(list(self.stashed.values())):  # the most recently left study keeps its history first
+            held = sum(undo_nbytes(list(kept.get("undo", ())) + list(kept.get("redo", ()))))
+            if total + held > MAX_UNDO_BYTES:
+                kept["undo"], kept["redo"] = [], []
+            else:
+                total += held
         while total > MAX_UNDO_BYTES and drop < len(sizes) - 1:
             total -= sizes[drop]
             drop += 1
@@ -299,7 +353,7 @@ class Session:
         if not self.undo_stack:
             return None
         edit = self.undo_stack.pop()
-        self.region(edit.view, edit.index)[...] = edit.before
+        self.region(edit.view, edit.index)[...] = edit.before.unpack()
         self.prompt = edit.prompt_before
         self.revision += 1
         self.redo_stack.append(edit)
@@ -309,7 +363,7 @@ class Session:
         if not self.redo_stack:
             return None
         edit = self.redo_stack.pop()
-        self.region(edit.view, edit.index)[...] = edit.after
+        self.region(edit.view, edit.index)[...] = edit.after.unpack()
         self.prompt = edit.prompt_after
         self.revision += 1
         self.undo_stack.append(edit)
@@ -492,7 +546,7 @@ class SessionStore:
                 (session.directory / "studies").mkdir(exist_ok=True)
                 with atomic_output(session.directory / "studies" / f"{key}.npz") as tmp:
                     with open(tmp, "wb") as f:
-                        np.savez_compressed(f, labels=arrays["labels"])
+                        np.savez_compressed(f, labels=np.asarray(arrays["labels"]))
         if session.labels is not None:
             signature = labels_signature(session.labels)
             if session.runtime.get(LABELS_ON_DISK) != signature:

@@ -17,6 +17,10 @@
 | ``MEDSEG_ISOLATE_READS``    | (off)          | ``1``: the CLI reads its input in that child too (``app/reading.py``) |
 | ``MEDSEG_ALLOWED_ROOTS``    | (none)         | extra folders the server may serve files from (``os.pathsep``-separated); session folders are never served |
 
+The in-memory caches' bounds (plane embeddings and undo per session, study embeddings per server) and
+their sum, the server's cache budget (7 GiB by default), are tabled in docs/reliability.md (*Memory*);
+``MEDSEG_MEMORY_LOG_S=N`` logs what each holds against its bound (``app/memory_report.py``).
+
 The readers' fixed bounds on untrusted files (DICOM nesting depth 32, 200,000 sequence items, 32 MiB
 of header, deflated data sets inflated in capped steps, .nii.gz streams at most 1 MiB past what the
 header declares) live in ``data/limits.py``; the deflate cap scales with ``MEDSEG_MAX_VOXELS``.

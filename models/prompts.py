@@ -103,6 +103,14 @@ class MaskResult:
     scores: np.ndarray
     low_res_logits: np.ndarray
 
+    def __post_init__(self) -> None:
+        # Own the memory: ``tensor[0].numpy()`` is a view that keeps the decoder's whole output alive
+        # (LiteMedSAM: 1 MiB behind a 256 KiB logits map), and the app keeps logits in every undo step.
+        for name in ("masks", "scores", "low_res_logits"):
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray) and value.base is not None:
+                object.__setattr__(self, name, value.copy())
+
     @property
     def best_index(self) -> int:
         scores = np.nan_to_num(self.scores, nan=-np.inf)
