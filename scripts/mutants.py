@@ -51,6 +51,14 @@ EQUIVALENT: dict[str, str] = {
     f"data.windowing.x_slice_to_rgb__mutmut_{n}": "astype(np.uint8, copy=...) on an RGB slice: copy or not, same values"
     for n in (4, 6, 9)
 }
+EQUIVALENT |= {
+    "app.uploads.x__import__mutmut_46": "max(room_bytes, 1) for max(room_bytes, 0): 1 byte of room left prints as 0 MiB too",
+    "app.uploads.x__import__mutmut_120": "the folder name of loose DICOM files ('XXseriesXX'): internal, the user sees 'N files'",
+    "app.uploads.x__import__mutmut_121": "the folder name of loose DICOM files ('SERIES'): internal, the user sees 'N files'",
+    "app.uploads.x__import__mutmut_122": "series.mkdir(exist_ok=None): the upload folder is new for each upload (mkdtemp)",
+    "app.uploads.x__import__mutmut_123": "series.mkdir(exist_ok=False): the upload folder is new for each upload (mkdtemp)",
+    "app.uploads.x__safe_name__mutmut_18": "'XX._-XX' allowed in names: X is alphanumeric, allowed anyway",
+}
 KILLED = {1, 3}
 SURVIVED = {0}
 

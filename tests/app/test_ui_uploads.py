@@ -280,12 +280,13 @@ def test_the_session_disk_room_bounds_files_and_unzipped_size(tmp_path):
     from app.settings import Settings
 
     mib = 1024**2
-    roomy = Settings(max_upload_bytes=4000 * mib)
-    big = _sparse(tmp_path / "big.nii.gz", 3000 * mib)
-    with _refused("the upload is 3000 MiB but this session has room for 1000 MiB more (disk quota)"):
-        import_upload([big], tmp_path / "up", settings=roomy, room_bytes=1000 * mib)
-    with _refused("the upload is 3000 MiB but this session has room for 0 MiB more (disk quota)"):
-        import_upload([big], tmp_path / "up", settings=roomy, room_bytes=-5)
+    # 2.502 MiB and 1.501 MiB: just over a half, so a wrong unit (1025**2) rounds the other way
+    big = tmp_path / "big.nii.gz"
+    big.write_bytes(bytes(int(2.502 * mib)))
+    with _refused("the upload is 3 MiB but this session has room for 2 MiB more (disk quota)"):
+        import_upload([big], tmp_path / "up", room_bytes=int(1.501 * mib) + 1)
+    with _refused("the upload is 3 MiB but this session has room for 0 MiB more (disk quota)"):
+        import_upload([big], tmp_path / "up", room_bytes=-5)
     small = tmp_path / "small.dcm"
     small.write_bytes(b"d" * 100)
     assert import_upload([small], tmp_path / "up", room_bytes=100).read_bytes() == b"d" * 100
