@@ -104,7 +104,7 @@ def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
         seen: dict[str, int] = {}
         for raw in reader:
             line = reader.line_num  # counts skipped blank lines and line breaks inside quoted cells
-            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}  # None: extra cells
             cases.append(_parse_row(row, path, line, attributes))
             cid = cases[-1].case_id
             if cid in seen:
