@@ -59,6 +59,21 @@ EQUIVALENT |= {
     "app.uploads.x__import__mutmut_123": "series.mkdir(exist_ok=False): the upload folder is new for each upload (mkdtemp)",
     "app.uploads.x__safe_name__mutmut_18": "'XX._-XX' allowed in names: X is alphanumeric, allowed anyway",
 }
+_M = "evaluation.manifest.x"
+EQUIVALENT |= {
+    **{f"{_M}__where__mutmut_{n}": "the no-column branch of _where: every caller names a column" for n in (3, 4)},
+    f"{_M}_read_manifest__mutmut_13": "encoding 'UTF-8-SIG': codec names are case-insensitive",
+    f"{_M}__parse_row__mutmut_48": "label_values '' for None: both falsy, only read as `if spec.label_values`",
+    **{f"{_M}__parse_row__mutmut_{n}": "norm_lo/norm_hi default None for '': both falsy, used only when both are set"
+       for n in (100, 102, 107, 109)},
+    f"{_M}__parse_row__mutmut_113": "window '' for None: both falsy, only read as `if spec.window` / `spec.window or ()`",
+    **{f"{_M}__parse_row__mutmut_{n}": "attribute default: every attribute is a header column, always a row key "
+       "(csv fills short rows)" for n in (206, 208, 209)},
+    **{f"{_M}ǁCaseLoaderǁload__mutmut_{n}": "the manifest Window's name: never shown nor kept in LoadedCase"
+       for n in (50, 52, 53, 54)},
+    f"{_M}ǁCaseLoaderǁload__mutmut_72": "labels[..., :4] on an RGB label: the reader gives 3 channels, same as :3",
+    f"{_M}ǁCaseLoaderǁload__mutmut_83": "labels[..., 1] for [..., 0]: the line above refuses labels whose channels differ",
+}
 KILLED = {1, 3}
 SURVIVED = {0}
 
