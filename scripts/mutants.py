@@ -74,6 +74,28 @@ EQUIVALENT |= {
     f"{_M}ǁCaseLoaderǁload__mutmut_72": "labels[..., :4] on an RGB label: the reader gives 3 channels, same as :3",
     f"{_M}ǁCaseLoaderǁload__mutmut_83": "labels[..., 1] for [..., 0]: the line above refuses labels whose channels differ",
 }
+_S = "app.session.xǁ"
+EQUIVALENT |= {
+    f"{_S}Sessionǁstart_study__mutmut_17": "`or` for `and` in 'stash the open study': study_path and labels are set together",
+    f"{_S}Sessionǁstart_study__mutmut_51": "shape[:4] for shape[:3]: Plane.count reads one of the first three axes",
+    **{f"{_S}Sessionǁ_stash__mutmut_{n}": "a kept study's study_path/series_uid/study_name key: written to "
+       "state.json for the record, never read back" for n in range(3, 9)},
+    f"{_S}Sessionǁclear_label__mutmut_24": "Edit(..., prompt_after) left out: its default is the same None",
+    **{f"{_S}SessionStoreǁcreate__mutmut_{n}": "mkdir exist_ok=None or left out: the same as False" for n in (13, 15)},
+    **{f"{_S}SessionStoreǁ{f}__mutmut_{n}": "rmtree(ignore_errors=False/None) of a folder this process owns: differs "
+       "only if another process deletes it at the same moment" for f, n in
+       (("open", 7), ("open", 9), ("open", 11), ("cleanup", 25), ("cleanup", 27), ("cleanup", 28))},
+    f"{_S}SessionStoreǁsave__mutmut_3": "pop('dirty', None) for pop('dirty', False): both falsy",
+    f"{_S}SessionStoreǁsave__mutmut_8": "pop('dirty', True): rewrites an unchanged kept-labels file with the same bytes",
+    **{f"{_S}SessionStoreǁsave__mutmut_{n}": "the studies/ mkdir: atomic_output creates the parent folder itself"
+       for n in (11, 12)},
+    **{f"{_S}SessionStoreǁsave__mutmut_{n}": "json.dumps indent: the same JSON, laid out differently"
+       for n in (52, 54, 55)},
+    f"{_S}SessionStoreǁ_load__mutmut_120": "directory / study for a non-@session path: saved study paths are absolute "
+    "(samples under PROJECT_ROOT, uploads under @session/), and pathlib joins an absolute path as itself",
+    f"{_S}SessionStoreǁ_load__mutmut_135": "read_untrusted scratch None: the hand-over .npy goes to the system temp "
+    "folder, deleted before the read returns",
+}
 KILLED = {1, 3}
 SURVIVED = {0}
 

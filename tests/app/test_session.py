@@ -225,6 +225,14 @@ def test_a_2d_rgb_image_has_one_view_and_grey_labels(store, tmp_path):
     s.runtime["embeddings"] = "cached"
     s.start_study(read_study(tmp_path / "photo.png"), str(tmp_path / "photo.png"), "photo again")
     assert s.labels[0, 1, 1] == 1 and s.runtime == {"embeddings": "cached"} and s.study_name == "photo again"
+    s.start_study(read_study(CT), str(CT), "ct")  # away and back: the photo's labels come back
+    store.save(s)
+    store.save(s)  # autosave runs after every edit: a second save of the kept study works too
+    s.start_study(read_study(tmp_path / "photo.png"), str(tmp_path / "photo.png"), "photo")
+    assert s.labels.shape == (1, 20, 30) and s.labels[0, 1, 1] == 1
+    store.save(s)
+    again = SessionStore(store.root).get(s.id)  # and after a restart
+    assert again.labels.shape == (1, 20, 30) and again.labels[0, 1, 1] == 1
 
 
 def test_reopening_keeps_the_cache_and_counts_one_change(store, ct_volume):
@@ -268,6 +276,10 @@ def test_switching_studies_without_a_save_keeps_labels_history_and_redo(store, c
     s.start_study(ct_volume, str(CT), "ct")
     np.testing.assert_array_equal(s.labels, painted)
     assert s.history == {1: [{"kind": "click"}]} and s.redo() is edit
+    s.start_study(read_study(MR), str(MR), "mr")
+    del s.studies[study_key(str(CT))]["history"]  # kept by a version without prompt history
+    s.start_study(ct_volume, str(CT), "ct")
+    assert s.history == {} and s.labels[5, 5, 5] == 1
 
 
 def test_a_kept_study_whose_file_changed_shape_starts_empty(store, tmp_path):
@@ -390,6 +402,7 @@ def test_clearing_a_label_keeps_the_map_type_and_the_prompt(store, ct_volume):
     s.prompt = prompt
     edit = s.clear_label(2)
     assert edit.description == "clear lesion" and s.labels.dtype == np.uint16 and not s.labels.any()
+    assert edit.after.dtype == np.uint16  # the undo step's bytes count against MAX_UNDO_BYTES
     assert s.prompt is None
     s.undo()
     assert s.prompt is prompt and s.labels[2, 3, 4] == 2
@@ -408,12 +421,15 @@ def test_state_json_and_restore_keep_every_field(store, ct_volume, tmp_path):
     assert (again.model, again.study_name, again.study_path, again.updated) == ("medsam", "CT head", str(CT), s.updated)
 
 
-def test_a_session_of_one_series_in_a_folder_of_two_restores_that_series(store, tmp_path):
-    """The folder holds two series (without the uid, reading it is an error): the saved uid picks one."""
+@pytest.mark.parametrize("uploaded", [False, True])
+def test_a_session_of_one_series_in_a_folder_of_two_restores_that_series(store, tmp_path, uploaded):
+    """The folder holds two series (without the uid, reading it is an error): the saved uid picks one,
+    for a sample (read in process) and an upload (read in the limited child)."""
     import pydicom
 
-    folder = tmp_path / "two"
-    folder.mkdir()
+    s = store.create()
+    folder = (s.directory / "uploads" / "1" / "two") if uploaded else (tmp_path / "two")
+    folder.mkdir(parents=True)
     files = sorted(CT.iterdir())
     for f in files:
         (folder / f.name).write_bytes(f.read_bytes())
@@ -423,7 +439,6 @@ def test_a_session_of_one_series_in_a_folder_of_two_restores_that_series(store, 
         ds.SOPInstanceUID = ds.SOPInstanceUID + ".9"
         ds.save_as(folder / f"b_{f.name}")
     uid = "1.2.826.0.1.3680043.8.498.4242"
-    s = store.create()
     s.start_study(read_study(folder, series_uid=uid), str(folder), "b", series_uid=uid)
     store.save(s)
     again = SessionStore(store.root).get(s.id)
