@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, StudyError
@@ -28,8 +29,9 @@ def safe_extract_zip(
 ) -> Path:
     """Unpack ``archive`` into ``dest`` after checking every member; returns ``dest``.
 
-    Raises UploadError for an unreadable zip, an absolute or ``..`` member, a symlink member,
-    more than ``max_members`` files or more than ``max_bytes`` uncompressed.
+    Raises UploadError for an unreadable zip, an absolute or ``..`` member, a symlink or encrypted
+    member, more than ``max_members`` files, more than ``max_bytes`` uncompressed, or a member whose
+    data is damaged (bad CRC, broken deflate stream, unsupported compression).
     """
     archive, dest = Path(archive), Path(dest)
     try:
@@ -47,6 +49,10 @@ def safe_extract_zip(
                 raise UploadError(f"{archive.name}: member {m.filename!r} points outside the archive; refused")
             if (m.external_attr >> 16) & 0o170000 == 0o120000:
                 raise UploadError(f"{archive.name}: member {m.filename!r} is a symbolic link; refused")
+            if m.flag_bits & 0x1:
+                raise UploadError(
+                    f"{archive.name}: member {m.filename!r} is encrypted; upload a zip without a password"
+                )
             total += m.file_size
             if total > max_bytes:
                 raise UploadError(
@@ -62,13 +68,13 @@ def safe_extract_zip(
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            written = 0
-            with zf.open(m) as src, open(target, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > m.file_size:  # a lying header: stop at the declared size
-                        raise UploadError(f"{archive.name}: member {m.filename!r} is larger than its header says")
-                    out.write(chunk)
+            try:  # zipfile stops at the declared size and checks the CRC: a lying header ends in BadZipFile
+                with zf.open(m) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+                raise UploadError(
+                    f"{archive.name}: member {m.filename!r} cannot be unpacked ({e}); make the zip again"
+                ) from e
     return dest
 
 

@@ -42,7 +42,8 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class CaseSpec:
-    """One manifest row, parsed but not loaded. ``line`` is the CSV line number (header = 1)."""
+    """One manifest row, parsed but not loaded. ``line`` is its line in the file (header = 1; the
+    last line of a row whose quoted cell holds a line break)."""
 
     case_id: str
     image: Path
@@ -101,9 +102,9 @@ def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
         attributes = [h for h in header if h not in KNOWN]
         cases: list[CaseSpec] = []
         seen: dict[str, int] = {}
-        for i, raw in enumerate(reader):
-            line = i + 2
-            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        for raw in reader:
+            line = reader.line_num  # counts skipped blank lines and line breaks inside quoted cells
+            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}  # None: extra cells
             cases.append(_parse_row(row, path, line, attributes))
             cid = cases[-1].case_id
             if cid in seen:

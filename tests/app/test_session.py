@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app.session import Edit, SessionError, SessionStore
+from app.session import (
+    PALETTE, Edit, LabelDef, PromptState, Session, SessionError, SessionStore, ViewState, edit_nbytes, study_key,
+)
 from data.readers import read_study
-from tests.conftest import SAMPLES
+from tests.conftest import DATA, SAMPLES
 
 CT = SAMPLES / "ct_head_0051_series"
 
@@ -141,6 +146,7 @@ def test_release_drops_embeddings_but_keeps_work(store, ct_volume):
 
 
 MR = SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"
+DATA_CT = DATA / "ct_head_0051_slabA_image.nii.gz"
 
 
 def test_opening_another_study_keeps_the_first_ones_labels_view_and_undo(store, ct_volume, tmp_path):
@@ -182,3 +188,373 @@ def test_reopening_the_open_study_keeps_its_labels(store, ct_volume):
     s.start_study(read_study(CT), str(CT), "ct")
     np.testing.assert_array_equal(s.labels, before)
     assert len(s.undo_stack) == 1
+
+
+# --- values a user sees after each session operation (issue 26: mutation testing) -------------------
+
+
+def _whole_edit(session, value: int) -> Edit:
+    after = session.labels.copy()
+    after[...] = value
+    return Edit("fill", None, None, session.labels.copy(), after)
+
+
+def test_a_new_study_starts_with_one_label_in_the_middle_slices(store, ct_volume):
+    s = store.create()
+    s.view.mode = "box"
+    s.start_study(ct_volume, str(CT), "ct")
+    assert s.labels.shape == (12, 256, 256) and s.labels.dtype == np.uint16 and not s.labels.any()
+    assert s.label_defs == [LabelDef(1, "label 1", PALETTE[0])] and s.active == 1 and s.prompt is None
+    assert s.view.view == "coronal" and s.view.index == {"axial": 128, "coronal": 6, "sagittal": 128}
+    assert s.view.mode == "box"  # the tool stays; the rest of the view is the new study's
+    store.save(s)
+    assert s.studies == {} and not (s.directory / "studies").exists()  # nothing was open before
+
+
+def test_a_2d_rgb_image_has_one_view_and_grey_labels(store, tmp_path):
+    from PIL import Image
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    volume = read_study(tmp_path / "photo.png")
+    s = store.create()
+    s.start_study(volume, str(tmp_path / "photo.png"), "photo")
+    assert s.labels.shape == (1, 20, 30) and s.view.index == {"axial": 0}
+    s.labels[0, 1, 1] = 1
+    s.runtime["embeddings"] = "cached"
+    s.start_study(read_study(tmp_path / "photo.png"), str(tmp_path / "photo.png"), "photo again")
+    assert s.labels[0, 1, 1] == 1 and s.runtime == {"embeddings": "cached"} and s.study_name == "photo again"
+    s.start_study(read_study(CT), str(CT), "ct")  # away and back: the photo's labels come back
+    store.save(s)
+    store.save(s)  # autosave runs after every edit: a second save of the kept study works too
+    s.start_study(read_study(tmp_path / "photo.png"), str(tmp_path / "photo.png"), "photo")
+    assert s.labels.shape == (1, 20, 30) and s.labels[0, 1, 1] == 1
+    store.save(s)
+    again = SessionStore(store.root).get(s.id)  # and after a restart
+    assert again.labels.shape == (1, 20, 30) and again.labels[0, 1, 1] == 1
+
+
+def test_reopening_keeps_the_cache_and_counts_one_change(store, ct_volume):
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    s.runtime["embeddings"] = "cached"
+    s.prompt = PromptState("axial", 1, 1)
+    revision = s.revision
+    s.start_study(ct_volume, str(CT), "ct")
+    assert s.runtime == {"embeddings": "cached"} and s.prompt is None and s.revision == revision + 1
+
+
+def test_the_same_file_with_another_series_uid_is_another_study(store, ct_volume):
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "a", series_uid="1.2.3")
+    s.labels[0, 0, 0] = 1
+    revision = s.revision
+    s.start_study(ct_volume, str(CT), "b", series_uid="1.2.4")
+    assert not s.labels.any() and s.prompt is None and s.revision == revision + 1
+    s.start_study(ct_volume, str(CT), "a", series_uid="1.2.3")
+    assert s.labels[0, 0, 0] == 1
+    assert study_key(str(CT), "1.2.3") != study_key(str(CT)) == study_key(str(CT), "")
+
+
+def test_study_keys_are_stable_across_versions():
+    """The key names the kept labels file of saved sessions (studies/<key>.npz): it must not change."""
+    assert study_key("/data/ct.nii.gz") == study_key("/data/../data/ct.nii.gz") == "be7096903e7f8e19"
+    assert study_key("/data/ct.nii.gz", "1.2") == "432ef96c773cdd4f"
+
+
+def test_switching_studies_without_a_save_keeps_labels_history_and_redo(store, ct_volume):
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    edit = _plane_edit(s, 1, slice(0, 4), slice(0, 4))
+    s.apply(edit)
+    s.undo()  # the edit waits on the redo stack
+    s.history[1] = [{"kind": "click"}]
+    s.labels[5, 5, 5] = 1
+    painted = s.labels.copy()
+    s.start_study(read_study(MR), str(MR), "mr")  # no save in between: the work is in memory
+    s.start_study(ct_volume, str(CT), "ct")
+    np.testing.assert_array_equal(s.labels, painted)
+    assert s.history == {1: [{"kind": "click"}]} and s.redo() is edit
+    s.start_study(read_study(MR), str(MR), "mr")
+    del s.studies[study_key(str(CT))]["history"]  # kept by a version without prompt history
+    s.start_study(ct_volume, str(CT), "ct")
+    assert s.history == {} and s.labels[5, 5, 5] == 1
+
+
+def test_a_kept_study_whose_file_changed_shape_starts_empty(store, tmp_path):
+    """The study file was replaced by another of a different size: its kept labels cannot apply."""
+    import shutil as sh
+
+    path = tmp_path / "study.nii.gz"
+    sh.copyfile(MR, path)
+    s = store.create()
+    s.start_study(read_study(path), str(path), "study")
+    s.labels[...] = 1
+    s.start_study(read_study(CT), str(CT), "ct")
+    sh.copyfile(DATA_CT, path)
+    other = read_study(path)
+    s.start_study(other, str(path), "study")
+    assert s.labels.shape == other.array.shape and s.labels.dtype == np.uint16 and not s.labels.any()
+
+
+def test_labels_table(store, ct_volume):
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    s.prompt = PromptState("axial", 1, 1)
+    second = s.add_label("  ")
+    assert second == LabelDef(2, "label 2", PALETTE[1]) and s.active == 2 and s.prompt is None
+    for _ in range(9):
+        last = s.add_label()
+    assert last == LabelDef(11, "label 11", PALETTE[0])  # the palette wraps
+    assert s.label(2) == second
+    with pytest.raises(SessionError, match=r"^no label 99; labels are 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11$"):
+        s.label(99)
+    s.edit_label(2, name=" horn ")
+    s.edit_label(2, colour=(1, 2, 3))
+    s.edit_label(2, name="")  # an empty name keeps the old one
+    assert s.label(2) == LabelDef(2, "horn", (1, 2, 3)) and s.label(1) == LabelDef(1, "label 1", PALETTE[0])
+    assert s.colours()[2] == (1, 2, 3)
+    with pytest.raises(SessionError):
+        s.edit_label(99, name="x")
+    s.label_defs = [LabelDef(65534, "last but one", (0, 0, 0))]
+    assert s.add_label().value == 65535  # the largest uint16 value
+    with pytest.raises(SessionError, match=r"^at most 65535 labels per study$"):
+        s.add_label()
+    fresh = Session(id="f" * 32, directory=Path("."))
+    assert fresh.add_label().value == 1
+
+
+def test_edits_record_their_prompt_and_count_each_change(store, ct_volume):
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    before = PromptState("axial", 3, 1)
+    after = PromptState("axial", 3, 1, points=((1.5, 2.0),), point_labels=(1,), box=(1.0, 2.0, 3.0, 4.0))
+    assert after.same_target("axial", 3, 1) and not after.same_target("axial", 3, 2)
+    s.prompt = before
+    r = s.revision
+    edit = replace_prompts(_plane_edit(s, 1, slice(0, 2), slice(0, 2)), before, after)
+    s.apply(edit, "box")
+    assert s.prompt is after and s.revision == r + 1
+    record = s.history[1][0]
+    assert record == {"kind": "box", "view": "axial", "index": 3, "points": [[1.5, 2.0]], "point_labels": [1],
+                      "box": [1.0, 2.0, 3.0, 4.0], "time": record["time"]}
+    assert isinstance(record["time"], float) and abs(record["time"] - time.time()) < 60
+    assert record["time"] == round(record["time"], 3)
+    assert PromptState("axial", 3, 1).record("click")["box"] is None
+    s.apply(replace_prompts(_plane_edit(s, 1, slice(2, 3), slice(0, 2)), after, after))  # no kind: not logged
+    s.apply(replace_prompts(_plane_edit(s, 1, slice(3, 4), slice(0, 2)), after, None), "click")
+    assert len(s.history[1]) == 1
+    s.undo(), s.undo()
+    assert s.prompt is after and s.revision == r + 5
+    s.undo()
+    assert s.prompt is before and s.revision == r + 6
+    s.redo()
+    assert s.prompt is after and s.revision == r + 7
+
+
+def replace_prompts(edit: Edit, before, after) -> Edit:
+    return replace(edit, prompt_before=before, prompt_after=after)
+
+
+def test_undo_memory_counts_every_array_of_a_step():
+    base = np.zeros((4, 4), np.uint16)
+    logits = np.zeros((1, 8, 8), np.float32)
+    alternative = (np.zeros((4, 4), bool), np.zeros((1, 8, 8), np.float32), 0.9)
+    prompt = PromptState("axial", 0, 1, base=base, logits=logits, alternatives=(alternative, alternative))
+    edit = Edit("x", "axial", 0, np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8), None, prompt)
+    assert edit_nbytes(edit) == 16 + 16 + 32 + 256 + 2 * (16 + 256)
+
+
+def test_undo_history_is_bounded_by_bytes_and_keeps_the_newest(tmp_path):
+    """32 MiB of steps: exactly 32 MiB stays; one step larger than that alone still stays."""
+    s = Session(id="a" * 32, directory=tmp_path)
+    s.labels = np.zeros((512, 1024), np.uint16)  # 1 MiB: a whole-map step holds 2 MiB
+    edits = [_whole_edit(s, i % 7) for i in range(17)]
+    for e in edits:
+        s.apply(e)
+    assert s.undo_stack == edits[1:]  # 16 x 2 MiB = 32 MiB
+    s.labels = np.zeros((17, 512, 1024), np.uint16)  # 17 MiB: a step of 34 MiB
+    big = [_whole_edit(s, 1), _whole_edit(s, 2)]
+    s.apply(big[0])
+    assert s.undo_stack == [big[0]]
+    s.apply(big[1])
+    assert s.undo_stack == [big[1]]
+
+
+def test_a_session_without_a_study_says_so(tmp_path):
+    s = Session(id="a" * 32, directory=tmp_path)
+    message = r"^no study is open: pick a sample or upload one first$"
+    with pytest.raises(SessionError, match=message):
+        s.require_study()
+    s.volume = read_study(CT)  # a volume but no label map yet
+    with pytest.raises(SessionError, match=message):
+        s.require_study()
+
+
+def test_clearing_a_label_keeps_the_map_type_and_the_prompt(store, ct_volume):
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    s.add_label("lesion")
+    assert s.clear_label(2) is None  # nothing to clear: no step
+    s.labels[2, 3, 4] = 2
+    prompt = PromptState("axial", 1, 2)
+    s.prompt = prompt
+    edit = s.clear_label(2)
+    assert edit.description == "clear lesion" and s.labels.dtype == np.uint16 and not s.labels.any()
+    assert edit.after.dtype == np.uint16  # the undo step's bytes count against MAX_UNDO_BYTES
+    assert s.prompt is None
+    s.undo()
+    assert s.prompt is prompt and s.labels[2, 3, 4] == 2
+
+
+def test_state_json_and_restore_keep_every_field(store, ct_volume, tmp_path):
+    s = store.create()
+    s.model = "medsam"
+    s.start_study(ct_volume, str(CT), "CT head", series_uid=None)
+    store.save(s)
+    state = json.loads((s.directory / "state.json").read_text())
+    assert (state["version"], state["id"], state["model"], state["study_name"], state["series_uid"]) == (
+        1, s.id, "medsam", "CT head", None)
+    assert state["study_path"] == str(CT) and state["updated"] == s.updated
+    again = SessionStore(store.root).get(s.id)
+    assert (again.model, again.study_name, again.study_path, again.updated) == ("medsam", "CT head", str(CT), s.updated)
+
+
+@pytest.mark.parametrize("uploaded", [False, True])
+def test_a_session_of_one_series_in_a_folder_of_two_restores_that_series(store, tmp_path, uploaded):
+    """The folder holds two series (without the uid, reading it is an error): the saved uid picks one,
+    for a sample (read in process) and an upload (read in the limited child)."""
+    import pydicom
+
+    s = store.create()
+    folder = (s.directory / "uploads" / "1" / "two") if uploaded else (tmp_path / "two")
+    folder.mkdir(parents=True)
+    files = sorted(CT.iterdir())
+    for f in files:
+        (folder / f.name).write_bytes(f.read_bytes())
+    for f in files[:4]:
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.4242"
+        ds.SOPInstanceUID = ds.SOPInstanceUID + ".9"
+        ds.save_as(folder / f"b_{f.name}")
+    uid = "1.2.826.0.1.3680043.8.498.4242"
+    s.start_study(read_study(folder, series_uid=uid), str(folder), "b", series_uid=uid)
+    store.save(s)
+    again = SessionStore(store.root).get(s.id)
+    assert again.series_uid == uid and again.volume.num_slices == 4 and again.labels.shape[0] == 4
+
+
+def test_an_old_minimal_state_restores_with_defaults(store):
+    s = store.create()
+    (s.directory / "state.json").write_text(json.dumps({"version": 1}))
+    again = SessionStore(store.root).get(s.id)
+    assert (again.model, again.study_name, again.series_uid, again.label_defs, again.active) == (
+        "litemedsam", "", None, [], 1)
+    assert (again.history, again.studies, again.view, again.volume) == ({}, {}, ViewState(), None)
+    assert isinstance(again.updated, float) and abs(again.updated - time.time()) < 60
+
+
+def test_restore_errors_and_a_missing_or_stale_label_map(store, ct_volume, tmp_path):
+    fresh = SessionStore(store.root)
+    with pytest.raises(SessionError, match=r"^no saved session: reload the page$"):
+        fresh.get("b" * 32)
+    s = store.create()
+    (s.directory / "state.json").write_text("{not json")
+    with pytest.raises(SessionError, match=r"^unreadable session state \(JSONDecodeError\)$"):
+        SessionStore(store.root).get(s.id)
+    gone = tmp_path / "gone.nii.gz"
+    t = store.create()
+    t.start_study(read_study(MR), str(gone), "gone")
+    store.save(t)
+    with pytest.raises(Exception) as read_error:
+        read_study(gone)
+    expected = f"the session's study can no longer be read ({read_error.value})"
+    with pytest.raises(SessionError, match=f"^{re.escape(expected)}$"):
+        SessionStore(store.root).get(t.id)
+    u = store.create()
+    u.start_study(ct_volume, str(CT), "ct")
+    u.labels[0, 0, 0] = 1
+    store.save(u)
+    (u.directory / "labels.npz").unlink()  # lost: an empty map of the study's shape
+    restored = SessionStore(store.root).get(u.id)
+    assert restored.labels.shape == (12, 256, 256) and restored.labels.dtype == np.uint16 and not restored.labels.any()
+    with open(u.directory / "labels.npz", "wb") as f:
+        np.savez_compressed(f, labels=np.ones((2, 2, 2), np.uint8))  # another study's map
+    restored = SessionStore(store.root).get(u.id)
+    assert restored.labels.shape == (12, 256, 256) and restored.labels.dtype == np.uint16 and not restored.labels.any()
+
+
+def test_store_ids_memory_and_reopen(tmp_path):
+    store = SessionStore(tmp_path / "s")
+    with pytest.raises(SessionError, match=r"^malformed session id$"):
+        store.create("../x")
+    with pytest.raises(SessionError, match=r"^malformed session id: reload the page$"):
+        store.get("../x")
+    first = store.create("c" * 32)
+    (first.directory / "state.json").write_text(json.dumps({"version": 1, "study_name": "mine"}))
+    with pytest.raises(FileExistsError):
+        store.create("c" * 32)  # never two sessions in one folder
+    assert json.loads((first.directory / "state.json").read_text())["study_name"] == "mine"
+    sessions = [first] + [store.create() for _ in range(32)]  # 32 are kept in memory by default
+    assert store.in_memory() == [x.id for x in sessions[1:]] and store.peek(first.id) is None
+    assert store.exists(first.id) and store.exists(sessions[-1].id)
+    assert not store.exists("d" * 32) and not store.exists("../x") and not store.exists(None)
+    small = SessionStore(tmp_path / "s", max_in_memory=2)
+    a, b = small.get(sessions[1].id), small.get(sessions[2].id)
+    assert small.get(a.id) is a and small.peek(a.id) is a  # a is now the most recently used
+    small.get(sessions[3].id)
+    assert small.in_memory() == [a.id, sessions[3].id] and b.id not in small.in_memory()
+    broken = small.create("e" * 32)
+    (broken.directory / "state.json").write_text("{not json")
+    (broken.directory / "stray.bin").write_bytes(b"x")
+    fresh_store = SessionStore(tmp_path / "s")
+    again, restored = fresh_store.open("e" * 32)  # unreadable: starts again, empty, under the same id
+    assert not restored and again.id == "e" * 32 and not (again.directory / "stray.bin").exists()
+
+
+def test_disk_bytes_count_every_file(store):
+    s, t = store.create(), store.create()
+    (s.directory / "uploads").mkdir()
+    (s.directory / "uploads" / "a.bin").write_bytes(b"x" * 1000)
+    (t.directory / "b.bin").write_bytes(b"y" * 10)
+
+    def du(folder):
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+    assert store.disk_bytes(s.id) == du(s.directory) >= 1000
+    assert store.disk_bytes() == du(store.root) == du(s.directory) + du(t.directory)
+    assert store.disk_bytes("f" * 32) == 0
+
+
+def test_release_stops_the_study_encoder_and_drops_every_cache(store):
+    import threading
+
+    s = store.create()
+    stop = threading.Event()
+    s.runtime.update(embeddings=1, propagation_cache=2, study_encoded=3, study_encoder=(None, stop), model=4)
+    store.release("never-bound")  # an unknown page: nothing to do
+    store.bind("h", s.id)
+    store.release("h")
+    assert stop.is_set() and s.runtime == {"model": 4}
+
+
+def test_cleanup_boundaries(tmp_path):
+    store = SessionStore(tmp_path / "s", ttl_s=100)
+    now = time.time()
+    kept, expired = store.create("1" * 32), store.create("2" * 32)
+    os.utime(kept.directory / "state.json", (now - 100, now - 100))  # exactly the ttl: kept
+    os.utime(expired.directory / "state.json", (now - 101, now - 101))
+    for name in ("zz", "notes", "x" * 32):
+        (store.root / name).mkdir()
+    (store.root / "README").write_text("not a session")
+    stateless = store.root / ("3" * 32)
+    stateless.mkdir()  # a session folder whose state was never written: its folder's age counts
+    os.utime(stateless, (now - 500, now - 500))
+    young = store.root / ("4" * 32)
+    young.mkdir()
+    other = SessionStore(tmp_path / "s", ttl_s=100)  # the expired ones are not in its memory
+    assert sorted(other.cleanup(now=now)) == ["2" * 32, "3" * 32]
+    assert kept.directory.exists() and young.exists() and (store.root / "zz").exists()
+    assert sorted(other.cleanup(now=now + 1000)) == ["1" * 32, "4" * 32]  # `now` is the one given
+    assert SessionStore(tmp_path / "nothing").cleanup() == []

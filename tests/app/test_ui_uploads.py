@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 
 import pytest
@@ -11,6 +12,11 @@ from data.readers import read_study
 from tests.conftest import SAMPLES
 
 CT = SAMPLES / "ct_head_0051_series"
+
+
+def _refused(message: str):
+    """The whole one-line message a user reads, not a fragment."""
+    return pytest.raises(UploadError, match=f"^{re.escape(message)}$")
 
 
 def _zip(path, members: dict[str, bytes]):
@@ -43,7 +49,7 @@ def test_single_nifti_is_copied_under_a_safe_name(tmp_path):
     assert read_study(path).array.shape == (32, 217, 181)
 
 
-@pytest.mark.parametrize("member", ["../evil.txt", "a/../../evil.txt", "/etc/evil.txt", "C:/evil.txt"])
+@pytest.mark.parametrize("member", ["../evil.txt", "a/../../evil.txt", "/etc/evil.txt", "C:/evil.txt", "..\\evil.txt"])
 def test_zip_members_outside_the_folder_are_refused(tmp_path, member):
     archive = _zip(tmp_path / "bad.zip", {"ok.dcm": b"x", member: b"owned"})
     with pytest.raises(UploadError, match="outside the archive"):
@@ -66,15 +72,22 @@ def test_too_many_members_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "files, message",
-    [([], "no file was uploaded"), (["a.zip", "b.dcm"], "one zip on its own"), (["a.nii.gz", "b.png"], "one NIfTI")],
+    [
+        ([], "no file was uploaded: choose a NIfTI, DICOM files, a zip of a series, or PNG/JPEG"),
+        (["a.zip", "b.dcm"], "upload one zip on its own (it should hold one series)"),
+        (["a.nii.gz", "b.png"], "upload one NIfTI or image file at a time (several files must be DICOM slices)"),
+    ],
 )
 def test_ambiguous_uploads_name_the_fix(tmp_path, files, message):
     paths = []
     for name in files:
         (tmp_path / name).write_bytes(b"x")
         paths.append(tmp_path / name)
-    with pytest.raises(UploadError, match=message):
-        import_upload(paths, tmp_path / "upload")
+    upload = tmp_path / "upload"
+    upload.mkdir()  # as the controller makes it (mkdtemp): a refused upload removes it
+    with _refused(message):
+        import_upload(paths, upload)
+    assert not upload.exists()
 
 
 def test_not_a_zip_is_a_user_error(tmp_path):
@@ -148,9 +161,159 @@ def test_an_empty_zip_names_what_it_should_hold(tmp_path):
 @pytest.mark.parametrize(
     "name, safe",
     [("../../a b.nii.gz", "a_b.nii.gz"), ("C:\\Users\\x\\scan.PNG", "scan.PNG"), ("..hidden.png", "hidden.png"),
-     ("??.png", "__.png"), ("...", "upload"), ("a-b_c.1.dcm", "a-b_c.1.dcm")],
+     ("??.png", "__.png"), ("...", "upload"), ("a-b_c.1.dcm", "a-b_c.1.dcm"), ("Xray.png", "Xray.png")],
 )
 def test_uploaded_names_are_reduced_to_harmless_characters(tmp_path, name, safe):
     from app.uploads import _safe_name
 
     assert _safe_name(name) == safe
+
+
+def _patch_header(archive, *, size: int | None = None, encrypted: bool = False):
+    """Rewrite the first member's headers as a hostile or damaged zip would have them."""
+    data = bytearray(archive.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    if size is not None:  # the central directory's uncompressed size: what infolist() reports
+        data[central + 24:central + 28] = size.to_bytes(4, "little")
+    if encrypted:  # general-purpose flag bit 0, in the local and the central header
+        data[data.index(b"PK\x03\x04") + 6] |= 1
+        data[central + 8] |= 1
+    archive.write_bytes(bytes(data))
+    return archive
+
+
+def test_the_default_cap_is_named_in_mib(tmp_path):
+    """A header that declares 3 GiB is refused by the 2 GiB default before a byte is written."""
+    archive = _patch_header(_zip(tmp_path / "huge.zip", {"IM1.dcm": b"x"}), size=3 * 1024**3)
+    with _refused("huge.zip: unpacks to more than 2048 MiB; upload a smaller series"):
+        safe_extract_zip(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_or_encrypted_member_is_one_user_error(tmp_path):
+    """A member whose data fails its CRC (a damaged download) or that needs a password is an
+    UploadError naming the member, not a BadZipFile/RuntimeError ("internal error" in the UI), and
+    the upload folder is removed."""
+    archive = tmp_path / "crc.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("IM1.dcm", b"hello world")
+    data = archive.read_bytes()
+    archive.write_bytes(data.replace(b"hello world", b"jello world"))
+    message = "crc.zip: member 'IM1.dcm' cannot be unpacked (Bad CRC-32 for file 'IM1.dcm'); make the zip again"
+    with _refused(message):
+        safe_extract_zip(archive, tmp_path / "out")
+    with _refused(message):
+        import_upload([archive], tmp_path / "upload")
+    assert not (tmp_path / "upload").exists()
+    broken = _zip(tmp_path / "deflate.zip", {"IM1.dcm": bytes(range(256)) * 400})
+    data = bytearray(broken.read_bytes())
+    data[60:70] = b"\xff" * 10  # inside the deflate stream
+    broken.write_bytes(bytes(data))
+    with pytest.raises(UploadError, match=r"^deflate.zip: member 'IM1.dcm' cannot be unpacked \(Error -3 while "):
+        safe_extract_zip(broken, tmp_path / "out3")
+    locked = _patch_header(_zip(tmp_path / "locked.zip", {"ok.dcm": b"x"}), encrypted=True)
+    with _refused("locked.zip: member 'ok.dcm' is encrypted; upload a zip without a password"):
+        safe_extract_zip(locked, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_directory_entries_in_any_order_and_a_dot_entry_unpack(tmp_path):
+    """Zip tools list folders before, after or without their files, and some write a "./" entry."""
+    archive = tmp_path / "dirs.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("./", b"")
+        zf.writestr("deep/er/", b"")  # no "deep/" entry
+        zf.writestr("study/a/IM1.dcm", b"one")
+        zf.writestr("study/", b"")  # after its file
+        zf.writestr("study/a/", b"")
+        zf.writestr("./IM2.dcm", b"two")
+    out = safe_extract_zip(archive, tmp_path / "out")
+    assert (out / "deep" / "er").is_dir() and (out / "study" / "a" / "IM1.dcm").read_bytes() == b"one"
+    assert (out / "IM2.dcm").read_bytes() == b"two"
+
+
+def test_unpacking_into_an_existing_folder_never_writes_through_a_link_there(tmp_path):
+    """dest may exist (unpacked into again): that works, but a link already inside it is not followed out."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    assert safe_extract_zip(_zip(tmp_path / "a.zip", {"IM1.dcm": b"one"}), dest) == dest
+    assert (dest / "IM1.dcm").read_bytes() == b"one"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (dest / "link").symlink_to(outside)
+    with _refused("b.zip: member 'link/evil.txt' points outside the archive; refused"):
+        safe_extract_zip(_zip(tmp_path / "b.zip", {"link/evil.txt": b"owned"}), dest)
+    assert list(outside.iterdir()) == []
+
+
+def _sparse(path, size: int):
+    """A file that stat() reports as ``size`` bytes without using the disk (refused before it is read)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def test_upload_size_and_count_limits_come_from_the_settings_and_are_inclusive(tmp_path):
+    from app.settings import Settings
+
+    mib = 1024**2
+    two = [_zip(tmp_path / "a.zip", {"x": b"x"}), tmp_path / "b.dcm"]
+    two[1].write_bytes(b"d")
+    with _refused("3 files uploaded; at most 2 (MEDSEG_MAX_UPLOAD_FILES)"):
+        import_upload([*two, tmp_path / "b.dcm"], tmp_path / "up", settings=Settings(max_upload_files=2))
+    with _refused("upload one zip on its own (it should hold one series)"):  # 2 files pass the count
+        import_upload(two, tmp_path / "up", settings=Settings(max_upload_files=2))
+    big = _sparse(tmp_path / "big.nii.gz", 3000 * mib)
+    with _refused("the upload is 3000 MiB; at most 2000 MiB (MEDSEG_MAX_UPLOAD_MB)"):
+        import_upload([big], tmp_path / "up", settings=Settings(max_upload_bytes=2000 * mib))
+    exact = tmp_path / "exact.nii.gz"
+    exact.write_bytes(b"n" * 1000)
+    copied = import_upload([exact], tmp_path / "up2", settings=Settings(max_upload_bytes=1000))
+    assert copied == tmp_path / "up2" / "exact.nii.gz" and copied.read_bytes() == b"n" * 1000
+    with _refused("4 files uploaded; at most 3 (MEDSEG_MAX_UPLOAD_FILES)"):
+        import_upload([exact] * 4, tmp_path / "up3", settings=Settings(max_upload_files=3))
+
+
+def test_the_session_disk_room_bounds_files_and_unzipped_size(tmp_path):
+    """``room_bytes`` (the session's quota left): a file over it is refused by its size, a zip by
+    what it unpacks to; exactly the room left is accepted; no room at all is said so."""
+    from app.settings import Settings
+
+    mib = 1024**2
+    # 2.502 MiB and 1.501 MiB: just over a half, so a wrong unit (1025**2) rounds the other way
+    big = tmp_path / "big.nii.gz"
+    big.write_bytes(bytes(int(2.502 * mib)))
+    with _refused("the upload is 3 MiB but this session has room for 2 MiB more (disk quota)"):
+        import_upload([big], tmp_path / "up", room_bytes=int(1.501 * mib) + 1)
+    with _refused("the upload is 3 MiB but this session has room for 0 MiB more (disk quota)"):
+        import_upload([big], tmp_path / "up", room_bytes=-5)
+    small = tmp_path / "small.dcm"
+    small.write_bytes(b"d" * 100)
+    assert import_upload([small], tmp_path / "up", room_bytes=100).read_bytes() == b"d" * 100
+    archive = _zip(tmp_path / "u.zip", {"IM1.dcm": bytes(3 * mib)})  # a few KiB compressed
+    with _refused("u.zip: unpacks to more than 1 MiB; upload a smaller series"):
+        import_upload([archive], tmp_path / "z1", room_bytes=mib)
+    with _refused("u.zip: unpacks to more than 0 MiB; upload a smaller series"):
+        import_upload([archive], tmp_path / "z2", room_bytes=1)
+    for room in (0, -mib):
+        with _refused("this session has no disk room left (disk quota); close some studies"):
+            import_upload([archive], tmp_path / "z3", room_bytes=room)
+    assert not any((tmp_path / f"z{i}").exists() for i in (1, 2, 3))
+    opened = import_upload([archive], tmp_path / "z4", room_bytes=3 * mib)  # exactly the room left
+    assert (opened / "IM1.dcm").read_bytes() == bytes(3 * mib)
+    many = _zip(tmp_path / "m.zip", {f"{i}.dcm": b"x" for i in range(4)})
+    with _refused("m.zip: 4 members; at most 3 are accepted"):  # the file count applies to members too
+        import_upload([many], tmp_path / "z5", settings=Settings(max_upload_files=3))
+
+
+def test_a_single_dicom_file_is_copied_as_itself(tmp_path):
+    """One DICOM file opens as that file (not a one-slice series folder), under its safe name, into
+    the folder the controller made (it exists) or a new nested one."""
+    src = sorted(CT.iterdir())[0]
+    made = tmp_path / "made"
+    made.mkdir()
+    path = import_upload([src], made)
+    assert path == made / src.name and path.read_bytes() == src.read_bytes()
+    nested = import_upload([src], tmp_path / "session" / "uploads" / "1")
+    assert nested == tmp_path / "session" / "uploads" / "1" / src.name
+    assert read_study(nested).num_slices == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data.readers import StudyError, read_study
 from evaluation.manifest import CaseLoader, ManifestError, read_manifest
 from tests.conftest import DATA
 
@@ -82,25 +84,55 @@ def test_png_manifest_with_attributes(tmp_path):
     assert a.spec.structure == "label"
 
 
+ROW = ["a", "img.png", "lab.png"]
+
+
 @pytest.mark.parametrize(
-    "header,row,match",
+    "header,row,message",
     [
-        (["case_id", "image"], ["a", "img.png"], "missing column\\(s\\) label"),
-        (["case_id", "image", "label"], ["", "img.png", "lab.png"], "line 2, column 'case_id'"),
-        (["case_id", "image", "label", "slice_index"], ["a", "img.png", "lab.png", "1.5"], "column 'slice_index'"),
-        (["case_id", "image", "label", "transform"], ["a", "img.png", "lab.png", "flip"], "column 'transform'"),
-        (["case_id", "image", "label", "norm_lo"], ["a", "img.png", "lab.png", "0"], "give both norm_lo and norm_hi"),
-        (["case_id", "image", "label", "label_values"], ["a", "img.png", "lab.png", "1|x"], "'x' is not a number"),
+        (["case_id", "image"], ["a", "img.png"],
+         ": missing column(s) label; a manifest needs case_id, image, label (found: case_id, image)"),
+        (["site"], ["x"],
+         ": missing column(s) case_id, image, label; a manifest needs case_id, image, label (found: site)"),
+        (["case_id", "image", "label"], ["", "img.png", "lab.png"],
+         " line 2, column 'case_id': empty; every case needs case_id, image, label"),
+        (["case_id", "image", "label", "slice_index"], [*ROW, "1.5"],
+         " line 2, column 'slice_index': '1.5' is not a slice index >= 0"),
+        (["case_id", "image", "label", "slice_index"], [*ROW, "-1"],
+         " line 2, column 'slice_index': '-1' is not a slice index >= 0"),
+        (["case_id", "image", "label", "slice_index"], [*ROW, "abc"],
+         " line 2, column 'slice_index': 'abc' is not a number"),
+        (["case_id", "image", "label", "slice_index"], [*ROW, "nan"],
+         " line 2, column 'slice_index': 'nan' is not a finite number"),
+        (["case_id", "image", "label", "transform"], [*ROW, "flip"],
+         " line 2, column 'transform': 'flip' is unknown; use T, rot90 or leave empty"),
+        (["case_id", "image", "label", "norm_lo"], [*ROW, "0"],
+         " line 2, column 'norm_hi': give both norm_lo and norm_hi"),
+        (["case_id", "image", "label", "norm_lo", "norm_hi"], [*ROW, "", "9"],
+         " line 2, column 'norm_lo': give both norm_lo and norm_hi"),
+        (["case_id", "image", "label", "norm_lo", "norm_hi"], [*ROW, "x", "9"],
+         " line 2, column 'norm_lo': 'x' is not a number"),
+        (["case_id", "image", "label", "norm_lo", "norm_hi"], [*ROW, "0", "inf"],
+         " line 2, column 'norm_hi': 'inf' is not a finite number"),
+        (["case_id", "image", "label", "norm_lo", "norm_hi"], [*ROW, "5", "5"],
+         " line 2, column 'norm_hi': norm_hi 5 must be above norm_lo 5"),
+        (["case_id", "image", "label", "label_values"], [*ROW, "1|x"],
+         " line 2, column 'label_values': 'x' is not a number"),
+        (["case_id", "image", "label", "label_values"], [*ROW, " | "],
+         " line 2, column 'label_values': no values in '|'"),
     ],
 )
-def test_bad_rows_name_line_and_column(tmp_path, header, row, match):
-    with pytest.raises(ManifestError, match=match):
-        read_manifest(_write_manifest(tmp_path, header, [row]))
+def test_bad_rows_name_line_and_column(tmp_path, header, row, message):
+    """The whole one-line message: the file, the line, the column and what was expected."""
+    m = _write_manifest(tmp_path, header, [row])
+    with pytest.raises(ManifestError, match=f"^{re.escape(f'{m}{message}')}$"):
+        read_manifest(m)
 
 
 def test_duplicate_case_ids_are_refused(tmp_path):
     m = _write_manifest(tmp_path, ["case_id", "image", "label"], [["a", "i.png", "l.png"], ["a", "i.png", "l.png"]])
-    with pytest.raises(ManifestError, match="line 3.*repeats line 2"):
+    with pytest.raises(ManifestError, match=f"^{re.escape(f'{m} line 3, column ')}'case_id': 'a' repeats line 2; "
+                                            "ids must be unique$"):
         read_manifest(m)
 
 
@@ -122,3 +154,139 @@ def test_load_errors_name_the_row(tmp_path, slice_index, image, match):
     cases, _ = read_manifest(m)
     with pytest.raises(ManifestError, match=match):
         CaseLoader(m).load(cases[0])
+
+
+def _exactly(message: str):
+    return pytest.raises(ManifestError, match=f"^{re.escape(message)}$")
+
+
+def test_missing_empty_or_caseless_manifests_say_so(tmp_path):
+    with _exactly(f"{tmp_path / 'nope.csv'}: no such manifest file"):
+        read_manifest(tmp_path / "nope.csv")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with _exactly(f"{empty}: missing column(s) case_id, image, label; a manifest needs case_id, image, label "
+                  "(found: no header)"):
+        read_manifest(empty)
+    with _exactly(f"{_write_manifest(tmp_path, ['case_id', 'image', 'label'], [])}: "
+                  "the manifest has a header but no cases"):
+        read_manifest(tmp_path / "MANIFEST.csv")
+
+
+def test_an_excel_manifest_reads_as_written(tmp_path):
+    """Excel's CSV: a byte-order mark, CRLF lines, a quoted cell holding a line break, a trailing empty
+    cell; optional columns: structure (default 'label'), transform 'none' (= no transform)."""
+    _png_pair(tmp_path)
+    m = tmp_path / "MANIFEST.csv"
+    m.write_bytes(
+        "\ufeffcase_id,image,label,structure,transform,note\r\n"
+        'a,img.png,lab.png,liver,none,"two\r\nlines"\r\n'
+        "b,img.png,lab.png,,T,x,\r\n".encode("utf-8")
+    )
+    cases, attributes = read_manifest(m)
+    assert [c.case_id for c in cases] == ["a", "b"] and attributes == ["note"]
+    assert cases[0].row() == {"note": "two\r\nlines", "structure": "liver"}
+    assert cases[1].row() == {"note": "x", "structure": "label"}
+    assert [c.transform for c in cases] == ["", "T"] and [c.line for c in cases] == [3, 4]
+    loaded = CaseLoader(m).load(cases[0])
+    assert np.array_equal(loaded.image[..., 0], np.asarray(Image.open(tmp_path / "img.png")))
+
+
+def _png_pair(folder: Path, label_mode: str = "L"):
+    img = (np.arange(30 * 40).reshape(30, 40) % 251).astype(np.uint8)
+    lab = np.zeros((30, 40), np.uint8)
+    lab[5:10, 8:20] = 2
+    Image.fromarray(img).save(folder / "img.png")
+    Image.fromarray(lab).convert(label_mode).save(folder / "lab.png")
+    return img, lab
+
+
+def test_the_manifest_window_and_grey_rgb_labels_are_used(tmp_path):
+    """norm_lo/norm_hi replace the default window; a label saved as RGB with equal channels is grey."""
+    img, lab = _png_pair(tmp_path, "RGB")
+    m = _write_manifest(tmp_path, ["case_id", "image", "label", "norm_lo", "norm_hi"], [[*ROW, "50", "150"]])
+    cases, _ = read_manifest(m)
+    assert cases[0].window == (50.0, 150.0)
+    case = CaseLoader(m).load(cases[0])
+    expected = np.round((np.clip(img.astype(np.float64), 50, 150) - 50) / 100 * 255).astype(np.uint8)
+    assert np.array_equal(case.image[..., 0], expected)
+    assert np.array_equal(case.gt, lab != 0)
+
+
+def test_colour_and_mismatched_labels_name_the_row(tmp_path):
+    img, lab = _png_pair(tmp_path)
+    colour = np.stack([lab, lab, lab * 0 + 3], axis=-1)
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    Image.fromarray(lab[:20]).save(tmp_path / "short.png")
+    m = _write_manifest(tmp_path, ["case_id", "image", "label"],
+                        [["a", "img.png", "colour.png"], ["b", "img.png", "short.png"], ["c", "img.png", "gone.png"]])
+    cases, _ = read_manifest(m)
+    loader = CaseLoader(m)
+    with _exactly(f"{m} line 2, column 'label': a colour label image; expected grey levels"):
+        loader.load(cases[0])
+    with _exactly(f"{m} line 3, column 'label': label slices are (20, 40) (H, W) but image slices are (30, 40)"):
+        loader.load(cases[1])
+    with pytest.raises(StudyError) as read_error:
+        read_study(tmp_path / "gone.png")
+    with _exactly(f"{m} line 4, column 'label': {read_error.value}"):
+        loader.load(cases[2])
+
+
+def test_slice_index_bounds_for_image_and_label(tmp_path):
+    """A 3D study needs slice_index; its last slice loads, one past it is refused; the label is checked too."""
+    _png_pair(tmp_path)
+    image, label = DATA / "mr_t1_colin27_slabA_image.nii.gz", DATA / "mr_t1_colin27_slabA_label.nii.gz"
+    m = _write_manifest(
+        tmp_path,
+        ["case_id", "image", "label", "slice_index"],
+        [["a", image, label, ""], ["b", image, label, "32"], ["c", image, label, "31"],
+         ["d", image, "lab.png", "5"], ["e", "img.png", label, ""]],
+    )
+    cases, _ = read_manifest(m)
+    loader = CaseLoader(m)
+    with _exactly(f"{m} line 2, column 'slice_index': image is 3D (32 slices); give slice_index (0..31)"):
+        loader.load(cases[0])
+    with _exactly(f"{m} line 3, column 'slice_index': 32 is out of range for image (slices 0..31)"):
+        loader.load(cases[1])
+    last = loader.load(cases[2])
+    assert last.gt.shape == (217, 181)
+    with _exactly(f"{m} line 5, column 'slice_index': 5 is out of range for label (slices 0..0)"):
+        loader.load(cases[3])
+    with _exactly(f"{m} line 6, column 'slice_index': label is 3D (32 slices); give slice_index (0..31)"):
+        loader.load(cases[4])
+
+
+def test_spacing_is_row_then_column_in_mm(tmp_path):
+    """An anisotropic slice: (row, column) spacing = (y, x) of the image geometry (HD95 is in mm)."""
+    import SimpleITK as sitk
+
+    array = np.zeros((2, 6, 4), np.int16)
+    array[:, 2:4, 1:3] = 1
+    volume = sitk.GetImageFromArray(array)
+    volume.SetSpacing((0.5, 0.8, 2.0))  # x (columns), y (rows), z
+    sitk.WriteImage(volume, str(tmp_path / "aniso.nii.gz"))
+    m = _write_manifest(tmp_path, ["case_id", "image", "label", "slice_index"],
+                        [["a", "aniso.nii.gz", "aniso.nii.gz", "1"]])
+    case = CaseLoader(m).load(read_manifest(m)[0][0])
+    assert case.spacing == pytest.approx((0.8, 0.5), abs=1e-6) and int(case.gt.sum()) == 4
+
+
+def test_apply_transform_names(tmp_path):
+    """'' / 'none' / 'T' keep SimpleITK's slice, 'rot90' flips the rows, anything else is refused."""
+    from evaluation.manifest import apply_transform
+
+    a = np.arange(6).reshape(2, 3)
+    for name in ("", "none", "T"):
+        assert np.array_equal(apply_transform(a, name), a)
+    assert np.array_equal(apply_transform(a, "rot90"), a[::-1])
+    with pytest.raises(ValueError, match=r"^unknown transform 'flip'; use T, rot90 or nothing$"):
+        apply_transform(a, "flip")
+
+
+def test_line_numbers_are_the_lines_a_text_editor_shows(tmp_path):
+    """Blank lines (skipped) and a quoted cell with a line break still count: the message names the
+    line the user opens in an editor."""
+    m = tmp_path / "MANIFEST.csv"
+    m.write_text('case_id,image,label,note\n\na,i.png,l.png,"one\ntwo"\n\nb,i.png,l.png,x\na,i.png,l.png,y\n')
+    with _exactly(f"{m} line 7, column 'case_id': 'a' repeats line 4; ids must be unique"):
+        read_manifest(m)
