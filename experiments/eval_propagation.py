@@ -65,6 +65,10 @@ RULES: dict[str, PropagationSettings] = {
     "mask+box": replace(NO_STOP, prompt="mask+box"),
     "box+3, stop IoU<0.5 (old default)": replace(MEDSAM_RULE, min_area_px=10, min_score=0.5),
     "default": DEFAULT,
+    "default, mask+box": replace(DEFAULT, prompt="mask+box"),
+    "default, mask": replace(DEFAULT, prompt="mask"),
+    # the click model's predicted IoU is not the base model's: its stops on IoU are off, the overlap stop stays
+    "mask+box, overlap stop": replace(DEFAULT, prompt="mask+box", min_score=0.0, score_drop=0.0),
 }
 
 
