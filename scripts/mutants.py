@@ -92,6 +92,18 @@ EQUIVALENT |= {
        "recasts" for n in (40, 44)},
     f"{_SEG}write_dicom_seg__mutmut_27": "astype(None): 0/1 frames as float64, highdicom packs the same bits",
     f"{_SEG}write_dicom_seg__mutmut_91": "omit_empty_frames left out: highdicom's default is True",
+    **{f"data.writers.x_label_volume_image__mutmut_{n}": "labels.max(initial=None / 1): the same uint8 / uint16 "
+       "choice on a non-empty label map" for n in (8, 9)},
+    **{f"data.writers.x_write_png_labels__mutmut_{n}": "labels.max(initial=None / 1) > 255: the same answer on a "
+       "non-empty label map" for n in (3, 4)},
+    **{f"data.writers.x_write_png_{kind}__mutmut_22": "save(format='png'): PIL upper-cases the format name"
+       for kind in ("mask", "labels")},
+    "data.writers.x_write_label_nifti__mutmut_36": "useCompression left out: ITK's NIfTI writer gzips a .nii.gz name "
+                                                   "anyway (the test reads the gzip magic)",
+    **{f"data.volume.xǁVolumeǁindex_to_physical__mutmut_{n}": "np.asarray(ijk) without dtype=float: the "
+       "product with the float spacing is float either way" for n in (3, 5)},
+    **{f"data.volume.xǁVolumeǁto_sitk__mutmut_{n}": "GetImageFromArray's isVector made None / left out: SimpleITK "
+       "makes a 4-D array a 3-D vector image by itself, a 3-D array is scalar either way" for n in (3, 5)},
     **{f"{_SEG}_smallest_uint__mutmut_{n}": "array.max(initial=None / 1): the same uint8 / uint16 choice on a "
        "non-empty label map" for n in (7, 8)},
 }

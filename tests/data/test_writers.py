@@ -92,3 +92,20 @@ def test_png_mask_is_0_and_255_and_png_labels_keep_values(tmp_path):
     with Image.open(write_png_labels(labels, tmp_path / "l.png")) as image:
         assert image.format == "PNG" and image.mode == "L"
         np.testing.assert_array_equal(np.asarray(image), labels)
+
+
+def test_label_map_on_an_rgb_study_grid_and_png_without_a_suffix(tmp_path):
+    """An RGB study's grid is its first three axes; a PNG is a PNG whatever the file is called."""
+    rgb = Volume(np.zeros((1, 4, 5, 3), np.uint8), spacing=(0.5, 0.5, 1.0))
+    labels = np.zeros((1, 4, 5), np.uint8)
+    labels[0, 1:3, 2:4] = 2
+    out = write_label_nifti(labels, rgb, tmp_path / "rgb.nii.gz")
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj).transpose(2, 1, 0), labels)
+    with pytest.raises(ValueError) as e:
+        label_volume_image(np.zeros((1, 4, 6), np.uint8), rgb)
+    assert str(e.value) == "label array (1, 4, 6) does not match the source grid (1, 4, 5)"
+    for writer, data in ((write_png_mask, labels[0] > 0), (write_png_labels, labels[0])):
+        path = writer(data, tmp_path / f"{writer.__name__}_no_suffix")
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+            np.testing.assert_array_equal(np.asarray(image), np.where(labels[0] > 0, 255, 0) if writer is write_png_mask else labels[0])
