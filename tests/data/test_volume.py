@@ -88,3 +88,10 @@ def test_with_array_keeps_geometry_and_applies_changes():
     assert (labels.spacing, labels.origin, labels.direction, labels.source) == (vol.spacing, vol.origin, vol.direction, vol.source)
     assert labels.modality == "SEG" and labels.array.dtype == np.uint8
     assert vol.with_array(np.zeros((2, 3, 4, 3))).is_rgb  # the grid is the first three axes
+    rgb = Volume(np.zeros((1, 4, 5, 3), np.uint8))
+    assert rgb.with_array(np.ones((1, 4, 5), np.uint8)).array.shape == (1, 4, 5)  # a label map on a colour study
+    with pytest.raises(ValueError) as e:
+        rgb.with_array(np.zeros((1, 4, 6, 3)))
+    assert str(e.value) == "array shape (1, 4, 6) does not match the volume grid (1, 4, 5)"
+    np.testing.assert_array_equal(vol.slice(0), vol.array[0])  # the first slice is a slice
+    np.testing.assert_array_equal(rgb.slice(0), rgb.array[0])
