@@ -52,6 +52,9 @@ EQUIVALENT: dict[str, str] = {
     f"data.windowing.x_slice_to_rgb__mutmut_{n}": "astype(np.uint8, copy=...) on an RGB slice: copy or not, same values"
     for n in (4, 6, 9)
 }
+KILLED = {1, 3}
+SURVIVED = {0}
+# data/ (issue 26, branch mut2): equivalent mutants of deidentify, dicom_seg, writers and volume
 EQUIVALENT |= {
     **{f"data.deidentify.x__apply__mutmut_{n}": "Z on a sequence set to None, not Sequence(): pydicom stores None "
        "on an SQ element as an empty Sequence" for n in (22, 23, 26, 27)},
@@ -107,8 +110,6 @@ EQUIVALENT |= {
     **{f"{_SEG}_smallest_uint__mutmut_{n}": "array.max(initial=None / 1): the same uint8 / uint16 choice on a "
        "non-empty label map" for n in (7, 8)},
 }
-KILLED = {1, 3}
-SURVIVED = {0}
 
 
 def shared_dir() -> Path:
