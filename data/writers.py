@@ -16,14 +16,15 @@ from data.volume import Volume
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
+def atomic_output(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path in the target folder; rename it over ``path`` only on success.
 
-    A crash mid-write leaves the previous file intact, never a truncated one.
+    A crash mid-write leaves the previous file intact, never a truncated one. ``suffix``: the
+    temporary's suffix when the writer needs another spelling than ``path``'s (default: path's).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
+    suffix = suffix or "".join(path.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -53,8 +54,10 @@ def write_label_nifti(labels: np.ndarray, reference: Volume, path: str | Path) -
     if not path.name.lower().endswith((".nii", ".nii.gz")):
         raise ValueError(f"{path}: a NIfTI label map must end in .nii or .nii.gz")
     image = label_volume_image(labels, reference)
-    with atomic_output(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=path.name.lower().endswith(".gz"))
+    compress = path.name.lower().endswith(".gz")
+    # ITK writes NIfTI only under a lower-case suffix ('OUT.NII.GZ' fails); the file keeps the user's name
+    with atomic_output(path, suffix=".nii.gz" if compress else ".nii") as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
     return path
 
 

@@ -28,10 +28,11 @@ PACKAGES = ("app", "data", "evaluation", "models", "adapters")
 # module -> the tests that exercise it and run in seconds to a minute (issue 26's scope)
 MODULES: dict[str, list[str]] = {
     "data/windowing.py": ["tests/data/test_windowing.py"],
-    "data/volume.py": ["tests/data/test_geometry.py"],
-    "data/writers.py": ["tests/data/test_geometry.py"],
+    "data/volume.py": ["tests/data/test_geometry.py", "tests/data/test_volume.py"],
+    "data/writers.py": ["tests/data/test_geometry.py", "tests/data/test_writers.py"],
     "data/readers.py": ["tests/data/test_geometry.py", "tests/data/test_fuzz_readers.py", "tests/data/test_limits.py"],
-    "data/deidentify.py": ["tests/data/test_deidentify.py"],
+    "data/deidentify.py": ["tests/data/test_deidentify.py",  # less the CLI run of the real model (40 s a mutant)
+                           "--deselect", "tests/data/test_deidentify.py::test_cli_segment_deidentify_flag"],
     "data/dicom_seg.py": ["tests/data/test_dicom_seg.py"],
     "data/export.py": ["tests/data/test_export.py"],
     "evaluation/metrics.py": ["tests/evaluation/test_eval_metrics.py"],
@@ -98,6 +99,62 @@ EQUIVALENT |= {
 }
 KILLED = {1, 3}
 SURVIVED = {0}
+# data/ (issue 26, branch mut2): equivalent mutants of deidentify, dicom_seg, writers and volume
+EQUIVALENT |= {
+    **{f"data.deidentify.x__apply__mutmut_{n}": "Z on a sequence set to None, not Sequence(): pydicom stores None "
+       "on an SQ element as an empty Sequence" for n in (22, 23, 26, 27)},
+    **{f"data.deidentify.x_patient_data_note__mutmut_{n}": "dcmread's stop_before_pixels / specific_tags dropped or "
+       "flipped: it reads more of the file, the same attributes answer" for n in (3, 4, 6, 7, 8)},
+    **{f"data.deidentify.x_patient_data_note__mutmut_{n}": "getattr default for PatientIdentityRemoved made None or "
+       "'XXXX': an absent attribute is not 'YES' either way" for n in (18, 25)},
+    "data.deidentify.x_patient_data_note__mutmut_34": "getattr(ds, k, None) or '': an absent field is '' either way",
+    "data.deidentify.x_deidentifier__mutmut_5": "getattr(args, 'deidentify', None): an absent flag is falsy either way",
+}
+_SEG = "data.dicom_seg.x_"
+EQUIVALENT |= {
+    **{f"{_SEG}_own_grid__mutmut_{n}": "get_volume's dtype dropped: _smallest_uint recasts the segment numbers"
+       for n in (3, 5)},
+    **{f"{_SEG}_own_grid__mutmut_{n}": "np.asarray(affine, dtype=float) without the dtype: highdicom's affine is "
+       "float64 already" for n in (10, 12)},
+    f"{_SEG}medseg_version__mutmut_3": "importlib.metadata.version('MEDSEG'): distribution names are matched "
+                                       "case-insensitively",
+    f"{_SEG}_own_grid__mutmut_15": "affine[:3, :4] then columns [2, 1, 0]: the same three columns",
+    **{f"{_SEG}_own_grid__mutmut_{n}": "the 4-D channel branch: highdicom 0.28's get_volume(combine_segments=True) "
+       "returns (slices, rows, columns), never a channel axis" for n in (34, 35, 36)},
+    f"{_SEG}_own_grid__mutmut_48": "handedness test '< 0' made '<= 0': the triple product of orthonormal axes is "
+                                   "+-1, never 0",
+    f"{_SEG}_own_grid__mutmut_49": "handedness test '< 0' made '< 1': highdicom volumes are right-handed in (slice, "
+                                   "row, column), so the (i, j, k) product is always -1",
+    **{f"{_SEG}_own_grid__mutmut_{n}": "FrameOfReferenceUID default: a SEG without one is refused by get_volume "
+       "before this line" for n in (69, 72, 76)},
+    f"{_SEG}_own_grid__mutmut_95": "float(d) - 0.0 instead of + 0.0: only the sign of a zero changes, -0.0 == 0.0",
+    f"{_SEG}_own_grid__mutmut_100": "reshape(-2): numpy takes any negative size as 'infer', like -1",
+    f"{_SEG}_resample_onto__mutmut_23": "sitk.Resample's default pixel value left out: its default is 0",
+    **{f"{_SEG}_segment_layers__mutmut_{n}": "labels.min(initial=None / 1) < 0: the same answer on a non-empty "
+       "array" for n in (32, 33)},
+    **{f"{_SEG}_source_datasets__mutmut_{n}": "dcmread without stop_before_pixels: the pixels are read too, the "
+       "header highdicom uses is the same" for n in (24, 26, 27)},
+    f"{_SEG}_source_datasets__mutmut_32": "a missing Type 2 attribute set to None instead of '': pydicom writes "
+                                          "the same empty element",
+    **{f"{_SEG}read_dicom_seg__mutmut_{n}": "get_pixels_by_source_instance's dtype dropped: _smallest_uint "
+       "recasts" for n in (40, 44)},
+    f"{_SEG}write_dicom_seg__mutmut_27": "astype(None): 0/1 frames as float64, highdicom packs the same bits",
+    f"{_SEG}write_dicom_seg__mutmut_91": "omit_empty_frames left out: highdicom's default is True",
+    **{f"data.writers.x_label_volume_image__mutmut_{n}": "labels.max(initial=None / 1): the same uint8 / uint16 "
+       "choice on a non-empty label map" for n in (8, 9)},
+    **{f"data.writers.x_write_png_labels__mutmut_{n}": "labels.max(initial=None / 1) > 255: the same answer on a "
+       "non-empty label map" for n in (3, 4)},
+    **{f"data.writers.x_write_png_{kind}__mutmut_22": "save(format='png'): PIL upper-cases the format name"
+       for kind in ("mask", "labels")},
+    "data.writers.x_write_label_nifti__mutmut_36": "useCompression left out: ITK's NIfTI writer gzips a .nii.gz name "
+                                                   "anyway (the test reads the gzip magic)",
+    **{f"data.volume.xǁVolumeǁindex_to_physical__mutmut_{n}": "np.asarray(ijk) without dtype=float: the "
+       "product with the float spacing is float either way" for n in (3, 5)},
+    **{f"data.volume.xǁVolumeǁto_sitk__mutmut_{n}": "GetImageFromArray's isVector made None / left out: SimpleITK "
+       "makes a 4-D array a 3-D vector image by itself, a 3-D array is scalar either way" for n in (3, 5)},
+    **{f"{_SEG}_smallest_uint__mutmut_{n}": "array.max(initial=None / 1): the same uint8 / uint16 choice on a "
+       "non-empty label map" for n in (7, 8)},
+}
 
 
 def shared_dir() -> Path:

@@ -218,3 +218,82 @@ def test_ui_exports_are_deidentified_unless_asked_to_keep_identifiers(tmp_path, 
     assert b"DOE^JANE" not in Path(default).read_bytes() and patient_data_note(default) is None
     kept, _ = controller.export(ctx, sid, "dicom-seg", keep_identifiers=True)
     assert _text(pydicom.dcmread(kept), "PatientName") == "DOE^JANE" and patient_data_note(kept) is not None
+
+
+# --- named attributes, the documented actions, the note and the CLI hook (independent of resolve()) ----
+def test_named_attributes_get_their_table_e11_action():
+    """Expected values written by hand from PS3.15 Table E.1-1 (not computed with the code under test):
+    X/D ProtocolName and InstanceCreationDate are removed, D ClinicalTrialSponsorName gets a dummy,
+    Z/D ContentDate and ContentCreatorName (Type 1 in a SEG) get dummies, Z PatientName and Z/D
+    PatientID stay empty, U StudyInstanceUID and X/Z/U* ReferencedImageSequence are kept, and a
+    sequence the table does not name (SegmentSequence) is cleaned inside."""
+    ds = pydicom.Dataset()
+    ds.ProtocolName, ds.InstanceCreationDate = "HEAD^DOE", "20240517"
+    ds.ClinicalTrialSponsorName = "ACME"
+    ds.ContentDate, ds.ContentCreatorName, ds.DeviceSerialNumber = "20240517", "HOUSE^GREGORY", "SN-42"
+    ds.PatientName, ds.PatientID, ds.StudyInstanceUID = "DOE^JANE", "MRN-0042", "1.2.3.4"
+    ref = pydicom.Dataset()
+    ref.ReferencedSOPInstanceUID, ref.PatientName = "1.2.3.5", "DOE^JANE"
+    ds.ReferencedImageSequence = [ref]
+    segment = pydicom.Dataset()
+    segment.SegmentLabel, segment.PatientName, segment.ClinicalTrialSponsorName = "liver", "DOE^JANE", "ACME"
+    ds.SegmentSequence = [segment]
+    deidentify_basic(ds)
+    assert "ProtocolName" not in ds and "InstanceCreationDate" not in ds
+    assert ds.ClinicalTrialSponsorName == "ANONYMOUS"
+    assert ds.ContentDate == "19000101" and ds.ContentCreatorName == "ANONYMOUS" and ds.DeviceSerialNumber == "ANONYMOUS"
+    assert "PatientName" in ds and _text(ds, "PatientName") == "" and _text(ds, "PatientID") == ""
+    assert ds.StudyInstanceUID == "1.2.3.4"
+    assert ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID == "1.2.3.5"
+    assert _text(ds.ReferencedImageSequence[0], "PatientName") == ""
+    inner = ds.SegmentSequence[0]
+    assert inner.SegmentLabel == "liver" and _text(inner, "PatientName") == "" and inner.ClinicalTrialSponsorName == "ANONYMOUS"
+    # what the file says was done (PS3.3 C.7.1.1, PS3.16 CID 7050)
+    assert ds.DeidentificationMethod == "medseg: PS3.15 E.1-1 (2026c) Basic Profile, Retain UIDs"
+    assert [(c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning) for c in ds.DeidentificationMethodCodeSequence] == [
+        ("113100", "DCM", "Basic Application Confidentiality Profile"), ("113110", "DCM", "Retain UIDs Option")]
+
+
+@pytest.mark.parametrize("code, keyword, expected", [
+    ("X", "PatientAddress", "X"), ("Z", "PatientName", "Z"), ("Z", "ContentDate", "Z"), ("D", "ClinicalTrialSponsorName", "D"),
+    ("U", "StudyInstanceUID", "K"), ("X/Z/U*", "ReferencedImageSequence", "K"),
+    ("X/D", "ProtocolName", "X"), ("X/D", "ContentDate", "D"),
+    ("Z/D", "PatientID", "Z"), ("Z/D", "ContentDate", "D"), ("X/Z", "PatientAddress", "Z"), ("X/Z/D", "DeviceSerialNumber", "D"),
+])
+def test_resolve_follows_the_documented_mapping(code, keyword, expected):
+    """The module docstring's table: a compound code gives a dummy only where a SEG needs a value."""
+    from data.deidentify import resolve
+
+    assert resolve(code, keyword) == expected
+
+
+def _header(path: Path, **attrs) -> Path:
+    ds = pydicom.Dataset()
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.3.6"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_patient_data_note_names_exactly_the_identifying_fields_present(tmp_path):
+    """Empty (Type 2) and absent fields are not named; a file marked de-identified gets no note,
+    even with a pseudonym in it; a file that is not DICOM gets none either."""
+    f = _header(tmp_path / "a.dcm", PatientName="DOE^JANE", PatientID="", StudyDate="20240517")
+    assert patient_data_note(f) == ("this export carries patient data (PatientName, StudyDate); "
+                                    "share it only where the source images may go")
+    assert patient_data_note(_header(tmp_path / "b.dcm", PatientName="", PatientID="")) is None
+    assert patient_data_note(_header(tmp_path / "c.dcm", PatientName="ANON^0001", PatientIdentityRemoved="YES")) is None
+    (tmp_path / "d.dcm").write_text("not dicom")
+    assert patient_data_note(tmp_path / "d.dcm") is None
+
+
+def test_cli_flag_picks_the_basic_profile():
+    from argparse import Namespace
+
+    from data.deidentify import deidentifier
+
+    assert deidentifier(Namespace(deidentify=True)) is deidentify_basic
+    assert deidentifier(Namespace(deidentify=False)) is None and deidentifier(Namespace()) is None

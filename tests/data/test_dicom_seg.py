@@ -241,3 +241,291 @@ def test_deidentify_hook_sees_the_dataset_before_writing(ct, ct_labels, tmp_path
 
     ds = pydicom.dcmread(write_dicom_seg(ct_labels, ct, tmp_path / "d.dcm", deidentify=strip))
     assert str(ds.PatientName) == "Anonymous" and ds.PatientID == "X"
+
+
+# --- refusals: one whole message naming the file and the fix; nothing written ---------------------
+def _refused(call, out: Path) -> str:
+    with pytest.raises(DicomSegError) as e:
+        call()
+    assert not out.exists() and not any(out.parent.glob(f".{out.name}.*"))  # no file, no temporary left
+    return str(e.value)
+
+
+def test_label_arrays_that_cannot_be_a_seg_are_refused_with_the_reason(ct, tmp_path):
+    out = tmp_path / "x.dcm"
+    grid = np.zeros(ct.array.shape, np.uint8)
+
+    def write(labels, **kw):
+        return lambda: write_dicom_seg(labels, ct, out, **kw)
+
+    assert _refused(write(np.zeros((3, 256, 256), np.uint8)), out) == (
+        f"{out}: label array (3, 256, 256) does not match the source grid (12, 256, 256)")
+    assert _refused(write(np.zeros((2, 3, 256, 256), np.uint8)), out) == (
+        f"{out}: mask stack (2, 3, 256, 256) does not match (segments, *(12, 256, 256)) of the source grid")
+    stack = np.zeros((2, *ct.array.shape), np.uint8)
+    stack[0, 5, 10, 10] = 2
+    assert _refused(write(stack), out) == f"{out}: a stack of overlapping masks must hold 0/1 (or bool) values"
+    assert _refused(write(grid.astype(np.float32) + 1), out) == (
+        f"{out}: labels must be integers (0 = background), got float32")
+    negative = grid.astype(np.int16)
+    negative[5, 10, 10], negative[6, 10, 10] = -3, 1
+    assert _refused(write(negative), out) == f"{out}: labels must be >= 0, found -3"
+    assert _refused(write(grid), out) == (
+        f"{out}: nothing is segmented (every label is empty); a DICOM-SEG needs at least one non-empty segment")
+    one = grid.copy()
+    one[5, 10:20, 10:20] = 1
+    assert _refused(write(one, colours={1: (300, 0, 0)}), out) == "colour of label 1 must be 3 values in 0..255, got (300, 0, 0)"
+    assert _refused(write(one, colours={1: (-1, 0, 0)}), out) == "colour of label 1 must be 3 values in 0..255, got (-1, 0, 0)"
+    assert _refused(write(one, colours={1: (0, 256, 0)}), out) == "colour of label 1 must be 3 values in 0..255, got (0, 256, 0)"
+    assert _refused(write(one, colours={1: (9, 9)}), out) == "colour of label 1 must be 3 values in 0..255, got (9, 9)"
+
+
+def test_bool_masks_and_edge_colours_are_accepted(ct, tmp_path):
+    """A bool label map is one segment; colours 0 and 255 are in range; a stack of bool masks too."""
+    mask = np.zeros(ct.array.shape, bool)
+    mask[5, 10:20, 10:20] = True
+    back = read_dicom_seg(write_dicom_seg(mask, ct, tmp_path / "b.dcm", colours={1: (0, 255, 0)}), ct)
+    np.testing.assert_array_equal(back.labels.array, mask)
+    assert back.names == {1: "label 1"} and np.abs(np.subtract(back.colours[1], (0, 255, 0))).max() <= 1
+    stack = np.stack([mask, mask])
+    ds = pydicom.dcmread(write_dicom_seg(stack, ct, tmp_path / "s.dcm", label_names={1: "head", 2: "tissue"}))
+    assert [(int(d.SegmentNumber), d.SegmentLabel) for d in ds.SegmentSequence] == [(1, "head"), (2, "tissue")]
+
+
+def test_sources_that_cannot_carry_a_seg_are_refused_with_the_reason(ct, ct_labels, tmp_path):
+    out = tmp_path / "x.dcm"
+    nifti = read_study(DATA / "mr_t1_colin27_slabA_image.nii.gz")
+    assert _refused(lambda: write_dicom_seg(np.ones(nifti.array.shape, np.uint8), nifti, out), out) == (
+        f"{out}: DICOM-SEG needs a DICOM source series (this study is nifti); write a NIfTI label map (.nii.gz) instead")
+    in_memory = replace(ct, source=replace(ct.source, format=""))
+    assert _refused(lambda: write_dicom_seg(ct_labels, in_memory, out), out) == (
+        f"{out}: DICOM-SEG needs a DICOM source series (this study is in memory); write a NIfTI label map (.nii.gz) instead")
+    no_files = replace(ct, source=replace(ct.source, files=()))
+    assert _refused(lambda: write_dicom_seg(ct_labels, no_files, out), out).startswith(
+        f"{out}: DICOM-SEG needs a DICOM source series (this study is dicom-series)")
+    multi = replace(ct, source=replace(ct.source, files=ct.source.files[:1]))
+    assert _refused(lambda: write_dicom_seg(ct_labels, multi, out), out) == (
+        f"{out}: the source has 1 DICOM files for 12 slices (a multi-frame source); "
+        "write a NIfTI label map (.nii.gz) instead")
+    # a source file deleted (or replaced by something else) since the study was opened
+    copy = tmp_path / "series"
+    shutil.copytree(CT_SERIES, copy)
+    study = read_study(copy)
+    gone = Path(study.source.files[4])
+    gone.write_bytes(b"not a DICOM file")
+    message = _refused(lambda: write_dicom_seg(ct_labels, study, out), out)
+    assert message.startswith(f"{out}: the source image {gone} can no longer be read (") and message.endswith(
+        "); reopen the study")
+    gone.unlink()
+    message = _refused(lambda: write_dicom_seg(ct_labels, study, out), out)
+    assert message.startswith(f"{out}: the source image {gone} can no longer be read ([Errno 2] No such file")
+
+
+def test_source_without_type2_patient_attributes_still_gives_a_valid_seg(ct_labels, tmp_path):
+    """Headers written by a script may lack the patient/study attributes; the SEG has them, empty."""
+    copy = tmp_path / "series"
+    copy.mkdir()
+    for f in sorted(CT_SERIES.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                        "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(copy / f.name)
+    study = read_study(copy)
+    out = write_dicom_seg(ct_labels, study, tmp_path / "seg.dcm")
+    ds = pydicom.dcmread(out)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        assert keyword in ds and str(ds[keyword].value or "") == "", keyword
+    np.testing.assert_array_equal(read_dicom_seg(out, study).labels.array, ct_labels)
+    if shutil.which("dciodvfy"):
+        assert dciodvfy_errors(out) == []
+
+
+def test_unreadable_seg_and_another_frame_of_reference_are_named(ct, tmp_path):
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"DICM? no")
+    with pytest.raises(DicomSegError) as e:
+        read_dicom_seg(bad)
+    assert str(e.value).startswith(f"{bad}: not a readable DICOM-SEG (")
+    with pytest.raises(DicomSegError) as e:
+        read_dicom_seg(LIVER_SEG, ct)
+    seg_for = pydicom.dcmread(LIVER_SEG, stop_before_pixels=True).FrameOfReferenceUID
+    assert str(e.value) == (f"{LIVER_SEG}: the SEG lies in frame of reference {seg_for}, the study in "
+                            f"{ct.source.frame_of_reference_uid}: it belongs to another study")
+
+
+def test_own_grid_geometry_and_identity_equal_the_source_read_by_simpleitk(ct, ct_labels, tmp_path):
+    """Read without its images, a SEG comes back on the source's grid as SimpleITK reads the source
+    series (spacing, origin, direction, slice order), with the SEG's own identity."""
+    import SimpleITK as sitk
+
+    labels = ct_labels.copy()
+    labels[:3] = 0  # the SEG's own extent starts at source slice 3
+    out = write_dicom_seg(labels, ct, tmp_path / "seg.dcm")
+    own = read_dicom_seg(out).labels
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(CT_SERIES)))
+    source = reader.Execute()
+    np.testing.assert_allclose(own.spacing, source.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(own.direction, source.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(own.origin, source.TransformIndexToPhysicalPoint((0, 0, 3)), atol=1e-3)
+    np.testing.assert_array_equal(own.array, labels[3:])
+    assert own.modality == "SEG"
+    ds = pydicom.dcmread(out, stop_before_pixels=True)
+    assert own.source == replace(own.source, path=str(out), format="dicom-seg", study_instance_uid=ds.StudyInstanceUID,
+                                 series_instance_uid=ds.SeriesInstanceUID, frame_of_reference_uid=ds.FrameOfReferenceUID,
+                                 sop_instance_uids=(ds.SOPInstanceUID,), sop_class_uid=ds.SOPClassUID, files=(str(out),))
+    assert own.source.geometry == "" and own.source.notes == ()
+
+
+def test_position_based_read_puts_a_partial_seg_on_its_slices(ct, ct_labels, tmp_path):
+    """Without SOP Instance UIDs the frames go by position: slices the SEG does not cover read as 0,
+    also on an RGB study."""
+    labels = ct_labels.copy()
+    labels[:3] = 0
+    out = write_dicom_seg(labels, ct, tmp_path / "seg.dcm")
+    no_uids = replace(ct, source=replace(ct.source, sop_instance_uids=()))
+    np.testing.assert_array_equal(read_dicom_seg(out, no_uids).labels.array, labels)
+    rgb = replace(no_uids, array=np.repeat(ct.array[..., None].clip(0, 255).astype(np.uint8), 3, axis=-1))
+    np.testing.assert_array_equal(read_dicom_seg(out, rgb).labels.array, labels)
+
+
+def test_seg_without_a_frame_of_reference_is_refused_naming_the_file(ct, ct_labels, tmp_path):
+    ds = pydicom.dcmread(write_dicom_seg(ct_labels, ct, tmp_path / "seg.dcm"))
+    del ds.FrameOfReferenceUID
+    ds.save_as(tmp_path / "nofor.dcm")
+    no_uids = replace(ct, source=replace(ct.source, sop_instance_uids=()))
+    for reference in (None, no_uids):  # read alone, or placed by position onto a study
+        with pytest.raises(DicomSegError) as e:
+            read_dicom_seg(tmp_path / "nofor.dcm", reference)
+        message = str(e.value)
+        assert message.startswith(f"{tmp_path / 'nofor.dcm'}: the SEG frames do not form a regular volume (")
+        assert message.endswith(")")
+
+
+def test_segment_names_colours_and_label_length(ct, tmp_path):
+    """Two-word anatomy names are coded too; unnamed labels get the default palette in segment order,
+    cycling after the 8th; a label is cut at 64 characters (the LO limit)."""
+    labels = np.zeros(ct.array.shape, np.uint8)
+    for v in range(1, 11):
+        labels[v, 10:20, 10 * v : 10 * v + 5] = v
+    long_name = "x" * 70
+    out = write_dicom_seg(labels, ct, tmp_path / "s.dcm", label_names={1: "spinal cord", 2: "lateral ventricle", 3: long_name})
+    ds = pydicom.dcmread(out)
+    assert [d.SegmentedPropertyTypeCodeSequence[0].CodeMeaning for d in ds.SegmentSequence[:2]] == [
+        "Spinal cord", "Lateral Ventricle"]
+    assert ds.SegmentSequence[2].SegmentLabel == "x" * 64
+    from data.dicom_seg import DEFAULT_COLOURS
+
+    back = read_dicom_seg(out, ct)
+    for number in range(1, 11):
+        expected = DEFAULT_COLOURS[(number - 1) % 8]
+        assert np.abs(np.subtract(back.colours[number], expected)).max() <= 1, number
+
+
+def test_a_single_dicom_file_can_carry_a_seg(tmp_path):
+    study = read_study(DATA / "dicom" / "pydicom_CT_small.dcm")
+    assert study.source.format == "dicom"
+    labels = np.zeros(study.array.shape, np.uint8)
+    labels[0, 40:60, 50:80] = 1
+    back = read_dicom_seg(write_dicom_seg(labels, study, tmp_path / "s.dcm"), study)
+    np.testing.assert_array_equal(back.labels.array, labels)
+
+
+def test_third_party_seg_without_algorithm_has_an_empty_algorithm():
+    assert read_dicom_seg(LIVER_SEG).algorithm == ""
+
+
+def test_source_uids_win_over_positions(ct, ct_labels, tmp_path):
+    """A SEG referencing the study's images lands on them by SOP Instance UID, even when the study's
+    geometry was changed since (here: shifted 20 mm), and a SEG made on part of a series reads onto
+    the whole series with zeros on the slices it does not cover."""
+    out = write_dicom_seg(ct_labels, ct, tmp_path / "seg.dcm")
+    shifted = replace(ct, origin=tuple(o + 20.0 for o in ct.origin))
+    np.testing.assert_array_equal(read_dicom_seg(out, shifted).labels.array, ct_labels)
+    part = tmp_path / "part"
+    part.mkdir()
+    for f in ct.source.files[:8]:
+        shutil.copy(f, part / Path(f).name)
+    first8 = read_study(part)
+    partial = write_dicom_seg(ct_labels[:8], first8, tmp_path / "part.dcm")
+    expected = ct_labels.copy()
+    expected[8:] = 0
+    np.testing.assert_array_equal(read_dicom_seg(partial, ct).labels.array, expected)
+
+
+def test_label_maps_read_back_as_uint8_and_keep_segment_numbers_past_255(ct, ct_labels, tmp_path):
+    """uint8 as long as the segment numbers fit; 256 and more keep their value in uint16. (A real SEG
+    of 257 segments takes ~17 s to write and read with highdicom, so the rule is checked on arrays.)"""
+    from data.dicom_seg import _smallest_uint
+
+    out = write_dicom_seg((ct_labels[:, :, :] == 2).astype(np.uint8), ct, tmp_path / "s.dcm")
+    assert read_dicom_seg(out, ct).labels.array.dtype == np.uint8 and read_dicom_seg(out).labels.array.dtype == np.uint8
+    for top, dtype in ((0, np.uint8), (255, np.uint8), (256, np.uint16), (257, np.uint16)):
+        array = np.array([[[0, top]]], dtype=np.uint16)
+        small = _smallest_uint(array)
+        assert small.dtype == dtype and int(small.max()) == top, top
+
+
+def test_version_fallback_when_medseg_is_not_installed(monkeypatch):
+    import importlib.metadata
+
+    from data import dicom_seg
+
+    assert dicom_seg.medseg_version() == _pyproject_version()
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert dicom_seg.medseg_version() == "0+unknown"
+
+
+def _pyproject_version() -> str:
+    import tomllib
+
+    return tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_seg_header_names_medseg_the_model_and_the_series(ct, ct_labels, tmp_path):
+    """What a PACS or viewer lists: series 900, instance 1, medseg as manufacturer/model/software, the
+    model and medseg's version as the algorithm; the series description cut at 64 characters."""
+    ds = pydicom.dcmread(write_dicom_seg(ct_labels, ct, tmp_path / "s.dcm"), stop_before_pixels=True)
+    version = _pyproject_version()
+    assert (ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription) == (900, 1, "medseg segmentation")
+    assert (ds.Manufacturer, ds.ManufacturerModelName, ds.SoftwareVersions, ds.DeviceSerialNumber) == (
+        "medseg", "medseg", version, "0")
+    algorithm = ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion, algorithm.AlgorithmSource) == (
+        "litemedsam", f"medseg {version}", "medseg")
+    assert algorithm.AlgorithmFamilyCodeSequence[0].CodeMeaning == "Artificial Intelligence"
+    long = pydicom.dcmread(write_dicom_seg(ct_labels, ct, tmp_path / "l.dcm", series_description="d" * 70,
+                                           model_name="medsam"), stop_before_pixels=True)
+    assert long.SeriesDescription == "d" * 64
+    assert long.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "medsam"
+
+
+def test_seg_on_an_rgb_ultrasound_image(tmp_path):
+    """A colour source (one RGB US frame) carries a SEG on its grid: the channel axis is not a dimension."""
+    us = read_study(DATA / "dicom" / "pydicom_US_rgb_lymph_node.dcm")
+    labels = np.zeros(us.array.shape[:3], np.uint8)
+    labels[0, 50:80, 60:90] = 1
+    np.testing.assert_array_equal(read_dicom_seg(write_dicom_seg(labels, us, tmp_path / "us.dcm"), us).labels.array, labels)
+
+
+def test_a_source_changed_since_opening_is_refused_naming_the_file(tmp_path):
+    """One image of the series now belongs to another series: highdicom's reason, after the output name."""
+    copy = tmp_path / "series"
+    shutil.copytree(CT_SERIES, copy)
+    study = read_study(copy)
+    ds = pydicom.dcmread(study.source.files[4])
+    ds.SeriesInstanceUID = "1.2.3.4.5"
+    ds.save_as(study.source.files[4])
+    labels = np.zeros(study.array.shape, np.uint8)
+    labels[5, 10:20, 10:20] = 1
+    out = tmp_path / "x.dcm"
+    message = _refused(lambda: write_dicom_seg(labels, study, out), out)
+    assert message.startswith(f"{out}: highdicom could not build the DICOM-SEG (Source images must all be part of "
+                              "the same series")

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from data.dicom_seg import read_dicom_seg
 from data.export import ExportError, export_format, export_labels
 from data.readers import read_study
+from data.volume import Volume
 from tests.conftest import DATA
 
 STUDIES = {
@@ -86,3 +87,90 @@ def test_wrong_grid_is_refused(tmp_path):
 @pytest.mark.parametrize("name, fmt", [("a.nii", "nifti"), ("A.NII.GZ", "nifti"), ("seg.dcm", "dicom-seg")])
 def test_export_format_from_name(name, fmt):
     assert export_format(name) == fmt
+
+
+def test_refusals_are_one_whole_message_and_write_nothing(tmp_path):
+    """What the CLI prints after 'error:' (issue 26: assert the whole line, not a fragment)."""
+    nifti, ct = read_study(STUDIES["colin27_nifti"]), read_study(STUDIES["ct_dicom_series_LIP"])
+    grid = ct.array.shape[:3]
+
+    def message(labels, volume, name) -> str:
+        with pytest.raises(ExportError) as e:
+            export_labels(labels, volume, tmp_path / name)
+        assert list(tmp_path.iterdir()) == []
+        return str(e.value)
+
+    out = tmp_path / "x.nrrd"
+    assert message(some_labels(grid), ct, "x.nrrd") == (
+        f"{out}: unknown output format; name it .nii.gz (NIfTI labels) or .dcm (DICOM-SEG)")
+    out = tmp_path / "x.nii.gz"
+    assert message(np.zeros((2, 3, 4), np.uint8), ct, "x.nii.gz") == (
+        f"{out}: label array (2, 3, 4) does not match the study grid {grid}")
+    stack = np.stack([some_labels(grid) > 0] * 2).astype(np.uint8)
+    assert message(stack, ct, "x.nii.gz") == (  # overlapping masks: DICOM-SEG only
+        f"{out}: label array {stack.shape} does not match the study grid {grid}")
+    assert message(some_labels(grid)[0], ct, "x.nii.gz") == (
+        f"{out}: label array {grid[1:]} does not match the study grid {grid}")
+    out = tmp_path / "x.dcm"
+    assert message(some_labels(nifti.array.shape[:3]), nifti, "x.dcm") == (
+        f"{out}: DICOM-SEG needs a DICOM study, this one is nifti; use a .nii.gz output name")
+    in_memory = Volume(ct.array)
+    assert message(some_labels(grid), in_memory, "x.dcm") == (
+        f"{out}: DICOM-SEG needs a DICOM study, this one is not from a file; use a .nii.gz output name")
+    assert message(np.zeros(grid, np.uint8), ct, "x.dcm") == (  # the DICOM-SEG writer's own refusal, as ExportError
+        f"{out}: nothing is segmented (every label is empty); a DICOM-SEG needs at least one non-empty segment")
+
+
+def test_dcm_export_passes_names_colours_model_overlaps_and_the_deidentifier(tmp_path):
+    import pydicom
+
+    ct = read_study(STUDIES["ct_dicom_series_LIP"])
+    labels = some_labels(ct.array.shape[:3])
+    seen = []
+    out = export_labels(labels, ct, tmp_path / "L.DCM", {1: "liver"}, {1: (0, 255, 0)}, "medsam",
+                        deidentify=lambda ds: seen.append(ds.SOPInstanceUID))
+    ds = pydicom.dcmread(out)
+    assert seen == [ds.SOPInstanceUID]
+    assert ds.SegmentSequence[0].SegmentLabel == "liver" and ds.SegmentSequence[1].SegmentLabel == "label 3"
+    assert ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "medsam"
+    assert np.abs(np.subtract(read_dicom_seg(out, ct).colours[1], (0, 255, 0))).max() <= 1
+    default = pydicom.dcmread(export_labels(labels, ct, tmp_path / "d.dcm"))
+    assert default.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "litemedsam"
+    stack = np.stack([labels == 1, labels >= 1]).astype(np.uint8)  # overlapping structures
+    assert [d.SegmentLabel for d in pydicom.dcmread(export_labels(stack, ct, tmp_path / "o.dcm")).SegmentSequence] == [
+        "label 1", "label 2"]
+    single = read_study(DATA / "dicom" / "pydicom_CT_small.dcm")  # a single DICOM image is a DICOM study too
+    one = np.zeros(single.array.shape, np.uint8)
+    one[0, 40:60, 50:80] = 1
+    np.testing.assert_array_equal(read_dicom_seg(export_labels(one, single, tmp_path / "one.dcm"), single).labels.array, one)
+
+
+def test_export_format_names():
+    for name, fmt in (("a.nii", "nifti"), ("A.NII.GZ", "nifti"), ("c.dcm", "dicom-seg"),
+                      ("C.DCM", "dicom-seg"), ("d.nii.gz.dcm", "dicom-seg")):
+        assert export_format(name) == fmt, name
+    for name in ("e.gz", "f.nii.zip", "g.dcm.gz", "nii", "h.png"):
+        with pytest.raises(ExportError):
+            export_format(name)
+
+
+def test_upper_case_nifti_name_exports(tmp_path):
+    """'OUT.NII.GZ' is accepted by export_format; it used to die in ITK (see data/writers.py)."""
+    volume = read_study(STUDIES["colin27_nifti"])
+    labels = some_labels(volume.array.shape[:3])
+    out = export_labels(labels, volume, tmp_path / "OUT.NII.GZ")
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj).transpose(2, 1, 0), labels)
+
+
+def test_rgb_study_exports_on_its_grid_and_names_it_in_refusals(tmp_path):
+    """A colour study's grid is its first three axes: labels (1, H, W) export, the channel axis is no dimension."""
+    us = read_study(DATA / "dicom" / "pydicom_US_rgb_lymph_node.dcm")
+    assert us.is_rgb
+    labels = some_labels(us.array.shape[:3])
+    out = export_labels(labels, us, tmp_path / "us.nii.gz")
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj).transpose(2, 1, 0), labels)
+    np.testing.assert_array_equal(read_dicom_seg(export_labels(labels, us, tmp_path / "us.dcm"), us).labels.array,
+                                  np.where(labels == 3, 2, labels))
+    with pytest.raises(ExportError) as e:
+        export_labels(np.zeros((1, 3, 4), np.uint8), us, tmp_path / "x.nii.gz")
+    assert str(e.value) == f"{tmp_path / 'x.nii.gz'}: label array (1, 3, 4) does not match the study grid (1, 240, 320)"
