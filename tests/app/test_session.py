@@ -233,6 +233,14 @@ def test_a_2d_rgb_image_has_one_view_and_grey_labels(store, tmp_path):
     store.save(s)
     again = SessionStore(store.root).get(s.id)  # and after a restart
     assert again.labels.shape == (1, 20, 30) and again.labels[0, 1, 1] == 1
+    (s.directory / "labels.npz").unlink()  # a lost label map: an empty one on the image's grid
+    assert SessionStore(store.root).get(s.id).labels.shape == (1, 20, 30)
+    again.start_study(read_study(CT), str(CT), "ct")
+    store.save(again)
+    (again.directory / "studies" / f"{study_key(str(tmp_path / 'photo.png'))}.npz").unlink()
+    restarted = SessionStore(store.root).get(again.id)
+    restarted.start_study(read_study(tmp_path / "photo.png"), str(tmp_path / "photo.png"), "photo")
+    assert restarted.labels.shape == (1, 20, 30) and not restarted.labels.any()
 
 
 def test_reopening_keeps_the_cache_and_counts_one_change(store, ct_volume):
