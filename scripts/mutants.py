@@ -53,11 +53,11 @@ EQUIVALENT: dict[str, str] = {
     for n in (4, 6, 9)
 }
 EQUIVALENT |= {
-    "app.uploads.x__import__mutmut_46": "max(room_bytes, 1) for max(room_bytes, 0): 1 byte of room left prints as 0 MiB too",
-    "app.uploads.x__import__mutmut_120": "the folder name of loose DICOM files ('XXseriesXX'): internal, the user sees 'N files'",
-    "app.uploads.x__import__mutmut_121": "the folder name of loose DICOM files ('SERIES'): internal, the user sees 'N files'",
-    "app.uploads.x__import__mutmut_122": "series.mkdir(exist_ok=None): the upload folder is new for each upload (mkdtemp)",
-    "app.uploads.x__import__mutmut_123": "series.mkdir(exist_ok=False): the upload folder is new for each upload (mkdtemp)",
+    "app.uploads.x__import__mutmut_46": "max(room_bytes, 1) for max(room_bytes, 0): 1 byte of room prints as 0 MiB",
+    **{f"app.uploads.x__import__mutmut_{n}": "the folder name of loose DICOM files: internal, the user sees 'N files'"
+       for n in (120, 121)},
+    **{f"app.uploads.x__import__mutmut_{n}": "series.mkdir(exist_ok=None/False): the upload folder is new (mkdtemp)"
+       for n in (122, 123)},
     "app.uploads.x__safe_name__mutmut_18": "'XX._-XX' allowed in names: X is alphanumeric, allowed anyway",
 }
 _M = "evaluation.manifest.x"
@@ -67,17 +67,17 @@ EQUIVALENT |= {
     f"{_M}__parse_row__mutmut_48": "label_values '' for None: both falsy, only read as `if spec.label_values`",
     **{f"{_M}__parse_row__mutmut_{n}": "norm_lo/norm_hi default None for '': both falsy, used only when both are set"
        for n in (100, 102, 107, 109)},
-    f"{_M}__parse_row__mutmut_113": "window '' for None: both falsy, only read as `if spec.window` / `spec.window or ()`",
+    f"{_M}__parse_row__mutmut_113": "window '' for None: both falsy, read as `if spec.window` / `spec.window or ()`",
     **{f"{_M}__parse_row__mutmut_{n}": "attribute default: every attribute is a header column, always a row key "
        "(csv fills short rows)" for n in (206, 208, 209)},
     **{f"{_M}ǁCaseLoaderǁload__mutmut_{n}": "the manifest Window's name: never shown nor kept in LoadedCase"
        for n in (50, 52, 53, 54)},
     f"{_M}ǁCaseLoaderǁload__mutmut_72": "labels[..., :4] on an RGB label: the reader gives 3 channels, same as :3",
-    f"{_M}ǁCaseLoaderǁload__mutmut_83": "labels[..., 1] for [..., 0]: the line above refuses labels whose channels differ",
+    f"{_M}ǁCaseLoaderǁload__mutmut_83": "labels[..., 1] for [..., 0]: the line above refuses unequal channels",
 }
 _S = "app.session.xǁ"
 EQUIVALENT |= {
-    f"{_S}Sessionǁstart_study__mutmut_17": "`or` for `and` in 'stash the open study': study_path and labels are set together",
+    f"{_S}Sessionǁstart_study__mutmut_17": "`or` for `and` before stashing: study_path and labels are set together",
     f"{_S}Sessionǁstart_study__mutmut_51": "shape[:4] for shape[:3]: Plane.count reads one of the first three axes",
     **{f"{_S}Sessionǁ_stash__mutmut_{n}": "a kept study's study_path/series_uid/study_name key: written to "
        "state.json for the record, never read back" for n in range(3, 9)},
@@ -87,7 +87,7 @@ EQUIVALENT |= {
        "only if another process deletes it at the same moment" for f, n in
        (("open", 7), ("open", 9), ("open", 11), ("cleanup", 25), ("cleanup", 27), ("cleanup", 28))},
     f"{_S}SessionStoreǁsave__mutmut_3": "pop('dirty', None) for pop('dirty', False): both falsy",
-    f"{_S}SessionStoreǁsave__mutmut_8": "pop('dirty', True): rewrites an unchanged kept-labels file with the same bytes",
+    f"{_S}SessionStoreǁsave__mutmut_8": "pop('dirty', True): rewrites an unchanged kept-labels file, same bytes",
     **{f"{_S}SessionStoreǁsave__mutmut_{n}": "the studies/ mkdir: atomic_output creates the parent folder itself"
        for n in (11, 12)},
     **{f"{_S}SessionStoreǁsave__mutmut_{n}": "json.dumps indent: the same JSON, laid out differently"

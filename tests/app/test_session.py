@@ -6,7 +6,6 @@ import json
 import os
 import re
 import time
-import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -194,12 +193,6 @@ def test_reopening_the_open_study_keeps_its_labels(store, ct_volume):
 # --- values a user sees after each session operation (issue 26: mutation testing) -------------------
 
 
-def _whole_edit(session, value: int) -> Edit:
-    after = session.labels.copy()
-    after[...] = value
-    return Edit("fill", None, None, session.labels.copy(), after)
-
-
 def test_a_new_study_starts_with_one_label_in_the_middle_slices(store, ct_volume):
     s = store.create()
     s.view.mode = "box"
@@ -234,6 +227,14 @@ def test_a_2d_rgb_image_has_one_view_and_grey_labels(store, tmp_path):
     store.save(s)
     again = SessionStore(store.root).get(s.id)  # and after a restart
     assert again.labels.shape == (1, 20, 30) and again.labels[0, 1, 1] == 1
+    (s.directory / "labels.npz").unlink()  # a lost label map: an empty one on the image's grid
+    assert SessionStore(store.root).get(s.id).labels.shape == (1, 20, 30)
+    again.start_study(read_study(CT), str(CT), "ct")
+    store.save(again)
+    (again.directory / "studies" / f"{study_key(str(tmp_path / 'photo.png'))}.npz").unlink()
+    restarted = SessionStore(store.root).get(again.id)
+    restarted.start_study(read_study(tmp_path / "photo.png"), str(tmp_path / "photo.png"), "photo")
+    assert restarted.labels.shape == (1, 20, 30) and not restarted.labels.any()
 
 
 def test_reopening_keeps_the_cache_and_counts_one_change(store, ct_volume):
@@ -359,34 +360,39 @@ def replace_prompts(edit: Edit, before, after) -> Edit:
 
 
 def test_undo_memory_counts_every_array_of_a_step():
-    base = np.zeros((4, 4), np.uint16)
-    logits = np.zeros((1, 8, 8), np.float32)
-    alternative = (np.zeros((4, 4), bool), np.zeros((1, 8, 8), np.float32), 0.9)
-    prompt = PromptState("axial", 0, 1, base=base, logits=logits, alternatives=(alternative, alternative))
-    edit = Edit("x", "axial", 0, np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8), None, prompt)
-    packed_plane = len(zlib.compress(bytes(16), 1))  # undo keeps label planes zlib-packed (app.packed)
-    # both planes packed, base + logits, and the alternative's arrays once (the same tuple is offered twice)
-    assert edit_nbytes(edit) == 2 * packed_plane + 32 + 256 + (16 + 256)
+    """The prompt a step leads to keeps its base plane, logits and every alternative alive: each counts."""
+    def arrays():
+        return np.zeros((4, 4), np.uint16), np.zeros((1, 8, 8), np.float32)
 
+    def alternative():
+        return np.zeros((4, 4), bool), np.zeros((1, 8, 8), np.float32), 0.9
 
-def _noise_edit(session, seed: int) -> Edit:
-    """A whole-map step whose maps don't compress (random values): it holds its raw bytes even packed."""
-    rng = np.random.default_rng(seed)
-    before = rng.integers(0, 2**16, session.labels.shape, dtype=np.uint16)
-    return Edit("fill", None, None, before, rng.integers(0, 2**16, session.labels.shape, dtype=np.uint16))
+    base, logits = arrays()
+    prompt = PromptState("axial", 0, 1, base=base, logits=logits, alternatives=(alternative(), alternative()))
+    plane = np.zeros((4, 4), np.uint8)
+    bare = Edit("x", "axial", 0, plane.copy(), plane.copy(), None, None)
+    full = Edit("x", "axial", 0, plane.copy(), plane.copy(), None, prompt)
+    assert edit_nbytes(full) - edit_nbytes(bare) == 32 + 256 + 2 * (16 + 256)
 
 
 def test_undo_history_is_bounded_by_bytes_and_keeps_the_newest(tmp_path):
-    """32 MiB of steps: at most 32 MiB stays; one step larger than that alone still stays."""
+    """The newest steps that fit in MAX_UNDO_BYTES stay; one step larger than that alone still stays."""
+    from app.session import MAX_UNDO_BYTES
+
+    rng = np.random.default_rng(0)
     s = Session(id="a" * 32, directory=tmp_path)
-    s.labels = np.zeros((512, 1024), np.uint16)  # 1 MiB: a whole-map step holds ~2 MiB (packed random maps)
-    edits = [_noise_edit(s, i) for i in range(17)]
-    for e in edits:
-        s.apply(e)
-    assert s.undo_stack == edits[2:]  # 16 steps of 2 MiB + zlib's few bytes are over 32 MiB: 15 stay
-    assert sum(edit_nbytes(e) for e in s.undo_stack) <= 32 * 2**20
-    s.labels = np.zeros((17, 512, 1024), np.uint16)  # 17 MiB: a step of 34 MiB
-    big = [_noise_edit(s, 100), _noise_edit(s, 101)]
+    s.labels = rng.integers(0, 60000, (512, 1024), dtype=np.uint16)  # 1 MiB that does not compress
+    edits = []
+    for _ in range(20):
+        after = rng.integers(0, 60000, s.labels.shape, dtype=np.uint16)
+        edits.append(Edit("fill", None, None, s.labels.copy(), after))
+        s.apply(edits[-1])
+    sizes = [edit_nbytes(e) for e in edits]
+    fit = max(k for k in range(1, 21) if k == 1 or sum(sizes[-k:]) <= MAX_UNDO_BYTES)
+    assert 10 <= fit < 20 and s.undo_stack == edits[-fit:]
+    s.labels = rng.integers(0, 60000, (17, 512, 1024), dtype=np.uint16)  # a step of more than 32 MiB
+    big = [Edit("big", None, None, s.labels.copy(), rng.integers(0, 60000, s.labels.shape, dtype=np.uint16))
+           for _ in range(2)]
     s.apply(big[0])
     assert s.undo_stack == [big[0]]
     s.apply(big[1])
