@@ -28,7 +28,7 @@ from models.prompts import MaskResult, Prompts
 if TYPE_CHECKING:
     from models.segmenter import Embedding, Segmenter
 
-HALF_SIDES_MM = (5.0, 10.0, 20.0, 40.0, 80.0)  # grown on each side of the positives' extent
+HALF_SIDES_MM = (5.0, 10.0, 20.0)  # grown on each side of the positives' extent (docs/clicks.md: measured)
 REFINES = ("none", "points", "points+box")
 REFINE = "points"  # refine the candidates with every point through the click refiner, where there is one
 DEFAULT_SPACING_MM = (1.0, 1.0)  # (row, col) mm per pixel when the caller does not know it
