@@ -66,7 +66,13 @@ def main() -> int:
     ap.add_argument("--model", default="litemedsam", help="litemedsam (with the click model) or litemedsam-base")
     ap.add_argument("--structures", nargs="*", help="only these structures (e.g. brain head)")
     ap.add_argument("--methods", nargs="*", default=["persam", "persam_parity", "persam_box", "persam_f"])
+    ap.add_argument("--point-route", action="store_true",
+                    help="PerSAM's points alone through models.point_prompts (adapters.persam.POINT_ROUTE)")
     args = ap.parse_args()
+    if args.point_route:
+        import adapters.persam
+
+        adapters.persam.POINT_ROUTE = True
     torch.set_num_threads(args.threads)
     data = Path(args.data)
     if not data.is_dir():
