@@ -65,8 +65,9 @@ def candidate_boxes(
 ) -> np.ndarray:
     """(K, 4) float32 boxes x0, y0, x1, y1: the positive points' extent grown by each half-side, clipped.
 
-    ``points`` (N, 2) x, y pixels; ``labels`` 1 = positive; ``spacing`` (row_mm, col_mm). Duplicates
-    (a grown box clipped to the whole image twice) are kept once."""
+    ``points`` (N, 2) x, y pixels; ``labels`` 1 = positive; ``spacing`` (row_mm, col_mm). Always one box
+    per half-side, even where clipping makes two equal: callers that mix candidates (PerSAM-F mixes three)
+    count on K."""
     pts = np.asarray(points, np.float32).reshape(-1, 2)
     pos = pts[np.asarray(labels).reshape(-1) == 1]
     if len(pos) == 0:
@@ -77,9 +78,7 @@ def candidate_boxes(
     boxes: list[tuple[float, ...]] = []
     for half in half_sides_mm:
         hx, hy = half / col_mm, half / row_mm
-        box = (max(0.0, x0 - hx), max(0.0, y0 - hy), min(w - 1.0, x1 + hx), min(h - 1.0, y1 + hy))
-        if box not in boxes:
-            boxes.append(box)
+        boxes.append((max(0.0, x0 - hx), max(0.0, y0 - hy), min(w - 1.0, x1 + hx), min(h - 1.0, y1 + hy)))
     return np.asarray(boxes, np.float32)
 
 
@@ -134,7 +133,7 @@ def decode_points(
 
     Each candidate box goes through the base decoder (``decode_prompts`` with ``base_decoder``, so
     any backend's); its predicted IoU is the candidate's score. ``multimask_output``: every candidate
-    (K = the number of distinct boxes), the best-scored one is the answer; else K = 1, that one.
+    (K = the number of half-sides), the best-scored one is the answer; else K = 1, that one.
     ``refine`` "points" or "points+box" (and a click refiner on the model): each returned candidate is
     then refined with all the points (and its box) and its logits as the mask prompt; the score stays
     the base decoder's, which chose it. "none": the base decoder's masks.
