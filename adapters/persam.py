@@ -45,7 +45,7 @@ from models.segmenter import Embedding, Segmenter
 # PerSAM's annotation colour (RGB); only the red channel matters.
 PERSAM_MASK_RGB = (128, 0, 0)
 MIN_COVERAGE = 0.5
-POINT_ROUTE = False  # points alone through models.point_prompts (measured in docs/clicks.md, One-shot)
+POINT_ROUTE = True  # points alone through models.point_prompts (PerSAM-F brain 0.429 -> 0.596: docs/clicks.md, One-shot)
 
 
 class ReferenceMaskError(ValueError):
