@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="embedding cache (.pt), reused across runs")
     ap.add_argument("--n", type=int, nargs="+", default=[1, 5], help="points:N protocols")
     ap.add_argument("--json", type=Path, default=None, help="write per-case Dice here")
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="half-side sets to try")
+    ap.add_argument("--grow", type=int, nargs="+", default=list(GROW), help="growth steps to try")
     ap.add_argument("--every", type=int, default=1, help="every K-th case of the manifest (a quicker look)")
     args = ap.parse_args(argv)
 
@@ -75,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     embs = embeddings(seg, cases, args.cache)
     print(f"{len(cases)} cases embedded/loaded in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     per: dict[str, dict[str, list[float]]] = {}
-    all_sizes = tuple(sorted({v for sizes in SIZES.values() for v in sizes}))
+    sets = {k: SIZES[k] for k in args.sizes}
+    all_sizes = tuple(sorted({v for sizes in sets.values() for v in sizes}))
     with torch.inference_mode():
         for n in args.n:
             rows = per.setdefault(f"points:{n}", {})
@@ -87,14 +90,16 @@ def main(argv: list[str] | None = None) -> int:
                 found: dict[tuple, dict[int, tuple]] = {}
                 for box in point_prompts.candidate_boxes(pts, labels, case.gt.shape, case.spacing, all_sizes):
                     found[tuple(box.tolist())] = per_grow = {}
-                    for grow in GROW:
+                    for grow in args.grow:
                         base, iou, final = point_prompts.decode_box(seg, emb, box, grow)
                         per_grow[grow] = (float(iou[0, 0]), dice(mask_of(seg, emb, base), case.gt), base)
                 line = {"case": case.spec.case_id}
-                for sname, sizes in SIZES.items():
+                low, _ = seg.decode_prompts(emb, prompts, n == 1)  # the old answer: the refiner on the points alone
+                line["old"] = dice(mask_of(seg, emb, low[:, :1]), case.gt)
+                for sname, sizes in sets.items():
                     boxes = [tuple(b.tolist()) for b in point_prompts.candidate_boxes(pts, labels, case.gt.shape,
                                                                                      case.spacing, sizes)]
-                    for grow in GROW:
+                    for grow in args.grow:
                         best = max(boxes, key=lambda b: found[b][grow][0])
                         corrective = Prompts(points=pts, point_labels=labels, mask_logits=found[best][grow][2][0].cpu().numpy())
                         r, _ = seg.decode_prompts(emb, corrective, False)
