@@ -38,12 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from adapters.decoder_hooks import mask_decoder_of, persam_guidance
+from models import point_prompts
 from models.prompts import MaskResult, Prompts
 from models.segmenter import Embedding, Segmenter
 
 # PerSAM's annotation colour (RGB); only the red channel matters.
 PERSAM_MASK_RGB = (128, 0, 0)
 MIN_COVERAGE = 0.5
+POINT_ROUTE = True  # points alone through models.point_prompts (PerSAM-F brain 0.429 -> 0.596: docs/clicks.md, One-shot)
 
 
 class ReferenceMaskError(ValueError):
@@ -241,12 +243,20 @@ def box_of(mask: np.ndarray) -> np.ndarray | None:
     return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.int64)
 
 
+def decoder_prompts(segmenter: Segmenter, prompts: Prompts) -> Prompts:
+    """The prompts as one-shot methods send them: the base decoder, not the click model (PerSAM's prompts and
+    hooks are what the base was used with; through the click model PerSAM's brain Dice fell from 0.78 to 0.03,
+    tests/adapters/test_persam_litemedsam.py). With ``POINT_ROUTE``, points alone take the model's answer to
+    points (``models.point_prompts``: box candidates through the base decoder, refined by the click model)."""
+    if POINT_ROUTE and point_prompts.takes(segmenter, prompts):
+        return prompts
+    return replace(prompts, base_decoder=True)
+
+
 def run_step(
     segmenter: Segmenter, embedding: Embedding, name: str, prompts: Prompts, *, multimask: bool, best: int | None = None
 ) -> DecoderStep:
-    # the base decoder, not the click model: PerSAM's prompts and hooks are what the base was used with
-    # (through the click model PerSAM's brain Dice fell from 0.78 to 0.03, tests/adapters/test_persam_litemedsam.py)
-    result = segmenter.predict(embedding, replace(prompts, base_decoder=True), multimask_output=multimask)
+    result = segmenter.predict(embedding, decoder_prompts(segmenter, prompts), multimask_output=multimask)
     return DecoderStep(name, prompts, result, result.best_index if best is None else best)
 
 

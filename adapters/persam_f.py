@@ -26,6 +26,7 @@ from adapters.persam import (
     PerSAMResult,
     check_same_model,
     box_refinement,
+    decoder_prompts,
     location_confidence,
     reference_features,
     run_step,
@@ -134,8 +135,8 @@ def fit_persam_f(
     """Learn PerSAM-F's weights on the reference image (embedded) and its (H, W) bool mask."""
     reference = persam_f_reference(segmenter, embedding, mask, parity=parity)
     pos, _ = _positive_point(segmenter, reference, embedding)
-    prompts = Prompts(points=pos[None].astype(np.float32), point_labels=np.array([1]), base_decoder=True)
-    result = segmenter.predict(embedding, prompts, multimask_output=True)
+    prompts = Prompts(points=pos[None].astype(np.float32), point_labels=np.array([1]))
+    result = segmenter.predict(embedding, decoder_prompts(segmenter, prompts), multimask_output=True)
     if result.low_res_logits.shape[0] != 3:
         raise ValueError(
             f"PerSAM-F mixes 3 multimask outputs but {segmenter.name!r} returned {result.low_res_logits.shape[0]}"

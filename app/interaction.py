@@ -3,9 +3,9 @@
 The interaction protocol (``DESIGN.md``): the first prompt may be a box, a click or a mask; each
 later click on the same object adds a point and feeds back the previous low-resolution logits,
 as SAM's interactive loop does. A lone first click is ambiguous (part or whole?), so it asks for
-SAM's three multimask candidates, keeps the one with the best predicted IoU and offers the others;
-for a model trained with boxes only (LiteMedSAM gives empty masks for a lone point), the
-candidates are boxes of three sizes around the click instead (see ``_first_click_candidates``).
+the model's candidates, keeps the one with the best predicted IoU and offers the others; for
+LiteMedSAM, trained with boxes only, they are boxes of several sizes around the click
+(``models.point_prompts``, see ``_first_click_candidates``).
 
 Model work goes through one :class:`ModelRunner` (a lock shared by user requests and the
 background :class:`Prefetcher`); embeddings are cached per session, per plane.
@@ -29,13 +29,13 @@ from app.model_catalog import backend_for, load_model
 from app.render import Plane, to_rgb
 from app.session import Edit, PromptState, Session, SessionError
 from data.windowing import Window, default_window
+from models.point_prompts import predict_points
 from models.prompts import MaskResult, PromptError, Prompts
 from models.segmenter import Embedding, Segmenter
 
 log = logging.getLogger(__name__)
 EMBEDDINGS_PER_SESSION = 24  # LiteMedSAM: 4 MiB each
 MIN_CANDIDATE_PX = 10  # a multimask candidate smaller than this is "nothing"
-CLICK_BOX_MM = (5.0, 10.0, 20.0)  # half-sides of the boxes tried around a lone click (box-trained models)
 
 
 class PlaneEmbeddings(EmbeddingCache):
@@ -407,42 +407,38 @@ def choose_alternative(session: Session, which: int) -> Edit:
 def _first_click_candidates(runner: ModelRunner, session: Session, p: PromptState) -> list[tuple]:
     """Candidates for a lone first click: (mask, logits (1, h, w), predicted IoU, box or None), best first not implied.
 
-    SAM's answer to ambiguity is its three multimask outputs. A model trained with boxes only
-    (LiteMedSAM) returns empty masks for a lone point, so when every multimask candidate is
-    smaller than ``MIN_CANDIDATE_PX``, the candidates become the point plus a box of
-    ``CLICK_BOX_MM`` half-sides around it: a small, a medium and a large structure.
-    The multimask try asks the base decoder: the click model answers a lone point with one small mask
-    (points:1 Dice 0.24 on the shared set, docs/clicks.md) three times over, no alternatives at all;
-    the boxed candidates too, as they were chosen and measured with it; later clicks on the chosen one
-    go through the click model.
+    A lone point is ambiguous (part or whole?). Its answer is the model's: LiteMedSAM with its click
+    model answers points alone with ``models.point_prompts`` (boxes of several physical sizes around
+    the click, chosen by the base decoder's predicted IoU, refined by the click model), the same
+    function ``medseg eval --protocol points:N`` and ``medseg segment --point`` reach; every candidate
+    comes back, so the other sizes are the alternatives. SAM-style models give their three multimask
+    outputs; where every one is smaller than ``MIN_CANDIDATE_PX`` (a box-trained model without the
+    click model: ``litemedsam-base``), the candidates come from ``point_prompts.predict_points`` too.
     """
-    result = _predict(runner, session, p, multimask=True, base_decoder=True)
-    candidates = [(result.masks[i], result.low_res_logits[i][None], float(result.scores[i]), None)
-                  for i in range(len(result.masks))]
-    if max(int(m.sum()) for m, *_ in candidates) >= MIN_CANDIDATE_PX:
-        return candidates
-    (x, y), (h, w) = p.points[0], p.base.shape
-    row_mm, col_mm = Plane.of(session.require_study(), p.view).spacing(session.require_study())
-    boxed = []
-    for half_mm in CLICK_BOX_MM:
-        hx, hy = half_mm / col_mm, half_mm / row_mm
-        box = (max(0.0, x - hx), max(0.0, y - hy), min(w - 1.0, x + hx), min(h - 1.0, y + hy))
-        r = _predict(runner, session, PromptState(p.view, p.index, p.label, p.points, p.point_labels, box, base=p.base),
-                     multimask=False, base_decoder=True)
-        i = r.best_index
-        score = float(r.scores[i]) if np.isfinite(r.scores[i]) else 0.0
-        boxed.append((r.masks[i], r.low_res_logits[i][None], score, box))
-    return boxed
+    result = _predict(runner, session, p, multimask=True)
+    if result.boxes is None and max(int(m.sum()) for m in result.masks) < MIN_CANDIDATE_PX:
+        prompts = _prompts_of(session, p)
+        with runner.turn():
+            embedding = runner.embedding(session, p.view, p.index)
+            result = predict_points(runner.segmenter(session.model), embedding, prompts, True)
+    candidates = []
+    for i in range(len(result.masks)):
+        score = float(result.scores[i]) if np.isfinite(result.scores[i]) else 0.0
+        box = None if result.boxes is None else tuple(float(v) for v in result.boxes[i])
+        candidates.append((result.masks[i], result.low_res_logits[i][None], score, box))
+    return candidates
 
 
-def _predict(
-    runner: ModelRunner, session: Session, p: PromptState, *, multimask: bool, base_decoder: bool = False
-) -> MaskResult:
+def _prompts_of(session: Session, p: PromptState) -> Prompts:
+    """The model's prompts for ``p``, with the plane's pixel spacing (points alone become boxes in mm)."""
+    volume = session.require_study()
+    return replace(to_prompts(p), pixel_spacing=Plane.of(volume, p.view).spacing(volume))
+
+
+def _predict(runner: ModelRunner, session: Session, p: PromptState, *, multimask: bool) -> MaskResult:
     if p.base is None:
         raise SessionError("internal: a prompt without its base plane")
-    prompts = to_prompts(p)
-    if base_decoder:
-        prompts = replace(prompts, base_decoder=True)
+    prompts = _prompts_of(session, p)
     with runner.turn():
         embedding = runner.embedding(session, p.view, p.index)
         return runner.segmenter(session.model).predict(embedding, prompts, multimask_output=multimask)

@@ -80,6 +80,11 @@ class Volume:
             raise IndexError(f"slice {k} is out of range: this study has slices 0..{self.num_slices - 1}")
         return self.array[k]
 
+    @property
+    def pixel_spacing(self) -> tuple[float, float]:
+        """(row_mm, col_mm) of the pixels of :meth:`slice` (rows run along j, columns along i)."""
+        return float(self.spacing[1]), float(self.spacing[0])
+
     # --- geometry --------------------------------------------------------------------------
     @property
     def direction_matrix(self) -> np.ndarray:

@@ -183,32 +183,34 @@ def simulate(
     jitter: int = 0,
     rng: np.random.Generator,
     feed_logits: bool = True,
+    spacing: tuple[float, float] | None = None,
 ) -> Iterator[Step]:
     """Run ``protocol`` against ``predict`` on one slice, yielding one :class:`Step` per reported click.
 
     A single positive point alone is ambiguous, so it asks for multimask output and keeps the
     best-scored mask (DESIGN.md); every other prompt asks for one mask. When the mask has no
-    error left, later steps repeat it without calling the model (0 s).
+    error left, later steps repeat it without calling the model (0 s). ``spacing`` (row_mm, col_mm) goes
+    with every prompt (``Prompts.pixel_spacing``): points without a box become boxes of physical sizes.
     """
     gt = np.asarray(gt, dtype=bool)
     if not gt.any():
         raise ProtocolError("the ground truth is empty on this slice; these protocols need a structure to prompt")
     if protocol.kind == "points":
         pts, labels = sample_points(gt, protocol.n, rng)
-        prompts = Prompts(points=pts, point_labels=labels)
+        prompts = Prompts(points=pts, point_labels=labels, pixel_spacing=spacing)
         result, sec = _timed(predict, prompts, protocol.n == 1)
         yield Step(protocol.n, prompts, result.best_mask, sec)
         return
 
-    prompts = Prompts()
+    prompts = Prompts(pixel_spacing=spacing)
     mask = np.zeros_like(gt)
     clicks = 0
     if protocol.kind in ("box", "box+clicks"):
-        prompts = Prompts(box=box_from_mask(gt, margin, jitter=jitter, rng=rng))
+        prompts = Prompts(box=box_from_mask(gt, margin, jitter=jitter, rng=rng), pixel_spacing=spacing)
         result, sec = _timed(predict, prompts, False)
         mask = result.best_mask
         if feed_logits:
-            prompts = Prompts(box=prompts.box, mask_logits=result.best_logits)
+            prompts = Prompts(box=prompts.box, mask_logits=result.best_logits, pixel_spacing=spacing)
         yield Step(0, prompts, mask, sec)
         if protocol.kind == "box":
             return
@@ -223,7 +225,6 @@ def simulate(
         result, sec = _timed(predict, prompts, single_point)
         mask = result.best_mask
         if feed_logits:
-            prompts = Prompts(
-                points=prompts.points, point_labels=prompts.point_labels, box=prompts.box, mask_logits=result.best_logits
-            )
+            prompts = Prompts(points=prompts.points, point_labels=prompts.point_labels, box=prompts.box,
+                              mask_logits=result.best_logits, pixel_spacing=spacing)
         yield Step(clicks, prompts, mask, sec)

@@ -151,6 +151,7 @@ def evaluate_case(
             jitter=settings.jitter,
             rng=case_rng(settings.seed, spec.case_id),
             feed_logits=settings.feed_logits,
+            spacing=case.spacing,
         )
         for i, step in enumerate(steps):
             if on_step is not None:

@@ -66,7 +66,13 @@ def main() -> int:
     ap.add_argument("--model", default="litemedsam", help="litemedsam (with the click model) or litemedsam-base")
     ap.add_argument("--structures", nargs="*", help="only these structures (e.g. brain head)")
     ap.add_argument("--methods", nargs="*", default=["persam", "persam_parity", "persam_box", "persam_f"])
+    ap.add_argument("--no-point-route", action="store_true",
+                    help="PerSAM's points alone through the base decoder, not models.point_prompts (as before issue 18)")
     args = ap.parse_args()
+    if args.no_point_route:
+        import adapters.persam
+
+        adapters.persam.POINT_ROUTE = False
     torch.set_num_threads(args.threads)
     data = Path(args.data)
     if not data.is_dir():

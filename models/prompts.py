@@ -24,6 +24,8 @@ class Prompts:
     by the same model (fed back on the next click, as SAM does).
     base_decoder: answer with the model's own decoder even where a click model is attached (one-shot
     methods: their point prompts and decoder hooks are not what the click model was trained on).
+    pixel_spacing: (row_mm, col_mm) of the image's pixels; points without a box become boxes of
+    physical sizes around them (``models.point_prompts``), 1 mm when None.
     """
 
     points: np.ndarray | None = None
@@ -31,6 +33,7 @@ class Prompts:
     box: np.ndarray | None = None
     mask_logits: np.ndarray | None = None
     base_decoder: bool = False
+    pixel_spacing: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.points is not None:
@@ -58,6 +61,11 @@ class Prompts:
             if m.ndim == 2:
                 m = m[None]
             object.__setattr__(self, "mask_logits", m)
+        if self.pixel_spacing is not None:
+            sp = tuple(float(v) for v in np.asarray(self.pixel_spacing, dtype=np.float64).reshape(-1))
+            if len(sp) != 2 or not all(np.isfinite(v) and v > 0 for v in sp):
+                raise PromptError(f"pixel spacing must be two positive mm values (row, col), got {list(sp)}")
+            object.__setattr__(self, "pixel_spacing", sp)
 
     @property
     def is_empty(self) -> bool:
@@ -88,7 +96,8 @@ class Prompts:
         if self.points is not None:
             pts = np.concatenate([self.points, pts])
             lab = np.concatenate([self.point_labels, lab])
-        return Prompts(points=pts, point_labels=lab, box=self.box, mask_logits=self.mask_logits)
+        return Prompts(points=pts, point_labels=lab, box=self.box, mask_logits=self.mask_logits,
+                       pixel_spacing=self.pixel_spacing)
 
 
 @dataclass(frozen=True)
@@ -97,11 +106,14 @@ class MaskResult:
 
     masks: (K, H, W) bool at the original image size. scores: (K,) predicted IoU (NaN when the
     model has no IoU head). low_res_logits: (K, h, w) float32, to feed back as ``Prompts.mask_logits``.
+    boxes: (K, 4) the box each mask was derived from when points alone were answered with boxes
+    (``models.point_prompts``), else None.
     """
 
     masks: np.ndarray
     scores: np.ndarray
     low_res_logits: np.ndarray
+    boxes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # Own the memory: ``tensor[0].numpy()`` is a view that keeps the decoder's whole output alive

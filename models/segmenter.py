@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import point_prompts
 from models.geometry import LongestSide, Stretch, low_res_to_input_frame
 from models.prompts import MaskResult, PromptError, Prompts
 
@@ -127,11 +128,19 @@ class Segmenter:
                 f"this embedding was computed by {embedding.model_name!r}, not {self.name!r}: call embed() again"
             )
         prompts.validate(embedding.original_size)
+        if point_prompts.takes(self, prompts):  # points alone, on LiteMedSAM with its click model
+            return point_prompts.predict_points(self, embedding, prompts, multimask_output)
         low_res, iou = self.decode_prompts(embedding, prompts, multimask_output)
+        return self.to_result(embedding, low_res, iou)
+
+    def to_result(
+        self, embedding: Embedding, low_res: torch.Tensor, iou: torch.Tensor, boxes: np.ndarray | None = None
+    ) -> MaskResult:
+        """(1, K, h, w) low-res logits and (1, K) IoU -> masks at the original size (the postprocessing)."""
         upscaled = self.geometry.logits_to_original(low_res, embedding.original_size)
         masks = (upscaled > 0.0)[0].cpu().numpy()
         scores = iou[0].float().cpu().numpy() if self.has_iou_head else np.full(masks.shape[0], np.nan, np.float32)
-        return MaskResult(masks=masks, scores=scores, low_res_logits=low_res[0].float().cpu().numpy())
+        return MaskResult(masks=masks, scores=scores, low_res_logits=low_res[0].float().cpu().numpy(), boxes=boxes)
 
     def decode_prompts(
         self, embedding: Embedding, prompts: Prompts, multimask_output: bool

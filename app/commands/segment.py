@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = prompts_from_args(args)
     to_pacs = dicomweb_target(args.output) is not None
     volume, k, image = load_slice(args)
+    prompts = replace(prompts, pixel_spacing=volume.pixel_spacing)  # points alone become boxes in mm
     out = Path(args.output)
     is_nifti = to_pacs or out.name.lower().endswith((".nii", ".nii.gz", ".dcm"))  # .dcm: DICOM-SEG via data.export
     if not volume.is_2d and not is_nifti:

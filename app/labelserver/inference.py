@@ -139,7 +139,7 @@ def request_prompts(entry: ModelEntry, params: Mapping[str, Any], volume: Volume
         points = np.asarray([[p[0], p[1]] for p in fg + bg], dtype=np.float32)
         labels = np.asarray([1] * len(fg) + [0] * len(bg), dtype=np.int64)
     box = None if roi is None else np.asarray(roi[:4], dtype=np.float32)
-    prompts = Prompts(points=points, point_labels=labels, box=box)
+    prompts = Prompts(points=points, point_labels=labels, box=box, pixel_spacing=volume.pixel_spacing)
     prompts.validate(volume.slice_shape)
     value = 1
     if entry.type == "vista3d" and params.get("label_prompt"):

@@ -14,8 +14,10 @@ import SimpleITK as sitk
 from app import controller, interaction
 from app.controller import AppContext
 from app.interaction import ModelRunner, Prefetcher, merged_plane
+from app.render import Plane
 from app.session import SessionStore
 from data.windowing import default_window, slice_to_rgb
+from models import point_prompts
 from models.prompts import PromptError, Prompts
 from tests.conftest import SAMPLES
 
@@ -135,13 +137,28 @@ def test_a_click_after_undo_never_resends_the_undone_point(ctx, opened):
     assert session.prompt.point_labels == () and session.prompt.box is not None
 
 
-def test_lone_first_click_offers_alternatives_and_choosing_one_swaps_the_mask(ctx, opened):
+def test_lone_first_click_is_the_models_answer_to_a_point_and_choosing_an_alternative_swaps_the_mask(
+    ctx, opened, litemedsam, monkeypatch
+):
+    calls = []
+    real = point_prompts.decode_points
+    monkeypatch.setattr(point_prompts, "decode_points", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     controller.new_object(ctx, opened)
     controller.set_display(ctx, opened, "default", 40, 400, 0.45, "point +")
     vm = controller.click(ctx, opened, *INSIDE)
-    assert len(vm.alternatives) == 3 and vm.chosen in vm.alternatives
     session = ctx.store.get(opened)
-    other = next(i for i in range(3) if vm.alternatives[i] != vm.chosen)
+    # one answer to a lone point, the one medseg eval's points:1 gets (models.point_prompts), with the plane's spacing
+    (prompts,) = calls
+    assert prompts.box is None and prompts.point_labels.tolist() == [1]
+    assert prompts.pixel_spacing == Plane.of(session.volume, "coronal").spacing(session.volume)
+    expected = litemedsam.predict(ctx.runner.embedding(session, "coronal", 6), prompts, multimask_output=True)
+    alternatives = session.prompt.alternatives
+    assert len(vm.alternatives) == len(alternatives) == len(expected.masks) == len(point_prompts.HALF_SIDES_MM)
+    for (mask, _, score, box), m, s, b in zip(alternatives, expected.masks, expected.scores, expected.boxes):
+        np.testing.assert_array_equal(mask, m)
+        assert score == pytest.approx(float(s)) and box == tuple(float(v) for v in b)
+    assert vm.chosen == vm.alternatives[expected.best_index]
+    other = next(i for i in range(len(alternatives)) if vm.alternatives[i] != vm.chosen)
     controller.choose(ctx, opened, other)
     expected = session.prompt.alternatives[other][0]
     plane = session.region("coronal", 6)

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from models import point_prompts
 from tests.e2e.conftest import needs_browser
 from tests.e2e.test_ui_e2e import BOX, INSIDE, TIMEOUT_MS, _browser_labels, _drag, _idle, _open_page, \
     _open_sample, _server_counts, _wait_server, _wait_status, _xy
@@ -100,21 +101,22 @@ def test_alternatives_labels_mask_file_and_dicom_seg_export(browser, server, mod
     context, page, sid = _open_page(browser, server)
     _open_sample(page)
 
-    # alternatives: a lone click gives 3 candidates (LiteMedSAM: boxes around the click); picking another
-    # puts exactly that candidate's mask on the slice, and the viewer shows it
+    # alternatives: a lone click gives the model's candidates (LiteMedSAM: boxes of HALF_SIDES_MM around the
+    # click, models.point_prompts); picking another puts exactly that candidate's mask on the slice, and the
+    # viewer shows it
     model_calls.clear()
     page.mouse.click(*_xy(page, ct, *INSIDE))
     _idle(page)
     _wait_status(page, "Positive click")
     radios = page.locator("#alternatives input[type=radio]")
-    expect(radios).to_have_count(3, timeout=TIMEOUT_MS)
-    chosen = next(i for i in range(3) if radios.nth(i).is_checked())
-    other = (chosen + 1) % 3
+    count = len(point_prompts.HALF_SIDES_MM)
+    expect(radios).to_have_count(count, timeout=TIMEOUT_MS)
+    chosen = next(i for i in range(count) if radios.nth(i).is_checked())
+    other = (chosen + 1) % count
     radios.nth(other).check()
     _wait_status(page, f"Alternative {other + 1}")
-    assert len(model_calls) == 4  # the multimask try, then one call per box candidate
-    candidate = model_calls[1 + other]
-    assert candidate.box is not None and candidate.point_labels.tolist() == [1]
+    (call,) = model_calls  # one call: the point alone, answered by models.point_prompts with every candidate
+    assert call.box is None and call.point_labels.tolist() == [1]
     labels = server.labels(sid)
     assert (labels[6] == 1).sum() > 50 and not (labels[np.arange(12) != 6] == 1).any()
     _in_sync(page, server, sid)

@@ -1,0 +1,174 @@
+"""Points without a box or a mask, for a model trained with boxes: box candidates, then the points.
+
+Why: LiteMedSAM was trained with boxes only, so a lone point gives its decoder an empty mask, and the
+shipped click refiner (``models/click_model.py``) answers points alone with a small blob (points:1
+Dice 0.24 on the shared set, docs/clicks.md). A box it does understand. So a prompt of points alone
+becomes boxes derived from the positive points: their extent (a lone point: the point itself) grown
+by each of ``HALF_SIDES_MM`` on every side, physical sizes that need the pixel spacing
+(``Prompts.pixel_spacing``, 1 mm when unknown). The base decoder segments each box; its predicted
+IoU picks one; then, where the model carries a click refiner, every point (negatives too) goes to the
+refiner with the chosen box's logits as the mask prompt, which is what the refiner was trained on
+(corrective clicks after a box).
+
+This is the one answer to "points, no box" for such a model: ``Segmenter.predict`` sends it here
+(``takes``), and so does every caller that asks with points: ``medseg eval --protocol points:N``,
+``medseg segment --point``, the UI's lone first click (which offers the other candidates as
+alternatives) and PerSAM's point prompts. A box, or a mask, never comes here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from models.prompts import MaskResult, Prompts
+
+if TYPE_CHECKING:
+    from models.segmenter import Embedding, Segmenter
+
+HALF_SIDES_MM = (5.0, 10.0, 20.0)  # grown on each side of the positives' extent (docs/clicks.md: measured)
+REFINES = ("none", "points", "points+box")
+REFINE = "points"  # refine the candidates with every point through the click refiner, where there is one
+DEFAULT_SPACING_MM = (1.0, 1.0)  # (row, col) mm per pixel when the caller does not know it
+GROW_STEPS = 0  # times a candidate box whose mask touches its border is grown and decoded again
+TOUCH_PX = 2  # a mask this close to a box side touches it
+
+
+def refiner_of(segmenter: "Segmenter"):
+    """The click refiner that answers every point and mask prompt (the shipped click model), or None.
+
+    ONNX segmenters keep the torch variant as ``base``; its model carries the refiner."""
+    owner = getattr(segmenter, "base", segmenter)
+    refiner = getattr(getattr(owner, "model", None), "click_refiner", None)
+    return refiner if refiner is not None and getattr(refiner, "scope", None) == "prompts" else None
+
+
+def takes(segmenter: "Segmenter", prompts: Prompts) -> bool:
+    """Whether ``prompts`` are answered here: points, no box, no mask, a model with the click model."""
+    return (
+        prompts.points is not None
+        and prompts.box is None
+        and prompts.mask_logits is None
+        and not prompts.base_decoder
+        and refiner_of(segmenter) is not None
+    )
+
+
+def candidate_boxes(
+    points: np.ndarray,
+    labels: np.ndarray,
+    image_size: tuple[int, int],
+    spacing: tuple[float, float] | None = None,
+    half_sides_mm: tuple[float, ...] = HALF_SIDES_MM,
+) -> np.ndarray:
+    """(K, 4) float32 boxes x0, y0, x1, y1: the positive points' extent grown by each half-side, clipped.
+
+    ``points`` (N, 2) x, y pixels; ``labels`` 1 = positive; ``spacing`` (row_mm, col_mm). Always one box
+    per half-side, even where clipping makes two equal: callers that mix candidates (PerSAM-F mixes three)
+    count on K."""
+    pts = np.asarray(points, np.float32).reshape(-1, 2)
+    pos = pts[np.asarray(labels).reshape(-1) == 1]
+    if len(pos) == 0:
+        raise ValueError("point prompts without a box need at least one positive point")
+    row_mm, col_mm = spacing if spacing is not None else DEFAULT_SPACING_MM
+    h, w = image_size
+    (x0, y0), (x1, y1) = pos.min(axis=0), pos.max(axis=0)
+    boxes: list[tuple[float, ...]] = []
+    for half in half_sides_mm:
+        hx, hy = half / col_mm, half / row_mm
+        boxes.append((max(0.0, x0 - hx), max(0.0, y0 - hy), min(w - 1.0, x1 + hx), min(h - 1.0, y1 + hy)))
+    return np.asarray(boxes, np.float32)
+
+
+def grown_box(box: np.ndarray, mask: np.ndarray, touch_px: int = TOUCH_PX) -> np.ndarray | None:
+    """``box`` with each side the (H, W) ``mask`` touches moved out by half the box's size, clipped to
+    the image; None when the mask is empty or touches no side that can still move (it fits the box)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    h, w = mask.shape
+    x0, y0, x1, y1 = (float(v) for v in box)
+    half_w, half_h = (x1 - x0 + 1) / 2, (y1 - y0 + 1) / 2
+    new = [x0, y0, x1, y1]
+    if xs.min() <= x0 + touch_px and x0 > 0:
+        new[0] = max(0.0, x0 - half_w)
+    if ys.min() <= y0 + touch_px and y0 > 0:
+        new[1] = max(0.0, y0 - half_h)
+    if xs.max() >= x1 - touch_px and x1 < w - 1:
+        new[2] = min(w - 1.0, x1 + half_w)
+    if ys.max() >= y1 - touch_px and y1 < h - 1:
+        new[3] = min(h - 1.0, y1 + half_h)
+    return None if new == [x0, y0, x1, y1] else np.asarray(new, np.float32)
+
+
+def decode_box(
+    segmenter: "Segmenter", embedding: "Embedding", box: np.ndarray, grow_steps: int = GROW_STEPS
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """One candidate: the base decoder on ``box``, grown up to ``grow_steps`` times while its mask
+    touches the box (the structure goes on past it) -> (1, 1, h, w) logits, (1, 1) IoU, the last box."""
+    low, iou = segmenter.decode_prompts(embedding, Prompts(box=box, base_decoder=True), False)
+    for _ in range(grow_steps):
+        mask = (segmenter.geometry.logits_to_original(low[:, :1], embedding.original_size) > 0)[0, 0].cpu().numpy()
+        bigger = grown_box(box, mask)
+        if bigger is None:
+            break
+        box = bigger
+        low, iou = segmenter.decode_prompts(embedding, Prompts(box=box, base_decoder=True), False)
+    return low[:, :1].float(), iou[:, :1].float(), np.asarray(box, np.float32)
+
+
+def decode_points(
+    segmenter: "Segmenter",
+    embedding: "Embedding",
+    prompts: Prompts,
+    multimask_output: bool,
+    *,
+    half_sides_mm: tuple[float, ...] = HALF_SIDES_MM,
+    refine: str = REFINE,
+    grow_steps: int = GROW_STEPS,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Points alone -> (1, K, h, w) low-res logits, (1, K) scores, (K, 4) the box of each mask.
+
+    Each candidate box goes through the base decoder (``decode_prompts`` with ``base_decoder``, so
+    any backend's); its predicted IoU is the candidate's score. ``multimask_output``: every candidate
+    (K = the number of half-sides), the best-scored one is the answer; else K = 1, that one.
+    ``refine`` "points" or "points+box" (and a click refiner on the model): each returned candidate is
+    then refined with all the points (and its box) and its logits as the mask prompt; the score stays
+    the base decoder's, which chose it. "none": the base decoder's masks.
+    """
+    if refine not in REFINES:
+        raise ValueError(f"refine must be one of {', '.join(REFINES)}, got {refine!r}")
+    boxes = candidate_boxes(prompts.points, prompts.point_labels, embedding.original_size,
+                            prompts.pixel_spacing, half_sides_mm)
+    logits, scores, final = [], [], []
+    for box in boxes:
+        low, iou, box = decode_box(segmenter, embedding, box, grow_steps)
+        logits.append(low)
+        scores.append(iou)
+        final.append(box)
+    boxes = np.stack(final)
+    score = torch.cat(scores, dim=1)
+    keep = list(range(len(boxes))) if multimask_output else [int(torch.argmax(score[0]))]
+    out = []
+    for k in keep:
+        low = logits[k]
+        if refine != "none" and refiner_of(segmenter) is not None:
+            corrective = Prompts(points=prompts.points, point_labels=prompts.point_labels,
+                                 box=boxes[k] if refine == "points+box" else None, mask_logits=low[0].cpu().numpy())
+            low, _ = segmenter.decode_prompts(embedding, corrective, False)
+        out.append(low[:, :1].float())
+    return torch.cat(out, dim=1), score[:, keep], boxes[keep]
+
+
+@torch.inference_mode()
+def predict_points(
+    segmenter: "Segmenter", embedding: "Embedding", prompts: Prompts, multimask_output: bool = False
+) -> MaskResult:
+    """:func:`decode_points` as a :class:`MaskResult` (``boxes`` set): what ``Segmenter.predict`` returns
+    for points alone; callable directly for a box-trained model without the click model (the UI's lone
+    click on ``litemedsam-base``, whose own decoder gives nothing for a point): candidates, unrefined."""
+    prompts.validate(embedding.original_size)
+    low_res, iou, boxes = decode_points(segmenter, embedding, prompts, multimask_output)
+    return segmenter.to_result(embedding, low_res, iou, boxes)
