@@ -222,11 +222,16 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
 
 
 def encode_shown(ctx: AppContext, session: Session) -> str:
-    """Encode the shown plane now (so the next prompt only runs the decoder)."""
+    """Encode the shown plane now (so the next prompt only runs the decoder).
+
+    Returns "Ready: ..." only when it encoded: the viewer asks after every prompt too, and a slice
+    already encoded is no news (its "Ready" replaced the prompt's own message)."""
     with session.lock:
         if session.volume is None:
             return ""
         view, index = session.view.view, session.view.index[session.view.view]
+        if (session.model, view, int(index)) in interaction.embeddings_of(session):
+            return ""
     with ctx.runner.turn():
         ctx.runner.embedding(session, view, index)
     return "Ready: the slice is encoded."

@@ -211,3 +211,12 @@ def test_refinement_clicks_label_only_the_clicked_structure(ctx, opened):
     far = boxed.copy()
     far[60:190, 80:180] = False
     assert far.sum() <= 5, f"{int(far.sum())} label pixels far from the prompts"
+
+
+def test_encoding_the_shown_slice_is_news_only_when_it_encoded(ctx, opened):
+    """The viewer asks to encode the shown slice after every prompt; for a slice already encoded the
+    answer's "Ready" replaced the prompt's own message ("Negative click ...", seen in the e2e flow)."""
+    opened.view.index["coronal"] = 8  # a slice no test has encoded yet
+    assert actions.encode_shown(ctx, opened) == "Ready: the slice is encoded."
+    assert actions.encode_shown(ctx, opened) == ""  # already encoded: nothing to say
+    opened.view.index["coronal"] = 7

@@ -460,7 +460,7 @@ class Viewer {
     fetch(this.url('encode'), { method: 'POST' })
       .then(async (r) => {
         const a = await r.json()
-        if (a.ok && this.inFlight === 0 && this.statusSeq === shown) this.showStatus(a.status)
+        if (a.ok && a.status && this.inFlight === 0 && this.statusSeq === shown) this.showStatus(a.status)
       })
       .catch(() => undefined)
       .finally(() => {
