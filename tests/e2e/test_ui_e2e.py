@@ -384,6 +384,7 @@ def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path)
     _open_sample(page)
     page.mouse.click(*_xy(page, ct, *INSIDE))
     _idle(page)
+    _wait_status(page, "Positive click")  # the click's answer reached the page (a late one would hide the next message)
     ct_labels = server.labels(sid)
     assert (ct_labels == 1).sum() > 50
 

@@ -152,11 +152,16 @@ def test_clicks_keep_the_click_model_on_the_onnx_encoder(copied_weights, litemed
     seg = load_segmenter("litemedsam", backend=BACKEND)
     g = np.load(PARITY / "litemedsam_real" / "golden.npz")
     emb = seg.embed(g["image"])
-    click = Prompts(points=g["points2__point_coords"][:1], point_labels=g["points2__point_labels"][:1])
+    boxed = seg.predict(emb, Prompts(box=g["box__box"]))
+    # a corrective click after the box: the point with the box's logits fed back (a lone point takes the
+    # point route of models.point_prompts instead, box candidates first)
+    click = Prompts(points=g["points2__point_coords"][:1], point_labels=g["points2__point_labels"][:1],
+                    mask_logits=boxed.best_logits)
     refined = seg.predict(emb, click)
     by_refiner, _ = seg.base.model.click_refiner(emb.features, *_prompt_tensors(seg, emb, click))
     np.testing.assert_allclose(refined.low_res_logits, by_refiner[0].numpy(), rtol=0, atol=1e-5)
-    plain = seg.predict(emb, Prompts(points=click.points, point_labels=click.point_labels, base_decoder=True))
+    plain = seg.predict(emb, Prompts(points=click.points, point_labels=click.point_labels,
+                                     mask_logits=boxed.best_logits, base_decoder=True))
     assert (refined.masks != plain.masks).mean() > 0.001  # the refiner really answered, not the base decoder
     box = Prompts(box=g["box__box"])
     onnx_box = seg.predict(emb, box)
