@@ -43,7 +43,7 @@ from models.registry import PROJECT_ROOT
 
 Progress = Callable[[float, str], None]
 MODES = ("point +", "point −", "box")
-ANNOUNCE_READY = "announce_ready"  # session.runtime key: the next warm() reports "Ready" (a study opened, a model chosen)
+GREETING = "greeting"  # session.runtime key: the news (opened, model chosen, restored) that the next warm() prefixes to "Ready"
 
 
 def sample_studies() -> dict[str, Path]:
@@ -117,7 +117,7 @@ def start(
     if not restored:
         ctx.store.cleanup()
     if restored and session.volume is not None:
-        session.runtime["greeting"] = "Session restored."
+        session.runtime[GREETING] = "Session restored."
         return view_model(session, "Session restored.")
     if open_sample_name:
         return open_sample(ctx, session.id, open_sample_name)
@@ -198,11 +198,12 @@ def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Pr
         progress(0.2, f"reading {one_line(name)}")
     volume = read_study(path) if trusted else read_untrusted(path, session.directory)
     session.start_study(volume, str(path), name)
-    session.runtime[ANNOUNCE_READY] = True
+    opened = f"Opened {name}. Click on the structure, or drag a box."
+    session.runtime[GREETING] = opened
     ctx.store.save(session)
     if progress:
         progress(0.9, "rendering")
-    return view_model(session, f"Opened {name}. Click on the structure, or draw a box with two clicks.")
+    return view_model(session, opened)
 
 
 def warm(ctx: AppContext, sid: str) -> ViewModel:
@@ -211,7 +212,9 @@ def warm(ctx: AppContext, sid: str) -> ViewModel:
     The session's lock is held only to read what is shown, not while encoding: the viewer's
     requests (the study, the labels) must not wait for the encoder. "Ready" is news only after
     a study opened, the model changed or the session was restored: the page runs this after
-    every upload too, and a failed upload's message must stay, not be replaced by "Ready".
+    every upload too, and a failed upload's message must stay, not be replaced by "Ready". The
+    news itself leads the "Ready" message, so a page that polls the status and missed the first
+    message (it lasts as long as one encode) still reads it.
     """
     session = _session(ctx, sid)
     with session.lock:
@@ -223,10 +226,9 @@ def warm(ctx: AppContext, sid: str) -> ViewModel:
     with session.lock:
         ctx.prefetcher.request(session, view, index)
         _encode_study_once(ctx, session)
-        announce = session.runtime.pop(ANNOUNCE_READY, False) or "greeting" in session.runtime
-        if not announce:
+        greeting = session.runtime.pop(GREETING, None)
+        if greeting is None:
             return view_model(session, None)  # keep the page's message
-        greeting = session.runtime.pop("greeting", "")
         backend = ctx.runner.backend_choice(session.model).status()
         return view_model(session, f"{greeting} Ready: the slice is encoded ({backend}).".strip())
 
@@ -532,9 +534,9 @@ def set_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
         raise SessionError(f"cannot use {name}: {e}") from e
     session.model = name
     session.prompt = None
-    session.runtime[ANNOUNCE_READY] = True
+    session.runtime[GREETING] = f"Model: {name}."
     ctx.store.save(session)
-    return view_model(session, f"Model: {name}.")
+    return view_model(session, session.runtime[GREETING])
 
 
 # --- export -----------------------------------------------------------------------------------

@@ -289,17 +289,21 @@ def test_nothing_painted_is_a_user_error(ctx, opened):
 
 def test_ready_is_news_only_after_an_open_or_a_model_change(ctx, tmp_path):
     """The page runs warm() after every upload, failed ones too: under load its "Ready" replaced a
-    failed upload's message before the viewer showed it (the e2e test saw "Ready", never "notes.txt")."""
+    failed upload's message before the viewer showed it (the e2e test saw "Ready", never "notes.txt").
+    And "Ready" carries the news it follows: the page polls the status, and "Opened ..." lasted only
+    one encode, so a re-open of the same sample showed "Ready" without "Opened"."""
     sid = controller.start(ctx, None).session_id
     controller.open_sample(ctx, sid, CT_NAME)
-    assert "Ready" in controller.warm(ctx, sid).status
+    ready = controller.warm(ctx, sid).status
+    assert ready.startswith(f"Opened {CT_NAME}.") and "Ready" in ready
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
     with pytest.raises(Exception, match="notes.txt"):
         controller.open_upload(ctx, sid, [str(bad)])
     assert controller.warm(ctx, sid).status is None  # the page keeps the upload's error
     controller.set_model(ctx, sid, "litemedsam")
-    assert "Ready" in controller.warm(ctx, sid).status
+    ready = controller.warm(ctx, sid).status
+    assert ready.startswith("Model: litemedsam.") and "Ready" in ready
     with pytest.raises(ValueError, match="window width must be positive"):
         controller.set_display(ctx, sid, "custom", 40, 0, 0.45, "box")
     assert controller.warm(ctx, sid).status is None

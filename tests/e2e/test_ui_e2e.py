@@ -375,7 +375,6 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     context.close()
 
 
-@pytest.mark.skip(reason="flaky in the full 2-worker suite: a late 'Ready' still replaces an awaited message (issue 19)")
 def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path):
     """The old UI: width 0 + Enter put a red "Error" on ~12 components and logged a traceback; error
     toasts showed server paths and the session id; opening another study (or the same one again)
