@@ -37,9 +37,10 @@ from app.interaction import ModelRunner, Prefetcher
 from app.oneshot import METHODS as ONESHOT_METHODS, SCOPES as ONESHOT_SCOPES
 from app.render import window_choices
 from app.session import SessionError, SessionStore
-from app.model_catalog import load_model
+from app.model_catalog import backend_for, load_model
 from app.viewer import actions as viewer_actions
 from app.viewer.api import head_html, routes as viewer_routes
+from runtime.threads import configure_serving
 
 log = logging.getLogger(__name__)
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
@@ -508,6 +509,7 @@ def launch(
     sessions = state / "sessions"
     sessions.mkdir(parents=True, exist_ok=True)
     load_model(model, device, backend)  # load (export once) before serving; fail early on missing weights
+    configure_serving(device, backend_for(model, device, backend).backend)  # torch decodes only: 1 CPU thread
     config = UIConfig(
         sessions_root=sessions, model=model, device=device, backend=backend, batch_window_ms=batch_window_ms,
         prefetch_radius=prefetch_radius,

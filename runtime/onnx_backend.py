@@ -17,6 +17,7 @@ import torch
 
 from models.prompts import Prompts
 from models.segmenter import Embedding, Segmenter
+from runtime.threads import user_threads
 
 
 def available_providers(device: str) -> list[str]:
@@ -44,6 +45,9 @@ class OnnxSegmenter(Segmenter):
         self.device = torch.device("cpu")
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        threads = user_threads()  # OMP_NUM_THREADS: the user's (or a parallel test worker's) share of the cores
+        if threads is not None:
+            options.intra_op_num_threads = threads
         providers = available_providers(device)
         self.providers = providers
         self.encoder_path, self.decoder_path = Path(encoder_path), Path(decoder_path)

@@ -12,7 +12,15 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-import torch
+
+# pytest-xdist: each worker is a process. Two workers on two cores, each with torch's and ONNX Runtime's
+# default of one thread per core, oversubscribe the cores and the threads spin-wait on each other
+# (runtime/threads.py has the figures). Each worker, and every CLI or server it starts, gets its share.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+import torch  # noqa: E402 - after OMP_NUM_THREADS, which torch reads when it starts its thread pool
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("MEDSEG_SHARED", ROOT.parent / "shared"))
