@@ -67,10 +67,11 @@ def _timed(part: str, fn):
 
 def _instrument(runner: ModelRunner, ctx: AppContext) -> None:
     """Time the parts of each click in this benchmark only: waiting for a model turn, the model's
-    predict (decoder + upsampling), the autosave and the label patch sent back."""
-    seg = runner.segmenter("litemedsam")
-    seg.predict = _timed("predict", seg.predict)
+    predict (decoder + upsampling; batched: the wait for the batch too), the autosave and the label patch."""
+    runner.predict = _timed("predict", runner.predict)
     ctx.store.save = _timed("save", ctx.store.save)
+    if hasattr(ctx.store, "save_edit"):  # the click path's save since the journal (app/save_journal.py)
+        ctx.store.save_edit = _timed("save", ctx.store.save_edit)
     actions.patch = _timed("patch", actions.patch)
     turn = runner.turn
 
@@ -171,6 +172,7 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
         elapsed = time.perf_counter() - t_start
         load_after = os.getloadavg()
     batches = [len(b) for b in runner.batcher.history] if runner.batcher else []
+    decodes = [len(b) for b in runner.decode_batcher.history] if getattr(runner, "decode_batcher", None) else []
     clicks = hits + misses
     return {
         "device": device, "batch_window_ms": window_ms, "sessions": sessions, "seconds": round(elapsed, 1),
@@ -182,6 +184,8 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
         "max_ms": round(max(clicks), 1) if clicks else None,
         "batches": len(batches), "mean_batch": round(statistics.mean(batches), 2) if batches else None,
         "max_batch": max(batches) if batches else None,
+        "decode_batches": len(decodes), "mean_decode_batch": round(statistics.mean(decodes), 2) if decodes else None,
+        "max_decode_batch": max(decodes) if decodes else None,
         "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)], "errors": errors[:5], "n_errors": len(errors),
         "hit_parts_p50_ms": {p: percentile(v, 50) for p, v in parts.items()},
         "hit_parts_p95_ms": {p: percentile(v, 95) for p, v in parts.items()},
