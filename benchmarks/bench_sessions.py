@@ -69,7 +69,12 @@ def _timed(part: str, fn):
 def _instrument(runner: ModelRunner, ctx: AppContext) -> None:
     """Time the parts of each click in this benchmark only: waiting for a model turn, the model's
     predict (decoder + upsampling; batched: the wait for the batch too), the autosave and the label patch."""
-    runner.predict = _timed("predict", runner.predict)
+    if hasattr(runner, "predict"):
+        runner.predict = _timed("predict", runner.predict)
+    else:  # before app/decode_batcher.py (to rerun an older tree with this file)
+        seg = runner.segmenter("litemedsam")
+        vars(seg).pop("predict", None)  # the process's shared segmenter: an earlier run's timer goes
+        seg.predict = _timed("predict", seg.predict)
     ctx.store.save = _timed("save", ctx.store.save)
     if hasattr(ctx.store, "save_edit"):  # the click path's save since the journal (app/save_journal.py)
         ctx.store.save_edit = _timed("save", ctx.store.save_edit)
@@ -164,6 +169,7 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
                             errors.append(str(answer.get("error", "no patch"))[:200])
 
         load_before = os.getloadavg()
+        cpu_start = time.process_time()
         t_start = time.perf_counter()
         threads = [threading.Thread(target=tab, args=(i,)) for i in range(sessions)]
         for t in threads:
@@ -172,6 +178,9 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
             t.join()
         elapsed = time.perf_counter() - t_start
         load_after = os.getloadavg()
+        cpu_s = time.process_time() - cpu_start
+        if hasattr(ctx.store, "flush"):
+            ctx.store.flush()  # the background saves land before the folder is removed
     batches = [len(b) for b in runner.batcher.history] if runner.batcher else []
     decodes = [len(b) for b in runner.decode_batcher.history] if getattr(runner, "decode_batcher", None) else []
     clicks = hits + misses
@@ -187,6 +196,7 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
         "max_batch": max(batches) if batches else None,
         "decode_batches": len(decodes), "mean_decode_batch": round(statistics.mean(decodes), 2) if decodes else None,
         "max_decode_batch": max(decodes) if decodes else None,
+        "process_cpu_s": round(cpu_s, 1), "cpu_ms_per_click": round(1000 * cpu_s / len(clicks), 1) if clicks else None,
         "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)], "errors": errors[:5], "n_errors": len(errors),
         "hit_parts_p50_ms": {p: percentile(v, 50) for p, v in parts.items()},
         "hit_parts_p95_ms": {p: percentile(v, 95) for p, v in parts.items()},
