@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.batched_decode import decode_batched, refine_batched
 from models.click_refiner import ClickRefiner
 from evaluation.clicks import Click, box_from_mask, next_click, sample_points
 
@@ -53,34 +54,6 @@ class ClickTrainSettings:
     val_every: int = 200
     seed: int = 0
     device: str = "cpu"
-
-
-# --- batched SAM decoding -----------------------------------------------------------------------
-def decode_batched(prompt_encoder, mask_decoder, features: torch.Tensor, points, boxes, masks) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM's prompt encoder + mask decoder (one mask) for B images with one prompt set each.
-
-    segment_anything's ``predict_masks`` repeats the image embedding once per prompt, which
-    assumes one image; here image b pairs with prompt b (the same arithmetic per pair).
-    """
-    sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=masks)
-    d = mask_decoder
-    tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight], dim=0)
-    tokens = torch.cat((tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
-    src = features + dense
-    pos = prompt_encoder.get_dense_pe().expand(src.shape[0], -1, -1, -1)
-    b, c, h, w = src.shape
-    hs, src = d.transformer(src, pos, tokens)
-    iou_out, mask_out = hs[:, 0, :], hs[:, 1, :]
-    up = d.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-    hyper = d.output_hypernetworks_mlps[0](mask_out)
-    bb, cc, hh, ww = up.shape
-    logits = (hyper[:, None] @ up.view(bb, cc, hh * ww)).view(bb, 1, hh, ww)
-    return logits, d.iou_prediction_head(iou_out)[:, :1]
-
-
-def refine_batched(refiner: ClickRefiner, features, points, boxes, masks) -> tuple[torch.Tensor, torch.Tensor]:
-    correction, iou = decode_batched(refiner.prompt_encoder, refiner.mask_decoder, features, points, boxes, masks)
-    return (correction if masks is None else masks + correction), iou
 
 
 # --- data -------------------------------------------------------------------------------------

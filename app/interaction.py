@@ -71,8 +71,9 @@ class ModelRunner:
     user requests waiting or running, so the prefetcher steps aside for them.
 
     With ``batch_window_ms`` > 0 (a GPU server, ``medseg serve --batch-window-ms``) user requests no longer take
-    the lock: their encodes go through one :class:`app.encode_batcher.EncodeBatcher` (sessions' encodes batched,
-    served round-robin) and their decoder calls run side by side. Background work still takes turns.
+    the lock: their encodes go through one :class:`app.encode_batcher.EncodeBatcher` and their prompts through
+    one :class:`app.decode_batcher.DecodeBatcher` (sessions' requests batched, served round-robin).
+    Background work still takes turns.
     """
 
     def __init__(
@@ -81,10 +82,13 @@ class ModelRunner:
         self.device = device
         self.backend = backend  # None or "auto": $MEDSEG_BACKEND or the rule (runtime.backend_choice)
         self.batcher = None
+        self.decode_batcher = None
         if batch_window_ms > 0:
+            from app.decode_batcher import DecodeBatcher
             from app.encode_batcher import EncodeBatcher
 
             self.batcher = EncodeBatcher(self.segmenter, window_s=batch_window_ms / 1000.0)
+            self.decode_batcher = DecodeBatcher(self.segmenter, window_s=batch_window_ms / 1000.0)
         self.idle_after_s = idle_after_s
         self._lock = threading.Lock()
         self._waiting = 0
@@ -141,6 +145,13 @@ class ModelRunner:
                 hit = self.segmenter(session.model).embed(image)
             cache.put(key, hit)
         return hit
+
+    def predict(self, session: Session, embedding: Embedding, prompts: Prompts, multimask: bool = False) -> MaskResult:
+        """The session model's answer to ``prompts`` (caller holds a turn): batched with other sessions'
+        prompts when the runner batches, else the segmenter's own ``predict``."""
+        if self.decode_batcher is not None:
+            return self.decode_batcher.predict(session.id, session.model, embedding, prompts, multimask)
+        return self.segmenter(session.model).predict(embedding, prompts, multimask_output=multimask)
 
 
 class Prefetcher:
@@ -441,7 +452,7 @@ def _predict(runner: ModelRunner, session: Session, p: PromptState, *, multimask
     prompts = _prompts_of(session, p)
     with runner.turn():
         embedding = runner.embedding(session, p.view, p.index)
-        return runner.segmenter(session.model).predict(embedding, prompts, multimask_output=multimask)
+        return runner.predict(session, embedding, prompts, multimask)
 
 
 # --- measurements -----------------------------------------------------------------------------

@@ -29,6 +29,18 @@ class PackedArray:
         """Bytes this copy keeps in memory (the compressed stream)."""
         return len(self._data)
 
+    @property
+    def compressed(self) -> bytes:
+        """The zlib stream (``app.save_journal`` writes it as it is)."""
+        return self._data
+
+    @classmethod
+    def from_compressed(cls, data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> "PackedArray":
+        """A PackedArray of a zlib stream written from :attr:`compressed` (checked on unpack)."""
+        out = cls.__new__(cls)
+        out.shape, out.dtype, out._data = tuple(shape), np.dtype(dtype), bytes(data)
+        return out
+
     def unpack(self) -> np.ndarray:
         """A fresh, writable array equal to the packed one."""
         return np.frombuffer(bytearray(zlib.decompress(self._data)), dtype=self.dtype).reshape(self.shape)

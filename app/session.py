@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from app import save_journal
 from app.packed import PackedArray, pack
 from app.render import VIEWS, Plane, acquisition_view
 from app.reading import read_untrusted
@@ -419,6 +421,8 @@ def study_key(path: str, series_uid: str | None = None) -> str:
 
 
 LABELS_ON_DISK = "labels_on_disk"  # session.runtime key: labels_signature() of what labels.npz holds
+JOURNAL_SEQ = "journal_seq"  # session.runtime key: the last journal record written (app.save_journal)
+log = logging.getLogger(__name__)
 
 
 def labels_signature(labels: np.ndarray) -> tuple:
@@ -443,6 +447,10 @@ class SessionStore:
         self._sessions: dict[str, Session] = {}
         self._bound: dict[str, str] = {}  # Gradio session hash -> session id (for unload)
         self._lock = threading.Lock()
+        self._later: dict[str, Session] = {}  # sessions whose full save is due (save_edit), oldest first
+        self._saving: set[str] = set()
+        self._later_cond = threading.Condition()
+        self._saver: threading.Thread | None = None
 
     # --- lookup ------------------------------------------------------------------------------
     def create(self, sid: str | None = None) -> Session:
@@ -473,6 +481,7 @@ class SessionStore:
             if session is not None:
                 self._sessions[sid] = self._sessions.pop(sid)  # most recently used last
                 return session
+        self.flush(sid)  # an evicted session's due save lands before its files are read
         session = self._load(sid)
         with self._lock:
             session = self._sessions.setdefault(sid, session)
@@ -539,8 +548,10 @@ class SessionStore:
 
     # --- disk --------------------------------------------------------------------------------
     def save(self, session: Session) -> None:
-        """Atomically write labels first, then the state that refers to them."""
+        """Atomically write labels first, then the state that refers to them (and the journal record it
+        covers); then drop the journal if no record came after."""
         session.updated = time.time()
+        seq = session.runtime.get(JOURNAL_SEQ, 0)
         for key, arrays in session.stashed.items():
             if arrays.pop("dirty", False):
                 (session.directory / "studies").mkdir(exist_ok=True)
@@ -555,7 +566,54 @@ class SessionStore:
                         np.savez_compressed(f, labels=session.labels)
                 session.runtime[LABELS_ON_DISK] = signature
         with atomic_output(session.directory / "state.json") as tmp:
-            tmp.write_text(json.dumps(session.to_json(), indent=1))
+            tmp.write_text(json.dumps({**session.to_json(), "journal_seq": seq}, indent=1))
+        with self._later_cond:  # save_edit appends under this lock: no record is dropped unsaved
+            if session.runtime.get(JOURNAL_SEQ, 0) == seq:
+                save_journal.clear(session.directory)
+
+    def save_edit(self, session: Session, edit: Edit) -> None:
+        """The click path's save (``app.save_journal``): ``edit``'s plane and the session's state appended to
+        the journal now, so the edit survives kill -9 once this returns; the full atomic save of
+        :meth:`save` follows in the background, coalesced per session. An edit of the whole map saves now."""
+        if edit.view is None or session.labels is None:
+            self.save(session)
+            return
+        session.updated = time.time()
+        with self._later_cond:
+            seq = session.runtime.get(JOURNAL_SEQ, 0) + 1
+            save_journal.append(session.directory, seq, edit.view, int(edit.index), edit.after, session.to_json())
+            session.runtime[JOURNAL_SEQ] = seq
+            self._later[session.id] = session
+            if self._saver is None or not self._saver.is_alive():
+                self._saver = threading.Thread(target=self._save_later, name="medseg-autosave", daemon=True)
+                self._saver.start()
+            self._later_cond.notify_all()
+
+    def flush(self, sid: str | None = None, timeout: float = 60.0) -> bool:
+        """Wait until the background save of ``sid`` (of every session: None) is done; False on timeout."""
+        def due() -> bool:
+            return bool(self._later or self._saving) if sid is None else (sid in self._later or sid in self._saving)
+
+        with self._later_cond:
+            return self._later_cond.wait_for(lambda: not due(), timeout)
+
+    def _save_later(self) -> None:
+        while True:
+            with self._later_cond:
+                self._later_cond.wait_for(lambda: bool(self._later))
+                sid = next(iter(self._later))
+                session = self._later.pop(sid)
+                self._saving.add(sid)
+            try:
+                with session.lock:
+                    if session.directory.is_dir():  # not deleted meanwhile (cleanup, a new study's restart)
+                        self.save(session)
+            except Exception:  # noqa: BLE001 - the journal still holds the edits; the saver lives on
+                log.exception("background save of a session failed; its edits stay in its journal")
+            finally:
+                with self._later_cond:
+                    self._saving.discard(sid)
+                    self._later_cond.notify_all()
 
     def _load(self, sid: str) -> Session:
         directory = self.root / sid
@@ -566,6 +624,9 @@ class SessionStore:
             state = json.loads(state_file.read_text())
         except (OSError, ValueError) as e:
             raise SessionError(f"unreadable session state ({type(e).__name__})") from e
+        records = [r for r in save_journal.read(directory) if r.seq > int(state.get("journal_seq", 0))]
+        if records:
+            state = {**records[-1].state, "journal_seq": state.get("journal_seq", 0)}  # the newest state
         view = ViewState(**{k: v for k, v in state.get("view", {}).items() if k in ViewState.__dataclass_fields__})
         session = Session(
             id=sid,
@@ -597,6 +658,14 @@ class SessionStore:
                     session.labels = z["labels"]
             if session.labels is None or session.labels.shape != session.volume.array.shape[:3]:
                 session.labels = np.zeros(session.volume.array.shape[:3], dtype=np.uint16)
+            for record in records:  # the edits acknowledged after the last full save (app.save_journal)
+                try:
+                    region = session.region(record.view, record.index)
+                except (KeyError, IndexError, ValueError):
+                    continue
+                if region.shape == record.plane.shape:
+                    region[...] = record.plane
+        session.runtime[JOURNAL_SEQ] = max([int(state.get("journal_seq", 0)), *(r.seq for r in records)])
         return session
 
     def cleanup(self, now: float | None = None) -> list[str]:

@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import statistics
+from dataclasses import replace
 import sys
 import tempfile
 import threading
@@ -35,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from app import controller  # noqa: E402
 from app.controller import AppContext  # noqa: E402
-from app.interaction import ModelRunner, Prefetcher, embeddings_of  # noqa: E402
+from app.interaction import ModelRunner, Prefetcher, embeddings_of, plane_image  # noqa: E402
+from app.render import Plane  # noqa: E402
 from app.session import SessionStore  # noqa: E402
 from app.viewer import actions  # noqa: E402
 
@@ -46,7 +49,8 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
-PARTS = ("turn_wait", "predict", "save", "patch")  # where a click's time goes (ms, per click)
+PARTS = ("turn_wait", "predict", "save", "patch")
+_PATCH = actions.patch  # where a click's time goes (ms, per click)
 _local = threading.local()
 
 
@@ -64,11 +68,17 @@ def _timed(part: str, fn):
 
 def _instrument(runner: ModelRunner, ctx: AppContext) -> None:
     """Time the parts of each click in this benchmark only: waiting for a model turn, the model's
-    predict (decoder + upsampling), the autosave and the label patch sent back."""
-    seg = runner.segmenter("litemedsam")
-    seg.predict = _timed("predict", seg.predict)
+    predict (decoder + upsampling; batched: the wait for the batch too), the autosave and the label patch."""
+    if hasattr(runner, "predict"):
+        runner.predict = _timed("predict", runner.predict)
+    else:  # before app/decode_batcher.py (to rerun an older tree with this file)
+        seg = runner.segmenter("litemedsam")
+        vars(seg).pop("predict", None)  # the process's shared segmenter: an earlier run's timer goes
+        seg.predict = _timed("predict", seg.predict)
     ctx.store.save = _timed("save", ctx.store.save)
-    actions.patch = _timed("patch", actions.patch)
+    if hasattr(ctx.store, "save_edit"):  # the click path's save since the journal (app/save_journal.py)
+        ctx.store.save_edit = _timed("save", ctx.store.save_edit)
+    actions.patch = _timed("patch", _PATCH)  # the module's own function: a second run must not time it twice
     turn = runner.turn
 
     @contextlib.contextmanager
@@ -83,7 +93,23 @@ def _instrument(runner: ModelRunner, ctx: AppContext) -> None:
     runner.turn = timed_turn
 
 
-def run(device: str, window_ms: float, sessions: int, seconds: float, think: float, seed: int) -> dict:
+def preencode(ctx: AppContext, sids: list[str]) -> None:
+    """Encode the CT's planes once and hand every session the same (read-only) embeddings, so the clock
+    measures clicks on encoded slices only (on a CPU, 20 sessions' first encodes would fill the run)."""
+    first = ctx.store.get(sids[0])
+    view = first.view.view
+    n = Plane.of(first.require_study(), view).count(first.labels.shape)
+    images = [plane_image(first, view, k) for k in range(n)]
+    # one slice each: a view into the batch's tensor would count as the whole batch in the bounded cache
+    embeddings = [replace(e, features=e.features.clone()) for e in ctx.runner.segmenter(first.model).embed_batch(images)]
+    for sid in sids:
+        session = ctx.store.get(sid)
+        for k, embedding in enumerate(embeddings):
+            embeddings_of(session).put((session.model, view, k), embedding)
+
+
+def run(device: str, window_ms: float, sessions: int, seconds: float, think: float, seed: int,
+        pre: bool = False) -> dict:
     runner = ModelRunner(device, batch_window_ms=window_ms)
     runner.segmenter("litemedsam")  # loaded before the clock starts
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +121,10 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
             sid = controller.start(ctx, None).session_id
             controller.open_sample(ctx, sid, CT)
             sids.append(sid)
-        controller.warm(ctx, sids[0])  # one-off costs (first encode, allocator) before timing
+        if pre:  # also the one-off costs; controller.warm would start a background study encode (propagation)
+            preencode(ctx, sids)
+        else:
+            controller.warm(ctx, sids[0])  # one-off costs (first encode, allocator) before timing
         hits: list[float] = []
         misses: list[float] = []
         warms: list[float] = []
@@ -139,6 +168,8 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
                         with lock:
                             errors.append(str(answer.get("error", "no patch"))[:200])
 
+        load_before = os.getloadavg()
+        cpu_start = time.process_time()
         t_start = time.perf_counter()
         threads = [threading.Thread(target=tab, args=(i,)) for i in range(sessions)]
         for t in threads:
@@ -146,18 +177,27 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - t_start
+        load_after = os.getloadavg()
+        cpu_s = time.process_time() - cpu_start
+        if hasattr(ctx.store, "flush"):
+            ctx.store.flush()  # the background saves land before the folder is removed
     batches = [len(b) for b in runner.batcher.history] if runner.batcher else []
+    decodes = [len(b) for b in runner.decode_batcher.history] if getattr(runner, "decode_batcher", None) else []
     clicks = hits + misses
     return {
         "device": device, "batch_window_ms": window_ms, "sessions": sessions, "seconds": round(elapsed, 1),
-        "think_s": think, "clicks": len(clicks), "clicks_per_s": round(len(clicks) / elapsed, 2),
+        "think_s": think, "preencoded": pre, "clicks": len(clicks), "clicks_per_s": round(len(clicks) / elapsed, 2),
         "hit_clicks": len(hits), "hit_p50_ms": percentile(hits, 50), "hit_p95_ms": percentile(hits, 95),
         "miss_clicks": len(misses), "miss_p50_ms": percentile(misses, 50), "miss_p95_ms": percentile(misses, 95),
         "encode_p50_ms": percentile(warms, 50), "encode_p95_ms": percentile(warms, 95), "encodes": len(warms),
         "all_p50_ms": percentile(clicks, 50), "all_p95_ms": percentile(clicks, 95),
         "max_ms": round(max(clicks), 1) if clicks else None,
         "batches": len(batches), "mean_batch": round(statistics.mean(batches), 2) if batches else None,
-        "max_batch": max(batches) if batches else None, "errors": errors[:5], "n_errors": len(errors),
+        "max_batch": max(batches) if batches else None,
+        "decode_batches": len(decodes), "mean_decode_batch": round(statistics.mean(decodes), 2) if decodes else None,
+        "max_decode_batch": max(decodes) if decodes else None,
+        "process_cpu_s": round(cpu_s, 1), "cpu_ms_per_click": round(1000 * cpu_s / len(clicks), 1) if clicks else None,
+        "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)], "errors": errors[:5], "n_errors": len(errors),
         "hit_parts_p50_ms": {p: percentile(v, 50) for p, v in parts.items()},
         "hit_parts_p95_ms": {p: percentile(v, 95) for p, v in parts.items()},
     }
@@ -171,11 +211,13 @@ def main() -> int:
     ap.add_argument("--think", type=float, default=0.3, help="mean pause between a session's clicks (s)")
     ap.add_argument("--windows", default="0,4", help="batch windows in ms; 0 = one at a time (the lock)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--preencode", action="store_true",
+                    help="encode the CT's planes once before the clock, shared by every session (clicks only)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     rows = []
     for w in (float(v) for v in args.windows.split(",")):
-        rows.append(run(args.device, w, args.sessions, args.seconds, args.think, args.seed))
+        rows.append(run(args.device, w, args.sessions, args.seconds, args.think, args.seed, args.preencode))
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))

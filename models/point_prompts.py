@@ -108,15 +108,38 @@ def decode_box(
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """One candidate: the base decoder on ``box``, grown up to ``grow_steps`` times while its mask
     touches the box (the structure goes on past it) -> (1, 1, h, w) logits, (1, 1) IoU, the last box."""
-    low, iou = segmenter.decode_prompts(embedding, Prompts(box=box, base_decoder=True), False)
+    (low, iou), box = _decode_boxes(segmenter, [embedding], [np.asarray(box, np.float32)], grow_steps, False)[0]
+    return low, iou, box
+
+
+def _decode_boxes(
+    segmenter: "Segmenter", embeddings: list["Embedding"], boxes: list[np.ndarray], grow_steps: int, batch: bool
+) -> list[tuple[tuple[torch.Tensor, torch.Tensor] | Exception, np.ndarray]]:
+    """:func:`decode_box` for each (embedding, box): ((logits, IoU) or the error, the last box)."""
+    from models.decode_many import decode_prompts_many
+
+    def decode(idx: list[int]) -> list:
+        return decode_prompts_many(segmenter, [embeddings[j] for j in idx],
+                                   [Prompts(box=boxes[j], base_decoder=True) for j in idx], False, batch=batch)
+
+    boxes = list(boxes)
+    results = decode(list(range(len(boxes))))
     for _ in range(grow_steps):
-        mask = (segmenter.geometry.logits_to_original(low[:, :1], embedding.original_size) > 0)[0, 0].cpu().numpy()
-        bigger = grown_box(box, mask)
-        if bigger is None:
+        grown = []
+        for j, r in enumerate(results):
+            if isinstance(r, Exception):
+                continue
+            mask = (segmenter.geometry.logits_to_original(r[0][:, :1], embeddings[j].original_size) > 0)[0, 0]
+            bigger = grown_box(boxes[j], mask.cpu().numpy())
+            if bigger is not None:
+                boxes[j] = bigger
+                grown.append(j)
+        if not grown:
             break
-        box = bigger
-        low, iou = segmenter.decode_prompts(embedding, Prompts(box=box, base_decoder=True), False)
-    return low[:, :1].float(), iou[:, :1].float(), np.asarray(box, np.float32)
+        for j, r in zip(grown, decode(grown)):
+            results[j] = r
+    return [(r if isinstance(r, Exception) else (r[0][:, :1].float(), r[1][:, :1].float()), np.asarray(b, np.float32))
+            for r, b in zip(results, boxes)]
 
 
 def decode_points(
@@ -138,28 +161,76 @@ def decode_points(
     then refined with all the points (and its box) and its logits as the mask prompt; the score stays
     the base decoder's, which chose it. "none": the base decoder's masks.
     """
+    (answer,) = decode_points_many(segmenter, [embedding], [prompts], multimask_output, half_sides_mm=half_sides_mm,
+                                   refine=refine, grow_steps=grow_steps, batch=False)
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
+def decode_points_many(
+    segmenter: "Segmenter",
+    embeddings: list["Embedding"],
+    prompts: list[Prompts],
+    multimask_output: bool,
+    *,
+    half_sides_mm: tuple[float, ...] = HALF_SIDES_MM,
+    refine: str = REFINE,
+    grow_steps: int = GROW_STEPS,
+    batch: bool = True,
+) -> list[tuple[torch.Tensor, torch.Tensor, np.ndarray] | Exception]:
+    """:func:`decode_points` for each (embedding, prompts), or the error of a request that failed.
+
+    ``batch``: the candidate boxes of every request go through one base decoder call, and their
+    refinements through one refiner call (``models.decode_many``); else one call each, as before."""
     if refine not in REFINES:
         raise ValueError(f"refine must be one of {', '.join(REFINES)}, got {refine!r}")
-    boxes = candidate_boxes(prompts.points, prompts.point_labels, embedding.original_size,
-                            prompts.pixel_spacing, half_sides_mm)
-    logits, scores, final = [], [], []
-    for box in boxes:
-        low, iou, box = decode_box(segmenter, embedding, box, grow_steps)
-        logits.append(low)
-        scores.append(iou)
-        final.append(box)
-    boxes = np.stack(final)
-    score = torch.cat(scores, dim=1)
-    keep = list(range(len(boxes))) if multimask_output else [int(torch.argmax(score[0]))]
-    out = []
-    for k in keep:
-        low = logits[k]
-        if refine != "none" and refiner_of(segmenter) is not None:
-            corrective = Prompts(points=prompts.points, point_labels=prompts.point_labels,
-                                 box=boxes[k] if refine == "points+box" else None, mask_logits=low[0].cpu().numpy())
-            low, _ = segmenter.decode_prompts(embedding, corrective, False)
-        out.append(low[:, :1].float())
-    return torch.cat(out, dim=1), score[:, keep], boxes[keep]
+    out: list = [None] * len(embeddings)
+    jobs: list[tuple[int, np.ndarray]] = []  # (request, candidate box)
+    for i, (e, p) in enumerate(zip(embeddings, prompts)):
+        try:
+            jobs += [(i, b) for b in candidate_boxes(p.points, p.point_labels, e.original_size, p.pixel_spacing,
+                                                     half_sides_mm)]
+        except Exception as err:  # noqa: BLE001 - this request's error
+            out[i] = err
+    decoded = _decode_boxes(segmenter, [embeddings[i] for i, _ in jobs], [b for _, b in jobs], grow_steps, batch)
+    per_request: dict[int, list] = {}
+    for (i, _), d in zip(jobs, decoded):
+        per_request.setdefault(i, []).append(d)
+    refines: list[tuple[int, Prompts, torch.Tensor]] = []  # (request, corrective prompt, candidate logits)
+    chosen: dict[int, tuple[list[int], torch.Tensor, np.ndarray, list]] = {}
+    do_refine = refine != "none" and refiner_of(segmenter) is not None
+    for i, candidates in per_request.items():
+        failed = next((r for r, _ in candidates if isinstance(r, Exception)), None)
+        if failed is not None:
+            out[i] = failed
+            continue
+        logits = [r[0] for r, _ in candidates]
+        score = torch.cat([r[1] for r, _ in candidates], dim=1)
+        boxes = np.stack([b for _, b in candidates])
+        keep = list(range(len(boxes))) if multimask_output else [int(torch.argmax(score[0]))]
+        chosen[i] = (keep, score, boxes, [logits[k] for k in keep])
+        if do_refine:
+            for k in keep:
+                refines.append((i, Prompts(points=prompts[i].points, point_labels=prompts[i].point_labels,
+                                           box=boxes[k] if refine == "points+box" else None,
+                                           mask_logits=logits[k][0].cpu().numpy()), logits[k]))
+    if refines:
+        from models.decode_many import decode_prompts_many
+
+        refined = decode_prompts_many(segmenter, [embeddings[i] for i, _, _ in refines], [p for _, p, _ in refines],
+                                      False, batch=batch)
+        for i in chosen:
+            mine = [r for (j, _, _), r in zip(refines, refined) if j == i]
+            failed = next((r for r in mine if isinstance(r, Exception)), None)
+            if failed is not None:
+                out[i] = failed
+            else:
+                chosen[i] = (*chosen[i][:3], [r[0] for r in mine])
+    for i, (keep, score, boxes, lows) in chosen.items():
+        if out[i] is None:
+            out[i] = (torch.cat([low[:, :1].float() for low in lows], dim=1), score[:, keep], boxes[keep])
+    return out
 
 
 @torch.inference_mode()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import point_prompts
+from models import decode_many
 from models.geometry import LongestSide, Stretch, low_res_to_input_frame
 from models.prompts import MaskResult, PromptError, Prompts
 
@@ -122,16 +122,35 @@ class Segmenter:
 
     @torch.inference_mode()
     def predict(self, embedding: Embedding, prompts: Prompts, *, multimask_output: bool = False) -> MaskResult:
-        """Segment one structure. Prompts are in original pixels (x, y); see :class:`Prompts`."""
-        if embedding.model_name != self.name:
-            raise RuntimeError(
-                f"this embedding was computed by {embedding.model_name!r}, not {self.name!r}: call embed() again"
-            )
-        prompts.validate(embedding.original_size)
-        if point_prompts.takes(self, prompts):  # points alone, on LiteMedSAM with its click model
-            return point_prompts.predict_points(self, embedding, prompts, multimask_output)
-        low_res, iou = self.decode_prompts(embedding, prompts, multimask_output)
-        return self.to_result(embedding, low_res, iou)
+        """Segment one structure. Prompts are in original pixels (x, y); see :class:`Prompts`.
+
+        Points alone on LiteMedSAM with its click model go to ``models.point_prompts``; the rest to
+        :meth:`decode_prompts`. One request of :func:`models.decode_many.predict_many`, unbatched."""
+        return decode_many.first(decode_many.predict_many(self, [embedding], [prompts], multimask_output, batch=False))
+
+    @torch.inference_mode()
+    def predict_many(
+        self, embeddings: list[Embedding], prompts: list[Prompts], *, multimask_output: bool = False
+    ) -> list[MaskResult | Exception]:
+        """:meth:`predict` for many (embedding, prompts) in as few decoder calls as their prompt shapes allow
+        (``models.decode_many``; a server's sessions, ``app.decode_batcher``): a MaskResult or that request's
+        error each. A variant with a ``predict`` of its own answers one request at a time."""
+        if type(self).predict is not Segmenter.predict:
+            out: list[MaskResult | Exception] = []
+            for e, p in zip(embeddings, prompts):
+                try:
+                    out.append(self.predict(e, p, multimask_output=multimask_output))
+                except Exception as err:  # noqa: BLE001 - this request's error only
+                    out.append(err)
+            return out
+        return decode_many.predict_many(self, embeddings, prompts, multimask_output)
+
+    def plain_torch_decoder(self) -> bool:
+        """Whether prompts are decoded by this class's torch modules unchanged, so several images can share
+        one call (``models.batched_decode``); not where a backend or variant replaced a step."""
+        cls = type(self)
+        steps = ("decode", "decode_prompts", "encode_prompts", "prompt_tensors", "prompt_arrays")
+        return all(getattr(cls, k) is getattr(Segmenter, k) and k not in vars(self) for k in steps)
 
     def to_result(
         self, embedding: Embedding, low_res: torch.Tensor, iou: torch.Tensor, boxes: np.ndarray | None = None

@@ -22,8 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     add_backend_arg(p)
     p.add_argument("--batch-window-ms", type=float, default=None, metavar="MS",
-                   help="batch the sessions' slice encodes that arrive within MS of each other, each session served "
-                   "in turn (app/encode_batcher.py); default 4 with --device cuda, 0 (one at a time) on the CPU")
+                   help="batch the sessions' slice encodes, and their prompts' decoder calls, that arrive within MS of "
+                   "each other, each session served in turn (app/encode_batcher.py, app/decode_batcher.py); "
+                   "default 4 with --device cuda, 0 (one at a time) on the CPU")
     p.add_argument(
         "--state-dir",
         metavar="DIR",

@@ -3,7 +3,8 @@ strokes, undo/redo, the shown plane, the display window; each answers with what 
 must change (a label plane, or "reload the labels") and the current object's markers.
 
 Prompts reuse ``app.interaction`` (the same protocol as the CLI and the unit tests); every
-edit is saved before the answer goes out (``SessionStore.save``).
+edit is saved before the answer goes out (``SessionStore.save``; a prompt's or a brush's plane through
+``SessionStore.save_edit``'s journal, the full save following in the background).
 """
 
 from __future__ import annotations
@@ -208,7 +209,10 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
                 session.active, session.prompt = value, None
         if kind in ("point", "box", "brush", "erase"):
             controller.mark_anchor(session)  # a prompt or correction on a stored slice anchors propagation
-        ctx.store.save(session)
+        if kind in ("point", "box", "brush", "erase") and edit is not None:
+            ctx.store.save_edit(session, edit)  # its plane journalled now, the full save after the answer
+        else:
+            ctx.store.save(session)
         if kind in ("point", "box", "brush", "erase"):
             ctx.prefetcher.request(session, session.view.view, session.view.index[session.view.view])
         answer: dict[str, Any] = {"ok": True, "status": status, "rev": session.revision, "object": markers(session)}

@@ -141,8 +141,8 @@ def test_lone_first_click_is_the_models_answer_to_a_point_and_choosing_an_altern
     ctx, opened, litemedsam, monkeypatch
 ):
     calls = []
-    real = point_prompts.decode_points
-    monkeypatch.setattr(point_prompts, "decode_points", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    real = point_prompts.decode_points_many  # every points-alone answer goes through it (batched or not)
+    monkeypatch.setattr(point_prompts, "decode_points_many", lambda *a, **k: calls.extend(a[2]) or real(*a, **k))
     controller.new_object(ctx, opened)
     controller.set_display(ctx, opened, "default", 40, 400, 0.45, "point +")
     vm = controller.click(ctx, opened, *INSIDE)

@@ -159,7 +159,7 @@ def test_training_script_seeds_cases_like_the_evaluation():
 
 
 def test_batched_training_decoder_matches_sams_decoder(models, cases):
-    from adapters.click_train import decode_batched
+    from models.batched_decode import decode_batched
 
     _, base = models
     feats = torch.cat([base.embed(cases[c].image).features for c in GAIN_CASES[:2]])

@@ -73,8 +73,8 @@ class OldRoute:
 def test_point_route_beats_the_old_answer_and_eval_goes_through_it(cases, monkeypatch):
     seg = load_segmenter("litemedsam")
     calls = []
-    real = point_prompts.decode_points
-    monkeypatch.setattr(point_prompts, "decode_points", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    real = point_prompts.decode_points_many  # every points-alone answer goes through it (batched or not)
+    monkeypatch.setattr(point_prompts, "decode_points_many", lambda *a, **k: calls.extend(a[2]) or real(*a, **k))
     settings = EvalSettings(protocol=parse_protocol("points:1"))
     new, old = [], []
     for case in cases:
@@ -93,7 +93,7 @@ def test_point_route_beats_the_old_answer_and_eval_goes_through_it(cases, monkey
 @needs_data
 def test_box_and_mask_prompts_never_take_the_point_route(cases, monkeypatch):
     seg = load_segmenter("litemedsam")
-    monkeypatch.setattr(point_prompts, "decode_points", lambda *a, **k: pytest.fail("the point route was taken"))
+    monkeypatch.setattr(point_prompts, "decode_points_many", lambda *a, **k: pytest.fail("the point route was taken"))
     case = cases[0]
     emb = seg.embed(case.image)
     r = seg.predict(emb, Prompts(box=np.array([60, 90, 100, 130]), pixel_spacing=case.spacing))

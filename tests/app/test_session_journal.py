@@ -1,0 +1,110 @@
+"""The click path's save (app/save_journal.py, SessionStore.save_edit): an edit is in the journal when the
+answer goes out and the full save follows in the background; a restart after kill -9 at any point restores
+every acknowledged edit, an edit cut mid-record is dropped whole, and a full save supersedes the journal."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app import save_journal
+from app.session import Edit, SessionStore
+from data.readers import read_study
+from tests.conftest import SAMPLES
+
+CT = SAMPLES / "ct_head_0051_series"
+
+
+def _paint(session, value: int, rows: slice) -> Edit:
+    view, index = session.view.view, session.view.index[session.view.view]
+    region = session.region(view, index)
+    after = np.array(region, copy=True)
+    after[rows, 10:20] = value
+    return Edit("paint", view, index, np.array(region, copy=True), after)
+
+
+def _killed_store(root) -> SessionStore:
+    """A store whose background saver never runs: the process 'dies' before any full save."""
+    store = SessionStore(root, ttl_s=3600)
+    store._save_later = lambda: None  # the saver thread starts and ends at once
+    return store
+
+
+def _open(store: SessionStore):
+    s = store.create()
+    s.start_study(read_study(CT), str(CT), "ct")
+    store.save(s)
+    return s
+
+
+def test_acknowledged_edits_survive_a_kill_before_the_background_save(tmp_path):
+    store = _killed_store(tmp_path)
+    s = _open(store)
+    for value, rows in ((1, slice(10, 20)), (2, slice(30, 40))):
+        if value == 2:
+            s.add_label()
+            store.save(s)  # a new label is a synchronous save (the controller's)
+        edit = _paint(s, value, rows)
+        s.apply(edit, kind="paint")
+        store.save_edit(s, edit)
+    s.view.index[s.view.view] -= 1
+    edit = _paint(s, 1, slice(50, 60))  # on another plane
+    s.apply(edit, kind="paint")
+    store.save_edit(s, edit)
+    with np.load(s.directory / "labels.npz") as z:
+        # the label's synchronous save holds the first paint; no full save ran after: only the journal has the rest
+        assert int((z["labels"] == 1).sum()) == 100 and not (z["labels"] == 2).any()
+    restored = SessionStore(tmp_path, ttl_s=3600).get(s.id)
+    np.testing.assert_array_equal(restored.labels, s.labels)
+    assert int((restored.labels == 1).sum()) == 200 and int((restored.labels == 2).sum()) == 100
+    assert restored.view.index == s.view.index and restored.active == 2  # the state of the last edit
+
+
+def test_an_edit_cut_mid_record_is_dropped_whole(tmp_path):
+    store = _killed_store(tmp_path)
+    s = _open(store)
+    first = _paint(s, 1, slice(10, 20))
+    s.apply(first)
+    store.save_edit(s, first)
+    after_first = s.labels.copy()
+    second = _paint(s, 1, slice(30, 40))
+    s.apply(second)
+    store.save_edit(s, second)
+    journal = s.directory / save_journal.JOURNAL
+    journal.write_bytes(journal.read_bytes()[:-7])  # killed while appending the second (never acknowledged)
+    restored = SessionStore(tmp_path, ttl_s=3600).get(s.id)
+    np.testing.assert_array_equal(restored.labels, after_first)
+
+
+def test_the_background_save_writes_everything_and_empties_the_journal(tmp_path):
+    store = SessionStore(tmp_path, ttl_s=3600)
+    s = _open(store)
+    for rows in (slice(10, 20), slice(30, 40)):
+        edit = _paint(s, 1, rows)
+        s.apply(edit)
+        store.save_edit(s, edit)
+    assert store.flush(s.id, timeout=60)
+    assert not (s.directory / save_journal.JOURNAL).exists()
+    with np.load(s.directory / "labels.npz") as z:
+        np.testing.assert_array_equal(z["labels"], s.labels)
+    assert int((s.labels == 1).sum()) == 200
+
+
+def test_a_full_save_after_an_undo_supersedes_the_journal_even_if_the_journal_outlives_it(tmp_path):
+    store = _killed_store(tmp_path)
+    s = _open(store)
+    edit = _paint(s, 1, slice(10, 20))
+    s.apply(edit)
+    store.save_edit(s, edit)
+    journal = (s.directory / save_journal.JOURNAL).read_bytes()
+    s.undo()
+    store.save(s)  # the undo's synchronous save covers record 1 and drops the journal
+    assert not (s.directory / save_journal.JOURNAL).exists()
+    (s.directory / save_journal.JOURNAL).write_bytes(journal)  # as if killed between state.json and the unlink
+    restored = SessionStore(tmp_path, ttl_s=3600).get(s.id)
+    assert not restored.labels.any()  # the undone paint does not come back
+    later = _paint(restored, 3, slice(70, 80))  # numbering goes on after the stale record: a new edit is replayed
+    restored.apply(later)
+    store2 = _killed_store(tmp_path)
+    store2.save_edit(restored, later)
+    again = SessionStore(tmp_path, ttl_s=3600)
+    assert int((again.get(s.id).labels == 3).sum()) == 100
