@@ -6,7 +6,8 @@ Starts ``medseg serve``'s app on a free loopback port, opens the bundled CT, wai
 to be encoded, then
 - click to overlay: refinement clicks on the cached embedding, each timed with ``performance.now()``
   from the prompt entering the viewer's queue to the label plane written and drawn (the server's
-  decoder, the JSON round trip, the texture update);
+  decoder, the JSON round trip, the texture update); ``click_to_answer_ms``: the same clicks until the
+  server's answer arrived (the rest is the browser writing and drawing the plane);
 - paging and window/level: one slice step (or one W/L change) and the next animation frame,
   ``performance.now()`` before the step and in the ``requestAnimationFrame`` callback after it.
 Prints p50/p95 and the machine's load average (a shared machine's figures are pessimistic).
@@ -90,17 +91,19 @@ def main(argv: list[str] | None = None) -> int:
                                        timeout=600_000)
 
             click(128, 120)  # the first click (candidates); not counted
-            page.evaluate("medsegViewer.promptTimes.length = 0")
+            page.evaluate("medsegViewer.promptTimes.length = 0; medsegViewer.answerTimes.length = 0")
             rng = np.random.default_rng(0)
             for _ in range(args.clicks):
                 click(*(np.array([128.0, 120.0]) + rng.uniform(-8, 8, 2)))
             clicks = page.evaluate("medsegViewer.promptTimes.slice()")
+            answers = page.evaluate("medsegViewer.answerTimes.slice()")
             paging = page.evaluate(PAGING_JS, [args.frames, "page"])
             window = page.evaluate(PAGING_JS, [args.frames, "window"])
             browser.close()
     finally:
         demo.close()
-    for name, values in (("click_to_overlay_ms", clicks), ("paging_frame_ms", paging), ("window_frame_ms", window)):
+    for name, values in (("click_to_overlay_ms", clicks), ("click_to_answer_ms", answers),
+                         ("paging_frame_ms", paging), ("window_frame_ms", window)):
         result[name] = {"n": len(values), "p50": round(pct(values, 50), 1), "p95": round(pct(values, 95), 1)}
     result["load_average_end"] = os.getloadavg()
     text = json.dumps(result, indent=1)

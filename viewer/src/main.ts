@@ -96,6 +96,7 @@ class Viewer {
   encodeAgain = false
   frameTimes: number[] = []
   promptTimes: number[] = []
+  answerTimes: number[] = []  // the same prompts, until the server's answer arrived (the rest is drawing)
 
   constructor(root: HTMLElement) {
     this.root = root
@@ -703,8 +704,9 @@ class Viewer {
         })
         if (!r.ok) { this.showError(await this.errorOf(r)); return }
         const a: Answer = await r.json()
+        const answered = performance.now() - t0
         await this.apply(a, quiet)
-        if (mark) this.promptTimes.push(performance.now() - t0)
+        if (mark) { this.promptTimes.push(performance.now() - t0); this.answerTimes.push(answered) }
       } catch (e) {
         this.showError(`the server did not answer (${e}); your prompt was not applied`)
       } finally {
