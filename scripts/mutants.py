@@ -44,7 +44,7 @@ MODULES: dict[str, list[str]] = {
     "evaluation/distributed.py": ["tests/evaluation/test_batch.py"],
     "app/session.py": ["tests/app/test_session.py"],
     "app/uploads.py": ["tests/app/test_ui_uploads.py"],
-    "app/interaction.py": ["tests/app/test_ui_interaction.py"],
+    "app/interaction.py": ["tests/app/test_interaction_prompts.py"],  # one warm embedding (test_ui_interaction: 77 s)
     "models/segmenter.py": ["tests/models/test_litemedsam_parity.py", "tests/runtime/test_fast_paths.py"],
 }
 # Mutants that cannot change behaviour, excluded from the kill rate (key -> why); docs/testing.md lists them.
