@@ -168,7 +168,7 @@ def stage(module: str, tests: list[str]) -> Path:
     """``.mutants/<module>/``: links to the code, tests and samples, and a pyproject for this module."""
     folder = WORK / module.replace("/", "__").removesuffix(".py")
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (*PACKAGES, "tests", "samples", "scripts"):
+    for name in (*PACKAGES, "tests", "samples", "scripts", "weights"):  # weights/click_model: models/ finds it beside itself
         link = folder / name
         if not link.exists():
             link.symlink_to(ROOT / name)
@@ -177,7 +177,7 @@ def stage(module: str, tests: list[str]) -> Path:
         "\n[tool.mutmut]\n"
         f"source_paths = {json.dumps(list(PACKAGES))}\n"
         f"only_mutate = {json.dumps([module])}\n"
-        "also_copy = [\"samples\", \"scripts\"]\n"
+        "also_copy = [\"samples\", \"scripts\", \"weights\"]\n"
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
         "pytest_add_cli_args = [\"-p\", \"no:xdist\", \"-p\", \"no:cacheprovider\", \"-x\", \"-q\"]\n"
         "timeout_multiplier = 5.0\n"
