@@ -130,6 +130,10 @@ def test_the_model_sees_the_plane_in_the_studys_default_window_encoded_once(tmp_
     assert interaction.model_window(session) is session.runtime["model_window"]
     assert (session.runtime["model_window"].lo, session.runtime["model_window"].hi) == (
         default_window(session.volume).lo, default_window(session.volume).hi)
+    window = session.runtime["model_window"]
+    session.runtime["model_window"] = "kept"  # computed once per study, then read back
+    assert interaction.model_window(session) == "kept"
+    session.runtime["model_window"] = window
     # another view's plane: the numpy slice of the volume through the same window
     axial = interaction.plane_image(session, "axial", 100)
     window = default_window(session.volume)
@@ -349,7 +353,11 @@ def test_the_eraser_removes_only_the_active_label_under_it(session, runner):
     session.undo()
     np.testing.assert_array_equal(session.labels, after_box)
     assert session.prompt is prompt and not np.array_equal(after_box, before)
-    with pytest.raises(PromptError, match="^the eraser mask is 3x2; this plane is 256x256$"):
+    interaction.erase(session, eraser.astype(np.float32) * 2)  # a painted layer's 0 / 2.0 values
+    np.testing.assert_array_equal(session.labels, expected)
+    assert np.asarray(edit.after).dtype == np.uint16  # the undo step keeps the label map's dtype
+    session.view.view, session.view.index["axial"] = "axial", 100  # a 256 x 12 plane
+    with pytest.raises(PromptError, match="^the eraser mask is 3x2; this plane is 256x12$"):
         interaction.erase(session, np.ones((2, 3), bool))
 
 
@@ -439,24 +447,31 @@ def test_the_prefetcher_encodes_each_missing_neighbour_once(tmp_path):
     assert prefetcher.neighbours(session, VIEW, 6) == [7, 5, 8, 4]
     assert prefetcher.neighbours(session, VIEW, 0) == [1, 2] and prefetcher.neighbours(session, VIEW, 11) == [10, 9]
     assert Prefetcher(runner).radius == 1 and Prefetcher(runner).neighbours(session, VIEW, 3) == [4, 2]
+    assert Prefetcher(runner).neighbours(session, VIEW, 1) == [2, 0]
     with runner.turn():  # a user request holds the model: a second request queues nothing new
         prefetcher.request(session, VIEW, 5)  # 6 is cached: 4, 7, 3
         prefetcher.request(session, VIEW, 5)
         assert prefetcher._jobs.unfinished_tasks == 3 and not prefetcher.idle() and not runner.planes
+        worker = prefetcher._thread
+        assert worker.name == "medseg-prefetch" and worker.daemon is True  # never holds the server's exit
+        prefetcher.request(session, VIEW, 6)  # 7 and 4 are queued already: 5 and 8 join them
+        assert prefetcher._jobs.unfinished_tasks == 5 and prefetcher._thread is worker  # one worker
     _drain(prefetcher)
-    assert sorted(runner.planes) == [("litemedsam", VIEW, i) for i in (3, 4, 7)]
-    assert prefetcher.done == 3 and prefetcher.idle() and not prefetcher._pending
+    assert sorted(runner.planes) == [("litemedsam", VIEW, i) for i in (3, 4, 5, 7, 8)]
+    assert prefetcher.done == 5 and prefetcher.idle() and not prefetcher._pending
     prefetcher.request(session, VIEW, 5)  # all cached now: nothing queued
     assert prefetcher.idle()
-    prefetcher.request(session, VIEW, 9)  # 8, 10, 11 (7 cached)
+    prefetcher.request(session, VIEW, 9)  # 10, 11 (8 and 7 cached)
     _drain(prefetcher)
-    assert sorted(i for _, _, i in runner.planes) == [3, 4, 7, 8, 10, 11] and prefetcher.done == 6
+    assert sorted(i for _, _, i in runner.planes) == [3, 4, 5, 7, 8, 10, 11] and prefetcher.done == 7
     prefetcher.stop()
-    assert prefetcher._stop.is_set()
-    Prefetcher(runner, radius=0).request(session, VIEW, 1)
+    worker.join(30)
+    assert prefetcher._stop.is_set() and not worker.is_alive()  # the idle worker notices the stop
+    off = Prefetcher(runner, radius=0)
+    off.request(session, VIEW, 1)
     empty = Session(id=SID, directory=tmp_path)
     Prefetcher(runner).request(empty, VIEW, 1)
-    assert len(runner.planes) == 6
+    assert len(runner.planes) == 7 and off._thread is None
 
 
 def test_the_prefetcher_drops_work_for_a_study_or_model_no_longer_shown(tmp_path, caplog):
@@ -468,6 +483,13 @@ def test_the_prefetcher_drops_work_for_a_study_or_model_no_longer_shown(tmp_path
         session.model = "litemedsam-base"
     _drain(prefetcher)
     assert runner.planes == [] and prefetcher.done == 0
+    session.model = "litemedsam"
+    with runner.turn():
+        prefetcher.request(session, VIEW, 8)  # 9 and 7
+        session.volume = replace(session.volume)  # another study opened (the same size)
+    _drain(prefetcher)
+    assert runner.planes == [] and prefetcher.done == 0
+    session.model = "litemedsam-base"
     prefetcher._one(session, VIEW, 2, "litemedsam-base", volume=object())  # another study opened since
     assert runner.planes == []
     prefetcher._one(session, VIEW, 2, "litemedsam-base", volume=session.volume)
@@ -507,4 +529,18 @@ def test_a_failed_prefetch_is_logged_and_the_worker_keeps_going(tmp_path, caplog
     (record,) = [r for r in caplog.records if "failed" in r.getMessage()]
     assert record.levelname == "ERROR" and record.getMessage() in ("prefetch of coronal 4 failed",
                                                                     "prefetch of coronal 2 failed")
+    # a failure because the study changed under the job is no fault: a debug line
+    caplog.clear()
+
+    def study_changed(s, view, index):
+        s.volume = replace(s.volume)
+        raise RuntimeError("the study changed")
+
+    runner.embedding = study_changed
+    with caplog.at_level("DEBUG", logger="app.interaction"):
+        prefetcher.request(session, VIEW, 8)
+        _drain(prefetcher)
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "app.interaction"]
+    assert ("DEBUG", "prefetch of coronal 9 dropped: the study changed") in messages
+    assert not [m for m in messages if m[0] == "ERROR"]
     prefetcher.stop()
