@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -164,3 +166,69 @@ def test_points_session_is_one_step_reported_at_n():
 def test_empty_ground_truth_is_a_clear_error():
     with pytest.raises(ProtocolError, match="empty"):
         list(simulate(FakeModel(blob()), np.zeros((40, 50), bool), parse_protocol("box"), rng=np.random.default_rng(0)))
+
+
+def test_points_from_a_label_image_and_at_the_edges_of_possible():
+    """A 0/255 label image is a mask like any other; one pixel of structure (or of background) is enough."""
+    gt = blob().astype(np.uint8) * 255
+    pts, labels = sample_points(gt, 9, np.random.default_rng(1))
+    assert pts.dtype == np.float32 and labels.dtype == np.int64 and labels.tolist() == [1] * 4 + [0] * 5
+    x, y = pts[:, 0].astype(int), pts[:, 1].astype(int)
+    assert (gt[y[:4], x[:4]] == 255).all() and (gt[y[4:], x[4:]] == 0).all()
+    one = np.zeros((6, 7), bool)
+    one[2, 5] = True
+    pts, labels = sample_points(one, 3, np.random.default_rng(0))
+    assert pts[0].tolist() == [5.0, 2.0] and labels.tolist() == [1, 0, 0]
+    full = ~one
+    pts, labels = sample_points(full, 2, np.random.default_rng(0))
+    assert pts[1].tolist() == [5.0, 2.0] and labels.tolist() == [1, 0]
+    with pytest.raises(ProtocolError, match="^the ground truth is empty on this slice: no positive point can be "
+                                            "placed$"):
+        sample_points(np.zeros((4, 4), bool), 1, np.random.default_rng(0))
+    with pytest.raises(ProtocolError, match="^the ground truth fills the whole slice: no negative point can be "
+                                            "placed$"):
+        sample_points(np.ones((4, 4), bool), 2, np.random.default_rng(0))
+    assert sample_points(np.ones((4, 4), bool), 1, np.random.default_rng(0))[1].tolist() == [1]
+
+
+def test_every_prompt_carries_the_pixel_spacing_and_each_step_what_the_model_gave():
+    gt = blob()
+    spacing = (0.5, 0.8)
+    for text, multimask in (("points:1", [True]), ("points:2", [False]), ("box", [False]),
+                            ("box+clicks:2", [False, False]), ("clicks:2", [True, False])):
+        model = FakeModel(gt)
+        t0 = time.perf_counter()
+        steps = list(simulate(model, gt, parse_protocol(text), rng=np.random.default_rng(0), spacing=spacing))
+        elapsed = time.perf_counter() - t0
+        assert [mm for _, mm in model.calls] == multimask, text
+        assert all(p.pixel_spacing == spacing for p, _ in model.calls), text
+        assert all(s.prompts.pixel_spacing == spacing for s in steps), text
+        assert all(isinstance(s.seconds, float) and 0 <= s.seconds <= elapsed for s in steps), text
+        assert steps[0].mask.dtype == bool and steps[0].mask.shape == gt.shape
+        if text.startswith("points"):
+            (step,) = steps
+            first_answer = gt.copy()
+            first_answer[:, 18:] = False  # FakeModel's first answer misses the right part
+            np.testing.assert_array_equal(step.mask, first_answer)
+            assert step.prompts.point_labels is not None and len(step.prompts.point_labels) == len(step.prompts.points)
+    # the box protocol: one step, the box grown by the default 5 px margin, the model's mask kept
+    model = FakeModel(gt)
+    (step,) = simulate(model, gt, parse_protocol("box"), rng=np.random.default_rng(0))
+    ((prompts, multimask),) = model.calls
+    assert multimask is False and prompts.box.tolist() == [0, 5, 34, 24] and step.clicks == 0
+    assert step.prompts.box.tolist() == [0, 5, 34, 24] and float(step.prompts.mask_logits.mean()) == 1.0
+    assert step.mask.sum() == gt[:, :18].sum()
+
+
+def test_a_jittered_box_is_the_seeded_one_and_repeated_steps_keep_their_prompts():
+    gt = blob()
+    rng = np.random.default_rng(11)
+    expected = box_from_mask(gt, 3, jitter=4, rng=np.random.default_rng(11))
+    assert expected.tolist() != box_from_mask(gt, 3).tolist()
+    model = FakeModel(gt)
+    steps = list(simulate(model, gt, parse_protocol("box+clicks:3"), margin=3, jitter=4, rng=rng))
+    assert model.calls[0][0].box.tolist() == expected.tolist()
+    # click 1 makes the mask perfect: clicks 2 and 3 repeat click 1's prompts and mask, in no model time
+    assert steps[2].prompts is steps[1].prompts and steps[3].prompts is steps[1].prompts
+    assert steps[2].mask is steps[1].mask and steps[2].seconds == steps[3].seconds == 0.0
+    assert steps[1].prompts.points.tolist() == [[23, 14]]
