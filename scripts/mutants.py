@@ -40,7 +40,7 @@ MODULES: dict[str, list[str]] = {
     "evaluation/clicks.py": ["tests/evaluation/test_eval_clicks.py"],
     "evaluation/fairness.py": ["tests/evaluation/test_eval_fairness.py"],
     "evaluation/report.py": ["tests/evaluation/test_eval_report.py"],  # a hand-made run (test_eval_runner: the CLI)
-    "evaluation/runner.py": ["tests/evaluation/test_eval_runner.py"],
+    "evaluation/runner.py": ["tests/evaluation/test_eval_runner_steps.py"],  # a stand-in model (test_eval_runner: the CLI)
     "evaluation/distributed.py": ["tests/evaluation/test_batch.py"],
     "app/session.py": ["tests/app/test_session.py"],
     "app/uploads.py": ["tests/app/test_ui_uploads.py"],
