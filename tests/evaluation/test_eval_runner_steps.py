@@ -85,7 +85,7 @@ def test_box_rows_in_manifest_order_one_encode_per_slice_and_dice_by_hand(cases)
         assert row.structure == spec.structure and row.attributes == spec.attributes
         assert row.dice == pytest.approx(dice(mask, gt), abs=1e-6)  # MONAI computes in float32
         assert row.iou == pytest.approx((mask & gt).sum() / (mask | gt).sum(), abs=1e-6)  # MONAI computes in float32
-        assert 0 < row.hd95 < 30 and 0 <= row.nsd < 1  # a filled box: its edges lie off the structure
+        assert row.hd95 > 0 and 0 <= row.nsd < 1  # a filled box: its edges lie off the structure
     # a cache passed in serves a second run without encoding again
     cache = EmbeddingCache(model)
     evaluate(model, MANIFEST, EvalSettings(parse_protocol("box")), cases=subset[:2], progress=False, cache=cache)
