@@ -382,8 +382,8 @@ def mask_prompt(runner: ModelRunner, session: Session, mask: np.ndarray, *, use_
         raise PromptError("the mask is empty: paint over the structure first")
     before = session.prompt
     base = new_prompt(session, view, index).base
-    if not use_model:
-        after = PromptState(view=view, index=index, label=session.active, base=base)
+    if not use_model:  # the paint is an object of its own: a click after it starts the next one on top of it
+        after = PromptState(view=view, index=index, label=session.active, base=merged_plane(base, mask, session.active))
         edit = _edit(session, before, after, mask, "paint")
         session.apply(edit, kind="paint")
         return edit

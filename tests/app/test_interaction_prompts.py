@@ -327,10 +327,43 @@ def test_a_painted_mask_is_kept_as_drawn_and_a_mask_prompt_sends_its_box_and_log
     np.testing.assert_array_equal(session.prompt.logits, reference.low_res_logits[reference.best_index][None])
     assert list(session.prompt.box) == list(prompts.box) and edit.description == "mask prompt"
     assert session.history[1][-1]["kind"] == "mask"
-    with pytest.raises(PromptError, match="^the mask is 20x10 pixels; this plane is 256x256$"):
-        interaction.mask_prompt(runner, session, np.ones((10, 20), bool))
+    # a click refines the mask prompt's object: its box and logits go with the point
+    runner.calls.clear()
+    interaction.click(runner, session, *INSIDE, positive=True)
+    ((refine, _),) = runner.calls
+    assert list(refine.box) == [90.0, 100.0, 149.0, 139.0] and refine.point_labels.tolist() == [1]
+    np.testing.assert_array_equal(refine.mask_logits, reference.low_res_logits[reference.best_index][None])
+    session.undo()
+    # on top of a box, a mask prompt is a new object whose undo goes back to the box's prompt
+    session.undo()
+    interaction.box_prompt(runner, session, BOX)
+    boxed = session.prompt
+    interaction.mask_prompt(runner, session, mask)
+    assert session.undo_stack[-1].prompt_before is boxed
+    session.undo()
+    assert session.prompt is boxed
+    interaction.mask_prompt(runner, session, mask, use_model=False)
+    assert session.undo_stack[-1].prompt_before is boxed and session.prompt.view == VIEW
     with pytest.raises(PromptError, match="^the mask is empty: paint over the structure first$"):
         interaction.mask_prompt(runner, session, np.zeros((256, 256), bool), use_model=False)
+    session.view.view, session.view.index["axial"] = "axial", 100  # a 256 x 12 plane
+    with pytest.raises(PromptError, match="^the mask is 20x10 pixels; this plane is 256x12$"):
+        interaction.mask_prompt(runner, session, np.ones((10, 20), bool))
+
+
+def test_a_click_after_painting_keeps_the_paint(session, runner):
+    """Paint a region, then click elsewhere on the same label: the click's object is added to the painted one.
+    The click continued the paint's prompt, whose base plane was the one before the paint: the paint vanished."""
+    square = np.zeros((256, 256), bool)
+    square[20:40, 20:40] = True  # far from the click
+    interaction.mask_prompt(runner, session, square, use_model=False)
+    interaction.click(runner, session, *INSIDE, positive=True)
+    plane = session.region(VIEW, INDEX)
+    assert (plane[square] == 1).all()
+    chosen = session.prompt.alternatives[session.prompt.chosen][0]
+    np.testing.assert_array_equal(plane == 1, square | chosen)
+    session.undo()
+    np.testing.assert_array_equal(session.region(VIEW, INDEX) == 1, square)
 
 
 def test_the_eraser_removes_only_the_active_label_under_it(session, runner):
