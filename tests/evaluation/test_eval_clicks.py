@@ -170,11 +170,11 @@ def test_empty_ground_truth_is_a_clear_error():
 
 def test_points_from_a_label_image_and_at_the_edges_of_possible():
     """A 0/255 label image is a mask like any other; one pixel of structure (or of background) is enough."""
-    gt = blob().astype(np.uint8) * 255
-    pts, labels = sample_points(gt, 9, np.random.default_rng(1))
-    assert pts.dtype == np.float32 and labels.dtype == np.int64 and labels.tolist() == [1] * 4 + [0] * 5
-    x, y = pts[:, 0].astype(int), pts[:, 1].astype(int)
-    assert (gt[y[:4], x[:4]] == 255).all() and (gt[y[4:], x[4:]] == 0).all()
+    for gt in (blob().astype(np.uint8) * 255, blob().astype(np.uint8)):  # 0/255 and 0/1
+        pts, labels = sample_points(gt, 9, np.random.default_rng(1))
+        assert pts.dtype == np.float32 and labels.dtype == np.int64 and labels.tolist() == [1] * 4 + [0] * 5
+        x, y = pts[:, 0].astype(int), pts[:, 1].astype(int)
+        assert (gt[y[:4], x[:4]] > 0).all() and (gt[y[4:], x[4:]] == 0).all()
     one = np.zeros((6, 7), bool)
     one[2, 5] = True
     pts, labels = sample_points(one, 3, np.random.default_rng(0))
@@ -210,7 +210,7 @@ def test_every_prompt_carries_the_pixel_spacing_and_each_step_what_the_model_gav
             first_answer = gt.copy()
             first_answer[:, 18:] = False  # FakeModel's first answer misses the right part
             np.testing.assert_array_equal(step.mask, first_answer)
-            assert step.prompts.point_labels is not None and len(step.prompts.point_labels) == len(step.prompts.points)
+            assert step.prompts.point_labels.tolist() == ([1] if text == "points:1" else [1, 0])
     # the box protocol: one step, the box grown by the default 5 px margin, the model's mask kept
     model = FakeModel(gt)
     (step,) = simulate(model, gt, parse_protocol("box"), rng=np.random.default_rng(0))
@@ -232,3 +232,66 @@ def test_a_jittered_box_is_the_seeded_one_and_repeated_steps_keep_their_prompts(
     assert steps[2].prompts is steps[1].prompts and steps[3].prompts is steps[1].prompts
     assert steps[2].mask is steps[1].mask and steps[2].seconds == steps[3].seconds == 0.0
     assert steps[1].prompts.points.tolist() == [[23, 14]]
+
+
+def test_protocol_spellings_and_limits():
+    assert parse_protocol("Box + Clicks : 2") == Protocol("box+clicks", 2)
+    assert parse_protocol("clicks:1") == Protocol("clicks", 1) and parse_protocol("points:100").n == 100
+    assert str(parse_protocol("box")) == "box" and str(Protocol("clicks", 3)) == "clicks:3"
+    with pytest.raises(ProtocolError, match=r"^protocol 'points:101': N = 101 clicks is more than the 100 this "
+                                            r"simulator allows$"):
+        parse_protocol("points:101")
+    with pytest.raises(ProtocolError, match=r"^protocol 'clicks:0': N must be at least 1$"):
+        parse_protocol("clicks:0")
+
+
+def test_box_refusals_defaults_and_the_seeded_jitter_by_hand():
+    gt = blob()
+    box = box_from_mask(gt)
+    assert box.tolist() == [5, 10, 29, 19] and box.dtype == np.float32  # no margin by default
+    assert box_from_mask(gt.astype(np.uint8)).tolist() == [5, 10, 29, 19]
+    for margin, jitter in ((-1, 0), (0, -1)):
+        with pytest.raises(ProtocolError, match=rf"^margin and jitter must be >= 0 px, got margin {margin}, "
+                                                rf"jitter {jitter}$"):
+            box_from_mask(gt, margin, jitter=jitter, rng=np.random.default_rng(0))
+    with pytest.raises(ProtocolError, match=r"^box jitter needs a random generator \(a seed\)$"):
+        box_from_mask(gt, 2, jitter=1)
+    shift = np.random.default_rng(7).integers(-3, 4, size=4)
+    expected = np.clip(np.array([0, 5, 34, 24]) + shift, 0, [49, 39, 49, 39])
+    assert box_from_mask(gt, 5, jitter=3, rng=np.random.default_rng(7)).tolist() == expected.tolist()
+    # a structure in the corner: the jittered box never leaves the image, its sides stay ordered
+    corner = np.zeros((40, 50), bool)
+    corner[39, 49] = True
+    for seed in range(30):
+        x0, y0, x1, y1 = box_from_mask(corner, 0, jitter=3, rng=np.random.default_rng(seed)).tolist()
+        assert 0 <= x0 <= x1 <= 49 and 0 <= y0 <= y1 <= 39
+
+
+def test_next_click_takes_label_images_eight_neighbours_and_the_largest_region():
+    gt = blob()
+    pred = blob(rows=(10, 20), cols=(5, 20))
+    assert next_click(gt.astype(np.uint8), pred.astype(np.uint8)) == next_click(gt, pred) == Click(24, 14, True)
+    with pytest.raises(ValueError, match=r"^ground truth \(40, 50\) and prediction \(4, 5\) differ in size$"):
+        next_click(gt, np.zeros((4, 5), bool))
+    # two misses: a small one first in row order, a larger one below: the click goes to the larger
+    gt = np.zeros((40, 50), bool)
+    gt[2:5, 2:5] = True
+    gt[20:30, 20:30] = True
+    assert next_click(gt, np.zeros_like(gt)) == Click(24, 24, True)
+    # a miss larger than a false positive of 4 px: the miss wins
+    pred = np.zeros_like(gt)
+    pred[35:37, 40:42] = True
+    assert next_click(gt, pred).positive is True
+    # a tie in area: the miss wins
+    tie = np.zeros((20, 20), bool)
+    tie[2:5, 2:5] = True
+    fp = np.zeros_like(tie)
+    fp[10:13, 10:13] = True
+    assert next_click(tie, fp) == Click(3, 3, True)
+    # two false-positive squares touching at a corner are one region (8-connected), larger than the miss
+    gt = np.zeros((30, 30), bool)
+    gt[2:6, 2:6] = True  # 16 px missed
+    pred = np.zeros_like(gt)
+    pred[10:13, 10:13] = True
+    pred[13:16, 13:16] = True  # 9 + 9 px, diagonal neighbours
+    assert next_click(gt, pred).positive is False
