@@ -135,3 +135,13 @@ def test_table_structures_in_order_with_the_overall_choice_and_metric_names():
     assert list(by_site) == ["all", "x", "y"] and by_site["x"]["iou"]["es"] == pytest.approx(0.65 / 1.3)
     assert equity_table(rows, group_column="site", metrics=("dice",))["all"]["dice"]["overall"] == pytest.approx(
         0.55)  # "all": the unknown case counts in M_all
+
+
+def test_a_metric_of_its_own_name_is_scaled_and_each_table_entry_names_its_metric():
+    r = equity_scaled([0.8, 0.6, 0.8, 0.6], ["x", "x", "y", "y"], metric="sensitivity")  # not a known distance
+    assert r.metric == "sensitivity" and r.es == pytest.approx(0.7)
+    rows = [{"structure": "s", "g": g, "iou": v, "hd95": 4.0} for g, v in (("a", 0.5), ("b", 0.7))]
+    t = equity_table(rows, group_column="g", metrics=("iou", "hd95"))
+    assert t["s"]["iou"]["metric"] == "iou" and t["s"]["iou"]["es"] == pytest.approx(0.6 / 1.2)
+    assert t["s"]["hd95"] == {"metric": "hd95", "error": "equity scaling needs a metric where higher is better; "
+                                                         "'hd95' is a distance"}
