@@ -156,6 +156,41 @@ EQUIVALENT |= {
        "non-empty label map" for n in (7, 8)},
 }
 
+# evaluation/ and app/interaction.py, models/segmenter.py (issue 26, branch muteval): equivalent mutants
+_F = "evaluation.fairness.x_"
+EQUIVALENT |= {
+    f"{_F}is_unknown_group__mutmut_1": "None or NaN check made `and`: str(None) 'none' and str(nan) 'nan' are in "
+                                       "UNKNOWN_GROUP_VALUES anyway",
+    **{f"{_F}equity_scaled__mutmut_{n}": "np.asarray(values) without dtype: the values are floats (equity_table "
+       "converts each with float()), numpy keeps float64" for n in (22, 24)},
+    f"{_F}equity_scaled__mutmut_47": "the separator of the found-groups list: it is printed only with fewer than two "
+                                     "groups, so at most one name",
+}
+_I = "app.interaction.x_"
+EQUIVALENT |= {
+    **{f"{_I}measurements__mutmut_{n}": "bincount minlength and the `d.value < len(counts)` guard each make the "
+       "other redundant: a mutant of one is covered by the other" for n in (24, 25, 27, 32, 37, 39, 40, 43, 45, 46)},
+    **{f"{_I}erase__mutmut_{n}": "Edit's before copied or not (copy=None/False/left out): Edit packs it at once "
+       "(PackedArray, zlib)" for n in (46, 48, 49)},
+    f"{_I}erase__mutmut_42": "Edit(..., prompt_after) left out: its default is the same None",
+    **{f"{_I}_without_corner__mutmut_{n}": "a corner-only prompt never has points, box or logits (box_click makes it "
+       "fresh), so the function always returns None" for n in (3, 4)},
+    **{f"{_I}mask_prompt__mutmut_{n}": "np.asarray(mask) without bool: every later use converts (any(), nonzero, "
+       "merged_plane, mask_prompt_from_mask)" for n in (5, 7)},
+}
+EQUIVALENT |= {
+    **{f"evaluation.clicks.x_{f}__mutmut_{n}": why for f, n, why in (
+        ("simulate", 6, "simulate's asarray(gt, bool): sample_points, box_from_mask and next_click convert again"),
+        ("simulate", 8, "simulate's asarray(gt, bool): sample_points, box_from_mask and next_click convert again"),
+        ("simulate", 97, "'box' never reaches the click loop either way: its N is 0"),
+        ("simulate", 98, "'box' never reaches the click loop either way: its N is 0"),
+        ("parse_protocol", 16, "Protocol('box') without n: its default is the same 0"),
+        ("box_from_mask", 22, "np.array of numpy integers without dtype=int64: int64 anyway"),
+        ("box_from_mask", 24, "np.array of numpy integers without dtype=int64: int64 anyway"),
+        ("next_click", 15, "the 3x3 structure as float ones: scipy reads nonzero, the same 8-connectivity"),
+        ("next_click", 17, "the 3x3 structure as float ones: scipy reads nonzero, the same 8-connectivity"),
+    )},
+}
 
 def shared_dir() -> Path:
     for candidate in (os.environ.get("MEDSEG_SHARED"), ROOT.parent / "shared", Path("/work/shared")):
