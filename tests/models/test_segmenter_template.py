@@ -175,3 +175,38 @@ def test_a_drawn_mask_becomes_confident_logits_on_the_model_frame():
     assert base.mask_prompt_from_mask(drawn, strength=2.0)[0, 10, 10] == 2.0
     result = base.predict(_warm()["embedding"], Prompts(mask_logits=logits, box=(0, 0, 199, 149)))
     assert result.best_mask[:150, :200].mean() > 0.5 and result.best_mask[150:, 200:].mean() < 0.05
+
+
+def test_a_new_segmenter_on_the_shared_model_and_the_postprocessing_threshold():
+    w = _warm()
+    fresh = LiteMedSAMSegmenter(w["base"].model, pipeline="pkg")
+    assert fresh.device == torch.device("cpu") and fresh.model is w["base"].model
+    assert fresh.geometry.input_size((300, 400)) == (256, 256)
+    box = fresh.predict(w["embedding"], _prompts(w["golden"], "box"))
+    np.testing.assert_allclose(box.low_res_logits, w["golden"]["box__low_res_logits"], rtol=1e-4, atol=1e-4)
+    zeros = torch.zeros(1, 1, 256, 256)
+    result = fresh.to_result(w["embedding"], zeros, torch.ones(1, 1))
+    assert result.masks.shape == (1, 300, 400) and not result.masks.any()  # a logit of 0 is not in the mask
+    assert result.scores.tolist() == [1.0] and result.boxes is None
+
+
+def test_the_click_model_gets_exactly_the_prompts_it_takes():
+    """Its answer is the refiner's own on the prompt tensors: points, box and mask all reach it; a mask alone too."""
+    w = _warm()
+    g, base, clicks, embedding = w["golden"], w["base"], w["clicks"], w["embedding"]
+    refiner = clicks.model.click_refiner
+    for p in ("box_point", "mask"):
+        prompts = _prompts(g, p)
+        with torch.inference_mode():
+            low, _ = refiner(embedding.features, *clicks.prompt_tensors(embedding, prompts))
+        np.testing.assert_array_equal(clicks.predict(embedding, prompts).low_res_logits, low[0].numpy())
+    alone = Prompts(mask_logits=g["mask__mask_input"])
+    assert np.abs(clicks.predict(embedding, alone).low_res_logits
+                  - base.predict(embedding, alone).low_res_logits).max() > 0.1
+
+
+def test_a_drawn_label_image_is_a_mask_like_any_other():
+    base = _warm()["base"]
+    drawn = np.zeros((300, 400), np.uint8)
+    drawn[:150, :200] = 255
+    np.testing.assert_array_equal(base.mask_prompt_from_mask(drawn), base.mask_prompt_from_mask(drawn > 0))
