@@ -179,6 +179,10 @@ EQUIVALENT |= {
        "merged_plane, mask_prompt_from_mask)" for n in (5, 7)},
 }
 EQUIVALENT |= {
+    "models.segmenter.xǁSegmenterǁto_result__mutmut_15": "np.full(..., None, np.float32): numpy makes None NaN "
+                                                         "in a float array",
+    "models.segmenter.xǁSegmenterǁdecode_prompts__mutmut_13": "multimask_output None for the click model: its scope "
+                                                              "'prompts' ignores it (ClickRefiner.applies)",
     **{f"evaluation.clicks.x_{f}__mutmut_{n}": why for f, n, why in (
         ("simulate", 6, "simulate's asarray(gt, bool): sample_points, box_from_mask and next_click convert again"),
         ("simulate", 8, "simulate's asarray(gt, bool): sample_points, box_from_mask and next_click convert again"),
