@@ -295,3 +295,54 @@ def test_next_click_takes_label_images_eight_neighbours_and_the_largest_region()
     pred[10:13, 10:13] = True
     pred[13:16, 13:16] = True  # 9 + 9 px, diagonal neighbours
     assert next_click(gt, pred).positive is False
+
+
+class OverThenUnder:
+    """Answers first with the GT plus a false-positive slab (a negative click follows), then with the GT's left
+    part only (a positive click follows), then the GT; logits are the call number."""
+
+    def __init__(self, gt):
+        self.gt, self.calls = gt, []
+
+    def __call__(self, prompts, multimask):
+        self.calls.append(prompts)
+        n = len(self.calls)
+        mask = self.gt | blob(rows=(25, 40), cols=(0, 50)) if n == 1 else self.gt.copy()
+        if n == 2:
+            mask[:, 18:] = False
+        return MaskResult(masks=mask[None], scores=np.ones(1, np.float32),
+                          low_res_logits=np.full((1, 256, 256), float(n), np.float32))
+
+
+def test_each_click_keeps_every_earlier_label_and_feeds_the_last_logits_back():
+    gt = blob()
+    model = OverThenUnder(gt)
+    steps = list(simulate(model, gt, parse_protocol("clicks:3"), rng=np.random.default_rng(0)))
+    first, second, third = model.calls
+    assert second.point_labels.tolist() == [1, 0] and third.point_labels.tolist() == [1, 0, 1]
+    assert float(second.mask_logits.mean()) == 1.0 and float(third.mask_logits.mean()) == 2.0
+    assert steps[-1].prompts.point_labels.tolist() == [1, 0, 1] and float(steps[-1].prompts.mask_logits.mean()) == 3.0
+
+
+def test_clicks_and_boxes_at_the_last_row_and_column():
+    corner = np.zeros((40, 50), bool)
+    corner[39, 49] = True
+    assert box_from_mask(corner).tolist() == [49, 39, 49, 39]
+    row = np.zeros((40, 50), bool)
+    row[39, 10:30] = True  # a structure one pixel thin along the bottom edge
+    click = next_click(row, np.zeros_like(row))
+    assert click.y == 39 and 10 <= click.x < 30
+    column = row.T.copy()
+    click = next_click(column, np.zeros_like(column))
+    assert click.x == 39 and 10 <= click.y < 30
+    # label values other than 1: a 0/2 ground truth and a 0/2 prediction
+    gt, pred = blob(), blob(rows=(10, 20), cols=(5, 20))
+    twos = next_click(gt.astype(np.uint8) * 2, pred.astype(np.uint8) * 2)
+    assert twos == next_click(gt, pred) == Click(24, 14, True)
+    assert next_click(gt.astype(np.uint8) * 2, pred) == next_click(gt, pred.astype(np.uint8) * 2) == twos
+    with pytest.raises(ProtocolError, match="^the ground truth is empty on this slice: there is no box to draw$"):
+        box_from_mask(np.zeros((3, 3), bool))
+    with pytest.raises(ProtocolError, match="^the ground truth is empty on this slice; these protocols need a "
+                                            "structure to prompt$"):
+        list(simulate(FakeModel(blob()), np.zeros((40, 50), bool), parse_protocol("clicks:1"),
+                      rng=np.random.default_rng(0)))
