@@ -192,6 +192,8 @@ EQUIVALENT |= {
         ("box_from_mask", 22, "np.array of numpy integers without dtype=int64: int64 anyway"),
         ("box_from_mask", 24, "np.array of numpy integers without dtype=int64: int64 anyway"),
         ("next_click", 15, "the 3x3 structure as float ones: scipy reads nonzero, the same 8-connectivity"),
+        ("box_from_mask", 5, "box_from_mask's asarray(gt, bool): only .any() and np.nonzero read it"),
+        ("box_from_mask", 7, "box_from_mask's asarray(gt, bool): only .any() and np.nonzero read it"),
         ("next_click", 17, "the 3x3 structure as float ones: scipy reads nonzero, the same 8-connectivity"),
     )},
 }
