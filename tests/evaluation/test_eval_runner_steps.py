@@ -170,4 +170,30 @@ def test_progress_goes_to_stderr(cases, capsys):
     all_cases, _ = cases
     evaluate(BoxFiller(), MANIFEST, EvalSettings(parse_protocol("box")), cases=all_cases[:1])
     err = capsys.readouterr().err
-    assert "eval box" in err and "1/1" in err and "dice=" in err
+    assert "eval box: 100%" in err and "1/1" in err and "case" in err and "dice=" in err  # the unit: case/s or s/case
+
+
+def test_rows_sharing_a_slice_are_visited_together_so_each_slice_is_encoded_once(cases, tmp_path):
+    """With room for one embedding only, the manifest order CT k1, MR k1, CT k9, CT k1, MR k1 is visited by
+    slice (file, then slice index) and costs three encodes, not five."""
+    all_cases, _ = cases
+    by_id = {c.case_id: c for c in all_cases}
+    subset = [by_id[i] for i in ("ct_head_0051_slabA_head_k001", ONE_SLICE[0], "ct_head_0051_slabA_head_k009",
+                                 "ct_head_0051_slabA_head_k001", ONE_SLICE[1])]
+    model = BoxFiller()
+    run = evaluate(model, MANIFEST, EvalSettings(parse_protocol("box")), cases=subset, progress=False,
+                   cache=EmbeddingCache(model, size=1))
+    assert len(model.embeds) == 3 and [r.case_id for r in run.rows] == [c.case_id for c in subset]
+    # without a subset: every case of the manifest, in its order
+    import csv
+
+    with open(MANIFEST, newline="") as f:
+        rows = list(csv.DictReader(f))[28:31]  # three rows of the shared manifest
+    small = tmp_path / "small.csv"
+    with open(small, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "image": str(DATA / r["image"]), "label": str(DATA / r["label"])})
+    run = evaluate(BoxFiller(), small, EvalSettings(parse_protocol("box")), progress=False)
+    assert [r.case_id for r in run.rows] == [r["case_id"] for r in rows] and run.n_cases == 3
