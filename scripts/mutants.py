@@ -179,6 +179,9 @@ EQUIVALENT |= {
        "merged_plane, mask_prompt_from_mask)" for n in (5, 7)},
 }
 EQUIVALENT |= {
+    **{f"evaluation.runner.x__slice_key__mutmut_{n}": "the slice index of a 2D image (None) as -1, +1 or -2, or "
+       "always the index: rows of one file are all 2D or all 3D, so the order among them is the same"
+       for n in (2, 4, 5)},
     "models.segmenter.xǁSegmenterǁto_result__mutmut_15": "np.full(..., None, np.float32): numpy makes None NaN "
                                                          "in a float array",
     "models.segmenter.xǁSegmenterǁdecode_prompts__mutmut_13": "multimask_output None for the click model: its scope "
