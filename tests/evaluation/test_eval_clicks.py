@@ -346,3 +346,14 @@ def test_clicks_and_boxes_at_the_last_row_and_column():
                                             "structure to prompt$"):
         list(simulate(FakeModel(blob()), np.zeros((40, 50), bool), parse_protocol("clicks:1"),
                       rng=np.random.default_rng(0)))
+
+
+def test_negatives_of_a_mostly_filled_0_1_label_image_lie_outside_and_boxes_stay_through_clicks():
+    gt = np.ones((40, 50), np.uint8)
+    gt[:4, :5] = 0  # 20 background pixels of 2000
+    pts, labels = sample_points(gt, 10, np.random.default_rng(2))
+    x, y = pts[:, 0].astype(int), pts[:, 1].astype(int)
+    assert labels.tolist() == [1] * 5 + [0] * 5 and (gt[y[5:], x[5:]] == 0).all() and (gt[y[:5], x[:5]] == 1).all()
+    model = OverThenUnder(blob())
+    list(simulate(model, blob(), parse_protocol("box+clicks:3"), margin=2, rng=np.random.default_rng(0)))
+    assert len(model.calls) == 3 and all(p.box.tolist() == [3, 8, 31, 21] for p in model.calls)
