@@ -42,7 +42,7 @@ MODULES: dict[str, list[str]] = {
     "evaluation/report.py": ["tests/evaluation/test_eval_report.py"],  # a hand-made run (test_eval_runner: the CLI)
     "evaluation/runner.py": ["tests/evaluation/test_eval_runner_steps.py"],  # a stand-in model (test_eval_runner: the CLI)
     "evaluation/distributed.py": ["tests/evaluation/test_batch.py"],
-    "app/session.py": ["tests/app/test_session.py"],
+    "app/session.py": ["tests/app/test_session.py", "tests/app/test_session_undo_bound.py"],
     "app/uploads.py": ["tests/app/test_ui_uploads.py"],
     "app/interaction.py": ["tests/app/test_interaction_prompts.py"],  # one warm embedding (test_ui_interaction: 77 s)
     "models/segmenter.py": ["tests/models/test_segmenter_template.py"],  # one warm embedding (fast_paths: 9 min)
