@@ -124,3 +124,61 @@ def test_one_step_runs_and_protocol_comparisons_plot(tmp_path):
     assert (out / "groups_site.png").is_file()
     path = plot_protocol_comparison({"box": s, "clicks": summarize(_run())}, tmp_path / "cmp" / "c.png")
     assert path == tmp_path / "cmp" / "c.png" and path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the report saves, kept open for reading (title, axes labels, plotted data)."""
+    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure
+
+    saved = []
+    real = Figure.savefig
+    monkeypatch.setattr(plt, "close", lambda fig=None: None)
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: saved.append(self) or real(self, *a, **k))
+    yield saved
+    plt.close("all")
+
+
+def test_what_the_plots_show(tmp_path, figures):
+    s = summarize(_run(), ["site"])
+    from evaluation.report import plot_dice_per_click, plot_groups
+
+    plot_dice_per_click(s, tmp_path / "d.png")
+    plot_groups(s, "site", tmp_path / "g.png")
+    plot_protocol_comparison({"box": summarize(_run([_row("c1", "liver", 0, 0.8, "A")])), "iter": s},
+                             tmp_path / "c.png")
+    (dice_ax,), (group_ax,), (cmp_ax,) = (f.axes for f in figures)
+    assert dice_ax.get_title() == "litemedsam: Dice per click (box+clicks:1, margin 3 px)"
+    assert (dice_ax.get_xlabel(), dice_ax.get_ylabel(), dice_ax.get_ylim()) == ("clicks (0 = box only)", "mean Dice",
+                                                                                (0.0, 1.0))
+    lines = {ln.get_label(): ln for ln in dice_ax.get_lines()}
+    assert list(lines) == ["aorta", "liver", "all"] and list(dice_ax.get_xticks()) == [0, 1]
+    assert lines["all"].get_xdata().tolist() == [0, 1] and lines["all"].get_color() == "k"
+    assert lines["all"].get_ydata() == pytest.approx([1.9 / 3, 0.8]) and lines["all"].get_linewidth() == 2.5
+    assert lines["liver"].get_ydata() == pytest.approx([0.7, 0.8])
+    assert [t.get_text() for t in dice_ax.get_legend().get_texts()] == ["aorta", "liver", "all"]
+    # groups at the last click: A 0.9 (n=1), B 0.7 (n=1), all cases 0.8 dashed, ES-Dice 0.667
+    assert group_ax.get_title() == "Dice by site (box+clicks:1, clicks=1): ES-Dice 0.667"
+    assert [round(b.get_height(), 6) for b in group_ax.patches] == [0.9, 0.7]
+    assert [t.get_text() for t in group_ax.texts] == ["n=1", "n=1"] and group_ax.get_ylim() == (0.0, 1.05)
+    (overall,) = group_ax.get_lines()
+    assert overall.get_ydata()[0] == pytest.approx(0.8) and overall.get_label() == "all cases: 0.800"
+    assert group_ax.get_ylabel() == "mean Dice"
+    assert cmp_ax.get_title() == "litemedsam: protocols compared (all)" and cmp_ax.get_ylim() == (0.0, 1.0)
+    assert [ln.get_label() for ln in cmp_ax.get_lines()] == ["box: 0.800", "iter: 0.633 -> 0.800"]
+    assert cmp_ax.get_lines()[0].get_linestyle() == "None" and cmp_ax.get_lines()[1].get_xdata().tolist() == [0, 1]
+    assert cmp_ax.get_xlabel() == "clicks (0 = box only; points:N drawn at N)"
+    assert cmp_ax.get_ylabel() == "mean Dice (all)"
+
+
+def test_a_one_step_run_plots_bars_with_all_first(tmp_path, figures):
+    from evaluation.report import plot_dice_per_click
+
+    one = _run([_row("c1", "liver", 0, 0.8, "A"), _row("c2", "kidney", 0, 0.4, "B")])
+    one.settings = EvalSettings(parse_protocol("box"))
+    plot_dice_per_click(summarize(one), tmp_path / "d.png")
+    (ax,) = figures[0].axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["liver", "kidney", "all"]  # all on top
+    assert [round(b.get_width(), 6) for b in ax.patches] == [0.8, 0.4, 0.6]
+    assert ax.get_xlabel() == "mean Dice (box, clicks = 0)" and ax.get_xlim() == (0.0, 1.0)
