@@ -182,6 +182,11 @@ EQUIVALENT |= {
     **{f"evaluation.runner.x__slice_key__mutmut_{n}": "the slice index of a 2D image (None) as -1, +1 or -2, or "
        "always the index: rows of one file are all 2D or all 3D, so the order among them is the same"
        for n in (2, 4, 5)},
+    **{f"models.segmenter.xǁSegmenterǁprompt_tensors__mutmut_{n}": "torch.as_tensor's dtype dropped: Prompts "
+       "already holds float32 points and logits and int64 labels, and the geometry maps them to float32"
+       for n in (10, 13, 16, 19, 30, 33)},
+    **{f"models.segmenter.xǁSegmenterǁdecode_prompts__mutmut_{n}": "expand(+1, ...) for expand(-1, ...): the batch "
+       "is always 1" for n in (44, 55)},
     "models.segmenter.xǁSegmenterǁto_result__mutmut_15": "np.full(..., None, np.float32): numpy makes None NaN "
                                                          "in a float array",
     "models.segmenter.xǁSegmenterǁdecode_prompts__mutmut_13": "multimask_output None for the click model: its scope "

@@ -179,8 +179,9 @@ def test_a_drawn_mask_becomes_confident_logits_on_the_model_frame():
 
 def test_a_new_segmenter_on_the_shared_model_and_the_postprocessing_threshold():
     w = _warm()
+    w["base"].model.train()  # a model handed over in training mode is put in inference mode
     fresh = LiteMedSAMSegmenter(w["base"].model, pipeline="pkg")
-    assert fresh.device == torch.device("cpu") and fresh.model is w["base"].model
+    assert fresh.device == torch.device("cpu") and fresh.model is w["base"].model and not fresh.model.training
     assert fresh.geometry.input_size((300, 400)) == (256, 256)
     box = fresh.predict(w["embedding"], _prompts(w["golden"], "box"))
     np.testing.assert_allclose(box.low_res_logits, w["golden"]["box__low_res_logits"], rtol=1e-4, atol=1e-4)
