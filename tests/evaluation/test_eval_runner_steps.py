@@ -4,6 +4,7 @@ The real model's numbers are ``test_eval_runner.py``'s (slow: the CLI over the w
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -170,7 +171,8 @@ def test_progress_goes_to_stderr(cases, capsys):
     all_cases, _ = cases
     evaluate(BoxFiller(), MANIFEST, EvalSettings(parse_protocol("box")), cases=all_cases[:1])
     err = capsys.readouterr().err
-    assert "eval box: 100%" in err and "1/1" in err and "case" in err and "dice=" in err  # the unit: case/s or s/case
+    assert "eval box: 100%" in err and "1/1" in err and re.search(r"\dcase/s|s/case,", err)
+    assert re.search(r", dice=0\.\d\d\d\]", err)  # the last case's Dice, 3 decimals
 
 
 def test_rows_sharing_a_slice_are_visited_together_so_each_slice_is_encoded_once(cases, tmp_path):
@@ -197,3 +199,27 @@ def test_rows_sharing_a_slice_are_visited_together_so_each_slice_is_encoded_once
             w.writerow({**r, "image": str(DATA / r["image"]), "label": str(DATA / r["label"])})
     run = evaluate(BoxFiller(), small, EvalSettings(parse_protocol("box")), progress=False)
     assert [r.case_id for r in run.rows] == [r["case_id"] for r in rows] and run.n_cases == 3
+
+
+def test_a_slice_encoded_for_a_case_counts_in_its_first_step_and_a_model_without_a_name(cases, monkeypatch):
+    import evaluation.runner
+
+    clock = [0.0]
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+
+    class Nameless(BoxFiller):
+        def embed(self, image):
+            clock[0] += 100.0  # encoding takes 100 s on this clock
+            return super().embed(image)
+
+    Nameless.name = property(lambda self: (_ for _ in ()).throw(AttributeError("name")))
+    monkeypatch.setattr(evaluation.runner, "time", Clock)
+    all_cases, _ = cases
+    by_id = {c.case_id: c for c in all_cases}
+    subset = [by_id[ONE_SLICE[0]], by_id[ONE_SLICE[1]]]  # one slice: encoded for the first case only
+    run = evaluate(Nameless(), MANIFEST, EvalSettings(parse_protocol("box")), cases=subset, progress=False)
+    assert [r.seconds >= 100.0 for r in run.rows] == [True, False] and run.model == "Nameless"
