@@ -177,6 +177,15 @@ EQUIVALENT |= {
        "fresh), so the function always returns None" for n in (3, 4)},
     **{f"{_I}mask_prompt__mutmut_{n}": "np.asarray(mask) without bool: every later use converts (any(), nonzero, "
        "merged_plane, mask_prompt_from_mask)" for n in (5, 7)},
+    f"{_I}_without_corner__mutmut_2": "always None: a corner-only prompt never has points, box or logits",
+    **{f"{_I}erase__mutmut_{n}": "the erase's history kind: Session.apply records none for an edit without a "
+       "prompt_after, which an erase never has" for n in (51, 53, 54, 55)},
+    "app.interaction.xǁPrefetcherǁ_one__mutmut_21": "the poll interval while a user request holds the model "
+                                                    "(0.05 s to 1.05 s): the neighbour is encoded later, the same",
+    "app.interaction.xǁPrefetcherǁ_work__mutmut_4": "the idle worker's queue timeout 1.5 s for 0.5 s: it notices a "
+                                                    "stop later, the same",
+    "app.interaction.xǁPrefetcherǁ_work__mutmut_5": "`break` for `continue` when idle: the worker ends and the next "
+                                                    "request starts a new one (_ensure_thread checks is_alive)",
 }
 EQUIVALENT |= {
     **{f"evaluation.runner.x__slice_key__mutmut_{n}": "the slice index of a 2D image (None) as -1, +1 or -2, or "
