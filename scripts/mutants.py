@@ -196,6 +196,9 @@ EQUIVALENT |= {
        for n in (10, 13, 16, 19, 30, 33)},
     **{f"models.segmenter.xǁSegmenterǁdecode_prompts__mutmut_{n}": "expand(+1, ...) for expand(-1, ...): the batch "
        "is always 1" for n in (44, 55)},
+    "evaluation.runner.x_case_rng__mutmut_6": "encode('UTF-8'): codec names are case-insensitive",
+    **{f"app.session.xǁSessionǁ_trim_undo__mutmut_{n}": "the .get default of a kept study's 'undo'/'redo': _stash "
+       "always writes both keys" for n in (15, 17, 22, 24)},
     "models.segmenter.xǁSegmenterǁto_result__mutmut_15": "np.full(..., None, np.float32): numpy makes None NaN "
                                                          "in a float array",
     "models.segmenter.xǁSegmenterǁdecode_prompts__mutmut_13": "multimask_output None for the click model: its scope "

@@ -223,3 +223,21 @@ def test_a_slice_encoded_for_a_case_counts_in_its_first_step_and_a_model_without
     subset = [by_id[ONE_SLICE[0]], by_id[ONE_SLICE[1]]]  # one slice: encoded for the first case only
     run = evaluate(Nameless(), MANIFEST, EvalSettings(parse_protocol("box")), cases=subset, progress=False)
     assert [r.seconds >= 100.0 for r in run.rows] == [True, False] and run.model == "Nameless"
+
+
+def test_each_step_is_scored_in_millimetres_with_the_models_logits_fed_back(cases):
+    from evaluation.metrics import case_metrics
+
+    all_cases, _ = cases
+    spec = next(c for c in all_cases if c.case_id == "ct_head_0051_slabA_head_k009")  # 0.957 mm pixels
+    case = CaseLoader(MANIFEST).load(spec)
+    assert case.spacing != (1.0, 1.0)
+    model, steps = BoxFiller(), []
+    rows = evaluate_case(model, case, EvalSettings(parse_protocol("clicks:2")), embedding=("embedding", case.image.shape),
+                         on_step=steps.append)
+    (first, multi), (second, _) = model.calls
+    assert multi is True and first.mask_logits is None and second.mask_logits is not None  # fed back by default
+    for row, step in zip(rows, steps):
+        m = case_metrics(step.mask, case.gt, case.spacing)
+        assert (row.dice, row.iou, row.hd95, row.nsd) == pytest.approx((m.dice, m.iou, m.hd95, m.nsd))
+    assert rows[0].seconds < 1.0  # an embedding handed in costs this case nothing
