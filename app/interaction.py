@@ -349,12 +349,23 @@ def _without_corner(p: PromptState) -> PromptState | None:
     return None if not p.points and p.box is None and p.logits is None else p
 
 
+_CURRENT = PromptState(view="", index=-1, label=-1)  # box_prompt's default: undo goes back to session.prompt
+
+
 def box_prompt(
-    runner: ModelRunner, session: Session, box: tuple[float, float, float, float], *, before: PromptState | None = None
+    runner: ModelRunner,
+    session: Session,
+    box: tuple[float, float, float, float],
+    *,
+    before: PromptState | None = _CURRENT,
 ) -> Edit:
-    """Segment from a box (x0, y0, x1, y1) on the current plane: starts a new object."""
+    """Segment from a box (x0, y0, x1, y1) on the current plane: starts a new object.
+
+    ``before`` is the prompt state its undo restores: the session's by default; ``None`` (a box drawn from a
+    lone corner) is kept as None, so a click after the undo starts a new box rather than finishing the old one.
+    """
     view, index = session.view.view, session.view.index[session.view.view]
-    before = session.prompt if before is None else before
+    before = session.prompt if before is _CURRENT else before
     base = new_prompt(session, view, index).base
     p = PromptState(view=view, index=index, label=session.active, box=tuple(float(v) for v in box), base=base)
     result = _predict(runner, session, p, multimask=False)
@@ -382,8 +393,8 @@ def mask_prompt(runner: ModelRunner, session: Session, mask: np.ndarray, *, use_
         raise PromptError("the mask is empty: paint over the structure first")
     before = session.prompt
     base = new_prompt(session, view, index).base
-    if not use_model:
-        after = PromptState(view=view, index=index, label=session.active, base=base)
+    if not use_model:  # the paint is an object of its own: a click after it starts the next one on top of it
+        after = PromptState(view=view, index=index, label=session.active, base=merged_plane(base, mask, session.active))
         edit = _edit(session, before, after, mask, "paint")
         session.apply(edit, kind="paint")
         return edit

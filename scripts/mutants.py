@@ -39,13 +39,13 @@ MODULES: dict[str, list[str]] = {
     "evaluation/manifest.py": ["tests/evaluation/test_eval_manifest.py"],
     "evaluation/clicks.py": ["tests/evaluation/test_eval_clicks.py"],
     "evaluation/fairness.py": ["tests/evaluation/test_eval_fairness.py"],
-    "evaluation/report.py": ["tests/evaluation/test_eval_fairness.py", "tests/evaluation/test_eval_runner.py"],
-    "evaluation/runner.py": ["tests/evaluation/test_eval_runner.py"],
+    "evaluation/report.py": ["tests/evaluation/test_eval_report.py"],  # a hand-made run (test_eval_runner: the CLI)
+    "evaluation/runner.py": ["tests/evaluation/test_eval_runner_steps.py"],  # a stand-in model (test_eval_runner: the CLI)
     "evaluation/distributed.py": ["tests/evaluation/test_batch.py"],
-    "app/session.py": ["tests/app/test_session.py"],
+    "app/session.py": ["tests/app/test_session.py", "tests/app/test_session_undo_bound.py"],
     "app/uploads.py": ["tests/app/test_ui_uploads.py"],
-    "app/interaction.py": ["tests/app/test_ui_interaction.py"],
-    "models/segmenter.py": ["tests/models/test_litemedsam_parity.py", "tests/runtime/test_fast_paths.py"],
+    "app/interaction.py": ["tests/app/test_interaction_prompts.py"],  # one warm embedding (test_ui_interaction: 77 s)
+    "models/segmenter.py": ["tests/models/test_segmenter_template.py"],  # one warm embedding (fast_paths: 9 min)
 }
 # Mutants that cannot change behaviour, excluded from the kill rate (key -> why); docs/testing.md lists them.
 EQUIVALENT: dict[str, str] = {
@@ -156,6 +156,67 @@ EQUIVALENT |= {
        "non-empty label map" for n in (7, 8)},
 }
 
+# evaluation/ and app/interaction.py, models/segmenter.py (issue 26, branch muteval): equivalent mutants
+_F = "evaluation.fairness.x_"
+EQUIVALENT |= {
+    f"{_F}is_unknown_group__mutmut_1": "None or NaN check made `and`: str(None) 'none' and str(nan) 'nan' are in "
+                                       "UNKNOWN_GROUP_VALUES anyway",
+    **{f"{_F}equity_scaled__mutmut_{n}": "np.asarray(values) without dtype: the values are floats (equity_table "
+       "converts each with float()), numpy keeps float64" for n in (22, 24)},
+    f"{_F}equity_scaled__mutmut_47": "the separator of the found-groups list: it is printed only with fewer than two "
+                                     "groups, so at most one name",
+}
+_I = "app.interaction.x_"
+EQUIVALENT |= {
+    **{f"{_I}measurements__mutmut_{n}": "bincount minlength and the `d.value < len(counts)` guard each make the "
+       "other redundant: a mutant of one is covered by the other" for n in (24, 25, 27, 32, 37, 39, 40, 43, 45, 46)},
+    **{f"{_I}erase__mutmut_{n}": "Edit's before copied or not (copy=None/False/left out): Edit packs it at once "
+       "(PackedArray, zlib)" for n in (46, 48, 49)},
+    f"{_I}erase__mutmut_42": "Edit(..., prompt_after) left out: its default is the same None",
+    **{f"{_I}_without_corner__mutmut_{n}": "a corner-only prompt never has points, box or logits (box_click makes it "
+       "fresh), so the function always returns None" for n in (3, 4)},
+    **{f"{_I}mask_prompt__mutmut_{n}": "np.asarray(mask) without bool: every later use converts (any(), nonzero, "
+       "merged_plane, mask_prompt_from_mask)" for n in (5, 7)},
+    f"{_I}_without_corner__mutmut_2": "always None: a corner-only prompt never has points, box or logits",
+    **{f"{_I}erase__mutmut_{n}": "the erase's history kind: Session.apply records none for an edit without a "
+       "prompt_after, which an erase never has" for n in (51, 53, 54, 55)},
+    "app.interaction.xǁPrefetcherǁ_one__mutmut_21": "the poll interval while a user request holds the model "
+                                                    "(0.05 s to 1.05 s): the neighbour is encoded later, the same",
+    "app.interaction.xǁPrefetcherǁ_work__mutmut_4": "the idle worker's queue timeout 1.5 s for 0.5 s: it notices a "
+                                                    "stop later, the same",
+    "app.interaction.xǁPrefetcherǁ_work__mutmut_5": "`break` for `continue` when idle: the worker ends and the next "
+                                                    "request starts a new one (_ensure_thread checks is_alive)",
+}
+EQUIVALENT |= {
+    **{f"evaluation.runner.x__slice_key__mutmut_{n}": "the slice index of a 2D image (None) as -1, +1 or -2, or "
+       "always the index: rows of one file are all 2D or all 3D, so the order among them is the same"
+       for n in (2, 4, 5)},
+    **{f"models.segmenter.xǁSegmenterǁprompt_tensors__mutmut_{n}": "torch.as_tensor's dtype dropped: Prompts "
+       "already holds float32 points and logits and int64 labels, and the geometry maps them to float32"
+       for n in (10, 13, 16, 19, 30, 33)},
+    **{f"models.segmenter.xǁSegmenterǁdecode_prompts__mutmut_{n}": "expand(+1, ...) for expand(-1, ...): the batch "
+       "is always 1" for n in (44, 55)},
+    "evaluation.runner.x_case_rng__mutmut_6": "encode('UTF-8'): codec names are case-insensitive",
+    **{f"app.session.xǁSessionǁ_trim_undo__mutmut_{n}": "the .get default of a kept study's 'undo'/'redo': _stash "
+       "always writes both keys" for n in (15, 17, 22, 24)},
+    "models.segmenter.xǁSegmenterǁto_result__mutmut_15": "np.full(..., None, np.float32): numpy makes None NaN "
+                                                         "in a float array",
+    "models.segmenter.xǁSegmenterǁdecode_prompts__mutmut_13": "multimask_output None for the click model: its scope "
+                                                              "'prompts' ignores it (ClickRefiner.applies)",
+    **{f"evaluation.clicks.x_{f}__mutmut_{n}": why for f, n, why in (
+        ("simulate", 6, "simulate's asarray(gt, bool): sample_points, box_from_mask and next_click convert again"),
+        ("simulate", 8, "simulate's asarray(gt, bool): sample_points, box_from_mask and next_click convert again"),
+        ("simulate", 97, "'box' never reaches the click loop either way: its N is 0"),
+        ("simulate", 98, "'box' never reaches the click loop either way: its N is 0"),
+        ("parse_protocol", 16, "Protocol('box') without n: its default is the same 0"),
+        ("box_from_mask", 22, "np.array of numpy integers without dtype=int64: int64 anyway"),
+        ("box_from_mask", 24, "np.array of numpy integers without dtype=int64: int64 anyway"),
+        ("next_click", 15, "the 3x3 structure as float ones: scipy reads nonzero, the same 8-connectivity"),
+        ("box_from_mask", 5, "box_from_mask's asarray(gt, bool): only .any() and np.nonzero read it"),
+        ("box_from_mask", 7, "box_from_mask's asarray(gt, bool): only .any() and np.nonzero read it"),
+        ("next_click", 17, "the 3x3 structure as float ones: scipy reads nonzero, the same 8-connectivity"),
+    )},
+}
 
 def shared_dir() -> Path:
     for candidate in (os.environ.get("MEDSEG_SHARED"), ROOT.parent / "shared", Path("/work/shared")):
@@ -168,7 +229,7 @@ def stage(module: str, tests: list[str]) -> Path:
     """``.mutants/<module>/``: links to the code, tests and samples, and a pyproject for this module."""
     folder = WORK / module.replace("/", "__").removesuffix(".py")
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (*PACKAGES, "tests", "samples", "scripts"):
+    for name in (*PACKAGES, "tests", "samples", "scripts", "weights"):  # weights/click_model: models/ finds it beside itself
         link = folder / name
         if not link.exists():
             link.symlink_to(ROOT / name)
@@ -177,7 +238,7 @@ def stage(module: str, tests: list[str]) -> Path:
         "\n[tool.mutmut]\n"
         f"source_paths = {json.dumps(list(PACKAGES))}\n"
         f"only_mutate = {json.dumps([module])}\n"
-        "also_copy = [\"samples\", \"scripts\"]\n"
+        "also_copy = [\"samples\", \"scripts\", \"weights\"]\n"
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
         "pytest_add_cli_args = [\"-p\", \"no:xdist\", \"-p\", \"no:cacheprovider\", \"-x\", \"-q\"]\n"
         "timeout_multiplier = 5.0\n"
