@@ -463,3 +463,110 @@ def test_broken_and_oversized_images_are_refused(tmp_path, monkeypatch):
     with pytest.raises(StudyError, match=rf"^{re.escape(str(tmp_path / 'a.png'))}: image too large to open safely "
                        r"\(Image size \(4096 pixels\) exceeds limit of 2000 pixels, could be decompression bomb DOS attack\.\)$"):
         read_study(tmp_path / "a.png")
+
+
+# --- more of what the survivors of the first mutation run showed untested ----------------------------------
+def test_a_small_sform_qform_disagreement_still_follows_the_sform(tmp_path):
+    """0.01 mm of spacing or origin, or 0.01 rad: ITK opens the qform, medseg the sform (each alone)."""
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    a = 0.01
+    rotation = np.array([[np.cos(a), -np.sin(a), 0, 0], [np.sin(a), np.cos(a), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    for name, sform in [("spacing", np.diag([1.01, 1, 1, 1])), ("origin", np.eye(4) + np.eye(4, k=3) * 0.01),
+                        ("rotation", rotation)]:
+        img = nib.Nifti1Image(data, None)
+        img.header.set_sform(sform, code=2)
+        img.header.set_qform(np.eye(4), code=1)
+        path = tmp_path / f"{name}.nii"
+        nib.save(img, path)
+        itk = sitk.ReadImage(str(path))
+        assert (itk.GetSpacing(), itk.GetOrigin()) == ((1, 1, 1), (0, 0, 0)) and itk.GetDirection()[1] == 0  # the qform
+        vol = read_study(path)
+        affine = nib.load(path).affine  # nibabel: the sform
+        ijk = np.array([[0, 0, 0], [3, 2, 1]], float)
+        np.testing.assert_allclose(vol.index_to_physical(ijk), nib.affines.apply_affine(affine, ijk) * [-1, -1, 1],
+                                   atol=1e-6, err_msg=name)
+
+
+def test_pixel_types_that_open_and_one_without_a_transfer_syntax(tmp_path):
+    for bits, dtype in [(8, "u1"), (32, "<i4")]:
+        ds = db.image_dataset(db.pixels()[0])
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
+        ds.PixelData = db.pixels()[0].astype(dtype).tobytes()
+        path = db.write(ds, tmp_path / f"b{bits}.dcm")
+        np.testing.assert_array_equal(read_study(path).array, db.decoded_reference(path))
+    ds = db.image_dataset(db.pixels()[0])
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.PixelData = bytes(range(32))
+    path = db.write(ds, tmp_path / "b1.dcm")  # 1-bit: GDCM shows the set bits as 255, pydicom as 1
+    np.testing.assert_array_equal(read_study(path).array, db.decoded_reference(path) * 255)
+    ds = db.image_dataset(db.pixels()[0])
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelData = 64, 64, 63, bytes(16 * 16 * 8)
+    path = db.write(ds, tmp_path / "b64.dcm")  # allowed by the check, then ITK has no reader for it
+    refused(path, f"{path}: DICOM pixel data could not be decoded (sitk::ERROR: Unable to determine ImageIO reader for "
+            f"\"{path}\")")
+    ds = db.image_dataset(db.pixels()[0])
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 4, "ARGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes(range(256)) * 4
+    assert read_study(db.write(ds, tmp_path / "argb.dcm")).array.shape == (1, 16, 16, 4)
+    import struct
+
+    data = db.write(db.image_dataset(db.pixels()[0]), tmp_path / "ts.dcm").read_bytes()
+    at = data.find(b"\x02\x00\x10\x00UI")
+    n = struct.unpack_from("<H", data, at + 6)[0]
+    data = data[:at] + data[at + 8 + n:]  # no TransferSyntaxUID: taken as uncompressed, GDCM then gives up
+    data = data[:140] + struct.pack("<I", struct.unpack_from("<I", data, 140)[0] - 8 - n) + data[144:]
+    (tmp_path / "nots.dcm").write_bytes(data)
+    p = tmp_path / "nots.dcm"
+    refused(p, f"{p}: DICOM pixel data could not be decoded (sitk::ERROR: Unable to determine ImageIO reader for \"{p}\")")
+
+
+def test_read_failures_after_the_checks_are_one_line_naming_the_file(tmp_path, monkeypatch):
+    nifti = tmp_path / "a.nii"
+    nib.save(nib.Nifti1Image(np.zeros((2, 3, 4), np.int16), np.eye(4)), nifti)
+    one = db.write(db.image_dataset(db.pixels()[0]), tmp_path / "one.dcm")
+    folder = series(tmp_path / "s", [0, 2])
+
+    def itk_fails(call, *args):
+        raise RuntimeError("ITK ERROR: ImageIO\n\n  the last line says why  \n")
+
+    monkeypatch.setattr(readers, "_itk", itk_fails)
+    refused(nifti, f"{nifti}: not a readable NIfTI file (the last line says why)")
+    refused(one, f"{one}: DICOM pixel data could not be decoded (the last line says why)")
+    refused(folder, f"{folder}: the DICOM series could not be read (the last line says why)")
+    monkeypatch.undo()
+
+    def scan_fails(path, **kwargs):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(readers, "scan_dicom", scan_fails)
+    refused(one, f"{one}: cannot be read (Permission denied)")
+    monkeypatch.setattr(readers, "scan_dicom", lambda path, **kw: (_ for _ in ()).throw(OSError("disk gone")))
+    refused(one, f"{one}: cannot be read (disk gone)")
+    monkeypatch.undo()
+    monkeypatch.setattr(readers.pydicom, "dcmread", lambda *a, **k: (_ for _ in ()).throw(KeyError()))
+    refused(one, f"{one}: not a readable DICOM file (KeyError)")  # an exception without a message: its name
+
+
+def test_series_in_subfolders_without_some_identity_and_with_undecodable_names(tmp_path):
+    folder = series(tmp_path / "s", [0.0, 2.0, 4.0])
+    (folder / "deeper").mkdir()
+    shutil.move(folder / "2001_2.dcm", folder / "deeper" / "2001_2.dcm")  # exports nest files in folders
+    for f in [folder / "2001_0.dcm", folder / "2001_1.dcm", folder / "deeper" / "2001_2.dcm"]:
+        ds = pydicom.dcmread(f)
+        del ds.StudyInstanceUID, ds.FrameOfReferenceUID
+        ds.save_as(f)
+    vol = read_study(folder)
+    assert vol.array.shape == (3, 16, 16) and vol.source.files[-1] == str(folder / "deeper" / "2001_2.dcm")
+    assert vol.source.study_instance_uid is None and vol.source.frame_of_reference_uid is None
+    bad = folder / os.fsdecode(b"\xff.dcm")  # a Latin-1 name: SimpleITK would abort the process on it
+    shutil.move(folder / "2001_1.dcm", bad)
+    refused(folder, f"{str(bad)!r}: the file name is not valid UTF-8; rename the file")
+
+
+def test_pil_warnings_stay_inside_the_reader(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 4096 pixels: PIL warns of a bomb, our own limit decides
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_study(tmp_path / "a.png").array.shape == (1, 64, 64)
