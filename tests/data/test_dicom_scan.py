@@ -304,3 +304,36 @@ def test_deflated_data_sets_are_inflated_in_capped_steps(tmp_path, monkeypatch):
     damaged = plain[:meta_end] + b"\xff" * 40
     with pytest.raises(DicomScanError, match=r"^the deflated data set is damaged \(Error -3 while decompressing data: "):
         scan_bytes(tmp_path, damaged)
+
+
+def test_delimiters_out_of_place_are_refused(tmp_path):
+    sq = struct.pack("<HH", 0x40, 0xA730) + b"SQ\0\0"
+    refused(tmp_path, part10(IMAGE + sq + struct.pack("<I", 8) + db.SEQ_END + PIXELS),
+            "unexpected item tag (FFFE,E0DD) at byte 228")  # a sequence delimiter in a sequence of defined length
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 8) + db.ITEM_END  # an item delimiter in an item of defined length
+    refused(tmp_path, part10(IMAGE + sq + struct.pack("<I", len(item)) + item + PIXELS),
+            "unexpected item tag (FFFE,E00D) at byte 236")
+    refused(tmp_path, part10(IMAGE + db.ITEM_END + PIXELS), "unexpected item tag (FFFE,E00D) at byte 216")
+    refused(tmp_path, part10(IMAGE + db.ITEM + PIXELS), "unexpected item tag (FFFE,E000) at byte 216")
+
+
+def test_compressed_pixels_of_an_icon_are_not_the_images(tmp_path):
+    fragments = struct.pack("<HHI", 0xFFFE, 0xE000, 0) + struct.pack("<HHI", 0xFFFE, 0xE000, 2) + b"ab" + db.SEQ_END
+    icon_pixels = struct.pack("<HH", 0x7FE0, 0x10) + b"OB\0\0" + b"\xff" * 4 + fragments
+    icon = el(0x0088, 0x0200, b"SQ", struct.pack("<HHI", 0xFFFE, 0xE000, len(icon_pixels)) + icon_pixels)
+    scan = scan_bytes(tmp_path, part10(IMAGE + icon + PIXELS, syntax=JPEGBaseline8Bit))
+    assert scan.fragments == [] and (scan.pixel_keyword, scan.pixel_length) == ("PixelData", 12)
+    assert scan.header_bytes == 30 + len(icon) + 12  # the icon whole, the image pixels' element head
+
+
+def test_a_deflated_file_larger_than_the_kept_head_is_walked_through_its_tail(tmp_path, monkeypatch):
+    """Only the first MAX_DICOM_HEADER_BYTES and the last 64 KiB are kept: the pixel data lies between."""
+    arr = db.pixels(rows=190, cols=190)  # 72,200 bytes of pixels, more than the 64 KiB tail
+    plain = db.write(db.image_dataset(arr, syntax=DeflatedExplicitVRLittleEndian), tmp_path / "d.dcm").read_bytes()
+    padded = db.deflated_file(plain, extra=el(0xFFFC, 0xFFFC, b"OB", b"\0" * 4))  # an element after the pixels
+    monkeypatch.setattr(dicom_scan, "MAX_DICOM_HEADER_BYTES", 600)
+    scan = scan_bytes(tmp_path, padded)
+    assert scan.pixel_length == arr.nbytes and scan.values["Rows"] == 190
+    body = zlib.decompress(padded[db._meta_end(padded):], -zlib.MAX_WBITS)
+    assert scan.inflated_bytes == len(body) and scan.header_bytes == len(body) - arr.nbytes
+    assert scan.header_bytes < 600 < scan.inflated_bytes - 64 * 1024

@@ -210,3 +210,13 @@ def test_cut_and_bomb_files_are_refused_from_their_bytes(tmp_path, monkeypatch):
     assert check(tmp_path, gzip.compress(PLAIN + b"\0" * 10), "x.nii.gz").shape == SHAPE
     refused(tmp_path, gzip.compress(PLAIN + b"\0" * (2 * 1024**2)), "the gzip stream holds more than 410 bytes, 400 "
             "declared by the header (a gzip bomb?); refused without decompressing the rest", "x.nii.gz")
+
+
+def test_a_gzip_stream_cut_inside_the_header_extensions_is_refused(tmp_path):
+    noise = np.random.default_rng(1).integers(0, 256, size=5000, dtype=np.uint8).tobytes()
+    head = edited(vox_offset=352 + 8 + 5000)[:348]
+    data = head + b"\1\0\0\0" + struct.pack("<ii", 8 + 5000, 0) + noise + PLAIN[352:]
+    assert check(tmp_path, gzip.compress(data), "x.nii.gz").shape == SHAPE
+    cut = gzip.compress(data)[:3000]  # the first 544 bytes inflate, the extensions do not
+    refused(tmp_path, cut, "damaged header extensions (Compressed file ended before the end-of-stream marker was "
+            "reached)", "x.nii.gz")

@@ -570,3 +570,15 @@ def test_pil_warnings_stay_inside_the_reader(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_study(tmp_path / "a.png").array.shape == (1, 64, 64)
+
+
+def test_links_inside_the_series_folder_are_followed_and_links_out_refuse_it(tmp_path):
+    folder = series(tmp_path / "s", [0.0, 2.0])
+    (folder / "a").mkdir()
+    (folder / "b").mkdir()
+    (folder / "a" / "README.txt").write_text("notes")
+    (folder / "b" / "readme").symlink_to("../a/README.txt")  # outside its own subfolder, inside the study
+    assert read_study(folder).array.shape == (2, 16, 16)
+    (tmp_path / "secret.txt").write_text("x")
+    (folder / "b" / "out").symlink_to(tmp_path / "secret.txt")
+    refused(folder, f"{folder / 'b' / 'out'}: a link to a file outside its folder; name the real path or copy the file in")
