@@ -30,11 +30,22 @@ MODULES: dict[str, list[str]] = {
     "data/windowing.py": ["tests/data/test_windowing.py"],
     "data/volume.py": ["tests/data/test_geometry.py", "tests/data/test_volume.py"],
     "data/writers.py": ["tests/data/test_geometry.py", "tests/data/test_writers.py"],
-    "data/readers.py": ["tests/data/test_geometry.py", "tests/data/test_fuzz_readers.py", "tests/data/test_limits.py"],
+    "data/readers.py": ["tests/data/test_geometry.py", "tests/data/test_fuzz_readers.py", "tests/data/test_readers.py"],
     "data/deidentify.py": ["tests/data/test_deidentify.py",  # less the CLI run of the real model (40 s a mutant)
                            "--deselect", "tests/data/test_deidentify.py::test_cli_segment_deidentify_flag"],
     "data/dicom_seg.py": ["tests/data/test_dicom_seg.py"],
     "data/export.py": ["tests/data/test_export.py"],
+    # data/ readers (branch mutdata): the hostile corpus (tests/data/test_hostile_corpus.py, 35 s to build) is left out
+    "data/series_geometry.py": ["tests/data/test_geometry.py", "tests/data/test_series_geometry.py",
+                                "tests/data/test_readers.py"],
+    "data/dicom_scan.py": ["tests/data/test_geometry.py", "tests/data/test_fuzz_readers.py",
+                           "tests/data/test_dicom_scan.py", "tests/data/test_readers.py"],
+    "data/nifti_check.py": ["tests/data/test_geometry.py", "tests/data/test_fuzz_readers.py",
+                            "tests/data/test_nifti_check.py", "tests/data/test_readers.py"],
+    "data/limits.py": ["tests/data/test_limits.py", "tests/data/test_dicom_scan.py", "tests/data/test_nifti_check.py",
+                       "--deselect", "tests/data/test_limits.py::"
+                       "test_served_paths_are_the_configured_roots_and_never_the_session_folders"],
+    "data/untrusted.py": ["tests/data/test_untrusted.py", "tests/data/test_links.py", "tests/data/test_readers.py"],
     "evaluation/metrics.py": ["tests/evaluation/test_eval_metrics.py"],
     "evaluation/manifest.py": ["tests/evaluation/test_eval_manifest.py"],
     "evaluation/clicks.py": ["tests/evaluation/test_eval_clicks.py"],
@@ -154,6 +165,16 @@ EQUIVALENT |= {
        "makes a 4-D array a 3-D vector image by itself, a 3-D array is scalar either way" for n in (3, 5)},
     **{f"{_SEG}_smallest_uint__mutmut_{n}": "array.max(initial=None / 1): the same uint8 / uint16 choice on a "
        "non-empty label map" for n in (7, 8)},
+}
+
+# data/ readers (issue 26, branch mutdata): equivalent mutants of series_geometry, ...
+_G = "data.series_geometry.x_"
+EQUIVALENT |= {
+    **{f"{_G}orientation__mutmut_{n}": "|norm - 1| > 0.01 made >= 0.01: a norm near 1 minus 1 is a multiple of 2**-53, "
+       "never equal to the double 0.01" for n in (22, 27)},
+    **{f"{_G}check_series_geometry__mutmut_{n}": "the 'do not advance' guard (mean step <= 0, its message): unreachable "
+       "from the reader, which passes the slices sorted by position, distinct and parallel by the checks above"
+       for n in (205, 208, 210, 211, 212)},
 }
 
 

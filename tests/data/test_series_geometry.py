@@ -207,3 +207,57 @@ def test_uneven_spacing_and_missing_slices_are_refused_unless_allowed():
                          "(9.50 mm) and IM2.dcm (8.00 mm) while the others are 2 mm; ...); opened at the mean spacing "
                          "2.375 mm, so slice positions are approximate",)
     assert check(at(0, 2, 4), allow_uneven=True) == SeriesGeometry()
+
+
+# --- boundaries and the reference slice (survivors of the first mutation run) -------------------------------
+def test_two_slices_are_checked_too():
+    refused(at(0, 0), "two images at the same position between IM1.dcm (0.00 mm) and IM2.dcm (0.00 mm); remove the "
+            "duplicate or pick one series")
+    heads = at(0, 2)
+    heads[1].Rows = 5
+    refused(heads, "IM2.dcm: Rows 5 differs from IM1.dcm (4)")
+
+
+def test_the_first_slice_is_the_reference_when_it_is_the_odd_one():
+    heads = at(0, 2, 4)
+    heads[0].Columns = 8
+    refused(heads, "IM2.dcm: Columns 4 differs from IM1.dcm (8)")
+    heads = at(0, 2, 4)
+    heads[0].ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    refused(heads, "IM2.dcm is oriented unlike IM1.dcm; the series is not one stack of parallel slices")
+
+
+def test_positions_are_measured_along_the_first_slices_normal():
+    """Slices within the 1e-3 orientation tolerance: positions (in the message) use IM1's normal, not a mix."""
+    heads = [head(ipp=(500.0, 500.0, z)) for z in (0.0, 2.0, 4.0, 7.0)]
+    heads[1].ImageOrientationPatient = [1, 0, 0.0009, 0, 1, 0.0009]
+    refused(heads, "uneven slice spacing, a step of 3 mm between IM3.dcm (4.00 mm) and IM4.dcm (7.00 mm) while the "
+            "others are 2 mm; resample the series to even spacing (e.g. in 3D Slicer), or pass --allow-uneven")
+
+
+def test_tolerances_are_inclusive():
+    """Exact in binary: 2 % of a 50 mm step is 1.0 mm; 1e-3 of orientation; a row . column of 0.01."""
+    refused(at(0, 50, 100, 101, 151), "two images at the same position between IM3.dcm (100.00 mm) and IM4.dcm "
+            "(101.00 mm); remove the duplicate or pick one series")  # 1.0 mm apart: within 2 % of 50 mm
+    assert check(at(0, 50, 100, 151)) == SeriesGeometry()  # one step 1.0 mm long: still even
+    refused(at(0, 50, 100, 202), "1 slice(s) missing between IM3.dcm (100.00 mm) and IM4.dcm (202.00 mm) (the other "
+            "slices are 50 mm apart); add the missing file(s), open the complete series, or pass --allow-uneven")
+    heads = at(0, 2, 4)
+    heads[2].ImageOrientationPatient = [1, 0, 0, 0, 0.9999995, 0.001]  # exactly 1e-3 off: the same orientation
+    assert check(heads) == SeriesGeometry()
+    assert orientation(head(iop=(1, 0, 0, 0.01, 1, 0))) is not None  # row . column exactly 0.01
+
+
+def test_a_missing_slice_is_told_from_uneven_spacing_within_the_tolerance_per_step():
+    """2 mm slices (tolerance 0.04 mm a step): a gap of 4.06 mm is one missing slice, 4.1 mm is not."""
+    refused(at(0, 2, 4, 8.06), "1 slice(s) missing between IM3.dcm (4.00 mm) and IM4.dcm (8.06 mm) (the other slices "
+            "are 2 mm apart); add the missing file(s), open the complete series, or pass --allow-uneven")
+    refused(at(0, 2, 4, 8.1), "uneven slice spacing, a step of 4.1 mm between IM3.dcm (4.00 mm) and IM4.dcm (8.10 mm) "
+            "while the others are 2 mm; resample the series to even spacing (e.g. in 3D Slicer), or pass --allow-uneven")
+
+
+def test_the_mean_spacing_is_from_the_first_to_the_last_slice():
+    got = check(at(10, 12, 14, 18), allow_uneven=True)
+    assert got.spacing_k == pytest.approx(8 / 3)
+    thin = check(at(0, 0.5, 1.0, 2.0), allow_uneven=True)  # thin slices: a mean step under 1 mm is fine
+    assert thin.spacing_k == pytest.approx(2 / 3)
