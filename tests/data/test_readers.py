@@ -582,3 +582,63 @@ def test_links_inside_the_series_folder_are_followed_and_links_out_refuse_it(tmp
     (tmp_path / "secret.txt").write_text("x")
     (folder / "b" / "out").symlink_to(tmp_path / "secret.txt")
     refused(folder, f"{folder / 'b' / 'out'}: a link to a file outside its folder; name the real path or copy the file in")
+
+
+def test_each_series_file_is_held_to_the_voxel_limit_naming_it(tmp_path):
+    folder = series(tmp_path / "s", [0.0, 2.0, 4.0])
+    refused(folder, f"{folder / '2001_0.dcm'}: 1 x 16 x 16 voxels is more than the limit of 255 (raise MEDSEG_MAX_VOXELS, "
+            "or crop/downsample the study)", max_voxels=255)
+
+
+def test_deflated_dicom_files_and_series_open(tmp_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    one = db.write(db.image_dataset(db.pixels()[0], syntax=DeflatedExplicitVRLittleEndian), tmp_path / "d.dcm")
+    np.testing.assert_array_equal(read_study(one).array, db.decoded_reference(one))
+    folder = series(tmp_path / "s", [0.0, 2.0], syntax=DeflatedExplicitVRLittleEndian)
+    vol = read_study(folder)
+    np.testing.assert_array_equal(vol.array[1], db.decoded_reference(folder / "2001_1.dcm")[0])
+
+
+def test_other_files_before_the_images_do_not_stop_the_listing(tmp_path):
+    folder = series(tmp_path / "s", [0.0, 2.0])
+    (folder / "00README.txt").write_text("exported by a PACS\n" * 20)  # longer than a DICOM preamble, no DICM
+    report = db.image_dataset(db.pixels()[0], series_uid=SERIES_B)
+    for keyword in ("Rows", "Columns", "PixelData"):
+        delattr(report, keyword)
+    db.write(report, folder / "000report.dcm")  # a DICOM file without an image: skipped
+    (only,) = list_series(folder)
+    assert only.series_instance_uid == SERIES_A and len(only.files) == 2
+    assert read_study(folder).array.shape == (2, 16, 16)
+
+
+def test_a_one_file_folder_without_optional_attributes_opens(tmp_path):
+    """No SOPClassUID, Modality or InstanceNumber: the image still opens, as 'OT', and says what it lacks."""
+    ds = db.image_dataset(db.pixels()[0])
+    del ds.SOPClassUID, ds.Modality, ds.InstanceNumber
+    folder = tmp_path / "one"
+    path = db.write(ds, folder / "IM1.dcm")
+    (info,) = list_series(folder)
+    assert (info.modality, info.files) == ("OT", (str(path),))
+    vol = read_study(folder)
+    assert vol.modality == "OT" and vol.source.sop_class_uid is None and vol.source.format == "dicom-series"
+    np.testing.assert_array_equal(vol.array, db.decoded_reference(path))
+    single = read_study(path)
+    assert single.modality == "OT" and single.source.sop_class_uid is None
+    folder2 = series(tmp_path / "two", [0.0, 2.0])
+    for f in folder2.iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.SOPClassUID, ds.Modality, ds.InstanceNumber
+        ds.save_as(f)
+    vol = read_study(folder2)
+    assert vol.modality == "OT" and vol.source.sop_class_uid is None and vol.array.shape == (2, 16, 16)
+
+
+def test_a_one_pixel_high_png_opens_and_a_cut_one_says_truncated(tmp_path):
+    Image.fromarray(np.arange(5, dtype=np.uint8)[None]).save(tmp_path / "line.png")
+    vol = read_study(tmp_path / "line.png")
+    assert vol.array.shape == (1, 1, 5) and vol.source.path == str(tmp_path / "line.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    refused(tmp_path / "cut.png", f"{tmp_path / 'cut.png'}: not a readable PNG/JPEG image (image file is truncated)")
