@@ -642,3 +642,36 @@ def test_a_one_pixel_high_png_opens_and_a_cut_one_says_truncated(tmp_path):
     data = (tmp_path / "a.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     refused(tmp_path / "cut.png", f"{tmp_path / 'cut.png'}: not a readable PNG/JPEG image (image file is truncated)")
+
+
+def test_nifti_refusals_and_identity_through_read_study(tmp_path):
+    path = tmp_path / "a.nii"
+    nib.save(nib.Nifti1Image(np.zeros((2, 3, 4), np.int16), np.eye(4)), path)
+    vol = read_study(path)
+    assert (vol.source.path, vol.source.format, vol.source.files) == (str(path), "nifti", ())
+    refused(path, f"{path}: 2 x 3 x 4 voxels is more than the limit of 23 (raise MEDSEG_MAX_VOXELS, or "
+            "crop/downsample the study)", max_voxels=23)
+    path.write_bytes(path.read_bytes()[:-5])
+    refused(path, f"{path}: truncated: 395 of the 400 bytes that the header declares")
+
+
+def test_header_attributes_dicom_may_leave_out_take_their_defaults(tmp_path):
+    """SamplesPerPixel 1 and no PhotometricInterpretation: GDCM opens both, so the checks must not refuse them."""
+    for keyword in ("SamplesPerPixel", "PhotometricInterpretation"):
+        ds = db.image_dataset(db.pixels()[0])
+        delattr(ds, keyword)
+        path = db.write(ds, tmp_path / f"no{keyword}.dcm")
+        np.testing.assert_array_equal(read_study(path).array[0], db.pixels()[0])
+    ds = db.image_dataset(db.pixels()[0])
+    ds.PixelData = b""
+    path = db.write(ds, tmp_path / "empty.dcm")
+    refused(path, f"{path}: truncated DICOM file: 0 of 512 bytes of pixel data (1 frame(s) of 16 x 16 x 1 x 16 bits)")
+
+
+def test_a_frame_count_that_overflows_64_bit_integers_is_still_over_the_limit(tmp_path):
+    """3e9 frames of 65535 x 65535: 1.29e19 voxels wraps to a negative int64; counted in float it is refused as such."""
+    ds = db.image_dataset(db.pixels()[0])
+    ds.NumberOfFrames, ds.Rows, ds.Columns = "3000000000", 65535, 65535
+    path = db.write(ds, tmp_path / "huge.dcm")
+    refused(path, f"{path}: 3000000000 x 65535 x 65535 voxels is more than the limit of {readers.DEFAULT_MAX_VOXELS} "
+            "(raise MEDSEG_MAX_VOXELS, or crop/downsample the study)")
