@@ -226,6 +226,10 @@ def test_single_dicom_identity_and_geometry_rule(tmp_path):
     assert vol.modality == "OT" and vol.source.geometry == "none (identity)"
     assert vol.source.study_instance_uid is None and vol.source.frame_of_reference_uid is None
     assert vol.source.series_instance_uid == SERIES_A
+    del bare.SeriesInstanceUID, bare.SOPInstanceUID, bare.SOPClassUID
+    vol = read_study(db.write(bare, tmp_path / "anonymous.dcm"))  # stripped by a careless anonymiser: still opens
+    assert vol.source.series_instance_uid is None and vol.source.sop_class_uid is None
+    assert vol.source.sop_instance_uids == ("",)
 
 
 def test_dicom_files_that_cannot_be_shown_are_refused_naming_the_fault(tmp_path):
