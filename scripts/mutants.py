@@ -223,6 +223,31 @@ EQUIVALENT |= {
     **{f"{_R}__check_pixels__mutmut_{n}": "PhotometricInterpretation's default made None/'XXXX': an absent one is "
        "not 'YBR_FULL_422' either way" for n in (135, 142)},
 }
+_D = "data.dicom_scan.x"
+EQUIVALENT |= {
+    **{f"{_D}__inflate__mutmut_{n}": "the inflate step size or its first empty buffer: the same bytes in other "
+       "chunks" for n in (11, 12, 13, 14)},
+    f"{_D}__inflate__mutmut_39": "'<=' for '<' before keeping the head: appends out[:0] once it is full",
+    f"{_D}ǁ_Bytesǁ__init____mutmut_1": "_Bytes' default tail: only a memory map uses it, and the map covers the file",
+    f"{_D}__read_meta__mutmut_15": "meta group/element unpacked signed: group 0x0002 reads the same, and a "
+                                   "negative group is not 0x0002 either",
+    **{f"{_D}_{f}__mutmut_{n}": "codec 'ASCII' for 'ascii': names are case-insensitive"
+       for f, n in (("_read_meta", 75), ("_read_value", 10), ("_walk", 232))},
+    **{f"{_D}_{f}__mutmut_{n}": "strip('XX\\0 XX'): a UID or an IS number holds no 'X'"
+       for f, n in (("_read_meta", 78), ("_read_value", 11))},
+    **{f"{_D}__jpeg_size__mutmut_{n}": "the marker loop's bound: a frame header needs pos + 10 bytes, so stopping "
+       "a byte earlier finds the same" for n in (4, 5)},
+    f"{_D}__walk__mutmut_22": "FRAGMENTS = 3 for 2: the kinds are only compared with these names, 3 is free",
+    f"{_D}__walk__mutmut_40": "stack[0][2] = None for False: falsy alike",
+    f"{_D}__walk__mutmut_118": "'depth >= 0' for '> 0': a data set of undefined length is always an item, depth >= 1",
+    f"{_D}__walk__mutmut_276": "_is_sequence's u32 argument: unused",
+    **{f"{_D}_scan_dicom__mutmut_{n}": "the explicit/implicit guess made before the walk: the walk switches by the "
+       "first element's VR itself, so any guess here ends the same"
+       for n in (56, 64, 69, 71, 72, 73, 74, 76, 77, 78, 79, 80, 81, 82, 83, 87)},
+    f"{_D}_scan_dicom__mutmut_4": "open(path) in text mode: only seek and fileno are used (for the memory map)",
+    f"{_D}_encoded_frame_sizes__mutmut_11": "f.read() whole instead of the first 64 KiB: the frame header is at its "
+                                            "start",
+}
 
 
 def shared_dir() -> Path:

@@ -337,3 +337,56 @@ def test_a_deflated_file_larger_than_the_kept_head_is_walked_through_its_tail(tm
     body = zlib.decompress(padded[db._meta_end(padded):], -zlib.MAX_WBITS)
     assert scan.inflated_bytes == len(body) and scan.header_bytes == len(body) - arr.nbytes
     assert scan.header_bytes < 600 < scan.inflated_bytes - 64 * 1024
+
+
+# --- boundaries and encodings the first mutation run left open ----------------------------------------------
+def test_short_files_and_meta_groups_that_end_exactly_at_the_end_of_the_file(tmp_path):
+    scan = scan_bytes(tmp_path, b"\0" * 128 + b"DICM")  # 132 bytes: a marker and nothing else
+    assert (scan.transfer_syntax, scan.pixel_keyword, scan.header_bytes) == ("", None, 0)
+    scan = scan_bytes(tmp_path, b"\0" * 128 + b"DICM" + struct.pack("<HH", 2, 1) + b"OB\0\0" + struct.pack("<I", 0))
+    assert (scan.transfer_syntax, scan.header_bytes) == ("", 0)
+    scan = scan_bytes(tmp_path, b"\0" * 128 + b"DICM" + struct.pack("<HH", 2, 0x10) + b"UI\0\0")
+    assert (scan.transfer_syntax, scan.header_bytes) == ("", 0)
+    refused(tmp_path, b"\0" * 128 + b"DICM" + struct.pack("<HH", 2, 0x10) + b"UI" + struct.pack("<H", 7) + b"1.2",
+            "file meta element (0002,0010) runs past the end of the file")  # 4 bytes short
+    scan = scan_bytes(tmp_path, part10(IMAGE + PIXELS, syntax="1.2.\xff"))  # a non-ASCII syntax: shown, not fatal
+    assert scan.transfer_syntax == "1.2.\ufffd\ufffd"
+
+
+def test_a_deflated_data_set_inflating_to_several_steps_and_the_cap_is_inclusive(tmp_path, monkeypatch):
+    arr = np.zeros((1, 1024, 1024), np.int16)  # 2 MiB of zeros from a few KiB: more than one 1 MiB inflate step
+    path = db.write(db.image_dataset(arr, syntax=DeflatedExplicitVRLittleEndian), tmp_path / "z.dcm")
+    scan = scan_dicom(path, max_voxels=2**21)
+    data = path.read_bytes()
+    assert scan.inflated_bytes == len(zlib.decompress(data[db._meta_end(data):], -zlib.MAX_WBITS))
+    assert scan.pixel_length == 2 * 1024**2 and scan.values["Rows"] == 1024
+    small = db.write(db.image_dataset(db.pixels(), syntax=DeflatedExplicitVRLittleEndian), tmp_path / "s.dcm")
+    total = scan_dicom(small, max_voxels=10**6).inflated_bytes
+    monkeypatch.setattr(dicom_scan, "MAX_DICOM_HEADER_BYTES", total - 8)
+    assert scan_dicom(small, max_voxels=1).inflated_bytes == total  # exactly the cap: allowed
+
+
+def test_a_deflated_file_under_64_kib_read_through_its_tail(tmp_path, monkeypatch):
+    arr = db.pixels(rows=100, cols=100)
+    plain = db.write(db.image_dataset(arr, syntax=DeflatedExplicitVRLittleEndian), tmp_path / "d.dcm").read_bytes()
+    padded = db.deflated_file(plain, extra=el(0xFFFC, 0xFFFC, b"OB", b"\0" * 4))
+    monkeypatch.setattr(dicom_scan, "MAX_DICOM_HEADER_BYTES", 600)
+    assert scan_bytes(tmp_path, padded).pixel_length == arr.nbytes
+
+
+def test_long_values_in_short_length_fields_and_sequences_of_exactly_one_empty_item(tmp_path):
+    scan = scan_bytes(tmp_path, part10(IMAGE + el(0x0010, 0x4000, b"LT", b"x" * 40000) + PIXELS))  # length >= 2**15
+    assert scan.pixel_length == 12 and scan.header_bytes == 30 + 8 + 40000 + 12
+    empty_item = struct.pack("<HH", 0x0009, 0x1010) + b"UN\0\0" + struct.pack("<I", 8) + struct.pack("<HHI", 0xFFFE, 0xE000, 0)
+    scan = scan_bytes(tmp_path, part10(IMAGE + empty_item + PIXELS))  # 8 bytes: one empty item, a sequence
+    assert (scan.depth, scan.items) == (1, 1)
+
+
+def test_frame_headers_at_the_start_of_a_fragment_and_large_sizes():
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 40000, 50000, 1) + b"\0" * 3
+    big_app = b"\xff\xe1" + struct.pack(">H", 40000) + b"\0" * 39998  # a 40 kB EXIF segment
+    assert dicom_scan._jpeg_size(b"\xff\xd8" + big_app + b"\xff" + b"\xff\xd9" + sof) == (50000, 40000, 1)
+    siz = b"\xff\x4f\xff\x51" + struct.pack(">HHIIIIIIII", 41, 0, 16, 8, 0, 0, 0, 0, 0, 0) + struct.pack(">H", 1)
+    assert dicom_scan._j2k_size(siz) == (16, 8, 1)  # a raw codestream starts with SOC SIZ at byte 0
+    assert DicomScan("", values={"Rows": 2, "Columns": 3, "BitsAllocated": 16, "NumberOfFrames": 4,
+                                 "SamplesPerPixel": 3}).expected_pixel_bytes() == 2 * 3 * 3 * 4 * 2
