@@ -220,3 +220,40 @@ def test_a_gzip_stream_cut_inside_the_header_extensions_is_refused(tmp_path):
     cut = gzip.compress(data)[:3000]  # the first 544 bytes inflate, the extensions do not
     refused(tmp_path, cut, "damaged header extensions (Compressed file ended before the end-of-stream marker was "
             "reached)", "x.nii.gz")
+
+
+# --- boundaries the first mutation run left open --------------------------------------------------------------
+def test_header_sizes_at_their_boundaries(tmp_path):
+    refused(tmp_path, PLAIN[:348], "truncated: 348 of the 400 bytes that the header declares")  # a header, no voxels
+    refused(tmp_path, edited(vox_offset=400)[:352], "truncated: 352 of the 448 bytes that the header declares")
+    refused(tmp_path, edited(vox_offset=2**25), f"truncated: 400 of the {2**25 + 48} bytes that the header declares")
+    two = nifti_bytes(nib.Nifti2Image(np.zeros(SHAPE, np.int16), np.eye(4)))
+    refused(tmp_path, two.replace(b"n+2\0", b"ni2\0", 1), "a header of a .hdr/.img pair; expected a single-file NIfTI "
+            "(magic n+1)")
+    folder = tmp_path / "folder.nii"
+    folder.mkdir()
+    with pytest.raises(NiftiCheckError, match=r"^not a readable NIfTI file \(\[Errno 21\] Is a directory"):
+        check_nifti(folder, max_voxels=10**6)
+    seven = edited(dim={0: 7, 4: 1, 5: 1, 6: 1, 7: 1})
+    assert check(tmp_path, seven).shape == (2, 3, 4, 1, 1, 1, 1)
+    one_volume = edited(nifti_bytes(nib.Nifti1Image(np.zeros((*SHAPE, 1), np.int16), np.eye(4))), pixdim={4: 0.0})
+    assert check(tmp_path, one_volume).shape == (2, 3, 4, 1)  # the time step of a single volume is not a spacing
+
+
+def test_extension_sizes_are_read_signed_and_may_be_8_bytes(tmp_path):
+    head = edited(vox_offset=400)[:348] + b"\1\0\0\0"
+    refused(tmp_path, head + struct.pack("<ii", -8, 0) + b"\0" * 100,
+            "a header extension of -8 bytes at byte 352 runs past vox_offset 400")
+    chain = struct.pack("<ii", 8, 0) + struct.pack("<ii", 40, 0) + b"\0" * 32  # an empty one, then one up to 400
+    assert check(tmp_path, head + chain + PLAIN[352:]).shape == SHAPE
+
+
+def test_the_qform_note_follows_the_tolerance_and_needs_a_qform(tmp_path):
+    shifted = edited(srow_x=[1, 0, 0, 100.0], qform_code=1, qoffset_x=100.005)  # 5 um at 100 mm: within 1e-4
+    assert check(tmp_path, shifted).geometry == "sform (sform_code 2)"
+    far = edited(srow_x=[1, 0, 0, 100.0], qform_code=1, qoffset_x=150.0)
+    assert check(tmp_path, far).geometry == "sform (sform_code 2); the qform (qform_code 1) disagrees and was not used"
+    scaled = edited(srow_x=[2, 0, 0, 0], pixdim={1: 2.0}, qform_code=0)  # no qform: nothing to disagree with
+    assert check(tmp_path, scaled).geometry == "sform (sform_code 2)"
+    refused(tmp_path, edited(sform_code=0, qform_code=1, quatern_b=0.8, quatern_d=0.8),
+            "the qform quaternion is not a rotation (b^2 + c^2 + d^2 > 1, or not finite)")
