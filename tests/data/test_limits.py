@@ -167,6 +167,7 @@ def test_an_isolated_read_may_use_512_mib_plus_32_bytes_a_voxel_unless_told(monk
     assert read_memory_bytes(2**28) == int(8.5 * 1024**3)
     assert read_memory_bytes(2**22) == 640 * 1024**2
     assert read_memory_bytes(2**22, 100.5) == int(100.5 * 1024**2)
+    assert read_memory_bytes(2**22, 0.5) == 512 * 1024  # under 1 MiB is small, not invalid
     monkeypatch.setenv("MEDSEG_READ_MEMORY_MB", " 48 ")
     assert read_memory_bytes(2**28) == 48 * 1024**2
     assert read_memory_bytes(2**28, 64) == 64 * 1024**2  # the argument wins
