@@ -270,6 +270,15 @@ EQUIVALENT |= {
     f"{_N}_check_nifti__mutmut_44": "'>= 3' for '> 3' before the extra-dimensions test: shape[3:] of a 3-D image "
                                     "is empty",
 }
+_U = "data.untrusted.x"
+EQUIVALENT |= {
+    **{f"{_U}_gzip_length__mutmut_{n}": "wbits 32 (gzip or zlib header) for 31: every caller has read the file with "
+       "gzip.open first, which refuses a zlib stream" for n in (11, 42)},
+    f"{_U}_gzip_length__mutmut_17": "f.read() whole for 1 MiB steps: the compressed bytes (capped by the upload "
+                                    "limit) in memory at once, the same count",
+    f"{_U}_gzip_length__mutmut_31": "data = None for b'': falsy alike, the next read follows",
+    **{f"{_U}_one_line__mutmut_{n}": "codec names in upper case: case-insensitive" for n in (9, 11)},
+}
 
 
 def shared_dir() -> Path:

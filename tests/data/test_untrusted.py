@@ -112,6 +112,7 @@ def test_gzip_length_counts_members_and_stops_past_the_cap(tmp_path, monkeypatch
     monkeypatch.setattr(untrusted, "CHUNK", 100)  # small steps: the cap stops the count early
     path.write_bytes(gzip.compress(b"a" * 10_000))
     assert 250 < gzip_length(path, 250) <= 350
+    assert gzip_length(path, 200) == 300  # exactly at the cap after a step: counting goes on, so a bomb shows
     assert gzip_length(path, 10**6) == 10_000
     path.write_bytes(gzip.compress(b"a" * 1000) + gzip.compress(b"b" * 500))
     assert gzip_length(path, 10**6) == 1500
@@ -120,6 +121,9 @@ def test_gzip_length_counts_members_and_stops_past_the_cap(tmp_path, monkeypatch
     with pytest.raises(EOFError, match=r"^the gzip stream ends before its end marker \(truncated\)$"):
         gzip_length(path, 10**6)
     path.write_bytes(data[:10] + b"\xff" * 50)
+    with pytest.raises(zlib.error):
+        gzip_length(path, 10**6)
+    path.write_bytes(gzip.compress(b"a" * 1000) + b"XX")  # trailing bytes that are not zero padding
     with pytest.raises(zlib.error):
         gzip_length(path, 10**6)
     path.write_bytes(b"not gzip at all")
