@@ -253,7 +253,7 @@ def test_the_qform_note_follows_the_tolerance_and_needs_a_qform(tmp_path):
     assert check(tmp_path, shifted).geometry == "sform (sform_code 2)"
     far = edited(srow_x=[1, 0, 0, 100.0], qform_code=1, qoffset_x=150.0)
     assert check(tmp_path, far).geometry == "sform (sform_code 2); the qform (qform_code 1) disagrees and was not used"
-    scaled = edited(srow_x=[2, 0, 0, 0], pixdim={1: 2.0}, qform_code=0)  # no qform: nothing to disagree with
+    scaled = edited(srow_x=[2, 0, 0, 0], pixdim={1: 2.0}, qform_code=0, qoffset_x=5.0)  # no qform to disagree with
     assert check(tmp_path, scaled).geometry == "sform (sform_code 2)"
     refused(tmp_path, edited(sform_code=0, qform_code=1, quatern_b=0.8, quatern_d=0.8),
             "the qform quaternion is not a rotation (b^2 + c^2 + d^2 > 1, or not finite)")
