@@ -230,6 +230,8 @@ EQUIVALENT |= {
     **{f"{_D}__inflate__mutmut_{n}": "the inflate step size or its first empty buffer: the same bytes in other "
        "chunks" for n in (11, 12, 13, 14)},
     f"{_D}__inflate__mutmut_39": "'<=' for '<' before keeping the head: appends out[:0] once it is full",
+    f"{_D}__inflate__mutmut_6": "the tail starting as b'XXXX': tail_start moves back by the same 4 bytes while the "
+                                "tail is under 64 KiB, and they are cut off once it is full",
     f"{_D}ǁ_Bytesǁ__init____mutmut_1": "_Bytes' default tail: only a memory map uses it, and the map covers the file",
     f"{_D}__read_meta__mutmut_15": "meta group/element unpacked signed: group 0x0002 reads the same, and a "
                                    "negative group is not 0x0002 either",
