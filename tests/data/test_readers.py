@@ -611,6 +611,7 @@ def test_other_files_before_the_images_do_not_stop_the_listing(tmp_path):
     for keyword in ("Rows", "Columns", "PixelData"):
         delattr(report, keyword)
     db.write(report, folder / "000report.dcm")  # a DICOM file without an image: skipped
+    shutil.copy(DATA / "dicom" / "pydicom_SEG_liver_1frame.dcm", folder / "000seg.dcm")  # a SEG: not an image series
     (only,) = list_series(folder)
     assert only.series_instance_uid == SERIES_A and len(only.files) == 2
     assert read_study(folder).array.shape == (2, 16, 16)
