@@ -30,11 +30,22 @@ MODULES: dict[str, list[str]] = {
     "data/windowing.py": ["tests/data/test_windowing.py"],
     "data/volume.py": ["tests/data/test_geometry.py", "tests/data/test_volume.py"],
     "data/writers.py": ["tests/data/test_geometry.py", "tests/data/test_writers.py"],
-    "data/readers.py": ["tests/data/test_geometry.py", "tests/data/test_fuzz_readers.py", "tests/data/test_limits.py"],
+    "data/readers.py": ["tests/data/test_geometry.py", "tests/data/test_fuzz_readers.py", "tests/data/test_readers.py"],
     "data/deidentify.py": ["tests/data/test_deidentify.py",  # less the CLI run of the real model (40 s a mutant)
                            "--deselect", "tests/data/test_deidentify.py::test_cli_segment_deidentify_flag"],
     "data/dicom_seg.py": ["tests/data/test_dicom_seg.py"],
     "data/export.py": ["tests/data/test_export.py"],
+    # data/ readers (branch mutdata): the hostile corpus (tests/data/test_hostile_corpus.py, 35 s to build) is left out
+    "data/series_geometry.py": ["tests/data/test_geometry.py", "tests/data/test_series_geometry.py",
+                                "tests/data/test_readers.py"],
+    "data/dicom_scan.py": ["tests/data/test_dicom_scan.py"],
+    "data/nifti_check.py": ["tests/data/test_nifti_check.py"],
+    "data/limits.py": ["tests/data/test_limits.py", "tests/data/test_dicom_scan.py", "tests/data/test_nifti_check.py",
+                       "--deselect", "tests/data/test_limits.py::"
+                       "test_served_paths_are_the_configured_roots_and_never_the_session_folders"],
+    "data/untrusted.py": ["tests/data/test_untrusted.py", "tests/data/test_links.py",  # less the server (a child
+                          "--deselect",  # process outside mutmut's folder: it cannot find the mutated code)
+                          "tests/data/test_links.py::test_a_server_keeps_refusing_links_that_leave_their_folder"],
     "evaluation/metrics.py": ["tests/evaluation/test_eval_metrics.py"],
     "evaluation/manifest.py": ["tests/evaluation/test_eval_manifest.py"],
     "evaluation/clicks.py": ["tests/evaluation/test_eval_clicks.py"],
@@ -217,6 +228,121 @@ EQUIVALENT |= {
         ("next_click", 17, "the 3x3 structure as float ones: scipy reads nonzero, the same 8-connectivity"),
     )},
 }
+# data/ readers (issue 26, branch mutdata): equivalent mutants of series_geometry, ...
+_G = "data.series_geometry.x_"
+EQUIVALENT |= {
+    **{f"{_G}orientation__mutmut_{n}": "|norm - 1| > 0.01 made >= 0.01: a norm near 1 minus 1 is a multiple of 2**-53, "
+       "never equal to the double 0.01" for n in (22, 27)},
+    **{f"{_G}check_series_geometry__mutmut_{n}": "the 'do not advance' guard (mean step <= 0, its message): unreachable "
+       "from the reader, which passes the slices sorted by position, distinct and parallel by the checks above"
+       for n in (205, 208, 210, 211, 212)},
+}
+_R = "data.readers.x"
+EQUIVALENT |= {
+    **{f"{_R}__same_geometry__mutmut_{n}": "a tighter allclose tolerance: where it says 'differ' the reader applies the "
+       "header's geometry, equal to ITK's within 1e-4 anyway" for n in (9, 10, 19, 20, 28)},
+    **{f"{_R}_{f}__mutmut_{n}": "issubdtype(None, ...) is True: integer arrays take the float path, which finds "
+       "nothing to replace (isfinite is all True)" for f, n in
+       (("_raw_non_finite", 2), ("_raw_non_finite", 13), ("_finite", 2), ("guess_modality", 4))},
+    f"{_R}__raw_non_finite__mutmut_10": "'or' made 'and' in the raw-array guard: ITK returns floats only where "
+                                        "nibabel does (scaled or float data), always of the same size",
+    f"{_R}__raw_non_finite__mutmut_18": "raw.T.reshape(None): raw.T already has ITK's [k, j, i] shape",
+    **{f"{_R}__finite__mutmut_{n}": "the warning's stacklevel: where Python says it came from, not what it says"
+       for n in (36, 39)},
+    **{f"{_R}_read_dicom_series__mutmut_{n}": "the warning's stacklevel: where Python says it came from, not what it "
+       "says" for n in (82, 84)},
+    **{f"{_R}_{f}__mutmut_{n}": "encode('UTF-8'): codec names are case-insensitive"
+       for f, n in (("read_study", 9), ("read_dicom_series", 28))},
+    f"{_R}_list_series__mutmut_20": "'and' for 'or' before the DICM test: a folder has no DICM marker either "
+                                    "(_has_dicom_magic answers False), nor has a file under 132 bytes",
+    **{f"{_R}_list_series__mutmut_{n}": "a 132-byte file (preamble + DICM, no elements) skipped before the scan "
+       "instead of after it: it has no SeriesInstanceUID either way" for n in (23, 24)},
+    **{f"{_R}_list_series__mutmut_{n}": "the order among slices that share a position or lack one: a series of 2+ "
+       "such files is refused by check_series_geometry, and 1 file has no order" for n in (75, 76, 79, 82)},
+    **{f"{_R}__instance__mutmut_{n}": "InstanceNumber's default 0 made None/1 or 'or 1': only orders slices that "
+       "lack a position, refused as a series of 2+ anyway" for n in (5, 12, 13)},
+    f"{_R}__int__mutmut_6": "getattr(ds, keyword, None) or default: an absent attribute gives the default either way",
+    **{f"{_R}__read_header__mutmut_{n}": "dcmread without stop_before_pixels: reads the pixels too, the same header"
+       for n in (5, 7, 8)},
+    f"{_R}_read_dicom_series__mutmut_1": "allow_uneven's default: read_study, its only caller, always passes it",
+    **{f"{_R}_read_dicom_series__mutmut_{n}": "setting the mean slice spacing: ITK's series reader already spaces "
+       "slices at (last - first) / (n - 1), the mean" for n in (73, 74, 76)},
+    **{f"{_R}_read_nifti__mutmut_{n}": "the 4-D and empty refusals after ITK: data.nifti_check refuses both first "
+       "(a 4-D file with one volume opens as 3-D)" for n in (17, 18, 25)},
+    f"{_R}_read_nifti__mutmut_40": "'or' for 'and': applies the header's geometry also where ITK's equals it (2-D "
+                                   "images and agreeing sform/qform), the same values",
+    f"{_R}ǁStudyErrorǁ__init____mutmut_1": "StudyError's default message: it is never raised without one",
+    **{f"{_R}_read_image_file__mutmut_{n}": "the mode names after convert('L'/'RGB'): only read by the 'not RGB' "
+       "channel cut, which no PNG/JPEG mode reaches (below)" for n in (33, 34, 35, 41, 42, 43)},
+    **{f"{_R}_read_image_file__mutmut_{n}": "the byte-order fix: Pillow opens 16-bit PNG as I;16 in native order, "
+       "so no PNG/JPEG gives a non-native array" for n in (48, 49, 50, 51, 52, 53, 54)},
+    **{f"{_R}_read_image_file__mutmut_{n}": "the channel cut of a non-RGB 3-D array: every PNG/JPEG mode with "
+       "channels is converted to RGB above, so it never runs" for n in (57, 58, 59, 60, 61, 62)},
+    **{f"{_R}_read_image_file__mutmut_{n}": "the empty-image refusal: Pillow refuses a zero-size PNG/JPEG at open "
+       "('cannot identify image file'), and shape[:3] of a 2-D/RGB image has no 0 either" for n in (63, 69, 70)},
+    f"{_R}_read_image_file__mutmut_6": "every warning ignored while Image.open reads the header, not only the bomb "
+                                       "warning: its other notes are on odd chunks, hidden by the load step anyway",
+    f"{_R}_read_image_file__mutmut_86": "modality='OT' left out: Volume's default is 'OT'",
+    **{f"{_R}__check_pixels__mutmut_{n}": "PhotometricInterpretation's default made None/'XXXX': an absent one is "
+       "not 'YBR_FULL_422' either way" for n in (135, 142)},
+}
+_D = "data.dicom_scan.x"
+EQUIVALENT |= {
+    **{f"{_D}__inflate__mutmut_{n}": "the inflate step size or its first empty buffer: the same bytes in other "
+       "chunks" for n in (11, 12, 13, 14)},
+    f"{_D}__inflate__mutmut_39": "'<=' for '<' before keeping the head: appends out[:0] once it is full",
+    f"{_D}__inflate__mutmut_6": "the tail starting as b'XXXX': tail_start moves back by the same 4 bytes while the "
+                                "tail is under 64 KiB, and they are cut off once it is full",
+    f"{_D}ǁ_Bytesǁ__init____mutmut_1": "_Bytes' default tail: only a memory map uses it, and the map covers the file",
+    f"{_D}__read_meta__mutmut_15": "meta group/element unpacked signed: group 0x0002 reads the same, and a "
+                                   "negative group is not 0x0002 either",
+    **{f"{_D}_{f}__mutmut_{n}": "codec 'ASCII' for 'ascii': names are case-insensitive"
+       for f, n in (("_read_meta", 75), ("_read_value", 10), ("_walk", 232))},
+    **{f"{_D}_{f}__mutmut_{n}": "strip('XX\\0 XX'): a UID or an IS number holds no 'X'"
+       for f, n in (("_read_meta", 78), ("_read_value", 11))},
+    **{f"{_D}__jpeg_size__mutmut_{n}": "the marker loop's bound: a frame header needs pos + 10 bytes, so stopping "
+       "a byte earlier finds the same" for n in (4, 5)},
+    f"{_D}__walk__mutmut_22": "FRAGMENTS = 3 for 2: the kinds are only compared with these names, 3 is free",
+    f"{_D}__walk__mutmut_40": "stack[0][2] = None for False: falsy alike",
+    f"{_D}__walk__mutmut_118": "'depth >= 0' for '> 0': a data set of undefined length is always an item, depth >= 1",
+    f"{_D}__walk__mutmut_276": "_is_sequence's u32 argument: unused",
+    **{f"{_D}_scan_dicom__mutmut_{n}": "the explicit/implicit guess made before the walk: the walk switches by the "
+       "first element's VR itself, so any guess here ends the same"
+       for n in (56, 64, 69, 71, 72, 73, 74, 76, 77, 78, 79, 80, 81, 82, 83, 87)},
+    f"{_D}_scan_dicom__mutmut_4": "open(path) in text mode: only seek and fileno are used (for the memory map)",
+    f"{_D}_encoded_frame_sizes__mutmut_11": "f.read() whole instead of the first 64 KiB: the frame header is at its "
+                                            "start",
+}
+_N = "data.nifti_check.x"
+EQUIVALENT |= {
+    **{f"{_N}__check_extensions__mutmut_{n}": "where the extension walk starts to be skipped (offset < 352, <= 344, "
+       "<= 353): at those offsets no 8-byte extension header fits before vox_offset, the loop does nothing"
+       for n in (1, 2, 3)},
+    f"{_N}__check_extensions__mutmut_13": "the extension block read whole instead of up to vox_offset: the loop "
+                                          "stops at vox_offset",
+    **{f"{_N}__geometry__mutmut_{n}": "'/ flip' for '* flip': flip is +-1" for n in (143, 145)},
+    **{f"{_N}__geometry__mutmut_{n}": "the sform built without dtype=float: srow_* are float32 in the header, the "
+       "float32 result differs from float64 below 1e-6 mm" for n in (35, 37)},
+    f"{_N}__geometry__mutmut_76": "zeros((3, 5)) for the pixdim-only affine: columns 0-3 are the same",
+    f"{_N}__parse_header__mutmut_13": "sizeof_hdr unpacked unsigned: 348 and 540 read the same",
+    f"{_N}__parse_header__mutmut_22": "nibabel's check=None for False: falsy alike",
+    f"{_N}__parse_header__mutmut_33": "rstrip(b'XX\\0XX'): a magic 'n+1' has no 'X'",
+    **{f"{_N}__qform__mutmut_{n}": "get_qform's dtype dropped: it returns float64 already" for n in (26, 28)},
+    f"{_N}__read_prefix__mutmut_6": "gzip.open's mode left out: its default is 'rb'",
+    f"{_N}_check_nifti__mutmut_13": "545 header bytes read for 544: only the first 540 are parsed",
+    f"{_N}_check_nifti__mutmut_44": "'>= 3' for '> 3' before the extra-dimensions test: shape[3:] of a 3-D image "
+                                    "is empty",
+}
+_U = "data.untrusted.x"
+EQUIVALENT |= {
+    **{f"{_U}_gzip_length__mutmut_{n}": "wbits 32 (gzip or zlib header) for 31: every caller has read the file with "
+       "gzip.open first, which refuses a zlib stream" for n in (11, 42)},
+    f"{_U}_gzip_length__mutmut_17": "f.read() whole for 1 MiB steps: the compressed bytes (capped by the upload "
+                                    "limit) in memory at once, the same count",
+    f"{_U}_gzip_length__mutmut_31": "data = None for b'': falsy alike, the next read follows",
+    **{f"{_U}_one_line__mutmut_{n}": "codec names in upper case: case-insensitive" for n in (9, 11)},
+}
+
 
 def shared_dir() -> Path:
     for candidate in (os.environ.get("MEDSEG_SHARED"), ROOT.parent / "shared", Path("/work/shared")):

@@ -141,3 +141,63 @@ def test_plain_pickle_files_are_not_loaded(tmp_path):
     path.write_bytes(pickle.dumps({"w": np.zeros(2)}))
     with pytest.raises(CheckpointError):
         read_state_dict(path)
+
+
+# --- data.limits: the bounds every reader and the isolated read enforce ----------------------------------
+def test_the_voxel_limit_comes_from_the_argument_then_the_variable_then_the_default(monkeypatch):
+    from data.limits import LimitError, voxel_limit
+
+    monkeypatch.delenv("MEDSEG_MAX_VOXELS", raising=False)
+    assert voxel_limit() == DEFAULT_MAX_VOXELS == 2**28
+    monkeypatch.setenv("MEDSEG_MAX_VOXELS", "  ")
+    assert voxel_limit() == 2**28
+    monkeypatch.setenv("MEDSEG_MAX_VOXELS", " 1000 ")
+    assert voxel_limit() == 1000 and voxel_limit(5) == 5 and voxel_limit(0) == 0
+    monkeypatch.setenv("MEDSEG_MAX_VOXELS", "1e6")
+    with pytest.raises(LimitError) as e:
+        voxel_limit()
+    assert str(e.value) == "MEDSEG_MAX_VOXELS='1e6': expected a whole number of voxels"
+
+
+def test_an_isolated_read_may_use_512_mib_plus_32_bytes_a_voxel_unless_told(monkeypatch):
+    """docs: 8.5 GiB at the default 2**28 voxels, 640 MiB at the corpus's 2**22."""
+    from data.limits import LimitError, read_memory_bytes
+
+    monkeypatch.delenv("MEDSEG_READ_MEMORY_MB", raising=False)
+    assert read_memory_bytes(2**28) == int(8.5 * 1024**3)
+    assert read_memory_bytes(2**22) == 640 * 1024**2
+    assert read_memory_bytes(2**22, 100.5) == int(100.5 * 1024**2)
+    assert read_memory_bytes(2**22, 0.5) == 512 * 1024  # under 1 MiB is small, not invalid
+    monkeypatch.setenv("MEDSEG_READ_MEMORY_MB", " 48 ")
+    assert read_memory_bytes(2**28) == 48 * 1024**2
+    assert read_memory_bytes(2**28, 64) == 64 * 1024**2  # the argument wins
+    monkeypatch.setenv("MEDSEG_READ_MEMORY_MB", "")
+    assert read_memory_bytes(2**22) == 640 * 1024**2
+    for text, message in [("lots", "MEDSEG_READ_MEMORY_MB='lots': expected a number of MiB > 0"),
+                          ("0", "MEDSEG_READ_MEMORY_MB=0.0: must be > 0"),
+                          ("-5", "MEDSEG_READ_MEMORY_MB=-5.0: must be > 0"),
+                          ("nan", "MEDSEG_READ_MEMORY_MB=nan: must be > 0")]:
+        monkeypatch.setenv("MEDSEG_READ_MEMORY_MB", text)
+        with pytest.raises(LimitError) as e:
+            read_memory_bytes(2**22)
+        assert str(e.value) == message
+
+
+def test_an_isolated_read_may_take_120_s_unless_told(monkeypatch):
+    from data.limits import LimitError, read_timeout_s
+
+    monkeypatch.delenv("MEDSEG_READ_TIMEOUT_S", raising=False)
+    assert read_timeout_s() == 120.0 and isinstance(read_timeout_s(3), float) and read_timeout_s(0.5) == 0.5
+    monkeypatch.setenv("MEDSEG_READ_TIMEOUT_S", " 7.5 ")
+    assert read_timeout_s() == 7.5 and read_timeout_s(2) == 2.0
+    monkeypatch.setenv("MEDSEG_READ_TIMEOUT_S", "")
+    assert read_timeout_s() == 120.0
+    for text, message in [("soon", "MEDSEG_READ_TIMEOUT_S='soon': expected a number of seconds > 0"),
+                          ("0", "MEDSEG_READ_TIMEOUT_S=0.0: must be > 0"), ("nan", "MEDSEG_READ_TIMEOUT_S=nan: must be > 0")]:
+        monkeypatch.setenv("MEDSEG_READ_TIMEOUT_S", text)
+        with pytest.raises(LimitError) as e:
+            read_timeout_s()
+        assert str(e.value) == message
+    monkeypatch.delenv("MEDSEG_READ_TIMEOUT_S")
+    with pytest.raises(LimitError, match=r"^MEDSEG_READ_TIMEOUT_S=-1: must be > 0$"):
+        read_timeout_s(-1)

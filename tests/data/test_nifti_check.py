@@ -1,0 +1,259 @@
+"""``data.nifti_check``: a NIfTI header is checked against the bytes present, and its geometry chosen by
+nibabel's rule, before ITK decodes a voxel.
+
+Geometry is compared with nibabel's own affine (RAS, turned to LPS here by hand) on the real files;
+each refusal is one edited header field, asserted whole (``medseg`` prints it after the file name).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from data import nifti_check
+from data.nifti_check import NiftiCheckError, check_nifti
+from tests.conftest import DATA
+
+SHAPE = (2, 3, 4)
+
+
+def nifti_bytes(img) -> bytes:
+    buf = io.BytesIO()
+    img.to_file_map(img.make_file_map({"image": buf, "header": buf}))
+    return buf.getvalue()
+
+
+PLAIN = nifti_bytes(nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(SHAPE), np.eye(4)))  # 352 + 48 bytes
+
+
+def edited(raw: bytes = PLAIN, **fields) -> bytes:
+    """``raw`` with header fields set (a dict sets single elements of an array field)."""
+    header = nib.Nifti1Header(binaryblock=raw[:348], check=False)
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            for i, x in value.items():
+                header[key][i] = x
+        else:
+            header[key] = value
+    return header.binaryblock + raw[348:]
+
+
+def check(tmp_path, raw: bytes, name: str = "x.nii", max_voxels: int = 10**6):
+    path = tmp_path / name
+    path.write_bytes(raw)
+    return check_nifti(path, max_voxels=max_voxels)
+
+
+def refused(tmp_path, raw: bytes, message: str, name: str = "x.nii", **kwargs) -> None:
+    with pytest.raises(NiftiCheckError) as e:
+        check(tmp_path, raw, name, **kwargs)
+    assert str(e.value) == message
+
+
+def lps(affine: np.ndarray):
+    """(spacing, origin, direction) of a RAS affine, in ITK's LPS convention."""
+    flip = np.array([-1.0, -1.0, 1.0])
+    matrix = affine[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    return spacing, affine[:3, 3] * flip, ((matrix / spacing) * flip[:, None]).ravel()
+
+
+# --- geometry ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["ct_head_0051_slabA_image.nii.gz", "mr_t1_colin27_slabA_image.nii.gz",
+                                  "synthetic_shepp_logan_image.nii.gz"])
+def test_real_files_geometry_is_nibabels_best_affine(name):
+    img = nib.load(DATA / name)
+    facts = check_nifti(DATA / name, max_voxels=10**8)
+    assert facts.shape == img.shape and facts.datatype == str(img.get_data_dtype())
+    assert facts.geometry == f"sform (sform_code {int(img.header['sform_code'])})"
+    spacing, origin, direction = lps(img.header.get_best_affine())
+    np.testing.assert_allclose(facts.spacing, spacing, atol=1e-6)
+    np.testing.assert_allclose(facts.origin, origin, atol=1e-5)
+    np.testing.assert_allclose(facts.direction, direction, atol=1e-6)
+
+
+def test_the_qform_is_used_without_an_sform_and_pixdim_without_either(tmp_path):
+    img = nib.Nifti1Image(np.zeros(SHAPE, np.int16), None)
+    rotation = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])  # left-handed: qfac -1
+    qform = np.eye(4)
+    qform[:3, :3], qform[:3, 3] = rotation * [2.0, 3.0, 4.0], [5.0, -6.0, 7.0]
+    img.header.set_qform(qform, code=1)
+    img.header.set_sform(None, code=0)
+    facts = check(tmp_path, nifti_bytes(img))
+    assert facts.geometry == "qform (qform_code 1)"
+    spacing, origin, direction = lps(nib.load(tmp_path / "x.nii").header.get_qform())
+    np.testing.assert_allclose(facts.spacing, (2, 3, 4), atol=1e-6)
+    np.testing.assert_allclose(facts.origin, origin, atol=1e-6)
+    np.testing.assert_allclose(facts.direction, direction, atol=1e-6)
+    facts = check(tmp_path, edited(nifti_bytes(img), qform_code=0, pixdim={1: 2.0, 2: 3.0, 3: 4.0}))
+    assert facts.geometry == "pixdim only (qform_code and sform_code 0: NIfTI method 1, no orientation)"
+    assert facts.spacing == (2.0, 3.0, 4.0) and facts.origin == (0.0, 0.0, 0.0)
+    assert facts.direction == (-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0)
+    flat = nifti_bytes(nib.Nifti1Image(np.zeros((5, 6), np.uint8), None))
+    facts = check(tmp_path, edited(flat, qform_code=0, sform_code=0, pixdim={1: 0.5, 2: 0.25, 3: 0.0}))
+    assert facts.shape == (5, 6) and facts.spacing == (0.5, 0.25, 1.0)  # a 2D image: pixdim[3] unused
+    one = nifti_bytes(nib.Nifti1Image(np.zeros((5,), np.uint8), None))
+    assert check(tmp_path, edited(one, qform_code=0, sform_code=0, pixdim={1: 0.5, 2: 0.0})).spacing == (0.5, 1.0, 1.0)
+
+
+def test_a_qform_that_agrees_with_the_sform_is_not_reported(tmp_path):
+    assert check(tmp_path, edited(qform_code=1)).geometry == "sform (sform_code 2)"
+    off = edited(qform_code=1, qoffset_x=0.0009)  # 0.9 um apart: the same geometry
+    assert check(tmp_path, off).geometry == "sform (sform_code 2)"
+    assert check(tmp_path, edited(qform_code=3, qoffset_x=0.0011)).geometry == (
+        "sform (sform_code 2); the qform (qform_code 3) disagrees and was not used")
+    assert check(tmp_path, edited(qform_code=1, quatern_b=0.9, quatern_c=0.9)).geometry == (
+        "sform (sform_code 2); the qform (qform_code 1) disagrees and was not used")  # not even a rotation
+
+
+def test_geometry_that_gives_no_orientation_is_refused(tmp_path):
+    refused(tmp_path, edited(pixdim={1: 0.0}), "pixdim[1] = 0.0: voxel spacing must be a finite number > 0 mm")
+    refused(tmp_path, edited(pixdim={2: -1.0}), "pixdim[2] = -1.0: voxel spacing must be a finite number > 0 mm")
+    refused(tmp_path, edited(pixdim={3: np.inf}), "pixdim[3] = inf: voxel spacing must be a finite number > 0 mm")
+    refused(tmp_path, edited(srow_x=[np.nan, 0, 0, 0]), "the sform holds NaN or infinite values")
+    refused(tmp_path, edited(srow_z=[0, 0, 1, np.inf]), "the sform holds NaN or infinite values")
+    refused(tmp_path, edited(srow_x=[0, 0, 0, 0]), "the sform is degenerate (zero or collinear axes); no orientation can be derived")
+    refused(tmp_path, edited(srow_x=[1, 1, 0, 0], srow_y=[0, 0, 0, 0]),
+            "the sform is degenerate (zero or collinear axes); no orientation can be derived")
+    refused(tmp_path, edited(srow_x=[1, 0.01, 0, 0]), "the sform has shear (its axes are not perpendicular); resample the image first")
+    assert check(tmp_path, edited(srow_x=[1, 0.0009, 0, 0])).geometry == "sform (sform_code 2)"  # within 1e-3
+    tiny = edited(srow_x=[1e-4, 0, 0, 0], srow_y=[0, 1e-4, 0, 0], srow_z=[0, 0, 1e-4, 0], pixdim={1: 1e-4, 2: 1e-4, 3: 1e-4})
+    assert check(tmp_path, tiny).spacing == pytest.approx((1e-4, 1e-4, 1e-4))  # 0.1 um voxels: small, not degenerate
+    refused(tmp_path, edited(sform_code=0, qform_code=1, quatern_b=0.9, quatern_c=0.9),
+            "the qform quaternion is not a rotation (b^2 + c^2 + d^2 > 1, or not finite)")
+    refused(tmp_path, edited(sform_code=0, qform_code=1, quatern_d=np.nan),
+            "the qform quaternion is not a rotation (b^2 + c^2 + d^2 > 1, or not finite)")
+    assert check(tmp_path, edited(sform_code=0, qform_code=1, quatern_b=1.0)).geometry == "qform (qform_code 1)"
+
+
+# --- the header ---------------------------------------------------------------------------------------------
+def test_shape_and_voxel_type_are_checked(tmp_path):
+    refused(tmp_path, edited(dim={0: 0}), "dim[0] = 0; expected 1 to 7 dimensions")
+    refused(tmp_path, edited(dim={0: 8}), "dim[0] = 8; expected 1 to 7 dimensions")
+    refused(tmp_path, edited(dim={2: 0}), "empty image of size (2, 0, 4)")
+    four = nifti_bytes(nib.Nifti1Image(np.zeros((*SHAPE, 2), np.int16), np.eye(4)))
+    refused(tmp_path, four, "a 4D NIfTI of size (2, 3, 4, 2); expected a 2D or 3D image (one volume)")
+    one_volume = nifti_bytes(nib.Nifti1Image(np.zeros((*SHAPE, 1), np.int16), np.eye(4)))
+    assert check(tmp_path, one_volume).shape == (2, 3, 4, 1)
+    refused(tmp_path, edited(datatype=3), "unknown NIfTI datatype 3")
+    refused(tmp_path, edited(datatype=1, bitpix=1), "1-bit (binary) voxels (NIfTI datatype 1); expected real-valued voxels")
+    refused(tmp_path, nifti_bytes(nib.Nifti1Image(np.zeros(SHAPE, np.complex64), np.eye(4))),
+            "complex-valued voxels (complex64) (NIfTI datatype 32); expected real-valued voxels")
+    refused(tmp_path, edited(bitpix=8), "bitpix 8 does not match datatype int16 (16 bits)")
+    for dtype, name in [(np.uint8, "uint8"), (np.float32, "float32"), (np.float64, "float64"), (np.uint16, "uint16")]:
+        assert check(tmp_path, nifti_bytes(nib.Nifti1Image(np.zeros(SHAPE, dtype), np.eye(4)))).datatype == name
+
+
+def test_the_voxel_limit_counts_every_axis(tmp_path):
+    assert check(tmp_path, PLAIN, max_voxels=24).shape == SHAPE
+    refused(tmp_path, PLAIN, "2 x 3 x 4 voxels is more than the limit of 23 (raise MEDSEG_MAX_VOXELS, or "
+            "crop/downsample the study)", max_voxels=23)
+
+
+def test_headers_that_are_not_single_file_nifti1_are_refused(tmp_path):
+    refused(tmp_path, PLAIN[:300], "300 bytes; a NIfTI header needs 348")
+    refused(tmp_path, b"\0" * 400, "no NIfTI header (sizeof_hdr is neither 348 nor 540)")
+    refused(tmp_path, edited(magic=b"ni1"), "a header of a .hdr/.img pair; expected a single-file NIfTI (magic n+1)")
+    refused(tmp_path, edited(magic=b"xyz"), "NIfTI magic b'xyz'; expected b'n+1' or b'n+2'")
+    two = nifti_bytes(nib.Nifti2Image(np.zeros(SHAPE, np.int16), np.eye(4)))
+    refused(tmp_path, two, "a NIfTI-2 file; medseg reads NIfTI-1: convert it, e.g. "
+            "nibabel.save(nibabel.Nifti1Image.from_image(nibabel.load(IN)), OUT)")
+    refused(tmp_path, two[:400], "400 bytes; a NIfTI-2 header needs 540")
+    big_endian = nib.Nifti1Header(binaryblock=PLAIN[:348]).as_byteswapped(">")
+    data = np.arange(24, dtype=">i2").reshape(SHAPE).tobytes(order="F")
+    facts = check(tmp_path, big_endian.binaryblock + b"\0" * 4 + data)
+    assert facts.shape == SHAPE and facts.datatype == "int16" and facts.spacing == (1.0, 1.0, 1.0)
+
+
+def test_vox_offset_and_extensions_must_end_where_the_voxels_start(tmp_path):
+    refused(tmp_path, edited(vox_offset=-1), "vox_offset -1.0; expected a byte offset >= 352")
+    refused(tmp_path, edited(vox_offset=np.nan), "vox_offset nan; expected a byte offset >= 352")
+    refused(tmp_path, edited(vox_offset=2**26), "vox_offset 67108864: more than 33554432 bytes of header and extensions")
+    assert check(tmp_path, edited(vox_offset=0)).shape == SHAPE  # read from byte 352, as nifti1_io does
+    refused(tmp_path, edited(vox_offset=0)[:-1], "truncated: 399 of the 400 bytes that the header declares")
+    head = edited(vox_offset=400)[:348]
+    assert check(tmp_path, head + b"\0" * 4 + b"\0" * 48 + PLAIN[352:]).shape == SHAPE  # no extension flag
+    extension = b"\1\0\0\0" + struct.pack("<ii", 48, 0) + b"\0" * 40
+    assert check(tmp_path, head + extension + PLAIN[352:]).shape == SHAPE  # one 48-byte extension up to 400
+    refused(tmp_path, head + b"\1\0\0\0" + struct.pack("<ii", 60, 0) + b"\0" * 100,
+            "a header extension of 60 bytes at byte 352 runs past vox_offset 400")
+    refused(tmp_path, head + b"\1\0\0\0" + struct.pack("<ii", 4, 0) + b"\0" * 100,
+            "a header extension of 4 bytes at byte 352 runs past vox_offset 400")
+    refused(tmp_path, head + b"\1\0\0\0" + struct.pack("<ii", 40, 0) + b"\0" * 100,
+            "a header extension of 0 bytes at byte 392 runs past vox_offset 400")
+    refused(tmp_path, head + b"\1\0\0\0" + struct.pack("<ii", 16, 0), "truncated: the header extensions end at byte 360, "
+            "before vox_offset 400")
+    refused(tmp_path, head[:348] + b"\1\0", "truncated header: 350 bytes, vox_offset 400")
+    gz = gzip.compress(head + extension + PLAIN[352:])
+    assert check(tmp_path, gz, "x.nii.gz").shape == SHAPE
+
+
+def test_cut_and_bomb_files_are_refused_from_their_bytes(tmp_path, monkeypatch):
+    refused(tmp_path, PLAIN[:-5], "truncated: 395 of the 400 bytes that the header declares")
+    refused(tmp_path, gzip.compress(PLAIN[:-5]), "truncated: the gzip stream holds 395 of the 400 bytes that the header "
+            "declares", "x.nii.gz")
+    assert check(tmp_path, gzip.compress(PLAIN), "X.NII.GZ").shape == SHAPE  # the suffix in any case
+    with pytest.raises(NiftiCheckError, match=r"^not a readable NIfTI file \(damaged gzip stream: Not a gzipped file"):
+        check(tmp_path, PLAIN, "x.nii.gz")
+    with pytest.raises(NiftiCheckError, match=r"^not a readable NIfTI file \(damaged gzip stream: Compressed file ended"):
+        check(tmp_path, gzip.compress(PLAIN)[:30], "x.nii.gz")
+    noise = np.random.default_rng(0).integers(0, 2**15, size=(40, 40, 40), dtype=np.int16)
+    big = gzip.compress(nifti_bytes(nib.Nifti1Image(noise, np.eye(4))))
+    with pytest.raises(NiftiCheckError, match=r"^damaged or truncated gzip stream \(.+\)$"):
+        check(tmp_path, big[:-100], "x.nii.gz")
+    monkeypatch.setattr(nifti_check, "GZIP_SLACK_BYTES", 10)
+    assert check(tmp_path, gzip.compress(PLAIN + b"\0" * 10), "x.nii.gz").shape == SHAPE
+    refused(tmp_path, gzip.compress(PLAIN + b"\0" * (2 * 1024**2)), "the gzip stream holds more than 410 bytes, 400 "
+            "declared by the header (a gzip bomb?); refused without decompressing the rest", "x.nii.gz")
+
+
+def test_a_gzip_stream_cut_inside_the_header_extensions_is_refused(tmp_path):
+    noise = np.random.default_rng(1).integers(0, 256, size=5000, dtype=np.uint8).tobytes()
+    head = edited(vox_offset=352 + 8 + 5000)[:348]
+    data = head + b"\1\0\0\0" + struct.pack("<ii", 8 + 5000, 0) + noise + PLAIN[352:]
+    assert check(tmp_path, gzip.compress(data), "x.nii.gz").shape == SHAPE
+    cut = gzip.compress(data)[:3000]  # the first 544 bytes inflate, the extensions do not
+    refused(tmp_path, cut, "damaged header extensions (Compressed file ended before the end-of-stream marker was "
+            "reached)", "x.nii.gz")
+
+
+# --- boundaries the first mutation run left open --------------------------------------------------------------
+def test_header_sizes_at_their_boundaries(tmp_path):
+    refused(tmp_path, PLAIN[:348], "truncated: 348 of the 400 bytes that the header declares")  # a header, no voxels
+    refused(tmp_path, edited(vox_offset=400)[:352], "truncated: 352 of the 448 bytes that the header declares")
+    refused(tmp_path, edited(vox_offset=2**25), f"truncated: 400 of the {2**25 + 48} bytes that the header declares")
+    two = nifti_bytes(nib.Nifti2Image(np.zeros(SHAPE, np.int16), np.eye(4)))
+    refused(tmp_path, two.replace(b"n+2\0", b"ni2\0", 1), "a header of a .hdr/.img pair; expected a single-file NIfTI "
+            "(magic n+1)")
+    folder = tmp_path / "folder.nii"
+    folder.mkdir()
+    with pytest.raises(NiftiCheckError, match=r"^not a readable NIfTI file \(\[Errno 21\] Is a directory"):
+        check_nifti(folder, max_voxels=10**6)
+    seven = edited(dim={0: 7, 4: 1, 5: 1, 6: 1, 7: 1})
+    assert check(tmp_path, seven).shape == (2, 3, 4, 1, 1, 1, 1)
+    one_volume = edited(nifti_bytes(nib.Nifti1Image(np.zeros((*SHAPE, 1), np.int16), np.eye(4))), pixdim={4: 0.0})
+    assert check(tmp_path, one_volume).shape == (2, 3, 4, 1)  # the time step of a single volume is not a spacing
+
+
+def test_extension_sizes_are_read_signed_and_may_be_8_bytes(tmp_path):
+    head = edited(vox_offset=400)[:348] + b"\1\0\0\0"
+    refused(tmp_path, head + struct.pack("<ii", -8, 0) + b"\0" * 100,
+            "a header extension of -8 bytes at byte 352 runs past vox_offset 400")
+    chain = struct.pack("<ii", 8, 0) + struct.pack("<ii", 40, 0) + b"\0" * 32  # an empty one, then one up to 400
+    assert check(tmp_path, head + chain + PLAIN[352:]).shape == SHAPE
+
+
+def test_the_qform_note_follows_the_tolerance_and_needs_a_qform(tmp_path):
+    shifted = edited(srow_x=[1, 0, 0, 100.0], qform_code=1, qoffset_x=100.005)  # 5 um at 100 mm: within 1e-4
+    assert check(tmp_path, shifted).geometry == "sform (sform_code 2)"
+    far = edited(srow_x=[1, 0, 0, 100.0], qform_code=1, qoffset_x=150.0)
+    assert check(tmp_path, far).geometry == "sform (sform_code 2); the qform (qform_code 1) disagrees and was not used"
+    scaled = edited(srow_x=[2, 0, 0, 0], pixdim={1: 2.0}, qform_code=0, qoffset_x=5.0)  # no qform to disagree with
+    assert check(tmp_path, scaled).geometry == "sform (sform_code 2)"
+    refused(tmp_path, edited(sform_code=0, qform_code=1, quatern_b=0.8, quatern_d=0.8),
+            "the qform quaternion is not a rotation (b^2 + c^2 + d^2 > 1, or not finite)")

@@ -1,0 +1,682 @@
+"""``data.readers`` as a user meets it: which files open, with which voxels, geometry and identity,
+and the one-line refusal (file named, what was expected) for every file that cannot be used.
+
+Small files are built here (``tests.hostile.dicom_bytes``, nibabel, PIL) so each case is one fault;
+the expected values come from pydicom / nibabel / SimpleITK read independently, or are written by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from data import readers
+from data.readers import StudyError, StudyWarning, guess_modality, list_series, read_study
+from tests.conftest import DATA
+from tests.hostile import dicom_bytes as db
+
+SERIES_A, SERIES_B = "1.2.826.0.1.3680043.8.498.2001", "1.2.826.0.1.3680043.8.498.3001"
+
+
+def refused(path, message: str, **kwargs) -> None:
+    """``read_study(path)`` raises StudyError with exactly ``message`` (one line)."""
+    with pytest.raises(StudyError) as e:
+        read_study(path, **kwargs)
+    assert str(e.value) == message
+    assert "\n" not in str(e.value)
+
+
+def series(folder: Path, zs, *, uid: str = SERIES_A, **kwargs) -> Path:
+    """One slice per z (mm) along +z, InstanceNumber 1.., file names that sort as the slices do."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, z in enumerate(zs):
+        ds = db.image_dataset(db.pixels(seed=n)[0], series_uid=uid, instance=n + 1, ipp=(0.0, 0.0, float(z)), **kwargs)
+        db.write(ds, folder / f"{uid[-4:]}_{n}.dcm")
+    return folder
+
+
+def quietly(path, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StudyWarning)
+        return read_study(path, **kwargs)
+
+
+# --- which reader a name picks ---------------------------------------------------------------------
+def test_upper_case_suffixes_and_a_dicom_without_suffix_open(tmp_path):
+    """Windows and PACS exports: `SCAN.NII.GZ`, `PHOTO.PNG`, `IM.JPEG`, and DICOM files named `IM0001`."""
+    nifti = DATA / "ct_head_0051_slabA_image.nii.gz"
+    shutil.copy(nifti, tmp_path / "SCAN.NII.GZ")
+    np.testing.assert_array_equal(read_study(tmp_path / "SCAN.NII.GZ").array, read_study(nifti).array)
+    grey = (np.arange(12 * 10) % 250).astype(np.uint8).reshape(12, 10)
+    Image.fromarray(grey).save(tmp_path / "PHOTO.PNG")
+    png = read_study(tmp_path / "PHOTO.PNG")
+    np.testing.assert_array_equal(png.array[0], grey)
+    assert png.source.format == "png" and png.source.geometry == "none (pixels)" and png.modality == "OT"
+    Image.fromarray(grey).save(tmp_path / "IM.JPEG", format="JPEG", quality=100)
+    jpeg = read_study(tmp_path / "IM.JPEG")
+    assert jpeg.source.format == "jpeg" and jpeg.array.shape == (1, 12, 10)
+    np.testing.assert_array_equal(jpeg.array[0], np.asarray(Image.open(tmp_path / "IM.JPEG")))
+    shutil.copy(DATA / "dicom" / "pydicom_CT_small.dcm", tmp_path / "IM0001")
+    dcm = read_study(tmp_path / "IM0001")
+    assert dcm.source.format == "dicom" and dcm.modality == "CT" and dcm.array.shape == (1, 128, 128)
+    shutil.copy(DATA / "dicom" / "pydicom_CT_small.dcm", tmp_path / "IM0002.DCM")
+    np.testing.assert_array_equal(read_study(tmp_path / "IM0002.DCM").array, dcm.array)
+
+
+def test_other_files_are_refused_naming_what_is_expected(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    refused(tmp_path / "notes.txt", f"{tmp_path / 'notes.txt'}: unsupported format; expected a NIfTI (.nii, .nii.gz), "
+            "a DICOM file or series folder, or PNG/JPEG")
+    (tmp_path / "short").write_bytes(b"\0" * 131)  # too short to hold the DICM marker: not taken for DICOM
+    refused(tmp_path / "short", f"{tmp_path / 'short'}: unsupported format; expected a NIfTI (.nii, .nii.gz), "
+            "a DICOM file or series folder, or PNG/JPEG")
+    (tmp_path / "fake.dcm").write_bytes(b"\0" * 200)
+    refused(tmp_path / "fake.dcm", f"{tmp_path / 'fake.dcm'}: not a readable DICOM file (no DICM marker at byte 128 "
+            "(not a DICOM Part 10 file))")
+    (tmp_path / "fake.png").write_bytes(b"GIF89a not a png")
+    with pytest.raises(StudyError, match=rf"^{re.escape(str(tmp_path / 'fake.png'))}: not a readable PNG/JPEG image \("
+                       r"cannot identify image file .*fake\.png'\)$"):
+        read_study(tmp_path / "fake.png")
+
+
+def test_missing_files_pipes_and_undecodable_names_are_refused_before_opening(tmp_path):
+    refused(tmp_path / "gone.nii.gz", f"{tmp_path / 'gone.nii.gz'}: no such file or folder")
+    os.mkfifo(tmp_path / "pipe.nii")  # opening it would block forever
+    refused(tmp_path / "pipe.nii", f"{tmp_path / 'pipe.nii'}: a pipe, not a regular file")
+    bad = tmp_path / "scan\udcff.nii"  # a Latin-1 name on a UTF-8 system: SimpleITK would abort the process
+    refused(bad, f"{str(bad)!r}: the file name is not valid UTF-8; rename the file")
+
+
+def test_an_error_no_check_foresaw_is_still_one_line_naming_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "a.nii"
+    nib.save(nib.Nifti1Image(np.zeros((2, 3, 4), np.int16), np.eye(4)), path)
+
+    def boom(*args, **kwargs):
+        raise KeyError("dim\nsecond line")
+
+    monkeypatch.setattr(readers, "read_nifti", boom)
+    refused(path, f"{path}: could not be read (KeyError: 'dim\\nsecond line')")
+    monkeypatch.setattr(readers, "read_nifti", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("\nfirst\n\n" + "x" * 300 + "\n")))
+    refused(path, f"{path}: could not be read (RuntimeError: {'x' * 200})")
+
+
+# --- the voxel limit -----------------------------------------------------------------------------------
+def test_the_voxel_limit_is_inclusive_and_read_from_the_environment(tmp_path, monkeypatch):
+    folder = series(tmp_path / "s", [0, 2, 4])  # 3 x 16 x 16 = 768 voxels
+    assert read_study(folder, max_voxels=768).array.shape == (3, 16, 16)
+    refused(folder, f"{folder}: 3 x 16 x 16 voxels is more than the limit of 767 (raise MEDSEG_MAX_VOXELS, or "
+            "crop/downsample the study)", max_voxels=767)
+    monkeypatch.setenv("MEDSEG_MAX_VOXELS", "767")
+    refused(folder, f"{folder}: 3 x 16 x 16 voxels is more than the limit of 767 (raise MEDSEG_MAX_VOXELS, or "
+            "crop/downsample the study)")
+    assert read_study(folder, max_voxels=768).array.shape == (3, 16, 16)  # the argument wins over the variable
+    monkeypatch.setenv("MEDSEG_MAX_VOXELS", "lots")
+    refused(folder, "MEDSEG_MAX_VOXELS='lots': expected a whole number of voxels")
+    monkeypatch.delenv("MEDSEG_MAX_VOXELS")
+    one = tmp_path / "mf.dcm"
+    db.write(db.image_dataset(db.pixels(frames=3)), one)  # one multi-frame file of 3 x 16 x 16
+    assert read_study(one, max_voxels=768).array.shape == (3, 16, 16)
+    refused(one, f"{one}: 3 x 16 x 16 voxels is more than the limit of 767 (raise MEDSEG_MAX_VOXELS, or "
+            "crop/downsample the study)", max_voxels=767)
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(tmp_path / "a.png")
+    assert read_study(tmp_path / "a.png", max_voxels=1200).array.shape == (1, 30, 40)
+    refused(tmp_path / "a.png", f"{tmp_path / 'a.png'}: 30 x 40 voxels is more than the limit of 1199 (raise "
+            "MEDSEG_MAX_VOXELS, or crop/downsample the study)", max_voxels=1199)
+
+
+# --- NIfTI ---------------------------------------------------------------------------------------------
+def test_non_finite_voxels_are_replaced_and_reported(tmp_path):
+    """NaN and -Inf become the finite minimum, +Inf the maximum (ITK alone would make them 0: water in CT)."""
+    data = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4) + 5  # 5 .. 28
+    data[0, 0, 0], data[1, 1, 1], data[1, 2, 3], data[0, 2, 1] = np.nan, np.inf, -np.inf, np.nan
+    path = tmp_path / "nan.nii"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    with pytest.warns(StudyWarning) as record:
+        vol = read_study(path)
+    assert [str(w.message) for w in record] == [
+        f"{path}: 4 NaN/infinite voxels set to the finite minimum 6 (+Inf to the maximum 27)"]
+    got = vol.array.transpose(2, 1, 0)  # ours [k, j, i] -> nibabel's (i, j, k)
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    assert (got[0, 0, 0], got[0, 2, 1], got[1, 2, 3], got[1, 1, 1]) == (6, 6, 6, 27)
+    keep = np.isfinite(data)
+    np.testing.assert_array_equal(got[keep], data[keep])
+    nib.save(nib.Nifti1Image(np.full((2, 3, 4), np.nan, np.float32), np.eye(4)), tmp_path / "allnan.nii")
+    refused(tmp_path / "allnan.nii", f"{tmp_path / 'allnan.nii'}: every voxel is NaN or infinite; nothing to show")
+    # finite float data: no warning, values as written
+    nib.save(nib.Nifti1Image(np.arange(24, dtype=np.float64).reshape(2, 3, 4), np.eye(4)), tmp_path / "ok.nii")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(read_study(tmp_path / "ok.nii").array.transpose(2, 1, 0),
+                                      np.arange(24).reshape(2, 3, 4))
+
+
+def test_colour_nifti_opens_as_rgb_and_four_components_are_refused(tmp_path):
+    rgb = np.zeros((4, 5, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"], rgb["G"], rgb["B"] = 10, 20, 30
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), tmp_path / "rgb.nii")
+    vol = read_study(tmp_path / "rgb.nii")
+    assert vol.array.shape == (2, 5, 4, 3) and vol.modality == "MR"
+    assert vol.array[1, 4, 3].tolist() == [10, 20, 30]
+    rgba = np.zeros((4, 5, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1"), ("A", "u1")])
+    nib.save(nib.Nifti1Image(rgba, np.eye(4)), tmp_path / "rgba.nii")
+    refused(tmp_path / "rgba.nii", f"{tmp_path / 'rgba.nii'}: 4 components per voxel; expected 1 or 3")
+
+
+def test_sform_wins_over_a_disagreeing_qform_as_in_nibabel(tmp_path):
+    """ITK takes the qform when the two disagree; medseg, like nibabel and FSL, the sform (sform_code > 0)."""
+    img = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), None)
+    sform = np.array([[-2.0, 0, 0, 10], [0, 3.0, 0, -20], [0, 0, 4.0, 30], [0, 0, 0, 1]])
+    qform = np.diag([1.0, 1.0, 1.0, 1.0])
+    img.set_sform(sform, code=2)
+    img.set_qform(qform, code=1)
+    path = tmp_path / "both.nii"
+    nib.save(img, path)
+    assert not np.allclose(sitk.ReadImage(str(path)).GetSpacing(), (2, 3, 4))  # ITK: the qform (the trap is set)
+    vol = read_study(path)
+    assert vol.source.geometry == "sform (sform_code 2); the qform (qform_code 1) disagrees and was not used"
+    np.testing.assert_allclose(vol.spacing, (2, 3, 4))
+    ijk = np.array([[0, 0, 0], [1, 2, 3]], float)
+    np.testing.assert_allclose(vol.index_to_physical(ijk), nib.affines.apply_affine(sform, ijk) * [-1, -1, 1])
+
+
+@pytest.mark.parametrize("low, modality", [(-500, "CT"), (-499, "MR")])
+def test_a_nifti_with_hounsfield_like_values_is_called_ct(tmp_path, low, modality):
+    data = np.full((2, 3, 4), 40, np.int16)
+    data[1, 1, 1] = low
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "a.nii")
+    assert read_study(tmp_path / "a.nii").modality == modality
+
+
+def test_guess_modality_needs_a_3d_numeric_volume():
+    assert guess_modality(np.full((1, 4, 4), -1000.0)) == "CT"
+    assert guess_modality(np.full((4, 4), -1000.0)) == "MR"  # a 2D photo-like array
+    assert guess_modality(np.full((1, 4, 4, 3), -1000.0)) == "MR"  # colour
+    assert guess_modality(np.zeros((0, 4, 4))) == "MR"
+    assert guess_modality(np.full((1, 4, 4), True)) == "MR"
+
+
+# --- single DICOM files --------------------------------------------------------------------------------
+def test_single_dicom_identity_and_geometry_rule(tmp_path):
+    ds = db.image_dataset(db.pixels()[0], ipp=(-3.0, 4.0, 5.5), spacing=(0.7, 0.4))
+    ds.SeriesDescription = "ignored"
+    path = db.write(ds, tmp_path / "one.dcm")
+    vol = read_study(path)
+    src = vol.source
+    assert (src.format, src.path, src.files) == ("dicom", str(path), (str(path),))
+    assert src.study_instance_uid == db.STUDY_UID and src.series_instance_uid == SERIES_A
+    assert src.frame_of_reference_uid == db.FOR_UID and src.sop_instance_uids == (f"{SERIES_A}.1",)
+    assert src.sop_class_uid == db.CT_IMAGE and src.geometry == "ImagePositionPatient/ImageOrientationPatient"
+    assert vol.modality == "CT" and vol.origin == pytest.approx((-3.0, 4.0, 5.5))
+    assert vol.spacing[:2] == pytest.approx((0.4, 0.7))  # (column, row) spacing
+    np.testing.assert_array_equal(vol.array, db.decoded_reference(path))
+    bare = db.image_dataset(db.pixels()[0], ipp=None, iop=None)
+    for keyword in ("Modality", "StudyInstanceUID", "FrameOfReferenceUID"):
+        delattr(bare, keyword)
+    vol = read_study(db.write(bare, tmp_path / "bare.dcm"))
+    assert vol.modality == "OT" and vol.source.geometry == "none (identity)"
+    assert vol.source.study_instance_uid is None and vol.source.frame_of_reference_uid is None
+    assert vol.source.series_instance_uid == SERIES_A
+    del bare.SeriesInstanceUID, bare.SOPInstanceUID, bare.SOPClassUID
+    vol = read_study(db.write(bare, tmp_path / "anonymous.dcm"))  # stripped by a careless anonymiser: still opens
+    assert vol.source.series_instance_uid is None and vol.source.sop_class_uid is None
+    assert vol.source.sop_instance_uids == ("",)
+
+
+def test_dicom_files_that_cannot_be_shown_are_refused_naming_the_fault(tmp_path):
+    def case(name, edit):
+        ds = db.image_dataset(db.pixels()[0])
+        edit(ds)
+        return db.write(ds, tmp_path / name)
+
+    p = case("nopix.dcm", lambda ds: delattr(ds, "PixelData"))
+    refused(p, f"{p}: DICOM file without pixel data; expected an image")
+    p = case("norows.dcm", lambda ds: delattr(ds, "Rows"))
+    refused(p, f"{p}: DICOM file without pixel data; expected an image")
+    p = case("b12.dcm", lambda ds: setattr(ds, "BitsAllocated", 12))
+    refused(p, f"{p}: SamplesPerPixel 1 / BitsAllocated 12; expected 1-4 samples of 1, 8, 16, 32 or 64 bits")
+    p = case("s5.dcm", lambda ds: setattr(ds, "SamplesPerPixel", 5))
+    refused(p, f"{p}: SamplesPerPixel 5 / BitsAllocated 16; expected 1-4 samples of 1, 8, 16, 32 or 64 bits")
+    p = case("r0.dcm", lambda ds: setattr(ds, "Rows", 0))
+    refused(p, f"{p}: empty image of size (1, 0, 16)")
+    p = case("trunc.dcm", lambda ds: setattr(ds, "PixelData", ds.PixelData[:-2]))
+    refused(p, f"{p}: truncated DICOM file: 510 of 512 bytes of pixel data (1 frame(s) of 16 x 16 x 1 x 16 bits)")
+    p = case("iop.dcm", lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 1, 0, 0]))
+    refused(p, f"{p}: ImageOrientationPatient [1.0, 0.0, 0.0, 1.0, 0.0, 0.0] is not two perpendicular unit vectors")
+    p = case("ps.dcm", lambda ds: setattr(ds, "PixelSpacing", [0, 1]))
+    refused(p, f"{p}: PixelSpacing [0.0, 1.0]: expected two numbers > 0 mm")
+    seg = DATA / "dicom" / "pydicom_SEG_liver_1frame.dcm"
+    refused(seg, f"{seg}: a DICOM-SEG (segmentation), not an image; open it as labels")
+
+
+def _jpeg_dicom(path: Path, width: int, height: int, mode: str = "L") -> Path:
+    """A 16 x 16 JPEG Baseline DICOM whose one fragment is a real JPEG of ``width`` x ``height``."""
+    import io
+
+    from pydicom.uid import JPEGBaseline8Bit
+
+    buf = io.BytesIO()
+    grey = (np.arange(width * height) % 200).astype(np.uint8).reshape(height, width)
+    Image.fromarray(grey).convert(mode).save(buf, "JPEG", quality=95)
+    jpeg = buf.getvalue() + (b"\0" if len(buf.getvalue()) % 2 else b"")
+    ds = db.image_dataset(db.pixels()[0])
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pydicom.encaps.encapsulate([jpeg])
+    ds["PixelData"].VR = "OB"
+    return db.write(ds, path)
+
+
+def test_compressed_frames_are_checked_against_the_header_before_decoding(tmp_path):
+    ok = _jpeg_dicom(tmp_path / "ok.dcm", 16, 16)
+    vol = read_study(ok)
+    np.testing.assert_array_equal(vol.array, pydicom.dcmread(ok).pixel_array[None])
+    for name, w, h, mode, size in [("wide", 32, 16, "L", "32 x 16 x 1"), ("tall", 16, 32, "L", "16 x 32 x 1"),
+                                   ("rgb", 16, 16, "RGB", "16 x 16 x 3")]:
+        p = _jpeg_dicom(tmp_path / f"{name}.dcm", w, h, mode)
+        refused(p, f"{p}: a compressed frame of {size} (its JPEG frame header) in an image of Columns x Rows x "
+                "SamplesPerPixel 16 x 16 x 1; refused before decoding")
+
+
+def test_pixel_data_that_does_not_match_its_transfer_syntax_is_refused(tmp_path):
+    import struct
+
+    base = db.write(db.image_dataset(db.pixels()[0]), tmp_path / "base.dcm").read_bytes()
+    at = base.rfind(b"\xe0\x7f\x10\x00")
+    undefined = struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\0\0\xff\xff\xff\xff"
+    offsets = struct.pack("<HHI", 0xFFFE, 0xE000, 0)
+    frag = offsets + struct.pack("<HHI", 0xFFFE, 0xE000, 8) + b"\0" * 8 + db.SEQ_END
+
+    def case(name, data):
+        (tmp_path / name).write_bytes(data)
+        return tmp_path / name
+
+    rle = b"1.2.840.10008.1.2.5\0"  # RLE Lossless: the length of Explicit VR Little Endian's UID
+    p = case("encapsulated.dcm", base[:at] + undefined + frag)
+    refused(p, f"{p}: compressed (encapsulated) pixel data in the uncompressed transfer syntax 1.2.840.10008.1.2.1")
+    p = case("raw.dcm", base.replace(b"1.2.840.10008.1.2.1\0", rle))
+    refused(p, f"{p}: transfer syntax 1.2.840.10008.1.2.5 needs compressed (encapsulated) pixel data; the file holds "
+            "raw bytes")
+    p = case("nofrag.dcm", (base[:at] + undefined + offsets + db.SEQ_END).replace(b"1.2.840.10008.1.2.1\0", rle))
+    refused(p, f"{p}: compressed pixel data without any frame fragment")
+    empty = offsets + struct.pack("<HHI", 0xFFFE, 0xE000, 0) + db.SEQ_END  # a fragment item of 0 bytes
+    p = case("emptyfrag.dcm", (base[:at] + undefined + empty).replace(b"1.2.840.10008.1.2.1\0", rle))
+    refused(p, f"{p}: compressed pixel data without any frame fragment")
+
+
+def test_ybr_full_422_holds_two_samples_per_pixel(tmp_path):
+    """4:2:2 chroma: 16 x 16 x 3 samples stored in 512 bytes, not 768; 510 bytes are a truncated file."""
+    ds = db.image_dataset(db.pixels()[0])
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes(range(256)) * 2
+    assert read_study(db.write(ds, tmp_path / "ybr.dcm")).array.shape == (1, 16, 16, 3)
+    ds.PixelData = ds.PixelData[:-2]
+    p = db.write(ds, tmp_path / "short.dcm")
+    refused(p, f"{p}: truncated DICOM file: 510 of 512 bytes of pixel data (1 frame(s) of 16 x 16 x 3 x 8 bits)")
+
+
+# --- DICOM series --------------------------------------------------------------------------------------
+def test_a_series_keeps_its_identity_in_slice_order(tmp_path):
+    folder = series(tmp_path / "s", [4.0, 0.0, 2.0])  # files 0, 1, 2 lie at z 4, 0, 2
+    (folder / "README.txt").write_text("exported by a PACS")  # no DICM marker: skipped
+    (folder / "tiny").write_bytes(b"x" * 10)
+    vol = read_study(folder)
+    order = [folder / "2001_1.dcm", folder / "2001_2.dcm", folder / "2001_0.dcm"]
+    src = vol.source
+    assert (src.format, src.path) == ("dicom-series", str(folder))
+    assert src.files == tuple(str(f) for f in order)
+    assert src.sop_instance_uids == tuple(str(pydicom.dcmread(f).SOPInstanceUID) for f in order)
+    assert src.study_instance_uid == db.STUDY_UID and src.series_instance_uid == SERIES_A
+    assert src.frame_of_reference_uid == db.FOR_UID and src.sop_class_uid == db.CT_IMAGE
+    assert src.geometry == "ImagePositionPatient/ImageOrientationPatient" and src.notes == ()
+    assert vol.modality == "CT" and vol.spacing == pytest.approx((0.5, 0.5, 2.0)) and vol.origin == pytest.approx((0, 0, 0))
+    for k, f in enumerate(order):
+        np.testing.assert_array_equal(vol.array[k], db.decoded_reference(f)[0])
+
+
+def test_series_listing_names_modality_description_and_order(tmp_path):
+    folder = series(tmp_path / "two", [0.0, 2.0, 4.0])
+    series(folder, [1.0, 0.0], uid=SERIES_B)
+    for name in ("3001_0.dcm", "3001_1.dcm"):
+        ds = pydicom.dcmread(folder / name)
+        ds.Modality, ds.SeriesDescription = "MR", "T1 axial"
+        ds.save_as(folder / name)
+    found = {s.series_instance_uid: s for s in list_series(folder)}
+    assert set(found) == {SERIES_A, SERIES_B}
+    assert found[SERIES_B].files == (str(folder / "3001_1.dcm"), str(folder / "3001_0.dcm"))  # z 0, then z 1
+    assert (found[SERIES_B].modality, found[SERIES_B].description) == ("MR", "T1 axial")
+    assert (found[SERIES_A].modality, found[SERIES_A].description) == ("CT", "")
+    refused(folder, f"{folder}: holds 2 series, pick one with --series UID: {SERIES_A} (CT, 3 files); "
+            f"{SERIES_B} (MR, 2 files)")
+    refused(folder, f"{folder}: no series 9.9; it holds {SERIES_A}, {SERIES_B}", series_uid="9.9")
+    vol = read_study(folder, series_uid=SERIES_B)
+    assert vol.source.series_instance_uid == SERIES_B and vol.array.shape == (2, 16, 16)
+    assert vol.spacing[2] == pytest.approx(1.0)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")
+def test_list_series_orders_slices_without_position_by_instance_number(tmp_path):
+    """Slices that carry no position are listed in InstanceNumber order (an invalid number counts as 0)."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    for name, instance in [("a.dcm", 3), ("b.dcm", 1), ("c.dcm", 2), ("d.dcm", 99)]:
+        ds = db.image_dataset(db.pixels()[0], ipp=None)
+        ds.InstanceNumber = instance
+        db.write(ds, folder / name)
+    data = (folder / "d.dcm").read_bytes()  # InstanceNumber "xx": not a number (pydicom would not write it)
+    assert data.count(b"IS\x02\x0099") == 1
+    (folder / "d.dcm").write_bytes(data.replace(b"IS\x02\x0099", b"IS\x02\x00xx"))
+    (only,) = list_series(folder)
+    assert [Path(f).name for f in only.files] == ["d.dcm", "b.dcm", "c.dcm", "a.dcm"]
+
+
+def test_a_folder_without_an_image_series_says_so(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "README").write_text("no images here")
+    shutil.copy(DATA / "dicom" / "pydicom_SEG_liver_1frame.dcm", folder / "seg.dcm")  # a SEG is not an image series
+    report = db.image_dataset(db.pixels()[0])
+    for keyword in ("Rows", "Columns", "PixelData"):
+        delattr(report, keyword)  # like a structured report or a presentation state
+    db.write(report, folder / "sr.dcm")
+    nouid = db.image_dataset(db.pixels()[0])
+    del nouid.SeriesInstanceUID
+    db.write(nouid, folder / "nouid.dcm")
+    refused(folder, f"{folder}: no DICOM image series found in this folder")
+
+
+def test_uneven_series_opens_only_when_asked_at_the_mean_spacing(tmp_path):
+    folder = series(tmp_path / "s", [0.0, 2.0, 4.0, 7.0])
+    fault = "uneven slice spacing, a step of 3 mm between 2001_2.dcm (4.00 mm) and 2001_3.dcm (7.00 mm) while the others are 2 mm"
+    refused(folder, f"{folder}: {fault}; resample the series to even spacing (e.g. in 3D Slicer), or pass --allow-uneven")
+    note = f"--allow-uneven: 1 uneven step(s) ({fault}); opened at the mean spacing 2.333 mm, so slice positions are approximate"
+    with pytest.warns(StudyWarning) as record:
+        vol = read_study(folder, allow_uneven=True)
+    assert [str(w.message) for w in record] == [f"{folder}: {note}"]
+    assert vol.source.notes == (note,)
+    assert vol.source.geometry == "ImagePositionPatient/ImageOrientationPatient (mean slice spacing, --allow-uneven)"
+    assert vol.spacing == pytest.approx((0.5, 0.5, 7 / 3))
+    even = series(tmp_path / "even", [0.0, 2.0, 4.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_study(even, allow_uneven=True).source.notes == ()
+
+
+def test_a_series_file_that_fails_its_checks_refuses_the_folder_naming_it(tmp_path):
+    folder = series(tmp_path / "s", [0.0, 2.0, 4.0])
+    ds = pydicom.dcmread(folder / "2001_1.dcm")
+    ds.PixelData = ds.PixelData[:100]
+    ds.save_as(folder / "2001_1.dcm")
+    p = folder / "2001_1.dcm"
+    refused(folder, f"{p}: truncated DICOM file: 100 of 512 bytes of pixel data (1 frame(s) of 16 x 16 x 1 x 16 bits)")
+    other = series(tmp_path / "g", [0.0, 2.0, 4.0])
+    ds = pydicom.dcmread(other / "2001_2.dcm")
+    del ds.ImagePositionPatient
+    ds.save_as(other / "2001_2.dcm")
+    refused(other, f"{other}: 2001_2.dcm: no ImagePositionPatient; a series of 3 images cannot be stacked without it")
+    (other / "2001_2.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 20)
+    with pytest.raises(StudyError, match=rf"^{re.escape(str(other / '2001_2.dcm'))}: not a readable DICOM file \("):
+        read_study(other)
+
+
+# --- PNG / JPEG ------------------------------------------------------------------------------------------
+def test_png_modes_open_as_grey_or_rgb_as_viewers_show_them(tmp_path):
+    rgb = (np.arange(6 * 5 * 3) * 7 % 256).astype(np.uint8).reshape(6, 5, 3)
+
+    def png(name, im):
+        im.save(tmp_path / name)
+        return read_study(tmp_path / name).array[0]
+
+    bits = np.zeros((6, 5), bool)
+    bits[2:4, 1:3] = True
+    got = png("bits.png", Image.fromarray(bits))  # mode "1": 0 / 255, as every viewer shows it
+    assert got.dtype == np.uint8 and set(np.unique(got)) == {0, 255}
+    np.testing.assert_array_equal(got == 255, bits)
+    rgba = np.dstack([rgb, np.full((6, 5), 9, np.uint8)])
+    np.testing.assert_array_equal(png("rgba.png", Image.fromarray(rgba)), rgb)  # alpha dropped
+    pal = Image.fromarray(rgb).quantize(8)
+    np.testing.assert_array_equal(png("pal.png", pal), np.asarray(pal.convert("RGB")))
+    la = Image.fromarray(rgb[..., 0]).convert("LA")
+    got = png("la.png", la)
+    assert got.shape == (6, 5, 3)
+    np.testing.assert_array_equal(got, np.repeat(rgb[..., :1], 3, axis=2))
+    deep = (np.arange(30, dtype=np.uint16).reshape(6, 5) * 2000)
+    Image.fromarray(deep).save(tmp_path / "deep.png")  # 16-bit grey: stored big-endian in the PNG
+    got = read_study(tmp_path / "deep.png").array[0]
+    assert got.dtype.byteorder in ("=", "|") and got.dtype.itemsize == 2
+    np.testing.assert_array_equal(got, deep)
+
+
+def test_broken_and_oversized_images_are_refused(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(StudyError, match=rf"^{re.escape(str(tmp_path / 'cut.png'))}: not a readable PNG/JPEG image \(.+\)$"):
+        read_study(tmp_path / "cut.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's bomb guard: refuses past 2x this
+    with pytest.raises(StudyError, match=rf"^{re.escape(str(tmp_path / 'a.png'))}: image too large to open safely "
+                       r"\(Image size \(4096 pixels\) exceeds limit of 2000 pixels, could be decompression bomb DOS attack\.\)$"):
+        read_study(tmp_path / "a.png")
+
+
+# --- more of what the survivors of the first mutation run showed untested ----------------------------------
+def test_a_small_sform_qform_disagreement_still_follows_the_sform(tmp_path):
+    """0.01 mm of spacing or origin, or 0.01 rad: ITK opens the qform, medseg the sform (each alone)."""
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    a = 0.01
+    rotation = np.array([[np.cos(a), -np.sin(a), 0, 0], [np.sin(a), np.cos(a), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    for name, sform in [("spacing", np.diag([1.01, 1, 1, 1])), ("origin", np.eye(4) + np.eye(4, k=3) * 0.01),
+                        ("rotation", rotation)]:
+        img = nib.Nifti1Image(data, None)
+        img.header.set_sform(sform, code=2)
+        img.header.set_qform(np.eye(4), code=1)
+        path = tmp_path / f"{name}.nii"
+        nib.save(img, path)
+        itk = sitk.ReadImage(str(path))
+        assert (itk.GetSpacing(), itk.GetOrigin()) == ((1, 1, 1), (0, 0, 0)) and itk.GetDirection()[1] == 0  # the qform
+        vol = read_study(path)
+        affine = nib.load(path).affine  # nibabel: the sform
+        ijk = np.array([[0, 0, 0], [3, 2, 1]], float)
+        np.testing.assert_allclose(vol.index_to_physical(ijk), nib.affines.apply_affine(affine, ijk) * [-1, -1, 1],
+                                   atol=1e-6, err_msg=name)
+
+
+def test_pixel_types_that_open_and_one_without_a_transfer_syntax(tmp_path):
+    for bits, dtype in [(8, "u1"), (32, "<i4")]:
+        ds = db.image_dataset(db.pixels()[0])
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
+        ds.PixelData = db.pixels()[0].astype(dtype).tobytes()
+        path = db.write(ds, tmp_path / f"b{bits}.dcm")
+        np.testing.assert_array_equal(read_study(path).array, db.decoded_reference(path))
+    ds = db.image_dataset(db.pixels()[0])
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.PixelData = bytes(range(32))
+    path = db.write(ds, tmp_path / "b1.dcm")  # 1-bit: GDCM shows the set bits as 255, pydicom as 1
+    np.testing.assert_array_equal(read_study(path).array, db.decoded_reference(path) * 255)
+    ds = db.image_dataset(db.pixels()[0])
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelData = 64, 64, 63, bytes(16 * 16 * 8)
+    path = db.write(ds, tmp_path / "b64.dcm")  # allowed by the check, then ITK has no reader for it
+    refused(path, f"{path}: DICOM pixel data could not be decoded (sitk::ERROR: Unable to determine ImageIO reader for "
+            f"\"{path}\")")
+    ds = db.image_dataset(db.pixels()[0])
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 4, "ARGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes(range(256)) * 4
+    assert read_study(db.write(ds, tmp_path / "argb.dcm")).array.shape == (1, 16, 16, 4)
+    import struct
+
+    data = db.write(db.image_dataset(db.pixels()[0]), tmp_path / "ts.dcm").read_bytes()
+    at = data.find(b"\x02\x00\x10\x00UI")
+    n = struct.unpack_from("<H", data, at + 6)[0]
+    data = data[:at] + data[at + 8 + n:]  # no TransferSyntaxUID: taken as uncompressed, GDCM then gives up
+    data = data[:140] + struct.pack("<I", struct.unpack_from("<I", data, 140)[0] - 8 - n) + data[144:]
+    (tmp_path / "nots.dcm").write_bytes(data)
+    p = tmp_path / "nots.dcm"
+    refused(p, f"{p}: DICOM pixel data could not be decoded (sitk::ERROR: Unable to determine ImageIO reader for \"{p}\")")
+
+
+def test_read_failures_after_the_checks_are_one_line_naming_the_file(tmp_path, monkeypatch):
+    nifti = tmp_path / "a.nii"
+    nib.save(nib.Nifti1Image(np.zeros((2, 3, 4), np.int16), np.eye(4)), nifti)
+    one = db.write(db.image_dataset(db.pixels()[0]), tmp_path / "one.dcm")
+    folder = series(tmp_path / "s", [0, 2])
+
+    def itk_fails(call, *args):
+        raise RuntimeError("ITK ERROR: ImageIO\n\n  the last line says why  \n")
+
+    monkeypatch.setattr(readers, "_itk", itk_fails)
+    refused(nifti, f"{nifti}: not a readable NIfTI file (the last line says why)")
+    refused(one, f"{one}: DICOM pixel data could not be decoded (the last line says why)")
+    refused(folder, f"{folder}: the DICOM series could not be read (the last line says why)")
+    monkeypatch.undo()
+
+    def scan_fails(path, **kwargs):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(readers, "scan_dicom", scan_fails)
+    refused(one, f"{one}: cannot be read (Permission denied)")
+    monkeypatch.setattr(readers, "scan_dicom", lambda path, **kw: (_ for _ in ()).throw(OSError("disk gone")))
+    refused(one, f"{one}: cannot be read (disk gone)")
+    monkeypatch.undo()
+    monkeypatch.setattr(readers.pydicom, "dcmread", lambda *a, **k: (_ for _ in ()).throw(KeyError()))
+    refused(one, f"{one}: not a readable DICOM file (KeyError)")  # an exception without a message: its name
+
+
+def test_series_in_subfolders_without_some_identity_and_with_undecodable_names(tmp_path):
+    folder = series(tmp_path / "s", [0.0, 2.0, 4.0])
+    (folder / "deeper").mkdir()
+    shutil.move(folder / "2001_2.dcm", folder / "deeper" / "2001_2.dcm")  # exports nest files in folders
+    for f in [folder / "2001_0.dcm", folder / "2001_1.dcm", folder / "deeper" / "2001_2.dcm"]:
+        ds = pydicom.dcmread(f)
+        del ds.StudyInstanceUID, ds.FrameOfReferenceUID
+        ds.save_as(f)
+    vol = read_study(folder)
+    assert vol.array.shape == (3, 16, 16) and vol.source.files[-1] == str(folder / "deeper" / "2001_2.dcm")
+    assert vol.source.study_instance_uid is None and vol.source.frame_of_reference_uid is None
+    bad = folder / os.fsdecode(b"\xff.dcm")  # a Latin-1 name: SimpleITK would abort the process on it
+    shutil.move(folder / "2001_1.dcm", bad)
+    refused(folder, f"{str(bad)!r}: the file name is not valid UTF-8; rename the file")
+
+
+def test_pil_warnings_stay_inside_the_reader(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 4096 pixels: PIL warns of a bomb, our own limit decides
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_study(tmp_path / "a.png").array.shape == (1, 64, 64)
+
+
+def test_links_inside_the_series_folder_are_followed_and_links_out_refuse_it(tmp_path):
+    folder = series(tmp_path / "s", [0.0, 2.0])
+    (folder / "a").mkdir()
+    (folder / "b").mkdir()
+    (folder / "a" / "README.txt").write_text("notes")
+    (folder / "b" / "readme").symlink_to("../a/README.txt")  # outside its own subfolder, inside the study
+    assert read_study(folder).array.shape == (2, 16, 16)
+    (tmp_path / "secret.txt").write_text("x")
+    (folder / "b" / "out").symlink_to(tmp_path / "secret.txt")
+    refused(folder, f"{folder / 'b' / 'out'}: a link to a file outside its folder; name the real path or copy the file in")
+
+
+def test_each_series_file_is_held_to_the_voxel_limit_naming_it(tmp_path):
+    folder = series(tmp_path / "s", [0.0, 2.0, 4.0])
+    refused(folder, f"{folder / '2001_0.dcm'}: 1 x 16 x 16 voxels is more than the limit of 255 (raise MEDSEG_MAX_VOXELS, "
+            "or crop/downsample the study)", max_voxels=255)
+
+
+def test_deflated_dicom_files_and_series_open(tmp_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    one = db.write(db.image_dataset(db.pixels()[0], syntax=DeflatedExplicitVRLittleEndian), tmp_path / "d.dcm")
+    np.testing.assert_array_equal(read_study(one).array, db.decoded_reference(one))
+    folder = series(tmp_path / "s", [0.0, 2.0], syntax=DeflatedExplicitVRLittleEndian)
+    vol = read_study(folder)
+    np.testing.assert_array_equal(vol.array[1], db.decoded_reference(folder / "2001_1.dcm")[0])
+
+
+def test_other_files_before_the_images_do_not_stop_the_listing(tmp_path):
+    folder = series(tmp_path / "s", [0.0, 2.0])
+    (folder / "00README.txt").write_text("exported by a PACS\n" * 20)  # longer than a DICOM preamble, no DICM
+    report = db.image_dataset(db.pixels()[0], series_uid=SERIES_B)
+    for keyword in ("Rows", "Columns", "PixelData"):
+        delattr(report, keyword)
+    db.write(report, folder / "000report.dcm")  # a DICOM file without an image: skipped
+    shutil.copy(DATA / "dicom" / "pydicom_SEG_liver_1frame.dcm", folder / "000seg.dcm")  # a SEG: not an image series
+    (only,) = list_series(folder)
+    assert only.series_instance_uid == SERIES_A and len(only.files) == 2
+    assert read_study(folder).array.shape == (2, 16, 16)
+
+
+def test_a_one_file_folder_without_optional_attributes_opens(tmp_path):
+    """No SOPClassUID, Modality or InstanceNumber: the image still opens, as 'OT', and says what it lacks."""
+    ds = db.image_dataset(db.pixels()[0])
+    del ds.SOPClassUID, ds.Modality, ds.InstanceNumber
+    folder = tmp_path / "one"
+    path = db.write(ds, folder / "IM1.dcm")
+    (info,) = list_series(folder)
+    assert (info.modality, info.files) == ("OT", (str(path),))
+    vol = read_study(folder)
+    assert vol.modality == "OT" and vol.source.sop_class_uid is None and vol.source.format == "dicom-series"
+    np.testing.assert_array_equal(vol.array, db.decoded_reference(path))
+    single = read_study(path)
+    assert single.modality == "OT" and single.source.sop_class_uid is None
+    folder2 = series(tmp_path / "two", [0.0, 2.0])
+    for f in folder2.iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.SOPClassUID, ds.Modality, ds.InstanceNumber
+        ds.save_as(f)
+    vol = read_study(folder2)
+    assert vol.modality == "OT" and vol.source.sop_class_uid is None and vol.array.shape == (2, 16, 16)
+
+
+def test_a_one_pixel_high_png_opens_and_a_cut_one_says_truncated(tmp_path):
+    Image.fromarray(np.arange(5, dtype=np.uint8)[None]).save(tmp_path / "line.png")
+    vol = read_study(tmp_path / "line.png")
+    assert vol.array.shape == (1, 1, 5) and vol.source.path == str(tmp_path / "line.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    refused(tmp_path / "cut.png", f"{tmp_path / 'cut.png'}: not a readable PNG/JPEG image (image file is truncated)")
+
+
+def test_nifti_refusals_and_identity_through_read_study(tmp_path):
+    path = tmp_path / "a.nii"
+    nib.save(nib.Nifti1Image(np.zeros((2, 3, 4), np.int16), np.eye(4)), path)
+    vol = read_study(path)
+    assert (vol.source.path, vol.source.format, vol.source.files) == (str(path), "nifti", ())
+    refused(path, f"{path}: 2 x 3 x 4 voxels is more than the limit of 23 (raise MEDSEG_MAX_VOXELS, or "
+            "crop/downsample the study)", max_voxels=23)
+    path.write_bytes(path.read_bytes()[:-5])
+    refused(path, f"{path}: truncated: 395 of the 400 bytes that the header declares")
+
+
+def test_header_attributes_dicom_may_leave_out_take_their_defaults(tmp_path):
+    """SamplesPerPixel 1 and no PhotometricInterpretation: GDCM opens both, so the checks must not refuse them."""
+    for keyword in ("SamplesPerPixel", "PhotometricInterpretation"):
+        ds = db.image_dataset(db.pixels()[0])
+        delattr(ds, keyword)
+        path = db.write(ds, tmp_path / f"no{keyword}.dcm")
+        np.testing.assert_array_equal(read_study(path).array[0], db.pixels()[0])
+    ds = db.image_dataset(db.pixels()[0])
+    ds.PixelData = b""
+    path = db.write(ds, tmp_path / "empty.dcm")
+    refused(path, f"{path}: truncated DICOM file: 0 of 512 bytes of pixel data (1 frame(s) of 16 x 16 x 1 x 16 bits)")
+
+
+def test_a_frame_count_that_overflows_64_bit_integers_is_still_over_the_limit(tmp_path):
+    """3e9 frames of 65535 x 65535: 1.29e19 voxels wraps to a negative int64; counted in float it is refused as such."""
+    ds = db.image_dataset(db.pixels()[0])
+    ds.NumberOfFrames, ds.Rows, ds.Columns = "3000000000", 65535, 65535
+    path = db.write(ds, tmp_path / "huge.dcm")
+    refused(path, f"{path}: 3000000000 x 65535 x 65535 voxels is more than the limit of {readers.DEFAULT_MAX_VOXELS} "
+            "(raise MEDSEG_MAX_VOXELS, or crop/downsample the study)")
