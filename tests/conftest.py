@@ -95,3 +95,30 @@ def exclusive_server():
     """Use in a test that starts a real server (see :func:`real_server_turn`)."""
     with real_server_turn():
         yield
+
+
+# Files whose tests drive a real server and take turns on it (real_server_turn). Scheduled as one unit,
+# they run one after the other in one xdist worker while the other worker runs everything else; as
+# separate files, a worker sat in a fixture waiting for the other's servers (2-4 minutes a full run).
+REAL_SERVER_FILES = (
+    "tests/e2e/",
+    "tests/app/test_crash_recovery.py",
+    "tests/app/test_load.py",
+    "tests/app/test_hostile_server.py",
+    "tests/app/test_isolated_upload_server.py",
+    "tests/app/test_labelserver.py",
+)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadfile":  # make test's mode; others keep xdist's own scheduling
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class RealServersTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(REAL_SERVER_FILES):
+                return "real servers"
+            return super()._split_scope(nodeid)
+
+    return RealServersTogether(config, log)

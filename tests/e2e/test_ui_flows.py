@@ -9,7 +9,6 @@ browser's label layer holds are the assertions; prompts are gestures on the view
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import numpy as np
@@ -232,8 +231,10 @@ def test_upload_then_propagate_3d_and_review(browser, server, tmp_path, ct, shot
 
     # review: the viewer goes to the first propagated slice, then the next
     page.locator("#review").click()
-    _wait_status(page, "Review: slice")
-    first = int(re.search(r"Review: slice (\d+)", page.locator("#viewer-status").inner_text()).group(1))
+    review = page.wait_for_function(  # read where it is seen: a later message may follow it
+        "(() => { const m = document.querySelector('#viewer-status').textContent.match(/Review: slice (\\d+)/);"
+        " return m ? m[1] : null })()", timeout=TIMEOUT_MS)
+    first = int(review.json_value())
     assert first in (0, 2)
     page.wait_for_function(f"document.querySelector('#medseg-viewer').dataset.slice === '{first}'",
                            timeout=TIMEOUT_MS)

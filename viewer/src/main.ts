@@ -461,7 +461,7 @@ class Viewer {
     fetch(this.url('encode'), { method: 'POST' })
       .then(async (r) => {
         const a = await r.json()
-        if (a.ok && a.status && this.inFlight === 0 && this.statusSeq === shown) this.showStatus(a.status)
+        if (a.ok && a.status && this.inFlight === 0 && this.statusSeq === shown) this.addReady(a.status)
       })
       .catch(() => undefined)
       .finally(() => {
@@ -857,6 +857,14 @@ class Viewer {
     this.statusSeq += 1
     this.statusLine.textContent = text
     this.statusLine.classList.remove('mv-error')
+  }
+
+  /** The slice's "Ready" joins the message shown instead of replacing it ("Review: slice 2 ..." stays
+   * readable after the viewer moved there and encoded it); an error stays as it is. */
+  addReady(ready: string): void {
+    if (this.statusLine.classList.contains('mv-error')) return
+    const shown = (this.statusLine.textContent ?? '').replace(/\s*·?\s*Ready: the slice is encoded\.?$/, '').trim()
+    this.showStatus(shown ? `${shown} · ${ready}` : ready)
   }
 
   showError(text: string): void {
