@@ -110,6 +110,7 @@ REAL_SERVER_FILES = (
 )
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown (and unused) with -p no:xdist
 def pytest_xdist_make_scheduler(config, log):
     if config.getoption("dist") != "loadfile":  # make test's mode; others keep xdist's own scheduling
         return None

@@ -42,15 +42,22 @@ def _free_port() -> int:
 
 
 class Server:
-    """The running app: its URL and its on-disk session store (what the server holds)."""
+    """The running app: its URL and its on-disk session store (what the server holds).
 
-    def __init__(self, url: str, sessions: Path):
-        self.url, self.sessions = url, sessions
+    A click's full save runs after its answer (``SessionStore.save_edit``), so the files are read once
+    the session's background save is done."""
+
+    def __init__(self, url: str, sessions: Path, store):
+        self.url, self.sessions, self.store = url, sessions, store
 
     def session_ids(self) -> set[str]:
         return {p.name for p in self.sessions.iterdir() if p.is_dir()}
 
+    def flush(self, sid: str) -> None:
+        assert self.store.flush(sid), "the session's background save did not finish"
+
     def labels(self, sid: str) -> np.ndarray:
+        self.flush(sid)
         with np.load(self.sessions / sid / "labels.npz") as z:
             return z["labels"]
 
@@ -63,7 +70,7 @@ def server(tmp_path_factory, litemedsam):
     with real_server_turn():
         port = _free_port()
         demo = launch("127.0.0.1", port, "litemedsam", "cpu", state_dir=state, prefetch_radius=0, prevent_thread_lock=True)
-        yield Server(f"http://127.0.0.1:{port}/", state / "sessions")
+        yield Server(f"http://127.0.0.1:{port}/", state / "sessions", demo.medseg_ctx.store)
         demo.close()
 
 

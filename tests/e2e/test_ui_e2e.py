@@ -108,6 +108,7 @@ def _server_counts(labels: np.ndarray) -> dict[int, int]:
 
 
 def _state(server, sid) -> dict:
+    server.flush(sid)
     return json.loads((server.sessions / sid / "state.json").read_text())
 
 

@@ -51,6 +51,7 @@ def _labels_of(calls) -> list[list[int] | None]:
 
 
 def _state(server, sid) -> dict:
+    server.flush(sid)
     return json.loads((server.sessions / sid / "state.json").read_text())
 
 
