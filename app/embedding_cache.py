@@ -16,6 +16,7 @@ from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
+from data.parallel import map_slices
 from data.volume import Volume
 from data.windowing import Window, slice_to_rgb
 from models.segmenter import Embedding, Segmenter
@@ -132,7 +133,7 @@ class EmbeddingCache:
                 out[int(k)] = hit
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]
-            encoded = segmenter.embed_batch([slice_to_rgb(volume, k, window) for k in chunk])
+            encoded = segmenter.embed_batch(map_slices(lambda k: slice_to_rgb(volume, k, window), chunk))
             for k, emb in zip(chunk, encoded):
                 # own the memory: a slice of the batch tensor would keep the whole batch alive
                 emb = replace(emb, features=emb.features.clone(), extras={k: v.clone() for k, v in emb.extras.items()})

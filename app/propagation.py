@@ -189,51 +189,96 @@ def stop_reason(new: _Step, prev: _Step, settings: PropagationSettings) -> str |
 
 
 class _SliceSource:
-    """Embeddings of one volume, encoded ``batch_size`` slices ahead in the walk's direction."""
+    """Embeddings of one volume, encoded ``batch_size`` slices ahead of the walks."""
 
     def __init__(self, segmenter: Segmenter, volume: Volume, window: Window | None, cache: EmbeddingCache, batch: int):
         self.segmenter, self.volume, self.window, self.cache, self.batch = segmenter, volume, window, cache, batch
         self.vkey = volume_key(volume)
         self._ahead: dict[int, Embedding] = {}
 
-    def get(self, k: int, upcoming: list[int]) -> Embedding:
-        if k not in self._ahead:
-            chunk = [k] + [j for j in upcoming if j != k][: self.batch - 1]
+    def get_many(self, upcoming: list[list[int]]) -> list[Embedding]:
+        """The embedding of each walk's next slice (``upcoming[i][0]``). Missing ones are encoded in one batch
+        with the slices that come next in every walk, ``batch_size`` in all, shared between the walks."""
+        needed = [u[0] for u in upcoming]
+        if any(k not in self._ahead for k in needed):
+            share = max(1, self.batch // len(upcoming))
+            chunk = list(dict.fromkeys(needed + [j for u in upcoming for j in u[1:share]]))
             self._ahead = self.cache.embeddings(
-                self.segmenter, self.volume, chunk, self.window, vkey=self.vkey, batch_size=self.batch
+                self.segmenter, self.volume, chunk, self.window, vkey=self.vkey, batch_size=max(self.batch, len(needed))
             )
-        return self._ahead[k]
+        return [self._ahead[k] for k in needed]
 
-    def predict(self, k: int, prompts: Prompts, upcoming: list[int], prior: np.ndarray | None = None) -> _Step:
-        """Segment slice k; with a ``prior`` mask, of the multimask candidates keep the one overlapping it most."""
-        res = self.segmenter.predict(self.get(k, upcoming), prompts, multimask_output=prior is not None)
-        i = res.best_index
-        if prior is not None:
-            inter = np.logical_and(res.masks, prior[None]).reshape(len(res.masks), -1).sum(1)
-            sizes = res.masks.reshape(len(res.masks), -1).sum(1) + prior.sum()
-            i = int(np.argmax(2.0 * inter / np.maximum(sizes, 1)))
-        return _Step(res.masks[i], res.low_res_logits[i][None], float(res.scores[i]))
+    def predict_many(self, prompts: list[Prompts], upcoming: list[list[int]], priors: list[np.ndarray | None]) -> list[_Step]:
+        """Segment each walk's next slice, one decoder call for all where the segmenter batches
+        (:meth:`Segmenter.predict_many`). With a ``prior`` mask, of the multimask candidates keep the
+        one overlapping it most."""
+        embeddings = self.get_many(upcoming)
+        multimask = priors[0] is not None
+        if len(prompts) == 1 or not hasattr(self.segmenter, "predict_many"):
+            results = [self.segmenter.predict(e, p, multimask_output=multimask) for e, p in zip(embeddings, prompts)]
+        else:
+            results = self.segmenter.predict_many(embeddings, prompts, multimask_output=multimask)
+        steps = []
+        for res, prior in zip(results, priors):
+            if isinstance(res, Exception):
+                raise res
+            i = res.best_index
+            if prior is not None:
+                inter = np.logical_and(res.masks, prior[None]).reshape(len(res.masks), -1).sum(1)
+                sizes = res.masks.reshape(len(res.masks), -1).sum(1) + prior.sum()
+                i = int(np.argmax(2.0 * inter / np.maximum(sizes, 1)))
+            steps.append(_Step(res.masks[i], res.low_res_logits[i][None], float(res.scores[i])))
+        return steps
 
 
-def _walk(
-    source: _SliceSource, seed: _Step, ks: list[int], settings: PropagationSettings, *, stop: bool,
-    on_step: Callable[[int, _Step, str | None], None],
-) -> tuple[dict[int, _Step], str | None]:
-    """Segment ``ks`` in order, each from the one before (``seed`` first). Returns the kept steps and
-    the stop reason (None when every slice was kept). ``stop=False`` never stops (gaps between anchors)."""
-    kept: dict[int, _Step] = {}
-    prev = seed
-    for n, k in enumerate(ks):
-        prior = prev.mask if settings.candidates == "overlap" else None
-        new = source.predict(k, neighbour_prompts(prev, settings), ks[n:], prior)
-        reason = stop_reason(new, prev, settings) if stop else None
-        on_step(k, new, reason)
-        if reason is not None:
-            return kept, reason
-        kept[k] = new
-        if new.mask.any():  # an empty slice inside a gap: the next one is prompted from the last non-empty
-            prev = new
-    return kept, None
+@dataclass
+class _Walk:
+    """One walk: ``path`` in order, each slice prompted from the one before (``seed`` first).
+
+    stop: apply the stop rule (False between two anchors, where the structure is on both ends).
+    on_step(k, step, reason): every slice tried; on_keep(k, step): every slice kept, as it is kept.
+    """
+
+    seed: _Step
+    path: list[int]
+    stop: bool
+    on_step: Callable[[int, _Step, str | None], None] | None = None
+    on_keep: Callable[[int, _Step], None] | None = None
+    kept: dict[int, _Step] = field(default_factory=dict)
+    reason: str | None = None
+    n: int = 0
+    prev: _Step | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.reason is None and self.n < len(self.path)
+
+
+def _walk_all(source: _SliceSource, walks: list[_Walk], settings: PropagationSettings) -> None:
+    """Run ``walks`` in lockstep: each round segments the next slice of every active walk, in one batched
+    decoder call (a volume walked up and down from one slice costs half the sequential decoder calls).
+    Each walk's masks are those of running it alone; it ends at its path's end or its stop reason."""
+    for w in walks:
+        w.prev = w.seed
+    while active := [w for w in walks if w.active]:
+        priors = [w.prev.mask if settings.candidates == "overlap" else None for w in active]
+        steps = source.predict_many(
+            [neighbour_prompts(w.prev, settings) for w in active], [w.path[w.n :] for w in active], priors
+        )
+        for w, new in zip(active, steps):
+            k = w.path[w.n]
+            w.n += 1
+            reason = stop_reason(new, w.prev, settings) if w.stop else None
+            if w.on_step is not None:
+                w.on_step(k, new, reason)
+            if reason is not None:
+                w.reason = reason
+                continue
+            w.kept[k] = new
+            if w.on_keep is not None:
+                w.on_keep(k, new)
+            if new.mask.any():  # an empty slice inside a gap: the next one is prompted from the last non-empty
+                w.prev = new
 
 
 def _blend(segmenter: Segmenter, a: _Step, b: _Step, weight_a: float, size: tuple[int, int]) -> np.ndarray:
@@ -314,23 +359,30 @@ def propagate_anchors(
         what = f"stopped ({reason}, " if reason else "("
         report(f"slice {k}: {what}{int(step.mask.sum())} px, predicted IoU {step.score:.2f})")
 
+    def keep(k: int, step: _Step) -> None:
+        masks[k] = step.mask
+        if on_slice is not None:
+            on_slice(k, step.mask)
+
+    beyond_walks: dict[str, _Walk] = {}
+    gap_walks: dict[str, tuple[_Walk, _Walk]] = {}
     for name, path in walks.items():
         if name in ("up", "down"):
             start = ks[-1] if name == "up" else ks[0]
-            kept, reason = _walk(source, steps[start], path, settings, stop=True, on_step=on_step)
-            for k, s in kept.items():
-                masks[k] = s.mask
-                if on_slice is not None:
-                    on_slice(k, s.mask)
-            room = shape[0] - 1 - start if name == "up" else start
-            result.stopped[name] = reason or ("max slices" if len(path) < room else "end of volume")
-            done += len(path) - len(kept) - (1 if reason else 0)
-            continue
-        a, b = path[0] - 1, path[-1] + 1
-        from_a, _ = _walk(source, steps[a], path, settings, stop=False, on_step=on_step)
-        from_b, _ = _walk(source, steps[b], path[::-1], settings, stop=False, on_step=lambda *_: None)
-        for k in path:
-            masks[k] = _blend(segmenter, from_a[k], from_b[k], (b - k) / (b - a), volume.slice_shape)
+            beyond_walks[name] = _Walk(steps[start], path, stop=True, on_step=on_step, on_keep=keep)
+        else:
+            a, b = path[0] - 1, path[-1] + 1
+            gap_walks[name] = (_Walk(steps[a], path, stop=False, on_step=on_step), _Walk(steps[b], path[::-1], stop=False))
+    _walk_all(source, [*beyond_walks.values(), *(w for pair in gap_walks.values() for w in pair)], settings)
+    for name, walk in beyond_walks.items():
+        start = ks[-1] if name == "up" else ks[0]
+        room = shape[0] - 1 - start if name == "up" else start
+        result.stopped[name] = walk.reason or ("max slices" if len(walk.path) < room else "end of volume")
+        done += len(walk.path) - walk.n  # slices never tried: the walk stopped before them
+    for name, (from_a, from_b) in gap_walks.items():
+        a, b = from_a.path[0] - 1, from_a.path[-1] + 1
+        for k in from_a.path:
+            masks[k] = _blend(segmenter, from_a.kept[k], from_b.kept[k], (b - k) / (b - a), volume.slice_shape)
             if on_slice is not None:
                 on_slice(k, masks[k])
         result.stopped[name] = "filled"

@@ -127,6 +127,10 @@ class TurnTaking:
         with self._runner.turn():
             return self._segmenter.predict(embedding, prompts, **kwargs)
 
+    def predict_many(self, embeddings, prompts, **kwargs):
+        with self._runner.turn():
+            return self._segmenter.predict_many(embeddings, prompts, **kwargs)
+
 
 @dataclass
 class PropagationJob:

@@ -17,8 +17,10 @@ the fast path's head mask against the fp32 reference path on the 34-slice CT sla
 from __future__ import annotations
 
 import argparse
-import os
+import cProfile
 import json
+import os
+import pstats
 import sys
 import time
 from dataclasses import replace
@@ -63,7 +65,7 @@ def head_box(volume: Volume, k: int) -> np.ndarray:
     return box_around(volume.array[k] > -300, 5)
 
 
-def timed_run(seg, volume: Volume, batch: int) -> dict:
+def timed_run(seg, volume: Volume, batch: int, profile: bool = False) -> dict:
     k0 = volume.num_slices // 2
     window = default_window(volume)
     settings = PropagationSettings(batch_size=batch)
@@ -74,8 +76,14 @@ def timed_run(seg, volume: Volume, batch: int) -> dict:
     cache.embeddings(seg, volume, list(range(volume.num_slices)), window, batch_size=batch)
     sync()
     t1 = time.perf_counter()
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
     res = propagate(seg, volume, k0, Prompts(box=head_box(volume, k0)), window=window, cache=cache, settings=settings)
     sync()
+    if profiler is not None:
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
     c2, t2 = time.process_time(), time.perf_counter()
     # process CPU time: on a shared machine, wall time measures the neighbours; CPU time / threads is
     # what the same work takes on idle cores (an estimate: it assumes the threads stay busy)
@@ -111,6 +119,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (GPU: kernels, compile)")
     p.add_argument("--dice-check", action="store_true")
+    p.add_argument("--profile", action="store_true", help="cProfile the timed walk (top 25 by own time, to stderr)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,7 +128,7 @@ def main() -> int:
     volume = big_ct(n, args.size)
     for _ in range(args.warmup):
         timed_run(seg, big_ct(min(n, 2 * args.batch), args.size), args.batch)
-    r = timed_run(seg, volume, args.batch)
+    r = timed_run(seg, volume, args.batch, args.profile)
     scale = args.slices / n
     out = {
         "device": args.device, "backend": args.backend, "precision": args.precision, "batch": args.batch,

@@ -11,26 +11,19 @@ Two preprocessing pipelines, both from the official code:
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from data.parallel import PARALLEL_MIN_ITEMS, WORKERS, host_pool
 from models.geometry import LongestSide, Stretch
 from models.segmenter import Segmenter
 from models.tiny_vit import TinyViT, TinyViTConfig
 
 INPUT_SIZE = 256
 EMBED_SIZE = 64
-# Batches from this size on resize their slices in parallel threads (cv2 and numpy release the GIL);
-# smaller ones stay serial, where the hand-off to threads would cost more than it saves.
-PARALLEL_MIN_SLICES = 8
-HOST_WORKERS = min(8, os.cpu_count() or 1)
 
 # The host half's arrays per slice: (shape, numpy dtype, torch dtype); see upstream_host_inputs.
 HOST_LAYOUT = {
@@ -39,18 +32,6 @@ HOST_LAYOUT = {
     "span": ((), np.float32, torch.float32),
     "size": ((2,), np.int64, torch.int64),
 }
-
-_host_pool: ThreadPoolExecutor | None = None
-_host_pool_lock = threading.Lock()
-
-
-def host_pool() -> ThreadPoolExecutor:
-    """The threads shared by every segmenter for the per-slice host preprocessing, created on first use."""
-    global _host_pool
-    with _host_pool_lock:
-        if _host_pool is None:
-            _host_pool = ThreadPoolExecutor(max_workers=HOST_WORKERS, thread_name_prefix="litemedsam-host")
-        return _host_pool
 
 
 def sam_prompt_parts(image_size: int, embed_size: int) -> tuple[PromptEncoder, MaskDecoder]:
@@ -132,11 +113,10 @@ class LiteMedSAMSegmenter(Segmenter):
         """Write every slice into ``out`` (uninitialised buffers laid out as ``HOST_LAYOUT``), in threads
         for larger batches."""
         n = len(images)
-        if n < PARALLEL_MIN_SLICES or HOST_WORKERS < 2:
+        if n < PARALLEL_MIN_ITEMS or WORKERS < 2:
             self._fill_slices(images, range(n), out)
         else:
-            w = HOST_WORKERS
-            chunks = [range(k * n // w, (k + 1) * n // w) for k in range(w)]
+            chunks = [range(k * n // WORKERS, (k + 1) * n // WORKERS) for k in range(WORKERS)]
             list(host_pool().map(lambda idx: self._fill_slices(images, idx, out), chunks))  # list(): re-raise errors
         span = out["span"]  # holds max here
         np.clip(span - out["lo"], 1e-8, None, out=span)

@@ -111,6 +111,30 @@ def test_each_slice_is_encoded_once(head_run, litemedsam, ct, head, cache):
     assert cache.misses == 12 and cache.hits >= 12
 
 
+def test_walks_run_together_give_each_walk_its_own_masks(head_run, litemedsam, ct, head, cache, monkeypatch):
+    """Up and down walk in lockstep, one batched decoder call per round (issue 21's speed): each direction's
+    masks are those it gets walked alone, and the two share the rounds (from slice 6 of 12: 6 rounds, not 11)."""
+    original = type(litemedsam).predict_many
+    rounds: list[int] = []
+
+    def counted(self, embeddings, prompts, **kwargs):
+        rounds.append(len(embeddings))
+        return original(self, embeddings, prompts, **kwargs)
+
+    monkeypatch.setattr(type(litemedsam), "predict_many", counted)
+    both, _ = head_run
+    alone = {}
+    for d in ("up", "down"):
+        alone[d] = propagate(litemedsam, ct, START, Prompts(box=box_around(head[START], 5)), window=default_window(ct),
+                             cache=cache, directions=(d,)).masks
+    assert np.array_equal(both.masks[START + 1 :], alone["up"][START + 1 :])
+    assert np.array_equal(both.masks[:START], alone["down"][:START])
+    rounds.clear()
+    propagate(litemedsam, ct, START, Prompts(box=box_around(head[START], 5)), window=default_window(ct), cache=cache)
+    up, down = len(ct.array) - 1 - START, START  # 5 and 6 slices: 5 rounds of two, then one slice alone
+    assert rounds == [2] * min(up, down), rounds
+
+
 @pytest.mark.parametrize(
     "settings, slices, stopped",
     [

@@ -1,4 +1,4 @@
-"""LiteMedSAM's host preprocessing in threads (batches of PARALLEL_MIN_SLICES and more) and, on CUDA, through
+"""LiteMedSAM's host preprocessing in threads (batches of PARALLEL_MIN_ITEMS and more) and, on CUDA, through
 pinned memory with a non-blocking copy: the same bytes and the same embeddings as the serial, pageable path.
 
 Real slices of several sizes: CT 256 x 256 (no resize), MR 217 x 181 and Shepp-Logan 400 x 400 (resize and
@@ -40,11 +40,11 @@ def slices() -> list[np.ndarray]:
 @pytest.fixture()
 def two_workers(monkeypatch):
     """Threads even on a 1-core runner (2 at most: this machine's budget)."""
-    monkeypatch.setattr(lm, "HOST_WORKERS", 2)
+    monkeypatch.setattr(lm, "WORKERS", 2)
 
 
 def _serial(monkeypatch) -> None:
-    monkeypatch.setattr(lm, "PARALLEL_MIN_SLICES", 10**9)
+    monkeypatch.setattr(lm, "PARALLEL_MIN_ITEMS", 10**9)
 
 
 def test_threaded_host_inputs_equal_the_serial_ones_bit_for_bit(litemedsam, slices, two_workers, monkeypatch):
@@ -78,7 +78,7 @@ def test_host_inputs_follow_medsam_and_overwrite_every_byte(litemedsam, slices, 
 
 
 def test_embed_batch_is_unchanged_by_the_threads(litemedsam, slices, two_workers, monkeypatch):
-    monkeypatch.setattr(lm, "PARALLEL_MIN_SLICES", 2)  # two slices threaded: 4 CPU encodes, not 16
+    monkeypatch.setattr(lm, "PARALLEL_MIN_ITEMS", 2)  # two slices threaded: 4 CPU encodes, not 16
     batch = slices[:2]  # CT as is, MR resized and padded
     threaded = litemedsam.embed_batch(batch)
     _serial(monkeypatch)
