@@ -26,11 +26,15 @@ EMBEDDING_BYTES = 4 << 20  # one LiteMedSAM / SAM slice embedding (256 x 64 x 64
 
 
 def volume_key(volume: Volume) -> str:
-    """A content key of a volume: its voxels and geometry (two studies never share one by accident)."""
-    h = hashlib.blake2b(digest_size=16)
+    """A content key of a volume: its voxels and geometry (two studies never share one by accident).
+
+    SHA-256 over the voxel buffer itself (no copy): x86 and ARM hash it in hardware, 2.5x faster than the
+    earlier blake2b over a copy (a 300 x 512 x 512 CT: 0.18 s against 0.48 s here), and a propagation
+    hashed its volume twice (1.1 s of a 4.2 s walk on the H200, docs/benchmarks.md)."""
+    h = hashlib.sha256()
     h.update(str((volume.array.shape, str(volume.array.dtype), volume.spacing, volume.origin, volume.direction)).encode())
-    h.update(np.ascontiguousarray(volume.array).tobytes())
-    return h.hexdigest()
+    h.update(memoryview(np.ascontiguousarray(volume.array)).cast("B"))
+    return h.hexdigest()[:32]
 
 
 def window_key(window: Window | None) -> Hashable:

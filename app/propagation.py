@@ -191,9 +191,12 @@ def stop_reason(new: _Step, prev: _Step, settings: PropagationSettings) -> str |
 class _SliceSource:
     """Embeddings of one volume, encoded ``batch_size`` slices ahead of the walks."""
 
-    def __init__(self, segmenter: Segmenter, volume: Volume, window: Window | None, cache: EmbeddingCache, batch: int):
+    def __init__(
+        self, segmenter: Segmenter, volume: Volume, window: Window | None, cache: EmbeddingCache, batch: int,
+        vkey: str | None = None,
+    ):
         self.segmenter, self.volume, self.window, self.cache, self.batch = segmenter, volume, window, cache, batch
-        self.vkey = volume_key(volume)
+        self.vkey = vkey or volume_key(volume)
         self._ahead: dict[int, Embedding] = {}
 
     def get_many(self, upcoming: list[list[int]]) -> list[Embedding]:
@@ -301,6 +304,7 @@ def propagate_anchors(
     seed_steps: dict[int, _Step] | None = None,
     progress: ProgressFn | None = None,
     on_slice: SliceFn | None = None,
+    vkey: str | None = None,
 ) -> PropagationResult:
     """Keep every anchor (slice -> (H, W) bool mask) as given; recompute the rest.
 
@@ -309,6 +313,7 @@ def propagate_anchors(
     is on both anchors), blending the two walks by distance.
     seed_steps: the model's own result on an anchor (logits, score), when it has one; a drawn anchor
     gets :meth:`Segmenter.mask_prompt_from_mask` logits and the predicted IoU of the next slice.
+    vkey: the volume's :func:`~app.embedding_cache.volume_key`, when the caller has it (hashing a CT takes 0.2 s).
     """
     if not anchors:
         raise PromptError("no anchor: segment or draw the structure on at least one slice")
@@ -328,7 +333,7 @@ def propagate_anchors(
         if not np.asarray(anchors[k]).any():
             raise PromptError(f"anchor slice {k} is empty: draw the structure there or remove the anchor")
     cache = cache if cache is not None else EmbeddingCache(max_items=max(settings.batch_size * 2, 8))
-    source = _SliceSource(segmenter, volume, window, cache, settings.batch_size)
+    source = _SliceSource(segmenter, volume, window, cache, settings.batch_size, vkey)
     steps = dict(seed_steps or {})
     for k in ks:
         if k not in steps:
@@ -447,8 +452,9 @@ def propagate(
         )
     cache = cache if cache is not None else EmbeddingCache(max_items=max(settings.batch_size * 2, 8))
     seeds: dict[int, _Step] = {}
+    vkey = volume_key(volume)
     if prompts is not None:
-        emb = cache.embeddings(segmenter, volume, [k0], window, batch_size=settings.batch_size)[k0]
+        emb = cache.embeddings(segmenter, volume, [k0], window, vkey=vkey, batch_size=settings.batch_size)[k0]
         first = segmenter.predict(emb, prompts)
         # A box-only start is answered by the decoder the walk uses. Clicks or a mask go through the click model:
         # its IoU head is on another scale and its lone-point masks are small blobs, so such a start is no
@@ -472,7 +478,7 @@ def propagate(
     all_anchors[k0] = seed_mask
     result = propagate_anchors(
         segmenter, volume, all_anchors, window=window, cache=cache, settings=settings, beyond=directions,
-        seed_steps=seeds, progress=progress, on_slice=on_slice,
+        seed_steps=seeds, progress=progress, on_slice=on_slice, vkey=vkey,
     )
     result.start_slice = k0
     return result

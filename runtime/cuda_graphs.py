@@ -174,7 +174,8 @@ class GraphedDecoder:
     """``decode_prompts`` for one prompt set as one graph per (number of points, box, mask, multimask).
 
     Falls back to ``fallback`` (the plain ``decode_prompts``) where a graph would not compute the same
-    thing: an adapter's click refiner on the model, or an embedding with extras. At most ``max_graphs``
+    thing: prompts that a click refiner on the model answers (the shipped click model takes every point or
+    mask prompt; a box alone goes to the base decoder, graphed here), or an embedding with extras. At most ``max_graphs``
     graphs are kept (least recently used dropped first).
     """
 
@@ -221,7 +222,11 @@ class GraphedDecoder:
 
     def __call__(self, embedding: Embedding, prompts: Prompts, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.segmenter.model
-        if getattr(model, "click_refiner", None) is not None or embedding.extras:
+        refiner = getattr(model, "click_refiner", None)
+        refined = refiner is not None and not prompts.base_decoder and refiner.applies(
+            multimask_output, prompts.points is not None, prompts.mask_logits is not None
+        )  # the condition of Segmenter.decode_prompts
+        if refined or embedding.extras:
             return self.fallback(embedding, prompts, multimask_output)
         coords, labels, box, mask = self.segmenter.prompt_arrays(embedding, prompts)
         slots = point_slot_count(coords, box is not None)

@@ -33,19 +33,38 @@ def _prompt_sets(g) -> dict[str, Prompts]:
     }
 
 
-def test_static_decoder_equals_the_plain_prompt_encoder_and_decoder(litemedsam):
-    """The prompt encoder without boolean indexing + packed point buffers: bit-identical logits and IoU."""
+def test_static_decoder_equals_the_plain_prompt_encoder_and_decoder(litemedsam_base):
+    """The prompt encoder without boolean indexing + packed point buffers: bit-identical logits and IoU
+    (the base model: no click refiner, so every prompt kind goes through the static path)."""
     g = np.load(GOLDEN)
-    emb = litemedsam.embed(g["image"])
-    fast = tuned(litemedsam, precision="fp32", fuse=False, channels_last=False, cuda_graphs=True)
+    emb = litemedsam_base.embed(g["image"])
+    fast = tuned(litemedsam_base, precision="fp32", fuse=False, channels_last=False, cuda_graphs=True)
+    fast.decode_prompts.fallback = None  # the static path must answer every prompt here
     for name, prompts in _prompt_sets(g).items():
         for multimask in (False, True):
-            ref_logits, ref_iou = litemedsam.decode_prompts(emb, prompts, multimask)
+            ref_logits, ref_iou = litemedsam_base.decode_prompts(emb, prompts, multimask)
             logits, iou = fast.decode_prompts(emb, prompts, multimask)
             assert torch.equal(logits, ref_logits), (name, multimask)
             assert torch.equal(iou, ref_iou), (name, multimask)
     result = fast.predict(emb, _prompt_sets(g)["box"])
-    assert np.array_equal(result.masks, litemedsam.predict(emb, _prompt_sets(g)["box"]).masks)
+    assert np.array_equal(result.masks, litemedsam_base.predict(emb, _prompt_sets(g)["box"]).masks)
+
+
+def test_graphs_take_the_base_decoders_prompts_and_leave_the_click_model_its_own(litemedsam):
+    """With the shipped click model, a box alone (propagation's prompt) goes through the graphed base decoder,
+    and every point or mask prompt to the click model, as ``Segmenter.decode_prompts`` routes them. Before,
+    any refiner on the model sent every prompt to the eager fallback, so no graph ever ran for LiteMedSAM."""
+    g = np.load(GOLDEN)
+    emb = litemedsam.embed(g["image"])
+    fast = tuned(litemedsam, precision="fp32", fuse=False, channels_last=False, cuda_graphs=True)
+    eager = fast.decode_prompts.fallback
+    fell_back: list[str] = []
+    for name, prompts in _prompt_sets(g).items():
+        fast.decode_prompts.fallback = lambda e, p, m, name=name: fell_back.append(name) or eager(e, p, m)
+        logits, iou = fast.decode_prompts(emb, prompts, False)
+        ref_logits, ref_iou = litemedsam.decode_prompts(emb, prompts, False)
+        assert torch.equal(logits, ref_logits) and torch.equal(iou, ref_iou), name
+    assert fell_back == [n for n in _prompt_sets(g) if n != "box"]
 
 
 def test_graph_ready_embed_equals_embed_for_any_slice_shape(litemedsam):
