@@ -63,9 +63,10 @@ def main() -> int:
     p.add_argument("manifest", type=Path)
     p.add_argument("--clicks", type=int, default=3)
     p.add_argument("--model", default="litemedsam")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--output", type=Path)
     args = p.parse_args()
-    seg = load_segmenter(args.model)
+    seg = load_segmenter(args.model, device=args.device)
     specs, _ = read_manifest(args.manifest)
     loader = CaseLoader(args.manifest)
     rows = {k: [] for k in POLICIES}
