@@ -64,6 +64,10 @@ def plane_image(session: Session, view: str, index: int) -> np.ndarray:
     return to_rgb(np.ascontiguousarray(Plane.of(volume, view).extract(volume.array, index)), model_window(session))
 
 
+class BackgroundStopped(Exception):
+    """A user request came while background work held the model, and stopped it (:meth:`ModelRunner.background`)."""
+
+
 class ModelRunner:
     """The one door to the models: a lock so that one model call runs at a time.
 
@@ -94,6 +98,7 @@ class ModelRunner:
         self._waiting = 0
         self._last_user = 0.0
         self._count_lock = threading.Lock()
+        self._stop_background = None  # stops the background work in flight, while there is some
 
     def segmenter(self, name: str) -> Segmenter:
         """A registry model or an adapter (``app.model_catalog``), loaded once per process."""
@@ -108,6 +113,9 @@ class ModelRunner:
         """Hold the model for a user request."""
         with self._count_lock:
             self._waiting += 1
+            stop = self._stop_background
+        if stop is not None:
+            stop()  # a user never waits for a background encode to finish: it stops at its next node (ONNX)
         try:
             with contextlib.nullcontext() if self.batcher is not None else self._lock:
                 yield
@@ -131,6 +139,46 @@ class ModelRunner:
     def release_background_turn(self) -> None:
         self._lock.release()
         heap.trim()
+
+    @contextlib.contextmanager
+    def background(self) -> Iterator[bool]:
+        """Hold the model for background work: yields False when a user request needs it (do it later).
+
+        A user request that comes while the work runs stops the work's ONNX Runtime runs at their next node
+        (``runtime.onnx_backend.stoppable_runs``); the work then raises :class:`BackgroundStopped` here, and
+        the user's request takes the model at once instead of waiting for a whole slice encode (seconds on a
+        CPU). A torch encoder cannot be stopped midway: the request waits for it, as before."""
+        if not self.try_background_turn():
+            yield False
+            return
+        from runtime.onnx_backend import stoppable_runs
+
+        stopped = threading.Event()
+        try:
+            with stoppable_runs() as stop_runs:
+
+                def stop() -> None:
+                    stopped.set()
+                    stop_runs()
+
+                with self._count_lock:
+                    late = self._waiting > 0  # a request came between the turn and here: leave it the model
+                    if not late:
+                        self._stop_background = stop
+                if late:
+                    yield False
+                    return
+                try:
+                    yield True
+                except Exception as e:
+                    if stopped.is_set():
+                        raise BackgroundStopped("a user request came first") from e
+                    raise
+                finally:
+                    with self._count_lock:
+                        self._stop_background = None
+        finally:
+            self.release_background_turn()
 
     def embedding(self, session: Session, view: str, index: int) -> Embedding:
         """The plane's embedding from the session cache, encoding it on a miss (caller holds a turn)."""
@@ -229,13 +277,14 @@ class Prefetcher:
                 return
             if volume is not None and session.volume is not volume:
                 return  # another study was opened since the request
-            if self.runner.try_background_turn():
-                try:
-                    self.runner.embedding(session, view, index)
-                    self.done += 1
-                finally:
-                    self.runner.release_background_turn()
-                return
+            try:
+                with self.runner.background() as got:
+                    if got:
+                        self.runner.embedding(session, view, index)
+                        self.done += 1
+                        return
+            except BackgroundStopped:
+                pass  # a click came: try again once the user is idle
             self._stop.wait(0.05)
 
 

@@ -254,7 +254,7 @@ def encode_study(runner, session: Session, *, batch_size: int | None = None, sto
     held a click for four encodes, 20-40 s on a loaded 2-core machine); a GPU batches four."""
     if batch_size is None:
         batch_size = 1 if str(getattr(runner, "device", "cpu")).startswith("cpu") else 4
-    from app.interaction import model_window
+    from app.interaction import BackgroundStopped, model_window
     from app.render import acquisition_view
 
     volume = session.require_study()
@@ -275,17 +275,19 @@ def encode_study(runner, session: Session, *, batch_size: int | None = None, sto
             each = cache.nbytes // len(cache) if len(cache) else EMBEDDING_BYTES
             if study_bytes_held() + each * min(batch_size, len(todo)) > budget_bytes():
                 return  # the server-wide budget is full: encoding ahead is a nicety, not worth evicting for
-            if not runner.try_background_turn():
-                stop.wait(0.05)
-                continue
             try:
-                chunk, todo = todo[:batch_size], todo[batch_size:]
-                cache.embeddings(segmenter, volume, chunk, window, vkey=vkey, batch_size=batch_size)
+                with runner.background() as got:
+                    if not got:
+                        stop.wait(0.05)
+                        continue
+                    chunk = todo[:batch_size]
+                    cache.embeddings(segmenter, volume, chunk, window, vkey=vkey, batch_size=batch_size)
+                    todo = todo[batch_size:]
+            except BackgroundStopped:
+                continue  # a user request came: the chunk is done again when the user is idle
             except Exception:  # noqa: BLE001 - a background nicety must never take the server down
                 log.exception("study encoding failed")
                 return
-            finally:
-                runner.release_background_turn()
 
     thread = threading.Thread(target=work, name="medseg-encode-study", daemon=True)
     thread.start()

@@ -10,7 +10,10 @@ whatever the encoder's backend; a box alone goes through the ONNX decoder (the b
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +29,36 @@ def available_providers(device: str) -> list[str]:
     have = ort.get_available_providers()
     wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
     return [p for p in wanted if p in have]
+
+
+_stoppable = threading.local()
+
+
+@contextlib.contextmanager
+def stoppable_runs() -> Iterator[Callable[[], None]]:
+    """ONNX Runtime runs made by this thread inside the block can be stopped from another thread.
+
+    Yields ``stop``: the run in flight ends at its next node (ONNX Runtime checks ``RunOptions.terminate``
+    between nodes) and raises, as does every later run in the block. Why: on a CPU a slice encode takes
+    seconds, and a click that waited for a background encode (the neighbours' prefetch, the study's encode
+    for propagation) waited that long (issue 19: 1.7 s of a 2.3 s click, docs/ui.md)."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    _stoppable.options = options
+
+    def stop() -> None:
+        options.terminate = True
+
+    try:
+        yield stop
+    finally:
+        _stoppable.options = None
+
+
+def _run_options():
+    """This thread's stoppable RunOptions inside :func:`stoppable_runs`, else None (ONNX Runtime's default)."""
+    return getattr(_stoppable, "options", None)
 
 
 class OnnxSegmenter(Segmenter):
@@ -62,10 +95,10 @@ class OnnxSegmenter(Segmenter):
     def encode(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = batch.cpu().numpy().astype(np.float32)
         if self._one_per_call and len(images) != 1:
-            runs = [self.encoder.run(None, {"image": images[i : i + 1]})[0] for i in range(len(images))]
+            runs = [self.encoder.run(None, {"image": images[i : i + 1]}, _run_options())[0] for i in range(len(images))]
             features = np.concatenate(runs)
         else:
-            (features,) = self.encoder.run(None, {"image": images})
+            (features,) = self.encoder.run(None, {"image": images}, _run_options())
         return torch.from_numpy(features), {}
 
     def decode_prompts(
