@@ -2,7 +2,7 @@
 
     # CPU (2 cores): the fastest CPU backend
     .venv/bin/python benchmarks/bench_propagation.py --device cpu --backend onnx-int8-fast --json
-    # GPU: batched encoding through models/fast.py, fp32 and bf16, with the 3D Dice cost of the fast path
+    # GPU: batched encoding through runtime/fast.py, fp32 and bf16, with the 3D Dice cost of the fast path
     .venv/bin/python benchmarks/bench_propagation.py --device cuda --precision bf16 --batch 32 --dice-check --json
 
 The volume is the bundled CT head series (12 slices, 256 x 256) resampled to ``--slices`` x ``--size``
@@ -55,7 +55,7 @@ def big_ct(slices: int, size: int) -> Volume:
 def segmenter(args):
     seg = load_segmenter("litemedsam", device=args.device, backend=args.backend)
     if args.device == "cuda" and args.precision:
-        from models.fast import tuned
+        from runtime.fast import tuned
 
         seg = tuned(seg, precision=args.precision, compile=args.compile, cuda_graphs=args.cuda_graphs)
     return seg
@@ -118,10 +118,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--backend", default="torch", help="CPU: torch or onnx-int8-fast (the fastest); GPU: torch or torch-fp16 (the GPU default)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="GPU: models.fast.tuned encoder precision")
-    p.add_argument("--compile", action="store_true", help="GPU: torch.compile the encoder (models.fast.tuned)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="GPU: runtime.fast.tuned encoder precision")
+    p.add_argument("--compile", action="store_true", help="GPU: torch.compile the encoder (runtime.fast.tuned)")
     p.add_argument("--cuda-graphs", action="store_true",
-                   help="GPU: the decoder (and batch-1 encodes) replayed as CUDA graphs (models.fast.tuned)")
+                   help="GPU: the decoder (and batch-1 encodes) replayed as CUDA graphs (runtime.fast.tuned)")
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--slices-timed", type=int, default=None, help="time this many slices, extrapolate to --slices")

@@ -109,11 +109,11 @@ def preencode(ctx: AppContext, sids: list[str]) -> None:
 
 
 def run(device: str, window_ms: float, sessions: int, seconds: float, think: float, seed: int,
-        pre: bool = False) -> dict:
+        pre: bool = False, prefetch_radius: int = 0) -> dict:
     runner = ModelRunner(device, batch_window_ms=window_ms)
     runner.segmenter("litemedsam")  # loaded before the clock starts
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = AppContext(SessionStore(Path(tmp)), runner, Prefetcher(runner, radius=0))
+        ctx = AppContext(SessionStore(Path(tmp)), runner, Prefetcher(runner, radius=prefetch_radius))
         _instrument(runner, ctx)
         parts: dict[str, list[float]] = {p: [] for p in PARTS}
         sids = []
@@ -186,7 +186,7 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
     clicks = hits + misses
     return {
         "device": device, "batch_window_ms": window_ms, "sessions": sessions, "seconds": round(elapsed, 1),
-        "think_s": think, "preencoded": pre, "clicks": len(clicks), "clicks_per_s": round(len(clicks) / elapsed, 2),
+        "think_s": think, "preencoded": pre, "prefetch_radius": prefetch_radius, "clicks": len(clicks), "clicks_per_s": round(len(clicks) / elapsed, 2),
         "hit_clicks": len(hits), "hit_p50_ms": percentile(hits, 50), "hit_p95_ms": percentile(hits, 95),
         "miss_clicks": len(misses), "miss_p50_ms": percentile(misses, 50), "miss_p95_ms": percentile(misses, 95),
         "encode_p50_ms": percentile(warms, 50), "encode_p95_ms": percentile(warms, 95), "encodes": len(warms),
@@ -213,11 +213,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--preencode", action="store_true",
                     help="encode the CT's planes once before the clock, shared by every session (clicks only)")
+    ap.add_argument("--prefetch-radius", type=int, default=0,
+                    help="neighbouring planes encoded in the background after each prompt (the server's default: 1)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     rows = []
     for w in (float(v) for v in args.windows.split(",")):
-        rows.append(run(args.device, w, args.sessions, args.seconds, args.think, args.seed, args.preencode))
+        rows.append(run(args.device, w, args.sessions, args.seconds, args.think, args.seed, args.preencode,
+                        args.prefetch_radius))
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
