@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from monai.transforms import ScaleIntensityRange
 
 from data.volume import Volume
 
@@ -38,12 +37,23 @@ class Window:
         return cls(level - width / 2.0, level + width / 2.0, name)
 
     def apply(self, values: np.ndarray) -> np.ndarray:
-        """Any numeric array -> uint8 of the same shape."""
+        """Any numeric array -> uint8 of the same shape.
+
+        MONAI's ``ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0, b_max=255, clip=True)`` (float64 arithmetic,
+        a float32 result: its default ``dtype``), then rounded: the same IEEE operations in the same order, done
+        in place in numpy, so the bytes are MONAI's
+        (``tests/data/test_windowing_monai.py``) without its per-call tensor conversions, which held the GIL
+        for ~5 ms a slice and starved the GPU encoder's launches while a volume was windowed in threads."""
         if not self.hi > self.lo:
-            return np.zeros(values.shape, dtype=np.uint8)
-        scale = ScaleIntensityRange(a_min=self.lo, a_max=self.hi, b_min=0.0, b_max=255.0, clip=True)
-        scaled = np.asarray(scale(np.asarray(values, dtype=np.float64)), dtype=np.float64)
-        return np.round(scaled).astype(np.uint8)
+            return np.zeros(np.shape(values), dtype=np.uint8)
+        x = np.array(values, dtype=np.float64)  # a copy: the caller's voxels stay as they are
+        x -= self.lo
+        x /= self.hi - self.lo
+        x *= 255.0 - 0.0
+        x += 0.0
+        np.clip(x, 0.0, 255.0, out=x)
+        y = x.astype(np.float32)
+        return np.round(y, out=y).astype(np.uint8)
 
 
 def percentile_window(volume: Volume, lower: float = 0.5, upper: float = 99.5) -> Window:
