@@ -96,6 +96,7 @@ class Viewer {
   errorAt = -1  // userActs when the error shown appeared (-1: no error shown)
   statusHost: Element | null = null
   statusObserver: MutationObserver | null = null
+  pageStatuses: string[] = []  // the page's status line, each change in order, until the next poll shows them
   reviewKey = ''
   encodeAgain = false
   frameTimes: number[] = []
@@ -220,6 +221,9 @@ class Viewer {
   pollState(): void {
     this.watchPageStatus()
     this.readPageStatus()
+    for (const text of this.pageStatuses.splice(0)) {
+      if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text))
+    }
     const holder = document.querySelector('#viewer-state [data-state]') as HTMLElement | null
     const text = holder?.getAttribute('data-state') || ''
     if (!text || text === this.stateText) return
@@ -230,8 +234,8 @@ class Viewer {
     this.onState(s)
   }
 
-  /** Read the page's status line on every change, not only every 100 ms: an error followed within the
-   * poll's interval by another message was never seen. */
+  /** Note the page's status line on every change, not only every 100 ms: an error followed within the
+   * poll's interval by another message was never seen (the poll shows them in order, the error kept). */
   watchPageStatus(): void {
     const host = document.querySelector('#status')
     if (!host || host === this.statusHost) return
@@ -245,7 +249,7 @@ class Viewer {
     const pageStatus = (document.querySelector('#status [data-testid="markdown"]') as HTMLElement | null)?.innerText?.trim() ?? ''
     if (pageStatus === this.pageStatus) return
     this.pageStatus = pageStatus
-    if (pageStatus) (pageStatus.startsWith('⚠') ? this.showError(pageStatus.replace(/^⚠\s*/, '')) : this.showStatus(pageStatus))
+    this.pageStatuses.push(pageStatus)
   }
 
   onState(s: State): void {
