@@ -174,6 +174,25 @@ def build_app(config: UIConfig):
         outputs = [sid, viewer_state, label, label_name, colour, table, alternatives, facts, status,
                    model, window, level, width]
         at_status = outputs.index(status)
+        typed = [outputs.index(c) for c in (level, width, label_name, colour)]  # typed into, sent with Enter
+        given: dict[str | None, dict[int, Any]] = {}  # page (Gradio session hash) -> typed fields' last values sent
+
+        def page_key() -> str | None:
+            from gradio.context import LocalContext
+
+            return getattr(LocalContext.request.get(None), "session_hash", None)
+
+        def background(refresh: Callable[[], list[Any]]) -> list[Any]:
+            """Run a refresh the user did not ask for (the viewer's sync after its edits, the propagation
+            timer); it leaves a typed field alone unless the server's value changed since the page was last
+            given one: the user may be typing there. Issue 19: a sync that landed between typing width 0
+            and Enter put 400 back, so Enter sent 400 and no error was shown."""
+            before = dict(given.get(page_key(), {}))
+            result = refresh()
+            for i in typed:
+                if i in before and _same_value(result[i], before[i]):
+                    result[i] = gr.skip()
+            return result
 
         def only_status(message: str) -> list[Any]:
             """Outputs that change nothing but the status line (``message`` already escaped)."""
@@ -192,7 +211,7 @@ def build_app(config: UIConfig):
             except SessionError:
                 pass
             status = gr.skip() if vm.status is None else messages.for_markdown(vm.status, hide=[vm.session_id])
-            return [
+            result = [
                 vm.session_id,
                 state_html,
                 gr.update(choices=vm.labels, value=vm.active if vm.labels else None),
@@ -207,6 +226,8 @@ def build_app(config: UIConfig):
                 round(float(shown_window["level"]), 2),
                 round(float(shown_window["width"]), 2),
             ]
+            given[page_key()] = {i: result[i] for i in typed}
+            return result
 
         def guarded(action: Callable[..., ViewModel], *args) -> list[Any]:
             """Run an action; a user error becomes one warning toast and one status line in the viewer
@@ -245,7 +266,14 @@ def build_app(config: UIConfig):
             """Encode the shown plane ahead of the first click; only the status line shows it."""
             if s is None:
                 return gr.skip()
-            return guarded(controller.warm, s)[at_status]
+            key = page_key()
+            sent = given.get(key)
+            message = guarded(controller.warm, s)[at_status]
+            if sent is None:  # only the status line goes to the page: the typed fields it was given stay
+                given.pop(key, None)
+            else:
+                given[key] = sent
+            return message
 
         # --- session start / restore -------------------------------------------------------
         def on_load(request: gr.Request):
@@ -264,6 +292,7 @@ def build_app(config: UIConfig):
 
         def on_unload(request: gr.Request) -> None:
             ctx.store.release(getattr(request, "session_hash", "") or "")
+            given.pop(getattr(request, "session_hash", None), None)
 
         pacs.wire(pacs_panel, ctx, sid, outputs, status, guarded, warm, GPU)
 
@@ -301,7 +330,7 @@ def build_app(config: UIConfig):
         window.input(display, [sid, window, level, width], outputs, trigger_mode="always_last")
         for control in (level, width):
             control.submit(lambda s, lv, wd: display(s, "custom", lv, wd), [sid, level, width], outputs)
-        viewer_sync.click(lambda s: guarded(controller.refresh, s, None), [sid], outputs,
+        viewer_sync.click(lambda s: background(lambda: guarded(controller.refresh, s, None)), [sid], outputs,
                           trigger_mode="always_last", show_progress="hidden")
 
         # --- prompting (clicks, boxes and the brush live in the viewer) ------------------------
@@ -310,7 +339,7 @@ def build_app(config: UIConfig):
                 return [gr.skip()] * len(outputs)
             return guarded(controller.choose, s, int(str(choice).split()[0]) - 1)
 
-        _wire_propagation(ctx, propagate_btn, review_btns, sid, outputs, guarded)
+        _wire_propagation(ctx, propagate_btn, review_btns, sid, outputs, guarded, background)
         alternatives.input(on_choose, [sid, alternatives], outputs)
 
         def on_mask(s, file, model_prompt):
@@ -419,9 +448,11 @@ def _review_buttons() -> dict[str, Any]:
     return buttons
 
 
-def _wire_propagation(ctx: AppContext, button: Any, review_btns: dict[str, Any], sid: Any, outputs: list, guarded: Callable) -> None:
+def _wire_propagation(ctx: AppContext, button: Any, review_btns: dict[str, Any], sid: Any, outputs: list,
+                      guarded: Callable, background: Callable) -> None:
     """Propagate starts a background job and returns at once (the study stays visible and usable); a timer
-    polls its per-slice progress and shows the result when it lands. Review buttons call ``controller.review``."""
+    polls its per-slice progress and shows the result when it lands (a ``background`` refresh: what the
+    user is typing stays). Review buttons call ``controller.review``."""
     import gradio as gr
 
     timer = gr.Timer(1.0, active=False)
@@ -431,12 +462,22 @@ def _wire_propagation(ctx: AppContext, button: Any, review_btns: dict[str, Any],
 
     def on_tick(s):
         job = controller.propagation_job(ctx, s)
-        return guarded(controller.propagation_status, s) + [gr.Timer(active=bool(job and job.running))]
+        shown = background(lambda: guarded(controller.propagation_status, s))
+        return shown + [gr.Timer(active=bool(job and job.running))]
 
     button.click(on_propagate, [sid], outputs + [timer])
     timer.tick(on_tick, [sid], outputs + [timer], show_progress="hidden")
     for action, btn in review_btns.items():
         btn.click(lambda s, a=action: guarded(controller.review, s, a), [sid], outputs, show_progress="hidden")
+
+
+def _same_value(new: Any, old: Any) -> bool:
+    """Whether a field's new value is the one the page was given (numbers as the boxes round them)."""
+    if isinstance(new, dict) or new is None or old is None:  # an update or a skip: not a plain value
+        return False
+    if isinstance(new, (int, float)) and isinstance(old, (int, float)):
+        return round(float(new), 2) == round(float(old), 2)
+    return new == old
 
 
 def _no_download():

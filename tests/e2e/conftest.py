@@ -42,13 +42,14 @@ def _free_port() -> int:
 
 
 class Server:
-    """The running app: its URL and its on-disk session store (what the server holds).
+    """The running app: its URL, its on-disk session store (what the server holds) and its model runner
+    (a test that holds ``runner.turn()`` makes the server's model work wait).
 
     A click's full save runs after its answer (``SessionStore.save_edit``), so the files are read once
     the session's background save is done."""
 
-    def __init__(self, url: str, sessions: Path, store):
-        self.url, self.sessions, self.store = url, sessions, store
+    def __init__(self, url: str, sessions: Path, store, runner=None):
+        self.url, self.sessions, self.store, self.runner = url, sessions, store, runner
 
     def session_ids(self) -> set[str]:
         return {p.name for p in self.sessions.iterdir() if p.is_dir()}
@@ -70,7 +71,7 @@ def server(tmp_path_factory, litemedsam):
     with real_server_turn():
         port = _free_port()
         demo = launch("127.0.0.1", port, "litemedsam", "cpu", state_dir=state, prefetch_radius=0, prevent_thread_lock=True)
-        yield Server(f"http://127.0.0.1:{port}/", state / "sessions", demo.medseg_ctx.store)
+        yield Server(f"http://127.0.0.1:{port}/", state / "sessions", demo.medseg_ctx.store, demo.medseg_ctx.runner)
         demo.close()
 
 

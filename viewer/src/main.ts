@@ -92,6 +92,11 @@ class Viewer {
   viewTimer = 0
   encodeBusy = false
   statusSeq = 0  // bumped by every message shown: a late "Ready" never hides a newer one
+  userActs = 0  // the user's key and pointer presses anywhere on the page
+  errorAt = -1  // userActs when the error shown appeared (-1: no error shown)
+  statusHost: Element | null = null
+  statusObserver: MutationObserver | null = null
+  pageStatuses: string[] = []  // the page's status line, each change in order, until the next poll shows them
   reviewKey = ''
   encodeAgain = false
   frameTimes: number[] = []
@@ -188,6 +193,10 @@ class Viewer {
       },
     } as any)
     this.setTool('point')
+    // registered before the viewer's own key and mouse handlers: a press counts before its message shows
+    for (const type of ['pointerdown', 'keydown']) {
+      window.addEventListener(type, (e) => { if (e.isTrusted) this.userActs++ }, true)
+    }
     this.bindInput()
   }
 
@@ -210,10 +219,10 @@ class Viewer {
 
   // --- state from the Gradio page --------------------------------------------------------------
   pollState(): void {
-    const pageStatus = (document.querySelector('#status [data-testid="markdown"]') as HTMLElement | null)?.innerText?.trim() ?? ''
-    if (pageStatus !== this.pageStatus) {
-      this.pageStatus = pageStatus
-      if (pageStatus) (pageStatus.startsWith('⚠') ? this.showError(pageStatus.replace(/^⚠\s*/, '')) : this.showStatus(pageStatus))
+    this.watchPageStatus()
+    this.readPageStatus()
+    for (const text of this.pageStatuses.splice(0)) {
+      if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text))
     }
     const holder = document.querySelector('#viewer-state [data-state]') as HTMLElement | null
     const text = holder?.getAttribute('data-state') || ''
@@ -223,6 +232,24 @@ class Viewer {
     try { s = JSON.parse(text) } catch { return }
     this.state = s
     this.onState(s)
+  }
+
+  /** Note the page's status line on every change, not only every 100 ms: an error followed within the
+   * poll's interval by another message was never seen (the poll shows them in order, the error kept). */
+  watchPageStatus(): void {
+    const host = document.querySelector('#status')
+    if (!host || host === this.statusHost) return
+    this.statusObserver?.disconnect()
+    this.statusHost = host
+    this.statusObserver = new MutationObserver(() => this.readPageStatus())
+    this.statusObserver.observe(host, { childList: true, subtree: true, characterData: true })
+  }
+
+  readPageStatus(): void {
+    const pageStatus = (document.querySelector('#status [data-testid="markdown"]') as HTMLElement | null)?.innerText?.trim() ?? ''
+    if (pageStatus === this.pageStatus) return
+    this.pageStatus = pageStatus
+    this.pageStatuses.push(pageStatus)
   }
 
   onState(s: State): void {
@@ -853,7 +880,11 @@ class Viewer {
   }
 
   // --- messages ---------------------------------------------------------------------------------
+  /** A message replaces the one shown, except an error the user has not acted on since: a late answer,
+   * a background "Ready" or a propagation's progress never hides it (issue 19). */
   showStatus(text: string): void {
+    if (this.errorAt >= 0 && this.errorAt === this.userActs) return
+    this.errorAt = -1
     this.statusSeq += 1
     this.statusLine.textContent = text
     this.statusLine.classList.remove('mv-error')
@@ -868,6 +899,7 @@ class Viewer {
   }
 
   showError(text: string): void {
+    this.errorAt = this.userActs
     this.statusSeq += 1
     this.statusLine.textContent = `⚠ ${text}`
     this.statusLine.classList.add('mv-error')

@@ -1,0 +1,60 @@
+"""Refreshes the user did not ask for never undo what the user is typing (issue 19).
+
+The viewer asks the page to refresh after each of its edits (the hidden ``#viewer-sync`` button) and a
+timer refreshes it while a propagation runs. Both used to rewrite every field, Level and Width included:
+a sync that landed between typing width 0 and pressing Enter put 400 back, Enter sent 400, and the user
+saw no "window width must be positive" (the browser test failed in about 1 run of 4). The page's
+events are called here as Gradio calls them, without a browser.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from app import controller
+from app.ui import UIConfig, build_app
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    demo = build_app(UIConfig(sessions_root=tmp_path_factory.mktemp("sessions"), prefetch_radius=0))
+    by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+
+    def event(elem_id: str | None, name: str):
+        target = by_id[elem_id]._id if elem_id else None
+        for fn in demo.fns.values():
+            if any(t[1] == name and (target is None or t[0] == target) for t in fn.targets):
+                return fn
+        raise KeyError(f"no {name} event on {elem_id}")
+
+    sync = event("viewer-sync", "click")
+    at = {elem: [o._id for o in sync.outputs].index(by_id[elem]._id)
+          for elem in ("level", "width", "label-name", "label-colour")}
+    return demo, event, at
+
+
+@pytest.mark.parametrize("refresh", [("viewer-sync", "click"), (None, "tick")],
+                         ids=["viewer sync", "propagation timer"])
+def test_a_background_refresh_leaves_the_typed_fields_alone(page, refresh):
+    demo, event, at = page
+    ctx = demo.medseg_ctx
+    sid = controller.start(ctx, None).session_id
+    background = event(*refresh).fn
+    submit_width = event("width", "submit").fn
+
+    shown = submit_width(sid, 40, 400)  # the user's Enter in Width: the page is given the server's values
+    assert (shown[at["level"]], shown[at["width"]]) == (40, 400)
+    # nothing changed on the server: a refresh leaves Level, Width, the label's name and colour as the
+    # page has them (the user may have typed 0 there since)
+    again = background(sid)
+    for field in ("level", "width", "label-name", "label-colour"):
+        assert again[at[field]] == gr.skip(), f"a background refresh rewrote {field}: {again[at[field]]!r}"
+
+    # the server's window changed (the viewer's right-drag sends it): the next refresh shows it
+    controller.set_display(ctx, sid, "custom", 60, 523, 0.45, controller.MODES[0])
+    after = background(sid)
+    assert (after[at["level"]], after[at["width"]]) == (60, 523)
+    assert after[at["label-name"]] == gr.skip()
+    assert background(sid)[at["width"]] == gr.skip()  # and then it is left alone again
+
