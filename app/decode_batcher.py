@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
 
 from app.window_batcher import WindowBatcher
 from models.prompts import MaskResult, Prompts
-from models.segmenter import Embedding, Segmenter
+from models.segmenter import Embedding
 
 
 @dataclass
@@ -37,12 +36,7 @@ class DecodeBatcher(WindowBatcher[_Request]):
     """``predict(session, model, embedding, prompts, multimask)`` blocks until its batch has run."""
 
     thread_name = "medseg-decode-batcher"
-
-    def __init__(
-        self, load: Callable[[str], Segmenter], window_s: float = 0.004, max_batch: int = 32, autostart: bool = True
-    ):
-        super().__init__(window_s, max_batch, autostart)
-        self.load = load
+    default_max_batch = 32
 
     def predict(
         self, session: str, model: str, embedding: Embedding, prompts: Prompts, multimask: bool = False

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from app.window_batcher import WindowBatcher
-from models.segmenter import Embedding, Segmenter
+from models.segmenter import Embedding
 
 
 @dataclass
@@ -35,12 +34,6 @@ class EncodeBatcher(WindowBatcher[_Request]):
     """``embed(session, model, image)`` blocks until the request's batch has run (one worker thread)."""
 
     thread_name = "medseg-encode-batcher"
-
-    def __init__(
-        self, load: Callable[[str], Segmenter], window_s: float = 0.004, max_batch: int = 16, autostart: bool = True
-    ):
-        super().__init__(window_s, max_batch, autostart)
-        self.load = load
 
     def embed(self, session: str, model: str, image: np.ndarray) -> Embedding:
         return self.submit(session, model, image).result()

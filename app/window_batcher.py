@@ -7,8 +7,8 @@ each session per pass, the sessions served last going to the back of the line), 
 queued requests (an encode prefetch) never delays another session's request by more than one batch. One batch
 holds requests of one ``group`` only (the model, or the prompt's route): the longest-waiting session's.
 
-Subclasses say what a request is and how a batch runs (:meth:`run_batch`); ``app.encode_batcher`` batches
-slice encodes, ``app.decode_batcher`` prompt + mask decoder calls.
+Subclasses say what a request is and how a batch runs on the model ``load(name)`` returns (:meth:`run_batch`);
+``app.encode_batcher`` batches slice encodes, ``app.decode_batcher`` prompt + mask decoder calls.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ import collections
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Generic, Hashable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Hashable, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from models.segmenter import Segmenter
 
 
 class Request(Protocol):
@@ -34,13 +37,23 @@ R = TypeVar("R", bound=Request)
 
 
 class WindowBatcher(Generic[R]):
-    """``submit(request)`` queues a request; one worker thread takes batches (:meth:`take`) and runs them."""
+    """``submit_request(request)`` queues a request; one worker thread takes batches (:meth:`take`) and runs
+    them on the models ``load`` gives by name."""
 
     thread_name = "medseg-batcher"
+    default_max_batch = 16
 
-    def __init__(self, window_s: float = 0.004, max_batch: int = 16, autostart: bool = True):
+    def __init__(
+        self,
+        load: Callable[[str], Segmenter],
+        window_s: float = 0.004,
+        max_batch: int | None = None,
+        autostart: bool = True,
+    ):
+        max_batch = self.default_max_batch if max_batch is None else max_batch
         if window_s < 0 or max_batch < 1:
             raise ValueError(f"window_s must be >= 0 and max_batch >= 1, got {window_s} and {max_batch}")
+        self.load = load
         self.window_s = window_s
         self.max_batch = max_batch
         self._queues: collections.OrderedDict[str, collections.deque[R]] = collections.OrderedDict()

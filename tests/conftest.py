@@ -81,8 +81,11 @@ def real_server_turn() -> Iterator[None]:
     """Tests that drive a real server with the real model take turns across xdist workers.
 
     Two of them at once on CI's 2 cores (each server encoding slices for several tabs) starved a
-    browser click past a 240 s timeout; one at a time, each runs in under a minute."""
-    with open(Path(tempfile.gettempdir()) / "medseg-tests-real-server.lock", "w") as lock:
+    browser click past a 240 s timeout; one at a time, each runs in under a minute. The lock is this run's
+    (xdist's run id; the process's without xdist): another checkout's run on the same machine held a
+    machine-wide lock for minutes at a time (three set-ups of 192 to 264 s in one run)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+    with open(Path(tempfile.gettempdir()) / f"medseg-tests-real-server-{run}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

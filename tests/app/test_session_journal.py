@@ -36,6 +36,14 @@ def _open(store: SessionStore):
     return s
 
 
+def _paint_and_journal(store: SessionStore, session, value: int, rows: slice, **apply) -> Edit:
+    """What the controller does for a paint: apply it, then journal it before the answer goes out."""
+    edit = _paint(session, value, rows)
+    session.apply(edit, **apply)
+    store.save_edit(session, edit)
+    return edit
+
+
 def test_acknowledged_edits_survive_a_kill_before_the_background_save(tmp_path):
     store = _killed_store(tmp_path)
     s = _open(store)
@@ -43,13 +51,9 @@ def test_acknowledged_edits_survive_a_kill_before_the_background_save(tmp_path):
         if value == 2:
             s.add_label()
             store.save(s)  # a new label is a synchronous save (the controller's)
-        edit = _paint(s, value, rows)
-        s.apply(edit, kind="paint")
-        store.save_edit(s, edit)
+        _paint_and_journal(store, s, value, rows, kind="paint")
     s.view.index[s.view.view] -= 1
-    edit = _paint(s, 1, slice(50, 60))  # on another plane
-    s.apply(edit, kind="paint")
-    store.save_edit(s, edit)
+    _paint_and_journal(store, s, 1, slice(50, 60), kind="paint")  # on another plane
     with np.load(s.directory / "labels.npz") as z:
         # the label's synchronous save holds the first paint; no full save ran after: only the journal has the rest
         assert int((z["labels"] == 1).sum()) == 100 and not (z["labels"] == 2).any()
@@ -62,13 +66,9 @@ def test_acknowledged_edits_survive_a_kill_before_the_background_save(tmp_path):
 def test_an_edit_cut_mid_record_is_dropped_whole(tmp_path):
     store = _killed_store(tmp_path)
     s = _open(store)
-    first = _paint(s, 1, slice(10, 20))
-    s.apply(first)
-    store.save_edit(s, first)
+    _paint_and_journal(store, s, 1, slice(10, 20))
     after_first = s.labels.copy()
-    second = _paint(s, 1, slice(30, 40))
-    s.apply(second)
-    store.save_edit(s, second)
+    _paint_and_journal(store, s, 1, slice(30, 40))
     journal = s.directory / save_journal.JOURNAL
     journal.write_bytes(journal.read_bytes()[:-7])  # killed while appending the second (never acknowledged)
     restored = SessionStore(tmp_path, ttl_s=3600).get(s.id)
@@ -79,9 +79,7 @@ def test_the_background_save_writes_everything_and_empties_the_journal(tmp_path)
     store = SessionStore(tmp_path, ttl_s=3600)
     s = _open(store)
     for rows in (slice(10, 20), slice(30, 40)):
-        edit = _paint(s, 1, rows)
-        s.apply(edit)
-        store.save_edit(s, edit)
+        _paint_and_journal(store, s, 1, rows)
     assert store.flush(s.id, timeout=60)
     assert not (s.directory / save_journal.JOURNAL).exists()
     with np.load(s.directory / "labels.npz") as z:
@@ -92,9 +90,7 @@ def test_the_background_save_writes_everything_and_empties_the_journal(tmp_path)
 def test_a_full_save_after_an_undo_supersedes_the_journal_even_if_the_journal_outlives_it(tmp_path):
     store = _killed_store(tmp_path)
     s = _open(store)
-    edit = _paint(s, 1, slice(10, 20))
-    s.apply(edit)
-    store.save_edit(s, edit)
+    _paint_and_journal(store, s, 1, slice(10, 20))
     journal = (s.directory / save_journal.JOURNAL).read_bytes()
     s.undo()
     store.save(s)  # the undo's synchronous save covers record 1 and drops the journal
@@ -102,9 +98,7 @@ def test_a_full_save_after_an_undo_supersedes_the_journal_even_if_the_journal_ou
     (s.directory / save_journal.JOURNAL).write_bytes(journal)  # as if killed between state.json and the unlink
     restored = SessionStore(tmp_path, ttl_s=3600).get(s.id)
     assert not restored.labels.any()  # the undone paint does not come back
-    later = _paint(restored, 3, slice(70, 80))  # numbering goes on after the stale record: a new edit is replayed
-    restored.apply(later)
-    store2 = _killed_store(tmp_path)
-    store2.save_edit(restored, later)
+    # numbering goes on after the stale record: a new edit is replayed
+    _paint_and_journal(_killed_store(tmp_path), restored, 3, slice(70, 80))
     again = SessionStore(tmp_path, ttl_s=3600)
     assert int((again.get(s.id).labels == 3).sum()) == 100

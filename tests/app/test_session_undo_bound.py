@@ -47,13 +47,20 @@ def test_each_shared_array_is_counted_once_at_the_newest_step_that_holds_it():
     assert undo_nbytes([first]) == [packed[0] + shared_bytes] and undo_nbytes([]) == []
 
 
-def test_the_studies_left_longest_ago_give_their_history_up_first(volume, tmp_path, monkeypatch):
+@pytest.fixture
+def two_steps_on_a(volume, tmp_path, monkeypatch) -> Session:
+    """A session whose undo memory holds 3.5 noise edits, with two edits applied on study A."""
     step = sum(undo_nbytes([_noise_edit(0, 0)]))
     monkeypatch.setattr(session_module, "MAX_UNDO_BYTES", int(3.5 * step))
     s = Session(id="0" * 32, directory=tmp_path)
     s.start_study(volume, "a", "A")
     s.apply(_noise_edit(0, 1))
     s.apply(_noise_edit(1, 2))
+    return s
+
+
+def test_the_studies_left_longest_ago_give_their_history_up_first(volume, two_steps_on_a):
+    s = two_steps_on_a
     s.undo()  # study A keeps one undo and one redo step
     s.start_study(volume, "c", "C")
     s.apply(_noise_edit(0, 3))
@@ -70,13 +77,8 @@ def test_the_studies_left_longest_ago_give_their_history_up_first(volume, tmp_pa
     assert len(s.undo_stack) == 3
 
 
-def test_a_kept_study_within_the_bound_keeps_its_history(volume, tmp_path, monkeypatch):
-    step = sum(undo_nbytes([_noise_edit(0, 0)]))
-    monkeypatch.setattr(session_module, "MAX_UNDO_BYTES", int(3.5 * step))
-    s = Session(id="0" * 32, directory=tmp_path)
-    s.start_study(volume, "a", "A")
-    s.apply(_noise_edit(0, 1))
-    s.apply(_noise_edit(1, 2))
+def test_a_kept_study_within_the_bound_keeps_its_history(volume, two_steps_on_a):
+    s = two_steps_on_a
     s.start_study(volume, "b", "B")
     s.apply(_noise_edit(0, 3))  # 1 + 2 = 3 steps: A keeps both
     assert len(s.stashed[session_module.study_key("a")]["undo"]) == 2

@@ -87,6 +87,11 @@ def test_png_manifest_with_attributes(tmp_path):
 ROW = ["a", "img.png", "lab.png"]
 
 
+def _with(**columns: str) -> tuple[list[str], list[str]]:
+    """The header and the row of a case with these optional columns."""
+    return ["case_id", "image", "label", *columns], [*ROW, *columns.values()]
+
+
 @pytest.mark.parametrize(
     "header,row,message",
     [
@@ -96,30 +101,18 @@ ROW = ["a", "img.png", "lab.png"]
          ": missing column(s) case_id, image, label; a manifest needs case_id, image, label (found: site)"),
         (["case_id", "image", "label"], ["", "img.png", "lab.png"],
          " line 2, column 'case_id': empty; every case needs case_id, image, label"),
-        (["case_id", "image", "label", "slice_index"], [*ROW, "1.5"],
-         " line 2, column 'slice_index': '1.5' is not a slice index >= 0"),
-        (["case_id", "image", "label", "slice_index"], [*ROW, "-1"],
-         " line 2, column 'slice_index': '-1' is not a slice index >= 0"),
-        (["case_id", "image", "label", "slice_index"], [*ROW, "abc"],
-         " line 2, column 'slice_index': 'abc' is not a number"),
-        (["case_id", "image", "label", "slice_index"], [*ROW, "nan"],
-         " line 2, column 'slice_index': 'nan' is not a finite number"),
-        (["case_id", "image", "label", "transform"], [*ROW, "flip"],
-         " line 2, column 'transform': 'flip' is unknown; use T, rot90 or leave empty"),
-        (["case_id", "image", "label", "norm_lo"], [*ROW, "0"],
-         " line 2, column 'norm_hi': give both norm_lo and norm_hi"),
-        (["case_id", "image", "label", "norm_lo", "norm_hi"], [*ROW, "", "9"],
-         " line 2, column 'norm_lo': give both norm_lo and norm_hi"),
-        (["case_id", "image", "label", "norm_lo", "norm_hi"], [*ROW, "x", "9"],
-         " line 2, column 'norm_lo': 'x' is not a number"),
-        (["case_id", "image", "label", "norm_lo", "norm_hi"], [*ROW, "0", "inf"],
-         " line 2, column 'norm_hi': 'inf' is not a finite number"),
-        (["case_id", "image", "label", "norm_lo", "norm_hi"], [*ROW, "5", "5"],
-         " line 2, column 'norm_hi': norm_hi 5 must be above norm_lo 5"),
-        (["case_id", "image", "label", "label_values"], [*ROW, "1|x"],
-         " line 2, column 'label_values': 'x' is not a number"),
-        (["case_id", "image", "label", "label_values"], [*ROW, " | "],
-         " line 2, column 'label_values': no values in '|'"),
+        (*_with(slice_index="1.5"), " line 2, column 'slice_index': '1.5' is not a slice index >= 0"),
+        (*_with(slice_index="-1"), " line 2, column 'slice_index': '-1' is not a slice index >= 0"),
+        (*_with(slice_index="abc"), " line 2, column 'slice_index': 'abc' is not a number"),
+        (*_with(slice_index="nan"), " line 2, column 'slice_index': 'nan' is not a finite number"),
+        (*_with(transform="flip"), " line 2, column 'transform': 'flip' is unknown; use T, rot90 or leave empty"),
+        (*_with(norm_lo="0"), " line 2, column 'norm_hi': give both norm_lo and norm_hi"),
+        (*_with(norm_lo="", norm_hi="9"), " line 2, column 'norm_lo': give both norm_lo and norm_hi"),
+        (*_with(norm_lo="x", norm_hi="9"), " line 2, column 'norm_lo': 'x' is not a number"),
+        (*_with(norm_lo="0", norm_hi="inf"), " line 2, column 'norm_hi': 'inf' is not a finite number"),
+        (*_with(norm_lo="5", norm_hi="5"), " line 2, column 'norm_hi': norm_hi 5 must be above norm_lo 5"),
+        (*_with(label_values="1|x"), " line 2, column 'label_values': 'x' is not a number"),
+        (*_with(label_values=" | "), " line 2, column 'label_values': no values in '|'"),
     ],
 )
 def test_bad_rows_name_line_and_column(tmp_path, header, row, message):
@@ -134,26 +127,6 @@ def test_duplicate_case_ids_are_refused(tmp_path):
     with pytest.raises(ManifestError, match=f"^{re.escape(f'{m} line 3, column ')}'case_id': 'a' repeats line 2; "
                                             "ids must be unique$"):
         read_manifest(m)
-
-
-@pytest.mark.parametrize(
-    "slice_index,image,match",
-    [
-        ("", "mr_t1_colin27_slabA_image.nii.gz", "is 3D \\(32 slices\\); give slice_index"),
-        ("40", "mr_t1_colin27_slabA_image.nii.gz", "40 is out of range"),
-        ("1", "missing.nii.gz", "column 'image'.*no such file"),
-    ],
-)
-def test_load_errors_name_the_row(tmp_path, slice_index, image, match):
-    # absolute paths are kept as they are (relative ones are taken from the manifest's folder)
-    m = _write_manifest(
-        tmp_path,
-        ["case_id", "image", "label", "slice_index"],
-        [["a", str(DATA / image), str(DATA / "mr_t1_colin27_slabA_label.nii.gz"), slice_index]],
-    )
-    cases, _ = read_manifest(m)
-    with pytest.raises(ManifestError, match=match):
-        CaseLoader(m).load(cases[0])
 
 
 def _exactly(message: str):
@@ -213,13 +186,15 @@ def test_the_manifest_window_and_grey_rgb_labels_are_used(tmp_path):
     assert np.array_equal(case.gt, lab != 0)
 
 
-def test_colour_and_mismatched_labels_name_the_row(tmp_path):
+def test_colour_mismatched_or_missing_files_name_the_row(tmp_path):
     img, lab = _png_pair(tmp_path)
     colour = np.stack([lab, lab, lab * 0 + 3], axis=-1)
     Image.fromarray(colour).save(tmp_path / "colour.png")
     Image.fromarray(lab[:20]).save(tmp_path / "short.png")
+    nowhere = tmp_path / "elsewhere" / "gone.nii.gz"  # an absolute path is taken as it is
     m = _write_manifest(tmp_path, ["case_id", "image", "label"],
-                        [["a", "img.png", "colour.png"], ["b", "img.png", "short.png"], ["c", "img.png", "gone.png"]])
+                        [["a", "img.png", "colour.png"], ["b", "img.png", "short.png"], ["c", "img.png", "gone.png"],
+                         ["d", str(nowhere), "lab.png"]])
     cases, _ = read_manifest(m)
     loader = CaseLoader(m)
     with _exactly(f"{m} line 2, column 'label': a colour label image; expected grey levels"):
@@ -230,6 +205,10 @@ def test_colour_and_mismatched_labels_name_the_row(tmp_path):
         read_study(tmp_path / "gone.png")
     with _exactly(f"{m} line 4, column 'label': {read_error.value}"):
         loader.load(cases[2])
+    with pytest.raises(StudyError) as read_error:
+        read_study(nowhere)
+    with _exactly(f"{m} line 5, column 'image': {read_error.value}"):
+        loader.load(cases[3])
 
 
 def test_slice_index_bounds_for_image_and_label(tmp_path):

@@ -44,6 +44,19 @@ def models():
     return load_segmenter("litemedsam"), load_segmenter("litemedsam-base")
 
 
+@pytest.fixture(scope="module")
+def embed(cases):
+    """``embed(segmenter, case_id)``: each model's own embedding of each case, encoded once for the module."""
+    done = {}
+
+    def embedding(seg, cid):
+        if (seg.name, cid) not in done:
+            done[seg.name, cid] = seg.embed(cases[cid].image)
+        return done[seg.name, cid]
+
+    return embedding
+
+
 def test_litemedsam_carries_the_click_model_and_the_switch_gives_the_base(models):
     click, base = models
     assert click.name == "litemedsam" and base.name == "litemedsam-base"
@@ -61,11 +74,11 @@ def test_litemedsam_carries_the_click_model_and_the_switch_gives_the_base(models
     assert model_name(Args) == "litemedsam"
 
 
-def test_box_prompts_are_bit_identical_to_the_base_model(models, cases):
+def test_box_prompts_are_bit_identical_to_the_base_model(models, cases, embed):
     click, base = models
     for cid in BOX_CASES:
         case = cases[cid]
-        e1, e2 = click.embed(case.image), base.embed(case.image)
+        e1, e2 = embed(click, cid), embed(base, cid)
         assert torch.equal(e1.features, e2.features)
         for margin, jitter in ((5, 0), (0, 3), (10, 3)):
             box = box_from_mask(case.gt, margin, jitter=jitter, rng=np.random.default_rng(1))
@@ -75,10 +88,10 @@ def test_box_prompts_are_bit_identical_to_the_base_model(models, cases):
             assert np.array_equal(r1.scores, r2.scores), cid
 
 
-def test_clicks_masks_and_lone_points_go_to_the_refiner(models, cases):
+def test_clicks_masks_and_lone_points_go_to_the_refiner(models, cases, embed):
     click, base = models
     case = cases["ct_head_0051_slabA_head_k009"]
-    e1, e2 = click.embed(case.image), base.embed(case.image)
+    e1, e2 = embed(click, case.spec.case_id), embed(base, case.spec.case_id)
     box = box_from_mask(case.gt, 5)
     first = base.predict(e2, Prompts(box=box))
     neighbour = Prompts(box=box, mask_logits=first.best_logits)  # what 3D propagation passes on
@@ -128,7 +141,7 @@ def test_adapter_json_records_every_training_volume_and_the_weights_digest():
     assert json.loads((CLICK_MODEL_DIR / META_FILE).read_text()) == meta
 
 
-def test_clicks_raise_dice_on_structures_never_trained_on(models, cases):
+def test_clicks_raise_dice_on_structures_never_trained_on(models, cases, embed):
     click, base = models
     protocol = parse_protocol("box+clicks:2")
     curves = {}
@@ -136,7 +149,7 @@ def test_clicks_raise_dice_on_structures_never_trained_on(models, cases):
         rows = []
         for cid in GAIN_CASES:
             case = cases[cid]
-            emb = seg.embed(case.image)
+            emb = embed(seg, cid)
             steps = simulate(lambda p, mm: seg.predict(emb, p, multimask_output=mm), case.gt, protocol,
                              margin=5, rng=case_rng(0, cid))
             rows.append([2 * (s.mask & case.gt).sum() / (s.mask.sum() + case.gt.sum()) for s in steps])
@@ -158,11 +171,11 @@ def test_training_script_seeds_cases_like_the_evaluation():
     assert zlib.crc32(b"x")  # the seed is the crc32 of the case id in both
 
 
-def test_batched_training_decoder_matches_sams_decoder(models, cases):
+def test_batched_training_decoder_matches_sams_decoder(models, embed):
     from models.batched_decode import decode_batched
 
     _, base = models
-    feats = torch.cat([base.embed(cases[c].image).features for c in GAIN_CASES[:2]])
+    feats = torch.cat([embed(base, c).features for c in GAIN_CASES[:2]])
     boxes = torch.tensor([[30.0, 20.0, 200.0, 220.0], [60.0, 40.0, 180.0, 200.0]])
     with torch.no_grad():
         low, iou = decode_batched(base.model.prompt_encoder, base.model.mask_decoder, feats, None, boxes, None)

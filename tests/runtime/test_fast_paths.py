@@ -39,11 +39,29 @@ def test_sdpa_attention_matches_segment_anything_in_fp32():
         np.testing.assert_allclose(fast(x).numpy(), reference(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_bf16_encoder_keeps_the_box_mask(litemedsam):
-    """bf16 autocast changes the embedding a little, the mask barely (real weights, real slice)."""
-    g = np.load(PARITY / "litemedsam_real" / "golden.npz")
+@pytest.fixture(scope="module")
+def golden():
+    return dict(np.load(PARITY / "litemedsam_real" / "golden.npz"))
+
+
+@pytest.fixture(scope="module")
+def fp32_embedding(litemedsam, golden):
+    """The default (fp32) embedding of the parity slice: the reference of every encoder path below, encoded once."""
+    return litemedsam.embed(golden["image"])
+
+
+@pytest.fixture(scope="module")
+def bf16_erf(litemedsam, golden):
+    """``tuned(precision="bf16")`` and its embedding of the parity slice (bf16 on a CPU is slow: encoded once)."""
     fast = tuned(litemedsam, precision="bf16")
-    a, b = litemedsam.embed(g["image"]), fast.embed(g["image"])
+    return fast, fast.embed(golden["image"])
+
+
+def test_bf16_encoder_keeps_the_box_mask(litemedsam, golden, fp32_embedding, bf16_erf):
+    """bf16 autocast changes the embedding a little, the mask barely (real weights, real slice)."""
+    g = golden
+    fast, b = bf16_erf
+    a = fp32_embedding
     assert b.features.dtype == torch.float32
     rel = (a.features - b.features).norm() / a.features.norm()
     assert 1e-4 < rel < 0.15  # bf16 was really used (CPU autocast: ~8 % relative), and stays close
@@ -93,10 +111,10 @@ def test_decomposed_convolutions_compute_the_same_layer(conv):
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
 
 
-def test_decomposed_litemedsam_encoder_keeps_the_embedding(litemedsam):
+def test_decomposed_litemedsam_encoder_keeps_the_embedding(litemedsam, golden, fp32_embedding):
     """The compiled GPU path's rewrite, run eagerly on the CPU: same embedding within fp32 rounding."""
-    image = np.load(PARITY / "litemedsam_real" / "golden.npz")["image"]  # (300, 400, 3) uint8
-    ref = litemedsam.embed(image).features
+    image = golden["image"]  # (300, 400, 3) uint8
+    ref = fp32_embedding.features
     fast = tuned(litemedsam, precision="fp32", decompose=True, channels_last=True).embed(image).features
     assert (fast - ref).abs().max().item() < 2e-5  # measured 3.4e-6 (embedding values up to ~0.6)
 
@@ -133,7 +151,7 @@ def test_window_attention_variants_compute_the_same_attention(impl):
 
 
 @pytest.mark.parametrize("impl", ["math", "flash"])
-def test_tuned_window_attention_keeps_the_litemedsam_embedding(litemedsam, impl):
+def test_tuned_window_attention_keeps_the_litemedsam_embedding(litemedsam, golden, fp32_embedding, impl):
     """Real weights, real slice, fp32: the 4 short-window blocks (stages 1 and 3) switched, stage 2's
     14x14 windows left on SDPA, the embedding within fp32 rounding of the default (measured 3.8e-6)."""
     from runtime.fast import set_window_attention
@@ -142,9 +160,8 @@ def test_tuned_window_attention_keeps_the_litemedsam_embedding(litemedsam, impl)
     encoder = copy.deepcopy(litemedsam.model.image_encoder)
     assert set_window_attention(encoder, impl) == 4
     assert sorted(m.impl for m in encoder.modules() if isinstance(m, Attention)) == [impl] * 4 + ["sdpa"] * 6
-    image = np.load(PARITY / "litemedsam_real" / "golden.npz")["image"]
-    ref = litemedsam.embed(image).features
-    fast = tuned(litemedsam, precision="fp32", attention=impl).embed(image).features
+    ref = fp32_embedding.features
+    fast = tuned(litemedsam, precision="fp32", attention=impl).embed(golden["image"]).features
     assert (fast - ref).abs().max().item() < 2e-5
     assert all(m.impl == "sdpa" for m in litemedsam.model.modules() if isinstance(m, Attention))  # original untouched
 
@@ -220,7 +237,7 @@ def test_linear_gelu_is_the_linear_layer_and_the_tanh_gelu():
     assert torch.ops.medseg.linear_gelu.default in calls or torch.ops.medseg.linear_gelu in calls
 
 
-def test_tanh_gelu_keeps_the_litemedsam_box_mask(litemedsam):
+def test_tanh_gelu_keeps_the_litemedsam_box_mask(litemedsam, golden, bf16_erf):
     """tuned(gelu="tanh"): every GELU of the encoder copy in the tanh form (10 MLPs as one GEMM each),
     the mask of the parity box as from the bf16 erf path; bf16 only."""
     from runtime.fast import use_tanh_gelu
@@ -231,9 +248,9 @@ def test_tanh_gelu_keeps_the_litemedsam_box_mask(litemedsam):
     gelus = [m for m in encoder.modules() if isinstance(m, torch.nn.GELU)]
     assert sum(isinstance(m, LinearGELU) for m in encoder.modules()) == 10
     assert gelus and all(m.approximate == "tanh" for m in gelus) and changed == 10 + len(gelus)
-    g = np.load(PARITY / "litemedsam_real" / "golden.npz")
-    erf, tanh = tuned(litemedsam, precision="bf16"), tuned(litemedsam, precision="bf16", gelu="tanh")
-    a, b = erf.embed(g["image"]), tanh.embed(g["image"])
+    g = golden
+    (erf, a), tanh = bf16_erf, tuned(litemedsam, precision="bf16", gelu="tanh")
+    b = tanh.embed(g["image"])
     assert not a.features.equal(b.features)
     m1 = erf.predict(a, Prompts(box=g["box__box"])).best_mask
     m2 = tanh.predict(b, Prompts(box=g["box__box"])).best_mask

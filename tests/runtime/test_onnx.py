@@ -99,24 +99,42 @@ def _manifest_cases(step: int):
     return [loader.load(s) for s in specs[::step]]
 
 
-def test_int8_backend_keeps_the_box_dice_on_real_slices(litemedsam, onnx_int8):
+@pytest.fixture(scope="module")
+def fp32_boxes(litemedsam) -> list[tuple]:
+    """Every 10th shared slice (MR thalamus, caudate, putamen; CT head; phantom) with its GT box + 5 px and
+    fp32 torch's embedding and box Dice there: the reference of each int8 backend, computed once."""
+    from evaluation.clicks import box_from_mask
+
+    rows = []
+    for case in _manifest_cases(10):
+        box = box_from_mask(case.gt, 5)
+        embedding = litemedsam.embed(case.image)
+        rows.append((case, box, embedding, _box_dice(litemedsam, embedding, box, case.gt)))
+    return rows
+
+
+def _box_dice(seg, embedding, box, gt) -> float:
+    m = seg.predict(embedding, Prompts(box=box)).best_mask
+    return 2 * (m & gt).sum() / (m.sum() + gt.sum())
+
+
+def _int8_against_fp32(backend, fp32_boxes) -> tuple[list[float], list[float]]:
+    """Per slice: the relative L2 of ``backend``'s embedding to fp32's, and its box Dice minus fp32's."""
+    rel, changes = [], []
+    for case, box, a, dice in fp32_boxes:
+        b = backend.embed(case.image)
+        rel.append(float((a.features - b.features).norm() / a.features.norm()))
+        changes.append(_box_dice(backend, b, box, case.gt) - dice)
+    return rel, changes
+
+
+def test_int8_backend_keeps_the_box_dice_on_real_slices(fp32_boxes, onnx_int8):
     """Every 10th shared slice (MR thalamus, caudate, putamen; CT head; phantom), GT box + 5 px.
 
     Measured on all 42 slices: embedding relative L2 0.048-0.059, Dice change per case at most
     0.040 (mean 0.6477 vs 0.6474); on these 5: at most 0.031.
     """
-    from evaluation.clicks import box_from_mask
-
-    changes, rel = [], []
-    for case in _manifest_cases(10):
-        box = box_from_mask(case.gt, 5)
-        a, b = litemedsam.embed(case.image), onnx_int8.embed(case.image)
-        rel.append(float((a.features - b.features).norm() / a.features.norm()))
-        d = []
-        for seg, emb in ((litemedsam, a), (onnx_int8, b)):
-            m = seg.predict(emb, Prompts(box=box)).best_mask
-            d.append(2 * (m & case.gt).sum() / (m.sum() + case.gt.sum()))
-        changes.append(d[1] - d[0])
+    rel, changes = _int8_against_fp32(onnx_int8, fp32_boxes)
     assert all(0.02 < r < 0.08 for r in rel), rel  # int8 really ran, and stayed close to fp32
     # No case loses more than 0.05; gains are not harm, but a big shift either way means different arithmetic.
     # On an AVX2-only EPYC (uint8 weights, runtime.onnx_quant.int8_dot_saturates) one phantom case gained 0.054.
@@ -257,21 +275,10 @@ def test_int8_fast_backend_quantizes_every_weight_matmul_once(onnx_int8_fast, on
     _assert_reload_keeps_the_file(path, "onnx-int8-fast")
 
 
-def test_int8_fast_backend_keeps_the_box_dice_on_real_slices(litemedsam, onnx_int8_fast):
+def test_int8_fast_backend_keeps_the_box_dice_on_real_slices(fp32_boxes, onnx_int8_fast):
     """Every 10th shared slice, GT box + 5 px. On all 42 (`medseg eval ... --backend onnx-int8-fast`):
     mean box Dice 0.6443 vs 0.6473 for fp32 torch (-0.0031), largest change of one case 0.104."""
-    from evaluation.clicks import box_from_mask
-
-    changes, rel = [], []
-    for case in _manifest_cases(10):
-        box = box_from_mask(case.gt, 5)
-        a, b = litemedsam.embed(case.image), onnx_int8_fast.embed(case.image)
-        rel.append(float((a.features - b.features).norm() / a.features.norm()))
-        d = []
-        for seg, emb in ((litemedsam, a), (onnx_int8_fast, b)):
-            m = seg.predict(emb, Prompts(box=box)).best_mask
-            d.append(2 * (m & case.gt).sum() / (m.sum() + case.gt.sum()))
-        changes.append(d[1] - d[0])
+    rel, changes = _int8_against_fp32(onnx_int8_fast, fp32_boxes)
     # measured: relative L2 0.075-0.082; Dice changes -0.047 to +0.010
     assert all(0.02 < r < 0.12 for r in rel), rel  # int8 really ran, and stayed close to fp32
     # On an AVX2-only EPYC (uint8 weights) one phantom case gained 0.077; losses stay under 0.06.
