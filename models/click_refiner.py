@@ -28,9 +28,13 @@ training starts rather than something it must learn.)
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from models.prompts import Prompts
 
 ATTRIBUTE = "click_refiner"  # where inject() puts it on the model; the state-dict prefix too
 SCOPES = ("corrective", "prompts")  # corrective clicks only (adapters), or every point/mask prompt (the click model)
@@ -87,3 +91,17 @@ class ClickRefiner(nn.Module):
         if masks is None:
             return correction.float(), iou
         return masks.float() + correction.float(), iou
+
+
+def refiner_for(model: nn.Module | None, prompts: Prompts, multimask_output: bool) -> ClickRefiner | None:
+    """The click refiner on ``model`` that answers ``prompts``, or None: the model's own decoder does.
+
+    The one routing rule behind ``Segmenter.decode_prompts``, the batched decoder (``models.decode_many``) and
+    the backends that replace the decoder (ONNX, CUDA graphs): a box alone, or a prompt marked
+    ``base_decoder``, never reaches a refiner, so box masks stay the base model's bit for bit."""
+    refiner = getattr(model, ATTRIBUTE, None)
+    if refiner is not None and not prompts.base_decoder and refiner.applies(
+        multimask_output, prompts.points is not None, prompts.mask_logits is not None
+    ):
+        return refiner
+    return None

@@ -23,6 +23,7 @@ import torch
 
 from models import point_prompts
 from models.batched_decode import decode_batched, refine_batched
+from models.click_refiner import refiner_for
 from models.prompts import MaskResult, Prompts
 
 if TYPE_CHECKING:
@@ -38,12 +39,7 @@ def _owner(segmenter: "Segmenter") -> "Segmenter":
 
 def _refiner(segmenter: "Segmenter", prompts: Prompts, multimask_output: bool):
     """The click refiner that answers these prompts in ``decode_prompts``, or None (the base decoder)."""
-    refiner = getattr(getattr(_owner(segmenter), "model", None), "click_refiner", None)
-    if refiner is not None and not prompts.base_decoder and refiner.applies(
-        multimask_output, prompts.points is not None, prompts.mask_logits is not None
-    ):
-        return refiner
-    return None
+    return refiner_for(getattr(_owner(segmenter), "model", None), prompts, multimask_output)
 
 
 def _group(segmenter: "Segmenter", embedding: "Embedding", prompts: Prompts, multimask_output: bool) -> Hashable:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from models import decode_many
+from models.click_refiner import refiner_for
 from models.geometry import LongestSide, Stretch, low_res_to_input_frame
 from models.prompts import MaskResult, PromptError, Prompts
 
@@ -171,10 +172,8 @@ class Segmenter:
         clicks; for the click model every point or mask prompt); a box alone always goes through
         the model's own decoder, so box masks are the base model's bit for bit.
         """
-        refiner = getattr(self.model, "click_refiner", None)
-        if refiner is not None and not prompts.base_decoder and refiner.applies(
-            multimask_output, prompts.points is not None, prompts.mask_logits is not None
-        ):
+        refiner = refiner_for(self.model, prompts, multimask_output)
+        if refiner is not None:
             points, boxes, masks = self.prompt_tensors(embedding, prompts)
             low, iou = refiner(embedding.features, points, boxes, masks)
             if multimask_output:  # one refined mask; callers that mix three candidates (PerSAM-F) get it thrice

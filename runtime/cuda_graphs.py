@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from segment_anything.modeling import PromptEncoder
 
+from models.click_refiner import refiner_for
 from models.segmenter import Embedding
 from models.prompts import Prompts
 
@@ -222,11 +223,7 @@ class GraphedDecoder:
 
     def __call__(self, embedding: Embedding, prompts: Prompts, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.segmenter.model
-        refiner = getattr(model, "click_refiner", None)
-        refined = refiner is not None and not prompts.base_decoder and refiner.applies(
-            multimask_output, prompts.points is not None, prompts.mask_logits is not None
-        )  # the condition of Segmenter.decode_prompts
-        if refined or embedding.extras:
+        if refiner_for(model, prompts, multimask_output) is not None or embedding.extras:
             return self.fallback(embedding, prompts, multimask_output)
         coords, labels, box, mask = self.segmenter.prompt_arrays(embedding, prompts)
         slots = point_slot_count(coords, box is not None)

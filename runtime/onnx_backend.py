@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from models.click_refiner import refiner_for
 from models.prompts import Prompts
 from models.segmenter import Embedding, Segmenter
 from runtime.threads import user_threads
@@ -104,10 +105,7 @@ class OnnxSegmenter(Segmenter):
     def decode_prompts(
         self, embedding: Embedding, prompts: Prompts, multimask_output: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        refiner = getattr(self.base.model, "click_refiner", None)
-        if refiner is not None and not prompts.base_decoder and refiner.applies(
-            multimask_output, prompts.points is not None, prompts.mask_logits is not None
-        ):
+        if refiner_for(self.base.model, prompts, multimask_output) is not None:
             return self.base.decode_prompts(embedding, prompts, multimask_output)  # torch refiner, ONNX embedding
         size = embedding.original_size
         coords, labels = [], []
