@@ -49,8 +49,7 @@ class Window:
         x = np.array(values, dtype=np.float64)  # a copy: the caller's voxels stay as they are
         x -= self.lo
         x /= self.hi - self.lo
-        x *= 255.0 - 0.0
-        x += 0.0
+        x *= 255.0  # MONAI's (b_max - b_min); its "+ b_min" adds 0.0, which changes no byte
         np.clip(x, 0.0, 255.0, out=x)
         y = x.astype(np.float32)
         return np.round(y, out=y).astype(np.uint8)

@@ -31,7 +31,7 @@ print(f"gpu-test: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, tr
 PY
 export GRADIO_ANALYTICS_ENABLED=False MEDSEG_TEST_THREADS=${MEDSEG_TEST_THREADS:-4}
 # -m gpu: the CUDA-graph replays, the Triton kernels in bf16 (attention, MBConv/PatchMerging, tanh GELU),
-# pinned host inputs, and the compiled fast path end to end with its Dice check (issue 22's rule)
+# pinned host inputs, PIL's resize on CUDA, and the compiled fast path end to end with its Dice check (issue 22's rule)
 exec "$PY" -m pytest -p no:cacheprovider -m gpu -v -rA "$@" \
   tests/runtime/test_cuda_graphs.py tests/runtime/test_triton_attention.py tests/runtime/test_triton_convs.py tests/runtime/test_fast_paths.py \
-  tests/models/test_litemedsam_host_inputs.py tests/runtime/test_compiled_path_dice.py
+  tests/models/test_litemedsam_host_inputs.py tests/models/test_pil_resize.py tests/runtime/test_compiled_path_dice.py

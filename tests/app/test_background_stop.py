@@ -68,19 +68,20 @@ def test_a_stopped_prefetch_is_done_again_once_the_user_is_idle(onnx_session):
     view, index = session.view.view, session.view.index[session.view.view]
     prefetcher = Prefetcher(runner, radius=1)
     stops = []
-    real = runner.background
 
-    def first_one_stopped():
-        cm = real()
-        got = cm.__enter__()
-        if got and not stops:  # a click arrives during the first background encode
-            stops.append(1)
-            runner._stop_background()
-        return _Wrapped(cm, got)
+    def click_during_the_first_encode() -> None:
+        for _ in range(6000):
+            if runner._stop_background is not None:  # a background encode is running
+                with runner.turn():  # a user's request arrives
+                    stops.append(1)
+                return
+            threading.Event().wait(0.01)
 
-    runner.background = first_one_stopped
+    user = threading.Thread(target=click_during_the_first_encode)
+    user.start()
     try:
         prefetcher.request(session, view, index)
+        user.join(60)
         for _ in range(600):
             if prefetcher.idle():
                 break
@@ -89,16 +90,3 @@ def test_a_stopped_prefetch_is_done_again_once_the_user_is_idle(onnx_session):
         prefetcher.stop()
     neighbours = prefetcher.neighbours(session, view, index)
     assert stops and all((session.model, view, k) in embeddings_of(session) for k in neighbours)
-
-
-class _Wrapped:
-    """A context manager already entered (the test stops its work right after entry)."""
-
-    def __init__(self, cm, got):
-        self.cm, self.got = cm, got
-
-    def __enter__(self):
-        return self.got
-
-    def __exit__(self, *exc):
-        return self.cm.__exit__(*exc)
