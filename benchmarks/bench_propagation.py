@@ -61,6 +61,14 @@ def segmenter(args):
     return seg
 
 
+def set_graph_batches(sizes: list[int] | None) -> None:
+    """Override the batch sizes the encode replays as CUDA graphs (a before/after knob for one run)."""
+    if sizes:
+        import runtime.cuda_graphs as cg
+
+        cg.GRAPH_BATCHES = tuple(sorted(sizes))
+
+
 def head_box(volume: Volume, k: int) -> np.ndarray:
     return box_around(volume.array[k] > -300, 5)
 
@@ -122,6 +130,9 @@ def main() -> int:
     p.add_argument("--compile", action="store_true", help="GPU: torch.compile the encoder (runtime.fast.tuned)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="GPU: the decoder (and batch-1 encodes) replayed as CUDA graphs (runtime.fast.tuned)")
+    p.add_argument("--graph-batches", type=int, nargs="+", default=None,
+                   help="GPU: the encode batch sizes replayed as CUDA graphs (runtime.cuda_graphs.GRAPH_BATCHES; "
+                        "'1' gives the batch-1-only graphs of before 2026-12-05's session 6)")
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--slices-timed", type=int, default=None, help="time this many slices, extrapolate to --slices")
@@ -133,6 +144,7 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    set_graph_batches(args.graph_batches)
     seg = segmenter(args)
     n = args.slices_timed or args.slices
     volume = big_ct(n, args.size)
@@ -142,6 +154,7 @@ def main() -> int:
     scale = args.slices / n
     out = {
         "device": args.device, "backend": args.backend, "precision": args.precision, "cuda_graphs": args.cuda_graphs,
+        "graph_batches": list(__import__("runtime.cuda_graphs").cuda_graphs.GRAPH_BATCHES) if args.device == "cuda" else None,
         "batch": args.batch,
         "threads": args.threads, "size": args.size, "slices": args.slices, "slices_timed": n,
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()},

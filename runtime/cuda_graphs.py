@@ -1,4 +1,4 @@
-"""Batch-1 latency: one CUDA graph per encode and one per prompt shape, for ``tuned(..., cuda_graphs=True)``.
+"""Launch-bound work as CUDA graphs: one per encode batch size and one per prompt shape, for ``tuned(..., cuda_graphs=True)``.
 
 At batch 1 a LiteMedSAM encode is ~250 small kernels plus the preprocessing's copies and elementwise
 kernels, and a decode ~100 more: on an H100 the launches, not the arithmetic, set the latency
@@ -7,7 +7,8 @@ kernels, and a decode ~100 more: on an H100 the launches, not the arithmetic, se
 * :class:`GraphedEmbed`: the host half of the preprocessing (``upstream_host_inputs``: resize, min/max,
   pad, all on uint8) writes into static pinned buffers; the graph copies them to the device, runs the
   device half (``upstream_device_inputs``) and the encoder. One graph serves every slice shape, since
-  the host half always hands over 256 x 256 and the size travels as data.
+  the host half always hands over 256 x 256 and the size travels as data; one per batch size of
+  :data:`GRAPH_BATCHES`, a batch padded up to the next (a volume's encode in propagation).
 * :class:`GraphedDecoder`: the prompts (points, labels, box) are packed on the host into one pinned
   buffer; the graph copies it, runs a host-sync-free prompt encoder (:func:`encode_prompts_static`)
   and the mask decoder. One graph per (number of points, box, mask, multimask). The points are not
@@ -90,7 +91,7 @@ def pack_points(coords: np.ndarray, labels: np.ndarray, out: np.ndarray) -> None
 class _Graph:
     """One captured graph: its pinned host inputs, its static outputs and an event guarding the host buffers."""
 
-    def __init__(self, host: dict[str, torch.Tensor], run: Callable[[dict[str, torch.Tensor]], tuple], device):
+    def __init__(self, host: dict[str, torch.Tensor], run: Callable[[dict[str, torch.Tensor]], tuple], device, pool=None):
         self.host = host
         self.device = device
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -104,7 +105,7 @@ class _Graph:
                     run(dev())
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            with torch.cuda.graph(self.graph, pool=pool):
                 self.outputs = run(dev())
             self.done = torch.cuda.Event()
             self.done.record()
@@ -133,40 +134,66 @@ def _host_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
     return torch.zeros(shape, dtype=dtype, pin_memory=device.type == "cuda")
 
 
-class GraphedEmbed:
-    """``embed_features`` of a LiteMedSAM-style segmenter at batch 1 as one graph; other batches go to ``fallback``.
+# Batch sizes captured as graphs; a batch is padded up to the next one (larger ones run un-graphed). Powers
+# of two bound the padding to under 2x and the captures to seven; they share one memory pool.
+GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 
-    Needs ``upstream_host_inputs`` / ``upstream_device_inputs`` (LiteMedSAM's upstream pipeline) and an
-    ``encode`` that is safe to capture (no host synchronisation, no CUDA-graph compile mode inside).
+
+def graph_batch(n: int) -> int | None:
+    """The captured batch size that holds ``n`` slices, None when none does."""
+    return next((b for b in GRAPH_BATCHES if b >= n), None)
+
+
+class GraphedEmbed:
+    """``embed_features`` of a LiteMedSAM-style segmenter as one graph per batch size of :data:`GRAPH_BATCHES`.
+
+    A volume's batched encode (propagation, the encode batcher) launches ~250 kernels a batch in eager mode;
+    replayed as a graph they cost one launch. A batch of n slices runs in the graph of the next captured size,
+    its spare rows holding an earlier slice (each row is encoded on its own: the encoder has no batch-wide
+    statistics, BatchNorm being folded), and only the first n rows are returned. Larger batches go to
+    ``fallback``. Needs ``upstream_host_inputs`` / ``upstream_device_inputs`` (LiteMedSAM's upstream
+    pipeline) and an ``encode`` that is safe to capture (no host synchronisation, no CUDA-graph compile mode).
     """
 
     def __init__(self, segmenter, encode: Callable[[torch.Tensor], Features], fallback: Callable[[list], Features]):
         self.segmenter = segmenter
         self.encode = encode
         self.fallback = fallback
-        self._graph: _Graph | None = None
+        self._graphs: dict[int, _Graph] = {}
+        self._pool = None  # one memory pool for every size: replays never overlap (the lock)
         self._lock = threading.Lock()
 
     def _run(self, dev: dict[str, torch.Tensor]) -> Features:
         return self.encode(self.segmenter.upstream_device_inputs(**dev))
 
+    def _graph(self, size: int, host: dict[str, np.ndarray]) -> _Graph:
+        """The graph for ``size`` slices, captured on first use with every row holding a real slice."""
+        g = self._graphs.get(size)
+        if g is None:
+            device = self.segmenter.device
+            buffers = {}
+            for k, v in host.items():
+                buffers[k] = _host_buffer((size, *v.shape[1:]), torch.from_numpy(v).dtype, device)
+                buffers[k].numpy()[...] = v[:1]  # the spare rows: a valid slice, never 0 / 0
+                buffers[k].numpy()[: len(v)] = v
+            if device.type == "cuda" and self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            g = self._graphs[size] = _Graph(buffers, self._run, device, pool=self._pool)
+        return g
+
     def __call__(self, rgb: list[np.ndarray]) -> Features:
-        if len(rgb) != 1:
+        n = len(rgb)
+        size = graph_batch(n)
+        if size is None:
             return self.fallback(rgb)
         host = self.segmenter.upstream_host_inputs(rgb)
         with self._lock, torch.inference_mode():
-            if self._graph is None:
-                device = self.segmenter.device
-                buffers = {k: _host_buffer(v.shape, torch.from_numpy(v).dtype, device) for k, v in host.items()}
-                for k, v in host.items():
-                    buffers[k].numpy()[...] = v
-                self._graph = _Graph(buffers, self._run, device)
-            g = self._graph
+            g = self._graph(size, host)
             for k, arr in g.arrays().items():
-                arr[...] = host[k]
+                arr[:n] = host[k]
             features, extras = g.replay()
-            if g.graph is not None:
-                features, extras = features.clone(), {k: v.clone() for k, v in extras.items()}
+            if g.graph is not None or size != n:
+                features, extras = features[:n].clone(), {k: v[:n].clone() for k, v in extras.items()}
             g.release()
         return features, extras
 

@@ -8,7 +8,7 @@
 * :func:`tuned` returns a copy of a segmenter that encodes under bf16 autocast, with the encoder
   in channels-last memory format and optionally ``torch.compile``d. The copy shares the weights
   of the original; decoding stays fp32 (it is small and sets the mask edges). With
-  ``cuda_graphs=True`` a batch-1 embed and each prompt shape's decode replay as single CUDA graphs
+  ``cuda_graphs=True`` each embed batch size and each prompt shape's decode replay as single CUDA graphs
   (``runtime/cuda_graphs.py``), the lowest end-to-end latency (docs/benchmarks.md, run 4).
 """
 
@@ -189,8 +189,8 @@ def tuned(
     convolutions as GEMMs and fused shifted sums (:func:`decompose_convs`). With a CUDA-graph mode
     ("reduce-overhead", "max-autotune") the features are copied out of the graph's static buffer.
 
-    ``cuda_graphs`` (``runtime.cuda_graphs``): a batch-1 embed (host-to-device copy, preprocessing and
-    encoder) replays as one CUDA graph, where the segmenter has LiteMedSAM's split preprocessing, and
+    ``cuda_graphs`` (``runtime.cuda_graphs``): an embed (host-to-device copy, preprocessing and
+    encoder) replays as one CUDA graph per batch size (padded up to a power of two, at most 64), where the segmenter has LiteMedSAM's split preprocessing, and
     ``decode_prompts`` (prompt encoder + mask decoder) as one graph per prompt shape; outputs equal
     the un-graphed path. Not combinable with a CUDA-graph compile mode. On the CPU the same code runs
     without graphs.

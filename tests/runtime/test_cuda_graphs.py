@@ -1,4 +1,4 @@
-"""tuned(..., cuda_graphs=True): one graph per batch-1 encode and per prompt shape, same numbers as without.
+"""tuned(..., cuda_graphs=True): one graph per encode batch size and per prompt shape, same numbers as without.
 
 The CPU tests run the graphs' static-shape code without a graph (split preprocessing, packed prompt
 buffers, the host-sync-free prompt encoder) against the plain segmenter; the GPU tests compare graph
@@ -79,6 +79,24 @@ def test_graph_ready_embed_equals_embed_for_any_slice_shape(litemedsam):
         assert torch.equal(emb.features, litemedsam.embed(image).features)
 
 
+def test_a_padded_batch_returns_each_slices_own_embedding(litemedsam):
+    """Three slices of different shapes run in the batch-4 graph: each comes back as its own embedding,
+    the spare row dropped, and a later batch reuses the buffers without leaking the earlier rows."""
+    from runtime.cuda_graphs import graph_batch
+
+    assert [graph_batch(n) for n in (1, 2, 3, 5, 33, 64, 65)] == [1, 2, 4, 8, 64, 64, None]
+    rng = np.random.default_rng(2)
+    images = [np.load(GOLDEN)["image"], (rng.random((200, 300)) * 255).astype(np.uint8), (rng.random((256, 256, 3)) * 255).astype(np.uint8)]
+    fast = tuned(litemedsam, precision="fp32", fuse=False, channels_last=False, cuda_graphs=True)
+    reference = [litemedsam.embed(im).features for im in images]
+    for order in ([0, 1, 2], [2, 0, 1]):  # the 4-row buffers twice, the slices in another order
+        embs = fast.embed_batch([images[i] for i in order])
+        assert len(embs) == 3
+        for i, emb in zip(order, embs):
+            assert emb.original_size == images[i].shape[:2]
+            assert torch.allclose(emb.features, reference[i], atol=1e-5, rtol=0), (order, i)
+
+
 def test_cuda_graphs_refuse_a_graph_compile_mode(litemedsam):
     with pytest.raises(ValueError, match="cuda_graphs"):
         tuned(litemedsam, compile="reduce-overhead", cuda_graphs=True)
@@ -112,6 +130,32 @@ def test_graphed_embed_replays_equal_the_ungraphed_encode(cuda_litemedsam):
             assert torch.equal(again, e.features)
     for e, k in zip(first, kept):
         assert torch.equal(e.features, k)
+
+
+@pytest.mark.gpu
+@gpu
+def test_batched_graph_replays_equal_the_ungraphed_encode_of_the_padded_batch(cuda_litemedsam):
+    """A volume's batches (propagation) replay as graphs: the rows equal the un-graphed encode of the same padded
+    batch bit for bit, and a box's mask on each stays within a few pixels of the unpadded eager batch's."""
+    fast = tuned(cuda_litemedsam, precision="fp16", cuda_graphs=True)
+    rng = np.random.default_rng(3)
+    slices = [np.load(GOLDEN)["image"]] + [(rng.random((512, 512)) * 255).astype(np.uint8) for _ in range(20)]
+    rgb = [np.repeat(im[..., None], 3, 2) if im.ndim == 2 else im for im in slices]
+    for n in (3, 21):
+        size = 4 if n == 3 else 32
+        got = fast.embed_features(rgb[:n])[0]
+        padded = fast.embed_features.fallback(rgb[:n] + [rgb[0]] * (size - n))[0][:n]
+        assert torch.equal(got, padded), n
+        eager = fast.embed_features.fallback(rgb[:n])[0]
+        box = Prompts(box=np.load(GOLDEN)["box__box"])
+        for b in range(n):
+            embs = [fast.embed_batch([slices[b]])[0]]
+            for feats in (got[b : b + 1], eager[b : b + 1]):
+                from dataclasses import replace
+
+                embs.append(replace(embs[0], features=feats))
+            masks = [fast.predict(e, box).mask for e in embs]
+            assert (masks[1] != masks[2]).sum() <= 0.001 * masks[1].size, (n, b)
 
 
 @pytest.mark.gpu
