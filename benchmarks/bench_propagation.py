@@ -131,8 +131,8 @@ def main() -> int:
     p.add_argument("--cuda-graphs", action="store_true",
                    help="GPU: the decoder (and batch-1 encodes) replayed as CUDA graphs (runtime.fast.tuned)")
     p.add_argument("--graph-batches", type=int, nargs="+", default=None,
-                   help="GPU: the encode batch sizes replayed as CUDA graphs (runtime.cuda_graphs.GRAPH_BATCHES; "
-                        "'1' gives the batch-1-only graphs of before 2026-12-05's session 6)")
+                   help="GPU: the encode batch sizes replayed as CUDA graphs (runtime.cuda_graphs.GRAPH_BATCHES, "
+                        "default 1; '1 2 4 8 16 32 64' is POWERS_OF_TWO, the batched graphs to measure)")
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--slices-timed", type=int, default=None, help="time this many slices, extrapolate to --slices")

@@ -7,8 +7,8 @@ kernels, and a decode ~100 more: on an H100 the launches, not the arithmetic, se
 * :class:`GraphedEmbed`: the host half of the preprocessing (``upstream_host_inputs``: resize, min/max,
   pad, all on uint8) writes into static pinned buffers; the graph copies them to the device, runs the
   device half (``upstream_device_inputs``) and the encoder. One graph serves every slice shape, since
-  the host half always hands over 256 x 256 and the size travels as data; one per batch size of
-  :data:`GRAPH_BATCHES`, a batch padded up to the next (a volume's encode in propagation).
+  the host half always hands over 256 x 256 and the size travels as data. Batch 1 by default; with
+  ``GRAPH_BATCHES = POWERS_OF_TWO`` a volume's batches too, each padded up to the next size.
 * :class:`GraphedDecoder`: the prompts (points, labels, box) are packed on the host into one pinned
   buffer; the graph copies it, runs a host-sync-free prompt encoder (:func:`encode_prompts_static`)
   and the mask decoder. One graph per (number of points, box, mask, multimask). The points are not
@@ -134,18 +134,21 @@ def _host_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
     return torch.zeros(shape, dtype=dtype, pin_memory=device.type == "cuda")
 
 
-# Batch sizes captured as graphs; a batch is padded up to the next one (larger ones run un-graphed). Powers
-# of two bound the padding to under 2x and the captures to seven; they share one memory pool.
-GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+# Batch sizes captured as graphs; a batch is padded up to the next one (larger ones run un-graphed).
+# The default is batch 1 (a click's encode), measured; POWERS_OF_TWO (padding under 2x, seven captures in one
+# memory pool) is for a volume's batched encode and waits for its GPU measurement before it becomes the
+# default (benchmarks/bench_propagation.py --graph-batches 1 2 4 8 16 32 64, docs/benchmarks.md).
+POWERS_OF_TWO = (1, 2, 4, 8, 16, 32, 64)
+GRAPH_BATCHES: tuple[int, ...] = (1,)
 
 
-def graph_batch(n: int) -> int | None:
-    """The captured batch size that holds ``n`` slices, None when none does."""
-    return next((b for b in GRAPH_BATCHES if b >= n), None)
+def graph_batch(n: int, sizes: tuple[int, ...] | None = None) -> int | None:
+    """The captured batch size (of ``sizes``, default :data:`GRAPH_BATCHES`) that holds ``n`` slices, None when none does."""
+    return next((b for b in (GRAPH_BATCHES if sizes is None else sizes) if b >= n), None)
 
 
 class GraphedEmbed:
-    """``embed_features`` of a LiteMedSAM-style segmenter as one graph per batch size of :data:`GRAPH_BATCHES`.
+    """``embed_features`` of a LiteMedSAM-style segmenter as one graph per batch size of ``batches``.
 
     A volume's batched encode (propagation, the encode batcher) launches ~250 kernels a batch in eager mode;
     replayed as a graph they cost one launch. A batch of n slices runs in the graph of the next captured size,
@@ -155,10 +158,17 @@ class GraphedEmbed:
     pipeline) and an ``encode`` that is safe to capture (no host synchronisation, no CUDA-graph compile mode).
     """
 
-    def __init__(self, segmenter, encode: Callable[[torch.Tensor], Features], fallback: Callable[[list], Features]):
+    def __init__(
+        self,
+        segmenter,
+        encode: Callable[[torch.Tensor], Features],
+        fallback: Callable[[list], Features],
+        batches: tuple[int, ...] | None = None,
+    ):
         self.segmenter = segmenter
         self.encode = encode
         self.fallback = fallback
+        self.batches = tuple(sorted(GRAPH_BATCHES if batches is None else batches))
         self._graphs: dict[int, _Graph] = {}
         self._pool = None  # one memory pool for every size: replays never overlap (the lock)
         self._lock = threading.Lock()
@@ -183,7 +193,7 @@ class GraphedEmbed:
 
     def __call__(self, rgb: list[np.ndarray]) -> Features:
         n = len(rgb)
-        size = graph_batch(n)
+        size = graph_batch(n, self.batches)
         if size is None:
             return self.fallback(rgb)
         host = self.segmenter.upstream_host_inputs(rgb)

@@ -8,7 +8,7 @@
 * :func:`tuned` returns a copy of a segmenter that encodes under bf16 autocast, with the encoder
   in channels-last memory format and optionally ``torch.compile``d. The copy shares the weights
   of the original; decoding stays fp32 (it is small and sets the mask edges). With
-  ``cuda_graphs=True`` each embed batch size and each prompt shape's decode replay as single CUDA graphs
+  ``cuda_graphs=True`` a batch-1 embed (or each batch size of ``runtime.cuda_graphs.GRAPH_BATCHES``) and each prompt shape's decode replay as single CUDA graphs
   (``runtime/cuda_graphs.py``), the lowest end-to-end latency (docs/benchmarks.md, run 4).
 """
 
@@ -190,7 +190,8 @@ def tuned(
     ("reduce-overhead", "max-autotune") the features are copied out of the graph's static buffer.
 
     ``cuda_graphs`` (``runtime.cuda_graphs``): an embed (host-to-device copy, preprocessing and
-    encoder) replays as one CUDA graph per batch size (padded up to a power of two, at most 64), where the segmenter has LiteMedSAM's split preprocessing, and
+    encoder) replays as one CUDA graph per batch size of ``runtime.cuda_graphs.GRAPH_BATCHES`` (batch 1 by
+    default; other batches are padded up to the next size or run un-graphed), where the segmenter has LiteMedSAM's split preprocessing, and
     ``decode_prompts`` (prompt encoder + mask decoder) as one graph per prompt shape; outputs equal
     the un-graphed path. Not combinable with a CUDA-graph compile mode. On the CPU the same code runs
     without graphs.

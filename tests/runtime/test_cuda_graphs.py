@@ -79,12 +79,15 @@ def test_graph_ready_embed_equals_embed_for_any_slice_shape(litemedsam):
         assert torch.equal(emb.features, litemedsam.embed(image).features)
 
 
-def test_a_padded_batch_returns_each_slices_own_embedding(litemedsam):
+def test_a_padded_batch_returns_each_slices_own_embedding(litemedsam, monkeypatch):
     """Three slices of different shapes run in the batch-4 graph: each comes back as its own embedding,
     the spare row dropped, and a later batch reuses the buffers without leaking the earlier rows."""
-    from runtime.cuda_graphs import graph_batch
+    from runtime import cuda_graphs
+    from runtime.cuda_graphs import POWERS_OF_TWO, graph_batch
 
-    assert [graph_batch(n) for n in (1, 2, 3, 5, 33, 64, 65)] == [1, 2, 4, 8, 64, 64, None]
+    assert [graph_batch(n, POWERS_OF_TWO) for n in (1, 2, 3, 5, 33, 64, 65)] == [1, 2, 4, 8, 64, 64, None]
+    assert [graph_batch(n) for n in (1, 2)] == [1, None]  # the default: batch 1 only, until measured on a GPU
+    monkeypatch.setattr(cuda_graphs, "GRAPH_BATCHES", POWERS_OF_TWO)
     rng = np.random.default_rng(2)
     images = [np.load(GOLDEN)["image"], (rng.random((200, 300)) * 255).astype(np.uint8), (rng.random((256, 256, 3)) * 255).astype(np.uint8)]
     fast = tuned(litemedsam, precision="fp32", fuse=False, channels_last=False, cuda_graphs=True)
@@ -137,7 +140,14 @@ def test_graphed_embed_replays_equal_the_ungraphed_encode(cuda_litemedsam):
 def test_batched_graph_replays_equal_the_ungraphed_encode_of_the_padded_batch(cuda_litemedsam):
     """A volume's batches (propagation) replay as graphs: the rows equal the un-graphed encode of the same padded
     batch bit for bit, and a box's mask on each stays within a few pixels of the unpadded eager batch's."""
-    fast = tuned(cuda_litemedsam, precision="fp16", cuda_graphs=True)
+    from runtime import cuda_graphs
+
+    saved = cuda_graphs.GRAPH_BATCHES
+    cuda_graphs.GRAPH_BATCHES = cuda_graphs.POWERS_OF_TWO
+    try:
+        fast = tuned(cuda_litemedsam, precision="fp16", cuda_graphs=True)
+    finally:
+        cuda_graphs.GRAPH_BATCHES = saved
     rng = np.random.default_rng(3)
     slices = [np.load(GOLDEN)["image"]] + [(rng.random((512, 512)) * 255).astype(np.uint8) for _ in range(20)]
     rgb = [np.repeat(im[..., None], 3, 2) if im.ndim == 2 else im for im in slices]
