@@ -65,6 +65,11 @@ class PropagationSettings:
     one that overlaps the neighbour's mask most (Dice), the neighbour as a shape prior.
     max_slices: walk at most this many slices each way (None: to the end of the volume).
     batch_size: slices encoded per forward pass, ahead of the walk.
+    guard: with a mask prompt, each slice is also segmented from the neighbour's box alone (the base
+    model's answer, which the stop thresholds were chosen on); where the two masks agree less than this
+    (Dice) the box answer is kept, and the stop rule reads the box answer's predicted IoU. A guard against a
+    mask prompt that leaks into the neighbouring structures (0 disables: the mask prompt's answer and its own
+    IoU, which the click model predicts lower than the base model).
     """
 
     prompt: PromptRule = "box"
@@ -77,6 +82,7 @@ class PropagationSettings:
     candidates: Literal["best", "overlap"] = "best"
     max_slices: int | None = None
     batch_size: int = 4
+    guard: float = 0.0
 
     def __post_init__(self) -> None:
         if self.prompt not in ("box", "mask", "mask+box"):
@@ -87,7 +93,7 @@ class PropagationSettings:
             raise ValueError(f"margin_px must be >= 0, got {self.margin_px}")
         if self.min_area_px < 1:
             raise ValueError(f"min_area_px must be >= 1 (an empty mask always stops), got {self.min_area_px}")
-        for name in ("min_score", "score_drop", "area_drop", "min_overlap"):
+        for name in ("min_score", "score_drop", "area_drop", "min_overlap", "guard"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a fraction in 0..1, got {getattr(self, name)}")
         if self.batch_size < 1:
@@ -102,6 +108,10 @@ class PropagationSettings:
     @property
     def use_mask_prompt(self) -> bool:
         return "mask" in self.prompt
+
+    @property
+    def guarded(self) -> bool:
+        return self.guard > 0 and self.use_mask_prompt
 
 
 MEDSAM_RULE = PropagationSettings(
@@ -168,6 +178,18 @@ def neighbour_prompts(prev: _Step, settings: PropagationSettings) -> Prompts:
     )
 
 
+def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def guarded_step(masked: _Step, boxed: _Step, guard: float) -> _Step:
+    """The slice's answer under ``PropagationSettings.guard``: the mask-prompted mask where it agrees with the
+    box-prompted one, else the box-prompted one; the box answer's predicted IoU either way."""
+    chosen = masked if mask_dice(masked.mask, boxed.mask) >= guard else boxed
+    return _Step(chosen.mask, chosen.logits, boxed.score, chosen.yardstick)
+
+
 def stop_reason(new: _Step, prev: _Step, settings: PropagationSettings) -> str | None:
     """Why ``new`` (segmented from its neighbour ``prev``) ends the structure, or None to go on."""
     area, prev_area = int(new.mask.sum()), int(prev.mask.sum())
@@ -215,7 +237,10 @@ class _SliceSource:
         """Segment each walk's next slice, one decoder call for all where the segmenter batches
         (:meth:`Segmenter.predict_many`). With a ``prior`` mask, of the multimask candidates keep the
         one overlapping it most."""
-        embeddings = self.get_many(upcoming)
+        return self.decode_many(self.get_many(upcoming), prompts, priors)
+
+    def decode_many(self, embeddings: list[Embedding], prompts: list[Prompts], priors: list[np.ndarray | None]) -> list[_Step]:
+        """:meth:`predict_many` on embeddings already at hand (a slice may come more than once)."""
         multimask = priors[0] is not None
         if len(prompts) == 1 or not hasattr(self.segmenter, "predict_many"):
             results = [self.segmenter.predict(e, p, multimask_output=multimask) for e, p in zip(embeddings, prompts)]
@@ -265,9 +290,15 @@ def _walk_all(source: _SliceSource, walks: list[_Walk], settings: PropagationSet
         w.prev = w.seed
     while active := [w for w in walks if w.active]:
         priors = [w.prev.mask if settings.candidates == "overlap" else None for w in active]
-        steps = source.predict_many(
-            [neighbour_prompts(w.prev, settings) for w in active], [w.path[w.n :] for w in active], priors
-        )
+        prompts = [neighbour_prompts(w.prev, settings) for w in active]
+        upcoming = [w.path[w.n :] for w in active]
+        if settings.guarded:  # the same slices from the box alone, in the same decoder call
+            boxes = [Prompts(box=box_around(w.prev.mask, settings.margin_px)) for w in active]
+            embeddings = source.get_many(upcoming)
+            both = source.decode_many(embeddings + embeddings, prompts + boxes, priors + priors)
+            steps = [guarded_step(m, b, settings.guard) for m, b in zip(both[: len(active)], both[len(active) :])]
+        else:
+            steps = source.predict_many(prompts, upcoming, priors)
         for w, new in zip(active, steps):
             k = w.path[w.n]
             w.n += 1

@@ -69,6 +69,9 @@ RULES: dict[str, PropagationSettings] = {
     "default, mask": replace(DEFAULT, prompt="mask"),
     # the click model's predicted IoU is not the base model's: its stops on IoU are off, the overlap stop stays
     "mask+box, overlap stop": replace(DEFAULT, prompt="mask+box", min_score=0.0, score_drop=0.0),
+    # the box answer of each slice as a guard (PropagationSettings.guard): the stops read the base model's IoU
+    "mask+box, guard 0.5": replace(DEFAULT, prompt="mask+box", guard=0.5),
+    "mask+box, guard 0.7": replace(DEFAULT, prompt="mask+box", guard=0.7),
 }
 
 

@@ -78,6 +78,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"stop where the area falls below this fraction of the neighbour's (default {DEFAULTS.area_drop:g})")
     p.add_argument("--min-overlap", type=float, default=DEFAULTS.min_overlap,
                    help=f"stop where the Dice with the neighbour's mask falls below this (default {DEFAULTS.min_overlap:g})")
+    p.add_argument("--guard", type=float, default=DEFAULTS.guard,
+                   help="with a mask prompt: also segment each slice from the neighbour's box alone and keep that answer "
+                   "where the two masks agree (Dice) less than this; the stops then read the box answer's predicted IoU "
+                   f"(default {DEFAULTS.guard:g}; 0 = off)")
     p.add_argument("--min-area", type=int, default=DEFAULTS.min_area_px,
                    help=f"stop where the mask has fewer pixels than this (default {DEFAULTS.min_area_px})")
     p.add_argument("--max-slices", type=int, default=None, help="walk at most N slices each way")
@@ -141,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
             area_drop=args.area_drop,
             min_overlap=args.min_overlap,
             max_slices=args.max_slices,
+            guard=args.guard,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -60,11 +60,34 @@ def test_box_around_empty_mask_raises():
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"margin_px": -1}, "margin_px"), ({"min_area_px": 0}, "min_area_px"), ({"min_score": 1.5}, "min_score"),
-     ({"batch_size": 0}, "batch_size")],
+     ({"batch_size": 0}, "batch_size"), ({"guard": 1.2}, "guard")],
 )
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PropagationSettings(**kwargs)
+
+
+def test_the_guard_keeps_the_mask_prompts_answer_only_where_the_box_agrees():
+    """PropagationSettings.guard: the mask-prompted mask where it agrees with the box-prompted one (Dice >= guard),
+    else the box's; the predicted IoU is always the box answer's (the base model's, what the stops were chosen on)."""
+    from app.propagation import _Step, guarded_step
+
+    box_mask = np.zeros((10, 10), bool)
+    box_mask[2:6, 2:6] = True  # 16 px
+    near = box_mask.copy()
+    near[6, 2:6] = True  # 20 px, Dice 32/36 = 0.89 with the box's
+    leak = np.zeros((10, 10), bool)
+    leak[:, :8] = True  # 80 px, Dice 32/96 = 0.33
+    boxed = _Step(box_mask, np.full((1, 4, 4), -1.0), 0.9)
+    for masked, guard, chosen in ((near, 0.5, "masked"), (near, 0.9, "boxed"), (leak, 0.3, "masked"), (leak, 0.5, "boxed")):
+        m = _Step(masked, np.full((1, 4, 4), 1.0), 0.2)
+        got = guarded_step(m, boxed, guard)
+        want = m if chosen == "masked" else boxed
+        assert np.array_equal(got.mask, want.mask) and np.array_equal(got.logits, want.logits), (guard, chosen)
+        assert got.score == 0.9
+    assert PropagationSettings(prompt="mask+box", guard=0.5).guarded
+    assert not PropagationSettings(prompt="box", guard=0.5).guarded  # no mask prompt: nothing to guard
+    assert not PropagationSettings(prompt="mask+box").guarded
 
 
 def test_cache_is_lru_and_bounded():

@@ -167,3 +167,13 @@ def test_cli_refuses_bad_anchors(head, tmp_path, capsys, anchor, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_cli_refuses_a_guard_outside_0_1(tmp_path, capsys):
+    from app.cli import main
+
+    code = main(["propagate", str(CT_SERIES), "--slice", "6", "--box", "40", "40", "200", "200", "--prompt", "mask+box",
+                 "--guard", "1.5", "--output", str(tmp_path / "x.nii.gz")])
+    err = capsys.readouterr().err
+    assert code == 2 and "guard is a fraction in 0..1, got 1.5" in err and "Traceback" not in err
+    assert not (tmp_path / "x.nii.gz").exists()
