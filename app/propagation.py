@@ -30,7 +30,7 @@ Masks are (H, W) bool on slice k of ``volume.array[k]``; boxes are x0, y0, x1, y
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 import numpy as np
@@ -39,11 +39,12 @@ import torch
 from app.embedding_cache import EmbeddingCache, volume_key
 from data.volume import Volume
 from data.windowing import Window
+from models.click_refiner import refiner_for
 from models.prompts import PromptError, Prompts
 from models.segmenter import Embedding, Segmenter
 
 Direction = Literal["up", "down"]  # up = increasing k, down = decreasing k
-PromptRule = Literal["box", "mask", "mask+box"]
+PromptRule = Literal["auto", "box", "mask", "mask+box"]
 ProgressFn = Callable[[int, int, str], None]
 """progress(done, total, message): ``done`` of at most ``total`` slices handled so far."""
 SliceFn = Callable[[int, np.ndarray], None]
@@ -85,8 +86,8 @@ class PropagationSettings:
     guard: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.prompt not in ("box", "mask", "mask+box"):
-            raise ValueError(f"prompt must be 'box', 'mask' or 'mask+box', got {self.prompt!r}")
+        if self.prompt not in ("auto", "box", "mask", "mask+box"):
+            raise ValueError(f"prompt must be 'auto', 'box', 'mask' or 'mask+box', got {self.prompt!r}")
         if self.candidates not in ("best", "overlap"):
             raise ValueError(f"candidates must be 'best' or 'overlap', got {self.candidates!r}")
         if self.margin_px < 0:
@@ -100,6 +101,16 @@ class PropagationSettings:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_slices is not None and self.max_slices < 0:
             raise ValueError(f"max_slices must be >= 0, got {self.max_slices}")
+
+    def for_model(self, segmenter: Segmenter) -> "PropagationSettings":
+        """``prompt="auto"`` made concrete: ``mask+box`` where the model has a click refiner trained on the
+        neighbouring slice's mask (LiteMedSAM's click model), else ``box`` (a box-trained decoder's answer to a mask
+        prompt is worse than to the box alone: docs/evaluation.md)."""
+        if self.prompt != "auto":
+            return self
+        model = getattr(getattr(segmenter, "base", segmenter), "model", None)
+        probe = Prompts(box=np.zeros(4, np.float32), mask_logits=np.zeros((1, 1, 1), np.float32))
+        return replace(self, prompt="mask+box" if refiner_for(model, probe, False) is not None else "box")
 
     @property
     def use_box(self) -> bool:
@@ -286,6 +297,7 @@ def _walk_all(source: _SliceSource, walks: list[_Walk], settings: PropagationSet
     """Run ``walks`` in lockstep: each round segments the next slice of every active walk, in one batched
     decoder call (a volume walked up and down from one slice costs half the sequential decoder calls).
     Each walk's masks are those of running it alone; it ends at its path's end or its stop reason."""
+    settings = settings.for_model(source.segmenter)
     for w in walks:
         w.prev = w.seed
     while active := [w for w in walks if w.active]:

@@ -66,9 +66,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--label", default="structure", help="segment name written in a DICOM-SEG (default: structure)")
     p.add_argument("--margin", type=float, default=DEFAULTS.margin_px,
                    help=f"pixels added around the previous mask's box (default {DEFAULTS.margin_px:g})")
-    p.add_argument("--prompt", choices=["box", "mask", "mask+box"], default=DEFAULTS.prompt,
+    p.add_argument("--prompt", choices=["auto", "box", "mask", "mask+box"], default=DEFAULTS.prompt,
                    help="what a slice gets from its segmented neighbour: the box of its mask (+ --margin), its "
-                   f"low-res logits as SAM's mask prompt, or both (default {DEFAULTS.prompt}, see docs/evaluation.md)")
+                   "low-res logits as SAM's mask prompt, or both; auto = mask+box where the model's click model was "
+                   f"trained on neighbouring-slice masks, else box (default {DEFAULTS.prompt}, see docs/evaluation.md)")
     p.add_argument("--mask-prompt", action="store_true", help="the same as --prompt mask+box (kept for old scripts)")
     p.add_argument("--min-score", type=float, default=DEFAULTS.min_score,
                    help=f"stop where the predicted IoU falls below this (default {DEFAULTS.min_score:g}; 0 = never)")

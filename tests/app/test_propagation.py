@@ -90,6 +90,15 @@ def test_the_guard_keeps_the_mask_prompts_answer_only_where_the_box_agrees():
     assert not PropagationSettings(prompt="mask+box").guarded
 
 
+def test_auto_prompt_uses_the_mask_only_where_a_click_model_was_trained_on_it(litemedsam, litemedsam_base):
+    """prompt='auto': the neighbour's mask + box for LiteMedSAM with its click model (trained on neighbouring-slice
+    masks), the box alone for the base model, whose decoder answers a mask prompt worse than a box."""
+    auto = PropagationSettings(prompt="auto", guard=0.7)
+    assert auto.for_model(litemedsam).prompt == "mask+box" and auto.for_model(litemedsam).guarded
+    assert auto.for_model(litemedsam_base).prompt == "box" and not auto.for_model(litemedsam_base).guarded
+    assert PropagationSettings(prompt="box").for_model(litemedsam).prompt == "box"  # an explicit rule stays
+
+
 def test_cache_is_lru_and_bounded():
     cache = EmbeddingCache(max_items=2)
     emb = Embedding(features=None, original_size=(1, 1), input_size=(1, 1), model_name="m")
