@@ -43,6 +43,15 @@ const SHORTCUTS: [string, string][] = [
   ['ctrl+Z / ctrl+Y', 'undo / redo'],
 ]
 
+/** Latency trace (benchmarks/ui_latency.py --trace sets window.medsegTrace = []): epoch ms, the server's
+ * clock ($MEDSEG_TRACE) lines up with it. Nothing is recorded unless the array is there. */
+function traceMark(event: string, fields: Record<string, unknown> = {}): void {
+  const log = (window as any).medsegTrace as unknown[] | undefined
+  if (log) log.push({ t: performance.timeOrigin + performance.now(), event, ...fields })
+}
+
+let traceSeq = 0
+
 function hexToRgb(hex: string): number[] {
   const h = hex.replace('#', '')
   return [parseInt(h.slice(0, 2), 16), parseInt(h.slice(2, 4), 16), parseInt(h.slice(4, 6), 16)]
@@ -253,6 +262,7 @@ class Viewer {
   }
 
   onState(s: State): void {
+    traceMark('state.changed', { rev: s.rev })
     if (!s.study) {
       this.showStatus('Open a sample or upload a study.')
       return
@@ -319,6 +329,7 @@ class Viewer {
   }
 
   async reloadLabels(): Promise<void> {
+    traceMark('labels.reload')
     const s = this.state!
     const key = this.study
     const response = await fetch(this.url(`labels/${key}.nii.gz`), { cache: 'no-store' })
@@ -344,6 +355,7 @@ class Viewer {
   }
 
   applyLabelLook(): void {
+    traceMark('labelLook')
     const vol = this.labelsVol
     const labels = this.state?.labels ?? []
     if (!vol) return
@@ -485,9 +497,11 @@ class Viewer {
     if (this.encodeBusy) { this.encodeAgain = true; return }
     this.encodeBusy = true
     const shown = this.statusSeq  // "Ready" is news only if no other message came while it encoded
+    traceMark('encode.sent')
     fetch(this.url('encode'), { method: 'POST' })
       .then(async (r) => {
         const a = await r.json()
+        traceMark('encode.received')
         if (a.ok && a.status && this.inFlight === 0 && this.statusSeq === shown) this.addReady(a.status)
       })
       .catch(() => undefined)
@@ -719,25 +733,30 @@ class Viewer {
     this.enqueue(body, mark)
   }
 
-  enqueue(body: any, mark: Pending | null = null, quiet = false): void {
+  enqueue(body: any, pending: Pending | null = null, quiet = false): void {
     if (!this.state?.study) return
     const t0 = performance.now()
     this.inFlight++
     this.root.setAttribute('data-busy', String(this.inFlight))
+    const id = String(++traceSeq)
+    traceMark('action.queued', { id, kind: body.kind })
     this.queue = this.queue.then(async () => {
       try {
+        traceMark('action.sent', { id, kind: body.kind })
         const r = await fetch(this.url('action'), {
-          method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+          method: 'POST', headers: { 'Content-Type': 'application/json', 'X-Trace-Id': id }, body: JSON.stringify(body),
         })
         if (!r.ok) { this.showError(await this.errorOf(r)); return }
         const a: Answer = await r.json()
         const answered = performance.now() - t0
+        traceMark('action.received', { id, kind: body.kind })
         await this.apply(a, quiet)
-        if (mark) { this.promptTimes.push(performance.now() - t0); this.answerTimes.push(answered) }
+        traceMark('action.applied', { id, kind: body.kind })
+        if (pending) { this.promptTimes.push(performance.now() - t0); this.answerTimes.push(answered) }
       } catch (e) {
         this.showError(`the server did not answer (${e}); your prompt was not applied`)
       } finally {
-        if (mark) this.pending = this.pending.filter((p) => p !== mark)
+        if (pending) this.pending = this.pending.filter((p) => p !== pending)
         this.inFlight--
         this.root.setAttribute('data-busy', String(this.inFlight))
         this.drawOverlay()
@@ -788,6 +807,7 @@ class Viewer {
   }
 
   syncPage(): void {
+    traceMark('sync.click')
     const b = document.querySelector('#viewer-sync') as HTMLButtonElement | null
     b?.click()
   }
