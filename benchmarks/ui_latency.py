@@ -36,7 +36,7 @@ PAGING_JS = """async ([n, kind]) => {
   for (let i = 0; i < n; i++) {
     const t0 = performance.now();
     if (kind === 'page') v.page(i % 20 < 10 ? 1 : -1);
-    else { vol.cal_max = vol.cal_min + 60 + (i % 10) * 20; v.nv.updateGLVolume(); }
+    else v.applyWindow({ level: vol.cal_min + 30 + (i % 10) * 10, width: 60 + (i % 10) * 20 });
     await new Promise(requestAnimationFrame);
     out.push(performance.now() - t0);
   }

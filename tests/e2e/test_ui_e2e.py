@@ -255,6 +255,33 @@ def test_second_object_keeps_the_first_and_rapid_prompts_all_register(browser, s
     context.close()
 
 
+def test_a_click_sends_one_label_plane_to_the_gpu_and_fetches_no_label_map(browser, server, ct):
+    """Issue 19 latency: a refinement click took ~2 s in the browser where the server answered in ~0.4 s.
+    After each answer the viewer fetched the whole label map again (the page's state, older than the answer,
+    looked like news), fetched it once more when the page's sync landed, and re-ran NiiVue's GPU pass over
+    every layer for each page state (7 passes a click, hundreds of ms each in a software renderer); the
+    next click's answer waited behind them. A click now costs its plane's one upload, nothing more."""
+    context, page, sid = _open_page(browser, server)
+    _open_sample(page)
+    page.mouse.click(*_xy(page, ct, *INSIDE))  # the first click (candidates)
+    _idle(page)
+    settled = """() => { const v = medsegViewer, h = document.querySelector('#viewer-state [data-state]');
+        return v.inFlight === 0 && !v.reloading && h && JSON.parse(h.dataset.state).rev === v.rev }"""
+    page.wait_for_function(settled, timeout=TIMEOUT_MS)
+    page.evaluate("""() => { const nv = medsegViewer.nv; window.passes = 0;
+        const up = nv.updateGLVolume.bind(nv); nv.updateGLVolume = () => { window.passes++; return up() } }""")
+    fetched = []
+    page.on("request", lambda r: fetched.append(r.url) if "/viewer-api/labels/" in r.url else None)
+    for x, y in REFINE[:3]:
+        page.mouse.click(*_xy(page, ct, x, y))
+        _idle(page)
+        page.wait_for_function(settled, timeout=TIMEOUT_MS)  # the page's sync after the click has landed
+    assert fetched == [], f"{len(fetched)} fetches of the whole label map for 3 clicks"
+    assert page.evaluate("window.passes") == 3, "one GPU pass a click (its label plane), no more"
+    assert _browser_labels(page) == _server_counts(server.labels(sid))
+    context.close()
+
+
 def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, caplog):
     """The old UI: a 1312 px tall page (Export and Level/Width below the fold), one crosshair cursor for
     every mode, no tooltips, the wheel scrolled the page, no zoom or pan, no W/L drag, Escape did not

@@ -100,6 +100,10 @@ class Viewer {
   windowTimer = 0
   viewTimer = 0
   encodeBusy = false
+  reloading: Promise<void> | null = null
+  reloadWanted = false
+  look = ''  // the label look last sent to the GPU (applyLabelLook) and the layer it went to
+  lookOf: NVImage | null = null
   statusSeq = 0  // bumped by every message shown: a late "Ready" never hides a newer one
   userActs = 0  // the user's key and pointer presses anywhere on the page
   errorAt = -1  // userActs when the error shown appeared (-1: no error shown)
@@ -273,7 +277,9 @@ class Viewer {
       return
     }
     if (this.loading) { this.loading.then(() => this.onState(this.state!)); return }
-    if (s.rev !== this.rev && this.inFlight === 0) this.reloadLabels()
+    // Only a newer revision than the labels shown means the server changed them (propagation, one-shot,
+    // clear...): the state of the page's sync after a click is as old as that click's answer, or older.
+    if (s.rev > this.rev && this.inFlight === 0) this.reloadLabels()
     this.applyLabelLook()
     if (s.window) this.applyWindow(s.window)
     this.object = s.object ?? null
@@ -328,10 +334,25 @@ class Viewer {
     }
   }
 
-  async reloadLabels(): Promise<void> {
+  /** Fetch the whole label map again. One fetch at a time: a call while one runs shares it and fetches once
+   * more after it (the server may have changed since that fetch began). */
+  reloadLabels(): Promise<void> {
+    if (this.reloading) { this.reloadWanted = true; return this.reloading }
+    this.reloading = (async () => {
+      try {
+        do { this.reloadWanted = false; await this.fetchLabels() } while (this.reloadWanted)
+      } finally {
+        this.reloading = null
+      }
+    })()
+    return this.reloading
+  }
+
+  async fetchLabels(): Promise<void> {
     traceMark('labels.reload')
     const s = this.state!
     const key = this.study
+    const shown = this.rev
     const response = await fetch(this.url(`labels/${key}.nii.gz`), { cache: 'no-store' })
     if (!response.ok) { this.showError(await this.errorOf(response)); return }
     const rev = Number(response.headers.get('X-Labels-Revision') ?? s.rev)
@@ -341,7 +362,9 @@ class Viewer {
     // colour per value, and can outline it. Without it the labels went through the intensity shader
     // (values scaled by cal_min/cal_max into the colour table) and Outline only made the fill opaque.
     vol.hdr!.intent_code = 1002
-    if (key !== this.study) return
+    if (key !== this.study) { this.reloadWanted = true; return }  // another study opened meanwhile
+    // a click's patch newer than this copy came while it was fetched: drop the copy and fetch the map again
+    if (this.rev !== shown && this.rev > rev) { this.reloadWanted = true; return }
     if (this.labelsVol && this.labelsVol.img && vol.img && this.labelsVol.img.length === vol.img.length) {
       (this.labelsVol.img as any).set(vol.img as any)
     } else {
@@ -351,14 +374,21 @@ class Viewer {
     }
     this.rev = rev
     this.root.setAttribute('data-rev', String(rev))
-    this.applyLabelLook()
+    this.applyLabelLook(true)
   }
 
-  applyLabelLook(): void {
-    traceMark('labelLook')
+  /** The label layer's colours, visibility, outline and opacity. Each page state calls it, but the GPU
+   * pass (NiiVue's updateGLVolume, hundreds of ms in a software renderer) runs only when the look changed
+   * or ``upload`` asks for the label voxels to go to the GPU again. */
+  applyLabelLook(upload = false): void {
     const vol = this.labelsVol
     const labels = this.state?.labels ?? []
     if (!vol) return
+    const look = JSON.stringify([labels, [...this.hidden].sort(), this.outline, this.opacity])
+    if (!upload && vol === this.lookOf && look === this.look) { this.renderLegend(); return }
+    traceMark('labelLook')
+    this.lookOf = vol
+    this.look = look
     const max = Math.max(1, ...labels.map((d) => d.value))
     const R = [0], G = [0], B = [0], A = [0], I = [0], names = ['']
     for (let v = 1; v <= max; v++) {
@@ -368,7 +398,8 @@ class Viewer {
     }
     vol.setColormapLabel({ R, G, B, A, I, labels: names } as any)
     vol.opacity = this.outline ? 0 : this.opacity // outline: borders opaque, the inside clear
-    this.nv.setAtlasOutline(this.outline ? 1 : 0)
+    // the option itself: NiiVue's setAtlasOutline runs updateGLVolume on its own, a second full pass
+    ;(this.nv.opts as any).atlasOutline = this.outline ? 1 : 0
     ;(this.nv.opts as any).atlasActiveIndex = 0
     this.nv.updateGLVolume()
     this.renderLegend()
@@ -381,7 +412,10 @@ class Viewer {
     if (Math.abs(vol.cal_min! - lo) < 1e-6 && Math.abs(vol.cal_max! - hi) < 1e-6) return
     vol.cal_min = lo
     vol.cal_max = hi
-    this.nv.updateGLVolume()
+    // NiiVue's own contrast path (its windowing drag): the image layer alone is drawn into its texture again;
+    // updateGLVolume would redo the label layer too (a pass over the whole label map for nothing)
+    this.nv.refreshLayers(vol, 0)
+    this.nv.drawScene()
     this.showInfo()
   }
 
@@ -761,7 +795,7 @@ class Viewer {
         this.root.setAttribute('data-busy', String(this.inFlight))
         this.drawOverlay()
         if (this.inFlight === 0) {
-          if (this.state && this.state.rev !== this.rev && this.study === this.state.study) this.reloadLabels()
+          if (this.state && this.state.rev > this.rev && this.study === this.state.study) this.reloadLabels()
           if (!quiet || body.kind === 'window') this.syncPage()
           if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box') this.requestEncode()
         }
