@@ -268,8 +268,8 @@ def test_a_click_sends_one_label_plane_to_the_gpu_and_fetches_no_label_map(brows
     settled = """() => { const v = medsegViewer, h = document.querySelector('#viewer-state [data-state]');
         return v.inFlight === 0 && !v.reloading && h && JSON.parse(h.dataset.state).rev === v.rev }"""
     page.wait_for_function(settled, timeout=TIMEOUT_MS)
-    page.evaluate("""() => { const nv = medsegViewer.nv; window.passes = 0;
-        const up = nv.updateGLVolume.bind(nv); nv.updateGLVolume = () => { window.passes++; return up() } }""")
+    page.evaluate("""() => { const nv = medsegViewer.nv; window.passes = 0;  // updateGLVolume calls it per layer
+        const one = nv.refreshLayers.bind(nv); nv.refreshLayers = (v, l) => { window.passes++; return one(v, l) } }""")
     fetched = []
     page.on("request", lambda r: fetched.append(r.url) if "/viewer-api/labels/" in r.url else None)
     for x, y in REFINE[:3]:
@@ -277,7 +277,8 @@ def test_a_click_sends_one_label_plane_to_the_gpu_and_fetches_no_label_map(brows
         _idle(page)
         page.wait_for_function(settled, timeout=TIMEOUT_MS)  # the page's sync after the click has landed
     assert fetched == [], f"{len(fetched)} fetches of the whole label map for 3 clicks"
-    assert page.evaluate("window.passes") == 3, "one GPU pass a click (its label plane), no more"
+    # layer passes on the GPU: the label layer's, once a click (updateGLVolume would be 2: the image's too)
+    assert page.evaluate("window.passes") == 3, "one layer pass a click (its label plane), no more"
     assert _browser_labels(page) == _server_counts(server.labels(sid))
     context.close()
 

@@ -835,9 +835,14 @@ class Viewer {
     this.refreshLabels()
   }
 
-  /** Upload the patched labels and redraw (refreshing the label layer alone garbled the overlay in NiiVue 0.69). */
+  /** Upload the patched labels and redraw: the label layer alone (NiiVue's refreshLayers on layer 1). Its
+   * texture does not depend on the image layer's, so redoing that one too (updateGLVolume: the image's
+   * pass and its 3D gradient, most of the cost) gave the same pixels (checked: canvas equal to a full
+   * updateGLVolume after clicks, in one view, three views and outline mode). */
   refreshLabels(): void {
-    this.nv.updateGLVolume()
+    if (this.nv.volumes[1] !== this.labelsVol) { this.nv.updateGLVolume(); return }
+    this.nv.refreshLayers(this.labelsVol!, 1)
+    this.nv.drawScene()
   }
 
   syncPage(): void {
