@@ -280,7 +280,21 @@ def test_a_click_sends_one_label_plane_to_the_gpu_and_fetches_no_label_map(brows
     # layer passes on the GPU: the label layer's, once a click (updateGLVolume would be 2: the image's too)
     assert page.evaluate("window.passes") == 3, "one layer pass a click (its label plane), no more"
     assert _browser_labels(page) == _server_counts(server.labels(sid))
+    # and the label layer refreshed alone draws what NiiVue's full refresh of every layer draws
+    shown = _canvas(page)
+    page.evaluate("medsegViewer.nv.updateGLVolume()")
+    np.testing.assert_array_equal(_canvas(page), shown)
     context.close()
+
+
+def _canvas(page) -> np.ndarray:
+    """The viewer's canvas as pixels, after two animation frames."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    return np.asarray(Image.open(BytesIO(page.locator("#viewer-canvas").screenshot())).convert("RGB"))
 
 
 def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, caplog):
