@@ -8,8 +8,12 @@ to be encoded, then
   from the prompt entering the viewer's queue to the label plane written and drawn (the server's
   decoder, the JSON round trip, the texture update); ``click_to_answer_ms``: the same clicks until the
   server's answer arrived (the rest is the browser writing and drawing the plane);
-- paging and window/level: one slice step (or one W/L change) and the next animation frame,
-  ``performance.now()`` before the step and in the ``requestAnimationFrame`` callback after it.
+- paging and window/level: one slice step (or one W/L change through the viewer's ``applyWindow``) and the
+  next animation frame, ``performance.now()`` before the step and in the ``requestAnimationFrame`` callback
+  after it; ``window_all_layers_frame_ms``: the same W/L change by NiiVue's ``updateGLVolume`` (every layer
+  again, what the viewer did before), in the same page for comparison.
+With ``--trace FILE``: every step of each request, on the server (``app.trace``) and in the page, on one clock,
+and ``click_steps_p50_ms`` (where a click's time goes).
 Prints p50/p95 and the machine's load average (a shared machine's figures are pessimistic).
 """
 
@@ -36,7 +40,8 @@ PAGING_JS = """async ([n, kind]) => {
   for (let i = 0; i < n; i++) {
     const t0 = performance.now();
     if (kind === 'page') v.page(i % 20 < 10 ? 1 : -1);
-    else v.applyWindow({ level: vol.cal_min + 30 + (i % 10) * 10, width: 60 + (i % 10) * 20 });
+    else if (kind === 'window') v.applyWindow({ level: vol.cal_min + 30 + (i % 10) * 10, width: 60 + (i % 10) * 20 });
+    else { vol.cal_max = vol.cal_min + 60 + (i % 10) * 20; v.nv.updateGLVolume(); }  // every layer again
     await new Promise(requestAnimationFrame);
     out.push(performance.now() - t0);
   }
@@ -135,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             answers = page.evaluate("medsegViewer.answerTimes.slice()")
             paging = page.evaluate(PAGING_JS, [args.frames, "page"])
             window = page.evaluate(PAGING_JS, [args.frames, "window"])
+            window_all = page.evaluate(PAGING_JS, [args.frames, "window_all_layers"])
             if args.trace:
                 with args.trace.open("a") as f:
                     for m in page.evaluate("window.medsegTrace"):
@@ -143,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         demo.close()
     for name, values in (("click_to_overlay_ms", clicks), ("click_to_answer_ms", answers),
-                         ("paging_frame_ms", paging), ("window_frame_ms", window)):
+                         ("paging_frame_ms", paging), ("window_frame_ms", window),
+                         ("window_all_layers_frame_ms", window_all)):
         result[name] = {"n": len(values), "p50": round(pct(values, 50), 1), "p95": round(pct(values, 95), 1)}
     result["load_average_end"] = os.getloadavg()
     if args.trace:
