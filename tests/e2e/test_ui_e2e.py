@@ -284,6 +284,11 @@ def test_a_click_sends_one_label_plane_to_the_gpu_and_fetches_no_label_map(brows
     shown = _canvas(page)
     page.evaluate("medsegViewer.nv.updateGLVolume()")
     np.testing.assert_array_equal(_canvas(page), shown)
+    # so does a window/level change, which refreshes the image layer alone and skips its 3D gradient (three views)
+    page.evaluate("medsegViewer.toggleLayout(); medsegViewer.applyWindow({ level: 60, width: 120 })")
+    shown = _canvas(page)
+    page.evaluate("medsegViewer.nv.updateGLVolume()")
+    np.testing.assert_array_equal(_canvas(page), shown)
     context.close()
 
 

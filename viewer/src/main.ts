@@ -413,8 +413,15 @@ class Viewer {
     vol.cal_min = lo
     vol.cal_max = hi
     // NiiVue's own contrast path (its windowing drag): the image layer alone is drawn into its texture again;
-    // updateGLVolume would redo the label layer too (a pass over the whole label map for nothing)
-    this.nv.refreshLayers(vol, 0)
+    // updateGLVolume would redo the label layer too (a pass over the whole label map for nothing). Without the
+    // 3D gradient (vite.config.js): only volume rendering reads it, never shown here, and it was most of the cost.
+    const opts = this.nv.opts as any
+    opts.skipGradient = true
+    try {
+      this.nv.refreshLayers(vol, 0)
+    } finally {
+      opts.skipGradient = false
+    }
     this.nv.drawScene()
     this.showInfo()
   }
