@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from app import heap
+from app import heap, trace
 from app.embedding_cache import EMBEDDING_BYTES, EmbeddingCache
 from app.model_catalog import backend_for, load_model
 from app.render import Plane, to_rgb
@@ -511,8 +511,10 @@ def _predict(runner: ModelRunner, session: Session, p: PromptState, *, multimask
         raise SessionError("internal: a prompt without its base plane")
     prompts = _prompts_of(session, p)
     with runner.turn():
+        trace.mark("decode.turn")
         embedding = runner.embedding(session, p.view, p.index)
-        return runner.predict(session, embedding, prompts, multimask)
+        with trace.span("decode"):
+            return runner.predict(session, embedding, prompts, multimask)
 
 
 # --- measurements -----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from app import save_journal
+from app import save_journal, trace
 from app.packed import PackedArray, pack
 from app.render import VIEWS, Plane, acquisition_view
 from app.reading import read_untrusted
@@ -204,7 +204,10 @@ class Session:
     # the other studies opened in this session, by study key: their labels stay (studies/<key>.npz)
     studies: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     # runtime only (never saved)
-    revision: int = field(default=0, repr=False)  # bumped on every change of the label map (the viewer's cue)
+    # bumped on every change of the label map: the viewer's cue, and its order (a page state older than the
+    # labels the viewer holds is no news). It starts at the load time in µs (exact in a JS number until
+    # 2255), so a restarted server's revisions are higher than those a page still open was given before.
+    revision: int = field(default_factory=lambda: time.time_ns() // 1000, repr=False)
     stashed: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # other studies' arrays, undo
     volume: Volume | None = field(default=None, repr=False)
     runtime: dict[str, Any] = field(default_factory=dict, repr=False)  # model window, embedding cache
@@ -605,7 +608,7 @@ class SessionStore:
                 session = self._later.pop(sid)
                 self._saving.add(sid)
             try:
-                with session.lock:
+                with session.lock, trace.span("autosave"):
                     if session.directory.is_dir():  # not deleted meanwhile (cleanup, a new study's restart)
                         self.save(session)
             except Exception:  # noqa: BLE001 - the journal still holds the edits; the saver lives on

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from app import controller, messages, pacs, web_session
+from app import controller, messages, pacs, trace, web_session
 from app.controller import MODES, AppContext, ViewModel
 from app.errors import USER_ERRORS
 from app.interaction import ModelRunner, Prefetcher
@@ -330,7 +330,11 @@ def build_app(config: UIConfig):
         window.input(display, [sid, window, level, width], outputs, trigger_mode="always_last")
         for control in (level, width):
             control.submit(lambda s, lv, wd: display(s, "custom", lv, wd), [sid, level, width], outputs)
-        viewer_sync.click(lambda s: background(lambda: guarded(controller.refresh, s, None)), [sid], outputs,
+        def sync(s):
+            with trace.span("sync"):
+                return background(lambda: guarded(controller.refresh, s, None))
+
+        viewer_sync.click(sync, [sid], outputs,
                           trigger_mode="always_last", show_progress="hidden")
 
         # --- prompting (clicks, boxes and the brush live in the viewer) ------------------------

@@ -8,8 +8,12 @@ to be encoded, then
   from the prompt entering the viewer's queue to the label plane written and drawn (the server's
   decoder, the JSON round trip, the texture update); ``click_to_answer_ms``: the same clicks until the
   server's answer arrived (the rest is the browser writing and drawing the plane);
-- paging and window/level: one slice step (or one W/L change) and the next animation frame,
-  ``performance.now()`` before the step and in the ``requestAnimationFrame`` callback after it.
+- paging and window/level: one slice step (or one W/L change through the viewer's ``applyWindow``) and the
+  next animation frame, ``performance.now()`` before the step and in the ``requestAnimationFrame`` callback
+  after it; ``window_all_layers_frame_ms``: the same W/L change by NiiVue's ``updateGLVolume`` (every layer
+  again, what the viewer did before), in the same page for comparison.
+With ``--trace FILE``: every step of each request, on the server (``app.trace``) and in the page, on one clock,
+and ``click_steps_p50_ms`` (where a click's time goes).
 Prints p50/p95 and the machine's load average (a shared machine's figures are pessimistic).
 """
 
@@ -36,12 +40,41 @@ PAGING_JS = """async ([n, kind]) => {
   for (let i = 0; i < n; i++) {
     const t0 = performance.now();
     if (kind === 'page') v.page(i % 20 < 10 ? 1 : -1);
-    else { vol.cal_max = vol.cal_min + 60 + (i % 10) * 20; v.nv.updateGLVolume(); }
+    else if (kind === 'window') v.applyWindow({ level: vol.cal_min + 30 + (i % 10) * 10, width: 60 + (i % 10) * 20 });
+    else { vol.cal_max = vol.cal_min + 60 + (i % 10) * 20; v.nv.updateGLVolume(); }  // every layer again
     await new Promise(requestAnimationFrame);
     out.push(performance.now() - t0);
   }
   return out;
 }"""
+
+
+STEPS = [  # (from, to) marks of one click, browser (b) or server (s); app.trace, viewer/src/main.ts
+    ("b:action.queued", "b:action.sent"), ("b:action.sent", "s:action.arrive"), ("s:action.arrive", "s:action.locked"),
+    ("s:action.locked", "s:decode.start"), ("s:decode.start", "s:decode.end"), ("s:decode.end", "s:action.answer"),
+    ("s:action.answer", "b:action.received"), ("b:action.received", "b:action.applied"),
+]
+
+
+def click_steps(path: Path) -> dict[str, float]:
+    """Median ms of each step of the counted clicks, from a --trace file: where a click's time goes."""
+    marks = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda m: m["t"])
+    server = [m for m in marks if m["thread"] != "browser"]
+    steps: dict[str, list[float]] = {f"{a} -> {b}": [] for a, b in STEPS}
+    for q in (m for m in marks if m["event"] == "action.queued" and m.get("kind") == "point"):
+        mine = {"b:" + m["event"]: m["t"] for m in marks if m["thread"] == "browser" and m.get("id") == q["id"]}
+        arrive = next((m for m in server if m["event"] == "action.arrive" and m.get("id") == q["id"]), None)
+        if arrive is None or "b:action.applied" not in mine:
+            continue
+        after = [m for m in server if m["t"] >= arrive["t"] and m["thread"] == arrive["thread"]]
+        for m in after:  # the first of each mark on the request's thread, up to its answer
+            mine.setdefault("s:" + m["event"], m["t"])
+            if m["event"] == "action.answer":
+                break
+        for a, b in STEPS:
+            if a in mine and b in mine:
+                steps[f"{a} -> {b}"].append(mine[b] - mine[a])
+    return {k: round(float(np.median(v)), 1) for k, v in steps.items() if v}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -54,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--trace", type=Path, default=None,
+                        help="write the server's and the browser's marks of every request (app.trace) to this "
+                             "JSON-lines file, one clock (epoch ms), and the median of each step of a click")
     args = parser.parse_args(argv)
+    if args.trace:
+        args.trace.unlink(missing_ok=True)
+        os.environ["MEDSEG_TRACE"] = str(args.trace)
 
     from playwright.sync_api import sync_playwright
 
@@ -74,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1440, "height": 900})
+            if args.trace:
+                page.add_init_script("window.medsegTrace = []")
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_function("window.medsegViewer && document.querySelector('#viewer-status')", timeout=120_000)
             result["page_ready_s"] = page.evaluate("performance.now()") / 1000
@@ -99,13 +140,21 @@ def main(argv: list[str] | None = None) -> int:
             answers = page.evaluate("medsegViewer.answerTimes.slice()")
             paging = page.evaluate(PAGING_JS, [args.frames, "page"])
             window = page.evaluate(PAGING_JS, [args.frames, "window"])
+            window_all = page.evaluate(PAGING_JS, [args.frames, "window_all_layers"])
+            if args.trace:
+                with args.trace.open("a") as f:
+                    for m in page.evaluate("window.medsegTrace"):
+                        f.write(json.dumps({**m, "thread": "browser"}) + "\n")
             browser.close()
     finally:
         demo.close()
     for name, values in (("click_to_overlay_ms", clicks), ("click_to_answer_ms", answers),
-                         ("paging_frame_ms", paging), ("window_frame_ms", window)):
+                         ("paging_frame_ms", paging), ("window_frame_ms", window),
+                         ("window_all_layers_frame_ms", window_all)):
         result[name] = {"n": len(values), "p50": round(pct(values, 50), 1), "p95": round(pct(values, 95), 1)}
     result["load_average_end"] = os.getloadavg()
+    if args.trace:
+        result["click_steps_p50_ms"] = click_steps(args.trace)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

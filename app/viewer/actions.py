@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from app import controller, interaction
+from app import controller, interaction, trace
 from app.controller import AppContext
 from app.render import Plane, acquisition_view, display_window
 from app.session import Edit, Session
@@ -150,6 +150,7 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
     if kind not in KINDS:
         raise PromptError(f"unknown action {str(kind)[:40]!r}; expected one of {', '.join(KINDS)}")
     with session.lock:
+        trace.mark("action.locked", kind=kind)
         volume = session.require_study()
         if kind in ("point", "box", "brush", "erase") and body.get("label") is not None:
             if int(body["label"]) != session.active:  # the browser's active label is the truth for its prompts
@@ -209,10 +210,12 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
                 session.active, session.prompt = value, None
         if kind in ("point", "box", "brush", "erase"):
             controller.mark_anchor(session)  # a prompt or correction on a stored slice anchors propagation
+        trace.mark("action.acted", kind=kind)
         if kind in ("point", "box", "brush", "erase") and edit is not None:
             ctx.store.save_edit(session, edit)  # its plane journalled now, the full save after the answer
         else:
             ctx.store.save(session)
+        trace.mark("action.saved", kind=kind)
         if kind in ("point", "box", "brush", "erase"):
             ctx.prefetcher.request(session, session.view.view, session.view.index[session.view.view])
         answer: dict[str, Any] = {"ok": True, "status": status, "rev": session.revision, "object": markers(session)}
@@ -231,6 +234,7 @@ def encode_shown(ctx: AppContext, session: Session) -> str:
     Returns "Ready: ..." only when it encoded: the viewer asks after every prompt too, and a slice
     already encoded is no news (its "Ready" replaced the prompt's own message)."""
     with session.lock:
+        trace.mark("encode.locked")
         if session.volume is None:
             return ""
         view, index = session.view.view, session.view.index[session.view.view]

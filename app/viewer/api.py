@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from app import messages, web_session
+from app import messages, trace, web_session
 from app.controller import AppContext
 from app.errors import USER_ERRORS
 from app.session import Session, SessionError
@@ -76,7 +76,7 @@ def routes(ctx: AppContext) -> list:
     def get_state(request: Request):
         try:
             session = session_of(request)
-            with session.lock:
+            with trace.span("state"), session.lock:
                 return JSONResponse(actions.state(session), headers=no_store)
         except Exception as e:  # noqa: BLE001 - answered as one line
             return fail(e, sid_or_none(request))
@@ -93,7 +93,7 @@ def routes(ctx: AppContext) -> list:
     @router.get(API_URL + "/labels/{key}.nii.gz")
     def get_labels(key: str, request: Request):
         try:
-            with open_study(request, key) as session:
+            with trace.span("labels"), open_study(request, key) as session:
                 data, rev = actions.labels_bytes(session), session.revision
             return Response(data, media_type="application/gzip",
                             headers={**no_store, "X-Labels-Revision": str(rev)})
@@ -102,15 +102,20 @@ def routes(ctx: AppContext) -> list:
 
     @router.post(API_URL + "/action")
     def post_action(request: Request, body: dict = Body(...)):
+        trace.mark("action.arrive", kind=body.get("kind"), id=request.headers.get("x-trace-id"))
         try:
             return JSONResponse(actions.act(ctx, session_of(request), body), headers=no_store)
         except Exception as e:  # noqa: BLE001
             return fail(e, sid_or_none(request))
+        finally:
+            trace.mark("action.answer", kind=body.get("kind"), id=request.headers.get("x-trace-id"))
 
     @router.post(API_URL + "/encode")
     def post_encode(request: Request):
         try:
-            return JSONResponse({"ok": True, "status": actions.encode_shown(ctx, session_of(request))}, headers=no_store)
+            with trace.span("encode"):
+                return JSONResponse({"ok": True, "status": actions.encode_shown(ctx, session_of(request))},
+                                    headers=no_store)
         except Exception as e:  # noqa: BLE001
             return fail(e, sid_or_none(request))
 

@@ -255,6 +255,53 @@ def test_second_object_keeps_the_first_and_rapid_prompts_all_register(browser, s
     context.close()
 
 
+def test_a_click_sends_one_label_plane_to_the_gpu_and_fetches_no_label_map(browser, server, ct):
+    """Issue 19 latency: a refinement click took ~2 s in the browser where the server answered in ~0.4 s.
+    After each answer the viewer fetched the whole label map again (the page's state, older than the answer,
+    looked like news), fetched it once more when the page's sync landed, and re-ran NiiVue's GPU pass over
+    every layer for each page state (7 passes a click, hundreds of ms each in a software renderer); the
+    next click's answer waited behind them. A click now costs its plane's one upload, nothing more."""
+    context, page, sid = _open_page(browser, server)
+    _open_sample(page)
+    page.mouse.click(*_xy(page, ct, *INSIDE))  # the first click (candidates)
+    _idle(page)
+    settled = """() => { const v = medsegViewer, h = document.querySelector('#viewer-state [data-state]');
+        return v.inFlight === 0 && !v.reloading && h && JSON.parse(h.dataset.state).rev === v.rev }"""
+    page.wait_for_function(settled, timeout=TIMEOUT_MS)
+    page.evaluate("""() => { const nv = medsegViewer.nv; window.passes = 0;  // updateGLVolume calls it per layer
+        const one = nv.refreshLayers.bind(nv); nv.refreshLayers = (v, l) => { window.passes++; return one(v, l) } }""")
+    fetched = []
+    page.on("request", lambda r: fetched.append(r.url) if "/viewer-api/labels/" in r.url else None)
+    for x, y in REFINE[:3]:
+        page.mouse.click(*_xy(page, ct, x, y))
+        _idle(page)
+        page.wait_for_function(settled, timeout=TIMEOUT_MS)  # the page's sync after the click has landed
+    assert fetched == [], f"{len(fetched)} fetches of the whole label map for 3 clicks"
+    # layer passes on the GPU: the label layer's, once a click (updateGLVolume would be 2: the image's too)
+    assert page.evaluate("window.passes") == 3, "one layer pass a click (its label plane), no more"
+    assert _browser_labels(page) == _server_counts(server.labels(sid))
+    # and the label layer refreshed alone draws what NiiVue's full refresh of every layer draws
+    shown = _canvas(page)
+    page.evaluate("medsegViewer.nv.updateGLVolume()")
+    np.testing.assert_array_equal(_canvas(page), shown)
+    # so does a window/level change, which refreshes the image layer alone and skips its 3D gradient (three views)
+    page.evaluate("medsegViewer.toggleLayout(); medsegViewer.applyWindow({ level: 60, width: 120 })")
+    shown = _canvas(page)
+    page.evaluate("medsegViewer.nv.updateGLVolume()")
+    np.testing.assert_array_equal(_canvas(page), shown)
+    context.close()
+
+
+def _canvas(page) -> np.ndarray:
+    """The viewer's canvas as pixels, after two animation frames."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    return np.asarray(Image.open(BytesIO(page.locator("#viewer-canvas").screenshot())).convert("RGB"))
+
+
 def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, caplog):
     """The old UI: a 1312 px tall page (Export and Level/Width below the fold), one crosshair cursor for
     every mode, no tooltips, the wheel scrolled the page, no zoom or pan, no W/L drag, Escape did not

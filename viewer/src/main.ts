@@ -43,6 +43,15 @@ const SHORTCUTS: [string, string][] = [
   ['ctrl+Z / ctrl+Y', 'undo / redo'],
 ]
 
+/** Latency trace (benchmarks/ui_latency.py --trace sets window.medsegTrace = []): epoch ms, the server's
+ * clock ($MEDSEG_TRACE) lines up with it. Nothing is recorded unless the array is there. */
+function traceMark(event: string, fields: Record<string, unknown> = {}): void {
+  const log = (window as any).medsegTrace as unknown[] | undefined
+  if (log) log.push({ t: performance.timeOrigin + performance.now(), event, ...fields })
+}
+
+let traceSeq = 0
+
 function hexToRgb(hex: string): number[] {
   const h = hex.replace('#', '')
   return [parseInt(h.slice(0, 2), 16), parseInt(h.slice(2, 4), 16), parseInt(h.slice(4, 6), 16)]
@@ -91,6 +100,10 @@ class Viewer {
   windowTimer = 0
   viewTimer = 0
   encodeBusy = false
+  reloading: Promise<void> | null = null
+  reloadWanted = false
+  look = ''  // the label look last sent to the GPU (applyLabelLook) and the layer it went to
+  lookOf: NVImage | null = null
   statusSeq = 0  // bumped by every message shown: a late "Ready" never hides a newer one
   userActs = 0  // the user's key and pointer presses anywhere on the page
   errorAt = -1  // userActs when the error shown appeared (-1: no error shown)
@@ -253,6 +266,7 @@ class Viewer {
   }
 
   onState(s: State): void {
+    traceMark('state.changed', { rev: s.rev })
     if (!s.study) {
       this.showStatus('Open a sample or upload a study.')
       return
@@ -263,7 +277,9 @@ class Viewer {
       return
     }
     if (this.loading) { this.loading.then(() => this.onState(this.state!)); return }
-    if (s.rev !== this.rev && this.inFlight === 0) this.reloadLabels()
+    // Only a newer revision than the labels shown means the server changed them (propagation, one-shot,
+    // clear...): the state of the page's sync after a click is as old as that click's answer, or older.
+    if (s.rev > this.rev && this.inFlight === 0) this.reloadLabels()
     this.applyLabelLook()
     if (s.window) this.applyWindow(s.window)
     this.object = s.object ?? null
@@ -318,9 +334,25 @@ class Viewer {
     }
   }
 
-  async reloadLabels(): Promise<void> {
+  /** Fetch the whole label map again. One fetch at a time: a call while one runs shares it and fetches once
+   * more after it (the server may have changed since that fetch began). */
+  reloadLabels(): Promise<void> {
+    if (this.reloading) { this.reloadWanted = true; return this.reloading }
+    this.reloading = (async () => {
+      try {
+        do { this.reloadWanted = false; await this.fetchLabels() } while (this.reloadWanted)
+      } finally {
+        this.reloading = null
+      }
+    })()
+    return this.reloading
+  }
+
+  async fetchLabels(): Promise<void> {
+    traceMark('labels.reload')
     const s = this.state!
     const key = this.study
+    const shown = this.rev
     const response = await fetch(this.url(`labels/${key}.nii.gz`), { cache: 'no-store' })
     if (!response.ok) { this.showError(await this.errorOf(response)); return }
     const rev = Number(response.headers.get('X-Labels-Revision') ?? s.rev)
@@ -330,7 +362,9 @@ class Viewer {
     // colour per value, and can outline it. Without it the labels went through the intensity shader
     // (values scaled by cal_min/cal_max into the colour table) and Outline only made the fill opaque.
     vol.hdr!.intent_code = 1002
-    if (key !== this.study) return
+    if (key !== this.study) { this.reloadWanted = true; return }  // another study opened meanwhile
+    // a click's patch newer than this copy came while it was fetched: drop the copy and fetch the map again
+    if (this.rev !== shown && this.rev > rev) { this.reloadWanted = true; return }
     if (this.labelsVol && this.labelsVol.img && vol.img && this.labelsVol.img.length === vol.img.length) {
       (this.labelsVol.img as any).set(vol.img as any)
     } else {
@@ -340,13 +374,21 @@ class Viewer {
     }
     this.rev = rev
     this.root.setAttribute('data-rev', String(rev))
-    this.applyLabelLook()
+    this.applyLabelLook(true)
   }
 
-  applyLabelLook(): void {
+  /** The label layer's colours, visibility, outline and opacity. Each page state calls it, but the GPU
+   * pass (NiiVue's updateGLVolume, hundreds of ms in a software renderer) runs only when the look changed
+   * or ``upload`` asks for the label voxels to go to the GPU again. */
+  applyLabelLook(upload = false): void {
     const vol = this.labelsVol
     const labels = this.state?.labels ?? []
     if (!vol) return
+    const look = JSON.stringify([labels, [...this.hidden].sort(), this.outline, this.opacity])
+    if (!upload && vol === this.lookOf && look === this.look) { this.renderLegend(); return }
+    traceMark('labelLook')
+    this.lookOf = vol
+    this.look = look
     const max = Math.max(1, ...labels.map((d) => d.value))
     const R = [0], G = [0], B = [0], A = [0], I = [0], names = ['']
     for (let v = 1; v <= max; v++) {
@@ -356,7 +398,8 @@ class Viewer {
     }
     vol.setColormapLabel({ R, G, B, A, I, labels: names } as any)
     vol.opacity = this.outline ? 0 : this.opacity // outline: borders opaque, the inside clear
-    this.nv.setAtlasOutline(this.outline ? 1 : 0)
+    // the option itself: NiiVue's setAtlasOutline runs updateGLVolume on its own, a second full pass
+    ;(this.nv.opts as any).atlasOutline = this.outline ? 1 : 0
     ;(this.nv.opts as any).atlasActiveIndex = 0
     this.nv.updateGLVolume()
     this.renderLegend()
@@ -369,7 +412,17 @@ class Viewer {
     if (Math.abs(vol.cal_min! - lo) < 1e-6 && Math.abs(vol.cal_max! - hi) < 1e-6) return
     vol.cal_min = lo
     vol.cal_max = hi
-    this.nv.updateGLVolume()
+    // NiiVue's own contrast path (its windowing drag): the image layer alone is drawn into its texture again;
+    // updateGLVolume would redo the label layer too (a pass over the whole label map for nothing). Without the
+    // 3D gradient (vite.config.js): only volume rendering reads it, never shown here, and it was most of the cost.
+    const opts = this.nv.opts as any
+    opts.skipGradient = true
+    try {
+      this.nv.refreshLayers(vol, 0)
+    } finally {
+      opts.skipGradient = false
+    }
+    this.nv.drawScene()
     this.showInfo()
   }
 
@@ -485,9 +538,11 @@ class Viewer {
     if (this.encodeBusy) { this.encodeAgain = true; return }
     this.encodeBusy = true
     const shown = this.statusSeq  // "Ready" is news only if no other message came while it encoded
+    traceMark('encode.sent')
     fetch(this.url('encode'), { method: 'POST' })
       .then(async (r) => {
         const a = await r.json()
+        traceMark('encode.received')
         if (a.ok && a.status && this.inFlight === 0 && this.statusSeq === shown) this.addReady(a.status)
       })
       .catch(() => undefined)
@@ -719,30 +774,35 @@ class Viewer {
     this.enqueue(body, mark)
   }
 
-  enqueue(body: any, mark: Pending | null = null, quiet = false): void {
+  enqueue(body: any, pending: Pending | null = null, quiet = false): void {
     if (!this.state?.study) return
     const t0 = performance.now()
     this.inFlight++
     this.root.setAttribute('data-busy', String(this.inFlight))
+    const id = String(++traceSeq)
+    traceMark('action.queued', { id, kind: body.kind })
     this.queue = this.queue.then(async () => {
       try {
+        traceMark('action.sent', { id, kind: body.kind })
         const r = await fetch(this.url('action'), {
-          method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+          method: 'POST', headers: { 'Content-Type': 'application/json', 'X-Trace-Id': id }, body: JSON.stringify(body),
         })
         if (!r.ok) { this.showError(await this.errorOf(r)); return }
         const a: Answer = await r.json()
         const answered = performance.now() - t0
+        traceMark('action.received', { id, kind: body.kind })
         await this.apply(a, quiet)
-        if (mark) { this.promptTimes.push(performance.now() - t0); this.answerTimes.push(answered) }
+        traceMark('action.applied', { id, kind: body.kind })
+        if (pending) { this.promptTimes.push(performance.now() - t0); this.answerTimes.push(answered) }
       } catch (e) {
         this.showError(`the server did not answer (${e}); your prompt was not applied`)
       } finally {
-        if (mark) this.pending = this.pending.filter((p) => p !== mark)
+        if (pending) this.pending = this.pending.filter((p) => p !== pending)
         this.inFlight--
         this.root.setAttribute('data-busy', String(this.inFlight))
         this.drawOverlay()
         if (this.inFlight === 0) {
-          if (this.state && this.state.rev !== this.rev && this.study === this.state.study) this.reloadLabels()
+          if (this.state && this.state.rev > this.rev && this.study === this.state.study) this.reloadLabels()
           if (!quiet || body.kind === 'window') this.syncPage()
           if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box') this.requestEncode()
         }
@@ -782,12 +842,18 @@ class Viewer {
     this.refreshLabels()
   }
 
-  /** Upload the patched labels and redraw (refreshing the label layer alone garbled the overlay in NiiVue 0.69). */
+  /** Upload the patched labels and redraw: the label layer alone (NiiVue's refreshLayers on layer 1). Its
+   * texture does not depend on the image layer's, so redoing that one too (updateGLVolume: the image's
+   * pass and its 3D gradient, most of the cost) gave the same pixels (checked: canvas equal to a full
+   * updateGLVolume after clicks, in one view, three views and outline mode). */
   refreshLabels(): void {
-    this.nv.updateGLVolume()
+    if (this.nv.volumes[1] !== this.labelsVol) { this.nv.updateGLVolume(); return }
+    this.nv.refreshLayers(this.labelsVol!, 1)
+    this.nv.drawScene()
   }
 
   syncPage(): void {
+    traceMark('sync.click')
     const b = document.querySelector('#viewer-sync') as HTMLButtonElement | null
     b?.click()
   }
