@@ -36,3 +36,18 @@ def test_serve_refuses_an_unknown_sample_in_one_line(capsys):
     assert main(["serve", "--open-sample", "liver CT"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--open-sample 'liver CT'" in err and CT in err
+
+
+def test_the_plane_is_drawn_only_when_asked(ctx, monkeypatch):
+    """The browser's viewer draws its own planes, so a page's sync never draws one on the server (it cost ~18 ms
+    under the session lock per sync); a caller that asks for ``vm.image`` gets the plane drawn then, once."""
+    drawn = []
+    original = controller.render
+    monkeypatch.setattr(controller, "render", lambda s: drawn.append(1) or original(s))
+    vm = controller.start(ctx, None, None, CT)
+    again = controller.view_model(ctx.store.get(vm.session_id), None)
+    assert drawn == []
+    image = again.image
+    assert drawn == [1] and again.image is image
+    assert image.ndim == 3 and image.shape[2] == 3
+    assert (image == original(ctx.store.get(vm.session_id))).all()
