@@ -138,9 +138,15 @@ def test_graphed_embed_replays_equal_the_ungraphed_encode(cuda_litemedsam):
 @pytest.mark.gpu
 @gpu
 def test_batched_graph_replays_equal_the_ungraphed_encode_of_the_padded_batch(cuda_litemedsam):
-    """A volume's batches (propagation) replay as graphs: the rows equal the un-graphed encode of the same padded
-    batch bit for bit, and a box's mask on each stays within a few pixels of the unpadded eager batch's."""
+    """A volume's batches (propagation) can replay as graphs (GRAPH_BATCHES = POWERS_OF_TWO): the rows equal the
+    un-graphed encode of the same padded batch bit for bit, and a box's mask on each real MR slice keeps Dice >= 0.99
+    with the mask from the unpadded eager batch."""
+    from dataclasses import replace
+
+    from data.readers import read_study
+    from data.windowing import default_window, slice_to_rgb
     from runtime import cuda_graphs
+    from tests.conftest import ROOT
 
     saved = cuda_graphs.GRAPH_BATCHES
     cuda_graphs.GRAPH_BATCHES = cuda_graphs.POWERS_OF_TWO
@@ -148,24 +154,20 @@ def test_batched_graph_replays_equal_the_ungraphed_encode_of_the_padded_batch(cu
         fast = tuned(cuda_litemedsam, precision="fp16", cuda_graphs=True)
     finally:
         cuda_graphs.GRAPH_BATCHES = saved
-    rng = np.random.default_rng(3)
-    slices = [np.load(GOLDEN)["image"]] + [(rng.random((512, 512)) * 255).astype(np.uint8) for _ in range(20)]
-    rgb = [np.repeat(im[..., None], 3, 2) if im.ndim == 2 else im for im in slices]
-    for n in (3, 21):
-        size = 4 if n == 3 else 32
+    mr = read_study(ROOT / "samples" / "colin27" / "mr_t1_colin27_slabA_image.nii.gz")
+    window = default_window(mr)
+    rgb = [slice_to_rgb(mr, k, window) for k in range(21)]
+    h, w = rgb[0].shape[:2]
+    box = Prompts(box=np.array([w / 4, h / 4, 3 * w / 4, 3 * h / 4], np.float32))
+    for n, size in ((3, 4), (21, 32)):
         got = fast.embed_features(rgb[:n])[0]
         padded = fast.embed_features.fallback(rgb[:n] + [rgb[0]] * (size - n))[0][:n]
         assert torch.equal(got, padded), n
         eager = fast.embed_features.fallback(rgb[:n])[0]
-        box = Prompts(box=np.load(GOLDEN)["box__box"])
+        template = fast.embed_batch([rgb[0]])[0]
         for b in range(n):
-            embs = [fast.embed_batch([slices[b]])[0]]
-            for feats in (got[b : b + 1], eager[b : b + 1]):
-                from dataclasses import replace
-
-                embs.append(replace(embs[0], features=feats))
-            masks = [fast.predict(e, box).mask for e in embs]
-            assert (masks[1] != masks[2]).sum() <= 0.001 * masks[1].size, (n, b)
+            a, e = (fast.predict(replace(template, features=f[b : b + 1]), box).best_mask for f in (got, eager))
+            assert 2 * (a & e).sum() / max(a.sum() + e.sum(), 1) >= 0.99, (n, b)
 
 
 @pytest.mark.gpu
