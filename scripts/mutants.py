@@ -376,6 +376,27 @@ EQUIVALENT |= {
     f"{_E}summarize__mutmut_45": "equity_table's metrics left out: its default is ES_METRICS' ('dice', 'iou', 'nsd')",
 }
 
+# app/interaction.py (issue 26, branch mut26): equivalent mutants of the functions run to the end here
+EQUIVALENT |= {
+    **{f"{_I}click__mutmut_{n}": "click's 'a click cancels a half-drawn box' rebuild: the next PromptState is built "
+       "from the same fields without a corner anyway, and a corner-only prompt has no points, box or logits (box_click "
+       "makes it fresh), so flipping the test or dropping/nulling a field changes nothing"
+       for n in (10, 12, 13, 17, 19, 23, 24, 25, 27)},
+    f"{_I}click__mutmut_66": "'or p.logits is None' in the ambiguity test: every prompt without logits (new, corner, "
+                             "paint) has no points and no box, so the answer is the same",
+    f"{_I}box_click__mutmut_56": "box_prompt(before=None): _without_corner of a corner-only prompt is always None",
+    f"{_I}mask_prompt__mutmut_51": "the paint's _edit with mask None: its after.base already holds the paint, and "
+                                   "merged_plane paints nothing more",
+    "app.interaction.xǁModelRunnerǁpredict__mutmut_1": "predict's multimask default: its only caller, _predict, "
+                                                       "always passes it",
+    **{f"{_I}{f}__mutmut_{n}": "np.array(plane) without copy=True: np.array copies by default"
+       for f, n in (("merged_plane", 5), ("new_prompt", 5))},
+    **{f"{_I}merged_plane__mutmut_{n}": "np.asarray(mask) without bool: every mask reaching it is bool already (model "
+       "masks, candidates, and mask_prompt's converted paint)" for n in (10, 12)},
+    **{f"{_I}new_prompt__mutmut_{n}": "new_prompt's view/index made None: every caller reads only its base and label "
+       "and takes the plane from its own arguments" for n in (11, 12)},
+}
+
 def shared_dir() -> Path:
     for candidate in (os.environ.get("MEDSEG_SHARED"), ROOT.parent / "shared", Path("/work/shared")):
         if candidate and Path(candidate, "data").is_dir():
