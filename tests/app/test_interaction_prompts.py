@@ -483,6 +483,16 @@ def test_a_prompt_without_its_base_plane_is_an_internal_error(session, runner):
     assert interaction.to_prompts(PromptState(VIEW, INDEX, 1, box=BOX)).points is None
 
 
+def test_the_runner_serves_the_shared_model_with_the_backend_asked_for():
+    """``--backend torch``: the session's model is the process's one loaded copy (no second load per request), and
+    the status line says torch, chosen by the flag."""
+    runner = ModelRunner("cpu", backend="torch")
+    assert runner.segmenter("litemedsam") is _warm()["models"]["litemedsam"]
+    assert runner.segmenter("litemedsam-base") is _warm()["models"]["litemedsam-base"]
+    choice = runner.backend_choice("litemedsam")
+    assert (choice.backend, choice.source, choice.reason) == ("torch", "flag", "asked for with --backend")
+
+
 def test_user_requests_hold_the_model_and_background_work_steps_aside():
     runner = ModelRunner("cpu", idle_after_s=3600)
     assert not runner.busy and runner.try_background_turn()  # idle: background work may take the model
