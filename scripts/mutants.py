@@ -395,6 +395,11 @@ EQUIVALENT |= {
        "masks, candidates, and mask_prompt's converted paint)" for n in (10, 12)},
     **{f"{_I}new_prompt__mutmut_{n}": "new_prompt's view/index made None: every caller reads only its base and label "
        "and takes the plane from its own arguments" for n in (11, 12)},
+    **{f"{_I}to_prompts__mutmut_{n}": "to_prompts' dtype or reshape(-1, 2) of the points and labels dropped or "
+       "reshape(-2, 2): Prompts.__post_init__ makes points float32 (N, 2) and labels int64 itself"
+       for n in (7, 9, 11, 13, 19, 21)},
+    **{f"{_I}_edit__mutmut_{n}": "Edit's before copied or not (copy=None/False/left out): Edit packs it at once "
+       "(PackedArray, zlib)" for n in (21, 23, 24)},
 }
 
 def shared_dir() -> Path:

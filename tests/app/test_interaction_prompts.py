@@ -486,7 +486,7 @@ def test_a_prompt_without_its_base_plane_is_an_internal_error(session, runner):
 def test_the_runner_serves_the_shared_model_with_the_backend_asked_for():
     """``--backend torch``: the session's model is the process's one loaded copy (no second load per request), and
     the status line says torch, chosen by the flag."""
-    runner = ModelRunner("cpu", backend="torch")
+    runner = ModelRunner(backend="torch")  # on the CPU by default
     assert runner.segmenter("litemedsam") is _warm()["models"]["litemedsam"]
     assert runner.segmenter("litemedsam-base") is _warm()["models"]["litemedsam-base"]
     choice = runner.backend_choice("litemedsam")
@@ -511,10 +511,27 @@ def test_user_requests_hold_the_model_and_background_work_steps_aside():
     assert not quick._lock.locked()
 
 
+def test_background_work_waits_half_a_second_after_the_last_user_request(monkeypatch):
+    """The prefetcher steps aside while the user is active: for 0.5 s after a request ends, by default."""
+    now = [1000.0]
+    monkeypatch.setattr(interaction.time, "monotonic", lambda: now[0])
+    runner = ModelRunner()
+    with runner.turn():
+        pass
+    now[0] += 0.45
+    assert runner.busy and not runner.try_background_turn()
+    now[0] += 0.1
+    assert not runner.busy and runner.try_background_turn()
+    runner.release_background_turn()
+
+
 def test_a_batching_runner_sends_encodes_and_prompts_through_the_batchers_and_takes_no_lock(tmp_path):
     runner = ModelRunner("cpu", batch_window_ms=5)
     assert runner.batcher is not None and ModelRunner("cpu").batcher is None
     assert runner.decode_batcher is not None and ModelRunner("cpu").decode_batcher is None
+    for batcher in (runner.batcher, runner.decode_batcher):  # each waits 5 ms for other sessions' requests and
+        assert batcher.window_s == pytest.approx(0.005) and batcher.load == runner.segmenter  # runs the runner's models
+    assert ModelRunner("cpu", batch_window_ms=0.5).batcher is not None  # any positive window batches
     seen, decoded = [], []
 
     class Batcher:
