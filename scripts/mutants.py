@@ -400,6 +400,9 @@ EQUIVALENT |= {
        for n in (7, 9, 11, 13, 19, 21)},
     **{f"{_I}_edit__mutmut_{n}": "Edit's before copied or not (copy=None/False/left out): Edit packs it at once "
        "(PackedArray, zlib)" for n in (21, 23, 24)},
+    "app.interaction.xǁModelRunnerǁ__init____mutmut_30": "the first _last_user 1.0 for 0.0: time.monotonic() is "
+                                                          "the seconds since boot, so 'idle_after_s since' has passed "
+                                                          "either way",
 }
 
 def shared_dir() -> Path:

@@ -141,6 +141,8 @@ def test_the_model_sees_the_plane_in_the_studys_default_window_encoded_once(tmp_
     np.testing.assert_array_equal(axial, expected)
     cache = interaction.embeddings_of(session)
     assert interaction.embeddings_of(session) is cache
+    # under the key a closed tab's release (SessionStore) frees and the memory report counts
+    assert session.runtime["embeddings"] is cache
     assert (cache.max_items, cache.max_bytes) == (24, 24 * EMBEDDING_BYTES)
     assert interaction.PlaneEmbeddings(3, 7).max_bytes == 7
 
