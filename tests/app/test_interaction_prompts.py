@@ -485,14 +485,20 @@ def test_a_prompt_without_its_base_plane_is_an_internal_error(session, runner):
     assert interaction.to_prompts(PromptState(VIEW, INDEX, 1, box=BOX)).points is None
 
 
-def test_the_runner_serves_the_shared_model_with_the_backend_asked_for():
+def test_the_runner_serves_the_shared_model_with_the_backend_asked_for(monkeypatch):
     """``--backend torch``: the session's model is the process's one loaded copy (no second load per request), and
-    the status line says torch, chosen by the flag."""
+    the status line says torch, chosen by the flag, even where the machine's default ($MEDSEG_BACKEND) is another
+    backend. A GPU-only backend asked for on the CPU is refused in one line."""
+    from runtime.backend_choice import BackendError
+
+    monkeypatch.setenv("MEDSEG_BACKEND", "torch-fp16")  # a GPU machine's default: the flag wins over it
     runner = ModelRunner(backend="torch")  # on the CPU by default
     assert runner.segmenter("litemedsam") is _warm()["models"]["litemedsam"]
     assert runner.segmenter("litemedsam-base") is _warm()["models"]["litemedsam-base"]
     choice = runner.backend_choice("litemedsam")
     assert (choice.backend, choice.source, choice.reason) == ("torch", "flag", "asked for with --backend")
+    with pytest.raises(BackendError, match=r"^--backend torch-fp16: needs a CUDA GPU \(--device cuda\)$"):
+        ModelRunner("cpu", backend="torch-fp16").backend_choice("litemedsam")
 
 
 def test_user_requests_hold_the_model_and_background_work_steps_aside():
