@@ -220,6 +220,7 @@ def test_a_cluster_without_the_device_asked_for_is_refused_whole():
     with pytest.raises(BatchError, match=r"^the Ray cluster has no CPU; use --device cpu or join a cluster with GPUs$"):
         default_workers(_Cluster(CPU=0.0), "cpu")
     assert default_workers(_Cluster(), "cpu") == 1  # a cluster that reports no CPU count: one worker
+    assert default_workers(_Cluster(GPU=2.0, CPU=8.0), "cuda") == 2  # one model per GPU unless told otherwise
 
 
 def test_gpu_workers_get_whole_cpus():
