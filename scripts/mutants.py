@@ -344,6 +344,67 @@ EQUIVALENT |= {
 }
 
 
+# evaluation/report.py (issue 26, branch mut26): equivalent mutants
+_E = "evaluation.report.x_"
+EQUIVALENT |= {
+    **{f"{_E}{f}__mutmut_{n}": "matplotlib.use('agg'/'AGG'): backend names are matched case-insensitively, the "
+       "same Agg renderer" for f, n in (("plot_dice_per_click", 3), ("plot_dice_per_click", 4), ("plot_groups", 3),
+                                        ("plot_groups", 4), ("plot_protocol_comparison", 5),
+                                        ("plot_protocol_comparison", 6))},
+    **{f"{_E}{f}__mutmut_{n}": "savefig's format None / left out / 'PNG': every caller names a .png file and "
+       "atomic_output keeps the suffix, so matplotlib writes PNG either way (format names are case-insensitive)"
+       for f, n in (("plot_dice_per_click", 153), ("plot_dice_per_click", 155), ("plot_dice_per_click", 157),
+                    ("plot_groups", 118), ("plot_groups", 120), ("plot_groups", 122),
+                    ("plot_protocol_comparison", 94), ("plot_protocol_comparison", 96),
+                    ("plot_protocol_comparison", 98))},
+    **{f"{_E}{f}__mutmut_{n}": "plt.close(None) closes the current figure, which is this one (plt.subplots above)"
+       for f, n in (("plot_dice_per_click", 158), ("plot_groups", 123), ("plot_protocol_comparison", 99))},
+    **{f"{_E}{f}__mutmut_{n}": "the axis' lower limit None: the bars start at 0, a sticky edge, so autoscaling "
+       "gives 0 (the tests read the limits)" for f, n in (("plot_dice_per_click", 50), ("plot_groups", 94))},
+    f"{_E}plot_groups__mutmut_49": "colour '#4C72B0' for '#4c72b0': hex colours are case-insensitive",
+    f"{_E}plot_protocol_comparison__mutmut_40": "ls='none' left out: a marker-only format ('o', 's', ...) draws no "
+                                                "line already",
+    **{f"{_E}write_per_case_csv__mutmut_{n}": "open(newline=None) for newline='': on POSIX nothing is translated "
+       "('\\n' is os.linesep), the csv module's \\r\\n rows are the same bytes; differs on Windows only"
+       for n in (4, 8)},
+    **{f"{_E}{f}__mutmut_{n}": "encoding 'UTF-8' for 'utf-8': codec names are case-insensitive"
+       for f, n in (("write_per_case_csv", 14), ("write_report", 40), ("write_report", 78))},
+    **{f"{_E}write_report__mutmut_{n}": "summary.json's encoding None / left out: json.dumps escapes every non-ASCII "
+       "character (ensure_ascii), so the text is ASCII in any locale" for n in (26, 28)},
+    **{f"{_E}write_report__mutmut_{n}": "json.dumps(allow_nan=None/True/default): summarize's _clean already made "
+       "every NaN and infinity null" for n in (32, 35, 37)},
+    f"{_E}summarize__mutmut_45": "equity_table's metrics left out: its default is ES_METRICS' ('dice', 'iou', 'nsd')",
+}
+
+# app/interaction.py (issue 26, branch mut26): equivalent mutants of the functions run to the end here
+EQUIVALENT |= {
+    **{f"{_I}click__mutmut_{n}": "click's 'a click cancels a half-drawn box' rebuild: the next PromptState is built "
+       "from the same fields without a corner anyway, and a corner-only prompt has no points, box or logits (box_click "
+       "makes it fresh), so flipping the test or dropping/nulling a field changes nothing"
+       for n in (10, 12, 13, 17, 19, 23, 24, 25, 27)},
+    f"{_I}click__mutmut_66": "'or p.logits is None' in the ambiguity test: every prompt without logits (new, corner, "
+                             "paint) has no points and no box, so the answer is the same",
+    f"{_I}box_click__mutmut_56": "box_prompt(before=None): _without_corner of a corner-only prompt is always None",
+    f"{_I}mask_prompt__mutmut_51": "the paint's _edit with mask None: its after.base already holds the paint, and "
+                                   "merged_plane paints nothing more",
+    "app.interaction.xǁModelRunnerǁpredict__mutmut_1": "predict's multimask default: its only caller, _predict, "
+                                                       "always passes it",
+    **{f"{_I}{f}__mutmut_{n}": "np.array(plane) without copy=True: np.array copies by default"
+       for f, n in (("merged_plane", 5), ("new_prompt", 5))},
+    **{f"{_I}merged_plane__mutmut_{n}": "np.asarray(mask) without bool: every mask reaching it is bool already (model "
+       "masks, candidates, and mask_prompt's converted paint)" for n in (10, 12)},
+    **{f"{_I}new_prompt__mutmut_{n}": "new_prompt's view/index made None: every caller reads only its base and label "
+       "and takes the plane from its own arguments" for n in (11, 12)},
+    **{f"{_I}to_prompts__mutmut_{n}": "to_prompts' dtype or reshape(-1, 2) of the points and labels dropped or "
+       "reshape(-2, 2): Prompts.__post_init__ makes points float32 (N, 2) and labels int64 itself"
+       for n in (7, 9, 11, 13, 19, 21)},
+    **{f"{_I}_edit__mutmut_{n}": "Edit's before copied or not (copy=None/False/left out): Edit packs it at once "
+       "(PackedArray, zlib)" for n in (21, 23, 24)},
+    "app.interaction.xǁModelRunnerǁ__init____mutmut_30": "the first _last_user 1.0 for 0.0: time.monotonic() is "
+                                                          "the seconds since boot, so 'idle_after_s since' has passed "
+                                                          "either way",
+}
+
 def shared_dir() -> Path:
     for candidate in (os.environ.get("MEDSEG_SHARED"), ROOT.parent / "shared", Path("/work/shared")):
         if candidate and Path(candidate, "data").is_dir():

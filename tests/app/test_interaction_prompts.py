@@ -28,7 +28,7 @@ from app.session import PromptState, Session, SessionError
 from data.readers import read_study
 from data.windowing import default_window, slice_to_rgb
 from models import point_prompts
-from models.prompts import PromptError, Prompts
+from models.prompts import MaskResult, PromptError, Prompts
 from tests.conftest import SAMPLES
 
 VIEW, INDEX = "coronal", 6  # the CT head's acquisition plane, 256 x 256
@@ -141,6 +141,8 @@ def test_the_model_sees_the_plane_in_the_studys_default_window_encoded_once(tmp_
     np.testing.assert_array_equal(axial, expected)
     cache = interaction.embeddings_of(session)
     assert interaction.embeddings_of(session) is cache
+    # under the key a closed tab's release (SessionStore) frees and the memory report counts
+    assert session.runtime["embeddings"] is cache
     assert (cache.max_items, cache.max_bytes) == (24, 24 * EMBEDDING_BYTES)
     assert interaction.PlaneEmbeddings(3, 7).max_bytes == 7
 
@@ -178,6 +180,31 @@ def test_a_box_drawn_with_two_clicks_in_any_order_and_its_undo(session, runner):
     session.active = 2
     assert interaction.box_click(runner, session, BOX[0], BOX[1]) is None
     assert session.prompt.corner == (BOX[0], BOX[1]) and session.prompt.label == 2
+
+
+def test_a_corner_on_another_plane_is_forgotten(session, runner):
+    """Box mode: a first corner on plane 6, then scroll to plane 5 and click: a new first corner there, never a
+    box spanning two planes."""
+    interaction.box_click(runner, session, *BOX[:2])
+    session.view.index[VIEW] = 5
+    assert interaction.box_click(runner, session, *BOX[2:]) is None and not runner.calls
+    assert (session.prompt.index, session.prompt.corner) == (5, BOX[2:]) and not session.labels.any()
+
+
+def test_undoing_a_second_box_goes_back_to_the_first_object(session, runner):
+    """Two boxes on one label are two objects; undoing the second makes the first the current object again, so
+    the next click refines it (its box and logits)."""
+    interaction.box_prompt(runner, session, BOX)
+    first = session.prompt
+    interaction.box_prompt(runner, session, (20.0, 20.0, 60.0, 60.0))
+    assert session.undo_stack[-1].prompt_before is first
+    session.undo()
+    assert session.prompt is first
+    runner.calls.clear()
+    interaction.click(runner, session, *INSIDE, positive=True)
+    ((refine, _),) = runner.calls
+    assert list(refine.box) == list(BOX) and refine.points.tolist() == [list(INSIDE)]
+    np.testing.assert_array_equal(refine.mask_logits, first.logits)
 
 
 def test_the_click_after_undoing_a_box_starts_a_new_box(session, runner):
@@ -275,15 +302,54 @@ def test_a_lone_first_click_gets_the_models_answer_to_a_point_and_its_alternativ
     session.undo()
     np.testing.assert_array_equal(session.region(VIEW, INDEX) == 1, expected.masks[best])
     assert session.prompt.chosen == best
-    # the next click refines the chosen box with both points (no more alternatives)
+    # the first alternative can be chosen too; the next click refines the chosen candidate (its box and logits)
+    # with both points, on the same object (no more alternatives)
+    interaction.choose_alternative(session, 0)
+    assert session.prompt.chosen == 0 and session.prompt.box == tuple(float(v) for v in expected.boxes[0])
+    np.testing.assert_array_equal(session.region(VIEW, INDEX) == 1, expected.masks[0])
     runner.calls.clear()
     interaction.click(runner, session, 130, 118, positive=True)
     ((refine, multimask),) = runner.calls
     assert multimask is False and refine.point_labels.tolist() == [1, 1] and session.prompt.alternatives == ()
+    assert refine.points.tolist() == [list(INSIDE), [130.0, 118.0]] and len(session.history[1]) == 2
+    assert list(refine.box) == [float(v) for v in expected.boxes[0]]
+    np.testing.assert_array_equal(refine.mask_logits, expected.low_res_logits[0][None])
     session.prompt = None
     with pytest.raises(PromptError, match="^no alternatives to choose from: they exist only after a lone first "
                                           "click$"):
         interaction.choose_alternative(session, 0)
+
+
+class SamStyleRunner(SpyRunner):
+    """A SAM-style model without an IoU head: its multimask answer to a lone point is three masks (here the real
+    model's candidates), with NaN scores and no boxes."""
+
+    def predict(self, session, embedding, prompts, multimask=False):
+        if multimask:  # the lone click: the real model's candidates, computed once in _warm (the slow prompt)
+            self.calls.append((prompts, multimask))
+            r = _warm()["answers"]["litemedsam"]
+        else:
+            r = super().predict(session, embedding, prompts, multimask)
+        return MaskResult(r.masks, np.full(len(r.masks), np.nan, np.float32), r.low_res_logits, None)
+
+
+def test_a_sam_style_lone_click_offers_its_masks_without_boxes_or_scores(session):
+    """The candidates are the model's own masks (no boxes asked for), scored 0 where the model gives no IoU (the
+    UI prints "IoU 0.00", not nan or a made-up 1.00); the first is kept and a click refines it without a box."""
+    runner = SamStyleRunner()
+    interaction.click(runner, session, *INSIDE, positive=True)
+    expected = _warm()["answers"]["litemedsam"]
+    assert len(runner.calls) == 1 and runner.calls[0][1] is True  # no second try with boxes around the click
+    alternatives = session.prompt.alternatives
+    assert [(score, box) for _, _, score, box in alternatives] == [(0.0, None)] * len(expected.masks)
+    for (mask, _, _, _), m in zip(alternatives, expected.masks):
+        np.testing.assert_array_equal(mask, m)
+    assert session.prompt.chosen == 0 and session.prompt.box is None
+    np.testing.assert_array_equal(session.region(VIEW, INDEX) == 1, expected.masks[0])
+    interaction.click(runner, session, 130, 118, positive=True)
+    refine = runner.calls[-1][0]
+    assert refine.box is None and refine.point_labels.tolist() == [1, 1]
+    np.testing.assert_array_equal(refine.mask_logits, expected.low_res_logits[0][None])
 
 
 def test_a_box_trained_model_answers_a_lone_click_with_boxes_around_it(tmp_path, runner, monkeypatch):
@@ -419,6 +485,22 @@ def test_a_prompt_without_its_base_plane_is_an_internal_error(session, runner):
     assert interaction.to_prompts(PromptState(VIEW, INDEX, 1, box=BOX)).points is None
 
 
+def test_the_runner_serves_the_shared_model_with_the_backend_asked_for(monkeypatch):
+    """``--backend torch``: the session's model is the process's one loaded copy (no second load per request), and
+    the status line says torch, chosen by the flag, even where the machine's default ($MEDSEG_BACKEND) is another
+    backend. A GPU-only backend asked for on the CPU is refused in one line."""
+    from runtime.backend_choice import BackendError
+
+    monkeypatch.setenv("MEDSEG_BACKEND", "torch-fp16")  # a GPU machine's default: the flag wins over it
+    runner = ModelRunner(backend="torch")  # on the CPU by default
+    assert runner.segmenter("litemedsam") is _warm()["models"]["litemedsam"]
+    assert runner.segmenter("litemedsam-base") is _warm()["models"]["litemedsam-base"]
+    choice = runner.backend_choice("litemedsam")
+    assert (choice.backend, choice.source, choice.reason) == ("torch", "flag", "asked for with --backend")
+    with pytest.raises(BackendError, match=r"^--backend torch-fp16: needs a CUDA GPU \(--device cuda\)$"):
+        ModelRunner("cpu", backend="torch-fp16").backend_choice("litemedsam")
+
+
 def test_user_requests_hold_the_model_and_background_work_steps_aside():
     runner = ModelRunner("cpu", idle_after_s=3600)
     assert not runner.busy and runner.try_background_turn()  # idle: background work may take the model
@@ -437,17 +519,40 @@ def test_user_requests_hold_the_model_and_background_work_steps_aside():
     assert not quick._lock.locked()
 
 
-def test_a_batching_runner_sends_encodes_through_the_batcher_and_takes_no_lock(tmp_path):
+def test_background_work_waits_half_a_second_after_the_last_user_request(monkeypatch):
+    """The prefetcher steps aside while the user is active: for 0.5 s after a request ends, by default."""
+    now = [1000.0]
+    monkeypatch.setattr(interaction.time, "monotonic", lambda: now[0])
+    runner = ModelRunner()
+    with runner.turn():
+        pass
+    now[0] += 0.45
+    assert runner.busy and not runner.try_background_turn()
+    now[0] += 0.1
+    assert not runner.busy and runner.try_background_turn()
+    runner.release_background_turn()
+
+
+def test_a_batching_runner_sends_encodes_and_prompts_through_the_batchers_and_takes_no_lock(tmp_path):
     runner = ModelRunner("cpu", batch_window_ms=5)
     assert runner.batcher is not None and ModelRunner("cpu").batcher is None
-    seen = []
+    assert runner.decode_batcher is not None and ModelRunner("cpu").decode_batcher is None
+    for batcher in (runner.batcher, runner.decode_batcher):  # each waits 5 ms for other sessions' requests and
+        assert batcher.window_s == pytest.approx(0.005) and batcher.load == runner.segmenter  # runs the runner's models
+    assert ModelRunner("cpu", batch_window_ms=0.5).batcher is not None  # any positive window batches
+    seen, decoded = [], []
 
     class Batcher:
         def embed(self, sid, model, image):
             seen.append((sid, model, image))
             return _warm()["embeddings"]["litemedsam"]
 
-    runner.batcher = Batcher()
+    class DecodeBatcher:
+        def predict(self, sid, model, embedding, prompts, multimask):
+            decoded.append((sid, model, embedding, prompts, multimask))
+            return _reference(prompts, model, multimask)
+
+    runner.batcher, runner.decode_batcher = Batcher(), DecodeBatcher()
     session = _session(tmp_path, encoded=False)
     with runner.turn():
         assert not runner._lock.locked()
@@ -455,6 +560,12 @@ def test_a_batching_runner_sends_encodes_through_the_batcher_and_takes_no_lock(t
     ((sid, model, image),) = seen
     assert (sid, model) == (SID, "litemedsam")
     np.testing.assert_array_equal(image, _warm()["image"])
+    # a box: the session's prompt goes to the decode batcher with its session, model and embedding
+    interaction.box_prompt(runner, session, BOX)
+    ((sid, model, embedding, prompts, multimask),) = decoded
+    assert (sid, model, multimask) == (SID, "litemedsam", False) and embedding is _warm()["embeddings"]["litemedsam"]
+    assert list(prompts.box) == list(BOX) and prompts.pixel_spacing == _spacing(session)
+    np.testing.assert_array_equal(session.region(VIEW, INDEX) == 1, _reference(prompts).best_mask)
 
 
 class CountingRunner(ModelRunner):

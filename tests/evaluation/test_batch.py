@@ -208,3 +208,53 @@ def test_gpu_workers_share_the_cpus(resources, device, workers, expected):
     from evaluation.distributed import cpus_per_worker
 
     assert cpus_per_worker(_Cluster(**resources), device, workers) == expected
+
+
+def test_a_cluster_without_the_device_asked_for_is_refused_whole():
+    from evaluation.distributed import BatchError, default_workers
+
+    for resources in ({"CPU": 8.0}, {"GPU": 0.0, "CPU": 8.0}):  # no GPU key at all, or none free
+        with pytest.raises(BatchError, match=r"^the Ray cluster has no GPU; use --device cpu or join a cluster "
+                                             r"with GPUs$"):
+            default_workers(_Cluster(**resources), "cuda:0")
+    with pytest.raises(BatchError, match=r"^the Ray cluster has no CPU; use --device cpu or join a cluster with GPUs$"):
+        default_workers(_Cluster(CPU=0.0), "cpu")
+    assert default_workers(_Cluster(), "cpu") == 1  # a cluster that reports no CPU count: one worker
+    assert default_workers(_Cluster(GPU=2.0, CPU=8.0), "cuda") == 2  # one model per GPU unless told otherwise
+
+
+def test_gpu_workers_get_whole_cpus():
+    from evaluation.distributed import cpus_per_worker
+
+    assert cpus_per_worker(_Cluster(GPU=1.0, CPU=10.0), "cuda", 4) == 2  # 10 CPUs, 4 workers: 2 each, not 2.5
+    assert cpus_per_worker(_Cluster(GPU=1.0, CPU=16.0), "cuda", 1) == 16  # one worker takes them all
+    assert cpus_per_worker(_Cluster(GPU=1.0), "cuda", 1) == 1  # no CPU count reported: one
+
+
+def test_slices_per_task_below_one_is_refused(cohort):
+    from evaluation.distributed import BatchError
+
+    specs, _ = read_manifest(cohort)
+    with pytest.raises(BatchError, match=r"^slices per task must be >= 1, got 0$"):
+        plan_tasks(specs, slices_per_task=0)
+
+
+def test_the_ray_address_check_reads_scheme_slash_and_port():
+    """``ray://host:port/`` reaches a listening port; a closed one is refused in one line naming the address and
+    the way out; forms without a numeric port (``auto``, a name Ray resolves) are left to Ray."""
+    import socket
+
+    from evaluation.distributed import BatchError, check_reachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        check_reachable(f"ray://127.0.0.1:{port}/")
+        check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(BatchError, match=rf"^--ray ray://127\.0\.0\.1:{port}/: cannot reach a Ray cluster there "
+                                         r"\(.+\); start one with `ray start --head` and pass its address, or use "
+                                         r"--ray local$"):
+        check_reachable(f"ray://127.0.0.1:{port}/")
+    for left_to_ray in ("auto", "ray-head", "ray-head:client"):
+        assert check_reachable(left_to_ray) is None

@@ -86,7 +86,7 @@ def test_report_text_by_hand():
     s = summarize(_run(), ["site"])
     md = report_markdown(s, {"dice": "d.png", "group:site": "g.png"})
     lines = md.split("\n")
-    assert lines[0] == "# Evaluation: litemedsam, protocol `box+clicks:1`"
+    assert lines[0] == "# Evaluation: litemedsam, protocol `box+clicks:1`" and lines[1] == lines[3] == ""
     assert lines[2] == ("Manifest `m.csv`, 3 cases; box margin 3 px, jitter 1 px, seed 7; NSD tolerance 2.0 mm; "
                         "empty masks: both empty = perfect, HD95 with one empty = diagonal. Model time 3.8 s.")
     assert lines[4:10] == [
@@ -182,3 +182,151 @@ def test_a_one_step_run_plots_bars_with_all_first(tmp_path, figures):
     assert [t.get_text() for t in ax.get_yticklabels()] == ["liver", "kidney", "all"]  # all on top
     assert [round(b.get_width(), 6) for b in ax.patches] == [0.8, 0.4, 0.6]
     assert ax.get_xlabel() == "mean Dice (box, clicks = 0)" and ax.get_xlim() == (0.0, 1.0)
+
+
+def test_all_leads_every_table_even_before_structures_that_sort_first():
+    """``all`` is the first row whatever the names: capitals and names below "all" in the alphabet included."""
+    rows = [_row("c1", "adrenal", 0, 0.5, "A"), _row("c2", "Liver", 0, 0.7, "B"), _row("c3", "aorta", 0, 0.6, "A")]
+    one = _run(rows)
+    one.settings = EvalSettings(parse_protocol("box"))
+    s = summarize(one)
+    assert list(s["means"]) == ["all", "Liver", "adrenal", "aorta"]
+    table = report_markdown(s, {}).split("\n")[8:12]  # the Dice per click table's rows
+    assert [row.split(" | ")[0] for row in table] == ["| all", "| Liver", "| adrenal", "| aorta"]
+
+
+def test_a_group_column_with_spaces_gets_a_safe_plot_name_and_a_rerun_overwrites(tmp_path):
+    """The plot of ``--group-by "Scanner Model"`` is groups_Scanner_Model.png, linked from report.md; running the
+    evaluation again into the same folder replaces the outputs instead of failing."""
+    def rows(dice_b):
+        return [StepRow("c1", "liver", 0, 0.8, 0.7, 3.0, 0.8, 0.5, {"Scanner Model": "GE/Revolution"}),
+                StepRow("c2", "liver", 0, dice_b, 0.5, 3.0, 0.6, 0.5, {"Scanner Model": "Siemens Force"})]
+
+    def run(dice_b):
+        return EvalRun(rows=rows(dice_b), settings=EvalSettings(parse_protocol("box")), model="litemedsam",
+                       manifest="m.csv", attributes=["Scanner Model"], n_cases=2)
+
+    out = tmp_path / "run"
+    write_report(run(0.6), out, ["Scanner Model"])
+    assert (out / "groups_Scanner_Model.png").is_file()
+    assert "![Dice by Scanner Model](groups_Scanner_Model.png)" in (out / "report.md").read_text(encoding="utf-8")
+    again = write_report(run(0.4), out, ["Scanner Model"])  # the folder exists now
+    assert again["means"]["all"]["0"]["dice"] == pytest.approx(0.6)
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["means"]["all"]["0"]["dice"] == \
+        pytest.approx(0.6)
+    assert "| all | 2 | 0.600 |" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_the_report_files_are_utf8_whatever_the_locale(tmp_path):
+    """A server under a plain ASCII locale (LC_CTYPE=C) writes a structure named "Rückenmark": the CSV and the
+    report are UTF-8 and name it, rather than failing on the umlaut or writing the locale's encoding."""
+    import locale
+
+    rows = [StepRow("Fall-ä", "Rückenmark", 0, 0.8, 0.7, 3.0, 0.8, 0.5, {"site": "A"})]
+    one = EvalRun(rows=rows, settings=EvalSettings(parse_protocol("box")), model="litemedsam", manifest="m.csv",
+                  attributes=["site"], n_cases=1)
+    previous = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        write_report(one, tmp_path)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, previous)
+    with open(tmp_path / "per_case.csv", newline="", encoding="utf-8") as f:
+        assert list(csv.reader(f))[1][:2] == ["Fall-ä", "Rückenmark"]
+    assert "| Rückenmark | 1 | 0.800 |" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_the_plots_are_written_at_their_size(tmp_path):
+    """Pixel sizes of the PNGs report.md embeds: 7.5 x 4.5 in and 6.5 x 4 in at 110 dpi."""
+    from PIL import Image
+
+    out = tmp_path / "run"
+    write_report(_run(), out, ["site"])
+    cmp = plot_protocol_comparison({"iter": summarize(_run())}, tmp_path / "c.png")
+    sizes = [Image.open(p).size for p in (out / "dice_per_click.png", out / "groups_site.png", cmp)]
+    assert sizes == [(825, 495), (715, 440), (825, 495)]
+
+
+def test_an_undefined_dice_is_an_empty_bar_and_all_is_the_black_one(tmp_path, figures):
+    from matplotlib.colors import to_hex
+
+    from evaluation.report import plot_dice_per_click
+
+    one = _run([_row("c1", "liver", 0, 0.8, "A"), _row("c2", "kidney", 0, NAN, "B")])
+    one.settings = EvalSettings(parse_protocol("box"))
+    plot_dice_per_click(summarize(one), tmp_path / "d.png")
+    (ax,) = figures[0].axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["liver", "kidney", "all"]
+    assert [round(b.get_width(), 6) for b in ax.patches] == [0.8, 0.0, 0.8]  # kidney undefined: no bar, not 1
+    assert [to_hex(b.get_facecolor()) for b in ax.patches] == ["#999999", "#999999", "#000000"]
+
+
+def test_every_structure_line_has_its_colour_and_its_click_steps(tmp_path, figures):
+    """22 structures, clicks 1..3 (protocol clicks:3): tab20's colours in order, cycling after 20, none black;
+    every line marks its steps at their click counts."""
+    from matplotlib import colormaps
+
+    from evaluation.report import plot_dice_per_click
+
+    names = [f"s{i:02d}" for i in range(22)]
+    rows = [_row(f"c{i}", name, k, 0.5 + 0.1 * k, "A") for i, name in enumerate(names) for k in (1, 2, 3)]
+    many = _run(rows)
+    many.settings = EvalSettings(parse_protocol("clicks:3"))
+    plot_dice_per_click(summarize(many), tmp_path / "d.png")
+    (ax,) = figures[0].axes
+    lines = ax.get_lines()
+    assert [ln.get_label() for ln in lines] == [*names, "all"]
+    tab20 = colormaps["tab20"]
+    assert [ln.get_color() for ln in lines[:-1]] == [tab20(i % 20) for i in range(22)]
+    assert lines[20].get_color() == lines[0].get_color() != lines[1].get_color()
+    for ln in lines:
+        assert ln.get_xdata().tolist() == [1, 2, 3] and ln.get_marker() == "o" and ln.get_linestyle() == "-"
+        assert ln.get_ydata() == pytest.approx([0.6, 0.7, 0.8])
+    assert list(ax.get_xticks()) == [1, 2, 3]
+
+
+def test_the_group_plot_of_a_chosen_click_with_labels_on_their_bars(tmp_path, figures):
+    from evaluation.report import plot_groups
+
+    s = summarize(_run(), ["site"])
+    plot_groups(s, "site", tmp_path / "g.png", clicks=0)
+    (ax,) = figures[0].axes
+    # click 0 by site: A = (0.8 + 0.5) / 2 (n=2), B = 0.6 (n=1), all cases 1.9 / 3
+    es = s["equity"]["site"]["0"]["all"]["dice"]["es"]
+    assert ax.get_title() == f"Dice by site (box+clicks:1, clicks=0): ES-Dice {es:.3f}" and f"{es:.3f}" == "0.603"
+    assert [round(b.get_height(), 6) for b in ax.patches] == [0.65, 0.6]
+    assert [t.get_text() for t in ax.texts] == ["n=2", "n=1"]
+    for bar, text in zip(ax.patches, ax.texts):  # each count centred just above its own bar
+        x, y = text.get_position()
+        assert x == pytest.approx(bar.get_x() + bar.get_width() / 2) and text.get_ha() == "center"
+        assert bar.get_height() < y <= bar.get_height() + 0.02
+    (overall,) = ax.get_lines()
+    assert overall.get_ydata()[0] == pytest.approx(1.9 / 3) and overall.get_label() == "all cases: 0.633"
+    assert overall.get_color() == "k" and overall.get_linestyle() == "--"  # the reference line: black, dashed
+
+
+@pytest.mark.filterwarnings("ignore:No artists with labels found")
+def test_the_protocol_comparison_places_each_run_at_its_clicks(tmp_path, figures):
+    """One-step runs (box at 0 clicks, points:3 at 3) are markers of their own; an iterative run (clicks:3, steps
+    1..3) a line whose label gives its first and last mean."""
+    def one_step(protocol, clicks, dice):
+        r = _run([_row("c1", "liver", clicks, dice, "A")])
+        r.settings = EvalSettings(parse_protocol(protocol))
+        return summarize(r)
+
+    iterative = _run([_row("c1", "liver", k, d, "A") for k, d in ((1, 0.5), (2, 0.9), (3, 0.7))])
+    iterative.settings = EvalSettings(parse_protocol("clicks:3"))
+    plot_protocol_comparison({"box": one_step("box", 0, 0.8), "points:3": one_step("points:3", 3, 0.6),
+                              "clicks:3": summarize(iterative)}, tmp_path / "c.png")
+    (ax,) = figures[0].axes
+    box, points, clicks = ax.get_lines()
+    assert (box.get_label(), points.get_label(), clicks.get_label()) == ("box: 0.800", "points:3: 0.600",
+                                                                        "clicks:3: 0.500 -> 0.700")
+    assert box.get_xdata().tolist() == [0] and points.get_xdata().tolist() == [3]
+    assert box.get_ydata().tolist() == [0.8] and points.get_ydata().tolist() == [0.6]
+    assert "None" not in (box.get_marker(), points.get_marker()) and box.get_marker() != points.get_marker()
+    assert clicks.get_xdata().tolist() == [1, 2, 3] and clicks.get_ydata() == pytest.approx([0.5, 0.9, 0.7])
+    assert clicks.get_marker() == "o" and clicks.get_linestyle() == "-"
+    # nothing to compare: an empty figure, no error
+    path = plot_protocol_comparison({}, tmp_path / "empty.png")
+    assert path.is_file() and figures[1].axes[0].get_title() == ": protocols compared (all)"
