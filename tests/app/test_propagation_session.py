@@ -2,7 +2,9 @@
 that keeps them, undo that restores the volume as it was, review (accept / cut), and a study that
 stays usable (browsing, clicking) while a propagation runs in the background.
 
-A 5-slice cut of the bundled CT series keeps the encoding cheap (each slice is encoded once here).
+A 5-slice cut of the bundled CT series keeps the encoding cheap, and each slice is encoded once here
+(``five_embeddings``): each test's session starts with the study encoded, as a server's session does once
+its study encoder has run after the open; the last test encodes the study itself and counts the encodes.
 """
 
 from __future__ import annotations
@@ -40,9 +42,30 @@ def five(tmp_path_factory):
     return path
 
 
-def _open_and_box(ctx, path, slice_index=2):
+@pytest.fixture(scope="module")
+def five_embeddings(ctx, five):
+    """The five slices' embeddings in a session's propagation cache, encoded once by the study encoder
+    (``encode_study``, what ``medseg serve`` runs after an open when prefetching is on)."""
+    from app.propagation_job import encode_study, propagation_cache
+
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(five)])
+    session = ctx.store.get(sid)
+    encode_study(ctx.runner, session).join(600)
+    items = propagation_cache(session).items()
+    assert len(items) == 5
+    return items
+
+
+def _open_and_box(ctx, path, embeddings, slice_index=2):
+    """Open the study in a new session whose study encoder has run (``embeddings``), then draw the box."""
+    from app.propagation_job import propagation_cache
+
     sid = controller.start(ctx, None).session_id
     controller.open_upload(ctx, sid, [str(path)])
+    cache = propagation_cache(ctx.store.get(sid))
+    for key, embedding in embeddings:
+        cache.put(key, embedding)
     controller.set_slice(ctx, sid, slice_index)
     controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
     controller.click(ctx, sid, *BOX[0])
@@ -58,8 +81,8 @@ def _propagate(ctx, sid):
     return job
 
 
-def test_correction_becomes_an_anchor_repropagation_keeps_it_and_undo_restores(ctx, five):
-    sid = _open_and_box(ctx, five)
+def test_correction_becomes_an_anchor_repropagation_keeps_it_and_undo_restores(ctx, five, five_embeddings):
+    sid = _open_and_box(ctx, five, five_embeddings)
     session = ctx.store.get(sid)
     assert anchors_of(session, 1) == {2}
     before_first = session.labels.copy()
@@ -91,8 +114,8 @@ def test_correction_becomes_an_anchor_repropagation_keeps_it_and_undo_restores(c
     np.testing.assert_array_equal(session.labels, before_first)
 
 
-def test_review_accepts_and_cuts_the_range(ctx, five):
-    sid = _open_and_box(ctx, five)
+def test_review_accepts_and_cuts_the_range(ctx, five, five_embeddings):
+    sid = _open_and_box(ctx, five, five_embeddings)
     session = ctx.store.get(sid)
     _propagate(ctx, sid)
     full = session.labels.copy()
@@ -110,11 +133,11 @@ def test_review_accepts_and_cuts_the_range(ctx, five):
     np.testing.assert_array_equal(session.labels, full)
 
 
-def test_study_stays_usable_while_propagation_runs(ctx, five):
+def test_study_stays_usable_while_propagation_runs(ctx, five, five_embeddings):
     """The job is held after its first slices; meanwhile the user browses and segments another slice."""
     from app.propagation_job import start_propagation
 
-    sid = _open_and_box(ctx, five, slice_index=0)
+    sid = _open_and_box(ctx, five, five_embeddings, slice_index=0)
     session = ctx.store.get(sid)
     reached, release = threading.Event(), threading.Event()
 
