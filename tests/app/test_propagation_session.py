@@ -3,8 +3,8 @@ that keeps them, undo that restores the volume as it was, review (accept / cut),
 stays usable (browsing, clicking) while a propagation runs in the background.
 
 A 5-slice cut of the bundled CT series keeps the encoding cheap, and each slice is encoded once here
-(``five_embeddings``): each test's session starts with the study encoded, as a server's session does once
-its study encoder has run after the open; the last test encodes the study itself and counts the encodes.
+(``study_encoded``): the study encoder runs once, counting its encodes for the last test, and each other
+test's session starts with its embeddings, as a server's session does once its study encoder has run.
 """
 
 from __future__ import annotations
@@ -43,18 +43,38 @@ def five(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def five_embeddings(ctx, five):
-    """The five slices' embeddings in a session's propagation cache, encoded once by the study encoder
-    (``encode_study``, what ``medseg serve`` runs after an open when prefetching is on)."""
+def study_encoded(ctx, five):
+    """The study encoder (``encode_study``, what ``medseg serve`` runs after an open when prefetching is on)
+    run once on the five slices with the real model, counting the slices it encodes in each background turn:
+    (slices per turn, the session's propagation cache afterwards as (key, embedding) items)."""
     from app.propagation_job import encode_study, propagation_cache
 
     sid = controller.start(ctx, None).session_id
     controller.open_upload(ctx, sid, [str(five)])
     session = ctx.store.get(sid)
-    encode_study(ctx.runner, session).join(600)
-    items = propagation_cache(session).items()
-    assert len(items) == 5
-    return items
+    real, per_turn = ctx.runner.segmenter(session.model), []
+
+    class Counting:  # the real model, counting the slices encoded while one background turn is held
+        name = real.name
+
+        def embed_batch(self, images):
+            per_turn.append(len(images))
+            return real.embed_batch(images)
+
+    runner = ctx.runner
+    original = runner.segmenter
+    runner.segmenter = lambda name: Counting()
+    try:
+        encode_study(runner, session).join(600)
+    finally:
+        runner.segmenter = original
+    return per_turn, propagation_cache(session).items()
+
+
+@pytest.fixture(scope="module")
+def five_embeddings(study_encoded):
+    """The five slices' embeddings as the study encoder left them in its session's propagation cache."""
+    return study_encoded[1]
 
 
 def _open_and_box(ctx, path, embeddings, slice_index=2):
@@ -163,29 +183,11 @@ def test_study_stays_usable_while_propagation_runs(ctx, five, five_embeddings):
     assert (session.labels[1] == 1).sum() > 500 and (session.labels[4] == 1).sum() > 0
 
 
-def test_background_study_encoding_gives_the_model_back_after_every_slice_on_the_cpu(ctx, five):
+def test_background_study_encoding_gives_the_model_back_after_every_slice_on_the_cpu(study_encoded):
     """A user's click waits for at most one background encode on the CPU. Chunks of four held a first
     click behind four encodes (20-40 s on a loaded 2-core machine: an e2e upload timed out waiting for
-    'Ready'). Each background turn here encodes exactly one slice, and every slice gets encoded."""
-    from app.propagation_job import encode_study
-
-    sid = controller.start(ctx, None).session_id
-    controller.open_upload(ctx, sid, [str(five)])
-    session = ctx.store.get(sid)
-    real, per_turn = ctx.runner.segmenter(session.model), []
-
-    class Counting:  # the real model, counting the slices encoded while one background turn is held
-        name = real.name
-
-        def embed_batch(self, images):
-            per_turn.append(len(images))
-            return real.embed_batch(images)
-
-    runner = ctx.runner
-    original = runner.segmenter
-    runner.segmenter = lambda name: Counting()
-    try:
-        encode_study(runner, session).join(600)
-    finally:
-        runner.segmenter = original
+    'Ready'). Each background turn here encodes exactly one slice, and every slice gets encoded
+    (``study_encoded``: the study encoder run once for this module, its embeddings reused by the tests above)."""
+    per_turn, items = study_encoded
     assert per_turn == [1] * 5
+    assert sorted(key[1] for key, _ in items) == [0, 1, 2, 3, 4]  # each slice once, in the session's cache
