@@ -113,6 +113,13 @@ REAL_SERVER_FILES = (
 )
 
 
+# Files that share a session fixture's expensive work (tests/app/conftest.py: ct_series_embeddings, the CT
+# series' 12 encodes) run in one worker, so the work is done once a run rather than once per worker.
+SHARED_SETUP_UNITS = {
+    "propagation on the CT series": ("tests/app/test_propagation.py", "tests/app/test_propagation_anchors.py"),
+}
+
+
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown (and unused) with -p no:xdist
 def pytest_xdist_make_scheduler(config, log):
     if config.getoption("dist") != "loadfile":  # make test's mode; others keep xdist's own scheduling
@@ -123,6 +130,9 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             if nodeid.startswith(REAL_SERVER_FILES):
                 return "real servers"
+            for unit, files in SHARED_SETUP_UNITS.items():
+                if nodeid.split("::", 1)[0] in files:
+                    return unit
             return super()._split_scope(nodeid)
 
     return RealServersTogether(config, log)

@@ -1,6 +1,7 @@
 """3D propagation with the real LiteMedSAM on the bundled CT series (12 slices, head labels).
 
-Every slice is encoded once: one module-wide EmbeddingCache serves all tests here.
+Every slice is encoded once: one EmbeddingCache serves all tests here and in test_propagation_anchors.py
+(``ct_series_embeddings``, tests/app/conftest.py).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ START = 6
 
 
 @pytest.fixture(scope="module")
-def cache():
-    return EmbeddingCache(max_items=16)
+def cache(ct_series_embeddings):
+    return ct_series_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +138,7 @@ def test_progress_reports_every_slice_and_ends_complete(head_run):
 
 
 def test_each_slice_is_encoded_once(head_run, litemedsam, ct, head, cache):
+    """12 misses in all, whichever of this file and test_propagation_anchors.py (same cache) ran first."""
     assert cache.misses == 12
     propagate(litemedsam, ct, START, Prompts(box=box_around(head[START], 5)), window=default_window(ct),
               cache=cache, settings=MEDSAM_RULE)

@@ -1,7 +1,8 @@
 """Anchors, fill-between, re-propagation, the stop rule at a structure's end, and a study that stays
 usable while a propagation runs: real LiteMedSAM on the bundled 12-slice CT series (head labels).
 
-One module-wide EmbeddingCache: each CT slice is encoded once for all tests here.
+One EmbeddingCache, shared with test_propagation.py (``ct_series_embeddings``, tests/app/conftest.py):
+each CT slice is encoded once for all tests of both files.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from tests.conftest import dice
 
 
 @pytest.fixture(scope="module")
-def cache():
-    return EmbeddingCache(max_items=24)
+def cache(ct_series_embeddings):
+    return ct_series_embeddings
 
 
 # --- pure helpers -------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 that keeps them, undo that restores the volume as it was, review (accept / cut), and a study that
 stays usable (browsing, clicking) while a propagation runs in the background.
 
-A 5-slice cut of the bundled CT series keeps the encoding cheap (each slice is encoded once here).
+A 5-slice cut of the bundled CT series keeps the encoding cheap, and each slice is encoded once here
+(``study_encoded``): the study encoder runs once, counting its encodes for the last test, and each other
+test's session starts with its embeddings, as a server's session does once its study encoder has run.
 """
 
 from __future__ import annotations
@@ -40,9 +42,50 @@ def five(tmp_path_factory):
     return path
 
 
-def _open_and_box(ctx, path, slice_index=2):
+@pytest.fixture(scope="module")
+def study_encoded(ctx, five):
+    """The study encoder (``encode_study``, what ``medseg serve`` runs after an open when prefetching is on)
+    run once on the five slices with the real model, counting the slices it encodes in each background turn:
+    (slices per turn, the session's propagation cache afterwards as (key, embedding) items)."""
+    from app.propagation_job import encode_study, propagation_cache
+
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(five)])
+    session = ctx.store.get(sid)
+    real, per_turn = ctx.runner.segmenter(session.model), []
+
+    class Counting:  # the real model, counting the slices encoded while one background turn is held
+        name = real.name
+
+        def embed_batch(self, images):
+            per_turn.append(len(images))
+            return real.embed_batch(images)
+
+    runner = ctx.runner
+    original = runner.segmenter
+    runner.segmenter = lambda name: Counting()
+    try:
+        encode_study(runner, session).join(600)
+    finally:
+        runner.segmenter = original
+    return per_turn, propagation_cache(session).items()
+
+
+@pytest.fixture(scope="module")
+def five_embeddings(study_encoded):
+    """The five slices' embeddings as the study encoder left them in its session's propagation cache."""
+    return study_encoded[1]
+
+
+def _open_and_box(ctx, path, embeddings, slice_index=2):
+    """Open the study in a new session whose study encoder has run (``embeddings``), then draw the box."""
+    from app.propagation_job import propagation_cache
+
     sid = controller.start(ctx, None).session_id
     controller.open_upload(ctx, sid, [str(path)])
+    cache = propagation_cache(ctx.store.get(sid))
+    for key, embedding in embeddings:
+        cache.put(key, embedding)
     controller.set_slice(ctx, sid, slice_index)
     controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
     controller.click(ctx, sid, *BOX[0])
@@ -58,8 +101,8 @@ def _propagate(ctx, sid):
     return job
 
 
-def test_correction_becomes_an_anchor_repropagation_keeps_it_and_undo_restores(ctx, five):
-    sid = _open_and_box(ctx, five)
+def test_correction_becomes_an_anchor_repropagation_keeps_it_and_undo_restores(ctx, five, five_embeddings):
+    sid = _open_and_box(ctx, five, five_embeddings)
     session = ctx.store.get(sid)
     assert anchors_of(session, 1) == {2}
     before_first = session.labels.copy()
@@ -91,8 +134,8 @@ def test_correction_becomes_an_anchor_repropagation_keeps_it_and_undo_restores(c
     np.testing.assert_array_equal(session.labels, before_first)
 
 
-def test_review_accepts_and_cuts_the_range(ctx, five):
-    sid = _open_and_box(ctx, five)
+def test_review_accepts_and_cuts_the_range(ctx, five, five_embeddings):
+    sid = _open_and_box(ctx, five, five_embeddings)
     session = ctx.store.get(sid)
     _propagate(ctx, sid)
     full = session.labels.copy()
@@ -110,11 +153,11 @@ def test_review_accepts_and_cuts_the_range(ctx, five):
     np.testing.assert_array_equal(session.labels, full)
 
 
-def test_study_stays_usable_while_propagation_runs(ctx, five):
+def test_study_stays_usable_while_propagation_runs(ctx, five, five_embeddings):
     """The job is held after its first slices; meanwhile the user browses and segments another slice."""
     from app.propagation_job import start_propagation
 
-    sid = _open_and_box(ctx, five, slice_index=0)
+    sid = _open_and_box(ctx, five, five_embeddings, slice_index=0)
     session = ctx.store.get(sid)
     reached, release = threading.Event(), threading.Event()
 
@@ -140,29 +183,11 @@ def test_study_stays_usable_while_propagation_runs(ctx, five):
     assert (session.labels[1] == 1).sum() > 500 and (session.labels[4] == 1).sum() > 0
 
 
-def test_background_study_encoding_gives_the_model_back_after_every_slice_on_the_cpu(ctx, five):
+def test_background_study_encoding_gives_the_model_back_after_every_slice_on_the_cpu(study_encoded):
     """A user's click waits for at most one background encode on the CPU. Chunks of four held a first
     click behind four encodes (20-40 s on a loaded 2-core machine: an e2e upload timed out waiting for
-    'Ready'). Each background turn here encodes exactly one slice, and every slice gets encoded."""
-    from app.propagation_job import encode_study
-
-    sid = controller.start(ctx, None).session_id
-    controller.open_upload(ctx, sid, [str(five)])
-    session = ctx.store.get(sid)
-    real, per_turn = ctx.runner.segmenter(session.model), []
-
-    class Counting:  # the real model, counting the slices encoded while one background turn is held
-        name = real.name
-
-        def embed_batch(self, images):
-            per_turn.append(len(images))
-            return real.embed_batch(images)
-
-    runner = ctx.runner
-    original = runner.segmenter
-    runner.segmenter = lambda name: Counting()
-    try:
-        encode_study(runner, session).join(600)
-    finally:
-        runner.segmenter = original
+    'Ready'). Each background turn here encodes exactly one slice, and every slice gets encoded
+    (``study_encoded``: the study encoder run once for this module, its embeddings reused by the tests above)."""
+    per_turn, items = study_encoded
     assert per_turn == [1] * 5
+    assert sorted(key[1] for key, _ in items) == [0, 1, 2, 3, 4]  # each slice once, in the session's cache
