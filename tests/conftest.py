@@ -136,3 +136,16 @@ def pytest_xdist_make_scheduler(config, log):
             return super()._split_scope(nodeid)
 
     return RealServersTogether(config, log)
+
+
+@pytest.fixture(autouse=True)
+def _link_policy_restored():
+    """Each test starts with the library's link policy ("inside"): ``app.cli.main`` sets the CLI's ("follow") for the
+    whole process, so a CLI test run earlier on the same xdist worker changed what a reader test saw (a make test
+    run where `test_links_inside_the_series_folder_are_followed_and_links_out_refuse_it` failed after one)."""
+    from data import untrusted
+
+    saved = untrusted.link_policy()
+    untrusted.set_link_policy("inside")
+    yield
+    untrusted.set_link_policy(saved)
