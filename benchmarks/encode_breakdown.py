@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,24 +32,12 @@ from bench_propagation import big_ct, set_graph_batches  # noqa: E402
 from data.parallel import map_slices  # noqa: E402
 from data.windowing import default_window, slice_to_rgb  # noqa: E402
 from runtime import load_segmenter  # noqa: E402
+from runtime.timing import median_ms  # noqa: E402
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats: int = 3) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up, CUDA synchronised."""
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+def timed(fn, device: str, repeats: int = 3) -> float:
+    """Median wall seconds of ``fn`` over ``repeats`` runs after one warm-up (``runtime.timing``, CUDA synchronised)."""
+    return median_ms(fn, device=device, warmup=1, repeat=repeats) / 1000.0
 
 
 def chunks(n: int, size: int) -> list[range]:
@@ -82,19 +69,20 @@ def main() -> int:
         parts = chunks(n, b)
         inputs = [seg.preprocess_batch([rgb[i] for i in r]) for r in parts]
         row = {"batch": b}
-        row["host_window_s"] = timed(lambda: map_slices(lambda k: slice_to_rgb(volume, k, window), list(range(n))))
+        row["host_window_s"] = timed(lambda: map_slices(lambda k: slice_to_rgb(volume, k, window), list(range(n))), args.device)
         if hasattr(seg, "upstream_host_inputs"):
-            row["host_resize_s"] = timed(lambda: [seg.upstream_host_inputs([rgb[i] for i in r]) for r in parts])
+            row["host_resize_s"] = timed(lambda: [seg.upstream_host_inputs([rgb[i] for i in r]) for r in parts], args.device)
         with torch.inference_mode():
-            row["network_s"] = timed(lambda: [seg.encode(x) for x in inputs])
-            row["embed_s"] = timed(lambda: [seg.embed_batch([rgb[i] for i in r]) for r in parts])
-        row["cache_s"] = timed(lambda: EmbeddingCache(n + 1).embeddings(seg, volume, list(range(n)), window, batch_size=b))
+            row["network_s"] = timed(lambda: [seg.encode(x) for x in inputs], args.device)
+            row["embed_s"] = timed(lambda: [seg.embed_batch([rgb[i] for i in r]) for r in parts], args.device)
+        row["cache_s"] = timed(lambda: EmbeddingCache(n + 1).embeddings(seg, volume, list(range(n)), window, batch_size=b), args.device)
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 EmbeddingCache(n + 1).embeddings(seg, volume, list(range(n)), window, batch_size=b)
-                sync()
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
             events = prof.key_averages()
             row["gpu_busy_s"] = sum(e.self_device_time_total for e in events) / 1e6
             print(f"--- batch {b}", file=sys.stderr)
