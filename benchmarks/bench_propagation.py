@@ -139,6 +139,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (GPU: kernels, compile)")
+    p.add_argument("--runs", type=int, default=1, help="timed runs, each with an empty cache (the first may pay "
+                   "for allocations the warm-up's smaller volume did not make); each run is reported in 'runs'")
     p.add_argument("--dice-check", action="store_true")
     p.add_argument("--profile", action="store_true", help="cProfile the timed walk (top 25 by own time, to stderr)")
     p.add_argument("--json", action="store_true")
@@ -150,7 +152,8 @@ def main() -> int:
     volume = big_ct(n, args.size)
     for _ in range(args.warmup):
         timed_run(seg, big_ct(min(n, 2 * args.batch), args.size), args.batch)
-    r = timed_run(seg, volume, args.batch, args.profile)
+    runs = [timed_run(seg, volume, args.batch, args.profile and i == 0) for i in range(args.runs)]
+    r = runs[-1]
     scale = args.slices / n
     out = {
         "device": args.device, "backend": args.backend, "precision": args.precision, "cuda_graphs": args.cuda_graphs,
@@ -164,6 +167,8 @@ def main() -> int:
         "load_average": [round(x, 2) for x in __import__("os").getloadavg()],
         "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
     }
+    if args.runs > 1:
+        out["runs"] = [{k: round(v, 3) if isinstance(v, float) else v for k, v in x.items()} for x in runs]
     if args.dice_check:
         out["dice3d"] = dice_check(args)
     print(json.dumps(out, indent=None if args.json else 2))

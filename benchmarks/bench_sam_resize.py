@@ -107,8 +107,14 @@ def main() -> int:
             for resize, v in variants.items():
                 encoder = median_ms(lambda: v.embed(image), device=args.device, warmup=args.warmup, repeat=args.repeat)
                 pre = median_ms(lambda: v.preprocess(image), device=args.device, warmup=args.warmup, repeat=args.repeat)
+                emb = v.embed(image)
+                decoder = median_ms(lambda: v.predict(emb, box), device=args.device, warmup=args.warmup, repeat=args.repeat)
+                # issue 22's "end to end": the image in, the box's mask out (embed + predict, one call after the other)
+                e2e = median_ms(lambda: v.predict(v.embed(image), box), device=args.device, warmup=args.warmup,
+                                repeat=args.repeat)
                 emit({"impl": f"ours sam_vit_b {name}, resize: {resize}", "round": r, "encoder_ms": round(encoder, 3),
-                      "preprocess_ms": round(pre, 3), "network_ms": round(network, 3)})
+                      "preprocess_ms": round(pre, 3), "network_ms": round(network, 3), "decoder_ms": round(decoder, 3),
+                      "end_to_end_ms": round(e2e, 3)})
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return 0

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One GPU session's runs, in the order the device calls make them (the `device` tool: one machine, 30 s warm
+# between calls, 64 MiB carried a call, 10 minutes a command). Each stage writes its log and JSON under $OUT.
+#
+#   call 1, carry .devwheels/a:     bash benchmarks/device_session.sh install
+#   call 2, carry .gpu/lm.pth.xz:   bash benchmarks/device_session.sh weights
+#   call 3, carry .gpu/shared:      bash benchmarks/device_session.sh gpu-test propagation
+#   call 4 (nothing to carry):      bash benchmarks/device_session.sh sam throughput
+#
+# Stages: install, weights, gpu-test, propagation, profile, sam, throughput. docs/testing.md and docs/benchmarks.md
+# quote the commands each stage runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONPATH="/tmp/site:$PWD" MEDSEG_WEIGHTS=/tmp/w GRADIO_ANALYTICS_ENABLED=False
+[ -d .gpu/shared/data ] && export MEDSEG_SHARED="$PWD/.gpu/shared"
+[ -d /tmp/shared/data ] && export MEDSEG_SHARED=/tmp/shared
+
+stage() {
+  case "$1" in
+    install)
+      bash benchmarks/device_install.sh .devwheels/a
+      nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+      python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))" ;;
+    weights)
+      mkdir -p /tmp/w && xz -T0 -dc .gpu/lm.pth.xz > /tmp/w/lite_medsam.pth && cp -r weights/click_model /tmp/w/
+      sha256sum /tmp/w/lite_medsam.pth ;;
+    gpu-test)
+      # the shared data stays in /tmp for the later calls (a carried path is replaced call by call)
+      [ -d .gpu/shared/data ] && { rm -rf /tmp/shared; cp -r .gpu/shared /tmp/shared; export MEDSEG_SHARED=/tmp/shared; }
+      timeout 420 bash scripts/gpu_test.sh 2>&1 | tail -60 ;;
+    propagation)
+      local p=benchmarks/bench_propagation.py
+      timeout 60 python3 benchmarks/encode_breakdown.py --batches 32 64 --json > "$OUT/encode_breakdown.jsonl"
+      timeout 90 python3 benchmarks/encode_breakdown.py --batches 32 64 --graph-batches 1 2 4 8 16 32 64 --json \
+        > "$OUT/encode_breakdown_graphs.jsonl"
+      timeout 60 python3 $p --device cuda --backend torch-fp16 --batch 32 --json > "$OUT/prop_default.json"
+      timeout 90 python3 $p --device cuda --backend torch-fp16 --batch 32 --graph-batches 1 2 4 8 16 32 64 --json \
+        > "$OUT/prop_graphs.json"
+      timeout 120 python3 $p --device cuda --backend torch-fp16 --batch 32 --graph-batches 1 2 4 8 16 32 64 \
+        --slices 40 --warmup 0 --dice-check --json > "$OUT/prop_graphs_dice.json"
+      tail -n 3 "$OUT"/encode_breakdown*.jsonl "$OUT"/prop_*.json ;;
+    profile)
+      # cold and warm runs of one process, then cProfile of the encode and the walk (stderr)
+      timeout 120 python3 benchmarks/bench_propagation.py --device cuda --backend torch-fp16 --batch 32 --runs 3 --json \
+        > "$OUT/prop_runs.json"
+      timeout 120 python3 benchmarks/bench_propagation.py --device cuda --backend torch-fp16 --batch 32 --profile --json \
+        > "$OUT/prop_profile.json" 2> "$OUT/prop_profile.txt"
+      cat "$OUT/prop_runs.json" "$OUT/prop_profile.json" ;;
+    sam)
+      timeout 240 python3 benchmarks/bench_sam_resize.py --device cuda --configs fp32,graphs --rounds 3 \
+        --out "$OUT/sam_e2e.jsonl" 2>&1 | tail -12 ;;
+    throughput)
+      # issue 22's 1700 slices/s, Dice measured through the compiled path at the timed batch
+      python3 benchmarks/bisect_compiled_path.py run --cases .gpu/bisect_cases.npz --batch "${BATCH:-512}" \
+        --configs fp32-eager,fp16-triton-tanh-cdt --json "$OUT/bisect_b${BATCH:-512}.jsonl" 2>&1 | tail -6 ;;
+    *) echo "device_session: unknown stage $1" >&2; return 2 ;;
+  esac
+}
+
+for s in "$@"; do
+  echo "=== $s $(date -u +%H:%M:%S)"
+  stage "$s" 2>&1 | tee "$OUT/$s.log"
+done
