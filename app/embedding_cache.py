@@ -23,6 +23,11 @@ from models.segmenter import Embedding, Segmenter
 
 CacheKey = tuple[str, int, str, Hashable]
 EMBEDDING_BYTES = 4 << 20  # one LiteMedSAM / SAM slice embedding (256 x 64 x 64 float32)
+# On a GPU a batch of several slices shorter than ``batch_size`` (a volume's last one) is padded up to it with
+# copies of its last slice, so a volume's encode runs one batch shape: the first propagation after the model
+# loaded spent 1.4 s of 3.2 s on the GPU in ``conv2d``, and the suspect is the short last batch's new shape
+# (docs/benchmarks.md, 3D propagation). Off until measured.
+PAD_SHORT_GPU_BATCHES = False
 
 
 def volume_key(volume: Volume) -> str:
@@ -35,6 +40,15 @@ def volume_key(volume: Volume) -> str:
     h.update(str((volume.array.shape, str(volume.array.dtype), volume.spacing, volume.origin, volume.direction)).encode())
     h.update(memoryview(np.ascontiguousarray(volume.array)).cast("B"))
     return h.hexdigest()[:32]
+
+
+def padded(segmenter: Segmenter, chunk: list[int], batch_size: int) -> list[int]:
+    """``chunk`` padded to ``batch_size`` with its last slice where :data:`PAD_SHORT_GPU_BATCHES` applies (the
+    encoder has no batch-wide statistics, so each slice's embedding is its own; the copies are dropped)."""
+    device = getattr(segmenter, "device", None)
+    if not PAD_SHORT_GPU_BATCHES or getattr(device, "type", None) != "cuda" or not 1 < len(chunk) < batch_size:
+        return chunk
+    return chunk + [chunk[-1]] * (batch_size - len(chunk))
 
 
 def window_key(window: Window | None) -> Hashable:
@@ -137,7 +151,7 @@ class EmbeddingCache:
                 out[int(k)] = hit
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]
-            encoded = segmenter.embed_batch(map_slices(lambda k: slice_to_rgb(volume, k, window), chunk))
+            encoded = segmenter.embed_batch(map_slices(lambda k: slice_to_rgb(volume, k, window), padded(segmenter, chunk, batch_size)))
             for k, emb in zip(chunk, encoded):
                 # own the memory: a slice of the batch tensor would keep the whole batch alive
                 emb = replace(emb, features=emb.features.clone(), extras={k: v.clone() for k, v in emb.extras.items()})

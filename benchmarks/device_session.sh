@@ -7,7 +7,7 @@
 #   call 3, carry .gpu/shared:      bash benchmarks/device_session.sh gpu-test propagation
 #   call 4 (nothing to carry):      bash benchmarks/device_session.sh sam throughput
 #
-# Stages: install, weights, gpu-test, propagation, profile, sam, throughput. docs/testing.md and docs/benchmarks.md
+# Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput. docs/testing.md and docs/benchmarks.md
 # quote the commands each stage runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +48,17 @@ stage() {
       timeout 120 python3 benchmarks/bench_propagation.py --device cuda --backend torch-fp16 --batch 32 --profile --json \
         > "$OUT/prop_profile.json" 2> "$OUT/prop_profile.txt"
       cat "$OUT/prop_runs.json" "$OUT/prop_profile.json" ;;
+    coldstart)
+      # the first propagation of a process: 300 slices (a short last batch of 12), 320 (none), 300 padded, and the
+      # allocator's expandable segments; each a fresh process, two runs
+      local p=benchmarks/bench_propagation.py a="--device cuda --backend torch-fp16 --batch 32 --runs 2 --json"
+      timeout 90 python3 $p $a > "$OUT/cold_300.json"
+      timeout 90 python3 $p $a --slices 320 > "$OUT/cold_320.json"
+      timeout 90 python3 $p $a --pad-short-batches > "$OUT/cold_300_pad.json"
+      PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 90 python3 $p $a > "$OUT/cold_300_expandable.json"
+      timeout 150 python3 $p --device cuda --backend torch-fp16 --batch 32 --pad-short-batches --slices 40 --warmup 0 \
+        --dice-check --json > "$OUT/cold_pad_dice.json"
+      for f in "$OUT"/cold_*.json; do echo "$f"; python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d.get('runs'), d.get('dice3d'))" "$f"; done ;;
     sam)
       timeout 240 python3 benchmarks/bench_sam_resize.py --device cuda --configs fp32,graphs --rounds 3 \
         --out "$OUT/sam_e2e.jsonl" 2>&1 | tail -12 ;;
