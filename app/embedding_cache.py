@@ -24,10 +24,10 @@ from models.segmenter import Embedding, Segmenter
 CacheKey = tuple[str, int, str, Hashable]
 EMBEDDING_BYTES = 4 << 20  # one LiteMedSAM / SAM slice embedding (256 x 64 x 64 float32)
 # On a GPU a batch of several slices shorter than ``batch_size`` (a volume's last one) is padded up to it with
-# copies of its last slice, so a volume's encode runs one batch shape: the first propagation after the model
-# loaded spent 1.4 s of 3.2 s on the GPU in ``conv2d``, and the suspect is the short last batch's new shape
-# (docs/benchmarks.md, 3D propagation). Off until measured.
-PAD_SHORT_GPU_BATCHES = False
+# copies of its last slice, so a volume's encode runs one batch shape. cuDNN prepares its kernels once per new
+# shape: a 300-slice CT's last batch of 12 cost the first propagation of a process 1.4 s (H100: first run 3.06 s,
+# padded 1.82 s, a 320-slice volume with no short batch 1.82 s; 3D Dice unchanged; docs/benchmarks.md).
+PAD_SHORT_GPU_BATCHES = True
 
 
 def volume_key(volume: Volume) -> str:

@@ -141,18 +141,19 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (GPU: kernels, compile)")
     p.add_argument("--runs", type=int, default=1, help="timed runs, each with an empty cache (the first may pay "
                    "for allocations the warm-up's smaller volume did not make); each run is reported in 'runs'")
-    p.add_argument("--pad-short-batches", action="store_true",
-                   help="GPU: app.embedding_cache.PAD_SHORT_GPU_BATCHES (a volume's short last batch padded to --batch)")
+    p.add_argument("--pad-short-batches", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPU: set app.embedding_cache.PAD_SHORT_GPU_BATCHES (a volume's short last batch padded to "
+                        "--batch; on by default since 2026-12-05)")
     p.add_argument("--dice-check", action="store_true")
     p.add_argument("--profile", action="store_true", help="cProfile the timed walk (top 25 by own time, to stderr)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     set_graph_batches(args.graph_batches)
-    if args.pad_short_batches:
-        import app.embedding_cache
+    import app.embedding_cache
 
-        app.embedding_cache.PAD_SHORT_GPU_BATCHES = True
+    if args.pad_short_batches is not None:
+        app.embedding_cache.PAD_SHORT_GPU_BATCHES = args.pad_short_batches
     seg = segmenter(args)
     n = args.slices_timed or args.slices
     volume = big_ct(n, args.size)
@@ -164,7 +165,7 @@ def main() -> int:
     out = {
         "device": args.device, "backend": args.backend, "precision": args.precision, "cuda_graphs": args.cuda_graphs,
         "graph_batches": list(__import__("runtime.cuda_graphs").cuda_graphs.GRAPH_BATCHES) if args.device == "cuda" else None,
-        "batch": args.batch, "pad_short_batches": args.pad_short_batches,
+        "batch": args.batch, "pad_short_batches": app.embedding_cache.PAD_SHORT_GPU_BATCHES,
         "threads": args.threads, "size": args.size, "slices": args.slices, "slices_timed": n,
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()},
         "per_slice_ms": round(1000 * r["total_s"] / n, 2),

@@ -52,10 +52,11 @@ stage() {
       # the first propagation of a process: 300 slices (a short last batch of 12), 320 (none), 300 padded, and the
       # allocator's expandable segments; each a fresh process, two runs
       local p=benchmarks/bench_propagation.py a="--device cuda --backend torch-fp16 --batch 32 --runs 2 --json"
-      timeout 90 python3 $p $a > "$OUT/cold_300.json"
-      timeout 90 python3 $p $a --slices 320 > "$OUT/cold_320.json"
+      timeout 90 python3 $p $a --no-pad-short-batches > "$OUT/cold_300.json"
+      timeout 90 python3 $p $a --no-pad-short-batches --slices 320 > "$OUT/cold_320.json"
       timeout 90 python3 $p $a --pad-short-batches > "$OUT/cold_300_pad.json"
-      PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 90 python3 $p $a > "$OUT/cold_300_expandable.json"
+      PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True timeout 90 python3 $p $a --no-pad-short-batches \
+        > "$OUT/cold_300_expandable.json"
       timeout 150 python3 $p --device cuda --backend torch-fp16 --batch 32 --pad-short-batches --slices 40 --warmup 0 \
         --dice-check --json > "$OUT/cold_pad_dice.json"
       for f in "$OUT"/cold_*.json; do echo "$f"; python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d.get('runs'), d.get('dice3d'))" "$f"; done ;;

@@ -59,6 +59,7 @@ def test_a_lone_slice_and_a_full_batch_are_not_padded(volume, monkeypatch, slice
     assert [len(b) for b in seg.batches] == sizes and sorted(out) == slices
 
 
-def test_padding_is_off_unless_switched_on(volume, monkeypatch):
-    seg, _ = encode("cuda", volume, list(range(7)), embedding_cache.PAD_SHORT_GPU_BATCHES, monkeypatch)
-    assert [len(b) for b in seg.batches] == ([4, 4] if embedding_cache.PAD_SHORT_GPU_BATCHES else [4, 3])
+def test_padding_is_on_by_default_and_can_be_switched_off(volume, monkeypatch):
+    assert embedding_cache.PAD_SHORT_GPU_BATCHES  # measured on an H100: the first propagation 3.06 -> 1.82 s
+    seg, _ = encode("cuda", volume, list(range(7)), False, monkeypatch)
+    assert [len(b) for b in seg.batches] == [4, 3]
