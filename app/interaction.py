@@ -29,6 +29,7 @@ from app.model_catalog import backend_for, load_model
 from app.render import Plane, to_rgb
 from app.session import Edit, PromptState, Session, SessionError
 from data.windowing import Window, default_window
+from models.click_suggest import Suggestion, suggest_from_logits
 from models.point_prompts import predict_points
 from models.prompts import MaskResult, PromptError, Prompts
 from models.segmenter import Embedding, Segmenter
@@ -504,6 +505,19 @@ def _prompts_of(session: Session, p: PromptState) -> Prompts:
     """The model's prompts for ``p``, with the plane's pixel spacing (points alone become boxes in mm)."""
     volume = session.require_study()
     return replace(to_prompts(p), pixel_spacing=Plane.of(volume, p.view).spacing(volume))
+
+
+def suggest(runner: ModelRunner, session: Session) -> Suggestion | None:
+    """Where the current object's answer is least sure, on its plane (issue 18's "where to click next";
+    ``models.click_suggest``, from the prompt's stored logits: no model call). Opt-in in the viewer: on the
+    shared set a click there gained less than one at the centre of the largest error, which the user sees
+    (docs/clicks.md). None without an answered prompt or where the model is sure everywhere."""
+    p = session.prompt
+    if p is None or p.logits is None or p.corner is not None:
+        return None
+    with runner.turn():
+        embedding = runner.embedding(session, p.view, p.index)
+        return suggest_from_logits(runner.segmenter(session.model), embedding, p.logits)
 
 
 def _predict(runner: ModelRunner, session: Session, p: PromptState, *, multimask: bool) -> MaskResult:

@@ -73,6 +73,21 @@ def suggest_click(
         unc = uncertainty_from_logits(segmenter, embedding, result.best_logits)
     else:
         unc = uncertainty_from_candidates(segmenter, embedding, prompts, mask)
+    return pick(unc, mask, threshold)
+
+
+def suggest_from_logits(
+    segmenter: Segmenter, embedding: Embedding, low_res_logits: np.ndarray, *, threshold: float = 0.2
+) -> Suggestion | None:
+    """:func:`suggest_click`'s ``logits`` method from a prompt's stored low-res logits alone (what the UI
+    keeps of an answer): the current mask is the logits' own (> 0 at the slice's size, as the decoder's)."""
+    t = torch.as_tensor(np.asarray(low_res_logits, np.float32))[None]
+    mask = (segmenter.geometry.logits_to_original(t, embedding.original_size)[0, 0] > 0).numpy()
+    return pick(uncertainty_from_logits(segmenter, embedding, low_res_logits), mask, threshold)
+
+
+def pick(unc: np.ndarray, mask: np.ndarray, threshold: float = 0.2) -> Suggestion | None:
+    """The interior point of the largest (size x uncertainty) region of ``unc`` above ``threshold``."""
     region_mask = unc > threshold
     labels, count = ndimage.label(region_mask, structure=np.ones((3, 3), bool))
     if count == 0:

@@ -225,7 +225,19 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
             answer["patch"] = patch(session, edit.view, edit.index)
         if kind in ("point", "box", "undo", "redo") and session.prompt is not None and session.prompt.alternatives:
             answer["alternatives"] = len(session.prompt.alternatives)
+        if kind in ("point", "box", "undo", "redo") and body.get("suggest"):
+            answer["suggest"] = suggestion(ctx, session)
         return answer
+
+
+def suggestion(ctx: AppContext, session: Session) -> dict[str, Any] | None:
+    """The suggested next click for the viewer's marker, in world mm, with its guessed sign."""
+    s = interaction.suggest(ctx.runner, session)
+    if s is None:
+        return None
+    p = session.prompt
+    return {"view": p.view, "index": p.index, "mm": from_plane(session.volume, p.view, p.index, s.x, s.y),
+            "positive": s.positive, "score": round(s.score, 3)}
 
 
 def encode_shown(ctx: AppContext, session: Session) -> str:

@@ -220,3 +220,34 @@ def test_encoding_the_shown_slice_is_news_only_when_it_encoded(ctx, opened):
     assert actions.encode_shown(ctx, opened) == "Ready: the slice is encoded."
     assert actions.encode_shown(ctx, opened) == ""  # already encoded: nothing to say
     opened.view.index["coronal"] = 7
+
+
+def test_a_suggested_click_comes_only_when_asked_and_lies_on_the_objects_unsure_border(ctx, opened):
+    """Issue 18's "where to click next", opt-in in the viewer: a prompt's answer carries the place where the
+    object's answer is least sure, on the object's plane, with its sign guessed from the drawn mask (inside:
+    negative), the same place ``models.click_suggest`` gives on the prompt's logits; undo moves it back."""
+    from models.click_suggest import suggest_from_logits
+
+    s = opened
+    plane = Plane.of(s.volume, "coronal")
+    first = actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True})
+    assert "suggest" not in first  # not asked
+    box = {"kind": "box", "view": "coronal", "mm": _mm(s, 100, 70), "mm2": _mm(s, 135, 105), "new_object": True, "suggest": True}
+    answer = actions.act(ctx, s, box)["suggest"]
+    assert answer["view"] == "coronal" and answer["index"] == 7
+    index, x, y = to_plane(s.volume, "coronal", answer["mm"])
+    assert index == 7
+    expected = suggest_from_logits(ctx.runner.segmenter(s.model), ctx.runner.embedding(s, "coronal", 7), s.prompt.logits)
+    assert (round(x), round(y), answer["positive"]) == (expected.x, expected.y, expected.positive)
+    drawn = plane.extract(s.labels, 7) == s.active
+    assert answer["positive"] == (not drawn[round(y), round(x)])
+    # on the border band of the object, not anywhere on the slice: within a few pixels of the mask's edge
+    from scipy import ndimage
+
+    edge = drawn ^ ndimage.binary_erosion(drawn)
+    assert ndimage.distance_transform_edt(~edge)[round(y), round(x)] <= 6
+    clicked = actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": answer["mm"], "positive": answer["positive"],
+                                   "suggest": True})
+    assert clicked["suggest"] is None or clicked["suggest"]["mm"] != answer["mm"]
+    undone = actions.act(ctx, s, {"kind": "undo", "suggest": True})
+    assert undone["suggest"] == answer  # back to the box's answer, back to its suggestion

@@ -249,3 +249,37 @@ def test_upload_then_propagate_3d_and_review(browser, server, tmp_path, ct, shot
     np.testing.assert_array_equal(server.labels(sid), before)
     _in_sync(page, server, sid)
     context.close()
+
+
+def test_suggest_marks_where_the_answer_is_least_sure_and_a_click_there_refines(browser, server, model_calls, ct, shots):
+    """Issue 18's "where to click next", opt-in: G (or Suggest) turns it on; after a box the viewer draws a
+    dashed ring where the server says the answer is least sure; a click there with the suggested sign reaches
+    the model as that point; G again clears the ring."""
+    context, page, sid = _open_page(browser, server)
+    _open_sample(page)
+    page.keyboard.press("g")
+    assert "mv-on" in page.locator("#suggest-btn").get_attribute("class")
+    _box(page, ct)
+    sug = page.evaluate("() => medsegViewer.suggestion")
+    assert sug is not None and sug["view"] == "coronal" and len(sug["mm"]) == 3
+    pos = page.evaluate("(s) => medsegViewer.toCanvas(s.mm, s.view)", sug)
+    assert pos is not None  # on the shown slice
+    ring = page.evaluate(
+        """([x, y]) => { const o = document.getElementById('viewer-overlay'); const d = window.devicePixelRatio || 1;
+        const px = o.getContext('2d').getImageData(Math.round((x - 14) * d), Math.round((y - 14) * d), Math.round(28 * d), Math.round(28 * d)).data;
+        let n = 0; for (let i = 0; i < px.length; i += 4) if (px[i] > 200 && px[i + 1] > 170 && px[i + 2] < 80 && px[i + 3] > 0) n++; return n }""",
+        pos)
+    assert ring > 10, "no suggestion ring drawn at the suggested place"
+    page.locator("#viewer-stage").screenshot(path=str(shots / "ui_suggest.png"))
+    box = page.locator("#viewer-canvas").bounding_box()
+    model_calls.clear()
+    if not sug["positive"]:
+        page.keyboard.down("Shift")
+    page.mouse.click(box["x"] + pos[0], box["y"] + pos[1])
+    page.keyboard.up("Shift")
+    _idle(page)
+    _wait_status(page, "click")
+    assert _labels_of(model_calls)[-1][-1] == (1 if sug["positive"] else 0)
+    page.keyboard.press("g")
+    assert page.evaluate("() => medsegViewer.suggestion") is None
+    context.close()

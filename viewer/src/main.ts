@@ -14,11 +14,15 @@ type State = {
   object?: ObjectMarks | null; index?: number
   review?: { index: number; position: number; n: number }
 }
+type Suggested = { view: string; index: number; mm: number[]; positive: boolean; score: number }
 type Answer = {
   ok: boolean; error?: string; status?: string; rev?: number; reload?: boolean; object?: ObjectMarks | null
+  suggest?: Suggested | null
   patch?: { axis: number; index: number; shape: number[]; data: string } | null
 }
 type Tool = 'point' | 'box' | 'brush' | 'erase' | 'navigate'
+const SUGGEST_KINDS = new Set(['point', 'box', 'undo', 'redo'])
+const EDIT_KINDS = new Set(['brush', 'erase', 'new_object', 'active']) // they end the suggestion's answer
 type Pending = { kind: 'point' | 'box' | 'stroke'; view: string; mm: number[][]; positive?: boolean }
 
 const VIEW_OF: Record<number, string> = { 0: 'axial', 1: 'coronal', 2: 'sagittal' }
@@ -38,6 +42,7 @@ const SHORTCUTS: [string, string][] = [
   ['right-drag', 'window/level'],
   ['[ / ]', 'brush size'],
   ['O', 'outline / fill'],
+  ['G', 'suggest where to click next (on / off)'],
   ['H', 'hide / show the active label'],
   ['M', 'one view / three views'],
   ['ctrl+Z / ctrl+Y', 'undo / redo'],
@@ -90,6 +95,8 @@ class Viewer {
   locked = new Set<number>()
   currentView = 'axial'
   object: ObjectMarks | null = null
+  suggestOn = false // issue 18: mark where the answer is least sure (opt-in: docs/clicks.md)
+  suggestion: Suggested | null = null
   pending: Pending[] = []
   inFlight = 0
   queue: Promise<void> = Promise.resolve()
@@ -151,6 +158,7 @@ class Viewer {
       ['redo-btn', 'Redo', 'ctrl+Y', () => this.enqueue({ kind: 'redo' })],
       ['layout-btn', '3 views', 'M: one view or linked axial, coronal and sagittal views', () => this.toggleLayout()],
       ['outline-btn', 'Outline', 'O: outline or fill', () => this.toggleOutline()],
+      ['suggest-btn', 'Suggest', 'G: after each prompt, mark where the answer is least sure (a dashed ring: + to add, − to remove)', () => this.toggleSuggest()],
       ['zoom-reset', 'Fit', '0: reset zoom and pan', () => this.resetZoom()],
     ]
     for (const [id, name, tip, fn] of actions) {
@@ -450,6 +458,12 @@ class Viewer {
     this.applyLabelLook()
   }
 
+  toggleSuggest(): void {
+    this.suggestOn = !this.suggestOn
+    this.root.querySelector('#suggest-btn')?.classList.toggle('mv-on', this.suggestOn)
+    if (!this.suggestOn) { this.suggestion = null; this.drawOverlay() }
+  }
+
   resetZoom(): void {
     this.nv.setPan2Dxyzmm([0, 0, 0, 1] as any)
     this.drawOverlay()
@@ -721,6 +735,7 @@ class Viewer {
     else if (k === '[') this.setBrush(this.brushPx - 1)
     else if (k === ']') this.setBrush(this.brushPx + 1)
     else if (k === 'o' || k === 'O') this.toggleOutline()
+    else if (k === 'g' || k === 'G') this.toggleSuggest()
     else if (k === 'm' || k === 'M') this.toggleLayout()
     else if (k === 'h' || k === 'H') this.toggleHidden(this.state.active ?? 1)
     else if (k === '+' || k === '=') this.zoom(1.25)
@@ -780,6 +795,8 @@ class Viewer {
     this.inFlight++
     this.root.setAttribute('data-busy', String(this.inFlight))
     const id = String(++traceSeq)
+    const asks = SUGGEST_KINDS.has(body.kind) // prompts and undo/redo answer with the next suggestion when asked
+    if (this.suggestOn && asks) body.suggest = true
     traceMark('action.queued', { id, kind: body.kind })
     this.queue = this.queue.then(async () => {
       try {
@@ -792,6 +809,7 @@ class Viewer {
         const answered = performance.now() - t0
         traceMark('action.received', { id, kind: body.kind })
         await this.apply(a, quiet)
+        if (asks || EDIT_KINDS.has(body.kind)) this.suggestion = this.suggestOn ? a.suggest ?? null : null
         traceMark('action.applied', { id, kind: body.kind })
         if (pending) { this.promptTimes.push(performance.now() - t0); this.answerTimes.push(answered) }
       } catch (e) {
@@ -899,6 +917,16 @@ class Viewer {
       if (ps.some((p) => !p)) return
       g.beginPath(); ps.forEach((p, i) => (i ? g.lineTo(p![0], p![1]) : g.moveTo(p![0], p![1]))); g.closePath()
       g.setLineDash(dashed ? [5, 4] : []); g.lineWidth = 2; g.strokeStyle = colour; g.stroke(); g.setLineDash([])
+    }
+    const sg = this.suggestion
+    if (sg) {
+      const p = this.toCanvas(sg.mm, sg.view)
+      if (p) {
+        g.beginPath(); g.arc(p[0], p[1], 9, 0, 2 * Math.PI)
+        g.setLineDash([3, 3]); g.lineWidth = 2; g.strokeStyle = '#ffd000'; g.stroke(); g.setLineDash([])
+        g.font = 'bold 13px sans-serif'; g.fillStyle = '#ffd000'; g.textAlign = 'left'; g.textBaseline = 'middle'
+        g.fillText(sg.positive ? '+' : '\u2212', p[0] + 12, p[1])
+      }
     }
     const obj = this.object
     if (obj) {
