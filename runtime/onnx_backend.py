@@ -100,6 +100,8 @@ class OnnxSegmenter(Segmenter):
             options = ort.SessionOptions()
             options.log_severity_level = 3
             options.intra_op_num_threads = decoder_threads
+            # threads that wait for work sleep instead of spinning: the 2 cores are shared (runtime/threads.py)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.decoder = ort.InferenceSession(str(decoder_path), options, providers=providers)
         # the click model's refiner (runtime.onnx_decoder_export), or None: the torch refiner answers its prompts
         self.refiner_path = None if refiner_path is None else Path(refiner_path)
