@@ -13,8 +13,8 @@ every ``--step``-th case of ``manifest.csv``, encoded once by ``onnx-int8-fast``
   candidates through the base decoder, each refined).
 
 Paths: ``before``, the ``onnx-int8-fast`` segmenter as it was (``decoder.onnx`` for the base decoder, the torch
-refiner), and ``after`` with the exports of ``runtime.onnx_decoder_export`` (one ONNX Runtime thread for
-the decoders, and ``after-2t`` two, unless ``--paths`` says otherwise). Every round runs each kind on
+refiner), ``after`` as ``runtime.load_segmenter`` gives it now (the exports of ``runtime.onnx_decoder_export``,
+``runtime.threads.decoder_threads`` threads), ``after-Nt`` the same with N decoder threads (no spin-waiting). Every round runs each kind on
 each path, the order of the paths alternating; the masks of every path are compared with ``before``'s.
 Prints p50 / p95 per kind and path, the differing pixels, and the load average before and after.
 """
@@ -51,12 +51,14 @@ def paths(names: list[str]) -> dict[str, OnnxSegmenter]:
     for name in names:
         if name == "before":
             out[name] = OnnxSegmenter(after.base, after.encoder_path, folder / "decoder.onnx", label="onnx-int8-fast")
-        elif name.startswith("after"):
-            threads = int(name.split("-")[1].rstrip("t")) if "-" in name else None
+        elif name == "after":
+            out[name] = after  # as load_segmenter gives it (runtime.threads.decoder_threads)
+        elif name.startswith("after-"):
+            threads = int(name.split("-")[1].rstrip("t"))
             out[name] = OnnxSegmenter(after.base, after.encoder_path, after.decoder_path, label="onnx-int8-fast",
                                       refiner_path=after.refiner_path, decoder_threads=threads)
         else:
-            raise SystemExit(f"--paths: unknown path {name!r} (before, after, after-1t, after-2t)")
+            raise SystemExit(f"--paths: unknown path {name!r} (before, after, after-<N>t)")
     return out
 
 
@@ -87,7 +89,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=30, help="clicks of each kind on each path")
     ap.add_argument("--step", type=int, default=4, help="every n-th case of the shared manifest")
-    ap.add_argument("--paths", default="before,after-1t,after-2t")
+    ap.add_argument("--paths", default="before,after,after-2t")
     ap.add_argument("--json", type=Path, help="write one JSON line per click here")
     args = ap.parse_args()
     torch_threads = configure_serving("cpu", "onnx-int8-fast")

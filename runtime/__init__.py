@@ -30,7 +30,9 @@ def load_segmenter(
     ``"onnx-int8"`` is the same with the encoder's linear layers in int8 (``runtime/onnx_quant.py``; the
     decoder stays fp32); ``"onnx-int8-all"`` quantizes all of them (``onnx_quant.BACKEND_RECIPES``);
     ``"torch-fp16"`` (CUDA only) runs the torch encoder in fp16 (:func:`_load_fp16`). ``"onnx-int8-fast"`` quantizes the same layers of an encoder export rewritten for ONNX Runtime on the CPU
-    (``runtime/onnx_fast_export.py``: fewer nodes, same fp32 arithmetic). ``"auto"``: ``$MEDSEG_BACKEND`` or
+    (``runtime/onnx_fast_export.py``: fewer nodes, same fp32 arithmetic), and decodes with ONNX Runtime too:
+    the base decoder and the click model's refiner in fp32 (``runtime/onnx_decoder_export.py``, the torch
+    modules' masks; one thread each, ``runtime.threads.decoder_threads``). ``"auto"``: ``$MEDSEG_BACKEND`` or
     the fastest backend that keeps fp32's Dice on this device (``runtime.backend_choice``).
     """
     device = resolve_device(device)
@@ -69,13 +71,16 @@ def _load_onnx(name: str, path: str, device: str, backend: str) -> Segmenter:
     from runtime.onnx_backend import OnnxSegmenter
 
     from runtime.onnx_quant import FAST_EXPORT_BACKENDS
+    from runtime.threads import decoder_threads
 
     base = _load_torch(name, path, "cpu")
     encoder, decoder = onnx_files(base, path, backend)
-    refiner = None
-    if backend in FAST_EXPORT_BACKENDS:
-        decoder, refiner = fast_decoder_files(base, path)
-    return OnnxSegmenter(base, encoder, decoder, device=device, label=backend, refiner_path=refiner)
+    if backend not in FAST_EXPORT_BACKENDS:
+        return OnnxSegmenter(base, encoder, decoder, device=device, label=backend)
+    decoder, refiner = fast_decoder_files(base, path)
+    threads = decoder_threads() if device == "cpu" else None
+    return OnnxSegmenter(base, encoder, decoder, device=device, label=backend, refiner_path=refiner,
+                         decoder_threads=threads)
 
 
 def _export_folder(base: Segmenter, checkpoint: str) -> tuple[Path, dict[str, str]]:

@@ -20,6 +20,7 @@ from evaluation.clicks import box_from_mask, next_click
 from models.prompts import Prompts
 from runtime import clear_caches, load_segmenter
 from runtime.onnx_decoder_export import FastDecoderOnnx
+from runtime.threads import decoder_threads
 
 MASK_TOLERANCE = 1e-4  # fraction of pixels whose mask may differ
 
@@ -61,6 +62,8 @@ def _same(a, b, what: str) -> None:
 
 def test_onnx_decoders_give_the_torch_masks_on_real_slices(fast, slices):
     assert fast.refiner is not None and fast.decoder_path.name == "decoder-fast.onnx"
+    for session in (fast.decoder, fast.refiner):  # runtime.threads.decoder_threads, at load time
+        assert session.get_session_options().intra_op_num_threads == decoder_threads()
     for case in slices:
         emb = fast.embed(case.image)
         same = dataclasses.replace(emb, model_name=fast.base.name)  # the torch modules on the same embedding
