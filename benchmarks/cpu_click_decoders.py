@@ -14,8 +14,9 @@ every ``--step``-th case of ``manifest.csv``, encoded once by ``onnx-int8-fast``
 
 Paths: ``before``, the ``onnx-int8-fast`` segmenter as it was (``decoder.onnx`` for the base decoder, the torch
 refiner), ``after`` as ``runtime.load_segmenter`` gives it now (the exports of ``runtime.onnx_decoder_export``,
-``runtime.threads.decoder_threads`` threads), ``after-Nt`` the same with N decoder threads (no spin-waiting). Every round runs each kind on
-each path, the order of the paths alternating; the masks of every path are compared with ``before``'s.
+``runtime.threads.decoder_threads`` threads), ``after-Nt`` the same with N decoder threads (no spin-waiting).
+Every round runs each kind on each path, the order of the paths alternating; the masks of every path are
+compared with ``before``'s.
 Prints p50 / p95 per kind and path, the differing pixels, and the load average before and after.
 """
 

@@ -70,7 +70,8 @@ def main() -> int:
         case = loader.load(spec)
         emb = seg.embed(case.image)
         same = dataclasses.replace(emb, model_name=seg.base.name)  # the torch modules on the same embedding
-        steps = prompt_steps(case, box_from_mask(case.gt, 5), lambda p, mm: seg.base.predict(same, p, multimask_output=mm))
+        steps = prompt_steps(case, box_from_mask(case.gt, 5),
+                             lambda p, mm: seg.base.predict(same, p, multimask_output=mm))
         for kind, prompts, multimask in steps:
             a = seg.predict(emb, prompts, multimask_output=multimask)
             b = seg.base.predict(same, prompts, multimask_output=multimask)
@@ -85,11 +86,13 @@ def main() -> int:
             if differ / a.masks.size > s["worst_fraction"] or s["worst_case"] is None:
                 s["worst_fraction"], s["worst_case"] = differ / a.masks.size, spec.case_id
     print(f"# {len(specs[::args.step])} shared slices, onnx-int8-fast's embedding, ONNX Runtime vs torch decoders")
-    print("| prompt | results | largest logit difference | largest IoU-score difference | pixels differing | worst slice |")
+    print("| prompt | results | largest logit difference | largest IoU-score difference | pixels differing "
+          "| worst slice |")
     print("|---|---|---|---|---|---|")
     for kind, s in stats.items():
-        print(f"| {kind} | {s['results']} | {s['max_logit_diff']:.2g} | {s['score_diff']:.2g} | {s['diff_px']} of {s['px']} | "
-              (f"{s['worst_fraction']:.2g} ({s['worst_case']})" if s["diff_px"] else "none") + " |")
+        print(f"| {kind} | {s['results']} | {s['max_logit_diff']:.2g} | {s['score_diff']:.2g} | "
+              f"{s['diff_px']} of {s['px']} | "
+              + (f"{s['worst_fraction']:.2g} ({s['worst_case']})" if s["diff_px"] else "none") + " |")
     if args.json:
         args.json.write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
     return 0

@@ -111,7 +111,8 @@ def _files(folder):
 
 def test_the_default_backends_files_are_reused_by_a_new_process(copied_weights):
     before, builds = _files(copied_weights), sum(BUILDS.values())
-    assert {"encoder.onnx", "decoder.onnx", "encoder-fast.onnx", "decoder-fast.onnx", "refiner-fast.onnx"} <= set(before)
+    assert {"encoder.onnx", "decoder.onnx", "encoder-fast.onnx", "decoder-fast.onnx", "refiner-fast.onnx"} <= set(
+        before)
     seg = load_segmenter("litemedsam", backend=BACKEND)
     assert seg.encoder_path.parent == copied_weights and seg.encoder_path.name.startswith("encoder-fast-int8-")
     clear_caches()  # what a new process sees
