@@ -69,7 +69,6 @@ def _load_fp16(name: str, path: str, device: str) -> Segmenter:
 @functools.lru_cache(maxsize=8)
 def _load_onnx(name: str, path: str, device: str, backend: str) -> Segmenter:
     from runtime.onnx_backend import OnnxSegmenter
-
     from runtime.onnx_quant import FAST_EXPORT_BACKENDS
     from runtime.threads import decoder_threads
 
@@ -131,7 +130,8 @@ def fast_decoder_files(base: Segmenter, checkpoint: str) -> tuple[Path, Path | N
     """The (base decoder, click refiner) ONNX files of ``runtime.onnx_decoder_export`` for a loaded variant, built
     once beside its other exports and checked before each reuse like them (``runtime.export_cache``). The
     refiner's file is also checked against the click model's weights it was exported from (rebuilt when
-    ``weights/click_model`` changes); None where the variant carries no shipped click model."""
+    ``weights/click_model`` changes); None where the variant carries no click model loaded from its files
+    (``models.click_model.attach_click_model``): the torch refiner then answers."""
     from models.point_prompts import refiner_of
     from runtime import export_cache
     from runtime.onnx_decoder_export import export_fast_decoder
@@ -144,16 +144,14 @@ def fast_decoder_files(base: Segmenter, checkpoint: str) -> tuple[Path, Path | N
         key,
     )
     refiner = refiner_of(base)
-    if refiner is None:
+    if refiner is None or getattr(refiner, "weights_file", None) is None:  # no click model, or not from a file
         return decoder, None
-    from models.click_model import CLICK_MODEL_DIR, WEIGHTS_FILE
-
     (refiner_path,) = export_cache.ensure(
         [folder / "refiner-fast.onnx"],
         lambda tmp: export_fast_decoder(refiner.prompt_encoder, refiner.mask_decoder, tmp / "refiner-fast.onnx",
                                         residual=True),
         key,
-        source=CLICK_MODEL_DIR / WEIGHTS_FILE,
+        source=refiner.weights_file,
     )
     return decoder, refiner_path
 
