@@ -14,7 +14,8 @@ to be encoded, then
   again, what the viewer did before), in the same page for comparison.
 With ``--trace FILE``: every step of each request, on the server (``app.trace``) and in the page, on one clock,
 and ``click_steps_p50_ms`` (where a click's time goes).
-Prints p50/p95 and the machine's load average (a shared machine's figures are pessimistic).
+Prints p50/p95, the backend the server ran (the default unless $MEDSEG_BACKEND says) and the machine's load
+average (a shared machine's figures are pessimistic).
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+_USER_BACKEND = os.environ.get("MEDSEG_BACKEND")
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
+
+# Importing the test fixtures pins the test suite's backend (tests/conftest.py: MEDSEG_BACKEND=torch); the
+# benchmark measures the server's default unless the user set one (until 2026-12-05 every run measured torch).
+if _USER_BACKEND is None:
+    os.environ.pop("MEDSEG_BACKEND", None)
 
 PAGING_JS = """async ([n, kind]) => {
   const v = window.medsegViewer, out = [];
@@ -108,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = launch("127.0.0.1", port, "litemedsam", args.device, state_dir=state, prefetch_radius=0,
                   prevent_thread_lock=True)
     ct = read_study(ROOT / "samples" / "ct_head_0051_series")
-    result: dict = {"device": args.device, "load_average": os.getloadavg()}
+    from app.model_catalog import backend_for
+
+    result: dict = {"device": args.device, "backend": backend_for("litemedsam", args.device).backend,
+                    "load_average": os.getloadavg()}
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)

@@ -80,7 +80,9 @@ def attach_click_model(model: nn.Module, base_sha256: str, directory: Path = CLI
         return False
     state = _load_state(str(Path(directory)), meta["weights_sha256"])
     device = next(model.parameters()).device
-    setattr(model, ATTRIBUTE, build_refiner(model, state, meta["scope"]).to(device))
+    refiner = build_refiner(model, state, meta["scope"]).to(device)
+    refiner.weights_file = Path(directory) / WEIGHTS_FILE  # what exports of it are checked against (runtime/)
+    setattr(model, ATTRIBUTE, refiner)
     return True
 
 

@@ -11,7 +11,8 @@ With ``batch=False`` every decoder call is the segmenter's own ``decode_prompts`
 exactly the unbatched path (``Segmenter.predict`` runs that). A request whose prompt is bad fails alone; a
 batched call that fails is retried one request at a time, so one bad request never fails the others.
 A backend that replaces the decoder (ONNX, CUDA graphs, a compiled decoder) is never batched around: its
-requests take its own path one by one (the click refiner, plain torch modules, is still batched).
+requests take its own path one by one (the click refiner, plain torch modules, is still batched, unless the
+backend runs the refiner too: ``onnx-int8-fast``, ``runtime.onnx_decoder_export``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def _group(segmenter: "Segmenter", embedding: "Embedding", prompts: Prompts, mul
         return None  # extra feature maps (SAM-UNet, SAM 2) go through the model's own decode
     if refiner is None and not segmenter.plain_torch_decoder():
         return None
+    if refiner is not None and getattr(segmenter, "decodes_refiner", False):
+        return None  # a backend that runs the refiner itself (runtime.onnx_backend): its own path
     return (
         "refiner" if refiner is not None else "base",
         bool(multimask_output),

@@ -30,7 +30,9 @@ def load_segmenter(
     ``"onnx-int8"`` is the same with the encoder's linear layers in int8 (``runtime/onnx_quant.py``; the
     decoder stays fp32); ``"onnx-int8-all"`` quantizes all of them (``onnx_quant.BACKEND_RECIPES``);
     ``"torch-fp16"`` (CUDA only) runs the torch encoder in fp16 (:func:`_load_fp16`). ``"onnx-int8-fast"`` quantizes the same layers of an encoder export rewritten for ONNX Runtime on the CPU
-    (``runtime/onnx_fast_export.py``: fewer nodes, same fp32 arithmetic). ``"auto"``: ``$MEDSEG_BACKEND`` or
+    (``runtime/onnx_fast_export.py``: fewer nodes, same fp32 arithmetic), and decodes with ONNX Runtime too:
+    the base decoder and the click model's refiner in fp32 (``runtime/onnx_decoder_export.py``, the torch
+    modules' masks; one thread each, ``runtime.threads.decoder_threads``). ``"auto"``: ``$MEDSEG_BACKEND`` or
     the fastest backend that keeps fp32's Dice on this device (``runtime.backend_choice``).
     """
     device = resolve_device(device)
@@ -67,10 +69,26 @@ def _load_fp16(name: str, path: str, device: str) -> Segmenter:
 @functools.lru_cache(maxsize=8)
 def _load_onnx(name: str, path: str, device: str, backend: str) -> Segmenter:
     from runtime.onnx_backend import OnnxSegmenter
+    from runtime.onnx_quant import FAST_EXPORT_BACKENDS
+    from runtime.threads import decoder_threads
 
     base = _load_torch(name, path, "cpu")
     encoder, decoder = onnx_files(base, path, backend)
-    return OnnxSegmenter(base, encoder, decoder, device=device, label=backend)
+    if backend not in FAST_EXPORT_BACKENDS:
+        return OnnxSegmenter(base, encoder, decoder, device=device, label=backend)
+    decoder, refiner = fast_decoder_files(base, path)
+    threads = decoder_threads() if device == "cpu" else None
+    return OnnxSegmenter(base, encoder, decoder, device=device, label=backend, refiner_path=refiner,
+                         decoder_threads=threads)
+
+
+def _export_folder(base: Segmenter, checkpoint: str) -> tuple[Path, dict[str, str]]:
+    """Where a loaded variant's derived files live, ``weights/onnx/<variant>-<checkpoint sha256[:16]>/``, and
+    the cache key they are built under (``runtime.export_cache``)."""
+    from runtime import export_cache
+
+    weights_sha = sha256_of(checkpoint)
+    return weights_dir() / "onnx" / f"{base.name}-{weights_sha[:16]}", export_cache.cache_key(weights_sha)
 
 
 def onnx_files(base: Segmenter, checkpoint: str, backend: str = "onnx") -> tuple[Path, Path]:
@@ -80,9 +98,7 @@ def onnx_files(base: Segmenter, checkpoint: str, backend: str = "onnx") -> tuple
     from runtime import export_cache
     from runtime.onnx_export import export_onnx
 
-    weights_sha = sha256_of(checkpoint)
-    key = export_cache.cache_key(weights_sha)
-    folder = weights_dir() / "onnx" / f"{base.name}-{weights_sha[:16]}"
+    folder, key = _export_folder(base, checkpoint)
     encoder, decoder = export_cache.ensure(
         [folder / "encoder.onnx", folder / "decoder.onnx"], lambda tmp: export_onnx(base, tmp), key
     )
@@ -108,6 +124,36 @@ def onnx_files(base: Segmenter, checkpoint: str, backend: str = "onnx") -> tuple
         [int8], lambda tmp: build_int8_encoder(base, encoder, tmp / int8.name, recipe, u8_weights), key, source=encoder
     )
     return int8, decoder
+
+
+def fast_decoder_files(base: Segmenter, checkpoint: str) -> tuple[Path, Path | None]:
+    """The (base decoder, click refiner) ONNX files of ``runtime.onnx_decoder_export`` for a loaded variant, built
+    once beside its other exports and checked before each reuse like them (``runtime.export_cache``). The
+    refiner's file is also checked against the click model's weights it was exported from (rebuilt when
+    ``weights/click_model`` changes); None where the variant carries no click model loaded from its files
+    (``models.click_model.attach_click_model``): the torch refiner then answers."""
+    from models.point_prompts import refiner_of
+    from runtime import export_cache
+    from runtime.onnx_decoder_export import export_fast_decoder
+
+    folder, key = _export_folder(base, checkpoint)
+    model = base.model
+    (decoder,) = export_cache.ensure(
+        [folder / "decoder-fast.onnx"],
+        lambda tmp: export_fast_decoder(model.prompt_encoder, model.mask_decoder, tmp / "decoder-fast.onnx"),
+        key,
+    )
+    refiner = refiner_of(base)
+    if refiner is None or getattr(refiner, "weights_file", None) is None:  # no click model, or not from a file
+        return decoder, None
+    (refiner_path,) = export_cache.ensure(
+        [folder / "refiner-fast.onnx"],
+        lambda tmp: export_fast_decoder(refiner.prompt_encoder, refiner.mask_decoder, tmp / "refiner-fast.onnx",
+                                        residual=True),
+        key,
+        source=refiner.weights_file,
+    )
+    return decoder, refiner_path
 
 
 def clear_caches() -> None:

@@ -30,7 +30,8 @@ from models.checkpoint import sha256_of as file_sha256
 
 log = logging.getLogger(__name__)
 
-# Bump when runtime/onnx_export.py, onnx_fast_export.py or onnx_quant.py change what they write.
+# Bump when runtime/onnx_export.py, onnx_fast_export.py, onnx_decoder_export.py or onnx_quant.py change what they
+# write.
 EXPORTER_VERSION = "22.1"
 SIDECAR_SUFFIX = ".json"
 BUILDS: collections.Counter[str] = collections.Counter()

@@ -3,9 +3,10 @@
 Preprocessing and geometry stay the torch variant's (one place for each), so both backends see
 identical inputs. CPU here; the CUDA provider is used where onnxruntime-gpu is installed.
 
-The shipped click model (``models.click_model``) is not exported: a prompt it takes (a point or a mask
-prompt) is decoded by the torch variant's refiner on the ONNX encoder's embedding, so clicks keep it
-whatever the encoder's backend; a box alone goes through the ONNX decoder (the base decoder, as in torch).
+The shipped click model (``models.click_model``) keeps the torch routing rule (``refiner_for``): a prompt it
+takes (a point or a mask prompt) goes to the refiner, a box alone to the base decoder. Where the backend
+was given the refiner's export (``onnx-int8-fast``: ``runtime.onnx_decoder_export``, both decoders), ONNX
+Runtime runs it; otherwise the torch variant's refiner decodes on the ONNX encoder's embedding.
 """
 
 from __future__ import annotations
@@ -66,8 +67,17 @@ class OnnxSegmenter(Segmenter):
     """Runs ``encoder.onnx`` / ``decoder.onnx`` written by :func:`runtime.onnx_export.export_onnx`."""
 
     def __init__(
-        self, base: Segmenter, encoder_path: str | Path, decoder_path: str | Path, device: str = "cpu", label: str = "onnx"
+        self,
+        base: Segmenter,
+        encoder_path: str | Path,
+        decoder_path: str | Path,
+        device: str = "cpu",
+        label: str = "onnx",
+        refiner_path: str | Path | None = None,
+        decoder_threads: int | None = None,
     ):
+        """``decoder_threads``: ONNX Runtime's intra-op threads for the decoders (base and refiner); None: as the
+        encoder's (``OMP_NUM_THREADS``, else ONNX Runtime's default: one a core)."""
         import onnxruntime as ort
 
         # No super().__init__: there is no torch model to place; preprocessing is the base's.
@@ -86,7 +96,18 @@ class OnnxSegmenter(Segmenter):
         self.providers = providers
         self.encoder_path, self.decoder_path = Path(encoder_path), Path(decoder_path)
         self.encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
+        if decoder_threads is not None:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            options.intra_op_num_threads = decoder_threads
+            # threads that wait for work sleep instead of spinning: the 2 cores are shared (runtime/threads.py)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.decoder = ort.InferenceSession(str(decoder_path), options, providers=providers)
+        # the click model's refiner (runtime.onnx_decoder_export), or None: the torch refiner answers its prompts
+        self.refiner_path = None if refiner_path is None else Path(refiner_path)
+        self.refiner = None
+        if refiner_path is not None:
+            self.refiner = ort.InferenceSession(str(refiner_path), options, providers=providers)
         # an encoder exported for one image (runtime/onnx_fast_export.py) is run once per image of a batch
         self._one_per_call = self.encoder.get_inputs()[0].shape[0] == 1
 
@@ -102,11 +123,29 @@ class OnnxSegmenter(Segmenter):
             (features,) = self.encoder.run(None, {"image": images}, _run_options())
         return torch.from_numpy(features), {}
 
+    @property
+    def decodes_refiner(self) -> bool:
+        """Whether this backend runs the click refiner itself (``models.decode_many`` then leaves it alone)."""
+        return self.refiner is not None
+
     def decode_prompts(
         self, embedding: Embedding, prompts: Prompts, multimask_output: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if refiner_for(self.base.model, prompts, multimask_output) is not None:
-            return self.base.decode_prompts(embedding, prompts, multimask_output)  # torch refiner, ONNX embedding
+            if self.refiner is None or (prompts.points is None and prompts.box is None):
+                # torch refiner on the ONNX embedding; also a mask alone, which gets no sparse token in torch
+                # where the export always has one (its padding point)
+                return self.base.decode_prompts(embedding, prompts, multimask_output)
+            low, iou = (torch.from_numpy(a) for a in self.refiner.run(None, self._feeds(embedding, prompts)))
+            if multimask_output:  # as Segmenter.decode_prompts: one refined mask, thrice
+                low, iou = low.expand(-1, 3, -1, -1), iou.expand(-1, 3)
+            return low, iou
+        low_res, iou = self.decoder.run(None, self._feeds(embedding, prompts))
+        pick = slice(1, None) if multimask_output else slice(0, 1)
+        return torch.from_numpy(low_res[:, pick]), torch.from_numpy(iou[:, pick])
+
+    def _feeds(self, embedding: Embedding, prompts: Prompts) -> dict[str, np.ndarray]:
+        """The decoder's inputs (``runtime.onnx_export.DecoderOnnx``) for ``prompts`` on ``embedding``."""
         size = embedding.original_size
         coords, labels = [], []
         if prompts.points is not None:
@@ -123,15 +162,10 @@ class OnnxSegmenter(Segmenter):
             mask_input, has_mask = prompts.mask_logits.reshape(1, 1, low, low), np.ones(1, np.float32)
         else:
             mask_input, has_mask = np.zeros((1, 1, low, low), np.float32), np.zeros(1, np.float32)
-        low_res, iou = self.decoder.run(
-            None,
-            {
-                "image_embeddings": embedding.features.cpu().numpy(),
-                "point_coords": np.concatenate(coords)[None].astype(np.float32),
-                "point_labels": np.concatenate(labels)[None].astype(np.float32),
-                "mask_input": mask_input.astype(np.float32),
-                "has_mask_input": has_mask,
-            },
-        )
-        pick = slice(1, None) if multimask_output else slice(0, 1)
-        return torch.from_numpy(low_res[:, pick]), torch.from_numpy(iou[:, pick])
+        return {
+            "image_embeddings": embedding.features.cpu().numpy(),
+            "point_coords": np.concatenate(coords)[None].astype(np.float32),
+            "point_labels": np.concatenate(labels)[None].astype(np.float32),
+            "mask_input": mask_input.astype(np.float32),
+            "has_mask_input": has_mask,
+        }

@@ -32,6 +32,22 @@ class EncoderOnnx(nn.Module):
         return self.image_encoder(image)
 
 
+def embed_points(prompt_encoder: nn.Module, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``PromptEncoder._embed_points`` without boolean indexing (the number of points stays a dynamic axis):
+    (1, N, 2) coords in the model's input frame, (1, N) float labels -> (1, N, C). Box corners are points
+    labelled 2 and 3, SAM's padding point is labelled -1 (segment_anything ``utils/onnx.py``)."""
+    pe = prompt_encoder
+    coords = coords + 0.5
+    coords = coords / torch.tensor([pe.input_image_size[1], pe.input_image_size[0]], dtype=coords.dtype)
+    emb = pe.pe_layer._pe_encoding(coords)
+    labels = labels.unsqueeze(-1)
+    emb = emb * (labels != -1)
+    emb = emb + pe.not_a_point_embed.weight * (labels == -1)
+    for i in range(pe.num_point_embeddings):
+        emb = emb + pe.point_embeddings[i].weight * (labels == i)
+    return emb
+
+
 class DecoderOnnx(nn.Module):
     """Prompt encoder + mask decoder of segment_anything, for one image and N prompt points.
 
@@ -46,18 +62,6 @@ class DecoderOnnx(nn.Module):
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
 
-    def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        pe = self.prompt_encoder
-        coords = coords + 0.5
-        coords = coords / torch.tensor([pe.input_image_size[1], pe.input_image_size[0]], dtype=coords.dtype)
-        emb = pe.pe_layer._pe_encoding(coords)
-        labels = labels.unsqueeze(-1)
-        emb = emb * (labels != -1)
-        emb = emb + pe.not_a_point_embed.weight * (labels == -1)
-        for i in range(pe.num_point_embeddings):
-            emb = emb + pe.point_embeddings[i].weight * (labels == i)
-        return emb
-
     def forward(
         self,
         image_embeddings: torch.Tensor,
@@ -66,7 +70,7 @@ class DecoderOnnx(nn.Module):
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        sparse = self._embed_points(point_coords, point_labels)
+        sparse = embed_points(self.prompt_encoder, point_coords, point_labels)
         pe = self.prompt_encoder
         dense = has_mask_input * pe.mask_downscaling(mask_input) + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(
             1, -1, 1, 1

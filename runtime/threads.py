@@ -16,6 +16,10 @@ import os
 import torch
 
 ENV = "OMP_NUM_THREADS"
+# ONNX Runtime threads for the decoders of onnx-int8-fast (base and click refiner): one, like torch's in the server.
+# Interleaved on 2 shared cores at load ~5, a corrective click took 98 / 117 ms (p50 / p95) with one thread and
+# 133 / 189 ms with two (docs/benchmarks.md, section J).
+DECODER_THREADS = 1
 
 
 def user_threads() -> int | None:
@@ -43,3 +47,8 @@ def configure_serving(device: str, backend: str) -> int:
     if wanted is not None:
         torch.set_num_threads(wanted)
     return torch.get_num_threads()
+
+
+def decoder_threads() -> int:
+    """ONNX Runtime's intra-op threads for the CPU decoders: ``OMP_NUM_THREADS``, else :data:`DECODER_THREADS`."""
+    return user_threads() or DECODER_THREADS

@@ -41,3 +41,11 @@ def test_a_bad_omp_num_threads_is_one_clear_error(monkeypatch, bad):
     monkeypatch.setenv("OMP_NUM_THREADS", bad)
     with pytest.raises(ValueError, match=f"OMP_NUM_THREADS must be a positive whole number, got '{bad}'"):
         threads.user_threads()
+
+
+def test_the_onnx_decoders_get_one_thread_unless_the_user_says(monkeypatch):
+    """onnx-int8-fast's decoders (ONNX Runtime) run on one thread like torch's did; OMP_NUM_THREADS wins."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads.decoder_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads.decoder_threads() == 2
