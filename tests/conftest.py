@@ -76,6 +76,44 @@ def litemedsam_base():
     return load_segmenter("litemedsam-base", device="cpu")
 
 
+class MemoisedEmbeddings:
+    """Counts of :func:`memoised_embeddings`: encodes run (``misses``) and served again (``hits``)."""
+
+    def __init__(self) -> None:
+        self.hits, self.misses = 0, 0
+
+
+@contextlib.contextmanager
+def memoised_embeddings(segmenter) -> Iterator[MemoisedEmbeddings]:
+    """Within the block, ``segmenter`` (this instance: the shared one the CLI and the app load too) encodes
+    each distinct batch of images once: a batch whose images are byte for byte those of an earlier batch gets
+    the earlier embeddings back. The encoder is deterministic for equal input in one process, so only the time
+    changes; an image that differs by one byte (another window, slice or order) misses and is encoded.
+    For tests whose CLI run and reference computation encode the same slice; never where encodes are counted
+    through the segmenter or its weights change."""
+    import hashlib
+
+    memo: dict[tuple, list] = {}
+    counts = MemoisedEmbeddings()
+    encode = segmenter.embed_batch
+
+    def embed_batch(images):
+        key = tuple((np.shape(im), str(np.asarray(im).dtype), hashlib.sha256(np.ascontiguousarray(im)).hexdigest())
+                    for im in images)
+        if key in memo:
+            counts.hits += 1
+        else:
+            counts.misses += 1
+            memo[key] = encode(images)
+        return list(memo[key])
+
+    segmenter.embed_batch = embed_batch
+    try:
+        yield counts
+    finally:
+        del segmenter.embed_batch
+
+
 @contextlib.contextmanager
 def real_server_turn() -> Iterator[None]:
     """Tests that drive a real server with the real model take turns across xdist workers.

@@ -13,7 +13,7 @@ from PIL import Image
 from app.cli import main
 from data.readers import read_study
 from models.prompts import Prompts
-from tests.conftest import DATA, SAMPLES
+from tests.conftest import DATA, SAMPLES, memoised_embeddings
 
 CT_SERIES = SAMPLES / "ct_head_0051_series"
 PNG_SLICE = DATA / "synthetic_shepp_logan_image.nii.gz"
@@ -28,6 +28,16 @@ def png_image(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def encodes(litemedsam):
+    """The CLI runs and the reference masks here encode two slices in all (CT slice 3, the phantom), each once:
+    eight encodes were six repeats. Each comparison still builds its image independently of the CLI (pydicom
+    and the CT window here, the PNG read back); an image that differs from the CLI's by one byte is encoded
+    afresh (``tests/conftest.py: memoised_embeddings``)."""
+    with memoised_embeddings(litemedsam) as counts:
+        yield counts
+
+
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -35,7 +45,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("order", ["bundled", "instance numbers against position"])
-def test_segment_3d_writes_label_map_on_source_grid(order, capsys, tmp_path, litemedsam):
+def test_segment_3d_writes_label_map_on_source_grid(order, capsys, tmp_path, litemedsam, encodes):
     """--slice K is the K-th image in position order (read here with pydicom alone); its mask equals the
     model's answer on that image, windowed here; the label map lies on the source grid."""
     from data.windowing import CT_PRESETS, Window
@@ -56,7 +66,9 @@ def test_segment_3d_writes_label_map_on_source_grid(order, capsys, tmp_path, lit
     grey = Window.from_level_width(*CT_PRESETS["abdomen"]).apply(hu)
     image = np.repeat(grey[:, :, None], 3, axis=2)
     box = np.array([50, 10, 210, 220], np.float32)
+    misses = encodes.misses
     reference = litemedsam.predict(litemedsam.embed(image), Prompts(box=box)).best_mask
+    assert encodes.misses == misses  # the CLI's model input was this image, byte for byte
     assert 10000 < reference.sum() < 0.8 * 161 * 211  # the head, not the whole box
     np.testing.assert_array_equal(arr[3], reference.astype(arr.dtype))
     assert arr[[0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]].sum() == 0
@@ -80,7 +92,7 @@ def test_segment_2d_png_matches_official_dice(capsys, tmp_path, png_image, litem
     assert dice == pytest.approx(0.7178, abs=0.005)
 
 
-def test_segment_with_points_passes_x_then_y(capsys, tmp_path, png_image, litemedsam):
+def test_segment_with_points_passes_x_then_y(capsys, tmp_path, png_image, litemedsam, encodes):
     """--point X Y LABEL reaches the model as (x, y) pixels: the CLI mask equals the API's mask."""
     out = tmp_path / "m.png"
     argv = ["segment", png_image, "--box", 112, 117, 200, 282, "--point", 150, 230, 1, "--point", 20, 60, 0]
@@ -88,7 +100,9 @@ def test_segment_with_points_passes_x_then_y(capsys, tmp_path, png_image, liteme
     assert code == 0, err
     image = np.repeat(np.asarray(Image.open(png_image))[:, :, None], 3, axis=2)
     prompts = Prompts(box=np.array([112, 117, 200, 282]), points=np.array([[150, 230], [20, 60]]), point_labels=np.array([1, 0]))
+    misses = encodes.misses
     expected = litemedsam.predict(litemedsam.embed(image), prompts).best_mask
+    assert encodes.misses == misses  # the CLI's model input was the PNG's grey in three channels
     swapped = Prompts(box=prompts.box, points=prompts.points[:, ::-1], point_labels=prompts.point_labels)
     other = litemedsam.predict(litemedsam.embed(image), swapped).best_mask
     got = np.asarray(Image.open(out)) > 0

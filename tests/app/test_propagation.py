@@ -201,19 +201,28 @@ def test_repropagate_needs_the_label_on_the_start_slice(litemedsam, ct, cache):
 
 
 # --- command line -------------------------------------------------------------------------------
-def test_cli_propagate_to_dicom_seg_is_valid_and_reads_back(head_run, ct, head, tmp_path, capsys):
-    """Acceptance: CT series -> medseg propagate -> DICOM-SEG -> dciodvfy clean -> same voxels on the source grid."""
+def test_cli_propagate_to_dicom_seg_is_valid_and_reads_back(head_run, ct, head, cache, tmp_path, capsys, monkeypatch):
+    """Acceptance: CT series -> medseg propagate -> DICOM-SEG -> dciodvfy clean -> same voxels on the source grid.
+
+    The command's walk meets the series' embeddings in the file's cache (``ct_series_embeddings``) instead of
+    encoding the 12 slices again (~30 s of a 2-core run): the cache is keyed by the volume's voxels and geometry,
+    the slice, the model and the window, so every slice the command reads, windows or models differently from
+    the app's walk would miss and be encoded; the test asserts that none did."""
     import shutil
 
+    import app.commands.propagate
     from app.cli import main
     from data.dicom_seg import read_dicom_seg
     from tests.data.test_dicom_seg import dciodvfy_errors
 
     x0, y0, x1, y1 = (f"{v:g}" for v in box_around(head[START], 5))
     out = tmp_path / "head.dcm"
+    monkeypatch.setattr(app.commands.propagate, "EmbeddingCache", lambda max_items: cache)
+    hits, misses = cache.hits, cache.misses
     code = main(["propagate", str(CT_SERIES), "--slice", str(START), "--box", x0, y0, x1, y1,
                  "--model", "litemedsam", "--output", str(out), "--label", "head", "-q"])
     assert code == 0, capsys.readouterr().err
+    assert cache.misses == misses and cache.hits >= hits + 12  # the command's 12 slices are the app's
     assert "on 12 slices" in capsys.readouterr().out
     if shutil.which("dciodvfy"):
         assert dciodvfy_errors(out) == []

@@ -19,7 +19,7 @@ from app.session import SessionStore
 from data.windowing import default_window, slice_to_rgb
 from models import point_prompts
 from models.prompts import PromptError, Prompts
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, memoised_embeddings
 
 CT_NAME = "CT head (DICOM series, 12 slices)"
 # Display pixels (512 x 512 for this 256 x 256 coronal slice): a box around the left lateral
@@ -55,6 +55,15 @@ class SpyRunner(ModelRunner):
         return Recorder()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def encodes(litemedsam):
+    """The CT's coronal slice 6 is the slice three sessions here open on (the bundled series, its 3-slice
+    NIfTI cut, a re-open) and the box test's reference: encoded once, not four times. An image that differs
+    by one byte is encoded afresh (``tests/conftest.py: memoised_embeddings``)."""
+    with memoised_embeddings(litemedsam) as counts:
+        yield counts
+
+
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory, litemedsam):
     runner = SpyRunner()
@@ -78,7 +87,7 @@ def _draw_box(ctx, sid):
     return controller.click(ctx, sid, *BOX[1])
 
 
-def test_box_segments_inside_the_box_and_undo_redo_round_trip(ctx, opened, litemedsam):
+def test_box_segments_inside_the_box_and_undo_redo_round_trip(ctx, opened, litemedsam, encodes):
     session = ctx.store.get(opened)
     before = session.labels.copy()
     vm = _draw_box(ctx, opened)
@@ -87,7 +96,9 @@ def test_box_segments_inside_the_box_and_undo_redo_round_trip(ctx, opened, litem
     # series), windowed independently of the UI, with the box's plane corners
     volume = session.volume
     image = slice_to_rgb(volume, 6, default_window(volume))
+    misses = encodes.misses
     reference = litemedsam.predict(litemedsam.embed(image), Prompts(box=PLANE_BOX)).best_mask
+    assert encodes.misses == misses  # the UI's model input was this independently windowed slice, byte for byte
     assert 500 < int(reference.sum()) < 0.9 * _box_area(PLANE_BOX)  # a mask that fills the box is not this
     np.testing.assert_array_equal(plane == 1, reference)
     assert vm.measurements[0][2] == int((plane == 1).sum())

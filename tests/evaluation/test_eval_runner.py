@@ -12,9 +12,17 @@ from app.cli import main
 from evaluation.clicks import parse_protocol
 from evaluation.manifest import read_manifest
 from evaluation.runner import EmbeddingCache, EvalSettings, evaluate
-from tests.conftest import DATA
+from tests.conftest import DATA, memoised_embeddings
 
 MANIFEST = DATA / "manifest.csv"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _encoded_once(litemedsam):
+    """The click test's slice (Colin27 k001) is one of the baseline's 16: encoded once (``memoised_embeddings``;
+    the click test counts its cache's calls to the model, which stay one)."""
+    with memoised_embeddings(litemedsam):
+        yield
 
 
 def baseline_dice(margin: int) -> dict[str, float]:

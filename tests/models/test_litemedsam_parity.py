@@ -12,7 +12,7 @@ import torch
 from models.checkpoint import load_strict
 from models.litemedsam import LiteMedSAMSegmenter, build_litemedsam
 from models.prompts import Prompts
-from tests.conftest import PARITY
+from tests.conftest import PARITY, memoised_embeddings
 from tests.synthetic_weights import check_against_manifest, synthetic_state_dict
 
 PROMPT_SETS = ["point1", "points2", "box", "box_point", "mask"]
@@ -30,8 +30,11 @@ def synthetic_pkg() -> LiteMedSAMSegmenter:
 
 @pytest.fixture(scope="module")
 def real_pkg(litemedsam_base) -> LiteMedSAMSegmenter:
-    """The real weights (shared with the session fixture, without the click model) in the package's pipeline."""
-    return LiteMedSAMSegmenter(litemedsam_base.model, pipeline="pkg")
+    """The real weights (shared with the session fixture, without the click model) in the package's pipeline.
+    Both tests of the real weights embed the golden's image: encoded once (``memoised_embeddings``)."""
+    segmenter = LiteMedSAMSegmenter(litemedsam_base.model, pipeline="pkg")
+    with memoised_embeddings(segmenter):
+        yield segmenter
 
 
 def _prompts(g: np.lib.npyio.NpzFile, p: str) -> Prompts:

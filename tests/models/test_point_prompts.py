@@ -14,7 +14,7 @@ from models import point_prompts
 from models.point_prompts import candidate_boxes, grown_box
 from models.prompts import MaskResult, Prompts
 from models.registry import get_spec, load_segmenter
-from tests.conftest import DATA
+from tests.conftest import DATA, memoised_embeddings
 
 MANIFEST = DATA / "manifest.csv"
 # shared cases (never trained on) where the old route, the click refiner on the point alone, gave a small blob
@@ -46,6 +46,13 @@ def test_a_box_grows_only_on_the_sides_its_mask_touches():
 
 needs_data = pytest.mark.skipif(not get_spec("litemedsam").available() or not MANIFEST.is_file(),
                                 reason="needs weights/lite_medsam.pth and shared/data")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _encoded_once(litemedsam):
+    """The two tests on the shared cases encode the first case's slice once (``memoised_embeddings``)."""
+    with memoised_embeddings(litemedsam):
+        yield
 
 
 @pytest.fixture(scope="module")
