@@ -46,6 +46,7 @@ MODULES: dict[str, list[str]] = {
     "data/untrusted.py": ["tests/data/test_untrusted.py", "tests/data/test_links.py",  # less the server (a child
                           "--deselect",  # process outside mutmut's folder: it cannot find the mutated code)
                           "tests/data/test_links.py::test_a_server_keeps_refusing_links_that_leave_their_folder"],
+    "data/parallel.py": ["tests/data/test_parallel.py"],
     "evaluation/metrics.py": ["tests/evaluation/test_eval_metrics.py"],
     "evaluation/manifest.py": ["tests/evaluation/test_eval_manifest.py"],
     "evaluation/clicks.py": ["tests/evaluation/test_eval_clicks.py"],
