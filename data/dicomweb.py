@@ -266,10 +266,11 @@ def store(base: str, files: Iterable[str | Path], *, timeout: float = DEFAULT_TI
     datasets = [pydicom.dcmread(f) for f in files]
     c = client(base, timeout)
     reply = _call(lambda: c.store_instances(datasets), base, "storing (STOW-RS)", timeout)
-    failed = reply.get("00081198") if reply is not None else None  # FailedSOPSequence
-    if failed and failed.get("Value"):
-        reasons = {str(_value(item, "00081197")) for item in failed["Value"]}
-        raise DicomWebError(f"{base}: the PACS refused {len(failed['Value'])} instance(s) (failure reason "
+    # dicomweb-client hands the reply over as a pydicom Dataset (not DICOM JSON)
+    failed = getattr(reply, "FailedSOPSequence", None)
+    if failed:
+        reasons = {str(item.get("FailureReason", "?")) for item in failed}
+        raise DicomWebError(f"{base}: the PACS refused {len(failed)} instance(s) (failure reason "
                             f"{', '.join(sorted(reasons))})")
     return [str(ds.SOPInstanceUID) for ds in datasets]
 
