@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import requests
+from pydicom.errors import InvalidDicomError  # a part that is not a DICOM file (no preamble and DICM)
 
 from data.readers import StudyError
 
@@ -106,7 +107,7 @@ def _call(fn, url: str, what: str, timeout: float):
         return fn()
     except DicomWebError:
         raise
-    except (requests.exceptions.RequestException, ValueError, KeyError, TypeError) as e:
+    except (requests.exceptions.RequestException, ValueError, KeyError, TypeError, InvalidDicomError) as e:
         raise _explain(e, url, what, timeout) from None
 
 

@@ -10,11 +10,13 @@ import io
 import json
 import tempfile
 import threading
+import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pydicom
 import pytest
+from pydicom.datadict import tag_for_keyword
 
 from data.dicomweb import (DicomWebError, SeriesURL, check_base_url, fetch_series, find_series, is_url,
                            list_all_series, parse_series_url, search_series, search_studies, series_size, store)
@@ -23,6 +25,8 @@ from tests.conftest import SAMPLES
 SERIES = SAMPLES / "ct_head_0051_series"
 STUDY, SER = "1.2.3", "4.5.6"
 BOUNDARY = "medsegtestboundary"
+# what Orthanc returns for a study or series search without includefield: UIDs, patient, date, modality, number
+ALWAYS_RETURNED = {"0020000D", "0020000E", "00100010", "00100020", "00080020", "00080060", "00200011"}
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -31,13 +35,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
-        pacs.requests.append((self.command, urlsplit(self.path).path, dict(self.headers)))
-        status, ctype, body = pacs.route(self.command, urlsplit(self.path).path)
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        url = urlsplit(self.path)
+        pacs.requests.append((self.command, url.path, dict(self.headers)))
+        status, ctype, body = pacs.route(self.command, url.path, parse_qs(url.query))
+        time.sleep(pacs.delay_s)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:  # the client gave up waiting
+            pass
 
     do_GET = do_POST = _answer  # noqa: N815 - http.server's names
 
@@ -50,13 +59,30 @@ class FakePacs:
 
     def __init__(self):
         self.answers: dict[tuple[str, str], tuple[int, str, bytes]] = {}
+        self.qido: dict[tuple[str, str], list[dict]] = {}  # searchable lists, answered as _search says
         self.requests: list[tuple[str, str, dict]] = []
+        self.delay_s = 0.0  # before every answer
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server.daemon_threads, self.server.block_on_close = True, False
         self.server.pacs = self  # type: ignore[attr-defined]
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
 
-    def route(self, method: str, path: str) -> tuple[int, str, bytes]:
-        return self.answers.get((method, path.removeprefix("/dicom-web")), (404, "text/plain", b"no such thing"))
+    def route(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        path = path.removeprefix("/dicom-web")
+        if (method, path) in self.qido:
+            return 200, "application/dicom+json", json.dumps(self._search(self.qido[(method, path)], query)).encode()
+        return self.answers.get((method, path), (404, "text/plain", b"no such thing"))
+
+    @staticmethod
+    def _search(items: list[dict], query: dict[str, list[str]]) -> list[dict]:
+        """As a PACS answers QIDO-RS: matching on the attributes named, at most ``limit`` results, and
+        only the attributes it always returns plus those asked for with ``includefield``."""
+        wanted = {f"{tag_for_keyword(k):08X}" for k in query.get("includefield", [])} | ALWAYS_RETURNED
+        for keyword, (value, *_) in query.items():
+            if keyword != "includefield" and tag_for_keyword(keyword) is not None:
+                items = [i for i in items if i.get(f"{tag_for_keyword(keyword):08X}", {}).get("Value") == [value]]
+        items = items[: int(query["limit"][0])] if "limit" in query else items
+        return [{k: v for k, v in i.items() if k in wanted} for i in items]
 
     def json(self, path: str, value, status: int = 200, method: str = "GET") -> None:
         self.answers[(method, path)] = (status, "application/dicom+json", json.dumps(value).encode())
@@ -157,6 +183,16 @@ def test_a_pacs_nobody_runs_says_so(pacs):
                             "running and the URL right?")
 
 
+def test_a_pacs_too_slow_to_answer_is_one_line_naming_the_setting(pacs):
+    pacs.json("/studies", [])
+    pacs.delay_s = 1.5
+    with pytest.raises(DicomWebError) as e:
+        search_studies(pacs.base, timeout=0.25)
+    assert str(e.value) == (f"{pacs.base}: no answer within 0.25 s while searching studies (QIDO-RS); is the PACS "
+                            "overloaded? (raise MEDSEG_DICOMWEB_TIMEOUT_S)")
+    assert len(pacs.requests) == 1  # not asked again
+
+
 def test_the_token_is_sent_as_a_bearer_header(pacs, monkeypatch):
     pacs.json("/studies", [])
     monkeypatch.setenv("MEDSEG_DICOMWEB_TOKEN", "  s3cret-token \n")
@@ -170,15 +206,16 @@ def test_the_token_is_sent_as_a_bearer_header(pacs, monkeypatch):
 
 
 # --- QIDO-RS: the lists a user picks from -----------------------------------------------------------
-def test_the_study_list_shows_names_ids_dates_and_modalities(pacs):
-    pacs.json("/studies", [
+def test_the_study_list_shows_names_ids_dates_descriptions_and_modalities(pacs):
+    pacs.qido[("GET", "/studies")] = [
         {"0020000D": tag("UI", "1.1"), "00100010": tag("PN", {"Alphabetic": "Doe^Jane"}),
          "00100020": tag("LO", "P-7"), "00080020": tag("DA", "20260102"), "00081030": tag("LO", "Head CT"),
          "00080061": tag("CS", "CT", "SEG")},
         {"0020000D": tag("UI", "1.2"), "00100010": tag("PN", {"Ideographic": "山田"}), "00100020": {"vr": "LO"},
          "00080061": tag("CS")},
-    ])
-    studies = search_studies(pacs.base, limit=7)
+        {"0020000D": tag("UI", "1.3")},
+    ]
+    studies = search_studies(pacs.base, limit=2)
     assert [(s.study_uid, s.patient_name, s.patient_id, s.date, s.description, s.modalities) for s in studies] == [
         ("1.1", "Doe^Jane", "P-7", "20260102", "Head CT", "CT"),
         ("1.2", "", "", "", "", ""),  # a name without an alphabetic form, empty or missing fields: blank
@@ -186,35 +223,75 @@ def test_the_study_list_shows_names_ids_dates_and_modalities(pacs):
     assert pacs.paths() == ["/studies"]
 
 
+def test_the_study_list_stops_at_200_by_default(pacs):
+    pacs.qido[("GET", "/studies")] = [{"0020000D": tag("UI", f"1.{i}")} for i in range(201)]
+    assert len(search_studies(pacs.base)) == 200
+
+
 def test_the_series_list_of_a_study(pacs):
-    pacs.json(f"/studies/{STUDY}/series", [
+    pacs.qido[("GET", f"/studies/{STUDY}/series")] = [
         {"0020000E": tag("UI", "9.1"), "00080060": tag("CS", "MR"), "0008103E": tag("LO", "T1"),
          "00200011": tag("IS", 3), "00201209": tag("IS", 176)},
-    ])
+    ]
     (s,) = search_series(pacs.base, STUDY)
     assert (s.study_uid, s.series_uid, s.modality, s.description, s.number, s.instances) == (
         STUDY, "9.1", "MR", "T1", "3", "176")
 
 
-def test_the_pacs_panel_lists_image_series_only(pacs):
-    def series(uid, modality):
-        return {"0020000D": tag("UI", "1.1"), "0020000E": tag("UI", uid), "00080060": tag("CS", modality),
-                "0008103E": tag("LO", f"{modality} series"), "00200011": tag("IS", 1), "00201209": tag("IS", 2)}
+def _series(uid, modality, study="1.1"):
+    return {"0020000D": tag("UI", study), "0020000E": tag("UI", uid), "00080060": tag("CS", modality),
+            "0008103E": tag("LO", f"{modality} series"), "00200011": tag("IS", 1), "00201209": tag("IS", 2)}
 
-    pacs.json("/series", [series("2.1", "CT"), series("2.2", "SEG"), series("2.3", "SR"), series("2.4", "PR"),
-                          series("2.5", "RTSTRUCT"), series("2.6", "MR")])
-    found = list_all_series(pacs.base)
+
+def test_the_pacs_panel_lists_image_series_only(pacs):
+    pacs.qido[("GET", "/series")] = [_series("2.1", "CT"), _series("2.2", "SEG"), _series("2.3", "SR"),
+                                     _series("2.4", "PR"), _series("2.5", "RTSTRUCT"), _series("2.6", "MR")]
+    found = list_all_series(pacs.base, limit=5)
     assert [(s.study_uid, s.series_uid, s.modality, s.description, s.number, s.instances) for s in found] == [
-        ("1.1", "2.1", "CT", "CT series", "1", "2"), ("1.1", "2.6", "MR", "MR series", "1", "2")]
+        ("1.1", "2.1", "CT", "CT series", "1", "")]  # the count is not asked for here
+    assert len(list_all_series(pacs.base)) == 2
+
+
+def test_the_pacs_panel_lists_500_series_by_default(pacs):
+    pacs.qido[("GET", "/series")] = [_series(f"2.{i}", "CT") for i in range(501)]
+    assert len(list_all_series(pacs.base)) == 500
 
 
 def test_a_series_known_by_its_uid_alone(pacs):
-    pacs.json("/series", [{"0020000D": tag("UI", STUDY), "0020000E": tag("UI", SER)}])
+    pacs.qido[("GET", "/series")] = [_series("5.5", "CT", study="7.7"), _series(SER, "CT", study=STUDY)]
     assert find_series(pacs.base + "/", SER) == SeriesURL(pacs.base, STUDY, SER)
-    pacs.json("/series", [])
     with pytest.raises(DicomWebError) as e:
         find_series(pacs.base, "7.7")
     assert str(e.value) == f"{pacs.base}: no series 7.7 on this PACS"
+
+
+@pytest.mark.parametrize("call, where, what", [
+    (lambda base, t: search_series(base, STUDY, timeout=t), f"/studies/{STUDY}", "searching series (QIDO-RS)"),
+    (lambda base, t: list_all_series(base, timeout=t), "", "searching series (QIDO-RS)"),
+    (lambda base, t: find_series(base, SER, timeout=t), "", f"looking up series {SER} (QIDO-RS)"),
+    (lambda base, t: fetch_series(SeriesURL(base, STUDY, SER), max_voxels=1, max_bytes=1, timeout=t),
+     f"/studies/{STUDY}/series/{SER}", "reading the series metadata (WADO-RS)"),
+    (lambda base, t: store(base, sorted(SERIES.glob("*.dcm"))[:1], timeout=t), "", "storing (STOW-RS)"),
+])
+def test_every_request_waits_as_long_as_asked_and_says_what_it_was_doing(pacs, call, where, what):
+    pacs.delay_s = 1.5  # slower than asked for, faster than the default 30 s
+    with pytest.raises(DicomWebError) as e:
+        call(pacs.base, 0.25)
+    assert str(e.value) == (f"{pacs.base}{where}: no answer within 0.25 s while {what}; is the PACS overloaded? "
+                            "(raise MEDSEG_DICOMWEB_TIMEOUT_S)")
+
+
+@pytest.mark.parametrize("call, where, what", [
+    (lambda base: search_series(base, STUDY), f"/studies/{STUDY}", "searching series (QIDO-RS)"),
+    (lambda base: list_all_series(base), "", "searching series (QIDO-RS)"),
+    (lambda base: find_series(base, SER), "", f"looking up series {SER} (QIDO-RS)"),
+    (lambda base: fetch_series(SeriesURL(base, STUDY, SER), max_voxels=1, max_bytes=1),
+     f"/studies/{STUDY}/series/{SER}", "reading the series metadata (WADO-RS)"),
+])
+def test_a_refusal_names_the_address_and_the_step(pacs, call, where, what):
+    with pytest.raises(DicomWebError) as e:
+        call(pacs.base)  # nothing is served: every path answers 404
+    assert str(e.value) == f"{pacs.base}{where}: not found (HTTP 404) while {what}; check the UIDs and the DICOMweb prefix"
 
 
 # --- WADO-RS: sizes from metadata, then the files -------------------------------------------------
@@ -375,3 +452,81 @@ def test_a_stow_refused_whole_is_one_line(pacs):
     with pytest.raises(DicomWebError) as e:
         store(pacs.base, sorted(SERIES.glob("*.dcm"))[:1])
     assert str(e.value) == f"{pacs.base}: the PACS answered HTTP 409 while storing (STOW-RS)"
+
+
+def test_a_failure_without_a_reason_code_still_says_refused(pacs):
+    pacs.json("/studies", {"00081198": tag("SQ", {"00081155": tag("UI", "9.1")})}, status=202, method="POST")
+    with pytest.raises(DicomWebError) as e:
+        store(pacs.base, sorted(SERIES.glob("*.dcm"))[:1])
+    assert str(e.value) == f"{pacs.base}: the PACS refused 1 instance(s) (failure reason ?)"
+
+
+# --- odd answers ----------------------------------------------------------------------------------
+def test_other_failures_are_one_line_with_their_kind():
+    from data.dicomweb import _explain
+
+    where, what = "http://pacs/dicom-web", "searching studies (QIDO-RS)"
+    assert str(_explain(ValueError(), where, what, 30)) == f"{where}: {what} failed (ValueError: )"
+    assert str(_explain(KeyError("0020000D"), where, what, 30)) == f"{where}: {what} failed (KeyError: '0020000D')"
+    long = _explain(TypeError("x" * 300 + "\nsecond line"), where, what, 30)
+    assert str(long) == f"{where}: {what} failed (TypeError: {'x' * 200})"
+
+
+def test_a_base_url_ending_in_x_keeps_it():
+    assert check_base_url("http://pacs-X/") == "http://pacs-X"
+    assert parse_series_url("http://pacs-X/studies/1.2/series/3.4").base == "http://pacs-X"
+
+
+def test_series_size_of_empty_values():
+    """DICOM JSON allows an empty string for a number: no rows or columns is no pixels, and empty frames,
+    samples or bits take their defaults (1 frame, 1 sample, 16 bits)."""
+    empty = tag("IS", "")
+    size = series_size([image_meta("1", rows=4, cols=4, **{"00280010": empty}),
+                        image_meta("2", rows=4, cols=4, **{"00280011": empty}),
+                        image_meta("3", rows=2, cols=3, **{"00280008": empty, "00280002": empty, "00280100": empty})])
+    assert (size.voxels, size.bytes) == (6, 12)
+
+
+def test_an_instance_that_is_not_a_dicom_file_is_one_line_and_nothing_kept(pacs, private_tmp):
+    """A PACS that sends a data set without the DICOM file header (no preamble, no DICM)."""
+    data = _ct_bytes()[0]
+    url = _serve_series(pacs, [data])
+    sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    pacs.instance(f"/studies/{STUDY}/series/{SER}/instances/{sop}", data[132:])
+    with pytest.raises(DicomWebError) as e:
+        fetch_series(url, max_voxels=2**30, max_bytes=2**30)
+    msg = str(e.value)
+    assert msg.startswith(f"{url}: retrieving instance 1 of 1 (WADO-RS) failed (InvalidDicomError: ") and "\n" not in msg
+    assert list(private_tmp.iterdir()) == []
+
+
+def _one_instance(pacs, data: bytes, rows: int = 2, cols: int = 2) -> SeriesURL:
+    sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    return _serve_series(pacs, [data], [image_meta(sop, rows=rows, cols=cols)])
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_what_a_pacs_may_send_is_the_announced_pixels_plus_64_kib_of_header_an_instance(pacs, tmp_path, over):
+    data = _ct_bytes()[0]
+    url = _one_instance(pacs, data)
+    folder = tmp_path / "probe"
+    fetch_series(url, folder, max_voxels=2**30, max_bytes=2**30)
+    written = (folder / "00000.dcm").stat().st_size  # the file as it lands on disk
+    max_bytes = written - 64 * 2**10 - over  # 2 x 2 pixels announced: well under
+    if over:
+        with pytest.raises(DicomWebError, match="sent more than"):
+            fetch_series(url, tmp_path / "s", max_voxels=2**30, max_bytes=max_bytes)
+    else:
+        assert (fetch_series(url, tmp_path / "s", max_voxels=2**30, max_bytes=max_bytes) / "00000.dcm").is_file()
+
+
+def test_the_oversend_message_in_mib(pacs, private_tmp):
+    ds = pydicom.dcmread(io.BytesIO(_ct_bytes()[0]))
+    ds.Rows = ds.Columns = 1024
+    ds.PixelData = bytes(1024 * 1024 * 2)  # 2 MiB sent where 2 x 2 pixels were announced
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    url = _one_instance(pacs, buf.getvalue())
+    with pytest.raises(DicomWebError) as e:
+        fetch_series(url, max_voxels=2**30, max_bytes=int(0.6 * 2**20))
+    assert str(e.value) == f"{url}: the PACS sent more than the 1 MiB its metadata announced; download stopped"
