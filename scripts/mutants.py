@@ -47,13 +47,22 @@ MODULES: dict[str, list[str]] = {
                           "--deselect",  # process outside mutmut's folder: it cannot find the mutated code)
                           "tests/data/test_links.py::test_a_server_keeps_refusing_links_that_leave_their_folder"],
     "data/parallel.py": ["tests/data/test_parallel.py"],
+    # a scripted PACS in the test process (test_dicomweb.py's real Orthanc: 3 s a run, and a mutant that times out
+    # leaves its Orthanc behind)
+    "data/dicomweb.py": ["tests/data/test_dicomweb_client.py"],
     "evaluation/metrics.py": ["tests/evaluation/test_eval_metrics.py"],
     "evaluation/manifest.py": ["tests/evaluation/test_eval_manifest.py"],
     "evaluation/clicks.py": ["tests/evaluation/test_eval_clicks.py"],
     "evaluation/fairness.py": ["tests/evaluation/test_eval_fairness.py"],
     "evaluation/report.py": ["tests/evaluation/test_eval_report.py"],  # a hand-made run (test_eval_runner: the CLI)
     "evaluation/runner.py": ["tests/evaluation/test_eval_runner_steps.py"],  # a stand-in model (test_eval_runner: the CLI)
-    "evaluation/distributed.py": ["tests/evaluation/test_batch.py"],
+    # the driver on a stand-in Ray and a stand-in model (test_batch_steps.py), and test_batch.py less its five tests
+    # that start Ray with the real model (minutes a run; the mutated workers would run in Ray's own processes)
+    "evaluation/distributed.py": ["tests/evaluation/test_batch_steps.py", "tests/evaluation/test_batch.py", *(
+        x for t in ("two_workers_give_the_per_case_csv_of_eval", "saved_masks_are_the_final_masks",
+                    "a_killed_worker_is_restarted_and_nothing_is_lost", "resume_runs_only_the_unfinished_cases",
+                    "resume_with_other_settings_is_refused")
+        for x in ("--deselect", f"tests/evaluation/test_batch.py::test_{t}"))],
     "app/session.py": ["tests/app/test_session.py", "tests/app/test_session_undo_bound.py"],
     "app/uploads.py": ["tests/app/test_ui_uploads.py"],
     "app/interaction.py": ["tests/app/test_interaction_prompts.py"],  # one warm embedding (test_ui_interaction: 77 s)
@@ -405,6 +414,36 @@ EQUIVALENT |= {
                                                           "the seconds since boot, so 'idle_after_s since' has passed "
                                                           "either way",
 }
+
+# data/dicomweb.py (issue 26, branch mut26c): equivalent mutants
+_W = "data.dicomweb.x_"
+EQUIVALENT |= {
+    f"{_W}check_base_url__mutmut_14": "'^HTTPS?://' for '^https?://' under re.IGNORECASE: the same pattern",
+    f"{_W}client__mutmut_10": "set_http_retry_params(retry=None): dicomweb-client reads `if retry:`, None is False",
+    **{f"{_W}fetch_series__mutmut_{n}": "save_as's enforce_file_format False/None/left out: dicomweb-client reads each "
+       "part with dcmread, which takes only a Part-10 file, so the data set keeps its preamble and file meta and is "
+       "written the same" for n in (97, 99, 100)},
+    **{f"{_W}fetch_series__mutmut_{n}": "rmtree(ignore_errors=False/None) of the folder this call made: differs only "
+       "if another process deletes it at the same moment" for n in (119, 121, 122)},
+    **{f"{_W}series_size__mutmut_{n}": "_value's default made None or left out (''): the `or 0`/`or 1`/`or 16` after "
+       "it gives the same number" for n in (8, 11, 19, 22, 32, 35, 44, 47, 56, 59)},
+    f"{_W}series_size__mutmut_62": "an empty BitsAllocated taken as 17 for 16: 17 // 8 == 16 // 8",
+    f"{_W}series_size__mutmut_77": "bits / 8 for bits // 8: the same bytes for every BitsAllocated DICOM allows (1, 8, "
+                                   "16, 32, 64; 1 goes through max(., 1)), as a float only read in '>' and ':.0f'",
+}
+
+
+# evaluation/distributed.py (issue 26, branch mut26c): equivalent mutants
+_B = "evaluation.distributed.x_"
+EQUIVALENT |= {
+    f"{_B}save_case__mutmut_13": "the unpacked mask as float64 0/1, not bool: write_png_mask writes every value > 0 "
+                                 "as the mask",
+    **{f"{_B}save_case__mutmut_{n}": "the case file's encoding None/left out/'UTF-8': json.dumps escapes every "
+       "non-ASCII character (ensure_ascii), so the text is ASCII in any locale" for n in (51, 53, 60)},
+    **{f"{_B}save_case__mutmut_{n}": "json.dumps indent: the same JSON, laid out differently" for n in (55, 57, 58)},
+    f"{_B}_drive__mutmut_1": "_drive's cpus default: run_batch, its only caller, always passes it",
+}
+
 
 def shared_dir() -> Path:
     for candidate in (os.environ.get("MEDSEG_SHARED"), ROOT.parent / "shared", Path("/work/shared")):

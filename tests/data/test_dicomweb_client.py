@@ -11,7 +11,6 @@ import json
 import tempfile
 import threading
 import time
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pydicom
@@ -291,7 +290,8 @@ def test_every_request_waits_as_long_as_asked_and_says_what_it_was_doing(pacs, c
 def test_a_refusal_names_the_address_and_the_step(pacs, call, where, what):
     with pytest.raises(DicomWebError) as e:
         call(pacs.base)  # nothing is served: every path answers 404
-    assert str(e.value) == f"{pacs.base}{where}: not found (HTTP 404) while {what}; check the UIDs and the DICOMweb prefix"
+    assert str(e.value) == (f"{pacs.base}{where}: not found (HTTP 404) while {what}; check the UIDs and the DICOMweb "
+                            "prefix")
 
 
 # --- WADO-RS: sizes from metadata, then the files -------------------------------------------------
@@ -496,7 +496,8 @@ def test_an_instance_that_is_not_a_dicom_file_is_one_line_and_nothing_kept(pacs,
     with pytest.raises(DicomWebError) as e:
         fetch_series(url, max_voxels=2**30, max_bytes=2**30)
     msg = str(e.value)
-    assert msg.startswith(f"{url}: retrieving instance 1 of 1 (WADO-RS) failed (InvalidDicomError: ") and "\n" not in msg
+    assert msg.startswith(f"{url}: retrieving instance 1 of 1 (WADO-RS) failed (InvalidDicomError: ")
+    assert "\n" not in msg
     assert list(private_tmp.iterdir()) == []
 
 
