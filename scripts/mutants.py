@@ -47,6 +47,10 @@ MODULES: dict[str, list[str]] = {
                           "--deselect",  # process outside mutmut's folder: it cannot find the mutated code)
                           "tests/data/test_links.py::test_a_server_keeps_refusing_links_that_leave_their_folder"],
     "data/parallel.py": ["tests/data/test_parallel.py"],
+    # the caller's side without the fork server, and one test that starts, kills and restarts a real one (the
+    # worker itself, data/read_worker.py, runs in that server's processes: not mutated here)
+    "data/isolated_read.py": ["tests/data/test_isolated_read_replies.py",
+                              "tests/data/test_isolated_read.py::test_a_killed_fork_server_is_started_again"],
     # a scripted PACS in the test process (test_dicomweb.py's real Orthanc: 3 s a run, and a mutant that times out
     # leaves its Orthanc behind)
     "data/dicomweb.py": ["tests/data/test_dicomweb_client.py"],
