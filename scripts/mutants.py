@@ -49,6 +49,9 @@ MODULES: dict[str, list[str]] = {
     "data/parallel.py": ["tests/data/test_parallel.py"],
     # the caller's side without the fork server, and one test that starts, kills and restarts a real one (the
     # worker itself, data/read_worker.py, runs in that server's processes: not mutated here)
+    # the supervisor called in the test process (it forks the reader child as the server does); the reader child's
+    # mutants run in that fork, where mutmut records no coverage: they are "no tests" unless run by name (docs)
+    "data/read_worker.py": ["tests/data/test_read_worker.py"],
     "data/isolated_read.py": ["tests/data/test_isolated_read_replies.py",
                               "tests/data/test_isolated_read.py::test_a_killed_fork_server_is_started_again"],
     # a scripted PACS in the test process (test_dicomweb.py's real Orthanc: 3 s a run, and a mutant that times out
