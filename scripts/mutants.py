@@ -449,6 +449,8 @@ EQUIVALENT |= {
        "non-ASCII character (ensure_ascii), so the text is ASCII in any locale" for n in (51, 53, 60)},
     **{f"{_B}save_case__mutmut_{n}": "json.dumps indent: the same JSON, laid out differently" for n in (55, 57, 58)},
     f"{_B}_drive__mutmut_1": "_drive's cpus default: run_batch, its only caller, always passes it",
+    **{f"evaluation.distributed.xǁCaseWorkerǁrun__mutmut_{n}": "np.asarray(final mask) without dtype=bool: the masks a model returns "
+       "(MaskResult) are bool already, and packbits packs the same bits" for n in (38, 40)},
 }
 
 

@@ -10,6 +10,7 @@ import csv
 import functools
 import json
 import os
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -85,8 +86,7 @@ def _loader() -> CaseLoader:
 
 @pytest.fixture()
 def loader():
-    """One loader for the process: each study file is read once, not once per worker made (and, kept at module
-    level, once per mutation run: mutmut forks each mutant's tests from the process that ran them first)."""
+    """One loader for the process: each study file is read once, not once per worker made."""
     return _loader()
 
 
@@ -204,7 +204,7 @@ def test_a_task_lost_too_often_stops_the_run_naming_its_cases(specs):
 
 # --- files a run leaves -----------------------------------------------------------------------------
 def test_case_file_names_are_safe_and_never_collide(tmp_path):
-    assert case_stem("liver_007.v2-a") == "liver_007.v2-a"
+    assert case_stem("liver_007.v2-a") == "liver_007.v2-a" and case_stem("Liver_7-CT") == "Liver_7-CT"
     odd = ["ab/c", "ab c", "ab:c", "../x", "Ünïcode"]
     stems = [case_stem(c) for c in odd]
     assert len(set(stems)) == len(odd)
@@ -297,14 +297,23 @@ def test_a_worker_gives_the_rows_and_masks_of_eval(specs, stand_in, reference, l
     json.dumps({**records[0], "mask_bits": None})  # the rest of a record is plain JSON
 
 
-def test_a_slices_encode_time_counts_once_on_its_first_case(specs, stand_in, monkeypatch):
+@pytest.mark.parametrize("embed_batch, encode_s", [(1, 2.0), (3, 2.0 / 3)])
+def test_a_slices_encode_time_counts_once_on_its_first_case(specs, stand_in, monkeypatch, embed_batch, encode_s):
     ticks = iter(range(0, 1000, 2))
     monkeypatch.setattr(distributed.time, "perf_counter", lambda: float(next(ticks)))
-    worker = CaseWorker(job())
-    records = worker.run(specs)
-    # by this clock every step takes 2 s and so does each slice's encode, which counts on its first row only
+    records = CaseWorker(job(embed_batch=embed_batch)).run(specs)
+    # by this clock every step takes 2 s, and so does each encode call: one slice alone, or three slices at once
+    # (2/3 s each); a slice's encode counts on its first row only
     first = [s.slice_index not in {p.slice_index for p in specs[:i]} for i, s in enumerate(specs)]
-    assert [r["rows"][0]["seconds"] for r in records] == [4.0 if f else 2.0 for f in first] and first.count(False) == 1
+    assert first.count(False) == 1
+    assert [r["rows"][0]["seconds"] for r in records] == pytest.approx([2.0 + encode_s * f for f in first])
+
+
+def test_blank_slices_of_different_sizes_are_encoded_apart(stand_in):
+    worker = CaseWorker(job())
+    tall, wide = np.zeros((6, 4, 3), np.uint8), np.zeros((4, 6, 3), np.uint8)  # the same bytes
+    embeddings = worker._embeddings([tall, wide, tall.copy()])
+    assert len(embeddings) == 2 and stand_in[0].embeds == [(6, 4, 3), (4, 6, 3)]
 
 
 @pytest.mark.parametrize("embed_batch, batches, singles", [(1, [], 3), (2, [2], 1), (3, [3], 0), (8, [3], 0)])
@@ -433,6 +442,10 @@ def test_workers_tasks_and_gpus_as_asked(specs, stand_in, monkeypatch, tmp_path)
         run_batch(job(), tmp_path / "run2", cases=specs, workers=1, slices_per_task=3, progress=False)
     assert sessions == [("local", 1)] and len(fake.actors) == 1
     assert [len(s.embeds) for s in stand_in[-1:]] == [3]
+    fake = FakeRay()
+    with stand_in_ray(monkeypatch, fake, cpus=16.0, gpus=1.0):  # no --workers: as many as the GPU share allows
+        run_batch(job(device="cuda", gpus_per_worker=0.5), tmp_path / "run3", cases=specs, progress=False)
+    assert len(fake.actors) == 2 and fake.options["num_gpus"] == 0.5 and fake.options["num_cpus"] == 8
 
 
 def test_a_lost_worker_is_replaced_and_nothing_is_lost(specs, reference, stand_in, monkeypatch, tmp_path, capsys):
@@ -491,10 +504,11 @@ def test_a_finished_run_writes_its_report_without_ray(specs, reference, stand_in
         raise AssertionError("Ray started for a finished run")
 
     monkeypatch.setattr(distributed, "ray_session", no_ray)
-    result = run_batch(job(), out, cases=specs, group_by=["structure"], progress=False)
-    assert result.computed == [] and result.retried_tasks == 0
+    result = run_batch(job(), out, cases=specs, group_by=["modality"], progress=False)
+    assert result.computed == [] and result.retried_tasks == 0 and result.output == out
+    assert (out / "groups_modality.png").is_file()  # the grouping asked for
     assert csv_rows(out / "per_case.csv") == reference[2]
-    assert "structure" in (out / "report.md").read_text()
+    assert "groups_modality.png" in (out / "report.md").read_text()
 
 
 def test_a_case_missing_after_the_run_is_named(specs, stand_in, monkeypatch, tmp_path):
@@ -526,3 +540,7 @@ def test_fault_hook_reaches_every_worker(specs, stand_in, monkeypatch, tmp_path)
     with stand_in_ray(monkeypatch, FakeRay()):
         run_batch(job(), tmp_path / "run", cases=specs, progress=False)
     assert seen and set(seen) == {str(tmp_path / "never-fires")}
+
+
+if "mutmut" in sys.modules:  # the mutation run's fork server: read and score once, every mutant's child inherits it
+    _reference()
