@@ -114,7 +114,7 @@ def _call(fn, url: str, what: str, timeout: float):
 # --- QIDO-RS ------------------------------------------------------------------------------------
 def _value(item: dict, tag: str, default: str = "") -> str:
     values = (item.get(tag) or {}).get("Value") or []
-    if not values:
+    if not values or values[0] is None:  # DICOM JSON writes an empty value as null
         return default
     v = values[0]
     if isinstance(v, dict):  # person name

@@ -37,7 +37,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         pacs.requests.append((self.command, url.path, dict(self.headers)))
         status, ctype, body = pacs.route(self.command, url.path, parse_qs(url.query))
-        time.sleep(pacs.delay_s)
+        time.sleep(pacs.delays.get(url.path.removeprefix("/dicom-web"), pacs.delay_s))
         try:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
@@ -61,6 +61,8 @@ class FakePacs:
         self.qido: dict[tuple[str, str], list[dict]] = {}  # searchable lists, answered as _search says
         self.requests: list[tuple[str, str, dict]] = []
         self.delay_s = 0.0  # before every answer
+        self.delays: dict[str, float] = {}  # before the answers to these paths
+        self.always = set(ALWAYS_RETURNED)  # attributes a search returns without includefield
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads, self.server.block_on_close = True, False
         self.server.pacs = self  # type: ignore[attr-defined]
@@ -72,11 +74,10 @@ class FakePacs:
             return 200, "application/dicom+json", json.dumps(self._search(self.qido[(method, path)], query)).encode()
         return self.answers.get((method, path), (404, "text/plain", b"no such thing"))
 
-    @staticmethod
-    def _search(items: list[dict], query: dict[str, list[str]]) -> list[dict]:
+    def _search(self, items: list[dict], query: dict[str, list[str]]) -> list[dict]:
         """As a PACS answers QIDO-RS: matching on the attributes named, at most ``limit`` results, and
         only the attributes it always returns plus those asked for with ``includefield``."""
-        wanted = {f"{tag_for_keyword(k):08X}" for k in query.get("includefield", [])} | ALWAYS_RETURNED
+        wanted = {f"{tag_for_keyword(k):08X}" for k in query.get("includefield", [])} | self.always
         for keyword, (value, *_) in query.items():
             if keyword != "includefield" and tag_for_keyword(keyword) is not None:
                 items = [i for i in items if i.get(f"{tag_for_keyword(keyword):08X}", {}).get("Value") == [value]]
@@ -249,6 +250,8 @@ def test_the_pacs_panel_lists_image_series_only(pacs):
     assert [(s.study_uid, s.series_uid, s.modality, s.description, s.number, s.instances) for s in found] == [
         ("1.1", "2.1", "CT", "CT series", "1", "")]  # the count is not asked for here
     assert len(list_all_series(pacs.base)) == 2
+    pacs.always.add("00201209")  # a PACS that sends the instance count unasked (dcm4chee does): shown
+    assert [s.instances for s in list_all_series(pacs.base)] == ["2", "2"]
 
 
 def test_the_pacs_panel_lists_500_series_by_default(pacs):
@@ -403,6 +406,18 @@ def test_a_pacs_sending_more_than_announced_is_stopped_and_nothing_kept(pacs, pr
     assert seen == [1] and list(private_tmp.iterdir()) == []
 
 
+def test_a_slow_instance_is_one_line_naming_it(pacs, private_tmp):
+    files = _ct_bytes()
+    url = _serve_series(pacs, files)
+    sop2 = pydicom.dcmread(io.BytesIO(files[1])).SOPInstanceUID
+    pacs.delays[f"/studies/{STUDY}/series/{SER}/instances/{sop2}"] = 1.5
+    with pytest.raises(DicomWebError) as e:
+        fetch_series(url, max_voxels=2**30, max_bytes=2**30, timeout=0.25)
+    assert str(e.value) == (f"{url}: no answer within 0.25 s while retrieving instance 2 of 3 (WADO-RS); is the PACS "
+                            "overloaded? (raise MEDSEG_DICOMWEB_TIMEOUT_S)")
+    assert list(private_tmp.iterdir()) == []
+
+
 def test_a_failed_instance_removes_what_was_fetched(pacs, private_tmp):
     files = _ct_bytes()
     url = _serve_series(pacs, files)
@@ -475,6 +490,14 @@ def test_other_failures_are_one_line_with_their_kind():
 def test_a_base_url_ending_in_x_keeps_it():
     assert check_base_url("http://pacs-X/") == "http://pacs-X"
     assert parse_series_url("http://pacs-X/studies/1.2/series/3.4").base == "http://pacs-X"
+
+
+def test_series_size_of_null_values():
+    """DICOM JSON allows null in a Value array (an empty value): it counts as absent, not as the text 'None'."""
+    null = {"vr": "US", "Value": [None]}
+    size = series_size([image_meta("1", rows=4, cols=4, **{"00280010": null}),
+                        image_meta("2", rows=2, cols=3, **{"00280008": null, "00280002": null, "00280100": null})])
+    assert (size.voxels, size.bytes) == (6, 12)
 
 
 def test_series_size_of_empty_values():
