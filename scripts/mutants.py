@@ -47,13 +47,12 @@ MODULES: dict[str, list[str]] = {
                           "--deselect",  # process outside mutmut's folder: it cannot find the mutated code)
                           "tests/data/test_links.py::test_a_server_keeps_refusing_links_that_leave_their_folder"],
     "data/parallel.py": ["tests/data/test_parallel.py"],
-    # the caller's side without the fork server, and one test that starts, kills and restarts a real one (the
-    # worker itself, data/read_worker.py, runs in that server's processes: not mutated here)
     # the supervisor called in the test process (it forks the reader child as the server does); the reader child's
     # mutants run in that fork, where mutmut records no coverage: they are "no tests" unless run by name (docs)
     "data/read_worker.py": ["tests/data/test_read_worker.py"],
-    "data/isolated_read.py": ["tests/data/test_isolated_read_replies.py",
-                              "tests/data/test_isolated_read.py::test_a_killed_fork_server_is_started_again"],
+    # the caller's side without the fork server; starting, asking and stopping a real one (ReadServer._start, _ask,
+    # _socket, _stop_locked) is test_isolated_read.py's, 10-20 s a mutant: left out, so those are "no tests"
+    "data/isolated_read.py": ["tests/data/test_isolated_read_replies.py"],
     # a scripted PACS in the test process (test_dicomweb.py's real Orthanc: 3 s a run, and a mutant that times out
     # leaves its Orthanc behind)
     "data/dicomweb.py": ["tests/data/test_dicomweb_client.py"],
@@ -451,6 +450,15 @@ EQUIVALENT |= {
     f"{_B}_drive__mutmut_1": "_drive's cpus default: run_batch, its only caller, always passes it",
     **{f"evaluation.distributed.xǁCaseWorkerǁrun__mutmut_{n}": "np.asarray(final mask) without dtype=bool: the masks a model returns "
        "(MaskResult) are bool already, and packbits packs the same bits" for n in (38, 40)},
+}
+
+
+# data/isolated_read.py (issue 26, branch mut26c): equivalent mutants
+EQUIVALENT |= {
+    **{f"data.isolated_read.x__volume__mutmut_{n}": "the re-emitted warning's stacklevel: where Python says it came "
+       "from, not what it says" for n in (98, 106)},
+    **{f"data.isolated_read.xǁReadServerǁread__mutmut_{n}": "rmtree(ignore_errors=False/None) of the hand-over "
+       "folder this call made: differs only if another process deletes it at the same moment" for n in (54, 56, 57)},
 }
 
 

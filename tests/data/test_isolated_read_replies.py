@@ -83,6 +83,23 @@ def test_the_readers_warnings_reach_the_caller_with_their_kind(tmp_path):
         (StudyWarning, "3 NaN voxels set to 0"), (UserWarning, "odd header"), (UserWarning, "numpy said so")]
 
 
+UNPICKLED: list = []
+
+
+class _Payload:
+    """What a reader child taken over by a crafted file could hand over: unpickling it runs code."""
+
+    def __reduce__(self):
+        return (UNPICKLED.append, ("code ran in the caller",))
+
+
+def test_a_pickle_in_the_hand_over_is_refused_not_run(tmp_path):
+    reply = _handed_over(tmp_path, Volume(array=np.zeros((1, 2, 2), np.uint8)))
+    np.save(tmp_path / "volume.npy", np.array([_Payload()], dtype=object), allow_pickle=True)
+    assert refused(reply, tmp_path) == f"{PATH}: the reader's answer could not be used (ValueError); not opened"
+    assert UNPICKLED == []
+
+
 @pytest.mark.parametrize("broken, kind", [
     ("no file", "FileNotFoundError"), ("pickled", "ValueError"), ("no spacing", "KeyError"),
     ("spacing not numbers", "ValueError"), ("source not a mapping", "TypeError"), ("unknown argument", "TypeError"),
@@ -160,8 +177,13 @@ def test_a_read_sends_the_callers_limits_folder_and_link_rule_and_leaves_nothing
 def test_a_refused_read_leaves_nothing_either(tmp_path):
     server = _Recorder(lambda request: (Path(request["out"], "volume.npy").write_bytes(b"partial"),
                                         {"signal": int(signal.SIGKILL)})[1])
-    with pytest.raises(StudyError, match=r"crashed on this file \(SIGKILL\)"):
+    with pytest.raises(StudyError) as e:
         server.read("big.nii", scratch=tmp_path, read_limits=LIM)
+    assert str(e.value) == "big.nii: the reader crashed on this file (SIGKILL); it was not opened"
+    server.answer = lambda request: {"timeout": 7.5}
+    with pytest.raises(StudyError) as e:
+        server.read("slow.nii", scratch=tmp_path, read_limits=ReadLimits(2**28, 7.5))
+    assert str(e.value) == "slow.nii: reading it took longer than 7.5 s (MEDSEG_READ_TIMEOUT_S); not opened"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -183,4 +205,7 @@ def test_the_process_has_one_server_used_by_read_study_isolated(monkeypatch, tmp
                                              read_limits=LIM) == "v"
     assert calls == [("p", {"scratch": tmp_path, "series_uid": "9", "max_voxels": 3, "allow_uneven": True,
                             "read_limits": LIM})]
+    assert isolated_read.read_study_isolated("q") == "v"
+    assert calls[1] == ("q", {"scratch": None, "series_uid": None, "max_voxels": None, "allow_uneven": False,
+                              "read_limits": None})
     assert isolated_read.default_server() is isolated_read.default_server()
