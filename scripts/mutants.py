@@ -448,6 +448,18 @@ EQUIVALENT |= {
        "non-ASCII character (ensure_ascii), so the text is ASCII in any locale" for n in (51, 53, 60)},
     **{f"{_B}save_case__mutmut_{n}": "json.dumps indent: the same JSON, laid out differently" for n in (55, 57, 58)},
     f"{_B}_drive__mutmut_1": "_drive's cpus default: run_batch, its only caller, always passes it",
+    **{f"{_B}{f}__mutmut_{n}": "codec 'UTF-8' for 'utf-8': names are case-insensitive"
+       for f, n in (("check_run_file", 8), ("check_run_file", 37), ("load_case", 10), ("case_stem", 18))},
+    **{f"{_B}{f}__mutmut_{n}": "run.json / a case file read or written with the locale's encoding: json.dumps "
+       "escapes every non-ASCII character (ensure_ascii), so both are ASCII" for f, n in
+       (("check_run_file", 6), ("check_run_file", 28), ("check_run_file", 30), ("load_case", 8))},
+    **{f"{_B}check_run_file__mutmut_{n}": "json.dumps indent: the same JSON, laid out differently"
+       for n in (32, 34, 35)},
+    f"{_B}load_case__mutmut_24": "a missing mask name read as 'XX\\0XX' for '\\0': no file name holds a NUL either way",
+    f"{_B}_drive__mutmut_54": "ray.wait without num_returns: Ray's default is 1",
+    **{f"{_B}_drive__mutmut_{n}": "a replacement worker without the test-only fault marker: the hook fires once a "
+       "run, and a replacement exists only after a loss" for n in (72, 74)},
+    f"{_B}run_batch__mutmut_4": "run_batch's progress default: medseg batch, its only caller, always passes it",
     **{f"evaluation.distributed.xǁCaseWorkerǁrun__mutmut_{n}": "np.asarray(final mask) without dtype=bool: the masks a model returns "
        "(MaskResult) are bool already, and packbits packs the same bits" for n in (38, 40)},
 }

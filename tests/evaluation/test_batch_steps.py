@@ -167,6 +167,14 @@ def test_a_worker_that_finishes_gets_work_up_to_two_tasks_again():
     assert [s.task for s in q.take()] == [["t3"], ["t4"]]  # idle: two again
 
 
+def test_a_task_goes_to_an_idle_worker_before_a_busy_one():
+    q = TaskQueue([[f"t{i}"] for i in range(5)], n_workers=2, max_retries=1)
+    t0, t1, t2, t3 = q.take()
+    for sent in (t0, t1, t3):  # worker 0 still runs t2; worker 1 is idle
+        q.done(sent)
+    assert [(s.slot, s.task) for s in q.take()] == [(1, ["t4"])]
+
+
 def test_fewer_tasks_than_workers():
     q = TaskQueue([["a"], ["b"]], n_workers=4, max_retries=3)
     assert [(s.slot, s.task) for s in q.take()] == [(0, ["a"]), (1, ["b"])]
@@ -248,8 +256,8 @@ def test_a_case_that_must_run_again(specs, tmp_path):
     data = json.loads(case_path(tmp_path, spec.case_id).read_text())
     case_path(tmp_path, other.case_id).write_text(json.dumps({**data, "case_id": "someone else"}))
     assert load_case(tmp_path, other) is None  # a file of another case under its name
-    case_path(tmp_path, other.case_id).write_text(json.dumps({k: v for k, v in data.items() if k != "mask"}))
-    assert load_case(tmp_path, other) is None  # no mask named
+    case_path(tmp_path, spec.case_id).write_text(json.dumps({k: v for k, v in data.items() if k != "mask"}))
+    assert load_case(tmp_path, spec) is None  # no mask named
     case_path(tmp_path, spec.case_id).write_text('{"case_id": ')
     assert load_case(tmp_path, spec) is None  # cut short by a crash
 
@@ -349,6 +357,7 @@ class FakeRay:
 
     def __init__(self, lose: set[int] = frozenset()):
         self.lose, self.calls, self.actors, self.killed, self.options = set(lose), 0, [], [], None
+        self.kill_fails = False
 
     def remote(self, cls):
         fake = self
@@ -378,11 +387,13 @@ class FakeRay:
             raise RayActorError()
         try:
             return actor.obj.run(task)
-        except Exception as e:  # as Ray hands a task's own error back
+        except BaseException as e:  # as Ray hands a task's own error back
             raise RayTaskError("run", "traceback", e) from None
 
     def kill(self, actor):
         self.killed.append(actor)
+        if self.kill_fails:
+            raise ValueError("the actor is gone already")
 
 
 class _Actor:
@@ -417,8 +428,8 @@ def stand_in_ray(monkeypatch, fake: FakeRay, cpus: float = 2.0, gpus: float = 0.
 def test_a_batch_gives_the_per_case_csv_of_eval(specs, reference, stand_in, monkeypatch, tmp_path):
     fake = FakeRay()
     with stand_in_ray(monkeypatch, fake) as sessions:
-        result = run_batch(job(), tmp_path / "run", cases=specs, progress=False)
-    assert csv_rows(tmp_path / "run" / "per_case.csv") == reference[2]
+        result = run_batch(job(), tmp_path / "runs" / "run", cases=specs, progress=False)  # a new folder in a new one
+    assert csv_rows(tmp_path / "runs" / "run" / "per_case.csv") == reference[2]
     assert result.computed == [s.case_id for s in specs] and result.skipped == [] and result.retried_tasks == 0
     assert [r.case_id for r in result.run.rows] == [s.case_id for s in specs]
     assert (result.run.n_cases, result.run.model, result.run.manifest) == (4, "litemedsam", str(MANIFEST))
@@ -426,7 +437,7 @@ def test_a_batch_gives_the_per_case_csv_of_eval(specs, reference, stand_in, monk
     assert len(fake.actors) == 2 and len(fake.killed) == 2  # one per CPU, all stopped at the end
     assert fake.options == {"num_cpus": 1, "num_gpus": 0, "max_restarts": 3, "max_task_retries": 3}
     for name in ("summary.json", "report.md", RUN_FILE):
-        assert (tmp_path / "run" / name).is_file()
+        assert (tmp_path / "runs" / "run" / name).is_file()
 
 
 def test_workers_tasks_and_gpus_as_asked(specs, stand_in, monkeypatch, tmp_path):
@@ -460,6 +471,21 @@ def test_a_lost_worker_is_replaced_and_nothing_is_lost(specs, reference, stand_i
     assert "batch box" in err and "4/4" in err
 
 
+def test_stopping_a_worker_that_is_gone_already_is_no_error(specs, reference, stand_in, monkeypatch, tmp_path):
+    fake = FakeRay(lose={0})
+    fake.kill_fails = True
+    with stand_in_ray(monkeypatch, fake):
+        result = run_batch(job(), tmp_path / "run", cases=specs, progress=False)
+    assert result.retried_tasks == 2 and len(fake.killed) == 3  # the lost one, then the two at the end
+    assert csv_rows(tmp_path / "run" / "per_case.csv") == reference[2]
+
+
+def test_a_worker_that_exits_is_a_task_error_not_an_exit_of_the_driver(specs, stand_in, monkeypatch, tmp_path):
+    monkeypatch.setattr(CaseWorker, "run", lambda self, specs: (_ for _ in ()).throw(SystemExit(3)))
+    with stand_in_ray(monkeypatch, FakeRay()), pytest.raises(RayTaskError):
+        run_batch(job(), tmp_path / "run", cases=specs, progress=False)
+
+
 def test_a_worker_lost_again_and_again_stops_the_run(specs, stand_in, monkeypatch, tmp_path):
     fake = FakeRay(lose=set(range(100)))
     with stand_in_ray(monkeypatch, fake), pytest.raises(BatchError, match=r"lost their worker 2 times; see the Ray"):
@@ -479,15 +505,18 @@ def test_a_cases_own_error_reaches_the_user_as_itself(specs, stand_in, monkeypat
         run_batch(job(), tmp_path / "run", cases=specs, progress=False)
 
 
-def test_a_resumed_run_computes_only_what_is_missing(specs, reference, stand_in, monkeypatch, tmp_path):
+def test_a_resumed_run_computes_only_what_is_missing(specs, reference, stand_in, monkeypatch, tmp_path, capsys):
     out = tmp_path / "run"
     with stand_in_ray(monkeypatch, FakeRay()):
         run_batch(job(), out, cases=specs, progress=False)
     case_path(out, specs[3].case_id).unlink()
     kept = {s.case_id: case_path(out, s.case_id).read_bytes() for s in specs if s is not specs[3]}
     fake = FakeRay()
+    capsys.readouterr()
     with stand_in_ray(monkeypatch, fake):
-        result = run_batch(job(), out, cases=specs, progress=False)
+        result = run_batch(job(), out, cases=specs, progress=True)
+    bar = capsys.readouterr().err
+    assert "batch box:  75%" in bar and "3/4" in bar and "4/4" in bar and "case/s" in bar  # counting on from 3
     assert result.computed == [specs[3].case_id] and result.skipped == list(kept)
     assert len(fake.actors) == 1  # one task left: one worker, not one per CPU
     assert {c: case_path(out, c).read_bytes() for c in kept} == kept
