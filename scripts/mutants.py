@@ -460,8 +460,8 @@ EQUIVALENT |= {
     **{f"{_B}_drive__mutmut_{n}": "a replacement worker without the test-only fault marker: the hook fires once a "
        "run, and a replacement exists only after a loss" for n in (72, 74)},
     f"{_B}run_batch__mutmut_4": "run_batch's progress default: medseg batch, its only caller, always passes it",
-    **{f"evaluation.distributed.xǁCaseWorkerǁrun__mutmut_{n}": "np.asarray(final mask) without dtype=bool: the masks a model returns "
-       "(MaskResult) are bool already, and packbits packs the same bits" for n in (38, 40)},
+    **{f"evaluation.distributed.xǁCaseWorkerǁrun__mutmut_{n}": "np.asarray(final mask) without dtype=bool: the "
+       "masks a model returns (MaskResult) are bool already, and packbits packs the same bits" for n in (38, 40)},
 }
 
 
