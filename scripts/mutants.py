@@ -471,6 +471,10 @@ EQUIVALENT |= {
        "from, not what it says" for n in (98, 106)},
     **{f"data.isolated_read.xǁReadServerǁread__mutmut_{n}": "rmtree(ignore_errors=False/None) of the hand-over "
        "folder this call made: differs only if another process deletes it at the same moment" for n in (54, 56, 57)},
+    **{f"data.isolated_read.x__volume__mutmut_{n}": "np.load's allow_pickle None or left out: numpy's default is "
+       "False, and None is falsy (a pickle is still refused)" for n in (39, 41)},
+    "data.isolated_read.xǁReadServerǁ__init____mutmut_3": "the first _dir '' for None: _stop_locked then runs "
+                                                          "rmtree('', ignore_errors=True), which does nothing",
 }
 
 

@@ -86,11 +86,15 @@ def test_the_readers_warnings_reach_the_caller_with_their_kind(tmp_path):
 UNPICKLED: list = []
 
 
+def _ran(what: str) -> None:
+    UNPICKLED.append(what)
+
+
 class _Payload:
     """What a reader child taken over by a crafted file could hand over: unpickling it runs code."""
 
     def __reduce__(self):
-        return (UNPICKLED.append, ("code ran in the caller",))
+        return (_ran, ("code ran in the caller",))
 
 
 def test_a_pickle_in_the_hand_over_is_refused_not_run(tmp_path):
