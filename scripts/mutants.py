@@ -478,6 +478,22 @@ EQUIVALENT |= {
 }
 
 
+# data/read_worker.py (issue 26, branch mut26c): equivalent mutants
+_RW = "data.read_worker.x_"
+EQUIVALENT |= {
+    **{f"{_RW}{f}__mutmut_{n}": "a read of 65537 bytes for 65536: the same bytes in other chunks"
+       for f, n in (("read_line", 7), ("supervise", 58))},
+    **{f"{_RW}read_line__mutmut_{n}": "split(b'\\n') without maxsplit 1, or with 2: the first part is the same"
+       for n in (19, 22)},
+    f"{_RW}supervise__mutmut_34": "'left < 0' for '<= 0': left is a float difference of monotonic clocks, and "
+                                  "select with 0 s left answers at once either way",
+    **{f"{_RW}supervise__mutmut_{n}": "the data dropped after killing an over-long reply made None or b'XXXX': the "
+       "child was killed, so the signal branch answers before data is read" for n in (68, 69)},
+    **{f"{_RW}supervise__mutmut_{n}": "the 'neither exited nor signalled' exit code: waitpid without WUNTRACED "
+       "returns only a child that exited or was killed" for n in (96, 99, 100)},
+}
+
+
 def shared_dir() -> Path:
     for candidate in (os.environ.get("MEDSEG_SHARED"), ROOT.parent / "shared", Path("/work/shared")):
         if candidate and Path(candidate, "data").is_dir():

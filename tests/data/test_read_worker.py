@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -28,8 +29,12 @@ def ask(request: dict, tmp_path: Path) -> dict:
     ours, theirs = socket.socketpair()
     with ours, theirs:
         ours.sendall(json.dumps(request).encode() + b"\n")
+        answer: list = []
+        reader = threading.Thread(target=lambda: answer.append(read_line(ours, 1 << 24)))  # a long answer
+        reader.start()  # would fill the socket's buffer before supervise returns
         supervise(theirs)
-        return json.loads(read_line(ours, 1 << 24))
+        reader.join()
+        return json.loads(answer[0])
 
 
 def request(tmp_path: Path, path, **kw) -> dict:
@@ -172,3 +177,55 @@ def test_a_request_is_one_line_of_bounded_size():
         a.sendall(b"x" * 100 + b"\n")
         assert len(read_line(b, 101)) == 100
     assert MAX_REQUEST_BYTES == 64 * 1024
+
+
+def _answers(obj) -> callable:
+    """A reader child that answers ``obj`` at once (as JSON) and exits 0."""
+    def child(req, fd):
+        data = memoryview(json.dumps(obj).encode())
+        while data:
+            data = data[os.write(fd, data):]
+        return 0
+    return child
+
+
+def test_a_long_answer_arrives_whole(tmp_path, monkeypatch):
+    big = {"volume": {"warnings": [["UserWarning", "w" * 100]] * 2000}}  # ~200 KB: several pipe reads
+    monkeypatch.setattr(read_worker, "reader_child", _answers(big))
+    assert ask(request(tmp_path, CT), tmp_path) == big
+
+
+def test_an_answer_of_exactly_the_reply_limit_is_kept(tmp_path, monkeypatch):
+    answer = {"error": "x" * 500}
+    monkeypatch.setattr(read_worker, "MAX_REPLY_BYTES", len(json.dumps(answer)))
+    monkeypatch.setattr(read_worker, "reader_child", _answers(answer))
+    assert ask(request(tmp_path, CT), tmp_path) == answer
+
+
+def test_a_quick_answer_within_a_one_second_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(read_worker, "reader_child", _answers({"error": "fine"}))
+    assert ask(request(tmp_path, CT, timeout_s=1.0), tmp_path) == {"error": "fine"}
+
+
+def test_a_reader_that_raises_exits_with_1(tmp_path, monkeypatch):
+    def raises(req, fd):
+        raise RuntimeError("a bug outside read_study")
+
+    monkeypatch.setattr(read_worker, "reader_child", raises)
+    assert ask(request(tmp_path, CT), tmp_path) == {"exit": 1}
+
+
+def test_a_long_request_arrives_whole():
+    a, b = socket.socketpair()
+    line = b"x" * 200_000
+    with a, b:
+        sender = threading.Thread(target=a.sendall, args=(line + b"\n",))
+        sender.start()
+        assert read_line(b, 1 << 20) == line  # more than one recv
+        sender.join()
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"x" * 101)
+        with pytest.raises(ValueError) as e:
+            read_line(b, 100)
+    assert str(e.value) == "request too long"
