@@ -491,6 +491,12 @@ EQUIVALENT |= {
        "child was killed, so the signal branch answers before data is read" for n in (68, 69)},
     **{f"{_RW}supervise__mutmut_{n}": "the 'neither exited nor signalled' exit code: waitpid without WUNTRACED "
        "returns only a child that exited or was killed" for n in (96, 99, 100)},
+    **{f"{_RW}reader_child__mutmut_{n}": "the link rule's default when a request names none: every request names "
+       "it (ReadServer.read sends link_policy())" for n in (6, 8, 11, 12)},
+    f"{_RW}reader_child__mutmut_74": "the reader's exit code 1 after it has answered: the supervisor reads the "
+                                     "answer, and looks at the exit code only when there is none",
+    **{f"{_RW}reader_child__mutmut_{n}": "np.save's allow_pickle None/left out/True for a numeric array: numpy "
+       "pickles only object arrays, and read_study never returns one" for n in (126, 129, 137)},
 }
 
 
