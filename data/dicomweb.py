@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import requests
+from pydicom.errors import InvalidDicomError  # a part that is not a DICOM file (no preamble and DICM)
 
 from data.readers import StudyError
 
@@ -106,14 +107,14 @@ def _call(fn, url: str, what: str, timeout: float):
         return fn()
     except DicomWebError:
         raise
-    except (requests.exceptions.RequestException, ValueError, KeyError, TypeError) as e:
+    except (requests.exceptions.RequestException, ValueError, KeyError, TypeError, InvalidDicomError) as e:
         raise _explain(e, url, what, timeout) from None
 
 
 # --- QIDO-RS ------------------------------------------------------------------------------------
 def _value(item: dict, tag: str, default: str = "") -> str:
     values = (item.get(tag) or {}).get("Value") or []
-    if not values:
+    if not values or values[0] is None:  # DICOM JSON writes an empty value as null
         return default
     v = values[0]
     if isinstance(v, dict):  # person name
@@ -266,10 +267,11 @@ def store(base: str, files: Iterable[str | Path], *, timeout: float = DEFAULT_TI
     datasets = [pydicom.dcmread(f) for f in files]
     c = client(base, timeout)
     reply = _call(lambda: c.store_instances(datasets), base, "storing (STOW-RS)", timeout)
-    failed = reply.get("00081198") if reply is not None else None  # FailedSOPSequence
-    if failed and failed.get("Value"):
-        reasons = {str(_value(item, "00081197")) for item in failed["Value"]}
-        raise DicomWebError(f"{base}: the PACS refused {len(failed['Value'])} instance(s) (failure reason "
+    # dicomweb-client hands the reply over as a pydicom Dataset (not DICOM JSON)
+    failed = getattr(reply, "FailedSOPSequence", None)
+    if failed:
+        reasons = {str(item.get("FailureReason", "?")) for item in failed}
+        raise DicomWebError(f"{base}: the PACS refused {len(failed)} instance(s) (failure reason "
                             f"{', '.join(sorted(reasons))})")
     return [str(ds.SOPInstanceUID) for ds in datasets]
 

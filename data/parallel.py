@@ -1,8 +1,9 @@
 """Threads for per-slice host work (windowing, resizing): numpy and cv2 release the GIL.
 
-One pool for the process, created on first use and shared by every caller, so a server with many
-sessions does not multiply threads. On a GPU machine this work, not the network, bounded how fast a
-volume's slices reach the encoder (docs/benchmarks.md, 3D propagation); on 2 cores it gains little.
+One pool for the process (a forked child makes its own), created on first use and shared by every
+caller, so a server with many sessions does not multiply threads. On a GPU machine this work, not the
+network, bounded how fast a volume's slices reach the encoder (docs/benchmarks.md, 3D propagation); on
+2 cores it gains little.
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ def host_pool() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="medseg-host")
         return _pool
+
+
+def _forget_pool_in_child() -> None:
+    """A forked child inherits the pool object but none of its threads; it makes its own on first use."""
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def map_slices(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:

@@ -329,9 +329,66 @@ def run_batch(
                        skipped=list(finished), retried_tasks=retried)
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A task handed to the worker in ``slot`` (its ``generation``-th actor), on its ``attempt``-th try."""
+
+    slot: int
+    generation: int
+    task: list[CaseSpec]
+    attempt: int
+
+
+class TaskQueue:
+    """The driver's rules without Ray: which worker gets which task next, and what becomes of a task
+    whose worker was lost.
+
+    Every worker gets a first task before any gets a second, and holds two at most (the next one waits
+    while the current one runs). A lost task goes back to the front of the queue, up to ``max_retries``
+    times; its worker is replaced once, even when both its queued tasks come back lost.
+    """
+
+    def __init__(self, tasks: list[list[CaseSpec]], n_workers: int, max_retries: int):
+        self.queue: deque[tuple[list[CaseSpec], int]] = deque((t, 0) for t in tasks)
+        self.n_workers = n_workers
+        self.max_retries = max_retries
+        self.in_flight = [0] * n_workers
+        self.generation = [0] * n_workers
+        self.requeued = 0
+
+    def take(self) -> list[Sent]:
+        """The tasks to send now, round-robin."""
+        sent = []
+        for depth in (1, 2):
+            for slot in range(self.n_workers):
+                if self.queue and self.in_flight[slot] < depth:
+                    task, attempt = self.queue.popleft()
+                    self.in_flight[slot] += 1
+                    sent.append(Sent(slot, self.generation[slot], task, attempt))
+        return sent
+
+    def done(self, sent: Sent) -> None:
+        self.in_flight[sent.slot] -= 1
+
+    def lost(self, sent: Sent) -> bool:
+        """Re-queue a task whose worker is gone; True when that worker is to be replaced now."""
+        self.in_flight[sent.slot] -= 1
+        if sent.attempt >= self.max_retries:
+            raise BatchError(
+                f"cases {', '.join(s.case_id for s in sent.task)} lost their worker {sent.attempt + 1} times; "
+                "see the Ray logs (out of memory?) and run again to resume"
+            )
+        self.queue.appendleft((sent.task, sent.attempt + 1))
+        self.requeued += 1
+        if sent.generation != self.generation[sent.slot]:
+            return False  # its worker was already replaced (its other queued task came back first)
+        self.generation[sent.slot] += 1
+        return True
+
+
 def _drive(ray, job: BatchJob, tasks: list[list[CaseSpec]], n_workers: int, output: Path,
            max_retries: int, progress: bool, total: int, done: int, cpus: int = 1) -> int:
-    """Keep every actor busy (two tasks queued each), save results as they come, re-queue lost tasks."""
+    """Keep every actor busy (:class:`TaskQueue`), save results as they come, replace lost actors."""
     from ray.exceptions import RayActorError, RayTaskError
 
     gpu = job.device.startswith("cuda")
@@ -340,17 +397,12 @@ def _drive(ray, job: BatchJob, tasks: list[list[CaseSpec]], n_workers: int, outp
     )
     fault = os.environ.get(FAULT_ENV) or None
     actors = [remote_cls.remote(job, fault) for _ in range(n_workers)]
-    queue = deque((t, 0) for t in tasks)
-    pending: dict[object, tuple[int, object, list[CaseSpec], int]] = {}
-    requeued = 0
+    queue = TaskQueue(tasks, n_workers, max_retries)
+    pending: dict[object, Sent] = {}
 
     def top_up() -> None:
-        """Two tasks queued on every actor (the next one waits while the current one runs)."""
-        for depth in (1, 2):  # round-robin: every actor gets a first task before any gets a second
-            for slot in range(n_workers):
-                if queue and sum(1 for v in pending.values() if v[0] == slot) < depth:
-                    task, attempt = queue.popleft()
-                    pending[actors[slot].run.remote(task)] = (slot, actors[slot], task, attempt)
+        for sent in queue.take():
+            pending[actors[sent.slot].run.remote(sent.task)] = sent
 
     bar = None
     if progress:
@@ -361,25 +413,21 @@ def _drive(ray, job: BatchJob, tasks: list[list[CaseSpec]], n_workers: int, outp
         top_up()
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            slot, actor, task, attempt = pending.pop(ready[0])
+            sent = pending.pop(ready[0])
             try:
                 records = ray.get(ready[0])
             except RayTaskError as e:  # the case itself failed (bad manifest row, empty label): the user's error
                 raise (e.cause if isinstance(e.cause, Exception) else e) from None
             except RayActorError:  # the worker is gone after its restarts: a fresh one takes the task
-                if attempt >= max_retries:
-                    raise BatchError(
-                        f"cases {', '.join(s.case_id for s in task)} lost their worker {attempt + 1} times; "
-                        "see the Ray logs (out of memory?) and run again to resume"
-                    ) from None
-                queue.appendleft((task, attempt + 1))
-                requeued += 1
-                if actors[slot] is actor:  # replace it once, even when both its queued tasks come back lost
+                records = None
+            if records is None:  # (outside the except: a BatchError from lost() carries no Ray traceback)
+                if queue.lost(sent):
                     with contextlib.suppress(Exception):
-                        ray.kill(actor)
-                    actors[slot] = remote_cls.remote(job, fault)
+                        ray.kill(actors[sent.slot])
+                    actors[sent.slot] = remote_cls.remote(job, fault)
                 top_up()
                 continue
+            queue.done(sent)
             for record in records:
                 save_case(output, record)
             if bar is not None:
@@ -391,4 +439,4 @@ def _drive(ray, job: BatchJob, tasks: list[list[CaseSpec]], n_workers: int, outp
         for a in actors:
             with contextlib.suppress(Exception):
                 ray.kill(a)
-    return requeued
+    return queue.requeued

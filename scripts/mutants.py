@@ -46,13 +46,29 @@ MODULES: dict[str, list[str]] = {
     "data/untrusted.py": ["tests/data/test_untrusted.py", "tests/data/test_links.py",  # less the server (a child
                           "--deselect",  # process outside mutmut's folder: it cannot find the mutated code)
                           "tests/data/test_links.py::test_a_server_keeps_refusing_links_that_leave_their_folder"],
+    "data/parallel.py": ["tests/data/test_parallel.py"],
+    # the supervisor called in the test process (it forks the reader child as the server does); the reader child's
+    # mutants run in that fork, where mutmut records no coverage: they are "no tests" unless run by name (docs)
+    "data/read_worker.py": ["tests/data/test_read_worker.py"],
+    # the caller's side without the fork server; starting, asking and stopping a real one (ReadServer._start, _ask,
+    # _socket, _stop_locked) is test_isolated_read.py's, 10-20 s a mutant: left out, so those are "no tests"
+    "data/isolated_read.py": ["tests/data/test_isolated_read_replies.py"],
+    # a scripted PACS in the test process (test_dicomweb.py's real Orthanc: 3 s a run, and a mutant that times out
+    # leaves its Orthanc behind)
+    "data/dicomweb.py": ["tests/data/test_dicomweb_client.py"],
     "evaluation/metrics.py": ["tests/evaluation/test_eval_metrics.py"],
     "evaluation/manifest.py": ["tests/evaluation/test_eval_manifest.py"],
     "evaluation/clicks.py": ["tests/evaluation/test_eval_clicks.py"],
     "evaluation/fairness.py": ["tests/evaluation/test_eval_fairness.py"],
     "evaluation/report.py": ["tests/evaluation/test_eval_report.py"],  # a hand-made run (test_eval_runner: the CLI)
     "evaluation/runner.py": ["tests/evaluation/test_eval_runner_steps.py"],  # a stand-in model (test_eval_runner: the CLI)
-    "evaluation/distributed.py": ["tests/evaluation/test_batch.py"],
+    # the driver on a stand-in Ray and a stand-in model (test_batch_steps.py), and test_batch.py less its five tests
+    # that start Ray with the real model (minutes a run; the mutated workers would run in Ray's own processes)
+    "evaluation/distributed.py": ["tests/evaluation/test_batch_steps.py", "tests/evaluation/test_batch.py", *(
+        x for t in ("two_workers_give_the_per_case_csv_of_eval", "saved_masks_are_the_final_masks",
+                    "a_killed_worker_is_restarted_and_nothing_is_lost", "resume_runs_only_the_unfinished_cases",
+                    "resume_with_other_settings_is_refused")
+        for x in ("--deselect", f"tests/evaluation/test_batch.py::test_{t}"))],
     "app/session.py": ["tests/app/test_session.py", "tests/app/test_session_undo_bound.py"],
     "app/uploads.py": ["tests/app/test_ui_uploads.py"],
     "app/interaction.py": ["tests/app/test_interaction_prompts.py"],  # one warm embedding (test_ui_interaction: 77 s)
@@ -404,6 +420,85 @@ EQUIVALENT |= {
                                                           "the seconds since boot, so 'idle_after_s since' has passed "
                                                           "either way",
 }
+
+# data/dicomweb.py (issue 26, branch mut26c): equivalent mutants
+_W = "data.dicomweb.x_"
+EQUIVALENT |= {
+    f"{_W}check_base_url__mutmut_14": "'^HTTPS?://' for '^https?://' under re.IGNORECASE: the same pattern",
+    f"{_W}client__mutmut_10": "set_http_retry_params(retry=None): dicomweb-client reads `if retry:`, None is False",
+    **{f"{_W}fetch_series__mutmut_{n}": "save_as's enforce_file_format False/None/left out: dicomweb-client reads each "
+       "part with dcmread, which takes only a Part-10 file, so the data set keeps its preamble and file meta and is "
+       "written the same" for n in (97, 99, 100)},
+    **{f"{_W}fetch_series__mutmut_{n}": "rmtree(ignore_errors=False/None) of the folder this call made: differs only "
+       "if another process deletes it at the same moment" for n in (119, 121, 122)},
+    **{f"{_W}series_size__mutmut_{n}": "_value's default made None or left out (''): the `or 0`/`or 1`/`or 16` after "
+       "it gives the same number" for n in (8, 11, 19, 22, 32, 35, 44, 47, 56, 59)},
+    f"{_W}series_size__mutmut_62": "an empty BitsAllocated taken as 17 for 16: 17 // 8 == 16 // 8",
+    f"{_W}series_size__mutmut_77": "bits / 8 for bits // 8: the same bytes for every BitsAllocated DICOM allows (1, 8, "
+                                   "16, 32, 64; 1 goes through max(., 1)), as a float only read in '>' and ':.0f'",
+}
+
+
+# evaluation/distributed.py (issue 26, branch mut26c): equivalent mutants
+_B = "evaluation.distributed.x_"
+EQUIVALENT |= {
+    f"{_B}save_case__mutmut_13": "the unpacked mask as float64 0/1, not bool: write_png_mask writes every value > 0 "
+                                 "as the mask",
+    **{f"{_B}save_case__mutmut_{n}": "the case file's encoding None/left out/'UTF-8': json.dumps escapes every "
+       "non-ASCII character (ensure_ascii), so the text is ASCII in any locale" for n in (51, 53, 60)},
+    **{f"{_B}save_case__mutmut_{n}": "json.dumps indent: the same JSON, laid out differently" for n in (55, 57, 58)},
+    f"{_B}_drive__mutmut_1": "_drive's cpus default: run_batch, its only caller, always passes it",
+    **{f"{_B}{f}__mutmut_{n}": "codec 'UTF-8' for 'utf-8': names are case-insensitive"
+       for f, n in (("check_run_file", 8), ("check_run_file", 37), ("load_case", 10), ("case_stem", 18))},
+    **{f"{_B}{f}__mutmut_{n}": "run.json / a case file read or written with the locale's encoding: json.dumps "
+       "escapes every non-ASCII character (ensure_ascii), so both are ASCII" for f, n in
+       (("check_run_file", 6), ("check_run_file", 28), ("check_run_file", 30), ("load_case", 8))},
+    **{f"{_B}check_run_file__mutmut_{n}": "json.dumps indent: the same JSON, laid out differently"
+       for n in (32, 34, 35)},
+    f"{_B}load_case__mutmut_24": "a missing mask name read as 'XX\\0XX' for '\\0': no file name holds a NUL either way",
+    f"{_B}_drive__mutmut_54": "ray.wait without num_returns: Ray's default is 1",
+    **{f"{_B}_drive__mutmut_{n}": "a replacement worker without the test-only fault marker: the hook fires once a "
+       "run, and a replacement exists only after a loss" for n in (72, 74)},
+    f"{_B}run_batch__mutmut_4": "run_batch's progress default: medseg batch, its only caller, always passes it",
+    **{f"evaluation.distributed.xǁCaseWorkerǁrun__mutmut_{n}": "np.asarray(final mask) without dtype=bool: the "
+       "masks a model returns (MaskResult) are bool already, and packbits packs the same bits" for n in (38, 40)},
+}
+
+
+# data/isolated_read.py (issue 26, branch mut26c): equivalent mutants
+EQUIVALENT |= {
+    **{f"data.isolated_read.x__volume__mutmut_{n}": "the re-emitted warning's stacklevel: where Python says it came "
+       "from, not what it says" for n in (98, 106)},
+    **{f"data.isolated_read.xǁReadServerǁread__mutmut_{n}": "rmtree(ignore_errors=False/None) of the hand-over "
+       "folder this call made: differs only if another process deletes it at the same moment" for n in (54, 56, 57)},
+    **{f"data.isolated_read.x__volume__mutmut_{n}": "np.load's allow_pickle None or left out: numpy's default is "
+       "False, and None is falsy (a pickle is still refused)" for n in (39, 41)},
+    "data.isolated_read.xǁReadServerǁ__init____mutmut_3": "the first _dir '' for None: _stop_locked then runs "
+                                                          "rmtree('', ignore_errors=True), which does nothing",
+}
+
+
+# data/read_worker.py (issue 26, branch mut26c): equivalent mutants
+_RW = "data.read_worker.x_"
+EQUIVALENT |= {
+    **{f"{_RW}{f}__mutmut_{n}": "a read of 65537 bytes for 65536: the same bytes in other chunks"
+       for f, n in (("read_line", 7), ("supervise", 58))},
+    **{f"{_RW}read_line__mutmut_{n}": "split(b'\\n') without maxsplit 1, or with 2: the first part is the same"
+       for n in (19, 22)},
+    f"{_RW}supervise__mutmut_34": "'left < 0' for '<= 0': left is a float difference of monotonic clocks, and "
+                                  "select with 0 s left answers at once either way",
+    **{f"{_RW}supervise__mutmut_{n}": "the data dropped after killing an over-long reply made None or b'XXXX': the "
+       "child was killed, so the signal branch answers before data is read" for n in (68, 69)},
+    **{f"{_RW}supervise__mutmut_{n}": "the 'neither exited nor signalled' exit code: waitpid without WUNTRACED "
+       "returns only a child that exited or was killed" for n in (96, 99, 100)},
+    **{f"{_RW}reader_child__mutmut_{n}": "the link rule's default when a request names none: every request names "
+       "it (ReadServer.read sends link_policy())" for n in (6, 8, 11, 12)},
+    f"{_RW}reader_child__mutmut_74": "the reader's exit code 1 after it has answered: the supervisor reads the "
+                                     "answer, and looks at the exit code only when there is none",
+    **{f"{_RW}reader_child__mutmut_{n}": "np.save's allow_pickle None/left out/True for a numeric array: numpy "
+       "pickles only object arrays, and read_study never returns one" for n in (126, 129, 137)},
+}
+
 
 def shared_dir() -> Path:
     for candidate in (os.environ.get("MEDSEG_SHARED"), ROOT.parent / "shared", Path("/work/shared")):
