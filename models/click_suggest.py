@@ -37,11 +37,20 @@ class Suggestion:
     uncertainty: np.ndarray  # (H, W) float32 in [0, 1], for a faint overlay
 
 
+def logits_at_slice_size(segmenter: Segmenter, embedding: Embedding, low_res_logits: np.ndarray) -> np.ndarray:
+    """(1, h, w) low-res logits -> (H, W) logits at the slice's size (the decoder's own upsampling)."""
+    t = torch.as_tensor(np.asarray(low_res_logits, np.float32))[None]
+    return segmenter.geometry.logits_to_original(t, embedding.original_size)[0, 0].numpy()
+
+
+def uncertainty_of(logits: np.ndarray) -> np.ndarray:
+    """1 - |2 sigmoid(l) - 1| = 1 - |tanh(l / 2)|: 1 on the decision boundary, 0 where the model is certain."""
+    return (1.0 - np.abs(np.tanh(logits / 2.0))).astype(np.float32)
+
+
 def uncertainty_from_logits(segmenter: Segmenter, embedding: Embedding, low_res_logits: np.ndarray) -> np.ndarray:
     """(1, h, w) low-res logits -> (H, W) 1 - |2 sigmoid - 1| at the slice's size."""
-    t = torch.as_tensor(np.asarray(low_res_logits, np.float32))[None]
-    up = segmenter.geometry.logits_to_original(t, embedding.original_size)[0, 0].numpy()
-    return (1.0 - np.abs(np.tanh(up / 2.0))).astype(np.float32)
+    return uncertainty_of(logits_at_slice_size(segmenter, embedding, low_res_logits))
 
 
 @torch.inference_mode()
@@ -81,9 +90,8 @@ def suggest_from_logits(
 ) -> Suggestion | None:
     """:func:`suggest_click`'s ``logits`` method from a prompt's stored low-res logits alone (what the UI
     keeps of an answer): the current mask is the logits' own (> 0 at the slice's size, as the decoder's)."""
-    t = torch.as_tensor(np.asarray(low_res_logits, np.float32))[None]
-    mask = (segmenter.geometry.logits_to_original(t, embedding.original_size)[0, 0] > 0).numpy()
-    return pick(uncertainty_from_logits(segmenter, embedding, low_res_logits), mask, threshold)
+    up = logits_at_slice_size(segmenter, embedding, low_res_logits)  # upsampled once, for the map and the mask
+    return pick(uncertainty_of(up), up > 0, threshold)
 
 
 def pick(unc: np.ndarray, mask: np.ndarray, threshold: float = 0.2) -> Suggestion | None:

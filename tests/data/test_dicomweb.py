@@ -4,7 +4,6 @@ and one clear error (exit 2, nothing half-written) when the PACS is down, wrong,
 from __future__ import annotations
 
 import http.server
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -40,15 +39,6 @@ def ct():
 
 def series_url(pacs, ct) -> str:
     return f"{pacs.dicomweb}/studies/{ct.source.study_instance_uid}/series/{ct.source.series_instance_uid}"
-
-
-@pytest.fixture()
-def private_tmp(tmp_path, monkeypatch):
-    """A temp folder of the test's own, to see that a failed transfer leaves nothing in it."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    return tmp
 
 
 @pytest.fixture()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.server
 import io
 import json
-import tempfile
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -104,14 +103,6 @@ def pacs():
     yield fake
     fake.server.shutdown()
     fake.server.server_close()
-
-
-@pytest.fixture()
-def private_tmp(tmp_path, monkeypatch):
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    return tmp
 
 
 def tag(vr: str, *values) -> dict:
