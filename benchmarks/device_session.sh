@@ -7,7 +7,7 @@
 #   call 3, carry .gpu/shared:      bash benchmarks/device_session.sh gpu-test propagation
 #   call 4 (nothing to carry):      bash benchmarks/device_session.sh sam throughput
 #
-# Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput. docs/testing.md and docs/benchmarks.md
+# Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput, sessions. docs/testing.md and docs/benchmarks.md
 # quote the commands each stage runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,7 @@ stage() {
   case "$1" in
     install)
       bash benchmarks/device_install.sh .devwheels/a
+      [ -d .devwheels/prof ] && bash benchmarks/device_install.sh .devwheels/prof
       nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
       python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))" ;;
     weights)
@@ -67,6 +68,14 @@ stage() {
       # issue 22's 1700 slices/s, Dice measured through the compiled path at the timed batch
       python3 benchmarks/bisect_compiled_path.py run --cases .gpu/bisect_cases.npz --batch "${BATCH:-512}" \
         --configs fp32-eager,fp16-triton-tanh-cdt --json "$OUT/bisect_b${BATCH:-512}.jsonl" 2>&1 | tail -6 ;;
+    sessions)
+      # issue 22's 20-session server: the figure, then where the interpreter's time goes (py-spy, threads holding
+      # the GIL, collapsed stacks; .devwheels/prof installed with the install stage)
+      local b=benchmarks/bench_sessions.py
+      timeout 120 python3 $b --device cuda --sessions 20 --seconds 30 --windows 4 --out "$OUT/sessions20_w4.jsonl" | tail -2
+      [ -x /tmp/site/bin/py-spy ] && timeout 150 /tmp/site/bin/py-spy record --gil --rate 250 --format raw \
+        -o "$OUT/sessions20_gil.txt" -- python3 $b --device cuda --sessions 20 --seconds 30 --windows 4 \
+        --out "$OUT/sessions20_w4_pyspy.jsonl" 2>&1 | tail -3 ;;
     *) echo "device_session: unknown stage $1" >&2; return 2 ;;
   esac
 }
