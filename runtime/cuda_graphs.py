@@ -11,7 +11,9 @@ kernels, and a decode ~100 more: on an H100 the launches, not the arithmetic, se
   ``GRAPH_BATCHES = POWERS_OF_TWO`` a volume's batches too, each padded up to the next size.
 * :class:`GraphedDecoder`: the prompts (points, labels, box) are packed on the host into one pinned
   buffer; the graph copies it, runs a host-sync-free prompt encoder (:func:`encode_prompts_static`)
-  and the mask decoder. One graph per (number of points, box, mask, multimask). The points are not
+  and the mask decoder: the model's own, or the click refiner's (``models.click_refiner``) for the
+  prompts ``refiner_for`` gives it, residual add included. One graph per (decoder, number of points,
+  box, mask, multimask). The points are not
   padded to bucket sizes: extra "not a point" tokens (label -1) change the masks (measured on the
   parity slice: up to 3957 pixels and 34 logits; docs/benchmarks.md), so each count gets its graph.
 
@@ -209,12 +211,14 @@ class GraphedEmbed:
 
 
 class GraphedDecoder:
-    """``decode_prompts`` for one prompt set as one graph per (number of points, box, mask, multimask).
+    """``decode_prompts`` for one prompt set as one graph per (decoder, number of points, box, mask, multimask).
 
-    Falls back to ``fallback`` (the plain ``decode_prompts``) where a graph would not compute the same
-    thing: prompts that a click refiner on the model answers (the shipped click model takes every point or
-    mask prompt; a box alone goes to the base decoder, graphed here), or an embedding with extras. At most ``max_graphs``
-    graphs are kept (least recently used dropped first).
+    The decoder is the one ``Segmenter.decode_prompts`` would use: the click refiner on the model for the
+    prompts it answers (the shipped click model takes every point or mask prompt; its correction is added to
+    the fed-back logits inside the graph), the model's own for the rest (a box alone). Eager, the click model's
+    ~150 small kernels each cost a Python dispatch, which 20 sessions' threads contend for (docs/benchmarks.md,
+    H). Falls back to ``fallback`` (the plain ``decode_prompts``) for an embedding with extras. At most
+    ``max_graphs`` graphs are kept (least recently used dropped first).
     """
 
     def __init__(
@@ -231,22 +235,33 @@ class GraphedDecoder:
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._features: torch.Tensor | None = None  # the one static embedding buffer all graphs read
-        self._image_pe: torch.Tensor | None = None
+        self._image_pe: dict[int, torch.Tensor] = {}  # per prompt encoder (the model's, a refiner's)
         self._lock = threading.Lock()
 
-    def _run(self, dev: dict[str, torch.Tensor], multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        sparse, dense = encode_prompts_static(
-            self.segmenter.model.prompt_encoder, dev.get("points"), dev.get("box"), dev.get("mask")
-        )
-        return self.decoder(
+    def _dense_pe(self, prompt_encoder) -> torch.Tensor:
+        pe = self._image_pe.get(id(prompt_encoder))
+        if pe is None:
+            pe = self._image_pe[id(prompt_encoder)] = prompt_encoder.get_dense_pe()
+        return pe
+
+    def _run(self, dev: dict[str, torch.Tensor], multimask: bool, refiner=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base decoder's logits and IoU, or with ``refiner`` those of ``ClickRefiner.forward``."""
+        prompt_encoder = self.segmenter.model.prompt_encoder if refiner is None else refiner.prompt_encoder
+        sparse, dense = encode_prompts_static(prompt_encoder, dev.get("points"), dev.get("box"), dev.get("mask"))
+        decoder = self.decoder if refiner is None else refiner.mask_decoder
+        low_res, iou = decoder(
             image_embeddings=self._features,
-            image_pe=self._image_pe,
+            image_pe=self._dense_pe(prompt_encoder),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
-            multimask_output=multimask,
+            multimask_output=multimask and refiner is None,
         )
+        if refiner is None:
+            return low_res, iou
+        mask = dev.get("mask")  # ClickRefiner.forward's residual: the fed-back logits + the correction
+        return (low_res.float() if mask is None else mask.float() + low_res.float()), iou
 
-    def _new_graph(self, slots: int, has_box: bool, mask_shape, multimask: bool) -> _Graph:
+    def _new_graph(self, slots: int, has_box: bool, mask_shape, multimask: bool, refiner=None) -> _Graph:
         device = self.segmenter.device
         host = {}
         if slots:
@@ -256,25 +271,26 @@ class GraphedDecoder:
             host["box"] = _host_buffer((1, 1, 4), torch.float32, device)
         if mask_shape is not None:
             host["mask"] = _host_buffer((1, *mask_shape), torch.float32, device)
-        return _Graph(host, lambda dev: self._run(dev, multimask), device)
+        return _Graph(host, lambda dev: self._run(dev, multimask, refiner), device)
 
     def __call__(self, embedding: Embedding, prompts: Prompts, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        model = self.segmenter.model
-        if refiner_for(model, prompts, multimask_output) is not None or embedding.extras:
+        if embedding.extras:
             return self.fallback(embedding, prompts, multimask_output)
+        refiner = refiner_for(self.segmenter.model, prompts, multimask_output)
         coords, labels, box, mask = self.segmenter.prompt_arrays(embedding, prompts)
         slots = point_slot_count(coords, box is not None)
         mask_shape = None if mask is None else tuple(np.shape(mask))
-        key = (slots, box is not None, mask_shape, bool(multimask_output), tuple(embedding.features.shape))
+        multimask = bool(multimask_output)
+        key = (id(refiner), slots, box is not None, mask_shape, multimask, tuple(embedding.features.shape))
         with self._lock, torch.inference_mode():
             if self._features is None or self._features.shape != embedding.features.shape:
                 self._graphs.clear()  # graphs read the old buffer
                 self._features = torch.empty_like(embedding.features, memory_format=torch.contiguous_format)
-                self._image_pe = model.prompt_encoder.get_dense_pe()
+            self._dense_pe(self.segmenter.model.prompt_encoder if refiner is None else refiner.prompt_encoder)
             g = self._graphs.pop(key, None)
             if g is None:
                 self._features.copy_(embedding.features)
-                g = self._new_graph(slots, box is not None, mask_shape, bool(multimask_output))
+                g = self._new_graph(slots, box is not None, mask_shape, multimask, refiner)
                 while len(self._graphs) >= self.max_graphs:
                     self._graphs.popitem(last=False)
             self._graphs[key] = g
@@ -290,4 +306,6 @@ class GraphedDecoder:
             if g.graph is not None:
                 low_res, iou = low_res.clone(), iou.clone()
             g.release()
+        if refiner is not None and multimask:  # as Segmenter.decode_prompts: one refined mask, thrice
+            low_res, iou = low_res.expand(-1, 3, -1, -1), iou.expand(-1, 3)
         return low_res, iou

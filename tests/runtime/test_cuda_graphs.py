@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from runtime.fast import tuned
+from models.click_refiner import refiner_for
 from models.prompts import Prompts
 from tests.conftest import PARITY
 
@@ -50,21 +51,25 @@ def test_static_decoder_equals_the_plain_prompt_encoder_and_decoder(litemedsam_b
     assert np.array_equal(result.masks, litemedsam_base.predict(emb, _prompt_sets(g)["box"]).masks)
 
 
-def test_graphs_take_the_base_decoders_prompts_and_leave_the_click_model_its_own(litemedsam):
-    """With the shipped click model, a box alone (propagation's prompt) goes through the graphed base decoder,
-    and every point or mask prompt to the click model, as ``Segmenter.decode_prompts`` routes them. Before,
-    any refiner on the model sent every prompt to the eager fallback, so no graph ever ran for LiteMedSAM."""
+def test_graphs_take_every_prompt_the_click_model_and_the_base_decoder_answer(litemedsam):
+    """With the shipped click model, a box alone (propagation's prompt) goes through the base decoder's graph and
+    every point or mask prompt through the click refiner's, residual add included, as ``Segmenter.decode_prompts``
+    routes them: bit-identical logits and IoU, nothing left to the eager fallback. Before, the click model's
+    prompts all fell back, so a GPU click ran ~150 eager kernels (docs/benchmarks.md, H)."""
     g = np.load(GOLDEN)
     emb = litemedsam.embed(g["image"])
     fast = tuned(litemedsam, precision="fp32", fuse=False, channels_last=False, cuda_graphs=True)
-    eager = fast.decode_prompts.fallback
-    fell_back: list[str] = []
+    fast.decode_prompts.fallback = None  # the static path must answer every prompt here
+    routes = set()
     for name, prompts in _prompt_sets(g).items():
-        fast.decode_prompts.fallback = lambda e, p, m, name=name: fell_back.append(name) or eager(e, p, m)
-        logits, iou = fast.decode_prompts(emb, prompts, False)
-        ref_logits, ref_iou = litemedsam.decode_prompts(emb, prompts, False)
-        assert torch.equal(logits, ref_logits) and torch.equal(iou, ref_iou), name
-    assert fell_back == [n for n in _prompt_sets(g) if n != "box"]
+        for multimask in (False, True):
+            routes.add(refiner_for(litemedsam.model, prompts, multimask) is not None)
+            logits, iou = fast.decode_prompts(emb, prompts, multimask)
+            ref_logits, ref_iou = litemedsam.decode_prompts(emb, prompts, multimask)
+            assert torch.equal(logits, ref_logits) and torch.equal(iou, ref_iou), (name, multimask)
+    assert routes == {True, False}  # both decoders were exercised
+    one = _prompt_sets(g)["clicks + mask"]
+    assert np.array_equal(fast.predict(emb, one).masks, litemedsam.predict(emb, one).masks)
 
 
 def test_graph_ready_embed_equals_embed_for_any_slice_shape(litemedsam):
