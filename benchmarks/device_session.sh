@@ -7,7 +7,7 @@
 #   call 3, carry .gpu/shared:      bash benchmarks/device_session.sh gpu-test propagation
 #   call 4 (nothing to carry):      bash benchmarks/device_session.sh sam throughput
 #
-# Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput, sessions. docs/testing.md and docs/benchmarks.md
+# Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput, sessions, clickbench. docs/testing.md and docs/benchmarks.md
 # quote the commands each stage runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +76,12 @@ stage() {
       [ -x /tmp/site/bin/py-spy ] && timeout 150 /tmp/site/bin/py-spy record --gil --rate 250 --format raw \
         -o "$OUT/sessions20_gil.txt" -- python3 $b --device cuda --sessions 20 --seconds 30 --windows 4 \
         --out "$OUT/sessions20_w4_pyspy.jsonl" 2>&1 | tail -3 ;;
+    clickbench)
+      # issue 18's click latency with the click model against the base model (medseg bench click_ms), interleaved twice
+      for r in 1 2; do for m in litemedsam litemedsam-base; do
+        timeout 150 python3 -m app.cli bench --model $m --device cuda --backends torch,torch-fp16 --batches 1 --json \
+          > "$OUT/click_bench_${m}_$r.json"; echo "$m $r"; tail -c 600 "$OUT/click_bench_${m}_$r.json"; echo
+      done; done ;;
     *) echo "device_session: unknown stage $1" >&2; return 2 ;;
   esac
 }
