@@ -207,6 +207,11 @@ def tuned(
     takes them only without a named ``compile`` mode. ``gelu="tanh"`` (bf16 only; :func:`use_tanh_gelu`)
     computes the encoder's GELUs in the tanh form, each MLP's fc1 + GELU as one cuBLASLt GEMM.
 
+    In that folded copy a SAM ViT's attention is :class:`SDPAAttention` (fp32: the same output within
+    rounding; bf16/fp16 on a GPU: the flash kernel with the relative positions folded in). Without it the
+    product's SAM ViT-B ran segment_anything's attention, materialising each (N x N) bias: network 7.7 ms at
+    batch 1 on an H100 against 4.2 ms with it (docs/benchmarks.md, G).
+
     The copy shares the (read-only) weights of the original, except a folded copy of the encoder
     when ``fuse`` applies (variants whose ``encode`` is the plain ``image_encoder`` call). Outputs
     are float32, so everything after the encoder is unchanged.
@@ -227,6 +232,7 @@ def tuned(
     if fuse and plain_encoder:
         encoder = copy.deepcopy(segmenter.model.image_encoder)
         fuse_batchnorm(encoder)
+        use_sdpa_attention(encoder)  # SAM ViTs: fused attention (folded bias on a GPU in half precision); else none
         max_tokens = 1 << 30 if attention == "triton" else SMALL_WINDOW_TOKENS
         if attention != "sdpa" and not set_window_attention(encoder, attention, max_tokens):
             raise ValueError(f"attention={attention!r}: {type(encoder).__name__} has no TinyViT window attention to change")

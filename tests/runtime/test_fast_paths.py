@@ -39,6 +39,29 @@ def test_sdpa_attention_matches_segment_anything_in_fp32():
         np.testing.assert_allclose(fast(x).numpy(), reference(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_tuned_runs_a_sam_vits_attention_through_sdpa(monkeypatch):
+    """tuned() gives a SAM ViT's encoder copy the fused attention (on a GPU in half precision the flash kernel
+    with the folded bias; before, the product's SAM ViT-B materialised every bias: network 7.7 ms against
+    4.2 ms on an H100). fp32 output equal within rounding; the original model keeps its own attention."""
+    from models.geometry import LongestSide
+    from models.segmenter import Segmenter
+
+    holder = torch.nn.Module()
+    holder.image_encoder = _tiny_vit()
+    seg = Segmenter(holder, geometry=LongestSide(64))
+    calls = []
+    forward = SDPAAttention.forward
+    monkeypatch.setattr(SDPAAttention, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    fast = tuned(seg, precision="fp32", channels_last=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        got = fast.encode(x)[0]
+        ref = holder.image_encoder(x)
+    assert len(calls) == 2  # both blocks, windowed and global
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-4, atol=1e-5)
+    assert all(type(b.attn) is not SDPAAttention for b in holder.image_encoder.blocks)
+
+
 @pytest.fixture(scope="module")
 def golden():
     return dict(np.load(PARITY / "litemedsam_real" / "golden.npz"))
