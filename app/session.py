@@ -569,7 +569,9 @@ class SessionStore:
                         np.savez_compressed(f, labels=session.labels)
                 session.runtime[LABELS_ON_DISK] = signature
         with atomic_output(session.directory / "state.json") as tmp:
-            tmp.write_text(json.dumps({**session.to_json(), "journal_seq": seq}, indent=1))
+            # compact: json's C encoder serves only indent=None; with indent=1 the pure-Python one took ~5x as
+            # long, and the prompt history grows with every click (py-spy, docs/benchmarks.md H)
+            tmp.write_text(json.dumps({**session.to_json(), "journal_seq": seq}, separators=(",", ":")))
         with self._later_cond:  # save_edit appends under this lock: no record is dropped unsaved
             if session.runtime.get(JOURNAL_SEQ, 0) == seq:
                 save_journal.clear(session.directory)
@@ -586,11 +588,22 @@ class SessionStore:
             seq = session.runtime.get(JOURNAL_SEQ, 0) + 1
             save_journal.append(session.directory, seq, edit.view, int(edit.index), edit.after, session.to_json())
             session.runtime[JOURNAL_SEQ] = seq
-            self._later[session.id] = session
-            if self._saver is None or not self._saver.is_alive():
-                self._saver = threading.Thread(target=self._save_later, name="medseg-autosave", daemon=True)
-                self._saver.start()
-            self._later_cond.notify_all()
+            self._queue_save_locked(session)
+
+    def save_soon(self, session: Session) -> None:
+        """A change of what is shown (slice, window), no annotation: saved in the background, coalesced per
+        session. Paging a slice or dragging the window used to write and fsync state.json in the request
+        itself; a kill -9 now may lose the last view, never an edit (the journal holds those)."""
+        session.updated = time.time()
+        with self._later_cond:
+            self._queue_save_locked(session)
+
+    def _queue_save_locked(self, session: Session) -> None:
+        self._later[session.id] = session
+        if self._saver is None or not self._saver.is_alive():
+            self._saver = threading.Thread(target=self._save_later, name="medseg-autosave", daemon=True)
+            self._saver.start()
+        self._later_cond.notify_all()
 
     def flush(self, sid: str | None = None, timeout: float = 60.0) -> bool:
         """Wait until the background save of ``sid`` (of every session: None) is done; False on timeout."""

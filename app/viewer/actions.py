@@ -26,6 +26,7 @@ from data.writers import atomic_output
 from models.prompts import PromptError
 
 KINDS = ("point", "box", "brush", "erase", "new_object", "undo", "redo", "view", "window", "active")
+SHOWN_ONLY = ("view", "window")  # actions that change what is shown, not the labels: saved in the background
 MAX_STROKE_POINTS = 2000
 MAX_BRUSH_PX = 200
 
@@ -213,6 +214,8 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         trace.mark("action.acted", kind=kind)
         if kind in ("point", "box", "brush", "erase") and edit is not None:
             ctx.store.save_edit(session, edit)  # its plane journalled now, the full save after the answer
+        elif kind in SHOWN_ONLY:
+            ctx.store.save_soon(session)  # what is shown, not what is annotated: saved in the background
         else:
             ctx.store.save(session)
         trace.mark("action.saved", kind=kind)

@@ -251,3 +251,23 @@ def test_a_suggested_click_comes_only_when_asked_and_lies_on_the_objects_unsure_
     assert clicked["suggest"] is None or clicked["suggest"]["mm"] != answer["mm"]
     undone = actions.act(ctx, s, {"kind": "undo", "suggest": True})
     assert undone["suggest"] == answer  # back to the box's answer, back to its suggestion
+
+
+def test_paging_and_windowing_save_in_the_background_and_survive_a_restore(ctx, opened, monkeypatch, tmp_path):
+    """A slice step or a window change is what is shown, not an annotation: the request no longer writes and
+    fsyncs state.json itself (every wheel step did), the background save writes it, and a new store restores
+    the slice and the window from disk."""
+    import json
+    import threading
+
+    written = []
+    save = ctx.store.save
+    monkeypatch.setattr(ctx.store, "save", lambda s: written.append(threading.current_thread().name) or save(s))
+    actions.act(ctx, opened, {"kind": "view", "view": "coronal", "at": [9, 0, 0]})
+    actions.act(ctx, opened, {"kind": "window", "level": 35, "width": 90})
+    assert ctx.store.flush(opened.id)
+    assert written and set(written) == {"medseg-autosave"}  # the saver thread's, not the request's
+    state = json.loads((opened.directory / "state.json").read_text())
+    assert state["view"]["index"]["coronal"] == 9 and (state["view"]["level"], state["view"]["width"]) == (35, 90)
+    restored = SessionStore(ctx.store.root).get(opened.id)
+    assert restored.view.index["coronal"] == 9 and (restored.view.level, restored.view.width) == (35, 90)
