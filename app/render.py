@@ -11,6 +11,7 @@ physical aspect, and display clicks map back with :func:`display_to_plane`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -50,13 +51,7 @@ class Plane:
             if view != "axial":
                 raise ValueError(f"a 2D image has only one view (axial), not {view}")
             return cls(view, fixed=0, rows=1, cols=2)
-        lps_axis = _lps_axis_of_numpy_axes(volume)  # numpy axis -> (LPS axis 0/1/2, sign)
-        by_lps = {lps: (axis, sign) for axis, (lps, sign) in lps_axis.items()}
-        fixed_lps, row_lps, col_lps = _VIEW_AXES[view]
-        (rows, row_sign), (cols, col_sign) = by_lps[row_lps], by_lps[col_lps]
-        # rows grow toward P (axial) or I (coronal, sagittal); columns toward L (axial, coronal) or P (sagittal)
-        row_flip = row_sign < 0 if row_lps == 1 else row_sign > 0
-        return cls(view, fixed=by_lps[fixed_lps][0], rows=rows, cols=cols, flip_rows=row_flip, flip_cols=col_sign < 0)
+        return _plane_of_direction(tuple(float(d) for d in volume.direction), view)
 
     def count(self, shape_kji: tuple[int, ...]) -> int:
         """How many planes of this view the grid has."""
@@ -92,18 +87,32 @@ class Plane:
 _VIEW_AXES = {"axial": (2, 1, 0), "coronal": (1, 2, 0), "sagittal": (0, 2, 1)}
 
 
-def _lps_axis_of_numpy_axes(volume: Volume) -> dict[int, tuple[int, int]]:
-    """Each numpy axis (0 = k, 1 = j, 2 = i) -> the LPS axis it runs along most and its sign.
-
-    Oblique grids take the one-to-one assignment with the largest total alignment.
+def _lps_axis_of_direction(direction: tuple[float, ...]) -> dict[int, tuple[int, int]]:
+    """Each numpy axis (0 = k, 1 = j, 2 = i) of a grid with these direction cosines -> the LPS axis it runs
+    along most and its sign. Oblique grids take the one-to-one assignment with the largest total alignment.
     """
-    d = np.abs(volume.direction_matrix)  # d[lps, ijk]
+    m = np.asarray(direction, dtype=float).reshape(3, 3)
+    d = np.abs(m)  # d[lps, ijk]
     best = max(itertools.permutations(range(3)), key=lambda perm: sum(d[perm[c], c] for c in range(3)))
     out = {}
     for c, lps in enumerate(best):  # c: ITK axis i=0, j=1, k=2
-        sign = 1 if volume.direction_matrix[lps, c] >= 0 else -1
+        sign = 1 if m[lps, c] >= 0 else -1
         out[2 - c] = (lps, sign)
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _plane_of_direction(direction: tuple[float, ...], view: str) -> Plane:
+    """:meth:`Plane.of` for a 3D grid: it depends on the direction cosines alone. Cached (Plane is frozen):
+    a click asks for its plane ~10 times, and the permutation search was ~15 % of a click's interpreter
+    time in py-spy's samples of the 20-session server (docs/benchmarks.md, H)."""
+    lps_axis = _lps_axis_of_direction(direction)  # numpy axis -> (LPS axis 0/1/2, sign)
+    by_lps = {lps: (axis, sign) for axis, (lps, sign) in lps_axis.items()}
+    fixed_lps, row_lps, col_lps = _VIEW_AXES[view]
+    (rows, row_sign), (cols, col_sign) = by_lps[row_lps], by_lps[col_lps]
+    # rows grow toward P (axial) or I (coronal, sagittal); columns toward L (axial, coronal) or P (sagittal)
+    row_flip = row_sign < 0 if row_lps == 1 else row_sign > 0
+    return Plane(view, fixed=by_lps[fixed_lps][0], rows=rows, cols=cols, flip_rows=row_flip, flip_cols=col_sign < 0)
 
 
 def acquisition_view(volume: Volume) -> str:
