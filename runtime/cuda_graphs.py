@@ -107,7 +107,11 @@ class _Graph:
                     run(dev())
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool):
+            # thread_local: a server captures a prompt shape's graph the first time it meets it, while other
+            # sessions' threads encode and decode on the GPU. In the default "global" mode their CUDA calls
+            # invalidate this capture (cudaErrorStreamCaptureInvalidated: session 8's 20-session run, once the
+            # click model's prompts were graphed too); here only this thread's unsafe calls are refused.
+            with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
                 self.outputs = run(dev())
             self.done = torch.cuda.Event()
             self.done.record()

@@ -192,3 +192,44 @@ def test_graphed_decoder_replays_equal_the_ungraphed_decoder(cuda_litemedsam):
                 if earlier is None:
                     earlier = (logits, logits.clone())
     assert torch.equal(*earlier)  # later replays did not write into a returned result
+
+
+@pytest.mark.gpu
+@gpu
+def test_graphs_captured_while_other_threads_use_the_gpu_replay_equal(cuda_litemedsam):
+    """A server meets a new prompt shape while other sessions encode and decode: its graph is captured with
+    their GPU work in flight. Session 8's 20-session run failed there once (cudaErrorStreamCaptureInvalidated,
+    the capture's default "global" mode); every capture here must succeed and replay the eager numbers."""
+    import threading
+
+    g = np.load(GOLDEN)
+    fast = tuned(cuda_litemedsam, precision="fp16", cuda_graphs=True)
+    emb = fast.embed(g["image"])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def busy() -> None:  # another session: eager encodes and decodes, back to back
+        try:
+            while not stop.is_set():
+                fast.embed_features.fallback([g["image"]] * 4)
+                fast.decode_prompts.fallback(emb, _prompt_sets(g)["two clicks"], False)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=busy) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for n in range(1, 7):  # a new shape each time: n clicks, with and without the fed-back mask
+            points = np.array([[100.0 + 10 * i, 120.0] for i in range(n)], np.float32)
+            labels = np.array([1] * n, np.int64)
+            for mask in (None, g["mask__mask_input"]):
+                prompts = Prompts(points=points, point_labels=labels, mask_logits=mask)
+                logits, iou = fast.decode_prompts(emb, prompts, False)
+                ref_logits, ref_iou = fast.decode_prompts.fallback(emb, prompts, False)
+                assert torch.equal(logits, ref_logits) and torch.equal(iou, ref_iou), (n, mask is None)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
