@@ -49,10 +49,12 @@ MODULES: dict[str, list[str]] = {
     "data/parallel.py": ["tests/data/test_parallel.py"],
     # the supervisor called in the test process (it forks the reader child as the server does); the reader child's
     # mutants run in that fork, where mutmut records no coverage: they are "no tests" unless run by name (docs)
-    "data/read_worker.py": ["tests/data/test_read_worker.py"],
-    # the caller's side without the fork server; starting, asking and stopping a real one (ReadServer._start, _ask,
-    # _socket, _stop_locked) is test_isolated_read.py's, 10-20 s a mutant: left out, so those are "no tests"
-    "data/isolated_read.py": ["tests/data/test_isolated_read_replies.py"],
+    # serve (the accept loop) and warm_up run in the test process too (test_read_worker_serve.py)
+    "data/read_worker.py": ["tests/data/test_read_worker.py", "tests/data/test_read_worker_serve.py"],
+    # the caller's side without the fork server, and ReadServer against a real worker and a misbehaving fake one
+    # (test_read_server.py: start, ask, restart, stop); test_isolated_read.py's crashing readers (10-20 s a mutant)
+    # are left out
+    "data/isolated_read.py": ["tests/data/test_isolated_read_replies.py", "tests/data/test_read_server.py"],
     # a scripted PACS in the test process (test_dicomweb.py's real Orthanc: 3 s a run, and a mutant that times out
     # leaves its Orthanc behind)
     "data/dicomweb.py": ["tests/data/test_dicomweb_client.py"],
