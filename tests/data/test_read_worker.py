@@ -24,6 +24,24 @@ ROOT = Path(__file__).resolve().parents[2]
 CT = ROOT / "samples" / "ct_head_0051_series"
 
 
+BOUND_S = 15.0  # every answer here comes within seconds; a supervisor still waiting then is given up on
+
+
+def children() -> list[int]:
+    """This process's child processes (the reader children supervise forks here)."""
+    return [int(x) for t in Path("/proc/self/task").iterdir() for x in (t / "children").read_text().split()]
+
+
+def _give_up(ours: socket.socket) -> None:
+    """A supervisor that waits past every limit: kill the readers it waits for and end our side."""
+    for pid in children():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    ours.shutdown(socket.SHUT_RDWR)
+
+
 def ask(request: dict, tmp_path: Path) -> dict:
     """One request through ``supervise``, as a connection to the fork server would send it."""
     ours, theirs = socket.socketpair()
@@ -32,8 +50,14 @@ def ask(request: dict, tmp_path: Path) -> dict:
         answer: list = []
         reader = threading.Thread(target=lambda: answer.append(read_line(ours, 1 << 24)))  # a long answer
         reader.start()  # would fill the socket's buffer before supervise returns
-        supervise(theirs)
-        reader.join()
+        watchdog = threading.Timer(BOUND_S, _give_up, args=(ours,))
+        watchdog.start()
+        try:
+            supervise(theirs)
+            reader.join(BOUND_S)
+        finally:
+            watchdog.cancel()
+        assert answer and answer[0], f"no answer within {BOUND_S} s"
         return json.loads(answer[0])
 
 

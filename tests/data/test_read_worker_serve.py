@@ -29,6 +29,7 @@ import pytest
 
 from data import read_worker, readers
 from data.readers import StudyError, StudyWarning, read_study
+from tests.data.test_read_worker import children
 
 BOUND_S = 20.0  # no step here takes a second; a loop that hangs is ended at this bound
 
@@ -128,10 +129,6 @@ def run_serve(tmp_path: Path, monkeypatch, client) -> dict:
     seen["left behind"] = sorted(p.name for p in folder.parent.iterdir() if p.name in ("w", "escaped"))
     seen["escaped"] = escaped.read_text() if escaped.exists() else ""
     return seen
-
-
-def children() -> list[int]:
-    return [int(x) for t in Path("/proc/self/task").iterdir() for x in (t / "children").read_text().split()]
 
 
 def children_end() -> None:
