@@ -4,7 +4,7 @@ Started by ``ReadServer._start`` in place of the interpreter (the tests point ``
 shim that runs this file with the same arguments), so the parent's side runs for real against a
 worker that dies, babbles, never says ready, has no socket, or answers garbled, late or in pieces.
 It speaks the real protocol: ``ready`` on stdout, one JSON line per connection, ends when stdin
-closes. ``$MEDSEG_FAKE_WORKER`` picks the behaviour; each start appends its pid to ``$MEDSEG_FAKE_LOG``.
+closes (all but the stubborn one). ``$MEDSEG_FAKE_WORKER`` picks the behaviour; each start appends its pid to ``$MEDSEG_FAKE_LOG``.
 Only the standard library: it starts in tens of milliseconds.
 """
 
@@ -34,9 +34,15 @@ def until_stdin_closes() -> None:
 
 
 def answer(conn: socket.socket) -> None:
-    """One connection, as the mode says."""
-    if MODE == "hangup-unread":  # a supervisor that died at once: the request is never read
+    """One connection, as the mode says; closed however it ends (as a supervisor's is when it dies)."""
+    try:
+        _answer(conn)
+    finally:
         conn.close()
+
+
+def _answer(conn: socket.socket) -> None:
+    if MODE == "hangup-unread":  # a supervisor that died at once: the request is never read
         return
     data = b""
     while b"\n" not in data:
@@ -59,7 +65,6 @@ def answer(conn: socket.socket) -> None:
         for start in range(0, len(reply), third):
             conn.sendall(reply[start:start + third])
             time.sleep(0.02)
-    conn.close()
 
 
 def main() -> None:
@@ -76,8 +81,8 @@ def main() -> None:
             time.sleep(30)
             os._exit(0)
         sys.exit(3)
-    if MODE == "silent":  # never says ready, but ends when its parent closes stdin
-        until_stdin_closes()
+    if MODE == "stubborn":  # never says ready, nor ends when its parent closes stdin (stuck in an import)
+        time.sleep(30)
         return
     time.sleep(float(os.environ.get("MEDSEG_FAKE_DELAY", "0")))
     if MODE != "no-socket":

@@ -178,11 +178,11 @@ def test_a_worker_that_dies_before_it_is_ready_is_one_line_and_leaves_nothing(fa
     assert list(private_tmp.iterdir()) == []  # neither its folder nor the hand-over folder is left
 
 
-def test_a_worker_that_never_says_ready_is_given_up_at_the_start_timeout(fake, monkeypatch, private_tmp):
-    monkeypatch.setenv("MEDSEG_FAKE_WORKER", "silent")
+def test_a_worker_stuck_before_ready_is_given_up_at_the_start_timeout_and_killed(fake, monkeypatch, private_tmp):
+    monkeypatch.setenv("MEDSEG_FAKE_WORKER", "stubborn")  # neither says ready nor ends when stdin closes
     monkeypatch.setattr(isolated_read, "START_TIMEOUT_S", 0.3)
     server = ReadServer()
-    kind, error = bounded(lambda: server.read("scan.nii.gz"))
+    kind, error = bounded(lambda: server.read("scan.nii.gz"))  # 1 s of polling, 5 s for it to end, then a kill
     assert kind == "raised" and str(error) == NOT_STARTED
     assert gone(fake()[0]["pid"]) and list(private_tmp.iterdir()) == []
 
@@ -221,9 +221,11 @@ def test_a_worker_slow_to_start_is_waited_for(fake, tmp_path, monkeypatch):
     expected = _prepared_answer(tmp_path, monkeypatch, 2)
     monkeypatch.setenv("MEDSEG_FAKE_WORKER", "answer")
     monkeypatch.setenv("MEDSEG_FAKE_DELAY", "1.3")  # imports on a loaded machine: more than one poll
+    monkeypatch.setattr(isolated_read, "START_TIMEOUT_S", 10.0)  # (a worker whose ready is missed fails in 10 s)
     server = ReadServer()
     try:
-        assert np.array_equal(server.read("series").array, expected.array)
+        kind, volume = bounded(lambda: server.read("series"))
+        assert kind == "value" and np.array_equal(volume.array, expected.array)
     finally:
         server.stop()
 
