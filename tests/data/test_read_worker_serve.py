@@ -88,8 +88,8 @@ def run_serve(tmp_path: Path, monkeypatch, client) -> dict:
 
     def drive():
         try:
-            if select.select([out_r], [], [], BOUND_S)[0]:
-                seen["ready"] = os.read(out_r, 100)
+            if select.select([out_r], [], [], BOUND_S)[0] and (line := os.read(out_r, 100)):
+                seen["ready"] = line
                 seen["warm at ready"] = bool(warmed)
                 mode = os.stat(folder / "s").st_mode
                 seen["socket mode"] = stat.S_IMODE(mode) if stat.S_ISSOCK(mode) else None
@@ -109,7 +109,7 @@ def run_serve(tmp_path: Path, monkeypatch, client) -> dict:
     except BaseException as e:  # noqa: BLE001 - reported by the test
         if os.getpid() != me:
             leave(f"raised {type(e).__name__}")
-        seen["serve error"] = e
+        seen["serve error"] = repr(e)  # not e: its traceback would keep serve's listener open
     else:
         if os.getpid() != me:
             leave("returned")
