@@ -525,6 +525,18 @@ EQUIVALENT |= {
     **{f"{_RW}reader_child__mutmut_{n}": "np.save's allow_pickle None/left out/True for a numeric array: numpy "
        "pickles only object arrays, and read_study never returns one" for n in (126, 129, 137)},
 }
+# data/read_worker.py's accept loop (issue 26, branch mut26d): equivalent mutants of serve
+EQUIVALENT |= {
+    **{f"{_RW}serve__mutmut_{n}": "socket.socket(SOCK_STREAM) / socket.socket(AF_UNIX): SOCK_STREAM is 1, which is "
+       "AF_UNIX as a family, and the type defaults to SOCK_STREAM: the same Unix stream socket" for n in (4, 5)},
+    f"{_RW}serve__mutmut_13": "listen(65) for listen(64): a backlog of one more pending connection (the caller "
+                              "connects once per read, under a lock)",
+    f"{_RW}serve__mutmut_43": "os.read(stdin, 4097) for 4096: only whether it is empty (EOF) is read",
+    **{f"{_RW}serve__mutmut_{n}": "the supervisor's exit code (2 for 1 before supervise, 1 for 0 after it): nobody "
+       "reads it, serve ignores SIGCHLD so the kernel reaps it" for n in (57, 66)},
+    f"{_RW}serve__mutmut_63": "the supervisor's socket timeout 31 s for 30 s: a client that sends nothing is dropped a "
+                              "second later (timing only; the house rules have no timed tests)",
+}
 
 
 def shared_dir() -> Path:

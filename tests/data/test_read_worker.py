@@ -42,8 +42,22 @@ def _give_up(ours: socket.socket) -> None:
     ours.shutdown(socket.SHUT_RDWR)
 
 
+@pytest.fixture(autouse=True)
+def this_process_never_exits(monkeypatch):
+    """``os._exit`` is for the forked children; called in the test process it is a failure, not a silent end."""
+    me, real_exit = os.getpid(), os._exit
+
+    def exit_(code):
+        if os.getpid() == me:
+            raise AssertionError(f"os._exit({code!r}) in the test process")
+        real_exit(code)
+
+    monkeypatch.setattr(os, "_exit", exit_)
+
+
 def ask(request: dict, tmp_path: Path) -> dict:
     """One request through ``supervise``, as a connection to the fork server would send it."""
+    me = os.getpid()
     ours, theirs = socket.socketpair()
     with ours, theirs:
         ours.sendall(json.dumps(request).encode() + b"\n")
@@ -56,6 +70,8 @@ def ask(request: dict, tmp_path: Path) -> dict:
             supervise(theirs)
             reader.join(BOUND_S)
         finally:
+            if os.getpid() != me:  # a forked child that left supervise ends as serve's wrapper ends it
+                os._exit(1)
             watchdog.cancel()
         assert answer and answer[0], f"no answer within {BOUND_S} s"
         return json.loads(answer[0])
