@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -189,6 +190,33 @@ def test_the_reader_works_within_its_limits(tmp_path, monkeypatch):
     assert 2**33 < seen["RLIMIT_AS"][0] == seen["RLIMIT_AS"][1] < 2**33 + seen["base"] + 2**30
     assert seen["cwd"] == str(tmp_path)
     assert seen["kw"] == {"series_uid": "1.2", "max_voxels": 999, "allow_uneven": True}
+
+
+def test_a_cpu_limit_under_a_second_and_a_half_is_one_second(tmp_path, monkeypatch):
+    def cpu(path, **kw):
+        import resource
+
+        raise StudyError(json.dumps(resource.getrlimit(resource.RLIMIT_CPU)))
+
+    monkeypatch.setattr(readers, "read_study", cpu)
+    assert json.loads(ask(request(tmp_path, CT, timeout_s=0.9), tmp_path)["error"]) == [1, 6]
+
+
+def test_a_decoded_study_over_the_result_bound_is_one_line(tmp_path):
+    # the hand-over file may not grow past max_result_bytes (RLIMIT_FSIZE): the write fails, the read does not
+    # (numpy reports the short write without an errno: the message said "(None)" before the fix)
+    answer = ask(request(tmp_path, CT, max_result_bytes=4096), tmp_path)
+    assert re.fullmatch(rf"{re.escape(str(CT))}: the decoded study could not be handed over "
+                        r"\(\d+ requested and \d+ written\)", answer["error"]), answer
+
+
+def test_running_out_of_memory_while_handing_over_names_the_memory_limit(tmp_path, monkeypatch):
+    def save(*args, **kw):
+        raise MemoryError
+
+    monkeypatch.setattr(np, "save", save)  # the reader child's np.save (it inherits this process's numpy)
+    answer = ask(request(tmp_path, CT, memory_bytes=2**30), tmp_path)
+    assert answer == {"error": f"{CT}: reading it needs more memory than the limit of 1024 MiB (MEDSEG_READ_MEMORY_MB)"}
 
 
 def test_the_address_space_is_this_processs():
