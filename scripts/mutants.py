@@ -534,6 +534,9 @@ EQUIVALENT |= {
     f"{_RW}serve__mutmut_43": "os.read(stdin, 4097) for 4096: only whether it is empty (EOF) is read",
     **{f"{_RW}serve__mutmut_{n}": "the supervisor's exit code (2 for 1 before supervise, 1 for 0 after it): nobody "
        "reads it, serve ignores SIGCHLD so the kernel reaps it" for n in (57, 66)},
+    f"{_RW}supervise__mutmut_15": "the reader child's exit code None for 1 before reader_child runs: it matters only "
+                                  "if reader_child raises, and then os._exit(None) raises in the child, which unwinds "
+                                  "into serve's wrapper, whose os._exit(1) ends it with the same 1",
     f"{_RW}serve__mutmut_63": "the supervisor's socket timeout 31 s for 30 s: a client that sends nothing is dropped a "
                               "second later (timing only; the house rules have no timed tests)",
 }
