@@ -487,15 +487,17 @@ EQUIVALENT |= {
        "AF_UNIX as a family, and the type defaults to SOCK_STREAM: the same Unix stream socket" for n in (6, 7)},
     f"{_RS}_ask__mutmut_18": "the caller's wait timeout_s + 61 s for + 60 s: one second longer for a worker that never "
                              "answers (timing only; the house rules have no timed tests)",
-    f"{_RS}_ask__mutmut_27": "reading until b'XX\\nXX' instead of b'\\n': it reads on until the connection closes, and "
-                             "the supervisor closes it right after its one line (os._exit; serve closes its copy at once)",
+    f"{_RS}_ask__mutmut_27": "reading until b'XX\\nXX' instead of b'\\n': it reads on until the connection closes, "
+                             "and the supervisor closes it right after its one line (os._exit; serve closes its copy "
+                             "at once)",
     **{f"{_RS}_ask__mutmut_{n}": "recv(2 MiB) for recv(1 MiB): the same bytes in other chunks" for n in (31, 32)},
-    f"{_RS}_ask__mutmut_37": "data = None after an OSError: falsy like b'', so the answer is {'exit': 'none'} either way",
+    f"{_RS}_ask__mutmut_37": "data = None after an OSError: falsy like b'', so the answer is {'exit': 'none'} either "
+                             "way",
     **{f"{_RS}_ask__mutmut_{n}": "the message of the AssertionError after the loop: unreachable (each attempt returns "
        "or raises)" for n in (50, 51, 52)},
     f"{_RS}_start__mutmut_62": "'<=' for '<' against a float deadline of time.monotonic(): the same loop",
-    f"{_RS}_start__mutmut_71": "select's poll 2 s for 1 s while waiting for 'ready': a dead worker is seen at once by the "
-                               "end of its stdout, so only the give-up at START_TIMEOUT_S comes up to a second later "
+    f"{_RS}_start__mutmut_71": "select's poll 2 s for 1 s while waiting for 'ready': a dead worker is seen at once by "
+                               "the end of its stdout, so only the give-up at START_TIMEOUT_S comes up to a second later "
                                "(timing only)",
     **{f"{_RS}_stop_locked__mutmut_{n}": "wait(6) for wait(5): a worker that ignores EOF is killed a second later "
        "(timing only)" for n in (4, 6)},

@@ -4,7 +4,8 @@ Started by ``ReadServer._start`` in place of the interpreter (the tests point ``
 shim that runs this file with the same arguments), so the parent's side runs for real against a
 worker that dies, babbles, never says ready, has no socket, or answers garbled, late or in pieces.
 It speaks the real protocol: ``ready`` on stdout, one JSON line per connection, ends when stdin
-closes (all but the stubborn one). ``$MEDSEG_FAKE_WORKER`` picks the behaviour; each start appends its pid to ``$MEDSEG_FAKE_LOG``.
+closes (all but the stubborn one). ``$MEDSEG_FAKE_WORKER`` picks the behaviour; each start appends its
+pid to ``$MEDSEG_FAKE_LOG``.
 Only the standard library: it starts in tens of milliseconds.
 """
 

@@ -192,7 +192,8 @@ def _prepared_answer(tmp_path: Path, monkeypatch, slices: int) -> Volume:
     volume = Volume(array=np.arange(slices * 6, dtype=np.int16).reshape(slices, 2, 3), spacing=(0.5, 0.7, 2.0),
                     origin=(1.0, 2.0, -3.0), modality="CT",
                     source=SourceRef(path="series", format="dicom-series", series_instance_uid="1.2.3",
-                                     sop_instance_uids=tuple(f"1.2.826.0.1.3680043.2.1125.{k:08d}" for k in range(slices)),
+                                     sop_instance_uids=tuple(f"1.2.826.0.1.3680043.2.1125.{k:08d}"
+                                                             for k in range(slices)),
                                      files=tuple(f"series/slice-{k:08d}-of-a-long-series.dcm" for k in range(slices))))
     np.save(tmp_path / "voxels.npy", volume.array, allow_pickle=False)
     meta = {"spacing": list(volume.spacing), "origin": list(volume.origin), "direction": list(volume.direction),
@@ -250,7 +251,8 @@ def test_a_worker_that_never_answers_does_not_hold_the_caller_forever(fake, monk
     server = ReadServer()
     try:
         kind, error = bounded(lambda: server.read("scan.nii.gz", read_limits=ReadLimits(2**28, -59.7)))
-        assert kind == "raised" and str(error) == "scan.nii.gz: the reader stopped without an answer (exit none); not opened"
+        assert kind == "raised"
+        assert str(error) == "scan.nii.gz: the reader stopped without an answer (exit none); not opened"
     finally:
         server.stop()
 
