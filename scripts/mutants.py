@@ -497,8 +497,8 @@ EQUIVALENT |= {
        "or raises)" for n in (50, 51, 52)},
     f"{_RS}_start__mutmut_62": "'<=' for '<' against a float deadline of time.monotonic(): the same loop",
     f"{_RS}_start__mutmut_71": "select's poll 2 s for 1 s while waiting for 'ready': a dead worker is seen at once by "
-                               "the end of its stdout, so only the give-up at START_TIMEOUT_S comes up to a second later "
-                               "(timing only)",
+                               "the end of its stdout, so only the give-up at START_TIMEOUT_S comes up to a second "
+                               "later (timing only)",
     **{f"{_RS}_stop_locked__mutmut_{n}": "wait(6) for wait(5): a worker that ignores EOF is killed a second later "
        "(timing only)" for n in (4, 6)},
     f"{_RS}_stop_locked__mutmut_5": "wait(None) after proc.kill(): a SIGKILLed process ends, so the wait returns",
