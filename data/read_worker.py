@@ -122,8 +122,8 @@ def reader_child(request: dict, reply_fd: int) -> int:
         np.save(Path(request["out"]) / "volume.npy", np.ascontiguousarray(volume.array), allow_pickle=False)
     except MemoryError:
         return answer({"error": one_line(too_big)})
-    except OSError as e:
-        return answer({"error": one_line(f"{path}: the decoded study could not be handed over ({e.strerror})")})
+    except OSError as e:  # numpy's short write under RLIMIT_FSIZE has no strerror, only its message
+        return answer({"error": one_line(f"{path}: the decoded study could not be handed over ({e.strerror or e})")})
     meta = {
         "spacing": list(volume.spacing), "origin": list(volume.origin), "direction": list(volume.direction),
         "modality": volume.modality, "source": asdict(volume.source),

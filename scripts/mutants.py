@@ -49,10 +49,12 @@ MODULES: dict[str, list[str]] = {
     "data/parallel.py": ["tests/data/test_parallel.py"],
     # the supervisor called in the test process (it forks the reader child as the server does); the reader child's
     # mutants run in that fork, where mutmut records no coverage: they are "no tests" unless run by name (docs)
-    "data/read_worker.py": ["tests/data/test_read_worker.py"],
-    # the caller's side without the fork server; starting, asking and stopping a real one (ReadServer._start, _ask,
-    # _socket, _stop_locked) is test_isolated_read.py's, 10-20 s a mutant: left out, so those are "no tests"
-    "data/isolated_read.py": ["tests/data/test_isolated_read_replies.py"],
+    # serve (the accept loop) and warm_up run in the test process too (test_read_worker_serve.py)
+    "data/read_worker.py": ["tests/data/test_read_worker.py", "tests/data/test_read_worker_serve.py"],
+    # the caller's side without the fork server, and ReadServer against a real worker and a misbehaving fake one
+    # (test_read_server.py: start, ask, restart, stop); test_isolated_read.py's crashing readers (10-20 s a mutant)
+    # are left out
+    "data/isolated_read.py": ["tests/data/test_isolated_read_replies.py", "tests/data/test_read_server.py"],
     # a scripted PACS in the test process (test_dicomweb.py's real Orthanc: 3 s a run, and a mutant that times out
     # leaves its Orthanc behind)
     "data/dicomweb.py": ["tests/data/test_dicomweb_client.py"],
@@ -476,6 +478,33 @@ EQUIVALENT |= {
     "data.isolated_read.xǁReadServerǁ__init____mutmut_3": "the first _dir '' for None: _stop_locked then runs "
                                                           "rmtree('', ignore_errors=True), which does nothing",
 }
+# data/isolated_read.py's fork-server handle (issue 26, branch mut26d): equivalent mutants of ReadServer
+_RS = "data.isolated_read.xǁReadServerǁ"
+EQUIVALENT |= {
+    f"{_RS}_ask__mutmut_2": "range(3) attempts for range(2): the second attempt (attempt 1) returns or raises, so a "
+                            "third never starts",
+    **{f"{_RS}_ask__mutmut_{n}": "socket.socket(SOCK_STREAM) / socket.socket(AF_UNIX): SOCK_STREAM is 1, which is "
+       "AF_UNIX as a family, and the type defaults to SOCK_STREAM: the same Unix stream socket" for n in (6, 7)},
+    f"{_RS}_ask__mutmut_18": "the caller's wait timeout_s + 61 s for + 60 s: one second longer for a worker that never "
+                             "answers (timing only; the house rules have no timed tests)",
+    f"{_RS}_ask__mutmut_27": "reading until b'XX\\nXX' instead of b'\\n': it reads on until the connection closes, "
+                             "and the supervisor closes it right after its one line (os._exit; serve closes its copy "
+                             "at once)",
+    **{f"{_RS}_ask__mutmut_{n}": "recv(2 MiB) for recv(1 MiB): the same bytes in other chunks" for n in (31, 32)},
+    f"{_RS}_ask__mutmut_37": "data = None after an OSError: falsy like b'', so the answer is {'exit': 'none'} either "
+                             "way",
+    **{f"{_RS}_ask__mutmut_{n}": "the message of the AssertionError after the loop: unreachable (each attempt returns "
+       "or raises)" for n in (50, 51, 52)},
+    f"{_RS}_start__mutmut_62": "'<=' for '<' against a float deadline of time.monotonic(): the same loop",
+    f"{_RS}_start__mutmut_71": "select's poll 2 s for 1 s while waiting for 'ready': a dead worker is seen at once by "
+                               "the end of its stdout, so only the give-up at START_TIMEOUT_S comes up to a second "
+                               "later (timing only)",
+    **{f"{_RS}_stop_locked__mutmut_{n}": "wait(6) for wait(5): a worker that ignores EOF is killed a second later "
+       "(timing only)" for n in (4, 6)},
+    f"{_RS}_stop_locked__mutmut_5": "wait(None) after proc.kill(): a SIGKILLed process ends, so the wait returns",
+    f"{_RS}_stop_locked__mutmut_13": "_dir = '' for None after a stop: only rmtree('', ignore_errors=True) reads it, "
+                                     "which does nothing, and _start sets a new folder before any use",
+}
 
 
 # data/read_worker.py (issue 26, branch mut26c): equivalent mutants
@@ -497,6 +526,21 @@ EQUIVALENT |= {
                                      "answer, and looks at the exit code only when there is none",
     **{f"{_RW}reader_child__mutmut_{n}": "np.save's allow_pickle None/left out/True for a numeric array: numpy "
        "pickles only object arrays, and read_study never returns one" for n in (126, 129, 137)},
+}
+# data/read_worker.py's accept loop (issue 26, branch mut26d): equivalent mutants of serve
+EQUIVALENT |= {
+    **{f"{_RW}serve__mutmut_{n}": "socket.socket(SOCK_STREAM) / socket.socket(AF_UNIX): SOCK_STREAM is 1, which is "
+       "AF_UNIX as a family, and the type defaults to SOCK_STREAM: the same Unix stream socket" for n in (4, 5)},
+    f"{_RW}serve__mutmut_13": "listen(65) for listen(64): a backlog of one more pending connection (the caller "
+                              "connects once per read, under a lock)",
+    f"{_RW}serve__mutmut_43": "os.read(stdin, 4097) for 4096: only whether it is empty (EOF) is read",
+    **{f"{_RW}serve__mutmut_{n}": "the supervisor's exit code (2 for 1 before supervise, 1 for 0 after it): nobody "
+       "reads it, serve ignores SIGCHLD so the kernel reaps it" for n in (57, 66)},
+    f"{_RW}supervise__mutmut_15": "the reader child's exit code None for 1 before reader_child runs: it matters only "
+                                  "if reader_child raises, and then os._exit(None) raises in the child, which unwinds "
+                                  "into serve's wrapper, whose os._exit(1) ends it with the same 1",
+    f"{_RW}serve__mutmut_63": "the supervisor's socket timeout 31 s for 30 s: a client that sends nothing is dropped a "
+                              "second later (timing only; the house rules have no timed tests)",
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -24,16 +25,56 @@ ROOT = Path(__file__).resolve().parents[2]
 CT = ROOT / "samples" / "ct_head_0051_series"
 
 
+BOUND_S = 15.0  # every answer here comes within seconds; a supervisor still waiting then is given up on
+
+
+def children() -> list[int]:
+    """This process's child processes (the reader children supervise forks here)."""
+    return [int(x) for t in Path("/proc/self/task").iterdir() for x in (t / "children").read_text().split()]
+
+
+def _give_up(ours: socket.socket) -> None:
+    """A supervisor that waits past every limit: kill the readers it waits for and end our side."""
+    for pid in children():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    ours.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture(autouse=True)
+def this_process_never_exits(monkeypatch):
+    """``os._exit`` is for the forked children; called in the test process it is a failure, not a silent end."""
+    me, real_exit = os.getpid(), os._exit
+
+    def exit_(code):
+        if os.getpid() == me:
+            raise AssertionError(f"os._exit({code!r}) in the test process")
+        real_exit(code)
+
+    monkeypatch.setattr(os, "_exit", exit_)
+
+
 def ask(request: dict, tmp_path: Path) -> dict:
     """One request through ``supervise``, as a connection to the fork server would send it."""
+    me = os.getpid()
     ours, theirs = socket.socketpair()
     with ours, theirs:
         ours.sendall(json.dumps(request).encode() + b"\n")
         answer: list = []
         reader = threading.Thread(target=lambda: answer.append(read_line(ours, 1 << 24)))  # a long answer
         reader.start()  # would fill the socket's buffer before supervise returns
-        supervise(theirs)
-        reader.join()
+        watchdog = threading.Timer(BOUND_S, _give_up, args=(ours,))
+        watchdog.start()
+        try:
+            supervise(theirs)
+            reader.join(BOUND_S)
+        finally:
+            if os.getpid() != me:  # a forked child that left supervise ends as serve's wrapper ends it
+                os._exit(1)
+            watchdog.cancel()
+        assert answer and answer[0], f"no answer within {BOUND_S} s"
         return json.loads(answer[0])
 
 
@@ -149,6 +190,33 @@ def test_the_reader_works_within_its_limits(tmp_path, monkeypatch):
     assert 2**33 < seen["RLIMIT_AS"][0] == seen["RLIMIT_AS"][1] < 2**33 + seen["base"] + 2**30
     assert seen["cwd"] == str(tmp_path)
     assert seen["kw"] == {"series_uid": "1.2", "max_voxels": 999, "allow_uneven": True}
+
+
+def test_a_cpu_limit_under_a_second_and_a_half_is_one_second(tmp_path, monkeypatch):
+    def cpu(path, **kw):
+        import resource
+
+        raise StudyError(json.dumps(resource.getrlimit(resource.RLIMIT_CPU)))
+
+    monkeypatch.setattr(readers, "read_study", cpu)
+    assert json.loads(ask(request(tmp_path, CT, timeout_s=0.9), tmp_path)["error"]) == [1, 6]
+
+
+def test_a_decoded_study_over_the_result_bound_is_one_line(tmp_path):
+    # the hand-over file may not grow past max_result_bytes (RLIMIT_FSIZE): the write fails, the read does not
+    # (numpy reports the short write without an errno: the message said "(None)" before the fix)
+    answer = ask(request(tmp_path, CT, max_result_bytes=4096), tmp_path)
+    assert re.fullmatch(rf"{re.escape(str(CT))}: the decoded study could not be handed over "
+                        r"\(\d+ requested and \d+ written\)", answer["error"]), answer
+
+
+def test_running_out_of_memory_while_handing_over_names_the_memory_limit(tmp_path, monkeypatch):
+    def save(*args, **kw):
+        raise MemoryError
+
+    monkeypatch.setattr(np, "save", save)  # the reader child's np.save (it inherits this process's numpy)
+    answer = ask(request(tmp_path, CT, memory_bytes=2**30), tmp_path)
+    assert answer == {"error": f"{CT}: reading it needs more memory than the limit of 1024 MiB (MEDSEG_READ_MEMORY_MB)"}
 
 
 def test_the_address_space_is_this_processs():
