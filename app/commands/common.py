@@ -52,17 +52,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_local_clicks_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-local-clicks", action="store_true",
-                   help="take the click model's whole new mask on each corrective click, not only the changed region "
-                   "at the click (models/click_locality.py; the same as MEDSEG_LOCAL_CLICKS=0)")
+    p.add_argument("--local-clicks", action="store_true",
+                   help="keep each corrective click's change near the click: the click model's new mask only in the "
+                   "changed region that reaches the click (models/click_locality.py; off by default, docs/clicks.md; "
+                   "the same as MEDSEG_LOCAL_CLICKS=1)")
 
 
 def apply_local_clicks_arg(args: argparse.Namespace) -> None:
-    """--no-local-clicks: the switch is the environment variable, so Ray workers and the label server see it too."""
-    if getattr(args, "no_local_clicks", False):
+    """--local-clicks: the switch is the environment variable, so Ray workers and the label server see it too."""
+    if getattr(args, "local_clicks", False):
         from models.click_locality import ENV_VAR as LOCAL_CLICKS_ENV
 
-        os.environ[LOCAL_CLICKS_ENV] = "0"
+        os.environ[LOCAL_CLICKS_ENV] = "1"
 
 
 def add_backend_arg(p: argparse.ArgumentParser) -> None:
