@@ -37,7 +37,7 @@ GROW_STEPS = 0  # times a candidate box whose mask touches its border is grown a
 CHOICES = ("iou", "iou*stability")  # what picks the candidate: the base decoder's predicted IoU, or it times
 # SAM's stability score (IoU of the candidate's masks at logit > +1 and > -1; experiments/point_choice_validation.py)
 CHOICE_ENV = "MEDSEG_POINT_CHOICE"
-DEFAULT_CHOICE = "iou"
+DEFAULT_CHOICE = "iou"  # iou*stability won on validation, lost on the held-out sets (docs/clicks.md): not the default
 STABILITY_OFFSET = 1.0
 TOUCH_PX = 2  # a mask this close to a box side touches it
 
