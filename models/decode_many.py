@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Hashable, Sequence
 import numpy as np
 import torch
 
-from models import point_prompts
+from models import click_locality, point_prompts
 from models.batched_decode import decode_batched, refine_batched
 from models.click_refiner import refiner_for
 from models.prompts import MaskResult, Prompts
@@ -163,10 +163,18 @@ def predict_many(
             out[i] = d
             continue
         try:
+            if i in rest and _localised(segmenter, prompts[i], multimask_output):
+                d = (click_locality.localise_result(segmenter, embeddings[i], prompts[i], d[0]), *d[1:])
             out[i] = segmenter.to_result(embeddings[i], *d)
         except Exception as err:  # noqa: BLE001
             out[i] = err
     return out  # type: ignore[return-value]
+
+
+def _localised(segmenter: "Segmenter", prompts: Prompts, multimask_output: bool) -> bool:
+    """Whether this answer is a corrective click of the shipped click model, kept local (``models.click_locality``)."""
+    refined = point_prompts.refiner_of(segmenter) is not None and _refiner(segmenter, prompts, multimask_output) is not None
+    return click_locality.applies(prompts, refined)
 
 
 def first(results: list[MaskResult | Exception]) -> MaskResult:

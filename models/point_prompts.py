@@ -18,6 +18,7 @@ alternatives) and PerSAM's point prompts. A box, or a mask, never comes here.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,7 +34,27 @@ REFINES = ("none", "points", "points+box")
 REFINE = "points"  # refine the candidates with every point through the click refiner, where there is one
 DEFAULT_SPACING_MM = (1.0, 1.0)  # (row, col) mm per pixel when the caller does not know it
 GROW_STEPS = 0  # times a candidate box whose mask touches its border is grown and decoded again
+CHOICES = ("iou", "iou*stability")  # what picks the candidate: the base decoder's predicted IoU, or it times
+# SAM's stability score (IoU of the candidate's masks at logit > +1 and > -1; experiments/point_choice_validation.py)
+CHOICE_ENV = "MEDSEG_POINT_CHOICE"
+DEFAULT_CHOICE = "iou"  # iou*stability won on validation, lost on the held-out sets (docs/clicks.md): not the default
+STABILITY_OFFSET = 1.0
 TOUCH_PX = 2  # a mask this close to a box side touches it
+
+
+def choice() -> str:
+    """The candidate chooser: ``$MEDSEG_POINT_CHOICE`` (one of ``CHOICES``), else ``DEFAULT_CHOICE``."""
+    value = os.environ.get(CHOICE_ENV, "").strip().lower() or DEFAULT_CHOICE
+    if value not in CHOICES:
+        raise ValueError(f"{CHOICE_ENV} must be one of {', '.join(CHOICES)}, got {value!r}")
+    return value
+
+
+def stability(low: torch.Tensor, offset: float = STABILITY_OFFSET) -> torch.Tensor:
+    """(1, 1, h, w) logits -> (1, 1) SAM's stability score: area at logit > +offset over area at > -offset."""
+    hi = (low > offset).flatten(1).sum(dim=1).float()
+    lo = (low > -offset).flatten(1).sum(dim=1).float()
+    return torch.where(lo > 0, hi / lo.clamp(min=1), torch.zeros_like(lo))[:, None]
 
 
 def refiner_of(segmenter: "Segmenter"):
@@ -200,6 +221,7 @@ def decode_points_many(
     refines: list[tuple[int, Prompts, torch.Tensor]] = []  # (request, corrective prompt, candidate logits)
     chosen: dict[int, tuple[list[int], torch.Tensor, np.ndarray, list]] = {}
     do_refine = refine != "none" and refiner_of(segmenter) is not None
+    chooser = choice()
     for i, candidates in per_request.items():
         failed = next((r for r, _ in candidates if isinstance(r, Exception)), None)
         if failed is not None:
@@ -207,6 +229,8 @@ def decode_points_many(
             continue
         logits = [r[0] for r, _ in candidates]
         score = torch.cat([r[1] for r, _ in candidates], dim=1)
+        if chooser == "iou*stability":
+            score = score * torch.cat([stability(low.float()).to(score.device) for low in logits], dim=1)
         boxes = np.stack([b for _, b in candidates])
         keep = list(range(len(boxes))) if multimask_output else [int(torch.argmax(score[0]))]
         chosen[i] = (keep, score, boxes, [logits[k] for k in keep])

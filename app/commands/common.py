@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -47,6 +48,22 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", metavar="DIR", help="apply a fine-tuned adapter (the --output of medseg finetune)")
     p.add_argument("--no-click-model", action="store_true",
                    help="litemedsam without its click model (= --model litemedsam-base): the official decoder for clicks too")
+    add_local_clicks_arg(p)
+
+
+def add_local_clicks_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--local-clicks", action="store_true",
+                   help="keep each corrective click's change near the click: the click model's new mask only in the "
+                   "changed region that reaches the click (models/click_locality.py; off by default, docs/clicks.md; "
+                   "the same as MEDSEG_LOCAL_CLICKS=1)")
+
+
+def apply_local_clicks_arg(args: argparse.Namespace) -> None:
+    """--local-clicks: the switch is the environment variable, so Ray workers and the label server see it too."""
+    if getattr(args, "local_clicks", False):
+        from models.click_locality import ENV_VAR as LOCAL_CLICKS_ENV
+
+        os.environ[LOCAL_CLICKS_ENV] = "1"
 
 
 def add_backend_arg(p: argparse.ArgumentParser) -> None:
@@ -81,6 +98,8 @@ def model_name(args: argparse.Namespace) -> str:
 def segmenter_from_args(args: argparse.Namespace):
     """The shared, cached segmenter that --model/--checkpoint/--device/--backend (and --adapter) name."""
     from runtime import load_segmenter
+
+    apply_local_clicks_arg(args)
 
     backend = backend_choice(args).backend
     if getattr(args, "adapter", None):

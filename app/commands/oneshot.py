@@ -14,7 +14,7 @@ import numpy as np
 
 from adapters.persam_f import ITERATIONS
 from adapters.persam_oneshot import METHODS, fit_oneshot, segment_images
-from app.commands.common import add_model_args
+from app.commands.common import add_model_args, apply_local_clicks_arg
 from app.errors import UsageError
 from data.readers import read_study
 from data.volume import Volume
@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     k = reference_slice(ref, args.ref_slice, args.ref)
     ref_image = slice_to_rgb(ref, k, default_window(ref, args.window))
     mask = reference_mask(args, ref, k)
+    apply_local_clicks_arg(args)
     segmenter = load_segmenter(args.model, args.checkpoint, args.device)
     t0 = time.perf_counter()
     oneshot = fit_oneshot(

@@ -107,3 +107,20 @@ def test_box_and_mask_prompts_never_take_the_point_route(cases, monkeypatch):
     seg.predict(emb, Prompts(points=np.array([[80, 110]]), point_labels=[1], mask_logits=r.best_logits))
     seg.predict(emb, Prompts(points=np.array([[80, 110]]), point_labels=[1], base_decoder=True))
     assert r.boxes is None
+
+
+def test_stability_score_and_the_chooser_switch(monkeypatch):
+    import torch
+
+    low = torch.full((1, 1, 4, 4), -5.0)
+    low[..., :2, :2] = 5.0
+    low[..., 2, 2] = 0.5  # unsure: in the mask at -1, not at +1
+    assert float(point_prompts.stability(low)) == pytest.approx(4 / 5)
+    assert float(point_prompts.stability(torch.full((1, 1, 4, 4), -5.0))) == 0.0  # empty: not stable, not chosen
+    monkeypatch.setenv(point_prompts.CHOICE_ENV, "")
+    assert point_prompts.choice() == point_prompts.DEFAULT_CHOICE
+    monkeypatch.setenv(point_prompts.CHOICE_ENV, "iou*stability")
+    assert point_prompts.choice() == "iou*stability"
+    monkeypatch.setenv(point_prompts.CHOICE_ENV, "largest")
+    with pytest.raises(ValueError, match="MEDSEG_POINT_CHOICE"):
+        point_prompts.choice()
