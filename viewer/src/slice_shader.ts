@@ -30,10 +30,12 @@ uniform float labelOpacity;
 in vec3 texPos;
 out vec4 color;
 
-// the label colour (RGBA, NiiVue's label layer) of one voxel; outside the volume: none
-vec4 labelAt(ivec3 p, ivec3 size) {
-  if (any(lessThan(p, ivec3(0))) || any(greaterThanEqual(p, size))) return vec4(0.0);
-  return texelFetch(overlay, p, 0);
+// whether a voxel shows another label than colour c (or none); outside the volume: none. The label layer's
+// alpha is not compared: NiiVue averages it over each voxel's 3D neighbours, so it varies inside a label.
+bool otherLabel(ivec3 p, ivec3 size, vec4 c) {
+  if (any(lessThan(p, ivec3(0))) || any(greaterThanEqual(p, size))) return true;
+  vec4 q = texelFetch(overlay, p, 0);
+  return q.a == 0.0 || q.rgb != c.rgb;
 }
 
 void main() {
@@ -55,7 +57,7 @@ void main() {
     bool edge = false;
     for (int a = -1; a <= 1; a++) {
       for (int b = -1; b <= 1; b++) {
-        if ((a != 0 || b != 0) && labelAt(p + a * u + b * w, size) != c) edge = true;
+        if ((a != 0 || b != 0) && otherLabel(p + a * u + b * w, size, c)) edge = true;
       }
     }
     if (edge) o = vec4(c.rgb, 1.0);
