@@ -269,7 +269,8 @@ def test_a_click_sends_one_label_plane_to_the_gpu_and_fetches_no_label_map(brows
         return v.inFlight === 0 && !v.reloading && h && JSON.parse(h.dataset.state).rev === v.rev }"""
     page.wait_for_function(settled, timeout=TIMEOUT_MS)
     page.evaluate("""() => { const nv = medsegViewer.nv; window.passes = 0;  // updateGLVolume calls it per layer
-        const one = nv.refreshLayers.bind(nv); nv.refreshLayers = (v, l) => { window.passes++; return one(v, l) } }""")
+        const one = nv.refreshLayers.bind(nv); nv.refreshLayers = (v, l) => { window.passes++; return one(v, l) }
+        window.uploads = [medsegViewer.slices.planeUploads, medsegViewer.slices.fullUploads] }""")
     fetched = []
     page.on("request", lambda r: fetched.append(r.url) if "/viewer-api/labels/" in r.url else None)
     for x, y in REFINE[:3]:
@@ -277,14 +278,19 @@ def test_a_click_sends_one_label_plane_to_the_gpu_and_fetches_no_label_map(brows
         _idle(page)
         page.wait_for_function(settled, timeout=TIMEOUT_MS)  # the page's sync after the click has landed
     assert fetched == [], f"{len(fetched)} fetches of the whole label map for 3 clicks"
-    # layer passes on the GPU: the label layer's, once a click (updateGLVolume would be 2: the image's too)
-    assert page.evaluate("window.passes") == 3, "one layer pass a click (its label plane), no more"
+    # what goes to the GPU: the answer's label plane, once a click, into the viewer's label texture; no layer pass
+    # of NiiVue's (its label layer was a pass over the whole label map a click, the image's a second)
+    assert page.evaluate("window.passes") == 0
+    assert page.evaluate("""() => [medsegViewer.slices.planeUploads - window.uploads[0],
+        medsegViewer.slices.fullUploads - window.uploads[1]]""") == [3, 0]
     assert _browser_labels(page) == _server_counts(server.labels(sid))
-    # and the label layer refreshed alone draws what NiiVue's full refresh of every layer draws
+    # and the planes drawn equal the whole label map uploaded again, and NiiVue's full refresh of every layer
     shown = _canvas(page)
+    page.evaluate("medsegViewer.slices.uploadLabels(medsegViewer.labelsVol.img); medsegViewer.nv.drawScene()")
+    np.testing.assert_array_equal(_canvas(page), shown)
     page.evaluate("medsegViewer.nv.updateGLVolume()")
     np.testing.assert_array_equal(_canvas(page), shown)
-    # so does a window/level change, which refreshes the image layer alone and skips its 3D gradient (three views)
+    # so does a window/level change, two uniforms of the viewer's slice shader (three views)
     page.evaluate("medsegViewer.toggleLayout(); medsegViewer.applyWindow({ level: 60, width: 120 })")
     shown = _canvas(page)
     page.evaluate("medsegViewer.nv.updateGLVolume()")

@@ -1,16 +1,19 @@
 // The viewer's own slice shader for NiiVue's 2D views (scalar studies): why it exists.
 //
 // In a software WebGL renderer (SwiftShader, what headless Chromium and GPU-less machines draw with) a frame's
-// cost is the slice shader run on every pixel of the image, and NiiVue's default one samples five textures
-// (image, labels, its drawing layer, its colour table, its PAQD layer) where this viewer fills two: ~95 ms a
-// frame on a 660x700 canvas against ~30 ms for two samples (docs/ui.md, "Where a frame's time goes").
-// NiiVue also bakes the window into an RGBA copy of the volume, so each window/level step re-ran its
-// reorientation pass over the whole volume. This shader reads the study's values themselves (a float texture
-// in the stored voxel order, uploaded once per study) and applies the window as two uniforms, so a W/L step
-// costs one frame; the labels come from NiiVue's label layer (NiiVue keeps building it from its colour table),
-// with their opacity and the outline as uniforms. The outline is drawn in the plane shown (a labelled voxel
-// whose neighbour in that plane has another label or none), so a label drawn on one slice shows as an
-// outline; NiiVue's atlas outline looks at all 26 neighbours in 3D and drew such a label filled.
+// cost is the slice shader run on every pixel of the image. NiiVue's default one samples five textures (image,
+// labels, its drawing layer, its colour table, its PAQD layer), and a software renderer runs every branch of
+// it for every pixel (the 3D outline's 18 extra samples too): ~95 ms a frame on the 660x700 canvas, against
+// ~30 ms here (docs/ui.md, "Where a frame's time goes"). NiiVue also bakes the window into an RGBA copy of the
+// volume, so each window/level step re-ran its reorientation pass over the whole volume; and each click's
+// label plane re-ran it over the whole label map.
+//
+// Here the study's values (a float texture in the stored voxel order, uploaded once per study) are windowed in
+// the shader, so a W/L step is two uniforms and one frame; the labels are an integer texture in the stored
+// order with a colour table, so a click's answer is one plane's upload; opacity and outline are uniforms.
+// The outline is taken in the plane shown (a labelled voxel with another label, or none, among its 8
+// neighbours in that plane), so a label drawn on one slice shows as its border; NiiVue's atlas outline works in
+// 3D and did not draw such a label at all. RGB studies keep NiiVue's own shader and label layer.
 import type { Niivue, NVImage } from '@niivue/niivue'
 
 // OUTLINE is defined in the outline program: one program each, since a software renderer runs both sides of a
@@ -18,24 +21,30 @@ import type { Niivue, NVImage } from '@niivue/niivue'
 const FRAG_BODY = `
 precision highp int;
 precision highp float;
-uniform highp sampler3D overlay;
 uniform highp sampler3D intensity;
+uniform highp usampler3D labelMap;
+uniform highp sampler2D labelLut;
 uniform mat4 rasToStored;
+uniform ivec3 storedAxis;
 uniform float calMin;
 uniform float calMax;
-uniform float overlays;
+uniform int hasLabels;
 uniform float opacity;
 uniform int axCorSag;
 uniform float labelOpacity;
 in vec3 texPos;
 out vec4 color;
 
-// whether a voxel shows another label than colour c (or none); outside the volume: none. The label layer's
-// alpha is not compared: NiiVue averages it over each voxel's 3D neighbours, so it varies inside a label.
-bool otherLabel(ivec3 p, ivec3 size, vec4 c) {
-  if (any(lessThan(p, ivec3(0))) || any(greaterThanEqual(p, size))) return true;
-  vec4 q = texelFetch(overlay, p, 0);
-  return q.a == 0.0 || q.rgb != c.rgb;
+// the colour of label value v (alpha 0: none or hidden)
+vec4 lutColour(uint v) {
+  int n = textureSize(labelLut, 0).x;
+  if (v == 0u || int(v) >= n) return vec4(0.0);
+  return texelFetch(labelLut, ivec2(int(v), 0), 0);
+}
+
+uint labelAt(ivec3 p, ivec3 size) {
+  if (any(lessThan(p, ivec3(0))) || any(greaterThanEqual(p, size))) return 0u;
+  return texelFetch(labelMap, p, 0).r;
 }
 
 void main() {
@@ -43,21 +52,23 @@ void main() {
   float v = texture(intensity, stored).r;
   float g = clamp((v - calMin) / max(calMax - calMin, 1e-6), 0.0, 1.0);
   color = vec4(g, g, g, opacity);
-  if (overlays < 1.0) return;
+  if (hasLabels == 0) return;
   // labels voxel by voxel (nearest), as label maps are shown in radiology viewers
-  ivec3 size = textureSize(overlay, 0);
-  ivec3 p = clamp(ivec3(floor(texPos * vec3(size))), ivec3(0), size - 1);
-  vec4 c = texelFetch(overlay, p, 0);
+  ivec3 size = textureSize(labelMap, 0);
+  ivec3 p = clamp(ivec3(floor(stored * vec3(size))), ivec3(0), size - 1);
+  uint value = texelFetch(labelMap, p, 0).r;
+  vec4 c = lutColour(value);
 #ifdef OUTLINE
   vec4 o = vec4(0.0);
   if (c.a > 0.0) {
-    // the two axes of the plane shown: axial holds z, coronal y, sagittal x
-    ivec3 u = axCorSag == 2 ? ivec3(0, 1, 0) : ivec3(1, 0, 0);
-    ivec3 w = axCorSag == 0 ? ivec3(0, 1, 0) : ivec3(0, 0, 1);
+    // the stored axes of the plane shown (axial holds RAS z, coronal y, sagittal x)
+    int through = axCorSag == 0 ? storedAxis.z : (axCorSag == 1 ? storedAxis.y : storedAxis.x);
+    ivec3 u = through == 0 ? ivec3(0, 1, 0) : ivec3(1, 0, 0);
+    ivec3 w = through == 2 ? ivec3(0, 1, 0) : ivec3(0, 0, 1);
     bool edge = false;
     for (int a = -1; a <= 1; a++) {
       for (int b = -1; b <= 1; b++) {
-        if ((a != 0 || b != 0) && otherLabel(p + a * u + b * w, size, c)) edge = true;
+        if ((a != 0 || b != 0) && labelAt(p + a * u + b * w, size) != value) edge = true;
       }
     }
     if (edge) o = vec4(c.rgb, 1.0);
@@ -73,35 +84,46 @@ void main() {
 const FILL = '#version 300 es\n' + FRAG_BODY
 const OUTLINE = '#version 300 es\n#define OUTLINE 1\n' + FRAG_BODY
 
-const UNIT = 11 // a texture unit NiiVue's drawing never binds (it uses 11-15 only for its grow-cut tool)
+// texture units NiiVue's drawing never binds (it uses 11-15 only for its grow-cut tool)
+const INTENSITY_UNIT = 11, LABEL_UNIT = 12, LUT_UNIT = 13
 
-/** The study's values on the GPU and the uniforms of the viewer's slice shader. */
+/** The study's values and labels on the GPU and the uniforms of the viewer's slice shader. */
 export class SliceShader {
   nv: Niivue
   texture: WebGLTexture | null = null
+  labels: WebGLTexture | null = null
+  lut: WebGLTexture | null = null
+  dims: number[] = []
   rasToStored = new Float32Array(16)
+  storedAxis = [0, 1, 2] // the stored axis along each RAS axis
   active = false
-  static sources = { fill: FILL, outline: OUTLINE }
-  programs: { fill: any; outline: any } | null = null
   labelOpacity = 1
-  labelOutline = false  // which program draws (set before a frame: prepare)
+  labelOutline = false // which program draws (set before a frame: prepare)
+  programs: { fill: any; outline: any } | null = null
+  planeUploads = 0 // a click's answer: one plane (counted for the e2e test)
+  fullUploads = 0
 
   constructor(nv: Niivue) {
     this.nv = nv
+  }
+
+  get gl(): WebGL2RenderingContext {
+    return (this.nv as any).gl
   }
 
   /** Use the shader for this study when it can (a scalar volume in a 3D texture), else NiiVue's own.
    * Returns whether it is in use. */
   attach(vol: NVImage, rgb: boolean): boolean {
     const nv = this.nv as any
-    const gl: WebGL2RenderingContext = nv.gl
-    if (this.texture) { gl.deleteTexture(this.texture); this.texture = null }
+    const gl = this.gl
+    for (const t of [this.texture, this.labels, this.lut]) if (t) gl.deleteTexture(t)
+    this.texture = this.labels = this.lut = null
     const hdr = vol.hdr as any
     const dims = hdr.dims as number[]
     const max3D = gl.getParameter(gl.MAX_3D_TEXTURE_SIZE) as number
     const usable = !rgb && !nv.opts.is2DSliceShader && hdr.datatypeCode !== 128 && hdr.datatypeCode !== 2304 &&
       Math.max(dims[1], dims[2], dims[3]) <= max3D && vol.img !== undefined
-    if (usable) this.upload(gl, vol)
+    if (usable) this.upload(vol)
     if (usable && !this.programs) {
       // NiiVue compiles each (with its own vertex shader) and sets its texture units; keep both, swap in prepare
       nv.setCustomSliceShader(OUTLINE)
@@ -109,6 +131,12 @@ export class SliceShader {
       nv.customSliceShader = null // so that the next call does not delete it
       nv.setCustomSliceShader(FILL)
       this.programs = { fill: nv.customSliceShader, outline }
+      for (const shader of [outline, nv.customSliceShader]) { // a sampler left on unit 0 makes every draw fail
+        gl.useProgram(shader.program)
+        gl.uniform1i(gl.getUniformLocation(shader.program, 'intensity'), INTENSITY_UNIT)
+        gl.uniform1i(gl.getUniformLocation(shader.program, 'labelMap'), LABEL_UNIT)
+        gl.uniform1i(gl.getUniformLocation(shader.program, 'labelLut'), LUT_UNIT)
+      }
     }
     if (usable !== this.active) {
       this.active = usable
@@ -118,25 +146,32 @@ export class SliceShader {
     return usable
   }
 
-  upload(gl: WebGL2RenderingContext, vol: NVImage): void {
+  texture3D(unit: number, format: number, dims: number[], filter: number): WebGLTexture {
+    const gl = this.gl
+    const t = gl.createTexture()!
+    gl.activeTexture(gl.TEXTURE0 + unit)
+    gl.bindTexture(gl.TEXTURE_3D, t)
+    gl.texStorage3D(gl.TEXTURE_3D, 1, format, dims[1], dims[2], dims[3])
+    gl.texParameteri(gl.TEXTURE_3D, gl.TEXTURE_MIN_FILTER, filter)
+    gl.texParameteri(gl.TEXTURE_3D, gl.TEXTURE_MAG_FILTER, filter)
+    for (const p of [gl.TEXTURE_WRAP_S, gl.TEXTURE_WRAP_T, gl.TEXTURE_WRAP_R]) gl.texParameteri(gl.TEXTURE_3D, p, gl.CLAMP_TO_EDGE)
+    return t
+  }
+
+  upload(vol: NVImage): void {
+    const gl = this.gl
     const hdr = vol.hdr as any
     const dims = hdr.dims as number[]
+    this.dims = dims.slice(0, 4)
     const n = dims[1] * dims[2] * dims[3]
     const slope = hdr.scl_slope || 1, inter = hdr.scl_inter || 0
     const src = vol.img as ArrayLike<number>
     const values = new Float32Array(n)
     for (let i = 0; i < n; i++) values[i] = src[i] * slope + inter // what NiiVue's window applies to
-    const linear = !!gl.getExtension('OES_texture_float_linear')
-    this.texture = gl.createTexture()
-    gl.activeTexture(gl.TEXTURE0 + UNIT)
-    gl.bindTexture(gl.TEXTURE_3D, this.texture)
+    const linear = !!gl.getExtension('OES_texture_float_linear') // NiiVue's slices are linearly interpolated too
+    this.texture = this.texture3D(INTENSITY_UNIT, gl.R32F, dims, linear ? gl.LINEAR : gl.NEAREST)
     gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1)
-    gl.texStorage3D(gl.TEXTURE_3D, 1, gl.R32F, dims[1], dims[2], dims[3])
     gl.texSubImage3D(gl.TEXTURE_3D, 0, 0, 0, 0, dims[1], dims[2], dims[3], gl.RED, gl.FLOAT, values)
-    const filter = linear ? gl.LINEAR : gl.NEAREST // NiiVue's slices are linearly interpolated too
-    gl.texParameteri(gl.TEXTURE_3D, gl.TEXTURE_MIN_FILTER, filter)
-    gl.texParameteri(gl.TEXTURE_3D, gl.TEXTURE_MAG_FILTER, filter)
-    for (const p of [gl.TEXTURE_WRAP_S, gl.TEXTURE_WRAP_T, gl.TEXTURE_WRAP_R]) gl.texParameteri(gl.TEXTURE_3D, p, gl.CLAMP_TO_EDGE)
     gl.activeTexture(gl.TEXTURE0)
     // NiiVue's slices sample in RAS texture space (its volume texture is the study flipped and permuted to
     // RAS, permRAS); map that onto the stored order: stored axis |perm[r]|-1 runs along RAS axis r, backwards
@@ -150,11 +185,54 @@ export class SliceShader {
       const flip = perm[r] < 0
       m[r * 4 + s] = flip ? -1 : 1
       m[12 + s] = flip ? 1 : 0
+      this.storedAxis[r] = s
     }
   }
 
-  /** Before each frame: the program (fill or outline), the window, the label opacity and the study's texture,
-   * as the shader reads them. */
+  /** The whole label map (uint16, stored order, the study's grid). */
+  uploadLabels(img: Uint16Array): void {
+    const gl = this.gl
+    const d = this.dims
+    if (!this.labels) this.labels = this.texture3D(LABEL_UNIT, gl.R16UI, d, gl.NEAREST)
+    gl.activeTexture(gl.TEXTURE0 + LABEL_UNIT)
+    gl.bindTexture(gl.TEXTURE_3D, this.labels)
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1)
+    gl.texSubImage3D(gl.TEXTURE_3D, 0, 0, 0, 0, d[1], d[2], d[3], gl.RED_INTEGER, gl.UNSIGNED_SHORT, img)
+    gl.activeTexture(gl.TEXTURE0)
+    this.fullUploads++
+  }
+
+  /** One plane of the label map, as the server answers a prompt: numpy axis 0 (k), 1 (j) or 2 (i) of the
+   * (k, j, i) array, laid out as that plane's rows. */
+  uploadPlane(axis: number, index: number, values: Uint16Array): void {
+    if (!this.labels) return
+    const gl = this.gl
+    const [, ni, nj, nk] = this.dims
+    const [x, y, z, w, h, dd] = axis === 0 ? [0, 0, index, ni, nj, 1] : axis === 1 ? [0, index, 0, ni, 1, nk] : [index, 0, 0, 1, nj, nk]
+    gl.activeTexture(gl.TEXTURE0 + LABEL_UNIT)
+    gl.bindTexture(gl.TEXTURE_3D, this.labels)
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1)
+    gl.texSubImage3D(gl.TEXTURE_3D, 0, x, y, z, w, h, dd, gl.RED_INTEGER, gl.UNSIGNED_SHORT, values)
+    gl.activeTexture(gl.TEXTURE0)
+    this.planeUploads++
+  }
+
+  /** The label colours: RGBA (0-255) per label value from 0, alpha 0 for none or hidden. */
+  setColours(rgba: Uint8Array): void {
+    const gl = this.gl
+    if (this.lut) gl.deleteTexture(this.lut)
+    this.lut = gl.createTexture()
+    gl.activeTexture(gl.TEXTURE0 + LUT_UNIT)
+    gl.bindTexture(gl.TEXTURE_2D, this.lut)
+    gl.pixelStorei(gl.UNPACK_ALIGNMENT, 1)
+    gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA8, rgba.length / 4, 1, 0, gl.RGBA, gl.UNSIGNED_BYTE, rgba)
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.NEAREST)
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.NEAREST)
+    gl.activeTexture(gl.TEXTURE0)
+  }
+
+  /** Before each frame: the program (fill or outline), the window, the label opacity and the textures, as the
+   * shader reads them. */
   prepare(): void {
     if (!this.active || !this.texture || !this.programs) return
     const nv = this.nv as any
@@ -162,17 +240,22 @@ export class SliceShader {
     if (!vol) return
     const shader = this.labelOutline ? this.programs.outline : this.programs.fill
     nv.customSliceShader = shader
-    const gl: WebGL2RenderingContext = nv.gl
+    const gl = this.gl
     gl.useProgram(shader.program)
     const u = (name: string) => gl.getUniformLocation(shader.program, name)
-    gl.uniform1i(u('intensity'), UNIT)
-    gl.uniform1f(u('overlays'), nv.volumes.length - 1)
+    gl.uniform1i(u('intensity'), INTENSITY_UNIT)
+    gl.uniform1i(u('labelMap'), LABEL_UNIT)
+    gl.uniform1i(u('labelLut'), LUT_UNIT)
+    gl.uniform1i(u('hasLabels'), this.labels && this.lut ? 1 : 0)
     gl.uniformMatrix4fv(u('rasToStored'), false, this.rasToStored)
+    gl.uniform3i(u('storedAxis'), this.storedAxis[0], this.storedAxis[1], this.storedAxis[2])
     gl.uniform1f(u('calMin'), vol.cal_min)
     gl.uniform1f(u('calMax'), vol.cal_max)
     gl.uniform1f(u('labelOpacity'), this.labelOpacity)
-    gl.activeTexture(gl.TEXTURE0 + UNIT)
-    gl.bindTexture(gl.TEXTURE_3D, this.texture)
+    const bind = (unit: number, target: number, t: WebGLTexture | null) => { gl.activeTexture(gl.TEXTURE0 + unit); gl.bindTexture(target, t) }
+    bind(INTENSITY_UNIT, gl.TEXTURE_3D, this.texture)
+    bind(LABEL_UNIT, gl.TEXTURE_3D, this.labels)
+    bind(LUT_UNIT, gl.TEXTURE_2D, this.lut)
     gl.activeTexture(gl.TEXTURE0)
   }
 }
