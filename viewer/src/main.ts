@@ -238,6 +238,7 @@ class Viewer {
 
   async start(): Promise<void> {
     await this.nv.attachToCanvas(this.canvas)
+    this.slices.compile()
     this.nv.onLocationChange = () => this.showInfo()
     const draw = this.nv.drawScene.bind(this.nv)
     ;(this.nv as any).drawScene = () => {

@@ -124,26 +124,30 @@ export class SliceShader {
     const usable = !rgb && !nv.opts.is2DSliceShader && hdr.datatypeCode !== 128 && hdr.datatypeCode !== 2304 &&
       Math.max(dims[1], dims[2], dims[3]) <= max3D && vol.img !== undefined
     if (usable) this.upload(vol)
-    if (usable && !this.programs) {
-      // NiiVue compiles each (with its own vertex shader) and sets its texture units; keep both, swap in prepare
-      nv.setCustomSliceShader(OUTLINE)
-      const outline = nv.customSliceShader
-      nv.customSliceShader = null // so that the next call does not delete it
-      nv.setCustomSliceShader(FILL)
-      this.programs = { fill: nv.customSliceShader, outline }
-      for (const shader of [outline, nv.customSliceShader]) { // a sampler left on unit 0 makes every draw fail
-        gl.useProgram(shader.program)
-        gl.uniform1i(gl.getUniformLocation(shader.program, 'intensity'), INTENSITY_UNIT)
-        gl.uniform1i(gl.getUniformLocation(shader.program, 'labelMap'), LABEL_UNIT)
-        gl.uniform1i(gl.getUniformLocation(shader.program, 'labelLut'), LUT_UNIT)
-      }
-    }
-    if (usable !== this.active) {
-      this.active = usable
-      nv.customSliceShader = usable ? this.programs!.fill : null
-      nv.updateGLVolume()
-    }
+    this.active = usable && this.programs !== null
+    // no NiiVue pass needed: the next frame draws with the program (prepare)
+    nv.customSliceShader = this.active ? this.programs!.fill : null
     return usable
+  }
+
+  /** Compile the fill and outline programs, once, before any study is open (each compile makes NiiVue run
+   * updateGLVolume, which costs nothing without volumes but hundreds of ms in a software renderer with one). */
+  compile(): void {
+    const nv = this.nv as any
+    const gl = this.gl
+    // NiiVue compiles each (with its own vertex shader) and sets its texture units; keep both, swap in prepare
+    nv.setCustomSliceShader(OUTLINE)
+    const outline = nv.customSliceShader
+    nv.customSliceShader = null // so that the next call does not delete it
+    nv.setCustomSliceShader(FILL)
+    this.programs = { fill: nv.customSliceShader, outline }
+    nv.customSliceShader = null // NiiVue's own until a study can use them (attach)
+    for (const shader of [this.programs.fill, this.programs.outline]) { // a sampler left on unit 0 fails each draw
+      gl.useProgram(shader.program)
+      gl.uniform1i(gl.getUniformLocation(shader.program, 'intensity'), INTENSITY_UNIT)
+      gl.uniform1i(gl.getUniformLocation(shader.program, 'labelMap'), LABEL_UNIT)
+      gl.uniform1i(gl.getUniformLocation(shader.program, 'labelLut'), LUT_UNIT)
+    }
   }
 
   texture3D(unit: number, format: number, dims: number[], filter: number): WebGLTexture {
