@@ -269,7 +269,8 @@ def test_a_click_sends_one_label_plane_to_the_gpu_and_fetches_no_label_map(brows
         return v.inFlight === 0 && !v.reloading && h && JSON.parse(h.dataset.state).rev === v.rev }"""
     page.wait_for_function(settled, timeout=TIMEOUT_MS)
     page.evaluate("""() => { const nv = medsegViewer.nv; window.passes = 0;  // updateGLVolume calls it per layer
-        const one = nv.refreshLayers.bind(nv); nv.refreshLayers = (v, l) => { window.passes++; return one(v, l) } }""")
+        const one = nv.refreshLayers.bind(nv); nv.refreshLayers = (v, l) => { window.passes++; return one(v, l) }
+        window.uploads = [medsegViewer.slices.planeUploads, medsegViewer.slices.fullUploads] }""")
     fetched = []
     page.on("request", lambda r: fetched.append(r.url) if "/viewer-api/labels/" in r.url else None)
     for x, y in REFINE[:3]:
@@ -277,18 +278,67 @@ def test_a_click_sends_one_label_plane_to_the_gpu_and_fetches_no_label_map(brows
         _idle(page)
         page.wait_for_function(settled, timeout=TIMEOUT_MS)  # the page's sync after the click has landed
     assert fetched == [], f"{len(fetched)} fetches of the whole label map for 3 clicks"
-    # layer passes on the GPU: the label layer's, once a click (updateGLVolume would be 2: the image's too)
-    assert page.evaluate("window.passes") == 3, "one layer pass a click (its label plane), no more"
+    # what goes to the GPU: the answer's label plane, once a click, into the viewer's label texture; no layer pass
+    # of NiiVue's (its label layer was a pass over the whole label map a click, the image's a second)
+    assert page.evaluate("window.passes") == 0
+    assert page.evaluate("""() => [medsegViewer.slices.planeUploads - window.uploads[0],
+        medsegViewer.slices.fullUploads - window.uploads[1]]""") == [3, 0]
     assert _browser_labels(page) == _server_counts(server.labels(sid))
-    # and the label layer refreshed alone draws what NiiVue's full refresh of every layer draws
+    # and the planes drawn equal the whole label map uploaded again, and NiiVue's full refresh of every layer
     shown = _canvas(page)
+    page.evaluate("medsegViewer.slices.uploadLabels(medsegViewer.labelsVol.img); medsegViewer.nv.drawScene()")
+    np.testing.assert_array_equal(_canvas(page), shown)
     page.evaluate("medsegViewer.nv.updateGLVolume()")
     np.testing.assert_array_equal(_canvas(page), shown)
-    # so does a window/level change, which refreshes the image layer alone and skips its 3D gradient (three views)
+    # so does a window/level change, two uniforms of the viewer's slice shader (three views)
     page.evaluate("medsegViewer.toggleLayout(); medsegViewer.applyWindow({ level: 60, width: 120 })")
     shown = _canvas(page)
     page.evaluate("medsegViewer.nv.updateGLVolume()")
     np.testing.assert_array_equal(_canvas(page), shown)
+    context.close()
+
+
+def test_outline_draws_a_one_slice_label_as_its_border(browser, server, ct):
+    """Outline mode did not draw a label that lies on one slice only (none of its border showed): NiiVue's
+    atlas outline works in 3D, and every voxel of such a label has an empty neighbour before and after its
+    slice. The outline is now taken in the plane shown: the label's border voxels are drawn, its inside shows
+    the image as with the label hidden."""
+    from scipy import ndimage
+
+    context, page, sid = _open_page(browser, server)
+    _open_sample(page)
+    page.mouse.click(*_xy(page, ct, *INSIDE))  # one click: a mask on the shown coronal slice only
+    _idle(page)
+    labels = server.labels(sid)
+    assert labels.ndim == 3
+    on = [s for s in range(labels.shape[0]) if labels[s].any()]
+    assert on == [int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+    mask = labels[on[0]] == 1
+    inside = ndimage.binary_erosion(mask, iterations=2)
+    border = mask & ~ndimage.binary_erosion(mask)
+    assert inside.sum() > 20 and border.sum() > 20
+    box = page.locator("#viewer-canvas").bounding_box()
+
+    def at(canvas: np.ndarray, where: np.ndarray) -> np.ndarray:
+        ys, xs = np.nonzero(where)
+        out = []
+        for y, x in zip(ys, xs):
+            sx, sy = _xy(page, ct, float(x), float(y))
+            out.append(canvas[int(round(sy - box["y"])), int(round(sx - box["x"]))].astype(int))
+        return np.array(out)
+
+    # the pictures without the point's marker and the crosshair, which sit on the label
+    page.evaluate("""() => { document.querySelector('#viewer-overlay').style.visibility = 'hidden'
+        medsegViewer.nv.opts.crosshairWidth = 0; medsegViewer.nv.drawScene() }""")
+    filled = _canvas(page)
+    page.keyboard.press("o")
+    outline = _canvas(page)
+    page.keyboard.press("h")  # the label hidden: the image alone
+    hidden = _canvas(page)
+    assert np.abs(at(filled, inside) - at(hidden, inside)).max(axis=1).min() > 10, "fill mode shows the label"
+    assert np.abs(at(outline, inside) - at(hidden, inside)).max() <= 2, "outline mode drew inside the label"
+    drawn = np.abs(at(outline, border) - at(hidden, border)).max(axis=1) > 30
+    assert drawn.mean() > 0.9, f"outline mode drew {drawn.mean():.0%} of the label's border"
     context.close()
 
 
@@ -421,7 +471,7 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     page.keyboard.press("h")
     assert page.evaluate("medsegViewer.labelsVol.colormapLabel.lut[7]") == 255
     page.keyboard.press("o")
-    assert page.evaluate("medsegViewer.nv.opts.atlasOutline") == 1
+    assert page.evaluate("medsegViewer.outline") is True  # what it draws: test_outline_draws_a_one_slice_label_as_its_border
     page.keyboard.press("o")
     (shots / "ui_paging.json").write_text(json.dumps({
         "frame_ms": page.evaluate("medsegViewer.frameTimes.slice()"), "key_to_key_s": paging_s}))

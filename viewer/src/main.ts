@@ -4,6 +4,7 @@
 // the HttpOnly session cookie (same origin); this script never sees a token or a session id.
 import { Niivue, NVImage, SLICE_TYPE, DRAG_MODE, SHOW_RENDER, MULTIPLANAR_TYPE } from '@niivue/niivue'
 import './viewer.css'
+import { SliceShader } from './slice_shader'
 
 type LabelDef = { value: number; name: string; colour: string }
 type ObjectMarks = { view: string; index: number; points: { mm: number[]; positive: boolean }[]; box: number[][] | null }
@@ -62,6 +63,17 @@ function hexToRgb(hex: string): number[] {
   return [parseInt(h.slice(0, 2), 16), parseInt(h.slice(2, 4), 16), parseInt(h.slice(4, 6), 16)]
 }
 
+/** Base64 to bytes: the browser's own decoder where it has one; else a plain loop (Uint8Array.from with a
+ * mapping callback took ~15 ms for a 256x256 uint16 plane on the loaded 2-core machine). */
+function base64Bytes(data: string): Uint8Array {
+  const native = (Uint8Array as any).fromBase64
+  if (typeof native === 'function') return native(data)
+  const s = atob(data)
+  const out = new Uint8Array(s.length)
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i)
+  return out
+}
+
 function el<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, text = ''): HTMLElementTagNameMap[K] {
   const e = document.createElement(tag)
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v)
@@ -71,6 +83,7 @@ function el<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string,
 
 class Viewer {
   nv: Niivue
+  slices: SliceShader
   root: HTMLElement
   stage: HTMLElement
   canvas: HTMLCanvasElement
@@ -110,6 +123,7 @@ class Viewer {
   reloading: Promise<void> | null = null
   reloadWanted = false
   look = ''  // the label look last sent to the GPU (applyLabelLook) and the layer it went to
+  shownLook = ''  // the label opacity and outline last drawn by the viewer's slice shader (uniforms)
   lookOf: NVImage | null = null
   statusSeq = 0  // bumped by every message shown: a late "Ready" never hides a newer one
   userActs = 0  // the user's key and pointer presses anywhere on the page
@@ -213,6 +227,7 @@ class Viewer {
         centerButton: DRAG_MODE.pan,
       },
     } as any)
+    this.slices = new SliceShader(this.nv)
     this.setTool('point')
     // registered before the viewer's own key and mouse handlers: a press counts before its message shows
     for (const type of ['pointerdown', 'keydown']) {
@@ -223,10 +238,12 @@ class Viewer {
 
   async start(): Promise<void> {
     await this.nv.attachToCanvas(this.canvas)
+    this.slices.compile()
     this.nv.onLocationChange = () => this.showInfo()
     const draw = this.nv.drawScene.bind(this.nv)
     ;(this.nv as any).drawScene = () => {
       const t0 = performance.now()
+      this.slices.prepare()
       const out = draw()
       this.drawOverlay()
       this.frameTimes.push(performance.now() - t0)
@@ -320,6 +337,7 @@ class Viewer {
       while (nv.volumes.length) nv.removeVolume(nv.volumes[nv.volumes.length - 1])
       this.labelsVol = null
       await nv.loadVolumes([{ url: this.url(`volume/${s.study}.nii.gz`), name: 'study.nii.gz' } as any])
+      this.slices.attach(nv.volumes[0], !!s.rgb)
       this.rev = -1
       await this.reloadLabels()
       this.currentView = s.view || 'axial'
@@ -376,9 +394,10 @@ class Viewer {
     if (this.labelsVol && this.labelsVol.img && vol.img && this.labelsVol.img.length === vol.img.length) {
       (this.labelsVol.img as any).set(vol.img as any)
     } else {
-      if (this.labelsVol) this.nv.removeVolume(this.labelsVol)
+      if (this.labelsVol && this.nv.volumes.includes(this.labelsVol)) this.nv.removeVolume(this.labelsVol)
       this.labelsVol = vol
-      this.nv.addVolume(vol)
+      // the viewer's slice shader draws the labels from its own texture (applyLabelLook uploads them)
+      if (!this.slices.active) this.nv.addVolume(vol)
     }
     this.rev = rev
     this.root.setAttribute('data-rev', String(rev))
@@ -386,14 +405,20 @@ class Viewer {
   }
 
   /** The label layer's colours, visibility, outline and opacity. Each page state calls it, but the GPU
-   * pass (NiiVue's updateGLVolume, hundreds of ms in a software renderer) runs only when the look changed
-   * or ``upload`` asks for the label voxels to go to the GPU again. */
+   * pass (NiiVue's refresh of the label layer, hundreds of ms in a software renderer) runs only when the look
+   * changed or ``upload`` asks for the label voxels to go to the GPU again. With the viewer's slice shader
+   * (slice_shader.ts) the opacity and the outline are uniforms: changing them costs one frame. */
   applyLabelLook(upload = false): void {
     const vol = this.labelsVol
     const labels = this.state?.labels ?? []
     if (!vol) return
-    const look = JSON.stringify([labels, [...this.hidden].sort(), this.outline, this.opacity])
-    if (!upload && vol === this.lookOf && look === this.look) { this.renderLegend(); return }
+    const own = this.slices.active
+    const look = JSON.stringify(own ? [labels, [...this.hidden].sort(), 'own'] : [labels, [...this.hidden].sort(), this.outline, this.opacity])
+    if (!upload && vol === this.lookOf && look === this.look) {
+      if (own) this.drawLabelUniforms()
+      this.renderLegend()
+      return
+    }
     traceMark('labelLook')
     this.lookOf = vol
     this.look = look
@@ -405,12 +430,35 @@ class Viewer {
       R.push(r); G.push(g); B.push(b); A.push(this.hidden.has(v) ? 0 : 255); I.push(v); names.push(d?.name ?? String(v))
     }
     vol.setColormapLabel({ R, G, B, A, I, labels: names } as any)
-    vol.opacity = this.outline ? 0 : this.opacity // outline: borders opaque, the inside clear
-    // the option itself: NiiVue's setAtlasOutline runs updateGLVolume on its own, a second full pass
-    ;(this.nv.opts as any).atlasOutline = this.outline ? 1 : 0
-    ;(this.nv.opts as any).atlasActiveIndex = 0
-    this.nv.updateGLVolume()
+    if (own) {
+      // the viewer's textures: the label values (uploaded when asked) and a colour per value; the shader applies
+      // the opacity and draws the outline
+      const lut = new Uint8Array((max + 1) * 4)
+      for (let v = 1; v <= max; v++) lut.set([R[v], G[v], B[v], A[v]], v * 4)
+      this.slices.setColours(lut)
+      if (upload) this.slices.uploadLabels(vol.img as Uint16Array)
+      this.slices.labelOpacity = this.opacity
+      this.slices.labelOutline = this.outline
+      this.shownLook = JSON.stringify([this.opacity, this.outline])
+      this.nv.drawScene()
+    } else {
+      vol.opacity = this.outline ? 0 : this.opacity // outline: borders opaque, the inside clear
+      // the option itself: NiiVue's setAtlasOutline runs updateGLVolume on its own, a second full pass
+      ;(this.nv.opts as any).atlasOutline = this.outline ? 1 : 0
+      ;(this.nv.opts as any).atlasActiveIndex = 0
+      this.nv.updateGLVolume()
+    }
     this.renderLegend()
+  }
+
+  /** The label opacity and outline of the viewer's slice shader: one frame when they changed, else nothing. */
+  drawLabelUniforms(): void {
+    const shown = JSON.stringify([this.opacity, this.outline])
+    if (shown === this.shownLook) return
+    this.shownLook = shown
+    this.slices.labelOpacity = this.opacity
+    this.slices.labelOutline = this.outline
+    this.nv.drawScene()
   }
 
   applyWindow(w: { level: number; width: number }): void {
@@ -420,6 +468,12 @@ class Viewer {
     if (Math.abs(vol.cal_min! - lo) < 1e-6 && Math.abs(vol.cal_max! - hi) < 1e-6) return
     vol.cal_min = lo
     vol.cal_max = hi
+    if (this.slices.active) {
+      // the viewer's slice shader windows the study's values itself (two uniforms): one frame, no texture pass
+      this.nv.drawScene()
+      this.showInfo()
+      return
+    }
     // NiiVue's own contrast path (its windowing drag): the image layer alone is drawn into its texture again;
     // updateGLVolume would redo the label layer too (a pass over the whole label map for nothing). Without the
     // 3D gradient (vite.config.js): only volume rendering reads it, never shown here, and it was most of the cost.
@@ -844,8 +898,7 @@ class Viewer {
 
   writePatch(p: { axis: number; index: number; shape: number[]; data: string }): void {
     const vol = this.labelsVol!
-    const raw = Uint8Array.from(atob(p.data), (c) => c.charCodeAt(0))
-    const values = new Uint16Array(raw.buffer)
+    const values = new Uint16Array(base64Bytes(p.data).buffer)
     const img = vol.img as any
     const hdr = vol.hdr!
     const ni = hdr.dims[1], nj = hdr.dims[2]
@@ -857,7 +910,11 @@ class Viewer {
     } else {
       for (let k = 0; k < a; k++) for (let j = 0; j < b; j++) img[k * ni * nj + j * ni + p.index] = values[k * b + j]
     }
-    this.refreshLabels()
+    if (this.slices.active) {
+      // the viewer's label texture: this plane alone goes to the GPU, then one frame
+      this.slices.uploadPlane(p.axis, p.index, values)
+      this.nv.drawScene()
+    } else this.refreshLabels()
   }
 
   /** Upload the patched labels and redraw: the label layer alone (NiiVue's refreshLayers on layer 1). Its
