@@ -215,12 +215,17 @@ def main() -> int:
                     help="encode the CT's planes once before the clock, shared by every session (clicks only)")
     ap.add_argument("--prefetch-radius", type=int, default=0,
                     help="neighbouring planes encoded in the background after each prompt (the server's default: 1)")
+    ap.add_argument("--switch-interval-ms", type=float, default=None,
+                    help="the interpreter's thread switch interval (sys.setswitchinterval; Python's default 5 ms)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     rows = []
     for w in (float(v) for v in args.windows.split(",")):
         rows.append(run(args.device, w, args.sessions, args.seconds, args.think, args.seed, args.preencode,
                         args.prefetch_radius))
+        rows[-1]["switch_interval_ms"] = sys.getswitchinterval() * 1000.0
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
