@@ -69,12 +69,12 @@ def _load_fp16(name: str, path: str, device: str) -> Segmenter:
 @functools.lru_cache(maxsize=8)
 def _load_onnx(name: str, path: str, device: str, backend: str) -> Segmenter:
     from runtime.onnx_backend import OnnxSegmenter
-    from runtime.onnx_quant import FAST_EXPORT_BACKENDS
+    from runtime.onnx_quant import FAST_DECODER_BACKENDS
     from runtime.threads import decoder_threads
 
     base = _load_torch(name, path, "cpu")
     encoder, decoder = onnx_files(base, path, backend)
-    if backend not in FAST_EXPORT_BACKENDS:
+    if backend not in FAST_DECODER_BACKENDS:
         return OnnxSegmenter(base, encoder, decoder, device=device, label=backend)
     decoder, refiner = fast_decoder_files(base, path)
     threads = decoder_threads() if device == "cpu" else None

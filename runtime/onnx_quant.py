@@ -110,6 +110,12 @@ BACKEND_RECIPES: dict[str, str] = {
 }
 # backends whose int8 encoder is quantized from ``encoder-fast.onnx`` instead of ``encoder.onnx``
 FAST_EXPORT_BACKENDS = frozenset({"onnx-int8-fast"})
+# backends whose decoders (the base one and the click model's refiner) run the exports of
+# ``runtime.onnx_decoder_export``: the int8 ones, which are chosen for speed. The decoders are fp32 whatever the
+# encoder's recipe, and their masks are the torch modules' (0 pixels differ on the 42 shared slices); without them
+# a click-model click ran the torch refiner: 55-63 ms against ~29 ms on 2 cores (session 9, where the rule picks
+# ``onnx-int8-all``). ``onnx`` keeps ``decoder.onnx``, the plain export of the parity tests.
+FAST_DECODER_BACKENDS = frozenset(BACKEND_RECIPES)
 
 
 def int8_dot_saturates() -> bool:

@@ -240,6 +240,31 @@ def test_medseg_eval_runs_the_int8_all_backend(litemedsam, onnx_int8_all, tmp_pa
     assert any(c != 0 for c in changes)  # int8 really ran (fp32 ONNX equals torch to 1e-4)
 
 
+def test_int8_all_runs_a_click_models_click_in_onnx_runtime(onnx_int8_all):
+    """Where the rule picks ``onnx-int8-all`` (CPUs with VNNI), a corrective click runs the click model's refiner
+    exported for ONNX Runtime, not the torch refiner (which took 55-63 ms a click on 2 cores against ~29 ms,
+    docs/benchmarks.md section J), and answers the torch refiner's mask on a real slice."""
+    import dataclasses
+
+    from evaluation.clicks import box_from_mask, next_click
+    from evaluation.manifest import CaseLoader, read_manifest
+    from tests.conftest import DATA
+
+    assert onnx_int8_all.refiner is not None and onnx_int8_all.decoder_path.name == "decoder-fast.onnx"
+    specs, _ = read_manifest(DATA / "manifest.csv")
+    case = CaseLoader(DATA / "manifest.csv").load(next(s for s in specs if s.case_id.endswith("thalamus_L_k004")))
+    emb = onnx_int8_all.embed(case.image)
+    same = dataclasses.replace(emb, model_name=onnx_int8_all.base.name)
+    box = Prompts(box=box_from_mask(case.gt, 5))
+    boxed = onnx_int8_all.base.predict(same, box)
+    fix = next_click(case.gt, boxed.best_mask)
+    click = Prompts(points=np.array([[fix.x, fix.y]], np.float32), point_labels=np.array([int(fix.positive)]),
+                    box=box.box, mask_logits=boxed.best_logits)
+    ours, torch_refiner = onnx_int8_all.predict(emb, click), onnx_int8_all.base.predict(same, click)
+    np.testing.assert_allclose(ours.low_res_logits, torch_refiner.low_res_logits, rtol=1e-4, atol=2e-4)
+    assert (ours.masks != torch_refiner.masks).mean() <= 1e-4
+
+
 # --- onnx-int8-fast: the same int8 layers in an encoder graph rewritten for ORT on the CPU ------
 def test_fast_encoder_export_keeps_the_fp32_embedding(litemedsam, onnx_litemedsam, onnx_int8_fast, golden):
     """runtime/onnx_fast_export.py changes the graph (q, k, v apart, scale folded, neck in token layout,
