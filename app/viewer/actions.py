@@ -243,6 +243,9 @@ def suggestion(ctx: AppContext, session: Session) -> dict[str, Any] | None:
             "positive": s.positive, "score": round(s.score, 3)}
 
 
+READY = "Ready: the slice is encoded."
+
+
 def encode_shown(ctx: AppContext, session: Session) -> str:
     """Encode the shown plane now (so the next prompt only runs the decoder).
 
@@ -257,7 +260,18 @@ def encode_shown(ctx: AppContext, session: Session) -> str:
             return ""
     with ctx.runner.turn():
         ctx.runner.embedding(session, view, index)
-    return "Ready: the slice is encoded."
+    return READY
+
+
+def shown_is_encoded(session: Session) -> bool:
+    """Whether the shown plane has its embedding, whoever encoded it. A study's first "Ready" must not depend
+    on who encoded first: the page's warm-up (``controller.warm``) often does, and then :func:`encode_shown`
+    has no news, so a viewer that waited for its news never said "Ready" (the e2e flake of session 8)."""
+    with session.lock:
+        if session.volume is None:
+            return False
+        view, index = session.view.view, session.view.index[session.view.view]
+        return (session.model, view, int(index)) in interaction.embeddings_of(session)
 
 
 def patch(session: Session, view: str | None, index: int | None) -> dict[str, Any] | None:

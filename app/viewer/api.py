@@ -113,9 +113,11 @@ def routes(ctx: AppContext) -> list:
     @router.post(API_URL + "/encode")
     def post_encode(request: Request):
         try:
+            session = session_of(request)
             with trace.span("encode"):
-                return JSONResponse({"ok": True, "status": actions.encode_shown(ctx, session_of(request))},
-                                    headers=no_store)
+                status = actions.encode_shown(ctx, session)
+            return JSONResponse({"ok": True, "status": status, "encoded": actions.shown_is_encoded(session),
+                                 "ready": actions.READY}, headers=no_store)
         except Exception as e:  # noqa: BLE001
             return fail(e, sid_or_none(request))
 

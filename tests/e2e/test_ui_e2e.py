@@ -479,6 +479,29 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     context.close()
 
 
+def test_a_study_says_ready_when_the_pages_warm_up_encoded_its_slice_first(browser, server):
+    """The viewer says "Ready" once the shown slice is encoded, also when the page's warm-up
+    (``controller.warm``, run after every open) encoded it before the viewer asked. Here the volume's download
+    is held until the warm-up has encoded the slice, so the viewer always asks second. Before the fix its
+    encode request had no news to give and the viewer never said "Ready" (the "never Ready" flake of
+    session 8, which appeared when the warm-up won the race)."""
+    from app.viewer import actions
+
+    context, page, sid = _open_page(browser, server)
+
+    def hold_until_encoded(route) -> None:
+        session, deadline = server.store.peek(sid), time.monotonic() + TIMEOUT_MS / 1000
+        while not (session is not None and actions.shown_is_encoded(session)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            session = session or server.store.peek(sid)
+        route.continue_()
+
+    page.route("**/viewer-api/volume/**", hold_until_encoded)
+    _open_sample(page)  # raises "never showed as ready" without the fix
+    assert "Ready: the slice is encoded" in page.locator("#viewer-status").inner_text()
+    context.close()
+
+
 def test_an_error_stays_until_the_user_acts(browser, server):
     """Issue 19: an error stays until the user's next action. The news that the slice is encoded comes
     when the encode ends, unasked; when it came after a bad width (here: the model is held meanwhile,

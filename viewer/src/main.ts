@@ -126,6 +126,9 @@ class Viewer {
   shownLook = ''  // the label opacity and outline last drawn by the viewer's slice shader (uniforms)
   lookOf: NVImage | null = null
   statusSeq = 0  // bumped by every message shown: a late "Ready" never hides a newer one
+  // a study just loaded: say "Ready" once its shown slice is encoded, whoever encoded it (the page's warm-up
+  // often wins, and then the encode request has no news of its own: the "never Ready" flake)
+  readyWanted = false
   userActs = 0  // the user's key and pointer presses anywhere on the page
   errorAt = -1  // userActs when the error shown appeared (-1: no error shown)
   statusHost: Element | null = null
@@ -352,6 +355,7 @@ class Viewer {
       this.showInfo()
       this.showStatus(`${s.name ?? 'Study'} in the viewer. Click on a structure or drag a box.`)
       this.root.setAttribute('data-study', s.study || '')
+      this.readyWanted = true
       this.requestEncode()
     } catch (e) {
       this.showError(`could not load the study into the viewer: ${e}`)
@@ -611,7 +615,9 @@ class Viewer {
       .then(async (r) => {
         const a = await r.json()
         traceMark('encode.received')
-        if (a.ok && a.status && this.inFlight === 0 && this.statusSeq === shown) this.addReady(a.status)
+        if (!a.ok || this.inFlight !== 0) return
+        if (this.readyWanted && a.encoded) { this.readyWanted = false; this.addReady(a.status || a.ready) }
+        else if (a.status && this.statusSeq === shown) this.addReady(a.status)
       })
       .catch(() => undefined)
       .finally(() => {
@@ -846,6 +852,7 @@ class Viewer {
   enqueue(body: any, pending: Pending | null = null, quiet = false): void {
     if (!this.state?.study) return
     const t0 = performance.now()
+    if (!quiet) this.readyWanted = false  // the prompt's own answer is the news now
     this.inFlight++
     this.root.setAttribute('data-busy', String(this.inFlight))
     const id = String(++traceSeq)
@@ -876,7 +883,7 @@ class Viewer {
         if (this.inFlight === 0) {
           if (this.state && this.state.rev > this.rev && this.study === this.state.study) this.reloadLabels()
           if (!quiet || body.kind === 'window') this.syncPage()
-          if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box') this.requestEncode()
+          if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box' || this.readyWanted) this.requestEncode()
         }
       }
     })
