@@ -217,8 +217,10 @@ def test_encoding_the_shown_slice_is_news_only_when_it_encoded(ctx, opened):
     """The viewer asks to encode the shown slice after every prompt; for a slice already encoded the
     answer's "Ready" replaced the prompt's own message ("Negative click ...", seen in the e2e flow)."""
     opened.view.index["coronal"] = 8  # a slice no test has encoded yet
+    assert not actions.shown_is_encoded(opened)
     assert actions.encode_shown(ctx, opened) == "Ready: the slice is encoded."
     assert actions.encode_shown(ctx, opened) == ""  # already encoded: nothing to say
+    assert actions.shown_is_encoded(opened)  # but the viewer can still tell that it is (a study's first Ready)
     opened.view.index["coronal"] = 7
 
 
