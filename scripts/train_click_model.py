@@ -59,7 +59,8 @@ def evaluate(seg, cases: list[dict]) -> dict:
         emb = seg.embed(case["image"])
         for proto in PROTOCOLS:
             steps = simulate(lambda p, mm: seg.predict(emb, p, multimask_output=mm), case["gt"], parse_protocol(proto),
-                             margin=5, jitter=0, rng=case_rng(0, case["case_id"]), feed_logits=True)
+                             margin=5, jitter=0, rng=case_rng(0, case["case_id"]), feed_logits=True,
+                             spacing=case_spacing(case))
             out.setdefault(proto, {}).setdefault(case["set"], []).append([dice(s.mask, case["gt"]) for s in steps])
     return out
 
@@ -70,9 +71,16 @@ def masks_of(seg, cases: list[dict]) -> list[np.ndarray]:
         emb = seg.embed(case["image"])
         for proto in PROTOCOLS:
             steps = simulate(lambda p, mm: seg.predict(emb, p, multimask_output=mm), case["gt"], parse_protocol(proto),
-                             margin=5, jitter=0, rng=case_rng(0, case["case_id"]), feed_logits=True)
+                             margin=5, jitter=0, rng=case_rng(0, case["case_id"]), feed_logits=True,
+                             spacing=case_spacing(case))
             res.extend(s.mask for s in steps)
     return res
+
+
+def case_spacing(case: dict) -> tuple[float, float] | None:
+    """The case's (row, col) mm, as ``medseg eval`` passes it (points alone become boxes of physical sizes);
+    None (1 mm) for an ``eval_slices.npz`` written before it carried the spacing."""
+    return tuple(case["spacing"]) if case.get("spacing") is not None else None
 
 
 def load_eval(path: Path) -> list[dict]:
