@@ -62,6 +62,10 @@ class ClickTrainSettings:
     seed: int = 0
     device: str = "cpu"
     points_large_share: float | None = None  # share of point sessions on a large structure; None: LARGE_SHARE
+    # each training point session's pixel spacing x a factor log-uniform in [lo, hi] (validation: the geometric
+    # middle): (1, 1) the slice's physical spacing; > 1 makes the mm boxes smaller against the macaque's anatomy,
+    # as they are against a human's (a human brain is ~2.4 x a macaque's in length; docs/clicks.md)
+    point_mm_scale: tuple[float, float] = (1.0, 1.0)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -218,6 +222,7 @@ class ClickTrainer:
         self.seg, self.slices, self.s, self.pool = segmenter, slices, settings, pool
         self.large_share = LARGE_SHARE
         self.candidate_dice = math.nan  # the last point sessions' chosen candidates, before the refiner
+        self.validating = False  # validation sessions: the slices' own spacing, the validation structures
         self.device = torch.device(settings.device)
         model = segmenter.model
         self.refiner = ClickRefiner(model.prompt_encoder, model.mask_decoder, scope="prompts").to(self.device)
@@ -250,13 +255,21 @@ class ClickTrainer:
             raise failed
         return torch.cat([a[0] for a in answers]).float().to(self.device)
 
+    def point_mm_factor(self, rng: np.random.Generator) -> float:
+        """The factor on a point session's pixel spacing: log-uniform in ``point_mm_scale`` (no draw for
+        (1, 1): the default run's random stream is unchanged); validation takes the range's geometric middle."""
+        lo, hi = self.s.point_mm_scale
+        if self.validating or lo == hi:
+            return math.sqrt(lo * hi)
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
     def _session(self, idx: list[int], kind: str, rng: np.random.Generator, grad: bool = True):
         """Run one batch of sessions; -> (mean loss over steps, per-step Dice lists)."""
         dev = self.device
         feats = self.features[idx]
         gts, valids, values, boxes, points, masks_in = [], [], [], None, [[] for _ in idx], None
         large_share = self.large_share
-        if kind == "points" and self.s.points_large_share is not None and self.large_share > 0:  # not in validation
+        if kind == "points" and self.s.points_large_share is not None and not self.validating:
             large_share = self.s.points_large_share
         for b, i in enumerate(idx):
             sl = self.slices[i]
@@ -289,7 +302,8 @@ class ClickTrainer:
                 points[b] = [(float(x), float(y), int(l)) for (x, y), l in zip(pts, labs)]
                 if sl.spacing is None:
                     raise ValueError("point sessions need each slice's pixel spacing: volume_slices(..., spacing=)")
-                prompts.append(Prompts(points=pts, point_labels=labs, pixel_spacing=sl.spacing))
+                f = self.point_mm_factor(rng)
+                prompts.append(Prompts(points=pts, point_labels=labs, pixel_spacing=(sl.spacing[0] * f, sl.spacing[1] * f)))
             masks_in = self.point_candidates(idx, prompts)  # the chosen candidate, as at inference
             cand = (masks_in[:, 0] > 0).cpu().numpy() & (valid_t > 0).cpu().numpy()
             self.candidate_dice = float(np.mean(_dices(cand, gt_np)))
@@ -392,11 +406,11 @@ class ClickTrainer:
         out = {}
         for kind in SESSION_KINDS:
             rng = np.random.default_rng([self.s.seed, 99, SESSION_KINDS.index(kind)])
-            saved, self.structures, self.large_share = self.structures, self.val_structures, 0.0
+            saved, self.structures, self.large_share, self.validating = self.structures, self.val_structures, 0.0, True
             try:
                 _, dices = self._session(self.val_idx, kind, rng, grad=False)
             finally:
-                self.structures, self.large_share = saved, LARGE_SHARE
+                self.structures, self.large_share, self.validating = saved, LARGE_SHARE, False
             out[f"val_{kind}_first"] = float(np.mean(dices[0]))
             out[f"val_{kind}_last"] = float(np.mean(dices[-1]))
             if kind == "points":  # the chosen candidate before the refiner: what the refiner adds to

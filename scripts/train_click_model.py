@@ -131,6 +131,9 @@ def main() -> int:
                    help="evaluate only the first N cases of each held-out set (smoke runs)")
     p.add_argument("--points-large-share", type=float, default=None,
                    help="share of the point sessions that prompt a large structure (default: as the others, 0.3)")
+    p.add_argument("--point-mm-scale", type=float, nargs=2, default=(1.0, 1.0), metavar=("LO", "HI"),
+                   help="each point session's pixel spacing x a log-uniform factor in [LO, HI] (default 1 1: the "
+                        "slices' physical spacing; validation uses sqrt(LO x HI))")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     logf = open(args.out / "train_log.txt", "w")
@@ -160,7 +163,8 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     val_labels = set(int(v) for v in rng.choice(all_labels, int(len(all_labels) * args.val_fraction), replace=False))
     settings = ClickTrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_minutes=args.minutes,
-                                  seed=args.seed, device=args.device, points_large_share=args.points_large_share)
+                                  seed=args.seed, device=args.device, points_large_share=args.points_large_share,
+                                  point_mm_scale=tuple(args.point_mm_scale))
     trainer = ClickTrainer(base, slices, settings, exclude=val_labels, pool=pool)
     # validation: original (variant 0) slices holding a held-out structure, every 4th, at most 48
     val_idx = [i for i, s in enumerate(slices) if s.volume_key[0] == 0 and s.k % 4 == 2
@@ -219,7 +223,8 @@ def main() -> int:
                                "sha256": hashlib.sha256((args.data / "train_inia19.npz").read_bytes()).hexdigest()},
         "validation": {"heldout_inia19_labels": sorted(val_labels), "best_step": trainer.best_step,
                        **{k: v for k, v in history[-1].items() if k.startswith("val_") or k == "score"}},
-        "training": {**asdict(settings), "kind_weights": list(settings.kind_weights), "slices": len(slices),
+        "training": {**asdict(settings), "kind_weights": list(settings.kind_weights),
+                     "point_mm_scale": list(settings.point_mm_scale), "slices": len(slices),
                      "point_sessions": point_route_record(vol["spacing"], slices),
                      "command": "python scripts/train_click_model.py " + " ".join(sys.argv[1:]),
                      "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"},

@@ -4,6 +4,8 @@ the points alone, which no inference prompt sends it), and a box alone never rea
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +70,25 @@ def _spy(monkeypatch) -> list[tuple]:
     return calls
 
 
+def _assert_refiner_got_point_prompts_candidates(trainer, seg, call, scale: float) -> None:
+    """``call`` (points, boxes, masks) to the refiner: for each session, masks = the candidate that
+    ``models.point_prompts`` chooses for its points at the slice's spacing x ``scale``, on the segmenter's
+    own embedding of the slice (the inference path; the slice is the "original" image here)."""
+    points, boxes, masks = call
+    assert boxes is None and masks is not None, "points alone reach the refiner with the chosen candidate only"
+    for b, sl in enumerate(trainer.slices):
+        keep = points[1][b] >= 0  # padding rows are SAM's "not a point" (-1)
+        pts, labels = points[0][b][keep].numpy(), points[1][b][keep].numpy()
+        emb = seg.embed(sl.image)
+        spacing = (sl.spacing[0] * scale, sl.spacing[1] * scale)
+        low, _, _ = point_prompts.decode_points(seg, emb, Prompts(points=pts, point_labels=labels, pixel_spacing=spacing),
+                                                False, refine="none")
+        torch.testing.assert_close(masks[b : b + 1], low.float(), atol=2e-3, rtol=0)
+        # and not some other candidate: at 1 mm the boxes (and the masks) would differ
+        other, _, _ = point_prompts.decode_points(seg, emb, Prompts(points=pts, point_labels=labels), False, refine="none")
+        assert (masks[b] - other[0]).abs().max() > 1e-2
+
+
 @needs_data
 def test_a_point_session_feeds_the_refiner_the_candidate_inference_chooses(trainer, litemedsam_base, monkeypatch):
     calls = _spy(monkeypatch)
@@ -75,22 +96,21 @@ def test_a_point_session_feeds_the_refiner_the_candidate_inference_chooses(train
     for seed in range(3):  # the sessions' point counts and positions vary with the seed
         calls.clear()
         trainer._session(idx, "points", np.random.default_rng(seed), grad=False)
-        points, boxes, masks = calls[0]
-        assert boxes is None and masks is not None, "points alone reach the refiner with the chosen candidate only"
-        for b, i in enumerate(idx):
-            sl = trainer.slices[i]
-            keep = points[1][b] >= 0  # padding rows are SAM's "not a point" (-1)
-            prompts = Prompts(points=points[0][b][keep].numpy(), point_labels=points[1][b][keep].numpy(),
-                              pixel_spacing=sl.spacing)
-            # the inference path on its own embedding of the slice (the slice is the "original" image here)
-            emb = litemedsam_base.embed(sl.image)
-            low, _, _ = point_prompts.decode_points(litemedsam_base, emb, prompts, False, refine="none")
-            torch.testing.assert_close(masks[b : b + 1], low.float(), atol=2e-3, rtol=0)
-            # and not some other candidate: at 1 mm the boxes (and the masks) would differ
-            other, _, _ = point_prompts.decode_points(litemedsam_base, emb,
-                                                      Prompts(points=prompts.points, point_labels=prompts.point_labels),
-                                                      False, refine="none")
-            assert (masks[b] - other[0]).abs().max() > 1e-2
+        _assert_refiner_got_point_prompts_candidates(trainer, litemedsam_base, calls[0], 1.0)
+
+
+@needs_data
+def test_point_mm_scale_multiplies_the_spacing_of_training_and_validation_sessions(trainer, litemedsam_base, monkeypatch):
+    calls = _spy(monkeypatch)
+    idx = list(range(len(trainer.slices)))
+    monkeypatch.setattr(trainer, "s", dataclasses.replace(trainer.s, point_mm_scale=(2.0, 2.0)))
+    trainer._session(idx, "points", np.random.default_rng(5), grad=False)
+    _assert_refiner_got_point_prompts_candidates(trainer, litemedsam_base, calls[0], 2.0)
+    calls.clear()  # validation: the range's geometric middle, whatever the draw
+    monkeypatch.setattr(trainer, "s", dataclasses.replace(trainer.s, point_mm_scale=(1.0, 4.0)))
+    monkeypatch.setattr(trainer, "validating", True)
+    trainer._session(idx, "points", np.random.default_rng(5), grad=False)
+    _assert_refiner_got_point_prompts_candidates(trainer, litemedsam_base, calls[0], 2.0)
 
 
 @needs_data
