@@ -14,7 +14,11 @@ the largest error region, ``evaluation.clicks.next_click``, or a random wrong pi
 with the points accumulated and the previous logits fed back, as ``medseg eval`` does:
 
 * ``box``: the frozen base decoder's box mask (margin 0-10 px, jitter 3), then 5 clicks;
-* ``points``: one positive point (or ``points:N``'s N/2 positive + N/2 negative points), no mask;
+* ``points``: one positive point (or ``points:N``'s N/2 positive + N/2 negative points), answered as at
+  inference (``models.point_prompts``): box candidates of 5/10/20 mm around the positives (the slice's
+  pixel spacing: the volume's voxel size scaled by the resize to 256), the frozen base decoder segments
+  each, its predicted IoU picks one, and the refiner gets the points with that candidate's low-res
+  logits as the mask prompt; then 0-5 clicks;
 * ``neighbour``: the mask of a slice 1-4 voxels away as the mask prompt (the base model's box
   prediction there, or its label as +-8 logits), with that mask's box half the time: what 3D
   propagation passes on (issue 21).
@@ -34,8 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models import point_prompts
 from models.batched_decode import decode_batched, refine_batched
 from models.click_refiner import ClickRefiner
+from models.prompts import Prompts
+from models.segmenter import Embedding
 from evaluation.clicks import Click, box_from_mask, next_click, sample_points
 
 SESSION_KINDS = ("box", "points", "neighbour")
@@ -54,6 +61,11 @@ class ClickTrainSettings:
     val_every: int = 200
     seed: int = 0
     device: str = "cpu"
+    points_large_share: float | None = None  # share of point sessions on a large structure; None: LARGE_SHARE
+    # each training point session's pixel spacing x a factor log-uniform in [lo, hi] (validation: the geometric
+    # middle): (1, 1) the slice's physical spacing; > 1 makes the mm boxes smaller against the macaque's anatomy,
+    # as they are against a human's (a human brain is ~2.4 x a macaque's in length; docs/clicks.md)
+    point_mm_scale: tuple[float, float] = (1.0, 1.0)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -63,6 +75,7 @@ class TrainSlice:
     labels: np.ndarray  # (h, w) int32; -1 = the brain mask's own code
     volume_key: tuple[int, str]  # (variant, view): neighbours share it
     k: int
+    spacing: tuple[float, float] | None = None  # (row, col) mm per pixel of the resized slice; None: unknown
 
 
 def resize_longest(image: np.ndarray, labels: np.ndarray, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +88,13 @@ def resize_longest(image: np.ndarray, labels: np.ndarray, size: int = 256) -> tu
             cv2.resize(labels.astype(np.int32), (nw, nh), interpolation=cv2.INTER_NEAREST))
 
 
-def volume_slices(image: np.ndarray, labels: np.ndarray, brain: np.ndarray, *, min_brain_px: int = 800) -> list[TrainSlice]:
-    """Every slice of the three views (and their left-right mirror, a gamma variant) with enough brain."""
+def volume_slices(image: np.ndarray, labels: np.ndarray, brain: np.ndarray, *, min_brain_px: int = 800,
+                  spacing: tuple[float, float, float] | np.ndarray | None = None) -> list[TrainSlice]:
+    """Every slice of the three views (and their left-right mirror, a gamma variant) with enough brain.
+
+    ``spacing``: the volume's mm per voxel along its three axes; each slice then carries its own (row, col)
+    mm after the resize (INIA19's 0.5 mm becomes 0.5 x 206 / 256 = 0.40 mm on an axial slice), which the
+    point sessions' physical candidate boxes need."""
     axes = {"axial": (0, 1, 2), "coronal": (0, 2, 1), "sagittal": (1, 2, 0)}
     out = []
     lab = np.where(brain & (labels == 0), -1, labels).astype(np.int32)  # brain voxels without a label still count as brain
@@ -86,7 +104,11 @@ def volume_slices(image: np.ndarray, labels: np.ndarray, brain: np.ndarray, *, m
             im2, la2 = np.rot90(img_v[:, :, k]), np.rot90(lab_v[:, :, k])
             if (la2 != 0).sum() < min_brain_px / 4:
                 continue
+            h0, w0 = im2.shape
             im2, la2 = resize_longest(np.ascontiguousarray(im2), np.ascontiguousarray(la2))
+            mm = None
+            if spacing is not None:  # rot90: rows run along the view's second axis, columns along its first
+                mm = (float(spacing[ax[1]]) * h0 / im2.shape[0], float(spacing[ax[0]]) * w0 / im2.shape[1])
             if (la2 != 0).sum() < min_brain_px:
                 continue
             for variant, (flip, gamma) in enumerate(((False, 1.0), (True, 1.0), (False, 0.75), (True, 1.35))):
@@ -94,7 +116,7 @@ def volume_slices(image: np.ndarray, labels: np.ndarray, brain: np.ndarray, *, m
                 la3 = la2[:, ::-1] if flip else la2
                 if gamma != 1.0:
                     im3 = np.rint(255.0 * (im3 / 255.0) ** gamma).astype(np.uint8)
-                out.append(TrainSlice(np.ascontiguousarray(im3), np.ascontiguousarray(la3), (variant, view), k))
+                out.append(TrainSlice(np.ascontiguousarray(im3), np.ascontiguousarray(la3), (variant, view), k, mm))
     return out
 
 
@@ -199,6 +221,8 @@ class ClickTrainer:
     def __init__(self, segmenter, slices: list[TrainSlice], settings: ClickTrainSettings, exclude: set[int], pool=None):
         self.seg, self.slices, self.s, self.pool = segmenter, slices, settings, pool
         self.large_share = LARGE_SHARE
+        self.candidate_dice = math.nan  # the last point sessions' chosen candidates, before the refiner
+        self.validating = False  # validation sessions: the slices' own spacing, the validation structures
         self.device = torch.device(settings.device)
         model = segmenter.model
         self.refiner = ClickRefiner(model.prompt_encoder, model.mask_decoder, scope="prompts").to(self.device)
@@ -216,14 +240,40 @@ class ClickTrainer:
             feats.append(f.float())
         return torch.cat(feats)
 
+    @torch.no_grad()
+    def point_candidates(self, idx: list[int], prompts: list[Prompts]) -> torch.Tensor:
+        """(B, 1, 256, 256): for each slice's points alone, the low-res logits of the box candidate that
+        inference would pass to the refiner as the mask prompt. ``models.point_prompts`` itself, on the
+        frozen base decoder (``refine="none"``: the refiner's turn is the training step's), with the
+        slice as the original image: the slices are already at the model's input size, so prompts and
+        boxes map to the model frame unchanged, as at inference they map from the original pixels."""
+        embs = [Embedding(self.features[i : i + 1], self.slices[i].labels.shape,
+                          self.seg.geometry.input_size(self.slices[i].labels.shape), self.seg.name) for i in idx]
+        answers = point_prompts.decode_points_many(self.seg, embs, prompts, False, refine="none")
+        failed = next((a for a in answers if isinstance(a, Exception)), None)
+        if failed is not None:
+            raise failed
+        return torch.cat([a[0] for a in answers]).float().to(self.device)
+
+    def point_mm_factor(self, rng: np.random.Generator) -> float:
+        """The factor on a point session's pixel spacing: log-uniform in ``point_mm_scale`` (no draw for
+        (1, 1): the default run's random stream is unchanged); validation takes the range's geometric middle."""
+        lo, hi = self.s.point_mm_scale
+        if self.validating or lo == hi:
+            return math.sqrt(lo * hi)
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
     def _session(self, idx: list[int], kind: str, rng: np.random.Generator, grad: bool = True):
         """Run one batch of sessions; -> (mean loss over steps, per-step Dice lists)."""
         dev = self.device
         feats = self.features[idx]
         gts, valids, values, boxes, points, masks_in = [], [], [], None, [[] for _ in idx], None
+        large_share = self.large_share
+        if kind == "points" and self.s.points_large_share is not None and not self.validating:
+            large_share = self.s.points_large_share
         for b, i in enumerate(idx):
             sl = self.slices[i]
-            value = draw_structure(self.structures[i], rng, self.large_share)
+            value = draw_structure(self.structures[i], rng, large_share)
             values.append(value)
             gts.append(pad_to(structure_mask(sl.labels, value)))
             valids.append(pad_to(np.ones(sl.labels.shape, bool)))
@@ -243,11 +293,20 @@ class ClickTrainer:
             masks_in = low.float()
             n_clicks = self.s.clicks
         elif kind == "points":
+            prompts = []
             for b, g in enumerate(gt_np):
                 n = 1 if rng.random() < 0.6 else int(rng.integers(2, 6))
-                h, w = self.slices[idx[b]].labels.shape
+                sl = self.slices[idx[b]]
+                h, w = sl.labels.shape
                 pts, labs = sample_points(g[:h, :w], n, rng)  # negatives inside the slice, not in the padding
                 points[b] = [(float(x), float(y), int(l)) for (x, y), l in zip(pts, labs)]
+                if sl.spacing is None:
+                    raise ValueError("point sessions need each slice's pixel spacing: volume_slices(..., spacing=)")
+                f = self.point_mm_factor(rng)
+                prompts.append(Prompts(points=pts, point_labels=labs, pixel_spacing=(sl.spacing[0] * f, sl.spacing[1] * f)))
+            masks_in = self.point_candidates(idx, prompts)  # the chosen candidate, as at inference
+            cand = (masks_in[:, 0] > 0).cpu().numpy() & (valid_t > 0).cpu().numpy()
+            self.candidate_dice = float(np.mean(_dices(cand, gt_np)))
             n_clicks = int(rng.integers(0, self.s.clicks + 1))
         else:
             neigh = []
@@ -325,7 +384,7 @@ class ClickTrainer:
             row = {"step": step + 1, "kind": kind, "loss": float(loss.detach()), "lr": lr, "elapsed_s": time.perf_counter() - t0,
                    "dice_first": float(np.mean(dices[0])), "dice_last": float(np.mean(dices[-1]))}
             history.append(row)
-            if (step + 1) % 20 == 0:
+            if (step + 1) % 20 == 0 or s.steps <= 20:  # every step of a smoke run
                 log(json.dumps(row))
             out_of_time = budget is not None and time.perf_counter() - t0 >= budget
             if (step + 1) % s.val_every == 0 or step + 1 == s.steps or out_of_time:
@@ -347,13 +406,15 @@ class ClickTrainer:
         out = {}
         for kind in SESSION_KINDS:
             rng = np.random.default_rng([self.s.seed, 99, SESSION_KINDS.index(kind)])
-            saved, self.structures, self.large_share = self.structures, self.val_structures, 0.0
+            saved, self.structures, self.large_share, self.validating = self.structures, self.val_structures, 0.0, True
             try:
                 _, dices = self._session(self.val_idx, kind, rng, grad=False)
             finally:
-                self.structures, self.large_share = saved, LARGE_SHARE
+                self.structures, self.large_share, self.validating = saved, LARGE_SHARE, False
             out[f"val_{kind}_first"] = float(np.mean(dices[0]))
             out[f"val_{kind}_last"] = float(np.mean(dices[-1]))
+            if kind == "points":  # the chosen candidate before the refiner: what the refiner adds to
+                out["val_points_candidate"] = self.candidate_dice
         out["score"] = float(np.mean([out["val_box_last"] - out["val_box_first"], out["val_points_first"],
                                       out["val_points_last"], out["val_neighbour_first"]]))
         return out

@@ -15,7 +15,7 @@ Subjects (every one a public registry package; see docs/clicks.md):
 Writes into ``--out`` (git-ignored ``weights/devdata/click_model``): ``train_inia19.npz`` (the
 windowed uint8 volume + int16 labels, the GPU trainer's only input), the two held-out manifests
 with their NIfTI views, ``eval_slices.npz`` (every held-out case as the 2D uint8 slice and mask that
-``medseg eval`` loads, for the GPU machine, which has no SimpleITK), and ``sources.json``
+``medseg eval`` loads, with its pixel spacing, for the GPU machine, which has no SimpleITK), and ``sources.json``
 (package, version, path inside, sha256 of every file used).
 
     apt-get download mricron-data && dpkg-deb -x mricron-data_*.deb /tmp/mricron
@@ -64,16 +64,19 @@ def prepare_inia19(templates: Path, out: Path, sources: list[dict]) -> None:
     import nibabel as nib
 
     t1_path, lab_path = templates / "inia19-t1-brain.nii.gz", templates / "inia19-NeuroMaps.nii.gz"
-    t1 = np.asarray(nib.load(t1_path).dataobj, dtype=np.float32)
+    t1_img = nib.load(t1_path)
+    t1 = np.asarray(t1_img.dataobj, dtype=np.float32)
     labels = np.asarray(nib.load(lab_path).dataobj).astype(np.int16)
+    spacing = np.asarray(t1_img.header.get_zooms()[:3], np.float32)  # mm per voxel along the array axes (0.5)
     if t1.shape != labels.shape:
         raise SystemExit(f"{templates}: INIA19 image {t1.shape} and labels {labels.shape} differ")
     image, lo, hi = window_uint8(t1)
-    np.savez_compressed(out / "train_inia19.npz", image=image, labels=labels, brain=(t1 > 0))
+    # spacing: the point sessions' candidate boxes are physical sizes, as at inference (adapters.click_train)
+    np.savez_compressed(out / "train_inia19.npz", image=image, labels=labels, brain=(t1 > 0), spacing=spacing)
     for path in (t1_path, lab_path):
         sources.append({"use": "train", "subject": "INIA19 macaque template", "package": MRICRON[0],
                         "version": MRICRON[1], "path": f"usr/share/mricron/templates/{path.name}", "sha256": sha256(path)})
-    print(f"INIA19: {image.shape}, window {lo:.1f}..{hi:.1f}, {len(np.unique(labels)) - 1} labels")
+    print(f"INIA19: {image.shape}, {spacing.tolist()} mm, window {lo:.1f}..{hi:.1f}, {len(np.unique(labels)) - 1} labels")
 
 
 def _fill(mask2d: np.ndarray) -> np.ndarray:
@@ -171,7 +174,8 @@ def export_eval_slices(manifests: dict[str, Path], out: Path) -> None:
             i = len(index)
             arrays[f"image_{i}"] = case.image[..., 0] if (case.image[..., :1] == case.image).all() else case.image
             arrays[f"gt_{i}"] = case.gt
-            index.append({"set": set_name, "case_id": spec.case_id, "structure": spec.structure})
+            index.append({"set": set_name, "case_id": spec.case_id, "structure": spec.structure,
+                          "spacing": [float(v) for v in case.spacing]})  # (row, col) mm: medseg eval passes it
     np.savez_compressed(out / "eval_slices.npz", index=json.dumps(index), **arrays)
     print(f"eval slices: {len(index)} cases")
 

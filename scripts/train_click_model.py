@@ -59,7 +59,8 @@ def evaluate(seg, cases: list[dict]) -> dict:
         emb = seg.embed(case["image"])
         for proto in PROTOCOLS:
             steps = simulate(lambda p, mm: seg.predict(emb, p, multimask_output=mm), case["gt"], parse_protocol(proto),
-                             margin=5, jitter=0, rng=case_rng(0, case["case_id"]), feed_logits=True)
+                             margin=5, jitter=0, rng=case_rng(0, case["case_id"]), feed_logits=True,
+                             spacing=case_spacing(case))
             out.setdefault(proto, {}).setdefault(case["set"], []).append([dice(s.mask, case["gt"]) for s in steps])
     return out
 
@@ -70,9 +71,40 @@ def masks_of(seg, cases: list[dict]) -> list[np.ndarray]:
         emb = seg.embed(case["image"])
         for proto in PROTOCOLS:
             steps = simulate(lambda p, mm: seg.predict(emb, p, multimask_output=mm), case["gt"], parse_protocol(proto),
-                             margin=5, jitter=0, rng=case_rng(0, case["case_id"]), feed_logits=True)
+                             margin=5, jitter=0, rng=case_rng(0, case["case_id"]), feed_logits=True,
+                             spacing=case_spacing(case))
             res.extend(s.mask for s in steps)
     return res
+
+
+def case_spacing(case: dict) -> tuple[float, float] | None:
+    """The case's (row, col) mm, as ``medseg eval`` passes it (points alone become boxes of physical sizes);
+    None (1 mm) for an ``eval_slices.npz`` written before it carried the spacing."""
+    return tuple(case["spacing"]) if case.get("spacing") is not None else None
+
+
+def point_route_record(volume_spacing, slices) -> dict:
+    """How the point sessions made their candidates (adapters.click_train.ClickTrainer.point_candidates)."""
+    from models import point_prompts
+
+    per_view = {}
+    for s in slices:
+        per_view.setdefault(s.volume_key[1], [round(v, 4) for v in s.spacing])
+    return {"route": "models.point_prompts.decode_points_many(refine='none') on the base decoder; the chosen "
+                     "candidate's low-res logits + the points to the refiner",
+            "half_sides_mm": list(point_prompts.HALF_SIDES_MM), "chooser": point_prompts.choice(),
+            "grow_steps": point_prompts.GROW_STEPS, "volume_spacing_mm": [float(v) for v in volume_spacing],
+            "slice_spacing_mm_after_resize": per_view}
+
+
+def first_per_set(cases: list[dict], n: int) -> list[dict]:
+    """The first ``n`` cases of each held-out set: a smoke run still prints every set's row."""
+    out, seen = [], {}
+    for case in cases:
+        seen[case["set"]] = seen.get(case["set"], 0) + 1
+        if seen[case["set"]] <= n:
+            out.append(case)
+    return out
 
 
 def load_eval(path: Path) -> list[dict]:
@@ -95,7 +127,13 @@ def main() -> int:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--workers", type=int, default=12, help="processes that simulate the clicks")
     p.add_argument("--slice-stride", type=int, default=1, help="keep every N-th training slice (CPU smoke runs)")
-    p.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N held-out cases (smoke runs)")
+    p.add_argument("--eval-limit", type=int, default=None,
+                   help="evaluate only the first N cases of each held-out set (smoke runs)")
+    p.add_argument("--points-large-share", type=float, default=None,
+                   help="share of the point sessions that prompt a large structure (default: as the others, 0.3)")
+    p.add_argument("--point-mm-scale", type=float, nargs=2, default=(1.0, 1.0), metavar=("LO", "HI"),
+                   help="each point session's pixel spacing x a log-uniform factor in [LO, HI] (default 1 1: the "
+                        "slices' physical spacing; validation uses sqrt(LO x HI))")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     logf = open(args.out / "train_log.txt", "w")
@@ -116,13 +154,17 @@ def main() -> int:
 
     base_sha = sha256_of(ckpt or get_spec("litemedsam-base").default_checkpoint)
     vol = np.load(args.data / "train_inia19.npz")
+    if "spacing" not in vol.files:
+        raise SystemExit(f"{args.data / 'train_inia19.npz'} has no voxel spacing (the point sessions' mm boxes need it): "
+                         "run scripts/prepare_click_data.py again")
     t0 = time.perf_counter()
-    slices = volume_slices(vol["image"], vol["labels"], vol["brain"])[:: args.slice_stride]
+    slices = volume_slices(vol["image"], vol["labels"], vol["brain"], spacing=vol["spacing"])[:: args.slice_stride]
     all_labels = sorted({v for s in slices for v in structures_on(s.labels) if v > 0})
     rng = np.random.default_rng(args.seed)
     val_labels = set(int(v) for v in rng.choice(all_labels, int(len(all_labels) * args.val_fraction), replace=False))
     settings = ClickTrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_minutes=args.minutes,
-                                  seed=args.seed, device=args.device)
+                                  seed=args.seed, device=args.device, points_large_share=args.points_large_share,
+                                  point_mm_scale=tuple(args.point_mm_scale))
     trainer = ClickTrainer(base, slices, settings, exclude=val_labels, pool=pool)
     # validation: original (variant 0) slices holding a held-out structure, every 4th, at most 48
     val_idx = [i for i, s in enumerate(slices) if s.volume_key[0] == 0 and s.k % 4 == 2
@@ -136,7 +178,9 @@ def main() -> int:
     log(f"trained {max(r['step'] for r in history)} steps in {time.perf_counter() - t0:.0f} s; best validation at step {trainer.best_step}")
 
     # fp16 if it changes no mask of the held-out evaluation
-    cases = load_eval(args.data / "eval_slices.npz")[: args.eval_limit]
+    cases = load_eval(args.data / "eval_slices.npz")
+    if args.eval_limit is not None:
+        cases = first_per_set(cases, args.eval_limit)
     import copy
 
     click = copy.copy(base)  # a new model object: the base's own model must stay without a refiner
@@ -179,7 +223,9 @@ def main() -> int:
                                "sha256": hashlib.sha256((args.data / "train_inia19.npz").read_bytes()).hexdigest()},
         "validation": {"heldout_inia19_labels": sorted(val_labels), "best_step": trainer.best_step,
                        **{k: v for k, v in history[-1].items() if k.startswith("val_") or k == "score"}},
-        "training": {**asdict(settings), "kind_weights": list(settings.kind_weights), "slices": len(slices),
+        "training": {**asdict(settings), "kind_weights": list(settings.kind_weights),
+                     "point_mm_scale": list(settings.point_mm_scale), "slices": len(slices),
+                     "point_sessions": point_route_record(vol["spacing"], slices),
                      "command": "python scripts/train_click_model.py " + " ".join(sys.argv[1:]),
                      "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"},
         "heldout_summary": summary,

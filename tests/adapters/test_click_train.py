@@ -1,0 +1,123 @@
+"""The click model's trainer (adapters/click_train.py) runs the prompts inference runs: a point session's
+refiner gets the box candidate that ``models.point_prompts`` chooses at inference as its mask prompt (not
+the points alone, which no inference prompt sends it), and a box alone never reaches the refiner."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import adapters.click_train as ct
+from adapters.click_train import ClickTrainer, ClickTrainSettings, TrainSlice, resize_longest, volume_slices
+from evaluation.manifest import CaseLoader, read_manifest
+from models import point_prompts
+from models.prompts import Prompts
+from models.registry import get_spec
+from tests.conftest import DATA
+
+MANIFEST = DATA / "manifest.csv"
+# a small, a middle-sized and a large structure of the shared set (1 mm MR, 0.96 mm CT)
+CASES = ("mr_t1_colin27_slabA_caudate_L_k011", "mr_t1_colin27_slabA_thalamus_R_k017", "ct_head_0051_slabA_head_k009")
+
+needs_data = pytest.mark.skipif(not get_spec("litemedsam").available() or not MANIFEST.is_file(),
+                                reason="needs weights/lite_medsam.pth and shared/data")
+
+
+def test_slices_carry_their_pixel_spacing_after_the_resize():
+    """The point sessions' candidate boxes are millimetres: each training slice's spacing is the volume's
+    voxel size scaled by its resize to 256 (rows and columns from the right axes of each view)."""
+    shape, spacing = (40, 100, 20), (1.0, 2.0, 3.0)
+    image = np.full(shape, 100, np.uint8)
+    labels = np.ones(shape, np.int16)
+    slices = volume_slices(image, labels, labels > 0, min_brain_px=1, spacing=spacing)
+    got = {s.volume_key[1]: (s.labels.shape, s.spacing) for s in slices}
+    # axial (0, 1, 2): a 40 x 100 slice, rot90 -> 100 rows along axis 1 (2 mm) x 40 columns along axis 0 (1 mm)
+    (h, w), (row_mm, col_mm) = got["axial"]
+    assert (h, w) == (256, 102) and row_mm == pytest.approx(2.0 * 100 / 256) and col_mm == pytest.approx(1.0 * 40 / 102)
+    # sagittal (1, 2, 0): 100 x 20 -> rot90 -> 20 rows along axis 2 (3 mm) x 100 columns along axis 1 (2 mm)
+    (h, w), (row_mm, col_mm) = got["sagittal"]
+    assert (h, w) == (51, 256) and row_mm == pytest.approx(3.0 * 20 / 51) and col_mm == pytest.approx(2.0 * 100 / 256)
+    assert all(s.spacing is None for s in volume_slices(image, labels, labels > 0, min_brain_px=1))
+
+
+@pytest.fixture(scope="module")
+def trainer(litemedsam_base):
+    specs, _ = read_manifest(MANIFEST)
+    loader = CaseLoader(MANIFEST)
+    slices = []
+    for k, spec in enumerate(s for s in specs if s.case_id in CASES):
+        case = loader.load(spec)
+        h, w = case.gt.shape
+        image, labels = resize_longest(case.image[..., 0], case.gt.astype(np.int32))
+        spacing = (case.spacing[0] * h / image.shape[0], case.spacing[1] * w / image.shape[1])
+        slices.append(TrainSlice(image, labels, (0, "axial"), k, spacing))
+    settings = ClickTrainSettings(batch_size=len(slices), clicks=1, device="cpu")
+    return ClickTrainer(litemedsam_base, slices, settings, exclude=set())
+
+
+def _spy(monkeypatch) -> list[tuple]:
+    calls: list[tuple] = []
+    real = ct.refine_batched
+
+    def spy(refiner, features, points, boxes, masks):
+        calls.append((points, boxes, masks))
+        return real(refiner, features, points, boxes, masks)
+
+    monkeypatch.setattr(ct, "refine_batched", spy)
+    return calls
+
+
+def _assert_refiner_got_point_prompts_candidates(trainer, seg, call, scale: float) -> None:
+    """``call`` (points, boxes, masks) to the refiner: for each session, masks = the candidate that
+    ``models.point_prompts`` chooses for its points at the slice's spacing x ``scale``, on the segmenter's
+    own embedding of the slice (the inference path; the slice is the "original" image here)."""
+    points, boxes, masks = call
+    assert boxes is None and masks is not None, "points alone reach the refiner with the chosen candidate only"
+    for b, sl in enumerate(trainer.slices):
+        keep = points[1][b] >= 0  # padding rows are SAM's "not a point" (-1)
+        pts, labels = points[0][b][keep].numpy(), points[1][b][keep].numpy()
+        emb = seg.embed(sl.image)
+        spacing = (sl.spacing[0] * scale, sl.spacing[1] * scale)
+        low, _, _ = point_prompts.decode_points(seg, emb, Prompts(points=pts, point_labels=labels, pixel_spacing=spacing),
+                                                False, refine="none")
+        torch.testing.assert_close(masks[b : b + 1], low.float(), atol=2e-3, rtol=0)
+        # and not some other candidate: at 1 mm the boxes (and the masks) would differ
+        other, _, _ = point_prompts.decode_points(seg, emb, Prompts(points=pts, point_labels=labels), False, refine="none")
+        assert (masks[b] - other[0]).abs().max() > 1e-2
+
+
+@needs_data
+def test_a_point_session_feeds_the_refiner_the_candidate_inference_chooses(trainer, litemedsam_base, monkeypatch):
+    calls = _spy(monkeypatch)
+    idx = list(range(len(trainer.slices)))
+    for seed in range(3):  # the sessions' point counts and positions vary with the seed
+        calls.clear()
+        trainer._session(idx, "points", np.random.default_rng(seed), grad=False)
+        _assert_refiner_got_point_prompts_candidates(trainer, litemedsam_base, calls[0], 1.0)
+
+
+@needs_data
+def test_point_mm_scale_multiplies_the_spacing_of_training_and_validation_sessions(trainer, litemedsam_base, monkeypatch):
+    calls = _spy(monkeypatch)
+    idx = list(range(len(trainer.slices)))
+    monkeypatch.setattr(trainer, "s", dataclasses.replace(trainer.s, point_mm_scale=(2.0, 2.0)))
+    trainer._session(idx, "points", np.random.default_rng(5), grad=False)
+    _assert_refiner_got_point_prompts_candidates(trainer, litemedsam_base, calls[0], 2.0)
+    calls.clear()  # validation: the range's geometric middle, whatever the draw
+    monkeypatch.setattr(trainer, "s", dataclasses.replace(trainer.s, point_mm_scale=(1.0, 4.0)))
+    monkeypatch.setattr(trainer, "validating", True)
+    trainer._session(idx, "points", np.random.default_rng(5), grad=False)
+    _assert_refiner_got_point_prompts_candidates(trainer, litemedsam_base, calls[0], 2.0)
+
+
+@needs_data
+def test_a_box_alone_never_reaches_the_refiner_in_training(trainer, monkeypatch):
+    calls = _spy(monkeypatch)
+    idx = list(range(len(trainer.slices)))
+    _, dices = trainer._session(idx, "box", np.random.default_rng(0), grad=False)
+    assert len(dices) == 2 and len(calls) == 1  # the box step is the base decoder's; the click is refined
+    points, boxes, masks = calls[0]
+    assert points is not None and boxes is not None and masks is not None
