@@ -64,7 +64,7 @@ class ClickTrainSettings:
     points_large_share: float | None = None  # share of point sessions on a large structure; None: LARGE_SHARE
     # each training point session's pixel spacing x a factor log-uniform in [lo, hi] (validation: the geometric
     # middle): (1, 1) the slice's physical spacing; > 1 makes the mm boxes smaller against the macaque's anatomy,
-    # as they are against a human's (a human brain is ~2.4 x a macaque's in length; docs/clicks.md)
+    # as they are against a human's (a human brain is ~2.2 x INIA19's in length; docs/clicks.md)
     point_mm_scale: tuple[float, float] = (1.0, 1.0)
 
 
@@ -222,7 +222,7 @@ class ClickTrainer:
         self.seg, self.slices, self.s, self.pool = segmenter, slices, settings, pool
         self.large_share = LARGE_SHARE
         self.candidate_dice = math.nan  # the last point sessions' chosen candidates, before the refiner
-        self.validating = False  # validation sessions: the slices' own spacing, the validation structures
+        self.validating = False  # validation sessions: the middle of point_mm_scale, the validation structures
         self.device = torch.device(settings.device)
         model = segmenter.model
         self.refiner = ClickRefiner(model.prompt_encoder, model.mask_decoder, scope="prompts").to(self.device)
@@ -303,7 +303,8 @@ class ClickTrainer:
                 if sl.spacing is None:
                     raise ValueError("point sessions need each slice's pixel spacing: volume_slices(..., spacing=)")
                 f = self.point_mm_factor(rng)
-                prompts.append(Prompts(points=pts, point_labels=labs, pixel_spacing=(sl.spacing[0] * f, sl.spacing[1] * f)))
+                spacing = (sl.spacing[0] * f, sl.spacing[1] * f)
+                prompts.append(Prompts(points=pts, point_labels=labs, pixel_spacing=spacing))
             masks_in = self.point_candidates(idx, prompts)  # the chosen candidate, as at inference
             cand = (masks_in[:, 0] > 0).cpu().numpy() & (valid_t > 0).cpu().numpy()
             self.candidate_dice = float(np.mean(_dices(cand, gt_np)))

@@ -85,8 +85,8 @@ def main() -> int:
         rng = np.random.default_rng([0, i])
         pts, labs = sample_points(gt, 1, rng)
         emb = seg.embed(z[f"image_{i}"])
-        low, _, _ = point_prompts.decode_points(seg, emb, Prompts(points=pts, point_labels=labs,
-                                                                  pixel_spacing=tuple(row["spacing"])), False, refine="none")
+        prompts = Prompts(points=pts, point_labels=labs, pixel_spacing=tuple(row["spacing"]))
+        low, _, _ = point_prompts.decode_points(seg, emb, prompts, False, refine="none")
         mask = seg.to_result(emb, low, torch.zeros(1, 1)).masks[0]
         per_set.setdefault(row["set"], ([], []))[0].append(mask)
         per_set[row["set"]][1].append(gt)

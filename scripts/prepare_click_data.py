@@ -76,7 +76,8 @@ def prepare_inia19(templates: Path, out: Path, sources: list[dict]) -> None:
     for path in (t1_path, lab_path):
         sources.append({"use": "train", "subject": "INIA19 macaque template", "package": MRICRON[0],
                         "version": MRICRON[1], "path": f"usr/share/mricron/templates/{path.name}", "sha256": sha256(path)})
-    print(f"INIA19: {image.shape}, {spacing.tolist()} mm, window {lo:.1f}..{hi:.1f}, {len(np.unique(labels)) - 1} labels")
+    print(f"INIA19: {image.shape}, {spacing.tolist()} mm, window {lo:.1f}..{hi:.1f}, "
+          f"{len(np.unique(labels)) - 1} labels")
 
 
 def _fill(mask2d: np.ndarray) -> np.ndarray:

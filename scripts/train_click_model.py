@@ -155,8 +155,8 @@ def main() -> int:
     base_sha = sha256_of(ckpt or get_spec("litemedsam-base").default_checkpoint)
     vol = np.load(args.data / "train_inia19.npz")
     if "spacing" not in vol.files:
-        raise SystemExit(f"{args.data / 'train_inia19.npz'} has no voxel spacing (the point sessions' mm boxes need it): "
-                         "run scripts/prepare_click_data.py again")
+        raise SystemExit(f"{args.data / 'train_inia19.npz'} has no voxel spacing (the point sessions' mm boxes "
+                         "need it): run scripts/prepare_click_data.py again")
     t0 = time.perf_counter()
     slices = volume_slices(vol["image"], vol["labels"], vol["brain"], spacing=vol["spacing"])[:: args.slice_stride]
     all_labels = sorted({v for s in slices for v in structures_on(s.labels) if v > 0})

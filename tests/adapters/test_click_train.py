@@ -81,11 +81,12 @@ def _assert_refiner_got_point_prompts_candidates(trainer, seg, call, scale: floa
         pts, labels = points[0][b][keep].numpy(), points[1][b][keep].numpy()
         emb = seg.embed(sl.image)
         spacing = (sl.spacing[0] * scale, sl.spacing[1] * scale)
-        low, _, _ = point_prompts.decode_points(seg, emb, Prompts(points=pts, point_labels=labels, pixel_spacing=spacing),
-                                                False, refine="none")
+        prompts = Prompts(points=pts, point_labels=labels, pixel_spacing=spacing)
+        low, _, _ = point_prompts.decode_points(seg, emb, prompts, False, refine="none")
         torch.testing.assert_close(masks[b : b + 1], low.float(), atol=2e-3, rtol=0)
         # and not some other candidate: at 1 mm the boxes (and the masks) would differ
-        other, _, _ = point_prompts.decode_points(seg, emb, Prompts(points=pts, point_labels=labels), False, refine="none")
+        at_1mm = Prompts(points=pts, point_labels=labels)
+        other, _, _ = point_prompts.decode_points(seg, emb, at_1mm, False, refine="none")
         assert (masks[b] - other[0]).abs().max() > 1e-2
 
 
@@ -100,7 +101,8 @@ def test_a_point_session_feeds_the_refiner_the_candidate_inference_chooses(train
 
 
 @needs_data
-def test_point_mm_scale_multiplies_the_spacing_of_training_and_validation_sessions(trainer, litemedsam_base, monkeypatch):
+def test_point_mm_scale_multiplies_the_spacing_of_training_and_validation_sessions(trainer, litemedsam_base,
+                                                                                  monkeypatch):
     calls = _spy(monkeypatch)
     idx = list(range(len(trainer.slices)))
     monkeypatch.setattr(trainer, "s", dataclasses.replace(trainer.s, point_mm_scale=(2.0, 2.0)))
