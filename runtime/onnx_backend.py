@@ -145,7 +145,8 @@ class OnnxSegmenter(Segmenter):
         hardly use a second core (Transpose, the int8 quantization passes); two single-thread runs at once
         do not (issue 21, docs/benchmarks.md, 3D propagation). Each image's numbers are those of the main
         session (ORT's kernels give the same bits at 1 and 2 threads). A stop (:func:`stoppable_runs`) of
-        the calling thread reaches every run."""
+        the calling thread reaches every run. Cost: a second session and two runs' activations, ~0.5 GB more peak
+        memory (onnx-int8-conv, batch of 4: 2.1 vs 1.6 GB RSS; without ORT's memory arena no less, and slower)."""
         with self._batch_lock:
             if self._batch_session is None:
                 import onnxruntime as ort
