@@ -330,6 +330,7 @@ def test_a_batch_encodes_side_by_side_with_the_same_embeddings(onnx_int8_fast, g
     from runtime import onnx_backend
 
     monkeypatch.setattr(onnx_backend, "batch_workers", lambda providers: 2)
+    monkeypatch.setattr(onnx_int8_fast, "_batch_session", None)  # built by the batch below, not by an earlier test
     x = onnx_int8_fast.preprocess(golden["image"])
     images = torch.cat([x, x.flip(-1), x.flip(-2)])
     batch, _ = onnx_int8_fast.encode(images)
