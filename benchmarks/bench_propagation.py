@@ -2,6 +2,7 @@
 
     # CPU (2 cores): the fastest CPU backend
     .venv/bin/python benchmarks/bench_propagation.py --device cpu --backend onnx-int8-fast --json
+    .venv/bin/python benchmarks/bench_propagation.py --device cpu --backend onnx-int8-conv --json  # issue 21
     # GPU: batched encoding through runtime/fast.py, fp32 and bf16, with the 3D Dice cost of the fast path
     .venv/bin/python benchmarks/bench_propagation.py --device cuda --precision bf16 --batch 32 --dice-check --json
 
@@ -144,6 +145,9 @@ def main() -> int:
     p.add_argument("--pad-short-batches", action=argparse.BooleanOptionalAction, default=None,
                    help="GPU: set app.embedding_cache.PAD_SHORT_GPU_BATCHES (a volume's short last batch padded to "
                         "--batch; on by default since 2026-12-05)")
+    p.add_argument("--side-by-side", action=argparse.BooleanOptionalAction, default=True,
+                   help="CPU, ONNX: a batch's slices encoded side by side, one thread each (runtime.onnx_backend."
+                        "batch_workers, on since 2026-12-05); --no-side-by-side: one after another on all threads")
     p.add_argument("--dice-check", action="store_true")
     p.add_argument("--profile", action="store_true", help="cProfile the timed walk (top 25 by own time, to stderr)")
     p.add_argument("--json", action="store_true")
@@ -154,6 +158,10 @@ def main() -> int:
 
     if args.pad_short_batches is not None:
         app.embedding_cache.PAD_SHORT_GPU_BATCHES = args.pad_short_batches
+    if not args.side_by_side:
+        import runtime.onnx_backend
+
+        runtime.onnx_backend.batch_workers = lambda providers: 1
     seg = segmenter(args)
     n = args.slices_timed or args.slices
     volume = big_ct(n, args.size)
@@ -166,6 +174,7 @@ def main() -> int:
         "device": args.device, "backend": args.backend, "precision": args.precision, "cuda_graphs": args.cuda_graphs,
         "graph_batches": list(__import__("runtime.cuda_graphs").cuda_graphs.GRAPH_BATCHES) if args.device == "cuda" else None,
         "batch": args.batch, "pad_short_batches": app.embedding_cache.PAD_SHORT_GPU_BATCHES,
+        "side_by_side": args.side_by_side if args.device == "cpu" else None,
         "threads": args.threads, "size": args.size, "slices": args.slices, "slices_timed": n,
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()},
         "per_slice_ms": round(1000 * r["total_s"] / n, 2),

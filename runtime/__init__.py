@@ -16,7 +16,7 @@ from models.registry import _load_cached as _load_torch
 from models.registry import checkpoint_path, resolve_device, weights_dir
 from models.segmenter import Segmenter
 
-BACKENDS = ("torch", "torch-fp16", "onnx", "onnx-int8", "onnx-int8-all", "onnx-int8-fast")
+BACKENDS = ("torch", "torch-fp16", "onnx", "onnx-int8", "onnx-int8-all", "onnx-int8-fast", "onnx-int8-conv")
 GPU_ONLY_BACKENDS = frozenset({"torch-fp16"})
 
 
@@ -32,7 +32,8 @@ def load_segmenter(
     ``"torch-fp16"`` (CUDA only) runs the torch encoder in fp16 (:func:`_load_fp16`). ``"onnx-int8-fast"`` quantizes the same layers of an encoder export rewritten for ONNX Runtime on the CPU
     (``runtime/onnx_fast_export.py``: fewer nodes, same fp32 arithmetic), and decodes with ONNX Runtime too:
     the base decoder and the click model's refiner in fp32 (``runtime/onnx_decoder_export.py``, the torch
-    modules' masks; one thread each, ``runtime.threads.decoder_threads``). ``"auto"``: ``$MEDSEG_BACKEND`` or
+    modules' masks; one thread each, ``runtime.threads.decoder_threads``). ``"onnx-int8-conv"`` is
+    ``onnx-int8-fast`` with the neck's 3x3 conv in calibrated int8 as well (issue 21). ``"auto"``: ``$MEDSEG_BACKEND`` or
     the fastest backend that keeps fp32's Dice on this device (``runtime.backend_choice``).
     """
     device = resolve_device(device)

@@ -12,7 +12,9 @@ Runtime runs it; otherwise the torch variant's refiner decodes on the ONNX encod
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,6 +25,15 @@ from models.click_refiner import refiner_for
 from models.prompts import Prompts
 from models.segmenter import Embedding, Segmenter
 from runtime.threads import user_threads
+
+
+def batch_workers(providers: list[str]) -> int:
+    """How many images of a batch a CPU encoder runs at once (:meth:`OnnxSegmenter._encode_parallel`):
+    ``OMP_NUM_THREADS`` (the user's or a test worker's share of the cores), else the cores this process may
+    use; 1 (one after another, all threads on each) on a GPU provider."""
+    if providers and providers[0] != "CPUExecutionProvider":
+        return 1
+    return user_threads() or len(os.sched_getaffinity(0))
 
 
 def available_providers(device: str) -> list[str]:
@@ -110,6 +121,9 @@ class OnnxSegmenter(Segmenter):
             self.refiner = ort.InferenceSession(str(refiner_path), options, providers=providers)
         # an encoder exported for one image (runtime/onnx_fast_export.py) is run once per image of a batch
         self._one_per_call = self.encoder.get_inputs()[0].shape[0] == 1
+        self._batch_lock = threading.Lock()
+        self._batch_session = None  # built on the first batch (see _encode_parallel)
+        self._batch_pool: ThreadPoolExecutor | None = None
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         return self.base.preprocess(image)
@@ -117,11 +131,35 @@ class OnnxSegmenter(Segmenter):
     def encode(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images = batch.cpu().numpy().astype(np.float32)
         if self._one_per_call and len(images) != 1:
+            if batch_workers(self.providers) > 1:
+                return torch.from_numpy(self._encode_parallel(images)), {}
             runs = [self.encoder.run(None, {"image": images[i : i + 1]}, _run_options())[0] for i in range(len(images))]
             features = np.concatenate(runs)
         else:
             (features,) = self.encoder.run(None, {"image": images}, _run_options())
         return torch.from_numpy(features), {}
+
+    def _encode_parallel(self, images: np.ndarray) -> np.ndarray:
+        """The images of a batch encoded side by side, one ONNX Runtime thread each, instead of one after
+        another on all cores. Why: ORT's intra-op threads lose time at their joins and in the kernels that
+        hardly use a second core (Transpose, the int8 quantization passes); two single-thread runs at once
+        do not (issue 21, docs/benchmarks.md, 3D propagation). Each image's numbers are those of the main
+        session (ORT's kernels give the same bits at 1 and 2 threads). A stop (:func:`stoppable_runs`) of
+        the calling thread reaches every run. Cost: a second session and two runs' activations, ~0.5 GB more peak
+        memory (onnx-int8-conv, batch of 4: 2.1 vs 1.6 GB RSS; without ORT's memory arena no less, and slower)."""
+        with self._batch_lock:
+            if self._batch_session is None:
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.log_severity_level = 3
+                options.intra_op_num_threads = 1
+                self._batch_session = ort.InferenceSession(str(self.encoder_path), options, providers=self.providers)
+                self._batch_pool = ThreadPoolExecutor(batch_workers(self.providers), thread_name_prefix="onnx-encode")
+        session, options = self._batch_session, _run_options()
+        runs = self._batch_pool.map(lambda i: session.run(None, {"image": images[i : i + 1]}, options)[0],
+                                    range(len(images)))
+        return np.concatenate(list(runs))
 
     @property
     def decodes_refiner(self) -> bool:

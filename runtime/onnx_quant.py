@@ -49,22 +49,33 @@ class QuantRecipe:
     op_types: tuple[str, ...] = ("Conv", "MatMul")
     per_channel: bool = True
     dynamic: bool = False  # activation ranges computed per call (no calibration) instead of calibrated
+    # Conv nodes (regexes) of a dynamic recipe that get calibrated QDQ int8 first: ORT runs them as
+    # QLinearConv, where its dynamic ConvInteger was slower than fp32 (docs/benchmarks.md, issue 21)
+    calibrated_convs: tuple[str, ...] = ()
 
     def nodes(self, model) -> list[str]:
-        """Names of the nodes of ``model`` (an onnx ModelProto) this recipe quantizes."""
-        weights = {i.name for i in model.graph.initializer}
-        chosen = []
-        for node in model.graph.node:
-            if node.op_type not in self.op_types or len(node.input) < 2 or node.input[1] not in weights:
-                continue  # activation x activation MatMuls (attention scores) stay fp32
-            if any(re.search(p, node.name) for p in self.include) and not any(
-                re.search(p, node.name) for p in self.exclude
-            ):
-                chosen.append(node.name)
-        return chosen
+        """Names of the nodes of ``model`` (an onnx ModelProto) this recipe quantizes (its own op types)."""
+        return _weight_nodes(model, self.op_types, self.include, self.exclude)
+
+    def conv_nodes(self, model) -> list[str]:
+        """Names of the Conv nodes of ``model`` quantized with calibrated QDQ (``calibrated_convs``)."""
+        return _weight_nodes(model, ("Conv",), self.calibrated_convs) if self.calibrated_convs else []
+
+
+def _weight_nodes(model, op_types: tuple[str, ...], include: tuple[str, ...], exclude: tuple[str, ...] = ()) -> list[str]:
+    """Nodes of ``op_types`` with an initializer weight whose name matches ``include`` and not ``exclude``."""
+    weights = {i.name for i in model.graph.initializer}
+    chosen = []
+    for node in model.graph.node:
+        if node.op_type not in op_types or len(node.input) < 2 or node.input[1] not in weights:
+            continue  # activation x activation MatMuls (attention scores) stay fp32
+        if any(re.search(p, node.name) for p in include) and not any(re.search(p, node.name) for p in exclude):
+            chosen.append(node.name)
+    return chosen
 
 
 _LINEAR = (r"/attn/qkv/", r"/attn/proj/", r"/mlp/fc1/", r"/mlp/fc2/")
+_LINEAR_FAST = (r"/attn/[qkv]/", r"/attn/proj/", r"/mlp/fc1/", r"/mlp/fc2/")  # runtime/onnx_fast_export.py's names
 RECIPES: dict[str, QuantRecipe] = {
     r.name: r
     for r in (
@@ -91,9 +102,19 @@ RECIPES: dict[str, QuantRecipe] = {
         # 60 nodes, the numbers of the 40 above: each of q, k, v quantizes the same input)
         QuantRecipe(
             "linear-fast-dynamic",
-            include=(r"/attn/[qkv]/", r"/attn/proj/", r"/mlp/fc1/", r"/mlp/fc2/"),
+            include=_LINEAR_FAST,
             op_types=("MatMul",),
             dynamic=True,
+        ),
+        # the same, and the neck's 3x3 conv (256 -> 256 at 64 x 64, 2.4 GMAC; its input a LayerNorm output)
+        # as a calibrated QLinearConv. Stage 0's and the downsampling convs were tried too: their inputs
+        # (the residual stream) moved the embedding by 22-72 % (relative L2) in int8 (docs/benchmarks.md, issue 21).
+        QuantRecipe(
+            "linear-fast-dynamic-neck-qdq",
+            include=_LINEAR_FAST,
+            op_types=("MatMul",),
+            dynamic=True,
+            calibrated_convs=(r"/neck\.2/Conv$",),
         ),
     )
 }
@@ -102,18 +123,20 @@ DEFAULT_RECIPE = "linear-but-deep-fc2-dynamic"
 # ``--backend`` names of the int8 encoders -> their recipe. ``onnx-int8`` keeps the most Dice margin;
 # ``onnx-int8-all`` quantizes all 40 weight MatMuls: faster at 2 threads, mean box Dice -0.004 on the
 # shared slices (the issue allows 0.005; docs/benchmarks.md, CPU section). ``onnx-int8-fast``: the same
-# layers in int8, quantized from the rewritten encoder of runtime/onnx_fast_export.py (fewer nodes).
+# layers in int8, quantized from the rewritten encoder of runtime/onnx_fast_export.py (fewer nodes);
+# ``onnx-int8-conv``: onnx-int8-fast with the neck's 3x3 conv in calibrated int8 too (issue 21).
 BACKEND_RECIPES: dict[str, str] = {
     "onnx-int8": DEFAULT_RECIPE,
     "onnx-int8-all": "linear-dynamic",
     "onnx-int8-fast": "linear-fast-dynamic",
+    "onnx-int8-conv": "linear-fast-dynamic-neck-qdq",
 }
 # backends whose int8 encoder is quantized from ``encoder-fast.onnx`` instead of ``encoder.onnx``
-FAST_EXPORT_BACKENDS = frozenset({"onnx-int8-fast"})
+FAST_EXPORT_BACKENDS = frozenset({"onnx-int8-fast", "onnx-int8-conv"})
 # backends whose decoders (the base one and the click model's refiner) run the exports of
 # ``runtime.onnx_decoder_export``: the int8 ones, which are chosen for speed. The decoders are fp32 whatever the
 # encoder's recipe, and their masks are the torch modules' (0 pixels differ on the 42 shared slices); without them
-# a click-model click ran the torch refiner: 55-63 ms against ~29 ms on 2 cores (session 9, where the rule picks
+# a click-model click ran the torch refiner: 55-63 ms against ~29 ms on 2 cores (session 9, where the rule then picked
 # ``onnx-int8-all``). ``onnx`` keeps ``decoder.onnx``, the plain export of the parity tests.
 FAST_DECODER_BACKENDS = frozenset(BACKEND_RECIPES)
 
@@ -181,7 +204,7 @@ def quantize_encoder(
     import tempfile
 
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out_path = Path(out_path)
@@ -192,9 +215,14 @@ def quantize_encoder(
         quant_pre_process(
             str(fp32_encoder), str(prepared), skip_optimization=_static_batch(fp32_encoder), skip_symbolic_shape=False
         )
-        nodes = recipe.nodes(onnx.load(str(prepared), load_external_data=False))
-        if not nodes:
+        model = onnx.load(str(prepared), load_external_data=False)
+        nodes, convs = recipe.nodes(model), recipe.conv_nodes(model)
+        if not nodes or (recipe.calibrated_convs and not convs):
             raise ValueError(f"quantization recipe {recipe.name!r} matches no node of {fp32_encoder}")
+        if convs:  # calibrated QDQ convs first; the dynamic pass below leaves their QDQ nodes alone
+            with_convs = Path(tmp) / "convs.onnx"
+            _quantize_static(prepared, with_convs, inputs, convs, ("Conv",), recipe.per_channel, u8_weights)
+            prepared = with_convs
         if recipe.dynamic:
             quantize_dynamic(
                 str(prepared),
@@ -205,20 +233,32 @@ def quantize_encoder(
                 weight_type=QuantType.QUInt8 if u8_weights else QuantType.QInt8,
             )
             return out_path
-        quantize_static(
-            str(prepared),
-            str(out_path),
-            _Reader(inputs),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(recipe.op_types),
-            nodes_to_quantize=nodes,
-            per_channel=recipe.per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QUInt8 if u8_weights else QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"CalibTensorRangeSymmetric": False},
-        )
+        _quantize_static(prepared, out_path, inputs, nodes, recipe.op_types, recipe.per_channel, u8_weights)
     return out_path
+
+
+def _quantize_static(
+    src: Path, out: Path, inputs: list[np.ndarray], nodes: list[str], op_types: tuple[str, ...], per_channel: bool,
+    u8_weights: bool,
+) -> None:
+    """Calibrated (MinMax on ``inputs``) QDQ int8 for ``nodes`` of ``src``, written to ``out``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if not inputs:
+        raise ValueError("calibrated int8 needs calibration inputs")
+    quantize_static(
+        str(src),
+        str(out),
+        _Reader(inputs),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(op_types),
+        nodes_to_quantize=nodes,
+        per_channel=per_channel,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QUInt8 if u8_weights else QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"CalibTensorRangeSymmetric": False},
+    )
 
 
 def _static_batch(path: str | Path) -> bool:
@@ -242,5 +282,5 @@ def build_int8_encoder(
 ) -> Path:
     """Quantize ``fp32_encoder`` with ``recipe`` into ``out_path`` (cached by ``runtime.export_cache``)."""
     spec = RECIPES[recipe]
-    inputs = [] if spec.dynamic else calibration_inputs(base)
+    inputs = [] if spec.dynamic and not spec.calibrated_convs else calibration_inputs(base)
     return quantize_encoder(fp32_encoder, out_path, inputs, spec, u8_weights=u8_weights)

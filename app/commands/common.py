@@ -73,7 +73,7 @@ def add_backend_arg(p: argparse.ArgumentParser) -> None:
         "torch on the shared set (runtime/backend_choice.py; `medseg info --json` prints the choice and why), torch "
         "on a GPU; torch runs PyTorch fp32; onnx runs onnxruntime; onnx-int8 also runs most of the encoder's linear "
         "layers in int8, onnx-int8-all all of them, onnx-int8-fast all of them in an encoder graph rewritten for "
-        "onnxruntime",
+        "onnxruntime, onnx-int8-conv that and the neck's 3x3 conv in int8",
     )
 
 

@@ -308,3 +308,79 @@ def test_int8_fast_backend_keeps_the_box_dice_on_real_slices(fp32_boxes, onnx_in
     assert all(0.02 < r < 0.12 for r in rel), rel  # int8 really ran, and stayed close to fp32
     # On an AVX2-only EPYC (uint8 weights) one phantom case gained 0.077; losses stay under 0.06.
     assert min(changes) > -0.06 and max(abs(c) for c in changes) < 0.1, changes
+
+
+# --- onnx-int8-conv: onnx-int8-fast with the neck's 3x3 conv in calibrated int8 (issue 21) -------
+@pytest.fixture(scope="module")
+def onnx_int8_conv(onnx_litemedsam) -> OnnxSegmenter:
+    """`--backend onnx-int8-conv`: quantized once from the rewritten export, next to the fp32 files."""
+    return load_segmenter("litemedsam", backend="onnx-int8-conv")
+
+
+def test_int8_conv_backend_runs_the_neck_conv_in_int8_and_is_built_once(onnx_int8_conv, onnx_weights, tmp_path):
+    """Its own cached file (the recipe in the name), the fast recipe's int8 MatMuls, and the neck's 3x3 conv
+    between a calibrated QDQ pair, which ORT runs as a QLinearConv (int8 kernel): the speed it is for."""
+    import onnx
+    import onnxruntime as ort
+
+    assert onnx_int8_conv.name == "litemedsam+onnx-int8-conv"
+    path, ops = _cached_int8_file(onnx_int8_conv, onnx_weights,
+                                  f"encoder-fast-int8-linear-fast-dynamic-neck-qdq{U8W}.onnx")
+    assert ops.count("MatMulInteger") == 60 and ops.count("DynamicQuantizeLinear") == 40
+    assert ops.count("QuantizeLinear") == 2 and ops.count("Conv") == 28  # the neck conv's input and output
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = [n for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node if n.op_type == "QLinearConv"]
+    assert len(optimized) == 1 and "neck.2" in optimized[0].name, [n.name for n in optimized]
+    _assert_reload_keeps_the_file(path, "onnx-int8-conv")
+
+
+def test_int8_conv_backend_keeps_the_box_dice_on_real_slices(fp32_boxes, onnx_int8_conv):
+    """Every 10th shared slice, GT box + 5 px. On all 42 (`medseg eval ... --backend onnx-int8-conv`, AMD EPYC
+    with AVX512-VNNI): mean box Dice 0.6425 vs 0.6473 for fp32 torch (-0.0048, onnx-int8-fast -0.0046 in
+    the same runs), largest loss of one case 0.075 (docs/bench/cpu21/)."""
+    rel, changes = _int8_against_fp32(onnx_int8_conv, fp32_boxes)
+    assert all(0.02 < r < 0.13 for r in rel), rel  # int8 really ran, and stayed close to fp32
+    assert min(changes) > -0.06 and max(abs(c) for c in changes) < 0.1, changes
+
+
+# --- a batch of slices encoded side by side, one thread each (issue 21) ------------------------
+def test_a_batch_encodes_side_by_side_with_the_same_embeddings(onnx_int8_fast, golden, monkeypatch):
+    """A volume's batch (2 cores: two slices at once, one ORT thread each) gives each slice the bits of
+    the interactive single-slice encode, in the batch's order; with ``OMP_NUM_THREADS=1`` (a test worker's
+    or the user's one core) the batch runs one after another as before."""
+    import torch
+
+    from runtime import onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "batch_workers", lambda providers: 2)
+    monkeypatch.setattr(onnx_int8_fast, "_batch_session", None)  # built by the batch below, not by an earlier test
+    x = onnx_int8_fast.preprocess(golden["image"])
+    images = torch.cat([x, x.flip(-1), x.flip(-2)])
+    batch, _ = onnx_int8_fast.encode(images)
+    assert onnx_int8_fast._batch_session is not None  # the side-by-side path ran
+    for i in range(3):
+        one, _ = onnx_int8_fast.encode(images[i : i + 1])
+        assert torch.equal(batch[i : i + 1], one)
+    assert not torch.equal(batch[0], batch[1])
+    monkeypatch.undo()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert onnx_backend.batch_workers(["CPUExecutionProvider"]) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert onnx_backend.batch_workers(["CPUExecutionProvider"]) == 2
+    assert onnx_backend.batch_workers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == 1
+
+
+def test_a_stop_reaches_the_side_by_side_encodes(onnx_int8_fast, golden, monkeypatch):
+    """``stoppable_runs`` (a click that must not wait for a background encode) stops the worker threads' runs too."""
+    import torch
+
+    from runtime import onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "batch_workers", lambda providers: 2)
+    x = onnx_int8_fast.preprocess(golden["image"])
+    with onnx_backend.stoppable_runs() as stop:
+        stop()
+        with pytest.raises(Exception, match="(?i)terminat|exiting"):
+            onnx_int8_fast.encode(torch.cat([x, x]))
