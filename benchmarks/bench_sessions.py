@@ -203,6 +203,17 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
     }
 
 
+def machine(device: str) -> dict:
+    """The host CPU and the GPU of a run: the p95 depends on the host CPU (session 9: two H100 hosts, the same
+    tree, 37-39 against 16-17 ms of process CPU a click, p95 76-92 against 30-32 ms)."""
+    import torch
+
+    from cpu_backends import cpu_name  # benchmarks/, this script's folder
+
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
+    return {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "gpu": gpu}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
@@ -226,6 +237,7 @@ def main() -> int:
         rows.append(run(args.device, w, args.sessions, args.seconds, args.think, args.seed, args.preencode,
                         args.prefetch_radius))
         rows[-1]["switch_interval_ms"] = sys.getswitchinterval() * 1000.0
+        rows[-1].update(machine(args.device))
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
