@@ -30,8 +30,11 @@ def measure_segmenter(segmenter, image: np.ndarray, *, device: str, batches: lis
 
     encoder_ms: embed() at batch 1, preprocessing included; network_ms: the encoder network alone on an
     input already on the device (batch 1); slices_per_s: embed_batch() at the best of ``batches``;
-    decoder_ms: prompt encoder + mask decoder on a cached embedding; click_ms: predict() end to end
-    (prompt in, mask at the original size out) on a cached embedding.
+    decoder_ms: prompt encoder + mask decoder on a cached embedding (a box); box_ms: predict() end to end for
+    that box (prompt in, mask at the original size out); click_ms: predict() end to end for a corrective click
+    after it: a positive point with the box and the box answer's logits fed back, as ``medseg eval``'s simulated
+    user and the UI send. Why both: a box alone never reaches a click model's refiner (``models.click_refiner``),
+    so until session 9 ``click_ms``, which timed the box, said nothing about the refiner's latency.
     """
     from models.prompts import Prompts
 
@@ -48,12 +51,17 @@ def measure_segmenter(segmenter, image: np.ndarray, *, device: str, batches: lis
     emb = segmenter.embed(image)
     with torch.inference_mode():
         decoder_ms = median_ms(lambda: segmenter.decode_prompts(emb, prompts, False), device=device, repeat=repeat * 3)
-    click_ms = median_ms(lambda: segmenter.predict(emb, prompts), device=device, repeat=repeat * 3)
+    box_ms = median_ms(lambda: segmenter.predict(emb, prompts), device=device, repeat=repeat * 3)
+    answer = segmenter.predict(emb, prompts)
+    click = Prompts(points=np.array([[w * 0.5, h * 0.5]], np.float32), point_labels=np.array([1]), box=prompts.box,
+                    mask_logits=answer.best_logits)
+    click_ms = median_ms(lambda: segmenter.predict(emb, click), device=device, repeat=repeat * 3)
     return {
         "encoder_ms": round(encoder_ms, 3),
         "network_ms": round(network_ms, 3),
         "slices_per_s": round(best[0], 2),
         "batch": best[1],
         "decoder_ms": round(decoder_ms, 3),
+        "box_ms": round(box_ms, 3),
         "click_ms": round(click_ms, 3),
     }

@@ -2,7 +2,8 @@
 
 With ``--json``: one JSON object per line per backend with ``backend``, ``encoder_ms`` (batch 1),
 ``slices_per_s`` (best batch), ``batch`` (that batch), ``decoder_ms`` (prompt encoder + mask
-decoder) and ``click_ms`` (end to end: prompt in, mask at original size out, cached embedding); for a SAM 2
+decoder), ``box_ms`` (end to end for a box: prompt in, mask at original size out, cached embedding) and
+``click_ms`` (the same for a corrective click after that box, which a click model's refiner answers); for a SAM 2
 model also ``frame_ms`` (memory propagation through the sample series, per slice segmented) and ``frames``.
 """
 
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"{args.model:>12} {backend:>13} {args.device}: encoder {row['encoder_ms']:.1f} ms, "
                 f"{row['slices_per_s']:.1f} slices/s (batch {row['batch']}), decoder {row['decoder_ms']:.2f} ms, "
-                f"click {row['click_ms']:.2f} ms{walk}",
+                f"box {row['box_ms']:.2f} ms, click {row['click_ms']:.2f} ms{walk}",
                 flush=True,
             )
     return 0

@@ -181,14 +181,14 @@ def test_medseg_bench_lists_the_int8_backend(onnx_int8, capsys, monkeypatch):
     assert main(["bench", "--backends", "onnx-int8", "--batches", "1", "--json"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert row["backend"] == "onnx-int8"
-    # measure_segmenter's order: embed, encode, embed_batch (batch 1), decode_prompts, predict
-    assert len(timed) == 5
-    (encoder, embedding), (network, _), (batch_ms, batch), (decoder, _), (click, result) = timed
+    # measure_segmenter's order: embed, encode, embed_batch (batch 1), decode_prompts, predict (box), predict (click)
+    assert len(timed) == 6
+    (encoder, embedding), (network, _), (batch_ms, batch), (decoder, _), (box, boxed), (click, result) = timed
     assert embedding.model_name == onnx_int8.name and len(batch) == 1
-    assert result.masks.any()  # the timed click really segmented
+    assert boxed.masks.any() and result.masks.any()  # the timed box and click really segmented
     assert row["encoder_ms"] == encoder and row["network_ms"] == network
     assert row["slices_per_s"] == round(1000.0 / batch_ms, 2) and row["batch"] == 1
-    assert row["decoder_ms"] == decoder and row["click_ms"] == click
+    assert row["decoder_ms"] == decoder and row["box_ms"] == box and row["click_ms"] == click
 
 
 def _cached_int8_file(segmenter: OnnxSegmenter, onnx_weights, name: str) -> tuple:
