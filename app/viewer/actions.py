@@ -246,6 +246,14 @@ def suggestion(ctx: AppContext, session: Session) -> dict[str, Any] | None:
 READY = "Ready: the slice is encoded."
 
 
+def _shown_plane(session: Session) -> tuple[str, str, int] | None:
+    """(model, view, index) of the shown plane, the key of its embedding; None without a study. Hold the lock."""
+    if session.volume is None:
+        return None
+    view = session.view.view
+    return session.model, view, int(session.view.index[view])
+
+
 def encode_shown(ctx: AppContext, session: Session) -> str:
     """Encode the shown plane now (so the next prompt only runs the decoder).
 
@@ -253,13 +261,11 @@ def encode_shown(ctx: AppContext, session: Session) -> str:
     already encoded is no news (its "Ready" replaced the prompt's own message)."""
     with session.lock:
         trace.mark("encode.locked")
-        if session.volume is None:
-            return ""
-        view, index = session.view.view, session.view.index[session.view.view]
-        if (session.model, view, int(index)) in interaction.embeddings_of(session):
+        key = _shown_plane(session)
+        if key is None or key in interaction.embeddings_of(session):
             return ""
     with ctx.runner.turn():
-        ctx.runner.embedding(session, view, index)
+        ctx.runner.embedding(session, key[1], key[2])
     return READY
 
 
@@ -268,10 +274,8 @@ def shown_is_encoded(session: Session) -> bool:
     on who encoded first: the page's warm-up (``controller.warm``) often does, and then :func:`encode_shown`
     has no news, so a viewer that waited for its news never said "Ready" (the e2e flake of session 8)."""
     with session.lock:
-        if session.volume is None:
-            return False
-        view, index = session.view.view, session.view.index[session.view.view]
-        return (session.model, view, int(index)) in interaction.embeddings_of(session)
+        key = _shown_plane(session)
+        return key is not None and key in interaction.embeddings_of(session)
 
 
 def patch(session: Session, view: str | None, index: int | None) -> dict[str, Any] | None:
