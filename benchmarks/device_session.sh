@@ -7,7 +7,7 @@
 #   call 3, carry .gpu/shared:      bash benchmarks/device_session.sh gpu-test propagation
 #   call 4 (nothing to carry):      bash benchmarks/device_session.sh sam throughput
 #
-# Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput, sessions, clickbench. docs/testing.md and docs/benchmarks.md
+# Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput, saturated, sessions, clickbench. docs/testing.md and docs/benchmarks.md
 # quote the commands each stage runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,9 +65,19 @@ stage() {
       timeout 240 python3 benchmarks/bench_sam_resize.py --device cuda --configs fp32,graphs --rounds 3 \
         --out "$OUT/sam_e2e.jsonl" 2>&1 | tail -12 ;;
     throughput)
-      # issue 22's 1700 slices/s, Dice measured through the compiled path at the timed batch
-      python3 benchmarks/bisect_compiled_path.py run --cases .gpu/bisect_cases.npz --batch "${BATCH:-512}" \
-        --configs fp32-eager,fp16-triton-tanh-cdt --json "$OUT/bisect_b${BATCH:-512}.jsonl" 2>&1 | tail -6 ;;
+      # issue 22's 1700 slices/s, Dice measured through the compiled path at the timed batch, and the official
+      # code's encoder timed in the same process (carry .gpu/bisect_cases.npz and .gpu/official)
+      python3 benchmarks/bisect_compiled_path.py run --cases .gpu/bisect_cases.npz --batch "${BATCH:-512}" --repeat 10 \
+        --configs "${CONFIGS:-fp32-eager,official,fp16-triton-tanh-cdt}" --json "$OUT/bisect_b${BATCH:-512}.jsonl" 2>&1 | tail -6 ;;
+    saturated)
+      # issue 22's 10x: 20 sessions clicking without pause (--think 0) on encoded slices, one at a time (window 0)
+      # against batched (window 4 ms), interleaved twice; then the paced run (0.3 s) for the p95 on this host
+      local b=benchmarks/bench_sessions.py
+      for r in 1 2; do
+        timeout 120 python3 $b --device cuda --sessions 20 --seconds 20 --think 0 --preencode --windows 0,4 \
+          --out "$OUT/saturated_r$r.jsonl" | tail -2
+      done
+      timeout 120 python3 $b --device cuda --sessions 20 --seconds 30 --windows 4 --out "$OUT/sessions20_w4.jsonl" | tail -2 ;;
     sessions)
       # issue 22's 20-session server: the figure, then where the interpreter's time goes (py-spy, threads holding
       # the GIL, collapsed stacks; .devwheels/prof installed with the install stage)
