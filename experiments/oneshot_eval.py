@@ -144,6 +144,7 @@ def run_volume(args, seg) -> list[dict]:
             res = model.segment(seg, emb)
             rec[f"dice_{name}"] = round(dice(res.mask, gt), 4)
             rec[f"pos_in_gt_{name}"] = bool(gt[res.positive_xy[1], res.positive_xy[0]])
+            rec[f"pos_xy_{name}"] = f"{int(res.positive_xy[0])} {int(res.positive_xy[1])}"
         if cli is not None:
             rec["dice_cli"] = round(dice(cli[k], gt), 4)
         rec["fit_s"] = round(fit_s, 1)
