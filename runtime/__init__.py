@@ -18,6 +18,9 @@ from models.segmenter import Segmenter
 
 BACKENDS = ("torch", "torch-fp16", "onnx", "onnx-int8", "onnx-int8-all", "onnx-int8-fast", "onnx-int8-conv")
 GPU_ONLY_BACKENDS = frozenset({"torch-fp16"})
+# Backends whose batch-1 encodes and every prompt's decode replay as CUDA graphs (``_load_fp16``): a request is
+# one replay of ~1-2 ms, so a GPU server serves them one at a time (``app.commands.serve``'s default window).
+CUDA_GRAPH_BACKENDS = frozenset({"torch-fp16"})
 
 
 def load_segmenter(

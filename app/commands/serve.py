@@ -14,6 +14,20 @@ M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def default_batch_window_ms(device: str, backend: str) -> float:
+    """The batching window a server gets unless ``--batch-window-ms`` says: 4 ms only on a GPU whose decoders
+    are eager torch modules, which one batched call serves for many sessions.
+
+    Why not on ``torch-fp16`` (the GPU default): its encodes and prompts replay as CUDA graphs, one request
+    each, so the decode batcher runs them one by one anyway and adds only the hand-off and 20 threads
+    contending for the GIL. Measured on one H100 host, 20 sessions, four interleaved rounds: a click every
+    0.3 s gave p95 23-37 ms one at a time against 50-94 ms batched (which fell behind, 39-50 of the 58
+    clicks/s offered), and without pauses 105-125 against 67-110 clicks/s (docs/benchmarks.md, section H)."""
+    from runtime import CUDA_GRAPH_BACKENDS
+
+    return 4.0 if device == "cuda" and backend not in CUDA_GRAPH_BACKENDS else 0.0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start the web UI")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind; default 127.0.0.1 (this machine only)")
@@ -24,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-window-ms", type=float, default=None, metavar="MS",
                    help="batch the sessions' slice encodes, and their prompts' decoder calls, that arrive within MS of "
                    "each other, each session served in turn (app/encode_batcher.py, app/decode_batcher.py); "
-                   "default 4 with --device cuda, 0 (one at a time) on the CPU")
+                   "default 0 (one at a time) on the CPU and on a GPU backend with CUDA graphs (the GPU default "
+                   "torch-fp16), 4 on a GPU backend without them (docs/benchmarks.md, section H)")
     p.add_argument(
         "--state-dir",
         metavar="DIR",
@@ -89,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         from data.dicomweb import check_base_url
 
         dicomweb = check_base_url(args.dicomweb)
-    backend_choice(args)  # a bad --backend or $MEDSEG_BACKEND stops here, in one line
+    backend = backend_choice(args).backend  # a bad --backend or $MEDSEG_BACKEND stops here, in one line
     if args.open_sample is not None:
         from app.controller import sample_studies
 
@@ -97,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         args.open_sample = args.open_sample or samples[0]
         if args.open_sample not in samples:
             raise ValueError(f"--open-sample {args.open_sample!r}: expected one of {', '.join(map(repr, samples))}")
-    window = args.batch_window_ms if args.batch_window_ms is not None else (4.0 if args.device == "cuda" else 0.0)
+    window = args.batch_window_ms if args.batch_window_ms is not None else default_batch_window_ms(args.device, backend)
     if not 0 <= window <= 1000:
         raise ValueError(f"--batch-window-ms must be 0..1000, got {window}")
     limit_malloc_arenas(args.malloc_arenas)  # before the server starts its threads
