@@ -63,11 +63,11 @@ STEPS = [  # (from, to) marks of one click, browser (b) or server (s); app.trace
 ]
 
 
-def click_steps(path: Path) -> dict[str, float]:
-    """Median ms of each step of the counted clicks, from a --trace file: where a click's time goes."""
+def _click_marks(path: Path) -> list[dict[str, float]]:
+    """Each counted click's marks ("b:..." browser, "s:..." server), from a --trace file."""
     marks = sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda m: m["t"])
     server = [m for m in marks if m["thread"] != "browser"]
-    steps: dict[str, list[float]] = {f"{a} -> {b}": [] for a, b in STEPS}
+    clicks = []
     for q in (m for m in marks if m["event"] == "action.queued" and m.get("kind") == "point"):
         mine = {"b:" + m["event"]: m["t"] for m in marks if m["thread"] == "browser" and m.get("id") == q["id"]}
         arrive = next((m for m in server if m["event"] == "action.arrive" and m.get("id") == q["id"]), None)
@@ -78,10 +78,29 @@ def click_steps(path: Path) -> dict[str, float]:
             mine.setdefault("s:" + m["event"], m["t"])
             if m["event"] == "action.answer":
                 break
+        clicks.append(mine)
+    return clicks
+
+
+def click_steps(path: Path) -> dict[str, float]:
+    """Median ms of each step of the counted clicks, from a --trace file: where a click's time goes."""
+    steps: dict[str, list[float]] = {f"{a} -> {b}": [] for a, b in STEPS}
+    for mine in _click_marks(path):
         for a, b in STEPS:
             if a in mine and b in mine:
                 steps[f"{a} -> {b}"].append(mine[b] - mine[a])
     return {k: round(float(np.median(v)), 1) for k, v in steps.items() if v}
+
+
+def outside_model_turn(path: Path) -> dict[str, float]:
+    """p50 / p95 ms of each click's time outside the server's model turn (``action.locked`` to ``action.answer``:
+    the decode and the server's own steps around it): the browser, the way in and out, and the request's wait
+    for its session. With a faster model server (a GPU) only the turn changes, so this share plus that
+    server's turn estimates the click there (docs/ui.md)."""
+    outside = [(m["b:action.applied"] - m["b:action.queued"]) - (m["s:action.answer"] - m["s:action.locked"])
+               for m in _click_marks(path)
+               if {"b:action.applied", "b:action.queued", "s:action.answer", "s:action.locked"} <= m.keys()]
+    return {"n": len(outside), "p50": round(pct(outside, 50), 1), "p95": round(pct(outside, 95), 1)} if outside else {}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -165,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     result["load_average_end"] = os.getloadavg()
     if args.trace:
         result["click_steps_p50_ms"] = click_steps(args.trace)
+        result["click_outside_model_turn_ms"] = outside_model_turn(args.trace)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:
