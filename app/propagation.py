@@ -71,6 +71,12 @@ class PropagationSettings:
     (Dice) the box answer is kept, and the stop rule reads the box answer's predicted IoU. A guard against a
     mask prompt that leaks into the neighbouring structures (0 disables: the mask prompt's answer and its own
     IoU, which the click model predicts lower than the base model).
+    stride: the walks beyond the anchors segment every ``stride``-th slice, each prompted from the last one kept
+    (a fast path: fewer slices to encode). A slice skipped between two kept ones whose masks agree (Dice >=
+    ``stride_agree``) gets the distance-weighted blend of their low-res logits, as "fill between" does; where
+    they disagree the skipped slices are segmented one by one from the first of them. Where a strided walk
+    stops, it walks on one slice at a time from the last slice it kept, so a structure's end is found as with
+    ``stride=1`` (the default: every slice segmented).
     """
 
     prompt: PromptRule = "box"
@@ -84,6 +90,8 @@ class PropagationSettings:
     max_slices: int | None = None
     batch_size: int = 4
     guard: float = 0.0
+    stride: int = 1
+    stride_agree: float = 0.9
 
     def __post_init__(self) -> None:
         if self.prompt not in ("auto", "box", "mask", "mask+box"):
@@ -99,6 +107,10 @@ class PropagationSettings:
                 raise ValueError(f"{name} is a fraction in 0..1, got {getattr(self, name)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if not 0.0 <= self.stride_agree <= 1.0:
+            raise ValueError(f"stride_agree is a fraction in 0..1, got {self.stride_agree}")
         if self.max_slices is not None and self.max_slices < 0:
             raise ValueError(f"max_slices must be >= 0, got {self.max_slices}")
 
@@ -391,7 +403,7 @@ def propagate_anchors(
 
     def report(message: str) -> None:
         if progress is not None:
-            progress(done, total, message)
+            progress(min(done, total), total, message)  # a strided walk's stop slice is tried twice
 
     for k in ks:
         masks[k] = anchors[k]
@@ -417,16 +429,17 @@ def propagate_anchors(
     for name, path in walks.items():
         if name in ("up", "down"):
             start = ks[-1] if name == "up" else ks[0]
-            beyond_walks[name] = _Walk(steps[start], path, stop=True, on_step=on_step, on_keep=keep)
+            beyond_walks[name] = _Walk(steps[start], _strided(path, settings.stride), stop=True, on_step=on_step, on_keep=keep)
         else:
             a, b = path[0] - 1, path[-1] + 1
             gap_walks[name] = (_Walk(steps[a], path, stop=False, on_step=on_step), _Walk(steps[b], path[::-1], stop=False))
     _walk_all(source, [*beyond_walks.values(), *(w for pair in gap_walks.values() for w in pair)], settings)
+    if settings.stride > 1:
+        done += _fill_strides(source, beyond_walks, walks, steps, settings, masks, keep, on_step)
     for name, walk in beyond_walks.items():
         start = ks[-1] if name == "up" else ks[0]
         room = shape[0] - 1 - start if name == "up" else start
-        result.stopped[name] = walk.reason or ("max slices" if len(walk.path) < room else "end of volume")
-        done += len(walk.path) - walk.n  # slices never tried: the walk stopped before them
+        result.stopped[name] = walk.reason or ("max slices" if len(walks[name]) < room else "end of volume")
     for name, (from_a, from_b) in gap_walks.items():
         a, b = from_a.path[0] - 1, from_a.path[-1] + 1
         for k in from_a.path:
@@ -438,6 +451,66 @@ def propagate_anchors(
     reached = result.slices
     report(f"done: slices {reached[0]}..{reached[-1]}" if reached else "done: no slice")
     return result
+
+
+def _strided(path: list[int], stride: int) -> list[int]:
+    """Every ``stride``-th slice of a walk's path, and its last slice (the volume's end is always tried)."""
+    if stride == 1 or not path:
+        return path
+    picked = path[stride - 1 :: stride]
+    return picked if picked and picked[-1] == path[-1] else [*picked, path[-1]]
+
+
+def _fill_strides(
+    source: _SliceSource,
+    beyond: dict[str, _Walk],
+    paths: dict[str, list[int]],
+    seeds: dict[int, _Step],
+    settings: PropagationSettings,
+    masks: np.ndarray,
+    keep: Callable[[int, _Step], None],
+    on_step: Callable[[int, _Step, str | None], None],
+) -> int:
+    """The slices strided walks skipped (``PropagationSettings.stride``); returns how many were blended.
+
+    Between two kept slices that agree: the blend of their logits. Where they disagree: the skipped slices
+    segmented one by one from the first kept slice (as the walk with stride 1 prompts them). After a strided
+    walk's stop: a walk with stride 1 and the stop rule from its last kept slice over the rest of its path.
+    Each of these ends the walk's record of kept slices (``walk.kept``) and stop reason."""
+    segmenter, size = source.segmenter, masks.shape[1:]
+    blended = 0
+    more: list[tuple[_Walk, _Walk]] = []  # (the strided walk, its one-slice-at-a-time walk)
+    for name, walk in beyond.items():
+        full = paths[name]
+        if not full:
+            continue
+        order = {k: i for i, k in enumerate(full)}
+        start = full[0] - 1 if name == "up" else full[0] + 1
+        kept = [start] + [k for k in walk.path[: walk.n] if k in walk.kept]
+        step_of = {start: seeds[start], **walk.kept}
+        for a, b in zip(kept, kept[1:]):
+            skipped = full[order[a] + 1 : order[b]] if a in order else full[: order[b]]
+            if not skipped:
+                continue
+            if mask_dice(step_of[a].mask, step_of[b].mask) >= settings.stride_agree:
+                for k in skipped:
+                    weight = abs(b - k) / abs(b - a)
+                    walk.kept[k] = _Step(_blend(segmenter, step_of[a], step_of[b], weight, size), step_of[a].logits, float("nan"))
+                    keep(k, walk.kept[k])
+                    blended += 1
+            else:
+                more.append((walk, _Walk(step_of[a], skipped, stop=False, on_step=on_step, on_keep=keep)))
+        if walk.reason is not None:  # the strided walk stopped: carry on one slice at a time from its last kept
+            last = kept[-1]
+            rest = full[order[last] + 1 :] if last in order else full
+            walk.reason = None
+            more.append((walk, _Walk(step_of[last], rest, stop=True, on_step=on_step, on_keep=keep)))
+    _walk_all(source, [w for _, w in more], settings)
+    for walk, extra in more:
+        walk.kept.update(extra.kept)
+        if extra.stop:
+            walk.reason = extra.reason
+    return blended
 
 
 def _plan(ks: list[int], num_slices: int, beyond: tuple[Direction, ...], between: bool, max_slices: int | None) -> dict[str, list[int]]:

@@ -74,11 +74,17 @@ def head_box(volume: Volume, k: int) -> np.ndarray:
     return box_around(volume.array[k] > -300, 5)
 
 
-def timed_run(seg, volume: Volume, batch: int, profile: bool = False) -> dict:
+def timed_run(seg, volume: Volume, batch: int, profile: bool = False, stride: int = 1) -> dict:
     k0 = volume.num_slices // 2
     window = default_window(volume)
-    settings = PropagationSettings(batch_size=batch)
+    settings = PropagationSettings(batch_size=batch, stride=stride)
     cache = EmbeddingCache(max_items=volume.num_slices + 1)
+    if stride > 1:  # the walk encodes only the slices it segments: time the whole propagate, from an empty cache
+        c0, t0 = time.process_time(), time.perf_counter()
+        res = propagate(seg, volume, k0, Prompts(box=head_box(volume, k0)), window=window, cache=cache, settings=settings)
+        c1, t1 = time.process_time(), time.perf_counter()
+        return {"encode_s": None, "walk_s": None, "total_s": t1 - t0, "cpu_s": c1 - c0, "stride": stride,
+                "slices_encoded": len(cache), "slices_reached": len(res.slices)}
     sync = torch.cuda.synchronize if torch.cuda.is_available() and seg.device.type == "cuda" else (lambda: None)
     sync()
     profiler = cProfile.Profile() if profile else None
@@ -148,6 +154,9 @@ def main() -> int:
     p.add_argument("--side-by-side", action=argparse.BooleanOptionalAction, default=True,
                    help="CPU, ONNX: a batch's slices encoded side by side, one thread each (runtime.onnx_backend."
                         "batch_workers, on since 2026-12-05); --no-side-by-side: one after another on all threads")
+    p.add_argument("--stride", type=int, default=1,
+                   help="PropagationSettings.stride: > 1 times propagate alone from an empty cache (it encodes only "
+                   "the slices it segments), with the number of slices encoded")
     p.add_argument("--dice-check", action="store_true")
     p.add_argument("--profile", action="store_true", help="cProfile the timed walk (top 25 by own time, to stderr)")
     p.add_argument("--json", action="store_true")
@@ -167,7 +176,7 @@ def main() -> int:
     volume = big_ct(n, args.size)
     for _ in range(args.warmup):
         timed_run(seg, big_ct(min(n, 2 * args.batch), args.size), args.batch)
-    runs = [timed_run(seg, volume, args.batch, args.profile and i == 0) for i in range(args.runs)]
+    runs = [timed_run(seg, volume, args.batch, args.profile and i == 0, args.stride) for i in range(args.runs)]
     r = runs[-1]
     scale = args.slices / n
     out = {

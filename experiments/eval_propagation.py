@@ -72,6 +72,9 @@ RULES: dict[str, PropagationSettings] = {
     # the box answer of each slice as a guard (PropagationSettings.guard): the stops read the base model's IoU
     "mask+box, guard 0.5": replace(DEFAULT, prompt="mask+box", guard=0.5),
     "mask+box, guard 0.7": replace(DEFAULT, prompt="mask+box", guard=0.7),
+    # fast path: every 2nd / 3rd slice segmented, the skipped ones blended where their neighbours agree (Dice >= 0.9)
+    "default, stride 2": replace(DEFAULT, stride=2),
+    "default, stride 3": replace(DEFAULT, stride=3),
 }
 
 

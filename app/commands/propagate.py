@@ -86,6 +86,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, default=DEFAULTS.min_area_px,
                    help=f"stop where the mask has fewer pixels than this (default {DEFAULTS.min_area_px})")
     p.add_argument("--max-slices", type=int, default=None, help="walk at most N slices each way")
+    p.add_argument("--stride", type=int, default=DEFAULTS.stride,
+                   help="segment every N-th slice beyond the prompted one and fill the slices between from their "
+                   f"neighbours' logits where those agree (Dice >= {DEFAULTS.stride_agree:g}), else segment them too; "
+                   f"fewer slices to encode (default {DEFAULTS.stride}: every slice; docs/evaluation.md)")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-slice progress on stderr")
     return p
 
@@ -147,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
             min_overlap=args.min_overlap,
             max_slices=args.max_slices,
             guard=args.guard,
+            stride=args.stride,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -178,3 +178,71 @@ def test_cli_refuses_a_guard_outside_0_1(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "guard is a fraction in 0..1, got 1.5" in err and "Traceback" not in err
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_a_strided_walk_still_stops_where_the_structure_ends(litemedsam, ct, head, cache):
+    """The head cut off after slice 8: stride 3 tries 7, then 10 (air), which stops it. Slice 8 still holds the
+    head, so the walk must go back to one slice at a time from 7 and end where stride 1 ends, not at 7."""
+    arr = ct.array.copy()
+    arr[9:] = arr.min()
+    cut = ct.with_array(arr)
+    from app.propagation import box_around
+    from models.prompts import Prompts
+
+    def walk(stride: int):
+        return propagate(litemedsam, cut, 4, Prompts(box=box_around(head[4], 5)), window=default_window(ct),
+                         cache=EmbeddingCache(max_items=16), directions=("up",), settings=PropagationSettings(stride=stride))
+
+    one, three = walk(1), walk(3)
+    assert one.slices == [4, 5, 6, 7, 8]
+    assert three.slices == one.slices
+    assert three.stopped["up"] in ("empty", "low score", "score drop", "area drop", "overlap drop")
+
+
+def test_a_strided_walk_encodes_fewer_slices_and_fills_every_one(litemedsam, ct, head, cache):
+    """The point of a stride (issue 21's CPU time) is fewer encodes; every slice must still get a mask close to the
+    one-slice-at-a-time walk's, and the head against its labels no worse than 0.02."""
+    from app.propagation import box_around
+    from models.prompts import Prompts
+
+    box, window = Prompts(box=box_around(head[6], 5)), default_window(ct)
+    one = propagate(litemedsam, ct, 6, box, window=window, cache=cache)
+    counting = EmbeddingCache(max_items=16)
+    encoded: list[int] = []
+    fill = counting.embeddings
+
+    def count(segmenter, volume, ks, *args, **kwargs):
+        got = fill(segmenter, volume, ks, *args, **kwargs)
+        encoded.extend(k for k in ks if k not in seen)
+        seen.update(ks)
+        return got
+
+    seen: set[int] = set()
+    counting.embeddings = count
+    two = propagate(litemedsam, ct, 6, box, window=window, cache=counting, settings=PropagationSettings(stride=2, batch_size=1))
+    assert two.slices == list(range(12))
+    assert len(set(encoded)) < 12, f"stride 2 encoded every slice: {sorted(set(encoded))}"
+    assert dice(two.masks, one.masks) > 0.9
+    assert dice(two.masks, head) > dice(one.masks, head) - 0.02
+
+
+@pytest.mark.parametrize("bad", [{"stride": 0}, {"stride_agree": 1.5}])
+def test_stride_settings_are_checked(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        PropagationSettings(**bad)
+
+
+def test_cli_stride_writes_every_slice_and_refuses_zero(tmp_path, capsys):
+    from app.cli import main
+    from data.readers import read_study
+
+    out = tmp_path / "head.nii.gz"
+    code = main(["propagate", str(CT_SERIES), "--slice", "6", "--box", "40", "30", "220", "230", "--stride", "2",
+                 "--quiet", "--output", str(out)])
+    assert code == 0
+    mask = read_study(out).array > 0
+    assert mask.reshape(len(mask), -1).any(axis=1).all(), "a strided walk left a slice of the head empty"
+    code = main(["propagate", str(CT_SERIES), "--slice", "6", "--box", "40", "30", "220", "230", "--stride", "0",
+                 "--output", str(tmp_path / "x.nii.gz")])
+    err = capsys.readouterr().err
+    assert code == 2 and "stride must be >= 1, got 0" in err and "Traceback" not in err
