@@ -20,9 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.embedding_cache import EmbeddingCache  # noqa: E402
 from evaluation.clicks import parse_protocol  # noqa: E402
-from evaluation.runner import EvalSettings, evaluate  # noqa: E402
+from evaluation.runner import EmbeddingCache, EvalSettings, evaluate  # noqa: E402
 from models import point_prompts  # noqa: E402
 from runtime import load_segmenter  # noqa: E402
 
@@ -30,6 +29,26 @@ ROOT = Path(__file__).resolve().parent.parent
 SETS = {"shared": Path("/work/shared/data/manifest.csv"),
         "mni152": ROOT / "weights/devdata/click_model/mni152/manifest.csv",
         "colin27_other": ROOT / "weights/devdata/click_model/colin27_other/manifest.csv"}
+
+
+def compare(out: Path, base: str, other: str, sets: list[str], ns: list[int]) -> None:
+    """Per protocol: each set's mean, the mean of the set means, and per case how often ``other`` beats ``base``."""
+    import csv
+
+    def load(tag: str) -> dict[str, float]:
+        return {r["case_id"]: float(r["dice"]) for r in csv.DictReader((out / f"{tag}.csv").open())}
+
+    for n in ns:
+        means = {v: [] for v in (base, other)}
+        for name in sets:
+            a, b = (load(f"{v}_{name}_points{n}") for v in (base, other))
+            d = np.array([b[c] - a[c] for c in a])
+            means[base].append(np.mean(list(a.values())))
+            means[other].append(np.mean(list(b.values())))
+            print(f"points:{n} {name:14s} {base} {means[base][-1]:.4f}  {other} {means[other][-1]:.4f}  "
+                  f"per case (|diff| > 0.001) better {(d > 1e-3).sum()} worse {(d < -1e-3).sum()} same {(abs(d) <= 1e-3).sum()}")
+        print(f"points:{n} mean of the {len(sets)} set means: {base} {np.mean(means[base]):.4f}  {other} "
+              f"{np.mean(means[other]):.4f}  diff {np.mean(means[other]) - np.mean(means[base]):+.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", nargs="+", default=list(SETS))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compare", nargs=2, metavar=("BASE", "OTHER"), default=None,
+                    help="file tags (e.g. iou_5-10-20 refined-iou_5-10-20) of runs in --out: compare, decode nothing")
     args = ap.parse_args(argv)
+    if args.compare:
+        compare(args.out, *args.compare, args.sets, args.n)
+        return 0
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     seg = load_segmenter("litemedsam", None, "cpu", args.backend)
@@ -48,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     summary.write(f"# evaluation.runner.evaluate, backend {args.backend} ({type(seg).__name__}), CPU, "
                   f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()}\n")
     for name in args.sets:
-        cache = EmbeddingCache(seg)
+        cache = EmbeddingCache(seg, size=10_000)  # every slice of the set, for every variant
         for variant in args.variants:
             chooser, sizes = variant.split(":")
             os.environ[point_prompts.CHOICE_ENV] = chooser

@@ -76,6 +76,24 @@ def choose(rec: dict, k: int) -> dict[str, float]:
     return out
 
 
+def describe(records: list[dict]) -> None:
+    """Per candidate: mean refined Dice, mean predicted IoUs, how often each chooser picks it; and how well
+    each IoU head ranks (Pearson r over every case and candidate)."""
+    for n in sorted({r["n"] for r in records}):
+        rs = [r for r in records if r["n"] == n]
+        sizes = rs[0]["sizes"]
+        print(f"points:{n}, {len(rs)} cases; per candidate half-side {sizes} mm")
+        for key in ("dice_refined", "dice", "refined_iou", "iou"):
+            print(f"  mean {key:14s} " + " ".join(f"{v:6.3f}" for v in np.mean([r[key] for r in rs], axis=0)))
+        for key, label in (("iou", "iou picks"), ("refined_iou", "refined-iou picks"), ("dice_refined", "best refined")):
+            counts = np.bincount([int(np.argmax(r[key])) for r in rs], minlength=len(sizes))
+            print(f"  {label:19s} " + " ".join(f"{c:6d}" for c in counts))
+        for head, target in (("refined_iou", "dice_refined"), ("iou", "dice")):
+            x = np.ravel([r[head] for r in rs])
+            y = np.ravel([r[target] for r in rs])
+            print(f"  r({head}, {target}) = {np.corrcoef(x, y)[0, 1]:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=None)
@@ -84,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subsets", type=int, nargs="+", default=None, help="leading subsets of --sizes to score")
     ap.add_argument("--raw", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--describe", type=Path, default=None, help="a --raw file: describe it, decode nothing")
     args = ap.parse_args(argv)
+    if args.describe:
+        describe([json.loads(line) for line in args.describe.open()])
+        return 0
     torch.set_num_threads(args.threads)
     sizes = tuple(args.sizes)
     subsets = args.subsets or [len(sizes)]
