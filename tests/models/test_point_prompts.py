@@ -130,6 +130,13 @@ def test_stability_score_and_the_chooser_switch(monkeypatch):
 def test_refined_iou_chooser_refines_every_candidate_and_picks_by_the_refiners_iou(cases, monkeypatch):
     """MEDSEG_POINT_CHOICE=refined-iou (docs/clicks.md: measured, not the default): every candidate refined with
     the point, scored by the click refiner's predicted IoU, the best-scored one the answer; ``iou`` unchanged."""
+    import torch
+
+    with torch.inference_mode():  # as Segmenter.predict
+        _refined_iou_checks(cases, monkeypatch)
+
+
+def _refined_iou_checks(cases, monkeypatch) -> None:
     seg = load_segmenter("litemedsam")
     case = cases[0]
     emb = seg.embed(case.image)
