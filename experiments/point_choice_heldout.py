@@ -46,7 +46,8 @@ def compare(out: Path, base: str, other: str, sets: list[str], ns: list[int]) ->
             means[base].append(np.mean(list(a.values())))
             means[other].append(np.mean(list(b.values())))
             print(f"points:{n} {name:14s} {base} {means[base][-1]:.4f}  {other} {means[other][-1]:.4f}  "
-                  f"per case (|diff| > 0.001) better {(d > 1e-3).sum()} worse {(d < -1e-3).sum()} same {(abs(d) <= 1e-3).sum()}")
+                  f"per case (|diff| > 0.001) better {(d > 1e-3).sum()} worse {(d < -1e-3).sum()} "
+                  f"same {(abs(d) <= 1e-3).sum()}")
         print(f"points:{n} mean of the {len(sets)} set means: {base} {np.mean(means[base]):.4f}  {other} "
               f"{np.mean(means[other]):.4f}  diff {np.mean(means[other]) - np.mean(means[base]):+.4f}")
 

@@ -85,7 +85,8 @@ def describe(records: list[dict]) -> None:
         print(f"points:{n}, {len(rs)} cases; per candidate half-side {sizes} mm")
         for key in ("dice_refined", "dice", "refined_iou", "iou"):
             print(f"  mean {key:14s} " + " ".join(f"{v:6.3f}" for v in np.mean([r[key] for r in rs], axis=0)))
-        for key, label in (("iou", "iou picks"), ("refined_iou", "refined-iou picks"), ("dice_refined", "best refined")):
+        picks = (("iou", "iou picks"), ("refined_iou", "refined-iou picks"), ("dice_refined", "best refined"))
+        for key, label in picks:
             counts = np.bincount([int(np.argmax(r[key])) for r in rs], minlength=len(sizes))
             print(f"  {label:19s} " + " ".join(f"{c:6d}" for c in counts))
         for head, target in (("refined_iou", "dice_refined"), ("iou", "dice")):
