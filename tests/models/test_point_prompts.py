@@ -124,3 +124,40 @@ def test_stability_score_and_the_chooser_switch(monkeypatch):
     monkeypatch.setenv(point_prompts.CHOICE_ENV, "largest")
     with pytest.raises(ValueError, match="MEDSEG_POINT_CHOICE"):
         point_prompts.choice()
+
+
+@needs_data
+def test_refined_iou_chooser_refines_every_candidate_and_picks_by_the_refiners_iou(cases, monkeypatch):
+    """MEDSEG_POINT_CHOICE=refined-iou (docs/clicks.md: measured, not the default): every candidate refined with
+    the point, scored by the click refiner's predicted IoU, the best-scored one the answer; ``iou`` unchanged."""
+    import torch
+
+    with torch.inference_mode():  # as Segmenter.predict
+        _refined_iou_checks(cases, monkeypatch)
+
+
+def _refined_iou_checks(cases, monkeypatch) -> None:
+    seg = load_segmenter("litemedsam")
+    case = cases[0]
+    emb = seg.embed(case.image)
+    ys, xs = np.nonzero(case.gt)
+    prompts = Prompts(points=np.array([[xs.mean(), ys.mean()]]), point_labels=np.array([1]), pixel_spacing=case.spacing)
+    base_lows, base_iou, boxes = point_prompts.decode_points(seg, emb, prompts, True, refine="none")
+    # what the refiner says of each candidate, one call each (the route batches them)
+    expected = [seg.decode_prompts(emb, Prompts(points=prompts.points, point_labels=prompts.point_labels,
+                                                mask_logits=base_lows[:, k].numpy()), False) for k in range(len(boxes))]
+    monkeypatch.setenv(point_prompts.CHOICE_ENV, "refined-iou")
+    lows, scores, all_boxes = point_prompts.decode_points(seg, emb, prompts, True)
+    np.testing.assert_allclose(scores[0].numpy(), [float(e[1][0, 0]) for e in expected], atol=1e-4)
+    for k, (low, _) in enumerate(expected):
+        np.testing.assert_allclose(lows[:, k].numpy(), low[:, 0].numpy(), atol=1e-3)
+    one_low, one_score, one_box = point_prompts.decode_points(seg, emb, prompts, False)
+    best = int(np.argmax(scores[0].numpy()))
+    np.testing.assert_allclose(one_low[:, 0].numpy(), lows[:, best].numpy(), atol=1e-5)
+    np.testing.assert_array_equal(one_box[0], all_boxes[best])
+    # without a refinement there is nothing for the refiner to score: the base IoU picks, as `iou` does
+    _, none_score, _ = point_prompts.decode_points(seg, emb, prompts, True, refine="none")
+    np.testing.assert_array_equal(none_score.numpy(), base_iou.numpy())
+    monkeypatch.setenv(point_prompts.CHOICE_ENV, "iou")
+    _, iou_score, _ = point_prompts.decode_points(seg, emb, prompts, True)
+    np.testing.assert_array_equal(iou_score.numpy(), base_iou.numpy())
