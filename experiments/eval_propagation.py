@@ -73,7 +73,8 @@ RULES: dict[str, PropagationSettings] = {
     "mask+box, guard 0.5": replace(DEFAULT, prompt="mask+box", guard=0.5),
     "mask+box, guard 0.7": replace(DEFAULT, prompt="mask+box", guard=0.7),
     # fast path: every 2nd / 3rd slice segmented, the skipped ones blended where their neighbours agree (Dice >= 0.9)
-    "default, stride 2": replace(DEFAULT, stride=2),
+    "default, stride 1": replace(DEFAULT, stride=1),  # the default until session 10
+    "default, stride 2": replace(DEFAULT, stride=2),  # = default since session 10
     "default, stride 3": replace(DEFAULT, stride=3),
 }
 

@@ -83,7 +83,7 @@ def measure_memory_walk(segmenter, volume, device: str) -> dict:
 
     h, w = volume.slice_shape
     box = Prompts(box=np.array([0.3 * w, 0.3 * h, 0.7 * w, 0.7 * h], dtype=np.float32))
-    settings = PropagationSettings(min_area_px=1)
+    settings = PropagationSettings(min_area_px=1, stride=1)  # every slice: the per-slice cost
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     run_once = lambda: propagate(segmenter, volume, volume.num_slices // 2, box,  # noqa: E731
                                  window=default_window(volume), settings=settings)

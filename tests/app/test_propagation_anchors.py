@@ -206,7 +206,7 @@ def test_a_strided_walk_encodes_fewer_slices_and_fills_every_one(litemedsam, ct,
     from models.prompts import Prompts
 
     box, window = Prompts(box=box_around(head[6], 5)), default_window(ct)
-    one = propagate(litemedsam, ct, 6, box, window=window, cache=cache)
+    one = propagate(litemedsam, ct, 6, box, window=window, cache=cache, settings=PropagationSettings(stride=1))
     counting = EmbeddingCache(max_items=16)
     encoded: list[int] = []
     fill = counting.embeddings
