@@ -49,6 +49,7 @@ from data.readers import read_study  # noqa: E402
 from data.windowing import default_window  # noqa: E402
 from models.prompts import Prompts  # noqa: E402
 from models.registry import load_segmenter  # noqa: E402
+from runtime import load_segmenter as runtime_segmenter  # noqa: E402
 from models.segmenter import Embedding  # noqa: E402
 
 DATA = Path("/work/shared/data")
@@ -144,6 +145,9 @@ def main() -> int:
     parser.add_argument("--mricron", type=Path, help="extracted mricron-data package: adds the held-out slab")
     parser.add_argument("--embeddings", type=Path, help="folder to keep slice embeddings in between runs")
     parser.add_argument("--model", default="litemedsam")
+    parser.add_argument("--backend", default="torch",
+                        help="runtime backend (e.g. onnx-int8-conv, the CPU default): its 3D Dice against torch's "
+                        "(use its own --embeddings folder: the cache files are named by model)")
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figure from --out")
     parser.add_argument("--overlay", nargs="+", metavar="STRUCTURE",
                         help="draw these structures' propagation (default rule) over the image -> docs/img/propagation_overlay.png")
@@ -159,7 +163,7 @@ def main() -> int:
         plot(Path(args.out))
         return 0
     torch.set_num_threads(2)
-    seg = load_segmenter(args.model)
+    seg = load_segmenter(args.model) if args.backend == "torch" else runtime_segmenter(args.model, device="cpu", backend=args.backend)
     rules = {r: RULES[r] for r in (args.rules or RULES)}
     volumes, caches, rows, overlays = {}, {}, [], []
     t0 = time.perf_counter()
