@@ -77,6 +77,8 @@ RULES: dict[str, PropagationSettings] = {
     "default, stride 1": replace(DEFAULT, stride=1),  # the default until session 10
     "default, stride 2": replace(DEFAULT, stride=2),  # = default since session 10
     "default, stride 3": replace(DEFAULT, stride=3),
+    "mask+box, guard 0.7, stride 1": replace(DEFAULT, prompt="mask+box", guard=0.7, stride=1),
+    "mask+box, guard 0.7, stride 2": replace(DEFAULT, prompt="mask+box", guard=0.7, stride=2),
 }
 
 

@@ -89,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=DEFAULTS.stride,
                    help="segment every N-th slice beyond the prompted one and fill the slices between from their "
                    f"neighbours' logits where those agree (Dice >= {DEFAULTS.stride_agree:g}), else segment them too; "
-                   f"fewer slices to encode (default {DEFAULTS.stride}: every slice; docs/evaluation.md)")
+                   f"fewer slices to encode (default {DEFAULTS.stride}; 1 segments every slice; docs/evaluation.md)")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-slice progress on stderr")
     return p
 
