@@ -88,7 +88,7 @@ def test_the_guard_keeps_the_mask_prompts_answer_only_where_the_box_agrees():
         assert got.score == 0.9
     assert PropagationSettings(prompt="mask+box", guard=0.5).guarded
     assert not PropagationSettings(prompt="box", guard=0.5).guarded  # no mask prompt: nothing to guard
-    assert not PropagationSettings(prompt="mask+box").guarded
+    assert not PropagationSettings(prompt="mask+box", guard=0.0).guarded
 
 
 def test_auto_prompt_uses_the_mask_only_where_a_click_model_was_trained_on_it(litemedsam, litemedsam_base):
@@ -159,7 +159,7 @@ def test_walks_run_together_give_each_walk_its_own_masks(head_run, litemedsam, c
         return original(self, embeddings, prompts, **kwargs)
 
     monkeypatch.setattr(type(litemedsam), "predict_many", counted)
-    every = PropagationSettings(stride=1)  # one slice a round, so the rounds can be counted
+    every = PropagationSettings(stride=1, prompt="box")  # one slice and one prompt a walk a round: rounds countable
     box = Prompts(box=box_around(head[START], 5))
     both = propagate(litemedsam, ct, START, box, window=default_window(ct), cache=cache, settings=every)
     alone = {}
