@@ -341,11 +341,11 @@ def _walk_all(source: _SliceSource, walks: list[_Walk], settings: PropagationSet
                 w.prev = new
 
 
-def _blend(segmenter: Segmenter, a: _Step, b: _Step, weight_a: float, size: tuple[int, int]) -> np.ndarray:
-    """Mask from the distance-weighted mean of two walks' low-res logits (model interpolation)."""
+def _blended_step(segmenter: Segmenter, a: _Step, b: _Step, weight_a: float, size: tuple[int, int]) -> _Step:
+    """The distance-weighted mean of two walks' low-res logits and its mask (model interpolation); no IoU."""
     logits = weight_a * a.logits + (1.0 - weight_a) * b.logits
     up = segmenter.geometry.logits_to_original(torch.as_tensor(logits[None]), size)
-    return (up > 0.0)[0, 0].cpu().numpy()
+    return _Step((up > 0.0)[0, 0].cpu().numpy(), logits, float("nan"))
 
 
 def propagate_anchors(
@@ -436,6 +436,7 @@ def propagate_anchors(
             a, b = path[0] - 1, path[-1] + 1
             gap_walks[name] = (_Walk(steps[a], path, stop=False, on_step=on_step), _Walk(steps[b], path[::-1], stop=False))
     _walk_all(source, [*beyond_walks.values(), *(w for pair in gap_walks.values() for w in pair)], settings)
+
     def filled(k: int, step: _Step, a: int, b: int) -> None:
         nonlocal done
         done += 1
@@ -451,7 +452,7 @@ def propagate_anchors(
     for name, (from_a, from_b) in gap_walks.items():
         a, b = from_a.path[0] - 1, from_a.path[-1] + 1
         for k in from_a.path:
-            masks[k] = _blend(segmenter, from_a.kept[k], from_b.kept[k], (b - k) / (b - a), volume.slice_shape)
+            masks[k] = _blended_step(segmenter, from_a.kept[k], from_b.kept[k], (b - k) / (b - a), volume.slice_shape).mask
             if on_slice is not None:
                 on_slice(k, masks[k])
         result.stopped[name] = "filled"
@@ -503,7 +504,7 @@ def _fill_strides(
             if mask_dice(step_of[a].mask, step_of[b].mask) >= settings.stride_agree:
                 for k in skipped:
                     weight = abs(b - k) / abs(b - a)
-                    walk.kept[k] = _Step(_blend(segmenter, step_of[a], step_of[b], weight, size), step_of[a].logits, float("nan"))
+                    walk.kept[k] = _blended_step(segmenter, step_of[a], step_of[b], weight, size)
                     filled(k, walk.kept[k], a, b)
             else:
                 more.append((walk, _Walk(step_of[a], skipped, stop=False, on_step=on_step, on_keep=keep)))
