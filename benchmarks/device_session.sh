@@ -7,7 +7,8 @@
 #   call 3, carry .gpu/shared:      bash benchmarks/device_session.sh gpu-test propagation
 #   call 4 (nothing to carry):      bash benchmarks/device_session.sh sam throughput
 #
-# Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput, saturated, sessions, clickbench. docs/testing.md and docs/benchmarks.md
+# Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput, saturated, sessions, clickbench,
+# chunk, browser, prop3d. docs/testing.md and docs/benchmarks.md
 # quote the commands each stage runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -92,6 +93,32 @@ stage() {
         timeout 150 python3 -m app.cli bench --model $m --device cuda --backends torch,torch-fp16 --batches 1 --json \
           > "$OUT/click_bench_${m}_$r.json"; echo "$m $r"; tail -c 600 "$OUT/click_bench_${m}_$r.json"; echo
       done; done ;;
+    chunk)
+      # issue 19's click in one browser on the GPU: benchmarks/pack_browser.sh's Chromium + Gradio pack, too big
+      # for one call, arrives as .browser/c0, c1, ... one a call; each waits in /tmp until the browser stage
+      for f in .browser/c[0-9]*; do cp "$f" /tmp/pack.$(basename "$f"); done; ls -la /tmp/pack.c* ;;
+    browser)
+      for f in .browser/c[0-9]*; do cp "$f" /tmp/pack.$(basename "$f"); done
+      local sums=$PWD/.browser/sha256
+      cat $(ls /tmp/pack.c* | sort -V) > /tmp/pack.tar.xz && (cd /tmp && sha256sum -c "$sums") || return 1
+      rm -rf /tmp/pack && mkdir -p /tmp/pack && tar -xJf /tmp/pack.tar.xz -C /tmp/pack
+      mkdir -p /tmp/site app/viewer/static && cp -r /tmp/pack/site/. /tmp/site/ && cp -r /tmp/pack/viewer_static/. app/viewer/static/
+      rm -rf /tmp/chr && mv /tmp/pack/chr /tmp/chr && chmod +x /tmp/site/playwright/driver/node
+      LD_LIBRARY_PATH=/tmp/chr/lib ldd /tmp/chr/chromium/chromium | grep "not found"
+      /tmp/chr/chromium.sh --headless --no-sandbox --disable-gpu --dump-dom \
+        'data:text/html,<canvas id=c></canvas><script>document.body.append("webgl2="+!!c.getContext("webgl2"))</script>' 2>/dev/null
+      for r in 1 2; do
+        MEDSEG_CHROMIUM=/tmp/chr/chromium.sh timeout 240 python3 benchmarks/ui_latency.py --device cuda --clicks 60 \
+          --trace "$OUT/ui_trace_gpu_r$r.jsonl" --json "$OUT/ui_latency_gpu_r$r.json" 2>&1 | tail -40
+      done ;;
+    prop3d)
+      # issue 21: the 3D Dice of the GPU default (torch-fp16, 32 slices an encode batch) against fp32 torch on the
+      # same GPU, default walk with stride 1 and 2; carry .gpu/shared and .gpu/mricron (ch2, aal, ch2bet: held-out slab)
+      [ -d .gpu/shared/data ] && { rm -rf /tmp/shared; cp -r .gpu/shared /tmp/shared; export MEDSEG_SHARED=/tmp/shared; }
+      for b in torch torch-fp16; do
+        timeout 280 python3 experiments/eval_propagation.py --device cuda --backend $b --encode-batch 32 --parts rules \
+          --rules "default, stride 1" "default, stride 2" --mricron .gpu/mricron --out "$OUT/prop3d_$b.csv" 2>&1 | tail -25
+      done ;;
     *) echo "device_session: unknown stage $1" >&2; return 2 ;;
   esac
 }

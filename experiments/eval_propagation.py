@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import tempfile
 import time
@@ -52,7 +53,7 @@ from models.registry import load_segmenter  # noqa: E402
 from runtime import load_segmenter as runtime_segmenter  # noqa: E402
 from models.segmenter import Embedding  # noqa: E402
 
-DATA = Path("/work/shared/data")
+DATA = Path(os.environ.get("MEDSEG_SHARED", ROOT.parent / "shared")) / "data"
 AAL = {71: "caudate L", 72: "caudate R", 73: "putamen L", 74: "putamen R", 75: "pallidum L", 76: "pallidum R",
        77: "thalamus L", 78: "thalamus R"}
 HELD_OUT_AAL = {37: "hippocampus L", 38: "hippocampus R", 41: "amygdala L", 42: "amygdala R"}
@@ -121,7 +122,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * np.logical_and(a, b).sum() / s) if s else 1.0
 
 
-def cache_for(seg, volume, window, store: Path | None) -> EmbeddingCache:
+def cache_for(seg, volume, window, store: Path | None, batch_size: int = 4) -> EmbeddingCache:
     """An EmbeddingCache holding the whole volume, filled from / saved to ``store`` when given."""
     cache = EmbeddingCache(max_items=max(volume.num_slices, 8))
     vkey, wkey = volume_key(volume), window_key(window)
@@ -130,7 +131,7 @@ def cache_for(seg, volume, window, store: Path | None) -> EmbeddingCache:
         for k, (f, o, i) in torch.load(path, weights_only=True).items():
             cache.put((vkey, k, seg.name, wkey), Embedding(f, tuple(o), tuple(i), seg.name))
         return cache
-    embs = cache.embeddings(seg, volume, list(range(volume.num_slices)), window, vkey=vkey, batch_size=4)
+    embs = cache.embeddings(seg, volume, list(range(volume.num_slices)), window, vkey=vkey, batch_size=batch_size)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: (e.features, list(e.original_size), list(e.input_size)) for k, e in embs.items()}, path)
@@ -147,6 +148,9 @@ def main() -> int:
     parser.add_argument("--mricron", type=Path, help="extracted mricron-data package: adds the held-out slab")
     parser.add_argument("--embeddings", type=Path, help="folder to keep slice embeddings in between runs")
     parser.add_argument("--model", default="litemedsam")
+    parser.add_argument("--encode-batch", type=int, default=4,
+                        help="slices encoded at a time (the GPU propagation's benchmark encodes 32: bench_propagation.py)")
+    parser.add_argument("--device", default="cpu", help="cuda: a GPU backend's 3D Dice (with --backend torch-fp16)")
     parser.add_argument("--backend", default="torch",
                         help="runtime backend (e.g. onnx-int8-conv, the CPU default): its 3D Dice against torch's "
                         "(use its own --embeddings folder: the cache files are named by model)")
@@ -165,7 +169,10 @@ def main() -> int:
         plot(Path(args.out))
         return 0
     torch.set_num_threads(2)
-    seg = load_segmenter(args.model) if args.backend == "torch" else runtime_segmenter(args.model, device="cpu", backend=args.backend)
+    if args.backend == "torch" and args.device == "cpu":
+        seg = load_segmenter(args.model)
+    else:
+        seg = runtime_segmenter(args.model, device=args.device, backend=args.backend)
     rules = {r: RULES[r] for r in (args.rules or RULES)}
     volumes, caches, rows, overlays = {}, {}, [], []
     t0 = time.perf_counter()
@@ -176,7 +183,7 @@ def main() -> int:
             key = str(image_path)
             if key not in volumes:
                 volumes[key] = read_study(image_path)
-                caches[key] = cache_for(seg, volumes[key], default_window(volumes[key]), args.embeddings)
+                caches[key] = cache_for(seg, volumes[key], default_window(volumes[key]), args.embeddings, args.encode_batch)
             volume, cache = volumes[key], caches[key]
             window = default_window(volume)
             gt = np.isin(read_study(label_path).array, values)
