@@ -26,6 +26,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
     "--disable-quic",
+    "--disable-dev-shm-usage",  # containers (the GPU machine) give /dev/shm 64 MB; /tmp instead
     "--use-angle=swiftshader",  # WebGL2 for the NiiVue viewer without a GPU
     "--enable-unsafe-swiftshader",
 ]
