@@ -12,6 +12,7 @@ Real LiteMedSAM weights, the bundled CT."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from app import controller, interaction
 from app.controller import AppContext
@@ -51,10 +52,12 @@ def _runners(tmp_path, monkeypatch, segmenter):
     return (batching, _session(tmp_path / "a", batching)), (serial, _session(tmp_path / "b", serial))
 
 
-def test_a_decoder_replayed_as_cuda_graphs_is_not_handed_to_the_batcher(tmp_path, monkeypatch, litemedsam_base):
-    """Before, every prompt went through the batcher, which ran it alone; now none does, and the masks are the
-    one-at-a-time runner's. (The base model: no click refiner, so no prompt of it can ever share a call.)"""
-    graphed = _graphed(litemedsam_base)
+@pytest.mark.parametrize("model", ["litemedsam_base", "litemedsam"])
+def test_a_decoder_replayed_as_cuda_graphs_is_not_handed_to_the_batcher(tmp_path, monkeypatch, request, model):
+    """Before, every prompt went through the batcher, which ran it alone (the base model), or batched the click
+    model's prompts eagerly around the refiner's graphs (the shipped model, whose click after the box goes to its
+    refiner); now none does, and the masks are the one-at-a-time runner's."""
+    graphed = _graphed(request.getfixturevalue(model))
     (batching, session), (serial, reference) = _runners(tmp_path, monkeypatch, graphed)
     planes = _box_then_click(batching, session)
     assert list(batching.decode_batcher.history) == []  # no decode reached the batcher
