@@ -207,6 +207,16 @@ class ModelRunner:
         the model, as with ``batch_window_ms`` 0 (without the runner's lock: encodes may still be batched)."""
         return self.decode_batcher is not None and decode_many.batches(self.segmenter(model))
 
+    def serving(self, model: str) -> str:
+        """One line on how ``model``'s requests are served here, for the server's start-up message."""
+        if self.decode_batcher is None:
+            return "model calls one at a time"
+        window = f"{self.decode_batcher.window_s * 1000:g} ms"
+        if self.batches_decodes(model):
+            return f"sessions' encodes and prompts batched within {window}"
+        return (f"sessions' encodes batched within {window}; prompts one at a time ({model}'s decoder, "
+                f"{self.backend_choice(model).backend}, cannot batch them)")
+
     def predict(self, session: Session, embedding: Embedding, prompts: Prompts, multimask: bool = False) -> MaskResult:
         """The session model's answer to ``prompts`` (caller holds a turn): batched with other sessions'
         prompts where :meth:`batches_decodes`, else the segmenter's own ``predict``."""

@@ -62,6 +62,7 @@ def test_a_decoder_replayed_as_cuda_graphs_is_not_handed_to_the_batcher(tmp_path
     planes = _box_then_click(batching, session)
     assert list(batching.decode_batcher.history) == []  # no decode reached the batcher
     assert not batching.batches_decodes(session.model)
+    assert "encodes batched within 4 ms; prompts one at a time" in batching.serving(session.model)  # serve says so
     assert list(batching.batcher.history)  # encodes are still batched (a separate question)
     expected = _box_then_click(serial, reference)
     assert planes[0].any() and not np.array_equal(planes[0], planes[1])  # the click changed the box's mask
@@ -75,5 +76,7 @@ def test_a_plain_torch_decoder_still_goes_through_the_batcher(tmp_path, monkeypa
     planes = _box_then_click(batching, session)
     assert [len(b) for b in batching.decode_batcher.history] == [1, 1]  # each prompt, one batch of one session
     assert batching.batches_decodes(session.model) and not serial.batches_decodes(session.model)
+    assert batching.serving(session.model) == "sessions' encodes and prompts batched within 4 ms"
+    assert serial.serving(session.model) == "model calls one at a time"
     for got, want in zip(planes, _box_then_click(serial, reference)):
         np.testing.assert_array_equal(got, want)
