@@ -136,7 +136,9 @@ def run(device: str, window_ms: float, sessions: int, seconds: float, think: flo
     with legacy_decode_routing(runner, legacy):
         row = _run(runner, device, window_ms, sessions, seconds, think, seed, pre, prefetch_radius)
     serving = runner.serving("litemedsam") if hasattr(runner, "serving") else None
-    return {**row, "decode_routing": "legacy" if legacy else "model", "serving": "legacy: all prompts batched" if legacy else serving}
+    if legacy:
+        serving = "legacy routing: every prompt through the decode batcher"
+    return {**row, "decode_routing": "legacy" if legacy else "model", "serving": serving}
 
 
 def _run(runner: ModelRunner, device: str, window_ms: float, sessions: int, seconds: float, think: float, seed: int,

@@ -22,9 +22,10 @@ def default_batch_window_ms(device: str, backend: str) -> float:
     each. A batching runner sends such prompts straight to the model anyway (``ModelRunner.batches_decodes``,
     the one place that decides); a window there would batch only the encodes, eager beyond batch 1
     (``runtime.cuda_graphs.GRAPH_BATCHES``), which is not measured to pay. The batched server, before prompts
-    bypassed the batcher, lost to one at a time. Measured on one H100 host, 20 sessions, four interleaved rounds: a click every
-    0.3 s gave p95 23-37 ms one at a time against 50-94 ms batched (which fell behind, 39-50 of the 58
-    clicks/s offered), and without pauses 105-125 against 67-110 clicks/s (docs/benchmarks.md, section H)."""
+    bypassed the batcher, lost to one at a time. Measured on one H100 host, 20 sessions, four interleaved
+    rounds: a click every 0.3 s gave p95 23-37 ms one at a time against 50-94 ms batched (which fell behind,
+    39-50 of the 58 clicks/s offered), and without pauses 105-125 against 67-110 clicks/s (docs/benchmarks.md,
+    section H)."""
     from runtime import CUDA_GRAPH_BACKENDS
 
     return 4.0 if device == "cuda" and backend not in CUDA_GRAPH_BACKENDS else 0.0
