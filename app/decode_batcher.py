@@ -5,7 +5,9 @@ Why (issue 22): with encodes batched, 20 sessions' clicks still made 20 decoder 
 which took turns on the GIL: on an H200, 20 sessions served 31.9 clicks/s with a p95 click of 453 ms
 (docs/benchmarks.md). Here each click is one request (its embedding, its prompts); one worker thread
 answers a batch with one ``Segmenter.predict_many`` (``models.decode_many``: one decoder call per prompt
-shape, each mask that of its own prompt, a bad request failing alone).
+shape, each mask that of its own prompt, a bad request failing alone). Only prompts of a model whose decoder
+can batch come here (``app.interaction.ModelRunner.batches_decodes``): CUDA-graph and ONNX decoders' would run
+one by one anyway.
 """
 
 from __future__ import annotations

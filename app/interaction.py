@@ -29,6 +29,7 @@ from app.model_catalog import backend_for, load_model
 from app.render import Plane, to_rgb
 from app.session import Edit, PromptState, Session, SessionError
 from data.windowing import Window, default_window
+from models import decode_many
 from models.click_suggest import Suggestion, suggest_from_logits
 from models.point_prompts import predict_points
 from models.prompts import MaskResult, PromptError, Prompts
@@ -77,8 +78,8 @@ class ModelRunner:
 
     With ``batch_window_ms`` > 0 (a GPU server, ``medseg serve --batch-window-ms``) user requests no longer take
     the lock: their encodes go through one :class:`app.encode_batcher.EncodeBatcher` and their prompts through
-    one :class:`app.decode_batcher.DecodeBatcher` (sessions' requests batched, served round-robin).
-    Background work still takes turns.
+    one :class:`app.decode_batcher.DecodeBatcher` (sessions' requests batched, served round-robin), the latter
+    only for a model whose decoder can batch (:meth:`batches_decodes`). Background work still takes turns.
     """
 
     def __init__(
@@ -195,10 +196,31 @@ class ModelRunner:
             cache.put(key, hit)
         return hit
 
+    def batches_decodes(self, model: str) -> bool:
+        """Whether ``model``'s prompts go through the decode batcher: only where the runner batches and the
+        model's decoder can serve several requests in one call (:func:`models.decode_many.batches`).
+
+        Why: where it cannot (decoders replayed as CUDA graphs, ``torch-fp16``; ONNX decoders), the batcher's
+        worker would answer its requests one by one anyway, adding only the hand-off and the sessions' threads
+        contending for the GIL: on one H100, 20 sessions clicking every 0.3 s had a click p95 of 50-94 ms through
+        the batcher against 23-37 ms one at a time (docs/benchmarks.md, section H). Such prompts go straight to
+        the model, as with ``batch_window_ms`` 0 (without the runner's lock: encodes may still be batched)."""
+        return self.decode_batcher is not None and decode_many.batches(self.segmenter(model))
+
+    def serving(self, model: str) -> str:
+        """One line on how ``model``'s requests are served here, for the server's start-up message."""
+        if self.decode_batcher is None:
+            return "model calls one at a time"
+        window = f"{self.decode_batcher.window_s * 1000:g} ms"
+        if self.batches_decodes(model):
+            return f"sessions' encodes and prompts batched within {window}"
+        return (f"sessions' encodes batched within {window}; prompts one at a time ({model}'s decoder, "
+                f"{self.backend_choice(model).backend}, cannot batch them)")
+
     def predict(self, session: Session, embedding: Embedding, prompts: Prompts, multimask: bool = False) -> MaskResult:
         """The session model's answer to ``prompts`` (caller holds a turn): batched with other sessions'
-        prompts when the runner batches, else the segmenter's own ``predict``."""
-        if self.decode_batcher is not None:
+        prompts where :meth:`batches_decodes`, else the segmenter's own ``predict``."""
+        if self.batches_decodes(session.model):
             return self.decode_batcher.predict(session.id, session.model, embedding, prompts, multimask)
         return self.segmenter(session.model).predict(embedding, prompts, multimask_output=multimask)
 

@@ -24,6 +24,7 @@ import html
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -561,6 +562,7 @@ def launch(
         session_ttl_s=limits.session_ttl_s, dicomweb=dicomweb, open_sample=open_sample,
     )
     demo = build_app(config)
+    print(f"medseg serve: {model}: {demo.medseg_ctx.runner.serving(model)}", file=sys.stderr)
     demo.queue(default_concurrency_limit=4)
     from app import memory_report
 

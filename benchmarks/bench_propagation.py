@@ -59,6 +59,8 @@ def segmenter(args):
         from runtime.fast import tuned
 
         seg = tuned(seg, precision=args.precision, compile=args.compile, cuda_graphs=args.cuda_graphs)
+    if args.batch_refiner_eagerly and "decodes_refiner" in vars(seg):  # the graphed decoder (runtime.fast)
+        seg.decodes_refiner = False  # the walks' refiner prompts batched eagerly around the graphs, as before
     return seg
 
 
@@ -157,6 +159,9 @@ def main() -> int:
     p.add_argument("--stride", type=int, default=1,
                    help="PropagationSettings.stride: > 1 times propagate alone from an empty cache (it encodes only "
                    "the slices it segments), with the number of slices encoded")
+    p.add_argument("--batch-refiner-eagerly", action="store_true",
+                   help="GPU, CUDA graphs: the walks' click-refiner prompts in one eager batched call, not one graph "
+                   "replay each (the routing before the graphed decoder set decodes_refiner; a before/after knob)")
     p.add_argument("--dice-check", action="store_true")
     p.add_argument("--profile", action="store_true", help="cProfile the timed walk (top 25 by own time, to stderr)")
     p.add_argument("--json", action="store_true")
@@ -183,6 +188,7 @@ def main() -> int:
         "device": args.device, "backend": args.backend, "precision": args.precision, "cuda_graphs": args.cuda_graphs,
         "graph_batches": list(__import__("runtime.cuda_graphs").cuda_graphs.GRAPH_BATCHES) if args.device == "cuda" else None,
         "batch": args.batch, "pad_short_batches": app.embedding_cache.PAD_SHORT_GPU_BATCHES,
+        "batch_refiner_eagerly": args.batch_refiner_eagerly,
         "side_by_side": args.side_by_side if args.device == "cpu" else None,
         "threads": args.threads, "size": args.size, "slices": args.slices, "slices_timed": n,
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()},

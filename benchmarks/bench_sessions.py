@@ -108,10 +108,41 @@ def preencode(ctx: AppContext, sids: list[str]) -> None:
             embeddings_of(session).put((session.model, view, k), embedding)
 
 
+@contextlib.contextmanager
+def legacy_decode_routing(runner: ModelRunner, on: bool):
+    """``on``: every prompt of a batching runner goes through the decode batcher, and a graphed decoder's click
+    refiner is batched eagerly around its graphs, as before ``ModelRunner.batches_decodes`` (an interleaved
+    before/after on one host); the process's shared segmenter is restored after."""
+    seg = runner.segmenter("litemedsam")
+    if not on:
+        yield
+        return
+    had = "decodes_refiner" in vars(seg)
+    saved = vars(seg).get("decodes_refiner")
+    runner.batches_decodes = lambda model: runner.decode_batcher is not None
+    if had:
+        seg.decodes_refiner = False
+    try:
+        yield
+    finally:
+        if had:
+            seg.decodes_refiner = saved
+
+
 def run(device: str, window_ms: float, sessions: int, seconds: float, think: float, seed: int,
-        pre: bool = False, prefetch_radius: int = 0) -> dict:
+        pre: bool = False, prefetch_radius: int = 0, legacy: bool = False) -> dict:
     runner = ModelRunner(device, batch_window_ms=window_ms)
     runner.segmenter("litemedsam")  # loaded before the clock starts
+    with legacy_decode_routing(runner, legacy):
+        row = _run(runner, device, window_ms, sessions, seconds, think, seed, pre, prefetch_radius)
+    serving = runner.serving("litemedsam") if hasattr(runner, "serving") else None
+    if legacy:
+        serving = "legacy routing: every prompt through the decode batcher"
+    return {**row, "decode_routing": "legacy" if legacy else "model", "serving": serving}
+
+
+def _run(runner: ModelRunner, device: str, window_ms: float, sessions: int, seconds: float, think: float, seed: int,
+         pre: bool, prefetch_radius: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ctx = AppContext(SessionStore(Path(tmp)), runner, Prefetcher(runner, radius=prefetch_radius))
         _instrument(runner, ctx)
@@ -228,14 +259,19 @@ def main() -> int:
                     help="neighbouring planes encoded in the background after each prompt (the server's default: 1)")
     ap.add_argument("--switch-interval-ms", type=float, default=None,
                     help="the interpreter's thread switch interval (sys.setswitchinterval; Python's default 5 ms)")
+    ap.add_argument("--legacy-decode-routing", action="store_true",
+                    help="after each window > 0, the same window again with every prompt through the decode batcher "
+                    "(the routing before ModelRunner.batches_decodes), for a before/after on one host")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     rows = []
-    for w in (float(v) for v in args.windows.split(",")):
+    arms = [(w, legacy) for w in (float(v) for v in args.windows.split(","))
+            for legacy in ((False, True) if args.legacy_decode_routing and w > 0 else (False,))]
+    for w, legacy in arms:
         rows.append(run(args.device, w, args.sessions, args.seconds, args.think, args.seed, args.preencode,
-                        args.prefetch_radius))
+                        args.prefetch_radius, legacy))
         rows[-1]["switch_interval_ms"] = sys.getswitchinterval() * 1000.0
         rows[-1].update(machine(args.device))
         print(json.dumps(rows[-1]), flush=True)

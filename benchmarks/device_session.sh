@@ -7,8 +7,8 @@
 #   call 3, carry .gpu/shared:      bash benchmarks/device_session.sh gpu-test propagation
 #   call 4 (nothing to carry):      bash benchmarks/device_session.sh sam throughput
 #
-# Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput, saturated, sessions, clickbench,
-# chunk, browser, prop3d. docs/testing.md and docs/benchmarks.md
+# Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput, saturated, sessions, routing,
+# routing-propagation, clickbench, chunk, browser, prop3d. docs/testing.md and docs/benchmarks.md
 # quote the commands each stage runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -87,6 +87,26 @@ stage() {
       [ -x /tmp/site/bin/py-spy ] && timeout 150 /tmp/site/bin/py-spy record --gil --rate 250 --format raw \
         -o "$OUT/sessions20_gil.txt" -- python3 $b --device cuda --sessions 20 --seconds 30 --windows 4 \
         --out "$OUT/sessions20_w4_pyspy.jsonl" 2>&1 | tail -3 ;;
+    routing)
+      # issue 22, ModelRunner.batches_decodes: window 0 (one at a time), window 4 (encodes batched, prompts straight to
+      # the graphs) and window 4 with the old routing (every prompt through the decode batcher), interleaved per round
+      local b=benchmarks/bench_sessions.py
+      for r in 1 2; do
+        timeout 200 python3 $b --device cuda --sessions 20 --seconds 20 --windows 0,4 --legacy-decode-routing \
+          --out "$OUT/routing_paced_r$r.jsonl" | cut -c1-300
+      done
+      timeout 200 python3 $b --device cuda --sessions 20 --seconds 20 --think 0 --preencode --windows 0,4 \
+        --legacy-decode-routing --out "$OUT/routing_saturated.jsonl" | cut -c1-300 ;;
+    routing-propagation)
+      # the walk on torch-fp16: refiner prompts one graph replay each (now) against one eager batch (before), twice
+      local p=benchmarks/bench_propagation.py
+      for r in 1 2; do for f in "" --batch-refiner-eagerly; do
+        timeout 60 python3 $p --device cuda --backend torch-fp16 --batch 32 $f --json
+      done; done > "$OUT/routing_propagation.jsonl"
+      [ -n "${MEDSEG_SHARED:-}" ] && for f in "" --batch-refiner-eagerly; do
+        timeout 120 python3 $p --device cuda --backend torch-fp16 --batch 32 --slices 40 --warmup 0 --dice-check $f --json
+      done > "$OUT/routing_propagation_dice.jsonl"
+      cat "$OUT"/routing_propagation*.jsonl | cut -c1-400 ;;
     clickbench)
       # issue 18's click latency with the click model against the base model (medseg bench click_ms), interleaved twice
       for r in 1 2; do for m in litemedsam litemedsam-base; do

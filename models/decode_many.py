@@ -12,7 +12,8 @@ exactly the unbatched path (``Segmenter.predict`` runs that). A request whose pr
 batched call that fails is retried one request at a time, so one bad request never fails the others.
 A backend that replaces the decoder (ONNX, CUDA graphs, a compiled decoder) is never batched around: its
 requests take its own path one by one (the click refiner, plain torch modules, is still batched, unless the
-backend runs the refiner too: ``onnx-int8-fast``, ``runtime.onnx_decoder_export``).
+backend runs the refiner too: ``onnx-int8-fast``, ``runtime.onnx_decoder_export``; the CUDA graphs of
+``torch-fp16``, ``runtime.cuda_graphs``). :func:`batches` says whether any request of a segmenter can batch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from models import click_locality, point_prompts
 from models.batched_decode import decode_batched, refine_batched
-from models.click_refiner import refiner_for
+from models.click_refiner import ATTRIBUTE, refiner_for
 from models.prompts import MaskResult, Prompts
 
 if TYPE_CHECKING:
@@ -41,6 +42,25 @@ def _owner(segmenter: "Segmenter") -> "Segmenter":
 def _refiner(segmenter: "Segmenter", prompts: Prompts, multimask_output: bool):
     """The click refiner that answers these prompts in ``decode_prompts``, or None (the base decoder)."""
     return refiner_for(getattr(_owner(segmenter), "model", None), prompts, multimask_output)
+
+
+def batches(segmenter: "Segmenter") -> bool:
+    """Whether :func:`predict_many` can ever answer two requests of this segmenter in one decoder call.
+
+    False where every request takes the segmenter's own path one by one (``_group`` is None for each): a
+    look-alike without :meth:`Segmenter.predict`, a variant with a ``predict`` of its own, or a backend that
+    replaced the decoder (ONNX, CUDA graphs, a compiled decoder) and has no click refiner or runs the refiner
+    itself (``decodes_refiner``). ``app.interaction.ModelRunner`` sends such a segmenter's prompts straight to
+    it, not through the decode batcher. (Embeddings with extra feature maps never batch either; that is per
+    request, not per segmenter.)"""
+    from models.segmenter import Segmenter
+
+    if not isinstance(segmenter, Segmenter) or type(segmenter).predict is not Segmenter.predict:
+        return False
+    if segmenter.plain_torch_decoder():
+        return True
+    has_refiner = getattr(getattr(_owner(segmenter), "model", None), ATTRIBUTE, None) is not None
+    return has_refiner and not getattr(segmenter, "decodes_refiner", False)
 
 
 def _group(segmenter: "Segmenter", embedding: "Embedding", prompts: Prompts, multimask_output: bool) -> Hashable:

@@ -308,4 +308,8 @@ def _with_cuda_graphs(fast: Segmenter, original: Segmenter, encode, compile_deco
         # compile_decoder: fused kernels inside the graph (default mode; one compile per prompt shape)
         decoder = torch.compile(original.model.mask_decoder, dynamic=False) if compile_decoder else None
         fast.decode_prompts = GraphedDecoder(fast, fast.decode_prompts, decoder=decoder)  # type: ignore[method-assign]
+        # it replays the click refiner's graphs too: models.decode_many then leaves the refiner's prompts to it
+        # rather than batching them eagerly around the graphs (the batched server lost to one at a time on an
+        # H100, docs/benchmarks.md H), and app.interaction.ModelRunner sends this model's prompts straight to it
+        fast.decodes_refiner = True
     return fast

@@ -19,10 +19,13 @@ def default_batch_window_ms(device: str, backend: str) -> float:
     are eager torch modules, which one batched call serves for many sessions.
 
     Why not on ``torch-fp16`` (the GPU default): its encodes and prompts replay as CUDA graphs, one request
-    each, so the decode batcher runs them one by one anyway and adds only the hand-off and 20 threads
-    contending for the GIL. Measured on one H100 host, 20 sessions, four interleaved rounds: a click every
-    0.3 s gave p95 23-37 ms one at a time against 50-94 ms batched (which fell behind, 39-50 of the 58
-    clicks/s offered), and without pauses 105-125 against 67-110 clicks/s (docs/benchmarks.md, section H)."""
+    each. A batching runner sends such prompts straight to the model anyway (``ModelRunner.batches_decodes``,
+    the one place that decides); a window there would batch only the encodes, eager beyond batch 1
+    (``runtime.cuda_graphs.GRAPH_BATCHES``), which is not measured to pay. The batched server, before prompts
+    bypassed the batcher, lost to one at a time. Measured on one H100 host, 20 sessions, four interleaved
+    rounds: a click every 0.3 s gave p95 23-37 ms one at a time against 50-94 ms batched (which fell behind,
+    39-50 of the 58 clicks/s offered), and without pauses 105-125 against 67-110 clicks/s (docs/benchmarks.md,
+    section H)."""
     from runtime import CUDA_GRAPH_BACKENDS
 
     return 4.0 if device == "cuda" and backend not in CUDA_GRAPH_BACKENDS else 0.0
@@ -37,7 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_backend_arg(p)
     p.add_argument("--batch-window-ms", type=float, default=None, metavar="MS",
                    help="batch the sessions' slice encodes, and their prompts' decoder calls, that arrive within MS of "
-                   "each other, each session served in turn (app/encode_batcher.py, app/decode_batcher.py); "
+                   "each other, each session served in turn (app/encode_batcher.py, app/decode_batcher.py); prompts "
+                   "only where the model's decoder can batch them (eager torch, not CUDA graphs or ONNX: those go one "
+                   "at a time, as the start-up line says); "
                    "default 0 (one at a time) on the CPU and on a GPU backend with CUDA graphs (the GPU default "
                    "torch-fp16), 4 on a GPU backend without them (docs/benchmarks.md, section H)")
     p.add_argument(

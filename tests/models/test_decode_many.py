@@ -131,3 +131,22 @@ def test_one_request_alone_takes_the_segmenters_own_decoder(litemedsam, slices):
     with torch.inference_mode():
         out = replaced.predict_many([embedding] * 3, boxes)
     assert len(seen) == 3 and all(not isinstance(r, Exception) for r in out)
+
+
+def test_which_segmenters_can_batch_at_all(litemedsam, litemedsam_base):
+    """``batches``: what the server's runner asks before it hands a prompt to the decode batcher. A replaced
+    decoder batches only through a click refiner it leaves to torch; the CUDA graphs of ``torch-fp16`` replay the
+    refiner too, so nothing of theirs batches (here built on the CPU, where the graphs run uncaptured)."""
+    from copy import copy
+
+    from models.decode_many import batches
+    from runtime.fast import tuned
+
+    def graphed(s):
+        return tuned(s, precision="fp32", fuse=False, channels_last=False, cuda_graphs=True)
+
+    replaced = copy(litemedsam)
+    replaced.decode_prompts = litemedsam.decode_prompts  # e.g. ONNX decoders with the refiner left in torch
+    assert batches(litemedsam) and batches(litemedsam_base) and batches(replaced)
+    assert not batches(graphed(litemedsam)) and not batches(graphed(litemedsam_base))
+    assert not batches(object())  # a look-alike without Segmenter.predict (app.serve_ray.RemoteSegmenter)

@@ -233,3 +233,18 @@ def test_graphs_captured_while_other_threads_use_the_gpu_replay_equal(cuda_litem
         for t in threads:
             t.join()
     assert not errors, errors[0]
+
+
+@pytest.mark.gpu
+@gpu
+def test_a_batching_runner_on_torch_fp16_sends_prompts_straight_to_the_graphs():
+    """``ModelRunner(batch_window_ms=4)`` on the GPU default: the click model's prompts replay its graphs one at a
+    time, never through the decode batcher (issue 22: the batcher lost to one at a time on an H100,
+    docs/benchmarks.md H), and the server's start-up line says so."""
+    from app.interaction import ModelRunner
+
+    runner = ModelRunner("cuda", backend="torch-fp16", batch_window_ms=4)
+    assert runner.backend_choice("litemedsam").backend == "torch-fp16"
+    assert not runner.batches_decodes("litemedsam")
+    assert "prompts one at a time" in runner.serving("litemedsam")
+    assert runner.segmenter("litemedsam").decodes_refiner
