@@ -8,7 +8,7 @@
 #   call 4 (nothing to carry):      bash benchmarks/device_session.sh sam throughput
 #
 # Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput, saturated, sessions, routing,
-# routing-propagation, clickbench, chunk, browser, prop3d. docs/testing.md and docs/benchmarks.md
+# routing-propagation (-speed, -dice), clickbench, chunk, browser, prop3d. docs/testing.md and docs/benchmarks.md
 # quote the commands each stage runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -88,25 +88,29 @@ stage() {
         -o "$OUT/sessions20_gil.txt" -- python3 $b --device cuda --sessions 20 --seconds 30 --windows 4 \
         --out "$OUT/sessions20_w4_pyspy.jsonl" 2>&1 | tail -3 ;;
     routing)
+      stage routing-paced; R=2 stage routing-paced; stage routing-saturated ;;
+    routing-paced)
       # issue 22, ModelRunner.batches_decodes: window 0 (one at a time), window 4 (encodes batched, prompts straight to
-      # the graphs) and window 4 with the old routing (every prompt through the decode batcher), interleaved per round
-      local b=benchmarks/bench_sessions.py
-      for r in 1 2; do
-        timeout 200 python3 $b --device cuda --sessions 20 --seconds 20 --windows 0,4 --legacy-decode-routing \
-          --out "$OUT/routing_paced_r$r.jsonl" | cut -c1-300
-      done
-      timeout 200 python3 $b --device cuda --sessions 20 --seconds 20 --think 0 --preencode --windows 0,4 \
-        --legacy-decode-routing --out "$OUT/routing_saturated.jsonl" | cut -c1-300 ;;
+      # the graphs) and window 4 with the old routing (every prompt through the decode batcher), interleaved; round $R
+      timeout 200 python3 benchmarks/bench_sessions.py --device cuda --sessions 20 --seconds 20 --windows 0,4 \
+        --legacy-decode-routing --out "$OUT/routing_paced_r${R:-1}.jsonl" | cut -c1-300 ;;
+    routing-saturated)
+      timeout 200 python3 benchmarks/bench_sessions.py --device cuda --sessions 20 --seconds 20 --think 0 --preencode \
+        --windows 0,4 --legacy-decode-routing --out "$OUT/routing_saturated.jsonl" | cut -c1-300 ;;
     routing-propagation)
+      stage routing-propagation-speed; stage routing-propagation-dice ;;
+    routing-propagation-speed)
       # the walk on torch-fp16: refiner prompts one graph replay each (now) against one eager batch (before), twice
-      local p=benchmarks/bench_propagation.py
       for r in 1 2; do for f in "" --batch-refiner-eagerly; do
-        timeout 60 python3 $p --device cuda --backend torch-fp16 --batch 32 $f --json
+        timeout 60 python3 benchmarks/bench_propagation.py --device cuda --backend torch-fp16 --batch 32 $f --json
       done; done > "$OUT/routing_propagation.jsonl"
+      cut -c1-400 "$OUT/routing_propagation.jsonl" ;;
+    routing-propagation-dice)
       [ -n "${MEDSEG_SHARED:-}" ] && for f in "" --batch-refiner-eagerly; do
-        timeout 120 python3 $p --device cuda --backend torch-fp16 --batch 32 --slices 40 --warmup 0 --dice-check $f --json
+        timeout 90 python3 benchmarks/bench_propagation.py --device cuda --backend torch-fp16 --batch 32 --slices 40 \
+          --warmup 0 --dice-check $f --json
       done > "$OUT/routing_propagation_dice.jsonl"
-      cat "$OUT"/routing_propagation*.jsonl | cut -c1-400 ;;
+      cut -c1-400 "$OUT/routing_propagation_dice.jsonl" ;;
     clickbench)
       # issue 18's click latency with the click model against the base model (medseg bench click_ms), interleaved twice
       for r in 1 2; do for m in litemedsam litemedsam-base; do
@@ -127,7 +131,7 @@ stage() {
       LD_LIBRARY_PATH=/tmp/chr/lib ldd /tmp/chr/chromium/chromium | grep "not found"
       /tmp/chr/chromium.sh --headless --no-sandbox --disable-gpu --dump-dom \
         'data:text/html,<canvas id=c></canvas><script>document.body.append("webgl2="+!!c.getContext("webgl2"))</script>' 2>/dev/null
-      for r in 1 2; do
+      for r in $(seq "${RUNS:-2}"); do
         MEDSEG_CHROMIUM=/tmp/chr/chromium.sh timeout 240 python3 benchmarks/ui_latency.py --device cuda --clicks 60 \
           --trace "$OUT/ui_trace_gpu_r$r.jsonl" --json "$OUT/ui_latency_gpu_r$r.json" 2>&1 | tail -40
       done ;;
@@ -135,8 +139,8 @@ stage() {
       # issue 21: the 3D Dice of the GPU default (torch-fp16, 32 slices an encode batch) against fp32 torch on the
       # same GPU, default walk with stride 1 and 2; carry .gpu/shared and .gpu/mricron (ch2, aal, ch2bet: held-out slab)
       [ -d .gpu/shared/data ] && { rm -rf /tmp/shared; cp -r .gpu/shared /tmp/shared; export MEDSEG_SHARED=/tmp/shared; }
-      for b in torch torch-fp16; do
-        timeout 280 python3 experiments/eval_propagation.py --device cuda --backend $b --encode-batch 32 --parts rules \
+      for b in torch-fp16 torch; do
+        timeout 150 python3 experiments/eval_propagation.py --device cuda --backend $b --encode-batch 32 --parts rules \
           --rules "default, stride 1" "default, stride 2" --mricron .gpu/mricron --out "$OUT/prop3d_$b.csv" 2>&1 | tail -25
       done ;;
     *) echo "device_session: unknown stage $1" >&2; return 2 ;;
