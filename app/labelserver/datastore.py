@@ -102,32 +102,47 @@ def read_upload(path: Path, scratch: Path) -> Volume:
     return read_study_isolated(path, scratch=scratch)
 
 
-def read_label_on_grid(path: Path, volume: Volume) -> np.ndarray:
+def read_label_on_grid(path: Path, volume: Volume, *, name: str | None = None) -> np.ndarray:
     """A submitted label file as a ``[k, j, i]`` uint array on ``volume``'s grid; BadLabel when its size
-    or geometry differs (a label shifted by a voxel must not be saved as if it fitted)."""
+    or geometry differs (a label shifted by a voxel must not be saved as if it fitted). ``name``: the
+    file name the client sent (messages name it, not our temporary file).
+
+    Its header is read first: a 4D image (time or channels as an axis) is refused, not folded onto the
+    grid, and a size other than the image's is refused before any voxel is decoded."""
+    name = name or path.name
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError:
-        raise BadLabel(f"{path.name}: not a readable label image (.nii.gz or .nrrd)") from None
+        raise BadLabel(f"{name}: not a readable label image (.nii.gz or .nrrd)") from None
+    dim, size = reader.GetDimension(), tuple(reversed(reader.GetSize()))
+    grid = volume.array.shape[:3]
+    if dim not in (2, 3):
+        raise BadLabel(f"{name}: a {dim}D label image of size {size}; expected a 3D label on the image's grid {grid}")
+    if (size if dim == 3 else (1, *size)) != grid:
+        raise BadLabel(f"{name}: label grid {size} (k, j, i) differs from the image's {grid}")
+    try:
+        image = reader.Execute()
+    except RuntimeError:
+        raise BadLabel(f"{name}: the label's voxels could not be read (truncated or damaged file)") from None
     array = sitk.GetArrayFromImage(image)
     if image.GetDimension() == 2:
         array = array[None]
-    if array.ndim == 4:  # a .seg.nrrd with one layer per segment: overlapping segments -> first non-zero wins
+    if array.ndim == 4:  # a .seg.nrrd with one component per segment: overlapping segments -> the largest value wins
         array = array.max(axis=-1)
-    if array.shape != volume.array.shape[:3]:
-        raise BadLabel(f"{path.name}: label grid {array.shape} (k, j, i) differs from the image's {volume.array.shape[:3]}")
     if image.GetDimension() == 3:
         tol = 1e-3 * max(1.0, max(abs(s) for s in volume.spacing))
         if (np.abs(np.subtract(image.GetSpacing(), volume.spacing)).max() > tol
                 or np.abs(np.subtract(image.GetOrigin(), volume.origin)).max() > 1e-2
                 or np.abs(np.subtract(image.GetDirection(), volume.direction)).max() > 1e-4):
-            raise BadLabel(f"{path.name}: spacing/origin/direction differ from the image's; export the label on "
+            raise BadLabel(f"{name}: spacing/origin/direction differ from the image's; export the label on "
                            "the image's grid")
     if not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.mod(array, 1) == 0):
-            raise BadLabel(f"{path.name}: label values must be whole numbers")
+            raise BadLabel(f"{name}: label values must be whole numbers")
     if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
-        raise BadLabel(f"{path.name}: label values must be in 0..65535")
+        raise BadLabel(f"{name}: label values must be in 0..65535")
     return np.asarray(array, dtype=np.uint8 if array.max(initial=0) < 256 else np.uint16)
 
 

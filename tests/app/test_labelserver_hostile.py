@@ -1,0 +1,108 @@
+"""Hostile requests to `medseg labelserver` that never reach the model: each is one 400 naming the field or
+the client's file, nothing is stored, and the server keeps answering. (The real-model flows are in
+``test_labelserver.py``; these run on a fake segmenter in a second.)"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from starlette.testclient import TestClient
+
+from app.labelserver.datastore import Sessions, StudiesDir
+from app.labelserver.server import ServerConfig, build_app
+
+GRID = (4, 32, 32)  # k, j, i
+
+
+class NoModel:
+    name = "no-model"
+
+    def embed(self, *args, **kw):
+        raise AssertionError("a refused request reached the model")
+
+    predict = embed
+
+
+@pytest.fixture()
+def served(tmp_path):
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    image = sitk.GetImageFromArray(np.random.default_rng(0).integers(-1000, 1000, GRID).astype(np.int16))
+    image.SetSpacing((0.8, 0.8, 2.5))
+    sitk.WriteImage(image, str(studies / "ct.nii.gz"))
+    cfg = ServerConfig(model="litemedsam", segmenter=NoModel(), datastore=StudiesDir(studies),
+                       sessions=Sessions(tmp_path / "sessions"), work_dir=tmp_path / "work")
+    with TestClient(build_app(cfg), raise_server_exceptions=False) as client:
+        yield client, studies, tmp_path / "sessions"
+
+
+@pytest.mark.parametrize("model, params, fragment", [
+    ("litemedsam", '{"foreground": [[Infinity, 1, 1]]}', "params.foreground: expected a list of voxel indices"),
+    ("litemedsam", '{"roi": [0, Infinity, 0, 5, 0, 1]}', "params.roi: expected [i0, i1, j0, j1, k0, k1]"),
+    ("litemedsam", '{"foreground": [[1, 1, 1]], "slice": -Infinity}', "params.slice: expected a slice index"),
+    ("litemedsam_points", '{"points": [[1, 1, 1]], "point_labels": [null]}', "params.point_labels: one 0"),
+    ("litemedsam_points", '{"points": [[1, 1, 1]], "point_labels": 5}', "params.point_labels: one 0"),
+    ("litemedsam_points", '{"points": [[1, 1, 1]], "point_labels": ["x"]}', "params.point_labels: one 0"),
+    ("litemedsam_points", '{"points": [[1, 1, 1]], "label_prompt": [Infinity]}', "params.label_prompt: expected"),
+    ("litemedsam_3d", '{"foreground": [[1, 1, 1]], "max_slices": Infinity}', "params.max_slices: expected"),
+])
+def test_params_that_are_no_finite_numbers_are_400_naming_the_field(served, model, params, fragment):
+    """Python's json reads NaN/Infinity literals; int(inf) raised OverflowError, a plain 500 before."""
+    client, _, _ = served
+    r = client.post(f"/infer/{model}?image=ct&output=json", files={"params": (None, params)})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"].startswith(fragment), r.json()
+    assert client.get("/info/").status_code == 200
+
+
+@pytest.mark.parametrize("expiry", ["nan", "inf", "-5", "soon"])
+def test_a_session_expiry_that_is_no_duration_is_refused_and_creates_nothing(served, expiry):
+    """expiry=nan made a session that never expired (and answered 'cannot convert float NaN to integer'),
+    expiry=inf a 500 after the session was made."""
+    client, studies, sessions = served
+    r = client.put(f"/session/?expiry={expiry}", files={"files": ("x.nii.gz", (studies / "ct.nii.gz").read_bytes())})
+    assert r.status_code == 400 and r.json()["detail"] == f"expiry={expiry!r}: expected seconds >= 0"
+    assert not any(sessions.iterdir())
+
+
+def _label_put(client, name: str, data: bytes):
+    return client.put("/datastore/label?image=ct&tag=final", files={"label": (name, data)})
+
+
+def test_a_4d_label_is_refused_not_folded_onto_the_grid(served, tmp_path):
+    """A (i, j, k, t) label whose (t, k, j) matched the image's (k, j, i) was read as (t, k, j, i), its last
+    axis folded away by max(): saved as the image's label, geometry unchecked (200 before)."""
+    client, studies, _ = served
+    k, j, i = GRID
+    data = np.zeros((5, i, j, k), np.uint8)  # nibabel (i, j, k, t) = (5, 32, 32, 4): ITK's (t, k, j, i) = (4, 32, 32, 5)
+    data[2, 3, 3, :] = 1
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "l4.nii.gz")
+    r = _label_put(client, "my label.nii.gz", (tmp_path / "l4.nii.gz").read_bytes())
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"] == ("my label.nii.gz: a 4D label image of size (4, 32, 32, 5); expected a 3D label on the "
+                                  "image's grid (4, 32, 32)")
+    assert not (studies / "labels").exists()
+
+
+def test_label_errors_name_the_clients_file_and_a_good_label_is_saved(served, tmp_path):
+    client, studies, _ = served
+    r = _label_put(client, "liver.nii.gz", b"not an image")
+    assert r.status_code == 400 and r.json()["detail"] == "liver.nii.gz: not a readable label image (.nii.gz or .nrrd)"
+    wrong = sitk.Image(32, 32, 5, sitk.sitkUInt8)
+    sitk.WriteImage(wrong, str(tmp_path / "wrong.nii.gz"))
+    r = _label_put(client, "liver.nii.gz", (tmp_path / "wrong.nii.gz").read_bytes())
+    assert r.json()["detail"] == "liver.nii.gz: label grid (5, 32, 32) (k, j, i) differs from the image's (4, 32, 32)"
+    arr = np.zeros(GRID, np.uint8)
+    arr[1, 5:9, 6:10] = 3
+    good = sitk.GetImageFromArray(arr)
+    good.CopyInformation(sitk.ReadImage(str(studies / "ct.nii.gz")))
+    sitk.WriteImage(good, str(tmp_path / "good.nii.gz"))
+    r = _label_put(client, "liver.nii.gz", (tmp_path / "good.nii.gz").read_bytes())
+    assert r.status_code == 200, r.text
+    saved = sitk.GetArrayFromImage(sitk.ReadImage(str(studies / "labels" / "final" / "ct.nii.gz")))
+    np.testing.assert_array_equal(saved, arr)
+    assert json.loads(client.get("/datastore/?output=stats").text)["completed"] == 1
