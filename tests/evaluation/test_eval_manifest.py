@@ -269,3 +269,34 @@ def test_line_numbers_are_the_lines_a_text_editor_shows(tmp_path):
     m.write_text('case_id,image,label,note\n\na,i.png,l.png,"one\ntwo"\n\nb,i.png,l.png,x\na,i.png,l.png,y\n')
     with _exactly(f"{m} line 7, column 'case_id': 'a' repeats line 4; ids must be unique"):
         read_manifest(m)
+
+
+def test_a_3d_label_on_another_grid_is_refused_not_sliced_at_the_same_index(tmp_path):
+    """image and label share slice_index: a label of another slab, shifted or flipped along k gave slice k of
+    another place as the ground truth, silently (Dice against the wrong anatomy). The same-grid pair loads."""
+    import SimpleITK as sitk
+
+    image, label = DATA / "mr_t1_colin27_slabA_image.nii.gz", DATA / "mr_t1_colin27_slabA_label.nii.gz"
+    lab = sitk.ReadImage(str(label))
+    sitk.WriteImage(lab[:, :, 2:], str(tmp_path / "cropped.nii.gz"))  # slices 2..31 of the same grid: 30 slices
+    shifted = sitk.Image(lab)
+    shifted.SetOrigin(tuple(o + d for o, d in zip(lab.GetOrigin(), (0.0, 0.0, 5.0))))
+    sitk.WriteImage(shifted, str(tmp_path / "shifted.nii.gz"))
+    flipped = sitk.Image(lab)
+    d = np.array(lab.GetDirection()).reshape(3, 3)
+    d[:, 2] *= -1  # same voxels, k running the other way
+    flipped.SetDirection(tuple(d.ravel()))
+    sitk.WriteImage(flipped, str(tmp_path / "flipped.nii.gz"))
+    m = _write_manifest(tmp_path, ["case_id", "image", "label", "slice_index"],
+                        [["a", image, "cropped.nii.gz", "4"], ["b", image, "shifted.nii.gz", "4"],
+                         ["c", image, "flipped.nii.gz", "4"], ["d", image, label, "4"]])
+    cases, _ = read_manifest(m)
+    loader = CaseLoader(m)
+    where = f"{m} line %d, column 'label'"
+    with _exactly(f"{where % 2}: the label has 30 slices, the image 32; a 3D label must be on the image's grid"):
+        loader.load(cases[0])
+    with pytest.raises(ManifestError, match=f"^{re.escape(where % 3)}: the label's origin .* differs from the image's"):
+        loader.load(cases[1])
+    with pytest.raises(ManifestError, match=f"^{re.escape(where % 4)}: the label's direction .* differs from the image's"):
+        loader.load(cases[2])
+    assert loader.load(cases[3]).gt.any()
