@@ -167,24 +167,6 @@ def apply_transform(slice_2d: np.ndarray, transform: str) -> np.ndarray:
     raise ValueError(f"unknown transform {transform!r}; use T, rot90 or nothing")
 
 
-def _check_same_grid(image: Volume, label: Volume, where: str) -> None:
-    """Two 3D studies share ``slice_index``: the label must lie on the image's grid, or slice k of one is
-    another place in the other (a label of another slab, flipped or resampled gave a wrong ground truth)."""
-    if label.num_slices != image.num_slices:
-        raise ManifestError(f"{where}: the label has {label.num_slices} slices, the image {image.num_slices}; "
-                            "a 3D label must be on the image's grid")
-    tol = 1e-3 * max(1.0, *(abs(s) for s in image.spacing))
-    for name, a, b, limit in (("spacing", label.spacing, image.spacing, tol), ("origin", label.origin, image.origin, 1e-2),
-                              ("direction", label.direction, image.direction, 1e-4)):
-        if np.abs(np.subtract(a, b)).max() > limit:
-            raise ManifestError(f"{where}: the label's {name} {_fmt(a)} differs from the image's {_fmt(b)}; "
-                                "a 3D label must be on the image's grid")
-
-
-def _fmt(values) -> str:
-    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
-
-
 class CaseLoader:
     """Loads cases, reading each study file once (many rows share one volume)."""
 
@@ -226,8 +208,10 @@ class CaseLoader:
                 f"{_where(self.manifest, spec.line, 'label')}: label slices are {label_vol.slice_shape} (H, W) "
                 f"but image slices are {image_vol.slice_shape}"
             )
-        if not image_vol.is_2d and not label_vol.is_2d:
-            _check_same_grid(image_vol, label_vol, _where(self.manifest, spec.line, "label"))
+        if not image_vol.is_2d and not label_vol.is_2d and (differs := image_vol.grid_difference(label_vol)):
+            # both 3D share slice_index: a label of another slab, shifted or flipped gave another place's truth
+            raise ManifestError(f"{_where(self.manifest, spec.line, 'label')}: the label is not on the image's grid: "
+                                f"{differs}")
         window = Window(*spec.window, name="manifest") if spec.window else default_window(image_vol)
         image = apply_transform(slice_to_rgb(image_vol, k, window), spec.transform)
         labels = label_vol.slice(kl)
