@@ -198,7 +198,7 @@ def _geometry(header, shape: tuple[int, ...]):
     elif qform_code > 0:
         affine = _qform(header)
         if affine is None:
-            raise NiftiCheckError("the qform quaternion is not a rotation (b^2 + c^2 + d^2 > 1, or not finite)")
+            raise NiftiCheckError(_qform_problem(header))
         rule = f"qform (qform_code {qform_code})"
     else:
         affine = np.zeros((3, 4))
@@ -219,9 +219,25 @@ def _geometry(header, shape: tuple[int, ...]):
     return rule, tuple(map(float, spacing)), tuple(map(float, origin)), tuple(map(float, direction))
 
 
-def _qform(header) -> np.ndarray | None:
-    """The qform's 3 x 4 affine (nibabel's, qfac and pixdim applied), None when the quaternion is invalid."""
+def _qform_problem(header) -> str:
+    """Why the qform cannot be used ('' when it can)."""
     b, c, d = (float(header[k]) for k in ("quatern_b", "quatern_c", "quatern_d"))
     if not all(map(math.isfinite, (b, c, d))) or b * b + c * c + d * d > 1 + 1e-6:
+        return "the qform quaternion is not a rotation (b^2 + c^2 + d^2 > 1, or not finite)"
+    qfac = float(header["pixdim"][0])
+    if qfac not in (-1.0, 0.0, 1.0):
+        return f"pixdim[0] (the qform's qfac) = {qfac}; expected 1 or -1 (0 is read as 1)"
+    return ""
+
+
+def _qform(header) -> np.ndarray | None:
+    """The qform's 3 x 4 affine (nibabel's, qfac and pixdim applied), None when the quaternion or qfac is invalid.
+
+    qfac (pixdim[0]) 0 is read as 1, as the NIfTI standard and ITK's nifti_io read it (old converters write 0):
+    nibabel raises HeaderDataError on it, which escaped every reader as a traceback."""
+    if _qform_problem(header):
         return None
+    if float(header["pixdim"][0]) == 0.0:
+        header = header.copy()
+        header["pixdim"][0] = 1.0
     return np.asarray(header.get_qform(), dtype=float)[:3]

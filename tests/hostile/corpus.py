@@ -493,6 +493,26 @@ def nifti_geometry(d: Path) -> list[Case]:
         h["quatern_b"], h["quatern_c"], h["quatern_d"] = 2.0, 0.0, 0.0
 
     cases.append(refuse("qform_not_rotation", bad_quaternion, "quaternion is not a rotation"))
+
+    def qfac(value, sform=False):  # pixdim[0]: nibabel's get_qform raised HeaderDataError on anything but +-1
+        def fn(h):
+            if not sform:
+                h.set_sform(None, code=0)
+            h["pixdim"][0] = value
+        return fn
+
+    cases.append(refuse("qfac_two", qfac(2.0), "pixdim[0] (the qform's qfac) = 2.0; expected 1 or -1"))
+    cases.append(refuse("qfac_nan", qfac(np.nan), "pixdim[0] (the qform's qfac) = nan"))
+    # qfac 0 is read as 1 (the NIfTI standard, ITK's nifti_io): old converters write it
+    cases.append(Case("qfac_zero_qform_only", "nifti-geometry", _nifti(d / "qfac_zero.nii.gz", vol, edit=qfac(0.0)),
+                      "accept", expected=ours(vol), spacing=(0.8, 0.9, 2.0), geometry="qform (qform_code 1)"))
+    cases.append(Case("qfac_zero_with_sform", "nifti-geometry",
+                      _nifti(d / "qfac_zero_sform.nii.gz", vol, edit=qfac(0.0, sform=True)),
+                      "accept", expected=ours(vol), spacing=(0.8, 0.9, 2.0), geometry="sform (sform_code 1)"))
+    cases.append(Case("qfac_two_with_sform", "nifti-geometry",
+                      _nifti(d / "qfac_two_sform.nii.gz", vol, edit=qfac(2.0, sform=True)),
+                      "accept", expected=ours(vol), spacing=(0.8, 0.9, 2.0),
+                      geometry="sform (sform_code 1); the qform (qform_code 1) disagrees and was not used"))
     # qform and sform disagree: nibabel's rule takes the sform, and says so
     rot = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], float) * [1.25, 1.25, 3.0]
     s_aff = np.eye(4)
