@@ -180,6 +180,11 @@ def _check_bytes_present(path: Path, gz: bool, needed: int) -> None:
         )
 
 
+# xyzt_units' spatial codes other than mm (2) and unknown (0): ITK scales spacing and origin by these (nibabel does
+# not), and the label written back says mm; reading them as mm put a label 1000 times too small over the image.
+SPATIAL_UNITS = {1: ("metres", 1000.0), 3: ("micrometres", 0.001)}
+
+
 def _geometry(header, shape: tuple[int, ...]):
     """(rule, spacing, origin LPS, direction LPS) from the sform/qform/pixdim, or NiftiCheckError."""
     pixdim = [float(x) for x in header["pixdim"]]
@@ -206,6 +211,11 @@ def _geometry(header, shape: tuple[int, ...]):
         rule = "pixdim only (qform_code and sform_code 0: NIfTI method 1, no orientation)"
     if not np.isfinite(affine).all():
         raise NiftiCheckError(f"the {rule.split()[0]} holds NaN or infinite values")
+    unit = int(header["xyzt_units"]) & 0x07
+    if unit in SPATIAL_UNITS:  # metres or micrometres: millimetres, as ITK (3D Slicer) reads them and labels are written
+        name, factor = SPATIAL_UNITS[unit]
+        affine = affine * factor
+        rule += f"; {name} (xyzt_units {unit}) scaled to mm"
     matrix = affine[:, :3]
     spacing = np.linalg.norm(matrix, axis=0)
     if (spacing[:n] <= 1e-9).any() or abs(np.linalg.det(matrix)) <= 1e-12 * float(np.prod(spacing)):
