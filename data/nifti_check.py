@@ -85,6 +85,7 @@ def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
     bits, name = REAL_TYPES[code]
     if int(header["bitpix"]) != bits:
         raise NiftiCheckError(f"bitpix {int(header['bitpix'])} does not match datatype {name} ({bits} bits)")
+    _check_scaling(float(header["scl_slope"]), float(header["scl_inter"]))
     voxels = math.prod(shape)
     if voxels > max_voxels:
         raise NiftiCheckError(
@@ -97,6 +98,19 @@ def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
     _check_bytes_present(path, gz, needed)
     geometry, spacing, origin, direction = _geometry(header, shape)
     return NiftiFacts(shape=shape, datatype=name, geometry=geometry, spacing=spacing, origin=origin, direction=direction)
+
+
+def _check_scaling(slope: float, inter: float) -> None:
+    """Refuse voxel scalings that readers apply differently (measured with SimpleITK and nibabel): NIfTI and
+    nibabel read a slope of 0, NaN or inf as no scaling, ITK still added a finite intercept (-1024 would shift
+    every HU); with a valid slope, nibabel refuses an infinite intercept and ITK reads it as 0. A NaN intercept
+    (nibabel writes NaN, NaN for "no scaling") is read as 0 by both."""
+    if not math.isfinite(slope) or slope == 0:
+        if math.isfinite(inter) and inter != 0:
+            raise NiftiCheckError(f"scl_slope = {slope:g} (no scaling) with scl_inter = {inter:g}: readers disagree "
+                                  "whether to add the intercept; set scl_inter to 0 or give a valid scl_slope")
+    elif math.isinf(inter):
+        raise NiftiCheckError(f"scl_inter = {inter} with scl_slope = {slope:g}; the voxel scaling needs a finite intercept")
 
 
 def _read_prefix(path: Path, gz: bool, n: int) -> bytes:

@@ -586,6 +586,21 @@ def nifti_types(d: Path) -> list[Case]:
     expected[np.isnan(expected)] = np.nanmin(with_nan)
     cases.append(Case("float_with_nan", "nifti-types", write("with_nan", with_nan), "accept",
                       "1 NaN/infinite voxels", expected=expected))
+    def scaling(slope, inter):
+        def fn(h):
+            h["scl_slope"], h["scl_inter"] = slope, inter
+        return fn
+
+    ints = (rng.random(shape) * 100).astype(np.int16)
+    # a valid slope with an infinite intercept: ITK read the raw integers as if unscaled, nibabel raises
+    cases.append(Case("scl_inter_inf", "nifti-types", _nifti(d / "inter_inf.nii.gz", ints, edit=scaling(1.0, np.inf)),
+                      "refuse", "scl_inter = inf with scl_slope = 1; the voxel scaling needs a finite intercept"))
+    # scl_slope 0, NaN or inf means no scaling (the NIfTI standard, nibabel), but ITK still added the intercept
+    for name, slope in (("scl_slope_zero", 0.0), ("scl_slope_nan", np.nan), ("scl_slope_inf", np.inf)):
+        cases.append(Case(f"{name}_inter_7", "nifti-types", _nifti(d / f"{name}_7.nii.gz", ints, edit=scaling(slope, 7.0)),
+                          "refuse", "(no scaling) with scl_inter = 7: readers disagree whether to add the intercept"))
+        cases.append(Case(f"{name}_inter_0", "nifti-types", _nifti(d / f"{name}_0.nii.gz", ints, edit=scaling(slope, 0.0)),
+                          "accept", expected=ours(ints)))
     cases.append(Case("all_nan", "nifti-types", write("all_nan", np.full(shape, np.nan, np.float32)), "refuse", "every voxel is NaN"))
     return cases
 
