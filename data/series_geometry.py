@@ -22,6 +22,12 @@ SPACING_TOLERANCE = 0.02  # relative deviation of one slice step from the median
 ORTHONORMAL_TOLERANCE = 1e-2  # |row|, |column| within 1 +- this; |row . column| below it
 
 
+# ITK decodes every slice as the first file says (measured: a MONOCHROME1 slice among MONOCHROME2 ones came out
+# inverted, an unsigned slice among signed ones read as signed)
+SAME_IN_EVERY_SLICE = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation",
+                       "PhotometricInterpretation", "FrameOfReferenceUID")
+
+
 class GeometryError(ValueError):
     """The series' geometry is missing, invalid or not one even stack (the message says why)."""
 
@@ -98,10 +104,18 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
         iop.append(o)
         ipp.append(p)
     first = heads[0]
+    first_spacing = numbers(first, "PixelSpacing", 2)
     for name, h in zip(names, heads):
-        for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated"):
+        for keyword in SAME_IN_EVERY_SLICE:
             if h.get(keyword) != first.get(keyword):
                 raise GeometryError(f"{name}: {keyword} {h.get(keyword)} differs from {names[0]} ({first.get(keyword)})")
+        # ITK takes the first file's PixelSpacing (1 mm when it has none) for every slice
+        spacing = numbers(h, "PixelSpacing", 2)
+        if (spacing is None) != (first_spacing is None) or (
+                spacing is not None and np.abs(spacing - first_spacing).max() > 1e-4 * float(first_spacing.max())):
+            shown = ["(none)" if v is None else v.tolist() for v in (spacing, first_spacing)]
+            raise GeometryError(f"{name}: PixelSpacing {shown[0]} differs from {names[0]} ({shown[1]}); "
+                                "the slices are not one grid")
     iop_arr, ipp_arr = np.array(iop), np.array(ipp)
     tilted = np.abs(iop_arr - iop_arr[0]).reshape(len(heads), 6).max(axis=1) > 1e-3
     if tilted.any():

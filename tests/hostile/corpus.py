@@ -352,6 +352,17 @@ def dicom_geometry(d: Path) -> list[Case]:
                              "along their normal"))
     cases.append(series_case("rows_differ", on(2, lambda ds: setattr(ds, "Rows", 8) or setattr(ds, "PixelData", ds.PixelData[:256])),
                              "Rows 8 differs"))
+    # ITK decodes every slice with the first file's grid and pixel description
+    cases.append(series_case("pixel_spacing_differs", on(3, lambda ds: setattr(ds, "PixelSpacing", [0.7, 0.7])),
+                             "IM0004.dcm: PixelSpacing [0.7, 0.7] differs from IM0001.dcm ([0.5, 0.5])"))
+    cases.append(series_case("pixel_spacing_only_first_missing", on(0, lambda ds: delattr(ds, "PixelSpacing")),
+                             "IM0002.dcm: PixelSpacing [0.5, 0.5] differs from IM0001.dcm ((none))"))
+    cases.append(series_case("monochrome1_slice", on(3, lambda ds: setattr(ds, "PhotometricInterpretation", "MONOCHROME1")),
+                             "IM0004.dcm: PhotometricInterpretation MONOCHROME1 differs"))
+    cases.append(series_case("unsigned_slice", on(3, lambda ds: setattr(ds, "PixelRepresentation", 0)),
+                             "IM0004.dcm: PixelRepresentation 0 differs"))
+    cases.append(series_case("frame_of_reference_differs", on(3, lambda ds: setattr(ds, "FrameOfReferenceUID", "1.2.3.4")),
+                             "IM0004.dcm: FrameOfReferenceUID 1.2.3.4 differs"))
     cases.append(series_case("pixel_spacing_zero", on(0, lambda ds: setattr(ds, "PixelSpacing", [0, 0.5])), "PixelSpacing"))
     cases.append(series_case("pixel_spacing_negative", on(0, lambda ds: setattr(ds, "PixelSpacing", [-0.5, 0.5])), "PixelSpacing"))
     cases.append(series_case("pixel_spacing_nan", on(0, lambda ds: setattr(ds, "PixelSpacing", ["NaN", "0.5"])), "PixelSpacing"))
