@@ -38,7 +38,8 @@ from data import limits
 from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
 from data.limits import DEFAULT_MAX_VOXELS, LimitError
 from data.nifti_check import NiftiCheckError, check_nifti
-from data.series_geometry import GeometryError, check_pixel_spacing, check_series_geometry, orientation, position_along_normal
+from data.series_geometry import (GeometryError, check_pixel_spacing, check_series_geometry, frame_geometry, orientation,
+                                  position_along_normal)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import SourceRef, Volume
 
@@ -117,7 +118,7 @@ def read_study(
         if name.endswith(IMAGE_SUFFIXES):
             return read_image_file(path, max_voxels=limit)
         if name.endswith(".dcm") or _has_dicom_magic(path):
-            return read_dicom_file(path, max_voxels=limit)
+            return read_dicom_file(path, max_voxels=limit, allow_uneven=allow_uneven)
     except StudyError:
         raise
     except (RecursionError, MemoryError, OSError, ValueError, TypeError, IndexError, KeyError, AttributeError,
@@ -394,7 +395,8 @@ def _int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
         return default
 
 
-def read_dicom_file(path: Path, *, max_voxels: int | None = None) -> Volume:
+def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: bool = False) -> Volume:
+    """One DICOM file; an enhanced multi-frame one on the grid its functional groups prove (``frame_geometry``)."""
     limit = voxel_limit(max_voxels)
     scan = scan_checked(path, max_voxels=limit)
     ds = _read_header(path)
@@ -404,12 +406,19 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None) -> Volume:
     try:
         orientation(ds)
         check_pixel_spacing(ds)
+        frames = frame_geometry(ds, allow_uneven=allow_uneven) if _int(ds, "NumberOfFrames", 1) > 1 else None
     except GeometryError as e:
         raise StudyError(f"{path}: {e}") from None
     try:
         image = _itk(sitk.ReadImage, str(path))
     except RuntimeError as e:
         raise StudyError(f"{path}: DICOM pixel data could not be decoded ({_first_line(e)})") from e
+    if frames is not None and image.GetDimension() == 3:  # the checked grid, not GDCM's guess
+        image.SetSpacing(frames.spacing)
+        image.SetOrigin(frames.origin)
+        image.SetDirection(frames.direction)
+        for note in frames.notes:
+            warnings.warn(one_line(f"{path}: {note}"), StudyWarning, stacklevel=2)
     source = SourceRef(
         path=str(path),
         format="dicom",
@@ -419,7 +428,11 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None) -> Volume:
         sop_instance_uids=(str(getattr(ds, "SOPInstanceUID", "")),),
         sop_class_uid=str(getattr(ds, "SOPClassUID", "")) or None,
         files=(str(path),),
-        geometry="ImagePositionPatient/ImageOrientationPatient" if "ImageOrientationPatient" in ds else "none (identity)",
+        notes=frames.notes if frames is not None else (),
+        geometry=("per-frame functional groups (PlanePosition, PlaneOrientation, PixelMeasures)"
+                  + (" (mean slice spacing, --allow-uneven)" if frames.notes else "") if frames is not None
+                  else "ImagePositionPatient/ImageOrientationPatient" if "ImageOrientationPatient" in ds
+                  else "none (identity)"),
     )
     return Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
 

@@ -160,3 +160,63 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
     summary = (f"--allow-uneven: {len(notes)} uneven step(s) ({notes[0]}{'; ...' if len(notes) > 1 else ''}); opened at "
                f"the mean spacing {mean:.4g} mm, so slice positions are approximate")
     return SeriesGeometry(spacing_k=mean, notes=(summary,))
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """The grid of an enhanced multi-frame image, from its functional groups (ITK order: i, j, k)."""
+
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]  # 3 x 3 row-major, columns = the i, j, k axes
+    notes: tuple[str, ...] = ()  # --allow-uneven: the frames' uneven steps, opened at the mean spacing
+
+
+FRAME_GROUPS = (("PlanePositionSequence", "ImagePositionPatient"), ("PlaneOrientationSequence", "ImageOrientationPatient"),
+                ("PixelMeasuresSequence", "PixelSpacing"))
+
+
+def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameGeometry | None:
+    """An enhanced multi-frame image's frames checked as one even stack, like a series (frame n named
+    "frame n"), and the grid they make; None when no frame carries a position (a cine loop, not a volume).
+
+    GDCM, under SimpleITK, stacks the frames from the first frame's position at an even spacing whatever the
+    others say: frames stored from head to feet opened mirrored (k running the wrong way), uneven or repeated
+    positions and mixed orientations opened at an invented spacing (measured)."""
+    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    shared = list(ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
+
+    def item(group: pydicom.Dataset, sequence: str) -> pydicom.Dataset | None:
+        items = group.get(sequence)
+        return items[0] if items else None
+
+    heads = []
+    for group in per_frame:
+        head = pydicom.Dataset()
+        for sequence, keyword in FRAME_GROUPS:
+            found = item(group, sequence) or item(shared, sequence)
+            if found is not None and keyword in found:
+                head[keyword] = found[keyword]
+        heads.append(head)
+    if not any("ImagePositionPatient" in h for h in heads):
+        return None
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if len(heads) != frames:
+        raise GeometryError(f"{len(heads)} per-frame functional groups for NumberOfFrames {frames}")
+    names = [f"frame {n + 1}" for n in range(frames)]
+    checked = check_series_geometry(names, heads, allow_uneven=allow_uneven)
+    iop, ipp = orientation(heads[0]), numbers(heads[0], "ImagePositionPatient", 3)
+    pixel = numbers(heads[0], "PixelSpacing", 2)
+    if iop is None or ipp is None or pixel is None:
+        missing = "ImageOrientationPatient" if iop is None else "ImagePositionPatient" if ipp is None else "PixelSpacing"
+        raise GeometryError(f"frame 1: no {missing} in its functional groups; the frames have no grid")
+    check_pixel_spacing(heads[0])
+    if frames > 1:
+        step = (numbers(heads[-1], "ImagePositionPatient", 3) - ipp) / (frames - 1)
+        k_spacing = float(np.linalg.norm(step))
+        k_axis = step / k_spacing
+    else:
+        k_spacing, k_axis = 1.0, np.cross(iop[0], iop[1])
+    direction = np.column_stack([iop[0], iop[1], k_axis])
+    return FrameGeometry(spacing=(float(pixel[1]), float(pixel[0]), k_spacing), origin=tuple(map(float, ipp)),
+                         direction=tuple(map(float, direction.ravel())), notes=checked.notes)

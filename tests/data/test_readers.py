@@ -680,3 +680,18 @@ def test_a_frame_count_that_overflows_64_bit_integers_is_still_over_the_limit(tm
     path = db.write(ds, tmp_path / "huge.dcm")
     refused(path, f"{path}: 3000000000 x 65535 x 65535 voxels is more than the limit of {readers.DEFAULT_MAX_VOXELS} "
             "(raise MEDSEG_MAX_VOXELS, or crop/downsample the study)")
+
+
+@pytest.mark.parametrize("zs", [[0.0, 1.5, 3.0, 4.5], [4.5, 3.0, 1.5, 0.0]], ids=["feet_to_head", "head_to_feet"])
+def test_enhanced_multiframe_frames_lie_where_their_functional_groups_put_them(tmp_path, zs):
+    """GDCM stacked an enhanced multi-frame from frame 1's position along +normal: frames stored head to feet
+    opened mirrored (frame 2 at z = 6.0 where its PlanePositionSequence says 3.0), with geometry 'none'."""
+    from tests.hostile import dicom_bytes as db
+
+    stack = db.pixels(16, 16, seed=3, frames=4)
+    volume = read_study(db.write(db.enhanced_multiframe(stack, zs), tmp_path / "enhanced.dcm"))
+    np.testing.assert_array_equal(volume.array, stack)
+    for k, z in enumerate(zs):
+        np.testing.assert_allclose(volume.index_to_physical(np.array([0.0, 0.0, k])), [-4.0, -4.0, z], atol=1e-6)
+    np.testing.assert_allclose(volume.index_to_physical(np.array([2.0, 1.0, 0.0])), [-3.0, -3.5, zs[0]], atol=1e-6)
+    assert volume.source.geometry.startswith("per-frame functional groups")

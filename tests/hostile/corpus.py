@@ -376,6 +376,22 @@ def dicom_geometry(d: Path) -> list[Case]:
                       expected=np.delete(stack, 3, axis=0), spacing=(0.5, 0.5, 7.5 / 4), args=("--allow-uneven",)))
     folder, stack, _ = _series(d / "good_pair", 2, step=2.5)
     cases.append(Case("two_slice_series", "dicom-geometry", folder, "accept", expected=stack, spacing=(0.5, 0.5, 2.5)))
+    # enhanced multi-frame: GDCM stacked the frames from the first one's position at an even spacing, whatever
+    # the others said (a wrong spacing, or k mirrored); the frames are checked as a series now
+    stack = db.pixels(16, 16, seed=3, frames=4)
+
+    def enhanced(name, zs, fragment, expect="refuse", iops=None, args=(), spacing=None):
+        path = db.write(db.enhanced_multiframe(stack, zs, iops=iops), d / f"{name}.dcm")
+        return Case(name, "dicom-geometry", path, expect, fragment, expected=stack if expect == "accept" else None,
+                    spacing=spacing, args=args, geometry="per-frame functional groups" if expect == "accept" else "")
+
+    cases.append(enhanced("multiframe_uneven", [0, 1.5, 5.0, 6.5], "a step of 3.5 mm between frame 2 (1.50 mm) and frame 3"))
+    cases.append(enhanced("multiframe_duplicate", [0, 1.5, 1.5, 3.0], "two images at the same position between frame 2"))
+    cases.append(enhanced("multiframe_mixed_orientation", [0, 1.5, 3.0, 4.5], "frame 3 is oriented unlike frame 1",
+                          iops=[[1, 0, 0, 0, 1, 0]] * 2 + [[1, 0, 0, 0, 0, -1]] * 2))
+    cases.append(enhanced("multiframe_even", [0, 1.5, 3.0, 4.5], "", "accept", spacing=(0.5, 0.5, 1.5)))
+    cases.append(enhanced("multiframe_uneven_allow_uneven", [0, 1.5, 5.0, 6.5], "--allow-uneven: 1 uneven step(s)",
+                          "accept", args=("--allow-uneven",), spacing=(0.5, 0.5, 6.5 / 3)))
     path, _, arr = _ct_file(d, "single_bad_orientation.dcm", iop=(1, 0, 0, 1, 0, 0))
     cases.append(Case("single_file_orientation_degenerate", "dicom-geometry", path, "refuse", "not two perpendicular"))
     path, _, arr = _ct_file(d, "single_no_geometry.dcm", ipp=None, iop=None, spacing=None)
