@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from data import limits
 from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
@@ -441,20 +441,42 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
 TO_RGB_MODES = ("RGBA", "RGBa", "P", "PA", "LA", "La", "CMYK", "YCbCr", "LAB", "HSV")
 
 
-def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
+# PIL identifies ~40 formats by their bytes, whatever the name says: a file named scan.png holding PostScript
+# went to Ghostscript (installed here), BMP, TIFF or GIF opened as if PNG. Only these two are decoded.
+IMAGE_FORMATS = ("PNG", "JPEG")
+
+
+def open_image(path: Path, *, max_voxels: int | None = None) -> Image.Image:
+    """A PNG or JPEG file opened (its header read, no pixel decoded yet) and checked: the format by its bytes, one
+    frame (an animated PNG's other frames were dropped silently), the size within ``max_voxels``; StudyError
+    otherwise. A JPEG with extra pictures (MPO, as phones write) is its first, primary picture. Close it."""
     limit = voxel_limit(max_voxels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
-            im = Image.open(path)
+            im = Image.open(path, formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as e:
         raise StudyError(f"{path}: image too large to open safely ({_first_line(e)})") from e
+    except UnidentifiedImageError as e:
+        raise StudyError(f"{path}: not a readable PNG/JPEG image (its bytes are neither PNG nor JPEG)") from e
     except Exception as e:
         raise StudyError(f"{path}: not a readable PNG/JPEG image ({_first_line(e)})") from e
     try:
+        frames = int(getattr(im, "n_frames", 1) or 1) if im.format == "PNG" else 1
+        if frames > 1:
+            raise StudyError(f"{path}: an animated PNG of {frames} frames; expected one image (save the frame to segment)")
+        _check_voxels(path, (im.size[1], im.size[0]), limit)
+    except BaseException:
+        im.close()
+        raise
+    return im
+
+
+def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
+    im = open_image(path, max_voxels=max_voxels)
+    try:
         with im, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's notes on odd chunks; a damaged image raises below
-            _check_voxels(path, (im.size[1], im.size[0]), limit)
             with native_stderr_captured():  # libjpeg's "Corrupt JPEG data" lines
                 im.load()
             mode = im.mode

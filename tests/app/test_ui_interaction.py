@@ -298,6 +298,35 @@ def test_nothing_painted_is_a_user_error(ctx, opened):
         _mask_action(ctx, opened, {"background": None, "layers": [], "composite": None}, None, use_model=True)
 
 
+def test_a_mask_file_is_a_png_or_jpeg_by_its_bytes_and_bombs_are_user_errors(ctx, opened, tmp_path):
+    """The mask-file upload went to PIL's Image.open with every format: PostScript named mask.png ran through
+    Ghostscript (and became a mask), and a 20000 x 20000 PNG raised DecompressionBombError, which the page
+    showed as "internal error". Both are now one user error, and the labels stay as they were."""
+    import struct
+    import zlib
+
+    from app.ui import _mask_action
+    from data.readers import StudyError
+
+    ps = tmp_path / "mask.png"
+    ps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 256 256\n"
+                   b"newpath 0 0 moveto 256 0 lineto 256 256 lineto fill\n%%EOF\n")
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 20001)) + chunk(b"IEND", b""))
+    session = ctx.store.get(opened)
+    before = session.labels.copy()
+    with pytest.raises(StudyError, match=r"mask\.png: not a readable PNG/JPEG image \(its bytes are neither PNG nor JPEG\)$"):
+        _mask_action(ctx, opened, None, str(ps), use_model=False)
+    with pytest.raises(StudyError, match=r"bomb\.png: image too large to open safely"):
+        _mask_action(ctx, opened, None, str(bomb), use_model=False)
+    np.testing.assert_array_equal(session.labels, before)
+
+
 def test_ready_is_news_only_after_an_open_or_a_model_change(ctx, tmp_path):
     """The page runs warm() after every upload, failed ones too: under load its "Ready" replaced a
     failed upload's message before the viewer showed it (the e2e test saw "Ready", never "notes.txt").

@@ -737,6 +737,21 @@ def images(d: Path) -> list[Case]:
     cases.append(Case("png_over_voxel_limit", "images", _write_bytes(d / "big.png", png_header(4096, 4096, b"\0" * 4097)),
                       "refuse", "more than the limit"))
     cases.append(Case("png_zero_width", "images", _write_bytes(d / "zero.png", png_header(0, 10)), "refuse", "not a readable PNG"))
+    # PIL decodes ~40 formats by their bytes: PostScript named .png ran through Ghostscript, GIF/TIFF/BMP opened
+    ps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 20 10\nnewpath 0 0 moveto 20 0 lineto 20 10 lineto fill\n%%EOF\n"
+    cases.append(Case("postscript_named_png", "images", _write_bytes(d / "scan.png", ps), "refuse",
+                      "not a readable PNG/JPEG image (its bytes are neither PNG nor JPEG)"))
+    frames = [Image.fromarray(np.roll(gray, n, axis=0)) for n in range(3)]
+    for fmt in ("GIF", "TIFF", "BMP"):
+        frames[0].save(d / f"{fmt.lower()}_named.png", format=fmt)
+        cases.append(Case(f"{fmt.lower()}_named_png", "images", d / f"{fmt.lower()}_named.png", "refuse",
+                          "its bytes are neither PNG nor JPEG"))
+    frames[0].save(d / "animated.png", save_all=True, append_images=frames[1:])  # APNG: frames 2, 3 were dropped
+    cases.append(Case("apng_3_frames", "images", d / "animated.png", "refuse", "an animated PNG of 3 frames"))
+    Image.fromarray(rgb).save(d / "phone.jpg", format="MPO", save_all=True, append_images=[Image.fromarray(rgb[::2, ::2])])
+    with Image.open(d / "phone.jpg") as im:  # a phone's JPEG with a second picture: the primary one opens
+        primary = np.asarray(im.convert("RGB"))
+    cases.append(Case("jpeg_mpo_two_pictures", "images", d / "phone.jpg", "accept", expected=primary[None]))
     Image.fromarray(rgb).save(d / "photo.jpg", quality=90)
     jpg = (d / "photo.jpg").read_bytes()
     cases.append(Case("jpeg_truncated", "images", _write_bytes(d / "cut.jpg", jpg[: len(jpg) // 2]), "refuse", "not a readable PNG/JPEG"))
