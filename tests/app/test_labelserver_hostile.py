@@ -83,15 +83,14 @@ def test_a_4d_label_is_refused_not_folded_onto_the_grid(served, tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "l4.nii.gz")
     r = _label_put(client, "my label.nii.gz", (tmp_path / "l4.nii.gz").read_bytes())
     assert r.status_code == 400, r.text
-    assert r.json()["detail"] == ("my label.nii.gz: a 4D label image of size (4, 32, 32, 5); expected a 3D label on the "
-                                  "image's grid (4, 32, 32)")
+    assert r.json()["detail"] == "my label.nii.gz: a 4D NIfTI of size (5, 32, 32, 4); expected a 2D or 3D image (one volume)"
     assert not (studies / "labels").exists()
 
 
 def test_label_errors_name_the_clients_file_and_a_good_label_is_saved(served, tmp_path):
     client, studies, _ = served
     r = _label_put(client, "liver.nii.gz", b"not an image")
-    assert r.status_code == 400 and r.json()["detail"] == "liver.nii.gz: not a readable label image (.nii.gz or .nrrd)"
+    assert r.status_code == 400 and r.json()["detail"].startswith("liver.nii.gz: not a readable NIfTI file (damaged gzip")
     wrong = sitk.Image(32, 32, 5, sitk.sitkUInt8)
     sitk.WriteImage(wrong, str(tmp_path / "wrong.nii.gz"))
     r = _label_put(client, "liver.nii.gz", (tmp_path / "wrong.nii.gz").read_bytes())
@@ -106,3 +105,51 @@ def test_label_errors_name_the_clients_file_and_a_good_label_is_saved(served, tm
     saved = sitk.GetArrayFromImage(sitk.ReadImage(str(studies / "labels" / "final" / "ct.nii.gz")))
     np.testing.assert_array_equal(saved, arr)
     assert json.loads(client.get("/datastore/?output=stats").text)["completed"] == 1
+
+
+def _detached(secret, n: int, key: str = "data file", blank: bool = True) -> bytes:
+    return (f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {n} 1 1\nencoding: raw\n{key}: {secret}\n"
+            + ("\n" if blank else "")).encode()
+
+
+@pytest.mark.parametrize("key, blank", [("data file", True), ("datafile", True), ("data file", False)])
+def test_an_nrrd_upload_cannot_read_another_file_of_the_server(served, tmp_path, key, blank):
+    """A detached NRRD header (data file: /path) made ITK read any file the server may read as the voxels:
+    PUT /datastore/?image=leak then GET /datastore/image?image=leak returned the file's bytes (200)."""
+    client, studies, sessions = served
+    secret = tmp_path / "other_patient.raw"
+    secret.write_bytes(b"secret-patient-data-0123456789")
+    header = _detached(secret, secret.stat().st_size, key, blank)
+    r = client.put("/datastore/?image=leak", files={"file": ("leak.nrrd", header)})
+    assert r.status_code == 400 and r.json()["detail"].startswith("leak.nrrd: "), r.text
+    assert client.get("/datastore/image?image=leak").status_code == 404
+    assert not list(studies.glob("*leak*"))
+    r = client.put("/session/", files={"files": ("volume.nrrd", header)})
+    assert r.status_code == 400 and r.json()["detail"].startswith("volume.nrrd: ") and not any(sessions.iterdir())
+    r = _label_put(client, "ct.seg.nrrd", header)
+    assert r.status_code == 400 and r.json()["detail"].startswith("ct.seg.nrrd: ")
+    assert not (studies / "labels").exists()
+
+
+def test_a_label_is_read_only_as_nifti_or_nrrd(served, tmp_path):
+    """A label named x.mha went to ITK's MetaImage reader, whose ElementDataFile reads any file: it was saved as
+    the image's final label and served back by GET /datastore/label (200)."""
+    client, studies, _ = served
+    secret = tmp_path / "other_patient.raw"
+    secret.write_bytes(bytes(range(1, 33)) * 32)  # 32 x 32 bytes: the image's (j, i) plane
+    mha = (f"ObjectType = Image\nNDims = 3\nDimSize = 32 32 4\nElementType = MET_UCHAR\n"
+           f"ElementDataFile = {secret}\n").encode()
+    r = _label_put(client, "x.mha", mha)
+    assert r.status_code == 400 and r.json()["detail"] == "x.mha: expected a .nii.gz, .nii or .nrrd (.seg.nrrd) label image"
+    assert client.get("/datastore/label?image=ct&tag=final").status_code == 404
+
+
+def test_a_self_contained_nrrd_still_uploads(served, tmp_path):
+    client, _, _ = served
+    arr = np.arange(4 * 32 * 32, dtype=np.int16).reshape(GRID)
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "ok.nrrd"))
+    r = client.put("/datastore/?image=ok", files={"file": ("ok.nrrd", (tmp_path / "ok.nrrd").read_bytes())})
+    assert r.status_code == 200, r.text
+    got = client.get("/datastore/image?image=ok")
+    (tmp_path / "got.nii.gz").write_bytes(got.content)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "got.nii.gz"))), arr)
