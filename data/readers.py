@@ -25,6 +25,7 @@ geometry came from, and any repair, is in ``Volume.source.geometry`` / ``Volume.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -139,6 +140,12 @@ def _has_dicom_magic(path: Path) -> bool:
         return False
 
 
+# ITK picks a reader by asking each of its ~20 ImageIOs whether it can read the file, BMP, BioRad, Bruker and
+# HDF5 among them before GDCM and NIfTI: a DICOM whose free 128-byte preamble held a BMP header opened as that
+# 4 x 4 BMP with the DICOM's identity, and HDF5's parser ran on NIfTI extension bytes. The checked format only:
+NIFTI_IO, DICOM_IO = "NiftiImageIO", "GDCMImageIO"
+
+
 def _itk(call, *args):
     """Run a SimpleITK read with ITK's warning blocks off and native stderr captured (one-line errors)."""
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
@@ -154,7 +161,7 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
     except NiftiCheckError as e:
         raise StudyError(f"{path}: {e}") from None
     try:
-        image = _itk(sitk.ReadImage, str(path))
+        image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, NIFTI_IO)
     except RuntimeError as e:
         raise StudyError(f"{path}: not a readable NIfTI file ({_first_line(e)})") from e
     if image.GetDimension() > 3:
@@ -363,6 +370,7 @@ def read_dicom_series(
     except GeometryError as e:
         raise StudyError(f"{folder}: {e}") from None
     reader = sitk.ImageSeriesReader()
+    reader.SetImageIO(DICOM_IO)
     reader.SetFileNames(list(info.files))
     try:
         image = _itk(reader.Execute)
@@ -410,7 +418,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     except GeometryError as e:
         raise StudyError(f"{path}: {e}") from None
     try:
-        image = _itk(sitk.ReadImage, str(path))
+        image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, DICOM_IO)
     except RuntimeError as e:
         raise StudyError(f"{path}: DICOM pixel data could not be decoded ({_first_line(e)})") from e
     if frames is not None and image.GetDimension() == 3:  # the checked grid, not GDCM's guess
@@ -503,4 +511,5 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
 
 def _first_line(e: BaseException) -> str:
     text = [line for line in str(e).strip().splitlines() if line.strip()]
-    return one_line(text[-1].strip()[:200]) if text else type(e).__name__
+    # ITK names the object by its address ("GDCMImageIO(0x5564...)"): noise to a user, different each run
+    return one_line(re.sub(r"\(0x[0-9a-fA-F]+\)", "", text[-1].strip())[:200]) if text else type(e).__name__

@@ -207,6 +207,11 @@ def dicom_structure(d: Path) -> list[Case]:
         base, struct.pack("<HH", 0x0009, 0x1010) + b"OB\0\0\xff\xff\xff\xff" + b"\0" * 16), "undefined length but VR OB"))
     cases.append(refuse("no_dicm_marker", base[:128] + b"XXXX" + base[132:], "not a readable DICOM"))
     cases.append(refuse("header_cut_at_300_bytes", base[:300], "truncated"))
+    # a 4 x 4 BMP header in the free 128-byte preamble: ITK asked BMPImageIO before GDCM and opened the BMP
+    bmp = b"BM" + struct.pack("<IHHI", len(base), 0, 0, 200) + struct.pack("<IiiHHIIiiII", 40, 4, 4, 1, 8, 0, 16, 2835,
+                                                                           2835, 256, 0)
+    path = _write_bytes(d / "bmp_in_preamble.dcm", bmp + base[len(bmp):])
+    cases.append(Case("bmp_header_in_preamble", "dicom-structure", path, "accept", expected=arr[None]))
     # legitimate: nesting 30 deep is inside the limit and must open with its pixels intact
     ok = _write_bytes(d / "nested_30.dcm", db.insert_before_pixels(base, db.nested_undefined(30)))
     cases.append(Case("nested_30_accepted", "dicom-structure", ok, "accept", expected=arr[None]))
