@@ -39,8 +39,8 @@ from data import limits
 from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
 from data.limits import DEFAULT_MAX_VOXELS, LimitError
 from data.nifti_check import NiftiCheckError, check_nifti
-from data.series_geometry import (GeometryError, check_pixel_spacing, check_series_geometry, frame_geometry, orientation,
-                                  position_along_normal)
+from data.series_geometry import (GeometryError, check_pixel_spacing, check_series_geometry, frame_geometry, numbers,
+                                  orientation, position_along_normal)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import SourceRef, Volume
 
@@ -413,6 +413,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     _check_pixels(path, scan, ds, limit)
     try:
         orientation(ds)
+        numbers(ds, "ImagePositionPatient", 3)  # NaN or 2 values: ITK made the origin 0 or (x, y, 0) silently
         check_pixel_spacing(ds)
         frames = frame_geometry(ds, allow_uneven=allow_uneven) if _int(ds, "NumberOfFrames", 1) > 1 else None
     except GeometryError as e:

@@ -399,6 +399,12 @@ def dicom_geometry(d: Path) -> list[Case]:
                           "accept", args=("--allow-uneven",), spacing=(0.5, 0.5, 6.5 / 3)))
     path, _, arr = _ct_file(d, "single_bad_orientation.dcm", iop=(1, 0, 0, 1, 0, 0))
     cases.append(Case("single_file_orientation_degenerate", "dicom-geometry", path, "refuse", "not two perpendicular"))
+    # a single image's position: ITK made a NaN origin 0 and a 2-value one (x, y, 0), under the name of IPP
+    path, _, _ = _ct_file(d, "single_position_nan.dcm", ipp=["NaN", "0", "0"])
+    cases.append(Case("single_file_position_nan", "dicom-geometry", path, "refuse", "ImagePositionPatient [nan, 0.0, 0.0] holds NaN"))
+    path, _, _ = _ct_file(d, "single_position_two.dcm", ipp=[1.0, 2.0])
+    cases.append(Case("single_file_position_two_values", "dicom-geometry", path, "refuse",
+                      "ImagePositionPatient has 2 value(s); expected 3"))
     path, _, arr = _ct_file(d, "single_no_geometry.dcm", ipp=None, iop=None, spacing=None)
     cases.append(Case("single_file_without_geometry", "dicom-geometry", path, "accept", expected=arr[None],
                       geometry="none (identity)"))
