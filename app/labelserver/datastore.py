@@ -86,6 +86,10 @@ def read_image_file(path: Path, name: str | None = None) -> Volume:
             raise StudyError(f"{name}: the NRRD pixel data could not be read") from e
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise StudyError(f"{name}: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
+        d = np.asarray(image.GetDirection(), float).reshape(image.GetDimension(), image.GetDimension())
+        if np.abs(d.T @ d - np.eye(len(d))).max() > 1e-3:  # ITK keeps sheared space directions as they are
+            raise StudyError(f"{name}: the NRRD's space directions are not perpendicular (shear); resample the image "
+                             "first (a NIfTI with shear is refused too)")
         volume = Volume.from_sitk(image, source=SourceRef(path=str(path), format="nrrd"))
         from data.readers import guess_modality
 

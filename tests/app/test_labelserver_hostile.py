@@ -153,3 +153,15 @@ def test_a_self_contained_nrrd_still_uploads(served, tmp_path):
     got = client.get("/datastore/image?image=ok")
     (tmp_path / "got.nii.gz").write_bytes(got.content)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "got.nii.gz"))), arr)
+
+
+def test_an_nrrd_with_sheared_space_directions_is_refused_like_a_nifti(served):
+    """space directions (1,0.5,0) (0,1,0) (0,0,2): ITK kept the non-perpendicular axes and the session opened on
+    a direction matrix that is no rotation (200); the NIfTI reader refuses shear."""
+    client, _, sessions = served
+    header = (b"NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 32 32 4\n"
+              b"space directions: (1,0.5,0) (0,1,0) (0,0,2)\nendian: little\nencoding: raw\nspace origin: (0,0,0)\n\n")
+    r = client.put("/session/", files={"files": ("sheared.nrrd", header + bytes(2 * 32 * 32 * 4))})
+    assert r.status_code == 400 and r.json()["detail"].startswith("sheared.nrrd: the NRRD's space directions are not "
+                                                                  "perpendicular (shear)"), r.text
+    assert not any(sessions.iterdir())
