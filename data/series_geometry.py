@@ -176,6 +176,13 @@ FRAME_GROUPS = (("PlanePositionSequence", "ImagePositionPatient"), ("PlaneOrient
                 ("PixelMeasuresSequence", "PixelSpacing"))
 
 
+def _positive(value) -> bool:
+    try:
+        return math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameGeometry | None:
     """An enhanced multi-frame image's frames checked as one even stack, like a series (frame n named
     "frame n"), and the grid they make; None when no frame carries a position (a cine loop, not a volume).
@@ -199,6 +206,18 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
                 head[keyword] = found[keyword]
         heads.append(head)
     if not any("ImagePositionPatient" in h for h in heads):
+        offsets = ds.get("GridFrameOffsetVector")  # RT Dose: frame positions along the normal, which GDCM reads
+        if offsets is not None and "ImageOrientationPatient" in ds:
+            steps = np.diff(np.asarray([float(v) for v in offsets], float))
+            if len(steps) + 1 != int(ds.get("NumberOfFrames") or 1) or not np.isfinite(steps).all() or (steps <= 0).any() \
+                    or np.abs(steps - np.median(steps)).max() > SPACING_TOLERANCE * float(np.median(steps)):
+                raise GeometryError(f"GridFrameOffsetVector {[float(v) for v in offsets][:8]} is not one increasing, "
+                                    "even step per frame; the frames cannot be stacked")
+            return None
+        if "ImageOrientationPatient" in ds and not _positive(ds.get("SpacingBetweenSlices")):
+            # ITK stacks such frames 1 mm apart (SliceThickness is not a spacing): an invented third axis
+            raise GeometryError(f"{int(ds.get('NumberOfFrames') or 1)} frames with ImageOrientationPatient but no "
+                                "SpacingBetweenSlices or per-frame positions: where the frames lie is not in the file")
         return None
     frames = int(ds.get("NumberOfFrames") or 1)
     if len(heads) != frames:

@@ -395,6 +395,18 @@ def dicom_geometry(d: Path) -> list[Case]:
     cases.append(enhanced("multiframe_mixed_orientation", [0, 1.5, 3.0, 4.5], "frame 3 is oriented unlike frame 1",
                           iops=[[1, 0, 0, 0, 1, 0]] * 2 + [[1, 0, 0, 0, 0, -1]] * 2))
     cases.append(enhanced("multiframe_even", [0, 1.5, 3.0, 4.5], "", "accept", spacing=(0.5, 0.5, 1.5)))
+    # a legacy multi-frame with an orientation but nothing that places its frames: ITK put them 1 mm apart
+    legacy = db.image_dataset(stack, ipp=(-4.0, -4.0, 0.0))
+    legacy.SliceThickness = 2.5  # a thickness, not a spacing
+    cases.append(Case("multiframe_without_frame_spacing", "dicom-geometry", db.write(legacy, d / "legacy_mf.dcm"),
+                      "refuse", "4 frames with ImageOrientationPatient but no SpacingBetweenSlices or per-frame positions"))
+    legacy.SpacingBetweenSlices = 3.0
+    cases.append(Case("multiframe_spacing_between_slices", "dicom-geometry", db.write(legacy, d / "legacy_mf_sbs.dcm"),
+                      "accept", expected=stack, spacing=(0.5, 0.5, 3.0)))
+    dose = db.image_dataset(stack, ipp=(-4.0, -4.0, 0.0))
+    dose.GridFrameOffsetVector = [0.0, 2.0, 7.0, 9.0]  # RT Dose's frame offsets, uneven: GDCM used the first step
+    cases.append(Case("multiframe_uneven_grid_frame_offsets", "dicom-geometry", db.write(dose, d / "dose_uneven.dcm"),
+                      "refuse", "GridFrameOffsetVector [0.0, 2.0, 7.0, 9.0] is not one increasing, even step per frame"))
     cases.append(enhanced("multiframe_uneven_allow_uneven", [0, 1.5, 5.0, 6.5], "--allow-uneven: 1 uneven step(s)",
                           "accept", args=("--allow-uneven",), spacing=(0.5, 0.5, 6.5 / 3)))
     path, _, arr = _ct_file(d, "single_bad_orientation.dcm", iop=(1, 0, 0, 1, 0, 0))
