@@ -25,6 +25,7 @@ geometry came from, and any repair, is in ``Volume.source.geometry`` / ``Volume.
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass, replace
@@ -256,6 +257,7 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
         raise StudyError(f"{path}: DICOM file without pixel data; expected an image")
     frames = _int(ds, "NumberOfFrames", 1)
     _check_voxels(path, (frames, _int(ds, "Rows"), _int(ds, "Columns")), limit)
+    _check_rescale(path, ds)
     samples, bits = _int(ds, "SamplesPerPixel", 1), _int(ds, "BitsAllocated", 16)
     if not 1 <= samples <= limits.MAX_SAMPLES_PER_PIXEL or bits not in (1, 8, 16, 32, 64):
         raise StudyError(f"{path}: SamplesPerPixel {samples} / BitsAllocated {bits}; expected 1-4 samples of 1, 8, 16, 32 or 64 bits")
@@ -281,6 +283,22 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
     if (scan.pixel_length or 0) < expected:
         raise StudyError(f"{path}: truncated DICOM file: {scan.pixel_length or 0} of {expected} bytes of pixel data "
                          f"({frames} frame(s) of {_int(ds, 'Rows')} x {_int(ds, 'Columns')} x {samples} x {bits} bits)")
+
+
+def _check_rescale(path: Path, ds: pydicom.Dataset) -> None:
+    """RescaleSlope 0, NaN or inf, or a NaN/inf intercept: GDCM silently reads such a slope as 1 and such an
+    intercept as 0 (measured: slope 0 with intercept -1024 opened as stored - 1024), values the file does not
+    say. Refused."""
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if keyword not in ds or ds[keyword].value in (None, ""):
+            continue
+        try:
+            value = float(ds[keyword].value)
+        except (TypeError, ValueError):
+            raise StudyError(f"{path}: {keyword} {ds[keyword].value!r} is not a number") from None
+        if not math.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
+            raise StudyError(f"{path}: {keyword} {value:g}; expected a finite number{' other than 0' if keyword == 'RescaleSlope' else ''}"
+                             " (the stored values cannot be turned into the modality's units)")
 
 
 def _read_header(path: Path) -> pydicom.Dataset:

@@ -276,6 +276,12 @@ def dicom_pixels(d: Path) -> list[Case]:
     cases.append(with_ds("bits_allocated_128", lambda ds: setattr(ds, "BitsAllocated", 128), "BitsAllocated 128"))
     cases.append(with_ds("samples_per_pixel_200", lambda ds: setattr(ds, "SamplesPerPixel", 200), "SamplesPerPixel 200"))
     cases.append(with_ds("no_pixel_data", lambda ds: delattr(ds, "PixelData"), "without pixel data"))
+    # rescales GDCM replaced silently (slope 0/NaN/inf by 1, a NaN intercept by 0)
+    for name, slope, intercept, fragment in (("rescale_slope_zero", 0, -1024, "RescaleSlope 0; expected a finite number"),
+                                            ("rescale_slope_nan", "NaN", 0, "RescaleSlope nan"),
+                                            ("rescale_intercept_inf", 1, "inf", "RescaleIntercept inf")):
+        cases.append(with_ds(name, lambda ds, s=slope, i=intercept: (setattr(ds, "RescaleSlope", s),
+                                                                       setattr(ds, "RescaleIntercept", i)), fragment))
     # encapsulated data where raw bytes are declared, and the reverse
     frag = struct.pack("<HHI", 0xFFFE, 0xE000, 0) + struct.pack("<HHI", 0xFFFE, 0xE000, 8) + b"\0" * 8 + db.SEQ_END
     at = base.rfind(b"\xe0\x7f\x10\x00")
