@@ -21,6 +21,7 @@ row spacing is the j spacing and the column spacing the i spacing of the image g
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,14 @@ def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file")
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:  # Excel's plain "CSV" on Windows is cp1252: the error named no file
+        line = data[: e.start].count(b"\n") + 1
+        raise ManifestError(f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the manifest as "
+                            "UTF-8 (in Excel: 'CSV UTF-8 (Comma delimited)')") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED if c not in header]

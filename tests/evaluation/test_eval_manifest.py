@@ -300,3 +300,15 @@ def test_a_3d_label_on_another_grid_is_refused_not_sliced_at_the_same_index(tmp_
     with pytest.raises(ManifestError, match=f"^{re.escape(where % 4)} direction .* vs "):
         loader.load(cases[2])
     assert loader.load(cases[3]).gt.any()
+
+
+def test_a_manifest_saved_in_a_windows_code_page_names_the_file_the_line_and_the_fix(tmp_path):
+    """Excel's plain 'CSV' on Windows writes cp1252: `medseg eval` said only "'utf-8' codec can't decode byte
+    0xe4 in position 45: invalid continuation byte"."""
+    m = tmp_path / "MANIFEST.csv"
+    m.write_bytes("case_id,image,label,structure\na,img.png,lab.png,liver\nb,img.png,lab.png,Läsion\n".encode("cp1252"))
+    with _exactly(f"{m} line 3: not UTF-8 text (byte 0xe4); save the manifest as UTF-8 (in Excel: 'CSV UTF-8 "
+                  "(Comma delimited)')"):
+        read_manifest(m)
+    m.write_text("case_id,image,label,structure\nb,img.png,lab.png,Läsion\n", encoding="utf-8-sig")  # Excel's UTF-8
+    assert read_manifest(m)[0][0].structure == "Läsion"
