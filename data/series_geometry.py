@@ -24,7 +24,8 @@ ORTHONORMAL_TOLERANCE = 1e-2  # |row|, |column| within 1 +- this; |row . column|
 
 # ITK decodes every slice as the first file says (measured: a MONOCHROME1 slice among MONOCHROME2 ones came out
 # inverted, an unsigned slice among signed ones read as signed)
-SAME_IN_EVERY_SLICE = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation",
+# (BitsStored may differ: each slice's own is applied when it is decoded)
+SAME_IN_EVERY_SLICE = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "PixelRepresentation",
                        "PhotometricInterpretation", "FrameOfReferenceUID")
 
 
