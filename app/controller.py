@@ -519,19 +519,26 @@ def edit_label(ctx: AppContext, session: Session, name: str, colour: str) -> Vie
 
 
 def parse_colour(text: str | None) -> tuple[int, int, int] | None:
-    """'#rrggbb' or 'rgb(r, g, b)'/'rgba(...)' (what colour pickers send) -> (r, g, b); None if empty."""
+    """'#rrggbb' or 'rgb(r, g, b)'/'rgba(...)' (what colour pickers send) -> (r, g, b); None if empty.
+
+    Three channels of 0..255 or a ValueError: rgb(300, 0, 0) was kept as (300, 0, 0), which the viewer wrote as
+    "#12c0000" and the DICOM-SEG export then refused; rgb(1e400, 0, 0) raised OverflowError ("internal error")."""
     if not text:
         return None
     t = text.strip().lower()
+    rgb: tuple[int, ...] = ()
     try:
         if t.startswith("#") and len(t) in (7, 9):
-            return int(t[1:3], 16), int(t[3:5], 16), int(t[5:7], 16)
-        if t.startswith("rgb"):
+            rgb = int(t[1:3], 16), int(t[3:5], 16), int(t[5:7], 16)
+        elif t.startswith("rgb"):
             parts = t[t.index("(") + 1 : t.index(")")].split(",")
-            return tuple(int(round(float(p))) for p in parts[:3])  # type: ignore[return-value]
-    except ValueError:
-        pass
-    raise ValueError(f"colour {text!r} is not '#rrggbb'")
+            if len(parts) in (3, 4):
+                rgb = tuple(int(round(float(p))) for p in parts[:3])
+    except (ValueError, OverflowError):
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise ValueError(f"colour {text[:40]!r} is not '#rrggbb' or rgb(r, g, b) with r, g, b in 0..255")
+    return rgb  # type: ignore[return-value]
 
 
 # --- model ------------------------------------------------------------------------------------

@@ -212,6 +212,17 @@ def test_paint_labels_and_measurements_in_mm(ctx, opened):
     assert session.label(session.active).colour == (0, 255, 128)
 
 
+@pytest.mark.parametrize("typed", ["rgb(300, 0, 0)", "rgb(-5, 0, 0)", "rgb(1e400, 0, 0)", "rgb(1, 2)"])
+def test_a_colour_out_of_0_255_is_refused_and_the_label_keeps_its_colour(ctx, opened, typed):
+    """rgb(300, 0, 0) was kept as (300, 0, 0): the viewer got "#12c0000" and the DICOM-SEG export then failed
+    ("colour of label 1 must be 3 values in 0..255"); rgb(1e400, 0, 0) raised OverflowError, an internal error."""
+    session = ctx.store.get(opened)
+    before = session.label(session.active).colour
+    with pytest.raises(ValueError, match=r"is not '#rrggbb' or rgb\(r, g, b\) with r, g, b in 0\.\.255"):
+        controller.edit_label(ctx, opened, "roi", typed)
+    assert session.label(session.active).colour == before
+
+
 def test_exports_equal_the_server_labels(ctx, opened):
     session = ctx.store.get(opened)
     path, _ = controller.export(ctx, opened, "nifti")
