@@ -4,6 +4,7 @@ propagation and restore."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 
@@ -221,6 +222,29 @@ def test_a_colour_out_of_0_255_is_refused_and_the_label_keeps_its_colour(ctx, op
     with pytest.raises(ValueError, match=r"is not '#rrggbb' or rgb\(r, g, b\) with r, g, b in 0\.\.255"):
         controller.edit_label(ctx, opened, "roi", typed)
     assert session.label(session.active).colour == before
+
+
+@pytest.mark.parametrize("call, message", [
+    (("set_display", "custom", float("nan"), 400.0, 0.5, "point +"), "window level must be a finite number, got 'nan'"),
+    (("set_display", "custom", 40.0, float("inf"), 0.5, "point +"), "window width must be a finite number, got 'inf'"),
+    (("set_display", "default", 40.0, 400.0, float("nan"), "point +"), "opacity must be a finite number, got 'nan'"),
+    (("set_display", "hounsfield", 40.0, 400.0, 0.5, "point +"), "unknown window 'hounsfield'; expected one of default"),
+    (("set_slice", None), "the slice must be a finite number, got 'None'"),
+    (("select_label", None), "the label must be a finite number, got 'None'"),
+])
+def test_display_values_that_are_no_finite_number_are_refused_and_the_viewer_keeps_working(ctx, opened, call, message):
+    """A NaN level, an infinite width, a NaN opacity or an unknown window name (a Gradio API client, the number
+    box) were saved with the session: from then on the viewer's /state answered "Out of range float values are
+    not JSON compliant" on every poll, for good. set_slice(None) / select_label(None) were internal errors."""
+    from starlette.responses import JSONResponse
+
+    from app.viewer import actions
+
+    name, *args = call
+    with pytest.raises(ValueError, match=re.escape(message)):
+        getattr(controller, name)(ctx, opened, *args)
+    session = ctx.store.get(opened)
+    assert JSONResponse(actions.state(session)).status_code == 200
 
 
 def test_exports_equal_the_server_labels(ctx, opened):
