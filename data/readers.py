@@ -524,8 +524,35 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
         array = array[..., :3]
     if array.ndim not in (2, 3) or 0 in array.shape[:2]:
         raise StudyError(f"{path}: empty image of size {array.shape}")
+    if _png_16bit_with_colour_or_alpha(path):
+        array = _png_16bit(path, array)
     fmt = "png" if path.suffix.lower() == ".png" else "jpeg"
     return Volume(array=array[None], modality="OT", source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)"))
+
+
+def _png_16bit_with_colour_or_alpha(path: Path) -> bool:
+    """A 16-bit PNG of colour type grey+alpha (4), RGB (2) or RGBA (6): PIL reads these at 8 bits per channel."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
+
+
+def _png_16bit(path: Path, eight_bit: np.ndarray) -> np.ndarray:
+    """The 16-bit values PIL dropped to their high byte (59900 became 233): a grey image stored as RGB or with
+    an alpha channel opens as its 16-bit grey, losslessly; a true colour one stays 8-bit, with a warning."""
+    import cv2
+
+    full = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if full is None or full.dtype != np.uint16 or full.shape[:2] != eight_bit.shape[:2]:
+        raise StudyError(f"{path}: not a readable 16-bit PNG")
+    if full.ndim == 2:
+        return full
+    colour = full[..., :3] if full.shape[2] >= 3 else full[..., :1]
+    if (colour == colour[..., :1]).all():
+        return np.ascontiguousarray(colour[..., 0])
+    warnings.warn(one_line(f"{path}: a 16-bit colour PNG, opened at 8 bits per channel (the low byte of each "
+                           "value dropped)"), StudyWarning, stacklevel=3)
+    return eight_bit
 
 
 def _first_line(e: BaseException) -> str:

@@ -775,6 +775,20 @@ def images(d: Path) -> list[Case]:
         frames[0].save(d / f"{fmt.lower()}_named.png", format=fmt)
         cases.append(Case(f"{fmt.lower()}_named_png", "images", d / f"{fmt.lower()}_named.png", "refuse",
                           "its bytes are neither PNG nor JPEG"))
+    # 16-bit PNGs with colour or alpha: PIL read them at 8 bits (59900 became 233)
+    import cv2
+
+    deep_rgb = np.dstack([deep, deep, deep])
+    cv2.imwrite(str(d / "grey_as_rgb16.png"), deep_rgb)
+    cases.append(Case("png_16bit_grey_stored_as_rgb", "images", d / "grey_as_rgb16.png", "accept", expected=deep[None]))
+    rows = b"".join(b"\0" + b"".join(struct.pack(">HH", int(v), 65535) for v in row) for row in deep)
+    ga = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", deep.shape[1], deep.shape[0], 16, 4, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    cases.append(Case("png_16bit_grey_alpha", "images", _write_bytes(d / "grey_alpha16.png", ga), "accept", expected=deep[None]))
+    colour16 = np.dstack([deep, deep // 2, deep // 3])  # cv2 writes BGR: the file's RGB is the reverse
+    cv2.imwrite(str(d / "colour16.png"), colour16)
+    cases.append(Case("png_16bit_colour", "images", d / "colour16.png", "accept", "a 16-bit colour PNG, opened at 8 bits",
+                      expected=(colour16[..., ::-1] >> 8).astype(np.uint8)[None]))
     frames[0].save(d / "animated.png", save_all=True, append_images=frames[1:])  # APNG: frames 2, 3 were dropped
     cases.append(Case("apng_3_frames", "images", d / "animated.png", "refuse", "an animated PNG of 3 frames"))
     Image.fromarray(rgb).save(d / "phone.jpg", format="MPO", save_all=True, append_images=[Image.fromarray(rgb[::2, ::2])])
