@@ -91,6 +91,9 @@ def read_metadata(directory: str | Path) -> dict:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{meta_path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):  # `5` or a string raised TypeError/AttributeError: a traceback
+        raise CheckpointError(f"{meta_path} holds a JSON {type(meta).__name__}; expected an object with base_model, "
+                              "base_sha256 and adapter")
     for key in ("base_model", "base_sha256", "adapter"):
         if key not in meta:
             raise CheckpointError(f"{meta_path} lacks the field {key!r}; re-save the adapter with medseg finetune")

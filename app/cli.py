@@ -22,8 +22,24 @@ USER_ERROR = 2
 SERVERS = ("serve", "labelserver")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's usage errors as one line too (it printed the usage line first), with a hint for a file
+    name that starts with '-' (argparse takes it for an option)."""
+
+    def error(self, message: str):
+        from data.untrusted import one_line
+
+        dashed = [a for a in _ARGV if a.startswith("-") and len(a) > 1 and os.path.exists(a)]
+        if dashed:
+            message += f" (a file name that starts with '-': write ./{dashed[0]} or put -- before it)"
+        self.exit(USER_ERROR, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+_ARGV: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medseg", description="Promptable medical image segmentation")
+    parser = OneLineParser(prog="medseg", description="Promptable medical image segmentation")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"app.commands.{name.replace('-', '_')}")
@@ -35,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     parser = build_parser()
+    _ARGV[:] = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     from app.errors import USER_ERRORS
     from data.untrusted import one_line, set_link_policy

@@ -8,6 +8,7 @@ atomically before it returns (``SessionStore.save``).
 from __future__ import annotations
 
 import importlib.util
+import math
 import shutil
 import tempfile
 import time
@@ -267,11 +268,22 @@ def set_view(ctx: AppContext, session: Session, view: str) -> ViewModel:
     return view_model(session, "")
 
 
+def _finite(value, what: str) -> float:
+    """``value`` as a finite float, else ValueError naming ``what`` (a Gradio API client may send anything)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be a finite number, got {str(value)[:40]!r}")
+    return number
+
+
 @_with_session
 def set_slice(ctx: AppContext, session: Session, index: int) -> ViewModel:
     volume = session.require_study()
     n = Plane.of(volume, session.view.view).count(session.labels.shape)
-    session.view.index[session.view.view] = int(np.clip(int(index), 0, n - 1))
+    session.view.index[session.view.view] = int(np.clip(int(_finite(index, "the slice")), 0, n - 1))
     ctx.store.save(session)
     return view_model(session, "")
 
@@ -281,7 +293,7 @@ def step(ctx: AppContext, session: Session, delta: int) -> ViewModel:
     volume = session.require_study()
     n = Plane.of(volume, session.view.view).count(session.labels.shape)
     v = session.view.view
-    session.view.index[v] = int(np.clip(session.view.index[v] + int(delta), 0, n - 1))
+    session.view.index[v] = int(np.clip(session.view.index[v] + int(_finite(delta, "the step")), 0, n - 1))
     ctx.store.save(session)
     return view_model(session, "")
 
@@ -290,7 +302,18 @@ def step(ctx: AppContext, session: Session, delta: int) -> ViewModel:
 def set_display(
     ctx: AppContext, session: Session, window: str, level: float, width: float, opacity: float, mode: str
 ) -> ViewModel:
-    """Window, free level/width, overlay opacity and click mode (display only; the model is unaffected)."""
+    """Window, free level/width, overlay opacity and click mode (display only; the model is unaffected).
+
+    Checked before anything is kept: a NaN level, an infinite width, a NaN opacity or a window name not in the
+    list (a scripted client or the number box) were saved with the session, and from then on its viewer's
+    /state answered "Out of range float values are not JSON compliant" (or "unknown window") on every poll."""
+    from app.render import window_choices
+
+    if window not in window_choices():
+        raise ValueError(f"unknown window {str(window)[:40]!r}; expected one of {', '.join(window_choices())}")
+    for name, value in (("level", level), ("width", width), ("opacity", opacity)):
+        if value is not None:
+            _finite(value, f"window {name}" if name != "opacity" else name)
     if window == "custom" and (width is None or float(width) <= 0):
         raise ValueError(f"window width must be positive, got {width}")
     if mode not in MODES:
@@ -503,7 +526,8 @@ def add_label(ctx: AppContext, session: Session, name: str) -> ViewModel:
 
 @_with_session
 def select_label(ctx: AppContext, session: Session, value: int) -> ViewModel:
-    session.label(int(value))
+    value = int(_finite(value, "the label"))
+    session.label(value)
     if session.active != int(value):
         session.active = int(value)
         session.prompt = None
@@ -519,19 +543,26 @@ def edit_label(ctx: AppContext, session: Session, name: str, colour: str) -> Vie
 
 
 def parse_colour(text: str | None) -> tuple[int, int, int] | None:
-    """'#rrggbb' or 'rgb(r, g, b)'/'rgba(...)' (what colour pickers send) -> (r, g, b); None if empty."""
+    """'#rrggbb' or 'rgb(r, g, b)'/'rgba(...)' (what colour pickers send) -> (r, g, b); None if empty.
+
+    Three channels of 0..255 or a ValueError: rgb(300, 0, 0) was kept as (300, 0, 0), which the viewer wrote as
+    "#12c0000" and the DICOM-SEG export then refused; rgb(1e400, 0, 0) raised OverflowError ("internal error")."""
     if not text:
         return None
     t = text.strip().lower()
+    rgb: tuple[int, ...] = ()
     try:
         if t.startswith("#") and len(t) in (7, 9):
-            return int(t[1:3], 16), int(t[3:5], 16), int(t[5:7], 16)
-        if t.startswith("rgb"):
+            rgb = int(t[1:3], 16), int(t[3:5], 16), int(t[5:7], 16)
+        elif t.startswith("rgb"):
             parts = t[t.index("(") + 1 : t.index(")")].split(",")
-            return tuple(int(round(float(p))) for p in parts[:3])  # type: ignore[return-value]
-    except ValueError:
-        pass
-    raise ValueError(f"colour {text!r} is not '#rrggbb'")
+            if len(parts) in (3, 4):
+                rgb = tuple(int(round(float(p))) for p in parts[:3])
+    except (ValueError, OverflowError):
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise ValueError(f"colour {text[:40]!r} is not '#rrggbb' or rgb(r, g, b) with r, g, b in 0..255")
+    return rgb  # type: ignore[return-value]
 
 
 # --- model ------------------------------------------------------------------------------------

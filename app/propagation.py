@@ -100,8 +100,8 @@ class PropagationSettings:
             raise ValueError(f"prompt must be 'auto', 'box', 'mask' or 'mask+box', got {self.prompt!r}")
         if self.candidates not in ("best", "overlap"):
             raise ValueError(f"candidates must be 'best' or 'overlap', got {self.candidates!r}")
-        if self.margin_px < 0:
-            raise ValueError(f"margin_px must be >= 0, got {self.margin_px}")
+        if not 0 <= self.margin_px < float("inf"):  # NaN too: it made NaN boxes on the next slice
+            raise ValueError(f"margin_px must be a finite number >= 0, got {self.margin_px}")
         if self.min_area_px < 1:
             raise ValueError(f"min_area_px must be >= 1 (an empty mask always stops), got {self.min_area_px}")
         for name in ("min_score", "score_drop", "area_drop", "min_overlap", "guard"):

@@ -509,9 +509,9 @@ def _colour_changed(ctx: AppContext, guarded, sid, name, colour, n_outputs: int)
 def _mask_action(ctx: AppContext, sid: str, editor_value: Any, mask_file: str | None, use_model: bool) -> ViewModel:
     """The brush canvas's painted pixels, or an uploaded mask image, as the mask of the current plane."""
     if mask_file:
-        from PIL import Image
+        from data.readers import open_image
 
-        with Image.open(mask_file) as im:
+        with open_image(Path(mask_file)) as im:  # PNG/JPEG only: PIL would decode PostScript with Ghostscript
             drawn = np.asarray(im.convert("L")) > 0
     else:
         layers = (editor_value or {}).get("layers") or []

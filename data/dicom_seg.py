@@ -16,6 +16,7 @@ PlaneOrientation), which is what a third-party SEG whose source images are absen
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -128,11 +129,14 @@ def write_dicom_seg(
             manufacturer_model_name="medseg",
             software_versions=medseg_version(),
             device_serial_number="0",
-            series_description=series_description[:64],
+            series_description=_lo(series_description, "medseg segmentation"),
             omit_empty_frames=True,  # frames with no foreground are left out (what Slicer/dcmqi write)
         )
     except (ValueError, TypeError, AttributeError) as e:
         raise DicomSegError(f"{path}: highdicom could not build the DICOM-SEG ({e})") from e
+    if not all(str(d.SegmentLabel).isascii() for d in seg.SegmentSequence) or not str(seg.SeriesDescription).isascii():
+        # names typed in any language ("Läsion", "肝臓"): without a character set pydicom wrote them as "?"
+        seg.SpecificCharacterSet = "ISO_IR 192"
     if deidentify is not None:
         deidentify(seg)
     with atomic_output(path) as tmp:
@@ -159,6 +163,18 @@ def _segment_layers(labels: np.ndarray, volume: Volume, path: Path) -> dict[int,
     return {int(v): labels == v for v in np.unique(labels) if v != 0}
 
 
+# LO (Segment Label, Series Description): one value (a backslash separates values: "a\\b" became ["a", "b"]),
+# no control characters (a newline or an escape sequence from a typed name), at most 64 characters
+_NOT_IN_LO = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def _lo(text: str, fallback: str) -> str:
+    cleaned = " ".join(_NOT_IN_LO.sub(lambda m: "/" if m.group() == "\\" else " ", str(text)).split())[:64]
+    while len(cleaned.encode("utf-8")) > 64:  # validators count the bytes of a UTF-8 value
+        cleaned = cleaned[:-1]
+    return cleaned.strip() or fallback
+
+
 def _codes():
     from pydicom.sr.codedict import codes
 
@@ -169,7 +185,7 @@ def _segment_description(number, value, names, colours, algorithm):
     import highdicom as hd
 
     codes = _codes()
-    name = str(names.get(value, f"label {value}"))
+    name = _lo(names.get(value, ""), f"label {value}")
     concept = getattr(codes.SCT, "".join(w[:1].upper() + w[1:] for w in name.split()), None)
     if concept is not None:
         category, kind = codes.SCT.AnatomicalStructure, concept
@@ -180,7 +196,7 @@ def _segment_description(number, value, names, colours, algorithm):
         raise DicomSegError(f"colour of label {value} must be 3 values in 0..255, got {rgb}")
     return hd.seg.SegmentDescription(
         segment_number=number,
-        segment_label=name[:64],
+        segment_label=name,
         segmented_property_category=category,
         segmented_property_type=kind,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,

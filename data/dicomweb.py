@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,15 @@ def _explain(e: BaseException, url: str, what: str, timeout: float) -> DicomWebE
         if code in (401, 403):
             return DicomWebError(f"{url}: access refused (HTTP {code}) while {what}; set MEDSEG_DICOMWEB_TOKEN")
         return DicomWebError(f"{url}: the PACS answered HTTP {code} while {what}")
+    if isinstance(e, RecursionError):
+        return DicomWebError(f"{url}: {what} failed (the PACS sent a data set nested too deep to read)")
     return DicomWebError(f"{url}: {what} failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+
+
+# what pydicom raises (inside dicomweb-client) on a damaged data set a PACS sends: sequences nested 100,000 deep
+# (RecursionError), a sequence never closed (OSError "No tag to read"), a delimiter where an element belongs
+# (NotImplementedError "Unknown Value Representation"); they escaped as tracebacks
+PARSE_ERRORS = (RecursionError, OSError, NotImplementedError, EOFError, IndexError, OverflowError, struct.error)
 
 
 def _call(fn, url: str, what: str, timeout: float):
@@ -107,7 +116,7 @@ def _call(fn, url: str, what: str, timeout: float):
         return fn()
     except DicomWebError:
         raise
-    except (requests.exceptions.RequestException, ValueError, KeyError, TypeError, InvalidDicomError) as e:
+    except (requests.exceptions.RequestException, ValueError, KeyError, TypeError, InvalidDicomError, *PARSE_ERRORS) as e:
         raise _explain(e, url, what, timeout) from None
 
 
@@ -246,7 +255,10 @@ def fetch_series(
             ds = _call(lambda sop=sop: c.retrieve_instance(url.study_uid, url.series_uid, sop), where,
                        f"retrieving instance {n + 1} of {len(sops)} (WADO-RS)", timeout)
             path = folder / f"{n:05d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
+            try:  # pydicom reads elements lazily: a damaged one may fail only now
+                ds.save_as(path, enforce_file_format=True)
+            except (ValueError, KeyError, TypeError, *PARSE_ERRORS) as e:
+                raise _explain(e, where, f"writing instance {n + 1} of {len(sops)} the PACS sent", timeout) from None
             received += path.stat().st_size
             if received > budget:
                 raise DicomWebError(f"{where}: the PACS sent more than the {max_bytes / 2**20:.0f} MiB its metadata "

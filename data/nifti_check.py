@@ -85,6 +85,7 @@ def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
     bits, name = REAL_TYPES[code]
     if int(header["bitpix"]) != bits:
         raise NiftiCheckError(f"bitpix {int(header['bitpix'])} does not match datatype {name} ({bits} bits)")
+    _check_scaling(float(header["scl_slope"]), float(header["scl_inter"]))
     voxels = math.prod(shape)
     if voxels > max_voxels:
         raise NiftiCheckError(
@@ -97,6 +98,19 @@ def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
     _check_bytes_present(path, gz, needed)
     geometry, spacing, origin, direction = _geometry(header, shape)
     return NiftiFacts(shape=shape, datatype=name, geometry=geometry, spacing=spacing, origin=origin, direction=direction)
+
+
+def _check_scaling(slope: float, inter: float) -> None:
+    """Refuse voxel scalings that readers apply differently (measured with SimpleITK and nibabel): NIfTI and
+    nibabel read a slope of 0, NaN or inf as no scaling, ITK still added a finite intercept (-1024 would shift
+    every HU); with a valid slope, nibabel refuses an infinite intercept and ITK reads it as 0. A NaN intercept
+    (nibabel writes NaN, NaN for "no scaling") is read as 0 by both."""
+    if not math.isfinite(slope) or slope == 0:
+        if math.isfinite(inter) and inter != 0:
+            raise NiftiCheckError(f"scl_slope = {slope:g} (no scaling) with scl_inter = {inter:g}: readers disagree "
+                                  "whether to add the intercept; set scl_inter to 0 or give a valid scl_slope")
+    elif math.isinf(inter):
+        raise NiftiCheckError(f"scl_inter = {inter} with scl_slope = {slope:g}; the voxel scaling needs a finite intercept")
 
 
 def _read_prefix(path: Path, gz: bool, n: int) -> bytes:
@@ -180,6 +194,11 @@ def _check_bytes_present(path: Path, gz: bool, needed: int) -> None:
         )
 
 
+# xyzt_units' spatial codes other than mm (2) and unknown (0): ITK scales spacing and origin by these (nibabel does
+# not), and the label written back says mm; reading them as mm put a label 1000 times too small over the image.
+SPATIAL_UNITS = {1: ("metres", 1000.0), 3: ("micrometres", 0.001)}
+
+
 def _geometry(header, shape: tuple[int, ...]):
     """(rule, spacing, origin LPS, direction LPS) from the sform/qform/pixdim, or NiftiCheckError."""
     pixdim = [float(x) for x in header["pixdim"]]
@@ -198,7 +217,7 @@ def _geometry(header, shape: tuple[int, ...]):
     elif qform_code > 0:
         affine = _qform(header)
         if affine is None:
-            raise NiftiCheckError("the qform quaternion is not a rotation (b^2 + c^2 + d^2 > 1, or not finite)")
+            raise NiftiCheckError(_qform_problem(header))
         rule = f"qform (qform_code {qform_code})"
     else:
         affine = np.zeros((3, 4))
@@ -206,6 +225,11 @@ def _geometry(header, shape: tuple[int, ...]):
         rule = "pixdim only (qform_code and sform_code 0: NIfTI method 1, no orientation)"
     if not np.isfinite(affine).all():
         raise NiftiCheckError(f"the {rule.split()[0]} holds NaN or infinite values")
+    unit = int(header["xyzt_units"]) & 0x07
+    if unit in SPATIAL_UNITS:  # metres or micrometres: millimetres, as ITK (3D Slicer) reads them and labels are written
+        name, factor = SPATIAL_UNITS[unit]
+        affine = affine * factor
+        rule += f"; {name} (xyzt_units {unit}) scaled to mm"
     matrix = affine[:, :3]
     spacing = np.linalg.norm(matrix, axis=0)
     if (spacing[:n] <= 1e-9).any() or abs(np.linalg.det(matrix)) <= 1e-12 * float(np.prod(spacing)):
@@ -219,9 +243,25 @@ def _geometry(header, shape: tuple[int, ...]):
     return rule, tuple(map(float, spacing)), tuple(map(float, origin)), tuple(map(float, direction))
 
 
-def _qform(header) -> np.ndarray | None:
-    """The qform's 3 x 4 affine (nibabel's, qfac and pixdim applied), None when the quaternion is invalid."""
+def _qform_problem(header) -> str:
+    """Why the qform cannot be used ('' when it can)."""
     b, c, d = (float(header[k]) for k in ("quatern_b", "quatern_c", "quatern_d"))
     if not all(map(math.isfinite, (b, c, d))) or b * b + c * c + d * d > 1 + 1e-6:
+        return "the qform quaternion is not a rotation (b^2 + c^2 + d^2 > 1, or not finite)"
+    qfac = float(header["pixdim"][0])
+    if qfac not in (-1.0, 0.0, 1.0):
+        return f"pixdim[0] (the qform's qfac) = {qfac}; expected 1 or -1 (0 is read as 1)"
+    return ""
+
+
+def _qform(header) -> np.ndarray | None:
+    """The qform's 3 x 4 affine (nibabel's, qfac and pixdim applied), None when the quaternion or qfac is invalid.
+
+    qfac (pixdim[0]) 0 is read as 1, as the NIfTI standard and ITK's nifti_io read it (old converters write 0):
+    nibabel raises HeaderDataError on it, which escaped every reader as a traceback."""
+    if _qform_problem(header):
         return None
+    if float(header["pixdim"][0]) == 0.0:
+        header = header.copy()
+        header["pixdim"][0] = 1.0
     return np.asarray(header.get_qform(), dtype=float)[:3]

@@ -25,6 +25,8 @@ geometry came from, and any repair, is in ``Volume.source.geometry`` / ``Volume.
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,13 +34,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from data import limits
 from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
 from data.limits import DEFAULT_MAX_VOXELS, LimitError
 from data.nifti_check import NiftiCheckError, check_nifti
-from data.series_geometry import GeometryError, check_pixel_spacing, check_series_geometry, orientation, position_along_normal
+from data.series_geometry import (GeometryError, check_pixel_spacing, check_series_geometry, frame_geometry, numbers,
+                                  orientation, position_along_normal)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import SourceRef, Volume
 
@@ -117,7 +120,7 @@ def read_study(
         if name.endswith(IMAGE_SUFFIXES):
             return read_image_file(path, max_voxels=limit)
         if name.endswith(".dcm") or _has_dicom_magic(path):
-            return read_dicom_file(path, max_voxels=limit)
+            return read_dicom_file(path, max_voxels=limit, allow_uneven=allow_uneven)
     except StudyError:
         raise
     except (RecursionError, MemoryError, OSError, ValueError, TypeError, IndexError, KeyError, AttributeError,
@@ -138,6 +141,12 @@ def _has_dicom_magic(path: Path) -> bool:
         return False
 
 
+# ITK picks a reader by asking each of its ~20 ImageIOs whether it can read the file, BMP, BioRad, Bruker and
+# HDF5 among them before GDCM and NIfTI: a DICOM whose free 128-byte preamble held a BMP header opened as that
+# 4 x 4 BMP with the DICOM's identity, and HDF5's parser ran on NIfTI extension bytes. The checked format only:
+NIFTI_IO, DICOM_IO = "NiftiImageIO", "GDCMImageIO"
+
+
 def _itk(call, *args):
     """Run a SimpleITK read with ITK's warning blocks off and native stderr captured (one-line errors)."""
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
@@ -153,7 +162,7 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
     except NiftiCheckError as e:
         raise StudyError(f"{path}: {e}") from None
     try:
-        image = _itk(sitk.ReadImage, str(path))
+        image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, NIFTI_IO)
     except RuntimeError as e:
         raise StudyError(f"{path}: not a readable NIfTI file ({_first_line(e)})") from e
     if image.GetDimension() > 3:
@@ -248,6 +257,7 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
         raise StudyError(f"{path}: DICOM file without pixel data; expected an image")
     frames = _int(ds, "NumberOfFrames", 1)
     _check_voxels(path, (frames, _int(ds, "Rows"), _int(ds, "Columns")), limit)
+    _check_rescale(path, ds)
     samples, bits = _int(ds, "SamplesPerPixel", 1), _int(ds, "BitsAllocated", 16)
     if not 1 <= samples <= limits.MAX_SAMPLES_PER_PIXEL or bits not in (1, 8, 16, 32, 64):
         raise StudyError(f"{path}: SamplesPerPixel {samples} / BitsAllocated {bits}; expected 1-4 samples of 1, 8, 16, 32 or 64 bits")
@@ -273,6 +283,22 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
     if (scan.pixel_length or 0) < expected:
         raise StudyError(f"{path}: truncated DICOM file: {scan.pixel_length or 0} of {expected} bytes of pixel data "
                          f"({frames} frame(s) of {_int(ds, 'Rows')} x {_int(ds, 'Columns')} x {samples} x {bits} bits)")
+
+
+def _check_rescale(path: Path, ds: pydicom.Dataset) -> None:
+    """RescaleSlope 0, NaN or inf, or a NaN/inf intercept: GDCM silently reads such a slope as 1 and such an
+    intercept as 0 (measured: slope 0 with intercept -1024 opened as stored - 1024), values the file does not
+    say. Refused."""
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if keyword not in ds or ds[keyword].value in (None, ""):
+            continue
+        try:
+            value = float(ds[keyword].value)
+        except (TypeError, ValueError):
+            raise StudyError(f"{path}: {keyword} {ds[keyword].value!r} is not a number") from None
+        if not math.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
+            raise StudyError(f"{path}: {keyword} {value:g}; expected a finite number{' other than 0' if keyword == 'RescaleSlope' else ''}"
+                             " (the stored values cannot be turned into the modality's units)")
 
 
 def _read_header(path: Path) -> pydicom.Dataset:
@@ -362,6 +388,7 @@ def read_dicom_series(
     except GeometryError as e:
         raise StudyError(f"{folder}: {e}") from None
     reader = sitk.ImageSeriesReader()
+    reader.SetImageIO(DICOM_IO)
     reader.SetFileNames(list(info.files))
     try:
         image = _itk(reader.Execute)
@@ -394,7 +421,8 @@ def _int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
         return default
 
 
-def read_dicom_file(path: Path, *, max_voxels: int | None = None) -> Volume:
+def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: bool = False) -> Volume:
+    """One DICOM file; an enhanced multi-frame one on the grid its functional groups prove (``frame_geometry``)."""
     limit = voxel_limit(max_voxels)
     scan = scan_checked(path, max_voxels=limit)
     ds = _read_header(path)
@@ -403,13 +431,21 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None) -> Volume:
     _check_pixels(path, scan, ds, limit)
     try:
         orientation(ds)
+        numbers(ds, "ImagePositionPatient", 3)  # NaN or 2 values: ITK made the origin 0 or (x, y, 0) silently
         check_pixel_spacing(ds)
+        frames = frame_geometry(ds, allow_uneven=allow_uneven) if _int(ds, "NumberOfFrames", 1) > 1 else None
     except GeometryError as e:
         raise StudyError(f"{path}: {e}") from None
     try:
-        image = _itk(sitk.ReadImage, str(path))
+        image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, DICOM_IO)
     except RuntimeError as e:
         raise StudyError(f"{path}: DICOM pixel data could not be decoded ({_first_line(e)})") from e
+    if frames is not None and image.GetDimension() == 3:  # the checked grid, not GDCM's guess
+        image.SetSpacing(frames.spacing)
+        image.SetOrigin(frames.origin)
+        image.SetDirection(frames.direction)
+        for note in frames.notes:
+            warnings.warn(one_line(f"{path}: {note}"), StudyWarning, stacklevel=2)
     source = SourceRef(
         path=str(path),
         format="dicom",
@@ -419,7 +455,11 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None) -> Volume:
         sop_instance_uids=(str(getattr(ds, "SOPInstanceUID", "")),),
         sop_class_uid=str(getattr(ds, "SOPClassUID", "")) or None,
         files=(str(path),),
-        geometry="ImagePositionPatient/ImageOrientationPatient" if "ImageOrientationPatient" in ds else "none (identity)",
+        notes=frames.notes if frames is not None else (),
+        geometry=("per-frame functional groups (PlanePosition, PlaneOrientation, PixelMeasures)"
+                  + (" (mean slice spacing, --allow-uneven)" if frames.notes else "") if frames is not None
+                  else "ImagePositionPatient/ImageOrientationPatient" if "ImageOrientationPatient" in ds
+                  else "none (identity)"),
     )
     return Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
 
@@ -428,20 +468,42 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None) -> Volume:
 TO_RGB_MODES = ("RGBA", "RGBa", "P", "PA", "LA", "La", "CMYK", "YCbCr", "LAB", "HSV")
 
 
-def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
+# PIL identifies ~40 formats by their bytes, whatever the name says: a file named scan.png holding PostScript
+# went to Ghostscript (installed here), BMP, TIFF or GIF opened as if PNG. Only these two are decoded.
+IMAGE_FORMATS = ("PNG", "JPEG")
+
+
+def open_image(path: Path, *, max_voxels: int | None = None) -> Image.Image:
+    """A PNG or JPEG file opened (its header read, no pixel decoded yet) and checked: the format by its bytes, one
+    frame (an animated PNG's other frames were dropped silently), the size within ``max_voxels``; StudyError
+    otherwise. A JPEG with extra pictures (MPO, as phones write) is its first, primary picture. Close it."""
     limit = voxel_limit(max_voxels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
-            im = Image.open(path)
+            im = Image.open(path, formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as e:
         raise StudyError(f"{path}: image too large to open safely ({_first_line(e)})") from e
+    except UnidentifiedImageError as e:
+        raise StudyError(f"{path}: not a readable PNG/JPEG image (its bytes are neither PNG nor JPEG)") from e
     except Exception as e:
         raise StudyError(f"{path}: not a readable PNG/JPEG image ({_first_line(e)})") from e
     try:
+        frames = int(getattr(im, "n_frames", 1) or 1) if im.format == "PNG" else 1
+        if frames > 1:
+            raise StudyError(f"{path}: an animated PNG of {frames} frames; expected one image (save the frame to segment)")
+        _check_voxels(path, (im.size[1], im.size[0]), limit)
+    except BaseException:
+        im.close()
+        raise
+    return im
+
+
+def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
+    im = open_image(path, max_voxels=max_voxels)
+    try:
         with im, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's notes on odd chunks; a damaged image raises below
-            _check_voxels(path, (im.size[1], im.size[0]), limit)
             with native_stderr_captured():  # libjpeg's "Corrupt JPEG data" lines
                 im.load()
             mode = im.mode
@@ -462,10 +524,38 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
         array = array[..., :3]
     if array.ndim not in (2, 3) or 0 in array.shape[:2]:
         raise StudyError(f"{path}: empty image of size {array.shape}")
+    if _png_16bit_with_colour_or_alpha(path):
+        array = _png_16bit(path, array)
     fmt = "png" if path.suffix.lower() == ".png" else "jpeg"
     return Volume(array=array[None], modality="OT", source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)"))
 
 
+def _png_16bit_with_colour_or_alpha(path: Path) -> bool:
+    """A 16-bit PNG of colour type grey+alpha (4), RGB (2) or RGBA (6): PIL reads these at 8 bits per channel."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
+
+
+def _png_16bit(path: Path, eight_bit: np.ndarray) -> np.ndarray:
+    """The 16-bit values PIL dropped to their high byte (59900 became 233): a grey image stored as RGB or with
+    an alpha channel opens as its 16-bit grey, losslessly; a true colour one stays 8-bit, with a warning."""
+    import cv2
+
+    full = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if full is None or full.dtype != np.uint16 or full.shape[:2] != eight_bit.shape[:2]:
+        raise StudyError(f"{path}: not a readable 16-bit PNG")
+    if full.ndim == 2:
+        return full
+    colour = full[..., :3] if full.shape[2] >= 3 else full[..., :1]
+    if (colour == colour[..., :1]).all():
+        return np.ascontiguousarray(colour[..., 0])
+    warnings.warn(one_line(f"{path}: a 16-bit colour PNG, opened at 8 bits per channel (the low byte of each "
+                           "value dropped)"), StudyWarning, stacklevel=3)
+    return eight_bit
+
+
 def _first_line(e: BaseException) -> str:
     text = [line for line in str(e).strip().splitlines() if line.strip()]
-    return one_line(text[-1].strip()[:200]) if text else type(e).__name__
+    # ITK names the object by its address ("GDCMImageIO(0x5564...)"): noise to a user, different each run
+    return one_line(re.sub(r"\(0x[0-9a-fA-F]+\)", "", text[-1].strip())[:200]) if text else type(e).__name__

@@ -22,6 +22,13 @@ SPACING_TOLERANCE = 0.02  # relative deviation of one slice step from the median
 ORTHONORMAL_TOLERANCE = 1e-2  # |row|, |column| within 1 +- this; |row . column| below it
 
 
+# ITK decodes every slice as the first file says (measured: a MONOCHROME1 slice among MONOCHROME2 ones came out
+# inverted, an unsigned slice among signed ones read as signed)
+# (BitsStored may differ: each slice's own is applied when it is decoded)
+SAME_IN_EVERY_SLICE = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "PixelRepresentation",
+                       "PhotometricInterpretation", "FrameOfReferenceUID")
+
+
 class GeometryError(ValueError):
     """The series' geometry is missing, invalid or not one even stack (the message says why)."""
 
@@ -98,10 +105,18 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
         iop.append(o)
         ipp.append(p)
     first = heads[0]
+    first_spacing = numbers(first, "PixelSpacing", 2)
     for name, h in zip(names, heads):
-        for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated"):
+        for keyword in SAME_IN_EVERY_SLICE:
             if h.get(keyword) != first.get(keyword):
                 raise GeometryError(f"{name}: {keyword} {h.get(keyword)} differs from {names[0]} ({first.get(keyword)})")
+        # ITK takes the first file's PixelSpacing (1 mm when it has none) for every slice
+        spacing = numbers(h, "PixelSpacing", 2)
+        if (spacing is None) != (first_spacing is None) or (
+                spacing is not None and np.abs(spacing - first_spacing).max() > 1e-4 * float(first_spacing.max())):
+            shown = ["(none)" if v is None else v.tolist() for v in (spacing, first_spacing)]
+            raise GeometryError(f"{name}: PixelSpacing {shown[0]} differs from {names[0]} ({shown[1]}); "
+                                "the slices are not one grid")
     iop_arr, ipp_arr = np.array(iop), np.array(ipp)
     tilted = np.abs(iop_arr - iop_arr[0]).reshape(len(heads), 6).max(axis=1) > 1e-3
     if tilted.any():
@@ -146,3 +161,82 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
     summary = (f"--allow-uneven: {len(notes)} uneven step(s) ({notes[0]}{'; ...' if len(notes) > 1 else ''}); opened at "
                f"the mean spacing {mean:.4g} mm, so slice positions are approximate")
     return SeriesGeometry(spacing_k=mean, notes=(summary,))
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """The grid of an enhanced multi-frame image, from its functional groups (ITK order: i, j, k)."""
+
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]  # 3 x 3 row-major, columns = the i, j, k axes
+    notes: tuple[str, ...] = ()  # --allow-uneven: the frames' uneven steps, opened at the mean spacing
+
+
+FRAME_GROUPS = (("PlanePositionSequence", "ImagePositionPatient"), ("PlaneOrientationSequence", "ImageOrientationPatient"),
+                ("PixelMeasuresSequence", "PixelSpacing"))
+
+
+def _positive(value) -> bool:
+    try:
+        return math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameGeometry | None:
+    """An enhanced multi-frame image's frames checked as one even stack, like a series (frame n named
+    "frame n"), and the grid they make; None when no frame carries a position (a cine loop, not a volume).
+
+    GDCM, under SimpleITK, stacks the frames from the first frame's position at an even spacing whatever the
+    others say: frames stored from head to feet opened mirrored (k running the wrong way), uneven or repeated
+    positions and mixed orientations opened at an invented spacing (measured)."""
+    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    shared = list(ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
+
+    def item(group: pydicom.Dataset, sequence: str) -> pydicom.Dataset | None:
+        items = group.get(sequence)
+        return items[0] if items else None
+
+    heads = []
+    for group in per_frame:
+        head = pydicom.Dataset()
+        for sequence, keyword in FRAME_GROUPS:
+            found = item(group, sequence) or item(shared, sequence)
+            if found is not None and keyword in found:
+                head[keyword] = found[keyword]
+        heads.append(head)
+    if not any("ImagePositionPatient" in h for h in heads):
+        offsets = ds.get("GridFrameOffsetVector")  # RT Dose: frame positions along the normal, which GDCM reads
+        if offsets is not None and "ImageOrientationPatient" in ds:
+            steps = np.diff(np.asarray([float(v) for v in offsets], float))
+            if len(steps) + 1 != int(ds.get("NumberOfFrames") or 1) or not np.isfinite(steps).all() or (steps <= 0).any() \
+                    or np.abs(steps - np.median(steps)).max() > SPACING_TOLERANCE * float(np.median(steps)):
+                raise GeometryError(f"GridFrameOffsetVector {[float(v) for v in offsets][:8]} is not one increasing, "
+                                    "even step per frame; the frames cannot be stacked")
+            return None
+        if "ImageOrientationPatient" in ds and not _positive(ds.get("SpacingBetweenSlices")):
+            # ITK stacks such frames 1 mm apart (SliceThickness is not a spacing): an invented third axis
+            raise GeometryError(f"{int(ds.get('NumberOfFrames') or 1)} frames with ImageOrientationPatient but no "
+                                "SpacingBetweenSlices or per-frame positions: where the frames lie is not in the file")
+        return None
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if len(heads) != frames:
+        raise GeometryError(f"{len(heads)} per-frame functional groups for NumberOfFrames {frames}")
+    names = [f"frame {n + 1}" for n in range(frames)]
+    checked = check_series_geometry(names, heads, allow_uneven=allow_uneven)
+    iop, ipp = orientation(heads[0]), numbers(heads[0], "ImagePositionPatient", 3)
+    pixel = numbers(heads[0], "PixelSpacing", 2)
+    if iop is None or ipp is None or pixel is None:
+        missing = "ImageOrientationPatient" if iop is None else "ImagePositionPatient" if ipp is None else "PixelSpacing"
+        raise GeometryError(f"frame 1: no {missing} in its functional groups; the frames have no grid")
+    check_pixel_spacing(heads[0])
+    if frames > 1:
+        step = (numbers(heads[-1], "ImagePositionPatient", 3) - ipp) / (frames - 1)
+        k_spacing = float(np.linalg.norm(step))
+        k_axis = step / k_spacing
+    else:
+        k_spacing, k_axis = 1.0, np.cross(iop[0], iop[1])
+    direction = np.column_stack([iop[0], iop[1], k_axis])
+    return FrameGeometry(spacing=(float(pixel[1]), float(pixel[0]), k_spacing), origin=tuple(map(float, ipp)),
+                         direction=tuple(map(float, direction.ravel())), notes=checked.notes)

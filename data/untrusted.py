@@ -145,3 +145,26 @@ def native_stderr_captured() -> Iterator[list[str]]:
             os.close(saved)
             sink.seek(0)
             lines.extend(sink.read(64 * 1024).decode("utf-8", "replace").splitlines())
+
+
+NRRD_HEADER_BYTES = 64 * 1024
+_NRRD_DETACHED = re.compile(rb"^\s*data\s?file\s*:", re.IGNORECASE | re.MULTILINE)
+
+
+def check_nrrd_attached(path: Path) -> None:
+    """An NRRD file must hold its own voxels: refuse a detached header (``data file: /etc/shadow``, also as
+    ``datafile:``, a list or a %d pattern), with which ITK reads any file the server may read as the voxels
+    (a label server returned it as the image or the saved label). Checked on the bytes, before ITK sees them."""
+    with open(path, "rb") as f:
+        head = f.read(NRRD_HEADER_BYTES)
+    if not head.startswith(b"NRRD000"):
+        raise UntrustedFileError(f"{path.name}: not an NRRD file (no NRRD000x magic)")
+    end = head.find(b"\n\n")
+    if end < 0:
+        end = head.find(b"\r\n\r\n")
+    if end < 0:
+        raise UntrustedFileError(f"{path.name}: an NRRD header without its end (a blank line) in the first "
+                                 f"{NRRD_HEADER_BYTES // 1024} KiB")
+    if _NRRD_DETACHED.search(head[:end]):
+        raise UntrustedFileError(f"{path.name}: a detached NRRD header ('data file:' names other files); send one .nrrd "
+                                 "that holds its voxels")

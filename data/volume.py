@@ -105,6 +105,22 @@ class Volume:
             raise ValueError(f"array shape {array.shape[:3]} does not match the volume grid {self.array.shape[:3]}")
         return replace(self, array=array, **changes)
 
+    def grid_difference(self, other: "Volume") -> str:
+        """'' when ``other`` (a label) lies on this volume's grid, else what differs, e.g. ``origin (95, 130, 0)
+        vs (90, 125, -5)``: a label of another slab, shifted or flipped has slice k somewhere else. Tolerances
+        allow float32 header storage: spacing 1e-3 of the largest spacing, origin 0.01 mm, direction 1e-4."""
+        def fmt(values) -> str:
+            return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+        if other.array.shape[:3] != self.array.shape[:3]:
+            return f"grid {other.array.shape[:3]} vs {self.array.shape[:3]} (k, j, i)"
+        tol = 1e-3 * max(1.0, *(abs(s) for s in self.spacing))
+        for name, limit in (("spacing", tol), ("origin", 1e-2), ("direction", 1e-4)):
+            a, b = getattr(other, name), getattr(self, name)
+            if np.abs(np.subtract(a, b)).max() > limit:
+                return f"{name} {fmt(a)} vs {fmt(b)}"
+        return ""
+
     # --- SimpleITK bridge ------------------------------------------------------------------
     def to_sitk(self) -> sitk.Image:
         image = sitk.GetImageFromArray(self.array, isVector=self.is_rgb)

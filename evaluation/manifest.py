@@ -21,6 +21,7 @@ row spacing is the j spacing and the column spacing the i spacing of the image g
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,14 @@ def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file")
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:  # Excel's plain "CSV" on Windows is cp1252: the error named no file
+        line = data[: e.start].count(b"\n") + 1
+        raise ManifestError(f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the manifest as "
+                            "UTF-8 (in Excel: 'CSV UTF-8 (Comma delimited)')") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED if c not in header]
@@ -208,6 +216,10 @@ class CaseLoader:
                 f"{_where(self.manifest, spec.line, 'label')}: label slices are {label_vol.slice_shape} (H, W) "
                 f"but image slices are {image_vol.slice_shape}"
             )
+        if not image_vol.is_2d and not label_vol.is_2d and (differs := image_vol.grid_difference(label_vol)):
+            # both 3D share slice_index: a label of another slab, shifted or flipped gave another place's truth
+            raise ManifestError(f"{_where(self.manifest, spec.line, 'label')}: the label is not on the image's grid: "
+                                f"{differs}")
         window = Window(*spec.window, name="manifest") if spec.window else default_window(image_vol)
         image = apply_transform(slice_to_rgb(image_vol, k, window), spec.transform)
         labels = label_vol.slice(kl)

@@ -86,8 +86,8 @@ def case_metrics(
 ) -> CaseMetrics:
     """Dice, IoU, HD95 (mm) and NSD at ``nsd_tolerance_mm`` of one (H, W) mask against its ground truth."""
     pred, gt = _check_pair(pred, gt, spacing)
-    if nsd_tolerance_mm < 0:
-        raise ValueError(f"NSD tolerance must be >= 0 mm, got {nsd_tolerance_mm}")
+    if not 0 <= nsd_tolerance_mm < float("inf"):  # NaN too
+        raise ValueError(f"NSD tolerance must be a finite number >= 0 mm, got {nsd_tolerance_mm}")
     spacing = (float(spacing[0]), float(spacing[1]))
     p_empty, g_empty = not pred.any(), not gt.any()
     if p_empty and g_empty:

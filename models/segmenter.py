@@ -101,6 +101,8 @@ class Segmenter:
     def embed_batch(self, images: list[np.ndarray]) -> list[Embedding]:
         """Encode several slices in one forward pass (volumes, propagation, evaluation)."""
         rgb = [as_rgb_uint8(im) for im in images]
+        for im in rgb:
+            self.check_input_size(im.shape[:2])
         features, extras = self.embed_features(rgb)
         out = []
         for b, im in enumerate(rgb):
@@ -115,6 +117,15 @@ class Segmenter:
                 )
             )
         return out
+
+    def check_input_size(self, size: tuple[int, int]) -> None:
+        """ValueError when an (H, W) image's short side rounds to 0 pixels at the model's input: a 3000 x 2 or
+        1 x 100000 image reached cv2.resize (LiteMedSAM: "inv_scale_x > 0", a traceback) or PIL (SAM)."""
+        newh, neww = self.geometry.input_size(size)
+        if min(newh, neww) < 1:
+            raise ValueError(f"the image is {size[0]} x {size[1]} pixels (rows x columns): at {self.name}'s "
+                             f"{self.geometry.target}-pixel input its short side would be 0 pixels; crop it nearer to "
+                             "square")
 
     def embed_features(self, rgb: list[np.ndarray]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """RGB uint8 slices -> batched features and extras: preprocessing + encoder, the one step a

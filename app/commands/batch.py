@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.commands.common import add_backend_arg, backend_choice
+from app.commands.common import add_backend_arg, backend_choice, finite_float
 from app.errors import UsageError
 from app.commands.eval import settings_from_args
 from evaluation.clicks import PROTOCOL_HELP
@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--jitter", type=int, default=0, metavar="PX",
                    help="move each box side by up to PX at random; default 0")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random prompts; default 0")
-    p.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
+    p.add_argument("--nsd-tolerance", type=finite_float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
                    help=f"NSD boundary tolerance in mm; default {DEFAULT_NSD_TOLERANCE_MM:g}")
     p.add_argument("--hd-one-empty", choices=["diagonal", "nan"], default="diagonal",
                    help="HD95 when exactly one mask is empty: the image diagonal in mm (default) or NaN")
@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "cluster whose nodes have medseg installed and can read the manifest's files; default local")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="model copies (Ray actors); default one per GPU with --device cuda, else one per CPU")
-    p.add_argument("--gpus-per-worker", type=float, default=1.0, metavar="F",
+    p.add_argument("--gpus-per-worker", type=finite_float, default=1.0, metavar="F",
                    help="GPU share of each worker with --device cuda: 0.25 puts 4 model copies on each GPU, which "
                    "helps when the per-case CPU work (metrics, reading) is the bottleneck; default 1")
     p.add_argument("--embed-batch", type=int, default=1, metavar="B",

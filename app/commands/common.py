@@ -26,6 +26,20 @@ INPUT_HELP = ("NIfTI file, DICOM file or series folder, PNG/JPEG, or a DICOMweb 
 DICOMWEB_OUTPUT = "dicomweb:"
 
 
+def finite_float(text: str) -> float:
+    """argparse's ``type=finite_float`` without NaN and infinities (float() takes "nan", "inf"): a --margin nan
+    made NaN boxes mid-propagation, an --nsd-tolerance nan a report of NaN or zero NSDs."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def add_study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help=INPUT_HELP)
     p.add_argument("--series", metavar="UID", help="SeriesInstanceUID, when a folder holds several series")
@@ -129,10 +143,10 @@ def add_slice_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_prompt_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="box in pixels (x = column)")
+    p.add_argument("--box", type=finite_float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="box in pixels (x = column)")
     p.add_argument(
         "--point",
-        type=float,
+        type=finite_float,
         nargs=3,
         action="append",
         metavar=("X", "Y", "LABEL"),

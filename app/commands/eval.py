@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from app.commands.common import add_model_args, segmenter_from_args
+from app.commands.common import add_model_args, finite_float, segmenter_from_args
 from app.errors import UsageError
 from evaluation.clicks import PROTOCOL_HELP, parse_protocol
 from evaluation.manifest import read_manifest
@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random prompts; default 0")
     p.add_argument(
         "--nsd-tolerance",
-        type=float,
+        type=finite_float,
         default=DEFAULT_NSD_TOLERANCE_MM,
         metavar="MM",
         help=f"NSD boundary tolerance in mm; default {DEFAULT_NSD_TOLERANCE_MM:g}",

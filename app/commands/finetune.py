@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from app.commands.common import finite_float
 from app.errors import UsageError
 
 
@@ -36,22 +37,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     p.add_argument("--val-manifest", metavar="CSV", help="validation slices (default: a split of MANIFEST by slice)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"share of slices (and with --val-split structure, of structures) held out; default {d.val_fraction}")
+    p.add_argument("--val-fraction", type=finite_float, default=d.val_fraction, help=f"share of slices (and with --val-split structure, of structures) held out; default {d.val_fraction}")
     p.add_argument("--val-split", choices=["slice", "structure"], default=d.val_split,
                    help="without --val-manifest: hold out slices (default), or structures never trained on "
                    "(on slices never trained on)")
-    p.add_argument("--max-minutes", type=float, default=None, metavar="MIN",
+    p.add_argument("--max-minutes", type=finite_float, default=None, metavar="MIN",
                    help="training time budget, validations included; the learning rate decays over it")
     p.add_argument("--val-every", type=int, default=None, metavar="STEPS", help="validate every STEPS steps; default once an epoch")
     p.add_argument("--patience", type=int, default=d.patience, help=f"validations without gain before stopping; default {d.patience}")
-    p.add_argument("--box-loss-weight", type=float, default=d.box_loss_weight,
+    p.add_argument("--box-loss-weight", type=finite_float, default=d.box_loss_weight,
                    help="validation score = mean(box, box+clicks) - W x box Dice lost against the base model; "
                    f"default {d.box_loss_weight:g}")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"slices per step; default {d.batch_size}")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (AdamW, cosine); default {d.lr:g}")
-    p.add_argument("--decoder-lr-scale", type=float, default=d.decoder_lr_scale,
+    p.add_argument("--lr", type=finite_float, default=d.lr, help=f"learning rate (AdamW, cosine); default {d.lr:g}")
+    p.add_argument("--decoder-lr-scale", type=finite_float, default=d.decoder_lr_scale,
                    help=f"--train-decoder: decoder learning rate / --lr; default {d.decoder_lr_scale}")
-    p.add_argument("--encoder-lr-scale", type=float, default=d.encoder_lr_scale,
+    p.add_argument("--encoder-lr-scale", type=finite_float, default=d.encoder_lr_scale,
                    help="encoder adapter learning rate / --lr; 0 freezes it, so boxes give exactly the base "
                    f"model's masks (with --click-refiner); default {d.encoder_lr_scale:g}")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps; default min(100, steps / 10)")
@@ -59,9 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--click-schedule", choices=["uniform", "full"], default=d.click_schedule,
                    help="corrective clicks per training session: uniform in 0..--clicks (default), or always --clicks "
                    "(SAM-Med2D's fixed iterations; trains the later clicks as often as the first)")
-    p.add_argument("--box-prob", type=float, default=d.box_prob, help=f"share of sessions starting with a box; default {d.box_prob}")
+    p.add_argument("--box-prob", type=finite_float, default=d.box_prob, help=f"share of sessions starting with a box; default {d.box_prob}")
     p.add_argument("--no-augment", action="store_true", help="no MONAI augmentation")
-    p.add_argument("--bottleneck-ratio", type=float, default=0.25, help="sam_med2d: adapter width / block width; default 0.25")
+    p.add_argument("--bottleneck-ratio", type=finite_float, default=0.25, help="sam_med2d: adapter width / block width; default 0.25")
     p.add_argument("--lora-rank", type=int, default=4, help="lora: rank; default 4")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu; bf16 autocast on cuda")

@@ -91,6 +91,9 @@ def reference_mask(args: argparse.Namespace, ref: Volume, k: int) -> np.ndarray:
             f"--ref-mask {args.ref_mask} has grid {mask_vol.array.shape[:3]} but --ref {args.ref} has "
             f"{ref.array.shape[:3]} (slices, rows, columns): give the annotation of that very image"
         )
+    if not ref.is_2d and (differs := ref.grid_difference(mask_vol)):  # flipped or shifted: slice K is elsewhere
+        raise UsageError(f"--ref-mask {args.ref_mask} is not on the grid of --ref {args.ref}: {differs}; "
+                         "give the annotation of that very image")
     s = np.asarray(mask_vol.slice(0 if mask_vol.is_2d else k))
     if s.ndim == 3:  # an RGB annotation (PerSAM's own masks are red): any channel
         s = s.max(axis=2)

@@ -16,6 +16,7 @@ from app.commands.common import (
     add_slice_args,
     add_study_args,
     dicomweb_target,
+    finite_float,
     read_input,
     resolve_slice,
     save_labels,
@@ -50,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_study_args(p)
     add_slice_args(p)
-    p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
+    p.add_argument("--box", type=finite_float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
                    help="box on slice K in pixels (x = column, y = row), inclusive corners")
     p.add_argument("--anchor", action="append", default=[], metavar="K:MASK.png",
                    help="slice K annotated by a 2D mask image (non-zero = structure, the slice's size), kept as it "
@@ -64,22 +65,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "(DICOM PS3.15 Annex E Basic Profile, UIDs kept)")
     add_output_arg(p, ".nii, .nii.gz or .dcm (DICOM-SEG)")
     p.add_argument("--label", default="structure", help="segment name written in a DICOM-SEG (default: structure)")
-    p.add_argument("--margin", type=float, default=DEFAULTS.margin_px,
+    p.add_argument("--margin", type=finite_float, default=DEFAULTS.margin_px,
                    help=f"pixels added around the previous mask's box (default {DEFAULTS.margin_px:g})")
     p.add_argument("--prompt", choices=["auto", "box", "mask", "mask+box"], default=DEFAULTS.prompt,
                    help="what a slice gets from its segmented neighbour: the box of its mask (+ --margin), its "
                    "low-res logits as SAM's mask prompt, or both; auto = mask+box where the model's click model was "
                    f"trained on neighbouring-slice masks, else box (default {DEFAULTS.prompt}, see docs/evaluation.md)")
     p.add_argument("--mask-prompt", action="store_true", help="the same as --prompt mask+box (kept for old scripts)")
-    p.add_argument("--min-score", type=float, default=DEFAULTS.min_score,
+    p.add_argument("--min-score", type=finite_float, default=DEFAULTS.min_score,
                    help=f"stop where the predicted IoU falls below this (default {DEFAULTS.min_score:g}; 0 = never)")
-    p.add_argument("--score-drop", type=float, default=DEFAULTS.score_drop,
+    p.add_argument("--score-drop", type=finite_float, default=DEFAULTS.score_drop,
                    help=f"stop where the predicted IoU falls below this fraction of the neighbour's (default {DEFAULTS.score_drop:g})")
-    p.add_argument("--area-drop", type=float, default=DEFAULTS.area_drop,
+    p.add_argument("--area-drop", type=finite_float, default=DEFAULTS.area_drop,
                    help=f"stop where the area falls below this fraction of the neighbour's (default {DEFAULTS.area_drop:g})")
-    p.add_argument("--min-overlap", type=float, default=DEFAULTS.min_overlap,
+    p.add_argument("--min-overlap", type=finite_float, default=DEFAULTS.min_overlap,
                    help=f"stop where the Dice with the neighbour's mask falls below this (default {DEFAULTS.min_overlap:g})")
-    p.add_argument("--guard", type=float, default=DEFAULTS.guard,
+    p.add_argument("--guard", type=finite_float, default=DEFAULTS.guard,
                    help="with a mask prompt: also segment each slice from the neighbour's box alone and keep that answer "
                    "where the two masks agree (Dice) less than this; the stops then read the box answer's predicted IoU "
                    f"(default {DEFAULTS.guard:g}; 0 = off)")

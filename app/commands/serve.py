@@ -8,7 +8,7 @@ import ctypes.util
 import os
 import sys
 
-from app.commands.common import add_backend_arg, backend_choice
+from app.commands.common import add_backend_arg, backend_choice, finite_float
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", default="litemedsam", help="model a new session starts with")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     add_backend_arg(p)
-    p.add_argument("--batch-window-ms", type=float, default=None, metavar="MS",
+    p.add_argument("--batch-window-ms", type=finite_float, default=None, metavar="MS",
                    help="batch the sessions' slice encodes, and their prompts' decoder calls, that arrive within MS of "
                    "each other, each session served in turn (app/encode_batcher.py, app/decode_batcher.py); prompts "
                    "only where the model's decoder can batch them (eager torch, not CUDA graphs or ONNX: those go one "

@@ -29,6 +29,7 @@ import SimpleITK as sitk
 
 from data.isolated_read import read_study_isolated
 from data.readers import StudyError, read_study, voxel_limit
+from data.untrusted import UntrustedFileError, check_nrrd_attached
 from data.volume import SourceRef, Volume
 from data.writers import atomic_output
 
@@ -66,31 +67,48 @@ def stem(name: str) -> str:
     return name
 
 
-def read_image_file(path: Path) -> Volume:
+def read_image_file(path: Path, name: str | None = None) -> Volume:
     """A viewer's upload: NRRD (3D Slicer's default) via SimpleITK with the size checked from the
-    header first, anything else through ``data.readers.read_study``."""
+    header first, anything else through ``data.readers.read_study``. ``name``: the client's file name."""
+    name = name or path.name
     if path.name.lower().endswith(".nrrd"):
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
+        reader = _nrrd_reader(path, name)
         try:
             reader.ReadImageInformation()
         except RuntimeError as e:
-            raise StudyError(f"{path.name}: not a readable NRRD file") from e
+            raise StudyError(f"{name}: not a readable NRRD file") from e
         size = reader.GetSize()
         if int(np.prod(size, dtype=np.float64)) > voxel_limit() or len(size) not in (2, 3):
-            raise StudyError(f"{path.name}: {size} voxels is not a 2D/3D image within the limit of {voxel_limit()}")
+            raise StudyError(f"{name}: {size} voxels is not a 2D/3D image within the limit of {voxel_limit()}")
         try:
             image = reader.Execute()
         except RuntimeError as e:
-            raise StudyError(f"{path.name}: the NRRD pixel data could not be read") from e
+            raise StudyError(f"{name}: the NRRD pixel data could not be read") from e
         if image.GetNumberOfComponentsPerPixel() != 1:
-            raise StudyError(f"{path.name}: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
+            raise StudyError(f"{name}: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
+        d = np.asarray(image.GetDirection(), float).reshape(image.GetDimension(), image.GetDimension())
+        if np.abs(d.T @ d - np.eye(len(d))).max() > 1e-3:  # ITK keeps sheared space directions as they are
+            raise StudyError(f"{name}: the NRRD's space directions are not perpendicular (shear); resample the image "
+                             "first (a NIfTI with shear is refused too)")
         volume = Volume.from_sitk(image, source=SourceRef(path=str(path), format="nrrd"))
         from data.readers import guess_modality
 
         return Volume(array=volume.array, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
                       modality=guess_modality(volume.array), source=volume.source)
     return read_study(path)
+
+
+def _nrrd_reader(path: Path, name: str) -> sitk.ImageFileReader:
+    """ITK's NRRD reader on a file proved self-contained (``check_nrrd_attached``); StudyError otherwise."""
+    try:
+        check_nrrd_attached(path)
+    except (UntrustedFileError, OSError) as e:
+        raise StudyError(str(e).replace(path.name, name, 1) if isinstance(e, UntrustedFileError)
+                         else f"{name}: cannot be read") from None
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("NrrdImageIO")  # never another ITK reader chosen by the bytes (MetaImage has detached data too)
+    reader.SetFileName(str(path))
+    return reader
 
 
 def read_upload(path: Path, scratch: Path) -> Volume:
@@ -102,32 +120,63 @@ def read_upload(path: Path, scratch: Path) -> Volume:
     return read_study_isolated(path, scratch=scratch)
 
 
-def read_label_on_grid(path: Path, volume: Volume) -> np.ndarray:
+def read_label_on_grid(path: Path, volume: Volume, *, name: str | None = None) -> np.ndarray:
     """A submitted label file as a ``[k, j, i]`` uint array on ``volume``'s grid; BadLabel when its size
-    or geometry differs (a label shifted by a voxel must not be saved as if it fitted)."""
+    or geometry differs (a label shifted by a voxel must not be saved as if it fitted). ``name``: the
+    file name the client sent (messages name it, not our temporary file).
+
+    Its header is read first: a 4D image (time or channels as an axis) is refused, not folded onto the
+    grid, and a size other than the image's is refused before any voxel is decoded."""
+    name = name or path.name
+    low = name.lower()
+    if low.endswith(".nrrd"):
+        try:
+            reader = _nrrd_reader(path, name)
+        except StudyError as e:
+            raise BadLabel(str(e)) from None
+    elif low.endswith((".nii", ".nii.gz")):
+        from data.nifti_check import NiftiCheckError, check_nifti
+
+        try:  # the header against the bytes, no .hdr/.img pair, before ITK's NIfTI reader (the only one allowed)
+            check_nifti(path, max_voxels=voxel_limit())
+        except NiftiCheckError as e:
+            raise BadLabel(f"{name}: {e}") from None
+        reader = sitk.ImageFileReader()
+        reader.SetImageIO("NiftiImageIO")
+        reader.SetFileName(str(path))
+    else:  # ITK would pick any of its readers by the bytes: MetaImage's ElementDataFile reads other files
+        raise BadLabel(f"{name}: expected a .nii.gz, .nii or .nrrd (.seg.nrrd) label image")
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError:
-        raise BadLabel(f"{path.name}: not a readable label image (.nii.gz or .nrrd)") from None
+        raise BadLabel(f"{name}: not a readable label image (.nii.gz or .nrrd)") from None
+    dim, size = reader.GetDimension(), tuple(reversed(reader.GetSize()))
+    grid = volume.array.shape[:3]
+    if dim not in (2, 3):
+        raise BadLabel(f"{name}: a {dim}D label image of size {size}; expected a 3D label on the image's grid {grid}")
+    if (size if dim == 3 else (1, *size)) != grid:
+        raise BadLabel(f"{name}: label grid {size} (k, j, i) differs from the image's {grid}")
+    try:
+        image = reader.Execute()
+    except RuntimeError:
+        raise BadLabel(f"{name}: the label's voxels could not be read (truncated or damaged file)") from None
     array = sitk.GetArrayFromImage(image)
     if image.GetDimension() == 2:
         array = array[None]
-    if array.ndim == 4:  # a .seg.nrrd with one layer per segment: overlapping segments -> first non-zero wins
+    if array.ndim == 4:  # a .seg.nrrd with one component per segment: overlapping segments -> the largest value wins
         array = array.max(axis=-1)
-    if array.shape != volume.array.shape[:3]:
-        raise BadLabel(f"{path.name}: label grid {array.shape} (k, j, i) differs from the image's {volume.array.shape[:3]}")
     if image.GetDimension() == 3:
         tol = 1e-3 * max(1.0, max(abs(s) for s in volume.spacing))
         if (np.abs(np.subtract(image.GetSpacing(), volume.spacing)).max() > tol
                 or np.abs(np.subtract(image.GetOrigin(), volume.origin)).max() > 1e-2
                 or np.abs(np.subtract(image.GetDirection(), volume.direction)).max() > 1e-4):
-            raise BadLabel(f"{path.name}: spacing/origin/direction differ from the image's; export the label on "
+            raise BadLabel(f"{name}: spacing/origin/direction differ from the image's; export the label on "
                            "the image's grid")
     if not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.mod(array, 1) == 0):
-            raise BadLabel(f"{path.name}: label values must be whole numbers")
+            raise BadLabel(f"{name}: label values must be whole numbers")
     if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
-        raise BadLabel(f"{path.name}: label values must be in 0..65535")
+        raise BadLabel(f"{name}: label values must be in 0..65535")
     return np.asarray(array, dtype=np.uint8 if array.max(initial=0) < 256 else np.uint16)
 
 
@@ -329,7 +378,7 @@ class StudiesDir(Datastore):
         staged = target.with_name(f".{target.name}.part{ext}")
         shutil.move(str(tmp), staged)
         try:
-            read_image_file(staged)  # refuse what we could not read later
+            read_image_file(staged, Path(name).name)  # refuse what we could not read later
         except BaseException:
             staged.unlink(missing_ok=True)
             raise

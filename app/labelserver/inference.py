@@ -35,6 +35,11 @@ class InferError(ValueError):
     """A request we cannot run (bad params, unknown model); the message names the field (HTTP 400)."""
 
 
+# what int()/float() raise on a JSON value that is no finite number: null or a list (TypeError), NaN or a
+# string (ValueError), Infinity (OverflowError; Python's json reads the Infinity literal)
+NUMBER_ERRORS = (TypeError, ValueError, OverflowError)
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
@@ -72,7 +77,7 @@ def _voxels(value: Any, name: str, volume: Volume) -> list[tuple[int, int, int]]
         return []
     try:
         points = [tuple(int(round(float(c))) for c in p) for p in value]
-    except (TypeError, ValueError):
+    except NUMBER_ERRORS:
         raise InferError(f"params.{name}: expected a list of voxel indices [i, j, k], got {value!r}"[:300]) from None
     k_max, h, w = volume.num_slices, *volume.slice_shape
     for p in points:
@@ -90,7 +95,7 @@ def _roi(value: Any, volume: Volume) -> tuple[float, float, float, float, int, i
         return None
     try:
         i0, i1, j0, j1, k0, k1 = (int(round(float(v))) for v in value)
-    except (TypeError, ValueError):
+    except NUMBER_ERRORS:
         raise InferError(f"params.roi: expected [i0, i1, j0, j1, k0, k1], got {value!r}"[:300]) from None
     i0, i1 = sorted((i0, i1))
     j0, j1 = sorted((j0, j1))
@@ -107,11 +112,14 @@ def request_prompts(entry: ModelEntry, params: Mapping[str, Any], volume: Volume
     """(slice k, prompts on that slice, label value) from a request's params."""
     if entry.type == "vista3d" and params.get("points"):
         points = _voxels(params.get("points"), "points", volume)
-        labels = list(params.get("point_labels") or [1] * len(points))
-        if len(labels) != len(points) or not all(int(v) in (0, 1) for v in labels):
+        try:
+            labels = [int(v) for v in (params.get("point_labels") or [1] * len(points))]
+        except NUMBER_ERRORS:
+            labels = []
+        if len(labels) != len(points) or not all(v in (0, 1) for v in labels):
             raise InferError("params.point_labels: one 0 (background) or 1 (foreground) per point")
-        fg = [p for p, v in zip(points, labels) if int(v) == 1]
-        bg = [p for p, v in zip(points, labels) if int(v) == 0]
+        fg = [p for p, v in zip(points, labels) if v == 1]
+        bg = [p for p, v in zip(points, labels) if v == 0]
     else:
         fg = _voxels(params.get("foreground"), "foreground", volume)
         bg = _voxels(params.get("background"), "background", volume)
@@ -126,7 +134,7 @@ def request_prompts(entry: ModelEntry, params: Mapping[str, Any], volume: Volume
             raise InferError("params: give foreground/background clicks [[i, j, k], ...], points, or a roi box")
     try:
         k = int(k)
-    except (TypeError, ValueError):
+    except NUMBER_ERRORS:
         raise InferError(f"params.slice: expected a slice index, got {k!r}") from None
     if not 0 <= k < volume.num_slices:
         raise InferError(f"params.slice: {k} is out of range 0..{volume.num_slices - 1}")
@@ -145,7 +153,7 @@ def request_prompts(entry: ModelEntry, params: Mapping[str, Any], volume: Volume
     if entry.type == "vista3d" and params.get("label_prompt"):
         try:
             value = int(list(params["label_prompt"])[0])
-        except (TypeError, ValueError, IndexError):
+        except (*NUMBER_ERRORS, IndexError):
             raise InferError(f"params.label_prompt: expected [label index], got {params['label_prompt']!r}") from None
         if not 1 <= value <= 255:
             raise InferError(f"params.label_prompt: label index {value} must be in 1..255")
@@ -159,7 +167,7 @@ def _max_slices(params: Mapping[str, Any]) -> int | None:
         return None
     try:
         n = int(value)
-    except (TypeError, ValueError):
+    except NUMBER_ERRORS:
         raise InferError(f"params.max_slices: expected a whole number >= 0, got {value!r}") from None
     if n < 0:
         raise InferError(f"params.max_slices: expected a whole number >= 0, got {n}")

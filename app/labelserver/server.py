@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import shutil
 import tempfile
@@ -221,7 +222,9 @@ def build_app(cfg: ServerConfig) -> Starlette:
         try:
             expiry = float(request.query_params.get("expiry") or 0)
         except ValueError:
-            return _error(400, "expiry: expected seconds")
+            expiry = -1.0
+        if not 0 <= expiry < math.inf:  # NaN or inf never expired, and inf broke the reply (int(inf))
+            return _error(400, f"expiry={request.query_params.get('expiry')!r}: expected seconds >= 0"[:200])
         saved = [(f.filename or f"file{n}", await _save_upload(f, uploads)) for n, f in enumerate(files)]
         try:
             session = await _threaded(lambda: cfg.sessions.add(saved, expiry_s=expiry))
@@ -280,7 +283,7 @@ def build_app(cfg: ServerConfig) -> Starlette:
         try:
             def work():
                 volume = cfg.datastore.volume(check_id(image))
-                labels = read_label_on_grid(tmp, volume)
+                labels = read_label_on_grid(tmp, volume, name=Path(upload.filename or "label").name)
                 names = label_names_from_params(params.get("label_info") if isinstance(params, dict) else None)
                 return cfg.datastore.save_label(image, labels, tag, names)
 

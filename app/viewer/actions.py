@@ -10,6 +10,7 @@ edit is saved before the answer goes out (``SessionStore.save``; a prompt's or a
 from __future__ import annotations
 
 import base64
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -154,11 +155,16 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         trace.mark("action.locked", kind=kind)
         volume = session.require_study()
         if kind in ("point", "box", "brush", "erase") and body.get("label") is not None:
-            if int(body["label"]) != session.active:  # the browser's active label is the truth for its prompts
-                session.label(int(body["label"]))
-                session.active, session.prompt = int(body["label"]), None
-        if kind in ("point", "box", "brush", "erase") and session.active in set(body.get("locked") or []):
-            raise PromptError(f"{session.label(session.active).name} is locked: unlock it to edit it")
+            value = _label_value(body)
+            if value != session.active:  # the browser's active label is the truth for its prompts
+                session.label(value)
+                session.active, session.prompt = value, None
+        if kind in ("point", "box", "brush", "erase"):
+            locked = body.get("locked") or []
+            if not isinstance(locked, list):
+                raise PromptError("locked: expected a list of label numbers")
+            if any(v == session.active for v in locked):
+                raise PromptError(f"{session.label(session.active).name} is locked: unlock it to edit it")
         edit: Edit | None = None
         status = ""
         if kind == "point":
@@ -200,12 +206,12 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
             view, (index, _, _) = _where(volume, body, "mm")
             _show(session, view, index)
         elif kind == "window":
-            level, width = float(body.get("level")), float(body.get("width"))
-            if not np.isfinite(level) or not np.isfinite(width) or width <= 0:
+            level, width = _number(body, "level"), _number(body, "width")
+            if width <= 0:
                 raise PromptError(f"window width must be a positive number, got {width:g}")
             session.view.window, session.view.level, session.view.width = "custom", level, width
         elif kind == "active":
-            value = int(body.get("label"))
+            value = _label_value(body)
             session.label(value)
             if value != session.active:
                 session.active, session.prompt = value, None
@@ -294,6 +300,27 @@ def _show(session: Session, view: str, index: int) -> None:
     session.view.index[view] = int(index)
 
 
+def _number(body: dict[str, Any], key: str, default: Any = None) -> float:
+    """``body[key]`` as a finite number; PromptError naming the field for null, text, a list, NaN or Infinity
+    (a scripted client's wrong type answered "internal error (TypeError)" before)."""
+    value = body.get(key, default)
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise PromptError(f"{key}: expected a number, got {str(value)[:40]!r}")
+    return number
+
+
+def _label_value(body: dict[str, Any]) -> int:
+    """``body["label"]``: a label number (the label map is uint16)."""
+    value = _number(body, "label")
+    if value != int(value) or not 1 <= value <= 65535:
+        raise PromptError(f"label: expected a label number 1..65535, got {str(body.get('label'))[:40]!r}")
+    return int(value)
+
+
 def _where(volume, body: dict[str, Any], key: str, view: str | None = None) -> tuple[str, tuple[int, float, float]]:
     """Where a prompt is: ``key`` in world mm ([x, y, z], the browser), or ``at``/``at2`` as
     [plane index, x, y] on the plane grid (scripted clients)."""
@@ -307,6 +334,8 @@ def _where(volume, body: dict[str, Any], key: str, view: str | None = None) -> t
             index, x, y = (float(v) for v in at)
         except (TypeError, ValueError) as e:
             raise PromptError("at: expected [plane index, x, y]") from e
+        if not np.isfinite([index, x, y]).all():
+            raise PromptError("at: expected finite numbers [plane index, x, y]")
         n = plane.count(volume.array.shape)
         if not 0 <= index < n:
             raise PromptError(f"{view} plane {int(index)} is out of range: 0..{n - 1}")
@@ -332,7 +361,7 @@ def _stroke(volume, body: dict[str, Any]) -> tuple[str, int, np.ndarray]:
     points = body.get("points")
     if not isinstance(points, list) or not 0 < len(points) <= MAX_STROKE_POINTS:
         raise PromptError(f"points: expected 1..{MAX_STROKE_POINTS} positions")
-    radius = float(body.get("radius", 5))
+    radius = _number(body, "radius", 5)
     if not 0.5 <= radius <= MAX_BRUSH_PX:
         raise PromptError(f"brush radius must be 0.5..{MAX_BRUSH_PX} pixels, got {radius:g}")
     view, (index, x, y) = _where(volume, {"view": body.get("view"), "mm": points[0]}, "mm")

@@ -350,3 +350,13 @@ def test_click_refiner_training_makes_clicks_help_and_reloads_identically(tmp_pa
     _, ours = _click_after_box(result.segmenter, result.segmenter.embed(image), BOX, 78, 75)
     _, back = _click_after_box(reloaded, reloaded.embed(image), BOX, 78, 75)
     np.testing.assert_allclose(back.low_res_logits, ours.low_res_logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("text, kind", [("5", "int"), ('"base_model base_sha256 adapter"', "str"), ("null", "NoneType")])
+def test_an_adapter_json_that_is_no_object_is_one_checkpoint_error(tmp_path, text, kind):
+    """`--adapter DIR` from a colleague whose adapter.json is `5` or a string raised TypeError/AttributeError
+    (a traceback from `medseg segment --adapter`; list_adapters skips only CheckpointError)."""
+    (tmp_path / "adapter.json").write_text(text)
+    (tmp_path / "adapter.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=f"adapter.json holds a JSON {kind}; expected an object"):
+        read_metadata(tmp_path)

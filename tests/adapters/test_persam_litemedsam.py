@@ -173,3 +173,22 @@ def test_cli_oneshot_3d_reference_2d_and_3d_targets(tmp_path, litemedsam, slices
 
     rc = cli_main(["oneshot", "--ref", str(vol), "--ref-mask", str(lab), "--targets", str(vol), "--output", str(out)])
     assert rc == 2 and "--ref-slice K (0..1)" in capsys.readouterr().err
+
+
+def test_cli_oneshot_refuses_a_3d_reference_mask_on_another_grid(tmp_path, capsys):
+    """A --ref-mask of the same shape but flipped along k (a label re-saved in another orientation) was read at
+    --ref-slice K: the one-shot reference learnt another slice's structure. Refused before the model loads."""
+    image = sitk.ReadImage(str(IMAGE))[:, :, 19:22]
+    brain = sitk.ReadImage(str(BRAIN))[:, :, 19:22]
+    d = np.array(brain.GetDirection()).reshape(3, 3)
+    d[:, 2] *= -1
+    brain.SetDirection(tuple(d.ravel()))
+    vol, lab = tmp_path / "sub.nii.gz", tmp_path / "flipped_brain.nii.gz"
+    sitk.WriteImage(image, str(vol))
+    sitk.WriteImage(brain, str(lab))
+    rc = cli_main(["oneshot", "--ref", str(vol), "--ref-slice", "0", "--ref-mask", str(lab), "--targets", str(vol),
+                   "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"medseg oneshot: error: --ref-mask {lab} is not on the grid of --ref {vol}: direction ")
+    assert not (tmp_path / "out").exists()

@@ -60,7 +60,8 @@ def test_box_around_empty_mask_raises():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"margin_px": -1}, "margin_px"), ({"min_area_px": 0}, "min_area_px"), ({"min_score": 1.5}, "min_score"),
+    [({"margin_px": -1}, "margin_px"), ({"margin_px": float("nan")}, "margin_px"), ({"margin_px": float("inf")}, "margin_px"),
+     ({"min_score": float("nan")}, "min_score"), ({"min_area_px": 0}, "min_area_px"), ({"min_score": 1.5}, "min_score"),
      ({"batch_size": 0}, "batch_size"), ({"guard": 1.2}, "guard")],
 )
 def test_bad_settings_are_refused(kwargs, message):

@@ -4,6 +4,7 @@ propagation and restore."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 
@@ -212,6 +213,40 @@ def test_paint_labels_and_measurements_in_mm(ctx, opened):
     assert session.label(session.active).colour == (0, 255, 128)
 
 
+@pytest.mark.parametrize("typed", ["rgb(300, 0, 0)", "rgb(-5, 0, 0)", "rgb(1e400, 0, 0)", "rgb(1, 2)"])
+def test_a_colour_out_of_0_255_is_refused_and_the_label_keeps_its_colour(ctx, opened, typed):
+    """rgb(300, 0, 0) was kept as (300, 0, 0): the viewer got "#12c0000" and the DICOM-SEG export then failed
+    ("colour of label 1 must be 3 values in 0..255"); rgb(1e400, 0, 0) raised OverflowError, an internal error."""
+    session = ctx.store.get(opened)
+    before = session.label(session.active).colour
+    with pytest.raises(ValueError, match=r"is not '#rrggbb' or rgb\(r, g, b\) with r, g, b in 0\.\.255"):
+        controller.edit_label(ctx, opened, "roi", typed)
+    assert session.label(session.active).colour == before
+
+
+@pytest.mark.parametrize("call, message", [
+    (("set_display", "custom", float("nan"), 400.0, 0.5, "point +"), "window level must be a finite number, got 'nan'"),
+    (("set_display", "custom", 40.0, float("inf"), 0.5, "point +"), "window width must be a finite number, got 'inf'"),
+    (("set_display", "default", 40.0, 400.0, float("nan"), "point +"), "opacity must be a finite number, got 'nan'"),
+    (("set_display", "hounsfield", 40.0, 400.0, 0.5, "point +"), "unknown window 'hounsfield'; expected one of default"),
+    (("set_slice", None), "the slice must be a finite number, got 'None'"),
+    (("select_label", None), "the label must be a finite number, got 'None'"),
+])
+def test_display_values_that_are_no_finite_number_are_refused_and_the_viewer_keeps_working(ctx, opened, call, message):
+    """A NaN level, an infinite width, a NaN opacity or an unknown window name (a Gradio API client, the number
+    box) were saved with the session: from then on the viewer's /state answered "Out of range float values are
+    not JSON compliant" on every poll, for good. set_slice(None) / select_label(None) were internal errors."""
+    from starlette.responses import JSONResponse
+
+    from app.viewer import actions
+
+    name, *args = call
+    with pytest.raises(ValueError, match=re.escape(message)):
+        getattr(controller, name)(ctx, opened, *args)
+    session = ctx.store.get(opened)
+    assert JSONResponse(actions.state(session)).status_code == 200
+
+
 def test_exports_equal_the_server_labels(ctx, opened):
     session = ctx.store.get(opened)
     path, _ = controller.export(ctx, opened, "nifti")
@@ -296,6 +331,35 @@ def test_nothing_painted_is_a_user_error(ctx, opened):
 
     with pytest.raises(SessionError, match="nothing painted"):
         _mask_action(ctx, opened, {"background": None, "layers": [], "composite": None}, None, use_model=True)
+
+
+def test_a_mask_file_is_a_png_or_jpeg_by_its_bytes_and_bombs_are_user_errors(ctx, opened, tmp_path):
+    """The mask-file upload went to PIL's Image.open with every format: PostScript named mask.png ran through
+    Ghostscript (and became a mask), and a 20000 x 20000 PNG raised DecompressionBombError, which the page
+    showed as "internal error". Both are now one user error, and the labels stay as they were."""
+    import struct
+    import zlib
+
+    from app.ui import _mask_action
+    from data.readers import StudyError
+
+    ps = tmp_path / "mask.png"
+    ps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 256 256\n"
+                   b"newpath 0 0 moveto 256 0 lineto 256 256 lineto fill\n%%EOF\n")
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 20001)) + chunk(b"IEND", b""))
+    session = ctx.store.get(opened)
+    before = session.labels.copy()
+    with pytest.raises(StudyError, match=r"mask\.png: not a readable PNG/JPEG image \(its bytes are neither PNG nor JPEG\)$"):
+        _mask_action(ctx, opened, None, str(ps), use_model=False)
+    with pytest.raises(StudyError, match=r"bomb\.png: image too large to open safely"):
+        _mask_action(ctx, opened, None, str(bomb), use_model=False)
+    np.testing.assert_array_equal(session.labels, before)
 
 
 def test_ready_is_news_only_after_an_open_or_a_model_change(ctx, tmp_path):

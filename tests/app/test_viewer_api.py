@@ -126,6 +126,28 @@ def test_locked_label_and_bad_prompts_are_one_line_user_errors(ctx, opened):
     assert not s.labels.any() and not s.undo_stack
 
 
+@pytest.mark.parametrize("body, message", [
+    ({"kind": "point", "view": "coronal", "label": [1]}, "label: expected a number, got '[1]'"),
+    ({"kind": "point", "view": "coronal", "label": "abc"}, "label: expected a number, got 'abc'"),
+    ({"kind": "point", "view": "coronal", "label": 1e300}, "label: expected a label number 1..65535, got '1e+300'"),
+    ({"kind": "point", "view": "coronal", "locked": 5}, "locked: expected a list of label numbers"),
+    ({"kind": "point", "view": "coronal", "at": [float("nan"), 3, 3]}, "at: expected finite numbers [plane index, x, y]"),
+    ({"kind": "brush", "view": "coronal", "radius": None, "points": [[0, 0, 0]]}, "radius: expected a number, got 'None'"),
+    ({"kind": "window", "level": None, "width": 5}, "level: expected a number, got 'None'"),
+    ({"kind": "window", "level": 40, "width": "wide"}, "width: expected a number, got 'wide'"),
+    ({"kind": "active", "label": None}, "label: expected a number, got 'None'"),
+    ({"kind": "active", "label": True}, "label: expected a number, got 'True'"),
+])
+def test_wrong_typed_action_fields_are_one_line_naming_the_field(ctx, opened, body, message):
+    """A scripted client's null, list or text where a number belongs answered 500 "internal error (TypeError)"
+    (or "invalid literal for int() with base 10: 'abc'"); now a 400 naming the field, and nothing changes."""
+    s = opened
+    with pytest.raises(PromptError) as e:
+        actions.act(ctx, s, body)
+    assert str(e.value) == message
+    assert not s.labels.any() and not s.undo_stack and s.view.window == "default" and s.active == 1
+
+
 def test_routes_act_on_the_cookie_session_and_serve_the_study_with_its_geometry(ctx, embeddings, tmp_path):
     """The viewer's routes take the session from the HttpOnly cookie only (nothing in the URL or the
     page); no cookie, another browser's cookie or a forged one reach nothing; errors name no paths."""

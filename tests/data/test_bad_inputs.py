@@ -291,3 +291,25 @@ def test_non_utf8_zip_member_names_are_unpacked_under_safe_names(tmp_path, ctx):
         zf.writestr(info, buf.read_bytes())
     vm = open_upload(ctx, ctx.store.create().id, [str(archive)])
     assert vm.image is not None and "Opened" in vm.status
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["info", "-scan.nii.gz"], "unrecognized arguments: -scan.nii.gz (a file name that starts with '-': write "
+                               "./-scan.nii.gz or put -- before it)"),
+    (["segment", "scan.png", "--box", "1", "2"], "medseg segment: error: argument --box: expected 4 arguments"),
+    (["segment", "scan.png", "--point", "1", "2", "yes"], "argument --point: expected a number, got 'yes'"),
+    (["segment", "scan.png", "--box", "nan", "1", "5", "5"], "argument --box: expected a finite number, got 'nan'"),
+    (["propagate", "ct", "--slice", "3", "--box", "1", "1", "9", "9", "--margin", "nan", "-o", "o.nii.gz"],
+     "medseg propagate: error: argument --margin: expected a finite number, got 'nan'"),
+    (["eval", "m.csv", "--nsd-tolerance", "nan"], "medseg eval: error: argument --nsd-tolerance: expected a finite number"),
+    (["eval", "m.csv", "--nsd-tolerance=-inf"], "argument --nsd-tolerance: expected a finite number, got '-inf'"),
+])
+def test_argument_errors_are_one_line_with_a_hint_for_a_leading_dash(tmp_path, monkeypatch, capsys, argv, fragment):
+    """argparse printed its usage line before the error (two lines); a file named -scan.nii.gz, which a
+    hurried user passes as it is, was only 'unrecognized arguments'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-scan.nii.gz").write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and fragment in lines[0], lines

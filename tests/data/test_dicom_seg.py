@@ -529,3 +529,20 @@ def test_a_source_changed_since_opening_is_refused_naming_the_file(tmp_path):
     message = _refused(lambda: write_dicom_seg(labels, study, out), out)
     assert message.startswith(f"{out}: highdicom could not build the DICOM-SEG (Source images must all be part of "
                               "the same series")
+
+
+@needs_dciodvfy
+def test_label_names_typed_in_any_language_or_with_odd_characters_survive_as_one_valid_value(ct, tmp_path):
+    """A name with a backslash became two values (["a", "b"]), one with a newline or an escape sequence an
+    invalid LO, and "Läsion" or "肝臓" was written as "?" (no character set; pydicom's warning was hidden)."""
+    labels = np.zeros(ct.array.shape, np.uint8)
+    for v in range(1, 6):
+        labels[v, 10:20, 10 * v : 10 * v + 5] = v
+    names = {1: "Läsion 肝臓", 2: "left\\right", 3: "line\nbreak\x1b[31m", 4: " \t ", 5: "ü" * 70}
+    out = write_dicom_seg(labels, ct, tmp_path / "s.dcm", label_names=names, series_description="Befund\\Leber")
+    ds = pydicom.dcmread(out)
+    assert [str(d.SegmentLabel) for d in ds.SegmentSequence] == [
+        "Läsion 肝臓", "left/right", "line break [31m", "label 4", "ü" * 32]  # 64 bytes in UTF-8
+    assert ds.SeriesDescription == "Befund/Leber" and ds.SpecificCharacterSet == "ISO_IR 192"
+    assert dciodvfy_errors(out) == []
+    np.testing.assert_array_equal(read_dicom_seg(out, ct).labels.array, labels)

@@ -545,3 +545,28 @@ def test_the_oversend_message_in_mib(pacs, private_tmp):
     with pytest.raises(DicomWebError) as e:
         fetch_series(url, max_voxels=2**30, max_bytes=int(0.6 * 2**20))
     assert str(e.value) == f"{url}: the PACS sent more than the 1 MiB its metadata announced; download stopped"
+
+
+@pytest.mark.parametrize("damage, said", [
+    ("nested_100k", "(the PACS sent a data set nested too deep to read)"),
+    ("sequence_never_closed", "retrieving instance 1 of 1 (WADO-RS) failed (OSError: No tag to read"),
+    ("delimiter_at_top_level", "writing instance 1 of 1 the PACS sent failed (NotImplementedError: "),
+])
+def test_a_damaged_instance_from_the_pacs_is_one_line_and_nothing_kept(pacs, private_tmp, damage, said):
+    """pydicom (inside dicomweb-client) raised RecursionError, OSError or NotImplementedError on these: they
+    escaped fetch_series, so `medseg segment http://pacs/...` printed a traceback and the label server a 500."""
+    import struct
+
+    from tests.hostile import dicom_bytes as db
+
+    data = _ct_bytes()[0]
+    extra = {"nested_100k": db.nested_undefined(100_000),
+             "sequence_never_closed": struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0\xff\xff\xff\xff" + db.ITEM,
+             "delimiter_at_top_level": db.SEQ_END}[damage]
+    url = _one_instance(pacs, data, rows=256, cols=256)
+    sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    pacs.instance(f"/studies/{STUDY}/series/{SER}/instances/{sop}", db.insert_before_pixels(data, extra))
+    with pytest.raises(DicomWebError) as e:
+        fetch_series(url, max_voxels=2**30, max_bytes=2**30)
+    assert str(e.value).startswith(f"{url}: ") and said in str(e.value) and "\n" not in str(e.value)
+    assert list(private_tmp.iterdir()) == []

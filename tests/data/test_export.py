@@ -174,3 +174,26 @@ def test_rgb_study_exports_on_its_grid_and_names_it_in_refusals(tmp_path):
     with pytest.raises(ExportError) as e:
         export_labels(np.zeros((1, 3, 4), np.uint8), us, tmp_path / "x.nii.gz")
     assert str(e.value) == f"{tmp_path / 'x.nii.gz'}: label array (1, 3, 4) does not match the study grid (1, 240, 320)"
+
+
+@pytest.mark.parametrize("unit, factor", [(1, 1e-3), (3, 1e3)], ids=["metres", "micrometres"])
+def test_a_label_of_a_nifti_in_metres_overlays_it_where_itk_and_slicer_put_it(unit, factor, tmp_path):
+    """xyzt_units metres (or micrometres): ITK, hence 3D Slicer, scales spacing and origin to mm; medseg read
+    the numbers as mm, so its label (written in mm) was 1000 times too small over the image in Slicer."""
+    from tests.hostile.corpus import _nifti, _volume
+
+    affine = np.diag([0.8 * factor, 0.9 * factor, 2.0 * factor, 1.0])
+    affine[:3, 3] = np.array([10.0, 20.0, -30.0]) * factor
+
+    def in_unit(header):
+        header["xyzt_units"] = unit | 8  # + seconds
+
+    source = _nifti(tmp_path / "study.nii.gz", _volume(4, (12, 10, 6)), affine, edit=in_unit)
+    volume = read_study(source)
+    np.testing.assert_allclose(volume.spacing, (0.8, 0.9, 2.0), rtol=1e-5)
+    assert volume.source.geometry.endswith(f"(xyzt_units {unit}) scaled to mm")
+    out = export_labels(some_labels(volume.array.shape[:3]), volume, tmp_path / "labels.nii.gz", {1: "a", 3: "b"})
+    image, label = sitk.ReadImage(str(source)), sitk.ReadImage(str(out))
+    np.testing.assert_allclose(label.GetSpacing(), image.GetSpacing(), rtol=1e-5)
+    np.testing.assert_allclose(label.GetOrigin(), image.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(label.GetDirection(), image.GetDirection(), atol=1e-6)

@@ -269,3 +269,46 @@ def test_line_numbers_are_the_lines_a_text_editor_shows(tmp_path):
     m.write_text('case_id,image,label,note\n\na,i.png,l.png,"one\ntwo"\n\nb,i.png,l.png,x\na,i.png,l.png,y\n')
     with _exactly(f"{m} line 7, column 'case_id': 'a' repeats line 4; ids must be unique"):
         read_manifest(m)
+
+
+def test_a_3d_label_on_another_grid_is_refused_not_sliced_at_the_same_index(tmp_path):
+    """image and label share slice_index: a label of another slab, shifted or flipped along k gave slice k of
+    another place as the ground truth, silently (Dice against the wrong anatomy). The same-grid pair loads."""
+    import SimpleITK as sitk
+
+    image, label = DATA / "mr_t1_colin27_slabA_image.nii.gz", DATA / "mr_t1_colin27_slabA_label.nii.gz"
+    lab = sitk.ReadImage(str(label))
+    sitk.WriteImage(lab[:, :, 2:], str(tmp_path / "cropped.nii.gz"))  # slices 2..31 of the same grid: 30 slices
+    shifted = sitk.Image(lab)
+    shifted.SetOrigin(tuple(o + d for o, d in zip(lab.GetOrigin(), (0.0, 0.0, 5.0))))
+    sitk.WriteImage(shifted, str(tmp_path / "shifted.nii.gz"))
+    flipped = sitk.Image(lab)
+    d = np.array(lab.GetDirection()).reshape(3, 3)
+    d[:, 2] *= -1  # same voxels, k running the other way
+    flipped.SetDirection(tuple(d.ravel()))
+    sitk.WriteImage(flipped, str(tmp_path / "flipped.nii.gz"))
+    m = _write_manifest(tmp_path, ["case_id", "image", "label", "slice_index"],
+                        [["a", image, "cropped.nii.gz", "4"], ["b", image, "shifted.nii.gz", "4"],
+                         ["c", image, "flipped.nii.gz", "4"], ["d", image, label, "4"]])
+    cases, _ = read_manifest(m)
+    loader = CaseLoader(m)
+    where = f"{m} line %d, column 'label': the label is not on the image's grid:"
+    with _exactly(f"{where % 2} grid (30, 217, 181) vs (32, 217, 181) (k, j, i)"):
+        loader.load(cases[0])
+    with _exactly(f"{where % 3} origin (90, 125, 0) vs (90, 125, -5)"):
+        loader.load(cases[1])
+    with pytest.raises(ManifestError, match=f"^{re.escape(where % 4)} direction .* vs "):
+        loader.load(cases[2])
+    assert loader.load(cases[3]).gt.any()
+
+
+def test_a_manifest_saved_in_a_windows_code_page_names_the_file_the_line_and_the_fix(tmp_path):
+    """Excel's plain 'CSV' on Windows writes cp1252: `medseg eval` said only "'utf-8' codec can't decode byte
+    0xe4 in position 45: invalid continuation byte"."""
+    m = tmp_path / "MANIFEST.csv"
+    m.write_bytes("case_id,image,label,structure\na,img.png,lab.png,liver\nb,img.png,lab.png,Läsion\n".encode("cp1252"))
+    with _exactly(f"{m} line 3: not UTF-8 text (byte 0xe4); save the manifest as UTF-8 (in Excel: 'CSV UTF-8 "
+                  "(Comma delimited)')"):
+        read_manifest(m)
+    m.write_text("case_id,image,label,structure\nb,img.png,lab.png,Läsion\n", encoding="utf-8-sig")  # Excel's UTF-8
+    assert read_manifest(m)[0][0].structure == "Läsion"

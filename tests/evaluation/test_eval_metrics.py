@@ -132,6 +132,6 @@ def test_every_documented_policy_value_is_accepted_and_a_zero_tolerance_is_allow
     square[2:6, 2:6] = True
     m = case_metrics(square, square, nsd_tolerance_mm=0.0)
     assert (m.dice, m.iou, m.hd95, m.nsd) == (1.0, 1.0, 0.0, 1.0)
-    with pytest.raises(ValueError, match="NSD tolerance must be >= 0 mm, got -1"):
+    with pytest.raises(ValueError, match="NSD tolerance must be a finite number >= 0 mm, got -1"):
         case_metrics(square, square, nsd_tolerance_mm=-1)
     assert math.isnan(nan_mean([])) and math.isnan(nan_mean([math.nan])) and nan_mean([1, math.inf, 3]) == 2.0

@@ -207,6 +207,11 @@ def dicom_structure(d: Path) -> list[Case]:
         base, struct.pack("<HH", 0x0009, 0x1010) + b"OB\0\0\xff\xff\xff\xff" + b"\0" * 16), "undefined length but VR OB"))
     cases.append(refuse("no_dicm_marker", base[:128] + b"XXXX" + base[132:], "not a readable DICOM"))
     cases.append(refuse("header_cut_at_300_bytes", base[:300], "truncated"))
+    # a 4 x 4 BMP header in the free 128-byte preamble: ITK asked BMPImageIO before GDCM and opened the BMP
+    bmp = b"BM" + struct.pack("<IHHI", len(base), 0, 0, 200) + struct.pack("<IiiHHIIiiII", 40, 4, 4, 1, 8, 0, 16, 2835,
+                                                                           2835, 256, 0)
+    path = _write_bytes(d / "bmp_in_preamble.dcm", bmp + base[len(bmp):])
+    cases.append(Case("bmp_header_in_preamble", "dicom-structure", path, "accept", expected=arr[None]))
     # legitimate: nesting 30 deep is inside the limit and must open with its pixels intact
     ok = _write_bytes(d / "nested_30.dcm", db.insert_before_pixels(base, db.nested_undefined(30)))
     cases.append(Case("nested_30_accepted", "dicom-structure", ok, "accept", expected=arr[None]))
@@ -271,6 +276,12 @@ def dicom_pixels(d: Path) -> list[Case]:
     cases.append(with_ds("bits_allocated_128", lambda ds: setattr(ds, "BitsAllocated", 128), "BitsAllocated 128"))
     cases.append(with_ds("samples_per_pixel_200", lambda ds: setattr(ds, "SamplesPerPixel", 200), "SamplesPerPixel 200"))
     cases.append(with_ds("no_pixel_data", lambda ds: delattr(ds, "PixelData"), "without pixel data"))
+    # rescales GDCM replaced silently (slope 0/NaN/inf by 1, a NaN intercept by 0)
+    for name, slope, intercept, fragment in (("rescale_slope_zero", 0, -1024, "RescaleSlope 0; expected a finite number"),
+                                            ("rescale_slope_nan", "NaN", 0, "RescaleSlope nan"),
+                                            ("rescale_intercept_inf", 1, "inf", "RescaleIntercept inf")):
+        cases.append(with_ds(name, lambda ds, s=slope, i=intercept: (setattr(ds, "RescaleSlope", s),
+                                                                       setattr(ds, "RescaleIntercept", i)), fragment))
     # encapsulated data where raw bytes are declared, and the reverse
     frag = struct.pack("<HHI", 0xFFFE, 0xE000, 0) + struct.pack("<HHI", 0xFFFE, 0xE000, 8) + b"\0" * 8 + db.SEQ_END
     at = base.rfind(b"\xe0\x7f\x10\x00")
@@ -352,6 +363,17 @@ def dicom_geometry(d: Path) -> list[Case]:
                              "along their normal"))
     cases.append(series_case("rows_differ", on(2, lambda ds: setattr(ds, "Rows", 8) or setattr(ds, "PixelData", ds.PixelData[:256])),
                              "Rows 8 differs"))
+    # ITK decodes every slice with the first file's grid and pixel description
+    cases.append(series_case("pixel_spacing_differs", on(3, lambda ds: setattr(ds, "PixelSpacing", [0.7, 0.7])),
+                             "IM0004.dcm: PixelSpacing [0.7, 0.7] differs from IM0001.dcm ([0.5, 0.5])"))
+    cases.append(series_case("pixel_spacing_only_first_missing", on(0, lambda ds: delattr(ds, "PixelSpacing")),
+                             "IM0002.dcm: PixelSpacing [0.5, 0.5] differs from IM0001.dcm ((none))"))
+    cases.append(series_case("monochrome1_slice", on(3, lambda ds: setattr(ds, "PhotometricInterpretation", "MONOCHROME1")),
+                             "IM0004.dcm: PhotometricInterpretation MONOCHROME1 differs"))
+    cases.append(series_case("unsigned_slice", on(3, lambda ds: setattr(ds, "PixelRepresentation", 0)),
+                             "IM0004.dcm: PixelRepresentation 0 differs"))
+    cases.append(series_case("frame_of_reference_differs", on(3, lambda ds: setattr(ds, "FrameOfReferenceUID", "1.2.3.4")),
+                             "IM0004.dcm: FrameOfReferenceUID 1.2.3.4 differs"))
     cases.append(series_case("pixel_spacing_zero", on(0, lambda ds: setattr(ds, "PixelSpacing", [0, 0.5])), "PixelSpacing"))
     cases.append(series_case("pixel_spacing_negative", on(0, lambda ds: setattr(ds, "PixelSpacing", [-0.5, 0.5])), "PixelSpacing"))
     cases.append(series_case("pixel_spacing_nan", on(0, lambda ds: setattr(ds, "PixelSpacing", ["NaN", "0.5"])), "PixelSpacing"))
@@ -365,8 +387,42 @@ def dicom_geometry(d: Path) -> list[Case]:
                       expected=np.delete(stack, 3, axis=0), spacing=(0.5, 0.5, 7.5 / 4), args=("--allow-uneven",)))
     folder, stack, _ = _series(d / "good_pair", 2, step=2.5)
     cases.append(Case("two_slice_series", "dicom-geometry", folder, "accept", expected=stack, spacing=(0.5, 0.5, 2.5)))
+    # enhanced multi-frame: GDCM stacked the frames from the first one's position at an even spacing, whatever
+    # the others said (a wrong spacing, or k mirrored); the frames are checked as a series now
+    stack = db.pixels(16, 16, seed=3, frames=4)
+
+    def enhanced(name, zs, fragment, expect="refuse", iops=None, args=(), spacing=None):
+        path = db.write(db.enhanced_multiframe(stack, zs, iops=iops), d / f"{name}.dcm")
+        return Case(name, "dicom-geometry", path, expect, fragment, expected=stack if expect == "accept" else None,
+                    spacing=spacing, args=args, geometry="per-frame functional groups" if expect == "accept" else "")
+
+    cases.append(enhanced("multiframe_uneven", [0, 1.5, 5.0, 6.5], "a step of 3.5 mm between frame 2 (1.50 mm) and frame 3"))
+    cases.append(enhanced("multiframe_duplicate", [0, 1.5, 1.5, 3.0], "two images at the same position between frame 2"))
+    cases.append(enhanced("multiframe_mixed_orientation", [0, 1.5, 3.0, 4.5], "frame 3 is oriented unlike frame 1",
+                          iops=[[1, 0, 0, 0, 1, 0]] * 2 + [[1, 0, 0, 0, 0, -1]] * 2))
+    cases.append(enhanced("multiframe_even", [0, 1.5, 3.0, 4.5], "", "accept", spacing=(0.5, 0.5, 1.5)))
+    # a legacy multi-frame with an orientation but nothing that places its frames: ITK put them 1 mm apart
+    legacy = db.image_dataset(stack, ipp=(-4.0, -4.0, 0.0))
+    legacy.SliceThickness = 2.5  # a thickness, not a spacing
+    cases.append(Case("multiframe_without_frame_spacing", "dicom-geometry", db.write(legacy, d / "legacy_mf.dcm"),
+                      "refuse", "4 frames with ImageOrientationPatient but no SpacingBetweenSlices or per-frame positions"))
+    legacy.SpacingBetweenSlices = 3.0
+    cases.append(Case("multiframe_spacing_between_slices", "dicom-geometry", db.write(legacy, d / "legacy_mf_sbs.dcm"),
+                      "accept", expected=stack, spacing=(0.5, 0.5, 3.0)))
+    dose = db.image_dataset(stack, ipp=(-4.0, -4.0, 0.0))
+    dose.GridFrameOffsetVector = [0.0, 2.0, 7.0, 9.0]  # RT Dose's frame offsets, uneven: GDCM used the first step
+    cases.append(Case("multiframe_uneven_grid_frame_offsets", "dicom-geometry", db.write(dose, d / "dose_uneven.dcm"),
+                      "refuse", "GridFrameOffsetVector [0.0, 2.0, 7.0, 9.0] is not one increasing, even step per frame"))
+    cases.append(enhanced("multiframe_uneven_allow_uneven", [0, 1.5, 5.0, 6.5], "--allow-uneven: 1 uneven step(s)",
+                          "accept", args=("--allow-uneven",), spacing=(0.5, 0.5, 6.5 / 3)))
     path, _, arr = _ct_file(d, "single_bad_orientation.dcm", iop=(1, 0, 0, 1, 0, 0))
     cases.append(Case("single_file_orientation_degenerate", "dicom-geometry", path, "refuse", "not two perpendicular"))
+    # a single image's position: ITK made a NaN origin 0 and a 2-value one (x, y, 0), under the name of IPP
+    path, _, _ = _ct_file(d, "single_position_nan.dcm", ipp=["NaN", "0", "0"])
+    cases.append(Case("single_file_position_nan", "dicom-geometry", path, "refuse", "ImagePositionPatient [nan, 0.0, 0.0] holds NaN"))
+    path, _, _ = _ct_file(d, "single_position_two.dcm", ipp=[1.0, 2.0])
+    cases.append(Case("single_file_position_two_values", "dicom-geometry", path, "refuse",
+                      "ImagePositionPatient has 2 value(s); expected 3"))
     path, _, arr = _ct_file(d, "single_no_geometry.dcm", ipp=None, iop=None, spacing=None)
     cases.append(Case("single_file_without_geometry", "dicom-geometry", path, "accept", expected=arr[None],
                       geometry="none (identity)"))
@@ -493,6 +549,26 @@ def nifti_geometry(d: Path) -> list[Case]:
         h["quatern_b"], h["quatern_c"], h["quatern_d"] = 2.0, 0.0, 0.0
 
     cases.append(refuse("qform_not_rotation", bad_quaternion, "quaternion is not a rotation"))
+
+    def qfac(value, sform=False):  # pixdim[0]: nibabel's get_qform raised HeaderDataError on anything but +-1
+        def fn(h):
+            if not sform:
+                h.set_sform(None, code=0)
+            h["pixdim"][0] = value
+        return fn
+
+    cases.append(refuse("qfac_two", qfac(2.0), "pixdim[0] (the qform's qfac) = 2.0; expected 1 or -1"))
+    cases.append(refuse("qfac_nan", qfac(np.nan), "pixdim[0] (the qform's qfac) = nan"))
+    # qfac 0 is read as 1 (the NIfTI standard, ITK's nifti_io): old converters write it
+    cases.append(Case("qfac_zero_qform_only", "nifti-geometry", _nifti(d / "qfac_zero.nii.gz", vol, edit=qfac(0.0)),
+                      "accept", expected=ours(vol), spacing=(0.8, 0.9, 2.0), geometry="qform (qform_code 1)"))
+    cases.append(Case("qfac_zero_with_sform", "nifti-geometry",
+                      _nifti(d / "qfac_zero_sform.nii.gz", vol, edit=qfac(0.0, sform=True)),
+                      "accept", expected=ours(vol), spacing=(0.8, 0.9, 2.0), geometry="sform (sform_code 1)"))
+    cases.append(Case("qfac_two_with_sform", "nifti-geometry",
+                      _nifti(d / "qfac_two_sform.nii.gz", vol, edit=qfac(2.0, sform=True)),
+                      "accept", expected=ours(vol), spacing=(0.8, 0.9, 2.0),
+                      geometry="sform (sform_code 1); the qform (qform_code 1) disagrees and was not used"))
     # qform and sform disagree: nibabel's rule takes the sform, and says so
     rot = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], float) * [1.25, 1.25, 3.0]
     s_aff = np.eye(4)
@@ -566,6 +642,21 @@ def nifti_types(d: Path) -> list[Case]:
     expected[np.isnan(expected)] = np.nanmin(with_nan)
     cases.append(Case("float_with_nan", "nifti-types", write("with_nan", with_nan), "accept",
                       "1 NaN/infinite voxels", expected=expected))
+    def scaling(slope, inter):
+        def fn(h):
+            h["scl_slope"], h["scl_inter"] = slope, inter
+        return fn
+
+    ints = (rng.random(shape) * 100).astype(np.int16)
+    # a valid slope with an infinite intercept: ITK read the raw integers as if unscaled, nibabel raises
+    cases.append(Case("scl_inter_inf", "nifti-types", _nifti(d / "inter_inf.nii.gz", ints, edit=scaling(1.0, np.inf)),
+                      "refuse", "scl_inter = inf with scl_slope = 1; the voxel scaling needs a finite intercept"))
+    # scl_slope 0, NaN or inf means no scaling (the NIfTI standard, nibabel), but ITK still added the intercept
+    for name, slope in (("scl_slope_zero", 0.0), ("scl_slope_nan", np.nan), ("scl_slope_inf", np.inf)):
+        cases.append(Case(f"{name}_inter_7", "nifti-types", _nifti(d / f"{name}_7.nii.gz", ints, edit=scaling(slope, 7.0)),
+                          "refuse", "(no scaling) with scl_inter = 7: readers disagree whether to add the intercept"))
+        cases.append(Case(f"{name}_inter_0", "nifti-types", _nifti(d / f"{name}_0.nii.gz", ints, edit=scaling(slope, 0.0)),
+                          "accept", expected=ours(ints)))
     cases.append(Case("all_nan", "nifti-types", write("all_nan", np.full(shape, np.nan, np.float32)), "refuse", "every voxel is NaN"))
     return cases
 
@@ -675,6 +766,35 @@ def images(d: Path) -> list[Case]:
     cases.append(Case("png_over_voxel_limit", "images", _write_bytes(d / "big.png", png_header(4096, 4096, b"\0" * 4097)),
                       "refuse", "more than the limit"))
     cases.append(Case("png_zero_width", "images", _write_bytes(d / "zero.png", png_header(0, 10)), "refuse", "not a readable PNG"))
+    # PIL decodes ~40 formats by their bytes: PostScript named .png ran through Ghostscript, GIF/TIFF/BMP opened
+    ps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 20 10\nnewpath 0 0 moveto 20 0 lineto 20 10 lineto fill\n%%EOF\n"
+    cases.append(Case("postscript_named_png", "images", _write_bytes(d / "scan.png", ps), "refuse",
+                      "not a readable PNG/JPEG image (its bytes are neither PNG nor JPEG)"))
+    frames = [Image.fromarray(np.roll(gray, n, axis=0)) for n in range(3)]
+    for fmt in ("GIF", "TIFF", "BMP"):
+        frames[0].save(d / f"{fmt.lower()}_named.png", format=fmt)
+        cases.append(Case(f"{fmt.lower()}_named_png", "images", d / f"{fmt.lower()}_named.png", "refuse",
+                          "its bytes are neither PNG nor JPEG"))
+    # 16-bit PNGs with colour or alpha: PIL read them at 8 bits (59900 became 233)
+    import cv2
+
+    deep_rgb = np.dstack([deep, deep, deep])
+    cv2.imwrite(str(d / "grey_as_rgb16.png"), deep_rgb)
+    cases.append(Case("png_16bit_grey_stored_as_rgb", "images", d / "grey_as_rgb16.png", "accept", expected=deep[None]))
+    rows = b"".join(b"\0" + b"".join(struct.pack(">HH", int(v), 65535) for v in row) for row in deep)
+    ga = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", deep.shape[1], deep.shape[0], 16, 4, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    cases.append(Case("png_16bit_grey_alpha", "images", _write_bytes(d / "grey_alpha16.png", ga), "accept", expected=deep[None]))
+    colour16 = np.dstack([deep, deep // 2, deep // 3])  # cv2 writes BGR: the file's RGB is the reverse
+    cv2.imwrite(str(d / "colour16.png"), colour16)
+    cases.append(Case("png_16bit_colour", "images", d / "colour16.png", "accept", "a 16-bit colour PNG, opened at 8 bits",
+                      expected=(colour16[..., ::-1] >> 8).astype(np.uint8)[None]))
+    frames[0].save(d / "animated.png", save_all=True, append_images=frames[1:])  # APNG: frames 2, 3 were dropped
+    cases.append(Case("apng_3_frames", "images", d / "animated.png", "refuse", "an animated PNG of 3 frames"))
+    Image.fromarray(rgb).save(d / "phone.jpg", format="MPO", save_all=True, append_images=[Image.fromarray(rgb[::2, ::2])])
+    with Image.open(d / "phone.jpg") as im:  # a phone's JPEG with a second picture: the primary one opens
+        primary = np.asarray(im.convert("RGB"))
+    cases.append(Case("jpeg_mpo_two_pictures", "images", d / "phone.jpg", "accept", expected=primary[None]))
     Image.fromarray(rgb).save(d / "photo.jpg", quality=90)
     jpg = (d / "photo.jpg").read_bytes()
     cases.append(Case("jpeg_truncated", "images", _write_bytes(d / "cut.jpg", jpg[: len(jpg) // 2]), "refuse", "not a readable PNG/JPEG"))

@@ -153,3 +153,35 @@ def decoded_reference(path: Path) -> np.ndarray:
     arr = apply_rescale(ds.pixel_array, ds).astype(np.float64)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     return arr if frames > 1 else arr[None]
+
+
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+
+
+def enhanced_multiframe(stack: np.ndarray, zs, *, iops=None, spacing=(0.5, 0.5)) -> Dataset:
+    """An Enhanced CT image of ``stack`` [frames, rows, cols]: frame n at (-4, -4, zs[n]); the orientation
+    shared (axial) unless ``iops`` gives one per frame; no top-level position, orientation or spacing."""
+    from pydicom.sequence import Sequence
+
+    ds = image_dataset(stack, ipp=None, iop=None, spacing=None)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ENHANCED_CT
+    shared, measures = Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = list(spacing), 1.5
+    shared.PixelMeasuresSequence = Sequence([measures])
+    if iops is None:
+        plane = Dataset()
+        plane.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        shared.PlaneOrientationSequence = Sequence([plane])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for n, z in enumerate(zs):
+        frame, position = Dataset(), Dataset()
+        position.ImagePositionPatient = [-4.0, -4.0, float(z)]
+        frame.PlanePositionSequence = Sequence([position])
+        if iops is not None:
+            plane = Dataset()
+            plane.ImageOrientationPatient = list(iops[n])
+            frame.PlaneOrientationSequence = Sequence([plane])
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    return ds

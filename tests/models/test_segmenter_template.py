@@ -211,3 +211,13 @@ def test_a_drawn_label_image_is_a_mask_like_any_other():
     drawn = np.zeros((300, 400), np.uint8)
     drawn[:150, :200] = 255
     np.testing.assert_array_equal(base.mask_prompt_from_mask(drawn), base.mask_prompt_from_mask(drawn > 0))
+
+
+@pytest.mark.parametrize("shape", [(3000, 2), (1, 100000)])
+def test_an_image_whose_short_side_rounds_to_0_at_the_model_input_is_refused_naming_its_size(litemedsam, shape):
+    """A 3000 x 2 (or 1 x 100000) PNG reached cv2.resize with a 0-pixel side: `medseg segment` printed
+    OpenCV's "(-215:Assertion failed) inv_scale_x > 0" traceback, the UI an internal error."""
+    with pytest.raises(ValueError, match=rf"^the image is {shape[0]} x {shape[1]} pixels \(rows x columns\): at litemedsam's "
+                                         r"256-pixel input its short side would be 0 pixels"):
+        litemedsam.embed(np.zeros(shape, np.uint8))
+    assert litemedsam.embed(np.zeros((3000, 6), np.uint8)).input_size == (256, 1)  # 0.51 px rounds to 1: still fine

@@ -1,0 +1,167 @@
+"""Hostile requests to `medseg labelserver` that never reach the model: each is one 400 naming the field or
+the client's file, nothing is stored, and the server keeps answering. (The real-model flows are in
+``test_labelserver.py``; these run on a fake segmenter in a second.)"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from starlette.testclient import TestClient
+
+from app.labelserver.datastore import Sessions, StudiesDir
+from app.labelserver.server import ServerConfig, build_app
+
+GRID = (4, 32, 32)  # k, j, i
+
+
+class NoModel:
+    name = "no-model"
+
+    def embed(self, *args, **kw):
+        raise AssertionError("a refused request reached the model")
+
+    predict = embed
+
+
+@pytest.fixture()
+def served(tmp_path):
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    image = sitk.GetImageFromArray(np.random.default_rng(0).integers(-1000, 1000, GRID).astype(np.int16))
+    image.SetSpacing((0.8, 0.8, 2.5))
+    sitk.WriteImage(image, str(studies / "ct.nii.gz"))
+    cfg = ServerConfig(model="litemedsam", segmenter=NoModel(), datastore=StudiesDir(studies),
+                       sessions=Sessions(tmp_path / "sessions"), work_dir=tmp_path / "work")
+    with TestClient(build_app(cfg), raise_server_exceptions=False) as client:
+        yield client, studies, tmp_path / "sessions"
+
+
+@pytest.mark.parametrize("model, params, fragment", [
+    ("litemedsam", '{"foreground": [[Infinity, 1, 1]]}', "params.foreground: expected a list of voxel indices"),
+    ("litemedsam", '{"roi": [0, Infinity, 0, 5, 0, 1]}', "params.roi: expected [i0, i1, j0, j1, k0, k1]"),
+    ("litemedsam", '{"foreground": [[1, 1, 1]], "slice": -Infinity}', "params.slice: expected a slice index"),
+    ("litemedsam_points", '{"points": [[1, 1, 1]], "point_labels": [null]}', "params.point_labels: one 0"),
+    ("litemedsam_points", '{"points": [[1, 1, 1]], "point_labels": 5}', "params.point_labels: one 0"),
+    ("litemedsam_points", '{"points": [[1, 1, 1]], "point_labels": ["x"]}', "params.point_labels: one 0"),
+    ("litemedsam_points", '{"points": [[1, 1, 1]], "label_prompt": [Infinity]}', "params.label_prompt: expected"),
+    ("litemedsam_3d", '{"foreground": [[1, 1, 1]], "max_slices": Infinity}', "params.max_slices: expected"),
+])
+def test_params_that_are_no_finite_numbers_are_400_naming_the_field(served, model, params, fragment):
+    """Python's json reads NaN/Infinity literals; int(inf) raised OverflowError, a plain 500 before."""
+    client, _, _ = served
+    r = client.post(f"/infer/{model}?image=ct&output=json", files={"params": (None, params)})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"].startswith(fragment), r.json()
+    assert client.get("/info/").status_code == 200
+
+
+@pytest.mark.parametrize("expiry", ["nan", "inf", "-5", "soon"])
+def test_a_session_expiry_that_is_no_duration_is_refused_and_creates_nothing(served, expiry):
+    """expiry=nan made a session that never expired (and answered 'cannot convert float NaN to integer'),
+    expiry=inf a 500 after the session was made."""
+    client, studies, sessions = served
+    r = client.put(f"/session/?expiry={expiry}", files={"files": ("x.nii.gz", (studies / "ct.nii.gz").read_bytes())})
+    assert r.status_code == 400 and r.json()["detail"] == f"expiry={expiry!r}: expected seconds >= 0"
+    assert not any(sessions.iterdir())
+
+
+def _label_put(client, name: str, data: bytes):
+    return client.put("/datastore/label?image=ct&tag=final", files={"label": (name, data)})
+
+
+def test_a_4d_label_is_refused_not_folded_onto_the_grid(served, tmp_path):
+    """A (i, j, k, t) label whose (t, k, j) matched the image's (k, j, i) was read as (t, k, j, i), its last
+    axis folded away by max(): saved as the image's label, geometry unchecked (200 before)."""
+    client, studies, _ = served
+    k, j, i = GRID
+    data = np.zeros((5, i, j, k), np.uint8)  # nibabel (i, j, k, t) = (5, 32, 32, 4): ITK's (t, k, j, i) = (4, 32, 32, 5)
+    data[2, 3, 3, :] = 1
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "l4.nii.gz")
+    r = _label_put(client, "my label.nii.gz", (tmp_path / "l4.nii.gz").read_bytes())
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"] == "my label.nii.gz: a 4D NIfTI of size (5, 32, 32, 4); expected a 2D or 3D image (one volume)"
+    assert not (studies / "labels").exists()
+
+
+def test_label_errors_name_the_clients_file_and_a_good_label_is_saved(served, tmp_path):
+    client, studies, _ = served
+    r = _label_put(client, "liver.nii.gz", b"not an image")
+    assert r.status_code == 400 and r.json()["detail"].startswith("liver.nii.gz: not a readable NIfTI file (damaged gzip")
+    wrong = sitk.Image(32, 32, 5, sitk.sitkUInt8)
+    sitk.WriteImage(wrong, str(tmp_path / "wrong.nii.gz"))
+    r = _label_put(client, "liver.nii.gz", (tmp_path / "wrong.nii.gz").read_bytes())
+    assert r.json()["detail"] == "liver.nii.gz: label grid (5, 32, 32) (k, j, i) differs from the image's (4, 32, 32)"
+    arr = np.zeros(GRID, np.uint8)
+    arr[1, 5:9, 6:10] = 3
+    good = sitk.GetImageFromArray(arr)
+    good.CopyInformation(sitk.ReadImage(str(studies / "ct.nii.gz")))
+    sitk.WriteImage(good, str(tmp_path / "good.nii.gz"))
+    r = _label_put(client, "liver.nii.gz", (tmp_path / "good.nii.gz").read_bytes())
+    assert r.status_code == 200, r.text
+    saved = sitk.GetArrayFromImage(sitk.ReadImage(str(studies / "labels" / "final" / "ct.nii.gz")))
+    np.testing.assert_array_equal(saved, arr)
+    assert json.loads(client.get("/datastore/?output=stats").text)["completed"] == 1
+
+
+def _detached(secret, n: int, key: str = "data file", blank: bool = True) -> bytes:
+    return (f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {n} 1 1\nencoding: raw\n{key}: {secret}\n"
+            + ("\n" if blank else "")).encode()
+
+
+@pytest.mark.parametrize("key, blank", [("data file", True), ("datafile", True), ("data file", False)])
+def test_an_nrrd_upload_cannot_read_another_file_of_the_server(served, tmp_path, key, blank):
+    """A detached NRRD header (data file: /path) made ITK read any file the server may read as the voxels:
+    PUT /datastore/?image=leak then GET /datastore/image?image=leak returned the file's bytes (200)."""
+    client, studies, sessions = served
+    secret = tmp_path / "other_patient.raw"
+    secret.write_bytes(b"secret-patient-data-0123456789")
+    header = _detached(secret, secret.stat().st_size, key, blank)
+    r = client.put("/datastore/?image=leak", files={"file": ("leak.nrrd", header)})
+    assert r.status_code == 400 and r.json()["detail"].startswith("leak.nrrd: "), r.text
+    assert client.get("/datastore/image?image=leak").status_code == 404
+    assert not list(studies.glob("*leak*"))
+    r = client.put("/session/", files={"files": ("volume.nrrd", header)})
+    assert r.status_code == 400 and r.json()["detail"].startswith("volume.nrrd: ") and not any(sessions.iterdir())
+    r = _label_put(client, "ct.seg.nrrd", header)
+    assert r.status_code == 400 and r.json()["detail"].startswith("ct.seg.nrrd: ")
+    assert not (studies / "labels").exists()
+
+
+def test_a_label_is_read_only_as_nifti_or_nrrd(served, tmp_path):
+    """A label named x.mha went to ITK's MetaImage reader, whose ElementDataFile reads any file: it was saved as
+    the image's final label and served back by GET /datastore/label (200)."""
+    client, studies, _ = served
+    secret = tmp_path / "other_patient.raw"
+    secret.write_bytes(bytes(range(1, 33)) * 32)  # 32 x 32 bytes: the image's (j, i) plane
+    mha = (f"ObjectType = Image\nNDims = 3\nDimSize = 32 32 4\nElementType = MET_UCHAR\n"
+           f"ElementDataFile = {secret}\n").encode()
+    r = _label_put(client, "x.mha", mha)
+    assert r.status_code == 400 and r.json()["detail"] == "x.mha: expected a .nii.gz, .nii or .nrrd (.seg.nrrd) label image"
+    assert client.get("/datastore/label?image=ct&tag=final").status_code == 404
+
+
+def test_a_self_contained_nrrd_still_uploads(served, tmp_path):
+    client, _, _ = served
+    arr = np.arange(4 * 32 * 32, dtype=np.int16).reshape(GRID)
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "ok.nrrd"))
+    r = client.put("/datastore/?image=ok", files={"file": ("ok.nrrd", (tmp_path / "ok.nrrd").read_bytes())})
+    assert r.status_code == 200, r.text
+    got = client.get("/datastore/image?image=ok")
+    (tmp_path / "got.nii.gz").write_bytes(got.content)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "got.nii.gz"))), arr)
+
+
+def test_an_nrrd_with_sheared_space_directions_is_refused_like_a_nifti(served):
+    """space directions (1,0.5,0) (0,1,0) (0,0,2): ITK kept the non-perpendicular axes and the session opened on
+    a direction matrix that is no rotation (200); the NIfTI reader refuses shear."""
+    client, _, sessions = served
+    header = (b"NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 32 32 4\n"
+              b"space directions: (1,0.5,0) (0,1,0) (0,0,2)\nendian: little\nencoding: raw\nspace origin: (0,0,0)\n\n")
+    r = client.put("/session/", files={"files": ("sheared.nrrd", header + bytes(2 * 32 * 32 * 4))})
+    assert r.status_code == 400 and r.json()["detail"].startswith("sheared.nrrd: the NRRD's space directions are not "
+                                                                  "perpendicular (shear)"), r.text
+    assert not any(sessions.iterdir())
