@@ -28,7 +28,8 @@ from models.segmenter import Embedding, Segmenter
 # persam / persam_f: the paper's methods; persam_box: our box-prompt variant for box-trained models.
 METHODS = ("persam", "persam_f", "persam_box")
 # Keep the positive point on pixels that look like the reference structure (adapters.persam.location_allowed).
-LOCATION_GATE = True
+# Off: it moved PerSAM-F's point out of the air but lowered its held-out mean Dice (docs/oneshot.md, session 11).
+LOCATION_GATE = False
 
 
 @dataclass(frozen=True)

@@ -149,8 +149,8 @@ def test_persam_f_reference_keeps_its_learned_weights_across_a_restart(ctx, ct):
     # the location gate's grey range survives the restart, and gates the same way
     assert restored.oneshot.base.intensity_range == ref.oneshot.base.intensity_range is not None
     image = ref.image
-    assert np.array_equal(restored.oneshot.segment(seg, embedding, image).positive_xy,
-                          ref.oneshot.segment(seg, embedding, image).positive_xy)
+    assert np.array_equal(restored.oneshot.segment(seg, embedding, image, location_gate=True).positive_xy,
+                          ref.oneshot.segment(seg, embedding, image, location_gate=True).positive_xy)
 
 
 def test_a_reference_saved_before_the_location_gate_still_loads_and_segments(ctx, ct):
@@ -170,7 +170,7 @@ def test_a_reference_saved_before_the_location_gate_still_loads_and_segments(ctx
     embedding = ctx.runner.embedding(session, "coronal", REF)
     seg = ctx.runner.segmenter("litemedsam")
     ungated = ref.oneshot.segment(seg, embedding, location_gate=False).mask
-    assert np.array_equal(restored.oneshot.segment(seg, embedding, ref.image).mask, ungated)
+    assert np.array_equal(restored.oneshot.segment(seg, embedding, ref.image, location_gate=True).mask, ungated)
 
 
 def test_reference_from_one_study_segments_another_opened_later(ctx, ct, head, tmp_path):
