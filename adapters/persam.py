@@ -46,6 +46,9 @@ from models.segmenter import Embedding, Segmenter
 PERSAM_MASK_RGB = (128, 0, 0)
 MIN_COVERAGE = 0.5
 POINT_ROUTE = True  # points alone through models.point_prompts (PerSAM-F brain 0.429 -> 0.596: docs/clicks.md, One-shot)
+# The positive point may only lie on pixels whose grey value is within these percentiles of the reference
+# structure's (fixed a priori, not tuned): see ``location_allowed``.
+GATE_PERCENTILES = (1.0, 99.0)
 
 
 class ReferenceMaskError(ValueError):
@@ -94,6 +97,8 @@ class PerSAMReference:
 
     target_feat: (1, C) unit vector for the cosine similarity. target_embedding: (1, 1, C), added to
     the decoder's token queries. selected: (h, w) bool, the feature cells that defined it.
+    intensity_range: (lo, hi) grey values of the reference structure (``reference_intensity_range``), where the
+    positive point may lie; None (parity, or a reference saved before it existed) = no gate.
     """
 
     target_feat: torch.Tensor
@@ -101,6 +106,7 @@ class PerSAMReference:
     selected: np.ndarray
     model_name: str
     parity: bool
+    intensity_range: tuple[float, float] | None = None
 
 
 # --- reference ----------------------------------------------------------------------------------
@@ -167,13 +173,45 @@ def reference_features(
 
 
 def persam_reference(
-    segmenter: Segmenter, embedding: Embedding, mask: np.ndarray, *, parity: bool = False
+    segmenter: Segmenter, embedding: Embedding, mask: np.ndarray, *, parity: bool = False,
+    intensity_range: tuple[float, float] | None = None,
 ) -> PerSAMReference:
     """PerSAM's target embedding: the mean reference feature under the mask."""
     selected_feats, selected = reference_features(segmenter, embedding, mask, parity=parity)
     target_embedding = selected_feats.mean(0).unsqueeze(0)
     target_feat = target_embedding / target_embedding.norm(dim=-1, keepdim=True)
-    return PerSAMReference(target_feat, target_embedding.unsqueeze(0), selected, embedding.model_name, parity)
+    return PerSAMReference(
+        target_feat, target_embedding.unsqueeze(0), selected, embedding.model_name, parity,
+        None if parity else intensity_range,
+    )
+
+
+# --- location gate -------------------------------------------------------------------------------
+def grey(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 3) model input -> (H, W) float32 grey value (a windowed slice repeats it in RGB)."""
+    a = np.asarray(image, dtype=np.float32)
+    return a.mean(axis=2) if a.ndim == 3 else a
+
+
+def reference_intensity_range(image: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """[1st, 99th] percentile of the reference image's grey values under its (H, W) bool mask."""
+    lo, hi = np.percentile(grey(image)[np.asarray(mask, dtype=bool)], GATE_PERCENTILES)
+    return float(lo), float(hi)
+
+
+def location_allowed(image: np.ndarray | None, intensity_range: tuple[float, float] | None) -> np.ndarray | None:
+    """(H, W) bool: where the positive point may lie on ``image`` (None = anywhere).
+
+    Why: the cosine-similarity arg-max often falls in the air outside the head (session 10, PerSAM-F on
+    held-out volumes: 5 of 11 Colin27 cerebellum and 15 of 29 Colin27 brain targets; the mask then covers
+    most of the slice). A point may only land on pixels that look like the reference structure: grey value
+    within the reference's ``intensity_range`` (None for parity references and ones saved before it: no gate).
+    """
+    if image is None or intensity_range is None:
+        return None
+    lo, hi = intensity_range
+    g = grey(image)
+    return (g >= lo) & (g <= hi)
 
 
 # --- location prior ------------------------------------------------------------------------------
@@ -197,11 +235,21 @@ def location_confidence(
     return sim_x4, conf
 
 
-def select_points(conf: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) map -> positive (x, y) at the maximum, negative (x, y) at the minimum (first occurrence)."""
+def select_points(conf: torch.Tensor, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) map -> positive (x, y) at the maximum, negative (x, y) at the minimum (first occurrence).
+
+    allowed: (H, W) bool from ``location_allowed``; the positive point is the maximum over those pixels
+    (the ungated maximum if there are none). The negative point is never gated.
+    """
     flat = conf.detach().cpu().numpy().ravel()
     w = conf.shape[1]
     pos, neg = int(np.argmax(flat)), int(np.argmin(flat))
+    if allowed is not None:
+        ok = np.asarray(allowed, dtype=bool).ravel()
+        if ok.shape != flat.shape:
+            raise ValueError(f"allowed has {ok.size} pixels but the location map {tuple(conf.shape)}")
+        if ok.any():
+            pos = int(np.flatnonzero(ok)[np.argmax(flat[ok])])
     return np.array([pos % w, pos // w], dtype=np.int64), np.array([neg % w, neg // w], dtype=np.int64)
 
 
@@ -273,15 +321,19 @@ def box_refinement(
 
 
 def persam_segment(
-    segmenter: Segmenter, reference: PerSAMReference, embedding: Embedding, *, parity: bool | None = None
+    segmenter: Segmenter, reference: PerSAMReference, embedding: Embedding, *, parity: bool | None = None,
+    allowed: np.ndarray | None = None,
 ) -> PerSAMResult:
-    """Segment the reference's target on one embedded image (see the module docstring)."""
+    """Segment the reference's target on one embedded image (see the module docstring).
+
+    allowed: where the positive point may lie (``location_allowed``); ignored in parity mode.
+    """
     parity = reference.parity if parity is None else parity
     check_same_model(reference, embedding)
     decoder = mask_decoder_of(segmenter)
     sim = similarity_grid(reference.target_feat, embedding)
     _, conf = location_confidence(segmenter, sim, embedding)
-    pos, neg = select_points(conf)
+    pos, neg = select_points(conf, None if parity else allowed)
     points = np.stack([pos, neg]).astype(np.float32)
     labels = np.array([1, 0], dtype=np.int64)
     attn_sim = attention_prior(standardised_prior(segmenter, sim, conf, embedding, parity=parity))

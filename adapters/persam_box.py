@@ -39,9 +39,10 @@ class PerSAMBoxModel:
 
 
 def fit_persam_box(
-    segmenter: Segmenter, embedding: Embedding, mask: np.ndarray, *, parity: bool = False
+    segmenter: Segmenter, embedding: Embedding, mask: np.ndarray, *, parity: bool = False,
+    intensity_range: tuple[float, float] | None = None,
 ) -> PerSAMBoxModel:
-    reference = persam_reference(segmenter, embedding, mask, parity=parity)
+    reference = persam_reference(segmenter, embedding, mask, parity=parity, intensity_range=intensity_range)
     x0, y0, x1, y1 = box_of(np.asarray(mask, dtype=bool))
     return PerSAMBoxModel(reference, (int(x1 - x0 + 1), int(y1 - y0 + 1)))
 
@@ -55,11 +56,14 @@ def centred_box(centre_xy: np.ndarray, size: tuple[int, int], image_size: tuple[
     return np.array([x0, y0, x0 + bw - 1, y0 + bh - 1], dtype=np.float32)
 
 
-def persam_box_segment(segmenter: Segmenter, model: PerSAMBoxModel, embedding: Embedding) -> PerSAMResult:
+def persam_box_segment(
+    segmenter: Segmenter, model: PerSAMBoxModel, embedding: Embedding, *, allowed: np.ndarray | None = None
+) -> PerSAMResult:
+    """allowed: where the positive point (the box centre) may lie (``adapters.persam.location_allowed``)."""
     check_same_model(model.reference, embedding)
     sim = similarity_grid(model.reference.target_feat, embedding)
     _, conf = location_confidence(segmenter, sim, embedding)
-    pos, neg = select_points(conf)
+    pos, neg = select_points(conf, None if model.reference.parity else allowed)
     box = centred_box(pos, model.box_size, embedding.original_size)
     step: DecoderStep = run_step(segmenter, embedding, "box", Prompts(box=box), multimask=False, best=0)
     return PerSAMResult(

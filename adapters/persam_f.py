@@ -65,14 +65,17 @@ class PerSAMFModel:
 
 
 def persam_f_reference(
-    segmenter: Segmenter, embedding: Embedding, mask: np.ndarray, *, parity: bool = False
+    segmenter: Segmenter, embedding: Embedding, mask: np.ndarray, *, parity: bool = False,
+    intensity_range: tuple[float, float] | None = None,
 ) -> PerSAMReference:
     """PerSAM-F's target feature: (max + mean) / 2 of the masked reference features, unit norm."""
     feats, selected = reference_features(segmenter, embedding, mask, parity=parity)
     mean = feats.mean(0)
     target = (torch.max(feats, dim=0)[0] / 2 + mean / 2).unsqueeze(0)
     target = target / target.norm(dim=-1, keepdim=True)
-    return PerSAMReference(target, mean[None, None], selected, embedding.model_name, parity)
+    return PerSAMReference(
+        target, mean[None, None], selected, embedding.model_name, parity, None if parity else intensity_range
+    )
 
 
 def mix(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -121,20 +124,28 @@ def _upscaled(segmenter: Segmenter, low_res: np.ndarray, embedding: Embedding) -
     return segmenter.geometry.logits_to_original(t, embedding.original_size)[0]
 
 
-def _positive_point(segmenter: Segmenter, reference: PerSAMReference, embedding: Embedding):
+def _positive_point(
+    segmenter: Segmenter, reference: PerSAMReference, embedding: Embedding, allowed: np.ndarray | None = None
+):
     sim = similarity_grid(reference.target_feat, embedding)
     _, conf = location_confidence(segmenter, sim, embedding)
-    pos, _ = select_points(conf)
+    pos, _ = select_points(conf, None if reference.parity else allowed)
     return pos, conf
 
 
 def fit_persam_f(
     segmenter: Segmenter, embedding: Embedding, mask: np.ndarray, *, parity: bool = False,
-    iterations: int = ITERATIONS, lr: float = LEARNING_RATE,
+    iterations: int = ITERATIONS, lr: float = LEARNING_RATE, intensity_range: tuple[float, float] | None = None,
+    allowed: np.ndarray | None = None,
 ) -> PerSAMFModel:
-    """Learn PerSAM-F's weights on the reference image (embedded) and its (H, W) bool mask."""
-    reference = persam_f_reference(segmenter, embedding, mask, parity=parity)
-    pos, _ = _positive_point(segmenter, reference, embedding)
+    """Learn PerSAM-F's weights on the reference image (embedded) and its (H, W) bool mask.
+
+    allowed: where the training point may lie on the reference (``adapters.persam.location_allowed`` of the
+    reference image): the ungated arg-max lands in the air on the Colin27 slab's k=1 too, and the weights are
+    then fitted to a mask of the background.
+    """
+    reference = persam_f_reference(segmenter, embedding, mask, parity=parity, intensity_range=intensity_range)
+    pos, _ = _positive_point(segmenter, reference, embedding, allowed)
     prompts = Prompts(points=pos[None].astype(np.float32), point_labels=np.array([1]))
     result = segmenter.predict(embedding, decoder_prompts(segmenter, prompts), multimask_output=True)
     if result.low_res_logits.shape[0] != 3:
@@ -147,10 +158,15 @@ def fit_persam_f(
     return PerSAMFModel(reference, weights, pos, result.low_res_logits)
 
 
-def persam_f_segment(segmenter: Segmenter, model: PerSAMFModel, embedding: Embedding) -> PerSAMResult:
-    """Segment with the learned weights: weighted multimask step, then two box refinements."""
+def persam_f_segment(
+    segmenter: Segmenter, model: PerSAMFModel, embedding: Embedding, *, allowed: np.ndarray | None = None
+) -> PerSAMResult:
+    """Segment with the learned weights: weighted multimask step, then two box refinements.
+
+    allowed: where the positive point may lie (``adapters.persam.location_allowed``).
+    """
     check_same_model(model.reference, embedding)
-    pos, conf = _positive_point(segmenter, model.reference, embedding)
+    pos, conf = _positive_point(segmenter, model.reference, embedding, allowed)
     points, labels = pos[None].astype(np.float32), np.array([1], dtype=np.int64)
     step1 = run_step(segmenter, embedding, "step1", Prompts(points=points, point_labels=labels), multimask=True)
     w = torch.as_tensor(model.mask_weights.weights)

@@ -13,13 +13,23 @@ from typing import Callable, Sequence
 import numpy as np
 
 from adapters.decoder_hooks import mask_decoder_of, two_way_transformer
-from adapters.persam import PerSAMReference, PerSAMResult, persam_reference, persam_segment
+from adapters.persam import (
+    PerSAMReference,
+    PerSAMResult,
+    location_allowed,
+    persam_reference,
+    persam_segment,
+    reference_intensity_range,
+)
 from adapters.persam_box import PerSAMBoxModel, fit_persam_box, persam_box_segment
 from adapters.persam_f import ITERATIONS, PerSAMFModel, fit_persam_f, persam_f_segment
 from models.segmenter import Embedding, Segmenter
 
 # persam / persam_f: the paper's methods; persam_box: our box-prompt variant for box-trained models.
 METHODS = ("persam", "persam_f", "persam_box")
+# Keep the positive point on pixels that look like the reference structure (adapters.persam.location_allowed).
+# Off: it moved PerSAM-F's point out of the air but lowered its held-out mean Dice (docs/oneshot.md, session 11).
+LOCATION_GATE = False
 
 
 @dataclass(frozen=True)
@@ -32,18 +42,34 @@ class OneShot:
     persam_f: PerSAMFModel | None = None
     persam_box: PerSAMBoxModel | None = None
 
-    def segment(self, segmenter: Segmenter, embedding: Embedding) -> PerSAMResult:
-        """Segment the learnt structure on one embedded slice."""
+    @property
+    def base(self) -> PerSAMReference:
+        """The PerSAM reference inside whichever model the method keeps."""
+        if self.persam_f is not None:
+            return self.persam_f.reference
+        return self.persam_box.reference if self.persam_box is not None else self.reference
+
+    def segment(
+        self, segmenter: Segmenter, embedding: Embedding, image: np.ndarray | None = None, *,
+        location_gate: bool | None = None,
+    ) -> PerSAMResult:
+        """Segment the learnt structure on one embedded slice.
+
+        image: that slice as the model got it ((H, W[, 3]) uint8); with it (and ``location_gate``, default
+        ``LOCATION_GATE``) the positive point stays on pixels that look like the reference structure.
+        """
         if segmenter.name != self.model_name:
             raise RuntimeError(
                 f"this one-shot reference was learnt with {self.model_name!r}; segmenting with {segmenter.name!r} "
                 "needs a new reference"
             )
+        gate = LOCATION_GATE if location_gate is None else location_gate
+        allowed = location_allowed(image, self.base.intensity_range) if gate else None
         if self.method == "persam_f":
-            return persam_f_segment(segmenter, self.persam_f, embedding)
+            return persam_f_segment(segmenter, self.persam_f, embedding, allowed=allowed)
         if self.method == "persam_box":
-            return persam_box_segment(segmenter, self.persam_box, embedding)
-        return persam_segment(segmenter, self.reference, embedding)
+            return persam_box_segment(segmenter, self.persam_box, embedding, allowed=allowed)
+        return persam_segment(segmenter, self.reference, embedding, allowed=allowed)
 
 
 def fit_oneshot(
@@ -55,22 +81,34 @@ def fit_oneshot(
     parity: bool = False,
     iterations: int = ITERATIONS,
     ref_embedding: Embedding | None = None,
+    location_gate: bool | None = None,
 ) -> OneShot:
     """Learn a structure from one slice.
 
     ref_image: (H, W) or (H, W, 3) uint8 (windowed slice). ref_mask: (H, W) bool, the structure.
     ref_embedding: pass it if the slice is already embedded (the UI caches embeddings).
+    location_gate (default ``LOCATION_GATE``): PerSAM-F's training point on the reference is gated too.
     """
     if method not in METHODS:
         raise ValueError(f"one-shot method must be one of {', '.join(METHODS)}, got {method!r}")
     two_way_transformer(mask_decoder_of(segmenter))  # refuse unsupported models before any work
     embedding = ref_embedding if ref_embedding is not None else segmenter.embed(ref_image)
+    mask = np.asarray(ref_mask, dtype=bool)
+    rng = None if parity or not mask.any() or mask.shape != np.asarray(ref_image).shape[:2] else (
+        reference_intensity_range(ref_image, mask)
+    )  # an unusable mask is refused below, with the reason
     if method == "persam_f":
-        model = fit_persam_f(segmenter, embedding, ref_mask, parity=parity, iterations=iterations)
+        gate = LOCATION_GATE if location_gate is None else location_gate
+        allowed = None if rng is None or not gate else location_allowed(ref_image, rng)
+        model = fit_persam_f(
+            segmenter, embedding, ref_mask, parity=parity, iterations=iterations, intensity_range=rng, allowed=allowed
+        )
         return OneShot(method, segmenter.name, persam_f=model)
     if method == "persam_box":
-        return OneShot(method, segmenter.name, persam_box=fit_persam_box(segmenter, embedding, ref_mask, parity=parity))
-    return OneShot(method, segmenter.name, reference=persam_reference(segmenter, embedding, ref_mask, parity=parity))
+        box = fit_persam_box(segmenter, embedding, ref_mask, parity=parity, intensity_range=rng)
+        return OneShot(method, segmenter.name, persam_box=box)
+    reference = persam_reference(segmenter, embedding, ref_mask, parity=parity, intensity_range=rng)
+    return OneShot(method, segmenter.name, reference=reference)
 
 
 def segment_images(
@@ -80,12 +118,14 @@ def segment_images(
     *,
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
+    location_gate: bool | None = None,
 ) -> list[PerSAMResult]:
     """Segment several (H, W[, 3]) uint8 slices (e.g. every slice of a volume), embedding in batches."""
     results: list[PerSAMResult] = []
     for start in range(0, len(images), batch_size):
-        for emb in segmenter.embed_batch(list(images[start : start + batch_size])):
-            results.append(oneshot.segment(segmenter, emb))
+        batch = list(images[start : start + batch_size])
+        for image, emb in zip(batch, segmenter.embed_batch(batch)):
+            results.append(oneshot.segment(segmenter, emb, image, location_gate=location_gate))
             if progress is not None:
                 progress(len(results), len(images))
     return results

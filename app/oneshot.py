@@ -149,7 +149,7 @@ def set_reference(
 def save_reference(session: Session, ref: Reference) -> Path:
     """One .npz (image, mask, fitted tensors, JSON facts), written atomically."""
     o = ref.oneshot
-    base = o.reference or (o.persam_f.reference if o.persam_f else o.persam_box.reference)
+    base = o.base
     meta = {
         "format": FORMAT, "method": o.method, "model": o.model_name, "parity": bool(base.parity),
         "study_name": ref.study_name, "view": ref.view, "index": ref.index, "label_name": ref.label_name,
@@ -163,6 +163,8 @@ def save_reference(session: Session, ref: Reference) -> Path:
         "target_embedding": base.target_embedding.detach().cpu().numpy(),
         "selected": base.selected,
     }
+    if base.intensity_range is not None:  # the location gate's grey range; older files lack it (no gate)
+        arrays["intensity_range"] = np.asarray(base.intensity_range, dtype=np.float64)
     if o.persam_f is not None:  # the learned weights (3 floats) and the training point; not the 1000-step log
         arrays["mask_weights"] = o.persam_f.mask_weights.weights
         arrays["train_point_xy"] = o.persam_f.train_point_xy
@@ -189,6 +191,7 @@ def load_reference(session: Session, device: str | torch.device = "cpu") -> Refe
         base = PerSAMReference(
             torch.as_tensor(a["target_feat"], device=device), torch.as_tensor(a["target_embedding"], device=device),
             a["selected"].astype(bool), meta["model"], bool(meta["parity"]),
+            tuple(float(v) for v in a["intensity_range"]) if "intensity_range" in a else None,
         )
         method = meta["method"]
         if method == "persam_f":
@@ -298,7 +301,8 @@ def apply_reference(
         segmenter = decoder_side(runner.segmenter(session.model))
         supported(segmenter)
         for done, (k, emb) in enumerate(_embeddings(runner, session, view, todo), start=1):
-            mask = ref.oneshot.segment(segmenter, as_decoder_side(segmenter, emb)).mask
+            image = plane_image(session, view, k)  # the model's input: the location gate reads its grey values
+            mask = ref.oneshot.segment(segmenter, as_decoder_side(segmenter, emb), image).mask
             target = plane.extract(after, k)
             fill = np.asarray(mask, bool) & (target == 0)  # other labels are never overwritten
             if fill.any():

@@ -137,11 +137,12 @@ def run_volume(args, seg) -> list[dict]:
     out_rows = []
     for k in target_ks:
         gt = mask[k]
-        emb = seg.embed(slice_to_rgb(vol, k, window))
+        img = slice_to_rgb(vol, k, window)
+        emb = seg.embed(img)
         rec = {"structure": args.name, "modality": "MR-T1", "ref_k": ref_k, "target_k": k,
                "gt_area_px": int(gt.sum()), "dice_gt_box": round(dice(seg.predict(emb, Prompts(box=gt_box(gt))).best_mask, gt), 4)}
         for name, model in models.items():
-            res = model.segment(seg, emb)
+            res = model.segment(seg, emb, img)
             rec[f"dice_{name}"] = round(dice(res.mask, gt), 4)
             rec[f"pos_in_gt_{name}"] = bool(gt[res.positive_xy[1], res.positive_xy[0]])
             rec[f"pos_xy_{name}"] = f"{int(res.positive_xy[0])} {int(res.positive_xy[1])}"
@@ -174,7 +175,13 @@ def main() -> int:
     ap.add_argument("--cli-output", help="a medseg oneshot output NIfTI to score on the same targets (dice_cli)")
     ap.add_argument("--no-point-route", action="store_true",
                     help="PerSAM's points alone through the base decoder, not models.point_prompts (as before issue 18)")
+    ap.add_argument("--location-gate", choices=("on", "off"), default=None,
+                    help="keep the positive point on pixels that look like the reference (default: the library's)")
     args = ap.parse_args()
+    if args.location_gate is not None:
+        import adapters.persam_oneshot
+
+        adapters.persam_oneshot.LOCATION_GATE = args.location_gate == "on"
     if args.no_point_route:
         import adapters.persam
 
@@ -235,7 +242,7 @@ def main() -> int:
                 o = dict(other, slice_index=tgt["slice_index"])
                 other_gt = load_2d(data, o, cache)[1]
             for name, model in models.items():
-                res = model.segment(seg, emb)
+                res = model.segment(seg, emb, img)
                 rec[f"dice_{name}"] = round(dice(res.mask, gt), 4)
                 rec[f"pos_in_gt_{name}"] = bool(gt[res.positive_xy[1], res.positive_xy[0]])
                 if other_gt is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from adapters.persam_f import ITERATIONS
-from adapters.persam_oneshot import METHODS, fit_oneshot, segment_images
+from adapters.persam_oneshot import LOCATION_GATE, METHODS, fit_oneshot, segment_images
 from app.commands.common import add_model_args, apply_local_clicks_arg
 from app.errors import UsageError
 from data.readers import read_study
@@ -57,6 +57,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--parity", action="store_true",
         help="reproduce the official code's quirks (mask normalisation, query_pe leak, stretched prior)",
+    )
+    p.add_argument(
+        "--location-gate", choices=("on", "off"), default="on" if LOCATION_GATE else "off",
+        help="keep the positive point on target pixels whose grey value lies within the reference structure's "
+        "1st-99th percentile (so it does not land in the air outside the head); never in --parity; "
+        f"default {'on' if LOCATION_GATE else 'off'}",
     )
     add_model_args(p)
     return p
@@ -132,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         window = default_window(volume, args.window)
         images = [slice_to_rgb(volume, i, window) for i in range(volume.num_slices)]
         t1 = time.perf_counter()
-        results = segment_images(segmenter, oneshot, images)
+        results = segment_images(segmenter, oneshot, images, location_gate=args.location_gate == "on")
         if volume.is_2d:
             path = write_png_mask(results[0].mask, out_dir / f"{stem}.png")
         else:

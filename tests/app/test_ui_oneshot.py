@@ -146,6 +146,31 @@ def test_persam_f_reference_keeps_its_learned_weights_across_a_restart(ctx, ct):
     seg = ctx.runner.segmenter("litemedsam")
     assert np.array_equal(restored.oneshot.segment(seg, embedding).mask, ref.oneshot.segment(seg, embedding).mask)
     assert "PerSAM-F" in controller.oneshot_reference(ctx, ct)
+    # the location gate's grey range survives the restart, and gates the same way
+    assert restored.oneshot.base.intensity_range == ref.oneshot.base.intensity_range is not None
+    image = ref.image
+    assert np.array_equal(restored.oneshot.segment(seg, embedding, image, location_gate=True).positive_xy,
+                          ref.oneshot.segment(seg, embedding, image, location_gate=True).positive_xy)
+
+
+def test_a_reference_saved_before_the_location_gate_still_loads_and_segments(ctx, ct):
+    """Files written before ``intensity_range`` existed lack it: they load, with no gate (as they were made)."""
+    session = ctx.store.get(ct)
+    controller.set_slice(ctx, ct, REF)
+    with session.lock:
+        ref = oneshot.set_reference(ctx.runner, session, "PerSAM")
+    path = oneshot.reference_path(session)
+    with np.load(path, allow_pickle=False) as z:
+        old = {k: z[k] for k in z.files if k != "intensity_range"}
+    assert "intensity_range" not in old and ref.oneshot.base.intensity_range is not None
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **old)
+    restored = oneshot.load_reference(SessionStore(ctx.store.root).get(ct))
+    assert restored.oneshot.base.intensity_range is None
+    embedding = ctx.runner.embedding(session, "coronal", REF)
+    seg = ctx.runner.segmenter("litemedsam")
+    ungated = ref.oneshot.segment(seg, embedding, location_gate=False).mask
+    assert np.array_equal(restored.oneshot.segment(seg, embedding, ref.image, location_gate=True).mask, ungated)
 
 
 def test_reference_from_one_study_segments_another_opened_later(ctx, ct, head, tmp_path):
