@@ -431,6 +431,17 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     _wait_status(page, "Box cancelled")
     _idle(page)
     assert not server.labels(sid).any()
+    # a box released past the image's corner (off the canvas) ends at the image's edge; it was dropped unsaid
+    canvas = page.locator("#viewer-canvas").bounding_box()
+    _drag(page, _xy(page, ct, *BOX[0]), (canvas["x"] + canvas["width"] + 40, canvas["y"] + canvas["height"] + 40))
+    _wait_status(page, "Box: overlay updated")
+    _idle(page)
+    x0, y0, x1, y1 = server.store.get(sid).prompt.box
+    assert (x0, y0) == pytest.approx(BOX[0], abs=1.5) and x1 >= 254 and y1 >= 254
+    page.locator("#undo-btn").click()
+    _wait_status(page, "Undid box")
+    _idle(page)
+    assert not server.labels(sid).any()
 
     # three linked views: a brush stroke in the axial view paints that plane of the study
     page.keyboard.press("m")

@@ -718,8 +718,10 @@ class Viewer {
         this.prompt({ kind: this.tool, view: d.view, points: d.stroke, radius: this.brushPx / 2 },
           { kind: 'stroke', view: d.view, mm: d.stroke })
       } else if (moved) {
-        const end = this.pick(d.x, d.y) ?? this.pickClamped(d.x, d.y, d.view)
+        const hit = this.pick(d.x, d.y)  // released in another view's tile (3 views) or off the image: its edge
+        const end = hit && hit.view === d.view ? hit : this.pickClamped(d.x, d.y, d.x0, d.y0, d.view)
         if (end) this.prompt({ kind: 'box', view: d.view, mm: d.mm0, mm2: end.mm, new_object: true }, { kind: 'box', view: d.view, mm: [d.mm0, end.mm] })
+        else this.showError('the box could not be placed on the image: drag it again')
       } else if (this.tool === 'point') {
         const positive = !(e.shiftKey || this.negative)
         const body: any = { kind: 'point', view: d.view, mm: d.mm0, positive }
@@ -750,17 +752,21 @@ class Viewer {
     window.addEventListener('keydown', (e) => this.onKey(e), true)
   }
 
-  pickClamped(x: number, y: number, view: string): { view: string; mm: number[] } | null {
-    // a box dragged past the image edge: clamp to the tile
-    const dpr = (this.nv.uiData as any).dpr || 1
-    for (const s of this.nv.screenSlices) {
-      if (VIEW_OF[s.axCorSag as number] !== view) continue
-      const [l, t, w, h] = s.leftTopWidthHeight
-      const cx = Math.min(Math.max(x * dpr, l + 1), l + w - 1) / dpr
-      const cy = Math.min(Math.max(y * dpr, t + 1), t + h - 1) / dpr
-      return this.pick(cx, cy)
+  /** A box dragged past the image's edge (into the tile's letterbox or off the canvas): its corner clamped to
+   * the image, per screen axis, from the drag's start (inside). Clamping to the tile alone left the corner in
+   * the letterbox, where nothing is picked, and the box was dropped without a word. */
+  pickClamped(x: number, y: number, x0: number, y0: number, view: string): { view: string; mm: number[] } | null {
+    const inside = (px: number, py: number) => this.pick(px, py)?.view === view
+    const edge = (from: number, to: number, at: (v: number) => boolean): number => {
+      if (at(to)) return to
+      let a = from, b = to  // at(a) holds, at(b) does not
+      for (let i = 0; i < 16 && Math.abs(b - a) > 0.25; i++) { const m = (a + b) / 2; if (at(m)) a = m; else b = m }
+      return a
     }
-    return null
+    if (!inside(x0, y0)) return null
+    const cx = edge(x0, x, (v) => inside(v, y0))
+    const cy = edge(y0, y, (v) => inside(cx, v))
+    return this.pick(cx, cy)
   }
 
   onWindowDragged(): void {
