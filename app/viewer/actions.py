@@ -10,6 +10,7 @@ edit is saved before the answer goes out (``SessionStore.save``; a prompt's or a
 from __future__ import annotations
 
 import base64
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -286,6 +287,23 @@ def patch(session: Session, view: str | None, index: int | None) -> dict[str, An
     data = np.ascontiguousarray(np.take(session.labels, index, axis=plane.fixed), dtype="<u2")
     return {"axis": plane.fixed, "index": int(index), "shape": list(data.shape),
             "data": base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def follow_shown(session: Session, shown: str | None) -> None:
+    """The plane the viewer shows, as the page sends it with a button's event (``#viewer-shown``: JSON
+    ``{"study", "view", "mm"}``), becomes the session's shown plane. The viewer tells the server of paging
+    300 ms later and behind any queued prompt, so Propagate (or one-shot, or a mask file) pressed right
+    after paging ran on the slice shown before. Nothing (another study's plane, none yet) leaves it as it is."""
+    if not shown or session.volume is None:
+        return
+    try:
+        where = json.loads(shown)
+    except ValueError:
+        return
+    if not isinstance(where, dict) or where.get("study") != session.study_key:
+        return
+    view, (index, _, _) = _where(session.volume, where, "mm")
+    _show(session, view, index)
 
 
 def _show(session: Session, view: str, index: int) -> None:

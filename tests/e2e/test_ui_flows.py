@@ -17,7 +17,7 @@ import pytest
 from models import point_prompts
 from tests.e2e.conftest import needs_browser
 from tests.e2e.test_ui_e2e import BOX, INSIDE, TIMEOUT_MS, _browser_labels, _drag, _idle, _open_page, \
-    _open_sample, _server_counts, _wait_server, _wait_status, _xy
+    _open_sample, _page_to, _server_counts, _wait_server, _wait_status, _xy
 
 pytestmark = needs_browser
 
@@ -223,6 +223,12 @@ def test_upload_then_propagate_3d_and_review(browser, server, tmp_path, ct, shot
     _box(page, uploaded)
     before = server.labels(sid)
     assert before.shape == (3, 256, 256) and (before[1] == 1).sum() > 500 and not before[[0, 2]].any()
+    # Propagate pressed right after paging acts on the slice shown (it ran from the slice before: the viewer
+    # tells the server of paging 300 ms later): empty slice 0 says so, then slice 1 propagates
+    _page_to(page, 0)
+    page.locator("#propagate").click()
+    _wait_status(page, "⚠ slice 0 holds nothing of label 1")
+    _page_to(page, 1)
     page.locator("#propagate").click()
     _wait_status(page, "Propagated")
     after = server.labels(sid)

@@ -599,6 +599,19 @@ class Viewer {
     this.info.textContent = `${view} slice ${index} (0–${count - 1}) · ${axisName} = ${mm[AXIS_OF[view]].toFixed(1)} mm${wl} · zoom ${this.nv.scene.pan2Dxyzmm[3].toFixed(1)}×`
     this.root.setAttribute('data-slice', String(index))
     this.root.setAttribute('data-view', view)
+    this.publishShown()
+  }
+
+  /** The shown plane into the page's hidden #viewer-shown box, at once: the buttons that act on the shown slice
+   * (Propagate, one-shot, mask file) send it with their event. The server learns of paging 300 ms later and
+   * behind queued prompts, so a button pressed right after paging ran on the slice shown before. */
+  publishShown(): void {
+    const box = document.querySelector('#viewer-shown textarea, #viewer-shown input') as HTMLInputElement | null
+    if (!box || !this.study) return
+    const text = JSON.stringify({ study: this.study, view: this.currentView, mm: this.crosshairMM() })
+    if (box.value === text) return
+    box.value = text
+    box.dispatchEvent(new Event('input', { bubbles: true }))
   }
 
   reportView(): void {
