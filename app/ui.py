@@ -144,7 +144,7 @@ def build_app(config: UIConfig):
                 with gr.Group():
                     label = gr.Dropdown([], label="Active label", elem_id="label")
                     with gr.Row():
-                        label_name = gr.Textbox(label="Name", elem_id="label-name", scale=2, min_width=80)
+                        label_name = gr.Textbox(label="Name", elem_id="label-name", scale=2, min_width=80, max_lines=1)
                         colour = gr.ColorPicker(label="Colour", elem_id="label-colour", scale=1, min_width=60)
                     with gr.Row():
                         add_btn = gr.Button("Add label", size="sm", min_width=60, elem_id="add-label")

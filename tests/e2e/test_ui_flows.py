@@ -128,10 +128,19 @@ def test_alternatives_labels_mask_file_and_dicom_seg_export(browser, server, mod
     _wait_status(page, "Added tumour")
     assert [d["name"] for d in _state(server, sid)["labels"]] == ["label 1", "tumour"]
     name = page.locator("#label-name textarea, #label-name input").first
+    # a 200-character name: the legend cuts it, its hide and lock stay under the viewer (they went off screen,
+    # and the Name box grew down the page)
+    name.fill("lesion " + "x" * 193)
+    name.press("Enter")
+    expect(page.locator("#viewer-legend")).to_contain_text("2 · lesion xxx", timeout=TIMEOUT_MS)
+    stage = page.locator("#viewer-stage").bounding_box()
+    lock = page.locator('#viewer-legend .mv-label[data-value="2"] .mv-lock').bounding_box()
+    assert lock["x"] + lock["width"] <= stage["x"] + stage["width"]
+    assert page.evaluate("document.scrollingElement.scrollHeight") <= 900
     name.fill("lesion")
     name.press("Enter")
     page.wait_for_function(
-        "() => [...document.querySelectorAll('#label input')].some(i => i.value.includes('lesion'))",
+        "() => [...document.querySelectorAll('#label input')].some(i => i.value.endsWith('lesion'))",
         timeout=TIMEOUT_MS)
     assert [d["name"] for d in _state(server, sid)["labels"]] == ["label 1", "lesion"]
     expect(page.locator("#viewer-legend")).to_contain_text("2 · lesion", timeout=TIMEOUT_MS)

@@ -838,7 +838,7 @@ class Viewer {
       const row = el('div', { class: 'mv-label' + (d.value === active ? ' mv-active' : ''), 'data-value': String(d.value) })
       const sw = el('span', { class: 'mv-swatch' })
       sw.style.background = d.colour
-      const name = el('button', { class: 'mv-name', type: 'button', title: 'Make this the active label' }, `${d.value} · ${d.name}`)
+      const name = el('button', { class: 'mv-name', type: 'button', title: `${d.name}: make it the active label` }, `${d.value} · ${d.name}`)
       name.addEventListener('click', () => this.enqueue({ kind: 'active', label: d.value }))
       const eye = el('button', { class: 'mv-icon mv-eye', type: 'button', title: this.hidden.has(d.value) ? 'Show' : 'Hide' },
         this.hidden.has(d.value) ? 'show' : 'hide')
