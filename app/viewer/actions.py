@@ -153,6 +153,7 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         raise PromptError(f"unknown action {str(kind)[:40]!r}; expected one of {', '.join(KINDS)}")
     with session.lock:
         trace.mark("action.locked", kind=kind)
+        base = session.revision  # the label map this action found: a page that holds another one reloads it
         volume = session.require_study()
         if kind in ("point", "box", "brush", "erase") and body.get("label") is not None:
             if int(body["label"]) != session.active:  # the browser's active label is the truth for its prompts
@@ -222,7 +223,8 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         trace.mark("action.saved", kind=kind)
         if kind in ("point", "box", "brush", "erase"):
             ctx.prefetcher.request(session, session.view.view, session.view.index[session.view.view])
-        answer: dict[str, Any] = {"ok": True, "status": status, "rev": session.revision, "object": markers(session)}
+        answer: dict[str, Any] = {"ok": True, "status": status, "rev": session.revision, "base": base,
+                                  "object": markers(session)}
         if kind in ("undo", "redo") and edit is not None and edit.view is None:
             answer["reload"] = True
         elif edit is not None:

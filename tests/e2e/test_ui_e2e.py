@@ -609,6 +609,22 @@ def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path)
     _wait_status(page, "Undid positive click")
     assert not server.labels(sid).any()
 
+    # a second tab of the same browser shares the session: its click on slice 7 shows in this tab once this one
+    # acts (a click here on slice 6); this tab went on without the other's slice 7
+    tab = context.new_page()
+    tab.goto(server.url)
+    _wait_status(tab, "Ready")
+    _page_to(tab, 7)
+    tab.mouse.click(*_xy(tab, ct, *LEFT_HORN))
+    _idle(tab)
+    tab.close()
+    page.mouse.click(*_xy(page, ct, *INSIDE))
+    _idle(page)
+    _wait_status(page, "Positive click")
+    both = server.labels(sid)
+    assert (both[7] == 1).any() and (both[6] == 1).any()
+    _wait_server(lambda: _browser_labels(page) == _server_counts(server.labels(sid)), 30)
+
     # a second browser gets its own session and never sees this one's work
     context_b, b, sid_b = _open_page(browser, server)
     assert sid_b != sid and not (server.sessions / sid_b / "labels.npz").exists()

@@ -17,7 +17,7 @@ type State = {
 }
 type Suggested = { view: string; index: number; mm: number[]; positive: boolean; score: number }
 type Answer = {
-  ok: boolean; error?: string; status?: string; rev?: number; reload?: boolean; object?: ObjectMarks | null
+  ok: boolean; error?: string; status?: string; rev?: number; base?: number; reload?: boolean; object?: ObjectMarks | null
   suggest?: Suggested | null
   patch?: { axis: number; index: number; shape: number[]; data: string } | null
 }
@@ -763,6 +763,10 @@ class Viewer {
       if (e.button === 0 && this.tool === 'navigate') window.setTimeout(() => this.afterNavigate(), 0)
     })
     window.addEventListener('keydown', (e) => this.onKey(e), true)
+    // back to this tab: another tab of the session may have edited meanwhile; the page's sync shows the server's state
+    document.addEventListener('visibilitychange', () => {
+      if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()
+    })
   }
 
   /** A box dragged past the image's edge (into the tile's letterbox or off the canvas): its corner clamped to
@@ -914,9 +918,12 @@ class Viewer {
 
   async apply(a: Answer, quiet: boolean): Promise<void> {
     if (!a.ok) { this.showError(a.error || 'failed'); return }
+    // the server's map had changed since the one shown (another tab of this session edited it): the patch is one
+    // plane, so the rest is fetched again; before, this tab went on showing the map without the other's edits
+    const stale = a.base !== undefined && this.rev >= 0 && a.base !== this.rev
     if (a.patch && this.labelsVol) this.writePatch(a.patch)
-    if (a.reload) { this.rev = -1; await this.reloadLabels() }
-    if (a.rev !== undefined && !a.reload) { this.rev = a.rev; this.root.setAttribute('data-rev', String(a.rev)) }
+    if (a.reload || stale) { this.rev = -1; await this.reloadLabels() }
+    if (a.rev !== undefined && !a.reload && !stale) { this.rev = a.rev; this.root.setAttribute('data-rev', String(a.rev)) }
     if ('object' in a) this.object = a.object ?? null
     if (a.status && !quiet) this.showStatus(a.status)
     this.drawOverlay()
