@@ -346,7 +346,7 @@ def build_app(config: UIConfig):
                 return [gr.skip()] * len(outputs)
             return guarded(controller.choose, s, int(str(choice).split()[0]) - 1)
 
-        _wire_propagation(ctx, propagate_btn, review_btns, sid, viewer_shown, outputs, guarded, background)
+        _wire_propagation(ctx, propagate_btn, review_btns, sid, viewer_shown, outputs, guarded, background, load_event)
         alternatives.input(on_choose, [sid, alternatives], outputs)
 
         def on_mask(s, shown, file, model_prompt):
@@ -472,10 +472,11 @@ def on_shown(action: Callable[..., ViewModel]) -> Callable[..., ViewModel]:
 
 
 def _wire_propagation(ctx: AppContext, button: Any, review_btns: dict[str, Any], sid: Any, shown: Any, outputs: list,
-                      guarded: Callable, background: Callable) -> None:
+                      guarded: Callable, background: Callable, load_event: Any) -> None:
     """Propagate starts a background job and returns at once (the study stays visible and usable); a timer
     polls its per-slice progress and shows the result when it lands (a ``background`` refresh: what the
-    user is typing stays). Review buttons call ``controller.review``."""
+    user is typing stays). A page (re)loaded while one runs starts polling too: a reload mid-propagation left
+    the page without its progress and without its result. Review buttons call ``controller.review``."""
     import gradio as gr
 
     timer = gr.Timer(1.0, active=False)
@@ -488,7 +489,15 @@ def _wire_propagation(ctx: AppContext, button: Any, review_btns: dict[str, Any],
         shown = background(lambda: guarded(controller.propagation_status, s))
         return shown + [gr.Timer(active=bool(job and job.running))]
 
+    def on_load(s):
+        try:
+            job = controller.propagation_job(ctx, s) if s else None
+        except (SessionError, *USER_ERRORS):
+            job = None
+        return gr.Timer(active=bool(job and job.running))
+
     button.click(on_propagate, [sid, shown], outputs + [timer])
+    load_event.then(on_load, [sid], [timer], show_progress="hidden")
     timer.tick(on_tick, [sid], outputs + [timer], show_progress="hidden")
     for action, btn in review_btns.items():
         btn.click(lambda s, a=action: guarded(controller.review, s, a), [sid], outputs, show_progress="hidden")

@@ -238,7 +238,12 @@ def test_upload_then_propagate_3d_and_review(browser, server, tmp_path, ct, shot
     page.locator("#propagate").click()
     _wait_status(page, "⚠ slice 0 holds nothing of label 1")
     _page_to(page, 1)
-    page.locator("#propagate").click()
+    with server.runner.turn():  # the walk waits for the model: a reload now comes mid-propagation
+        page.locator("#propagate").click()
+        _wait_status(page, "Propagating")
+        page.reload()
+        # the reloaded page polls the job again (it showed neither the progress nor, later, the result)
+        _wait_status(page, "Propagating")
     _wait_status(page, "Propagated")
     after = server.labels(sid)
     assert (after[0] == 1).sum() > 100 and (after[2] == 1).sum() > 100
