@@ -484,6 +484,29 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     page.keyboard.press("o")
     assert page.evaluate("medsegViewer.outline") is True  # what it draws: test_outline_draws_a_one_slice_label_as_its_border
     page.keyboard.press("o")
+
+    # a brush stroke that leaves the image on the right and comes back on the left paints what it went over,
+    # not the straight line between where it left and where it came back (it crossed the middle of the slice)
+    page.keyboard.press("v")  # navigate: a click in the coronal view makes it the view shown alone
+    k = int(page.evaluate("medsegViewer.sliceOf('coronal').index"))
+    page.mouse.click(*_xy(page, ct, 128, 128, index=k, view="coronal"))
+    page.keyboard.press("m")
+    page.keyboard.press("r")
+    assert page.locator("#medseg-viewer").get_attribute("data-view") == "coronal"
+    before = server.labels(sid)[k] == 1
+    canvas = page.locator("#viewer-canvas").bounding_box()
+    right, below, left = canvas["x"] + canvas["width"] + 30, canvas["y"] + canvas["height"] + 30, canvas["x"] - 30
+    page.mouse.move(*_xy(page, ct, 200, 20))
+    page.mouse.down()
+    for p in (_xy(page, ct, 250, 20), (right, _xy(page, ct, 250, 20)[1]), (right, below), (left, below),
+              (left, _xy(page, ct, 5, 235)[1]), _xy(page, ct, 5, 235), _xy(page, ct, 60, 235)):
+        page.mouse.move(*p, steps=4)
+    page.mouse.up()
+    _idle(page)
+    _wait_status(page, "Painted")
+    new = (server.labels(sid)[k] == 1) & ~before
+    assert new[20, 200:255].all() and new[235, 0:60].all()
+    assert not new[60:200, 40:220].any()
     (shots / "ui_paging.json").write_text(json.dumps({
         "frame_ms": page.evaluate("medsegViewer.frameTimes.slice()"), "key_to_key_s": paging_s}))
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -113,7 +113,9 @@ class Viewer {
   pending: Pending[] = []
   inFlight = 0
   queue: Promise<void> = Promise.resolve()
-  drag: { x0: number; y0: number; x: number; y: number; view: string; mm0: number[]; stroke: number[][]; button: number } | null = null
+  // a brush stroke that leaves the image is cut there: ``done`` holds its finished pieces, ``out`` says it is outside
+  drag: { x0: number; y0: number; x: number; y: number; view: string; mm0: number[]; stroke: number[][]; button: number
+    done: number[][][]; out: boolean; last: [number, number]; outAt: [number, number] } | null = null
   hover: [number, number] | null = null
   wl: { x: number; y: number; level: number; width: number } | null = null
   loading: Promise<void> | null = null
@@ -690,7 +692,8 @@ class Viewer {
       }
       if (e.button !== 0 || !editing() || !hit || !this.state?.study) return
       e.stopPropagation(); e.preventDefault()
-      this.drag = { x0: x, y0: y, x, y, view: hit.view, mm0: hit.mm, stroke: [hit.mm], button: 0 }
+      this.drag = { x0: x, y0: y, x, y, view: hit.view, mm0: hit.mm, stroke: [hit.mm], button: 0, done: [], out: false,
+        last: [x, y], outAt: [x, y] }
       this.drawOverlay()
     }, true)
     window.addEventListener('mousemove', (e) => {
@@ -710,8 +713,7 @@ class Viewer {
       e.stopPropagation(); e.preventDefault()
       this.drag.x = x; this.drag.y = y
       if (this.tool === 'brush' || this.tool === 'erase') {
-        const hit = this.pick(x, y)
-        if (hit && hit.view === this.drag.view) this.drag.stroke.push(hit.mm)
+        this.extendStroke(this.drag, x, y)
       }
       this.drawOverlay()
     }, true)
@@ -728,8 +730,10 @@ class Viewer {
       this.drag = null
       const moved = Math.hypot(d.x - d.x0, d.y - d.y0) >= DRAG_PX
       if (this.tool === 'brush' || this.tool === 'erase') {
-        this.prompt({ kind: this.tool, view: d.view, points: d.stroke, radius: this.brushPx / 2 },
-          { kind: 'stroke', view: d.view, mm: d.stroke })
+        for (const piece of [...d.done, d.stroke].filter((p) => p.length)) {
+          this.prompt({ kind: this.tool, view: d.view, points: piece, radius: this.brushPx / 2 },
+            { kind: 'stroke', view: d.view, mm: piece })
+        }
       } else if (moved) {
         const hit = this.pick(d.x, d.y)  // released in another view's tile (3 views) or off the image: its edge
         const end = hit && hit.view === d.view ? hit : this.pickClamped(d.x, d.y, d.x0, d.y0, d.view)
@@ -767,6 +771,39 @@ class Viewer {
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()
     })
+  }
+
+  /** A brush stroke's next mouse position. Leaving the image ends the piece at the edge; coming back starts
+   * another piece at the edge. The stroke was one polyline of its inside points, so leaving on one side and
+   * coming back on another painted a straight line across the image where the brush never went. */
+  extendStroke(d: NonNullable<Viewer['drag']>, x: number, y: number): void {
+    const hit = this.pick(x, y)
+    if (hit && hit.view === d.view) {
+      if (d.out) {
+        if (d.stroke.length) d.done.push(d.stroke)
+        const edge = this.edgeBetween(x, y, d.outAt[0], d.outAt[1], d.view)
+        d.stroke = edge ? [edge.mm] : []
+        d.out = false
+      }
+      d.stroke.push(hit.mm)
+      d.last = [x, y]
+      return
+    }
+    if (!d.out) {
+      const edge = this.edgeBetween(d.last[0], d.last[1], x, y, d.view)
+      if (edge) d.stroke.push(edge.mm)
+      d.out = true
+    }
+    d.outAt = [x, y]
+  }
+
+  /** The image's edge between a canvas point inside it and one outside (bisection on the segment). */
+  edgeBetween(xi: number, yi: number, xo: number, yo: number, view: string): { view: string; mm: number[] } | null {
+    const inside = (t: number) => this.pick(xi + t * (xo - xi), yi + t * (yo - yi))?.view === view
+    if (!inside(0)) return null
+    let a = 0, b = 1
+    for (let i = 0; i < 16; i++) { const m = (a + b) / 2; if (inside(m)) a = m; else b = m }
+    return this.pick(xi + a * (xo - xi), yi + a * (yo - yi))
   }
 
   /** A box dragged past the image's edge (into the tile's letterbox or off the canvas): its corner clamped to
@@ -1046,8 +1083,12 @@ class Viewer {
       if (d) {
         g.strokeStyle = this.tool === 'erase' ? 'rgba(255,96,96,0.5)' : 'rgba(255,255,0,0.5)'
         g.lineWidth = 2 * r; g.lineCap = 'round'; g.beginPath()
-        d.stroke.forEach((m, i) => { const c = this.toCanvas(m, d.view); if (c) (i ? g.lineTo(c[0], c[1]) : g.moveTo(c[0], c[1])) })
-        g.stroke(); g.lineCap = 'butt'
+        for (const piece of [...d.done, d.stroke]) {
+          g.beginPath()
+          piece.forEach((m, i) => { const c = this.toCanvas(m, d.view); if (c) (i ? g.lineTo(c[0], c[1]) : g.moveTo(c[0], c[1])) })
+          g.stroke()
+        }
+        g.lineCap = 'butt'
       }
     }
   }
