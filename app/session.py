@@ -326,7 +326,12 @@ class Session:
         value = max((d.value for d in self.label_defs), default=0) + 1
         if value > 65535:
             raise SessionError("at most 65535 labels per study")
-        d = LabelDef(value, name.strip() or f"label {value}", colour or PALETTE[(value - 1) % len(PALETTE)])
+        # the Name box holds the active label's name: Add label pressed without typing made a second "label 1"
+        # (two segments of one name in an export); a name already in the table gets the default one
+        name = name.strip()
+        if not name or name in {d.name for d in self.label_defs}:
+            name = f"label {value}"
+        d = LabelDef(value, name, colour or PALETTE[(value - 1) % len(PALETTE)])
         self.label_defs.append(d)
         self.active = value
         self.prompt = None
