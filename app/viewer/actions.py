@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from app import controller, interaction, trace
 from app.controller import AppContext
 from app.render import Plane, acquisition_view, display_window
-from app.session import Edit, Session
+from app.session import Edit, Session, SessionError
 from app.viewer.geometry import from_plane, to_plane
 from data.writers import atomic_output
 from models.prompts import PromptError
@@ -155,6 +155,12 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         trace.mark("action.locked", kind=kind)
         base = session.revision  # the label map this action found: a page that holds another one reloads it
         volume = session.require_study()
+        study = body.get("study")  # the study the page showed when the user acted (the viewer sends it)
+        if study is not None and study != session.study_key:
+            if kind in SHOWN_ONLY:  # paging or a window of a study left meanwhile: nothing to keep
+                return {"ok": True, "status": ""}
+            raise SessionError(f"another study was opened meanwhile: this {kind} was not applied; the viewer shows "
+                               "the study now open")
         if kind in ("point", "box", "brush", "erase") and body.get("label") is not None:
             if int(body["label"]) != session.active:  # the browser's active label is the truth for its prompts
                 session.label(int(body["label"]))

@@ -911,6 +911,7 @@ class Viewer {
 
   enqueue(body: any, pending: Pending | null = null, quiet = false): void {
     if (!this.state?.study) return
+    body.study = this.study  // the study shown now: the server refuses a prompt if another opened before it arrived
     const t0 = performance.now()
     if (!quiet) this.readyWanted = false  // the prompt's own answer is the news now
     this.inFlight++
