@@ -611,7 +611,10 @@ def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) 
             )
         else:
             raise ValueError(f"unknown export format {fmt!r}; expected nifti or dicom-seg")
-        return Path(path), view_model(session, f"Exported {Path(path).name}.")
+        done = f"Exported {Path(path).name}."
+        if not session.labels.any():  # said as for real work before: the work may be on another study, or undone
+            done += " ⚠ No label has any voxel in this study: the file is empty."
+        return Path(path), view_model(session, done)
 
 
 # --- the view ---------------------------------------------------------------------------------

@@ -139,6 +139,7 @@ class PropagationJob:
     label: int
     start: int
     anchors: list[int]
+    study: str | None = None  # the study key it walks: another may be open when it lands
     total: int = 0
     done: int = 0
     message: str = "starting"
@@ -192,7 +193,7 @@ def start_propagation(
     if not (session.labels[k] == label).any():
         raise SessionError(f"slice {k} holds nothing of {session.label(label).name}: segment or draw it first")
     add_anchor(session, label, k)
-    job = PropagationJob(label=label, start=int(k), anchors=sorted(anchors_of(session, label)))
+    job = PropagationJob(label=label, start=int(k), anchors=sorted(anchors_of(session, label)), study=session.study_key)
     session.runtime["propagation_job"] = job
     before = session.labels.copy()
     segmenter = TurnTaking(runner.segmenter(session.model), runner)
@@ -231,14 +232,23 @@ def start_propagation(
 def _land(session: Session, job: PropagationJob, before: np.ndarray, new: np.ndarray) -> None:
     """Apply the walk as one edit on the map as it is NOW: the job's label is replaced by the walk's,
     except on slices where the user changed that label meanwhile (those stay theirs and become anchors);
-    other labels, drawn meanwhile or not, are never overwritten."""
-    current = session.labels
+    other labels, drawn meanwhile or not, are never overwritten. When the user opened another study
+    meanwhile, the edit goes to the walked study's kept work (it had landed on the open study)."""
     label = job.label
+    kept = job.study is not None and job.study != session.study_key  # the user opened another study meanwhile
+    current = session.kept_labels(job.study) if kept else session.labels
+    if current is None:
+        raise SessionError("its study was closed before it ended: propagate again")
     touched = ((current == label) != (before == label)).reshape(len(current), -1).any(axis=1)
     after = current.copy()
     walked = ~touched[:, None, None]
     after[walked & (after == label)] = 0
     after[walked & (new == label) & (after == 0)] = label
+    if kept:  # its own study gets the edit (undoable there); the open one is not touched
+        defs = session.studies.get(job.study, {}).get("labels", [])
+        name = next((d["name"] for d in defs if d["value"] == label), f"label {label}")
+        session.apply_kept(job.study, Edit(f"propagate {name}", None, None, current.copy(), after, None, None))
+        return
     for k in np.flatnonzero(touched):
         if (current[k] == label).any():
             add_anchor(session, label, int(k))

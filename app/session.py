@@ -275,6 +275,21 @@ class Session:
         self.stashed[key] = {"labels": pack(self.labels), "undo": list(self.undo_stack), "redo": list(self.redo_stack),
                              "dirty": True}
 
+    def kept_labels(self, key: str) -> np.ndarray | None:
+        """The label map of another study of this session, kept in memory since it was left (None if not)."""
+        labels = self.stashed.get(key, {}).get("labels")
+        return None if labels is None else np.asarray(labels)
+
+    def apply_kept(self, key: str, edit: Edit) -> None:
+        """Apply a whole-map ``edit`` to another study's kept work (a background job of that study ended after
+        the user left it): its labels and undo history, saved with the session's next save."""
+        kept = self.stashed[key]
+        kept["labels"] = edit.after  # packed, immutable: shared with the undo step
+        kept["undo"] = [*kept.get("undo", []), edit]
+        kept["redo"] = []
+        kept["dirty"] = True
+        self._trim_undo()
+
     def _unstash(self, key: str, volume: Volume) -> bool:
         """Bring back a study's kept work; False when the session has none for it."""
         meta = self.studies.pop(key, None)
@@ -311,7 +326,12 @@ class Session:
         value = max((d.value for d in self.label_defs), default=0) + 1
         if value > 65535:
             raise SessionError("at most 65535 labels per study")
-        d = LabelDef(value, name.strip() or f"label {value}", colour or PALETTE[(value - 1) % len(PALETTE)])
+        # the Name box holds the active label's name: Add label pressed without typing made a second "label 1"
+        # (two segments of one name in an export); a name already in the table gets the default one
+        name = name.strip()
+        if not name or name in {d.name for d in self.label_defs}:
+            name = f"label {value}"
+        d = LabelDef(value, name, colour or PALETTE[(value - 1) % len(PALETTE)])
         self.label_defs.append(d)
         self.active = value
         self.prompt = None

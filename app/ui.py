@@ -133,6 +133,8 @@ def build_app(config: UIConfig):
                         'to build it).</div>', elem_id="viewer-panel", padding=False)
                 viewer_state = gr.HTML("", elem_id="viewer-state", elem_classes=["mv-hidden"])
                 viewer_sync = gr.Button("sync", elem_id="viewer-sync", elem_classes=["mv-hidden"])
+                # the plane the viewer shows, written by the viewer as it pages: sent with the buttons that act on it
+                viewer_shown = gr.Textbox("", elem_id="viewer-shown", elem_classes=["mv-hidden"], max_lines=1)
                 status = gr.Markdown("", elem_id="status", elem_classes=["mv-hidden"])  # shown by the viewer
             with gr.Column(scale=1, min_width=260):
                 table = gr.Dataframe(
@@ -142,7 +144,7 @@ def build_app(config: UIConfig):
                 with gr.Group():
                     label = gr.Dropdown([], label="Active label", elem_id="label")
                     with gr.Row():
-                        label_name = gr.Textbox(label="Name", elem_id="label-name", scale=2, min_width=80)
+                        label_name = gr.Textbox(label="Name", elem_id="label-name", scale=2, min_width=80, max_lines=1)
                         colour = gr.ColorPicker(label="Colour", elem_id="label-colour", scale=1, min_width=60)
                     with gr.Row():
                         add_btn = gr.Button("Add label", size="sm", min_width=60, elem_id="add-label")
@@ -344,13 +346,13 @@ def build_app(config: UIConfig):
                 return [gr.skip()] * len(outputs)
             return guarded(controller.choose, s, int(str(choice).split()[0]) - 1)
 
-        _wire_propagation(ctx, propagate_btn, review_btns, sid, outputs, guarded, background)
+        _wire_propagation(ctx, propagate_btn, review_btns, sid, viewer_shown, outputs, guarded, background, load_event)
         alternatives.input(on_choose, [sid, alternatives], outputs)
 
-        def on_mask(s, file, model_prompt):
-            return guarded(_mask_action, s, None, file, bool(model_prompt))
+        def on_mask(s, shown, file, model_prompt):
+            return guarded(on_shown(_mask_action), s, shown, None, file, bool(model_prompt))
 
-        brush_btn.click(on_mask, [sid, mask_file, use_model], outputs, **GPU)
+        brush_btn.click(on_mask, [sid, viewer_shown, mask_file, use_model], outputs, **GPU)
 
         # --- one-shot ------------------------------------------------------------------------
         def oneshot_info_of(s):
@@ -362,15 +364,17 @@ def build_app(config: UIConfig):
             except (SessionError, *USER_ERRORS) as e:
                 return messages.for_markdown(f"⚠ {messages.error_text(e)}", hide=[s])
 
-        def on_oneshot_set(s, method, progress=gr.Progress()):
-            return guarded(controller.set_oneshot_reference, s, method, lambda f, d: progress(f, desc=d))
+        def on_oneshot_set(s, shown, method, progress=gr.Progress()):
+            return guarded(on_shown(controller.set_oneshot_reference), s, shown, method, lambda f, d: progress(f, desc=d))
 
-        def on_oneshot_apply(s, scope, first, last, progress=gr.Progress()):
-            return guarded(controller.apply_oneshot, s, scope, first, last, lambda f, d: progress(f, desc=d))
+        def on_oneshot_apply(s, shown, scope, first, last, progress=gr.Progress()):
+            return guarded(on_shown(controller.apply_oneshot), s, shown, scope, first, last,
+                           lambda f, d: progress(f, desc=d))
 
-        oneshot_set.click(on_oneshot_set, [sid, oneshot_method], outputs, **GPU).then(
+        oneshot_set.click(on_oneshot_set, [sid, viewer_shown, oneshot_method], outputs, **GPU).then(
             oneshot_info_of, [sid], [oneshot_info])
-        oneshot_apply.click(on_oneshot_apply, [sid, oneshot_scope, oneshot_first, oneshot_last], outputs, **GPU)
+        oneshot_apply.click(on_oneshot_apply, [sid, viewer_shown, oneshot_scope, oneshot_first, oneshot_last], outputs,
+                            **GPU)
         load_event.then(oneshot_info_of, [sid], [oneshot_info])
 
         def on_oneshot_scope(s, scope, first, last):
@@ -453,24 +457,47 @@ def _review_buttons() -> dict[str, Any]:
     return buttons
 
 
-def _wire_propagation(ctx: AppContext, button: Any, review_btns: dict[str, Any], sid: Any, outputs: list,
-                      guarded: Callable, background: Callable) -> None:
+def on_shown(action: Callable[..., ViewModel]) -> Callable[..., ViewModel]:
+    """``action(ctx, sid, *args)`` run on the plane the viewer shows: ``(ctx, sid, shown, *args)``, where
+    ``shown`` is the page's ``#viewer-shown`` (``viewer_actions.follow_shown``), under the session's lock."""
+
+    def run(ctx: AppContext, sid: str, shown: str | None, *args) -> ViewModel:
+        session = ctx.store.get(sid)
+        with session.lock:  # re-entrant: the action takes it again
+            viewer_actions.follow_shown(session, shown)
+            return action(ctx, sid, *args)
+
+    run.__name__ = getattr(action, "__name__", "action")
+    return run
+
+
+def _wire_propagation(ctx: AppContext, button: Any, review_btns: dict[str, Any], sid: Any, shown: Any, outputs: list,
+                      guarded: Callable, background: Callable, load_event: Any) -> None:
     """Propagate starts a background job and returns at once (the study stays visible and usable); a timer
     polls its per-slice progress and shows the result when it lands (a ``background`` refresh: what the
-    user is typing stays). Review buttons call ``controller.review``."""
+    user is typing stays). A page (re)loaded while one runs starts polling too: a reload mid-propagation left
+    the page without its progress and without its result. Review buttons call ``controller.review``."""
     import gradio as gr
 
     timer = gr.Timer(1.0, active=False)
 
-    def on_propagate(s):
-        return guarded(controller.propagate, s) + [gr.Timer(active=True)]
+    def on_propagate(s, plane):
+        return guarded(on_shown(controller.propagate), s, plane) + [gr.Timer(active=True)]
 
     def on_tick(s):
         job = controller.propagation_job(ctx, s)
         shown = background(lambda: guarded(controller.propagation_status, s))
         return shown + [gr.Timer(active=bool(job and job.running))]
 
-    button.click(on_propagate, [sid], outputs + [timer])
+    def on_load(s):
+        try:
+            job = controller.propagation_job(ctx, s) if s else None
+        except (SessionError, *USER_ERRORS):
+            job = None
+        return gr.Timer(active=bool(job and job.running))
+
+    button.click(on_propagate, [sid, shown], outputs + [timer])
+    load_event.then(on_load, [sid], [timer], show_progress="hidden")
     timer.tick(on_tick, [sid], outputs + [timer], show_progress="hidden")
     for action, btn in review_btns.items():
         btn.click(lambda s, a=action: guarded(controller.review, s, a), [sid], outputs, show_progress="hidden")

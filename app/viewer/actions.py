@@ -10,6 +10,7 @@ edit is saved before the answer goes out (``SessionStore.save``; a prompt's or a
 from __future__ import annotations
 
 import base64
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ import SimpleITK as sitk
 from app import controller, interaction, trace
 from app.controller import AppContext
 from app.render import Plane, acquisition_view, display_window
-from app.session import Edit, Session
+from app.session import Edit, Session, SessionError
 from app.viewer.geometry import from_plane, to_plane
 from data.writers import atomic_output
 from models.prompts import PromptError
@@ -153,7 +154,14 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         raise PromptError(f"unknown action {str(kind)[:40]!r}; expected one of {', '.join(KINDS)}")
     with session.lock:
         trace.mark("action.locked", kind=kind)
+        base = session.revision  # the label map this action found: a page that holds another one reloads it
         volume = session.require_study()
+        study = body.get("study")  # the study the page showed when the user acted (the viewer sends it)
+        if study is not None and study != session.study_key:
+            if kind in SHOWN_ONLY:  # paging or a window of a study left meanwhile: nothing to keep
+                return {"ok": True, "status": ""}
+            raise SessionError(f"another study was opened meanwhile: this {kind} was not applied; the viewer shows "
+                               "the study now open")
         if kind in ("point", "box", "brush", "erase") and body.get("label") is not None:
             value = _label_value(body)
             if value != session.active:  # the browser's active label is the truth for its prompts
@@ -227,7 +235,8 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         trace.mark("action.saved", kind=kind)
         if kind in ("point", "box", "brush", "erase"):
             ctx.prefetcher.request(session, session.view.view, session.view.index[session.view.view])
-        answer: dict[str, Any] = {"ok": True, "status": status, "rev": session.revision, "object": markers(session)}
+        answer: dict[str, Any] = {"ok": True, "status": status, "rev": session.revision, "base": base,
+                                  "object": markers(session)}
         if kind in ("undo", "redo") and edit is not None and edit.view is None:
             answer["reload"] = True
         elif edit is not None:
@@ -292,6 +301,23 @@ def patch(session: Session, view: str | None, index: int | None) -> dict[str, An
     data = np.ascontiguousarray(np.take(session.labels, index, axis=plane.fixed), dtype="<u2")
     return {"axis": plane.fixed, "index": int(index), "shape": list(data.shape),
             "data": base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def follow_shown(session: Session, shown: str | None) -> None:
+    """The plane the viewer shows, as the page sends it with a button's event (``#viewer-shown``: JSON
+    ``{"study", "view", "mm"}``), becomes the session's shown plane. The viewer tells the server of paging
+    300 ms later and behind any queued prompt, so Propagate (or one-shot, or a mask file) pressed right
+    after paging ran on the slice shown before. Nothing (another study's plane, none yet) leaves it as it is."""
+    if not shown or session.volume is None:
+        return
+    try:
+        where = json.loads(shown)
+    except ValueError:
+        return
+    if not isinstance(where, dict) or where.get("study") != session.study_key:
+        return
+    view, (index, _, _) = _where(session.volume, where, "mm")
+    _show(session, view, index)
 
 
 def _show(session: Session, view: str, index: int) -> None:

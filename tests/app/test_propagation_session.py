@@ -191,3 +191,47 @@ def test_background_study_encoding_gives_the_model_back_after_every_slice_on_the
     per_turn, items = study_encoded
     assert per_turn == [1] * 5
     assert sorted(key[1] for key, _ in items) == [0, 1, 2, 3, 4]  # each slice once, in the session's cache
+
+
+
+def test_opening_another_study_while_propagation_runs_lands_it_in_its_own_study(ctx, five, five_embeddings, monkeypatch, caplog):
+    """Propagate 3D, open another sample before it ends, come back: the walk had landed on the study open at
+    its end (a study of the same shape got the walked label), or, shapes differing, failed with a traceback in
+    the log, and the propagated study came back without it. Now it lands in its own study, one undoable edit
+    there; the study open meanwhile is untouched."""
+    import logging
+
+    from app.propagation_job import propagation_cache, start_propagation
+
+    samples = {"five": five, "MR": SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"}
+    monkeypatch.setattr(controller, "sample_studies", lambda: samples)
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, "five")
+    session = ctx.store.get(sid)
+    for key, embedding in five_embeddings:
+        propagation_cache(session).put(key, embedding)
+    controller.set_slice(ctx, sid, 2)
+    controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
+    controller.click(ctx, sid, *BOX[0])
+    controller.click(ctx, sid, *BOX[1])
+    boxed = session.labels.copy()
+    reached, release = threading.Event(), threading.Event()
+
+    def gate(job):
+        if job.done >= 1 and not release.is_set():
+            reached.set()
+            release.wait(600)
+
+    with session.lock:
+        job = start_propagation(ctx.runner, session, 2, observe=gate, on_done=ctx.store.save)
+    assert reached.wait(600)
+    controller.open_sample(ctx, sid, "MR")
+    release.set()
+    job.wait(600)
+    assert job.state == "done", job.error
+    assert not session.labels.any(), "the propagation landed on the study opened meanwhile"
+    controller.open_sample(ctx, sid, "five")
+    assert all((session.labels[k] == 1).sum() > 500 for k in range(5))
+    controller.undo(ctx, sid)  # the propagation is one undoable edit of its study
+    np.testing.assert_array_equal(session.labels, boxed)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -266,6 +266,28 @@ def test_exports_equal_the_server_labels(ctx, opened):
         np.testing.assert_array_equal(seg.labels.array == number, session.labels == value)
 
 
+def test_exporting_a_study_without_labels_says_the_file_is_empty(ctx):
+    """Export labels on a study where nothing is labelled (not yet, or all undone, or the work was on another
+    study): it said "Exported ..." as for real work; now it says the file holds no label."""
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, CT_NAME)
+    path, vm = controller.export(ctx, sid, "nifti")
+    assert path.is_file() and "no label has any voxel" in vm.status.lower() and "empty" in vm.status
+    with pytest.raises(ValueError, match="nothing is segmented"):  # a DICOM-SEG is refused with one message
+        controller.export(ctx, sid, "dicom-seg")
+
+
+def test_add_label_with_the_name_box_untouched_gives_a_new_name(ctx):
+    """Add label takes the Name box, which shows the active label's name: pressed without typing, it made a
+    second "label 1" (two segments of one name in the table, the legend and a DICOM-SEG)."""
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, CT_NAME)
+    vm = controller.add_label(ctx, sid, "label 1")
+    assert [d.name for d in ctx.store.get(sid).label_defs] == ["label 1", "label 2"] and "Added label 2" in vm.status
+    controller.add_label(ctx, sid, "kidney")
+    assert [d.name for d in ctx.store.get(sid).label_defs] == ["label 1", "label 2", "kidney"]
+
+
 def test_restore_in_a_new_store_keeps_labels_and_view(ctx, opened):
     session = ctx.store.get(opened)
     again = SessionStore(ctx.store.root)

@@ -295,3 +295,23 @@ def test_paging_and_windowing_save_in_the_background_and_survive_a_restore(ctx, 
     assert state["view"]["index"]["coronal"] == 9 and (state["view"]["level"], state["view"]["width"]) == (35, 90)
     restored = SessionStore(ctx.store.root).get(opened.id)
     assert restored.view.index["coronal"] == 9 and (restored.view.level, restored.view.width) == (35, 90)
+
+
+def test_a_prompt_made_on_a_study_no_longer_open_is_refused_not_applied_to_the_other(ctx, opened):
+    """Open another sample and click on the old one's image before the viewer has switched (the click waits for
+    the open's lock): the click's millimetres were applied to the study opened meanwhile. Now the viewer says
+    which study it prompted and the server refuses a prompt for another one with one message; what is shown
+    (paging, window) of the old study is dropped quietly."""
+    from app.session import SessionError
+
+    s = opened
+    ct_key = s.study_key
+    controller.open_sample(ctx, s.id, "MR T1 brain, Colin27 (NIfTI, 32 slices)")
+    mr_view = s.view.view, dict(s.view.index)
+    click = {"kind": "point", "view": "coronal", "mm": from_plane(read_study(SAMPLES / "ct_head_0051_series"),
+             "coronal", 7, *LEFT_HORN), "positive": True, "study": ct_key}
+    with pytest.raises(SessionError, match="not applied"):
+        actions.act(ctx, s, click)
+    assert not s.labels.any()
+    answer = actions.act(ctx, s, {"kind": "view", "view": "coronal", "mm": click["mm"], "study": ct_key})
+    assert answer["ok"] and (s.view.view, dict(s.view.index)) == mr_view

@@ -431,6 +431,17 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     _wait_status(page, "Box cancelled")
     _idle(page)
     assert not server.labels(sid).any()
+    # a box released past the image's corner (off the canvas) ends at the image's edge; it was dropped unsaid
+    canvas = page.locator("#viewer-canvas").bounding_box()
+    _drag(page, _xy(page, ct, *BOX[0]), (canvas["x"] + canvas["width"] + 40, canvas["y"] + canvas["height"] + 40))
+    _wait_status(page, "Box: overlay updated")
+    _idle(page)
+    x0, y0, x1, y1 = server.store.get(sid).prompt.box
+    assert (x0, y0) == pytest.approx(BOX[0], abs=1.5) and x1 >= 254 and y1 >= 254
+    page.locator("#undo-btn").click()
+    _wait_status(page, "Undid box")
+    _idle(page)
+    assert not server.labels(sid).any()
 
     # three linked views: a brush stroke in the axial view paints that plane of the study
     page.keyboard.press("m")
@@ -473,6 +484,29 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     page.keyboard.press("o")
     assert page.evaluate("medsegViewer.outline") is True  # what it draws: test_outline_draws_a_one_slice_label_as_its_border
     page.keyboard.press("o")
+
+    # a brush stroke that leaves the image on the right and comes back on the left paints what it went over,
+    # not the straight line between where it left and where it came back (it crossed the middle of the slice)
+    page.keyboard.press("v")  # navigate: a click in the coronal view makes it the view shown alone
+    k = int(page.evaluate("medsegViewer.sliceOf('coronal').index"))
+    page.mouse.click(*_xy(page, ct, 128, 128, index=k, view="coronal"))
+    page.keyboard.press("m")
+    page.keyboard.press("r")
+    assert page.locator("#medseg-viewer").get_attribute("data-view") == "coronal"
+    before = server.labels(sid)[k] == 1
+    canvas = page.locator("#viewer-canvas").bounding_box()
+    right, below, left = canvas["x"] + canvas["width"] + 30, canvas["y"] + canvas["height"] + 30, canvas["x"] - 30
+    page.mouse.move(*_xy(page, ct, 200, 20))
+    page.mouse.down()
+    for p in (_xy(page, ct, 250, 20), (right, _xy(page, ct, 250, 20)[1]), (right, below), (left, below),
+              (left, _xy(page, ct, 5, 235)[1]), _xy(page, ct, 5, 235), _xy(page, ct, 60, 235)):
+        page.mouse.move(*p, steps=4)
+    page.mouse.up()
+    _idle(page)
+    _wait_status(page, "Painted")
+    new = (server.labels(sid)[k] == 1) & ~before
+    assert new[20, 200:255].all() and new[235, 0:60].all()
+    assert not new[60:200, 40:220].any()
     (shots / "ui_paging.json").write_text(json.dumps({
         "frame_ms": page.evaluate("medsegViewer.frameTimes.slice()"), "key_to_key_s": paging_s}))
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -597,6 +631,22 @@ def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path)
     page.locator("#undo-btn").click()
     _wait_status(page, "Undid positive click")
     assert not server.labels(sid).any()
+
+    # a second tab of the same browser shares the session: its click on slice 7 shows in this tab once this one
+    # acts (a click here on slice 6); this tab went on without the other's slice 7
+    tab = context.new_page()
+    tab.goto(server.url)
+    _wait_status(tab, "Ready")
+    _page_to(tab, 7)
+    tab.mouse.click(*_xy(tab, ct, *LEFT_HORN))
+    _idle(tab)
+    tab.close()
+    page.mouse.click(*_xy(page, ct, *INSIDE))
+    _idle(page)
+    _wait_status(page, "Positive click")
+    both = server.labels(sid)
+    assert (both[7] == 1).any() and (both[6] == 1).any()
+    _wait_server(lambda: _browser_labels(page) == _server_counts(server.labels(sid)), 30)
 
     # a second browser gets its own session and never sees this one's work
     context_b, b, sid_b = _open_page(browser, server)

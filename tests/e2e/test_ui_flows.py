@@ -17,7 +17,7 @@ import pytest
 from models import point_prompts
 from tests.e2e.conftest import needs_browser
 from tests.e2e.test_ui_e2e import BOX, INSIDE, TIMEOUT_MS, _browser_labels, _drag, _idle, _open_page, \
-    _open_sample, _server_counts, _wait_server, _wait_status, _xy
+    _open_sample, _page_to, _server_counts, _wait_server, _wait_status, _xy
 
 pytestmark = needs_browser
 
@@ -128,10 +128,19 @@ def test_alternatives_labels_mask_file_and_dicom_seg_export(browser, server, mod
     _wait_status(page, "Added tumour")
     assert [d["name"] for d in _state(server, sid)["labels"]] == ["label 1", "tumour"]
     name = page.locator("#label-name textarea, #label-name input").first
+    # a 200-character name: the legend cuts it, its hide and lock stay under the viewer (they went off screen,
+    # and the Name box grew down the page)
+    name.fill("lesion " + "x" * 193)
+    name.press("Enter")
+    expect(page.locator("#viewer-legend")).to_contain_text("2 · lesion xxx", timeout=TIMEOUT_MS)
+    stage = page.locator("#viewer-stage").bounding_box()
+    lock = page.locator('#viewer-legend .mv-label[data-value="2"] .mv-lock').bounding_box()
+    assert lock["x"] + lock["width"] <= stage["x"] + stage["width"]
+    assert page.evaluate("document.scrollingElement.scrollHeight") <= 900
     name.fill("lesion")
     name.press("Enter")
     page.wait_for_function(
-        "() => [...document.querySelectorAll('#label input')].some(i => i.value.includes('lesion'))",
+        "() => [...document.querySelectorAll('#label input')].some(i => i.value.endsWith('lesion'))",
         timeout=TIMEOUT_MS)
     assert [d["name"] for d in _state(server, sid)["labels"]] == ["label 1", "lesion"]
     expect(page.locator("#viewer-legend")).to_contain_text("2 · lesion", timeout=TIMEOUT_MS)
@@ -223,7 +232,18 @@ def test_upload_then_propagate_3d_and_review(browser, server, tmp_path, ct, shot
     _box(page, uploaded)
     before = server.labels(sid)
     assert before.shape == (3, 256, 256) and (before[1] == 1).sum() > 500 and not before[[0, 2]].any()
+    # Propagate pressed right after paging acts on the slice shown (it ran from the slice before: the viewer
+    # tells the server of paging 300 ms later): empty slice 0 says so, then slice 1 propagates
+    _page_to(page, 0)
     page.locator("#propagate").click()
+    _wait_status(page, "⚠ slice 0 holds nothing of label 1")
+    _page_to(page, 1)
+    with server.runner.turn():  # the walk waits for the model: a reload now comes mid-propagation
+        page.locator("#propagate").click()
+        _wait_status(page, "Propagating")
+        page.reload()
+        # the reloaded page polls the job again (it showed neither the progress nor, later, the result)
+        _wait_status(page, "Propagating")
     _wait_status(page, "Propagated")
     after = server.labels(sid)
     assert (after[0] == 1).sum() > 100 and (after[2] == 1).sum() > 100

@@ -17,7 +17,7 @@ type State = {
 }
 type Suggested = { view: string; index: number; mm: number[]; positive: boolean; score: number }
 type Answer = {
-  ok: boolean; error?: string; status?: string; rev?: number; reload?: boolean; object?: ObjectMarks | null
+  ok: boolean; error?: string; status?: string; rev?: number; base?: number; reload?: boolean; object?: ObjectMarks | null
   suggest?: Suggested | null
   patch?: { axis: number; index: number; shape: number[]; data: string } | null
 }
@@ -113,7 +113,9 @@ class Viewer {
   pending: Pending[] = []
   inFlight = 0
   queue: Promise<void> = Promise.resolve()
-  drag: { x0: number; y0: number; x: number; y: number; view: string; mm0: number[]; stroke: number[][]; button: number } | null = null
+  // a brush stroke that leaves the image is cut there: ``done`` holds its finished pieces, ``out`` says it is outside
+  drag: { x0: number; y0: number; x: number; y: number; view: string; mm0: number[]; stroke: number[][]; button: number
+    done: number[][][]; out: boolean; last: [number, number]; outAt: [number, number] } | null = null
   hover: [number, number] | null = null
   wl: { x: number; y: number; level: number; width: number } | null = null
   loading: Promise<void> | null = null
@@ -599,6 +601,19 @@ class Viewer {
     this.info.textContent = `${view} slice ${index} (0–${count - 1}) · ${axisName} = ${mm[AXIS_OF[view]].toFixed(1)} mm${wl} · zoom ${this.nv.scene.pan2Dxyzmm[3].toFixed(1)}×`
     this.root.setAttribute('data-slice', String(index))
     this.root.setAttribute('data-view', view)
+    this.publishShown()
+  }
+
+  /** The shown plane into the page's hidden #viewer-shown box, at once: the buttons that act on the shown slice
+   * (Propagate, one-shot, mask file) send it with their event. The server learns of paging 300 ms later and
+   * behind queued prompts, so a button pressed right after paging ran on the slice shown before. */
+  publishShown(): void {
+    const box = document.querySelector('#viewer-shown textarea, #viewer-shown input') as HTMLInputElement | null
+    if (!box || !this.study) return
+    const text = JSON.stringify({ study: this.study, view: this.currentView, mm: this.crosshairMM() })
+    if (box.value === text) return
+    box.value = text
+    box.dispatchEvent(new Event('input', { bubbles: true }))
   }
 
   reportView(): void {
@@ -677,7 +692,8 @@ class Viewer {
       }
       if (e.button !== 0 || !editing() || !hit || !this.state?.study) return
       e.stopPropagation(); e.preventDefault()
-      this.drag = { x0: x, y0: y, x, y, view: hit.view, mm0: hit.mm, stroke: [hit.mm], button: 0 }
+      this.drag = { x0: x, y0: y, x, y, view: hit.view, mm0: hit.mm, stroke: [hit.mm], button: 0, done: [], out: false,
+        last: [x, y], outAt: [x, y] }
       this.drawOverlay()
     }, true)
     window.addEventListener('mousemove', (e) => {
@@ -697,8 +713,7 @@ class Viewer {
       e.stopPropagation(); e.preventDefault()
       this.drag.x = x; this.drag.y = y
       if (this.tool === 'brush' || this.tool === 'erase') {
-        const hit = this.pick(x, y)
-        if (hit && hit.view === this.drag.view) this.drag.stroke.push(hit.mm)
+        this.extendStroke(this.drag, x, y)
       }
       this.drawOverlay()
     }, true)
@@ -715,11 +730,15 @@ class Viewer {
       this.drag = null
       const moved = Math.hypot(d.x - d.x0, d.y - d.y0) >= DRAG_PX
       if (this.tool === 'brush' || this.tool === 'erase') {
-        this.prompt({ kind: this.tool, view: d.view, points: d.stroke, radius: this.brushPx / 2 },
-          { kind: 'stroke', view: d.view, mm: d.stroke })
+        for (const piece of [...d.done, d.stroke].filter((p) => p.length)) {
+          this.prompt({ kind: this.tool, view: d.view, points: piece, radius: this.brushPx / 2 },
+            { kind: 'stroke', view: d.view, mm: piece })
+        }
       } else if (moved) {
-        const end = this.pick(d.x, d.y) ?? this.pickClamped(d.x, d.y, d.view)
+        const hit = this.pick(d.x, d.y)  // released in another view's tile (3 views) or off the image: its edge
+        const end = hit && hit.view === d.view ? hit : this.pickClamped(d.x, d.y, d.x0, d.y0, d.view)
         if (end) this.prompt({ kind: 'box', view: d.view, mm: d.mm0, mm2: end.mm, new_object: true }, { kind: 'box', view: d.view, mm: [d.mm0, end.mm] })
+        else this.showError('the box could not be placed on the image: drag it again')
       } else if (this.tool === 'point') {
         const positive = !(e.shiftKey || this.negative)
         const body: any = { kind: 'point', view: d.view, mm: d.mm0, positive }
@@ -748,19 +767,60 @@ class Viewer {
       if (e.button === 0 && this.tool === 'navigate') window.setTimeout(() => this.afterNavigate(), 0)
     })
     window.addEventListener('keydown', (e) => this.onKey(e), true)
+    // back to this tab: another tab of the session may have edited meanwhile; the page's sync shows the server's state
+    document.addEventListener('visibilitychange', () => {
+      if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()
+    })
   }
 
-  pickClamped(x: number, y: number, view: string): { view: string; mm: number[] } | null {
-    // a box dragged past the image edge: clamp to the tile
-    const dpr = (this.nv.uiData as any).dpr || 1
-    for (const s of this.nv.screenSlices) {
-      if (VIEW_OF[s.axCorSag as number] !== view) continue
-      const [l, t, w, h] = s.leftTopWidthHeight
-      const cx = Math.min(Math.max(x * dpr, l + 1), l + w - 1) / dpr
-      const cy = Math.min(Math.max(y * dpr, t + 1), t + h - 1) / dpr
-      return this.pick(cx, cy)
+  /** A brush stroke's next mouse position. Leaving the image ends the piece at the edge; coming back starts
+   * another piece at the edge. The stroke was one polyline of its inside points, so leaving on one side and
+   * coming back on another painted a straight line across the image where the brush never went. */
+  extendStroke(d: NonNullable<Viewer['drag']>, x: number, y: number): void {
+    const hit = this.pick(x, y)
+    if (hit && hit.view === d.view) {
+      if (d.out) {
+        if (d.stroke.length) d.done.push(d.stroke)
+        const edge = this.edgeBetween(x, y, d.outAt[0], d.outAt[1], d.view)
+        d.stroke = edge ? [edge.mm] : []
+        d.out = false
+      }
+      d.stroke.push(hit.mm)
+      d.last = [x, y]
+      return
     }
-    return null
+    if (!d.out) {
+      const edge = this.edgeBetween(d.last[0], d.last[1], x, y, d.view)
+      if (edge) d.stroke.push(edge.mm)
+      d.out = true
+    }
+    d.outAt = [x, y]
+  }
+
+  /** The image's edge between a canvas point inside it and one outside (bisection on the segment). */
+  edgeBetween(xi: number, yi: number, xo: number, yo: number, view: string): { view: string; mm: number[] } | null {
+    const inside = (t: number) => this.pick(xi + t * (xo - xi), yi + t * (yo - yi))?.view === view
+    if (!inside(0)) return null
+    let a = 0, b = 1
+    for (let i = 0; i < 16; i++) { const m = (a + b) / 2; if (inside(m)) a = m; else b = m }
+    return this.pick(xi + a * (xo - xi), yi + a * (yo - yi))
+  }
+
+  /** A box dragged past the image's edge (into the tile's letterbox or off the canvas): its corner clamped to
+   * the image, per screen axis, from the drag's start (inside). Clamping to the tile alone left the corner in
+   * the letterbox, where nothing is picked, and the box was dropped without a word. */
+  pickClamped(x: number, y: number, x0: number, y0: number, view: string): { view: string; mm: number[] } | null {
+    const inside = (px: number, py: number) => this.pick(px, py)?.view === view
+    const edge = (from: number, to: number, at: (v: number) => boolean): number => {
+      if (at(to)) return to
+      let a = from, b = to  // at(a) holds, at(b) does not
+      for (let i = 0; i < 16 && Math.abs(b - a) > 0.25; i++) { const m = (a + b) / 2; if (at(m)) a = m; else b = m }
+      return a
+    }
+    if (!inside(x0, y0)) return null
+    const cx = edge(x0, x, (v) => inside(v, y0))
+    const cy = edge(y0, y, (v) => inside(cx, v))
+    return this.pick(cx, cy)
   }
 
   onWindowDragged(): void {
@@ -819,7 +879,7 @@ class Viewer {
       const row = el('div', { class: 'mv-label' + (d.value === active ? ' mv-active' : ''), 'data-value': String(d.value) })
       const sw = el('span', { class: 'mv-swatch' })
       sw.style.background = d.colour
-      const name = el('button', { class: 'mv-name', type: 'button', title: 'Make this the active label' }, `${d.value} · ${d.name}`)
+      const name = el('button', { class: 'mv-name', type: 'button', title: `${d.name}: make it the active label` }, `${d.value} · ${d.name}`)
       name.addEventListener('click', () => this.enqueue({ kind: 'active', label: d.value }))
       const eye = el('button', { class: 'mv-icon mv-eye', type: 'button', title: this.hidden.has(d.value) ? 'Show' : 'Hide' },
         this.hidden.has(d.value) ? 'show' : 'hide')
@@ -851,6 +911,7 @@ class Viewer {
 
   enqueue(body: any, pending: Pending | null = null, quiet = false): void {
     if (!this.state?.study) return
+    body.study = this.study  // the study shown now: the server refuses a prompt if another opened before it arrived
     const t0 = performance.now()
     if (!quiet) this.readyWanted = false  // the prompt's own answer is the news now
     this.inFlight++
@@ -895,9 +956,12 @@ class Viewer {
 
   async apply(a: Answer, quiet: boolean): Promise<void> {
     if (!a.ok) { this.showError(a.error || 'failed'); return }
+    // the server's map had changed since the one shown (another tab of this session edited it): the patch is one
+    // plane, so the rest is fetched again; before, this tab went on showing the map without the other's edits
+    const stale = a.base !== undefined && this.rev >= 0 && a.base !== this.rev
     if (a.patch && this.labelsVol) this.writePatch(a.patch)
-    if (a.reload) { this.rev = -1; await this.reloadLabels() }
-    if (a.rev !== undefined && !a.reload) { this.rev = a.rev; this.root.setAttribute('data-rev', String(a.rev)) }
+    if (a.reload || stale) { this.rev = -1; await this.reloadLabels() }
+    if (a.rev !== undefined && !a.reload && !stale) { this.rev = a.rev; this.root.setAttribute('data-rev', String(a.rev)) }
     if ('object' in a) this.object = a.object ?? null
     if (a.status && !quiet) this.showStatus(a.status)
     this.drawOverlay()
@@ -1020,8 +1084,12 @@ class Viewer {
       if (d) {
         g.strokeStyle = this.tool === 'erase' ? 'rgba(255,96,96,0.5)' : 'rgba(255,255,0,0.5)'
         g.lineWidth = 2 * r; g.lineCap = 'round'; g.beginPath()
-        d.stroke.forEach((m, i) => { const c = this.toCanvas(m, d.view); if (c) (i ? g.lineTo(c[0], c[1]) : g.moveTo(c[0], c[1])) })
-        g.stroke(); g.lineCap = 'butt'
+        for (const piece of [...d.done, d.stroke]) {
+          g.beginPath()
+          piece.forEach((m, i) => { const c = this.toCanvas(m, d.view); if (c) (i ? g.lineTo(c[0], c[1]) : g.moveTo(c[0], c[1])) })
+          g.stroke()
+        }
+        g.lineCap = 'butt'
       }
     }
   }
