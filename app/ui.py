@@ -52,6 +52,9 @@ NO_COOKIE = ("this page needs its session cookie: allow cookies for this site, t
 # The page's own style: the hidden state and sync elements the viewer talks through, a compact page.
 PAGE_CSS = """
 .mv-hidden { display: none !important; }
+/* Gradio wraps a form component (the hidden #viewer-shown Textbox) in a .form box: hide a box holding only hidden
+   ones, or its border and the column's gap add 10 px and push Export below a 900 px window */
+.form:not(:has(> :not(.mv-hidden))) { display: none !important; }
 #status { min-height: 1.5em; }
 .gradio-container { max-width: 100% !important; padding-top: 4px !important; }
 """
