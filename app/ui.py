@@ -539,10 +539,9 @@ def _colour_changed(ctx: AppContext, guarded, sid, name, colour, n_outputs: int)
 def _mask_action(ctx: AppContext, sid: str, editor_value: Any, mask_file: str | None, use_model: bool) -> ViewModel:
     """The brush canvas's painted pixels, or an uploaded mask image, as the mask of the current plane."""
     if mask_file:
-        from data.readers import open_image
+        from data.readers import read_mask_image
 
-        with open_image(Path(mask_file)) as im:  # PNG/JPEG only: PIL would decode PostScript with Ghostscript
-            drawn = np.asarray(im.convert("L")) > 0
+        drawn = read_mask_image(Path(mask_file))  # PNG/JPEG only (PIL would run PostScript); alpha respected
     else:
         layers = (editor_value or {}).get("layers") or []
         if not layers:

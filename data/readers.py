@@ -499,6 +499,27 @@ def open_image(path: Path, *, max_voxels: int | None = None) -> Image.Image:
     return im
 
 
+def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
+    """(H, W) bool: the annotated pixels of a 2D mask image (PNG/JPEG): non-zero in any colour channel and, where
+    the image has an alpha channel (or a transparent palette colour), not fully transparent.
+
+    Why: paint programs and exports draw a mask on a transparent layer whose hidden pixels keep any colour (often
+    white); read as grey alone, such a file became a mask of the whole plane."""
+    with open_image(path, max_voxels=max_voxels) as im:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                im.load()
+                if im.mode == "P" and "transparency" in im.info:
+                    im = im.convert("RGBA")
+                alpha = np.asarray(im.getchannel("A")) > 0 if "A" in im.getbands() else None
+                grey = im.getbands() in (("L",), ("1",), ("I",))  # single-channel, 16-bit included
+                colour = np.asarray(im) > 0 if grey else np.asarray(im.convert("RGB")).max(axis=2) > 0
+        except Exception as e:
+            raise StudyError(f"{path}: not a readable PNG/JPEG image ({_first_line(e)})") from e
+    return colour & alpha if alpha is not None else colour
+
+
 def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
     im = open_image(path, max_voxels=max_voxels)
     try:

@@ -16,7 +16,7 @@ from adapters.persam_f import ITERATIONS
 from adapters.persam_oneshot import LOCATION_GATE, METHODS, fit_oneshot, segment_images
 from app.commands.common import add_model_args, apply_local_clicks_arg
 from app.errors import UsageError
-from data.readers import read_study
+from data.readers import read_mask_image, read_study
 from data.volume import Volume
 from data.windowing import default_window, slice_to_rgb
 from data.writers import write_label_nifti, write_png_mask
@@ -100,10 +100,13 @@ def reference_mask(args: argparse.Namespace, ref: Volume, k: int) -> np.ndarray:
     if not ref.is_2d and (differs := ref.grid_difference(mask_vol)):  # flipped or shifted: slice K is elsewhere
         raise UsageError(f"--ref-mask {args.ref_mask} is not on the grid of --ref {args.ref}: {differs}; "
                          "give the annotation of that very image")
-    s = np.asarray(mask_vol.slice(0 if mask_vol.is_2d else k))
-    if s.ndim == 3:  # an RGB annotation (PerSAM's own masks are red): any channel
-        s = s.max(axis=2)
-    mask = s == args.ref_label if args.ref_label is not None else s > 0
+    if args.ref_label is None and mask_vol.source is not None and mask_vol.source.format in ("png", "jpeg"):
+        mask = read_mask_image(Path(args.ref_mask))  # the painted pixels: not those a transparent layer hides
+    else:
+        s = np.asarray(mask_vol.slice(0 if mask_vol.is_2d else k))
+        if s.ndim == 3:  # an RGB annotation (PerSAM's own masks are red): any channel
+            s = s.max(axis=2)
+        mask = s == args.ref_label if args.ref_label is not None else s > 0
     if not mask.any():
         what = f"label {args.ref_label}" if args.ref_label is not None else "no non-zero pixel"
         raise UsageError(f"--ref-mask {args.ref_mask}: slice {k} has {what}: choose the slice with --ref-slice K")

@@ -192,3 +192,25 @@ def test_cli_oneshot_refuses_a_3d_reference_mask_on_another_grid(tmp_path, capsy
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith(f"medseg oneshot: error: --ref-mask {lab} is not on the grid of --ref {vol}: direction ")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_oneshot_png_reference_mask_on_a_transparent_layer_is_its_opaque_pixels(tmp_path):
+    """A --ref-mask PNG drawn on a transparent layer whose hidden pixels are white: read as grey, the reference
+    was the whole image. The reference is the opaque pixels (data.readers.read_mask_image), as in the UI."""
+    import argparse
+
+    from PIL import Image
+
+    from app.commands.oneshot import reference_mask
+    from data.readers import read_study
+
+    Image.fromarray(np.full((64, 80), 90, np.uint8)).save(tmp_path / "ref.png")
+    rgba = np.full((64, 80, 4), 255, np.uint8)
+    rgba[..., 3] = 0
+    rgba[10:30, 20:50, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "mask.png")
+    args = argparse.Namespace(ref=str(tmp_path / "ref.png"), ref_mask=str(tmp_path / "mask.png"), ref_label=None)
+    mask = reference_mask(args, read_study(tmp_path / "ref.png"), 0)
+    expected = np.zeros((64, 80), bool)
+    expected[10:30, 20:50] = True
+    np.testing.assert_array_equal(mask, expected)

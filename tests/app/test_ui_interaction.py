@@ -347,6 +347,33 @@ def test_brush_canvas_layer_becomes_the_mask_of_the_plane(ctx, opened):
     np.testing.assert_array_equal(plane == session.active, expected)
 
 
+def test_a_mask_file_on_a_transparent_layer_is_its_painted_pixels_not_the_whole_plane(ctx, opened, tmp_path):
+    """A mask exported from a paint program: a white square on a layer whose hidden pixels are white too, fully
+    transparent. Read as grey, the whole plane became the mask (the session-11 review found it); only the opaque
+    pixels are the annotation, whether the transparency is an alpha channel or a palette colour."""
+    from PIL import Image
+
+    from app.ui import _mask_action
+
+    controller.set_slice(ctx, opened, 6)
+    session = ctx.store.get(opened)
+    for name, square in (("alpha", (slice(180, 200), slice(20, 50))), ("palette", (slice(220, 240), slice(200, 230)))):
+        controller.add_label(ctx, opened, name)
+        painted = np.zeros((256, 256), bool)
+        painted[square] = True
+        free = session.region("coronal", 6) == 0  # the module's other tests label pixels too; a mask keeps them
+        assert (painted & free).sum() > 300
+        if name == "alpha":
+            rgba = np.full((256, 256, 4), 255, np.uint8)  # white everywhere, opaque only on the square
+            rgba[..., 3] = np.where(painted, 255, 0)
+            Image.fromarray(rgba, "RGBA").save(tmp_path / "mask.png")
+        else:  # grey 128 is the transparent palette entry
+            Image.fromarray(np.where(painted, 255, 128).astype(np.uint8)).convert("P").save(
+                tmp_path / "mask.png", transparency=128)
+        _mask_action(ctx, opened, None, str(tmp_path / "mask.png"), use_model=False)
+        np.testing.assert_array_equal(session.region("coronal", 6) == session.active, painted & free)
+
+
 def test_nothing_painted_is_a_user_error(ctx, opened):
     from app.session import SessionError
     from app.ui import _mask_action
