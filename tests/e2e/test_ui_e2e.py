@@ -431,6 +431,15 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     _wait_status(page, "Box cancelled")
     _idle(page)
     assert not server.labels(sid).any()
+    # ... and a brush stroke being drawn says so ("Box cancelled" before): nothing painted
+    page.keyboard.press("r")
+    _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
+    page.keyboard.press("Escape")
+    page.mouse.up()
+    _wait_status(page, "Stroke cancelled")
+    _idle(page)
+    assert not server.labels(sid).any()
+    page.keyboard.press("p")
     # a box released past the image's corner (off the canvas) ends at the image's edge; it was dropped unsaid
     canvas = page.locator("#viewer-canvas").bounding_box()
     _drag(page, _xy(page, ct, *BOX[0]), (canvas["x"] + canvas["width"] + 40, canvas["y"] + canvas["height"] + 40))

@@ -840,7 +840,10 @@ class Viewer {
     const ctrl = e.ctrlKey || e.metaKey
     let handled = true
     if (k === 'Escape') {
-      if (this.drag) { this.drag = null; this.showStatus('Box cancelled.'); this.drawOverlay() } else handled = false
+      if (this.drag) {
+        const stroke = this.tool === 'brush' || this.tool === 'erase'
+        this.drag = null; this.showStatus(stroke ? 'Stroke cancelled.' : 'Box cancelled.'); this.drawOverlay()
+      } else handled = false
     } else if (ctrl && k.toLowerCase() === 'z') this.enqueue({ kind: 'undo' })
     else if (ctrl && k.toLowerCase() === 'y') this.enqueue({ kind: 'redo' })
     else if (ctrl) handled = false
