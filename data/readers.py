@@ -507,7 +507,7 @@ def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
     white); read as grey alone, such a file became a mask of the whole plane."""
     with open_image(path, max_voxels=max_voxels) as im:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), native_stderr_captured():  # as read_image_file: libjpeg's notes
                 warnings.simplefilter("ignore")
                 im.load()
                 if im.mode == "P" and "transparency" in im.info:

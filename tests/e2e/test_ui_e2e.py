@@ -424,21 +424,15 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     page.keyboard.press("0")
     assert re.search(r"coronal slice \d+ \(0–11\) · y = -?[\d.]+ mm", page.locator("#viewer-info").inner_text())
 
-    # Escape cancels a half-drawn box: nothing is sent
-    _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
-    page.keyboard.press("Escape")
-    page.mouse.up()
-    _wait_status(page, "Box cancelled")
-    _idle(page)
-    assert not server.labels(sid).any()
-    # ... and a brush stroke being drawn says so ("Box cancelled" before): nothing painted
-    page.keyboard.press("r")
-    _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
-    page.keyboard.press("Escape")
-    page.mouse.up()
-    _wait_status(page, "Stroke cancelled")
-    _idle(page)
-    assert not server.labels(sid).any()
+    # Escape cancels a half-drawn box, and a brush stroke being drawn (it said "Box cancelled"): nothing is sent
+    for mode, said in (("p", "Box cancelled"), ("r", "Stroke cancelled")):
+        page.keyboard.press(mode)
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
+        page.keyboard.press("Escape")
+        page.mouse.up()
+        _wait_status(page, said)
+        _idle(page)
+        assert not server.labels(sid).any()
     page.keyboard.press("p")
     # a box released past the image's corner (off the canvas) ends at the image's edge; it was dropped unsaid
     canvas = page.locator("#viewer-canvas").bounding_box()
