@@ -47,7 +47,7 @@ def open_series(ctx: AppContext, session, url: str, progress: controller.Progres
 
     folder = fetch_series(target, session.directory / "pacs" / time.strftime("%Y%m%d-%H%M%S"),
                           max_voxels=limits.max_voxels, max_bytes=limits.max_upload_bytes,
-                          timeout=limits.dicomweb_timeout_s, progress=step)
+                          max_instances=limits.max_upload_files, timeout=limits.dicomweb_timeout_s, progress=step)
     return controller._open(ctx, session, folder, f"PACS series {target.series_uid[-12:]}", progress)
 
 

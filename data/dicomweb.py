@@ -5,14 +5,18 @@ the same limits and the same one-line errors. A series is named by its URL,
 ``http(s)://HOST/PREFIX/studies/{StudyInstanceUID}/series/{SeriesInstanceUID}``; the PACS by its
 DICOMweb base URL (``http(s)://HOST/PREFIX``, e.g. Orthanc's ``http://pacs:8042/dicom-web``).
 
-Retrieval checks the series' size from its WADO-RS metadata (no pixels) against the voxel and byte
-limits first, then fetches one instance at a time into a fresh folder, reporting progress; any
-failure removes that folder, so nothing half-written is left. Errors are :class:`DicomWebError`
-(a ``StudyError``: exit code 2, one line naming the URL and what to check).
+Retrieval checks the series' size from its WADO-RS metadata (no pixels) against the voxel, byte and
+instance limits first, then fetches one instance at a time into a fresh folder, reporting progress;
+any failure removes that folder, so nothing half-written is left. Every answer's body is read under a
+byte cap before dicomweb-client holds it (``data/dicomweb_body.py``): an instance may be what its
+metadata announced plus ``MAX_DICOM_HEADER_BYTES``, within what the series' budget has left; a
+search or metadata answer ``MAX_JSON_BYTES``. Errors are :class:`DicomWebError` (a ``StudyError``:
+exit code 2, one line naming the URL and what to check).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -25,9 +29,18 @@ from typing import Callable, Iterable
 import requests
 from pydicom.errors import InvalidDicomError  # a part that is not a DICOM file (no preamble and DICM)
 
+from data.dicomweb_body import AnswerLimit, AnswerTooLarge, AnswerTooSlow, read_capped
+from data.limits import MAX_DICOM_HEADER_BYTES
 from data.readers import StudyError
 
 DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_INSTANCES = 10_000  # MEDSEG_MAX_UPLOAD_FILES's default: an upload may hold as many files
+HEADER_BYTES = 64 * 2**10  # what a series' byte budget adds to its pixels per instance, for headers
+FRAMING_BYTES = 4 * 2**10  # multipart boundaries and part headers around one instance
+# a search, metadata or STOW answer (DICOM JSON): Orthanc's metadata of the bundled CT is 2.7 KiB a
+# slice (10,000 slices: 27 MiB), an enhanced multi-frame's header may be MAX_DICOM_HEADER_BYTES (more
+# as JSON); json.loads then holds ~4x the text (measured here), so at most ~0.5 GiB
+MAX_JSON_BYTES = 4 * MAX_DICOM_HEADER_BYTES
 ProgressFn = Callable[[int, int], None]  # (instances done, instances in all)
 
 _SERIES_URL = re.compile(
@@ -77,17 +90,27 @@ def _headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def client(base: str, timeout: float = DEFAULT_TIMEOUT_S):
-    """A dicomweb-client for ``base`` that fails fast (no retries) after ``timeout`` seconds of silence."""
+def client(base: str, timeout: float = DEFAULT_TIMEOUT_S, limit: AnswerLimit | None = None):
+    """A dicomweb-client for ``base`` that fails fast (no retries) after ``timeout`` seconds of silence
+    and reads every answer under ``limit`` (default: ``MAX_JSON_BYTES``; the caller may change
+    ``limit.max_bytes`` between requests)."""
     from dicomweb_client import DICOMwebClient
 
-    c = DICOMwebClient(check_base_url(base), headers=_headers(), timeout=float(timeout))
+    limit = limit or AnswerLimit(MAX_JSON_BYTES, float(timeout))
+    c = DICOMwebClient(check_base_url(base), headers=_headers(), timeout=float(timeout),
+                       callback=functools.partial(read_capped, limit))
     c.set_http_retry_params(retry=False)
     return c
 
 
 def _explain(e: BaseException, url: str, what: str, timeout: float) -> DicomWebError:
     """One line for a failed request: unreachable, too slow, not found, refused, or not DICOMweb."""
+    if isinstance(e, AnswerTooLarge):
+        return DicomWebError(f"{url}: the PACS's answer is larger than the {_size(e.cap)} allowed while {what} "
+                             f"({_declared(e)}); stopped, nothing kept")
+    if isinstance(e, AnswerTooSlow):
+        return DicomWebError(f"{url}: the PACS sent only {e.received} bytes in {e.seconds:.0f} s while {what}; "
+                             "stopped (is the PACS overloaded?)")
     if isinstance(e, requests.exceptions.Timeout):
         return DicomWebError(f"{url}: no answer within {timeout:g} s while {what}; is the PACS overloaded? "
                              "(raise MEDSEG_DICOMWEB_TIMEOUT_S)")
@@ -111,11 +134,24 @@ def _explain(e: BaseException, url: str, what: str, timeout: float) -> DicomWebE
 PARSE_ERRORS = (RecursionError, OSError, NotImplementedError, EOFError, IndexError, OverflowError, struct.error)
 
 
-def _call(fn, url: str, what: str, timeout: float):
+def _size(n: int) -> str:
+    """Bytes as a user reads them: 24 bytes, 68 KiB, 32 MiB."""
+    if n < 2**10:
+        return f"{n} bytes"
+    return f"{n / 2**10:.0f} KiB" if n < 10 * 2**20 else f"{n / 2**20:.0f} MiB"
+
+
+def _declared(e: AnswerTooLarge) -> str:
+    return f"the PACS declared {_size(e.declared)}" if e.declared is not None else "the PACS sent more"
+
+
+def _call(fn, url: str, what: str, timeout: float, too_large: Callable[[AnswerTooLarge], str] | None = None):
     try:
         return fn()
     except DicomWebError:
         raise
+    except AnswerTooLarge as e:
+        raise (DicomWebError(too_large(e)) if too_large else _explain(e, url, what, timeout)) from None
     except (requests.exceptions.RequestException, ValueError, KeyError, TypeError, InvalidDicomError, *PARSE_ERRORS) as e:
         raise _explain(e, url, what, timeout) from None
 
@@ -202,17 +238,19 @@ class SeriesSize:
     bytes: int
 
 
+def instance_size(m: dict) -> tuple[int, int]:
+    """Voxels and uncompressed pixel bytes one instance announces in its metadata."""
+    rows, cols = int(_value(m, "00280010", "0") or 0), int(_value(m, "00280011", "0") or 0)
+    frames = int(float(_value(m, "00280008", "1") or 1))
+    samples = int(_value(m, "00280002", "1") or 1)
+    bits = int(_value(m, "00280100", "16") or 16)
+    return rows * cols * frames, rows * cols * frames * samples * max(bits // 8, 1)
+
+
 def series_size(metadata: list[dict]) -> SeriesSize:
     """Instances, voxels and uncompressed pixel bytes a series will hold, from its metadata alone."""
-    voxels = nbytes = 0
-    for m in metadata:
-        rows, cols = int(_value(m, "00280010", "0") or 0), int(_value(m, "00280011", "0") or 0)
-        frames = int(float(_value(m, "00280008", "1") or 1))
-        samples = int(_value(m, "00280002", "1") or 1)
-        bits = int(_value(m, "00280100", "16") or 16)
-        voxels += rows * cols * frames
-        nbytes += rows * cols * frames * samples * max(bits // 8, 1)
-    return SeriesSize(instances=len(metadata), voxels=voxels, bytes=nbytes)
+    sizes = [instance_size(m) for m in metadata]
+    return SeriesSize(instances=len(metadata), voxels=sum(v for v, _ in sizes), bytes=sum(b for _, b in sizes))
 
 
 def fetch_series(
@@ -221,21 +259,28 @@ def fetch_series(
     *,
     max_voxels: int,
     max_bytes: int,
+    max_instances: int = DEFAULT_MAX_INSTANCES,
     timeout: float = DEFAULT_TIMEOUT_S,
     progress: ProgressFn | None = None,
 ) -> Path:
     """Retrieve a series (WADO-RS) into a new folder and return it (``dest`` or a fresh temp folder).
 
-    The sizes are checked from the metadata before any pixel is fetched; each instance is written as
-    it arrives (so memory holds one at a time) and the running byte count is checked again. On any
-    error the folder is removed and DicomWebError raised.
+    The instance count and sizes are checked from the metadata before any pixel is fetched; each
+    instance's answer is read under a cap (what its metadata announced plus MAX_DICOM_HEADER_BYTES,
+    within what the budget has left) before dicomweb-client holds it, written as it arrives (so memory
+    holds one at a time) and the running byte count is checked again. On any error the folder is
+    removed and DicomWebError raised.
     """
-    c = client(url.base, timeout)
+    limit = AnswerLimit(MAX_JSON_BYTES, float(timeout))
+    c = client(url.base, timeout, limit)
     where = str(url)
     metadata = _call(lambda: c.retrieve_series_metadata(url.study_uid, url.series_uid), where,
                      "reading the series metadata (WADO-RS)", timeout)
     if not metadata:
         raise DicomWebError(f"{where}: the series has no instances")
+    if len(metadata) > max_instances:
+        raise DicomWebError(f"{where}: {len(metadata)} instances is more than the limit of {max_instances} "
+                            "(raise MEDSEG_MAX_UPLOAD_FILES); nothing was downloaded")
     size = series_size(metadata)
     if size.voxels > max_voxels:
         raise DicomWebError(f"{where}: {size.voxels} voxels in {size.instances} images is more than the limit of "
@@ -250,10 +295,21 @@ def fetch_series(
     folder.mkdir(parents=True, exist_ok=True)
     try:
         received = 0
-        budget = max_bytes + 64 * 2**10 * len(sops)  # headers on top of the pixels
+        budget = max_bytes + HEADER_BYTES * len(sops)  # headers on top of the pixels
         for n, sop in enumerate(sops):
+            pixels = instance_size(metadata[n])[1]
+            limit.max_bytes = min(budget - received, pixels + MAX_DICOM_HEADER_BYTES) + FRAMING_BYTES
+
+            def too_large(e: AnswerTooLarge, n: int = n, sop: str = sop, pixels: int = pixels) -> str:
+                why = (f"what its metadata announced ({_size(pixels)} of pixels) plus {_size(MAX_DICOM_HEADER_BYTES)} "
+                       "of header" if e.cap - FRAMING_BYTES == pixels + MAX_DICOM_HEADER_BYTES else
+                       f"the rest of the series' budget (MEDSEG_MAX_UPLOAD_MB {_size(max_bytes)} plus "
+                       f"{_size(HEADER_BYTES)} of header an instance)")
+                return (f"{where}: instance {n + 1} of {len(sops)} (SOPInstanceUID {sop}) is larger than the "
+                        f"{_size(e.cap)} allowed, {why}; {_declared(e)}; download stopped, nothing kept")
+
             ds = _call(lambda sop=sop: c.retrieve_instance(url.study_uid, url.series_uid, sop), where,
-                       f"retrieving instance {n + 1} of {len(sops)} (WADO-RS)", timeout)
+                       f"retrieving instance {n + 1} of {len(sops)} (WADO-RS)", timeout, too_large)
             path = folder / f"{n:05d}.dcm"
             try:  # pydicom reads elements lazily: a damaged one may fail only now
                 ds.save_as(path, enforce_file_format=True)

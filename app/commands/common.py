@@ -202,7 +202,8 @@ def read_input(text: str, series_uid: str | None = None, *, quiet: bool = False,
 
     try:
         folder = fetch_series(url, max_voxels=settings.max_voxels, max_bytes=settings.max_upload_bytes,
-                              timeout=settings.dicomweb_timeout_s, progress=progress)
+                              max_instances=settings.max_upload_files, timeout=settings.dicomweb_timeout_s,
+                              progress=progress)
     finally:
         for bar in bars:
             bar.close()

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
             datastore = StudiesDir(Path(args.studies))
         else:
             datastore = DicomWebStore(args.dicomweb, work / "pacs", max_voxels=limits.max_voxels,
-                                      max_bytes=limits.max_upload_bytes, timeout=limits.dicomweb_timeout_s)
+                                      max_bytes=limits.max_upload_bytes, max_instances=limits.max_upload_files,
+                                      timeout=limits.dicomweb_timeout_s)
         choice = backend_choice(args)
         # load (and export once) before serving: fail early on missing weights
         segmenter = load_segmenter(args.model, device=args.device, backend=choice.backend)

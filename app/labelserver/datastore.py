@@ -416,7 +416,8 @@ class StudiesDir(Datastore):
 class DicomWebStore(Datastore):
     """A PACS as the datastore; series retrieved into ``cache_dir`` on first use (at most ``keep`` kept)."""
 
-    def __init__(self, base: str, cache_dir: Path, *, max_voxels: int, max_bytes: int, timeout: float, keep: int = 4):
+    def __init__(self, base: str, cache_dir: Path, *, max_voxels: int, max_bytes: int, timeout: float,
+                 max_instances: int = 10_000, keep: int = 4):
         from data.dicomweb import check_base_url
 
         self.base = check_base_url(base)
@@ -424,6 +425,7 @@ class DicomWebStore(Datastore):
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.max_voxels, self.max_bytes, self.timeout, self.keep = max_voxels, max_bytes, timeout, keep
+        self.max_instances = max_instances
         self._volumes: OrderedDict[str, tuple[Volume, Path]] = OrderedDict()
         self._saved: dict[str, dict[str, Path]] = {}
         self._lock = threading.Lock()
@@ -446,7 +448,7 @@ class DicomWebStore(Datastore):
                 return self._volumes[image_id][0]
         url = find_series(self.base, image_id, timeout=self.timeout)
         folder = fetch_series(url, Path(tempfile.mkdtemp(dir=self.cache_dir)), max_voxels=self.max_voxels,
-                              max_bytes=self.max_bytes, timeout=self.timeout)
+                              max_bytes=self.max_bytes, max_instances=self.max_instances, timeout=self.timeout)
         try:
             volume = read_study_isolated(folder, scratch=folder, max_voxels=self.max_voxels)
         except BaseException:

@@ -8,8 +8,12 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import re
 import threading
 import time
+import tracemalloc
+import zlib
+from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import pydicom
@@ -35,6 +39,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.rfile.read(length)
         url = urlsplit(self.path)
         pacs.requests.append((self.command, url.path, dict(self.headers)))
+        stream = pacs.streams.get(url.path.removeprefix("/dicom-web"))
+        if stream is not None:
+            try:
+                stream(self)
+            except OSError:  # the client stopped reading and closed
+                pass
+            return
         status, ctype, body = pacs.route(self.command, url.path, parse_qs(url.query))
         time.sleep(pacs.delays.get(url.path.removeprefix("/dicom-web"), pacs.delay_s))
         try:
@@ -59,6 +70,7 @@ class FakePacs:
         self.answers: dict[tuple[str, str], tuple[int, str, bytes]] = {}
         self.qido: dict[tuple[str, str], list[dict]] = {}  # searchable lists, answered as _search says
         self.requests: list[tuple[str, str, dict]] = []
+        self.streams: dict[str, Callable] = {}  # path -> writes the whole answer itself (huge, slow, lying)
         self.delay_s = 0.0  # before every answer
         self.delays: dict[str, float] = {}  # before the answers to these paths
         self.always = set(ALWAYS_RETURNED)  # attributes a search returns without includefield
@@ -392,8 +404,11 @@ def test_a_pacs_sending_more_than_announced_is_stopped_and_nothing_kept(pacs, pr
     seen = []
     with pytest.raises(DicomWebError) as e:
         fetch_series(url, max_voxels=2**30, max_bytes=3 * 2 * 2 * 2, progress=lambda d, t: seen.append(d))
-    assert str(e.value) == f"{url}: the PACS sent more than the 0 MiB its metadata announced; download stopped"
-    # 3 files of ~131 KiB against a budget of 192 KiB + 24 bytes: the second one is over
+    # 3 files of ~131 KiB against a budget of 192 KiB + 24 bytes: the second one is over, refused from its
+    # Content-Length before its body is read (64 KiB + 24 bytes left, + 4 KiB for the multipart framing)
+    assert str(e.value) == (f"{url}: instance 2 of 3 (SOPInstanceUID {sops[1]}) is larger than the 67 KiB allowed, "
+                            "the rest of the series' budget (MEDSEG_MAX_UPLOAD_MB 24 bytes plus 64 KiB of header an "
+                            "instance); the PACS declared 129 KiB; download stopped, nothing kept")
     assert seen == [1] and list(private_tmp.iterdir()) == []
 
 
@@ -535,7 +550,7 @@ def test_what_a_pacs_may_send_is_the_announced_pixels_plus_64_kib_of_header_an_i
         assert (fetch_series(url, tmp_path / "s", max_voxels=2**30, max_bytes=max_bytes) / "00000.dcm").is_file()
 
 
-def test_the_oversend_message_in_mib(pacs, private_tmp):
+def test_the_oversend_message_in_kib(pacs, private_tmp):
     ds = pydicom.dcmread(io.BytesIO(_ct_bytes()[0]))
     ds.Rows = ds.Columns = 1024
     ds.PixelData = bytes(1024 * 1024 * 2)  # 2 MiB sent where 2 x 2 pixels were announced
@@ -544,7 +559,9 @@ def test_the_oversend_message_in_mib(pacs, private_tmp):
     url = _one_instance(pacs, buf.getvalue())
     with pytest.raises(DicomWebError) as e:
         fetch_series(url, max_voxels=2**30, max_bytes=int(0.6 * 2**20))
-    assert str(e.value) == f"{url}: the PACS sent more than the 1 MiB its metadata announced; download stopped"
+    assert str(e.value) == (f"{url}: instance 1 of 1 (SOPInstanceUID {ds.SOPInstanceUID}) is larger than the 682 KiB "
+                            "allowed, the rest of the series' budget (MEDSEG_MAX_UPLOAD_MB 614 KiB plus 64 KiB of "
+                            "header an instance); the PACS declared 2049 KiB; download stopped, nothing kept")
 
 
 @pytest.mark.parametrize("damage, said", [
@@ -569,4 +586,196 @@ def test_a_damaged_instance_from_the_pacs_is_one_line_and_nothing_kept(pacs, pri
     with pytest.raises(DicomWebError) as e:
         fetch_series(url, max_voxels=2**30, max_bytes=2**30)
     assert str(e.value).startswith(f"{url}: ") and said in str(e.value) and "\n" not in str(e.value)
+    assert list(private_tmp.iterdir()) == []
+
+
+# --- a PACS that sends too much, or too slowly: bounded before anything holds the answer ------------------
+HUGE = 256 * 2**20  # what the hostile answers below would send in all
+ZEROS = bytes(2**20)
+
+
+def _multipart_head(pixel_bytes: int = HUGE) -> bytes:
+    """The start of a multipart answer: a real CT slice whose PixelData says ``pixel_bytes`` follow."""
+    ds = pydicom.dcmread(io.BytesIO(_ct_bytes()[0]))
+    ds.PixelData = b""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)  # explicit VR little endian: PixelData last, its length last
+    dicom = buf.getvalue()
+    assert dicom[-12:-4] == b"\xe0\x7f\x10\x00OW\0\0"
+    return (f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + dicom[:-4]
+            + pixel_bytes.to_bytes(4, "little"))
+
+
+def _body(total: int):
+    """A multipart answer with one instance of ``total`` pixel bytes, in 1 MiB pieces (never held whole)."""
+    yield _multipart_head(total)
+    for _ in range(total // len(ZEROS)):
+        yield ZEROS
+    yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def _gzip_body(total: int) -> bytes:
+    """``_body(total)`` gzipped (256 MiB -> ~250 KiB), made without holding it."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return b"".join([*(z.compress(piece) for piece in _body(total)), z.flush()])
+
+
+def _send_huge(how: str, total: int = HUGE) -> Callable:
+    """An instance answer with ``total`` bytes of pixel data: ``declared`` (an honest Content-Length),
+    ``chunked`` (no length), ``close`` (no length, the end is the connection's end), ``lying``
+    (Content-Length 1000, then chunked), ``gzip`` (Content-Encoding: gzip, ~250 KiB on the wire)."""
+    chunked = how in ("chunked", "lying")
+
+    def answer(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.protocol_version = "HTTP/1.1" if chunked else "HTTP/1.0"
+        h.send_response(200)
+        h.send_header("Content-Type", f'multipart/related; type="application/dicom"; boundary={BOUNDARY}')
+        if how == "gzip":
+            body = _gzip_body(total)
+            h.send_header("Content-Encoding", "gzip")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+            return
+        if how == "declared":
+            h.send_header("Content-Length", str(sum(len(piece) for piece in _body(total))))
+        if how == "lying":
+            h.send_header("Content-Length", "1000")
+        if chunked:
+            h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        for piece in _body(total):
+            if chunked:
+                h.wfile.write(b"%x\r\n" % len(piece))
+            h.wfile.write(piece)
+            if chunked:
+                h.wfile.write(b"\r\n")
+        if chunked:
+            h.wfile.write(b"0\r\n\r\n")
+    return answer
+
+
+def _peak_python_bytes(fn) -> tuple[int, float]:
+    """Peak bytes Python held while ``fn`` ran (tracemalloc: every bytes object requests, urllib3 and
+    dicomweb-client make is counted) and its wall-clock seconds."""
+    tracemalloc.start()
+    t = time.monotonic()
+    try:
+        fn()
+    finally:
+        seconds = time.monotonic() - t
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak, seconds
+
+
+@pytest.mark.parametrize("how", ["declared", "chunked", "close", "lying", "gzip"])
+def test_a_huge_instance_is_refused_in_one_line_with_memory_bounded(pacs, private_tmp, how):
+    """A 256 MiB instance where the metadata announced 2 x 2 pixels, under a 1 MiB series limit. Before,
+    requests read the whole answer into memory (and dicomweb-client copied it twice) before the size
+    check on the written file: ~0.5-1 GiB held, in seconds, and a hostile PACS could send any size."""
+    data = _ct_bytes()[0]
+    url = _one_instance(pacs, data)
+    sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    pacs.streams[f"/studies/{STUDY}/series/{SER}/instances/{sop}"] = _send_huge(how)
+    errors = []
+
+    def fetch():
+        with pytest.raises(DicomWebError) as e:
+            fetch_series(url, max_voxels=2**30, max_bytes=2**20)
+        errors.append(str(e.value))
+
+    peak, seconds = _peak_python_bytes(fetch)
+    declared = "the PACS declared 256 MiB" if how == "declared" else "the PACS sent more"  # 256 MiB + 130 KiB
+    assert errors == [f"{url}: instance 1 of 1 (SOPInstanceUID {sop}) is larger than the 1092 KiB allowed, the rest "
+                      "of the series' budget (MEDSEG_MAX_UPLOAD_MB 1024 KiB plus 64 KiB of header an instance); "
+                      f"{declared}; download stopped, nothing kept"]
+    assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MiB held for a 256 MiB answer"  # 2 x the cap and change
+    assert seconds < 10 and list(private_tmp.iterdir()) == []
+
+
+def test_an_instance_over_what_its_metadata_announced_is_stopped_at_the_header_allowance(pacs, private_tmp):
+    """At the default 2 GiB limit the series' budget is no bound worth having: an instance may be what its
+    metadata announced plus MAX_DICOM_HEADER_BYTES (32 MiB, the most header the readers accept)."""
+    data = _ct_bytes()[0]
+    url = _one_instance(pacs, data)
+    sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    pacs.streams[f"/studies/{STUDY}/series/{SER}/instances/{sop}"] = _send_huge("chunked", 320 * 2**20)
+    errors = []
+
+    def fetch():
+        with pytest.raises(DicomWebError) as e:
+            fetch_series(url, max_voxels=2**30, max_bytes=2048 * 2**20)
+        errors.append(str(e.value))
+
+    peak, seconds = _peak_python_bytes(fetch)
+    assert errors == [f"{url}: instance 1 of 1 (SOPInstanceUID {sop}) is larger than the 32 MiB allowed, what its "
+                      "metadata announced (8 bytes of pixels) plus 32 MiB of header; the PACS sent more; download "
+                      "stopped, nothing kept"]
+    assert peak < 80 * 2**20, f"{peak / 2**20:.0f} MiB held for a 320 MiB answer"  # the 32 MiB cap, twice
+    assert seconds < 20 and list(private_tmp.iterdir()) == []
+
+
+def test_a_huge_metadata_answer_is_refused_in_one_line(pacs, private_tmp, monkeypatch):
+    monkeypatch.setattr("data.dicomweb.MAX_JSON_BYTES", 2**20)
+
+    def metadata(h):
+        h.protocol_version = "HTTP/1.1"
+        h.send_response(200)
+        h.send_header("Content-Type", "application/dicom+json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        item = b'{"00080018": {"vr": "UI", "Value": ["1.2.3"]}},' * 20_000  # ~1 MiB a chunk
+        for _ in range(64):
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(item), item))
+
+    pacs.streams[f"/studies/{STUDY}/series/{SER}/metadata"] = metadata
+    url = SeriesURL(pacs.base, STUDY, SER)
+    errors = []
+
+    def fetch():
+        with pytest.raises(DicomWebError) as e:
+            fetch_series(url, max_voxels=2**30, max_bytes=2**30)
+        errors.append(str(e.value))
+
+    peak, _ = _peak_python_bytes(fetch)
+    assert errors == [f"{url}: the PACS's answer is larger than the 1024 KiB allowed while reading the series metadata "
+                      "(WADO-RS) (the PACS sent more); stopped, nothing kept"]
+    assert peak < 8 * 2**20 and list(private_tmp.iterdir()) == []
+
+
+def test_a_series_of_more_instances_than_allowed_is_refused_before_any(pacs, private_tmp):
+    url = _serve_series(pacs, _ct_bytes())
+    with pytest.raises(DicomWebError) as e:
+        fetch_series(url, max_voxels=2**30, max_bytes=2**30, max_instances=2)
+    assert str(e.value) == (f"{url}: 3 instances is more than the limit of 2 (raise MEDSEG_MAX_UPLOAD_FILES); "
+                            "nothing was downloaded")
+    assert pacs.paths() == [f"/studies/{STUDY}/series/{SER}/metadata"] and list(private_tmp.iterdir()) == []
+    assert len(list(fetch_series(url, max_voxels=2**30, max_bytes=2**30, max_instances=3).iterdir())) == 3
+
+
+def test_an_instance_that_drips_is_stopped_after_the_timeout(pacs, private_tmp):
+    """A PACS that sends a byte every 50 ms never stays silent for the timeout, so requests waits for the
+    whole answer; after the first timeout's seconds an answer must average 64 KiB/s."""
+    data = _ct_bytes()[0]
+    url = _one_instance(pacs, data)
+    sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+
+    def drip(h):
+        h.send_response(200)
+        h.send_header("Content-Type", f'multipart/related; type="application/dicom"; boundary={BOUNDARY}')
+        h.end_headers()
+        body = _multipart_head()
+        for i in range(300):  # 15 s in all
+            h.wfile.write(body[i:i + 1])
+            h.wfile.flush()
+            time.sleep(0.05)
+
+    pacs.streams[f"/studies/{STUDY}/series/{SER}/instances/{sop}"] = drip
+    t = time.monotonic()
+    with pytest.raises(DicomWebError) as e:
+        fetch_series(url, max_voxels=2**30, max_bytes=2**30, timeout=0.5)
+    assert time.monotonic() - t < 5
+    assert re.fullmatch(rf"{re.escape(str(url))}: the PACS sent only \d+ bytes in 1 s while retrieving instance 1 of "
+                        r"1 \(WADO-RS\); stopped \(is the PACS overloaded\?\)", str(e.value)), str(e.value)
     assert list(private_tmp.iterdir()) == []
