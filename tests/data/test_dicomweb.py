@@ -129,6 +129,19 @@ def test_fetch_reports_progress_and_keeps_geometry(pacs, ct, tmp_path):
     assert (v.spacing, v.origin, v.direction) == (ct.spacing, ct.origin, ct.direction)
 
 
+def test_a_fetched_series_is_the_files_the_pacs_was_given(pacs, ct, tmp_path):
+    """Reading every answer under a cap (data/dicomweb_body.py) changes nothing for an honest PACS: each
+    fetched file is byte for byte the one uploaded to Orthanc, at the default limits."""
+    from app.settings import Settings
+
+    d = Settings()
+    folder = fetch_series(parse_series_url(series_url(pacs, ct)), tmp_path / "s", max_voxels=d.max_voxels,
+                          max_bytes=d.max_upload_bytes, max_instances=d.max_upload_files)
+    given = {pydicom.dcmread(f).SOPInstanceUID: f.read_bytes() for f in SERIES.glob("*.dcm")}
+    fetched = {pydicom.dcmread(f).SOPInstanceUID: f.read_bytes() for f in folder.iterdir()}
+    assert fetched == given and len(given) == 12
+
+
 def test_voxel_limit_refuses_before_pixels(pacs, ct, private_tmp, settings_env, capsys):
     settings_env(MEDSEG_MAX_VOXELS=256 * 256 * 11)
     code, _, err = run_cli(capsys, "info", series_url(pacs, ct))

@@ -779,3 +779,43 @@ def test_an_instance_that_drips_is_stopped_after_the_timeout(pacs, private_tmp):
     assert re.fullmatch(rf"{re.escape(str(url))}: the PACS sent only \d+ bytes in 1 s while retrieving instance 1 of "
                         r"1 \(WADO-RS\); stopped \(is the PACS overloaded\?\)", str(e.value)), str(e.value)
     assert list(private_tmp.iterdir()) == []
+
+
+def test_the_ui_refuses_a_huge_pacs_instance_in_one_line_and_keeps_the_open_study(pacs, tmp_path, monkeypatch):
+    """The UI's "Open from PACS" at the default limits (2 GiB, 10,000 instances): the CT the session has open
+    stays open, its folder gets nothing, and the user reads one line naming the series and the instance."""
+    from app import controller
+    from app.controller import AppContext, sample_studies
+    from app.interaction import ModelRunner, Prefetcher
+    from app.pacs import open_series
+    from app.session import SessionStore
+    from app.settings import get_settings
+
+    for name in ("MEDSEG_MAX_UPLOAD_MB", "MEDSEG_MAX_UPLOAD_FILES", "MEDSEG_MAX_VOXELS"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    runner = ModelRunner("cpu")
+    ctx = AppContext(SessionStore(tmp_path / "sessions"), runner, Prefetcher(runner, radius=0))
+    ct_name = next(iter(sample_studies()))
+    sid = controller.start(ctx, None, None, ct_name).session_id
+    session = ctx.store.get(sid)
+    before = session.volume
+    data = _ct_bytes()[0]
+    url = _one_instance(pacs, data)
+    sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    pacs.streams[f"/studies/{STUDY}/series/{SER}/instances/{sop}"] = _send_huge("chunked", 320 * 2**20)
+    errors = []
+
+    def open_it():
+        with pytest.raises(DicomWebError) as e:
+            open_series(ctx, sid, str(url))
+        errors.append(str(e.value))
+
+    peak, seconds = _peak_python_bytes(open_it)
+    get_settings.cache_clear()
+    assert errors == [f"{url}: instance 1 of 1 (SOPInstanceUID {sop}) is larger than the 32 MiB allowed, what its "
+                      "metadata announced (8 bytes of pixels) plus 32 MiB of header; the PACS sent more; download "
+                      "stopped, nothing kept"]
+    assert peak < 80 * 2**20 and seconds < 20
+    assert ctx.store.get(sid).volume is before and before.num_slices == 12
+    assert list((session.directory / "pacs").iterdir()) == []
