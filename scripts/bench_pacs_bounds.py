@@ -8,7 +8,13 @@ peak RSS; growth = that minus a child that fetches nothing; the server stays in 
 under tracemalloc in this process (the peak bytes Python held). One line a case; run it in a tree
 before and after a change to compare.
 
+``--honest N``: what the cap costs an honest PACS instead: one 64 MiB instance (announced as such,
+with its Content-Length) fetched N times each way, alternating, in this process: with the capped read
+and with dicomweb-client's plain one (``callback`` left out); median process CPU seconds and wall
+seconds, and the peak bytes Python held (tracemalloc, one more fetch each way).
+
     .venv/bin/python scripts/bench_pacs_bounds.py
+    .venv/bin/python scripts/bench_pacs_bounds.py --honest 7
 """
 
 from __future__ import annotations
@@ -71,6 +77,58 @@ def child_rss(how, max_bytes):
     return ru.ru_maxrss * 1024, float(secs), msg
 
 
+def honest(repeat: int) -> None:
+    """An honest 64 MiB instance, alternating the capped read (this tree) with dicomweb-client's own."""
+    import statistics
+
+    import data.dicomweb as dw
+
+    pixels = 64 * 2**20
+    pacs = t.FakePacs()
+    threading.Thread(target=pacs.server.serve_forever, args=(0.05,), daemon=True).start()
+    data = t._ct_bytes()[0]
+    sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    url = t._serve_series(pacs, [data], [t.image_meta(sop, rows=4096, cols=8192)])  # 64 MiB at 16 bits
+    pacs.streams[f"/studies/{t.STUDY}/series/{t.SER}/instances/{sop}"] = t._send_huge("declared", pixels)
+    capped_client = dw.client
+
+    def uncapped_client(base, timeout=dw.DEFAULT_TIMEOUT_S, limit=None):
+        from dicomweb_client import DICOMwebClient
+
+        c = DICOMwebClient(dw.check_base_url(base), headers=dw._headers(), timeout=float(timeout))
+        c.set_http_retry_params(retry=False)
+        return c
+
+    def once(way: str) -> tuple[float, float]:
+        dw.client = capped_client if way == "capped" else uncapped_client
+        with tempfile.TemporaryDirectory() as tmp:
+            c0, w0 = time.process_time(), time.monotonic()
+            folder = fetch_series(url, Path(tmp) / "s", max_voxels=2**30, max_bytes=2**31)
+            c1, w1 = time.process_time(), time.monotonic()
+            assert (folder / "00000.dcm").stat().st_size > pixels
+        return c1 - c0, w1 - w0
+
+    times = {"capped": [], "plain": []}
+    for _ in range(repeat):
+        for way in ("plain", "capped"):
+            times[way].append(once(way))
+    print(f"honest 64 MiB instance, {repeat} fetches each way alternating; load {os.getloadavg()[0]:.1f}")
+    for way in ("plain", "capped"):
+        tracemalloc.start()
+        once(way)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        cpu = statistics.median(c for c, _ in times[way])
+        wall = statistics.median(w for _, w in times[way])
+        print(f"{way:7}: CPU {cpu:.3f} s (median; {min(c for c, _ in times[way]):.3f}-{max(c for c, _ in times[way]):.3f}), "
+              f"wall {wall:.3f} s, tracemalloc peak {peak / 2**20:.0f} MiB")
+    dw.client = capped_client
+    pacs.server.shutdown()
+
+
+if "--honest" in sys.argv:
+    honest(int(sys.argv[sys.argv.index("--honest") + 1]))
+    sys.exit(0)
 base = child_rss(None, 0)[0]
 print(f"baseline child peak RSS {base / 2**20:.0f} MiB; load {os.getloadavg()[0]:.1f}")
 rows = [child_rss(how, max_bytes) for how, max_bytes in CASES]  # all children first: the parent stays small

@@ -819,3 +819,31 @@ def test_the_ui_refuses_a_huge_pacs_instance_in_one_line_and_keeps_the_open_stud
     assert peak < 80 * 2**20 and seconds < 20
     assert ctx.store.get(sid).volume is before and before.num_slices == 12
     assert list((session.directory / "pacs").iterdir()) == []
+
+
+def test_bytes_after_a_short_content_length_are_never_read(pacs, tmp_path):
+    """A keep-alive PACS that declares an instance's true length and then sends 256 MiB more: only the
+    declared bytes are read, the series opens as sent, the connection with unread bytes is not reused
+    (urllib3 drops it), and memory stays small. Held before the cap too (HTTP framing): a guard."""
+    files = _ct_bytes()[:2]
+    url = _serve_series(pacs, files)
+    sop = pydicom.dcmread(io.BytesIO(files[0])).SOPInstanceUID
+    path = f"/studies/{STUDY}/series/{SER}/instances/{sop}"
+    _, ctype, body = pacs.answers[("GET", path)]
+
+    def lie(h):
+        h.protocol_version = "HTTP/1.1"
+        h.send_response(200)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+        for _ in range(256):
+            h.wfile.write(ZEROS)
+
+    pacs.streams[path] = lie
+    folders = []
+    peak, seconds = _peak_python_bytes(lambda: folders.append(
+        fetch_series(url, tmp_path / "s", max_voxels=2**30, max_bytes=2**30)))
+    assert [(folders[0] / f"{n:05d}.dcm").read_bytes() for n in range(2)] == files
+    assert peak < 8 * 2**20 and seconds < 10
