@@ -847,3 +847,28 @@ def test_bytes_after_a_short_content_length_are_never_read(pacs, tmp_path):
         fetch_series(url, tmp_path / "s", max_voxels=2**30, max_bytes=2**30)))
     assert [(folders[0] / f"{n:05d}.dcm").read_bytes() for n in range(2)] == files
     assert peak < 8 * 2**20 and seconds < 10
+
+
+def test_the_cli_refuses_a_huge_pacs_instance_in_one_line(pacs, private_tmp, monkeypatch, capsys):
+    """`medseg info SERIES_URL` at the default limits against a 320 MiB instance announced as 2 x 2 pixels:
+    exit 2, one line on stderr naming the instance, nothing left in the temp folder, < 80 MiB held."""
+    from app.cli import main
+    from app.settings import get_settings
+
+    for name in ("MEDSEG_MAX_UPLOAD_MB", "MEDSEG_MAX_UPLOAD_FILES", "MEDSEG_MAX_VOXELS", "MEDSEG_ISOLATE_READS"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    data = _ct_bytes()[0]
+    url = _one_instance(pacs, data)
+    sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    pacs.streams[f"/studies/{STUDY}/series/{SER}/instances/{sop}"] = _send_huge("chunked", 320 * 2**20)
+    assert main(["info", f"{pacs.base}/studies/9/series/9"]) == 2  # a 404 first: the CLI's imports are done
+    capsys.readouterr()
+    codes = []
+    peak, seconds = _peak_python_bytes(lambda: codes.append(main(["info", str(url)])))
+    get_settings.cache_clear()
+    err = capsys.readouterr().err.strip()
+    assert codes == [2] and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"instance 1 of 1 (SOPInstanceUID {sop}) is larger than the 32 MiB allowed" in err
+    assert peak < 80 * 2**20 and seconds < 20
+    assert [p.name for p in private_tmp.iterdir() if p.name.startswith("medseg")] == []  # torch's caches aside
