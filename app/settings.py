@@ -10,7 +10,7 @@
 | ``MEDSEG_SESSION_DISK_MB``  | 4096           | disk one session may hold (uploads, unpacked zips, exports) |
 | ``MEDSEG_TOTAL_DISK_MB``    | 20480          | disk all sessions together may hold                      |
 | ``MEDSEG_MAX_STUDIES``      | 4              | studies (uploads) one session keeps on disk at once      |
-| ``MEDSEG_DICOMWEB_TIMEOUT_S``| 30           | seconds a PACS may stay silent on one DICOMweb request; after as many, an answer must average 64 KiB/s (``data/dicomweb_body.py``) |
+| ``MEDSEG_DICOMWEB_TIMEOUT_S``| 30           | seconds a PACS may stay silent on one DICOMweb request; after as many, an answer must average 64 KiB/s |
 | ``MEDSEG_STUDY_EMBEDDINGS_MB``| 2048        | study embeddings (for propagation) all sessions keep in memory together; least recently used sessions' are dropped |
 | ``MEDSEG_READ_MEMORY_MB``   | 512 + 32 B/voxel | memory (address space) the child that reads an upload may add (``data/limits.py``) |
 | ``MEDSEG_READ_TIMEOUT_S``   | 120            | wall-clock and CPU seconds that child may take           |

@@ -118,9 +118,9 @@ def honest(repeat: int) -> None:
         once(way)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        cpu = statistics.median(c for c, _ in times[way])
+        cpus = [c for c, _ in times[way]]
         wall = statistics.median(w for _, w in times[way])
-        print(f"{way:7}: CPU {cpu:.3f} s (median; {min(c for c, _ in times[way]):.3f}-{max(c for c, _ in times[way]):.3f}), "
+        print(f"{way:7}: CPU {statistics.median(cpus):.3f} s (median; {min(cpus):.3f}-{max(cpus):.3f}), "
               f"wall {wall:.3f} s, tracemalloc peak {peak / 2**20:.0f} MiB")
     dw.client = capped_client
     pacs.server.shutdown()
