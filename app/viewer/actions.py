@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from app import controller, interaction, trace
+from app import controller, interaction, messages, trace
 from app.controller import AppContext
 from app.render import Plane, acquisition_view, display_window
 from app.session import Edit, Session, SessionError
@@ -57,7 +57,7 @@ def state(session: Session) -> dict[str, Any]:
         index=vs.index[vs.view],
         slice_mm=from_plane(volume, vs.view, vs.index[vs.view], 0, 0),
         planes=planes(volume),
-        labels=[{"value": d.value, "name": d.name, "colour": "#%02x%02x%02x" % d.colour} for d in session.label_defs],
+        labels=label_rows(session),
         active=session.active,
         window=window_of(session),
         opacity=vs.opacity,
@@ -67,6 +67,11 @@ def state(session: Session) -> dict[str, Any]:
     if review is not None and review.label == session.active:
         out["review"] = {"index": int(review.current), "position": int(review.position), "n": len(review.slices)}
     return out
+
+
+def label_rows(session: Session) -> list[dict[str, Any]]:
+    """The label table as the viewer shows it (value, name, colour)."""
+    return [{"value": d.value, "name": d.name, "colour": "#%02x%02x%02x" % d.colour} for d in session.label_defs]
 
 
 def planes(volume) -> dict[str, dict[str, Any]]:
@@ -245,7 +250,7 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         if kind in PROMPTS:
             ctx.prefetcher.request(session, session.view.view, session.view.index[session.view.view])
         answer: dict[str, Any] = {"ok": True, "status": status, "rev": session.revision, "base": base,
-                                  "object": markers(session)}
+                                  "object": markers(session), "at": messages.news_stamp()}
         if kind in ("undo", "redo") and edit is not None and edit.view is None:
             answer["reload"] = True
         elif edit is not None:

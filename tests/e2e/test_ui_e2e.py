@@ -562,6 +562,36 @@ def test_an_error_stays_until_the_user_acts(browser, server):
     context.close()
 
 
+def test_a_late_ready_from_the_open_never_hides_a_newer_message(browser, server, ct, shots, monkeypatch):
+    """The page's warm-up after an open says "Opened ... Ready: the slice is encoded" once its encode ends. A click
+    made meanwhile waits behind that encode and is answered first, so its "Positive click" was shown and then
+    replaced by the open's older news. Each message now carries when its news happened (the warm-up's is the
+    open's), and the viewer never shows an older one over a newer one. Here the model is held until the click has
+    reached the server, so the warm-up's message surely comes last."""
+    import threading
+
+    from app.viewer import actions
+
+    arrived, act = threading.Event(), actions.act
+    monkeypatch.setattr(actions, "act", lambda c, s, body: (arrived.set() if body.get("kind") == "point" else None)
+                        or act(c, s, body))
+    context, page, _ = _open_page(browser, server)
+    with server.runner.turn():  # the warm-up's encode waits, and the click behind it
+        page.locator("#open-sample").click()
+        page.wait_for_function("document.querySelector('#medseg-viewer').dataset.study", timeout=TIMEOUT_MS)
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        assert arrived.wait(60), "the click never reached the server"
+    _idle(page)
+    _wait_status(page, "Positive click")
+    # the warm-up's news has reached the page and the viewer has read it: the click's message stays
+    page.wait_for_function("medsegViewer.pageStatus.includes('Ready') && !medsegViewer.pageStatuses.length",
+                           timeout=TIMEOUT_MS)
+    page.screenshot(path=str(shots / "ui_late_ready.png"))
+    shown = page.locator("#viewer-status").inner_text()
+    assert "Positive click" in shown and "Opened" not in shown, shown
+    context.close()
+
+
 def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path):
     """The old UI: width 0 + Enter put a red "Error" on ~12 components and logged a traceback; error
     toasts showed server paths and the session id; opening another study (or the same one again)
