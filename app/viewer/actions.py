@@ -13,6 +13,7 @@ import base64
 import json
 import math
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ def state(session: Session) -> dict[str, Any]:
         slice_mm=from_plane(volume, vs.view, vs.index[vs.view], 0, 0),
         planes=planes(volume),
         labels=label_rows(session),
+        table=table_tag(session),
         active=session.active,
         window=window_of(session),
         opacity=vs.opacity,
@@ -72,6 +74,13 @@ def state(session: Session) -> dict[str, Any]:
 def label_rows(session: Session) -> list[dict[str, Any]]:
     """The label table as the viewer shows it (value, name, colour)."""
     return [{"value": d.value, "name": d.name, "colour": "#%02x%02x%02x" % d.colour} for d in session.label_defs]
+
+
+def table_tag(session: Session) -> str:
+    """A digest of the label table: the state and every action's answer carry it, so a tab of the session whose
+    table is not the server's (another tab renamed or recoloured a label) refreshes its page on its next answer,
+    not only when brought to the front again."""
+    return "%08x" % zlib.crc32(json.dumps(label_rows(session)).encode())
 
 
 def planes(volume) -> dict[str, dict[str, Any]]:
@@ -250,7 +259,7 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         if kind in PROMPTS:
             ctx.prefetcher.request(session, session.view.view, session.view.index[session.view.view])
         answer: dict[str, Any] = {"ok": True, "status": status, "rev": session.revision, "base": base,
-                                  "object": markers(session), "at": messages.news_stamp()}
+                                  "object": markers(session), "at": messages.news_stamp(), "table": table_tag(session)}
         if kind in ("undo", "redo") and edit is not None and edit.view is None:
             answer["reload"] = True
         elif edit is not None:

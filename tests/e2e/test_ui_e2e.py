@@ -592,6 +592,42 @@ def test_a_late_ready_from_the_open_never_hides_a_newer_message(browser, server,
     context.close()
 
 
+def test_a_label_renamed_in_another_tab_reaches_this_tab_on_its_next_answer(browser, server, shots):
+    """Two tabs of one session: a rename or a colour change in one reached the other's label table only when that
+    tab was brought to the front again (or made a prompt). Now every action's answer says which label table it
+    found, so this tab's next answer (here: paging one slice, which syncs nothing by itself) refreshes the table."""
+    from playwright.sync_api import expect
+
+    context, page, _ = _open_page(browser, server)
+    _open_sample(page)
+    expect(page.locator("#viewer-legend")).to_contain_text("1 · label 1")
+    tab = context.new_page()
+    tab.goto(server.url)
+    _wait_status(tab, "Ready")
+    name = tab.locator("#label-name textarea, #label-name input").first
+    name.fill("ventricle")
+    name.press("Enter")
+    expect(tab.locator("#viewer-legend")).to_contain_text("1 · ventricle", timeout=TIMEOUT_MS)
+    tab.locator("#label-colour .dialog-button").click()
+    hex_input = tab.locator("#label-colour .input-wrap input[type=text]")
+    hex_input.fill("#00ff00")
+    hex_input.press("Enter")
+    tab.locator("#facts").click()  # close the picker
+    expect(tab.locator('#viewer-legend .mv-label[data-value="1"] .mv-swatch')).to_have_css(
+        "background-color", "rgb(0, 255, 0)", timeout=TIMEOUT_MS)
+    assert page.evaluate("document.visibilityState") == "visible"  # no visibility change refreshes this tab
+    assert "label 1" in page.locator("#viewer-legend").inner_text()
+    _page_to(page, int(page.locator("#medseg-viewer").get_attribute("data-slice")) + 1)
+    expect(page.locator("#viewer-legend")).to_contain_text("1 · ventricle", timeout=30_000)
+    expect(page.locator('#viewer-legend .mv-label[data-value="1"] .mv-swatch')).to_have_css(
+        "background-color", "rgb(0, 255, 0)", timeout=30_000)
+    page.wait_for_function(  # the page's own label box too (the Gradio side)
+        "() => [...document.querySelectorAll('#label input')].some(i => i.value.endsWith('ventricle'))", timeout=30_000)
+    page.screenshot(path=str(shots / "ui_two_tabs_rename.png"))
+    tab.close()
+    context.close()
+
+
 def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path):
     """The old UI: width 0 + Enter put a red "Error" on ~12 components and logged a traceback; error
     toasts showed server paths and the session id; opening another study (or the same one again)

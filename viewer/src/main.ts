@@ -14,11 +14,13 @@ type State = {
   labels?: LabelDef[]; active?: number; window?: { level: number; width: number } | null; opacity?: number
   object?: ObjectMarks | null; index?: number
   review?: { index: number; position: number; n: number }
+  table?: string
 }
 type Suggested = { view: string; index: number; mm: number[]; positive: boolean; score: number }
 type Answer = {
   ok: boolean; error?: string; status?: string; rev?: number; base?: number; reload?: boolean; object?: ObjectMarks | null
   at?: number  // when the status's news happened (server ms): an older message never replaces a newer one
+  table?: string  // the label table the action found (a digest): another tab renamed or recoloured a label
   suggest?: Suggested | null
   patch?: { axis: number; index: number; shape: number[]; data: string } | null
 }
@@ -138,6 +140,7 @@ class Viewer {
   statusObserver: MutationObserver | null = null
   pageStatuses: { text: string; at?: number }[] = []  // the page's status line, each change in order, until the next poll shows them
   newsAt = 0  // when the news of the newest server message shown happened (server ms)
+  tableStale = false  // an answer found another label table than this page's: the page syncs when the queue is done
   reviewKey = ''
   encodeAgain = false
   frameTimes: number[] = []
@@ -951,7 +954,7 @@ class Viewer {
         this.drawOverlay()
         if (this.inFlight === 0) {
           if (this.state && this.state.rev > this.rev && this.study === this.state.study) this.reloadLabels()
-          if (!quiet || body.kind === 'window') this.syncPage()
+          if (!quiet || body.kind === 'window' || this.tableStale) { this.tableStale = false; this.syncPage() }
           if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box' || this.readyWanted) this.requestEncode()
         }
       }
@@ -971,6 +974,8 @@ class Viewer {
     if (a.reload || stale) { this.rev = -1; await this.reloadLabels() }
     if (a.rev !== undefined && !a.reload && !stale) { this.rev = a.rev; this.root.setAttribute('data-rev', String(a.rev)) }
     if ('object' in a) this.object = a.object ?? null
+    // another tab renamed or recoloured a label: this page's table (legend, label box) is refreshed by its sync
+    if (a.table !== undefined && this.state?.table !== undefined && a.table !== this.state.table) this.tableStale = true
     if (a.status && !quiet) this.showStatus(a.status, a.at)
     this.drawOverlay()
   }
