@@ -370,3 +370,21 @@ def test_a_point_far_outside_the_image_is_refused_and_a_box_overhanging_the_edge
                                                "mm2": from_plane(volume, "coronal", 7, 1e9, 140)})
     assert r.status_code == 200 and r.json()["ok"]
     assert s.prompt.box == pytest.approx((90, 60, w - 1, 140), abs=1e-6)
+
+
+def test_answers_say_when_their_news_happened_and_which_label_table_they_found(ctx, embeddings):
+    """The contract the viewer orders its messages and refreshes its label table by: the warm-up's "Ready" is as
+    old as the open it reports, so a click answered meanwhile is newer; a rename changes the table's digest in
+    the state and in the next answer (another tab of the session compares it with its own)."""
+    sid = controller.start(ctx, None).session_id
+    opened = controller.open_sample(ctx, sid, CT_NAME)
+    s = ctx.store.get(sid)
+    s.runtime["embeddings"] = embeddings
+    table = actions.state(s)["table"]
+    click = actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True})
+    ready = controller.warm(ctx, sid)
+    assert "Ready" in ready.status and ready.status_at == opened.status_at < click["at"]
+    assert click["table"] == table
+    controller.edit_label(ctx, sid, "ventricle", "#00ff00")
+    assert actions.state(s)["table"] != table
+    assert actions.act(ctx, s, {"kind": "view", "view": "coronal", "at": [7, 0, 0]})["table"] == actions.state(s)["table"]
