@@ -20,7 +20,7 @@ import numpy as np
 
 from app import interaction, model_catalog
 from app.interaction import ModelRunner, Prefetcher
-from app.messages import escape_markdown
+from app.messages import escape_markdown, news_stamp
 from app.render import (
     VIEWS,
     Markers,
@@ -81,6 +81,7 @@ class ViewModel:
 
     session_id: str
     status: str | None = ""  # None: leave the page's message as it is
+    status_at: int | None = None  # when the status's news happened (messages.news_stamp); None: now
     views: list[str] = field(default_factory=lambda: ["axial"])
     view: str = "axial"
     slice_max: int = 0
@@ -128,8 +129,7 @@ def start(
     if not restored:
         ctx.store.cleanup()
     if restored and session.volume is not None:
-        session.runtime[GREETING] = "Session restored."
-        return view_model(session, "Session restored.")
+        return _greet(session, "Session restored.")
     if open_sample_name:
         return open_sample(ctx, session.id, open_sample_name)
     return view_model(session, "Open a sample or upload a study.")
@@ -137,6 +137,16 @@ def start(
 
 def _session(ctx: AppContext, sid: str) -> Session:
     return ctx.store.get(sid)
+
+
+def _greet(session: Session, news: str) -> ViewModel:
+    """Show ``news`` (a study opened, a model chosen, a session restored), which :func:`warm` repeats with "Ready"
+    once the slice is encoded: that message is as old as the news, so a click made meanwhile is not hidden by it."""
+    at = news_stamp()
+    session.runtime[GREETING] = (news, at)
+    vm = view_model(session, news)
+    vm.status_at = at
+    return vm
 
 
 def _with_session(fn):
@@ -209,12 +219,10 @@ def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Pr
         progress(0.2, f"reading {one_line(name)}")
     volume = read_study(path) if trusted else read_untrusted(path, session.directory)
     session.start_study(volume, str(path), name)
-    opened = f"Opened {name}. Click on the structure, or drag a box."
-    session.runtime[GREETING] = opened
     ctx.store.save(session)
     if progress:
         progress(0.9, "rendering")
-    return view_model(session, opened)
+    return _greet(session, f"Opened {name}. Click on the structure, or drag a box.")
 
 
 def warm(ctx: AppContext, sid: str) -> ViewModel:
@@ -240,8 +248,11 @@ def warm(ctx: AppContext, sid: str) -> ViewModel:
         greeting = session.runtime.pop(GREETING, None)
         if greeting is None:
             return view_model(session, None)  # keep the page's message
+        news, at = greeting
         backend = ctx.runner.backend_choice(session.model).status()
-        return view_model(session, f"{greeting} Ready: the slice is encoded ({backend}).".strip())
+        vm = view_model(session, f"{news} Ready: the slice is encoded ({backend}).".strip())
+        vm.status_at = at  # the news is the open's (or the model's): older than a click made while it encoded
+        return vm
 
 
 def _encode_study_once(ctx: AppContext, session: Session) -> None:
@@ -575,9 +586,8 @@ def set_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
         raise SessionError(f"cannot use {name}: {e}") from e
     session.model = name
     session.prompt = None
-    session.runtime[GREETING] = f"Model: {name}."
     ctx.store.save(session)
-    return view_model(session, session.runtime[GREETING])
+    return _greet(session, f"Model: {name}.")
 
 
 # --- export -----------------------------------------------------------------------------------

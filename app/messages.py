@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import html
 import re
+import threading
+import time
+from datetime import datetime, timezone
 from typing import Iterable
 
 MAX_CHARS = 400
@@ -43,6 +46,27 @@ def escape_markdown(s: str) -> str:
 def for_markdown(text: object, hide: Iterable[str] = ()) -> str:
     """For a ``gr.Markdown`` (the status line): plain text that renders as itself."""
     return escape_markdown(plain(text, hide))
+
+
+_stamp_lock = threading.Lock()
+_last_stamp = 0
+
+
+def news_stamp() -> int:
+    """Now, in ms since the epoch, strictly increasing in this process: when a message's news happened. The
+    viewer never shows a message over one whose news is newer (a warm-up's late "Opened ... Ready" replaced the
+    answer of a click made meanwhile); wall time, so a restarted server's messages are newer than an open page's."""
+    global _last_stamp
+    with _stamp_lock:
+        _last_stamp = max(time.time_ns() // 1_000_000, _last_stamp + 1)
+        return _last_stamp
+
+
+def stamped(markdown: str, at: int) -> str:
+    """A status line (already :func:`for_markdown`) with when its news happened, as a hidden ``<time>`` the
+    viewer reads (Gradio's Markdown keeps ``<time datetime>`` and drops ``data-`` attributes)."""
+    iso = datetime.fromtimestamp(at / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return f'{markdown}<time hidden datetime="{iso}"></time>'
 
 
 def error_text(error: BaseException) -> str:

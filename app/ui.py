@@ -216,7 +216,8 @@ def build_app(config: UIConfig):
                 state_html = f'<div data-state="{html.escape(json.dumps(state), quote=True)}"></div>'
             except SessionError:
                 pass
-            status = gr.skip() if vm.status is None else messages.for_markdown(vm.status, hide=[vm.session_id])
+            status = gr.skip() if vm.status is None else messages.stamped(
+                messages.for_markdown(vm.status, hide=[vm.session_id]), vm.status_at or messages.news_stamp())
             result = [
                 vm.session_id,
                 state_html,

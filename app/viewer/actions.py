@@ -13,24 +13,31 @@ import base64
 import json
 import math
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from app import controller, interaction, trace
+from app import controller, interaction, messages, trace
 from app.controller import AppContext
 from app.render import Plane, acquisition_view, display_window
 from app.session import Edit, Session, SessionError
-from app.viewer.geometry import from_plane, to_plane
+from app.viewer.geometry import clip_to_plane, from_plane, outside_by, plane_coords
 from data.writers import atomic_output
 from models.prompts import PromptError
 
 KINDS = ("point", "box", "brush", "erase", "new_object", "undo", "redo", "view", "window", "active")
+PROMPTS = ("point", "box", "brush", "erase")  # the actions that edit the labels (each names its label)
 SHOWN_ONLY = ("view", "window")  # actions that change what is shown, not the labels: saved in the background
 MAX_STROKE_POINTS = 2000
 MAX_BRUSH_PX = 200
+# A point prompt may lie this far (plane pixels, or slices) past the image's edge and is then taken on the edge
+# pixel (a click on the border line); further out it is refused, not clamped: a click at x = -10000 from a buggy
+# or hostile client segmented whatever lay on the edge. A box's corner past the edge is still clamped (a drag
+# released past the edge ends there).
+POINT_TOLERANCE_PX = 1.0
 
 
 def state(session: Session) -> dict[str, Any]:
@@ -51,7 +58,8 @@ def state(session: Session) -> dict[str, Any]:
         index=vs.index[vs.view],
         slice_mm=from_plane(volume, vs.view, vs.index[vs.view], 0, 0),
         planes=planes(volume),
-        labels=[{"value": d.value, "name": d.name, "colour": "#%02x%02x%02x" % d.colour} for d in session.label_defs],
+        labels=label_rows(session),
+        table=table_tag(session),
         active=session.active,
         window=window_of(session),
         opacity=vs.opacity,
@@ -61,6 +69,18 @@ def state(session: Session) -> dict[str, Any]:
     if review is not None and review.label == session.active:
         out["review"] = {"index": int(review.current), "position": int(review.position), "n": len(review.slices)}
     return out
+
+
+def label_rows(session: Session) -> list[dict[str, Any]]:
+    """The label table as the viewer shows it (value, name, colour)."""
+    return [{"value": d.value, "name": d.name, "colour": "#%02x%02x%02x" % d.colour} for d in session.label_defs]
+
+
+def table_tag(session: Session) -> str:
+    """A digest of the label table: the state and every action's answer carry it, so a tab of the session whose
+    table is not the server's (another tab renamed or recoloured a label) refreshes its page on its next answer,
+    not only when brought to the front again."""
+    return "%08x" % zlib.crc32(json.dumps(label_rows(session)).encode())
 
 
 def planes(volume) -> dict[str, dict[str, Any]]:
@@ -162,21 +182,24 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
                 return {"ok": True, "status": ""}
             raise SessionError(f"another study was opened meanwhile: this {kind} was not applied; the viewer shows "
                                "the study now open")
-        if kind in ("point", "box", "brush", "erase") and body.get("label") is not None:
-            value = _label_value(body)
-            if value != session.active:  # the browser's active label is the truth for its prompts
-                session.label(value)
-                session.active, session.prompt = value, None
-        if kind in ("point", "box", "brush", "erase"):
+        target = session.active  # the browser's active label is the truth for its prompts
+        if kind in PROMPTS and body.get("label") is not None:
+            target = _label_value(body)
+            session.label(target)  # an unknown label is refused here
+        if kind in PROMPTS:
             locked = body.get("locked") or []
             if not isinstance(locked, list):
                 raise PromptError("locked: expected a list of label numbers")
-            if any(v == session.active for v in locked):
-                raise PromptError(f"{session.label(session.active).name} is locked: unlock it to edit it")
+            if any(v == target for v in locked):
+                raise PromptError(f"{session.label(target).name} is locked: unlock it to edit it")
+        if kind == "point":  # checked before anything changes: a refused point leaves the active label too
+            point_at = _where(volume, body, "mm", refuse_outside=True)
+        if target != session.active:
+            session.active, session.prompt = target, None
         edit: Edit | None = None
         status = ""
         if kind == "point":
-            view, (index, x, y) = _where(volume, body, "mm")
+            view, (index, x, y) = point_at
             _show(session, view, index)
             positive = bool(body.get("positive", True))
             if body.get("new_object"):
@@ -223,20 +246,20 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
             session.label(value)
             if value != session.active:
                 session.active, session.prompt = value, None
-        if kind in ("point", "box", "brush", "erase"):
+        if kind in PROMPTS:
             controller.mark_anchor(session)  # a prompt or correction on a stored slice anchors propagation
         trace.mark("action.acted", kind=kind)
-        if kind in ("point", "box", "brush", "erase") and edit is not None:
+        if kind in PROMPTS and edit is not None:
             ctx.store.save_edit(session, edit)  # its plane journalled now, the full save after the answer
         elif kind in SHOWN_ONLY:
             ctx.store.save_soon(session)  # what is shown, not what is annotated: saved in the background
         else:
             ctx.store.save(session)
         trace.mark("action.saved", kind=kind)
-        if kind in ("point", "box", "brush", "erase"):
+        if kind in PROMPTS:
             ctx.prefetcher.request(session, session.view.view, session.view.index[session.view.view])
         answer: dict[str, Any] = {"ok": True, "status": status, "rev": session.revision, "base": base,
-                                  "object": markers(session)}
+                                  "object": markers(session), "at": messages.news_stamp(), "table": table_tag(session)}
         if kind in ("undo", "redo") and edit is not None and edit.view is None:
             answer["reload"] = True
         elif edit is not None:
@@ -347,9 +370,11 @@ def _label_value(body: dict[str, Any]) -> int:
     return int(value)
 
 
-def _where(volume, body: dict[str, Any], key: str, view: str | None = None) -> tuple[str, tuple[int, float, float]]:
+def _where(volume, body: dict[str, Any], key: str, view: str | None = None,
+           refuse_outside: bool = False) -> tuple[str, tuple[int, float, float]]:
     """Where a prompt is: ``key`` in world mm ([x, y, z], the browser), or ``at``/``at2`` as
-    [plane index, x, y] on the plane grid (scripted clients)."""
+    [plane index, x, y] on the plane grid (scripted clients), clamped to the image. With ``refuse_outside``
+    (a point prompt) a place more than :data:`POINT_TOLERANCE_PX` past the image is a PromptError instead."""
     view = view or str(body.get("view", ""))
     if volume.is_2d:
         view = "axial"
@@ -365,19 +390,23 @@ def _where(volume, body: dict[str, Any], key: str, view: str | None = None) -> t
         n = plane.count(volume.array.shape)
         if not 0 <= index < n:
             raise PromptError(f"{view} plane {int(index)} is out of range: 0..{n - 1}")
-        h, w = plane.extract(volume.array, int(index)).shape[:2]
-        return view, (int(index), float(np.clip(x, 0, w - 1)), float(np.clip(y, 0, h - 1)))
-    mm = body.get(key)
-    if not isinstance(mm, (list, tuple)) or len(mm) != 3:
-        raise PromptError(f"{key}: expected [x, y, z] in millimetres")
-    try:
-        values = [float(v) for v in mm]
-    except (TypeError, ValueError) as e:
-        raise PromptError(f"{key}: expected numbers") from e
-    if not all(np.isfinite(values)):
-        raise PromptError(f"{key}: expected finite numbers")
-    Plane.of(volume, view)  # a clear error for an unknown view
-    return view, to_plane(volume, view, values)
+        coords = (float(int(index)), x, y)
+    else:
+        mm = body.get(key)
+        if not isinstance(mm, (list, tuple)) or len(mm) != 3:
+            raise PromptError(f"{key}: expected [x, y, z] in millimetres")
+        try:
+            values = [float(v) for v in mm]
+        except (TypeError, ValueError) as e:
+            raise PromptError(f"{key}: expected numbers") from e
+        if not all(np.isfinite(values)):
+            raise PromptError(f"{key}: expected finite numbers")
+        Plane.of(volume, view)  # a clear error for an unknown view
+        coords = plane_coords(volume, view, values)
+    if refuse_outside and outside_by(volume, view, coords) > POINT_TOLERANCE_PX:
+        raise PromptError(f"the point is outside the image of the {view} view (more than {POINT_TOLERANCE_PX:g} pixel "
+                          "past its edge): click on the image")
+    return view, clip_to_plane(volume, view, coords)
 
 
 def _stroke(volume, body: dict[str, Any]) -> tuple[str, int, np.ndarray]:

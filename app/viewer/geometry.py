@@ -27,20 +27,40 @@ def kji_to_ras(volume: Volume, kji) -> list[float]:
     return [float(-lps[0]), float(-lps[1]), float(lps[2])]
 
 
-def to_plane(volume: Volume, view: str, ras_mm) -> tuple[int, float, float]:
-    """A world point seen in ``view`` -> (plane index, x, y) on that plane's grid (clipped to it)."""
+def plane_coords(volume: Volume, view: str, ras_mm) -> tuple[float, float, float]:
+    """A world point seen in ``view`` -> continuous (plane index, x, y) on that plane's grid, not clipped."""
     plane = Plane.of(volume, view)
     kji = ras_to_kji(volume, ras_mm)
     shape = volume.array.shape[:3]
-    index = int(np.clip(round(kji[plane.fixed]), 0, shape[plane.fixed] - 1))
     row, col = kji[plane.rows], kji[plane.cols]
     if plane.flip_rows:
         row = shape[plane.rows] - 1 - row
     if plane.flip_cols:
         col = shape[plane.cols] - 1 - col
-    x = float(np.clip(col, 0, shape[plane.cols] - 1))
-    y = float(np.clip(row, 0, shape[plane.rows] - 1))
-    return index, x, y
+    return float(kji[plane.fixed]), float(col), float(row)
+
+
+def outside_by(volume: Volume, view: str, coords: tuple[float, float, float]) -> float:
+    """How far (in pixels or slices) continuous (plane index, x, y) lies past the image's edges (0 inside).
+    The edges are the outer borders of the first and last pixels: -0.5 and n - 0.5."""
+    plane = Plane.of(volume, view)
+    shape = volume.array.shape[:3]
+    sizes = (shape[plane.fixed], shape[plane.cols], shape[plane.rows])
+    return max(max(-0.5 - v, v - (n - 0.5), 0.0) for v, n in zip(coords, sizes))
+
+
+def to_plane(volume: Volume, view: str, ras_mm) -> tuple[int, float, float]:
+    """A world point seen in ``view`` -> (plane index, x, y) on that plane's grid (clipped to it)."""
+    return clip_to_plane(volume, view, plane_coords(volume, view, ras_mm))
+
+
+def clip_to_plane(volume: Volume, view: str, coords: tuple[float, float, float]) -> tuple[int, float, float]:
+    """Continuous (plane index, x, y) -> the nearest plane index and the nearest position on the plane."""
+    plane = Plane.of(volume, view)
+    shape = volume.array.shape[:3]
+    k, col, row = coords
+    index = int(np.clip(round(k), 0, shape[plane.fixed] - 1))
+    return index, float(np.clip(col, 0, shape[plane.cols] - 1)), float(np.clip(row, 0, shape[plane.rows] - 1))
 
 
 def from_plane(volume: Volume, view: str, index: int, x: float, y: float) -> list[float]:

@@ -315,3 +315,76 @@ def test_a_prompt_made_on_a_study_no_longer_open_is_refused_not_applied_to_the_o
     assert not s.labels.any()
     answer = actions.act(ctx, s, {"kind": "view", "view": "coronal", "mm": click["mm"], "study": ct_key})
     assert answer["ok"] and (s.view.view, dict(s.view.index)) == mr_view
+
+
+def test_a_point_far_outside_the_image_is_refused_and_a_box_overhanging_the_edge_is_clamped(ctx, embeddings):
+    """A hostile or buggy client posted clicks at x = -10000 or 1e9 mm (or plane pixels): they were clamped to the
+    image's edge and segmented whatever lay there. Now a point more than :data:`actions.POINT_TOLERANCE_PX` past
+    the image (in the plane, or off the slices) answers 400 with one line and changes nothing; the session goes
+    on. A point within the tolerance (a click on the edge pixel's outer half) is kept on the edge pixel, and a
+    box corner past the edge is still clamped to it (the viewer's drag released past the edge)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from app import web_session
+
+    token = web_session.new_token()
+    sid = controller.start(ctx, web_session.sid_of_token(token)).session_id
+    controller.open_sample(ctx, sid, CT_NAME)
+    s = ctx.store.get(sid)
+    s.view.index["coronal"] = 7
+    s.runtime["embeddings"] = embeddings
+    s.add_label("second")
+    s.active = 1  # the refused points name label 2: the active label stays 1
+    client = TestClient(FastAPI(routes=routes(ctx)), headers={"Cookie": f"{web_session.COOKIE}={token}"})
+    h, w = s.region("coronal", 7).shape
+    volume = s.volume
+    far = [
+        {"mm": from_plane(volume, "coronal", 7, -10000, 100)},
+        {"mm": from_plane(volume, "coronal", 7, 1e9, 100)},
+        {"mm": from_plane(volume, "coronal", 7, 100, -2.0)},  # 1.5 px past the top edge (at -0.5)
+        {"mm": from_plane(volume, "coronal", 7, 100, h + 0.6)},
+        {"mm": [-10000.0, 0.0, 0.0]},
+        {"mm": from_plane(volume, "coronal", 1e6, 100, 100)},  # on the image's rows and columns, far off its slices
+        {"at": [7, -10000, 100]},  # a scripted client's plane pixels
+        {"at": [7, 100, 1e9]},
+    ]
+    before = (s.labels.copy(), s.revision, s.active, dict(s.view.index), s.view.view)
+    for where in far:
+        r = client.post("/viewer-api/action", json={"kind": "point", "view": "coronal", "positive": True,
+                                                   "label": 2, **where})
+        assert r.status_code == 400, where
+        error = r.json()["error"]
+        assert error.startswith("the point is outside the image") and "\n" not in error, error
+    assert s.prompt is None and not s.undo_stack and len(s.label_defs) == 2
+    after = (s.labels, s.revision, s.active, dict(s.view.index), s.view.view)
+    np.testing.assert_array_equal(after[0], before[0])
+    assert after[1:] == before[1:], "a refused point changed the session"
+
+    # the session goes on: a point within the tolerance lands on the edge pixel; a box past the edge is clamped
+    r = client.post("/viewer-api/action", json={"kind": "point", "view": "coronal", "positive": True,
+                                               "mm": from_plane(volume, "coronal", 7, -1.4, 120)})
+    assert r.status_code == 200 and r.json()["ok"]
+    assert s.prompt.points[0] == pytest.approx((0.0, 120.0), abs=1e-6)
+    r = client.post("/viewer-api/action", json={"kind": "box", "view": "coronal", "mm": _mm(s, 90, 60),
+                                               "mm2": from_plane(volume, "coronal", 7, 1e9, 140)})
+    assert r.status_code == 200 and r.json()["ok"]
+    assert s.prompt.box == pytest.approx((90, 60, w - 1, 140), abs=1e-6)
+
+
+def test_answers_say_when_their_news_happened_and_which_label_table_they_found(ctx, embeddings):
+    """The contract the viewer orders its messages and refreshes its label table by: the warm-up's "Ready" is as
+    old as the open it reports, so a click answered meanwhile is newer; a rename changes the table's digest in
+    the state and in the next answer (another tab of the session compares it with its own)."""
+    sid = controller.start(ctx, None).session_id
+    opened = controller.open_sample(ctx, sid, CT_NAME)
+    s = ctx.store.get(sid)
+    s.runtime["embeddings"] = embeddings
+    table = actions.state(s)["table"]
+    click = actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True})
+    ready = controller.warm(ctx, sid)
+    assert "Ready" in ready.status and ready.status_at == opened.status_at < click["at"]
+    assert click["table"] == table
+    controller.edit_label(ctx, sid, "ventricle", "#00ff00")
+    assert actions.state(s)["table"] != table
+    assert actions.act(ctx, s, {"kind": "view", "view": "coronal", "at": [7, 0, 0]})["table"] == actions.state(s)["table"]

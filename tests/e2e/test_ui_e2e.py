@@ -562,6 +562,72 @@ def test_an_error_stays_until_the_user_acts(browser, server):
     context.close()
 
 
+def test_a_late_ready_from_the_open_never_hides_a_newer_message(browser, server, ct, shots, monkeypatch):
+    """The page's warm-up after an open says "Opened ... Ready: the slice is encoded" once its encode ends. A click
+    made meanwhile waits behind that encode and is answered first, so its "Positive click" was shown and then
+    replaced by the open's older news. Each message now carries when its news happened (the warm-up's is the
+    open's), and the viewer never shows an older one over a newer one. Here the model is held until the click has
+    reached the server, so the warm-up's message surely comes last."""
+    import threading
+
+    from app.viewer import actions
+
+    arrived, act = threading.Event(), actions.act
+    monkeypatch.setattr(actions, "act", lambda c, s, body: (arrived.set() if body.get("kind") == "point" else None)
+                        or act(c, s, body))
+    context, page, _ = _open_page(browser, server)
+    with server.runner.turn():  # the warm-up's encode waits, and the click behind it
+        page.locator("#open-sample").click()
+        page.wait_for_function("document.querySelector('#medseg-viewer').dataset.study", timeout=TIMEOUT_MS)
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        assert arrived.wait(60), "the click never reached the server"
+    _idle(page)
+    _wait_status(page, "Positive click")
+    # the warm-up's news has reached the page and the viewer has read it: the click's message stays
+    page.wait_for_function("medsegViewer.pageStatus.includes('Ready') && !medsegViewer.pageStatuses.length",
+                           timeout=TIMEOUT_MS)
+    page.screenshot(path=str(shots / "ui_late_ready.png"))
+    shown = page.locator("#viewer-status").inner_text()
+    assert "Positive click" in shown and "Opened" not in shown, shown
+    context.close()
+
+
+def test_a_label_renamed_in_another_tab_reaches_this_tab_on_its_next_answer(browser, server, shots):
+    """Two tabs of one session: a rename or a colour change in one reached the other's label table only when that
+    tab was brought to the front again (or made a prompt). Now every action's answer says which label table it
+    found, so this tab's next answer (here: paging one slice, which syncs nothing by itself) refreshes the table."""
+    from playwright.sync_api import expect
+
+    context, page, _ = _open_page(browser, server)
+    _open_sample(page)
+    expect(page.locator("#viewer-legend")).to_contain_text("1 · label 1")
+    tab = context.new_page()
+    tab.goto(server.url)
+    _wait_status(tab, "Ready")
+    name = tab.locator("#label-name textarea, #label-name input").first
+    name.fill("ventricle")
+    name.press("Enter")
+    expect(tab.locator("#viewer-legend")).to_contain_text("1 · ventricle", timeout=TIMEOUT_MS)
+    tab.locator("#label-colour .dialog-button").click()
+    hex_input = tab.locator("#label-colour .input-wrap input[type=text]")
+    hex_input.fill("#00ff00")
+    hex_input.press("Enter")
+    tab.locator("#facts").click()  # close the picker
+    expect(tab.locator('#viewer-legend .mv-label[data-value="1"] .mv-swatch')).to_have_css(
+        "background-color", "rgb(0, 255, 0)", timeout=TIMEOUT_MS)
+    assert page.evaluate("document.visibilityState") == "visible"  # no visibility change refreshes this tab
+    assert "label 1" in page.locator("#viewer-legend").inner_text()
+    _page_to(page, int(page.locator("#medseg-viewer").get_attribute("data-slice")) + 1)
+    expect(page.locator("#viewer-legend")).to_contain_text("1 · ventricle", timeout=30_000)
+    expect(page.locator('#viewer-legend .mv-label[data-value="1"] .mv-swatch')).to_have_css(
+        "background-color", "rgb(0, 255, 0)", timeout=30_000)
+    page.wait_for_function(  # the page's own label box too (the Gradio side)
+        "() => [...document.querySelectorAll('#label input')].some(i => i.value.endsWith('ventricle'))", timeout=30_000)
+    page.screenshot(path=str(shots / "ui_two_tabs_rename.png"))
+    tab.close()
+    context.close()
+
+
 def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path):
     """The old UI: width 0 + Enter put a red "Error" on ~12 components and logged a traceback; error
     toasts showed server paths and the session id; opening another study (or the same one again)

@@ -14,10 +14,13 @@ type State = {
   labels?: LabelDef[]; active?: number; window?: { level: number; width: number } | null; opacity?: number
   object?: ObjectMarks | null; index?: number
   review?: { index: number; position: number; n: number }
+  table?: string
 }
 type Suggested = { view: string; index: number; mm: number[]; positive: boolean; score: number }
 type Answer = {
   ok: boolean; error?: string; status?: string; rev?: number; base?: number; reload?: boolean; object?: ObjectMarks | null
+  at?: number  // when the status's news happened (server ms): an older message never replaces a newer one
+  table?: string  // the label table the action found (a digest): another tab renamed or recoloured a label
   suggest?: Suggested | null
   patch?: { axis: number; index: number; shape: number[]; data: string } | null
 }
@@ -135,7 +138,9 @@ class Viewer {
   errorAt = -1  // userActs when the error shown appeared (-1: no error shown)
   statusHost: Element | null = null
   statusObserver: MutationObserver | null = null
-  pageStatuses: string[] = []  // the page's status line, each change in order, until the next poll shows them
+  pageStatuses: { text: string; at?: number }[] = []  // the page's status line, each change in order, until the next poll shows them
+  newsAt = 0  // when the news of the newest server message shown happened (server ms)
+  tableStale = false  // an answer found another label table than this page's: the page syncs when the queue is done
   reviewKey = ''
   encodeAgain = false
   frameTimes: number[] = []
@@ -264,8 +269,8 @@ class Viewer {
   pollState(): void {
     this.watchPageStatus()
     this.readPageStatus()
-    for (const text of this.pageStatuses.splice(0)) {
-      if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text))
+    for (const { text, at } of this.pageStatuses.splice(0)) {
+      if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text, at))
     }
     const holder = document.querySelector('#viewer-state [data-state]') as HTMLElement | null
     const text = holder?.getAttribute('data-state') || ''
@@ -288,11 +293,14 @@ class Viewer {
     this.statusObserver.observe(host, { childList: true, subtree: true, characterData: true })
   }
 
+  /** The page's status line and when its news happened (the server's hidden ``<time datetime>``, app.messages). */
   readPageStatus(): void {
-    const pageStatus = (document.querySelector('#status [data-testid="markdown"]') as HTMLElement | null)?.innerText?.trim() ?? ''
+    const md = document.querySelector('#status [data-testid="markdown"]') as HTMLElement | null
+    const pageStatus = md?.innerText?.trim() ?? ''
     if (pageStatus === this.pageStatus) return
     this.pageStatus = pageStatus
-    this.pageStatuses.push(pageStatus)
+    const at = Date.parse(md?.querySelector('time[datetime]')?.getAttribute('datetime') ?? '')
+    this.pageStatuses.push({ text: pageStatus, at: Number.isFinite(at) ? at : undefined })
   }
 
   onState(s: State): void {
@@ -946,7 +954,7 @@ class Viewer {
         this.drawOverlay()
         if (this.inFlight === 0) {
           if (this.state && this.state.rev > this.rev && this.study === this.state.study) this.reloadLabels()
-          if (!quiet || body.kind === 'window') this.syncPage()
+          if (!quiet || body.kind === 'window' || this.tableStale) { this.tableStale = false; this.syncPage() }
           if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box' || this.readyWanted) this.requestEncode()
         }
       }
@@ -966,7 +974,9 @@ class Viewer {
     if (a.reload || stale) { this.rev = -1; await this.reloadLabels() }
     if (a.rev !== undefined && !a.reload && !stale) { this.rev = a.rev; this.root.setAttribute('data-rev', String(a.rev)) }
     if ('object' in a) this.object = a.object ?? null
-    if (a.status && !quiet) this.showStatus(a.status)
+    // another tab renamed or recoloured a label: this page's table (legend, label box) is refreshed by its sync
+    if (a.table !== undefined && this.state?.table !== undefined && a.table !== this.state.table) this.tableStale = true
+    if (a.status && !quiet) this.showStatus(a.status, a.at)
     this.drawOverlay()
   }
 
@@ -1110,8 +1120,14 @@ class Viewer {
 
   // --- messages ---------------------------------------------------------------------------------
   /** A message replaces the one shown, except an error the user has not acted on since: a late answer,
-   * a background "Ready" or a propagation's progress never hides it (issue 19). */
-  showStatus(text: string): void {
+   * a background "Ready" or a propagation's progress never hides it (issue 19). A server message (``at``: when
+   * its news happened) older than one already shown is dropped: the page's warm-up says "Opened ... Ready" when
+   * its encode ends, which came after the answer of a click made meanwhile and replaced it. */
+  showStatus(text: string, at?: number): void {
+    if (at !== undefined) {
+      if (at < this.newsAt) return
+      this.newsAt = at
+    }
     if (this.errorAt >= 0 && this.errorAt === this.userActs) return
     this.errorAt = -1
     this.statusSeq += 1
