@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -208,6 +208,31 @@ def read_input(text: str, series_uid: str | None = None, *, quiet: bool = False,
             bar.close()
     atexit.register(shutil.rmtree, folder, True)
     return read_for_cli(folder, max_voxels=settings.max_voxels, allow_uneven=allow_uneven)
+
+
+def study_files(volume: Volume) -> tuple[str, ...]:
+    """The paths a study was read from: its file or folder and, for a series, every slice's file."""
+    return tuple(p for p in (volume.source.path, *volume.source.files) if p)
+
+
+def refuse_inputs_as_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path], option: str = "--output") -> None:
+    """UsageError when an output would be written where an input lies (the same path, through a link or
+    ``..``, or a hard link to it). The writers rename their result over the target, so ``segment ct.nii.gz
+    -o ct.nii.gz`` replaced the image by a label map; checked before the model runs."""
+    def same(a: Path, b: Path) -> bool:
+        if a.resolve() == b.resolve():
+            return True
+        try:
+            return os.path.samefile(a, b)
+        except OSError:  # one of them does not exist (yet)
+            return False
+
+    sources = [Path(p) for p in inputs]
+    for out in map(Path, outputs):
+        for src in sources:
+            if same(out, src):
+                raise UsageError(f"{option} {out}: {src} is an input of this command and would be replaced; "
+                                 "write the labels under another name")
 
 
 def add_output_arg(p: argparse.ArgumentParser, formats: str) -> None:
