@@ -33,7 +33,7 @@ from app.render import (
     to_rgb,
 )
 from app.reading import read_untrusted
-from app.session import PALETTE, Edit, Session, SessionError, SessionStore
+from app.session import PALETTE, UNRESTORED, Edit, Session, SessionError, SessionStore
 from app.uploads import import_upload
 from data.readers import read_study
 from data.untrusted import one_line
@@ -130,9 +130,15 @@ def start(
     if restored and session.volume is not None:
         session.runtime[GREETING] = "Session restored."
         return view_model(session, "Session restored.")
+    lost = session.runtime.pop(UNRESTORED, None)
+    note = (f"⚠ Your saved session could not be restored ({lost}); its files are kept on the server, not deleted. "
+            if lost else "")
     if open_sample_name:
-        return open_sample(ctx, session.id, open_sample_name)
-    return view_model(session, "Open a sample or upload a study.")
+        vm = open_sample(ctx, session.id, open_sample_name)
+        session.runtime[GREETING] = note + session.runtime.get(GREETING, "")
+        vm.status = note + (vm.status or "")
+        return vm
+    return view_model(session, note + "Open a sample or upload a study.")
 
 
 def _session(ctx: AppContext, sid: str) -> Session:
