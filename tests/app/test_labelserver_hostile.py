@@ -36,7 +36,7 @@ def served(tmp_path):
     sitk.WriteImage(image, str(studies / "ct.nii.gz"))
     cfg = ServerConfig(model="litemedsam", segmenter=NoModel(), datastore=StudiesDir(studies),
                        sessions=Sessions(tmp_path / "sessions"), work_dir=tmp_path / "work")
-    with TestClient(build_app(cfg), raise_server_exceptions=False) as client:
+    with TestClient(build_app(cfg), base_url="http://localhost", raise_server_exceptions=False) as client:
         yield client, studies, tmp_path / "sessions"
 
 
