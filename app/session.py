@@ -477,6 +477,32 @@ def check_state(state: Any, name: str = "state.json") -> dict[str, Any]:
     return state
 
 
+_HELD_ROOTS: list = []  # the lock files of the state folders this process serves, open until it exits
+
+
+def claim_root(root: str | Path) -> None:
+    """Make this process the only server of the sessions under ``root`` (an flock on ``<root>/.lock``, freed
+    when the process ends, kill -9 included). Two servers on one folder each kept a session in memory and saved
+    over the other's labels (the browser's cookie is not bound to a port, so both opened the same session)."""
+    import fcntl
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        pid = handle.read().strip()[:20] or "?"
+        handle.close()
+        raise SessionError(f"{root}: another medseg serve (pid {pid}) keeps its sessions here, and two servers "
+                           "would overwrite each other's labels; give this one its own --state-dir DIR") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _HELD_ROOTS.append(handle)
+
+
 def folder_bytes(folder: Path) -> int:
     """Apparent size of the regular files under ``folder`` (0 when it does not exist)."""
     total = 0

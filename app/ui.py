@@ -37,7 +37,7 @@ from app.errors import USER_ERRORS
 from app.interaction import ModelRunner, Prefetcher
 from app.oneshot import METHODS as ONESHOT_METHODS, SCOPES as ONESHOT_SCOPES
 from app.render import window_choices
-from app.session import SessionError, SessionStore
+from app.session import SessionError, SessionStore, claim_root
 from app.model_catalog import backend_for, load_model
 from app.viewer import actions as viewer_actions
 from app.viewer.api import head_html, routes as viewer_routes
@@ -582,7 +582,7 @@ def launch(
     limits = get_settings()
     state = Path(state_dir) if state_dir else default_state_dir()
     sessions = state / "sessions"
-    sessions.mkdir(parents=True, exist_ok=True)
+    claim_root(sessions)  # one server per state folder, checked before the model loads
     load_model(model, device, backend)  # load (export once) before serving; fail early on missing weights
     configure_serving(device, backend_for(model, device, backend).backend)  # torch decodes only: 1 CPU thread
     config = UIConfig(
