@@ -7,6 +7,7 @@ import atexit
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -266,8 +267,14 @@ def save_labels(
 
     base = dicomweb_target(output)
     if base is None:
-        return str(export_labels(labels, volume, output, label_names=label_names, model_name=model_name,
-                                 deidentify=deidentify))
+        path = export_labels(labels, volume, output, label_names=label_names, model_name=model_name,
+                             deidentify=deidentify)
+        if deidentify is None and path.suffix.lower() == ".dcm":  # as the UI notes it (to a PACS, identity is due)
+            from data.deidentify import patient_data_note
+
+            if note := patient_data_note(path):
+                warnings.warn(f"{path}: {note}; --deidentify removes it", stacklevel=2)
+        return str(path)
     import tempfile
 
     from app.settings import get_settings

@@ -84,3 +84,19 @@ def test_an_output_beside_the_input_is_written(studies, capsys, litemedsam):
                  "-o", str(studies / "t1_labels.nii.gz")])
     assert code == 0, capsys.readouterr()
     assert (studies / "t1_labels.nii.gz").is_file()
+
+
+def test_a_seg_that_carries_the_patients_identity_says_so_as_the_ui_does(tmp_path, capsys, litemedsam):
+    """The UI de-identifies a DICOM-SEG unless asked and notes it when identity is kept; `medseg segment -o x.dcm`
+    kept PatientName/PatientID silently (exit 0, nothing on stderr)."""
+    import pydicom
+
+    argv = ["segment", str(SERIES), "--slice", "5", "--box", "60", "60", "160", "160"]
+    assert main([*argv, "-o", str(tmp_path / "kept.dcm")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning" in err and "PatientName" in err and "--deidentify" in err, err
+    assert str(pydicom.dcmread(tmp_path / "kept.dcm").PatientName) == str(
+        pydicom.dcmread(sorted(SERIES.iterdir())[0]).PatientName)  # kept, as asked: it goes back to its PACS
+    assert main([*argv, "--deidentify", "-o", str(tmp_path / "clean.dcm")]) == 0
+    assert capsys.readouterr().err == ""
+    assert str(pydicom.dcmread(tmp_path / "clean.dcm").PatientIdentityRemoved) == "YES"
