@@ -7,6 +7,7 @@ import atexit
 import os
 import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -216,10 +217,11 @@ def study_files(volume: Volume) -> tuple[str, ...]:
     return tuple(p for p in (volume.source.path, *volume.source.files) if p)
 
 
-def refuse_inputs_as_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path], option: str = "--output") -> None:
-    """UsageError when an output would be written where an input lies (the same path, through a link or
-    ``..``, or a hard link to it). The writers rename their result over the target, so ``segment ct.nii.gz
-    -o ct.nii.gz`` replaced the image by a label map; checked before the model runs."""
+def check_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path], option: str = "--output") -> None:
+    """UsageError, before the model runs, when an output cannot be written or would be written where an input
+    lies. Why: the writers rename their result over the target, so ``segment ct.nii.gz -o ct.nii.gz`` replaced
+    the image by a label map (the same path, through a link or ``..``, or a hard link to it, count as one); and
+    an unwritable folder failed only after the model's work, naming a temporary file."""
     def same(a: Path, b: Path) -> bool:
         if a.resolve() == b.resolve():
             return True
@@ -230,10 +232,22 @@ def refuse_inputs_as_outputs(outputs: Iterable[str | Path], inputs: Iterable[str
 
     sources = [Path(p) for p in inputs]
     for out in map(Path, outputs):
+        if dicomweb_target(str(out)) is not None:
+            continue
         for src in sources:
             if same(out, src):
                 raise UsageError(f"{option} {out}: {src} is an input of this command and would be replaced; "
                                  "write the labels under another name")
+        folder = next(p for p in (out.parent, *out.parent.parents) if p.exists() or p == p.parent)
+        if not folder.is_dir():
+            raise UsageError(f"{option} {out}: cannot write there: {folder} is a file, not a folder")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)  # as the writers will (data.writers.atomic_output)
+            fd, probe = tempfile.mkstemp(dir=out.parent, prefix=".medseg-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise UsageError(f"{option} {out}: cannot write in {out.parent} ({e.strerror or e})") from None
 
 
 def add_output_arg(p: argparse.ArgumentParser, formats: str) -> None:
@@ -275,8 +289,6 @@ def save_labels(
             if note := patient_data_note(path):
                 warnings.warn(f"{path}: {note}; --deidentify removes it", stacklevel=2)
         return str(path)
-    import tempfile
-
     from app.settings import get_settings
     from data.dicomweb import store
 

@@ -18,7 +18,7 @@ from app.commands.common import (
     dicomweb_target,
     load_slice,
     prompts_from_args,
-    refuse_inputs_as_outputs,
+    check_outputs,
     save_labels,
     segmenter_from_args,
     study_files,
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = prompts_from_args(args)
     to_pacs = dicomweb_target(args.output) is not None
     volume, k, image = load_slice(args)
-    refuse_inputs_as_outputs([args.output], study_files(volume))
+    check_outputs([args.output], study_files(volume))
     prompts = replace(prompts, pixel_spacing=volume.pixel_spacing)  # points alone become boxes in mm
     out = Path(args.output)
     is_nifti = to_pacs or out.name.lower().endswith((".nii", ".nii.gz", ".dcm"))  # .dcm: DICOM-SEG via data.export

@@ -100,3 +100,24 @@ def test_a_seg_that_carries_the_patients_identity_says_so_as_the_ui_does(tmp_pat
     assert main([*argv, "--deidentify", "-o", str(tmp_path / "clean.dcm")]) == 0
     assert capsys.readouterr().err == ""
     assert str(pydicom.dcmread(tmp_path / "clean.dcm").PatientIdentityRemoved) == "YES"
+
+
+@pytest.mark.parametrize("where", ["inside a file", "procfs"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_runs(where, studies, capsys, monkeypatch):
+    """Before: the model ran (minutes for `propagate`), then the write failed naming a temporary file the user
+    never chose: `[Errno 2] No such file or directory: '/proc/.a.nii.gz.2b6ub66h.nii.gz'`."""
+    import app.commands.propagate as propagate_cmd
+    import app.commands.segment as segment_cmd
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran before the output was checked")
+
+    monkeypatch.setattr(segment_cmd, "segmenter_from_args", no_model)
+    monkeypatch.setattr(propagate_cmd, "segmenter_from_args", no_model)
+    out = studies / "t1.nii.gz" / "labels.nii.gz" if where == "inside a file" else Path("/proc/labels.nii.gz")
+    for argv in (["segment", studies / "t1.nii.gz", "--slice", 10, "--box", 60, 60, 120, 120, "-o", out],
+                 ["propagate", studies / "t1.nii.gz", "--slice", 10, "--box", 60, 60, 120, 120, "--quiet", "-o", out]):
+        code = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"--output {out}: cannot write" in err and ".labels.nii.gz." not in err, err
