@@ -599,7 +599,7 @@ def launch(
     from starlette.middleware import Middleware
 
     cookie = Middleware(web_session.SessionCookieMiddleware, session_exists=demo.medseg_ctx.store.exists,
-                        shelf=demo.medseg_shelf, max_age_s=limits.session_ttl_s)
+                        shelf=demo.medseg_shelf, max_age_s=limits.session_ttl_s, loopback_names_only=auth is None)
     demo.launch(
         server_name=host,
         server_port=port,
