@@ -606,10 +606,12 @@ def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) 
             from data.deidentify import deidentify_basic
             from data.export import export_labels
 
+            # de-identified, the name says nothing of the upload's (viewers name exports after the patient)
+            name = f"{stem or 'study'}_seg.dcm" if keep_identifiers else "deidentified_seg.dcm"
             path = export_labels(
                 session.labels,
                 volume,
-                out_dir / f"{stem or 'study'}_seg.dcm",
+                out_dir / name,
                 label_names={d.value: d.name for d in session.label_defs},
                 colours={d.value: d.colour for d in session.label_defs},
                 model_name=session.model,

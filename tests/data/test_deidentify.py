@@ -297,3 +297,30 @@ def test_cli_flag_picks_the_basic_profile():
 
     assert deidentifier(Namespace(deidentify=True)) is deidentify_basic
     assert deidentifier(Namespace(deidentify=False)) is None and deidentifier(Namespace()) is None
+
+
+def test_a_deidentified_ui_export_is_not_named_after_the_patient(tmp_path, identified_series):
+    """Viewers export a study as a folder or zip named after the patient (OsiriX/Horos: 'Name - Study'); the
+    de-identified DICOM-SEG was then named 'DOE_JANE_-_CT_head_seg.dcm'. Its name now carries nothing of the
+    upload's; with identifiers kept it is named after the study as before."""
+    import zipfile
+
+    from app import controller
+    from app.controller import AppContext
+    from app.interaction import ModelRunner, Prefetcher
+    from app.session import SessionStore
+
+    upload = tmp_path / "DOE JANE - CT head.zip"
+    with zipfile.ZipFile(upload, "w") as z:
+        for f in sorted(identified_series.glob("*.dcm")):
+            z.write(f, f"DOE JANE/{f.name}")
+    runner = ModelRunner("cpu")
+    ctx = AppContext(SessionStore(tmp_path / "sessions"), runner, Prefetcher(runner, radius=0))
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(upload)])
+    ctx.store.get(sid).labels[5, 100:120, 100:120] = 1
+    default, vm = controller.export(ctx, sid, "dicom-seg")
+    assert "DOE" not in default.name.upper() and "JANE" not in default.name.upper() and "DOE" not in vm.status
+    assert pydicom.dcmread(default).PatientIdentityRemoved == "YES"
+    kept, _ = controller.export(ctx, sid, "dicom-seg", keep_identifiers=True)
+    assert kept.name == "DOE_JANE_-_CT_head_seg.dcm"
