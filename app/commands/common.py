@@ -231,9 +231,7 @@ def check_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path], o
             return False
 
     sources = [Path(p) for p in inputs]
-    for out in map(Path, outputs):
-        if dicomweb_target(str(out)) is not None:
-            continue
+    for out in [Path(o) for o in outputs if not str(o).lower().startswith(DICOMWEB_OUTPUT)]:  # a PACS: no file
         for src in sources:
             if same(out, src):
                 raise UsageError(f"{option} {out}: {src} is an input of this command and would be replaced; "
