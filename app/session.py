@@ -481,8 +481,8 @@ _HELD_ROOTS: list = []  # the lock files of the state folders this process serve
 
 
 def claim_root(root: str | Path) -> None:
-    """Make this process the only server of the sessions under ``root`` (an flock on ``<root>/.lock``, freed
-    when the process ends, kill -9 included). Two servers on one folder each kept a session in memory and saved
+    """Make this process the only server of the state folder ``root`` (an flock on ``<root>/.lock``, freed
+    when the process ends, kill -9 included; beside ``sessions/``, whose entries are sessions only). Two servers on one folder each kept a session in memory and saved
     over the other's labels (the browser's cookie is not bound to a port, so both opened the same session)."""
     import fcntl
 

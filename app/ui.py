@@ -581,8 +581,9 @@ def launch(
 
     limits = get_settings()
     state = Path(state_dir) if state_dir else default_state_dir()
+    claim_root(state)  # one server per state folder, checked before the model loads
     sessions = state / "sessions"
-    claim_root(sessions)  # one server per state folder, checked before the model loads
+    sessions.mkdir(parents=True, exist_ok=True)
     load_model(model, device, backend)  # load (export once) before serving; fail early on missing weights
     configure_serving(device, backend_for(model, device, backend).backend)  # torch decodes only: 1 CPU thread
     config = UIConfig(
