@@ -461,7 +461,8 @@ def check_state(state: Any, name: str = "state.json") -> dict[str, Any]:
         if not isinstance(d, dict) or not isinstance(d.get("value"), int) or not isinstance(d.get("name"), str):
             raise bad(f"labels[{n}]", "{\"value\": integer, \"name\": text, \"colour\": [r, g, b]}")
         colour = d.get("colour")
-        if not (isinstance(colour, list) and len(colour) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in colour)):
+        if not (isinstance(colour, list) and len(colour) == 3
+                and all(isinstance(c, int) and 0 <= c <= 255 for c in colour)):
             raise bad(f"labels[{n}].colour", "3 integers 0-255")
     view = state.get("view", {})
     for key, types in _VIEW_FIELDS.items():
@@ -482,8 +483,9 @@ _HELD_ROOTS: list = []  # the lock files of the state folders this process serve
 
 def claim_root(root: str | Path) -> None:
     """Make this process the only server of the state folder ``root`` (an flock on ``<root>/.lock``, freed
-    when the process ends, kill -9 included; beside ``sessions/``, whose entries are sessions only). Two servers on one folder each kept a session in memory and saved
-    over the other's labels (the browser's cookie is not bound to a port, so both opened the same session)."""
+    when the process ends, kill -9 included; beside ``sessions/``, whose entries are sessions only). Two servers
+    on one folder each kept a session in memory and saved over the other's labels (the browser's cookie is not
+    bound to a port, so both opened the same session)."""
     import fcntl
 
     root = Path(root)

@@ -217,7 +217,8 @@ def study_files(volume: Volume) -> tuple[str, ...]:
     return tuple(p for p in (volume.source.path, *volume.source.files) if p)
 
 
-def check_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path], option: str = "--output") -> None:
+def check_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path],
+                  option: str = "--output") -> None:
     """UsageError, before the model runs, when an output cannot be written or would be written where an input
     lies. Why: the writers rename their result over the target, so ``segment ct.nii.gz -o ct.nii.gz`` replaced
     the image by a label map (the same path, through a link or ``..``, or a hard link to it, count as one); and

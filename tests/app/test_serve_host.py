@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 
 def test_a_rebound_name_gets_nothing_and_loopback_names_are_served(tmp_path, exclusive_server, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # this checkout's code, not the one the venv's `medseg` was installed from
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # this checkout's code, not the venv's `medseg` install's
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "report.txt").write_text("patient Jane Doe, MRN 1234")

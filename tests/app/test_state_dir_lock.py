@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 
 def test_a_second_server_on_the_same_state_folder_refuses_to_start(tmp_path, exclusive_server, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # this checkout's code, not the one the venv's `medseg` was installed from
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # this checkout's code, not the venv's `medseg` install's
     state = tmp_path / "state"
     first = ServerProcess(state, prefetch=0, log_path=tmp_path / "first.log").start()
     try:
