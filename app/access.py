@@ -37,6 +37,23 @@ def is_loopback(host: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
+def is_loopback_host_header(value: str | None) -> bool:
+    """True when a request's ``Host`` header names this machine: ``localhost`` or a loopback address, any
+    port. Never resolved: DNS rebinding makes attacker.example resolve to 127.0.0.1, so a page of that site
+    reads a loopback server as its own origin; only the name it asked for tells the request apart."""
+    host = str(value or "").strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def read_token(token_file: str | None = None) -> str | None:
     """The access token from ``token_file`` (first line) or ``$MEDSEG_TOKEN``; None when neither is set."""
     if token_file:

@@ -33,7 +33,7 @@ from app.render import (
     to_rgb,
 )
 from app.reading import read_untrusted
-from app.session import PALETTE, Edit, Session, SessionError, SessionStore
+from app.session import PALETTE, UNRESTORED, Edit, Session, SessionError, SessionStore
 from app.uploads import import_upload
 from data.readers import read_study
 from data.untrusted import one_line
@@ -130,9 +130,17 @@ def start(
         ctx.store.cleanup()
     if restored and session.volume is not None:
         return _greet(session, "Session restored.")
+    lost = session.runtime.pop(UNRESTORED, None)
+    note = (f"⚠ Your saved session could not be restored ({lost}); its files are kept on the server, not deleted. "
+            if lost else "")
     if open_sample_name:
-        return open_sample(ctx, session.id, open_sample_name)
-    return view_model(session, "Open a sample or upload a study.")
+        vm = open_sample(ctx, session.id, open_sample_name)
+        if note and GREETING in session.runtime:  # warm()'s "Ready" repeats the note
+            news, at = session.runtime[GREETING]
+            session.runtime[GREETING] = (note + news, at)
+        vm.status = note + (vm.status or "")
+        return vm
+    return view_model(session, note + "Open a sample or upload a study.")
 
 
 def _session(ctx: AppContext, sid: str) -> Session:
@@ -610,10 +618,12 @@ def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) 
             from data.deidentify import deidentify_basic
             from data.export import export_labels
 
+            # de-identified, the name says nothing of the upload's (viewers name exports after the patient)
+            name = f"{stem or 'study'}_seg.dcm" if keep_identifiers else "deidentified_seg.dcm"
             path = export_labels(
                 session.labels,
                 volume,
-                out_dir / f"{stem or 'study'}_seg.dcm",
+                out_dir / name,
                 label_names={d.value: d.name for d in session.label_defs},
                 colours={d.value: d.colour for d in session.label_defs},
                 model_name=session.model,

@@ -13,6 +13,7 @@ live in memory only: they survive a page reload, not a server restart.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -47,6 +48,7 @@ MAX_UNDO = 100
 # The newest step is always kept, whatever its size.
 MAX_UNDO_BYTES = 32 * 2**20
 SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
+UNRESTORED = ".unrestored"  # <root>/.unrestored/: folders of sessions that could not be restored (kept, not deleted)
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
@@ -432,6 +434,77 @@ class Session:
         }
 
 
+# state.json, field by field: (key, accepted types, what the message says was expected)
+_STATE_FIELDS: tuple[tuple[str, tuple[type, ...], str], ...] = (
+    ("model", (str,), "a model name"), ("study_path", (str, type(None)), "a path or null"),
+    ("series_uid", (str, type(None)), "a UID or null"), ("study_name", (str,), "a name"),
+    ("labels", (list,), "a list of labels"), ("active", (int,), "a label value"), ("view", (dict,), "an object"),
+    ("history", (dict,), "an object"), ("studies", (dict,), "an object"), ("updated", (int, float), "a time"),
+    ("journal_seq", (int,), "a record number"),
+)
+_VIEW_FIELDS = {"view": (str,), "window": (str,), "mode": (str,), "level": (int, float), "width": (int, float),
+                "opacity": (int, float)}
+
+
+def check_state(state: Any, name: str = "state.json") -> dict[str, Any]:
+    """``state`` if it has the shape :meth:`Session.to_json` writes, else SessionError naming the file and
+    the field: a hand-edited or damaged file raised AttributeError/TypeError deep in the restore."""
+    def bad(where: str, expected: str) -> SessionError:
+        return SessionError(f"{name}: {where}: expected {expected}")
+
+    if not isinstance(state, dict):
+        raise SessionError(f"{name}: expected a JSON object, found {type(state).__name__}")
+    for key, types, expected in _STATE_FIELDS:
+        if key in state and (not isinstance(state[key], types) or isinstance(state[key], bool)):
+            raise bad(key, expected)
+    for n, d in enumerate(state.get("labels", [])):
+        if not isinstance(d, dict) or not isinstance(d.get("value"), int) or not isinstance(d.get("name"), str):
+            raise bad(f"labels[{n}]", "{\"value\": integer, \"name\": text, \"colour\": [r, g, b]}")
+        colour = d.get("colour")
+        if not (isinstance(colour, list) and len(colour) == 3
+                and all(isinstance(c, int) and 0 <= c <= 255 for c in colour)):
+            raise bad(f"labels[{n}].colour", "3 integers 0-255")
+    view = state.get("view", {})
+    for key, types in _VIEW_FIELDS.items():
+        if key in view and not isinstance(view[key], types):
+            raise bad(f"view.{key}", types[0].__name__)
+    index = view.get("index", {})
+    if not isinstance(index, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in index.items()):
+        raise bad("view.index", "slice numbers by view")
+    if not all(re.fullmatch(r"-?[0-9]+", k) and isinstance(v, list) for k, v in state.get("history", {}).items()):
+        raise bad("history", "prompt lists by label value")
+    if not all(isinstance(v, dict) for v in state.get("studies", {}).values()):
+        raise bad("studies", "an object per study")
+    return state
+
+
+_HELD_ROOTS: list = []  # the lock files of the state folders this process serves, open until it exits
+
+
+def claim_root(root: str | Path) -> None:
+    """Make this process the only server of the state folder ``root`` (an flock on ``<root>/.lock``, freed
+    when the process ends, kill -9 included; beside ``sessions/``, whose entries are sessions only). Two servers
+    on one folder each kept a session in memory and saved over the other's labels (the browser's cookie is not
+    bound to a port, so both opened the same session)."""
+    import fcntl
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        pid = handle.read().strip()[:20] or "?"
+        handle.close()
+        raise SessionError(f"{root}: another medseg serve (pid {pid}) keeps its sessions here, and two servers "
+                           "would overwrite each other's labels; give this one its own --state-dir DIR") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _HELD_ROOTS.append(handle)
+
+
 def folder_bytes(folder: Path) -> int:
     """Apparent size of the regular files under ``folder`` (0 when it does not exist)."""
     total = 0
@@ -522,18 +595,36 @@ class SessionStore:
         """Restore ``sid`` if it exists, else start a new session under that id (a random one when
         ``sid`` is None). Returns (session, restored).
 
-        A session whose folder exists but cannot be restored (its study is gone) starts again empty
-        under the same id: the browser's cookie keeps pointing at it.
+        A session whose folder exists but cannot be restored (a damaged state.json or labels.npz, its study
+        gone) starts again empty under the same id, the browser's cookie keeps pointing at it; the old
+        folder is set aside, not deleted, and the new session's ``runtime[UNRESTORED]`` says why.
         """
+        reason = None
         if sid:
             try:
                 return self.get(sid), True
-            except SessionError:
+            except SessionError as e:
                 if not SESSION_ID.match(sid):
                     raise
+                reason = str(e)
             if (self.root / sid).exists():
-                shutil.rmtree(self.root / sid, ignore_errors=True)
-        return self.create(sid), False
+                self._set_aside(sid, reason)
+        session = self.create(sid)
+        if reason is not None and (self.root / UNRESTORED).is_dir():
+            session.runtime[UNRESTORED] = reason
+        return session, False
+
+    def _set_aside(self, sid: str, reason: str) -> None:
+        """Move a session folder that cannot be restored to ``<root>/.unrestored/<id>-<time>``: a damaged
+        state.json or an unreadable study must not cost the user's labels (they were deleted here before).
+        It expires with the session TTL (:meth:`cleanup`)."""
+        aside = self.root / UNRESTORED / f"{sid}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        aside.parent.mkdir(exist_ok=True)
+        with self._lock:
+            self._sessions.pop(sid, None)
+        os.replace(self.root / sid, aside)
+        os.utime(aside)  # its age counts from now
+        log.warning("session %s could not be restored (%s); its folder is kept in %s", sid, reason, aside)
 
     def exists(self, sid: str) -> bool:
         """A session with this id is in memory or saved (cheap: no study is read)."""
@@ -664,12 +755,12 @@ class SessionStore:
         if not state_file.is_file():
             raise SessionError("no saved session: reload the page")
         try:
-            state = json.loads(state_file.read_text())
-        except (OSError, ValueError) as e:
-            raise SessionError(f"unreadable session state ({type(e).__name__})") from e
-        records = [r for r in save_journal.read(directory) if r.seq > int(state.get("journal_seq", 0))]
-        if records:
-            state = {**records[-1].state, "journal_seq": state.get("journal_seq", 0)}  # the newest state
+            state = check_state(json.loads(state_file.read_text()))
+        except (OSError, ValueError) as e:  # SessionError included: it names the field
+            raise SessionError(e if isinstance(e, SessionError) else f"state.json: not readable JSON ({e})") from e
+        records = [r for r in save_journal.read(directory) if r.seq > state.get("journal_seq", 0)]
+        if records:  # the newest state
+            state = check_state({**records[-1].state, "journal_seq": state.get("journal_seq", 0)}, "journal.bin")
         view = ViewState(**{k: v for k, v in state.get("view", {}).items() if k in ViewState.__dataclass_fields__})
         session = Session(
             id=sid,
@@ -677,8 +768,8 @@ class SessionStore:
             model=state.get("model", "litemedsam"),
             series_uid=state.get("series_uid"),
             study_name=state.get("study_name", ""),
-            label_defs=[LabelDef(int(d["value"]), str(d["name"]), tuple(d["colour"])) for d in state.get("labels", [])],
-            active=int(state.get("active", 1)),
+            label_defs=[LabelDef(d["value"], d["name"], tuple(d["colour"])) for d in state.get("labels", [])],
+            active=state.get("active", 1),
             view=view,
             history={int(k): v for k, v in state.get("history", {}).items()},
             studies=dict(state.get("studies", {})),
@@ -697,8 +788,11 @@ class SessionStore:
                 raise SessionError(f"the session's study can no longer be read ({e})") from e
             labels_file = directory / "labels.npz"
             if labels_file.is_file():
-                with np.load(labels_file) as z:
-                    session.labels = z["labels"]
+                try:
+                    with np.load(labels_file) as z:
+                        session.labels = z["labels"]
+                except Exception as e:  # noqa: BLE001 - numpy and zipfile raise many types on a cut file
+                    raise SessionError(f"labels.npz: not readable ({type(e).__name__}: {e})") from e
             if session.labels is None or session.labels.shape != session.volume.array.shape[:3]:
                 session.labels = np.zeros(session.volume.array.shape[:3], dtype=np.uint16)
             for record in records:  # the edits acknowledged after the last full save (app.save_journal)
@@ -730,6 +824,11 @@ class SessionStore:
                     self._sessions.pop(directory.name, None)
                 shutil.rmtree(directory, ignore_errors=True)
                 removed.append(directory.name)
+        aside = self.root / UNRESTORED
+        for directory in aside.iterdir() if aside.is_dir() else ():
+            with contextlib.suppress(OSError):
+                if now - directory.stat().st_mtime > self.ttl_s:
+                    shutil.rmtree(directory, ignore_errors=True)
         return removed
 
     def _evict_locked(self) -> None:

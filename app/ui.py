@@ -37,7 +37,7 @@ from app.errors import USER_ERRORS
 from app.interaction import ModelRunner, Prefetcher
 from app.oneshot import METHODS as ONESHOT_METHODS, SCOPES as ONESHOT_SCOPES
 from app.render import window_choices
-from app.session import SessionError, SessionStore
+from app.session import SessionError, SessionStore, claim_root
 from app.model_catalog import backend_for, load_model
 from app.viewer import actions as viewer_actions
 from app.viewer.api import head_html, routes as viewer_routes
@@ -582,6 +582,7 @@ def launch(
 
     limits = get_settings()
     state = Path(state_dir) if state_dir else default_state_dir()
+    claim_root(state)  # one server per state folder, checked before the model loads
     sessions = state / "sessions"
     sessions.mkdir(parents=True, exist_ok=True)
     load_model(model, device, backend)  # load (export once) before serving; fail early on missing weights
@@ -600,7 +601,7 @@ def launch(
     from starlette.middleware import Middleware
 
     cookie = Middleware(web_session.SessionCookieMiddleware, session_exists=demo.medseg_ctx.store.exists,
-                        shelf=demo.medseg_shelf, max_age_s=limits.session_ttl_s)
+                        shelf=demo.medseg_shelf, max_age_s=limits.session_ttl_s, loopback_names_only=auth is None)
     demo.launch(
         server_name=host,
         server_port=port,

@@ -16,7 +16,9 @@ path is the credential itself. Every handler checks that the event's cookie is t
   ``Content-Disposition: attachment`` with ``application/octet-stream``;
 - answers a cross-site navigation without the cookie (SameSite=Strict withholds it) with a page that
   reloads itself from the same site, so the cookie arrives instead of a new one replacing it;
-- adds ``X-Content-Type-Options: nosniff`` to every response.
+- adds ``X-Content-Type-Options: nosniff`` to every response;
+- without a token (loopback), answers only requests addressed to a loopback name: DNS rebinding made a
+  page of another site same-origin with the server (``MEDSEG_ALLOWED_ROOTS`` files were its to read).
 Session folders are never served: ``app.ui.launch`` puts the session root in Gradio's
 ``blocked_paths``.
 """
@@ -32,6 +34,8 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote
+
+from app.access import is_loopback_host_header
 
 COOKIE = "medseg_session"
 TOKEN = re.compile(r"^[0-9a-f]{64}$")
@@ -110,11 +114,13 @@ class ExportShelf:
 class SessionCookieMiddleware:
     """ASGI middleware: issue the cookie, gate uploads and exports, never let a download render."""
 
-    def __init__(self, app, *, session_exists: Callable[[str], bool], shelf: ExportShelf, max_age_s: float):
+    def __init__(self, app, *, session_exists: Callable[[str], bool], shelf: ExportShelf, max_age_s: float,
+                 loopback_names_only: bool = False):
         self.app = app
         self.session_exists = session_exists
         self.shelf = shelf
         self.max_age_s = int(max_age_s)
+        self.loopback_names_only = loopback_names_only  # a server without a token: refuse DNS-rebound names
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -127,6 +133,9 @@ class SessionCookieMiddleware:
         local = path[len(root):] if root and path.startswith(root) else path
         method = scope.get("method", "GET")
 
+        if self.loopback_names_only and not is_loopback_host_header(headers.get("host")):
+            return await _plain(send, 403, b"this server has no token, so it answers only requests to localhost or "
+                                           b"a loopback address (DNS rebinding); set MEDSEG_TOKEN to serve other names")
         if local.endswith("/gradio_api/upload") and method == "POST":
             if sid is None or not self.session_exists(sid):
                 return await _plain(send, 403, b"uploads need an open session: reload the page")

@@ -148,6 +148,8 @@ REAL_SERVER_FILES = (
     "tests/app/test_hostile_server.py",
     "tests/app/test_isolated_upload_server.py",
     "tests/app/test_labelserver.py",
+    "tests/app/test_state_dir_lock.py",
+    "tests/app/test_serve_host.py",
 )
 
 

@@ -7,8 +7,10 @@ import atexit
 import os
 import shutil
 import sys
+import tempfile
+import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -211,6 +213,43 @@ def read_input(text: str, series_uid: str | None = None, *, quiet: bool = False,
     return read_for_cli(folder, max_voxels=settings.max_voxels, allow_uneven=allow_uneven)
 
 
+def study_files(volume: Volume) -> tuple[str, ...]:
+    """The paths a study was read from: its file or folder and, for a series, every slice's file."""
+    return tuple(p for p in (volume.source.path, *volume.source.files) if p)
+
+
+def check_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path],
+                  option: str = "--output") -> None:
+    """UsageError, before the model runs, when an output cannot be written or would be written where an input
+    lies. Why: the writers rename their result over the target, so ``segment ct.nii.gz -o ct.nii.gz`` replaced
+    the image by a label map (the same path, through a link or ``..``, or a hard link to it, count as one); and
+    an unwritable folder failed only after the model's work, naming a temporary file."""
+    def same(a: Path, b: Path) -> bool:
+        if a.resolve() == b.resolve():
+            return True
+        try:
+            return os.path.samefile(a, b)
+        except OSError:  # one of them does not exist (yet)
+            return False
+
+    sources = [Path(p) for p in inputs]
+    for out in [Path(o) for o in outputs if not str(o).lower().startswith(DICOMWEB_OUTPUT)]:  # a PACS: no file
+        for src in sources:
+            if same(out, src):
+                raise UsageError(f"{option} {out}: {src} is an input of this command and would be replaced; "
+                                 "write the labels under another name")
+        folder = next(p for p in (out.parent, *out.parent.parents) if p.exists() or p == p.parent)
+        if not folder.is_dir():
+            raise UsageError(f"{option} {out}: cannot write there: {folder} is a file, not a folder")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)  # as the writers will (data.writers.atomic_output)
+            fd, probe = tempfile.mkstemp(dir=out.parent, prefix=".medseg-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise UsageError(f"{option} {out}: cannot write in {out.parent} ({e.strerror or e})") from None
+
+
 def add_output_arg(p: argparse.ArgumentParser, formats: str) -> None:
     p.add_argument("--output", "-o", required=True,
                    help=f"output: {formats}, or dicomweb:BASE_URL to store a DICOM-SEG on a PACS over STOW-RS "
@@ -242,10 +281,14 @@ def save_labels(
 
     base = dicomweb_target(output)
     if base is None:
-        return str(export_labels(labels, volume, output, label_names=label_names, model_name=model_name,
-                                 deidentify=deidentify))
-    import tempfile
+        path = export_labels(labels, volume, output, label_names=label_names, model_name=model_name,
+                             deidentify=deidentify)
+        if deidentify is None and path.suffix.lower() == ".dcm":  # as the UI notes it (to a PACS, identity is due)
+            from data.deidentify import patient_data_note
 
+            if note := patient_data_note(path):
+                warnings.warn(f"{path}: {note}; --deidentify removes it", stacklevel=2)
+        return str(path)
     from app.settings import get_settings
     from data.dicomweb import store
 

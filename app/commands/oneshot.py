@@ -14,7 +14,7 @@ import numpy as np
 
 from adapters.persam_f import ITERATIONS
 from adapters.persam_oneshot import LOCATION_GATE, METHODS, fit_oneshot, segment_images
-from app.commands.common import add_model_args, apply_local_clicks_arg
+from app.commands.common import add_model_args, apply_local_clicks_arg, check_outputs
 from app.errors import UsageError
 from data.readers import read_mask_image, read_study
 from data.volume import Volume
@@ -124,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
         raise UsageError(f"--targets: several targets would write {dupes[0]!r} in {out_dir}; give distinct file names")
+    check_outputs([out_dir / f"{stem}{ext}" for stem in stems for ext in (".png", ".nii.gz")],
+                             [args.ref, args.ref_mask, *targets])
     ref = read_study(args.ref)
     k = reference_slice(ref, args.ref_slice, args.ref)
     ref_image = slice_to_rgb(ref, k, default_window(ref, args.window))

@@ -18,9 +18,11 @@ from app.commands.common import (
     dicomweb_target,
     finite_float,
     read_input,
+    check_outputs,
     resolve_slice,
     save_labels,
     segmenter_from_args,
+    study_files,
 )
 from app.embedding_cache import EmbeddingCache
 from app.errors import UsageError
@@ -125,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     fmt = "dicom-seg" if dicomweb_target(args.output) is not None else export_format(out)
     volume = read_input(args.input, args.series, quiet=args.quiet, allow_uneven=getattr(args, "allow_uneven", False))
+    check_outputs([args.output], study_files(volume))
     if volume.is_2d:
         raise UsageError(f"{args.input} is a single 2D image: nothing to propagate; use `medseg segment`")
     if fmt == "dicom-seg" and volume.source.format != "dicom-series":

@@ -18,8 +18,10 @@ from app.commands.common import (
     dicomweb_target,
     load_slice,
     prompts_from_args,
+    check_outputs,
     save_labels,
     segmenter_from_args,
+    study_files,
 )
 from app.errors import UsageError
 from data.deidentify import deidentifier
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = prompts_from_args(args)
     to_pacs = dicomweb_target(args.output) is not None
     volume, k, image = load_slice(args)
+    check_outputs([args.output], study_files(volume))
     prompts = replace(prompts, pixel_spacing=volume.pixel_spacing)  # points alone become boxes in mm
     out = Path(args.output)
     is_nifti = to_pacs or out.name.lower().endswith((".nii", ".nii.gz", ".dcm"))  # .dcm: DICOM-SEG via data.export

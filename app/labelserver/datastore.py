@@ -95,7 +95,12 @@ def read_image_file(path: Path, name: str | None = None) -> Volume:
 
         return Volume(array=volume.array, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
                       modality=guess_modality(volume.array), source=volume.source)
-    return read_study(path)
+    try:
+        return read_study(path)
+    except StudyError as e:  # the reader names the file it read: a staged upload's is ours, not the client's
+        if name == path.name:
+            raise
+        raise StudyError(str(e).replace(path.name, name)) from None
 
 
 def _nrrd_reader(path: Path, name: str) -> sitk.ImageFileReader:

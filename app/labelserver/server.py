@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from app.access import LOGIN_USER, bearer, token_matches
+from app.access import LOGIN_USER, bearer, is_loopback_host_header, token_matches
 from app.embedding_cache import EmbeddingCache
 from app.labelserver.datastore import (
     BadLabel,
@@ -76,24 +76,69 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 class TokenGate(BaseHTTPMiddleware):
-    """Every request but the login ones carries ``Authorization: Bearer TOKEN`` when a token is set."""
+    """Every request but the login ones carries ``Authorization: Bearer TOKEN`` when a token is set. Without
+    one (loopback), only requests addressed to a loopback name are answered: DNS rebinding let a web page
+    read the datastore's images."""
 
-    def __init__(self, app, token: str | None, max_upload_bytes: int):
+    def __init__(self, app, token: str | None):
         super().__init__(app)
         self.token = token
-        self.max_upload_bytes = max_upload_bytes
 
     async def dispatch(self, request: Request, call_next):
+        if self.token is None and not is_loopback_host_header(request.headers.get("host")):
+            return _error(403, f"Host {request.headers.get('host', '')[:100]!r}: a server without a token answers "
+                               "only requests to localhost or a loopback address; set MEDSEG_TOKEN to serve others")
         if self.token is not None and request.url.path not in OPEN_PATHS:
             if not token_matches(bearer(request.headers.get("authorization")), self.token):
                 return JSONResponse({"detail": "missing or wrong access token: send 'Authorization: Bearer TOKEN'"},
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        if request.method in ("PUT", "POST"):
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_upload_bytes:
-                return _error(413, f"request of {int(length) / 2**20:.0f} MiB is over the limit of "
-                                   f"{self.max_upload_bytes / 2**20:.0f} MiB (MEDSEG_MAX_UPLOAD_MB)")
         return await call_next(request)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """413 for a request body over ``max_bytes``: from its Content-Length, else counted as it arrives (a
+    chunked request has no Content-Length, and passed a check of the header alone). Plain ASGI."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") not in ("PUT", "POST"):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(int(length), scope, receive, send)
+        seen, started = 0, False
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        async def watched(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _TooLarge:
+            if started:
+                raise
+            await self._refuse(None, scope, receive, send)
+
+    async def _refuse(self, size: int | None, scope, receive, send):
+        what = f"request of {size / 2**20:.0f} MiB" if size is not None else "request body"
+        reply = _error(413, f"{what} is over the limit of {self.max_bytes / 2**20:.0f} MiB (MEDSEG_MAX_UPLOAD_MB)")
+        await reply(scope, receive, send)
 
 
 def _multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> Response:
@@ -349,7 +394,8 @@ def build_app(cfg: ServerConfig) -> Starlette:
             shutil.rmtree(uploads, ignore_errors=True)
 
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan,
-                     middleware=[Middleware(TokenGate, token=cfg.token, max_upload_bytes=cfg.max_upload_bytes)])
+                     middleware=[Middleware(TokenGate, token=cfg.token),
+                                 Middleware(BodyLimit, max_bytes=cfg.max_upload_bytes)])
 
 
 def _study_status(e: StudyError) -> int:

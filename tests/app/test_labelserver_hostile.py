@@ -36,7 +36,7 @@ def served(tmp_path):
     sitk.WriteImage(image, str(studies / "ct.nii.gz"))
     cfg = ServerConfig(model="litemedsam", segmenter=NoModel(), datastore=StudiesDir(studies),
                        sessions=Sessions(tmp_path / "sessions"), work_dir=tmp_path / "work")
-    with TestClient(build_app(cfg), raise_server_exceptions=False) as client:
+    with TestClient(build_app(cfg), base_url="http://localhost", raise_server_exceptions=False) as client:
         yield client, studies, tmp_path / "sessions"
 
 
@@ -165,3 +165,11 @@ def test_an_nrrd_with_sheared_space_directions_is_refused_like_a_nifti(served):
     assert r.status_code == 400 and r.json()["detail"].startswith("sheared.nrrd: the NRRD's space directions are not "
                                                                   "perpendicular (shear)"), r.text
     assert not any(sessions.iterdir())
+
+
+def test_an_image_upload_that_does_not_open_is_named_as_the_client_sent_it(served):
+    """Before: `.scan.nii.gz.part.nii.gz: not a readable NIfTI file ...`, the server's staging name."""
+    client, studies, _ = served
+    r = client.put("/datastore/image?image=scan", files={"file": ("scan.nii.gz", b"not an image")})
+    assert r.status_code == 400 and r.json()["detail"].startswith("scan.nii.gz: not a readable NIfTI file"), r.text
+    assert ".part" not in r.text and not list(studies.glob("*scan*"))

@@ -480,7 +480,8 @@ def test_restore_errors_and_a_missing_or_stale_label_map(store, ct_volume, tmp_p
         fresh.get("b" * 32)
     s = store.create()
     (s.directory / "state.json").write_text("{not json")
-    with pytest.raises(SessionError, match=r"^unreadable session state \(JSONDecodeError\)$"):
+    with pytest.raises(SessionError, match=r"^state\.json: not readable JSON \(Expecting property name enclosed in "
+                                           r"double quotes: line 1 column 2 \(char 1\)\)$"):
         SessionStore(store.root).get(s.id)
     gone = tmp_path / "gone.nii.gz"
     t = store.create()

@@ -297,3 +297,79 @@ def test_cli_flag_picks_the_basic_profile():
 
     assert deidentifier(Namespace(deidentify=True)) is deidentify_basic
     assert deidentifier(Namespace(deidentify=False)) is None and deidentifier(Namespace()) is None
+
+
+def test_a_deidentified_ui_export_is_not_named_after_the_patient(tmp_path, identified_series):
+    """Viewers export a study as a folder or zip named after the patient (OsiriX/Horos: 'Name - Study'); the
+    de-identified DICOM-SEG was then named 'DOE_JANE_-_CT_head_seg.dcm'. Its name now carries nothing of the
+    upload's; with identifiers kept it is named after the study as before."""
+    import zipfile
+
+    from app import controller
+    from app.controller import AppContext
+    from app.interaction import ModelRunner, Prefetcher
+    from app.session import SessionStore
+
+    upload = tmp_path / "DOE JANE - CT head.zip"
+    with zipfile.ZipFile(upload, "w") as z:
+        for f in sorted(identified_series.glob("*.dcm")):
+            z.write(f, f"DOE JANE/{f.name}")
+    runner = ModelRunner("cpu")
+    ctx = AppContext(SessionStore(tmp_path / "sessions"), runner, Prefetcher(runner, radius=0))
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(upload)])
+    ctx.store.get(sid).labels[5, 100:120, 100:120] = 1
+    default, vm = controller.export(ctx, sid, "dicom-seg")
+    assert "DOE" not in default.name.upper() and "JANE" not in default.name.upper() and "DOE" not in vm.status
+    assert pydicom.dcmread(default).PatientIdentityRemoved == "YES"
+    kept, _ = controller.export(ctx, sid, "dicom-seg", keep_identifiers=True)
+    assert kept.name == "DOE_JANE_-_CT_head_seg.dcm"
+
+
+PLANTED = """PatientName PatientID PatientComments EthnicGroup OtherPatientIDs AccessionNumber StudyID StudyDescription
+ReferringPhysicianName InstitutionName InstitutionAddress StationName OperatorsName PerformingPhysicianName
+NameOfPhysiciansReadingStudy RequestingPhysician AdmittingDiagnosesDescription MedicalAlerts Allergies
+ClinicalTrialSponsorName ClinicalTrialSubjectID ClinicalTrialProtocolID ClinicalTrialSiteID ClinicalTrialProtocolName
+ClinicalTrialTimePointID PatientBirthName PatientMotherBirthName PatientAddress PatientTelephoneNumbers
+IssuerOfPatientID SeriesDescription ProtocolName DeviceSerialNumber PerformedProcedureStepDescription PatientState
+AdditionalPatientHistory ReasonForTheRequestedProcedure""".split()
+
+
+def test_identity_anywhere_in_the_source_headers_is_absent_from_the_deidentified_seg(tmp_path):
+    """What highdicom copies from the source into the SEG (patient, study, clinical-trial modules, nested items,
+    private blocks) is what the profile then cleans: marks planted in 37 source attributes, 2 sequences and 2
+    private blocks; none is in the de-identified file's bytes, nor a source date or time. (Session 12: held.)"""
+    from pydicom.dataset import Dataset
+
+    marks: list[str] = []
+
+    def mark(what: str) -> str:
+        marks.append(f"PHI{what}X")
+        return marks[-1]
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for f in sorted((SAMPLES / "ct_head_0051_series").glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        for keyword in PLANTED:
+            setattr(ds, keyword, mark(keyword))
+        other = Dataset()
+        other.PatientID, other.IssuerOfPatientID = mark("OtherID"), mark("OtherIssuer")
+        ds.OtherPatientIDsSequence = [other]
+        request = Dataset()
+        request.RequestedProcedureID, request.ScheduledProcedureStepID = mark("Requested"), mark("Scheduled")
+        ds.RequestAttributesSequence = [request]
+        ds.add_new(0x00091010, "LO", mark("Private"))
+        ds.private_block(0x0011, "ACME", create=True).add_new(0x01, "LO", mark("PrivateBlock"))
+        ds.PatientBirthDate, ds.StudyDate, ds.SeriesDate = "19610203", "20230405", "20230405"
+        ds.AcquisitionDate = "20230405"
+        ds.StudyTime, ds.AcquisitionDateTime, ds.BurnedInAnnotation = "101112", "20230405101112", "YES"
+        ds.save_as(folder / f.name)
+    volume = read_study(folder)
+    labels = np.zeros(volume.array.shape[:3], np.uint8)
+    labels[3, 50:80, 50:90] = 1
+    kept = export_labels(labels, volume, tmp_path / "kept.dcm", {1: "lesion"})
+    assert "PHIPatientNameX" in str(pydicom.dcmread(kept).PatientName)  # the plant reached the SEG
+    raw = export_labels(labels, volume, tmp_path / "clean.dcm", {1: "lesion"}, deidentify=deidentify_basic).read_bytes()
+    assert [m for m in set(marks) if m.encode() in raw] == []
+    assert [d for d in ("19610203", "20230405", "101112") if d.encode() in raw] == []

@@ -1,0 +1,123 @@
+"""An output name that is one of the command's inputs: the writers rename their result over the target,
+so ``medseg segment ct.nii.gz -o ct.nii.gz`` replaced the patient's image by a label map (exit 0). Every
+command that writes now refuses it, before the model runs, in one line, and the input is left byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.cli import main
+from tests.conftest import DATA
+
+NIFTI = DATA / "mr_t1_colin27_slabA_image.nii.gz"
+DICOM_FILE = DATA / "dicom" / "pydicom_CT_small.dcm"
+SERIES = DATA / "dicom" / "ct_head_0051_series_k050-061"
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def refused(capsys, argv: list, keep: Path, named: Path) -> None:
+    before = digest(keep)
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "is an input" in err and named.name in err, err
+    assert digest(keep) == before  # the study is still what the scanner wrote
+
+
+@pytest.fixture()
+def studies(tmp_path):
+    shutil.copy(NIFTI, tmp_path / "t1.nii.gz")
+    shutil.copy(DICOM_FILE, tmp_path / "ct.dcm")
+    shutil.copytree(SERIES, tmp_path / "series")
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)).save(tmp_path / "scan.png")
+    return tmp_path
+
+
+def test_segment_refuses_to_write_over_its_input_file(studies, capsys):
+    box = ["--box", 60, 60, 120, 120]
+    refused(capsys, ["segment", studies / "t1.nii.gz", "--slice", 10, *box, "-o", studies / "t1.nii.gz"],
+            studies / "t1.nii.gz", studies / "t1.nii.gz")
+    refused(capsys, ["segment", studies / "ct.dcm", "--box", 20, 20, 80, 80, "-o", studies / "ct.dcm"],
+            studies / "ct.dcm", studies / "ct.dcm")
+    refused(capsys, ["segment", studies / "scan.png", "--box", 5, 5, 40, 40, "-o", studies / "scan.png"],
+            studies / "scan.png", studies / "scan.png")
+
+
+def test_segment_refuses_a_slice_of_the_series_and_other_names_of_the_input(studies, capsys):
+    first = sorted((studies / "series").iterdir())[0]
+    refused(capsys, ["segment", studies / "series", "--slice", 3, "--box", 60, 60, 120, 120, "-o", first],
+            first, first)
+    os.link(studies / "t1.nii.gz", studies / "hard.nii.gz")  # another name of the same file
+    (studies / "sub").mkdir()
+    os.symlink(studies / "t1.nii.gz", studies / "sub" / "link.nii.gz")
+    for other in (studies / "hard.nii.gz", studies / "sub" / "link.nii.gz", studies / "sub" / ".." / "t1.nii.gz"):
+        refused(capsys, ["segment", studies / "t1.nii.gz", "--slice", 10, "--box", 60, 60, 120, 120, "-o", other],
+                studies / "t1.nii.gz", studies / "t1.nii.gz")
+
+
+def test_propagate_refuses_its_input_before_propagating(studies, capsys):
+    refused(capsys, ["propagate", studies / "t1.nii.gz", "--slice", 10, "--box", 60, 60, 120, 120, "--quiet",
+                     "-o", studies / "t1.nii.gz"], studies / "t1.nii.gz", studies / "t1.nii.gz")
+
+
+def test_oneshot_refuses_an_output_folder_where_a_target_would_be_replaced(studies, capsys):
+    mask = studies / "mask.png"
+    Image.fromarray(np.pad(np.full((20, 20), 255, np.uint8), 22)).save(mask)
+    refused(capsys, ["oneshot", "--ref", studies / "scan.png", "--ref-mask", mask, "--targets", studies / "scan.png",
+                     "-o", studies], studies / "scan.png", studies / "scan.png")
+
+
+def test_an_output_beside_the_input_is_written(studies, capsys, litemedsam):
+    """The neighbour that must still work: the same folder, another name."""
+    code = main(["segment", str(studies / "t1.nii.gz"), "--slice", "10", "--box", "60", "60", "120", "120",
+                 "-o", str(studies / "t1_labels.nii.gz")])
+    assert code == 0, capsys.readouterr()
+    assert (studies / "t1_labels.nii.gz").is_file()
+
+
+def test_a_seg_that_carries_the_patients_identity_says_so_as_the_ui_does(tmp_path, capsys, litemedsam):
+    """The UI de-identifies a DICOM-SEG unless asked and notes it when identity is kept; `medseg segment -o x.dcm`
+    kept PatientName/PatientID silently (exit 0, nothing on stderr)."""
+    import pydicom
+
+    argv = ["segment", str(SERIES), "--slice", "5", "--box", "60", "60", "160", "160"]
+    assert main([*argv, "-o", str(tmp_path / "kept.dcm")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning" in err and "PatientName" in err and "--deidentify" in err, err
+    assert str(pydicom.dcmread(tmp_path / "kept.dcm").PatientName) == str(
+        pydicom.dcmread(sorted(SERIES.iterdir())[0]).PatientName)  # kept, as asked: it goes back to its PACS
+    assert main([*argv, "--deidentify", "-o", str(tmp_path / "clean.dcm")]) == 0
+    assert capsys.readouterr().err == ""
+    assert str(pydicom.dcmread(tmp_path / "clean.dcm").PatientIdentityRemoved) == "YES"
+
+
+@pytest.mark.parametrize("where", ["inside a file", "procfs"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_runs(where, studies, capsys, monkeypatch):
+    """Before: the model ran (minutes for `propagate`), then the write failed naming a temporary file the user
+    never chose: `[Errno 2] No such file or directory: '/proc/.a.nii.gz.2b6ub66h.nii.gz'`."""
+    import app.commands.propagate as propagate_cmd
+    import app.commands.segment as segment_cmd
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran before the output was checked")
+
+    monkeypatch.setattr(segment_cmd, "segmenter_from_args", no_model)
+    monkeypatch.setattr(propagate_cmd, "segmenter_from_args", no_model)
+    out = studies / "t1.nii.gz" / "labels.nii.gz" if where == "inside a file" else Path("/proc/labels.nii.gz")
+    for argv in (["segment", studies / "t1.nii.gz", "--slice", 10, "--box", 60, 60, 120, 120, "-o", out],
+                 ["propagate", studies / "t1.nii.gz", "--slice", 10, "--box", 60, 60, 120, 120, "--quiet", "-o", out]):
+        code = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"--output {out}: cannot write" in err and ".labels.nii.gz." not in err, err
