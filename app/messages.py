@@ -62,6 +62,14 @@ def news_stamp() -> int:
         return _last_stamp
 
 
+STAMP = re.compile(r'<time hidden datetime="\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"></time>$')
+
+
+def unstamped(status: str) -> str:
+    """A status line without the stamp :func:`stamped` added: the text the user reads."""
+    return STAMP.sub("", status)
+
+
 def stamped(markdown: str, at: int) -> str:
     """A status line (already :func:`for_markdown`) with when its news happened, as a hidden ``<time>`` the
     viewer reads (Gradio's Markdown keeps ``<time datetime>`` and drops ``data-`` attributes)."""

@@ -241,13 +241,12 @@ def check_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path],
         folder = next(p for p in (out.parent, *out.parent.parents) if p.exists() or p == p.parent)
         if not folder.is_dir():
             raise UsageError(f"{option} {out}: cannot write there: {folder} is a file, not a folder")
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)  # as the writers will (data.writers.atomic_output)
-            fd, probe = tempfile.mkstemp(dir=out.parent, prefix=".medseg-probe-")
+        try:  # probe the nearest folder that exists: a refused command leaves no folder behind
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".medseg-probe-")
             os.close(fd)
             os.unlink(probe)
         except OSError as e:
-            raise UsageError(f"{option} {out}: cannot write in {out.parent} ({e.strerror or e})") from None
+            raise UsageError(f"{option} {out}: cannot write in {folder} ({e.strerror or e})") from None
 
 
 def add_output_arg(p: argparse.ArgumentParser, formats: str) -> None:
