@@ -102,6 +102,17 @@ def _too_large(scope, limit: int, size: int | None) -> JSONResponse:
     return _error(413, f"{what} is over the limit of {size_text(limit)} (MEDSEG_MAX_UPLOAD_MB)")
 
 
+def _params(form) -> Any:
+    """The form's ``params`` JSON, or a 400 answer: nested too deep, ``json.loads`` raised RecursionError, which
+    answered 500 with a traceback in the log."""
+    try:
+        return json.loads(form.get("params") or "{}")
+    except json.JSONDecodeError:
+        return _error(400, "params: not valid JSON")
+    except RecursionError:
+        return _error(400, "params: not valid JSON (nested too deep)")
+
+
 def _multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> Response:
     """A multipart/form-data reply (what MONAI Label sends and its client parses): name -> (filename, body, type)."""
     boundary = uuid4().hex
@@ -163,10 +174,9 @@ def build_app(cfg: ServerConfig) -> Starlette:
         if output not in ("image", "json", "all", "dicom_seg"):
             return _error(400, f"output={output!r}: expected image, json, all or dicom_seg")
         form = await request.form(max_files=4, max_fields=16)
-        try:
-            params = json.loads(form.get("params") or "{}")
-        except json.JSONDecodeError:
-            return _error(400, "params: not valid JSON")
+        params = _params(form)
+        if isinstance(params, Response):
+            return params
         if not isinstance(params, dict):
             return _error(400, "params: expected a JSON object")
         tmp_files = []
@@ -281,10 +291,9 @@ def build_app(cfg: ServerConfig) -> Starlette:
         upload = form.get("label")
         if not isinstance(upload, UploadFile):
             return _error(400, "send the label as a multipart 'label' part")
-        try:
-            params = json.loads(form.get("params") or "{}")
-        except json.JSONDecodeError:
-            return _error(400, "params: not valid JSON")
+        params = _params(form)
+        if isinstance(params, Response):
+            return params
         tmp = await _save_upload(upload, uploads)
         try:
             def work():

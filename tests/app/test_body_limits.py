@@ -154,7 +154,9 @@ def test_the_longest_brush_stroke_the_viewer_may_send_is_accepted(served):
 
 
 def test_deeply_nested_json_in_an_action_is_one_400_line(served):
-    """100000 nested lists (195 KiB): before, a RecursionError while parsing."""
+    """100000 nested lists (195 KiB): the parser's RecursionError. Before: FastAPI's 400 ``{"detail": "There was
+    an error parsing the body"}`` (no traceback), which the viewer, reading ``error``, showed as "request failed
+    (400)"; now the viewer's one line."""
     server, page = served
     deep = '{"kind": "point", "mm": ' + "[" * 100_000 + "]" * 100_000 + "}"
     r = page.http.post(server.url + "/viewer-api/action", content=deep.encode(),
@@ -164,3 +166,27 @@ def test_deeply_nested_json_in_an_action_is_one_400_line(served):
     assert r.json()["ok"] is False and "\n" not in r.json()["error"]
     assert "Traceback" not in (server.log_path.read_text(errors="replace") if server.log_path else "")
     _still_clicks(page)
+
+
+def test_an_upload_over_the_limit_in_many_small_files_is_cut(tmp_path, monkeypatch):
+    """Gradio's ``max_file_size`` (MEDSEG_MAX_UPLOAD_MB) checks each file alone: 16 files of 3 MiB under a 4 MiB
+    limit were all taken (48 MiB into Gradio's cache) and refused only by medseg's check afterwards. Now the
+    whole upload is counted: 413 once past the limit plus its framing allowance."""
+    monkeypatch.setenv("MEDSEG_MAX_UPLOAD_MB", "4")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    server = ServerProcess(tmp_path / "state", prefetch=0, log_path=tmp_path / "serve.log").start()
+    page = Page(server.url)
+    try:
+        page.load()
+        files = [("files", (f"IM{i:04d}.dcm", bytes([i]) * (3 * MIB))) for i in range(16)]
+        r = page.http.post(page.api + "/upload", files=files)
+        print(r.status_code, r.text[:200])
+        assert r.status_code == 413 and "MEDSEG_MAX_UPLOAD_MB" in r.text
+        cached = sum(p.stat().st_size for p in (tmp_path / "gradio").rglob("*") if p.is_file())
+        print(f"in Gradio's cache: {cached / MIB:.1f} MiB")
+        assert cached < 16 * MIB  # not the 48 MiB sent
+        ok = page.http.post(page.api + "/upload", files=[("files", ("small.dcm", b"x" * 1000))])
+        assert ok.status_code == 200  # uploads under the limit still go through
+    finally:
+        page.close()
+        server.stop()
