@@ -190,3 +190,15 @@ def test_an_upload_over_the_limit_in_many_small_files_is_cut(tmp_path, monkeypat
     finally:
         page.close()
         server.stop()
+
+
+@pytest.mark.parametrize("path", ["/gradio_api/queue/join", "/gradio_api/component_server"])
+def test_deeply_nested_json_to_gradio_is_refused_without_a_traceback(served, path):
+    """Gradio's JSON routes parse through FastAPI (a 400 or 422), never a 500 or a traceback (checked, no change)."""
+    server, page = served
+    deep = '{"data": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    r = page.http.post(server.url + path, content=deep.encode(), headers={"Content-Type": "application/json"})
+    print(path, r.status_code, r.text[:120])
+    assert r.status_code in (400, 422)
+    assert "Traceback" not in server.log_path.read_text(errors="replace")
+    _still_clicks(page)
