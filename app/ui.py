@@ -600,8 +600,13 @@ def launch(
     memory_report.start(demo.medseg_ctx.store)  # only with MEDSEG_MEMORY_LOG_S (the soak)
     from starlette.middleware import Middleware
 
+    from app.body_limit import BodyLimit, serve_limit_for, serve_refusal
+
     cookie = Middleware(web_session.SessionCookieMiddleware, session_exists=demo.medseg_ctx.store.exists,
                         shelf=demo.medseg_shelf, max_age_s=limits.session_ttl_s, loopback_names_only=auth is None)
+    # inside the cookie middleware: a request it refuses (no session, a rebound name) is never read at all
+    bodies = Middleware(BodyLimit, limit_for=serve_limit_for(limits.max_upload_bytes, limits.max_upload_files),
+                        refuse=serve_refusal)
     demo.launch(
         server_name=host,
         server_port=port,
@@ -613,7 +618,7 @@ def launch(
         head=head_html(),
         theme=gr.themes.Default(spacing_size="sm", text_size="sm", radius_size="sm"),
         css=PAGE_CSS,
-        app_kwargs={"routes": demo.viewer_routes, "middleware": [cookie]},
+        app_kwargs={"routes": demo.viewer_routes, "middleware": [cookie, bodies]},
         prevent_thread_lock=prevent_thread_lock,
         auth=auth,  # a login page when bound beyond loopback (app.access)
         quiet=True,

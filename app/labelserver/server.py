@@ -32,6 +32,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from app.access import LOGIN_USER, bearer, is_loopback_host_header, token_matches
+from app.body_limit import BodyLimit, size_text
 from app.embedding_cache import EmbeddingCache
 from app.labelserver.datastore import (
     BadLabel,
@@ -95,50 +96,21 @@ class TokenGate(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-class _TooLarge(Exception):
-    pass
+def _too_large(scope, limit: int, size: int | None) -> JSONResponse:
+    """The label server's 413 (``app.body_limit``): the size when declared, the limit and its setting."""
+    what = f"request of {size / 2**20:.0f} MiB" if size is not None else "request body"
+    return _error(413, f"{what} is over the limit of {size_text(limit)} (MEDSEG_MAX_UPLOAD_MB)")
 
 
-class BodyLimit:
-    """413 for a request body over ``max_bytes``: from its Content-Length, else counted as it arrives (a
-    chunked request has no Content-Length, and passed a check of the header alone). Plain ASGI."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("method") not in ("PUT", "POST"):
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers", [])).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(int(length), scope, receive, send)
-        seen, started = 0, False
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge
-            return message
-
-        async def watched(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, watched)
-        except _TooLarge:
-            if started:
-                raise
-            await self._refuse(None, scope, receive, send)
-
-    async def _refuse(self, size: int | None, scope, receive, send):
-        what = f"request of {size / 2**20:.0f} MiB" if size is not None else "request body"
-        reply = _error(413, f"{what} is over the limit of {self.max_bytes / 2**20:.0f} MiB (MEDSEG_MAX_UPLOAD_MB)")
-        await reply(scope, receive, send)
+def _params(form) -> Any:
+    """The form's ``params`` JSON, or a 400 answer: nested too deep, ``json.loads`` raised RecursionError, which
+    answered 500 with a traceback in the log."""
+    try:
+        return json.loads(form.get("params") or "{}")
+    except json.JSONDecodeError:
+        return _error(400, "params: not valid JSON")
+    except RecursionError:
+        return _error(400, "params: not valid JSON (nested too deep)")
 
 
 def _multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> Response:
@@ -202,10 +174,9 @@ def build_app(cfg: ServerConfig) -> Starlette:
         if output not in ("image", "json", "all", "dicom_seg"):
             return _error(400, f"output={output!r}: expected image, json, all or dicom_seg")
         form = await request.form(max_files=4, max_fields=16)
-        try:
-            params = json.loads(form.get("params") or "{}")
-        except json.JSONDecodeError:
-            return _error(400, "params: not valid JSON")
+        params = _params(form)
+        if isinstance(params, Response):
+            return params
         if not isinstance(params, dict):
             return _error(400, "params: expected a JSON object")
         tmp_files = []
@@ -320,10 +291,9 @@ def build_app(cfg: ServerConfig) -> Starlette:
         upload = form.get("label")
         if not isinstance(upload, UploadFile):
             return _error(400, "send the label as a multipart 'label' part")
-        try:
-            params = json.loads(form.get("params") or "{}")
-        except json.JSONDecodeError:
-            return _error(400, "params: not valid JSON")
+        params = _params(form)
+        if isinstance(params, Response):
+            return params
         tmp = await _save_upload(upload, uploads)
         try:
             def work():
@@ -395,7 +365,13 @@ def build_app(cfg: ServerConfig) -> Starlette:
 
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan,
                      middleware=[Middleware(TokenGate, token=cfg.token),
-                                 Middleware(BodyLimit, max_bytes=cfg.max_upload_bytes)])
+                                 Middleware(BodyLimit, limit_for=_uploads_limit(cfg.max_upload_bytes),
+                                            refuse=_too_large)])
+
+
+def _uploads_limit(max_bytes: int):
+    """Every PUT and POST body is held to MEDSEG_MAX_UPLOAD_MB (uploads are the label server's biggest bodies)."""
+    return lambda scope: max_bytes if scope.get("method") in ("PUT", "POST") else None
 
 
 def _study_status(e: StudyError) -> int:

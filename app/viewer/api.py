@@ -7,7 +7,7 @@ with one escaped line without server paths or the session id (``app.messages``);
 logged and answers 500 with one line.
 """
 
-# No `from __future__ import annotations`: FastAPI reads the routes' real annotations (Request, Body).
+# No `from __future__ import annotations`: FastAPI reads the routes' real annotations (Request).
 
 import contextlib
 import logging
@@ -19,6 +19,7 @@ from app.controller import AppContext
 from app.errors import USER_ERRORS
 from app.session import Session, SessionError
 from app.viewer import actions
+from models.prompts import PromptError
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -37,8 +38,9 @@ def head_html() -> str:
 
 def routes(ctx: AppContext) -> list:
     """The viewer's routes and the bundle's static files (Starlette routes, matched before Gradio's)."""
-    from fastapi import APIRouter, Body, Request
+    from fastapi import APIRouter, Request
     from fastapi.responses import FileResponse, JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
     from starlette.routing import Mount
     from starlette.staticfiles import StaticFiles
 
@@ -100,8 +102,7 @@ def routes(ctx: AppContext) -> list:
         except Exception as e:  # noqa: BLE001
             return fail(e, sid_or_none(request))
 
-    @router.post(API_URL + "/action")
-    def post_action(request: Request, body: dict = Body(...)):
+    def act(request: Request, body: dict):
         trace.mark("action.arrive", kind=body.get("kind"), id=request.headers.get("x-trace-id"))
         try:
             return JSONResponse(actions.act(ctx, session_of(request), body), headers=no_store)
@@ -109,6 +110,15 @@ def routes(ctx: AppContext) -> list:
             return fail(e, sid_or_none(request))
         finally:
             trace.mark("action.answer", kind=body.get("kind"), id=request.headers.get("x-trace-id"))
+
+    @router.post(API_URL + "/action")
+    async def post_action(request: Request):
+        # the body arrives under app.body_limit's VIEWER_BODY_BYTES (past it: 413 from the middleware)
+        try:
+            body = actions.parse(await request.body(), request.headers.get("content-type"))
+        except PromptError as e:
+            return fail(e, sid_or_none(request))
+        return await run_in_threadpool(act, request, body)  # the model and the session lock: off the event loop
 
     @router.post(API_URL + "/encode")
     def post_encode(request: Request):

@@ -114,3 +114,20 @@ def test_a_chunked_upload_is_cut_at_the_limit_and_nothing_is_kept(loopback):
         pass  # the server may close the connection while the client is still sending: also a refusal
     assert not list((tmp_path / "studies").glob("big*"))
     assert requests.get(url + "/datastore/?output=all", timeout=30).status_code == 200  # still serving
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # 195 KiB of nested lists: deeper than the JSON parser's stack
+
+
+@pytest.mark.parametrize("route", ["infer", "label"])
+def test_params_nested_too_deep_are_one_400_line(loopback, route):
+    """Before: RecursionError out of ``json.loads`` -> 500 "Internal Server Error" and a traceback in the log."""
+    url, _, _ = loopback
+    if route == "infer":
+        reply = requests.post(url + "/infer/litemedsam?image=ct", files={"params": (None, DEEP)}, timeout=30)
+    else:
+        reply = requests.put(url + "/datastore/label?image=ct", timeout=30,
+                             files={"params": (None, DEEP), "label": ("ct.nii.gz", b"x", "application/gzip")})
+    assert reply.status_code == 400, reply.text[:200]
+    assert reply.json()["detail"] == "params: not valid JSON (nested too deep)"
+    assert requests.get(url + "/info/", timeout=30).status_code == 200
