@@ -669,6 +669,19 @@ def _peak_python_bytes(fn) -> tuple[int, float]:
     return peak, seconds
 
 
+def _refusals(url: SeriesURL, max_bytes: int) -> tuple[list[str], int, float]:
+    """Fetch a series that must be refused: the error lines, the peak of Python's memory and the seconds."""
+    errors = []
+
+    def fetch():
+        with pytest.raises(DicomWebError) as e:
+            fetch_series(url, max_voxels=2**30, max_bytes=max_bytes)
+        errors.append(str(e.value))
+
+    peak, seconds = _peak_python_bytes(fetch)
+    return errors, peak, seconds
+
+
 @pytest.mark.parametrize("how", ["declared", "chunked", "close", "lying", "gzip"])
 def test_a_huge_instance_is_refused_in_one_line_with_memory_bounded(pacs, private_tmp, how):
     """A 256 MiB instance where the metadata announced 2 x 2 pixels, under a 1 MiB series limit. Before,
@@ -678,14 +691,7 @@ def test_a_huge_instance_is_refused_in_one_line_with_memory_bounded(pacs, privat
     url = _one_instance(pacs, data)
     sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
     pacs.streams[f"/studies/{STUDY}/series/{SER}/instances/{sop}"] = _send_huge(how)
-    errors = []
-
-    def fetch():
-        with pytest.raises(DicomWebError) as e:
-            fetch_series(url, max_voxels=2**30, max_bytes=2**20)
-        errors.append(str(e.value))
-
-    peak, seconds = _peak_python_bytes(fetch)
+    errors, peak, seconds = _refusals(url, max_bytes=2**20)
     declared = "the PACS declared 256 MiB" if how == "declared" else "the PACS sent more"  # 256 MiB + 130 KiB
     assert errors == [f"{url}: instance 1 of 1 (SOPInstanceUID {sop}) is larger than the 1092 KiB allowed, the rest "
                       "of the series' budget (MEDSEG_MAX_UPLOAD_MB 1024 KiB plus 64 KiB of header an instance); "
@@ -701,14 +707,7 @@ def test_an_instance_over_what_its_metadata_announced_is_stopped_at_the_header_a
     url = _one_instance(pacs, data)
     sop = pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
     pacs.streams[f"/studies/{STUDY}/series/{SER}/instances/{sop}"] = _send_huge("chunked", 320 * 2**20)
-    errors = []
-
-    def fetch():
-        with pytest.raises(DicomWebError) as e:
-            fetch_series(url, max_voxels=2**30, max_bytes=2048 * 2**20)
-        errors.append(str(e.value))
-
-    peak, seconds = _peak_python_bytes(fetch)
+    errors, peak, seconds = _refusals(url, max_bytes=2048 * 2**20)
     assert errors == [f"{url}: instance 1 of 1 (SOPInstanceUID {sop}) is larger than the 32 MiB allowed, what its "
                       "metadata announced (8 bytes of pixels) plus 32 MiB of header; the PACS sent more; download "
                       "stopped, nothing kept"]
@@ -731,14 +730,7 @@ def test_a_huge_metadata_answer_is_refused_in_one_line(pacs, private_tmp, monkey
 
     pacs.streams[f"/studies/{STUDY}/series/{SER}/metadata"] = metadata
     url = SeriesURL(pacs.base, STUDY, SER)
-    errors = []
-
-    def fetch():
-        with pytest.raises(DicomWebError) as e:
-            fetch_series(url, max_voxels=2**30, max_bytes=2**30)
-        errors.append(str(e.value))
-
-    peak, _ = _peak_python_bytes(fetch)
+    errors, peak, _ = _refusals(url, max_bytes=2**30)
     assert errors == [f"{url}: the PACS's answer is larger than the 1024 KiB allowed while reading the series metadata "
                       "(WADO-RS) (the PACS sent more); stopped, nothing kept"]
     assert peak < 8 * 2**20 and list(private_tmp.iterdir()) == []
