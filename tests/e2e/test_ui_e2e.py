@@ -723,3 +723,28 @@ def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     context_b.close()
     context.close()
+
+
+
+
+
+def test_the_viewers_ready_never_repeats_the_pages_ready(browser, server, ct):
+    """Session 12, `make run` under load: the status read "Opened CT head ... Ready: the slice is encoded (backend
+    ...). · Ready: the slice is encoded." (the viewer's own Ready joined the page's warm-up message, which already
+    said it, when the warm-up's came first): three lines, the page 915 px tall at 1440x900. The race is replayed
+    here in its order: the page's message, then the viewer's own Ready."""
+    context, page, _ = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        greeting = "Opened CT head. Ready: the slice is encoded (backend onnx-int8-conv: the fastest CPU backend)."
+        shown = page.evaluate("([g, r]) => { medsegViewer.showStatus(g); medsegViewer.addReady(r);"
+                              " return document.querySelector('#viewer-status').innerText }",
+                              [greeting, "Ready: the slice is encoded."])
+        assert shown == greeting
+        # a message that does not say it yet still gets the Ready (a review step, a propagation's end)
+        shown = page.evaluate("r => { medsegViewer.showStatus('Review: slice 2 of 9.'); medsegViewer.addReady(r);"
+                              " return document.querySelector('#viewer-status').innerText }",
+                              "Ready: the slice is encoded.")
+        assert shown == "Review: slice 2 of 9. · Ready: the slice is encoded."
+    finally:
+        context.close()

@@ -1139,8 +1139,11 @@ class Viewer {
    * readable after the viewer moved there and encoded it); an error stays as it is. */
   addReady(ready: string): void {
     if (this.statusLine.classList.contains('mv-error')) return
-    const shown = (this.statusLine.textContent ?? '').replace(/\s*·?\s*Ready: the slice is encoded\.?$/, '').trim()
-    this.showStatus(shown ? `${shown} · ${ready}` : ready)
+    const text = (this.statusLine.textContent ?? '').trim()
+    // already said, by the viewer or by the page's warm-up ("... Ready: the slice is encoded (backend ...)."):
+    // said twice, the status took three lines and pushed the page past 900 px (session 12)
+    if (/Ready: the slice is encoded(?: \([^)]*\))?\.?$/.test(text)) return
+    this.showStatus(text ? `${text} · ${ready}` : ready)
   }
 
   showError(text: string): void {
