@@ -91,3 +91,12 @@ def shots(tmp_path) -> Path:
     out = Path(os.environ.get("MEDSEG_UI_SCREENSHOTS", tmp_path))
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def type_colour(page, hex_colour: str) -> None:
+    """Type a hex colour into the label's colour picker and close it, as a user does (Enter, then a click away)."""
+    page.locator("#label-colour .dialog-button").click()
+    hex_input = page.locator("#label-colour .input-wrap input[type=text]")
+    hex_input.fill(hex_colour)
+    hex_input.press("Enter")
+    page.locator("#facts").click()  # close the picker

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from app.viewer.geometry import from_plane
 from data.readers import read_study
 from tests.conftest import SAMPLES
-from tests.e2e.conftest import needs_browser
+from tests.e2e.conftest import needs_browser, type_colour
 
 pytestmark = needs_browser
 TIMEOUT_MS = 240_000  # first encode on a busy 2-core machine
@@ -608,11 +608,7 @@ def test_a_label_renamed_in_another_tab_reaches_this_tab_on_its_next_answer(brow
     name.fill("ventricle")
     name.press("Enter")
     expect(tab.locator("#viewer-legend")).to_contain_text("1 · ventricle", timeout=TIMEOUT_MS)
-    tab.locator("#label-colour .dialog-button").click()
-    hex_input = tab.locator("#label-colour .input-wrap input[type=text]")
-    hex_input.fill("#00ff00")
-    hex_input.press("Enter")
-    tab.locator("#facts").click()  # close the picker
+    type_colour(tab, "#00ff00")
     expect(tab.locator('#viewer-legend .mv-label[data-value="1"] .mv-swatch')).to_have_css(
         "background-color", "rgb(0, 255, 0)", timeout=TIMEOUT_MS)
     assert page.evaluate("document.visibilityState") == "visible"  # no visibility change refreshes this tab

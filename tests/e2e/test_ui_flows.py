@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from models import point_prompts
-from tests.e2e.conftest import needs_browser
+from tests.e2e.conftest import needs_browser, type_colour
 from tests.e2e.test_ui_e2e import BOX, INSIDE, TIMEOUT_MS, _browser_labels, _drag, _idle, _open_page, \
     _open_sample, _page_to, _server_counts, _wait_server, _wait_status, _xy
 
@@ -145,11 +145,7 @@ def test_alternatives_labels_mask_file_and_dicom_seg_export(browser, server, mod
     assert [d["name"] for d in _state(server, sid)["labels"]] == ["label 1", "lesion"]
     expect(page.locator("#viewer-legend")).to_contain_text("2 · lesion", timeout=TIMEOUT_MS)
     # a typed hex colour is saved and drawn (the old UI changed the swatch only)
-    page.locator("#label-colour .dialog-button").click()
-    hex_input = page.locator("#label-colour .input-wrap input[type=text]")
-    hex_input.fill("#00ff00")
-    hex_input.press("Enter")
-    page.locator("#facts").click()  # close the picker
+    type_colour(page, "#00ff00")
     _wait_server(lambda: _state(server, sid)["labels"][1]["colour"] == [0, 255, 0], 60)
     expect(page.locator('#viewer-legend .mv-label[data-value="2"] .mv-swatch')).to_have_css(
         "background-color", "rgb(0, 255, 0)", timeout=TIMEOUT_MS)
