@@ -62,6 +62,12 @@ def news_stamp() -> int:
         return _last_stamp
 
 
+def last_stamp() -> int:
+    """The newest stamp :func:`news_stamp` gave (0 before any)."""
+    with _stamp_lock:
+        return _last_stamp
+
+
 STAMP = re.compile(r'<time hidden datetime="\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"></time>$')
 
 

@@ -101,6 +101,16 @@ def table_tag(session: Session) -> str:
     return "%08x" % zlib.crc32(json.dumps(label_rows(session)).encode())
 
 
+def news(session: Session | None) -> dict[str, Any]:
+    """The idle tab's poll (``GET /viewer-api/news``): the open study and its label table's digest, read without
+    the session's lock (a torn read during a rename only makes one poll sync the page once more), and the newest
+    news stamp. ``session`` None (held on disk only, so unchanged since it was last in memory): no table."""
+    out: dict[str, Any] = {"ok": True, "study": None, "table": None, "at": messages.last_stamp()}
+    if session is not None and session.volume is not None:
+        out.update(study=session.study_key, table=table_tag(session))
+    return out
+
+
 def planes(volume) -> dict[str, dict[str, Any]]:
     """Per view: how many planes, their (H, W) and (row, column) spacing (scripted clients use it)."""
     out = {}

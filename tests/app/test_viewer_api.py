@@ -388,3 +388,59 @@ def test_answers_say_when_their_news_happened_and_which_label_table_they_found(c
     controller.edit_label(ctx, sid, "ventricle", "#00ff00")
     assert actions.state(s)["table"] != table
     assert actions.act(ctx, s, {"kind": "view", "view": "coronal", "at": [7, 0, 0]})["table"] == actions.state(s)["table"]
+
+
+def test_an_idle_tab_polls_the_label_tables_digest_without_the_lock_or_a_load(ctx, tmp_path):
+    """A tab that sends nothing never learned of another tab's rename until its next answer. It now polls
+    ``GET /viewer-api/news``: a few hundred bytes at most, the cookie's session only, no credential in it; it
+    answers while a prompt holds the session's lock (a poll never queues behind the model), and it never loads a
+    session the server holds only on disk (no table: nothing changed since it was last in memory)."""
+    import threading
+    import time
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from app import web_session
+
+    token = web_session.new_token()
+    sid = controller.start(ctx, web_session.sid_of_token(token)).session_id
+    controller.open_sample(ctx, sid, CT_NAME)
+    s = ctx.store.get(sid)
+    app = FastAPI(routes=routes(ctx))
+    client = TestClient(app, headers={"Cookie": f"{web_session.COOKIE}={token}"})
+    r = client.get("/viewer-api/news")
+    news = r.json()
+    assert r.status_code == 200 and len(r.content) < 300 and r.headers["cache-control"] == "no-store"
+    assert news["study"] == s.study_key and news["table"] == actions.state(s)["table"]
+    assert token not in r.text and sid not in r.text
+    controller.edit_label(ctx, sid, "ventricle", "#00ff00")
+    assert client.get("/viewer-api/news").json()["table"] == actions.state(s)["table"] != news["table"]
+
+    held, release = threading.Event(), threading.Event()
+
+    def prompt_running():
+        with s.lock:
+            held.set()
+            release.wait(30)
+
+    worker = threading.Thread(target=prompt_running)
+    worker.start()
+    try:
+        assert held.wait(10)
+        t0 = time.monotonic()
+        assert client.get("/viewer-api/news").json()["table"] == actions.state(s)["table"]
+        assert time.monotonic() - t0 < 5, "the poll waited for the session's lock"
+    finally:
+        release.set()
+        worker.join()
+
+    store = ctx.store
+    assert store.flush(sid)
+    with store._lock:
+        store._sessions.pop(sid)  # evicted: held on disk only
+    r = client.get("/viewer-api/news")
+    assert r.status_code == 200 and r.json()["table"] is None and store.peek(sid) is None
+    for cookies in ("", f"{web_session.COOKIE}={web_session.new_token()}"):
+        r = TestClient(app, headers={"Cookie": cookies}).get("/viewer-api/news")
+        assert r.status_code == 400 and "reload" in r.json()["error"] and s.study_key not in r.text

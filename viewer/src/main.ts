@@ -33,6 +33,11 @@ const VIEW_OF: Record<number, string> = { 0: 'axial', 1: 'coronal', 2: 'sagittal
 const SLICE_OF: Record<string, SLICE_TYPE> = { axial: SLICE_TYPE.AXIAL, coronal: SLICE_TYPE.CORONAL, sagittal: SLICE_TYPE.SAGITTAL }
 const AXIS_OF: Record<string, number> = { sagittal: 0, coronal: 1, axial: 2 } // RAS axis held fixed by a view
 const DRAG_PX = 4 // a press that moves less than this is a click, not a box
+// An idle tab asks the server for its label table's digest this often while it is shown (GET /viewer-api/news,
+// ~100 bytes): another tab's rename or colour change reaches it without an action of its own. A failed poll
+// doubles the wait, up to NEWS_MAX_MS (a server that is down gets no storm); a hidden tab does not poll.
+const NEWS_MS = 3000
+const NEWS_MAX_MS = 60_000
 
 const SHORTCUTS: [string, string][] = [
   ['P / B / R / E / V', 'point, box, brush, eraser, navigate'],
@@ -141,6 +146,10 @@ class Viewer {
   pageStatuses: { text: string; at?: number }[] = []  // the page's status line, each change in order, until the next poll shows them
   newsAt = 0  // when the news of the newest server message shown happened (server ms)
   tableStale = false  // an answer found another label table than this page's: the page syncs when the queue is done
+  newsTimer = 0  // the next poll of /viewer-api/news (0: none due)
+  newsBusy = false  // a poll is in flight (its end schedules the next: one chain of polls, never two)
+  newsWait = NEWS_MS  // the wait before the next poll: doubled after each failure, back to NEWS_MS after a success
+  tableSynced: { table: string; at: number } | null = null  // the last digest a poll synced the page for, and when
   reviewKey = ''
   encodeAgain = false
   frameTimes: number[] = []
@@ -263,6 +272,45 @@ class Viewer {
     new ResizeObserver(() => this.drawOverlay()).observe(this.stage)
     setInterval(() => this.pollState(), 100)
     this.pollState()
+    this.scheduleNews()
+  }
+
+  // --- news of other tabs of this session -------------------------------------------------------
+  /** The next poll of the server's news after ``newsWait``; none while the tab is hidden (visibilitychange
+   * reschedules it), while one is due or while one is in flight. */
+  scheduleNews(): void {
+    if (this.newsTimer || this.newsBusy || document.visibilityState === 'hidden') return
+    this.newsTimer = window.setTimeout(() => { this.newsTimer = 0; this.pollNews() }, this.newsWait)
+  }
+
+  async pollNews(): Promise<void> {
+    this.newsBusy = true
+    try {
+      if (this.state?.study) {
+        const r = await fetch(this.url('news'), { cache: 'no-store' })
+        if (!r.ok) throw new Error(`news: ${r.status}`)
+        this.onNews(await r.json())
+      }
+      this.newsWait = NEWS_MS
+    } catch {
+      this.newsWait = Math.min(this.newsWait * 2, NEWS_MAX_MS)
+    } finally {
+      this.newsBusy = false
+      this.scheduleNews()
+    }
+  }
+
+  /** Another tab renamed or recoloured a label: this page's table (legend, label box) is refreshed by its sync,
+   * at once when nothing is queued, else when the queue is done. One sync per digest, again after 10 s if the page
+   * still shows another table (a sync that failed). */
+  onNews(news: { study?: string | null; table?: string | null }): void {
+    const table = news.table, mine = this.state?.table
+    if (!table || mine === undefined || table === mine || news.study !== this.study) return
+    const synced = this.tableSynced
+    if (synced && synced.table === table && performance.now() - synced.at < 10_000) return
+    if (this.inFlight > 0 || this.drag) { this.tableStale = true; return }
+    this.tableSynced = { table, at: performance.now() }
+    this.syncPage()
   }
 
   // --- state from the Gradio page --------------------------------------------------------------
@@ -778,6 +826,7 @@ class Viewer {
     // back to this tab: another tab of the session may have edited meanwhile; the page's sync shows the server's state
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()
+      if (document.visibilityState === 'hidden') { window.clearTimeout(this.newsTimer); this.newsTimer = 0 } else this.scheduleNews()
     })
   }
 
