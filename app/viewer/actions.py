@@ -105,7 +105,8 @@ def news(session: Session | None) -> dict[str, Any]:
     """The idle tab's poll (``GET /viewer-api/news``): the open study and its label table's digest, read without
     the session's lock (a torn read during a rename only makes one poll sync the page once more), and the newest
     news stamp. ``session`` None (held on disk only, so unchanged since it was last in memory): no table."""
-    out: dict[str, Any] = {"ok": True, "study": None, "table": None, "at": messages.last_stamp()}
+    out: dict[str, Any] = {"ok": True, "study": None, "table": None, "at": messages.last_stamp(),
+                           "boot": messages.BOOT}
     if session is not None and session.volume is not None:
         out.update(study=session.study_key, table=table_tag(session))
     return out
@@ -287,7 +288,8 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         if kind in PROMPTS:
             ctx.prefetcher.request(session, session.view.view, session.view.index[session.view.view])
         answer: dict[str, Any] = {"ok": True, "status": status, "rev": session.revision, "base": base,
-                                  "object": markers(session), "at": messages.news_stamp(), "table": table_tag(session)}
+                                  "object": markers(session), "at": messages.news_stamp(), "boot": messages.BOOT,
+                                  "table": table_tag(session)}
         if kind in ("undo", "redo") and edit is not None and edit.view is None:
             answer["reload"] = True
         elif edit is not None:

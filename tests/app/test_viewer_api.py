@@ -444,3 +444,68 @@ def test_an_idle_tab_polls_the_label_tables_digest_without_the_lock_or_a_load(ct
     for cookies in ("", f"{web_session.COOKIE}={web_session.new_token()}"):
         r = TestClient(app, headers={"Cookie": cookies}).get("/viewer-api/news")
         assert r.status_code == 400 and "reload" in r.json()["error"] and s.study_key not in r.text
+
+
+def _viewer_takes(new: dict, shown: dict) -> bool:
+    """The viewer's rule (``showStatus`` in viewer/src/main.ts): a server message replaces the one shown unless it
+    comes from the same server process and is earlier in its news order."""
+    return new.get("boot") != shown.get("boot") or new["at"] > shown["at"]
+
+
+def _page_news(markup: str) -> dict:
+    """The news order the viewer reads from the page's status line (``readPageStatus``)."""
+    import re
+
+    m = re.search(r'<time hidden [^>]*title="news ([0-9a-f]+)\.(\d+)"></time>$', markup)
+    assert m, f"no news stamp the viewer reads in {markup!r}"
+    return {"boot": m.group(1), "at": int(m.group(2))}
+
+
+def test_the_news_order_holds_when_the_wall_clock_steps_back(ctx, monkeypatch):
+    """The viewer orders messages by when their news happened. That was the server's wall clock in ms: an NTP
+    step back between two runs of the server made the restarted server's news older than what an open page had
+    shown, and the page dropped every message for as long as the step. Now it is a count per server process,
+    with the process named (``messages.BOOT``): here the clock steps back an hour inside one process (answers
+    and the page's status line keep their order) and between two processes (the second one's news is taken)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from app import messages
+    from tests.conftest import ROOT
+
+    code = ("import json, sys, time\n"
+            "if sys.argv[1] == 'back':\n"
+            "    real, real_ns = time.time, time.time_ns\n"
+            "    time.time = lambda: real() - 3600\n"
+            "    time.time_ns = lambda: real_ns() - 3600 * 10**9\n"
+            "from app import messages\n"
+            "at = messages.news_stamp()\n"
+            "print(json.dumps({'at': at, 'boot': getattr(messages, 'BOOT', None), 'page': messages.stamped('x', at)}))\n")
+
+    def server_run(clock: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", code, clock], cwd=ROOT, capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+        return json.loads(out.stdout)
+
+    before, restarted = server_run("now"), server_run("back")  # the server restarted after the step back
+    assert _viewer_takes(restarted, before), "a restarted server's news looked older than the old one's"
+    assert _viewer_takes(_page_news(restarted["page"]), _page_news(before["page"]))
+
+    real, real_ns, offset = time.time, time.time_ns, [0.0]
+    monkeypatch.setattr(time, "time", lambda: real() + offset[0])
+    monkeypatch.setattr(time, "time_ns", lambda: real_ns() + int(offset[0] * 1e9))
+    sid = controller.start(ctx, None).session_id
+    opened = controller.open_sample(ctx, sid, CT_NAME)
+    s = ctx.store.get(sid)
+    first = actions.act(ctx, s, {"kind": "new_object"})
+    offset[0] = -3600.0  # NTP steps the clock back an hour
+    second = actions.act(ctx, s, {"kind": "new_object"})
+    page = _page_news(messages.stamped("Clicked.", messages.news_stamp()))
+    offset[0] = -7200.0
+    third = actions.act(ctx, s, {"kind": "new_object"})
+    order = [{"boot": getattr(messages, "BOOT", None), "at": opened.status_at}, first, second, page, third]
+    for earlier, later in zip(order, order[1:]):
+        assert _viewer_takes(later, earlier) and not _viewer_takes(earlier, later), (earlier, later)

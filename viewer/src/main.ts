@@ -19,12 +19,15 @@ type State = {
 type Suggested = { view: string; index: number; mm: number[]; positive: boolean; score: number }
 type Answer = {
   ok: boolean; error?: string; status?: string; rev?: number; base?: number; reload?: boolean; object?: ObjectMarks | null
-  at?: number  // when the status's news happened (server ms): an older message never replaces a newer one
+  at?: number; boot?: string  // the status's place in its server process's news order (app.messages.news_stamp)
   table?: string  // the label table the action found (a digest): another tab renamed or recoloured a label
   suggest?: Suggested | null
   patch?: { axis: number; index: number; shape: number[]; data: string } | null
 }
 type Tool = 'point' | 'box' | 'brush' | 'erase' | 'navigate'
+// A server message's place in the news order: the server process (``boot``) and its count there (``seq``). Never
+// the wall clock: one stepped back (NTP) made later news look older.
+type News = { boot: string; seq: number }
 const SUGGEST_KINDS = new Set(['point', 'box', 'undo', 'redo'])
 const EDIT_KINDS = new Set(['brush', 'erase', 'new_object', 'active']) // they end the suggestion's answer
 type Pending = { kind: 'point' | 'box' | 'stroke'; view: string; mm: number[][]; positive?: boolean }
@@ -143,8 +146,8 @@ class Viewer {
   errorAt = -1  // userActs when the error shown appeared (-1: no error shown)
   statusHost: Element | null = null
   statusObserver: MutationObserver | null = null
-  pageStatuses: { text: string; at?: number }[] = []  // the page's status line, each change in order, until the next poll shows them
-  newsAt = 0  // when the news of the newest server message shown happened (server ms)
+  pageStatuses: { text: string; news?: News }[] = []  // the page's status line, each change in order, until the next poll shows them
+  newsShown: News | null = null  // the newest server message's place in the news order
   tableStale = false  // an answer found another label table than this page's: the page syncs when the queue is done
   newsTimer = 0  // the next poll of /viewer-api/news (0: none due)
   newsBusy = false  // a poll is in flight (its end schedules the next: one chain of polls, never two)
@@ -317,8 +320,8 @@ class Viewer {
   pollState(): void {
     this.watchPageStatus()
     this.readPageStatus()
-    for (const { text, at } of this.pageStatuses.splice(0)) {
-      if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text, at))
+    for (const { text, news } of this.pageStatuses.splice(0)) {
+      if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text, news))
     }
     const holder = document.querySelector('#viewer-state [data-state]') as HTMLElement | null
     const text = holder?.getAttribute('data-state') || ''
@@ -341,14 +344,15 @@ class Viewer {
     this.statusObserver.observe(host, { childList: true, subtree: true, characterData: true })
   }
 
-  /** The page's status line and when its news happened (the server's hidden ``<time datetime>``, app.messages). */
+  /** The page's status line and its place in the news order (the server's hidden ``<time title="news BOOT.N">``,
+   * app.messages.stamped). */
   readPageStatus(): void {
     const md = document.querySelector('#status [data-testid="markdown"]') as HTMLElement | null
     const pageStatus = md?.innerText?.trim() ?? ''
     if (pageStatus === this.pageStatus) return
     this.pageStatus = pageStatus
-    const at = Date.parse(md?.querySelector('time[datetime]')?.getAttribute('datetime') ?? '')
-    this.pageStatuses.push({ text: pageStatus, at: Number.isFinite(at) ? at : undefined })
+    const m = /^news ([0-9a-f]+)\.(\d+)$/.exec(md?.querySelector('time[title]')?.getAttribute('title') ?? '')
+    this.pageStatuses.push({ text: pageStatus, news: m ? { boot: m[1], seq: Number(m[2]) } : undefined })
   }
 
   onState(s: State): void {
@@ -1025,7 +1029,7 @@ class Viewer {
     if ('object' in a) this.object = a.object ?? null
     // another tab renamed or recoloured a label: this page's table (legend, label box) is refreshed by its sync
     if (a.table !== undefined && this.state?.table !== undefined && a.table !== this.state.table) this.tableStale = true
-    if (a.status && !quiet) this.showStatus(a.status, a.at)
+    if (a.status && !quiet) this.showStatus(a.status, a.at !== undefined && a.boot ? { boot: a.boot, seq: a.at } : undefined)
     this.drawOverlay()
   }
 
@@ -1169,13 +1173,15 @@ class Viewer {
 
   // --- messages ---------------------------------------------------------------------------------
   /** A message replaces the one shown, except an error the user has not acted on since: a late answer,
-   * a background "Ready" or a propagation's progress never hides it (issue 19). A server message (``at``: when
-   * its news happened) older than one already shown is dropped: the page's warm-up says "Opened ... Ready" when
-   * its encode ends, which came after the answer of a click made meanwhile and replaced it. */
-  showStatus(text: string, at?: number): void {
-    if (at !== undefined) {
-      if (at < this.newsAt) return
-      this.newsAt = at
+   * a background "Ready" or a propagation's progress never hides it (issue 19). A server message (``news``: its
+   * place in the news order) older than one already shown is dropped: the page's warm-up says "Opened ... Ready"
+   * when its encode ends, which came after the answer of a click made meanwhile and replaced it. A message of
+   * another server process (restarted) is taken as newer: its count starts again. */
+  showStatus(text: string, news?: News): void {
+    if (news !== undefined) {
+      const shown = this.newsShown
+      if (shown && shown.boot === news.boot && news.seq < shown.seq) return
+      this.newsShown = news
     }
     if (this.errorAt >= 0 && this.errorAt === this.userActs) return
     this.errorAt = -1
