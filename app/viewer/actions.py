@@ -24,7 +24,7 @@ from app import controller, interaction, messages, trace
 from app.controller import AppContext
 from app.render import Plane, acquisition_view, display_window
 from app.session import Edit, Session, SessionError
-from app.viewer.geometry import clip_to_plane, from_plane, outside_by, plane_coords
+from app.viewer.geometry import clip_to_plane, from_plane, outside_by, past_edges, plane_coords
 from data.writers import atomic_output
 from models.prompts import PromptError
 
@@ -440,7 +440,12 @@ def _where(volume, body: dict[str, Any], key: str, view: str | None = None,
 
 
 def _stroke(volume, body: dict[str, Any]) -> tuple[str, int, np.ndarray]:
-    """A brush stroke (points in mm, a radius in plane pixels) -> (view, plane index, mask)."""
+    """A brush stroke (points in mm, a radius in plane pixels) -> (view, plane index, mask).
+
+    A point may lie past the image's edge by the brush's radius plus :data:`POINT_TOLERANCE_PX` (a stroke painted
+    along the border runs over it: what it covers inside is painted, the point taken on the edge as before); further
+    out, or off the slices by more than the tolerance, or not finite, the stroke is refused naming the point: a
+    point at x = -10000 from a buggy or hostile client was clamped to the edge and painted there."""
     import cv2
 
     points = body.get("points")
@@ -449,13 +454,15 @@ def _stroke(volume, body: dict[str, Any]) -> tuple[str, int, np.ndarray]:
     radius = _number(body, "radius", 5)
     if not 0.5 <= radius <= MAX_BRUSH_PX:
         raise PromptError(f"brush radius must be 0.5..{MAX_BRUSH_PX} pixels, got {radius:g}")
-    view, (index, x, y) = _where(volume, {"view": body.get("view"), "mm": points[0]}, "mm")
+    view = "axial" if volume.is_2d else str(body.get("view", ""))
+    Plane.of(volume, view)  # a clear error for an unknown view
+    at = [_stroke_point(volume, view, i, mm, radius) for i, mm in enumerate(points)]  # all checked before painting
+    index, x, y = at[0]
     plane_shape = Plane.of(volume, view).extract(volume.array[..., 0] if volume.is_rgb else volume.array, index).shape
     canvas = np.zeros(plane_shape[:2], np.uint8)
     previous = (x, y)
     r = max(0, int(round(radius - 0.5)))
-    for mm in points:
-        _, (_, px, py) = _where(volume, {"view": view, "mm": mm}, "mm", view)
+    for _, px, py in at:
         a = (int(round(previous[0])), int(round(previous[1])))
         b = (int(round(px)), int(round(py)))
         cv2.line(canvas, a, b, 1, thickness=2 * r + 1)
@@ -463,3 +470,19 @@ def _stroke(volume, body: dict[str, Any]) -> tuple[str, int, np.ndarray]:
         previous = (px, py)
     cv2.circle(canvas, (int(round(x)), int(round(y))), r, 1, thickness=-1)
     return view, index, canvas.astype(bool)
+
+
+def _stroke_point(volume, view: str, i: int, mm: Any, radius: float) -> tuple[int, float, float]:
+    """Point ``i`` of a stroke -> (plane index, x, y) on the image; PromptError naming ``points[i]``."""
+    try:
+        values = [float(v) for v in mm] if isinstance(mm, (list, tuple)) and len(mm) == 3 else None
+    except (TypeError, ValueError):
+        values = None
+    if values is None or not all(math.isfinite(v) for v in values):
+        raise PromptError(f"points[{i}]: expected [x, y, z] in millimetres (finite numbers), got {str(mm)[:40]!r}")
+    coords = plane_coords(volume, view, values)
+    slices, *pixels = past_edges(volume, view, coords)
+    if slices > POINT_TOLERANCE_PX or max(pixels) > radius + POINT_TOLERANCE_PX:
+        raise PromptError(f"points[{i}] is outside the image of the {view} view (more than the brush radius + "
+                          f"{POINT_TOLERANCE_PX:g} pixel past its edge): paint on the image")
+    return clip_to_plane(volume, view, coords)

@@ -509,3 +509,58 @@ def test_the_news_order_holds_when_the_wall_clock_steps_back(ctx, monkeypatch):
     order = [{"boot": getattr(messages, "BOOT", None), "at": opened.status_at}, first, second, page, third]
     for earlier, later in zip(order, order[1:]):
         assert _viewer_takes(later, earlier) and not _viewer_takes(earlier, later), (earlier, later)
+
+
+def test_a_brush_point_far_outside_the_image_is_refused_and_a_stroke_over_the_edge_paints(ctx, embeddings):
+    """Brush and eraser points were clamped to the image's edge whatever their distance: a stroke from a buggy or
+    hostile client with a point at x = -10000 (or NaN, or 1e6 slices off) painted a line to the edge. Now a point
+    more than the brush's radius + :data:`actions.POINT_TOLERANCE_PX` past the edge, off the slices by more than
+    the tolerance, or not finite answers 400 with one line naming the point, and nothing changes. A clinician's
+    stroke along the border that runs over it by up to the radius + 1 pixel still paints what it covers inside."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from app import web_session
+
+    token = web_session.new_token()
+    sid = controller.start(ctx, web_session.sid_of_token(token)).session_id
+    controller.open_sample(ctx, sid, CT_NAME)
+    s = ctx.store.get(sid)
+    s.view.index["coronal"] = 7
+    client = TestClient(FastAPI(routes=routes(ctx)), headers={"Cookie": f"{web_session.COOKIE}={token}"})
+    h, w = s.region("coronal", 7).shape
+    volume = s.volume
+
+    def stroke(kind, *points, radius=3):
+        body = {"kind": kind, "view": "coronal", "radius": radius, "points": list(points)}
+        import json
+
+        return client.post("/viewer-api/action", content=json.dumps(body), headers={"Content-Type": "application/json"})
+
+    inside = _mm(s, 100, 100)
+    far = [
+        (from_plane(volume, "coronal", 7, -10000, 100), "points[1] is outside the image"),
+        (from_plane(volume, "coronal", 7, 100, 1e9), "points[1] is outside the image"),
+        (from_plane(volume, "coronal", 7, w - 0.5 + 4.6, 100), "points[1] is outside the image"),  # radius 3 + 1.6
+        (from_plane(volume, "coronal", 1e6, 100, 100), "points[1] is outside the image"),  # far off the slices
+        ([float("nan"), 0.0, 0.0], "points[1]: expected [x, y, z] in millimetres (finite numbers)"),
+        ([float("inf"), 0.0, 0.0], "points[1]: expected [x, y, z] in millimetres (finite numbers)"),
+        ("here", "points[1]: expected [x, y, z] in millimetres (finite numbers)"),
+    ]
+    before = (s.labels.copy(), s.revision, len(s.undo_stack))
+    for kind in ("brush", "erase"):
+        for point, message in far:
+            r = stroke(kind, inside, point, inside)
+            assert r.status_code == 400, (kind, point, r.text)
+            error = r.json()["error"]
+            assert error.startswith(message) and "\n" not in error, error
+    np.testing.assert_array_equal(s.labels, before[0])
+    assert (s.revision, len(s.undo_stack)) == before[1:], "a refused stroke changed the session"
+
+    # along the left border, running 3.9 px past it (radius 3 + 0.9): accepted, and the inside it covers is painted
+    r = stroke("brush", _mm(s, 4, 60), from_plane(volume, "coronal", 7, -4.4, 60), from_plane(volume, "coronal", 7, -4.4, 90))
+    assert r.status_code == 200 and r.json()["ok"], r.text
+    painted = s.region("coronal", 7) == 1
+    assert painted[60, 0:8].all() and painted[60:91, 0].all() and not painted[:, 9:].any()
+    r = stroke("erase", from_plane(volume, "coronal", 7, -4.4, 75))
+    assert r.status_code == 200 and not (s.region("coronal", 7) == 1)[75, 0]
