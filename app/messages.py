@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import html
 import re
+import secrets
 import threading
-import time
 from datetime import datetime, timezone
 from typing import Iterable
 
@@ -50,19 +50,30 @@ def for_markdown(text: object, hide: Iterable[str] = ()) -> str:
 
 _stamp_lock = threading.Lock()
 _last_stamp = 0
+# Names this server process in the news order: a restarted server counts its stamps from 1 again, so the viewer
+# takes a message of another process as newer than any it has shown. Random, not a clock: a clock stepped back
+# between two runs made the new process's news look older. Not a credential (it only tells processes apart).
+BOOT = secrets.token_hex(4)
 
 
 def news_stamp() -> int:
-    """Now, in ms since the epoch, strictly increasing in this process: when a message's news happened. The
-    viewer never shows a message over one whose news is newer (a warm-up's late "Opened ... Ready" replaced the
-    answer of a click made meanwhile); wall time, so a restarted server's messages are newer than an open page's."""
+    """The next number of this process's news order (1, 2, ...): when a message's news happened. The viewer never
+    shows a message over one whose news is newer (a warm-up's late "Opened ... Ready" replaced the answer of a
+    click made meanwhile). A count, not the wall clock: an NTP step back would have made later news look older
+    (a restarted server's for as long as the step); :data:`BOOT` tells processes apart."""
     global _last_stamp
     with _stamp_lock:
-        _last_stamp = max(time.time_ns() // 1_000_000, _last_stamp + 1)
+        _last_stamp += 1
         return _last_stamp
 
 
-STAMP = re.compile(r'<time hidden datetime="\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"></time>$')
+def last_stamp() -> int:
+    """The newest stamp :func:`news_stamp` gave (0 before any)."""
+    with _stamp_lock:
+        return _last_stamp
+
+
+STAMP = re.compile(r'<time hidden datetime="[^"<>]*" title="news [0-9a-f]+\.\d+"></time>$')
 
 
 def unstamped(status: str) -> str:
@@ -71,10 +82,11 @@ def unstamped(status: str) -> str:
 
 
 def stamped(markdown: str, at: int) -> str:
-    """A status line (already :func:`for_markdown`) with when its news happened, as a hidden ``<time>`` the
-    viewer reads (Gradio's Markdown keeps ``<time datetime>`` and drops ``data-`` attributes)."""
-    iso = datetime.fromtimestamp(at / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return f'{markdown}<time hidden datetime="{iso}"></time>'
+    """A status line (already :func:`for_markdown`) with its place in the news order, as a hidden ``<time>`` the
+    viewer reads: ``title="news BOOT.N"`` (Gradio's Markdown keeps ``<time>``, ``datetime`` and ``title`` and
+    drops ``data-`` attributes); ``datetime`` is when it was sent (UTC), for a person reading the page."""
+    iso = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return f'{markdown}<time hidden datetime="{iso}" title="news {BOOT}.{int(at)}"></time>'
 
 
 def error_text(error: BaseException) -> str:

@@ -102,15 +102,19 @@ def _too_large(scope, limit: int, size: int | None) -> JSONResponse:
     return _error(413, f"{what} is over the limit of {size_text(limit)} (MEDSEG_MAX_UPLOAD_MB)")
 
 
+class BadParams(Exception):
+    """The form's ``params`` part is not JSON: answered 400 with its message (the app's exception handlers)."""
+
+
 def _params(form) -> Any:
-    """The form's ``params`` JSON, or a 400 answer: nested too deep, ``json.loads`` raised RecursionError, which
-    answered 500 with a traceback in the log."""
+    """The form's ``params`` JSON; BadParams when it is not JSON, or nested too deep (``json.loads`` raised
+    RecursionError, which answered 500 with a traceback in the log)."""
     try:
         return json.loads(form.get("params") or "{}")
     except json.JSONDecodeError:
-        return _error(400, "params: not valid JSON")
+        raise BadParams("params: not valid JSON") from None
     except RecursionError:
-        return _error(400, "params: not valid JSON (nested too deep)")
+        raise BadParams("params: not valid JSON (nested too deep)") from None
 
 
 def _multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> Response:
@@ -175,8 +179,6 @@ def build_app(cfg: ServerConfig) -> Starlette:
             return _error(400, f"output={output!r}: expected image, json, all or dicom_seg")
         form = await request.form(max_files=4, max_fields=16)
         params = _params(form)
-        if isinstance(params, Response):
-            return params
         if not isinstance(params, dict):
             return _error(400, "params: expected a JSON object")
         tmp_files = []
@@ -292,8 +294,6 @@ def build_app(cfg: ServerConfig) -> Starlette:
         if not isinstance(upload, UploadFile):
             return _error(400, "send the label as a multipart 'label' part")
         params = _params(form)
-        if isinstance(params, Response):
-            return params
         tmp = await _save_upload(upload, uploads)
         try:
             def work():
@@ -346,6 +346,7 @@ def build_app(cfg: ServerConfig) -> Starlette:
     handlers = {
         NotFound: lambda r, e: _error(404, str(e)),
         InferError: lambda r, e: _error(400, str(e)),
+        BadParams: lambda r, e: _error(400, str(e)),
         PromptError: lambda r, e: _error(400, str(e)),
         BadLabel: lambda r, e: _error(400, str(e)),
         DicomSegError: lambda r, e: _error(400, str(e)),

@@ -24,7 +24,7 @@ from app import controller, interaction, messages, trace
 from app.controller import AppContext
 from app.render import Plane, acquisition_view, display_window
 from app.session import Edit, Session, SessionError
-from app.viewer.geometry import clip_to_plane, from_plane, outside_by, plane_coords
+from app.viewer.geometry import clip_to_plane, from_plane, outside_by, past_edges, plane_coords
 from data.writers import atomic_output
 from models.prompts import PromptError
 
@@ -99,6 +99,17 @@ def table_tag(session: Session) -> str:
     table is not the server's (another tab renamed or recoloured a label) refreshes its page on its next answer,
     not only when brought to the front again."""
     return "%08x" % zlib.crc32(json.dumps(label_rows(session)).encode())
+
+
+def news(session: Session | None) -> dict[str, Any]:
+    """The idle tab's poll (``GET /viewer-api/news``): the open study and its label table's digest, read without
+    the session's lock (a torn read during a rename only makes one poll sync the page once more), and the newest
+    news stamp. ``session`` None (held on disk only, so unchanged since it was last in memory): no table."""
+    out: dict[str, Any] = {"ok": True, "study": None, "table": None, "at": messages.last_stamp(),
+                           "boot": messages.BOOT}
+    if session is not None and session.volume is not None:
+        out.update(study=session.study_key, table=table_tag(session))
+    return out
 
 
 def planes(volume) -> dict[str, dict[str, Any]]:
@@ -277,7 +288,8 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         if kind in PROMPTS:
             ctx.prefetcher.request(session, session.view.view, session.view.index[session.view.view])
         answer: dict[str, Any] = {"ok": True, "status": status, "rev": session.revision, "base": base,
-                                  "object": markers(session), "at": messages.news_stamp(), "table": table_tag(session)}
+                                  "object": markers(session), "at": messages.news_stamp(), "boot": messages.BOOT,
+                                  "table": table_tag(session)}
         if kind in ("undo", "redo") and edit is not None and edit.view is None:
             answer["reload"] = True
         elif edit is not None:
@@ -428,7 +440,12 @@ def _where(volume, body: dict[str, Any], key: str, view: str | None = None,
 
 
 def _stroke(volume, body: dict[str, Any]) -> tuple[str, int, np.ndarray]:
-    """A brush stroke (points in mm, a radius in plane pixels) -> (view, plane index, mask)."""
+    """A brush stroke (points in mm, a radius in plane pixels) -> (view, plane index, mask).
+
+    A point may lie past the image's edge by the brush's radius plus :data:`POINT_TOLERANCE_PX` (a stroke painted
+    along the border runs over it: what it covers inside is painted, the point taken on the edge as before); further
+    out, or off the slices by more than the tolerance, or not finite, the stroke is refused naming the point: a
+    point at x = -10000 from a buggy or hostile client was clamped to the edge and painted there."""
     import cv2
 
     points = body.get("points")
@@ -437,13 +454,15 @@ def _stroke(volume, body: dict[str, Any]) -> tuple[str, int, np.ndarray]:
     radius = _number(body, "radius", 5)
     if not 0.5 <= radius <= MAX_BRUSH_PX:
         raise PromptError(f"brush radius must be 0.5..{MAX_BRUSH_PX} pixels, got {radius:g}")
-    view, (index, x, y) = _where(volume, {"view": body.get("view"), "mm": points[0]}, "mm")
+    view = "axial" if volume.is_2d else str(body.get("view", ""))
+    Plane.of(volume, view)  # a clear error for an unknown view
+    at = [_stroke_point(volume, view, i, mm, radius) for i, mm in enumerate(points)]  # all checked before painting
+    index, x, y = at[0]
     plane_shape = Plane.of(volume, view).extract(volume.array[..., 0] if volume.is_rgb else volume.array, index).shape
     canvas = np.zeros(plane_shape[:2], np.uint8)
     previous = (x, y)
     r = max(0, int(round(radius - 0.5)))
-    for mm in points:
-        _, (_, px, py) = _where(volume, {"view": view, "mm": mm}, "mm", view)
+    for _, px, py in at:
         a = (int(round(previous[0])), int(round(previous[1])))
         b = (int(round(px)), int(round(py)))
         cv2.line(canvas, a, b, 1, thickness=2 * r + 1)
@@ -451,3 +470,19 @@ def _stroke(volume, body: dict[str, Any]) -> tuple[str, int, np.ndarray]:
         previous = (px, py)
     cv2.circle(canvas, (int(round(x)), int(round(y))), r, 1, thickness=-1)
     return view, index, canvas.astype(bool)
+
+
+def _stroke_point(volume, view: str, i: int, mm: Any, radius: float) -> tuple[int, float, float]:
+    """Point ``i`` of a stroke -> (plane index, x, y) on the image; PromptError naming ``points[i]``."""
+    try:
+        values = [float(v) for v in mm] if isinstance(mm, (list, tuple)) and len(mm) == 3 else None
+    except (TypeError, ValueError):
+        values = None
+    if values is None or not all(math.isfinite(v) for v in values):
+        raise PromptError(f"points[{i}]: expected [x, y, z] in millimetres (finite numbers), got {str(mm)[:40]!r}")
+    coords = plane_coords(volume, view, values)
+    slices, *pixels = past_edges(volume, view, coords)
+    if slices > POINT_TOLERANCE_PX or max(pixels) > radius + POINT_TOLERANCE_PX:
+        raise PromptError(f"points[{i}] is outside the image of the {view} view (more than the brush radius + "
+                          f"{POINT_TOLERANCE_PX:g} pixel past its edge): paint on the image")
+    return clip_to_plane(volume, view, coords)

@@ -55,12 +55,16 @@ def routes(ctx: AppContext) -> list:
         return JSONResponse({"ok": False, "error": f"internal error ({type(e).__name__}); the session is saved, "
                                                   "try again"}, status_code=500, headers=no_store)
 
-    def session_of(request: Request):
-        """The cookie's session (SessionError when the cookie is missing or names no session)."""
+    def known_sid(request: Request) -> str:
+        """The cookie's session id (SessionError when the cookie is missing or names no session)."""
         sid = web_session.sid_of_request(request)
         if sid is None or not ctx.store.exists(sid):
             raise SessionError(NO_COOKIE if sid is None else "this page's session is unknown to the server: reload the page")
-        return ctx.store.get(sid)
+        return sid
+
+    def session_of(request: Request):
+        """The cookie's session (SessionError when the cookie is missing or names no session)."""
+        return ctx.store.get(known_sid(request))
 
     def sid_or_none(request: Request) -> str | None:
         return web_session.sid_of_request(request)
@@ -81,6 +85,17 @@ def routes(ctx: AppContext) -> list:
             with trace.span("state"), session.lock:
                 return JSONResponse(actions.state(session), headers=no_store)
         except Exception as e:  # noqa: BLE001 - answered as one line
+            return fail(e, sid_or_none(request))
+
+    @router.get(API_URL + "/news")
+    def get_news(request: Request):
+        """What an idle tab polls (every few seconds while shown): the open study, the label table's digest and
+        the newest news stamp, ~100 bytes. No session lock (a poll never waits behind a prompt's model run or a
+        propagation) and no load: a session the server holds only on disk has no news (``table`` null)."""
+        try:
+            session = ctx.store.peek(known_sid(request))
+            return JSONResponse(actions.news(session), headers=no_store)
+        except Exception as e:  # noqa: BLE001
             return fail(e, sid_or_none(request))
 
     @router.get(API_URL + "/volume/{key}.nii.gz")

@@ -40,13 +40,19 @@ def plane_coords(volume: Volume, view: str, ras_mm) -> tuple[float, float, float
     return float(kji[plane.fixed]), float(col), float(row)
 
 
-def outside_by(volume: Volume, view: str, coords: tuple[float, float, float]) -> float:
-    """How far (in pixels or slices) continuous (plane index, x, y) lies past the image's edges (0 inside).
+def past_edges(volume: Volume, view: str, coords: tuple[float, float, float]) -> tuple[float, float, float]:
+    """How far continuous (plane index, x, y) lies past the image's edges on each axis (slices, pixels; 0 inside).
     The edges are the outer borders of the first and last pixels: -0.5 and n - 0.5."""
     plane = Plane.of(volume, view)
     shape = volume.array.shape[:3]
     sizes = (shape[plane.fixed], shape[plane.cols], shape[plane.rows])
-    return max(max(-0.5 - v, v - (n - 0.5), 0.0) for v, n in zip(coords, sizes))
+    k, x, y = (max(-0.5 - v, v - (n - 0.5), 0.0) for v, n in zip(coords, sizes))
+    return k, x, y
+
+
+def outside_by(volume: Volume, view: str, coords: tuple[float, float, float]) -> float:
+    """How far (in pixels or slices) continuous (plane index, x, y) lies past the image's edges (0 inside)."""
+    return max(past_edges(volume, view, coords))
 
 
 def to_plane(volume: Volume, view: str, ras_mm) -> tuple[int, float, float]:

@@ -139,11 +139,16 @@ def test_an_oversized_body_is_refused_early_and_the_session_still_works(served, 
 def test_the_longest_brush_stroke_the_viewer_may_send_is_accepted(served):
     """The biggest legitimate action (a 2000-point stroke, every coordinate 17 digits, 300 locked labels)
     stays far under the limit and answers."""
+    from app.viewer.geometry import from_plane
+    from data.readers import read_study
+    from tests.conftest import SAMPLES
+
     _, page = served
-    plane = page.viewer["planes"][page.viewer["view"]]
-    mm = page.viewer["slice_mm"]
-    points = [[mm[0] + 0.123456789012345 * (i % 50), mm[1] - 0.987654321098765 * (i % 40), mm[2] + 1e-13]
-              for i in range(2000)]
+    view, index = page.viewer["view"], page.viewer["index"]
+    plane = page.viewer["planes"][view]
+    volume = read_study(SAMPLES / "ct_head_0051_series")  # the CT the page opened: the stroke lies on its image
+    points = [[v + 1e-13 for v in from_plane(volume, view, index, 20 + 0.123456789012345 * (i % 50),
+                                                 20 + 0.987654321098765 * (i % 40))] for i in range(2000)]
     body = {"kind": "brush", "view": page.viewer["view"], "points": points, "radius": 3.5, "label": 1,
             "locked": list(range(2, 302)), "study": page.viewer["study"]}
     size = len(json.dumps(body))

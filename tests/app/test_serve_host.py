@@ -23,7 +23,7 @@ def test_a_rebound_name_gets_nothing_and_loopback_names_are_served(tmp_path, exc
         port = server.url.rsplit(":", 1)[1]
         file_url = f"{server.url}/gradio_api/file={shared / 'report.txt'}"
         assert "Jane Doe" in httpx.get(file_url, headers={"Host": f"localhost:{port}"}, timeout=30).text  # served
-        for path in (file_url, server.url + "/", server.url + "/config"):
+        for path in (file_url, server.url + "/", server.url + "/config", server.url + "/viewer-api/news"):
             reply = httpx.get(path, headers={"Host": f"attacker.example:{port}"}, timeout=30)
             assert reply.status_code == 403 and "Jane Doe" not in reply.text, (path, reply.status_code)
             assert "MEDSEG_TOKEN" in reply.text and "set-cookie" not in reply.headers

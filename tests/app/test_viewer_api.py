@@ -388,3 +388,179 @@ def test_answers_say_when_their_news_happened_and_which_label_table_they_found(c
     controller.edit_label(ctx, sid, "ventricle", "#00ff00")
     assert actions.state(s)["table"] != table
     assert actions.act(ctx, s, {"kind": "view", "view": "coronal", "at": [7, 0, 0]})["table"] == actions.state(s)["table"]
+
+
+def test_an_idle_tab_polls_the_label_tables_digest_without_the_lock_or_a_load(ctx, tmp_path):
+    """A tab that sends nothing never learned of another tab's rename until its next answer. It now polls
+    ``GET /viewer-api/news``: a few hundred bytes at most, the cookie's session only, no credential in it; it
+    answers while a prompt holds the session's lock (a poll never queues behind the model), and it never loads a
+    session the server holds only on disk (no table: nothing changed since it was last in memory)."""
+    import threading
+    import time
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from app import web_session
+
+    token = web_session.new_token()
+    sid = controller.start(ctx, web_session.sid_of_token(token)).session_id
+    controller.open_sample(ctx, sid, CT_NAME)
+    s = ctx.store.get(sid)
+    app = FastAPI(routes=routes(ctx))
+    client = TestClient(app, headers={"Cookie": f"{web_session.COOKIE}={token}"})
+    r = client.get("/viewer-api/news")
+    news = r.json()
+    assert r.status_code == 200 and len(r.content) < 300 and r.headers["cache-control"] == "no-store"
+    assert news["study"] == s.study_key and news["table"] == actions.state(s)["table"]
+    assert token not in r.text and sid not in r.text
+    controller.edit_label(ctx, sid, "ventricle", "#00ff00")
+    assert client.get("/viewer-api/news").json()["table"] == actions.state(s)["table"] != news["table"]
+
+    held, release = threading.Event(), threading.Event()
+
+    def prompt_running():
+        with s.lock:
+            held.set()
+            release.wait(30)
+
+    worker = threading.Thread(target=prompt_running)
+    worker.start()
+    try:
+        assert held.wait(10)
+        t0 = time.monotonic()
+        assert client.get("/viewer-api/news").json()["table"] == actions.state(s)["table"]
+        assert time.monotonic() - t0 < 5, "the poll waited for the session's lock"
+    finally:
+        release.set()
+        worker.join()
+
+    store = ctx.store
+    assert store.flush(sid)
+    with store._lock:
+        store._sessions.pop(sid)  # evicted: held on disk only
+    r = client.get("/viewer-api/news")
+    assert r.status_code == 200 and r.json()["table"] is None and store.peek(sid) is None
+    for cookies in ("", f"{web_session.COOKIE}={web_session.new_token()}"):
+        r = TestClient(app, headers={"Cookie": cookies}).get("/viewer-api/news")
+        assert r.status_code == 400 and "reload" in r.json()["error"] and s.study_key not in r.text
+
+
+def _viewer_takes(new: dict, shown: dict) -> bool:
+    """The viewer's rule (``showStatus`` in viewer/src/main.ts): a server message replaces the one shown unless it
+    comes from the same server process and is earlier in its news order."""
+    return new.get("boot") != shown.get("boot") or new["at"] > shown["at"]
+
+
+def _page_news(markup: str) -> dict:
+    """The news order the viewer reads from the page's status line (``readPageStatus``)."""
+    import re
+
+    m = re.search(r'<time hidden [^>]*title="news ([0-9a-f]+)\.(\d+)"></time>$', markup)
+    assert m, f"no news stamp the viewer reads in {markup!r}"
+    return {"boot": m.group(1), "at": int(m.group(2))}
+
+
+def test_the_news_order_holds_when_the_wall_clock_steps_back(ctx, monkeypatch):
+    """The viewer orders messages by when their news happened. That was the server's wall clock in ms: an NTP
+    step back between two runs of the server made the restarted server's news older than what an open page had
+    shown, and the page dropped every message for as long as the step. Now it is a count per server process,
+    with the process named (``messages.BOOT``): here the clock steps back an hour inside one process (answers
+    and the page's status line keep their order) and between two processes (the second one's news is taken)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from app import messages
+    from tests.conftest import ROOT
+
+    code = ("import json, sys, time\n"
+            "if sys.argv[1] == 'back':\n"
+            "    real, real_ns = time.time, time.time_ns\n"
+            "    time.time = lambda: real() - 3600\n"
+            "    time.time_ns = lambda: real_ns() - 3600 * 10**9\n"
+            "from app import messages\n"
+            "at = messages.news_stamp()\n"
+            "print(json.dumps({'at': at, 'boot': getattr(messages, 'BOOT', None), 'page': messages.stamped('x', at)}))\n")
+
+    def server_run(clock: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", code, clock], cwd=ROOT, capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+        return json.loads(out.stdout)
+
+    before, restarted = server_run("now"), server_run("back")  # the server restarted after the step back
+    assert _viewer_takes(restarted, before), "a restarted server's news looked older than the old one's"
+    assert _viewer_takes(_page_news(restarted["page"]), _page_news(before["page"]))
+
+    real, real_ns, offset = time.time, time.time_ns, [0.0]
+    monkeypatch.setattr(time, "time", lambda: real() + offset[0])
+    monkeypatch.setattr(time, "time_ns", lambda: real_ns() + int(offset[0] * 1e9))
+    sid = controller.start(ctx, None).session_id
+    opened = controller.open_sample(ctx, sid, CT_NAME)
+    s = ctx.store.get(sid)
+    first = actions.act(ctx, s, {"kind": "new_object"})
+    offset[0] = -3600.0  # NTP steps the clock back an hour
+    second = actions.act(ctx, s, {"kind": "new_object"})
+    page = _page_news(messages.stamped("Clicked.", messages.news_stamp()))
+    offset[0] = -7200.0
+    third = actions.act(ctx, s, {"kind": "new_object"})
+    order = [{"boot": getattr(messages, "BOOT", None), "at": opened.status_at}, first, second, page, third]
+    for earlier, later in zip(order, order[1:]):
+        assert _viewer_takes(later, earlier) and not _viewer_takes(earlier, later), (earlier, later)
+
+
+def test_a_brush_point_far_outside_the_image_is_refused_and_a_stroke_over_the_edge_paints(ctx, embeddings):
+    """Brush and eraser points were clamped to the image's edge whatever their distance: a stroke from a buggy or
+    hostile client with a point at x = -10000 (or NaN, or 1e6 slices off) painted a line to the edge. Now a point
+    more than the brush's radius + :data:`actions.POINT_TOLERANCE_PX` past the edge, off the slices by more than
+    the tolerance, or not finite answers 400 with one line naming the point, and nothing changes. A clinician's
+    stroke along the border that runs over it by up to the radius + 1 pixel still paints what it covers inside."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from app import web_session
+
+    token = web_session.new_token()
+    sid = controller.start(ctx, web_session.sid_of_token(token)).session_id
+    controller.open_sample(ctx, sid, CT_NAME)
+    s = ctx.store.get(sid)
+    s.view.index["coronal"] = 7
+    client = TestClient(FastAPI(routes=routes(ctx)), headers={"Cookie": f"{web_session.COOKIE}={token}"})
+    h, w = s.region("coronal", 7).shape
+    volume = s.volume
+
+    def stroke(kind, *points, radius=3):
+        body = {"kind": kind, "view": "coronal", "radius": radius, "points": list(points)}
+        import json
+
+        return client.post("/viewer-api/action", content=json.dumps(body), headers={"Content-Type": "application/json"})
+
+    inside = _mm(s, 100, 100)
+    far = [
+        (from_plane(volume, "coronal", 7, -10000, 100), "points[1] is outside the image"),
+        (from_plane(volume, "coronal", 7, 100, 1e9), "points[1] is outside the image"),
+        (from_plane(volume, "coronal", 7, w - 0.5 + 4.6, 100), "points[1] is outside the image"),  # radius 3 + 1.6
+        (from_plane(volume, "coronal", 1e6, 100, 100), "points[1] is outside the image"),  # far off the slices
+        ([float("nan"), 0.0, 0.0], "points[1]: expected [x, y, z] in millimetres (finite numbers)"),
+        ([float("inf"), 0.0, 0.0], "points[1]: expected [x, y, z] in millimetres (finite numbers)"),
+        ("here", "points[1]: expected [x, y, z] in millimetres (finite numbers)"),
+    ]
+    before = (s.labels.copy(), s.revision, len(s.undo_stack))
+    for kind in ("brush", "erase"):
+        for point, message in far:
+            r = stroke(kind, inside, point, inside)
+            assert r.status_code == 400, (kind, point, r.text)
+            error = r.json()["error"]
+            assert error.startswith(message) and "\n" not in error, error
+    np.testing.assert_array_equal(s.labels, before[0])
+    assert (s.revision, len(s.undo_stack)) == before[1:], "a refused stroke changed the session"
+
+    # along the left border, running 3.9 px past it (radius 3 + 0.9): accepted, and the inside it covers is painted
+    r = stroke("brush", _mm(s, 4, 60), from_plane(volume, "coronal", 7, -4.4, 60), from_plane(volume, "coronal", 7, -4.4, 90))
+    assert r.status_code == 200 and r.json()["ok"], r.text
+    painted = s.region("coronal", 7) == 1
+    assert painted[60, 0:8].all() and painted[60:91, 0].all() and not painted[:, 9:].any()
+    r = stroke("erase", from_plane(volume, "coronal", 7, -4.4, 75))
+    assert r.status_code == 200 and not (s.region("coronal", 7) == 1)[75, 0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import statistics
 import time
@@ -601,6 +602,30 @@ def test_a_label_renamed_in_another_tab_reaches_this_tab_on_its_next_answer(brow
     context, page, _ = _open_page(browser, server)
     _open_sample(page)
     expect(page.locator("#viewer-legend")).to_contain_text("1 · label 1")
+    # this tab's poll of the server's news fails (it alone would bring the rename, next test): it backs off
+    polls: list[float] = []
+    page.route("**/viewer-api/news", lambda route: polls.append(time.monotonic()) or route.abort())
+    failing_since = time.monotonic()
+    tab = _rename_in_another_tab(context, server)
+    assert page.evaluate("document.visibilityState") == "visible"  # no visibility change refreshes this tab
+    assert "label 1" in page.locator("#viewer-legend").inner_text()
+    _page_to(page, int(page.locator("#medseg-viewer").get_attribute("data-slice")) + 1)
+    expect(page.locator("#viewer-legend")).to_contain_text("1 · ventricle", timeout=30_000)
+    expect(page.locator('#viewer-legend .mv-label[data-value="1"] .mv-swatch')).to_have_css(
+        "background-color", "rgb(0, 255, 0)", timeout=30_000)
+    page.wait_for_function(  # the page's own label box too (the Gradio side)
+        "() => [...document.querySelectorAll('#label input')].some(i => i.value.endsWith('ventricle'))", timeout=30_000)
+    page.screenshot(path=str(shots / "ui_two_tabs_rename.png"))
+    failing = time.monotonic() - failing_since  # every 3 s: failing / 3 polls; doubling: ~log2(failing / 3 + 1)
+    assert len(polls) <= math.log2(failing / 3 + 1) + 1, f"{len(polls)} failed polls in {failing:.0f} s: no back-off"
+    tab.close()
+    context.close()
+
+
+def _rename_in_another_tab(context, server):
+    """A second tab of the session renames label 1 "ventricle" and makes it green; returns that tab."""
+    from playwright.sync_api import expect
+
     tab = context.new_page()
     tab.goto(server.url)
     _wait_status(tab, "Ready")
@@ -611,15 +636,45 @@ def test_a_label_renamed_in_another_tab_reaches_this_tab_on_its_next_answer(brow
     type_colour(tab, "#00ff00")
     expect(tab.locator('#viewer-legend .mv-label[data-value="1"] .mv-swatch')).to_have_css(
         "background-color", "rgb(0, 255, 0)", timeout=TIMEOUT_MS)
-    assert page.evaluate("document.visibilityState") == "visible"  # no visibility change refreshes this tab
-    assert "label 1" in page.locator("#viewer-legend").inner_text()
-    _page_to(page, int(page.locator("#medseg-viewer").get_attribute("data-slice")) + 1)
-    expect(page.locator("#viewer-legend")).to_contain_text("1 · ventricle", timeout=30_000)
+    return tab
+
+
+def test_a_label_renamed_in_another_tab_reaches_an_idle_tab_by_its_poll(browser, server, shots):
+    """A tab that sends nothing learned of another tab's rename only when it next acted or was brought to the
+    front. It now polls the server's news every 3 s while shown (``GET /viewer-api/news``: the label table's
+    digest) and syncs its page when the digest is another: this tab, sending no action, shows the new name and
+    colour within the poll's interval (plus the page's sync). Hidden, it does not poll; shown again, it does."""
+    from playwright.sync_api import expect
+
+    context, page, _ = _open_page(browser, server)
+    _open_sample(page)
+    expect(page.locator("#viewer-legend")).to_contain_text("1 · label 1")
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if "/viewer-api/" in r.url and r.method == "POST" else None)
+    tab = _rename_in_another_tab(context, server)
+    renamed = time.monotonic()
+    expect(page.locator("#viewer-legend")).to_contain_text("1 · ventricle", timeout=20_000)
     expect(page.locator('#viewer-legend .mv-label[data-value="1"] .mv-swatch')).to_have_css(
-        "background-color", "rgb(0, 255, 0)", timeout=30_000)
+        "background-color", "rgb(0, 255, 0)", timeout=20_000)
+    took = time.monotonic() - renamed
     page.wait_for_function(  # the page's own label box too (the Gradio side)
-        "() => [...document.querySelectorAll('#label input')].some(i => i.value.endsWith('ventricle'))", timeout=30_000)
-    page.screenshot(path=str(shots / "ui_two_tabs_rename.png"))
+        "() => [...document.querySelectorAll('#label input')].some(i => i.value.endsWith('ventricle'))", timeout=20_000)
+    assert sent == [], f"the idle tab sent {sent}"
+    page.screenshot(path=str(shots / "ui_idle_tab_rename.png"))
+    logging.getLogger(__name__).info("the idle tab showed the rename %.1f s after it", took)
+
+    polls: list[float] = []
+    page.on("request", lambda r: polls.append(time.monotonic()) if r.url.endswith("/viewer-api/news") else None)
+    set_visibility = """state => { Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => state})
+        document.dispatchEvent(new Event('visibilitychange')) }"""
+    page.evaluate(set_visibility, "hidden")
+    page.wait_for_timeout(500)
+    polls.clear()  # one in flight when the tab was hidden
+    page.wait_for_timeout(7000)  # more than twice the poll's interval
+    assert polls == [], f"a hidden tab polled {len(polls)} times"
+    page.evaluate(set_visibility, "visible")
+    page.wait_for_timeout(5000)
+    assert polls, "the tab, shown again, never polled"
     tab.close()
     context.close()
 

@@ -19,12 +19,15 @@ type State = {
 type Suggested = { view: string; index: number; mm: number[]; positive: boolean; score: number }
 type Answer = {
   ok: boolean; error?: string; status?: string; rev?: number; base?: number; reload?: boolean; object?: ObjectMarks | null
-  at?: number  // when the status's news happened (server ms): an older message never replaces a newer one
+  at?: number; boot?: string  // the status's place in its server process's news order (app.messages.news_stamp)
   table?: string  // the label table the action found (a digest): another tab renamed or recoloured a label
   suggest?: Suggested | null
   patch?: { axis: number; index: number; shape: number[]; data: string } | null
 }
 type Tool = 'point' | 'box' | 'brush' | 'erase' | 'navigate'
+// A server message's place in the news order: the server process (``boot``) and its count there (``seq``). Never
+// the wall clock: one stepped back (NTP) made later news look older.
+type News = { boot: string; seq: number }
 const SUGGEST_KINDS = new Set(['point', 'box', 'undo', 'redo'])
 const EDIT_KINDS = new Set(['brush', 'erase', 'new_object', 'active']) // they end the suggestion's answer
 type Pending = { kind: 'point' | 'box' | 'stroke'; view: string; mm: number[][]; positive?: boolean }
@@ -33,6 +36,11 @@ const VIEW_OF: Record<number, string> = { 0: 'axial', 1: 'coronal', 2: 'sagittal
 const SLICE_OF: Record<string, SLICE_TYPE> = { axial: SLICE_TYPE.AXIAL, coronal: SLICE_TYPE.CORONAL, sagittal: SLICE_TYPE.SAGITTAL }
 const AXIS_OF: Record<string, number> = { sagittal: 0, coronal: 1, axial: 2 } // RAS axis held fixed by a view
 const DRAG_PX = 4 // a press that moves less than this is a click, not a box
+// An idle tab asks the server for its label table's digest this often while it is shown (GET /viewer-api/news,
+// ~100 bytes): another tab's rename or colour change reaches it without an action of its own. A failed poll
+// doubles the wait, up to NEWS_MAX_MS (a server that is down gets no storm); a hidden tab does not poll.
+const NEWS_MS = 3000
+const NEWS_MAX_MS = 60_000
 
 const SHORTCUTS: [string, string][] = [
   ['P / B / R / E / V', 'point, box, brush, eraser, navigate'],
@@ -138,9 +146,13 @@ class Viewer {
   errorAt = -1  // userActs when the error shown appeared (-1: no error shown)
   statusHost: Element | null = null
   statusObserver: MutationObserver | null = null
-  pageStatuses: { text: string; at?: number }[] = []  // the page's status line, each change in order, until the next poll shows them
-  newsAt = 0  // when the news of the newest server message shown happened (server ms)
+  pageStatuses: { text: string; news?: News }[] = []  // the page's status line, each change in order, until the next poll shows them
+  newsShown: News | null = null  // the newest server message's place in the news order
   tableStale = false  // an answer found another label table than this page's: the page syncs when the queue is done
+  newsTimer = 0  // the next poll of /viewer-api/news (0: none due)
+  newsBusy = false  // a poll is in flight (its end schedules the next: one chain of polls, never two)
+  newsWait = NEWS_MS  // the wait before the next poll: doubled after each failure, back to NEWS_MS after a success
+  tableSynced: { table: string; at: number } | null = null  // the last digest a poll synced the page for, and when
   reviewKey = ''
   encodeAgain = false
   frameTimes: number[] = []
@@ -263,14 +275,53 @@ class Viewer {
     new ResizeObserver(() => this.drawOverlay()).observe(this.stage)
     setInterval(() => this.pollState(), 100)
     this.pollState()
+    this.scheduleNews()
+  }
+
+  // --- news of other tabs of this session -------------------------------------------------------
+  /** The next poll of the server's news after ``newsWait``; none while the tab is hidden (visibilitychange
+   * reschedules it), while one is due or while one is in flight. */
+  scheduleNews(): void {
+    if (this.newsTimer || this.newsBusy || document.visibilityState === 'hidden') return
+    this.newsTimer = window.setTimeout(() => { this.newsTimer = 0; this.pollNews() }, this.newsWait)
+  }
+
+  async pollNews(): Promise<void> {
+    this.newsBusy = true
+    try {
+      if (this.state?.study) {
+        const r = await fetch(this.url('news'), { cache: 'no-store' })
+        if (!r.ok) throw new Error(`news: ${r.status}`)
+        this.onNews(await r.json())
+      }
+      this.newsWait = NEWS_MS
+    } catch {
+      this.newsWait = Math.min(this.newsWait * 2, NEWS_MAX_MS)
+    } finally {
+      this.newsBusy = false
+      this.scheduleNews()
+    }
+  }
+
+  /** Another tab renamed or recoloured a label: this page's table (legend, label box) is refreshed by its sync,
+   * at once when nothing is queued, else when the queue is done. One sync per digest, again after 10 s if the page
+   * still shows another table (a sync that failed). */
+  onNews(news: { study?: string | null; table?: string | null }): void {
+    const table = news.table, mine = this.state?.table
+    if (!table || mine === undefined || table === mine || news.study !== this.study) return
+    const synced = this.tableSynced
+    if (synced && synced.table === table && performance.now() - synced.at < 10_000) return
+    if (this.inFlight > 0 || this.drag) { this.tableStale = true; return }
+    this.tableSynced = { table, at: performance.now() }
+    this.syncPage()
   }
 
   // --- state from the Gradio page --------------------------------------------------------------
   pollState(): void {
     this.watchPageStatus()
     this.readPageStatus()
-    for (const { text, at } of this.pageStatuses.splice(0)) {
-      if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text, at))
+    for (const { text, news } of this.pageStatuses.splice(0)) {
+      if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text, news))
     }
     const holder = document.querySelector('#viewer-state [data-state]') as HTMLElement | null
     const text = holder?.getAttribute('data-state') || ''
@@ -293,14 +344,15 @@ class Viewer {
     this.statusObserver.observe(host, { childList: true, subtree: true, characterData: true })
   }
 
-  /** The page's status line and when its news happened (the server's hidden ``<time datetime>``, app.messages). */
+  /** The page's status line and its place in the news order (the server's hidden ``<time title="news BOOT.N">``,
+   * app.messages.stamped). */
   readPageStatus(): void {
     const md = document.querySelector('#status [data-testid="markdown"]') as HTMLElement | null
     const pageStatus = md?.innerText?.trim() ?? ''
     if (pageStatus === this.pageStatus) return
     this.pageStatus = pageStatus
-    const at = Date.parse(md?.querySelector('time[datetime]')?.getAttribute('datetime') ?? '')
-    this.pageStatuses.push({ text: pageStatus, at: Number.isFinite(at) ? at : undefined })
+    const m = /^news ([0-9a-f]+)\.(\d+)$/.exec(md?.querySelector('time[title]')?.getAttribute('title') ?? '')
+    this.pageStatuses.push({ text: pageStatus, news: m ? { boot: m[1], seq: Number(m[2]) } : undefined })
   }
 
   onState(s: State): void {
@@ -778,6 +830,7 @@ class Viewer {
     // back to this tab: another tab of the session may have edited meanwhile; the page's sync shows the server's state
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()
+      if (document.visibilityState === 'hidden') { window.clearTimeout(this.newsTimer); this.newsTimer = 0 } else this.scheduleNews()
     })
   }
 
@@ -976,7 +1029,7 @@ class Viewer {
     if ('object' in a) this.object = a.object ?? null
     // another tab renamed or recoloured a label: this page's table (legend, label box) is refreshed by its sync
     if (a.table !== undefined && this.state?.table !== undefined && a.table !== this.state.table) this.tableStale = true
-    if (a.status && !quiet) this.showStatus(a.status, a.at)
+    if (a.status && !quiet) this.showStatus(a.status, a.at !== undefined && a.boot ? { boot: a.boot, seq: a.at } : undefined)
     this.drawOverlay()
   }
 
@@ -1120,13 +1173,15 @@ class Viewer {
 
   // --- messages ---------------------------------------------------------------------------------
   /** A message replaces the one shown, except an error the user has not acted on since: a late answer,
-   * a background "Ready" or a propagation's progress never hides it (issue 19). A server message (``at``: when
-   * its news happened) older than one already shown is dropped: the page's warm-up says "Opened ... Ready" when
-   * its encode ends, which came after the answer of a click made meanwhile and replaced it. */
-  showStatus(text: string, at?: number): void {
-    if (at !== undefined) {
-      if (at < this.newsAt) return
-      this.newsAt = at
+   * a background "Ready" or a propagation's progress never hides it (issue 19). A server message (``news``: its
+   * place in the news order) older than one already shown is dropped: the page's warm-up says "Opened ... Ready"
+   * when its encode ends, which came after the answer of a click made meanwhile and replaced it. A message of
+   * another server process (restarted) is taken as newer: its count starts again. */
+  showStatus(text: string, news?: News): void {
+    if (news !== undefined) {
+      const shown = this.newsShown
+      if (shown && shown.boot === news.boot && news.seq < shown.seq) return
+      this.newsShown = news
     }
     if (this.errorAt >= 0 && this.errorAt === this.userActs) return
     this.errorAt = -1
