@@ -20,8 +20,18 @@ GUARD_RULE = replace(BOX_RULE, prompt="auto", guard=0.7)
 the box answer; every 2nd slice. ``auto`` is the box rule on a model without a click model trained on neighbouring
 masks (``PropagationSettings.for_model``), so those models walk as before."""
 
-GUARD_RULE_BACKENDS: frozenset[str] = frozenset()
-"""Backends whose default is :data:`GUARD_RULE`: only those where it was measured to meet the rule above."""
+GUARD_RULE_BACKENDS: frozenset[str] = frozenset({"torch"})
+"""Backends whose default is :data:`GUARD_RULE`: only those where it was measured to meet the rule above.
+
+- ``torch`` (fp32): wins on every set, CPU, cached embeddings: calibration 0.485 vs 0.476, check 0.573 vs 0.539,
+  held-out slab 0.548 vs 0.540, CT head 0.906 vs 0.779, Colin27 0.487 vs 0.477 (docs/evaluation.md, "The guard rule
+  with the stride"; raw docs/img/propagation_guard_stride_s10.*). Measured on the CPU; torch on a GPU (a model
+  without a measured fp16, or ``--backend torch``) takes it too, where cuDNN may run its convolutions in TF32:
+  ``benchmarks/device_session.sh prop3d`` measures it there.
+- not ``onnx-int8-conv`` (the CPU default): it loses 0.022 on the held-out slab there (0.529 vs 0.551;
+  docs/img/propagation_guard_stride_int8_s10.*); the other int8 and onnx backends: not measured.
+- not ``torch-fp16`` (the GPU default) until measured on a GPU: ``benchmarks/device_session.sh prop3d``.
+"""
 
 
 def default_propagation(backend: str) -> PropagationSettings:
