@@ -25,6 +25,7 @@ import numpy as np
 
 from app.embedding_cache import EMBEDDING_BYTES, EmbeddingCache, volume_key
 from app.propagation import PropagationResult, PropagationSettings, repropagate
+from app.propagation_defaults import default_propagation
 from app.session import Edit, Session, SessionError
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def job_of(session: Session) -> PropagationJob | None:
 
 
 def start_propagation(
-    runner, session: Session, k: int, *, settings: PropagationSettings = PropagationSettings(),
+    runner, session: Session, k: int, *, settings: PropagationSettings | None = None,
     on_done: Callable[[Session], None] | None = None, background: bool = True,
     observe: Callable[[PropagationJob], None] | None = None,
 ) -> PropagationJob:
@@ -182,6 +183,7 @@ def start_propagation(
     ``on_done(session)`` runs after the edit landed (the controller saves the session there).
     With ``background=False`` the walk runs in the calling thread (the CLI-like path, tests).
     ``observe(job)`` is called after each slice, outside any lock (a UI push, a test's gate).
+    ``settings``: None = the default rule of the backend the model runs with (``app.propagation_defaults``).
     """
     from app.interaction import model_window
 
@@ -196,6 +198,8 @@ def start_propagation(
     job = PropagationJob(label=label, start=int(k), anchors=sorted(anchors_of(session, label)), study=session.study_key)
     session.runtime["propagation_job"] = job
     before = session.labels.copy()
+    if settings is None:
+        settings = default_propagation(runner.backend_choice(session.model).backend)
     segmenter = TurnTaking(runner.segmenter(session.model), runner)
     window, cache = model_window(session), propagation_cache(session)
 

@@ -5,6 +5,9 @@
     .venv/bin/python benchmarks/bench_propagation.py --device cpu --backend onnx-int8-conv --json  # issue 21
     # GPU: batched encoding through runtime/fast.py, fp32 and bf16, with the 3D Dice cost of the fast path
     .venv/bin/python benchmarks/bench_propagation.py --device cuda --precision bf16 --batch 32 --dice-check --json
+    # the walk's rule (app.propagation_defaults): the box rule or the guard rule (torch's default)
+    .venv/bin/python benchmarks/bench_propagation.py --device cuda --backend torch-fp16 --batch 32 --stride 2 \
+        --rule guard --json
 
 The volume is the bundled CT head series (12 slices, 256 x 256) resampled to ``--slices`` x ``--size``
 x ``--size`` (linear in z, bilinear in-plane): the head fills every slice, so the walk goes through all
@@ -36,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.embedding_cache import EmbeddingCache  # noqa: E402
 from app.propagation import PropagationSettings, box_around, propagate  # noqa: E402
+from app.propagation_defaults import BOX_RULE, GUARD_RULE, default_propagation, describe  # noqa: E402
 from data.readers import read_study  # noqa: E402
 from data.volume import Volume  # noqa: E402
 from data.windowing import default_window  # noqa: E402
@@ -76,10 +80,17 @@ def head_box(volume: Volume, k: int) -> np.ndarray:
     return box_around(volume.array[k] > -300, 5)
 
 
-def timed_run(seg, volume: Volume, batch: int, profile: bool = False, stride: int = 1) -> dict:
+def rule_settings(rule: str, backend: str) -> PropagationSettings:
+    """--rule: box (the box rule, what this benchmark always timed), guard (the click model's mask + box guarded by
+    the box answer) or default (the one ``medseg propagate`` runs on --backend); --stride and --batch go on top."""
+    return {"box": BOX_RULE, "guard": GUARD_RULE}.get(rule) or default_propagation(backend)
+
+
+def timed_run(seg, volume: Volume, batch: int, profile: bool = False, stride: int = 1,
+              rule: PropagationSettings = BOX_RULE) -> dict:
     k0 = volume.num_slices // 2
     window = default_window(volume)
-    settings = PropagationSettings(batch_size=batch, stride=stride)
+    settings = replace(rule, batch_size=batch, stride=stride)
     cache = EmbeddingCache(max_items=volume.num_slices + 1)
     if stride > 1:  # the walk encodes only the slices it segments: time the whole propagate, from an empty cache
         c0, t0 = time.process_time(), time.perf_counter()
@@ -159,6 +170,10 @@ def main() -> int:
     p.add_argument("--stride", type=int, default=1,
                    help="PropagationSettings.stride: > 1 times propagate alone from an empty cache (it encodes only "
                    "the slices it segments), with the number of slices encoded")
+    p.add_argument("--rule", choices=["box", "guard", "default"], default="box",
+                   help="the walk's rule (app/propagation_defaults.py): box (default: the figures so far), guard (the "
+                   "click model's mask + box where the box answer agrees, Dice >= 0.7: torch's default), default (the "
+                   "one medseg propagate runs on --backend); 'rule' in the JSON says what ran")
     p.add_argument("--batch-refiner-eagerly", action="store_true",
                    help="GPU, CUDA graphs: the walks' click-refiner prompts in one eager batched call, not one graph "
                    "replay each (the routing before the graphed decoder set decodes_refiner; a before/after knob)")
@@ -179,9 +194,10 @@ def main() -> int:
     seg = segmenter(args)
     n = args.slices_timed or args.slices
     volume = big_ct(n, args.size)
-    for _ in range(args.warmup):
-        timed_run(seg, big_ct(min(n, 2 * args.batch), args.size), args.batch)
-    runs = [timed_run(seg, volume, args.batch, args.profile and i == 0, args.stride) for i in range(args.runs)]
+    rule = rule_settings(args.rule, args.backend)
+    for _ in range(args.warmup):  # with the timed rule: the guard rule's click-model decoder path warms up too
+        timed_run(seg, big_ct(min(n, 2 * args.batch), args.size), args.batch, rule=rule)
+    runs = [timed_run(seg, volume, args.batch, args.profile and i == 0, args.stride, rule) for i in range(args.runs)]
     r = runs[-1]
     scale = args.slices / n
     out = {
@@ -189,6 +205,7 @@ def main() -> int:
         "graph_batches": list(__import__("runtime.cuda_graphs").cuda_graphs.GRAPH_BATCHES) if args.device == "cuda" else None,
         "batch": args.batch, "pad_short_batches": app.embedding_cache.PAD_SHORT_GPU_BATCHES,
         "batch_refiner_eagerly": args.batch_refiner_eagerly,
+        "rule": describe(replace(rule, stride=args.stride).for_model(seg)),
         "side_by_side": args.side_by_side if args.device == "cpu" else None,
         "threads": args.threads, "size": args.size, "slices": args.slices, "slices_timed": n,
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()},

@@ -8,8 +8,8 @@
 #   call 4 (nothing to carry):      bash benchmarks/device_session.sh sam throughput
 #
 # Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput, saturated, sessions, routing,
-# routing-propagation (-speed, -dice), clickbench, chunk, browser, prop3d. docs/testing.md and docs/benchmarks.md
-# quote the commands each stage runs.
+# routing-propagation (-speed, -dice), clickbench, chunk, browser, prop3d (-torch-fp16, -torch), prop3d-speed.
+# docs/testing.md and docs/benchmarks.md quote the commands each stage runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
@@ -136,13 +136,25 @@ stage() {
           --trace "$OUT/ui_trace_gpu_r$r.jsonl" --json "$OUT/ui_latency_gpu_r$r.json" 2>&1 | tail -40
       done ;;
     prop3d)
+      stage prop3d-torch-fp16; stage prop3d-torch ;;
+    prop3d-torch-fp16|prop3d-torch)
       # issue 21: the 3D Dice of the GPU default (torch-fp16, 32 slices an encode batch) against fp32 torch on the
-      # same GPU, default walk with stride 1 and 2; carry .gpu/shared and .gpu/mricron (ch2, aal, ch2bet: held-out slab)
+      # same GPU: the box rule with stride 1 and 2, and the guard rule with stride 2 (torch's default since session 13,
+      # app/propagation_defaults.py; torch-fp16 keeps the box rule until this measures it: on the calibration set it
+      # must win, on the held-out slab not lose, as on the CPU); carry .gpu/shared and .gpu/mricron (held-out slab)
       [ -d .gpu/shared/data ] && { rm -rf /tmp/shared; cp -r .gpu/shared /tmp/shared; export MEDSEG_SHARED=/tmp/shared; }
-      for b in torch-fp16 torch; do
-        timeout 150 python3 experiments/eval_propagation.py --device cuda --backend $b --encode-batch 32 --parts rules \
-          --rules "default, stride 1" "default, stride 2" --mricron .gpu/mricron --out "$OUT/prop3d_$b.csv" 2>&1 | tail -25
-      done ;;
+      local b=${1#prop3d-}
+      timeout 140 python3 experiments/eval_propagation.py --device cuda --backend $b --encode-batch 32 --parts rules \
+        --rules "default, stride 1" "default, stride 2" "mask+box, guard 0.7, stride 2" --mricron .gpu/mricron \
+        --out "$OUT/prop3d_$b.csv" 2>&1 | tail -25 ;;
+    prop3d-speed)
+      # issue 21: the 300-slice walk (encodes included, from an empty cache) on torch-fp16, stride 2, the guard rule
+      # against the box rule, interleaved twice, two timed runs each (the first may pay for allocations)
+      for r in 1 2; do for rule in box guard; do
+        timeout 50 python3 benchmarks/bench_propagation.py --device cuda --backend torch-fp16 --batch 32 --stride 2 \
+          --rule $rule --runs 2 --json
+      done; done > "$OUT/prop3d_speed.jsonl"
+      cut -c1-600 "$OUT/prop3d_speed.jsonl" ;;
     *) echo "device_session: unknown stage $1" >&2; return 2 ;;
   esac
 }

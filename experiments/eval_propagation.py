@@ -46,6 +46,7 @@ from app.propagation import (  # noqa: E402
     propagate,
     propagate_anchors,
 )
+from app.propagation_defaults import default_propagation, describe  # noqa: E402
 from data.readers import read_study  # noqa: E402
 from data.windowing import default_window  # noqa: E402
 from models.prompts import Prompts  # noqa: E402
@@ -81,6 +82,7 @@ RULES: dict[str, PropagationSettings] = {
     "mask+box, guard 0.7, stride 1": replace(DEFAULT, prompt="mask+box", guard=0.7, stride=1),
     "mask+box, guard 0.7, stride 2": replace(DEFAULT, prompt="mask+box", guard=0.7, stride=2),
 }
+BACKEND_DEFAULT = "backend default"  # the rule the CLI, the UI and MONAI Label run on --backend (app.propagation_defaults)
 
 
 def cases(mricron: Path | None, workdir: Path):
@@ -143,7 +145,9 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "propagation_dice.csv"))
     parser.add_argument("--start-margin", type=float, default=5.0)
     parser.add_argument("--parts", nargs="+", default=["rules", "anchor", "fill"], choices=["rules", "anchor", "fill"])
-    parser.add_argument("--rules", nargs="+", metavar="RULE", help=f"only these rules (of: {', '.join(RULES)})")
+    parser.add_argument("--rules", nargs="+", metavar="RULE",
+                        help=f"only these rules (of: {', '.join(RULES)}, {BACKEND_DEFAULT}: the default rule of "
+                        "--backend, written as 'backend default (BACKEND: the rule)')")
     parser.add_argument("--only", nargs="+", metavar="STRUCTURE", help="only these structures (e.g. 'thalamus L')")
     parser.add_argument("--mricron", type=Path, help="extracted mricron-data package: adds the held-out slab")
     parser.add_argument("--embeddings", type=Path, help="folder to keep slice embeddings in between runs")
@@ -173,7 +177,10 @@ def main() -> int:
         seg = load_segmenter(args.model)
     else:
         seg = runtime_segmenter(args.model, device=args.device, backend=args.backend)
-    rules = {r: RULES[r] for r in (args.rules or RULES)}
+    rules = {r: RULES[r] for r in (args.rules or RULES) if r != BACKEND_DEFAULT}
+    if args.rules and BACKEND_DEFAULT in args.rules:
+        chosen = default_propagation(args.backend)
+        rules[f"{BACKEND_DEFAULT} ({args.backend}: {describe(chosen.for_model(seg))})"] = chosen
     volumes, caches, rows, overlays = {}, {}, [], []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         choice = backend_choice(args)
         # load (and export once) before serving: fail early on missing weights
         segmenter = load_segmenter(args.model, device=args.device, backend=choice.backend)
-        cfg = ServerConfig(model=args.model, segmenter=segmenter, datastore=datastore,
+        cfg = ServerConfig(model=args.model, segmenter=segmenter, backend=choice.backend, datastore=datastore,
                            sessions=Sessions(work / "sessions"), work_dir=work, token=token,
                            max_upload_bytes=limits.max_upload_bytes)
         app = build_app(cfg)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from app.commands.common import (
     add_output_arg,
     add_slice_args,
     add_study_args,
+    backend_choice,
     dicomweb_target,
     finite_float,
     read_input,
@@ -27,6 +29,7 @@ from app.commands.common import (
 from app.embedding_cache import EmbeddingCache
 from app.errors import UsageError
 from app.propagation import PropagationResult, PropagationSettings, interpolate_shapes, propagate, propagate_anchors
+from app.propagation_defaults import BOX_RULE, GUARD_RULE, GUARD_RULE_BACKENDS, default_propagation, describe
 from data.readers import read_study
 from data.volume import Volume
 from data.deidentify import deidentifier
@@ -34,7 +37,11 @@ from data.export import export_format
 from data.windowing import default_window
 from models.prompts import Prompts
 
-DEFAULTS = PropagationSettings()
+DEFAULTS = BOX_RULE  # the settings no backend changes; --prompt, --guard, --stride: default_propagation(backend)
+GUARDED = ", ".join(sorted(GUARD_RULE_BACKENDS)) or "no backend yet"
+PER_BACKEND = (f"default per backend (app/propagation_defaults.py, docs/evaluation.md): {GUARD_RULE.prompt} with "
+               f"--guard {GUARD_RULE.guard:g} on {GUARDED}, where that was measured to be better; {BOX_RULE.prompt} "
+               f"with --guard {BOX_RULE.guard:g} on the others")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -69,10 +76,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--label", default="structure", help="segment name written in a DICOM-SEG (default: structure)")
     p.add_argument("--margin", type=finite_float, default=DEFAULTS.margin_px,
                    help=f"pixels added around the previous mask's box (default {DEFAULTS.margin_px:g})")
-    p.add_argument("--prompt", choices=["auto", "box", "mask", "mask+box"], default=DEFAULTS.prompt,
+    p.add_argument("--prompt", choices=["auto", "box", "mask", "mask+box"], default=None,
                    help="what a slice gets from its segmented neighbour: the box of its mask (+ --margin), its "
                    "low-res logits as SAM's mask prompt, or both; auto = mask+box where the model's click model was "
-                   f"trained on neighbouring-slice masks, else box (default {DEFAULTS.prompt}, see docs/evaluation.md)")
+                   f"trained on neighbouring-slice masks, else box ({PER_BACKEND})")
     p.add_argument("--mask-prompt", action="store_true", help="the same as --prompt mask+box (kept for old scripts)")
     p.add_argument("--min-score", type=finite_float, default=DEFAULTS.min_score,
                    help=f"stop where the predicted IoU falls below this (default {DEFAULTS.min_score:g}; 0 = never)")
@@ -82,17 +89,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"stop where the area falls below this fraction of the neighbour's (default {DEFAULTS.area_drop:g})")
     p.add_argument("--min-overlap", type=finite_float, default=DEFAULTS.min_overlap,
                    help=f"stop where the Dice with the neighbour's mask falls below this (default {DEFAULTS.min_overlap:g})")
-    p.add_argument("--guard", type=finite_float, default=DEFAULTS.guard,
+    p.add_argument("--guard", type=finite_float, default=None,
                    help="with a mask prompt: also segment each slice from the neighbour's box alone and keep that answer "
                    "where the two masks agree (Dice) less than this; the stops then read the box answer's predicted IoU "
-                   f"(default {DEFAULTS.guard:g}; 0 = off)")
+                   f"(0 = off; {PER_BACKEND})")
     p.add_argument("--min-area", type=int, default=DEFAULTS.min_area_px,
                    help=f"stop where the mask has fewer pixels than this (default {DEFAULTS.min_area_px})")
     p.add_argument("--max-slices", type=int, default=None, help="walk at most N slices each way")
-    p.add_argument("--stride", type=int, default=DEFAULTS.stride,
+    p.add_argument("--stride", type=int, default=None,
                    help="segment every N-th slice beyond the prompted one and fill the slices between from their "
                    f"neighbours' logits where those agree (Dice >= {DEFAULTS.stride_agree:g}), else segment them too; "
-                   f"fewer slices to encode (default {DEFAULTS.stride}; 1 segments every slice; docs/evaluation.md)")
+                   f"fewer slices to encode (default {BOX_RULE.stride} on every backend; 1 segments every slice; "
+                   "docs/evaluation.md)")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-slice progress on stderr")
     return p
 
@@ -144,21 +152,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give a prompt: --slice K --box X0 Y0 X1 Y1, or annotated slices with --anchor K:MASK.png")
     if args.fill == "shape" and (prompts is not None or len(anchors) < 2):
         raise UsageError("--fill shape interpolates between annotated slices: give two or more --anchor and no --box")
-    try:
-        settings = PropagationSettings(
-            prompt="mask+box" if args.mask_prompt else args.prompt,
-            margin_px=args.margin,
-            min_area_px=args.min_area,
-            min_score=args.min_score,
-            score_drop=args.score_drop,
-            area_drop=args.area_drop,
-            min_overlap=args.min_overlap,
-            max_slices=args.max_slices,
-            guard=args.guard,
-            stride=args.stride,
-        )
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    backend = backend_choice(args).backend
+    settings, source = settings_from_args(args, backend)
     if args.fill == "shape":
         labels = interpolate_shapes(anchors, volume.num_slices).astype(np.uint8)
         where = save_labels(labels, volume, args.output, label_names={1: args.label},
@@ -187,6 +182,25 @@ def run(args: argparse.Namespace) -> int:
                         deidentify=deidentifier(args))
     span = f"slices {result.slices[0]}..{result.slices[-1]}" if result.slices else "no slice"
     stops = ", ".join(f"{d}: {r}" for d, r in result.stopped.items())
+    rule = "SAM 2 memory" if getattr(segmenter, "memory_tracking", False) else describe(settings.for_model(segmenter))
     print(f"{where}: {int(labels.sum())} voxels on {len(result.slices)} slices ({span}); stopped {stops}; "
-          f"{elapsed:.1f} s ({args.device})")
+          f"{elapsed:.1f} s ({args.device}); rule {rule} ({source})")
     return 0
+
+
+def settings_from_args(args: argparse.Namespace, backend: str) -> tuple[PropagationSettings, str]:
+    """The walk's settings: ``default_propagation(backend)`` with every flag given on top, and where they came from
+    (for the report line): ``default for backend B``, with the rule's flags given, if any."""
+    base = default_propagation(backend)
+    flags = {"prompt": "mask+box" if args.mask_prompt else args.prompt, "guard": args.guard, "stride": args.stride}
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        settings = replace(
+            base, margin_px=args.margin, min_area_px=args.min_area, min_score=args.min_score,
+            score_drop=args.score_drop, area_drop=args.area_drop, min_overlap=args.min_overlap,
+            max_slices=args.max_slices, **given,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    named = "".join(f", --{k} given" for k in given)
+    return settings, f"default for backend {backend}{named}"

@@ -18,7 +18,7 @@ Model entries (``GET /info/`` lists them):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -174,8 +174,10 @@ def _max_slices(params: Mapping[str, Any]) -> int | None:
     return n
 
 
-def run_infer(segmenter, entry: ModelEntry, volume: Volume, params: Mapping[str, Any], cache: EmbeddingCache) -> InferResult:
-    """Run one request; the 2D path is step for step ``medseg segment`` (same window, embed, predict)."""
+def run_infer(segmenter, entry: ModelEntry, volume: Volume, params: Mapping[str, Any], cache: EmbeddingCache, *,
+              backend: str) -> InferResult:
+    """Run one request; the 2D path is step for step ``medseg segment`` (same window, embed, predict), the 3D one
+    ``medseg propagate``'s default rule for ``backend`` (the one ``segmenter`` runs with)."""
     t0 = time.perf_counter()
     k, prompts, value = request_prompts(entry, params, volume)
     window = default_window(volume, None)
@@ -190,10 +192,11 @@ def run_infer(segmenter, entry: ModelEntry, volume: Volume, params: Mapping[str,
         result = segmenter.predict(embedding, prompts, multimask_output=False)
         labels[k][result.best_mask] = value
     else:
-        from app.propagation import PropagationSettings, propagate
+        from app.propagation import propagate
+        from app.propagation_defaults import default_propagation
 
-        result = propagate(segmenter, volume, k, prompts, window=window, cache=cache,
-                           settings=PropagationSettings(max_slices=_max_slices(params)))
+        settings = replace(default_propagation(backend), max_slices=_max_slices(params))
+        result = propagate(segmenter, volume, k, prompts, window=window, cache=cache, settings=settings)
         labels[result.masks] = value
     t2 = time.perf_counter()
     name = str(params.get("label") or DEFAULT_LABEL)

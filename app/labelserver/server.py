@@ -60,6 +60,7 @@ RESULT_DTYPES = {"uint8": "uint8", "uint16": "uint16", "int16": "int16", "int32"
 class ServerConfig:
     model: str
     segmenter: Any
+    backend: str  # the one segmenter runs with: its 3D model's default propagation rule (app.propagation_defaults)
     datastore: Datastore
     sessions: Sessions
     work_dir: Path
@@ -201,7 +202,7 @@ def build_app(cfg: ServerConfig) -> Starlette:
             def work():
                 volume = volume_for(image, session_id)
                 with model_lock:
-                    result = run_infer(cfg.segmenter, entry, volume, params, cache)
+                    result = run_infer(cfg.segmenter, entry, volume, params, cache, backend=cfg.backend)
                 return volume, result
 
             volume, result = await _threaded(work)

@@ -75,7 +75,7 @@ def studies(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(litemedsam, studies, tmp_path_factory):
     work = tmp_path_factory.mktemp("labelserver")
-    cfg = ServerConfig(model="litemedsam", segmenter=litemedsam, datastore=StudiesDir(studies),
+    cfg = ServerConfig(model="litemedsam", segmenter=litemedsam, backend="torch", datastore=StudiesDir(studies),
                        sessions=Sessions(work / "sessions"), work_dir=work)
     with serving(cfg) as url:
         yield url
@@ -207,7 +207,7 @@ def test_ohif_point_prompts_on_a_pacs_and_the_label_saved_back_as_seg(litemedsam
     with running_orthanc(tmp_path / "orthanc") as pacs:
         pacs.upload(sorted(SERIES.glob("*.dcm")))
         store = DicomWebStore(pacs.dicomweb, tmp_path / "cache", max_voxels=2**28, max_bytes=2**30, timeout=30)
-        cfg = ServerConfig(model="litemedsam", segmenter=litemedsam, datastore=store,
+        cfg = ServerConfig(model="litemedsam", segmenter=litemedsam, backend="torch", datastore=store,
                            sessions=Sessions(tmp_path / "sessions"), work_dir=tmp_path / "work")
         with serving(cfg) as url:
             uid = ct.source.series_instance_uid
@@ -254,7 +254,7 @@ def test_token_required_beyond_loopback(litemedsam, studies, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "MEDSEG_TOKEN" in err and len(err.strip().splitlines()) == 1
 
-    cfg = ServerConfig(model="litemedsam", segmenter=litemedsam, datastore=StudiesDir(studies),
+    cfg = ServerConfig(model="litemedsam", segmenter=litemedsam, backend="torch", datastore=StudiesDir(studies),
                        sessions=Sessions(tmp_path / "sessions"), work_dir=tmp_path / "work", token=TOKEN)
     with serving(cfg) as url:
         mlc = MONAILabelClient(url, tmpdir=str(tmp_path))

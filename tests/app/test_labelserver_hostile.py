@@ -34,7 +34,7 @@ def served(tmp_path):
     image = sitk.GetImageFromArray(np.random.default_rng(0).integers(-1000, 1000, GRID).astype(np.int16))
     image.SetSpacing((0.8, 0.8, 2.5))
     sitk.WriteImage(image, str(studies / "ct.nii.gz"))
-    cfg = ServerConfig(model="litemedsam", segmenter=NoModel(), datastore=StudiesDir(studies),
+    cfg = ServerConfig(model="litemedsam", segmenter=NoModel(), backend="torch", datastore=StudiesDir(studies),
                        sessions=Sessions(tmp_path / "sessions"), work_dir=tmp_path / "work")
     with TestClient(build_app(cfg), base_url="http://localhost", raise_server_exceptions=False) as client:
         yield client, studies, tmp_path / "sessions"

@@ -38,7 +38,7 @@ def serve(tmp_path: Path, token: str | None):
     studies.mkdir()
     image = sitk.GetImageFromArray(np.arange(4 * 32 * 32, dtype=np.int16).reshape(4, 32, 32))
     sitk.WriteImage(image, str(studies / "ct.nii.gz"))
-    cfg = ServerConfig(model="litemedsam", segmenter=None, datastore=StudiesDir(studies),
+    cfg = ServerConfig(model="litemedsam", segmenter=None, backend="torch", datastore=StudiesDir(studies),
                        sessions=Sessions(tmp_path / "sessions"), work_dir=tmp_path / "work", token=token,
                        max_upload_bytes=LIMIT)
     port = _port()

@@ -11,6 +11,7 @@ import pytest
 
 from app.embedding_cache import EmbeddingCache, volume_key
 from app.propagation import MEDSAM_RULE, PropagationSettings, box_around, propagate, repropagate
+from app.propagation_defaults import BOX_RULE, default_propagation
 from data.windowing import default_window
 from models.prompts import PromptError, Prompts
 from models.segmenter import Embedding
@@ -36,6 +37,13 @@ def head_run(litemedsam, ct, head, cache):
         progress=lambda done, total, msg: calls.append((done, total, msg)),
     )
     return result, calls
+
+
+@pytest.fixture(scope="module")
+def default_run(litemedsam, ct, head, cache):
+    """The walk ``medseg propagate``, the UI and MONAI Label run by default on the torch backend (the guard rule)."""
+    return propagate(litemedsam, ct, START, Prompts(box=box_around(head[START], 5)), window=default_window(ct),
+                     cache=cache, settings=default_propagation("torch"))
 
 
 # --- pure helpers -------------------------------------------------------------------------------
@@ -99,6 +107,70 @@ def test_auto_prompt_uses_the_mask_only_where_a_click_model_was_trained_on_it(li
     assert auto.for_model(litemedsam).prompt == "mask+box" and auto.for_model(litemedsam).guarded
     assert auto.for_model(litemedsam_base).prompt == "box" and not auto.for_model(litemedsam_base).guarded
     assert PropagationSettings(prompt="box").for_model(litemedsam).prompt == "box"  # an explicit rule stays
+
+
+def test_the_default_rule_follows_the_backend_it_was_measured_on(litemedsam, litemedsam_base):
+    """torch fp32: the click model's mask + box with the box answer as guard (0.7), every 2nd slice (it won on every
+    set there); every other backend the box rule: through onnx-int8-conv (the CPU default) it lost 0.022 on the
+    held-out slab, torch-fp16 (the GPU default) and the other ONNX backends were not measured."""
+    from runtime import BACKENDS
+
+    on_torch = default_propagation("torch").for_model(litemedsam)
+    assert (on_torch.prompt, on_torch.guard, on_torch.stride, on_torch.guarded) == ("mask+box", 0.7, 2, True)
+    for backend in set(BACKENDS) - {"torch"}:
+        rule = default_propagation(backend).for_model(litemedsam)
+        assert (rule.prompt, rule.guarded, rule.stride) == ("box", False, 2), backend
+    base = default_propagation("torch").for_model(litemedsam_base)  # no click model trained on neighbours' masks
+    assert base.prompt == "box" and not base.guarded
+
+
+@pytest.mark.parametrize(
+    "argv, prompt, guard, stride, source",
+    [
+        (["--backend", "torch"], "auto", 0.7, 2, "default for backend torch"),
+        (["--backend", "onnx-int8-conv"], "box", 0.0, 2, "default for backend onnx-int8-conv"),
+        (["--backend", "torch", "--prompt", "box"], "box", 0.7, 2, "default for backend torch, --prompt given"),
+        (["--backend", "torch", "--guard", "0"], "auto", 0.0, 2, "default for backend torch, --guard given"),
+        (["--backend", "onnx-int8-conv", "--prompt", "auto", "--guard", "0.7"], "auto", 0.7, 2,
+         "default for backend onnx-int8-conv, --prompt given, --guard given"),
+        (["--backend", "torch", "--stride", "1"], "auto", 0.7, 1, "default for backend torch, --stride given"),
+        (["--backend", "onnx-int8-conv", "--mask-prompt"], "mask+box", 0.0, 2,
+         "default for backend onnx-int8-conv, --prompt given"),
+    ],
+)
+def test_cli_takes_the_backends_default_and_flags_override_it(argv, prompt, guard, stride, source):
+    from app.cli import build_parser
+    from app.commands.common import backend_choice
+    from app.commands.propagate import settings_from_args
+
+    args = build_parser().parse_args(["propagate", "x.nii.gz", "--slice", "1", "--box", "1", "1", "5", "5",
+                                      "-o", "y.nii.gz", *argv])
+    settings, said = settings_from_args(args, backend_choice(args).backend)
+    assert (settings.prompt, settings.guard, settings.stride, said) == (prompt, guard, stride, source)
+    assert settings.min_score == BOX_RULE.min_score and settings.margin_px == BOX_RULE.margin_px
+
+
+def test_the_torch_default_carries_the_whole_head_better_than_the_box_rule(default_run, head_run, head):
+    """Issue 21 on this 12-slice CT series: the box rule segments the intracranial content inside the head's box
+    (0.79); the torch default (the click model's answer to the neighbour's mask, where the box answer agrees) keeps
+    skull and scalp in. A clear margin, not noise: >= 0.05 of 3D Dice."""
+    box, default = dice(head_run[0].masks, head), dice(default_run.masks, head)
+    assert default_run.slices == list(range(12))
+    assert default >= box + 0.05, (default, box)
+
+
+def test_monai_labels_3d_model_walks_the_default_of_its_backend(litemedsam, ct, head, cache, default_run, head_run):
+    """MONAI Label's ``litemedsam_3d`` (a ROI box on slice 6) gives the voxels ``medseg propagate`` gives with the
+    default of the backend the server runs (``ServerConfig.backend``): the guard rule on torch, the box rule on
+    onnx-int8-conv (here the same torch model, so the difference is the rule alone)."""
+    from app.labelserver.inference import model_entries, run_infer
+
+    entry = model_entries("litemedsam")["litemedsam_3d"]
+    x0, y0, x1, y1 = (int(v) for v in box_around(head[START], 5))
+    params = {"roi": [x0, x1, y0, y1, START, START]}
+    for backend, walk in (("torch", default_run), ("onnx-int8-conv", head_run[0])):
+        got = run_infer(litemedsam, entry, ct, params, cache, backend=backend)
+        np.testing.assert_array_equal(got.labels, walk.masks.astype(np.uint8), err_msg=backend)
 
 
 def test_cache_is_lru_and_bounded():
@@ -207,7 +279,7 @@ def test_repropagate_needs_the_label_on_the_start_slice(litemedsam, ct, cache):
 
 
 # --- command line -------------------------------------------------------------------------------
-def test_cli_propagate_to_dicom_seg_is_valid_and_reads_back(head_run, ct, head, cache, tmp_path, capsys, monkeypatch):
+def test_cli_propagate_to_dicom_seg_is_valid_and_reads_back(default_run, ct, head, cache, tmp_path, capsys, monkeypatch):
     """Acceptance: CT series -> medseg propagate -> DICOM-SEG -> dciodvfy clean -> same voxels on the source grid.
 
     The command's walk meets the series' embeddings in the file's cache (``ct_series_embeddings``) instead of
@@ -230,11 +302,12 @@ def test_cli_propagate_to_dicom_seg_is_valid_and_reads_back(head_run, ct, head, 
     assert code == 0, capsys.readouterr().err
     # the slices the command's strided walk segments are the app's (at least every other one of the 12)
     assert cache.misses == misses and cache.hits >= hits + 6
-    assert "on 12 slices" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "on 12 slices" in said and "rule mask+box, guard 0.7, stride 2 (default for backend torch)" in said
     if shutil.which("dciodvfy"):
         assert dciodvfy_errors(out) == []
     back = read_dicom_seg(out, ct)
-    np.testing.assert_array_equal(back.labels.array, head_run[0].masks.astype(np.uint8))
+    np.testing.assert_array_equal(back.labels.array, default_run.masks.astype(np.uint8))
     assert back.names == {1: "head"}
 
 

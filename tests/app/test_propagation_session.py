@@ -101,6 +101,27 @@ def _propagate(ctx, sid):
     return job
 
 
+def test_the_ui_propagates_with_the_default_rule_of_its_models_backend(ctx, five, five_embeddings, monkeypatch):
+    """The UI's Propagate runs the rule ``medseg propagate`` runs for the backend the model runs with
+    (``app.propagation_defaults``): on torch (these tests) the click model's mask + box guarded by the box answer."""
+    import app.propagation_job
+    from app.propagation_defaults import default_propagation
+
+    used, real = [], app.propagation_job.repropagate
+
+    def spy(*args, settings, **kwargs):
+        used.append(settings)
+        return real(*args, settings=settings, **kwargs)
+
+    monkeypatch.setattr(app.propagation_job, "repropagate", spy)
+    sid = _open_and_box(ctx, five, five_embeddings)
+    _propagate(ctx, sid)
+    backend = ctx.runner.backend_choice(ctx.store.get(sid).model).backend
+    assert backend == "torch" and used == [default_propagation("torch")]
+    assert (used[0].prompt, used[0].guard, used[0].stride) == ("auto", 0.7, 2)
+    assert all((ctx.store.get(sid).labels[k] == 1).sum() > 500 for k in range(5))
+
+
 def test_correction_becomes_an_anchor_repropagation_keeps_it_and_undo_restores(ctx, five, five_embeddings):
     sid = _open_and_box(ctx, five, five_embeddings)
     session = ctx.store.get(sid)
