@@ -546,3 +546,23 @@ def test_label_names_typed_in_any_language_or_with_odd_characters_survive_as_one
     assert ds.SeriesDescription == "Befund/Leber" and ds.SpecificCharacterSet == "ISO_IR 192"
     assert dciodvfy_errors(out) == []
     np.testing.assert_array_equal(read_dicom_seg(out, ct).labels.array, labels)
+
+
+@needs_dciodvfy
+@pytest.mark.parametrize("orientation", [None, ["A", "F"]], ids=["none", "A-F"])
+def test_a_seg_of_an_image_without_a_patient_frame_is_valid_and_keeps_its_orientation(orientation, tmp_path):
+    """An ultrasound image has no Image Orientation/Position: the SEG carries Patient Orientation (Type 2C),
+    the source's or empty; dciodvfy said 'Missing attribute Type 2C ... <PatientOrientation>' before."""
+    source = pydicom.dcmread(DATA / "dicom" / "pydicom_US_rgb_lymph_node.dcm")
+    if orientation:
+        source.PatientOrientation = orientation
+    source.save_as(tmp_path / "us.dcm")
+    us = read_study(tmp_path / "us.dcm")
+    labels = np.zeros(us.array.shape[:3], np.uint8)
+    labels[0, 50:80, 60:90] = 1
+    out = write_dicom_seg(labels, us, tmp_path / "seg.dcm")
+    assert dciodvfy_errors(out) == []
+    seg = pydicom.dcmread(out)
+    assert "FrameOfReferenceUID" not in seg
+    assert list(seg.PatientOrientation or []) == (orientation or [])
+    np.testing.assert_array_equal(read_dicom_seg(out, us).labels.array, labels)
