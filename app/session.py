@@ -41,6 +41,9 @@ from data.writers import atomic_output
 
 STATE_VERSION = 1
 MAX_UNDO = 100
+# A label's name: what a DICOM-SEG segment label holds (LO, 64 characters). Why a bound: a 10 MB name was taken,
+# then sent in every page state, journalled with every click and cut to 64 characters in the SEG anyway.
+MAX_LABEL_NAME = 64
 # Undo history per session is also bounded by the bytes its arrays hold (``undo_nbytes``: packed label
 # planes, the prompts' low-res logits and first-click candidates, each array once). A click step is
 # ~0.26 MiB (its 256 x 256 float32 logits; the packed planes are a few KiB), so 100 steps fit; steps
@@ -330,7 +333,7 @@ class Session:
             raise SessionError("at most 65535 labels per study")
         # the Name box holds the active label's name: Add label pressed without typing made a second "label 1"
         # (two segments of one name in an export); a name already in the table gets the default one
-        name = name.strip()
+        name = _checked_name(name)
         if not name or name in {d.name for d in self.label_defs}:
             name = f"label {value}"
         d = LabelDef(value, name, colour or PALETTE[(value - 1) % len(PALETTE)])
@@ -341,7 +344,7 @@ class Session:
 
     def edit_label(self, value: int, name: str | None = None, colour: tuple[int, int, int] | None = None) -> None:
         old = self.label(value)
-        new_name = (name.strip() or old.name) if name is not None else old.name
+        new_name = (_checked_name(name, old.name) or old.name) if name is not None else old.name
         new = replace(old, name=new_name, colour=colour or old.colour)
         self.label_defs = [new if d.value == value else d for d in self.label_defs]
 
@@ -526,6 +529,16 @@ def study_key(path: str, series_uid: str | None = None) -> str:
 LABELS_ON_DISK = "labels_on_disk"  # session.runtime key: labels_signature() of what labels.npz holds
 JOURNAL_SEQ = "journal_seq"  # session.runtime key: the last journal record written (app.save_journal)
 log = logging.getLogger(__name__)
+
+
+def _checked_name(name: str, unchanged: str | None = None) -> str:
+    """A typed label name, stripped; SessionError past :data:`MAX_LABEL_NAME` characters (``unchanged``, the name the
+    label already has, passes: a colour change sends it back, and a session saved before the bound kept it)."""
+    name = str(name).strip()
+    if len(name) > MAX_LABEL_NAME and name != unchanged:
+        raise SessionError(f"label name: at most {MAX_LABEL_NAME} characters (what a DICOM-SEG segment label holds), "
+                           f"got {len(name)}")
+    return name
 
 
 def labels_signature(labels: np.ndarray) -> tuple:

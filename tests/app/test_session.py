@@ -578,3 +578,26 @@ def test_cleanup_boundaries(tmp_path):
     assert kept.directory.exists() and young.exists() and (store.root / "zz").exists()
     assert sorted(other.cleanup(now=now + 1000)) == ["1" * 32, "4" * 32]  # `now` is the one given
     assert SessionStore(tmp_path / "nothing").cleanup() == []
+
+
+def test_a_label_name_longer_than_a_seg_holds_is_refused_and_an_old_one_still_edits(store, ct_volume):
+    """A 10 MB name was taken: then sent in every page state, journalled with every click (10 MB a click) and cut
+    to 64 characters in the DICOM-SEG. Now one line naming the field; the table and state.json stay as they were.
+    A name of 64 characters is kept whole; a longer one a session already held still takes a colour change."""
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    for name in ("x" * 10_000_000, "y" * 65):
+        with pytest.raises(SessionError) as e:
+            s.add_label(name)
+        assert str(e.value) == f"label name: at most 64 characters (what a DICOM-SEG segment label holds), got {len(name)}"
+        with pytest.raises(SessionError):
+            s.edit_label(1, name=name)
+    assert [(d.value, d.name) for d in s.label_defs] == [(1, "label 1")]
+    store.save(s)
+    state = (s.directory / "state.json").read_text()
+    assert len(state) < 64 * 1024 and "y" * 65 not in state
+    assert s.add_label("é" * 64).name == "é" * 64
+    old = "z" * 200  # restored from a session saved before the bound
+    s.label_defs = [LabelDef(1, old, (1, 2, 3))]
+    s.edit_label(1, name=old, colour=(4, 5, 6))
+    assert s.label(1) == LabelDef(1, old, (4, 5, 6))
