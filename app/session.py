@@ -567,6 +567,17 @@ class SessionStore:
         self._saving: set[str] = set()
         self._later_cond = threading.Condition()
         self._saver: threading.Thread | None = None
+        if self.root.is_dir():
+            self._make_private()  # a folder an older medseg made 0755: its sessions become private now
+
+    def _make_private(self) -> None:
+        """The sessions folder readable by this user only (0700). Why: uploads are copied in with the umask's mode
+        (0644) inside 0755 folders, so any other account on the server could read every session's patient images
+        and exports straight from the disk, around the cookie that keeps sessions apart."""
+        try:
+            os.chmod(self.root, 0o700)
+        except OSError as e:  # a folder of another owner: say so once, serve on
+            log.warning("cannot make the sessions folder %s private (%s); other accounts may read it", self.root, e)
 
     # --- lookup ------------------------------------------------------------------------------
     def create(self, sid: str | None = None) -> Session:
@@ -575,7 +586,9 @@ class SessionStore:
         if not SESSION_ID.match(sid):
             raise SessionError("malformed session id")
         directory = self.root / sid
-        directory.mkdir(parents=True, exist_ok=False)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._make_private()
+        directory.mkdir(exist_ok=False)
         session = Session(id=sid, directory=directory)
         self.save(session)
         with self._lock:

@@ -26,6 +26,7 @@ Session folders are never served: ``app.ui.launch`` puts the session root in Gra
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
 import shutil
@@ -92,7 +93,9 @@ class ExportShelf:
     def publish(self, path: str | Path, sid: str) -> str:
         """Copy ``path`` to a fresh folder of the shelf; returns the copy Gradio will serve."""
         folder = self.root / secrets.token_hex(16)
-        folder.mkdir(parents=True, exist_ok=False)
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)  # the copies take the umask's mode (0644): other accounts read every export here
+        folder.mkdir(exist_ok=False)
         target = folder / Path(path).name
         shutil.copyfile(path, target)
         with self._lock:

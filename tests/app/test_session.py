@@ -601,3 +601,36 @@ def test_a_label_name_longer_than_a_seg_holds_is_refused_and_an_old_one_still_ed
     s.label_defs = [LabelDef(1, old, (1, 2, 3))]
     s.edit_label(1, name=old, colour=(4, 5, 6))
     assert s.label(1) == LabelDef(1, old, (4, 5, 6))
+
+
+def test_other_accounts_cannot_read_a_sessions_uploads_or_exports(tmp_path):
+    """An upload is copied in with the umask's mode (0644), in 0755 folders: any other account on the server read
+    every session's patient images straight from the disk, around the session cookie. Now the sessions folder is
+    0700 (made so, and tightened when a server starts on an older, open one)."""
+    from app.uploads import import_upload
+
+    old = tmp_path / "old" / "sessions"
+    (old / ("a" * 32)).mkdir(parents=True)
+    os.chmod(old, 0o755)
+    SessionStore(old)
+    assert old.stat().st_mode & 0o777 == 0o700
+    store = SessionStore(tmp_path / "new" / "sessions")
+    s = store.create()
+    upload = import_upload([DATA / "dicom" / "pydicom_CT_small.dcm"], s.directory / "uploads" / "1")
+    assert upload.stat().st_mode & 0o044  # the file itself keeps the umask's mode: the folder is the guard
+    assert upload.is_relative_to(store.root) and store.root.stat().st_mode & 0o777 == 0o700
+
+
+def test_other_accounts_cannot_list_or_read_the_exports_shelf(tmp_path):
+    """The UI's downloads are copied into Gradio's cache (``medseg-exports/<random>/``) with the umask's mode, in
+    a 0755 folder another account could list: every session's exports, a SEG that kept the patient's identity
+    among them. The shelf is 0700 now."""
+    from app import web_session
+
+    cache = tmp_path / "gradio"
+    cache.mkdir(mode=0o755)
+    export = tmp_path / "seg.dcm"
+    export.write_bytes(b"DICM")
+    served = Path(web_session.ExportShelf(cache).publish(export, "s" * 32))
+    assert served.read_bytes() == b"DICM"
+    assert (cache / web_session.EXPORTS_DIR).stat().st_mode & 0o777 == 0o700
