@@ -44,6 +44,9 @@ MAX_UNDO = 100
 # A label's name: what a DICOM-SEG segment label holds (LO, 64 characters). Why a bound: a 10 MB name was taken,
 # then sent in every page state, journalled with every click and cut to 64 characters in the SEG anyway.
 MAX_LABEL_NAME = 64
+# A lone UTF-16 surrogate (half an emoji, from JSON's "\ud83d"): json.loads takes it, every UTF-8 encoder refuses it,
+# so the page's state answered an error on every load and the DICOM-SEG export failed.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # Undo history per session is also bounded by the bytes its arrays hold (``undo_nbytes``: packed label
 # planes, the prompts' low-res logits and first-click candidates, each array once). A click step is
 # ~0.26 MiB (its 256 x 256 float32 logits; the packed planes are a few KiB), so 100 steps fit; steps
@@ -535,6 +538,9 @@ def _checked_name(name: str, unchanged: str | None = None) -> str:
     """A typed label name, stripped; SessionError past :data:`MAX_LABEL_NAME` characters (``unchanged``, the name the
     label already has, passes: a colour change sends it back, and a session saved before the bound kept it)."""
     name = str(name).strip()
+    if (broken := _SURROGATE.search(name)) is not None:  # half an emoji: no UTF-8 encoder takes it (page, SEG)
+        raise SessionError(f"label name: not valid text (a broken character at position {broken.start() + 1}); "
+                           "type the name again")
     if len(name) > MAX_LABEL_NAME and name != unchanged:
         raise SessionError(f"label name: at most {MAX_LABEL_NAME} characters (what a DICOM-SEG segment label holds), "
                            f"got {len(name)}")

@@ -183,7 +183,8 @@ _NOT_IN_LO = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 def _lo(text: str, fallback: str) -> str:
-    cleaned = " ".join(_NOT_IN_LO.sub(lambda m: "/" if m.group() == "\\" else " ", str(text)).split())[:64]
+    text = re.sub("[\ud800-\udfff]", "\ufffd", str(text))  # a lone surrogate: pydicom's UTF-8 encoder refused it
+    cleaned = " ".join(_NOT_IN_LO.sub(lambda m: "/" if m.group() == "\\" else " ", text).split())[:64]
     while len(cleaned.encode("utf-8")) > 64:  # validators count the bytes of a UTF-8 value
         cleaned = cleaned[:-1]
     return cleaned.strip() or fallback

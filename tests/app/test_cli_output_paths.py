@@ -141,3 +141,20 @@ def test_oneshot_names_a_missing_target_before_learning_or_writing_anything(stud
     assert code == 2 and err.strip().splitlines() == [
         f"medseg oneshot: error: --targets {studies / 'scna.png'}: no such file or folder"], err
     assert not loads and not out.exists()
+
+
+def test_a_label_typed_in_a_latin1_terminal_is_named_before_propagating(studies, capsys, monkeypatch, tmp_path):
+    """`--label $'Leber \\xfc'` (a Latin-1 terminal): Python keeps the byte as a lone surrogate, and the DICOM-SEG
+    writer refused it after the whole propagation: "'utf-8' codec can't encode character '\\udcfc' in position 6:
+    surrogates not allowed", the labels lost. Now one line naming --label and the byte, before the model."""
+    import app.commands.propagate as propagate_command
+
+    monkeypatch.setattr(propagate_command, "segmenter_from_args", lambda *a: pytest.fail("model loaded"))
+    out = tmp_path / "seg.dcm"
+    code = main([str(a) for a in ["propagate", studies / "series", "--slice", 5, "--box", 60, 40, 200, 200, "--quiet",
+                                  "--label", "Leber \udcfc", "-o", out]])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines() == [
+        "medseg propagate: error: --label: not UTF-8 text (byte 0xfc at character 7); set the terminal to UTF-8 or "
+        "type the name in ASCII"], err
+    assert not out.exists()

@@ -634,3 +634,24 @@ def test_other_accounts_cannot_list_or_read_the_exports_shelf(tmp_path):
     served = Path(web_session.ExportShelf(cache).publish(export, "s" * 32))
     assert served.read_bytes() == b"DICM"
     assert (cache / web_session.EXPORTS_DIR).stat().st_mode & 0o777 == 0o700
+
+
+def test_a_label_name_with_half_an_emoji_is_refused_not_kept_to_break_the_page(store, ct_volume):
+    """JSON's "\\ud83d" (half an emoji, cut by a length limit or sent by a script) became a name no UTF-8 encoder
+    takes: the viewer's state answered an error on every load of the session, and the DICOM-SEG export failed."""
+    import json
+
+    from starlette.responses import JSONResponse
+
+    from app.viewer.actions import label_rows
+
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    broken = json.loads('"liver \\ud83d"')
+    with pytest.raises(SessionError) as e:
+        s.add_label(broken)
+    assert str(e.value) == "label name: not valid text (a broken character at position 7); type the name again"
+    with pytest.raises(SessionError):
+        s.edit_label(1, name=broken)
+    s.add_label(json.loads('"liver \\ud83e\\udec1"'))  # a whole emoji is text like any other
+    assert JSONResponse({"labels": label_rows(s)}).body.decode("utf-8").count("liver \U0001fac1") == 1

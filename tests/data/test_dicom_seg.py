@@ -566,3 +566,14 @@ def test_a_seg_of_an_image_without_a_patient_frame_is_valid_and_keeps_its_orient
     assert "FrameOfReferenceUID" not in seg
     assert list(seg.PatientOrientation or []) == (orientation or [])
     np.testing.assert_array_equal(read_dicom_seg(out, us).labels.array, labels)
+
+
+@needs_dciodvfy
+def test_a_segment_name_with_a_lone_surrogate_is_written_with_a_replacement_character(ct, tmp_path):
+    """Names reach the writer from scripts and the label server too: half an emoji ("\\ud83d") made pydicom's UTF-8
+    encoder raise, and no SEG was written. It becomes U+FFFD; the SEG is valid."""
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[3, 10:20, 10:20] = 1
+    out = write_dicom_seg(labels, ct, tmp_path / "s.dcm", label_names={1: json.loads('"liver \\ud83d"')})
+    assert dciodvfy_errors(out) == []
+    assert pydicom.dcmread(out).SegmentSequence[0].SegmentLabel == "liver \ufffd"
