@@ -158,3 +158,19 @@ def test_a_label_typed_in_a_latin1_terminal_is_named_before_propagating(studies,
         "medseg propagate: error: --label: not UTF-8 text (byte 0xfc at character 7); set the terminal to UTF-8 or "
         "type the name in ASCII"], err
     assert not out.exists()
+
+
+def test_segment_refuses_a_seg_of_a_study_that_is_not_dicom_before_the_model(studies, capsys, monkeypatch):
+    """`-o labels.dcm` for a NIfTI or PNG study: the model loaded and segmented (11 s here), then the writer said a
+    DICOM-SEG needs a DICOM study. Now the same line before the model; nothing written."""
+    import app.commands.segment as segment_command
+
+    monkeypatch.setattr(segment_command, "segmenter_from_args", lambda *a: pytest.fail("model loaded"))
+    for study, extra, fmt in ((studies / "t1.nii.gz", ["--slice", 10], "nifti"), (studies / "scan.png", [], "png")):
+        out = studies / "labels.dcm"
+        code = main([str(a) for a in ["segment", study, *extra, "--box", 10, 10, 40, 40, "-o", out]])
+        err = capsys.readouterr().err
+        assert code == 2 and err.strip().splitlines() == [
+            f"medseg segment: error: --output {out}: DICOM-SEG needs a DICOM study, this one is {fmt}; "
+            "use a .nii.gz output name"], err
+        assert not out.exists()
