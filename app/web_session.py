@@ -26,6 +26,7 @@ Session folders are never served: ``app.ui.launch`` puts the session root in Gra
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -38,6 +39,7 @@ from urllib.parse import unquote
 
 from app.access import is_loopback_host_header
 
+log = logging.getLogger(__name__)
 COOKIE = "medseg_session"
 TOKEN = re.compile(r"^[0-9a-f]{64}$")
 EXPORTS_DIR = "medseg-exports"  # under Gradio's cache folder
@@ -78,6 +80,19 @@ def cookie_header(token: str, max_age_s: int) -> bytes:
     return f"{COOKIE}={token}; Path=/; Max-Age={int(max_age_s)}; HttpOnly; SameSite=Strict".encode()
 
 
+def make_private(folder: Path) -> None:
+    """Make ``folder`` (created if missing) readable by this account only (0700), unless it is a shared folder (the
+    sticky bit, as /tmp when GRADIO_TEMP_DIR names it) or another account's. Why: Gradio keeps every uploaded file
+    with the umask's mode (0644) in per-upload folders of a 0755 cache, so any account on the server could read
+    the patients' images until the cache expired."""
+    folder.mkdir(parents=True, exist_ok=True)
+    st = folder.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o1000:
+        log.warning("%s is shared or another account's: not made private; uploads there are as readable as it is", folder)
+        return
+    os.chmod(folder, 0o700)
+
+
 class ExportShelf:
     """Exports copied into Gradio's cache under a random folder each, with the session that owns them.
 
@@ -87,6 +102,7 @@ class ExportShelf:
 
     def __init__(self, cache_dir: str | Path):
         self.root = Path(cache_dir).resolve() / EXPORTS_DIR
+        make_private(self.root.parent)  # Gradio's cache: every accepted upload stays there too (0644) until expiry
         self._owners: dict[str, str] = {}
         self._lock = threading.Lock()
 

@@ -636,6 +636,24 @@ def test_other_accounts_cannot_list_or_read_the_exports_shelf(tmp_path):
     assert (cache / web_session.EXPORTS_DIR).stat().st_mode & 0o777 == 0o700
 
 
+def test_gradios_upload_cache_is_made_private_unless_it_is_a_shared_folder(tmp_path):
+    """Gradio keeps each accepted upload (a patient's DICOM files) in its cache, 0644 in a 0755 folder, until the
+    cache expires: any account on the server could read it. The server makes the cache 0700 when it starts; a
+    shared folder (sticky, as /tmp would be if GRADIO_TEMP_DIR named it) is left as it is."""
+    from app import web_session
+
+    cache = tmp_path / "gradio"
+    (cache / "3f2a").mkdir(parents=True, mode=0o755)
+    os.chmod(cache, 0o755)
+    web_session.ExportShelf(cache)
+    assert cache.stat().st_mode & 0o777 == 0o700
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    web_session.ExportShelf(shared)
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+
+
 def test_a_label_name_with_half_an_emoji_is_refused_not_kept_to_break_the_page(store, ct_volume):
     """JSON's "\\ud83d" (half an emoji, cut by a length limit or sent by a script) became a name no UTF-8 encoder
     takes: the viewer's state answered an error on every load of the session, and the DICOM-SEG export failed."""
