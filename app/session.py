@@ -348,6 +348,9 @@ class Session:
     def edit_label(self, value: int, name: str | None = None, colour: tuple[int, int, int] | None = None) -> None:
         old = self.label(value)
         new_name = (_checked_name(name, old.name) or old.name) if name is not None else old.name
+        taken = next((d for d in self.label_defs if d.name == new_name and d.value != value), None)
+        if taken is not None and new_name != old.name:  # as add_label: one name, one segment of an export
+            raise SessionError(f"label name: {new_name!r} is already label {taken.value}'s; choose another name")
         new = replace(old, name=new_name, colour=colour or old.colour)
         self.label_defs = [new if d.value == value else d for d in self.label_defs]
 

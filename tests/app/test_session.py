@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from app.session import (
@@ -673,3 +674,21 @@ def test_a_label_name_with_half_an_emoji_is_refused_not_kept_to_break_the_page(s
         s.edit_label(1, name=broken)
     s.add_label(json.loads('"liver \\ud83e\\udec1"'))  # a whole emoji is text like any other
     assert JSONResponse({"labels": label_rows(s)}).body.decode("utf-8").count("liver \U0001fac1") == 1
+
+
+def test_renaming_a_label_to_another_labels_name_is_refused(store, ct_volume, tmp_path):
+    """Adding a label under a name in use gives it the default name (two segments of one name in an export); renaming
+    did not check: label 2 renamed "liver" beside label 1 "liver" made a SEG with two "liver" segments."""
+    from data.dicom_seg import write_dicom_seg
+
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    s.edit_label(1, name="liver")
+    s.add_label("spleen")
+    with pytest.raises(SessionError) as e:
+        s.edit_label(2, name=" liver ")
+    assert str(e.value) == "label name: 'liver' is already label 1's; choose another name"
+    s.edit_label(2, name="spleen", colour=(9, 9, 9))  # its own name again, with a new colour: fine
+    s.labels[3, 10:20, 10:20], s.labels[4, 10:20, 10:20] = 1, 2
+    out = write_dicom_seg(s.labels, ct_volume, tmp_path / "s.dcm", label_names={d.value: d.name for d in s.label_defs})
+    assert [d.SegmentLabel for d in pydicom.dcmread(out).SegmentSequence] == ["liver", "spleen"]
