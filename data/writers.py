@@ -46,7 +46,7 @@ def _output_mode(path: Path) -> int:
     0600, so every label map, SEG and mask medseg wrote was readable by its writer alone (a PACS importer or a
     colleague reading a shared folder got "Permission denied"), and a 0644 file it replaced became 0600."""
     try:
-        return path.stat().st_mode & 0o7777
+        return path.stat().st_mode & 0o777  # no set-id or sticky bits onto a label map
     except OSError:
         return 0o666 & ~_umask()
 
