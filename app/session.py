@@ -41,6 +41,12 @@ from data.writers import atomic_output
 
 STATE_VERSION = 1
 MAX_UNDO = 100
+# A label's name: what a DICOM-SEG segment label holds (LO, 64 characters). Why a bound: a 10 MB name was taken,
+# then sent in every page state, journalled with every click and cut to 64 characters in the SEG anyway.
+MAX_LABEL_NAME = 64
+# A lone UTF-16 surrogate (half an emoji, from JSON's "\ud83d"): json.loads takes it, every UTF-8 encoder refuses it,
+# so the page's state answered an error on every load and the DICOM-SEG export failed.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # Undo history per session is also bounded by the bytes its arrays hold (``undo_nbytes``: packed label
 # planes, the prompts' low-res logits and first-click candidates, each array once). A click step is
 # ~0.26 MiB (its 256 x 256 float32 logits; the packed planes are a few KiB), so 100 steps fit; steps
@@ -330,7 +336,7 @@ class Session:
             raise SessionError("at most 65535 labels per study")
         # the Name box holds the active label's name: Add label pressed without typing made a second "label 1"
         # (two segments of one name in an export); a name already in the table gets the default one
-        name = name.strip()
+        name = _checked_name(name)
         if not name or name in {d.name for d in self.label_defs}:
             name = f"label {value}"
         d = LabelDef(value, name, colour or PALETTE[(value - 1) % len(PALETTE)])
@@ -341,7 +347,10 @@ class Session:
 
     def edit_label(self, value: int, name: str | None = None, colour: tuple[int, int, int] | None = None) -> None:
         old = self.label(value)
-        new_name = (name.strip() or old.name) if name is not None else old.name
+        new_name = (_checked_name(name, old.name) or old.name) if name is not None else old.name
+        taken = next((d for d in self.label_defs if d.name == new_name and d.value != value), None)
+        if taken is not None and new_name != old.name:  # as add_label: one name, one segment of an export
+            raise SessionError(f"label name: {new_name!r} is already label {taken.value}'s; choose another name")
         new = replace(old, name=new_name, colour=colour or old.colour)
         self.label_defs = [new if d.value == value else d for d in self.label_defs]
 
@@ -528,6 +537,19 @@ JOURNAL_SEQ = "journal_seq"  # session.runtime key: the last journal record writ
 log = logging.getLogger(__name__)
 
 
+def _checked_name(name: str, unchanged: str | None = None) -> str:
+    """A typed label name, stripped; SessionError past :data:`MAX_LABEL_NAME` characters (``unchanged``, the name the
+    label already has, passes: a colour change sends it back, and a session saved before the bound kept it)."""
+    name = str(name).strip()
+    if (broken := _SURROGATE.search(name)) is not None:  # half an emoji: no UTF-8 encoder takes it (page, SEG)
+        raise SessionError(f"label name: not valid text (a broken character at position {broken.start() + 1}); "
+                           "type the name again")
+    if len(name) > MAX_LABEL_NAME and name != unchanged:
+        raise SessionError(f"label name: at most {MAX_LABEL_NAME} characters (what a DICOM-SEG segment label holds), "
+                           f"got {len(name)}")
+    return name
+
+
 def labels_signature(labels: np.ndarray) -> tuple:
     """Shape, dtype and CRC-32 of a label map: cheap next to compressing it (47 ms against 1.1 s for a
     300 x 512 x 512 map), so a save after paging or windowing, which leave the labels as they were, skips
@@ -554,6 +576,17 @@ class SessionStore:
         self._saving: set[str] = set()
         self._later_cond = threading.Condition()
         self._saver: threading.Thread | None = None
+        if self.root.is_dir():
+            self._make_private()  # a folder an older medseg made 0755: its sessions become private now
+
+    def _make_private(self) -> None:
+        """The sessions folder readable by this user only (0700). Why: uploads are copied in with the umask's mode
+        (0644) inside 0755 folders, so any other account on the server could read every session's patient images
+        and exports straight from the disk, around the cookie that keeps sessions apart."""
+        try:
+            os.chmod(self.root, 0o700)
+        except OSError as e:  # a folder of another owner: say so once, serve on
+            log.warning("cannot make the sessions folder %s private (%s); other accounts may read it", self.root, e)
 
     # --- lookup ------------------------------------------------------------------------------
     def create(self, sid: str | None = None) -> Session:
@@ -562,7 +595,9 @@ class SessionStore:
         if not SESSION_ID.match(sid):
             raise SessionError("malformed session id")
         directory = self.root / sid
-        directory.mkdir(parents=True, exist_ok=False)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._make_private()
+        directory.mkdir(exist_ok=False)
         session = Session(id=sid, directory=directory)
         self.save(session)
         with self._lock:

@@ -137,11 +137,25 @@ def write_dicom_seg(
     if not all(str(d.SegmentLabel).isascii() for d in seg.SegmentSequence) or not str(seg.SeriesDescription).isascii():
         # names typed in any language ("Läsion", "肝臓"): without a character set pydicom wrote them as "?"
         seg.SpecificCharacterSet = "ISO_IR 192"
+    _patient_orientation(seg, sources[0])
     if deidentify is not None:
         deidentify(seg)
     with atomic_output(path) as tmp:
         seg.save_as(tmp)
     return path
+
+
+def _patient_orientation(seg: pydicom.Dataset, source: pydicom.Dataset) -> None:
+    """Patient Orientation (General Image Module, Type 2C) on a SEG whose frames have no plane orientation.
+
+    Why: a source without a patient frame of reference (an ultrasound or secondary-capture image: no Image
+    Orientation/Position) gives a SEG without a Plane Orientation functional group; PS3.3 C.7.6.1.1.1 then
+    requires Patient Orientation, which highdicom does not write, so dciodvfy refused the SEG ("Missing
+    attribute Type 2C Conditional Element=<PatientOrientation>"). The source's value is copied (the frames lie
+    as its pixels do); a source without one gives an empty value, as Type 2 allows."""
+    if "FrameOfReferenceUID" in seg or "PatientOrientation" in seg:
+        return
+    seg.PatientOrientation = source.get("PatientOrientation", "") or ""
 
 
 def _segment_layers(labels: np.ndarray, volume: Volume, path: Path) -> dict[int, np.ndarray]:
@@ -169,7 +183,8 @@ _NOT_IN_LO = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 def _lo(text: str, fallback: str) -> str:
-    cleaned = " ".join(_NOT_IN_LO.sub(lambda m: "/" if m.group() == "\\" else " ", str(text)).split())[:64]
+    text = re.sub("[\ud800-\udfff]", "\ufffd", str(text))  # a lone surrogate: pydicom's UTF-8 encoder refused it
+    cleaned = " ".join(_NOT_IN_LO.sub(lambda m: "/" if m.group() == "\\" else " ", text).split())[:64]
     while len(cleaned.encode("utf-8")) > 64:  # validators count the bytes of a UTF-8 value
         cleaned = cleaned[:-1]
     return cleaned.strip() or fallback

@@ -21,21 +21,47 @@ def atomic_output(path: str | Path, suffix: str | None = None) -> Iterator[Path]
 
     A crash mid-write leaves the previous file intact, never a truncated one. ``suffix``: the
     temporary's suffix when the writer needs another spelling than ``path``'s (default: path's).
+    The file gets the mode ``open()`` would give it (the umask's), or keeps the mode of the file it replaces.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix or "".join(path.suffixes) or ".tmp"
+    mode = _output_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, mode)  # after the writer: some delete and create the file again
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _output_mode(path: Path) -> int:
+    """The mode an output should have: the replaced file's, else 0666 less the umask. Why: mkstemp makes its file
+    0600, so every label map, SEG and mask medseg wrote was readable by its writer alone (a PACS importer or a
+    colleague reading a shared folder got "Permission denied"), and a 0644 file it replaced became 0600."""
+    try:
+        return path.stat().st_mode & 0o777  # no set-id or sticky bits onto a label map
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` sets it, which races other threads' writes)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # no /proc: set and restore (a file created meanwhile is at most more private)
+    os.umask(mask)
+    return mask
 
 
 def label_volume_image(labels: np.ndarray, reference: Volume) -> sitk.Image:

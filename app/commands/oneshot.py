@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("one-shot methods hook the PyTorch mask decoder: use --backend torch")
     out_dir = Path(args.output)
     targets = [Path(t) for t in args.targets]
+    missing = next((t for t in targets if not t.exists()), None)
+    if missing is not None:  # a typo in the last target surfaced after learning and writing all the others
+        raise UsageError(f"--targets {missing}: no such file or folder")
     stems = [output_stem(t) for t in targets]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:

@@ -105,6 +105,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def check_label_text(label: str) -> None:
+    """UsageError for a --label that is not UTF-8 (a name typed in a Latin-1 terminal: Python keeps its bytes as
+    lone surrogates, which the DICOM-SEG writer refused after the whole propagation, naming a codec)."""
+    for i, c in enumerate(label):
+        if "\udc80" <= c <= "\udcff":  # os.fsdecode's escape of one undecodable byte
+            raise UsageError(f"--label: not UTF-8 text (byte 0x{ord(c) - 0xdc00:02x} at character {i + 1}); set the "
+                             "terminal to UTF-8 or type the name in ASCII")
+        if "\ud800" <= c <= "\udfff":
+            raise UsageError(f"--label: not valid text (a broken character at character {i + 1})")
+
+
 def read_anchors(specs: list[str], volume: Volume) -> dict[int, np.ndarray]:
     """``K:MASK.png`` strings -> slice -> (H, W) bool, refusing bad K, unreadable, mis-sized or empty masks."""
     anchors: dict[int, np.ndarray] = {}
@@ -132,6 +143,7 @@ def read_anchors(specs: list[str], volume: Volume) -> dict[int, np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_label_text(args.label)
     out = Path(args.output)
     fmt = "dicom-seg" if dicomweb_target(args.output) is not None else export_format(out)
     volume = read_input(args.input, args.series, quiet=args.quiet, allow_uneven=getattr(args, "allow_uneven", False))

@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {out}: a 3D study is written as a label map; use a .nii.gz (or .dcm) name")
     if volume.is_2d and not (is_nifti or out.suffix.lower() == ".png"):
         raise UsageError(f"--output {out}: expected a .png (or .nii.gz) name for 2D input")
+    if (to_pacs or out.name.lower().endswith(".dcm")) and volume.source.format not in ("dicom-series", "dicom"):
+        raise UsageError(f"--output {args.output}: DICOM-SEG needs a DICOM study, this one is "
+                         f"{volume.source.format or 'not from a file'}; use a .nii.gz output name")
     prompts.validate(image.shape[:2])
     segmenter = segmenter_from_args(args)
     t0 = time.perf_counter()

@@ -216,10 +216,7 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
             target = _label_value(body)
             session.label(target)  # an unknown label is refused here
         if kind in PROMPTS:
-            locked = body.get("locked") or []
-            if not isinstance(locked, list):
-                raise PromptError("locked: expected a list of label numbers")
-            if any(v == target for v in locked):
+            if target in _locked(body):
                 raise PromptError(f"{session.label(target).name} is locked: unlock it to edit it")
         if kind == "point":  # checked before anything changes: a refused point leaves the active label too
             point_at = _where(volume, body, "mm", refuse_outside=True)
@@ -230,8 +227,8 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         if kind == "point":
             view, (index, x, y) = point_at
             _show(session, view, index)
-            positive = bool(body.get("positive", True))
-            if body.get("new_object"):
+            positive = _flag(body, "positive", True)
+            if _flag(body, "new_object", False):
                 session.prompt = None
             edit = interaction.click(ctx.runner, session, x, y, positive=positive)
             status = f"{'Positive' if positive else 'Negative'} click ({len(session.prompt.points)} points): overlay updated."
@@ -296,7 +293,7 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
             answer["patch"] = patch(session, edit.view, edit.index)
         if kind in ("point", "box", "undo", "redo") and session.prompt is not None and session.prompt.alternatives:
             answer["alternatives"] = len(session.prompt.alternatives)
-        if kind in ("point", "box", "undo", "redo") and body.get("suggest"):
+        if kind in ("point", "box", "undo", "redo") and _flag(body, "suggest", False):
             answer["suggest"] = suggestion(ctx, session)
         return answer
 
@@ -390,6 +387,31 @@ def _number(body: dict[str, Any], key: str, default: Any = None) -> float:
     if not math.isfinite(number):
         raise PromptError(f"{key}: expected a number, got {str(value)[:40]!r}")
     return number
+
+
+def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
+    """``body[key]`` as a yes/no: JSON true/false (or 0/1, as SAM's point labels); PromptError naming the field
+    otherwise. Why: ``bool("false")`` is True, so a scripted client's ``"positive": "false"`` made a positive click."""
+    value = body.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if type(value) in (int, float) and value in (0, 1):
+        return bool(value)
+    raise PromptError(f"{key}: expected true or false, got {str(value)[:40]!r}")
+
+
+def _locked(body: dict[str, Any]) -> set[int]:
+    """``body["locked"]``: the label numbers the page has locked. Text such as ``"1"`` is refused: compared with the
+    label number 1 it never matched, so the locked label was edited."""
+    locked = body.get("locked") or []
+    if not isinstance(locked, list):
+        raise PromptError("locked: expected a list of label numbers")
+    out = set()
+    for v in locked:
+        if isinstance(v, bool) or type(v) not in (int, float) or not math.isfinite(v) or v != int(v):
+            raise PromptError(f"locked: expected a list of label numbers, got {str(v)[:40]!r}")
+        out.add(int(v))
+    return out
 
 
 def _label_value(body: dict[str, Any]) -> int:

@@ -122,3 +122,55 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_model_runs(where
         err = capsys.readouterr().err
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert f"--output {out}: cannot write" in err and ".labels.nii.gz." not in err, err
+
+
+def test_oneshot_names_a_missing_target_before_learning_or_writing_anything(studies, capsys, monkeypatch, tmp_path):
+    """A typo in the last of several targets was found only after the reference was learnt and every earlier
+    target segmented and written (15 s for two 2D images here; minutes for volumes): now one line, exit 2,
+    before the model loads, and no output folder."""
+    import app.commands.oneshot as oneshot_command
+
+    loads = []
+    monkeypatch.setattr(oneshot_command, "load_segmenter", lambda *a, **k: loads.append(a) or pytest.fail("model loaded"))
+    mask = studies / "mask.png"
+    Image.fromarray(np.pad(np.full((20, 20), 255, np.uint8), 22)).save(mask)
+    out = tmp_path / "out"
+    code = main([str(a) for a in ["oneshot", "--ref", studies / "scan.png", "--ref-mask", mask, "--targets",
+                                  studies / "scan.png", studies / "scna.png", "-o", out]])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines() == [
+        f"medseg oneshot: error: --targets {studies / 'scna.png'}: no such file or folder"], err
+    assert not loads and not out.exists()
+
+
+def test_a_label_typed_in_a_latin1_terminal_is_named_before_propagating(studies, capsys, monkeypatch, tmp_path):
+    """`--label $'Leber \\xfc'` (a Latin-1 terminal): Python keeps the byte as a lone surrogate, and the DICOM-SEG
+    writer refused it after the whole propagation: "'utf-8' codec can't encode character '\\udcfc' in position 6:
+    surrogates not allowed", the labels lost. Now one line naming --label and the byte, before the model."""
+    import app.commands.propagate as propagate_command
+
+    monkeypatch.setattr(propagate_command, "segmenter_from_args", lambda *a: pytest.fail("model loaded"))
+    out = tmp_path / "seg.dcm"
+    code = main([str(a) for a in ["propagate", studies / "series", "--slice", 5, "--box", 60, 40, 200, 200, "--quiet",
+                                  "--label", "Leber \udcfc", "-o", out]])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines() == [
+        "medseg propagate: error: --label: not UTF-8 text (byte 0xfc at character 7); set the terminal to UTF-8 or "
+        "type the name in ASCII"], err
+    assert not out.exists()
+
+
+def test_segment_refuses_a_seg_of_a_study_that_is_not_dicom_before_the_model(studies, capsys, monkeypatch):
+    """`-o labels.dcm` for a NIfTI or PNG study: the model loaded and segmented (11 s here), then the writer said a
+    DICOM-SEG needs a DICOM study. Now the same line before the model; nothing written."""
+    import app.commands.segment as segment_command
+
+    monkeypatch.setattr(segment_command, "segmenter_from_args", lambda *a: pytest.fail("model loaded"))
+    for study, extra, fmt in ((studies / "t1.nii.gz", ["--slice", 10], "nifti"), (studies / "scan.png", [], "png")):
+        out = studies / "labels.dcm"
+        code = main([str(a) for a in ["segment", study, *extra, "--box", 10, 10, 40, 40, "-o", out]])
+        err = capsys.readouterr().err
+        assert code == 2 and err.strip().splitlines() == [
+            f"medseg segment: error: --output {out}: DICOM-SEG needs a DICOM study, this one is {fmt}; "
+            "use a .nii.gz output name"], err
+        assert not out.exists()

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from app.session import (
@@ -578,3 +579,116 @@ def test_cleanup_boundaries(tmp_path):
     assert kept.directory.exists() and young.exists() and (store.root / "zz").exists()
     assert sorted(other.cleanup(now=now + 1000)) == ["1" * 32, "4" * 32]  # `now` is the one given
     assert SessionStore(tmp_path / "nothing").cleanup() == []
+
+
+def test_a_label_name_longer_than_a_seg_holds_is_refused_and_an_old_one_still_edits(store, ct_volume):
+    """A 10 MB name was taken: then sent in every page state, journalled with every click (10 MB a click) and cut
+    to 64 characters in the DICOM-SEG. Now one line naming the field; the table and state.json stay as they were.
+    A name of 64 characters is kept whole; a longer one a session already held still takes a colour change."""
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    for name in ("x" * 10_000_000, "y" * 65):
+        with pytest.raises(SessionError) as e:
+            s.add_label(name)
+        assert str(e.value) == f"label name: at most 64 characters (what a DICOM-SEG segment label holds), got {len(name)}"
+        with pytest.raises(SessionError):
+            s.edit_label(1, name=name)
+    assert [(d.value, d.name) for d in s.label_defs] == [(1, "label 1")]
+    store.save(s)
+    state = (s.directory / "state.json").read_text()
+    assert len(state) < 64 * 1024 and "y" * 65 not in state
+    assert s.add_label("é" * 64).name == "é" * 64
+    old = "z" * 200  # restored from a session saved before the bound
+    s.label_defs = [LabelDef(1, old, (1, 2, 3))]
+    s.edit_label(1, name=old, colour=(4, 5, 6))
+    assert s.label(1) == LabelDef(1, old, (4, 5, 6))
+
+
+def test_other_accounts_cannot_read_a_sessions_uploads_or_exports(tmp_path):
+    """An upload is copied in with the umask's mode (0644), in 0755 folders: any other account on the server read
+    every session's patient images straight from the disk, around the session cookie. Now the sessions folder is
+    0700 (made so, and tightened when a server starts on an older, open one)."""
+    from app.uploads import import_upload
+
+    old = tmp_path / "old" / "sessions"
+    (old / ("a" * 32)).mkdir(parents=True)
+    os.chmod(old, 0o755)
+    SessionStore(old)
+    assert old.stat().st_mode & 0o777 == 0o700
+    store = SessionStore(tmp_path / "new" / "sessions")
+    s = store.create()
+    upload = import_upload([DATA / "dicom" / "pydicom_CT_small.dcm"], s.directory / "uploads" / "1")
+    assert upload.stat().st_mode & 0o044  # the file itself keeps the umask's mode: the folder is the guard
+    assert upload.is_relative_to(store.root) and store.root.stat().st_mode & 0o777 == 0o700
+
+
+def test_other_accounts_cannot_list_or_read_the_exports_shelf(tmp_path):
+    """The UI's downloads are copied into Gradio's cache (``medseg-exports/<random>/``) with the umask's mode, in
+    a 0755 folder another account could list: every session's exports, a SEG that kept the patient's identity
+    among them. The shelf is 0700 now."""
+    from app import web_session
+
+    cache = tmp_path / "gradio"
+    cache.mkdir(mode=0o755)
+    export = tmp_path / "seg.dcm"
+    export.write_bytes(b"DICM")
+    served = Path(web_session.ExportShelf(cache).publish(export, "s" * 32))
+    assert served.read_bytes() == b"DICM"
+    assert (cache / web_session.EXPORTS_DIR).stat().st_mode & 0o777 == 0o700
+
+
+def test_gradios_upload_cache_is_made_private_unless_it_is_a_shared_folder(tmp_path):
+    """Gradio keeps each accepted upload (a patient's DICOM files) in its cache, 0644 in a 0755 folder, until the
+    cache expires: any account on the server could read it. The server makes the cache 0700 when it starts; a
+    shared folder (sticky, as /tmp would be if GRADIO_TEMP_DIR named it) is left as it is."""
+    from app import web_session
+
+    cache = tmp_path / "gradio"
+    (cache / "3f2a").mkdir(parents=True, mode=0o755)
+    os.chmod(cache, 0o755)
+    web_session.ExportShelf(cache)
+    assert cache.stat().st_mode & 0o777 == 0o700
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    web_session.ExportShelf(shared)
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+
+
+def test_a_label_name_with_half_an_emoji_is_refused_not_kept_to_break_the_page(store, ct_volume):
+    """JSON's "\\ud83d" (half an emoji, cut by a length limit or sent by a script) became a name no UTF-8 encoder
+    takes: the viewer's state answered an error on every load of the session, and the DICOM-SEG export failed."""
+    import json
+
+    from starlette.responses import JSONResponse
+
+    from app.viewer.actions import label_rows
+
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    broken = json.loads('"liver \\ud83d"')
+    with pytest.raises(SessionError) as e:
+        s.add_label(broken)
+    assert str(e.value) == "label name: not valid text (a broken character at position 7); type the name again"
+    with pytest.raises(SessionError):
+        s.edit_label(1, name=broken)
+    s.add_label(json.loads('"liver \\ud83e\\udec1"'))  # a whole emoji is text like any other
+    assert JSONResponse({"labels": label_rows(s)}).body.decode("utf-8").count("liver \U0001fac1") == 1
+
+
+def test_renaming_a_label_to_another_labels_name_is_refused(store, ct_volume, tmp_path):
+    """Adding a label under a name in use gives it the default name (two segments of one name in an export); renaming
+    did not check: label 2 renamed "liver" beside label 1 "liver" made a SEG with two "liver" segments."""
+    from data.dicom_seg import write_dicom_seg
+
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    s.edit_label(1, name="liver")
+    s.add_label("spleen")
+    with pytest.raises(SessionError) as e:
+        s.edit_label(2, name=" liver ")
+    assert str(e.value) == "label name: 'liver' is already label 1's; choose another name"
+    s.edit_label(2, name="spleen", colour=(9, 9, 9))  # its own name again, with a new colour: fine
+    s.labels[3, 10:20, 10:20], s.labels[4, 10:20, 10:20] = 1, 2
+    out = write_dicom_seg(s.labels, ct_volume, tmp_path / "s.dcm", label_names={d.value: d.name for d in s.label_defs})
+    assert [d.SegmentLabel for d in pydicom.dcmread(out).SegmentSequence] == ["liver", "spleen"]

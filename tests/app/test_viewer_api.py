@@ -564,3 +564,26 @@ def test_a_brush_point_far_outside_the_image_is_refused_and_a_stroke_over_the_ed
     assert painted[60, 0:8].all() and painted[60:91, 0].all() and not painted[:, 9:].any()
     r = stroke("erase", from_plane(volume, "coronal", 7, -4.4, 75))
     assert r.status_code == 200 and not (s.region("coronal", 7) == 1)[75, 0]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("positive", "false", "positive: expected true or false, got 'false'"),
+    ("positive", "0", "positive: expected true or false, got '0'"),
+    ("positive", None, "positive: expected true or false, got 'None'"),
+    ("new_object", "no", "new_object: expected true or false, got 'no'"),
+    ("locked", ["1"], "locked: expected a list of label numbers, got '1'"),
+])
+def test_a_flag_or_lock_sent_as_text_is_refused_not_read_the_other_way(ctx, opened, field, value, message):
+    """A scripted client's ``"positive": "false"`` made a positive click (any non-empty text is truthy), and a
+    lock ``["1"]`` did not lock label 1 (text is not the number): a silently wrong annotation. Now one line
+    naming the field, nothing changes; JSON false, 0 and 1 keep their meaning."""
+    s = opened
+    body = {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), field: value}
+    with pytest.raises(PromptError) as e:
+        actions.act(ctx, s, body)
+    assert str(e.value) == message
+    assert not s.labels.any() and not s.undo_stack and s.prompt is None
+    answer = actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True})
+    assert answer["status"].startswith("Positive click")
+    answer = actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *RIGHT_HORN), "positive": 0})
+    assert answer["status"].startswith("Negative click") and [p["positive"] for p in answer["object"]["points"]] == [True, False]

@@ -546,3 +546,34 @@ def test_label_names_typed_in_any_language_or_with_odd_characters_survive_as_one
     assert ds.SeriesDescription == "Befund/Leber" and ds.SpecificCharacterSet == "ISO_IR 192"
     assert dciodvfy_errors(out) == []
     np.testing.assert_array_equal(read_dicom_seg(out, ct).labels.array, labels)
+
+
+@needs_dciodvfy
+@pytest.mark.parametrize("orientation", [None, ["A", "F"]], ids=["none", "A-F"])
+def test_a_seg_of_an_image_without_a_patient_frame_is_valid_and_keeps_its_orientation(orientation, tmp_path):
+    """An ultrasound image has no Image Orientation/Position: the SEG carries Patient Orientation (Type 2C),
+    the source's or empty; dciodvfy said 'Missing attribute Type 2C ... <PatientOrientation>' before."""
+    source = pydicom.dcmread(DATA / "dicom" / "pydicom_US_rgb_lymph_node.dcm")
+    if orientation:
+        source.PatientOrientation = orientation
+    source.save_as(tmp_path / "us.dcm")
+    us = read_study(tmp_path / "us.dcm")
+    labels = np.zeros(us.array.shape[:3], np.uint8)
+    labels[0, 50:80, 60:90] = 1
+    out = write_dicom_seg(labels, us, tmp_path / "seg.dcm")
+    assert dciodvfy_errors(out) == []
+    seg = pydicom.dcmread(out)
+    assert "FrameOfReferenceUID" not in seg
+    assert list(seg.PatientOrientation or []) == (orientation or [])
+    np.testing.assert_array_equal(read_dicom_seg(out, us).labels.array, labels)
+
+
+@needs_dciodvfy
+def test_a_segment_name_with_a_lone_surrogate_is_written_with_a_replacement_character(ct, tmp_path):
+    """Names reach the writer from scripts and the label server too: half an emoji ("\\ud83d") made pydicom's UTF-8
+    encoder raise, and no SEG was written. It becomes U+FFFD; the SEG is valid."""
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[3, 10:20, 10:20] = 1
+    out = write_dicom_seg(labels, ct, tmp_path / "s.dcm", label_names={1: json.loads('"liver \\ud83d"')})
+    assert dciodvfy_errors(out) == []
+    assert pydicom.dcmread(out).SegmentSequence[0].SegmentLabel == "liver \ufffd"

@@ -197,3 +197,27 @@ def test_a_label_of_a_nifti_in_metres_overlays_it_where_itk_and_slicer_put_it(un
     np.testing.assert_allclose(label.GetSpacing(), image.GetSpacing(), rtol=1e-5)
     np.testing.assert_allclose(label.GetOrigin(), image.GetOrigin(), atol=1e-3)
     np.testing.assert_allclose(label.GetDirection(), image.GetDirection(), atol=1e-6)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_the_umasks_mode_and_a_replaced_file_keeps_its_own(umask, tmp_path):
+    """Every label map, SEG and mask was written 0600 (mkstemp's mode), whatever the umask: a PACS importer or a
+    colleague reading the shared folder got "Permission denied", and a 0644 file replaced became 0600."""
+    import os
+
+    from data.writers import write_png_mask
+
+    series = read_study(DATA / "dicom" / "ct_head_0051_series_k050-061")
+    labels = np.zeros(series.array.shape, np.uint8)
+    labels[3, 100:140, 90:150] = 1
+    old = os.umask(umask)
+    try:
+        written = [export_labels(labels, series, tmp_path / "labels.nii.gz"), export_labels(labels, series, tmp_path / "seg.dcm"),
+                   write_png_mask(labels[3], tmp_path / "mask.png")]
+        for path in written:
+            assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
+        os.chmod(written[1], 0o664)
+        export_labels(labels, series, written[1])  # written again over a group-writable file
+        assert written[1].stat().st_mode & 0o777 == 0o664
+    finally:
+        os.umask(old)

@@ -128,9 +128,9 @@ def test_alternatives_labels_mask_file_and_dicom_seg_export(browser, server, mod
     _wait_status(page, "Added tumour")
     assert [d["name"] for d in _state(server, sid)["labels"]] == ["label 1", "tumour"]
     name = page.locator("#label-name textarea, #label-name input").first
-    # a 200-character name: the legend cuts it, its hide and lock stay under the viewer (they went off screen,
-    # and the Name box grew down the page)
-    name.fill("lesion " + "x" * 193)
+    # the longest name (64 characters, what a DICOM-SEG segment label holds; a 10 MB one was taken): the legend cuts it,
+    # its hide and lock stay under the viewer (they went off screen, and the Name box grew down the page)
+    name.fill("lesion " + "x" * 57)
     name.press("Enter")
     expect(page.locator("#viewer-legend")).to_contain_text("2 · lesion xxx", timeout=TIMEOUT_MS)
     stage = page.locator("#viewer-stage").bounding_box()
