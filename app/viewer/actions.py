@@ -59,9 +59,9 @@ def parse(raw: bytes, content_type: str | None) -> dict[str, Any]:
 
 
 def state(session: Session) -> dict[str, Any]:
-    """What the browser needs to show the session: the study, its label table, window and revision
-    (no credential: the viewer's requests carry the session cookie)."""
-    out: dict[str, Any] = {"study": None, "rev": session.revision}
+    """What the browser needs to show the session: the study, its label table, window and revision (with the
+    server process it counts in, ``boot``; no credential: the viewer's requests carry the session cookie)."""
+    out: dict[str, Any] = {"study": None, "rev": session.revision, "boot": messages.BOOT}
     if session.volume is None or session.labels is None:
         return out
     volume, vs = session.volume, session.view
@@ -103,12 +103,13 @@ def table_tag(session: Session) -> str:
 
 def news(session: Session | None) -> dict[str, Any]:
     """The idle tab's poll (``GET /viewer-api/news``): the open study and its label table's digest, read without
-    the session's lock (a torn read during a rename only makes one poll sync the page once more), and the newest
-    news stamp. ``session`` None (held on disk only, so unchanged since it was last in memory): no table."""
-    out: dict[str, Any] = {"ok": True, "study": None, "table": None, "at": messages.last_stamp(),
+    the session's lock (a torn read during a rename only makes one poll sync the page once more), the label map's
+    revision (another tab's edit, a propagation: the idle tab fetches the labels again) and the newest news stamp.
+    ``session`` None (held on disk only, so unchanged since it was last in memory): no table, no revision."""
+    out: dict[str, Any] = {"ok": True, "study": None, "table": None, "rev": None, "at": messages.last_stamp(),
                            "boot": messages.BOOT}
     if session is not None and session.volume is not None:
-        out.update(study=session.study_key, table=table_tag(session))
+        out.update(study=session.study_key, table=table_tag(session), rev=session.revision)
     return out
 
 

@@ -113,7 +113,7 @@ def routes(ctx: AppContext) -> list:
             with trace.span("labels"), open_study(request, key) as session:
                 data, rev = actions.labels_bytes(session), session.revision
             return Response(data, media_type="application/gzip",
-                            headers={**no_store, "X-Labels-Revision": str(rev)})
+                            headers={**no_store, "X-Labels-Revision": str(rev), "X-Labels-Boot": messages.BOOT})
         except Exception as e:  # noqa: BLE001
             return fail(e, sid_or_none(request))
 
