@@ -518,6 +518,62 @@ def test_the_news_order_holds_when_the_wall_clock_steps_back(ctx, monkeypatch):
         assert _viewer_takes(later, earlier) and not _viewer_takes(earlier, later), (earlier, later)
 
 
+def test_an_action_made_on_a_study_another_tab_left_is_refused_409_and_changes_nothing(ctx):
+    """Two tabs of one session: tab B opens the MR while tab A still shows the CT. A's click (on the CT, at the
+    CT's millimetres), its undo or its label choice must never land on the MR (an undo would take back B's edit
+    there). The action carries the study it was made on: a mismatch answers 409 with one line naming the study
+    now open, and changes nothing (the MR's labels, revision and undo history; the CT's kept labels come back
+    when it is opened again). The poll names that study, so the viewer can say which one it follows."""
+    import json
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from app import web_session
+
+    token = web_session.new_token()
+    sid = controller.start(ctx, web_session.sid_of_token(token)).session_id
+    controller.open_sample(ctx, sid, CT_NAME)
+    s = ctx.store.get(sid)
+    client = TestClient(FastAPI(routes=routes(ctx)), headers={"Cookie": f"{web_session.COOKIE}={token}"})
+
+    def post(body):
+        return client.post("/viewer-api/action", content=json.dumps(body), headers={"Content-Type": "application/json"})
+
+    ct_key, ct_name = s.study_key, s.study_name
+    brush = {"kind": "brush", "view": "coronal", "radius": 6, "points": [_mm(s, *LEFT_HORN)], "study": ct_key}
+    assert post(brush).status_code == 200  # tab A's work on the CT
+    ct_labels = s.labels.copy()
+    assert ct_labels.any()
+    mr_name = "MR T1 brain, Colin27 (NIfTI, 32 slices)"
+    controller.open_sample(ctx, sid, mr_name)  # tab B
+    mr_key = s.study_key
+    mr_brush = {"kind": "brush", "view": "axial", "radius": 6, "study": mr_key,
+                "points": [from_plane(s.volume, "axial", 10, 40.0, 40.0)]}
+    assert post(mr_brush).status_code == 200  # B's edit on the MR
+    before = (s.labels.copy(), s.revision, len(s.undo_stack), s.active)
+    assert client.get("/viewer-api/news").json()["name"] == s.study_name
+
+    for body in ({"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True},
+                 {"kind": "box", "view": "coronal", "mm": _mm(s, 90, 74), "mm2": _mm(s, 166, 166)},
+                 {**brush, "study": None}, {"kind": "undo"}, {"kind": "redo"}, {"kind": "new_object"},
+                 {"kind": "active", "label": 1}):
+        r = post({**body, "study": ct_key})
+        assert r.status_code == 409, (body["kind"], r.status_code, r.text)
+        error = r.json()["error"]
+        said = actions.SAID[body["kind"]]
+        assert error.startswith(f"another tab opened {s.study_name}: this {said} was not applied") \
+            and "\n" not in error and sid not in error and token not in error, error
+        assert s.study_key == mr_key
+        np.testing.assert_array_equal(s.labels, before[0])
+        assert (s.revision, len(s.undo_stack), s.active) == before[1:], f"A's {body['kind']} changed the MR"
+    for kind in ("view", "window"):  # what A showed of a study left meanwhile: nothing to keep, nothing changes
+        r = post({"kind": kind, "view": "coronal", "mm": _mm(s, 0, 0), "level": 40, "width": 80, "study": ct_key})
+        assert r.status_code == 200 and s.revision == before[1]
+    controller.open_sample(ctx, sid, CT_NAME)  # A's CT work is kept in the session
+    np.testing.assert_array_equal(s.labels, ct_labels)
+
+
 def _tab_reloads(news: dict, tab: dict) -> bool:
     """The viewer's rule (``labelsNewer`` in viewer/src/main.ts, for the page's state and the idle tab's poll): the
     server's label map is news to a tab holding revision ``tab["rev"]`` of server process ``tab["boot"]`` when it
