@@ -154,6 +154,10 @@ class Viewer {
   newsBusy = false  // a poll is in flight (its end schedules the next: one chain of polls, never two)
   newsWait = NEWS_MS  // the wait before the next poll: doubled after each failure, back to NEWS_MS after a success
   tableSynced: { table: string; at: number } | null = null  // the last digest a poll synced the page for, and when
+  // another tab of the session opened another study: this tab follows it (its sync loads it) and says so once shown
+  following: { study: string; name: string; from: string; at: number; stamps: number } | null = null
+  pageStamp = ''  // the news stamp of the page's status line (app.messages.stamped), and how many it has had
+  pageStamps = 0
   reviewKey = ''
   encodeAgain = false
   frameTimes: number[] = []
@@ -307,7 +311,8 @@ class Viewer {
   /** Another tab renamed or recoloured a label: this page's table (legend, label box) is refreshed by its sync,
    * at once when nothing is queued, else when the queue is done. One sync per digest, again after 10 s if the page
    * still shows another table (a sync that failed). */
-  onNews(news: { study?: string | null; table?: string | null; rev?: number | null; boot?: string }): void {
+  onNews(news: { study?: string | null; name?: string; table?: string | null; rev?: number | null; boot?: string }): void {
+    if (news.study && this.study && news.study !== this.study) { this.followStudy(news.study, news.name); return }
     // another tab's edit, a propagation, a Clear label: the labels are fetched again (nothing queued or drawn here)
     if (news.study === this.study && news.rev != null && this.labelsNewer(news.boot, news.rev) && this.inFlight === 0 &&
         !this.drag && !this.loading) this.reloadLabels()
@@ -317,6 +322,21 @@ class Viewer {
     if (synced && synced.table === table && performance.now() - synced.at < 10_000) return
     if (this.inFlight > 0 || this.drag) { this.tableStale = true; return }
     this.tableSynced = { table, at: performance.now() }
+    this.syncPage()
+  }
+
+  /** Another tab of this session opened another study: the session has one open study, and this tab's prompts
+   * would be refused (409), so it follows: its page's sync loads that study, and the status line says which and
+   * that the first study's work is kept (the session keeps each study's labels). Not while the user draws or an
+   * action is in flight (the next poll follows, or the refused action's sync). Before, it went on showing the
+   * first study without a word. */
+  followStudy(study: string, name: string | undefined): void {
+    if (this.loading || this.inFlight > 0 || this.drag) return
+    const f = this.following
+    if (f && f.study === study && performance.now() - f.at < 10_000) return  // its sync is under way
+    this.following = { study, name: name || 'another study', from: this.state?.name || 'the study shown before',
+      at: performance.now(), stamps: this.pageStamps }
+    traceMark('study.follow')
     this.syncPage()
   }
 
@@ -353,9 +373,11 @@ class Viewer {
   readPageStatus(): void {
     const md = document.querySelector('#status [data-testid="markdown"]') as HTMLElement | null
     const pageStatus = md?.innerText?.trim() ?? ''
+    const stamp = md?.querySelector('time[title]')?.getAttribute('title') ?? ''
+    if (stamp !== this.pageStamp) { this.pageStamp = stamp; this.pageStamps++ }  // a new server message, same text or not
     if (pageStatus === this.pageStatus) return
     this.pageStatus = pageStatus
-    const m = /^news ([0-9a-f]+)\.(\d+)$/.exec(md?.querySelector('time[title]')?.getAttribute('title') ?? '')
+    const m = /^news ([0-9a-f]+)\.(\d+)$/.exec(stamp)
     this.pageStatuses.push({ text: pageStatus, news: m ? { boot: m[1], seq: Number(m[2]) } : undefined })
   }
 
@@ -426,7 +448,16 @@ class Viewer {
       this.applyLabelLook()
       this.resetZoom()
       this.showInfo()
-      this.showStatus(`${s.name ?? 'Study'} in the viewer. Click on a structure or drag a box.`)
+      const f = this.following
+      this.following = null
+      // a poll may see the study this page is opening before the open's answer reaches it: that answer puts a new
+      // "Opened <name>" on the page's status line since the poll, and then it is no other tab's
+      const mine = f !== null && this.pageStamps !== f.stamps && this.pageStatus.startsWith(`Opened ${s.name ?? ''}`)
+      if (f && f.study === s.study && !mine) {
+        this.errorAt = -1  // an error shown was about the study left: this line is the news now
+        this.showStatus(`Another tab opened ${f.name}; this tab follows it. Your labels on ${f.from} are kept: ` +
+          'open it again to go back to them.')
+      } else this.showStatus(`${s.name ?? 'Study'} in the viewer. Click on a structure or drag a box.`)
       this.root.setAttribute('data-study', s.study || '')
       this.readyWanted = true
       this.requestEncode()
@@ -847,7 +878,11 @@ class Viewer {
     // back to this tab: another tab of the session may have edited meanwhile; the page's sync shows the server's state
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()
-      if (document.visibilityState === 'hidden') { window.clearTimeout(this.newsTimer); this.newsTimer = 0 } else this.scheduleNews()
+      if (document.visibilityState === 'hidden') { window.clearTimeout(this.newsTimer); this.newsTimer = 0; return }
+      // shown again: poll now (another tab may have opened another study: the poll names it for the notice)
+      window.clearTimeout(this.newsTimer)
+      this.newsTimer = 0
+      if (!this.newsBusy) this.pollNews()
     })
   }
 
