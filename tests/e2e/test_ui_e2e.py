@@ -679,6 +679,41 @@ def test_a_label_renamed_in_another_tab_reaches_an_idle_tab_by_its_poll(browser,
     context.close()
 
 
+def test_an_idle_tab_shows_another_tabs_edit_also_after_a_restart_with_the_clock_stepped_back(browser, server, ct):
+    """A tab that sends nothing showed another tab's label edit only on its own next action (its poll brought the
+    label table, not the labels). Now the poll brings the label revision and the server process counting it
+    (``boot``), and the tab fetches the labels when they are newer. Then the restart: the revision was the wall clock
+    at the session's load, so a server restarted with its clock an hour back counted below the revision this tab
+    held, and the tab ignored its changes. Here the tab's revision is set to what such a server gave before the
+    restart (an hour ahead, another process): the other tab's next edit still reaches it."""
+    context, page, sid = _open_page(browser, server)
+    _open_sample(page)
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if "/viewer-api/" in r.url and r.method == "POST" else None)
+    tab = context.new_page()
+    tab.goto(server.url)
+    _wait_status(tab, "Ready")
+    _page_to(tab, 7)
+    tab.mouse.click(*_xy(tab, ct, *LEFT_HORN))
+    _idle(tab)
+    assert (server.labels(sid)[7] == 1).sum() > 30
+    _wait_server(lambda: _browser_labels(page) == _server_counts(server.labels(sid)), 30)
+
+    no_news = {"ok": True, "study": None, "table": None, "rev": None, "at": 0, "boot": "-"}
+    page.route("**/viewer-api/news", lambda route: route.fulfill(json=no_news))
+    page.wait_for_timeout(500)  # a poll in flight ends
+    page.evaluate("() => { medsegViewer.revBoot = 'f00dcafe'; medsegViewer.rev += 3600e6 }")  # the old process's
+    tab.mouse.click(*_xy(tab, ct, *RIGHT_HORN))
+    _idle(tab)
+    both = server.labels(sid)
+    assert _browser_labels(page) != _server_counts(both)
+    page.unroute("**/viewer-api/news")
+    _wait_server(lambda: _browser_labels(page) == _server_counts(both), 30)
+    assert [u for u in sent if not u.endswith("/viewer-api/encode")] == [], f"the idle tab sent {sent}"
+    tab.close()
+    context.close()
+
+
 def test_an_idle_tab_follows_the_study_another_tab_opened_and_its_stale_click_is_refused(browser, server, shots, ct):
     """Two tabs of one session; tab B opens another study. Tab A went on showing the first one without a word (its
     poll ignored news of another study), and its click there was refused with a line that did not say which study
