@@ -220,9 +220,12 @@ class Session:
     studies: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     # runtime only (never saved)
     # bumped on every change of the label map: the viewer's cue, and its order (a page state older than the
-    # labels the viewer holds is no news). It starts at the load time in µs (exact in a JS number until
-    # 2255), so a restarted server's revisions are higher than those a page still open was given before.
-    revision: int = field(default_factory=lambda: time.time_ns() // 1000, repr=False)
+    # labels the viewer holds is no news). An order within this server process only: the state and every answer
+    # carry ``messages.BOOT`` and the viewer takes a revision of another process as news (it reloads). It starts at
+    # the load time in µs on the monotonic clock, so a session evicted and loaded again counts on above its old
+    # revisions. It was the wall clock: after a restart with the clock stepped back (NTP), an open tab held a
+    # higher revision than the server's and ignored its label changes until its next action.
+    revision: int = field(default_factory=lambda: time.monotonic_ns() // 1000, repr=False)
     stashed: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # other studies' arrays, undo
     volume: Volume | None = field(default=None, repr=False)
     runtime: dict[str, Any] = field(default_factory=dict, repr=False)  # model window, embedding cache

@@ -31,6 +31,9 @@ from models.prompts import PromptError
 KINDS = ("point", "box", "brush", "erase", "new_object", "undo", "redo", "view", "window", "active")
 PROMPTS = ("point", "box", "brush", "erase")  # the actions that edit the labels (each names its label)
 SHOWN_ONLY = ("view", "window")  # actions that change what is shown, not the labels: saved in the background
+# an action as the user knows it, in a message
+SAID = {"point": "click", "box": "box", "brush": "brush stroke", "erase": "eraser stroke", "new_object": "New object",
+        "undo": "undo", "redo": "redo", "active": "label choice"}
 MAX_STROKE_POINTS = 2000
 MAX_BRUSH_PX = 200
 # A point prompt may lie this far (plane pixels, or slices) past the image's edge and is then taken on the edge
@@ -38,6 +41,12 @@ MAX_BRUSH_PX = 200
 # or hostile client segmented whatever lay on the edge. A box's corner past the edge is still clamped (a drag
 # released past the edge ends there).
 POINT_TOLERANCE_PX = 1.0
+
+
+class OtherStudy(SessionError):
+    """An action made on a study that is no longer the session's open one (another tab of the session opened
+    another): answered 409, and nothing changes. Applied, a click would have landed on the other study at the first
+    one's millimetres, and an undo would have taken back the other tab's edit."""
 
 
 def parse(raw: bytes, content_type: str | None) -> dict[str, Any]:
@@ -59,9 +68,9 @@ def parse(raw: bytes, content_type: str | None) -> dict[str, Any]:
 
 
 def state(session: Session) -> dict[str, Any]:
-    """What the browser needs to show the session: the study, its label table, window and revision
-    (no credential: the viewer's requests carry the session cookie)."""
-    out: dict[str, Any] = {"study": None, "rev": session.revision}
+    """What the browser needs to show the session: the study, its label table, window and revision (with the
+    server process it counts in, ``boot``; no credential: the viewer's requests carry the session cookie)."""
+    out: dict[str, Any] = {"study": None, "rev": session.revision, "boot": messages.BOOT}
     if session.volume is None or session.labels is None:
         return out
     volume, vs = session.volume, session.view
@@ -102,13 +111,15 @@ def table_tag(session: Session) -> str:
 
 
 def news(session: Session | None) -> dict[str, Any]:
-    """The idle tab's poll (``GET /viewer-api/news``): the open study and its label table's digest, read without
-    the session's lock (a torn read during a rename only makes one poll sync the page once more), and the newest
-    news stamp. ``session`` None (held on disk only, so unchanged since it was last in memory): no table."""
-    out: dict[str, Any] = {"ok": True, "study": None, "table": None, "at": messages.last_stamp(),
+    """The idle tab's poll (``GET /viewer-api/news``): the open study (key and name: a tab showing another one
+    follows it and says so) and its label table's digest, read without the session's lock (a torn read during a
+    rename only makes one poll sync the page once more), the label map's revision (another tab's edit, a
+    propagation: the idle tab fetches the labels again) and the newest news stamp.
+    ``session`` None (held on disk only, so unchanged since it was last in memory): no table, no revision."""
+    out: dict[str, Any] = {"ok": True, "study": None, "table": None, "rev": None, "at": messages.last_stamp(),
                            "boot": messages.BOOT}
     if session is not None and session.volume is not None:
-        out.update(study=session.study_key, table=table_tag(session))
+        out.update(study=session.study_key, name=session.study_name, table=table_tag(session), rev=session.revision)
     return out
 
 
@@ -205,12 +216,14 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         trace.mark("action.locked", kind=kind)
         base = session.revision  # the label map this action found: a page that holds another one reloads it
         volume = session.require_study()
-        study = body.get("study")  # the study the page showed when the user acted (the viewer sends it)
+        # the study the page showed when the user acted (the viewer sends it; a scripted client may leave it out and
+        # acts on the open study)
+        study = body.get("study")
         if study is not None and study != session.study_key:
             if kind in SHOWN_ONLY:  # paging or a window of a study left meanwhile: nothing to keep
                 return {"ok": True, "status": ""}
-            raise SessionError(f"another study was opened meanwhile: this {kind} was not applied; the viewer shows "
-                               "the study now open")
+            raise OtherStudy(f"another tab opened {session.study_name}: this {SAID[kind]} was not applied to it; "
+                             "this tab now shows it (your work on the other study is kept in the session)")
         target = session.active  # the browser's active label is the truth for its prompts
         if kind in PROMPTS and body.get("label") is not None:
             target = _label_value(body)

@@ -50,7 +50,8 @@ def routes(ctx: AppContext) -> list:
     def fail(e: Exception, sid: str | None) -> JSONResponse:
         if isinstance(e, (SessionError, *USER_ERRORS)):
             text = messages.plain(messages.error_text(e), hide=[sid or ""])
-            return JSONResponse({"ok": False, "error": text}, status_code=400, headers=no_store)
+            status = 409 if isinstance(e, actions.OtherStudy) else 400  # 409: another tab opened another study
+            return JSONResponse({"ok": False, "error": text}, status_code=status, headers=no_store)
         log.exception("viewer request failed")
         return JSONResponse({"ok": False, "error": f"internal error ({type(e).__name__}); the session is saved, "
                                                   "try again"}, status_code=500, headers=no_store)
@@ -113,7 +114,7 @@ def routes(ctx: AppContext) -> list:
             with trace.span("labels"), open_study(request, key) as session:
                 data, rev = actions.labels_bytes(session), session.revision
             return Response(data, media_type="application/gzip",
-                            headers={**no_store, "X-Labels-Revision": str(rev)})
+                            headers={**no_store, "X-Labels-Revision": str(rev), "X-Labels-Boot": messages.BOOT})
         except Exception as e:  # noqa: BLE001
             return fail(e, sid_or_none(request))
 

@@ -91,7 +91,8 @@ def test_saved_session_restores_in_a_fresh_store(store, ct_volume, tmp_path):
     assert (again.active, again.view.window, again.view.opacity, again.view.index["axial"]) == (2, "brain", 0.7, 3)
     assert again.history == {2: [{"kind": "box", "box": [1, 2, 3, 4]}]}
     assert again.volume.array.shape == (12, 256, 256) and again.volume.spacing == ct_volume.spacing
-    # the viewer orders label revisions: a page still open reloads the restarted server's labels as newer
+    # the viewer orders label revisions within one server process: a session loaded again counts on above them
+    # (another process is told apart by its ``messages.BOOT``)
     assert again.revision > s.revision
 
 

@@ -461,36 +461,43 @@ def _page_news(markup: str) -> dict:
     return {"boot": m.group(1), "at": int(m.group(2))}
 
 
+def _server_run(code: str, clock: str, *args: str) -> dict:
+    """Run ``code`` as a server process of its own (its own ``messages.BOOT``) with the wall clock as it is
+    (``clock`` "now") or stepped back an hour ("back": ``time.time`` and ``time.time_ns``, as after an NTP step);
+    ``code`` prints one JSON object, returned. ``args`` reach it as ``sys.argv[1:]``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    prelude = ("import sys, time\n"
+               "if sys.argv.pop(1) == 'back':\n"
+               "    real, real_ns = time.time, time.time_ns\n"
+               "    time.time = lambda: real() - 3600\n"
+               "    time.time_ns = lambda: real_ns() - 3600 * 10**9\n")
+    out = subprocess.run([sys.executable, "-c", prelude + code, clock, *args], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_the_news_order_holds_when_the_wall_clock_steps_back(ctx, monkeypatch):
     """The viewer orders messages by when their news happened. That was the server's wall clock in ms: an NTP
     step back between two runs of the server made the restarted server's news older than what an open page had
     shown, and the page dropped every message for as long as the step. Now it is a count per server process,
     with the process named (``messages.BOOT``): here the clock steps back an hour inside one process (answers
     and the page's status line keep their order) and between two processes (the second one's news is taken)."""
-    import json
-    import os
-    import subprocess
-    import sys
     import time
 
     from app import messages
-    from tests.conftest import ROOT
 
-    code = ("import json, sys, time\n"
-            "if sys.argv[1] == 'back':\n"
-            "    real, real_ns = time.time, time.time_ns\n"
-            "    time.time = lambda: real() - 3600\n"
-            "    time.time_ns = lambda: real_ns() - 3600 * 10**9\n"
+    code = ("import json\n"
             "from app import messages\n"
             "at = messages.news_stamp()\n"
             "print(json.dumps({'at': at, 'boot': getattr(messages, 'BOOT', None), 'page': messages.stamped('x', at)}))\n")
-
-    def server_run(clock: str) -> dict:
-        out = subprocess.run([sys.executable, "-c", code, clock], cwd=ROOT, capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-        return json.loads(out.stdout)
-
-    before, restarted = server_run("now"), server_run("back")  # the server restarted after the step back
+    before, restarted = _server_run(code, "now"), _server_run(code, "back")  # the server restarted after the step back
     assert _viewer_takes(restarted, before), "a restarted server's news looked older than the old one's"
     assert _viewer_takes(_page_news(restarted["page"]), _page_news(before["page"]))
 
@@ -509,6 +516,108 @@ def test_the_news_order_holds_when_the_wall_clock_steps_back(ctx, monkeypatch):
     order = [{"boot": getattr(messages, "BOOT", None), "at": opened.status_at}, first, second, page, third]
     for earlier, later in zip(order, order[1:]):
         assert _viewer_takes(later, earlier) and not _viewer_takes(earlier, later), (earlier, later)
+
+
+def test_an_action_made_on_a_study_another_tab_left_is_refused_409_and_changes_nothing(ctx):
+    """Two tabs of one session: tab B opens the MR while tab A still shows the CT. A's click (on the CT, at the
+    CT's millimetres), its undo or its label choice must never land on the MR (an undo would take back B's edit
+    there). The action carries the study it was made on: a mismatch answers 409 with one line naming the study
+    now open, and changes nothing (the MR's labels, revision and undo history; the CT's kept labels come back
+    when it is opened again). The poll names that study, so the viewer can say which one it follows."""
+    import json
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from app import web_session
+
+    token = web_session.new_token()
+    sid = controller.start(ctx, web_session.sid_of_token(token)).session_id
+    controller.open_sample(ctx, sid, CT_NAME)
+    s = ctx.store.get(sid)
+    client = TestClient(FastAPI(routes=routes(ctx)), headers={"Cookie": f"{web_session.COOKIE}={token}"})
+
+    def post(body):
+        return client.post("/viewer-api/action", content=json.dumps(body), headers={"Content-Type": "application/json"})
+
+    ct_key, ct_name = s.study_key, s.study_name
+    brush = {"kind": "brush", "view": "coronal", "radius": 6, "points": [_mm(s, *LEFT_HORN)], "study": ct_key}
+    assert post(brush).status_code == 200  # tab A's work on the CT
+    ct_labels = s.labels.copy()
+    assert ct_labels.any()
+    mr_name = "MR T1 brain, Colin27 (NIfTI, 32 slices)"
+    controller.open_sample(ctx, sid, mr_name)  # tab B
+    mr_key = s.study_key
+    mr_brush = {"kind": "brush", "view": "axial", "radius": 6, "study": mr_key,
+                "points": [from_plane(s.volume, "axial", 10, 40.0, 40.0)]}
+    assert post(mr_brush).status_code == 200  # B's edit on the MR
+    before = (s.labels.copy(), s.revision, len(s.undo_stack), s.active)
+    assert client.get("/viewer-api/news").json()["name"] == s.study_name
+
+    for body in ({"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True},
+                 {"kind": "box", "view": "coronal", "mm": _mm(s, 90, 74), "mm2": _mm(s, 166, 166)},
+                 {**brush, "study": None}, {"kind": "undo"}, {"kind": "redo"}, {"kind": "new_object"},
+                 {"kind": "active", "label": 1}):
+        r = post({**body, "study": ct_key})
+        assert r.status_code == 409, (body["kind"], r.status_code, r.text)
+        error = r.json()["error"]
+        said = actions.SAID[body["kind"]]
+        assert error.startswith(f"another tab opened {s.study_name}: this {said} was not applied") \
+            and "\n" not in error and sid not in error and token not in error, error
+        assert s.study_key == mr_key
+        np.testing.assert_array_equal(s.labels, before[0])
+        assert (s.revision, len(s.undo_stack), s.active) == before[1:], f"A's {body['kind']} changed the MR"
+    for kind in ("view", "window"):  # what A showed of a study left meanwhile: nothing to keep, nothing changes
+        r = post({"kind": kind, "view": "coronal", "mm": _mm(s, 0, 0), "level": 40, "width": 80, "study": ct_key})
+        assert r.status_code == 200 and s.revision == before[1]
+    controller.open_sample(ctx, sid, CT_NAME)  # A's CT work is kept in the session
+    np.testing.assert_array_equal(s.labels, ct_labels)
+
+
+def _tab_reloads(news: dict, tab: dict) -> bool:
+    """The viewer's rule (``labelsNewer`` in viewer/src/main.ts, for the page's state and the idle tab's poll): the
+    server's label map is news to a tab holding revision ``tab["rev"]`` of server process ``tab["boot"]`` when it
+    comes from another process or has a higher revision; the tab then fetches the labels again."""
+    return news.get("boot") != tab.get("boot") or news["rev"] > tab["rev"]
+
+
+def test_an_open_tab_reloads_the_labels_a_restarted_server_changed_with_its_clock_stepped_back(tmp_path):
+    """The label revision started at the session's load time on the wall clock. The server restarted with its clock
+    an hour back (NTP) loaded the session at a revision below the one an open tab held, so an edit made after the
+    restart (another tab's brush here; a propagation, a Clear label alike) was no news to that tab: it showed the
+    old labels until its own next action. Now the revision counts within one server process and the state, the
+    answers, the label file and the poll name that process (``boot``): the tab reloads, and shows the new labels."""
+    code = ("import json, sys\n"
+            "from pathlib import Path\n"
+            "from app import controller\n"
+            "from app.controller import AppContext\n"
+            "from app.interaction import ModelRunner, Prefetcher\n"
+            "from app.session import SessionStore\n"
+            "from app.viewer import actions\n"
+            "from app.viewer.geometry import from_plane\n"
+            "folder, sid, x, y = sys.argv[1], sys.argv[2] or None, float(sys.argv[3]), float(sys.argv[4])\n"
+            "runner = ModelRunner('cpu')\n"
+            "ctx = AppContext(SessionStore(Path(folder)), runner, Prefetcher(runner, radius=0))\n"
+            "if sid is None:\n"
+            f"    sid = controller.start(ctx, None).session_id; controller.open_sample(ctx, sid, {CT_NAME!r})\n"
+            "s = ctx.store.get(sid)\n"
+            "mm = from_plane(s.volume, 'coronal', 7, x, y)\n"
+            "actions.act(ctx, s, {'kind': 'brush', 'view': 'coronal', 'radius': 6, 'points': [mm], 'study': s.study_key})\n"
+            "assert ctx.store.flush(sid)\n"
+            "state, news = actions.state(s), actions.news(s)\n"
+            "print(json.dumps({'sid': sid, 'voxels': int((s.labels > 0).sum()), 'news': news,\n"
+            "                  'state': {k: state.get(k) for k in ('study', 'rev', 'boot')}}))\n")
+    folder = str(tmp_path / "sessions")
+    before = _server_run(code, "now", folder, "", *map(str, LEFT_HORN))  # the tab shows this process's labels
+    tab = {**before["state"], "voxels": before["voxels"]}
+    # the server restarts with its clock an hour back; another tab of the session brushes the right horn
+    after = _server_run(code, "back", folder, before["sid"], *map(str, RIGHT_HORN))
+    assert after["state"]["study"] == tab["study"] and after["voxels"] > tab["voxels"] > 0
+    for news in (after["state"], after["news"]):  # the page's sync, and the idle tab's poll of /viewer-api/news
+        assert _tab_reloads(news, tab), f"the open tab ({tab}) took the restarted server's labels ({news}) as older"
+    if _tab_reloads(after["state"], tab):
+        tab.update(after["state"], voxels=after["voxels"])  # what the tab fetches (GET /viewer-api/labels/...)
+    assert tab["voxels"] == after["voxels"], "the open tab still shows the labels from before the restart"
 
 
 def test_a_brush_point_far_outside_the_image_is_refused_and_a_stroke_over_the_edge_paints(ctx, embeddings):

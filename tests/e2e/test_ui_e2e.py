@@ -679,6 +679,94 @@ def test_a_label_renamed_in_another_tab_reaches_an_idle_tab_by_its_poll(browser,
     context.close()
 
 
+def test_an_idle_tab_shows_another_tabs_edit_also_after_a_restart_with_the_clock_stepped_back(browser, server, ct):
+    """A tab that sends nothing showed another tab's label edit only on its own next action (its poll brought the
+    label table, not the labels). Now the poll brings the label revision and the server process counting it
+    (``boot``), and the tab fetches the labels when they are newer. Then the restart: the revision was the wall clock
+    at the session's load, so a server restarted with its clock an hour back counted below the revision this tab
+    held, and the tab ignored its changes. Here the tab's revision is set to what such a server gave before the
+    restart (an hour ahead, another process): the other tab's next edit still reaches it."""
+    context, page, sid = _open_page(browser, server)
+    _open_sample(page)
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if "/viewer-api/" in r.url and r.method == "POST" else None)
+    tab = context.new_page()
+    tab.goto(server.url)
+    _wait_status(tab, "Ready")
+    _page_to(tab, 7)
+    tab.mouse.click(*_xy(tab, ct, *LEFT_HORN))
+    _idle(tab)
+    assert (server.labels(sid)[7] == 1).sum() > 30
+    _wait_server(lambda: _browser_labels(page) == _server_counts(server.labels(sid)), 30)
+
+    no_news = {"ok": True, "study": None, "table": None, "rev": None, "at": 0, "boot": "-"}
+    page.route("**/viewer-api/news", lambda route: route.fulfill(json=no_news))
+    page.wait_for_timeout(500)  # a poll in flight ends
+    page.evaluate("() => { medsegViewer.revBoot = 'f00dcafe'; medsegViewer.rev += 3600e6 }")  # the old process's
+    tab.mouse.click(*_xy(tab, ct, *RIGHT_HORN))
+    _idle(tab)
+    both = server.labels(sid)
+    assert _browser_labels(page) != _server_counts(both)
+    page.unroute("**/viewer-api/news")
+    _wait_server(lambda: _browser_labels(page) == _server_counts(both), 30)
+    assert [u for u in sent if not u.endswith("/viewer-api/encode")] == [], f"the idle tab sent {sent}"
+    tab.close()
+    context.close()
+
+
+def test_an_idle_tab_follows_the_study_another_tab_opened_and_its_stale_click_is_refused(browser, server, shots, ct):
+    """Two tabs of one session; tab B opens another study. Tab A went on showing the first one without a word (its
+    poll ignored news of another study), and its click there was refused with a line that did not say which study
+    was open. Now A's click made on the CT after B opened the MR is refused (409: "another tab opened <MR>: this
+    click was not applied ...") and changes nothing, and A then shows the MR; and A, idle, follows B's next study
+    within the poll's interval with one line ("Another tab opened <CT>; this tab follows it. Your labels on <MR> are
+    kept ..."), showing the CT's labels as they were: no work lost, no silent divergence."""
+    from playwright.sync_api import expect
+
+    context, page, sid = _open_page(browser, server)
+    ct_key = _open_sample(page)
+    page.mouse.click(*_xy(page, ct, *INSIDE))
+    _idle(page)
+    _wait_status(page, "Positive click")
+    ct_labels = server.labels(sid).copy()
+    assert (ct_labels == 1).sum() > 50
+
+    # A's poll brings no news (as between two polls): B opens the MR, and A clicks on the CT it still shows
+    no_news = {"ok": True, "study": None, "table": None, "rev": None, "at": 0, "boot": "-"}
+    page.route("**/viewer-api/news", lambda route: route.fulfill(json=no_news))
+    tab = context.new_page()
+    tab.goto(server.url)
+    _wait_status(tab, "Ready")
+    mr_key = _open_sample(tab, MR_NAME)
+    assert "Another tab" not in tab.locator("#viewer-status").inner_text()  # B opened it: B follows no one
+    mr_labels = server.labels(sid).copy()
+    assert page.locator("#medseg-viewer").get_attribute("data-study") == ct_key
+    page.mouse.click(*_xy(page, ct, *REFINE[0]))
+    _wait_status(page, f"⚠ another tab opened {MR_NAME}: this click was not applied to it; this tab now shows it")
+    _idle(page)
+    np.testing.assert_array_equal(server.labels(sid), mr_labels)  # A's click never reached the MR
+    page.wait_for_function(f"document.querySelector('#medseg-viewer').dataset.study === '{mr_key}'",
+                           timeout=TIMEOUT_MS)
+    page.screenshot(path=str(shots / "ui_other_tab_study_refused.png"))
+
+    # A's polls bring the news again; B opens the CT; A, sending nothing, follows and says so
+    page.unroute("**/viewer-api/news")
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if "/viewer-api/" in r.url and r.method == "POST" else None)
+    _open_sample(tab, CT_NAME)
+    followed = time.monotonic()
+    page.wait_for_function(f"document.querySelector('#medseg-viewer').dataset.study === '{ct_key}'", timeout=30_000)
+    _wait_status(page, f"Another tab opened {CT_NAME}; this tab follows it. Your labels on {MR_NAME} are kept")
+    took = time.monotonic() - followed
+    np.testing.assert_array_equal(server.labels(sid), ct_labels)
+    _wait_server(lambda: _browser_labels(page) == _server_counts(ct_labels), 30)  # A's CT work, as it was
+    assert [u for u in sent if not u.endswith("/viewer-api/encode")] == [], f"the idle tab sent {sent}"
+    page.screenshot(path=str(shots / "ui_other_tab_study_followed.png"))
+    logging.getLogger(__name__).info("the idle tab followed the other tab's study %.1f s after it opened", took)
+    tab.close()
+    context.close()
+
+
 def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path):
     """The old UI: width 0 + Enter put a red "Error" on ~12 components and logged a traceback; error
     toasts showed server paths and the session id; opening another study (or the same one again)

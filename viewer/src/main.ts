@@ -9,7 +9,7 @@ import { SliceShader } from './slice_shader'
 type LabelDef = { value: number; name: string; colour: string }
 type ObjectMarks = { view: string; index: number; points: { mm: number[]; positive: boolean }[]; box: number[][] | null }
 type State = {
-  study: string | null; rev: number; name?: string; rgb?: boolean; is2d?: boolean
+  study: string | null; rev: number; boot?: string; name?: string; rgb?: boolean; is2d?: boolean
   views?: string[]; view?: string; acquisition?: string; slice_mm?: number[]
   labels?: LabelDef[]; active?: number; window?: { level: number; width: number } | null; opacity?: number
   object?: ObjectMarks | null; index?: number
@@ -107,6 +107,7 @@ class Viewer {
   pageStatus = ''
   study: string | null = null
   rev = -1
+  revBoot: string | null = null  // the server process that counted ``rev`` (app.messages.BOOT)
   labelsVol: NVImage | null = null
   tool: Tool = 'point'
   negative = false
@@ -153,6 +154,10 @@ class Viewer {
   newsBusy = false  // a poll is in flight (its end schedules the next: one chain of polls, never two)
   newsWait = NEWS_MS  // the wait before the next poll: doubled after each failure, back to NEWS_MS after a success
   tableSynced: { table: string; at: number } | null = null  // the last digest a poll synced the page for, and when
+  // another tab of the session opened another study: this tab follows it (its sync loads it) and says so once shown
+  following: { study: string; name: string; from: string; at: number; stamps: number } | null = null
+  pageStamp = ''  // the news stamp of the page's status line (app.messages.stamped), and how many it has had
+  pageStamps = 0
   reviewKey = ''
   encodeAgain = false
   frameTimes: number[] = []
@@ -306,13 +311,32 @@ class Viewer {
   /** Another tab renamed or recoloured a label: this page's table (legend, label box) is refreshed by its sync,
    * at once when nothing is queued, else when the queue is done. One sync per digest, again after 10 s if the page
    * still shows another table (a sync that failed). */
-  onNews(news: { study?: string | null; table?: string | null }): void {
+  onNews(news: { study?: string | null; name?: string; table?: string | null; rev?: number | null; boot?: string }): void {
+    if (news.study && this.study && news.study !== this.study) { this.followStudy(news.study, news.name); return }
+    // another tab's edit, a propagation, a Clear label: the labels are fetched again (nothing queued or drawn here)
+    if (news.study === this.study && news.rev != null && this.labelsNewer(news.boot, news.rev) && this.inFlight === 0 &&
+        !this.drag && !this.loading) this.reloadLabels()
     const table = news.table, mine = this.state?.table
     if (!table || mine === undefined || table === mine || news.study !== this.study) return
     const synced = this.tableSynced
     if (synced && synced.table === table && performance.now() - synced.at < 10_000) return
     if (this.inFlight > 0 || this.drag) { this.tableStale = true; return }
     this.tableSynced = { table, at: performance.now() }
+    this.syncPage()
+  }
+
+  /** Another tab of this session opened another study: the session has one open study, and this tab's prompts
+   * would be refused (409), so it follows: its page's sync loads that study, and the status line says which and
+   * that the first study's work is kept (the session keeps each study's labels). Not while the user draws or an
+   * action is in flight (the next poll follows, or the refused action's sync). Before, it went on showing the
+   * first study without a word. */
+  followStudy(study: string, name: string | undefined): void {
+    if (this.loading || this.inFlight > 0 || this.drag) return
+    const f = this.following
+    if (f && f.study === study && performance.now() - f.at < 10_000) return  // its sync is under way
+    this.following = { study, name: name || 'another study', from: this.state?.name || 'the study shown before',
+      at: performance.now(), stamps: this.pageStamps }
+    traceMark('study.follow')
     this.syncPage()
   }
 
@@ -349,9 +373,11 @@ class Viewer {
   readPageStatus(): void {
     const md = document.querySelector('#status [data-testid="markdown"]') as HTMLElement | null
     const pageStatus = md?.innerText?.trim() ?? ''
+    const stamp = md?.querySelector('time[title]')?.getAttribute('title') ?? ''
+    if (stamp !== this.pageStamp) { this.pageStamp = stamp; this.pageStamps++ }  // a new server message, same text or not
     if (pageStatus === this.pageStatus) return
     this.pageStatus = pageStatus
-    const m = /^news ([0-9a-f]+)\.(\d+)$/.exec(md?.querySelector('time[title]')?.getAttribute('title') ?? '')
+    const m = /^news ([0-9a-f]+)\.(\d+)$/.exec(stamp)
     this.pageStatuses.push({ text: pageStatus, news: m ? { boot: m[1], seq: Number(m[2]) } : undefined })
   }
 
@@ -369,7 +395,7 @@ class Viewer {
     if (this.loading) { this.loading.then(() => this.onState(this.state!)); return }
     // Only a newer revision than the labels shown means the server changed them (propagation, one-shot,
     // clear...): the state of the page's sync after a click is as old as that click's answer, or older.
-    if (s.rev > this.rev && this.inFlight === 0) this.reloadLabels()
+    if (this.labelsNewer(s.boot, s.rev) && this.inFlight === 0) this.reloadLabels()
     this.applyLabelLook()
     if (s.window) this.applyWindow(s.window)
     this.object = s.object ?? null
@@ -388,6 +414,13 @@ class Viewer {
       this.requestEncode()
     }
     this.reviewKey = key
+  }
+
+  /** Is the server's label map (revision ``rev`` of server process ``boot``) newer than the one shown? Revisions
+   * count within one server process: one of another process (restarted) is news, whatever its number; the
+   * revision was the wall clock, and a server restarted with its clock stepped back seemed to have older labels. */
+  labelsNewer(boot: string | undefined, rev: number): boolean {
+    return (boot !== undefined && boot !== this.revBoot) || rev > this.rev
   }
 
   url(what: string): string {
@@ -415,7 +448,16 @@ class Viewer {
       this.applyLabelLook()
       this.resetZoom()
       this.showInfo()
-      this.showStatus(`${s.name ?? 'Study'} in the viewer. Click on a structure or drag a box.`)
+      const f = this.following
+      this.following = null
+      // a poll may see the study this page is opening before the open's answer reaches it: that answer puts a new
+      // "Opened <name>" on the page's status line since the poll, and then it is no other tab's
+      const mine = f !== null && this.pageStamps !== f.stamps && this.pageStatus.startsWith(`Opened ${s.name ?? ''}`)
+      if (f && f.study === s.study && !mine) {
+        this.errorAt = -1  // an error shown was about the study left: this line is the news now
+        this.showStatus(`Another tab opened ${f.name}; this tab follows it. Your labels on ${f.from} are kept: ` +
+          'open it again to go back to them.')
+      } else this.showStatus(`${s.name ?? 'Study'} in the viewer. Click on a structure or drag a box.`)
       this.root.setAttribute('data-study', s.study || '')
       this.readyWanted = true
       this.requestEncode()
@@ -444,10 +486,11 @@ class Viewer {
     traceMark('labels.reload')
     const s = this.state!
     const key = this.study
-    const shown = this.rev
+    const shown = this.rev, shownBoot = this.revBoot
     const response = await fetch(this.url(`labels/${key}.nii.gz`), { cache: 'no-store' })
     if (!response.ok) { this.showError(await this.errorOf(response)); return }
     const rev = Number(response.headers.get('X-Labels-Revision') ?? s.rev)
+    const boot = response.headers.get('X-Labels-Boot') ?? s.boot ?? null
     const buffer = await response.arrayBuffer()
     const vol = await NVImage.new(buffer, 'labels.nii.gz', 'gray', 1)
     // A label map (NIFTI_INTENT_LABEL): NiiVue then draws it with its integer atlas shader, one exact
@@ -455,8 +498,12 @@ class Viewer {
     // (values scaled by cal_min/cal_max into the colour table) and Outline only made the fill opaque.
     vol.hdr!.intent_code = 1002
     if (key !== this.study) { this.reloadWanted = true; return }  // another study opened meanwhile
-    // a click's patch newer than this copy came while it was fetched: drop the copy and fetch the map again
-    if (this.rev !== shown && this.rev > rev) { this.reloadWanted = true; return }
+    // a click's patch newer than this copy came while it was fetched (or one of another server process: its order
+    // is unknown): drop the copy and fetch the map again
+    if ((this.rev !== shown || this.revBoot !== shownBoot) && (this.revBoot !== boot || this.rev > rev)) {
+      this.reloadWanted = true
+      return
+    }
     if (this.labelsVol && this.labelsVol.img && vol.img && this.labelsVol.img.length === vol.img.length) {
       (this.labelsVol.img as any).set(vol.img as any)
     } else {
@@ -466,6 +513,7 @@ class Viewer {
       if (!this.slices.active) this.nv.addVolume(vol)
     }
     this.rev = rev
+    this.revBoot = boot
     this.root.setAttribute('data-rev', String(rev))
     this.applyLabelLook(true)
   }
@@ -830,7 +878,11 @@ class Viewer {
     // back to this tab: another tab of the session may have edited meanwhile; the page's sync shows the server's state
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()
-      if (document.visibilityState === 'hidden') { window.clearTimeout(this.newsTimer); this.newsTimer = 0 } else this.scheduleNews()
+      if (document.visibilityState === 'hidden') { window.clearTimeout(this.newsTimer); this.newsTimer = 0; return }
+      // shown again: poll now (another tab may have opened another study: the poll names it for the notice)
+      window.clearTimeout(this.newsTimer)
+      this.newsTimer = 0
+      if (!this.newsBusy) this.pollNews()
     })
   }
 
@@ -1006,7 +1058,7 @@ class Viewer {
         this.root.setAttribute('data-busy', String(this.inFlight))
         this.drawOverlay()
         if (this.inFlight === 0) {
-          if (this.state && this.state.rev > this.rev && this.study === this.state.study) this.reloadLabels()
+          if (this.state && this.labelsNewer(this.state.boot, this.state.rev) && this.study === this.state.study) this.reloadLabels()
           if (!quiet || body.kind === 'window' || this.tableStale) { this.tableStale = false; this.syncPage() }
           if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box' || this.readyWanted) this.requestEncode()
         }
@@ -1022,10 +1074,15 @@ class Viewer {
     if (!a.ok) { this.showError(a.error || 'failed'); return }
     // the server's map had changed since the one shown (another tab of this session edited it): the patch is one
     // plane, so the rest is fetched again; before, this tab went on showing the map without the other's edits
-    const stale = a.base !== undefined && this.rev >= 0 && a.base !== this.rev
+    // (or the map shown was counted by another server process: restarted since, its revisions are another count)
+    const stale = a.base !== undefined && this.rev >= 0 && (a.base !== this.rev || (a.boot ?? null) !== this.revBoot)
     if (a.patch && this.labelsVol) this.writePatch(a.patch)
     if (a.reload || stale) { this.rev = -1; await this.reloadLabels() }
-    if (a.rev !== undefined && !a.reload && !stale) { this.rev = a.rev; this.root.setAttribute('data-rev', String(a.rev)) }
+    if (a.rev !== undefined && !a.reload && !stale) {
+      this.rev = a.rev
+      this.revBoot = a.boot ?? null
+      this.root.setAttribute('data-rev', String(a.rev))
+    }
     if ('object' in a) this.object = a.object ?? null
     // another tab renamed or recoloured a label: this page's table (legend, label box) is refreshed by its sync
     if (a.table !== undefined && this.state?.table !== undefined && a.table !== this.state.table) this.tableStale = true
