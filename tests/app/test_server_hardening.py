@@ -232,3 +232,16 @@ def test_a_deidentified_export_is_not_named_after_the_upload_in_either_format(ct
     # kept on purpose (the box says the identifiers are kept): the study's name, as before
     assert names["nifti", True] == "DOE_JANE_-_CT_head_labels.nii.gz"
     assert names["dicom-seg", True] == "DOE_JANE_-_CT_head_seg.dcm"
+
+
+def test_the_ui_export_of_an_mni_space_upload_keeps_its_space_codes(ctx, tmp_path):
+    """The UI reads uploads in a child process (data.isolated_read): the source's NIfTI codes must survive it."""
+    import nibabel as nib
+
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(NIFTI)])
+    ctx.store.get(sid).labels[2, 30:40, 30:40] = 1
+    path, _ = controller.export(ctx, sid, "nifti")
+    out, source = nib.load(str(path)), nib.load(str(NIFTI))
+    assert (int(out.header["sform_code"]), int(out.header["qform_code"])) == (4, 4)
+    assert abs(out.affine - source.affine).max() < 1e-4
