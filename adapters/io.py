@@ -7,13 +7,17 @@ selects: a few hundred kB to a few MB, not the base model) and ``adapter.json``:
      "data": {data summary}, "validation": {scores}, "training": {settings}, "created": "..."}
 
 Loading checks that the base weights are the ones the adapter was trained on (sha256), since
-an adapter on other base weights would silently give wrong masks.
+an adapter on other base weights would silently give wrong masks, and that adapter.safetensors is the
+file adapter.json describes (``weights_sha256``): the two are replaced one after the other, so a save
+interrupted between them leaves a pair that must not load as one (adapters saved before the field
+existed load unchecked).
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -41,7 +45,11 @@ def save_adapter(
     validation: dict | None = None,
     training: dict | None = None,
 ) -> Path:
-    """Write DIR/adapter.safetensors and DIR/adapter.json (each atomically: temp file, then rename)."""
+    """Write DIR/adapter.safetensors and DIR/adapter.json (each atomically: temp file, then rename).
+
+    adapter.json records the weights' sha256: a crash between the two renames leaves new weights beside
+    old metadata, which ``apply_adapter`` then refuses instead of loading with another adapter's settings.
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -63,6 +71,7 @@ def save_adapter(
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"base_model": base_model, "base_sha256": base_sha256})
+        meta["weights_sha256"] = sha256_of(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, directory / WEIGHTS_FILE)
     finally:
@@ -108,7 +117,7 @@ def apply_adapter(base, directory: str | Path, base_checkpoint: str | Path):
     ``base_checkpoint`` is the weights file ``base`` was loaded from; its sha256 must be the
     one recorded when the adapter was trained.
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     directory = Path(directory)
     meta = read_metadata(directory)
@@ -129,7 +138,9 @@ def apply_adapter(base, directory: str | Path, base_checkpoint: str | Path):
         raise CheckpointError(f"{directory / META_FILE}: bad adapter settings: {e}") from e
     model = inject(base.model, config)
     try:
-        state = load_file(str(directory / WEIGHTS_FILE))
+        state = load(_checked_weights(directory, meta))
+    except CheckpointError:
+        raise
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{directory / WEIGHTS_FILE} is not a valid safetensors file: {e}") from e
     expected = {k for k in model.state_dict() if is_adapter_key(k, config)}
@@ -144,6 +155,26 @@ def apply_adapter(base, directory: str | Path, base_checkpoint: str | Path):
     except RuntimeError as e:  # wrong shapes
         raise CheckpointError(f"{directory / WEIGHTS_FILE} does not fit {base.name}: {e}") from e
     return adapted_segmenter(base, model, f"{base.name}+{directory.name}")
+
+
+def _checked_weights(directory: Path, meta: dict) -> bytes:
+    """DIR/adapter.safetensors' bytes, once they match the sha256 adapter.json records (read once: hashed and
+    loaded from the same bytes)."""
+    path = directory / WEIGHTS_FILE
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from e
+    expected = meta.get("weights_sha256")
+    if expected is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != expected:
+            raise CheckpointError(
+                f"{path} has sha256 {digest[:16]}..., but the {META_FILE} beside it records {str(expected)[:16]}...: "
+                "the two are not one save (a save interrupted between them, or a file copied over); save the "
+                "adapter again (medseg finetune --output DIR)"
+            )
+    return data
 
 
 def load_adapted(

@@ -599,27 +599,44 @@ def set_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
 
 
 # --- export -----------------------------------------------------------------------------------
+_EXPORT_SUFFIX = {"nifti": "_labels.nii.gz", "dicom-seg": "_seg.dcm"}
+
+
+def export_name(study_name: str, fmt: str, keep_identifiers: bool) -> str:
+    """The download's file name, for both formats: ``deidentified_labels.nii.gz`` / ``deidentified_seg.dcm``
+    unless identifiers are kept on purpose, then ``<study>_labels.nii.gz`` / ``<study>_seg.dcm``.
+
+    Why: an upload's name is often the patient's (OsiriX and Horos export ``Name - Study``); a
+    de-identified file named after the patient is not de-identified once mailed or uploaded.
+    """
+    if fmt not in _EXPORT_SUFFIX:
+        raise ValueError(f"unknown export format {fmt!r}; expected nifti or dicom-seg")
+    if not keep_identifiers:
+        return f"deidentified{_EXPORT_SUFFIX[fmt]}"
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(study_name).stem.split(".")[0])
+    return f"{stem or 'study'}{_EXPORT_SUFFIX[fmt]}"
+
+
 def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) -> tuple[Path, ViewModel]:
     """Write the label map into the session's exports/ folder; returns the file to download.
 
     A DICOM-SEG is de-identified (``data.deidentify``, DICOM PS3.15 Basic Profile with the Retain
-    UIDs option) unless ``keep_identifiers`` asks for the source's patient and study identity.
+    UIDs option) unless ``keep_identifiers`` asks for the source's patient and study identity; the
+    file name of either format says nothing of the upload's unless so asked (``export_name``).
     """
     session = _session(ctx, sid)
     with session.lock:
         volume = session.require_study()
-        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(session.study_name).stem.split(".")[0])
         out_dir = session.directory / "exports"
+        name = export_name(session.study_name, fmt, keep_identifiers)
         if fmt == "nifti":
-            path = write_label_nifti(session.labels, volume, out_dir / f"{stem or 'study'}_labels.nii.gz")
+            path = write_label_nifti(session.labels, volume, out_dir / name)
         elif fmt == "dicom-seg":
             if not dicom_seg_available():
                 raise SessionError("DICOM-SEG export is not available in this build; export NIfTI")
             from data.deidentify import deidentify_basic
             from data.export import export_labels
 
-            # de-identified, the name says nothing of the upload's (viewers name exports after the patient)
-            name = f"{stem or 'study'}_seg.dcm" if keep_identifiers else "deidentified_seg.dcm"
             path = export_labels(
                 session.labels,
                 volume,

@@ -30,7 +30,7 @@ from adapters.persam_f import ITERATIONS, MaskWeights, PerSAMFModel
 from adapters.persam_oneshot import OneShot, fit_oneshot
 from app.interaction import ModelRunner, embeddings_of, plane_image
 from app.render import Plane
-from app.session import Edit, Session, SessionError
+from app.session import Edit, Session, SessionError, log_prompt
 from data.writers import atomic_output
 from models.segmenter import Embedding, Segmenter
 
@@ -325,7 +325,7 @@ def apply_reference(
             edit = Edit(f"one-shot {name} on {len(written)} slices", None, None, session.labels.copy(), after,
                         session.prompt, None)
         session.apply(edit)
-        session.history.setdefault(label, []).append({
+        log_prompt(session.history.setdefault(label, []), {
             "kind": "oneshot", "method": ref.oneshot.method, "view": view, "slices": written,
             "reference": {"study": ref.study_name, "view": ref.view, "index": ref.index},
             "time": round(time.time(), 3),

@@ -127,8 +127,8 @@ def build_app(config: UIConfig):
                 with gr.Group():
                     formats = ["NIfTI (.nii.gz)"] + (["DICOM-SEG (.dcm)"] if controller.dicom_seg_available() else [])
                     export_fmt = gr.Radio(formats, value=formats[0], label="Export format", elem_id="export-format")
-                    keep_ids = gr.Checkbox(False, label="Keep patient identifiers (DICOM-SEG; off: de-identified)",
-                                           elem_id="keep-identifiers")
+                    keep_ids = gr.Checkbox(False, elem_id="keep-identifiers",
+                                           label="Keep patient identifiers (SEG headers, file names; off: de-identified)")
                     export_btn = gr.Button("Export labels", size="sm", elem_id="export-btn")
                     download = gr.DownloadButton("Download", visible=False, size="sm", elem_id="download")
             with gr.Column(scale=4, min_width=520):

@@ -37,7 +37,8 @@ from data.volume import SourceRef, Volume
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 300.0  # imports on a loaded 2-core machine can take tens of seconds
-_TUPLE_FIELDS = {f.name for f in fields(SourceRef) if f.type.startswith("tuple")}
+_TUPLE_FIELDS = {f.name for f in fields(SourceRef) if f.type.startswith("tuple[str")}
+_INT_TUPLE_FIELDS = {f.name for f in fields(SourceRef) if f.type.startswith("tuple[int")}
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ def _volume(path: str | Path, reply: dict, out: Path, lim: ReadLimits) -> Volume
         array = np.load(out / "volume.npy", allow_pickle=False)
         source = {k: v for k, v in dict(meta["source"]).items() if k in SourceRef.__dataclass_fields__}
         source = {k: tuple(str(x) for x in v) if k in _TUPLE_FIELDS else v for k, v in source.items()}
+        source = {k: tuple(int(x) for x in v) if k in _INT_TUPLE_FIELDS else v for k, v in source.items()}
         volume = Volume(
             array=array,
             spacing=tuple(float(x) for x in meta["spacing"]),

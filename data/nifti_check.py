@@ -58,6 +58,7 @@ class NiftiFacts:
     spacing: tuple[float, float, float]  # (i, j, k) mm
     origin: tuple[float, float, float]  # LPS mm
     direction: tuple[float, ...]  # 3x3 row-major, LPS, columns = i, j, k axes
+    codes: tuple[int, int, int] = (0, 0, 0)  # (sform_code, qform_code, intent_code) as the header says
 
 
 def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
@@ -97,7 +98,9 @@ def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
     needed = offset + voxels * bits // 8
     _check_bytes_present(path, gz, needed)
     geometry, spacing, origin, direction = _geometry(header, shape)
-    return NiftiFacts(shape=shape, datatype=name, geometry=geometry, spacing=spacing, origin=origin, direction=direction)
+    codes = (int(header["sform_code"]), int(header["qform_code"]), int(header["intent_code"]))
+    return NiftiFacts(shape=shape, datatype=name, geometry=geometry, spacing=spacing, origin=origin, direction=direction,
+                      codes=codes)
 
 
 def _check_scaling(slope: float, inter: float) -> None:

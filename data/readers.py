@@ -171,7 +171,8 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
         raise StudyError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected 1 or 3")
     if 0 in image.GetSize():
         raise StudyError(f"{path}: empty image of size {image.GetSize()}")
-    vol = Volume.from_sitk(image, source=SourceRef(path=str(path), format="nifti", geometry=facts.geometry))
+    vol = Volume.from_sitk(image, source=SourceRef(path=str(path), format="nifti", geometry=facts.geometry,
+                                                   nifti_codes=facts.codes))
     if image.GetDimension() == 3 and not _same_geometry(vol, facts):
         # ITK chose the other transform (it prefers the qform when the two disagree): apply nibabel's rule
         vol = replace(vol, spacing=facts.spacing, origin=facts.origin, direction=facts.direction)

@@ -34,6 +34,8 @@ class SourceRef:
     sop_class_uid: str | None = None
     files: tuple[str, ...] = ()  # one per slice k for a DICOM series, in array order
     geometry: str = ""  # where spacing/origin/direction came from, e.g. "sform (sform_code 1)"
+    # a NIfTI source's (sform_code, qform_code, intent_code): label maps written of it keep its space (MNI 4 ...)
+    nifti_codes: tuple[int, ...] = ()
     notes: tuple[str, ...] = ()  # repairs the user asked for (e.g. --allow-uneven), shown with the study
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
+import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -81,10 +84,58 @@ def write_label_nifti(labels: np.ndarray, reference: Volume, path: str | Path) -
         raise ValueError(f"{path}: a NIfTI label map must end in .nii or .nii.gz")
     image = label_volume_image(labels, reference)
     compress = path.name.lower().endswith(".gz")
+    codes = nifti_codes(reference)
     # ITK writes NIfTI only under a lower-case suffix ('OUT.NII.GZ' fails); the file keeps the user's name
     with atomic_output(path, suffix=".nii.gz" if compress else ".nii") as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+        if codes == ITK_CODES:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        else:  # ITK writes codes 1 whatever it is told: patch the header of an uncompressed copy, then compress
+            plain = tmp.with_name(tmp.name.removesuffix(".gz") + ".plain.nii")
+            try:
+                sitk.WriteImage(image, str(plain), useCompression=False)
+                _set_codes(plain, codes)
+                if compress:
+                    with open(plain, "rb") as src, gzip.GzipFile(tmp, "wb", compresslevel=6, mtime=0) as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                else:
+                    os.replace(plain, tmp)
+            finally:
+                plain.unlink(missing_ok=True)
     return path
+
+
+ITK_CODES = (1, 1, 0)  # what ITK writes on every NIfTI: sform and qform scanner-anatomical, no intent
+NIFTI_INTENT_LABEL = 1002
+
+
+def nifti_codes(reference: Volume) -> tuple[int, int, int]:
+    """(sform_code, qform_code, intent_code) for a label map of ``reference``.
+
+    Why: a map of an MNI image (code 4; Talairach 3, aligned 2) written with code 1 has the same affine, but
+    FSL-based tools take the codes as different spaces. A NIfTI source's codes are kept; a DICOM or picture
+    source, or a NIfTI with both codes 0 (pixdim only: readers would place it differently from how we read it),
+    gets ITK's scanner codes. The intent is the label intent when the source had it, else none: a t-map's
+    intent (and its degrees of freedom) would misdescribe labels.
+    """
+    codes = tuple(reference.source.nifti_codes)
+    if reference.source.format != "nifti" or len(codes) != 3 or not (codes[0] > 0 or codes[1] > 0):
+        return ITK_CODES
+    sform, qform, intent = (int(c) for c in codes)
+    return sform, qform, NIFTI_INTENT_LABEL if intent == NIFTI_INTENT_LABEL else 0
+
+
+def _set_codes(path: Path, codes: tuple[int, int, int]) -> None:
+    """Set sform_code, qform_code and intent_code in an uncompressed NIfTI-1 file's header, in place."""
+    sform, qform, intent = codes
+    with open(path, "r+b") as f:
+        head = bytearray(f.read(348))
+        order = "<" if struct.unpack_from("<i", head, 0)[0] == 348 else ">"
+        if struct.unpack_from(order + "i", head, 0)[0] != 348:
+            raise ValueError(f"{path}: not a NIfTI-1 header")
+        struct.pack_into(order + "h", head, 68, intent)  # intent_code (the p's and name stay ITK's zeros)
+        struct.pack_into(order + "hh", head, 252, qform, sform)  # qform_code, sform_code
+        f.seek(0)
+        f.write(head)
 
 
 def write_png_mask(mask: np.ndarray, path: str | Path) -> Path:

@@ -507,9 +507,12 @@ def label_names_from_params(info: Iterable | None) -> dict[int, str]:
 
 
 def write_label_file(labels: np.ndarray, volume: Volume, path: Path, *, compress: bool = True) -> Path:
-    """A label map on the source grid as .nrrd or .nii.gz (SimpleITK keeps spacing/origin/direction)."""
-    from data.writers import label_volume_image
+    """A label map on the source grid as .nrrd or .nii.gz (SimpleITK keeps spacing/origin/direction; a NIfTI
+    keeps a NIfTI source's space codes, ``data.writers.write_label_nifti``)."""
+    from data.writers import label_volume_image, write_label_nifti
 
+    if path.name.lower().endswith(".nii.gz") or (path.name.lower().endswith(".nii") and not compress):
+        return write_label_nifti(labels, volume, path)
     image = label_volume_image(labels, volume)
     with atomic_output(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -360,3 +361,56 @@ def test_an_adapter_json_that_is_no_object_is_one_checkpoint_error(tmp_path, tex
     (tmp_path / "adapter.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match=f"adapter.json holds a JSON {kind}; expected an object"):
         read_metadata(tmp_path)
+
+
+def _lora(litemedsam, seed: int):
+    """A LoRA adapter on LiteMedSAM with random (seeded) tensors, so two saves differ."""
+    config = AdapterConfig(kind="lora")
+    model = inject(litemedsam.model, config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if is_adapter_key(name, config):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model, config
+
+
+def test_a_resave_interrupted_between_its_two_writes_never_loads_a_mismatched_pair(litemedsam, tmp_path, monkeypatch):
+    """Re-saving an adapter replaced adapter.safetensors, then adapter.json: a crash between the two left the new
+    weights beside the old metadata, which loaded as if valid (other settings or validation scores than the
+    weights had). Now the next load gets the old pair or refuses with one line naming the file."""
+    import adapters.io as adapter_io
+
+    folder = tmp_path / "caudate"
+    digest = sha256_of(CHECKPOINT)
+    old_model, config = _lora(litemedsam, 0)
+    save_adapter(old_model, config, folder, base_model="litemedsam", base_sha256=digest, validation={"box_dice": 0.5})
+    image = np.random.default_rng(0).integers(0, 255, (256, 256, 3), np.uint8)
+    seg = apply_adapter(litemedsam, folder, CHECKPOINT)
+    old_logits = seg.predict(seg.embed(image), Prompts(box=BOX)).low_res_logits
+
+    new_model, _ = _lora(litemedsam, 1)
+    real_replace, calls = os.replace, []
+
+    def crash_on_the_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("simulated crash between the two writes")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(adapter_io.os, "replace", crash_on_the_second)
+    with pytest.raises(OSError, match="simulated crash"):
+        save_adapter(new_model, config, folder, base_model="litemedsam", base_sha256=digest,
+                     validation={"box_dice": 0.9})
+    monkeypatch.setattr(adapter_io.os, "replace", real_replace)
+    try:
+        seg = apply_adapter(litemedsam, folder, CHECKPOINT)
+    except CheckpointError as e:  # refused: one line naming the weights file
+        assert "\n" not in str(e) and "adapter.safetensors" in str(e) and "adapter.json" in str(e), str(e)
+    else:  # or the old pair, whole
+        logits = seg.predict(seg.embed(image), Prompts(box=BOX)).low_res_logits
+        np.testing.assert_allclose(logits, old_logits, atol=1e-6)
+        assert read_metadata(folder)["validation"] == {"box_dice": 0.5}
+    save_adapter(new_model, config, folder, base_model="litemedsam", base_sha256=digest, validation={"box_dice": 0.9})
+    seg = apply_adapter(litemedsam, folder, CHECKPOINT)  # saved again whole: loads
+    assert not np.allclose(seg.predict(seg.embed(image), Prompts(box=BOX)).low_res_logits, old_logits, atol=1e-3)

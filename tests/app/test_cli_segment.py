@@ -166,3 +166,17 @@ def test_corrupt_default_weights_fail_the_sha256_pin(capsys, tmp_path, monkeypat
     monkeypatch.setenv("MEDSEG_WEIGHTS", str(tmp_path))
     code, _, err = run_cli(capsys, "segment", CT_SERIES, "--slice", 3, "--box", 1, 1, 5, 5, "-o", tmp_path / "o.nii.gz")
     assert code == 2 and "sha256" in err
+
+
+def test_segment_of_an_mni_space_image_writes_its_space_codes(capsys, tmp_path):
+    """Colin27 (sform_code and qform_code 4, MNI152) segmented on the CLI: the label map said scanner space (1)."""
+    import nibabel as nib
+
+    colin = SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"
+    out = tmp_path / "caudate.nii.gz"
+    code, _, err = run_cli(capsys, "segment", colin, "--slice", 11, "--box", 60, 54, 96, 95, "--output", out)
+    assert code == 0, err
+    written, source = nib.load(str(out)), nib.load(str(colin))
+    assert (int(written.header["sform_code"]), int(written.header["qform_code"])) == (4, 4)
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-4)
+    assert np.asarray(written.dataobj)[:, :, 11].any()  # the slice segmented, on the source grid

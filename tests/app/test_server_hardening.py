@@ -207,3 +207,41 @@ def test_prefetch_jobs_of_a_closed_study_are_dropped_without_a_traceback(tmp_pat
     prefetcher.stop()
     assert prefetcher.idle()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
+
+
+# --- export file names --------------------------------------------------------------------------------
+def test_a_deidentified_export_is_not_named_after_the_upload_in_either_format(ctx, tmp_path):
+    """OsiriX and Horos name their exports ``Name - Study``: the UI's NIfTI download was
+    ``DOE_JANE_-_CT_head_labels.nii.gz`` although the export de-identifies (the SEG was already
+    ``deidentified_seg.dcm``). Mailed or uploaded, the file name gave the patient away."""
+    upload = tmp_path / "DOE JANE - CT head.zip"
+    with zipfile.ZipFile(upload, "w") as z:
+        for f in sorted(CT.glob("*.dcm")):
+            z.write(f, f"DOE JANE/{f.name}")
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(upload)])
+    ctx.store.get(sid).labels[5, 100:120, 100:120] = 1
+    names = {}
+    for fmt in ("nifti", "dicom-seg"):
+        for keep in (False, True):
+            path, vm = controller.export(ctx, sid, fmt, keep_identifiers=keep)
+            assert path.is_file() and path.name in vm.status
+            names[fmt, keep] = path.name
+    assert names["nifti", False] == "deidentified_labels.nii.gz"
+    assert names["dicom-seg", False] == "deidentified_seg.dcm"
+    # kept on purpose (the box says the identifiers are kept): the study's name, as before
+    assert names["nifti", True] == "DOE_JANE_-_CT_head_labels.nii.gz"
+    assert names["dicom-seg", True] == "DOE_JANE_-_CT_head_seg.dcm"
+
+
+def test_the_ui_export_of_an_mni_space_upload_keeps_its_space_codes(ctx, tmp_path):
+    """The UI reads uploads in a child process (data.isolated_read): the source's NIfTI codes must survive it."""
+    import nibabel as nib
+
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(NIFTI)])
+    ctx.store.get(sid).labels[2, 30:40, 30:40] = 1
+    path, _ = controller.export(ctx, sid, "nifti")
+    out, source = nib.load(str(path)), nib.load(str(NIFTI))
+    assert (int(out.header["sform_code"]), int(out.header["qform_code"])) == (4, 4)
+    assert abs(out.affine - source.affine).max() < 1e-4

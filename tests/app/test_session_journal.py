@@ -102,3 +102,54 @@ def test_a_full_save_after_an_undo_supersedes_the_journal_even_if_the_journal_ou
     _paint_and_journal(_killed_store(tmp_path), restored, 3, slice(70, 80))
     again = SessionStore(tmp_path, ttl_s=3600)
     assert int((again.get(s.id).labels == 3).sum()) == 100
+
+
+def test_a_long_refined_prompt_costs_each_click_a_bounded_journal_record(tmp_path):
+    """500 clicks refining one prompt on one label: each history record held the prompt's whole point list, so click
+    n journalled 1 + 2 + ... + n points with the session's state (2.45 MB at click 500, measured through the viewer's
+    action path: docs/bench/s13/prompt_history_before.jsonl). Now the history stores each point once, the last
+    record holds the prompt whole and in order, and a restart after kill -9 restores it as it was."""
+    from dataclasses import replace
+
+    from app.session import PromptState
+
+    store = _killed_store(tmp_path)
+    s = _open(store)
+    journal = s.directory / save_journal.JOURNAL
+    view, index = s.view.view, s.view.index[s.view.view]
+    points, labels, sizes = [], [], []
+    prompt = None
+    for n in range(500):
+        points.append((100.0 + n % 37, 80.0 + n % 23))
+        labels.append(int(n % 3 != 2))
+        after = PromptState(view, index, 1, points=tuple(points), point_labels=tuple(labels))
+        edit = replace(_paint(s, 1, slice(n % 200, n % 200 + 1)), prompt_before=prompt, prompt_after=after)
+        size = journal.stat().st_size if journal.exists() else 0
+        s.apply(edit, "click+" if labels[-1] else "click-")
+        store.save_edit(s, edit)
+        sizes.append(journal.stat().st_size - size)
+        prompt = after
+    assert sizes[-1] < 64 * 1024, sizes[-1]  # 2.45 MB before (2.33 MB in this test)
+    history = s.history[1]
+    assert len(history) == 500 and history[-1]["points"] == [list(p) for p in points]
+    assert history[-1]["point_labels"] == labels
+    assert [r.get("n_points") for r in history[:-1]] == list(range(1, 500))  # each earlier one: a prefix of the last
+    assert all("points" not in r for r in history[:-1])
+    restored = SessionStore(tmp_path, ttl_s=3600).get(s.id)
+    assert restored.history == s.history
+
+
+def test_the_prompt_history_keeps_a_changed_prompt_whole_and_is_bounded():
+    from app.session import MAX_HISTORY, log_prompt
+
+    log: list = []
+    first = {"kind": "click+", "view": "axial", "index": 3, "points": [[1.0, 2.0]], "point_labels": [1], "box": None}
+    log_prompt(log, dict(first))
+    log_prompt(log, {**first, "index": 4, "points": [[1.0, 2.0], [3.0, 4.0]], "point_labels": [1, 1]})  # other plane
+    log_prompt(log, {**first, "index": 4, "points": [[9.0, 9.0], [3.0, 4.0]], "point_labels": [1, 1]})  # not extended
+    log_prompt(log, {**first, "index": 4, "box": [0, 0, 5, 5], "points": [[9.0, 9.0], [3.0, 4.0], [5.0, 5.0]],
+                     "point_labels": [1, 1, 0]})  # a box added: another prompt
+    assert [len(r["points"]) for r in log] == [1, 2, 2, 3]
+    for n in range(MAX_HISTORY + 50):
+        log_prompt(log, {"kind": "paint", "view": "axial", "index": n, "points": [], "point_labels": [], "box": None})
+    assert len(log) == MAX_HISTORY and log[-1]["index"] == MAX_HISTORY + 49  # the newest kept

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from data.dicom_seg import _resample_onto, read_dicom_seg
 from data.export import export_labels
 from data.readers import read_study
-from tests.conftest import DATA
+from tests.conftest import DATA, SAMPLES
 
 TEMPLATE = sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").iterdir())[0]
 C, S = np.cos(0.3), np.sin(0.3)
@@ -107,3 +107,60 @@ def test_nifti_exports_keep_the_sources_affine(name, rotation, form, tmp_path):
     out = nib.load(str(export_labels(labels, volume, tmp_path / "labels.nii.gz")))
     np.testing.assert_allclose(out.affine, affine, atol=1e-3)
     np.testing.assert_array_equal(np.asarray(out.dataobj).transpose(2, 1, 0), labels)
+
+
+COLIN = SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"  # sform_code 4, qform_code 4 (MNI152)
+
+
+def _coded_copy(tmp_path, sform_code: int, qform_code: int, intent: int) -> tuple:
+    """Colin27 with the given codes on its own affine (nibabel writes the header as asked)."""
+    source = nib.load(str(COLIN))
+    if (sform_code, qform_code, intent) == (4, 4, 0):
+        return COLIN, source.affine
+    image = nib.Nifti1Image(np.asanyarray(source.dataobj), None, source.header.copy())
+    image.set_sform(source.affine if sform_code else None, sform_code)
+    image.set_qform(source.affine if qform_code else None, qform_code)
+    image.header.set_intent(intent)
+    path = tmp_path / f"coded_{sform_code}{qform_code}_{intent}.nii.gz"
+    nib.save(image, path)
+    return path, source.affine
+
+
+@pytest.mark.parametrize("sform_code, qform_code, intent", [(4, 4, 0), (4, 0, 1002), (2, 0, 0), (3, 1, 0), (0, 2, 0)])
+def test_a_label_map_keeps_the_sources_space_codes(sform_code, qform_code, intent, tmp_path):
+    """A label map of an MNI-space image (sform_code 4, the bundled Colin27) was written with codes 1 (scanner):
+    the same affine, but FSL-based tools treat the codes as different spaces. AAL-like sources (sform 4, qform 0,
+    intent label) and aligned/Talairach codes too. Read back with nibabel and SimpleITK."""
+    path, affine = _coded_copy(tmp_path, sform_code, qform_code, intent)
+    volume = read_study(path)
+    labels = asymmetric_labels(volume.array.shape[:3])
+    out = export_labels(labels, volume, tmp_path / "labels.nii.gz")
+    header = nib.load(str(out)).header
+    assert (int(header["sform_code"]), int(header["qform_code"])) == (sform_code, qform_code)
+    assert int(header["intent_code"]) == intent  # none, or the label intent: what the map is
+    np.testing.assert_allclose(nib.load(str(out)).affine, affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj).transpose(2, 1, 0), labels)
+    back, image = sitk.ReadImage(str(out)), sitk.ReadImage(str(path))
+    assert back.GetMetaData("sform_code") == str(sform_code) and back.GetMetaData("qform_code") == str(qform_code)
+    np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(back.GetSpacing(), image.GetSpacing(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), labels)
+
+
+def test_a_statistic_intent_is_not_put_on_a_label_map(tmp_path):
+    """A t-map (intent ttest, p1 = dof) segmented: its labels are not t values, so the map gets no intent."""
+    path, _ = _coded_copy(tmp_path, 4, 4, 0)
+    image = nib.load(str(path))
+    image.header.set_intent("t test", (12,))
+    nib.save(image, tmp_path / "tmap.nii.gz")
+    volume = read_study(tmp_path / "tmap.nii.gz")
+    out = nib.load(str(export_labels(asymmetric_labels(volume.array.shape[:3]), volume, tmp_path / "labels.nii.gz")))
+    assert int(out.header["intent_code"]) == 0 and int(out.header["sform_code"]) == 4
+
+
+def test_a_label_map_of_a_dicom_series_is_in_scanner_space(tmp_path):
+    volume = read_study(DATA / "dicom" / "ct_head_0051_series_k050-061")
+    out = export_labels(asymmetric_labels(volume.array.shape[:3]), volume, tmp_path / "labels.nii.gz")
+    header = nib.load(str(out)).header
+    assert (int(header["sform_code"]), int(header["qform_code"]), int(header["intent_code"])) == (1, 1, 0)
