@@ -134,6 +134,19 @@ def _page_to(page, target: int) -> None:
     page.wait_for_function(f"document.querySelector('#medseg-viewer').dataset.slice === '{target}'")
 
 
+def _click_in_another_tab(context, server, ct, *, close: bool = False):
+    """A second tab of the same browser (the same session) clicks the left frontal horn on slice 7; returns it."""
+    tab = context.new_page()
+    tab.goto(server.url)
+    _wait_status(tab, "Ready")
+    _page_to(tab, 7)
+    tab.mouse.click(*_xy(tab, ct, *LEFT_HORN))
+    _idle(tab)
+    if close:
+        tab.close()
+    return tab
+
+
 def test_click_box_undo_export_oneshot(browser, server, shots, tmp_path, ct):
     """A click shows its marker before any answer, then the overlay; a drag draws a box (the old UI's
     image drew no box on a drag: a box took two clicks); undo, redo, export and one-shot keep working."""
@@ -690,12 +703,7 @@ def test_an_idle_tab_shows_another_tabs_edit_also_after_a_restart_with_the_clock
     _open_sample(page)
     sent: list[str] = []
     page.on("request", lambda r: sent.append(r.url) if "/viewer-api/" in r.url and r.method == "POST" else None)
-    tab = context.new_page()
-    tab.goto(server.url)
-    _wait_status(tab, "Ready")
-    _page_to(tab, 7)
-    tab.mouse.click(*_xy(tab, ct, *LEFT_HORN))
-    _idle(tab)
+    tab = _click_in_another_tab(context, server, ct)
     assert (server.labels(sid)[7] == 1).sum() > 30
     _wait_server(lambda: _browser_labels(page) == _server_counts(server.labels(sid)), 30)
 
@@ -842,13 +850,7 @@ def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path)
 
     # a second tab of the same browser shares the session: its click on slice 7 shows in this tab once this one
     # acts (a click here on slice 6); this tab went on without the other's slice 7
-    tab = context.new_page()
-    tab.goto(server.url)
-    _wait_status(tab, "Ready")
-    _page_to(tab, 7)
-    tab.mouse.click(*_xy(tab, ct, *LEFT_HORN))
-    _idle(tab)
-    tab.close()
+    _click_in_another_tab(context, server, ct, close=True)
     page.mouse.click(*_xy(page, ct, *INSIDE))
     _idle(page)
     _wait_status(page, "Positive click")
