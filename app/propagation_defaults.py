@@ -48,3 +48,9 @@ def describe(settings: PropagationSettings) -> str:
         parts.append(f"guard {settings.guard:g}")
     parts.append(f"stride {settings.stride}")
     return ", ".join(parts)
+
+
+def rule_of(settings: PropagationSettings, segmenter) -> str:
+    """The rule a walk of ``segmenter`` runs with ``settings``, as the CLI's report line and the UI's status say it:
+    SAM 2 tracks with its memory (no rule of ours), any other model :func:`describe` of ``settings.for_model``."""
+    return "SAM 2 memory" if getattr(segmenter, "memory_tracking", False) else describe(settings.for_model(segmenter))

@@ -25,7 +25,7 @@ import numpy as np
 
 from app.embedding_cache import EMBEDDING_BYTES, EmbeddingCache, volume_key
 from app.propagation import PropagationResult, PropagationSettings, repropagate
-from app.propagation_defaults import default_propagation
+from app.propagation_defaults import default_propagation, rule_of
 from app.session import Edit, Session, SessionError
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ class PropagationJob:
     total: int = 0
     done: int = 0
     message: str = "starting"
+    rule: str = ""  # the rule it walks (``propagation_defaults.rule_of``): the default depends on the backend
     state: str = "running"  # running | done | failed
     finished: list[int] = field(default_factory=list)
     result: PropagationResult | None = None
@@ -166,7 +167,8 @@ class PropagationJob:
         reached = self.result.slices if self.result else []
         span = f"slices {reached[0]}..{reached[-1]}" if reached else "no slice"
         why = ", ".join(f"{d}: {r}" for d, r in (self.result.stopped if self.result else {}).items())
-        return f"Propagated to {span} ({why}). Undo reverts the whole propagation."
+        rule = f" (rule: {self.rule})" if self.rule else ""
+        return f"Propagated to {span} ({why}){rule}. Undo reverts the whole propagation."
 
 
 def job_of(session: Session) -> PropagationJob | None:
@@ -201,6 +203,7 @@ def start_propagation(
     if settings is None:
         settings = default_propagation(runner.backend_choice(session.model).backend)
     segmenter = TurnTaking(runner.segmenter(session.model), runner)
+    job.rule = rule_of(settings, segmenter)
     window, cache = model_window(session), propagation_cache(session)
 
     def progress(done: int, total: int, message: str) -> None:

@@ -29,7 +29,7 @@ from app.commands.common import (
 from app.embedding_cache import EmbeddingCache
 from app.errors import UsageError
 from app.propagation import PropagationResult, PropagationSettings, interpolate_shapes, propagate, propagate_anchors
-from app.propagation_defaults import BOX_RULE, GUARD_RULE, GUARD_RULE_BACKENDS, default_propagation, describe
+from app.propagation_defaults import BOX_RULE, GUARD_RULE, GUARD_RULE_BACKENDS, default_propagation, rule_of
 from data.readers import read_study
 from data.volume import Volume
 from data.deidentify import deidentifier
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
                         deidentify=deidentifier(args))
     span = f"slices {result.slices[0]}..{result.slices[-1]}" if result.slices else "no slice"
     stops = ", ".join(f"{d}: {r}" for d, r in result.stopped.items())
-    rule = "SAM 2 memory" if getattr(segmenter, "memory_tracking", False) else describe(settings.for_model(segmenter))
+    rule = rule_of(settings, segmenter)
     print(f"{where}: {int(labels.sum())} voxels on {len(result.slices)} slices ({span}); stopped {stops}; "
           f"{elapsed:.1f} s ({args.device}); rule {rule} ({source})")
     return 0

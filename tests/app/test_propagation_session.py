@@ -122,6 +122,24 @@ def test_the_ui_propagates_with_the_default_rule_of_its_models_backend(ctx, five
     assert all((ctx.store.get(sid).labels[k] == 1).sum() > 500 for k in range(5))
 
 
+def test_the_propagation_status_names_the_rule_that_ran_on_each_backend(ctx, five, five_embeddings, monkeypatch):
+    """The default rule depends on the backend (``app.propagation_defaults``); the CLI's report line named it, the
+    UI's status did not, so a user could not tell which rule made the masks. The finished status now names it: the
+    guard rule on torch (these tests' backend), the box rule where the backend is onnx-int8-conv (the CPU default;
+    here the same torch model reported as that backend, so the rule is the only difference)."""
+    sid = _open_and_box(ctx, five, five_embeddings)
+    assert ctx.runner.backend_choice(ctx.store.get(sid).model).backend == "torch"
+    job = _propagate(ctx, sid)
+    assert "(rule: mask+box, guard 0.7, stride 2). Undo reverts" in job.status(), job.status()
+    assert "rule: mask+box, guard 0.7, stride 2" in controller.propagation_status(ctx, sid).status
+
+    real = ctx.runner.backend_choice
+    monkeypatch.setattr(ctx.runner, "backend_choice", lambda name: replace(real(name), backend="onnx-int8-conv"))
+    sid = _open_and_box(ctx, five, five_embeddings)
+    job = _propagate(ctx, sid)
+    assert job.status().startswith("Propagated to slices 0..4") and "(rule: box, stride 2)." in job.status(), job.status()
+
+
 def test_correction_becomes_an_anchor_repropagation_keeps_it_and_undo_restores(ctx, five, five_embeddings):
     sid = _open_and_box(ctx, five, five_embeddings)
     session = ctx.store.get(sid)

@@ -576,6 +576,54 @@ def test_an_error_stays_until_the_user_acts(browser, server):
     context.close()
 
 
+def test_a_lost_answer_says_whether_the_server_applied_the_click(browser, server, ct):
+    """A click whose answer is lost on the way (connection dropped, a proxy's timeout) said "your prompt was not
+    applied" although the server had applied it: the user clicked again (a double prompt) or believed work was
+    missing. The viewer now asks the server first. Here the click's request reaches the server and its answer is
+    dropped (Playwright's route.fetch, then abort): the viewer says it was applied and shows the mask. A click that
+    never reaches the server (abort before fetch) is said not applied and changes nothing."""
+    context, page, sid = _open_page(browser, server)
+    _open_sample(page)
+
+    def is_point(route) -> bool:
+        return json.loads(route.request.post_data or "{}").get("kind") == "point"
+
+    def never_sent(route):
+        route.abort() if is_point(route) else route.continue_()
+
+    page.route("**/viewer-api/action", never_sent)
+    page.mouse.click(*_xy(page, ct, *INSIDE))
+    _idle(page)  # the viewer has asked the server and said what happened before it is idle again
+    shown = page.locator("#viewer-status").inner_text()
+    assert "not applied" in shown, shown
+    assert page.locator("#viewer-status.mv-error").count() == 1
+    assert _server_counts(server.labels(sid)) == {}
+    assert _browser_labels(page) == {}
+    page.unroute("**/viewer-api/action")
+
+    reached = []
+
+    def answer_lost(route):
+        if not is_point(route):
+            return route.continue_()
+        reached.append(route.fetch(timeout=TIMEOUT_MS).status)  # the server applies it; the browser never hears
+        route.abort()
+
+    page.route("**/viewer-api/action", answer_lost)
+    page.mouse.click(*_xy(page, ct, *INSIDE))
+    _idle(page)
+    shown = page.locator("#viewer-status").inner_text()
+    assert "Your click was applied (its answer was lost on the way" in shown, shown
+    assert reached == [200]
+    assert page.locator("#viewer-status.mv-error").count() == 0
+    counts = _server_counts(server.labels(sid))
+    assert counts.get(1, 0) > 30, counts
+    page.wait_for_function("() => !medsegViewer.reloading", timeout=TIMEOUT_MS)
+    assert _browser_labels(page) == counts  # the overlay shows the mask the server made
+    page.unroute("**/viewer-api/action")
+    context.close()
+
+
 def test_a_late_ready_from_the_open_never_hides_a_newer_message(browser, server, ct, shots, monkeypatch):
     """The page's warm-up after an open says "Opened ... Ready: the slice is encoded" once its encode ends. A click
     made meanwhile waits behind that encode and is answered first, so its "Positive click" was shown and then

@@ -30,6 +30,12 @@ type Tool = 'point' | 'box' | 'brush' | 'erase' | 'navigate'
 type News = { boot: string; seq: number }
 const SUGGEST_KINDS = new Set(['point', 'box', 'undo', 'redo'])
 const EDIT_KINDS = new Set(['brush', 'erase', 'new_object', 'active']) // they end the suggestion's answer
+// the actions that move the label map's revision when applied (app.viewer.actions), and how a message names them
+const REVISION_KINDS = new Set(['point', 'box', 'brush', 'erase', 'undo', 'redo'])
+const SAID: Record<string, string> = {
+  point: 'click', box: 'box', brush: 'brush stroke', erase: 'eraser stroke', undo: 'undo', redo: 'redo',
+  new_object: 'New object', active: 'label choice', window: 'window change', view: 'slice change',
+}
 type Pending = { kind: 'point' | 'box' | 'stroke'; view: string; mm: number[][]; positive?: boolean }
 
 const VIEW_OF: Record<number, string> = { 0: 'axial', 1: 'coronal', 2: 'sagittal' }
@@ -1037,12 +1043,19 @@ class Viewer {
     if (this.suggestOn && asks) body.suggest = true
     traceMark('action.queued', { id, kind: body.kind })
     this.queue = this.queue.then(async () => {
+      // the label map this tab holds as the action leaves: a lost answer is judged against it
+      const sent = { rev: this.rev >= 0 ? this.rev : this.state?.rev ?? -1, boot: this.revBoot ?? this.state?.boot ?? null }
       try {
         traceMark('action.sent', { id, kind: body.kind })
         const r = await fetch(this.url('action'), {
           method: 'POST', headers: { 'Content-Type': 'application/json', 'X-Trace-Id': id }, body: JSON.stringify(body),
         })
-        if (!r.ok) { this.showError(await this.errorOf(r)); return }
+        if (!r.ok) {
+          const refused = await this.refusalOf(r)  // the server's own message: it refused, nothing changed
+          if (refused !== null) this.showError(refused)
+          else await this.answerLost(body.kind, `answer ${r.status} without the server's message`, sent)
+          return
+        }
         const a: Answer = await r.json()
         const answered = performance.now() - t0
         traceMark('action.received', { id, kind: body.kind })
@@ -1051,7 +1064,7 @@ class Viewer {
         traceMark('action.applied', { id, kind: body.kind })
         if (pending) { this.promptTimes.push(performance.now() - t0); this.answerTimes.push(answered) }
       } catch (e) {
-        this.showError(`the server did not answer (${e}); your prompt was not applied`)
+        await this.answerLost(body.kind, String(e), sent)
       } finally {
         if (pending) this.pending = this.pending.filter((p) => p !== pending)
         this.inFlight--
@@ -1064,6 +1077,48 @@ class Viewer {
         }
       }
     })
+  }
+
+  /** A failed answer's own message (a 4xx/5xx of this server: it says what it refused), or null when the answer
+   * has none (a proxy's error page, a body cut short): then whether the action was applied is not known. */
+  async refusalOf(r: Response): Promise<string | null> {
+    try { const a = await r.json(); return typeof a?.error === 'string' && a.error ? a.error : null } catch { return null }
+  }
+
+  /** The action's answer was lost (connection dropped, a proxy's timeout): the server may have applied it all the
+   * same. Saying "not applied" then made the user prompt twice (or believe work was missing), so the server is asked
+   * first: its state (GET /state waits for the session's lock, so an action still running there ends first) against
+   * the label map this tab held when it sent the action. A label edit moves the revision; the labels are then
+   * fetched again and the user told it was applied. Only a revision that stayed means "not applied". (Another tab
+   * of the session editing in the same moment would read as this action's: the server keeps no action ids.) */
+  async answerLost(kind: string, why: string, sent: { rev: number; boot: string | null }): Promise<void> {
+    const what = SAID[kind] ?? 'action'
+    if (!REVISION_KINDS.has(kind)) {
+      this.showError(`the server did not answer (${why}); your ${what} may not have been applied`)
+      return
+    }
+    let s: State
+    try {
+      const r = await fetch(this.url('state'), { cache: 'no-store' })
+      if (!r.ok) throw new Error(`state: ${r.status}`)
+      s = await r.json()
+    } catch (e) {
+      this.showError(`the server did not answer (${why}), nor when asked again (${e}): whether your ${what} was applied is not known`)
+      return
+    }
+    traceMark('action.lost', { kind, rev: s.rev, sent: sent.rev })
+    const sameBoot = (s.boot ?? null) === sent.boot
+    if (s.study === this.study && sameBoot && sent.rev >= 0 && s.rev > sent.rev) {
+      if ('object' in s) this.object = s.object ?? null
+      this.rev = -1
+      await this.reloadLabels()
+      this.showStatus(`Your ${what} was applied (its answer was lost on the way: ${why}); the labels shown are the server's.`)
+    } else if (sameBoot && s.rev === sent.rev) {
+      this.showError(`the server did not answer (${why}); your ${what} was not applied`)
+    } else {
+      if (s.study === this.study) { this.rev = -1; await this.reloadLabels() }  // restarted: show what it holds
+      this.showError(`the server did not answer (${why}) and has changed since: check whether your ${what} is there`)
+    }
   }
 
   async errorOf(r: Response): Promise<string> {
