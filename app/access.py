@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import os
 import socket
 from pathlib import Path
 
 from app.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 MIN_TOKEN_CHARS = 16
 LOGIN_USER = "medseg"
@@ -95,3 +98,24 @@ def bearer(header: str | None) -> str | None:
         return None
     scheme, _, value = header.strip().partition(" ")
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def make_private(folder: Path) -> bool:
+    """Make ``folder`` (created if missing) readable by this account only (0700), unless it is a shared folder (the
+    sticky bit, as /tmp when GRADIO_TEMP_DIR names it) or another account's: then one warning, and False.
+
+    Why: files land in medseg's folders with the umask's mode (uploads copied into sessions, Gradio's upload cache,
+    exports, 0644 in 0755 folders), so any account on the server could read patients' images and exports from the
+    disk, around the cookie that keeps sessions apart."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    st = folder.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o1000:
+        log.warning("%s is shared or another account's: not made private; files there are as readable as it is", folder)
+        return False
+    try:
+        os.chmod(folder, 0o700)
+    except OSError as e:
+        log.warning("cannot make %s private (%s); other accounts may read it", folder, e)
+        return False
+    return True

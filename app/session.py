@@ -32,10 +32,12 @@ from typing import Any
 import numpy as np
 
 from app import save_journal, trace
+from app.access import make_private
 from app.packed import PackedArray, pack
 from app.render import VIEWS, Plane, acquisition_view
 from app.reading import read_untrusted
 from data.readers import StudyError, read_study
+from data.untrusted import LONE_SURROGATE
 from data.volume import Volume
 from data.writers import atomic_output
 
@@ -44,9 +46,6 @@ MAX_UNDO = 100
 # A label's name: what a DICOM-SEG segment label holds (LO, 64 characters). Why a bound: a 10 MB name was taken,
 # then sent in every page state, journalled with every click and cut to 64 characters in the SEG anyway.
 MAX_LABEL_NAME = 64
-# A lone UTF-16 surrogate (half an emoji, from JSON's "\ud83d"): json.loads takes it, every UTF-8 encoder refuses it,
-# so the page's state answered an error on every load and the DICOM-SEG export failed.
-_SURROGATE = re.compile("[\ud800-\udfff]")
 # Undo history per session is also bounded by the bytes its arrays hold (``undo_nbytes``: packed label
 # planes, the prompts' low-res logits and first-click candidates, each array once). A click step is
 # ~0.26 MiB (its 256 x 256 float32 logits; the packed planes are a few KiB), so 100 steps fit; steps
@@ -570,7 +569,7 @@ def _checked_name(name: str, unchanged: str | None = None) -> str:
     """A typed label name, stripped; SessionError past :data:`MAX_LABEL_NAME` characters (``unchanged``, the name the
     label already has, passes: a colour change sends it back, and a session saved before the bound kept it)."""
     name = str(name).strip()
-    if (broken := _SURROGATE.search(name)) is not None:  # half an emoji: no UTF-8 encoder takes it (page, SEG)
+    if (broken := LONE_SURROGATE.search(name)) is not None:  # half an emoji: no UTF-8 encoder takes it (page, SEG)
         raise SessionError(f"label name: not valid text (a broken character at position {broken.start() + 1}); "
                            "type the name again")
     if len(name) > MAX_LABEL_NAME and name != unchanged:
@@ -606,16 +605,7 @@ class SessionStore:
         self._later_cond = threading.Condition()
         self._saver: threading.Thread | None = None
         if self.root.is_dir():
-            self._make_private()  # a folder an older medseg made 0755: its sessions become private now
-
-    def _make_private(self) -> None:
-        """The sessions folder readable by this user only (0700). Why: uploads are copied in with the umask's mode
-        (0644) inside 0755 folders, so any other account on the server could read every session's patient images
-        and exports straight from the disk, around the cookie that keeps sessions apart."""
-        try:
-            os.chmod(self.root, 0o700)
-        except OSError as e:  # a folder of another owner: say so once, serve on
-            log.warning("cannot make the sessions folder %s private (%s); other accounts may read it", self.root, e)
+            make_private(self.root)  # a folder an older medseg made 0755: its sessions become private now
 
     # --- lookup ------------------------------------------------------------------------------
     def create(self, sid: str | None = None) -> Session:
@@ -624,8 +614,7 @@ class SessionStore:
         if not SESSION_ID.match(sid):
             raise SessionError("malformed session id")
         directory = self.root / sid
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._make_private()
+        make_private(self.root)  # uploads are copied in with the umask's mode: this folder keeps them ours
         directory.mkdir(exist_ok=False)
         session = Session(id=sid, directory=directory)
         self.save(session)

@@ -26,8 +26,6 @@ Session folders are never served: ``app.ui.launch`` puts the session root in Gra
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
 import re
 import secrets
 import shutil
@@ -37,9 +35,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote
 
-from app.access import is_loopback_host_header
+from app.access import is_loopback_host_header, make_private
 
-log = logging.getLogger(__name__)
 COOKIE = "medseg_session"
 TOKEN = re.compile(r"^[0-9a-f]{64}$")
 EXPORTS_DIR = "medseg-exports"  # under Gradio's cache folder
@@ -80,19 +77,6 @@ def cookie_header(token: str, max_age_s: int) -> bytes:
     return f"{COOKIE}={token}; Path=/; Max-Age={int(max_age_s)}; HttpOnly; SameSite=Strict".encode()
 
 
-def make_private(folder: Path) -> None:
-    """Make ``folder`` (created if missing) readable by this account only (0700), unless it is a shared folder (the
-    sticky bit, as /tmp when GRADIO_TEMP_DIR names it) or another account's. Why: Gradio keeps every uploaded file
-    with the umask's mode (0644) in per-upload folders of a 0755 cache, so any account on the server could read
-    the patients' images until the cache expired."""
-    folder.mkdir(parents=True, exist_ok=True)
-    st = folder.stat()
-    if st.st_uid != os.getuid() or st.st_mode & 0o1000:
-        log.warning("%s is shared or another account's: not made private; uploads there are as readable as it is", folder)
-        return
-    os.chmod(folder, 0o700)
-
-
 class ExportShelf:
     """Exports copied into Gradio's cache under a random folder each, with the session that owns them.
 
@@ -109,8 +93,7 @@ class ExportShelf:
     def publish(self, path: str | Path, sid: str) -> str:
         """Copy ``path`` to a fresh folder of the shelf; returns the copy Gradio will serve."""
         folder = self.root / secrets.token_hex(16)
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)  # the copies take the umask's mode (0644): other accounts read every export here
+        make_private(self.root)  # the copies take the umask's mode (0644): other accounts read every export here
         folder.mkdir(exist_ok=False)
         target = folder / Path(path).name
         shutil.copyfile(path, target)

@@ -25,6 +25,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
+from data.untrusted import LONE_SURROGATE
 from data.volume import SourceRef, Volume
 from data.writers import atomic_output
 
@@ -183,7 +184,7 @@ _NOT_IN_LO = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 def _lo(text: str, fallback: str) -> str:
-    text = re.sub("[\ud800-\udfff]", "\ufffd", str(text))  # a lone surrogate: pydicom's UTF-8 encoder refused it
+    text = LONE_SURROGATE.sub("\ufffd", str(text))  # a lone surrogate: pydicom's UTF-8 encoder refused it
     cleaned = " ".join(_NOT_IN_LO.sub(lambda m: "/" if m.group() == "\\" else " ", text).split())[:64]
     while len(cleaned.encode("utf-8")) > 64:  # validators count the bytes of a UTF-8 value
         cleaned = cleaned[:-1]

@@ -33,6 +33,9 @@ CHUNK = 1024**2
 # C0/C1 controls, DEL, and the Unicode line/paragraph separators: anything a terminal or a log
 # would show as a line break or an escape sequence.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A lone UTF-16 surrogate (half an emoji from JSON's "\ud83d", or a byte os.fsdecode could not decode): Python
+# holds it, every UTF-8 encoder refuses it (the page's state, a DICOM-SEG's labels).
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def one_line(text: str) -> str:

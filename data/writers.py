@@ -6,7 +6,6 @@ import contextlib
 import gzip
 import os
 import shutil
-import struct
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -125,17 +124,17 @@ def nifti_codes(reference: Volume) -> tuple[int, int, int]:
 
 
 def _set_codes(path: Path, codes: tuple[int, int, int]) -> None:
-    """Set sform_code, qform_code and intent_code in an uncompressed NIfTI-1 file's header, in place."""
+    """Set sform_code, qform_code and intent_code in an uncompressed NIfTI-1 file's header, in place (nibabel's
+    header class reads and writes the 348 bytes; the voxels are not touched)."""
+    import nibabel as nib
+
     sform, qform, intent = codes
     with open(path, "r+b") as f:
-        head = bytearray(f.read(348))
-        order = "<" if struct.unpack_from("<i", head, 0)[0] == 348 else ">"
-        if struct.unpack_from(order + "i", head, 0)[0] != 348:
-            raise ValueError(f"{path}: not a NIfTI-1 header")
-        struct.pack_into(order + "h", head, 68, intent)  # intent_code (the p's and name stay ITK's zeros)
-        struct.pack_into(order + "hh", head, 252, qform, sform)  # qform_code, sform_code
+        header = nib.Nifti1Header.from_fileobj(f)  # HeaderDataError: not a NIfTI-1 header
+        header["intent_code"] = intent  # the intent's parameters and name stay ITK's zeros
+        header["qform_code"], header["sform_code"] = qform, sform
         f.seek(0)
-        f.write(head)
+        f.write(header.binaryblock)
 
 
 def write_png_mask(mask: np.ndarray, path: str | Path) -> Path:

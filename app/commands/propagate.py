@@ -31,6 +31,7 @@ from app.errors import UsageError
 from app.propagation import PropagationResult, PropagationSettings, interpolate_shapes, propagate, propagate_anchors
 from app.propagation_defaults import BOX_RULE, GUARD_RULE, GUARD_RULE_BACKENDS, default_propagation, rule_of
 from data.readers import read_study
+from data.untrusted import LONE_SURROGATE
 from data.volume import Volume
 from data.deidentify import deidentifier
 from data.export import export_format
@@ -112,8 +113,8 @@ def check_label_text(label: str) -> None:
         if "\udc80" <= c <= "\udcff":  # os.fsdecode's escape of one undecodable byte
             raise UsageError(f"--label: not UTF-8 text (byte 0x{ord(c) - 0xdc00:02x} at character {i + 1}); set the "
                              "terminal to UTF-8 or type the name in ASCII")
-        if "\ud800" <= c <= "\udfff":
-            raise UsageError(f"--label: not valid text (a broken character at character {i + 1})")
+    if (broken := LONE_SURROGATE.search(label)) is not None:
+        raise UsageError(f"--label: not valid text (a broken character at character {broken.start() + 1})")
 
 
 def read_anchors(specs: list[str], volume: Volume) -> dict[int, np.ndarray]:
