@@ -197,6 +197,7 @@ def _check_bytes_present(path: Path, gz: bool, needed: int) -> None:
         )
 
 
+XFORM_CODES = range(6)  # nifti1.h's NIFTI_XFORM_*: unknown, scanner, aligned, Talairach, MNI 152, another template
 # xyzt_units' spatial codes other than mm (2) and unknown (0): ITK scales spacing and origin by these (nibabel does
 # not), and the label written back says mm; reading them as mm put a label 1000 times too small over the image.
 SPATIAL_UNITS = {1: ("metres", 1000.0), 3: ("micrometres", 0.001)}
@@ -210,6 +211,10 @@ def _geometry(header, shape: tuple[int, ...]):
         if not (math.isfinite(pixdim[axis]) and pixdim[axis] > 0):
             raise NiftiCheckError(f"pixdim[{axis}] = {pixdim[axis]}: voxel spacing must be a finite number > 0 mm")
     sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+    for name, code in (("sform_code", sform_code), ("qform_code", qform_code)):
+        if code not in XFORM_CODES:  # nibabel and FSL take it as 0: they would place the image elsewhere
+            raise NiftiCheckError(f"{name} {code}: expected a NIfTI space code 0-5; readers disagree on where such an "
+                                  "image lies (nibabel takes it as 0)")
     if sform_code > 0:
         affine = np.array([header["srow_x"], header["srow_y"], header["srow_z"]], dtype=float)
         rule = f"sform (sform_code {sform_code})"

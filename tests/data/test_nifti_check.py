@@ -131,6 +131,18 @@ def test_geometry_that_gives_no_orientation_is_refused(tmp_path):
     assert check(tmp_path, edited(sform_code=0, qform_code=1, quatern_b=1.0)).geometry == "qform (qform_code 1)"
 
 
+
+def test_a_space_code_that_is_no_nifti_code_is_refused(tmp_path):
+    """sform_code 99 was read as "use the sform" here, while nibabel (and the FSL tools) take an unknown code as 0 and
+    place the image by the qform or pixdim: two readers, two geometries. Found in review (session 13), when the label
+    map writer began to copy the source's codes. Codes 0-5 (nifti1.h's, 5 = another template) are read as before."""
+    refused(tmp_path, edited(sform_code=99), "sform_code 99: expected a NIfTI space code 0-5; readers disagree on "
+            "where such an image lies (nibabel takes it as 0)")
+    refused(tmp_path, edited(sform_code=0, qform_code=-1), "qform_code -1: expected a NIfTI space code 0-5; readers "
+            "disagree on where such an image lies (nibabel takes it as 0)")
+    for code in range(6):
+        assert check(tmp_path, edited(sform_code=code, qform_code=1)).codes[:2] == (code, 1)
+
 # --- the header ---------------------------------------------------------------------------------------------
 def test_shape_and_voxel_type_are_checked(tmp_path):
     refused(tmp_path, edited(dim={0: 0}), "dim[0] = 0; expected 1 to 7 dimensions")
