@@ -20,7 +20,9 @@ on bundled sample slices (``samples/``) that are NOT in the shared evaluation ma
 
 from __future__ import annotations
 
+import logging
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,17 +226,38 @@ def quantize_encoder(
             _quantize_static(prepared, with_convs, inputs, convs, ("Conv",), recipe.per_channel, u8_weights)
             prepared = with_convs
         if recipe.dynamic:
-            quantize_dynamic(
-                str(prepared),
-                str(out_path),
-                op_types_to_quantize=list(recipe.op_types),
-                nodes_to_quantize=nodes,
-                per_channel=recipe.per_channel,
-                weight_type=QuantType.QUInt8 if u8_weights else QuantType.QInt8,
-            )
+            with _expected_qdq_warning_dropped():
+                quantize_dynamic(
+                    str(prepared),
+                    str(out_path),
+                    op_types_to_quantize=list(recipe.op_types),
+                    nodes_to_quantize=nodes,
+                    per_channel=recipe.per_channel,
+                    weight_type=QuantType.QUInt8 if u8_weights else QuantType.QInt8,
+                )
             return out_path
         _quantize_static(prepared, out_path, inputs, nodes, recipe.op_types, recipe.per_channel, u8_weights)
     return out_path
+
+
+class _DropAlreadyQuantized(logging.Filter):
+    """Drops ORT's "Please check if the model is already quantized" root-logger warning, which the dynamic pass
+    prints whenever the graph holds QDQ nodes: here they are the calibrated convs this module put there on
+    purpose, and the warning reached the user's terminal on the first `medseg` run as if something were wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "already quantized" not in record.getMessage()
+
+
+@contextmanager
+def _expected_qdq_warning_dropped():
+    """Only that one message, only during the call; every other warning still reaches the user."""
+    drop = _DropAlreadyQuantized()
+    logging.getLogger().addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(drop)
 
 
 def _quantize_static(
