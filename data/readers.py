@@ -391,6 +391,10 @@ def read_dicom_series(
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO(DICOM_IO)
     reader.SetFileNames(list(info.files))
+    if len({_rescale(h) for h in heads}) > 1:
+        # ITK decodes every slice into the first slice's pixel type: another slice's fractional slope was truncated
+        # and values past it wrapped round (a PET slope of 64 read 1729 as -32764). Each slice's own, in float64:
+        reader.SetOutputPixelType(sitk.sitkFloat64)
     try:
         image = _itk(reader.Execute)
     except RuntimeError as e:
@@ -415,6 +419,34 @@ def read_dicom_series(
     return Volume.from_sitk(image, modality=info.modality, source=source)
 
 
+def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept), 1 and 0 when absent (``_check_rescale`` proved them numbers)."""
+    def value(keyword: str, default: float) -> float:
+        raw = ds[keyword].value if keyword in ds else None
+        return default if raw in (None, "") else float(raw)
+
+    return value("RescaleSlope", 1.0), value("RescaleIntercept", 0.0)
+
+
+def _check_frame_rescales(path: Path, ds: pydicom.Dataset) -> None:
+    """An enhanced multi-frame's PixelValueTransformationSequence, per frame or shared: each valid, and one for
+    every frame. GDCM applies frame 1's to every frame (measured: frame 4 stored with slope 4 read 2982 HU off)."""
+    shared = list(ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
+    first = None
+    for n, group in enumerate(ds.get("PerFrameFunctionalGroupsSequence") or []):
+        items = group.get("PixelValueTransformationSequence") or shared.get("PixelValueTransformationSequence")
+        if not items:
+            continue
+        _check_rescale(path, items[0])
+        this = _rescale(items[0])
+        if first is None:
+            first = (n, this)
+        elif this != first[1]:
+            raise StudyError(f"{path}: frame {n + 1} has RescaleSlope {this[0]:g}, RescaleIntercept {this[1]:g} where "
+                             f"frame {first[0] + 1} has {first[1][0]:g}, {first[1][1]:g}; medseg applies one rescale "
+                             "to every frame (save the frames as a series)")
+
+
 def _int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
     try:
         return int(getattr(ds, keyword, default) or default)
@@ -437,6 +469,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         frames = frame_geometry(ds, allow_uneven=allow_uneven) if _int(ds, "NumberOfFrames", 1) > 1 else None
     except GeometryError as e:
         raise StudyError(f"{path}: {e}") from None
+    _check_frame_rescales(path, ds)
     try:
         image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, DICOM_IO)
     except RuntimeError as e:
