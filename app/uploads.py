@@ -18,6 +18,7 @@ from data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, StudyError
 
 MAX_UNZIPPED_BYTES = 2 * 1024**3  # 2 GiB: a large CT series, not a disk filler
 MAX_ZIP_MEMBERS = 10_000
+MAX_ZIP_DEPTH = 64  # folders in a member's path: a series is a few deep; 2000 ended Path.mkdir in RecursionError
 
 
 class UploadError(StudyError):
@@ -47,6 +48,10 @@ def safe_extract_zip(
             name = PurePosixPath(m.filename.replace("\\", "/"))
             if name.is_absolute() or ".." in name.parts or (m.filename[1:2] == ":"):
                 raise UploadError(f"{archive.name}: member {m.filename!r} points outside the archive; refused")
+            if len(name.parts) > MAX_ZIP_DEPTH:
+                shown = m.filename if len(m.filename) <= 40 else m.filename[:40] + "..."
+                raise UploadError(f"{archive.name}: member {shown!r} is {len(name.parts) - 1} folders deep; "
+                                  f"at most {MAX_ZIP_DEPTH} are accepted")
             if (m.external_attr >> 16) & 0o170000 == 0o120000:
                 raise UploadError(f"{archive.name}: member {m.filename!r} is a symbolic link; refused")
             if m.flag_bits & 0x1:
@@ -64,17 +69,20 @@ def safe_extract_zip(
             target = (dest / m.filename).resolve()
             if root not in target.parents and target != root:
                 raise UploadError(f"{archive.name}: member {m.filename!r} points outside the archive; refused")
-            if m.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:  # zipfile stops at the declared size and checks the CRC: a lying header ends in BadZipFile
+                if m.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(m) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out)
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
                 raise UploadError(
                     f"{archive.name}: member {m.filename!r} cannot be unpacked ({e}); make the zip again"
                 ) from e
+            except OSError as e:  # a name used as a file and a folder, too long a name: without our folder's path
+                raise UploadError(f"{archive.name}: member {m.filename!r} cannot be unpacked "
+                                  f"({e.strerror or type(e).__name__}); make the zip again") from e
     return dest
 
 

@@ -317,3 +317,29 @@ def test_a_single_dicom_file_is_copied_as_itself(tmp_path):
     nested = import_upload([src], tmp_path / "session" / "uploads" / "1")
     assert nested == tmp_path / "session" / "uploads" / "1" / src.name
     assert read_study(nested).num_slices == 1
+
+
+@pytest.mark.parametrize("members, member, why", [
+    ({"a": b"x", "a/IM1.dcm": b"y"}, "a/IM1.dcm", "File exists"),  # a name used as a file and as a folder
+    ({"a/": b"", "a": b"x"}, "a", "Is a directory"),
+    ({"x" * 300 + ".dcm": b"x"}, "x" * 300 + ".dcm", "File name too long"),
+    ({".": b"x"}, ".", "Is a directory"),
+])
+def test_zip_members_that_cannot_be_files_here_are_one_line_naming_the_member(tmp_path, members, member, why):
+    """Before: FileExistsError/IsADirectoryError/OSError with the server's upload path in the message."""
+    archive = tmp_path / "odd.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    with _refused(f"odd.zip: member {member!r} cannot be unpacked ({why}); make the zip again"):
+        import_upload([archive], tmp_path / "upload")
+    assert not (tmp_path / "upload").exists()
+
+
+def test_a_member_more_than_64_folders_deep_is_refused_before_unpacking(tmp_path):
+    """A path of 2000 folders ended Path.mkdir's recursion in RecursionError ("internal error" in the UI)."""
+    name = "/".join(["d"] * 2000) + "/IM1.dcm"
+    archive = _zip(tmp_path / "deep.zip", {name: b"x"})
+    with _refused(f"deep.zip: member {name[:40] + '...'!r} is 2000 folders deep; at most 64 are accepted"):
+        import_upload([archive], tmp_path / "upload")
+    assert not (tmp_path / "upload").exists()
