@@ -544,6 +544,7 @@ def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
             with warnings.catch_warnings(), native_stderr_captured():  # as read_image_file: libjpeg's notes
                 warnings.simplefilter("ignore")
                 im.load()
+                orientation = _exif_orientation(im)
                 if im.mode == "P" and "transparency" in im.info:
                     im = im.convert("RGBA")
                 alpha = np.asarray(im.getchannel("A")) > 0 if "A" in im.getbands() else None
@@ -551,7 +552,8 @@ def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
                 colour = np.asarray(im) > 0 if grey else np.asarray(im.convert("RGB")).max(axis=2) > 0
         except Exception as e:
             raise StudyError(f"{path}: not a readable PNG/JPEG image ({_first_line(e)})") from e
-    return colour & alpha if alpha is not None else colour
+    # turned as its image is (``read_image_file``): a mask drawn on a turned photo keeps that photo's orientation
+    return np.ascontiguousarray(_turned(colour & alpha if alpha is not None else colour, orientation))
 
 
 def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
@@ -561,6 +563,7 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
             warnings.simplefilter("ignore")  # PIL's notes on odd chunks; a damaged image raises below
             with native_stderr_captured():  # libjpeg's "Corrupt JPEG data" lines
                 im.load()
+            orientation = _exif_orientation(im)
             mode = im.mode
             if mode == "1":
                 im = im.convert("L")  # a 1-bit image shows as 0 / 255, as every viewer shows it
@@ -581,8 +584,33 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
         raise StudyError(f"{path}: empty image of size {array.shape}")
     if _png_16bit_with_colour_or_alpha(path):
         array = _png_16bit(path, array)
+    notes: tuple[str, ...] = ()
+    if orientation != 1:
+        array = _turned(array, orientation)
+        notes = (f"EXIF Orientation {orientation}: shown turned as photo viewers show it (masks are written in this "
+                 "orientation)",)
+        warnings.warn(one_line(f"{path}: {notes[0]}"), StudyWarning, stacklevel=2)
     fmt = "png" if path.suffix.lower() == ".png" else "jpeg"
-    return Volume(array=array[None], modality="OT", source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)"))
+    return Volume(array=np.ascontiguousarray(array)[None], modality="OT",
+                  source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)", notes=notes))
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF Orientation tag (0x0112), 1 (as stored) when absent or not 1-8. Read after ``load``: a PNG may
+    keep its eXIf chunk after the pixels."""
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # a damaged EXIF block: the pixels as stored, as viewers then show them
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _turned(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array`` (H, W[, C]) turned as EXIF ``orientation`` says (PIL's ``ImageOps.exif_transpose``, on numpy)."""
+    turns = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+             5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+             8: lambda a: np.rot90(a, 1)}
+    return turns[orientation](array) if orientation in turns else array
 
 
 def _png_16bit_with_colour_or_alpha(path: Path) -> bool:
