@@ -151,14 +151,31 @@ def _import(files: list[str | Path], upload_dir: Path, settings, room_bytes: int
 
 
 def _single_study_in(folder: Path) -> Path:
-    """A folder unpacked from a zip: the lone NIfTI/image in it, else the folder (a DICOM series)."""
+    """A folder unpacked from a zip: its lone NIfTI/image when no DICOM file is beside it (a BIDS sidecar or a
+    README may be: before, such a zip was read as a DICOM folder, "no DICOM image series found"), else the folder."""
     files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
     if not files:
         raise UploadError("the zip is empty: it should hold the files of one DICOM series or one NIfTI")
-    singles = [p for p in files if p.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES)]
-    if len(singles) == 1 and len(files) == 1:
+    singles = sorted(p for p in files if p.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES))
+    if not singles or any(_is_dicom(p) for p in files if p not in singles):
+        return folder
+    if len(singles) == 1:
         return singles[0]
-    return folder
+    shown = ", ".join(p.name for p in singles[:5]) + (", ..." if len(singles) > 5 else "")
+    raise UploadError(f"the zip holds {len(singles)} NIfTI/PNG/JPEG files ({shown}) and no DICOM series; "
+                      "upload one at a time")
+
+
+def _is_dicom(path: Path) -> bool:
+    """A .dcm name, or the DICM marker at byte 128 (DICOM files are often named IM0001 or by their UID)."""
+    if path.name.lower().endswith(".dcm"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _safe_name(name: str) -> str:

@@ -144,13 +144,23 @@ def test_nested_folders_unpack_in_place(tmp_path):
     [
         ({"in/mr.nii.gz": b"n"}, "in/mr.nii.gz"),  # one NIfTI alone: that file
         ({"in/mr.nii.gz": b"n", "in/.DS_Store": b"x"}, "in/mr.nii.gz"),  # hidden files do not count
-        ({"in/a.png": b"p", "in/b.png": b"q"}, "."),  # two images: the folder
         ({"s/IM1.dcm": b"d"}, "."),  # DICOM: the folder
+        # a NIfTI with its BIDS sidecar or a README: that NIfTI (before: the folder, "no DICOM image series found")
+        ({"sub-01/anat/sub-01_T1w.nii.gz": b"n", "sub-01/anat/sub-01_T1w.json": b"{}"}, "sub-01/anat/sub-01_T1w.nii.gz"),
+        ({"scan/mr.nii.gz": b"n", "scan/README.txt": b"hi"}, "scan/mr.nii.gz"),
+        ({"s/IM1.dcm": b"d", "s/mr.nii.gz": b"n"}, "."),  # DICOM files alongside: the folder, as before
     ],
 )
 def test_a_zip_opens_as_its_lone_study_file_or_its_folder(tmp_path, members, expected):
     path = import_upload([_zip(tmp_path / "u.zip", members)], tmp_path / "up")
     assert path == (tmp_path / "up" / "unzipped" / expected).resolve() or path == tmp_path / "up" / "unzipped" / expected
+
+
+def test_a_zip_of_several_pictures_or_volumes_without_dicom_asks_for_one(tmp_path):
+    """Before: the folder, refused later as "no DICOM image series found in this folder"."""
+    archive = _zip(tmp_path / "u.zip", {"in/a.png": b"p", "in/b.nii.gz": b"q", "in/notes.txt": b"x"})
+    with _refused("the zip holds 2 NIfTI/PNG/JPEG files (a.png, b.nii.gz) and no DICOM series; upload one at a time"):
+        import_upload([archive], tmp_path / "up")
 
 
 def test_an_empty_zip_names_what_it_should_hold(tmp_path):
