@@ -353,6 +353,20 @@ def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[Se
     return series
 
 
+def _bare_data_sets(folder: Path) -> int:
+    """How many files of ``folder`` start like a DICOM data set written without preamble and DICM (group 0002 or
+    0008 first, as old exports write them): why a folder of DICOM files holds no series to open."""
+    count = 0
+    for f in folder.rglob("*"):
+        try:
+            if f.is_file() and not f.is_symlink() and not _has_dicom_magic(f):
+                with open(f, "rb") as fh:
+                    count += fh.read(2) in (b"\x02\x00", b"\x08\x00")
+        except OSError:
+            continue
+    return count
+
+
 def _instance(ds: pydicom.Dataset) -> int:
     try:
         return int(getattr(ds, "InstanceNumber", 0) or 0)
@@ -365,7 +379,10 @@ def read_dicom_series(
 ) -> Volume:
     series = list_series(folder, max_voxels=max_voxels)
     if not series:
-        raise StudyError(f"{folder}: no DICOM image series found in this folder")
+        bare = _bare_data_sets(folder)
+        raise StudyError(f"{folder}: no DICOM image series found in this folder" + (
+            f": {bare} file(s) hold a DICOM data set without the Part 10 header (no DICM marker at byte 128); "
+            "export them again as DICOM files" if bare else ""))
     if series_uid is not None:
         chosen = [s for s in series if s.series_instance_uid == series_uid]
         if not chosen:

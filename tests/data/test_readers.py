@@ -396,6 +396,20 @@ def test_a_folder_without_an_image_series_says_so(tmp_path):
     refused(folder, f"{folder}: no DICOM image series found in this folder")
 
 
+def test_a_folder_of_dicom_files_without_the_part10_preamble_says_why_it_has_no_series(tmp_path):
+    """Old exports write the data set alone (no 128-byte preamble, no DICM): pydicom and medseg skip such files,
+    and the folder was refused as if it held no DICOM at all ("no DICOM image series found in this folder")."""
+    folder = tmp_path / "old"
+    folder.mkdir()
+    for n in range(3):
+        ds = db.image_dataset(db.pixels(seed=n)[0], instance=n + 1, ipp=(0.0, 0.0, float(n)))
+        ds.preamble = None
+        del ds.file_meta
+        ds.save_as(folder / f"IM{n}", enforce_file_format=False, implicit_vr=True, little_endian=True)
+    refused(folder, f"{folder}: no DICOM image series found in this folder: 3 file(s) hold a DICOM data set without "
+                    "the Part 10 header (no DICM marker at byte 128); export them again as DICOM files")
+
+
 def test_uneven_series_opens_only_when_asked_at_the_mean_spacing(tmp_path):
     folder = series(tmp_path / "s", [0.0, 2.0, 4.0, 7.0])
     fault = "uneven slice spacing, a step of 3 mm between 2001_2.dcm (4.00 mm) and 2001_3.dcm (7.00 mm) while the others are 2 mm"
