@@ -483,7 +483,9 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         orientation(ds)
         numbers(ds, "ImagePositionPatient", 3)  # NaN or 2 values: ITK made the origin 0 or (x, y, 0) silently
         check_pixel_spacing(ds)
-        frames = frame_geometry(ds, allow_uneven=allow_uneven) if _int(ds, "NumberOfFrames", 1) > 1 else None
+        # an enhanced image of one frame keeps its geometry in the functional groups too (GDCM reads it from there)
+        enhanced = _int(ds, "NumberOfFrames", 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
+        frames = frame_geometry(ds, allow_uneven=allow_uneven) if enhanced else None
     except GeometryError as e:
         raise StudyError(f"{path}: {e}") from None
     _check_frame_rescales(path, ds)

@@ -709,3 +709,26 @@ def test_enhanced_multiframe_frames_lie_where_their_functional_groups_put_them(t
         np.testing.assert_allclose(volume.index_to_physical(np.array([0.0, 0.0, k])), [-4.0, -4.0, z], atol=1e-6)
     np.testing.assert_allclose(volume.index_to_physical(np.array([2.0, 1.0, 0.0])), [-3.0, -3.5, zs[0]], atol=1e-6)
     assert volume.source.geometry.startswith("per-frame functional groups")
+
+
+def test_a_single_frame_enhanced_image_is_held_to_its_functional_groups(tmp_path):
+    """An enhanced (multi-frame class) image of one frame keeps its geometry in the functional groups only. The
+    checks ran for 2+ frames alone: a NaN or two-valued PlanePosition opened at an origin of uninitialised memory
+    (0.0, 4.7e-310, 1e-323) with geometry 'none (identity)', and a valid one was also called 'none (identity)'."""
+    from tests.hostile import dicom_bytes as db
+
+    stack = db.pixels(16, 16, seed=3, frames=1)
+
+    def one_frame(position):
+        ds = db.enhanced_multiframe(stack, [7.5], spacing=(0.7, 0.6))
+        ds.NumberOfFrames = 1
+        ds.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient = position
+        return db.write(ds, tmp_path / "one.dcm")
+
+    volume = read_study(one_frame([-4.0, -4.0, 7.5]))
+    np.testing.assert_array_equal(volume.array, stack)
+    assert volume.spacing[:2] == (0.6, 0.7) and volume.origin == (-4.0, -4.0, 7.5)
+    assert volume.source.geometry.startswith("per-frame functional groups")
+    for position, fault in (([float("nan"), 0.0, 0.0], "ImagePositionPatient [nan, 0.0, 0.0] holds NaN or infinite "
+                             "values"), ([1.0, 2.0], "ImagePositionPatient has 2 value(s); expected 3")):
+        refused(one_frame(position), f"{tmp_path / 'one.dcm'}: {fault}")
