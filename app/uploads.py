@@ -132,6 +132,7 @@ def _import(files: list[str | Path], upload_dir: Path, settings, room_bytes: int
             raise UploadError("this session has no disk room left (disk quota); close some studies")
         out = safe_extract_zip(zips[0], upload_dir / "unzipped", max_bytes=cap, max_members=settings.max_upload_files)
         return _single_study_in(out)
+    _refuse_hdr_img(paths)
     singles = [p for p in paths if p.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES)]
     if singles:
         if len(paths) > 1:
@@ -156,6 +157,7 @@ def _single_study_in(folder: Path) -> Path:
     files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
     if not files:
         raise UploadError("the zip is empty: it should hold the files of one DICOM series or one NIfTI")
+    _refuse_hdr_img(files)
     singles = sorted(p for p in files if p.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES))
     if not singles or any(_is_dicom(p) for p in files if p not in singles):
         return folder
@@ -164,6 +166,18 @@ def _single_study_in(folder: Path) -> Path:
     shown = ", ".join(p.name for p in singles[:5]) + (", ..." if len(singles) > 5 else "")
     raise UploadError(f"the zip holds {len(singles)} NIfTI/PNG/JPEG files ({shown}) and no DICOM series; "
                       "upload one at a time")
+
+
+def _refuse_hdr_img(paths: list[Path]) -> None:
+    """A .hdr with its .img (Analyze, NIfTI-pair): name the conversion. Before, the two became a "series" folder,
+    refused as "no DICOM image series found in this folder"."""
+    for p in paths:
+        if p.suffix.lower() == ".hdr" and any(q.suffix.lower() == ".img" and q.stem == p.stem for q in paths):
+            name = _safe_name(p.name)
+            stem = _safe_name(p.stem)
+            raise UploadError(f"{name}: a .hdr/.img pair (Analyze or NIfTI-pair); medseg opens single-file NIfTI: save "
+                              f"it as {stem}.nii.gz (e.g. nibabel.save(nibabel.load('{name}'), '{stem}.nii.gz')) "
+                              "and upload that")
 
 
 def _is_dicom(path: Path) -> bool:

@@ -76,6 +76,10 @@ def test_too_many_members_refused(tmp_path):
         ([], "no file was uploaded: choose a NIfTI, DICOM files, a zip of a series, or PNG/JPEG"),
         (["a.zip", "b.dcm"], "upload one zip on its own (it should hold one series)"),
         (["a.nii.gz", "b.png"], "upload one NIfTI or image file at a time (several files must be DICOM slices)"),
+        # before: a "series" folder of the two, refused as "no DICOM image series found in this folder"
+        (["scan.hdr", "scan.img"], "scan.hdr: a .hdr/.img pair (Analyze or NIfTI-pair); medseg opens single-file "
+                                   "NIfTI: save it as scan.nii.gz (e.g. nibabel.save(nibabel.load('scan.hdr'), "
+                                   "'scan.nii.gz')) and upload that"),
     ],
 )
 def test_ambiguous_uploads_name_the_fix(tmp_path, files, message):
@@ -160,6 +164,13 @@ def test_a_zip_of_several_pictures_or_volumes_without_dicom_asks_for_one(tmp_pat
     """Before: the folder, refused later as "no DICOM image series found in this folder"."""
     archive = _zip(tmp_path / "u.zip", {"in/a.png": b"p", "in/b.nii.gz": b"q", "in/notes.txt": b"x"})
     with _refused("the zip holds 2 NIfTI/PNG/JPEG files (a.png, b.nii.gz) and no DICOM series; upload one at a time"):
+        import_upload([archive], tmp_path / "up")
+
+
+def test_a_zipped_hdr_img_pair_names_the_conversion(tmp_path):
+    archive = _zip(tmp_path / "u.zip", {"spm/T1.HDR": b"h", "spm/T1.IMG": b"i"})
+    with _refused("T1.HDR: a .hdr/.img pair (Analyze or NIfTI-pair); medseg opens single-file NIfTI: save it as "
+                  "T1.nii.gz (e.g. nibabel.save(nibabel.load('T1.HDR'), 'T1.nii.gz')) and upload that"):
         import_upload([archive], tmp_path / "up")
 
 
