@@ -611,7 +611,17 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
         warnings.warn(one_line(f"{path}: {notes[0]}"), StudyWarning, stacklevel=2)
     fmt = "png" if path.suffix.lower() == ".png" else "jpeg"
     return Volume(array=np.ascontiguousarray(array)[None], modality="OT",
-                  source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)", notes=notes))
+                  source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)", notes=notes,
+                                   exif_orientation=orientation))
+
+
+def exif_mismatch(what: str, other: str, turn: int, other_turn: int) -> str:
+    """The one line for a picture and its annotation turned differently by their EXIF tags (see ``read_image_file``)."""
+    def named(n: int) -> str:
+        return f"{n} (as stored)" if n == 1 else str(n)
+
+    return (f"the {what} has EXIF Orientation {named(turn)} and the {other} {named(other_turn)}; which way the {other} "
+            "was drawn is not known: save both with the same orientation")
 
 
 def _exif_orientation(im: Image.Image) -> int:

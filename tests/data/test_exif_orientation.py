@@ -75,3 +75,19 @@ def test_a_mask_picture_is_turned_as_its_image_is(tmp_path):
     with Image.open(path) as im:
         expected = np.asarray(ImageOps.exif_transpose(im)).max(axis=2) > 0
     np.testing.assert_array_equal(read_mask_image(path), expected)
+
+
+def test_oneshot_refuses_a_reference_and_mask_turned_differently(tmp_path, capsys):
+    """As ``medseg eval`` does (``tests/evaluation``): a square photo with Orientation 6 and a mask PNG without it."""
+    from app.cli import main
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "ref.png", exif=exif)
+    Image.fromarray(np.pad(np.full((20, 20), 255, np.uint8), 22)).save(tmp_path / "mask.png")
+    code = main(["oneshot", "--ref", str(tmp_path / "ref.png"), "--ref-mask", str(tmp_path / "mask.png"),
+                 "--targets", str(tmp_path / "ref.png"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"medseg oneshot: error: --ref-mask {tmp_path / 'mask.png'}: the reference image has EXIF Orientation 6 and "
+        "the mask 1 (as stored); which way the mask was drawn is not known: save both with the same orientation"), err
