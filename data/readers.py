@@ -112,15 +112,20 @@ def read_study(
     except UntrustedFileError as e:
         raise StudyError(str(e)) from None
     try:
-        if path.is_dir():
-            return read_dicom_series(path, series_uid=series_uid, max_voxels=limit, allow_uneven=allow_uneven)
         name = path.name.lower()
-        if name.endswith(NIFTI_SUFFIXES):
-            return read_nifti(path, max_voxels=limit)
-        if name.endswith(IMAGE_SUFFIXES):
+        if path.is_dir():
+            volume = read_dicom_series(path, series_uid=series_uid, max_voxels=limit, allow_uneven=allow_uneven)
+        elif name.endswith(NIFTI_SUFFIXES):
+            volume = read_nifti(path, max_voxels=limit)
+        elif name.endswith(IMAGE_SUFFIXES):
             return read_image_file(path, max_voxels=limit)
-        if name.endswith(".dcm") or _has_dicom_magic(path):
-            return read_dicom_file(path, max_voxels=limit, allow_uneven=allow_uneven)
+        elif name.endswith(".dcm") or _has_dicom_magic(path):
+            volume = read_dicom_file(path, max_voxels=limit, allow_uneven=allow_uneven)
+        else:
+            volume = None
+        if volume is not None:
+            check_geometry_range(path, volume)
+            return volume
     except StudyError:
         raise
     except (RecursionError, MemoryError, OSError, ValueError, TypeError, IndexError, KeyError, AttributeError,
@@ -130,6 +135,30 @@ def read_study(
     raise StudyError(
         f"{path}: unsupported format; expected a NIfTI (.nii, .nii.gz), a DICOM file or series folder, or PNG/JPEG"
     )
+
+
+# What a label map's float32 geometry holds to the 0.01 mm that labels are matched with: a voxel of 1 nm to 100 m,
+# an origin within 100 m of the scanner's (float32 keeps 0.008 mm there). Patients lie within a few metres.
+SPACING_RANGE_MM = (1e-6, 1e5)
+MAX_ORIGIN_MM = 1e5
+
+
+def check_geometry_range(path: str | Path, volume: Volume) -> None:
+    """StudyError for a geometry no NIfTI label map can hold: it opened, and the label map written of it had an
+    infinite origin or a zero spacing that every reader (ours too) refuses, the annotation written where none can
+    read it (an absurd ImagePositionPatient 1e300 or PixelSpacing 1e-30)."""
+    def shown(values) -> str:
+        return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
+
+    lo, hi = SPACING_RANGE_MM
+    if not all(lo <= float(s) <= hi for s in volume.spacing):
+        fault = f"voxel spacing {shown(volume.spacing)} mm is outside {lo:g}..{hi:g} mm"
+    elif not all(abs(float(o)) <= MAX_ORIGIN_MM for o in volume.origin):
+        fault = f"origin {shown(volume.origin)} mm is more than {MAX_ORIGIN_MM:g} mm (100 m) from the scanner's origin"
+    else:
+        return
+    raise StudyError(f"{path}: {fault}; a label map cannot hold such a geometry (check ImagePositionPatient / "
+                     "PixelSpacing, or the NIfTI's sform and pixdim)")
 
 
 def _has_dicom_magic(path: Path) -> bool:

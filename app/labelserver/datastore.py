@@ -28,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from data.isolated_read import read_study_isolated
-from data.readers import StudyError, _finite, read_study, voxel_limit
+from data.readers import StudyError, _finite, check_geometry_range, read_study, voxel_limit
 from data.untrusted import NRRD_HEADER_BYTES, UntrustedFileError, check_nrrd_attached
 from data.volume import SourceRef, Volume
 from data.writers import atomic_output
@@ -91,6 +91,7 @@ def read_image_file(path: Path, name: str | None = None) -> Volume:
             raise StudyError(f"{name}: the NRRD's space directions are not perpendicular (shear); resample the image "
                              "first (a NIfTI with shear is refused too)")
         volume = Volume.from_sitk(image, source=SourceRef(path=str(path), format="nrrd"))
+        check_geometry_range(name, volume)  # what the label map written back can hold, as for every reader
         from data.readers import guess_modality
 
         array = _finite(volume.array, name)  # NaN/Inf (a float map from Slicer): the readers' one rule

@@ -209,3 +209,12 @@ def test_an_nrrd_in_other_units_than_millimetres_is_refused_naming_the_field(ser
     assert not any(sessions.iterdir())
     mm = NRRD_HEAD.format(type="short", extra='space units: "mm" "mm" "mm"\n').encode()
     assert client.put("/session/", files={"files": ("mm.nrrd", mm + bytes(2 * 32 * 32 * 4))}).status_code == 200
+
+
+def test_an_nrrd_whose_geometry_no_label_map_can_hold_is_refused(served):
+    """space origin 1e300: the session opened, and the label written back (a NIfTI, float32) had an infinite origin."""
+    client, _, sessions = served
+    header = NRRD_HEAD.format(type="short", extra="").replace("space origin: (0,0,0)", "space origin: (1e300,0,0)")
+    r = client.put("/session/", files={"files": ("far.nrrd", header.encode() + bytes(2 * 32 * 32 * 4))})
+    assert r.status_code == 400 and r.json()["detail"].startswith("far.nrrd: origin (1e+300, 0, 0) mm is more than "), r.text
+    assert not any(sessions.iterdir())

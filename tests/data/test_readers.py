@@ -732,3 +732,21 @@ def test_a_single_frame_enhanced_image_is_held_to_its_functional_groups(tmp_path
     for position, fault in (([float("nan"), 0.0, 0.0], "ImagePositionPatient [nan, 0.0, 0.0] holds NaN or infinite "
                              "values"), ([1.0, 2.0], "ImagePositionPatient has 2 value(s); expected 3")):
         refused(one_frame(position), f"{tmp_path / 'one.dcm'}: {fault}")
+
+
+@pytest.mark.parametrize("edit, fault", [
+    ({"ImagePositionPatient": [1e300, -1e300, 1e300]}, "origin (1e+300, -1e+300, 1e+300) mm is more than 100000 mm "
+                                                       "(100 m) from the scanner's origin"),
+    ({"PixelSpacing": [1e-30, 1e-30]}, "voxel spacing (1e-30, 1e-30, 5) mm is outside 1e-06..100000 mm"),
+    ({"PixelSpacing": [1e30, 1e30]}, "voxel spacing (1e+30, 1e+30, 5) mm is outside 1e-06..100000 mm"),
+])
+def test_geometry_that_no_label_map_can_hold_is_refused(tmp_path, edit, fault):
+    """The real CT slice with an absurd position or pixel size: it opened, and the NIfTI label map written of it
+    (float32 geometry) held an infinite origin or a zero spacing, which medseg's own reader then refused ('the
+    sform holds NaN or infinite values' / 'is degenerate'): the annotation was written where nothing can read it."""
+    ds = pydicom.dcmread(DATA / "dicom" / "pydicom_CT_small.dcm")
+    for keyword, value in edit.items():
+        setattr(ds, keyword, value)
+    ds.save_as(tmp_path / "odd.dcm")
+    refused(tmp_path / "odd.dcm", f"{tmp_path / 'odd.dcm'}: {fault}; a label map cannot hold such a geometry "
+                                  "(check ImagePositionPatient / PixelSpacing, or the NIfTI's sform and pixdim)")
