@@ -18,6 +18,7 @@ from data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, StudyError
 
 MAX_UNZIPPED_BYTES = 2 * 1024**3  # 2 GiB: a large CT series, not a disk filler
 MAX_ZIP_MEMBERS = 10_000
+MAX_ZIP_DEPTH = 64  # folders in a member's path: a series is a few deep; 2000 ended Path.mkdir in RecursionError
 
 
 class UploadError(StudyError):
@@ -47,6 +48,10 @@ def safe_extract_zip(
             name = PurePosixPath(m.filename.replace("\\", "/"))
             if name.is_absolute() or ".." in name.parts or (m.filename[1:2] == ":"):
                 raise UploadError(f"{archive.name}: member {m.filename!r} points outside the archive; refused")
+            if len(name.parts) > MAX_ZIP_DEPTH:
+                shown = m.filename if len(m.filename) <= 40 else m.filename[:40] + "..."
+                raise UploadError(f"{archive.name}: member {shown!r} is {len(name.parts) - 1} folders deep; "
+                                  f"at most {MAX_ZIP_DEPTH} are accepted")
             if (m.external_attr >> 16) & 0o170000 == 0o120000:
                 raise UploadError(f"{archive.name}: member {m.filename!r} is a symbolic link; refused")
             if m.flag_bits & 0x1:
@@ -64,17 +69,20 @@ def safe_extract_zip(
             target = (dest / m.filename).resolve()
             if root not in target.parents and target != root:
                 raise UploadError(f"{archive.name}: member {m.filename!r} points outside the archive; refused")
-            if m.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             try:  # zipfile stops at the declared size and checks the CRC: a lying header ends in BadZipFile
+                if m.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(m) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out)
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
                 raise UploadError(
                     f"{archive.name}: member {m.filename!r} cannot be unpacked ({e}); make the zip again"
                 ) from e
+            except OSError as e:  # a name used as a file and a folder, too long a name: without our folder's path
+                raise UploadError(f"{archive.name}: member {m.filename!r} cannot be unpacked "
+                                  f"({e.strerror or type(e).__name__}); make the zip again") from e
     return dest
 
 
@@ -124,6 +132,7 @@ def _import(files: list[str | Path], upload_dir: Path, settings, room_bytes: int
             raise UploadError("this session has no disk room left (disk quota); close some studies")
         out = safe_extract_zip(zips[0], upload_dir / "unzipped", max_bytes=cap, max_members=settings.max_upload_files)
         return _single_study_in(out)
+    _refuse_hdr_img(paths)
     singles = [p for p in paths if p.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES)]
     if singles:
         if len(paths) > 1:
@@ -143,14 +152,44 @@ def _import(files: list[str | Path], upload_dir: Path, settings, room_bytes: int
 
 
 def _single_study_in(folder: Path) -> Path:
-    """A folder unpacked from a zip: the lone NIfTI/image in it, else the folder (a DICOM series)."""
+    """A folder unpacked from a zip: its lone NIfTI/image when no DICOM file is beside it (a BIDS sidecar or a
+    README may be: before, such a zip was read as a DICOM folder, "no DICOM image series found"), else the folder."""
     files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
     if not files:
         raise UploadError("the zip is empty: it should hold the files of one DICOM series or one NIfTI")
-    singles = [p for p in files if p.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES)]
-    if len(singles) == 1 and len(files) == 1:
+    _refuse_hdr_img(files)
+    singles = sorted(p for p in files if p.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES))
+    if not singles or any(_is_dicom(p) for p in files if p not in singles):
+        return folder
+    if len(singles) == 1:
         return singles[0]
-    return folder
+    shown = ", ".join(p.name for p in singles[:5]) + (", ..." if len(singles) > 5 else "")
+    raise UploadError(f"the zip holds {len(singles)} NIfTI/PNG/JPEG files ({shown}) and no DICOM series; "
+                      "upload one at a time")
+
+
+def _refuse_hdr_img(paths: list[Path]) -> None:
+    """A .hdr with its .img (Analyze, NIfTI-pair): name the conversion. Before, the two became a "series" folder,
+    refused as "no DICOM image series found in this folder"."""
+    for p in paths:
+        if p.suffix.lower() == ".hdr" and any(q.suffix.lower() == ".img" and q.stem == p.stem for q in paths):
+            name = _safe_name(p.name)
+            stem = _safe_name(p.stem)
+            raise UploadError(f"{name}: a .hdr/.img pair (Analyze or NIfTI-pair); medseg opens single-file NIfTI: save "
+                              f"it as {stem}.nii.gz (e.g. nibabel.save(nibabel.load('{name}'), '{stem}.nii.gz')) "
+                              "and upload that")
+
+
+def _is_dicom(path: Path) -> bool:
+    """A .dcm name, or the DICM marker at byte 128 (DICOM files are often named IM0001 or by their UID)."""
+    if path.name.lower().endswith(".dcm"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _safe_name(name: str) -> str:

@@ -239,6 +239,13 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except (OSError, pydicom.errors.InvalidDicomError) as e:
             raise DicomSegError(f"{path}: the source image {f} can no longer be read ({e}); reopen the study") from e
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):  # what the SEG references
+            uid = str(ds.get(keyword) or "").strip()
+            # digits and dots, as PS3.5 9.1 (leading zeros in a component, seen from old scanners, still reference)
+            if not uid or not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
+                fault = f"has {keyword} {uid!r}, which is no DICOM UID" if uid else f"has no {keyword}"
+                raise DicomSegError(f"{path}: the source image {f} {fault}; a DICOM-SEG must reference it: write a "
+                                    "NIfTI label map (.nii.gz) instead")
         for keyword in TYPE2_FROM_SOURCE:  # Type 2: must be present, may be empty (PS3.3 C.7.1.1, C.7.2.1)
             if keyword not in ds:
                 setattr(ds, keyword, "")

@@ -112,15 +112,20 @@ def read_study(
     except UntrustedFileError as e:
         raise StudyError(str(e)) from None
     try:
-        if path.is_dir():
-            return read_dicom_series(path, series_uid=series_uid, max_voxels=limit, allow_uneven=allow_uneven)
         name = path.name.lower()
-        if name.endswith(NIFTI_SUFFIXES):
-            return read_nifti(path, max_voxels=limit)
-        if name.endswith(IMAGE_SUFFIXES):
+        if path.is_dir():
+            volume = read_dicom_series(path, series_uid=series_uid, max_voxels=limit, allow_uneven=allow_uneven)
+        elif name.endswith(NIFTI_SUFFIXES):
+            volume = read_nifti(path, max_voxels=limit)
+        elif name.endswith(IMAGE_SUFFIXES):
             return read_image_file(path, max_voxels=limit)
-        if name.endswith(".dcm") or _has_dicom_magic(path):
-            return read_dicom_file(path, max_voxels=limit, allow_uneven=allow_uneven)
+        elif name.endswith(".dcm") or _has_dicom_magic(path):
+            volume = read_dicom_file(path, max_voxels=limit, allow_uneven=allow_uneven)
+        else:
+            volume = None
+        if volume is not None:
+            check_geometry_range(path, volume)
+            return volume
     except StudyError:
         raise
     except (RecursionError, MemoryError, OSError, ValueError, TypeError, IndexError, KeyError, AttributeError,
@@ -130,6 +135,30 @@ def read_study(
     raise StudyError(
         f"{path}: unsupported format; expected a NIfTI (.nii, .nii.gz), a DICOM file or series folder, or PNG/JPEG"
     )
+
+
+# What a label map's float32 geometry holds to the 0.01 mm that labels are matched with: a voxel of 1 nm to 100 m,
+# an origin within 100 m of the scanner's (float32 keeps 0.008 mm there). Patients lie within a few metres.
+SPACING_RANGE_MM = (1e-6, 1e5)
+MAX_ORIGIN_MM = 1e5
+
+
+def check_geometry_range(path: str | Path, volume: Volume) -> None:
+    """StudyError for a geometry no NIfTI label map can hold: it opened, and the label map written of it had an
+    infinite origin or a zero spacing that every reader (ours too) refuses, the annotation written where none can
+    read it (an absurd ImagePositionPatient 1e300 or PixelSpacing 1e-30)."""
+    def shown(values) -> str:
+        return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
+
+    lo, hi = SPACING_RANGE_MM
+    if not all(lo <= float(s) <= hi for s in volume.spacing):
+        fault = f"voxel spacing {shown(volume.spacing)} mm is outside {lo:g}..{hi:g} mm"
+    elif not all(abs(float(o)) <= MAX_ORIGIN_MM for o in volume.origin):
+        fault = f"origin {shown(volume.origin)} mm is more than {MAX_ORIGIN_MM:g} mm (100 m) from the scanner's origin"
+    else:
+        return
+    raise StudyError(f"{path}: {fault}; a label map cannot hold such a geometry (check ImagePositionPatient / "
+                     "PixelSpacing, or the NIfTI's sform and pixdim)")
 
 
 def _has_dicom_magic(path: Path) -> bool:
@@ -353,6 +382,20 @@ def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[Se
     return series
 
 
+def _bare_data_sets(folder: Path) -> int:
+    """How many files of ``folder`` start like a DICOM data set written without preamble and DICM (group 0002 or
+    0008 first, as old exports write them): why a folder of DICOM files holds no series to open."""
+    count = 0
+    for f in folder.rglob("*"):
+        try:
+            if f.is_file() and not f.is_symlink() and not _has_dicom_magic(f):
+                with open(f, "rb") as fh:
+                    count += fh.read(2) in (b"\x02\x00", b"\x08\x00")
+        except OSError:
+            continue
+    return count
+
+
 def _instance(ds: pydicom.Dataset) -> int:
     try:
         return int(getattr(ds, "InstanceNumber", 0) or 0)
@@ -365,7 +408,10 @@ def read_dicom_series(
 ) -> Volume:
     series = list_series(folder, max_voxels=max_voxels)
     if not series:
-        raise StudyError(f"{folder}: no DICOM image series found in this folder")
+        bare = _bare_data_sets(folder)
+        raise StudyError(f"{folder}: no DICOM image series found in this folder" + (
+            f": {bare} file(s) hold a DICOM data set without the Part 10 header (no DICM marker at byte 128); "
+            "export them again as DICOM files" if bare else ""))
     if series_uid is not None:
         chosen = [s for s in series if s.series_instance_uid == series_uid]
         if not chosen:
@@ -391,6 +437,10 @@ def read_dicom_series(
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO(DICOM_IO)
     reader.SetFileNames(list(info.files))
+    if len({_rescale(h) for h in heads}) > 1:
+        # ITK decodes every slice into the first slice's pixel type: another slice's fractional slope was truncated
+        # and values past it wrapped round (a PET slope of 64 read 1729 as -32764). Each slice's own, in float64:
+        reader.SetOutputPixelType(sitk.sitkFloat64)
     try:
         image = _itk(reader.Execute)
     except RuntimeError as e:
@@ -415,6 +465,34 @@ def read_dicom_series(
     return Volume.from_sitk(image, modality=info.modality, source=source)
 
 
+def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept), 1 and 0 when absent (``_check_rescale`` proved them numbers)."""
+    def value(keyword: str, default: float) -> float:
+        raw = ds[keyword].value if keyword in ds else None
+        return default if raw in (None, "") else float(raw)
+
+    return value("RescaleSlope", 1.0), value("RescaleIntercept", 0.0)
+
+
+def _check_frame_rescales(path: Path, ds: pydicom.Dataset) -> None:
+    """An enhanced multi-frame's PixelValueTransformationSequence, per frame or shared: each valid, and one for
+    every frame. GDCM applies frame 1's to every frame (measured: frame 4 stored with slope 4 read 2982 HU off)."""
+    shared = list(ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
+    first = None
+    for n, group in enumerate(ds.get("PerFrameFunctionalGroupsSequence") or []):
+        items = group.get("PixelValueTransformationSequence") or shared.get("PixelValueTransformationSequence")
+        if not items:
+            continue
+        _check_rescale(path, items[0])
+        this = _rescale(items[0])
+        if first is None:
+            first = (n, this)
+        elif this != first[1]:
+            raise StudyError(f"{path}: frame {n + 1} has RescaleSlope {this[0]:g}, RescaleIntercept {this[1]:g} where "
+                             f"frame {first[0] + 1} has {first[1][0]:g}, {first[1][1]:g}; medseg applies one rescale "
+                             "to every frame (save the frames as a series)")
+
+
 def _int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
     try:
         return int(getattr(ds, keyword, default) or default)
@@ -434,9 +512,12 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         orientation(ds)
         numbers(ds, "ImagePositionPatient", 3)  # NaN or 2 values: ITK made the origin 0 or (x, y, 0) silently
         check_pixel_spacing(ds)
-        frames = frame_geometry(ds, allow_uneven=allow_uneven) if _int(ds, "NumberOfFrames", 1) > 1 else None
+        # an enhanced image of one frame keeps its geometry in the functional groups too (GDCM reads it from there)
+        enhanced = _int(ds, "NumberOfFrames", 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
+        frames = frame_geometry(ds, allow_uneven=allow_uneven) if enhanced else None
     except GeometryError as e:
         raise StudyError(f"{path}: {e}") from None
+    _check_frame_rescales(path, ds)
     try:
         image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, DICOM_IO)
     except RuntimeError as e:
@@ -511,6 +592,7 @@ def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
             with warnings.catch_warnings(), native_stderr_captured():  # as read_image_file: libjpeg's notes
                 warnings.simplefilter("ignore")
                 im.load()
+                orientation = _exif_orientation(im)
                 if im.mode == "P" and "transparency" in im.info:
                     im = im.convert("RGBA")
                 alpha = np.asarray(im.getchannel("A")) > 0 if "A" in im.getbands() else None
@@ -518,7 +600,8 @@ def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
                 colour = np.asarray(im) > 0 if grey else np.asarray(im.convert("RGB")).max(axis=2) > 0
         except Exception as e:
             raise StudyError(f"{path}: not a readable PNG/JPEG image ({_first_line(e)})") from e
-    return colour & alpha if alpha is not None else colour
+    # turned as its image is (``read_image_file``): a mask drawn on a turned photo keeps that photo's orientation
+    return np.ascontiguousarray(_turned(colour & alpha if alpha is not None else colour, orientation))
 
 
 def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
@@ -528,6 +611,7 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
             warnings.simplefilter("ignore")  # PIL's notes on odd chunks; a damaged image raises below
             with native_stderr_captured():  # libjpeg's "Corrupt JPEG data" lines
                 im.load()
+            orientation = _exif_orientation(im)
             mode = im.mode
             if mode == "1":
                 im = im.convert("L")  # a 1-bit image shows as 0 / 255, as every viewer shows it
@@ -548,8 +632,43 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
         raise StudyError(f"{path}: empty image of size {array.shape}")
     if _png_16bit_with_colour_or_alpha(path):
         array = _png_16bit(path, array)
+    notes: tuple[str, ...] = ()
+    if orientation != 1:
+        array = _turned(array, orientation)
+        notes = (f"EXIF Orientation {orientation}: shown turned as photo viewers show it (masks are written in this "
+                 "orientation)",)
+        warnings.warn(one_line(f"{path}: {notes[0]}"), StudyWarning, stacklevel=2)
     fmt = "png" if path.suffix.lower() == ".png" else "jpeg"
-    return Volume(array=array[None], modality="OT", source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)"))
+    return Volume(array=np.ascontiguousarray(array)[None], modality="OT",
+                  source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)", notes=notes,
+                                   exif_orientation=orientation))
+
+
+def exif_mismatch(what: str, other: str, turn: int, other_turn: int) -> str:
+    """The one line for a picture and its annotation turned differently by their EXIF tags (see ``read_image_file``)."""
+    def named(n: int) -> str:
+        return f"{n} (as stored)" if n == 1 else str(n)
+
+    return (f"the {what} has EXIF Orientation {named(turn)} and the {other} {named(other_turn)}; which way the {other} "
+            "was drawn is not known: save both with the same orientation")
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF Orientation tag (0x0112), 1 (as stored) when absent or not 1-8. Read after ``load``: a PNG may
+    keep its eXIf chunk after the pixels."""
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # a damaged EXIF block: the pixels as stored, as viewers then show them
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _turned(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array`` (H, W[, C]) turned as EXIF ``orientation`` says (PIL's ``ImageOps.exif_transpose``, on numpy)."""
+    turns = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+             5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+             8: lambda a: np.rot90(a, 1)}
+    return turns[orientation](array) if orientation in turns else array
 
 
 def _png_16bit_with_colour_or_alpha(path: Path) -> bool:

@@ -215,7 +215,8 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
                 raise GeometryError(f"GridFrameOffsetVector {[float(v) for v in offsets][:8]} is not one increasing, "
                                     "even step per frame; the frames cannot be stacked")
             return None
-        if "ImageOrientationPatient" in ds and not _positive(ds.get("SpacingBetweenSlices")):
+        if "ImageOrientationPatient" in ds and int(ds.get("NumberOfFrames") or 1) > 1 \
+                and not _positive(ds.get("SpacingBetweenSlices")):
             # ITK stacks such frames 1 mm apart (SliceThickness is not a spacing): an invented third axis
             raise GeometryError(f"{int(ds.get('NumberOfFrames') or 1)} frames with ImageOrientationPatient but no "
                                 "SpacingBetweenSlices or per-frame positions: where the frames lie is not in the file")

@@ -56,11 +56,16 @@ class Window:
 
 
 def percentile_window(volume: Volume, lower: float = 0.5, upper: float = 99.5) -> Window:
-    """MR window: percentiles of the non-zero, finite voxels of the whole volume."""
-    values = volume.array[np.isfinite(volume.array) & (volume.array != 0)]
+    """MR window: percentiles of the non-zero, finite voxels of the whole volume. When those hold one value
+    (a 0/1 mask opened as an image), the finite range of the volume: a window of width 0 showed a black slice."""
+    finite = np.isfinite(volume.array)
+    values = volume.array[finite & (volume.array != 0)]
     if values.size == 0:
         return Window(0.0, 1.0, "percentile")
     lo, hi = np.percentile(values, [lower, upper])
+    if not hi > lo:
+        everything = volume.array[finite]
+        lo, hi = min(float(everything.min()), lo), max(float(everything.max()), hi)
     return Window(float(lo), float(hi), "percentile")
 
 

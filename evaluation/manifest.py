@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.readers import StudyError, read_study
+from data.readers import StudyError, exif_mismatch, read_study
 from data.volume import Volume
 from data.windowing import Window, default_window, slice_to_rgb
 
@@ -216,6 +216,9 @@ class CaseLoader:
                 f"{_where(self.manifest, spec.line, 'label')}: label slices are {label_vol.slice_shape} (H, W) "
                 f"but image slices are {image_vol.slice_shape}"
             )
+        turns = (image_vol.source.exif_orientation, label_vol.source.exif_orientation)
+        if turns[0] != turns[1]:  # pictures open turned by their EXIF tag: a label without it lay turned on a square one
+            raise ManifestError(f"{_where(self.manifest, spec.line, 'label')}: " + exif_mismatch("image", "label", *turns))
         if not image_vol.is_2d and not label_vol.is_2d and (differs := image_vol.grid_difference(label_vol)):
             # both 3D share slice_index: a label of another slab, shifted or flipped gave another place's truth
             raise ManifestError(f"{_where(self.manifest, spec.line, 'label')}: the label is not on the image's grid: "

@@ -16,7 +16,7 @@ from adapters.persam_f import ITERATIONS
 from adapters.persam_oneshot import LOCATION_GATE, METHODS, fit_oneshot, segment_images
 from app.commands.common import add_model_args, apply_local_clicks_arg, check_outputs
 from app.errors import UsageError
-from data.readers import read_mask_image, read_study
+from data.readers import exif_mismatch, read_mask_image, read_study
 from data.volume import Volume
 from data.windowing import default_window, slice_to_rgb
 from data.writers import write_label_nifti, write_png_mask
@@ -92,6 +92,9 @@ def reference_slice(ref: Volume, k: int | None, path: str) -> int:
 def reference_mask(args: argparse.Namespace, ref: Volume, k: int) -> np.ndarray:
     """(H, W) bool mask of the structure on reference slice K."""
     mask_vol = read_study(args.ref_mask)
+    if mask_vol.source.exif_orientation != ref.source.exif_orientation:  # a square photo: a mask lying turned on it
+        raise UsageError(f"--ref-mask {args.ref_mask}: " + exif_mismatch(
+            "reference image", "mask", ref.source.exif_orientation, mask_vol.source.exif_orientation))
     if mask_vol.array.shape[:3] != ref.array.shape[:3]:
         raise UsageError(
             f"--ref-mask {args.ref_mask} has grid {mask_vol.array.shape[:3]} but --ref {args.ref} has "

@@ -28,8 +28,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from data.isolated_read import read_study_isolated
-from data.readers import StudyError, read_study, voxel_limit
-from data.untrusted import UntrustedFileError, check_nrrd_attached
+from data.readers import StudyError, _finite, check_geometry_range, read_study, voxel_limit
+from data.untrusted import NRRD_HEADER_BYTES, UntrustedFileError, check_nrrd_attached
 from data.volume import SourceRef, Volume
 from data.writers import atomic_output
 
@@ -91,10 +91,12 @@ def read_image_file(path: Path, name: str | None = None) -> Volume:
             raise StudyError(f"{name}: the NRRD's space directions are not perpendicular (shear); resample the image "
                              "first (a NIfTI with shear is refused too)")
         volume = Volume.from_sitk(image, source=SourceRef(path=str(path), format="nrrd"))
+        check_geometry_range(name, volume)  # what the label map written back can hold, as for every reader
         from data.readers import guess_modality
 
-        return Volume(array=volume.array, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
-                      modality=guess_modality(volume.array), source=volume.source)
+        array = _finite(volume.array, name)  # NaN/Inf (a float map from Slicer): the readers' one rule
+        return Volume(array=array, spacing=volume.spacing, origin=volume.origin, direction=volume.direction,
+                      modality=guess_modality(array), source=volume.source)
     try:
         return read_study(path)
     except StudyError as e:  # the reader names the file it read: a staged upload's is ours, not the client's
@@ -110,10 +112,26 @@ def _nrrd_reader(path: Path, name: str) -> sitk.ImageFileReader:
     except (UntrustedFileError, OSError) as e:
         raise StudyError(str(e).replace(path.name, name, 1) if isinstance(e, UntrustedFileError)
                          else f"{name}: cannot be read") from None
+    units = _nrrd_space_units(path)
+    if units is not None and any(u.strip('"').strip().lower() != "mm" for u in units.split()):
+        # ITK ignores the field: an NRRD in metres opened 1000 times too small, and its label was written in mm
+        raise StudyError(f"{name}: space units {units}; expected millimetres (\"mm\") on every axis")
     reader = sitk.ImageFileReader()
     reader.SetImageIO("NrrdImageIO")  # never another ITK reader chosen by the bytes (MetaImage has detached data too)
     reader.SetFileName(str(path))
     return reader
+
+
+def _nrrd_space_units(path: Path) -> str | None:
+    """The header's ``space units`` value as written (e.g. ``"mm" "mm" "mm"``), None when absent."""
+    with open(path, "rb") as f:
+        head = f.read(NRRD_HEADER_BYTES)
+    head = head[: head.find(b"\n\n")] if b"\n\n" in head else head
+    for line in head.decode("latin-1").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "space units":
+            return value.strip()
+    return None
 
 
 def read_upload(path: Path, scratch: Path) -> Volume:

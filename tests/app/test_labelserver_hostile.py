@@ -173,3 +173,48 @@ def test_an_image_upload_that_does_not_open_is_named_as_the_client_sent_it(serve
     r = client.put("/datastore/image?image=scan", files={"file": ("scan.nii.gz", b"not an image")})
     assert r.status_code == 400 and r.json()["detail"].startswith("scan.nii.gz: not a readable NIfTI file"), r.text
     assert ".part" not in r.text and not list(studies.glob("*scan*"))
+
+
+NRRD_HEAD = ("NRRD0004\ntype: {type}\ndimension: 3\nspace: left-posterior-superior\nsizes: 32 32 4\n"
+             "space directions: (0.8,0,0) (0,0.8,0) (0,0,2.5)\nendian: little\nencoding: raw\nspace origin: (0,0,0)\n{extra}\n")
+
+
+def test_nan_and_infinite_nrrd_voxels_become_finite_as_from_every_other_reader(tmp_path):
+    """A float volume from 3D Slicer (an ADC or PET map, NaN outside the body) opened with its NaN and +Inf as they
+    were: the model's min/max normalisation then made every pixel NaN. The NIfTI/DICOM readers' rule applies."""
+    from data.readers import StudyWarning
+    from app.labelserver.datastore import read_image_file
+
+    values = np.random.default_rng(1).uniform(-5, 5, GRID).astype(np.float32)
+    values[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    path = tmp_path / "adc.nrrd"
+    path.write_bytes(NRRD_HEAD.format(type="float", extra="").encode() + values.tobytes())
+    with pytest.warns(StudyWarning, match=r"^adc.nrrd: 3 NaN/infinite voxels set to the finite minimum"):
+        volume = read_image_file(path)
+    finite = values[np.isfinite(values)]
+    assert np.isfinite(volume.array).all()
+    assert volume.array[0, 0, :3].tolist() == [finite.min(), finite.max(), finite.min()]
+    np.testing.assert_array_equal(volume.array.ravel()[3:], values.ravel()[3:])
+
+
+@pytest.mark.parametrize("units", ['"m" "m" "m"', '"um" "um" "um"', '"mm" "mm" "cm"'])
+def test_an_nrrd_in_other_units_than_millimetres_is_refused_naming_the_field(served, units):
+    """ITK ignores 'space units': an NRRD in metres opened 1000 times too small, and the label written back
+    (a NIfTI in mm) lay a thousand times smaller than the image in every other viewer."""
+    client, _, sessions = served
+    header = NRRD_HEAD.format(type="short", extra=f"space units: {units}\n").encode()
+    r = client.put("/session/", files={"files": ("metres.nrrd", header + bytes(2 * 32 * 32 * 4))})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"] == f"metres.nrrd: space units {units}; expected millimetres (\"mm\") on every axis"
+    assert not any(sessions.iterdir())
+    mm = NRRD_HEAD.format(type="short", extra='space units: "mm" "mm" "mm"\n').encode()
+    assert client.put("/session/", files={"files": ("mm.nrrd", mm + bytes(2 * 32 * 32 * 4))}).status_code == 200
+
+
+def test_an_nrrd_whose_geometry_no_label_map_can_hold_is_refused(served):
+    """space origin 1e300: the session opened, and the label written back (a NIfTI, float32) had an infinite origin."""
+    client, _, sessions = served
+    header = NRRD_HEAD.format(type="short", extra="").replace("space origin: (0,0,0)", "space origin: (1e300,0,0)")
+    r = client.put("/session/", files={"files": ("far.nrrd", header.encode() + bytes(2 * 32 * 32 * 4))})
+    assert r.status_code == 400 and r.json()["detail"].startswith("far.nrrd: origin (1e+300, 0, 0) mm is more than "), r.text
+    assert not any(sessions.iterdir())

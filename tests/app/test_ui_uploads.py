@@ -76,6 +76,10 @@ def test_too_many_members_refused(tmp_path):
         ([], "no file was uploaded: choose a NIfTI, DICOM files, a zip of a series, or PNG/JPEG"),
         (["a.zip", "b.dcm"], "upload one zip on its own (it should hold one series)"),
         (["a.nii.gz", "b.png"], "upload one NIfTI or image file at a time (several files must be DICOM slices)"),
+        # before: a "series" folder of the two, refused as "no DICOM image series found in this folder"
+        (["scan.hdr", "scan.img"], "scan.hdr: a .hdr/.img pair (Analyze or NIfTI-pair); medseg opens single-file "
+                                   "NIfTI: save it as scan.nii.gz (e.g. nibabel.save(nibabel.load('scan.hdr'), "
+                                   "'scan.nii.gz')) and upload that"),
     ],
 )
 def test_ambiguous_uploads_name_the_fix(tmp_path, files, message):
@@ -144,13 +148,30 @@ def test_nested_folders_unpack_in_place(tmp_path):
     [
         ({"in/mr.nii.gz": b"n"}, "in/mr.nii.gz"),  # one NIfTI alone: that file
         ({"in/mr.nii.gz": b"n", "in/.DS_Store": b"x"}, "in/mr.nii.gz"),  # hidden files do not count
-        ({"in/a.png": b"p", "in/b.png": b"q"}, "."),  # two images: the folder
         ({"s/IM1.dcm": b"d"}, "."),  # DICOM: the folder
+        # a NIfTI with its BIDS sidecar or a README: that NIfTI (before: the folder, "no DICOM image series found")
+        ({"sub-01/anat/sub-01_T1w.nii.gz": b"n", "sub-01/anat/sub-01_T1w.json": b"{}"}, "sub-01/anat/sub-01_T1w.nii.gz"),
+        ({"scan/mr.nii.gz": b"n", "scan/README.txt": b"hi"}, "scan/mr.nii.gz"),
+        ({"s/IM1.dcm": b"d", "s/mr.nii.gz": b"n"}, "."),  # DICOM files alongside: the folder, as before
     ],
 )
 def test_a_zip_opens_as_its_lone_study_file_or_its_folder(tmp_path, members, expected):
     path = import_upload([_zip(tmp_path / "u.zip", members)], tmp_path / "up")
     assert path == (tmp_path / "up" / "unzipped" / expected).resolve() or path == tmp_path / "up" / "unzipped" / expected
+
+
+def test_a_zip_of_several_pictures_or_volumes_without_dicom_asks_for_one(tmp_path):
+    """Before: the folder, refused later as "no DICOM image series found in this folder"."""
+    archive = _zip(tmp_path / "u.zip", {"in/a.png": b"p", "in/b.nii.gz": b"q", "in/notes.txt": b"x"})
+    with _refused("the zip holds 2 NIfTI/PNG/JPEG files (a.png, b.nii.gz) and no DICOM series; upload one at a time"):
+        import_upload([archive], tmp_path / "up")
+
+
+def test_a_zipped_hdr_img_pair_names_the_conversion(tmp_path):
+    archive = _zip(tmp_path / "u.zip", {"spm/T1.HDR": b"h", "spm/T1.IMG": b"i"})
+    with _refused("T1.HDR: a .hdr/.img pair (Analyze or NIfTI-pair); medseg opens single-file NIfTI: save it as "
+                  "T1.nii.gz (e.g. nibabel.save(nibabel.load('T1.HDR'), 'T1.nii.gz')) and upload that"):
+        import_upload([archive], tmp_path / "up")
 
 
 def test_an_empty_zip_names_what_it_should_hold(tmp_path):
@@ -317,3 +338,29 @@ def test_a_single_dicom_file_is_copied_as_itself(tmp_path):
     nested = import_upload([src], tmp_path / "session" / "uploads" / "1")
     assert nested == tmp_path / "session" / "uploads" / "1" / src.name
     assert read_study(nested).num_slices == 1
+
+
+@pytest.mark.parametrize("members, member, why", [
+    ({"a": b"x", "a/IM1.dcm": b"y"}, "a/IM1.dcm", "File exists"),  # a name used as a file and as a folder
+    ({"a/": b"", "a": b"x"}, "a", "Is a directory"),
+    ({"x" * 300 + ".dcm": b"x"}, "x" * 300 + ".dcm", "File name too long"),
+    ({".": b"x"}, ".", "Is a directory"),
+])
+def test_zip_members_that_cannot_be_files_here_are_one_line_naming_the_member(tmp_path, members, member, why):
+    """Before: FileExistsError/IsADirectoryError/OSError with the server's upload path in the message."""
+    archive = tmp_path / "odd.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    with _refused(f"odd.zip: member {member!r} cannot be unpacked ({why}); make the zip again"):
+        import_upload([archive], tmp_path / "upload")
+    assert not (tmp_path / "upload").exists()
+
+
+def test_a_member_more_than_64_folders_deep_is_refused_before_unpacking(tmp_path):
+    """A path of 2000 folders ended Path.mkdir's recursion in RecursionError ("internal error" in the UI)."""
+    name = "/".join(["d"] * 2000) + "/IM1.dcm"
+    archive = _zip(tmp_path / "deep.zip", {name: b"x"})
+    with _refused(f"deep.zip: member {name[:40] + '...'!r} is 2000 folders deep; at most 64 are accepted"):
+        import_upload([archive], tmp_path / "upload")
+    assert not (tmp_path / "upload").exists()

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -577,3 +578,32 @@ def test_a_segment_name_with_a_lone_surrogate_is_written_with_a_replacement_char
     out = write_dicom_seg(labels, ct, tmp_path / "s.dcm", label_names={1: json.loads('"liver \\ud83d"')})
     assert dciodvfy_errors(out) == []
     assert pydicom.dcmread(out).SegmentSequence[0].SegmentLabel == "liver \ufffd"
+
+
+@pytest.mark.parametrize("keyword, value, fault", [
+    ("SOPInstanceUID", None, "has no SOPInstanceUID"),
+    ("StudyInstanceUID", None, "has no StudyInstanceUID"),
+    ("SeriesInstanceUID", "", "has no SeriesInstanceUID"),
+    ("SOPInstanceUID", "not a uid!!", "has SOPInstanceUID 'not a uid!!', which is no DICOM UID"),
+])
+def test_a_source_without_valid_uids_to_reference_is_refused_naming_the_attribute(tmp_path, keyword, value, fault):
+    """A SEG references its source by these UIDs. Before: 'highdicom could not build the DICOM-SEG ('FileDataset'
+    object has no attribute 'SOPInstanceUID')', and an invalid UID was written into the SEG (exit 0) with pydicom's
+    'Invalid value for VR UI' note: a SEG a PACS refuses or cannot link to its images."""
+    ds = pydicom.dcmread(DATA / "dicom" / "pydicom_CT_small.dcm")
+    if value is None:
+        delattr(ds, keyword)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            setattr(ds, keyword, value)
+    ds.save_as(tmp_path / "src.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study = read_study(tmp_path / "src.dcm")
+    labels = np.zeros(study.array.shape, np.uint8)
+    labels[0, 40:60, 50:80] = 1
+    out = tmp_path / "s.dcm"
+    assert _refused(lambda: write_dicom_seg(labels, study, out), out) == (
+        f"{out}: the source image {tmp_path / 'src.dcm'} {fault}; a DICOM-SEG must reference it: write a NIfTI label "
+        "map (.nii.gz) instead")

@@ -396,6 +396,20 @@ def test_a_folder_without_an_image_series_says_so(tmp_path):
     refused(folder, f"{folder}: no DICOM image series found in this folder")
 
 
+def test_a_folder_of_dicom_files_without_the_part10_preamble_says_why_it_has_no_series(tmp_path):
+    """Old exports write the data set alone (no 128-byte preamble, no DICM): pydicom and medseg skip such files,
+    and the folder was refused as if it held no DICOM at all ("no DICOM image series found in this folder")."""
+    folder = tmp_path / "old"
+    folder.mkdir()
+    for n in range(3):
+        ds = db.image_dataset(db.pixels(seed=n)[0], instance=n + 1, ipp=(0.0, 0.0, float(n)))
+        ds.preamble = None
+        del ds.file_meta
+        ds.save_as(folder / f"IM{n}", enforce_file_format=False, implicit_vr=True, little_endian=True)
+    refused(folder, f"{folder}: no DICOM image series found in this folder: 3 file(s) hold a DICOM data set without "
+                    "the Part 10 header (no DICM marker at byte 128); export them again as DICOM files")
+
+
 def test_uneven_series_opens_only_when_asked_at_the_mean_spacing(tmp_path):
     folder = series(tmp_path / "s", [0.0, 2.0, 4.0, 7.0])
     fault = "uneven slice spacing, a step of 3 mm between 2001_2.dcm (4.00 mm) and 2001_3.dcm (7.00 mm) while the others are 2 mm"
@@ -695,3 +709,44 @@ def test_enhanced_multiframe_frames_lie_where_their_functional_groups_put_them(t
         np.testing.assert_allclose(volume.index_to_physical(np.array([0.0, 0.0, k])), [-4.0, -4.0, z], atol=1e-6)
     np.testing.assert_allclose(volume.index_to_physical(np.array([2.0, 1.0, 0.0])), [-3.0, -3.5, zs[0]], atol=1e-6)
     assert volume.source.geometry.startswith("per-frame functional groups")
+
+
+def test_a_single_frame_enhanced_image_is_held_to_its_functional_groups(tmp_path):
+    """An enhanced (multi-frame class) image of one frame keeps its geometry in the functional groups only. The
+    checks ran for 2+ frames alone: a NaN or two-valued PlanePosition opened at an origin of uninitialised memory
+    (0.0, 4.7e-310, 1e-323) with geometry 'none (identity)', and a valid one was also called 'none (identity)'."""
+    from tests.hostile import dicom_bytes as db
+
+    stack = db.pixels(16, 16, seed=3, frames=1)
+
+    def one_frame(position):
+        ds = db.enhanced_multiframe(stack, [7.5], spacing=(0.7, 0.6))
+        ds.NumberOfFrames = 1
+        ds.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient = position
+        return db.write(ds, tmp_path / "one.dcm")
+
+    volume = read_study(one_frame([-4.0, -4.0, 7.5]))
+    np.testing.assert_array_equal(volume.array, stack)
+    assert volume.spacing[:2] == (0.6, 0.7) and volume.origin == (-4.0, -4.0, 7.5)
+    assert volume.source.geometry.startswith("per-frame functional groups")
+    for position, fault in (([float("nan"), 0.0, 0.0], "ImagePositionPatient [nan, 0.0, 0.0] holds NaN or infinite "
+                             "values"), ([1.0, 2.0], "ImagePositionPatient has 2 value(s); expected 3")):
+        refused(one_frame(position), f"{tmp_path / 'one.dcm'}: {fault}")
+
+
+@pytest.mark.parametrize("edit, fault", [
+    ({"ImagePositionPatient": [1e300, -1e300, 1e300]}, "origin (1e+300, -1e+300, 1e+300) mm is more than 100000 mm "
+                                                       "(100 m) from the scanner's origin"),
+    ({"PixelSpacing": [1e-30, 1e-30]}, "voxel spacing (1e-30, 1e-30, 5) mm is outside 1e-06..100000 mm"),
+    ({"PixelSpacing": [1e30, 1e30]}, "voxel spacing (1e+30, 1e+30, 5) mm is outside 1e-06..100000 mm"),
+])
+def test_geometry_that_no_label_map_can_hold_is_refused(tmp_path, edit, fault):
+    """The real CT slice with an absurd position or pixel size: it opened, and the NIfTI label map written of it
+    (float32 geometry) held an infinite origin or a zero spacing, which medseg's own reader then refused ('the
+    sform holds NaN or infinite values' / 'is degenerate'): the annotation was written where nothing can read it."""
+    ds = pydicom.dcmread(DATA / "dicom" / "pydicom_CT_small.dcm")
+    for keyword, value in edit.items():
+        setattr(ds, keyword, value)
+    ds.save_as(tmp_path / "odd.dcm")
+    refused(tmp_path / "odd.dcm", f"{tmp_path / 'odd.dcm'}: {fault}; a label map cannot hold such a geometry "
+                                  "(check ImagePositionPatient / PixelSpacing, or the NIfTI's sform and pixdim)")

@@ -76,8 +76,26 @@ def test_percentile_and_minmax_presets_on_any_volume():
 def test_a_volume_without_non_zero_voxels_gets_the_unit_window():
     window = percentile_window(_volume(np.zeros((1, 3, 3)), "MR"))
     assert (window.lo, window.hi, window.name) == (0.0, 1.0, "percentile")
-    one = percentile_window(_volume(np.array([[[0.0, 7.0]]]), "MR"))  # a single non-zero voxel is a window
-    assert (one.lo, one.hi) == (7.0, 7.0)
+    one = percentile_window(_volume(np.array([[[0.0, 7.0]]]), "MR"))  # one non-zero value: against the zeros
+    assert (one.lo, one.hi) == (0.0, 7.0)
+
+
+def test_a_binary_volume_shows_its_object_not_a_black_slice():
+    """A 0/1 NIfTI (a mask or thresholded map opened as an image): the percentiles of its non-zero voxels are 1 and
+    1, a window of width 0, and the model saw a black slice (a box around the square gave a 280-pixel blob of
+    IoU 0.6 that was the same on a flat image). Its one value now stands against the rest of the volume."""
+    values = np.zeros((2, 64, 64))
+    values[:, 20:40, 20:40] = 1.0
+    vol = _volume(values, "MR")
+    window = default_window(vol)
+    assert (window.lo, window.hi, window.name) == (0.0, 1.0, "percentile")
+    shown = slice_to_rgb(vol, 1, window)[..., 0]
+    np.testing.assert_array_equal(shown, np.where(values[1] == 1.0, 255, 0))
+    mostly = values.copy()
+    mostly[0, 0, :3] = [2.0, -3.0, np.nan]  # >99.5 % of the non-zero voxels are 1: the finite range, NaN left out
+    assert (percentile_window(_volume(mostly, "MR")).lo, percentile_window(_volume(mostly, "MR")).hi) == (-3.0, 2.0)
+    flat = percentile_window(_volume(np.full((1, 4, 4), 7.0), "MR"))  # nothing to tell apart: flat as before
+    assert (flat.lo, flat.hi) == (7.0, 7.0)
 
 
 def test_rgb_and_8_bit_photos_are_taken_as_they_are():

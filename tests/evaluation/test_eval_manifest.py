@@ -312,3 +312,26 @@ def test_a_manifest_saved_in_a_windows_code_page_names_the_file_the_line_and_the
         read_manifest(m)
     m.write_text("case_id,image,label,structure\nb,img.png,lab.png,Läsion\n", encoding="utf-8-sig")  # Excel's UTF-8
     assert read_manifest(m)[0][0].structure == "Läsion"
+
+
+def test_a_picture_turned_by_exif_with_a_label_that_is_not_is_refused(tmp_path):
+    """Pictures open turned as their EXIF Orientation says; a label PNG without that tag stays as stored. On a square
+    picture the truth was then compared turned 90 degrees against the image (a silent Dice of a rotated mask): which
+    way the label was drawn is not known, so the case is refused naming both. Same orientation on both: it loads."""
+    img = (np.arange(40 * 40).reshape(40, 40) % 251).astype(np.uint8)
+    lab = np.zeros((40, 40), np.uint8)
+    lab[5:10, 8:30] = 1
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(img).save(tmp_path / "img.png", exif=exif)
+    Image.fromarray(lab).save(tmp_path / "lab.png")
+    m = _write_manifest(tmp_path, ["case_id", "image", "label"], [ROW])
+    cases, _ = read_manifest(m)
+    with pytest.warns(UserWarning), pytest.raises(ManifestError) as e:
+        CaseLoader(m).load(cases[0])
+    assert str(e.value) == (f"{m} line 2, column 'label': the image has EXIF Orientation 6 and the label 1 (as stored); "
+                            "which way the label was drawn is not known: save both with the same orientation")
+    Image.fromarray(lab).save(tmp_path / "lab.png", exif=exif)
+    with pytest.warns(UserWarning):
+        case = CaseLoader(m).load(cases[0])
+    np.testing.assert_array_equal(case.gt, np.rot90(lab, -1) != 0)

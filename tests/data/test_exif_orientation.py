@@ -1,0 +1,93 @@
+"""A phone or camera picture stores its pixels sideways and says how to turn them (EXIF Orientation, tag 0x0112);
+every photo viewer and browser shows it turned. medseg opened the stored pixels: the user clicked on a picture
+lying on its side, and a box measured in any other viewer landed elsewhere. It now shows the picture as viewers
+do (the reference is PIL's own ``ImageOps.exif_transpose``), says so, and writes masks in that orientation."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from data.readers import StudyWarning, read_study
+
+
+def _picture() -> np.ndarray:
+    """60 x 100 RGB, no symmetry: a red block near the top-left corner, a gradient elsewhere."""
+    rgb = np.zeros((60, 100, 3), np.uint8)
+    rgb[..., 1] = np.arange(100, dtype=np.uint8)[None, :]
+    rgb[..., 2] = np.arange(60, dtype=np.uint8)[:, None] * 4
+    rgb[5:20, 10:40] = (255, 0, 0)
+    return rgb
+
+
+def _with_orientation(path, orientation: int):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(_picture()).save(path, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_a_picture_opens_turned_as_its_exif_orientation_says(tmp_path, orientation):
+    path = _with_orientation(tmp_path / "photo.png", orientation)
+    with Image.open(path) as im:
+        expected = np.asarray(ImageOps.exif_transpose(im))
+    with pytest.warns(StudyWarning, match=rf"^{re.escape(str(path))}: EXIF Orientation {orientation}: shown turned as "
+                      r"photo viewers show it \(masks are written in this orientation\)$"):
+        volume = read_study(path)
+    np.testing.assert_array_equal(volume.array[0], expected)
+    assert volume.source.notes == (f"EXIF Orientation {orientation}: shown turned as photo viewers show it "
+                                   "(masks are written in this orientation)",)
+
+
+def test_orientation_1_and_no_exif_open_as_stored_without_a_note(tmp_path):
+    for path in (_with_orientation(tmp_path / "upright.jpg", 1), tmp_path / "plain.png"):
+        if not path.exists():
+            Image.fromarray(_picture()).save(path)
+        volume = read_study(path)
+        assert volume.array.shape == (1, 60, 100, 3) and volume.source.notes == ()
+
+
+def test_medseg_segment_takes_the_box_on_the_picture_as_viewers_show_it(tmp_path, capsys):
+    """Orientation 6 (turned 90 degrees clockwise): the red block, at x 10..39, y 5..19 as stored, lies at
+    x 40..54, y 10..39 on screen. A box around it there gives a mask there, on the 100 x 60 (H x W) picture."""
+    path = _with_orientation(tmp_path / "photo.jpg", 6)
+    out = tmp_path / "mask.png"
+    from app.cli import main
+
+    assert main(["segment", str(path), "--box", "38", "8", "56", "41", "--output", str(out)]) == 0
+    assert "EXIF Orientation 6" in capsys.readouterr().err
+    mask = np.asarray(Image.open(out)) > 0
+    assert mask.shape == (100, 60)
+    ys, xs = np.nonzero(mask)
+    assert mask[10:40, 40:55].mean() > 0.8 and 38 <= xs.min() and xs.max() <= 56 and 8 <= ys.min() and ys.max() <= 41
+
+
+def test_a_mask_picture_is_turned_as_its_image_is(tmp_path):
+    """The one-shot reference mask and the UI's drawn mask (``read_mask_image``) follow the same rule, so a mask
+    painted on a turned photo and saved with its EXIF lies on the photo as shown."""
+    from data.readers import read_mask_image
+
+    path = _with_orientation(tmp_path / "mask.png", 6)
+    with Image.open(path) as im:
+        expected = np.asarray(ImageOps.exif_transpose(im)).max(axis=2) > 0
+    np.testing.assert_array_equal(read_mask_image(path), expected)
+
+
+def test_oneshot_refuses_a_reference_and_mask_turned_differently(tmp_path, capsys):
+    """As ``medseg eval`` does (``tests/evaluation``): a square photo with Orientation 6 and a mask PNG without it."""
+    from app.cli import main
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "ref.png", exif=exif)
+    Image.fromarray(np.pad(np.full((20, 20), 255, np.uint8), 22)).save(tmp_path / "mask.png")
+    code = main(["oneshot", "--ref", str(tmp_path / "ref.png"), "--ref-mask", str(tmp_path / "mask.png"),
+                 "--targets", str(tmp_path / "ref.png"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"medseg oneshot: error: --ref-mask {tmp_path / 'mask.png'}: the reference image has EXIF Orientation 6 and "
+        "the mask 1 (as stored); which way the mask was drawn is not known: save both with the same orientation"), err

@@ -1,0 +1,75 @@
+"""Stored DICOM values become the values each slice or frame says (RescaleSlope/Intercept), or the file is
+refused: never one slice's rescale applied to another's pixels.
+
+The real CT series (``ct_head_0051_series_k050-061``, HU stored with slope 1, intercept 0) is rewritten with
+one slice stored under another rescale, as PET series (a slope per slice) and mixed exports hold; the expected
+values are the original HU, read independently by pydicom.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from data.readers import StudyError, read_study
+from tests.conftest import DATA
+from tests.hostile import dicom_bytes as db
+
+SERIES = DATA / "dicom" / "ct_head_0051_series_k050-061"
+
+
+def _series_with_one_slice(folder: Path, n: int, stored, slope: float) -> np.ndarray:
+    """Copy the series to ``folder`` with slice ``n`` holding ``stored(hu)`` under RescaleSlope ``slope``
+    (intercept 0); returns the values every slice means (HU elsewhere, stored x slope on slice n)."""
+    shutil.copytree(SERIES, folder)
+    files = sorted(folder.glob("*.dcm"))
+    values = np.stack([pydicom.dcmread(f).pixel_array.astype(np.float64) for f in files])
+    ds = pydicom.dcmread(files[n])
+    raw = stored(values[n])
+    assert np.abs(raw).max() < 32768  # the stored values fit int16
+    ds.PixelData = raw.astype("<i2").tobytes()
+    ds.RescaleSlope, ds.RescaleIntercept = slope, 0
+    ds.save_as(files[n], enforce_file_format=True)
+    values[n] = raw * slope
+    return values
+
+
+@pytest.mark.parametrize("stored, slope", [
+    (lambda hu: hu * 4 + 1, 0.25),  # a fractional slope after slope-1 slices: truncated into the first one's int16
+    (lambda hu: hu, 64.0),  # values past int16 (a PET slope): wrapped round (1729 x 64 read as -32764 and the like)
+], ids=["quarter", "times_64"])
+def test_each_slice_of_a_series_keeps_its_own_rescale(tmp_path, stored, slope):
+    values = _series_with_one_slice(tmp_path / "s", 5, stored, slope)
+    volume = read_study(tmp_path / "s")
+    np.testing.assert_allclose(volume.array, values, atol=1e-6)
+    np.testing.assert_allclose(volume.spacing, (0.9570312, 0.9570312, 1.5), atol=1e-6)
+
+
+def _transform(slope: float, intercept: float) -> Sequence:
+    item = Dataset()
+    item.RescaleSlope, item.RescaleIntercept, item.RescaleType = slope, intercept, "HU"
+    return Sequence([item])
+
+
+def test_an_enhanced_multiframe_with_one_rescale_per_frame_is_refused(tmp_path):
+    """GDCM applied frame 1's PixelValueTransformationSequence to every frame (measured: frame 4 stored with
+    slope 4 came out 2982 HU off); frames that disagree are refused naming them, a shared one is applied."""
+    stack = db.pixels(16, 16, seed=3, frames=4)
+    ds = db.enhanced_multiframe(stack, [0.0, 1.0, 2.0, 3.0])
+    ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence = _transform(2, -1024)
+    shared = read_study(db.write(ds, tmp_path / "shared.dcm"))
+    np.testing.assert_array_equal(shared.array, stack.astype(np.int64) * 2 - 1024)
+
+    for n, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        frame.PixelValueTransformationSequence = _transform(n + 1, -1024)
+    path = db.write(ds, tmp_path / "per_frame.dcm")
+    with pytest.raises(StudyError) as e:
+        read_study(path)
+    assert str(e.value) == (f"{path}: frame 2 has RescaleSlope 2, RescaleIntercept -1024 where frame 1 has 1, -1024; "
+                            "medseg applies one rescale to every frame (save the frames as a series)")
