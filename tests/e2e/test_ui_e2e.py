@@ -937,3 +937,49 @@ def test_the_viewers_ready_never_repeats_the_pages_ready(browser, server, ct):
         assert shown == "Review: slice 2 of 9. · Ready: the slice is encoded."
     finally:
         context.close()
+
+
+def test_page_buttons_pressed_while_clicks_are_queued_act_after_them(browser, server, ct, tmp_path):
+    """A hurried user clicks five times and at once presses Add label and Export, or Open sample: the page's buttons
+    are Gradio events outside the viewer's queue, so before the fix they ran while clicks 2-5 still waited in the
+    browser. The export held one click of five; Add label was undone by the queued clicks (each made label 1 active
+    again), so the page went back to label 1 and the next structure went into it; Open sample made the queued clicks
+    arrive after the switch, refused as "another tab opened ...", and lost. (The model is held while the buttons are
+    pressed: the first click waits at the server, the others in the browser's queue.)"""
+    context, page, sid = _open_page(browser, server)
+    answers: list[int] = []
+    page.on("response", lambda r: answers.append(r.status) if r.url.endswith("/viewer-api/action") else None)
+    try:
+        _open_sample(page)
+        with server.runner.turn():
+            for q in REFINE[:5]:
+                page.mouse.click(*_xy(page, ct, *q))
+            page.locator("#add-label").click()
+            page.locator("#export-btn").click()
+        page.locator("#download").wait_for(state="visible", timeout=TIMEOUT_MS)
+        _idle(page)
+        state = _state(server, sid)
+        assert state["active"] == 2, "Add label was undone by the clicks queued before it"
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('2')", timeout=TIMEOUT_MS)
+        with page.expect_download(timeout=TIMEOUT_MS) as info:
+            page.locator("#download").click()
+        path = tmp_path / "download.nii.gz"
+        info.value.save_as(path)
+        exported = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        np.testing.assert_array_equal(exported, server.labels(sid))  # the export holds all five clicks
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+
+        ct_key = page.locator("#medseg-viewer").get_attribute("data-study")
+        with server.runner.turn():
+            for q in REFINE[:3]:
+                page.mouse.click(*_xy(page, ct, *q))
+            page.locator("#sample input").click()
+            page.get_by_role("option", name=MR_NAME).click()
+            page.locator("#open-sample").click()
+        page.wait_for_function("k => document.querySelector('#medseg-viewer').dataset.study !== k", arg=ct_key,
+                               timeout=TIMEOUT_MS)
+        _idle(page)
+        assert answers and set(answers) == {200}, f"an action was refused: {answers}"
+        assert "another tab" not in page.locator("#viewer-status").inner_text()
+    finally:
+        context.close()

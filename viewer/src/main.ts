@@ -47,6 +47,13 @@ const DRAG_PX = 4 // a press that moves less than this is a click, not a box
 // doubles the wait, up to NEWS_MAX_MS (a server that is down gets no storm); a hidden tab does not poll.
 const NEWS_MS = 3000
 const NEWS_MAX_MS = 60_000
+// The page's buttons whose Gradio events read or change the session's labels, label table or study: they do not go
+// through the viewer's queue, so pressed while prompts were still queued they ran first. An export missed the last
+// clicks, Open sample made the queued clicks arrive after the switch (refused as "another tab opened ..."), and Add
+// label was undone by the queued clicks (each sets its label active). Pressed while the queue is busy, a press is
+// held and made again once the queue is empty. Not Upload (its file chooser opens only on the user's own press).
+const AFTER_QUEUE = ['#open-sample', '#export-btn', '#add-label', '#clear-label', '#propagate', '#review', '#review-prev',
+  '#review-accept', '#review-cut', '#review-next', '#apply-brush', '#oneshot-set', '#oneshot-apply'].join(', ')
 
 const SHORTCUTS: [string, string][] = [
   ['P / B / R / E / V', 'point, box, brush, eraser, navigate'],
@@ -166,6 +173,7 @@ class Viewer {
   pageStamps = 0
   reviewKey = ''
   encodeAgain = false
+  held: HTMLElement[] = []  // the page's buttons pressed while prompts were queued (AFTER_QUEUE), pressed again after
   frameTimes: number[] = []
   promptTimes: number[] = []
   answerTimes: number[] = []  // the same prompts, until the server's answer arrived (the rest is drawing)
@@ -881,6 +889,7 @@ class Viewer {
       if (e.button === 0 && this.tool === 'navigate') window.setTimeout(() => this.afterNavigate(), 0)
     })
     window.addEventListener('keydown', (e) => this.onKey(e), true)
+    document.addEventListener('click', (e) => this.holdPageButton(e), true)
     // back to this tab: another tab of the session may have edited meanwhile; the page's sync shows the server's state
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()
@@ -890,6 +899,24 @@ class Viewer {
       this.newsTimer = 0
       if (!this.newsBusy) this.pollNews()
     })
+  }
+
+  /** A press of one of the page's buttons (AFTER_QUEUE) while the viewer's prompts are queued waits for them:
+   * it is stopped here (before Gradio's own handler) and made again by :meth:`releaseHeld` when the queue is
+   * empty. Presses made again are the script's own (not trusted) and pass. */
+  holdPageButton(e: MouseEvent): void {
+    if (!e.isTrusted || this.inFlight === 0) return
+    const b = (e.target as Element | null)?.closest?.(AFTER_QUEUE) as HTMLElement | null
+    if (!b || (b as HTMLButtonElement).disabled) return
+    e.preventDefault(); e.stopImmediatePropagation()
+    if (!this.held.includes(b)) this.held.push(b)
+    const n = this.pending.length
+    const what = (b.textContent || 'that').trim()
+    this.showStatus(`${what}: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+  }
+
+  releaseHeld(): void {
+    for (const b of this.held.splice(0)) if (b.isConnected) b.click()
   }
 
   /** A brush stroke's next mouse position. Leaving the image ends the piece at the edge; coming back starts
@@ -1074,6 +1101,7 @@ class Viewer {
           if (this.state && this.labelsNewer(this.state.boot, this.state.rev) && this.study === this.state.study) this.reloadLabels()
           if (!quiet || body.kind === 'window' || this.tableStale) { this.tableStale = false; this.syncPage() }
           if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box' || this.readyWanted) this.requestEncode()
+          this.releaseHeld()
         }
       }
     })
