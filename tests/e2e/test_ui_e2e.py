@@ -411,6 +411,12 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     page.keyboard.up("Control")
     assert page.evaluate("medsegViewer.nv.scene.pan2Dxyzmm[3]") > 1.1
     page.keyboard.press("0")
+    # the corner's zoom follows the keys too (it went on saying the zoom before "0", "+" and "-")
+    assert "zoom 1.0×" in page.locator("#viewer-info").inner_text()
+    page.keyboard.press("+")
+    zoom = page.evaluate("medsegViewer.nv.scene.pan2Dxyzmm[3].toFixed(1)")
+    assert zoom != "1.0" and f"zoom {zoom}×" in page.locator("#viewer-info").inner_text()
+    page.keyboard.press("0")
     page.mouse.move(*centre)
     page.mouse.down(button="right")
     page.mouse.move(centre[0] + 120, centre[1] + 60, steps=6)

@@ -646,14 +646,18 @@ class Viewer {
     if (!this.suggestOn) { this.suggestion = null; this.drawOverlay() }
   }
 
+  // both show the zoom in the corner at once: the keys (+, -, 0) and Fit left it saying the zoom before
   resetZoom(): void {
     this.nv.setPan2Dxyzmm([0, 0, 0, 1] as any)
     this.drawOverlay()
+    this.showInfo()
   }
 
   zoom(factor: number): void {
     const p = this.nv.scene.pan2Dxyzmm
     this.nv.setPan2Dxyzmm([p[0], p[1], p[2], Math.min(20, Math.max(0.5, p[3] * factor))] as any)
+    this.drawOverlay()
+    this.showInfo()
   }
 
   moveTo(mm: number[], view: string): void {
