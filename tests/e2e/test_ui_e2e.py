@@ -989,3 +989,27 @@ def test_page_buttons_pressed_while_clicks_are_queued_act_after_them(browser, se
         assert "another tab" not in page.locator("#viewer-status").inner_text()
     finally:
         context.close()
+
+
+def test_a_reload_with_clicks_still_queued_asks_first_and_staying_keeps_them(browser, server, ct):
+    """Five quick clicks then F5 kept one: the others waited in the page's own queue, and the reload dropped them
+    without a word. While edits are queued the browser now asks before leaving; staying, all five arrive, in order.
+    (The model is held: the first click waits at the server, the others in the queue.)"""
+    context, page, _ = _open_page(browser, server)
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.type), d.dismiss()))
+    try:
+        _open_sample(page)
+        with server.runner.turn():
+            for q in REFINE[:5]:
+                page.mouse.click(*_xy(page, ct, *q))
+            with page.expect_event("dialog", timeout=20_000):  # the handler above records it and stays
+                page.evaluate("() => { setTimeout(() => location.reload(), 0) }")  # F5
+        assert dialogs == ["beforeunload"]
+        _idle(page)
+        assert page.evaluate("medsegViewer.object.points.length") == 5
+        page.reload()  # nothing queued: no question
+        _wait_status(page, "Ready")
+        assert dialogs == ["beforeunload"]
+    finally:
+        context.close()

@@ -173,6 +173,7 @@ class Viewer {
   pageStamps = 0
   reviewKey = ''
   encodeAgain = false
+  editsQueued = 0  // label edits (prompts, strokes, undo, redo) sent or waiting in the queue: a reload asks first
   held: HTMLElement[] = []  // the page's buttons pressed while prompts were queued (AFTER_QUEUE), pressed again after
   frameTimes: number[] = []
   promptTimes: number[] = []
@@ -894,6 +895,13 @@ class Viewer {
     })
     window.addEventListener('keydown', (e) => this.onKey(e), true)
     document.addEventListener('click', (e) => this.holdPageButton(e), true)
+    // a reload or a closed tab while edits were queued lost them without a word (the queue lives in this page: only
+    // the one on its way reached the server; 5 quick clicks then F5 kept 1): the browser asks first
+    window.addEventListener('beforeunload', (e) => {
+      if (this.editsQueued === 0) return
+      e.preventDefault()
+      e.returnValue = ''
+    })
     // back to this tab: another tab of the session may have edited meanwhile; the page's sync shows the server's state
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()
@@ -1068,6 +1076,8 @@ class Viewer {
     const t0 = performance.now()
     if (!quiet) this.readyWanted = false  // the prompt's own answer is the news now
     this.inFlight++
+    const edit = REVISION_KINDS.has(body.kind)
+    if (edit) this.editsQueued++
     this.root.setAttribute('data-busy', String(this.inFlight))
     const id = String(++traceSeq)
     const asks = SUGGEST_KINDS.has(body.kind) // prompts and undo/redo answer with the next suggestion when asked
@@ -1099,6 +1109,7 @@ class Viewer {
       } finally {
         if (pending) this.pending = this.pending.filter((p) => p !== pending)
         this.inFlight--
+        if (edit) this.editsQueued--
         this.root.setAttribute('data-busy', String(this.inFlight))
         this.drawOverlay()
         if (this.inFlight === 0) {
