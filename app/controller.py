@@ -333,8 +333,10 @@ def set_display(
     for name, value in (("level", level), ("width", width), ("opacity", opacity)):
         if value is not None:
             _finite(value, f"window {name}" if name != "opacity" else name)
-    if window == "custom" and (width is None or float(width) <= 0):
-        raise ValueError(f"window width must be positive, got {width}")
+    if window == "custom" and width is None:  # the Width box emptied, then Enter
+        raise ValueError("window width must be positive: the Width box is empty")
+    if window == "custom" and float(width) <= 0:
+        raise ValueError(f"window width must be positive, got {float(width):g}")
     if mode not in MODES:
         raise ValueError(f"unknown click mode {mode!r}; expected one of {', '.join(MODES)}")
     vs = session.view
