@@ -693,6 +693,6 @@ def test_a_flag_or_lock_sent_as_text_is_refused_not_read_the_other_way(ctx, open
     assert str(e.value) == message
     assert not s.labels.any() and not s.undo_stack and s.prompt is None
     answer = actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True})
-    assert answer["status"].startswith("Positive click")
+    assert answer["status"] == "Positive click (1 point): overlay updated."  # it said "(1 points)"
     answer = actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *RIGHT_HORN), "positive": 0})
-    assert answer["status"].startswith("Negative click") and [p["positive"] for p in answer["object"]["points"]] == [True, False]
+    assert answer["status"] == "Negative click (2 points): overlay updated." and [p["positive"] for p in answer["object"]["points"]] == [True, False]
