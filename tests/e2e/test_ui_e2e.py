@@ -945,13 +945,14 @@ def test_the_viewers_ready_never_repeats_the_pages_ready(browser, server, ct):
         context.close()
 
 
-def test_page_buttons_pressed_while_clicks_are_queued_act_after_them(browser, server, ct, tmp_path):
+def test_page_buttons_and_label_choice_made_while_clicks_are_queued_act_after_them(browser, server, ct, tmp_path):
     """A hurried user clicks five times and at once presses Add label and Export, or Open sample: the page's buttons
     are Gradio events outside the viewer's queue, so before the fix they ran while clicks 2-5 still waited in the
     browser. The export held one click of five; Add label was undone by the queued clicks (each made label 1 active
     again), so the page went back to label 1 and the next structure went into it; Open sample made the queued clicks
     arrive after the switch, refused as "another tab opened ...", and lost. (The model is held while the buttons are
-    pressed: the first click waits at the server, the others in the browser's queue.)"""
+    pressed: the first click waits at the server, the others in the browser's queue.) A label picked in the Active
+    label box meanwhile was undone the same way; it now goes through the viewer's queue, after the clicks."""
     context, page, sid = _open_page(browser, server)
     answers: list[int] = []
     page.on("response", lambda r: answers.append(r.status) if r.url.endswith("/viewer-api/action") else None)
@@ -973,6 +974,20 @@ def test_page_buttons_pressed_while_clicks_are_queued_act_after_them(browser, se
         info.value.save_as(path)
         exported = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
         np.testing.assert_array_equal(exported, server.labels(sid))  # the export holds all five clicks
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+
+        # the same with the Active label box: label 1 again, three clicks, label 2 picked while they are queued
+        page.locator("#viewer-legend .mv-label[data-value='1'] .mv-name").click()
+        _idle(page)
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('1')", timeout=TIMEOUT_MS)
+        with server.runner.turn():
+            for q in REFINE[:3]:
+                page.mouse.click(*_xy(page, ct, *q))
+            page.locator("#label input").click()
+            page.get_by_role("option", name="2 · label 2").click()
+        _idle(page)
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('2')", timeout=TIMEOUT_MS)
+        assert _state(server, sid)["active"] == 2, "the label picked was undone by the clicks queued before it"
         assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
 
         ct_key = page.locator("#medseg-viewer").get_attribute("data-study")

@@ -895,6 +895,7 @@ class Viewer {
     })
     window.addEventListener('keydown', (e) => this.onKey(e), true)
     document.addEventListener('click', (e) => this.holdPageButton(e), true)
+    document.addEventListener('mousedown', (e) => this.queueLabelChoice(e), true)  // Gradio's dropdown picks on mousedown
     // a reload or a closed tab while edits were queued lost them without a word (the queue lives in this page: only
     // the one on its way reached the server; 5 quick clicks then F5 kept 1): the browser asks first
     window.addEventListener('beforeunload', (e) => {
@@ -925,6 +926,21 @@ class Viewer {
     const n = this.pending.length
     const what = (b.textContent || 'that').trim()
     this.showStatus(`${what}: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+  }
+
+  /** A label picked in the page's Active label box while prompts are queued goes through the viewer's queue, after
+   * them: Gradio's own event ran before them, and each queued prompt (it names its label) made its label active
+   * again, so the page went back to the old label and the next structure went into it. */
+  queueLabelChoice(e: MouseEvent): void {
+    if (!e.isTrusted || e.button !== 0 || this.inFlight === 0) return
+    const option = (e.target as Element | null)?.closest?.('#label [role="option"]')
+    if (!option) return
+    const text = (option.textContent ?? '').replace(/^\s*✓?\s*/, '').trim()  // "2 · label 2" (controller.view_model)
+    const d = (this.state?.labels ?? []).find((x) => `${x.value} · ${x.name}` === text)
+    if (!d) return
+    e.preventDefault(); e.stopImmediatePropagation()
+    ;(document.activeElement as HTMLElement | null)?.blur?.()  // closes the list; the page shows the choice after the sync
+    this.enqueue({ kind: 'active', label: d.value })
   }
 
   releaseHeld(): void {
