@@ -158,12 +158,17 @@ def _greet(session: Session, news: str) -> ViewModel:
 
 
 def _with_session(fn):
-    """Run an action under the session's lock (two tabs of one browser share a session)."""
+    """Run an action under the session's lock (two tabs of one browser share a session). Its message takes its place
+    in the news order there, as the viewer's answers do: stamped later, when the page was built, a Clear label's
+    message looked newer than the undo the viewer sent right after it, and replaced it."""
 
     def wrapper(ctx: AppContext, sid: str, *args, **kwargs) -> ViewModel:
         session = _session(ctx, sid)
         with session.lock:
-            return fn(ctx, session, *args, **kwargs)
+            vm = fn(ctx, session, *args, **kwargs)
+            if vm.status is not None and vm.status_at is None:
+                vm.status_at = news_stamp()
+            return vm
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
