@@ -1028,3 +1028,28 @@ def test_a_reload_with_clicks_still_queued_asks_first_and_staying_keeps_them(bro
         assert dialogs == ["beforeunload"]
     finally:
         context.close()
+
+
+def test_a_brush_stroke_begun_off_the_image_paints_from_where_it_enters(browser, server, ct):
+    """A stroke begun in the black band below the image and drawn up into it painted nothing, without a word, and the
+    drag selected the corner's text (shown highlighted). It now paints from the image's edge where it enters, as a
+    stroke that leaves the image and comes back already did, and selects no text."""
+    from app.render import Plane
+
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        edge = _xy(page, ct, 128, 255.4)  # the bottom edge of coronal slice 6
+        canvas = page.locator("#viewer-canvas").bounding_box()
+        start = (edge[0], (edge[1] + canvas["y"] + canvas["height"]) / 2)  # between the image and the canvas's bottom
+        assert page.evaluate("([x, y]) => medsegViewer.pick(x, y)", [start[0] - canvas["x"], start[1] - canvas["y"]]) \
+            is None, "the stroke must begin off the image"
+        _drag(page, start, _xy(page, ct, 128, 200))
+        page.wait_for_function("medsegViewer.inFlight === 0", timeout=TIMEOUT_MS)  # nothing queued, or its answer came
+        plane = Plane.of(ct, "coronal").extract(server.labels(sid), 6)
+        rows = np.flatnonzero(plane[:, 128] == 1)
+        assert rows.size and rows.min() <= 202 and rows.max() == 255, f"painted rows {rows.min() if rows.size else None}.."
+        assert page.evaluate("String(getSelection())") == ""
+    finally:
+        context.close()

@@ -817,6 +817,15 @@ class Viewer {
         this.wl = { x: e.clientX, y: e.clientY, level: (vol.cal_max! + vol.cal_min!) / 2, width: vol.cal_max! - vol.cal_min! }
         return
       }
+      const painting = this.tool === 'brush' || this.tool === 'erase'
+      if (e.button === 0 && painting && !hit && this.state?.study && this.nv.volumes.length) {
+        // a stroke begun off the image (its black band, another view's letterbox) paints from where it enters, as a
+        // stroke that leaves and comes back does; before, it painted nothing and dragged a text selection instead
+        e.stopPropagation(); e.preventDefault()
+        this.drag = { x0: x, y0: y, x, y, view: this.currentView, mm0: [], stroke: [], button: 0, done: [], out: true,
+          last: [x, y], outAt: [x, y] }
+        return
+      }
       if (e.button !== 0 || !editing() || !hit || !this.state?.study) return
       e.stopPropagation(); e.preventDefault()
       this.drag = { x0: x, y0: y, x, y, view: hit.view, mm0: hit.mm, stroke: [hit.mm], button: 0, done: [], out: false,
@@ -952,6 +961,7 @@ class Viewer {
    * coming back on another painted a straight line across the image where the brush never went. */
   extendStroke(d: NonNullable<Viewer['drag']>, x: number, y: number): void {
     const hit = this.pick(x, y)
+    if (hit && !d.mm0.length && !d.stroke.length && !d.done.length) d.view = hit.view  // begun off every image
     if (hit && hit.view === d.view) {
       if (d.out) {
         if (d.stroke.length) d.done.push(d.stroke)
