@@ -627,6 +627,15 @@ def test_a_lost_answer_says_whether_the_server_applied_the_click(browser, server
     page.wait_for_function("() => !medsegViewer.reloading", timeout=TIMEOUT_MS)
     assert _browser_labels(page) == counts  # the overlay shows the mask the server made
     page.unroute("**/viewer-api/action")
+
+    # the server unreachable (down, the network gone): said in words, not as fetch's "TypeError: Failed to fetch"
+    page.route("**/viewer-api/action", lambda route: route.abort() if is_point(route) else route.continue_())
+    page.route("**/viewer-api/state", lambda route: route.abort())
+    page.mouse.click(*_xy(page, ct, *INSIDE))
+    _idle(page)
+    shown = page.locator("#viewer-status").inner_text()
+    assert shown == ("⚠ the server did not answer (no connection), nor when asked again: whether your click was "
+                     "applied is not known"), shown
     context.close()
 
 

@@ -98,6 +98,12 @@ function base64Bytes(data: string): Uint8Array {
   return out
 }
 
+/** A failed request as a person reads it: fetch's network failure is "TypeError: Failed to fetch", which said
+ * "the server did not answer (TypeError: Failed to fetch), nor when asked again (TypeError: Failed to fetch)". */
+function failure(e: unknown): string {
+  return e instanceof TypeError ? 'no connection' : String(e)
+}
+
 function el<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, text = ''): HTMLElementTagNameMap[K] {
   const e = document.createElement(tag)
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v)
@@ -1131,7 +1137,7 @@ class Viewer {
         traceMark('action.applied', { id, kind: body.kind })
         if (pending) { this.promptTimes.push(performance.now() - t0); this.answerTimes.push(answered) }
       } catch (e) {
-        await this.answerLost(body.kind, String(e), sent)
+        await this.answerLost(body.kind, failure(e), sent)
       } finally {
         if (pending) this.pending = this.pending.filter((p) => p !== pending)
         this.inFlight--
@@ -1172,7 +1178,9 @@ class Viewer {
       if (!r.ok) throw new Error(`state: ${r.status}`)
       s = await r.json()
     } catch (e) {
-      this.showError(`the server did not answer (${why}), nor when asked again (${e}): whether your ${what} was applied is not known`)
+      const again = failure(e)
+      this.showError(`the server did not answer (${why}), nor when asked again${again === why ? '' : ` (${again})`}: ` +
+        `whether your ${what} was applied is not known`)
       return
     }
     traceMark('action.lost', { kind, rev: s.rev, sent: sent.rev })
