@@ -158,12 +158,17 @@ def _greet(session: Session, news: str) -> ViewModel:
 
 
 def _with_session(fn):
-    """Run an action under the session's lock (two tabs of one browser share a session)."""
+    """Run an action under the session's lock (two tabs of one browser share a session). Its message takes its place
+    in the news order there, as the viewer's answers do: stamped later, when the page was built, a Clear label's
+    message looked newer than the undo the viewer sent right after it, and replaced it."""
 
     def wrapper(ctx: AppContext, sid: str, *args, **kwargs) -> ViewModel:
         session = _session(ctx, sid)
         with session.lock:
-            return fn(ctx, session, *args, **kwargs)
+            vm = fn(ctx, session, *args, **kwargs)
+            if vm.status is not None and vm.status_at is None:
+                vm.status_at = news_stamp()
+            return vm
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -333,8 +338,10 @@ def set_display(
     for name, value in (("level", level), ("width", width), ("opacity", opacity)):
         if value is not None:
             _finite(value, f"window {name}" if name != "opacity" else name)
-    if window == "custom" and (width is None or float(width) <= 0):
-        raise ValueError(f"window width must be positive, got {width}")
+    if window == "custom" and width is None:  # the Width box emptied, then Enter
+        raise ValueError("window width must be positive: the Width box is empty")
+    if window == "custom" and float(width) <= 0:
+        raise ValueError(f"window width must be positive, got {float(width):g}")
     if mode not in MODES:
         raise ValueError(f"unknown click mode {mode!r}; expected one of {', '.join(MODES)}")
     vs = session.view

@@ -399,8 +399,8 @@ def build_app(config: UIConfig):
         clear_btn.click(lambda s: guarded(controller.clear, s), [sid], outputs)
         label_name.submit(lambda s, n, c: guarded(controller.edit_label, s, n, c), [sid, label_name, colour], outputs)
         for event in (colour.input, colour.change):  # a typed hex colour fires change only
-            event(lambda s, n, c: _colour_changed(ctx, guarded, s, n, c, len(outputs)), [sid, label_name, colour],
-                  outputs, trigger_mode="always_last", show_progress="hidden")
+            event(lambda s, v, n, c: _colour_changed(ctx, guarded, s, v, n, c, len(outputs)),
+                  [sid, label, label_name, colour], outputs, trigger_mode="always_last", show_progress="hidden")
 
         # --- export --------------------------------------------------------------------------
         def on_export(s, fmt, keep):
@@ -523,14 +523,21 @@ def _no_download():
     return gr.update(value=None, visible=False)
 
 
-def _colour_changed(ctx: AppContext, guarded, sid, name, colour, n_outputs: int) -> list[Any]:
-    """Save a picked or typed colour unless it is the active label's colour already (the page echoes it)."""
+def _colour_changed(ctx: AppContext, guarded, sid, shown, name, colour, n_outputs: int) -> list[Any]:
+    """Save a picked or typed colour unless it is the active label's colour already (the page echoes it), or the
+    page showed another label (``shown``, the Active label box) than the server's active one when it fired.
+
+    Why the label: the picker's change fires on every refresh of the page, and its handler runs later; a refresh
+    that showed label 1 just before Add label made label 2 active sent label 1's name and colour as an edit of
+    label 2 ("label name: 'label 1' is already label 1's" on the status line, unasked; with another name, label 2
+    renamed and recoloured)."""
     import gradio as gr
 
     try:
         session = ctx.store.get(sid)
         with session.lock:
-            if session.volume is None or controller.parse_colour(colour) == session.label(session.active).colour:
+            if (session.volume is None or str(shown) != str(session.active)
+                    or controller.parse_colour(colour) == session.label(session.active).colour):
                 return [gr.skip()] * n_outputs
     except (SessionError, *USER_ERRORS):
         pass

@@ -244,7 +244,8 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
             if _flag(body, "new_object", False):
                 session.prompt = None
             edit = interaction.click(ctx.runner, session, x, y, positive=positive)
-            status = f"{'Positive' if positive else 'Negative'} click ({len(session.prompt.points)} points): overlay updated."
+            n = len(session.prompt.points)
+            status = f"{'Positive' if positive else 'Negative'} click ({n} point{'s' if n != 1 else ''}): overlay updated."
         elif kind == "box":
             view, (index, x0, y0) = _where(volume, body, "mm")
             _, (_, x1, y1) = _where(volume, body, "mm2", view)

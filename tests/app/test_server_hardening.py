@@ -182,6 +182,9 @@ def test_width_zero_is_one_clear_error(ctx):
     for width in (0, -5):
         with pytest.raises(ValueError, match="window width must be positive"):
             controller.set_display(ctx, sid, "custom", 40, width, 0.45, "point +")
+    # an emptied Width box and Enter: said as the user sees it (it said "got None", Python's word, in the browser)
+    with pytest.raises(ValueError, match=r"^window width must be positive: the Width box is empty$"):
+        controller.set_display(ctx, sid, "custom", 40, None, 0.45, "point +")
     assert ctx.store.get(sid).view.width == 400
 
 

@@ -58,3 +58,25 @@ def test_a_background_refresh_leaves_the_typed_fields_alone(page, refresh):
     assert after[at["label-name"]] == gr.skip()
     assert background(sid)[at["width"]] == gr.skip()  # and then it is left alone again
 
+
+
+def test_a_colour_echo_of_a_label_no_longer_active_edits_nothing(page):
+    """The colour picker's change fires on every refresh of the page, and its handler runs later: a refresh that
+    showed label 1 just before Add label made label 2 active sent label 1's name and colour as an edit of label 2,
+    and the status line said "label name: 'label 1' is already label 1's" unasked (seen in the browser after clicks
+    then Add label). The event carries the label the page showed; one that is not the active label edits nothing."""
+    demo, event, _ = page
+    ctx = demo.medseg_ctx
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
+    session = ctx.store.get(sid)
+    red = "#%02x%02x%02x" % session.label(1).colour
+    controller.add_label(ctx, sid, "")  # label 2 is active now
+    before = [(d.value, d.name, d.colour) for d in session.label_defs]
+    change = event("label-colour", "change")
+    shown = {"label": 1, "label-name": "label 1", "label-colour": red}
+    args = [sid if getattr(b, "elem_id", None) is None else shown[b.elem_id] for b in change.inputs]
+    answer = change.fn(*args)
+    assert all(v == gr.skip() for v in answer), f"the echo changed the page: {answer!r}"
+    assert [(d.value, d.name, d.colour) for d in session.label_defs] == before
+    assert session.active == 2

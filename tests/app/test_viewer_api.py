@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from app import controller
+from app import controller, messages
 from app.controller import AppContext
 from app.interaction import ModelRunner, PlaneEmbeddings, Prefetcher
 from app.render import Plane
@@ -693,6 +693,20 @@ def test_a_flag_or_lock_sent_as_text_is_refused_not_read_the_other_way(ctx, open
     assert str(e.value) == message
     assert not s.labels.any() and not s.undo_stack and s.prompt is None
     answer = actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True})
-    assert answer["status"].startswith("Positive click")
+    assert answer["status"] == "Positive click (1 point): overlay updated."  # it said "(1 points)"
     answer = actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *RIGHT_HORN), "positive": 0})
-    assert answer["status"].startswith("Negative click") and [p["positive"] for p in answer["object"]["points"]] == [True, False]
+    assert answer["status"] == "Negative click (2 points): overlay updated." and [p["positive"] for p in answer["object"]["points"]] == [True, False]
+
+
+def test_a_page_actions_message_is_as_old_as_the_action_not_the_page_built_after_it(ctx, opened):
+    """Clear label, then ctrl+Z at once (Chromium): the server cleared, the viewer's undo brought the label back, and
+    the status line said "Cleared label 1 (undo brings it back)." over "Undid clear label 1.": the page's message
+    was stamped in the news order when the page was built (``app.ui.present``), after the undo had answered, so it
+    looked newer and replaced the undo's. An action's message is stamped when it ends, under the session's lock."""
+    s = opened
+    actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True})
+    vm = controller.clear(ctx, s.id)  # its answer is on its way to the page
+    undone = actions.act(ctx, s, {"kind": "undo"})  # the viewer's ctrl+Z, answered first
+    assert undone["status"].startswith("Undid clear") and (s.labels == 1).any()
+    page = vm.status_at or messages.news_stamp()  # the stamp app.ui.present gives the page's message
+    assert page < undone["at"], "the clear's message looks newer than the undo that came after it"

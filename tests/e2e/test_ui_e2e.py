@@ -411,6 +411,12 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     page.keyboard.up("Control")
     assert page.evaluate("medsegViewer.nv.scene.pan2Dxyzmm[3]") > 1.1
     page.keyboard.press("0")
+    # the corner's zoom follows the keys too (it went on saying the zoom before "0", "+" and "-")
+    assert "zoom 1.0×" in page.locator("#viewer-info").inner_text()
+    page.keyboard.press("+")
+    zoom = page.evaluate("medsegViewer.nv.scene.pan2Dxyzmm[3].toFixed(1)")
+    assert zoom != "1.0" and f"zoom {zoom}×" in page.locator("#viewer-info").inner_text()
+    page.keyboard.press("0")
     page.mouse.move(*centre)
     page.mouse.down(button="right")
     page.mouse.move(centre[0] + 120, centre[1] + 60, steps=6)
@@ -621,6 +627,15 @@ def test_a_lost_answer_says_whether_the_server_applied_the_click(browser, server
     page.wait_for_function("() => !medsegViewer.reloading", timeout=TIMEOUT_MS)
     assert _browser_labels(page) == counts  # the overlay shows the mask the server made
     page.unroute("**/viewer-api/action")
+
+    # the server unreachable (down, the network gone): said in words, not as fetch's "TypeError: Failed to fetch"
+    page.route("**/viewer-api/action", lambda route: route.abort() if is_point(route) else route.continue_())
+    page.route("**/viewer-api/state", lambda route: route.abort())
+    page.mouse.click(*_xy(page, ct, *INSIDE))
+    _idle(page)
+    shown = page.locator("#viewer-status").inner_text()
+    assert shown == ("⚠ the server did not answer (no connection), nor when asked again: whether your click was "
+                     "applied is not known"), shown
     context.close()
 
 
@@ -935,5 +950,115 @@ def test_the_viewers_ready_never_repeats_the_pages_ready(browser, server, ct):
                               " return document.querySelector('#viewer-status').innerText }",
                               "Ready: the slice is encoded.")
         assert shown == "Review: slice 2 of 9. · Ready: the slice is encoded."
+    finally:
+        context.close()
+
+
+def test_page_buttons_and_label_choice_made_while_clicks_are_queued_act_after_them(browser, server, ct, tmp_path):
+    """A hurried user clicks five times and at once presses Add label and Export, or Open sample: the page's buttons
+    are Gradio events outside the viewer's queue, so before the fix they ran while clicks 2-5 still waited in the
+    browser. The export held one click of five; Add label was undone by the queued clicks (each made label 1 active
+    again), so the page went back to label 1 and the next structure went into it; Open sample made the queued clicks
+    arrive after the switch, refused as "another tab opened ...", and lost. (The model is held while the buttons are
+    pressed: the first click waits at the server, the others in the browser's queue.) A label picked in the Active
+    label box meanwhile was undone the same way; it now goes through the viewer's queue, after the clicks."""
+    context, page, sid = _open_page(browser, server)
+    answers: list[int] = []
+    page.on("response", lambda r: answers.append(r.status) if r.url.endswith("/viewer-api/action") else None)
+    try:
+        _open_sample(page)
+        with server.runner.turn():
+            for q in REFINE[:5]:
+                page.mouse.click(*_xy(page, ct, *q))
+            page.locator("#add-label").click()
+            page.locator("#export-btn").click()
+        page.locator("#download").wait_for(state="visible", timeout=TIMEOUT_MS)
+        _idle(page)
+        state = _state(server, sid)
+        assert state["active"] == 2, "Add label was undone by the clicks queued before it"
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('2')", timeout=TIMEOUT_MS)
+        with page.expect_download(timeout=TIMEOUT_MS) as info:
+            page.locator("#download").click()
+        path = tmp_path / "download.nii.gz"
+        info.value.save_as(path)
+        exported = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        np.testing.assert_array_equal(exported, server.labels(sid))  # the export holds all five clicks
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+
+        # the same with the Active label box: label 1 again, three clicks, label 2 picked while they are queued
+        page.locator("#viewer-legend .mv-label[data-value='1'] .mv-name").click()
+        _idle(page)
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('1')", timeout=TIMEOUT_MS)
+        with server.runner.turn():
+            for q in REFINE[:3]:
+                page.mouse.click(*_xy(page, ct, *q))
+            page.locator("#label input").click()
+            page.get_by_role("option", name="2 · label 2").click()
+        _idle(page)
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('2')", timeout=TIMEOUT_MS)
+        assert _state(server, sid)["active"] == 2, "the label picked was undone by the clicks queued before it"
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+
+        ct_key = page.locator("#medseg-viewer").get_attribute("data-study")
+        with server.runner.turn():
+            for q in REFINE[:3]:
+                page.mouse.click(*_xy(page, ct, *q))
+            page.locator("#sample input").click()
+            page.get_by_role("option", name=MR_NAME).click()
+            page.locator("#open-sample").click()
+        page.wait_for_function("k => document.querySelector('#medseg-viewer').dataset.study !== k", arg=ct_key,
+                               timeout=TIMEOUT_MS)
+        _idle(page)
+        assert answers and set(answers) == {200}, f"an action was refused: {answers}"
+        assert "another tab" not in page.locator("#viewer-status").inner_text()
+    finally:
+        context.close()
+
+
+def test_a_reload_with_clicks_still_queued_asks_first_and_staying_keeps_them(browser, server, ct):
+    """Five quick clicks then F5 kept one: the others waited in the page's own queue, and the reload dropped them
+    without a word. While edits are queued the browser now asks before leaving; staying, all five arrive, in order.
+    (The model is held: the first click waits at the server, the others in the queue.)"""
+    context, page, _ = _open_page(browser, server)
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.type), d.dismiss()))
+    try:
+        _open_sample(page)
+        with server.runner.turn():
+            for q in REFINE[:5]:
+                page.mouse.click(*_xy(page, ct, *q))
+            with page.expect_event("dialog", timeout=20_000):  # the handler above records it and stays
+                page.evaluate("() => { setTimeout(() => location.reload(), 0) }")  # F5
+        assert dialogs == ["beforeunload"]
+        _idle(page)
+        assert page.evaluate("medsegViewer.object.points.length") == 5
+        page.reload()  # nothing queued: no question
+        _wait_status(page, "Ready")
+        assert dialogs == ["beforeunload"]
+    finally:
+        context.close()
+
+
+def test_a_brush_stroke_begun_off_the_image_paints_from_where_it_enters(browser, server, ct):
+    """A stroke begun in the black band below the image and drawn up into it painted nothing, without a word, and the
+    drag selected the corner's text (shown highlighted). It now paints from the image's edge where it enters, as a
+    stroke that leaves the image and comes back already did, and selects no text."""
+    from app.render import Plane
+
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        edge = _xy(page, ct, 128, 255.4)  # the bottom edge of coronal slice 6
+        canvas = page.locator("#viewer-canvas").bounding_box()
+        start = (edge[0], (edge[1] + canvas["y"] + canvas["height"]) / 2)  # between the image and the canvas's bottom
+        assert page.evaluate("([x, y]) => medsegViewer.pick(x, y)", [start[0] - canvas["x"], start[1] - canvas["y"]]) \
+            is None, "the stroke must begin off the image"
+        _drag(page, start, _xy(page, ct, 128, 200))
+        page.wait_for_function("medsegViewer.inFlight === 0", timeout=TIMEOUT_MS)  # nothing queued, or its answer came
+        plane = Plane.of(ct, "coronal").extract(server.labels(sid), 6)
+        rows = np.flatnonzero(plane[:, 128] == 1)
+        assert rows.size and rows.min() <= 202 and rows.max() == 255, f"painted rows {rows.min() if rows.size else None}.."
+        assert page.evaluate("String(getSelection())") == ""
     finally:
         context.close()

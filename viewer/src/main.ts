@@ -47,6 +47,13 @@ const DRAG_PX = 4 // a press that moves less than this is a click, not a box
 // doubles the wait, up to NEWS_MAX_MS (a server that is down gets no storm); a hidden tab does not poll.
 const NEWS_MS = 3000
 const NEWS_MAX_MS = 60_000
+// The page's buttons whose Gradio events read or change the session's labels, label table or study: they do not go
+// through the viewer's queue, so pressed while prompts were still queued they ran first. An export missed the last
+// clicks, Open sample made the queued clicks arrive after the switch (refused as "another tab opened ..."), and Add
+// label was undone by the queued clicks (each sets its label active). Pressed while the queue is busy, a press is
+// held and made again once the queue is empty. Not Upload (its file chooser opens only on the user's own press).
+const AFTER_QUEUE = ['#open-sample', '#export-btn', '#add-label', '#clear-label', '#propagate', '#review', '#review-prev',
+  '#review-accept', '#review-cut', '#review-next', '#apply-brush', '#oneshot-set', '#oneshot-apply'].join(', ')
 
 const SHORTCUTS: [string, string][] = [
   ['P / B / R / E / V', 'point, box, brush, eraser, navigate'],
@@ -89,6 +96,12 @@ function base64Bytes(data: string): Uint8Array {
   const out = new Uint8Array(s.length)
   for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i)
   return out
+}
+
+/** A failed request as a person reads it: fetch's network failure is "TypeError: Failed to fetch", which said
+ * "the server did not answer (TypeError: Failed to fetch), nor when asked again (TypeError: Failed to fetch)". */
+function failure(e: unknown): string {
+  return e instanceof TypeError ? 'no connection' : String(e)
 }
 
 function el<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, text = ''): HTMLElementTagNameMap[K] {
@@ -166,6 +179,8 @@ class Viewer {
   pageStamps = 0
   reviewKey = ''
   encodeAgain = false
+  editsQueued = 0  // label edits (prompts, strokes, undo, redo) sent or waiting in the queue: a reload asks first
+  held: HTMLElement[] = []  // the page's buttons pressed while prompts were queued (AFTER_QUEUE), pressed again after
   frameTimes: number[] = []
   promptTimes: number[] = []
   answerTimes: number[] = []  // the same prompts, until the server's answer arrived (the rest is drawing)
@@ -638,14 +653,18 @@ class Viewer {
     if (!this.suggestOn) { this.suggestion = null; this.drawOverlay() }
   }
 
+  // both show the zoom in the corner at once: the keys (+, -, 0) and Fit left it saying the zoom before
   resetZoom(): void {
     this.nv.setPan2Dxyzmm([0, 0, 0, 1] as any)
     this.drawOverlay()
+    this.showInfo()
   }
 
   zoom(factor: number): void {
     const p = this.nv.scene.pan2Dxyzmm
     this.nv.setPan2Dxyzmm([p[0], p[1], p[2], Math.min(20, Math.max(0.5, p[3] * factor))] as any)
+    this.drawOverlay()
+    this.showInfo()
   }
 
   moveTo(mm: number[], view: string): void {
@@ -804,6 +823,15 @@ class Viewer {
         this.wl = { x: e.clientX, y: e.clientY, level: (vol.cal_max! + vol.cal_min!) / 2, width: vol.cal_max! - vol.cal_min! }
         return
       }
+      const painting = this.tool === 'brush' || this.tool === 'erase'
+      if (e.button === 0 && painting && !hit && this.state?.study && this.nv.volumes.length) {
+        // a stroke begun off the image (its black band, another view's letterbox) paints from where it enters, as a
+        // stroke that leaves and comes back does; before, it painted nothing and dragged a text selection instead
+        e.stopPropagation(); e.preventDefault()
+        this.drag = { x0: x, y0: y, x, y, view: this.currentView, mm0: [], stroke: [], button: 0, done: [], out: true,
+          last: [x, y], outAt: [x, y] }
+        return
+      }
       if (e.button !== 0 || !editing() || !hit || !this.state?.study) return
       e.stopPropagation(); e.preventDefault()
       this.drag = { x0: x, y0: y, x, y, view: hit.view, mm0: hit.mm, stroke: [hit.mm], button: 0, done: [], out: false,
@@ -881,6 +909,15 @@ class Viewer {
       if (e.button === 0 && this.tool === 'navigate') window.setTimeout(() => this.afterNavigate(), 0)
     })
     window.addEventListener('keydown', (e) => this.onKey(e), true)
+    document.addEventListener('click', (e) => this.holdPageButton(e), true)
+    document.addEventListener('mousedown', (e) => this.queueLabelChoice(e), true)  // Gradio's dropdown picks on mousedown
+    // a reload or a closed tab while edits were queued lost them without a word (the queue lives in this page: only
+    // the one on its way reached the server; 5 quick clicks then F5 kept 1): the browser asks first
+    window.addEventListener('beforeunload', (e) => {
+      if (this.editsQueued === 0) return
+      e.preventDefault()
+      e.returnValue = ''
+    })
     // back to this tab: another tab of the session may have edited meanwhile; the page's sync shows the server's state
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()
@@ -892,11 +929,45 @@ class Viewer {
     })
   }
 
+  /** A press of one of the page's buttons (AFTER_QUEUE) while the viewer's prompts are queued waits for them:
+   * it is stopped here (before Gradio's own handler) and made again by :meth:`releaseHeld` when the queue is
+   * empty. Presses made again are the script's own (not trusted) and pass. */
+  holdPageButton(e: MouseEvent): void {
+    if (!e.isTrusted || this.inFlight === 0) return
+    const b = (e.target as Element | null)?.closest?.(AFTER_QUEUE) as HTMLElement | null
+    if (!b || (b as HTMLButtonElement).disabled) return
+    e.preventDefault(); e.stopImmediatePropagation()
+    if (!this.held.includes(b)) this.held.push(b)
+    const n = this.pending.length
+    const what = (b.textContent || 'that').trim()
+    this.showStatus(`${what}: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+  }
+
+  /** A label picked in the page's Active label box while prompts are queued goes through the viewer's queue, after
+   * them: Gradio's own event ran before them, and each queued prompt (it names its label) made its label active
+   * again, so the page went back to the old label and the next structure went into it. */
+  queueLabelChoice(e: MouseEvent): void {
+    if (!e.isTrusted || e.button !== 0 || this.inFlight === 0) return
+    const option = (e.target as Element | null)?.closest?.('#label [role="option"]')
+    if (!option) return
+    const text = (option.textContent ?? '').replace(/^\s*✓?\s*/, '').trim()  // "2 · label 2" (controller.view_model)
+    const d = (this.state?.labels ?? []).find((x) => `${x.value} · ${x.name}` === text)
+    if (!d) return
+    e.preventDefault(); e.stopImmediatePropagation()
+    ;(document.activeElement as HTMLElement | null)?.blur?.()  // closes the list; the page shows the choice after the sync
+    this.enqueue({ kind: 'active', label: d.value })
+  }
+
+  releaseHeld(): void {
+    for (const b of this.held.splice(0)) if (b.isConnected) b.click()
+  }
+
   /** A brush stroke's next mouse position. Leaving the image ends the piece at the edge; coming back starts
    * another piece at the edge. The stroke was one polyline of its inside points, so leaving on one side and
    * coming back on another painted a straight line across the image where the brush never went. */
   extendStroke(d: NonNullable<Viewer['drag']>, x: number, y: number): void {
     const hit = this.pick(x, y)
+    if (hit && !d.mm0.length && !d.stroke.length && !d.done.length) d.view = hit.view  // begun off every image
     if (hit && hit.view === d.view) {
       if (d.out) {
         if (d.stroke.length) d.done.push(d.stroke)
@@ -1037,6 +1108,8 @@ class Viewer {
     const t0 = performance.now()
     if (!quiet) this.readyWanted = false  // the prompt's own answer is the news now
     this.inFlight++
+    const edit = REVISION_KINDS.has(body.kind)
+    if (edit) this.editsQueued++
     this.root.setAttribute('data-busy', String(this.inFlight))
     const id = String(++traceSeq)
     const asks = SUGGEST_KINDS.has(body.kind) // prompts and undo/redo answer with the next suggestion when asked
@@ -1064,16 +1137,18 @@ class Viewer {
         traceMark('action.applied', { id, kind: body.kind })
         if (pending) { this.promptTimes.push(performance.now() - t0); this.answerTimes.push(answered) }
       } catch (e) {
-        await this.answerLost(body.kind, String(e), sent)
+        await this.answerLost(body.kind, failure(e), sent)
       } finally {
         if (pending) this.pending = this.pending.filter((p) => p !== pending)
         this.inFlight--
+        if (edit) this.editsQueued--
         this.root.setAttribute('data-busy', String(this.inFlight))
         this.drawOverlay()
         if (this.inFlight === 0) {
           if (this.state && this.labelsNewer(this.state.boot, this.state.rev) && this.study === this.state.study) this.reloadLabels()
           if (!quiet || body.kind === 'window' || this.tableStale) { this.tableStale = false; this.syncPage() }
           if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box' || this.readyWanted) this.requestEncode()
+          this.releaseHeld()
         }
       }
     })
@@ -1103,7 +1178,9 @@ class Viewer {
       if (!r.ok) throw new Error(`state: ${r.status}`)
       s = await r.json()
     } catch (e) {
-      this.showError(`the server did not answer (${why}), nor when asked again (${e}): whether your ${what} was applied is not known`)
+      const again = failure(e)
+      this.showError(`the server did not answer (${why}), nor when asked again${again === why ? '' : ` (${again})`}: ` +
+        `whether your ${what} was applied is not known`)
       return
     }
     traceMark('action.lost', { kind, rev: s.rev, sent: sent.rev })
