@@ -32,8 +32,9 @@ METHODS = ("persam", "persam_f", "persam_box")
 # Off: it moved PerSAM-F's point out of the air but lowered its held-out mean Dice (docs/oneshot.md, session 11).
 LOCATION_GATE = False
 # Keep the positive point inside the body of its slice (adapters.body_mask): the structure is never in the air.
-# Clean references only (parity references never are restricted). docs/clicks.md, "One-shot: the body mask".
-BODY_MASK = True
+# Clean references only (parity references never are restricted). Off: by the rule fixed before the runs it had to
+# raise PerSAM-F's held-out mean; it lowered it (0.427 -> 0.409) and the shared brain/head (docs/clicks.md, session 14).
+BODY_MASK = False
 
 
 @dataclass(frozen=True)
