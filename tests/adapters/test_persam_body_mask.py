@@ -110,3 +110,29 @@ def test_persam_f_on_mni152_k26_the_point_leaves_the_air_and_the_dice_rises(lite
     assert body_mask(img)[y1, x1] and gt[y1, x1]
     before, after = dice(res[False].mask, gt), dice(res[True].mask, gt)
     assert before < 0.3 and after > 0.6, (before, after)
+
+
+def test_cli_body_mask_on_keeps_the_mask_out_of_the_air(tmp_path):
+    """``medseg oneshot --body-mask on|off`` on the Colin27 slab (PNG reference k=1 + its brain mask, PNG target
+    k=11; the CLI windows them again): off, PerSAM-F's mask spreads over thousands of air pixels; on, it lies in
+    the body."""
+    from PIL import Image
+
+    from app.cli import main as cli_main
+
+    ref, ref_mask, target = tmp_path / "ref.png", tmp_path / "ref_mask.png", tmp_path / "k11.png"
+    Image.fromarray(window(mr_slice(IMAGE, 1))).save(ref)
+    Image.fromarray((mr_slice(BRAIN, 1) > 0).astype(np.uint8) * 255).save(ref_mask)
+    img = window(mr_slice(IMAGE, 11))
+    Image.fromarray(img).save(target)
+    masks = {}
+    for flag in ("off", "on"):
+        rc = cli_main(["oneshot", "--method", "persam_f", "--ref", str(ref), "--ref-mask", str(ref_mask),
+                       "--targets", str(target), "--output", str(tmp_path / flag), "--body-mask", flag])
+        assert rc == 0
+        masks[flag] = np.asarray(Image.open(tmp_path / flag / "k11.png")) > 0
+    body = body_mask(img)
+    # measured: off 32,505 px, 5,241 of them in the air; on 1,772 px, 7 in the air (the mask's edge; the rule moves
+    # the point, the decoder draws the mask)
+    assert (masks["off"] & ~body).sum() > 1000
+    assert masks["on"].any() and (masks["on"] & ~body).sum() <= 0.01 * masks["on"].sum()
