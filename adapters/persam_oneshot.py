@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from adapters.body_mask import body_mask, both
 from adapters.decoder_hooks import mask_decoder_of, two_way_transformer
 from adapters.persam import (
     PerSAMReference,
@@ -30,6 +31,10 @@ METHODS = ("persam", "persam_f", "persam_box")
 # Keep the positive point on pixels that look like the reference structure (adapters.persam.location_allowed).
 # Off: it moved PerSAM-F's point out of the air but lowered its held-out mean Dice (docs/oneshot.md, session 11).
 LOCATION_GATE = False
+# Keep the positive point inside the body of its slice (adapters.body_mask): the structure is never in the air.
+# Clean references only (parity references never are restricted). Off: by the rule fixed before the runs it had to
+# raise PerSAM-F's held-out mean; it lowered it (0.427 -> 0.409) and the shared brain/head (docs/clicks.md, session 14).
+BODY_MASK = False
 
 
 @dataclass(frozen=True)
@@ -51,12 +56,13 @@ class OneShot:
 
     def segment(
         self, segmenter: Segmenter, embedding: Embedding, image: np.ndarray | None = None, *,
-        location_gate: bool | None = None,
+        location_gate: bool | None = None, body: bool | None = None,
     ) -> PerSAMResult:
         """Segment the learnt structure on one embedded slice.
 
-        image: that slice as the model got it ((H, W[, 3]) uint8); with it (and ``location_gate``, default
-        ``LOCATION_GATE``) the positive point stays on pixels that look like the reference structure.
+        image: that slice as the model got it ((H, W[, 3]) uint8); with it the positive point stays inside the
+        slice's body (``body``, default ``BODY_MASK``) and, with ``location_gate`` (default ``LOCATION_GATE``), on
+        pixels that look like the reference structure.
         """
         if segmenter.name != self.model_name:
             raise RuntimeError(
@@ -65,11 +71,18 @@ class OneShot:
             )
         gate = LOCATION_GATE if location_gate is None else location_gate
         allowed = location_allowed(image, self.base.intensity_range) if gate else None
+        allowed = both(allowed, body_region(image, self.base.parity, body))
         if self.method == "persam_f":
             return persam_f_segment(segmenter, self.persam_f, embedding, allowed=allowed)
         if self.method == "persam_box":
             return persam_box_segment(segmenter, self.persam_box, embedding, allowed=allowed)
         return persam_segment(segmenter, self.reference, embedding, allowed=allowed)
+
+
+def body_region(image: np.ndarray | None, parity: bool, body: bool | None) -> np.ndarray | None:
+    """The slice's body where the positive point may lie (None: anywhere; parity references never restricted)."""
+    on = BODY_MASK if body is None else body
+    return body_mask(image) if on and image is not None and not parity else None
 
 
 def fit_oneshot(
@@ -82,12 +95,14 @@ def fit_oneshot(
     iterations: int = ITERATIONS,
     ref_embedding: Embedding | None = None,
     location_gate: bool | None = None,
+    body: bool | None = None,
 ) -> OneShot:
     """Learn a structure from one slice.
 
     ref_image: (H, W) or (H, W, 3) uint8 (windowed slice). ref_mask: (H, W) bool, the structure.
     ref_embedding: pass it if the slice is already embedded (the UI caches embeddings).
     location_gate (default ``LOCATION_GATE``): PerSAM-F's training point on the reference is gated too.
+    body (default ``BODY_MASK``): PerSAM-F's training point stays inside the reference slice's body too.
     """
     if method not in METHODS:
         raise ValueError(f"one-shot method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -100,6 +115,7 @@ def fit_oneshot(
     if method == "persam_f":
         gate = LOCATION_GATE if location_gate is None else location_gate
         allowed = None if rng is None or not gate else location_allowed(ref_image, rng)
+        allowed = both(allowed, body_region(ref_image, parity, body))
         model = fit_persam_f(
             segmenter, embedding, ref_mask, parity=parity, iterations=iterations, intensity_range=rng, allowed=allowed
         )
@@ -119,13 +135,14 @@ def segment_images(
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
     location_gate: bool | None = None,
+    body: bool | None = None,
 ) -> list[PerSAMResult]:
     """Segment several (H, W[, 3]) uint8 slices (e.g. every slice of a volume), embedding in batches."""
     results: list[PerSAMResult] = []
     for start in range(0, len(images), batch_size):
         batch = list(images[start : start + batch_size])
         for image, emb in zip(batch, segmenter.embed_batch(batch)):
-            results.append(oneshot.segment(segmenter, emb, image, location_gate=location_gate))
+            results.append(oneshot.segment(segmenter, emb, image, location_gate=location_gate, body=body))
             if progress is not None:
                 progress(len(results), len(images))
     return results

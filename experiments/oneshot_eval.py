@@ -177,7 +177,13 @@ def main() -> int:
                     help="PerSAM's points alone through the base decoder, not models.point_prompts (as before issue 18)")
     ap.add_argument("--location-gate", choices=("on", "off"), default=None,
                     help="keep the positive point on pixels that look like the reference (default: the library's)")
+    ap.add_argument("--body-mask", choices=("on", "off"), default=None,
+                    help="keep the positive point inside the slice's body (default: the library's, BODY_MASK)")
     args = ap.parse_args()
+    if args.body_mask is not None:
+        import adapters.persam_oneshot
+
+        adapters.persam_oneshot.BODY_MASK = args.body_mask == "on"
     if args.location_gate is not None:
         import adapters.persam_oneshot
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from adapters.persam_f import ITERATIONS
-from adapters.persam_oneshot import LOCATION_GATE, METHODS, fit_oneshot, segment_images
+from adapters.persam_oneshot import BODY_MASK, LOCATION_GATE, METHODS, fit_oneshot, segment_images
 from app.commands.common import add_model_args, apply_local_clicks_arg, check_outputs
 from app.errors import UsageError
 from data.readers import exif_mismatch, read_mask_image, read_study
@@ -63,6 +63,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="keep the positive point on target pixels whose grey value lies within the reference structure's "
         "1st-99th percentile (so it does not land in the air outside the head); never in --parity; "
         f"default {'on' if LOCATION_GATE else 'off'}",
+    )
+    p.add_argument(
+        "--body-mask", choices=("on", "off"), default="on" if BODY_MASK else "off",
+        help="keep the positive point inside each slice's body (pixels above the window's floor, largest component, "
+        f"holes filled), the reference's too; never in --parity; default {'on' if BODY_MASK else 'off'}",
     )
     add_model_args(p)
     return p
@@ -140,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     segmenter = load_segmenter(args.model, args.checkpoint, args.device)
     t0 = time.perf_counter()
     oneshot = fit_oneshot(
-        segmenter, ref_image, mask, method=args.method, parity=args.parity, iterations=args.iterations
+        segmenter, ref_image, mask, method=args.method, parity=args.parity, iterations=args.iterations,
+        body=args.body_mask == "on",
     )
     print(f"learnt {args.method} from {args.ref} slice {k} ({int(mask.sum())} px) in {time.perf_counter() - t0:.1f} s")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
         window = default_window(volume, args.window)
         images = [slice_to_rgb(volume, i, window) for i in range(volume.num_slices)]
         t1 = time.perf_counter()
-        results = segment_images(segmenter, oneshot, images, location_gate=args.location_gate == "on")
+        results = segment_images(
+            segmenter, oneshot, images, location_gate=args.location_gate == "on", body=args.body_mask == "on"
+        )
         if volume.is_2d:
             path = write_png_mask(results[0].mask, out_dir / f"{stem}.png")
         else:
