@@ -329,6 +329,13 @@ def _check_rescale(path: Path, ds: pydicom.Dataset) -> None:
         if not math.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
             raise StudyError(f"{path}: {keyword} {value:g}; expected a finite number{' other than 0' if keyword == 'RescaleSlope' else ''}"
                              " (the stored values cannot be turned into the modality's units)")
+    slope, intercept = _rescale(ds)
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1" and (slope, intercept) != (1, 0):
+        # MONOCHROME1 is for display, after the rescale; GDCM inverts the stored values before it (measured: a CT
+        # slice of -896..1167 HU opened at -3216..-1153)
+        raise StudyError(f"{path}: MONOCHROME1 with RescaleSlope {slope:g}, RescaleIntercept {intercept:g}: the decoder "
+                         "inverts the stored values before the rescale, so the modality's values (HU) would be wrong; "
+                         "save it as MONOCHROME2")
 
 
 def _read_header(path: Path) -> pydicom.Dataset:
