@@ -410,6 +410,9 @@ def _instance(ds: pydicom.Dataset) -> int:
         return 0
 
 
+SERIES_LISTED = 10  # series named in a refusal's one line (a study export may hold thousands: 70 characters each)
+
+
 def read_dicom_series(
     folder: Path, *, series_uid: str | None = None, max_voxels: int | None = None, allow_uneven: bool = False
 ) -> Volume:
@@ -419,14 +422,18 @@ def read_dicom_series(
         raise StudyError(f"{folder}: no DICOM image series found in this folder" + (
             f": {bare} file(s) hold a DICOM data set without the Part 10 header (no DICM marker at byte 128); "
             "export them again as DICOM files" if bare else ""))
+    shown = SERIES_LISTED
+    more = f" and {len(series) - shown} more (medseg info {folder} lists them)" if len(series) > shown else ""
     if series_uid is not None:
         chosen = [s for s in series if s.series_instance_uid == series_uid]
         if not chosen:
-            raise StudyError(f"{folder}: no series {series_uid}; it holds {', '.join(s.series_instance_uid for s in series)}")
+            raise StudyError(f"{folder}: no series {series_uid}; it holds "
+                             f"{', '.join(s.series_instance_uid for s in series[:shown])}{more}")
         info = chosen[0]
     elif len(series) > 1:
-        listing = "; ".join(f"{s.series_instance_uid} ({s.modality}, {len(s.files)} files)" for s in series)
-        raise StudyError(f"{folder}: holds {len(series)} series, pick one with --series UID: {listing}")
+        listing = "; ".join(f"{s.series_instance_uid} ({s.modality}, {len(s.files)} files)" for s in series[:shown])
+        raise StudyError(f"{folder}: holds {len(series)} series, pick one with --series UID: {listing}"
+                         + (f";{more}" if more else ""))
     else:
         info = series[0]
     for f in info.files:
