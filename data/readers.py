@@ -291,6 +291,11 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
     samples, bits = _int(ds, "SamplesPerPixel", 1), _int(ds, "BitsAllocated", 16)
     if not 1 <= samples <= limits.MAX_SAMPLES_PER_PIXEL or bits not in (1, 8, 16, 32, 64):
         raise StudyError(f"{path}: SamplesPerPixel {samples} / BitsAllocated {bits}; expected 1-4 samples of 1, 8, 16, 32 or 64 bits")
+    if _no_decoder(scan.transfer_syntax):
+        name = pydicom.uid.UID(scan.transfer_syntax).name
+        raise StudyError(f"{path}: transfer syntax {scan.transfer_syntax}"
+                         f"{f' ({name})' if name != scan.transfer_syntax else ''} has no decoder here; save it "
+                         "uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")
     native = scan.transfer_syntax in NATIVE_SYNTAXES or not scan.transfer_syntax
     if native and scan.encapsulated:
         raise StudyError(f"{path}: compressed (encapsulated) pixel data in the uncompressed transfer syntax {scan.transfer_syntax}")
@@ -313,6 +318,17 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
     if (scan.pixel_length or 0) < expected:
         raise StudyError(f"{path}: truncated DICOM file: {scan.pixel_length or 0} of {expected} bytes of pixel data "
                          f"({frames} frame(s) of {_int(ds, 'Rows')} x {_int(ds, 'Columns')} x {samples} x {bits} bits)")
+
+
+# Transfer syntaxes GDCM (under SimpleITK) cannot decode: video (MPEG-2/4, HEVC), JPIP references, JPEG XL, HTJ2K,
+# SMPTE ST 2110. GDCM failed on them with "Failed to change to Implicit Transfer Syntax", naming neither.
+NO_DECODER_PREFIXES = ("1.2.840.10008.1.2.4.10", "1.2.840.10008.1.2.4.11", "1.2.840.10008.1.2.4.20",
+                       "1.2.840.10008.1.2.7.")
+NO_DECODER = frozenset({"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95"})
+
+
+def _no_decoder(syntax: str) -> bool:
+    return syntax in NO_DECODER or syntax.startswith(NO_DECODER_PREFIXES)
 
 
 def _check_rescale(path: Path, ds: pydicom.Dataset) -> None:

@@ -764,3 +764,18 @@ def test_a_folder_of_many_series_names_the_first_ten_in_its_one_line(tmp_path):
                     f"(medseg info {folder} lists them)")
     refused(folder, f"{folder}: no series 9.9; it holds {', '.join(uids[:10])} and 15 more "
                     f"(medseg info {folder} lists them)", series_uid="9.9")
+
+
+@pytest.mark.parametrize("syntax, name", [("1.2.840.10008.1.2.4.201", "High-Throughput JPEG 2000 Image Compression "
+                                           "(Lossless Only)"), ("1.2.840.10008.1.2.4.100", "MPEG2 Main Profile / Main Level")])
+def test_a_transfer_syntax_without_a_decoder_here_is_named(tmp_path, syntax, name):
+    """Before: 'DICOM pixel data could not be decoded (ITK ERROR: GDCMImageIO: Failed to change to Implicit Transfer
+    Syntax)', which names neither the syntax nor the fix."""
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(DATA / "dicom" / "pydicom_CT_small.dcm")
+    ds.compress(RLELossless)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(tmp_path / "new.dcm")
+    refused(tmp_path / "new.dcm", f"{tmp_path / 'new.dcm'}: transfer syntax {syntax} ({name}) has no decoder here; "
+                                  "save it uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")
