@@ -159,6 +159,11 @@ def _single_study_in(folder: Path) -> Path:
         raise UploadError("the zip is empty: it should hold the files of one DICOM series or one NIfTI")
     _refuse_hdr_img(files)
     singles = sorted(p for p in files if p.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES))
+    if not singles and not any(_is_dicom(p) for p in files):
+        inner = sorted(p.name for p in files if p.name.lower().endswith(".zip"))
+        if inner:  # not unpacked: one level of untrusted archive only
+            raise UploadError(f"the zip holds another zip ({', '.join(inner[:3])}{', ...' if len(inner) > 3 else ''}) "
+                              "and no study files; unpack it and upload the inner zip")
     if not singles or any(_is_dicom(p) for p in files if p not in singles):
         return folder
     if len(singles) == 1:

@@ -291,6 +291,11 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
     samples, bits = _int(ds, "SamplesPerPixel", 1), _int(ds, "BitsAllocated", 16)
     if not 1 <= samples <= limits.MAX_SAMPLES_PER_PIXEL or bits not in (1, 8, 16, 32, 64):
         raise StudyError(f"{path}: SamplesPerPixel {samples} / BitsAllocated {bits}; expected 1-4 samples of 1, 8, 16, 32 or 64 bits")
+    if _no_decoder(scan.transfer_syntax):
+        name = pydicom.uid.UID(scan.transfer_syntax).name
+        raise StudyError(f"{path}: transfer syntax {scan.transfer_syntax}"
+                         f"{f' ({name})' if name != scan.transfer_syntax else ''} has no decoder here; save it "
+                         "uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")
     native = scan.transfer_syntax in NATIVE_SYNTAXES or not scan.transfer_syntax
     if native and scan.encapsulated:
         raise StudyError(f"{path}: compressed (encapsulated) pixel data in the uncompressed transfer syntax {scan.transfer_syntax}")
@@ -315,6 +320,17 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
                          f"({frames} frame(s) of {_int(ds, 'Rows')} x {_int(ds, 'Columns')} x {samples} x {bits} bits)")
 
 
+# Transfer syntaxes GDCM (under SimpleITK) cannot decode: video (MPEG-2/4, HEVC), JPIP references, JPEG XL, HTJ2K,
+# SMPTE ST 2110. GDCM failed on them with "Failed to change to Implicit Transfer Syntax", naming neither.
+NO_DECODER_PREFIXES = ("1.2.840.10008.1.2.4.10", "1.2.840.10008.1.2.4.11", "1.2.840.10008.1.2.4.20",
+                       "1.2.840.10008.1.2.7.")
+NO_DECODER = frozenset({"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95"})
+
+
+def _no_decoder(syntax: str) -> bool:
+    return syntax in NO_DECODER or syntax.startswith(NO_DECODER_PREFIXES)
+
+
 def _check_rescale(path: Path, ds: pydicom.Dataset) -> None:
     """RescaleSlope 0, NaN or inf, or a NaN/inf intercept: GDCM silently reads such a slope as 1 and such an
     intercept as 0 (measured: slope 0 with intercept -1024 opened as stored - 1024), values the file does not
@@ -329,6 +345,13 @@ def _check_rescale(path: Path, ds: pydicom.Dataset) -> None:
         if not math.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
             raise StudyError(f"{path}: {keyword} {value:g}; expected a finite number{' other than 0' if keyword == 'RescaleSlope' else ''}"
                              " (the stored values cannot be turned into the modality's units)")
+    slope, intercept = _rescale(ds)
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1" and (slope, intercept) != (1, 0):
+        # MONOCHROME1 is for display, after the rescale; GDCM inverts the stored values before it (measured: a CT
+        # slice of -896..1167 HU opened at -3216..-1153)
+        raise StudyError(f"{path}: MONOCHROME1 with RescaleSlope {slope:g}, RescaleIntercept {intercept:g}: the decoder "
+                         "inverts the stored values before the rescale, so the modality's values (HU) would be wrong; "
+                         "save it as MONOCHROME2")
 
 
 def _read_header(path: Path) -> pydicom.Dataset:
@@ -403,6 +426,9 @@ def _instance(ds: pydicom.Dataset) -> int:
         return 0
 
 
+SERIES_LISTED = 10  # series named in a refusal's one line (a study export may hold thousands: 70 characters each)
+
+
 def read_dicom_series(
     folder: Path, *, series_uid: str | None = None, max_voxels: int | None = None, allow_uneven: bool = False
 ) -> Volume:
@@ -412,14 +438,18 @@ def read_dicom_series(
         raise StudyError(f"{folder}: no DICOM image series found in this folder" + (
             f": {bare} file(s) hold a DICOM data set without the Part 10 header (no DICM marker at byte 128); "
             "export them again as DICOM files" if bare else ""))
+    shown = SERIES_LISTED
+    more = f" and {len(series) - shown} more (medseg info {folder} lists them)" if len(series) > shown else ""
     if series_uid is not None:
         chosen = [s for s in series if s.series_instance_uid == series_uid]
         if not chosen:
-            raise StudyError(f"{folder}: no series {series_uid}; it holds {', '.join(s.series_instance_uid for s in series)}")
+            raise StudyError(f"{folder}: no series {series_uid}; it holds "
+                             f"{', '.join(s.series_instance_uid for s in series[:shown])}{more}")
         info = chosen[0]
     elif len(series) > 1:
-        listing = "; ".join(f"{s.series_instance_uid} ({s.modality}, {len(s.files)} files)" for s in series)
-        raise StudyError(f"{folder}: holds {len(series)} series, pick one with --series UID: {listing}")
+        listing = "; ".join(f"{s.series_instance_uid} ({s.modality}, {len(s.files)} files)" for s in series[:shown])
+        raise StudyError(f"{folder}: holds {len(series)} series, pick one with --series UID: {listing}"
+                         + (f";{more}" if more else ""))
     else:
         info = series[0]
     for f in info.files:

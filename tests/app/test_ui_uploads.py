@@ -174,6 +174,15 @@ def test_a_zipped_hdr_img_pair_names_the_conversion(tmp_path):
         import_upload([archive], tmp_path / "up")
 
 
+def test_a_zip_of_zips_asks_for_the_inner_one(tmp_path):
+    """A zip a colleague zipped again: before, the folder of the inner zip was read as a DICOM folder ("no DICOM
+    image series found in this folder"). Inner zips are not unpacked (one level of untrusted archive only)."""
+    inner = _zip(tmp_path / "series.zip", {"IM1.dcm": b"d"})
+    outer = _zip(tmp_path / "outer.zip", {"export/series.zip": inner.read_bytes(), "export/readme.txt": b"hi"})
+    with _refused("the zip holds another zip (series.zip) and no study files; unpack it and upload the inner zip"):
+        import_upload([outer], tmp_path / "up")
+
+
 def test_an_empty_zip_names_what_it_should_hold(tmp_path):
     with pytest.raises(UploadError, match=r"^the zip is empty: it should hold the files of one DICOM series or one NIfTI$"):
         import_upload([_zip(tmp_path / "e.zip", {".hidden": b"x"})], tmp_path / "up")

@@ -750,3 +750,32 @@ def test_geometry_that_no_label_map_can_hold_is_refused(tmp_path, edit, fault):
     ds.save_as(tmp_path / "odd.dcm")
     refused(tmp_path / "odd.dcm", f"{tmp_path / 'odd.dcm'}: {fault}; a label map cannot hold such a geometry "
                                   "(check ImagePositionPatient / PixelSpacing, or the NIfTI's sform and pixdim)")
+
+
+def test_a_folder_of_many_series_names_the_first_ten_in_its_one_line(tmp_path):
+    """A PACS export of a whole study (or a folder of single-image series): the refusal listed every series, a
+    line of 70 characters a series (700 KB for 10,000), and both 'no series X' messages the same."""
+    folder = tmp_path / "many"
+    uids = [f"1.2.826.0.1.3680043.8.498.{4000 + n}" for n in range(25)]
+    for uid in uids:
+        series(folder, [0.0], uid=uid)
+    listed = "; ".join(f"{uid} (CT, 1 files)" for uid in uids[:10])
+    refused(folder, f"{folder}: holds 25 series, pick one with --series UID: {listed}; and 15 more "
+                    f"(medseg info {folder} lists them)")
+    refused(folder, f"{folder}: no series 9.9; it holds {', '.join(uids[:10])} and 15 more "
+                    f"(medseg info {folder} lists them)", series_uid="9.9")
+
+
+@pytest.mark.parametrize("syntax, name", [("1.2.840.10008.1.2.4.201", "High-Throughput JPEG 2000 Image Compression "
+                                           "(Lossless Only)"), ("1.2.840.10008.1.2.4.100", "MPEG2 Main Profile / Main Level")])
+def test_a_transfer_syntax_without_a_decoder_here_is_named(tmp_path, syntax, name):
+    """Before: 'DICOM pixel data could not be decoded (ITK ERROR: GDCMImageIO: Failed to change to Implicit Transfer
+    Syntax)', which names neither the syntax nor the fix."""
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(DATA / "dicom" / "pydicom_CT_small.dcm")
+    ds.compress(RLELossless)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(tmp_path / "new.dcm")
+    refused(tmp_path / "new.dcm", f"{tmp_path / 'new.dcm'}: transfer syntax {syntax} ({name}) has no decoder here; "
+                                  "save it uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")

@@ -73,3 +73,24 @@ def test_an_enhanced_multiframe_with_one_rescale_per_frame_is_refused(tmp_path):
         read_study(path)
     assert str(e.value) == (f"{path}: frame 2 has RescaleSlope 2, RescaleIntercept -1024 where frame 1 has 1, -1024; "
                             "medseg applies one rescale to every frame (save the frames as a series)")
+
+
+def test_monochrome1_with_a_rescale_is_refused_and_without_one_opens_inverted(tmp_path):
+    """MONOCHROME1 says how to display (white = low), after the rescale to the modality's units. GDCM inverts the
+    stored values before the rescale: the real CT slice stored as MONOCHROME1 (slope 1, intercept -1024) opened at
+    -3216..-1153 'HU' instead of its -896..1167, so every CT window showed black and any HU read was wrong. A
+    radiograph without a rescale (the usual MONOCHROME1 file) still opens inverted, white bone as viewers show it."""
+    ds = pydicom.dcmread(DATA / "dicom" / "pydicom_CT_small.dcm")
+    stored = ds.pixel_array.astype(np.int64)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "ct_m1.dcm")
+    with pytest.raises(StudyError) as e:
+        read_study(tmp_path / "ct_m1.dcm")
+    assert str(e.value) == (f"{tmp_path / 'ct_m1.dcm'}: MONOCHROME1 with RescaleSlope 1, RescaleIntercept -1024: the "
+                            "decoder inverts the stored values before the rescale, so the modality's values (HU) "
+                            "would be wrong; save it as MONOCHROME2")
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.Modality, ds.PixelRepresentation, ds.BitsStored, ds.HighBit = "CR", 0, 12, 11
+    ds.PixelData = stored.astype("<u2").tobytes()
+    ds.save_as(tmp_path / "cr_m1.dcm")
+    np.testing.assert_array_equal(read_study(tmp_path / "cr_m1.dcm").array[0], 4095 - stored)
