@@ -1062,3 +1062,29 @@ def test_a_brush_stroke_begun_off_the_image_paints_from_where_it_enters(browser,
         assert page.evaluate("String(getSelection())") == ""
     finally:
         context.close()
+
+
+def test_a_click_right_after_add_label_or_a_label_pick_goes_to_that_label(browser, server, ct):
+    """Add label, then a click on the next structure at once: the click left before the page showed the new label, so
+    it named label 1, went there, and made label 1 active again (Add label undone). The same with a label picked in
+    the viewer's legend. Both now go through the viewer's queue, and the click takes the label chosen before it."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        first, second = _xy(page, ct, *INSIDE), _xy(page, ct, 60, 200)
+        with server.store.get(sid).lock:  # the server is busy a moment (a save, another tab): no answer comes yet
+            page.locator("#add-label").click()
+            page.mouse.click(*first)  # at once
+            page.wait_for_function("medsegViewer.inFlight > 0")
+        _wait_server(lambda: _state(server, sid)["labels"][-1]["value"] == 2 and (server.labels(sid) > 0).any())
+        _idle(page)
+        counts = _server_counts(server.labels(sid))
+        assert set(counts) == {2} and _state(server, sid)["active"] == 2, (counts, _state(server, sid)["active"])
+        page.locator("#viewer-legend .mv-label[data-value='1'] .mv-name").click()
+        page.mouse.click(*second)  # at once
+        _idle(page)
+        counts = _server_counts(server.labels(sid))
+        assert set(counts) == {1, 2} and _state(server, sid)["active"] == 1, (counts, _state(server, sid)["active"])
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('1')", timeout=TIMEOUT_MS)
+    finally:
+        context.close()

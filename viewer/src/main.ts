@@ -180,6 +180,7 @@ class Viewer {
   reviewKey = ''
   encodeAgain = false
   editsQueued = 0  // label edits (prompts, strokes, undo, redo) sent or waiting in the queue: a reload asks first
+  labelChanges = 0  // label choices and Add label presses queued: prompts made meanwhile take their label when sent
   held: HTMLElement[] = []  // the page's buttons pressed while prompts were queued (AFTER_QUEUE), pressed again after
   frameTimes: number[] = []
   promptTimes: number[] = []
@@ -933,9 +934,11 @@ class Viewer {
    * it is stopped here (before Gradio's own handler) and made again by :meth:`releaseHeld` when the queue is
    * empty. Presses made again are the script's own (not trusted) and pass. */
   holdPageButton(e: MouseEvent): void {
-    if (!e.isTrusted || this.inFlight === 0) return
+    if (!e.isTrusted) return
     const b = (e.target as Element | null)?.closest?.(AFTER_QUEUE) as HTMLElement | null
     if (!b || (b as HTMLButtonElement).disabled) return
+    if (b.id === 'add-label') { e.preventDefault(); e.stopImmediatePropagation(); this.queueAddLabel(b); return }
+    if (this.inFlight === 0) return
     e.preventDefault(); e.stopImmediatePropagation()
     if (!this.held.includes(b)) this.held.push(b)
     const n = this.pending.length
@@ -943,11 +946,30 @@ class Viewer {
     this.showStatus(`${what}: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
   }
 
-  /** A label picked in the page's Active label box while prompts are queued goes through the viewer's queue, after
-   * them: Gradio's own event ran before them, and each queued prompt (it names its label) made its label active
-   * again, so the page went back to the old label and the next structure went into it. */
+  /** Add label goes through the viewer's queue, in order with the prompts: pressed while prompts were queued, they
+   * made label 1 active again after it; a click made right after it, before the page showed the new label, named
+   * label 1 and went there. The press is made again when its turn comes, and the queue waits for the page to show
+   * the new label (10 s at most) before the prompts behind it take their label. */
+  queueAddLabel(b: HTMLElement): void {
+    this.labelChanges++
+    this.queue = this.queue.then(async () => {
+      try {
+        const before = this.stateText
+        if (b.isConnected) b.click()  // the page's own event (not trusted: holdPageButton lets it pass)
+        const t0 = performance.now()
+        while (this.stateText === before && performance.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 50))
+      } finally {
+        this.labelChanges--
+      }
+    })
+  }
+
+  /** A label picked in the page's Active label box goes through the viewer's queue, in order with the prompts:
+   * Gradio's own event ran before the queued prompts, and each (it names its label) made its label active again, so
+   * the page went back to the old label and the next structure went into it; a click right after the pick named the
+   * old label the same way. */
   queueLabelChoice(e: MouseEvent): void {
-    if (!e.isTrusted || e.button !== 0 || this.inFlight === 0) return
+    if (!e.isTrusted || e.button !== 0) return
     const option = (e.target as Element | null)?.closest?.('#label [role="option"]')
     if (!option) return
     const text = (option.textContent ?? '').replace(/^\s*✓?\s*/, '').trim()  // "2 · label 2" (controller.view_model)
@@ -1095,7 +1117,8 @@ class Viewer {
       this.showError(`label ${active} is locked: unlock it to edit it`)
       return
     }
-    body.label = active
+    if (this.labelChanges > 0) body.labelLate = true  // a label choice is queued before it: the label active then
+    else body.label = active
     body.locked = [...this.locked]
     this.pending.push(mark)
     this.drawOverlay()
@@ -1110,6 +1133,8 @@ class Viewer {
     this.inFlight++
     const edit = REVISION_KINDS.has(body.kind)
     if (edit) this.editsQueued++
+    const choice = body.kind === 'active'  // a label choice: the prompts queued behind it take their label after it
+    if (choice) this.labelChanges++
     this.root.setAttribute('data-busy', String(this.inFlight))
     const id = String(++traceSeq)
     const asks = SUGGEST_KINDS.has(body.kind) // prompts and undo/redo answer with the next suggestion when asked
@@ -1118,6 +1143,7 @@ class Viewer {
     this.queue = this.queue.then(async () => {
       // the label map this tab holds as the action leaves: a lost answer is judged against it
       const sent = { rev: this.rev >= 0 ? this.rev : this.state?.rev ?? -1, boot: this.revBoot ?? this.state?.boot ?? null }
+      if (body.labelLate) { delete body.labelLate; body.label = this.state?.active ?? 1 }
       try {
         traceMark('action.sent', { id, kind: body.kind })
         const r = await fetch(this.url('action'), {
@@ -1133,6 +1159,7 @@ class Viewer {
         const answered = performance.now() - t0
         traceMark('action.received', { id, kind: body.kind })
         await this.apply(a, quiet)
+        if (choice && a.ok && this.state) this.state.active = body.label  // the page shows it after its sync
         if (asks || EDIT_KINDS.has(body.kind)) this.suggestion = this.suggestOn ? a.suggest ?? null : null
         traceMark('action.applied', { id, kind: body.kind })
         if (pending) { this.promptTimes.push(performance.now() - t0); this.answerTimes.push(answered) }
@@ -1142,6 +1169,7 @@ class Viewer {
         if (pending) this.pending = this.pending.filter((p) => p !== pending)
         this.inFlight--
         if (edit) this.editsQueued--
+        if (choice) this.labelChanges--
         this.root.setAttribute('data-busy', String(this.inFlight))
         this.drawOverlay()
         if (this.inFlight === 0) {
