@@ -3,7 +3,7 @@
 Why: PerSAM's cosine-similarity map on LiteMedSAM separates the target only weakly (Colin27 cerebellum, target
 k 30: mean similarity 0.25 on the cerebellum, 0.22 on the rest of the head and 0.22 in the air; the maximum
 0.36), so its arg-max often falls in the air outside the head (session 10: PerSAM-F on 5 of 11 cerebellum and 15
-of 29 Colin27 brain targets), mostly in the bottom-left corner of the frame, in the grid rows whose TinyViT
+of 29 Colin27 brain targets), mostly in the bottom-left corner of the frame, in grid rows whose TinyViT
 attention windows are zero-padded (docs/clicks.md, "One-shot: the body mask"). Whatever the model's features,
 the structure a user annotated is never outside the body, so the positive point may not be either.
 

@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     oneshot = fit_oneshot(
         segmenter, ref_image, mask, method=args.method, parity=args.parity, iterations=args.iterations,
-        body=args.body_mask == "on",
+        location_gate=args.location_gate == "on", body=args.body_mask == "on",
     )
     print(f"learnt {args.method} from {args.ref} slice {k} ({int(mask.sum())} px) in {time.perf_counter() - t0:.1f} s")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -136,3 +136,31 @@ def test_cli_body_mask_on_keeps_the_mask_out_of_the_air(tmp_path):
     # the point, the decoder draws the mask)
     assert (masks["off"] & ~body).sum() > 1000
     assert masks["on"].any() and (masks["on"] & ~body).sum() <= 0.01 * masks["on"].sum()
+
+
+def test_cli_location_gate_reaches_the_reference_fit_too(tmp_path, monkeypatch):
+    """``medseg oneshot --location-gate on`` gated the targets' points but not PerSAM-F's training point on the
+    reference: the flag was not passed to ``fit_oneshot``, which then followed the library default (off). Found in
+    session 14's review."""
+    from PIL import Image
+
+    import app.commands.oneshot as command
+    from app.cli import main as cli_main
+
+    ref, ref_mask, target = tmp_path / "ref.png", tmp_path / "ref_mask.png", tmp_path / "k11.png"
+    Image.fromarray(window(mr_slice(IMAGE, 1))).save(ref)
+    Image.fromarray((mr_slice(BRAIN, 1) > 0).astype(np.uint8) * 255).save(ref_mask)
+    Image.fromarray(window(mr_slice(IMAGE, 11))).save(target)
+    seen = []
+    real_fit = command.fit_oneshot
+
+    def fit(*args, **kwargs):
+        seen.append(kwargs.get("location_gate"))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(command, "fit_oneshot", fit)
+    for flag in ("on", "off"):
+        rc = cli_main(["oneshot", "--method", "persam_f", "--iterations", "5", "--ref", str(ref), "--ref-mask",
+                       str(ref_mask), "--targets", str(target), "--output", str(tmp_path / flag), "--location-gate", flag])
+        assert rc == 0
+    assert seen == [True, False]
