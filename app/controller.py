@@ -12,6 +12,7 @@ import math
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,7 +36,7 @@ from app.render import (
 from app.reading import read_untrusted
 from app.session import PALETTE, UNRESTORED, Edit, Session, SessionError, SessionStore
 from app.uploads import import_upload
-from data.readers import read_study
+from data.readers import StudyWarning, read_study
 from data.untrusted import one_line
 from data.writers import write_label_nifti
 from models.prompts import PromptError
@@ -230,12 +231,21 @@ def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Pr
     native decoder is one error for this user, never a dead server."""
     if progress:  # the name is the user's: one line, control and line-separator characters escaped
         progress(0.2, f"reading {one_line(name)}")
-    volume = read_study(path) if trusted else read_untrusted(path, session.directory)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StudyWarning)
+        volume = read_study(path) if trusted else read_untrusted(path, session.directory)
     session.start_study(volume, str(path), name)
     ctx.store.save(session)
     if progress:
         progress(0.9, "rendering")
-    return _greet(session, f"Opened {name}. Click on the structure, or drag a box.")
+    notes = "".join(f" Note: {_without_folder(str(w.message), path)}." for w in caught
+                    if issubclass(w.category, StudyWarning))
+    return _greet(session, f"Opened {name}.{notes} Click on the structure, or drag a box.")
+
+
+def _without_folder(note: str, path: Path) -> str:
+    """A reader's note less its leading server path (the user knows what they opened; paths are never shown)."""
+    return note.split(": ", 1)[1] if note.startswith(str(path)) and ": " in note else note
 
 
 def warm(ctx: AppContext, sid: str) -> ViewModel:

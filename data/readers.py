@@ -89,6 +89,7 @@ class SeriesInfo:
     modality: str
     description: str
     files: tuple[str, ...]  # ordered along the slice normal
+    localizer: bool = False  # ImageType holds LOCALIZER: a scout / topogram, not a cross-section of the volume
 
 
 def read_study(
@@ -400,9 +401,33 @@ def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[Se
                 modality=str(getattr(first, "Modality", "OT")),
                 description=str(getattr(first, "SeriesDescription", "")),
                 files=tuple(t[2] for t in items),
+                localizer=_is_localizer(first),
             )
         )
     return series
+
+
+def _is_localizer(ds: pydicom.Dataset) -> bool:
+    """ImageType value 3 LOCALIZER (CT Image IOD, PS3.3 C.8.2.1.1.1; MR scanners write it too): the scout a CT study
+    export carries beside its axial series."""
+    image_type = ds.get("ImageType") or []
+    if isinstance(image_type, str):
+        image_type = image_type.split("\\")
+    return any(str(v).strip().upper() == "LOCALIZER" for v in image_type)
+
+
+def _without_localizers(folder: Path, series: list[SeriesInfo]) -> list[SeriesInfo]:
+    """A folder's series less its localizers when exactly one other series is left: a study export (scout + axial
+    series) opens as its volume, with a warning naming what was left out. Otherwise ``series`` unchanged (several
+    volumes: the user picks one; localizers alone: they are what there is)."""
+    volumes = [s for s in series if not s.localizer]
+    if len(volumes) != 1 or len(volumes) == len(series):
+        return series
+    skipped = ", ".join(s.series_instance_uid for s in series if s.localizer)
+    warnings.warn(one_line(f"{folder}: opened series {volumes[0].series_instance_uid}; left out "
+                           f"{len(series) - 1} localizer series ({skipped}; --series UID opens one)"),
+                  StudyWarning, stacklevel=3)
+    return volumes
 
 
 def _bare_data_sets(folder: Path) -> int:
@@ -446,7 +471,7 @@ def read_dicom_series(
             raise StudyError(f"{folder}: no series {series_uid}; it holds "
                              f"{', '.join(s.series_instance_uid for s in series[:shown])}{more}")
         info = chosen[0]
-    elif len(series) > 1:
+    elif len(series := _without_localizers(folder, series)) > 1:
         listing = "; ".join(f"{s.series_instance_uid} ({s.modality}, {len(s.files)} files)" for s in series[:shown])
         raise StudyError(f"{folder}: holds {len(series)} series, pick one with --series UID: {listing}"
                          + (f";{more}" if more else ""))

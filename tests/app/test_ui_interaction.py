@@ -20,7 +20,7 @@ from app.session import SessionStore
 from data.windowing import default_window, slice_to_rgb
 from models import point_prompts
 from models.prompts import PromptError, Prompts
-from tests.conftest import SAMPLES, memoised_embeddings
+from tests.conftest import DATA, SAMPLES, memoised_embeddings
 
 CT_NAME = "CT head (DICOM series, 12 slices)"
 # Display pixels (512 x 512 for this 256 x 256 coronal slice): a box around the left lateral
@@ -431,3 +431,28 @@ def test_ready_is_news_only_after_an_open_or_a_model_change(ctx, tmp_path):
     with pytest.raises(ValueError, match="window width must be positive"):
         controller.set_display(ctx, sid, "custom", 40, 0, 0.45, "box")
     assert controller.warm(ctx, sid).status is None
+
+
+def test_a_study_zip_with_its_scout_opens_in_the_ui_and_says_what_it_left_out(ctx, tmp_path):
+    """A PACS export of a CT study (scout + axial series) was refused in the UI with "pick one with --series UID",
+    which a browser user cannot pass; now it opens the axial series, and the page says the scout was left out. The
+    readers' notes (a scout left out, NaN voxels replaced, an EXIF turn) reached no UI user before: logged only."""
+    import zipfile
+
+    import pydicom
+
+    ct = DATA / "dicom" / "ct_head_0051_series_k050-061"
+    scout = pydicom.dcmread(sorted(ct.iterdir())[0])
+    scout.SeriesInstanceUID = scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.4001"
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.save_as(tmp_path / "scout.dcm")
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(ct.iterdir()):
+            zf.write(f, f"CT/{f.name}")
+        zf.write(tmp_path / "scout.dcm", "CT/scout.dcm")
+    sid = controller.start(ctx, None).session_id
+    status = controller.open_upload(ctx, sid, [str(archive)]).status
+    assert status.startswith("Opened study.zip. Note: opened series ") and "left out 1 localizer series" in status
+    assert "/" not in status.split("Note:")[1]  # no server path
+    assert ctx.store.get(sid).volume.array.shape == (12, 256, 256)

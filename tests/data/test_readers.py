@@ -779,3 +779,39 @@ def test_a_transfer_syntax_without_a_decoder_here_is_named(tmp_path, syntax, nam
     ds.save_as(tmp_path / "new.dcm")
     refused(tmp_path / "new.dcm", f"{tmp_path / 'new.dcm'}: transfer syntax {syntax} ({name}) has no decoder here; "
                                   "save it uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")
+
+
+def _with_localizer(folder: Path) -> str:
+    """The bundled CT series plus a one-image scout of another series (ImageType ORIGINAL\\PRIMARY\\LOCALIZER), as a
+    CT study export holds them. Returns the scout's SeriesInstanceUID."""
+    shutil.copytree(DATA / "dicom" / "ct_head_0051_series_k050-061", folder)
+    scout = pydicom.dcmread(sorted(folder.iterdir())[0])
+    scout.SeriesInstanceUID = scout.SOPInstanceUID = scout.file_meta.MediaStorageSOPInstanceUID = \
+        "1.2.826.0.1.3680043.8.498.4001"
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.SeriesDescription = "Topogram"
+    scout.save_as(folder / "scout.dcm")
+    return str(scout.SeriesInstanceUID)
+
+
+def test_a_study_export_with_a_scout_opens_its_volume_and_says_what_it_left_out(tmp_path):
+    """A CT study exported from a PACS holds the scout beside the axial series. Before, the folder was refused
+    ("holds 2 series, pick one with --series UID"), which the web UI cannot pass: a clinician could not open it."""
+    folder = tmp_path / "study"
+    scout_uid = _with_localizer(folder)
+    with pytest.warns(StudyWarning, match=f"left out 1 localizer series \\({re.escape(scout_uid)};"):
+        vol = read_study(folder)
+    plain = read_study(DATA / "dicom" / "ct_head_0051_series_k050-061")
+    assert vol.source.series_instance_uid == plain.source.series_instance_uid
+    assert vol.array.shape == plain.array.shape == (12, 256, 256)
+    np.testing.assert_array_equal(vol.array, plain.array)
+    assert vol.spacing == pytest.approx(plain.spacing) and vol.origin == pytest.approx(plain.origin)
+    assert read_study(folder, series_uid=scout_uid).array.shape[0] == 1  # the scout still opens when asked for
+
+
+def test_two_volumes_beside_a_scout_are_still_the_users_choice(tmp_path):
+    folder = tmp_path / "study"
+    _with_localizer(folder)
+    series(folder, [0.0, 2.0, 4.0])
+    with pytest.raises(StudyError, match="holds 3 series, pick one"):
+        read_study(folder)
