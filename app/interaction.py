@@ -555,7 +555,8 @@ def _predict(runner: ModelRunner, session: Session, p: PromptState, *, multimask
 
 # --- measurements -----------------------------------------------------------------------------
 def measurements(session: Session) -> list[list]:
-    """Per label: [value, name, voxels on this plane, area mm² on this plane, volume mL over the study]."""
+    """Per label: [value, name, voxels on this plane, area mm² on this plane, volume mL over the study]; the area and
+    volume are "—" where the study's voxel size is not physical (``Volume.size_is_physical``)."""
     volume = session.require_study()
     view, index = session.view.view, session.view.index[session.view.view]
     plane = Plane.of(volume, view)
@@ -568,5 +569,7 @@ def measurements(session: Session) -> list[list]:
     for d in session.label_defs:
         n_plane = int(plane_counts[d.value]) if d.value < len(plane_counts) else 0
         n_all = int(counts[d.value]) if d.value < len(counts) else 0
-        rows.append([d.value, d.name, n_plane, round(n_plane * row_mm * col_mm, 2), round(n_all * voxel_ml, 4)])
+        physical = (round(n_plane * row_mm * col_mm, 2), round(n_all * voxel_ml, 4)) if volume.size_is_physical \
+            else ("—", "—")
+        rows.append([d.value, d.name, n_plane, *physical])
     return rows

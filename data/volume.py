@@ -90,6 +90,17 @@ class Volume:
 
     # --- geometry --------------------------------------------------------------------------
     @property
+    def size_is_physical(self) -> bool:
+        """Whether the voxel size is the file's own, so areas and volumes mean mm² and mL. A picture (PNG/JPEG) is
+        in pixels; a DICOM image with no geometry and no PixelSpacing (an uncalibrated ultrasound or secondary
+        capture frame) opens with GDCM's 1 mm default, which is no measurement either."""
+        if self.source.geometry == "none (pixels)":
+            return False
+        if self.source.geometry == "none (identity)":
+            return tuple(float(s) for s in self.spacing[:2]) != (1.0, 1.0)
+        return True
+
+    @property
     def direction_matrix(self) -> np.ndarray:
         return np.asarray(self.direction, dtype=float).reshape(3, 3)
 

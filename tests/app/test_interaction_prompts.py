@@ -29,7 +29,9 @@ from data.readers import read_study
 from data.windowing import default_window, slice_to_rgb
 from models import point_prompts
 from models.prompts import MaskResult, PromptError, Prompts
-from tests.conftest import SAMPLES
+from tests.conftest import DATA, SAMPLES
+
+DATA_CT_NIFTI = DATA / "ct_head_0051_slabA_image.nii.gz"
 
 VIEW, INDEX = "coronal", 6  # the CT head's acquisition plane, 256 x 256
 BOX = (89.75, 74.75, 164.75, 164.75)  # around the left lateral ventricle region (plane pixels)
@@ -688,3 +690,26 @@ def test_a_failed_prefetch_is_logged_and_the_worker_keeps_going(tmp_path, caplog
     assert ("DEBUG", "prefetch of coronal 9 dropped: the study changed") in messages
     assert not [m for m in messages if m[0] == "ERROR"]
     prefetcher.stop()
+
+
+@pytest.mark.parametrize("name", ["pydicom_US_rgb_lymph_node.dcm", "picture.png"])
+def test_no_area_or_volume_is_claimed_where_the_pixel_size_is_unknown(tmp_path, name):
+    """An ultrasound frame without PixelSpacing or calibrated regions opened with GDCM's 1 mm default, and a
+    picture in pixels: the table said '345 mm²' and '0.345 mL' of sizes nobody measured. Now those cells say "—";
+    the pixel count stays."""
+    from PIL import Image
+
+    path = DATA / "dicom" / name
+    if name.endswith(".png"):
+        path = tmp_path / name
+        Image.fromarray(np.full((40, 60), 128, np.uint8)).save(path)
+    volume = read_study(path)
+    assert not volume.size_is_physical
+    session = Session(id=SID, directory=tmp_path, model="litemedsam")
+    session.start_study(volume, str(path), name)
+    session.labels[0, 5:10, 5:10] = 1
+    assert interaction.measurements(session) == [[1, "label 1", 25, "—", "—"]]
+
+
+def test_a_study_with_geometry_keeps_its_area_and_volume():
+    assert _warm()["volume"].size_is_physical and read_study(DATA_CT_NIFTI).size_is_physical
