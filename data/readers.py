@@ -548,6 +548,29 @@ def _check_frame_rescales(path: Path, ds: pydicom.Dataset) -> None:
                              "to every frame (save the frames as a series)")
 
 
+US_CM = 3  # PhysicalUnitsX/YDirection 3: cm (PS3.3 C.8.5.5.1.15)
+
+
+def _ultrasound_pixel_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
+    """An ultrasound image's pixel size (x, y) in mm from its calibrated regions (SequenceOfUltrasoundRegions), where
+    every 2D region measured in cm agrees on it; None otherwise (no such region, or two zooms side by side: then no
+    size holds for the whole image and the study stays in pixels). GDCM reads no size from there."""
+    sizes = set()
+    for region in ds.get("SequenceOfUltrasoundRegions") or []:
+        try:
+            if int(region.get("RegionSpatialFormat", 0) or 0) != 1:  # 1: a 2D tissue or flow image
+                continue
+            if int(region.get("PhysicalUnitsXDirection", 0) or 0) != US_CM or \
+                    int(region.get("PhysicalUnitsYDirection", 0) or 0) != US_CM:
+                continue
+            dx, dy = abs(float(region.PhysicalDeltaX)) * 10.0, abs(float(region.PhysicalDeltaY)) * 10.0
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if math.isfinite(dx) and math.isfinite(dy) and 1e-4 <= dx <= 100 and 1e-4 <= dy <= 100:
+            sizes.add((round(dx, 9), round(dy, 9)))
+    return sizes.pop() if len(sizes) == 1 else None
+
+
 def _int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
     try:
         return int(getattr(ds, keyword, default) or default)
@@ -583,6 +606,9 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         image.SetDirection(frames.direction)
         for note in frames.notes:
             warnings.warn(one_line(f"{path}: {note}"), StudyWarning, stacklevel=2)
+    us = _ultrasound_pixel_mm(ds) if frames is None and "ImageOrientationPatient" not in ds else None
+    if us is not None:
+        image.SetSpacing((us[0], us[1], *image.GetSpacing()[2:]))
     source = SourceRef(
         path=str(path),
         format="dicom",
@@ -596,6 +622,8 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         geometry=("per-frame functional groups (PlanePosition, PlaneOrientation, PixelMeasures)"
                   + (" (mean slice spacing, --allow-uneven)" if frames.notes else "") if frames is not None
                   else "ImagePositionPatient/ImageOrientationPatient" if "ImageOrientationPatient" in ds
+                  else f"SequenceOfUltrasoundRegions (PhysicalDeltaX/Y, {us[0]:g} x {us[1]:g} mm; the region's "
+                       "own plane, no patient position)" if us is not None
                   else "none (identity)"),
     )
     return Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)

@@ -815,3 +815,37 @@ def test_two_volumes_beside_a_scout_are_still_the_users_choice(tmp_path):
     series(folder, [0.0, 2.0, 4.0])
     with pytest.raises(StudyError, match="holds 3 series, pick one"):
         read_study(folder)
+
+
+def _us_with_regions(tmp_path: Path, *deltas_cm: tuple[float, float], units: int = 3) -> Path:
+    """The shared colour ultrasound frame with calibrated 2D regions of the given PhysicalDeltaX/Y (cm)."""
+    ds = pydicom.dcmread(DATA / "dicom" / "pydicom_US_rgb_lymph_node.dcm")
+    regions = []
+    for dx, dy in deltas_cm:
+        r = pydicom.Dataset()
+        r.RegionSpatialFormat, r.RegionDataType, r.RegionFlags = 1, 1, 0
+        r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1 = 10, 10, 300, 230
+        r.PhysicalUnitsXDirection = r.PhysicalUnitsYDirection = units
+        r.PhysicalDeltaX, r.PhysicalDeltaY = dx, dy
+        regions.append(r)
+    ds.SequenceOfUltrasoundRegions = regions
+    ds.save_as(tmp_path / "us.dcm")
+    return tmp_path / "us.dcm"
+
+
+def test_an_ultrasound_frame_takes_its_pixel_size_from_its_calibrated_region(tmp_path):
+    """GDCM reads no size from SequenceOfUltrasoundRegions: a calibrated frame opened at 1 x 1 mm, geometry 'none'
+    (found in session 14's hostile-file hunt), and its areas were of no physical size."""
+    vol = read_study(_us_with_regions(tmp_path, (0.02, 0.025)))
+    assert vol.spacing[:2] == pytest.approx((0.2, 0.25))
+    assert vol.source.geometry.startswith("SequenceOfUltrasoundRegions") and vol.size_is_physical
+    plain = read_study(DATA / "dicom" / "pydicom_US_rgb_lymph_node.dcm")
+    np.testing.assert_array_equal(vol.array, plain.array)
+    assert not plain.size_is_physical
+
+
+@pytest.mark.parametrize("deltas, units", [(((0.02, 0.02), (0.04, 0.04)), 3), (((0.02, 0.02),), 4)])
+def test_ultrasound_regions_that_disagree_or_are_not_in_cm_give_no_size(tmp_path, deltas, units):
+    """Two zooms side by side (a duplex screen) have no one pixel size; a region in seconds or Hz is no length."""
+    vol = read_study(_us_with_regions(tmp_path, *deltas, units=units))
+    assert vol.spacing[:2] == pytest.approx((1.0, 1.0)) and not vol.size_is_physical
