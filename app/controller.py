@@ -212,20 +212,69 @@ def open_upload(ctx: AppContext, session: Session, files: list[str], progress: P
     room = min(settings.session_disk_bytes - ctx.store.disk_bytes(session.id),
                settings.total_disk_bytes - ctx.store.disk_bytes())
     upload_dir = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=uploads))
+    name = Path(files[0]).name if len(files) == 1 else f"{len(files)} files"
     try:
         path = import_upload(files, upload_dir, settings=settings, room_bytes=room)
-        view = _open(ctx, session, path, Path(files[0]).name if len(files) == 1 else f"{len(files)} files", progress)
+        choices = series_to_pick(path)
+        if choices:  # several volumes: the user picks one (app/series_picker.py); the open study stays as it is
+            session.runtime[PENDING_SERIES] = (upload_dir, path, name, choices)
+            _drop_uploads(session, kept)
+            return view_model(session, f"{name} holds {len(choices)} series: pick the one to open in the list "
+                                       "under Upload.")
+        view = _open(ctx, session, path, name, progress)
     except BaseException:
         shutil.rmtree(upload_dir, ignore_errors=True)
         raise
-    for old in kept:
-        if not Path(str(session.study_path)).is_relative_to(old):
-            shutil.rmtree(old, ignore_errors=True)
+    session.runtime.pop(PENDING_SERIES, None)
+    _drop_uploads(session, kept)
     return view
 
 
+PENDING_SERIES = "pending_series"  # session.runtime key: (upload folder, path, name, [(label, uid)]) awaiting a pick
+
+
+def series_to_pick(path: Path) -> list[tuple[str, str]]:
+    """(label, SeriesInstanceUID) of an uploaded folder's series when it holds more than one volume (localizers beside
+    one volume open that volume: ``data.readers``); [] otherwise. Headers only (pydicom), no pixel decoding."""
+    from data.readers import StudyError, list_series
+
+    if not path.is_dir():
+        return []
+    try:
+        series = [s for s in list_series(path) if not s.localizer]
+    except StudyError:
+        return []  # the reader says why when the folder is opened
+    if len(series) < 2:
+        return []
+    return [(one_line(f"{s.modality} {s.description or 'series'} ({len(s.files)} images) · …{s.series_instance_uid[-8:]}"),
+             s.series_instance_uid) for s in series]
+
+
+@_with_session
+def open_pending_series(ctx: AppContext, session: Session, uid: str, progress: Progress | None = None) -> ViewModel:
+    """Open the series the user picked of the upload that holds several; the other uploads' folders go."""
+    pending = session.runtime.get(PENDING_SERIES)
+    if pending is None or uid not in {u for _, u in pending[3]}:
+        raise SessionError("that series is no longer offered: upload the study again")
+    upload_dir, path, name, _ = pending
+    view = _open(ctx, session, path, f"{name}, series …{uid[-8:]}", progress, series_uid=uid)
+    session.runtime.pop(PENDING_SERIES, None)
+    uploads = session.directory / "uploads"
+    _drop_uploads(session, [p for p in uploads.iterdir() if p.is_dir() and p != upload_dir])
+    return view
+
+
+def _drop_uploads(session: Session, folders: list[Path]) -> None:
+    """Delete earlier uploads' folders, except the open study's and an upload whose series the user is to pick."""
+    pending = session.runtime.get(PENDING_SERIES)
+    for old in folders:
+        if Path(str(session.study_path)).is_relative_to(old) or (pending and pending[0] == old):
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Progress | None,
-          *, trusted: bool = False) -> ViewModel:
+          *, trusted: bool = False, series_uid: str | None = None) -> ViewModel:
     """Read and show a study. Anything but our own bundled samples (``trusted``) is read in a
     child process with memory and time limits (``data.isolated_read``): a file that crashes a
     native decoder is one error for this user, never a dead server."""
@@ -233,8 +282,9 @@ def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Pr
         progress(0.2, f"reading {one_line(name)}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StudyWarning)
-        volume = read_study(path) if trusted else read_untrusted(path, session.directory)
-    session.start_study(volume, str(path), name)
+        volume = read_study(path, series_uid=series_uid) if trusted else \
+            read_untrusted(path, session.directory, series_uid=series_uid)
+    session.start_study(volume, str(path), name, series_uid)
     ctx.store.save(session)
     if progress:
         progress(0.9, "rendering")

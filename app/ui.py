@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from app import controller, messages, pacs, trace, web_session
+from app import controller, messages, pacs, series_picker, trace, web_session
 from app.controller import MODES, AppContext, ViewModel
 from app.errors import USER_ERRORS
 from app.interaction import ModelRunner, Prefetcher
@@ -115,6 +115,7 @@ def build_app(config: UIConfig):
                         upload = gr.UploadButton(
                             "Upload…", file_count="multiple", type="filepath", size="sm", elem_id="upload",
                         )
+                    upload_series = series_picker.layout()
                 facts = gr.Markdown("No study open.", elem_id="facts")
                 pacs_panel = pacs.layout(config.dicomweb)
                 model = gr.Dropdown(controller.model_choices(), value=config.model, label="Model", elem_id="model")
@@ -319,8 +320,10 @@ def build_app(config: UIConfig):
 
         open_btn.click(on_open, [sid, sample], outputs + [download]).then(
             warm, [sid], [status], show_progress="minimal", **GPU)
-        upload.upload(on_upload, [sid, upload], outputs + [download]).then(
-            warm, [sid], [status], show_progress="minimal", **GPU)
+        uploaded = upload.upload(on_upload, [sid, upload], outputs + [download])
+        uploaded.then(warm, [sid], [status], show_progress="minimal", **GPU)
+        series_picker.wire(upload_series, ctx, sid, outputs, guarded, warm, status, [download],
+                           lambda: [_no_download()], uploaded, GPU)
         model.input(lambda s, m: guarded(controller.set_model, s, m), [sid, model], outputs, **GPU).then(
             warm, [sid], [status], show_progress="minimal", **GPU
         )

@@ -16,7 +16,7 @@ from app import controller, interaction
 from app.controller import AppContext
 from app.interaction import ModelRunner, Prefetcher, merged_plane
 from app.render import Plane
-from app.session import SessionStore
+from app.session import SessionError, SessionStore
 from data.windowing import default_window, slice_to_rgb
 from models import point_prompts
 from models.prompts import PromptError, Prompts
@@ -456,3 +456,48 @@ def test_a_study_zip_with_its_scout_opens_in_the_ui_and_says_what_it_left_out(ct
     assert status.startswith("Opened study.zip. Note: opened series ") and "left out 1 localizer series" in status
     assert "/" not in status.split("Note:")[1]  # no server path
     assert ctx.store.get(sid).volume.array.shape == (12, 256, 256)
+
+
+def _two_series_zip(tmp_path):
+    """The bundled CT series and a second volume of it (another SeriesInstanceUID, description 'bone') in one zip."""
+    import zipfile
+
+    import pydicom
+
+    ct = DATA / "dicom" / "ct_head_0051_series_k050-061"
+    archive = tmp_path / "two.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for n, f in enumerate(sorted(ct.iterdir())):
+            zf.write(f, f"CT/soft/{f.name}")
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID, ds.SeriesDescription = "1.2.826.0.1.3680043.8.498.5001", "bone"
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.5001.{n + 1}"
+            ds.save_as(tmp_path / f"b{n}.dcm")
+            zf.write(tmp_path / f"b{n}.dcm", f"CT/bone/b{n}.dcm")
+    return archive
+
+
+def test_an_upload_of_two_series_lets_the_ui_user_pick_one_and_keeps_the_open_study(ctx, tmp_path):
+    """Two volumes in one upload were refused with "pick one with --series UID", which a browser user cannot pass.
+    Now the upload waits for a pick (the open study and its labels stay), and the picked series opens, also after
+    a restart of the session from disk."""
+    from app import series_picker
+
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
+    before = ctx.store.get(sid).study_key
+    vm = controller.open_upload(ctx, sid, [str(_two_series_zip(tmp_path))])
+    assert vm.status == "two.zip holds 2 series: pick the one to open in the list under Upload."
+    assert ctx.store.get(sid).study_key == before  # nothing opened, nothing lost
+    choices = series_picker.pending_choices(ctx, sid)
+    assert sorted(label.split(" · ")[0] for label, _ in choices) == [
+        "CT bone (12 images)", "CT coronal CT, header written by build_eval_data.py (12 images)"]
+    with pytest.raises(SessionError, match="no longer offered"):
+        controller.open_pending_series(ctx, sid, "9.9")
+    vm = controller.open_pending_series(ctx, sid, "1.2.826.0.1.3680043.8.498.5001")
+    assert vm.status.startswith("Opened two.zip, series …")
+    session = ctx.store.get(sid)
+    assert session.series_uid == "1.2.826.0.1.3680043.8.498.5001" and session.volume.array.shape == (12, 256, 256)
+    assert series_picker.pending_choices(ctx, sid) == []
+    uploads = [p for p in (session.directory / "uploads").iterdir() if p.is_dir()]
+    assert len(uploads) == 1  # the picked upload only

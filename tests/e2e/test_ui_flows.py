@@ -299,3 +299,25 @@ def test_suggest_marks_where_the_answer_is_least_sure_and_a_click_there_refines(
     page.keyboard.press("g")
     assert page.evaluate("() => medsegViewer.suggestion") is None
     context.close()
+
+
+def test_an_upload_of_two_series_shows_a_picker_and_opens_the_pick(browser, server, tmp_path, shots):
+    """A study export with two volumes: the page says so and shows the series list under Upload; picking one opens
+    it in the viewer and hides the list (before: an error naming the CLI's --series, which a browser cannot pass)."""
+    from tests.app.test_ui_interaction import _two_series_zip
+
+    context, page, sid = _open_page(browser, server)
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload").click()
+    chooser.value.set_files(str(_two_series_zip(tmp_path)))
+    _wait_status(page, "two.zip holds 2 series")
+    picker = page.locator("#upload-series")
+    picker.wait_for(state="visible", timeout=TIMEOUT_MS)
+    page.screenshot(path=str(shots / "series_picker.png"))
+    picker.locator("input").click()
+    page.get_by_role("option", name="CT bone (12 images)", exact=False).click()
+    _wait_status(page, "Opened two.zip, series")
+    page.wait_for_function("document.querySelector('#medseg-viewer').dataset.study", timeout=TIMEOUT_MS)
+    assert _state(server, sid)["series_uid"] == "1.2.826.0.1.3680043.8.498.5001"
+    picker.wait_for(state="hidden", timeout=TIMEOUT_MS)
+    context.close()

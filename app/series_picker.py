@@ -1,0 +1,54 @@
+"""The UI's series picker: an upload (a zip or files of a study export) that holds several image series opens none of
+them until the user picks one here. ``app.controller.open_upload`` keeps such an upload and lists its series
+(``PENDING_SERIES``); this module shows them under Upload and opens the one picked. The CLI's ``--series UID`` does
+the same for a folder. Layout and wiring live here so ``app/ui.py`` only calls :func:`layout` and :func:`wire`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from app import controller
+from app.controller import AppContext
+from app.session import SessionError
+
+
+def pending_choices(ctx: AppContext, sid: str | None) -> list[tuple[str, str]]:
+    """The series of the upload awaiting a pick in this session; [] when none."""
+    if not sid:
+        return []
+    try:
+        session = ctx.store.get(sid)
+    except SessionError:
+        return []
+    with session.lock:
+        pending = session.runtime.get(controller.PENDING_SERIES)
+        return list(pending[3]) if pending else []
+
+
+def layout():
+    """The picker (inside the caller's layout context), hidden until an upload holds several series."""
+    import gradio as gr
+
+    return gr.Dropdown([], value=None, label="Series in this upload (pick one to open)", visible=False,
+                       elem_id="upload-series")
+
+
+def wire(picker, ctx: AppContext, sid, outputs: list, guarded: Callable[..., list], warm: Callable, status,
+         extra_outputs: list, extra_values: Callable[[], list], after_upload, gpu: dict) -> None:
+    """Show the picker after an upload that holds several series (``after_upload``: the upload's event), hide it once
+    one is open; a pick opens that series like an upload, through ``guarded`` (one line on error)."""
+    import gradio as gr
+
+    def shown(s) -> Any:
+        choices = pending_choices(ctx, s)
+        return gr.update(choices=choices, value=None, visible=bool(choices))
+
+    def on_pick(s, uid, progress=gr.Progress()):
+        if not uid or not pending_choices(ctx, s):  # Gradio's dropdown may send one pick twice: the second is no news
+            return [gr.skip()] * (len(outputs) + len(extra_outputs))
+        return guarded(controller.open_pending_series, s, uid, lambda f, d: progress(f, desc=d)) + extra_values()
+
+    after_upload.then(shown, [sid], [picker])
+    picker.input(on_pick, [sid, picker], outputs + extra_outputs).then(shown, [sid], [picker]).then(
+        warm, [sid], [status], show_progress="minimal", **gpu)
