@@ -14,7 +14,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, StudyError
+from data.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, StudyError, has_dicom_magic
 
 MAX_UNZIPPED_BYTES = 2 * 1024**3  # 2 GiB: a large CT series, not a disk filler
 MAX_ZIP_MEMBERS = 10_000
@@ -187,14 +187,7 @@ def _refuse_hdr_img(paths: list[Path]) -> None:
 
 def _is_dicom(path: Path) -> bool:
     """A .dcm name, or the DICM marker at byte 128 (DICOM files are often named IM0001 or by their UID)."""
-    if path.name.lower().endswith(".dcm"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
+    return path.name.lower().endswith(".dcm") or has_dicom_magic(path)
 
 
 def _safe_name(name: str) -> str:

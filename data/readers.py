@@ -120,7 +120,7 @@ def read_study(
             volume = read_nifti(path, max_voxels=limit)
         elif name.endswith(IMAGE_SUFFIXES):
             return read_image_file(path, max_voxels=limit)
-        elif name.endswith(".dcm") or _has_dicom_magic(path):
+        elif name.endswith(".dcm") or has_dicom_magic(path):
             volume = read_dicom_file(path, max_voxels=limit, allow_uneven=allow_uneven)
         else:
             volume = None
@@ -162,7 +162,8 @@ def check_geometry_range(path: str | Path, volume: Volume) -> None:
                      "PixelSpacing, or the NIfTI's sform and pixdim)")
 
 
-def _has_dicom_magic(path: Path) -> bool:
+def has_dicom_magic(path: Path) -> bool:
+    """The DICM marker at byte 128 (a DICOM Part 10 file, whatever its name)."""
     try:
         with open(path, "rb") as f:
             f.seek(128)
@@ -379,7 +380,7 @@ def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[Se
             f_stat = check_regular(f, folder=folder, allow_dir=True)
         except UntrustedFileError as e:
             raise StudyError(str(e)) from None
-        if not Path(f).is_file() or f_stat.st_size < 132 or not _has_dicom_magic(f):
+        if not Path(f).is_file() or f_stat.st_size < 132 or not has_dicom_magic(f):
             continue
         scan = scan_checked(f, max_voxels=limit)
         ds = _read_header(f)
@@ -436,7 +437,7 @@ def _bare_data_sets(folder: Path) -> int:
     count = 0
     for f in folder.rglob("*"):
         try:
-            if f.is_file() and not f.is_symlink() and not _has_dicom_magic(f):
+            if f.is_file() and not f.is_symlink() and not has_dicom_magic(f):
                 with open(f, "rb") as fh:
                     count += fh.read(2) in (b"\x02\x00", b"\x08\x00")
         except OSError:

@@ -272,7 +272,7 @@ EQUIVALENT |= {
     **{f"{_R}_{f}__mutmut_{n}": "encode('UTF-8'): codec names are case-insensitive"
        for f, n in (("read_study", 9), ("read_dicom_series", 28))},
     f"{_R}_list_series__mutmut_20": "'and' for 'or' before the DICM test: a folder has no DICM marker either "
-                                    "(_has_dicom_magic answers False), nor has a file under 132 bytes",
+                                    "(has_dicom_magic answers False), nor has a file under 132 bytes",
     **{f"{_R}_list_series__mutmut_{n}": "a 132-byte file (preamble + DICM, no elements) skipped before the scan "
        "instead of after it: it has no SeriesInstanceUID either way" for n in (23, 24)},
     **{f"{_R}_list_series__mutmut_{n}": "the order among slices that share a position or lack one: a series of 2+ "
