@@ -770,7 +770,8 @@ def facts(session: Session) -> str:
         f"**{escape_markdown(session.study_name)}**",
         f"modality **{v.modality}**, format {v.source.format or '?'}",
         f"size {i} × {j} × {k} (i × j × k){', RGB' if v.is_rgb else ''}, {v.array.dtype}",
-        f"spacing {sx:.3g} × {sy:.3g} × {sz:.3g} mm, orientation {v.orientation_code()}",
+        f"spacing {sx:.3g} × {sy:.3g} × {sz:.3g} mm, orientation {v.orientation_code()}" if v.size_is_physical
+        else "pixel size unknown (measured in pixels, no mm), no patient orientation",
     ]
     if v.source.series_instance_uid:
         lines.append(f"series {escape_markdown(str(v.source.series_instance_uid))}")

@@ -134,14 +134,17 @@ def planes(volume) -> dict[str, dict[str, Any]]:
 
 
 def window_of(session: Session) -> dict[str, float] | None:
-    """The display window as level/width (what the browser applies), None for colour images."""
+    """The display window as level/width (what the browser applies and the Level/Width boxes show), None for colour
+    images."""
     vs = session.view
     if session.volume.is_rgb:
         return None
     if vs.window == "custom":
         return {"level": float(vs.level), "width": float(vs.width)}
     w = display_window(session.volume, vs.window)
-    return None if w is None else {"level": (w.lo + w.hi) / 2, "width": w.hi - w.lo}
+    if w is None:  # a grey 8-bit picture or ultrasound: its pixels as they are, as the model sees them (NiiVue's own
+        return {"level": 127.5, "width": 255.0}  # guess, the data's range, showed 200 as white, with 40/400 in the boxes)
+    return {"level": (w.lo + w.hi) / 2, "width": w.hi - w.lo}
 
 
 def markers(session: Session) -> dict[str, Any] | None:

@@ -709,6 +709,9 @@ def test_no_area_or_volume_is_claimed_where_the_pixel_size_is_unknown(tmp_path, 
     session.start_study(volume, str(path), name)
     session.labels[0, 5:10, 5:10] = 1
     assert interaction.measurements(session) == [[1, "label 1", 25, "—", "—"]]
+    from app import controller
+
+    assert "pixel size unknown" in controller.facts(session) and " mm," not in controller.facts(session)
 
 
 def test_a_study_with_geometry_keeps_its_area_and_volume():

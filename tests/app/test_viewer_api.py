@@ -710,3 +710,22 @@ def test_a_page_actions_message_is_as_old_as_the_action_not_the_page_built_after
     assert undone["status"].startswith("Undid clear") and (s.labels == 1).any()
     page = vm.status_at or messages.news_stamp()  # the stamp app.ui.present gives the page's message
     assert page < undone["at"], "the clear's message looks newer than the undo that came after it"
+
+
+def test_a_grey_picture_is_shown_as_its_pixels_and_the_boxes_say_so(tmp_path):
+    """A grey 8-bit PNG (the model sees its pixels as they are): the state gave no window, so NiiVue stretched the
+    data's range (0..200 showed 200 as white) while the Level/Width boxes kept 40/400. Found in session 14's
+    walk-through. Now the window is the pixels' own, 0..255, in the viewer and in the boxes."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from app.session import Session
+
+    img = np.zeros((200, 240), np.uint8)
+    img[60:140, 80:160] = 200
+    Image.fromarray(img).save(tmp_path / "square.png")
+    session = Session(id="s" * 32, directory=Path(tmp_path), model="litemedsam")
+    session.start_study(read_study(tmp_path / "square.png"), str(tmp_path / "square.png"), "square.png")
+    assert actions.window_of(session) == {"level": 127.5, "width": 255.0}
+    assert actions.state(session)["window"] == {"level": 127.5, "width": 255.0}
