@@ -778,6 +778,13 @@ def facts(session: Session) -> str:
     return "  \n".join(lines)
 
 
+def label_box(session: Session) -> tuple[list[tuple[str, int]], int, str, str]:
+    """The Active label box (its choices and value) and the active label's name and colour fields."""
+    active = session.label(session.active) if session.label_defs else None
+    return ([(f"{d.value} · {d.name}", d.value) for d in session.label_defs], session.active,
+            active.name if active else "", "#%02x%02x%02x" % (active.colour if active else PALETTE[0]))
+
+
 def view_model(session: Session, status: str | None) -> ViewModel:
     vs = session.view
     vm = ViewModel(
@@ -801,11 +808,7 @@ def view_model(session: Session, status: str | None) -> ViewModel:
     plane = Plane.of(volume, vs.view)
     vm.slice_max = plane.count(session.labels.shape) - 1
     vm.slice_index = vs.index[vs.view]
-    vm.labels = [(f"{d.value} · {d.name}", d.value) for d in session.label_defs]
-    vm.active = session.active
-    active = session.label(session.active) if session.label_defs else None
-    vm.label_name = active.name if active else ""
-    vm.colour = "#%02x%02x%02x" % (active.colour if active else PALETTE[0])
+    vm.labels, vm.active, vm.label_name, vm.colour = label_box(session)
     vm.measurements = interaction.measurements(session)
     p = session.prompt
     if p is not None and p.alternatives and p.same_target(vs.view, vm.slice_index, session.active):

@@ -21,6 +21,7 @@ events in at once, for the batcher.
 # (gr.Request, gr.SelectData, gr.Progress) to inject them.
 
 import html
+import itertools
 import json
 import logging
 import os
@@ -44,6 +45,10 @@ from app.viewer.api import head_html, routes as viewer_routes
 from runtime.threads import configure_serving
 
 log = logging.getLogger(__name__)
+# The order in which pages were built (taken under the session's lock with what they show). Gradio applies each
+# event's outputs when they arrive, so a page built before an Add label but sent after it put label 1 back in the
+# label box; the viewer takes a page older than one it has shown as stale and asks for the page again.
+PAGE_SEQ = itertools.count(1)
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 BATCHED_CONCURRENCY = 32  # model events in flight when the runner batches encodes (app.encode_batcher)
 NO_COOKIE = ("this page needs its session cookie: allow cookies for this site, then reload "
@@ -210,11 +215,15 @@ def build_app(config: UIConfig):
             state_html = ""
             try:
                 session = ctx.store.get(vm.session_id)
-                with session.lock:
+                with session.lock:  # one moment for the viewer's state, the label box and its order (seq)
                     state = viewer_actions.state(session)
+                    seq = next(PAGE_SEQ)
                     if session.volume is not None:
                         shown_window = viewer_actions.window_of(session) or shown_window
-                state_html = f'<div data-state="{html.escape(json.dumps(state), quote=True)}"></div>'
+                    if session.labels is not None:
+                        vm.labels, vm.active, vm.label_name, vm.colour = controller.label_box(session)
+                state_html = (f'<div data-state="{html.escape(json.dumps(state), quote=True)}" '
+                              f'data-seq="{messages.BOOT}.{seq}"></div>')
             except SessionError:
                 pass
             status = gr.skip() if vm.status is None else messages.stamped(

@@ -954,6 +954,42 @@ def test_the_viewers_ready_never_repeats_the_pages_ready(browser, server, ct):
         context.close()
 
 
+def test_a_page_built_before_the_one_shown_is_not_taken_and_the_page_is_fetched_again(browser, server, ct):
+    """CI, under load: five queued clicks, Add label, Export; the server had label 2 active but the page's label box
+    stayed at label 1 for 4 minutes. Gradio applies each event's outputs as they arrive, and a page built before
+    the Add label (the sync after the clicks) came after it. The viewer took that old page as the truth, so the next
+    click went into label 1. Here such a late page is put in place by hand: the viewer must not take it, must ask
+    for the page again, and the next click must go into label 2."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.mouse.click(*_xy(page, ct, *REFINE[0]))
+        _idle(page)
+        old_state = page.evaluate("document.querySelector('#viewer-state [data-state]').getAttribute('data-state')")
+        old_seq = page.evaluate("document.querySelector('#viewer-state [data-state]').getAttribute('data-seq')")
+        assert json.loads(old_state)["active"] == 1
+        page.locator("#add-label").click()
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('2')", timeout=TIMEOUT_MS)
+        page.wait_for_function("medsegViewer.state.active === 2", timeout=TIMEOUT_MS)
+        page.evaluate("([text, seq]) => { const h = document.querySelector('#viewer-state [data-state]');"
+                      " h.setAttribute('data-seq', seq); h.setAttribute('data-state', text) }", [old_state, old_seq])
+        # the page is fetched again: a newer page than the one shown (the late one is never taken)
+        page.wait_for_function("([seq]) => { const s = document.querySelector('#viewer-state [data-state]')"
+                               ".getAttribute('data-seq'); return Number(s.split('.')[1]) > Number(seq.split('.')[1]) }",
+                               arg=[old_seq], timeout=TIMEOUT_MS)
+        _idle(page)
+        assert page.evaluate("medsegViewer.state.active") == 2
+        before = server.labels(sid)
+        page.mouse.click(*_xy(page, ct, *REFINE[3]))
+        _idle(page)
+        after = server.labels(sid)
+        assert (after == 2).sum() > 0, "the click after a late page went into label 1"
+        assert (after[before == 1] == 1).all(), "label 1 was changed by a click meant for label 2"
+        assert _state(server, sid)["active"] == 2
+    finally:
+        context.close()
+
+
 def test_page_buttons_and_label_choice_made_while_clicks_are_queued_act_after_them(browser, server, ct, tmp_path):
     """A hurried user clicks five times and at once presses Add label and Export, or Open sample: the page's buttons
     are Gradio events outside the viewer's queue, so before the fix they ran while clicks 2-5 still waited in the

@@ -177,6 +177,8 @@ class Viewer {
   following: { study: string; name: string; from: string; at: number; stamps: number } | null = null
   pageStamp = ''  // the news stamp of the page's status line (app.messages.stamped), and how many it has had
   pageStamps = 0
+  pageSeq: { boot: string; n: number } | null = null  // the newest page shown (stalePage)
+  staleSeen = ''
   reviewKey = ''
   encodeAgain = false
   editsQueued = 0  // label edits (prompts, strokes, undo, redo) sent or waiting in the queue: a reload asks first
@@ -370,6 +372,7 @@ class Viewer {
       if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text, news))
     }
     const holder = document.querySelector('#viewer-state [data-state]') as HTMLElement | null
+    if (holder && this.stalePage(holder.getAttribute('data-seq') || '')) return
     const text = holder?.getAttribute('data-state') || ''
     if (!text || text === this.stateText) return
     this.stateText = text
@@ -401,6 +404,23 @@ class Viewer {
     this.pageStatus = pageStatus
     const m = /^news ([0-9a-f]+)\.(\d+)$/.exec(stamp)
     this.pageStatuses.push({ text: pageStatus, news: m ? { boot: m[1], seq: Number(m[2]) } : undefined })
+  }
+
+  /** A page the server built before one this tab has shown (its ``data-seq``, app.ui.PAGE_SEQ): Gradio applies
+   * each event's outputs as they arrive, so a page built before an Add label but sent after it put label 1 back in
+   * the label box while the server had label 2 active. Such a page is not taken as the state, and the page is
+   * asked for again (its sync is built after everything sent before it). */
+  stalePage(seq: string): boolean {
+    const m = /^([0-9a-f]+)\.(\d+)$/.exec(seq)
+    if (!m) return false
+    const page = { boot: m[1], n: Number(m[2]) }
+    const shown = this.pageSeq
+    if (shown && shown.boot === page.boot && page.n < shown.n) {
+      if (this.staleSeen !== seq) { this.staleSeen = seq; traceMark('page.stale'); this.syncPage() }
+      return true
+    }
+    this.pageSeq = page
+    return false
   }
 
   onState(s: State): void {
@@ -938,12 +958,13 @@ class Viewer {
     const b = (e.target as Element | null)?.closest?.(AFTER_QUEUE) as HTMLElement | null
     if (!b || (b as HTMLButtonElement).disabled) return
     if (b.id === 'add-label') { e.preventDefault(); e.stopImmediatePropagation(); this.queueAddLabel(b); return }
-    if (this.inFlight === 0) return
+    if (this.settled()) return
     e.preventDefault(); e.stopImmediatePropagation()
     if (!this.held.includes(b)) this.held.push(b)
     const n = this.pending.length
     const what = (b.textContent || 'that').trim()
-    this.showStatus(`${what}: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+    this.showStatus(n === 0 ? `${what}: after the label change…`
+      : `${what}: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
   }
 
   /** Add label goes through the viewer's queue, in order with the prompts: pressed while prompts were queued, they
@@ -954,14 +975,23 @@ class Viewer {
     this.labelChanges++
     this.queue = this.queue.then(async () => {
       try {
-        const before = this.stateText
+        // the page shows the new label: a state with one label more (a state that came meanwhile for another
+        // reason, the sync after the prompts, let the buttons held behind it go first; CI saw it under load)
+        const count = () => this.state?.labels?.length ?? 0
+        const before = count()
         if (b.isConnected) b.click()  // the page's own event (not trusted: holdPageButton lets it pass)
         const t0 = performance.now()
-        while (this.stateText === before && performance.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 50))
+        while (count() <= before && performance.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 50))
       } finally {
         this.labelChanges--
+        if (this.settled()) this.releaseHeld()
       }
     })
+  }
+
+  /** Nothing queued: no prompt on its way and no label change waiting for the page. */
+  settled(): boolean {
+    return this.inFlight === 0 && this.labelChanges === 0
   }
 
   /** A label picked in the page's Active label box goes through the viewer's queue, in order with the prompts:
@@ -1176,7 +1206,7 @@ class Viewer {
           if (this.state && this.labelsNewer(this.state.boot, this.state.rev) && this.study === this.state.study) this.reloadLabels()
           if (!quiet || body.kind === 'window' || this.tableStale) { this.tableStale = false; this.syncPage() }
           if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box' || this.readyWanted) this.requestEncode()
-          this.releaseHeld()
+          if (this.labelChanges === 0) this.releaseHeld()  // else after the label change (queueAddLabel)
         }
       }
     })
