@@ -36,7 +36,7 @@ from app.render import (
 from app.reading import read_untrusted
 from app.session import PALETTE, UNRESTORED, Edit, Session, SessionError, SessionStore
 from app.uploads import import_upload
-from data.readers import StudyWarning, read_study
+from data.readers import SeveralSeriesError, StudyWarning, read_study
 from data.untrusted import one_line
 from data.writers import write_label_nifti
 from models.prompts import PromptError
@@ -215,13 +215,14 @@ def open_upload(ctx: AppContext, session: Session, files: list[str], progress: P
     name = Path(files[0]).name if len(files) == 1 else f"{len(files)} files"
     try:
         path = import_upload(files, upload_dir, settings=settings, room_bytes=room)
-        choices = series_to_pick(path)
-        if choices:  # several volumes: the user picks one (app/series_picker.py); the open study stays as it is
+        try:
+            view = _open(ctx, session, path, name, progress)
+        except SeveralSeriesError as e:  # the user picks one (app/series_picker.py); the open study stays as it is
+            choices = series_choices(e.series)
             session.runtime[PENDING_SERIES] = (upload_dir, path, name, choices)
             _drop_uploads(session, kept)
             return view_model(session, f"{name} holds {len(choices)} series: pick the one to open in the list "
                                        "under Upload.")
-        view = _open(ctx, session, path, name, progress)
     except BaseException:
         shutil.rmtree(upload_dir, ignore_errors=True)
         raise
@@ -233,21 +234,11 @@ def open_upload(ctx: AppContext, session: Session, files: list[str], progress: P
 PENDING_SERIES = "pending_series"  # session.runtime key: (upload folder, path, name, [(label, uid)]) awaiting a pick
 
 
-def series_to_pick(path: Path) -> list[tuple[str, str]]:
-    """(label, SeriesInstanceUID) of an uploaded folder's series when it holds more than one volume (localizers beside
-    one volume open that volume: ``data.readers``); [] otherwise. Headers only (pydicom), no pixel decoding."""
-    from data.readers import StudyError, list_series
-
-    if not path.is_dir():
-        return []
-    try:
-        series = [s for s in list_series(path) if not s.localizer]
-    except StudyError:
-        return []  # the reader says why when the folder is opened
-    if len(series) < 2:
-        return []
-    return [(one_line(f"{s.modality} {s.description or 'series'} ({len(s.files)} images) · …{s.series_instance_uid[-8:]}"),
-             s.series_instance_uid) for s in series]
+def series_choices(series: list[tuple[str, str, str, int]]) -> list[tuple[str, str]]:
+    """The picker's (label, SeriesInstanceUID) of the series the isolated reader listed in its refusal
+    (``data.readers.SeveralSeriesError``): the server never parses an upload's headers itself."""
+    return [(one_line(f"{modality} {description or 'series'} ({n} images) · …{uid[-8:]}"), uid)
+            for uid, modality, description, n in series]
 
 
 @_with_session

@@ -31,7 +31,7 @@ import numpy as np
 
 from data import limits
 from data.limits import LimitError
-from data.readers import StudyError, StudyWarning, voxel_limit
+from data.readers import SeveralSeriesError, StudyError, StudyWarning, voxel_limit
 from data.untrusted import link_policy
 from data.volume import SourceRef, Volume
 
@@ -172,6 +172,12 @@ class ReadServer:
 def _volume(path: str | Path, reply: dict, out: Path, lim: ReadLimits) -> Volume:
     """The reader's answer as a Volume, or the one-line StudyError it stands for."""
     if "error" in reply:
+        if isinstance(reply.get("series"), list):
+            try:
+                series = [(str(u), str(m), str(d), int(n)) for u, m, d, n in reply["series"]]
+            except (TypeError, ValueError):
+                raise StudyError(str(reply["error"])) from None
+            raise SeveralSeriesError(str(reply["error"]), series)
         raise StudyError(str(reply["error"]))
     if "timeout" in reply:
         raise StudyError(f"{path}: reading it took longer than {lim.timeout_s:g} s (MEDSEG_READ_TIMEOUT_S); not opened")

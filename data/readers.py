@@ -49,7 +49,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-__all__ = ["DEFAULT_MAX_VOXELS", "StudyError", "StudyWarning", "read_study", "list_series", "voxel_limit"]
+__all__ = ["DEFAULT_MAX_VOXELS", "SeveralSeriesError", "StudyError", "StudyWarning", "read_study", "list_series",
+           "voxel_limit"]
 
 
 class StudyError(ValueError):
@@ -58,6 +59,16 @@ class StudyError(ValueError):
 
     def __init__(self, message: object = "") -> None:
         super().__init__(one_line(str(message)))
+
+
+class SeveralSeriesError(StudyError):
+    """A folder holds several image volumes and none was named. ``series`` lists them (SeriesInstanceUID, modality,
+    description, images; scouts left out) so that a caller can offer them: the UI's picker takes them from the
+    isolated reader's refusal, and the server process never parses an upload's headers itself."""
+
+    def __init__(self, message: object, series: list[tuple[str, str, str, int]]) -> None:
+        super().__init__(message)
+        self.series = series
 
 
 class StudyWarning(UserWarning):
@@ -474,8 +485,9 @@ def read_dicom_series(
         info = chosen[0]
     elif len(series := _without_localizers(folder, series)) > 1:
         listing = "; ".join(f"{s.series_instance_uid} ({s.modality}, {len(s.files)} files)" for s in series[:shown])
-        raise StudyError(f"{folder}: holds {len(series)} series, pick one with --series UID: {listing}"
-                         + (f";{more}" if more else ""))
+        raise SeveralSeriesError(f"{folder}: holds {len(series)} series, pick one with --series UID: {listing}"
+                                 + (f";{more}" if more else ""),
+                                 [(s.series_instance_uid, s.modality, s.description, len(s.files)) for s in series])
     else:
         info = series[0]
     for f in info.files:

@@ -477,6 +477,24 @@ def _two_series_zip(tmp_path):
     return archive
 
 
+def test_the_series_of_an_upload_are_listed_by_the_isolated_reader_not_in_the_server(ctx, tmp_path, monkeypatch):
+    """The picker's list came from the upload's headers parsed in the server process (and again in the isolated
+    reader): a header that hangs or crashes the parser would have taken the server with it. The isolated reader's
+    refusal now carries the list."""
+    import data.readers
+
+    def parsed_in_the_server(*args, **kwargs):
+        raise AssertionError("the upload's headers were parsed in the server process")
+
+    monkeypatch.setattr(data.readers, "list_series", parsed_in_the_server)
+    sid = controller.start(ctx, None).session_id
+    vm = controller.open_upload(ctx, sid, [str(_two_series_zip(tmp_path))])
+    assert vm.status == "two.zip holds 2 series: pick the one to open in the list under Upload."
+    from app import series_picker
+
+    assert {uid for _, uid in series_picker.pending_choices(ctx, sid)} >= {"1.2.826.0.1.3680043.8.498.5001"}
+
+
 def test_an_upload_of_two_series_lets_the_ui_user_pick_one_and_keeps_the_open_study(ctx, tmp_path):
     """Two volumes in one upload were refused with "pick one with --series UID", which a browser user cannot pass.
     Now the upload waits for a pick (the open study and its labels stay), and the picked series opens, also after
