@@ -36,7 +36,7 @@ from app.render import (
 from app.reading import read_untrusted
 from app.session import PALETTE, UNRESTORED, Edit, Session, SessionError, SessionStore
 from app.uploads import import_upload
-from data.readers import SeveralSeriesError, StudyWarning, read_study
+from data.readers import SeveralSeriesError, StudyWarning, UnevenStudyError, read_study
 from data.untrusted import one_line
 from data.writers import write_label_nifti
 from models.prompts import PromptError
@@ -218,11 +218,10 @@ def open_upload(ctx: AppContext, session: Session, files: list[str], progress: P
         try:
             view = _open(ctx, session, path, name, progress)
         except SeveralSeriesError as e:  # the user picks one (app/series_picker.py); the open study stays as it is
-            choices = series_choices(e.series)
-            session.runtime[PENDING_SERIES] = (upload_dir, path, name, choices)
-            _drop_uploads(session, kept)
-            return view_model(session, f"{name} holds {len(choices)} series: pick the one to open in the list "
-                                       "under Upload.")
+            return _offer(session, (upload_dir, path, name, series_choices(e.series)), kept,
+                          f"{name} holds {len(e.series)} series: pick the one to open in the list under Upload.")
+        except UnevenStudyError as e:  # opened only if the user asks for the mean spacing (the CLI's --allow-uneven)
+            return _offer(session, (upload_dir, path, name, [uneven_choice(None)]), kept, uneven_status(e, path))
     except BaseException:
         shutil.rmtree(upload_dir, ignore_errors=True)
         raise
@@ -231,7 +230,25 @@ def open_upload(ctx: AppContext, session: Session, files: list[str], progress: P
     return view
 
 
-PENDING_SERIES = "pending_series"  # session.runtime key: (upload folder, path, name, [(label, uid)]) awaiting a pick
+PENDING_SERIES = "pending_series"  # session.runtime key: (upload folder, path, name, [(label, value)]) awaiting a pick
+UNEVEN = "uneven:"  # a pick's value: open at the mean slice spacing (the series' UID follows, or nothing)
+
+
+def _offer(session: Session, pending: tuple, kept: list[Path], status: str) -> ViewModel:
+    """Keep an upload that opens only after the user's choice under Upload; the open study stays as it is."""
+    session.runtime[PENDING_SERIES] = pending
+    _drop_uploads(session, kept)
+    return view_model(session, status)
+
+
+def uneven_choice(uid: str | None) -> tuple[str, str]:
+    return ("Open at the mean slice spacing (slice positions approximate)", UNEVEN + (uid or ""))
+
+
+def uneven_status(error: BaseException, path: Path) -> str:
+    """The reader's refusal as a browser user can act on it (the CLI's flag is named in the reader's message)."""
+    text = _without_folder(str(error), path)  # "...; add the missing file(s), ..., or pass --allow-uneven"
+    return f"Not opened: {text.replace('pass --allow-uneven', 'open it at the mean slice spacing under Upload')}."
 
 
 def series_choices(series: list[tuple[str, str, str, int]]) -> list[tuple[str, str]]:
@@ -243,12 +260,20 @@ def series_choices(series: list[tuple[str, str, str, int]]) -> list[tuple[str, s
 
 @_with_session
 def open_pending_series(ctx: AppContext, session: Session, uid: str, progress: Progress | None = None) -> ViewModel:
-    """Open the series the user picked of the upload that holds several; the other uploads' folders go."""
+    """Open what the user picked under Upload (a series of an upload that holds several, or a study's uneven slice
+    spacing at its mean: ``UNEVEN``); the other uploads' folders go."""
     pending = session.runtime.get(PENDING_SERIES)
     if pending is None or uid not in {u for _, u in pending[3]}:
         raise SessionError("that series is no longer offered: upload the study again")
     upload_dir, path, name, _ = pending
-    view = _open(ctx, session, path, f"{name}, series …{uid[-8:]}", progress, series_uid=uid)
+    uneven = uid.startswith(UNEVEN)
+    series = (uid.removeprefix(UNEVEN) if uneven else uid) or None
+    try:
+        view = _open(ctx, session, path, name if series is None else f"{name}, series …{series[-8:]}", progress,
+                     series_uid=series, allow_uneven=uneven)
+    except UnevenStudyError as e:  # the series picked is unevenly spaced: offered again, at the mean spacing
+        session.runtime[PENDING_SERIES] = (upload_dir, path, name, [uneven_choice(series)])
+        return view_model(session, uneven_status(e, path))
     session.runtime.pop(PENDING_SERIES, None)
     uploads = session.directory / "uploads"
     _drop_uploads(session, [p for p in uploads.iterdir() if p.is_dir() and p != upload_dir])
@@ -265,7 +290,7 @@ def _drop_uploads(session: Session, folders: list[Path]) -> None:
 
 
 def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Progress | None,
-          *, trusted: bool = False, series_uid: str | None = None) -> ViewModel:
+          *, trusted: bool = False, series_uid: str | None = None, allow_uneven: bool = False) -> ViewModel:
     """Read and show a study. Anything but our own bundled samples (``trusted``) is read in a
     child process with memory and time limits (``data.isolated_read``): a file that crashes a
     native decoder is one error for this user, never a dead server."""
@@ -273,9 +298,9 @@ def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Pr
         progress(0.2, f"reading {one_line(name)}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StudyWarning)
-        volume = read_study(path, series_uid=series_uid) if trusted else \
-            read_untrusted(path, session.directory, series_uid=series_uid)
-    session.start_study(volume, str(path), name, series_uid)
+        volume = read_study(path, series_uid=series_uid, allow_uneven=allow_uneven) if trusted else \
+            read_untrusted(path, session.directory, series_uid=series_uid, allow_uneven=allow_uneven)
+    session.start_study(volume, str(path), name, series_uid, allow_uneven=allow_uneven)
     ctx.store.save(session)
     if progress:
         progress(0.9, "rendering")

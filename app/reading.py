@@ -15,14 +15,15 @@ from data.isolated_read import ReadLimits, read_study_isolated
 from data.volume import Volume
 
 
-def read_untrusted(path: str | Path, scratch: str | Path, series_uid: str | None = None) -> Volume:
+def read_untrusted(path: str | Path, scratch: str | Path, series_uid: str | None = None, *,
+                   allow_uneven: bool = False) -> Volume:
     """``read_study(path)`` in a limited child; ``scratch`` (the session's folder) holds the hand-over file."""
     from app.settings import get_settings
 
     settings = get_settings()
     limits = ReadLimits.resolve(settings.max_voxels, settings.read_memory_mb, settings.read_timeout_s)
     return read_study_isolated(path, scratch=scratch, series_uid=series_uid, max_voxels=settings.max_voxels,
-                               read_limits=limits)
+                               read_limits=limits, allow_uneven=allow_uneven)
 
 
 def read_for_cli(path: str | Path, *, series_uid: str | None = None, max_voxels: int | None = None,

@@ -1,7 +1,8 @@
 """The UI's series picker: an upload (a zip or files of a study export) that holds several image series opens none of
-them until the user picks one here. ``app.controller.open_upload`` keeps such an upload and lists its series
-(``PENDING_SERIES``); this module shows them under Upload and opens the one picked. The CLI's ``--series UID`` does
-the same for a folder. Layout and wiring live here so ``app/ui.py`` only calls :func:`layout` and :func:`wire`.
+them until the user picks one here; a series whose slices are unevenly spaced (or missing) opens at the mean spacing
+only when the user picks that here. ``app.controller.open_upload`` keeps such an upload and lists the choices
+(``PENDING_SERIES``); this module shows them under Upload and opens the one picked. The CLI's ``--series UID`` and
+``--allow-uneven`` do the same. Layout and wiring live here so ``app/ui.py`` only calls :func:`layout` and :func:`wire`.
 """
 
 from __future__ import annotations
@@ -26,11 +27,21 @@ def pending_choices(ctx: AppContext, sid: str | None) -> list[tuple[str, str]]:
         return list(pending[3]) if pending else []
 
 
+def label_of(choices: list[tuple[str, str]]) -> str:
+    """The picker's title: a choice of series, or of opening unevenly spaced slices at their mean spacing."""
+    if choices and all(value.startswith(controller.UNEVEN) for _, value in choices):
+        return "The slices are unevenly spaced (or some are missing): open anyway?"
+    return SERIES_LABEL
+
+
+SERIES_LABEL = "Series in this upload (pick one to open)"
+
+
 def layout():
     """The picker (inside the caller's layout context), hidden until an upload holds several series."""
     import gradio as gr
 
-    return gr.Dropdown([], value=None, label="Series in this upload (pick one to open)", visible=False,
+    return gr.Dropdown([], value=None, label=SERIES_LABEL, visible=False,
                        elem_id="upload-series")
 
 
@@ -42,7 +53,7 @@ def wire(picker, ctx: AppContext, sid, outputs: list, guarded: Callable[..., lis
 
     def shown(s) -> Any:
         choices = pending_choices(ctx, s)
-        return gr.update(choices=choices, value=None, visible=bool(choices))
+        return gr.update(choices=choices, value=None, visible=bool(choices), label=label_of(choices))
 
     def on_pick(s, uid, progress=gr.Progress()):
         if not uid or not pending_choices(ctx, s):  # Gradio's dropdown may send one pick twice: the second is no news

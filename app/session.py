@@ -231,6 +231,7 @@ class Session:
     model: str = "litemedsam"
     study_path: str | None = None
     series_uid: str | None = None
+    allow_uneven: bool = False  # the user chose to open the study's uneven slice spacing at its mean (restored so)
     study_name: str = ""
     labels: np.ndarray | None = field(default=None, repr=False)
     label_defs: list[LabelDef] = field(default_factory=list)
@@ -267,12 +268,13 @@ class Session:
         """The open study's key (its path and series): the same study opened again finds its labels."""
         return study_key(self.study_path, self.series_uid) if self.study_path else None
 
-    def start_study(self, volume: Volume, path: str, name: str, series_uid: str | None = None) -> None:
+    def start_study(self, volume: Volume, path: str, name: str, series_uid: str | None = None, *,
+                    allow_uneven: bool = False) -> None:
         """Open a study. The open one's labels, label table, view and undo history are kept in the
         session (``studies``) and come back when it is opened again; re-opening the open study keeps it."""
         key = study_key(path, series_uid)
         if key == self.study_key and self.labels is not None and self.labels.shape == volume.array.shape[:3]:
-            self.volume, self.study_name = volume, name
+            self.volume, self.study_name, self.allow_uneven = volume, name, allow_uneven
             self.prompt = None
             self.revision += 1
             return
@@ -280,6 +282,7 @@ class Session:
             self._stash()
         self.volume = volume
         self.study_path, self.series_uid, self.study_name = path, series_uid, name
+        self.allow_uneven = allow_uneven
         self.prompt = None
         self.runtime.clear()
         self.revision += 1
@@ -461,6 +464,7 @@ class Session:
             "model": self.model,
             "study_path": study,
             "series_uid": self.series_uid,
+            "allow_uneven": self.allow_uneven,
             "study_name": self.study_name,
             "labels": [{"value": d.value, "name": d.name, "colour": list(d.colour)} for d in self.label_defs],
             "active": self.active,
@@ -474,7 +478,8 @@ class Session:
 # state.json, field by field: (key, accepted types, what the message says was expected)
 _STATE_FIELDS: tuple[tuple[str, tuple[type, ...], str], ...] = (
     ("model", (str,), "a model name"), ("study_path", (str, type(None)), "a path or null"),
-    ("series_uid", (str, type(None)), "a UID or null"), ("study_name", (str,), "a name"),
+    ("series_uid", (str, type(None)), "a UID or null"), ("allow_uneven", (bool,), "true or false"),
+    ("study_name", (str,), "a name"),
     ("labels", (list,), "a list of labels"), ("active", (int,), "a label value"), ("view", (dict,), "an object"),
     ("history", (dict,), "an object"), ("studies", (dict,), "an object"), ("updated", (int, float), "a time"),
     ("journal_seq", (int,), "a record number"),
@@ -492,7 +497,7 @@ def check_state(state: Any, name: str = "state.json") -> dict[str, Any]:
     if not isinstance(state, dict):
         raise SessionError(f"{name}: expected a JSON object, found {type(state).__name__}")
     for key, types, expected in _STATE_FIELDS:
-        if key in state and (not isinstance(state[key], types) or isinstance(state[key], bool)):
+        if key in state and (not isinstance(state[key], types) or (isinstance(state[key], bool) and bool not in types)):
             raise bad(key, expected)
     for n, d in enumerate(state.get("labels", [])):
         if not isinstance(d, dict) or not isinstance(d.get("value"), int) or not isinstance(d.get("name"), str):
@@ -820,6 +825,7 @@ class SessionStore:
             directory=directory,
             model=state.get("model", "litemedsam"),
             series_uid=state.get("series_uid"),
+            allow_uneven=state.get("allow_uneven", False),
             study_name=state.get("study_name", ""),
             label_defs=[LabelDef(d["value"], d["name"], tuple(d["colour"])) for d in state.get("labels", [])],
             active=state.get("active", 1),
@@ -834,9 +840,10 @@ class SessionStore:
             session.study_path = str(path)
             try:
                 if path.is_relative_to(directory):  # the user's upload: read in a limited child
-                    session.volume = read_untrusted(path, directory, series_uid=session.series_uid)
+                    session.volume = read_untrusted(path, directory, series_uid=session.series_uid,
+                                                    allow_uneven=session.allow_uneven)
                 else:  # a bundled sample
-                    session.volume = read_study(path, series_uid=session.series_uid)
+                    session.volume = read_study(path, series_uid=session.series_uid, allow_uneven=session.allow_uneven)
             except StudyError as e:
                 raise SessionError(f"the session's study can no longer be read ({e})") from e
             labels_file = directory / "labels.npz"

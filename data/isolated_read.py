@@ -31,7 +31,7 @@ import numpy as np
 
 from data import limits
 from data.limits import LimitError
-from data.readers import SeveralSeriesError, StudyError, StudyWarning, voxel_limit
+from data.readers import SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError, voxel_limit
 from data.untrusted import link_policy
 from data.volume import SourceRef, Volume
 
@@ -178,7 +178,7 @@ def _volume(path: str | Path, reply: dict, out: Path, lim: ReadLimits) -> Volume
             except (TypeError, ValueError):
                 raise StudyError(str(reply["error"])) from None
             raise SeveralSeriesError(str(reply["error"]), series)
-        raise StudyError(str(reply["error"]))
+        raise (UnevenStudyError if reply.get("uneven") is True else StudyError)(str(reply["error"]))
     if "timeout" in reply:
         raise StudyError(f"{path}: reading it took longer than {lim.timeout_s:g} s (MEDSEG_READ_TIMEOUT_S); not opened")
     if "signal" in reply:

@@ -78,7 +78,7 @@ def reader_child(request: dict, reply_fd: int) -> int:
 
     import numpy as np
 
-    from data.readers import SeveralSeriesError, StudyError, read_study
+    from data.readers import SeveralSeriesError, StudyError, UnevenStudyError, read_study
     from data.untrusted import one_line, set_link_policy
 
     path = request["path"]
@@ -113,7 +113,8 @@ def reader_child(request: dict, reply_fd: int) -> int:
         except StudyError as e:
             if isinstance(e.__cause__, MemoryError) or OUT_OF_MEMORY.search(str(e)):
                 return answer({"error": one_line(too_big)})  # the limit, not the file, is what to name
-            return answer({"error": str(e), **({"series": e.series} if isinstance(e, SeveralSeriesError) else {})})
+            return answer({"error": str(e), **({"series": e.series} if isinstance(e, SeveralSeriesError) else {}),
+                           **({"uneven": True} if isinstance(e, UnevenStudyError) else {})})
         except MemoryError:
             return answer({"error": one_line(too_big)})
         except BaseException as e:  # noqa: BLE001 - whatever it was, one line for this file

@@ -40,8 +40,8 @@ from data import limits
 from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
 from data.limits import DEFAULT_MAX_VOXELS, LimitError
 from data.nifti_check import NiftiCheckError, check_nifti
-from data.series_geometry import (GeometryError, check_pixel_spacing, check_series_geometry, frame_geometry, numbers,
-                                  orientation, position_along_normal)
+from data.series_geometry import (GeometryError, UnevenSpacingError, check_pixel_spacing, check_series_geometry,
+                                  frame_geometry, numbers, orientation, position_along_normal)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import SourceRef, Volume
 
@@ -49,8 +49,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-__all__ = ["DEFAULT_MAX_VOXELS", "SeveralSeriesError", "StudyError", "StudyWarning", "read_study", "list_series",
-           "voxel_limit"]
+__all__ = ["DEFAULT_MAX_VOXELS", "SeveralSeriesError", "StudyError", "StudyWarning", "UnevenStudyError", "read_study",
+           "list_series", "voxel_limit"]
 
 
 class StudyError(ValueError):
@@ -69,6 +69,15 @@ class SeveralSeriesError(StudyError):
     def __init__(self, message: object, series: list[tuple[str, str, str, int]]) -> None:
         super().__init__(message)
         self.series = series
+
+
+class UnevenStudyError(StudyError):
+    """A study refused only for uneven slice spacing or missing slices: ``allow_uneven=True`` opens it at the mean
+    spacing with a note (the CLI's ``--allow-uneven``, the UI's choice under Upload)."""
+
+
+def _geometry_refusal(where: object, error: GeometryError) -> StudyError:
+    return (UnevenStudyError if isinstance(error, UnevenSpacingError) else StudyError)(f"{where}: {error}")
 
 
 class StudyWarning(UserWarning):
@@ -501,7 +510,7 @@ def read_dicom_series(
     try:
         geometry = check_series_geometry(info.files, heads, allow_uneven=allow_uneven)
     except GeometryError as e:
-        raise StudyError(f"{folder}: {e}") from None
+        raise _geometry_refusal(folder, e) from None
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO(DICOM_IO)
     reader.SetFileNames(list(info.files))
@@ -607,7 +616,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         enhanced = _int(ds, "NumberOfFrames", 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
         frames = frame_geometry(ds, allow_uneven=allow_uneven) if enhanced else None
     except GeometryError as e:
-        raise StudyError(f"{path}: {e}") from None
+        raise _geometry_refusal(path, e) from None
     _check_frame_rescales(path, ds)
     try:
         image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, DICOM_IO)

@@ -33,6 +33,11 @@ class GeometryError(ValueError):
     """The series' geometry is missing, invalid or not one even stack (the message says why)."""
 
 
+class UnevenSpacingError(GeometryError):
+    """The series' only fault is uneven slice spacing (or missing slices): ``allow_uneven`` opens it at the mean
+    spacing, with a note, when the user asks for it."""
+
+
 @dataclass(frozen=True)
 class SeriesGeometry:
     """``spacing_k``: the slice spacing to use instead of ITK's (only with ``allow_uneven``); notes for the user."""
@@ -151,7 +156,7 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
                      f"{size:.3g} mm")
             fix = "resample the series to even spacing (e.g. in 3D Slicer), or pass --allow-uneven"
         if not allow_uneven:
-            raise GeometryError(f"{fault}; {fix}")
+            raise UnevenSpacingError(f"{fault}; {fix}")
         notes.append(fault)
     if not notes:
         return SeriesGeometry()

@@ -477,6 +477,53 @@ def _two_series_zip(tmp_path):
     return archive
 
 
+def test_a_series_with_a_missing_slice_opens_in_the_ui_only_when_asked_at_the_mean_spacing(ctx, tmp_path):
+    """A study export that lost one file (a slice missing) was refused with "... or pass --allow-uneven", a flag a
+    browser user cannot pass. The refusal now says so in the UI's words and offers the mean spacing under Upload;
+    the pick opens it with the reader's note, and a restart of the session from disk opens it the same way."""
+    from app import series_picker
+
+    ct = sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").iterdir())
+    sid = controller.start(ctx, None).session_id
+    vm = controller.open_upload(ctx, sid, [str(_gap_zip(tmp_path))])
+    assert vm.status.startswith("Not opened: 1 slice(s) missing between ") and vm.status.endswith(
+        "add the missing file(s), open the complete series, or open it at the mean slice spacing under Upload.")
+    assert ctx.store.get(sid).volume is None
+    ((label, value),) = series_picker.pending_choices(ctx, sid)
+    assert label == "Open at the mean slice spacing (slice positions approximate)"
+    assert series_picker.label_of([(label, value)]).startswith("The slices are unevenly spaced")
+    vm = controller.open_pending_series(ctx, sid, value)
+    assert vm.status.startswith("Opened gap.zip. Note: --allow-uneven: 1 uneven step(s) (1 slice(s) missing")
+    session = ctx.store.get(sid)
+    assert session.volume.array.shape[0] == 11 and session.allow_uneven
+    assert session.volume.spacing[2] == pytest.approx(11 * ct_spacing(ct) / 10)
+    ctx.store.flush(sid)
+    again = SessionStore(ctx.store.root)
+    restored = controller.start(AppContext(again, ctx.runner, ctx.prefetcher), sid)
+    assert restored.status == "Session restored."
+    assert again.get(sid).volume.spacing == session.volume.spacing
+
+
+def _gap_zip(tmp_path):
+    """The bundled CT series less its sixth slice (a study export that lost one file), in one zip."""
+    import zipfile
+
+    ct = sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").iterdir())
+    archive = tmp_path / "gap.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in ct[:5] + ct[6:]:
+            zf.write(f, f"CT/{f.name}")
+    return archive
+
+
+def ct_spacing(files) -> float:
+    """The slice step of the bundled CT series (mm), from its first two positions."""
+    import pydicom
+
+    a, b = (np.array(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient, float) for f in files[:2])
+    return float(np.linalg.norm(b - a))
+
+
 def test_the_series_of_an_upload_are_listed_by_the_isolated_reader_not_in_the_server(ctx, tmp_path, monkeypatch):
     """The picker's list came from the upload's headers parsed in the server process (and again in the isolated
     reader): a header that hangs or crashes the parser would have taken the server with it. The isolated reader's

@@ -321,3 +321,26 @@ def test_an_upload_of_two_series_shows_a_picker_and_opens_the_pick(browser, serv
     assert _state(server, sid)["series_uid"] == "1.2.826.0.1.3680043.8.498.5001"
     picker.wait_for(state="hidden", timeout=TIMEOUT_MS)
     context.close()
+
+
+def test_an_upload_with_a_missing_slice_offers_the_mean_spacing_and_opens_it(browser, server, tmp_path, shots):
+    """A series that lost a slice: the page says why it is not opened and offers the mean spacing under Upload (the
+    CLI's --allow-uneven, which a browser cannot pass); picking it opens the study with the reader's note."""
+    from tests.app.test_ui_interaction import _gap_zip
+
+    context, page, sid = _open_page(browser, server)
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload").click()
+    chooser.value.set_files(str(_gap_zip(tmp_path)))
+    _wait_status(page, "Not opened: 1 slice(s) missing")
+    picker = page.locator("#upload-series")
+    picker.wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert "unevenly spaced" in picker.inner_text()
+    page.screenshot(path=str(shots / "uneven_picker.png"))
+    picker.locator("input").click()
+    page.get_by_role("option", name="Open at the mean slice spacing", exact=False).click()
+    _wait_status(page, "Opened gap.zip. Note: --allow-uneven: 1 uneven step(s)")
+    page.wait_for_function("document.querySelector('#medseg-viewer').dataset.study", timeout=TIMEOUT_MS)
+    assert _state(server, sid)["allow_uneven"] is True
+    picker.wait_for(state="hidden", timeout=TIMEOUT_MS)
+    context.close()
