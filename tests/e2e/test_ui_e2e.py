@@ -1100,6 +1100,28 @@ def test_a_brush_stroke_begun_off_the_image_paints_from_where_it_enters(browser,
         context.close()
 
 
+def test_a_box_begun_off_the_image_starts_at_its_edge(browser, server, ct):
+    """A box dragged from the black band beside the image (to get the corner right at the edge) did nothing and said
+    nothing. It now starts at the image's edge on its way to where it is released."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        edge = _xy(page, ct, 128, 255.4)  # the bottom edge of coronal slice 6
+        canvas = page.locator("#viewer-canvas").bounding_box()
+        start = (_xy(page, ct, 150, 0)[0], (edge[1] + canvas["y"] + canvas["height"]) / 2)  # below the image
+        assert page.evaluate("([x, y]) => medsegViewer.pick(x, y)", [start[0] - canvas["x"], start[1] - canvas["y"]]) \
+            is None, "the box must begin off the image"
+        _drag(page, start, _xy(page, ct, 110, 200))
+        _wait_status(page, "Box: overlay updated")
+        _idle(page)
+        x0, y0, x1, y1 = server.store.get(sid).prompt.box
+        assert (x0, x1) == pytest.approx((110, 150), abs=1.5) and (y0, y1) == pytest.approx((200, 255), abs=1.5)
+        assert page.locator("#viewer-status.mv-error").count() == 0
+    finally:
+        context.close()
+
+
 def test_a_click_right_after_add_label_or_a_label_pick_goes_to_that_label(browser, server, ct):
     """Add label, then a click on the next structure at once: the click left before the page showed the new label, so
     it named label 1, went there, and made label 1 active again (Add label undone). The same with a label picked in

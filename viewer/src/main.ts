@@ -853,6 +853,15 @@ class Viewer {
           last: [x, y], outAt: [x, y] }
         return
       }
+      if (e.button === 0 && (this.tool === 'box' || this.tool === 'point') && !hit && this.state?.study &&
+          this.nv.volumes.length) {
+        // a box begun off the image (in the letterbox beside it, to get a corner right at the edge) starts at the
+        // image's edge on its way to where it is released; before, nothing happened and nothing was said
+        e.stopPropagation(); e.preventDefault()
+        this.drag = { x0: x, y0: y, x, y, view: '', mm0: [], stroke: [], button: 0, done: [], out: true,
+          last: [x, y], outAt: [x, y] }
+        return
+      }
       if (e.button !== 0 || !editing() || !hit || !this.state?.study) return
       e.stopPropagation(); e.preventDefault()
       this.drag = { x0: x, y0: y, x, y, view: hit.view, mm0: hit.mm, stroke: [hit.mm], button: 0, done: [], out: false,
@@ -897,6 +906,14 @@ class Viewer {
           this.prompt({ kind: this.tool, view: d.view, points: piece, radius: this.brushPx / 2 },
             { kind: 'stroke', view: d.view, mm: piece })
         }
+      } else if (moved && !d.mm0.length) {  // begun off the image: from its edge, in the view where it is released
+        const hit = this.pick(d.x, d.y)
+        const start = hit ? this.pickClamped(d.x0, d.y0, d.x, d.y, hit.view) : null
+        if (hit && start) this.prompt({ kind: 'box', view: hit.view, mm: start.mm, mm2: hit.mm, new_object: true },
+          { kind: 'box', view: hit.view, mm: [start.mm, hit.mm] })
+        else this.showError('the box could not be placed on the image: release it over the image')
+      } else if (!d.mm0.length) {  // a click beside the image
+        this.showStatus(this.tool === 'point' ? 'Point: click on the image.' : 'Box: drag from one corner to the opposite one, over the image.')
       } else if (moved) {
         const hit = this.pick(d.x, d.y)  // released in another view's tile (3 views) or off the image: its edge
         const end = hit && hit.view === d.view ? hit : this.pickClamped(d.x, d.y, d.x0, d.y0, d.view)
