@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -98,7 +99,7 @@ class ModelRunner:
         self.idle_after_s = idle_after_s
         self._lock = threading.Lock()
         self._waiting = 0
-        self._last_user = 0.0
+        self._last_user = -math.inf  # no user request yet (0.0 read as one at boot: busy for idle_after_s after it)
         self._count_lock = threading.Lock()
         self._stop_background = None  # stops the background work in flight, while there is some
 
