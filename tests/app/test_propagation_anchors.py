@@ -189,9 +189,11 @@ def test_a_strided_walk_still_stops_where_the_structure_ends(litemedsam, ct, hea
     from app.propagation import box_around
     from models.prompts import Prompts
 
+    shared = EmbeddingCache(max_items=16)  # both walks see the same cut volume: each slice is encoded once
+
     def walk(stride: int):
         return propagate(litemedsam, cut, 4, Prompts(box=box_around(head[4], 5)), window=default_window(ct),
-                         cache=EmbeddingCache(max_items=16), directions=("up",), settings=PropagationSettings(stride=stride))
+                         cache=shared, directions=("up",), settings=PropagationSettings(stride=stride))
 
     one, three = walk(1), walk(3)
     assert one.slices == [4, 5, 6, 7, 8]
