@@ -559,7 +559,7 @@ def _colour_changed(ctx: AppContext, guarded, sid, shown, name, colour, n_output
 def _mask_action(ctx: AppContext, sid: str, editor_value: Any, mask_file: str | None, use_model: bool) -> ViewModel:
     """The brush canvas's painted pixels, or an uploaded mask image, as the mask of the current plane."""
     if mask_file:
-        from data.readers import read_mask_image
+        from data.pictures import read_mask_image
 
         drawn = read_mask_image(Path(mask_file))  # PNG/JPEG only (PIL would run PostScript); alpha respected
     else:

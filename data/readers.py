@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from PIL import Image, UnidentifiedImageError
 
 from data import limits
 from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
@@ -139,6 +138,8 @@ def read_study(
         elif name.endswith(NIFTI_SUFFIXES):
             volume = read_nifti(path, max_voxels=limit)
         elif name.endswith(IMAGE_SUFFIXES):
+            from data.pictures import read_image_file  # imports this module's errors and limits
+
             return read_image_file(path, max_voxels=limit)
         elif name.endswith(".dcm") or has_dicom_magic(path):
             volume = read_dicom_file(path, max_voxels=limit, allow_uneven=allow_uneven)
@@ -649,156 +650,6 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
                   else "none (identity)"),
     )
     return Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
-
-
-# --- PNG / JPEG -------------------------------------------------------------------------------
-TO_RGB_MODES = ("RGBA", "RGBa", "P", "PA", "LA", "La", "CMYK", "YCbCr", "LAB", "HSV")
-
-
-# PIL identifies ~40 formats by their bytes, whatever the name says: a file named scan.png holding PostScript
-# went to Ghostscript (installed here), BMP, TIFF or GIF opened as if PNG. Only these two are decoded.
-IMAGE_FORMATS = ("PNG", "JPEG")
-
-
-def open_image(path: Path, *, max_voxels: int | None = None) -> Image.Image:
-    """A PNG or JPEG file opened (its header read, no pixel decoded yet) and checked: the format by its bytes, one
-    frame (an animated PNG's other frames were dropped silently), the size within ``max_voxels``; StudyError
-    otherwise. A JPEG with extra pictures (MPO, as phones write) is its first, primary picture. Close it."""
-    limit = voxel_limit(max_voxels)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
-            im = Image.open(path, formats=IMAGE_FORMATS)
-    except Image.DecompressionBombError as e:
-        raise StudyError(f"{path}: image too large to open safely ({_first_line(e)})") from e
-    except UnidentifiedImageError as e:
-        raise StudyError(f"{path}: not a readable PNG/JPEG image (its bytes are neither PNG nor JPEG)") from e
-    except Exception as e:
-        raise StudyError(f"{path}: not a readable PNG/JPEG image ({_first_line(e)})") from e
-    try:
-        frames = int(getattr(im, "n_frames", 1) or 1) if im.format == "PNG" else 1
-        if frames > 1:
-            raise StudyError(f"{path}: an animated PNG of {frames} frames; expected one image (save the frame to segment)")
-        _check_voxels(path, (im.size[1], im.size[0]), limit)
-    except BaseException:
-        im.close()
-        raise
-    return im
-
-
-def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
-    """(H, W) bool: the annotated pixels of a 2D mask image (PNG/JPEG): non-zero in any colour channel and, where
-    the image has an alpha channel (or a transparent palette colour), not fully transparent.
-
-    Why: paint programs and exports draw a mask on a transparent layer whose hidden pixels keep any colour (often
-    white); read as grey alone, such a file became a mask of the whole plane."""
-    with open_image(path, max_voxels=max_voxels) as im:
-        try:
-            with warnings.catch_warnings(), native_stderr_captured():  # as read_image_file: libjpeg's notes
-                warnings.simplefilter("ignore")
-                im.load()
-                orientation = _exif_orientation(im)
-                if im.mode == "P" and "transparency" in im.info:
-                    im = im.convert("RGBA")
-                alpha = np.asarray(im.getchannel("A")) > 0 if "A" in im.getbands() else None
-                grey = im.getbands() in (("L",), ("1",), ("I",))  # single-channel, 16-bit included
-                colour = np.asarray(im) > 0 if grey else np.asarray(im.convert("RGB")).max(axis=2) > 0
-        except Exception as e:
-            raise StudyError(f"{path}: not a readable PNG/JPEG image ({_first_line(e)})") from e
-    # turned as its image is (``read_image_file``): a mask drawn on a turned photo keeps that photo's orientation
-    return np.ascontiguousarray(_turned(colour & alpha if alpha is not None else colour, orientation))
-
-
-def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
-    im = open_image(path, max_voxels=max_voxels)
-    try:
-        with im, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's notes on odd chunks; a damaged image raises below
-            with native_stderr_captured():  # libjpeg's "Corrupt JPEG data" lines
-                im.load()
-            orientation = _exif_orientation(im)
-            mode = im.mode
-            if mode == "1":
-                im = im.convert("L")  # a 1-bit image shows as 0 / 255, as every viewer shows it
-                mode = "L"
-            elif mode in TO_RGB_MODES:
-                im = im.convert("RGB")
-                mode = "RGB"
-            array = np.asarray(im)
-    except StudyError:
-        raise
-    except Exception as e:
-        raise StudyError(f"{path}: not a readable PNG/JPEG image ({_first_line(e)})") from e
-    if array.dtype.byteorder not in ("=", "|"):
-        array = array.astype(array.dtype.newbyteorder("="))  # 16-bit big-endian PNG modes
-    if array.ndim == 3 and mode != "RGB":
-        array = array[..., :3]
-    if array.ndim not in (2, 3) or 0 in array.shape[:2]:
-        raise StudyError(f"{path}: empty image of size {array.shape}")
-    if _png_16bit_with_colour_or_alpha(path):
-        array = _png_16bit(path, array)
-    notes: tuple[str, ...] = ()
-    if orientation != 1:
-        array = _turned(array, orientation)
-        notes = (f"EXIF Orientation {orientation}: shown turned as photo viewers show it (masks are written in this "
-                 "orientation)",)
-        warnings.warn(one_line(f"{path}: {notes[0]}"), StudyWarning, stacklevel=2)
-    fmt = "png" if path.suffix.lower() == ".png" else "jpeg"
-    return Volume(array=np.ascontiguousarray(array)[None], modality="OT",
-                  source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)", notes=notes,
-                                   exif_orientation=orientation))
-
-
-def exif_mismatch(what: str, other: str, turn: int, other_turn: int) -> str:
-    """The one line for a picture and its annotation turned differently by their EXIF tags (see ``read_image_file``)."""
-    def named(n: int) -> str:
-        return f"{n} (as stored)" if n == 1 else str(n)
-
-    return (f"the {what} has EXIF Orientation {named(turn)} and the {other} {named(other_turn)}; which way the {other} "
-            "was drawn is not known: save both with the same orientation")
-
-
-def _exif_orientation(im: Image.Image) -> int:
-    """The EXIF Orientation tag (0x0112), 1 (as stored) when absent or not 1-8. Read after ``load``: a PNG may
-    keep its eXIf chunk after the pixels."""
-    try:
-        value = int(im.getexif().get(0x0112, 1))
-    except Exception:  # a damaged EXIF block: the pixels as stored, as viewers then show them
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
-def _turned(array: np.ndarray, orientation: int) -> np.ndarray:
-    """``array`` (H, W[, C]) turned as EXIF ``orientation`` says (PIL's ``ImageOps.exif_transpose``, on numpy)."""
-    turns = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-             5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
-             8: lambda a: np.rot90(a, 1)}
-    return turns[orientation](array) if orientation in turns else array
-
-
-def _png_16bit_with_colour_or_alpha(path: Path) -> bool:
-    """A 16-bit PNG of colour type grey+alpha (4), RGB (2) or RGBA (6): PIL reads these at 8 bits per channel."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
-
-
-def _png_16bit(path: Path, eight_bit: np.ndarray) -> np.ndarray:
-    """The 16-bit values PIL dropped to their high byte (59900 became 233): a grey image stored as RGB or with
-    an alpha channel opens as its 16-bit grey, losslessly; a true colour one stays 8-bit, with a warning."""
-    import cv2
-
-    full = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
-    if full is None or full.dtype != np.uint16 or full.shape[:2] != eight_bit.shape[:2]:
-        raise StudyError(f"{path}: not a readable 16-bit PNG")
-    if full.ndim == 2:
-        return full
-    colour = full[..., :3] if full.shape[2] >= 3 else full[..., :1]
-    if (colour == colour[..., :1]).all():
-        return np.ascontiguousarray(colour[..., 0])
-    warnings.warn(one_line(f"{path}: a 16-bit colour PNG, opened at 8 bits per channel (the low byte of each "
-                           "value dropped)"), StudyWarning, stacklevel=3)
-    return eight_bit
 
 
 def _first_line(e: BaseException) -> str:

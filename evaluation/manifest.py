@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.readers import StudyError, exif_mismatch, read_study
+from data.pictures import exif_mismatch
+from data.readers import StudyError, read_study
 from data.volume import Volume
 from data.windowing import Window, default_window, slice_to_rgb
 

@@ -16,7 +16,8 @@ from adapters.persam_f import ITERATIONS
 from adapters.persam_oneshot import BODY_MASK, LOCATION_GATE, METHODS, fit_oneshot, segment_images
 from app.commands.common import add_model_args, apply_local_clicks_arg, check_outputs
 from app.errors import UsageError
-from data.readers import exif_mismatch, read_mask_image, read_study
+from data.pictures import exif_mismatch, read_mask_image
+from data.readers import read_study
 from data.volume import Volume
 from data.windowing import default_window, slice_to_rgb
 from data.writers import write_label_nifti, write_png_mask

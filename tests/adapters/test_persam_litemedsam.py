@@ -196,7 +196,7 @@ def test_cli_oneshot_refuses_a_3d_reference_mask_on_another_grid(tmp_path, capsy
 
 def test_cli_oneshot_png_reference_mask_on_a_transparent_layer_is_its_opaque_pixels(tmp_path):
     """A --ref-mask PNG drawn on a transparent layer whose hidden pixels are white: read as grey, the reference
-    was the whole image. The reference is the opaque pixels (data.readers.read_mask_image), as in the UI."""
+    was the whole image. The reference is the opaque pixels (data.pictures.read_mask_image), as in the UI."""
     import argparse
 
     from PIL import Image

@@ -69,7 +69,7 @@ def test_medseg_segment_takes_the_box_on_the_picture_as_viewers_show_it(tmp_path
 def test_a_mask_picture_is_turned_as_its_image_is(tmp_path):
     """The one-shot reference mask and the UI's drawn mask (``read_mask_image``) follow the same rule, so a mask
     painted on a turned photo and saved with its EXIF lies on the photo as shown."""
-    from data.readers import read_mask_image
+    from data.pictures import read_mask_image
 
     path = _with_orientation(tmp_path / "mask.png", 6)
     with Image.open(path) as im:
