@@ -31,6 +31,8 @@ MODULES: dict[str, list[str]] = {
     "data/volume.py": ["tests/data/test_geometry.py", "tests/data/test_volume.py"],
     "data/writers.py": ["tests/data/test_geometry.py", "tests/data/test_writers.py"],
     "data/readers.py": ["tests/data/test_geometry.py", "tests/data/test_fuzz_readers.py", "tests/data/test_readers.py"],
+    "data/pictures.py": ["tests/data/test_readers.py", "tests/data/test_exif_orientation.py",
+                         "tests/data/test_fuzz_readers.py"],
     "data/deidentify.py": ["tests/data/test_deidentify.py",  # less the CLI run of the real model (40 s a mutant)
                            "--deselect", "tests/data/test_deidentify.py::test_cli_segment_deidentify_flag"],
     "data/dicom_seg.py": ["tests/data/test_dicom_seg.py"],
@@ -256,6 +258,7 @@ EQUIVALENT |= {
        for n in (205, 208, 210, 211, 212)},
 }
 _R = "data.readers.x"
+_P = "data.pictures.x"  # the picture reader, data/readers.py's until session 15 (its mutant numbers as they were there)
 EQUIVALENT |= {
     **{f"{_R}__same_geometry__mutmut_{n}": "a tighter allclose tolerance: where it says 'differ' the reader applies the "
        "header's geometry, equal to ITK's within 1e-4 anyway" for n in (9, 10, 19, 20, 28)},
@@ -290,17 +293,17 @@ EQUIVALENT |= {
     f"{_R}_read_nifti__mutmut_40": "'or' for 'and': applies the header's geometry also where ITK's equals it (2-D "
                                    "images and agreeing sform/qform), the same values",
     f"{_R}ǁStudyErrorǁ__init____mutmut_1": "StudyError's default message: it is never raised without one",
-    **{f"{_R}_read_image_file__mutmut_{n}": "the mode names after convert('L'/'RGB'): only read by the 'not RGB' "
+    **{f"{_P}_read_image_file__mutmut_{n}": "the mode names after convert('L'/'RGB'): only read by the 'not RGB' "
        "channel cut, which no PNG/JPEG mode reaches (below)" for n in (33, 34, 35, 41, 42, 43)},
-    **{f"{_R}_read_image_file__mutmut_{n}": "the byte-order fix: Pillow opens 16-bit PNG as I;16 in native order, "
+    **{f"{_P}_read_image_file__mutmut_{n}": "the byte-order fix: Pillow opens 16-bit PNG as I;16 in native order, "
        "so no PNG/JPEG gives a non-native array" for n in (48, 49, 50, 51, 52, 53, 54)},
-    **{f"{_R}_read_image_file__mutmut_{n}": "the channel cut of a non-RGB 3-D array: every PNG/JPEG mode with "
+    **{f"{_P}_read_image_file__mutmut_{n}": "the channel cut of a non-RGB 3-D array: every PNG/JPEG mode with "
        "channels is converted to RGB above, so it never runs" for n in (57, 58, 59, 60, 61, 62)},
-    **{f"{_R}_read_image_file__mutmut_{n}": "the empty-image refusal: Pillow refuses a zero-size PNG/JPEG at open "
+    **{f"{_P}_read_image_file__mutmut_{n}": "the empty-image refusal: Pillow refuses a zero-size PNG/JPEG at open "
        "('cannot identify image file'), and shape[:3] of a 2-D/RGB image has no 0 either" for n in (63, 69, 70)},
-    f"{_R}_read_image_file__mutmut_6": "every warning ignored while Image.open reads the header, not only the bomb "
+    f"{_P}_read_image_file__mutmut_6": "every warning ignored while Image.open reads the header, not only the bomb "
                                        "warning: its other notes are on odd chunks, hidden by the load step anyway",
-    f"{_R}_read_image_file__mutmut_86": "modality='OT' left out: Volume's default is 'OT'",
+    f"{_P}_read_image_file__mutmut_86": "modality='OT' left out: Volume's default is 'OT'",
     **{f"{_R}__check_pixels__mutmut_{n}": "PhotometricInterpretation's default made None/'XXXX': an absent one is "
        "not 'YBR_FULL_422' either way" for n in (135, 142)},
 }
