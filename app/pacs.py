@@ -7,10 +7,11 @@ DICOM-SEG the Export button would write). Layout and wiring are here so ``app/ui
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
 from app import controller
 from app.controller import AppContext, ViewModel
+from app.page_wiring import PageWiring
 from app.session import SessionError
 
 
@@ -77,8 +78,7 @@ def layout(base: str | None) -> dict[str, Any] | None:
     return {"base": base, "series": series, "refresh": refresh, "open": open_btn, "export": export}
 
 
-def wire(panel: dict[str, Any] | None, ctx: AppContext, sid, outputs: list, status,
-         guarded: Callable[..., list], warm: Callable, gpu: dict) -> None:
+def wire(panel: dict[str, Any] | None, page: PageWiring) -> None:
     """Connect the panel's buttons; errors come back through ``guarded`` as one line, as elsewhere."""
     if panel is None:
         return
@@ -98,12 +98,12 @@ def wire(panel: dict[str, Any] | None, ctx: AppContext, sid, outputs: list, stat
             f"{len(choices)} series on the PACS." if choices else "The PACS holds no image series."
 
     def on_open(s, url, progress=gr.Progress()):
-        return guarded(open_series, s, url, lambda f, d: progress(f, desc=d))
+        return page.guarded(open_series, s, url, lambda f, d: progress(f, desc=d))
 
     def on_export(s):
-        return guarded(export_to_pacs, s, base)
+        return page.guarded(export_to_pacs, s, base)
 
-    panel["refresh"].click(on_list, [], [panel["series"], status])
-    panel["open"].click(on_open, [sid, panel["series"]], outputs).then(warm, [sid], [status],
-                                                                      show_progress="minimal", **gpu)
-    panel["export"].click(on_export, [sid], outputs)
+    panel["refresh"].click(on_list, [], [panel["series"], page.status])
+    panel["open"].click(on_open, [page.sid, panel["series"]], page.outputs).then(
+        page.warm, [page.sid], [page.status], show_progress="minimal", **page.gpu)
+    panel["export"].click(on_export, [page.sid], page.outputs)

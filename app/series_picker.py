@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from app import controller
 from app.controller import AppContext
+from app.page_wiring import PageWiring
 from app.session import SessionError
 
 
@@ -45,11 +46,12 @@ def layout():
                        elem_id="upload-series")
 
 
-def wire(picker, ctx: AppContext, sid, outputs: list, guarded: Callable[..., list], warm: Callable, status,
-         extra_outputs: list, extra_values: Callable[[], list], after_upload, gpu: dict) -> None:
+def wire(picker, page: PageWiring, after_upload, extra_outputs: list, extra_values: Callable[[], list]) -> None:
     """Show the picker after an upload that holds several series (``after_upload``: the upload's event), hide it once
     one is open; a pick opens that series like an upload, through ``guarded`` (one line on error)."""
     import gradio as gr
+
+    ctx, sid, outputs = page.ctx, page.sid, page.outputs
 
     def shown(s) -> Any:
         choices = pending_choices(ctx, s)
@@ -58,8 +60,8 @@ def wire(picker, ctx: AppContext, sid, outputs: list, guarded: Callable[..., lis
     def on_pick(s, uid, progress=gr.Progress()):
         if not uid or not pending_choices(ctx, s):  # Gradio's dropdown may send one pick twice: the second is no news
             return [gr.skip()] * (len(outputs) + len(extra_outputs))
-        return guarded(controller.open_pending_series, s, uid, lambda f, d: progress(f, desc=d)) + extra_values()
+        return page.guarded(controller.open_pending_series, s, uid, lambda f, d: progress(f, desc=d)) + extra_values()
 
     after_upload.then(shown, [sid], [picker])
     picker.input(on_pick, [sid, picker], outputs + extra_outputs).then(shown, [sid], [picker]).then(
-        warm, [sid], [status], show_progress="minimal", **gpu)
+        page.warm, [sid], [page.status], show_progress="minimal", **page.gpu)

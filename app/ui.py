@@ -34,6 +34,7 @@ import numpy as np
 
 from app import controller, messages, pacs, series_picker, trace, web_session
 from app.controller import MODES, AppContext, ViewModel
+from app.page_wiring import PageWiring
 from app.errors import USER_ERRORS
 from app.interaction import ModelRunner, Prefetcher
 from app.oneshot import METHODS as ONESHOT_METHODS, SCOPES as ONESHOT_SCOPES
@@ -311,7 +312,8 @@ def build_app(config: UIConfig):
             ctx.store.release(getattr(request, "session_hash", "") or "")
             given.pop(getattr(request, "session_hash", None), None)
 
-        pacs.wire(pacs_panel, ctx, sid, outputs, status, guarded, warm, GPU)
+        wiring = PageWiring(ctx, sid, outputs, status, guarded, warm, GPU)
+        pacs.wire(pacs_panel, wiring)
 
         load_event = demo.load(on_load, None, outputs)
         load_event.then(warm, [sid], [status], show_progress="minimal", **GPU)
@@ -331,8 +333,7 @@ def build_app(config: UIConfig):
             warm, [sid], [status], show_progress="minimal", **GPU)
         uploaded = upload.upload(on_upload, [sid, upload], outputs + [download])
         uploaded.then(warm, [sid], [status], show_progress="minimal", **GPU)
-        series_picker.wire(upload_series, ctx, sid, outputs, guarded, warm, status, [download],
-                           lambda: [_no_download()], uploaded, GPU)
+        series_picker.wire(upload_series, wiring, uploaded, [download], lambda: [_no_download()])
         model.input(lambda s, m: guarded(controller.set_model, s, m), [sid, model], outputs, **GPU).then(
             warm, [sid], [status], show_progress="minimal", **GPU
         )
