@@ -99,7 +99,7 @@ def write_dicom_seg(
 
     path = Path(path)
     layers = _segment_layers(np.asarray(labels), volume, path)
-    sources = _source_datasets(volume, path)
+    sources = check_seg_source(volume, path)
     values = [v for v in sorted(layers) if layers[v].any()]  # no empty segments
     if not values:
         raise DicomSegError(f"{path}: nothing is segmented (every label is empty); a DICOM-SEG needs at least one "
@@ -219,6 +219,26 @@ def _segment_description(number, value, names, colours, algorithm):
         algorithm_identification=algorithm,
         display_color=hd.color.CIELabColor.from_rgb(*rgb),
     )
+
+
+def check_seg_source(volume: Volume, path: str | Path) -> list[pydicom.Dataset]:
+    """The source's headers if a DICOM-SEG can reference them (a DICOM source of one file per slice, readable, with
+    valid UIDs and one Frame of Reference), else DicomSegError naming what is missing. The CLI calls it before the
+    model runs: the refusal came after the model's work, and for a missing Frame of Reference in highdicom's words."""
+    from highdicom._standard_utils import ModuleUsageValues, get_module_usage  # highdicom's own rule (private)
+
+    path = Path(path)
+    sources = _source_datasets(volume, path)
+    frames = {str(ds.get("FrameOfReferenceUID") or "").strip() for ds in sources}
+    if "" in frames:  # allowed where the source's IOD does not require one (an ultrasound, a secondary capture)
+        if get_module_usage("frame-of-reference", sources[0].SOPClassUID) == ModuleUsageValues.MANDATORY:
+            raise DicomSegError(f"{path}: the source images have no FrameOfReferenceUID, which their kind of image "
+                                "requires and a DICOM-SEG must share; write a NIfTI label map (.nii.gz) instead")
+        frames.discard("")
+    if len(frames) > 1:
+        raise DicomSegError(f"{path}: the source images have {len(frames)} different FrameOfReferenceUIDs; a DICOM-SEG "
+                            "shares one with its source: write a NIfTI label map (.nii.gz) instead")
+    return sources
 
 
 def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:

@@ -153,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.input} is a single 2D image: nothing to propagate; use `medseg segment`")
     if fmt == "dicom-seg" and volume.source.format != "dicom-series":
         raise UsageError(f"--output {out}: DICOM-SEG needs a DICOM series as input; use a .nii.gz name")
+    if fmt == "dicom-seg":
+        from data.dicom_seg import check_seg_source
+
+        check_seg_source(volume, args.output)  # before minutes of propagation, not after them
     anchors = read_anchors(args.anchor, volume)
     prompts = None
     if args.box is not None:

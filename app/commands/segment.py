@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     if (to_pacs or out.name.lower().endswith(".dcm")) and volume.source.format not in ("dicom-series", "dicom"):
         raise UsageError(f"--output {args.output}: DICOM-SEG needs a DICOM study, this one is "
                          f"{volume.source.format or 'not from a file'}; use a .nii.gz output name")
+    if to_pacs or out.name.lower().endswith(".dcm"):
+        from data.dicom_seg import check_seg_source
+
+        check_seg_source(volume, args.output)  # before the model runs, not after it
     prompts.validate(image.shape[:2])
     segmenter = segmenter_from_args(args)
     t0 = time.perf_counter()

@@ -180,3 +180,28 @@ def test_segment_of_an_mni_space_image_writes_its_space_codes(capsys, tmp_path):
     assert (int(written.header["sform_code"]), int(written.header["qform_code"])) == (4, 4)
     np.testing.assert_allclose(written.affine, source.affine, atol=1e-4)
     assert np.asarray(written.dataobj)[:, :, 11].any()  # the slice segmented, on the source grid
+
+
+@pytest.mark.parametrize("command", ["segment", "propagate"])
+def test_a_seg_output_the_source_cannot_carry_is_refused_before_the_model_runs(command, capsys, tmp_path, monkeypatch):
+    """A series without FrameOfReferenceUID, written as DICOM-SEG: the refusal came after the model had run (seconds
+    for segment, minutes for propagate) and in highdicom's words ("Source images have no Frame Of Reference UID, but
+    it is required by the IOD."). Now it comes first, says what to do, and the model never runs."""
+    import pydicom
+
+    series = tmp_path / "series"
+    series.mkdir()
+    for f in sorted(CT_SERIES.iterdir()):
+        ds = pydicom.dcmread(f)
+        del ds.FrameOfReferenceUID
+        ds.save_as(series / f.name)
+
+    def model_ran(*args, **kwargs):
+        raise AssertionError("the model ran before the refusal")
+
+    monkeypatch.setattr(f"app.commands.{command}.segmenter_from_args", model_ran)
+    code, _, err = run_cli(capsys, command, series, "--slice", 6, "--box", 80, 80, 180, 180, "-o", tmp_path / "o.dcm")
+    assert code == 2, err
+    assert err.strip() == (f"medseg {command}: error: {tmp_path / 'o.dcm'}: the source images have no "
+                           "FrameOfReferenceUID, which their kind of image requires and a DICOM-SEG must share; write a "
+                           "NIfTI label map (.nii.gz) instead")
