@@ -1075,6 +1075,17 @@ def test_a_reload_with_clicks_still_queued_asks_first_and_staying_keeps_them(bro
         context.close()
 
 
+def _below_the_image(page, ct, x: float) -> tuple[float, float]:
+    """A screen point below column ``x`` of the shown coronal slice, between the image and the canvas's bottom
+    (checked to be off the image: nothing is picked there)."""
+    edge = _xy(page, ct, x, 255.4)  # the bottom edge of coronal slice 6
+    canvas = page.locator("#viewer-canvas").bounding_box()
+    start = (edge[0], (edge[1] + canvas["y"] + canvas["height"]) / 2)
+    assert page.evaluate("([x, y]) => medsegViewer.pick(x, y)", [start[0] - canvas["x"], start[1] - canvas["y"]]) \
+        is None, "the gesture must begin off the image"
+    return start
+
+
 def test_a_brush_stroke_begun_off_the_image_paints_from_where_it_enters(browser, server, ct):
     """A stroke begun in the black band below the image and drawn up into it painted nothing, without a word, and the
     drag selected the corner's text (shown highlighted). It now paints from the image's edge where it enters, as a
@@ -1085,11 +1096,7 @@ def test_a_brush_stroke_begun_off_the_image_paints_from_where_it_enters(browser,
     try:
         _open_sample(page)
         page.keyboard.press("r")
-        edge = _xy(page, ct, 128, 255.4)  # the bottom edge of coronal slice 6
-        canvas = page.locator("#viewer-canvas").bounding_box()
-        start = (edge[0], (edge[1] + canvas["y"] + canvas["height"]) / 2)  # between the image and the canvas's bottom
-        assert page.evaluate("([x, y]) => medsegViewer.pick(x, y)", [start[0] - canvas["x"], start[1] - canvas["y"]]) \
-            is None, "the stroke must begin off the image"
+        start = _below_the_image(page, ct, 128)
         _drag(page, start, _xy(page, ct, 128, 200))
         page.wait_for_function("medsegViewer.inFlight === 0", timeout=TIMEOUT_MS)  # nothing queued, or its answer came
         plane = Plane.of(ct, "coronal").extract(server.labels(sid), 6)
@@ -1107,11 +1114,7 @@ def test_a_box_begun_off_the_image_starts_at_its_edge(browser, server, ct):
     try:
         _open_sample(page)
         page.keyboard.press("b")
-        edge = _xy(page, ct, 128, 255.4)  # the bottom edge of coronal slice 6
-        canvas = page.locator("#viewer-canvas").bounding_box()
-        start = (_xy(page, ct, 150, 0)[0], (edge[1] + canvas["y"] + canvas["height"]) / 2)  # below the image
-        assert page.evaluate("([x, y]) => medsegViewer.pick(x, y)", [start[0] - canvas["x"], start[1] - canvas["y"]]) \
-            is None, "the box must begin off the image"
+        start = _below_the_image(page, ct, 150)
         _drag(page, start, _xy(page, ct, 110, 200))
         _wait_status(page, "Box: overlay updated")
         _idle(page)

@@ -211,9 +211,7 @@ def test_upload_then_propagate_3d_and_review(browser, server, tmp_path, ct, shot
     src = tmp_path / "three.nii.gz"
     sitk.WriteImage(replace(ct, array=ct.array[5:8]).to_sitk(), str(src))
     context, page, sid = _open_page(browser, server)
-    with page.expect_file_chooser() as chooser:
-        page.locator("#upload").click()
-    chooser.value.set_files(str(src))
+    _upload(page, src)
     page.wait_for_function("document.querySelector('#medseg-viewer').dataset.study", timeout=TIMEOUT_MS)
     assert "CT" in page.locator("#facts").inner_text()
     state = _state(server, sid)
@@ -301,15 +299,20 @@ def test_suggest_marks_where_the_answer_is_least_sure_and_a_click_there_refines(
     context.close()
 
 
+def _upload(page, path) -> None:
+    """Upload ``path`` as a user does: Upload..., then the file in the browser's file chooser."""
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload").click()
+    chooser.value.set_files(str(path))
+
+
 def test_an_upload_of_two_series_shows_a_picker_and_opens_the_pick(browser, server, tmp_path, shots):
     """A study export with two volumes: the page says so and shows the series list under Upload; picking one opens
     it in the viewer and hides the list (before: an error naming the CLI's --series, which a browser cannot pass)."""
     from tests.app.test_ui_interaction import _two_series_zip
 
     context, page, sid = _open_page(browser, server)
-    with page.expect_file_chooser() as chooser:
-        page.locator("#upload").click()
-    chooser.value.set_files(str(_two_series_zip(tmp_path)))
+    _upload(page, _two_series_zip(tmp_path))
     _wait_status(page, "two.zip holds 2 series")
     picker = page.locator("#upload-series")
     picker.wait_for(state="visible", timeout=TIMEOUT_MS)
@@ -329,9 +332,7 @@ def test_an_upload_with_a_missing_slice_offers_the_mean_spacing_and_opens_it(bro
     from tests.app.test_ui_interaction import _gap_zip
 
     context, page, sid = _open_page(browser, server)
-    with page.expect_file_chooser() as chooser:
-        page.locator("#upload").click()
-    chooser.value.set_files(str(_gap_zip(tmp_path)))
+    _upload(page, _gap_zip(tmp_path))
     _wait_status(page, "Not opened: 1 slice(s) missing")
     picker = page.locator("#upload-series")
     picker.wait_for(state="visible", timeout=TIMEOUT_MS)
