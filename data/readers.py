@@ -319,6 +319,7 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
         raise StudyError(f"{path}: transfer syntax {scan.transfer_syntax}"
                          f"{f' ({name})' if name != scan.transfer_syntax else ''} has no decoder here; save it "
                          "uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")
+    _check_photometric(path, ds, samples)
     native = scan.transfer_syntax in NATIVE_SYNTAXES or not scan.transfer_syntax
     if native and scan.encapsulated:
         raise StudyError(f"{path}: compressed (encapsulated) pixel data in the uncompressed transfer syntax {scan.transfer_syntax}")
@@ -341,6 +342,22 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
     if (scan.pixel_length or 0) < expected:
         raise StudyError(f"{path}: truncated DICOM file: {scan.pixel_length or 0} of {expected} bytes of pixel data "
                          f"({frames} frame(s) of {_int(ds, 'Rows')} x {_int(ds, 'Columns')} x {samples} x {bits} bits)")
+
+
+# Samples per pixel each PhotometricInterpretation needs (PS3.3 C.7.6.3.1.2). GDCM trusts the name: RGB or
+# YBR_FULL_422 on 1-sample CT data opened as a 3-channel picture of noise (min -32768), as if valid.
+PHOTOMETRIC_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "HSV": 3, "YBR_FULL": 3,
+                       "YBR_FULL_422": 3, "YBR_PARTIAL_422": 3, "YBR_PARTIAL_420": 3, "YBR_ICT": 3, "YBR_RCT": 3,
+                       "ARGB": 4, "CMYK": 4}
+
+
+def _check_photometric(path: Path, ds: pydicom.Dataset, samples: int) -> None:
+    """PhotometricInterpretation and SamplesPerPixel agree (an unknown or absent one is left to the decoder)."""
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    needed = PHOTOMETRIC_SAMPLES.get(photometric)
+    if needed is not None and needed != samples:
+        raise StudyError(f"{path}: PhotometricInterpretation {photometric} needs SamplesPerPixel {needed}, the file "
+                         f"says {samples}; the pixels cannot be decoded as either")
 
 
 # Transfer syntaxes GDCM (under SimpleITK) cannot decode: video (MPEG-2/4, HEVC), JPIP references, JPEG XL, HTJ2K,

@@ -1,0 +1,59 @@
+"""DICOM files whose pixel description (PhotometricInterpretation, SamplesPerPixel, BitsAllocated, frames, the
+transfer syntax) does not fit the pixel bytes, or that the decoder here gets wrong: each is one StudyError line
+naming the field, never a picture of noise opened as if valid (session 15's adversarial pass)."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from data.readers import StudyError, read_study
+from tests.conftest import SAMPLES
+
+CT_FILE = sorted((SAMPLES / "ct_head_0051_series").glob("*.dcm"))[0]
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def _edited_ct(tmp_path: Path, name: str, edit) -> Path:
+    ds = pydicom.dcmread(CT_FILE)
+    edit(ds)
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=False)
+    return path
+
+
+def _read(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read_study(path)
+
+
+@pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL_422"])
+def test_a_colour_photometric_on_one_sample_grey_data_is_refused_naming_both_fields(tmp_path, photometric):
+    """GDCM trusted the name: the CT's 1-sample int16 slice opened as a 256 x 256 x 3 picture (YBR_FULL_422: noise
+    of -32768..32752) as if valid."""
+    path = _edited_ct(tmp_path, photometric, lambda ds: setattr(ds, "PhotometricInterpretation", photometric))
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    message = str(e.value)
+    assert f"PhotometricInterpretation {photometric} needs SamplesPerPixel 3, the file says 1" in message
+    assert path.name in message and "\n" not in message
+
+
+def test_samples_per_pixel_3_on_a_monochrome_ct_names_the_mismatch_not_a_truncation(tmp_path):
+    path = _edited_ct(tmp_path, "spp3", lambda ds: setattr(ds, "SamplesPerPixel", 3))
+    with pytest.raises(StudyError, match="PhotometricInterpretation MONOCHROME2 needs SamplesPerPixel 1, the file says 3"):
+        _read(path)
+
+
+def test_real_colour_files_still_open_exactly():
+    """The check refuses only a mismatch: RGB, YBR_FULL_422 (uncompressed and JPEG), palette files open as before."""
+    for name in ("examples_rgb_color.dcm", "SC_ybr_full_422_uncompressed.dcm", "SC_rgb_small_odd.dcm"):
+        ds = pydicom.dcmread(PYDICOM_FILES / name)
+        assert np.array_equal(_read(PYDICOM_FILES / name).array[0], ds.pixel_array), name
+    assert _read(PYDICOM_FILES / "examples_palette.dcm").array.shape == (1, 350, 800, 3)
