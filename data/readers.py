@@ -342,6 +342,28 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
     if (scan.pixel_length or 0) < expected:
         raise StudyError(f"{path}: truncated DICOM file: {scan.pixel_length or 0} of {expected} bytes of pixel data "
                          f"({frames} frame(s) of {_int(ds, 'Rows')} x {_int(ds, 'Columns')} x {samples} x {bits} bits)")
+    _check_no_excess(path, ds, scan.pixel_length or 0, expected, frames, samples, bits, scan.pixel_tail)
+
+
+PIXEL_PADDING_BYTES = 16  # more than a writer pads to an even or aligned length
+
+
+def _check_no_excess(path: Path, ds: pydicom.Dataset, present: int, expected: int, frames: int, samples: int,
+                     bits: int, tail: bytes | None) -> None:
+    """Native pixel data longer than its header describes by a row or a column of one frame, or more: the header
+    lies (GDCM decodes what it describes and drops the rest). Measured: 16-bit CT data under BitsAllocated 8 opened
+    as int8 noise of -128..127, a 2-frame file saying 1 frame lost its second frame, Columns one short sheared every
+    row. Padding (a few bytes, or any number of zero bytes) is not a lie and opens."""
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    excess = present - expected
+    line = min(rows, cols) * samples * bits // 8
+    if excess <= PIXEL_PADDING_BYTES or excess < line:
+        return
+    if tail is not None and not tail[-min(excess, len(tail)):].strip(b"\0"):
+        return  # zeros: padding (pydicom's MR_small_padded carries 128 bytes of them), nothing of the image lost
+    raise StudyError(f"{path}: {present} bytes of pixel data where the header describes {expected} ({frames} frame(s) "
+                     f"of {rows} x {cols} x {samples} x {bits} bits): NumberOfFrames, Rows/Columns, SamplesPerPixel "
+                     "or BitsAllocated is wrong, so the image would open garbled; refused")
 
 
 # Samples per pixel each PhotometricInterpretation needs (PS3.3 C.7.6.3.1.2). GDCM trusts the name: RGB or

@@ -57,3 +57,34 @@ def test_real_colour_files_still_open_exactly():
         ds = pydicom.dcmread(PYDICOM_FILES / name)
         assert np.array_equal(_read(PYDICOM_FILES / name).array[0], ds.pixel_array), name
     assert _read(PYDICOM_FILES / "examples_palette.dcm").array.shape == (1, 350, 800, 3)
+
+
+def _with_pixels(ds: pydicom.Dataset, data: bytes) -> None:
+    ds.PixelData = data
+
+
+@pytest.mark.parametrize("name, edit", [
+    # 16-bit data under BitsAllocated 8: it opened as int8 noise of -128..127
+    ("bits_allocated_8", lambda ds: setattr(ds, "BitsAllocated", 8) or setattr(ds, "BitsStored", 8)
+     or setattr(ds, "HighBit", 7)),
+    # two frames' pixels under no NumberOfFrames: the second frame was dropped without a word
+    ("two_frames_declared_one", lambda ds: _with_pixels(ds, ds.PixelData * 2)),
+    # Columns one short: every row shifted by one more pixel than the last (a sheared slice)
+    ("columns_one_short", lambda ds: setattr(ds, "Columns", 255)),
+])
+def test_pixel_data_longer_than_the_header_describes_is_refused(tmp_path, name, edit):
+    path = _edited_ct(tmp_path, name, edit)
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    message = str(e.value)
+    assert "bytes of pixel data where the header describes" in message, message
+    assert "NumberOfFrames, Rows/Columns, SamplesPerPixel or BitsAllocated is wrong" in message
+    assert path.name in message and "\n" not in message
+
+
+def test_a_few_bytes_of_padding_after_the_pixels_still_open_exactly(tmp_path):
+    ds = pydicom.dcmread(CT_FILE)
+    path = _edited_ct(tmp_path, "padded", lambda d: _with_pixels(d, d.PixelData + b"\0" * 16))
+    assert np.array_equal(_read(path).array[0], ds.pixel_array)
+    assert np.array_equal(_read(PYDICOM_FILES / "MR_small_padded.dcm").array[0],
+                          pydicom.dcmread(PYDICOM_FILES / "MR_small_padded.dcm").pixel_array)
