@@ -47,6 +47,7 @@ from data.volume import SourceRef, Volume
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 __all__ = ["DEFAULT_MAX_VOXELS", "SeveralSeriesError", "StudyError", "StudyWarning", "UnevenStudyError", "read_study",
            "list_series", "voxel_limit"]
@@ -320,6 +321,11 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
                          f"{f' ({name})' if name != scan.transfer_syntax else ''} has no decoder here; save it "
                          "uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")
     _check_photometric(path, ds, samples)
+    if scan.transfer_syntax == RLE_LOSSLESS and samples > 1 and bits > 8:
+        # GDCM decodes these with each sample's byte segments out of order (measured on pydicom's SC_rgb_rle_16bit
+        # and 32bit: pure red 65535, 0, 0 opened as 0, 65280, 255), while 8-bit colour and 16-bit grey RLE are exact
+        raise StudyError(f"{path}: RLE Lossless colour ({samples} samples) of {bits} bits: the decoder here mixes up "
+                         "its bytes (red opens as blue-green); save it uncompressed (e.g. dcmdrle IN OUT) and open that")
     native = scan.transfer_syntax in NATIVE_SYNTAXES or not scan.transfer_syntax
     if native and scan.encapsulated:
         raise StudyError(f"{path}: compressed (encapsulated) pixel data in the uncompressed transfer syntax {scan.transfer_syntax}")

@@ -88,3 +88,28 @@ def test_a_few_bytes_of_padding_after_the_pixels_still_open_exactly(tmp_path):
     assert np.array_equal(_read(path).array[0], ds.pixel_array)
     assert np.array_equal(_read(PYDICOM_FILES / "MR_small_padded.dcm").array[0],
                           pydicom.dcmread(PYDICOM_FILES / "MR_small_padded.dcm").pixel_array)
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_rle_16bit.dcm", "SC_rgb_rle_32bit.dcm"])
+def test_rle_colour_of_16_or_32_bits_is_refused_where_gdcm_decodes_it_wrongly(tmp_path, name):
+    """GDCM's RLE decoder put each sample's bytes out of order: pydicom's pure red (65535, 0, 0) opened as
+    (0, 65280, 255), every pixel wrong, as if valid. The same pixels uncompressed open exactly."""
+    path = tmp_path / name
+    shutil.copy(PYDICOM_FILES / name, path)
+    with pytest.raises(StudyError, match=r"RLE Lossless colour \(3 samples\) of (16|32) bits: .*dcmdrle"):
+        _read(path)
+    ds = pydicom.dcmread(path)
+    expected = ds.pixel_array.copy()
+    ds.decompress()
+    ds.save_as(tmp_path / "raw.dcm")
+    assert np.array_equal(_read(tmp_path / "raw.dcm").array[0], expected)
+
+
+def test_rle_grey_of_16_bits_and_rle_colour_of_8_bits_still_open_exactly(tmp_path):
+    ds = pydicom.dcmread(CT_FILE)
+    expected = ds.pixel_array.copy()
+    ds.compress(pydicom.uid.RLELossless)
+    ds.save_as(tmp_path / "ct_rle.dcm")
+    assert np.array_equal(_read(tmp_path / "ct_rle.dcm").array[0], expected)
+    rgb = pydicom.dcmread(PYDICOM_FILES / "SC_rgb_rle.dcm")
+    assert np.array_equal(_read(PYDICOM_FILES / "SC_rgb_rle.dcm").array[0], rgb.pixel_array)
