@@ -215,7 +215,8 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
     except NiftiCheckError as e:
         raise StudyError(f"{path}: {e}") from None
     try:
-        image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, NIFTI_IO)
+        image = _nifti_2d_image(path) if len(facts.shape) == 2 else _itk(sitk.ReadImage, str(path), sitk.sitkUnknown,
+                                                                          NIFTI_IO)
     except RuntimeError as e:
         raise StudyError(f"{path}: not a readable NIfTI file ({_first_line(e)})") from e
     if image.GetDimension() > 3:
@@ -226,14 +227,35 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
         raise StudyError(f"{path}: empty image of size {image.GetSize()}")
     vol = Volume.from_sitk(image, source=SourceRef(path=str(path), format="nifti", geometry=facts.geometry,
                                                    nifti_codes=facts.codes))
-    if image.GetDimension() == 3 and not _same_geometry(vol, facts):
-        # ITK chose the other transform (it prefers the qform when the two disagree): apply nibabel's rule
+    if not _same_geometry(vol, facts):
+        # ITK chose the other transform (it prefers the qform when the two disagree): apply nibabel's rule. A 2D
+        # NIfTI too: ITK keeps only the affine's 2 x 2 corner, so a slice saved with its 3D affine (nibabel writes
+        # dim[0] 2 for a 2D array) lost its height (z 30 mm read as 0) and a coronal one its orientation
         vol = replace(vol, spacing=facts.spacing, origin=facts.origin, direction=facts.direction)
     return replace(
         vol,
         array=_finite(_raw_non_finite(vol.array, path), path),
         modality=guess_modality(vol.array),
     )
+
+
+def _nifti_2d_image(path: Path) -> sitk.Image:
+    """A 2D NIfTI's pixels (scaled as ITK scales them), on an identity grid that ``read_nifti`` replaces with the
+    checked affine. ITK keeps only the affine's 2 x 2 corner: a coronal or sagittal slice saved with its 3D affine
+    (nibabel writes dim[0] 2 for a 2D array) has a singular one there and failed ("Bad direction, determinant is 0",
+    shown as "not a readable NIfTI file (-0 -0)"); an axial one lost its height."""
+    import nibabel
+
+    try:
+        image = nibabel.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except Exception as e:  # the header was checked; a damaged body is this file's fault, on one line
+        raise RuntimeError(_first_line(e)) from e
+    if data.dtype.names:  # RGB24 / RGBA32: a record per voxel
+        data = np.stack([data[name] for name in data.dtype.names[:3]], axis=-1)
+    if data.dtype == np.float64 and image.get_data_dtype().kind in "iuf" and image.get_data_dtype().itemsize <= 4:
+        data = data.astype(np.float32)  # scaled: float32, as ITK reads it
+    return sitk.GetImageFromArray(np.ascontiguousarray(np.swapaxes(data, 0, 1)), isVector=data.ndim == 3)
 
 
 def _same_geometry(vol: Volume, facts) -> bool:
