@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -249,8 +250,30 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
         for keyword in TYPE2_FROM_SOURCE:  # Type 2: must be present, may be empty (PS3.3 C.7.1.1, C.7.2.1)
             if keyword not in ds:
                 setattr(ds, keyword, "")
+        _text_in_utf8(ds)
         datasets.append(ds)
     return datasets
+
+
+TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
+
+
+def _text_in_utf8(ds: pydicom.Dataset) -> None:
+    """The source's text decoded by its own SpecificCharacterSet and declared UTF-8 (ISO_IR 192) when it is not plain
+    ASCII, so the SEG (which copies the patient and study modules and the character set) writes it validly. Why:
+    highdicom refuses a set of several values, so a Japanese source (``\\ISO 2022 IR 87``, as Japanese scanners
+    write it) could not be exported at all; a source with Latin-1 names and no SpecificCharacterSet (old exports)
+    gave a SEG that dciodvfy refuses (``Character invalid for character repertoire``)."""
+    declared = ds.get("SpecificCharacterSet")
+    names = [str(v).strip() for v in (declared if isinstance(declared, (list, tuple, pydicom.multival.MultiValue))
+                                      else [declared])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's note on undeclared non-ASCII bytes: read as Latin-1 below
+        ds.decode()
+        plain = all(str(e.value).isascii() for e in ds.iterall() if e.VR in TEXT_VRS and e.value is not None)
+    if plain and all(n in ("", "None", "ISO_IR 6", "ISO_IR 192") for n in names):
+        return
+    ds.SpecificCharacterSet = "ISO_IR 192"
 
 
 # --- reading ------------------------------------------------------------------------------------
