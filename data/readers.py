@@ -579,6 +579,7 @@ def read_dicom_series(
         geometry = check_series_geometry(info.files, heads, allow_uneven=allow_uneven)
     except GeometryError as e:
         raise _geometry_refusal(folder, e) from None
+    _check_distinct_instances(folder, info.files, heads)
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO(DICOM_IO)
     reader.SetFileNames(list(info.files))
@@ -608,6 +609,22 @@ def read_dicom_series(
         notes=geometry.notes,
     )
     return Volume.from_sitk(image, modality=info.modality, source=source)
+
+
+def _check_distinct_instances(folder: Path, files: tuple[str, ...], heads: list[pydicom.Dataset]) -> None:
+    """Every slice its own SOPInstanceUID. Two slices at different places under one UID (a series merged or
+    anonymised wrongly) opened, and their DICOM-SEG, which references slices by that UID, put a label drawn on either
+    slice on both when read back (measured); a PACS viewer reads it the same way."""
+    seen: dict[str, str] = {}
+    for f, head in zip(files, heads):
+        uid = str(head.get("SOPInstanceUID", "") or "").strip()
+        if not uid:
+            continue
+        if uid in seen:
+            raise StudyError(f"{folder}: {Path(f).name} and {seen[uid]} are different slices with one SOPInstanceUID "
+                             f"({uid}); a series needs a UID per image (it was merged or anonymised wrongly): fix the "
+                             "UIDs or open the series as exported by the scanner")
+        seen[uid] = Path(f).name
 
 
 def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
