@@ -343,6 +343,7 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
                          f"{f' ({name})' if name != scan.transfer_syntax else ''} has no decoder here; save it "
                          "uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")
     _check_photometric(path, ds, samples)
+    _check_palette(path, ds)
     if scan.transfer_syntax == RLE_LOSSLESS and samples > 1 and bits > 8:
         # GDCM decodes these with each sample's byte segments out of order (measured on pydicom's SC_rgb_rle_16bit
         # and 32bit: pure red 65535, 0, 0 opened as 0, 65280, 255), while 8-bit colour and 16-bit grey RLE are exact
@@ -408,6 +409,31 @@ def _check_photometric(path: Path, ds: pydicom.Dataset, samples: int) -> None:
     if needed is not None and needed != samples:
         raise StudyError(f"{path}: PhotometricInterpretation {photometric} needs SamplesPerPixel {needed}, the file "
                          f"says {samples}; the pixels cannot be decoded as either")
+
+
+def _check_palette(path: Path, ds: pydicom.Dataset) -> None:
+    """A PALETTE COLOR image's three lookup tables as GDCM can apply them: each descriptor (entries, first mapped
+    value 0, 8 or 16 bits) with data of that many entries. GDCM refused every fault with its own assertion text
+    ("An invalid logic behavior occurredmult2 == 2", "Unknown exception thrown in SimpleITK ...") naming no field."""
+    if str(ds.get("PhotometricInterpretation", "") or "").strip().upper() != "PALETTE COLOR":
+        return
+    for colour in ("Red", "Green", "Blue"):
+        if f"Segmented{colour}PaletteColorLookupTableData" in ds:
+            continue  # segmented tables: left to the decoder
+        keyword = f"{colour}PaletteColorLookupTableDescriptor"
+        try:
+            entries, first, bits = (int(v) for v in ds[keyword].value)
+        except (KeyError, TypeError, ValueError):
+            raise StudyError(f"{path}: PALETTE COLOR without a valid {keyword} (entries, first value, bits); the "
+                             "colours are not in the file") from None
+        entries = entries or 65536  # 0 means 2^16 (PS3.3 C.7.6.3.1.5)
+        size = len(ds.get(f"{colour}PaletteColorLookupTableData") or b"")
+        # 16-bit entries; 8-bit ones stored one a byte (padded to an even length) or one a 16-bit word
+        expected = {2 * entries} if bits == 16 else {entries, entries + entries % 2, 2 * entries}
+        if bits not in (8, 16) or first != 0 or size not in expected:
+            raise StudyError(f"{path}: PALETTE COLOR {colour} lookup table of {size} bytes with descriptor {entries}, "
+                             f"{first}, {bits}; expected {entries} entries of 8 or 16 bits from value 0 (the decoder "
+                             "here takes no other)")
 
 
 # Transfer syntaxes GDCM (under SimpleITK) cannot decode: video (MPEG-2/4, HEVC), JPIP references, JPEG XL, HTJ2K,

@@ -113,3 +113,45 @@ def test_rle_grey_of_16_bits_and_rle_colour_of_8_bits_still_open_exactly(tmp_pat
     assert np.array_equal(_read(tmp_path / "ct_rle.dcm").array[0], expected)
     rgb = pydicom.dcmread(PYDICOM_FILES / "SC_rgb_rle.dcm")
     assert np.array_equal(_read(PYDICOM_FILES / "SC_rgb_rle.dcm").array[0], rgb.pixel_array)
+
+
+def _palette(tmp_path: Path, name: str, edit) -> Path:
+    ds = pydicom.dcmread(PYDICOM_FILES / "examples_palette.dcm")
+    edit(ds)
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=False)
+    return path
+
+
+def _set(keyword: str, value):
+    return lambda ds: setattr(ds, keyword, value)
+
+
+@pytest.mark.parametrize("name, edit, expected", [
+    # GDCM's text for each, before: "Unknown exception thrown in SimpleITK ImageFileReader_Execute",
+    # "GDCMImageIO: Cannot read requested file", "An invalid logic behavior occurredInternal->Length[type] * mult2
+    # == length", "... mult2 == 2", "... subscript == 0": no field named
+    ("no_red_data", lambda ds: delattr(ds, "RedPaletteColorLookupTableData"), "Red lookup table of 0 bytes"),
+    ("no_descriptor", lambda ds: delattr(ds, "GreenPaletteColorLookupTableDescriptor"),
+     "without a valid GreenPaletteColorLookupTableDescriptor"),
+    ("red_data_short", lambda ds: setattr(ds, "RedPaletteColorLookupTableData",
+                                          ds.RedPaletteColorLookupTableData[:100]), "Red lookup table of 100 bytes"),
+    ("descriptor_16_entries", _set("RedPaletteColorLookupTableDescriptor", [16, 0, 16]), "descriptor 16, 0, 16"),
+    ("descriptor_12_bits", _set("BluePaletteColorLookupTableDescriptor", [256, 0, 12]), "descriptor 256, 0, 12"),
+    ("descriptor_first_100", _set("RedPaletteColorLookupTableDescriptor", [256, 100, 16]), "descriptor 256, 100, 16"),
+])
+def test_a_palette_colour_image_with_a_broken_lookup_table_names_the_table(tmp_path, name, edit, expected):
+    path = _palette(tmp_path, name, edit)
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    message = str(e.value)
+    assert "PALETTE COLOR" in message and expected in message and path.name in message, message
+    assert "invalid logic" not in message and "Unknown exception" not in message
+
+
+def test_the_palette_colour_image_itself_opens_in_its_colours():
+    from pydicom.pixels import apply_color_lut
+
+    ds = pydicom.dcmread(PYDICOM_FILES / "examples_palette.dcm")
+    expected = (apply_color_lut(ds.pixel_array, ds) >> 8).astype(np.uint8)  # 16-bit entries, shown at 8 bits
+    assert np.array_equal(_read(PYDICOM_FILES / "examples_palette.dcm").array[0], expected)
