@@ -55,3 +55,30 @@ def test_a_seg_of_a_series_with_distinct_uids_puts_each_label_on_its_own_slice(t
         export_labels(labels, volume, tmp_path / "seg.dcm")
         back = np.asarray(read_dicom_seg(tmp_path / "seg.dcm", volume).labels.array)
     assert sorted(set(np.argwhere(back == 1)[:, 0])) == [5] and sorted(set(np.argwhere(back == 2)[:, 0])) == [4]
+
+
+def test_the_ui_refuses_such_an_upload_with_the_line_and_keeps_serving(tmp_path):
+    """The UI path (``open_upload``: a zip, read by the isolated reader) says the same line and the session then
+    opens another study."""
+    import zipfile
+
+    from app.controller import AppContext, open_sample, open_upload, sample_studies
+    from app.errors import USER_ERRORS
+    from app.interaction import ModelRunner, Prefetcher
+    from app.session import SessionError, SessionStore
+
+    archive = tmp_path / "merged.zip"
+    shared = str(pydicom.dcmread(CT_FILES[4]).SOPInstanceUID)
+    with zipfile.ZipFile(archive, "w") as zf:
+        for n, f in enumerate(CT_FILES):
+            ds = pydicom.dcmread(f)
+            if n == 5:
+                ds.SOPInstanceUID = shared
+            ds.save_as(tmp_path / f.name)
+            zf.write(tmp_path / f.name, f"series/{f.name}")
+    runner = ModelRunner("cpu")
+    ctx = AppContext(store=SessionStore(tmp_path / "sessions"), runner=runner, prefetcher=Prefetcher(runner))
+    session = ctx.store.create()
+    with pytest.raises((SessionError, *USER_ERRORS), match="are different slices with one SOPInstanceUID"):
+        open_upload(ctx, session.id, [str(archive)])
+    assert open_sample(ctx, session.id, next(iter(sample_studies()))).slice_max > 0
