@@ -522,6 +522,15 @@ def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[Se
     return series
 
 
+MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a DICOMDIR
+
+
+def _is_dicomdir(ds: pydicom.Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    return MEDIA_DIRECTORY_SOP_CLASS in (str(getattr(meta, "MediaStorageSOPClassUID", "") or ""),
+                                         str(ds.get("SOPClassUID", "") or "")) or "DirectoryRecordSequence" in ds
+
+
 def _is_localizer(ds: pydicom.Dataset) -> bool:
     """ImageType value 3 LOCALIZER (CT Image IOD, PS3.3 C.8.2.1.1.1; MR scanners write it too): the scout a CT study
     export carries beside its axial series."""
@@ -575,9 +584,11 @@ def read_dicom_series(
     series = list_series(folder, max_voxels=max_voxels)
     if not series:
         bare = _bare_data_sets(folder)
+        index = next((f for f in folder.rglob("*") if f.name.upper() == "DICOMDIR" and f.is_file()), None)
         raise StudyError(f"{folder}: no DICOM image series found in this folder" + (
             f": {bare} file(s) hold a DICOM data set without the Part 10 header (no DICM marker at byte 128); "
-            "export them again as DICOM files" if bare else ""))
+            "export them again as DICOM files" if bare else f": it holds {index.relative_to(folder)}, the index of a "
+            "CD/DVD export, without the image files it lists; copy the whole disc (or a zip of it)" if index else ""))
     shown = SERIES_LISTED
     more = f" and {len(series) - shown} more (medseg info {folder} lists them)" if len(series) > shown else ""
     if series_uid is not None:
@@ -718,6 +729,9 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     ds = _read_header(path)
     if getattr(ds, "SOPClassUID", None) == SEG_SOP_CLASS:
         raise StudyError(f"{path}: a DICOM-SEG (segmentation), not an image; open it as labels")
+    if _is_dicomdir(ds):  # what a CD viewer asks for, so what users pick first; it holds no pixels
+        raise StudyError(f"{path}: a DICOMDIR, the index of a CD/DVD export, not an image; open the folder that holds "
+                         "it with its image files (or a zip of that folder)")
     _check_pixels(path, scan, ds, limit)
     try:
         orientation(ds)
