@@ -26,7 +26,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from data.untrusted import LONE_SURROGATE
+from data.untrusted import LONE_SURROGATE, one_line
 from data.volume import SourceRef, Volume
 from data.writers import atomic_output
 
@@ -234,7 +234,7 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
             f"{path}: the source has {len(src.files)} DICOM files for {volume.num_slices} slices "
             "(a multi-frame source); write a NIfTI label map (.nii.gz) instead"
         )
-    datasets = []
+    datasets, notes = [], []
     for f in src.files:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
@@ -251,11 +251,53 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
             if keyword not in ds:
                 setattr(ds, keyword, "")
         _text_in_utf8(ds)
+        for note in _values_highdicom_takes(ds):
+            if note not in notes:  # each slice carries the same study values: one line for the series
+                notes.append(note)
+                warnings.warn(one_line(f"{Path(f).name}: {note}"), UserWarning, stacklevel=3)
         datasets.append(ds)
     return datasets
 
 
 TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
+SEG_DATES, SEG_TIMES = ("StudyDate", "PatientBirthDate"), ("StudyTime",)  # what highdicom parses from the source
+
+
+def _values_highdicom_takes(ds: pydicom.Dataset) -> list[str]:
+    """The source's patient and study values that highdicom parses, made valid or left empty (all Type 2); returns
+    a note for each emptied. Why: clinics' files carry `f` or `X` for PatientSex, a StudyDate of 20231345, a birth date
+    19XX0101 or a StudyTime 25:61, and highdicom refused to build the SEG at all ("'f' is not a valid
+    PatientSexValues", "month must be in 1..12"), de-identified or not; a dotted date (2023.01.05, the old ACR-NEMA
+    form) went into the SEG as it was, which dciodvfy refuses."""
+    notes: list[str] = []
+
+    def emptied(keyword: str, value: object, expected: str) -> None:
+        ds[keyword].value = ""
+        notes.append(f"{keyword} {str(value)!r} is not {expected}; the DICOM-SEG leaves it empty")
+
+    if "PatientSex" in ds:
+        sex = str(ds.PatientSex or "").strip().upper()
+        if sex in ("", "M", "F", "O"):
+            ds.PatientSex = sex
+        else:
+            emptied("PatientSex", ds.PatientSex, "M, F or O")
+    for keyword in SEG_DATES + SEG_TIMES:
+        raw = str(ds[keyword].value or "").strip() if keyword in ds else ""
+        if not raw:
+            continue
+        kind = pydicom.valuerep.DA if keyword in SEG_DATES else pydicom.valuerep.TM
+        # the old ACR-NEMA forms 2023.01.05 and 12:30:05: the same value, in the form DICOM has had since 1993
+        value = raw.replace(":", "") if re.fullmatch(r"\d\d:\d\d(:\d\d(\.\d{1,6})?)?", raw) else raw
+        try:
+            parsed = kind(value)
+        except (ValueError, TypeError, OverflowError):
+            emptied(keyword, raw, "a valid " + ("date (YYYYMMDD)" if keyword in SEG_DATES else "time (HHMMSS)"))
+            continue
+        if keyword in SEG_DATES and not re.fullmatch(r"\d{8}", value):
+            value = parsed.strftime("%Y%m%d")
+        if value != raw:
+            ds[keyword].value = value
+    return notes
 
 
 def _text_in_utf8(ds: pydicom.Dataset) -> None:
