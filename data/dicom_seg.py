@@ -16,6 +16,7 @@ PlaneOrientation), which is what a third-party SEG whose source images are absen
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -240,7 +241,7 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except (OSError, pydicom.errors.InvalidDicomError) as e:
             raise DicomSegError(f"{path}: the source image {f} can no longer be read ({e}); reopen the study") from e
-        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):  # what the SEG references
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):  # what it references
             uid = str(ds.get(keyword) or "").strip()
             # digits and dots, as PS3.5 9.1 (leading zeros in a component, seen from old scanners, still reference)
             if not uid or not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
@@ -251,7 +252,7 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
             if keyword not in ds:
                 setattr(ds, keyword, "")
         _text_in_utf8(ds)
-        for note in _values_highdicom_takes(ds):
+        for note in _values_highdicom_takes(ds, float(volume.spacing[2])):
             if note not in notes:  # each slice carries the same study values: one line for the series
                 notes.append(note)
                 warnings.warn(one_line(f"{Path(f).name}: {note}"), UserWarning, stacklevel=3)
@@ -263,18 +264,33 @@ TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
 SEG_DATES, SEG_TIMES = ("StudyDate", "PatientBirthDate"), ("StudyTime",)  # what highdicom parses from the source
 
 
-def _values_highdicom_takes(ds: pydicom.Dataset) -> list[str]:
-    """The source's patient and study values that highdicom parses, made valid or left empty (all Type 2); returns
-    a note for each emptied. Why: clinics' files carry `f` or `X` for PatientSex, a StudyDate of 20231345, a birth date
-    19XX0101 or a StudyTime 25:61, and highdicom refused to build the SEG at all ("'f' is not a valid
-    PatientSexValues", "month must be in 1..12"), de-identified or not; a dotted date (2023.01.05, the old ACR-NEMA
-    form) went into the SEG as it was, which dciodvfy refuses."""
+def _values_highdicom_takes(ds: pydicom.Dataset, slice_spacing: float) -> list[str]:
+    """The source's values that highdicom parses, made valid or left empty (the patient and study ones are Type 2);
+    returns a note for each emptied or supplied. Why: clinics' files carry `f` or `X` for PatientSex, a StudyDate of
+    20231345, a birth date 19XX0101, a StudyTime 25:61, a Modality `ct` or none, no SliceThickness (anonymisers and
+    secondary captures drop it), and highdicom refused to build the SEG at all, de-identified or not ("'f' is not a
+    valid PatientSexValues", "month must be in 1..12", "'FileDataset' object has no attribute 'SliceThickness'");
+    old ACR-NEMA forms (2023.01.05, 12:30:05) and a SliceThickness of 0 went into a SEG that dciodvfy refuses.
+    A thickness supplied is the grid's slice spacing: the SEG's own voxel."""
     notes: list[str] = []
 
     def emptied(keyword: str, value: object, expected: str) -> None:
         ds[keyword].value = ""
         notes.append(f"{keyword} {str(value)!r} is not {expected}; the DICOM-SEG leaves it empty")
 
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    ds.Modality = modality if re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality) else "OT"
+    if ds.Modality != modality:
+        notes.append(f"Modality {repr(modality) if modality else 'absent'}: not a DICOM modality; the DICOM-SEG says OT")
+    given = str(ds["SliceThickness"].value if "SliceThickness" in ds else "").strip()
+    try:
+        thickness = float(given or "nan")
+    except (TypeError, ValueError):
+        thickness = math.nan
+    if "ImageOrientationPatient" in ds and not (math.isfinite(thickness) and thickness > 0):  # a plane: PixelMeasures
+        ds.SliceThickness = f"{slice_spacing:.10g}"[:16]
+        notes.append(f"SliceThickness {repr(given) if given else 'absent'} is not a thickness > 0 mm; the DICOM-SEG's "
+                     f"frames take the slice spacing {slice_spacing:g} mm")
     if "PatientSex" in ds:
         sex = str(ds.PatientSex or "").strip().upper()
         if sex in ("", "M", "F", "O"):
