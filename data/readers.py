@@ -40,7 +40,7 @@ from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_
 from data.limits import DEFAULT_MAX_VOXELS, LimitError
 from data.nifti_check import NiftiCheckError, check_nifti
 from data.series_geometry import (GeometryError, UnevenSpacingError, check_pixel_spacing, check_series_geometry,
-                                  frame_geometry, numbers, orientation, position_along_normal)
+                                  frame_geometry, numbers, orientation, position_along_normal, require_pixel_spacing)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import SourceRef, Volume
 
@@ -740,6 +740,8 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         # an enhanced image of one frame keeps its geometry in the functional groups too (GDCM reads it from there)
         enhanced = _int(ds, "NumberOfFrames", 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
         frames = frame_geometry(ds, allow_uneven=allow_uneven) if enhanced else None
+        if frames is None:
+            require_pixel_spacing(ds)
     except GeometryError as e:
         raise _geometry_refusal(path, e) from None
     _check_frame_rescales(path, ds)
