@@ -342,6 +342,10 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
         raise StudyError(f"{path}: transfer syntax {scan.transfer_syntax}"
                          f"{f' ({name})' if name != scan.transfer_syntax else ''} has no decoder here; save it "
                          "uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")
+    if scan.pixel_keyword != "PixelData":  # GDCM: "Cannot read requested file", naming nothing
+        bits_of = 64 if scan.pixel_keyword == "DoubleFloatPixelData" else 32
+        raise StudyError(f"{path}: {scan.pixel_keyword} (a parametric map of {bits_of}-bit floats): the decoder here "
+                         "reads integer PixelData only; export the map as NIfTI and open that")
     _check_photometric(path, ds, samples)
     _check_palette(path, ds)
     if scan.transfer_syntax == RLE_LOSSLESS and samples > 1 and bits > 8:

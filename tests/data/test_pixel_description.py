@@ -155,3 +155,20 @@ def test_the_palette_colour_image_itself_opens_in_its_colours():
     ds = pydicom.dcmread(PYDICOM_FILES / "examples_palette.dcm")
     expected = (apply_color_lut(ds.pixel_array, ds) >> 8).astype(np.uint8)  # 16-bit entries, shown at 8 bits
     assert np.array_equal(_read(PYDICOM_FILES / "examples_palette.dcm").array[0], expected)
+
+
+@pytest.mark.parametrize("keyword, tag, vr, dtype", [("FloatPixelData", 0x7FE00008, "OF", np.float32),
+                                                     ("DoubleFloatPixelData", 0x7FE00009, "OD", np.float64)])
+def test_float_pixel_data_says_what_it_is_and_what_to_do(tmp_path, keyword, tag, vr, dtype):
+    """A parametric map's float pixels: GDCM said only "GDCMImageIO: Cannot read requested file"."""
+    def floats(ds):
+        values = ds.pixel_array.astype(dtype)
+        del ds.PixelData, ds.PixelRepresentation
+        ds.add(pydicom.dataelem.DataElement(tag, vr, values.tobytes()))
+        ds.BitsAllocated = ds.BitsStored = 8 * np.dtype(dtype).itemsize
+        ds.HighBit = ds.BitsStored - 1
+
+    path = _edited_ct(tmp_path, keyword, floats)
+    with pytest.raises(StudyError, match=f"{keyword} \\(a parametric map of {8 * np.dtype(dtype).itemsize}-bit floats\\): "
+                                         "the decoder here reads integer PixelData only; export the map as NIfTI"):
+        _read(path)
