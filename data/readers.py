@@ -133,6 +133,17 @@ def read_study(
     except UntrustedFileError as e:
         raise StudyError(str(e)) from None
     try:
+        return _read_by_name(path, series_uid=series_uid, limit=limit, allow_uneven=allow_uneven)
+    except StudyError as e:
+        hint = None if type(e) is not StudyError or path.is_dir() else _misnamed(path)
+        if hint is None:
+            raise
+        raise StudyError(f"{e}; {hint}") from e
+
+
+def _read_by_name(path: Path, *, series_uid: str | None, limit: int, allow_uneven: bool) -> Volume:
+    """``read_study``'s dispatch: the reader its name (or, without a known suffix, the DICM marker) calls for."""
+    try:
         name = path.name.lower()
         if path.is_dir():
             volume = read_dicom_series(path, series_uid=series_uid, max_voxels=limit, allow_uneven=allow_uneven)
@@ -158,6 +169,51 @@ def read_study(
     raise StudyError(
         f"{path}: unsupported format; expected a NIfTI (.nii, .nii.gz), a DICOM file or series folder, or PNG/JPEG"
     )
+
+
+CONTENT_KINDS = {"dicom": ("a DICOM file", ".dcm"), "nifti": ("an uncompressed NIfTI", ".nii"),
+                 "nifti-gz": ("a gzip-compressed NIfTI", ".nii.gz"), "png": ("a PNG image", ".png"),
+                 "jpeg": ("a JPEG image", ".jpg")}
+
+
+def _content_kind(path: Path) -> str | None:
+    """What ``path``'s first bytes are (a key of CONTENT_KINDS), None when none of those."""
+    import gzip
+    import zlib
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(352)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as g:  # the first 352 bytes only: a bomb costs nothing here
+                inner, kind = g.read(352), "nifti-gz"
+        else:
+            inner, kind = head, "nifti"
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(inner) >= 348 and inner[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c") and inner[344:347] == b"n+1":
+        return kind
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    return None
+
+
+def _misnamed(path: Path) -> str | None:
+    """For a refused file whose bytes are another supported format than its name says (a NIfTI saved as scan.dcm,
+    a DICOM as scan.nii.gz): what they are and the name to give it. Before, the refusal spoke only of the format the
+    name promised ("no DICM marker at byte 128", "damaged gzip stream: Not a gzipped file"), as if the file were
+    damaged."""
+    kind = _content_kind(path)
+    name = path.name.lower()
+    if kind is None or (kind == "nifti-gz" and name.endswith(".nii.gz")) or (kind == "nifti" and name.endswith(".nii")) \
+            or (kind == "dicom" and name.endswith(".dcm")) or (kind in ("png", "jpeg") and name.endswith(IMAGE_SUFFIXES)):
+        return None
+    what, suffix = CONTENT_KINDS[kind]
+    return f"its bytes are {what}, not what its name says: rename it to end in {suffix}"
 
 
 # What a label map's float32 geometry holds to the 0.01 mm that labels are matched with: a voxel of 1 nm to 100 m,
