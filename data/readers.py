@@ -40,7 +40,8 @@ from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_
 from data.limits import DEFAULT_MAX_VOXELS, LimitError
 from data.nifti_check import NiftiCheckError, check_nifti
 from data.series_geometry import (GeometryError, UnevenSpacingError, check_pixel_spacing, check_series_geometry,
-                                  frame_geometry, numbers, orientation, position_along_normal, require_pixel_spacing)
+                                  display_names, frame_geometry, numbers, orientation, position_along_normal,
+                                  require_pixel_spacing)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import SourceRef, Volume
 
@@ -713,15 +714,15 @@ def _check_distinct_instances(folder: Path, files: tuple[str, ...], heads: list[
     anonymised wrongly) opened, and their DICOM-SEG, which references slices by that UID, put a label drawn on either
     slice on both when read back (measured); a PACS viewer reads it the same way."""
     seen: dict[str, str] = {}
-    for f, head in zip(files, heads):
+    for f, shown, head in zip(files, display_names(files), heads):
         uid = str(head.get("SOPInstanceUID", "") or "").strip()
         if not uid:
             continue
         if uid in seen:
-            raise StudyError(f"{folder}: {Path(f).name} and {seen[uid]} are different slices with one SOPInstanceUID "
+            raise StudyError(f"{folder}: {shown} and {seen[uid]} are different slices with one SOPInstanceUID "
                              f"({uid}); a series needs a UID per image (it was merged or anonymised wrongly): fix the "
                              "UIDs or open the series as exported by the scanner")
-        seen[uid] = Path(f).name
+        seen[uid] = shown
 
 
 def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:

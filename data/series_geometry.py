@@ -104,11 +104,24 @@ def position_along_normal(ds: pydicom.Dataset) -> float | None:
     return float(np.dot(np.cross(iop[0], iop[1]), ipp))
 
 
+def display_names(files: Sequence[str]) -> list[str]:
+    """Each file's name as a refusal shows it: the bare name, or as many folders above it as make it unique (a zip
+    holding the series twice, in A/ and B/, was refused as "two images at the same position between IM0001.dcm
+    and IM0001.dcm", leaving the user to guess which to remove)."""
+    parts = [Path(f).parts for f in files]
+    deepest = max((len(p) for p in parts), default=1)
+    for depth in range(1, deepest + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(f) for f in files]
+
+
 def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset], *, allow_uneven: bool = False) -> SeriesGeometry:
     """Refuse (GeometryError) a series that is not one even stack; see the module doc."""
     if len(heads) < 2:
         return SeriesGeometry()
-    names = [Path(f).name for f in files]
+    names = display_names(files)
     ipp, iop = [], []
     for name, h in zip(names, heads):
         try:

@@ -82,3 +82,17 @@ def test_the_ui_refuses_such_an_upload_with_the_line_and_keeps_serving(tmp_path)
     with pytest.raises((SessionError, *USER_ERRORS), match="are different slices with one SOPInstanceUID"):
         open_upload(ctx, session.id, [str(archive)])
     assert open_sample(ctx, session.id, next(iter(sample_studies()))).slice_max > 0
+
+
+def test_a_series_copied_twice_into_two_folders_names_the_folders(tmp_path):
+    """A zip (or CD) holding the series twice, in A/ and B/: the refusal said "two images at the same position
+    between IM0001.dcm (-5.25 mm) and IM0001.dcm (-5.25 mm)", not which copy to remove."""
+    folder = tmp_path / "export"
+    for copy in ("A", "B"):
+        (folder / copy).mkdir(parents=True)
+        for f in CT_FILES:
+            shutil.copy(f, folder / copy / f.name)
+    with pytest.raises(StudyError) as e:
+        read_study(folder)
+    message = str(e.value)
+    assert "two images at the same position between A/IM0001.dcm" in message and "and B/IM0001.dcm" in message, message
