@@ -281,7 +281,8 @@ def _values_highdicom_takes(ds: pydicom.Dataset, slice_spacing: float) -> list[s
     modality = str(ds.get("Modality", "") or "").strip().upper()
     ds.Modality = modality if re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality) else "OT"
     if ds.Modality != modality:
-        notes.append(f"Modality {repr(modality) if modality else 'absent'}: not a DICOM modality; the DICOM-SEG says OT")
+        shown = repr(modality) if modality else "absent"
+        notes.append(f"Modality {shown}: not a DICOM modality; the DICOM-SEG says OT")
     given = str(ds["SliceThickness"].value if "SliceThickness" in ds else "").strip()
     try:
         thickness = float(given or "nan")

@@ -210,10 +210,11 @@ def _misnamed(path: Path) -> str | None:
     damaged."""
     kind = _content_kind(path)
     name = path.name.lower()
-    if kind is None or (kind == "nifti-gz" and name.endswith(".nii.gz")) or (kind == "nifti" and name.endswith(".nii")) \
-            or (kind == "dicom" and name.endswith(".dcm")) or (kind in ("png", "jpeg") and name.endswith(IMAGE_SUFFIXES)):
+    if kind is None:
         return None
     what, suffix = CONTENT_KINDS[kind]
+    if name.endswith(IMAGE_SUFFIXES if kind in ("png", "jpeg") else suffix):  # x.nii.gz does not end in .nii
+        return None  # the name says what the bytes are: the file is damaged, not misnamed
     return f"its bytes are {what}, not what its name says: rename it to end in {suffix}"
 
 
@@ -408,8 +409,9 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
     if scan.transfer_syntax == RLE_LOSSLESS and samples > 1 and bits > 8:
         # GDCM decodes these with each sample's byte segments out of order (measured on pydicom's SC_rgb_rle_16bit
         # and 32bit: pure red 65535, 0, 0 opened as 0, 65280, 255), while 8-bit colour and 16-bit grey RLE are exact
-        raise StudyError(f"{path}: RLE Lossless colour ({samples} samples) of {bits} bits: the decoder here mixes up "
-                         "its bytes (red opens as blue-green); save it uncompressed (e.g. dcmdrle IN OUT) and open that")
+        raise StudyError(f"{path}: RLE Lossless colour ({samples} samples) of {bits} bits: the decoder here mixes "
+                         "up its bytes (red opens as blue-green); save it uncompressed (e.g. dcmdrle IN OUT) and open "
+                         "that")
     native = scan.transfer_syntax in NATIVE_SYNTAXES or not scan.transfer_syntax
     if native and scan.encapsulated:
         raise StudyError(f"{path}: compressed (encapsulated) pixel data in the uncompressed transfer syntax {scan.transfer_syntax}")

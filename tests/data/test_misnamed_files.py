@@ -23,7 +23,8 @@ def _bytes(kind: str) -> bytes:
 
 
 @pytest.mark.parametrize("name, kind, fragment", [
-    ("scan.dcm", "nifti-gz", "its bytes are a gzip-compressed NIfTI, not what its name says: rename it to end in .nii.gz"),
+    ("scan.dcm", "nifti-gz",
+     "its bytes are a gzip-compressed NIfTI, not what its name says: rename it to end in .nii.gz"),
     ("scan.dcm", "nifti", "its bytes are an uncompressed NIfTI, not what its name says: rename it to end in .nii"),
     ("scan.nii.gz", "dicom", "its bytes are a DICOM file, not what its name says: rename it to end in .dcm"),
     ("scan.nii", "dicom", "its bytes are a DICOM file"),

@@ -58,4 +58,5 @@ def test_a_scaled_and_an_rgb_2d_nifti_open_as_itk_read_them(tmp_path):
     nib.save(nib.Nifti1Image(rgb, np.eye(4)), tmp_path / "rgb.nii")
     volume = read_study(tmp_path / "rgb.nii")
     assert volume.array.shape == (1, 4, 3, 3)
-    assert np.array_equal(volume.array[0, ..., 1], np.arange(12).reshape(3, 4).T) and (volume.array[0, ..., 0] == 200).all()
+    assert np.array_equal(volume.array[0, ..., 1], np.arange(12).reshape(3, 4).T)
+    assert (volume.array[0, ..., 0] == 200).all()

@@ -47,7 +47,8 @@ def test_a_colour_photometric_on_one_sample_grey_data_is_refused_naming_both_fie
 
 def test_samples_per_pixel_3_on_a_monochrome_ct_names_the_mismatch_not_a_truncation(tmp_path):
     path = _edited_ct(tmp_path, "spp3", lambda ds: setattr(ds, "SamplesPerPixel", 3))
-    with pytest.raises(StudyError, match="PhotometricInterpretation MONOCHROME2 needs SamplesPerPixel 1, the file says 3"):
+    with pytest.raises(StudyError,
+                       match="PhotometricInterpretation MONOCHROME2 needs SamplesPerPixel 1, the file says 3"):
         _read(path)
 
 
@@ -169,6 +170,7 @@ def test_float_pixel_data_says_what_it_is_and_what_to_do(tmp_path, keyword, tag,
         ds.HighBit = ds.BitsStored - 1
 
     path = _edited_ct(tmp_path, keyword, floats)
-    with pytest.raises(StudyError, match=f"{keyword} \\(a parametric map of {8 * np.dtype(dtype).itemsize}-bit floats\\): "
+    bits = 8 * np.dtype(dtype).itemsize
+    with pytest.raises(StudyError, match=f"{keyword} \\(a parametric map of {bits}-bit floats\\): "
                                          "the decoder here reads integer PixelData only; export the map as NIfTI"):
         _read(path)

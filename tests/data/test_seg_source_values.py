@@ -26,12 +26,14 @@ DCIODVFY = shutil.which("dciodvfy")
 CASES = {  # tag, VR, the source's bytes, what the SEG carries, a warning expected
     "sex_lower_case": (0x00100040, "CS", b"f ", ("PatientSex", "F"), None),
     "sex_x": (0x00100040, "CS", b"X ", ("PatientSex", ""), "PatientSex 'X' is not M, F or O"),
-    "study_date_month_13": (0x00080020, "DA", b"20231345", ("StudyDate", ""), "StudyDate '20231345' is not a valid date"),
+    "study_date_month_13": (0x00080020, "DA", b"20231345", ("StudyDate", ""),
+                            "StudyDate '20231345' is not a valid date"),
     "study_date_dotted": (0x00080020, "DA", b"2023.01.05", ("StudyDate", "20230105"), None),
     "birth_date_xx": (0x00100030, "DA", b"19XX0101", ("PatientBirthDate", ""), "PatientBirthDate '19XX0101' is not"),
     "study_time_25_61": (0x00080030, "TM", b"25:61 ", ("StudyTime", ""), "StudyTime '25:61' is not a valid time"),
     "study_time_colons": (0x00080030, "TM", b"12:30:05", ("StudyTime", "123005"), None),
-    "slice_thickness_zero": (0x00180050, "DS", b"0 ", ("SliceThickness", "1.5"), "SliceThickness '0' is not a thickness"),
+    "slice_thickness_zero": (0x00180050, "DS", b"0 ", ("SliceThickness", "1.5"),
+                             "SliceThickness '0' is not a thickness"),
     "slice_thickness_text": (0x00180050, "DS", b"abc ", ("SliceThickness", "1.5"), "SliceThickness 'abc' is not"),
     "modality_lower_case": (0x00080060, "CS", b"ct", ("Modality", "SEG"), None),  # the SEG's own: it was refused
 }

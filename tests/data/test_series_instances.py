@@ -31,7 +31,8 @@ def test_two_slices_with_one_sop_instance_uid_are_refused_naming_both(tmp_path):
     with pytest.raises(StudyError) as e:
         read_study(folder)
     message = str(e.value)
-    assert f"{CT_FILES[5].name} and {CT_FILES[4].name} are different slices with one SOPInstanceUID ({shared})" in message
+    names = f"{CT_FILES[5].name} and {CT_FILES[4].name}"
+    assert f"{names} are different slices with one SOPInstanceUID ({shared})" in message
     assert "\n" not in message
 
 
