@@ -695,6 +695,7 @@ def read_dicom_series(
         image.SetSpacing((*image.GetSpacing()[:2], geometry.spacing_k))
     for note in geometry.notes:
         warnings.warn(one_line(f"{folder}: {note}"), StudyWarning, stacklevel=2)
+    _note_nifti_beside(folder)
     source = SourceRef(
         path=str(folder),
         format="dicom-series",
@@ -709,6 +710,18 @@ def read_dicom_series(
         notes=geometry.notes,
     )
     return Volume.from_sitk(image, modality=info.modality, source=source)
+
+
+def _note_nifti_beside(folder: Path) -> None:
+    """A StudyWarning naming the NIfTI files a folder holds beside the DICOM series it opened: a zip of a series and
+    its NIfTI conversion (or another scan) opened the series and left the NIfTI out without a word, the status line
+    saying only "Opened study.zip.". (A label map beside its series is left out as rightly; it is named too.)"""
+    found = sorted(str(f.relative_to(folder)) for f in folder.rglob("*")
+                   if f.name.lower().endswith(NIFTI_SUFFIXES) and not f.name.startswith(".") and f.is_file())
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        warnings.warn(one_line(f"{folder}: opened the DICOM series; left out {len(found)} NIfTI file(s) beside it "
+                               f"({shown}): open one alone to see it"), StudyWarning, stacklevel=3)
 
 
 def _check_distinct_instances(folder: Path, files: tuple[str, ...], heads: list[pydicom.Dataset]) -> None:
