@@ -38,6 +38,7 @@ NATIVE_SYNTAXES = frozenset({IMPLICIT_LE, EXPLICIT_LE, DEFLATED, EXPLICIT_BE})
 US_TAGS = {0x00280010: "Rows", 0x00280011: "Columns", 0x00280002: "SamplesPerPixel", 0x00280100: "BitsAllocated"}
 FRAMES_TAG = 0x00280008
 TAIL_BYTES = 64 * 1024
+PIXEL_TAIL_BYTES = 64 * 1024
 
 
 class DicomScanError(ValueError):
@@ -57,6 +58,7 @@ class DicomScan:
     pixel_length: int | None = None  # native (uncompressed) pixel data: the value length
     fragments: list[tuple[int, int]] = field(default_factory=list)  # encapsulated: (offset, length) per item
     inflated_bytes: int | None = None  # deflated syntax: the data set's inflated size
+    pixel_tail: bytes | None = None  # native: the last PIXEL_TAIL_BYTES of the pixel value (None: not at hand)
 
     @property
     def encapsulated(self) -> bool:
@@ -268,6 +270,11 @@ def _walk(buf: _Bytes, start: int, scan: DicomScan, *, explicit: bool, little: b
         if depth == 0 and tag in PIXEL_TAGS:
             scan.pixel_keyword, scan.pixel_length = PIXEL_TAGS[tag], length
             pixel_value_bytes += length
+            n = min(length, PIXEL_TAIL_BYTES)
+            try:  # what follows the pixels the header describes: zeros (padding) or more image (a header lie)
+                scan.pixel_tail = bytes(buf.get(value_end - n, n))
+            except DicomScanError:  # a deflated file's middle, not kept
+                scan.pixel_tail = None
         elif _is_sequence(buf, tag, vr, value, length, u32):
             _push_sequence(scan, stack, depth, value_end, explicit=expl and vr == b"SQ")
             pos = value

@@ -16,7 +16,9 @@ PlaneOrientation), which is what a third-party SEG whose source images are absen
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -25,7 +27,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from data.untrusted import LONE_SURROGATE
+from data.untrusted import LONE_SURROGATE, one_line
 from data.volume import SourceRef, Volume
 from data.writers import atomic_output
 
@@ -253,13 +255,13 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
             f"{path}: the source has {len(src.files)} DICOM files for {volume.num_slices} slices "
             "(a multi-frame source); write a NIfTI label map (.nii.gz) instead"
         )
-    datasets = []
+    datasets, notes = [], []
     for f in src.files:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except (OSError, pydicom.errors.InvalidDicomError) as e:
             raise DicomSegError(f"{path}: the source image {f} can no longer be read ({e}); reopen the study") from e
-        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):  # what the SEG references
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):  # what it references
             uid = str(ds.get(keyword) or "").strip()
             # digits and dots, as PS3.5 9.1 (leading zeros in a component, seen from old scanners, still reference)
             if not uid or not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
@@ -269,8 +271,88 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
         for keyword in TYPE2_FROM_SOURCE:  # Type 2: must be present, may be empty (PS3.3 C.7.1.1, C.7.2.1)
             if keyword not in ds:
                 setattr(ds, keyword, "")
+        _text_in_utf8(ds)
+        for note in _values_highdicom_takes(ds, float(volume.spacing[2])):
+            if note not in notes:  # each slice carries the same study values: one line for the series
+                notes.append(note)
+                warnings.warn(one_line(f"{Path(f).name}: {note}"), UserWarning, stacklevel=3)
         datasets.append(ds)
     return datasets
+
+
+TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
+SEG_DATES, SEG_TIMES = ("StudyDate", "PatientBirthDate"), ("StudyTime",)  # what highdicom parses from the source
+
+
+def _values_highdicom_takes(ds: pydicom.Dataset, slice_spacing: float) -> list[str]:
+    """The source's values that highdicom parses, made valid or left empty (the patient and study ones are Type 2);
+    returns a note for each emptied or supplied. Why: clinics' files carry `f` or `X` for PatientSex, a StudyDate of
+    20231345, a birth date 19XX0101, a StudyTime 25:61, a Modality `ct` or none, no SliceThickness (anonymisers and
+    secondary captures drop it), and highdicom refused to build the SEG at all, de-identified or not ("'f' is not a
+    valid PatientSexValues", "month must be in 1..12", "'FileDataset' object has no attribute 'SliceThickness'");
+    old ACR-NEMA forms (2023.01.05, 12:30:05) and a SliceThickness of 0 went into a SEG that dciodvfy refuses.
+    A thickness supplied is the grid's slice spacing: the SEG's own voxel."""
+    notes: list[str] = []
+
+    def emptied(keyword: str, value: object, expected: str) -> None:
+        ds[keyword].value = ""
+        notes.append(f"{keyword} {str(value)!r} is not {expected}; the DICOM-SEG leaves it empty")
+
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    ds.Modality = modality if re.fullmatch(r"[A-Z0-9_ ]{1,16}", modality) else "OT"
+    if ds.Modality != modality:
+        shown = repr(modality) if modality else "absent"
+        notes.append(f"Modality {shown}: not a DICOM modality; the DICOM-SEG says OT")
+    given = str(ds["SliceThickness"].value if "SliceThickness" in ds else "").strip()
+    try:
+        thickness = float(given or "nan")
+    except (TypeError, ValueError):
+        thickness = math.nan
+    if "ImageOrientationPatient" in ds and not (math.isfinite(thickness) and thickness > 0):  # a plane: PixelMeasures
+        ds.SliceThickness = f"{slice_spacing:.10g}"[:16]
+        notes.append(f"SliceThickness {repr(given) if given else 'absent'} is not a thickness > 0 mm; the DICOM-SEG's "
+                     f"frames take the slice spacing {slice_spacing:g} mm")
+    if "PatientSex" in ds:
+        sex = str(ds.PatientSex or "").strip().upper()
+        if sex in ("", "M", "F", "O"):
+            ds.PatientSex = sex
+        else:
+            emptied("PatientSex", ds.PatientSex, "M, F or O")
+    for keyword in SEG_DATES + SEG_TIMES:
+        raw = str(ds[keyword].value or "").strip() if keyword in ds else ""
+        if not raw:
+            continue
+        kind = pydicom.valuerep.DA if keyword in SEG_DATES else pydicom.valuerep.TM
+        # the old ACR-NEMA forms 2023.01.05 and 12:30:05: the same value, in the form DICOM has had since 1993
+        value = raw.replace(":", "") if re.fullmatch(r"\d\d:\d\d(:\d\d(\.\d{1,6})?)?", raw) else raw
+        try:
+            parsed = kind(value)
+        except (ValueError, TypeError, OverflowError):
+            emptied(keyword, raw, "a valid " + ("date (YYYYMMDD)" if keyword in SEG_DATES else "time (HHMMSS)"))
+            continue
+        if keyword in SEG_DATES and not re.fullmatch(r"\d{8}", value):
+            value = parsed.strftime("%Y%m%d")
+        if value != raw:
+            ds[keyword].value = value
+    return notes
+
+
+def _text_in_utf8(ds: pydicom.Dataset) -> None:
+    """The source's text decoded by its own SpecificCharacterSet and declared UTF-8 (ISO_IR 192) when it is not plain
+    ASCII, so the SEG (which copies the patient and study modules and the character set) writes it validly. Why:
+    highdicom refuses a set of several values, so a Japanese source (``\\ISO 2022 IR 87``, as Japanese scanners
+    write it) could not be exported at all; a source with Latin-1 names and no SpecificCharacterSet (old exports)
+    gave a SEG that dciodvfy refuses (``Character invalid for character repertoire``)."""
+    declared = ds.get("SpecificCharacterSet")
+    names = [str(v).strip() for v in (declared if isinstance(declared, (list, tuple, pydicom.multival.MultiValue))
+                                      else [declared])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's note on undeclared non-ASCII bytes: read as Latin-1 below
+        ds.decode()
+        plain = all(str(e.value).isascii() for e in ds.iterall() if e.VR in TEXT_VRS and e.value is not None)
+    if plain and all(n in ("", "None", "ISO_IR 6", "ISO_IR 192") for n in names):
+        return
+    ds.SpecificCharacterSet = "ISO_IR 192"
 
 
 # --- reading ------------------------------------------------------------------------------------

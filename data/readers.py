@@ -40,13 +40,15 @@ from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_
 from data.limits import DEFAULT_MAX_VOXELS, LimitError
 from data.nifti_check import NiftiCheckError, check_nifti
 from data.series_geometry import (GeometryError, UnevenSpacingError, check_pixel_spacing, check_series_geometry,
-                                  frame_geometry, numbers, orientation, position_along_normal)
+                                  display_names, frame_geometry, numbers, orientation, position_along_normal,
+                                  require_pixel_spacing)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import SourceRef, Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 __all__ = ["DEFAULT_MAX_VOXELS", "SeveralSeriesError", "StudyError", "StudyWarning", "UnevenStudyError", "read_study",
            "list_series", "voxel_limit"]
@@ -132,6 +134,17 @@ def read_study(
     except UntrustedFileError as e:
         raise StudyError(str(e)) from None
     try:
+        return _read_by_name(path, series_uid=series_uid, limit=limit, allow_uneven=allow_uneven)
+    except StudyError as e:
+        hint = None if type(e) is not StudyError or path.is_dir() else _misnamed(path)
+        if hint is None:
+            raise
+        raise StudyError(f"{e}; {hint}") from e
+
+
+def _read_by_name(path: Path, *, series_uid: str | None, limit: int, allow_uneven: bool) -> Volume:
+    """``read_study``'s dispatch: the reader its name (or, without a known suffix, the DICM marker) calls for."""
+    try:
         name = path.name.lower()
         if path.is_dir():
             volume = read_dicom_series(path, series_uid=series_uid, max_voxels=limit, allow_uneven=allow_uneven)
@@ -157,6 +170,52 @@ def read_study(
     raise StudyError(
         f"{path}: unsupported format; expected a NIfTI (.nii, .nii.gz), a DICOM file or series folder, or PNG/JPEG"
     )
+
+
+CONTENT_KINDS = {"dicom": ("a DICOM file", ".dcm"), "nifti": ("an uncompressed NIfTI", ".nii"),
+                 "nifti-gz": ("a gzip-compressed NIfTI", ".nii.gz"), "png": ("a PNG image", ".png"),
+                 "jpeg": ("a JPEG image", ".jpg")}
+
+
+def _content_kind(path: Path) -> str | None:
+    """What ``path``'s first bytes are (a key of CONTENT_KINDS), None when none of those."""
+    import gzip
+    import zlib
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(352)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as g:  # the first 352 bytes only: a bomb costs nothing here
+                inner, kind = g.read(352), "nifti-gz"
+        else:
+            inner, kind = head, "nifti"
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(inner) >= 348 and inner[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c") and inner[344:347] == b"n+1":
+        return kind
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    return None
+
+
+def _misnamed(path: Path) -> str | None:
+    """For a refused file whose bytes are another supported format than its name says (a NIfTI saved as scan.dcm,
+    a DICOM as scan.nii.gz): what they are and the name to give it. Before, the refusal spoke only of the format the
+    name promised ("no DICM marker at byte 128", "damaged gzip stream: Not a gzipped file"), as if the file were
+    damaged."""
+    kind = _content_kind(path)
+    name = path.name.lower()
+    if kind is None:
+        return None
+    what, suffix = CONTENT_KINDS[kind]
+    if name.endswith(IMAGE_SUFFIXES if kind in ("png", "jpeg") else suffix):  # x.nii.gz does not end in .nii
+        return None  # the name says what the bytes are: the file is damaged, not misnamed
+    return f"its bytes are {what}, not what its name says: rename it to end in {suffix}"
 
 
 # What a label map's float32 geometry holds to the 0.01 mm that labels are matched with: a voxel of 1 nm to 100 m,
@@ -214,7 +273,8 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
     except NiftiCheckError as e:
         raise StudyError(f"{path}: {e}") from None
     try:
-        image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, NIFTI_IO)
+        image = _nifti_2d_image(path) if len(facts.shape) == 2 else _itk(sitk.ReadImage, str(path), sitk.sitkUnknown,
+                                                                          NIFTI_IO)
     except RuntimeError as e:
         raise StudyError(f"{path}: not a readable NIfTI file ({_first_line(e)})") from e
     if image.GetDimension() > 3:
@@ -225,14 +285,35 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
         raise StudyError(f"{path}: empty image of size {image.GetSize()}")
     vol = Volume.from_sitk(image, source=SourceRef(path=str(path), format="nifti", geometry=facts.geometry,
                                                    nifti_codes=facts.codes))
-    if image.GetDimension() == 3 and not _same_geometry(vol, facts):
-        # ITK chose the other transform (it prefers the qform when the two disagree): apply nibabel's rule
+    if not _same_geometry(vol, facts):
+        # ITK chose the other transform (it prefers the qform when the two disagree): apply nibabel's rule. A 2D
+        # NIfTI too: ITK keeps only the affine's 2 x 2 corner, so a slice saved with its 3D affine (nibabel writes
+        # dim[0] 2 for a 2D array) lost its height (z 30 mm read as 0) and a coronal one its orientation
         vol = replace(vol, spacing=facts.spacing, origin=facts.origin, direction=facts.direction)
     return replace(
         vol,
         array=_finite(_raw_non_finite(vol.array, path), path),
         modality=guess_modality(vol.array),
     )
+
+
+def _nifti_2d_image(path: Path) -> sitk.Image:
+    """A 2D NIfTI's pixels (scaled as ITK scales them), on an identity grid that ``read_nifti`` replaces with the
+    checked affine. ITK keeps only the affine's 2 x 2 corner: a coronal or sagittal slice saved with its 3D affine
+    (nibabel writes dim[0] 2 for a 2D array) has a singular one there and failed ("Bad direction, determinant is 0",
+    shown as "not a readable NIfTI file (-0 -0)"); an axial one lost its height."""
+    import nibabel
+
+    try:
+        image = nibabel.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except Exception as e:  # the header was checked; a damaged body is this file's fault, on one line
+        raise RuntimeError(_first_line(e)) from e
+    if data.dtype.names:  # RGB24 / RGBA32: a record per voxel
+        data = np.stack([data[name] for name in data.dtype.names[:3]], axis=-1)
+    if data.dtype == np.float64 and image.get_data_dtype().kind in "iuf" and image.get_data_dtype().itemsize <= 4:
+        data = data.astype(np.float32)  # scaled: float32, as ITK reads it
+    return sitk.GetImageFromArray(np.ascontiguousarray(np.swapaxes(data, 0, 1)), isVector=data.ndim == 3)
 
 
 def _same_geometry(vol: Volume, facts) -> bool:
@@ -319,6 +400,18 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
         raise StudyError(f"{path}: transfer syntax {scan.transfer_syntax}"
                          f"{f' ({name})' if name != scan.transfer_syntax else ''} has no decoder here; save it "
                          "uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")
+    if scan.pixel_keyword != "PixelData":  # GDCM: "Cannot read requested file", naming nothing
+        bits_of = 64 if scan.pixel_keyword == "DoubleFloatPixelData" else 32
+        raise StudyError(f"{path}: {scan.pixel_keyword} (a parametric map of {bits_of}-bit floats): the decoder here "
+                         "reads integer PixelData only; export the map as NIfTI and open that")
+    _check_photometric(path, ds, samples)
+    _check_palette(path, ds)
+    if scan.transfer_syntax == RLE_LOSSLESS and samples > 1 and bits > 8:
+        # GDCM decodes these with each sample's byte segments out of order (measured on pydicom's SC_rgb_rle_16bit
+        # and 32bit: pure red 65535, 0, 0 opened as 0, 65280, 255), while 8-bit colour and 16-bit grey RLE are exact
+        raise StudyError(f"{path}: RLE Lossless colour ({samples} samples) of {bits} bits: the decoder here mixes "
+                         "up its bytes (red opens as blue-green); save it uncompressed (e.g. dcmdrle IN OUT) and open "
+                         "that")
     native = scan.transfer_syntax in NATIVE_SYNTAXES or not scan.transfer_syntax
     if native and scan.encapsulated:
         raise StudyError(f"{path}: compressed (encapsulated) pixel data in the uncompressed transfer syntax {scan.transfer_syntax}")
@@ -341,6 +434,69 @@ def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) 
     if (scan.pixel_length or 0) < expected:
         raise StudyError(f"{path}: truncated DICOM file: {scan.pixel_length or 0} of {expected} bytes of pixel data "
                          f"({frames} frame(s) of {_int(ds, 'Rows')} x {_int(ds, 'Columns')} x {samples} x {bits} bits)")
+    _check_no_excess(path, ds, scan.pixel_length or 0, expected, frames, samples, bits, scan.pixel_tail)
+
+
+PIXEL_PADDING_BYTES = 16  # more than a writer pads to an even or aligned length
+
+
+def _check_no_excess(path: Path, ds: pydicom.Dataset, present: int, expected: int, frames: int, samples: int,
+                     bits: int, tail: bytes | None) -> None:
+    """Native pixel data longer than its header describes by a row or a column of one frame, or more: the header
+    lies (GDCM decodes what it describes and drops the rest). Measured: 16-bit CT data under BitsAllocated 8 opened
+    as int8 noise of -128..127, a 2-frame file saying 1 frame lost its second frame, Columns one short sheared every
+    row. Padding (a few bytes, or any number of zero bytes) is not a lie and opens."""
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    excess = present - expected
+    line = min(rows, cols) * samples * bits // 8
+    if excess <= PIXEL_PADDING_BYTES or excess < line:
+        return
+    if tail is not None and not tail[-min(excess, len(tail)):].strip(b"\0"):
+        return  # zeros: padding (pydicom's MR_small_padded carries 128 bytes of them), nothing of the image lost
+    raise StudyError(f"{path}: {present} bytes of pixel data where the header describes {expected} ({frames} frame(s) "
+                     f"of {rows} x {cols} x {samples} x {bits} bits): NumberOfFrames, Rows/Columns, SamplesPerPixel "
+                     "or BitsAllocated is wrong, so the image would open garbled; refused")
+
+
+# Samples per pixel each PhotometricInterpretation needs (PS3.3 C.7.6.3.1.2). GDCM trusts the name: RGB or
+# YBR_FULL_422 on 1-sample CT data opened as a 3-channel picture of noise (min -32768), as if valid.
+PHOTOMETRIC_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "HSV": 3, "YBR_FULL": 3,
+                       "YBR_FULL_422": 3, "YBR_PARTIAL_422": 3, "YBR_PARTIAL_420": 3, "YBR_ICT": 3, "YBR_RCT": 3,
+                       "ARGB": 4, "CMYK": 4}
+
+
+def _check_photometric(path: Path, ds: pydicom.Dataset, samples: int) -> None:
+    """PhotometricInterpretation and SamplesPerPixel agree (an unknown or absent one is left to the decoder)."""
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    needed = PHOTOMETRIC_SAMPLES.get(photometric)
+    if needed is not None and needed != samples:
+        raise StudyError(f"{path}: PhotometricInterpretation {photometric} needs SamplesPerPixel {needed}, the file "
+                         f"says {samples}; the pixels cannot be decoded as either")
+
+
+def _check_palette(path: Path, ds: pydicom.Dataset) -> None:
+    """A PALETTE COLOR image's three lookup tables as GDCM can apply them: each descriptor (entries, first mapped
+    value 0, 8 or 16 bits) with data of that many entries. GDCM refused every fault with its own assertion text
+    ("An invalid logic behavior occurredmult2 == 2", "Unknown exception thrown in SimpleITK ...") naming no field."""
+    if str(ds.get("PhotometricInterpretation", "") or "").strip().upper() != "PALETTE COLOR":
+        return
+    for colour in ("Red", "Green", "Blue"):
+        if f"Segmented{colour}PaletteColorLookupTableData" in ds:
+            continue  # segmented tables: left to the decoder
+        keyword = f"{colour}PaletteColorLookupTableDescriptor"
+        try:
+            entries, first, bits = (int(v) for v in ds[keyword].value)
+        except (KeyError, TypeError, ValueError):
+            raise StudyError(f"{path}: PALETTE COLOR without a valid {keyword} (entries, first value, bits); the "
+                             "colours are not in the file") from None
+        entries = entries or 65536  # 0 means 2^16 (PS3.3 C.7.6.3.1.5)
+        size = len(ds.get(f"{colour}PaletteColorLookupTableData") or b"")
+        # 16-bit entries; 8-bit ones stored one a byte (padded to an even length) or one a 16-bit word
+        expected = {2 * entries} if bits == 16 else {entries, entries + entries % 2, 2 * entries}
+        if bits not in (8, 16) or first != 0 or size not in expected:
+            raise StudyError(f"{path}: PALETTE COLOR {colour} lookup table of {size} bytes with descriptor {entries}, "
+                             f"{first}, {bits}; expected {entries} entries of 8 or 16 bits from value 0 (the decoder "
+                             "here takes no other)")
 
 
 # Transfer syntaxes GDCM (under SimpleITK) cannot decode: video (MPEG-2/4, HEVC), JPIP references, JPEG XL, HTJ2K,
@@ -429,6 +585,15 @@ def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[Se
     return series
 
 
+MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a DICOMDIR
+
+
+def _is_dicomdir(ds: pydicom.Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    return MEDIA_DIRECTORY_SOP_CLASS in (str(getattr(meta, "MediaStorageSOPClassUID", "") or ""),
+                                         str(ds.get("SOPClassUID", "") or "")) or "DirectoryRecordSequence" in ds
+
+
 def _is_localizer(ds: pydicom.Dataset) -> bool:
     """ImageType value 3 LOCALIZER (CT Image IOD, PS3.3 C.8.2.1.1.1; MR scanners write it too): the scout a CT study
     export carries beside its axial series."""
@@ -482,9 +647,11 @@ def read_dicom_series(
     series = list_series(folder, max_voxels=max_voxels)
     if not series:
         bare = _bare_data_sets(folder)
+        index = next((f for f in folder.rglob("*") if f.name.upper() == "DICOMDIR" and f.is_file()), None)
         raise StudyError(f"{folder}: no DICOM image series found in this folder" + (
             f": {bare} file(s) hold a DICOM data set without the Part 10 header (no DICM marker at byte 128); "
-            "export them again as DICOM files" if bare else ""))
+            "export them again as DICOM files" if bare else f": it holds {index.relative_to(folder)}, the index of a "
+            "CD/DVD export, without the image files it lists; copy the whole disc (or a zip of it)" if index else ""))
     shown = SERIES_LISTED
     more = f" and {len(series) - shown} more (medseg info {folder} lists them)" if len(series) > shown else ""
     if series_uid is not None:
@@ -512,6 +679,7 @@ def read_dicom_series(
         geometry = check_series_geometry(info.files, heads, allow_uneven=allow_uneven)
     except GeometryError as e:
         raise _geometry_refusal(folder, e) from None
+    _check_distinct_instances(folder, info.files, heads)
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO(DICOM_IO)
     reader.SetFileNames(list(info.files))
@@ -527,6 +695,7 @@ def read_dicom_series(
         image.SetSpacing((*image.GetSpacing()[:2], geometry.spacing_k))
     for note in geometry.notes:
         warnings.warn(one_line(f"{folder}: {note}"), StudyWarning, stacklevel=2)
+    _note_nifti_beside(folder)
     source = SourceRef(
         path=str(folder),
         format="dicom-series",
@@ -541,6 +710,34 @@ def read_dicom_series(
         notes=geometry.notes,
     )
     return Volume.from_sitk(image, modality=info.modality, source=source)
+
+
+def _note_nifti_beside(folder: Path) -> None:
+    """A StudyWarning naming the NIfTI files a folder holds beside the DICOM series it opened: a zip of a series and
+    its NIfTI conversion (or another scan) opened the series and left the NIfTI out without a word, the status line
+    saying only "Opened study.zip.". (A label map beside its series is left out as rightly; it is named too.)"""
+    found = sorted(str(f.relative_to(folder)) for f in folder.rglob("*")
+                   if f.name.lower().endswith(NIFTI_SUFFIXES) and not f.name.startswith(".") and f.is_file())
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        warnings.warn(one_line(f"{folder}: opened the DICOM series; left out {len(found)} NIfTI file(s) beside it "
+                               f"({shown}): open one alone to see it"), StudyWarning, stacklevel=3)
+
+
+def _check_distinct_instances(folder: Path, files: tuple[str, ...], heads: list[pydicom.Dataset]) -> None:
+    """Every slice its own SOPInstanceUID. Two slices at different places under one UID (a series merged or
+    anonymised wrongly) opened, and their DICOM-SEG, which references slices by that UID, put a label drawn on either
+    slice on both when read back (measured); a PACS viewer reads it the same way."""
+    seen: dict[str, str] = {}
+    for f, shown, head in zip(files, display_names(files), heads):
+        uid = str(head.get("SOPInstanceUID", "") or "").strip()
+        if not uid:
+            continue
+        if uid in seen:
+            raise StudyError(f"{folder}: {shown} and {seen[uid]} are different slices with one SOPInstanceUID "
+                             f"({uid}); a series needs a UID per image (it was merged or anonymised wrongly): fix the "
+                             "UIDs or open the series as exported by the scanner")
+        seen[uid] = shown
 
 
 def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
@@ -608,6 +805,9 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     ds = _read_header(path)
     if getattr(ds, "SOPClassUID", None) == SEG_SOP_CLASS:
         raise StudyError(f"{path}: a DICOM-SEG (segmentation), not an image; open it as labels")
+    if _is_dicomdir(ds):  # what a CD viewer asks for, so what users pick first; it holds no pixels
+        raise StudyError(f"{path}: a DICOMDIR, the index of a CD/DVD export, not an image; open the folder that holds "
+                         "it with its image files (or a zip of that folder)")
     _check_pixels(path, scan, ds, limit)
     try:
         orientation(ds)
@@ -616,6 +816,8 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         # an enhanced image of one frame keeps its geometry in the functional groups too (GDCM reads it from there)
         enhanced = _int(ds, "NumberOfFrames", 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
         frames = frame_geometry(ds, allow_uneven=allow_uneven) if enhanced else None
+        if frames is None:
+            require_pixel_spacing(ds)
     except GeometryError as e:
         raise _geometry_refusal(path, e) from None
     _check_frame_rescales(path, ds)

@@ -1,0 +1,176 @@
+"""DICOM files whose pixel description (PhotometricInterpretation, SamplesPerPixel, BitsAllocated, frames, the
+transfer syntax) does not fit the pixel bytes, or that the decoder here gets wrong: each is one StudyError line
+naming the field, never a picture of noise opened as if valid (session 15's adversarial pass)."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from data.readers import StudyError, read_study
+from tests.conftest import SAMPLES
+
+CT_FILE = sorted((SAMPLES / "ct_head_0051_series").glob("*.dcm"))[0]
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def _edited_ct(tmp_path: Path, name: str, edit) -> Path:
+    ds = pydicom.dcmread(CT_FILE)
+    edit(ds)
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=False)
+    return path
+
+
+def _read(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read_study(path)
+
+
+@pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL_422"])
+def test_a_colour_photometric_on_one_sample_grey_data_is_refused_naming_both_fields(tmp_path, photometric):
+    """GDCM trusted the name: the CT's 1-sample int16 slice opened as a 256 x 256 x 3 picture (YBR_FULL_422: noise
+    of -32768..32752) as if valid."""
+    path = _edited_ct(tmp_path, photometric, lambda ds: setattr(ds, "PhotometricInterpretation", photometric))
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    message = str(e.value)
+    assert f"PhotometricInterpretation {photometric} needs SamplesPerPixel 3, the file says 1" in message
+    assert path.name in message and "\n" not in message
+
+
+def test_samples_per_pixel_3_on_a_monochrome_ct_names_the_mismatch_not_a_truncation(tmp_path):
+    path = _edited_ct(tmp_path, "spp3", lambda ds: setattr(ds, "SamplesPerPixel", 3))
+    with pytest.raises(StudyError,
+                       match="PhotometricInterpretation MONOCHROME2 needs SamplesPerPixel 1, the file says 3"):
+        _read(path)
+
+
+def test_real_colour_files_still_open_exactly():
+    """The check refuses only a mismatch: RGB, YBR_FULL_422 (uncompressed and JPEG), palette files open as before."""
+    for name in ("examples_rgb_color.dcm", "SC_ybr_full_422_uncompressed.dcm", "SC_rgb_small_odd.dcm"):
+        ds = pydicom.dcmread(PYDICOM_FILES / name)
+        assert np.array_equal(_read(PYDICOM_FILES / name).array[0], ds.pixel_array), name
+    assert _read(PYDICOM_FILES / "examples_palette.dcm").array.shape == (1, 350, 800, 3)
+
+
+def _with_pixels(ds: pydicom.Dataset, data: bytes) -> None:
+    ds.PixelData = data
+
+
+@pytest.mark.parametrize("name, edit", [
+    # 16-bit data under BitsAllocated 8: it opened as int8 noise of -128..127
+    ("bits_allocated_8", lambda ds: setattr(ds, "BitsAllocated", 8) or setattr(ds, "BitsStored", 8)
+     or setattr(ds, "HighBit", 7)),
+    # two frames' pixels under no NumberOfFrames: the second frame was dropped without a word
+    ("two_frames_declared_one", lambda ds: _with_pixels(ds, ds.PixelData * 2)),
+    # Columns one short: every row shifted by one more pixel than the last (a sheared slice)
+    ("columns_one_short", lambda ds: setattr(ds, "Columns", 255)),
+])
+def test_pixel_data_longer_than_the_header_describes_is_refused(tmp_path, name, edit):
+    path = _edited_ct(tmp_path, name, edit)
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    message = str(e.value)
+    assert "bytes of pixel data where the header describes" in message, message
+    assert "NumberOfFrames, Rows/Columns, SamplesPerPixel or BitsAllocated is wrong" in message
+    assert path.name in message and "\n" not in message
+
+
+def test_a_few_bytes_of_padding_after_the_pixels_still_open_exactly(tmp_path):
+    ds = pydicom.dcmread(CT_FILE)
+    path = _edited_ct(tmp_path, "padded", lambda d: _with_pixels(d, d.PixelData + b"\0" * 16))
+    assert np.array_equal(_read(path).array[0], ds.pixel_array)
+    assert np.array_equal(_read(PYDICOM_FILES / "MR_small_padded.dcm").array[0],
+                          pydicom.dcmread(PYDICOM_FILES / "MR_small_padded.dcm").pixel_array)
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_rle_16bit.dcm", "SC_rgb_rle_32bit.dcm"])
+def test_rle_colour_of_16_or_32_bits_is_refused_where_gdcm_decodes_it_wrongly(tmp_path, name):
+    """GDCM's RLE decoder put each sample's bytes out of order: pydicom's pure red (65535, 0, 0) opened as
+    (0, 65280, 255), every pixel wrong, as if valid. The same pixels uncompressed open exactly."""
+    path = tmp_path / name
+    shutil.copy(PYDICOM_FILES / name, path)
+    with pytest.raises(StudyError, match=r"RLE Lossless colour \(3 samples\) of (16|32) bits: .*dcmdrle"):
+        _read(path)
+    ds = pydicom.dcmread(path)
+    expected = ds.pixel_array.copy()
+    ds.decompress()
+    ds.save_as(tmp_path / "raw.dcm")
+    assert np.array_equal(_read(tmp_path / "raw.dcm").array[0], expected)
+
+
+def test_rle_grey_of_16_bits_and_rle_colour_of_8_bits_still_open_exactly(tmp_path):
+    ds = pydicom.dcmread(CT_FILE)
+    expected = ds.pixel_array.copy()
+    ds.compress(pydicom.uid.RLELossless)
+    ds.save_as(tmp_path / "ct_rle.dcm")
+    assert np.array_equal(_read(tmp_path / "ct_rle.dcm").array[0], expected)
+    rgb = pydicom.dcmread(PYDICOM_FILES / "SC_rgb_rle.dcm")
+    assert np.array_equal(_read(PYDICOM_FILES / "SC_rgb_rle.dcm").array[0], rgb.pixel_array)
+
+
+def _palette(tmp_path: Path, name: str, edit) -> Path:
+    ds = pydicom.dcmread(PYDICOM_FILES / "examples_palette.dcm")
+    edit(ds)
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=False)
+    return path
+
+
+def _set(keyword: str, value):
+    return lambda ds: setattr(ds, keyword, value)
+
+
+@pytest.mark.parametrize("name, edit, expected", [
+    # GDCM's text for each, before: "Unknown exception thrown in SimpleITK ImageFileReader_Execute",
+    # "GDCMImageIO: Cannot read requested file", "An invalid logic behavior occurredInternal->Length[type] * mult2
+    # == length", "... mult2 == 2", "... subscript == 0": no field named
+    ("no_red_data", lambda ds: delattr(ds, "RedPaletteColorLookupTableData"), "Red lookup table of 0 bytes"),
+    ("no_descriptor", lambda ds: delattr(ds, "GreenPaletteColorLookupTableDescriptor"),
+     "without a valid GreenPaletteColorLookupTableDescriptor"),
+    ("red_data_short", lambda ds: setattr(ds, "RedPaletteColorLookupTableData",
+                                          ds.RedPaletteColorLookupTableData[:100]), "Red lookup table of 100 bytes"),
+    ("descriptor_16_entries", _set("RedPaletteColorLookupTableDescriptor", [16, 0, 16]), "descriptor 16, 0, 16"),
+    ("descriptor_12_bits", _set("BluePaletteColorLookupTableDescriptor", [256, 0, 12]), "descriptor 256, 0, 12"),
+    ("descriptor_first_100", _set("RedPaletteColorLookupTableDescriptor", [256, 100, 16]), "descriptor 256, 100, 16"),
+])
+def test_a_palette_colour_image_with_a_broken_lookup_table_names_the_table(tmp_path, name, edit, expected):
+    path = _palette(tmp_path, name, edit)
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    message = str(e.value)
+    assert "PALETTE COLOR" in message and expected in message and path.name in message, message
+    assert "invalid logic" not in message and "Unknown exception" not in message
+
+
+def test_the_palette_colour_image_itself_opens_in_its_colours():
+    from pydicom.pixels import apply_color_lut
+
+    ds = pydicom.dcmread(PYDICOM_FILES / "examples_palette.dcm")
+    expected = (apply_color_lut(ds.pixel_array, ds) >> 8).astype(np.uint8)  # 16-bit entries, shown at 8 bits
+    assert np.array_equal(_read(PYDICOM_FILES / "examples_palette.dcm").array[0], expected)
+
+
+@pytest.mark.parametrize("keyword, tag, vr, dtype", [("FloatPixelData", 0x7FE00008, "OF", np.float32),
+                                                     ("DoubleFloatPixelData", 0x7FE00009, "OD", np.float64)])
+def test_float_pixel_data_says_what_it_is_and_what_to_do(tmp_path, keyword, tag, vr, dtype):
+    """A parametric map's float pixels: GDCM said only "GDCMImageIO: Cannot read requested file"."""
+    def floats(ds):
+        values = ds.pixel_array.astype(dtype)
+        del ds.PixelData, ds.PixelRepresentation
+        ds.add(pydicom.dataelem.DataElement(tag, vr, values.tobytes()))
+        ds.BitsAllocated = ds.BitsStored = 8 * np.dtype(dtype).itemsize
+        ds.HighBit = ds.BitsStored - 1
+
+    path = _edited_ct(tmp_path, keyword, floats)
+    bits = 8 * np.dtype(dtype).itemsize
+    with pytest.raises(StudyError, match=f"{keyword} \\(a parametric map of {bits}-bit floats\\): "
+                                         "the decoder here reads integer PixelData only; export the map as NIfTI"):
+        _read(path)

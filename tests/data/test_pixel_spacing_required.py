@@ -1,0 +1,58 @@
+"""A DICOM image placed in the patient (ImageOrientationPatient) but without PixelSpacing is refused naming the field,
+single file or series (session 15's adversarial pass: GDCM took 1 mm for the CT's 0.957 mm pixels and the study
+opened as if measured: mm² and mL from the invented size, the label map 4 % too small). Images without an orientation
+(ultrasound, secondary captures) still open in pixels, unmeasured, as before."""
+
+from __future__ import annotations
+
+import warnings
+
+import pydicom
+import pytest
+
+from data.readers import StudyError, read_study
+from tests.conftest import SAMPLES
+
+CT_FILES = sorted((SAMPLES / "ct_head_0051_series").glob("*.dcm"))
+
+
+def _series(tmp_path, edit):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for f in CT_FILES:
+        ds = pydicom.dcmread(f)
+        edit(ds)
+        ds.save_as(folder / f.name, enforce_file_format=False)
+    return folder
+
+
+def _imager_only(ds):
+    ds.ImagerPixelSpacing = ds.PixelSpacing
+    del ds.PixelSpacing
+
+
+@pytest.mark.parametrize("edit, detector", [(lambda ds: delattr(ds, "PixelSpacing"), False), (_imager_only, True)],
+                         ids=["none", "imager_pixel_spacing_only"])
+@pytest.mark.parametrize("single", [False, True], ids=["series", "single_file"])
+def test_an_oriented_image_without_pixel_spacing_is_refused(tmp_path, edit, detector, single):
+    folder = _series(tmp_path, edit)
+    with pytest.raises(StudyError) as e, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_study(folder / CT_FILES[0].name if single else folder)
+    message = str(e.value)
+    assert "IM0001.dcm: ImageOrientationPatient but no PixelSpacing: the pixel size in the patient is not in the " \
+           "file (the decoder would take 1 mm)" in message, message
+    assert ("ImagerPixelSpacing, which it has, is the size at the detector" in message) == detector
+    assert "\n" not in message
+
+
+def test_an_image_without_orientation_or_pixel_spacing_still_opens_unmeasured(tmp_path):
+    def bare(ds):
+        for keyword in ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient"):
+            delattr(ds, keyword)
+
+    folder = _series(tmp_path, bare)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        volume = read_study(folder / CT_FILES[0].name)
+    assert volume.source.geometry == "none (identity)" and not volume.size_is_physical

@@ -1,0 +1,111 @@
+"""DICOM-SEG export of sources with the dirty patient and study values clinics' files carry (PatientSex `f` or `X`,
+a StudyDate of 20231345 or 2023.01.05, a birth date 19XX0101, a StudyTime 25:61): the SEG is written, de-identified
+or not, valid to dciodvfy, with one warning line naming each value left empty (session 15's adversarial pass:
+highdicom refused to build the SEG at all, e.g. "'f' is not a valid PatientSexValues", "month must be in 1..12")."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
+
+from data.deidentify import deidentify_basic
+from data.export import export_labels
+from data.readers import read_study
+from tests.conftest import SAMPLES
+
+CT_FILES = sorted((SAMPLES / "ct_head_0051_series").glob("*.dcm"))
+DCIODVFY = shutil.which("dciodvfy")
+
+CASES = {  # tag, VR, the source's bytes, what the SEG carries, a warning expected
+    "sex_lower_case": (0x00100040, "CS", b"f ", ("PatientSex", "F"), None),
+    "sex_x": (0x00100040, "CS", b"X ", ("PatientSex", ""), "PatientSex 'X' is not M, F or O"),
+    "study_date_month_13": (0x00080020, "DA", b"20231345", ("StudyDate", ""),
+                            "StudyDate '20231345' is not a valid date"),
+    "study_date_dotted": (0x00080020, "DA", b"2023.01.05", ("StudyDate", "20230105"), None),
+    "birth_date_xx": (0x00100030, "DA", b"19XX0101", ("PatientBirthDate", ""), "PatientBirthDate '19XX0101' is not"),
+    "study_time_25_61": (0x00080030, "TM", b"25:61 ", ("StudyTime", ""), "StudyTime '25:61' is not a valid time"),
+    "study_time_colons": (0x00080030, "TM", b"12:30:05", ("StudyTime", "123005"), None),
+    "slice_thickness_zero": (0x00180050, "DS", b"0 ", ("SliceThickness", "1.5"),
+                             "SliceThickness '0' is not a thickness"),
+    "slice_thickness_text": (0x00180050, "DS", b"abc ", ("SliceThickness", "1.5"), "SliceThickness 'abc' is not"),
+    "modality_lower_case": (0x00080060, "CS", b"ct", ("Modality", "SEG"), None),  # the SEG's own: it was refused
+}
+
+
+@pytest.mark.parametrize("deidentify", [False, True], ids=["identified", "deidentified"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_seg_is_written_of_a_source_with_a_dirty_study_value(tmp_path, case, deidentify):
+    tag, vr, raw, (keyword, expected), warning = CASES[case]
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for f in CT_FILES:
+        ds = pydicom.dcmread(f)
+        ds[tag] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
+        ds.save_as(folder / f.name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        volume = read_study(folder)
+    labels = np.zeros(volume.array.shape[:3], np.uint8)
+    labels[3:6, 100:120, 100:120] = 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_labels(labels, volume, tmp_path / "seg.dcm", deidentify=deidentify_basic if deidentify else None)
+    ours = [str(w.message) for w in caught if "the DICOM-SEG" in str(w.message)]
+    if warning is None:
+        assert not ours, ours
+    else:
+        assert len(ours) == 1 and warning in ours[0] and ours[0].startswith(CT_FILES[0].name), ours
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    if keyword == "SliceThickness":  # the SEG's frames: their PixelMeasures
+        seg = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    if not deidentify or keyword in ("SliceThickness", "Modality"):
+        assert str(seg.get(keyword, "")) == expected
+    if DCIODVFY:
+        out = subprocess.run([DCIODVFY, str(tmp_path / "seg.dcm")], capture_output=True)
+        errors = [line for line in (out.stdout + out.stderr).decode("utf-8", "replace").splitlines()
+                  if line.startswith("Error")]
+        assert not errors, errors
+
+
+@pytest.mark.parametrize("keyword", ["SliceThickness", "Modality", "SOPClassUID"])
+def test_a_source_without_slice_thickness_modality_or_sop_class(tmp_path, keyword):
+    """Without SliceThickness (anonymisers and secondary captures drop it) or Modality the SEG is written, its frames
+    as thick as the slices are apart, and read back by UID onto the slices drawn on; without SOPClassUID (which it
+    must reference) one line says so. Before: "highdicom could not build the DICOM-SEG ('FileDataset' object has
+    no attribute 'SliceThickness')", and the same for the other two."""
+    from data.dicom_seg import read_dicom_seg
+    from data.export import ExportError
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for f in CT_FILES:
+        ds = pydicom.dcmread(f)
+        delattr(ds, keyword)
+        ds.save_as(folder / f.name, enforce_file_format=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        volume = read_study(folder)
+        labels = np.zeros(volume.array.shape[:3], np.uint8)
+        labels[4, 100:120, 100:120] = 1
+        if keyword == "SOPClassUID":
+            with pytest.raises(ExportError, match="IM0001.dcm has no SOPClassUID; a DICOM-SEG must reference it"):
+                export_labels(labels, volume, tmp_path / "seg.dcm")
+            return
+        export_labels(labels, volume, tmp_path / "seg.dcm")
+        back = np.asarray(read_dicom_seg(tmp_path / "seg.dcm", volume).labels.array)
+    assert np.array_equal(back, labels)
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    thickness = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness
+    assert float(thickness) == pytest.approx(1.5 if keyword == "SliceThickness" else float(pydicom.dcmread(
+        CT_FILES[0]).SliceThickness))
+    if DCIODVFY:
+        out = subprocess.run([DCIODVFY, str(tmp_path / "seg.dcm")], capture_output=True)
+        assert not [line for line in (out.stdout + out.stderr).decode("utf-8", "replace").splitlines()
+                    if line.startswith("Error")]
