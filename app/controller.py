@@ -34,7 +34,7 @@ from app.render import (
     to_rgb,
 )
 from app.reading import read_untrusted
-from app.session import PALETTE, UNRESTORED, Edit, Session, SessionError, SessionStore
+from app.session import PALETTE, UNRESTORED, Session, SessionError, SessionStore
 from app.uploads import import_upload
 from data.readers import SeveralSeriesError, StudyWarning, UnevenStudyError, read_study
 from data.untrusted import one_line

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from data.readers import StudyError, StudyWarning, _check_voxels, _first_line, voxel_limit
+from data.study_errors import StudyError, StudyWarning, check_voxels, first_line, voxel_limit
 from data.untrusted import native_stderr_captured, one_line
 from data.volume import SourceRef, Volume
 
@@ -33,16 +33,16 @@ def open_image(path: Path, *, max_voxels: int | None = None) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
             im = Image.open(path, formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as e:
-        raise StudyError(f"{path}: image too large to open safely ({_first_line(e)})") from e
+        raise StudyError(f"{path}: image too large to open safely ({first_line(e)})") from e
     except UnidentifiedImageError as e:
         raise StudyError(f"{path}: not a readable PNG/JPEG image (its bytes are neither PNG nor JPEG)") from e
     except Exception as e:
-        raise StudyError(f"{path}: not a readable PNG/JPEG image ({_first_line(e)})") from e
+        raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
     try:
         frames = int(getattr(im, "n_frames", 1) or 1) if im.format == "PNG" else 1
         if frames > 1:
             raise StudyError(f"{path}: an animated PNG of {frames} frames; expected one image (save the frame to segment)")
-        _check_voxels(path, (im.size[1], im.size[0]), limit)
+        check_voxels(path, (im.size[1], im.size[0]), limit)
     except BaseException:
         im.close()
         raise
@@ -67,7 +67,7 @@ def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
                 grey = im.getbands() in (("L",), ("1",), ("I",))  # single-channel, 16-bit included
                 colour = np.asarray(im) > 0 if grey else np.asarray(im.convert("RGB")).max(axis=2) > 0
         except Exception as e:
-            raise StudyError(f"{path}: not a readable PNG/JPEG image ({_first_line(e)})") from e
+            raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
     # turned as its image is (``read_image_file``): a mask drawn on a turned photo keeps that photo's orientation
     return np.ascontiguousarray(_turned(colour & alpha if alpha is not None else colour, orientation))
 
@@ -91,7 +91,7 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
     except StudyError:
         raise
     except Exception as e:
-        raise StudyError(f"{path}: not a readable PNG/JPEG image ({_first_line(e)})") from e
+        raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
     if array.dtype.byteorder not in ("=", "|"):
         array = array.astype(array.dtype.newbyteorder("="))  # 16-bit big-endian PNG modes
     if array.ndim == 3 and mode != "RGB":

@@ -26,7 +26,6 @@ geometry came from, and any repair, is in ``Volume.source.geometry`` / ``Volume.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,73 +34,28 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from data import limits
-from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
-from data.limits import DEFAULT_MAX_VOXELS, LimitError
+from data.dicom_pixels import check_pixels, check_rescale, rescale_of, scan_checked
+from data.limits import DEFAULT_MAX_VOXELS
 from data.nifti_check import NiftiCheckError, check_nifti
+from data.pictures import read_image_file
 from data.series_geometry import (GeometryError, UnevenSpacingError, check_pixel_spacing, check_series_geometry,
                                   display_names, frame_geometry, numbers, orientation, position_along_normal,
                                   require_pixel_spacing)
+from data.study_errors import (SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError, check_voxels,
+                               first_line, header_int, voxel_limit)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import SourceRef, Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 __all__ = ["DEFAULT_MAX_VOXELS", "SeveralSeriesError", "StudyError", "StudyWarning", "UnevenStudyError", "read_study",
            "list_series", "voxel_limit"]
 
 
-class StudyError(ValueError):
-    """A study that cannot be read; the message names the file and what was expected, on one line
-    (control characters in file names are escaped, so a name with a newline cannot split it)."""
-
-    def __init__(self, message: object = "") -> None:
-        super().__init__(one_line(str(message)))
-
-
-class SeveralSeriesError(StudyError):
-    """A folder holds several image volumes and none was named. ``series`` lists them (SeriesInstanceUID, modality,
-    description, images; scouts left out) so that a caller can offer them: the UI's picker takes them from the
-    isolated reader's refusal, and the server process never parses an upload's headers itself."""
-
-    def __init__(self, message: object, series: list[tuple[str, str, str, int]]) -> None:
-        super().__init__(message)
-        self.series = series
-
-
-class UnevenStudyError(StudyError):
-    """A study refused only for uneven slice spacing or missing slices: ``allow_uneven=True`` opens it at the mean
-    spacing with a note (the CLI's ``--allow-uneven``, the UI's choice under Upload)."""
-
-
 def _geometry_refusal(where: object, error: GeometryError) -> StudyError:
     return (UnevenStudyError if isinstance(error, UnevenSpacingError) else StudyError)(f"{where}: {error}")
-
-
-class StudyWarning(UserWarning):
-    """A study that was read with a repair the user should know about (e.g. NaN voxels replaced)."""
-
-
-def voxel_limit(max_voxels: int | None = None) -> int:
-    """``max_voxels``, else ``$MEDSEG_MAX_VOXELS``, else DEFAULT_MAX_VOXELS (see app.settings)."""
-    try:
-        return limits.voxel_limit(max_voxels)
-    except LimitError as e:
-        raise StudyError(str(e)) from None
-
-
-def _check_voxels(path: Path, shape: tuple[int, ...], limit: int) -> None:
-    shape = tuple(int(n) for n in shape)
-    if any(n <= 0 for n in shape):
-        raise StudyError(f"{path}: empty image of size {shape}")
-    if int(np.prod(shape, dtype=np.float64)) > limit:
-        raise StudyError(
-            f"{path}: {' x '.join(map(str, shape))} voxels is more than the limit of {limit} "
-            "(raise MEDSEG_MAX_VOXELS, or crop/downsample the study)"
-        )
 
 
 @dataclass(frozen=True)
@@ -151,8 +105,6 @@ def _read_by_name(path: Path, *, series_uid: str | None, limit: int, allow_uneve
         elif name.endswith(NIFTI_SUFFIXES):
             volume = read_nifti(path, max_voxels=limit)
         elif name.endswith(IMAGE_SUFFIXES):
-            from data.pictures import read_image_file  # imports this module's errors and limits
-
             return read_image_file(path, max_voxels=limit)
         elif name.endswith(".dcm") or has_dicom_magic(path):
             volume = read_dicom_file(path, max_voxels=limit, allow_uneven=allow_uneven)
@@ -166,7 +118,7 @@ def _read_by_name(path: Path, *, series_uid: str | None, limit: int, allow_uneve
     except (RecursionError, MemoryError, OSError, ValueError, TypeError, IndexError, KeyError, AttributeError,
             RuntimeError, ArithmeticError, EOFError, NotImplementedError) as e:
         # a failure no check above foresaw: still one clear error for this file, never a traceback
-        raise StudyError(f"{path}: could not be read ({type(e).__name__}: {_first_line(e)})") from e
+        raise StudyError(f"{path}: could not be read ({type(e).__name__}: {first_line(e)})") from e
     raise StudyError(
         f"{path}: unsupported format; expected a NIfTI (.nii, .nii.gz), a DICOM file or series folder, or PNG/JPEG"
     )
@@ -276,7 +228,7 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
         image = _nifti_2d_image(path) if len(facts.shape) == 2 else _itk(sitk.ReadImage, str(path), sitk.sitkUnknown,
                                                                           NIFTI_IO)
     except RuntimeError as e:
-        raise StudyError(f"{path}: not a readable NIfTI file ({_first_line(e)})") from e
+        raise StudyError(f"{path}: not a readable NIfTI file ({first_line(e)})") from e
     if image.GetDimension() > 3:
         raise StudyError(f"{path}: a {image.GetDimension()}D NIfTI; expected a 2D or 3D image (one volume)")
     if image.GetNumberOfComponentsPerPixel() not in (1, 3):
@@ -308,7 +260,7 @@ def _nifti_2d_image(path: Path) -> sitk.Image:
         image = nibabel.load(str(path))
         data = np.asanyarray(image.dataobj)
     except Exception as e:  # the header was checked; a damaged body is this file's fault, on one line
-        raise RuntimeError(_first_line(e)) from e
+        raise RuntimeError(first_line(e)) from e
     if data.dtype.names:  # RGB24 / RGBA32: a record per voxel
         data = np.stack([data[name] for name in data.dtype.names[:3]], axis=-1)
     if data.dtype == np.float64 and image.get_data_dtype().kind in "iuf" and image.get_data_dtype().itemsize <= 4:
@@ -374,165 +326,6 @@ def guess_modality(array: np.ndarray) -> str:
 
 
 # --- DICOM ------------------------------------------------------------------------------------
-def scan_checked(path: Path, *, max_voxels: int) -> DicomScan:
-    """Walk ``path``'s tag stream (``data.dicom_scan``) and check its pixel bytes against its header."""
-    try:
-        scan = scan_dicom(path, max_voxels=max_voxels)
-    except DicomScanError as e:
-        raise StudyError(f"{path}: not a readable DICOM file ({e})") from None
-    except OSError as e:
-        raise StudyError(f"{path}: cannot be read ({e.strerror or e})") from None
-    return scan
-
-
-def _check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -> None:
-    """Pixel data present, within the voxel limit, and (native syntaxes) at least as long as the header says."""
-    if scan.pixel_keyword is None or "Rows" not in ds:
-        raise StudyError(f"{path}: DICOM file without pixel data; expected an image")
-    frames = _int(ds, "NumberOfFrames", 1)
-    _check_voxels(path, (frames, _int(ds, "Rows"), _int(ds, "Columns")), limit)
-    _check_rescale(path, ds)
-    samples, bits = _int(ds, "SamplesPerPixel", 1), _int(ds, "BitsAllocated", 16)
-    if not 1 <= samples <= limits.MAX_SAMPLES_PER_PIXEL or bits not in (1, 8, 16, 32, 64):
-        raise StudyError(f"{path}: SamplesPerPixel {samples} / BitsAllocated {bits}; expected 1-4 samples of 1, 8, 16, 32 or 64 bits")
-    if _no_decoder(scan.transfer_syntax):
-        name = pydicom.uid.UID(scan.transfer_syntax).name
-        raise StudyError(f"{path}: transfer syntax {scan.transfer_syntax}"
-                         f"{f' ({name})' if name != scan.transfer_syntax else ''} has no decoder here; save it "
-                         "uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")
-    if scan.pixel_keyword != "PixelData":  # GDCM: "Cannot read requested file", naming nothing
-        bits_of = 64 if scan.pixel_keyword == "DoubleFloatPixelData" else 32
-        raise StudyError(f"{path}: {scan.pixel_keyword} (a parametric map of {bits_of}-bit floats): the decoder here "
-                         "reads integer PixelData only; export the map as NIfTI and open that")
-    _check_photometric(path, ds, samples)
-    _check_palette(path, ds)
-    if scan.transfer_syntax == RLE_LOSSLESS and samples > 1 and bits > 8:
-        # GDCM decodes these with each sample's byte segments out of order (measured on pydicom's SC_rgb_rle_16bit
-        # and 32bit: pure red 65535, 0, 0 opened as 0, 65280, 255), while 8-bit colour and 16-bit grey RLE are exact
-        raise StudyError(f"{path}: RLE Lossless colour ({samples} samples) of {bits} bits: the decoder here mixes "
-                         "up its bytes (red opens as blue-green); save it uncompressed (e.g. dcmdrle IN OUT) and open "
-                         "that")
-    native = scan.transfer_syntax in NATIVE_SYNTAXES or not scan.transfer_syntax
-    if native and scan.encapsulated:
-        raise StudyError(f"{path}: compressed (encapsulated) pixel data in the uncompressed transfer syntax {scan.transfer_syntax}")
-    if not native and not scan.encapsulated:
-        raise StudyError(f"{path}: transfer syntax {scan.transfer_syntax} needs compressed (encapsulated) pixel data; "
-                         "the file holds raw bytes")
-    if scan.encapsulated:
-        if len(scan.fragments) < 2 or not any(n for _, n in scan.fragments[1:]):
-            raise StudyError(f"{path}: compressed pixel data without any frame fragment")
-        rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
-        for c, r, comps in encoded_frame_sizes(path, scan):
-            if (c, r) != (cols, rows) or comps != samples:
-                raise StudyError(f"{path}: a compressed frame of {c} x {r} x {comps} (its JPEG frame header) in an image "
-                                 f"of Columns x Rows x SamplesPerPixel {cols} x {rows} x {samples}; refused before decoding")
-        return
-    per_frame = _int(ds, "Rows") * _int(ds, "Columns") * samples
-    if str(getattr(ds, "PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
-        per_frame = per_frame * 2 // 3  # two samples per pixel stored for 4:2:2 chroma
-    expected = (frames * per_frame * bits + 7) // 8
-    if (scan.pixel_length or 0) < expected:
-        raise StudyError(f"{path}: truncated DICOM file: {scan.pixel_length or 0} of {expected} bytes of pixel data "
-                         f"({frames} frame(s) of {_int(ds, 'Rows')} x {_int(ds, 'Columns')} x {samples} x {bits} bits)")
-    _check_no_excess(path, ds, scan.pixel_length or 0, expected, frames, samples, bits, scan.pixel_tail)
-
-
-PIXEL_PADDING_BYTES = 16  # more than a writer pads to an even or aligned length
-
-
-def _check_no_excess(path: Path, ds: pydicom.Dataset, present: int, expected: int, frames: int, samples: int,
-                     bits: int, tail: bytes | None) -> None:
-    """Native pixel data longer than its header describes by a row or a column of one frame, or more: the header
-    lies (GDCM decodes what it describes and drops the rest). Measured: 16-bit CT data under BitsAllocated 8 opened
-    as int8 noise of -128..127, a 2-frame file saying 1 frame lost its second frame, Columns one short sheared every
-    row. Padding (a few bytes, or any number of zero bytes) is not a lie and opens."""
-    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
-    excess = present - expected
-    line = min(rows, cols) * samples * bits // 8
-    if excess <= PIXEL_PADDING_BYTES or excess < line:
-        return
-    if tail is not None and not tail[-min(excess, len(tail)):].strip(b"\0"):
-        return  # zeros: padding (pydicom's MR_small_padded carries 128 bytes of them), nothing of the image lost
-    raise StudyError(f"{path}: {present} bytes of pixel data where the header describes {expected} ({frames} frame(s) "
-                     f"of {rows} x {cols} x {samples} x {bits} bits): NumberOfFrames, Rows/Columns, SamplesPerPixel "
-                     "or BitsAllocated is wrong, so the image would open garbled; refused")
-
-
-# Samples per pixel each PhotometricInterpretation needs (PS3.3 C.7.6.3.1.2). GDCM trusts the name: RGB or
-# YBR_FULL_422 on 1-sample CT data opened as a 3-channel picture of noise (min -32768), as if valid.
-PHOTOMETRIC_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "HSV": 3, "YBR_FULL": 3,
-                       "YBR_FULL_422": 3, "YBR_PARTIAL_422": 3, "YBR_PARTIAL_420": 3, "YBR_ICT": 3, "YBR_RCT": 3,
-                       "ARGB": 4, "CMYK": 4}
-
-
-def _check_photometric(path: Path, ds: pydicom.Dataset, samples: int) -> None:
-    """PhotometricInterpretation and SamplesPerPixel agree (an unknown or absent one is left to the decoder)."""
-    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
-    needed = PHOTOMETRIC_SAMPLES.get(photometric)
-    if needed is not None and needed != samples:
-        raise StudyError(f"{path}: PhotometricInterpretation {photometric} needs SamplesPerPixel {needed}, the file "
-                         f"says {samples}; the pixels cannot be decoded as either")
-
-
-def _check_palette(path: Path, ds: pydicom.Dataset) -> None:
-    """A PALETTE COLOR image's three lookup tables as GDCM can apply them: each descriptor (entries, first mapped
-    value 0, 8 or 16 bits) with data of that many entries. GDCM refused every fault with its own assertion text
-    ("An invalid logic behavior occurredmult2 == 2", "Unknown exception thrown in SimpleITK ...") naming no field."""
-    if str(ds.get("PhotometricInterpretation", "") or "").strip().upper() != "PALETTE COLOR":
-        return
-    for colour in ("Red", "Green", "Blue"):
-        if f"Segmented{colour}PaletteColorLookupTableData" in ds:
-            continue  # segmented tables: left to the decoder
-        keyword = f"{colour}PaletteColorLookupTableDescriptor"
-        try:
-            entries, first, bits = (int(v) for v in ds[keyword].value)
-        except (KeyError, TypeError, ValueError):
-            raise StudyError(f"{path}: PALETTE COLOR without a valid {keyword} (entries, first value, bits); the "
-                             "colours are not in the file") from None
-        entries = entries or 65536  # 0 means 2^16 (PS3.3 C.7.6.3.1.5)
-        size = len(ds.get(f"{colour}PaletteColorLookupTableData") or b"")
-        # 16-bit entries; 8-bit ones stored one a byte (padded to an even length) or one a 16-bit word
-        expected = {2 * entries} if bits == 16 else {entries, entries + entries % 2, 2 * entries}
-        if bits not in (8, 16) or first != 0 or size not in expected:
-            raise StudyError(f"{path}: PALETTE COLOR {colour} lookup table of {size} bytes with descriptor {entries}, "
-                             f"{first}, {bits}; expected {entries} entries of 8 or 16 bits from value 0 (the decoder "
-                             "here takes no other)")
-
-
-# Transfer syntaxes GDCM (under SimpleITK) cannot decode: video (MPEG-2/4, HEVC), JPIP references, JPEG XL, HTJ2K,
-# SMPTE ST 2110. GDCM failed on them with "Failed to change to Implicit Transfer Syntax", naming neither.
-NO_DECODER_PREFIXES = ("1.2.840.10008.1.2.4.10", "1.2.840.10008.1.2.4.11", "1.2.840.10008.1.2.4.20",
-                       "1.2.840.10008.1.2.7.")
-NO_DECODER = frozenset({"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95"})
-
-
-def _no_decoder(syntax: str) -> bool:
-    return syntax in NO_DECODER or syntax.startswith(NO_DECODER_PREFIXES)
-
-
-def _check_rescale(path: Path, ds: pydicom.Dataset) -> None:
-    """RescaleSlope 0, NaN or inf, or a NaN/inf intercept: GDCM silently reads such a slope as 1 and such an
-    intercept as 0 (measured: slope 0 with intercept -1024 opened as stored - 1024), values the file does not
-    say. Refused."""
-    for keyword in ("RescaleSlope", "RescaleIntercept"):
-        if keyword not in ds or ds[keyword].value in (None, ""):
-            continue
-        try:
-            value = float(ds[keyword].value)
-        except (TypeError, ValueError):
-            raise StudyError(f"{path}: {keyword} {ds[keyword].value!r} is not a number") from None
-        if not math.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
-            raise StudyError(f"{path}: {keyword} {value:g}; expected a finite number{' other than 0' if keyword == 'RescaleSlope' else ''}"
-                             " (the stored values cannot be turned into the modality's units)")
-    slope, intercept = _rescale(ds)
-    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1" and (slope, intercept) != (1, 0):
-        # MONOCHROME1 is for display, after the rescale; GDCM inverts the stored values before it (measured: a CT
-        # slice of -896..1167 HU opened at -3216..-1153)
-        raise StudyError(f"{path}: MONOCHROME1 with RescaleSlope {slope:g}, RescaleIntercept {intercept:g}: the decoder "
-                         "inverts the stored values before the rescale, so the modality's values (HU) would be wrong; "
-                         "save it as MONOCHROME2")
-
-
 def _read_header(path: Path) -> pydicom.Dataset:
     """pydicom's header read, after ``scan_checked`` proved the tag stream sound."""
     try:
@@ -540,7 +333,7 @@ def _read_header(path: Path) -> pydicom.Dataset:
             warnings.simplefilter("ignore")  # pydicom's notes on odd values: not the user's concern here
             return pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as e:
-        raise StudyError(f"{path}: not a readable DICOM file ({_first_line(e)})") from e
+        raise StudyError(f"{path}: not a readable DICOM file ({first_line(e)})") from e
 
 
 def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[SeriesInfo]:
@@ -565,7 +358,7 @@ def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[Se
             continue
         if "Rows" not in ds:
             continue  # no image (structured report, presentation state)
-        _check_pixels(f, scan, ds, limit)
+        check_pixels(f, scan, ds, limit)
         position = position_along_normal(ds)
         groups.setdefault(str(ds.SeriesInstanceUID), []).append(
             (position if position is not None else float(_instance(ds)), _instance(ds), str(f), ds))
@@ -674,7 +467,7 @@ def read_dicom_series(
             raise StudyError(f"{f!r}: the file name is not valid UTF-8; rename the file") from None
     heads = [_read_header(Path(f)) for f in info.files]
     first = heads[0]
-    _check_voxels(folder, (len(heads), _int(first, "Rows"), _int(first, "Columns")), voxel_limit(max_voxels))
+    check_voxels(folder, (len(heads), header_int(first, "Rows"), header_int(first, "Columns")), voxel_limit(max_voxels))
     try:
         geometry = check_series_geometry(info.files, heads, allow_uneven=allow_uneven)
     except GeometryError as e:
@@ -683,14 +476,14 @@ def read_dicom_series(
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO(DICOM_IO)
     reader.SetFileNames(list(info.files))
-    if len({_rescale(h) for h in heads}) > 1:
+    if len({rescale_of(h) for h in heads}) > 1:
         # ITK decodes every slice into the first slice's pixel type: another slice's fractional slope was truncated
         # and values past it wrapped round (a PET slope of 64 read 1729 as -32764). Each slice's own, in float64:
         reader.SetOutputPixelType(sitk.sitkFloat64)
     try:
         image = _itk(reader.Execute)
     except RuntimeError as e:
-        raise StudyError(f"{folder}: the DICOM series could not be read ({_first_line(e)})") from e
+        raise StudyError(f"{folder}: the DICOM series could not be read ({first_line(e)})") from e
     if geometry.spacing_k is not None and image.GetDimension() == 3:
         image.SetSpacing((*image.GetSpacing()[:2], geometry.spacing_k))
     for note in geometry.notes:
@@ -740,15 +533,6 @@ def _check_distinct_instances(folder: Path, files: tuple[str, ...], heads: list[
         seen[uid] = shown
 
 
-def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
-    """(RescaleSlope, RescaleIntercept), 1 and 0 when absent (``_check_rescale`` proved them numbers)."""
-    def value(keyword: str, default: float) -> float:
-        raw = ds[keyword].value if keyword in ds else None
-        return default if raw in (None, "") else float(raw)
-
-    return value("RescaleSlope", 1.0), value("RescaleIntercept", 0.0)
-
-
 def _check_frame_rescales(path: Path, ds: pydicom.Dataset) -> None:
     """An enhanced multi-frame's PixelValueTransformationSequence, per frame or shared: each valid, and one for
     every frame. GDCM applies frame 1's to every frame (measured: frame 4 stored with slope 4 read 2982 HU off)."""
@@ -758,8 +542,8 @@ def _check_frame_rescales(path: Path, ds: pydicom.Dataset) -> None:
         items = group.get("PixelValueTransformationSequence") or shared.get("PixelValueTransformationSequence")
         if not items:
             continue
-        _check_rescale(path, items[0])
-        this = _rescale(items[0])
+        check_rescale(path, items[0])
+        this = rescale_of(items[0])
         if first is None:
             first = (n, this)
         elif this != first[1]:
@@ -791,13 +575,6 @@ def _ultrasound_pixel_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def _int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
-    try:
-        return int(getattr(ds, keyword, default) or default)
-    except (TypeError, ValueError):
-        return default
-
-
 def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: bool = False) -> Volume:
     """One DICOM file; an enhanced multi-frame one on the grid its functional groups prove (``frame_geometry``)."""
     limit = voxel_limit(max_voxels)
@@ -808,13 +585,13 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     if _is_dicomdir(ds):  # what a CD viewer asks for, so what users pick first; it holds no pixels
         raise StudyError(f"{path}: a DICOMDIR, the index of a CD/DVD export, not an image; open the folder that holds "
                          "it with its image files (or a zip of that folder)")
-    _check_pixels(path, scan, ds, limit)
+    check_pixels(path, scan, ds, limit)
     try:
         orientation(ds)
         numbers(ds, "ImagePositionPatient", 3)  # NaN or 2 values: ITK made the origin 0 or (x, y, 0) silently
         check_pixel_spacing(ds)
         # an enhanced image of one frame keeps its geometry in the functional groups too (GDCM reads it from there)
-        enhanced = _int(ds, "NumberOfFrames", 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
+        enhanced = header_int(ds, "NumberOfFrames", 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
         frames = frame_geometry(ds, allow_uneven=allow_uneven) if enhanced else None
         if frames is None:
             require_pixel_spacing(ds)
@@ -824,7 +601,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     try:
         image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, DICOM_IO)
     except RuntimeError as e:
-        raise StudyError(f"{path}: DICOM pixel data could not be decoded ({_first_line(e)})") from e
+        raise StudyError(f"{path}: DICOM pixel data could not be decoded ({first_line(e)})") from e
     if frames is not None and image.GetDimension() == 3:  # the checked grid, not GDCM's guess
         image.SetSpacing(frames.spacing)
         image.SetOrigin(frames.origin)
@@ -852,9 +629,3 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
                   else "none (identity)"),
     )
     return Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
-
-
-def _first_line(e: BaseException) -> str:
-    text = [line for line in str(e).strip().splitlines() if line.strip()]
-    # ITK names the object by its address ("GDCMImageIO(0x5564...)"): noise to a user, different each run
-    return one_line(re.sub(r"\(0x[0-9a-fA-F]+\)", "", text[-1].strip())[:200]) if text else type(e).__name__

@@ -31,6 +31,9 @@ MODULES: dict[str, list[str]] = {
     "data/volume.py": ["tests/data/test_geometry.py", "tests/data/test_volume.py"],
     "data/writers.py": ["tests/data/test_geometry.py", "tests/data/test_writers.py"],
     "data/readers.py": ["tests/data/test_geometry.py", "tests/data/test_fuzz_readers.py", "tests/data/test_readers.py"],
+    "data/dicom_pixels.py": ["tests/data/test_readers.py", "tests/data/test_pixel_description.py",
+                             "tests/data/test_dicom_scan.py"],
+    "data/study_errors.py": ["tests/data/test_readers.py", "tests/data/test_limits.py"],
     "data/pictures.py": ["tests/data/test_readers.py", "tests/data/test_exif_orientation.py",
                          "tests/data/test_fuzz_readers.py"],
     "data/deidentify.py": ["tests/data/test_deidentify.py",  # less the CLI run of the real model (40 s a mutant)
@@ -258,7 +261,8 @@ EQUIVALENT |= {
        for n in (205, 208, 210, 211, 212)},
 }
 _R = "data.readers.x"
-_P = "data.pictures.x"  # the picture reader, data/readers.py's until session 15 (its mutant numbers as they were there)
+_P = "data.pictures.x"
+_X = "data.dicom_pixels.x_"  # the pixel checks, data/readers.py's until session 15 (numbers as they were there)  # the picture reader, data/readers.py's until session 15 (its mutant numbers as they were there)
 EQUIVALENT |= {
     **{f"{_R}__same_geometry__mutmut_{n}": "a tighter allclose tolerance: where it says 'differ' the reader applies the "
        "header's geometry, equal to ITK's within 1e-4 anyway" for n in (9, 10, 19, 20, 28)},
@@ -304,7 +308,7 @@ EQUIVALENT |= {
     f"{_P}_read_image_file__mutmut_6": "every warning ignored while Image.open reads the header, not only the bomb "
                                        "warning: its other notes are on odd chunks, hidden by the load step anyway",
     f"{_P}_read_image_file__mutmut_86": "modality='OT' left out: Volume's default is 'OT'",
-    **{f"{_R}__check_pixels__mutmut_{n}": "PhotometricInterpretation's default made None/'XXXX': an absent one is "
+    **{f"{_X}check_pixels__mutmut_{n}": "PhotometricInterpretation's default made None/'XXXX': an absent one is "
        "not 'YBR_FULL_422' either way" for n in (135, 142)},
 }
 _D = "data.dicom_scan.x"

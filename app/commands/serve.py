@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "series); `make run` does this")
     p.add_argument("--token-file", metavar="FILE",
                    help="access token (first line; default $MEDSEG_TOKEN); required when --host is not loopback: "
-                   f"the browser logs in as user 'medseg' with the token as password")
+                   "the browser logs in as user 'medseg' with the token as password")
     p.add_argument(
         "--malloc-arenas",
         type=int,

@@ -557,9 +557,11 @@ def test_read_failures_after_the_checks_are_one_line_naming_the_file(tmp_path, m
     def scan_fails(path, **kwargs):
         raise OSError(13, "Permission denied")
 
-    monkeypatch.setattr(readers, "scan_dicom", scan_fails)
+    import data.dicom_pixels
+
+    monkeypatch.setattr(data.dicom_pixels, "scan_dicom", scan_fails)
     refused(one, f"{one}: cannot be read (Permission denied)")
-    monkeypatch.setattr(readers, "scan_dicom", lambda path, **kw: (_ for _ in ()).throw(OSError("disk gone")))
+    monkeypatch.setattr(data.dicom_pixels, "scan_dicom", lambda path, **kw: (_ for _ in ()).throw(OSError("disk gone")))
     refused(one, f"{one}: cannot be read (disk gone)")
     monkeypatch.undo()
     monkeypatch.setattr(readers.pydicom, "dcmread", lambda *a, **k: (_ for _ in ()).throw(KeyError()))

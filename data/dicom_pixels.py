@@ -1,0 +1,186 @@
+"""A DICOM file's pixel description checked against its bytes before any decoder sees them: the tag stream walked
+in pure Python (``data.dicom_scan``), the pixel bytes present against Rows x Columns x samples x bits x frames (no
+excess beyond padding), PhotometricInterpretation against SamplesPerPixel, palette tables, transfer syntaxes with no
+decoder here, and the rescale. Each refusal is one line naming the field (``StudyError``); ``data.readers`` calls
+:func:`scan_checked`, :func:`check_pixels` and :func:`check_rescale` for every DICOM file it opens."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pydicom
+
+from data import limits
+from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
+from data.study_errors import StudyError, check_voxels, header_int
+
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+
+def scan_checked(path: Path, *, max_voxels: int) -> DicomScan:
+    """Walk ``path``'s tag stream (``data.dicom_scan``) and check its pixel bytes against its header."""
+    try:
+        scan = scan_dicom(path, max_voxels=max_voxels)
+    except DicomScanError as e:
+        raise StudyError(f"{path}: not a readable DICOM file ({e})") from None
+    except OSError as e:
+        raise StudyError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return scan
+
+
+def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -> None:
+    """Pixel data present, within the voxel limit, and (native syntaxes) at least as long as the header says."""
+    if scan.pixel_keyword is None or "Rows" not in ds:
+        raise StudyError(f"{path}: DICOM file without pixel data; expected an image")
+    frames = header_int(ds, "NumberOfFrames", 1)
+    check_voxels(path, (frames, header_int(ds, "Rows"), header_int(ds, "Columns")), limit)
+    check_rescale(path, ds)
+    samples, bits = header_int(ds, "SamplesPerPixel", 1), header_int(ds, "BitsAllocated", 16)
+    if not 1 <= samples <= limits.MAX_SAMPLES_PER_PIXEL or bits not in (1, 8, 16, 32, 64):
+        raise StudyError(f"{path}: SamplesPerPixel {samples} / BitsAllocated {bits}; expected 1-4 samples of 1, 8, 16, 32 or 64 bits")
+    if _no_decoder(scan.transfer_syntax):
+        name = pydicom.uid.UID(scan.transfer_syntax).name
+        raise StudyError(f"{path}: transfer syntax {scan.transfer_syntax}"
+                         f"{f' ({name})' if name != scan.transfer_syntax else ''} has no decoder here; save it "
+                         "uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")
+    if scan.pixel_keyword != "PixelData":  # GDCM: "Cannot read requested file", naming nothing
+        bits_of = 64 if scan.pixel_keyword == "DoubleFloatPixelData" else 32
+        raise StudyError(f"{path}: {scan.pixel_keyword} (a parametric map of {bits_of}-bit floats): the decoder here "
+                         "reads integer PixelData only; export the map as NIfTI and open that")
+    _check_photometric(path, ds, samples)
+    _check_palette(path, ds)
+    if scan.transfer_syntax == RLE_LOSSLESS and samples > 1 and bits > 8:
+        # GDCM decodes these with each sample's byte segments out of order (measured on pydicom's SC_rgb_rle_16bit
+        # and 32bit: pure red 65535, 0, 0 opened as 0, 65280, 255), while 8-bit colour and 16-bit grey RLE are exact
+        raise StudyError(f"{path}: RLE Lossless colour ({samples} samples) of {bits} bits: the decoder here mixes "
+                         "up its bytes (red opens as blue-green); save it uncompressed (e.g. dcmdrle IN OUT) and open "
+                         "that")
+    native = scan.transfer_syntax in NATIVE_SYNTAXES or not scan.transfer_syntax
+    if native and scan.encapsulated:
+        raise StudyError(f"{path}: compressed (encapsulated) pixel data in the uncompressed transfer syntax {scan.transfer_syntax}")
+    if not native and not scan.encapsulated:
+        raise StudyError(f"{path}: transfer syntax {scan.transfer_syntax} needs compressed (encapsulated) pixel data; "
+                         "the file holds raw bytes")
+    if scan.encapsulated:
+        if len(scan.fragments) < 2 or not any(n for _, n in scan.fragments[1:]):
+            raise StudyError(f"{path}: compressed pixel data without any frame fragment")
+        rows, cols = header_int(ds, "Rows"), header_int(ds, "Columns")
+        for c, r, comps in encoded_frame_sizes(path, scan):
+            if (c, r) != (cols, rows) or comps != samples:
+                raise StudyError(f"{path}: a compressed frame of {c} x {r} x {comps} (its JPEG frame header) in an image "
+                                 f"of Columns x Rows x SamplesPerPixel {cols} x {rows} x {samples}; refused before decoding")
+        return
+    per_frame = header_int(ds, "Rows") * header_int(ds, "Columns") * samples
+    if str(getattr(ds, "PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
+        per_frame = per_frame * 2 // 3  # two samples per pixel stored for 4:2:2 chroma
+    expected = (frames * per_frame * bits + 7) // 8
+    if (scan.pixel_length or 0) < expected:
+        raise StudyError(f"{path}: truncated DICOM file: {scan.pixel_length or 0} of {expected} bytes of pixel data "
+                         f"({frames} frame(s) of {header_int(ds, 'Rows')} x {header_int(ds, 'Columns')} x {samples} x {bits} bits)")
+    _check_no_excess(path, ds, scan.pixel_length or 0, expected, frames, samples, bits, scan.pixel_tail)
+
+
+PIXEL_PADDING_BYTES = 16  # more than a writer pads to an even or aligned length
+
+
+def _check_no_excess(path: Path, ds: pydicom.Dataset, present: int, expected: int, frames: int, samples: int,
+                     bits: int, tail: bytes | None) -> None:
+    """Native pixel data longer than its header describes by a row or a column of one frame, or more: the header
+    lies (GDCM decodes what it describes and drops the rest). Measured: 16-bit CT data under BitsAllocated 8 opened
+    as int8 noise of -128..127, a 2-frame file saying 1 frame lost its second frame, Columns one short sheared every
+    row. Padding (a few bytes, or any number of zero bytes) is not a lie and opens."""
+    rows, cols = header_int(ds, "Rows"), header_int(ds, "Columns")
+    excess = present - expected
+    line = min(rows, cols) * samples * bits // 8
+    if excess <= PIXEL_PADDING_BYTES or excess < line:
+        return
+    if tail is not None and not tail[-min(excess, len(tail)):].strip(b"\0"):
+        return  # zeros: padding (pydicom's MR_small_padded carries 128 bytes of them), nothing of the image lost
+    raise StudyError(f"{path}: {present} bytes of pixel data where the header describes {expected} ({frames} frame(s) "
+                     f"of {rows} x {cols} x {samples} x {bits} bits): NumberOfFrames, Rows/Columns, SamplesPerPixel "
+                     "or BitsAllocated is wrong, so the image would open garbled; refused")
+
+
+# Samples per pixel each PhotometricInterpretation needs (PS3.3 C.7.6.3.1.2). GDCM trusts the name: RGB or
+# YBR_FULL_422 on 1-sample CT data opened as a 3-channel picture of noise (min -32768), as if valid.
+PHOTOMETRIC_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "HSV": 3, "YBR_FULL": 3,
+                       "YBR_FULL_422": 3, "YBR_PARTIAL_422": 3, "YBR_PARTIAL_420": 3, "YBR_ICT": 3, "YBR_RCT": 3,
+                       "ARGB": 4, "CMYK": 4}
+
+
+def _check_photometric(path: Path, ds: pydicom.Dataset, samples: int) -> None:
+    """PhotometricInterpretation and SamplesPerPixel agree (an unknown or absent one is left to the decoder)."""
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    needed = PHOTOMETRIC_SAMPLES.get(photometric)
+    if needed is not None and needed != samples:
+        raise StudyError(f"{path}: PhotometricInterpretation {photometric} needs SamplesPerPixel {needed}, the file "
+                         f"says {samples}; the pixels cannot be decoded as either")
+
+
+def _check_palette(path: Path, ds: pydicom.Dataset) -> None:
+    """A PALETTE COLOR image's three lookup tables as GDCM can apply them: each descriptor (entries, first mapped
+    value 0, 8 or 16 bits) with data of that many entries. GDCM refused every fault with its own assertion text
+    ("An invalid logic behavior occurredmult2 == 2", "Unknown exception thrown in SimpleITK ...") naming no field."""
+    if str(ds.get("PhotometricInterpretation", "") or "").strip().upper() != "PALETTE COLOR":
+        return
+    for colour in ("Red", "Green", "Blue"):
+        if f"Segmented{colour}PaletteColorLookupTableData" in ds:
+            continue  # segmented tables: left to the decoder
+        keyword = f"{colour}PaletteColorLookupTableDescriptor"
+        try:
+            entries, first, bits = (int(v) for v in ds[keyword].value)
+        except (KeyError, TypeError, ValueError):
+            raise StudyError(f"{path}: PALETTE COLOR without a valid {keyword} (entries, first value, bits); the "
+                             "colours are not in the file") from None
+        entries = entries or 65536  # 0 means 2^16 (PS3.3 C.7.6.3.1.5)
+        size = len(ds.get(f"{colour}PaletteColorLookupTableData") or b"")
+        # 16-bit entries; 8-bit ones stored one a byte (padded to an even length) or one a 16-bit word
+        expected = {2 * entries} if bits == 16 else {entries, entries + entries % 2, 2 * entries}
+        if bits not in (8, 16) or first != 0 or size not in expected:
+            raise StudyError(f"{path}: PALETTE COLOR {colour} lookup table of {size} bytes with descriptor {entries}, "
+                             f"{first}, {bits}; expected {entries} entries of 8 or 16 bits from value 0 (the decoder "
+                             "here takes no other)")
+
+
+# Transfer syntaxes GDCM (under SimpleITK) cannot decode: video (MPEG-2/4, HEVC), JPIP references, JPEG XL, HTJ2K,
+# SMPTE ST 2110. GDCM failed on them with "Failed to change to Implicit Transfer Syntax", naming neither.
+NO_DECODER_PREFIXES = ("1.2.840.10008.1.2.4.10", "1.2.840.10008.1.2.4.11", "1.2.840.10008.1.2.4.20",
+                       "1.2.840.10008.1.2.7.")
+NO_DECODER = frozenset({"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95"})
+
+
+def _no_decoder(syntax: str) -> bool:
+    return syntax in NO_DECODER or syntax.startswith(NO_DECODER_PREFIXES)
+
+
+def check_rescale(path: Path, ds: pydicom.Dataset) -> None:
+    """RescaleSlope 0, NaN or inf, or a NaN/inf intercept: GDCM silently reads such a slope as 1 and such an
+    intercept as 0 (measured: slope 0 with intercept -1024 opened as stored - 1024), values the file does not
+    say. Refused."""
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if keyword not in ds or ds[keyword].value in (None, ""):
+            continue
+        try:
+            value = float(ds[keyword].value)
+        except (TypeError, ValueError):
+            raise StudyError(f"{path}: {keyword} {ds[keyword].value!r} is not a number") from None
+        if not math.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
+            raise StudyError(f"{path}: {keyword} {value:g}; expected a finite number{' other than 0' if keyword == 'RescaleSlope' else ''}"
+                             " (the stored values cannot be turned into the modality's units)")
+    slope, intercept = rescale_of(ds)
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1" and (slope, intercept) != (1, 0):
+        # MONOCHROME1 is for display, after the rescale; GDCM inverts the stored values before it (measured: a CT
+        # slice of -896..1167 HU opened at -3216..-1153)
+        raise StudyError(f"{path}: MONOCHROME1 with RescaleSlope {slope:g}, RescaleIntercept {intercept:g}: the decoder "
+                         "inverts the stored values before the rescale, so the modality's values (HU) would be wrong; "
+                         "save it as MONOCHROME2")
+
+
+def rescale_of(ds: pydicom.Dataset) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept), 1 and 0 when absent (:func:`check_rescale` proved them numbers)."""
+    def value(keyword: str, default: float) -> float:
+        raw = ds[keyword].value if keyword in ds else None
+        return default if raw in (None, "") else float(raw)
+
+    return value("RescaleSlope", 1.0), value("RescaleIntercept", 0.0)

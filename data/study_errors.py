@@ -1,0 +1,76 @@
+"""What every reader raises, warns and checks first: the one-line :class:`StudyError` (and the refusals a caller can
+act on: several series to pick from, uneven spacing to accept), :class:`StudyWarning` for a repair the user should
+know about, and the voxel limit checked from a header before anything is decoded. Its own module so that the
+readers of each format (``data.readers``, ``data.pictures``, ``data.dicom_pixels``) share it without importing
+each other."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from data import limits
+from data.limits import LimitError
+from data.untrusted import one_line
+
+
+class StudyError(ValueError):
+    """A study that cannot be read; the message names the file and what was expected, on one line
+    (control characters in file names are escaped, so a name with a newline cannot split it)."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(one_line(str(message)))
+
+
+class SeveralSeriesError(StudyError):
+    """A folder holds several image volumes and none was named. ``series`` lists them (SeriesInstanceUID, modality,
+    description, images; scouts left out) so that a caller can offer them: the UI's picker takes them from the
+    isolated reader's refusal, and the server process never parses an upload's headers itself."""
+
+    def __init__(self, message: object, series: list[tuple[str, str, str, int]]) -> None:
+        super().__init__(message)
+        self.series = series
+
+
+class UnevenStudyError(StudyError):
+    """A study refused only for uneven slice spacing or missing slices: ``allow_uneven=True`` opens it at the mean
+    spacing with a note (the CLI's ``--allow-uneven``, the UI's choice under Upload)."""
+
+
+class StudyWarning(UserWarning):
+    """A study that was read with a repair the user should know about (e.g. NaN voxels replaced)."""
+
+
+def voxel_limit(max_voxels: int | None = None) -> int:
+    """``max_voxels``, else ``$MEDSEG_MAX_VOXELS``, else DEFAULT_MAX_VOXELS (see app.settings)."""
+    try:
+        return limits.voxel_limit(max_voxels)
+    except LimitError as e:
+        raise StudyError(str(e)) from None
+
+
+def check_voxels(path: Path, shape: tuple[int, ...], limit: int) -> None:
+    shape = tuple(int(n) for n in shape)
+    if any(n <= 0 for n in shape):
+        raise StudyError(f"{path}: empty image of size {shape}")
+    if int(np.prod(shape, dtype=np.float64)) > limit:
+        raise StudyError(
+            f"{path}: {' x '.join(map(str, shape))} voxels is more than the limit of {limit} "
+            "(raise MEDSEG_MAX_VOXELS, or crop/downsample the study)"
+        )
+
+
+def header_int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
+    try:
+        return int(getattr(ds, keyword, default) or default)
+    except (TypeError, ValueError):
+        return default
+
+
+def first_line(e: BaseException) -> str:
+    text = [line for line in str(e).strip().splitlines() if line.strip()]
+    # ITK names the object by its address ("GDCMImageIO(0x5564...)"): noise to a user, different each run
+    return one_line(re.sub(r"\(0x[0-9a-fA-F]+\)", "", text[-1].strip())[:200]) if text else type(e).__name__
