@@ -20,7 +20,7 @@ from typing import Sequence
 
 from data.writers import atomic_output
 from evaluation.fairness import equity_table
-from evaluation.metrics import METRICS, MetricAccumulator, CaseMetrics
+from evaluation.metrics import CaseMetrics, MetricAccumulator
 from evaluation.runner import PER_CASE_COLUMNS, EvalRun, StepRow
 
 ES_METRICS = ("dice", "iou", "nsd")

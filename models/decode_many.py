@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Hashable, Sequence
 
-import numpy as np
 import torch
 
 from models import click_locality, point_prompts

@@ -124,7 +124,6 @@ def write_view_set(name: str, image: np.ndarray, labels: np.ndarray, structures:
 def prepare_mni152(wheel: Path, out: Path, sources: list[dict]) -> Path:
     """MNI152 2009a T1 + tissue maps: 1 white matter, 2 grey matter, 3 the rest of the filled brain."""
     import gzip
-    import io
 
     import nibabel as nib
     from scipy import ndimage
