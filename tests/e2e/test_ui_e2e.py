@@ -1146,3 +1146,36 @@ def test_a_click_right_after_add_label_or_a_label_pick_goes_to_that_label(browse
         page.wait_for_function("document.querySelector('#label input').value.startsWith('1')", timeout=TIMEOUT_MS)
     finally:
         context.close()
+
+
+def _pick_by_keyboard(page, box: str, option: str) -> None:
+    """Pick ``option`` in a Gradio dropdown by keyboard, as a user without the mouse: focus, ArrowDown to it, Enter."""
+    page.locator(f"{box} input").focus()
+    for _ in range(8):
+        page.keyboard.press("ArrowDown")
+        if page.locator(f"{box} [role='option'].active").get_attribute("aria-label") == option:
+            break
+    page.keyboard.press("Enter")
+
+
+def test_a_label_picked_by_keyboard_while_clicks_are_queued_acts_after_them(browser, server, ct):
+    """Three quick clicks into label 2, then label 1 picked in the Active label box by keyboard (ArrowDown, Enter):
+    the mouse pick went through the viewer's queue, the keyboard's was Gradio's own event and ran at once, so the
+    clicks still queued made label 2 active again and the next structure went into it. (The model is held: the first
+    click waits at the server, the others in the browser's queue.)"""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.locator("#add-label").click()
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('2')", timeout=TIMEOUT_MS)
+        with server.runner.turn():
+            for q in REFINE[:3]:
+                page.mouse.click(*_xy(page, ct, *q))
+            _pick_by_keyboard(page, "#label", "1 · label 1")
+            page.wait_for_function("medsegViewer.inFlight >= 3")
+        _idle(page)
+        assert _state(server, sid)["active"] == 1, "the label picked by keyboard was undone by the clicks queued before it"
+        assert set(_server_counts(server.labels(sid))) == {2}, "the clicks went to label 2, as made"
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('1')", timeout=TIMEOUT_MS)
+    finally:
+        context.close()

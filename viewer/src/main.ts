@@ -949,6 +949,7 @@ class Viewer {
     window.addEventListener('keydown', (e) => this.onKey(e), true)
     document.addEventListener('click', (e) => this.holdPageButton(e), true)
     document.addEventListener('mousedown', (e) => this.queueLabelChoice(e), true)  // Gradio's dropdown picks on mousedown
+    document.addEventListener('keydown', (e) => this.queueLabelKey(e), true)  // ... and on Enter (ArrowDown, Enter)
     // a reload or a closed tab while edits were queued lost them without a word (the queue lives in this page: only
     // the one on its way reached the server; 5 quick clicks then F5 kept 1): the browser asks first
     window.addEventListener('beforeunload', (e) => {
@@ -1018,7 +1019,22 @@ class Viewer {
   queueLabelChoice(e: MouseEvent): void {
     if (!e.isTrusted || e.button !== 0) return
     const option = (e.target as Element | null)?.closest?.('#label [role="option"]')
-    if (!option) return
+    if (option) this.labelOptionPicked(option, e)
+  }
+
+  /** A label picked in the Active label box by keyboard (focus, ArrowDown, Enter: Gradio takes the option it
+   * highlighted, class ``active``) goes through the viewer's queue as a mouse pick does: it ran at once, and the
+   * prompts still queued made the old label active again. */
+  queueLabelKey(e: KeyboardEvent): void {
+    if (!e.isTrusted || e.key !== 'Enter' || e.isComposing) return
+    const box = (e.target as Element | null)?.closest?.('#label')
+    const option = box?.querySelector('[role="option"].active')
+    if (option) this.labelOptionPicked(option, e)
+  }
+
+  /** The pick of one option of the Active label box, by mouse or keyboard: it goes through the queue (Gradio's own
+   * handler never sees it). */
+  labelOptionPicked(option: Element, e: Event): void {
     const text = (option.textContent ?? '').replace(/^\s*✓?\s*/, '').trim()  // "2 · label 2" (controller.view_model)
     const d = (this.state?.labels ?? []).find((x) => `${x.value} · ${x.name}` === text)
     if (!d) return
