@@ -1151,10 +1151,12 @@ def test_a_click_right_after_add_label_or_a_label_pick_goes_to_that_label(browse
 def _pick_by_keyboard(page, box: str, option: str) -> None:
     """Pick ``option`` in a Gradio dropdown by keyboard, as a user without the mouse: focus, ArrowDown to it, Enter."""
     page.locator(f"{box} input").focus()
-    for _ in range(8):
-        page.keyboard.press("ArrowDown")
-        if page.locator(f"{box} [role='option'].active").get_attribute("aria-label") == option:
-            break
+    page.keyboard.press("ArrowDown")  # opens the list with an option highlighted
+    at = int(page.locator(f"{box} [role='option'].active").get_attribute("data-index"))
+    to = int(page.locator(f"{box} [role='option'][aria-label='{option}']").get_attribute("data-index"))
+    for _ in range(abs(to - at)):
+        page.keyboard.press("ArrowDown" if to > at else "ArrowUp")
+    assert page.locator(f"{box} [role='option'].active").get_attribute("aria-label") == option
     page.keyboard.press("Enter")
 
 
@@ -1177,5 +1179,36 @@ def test_a_label_picked_by_keyboard_while_clicks_are_queued_acts_after_them(brow
         assert _state(server, sid)["active"] == 1, "the label picked by keyboard was undone by the clicks queued before it"
         assert set(_server_counts(server.labels(sid))) == {2}, "the clicks went to label 2, as made"
         page.wait_for_function("document.querySelector('#label input').value.startsWith('1')", timeout=TIMEOUT_MS)
+    finally:
+        context.close()
+
+
+def test_a_model_picked_while_clicks_are_queued_acts_after_them(browser, server, ct):
+    """A box and three quick clicks refining it, then another model picked in the Model box: Gradio's event ran at
+    once and started a new object (a model change does), so the clicks still queued in the browser began a second
+    object on the new model instead of refining the box. The pick now waits in the viewer's queue, by mouse as by
+    keyboard. (The model is held: the box waits at the server, the clicks in the browser's queue.)"""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        with server.runner.turn():
+            _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
+            page.keyboard.press("p")
+            for q in REFINE[:3]:
+                page.mouse.click(*_xy(page, ct, *q))
+            page.locator("#model input").click()
+            page.locator("#model [role='option'][aria-label^='litemedsam-base:']").click()
+            page.wait_for_function("medsegViewer.inFlight >= 4")
+        _idle(page)
+        _wait_server(lambda: _state(server, sid)["model"] == "litemedsam-base")
+        last = [r for rs in _state(server, sid)["history"].values() for r in rs][-1]
+        assert len(last["points"]) == 3, f"the clicks queued before the model pick were split off: {last}"
+        page.wait_for_function("document.querySelector('#model input').value.startsWith('litemedsam-base:')")
+        from app.model_catalog import choices
+
+        _pick_by_keyboard(page, "#model", next(shown for shown, name in choices() if name == "litemedsam"))
+        _wait_server(lambda: _state(server, sid)["model"] == "litemedsam")
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
     finally:
         context.close()
