@@ -51,7 +51,8 @@ const NEWS_MAX_MS = 60_000
 // through the viewer's queue, so pressed while prompts were still queued they ran first. An export missed the last
 // clicks, Open sample made the queued clicks arrive after the switch (refused as "another tab opened ..."), and Add
 // label was undone by the queued clicks (each sets its label active). Pressed while the queue is busy, a press is
-// held and made again once the queue is empty. Not Upload (its file chooser opens only on the user's own press).
+// held and made again once the queue is empty. Not Upload's press (its file chooser opens only on the user's own
+// press): the files' choice is held instead (holdUpload).
 const AFTER_QUEUE = ['#open-sample', '#export-btn', '#add-label', '#clear-label', '#propagate', '#review', '#review-prev',
   '#review-accept', '#review-cut', '#review-next', '#apply-brush', '#oneshot-set', '#oneshot-apply'].join(', ')
 
@@ -185,6 +186,8 @@ class Viewer {
   labelChanges = 0  // label choices, Add label presses and model picks queued: prompts made meanwhile take their
   // label when sent
   held: HTMLElement[] = []  // the page's buttons pressed while prompts were queued (AFTER_QUEUE), pressed again after
+  heldUploads: HTMLInputElement[] = []  // Upload's file input, its files chosen while prompts were queued (holdUpload)
+  replaying: HTMLInputElement | null = null  // the input whose held change is being made again
   frameTimes: number[] = []
   promptTimes: number[] = []
   answerTimes: number[] = []  // the same prompts, until the server's answer arrived (the rest is drawing)
@@ -951,6 +954,7 @@ class Viewer {
     document.addEventListener('click', (e) => this.holdPageButton(e), true)
     document.addEventListener('mousedown', (e) => this.queueLabelChoice(e), true)  // Gradio's dropdown picks on mousedown
     document.addEventListener('keydown', (e) => this.queueLabelKey(e), true)  // ... and on Enter (ArrowDown, Enter)
+    document.addEventListener('change', (e) => this.holdUpload(e), true)  // files chosen under Upload…
     // a reload or a closed tab while edits were queued lost them without a word (the queue lives in this page: only
     // the one on its way reached the server; 5 quick clicks then F5 kept 1): the browser asks first
     window.addEventListener('beforeunload', (e) => {
@@ -1093,8 +1097,29 @@ class Viewer {
     this.enqueue({ kind: 'active', label: d.value })
   }
 
+  /** Files chosen under Upload… while prompts are queued wait for them, as the page's buttons do: the upload opened
+   * its study at once, and the clicks still queued arrived after it, refused as made on a study no longer open ("another
+   * tab opened ..."): 3 quick clicks then an upload kept 1. The file chooser opens on the user's own press (not held);
+   * the choice (the input's change, before Gradio's handler) is stopped here and made again by :meth:`releaseHeld`:
+   * the input still holds the files. */
+  holdUpload(e: Event): void {
+    const input = e.target as HTMLInputElement | null  // Gradio's UploadButton: the file input just before #upload
+    if (input?.type !== 'file' || input.nextElementSibling?.id !== 'upload') return
+    if (input === this.replaying || this.settled()) return
+    e.stopImmediatePropagation()
+    if (!this.heldUploads.includes(input)) this.heldUploads.push(input)
+    const n = this.pending.length
+    this.showStatus(n === 0 ? 'Upload: after the label change…'
+      : `Upload: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+  }
+
   releaseHeld(): void {
     for (const b of this.held.splice(0)) if (b.isConnected) b.click()
+    for (const input of this.heldUploads.splice(0)) {
+      if (!input.isConnected || !input.files?.length) continue
+      this.replaying = input  // Gradio's own handler takes it (holdUpload lets it pass)
+      try { input.dispatchEvent(new Event('change', { bubbles: true })) } finally { this.replaying = null }
+    }
   }
 
   /** A brush stroke's next mouse position. Leaving the image ends the piece at the edge; coming back starts
