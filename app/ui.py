@@ -218,8 +218,9 @@ def build_app(config: UIConfig):
                 with session.lock:  # one moment for the viewer's state, the label box and its order (seq)
                     state = viewer_actions.state(session)
                     seq = next(PAGE_SEQ)
-                    if session.volume is not None:
-                        shown_window = viewer_actions.window_of(session) or shown_window
+                    if session.volume is not None:  # a colour picture has no window: the boxes are empty
+                        shown_window = viewer_actions.window_of(session) or (
+                            {"level": None, "width": None} if session.volume.is_rgb else shown_window)
                     if session.labels is not None:
                         vm.labels, vm.active, vm.label_name, vm.colour = controller.label_box(session)
                 state_html = (f'<div data-state="{html.escape(json.dumps(state), quote=True)}" '
@@ -240,8 +241,8 @@ def build_app(config: UIConfig):
                 status,
                 vm.model,
                 vm.window,
-                round(float(shown_window["level"]), 2),
-                round(float(shown_window["width"]), 2),
+                None if shown_window["level"] is None else round(float(shown_window["level"]), 2),
+                None if shown_window["width"] is None else round(float(shown_window["width"]), 2),
             ]
             given[page_key()] = {i: result[i] for i in typed}
             return result

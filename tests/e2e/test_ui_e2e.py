@@ -1245,3 +1245,32 @@ def test_files_uploaded_while_clicks_are_queued_open_after_them(browser, server,
         assert _state(server, sid)["study_path"].endswith(src.name)
     finally:
         context.close()
+
+
+def test_a_window_chosen_for_a_colour_picture_says_it_does_not_apply(browser, server, tmp_path):
+    """An RGB photograph is shown in its own colours: a window preset or Level/Width + Enter was taken without a word
+    and changed nothing on the screen, with a CT's 40/400 in the boxes. The boxes are now empty for it, and a window
+    chosen says in the status line that it applies to grey images only (no error)."""
+    from PIL import Image
+
+    rgb = np.zeros((120, 160, 3), np.uint8)
+    rgb[30:90, 40:120] = (200, 50, 50)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    context, page, sid = _open_page(browser, server)
+    try:
+        with page.expect_file_chooser() as chooser:
+            page.locator("#upload").click()
+        chooser.value.set_files(str(tmp_path / "photo.png"))
+        _wait_status(page, "Ready")
+        assert page.locator("#level input").input_value() == "" and page.locator("#width input").input_value() == ""
+        page.locator("#window input").click()
+        page.get_by_role("option", name="lung").click()
+        _wait_status(page, "photo.png is a colour picture, shown in its own colours")
+        page.wait_for_function("document.querySelector('#window input').value === 'default'")
+        page.locator("#level input").fill("100")
+        page.locator("#level input").press("Enter")
+        page.wait_for_timeout(1000)
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+        assert _state(server, sid)["view"]["window"] == "default"
+    finally:
+        context.close()
