@@ -261,10 +261,11 @@ def build_app(config: UIConfig):
                 text = f"internal error ({type(e).__name__}); the session is saved, try again"
             gr.Warning(messages.for_toast(text))
             message = messages.for_markdown(f"⚠ {text}")
-            try:  # show the server's state again (e.g. the model picker snaps back)
-                check_cookie(s)
+            try:  # show the server's state again (e.g. the model picker snaps back), but for what the user typed:
+                check_cookie(s)  # a refused name of 125 characters went back to 'label 1', to be typed again whole
                 vm = controller.refresh(ctx, s, None)
-                return [message if i == at_status else v for i, v in enumerate(present(vm))]
+                return [message if i == at_status else gr.skip() if i in typed else v
+                        for i, v in enumerate(present(vm))]
             except Exception:
                 return only_status(message)
 
