@@ -653,9 +653,12 @@ def select_label(ctx: AppContext, session: Session, value: int) -> ViewModel:
 
 @_with_session
 def edit_label(ctx: AppContext, session: Session, name: str, colour: str) -> ViewModel:
+    """Rename or recolour the active label, and say so: with no message, an error shown before (a name too long)
+    stayed on the status line after the shortened name was taken, as if it had been refused too."""
     session.edit_label(session.active, name=name, colour=parse_colour(colour))
     ctx.store.save(session)
-    return view_model(session, "")
+    d = session.label(session.active)
+    return view_model(session, f"Label {d.value}: {d.name}, colour #{'%02x%02x%02x' % d.colour}.")
 
 
 def parse_colour(text: str | None) -> tuple[int, int, int] | None:

@@ -100,3 +100,17 @@ def test_a_refused_typed_value_stays_in_its_box_to_be_corrected(page):
     answer = event("width", "submit").fn(sid, 40, 0)
     assert "window width must be positive" in str(answer)
     assert (answer[at["level"]], answer[at["width"]]) == (gr.skip(), gr.skip())
+
+
+def test_a_rename_taken_after_a_refused_one_says_so(page):
+    """A name refused (too long), then a shorter one taken: the rename answered an empty status, so the viewer kept
+    the refusal on the status line, and the label looked unnamed (seen in Chromium). It now says what it did."""
+    demo, event, _ = page
+    ctx = demo.medseg_ctx
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
+    name = event("label-name", "submit")
+    args = {"label-name": "🫀 قلب right ventricle", "label-colour": "#dc143c"}
+    answer = name.fn(*[sid if getattr(b, "elem_id", None) is None else args[b.elem_id] for b in name.inputs])
+    status = next(str(v) for v in answer if "news " in str(v) and "data-state" not in str(v))  # the status line
+    assert "Label 1: 🫀 قلب right ventricle, colour" in status and "dc143c" in status, status
