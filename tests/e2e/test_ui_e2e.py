@@ -1274,3 +1274,24 @@ def test_a_window_chosen_for_a_colour_picture_says_it_does_not_apply(browser, se
         assert _state(server, sid)["view"]["window"] == "default"
     finally:
         context.close()
+
+
+def test_the_crosshair_on_a_tiny_picture_is_a_line_not_a_bar(browser, server, tmp_path):
+    """NiiVue draws the crosshair one voxel wide: a hairline on the 256 x 256 CT, but on an 8 x 8 picture a bar an
+    eighth of the image wide each way, hiding a quarter of its pixels and labels (seen in Chromium). It is now at
+    most 1/256 of the study's largest side (one voxel on the CT, as before)."""
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / "tiny.png")
+    context, page, _ = _open_page(browser, server)
+    try:
+        with page.expect_file_chooser() as chooser:
+            page.locator("#upload").click()
+        chooser.value.set_files(str(tmp_path / "tiny.png"))
+        _wait_status(page, "Ready")
+        rgb = _canvas(page).astype(int)
+        crosshair = (rgb[..., 0] - rgb[..., 2]) > 100  # its amber over the grey picture
+        assert crosshair.any(), "no crosshair drawn"
+        assert crosshair.mean() < 0.02, f"the crosshair covers {crosshair.mean():.0%} of the canvas"
+    finally:
+        context.close()

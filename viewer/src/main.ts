@@ -482,6 +482,7 @@ class Viewer {
       this.labelsVol = null
       await nv.loadVolumes([{ url: this.url(`volume/${s.study}.nii.gz`), name: 'study.nii.gz' } as any])
       this.slices.attach(nv.volumes[0], !!s.rgb)
+      this.fitCrosshair()
       this.rev = -1
       await this.reloadLabels()
       this.currentView = s.view || 'axial'
@@ -511,6 +512,25 @@ class Viewer {
       this.showError(`could not load the study into the viewer: ${e}`)
     } finally {
       this.loading = null
+    }
+  }
+
+  /** The crosshair's thickness for the study loaded: NiiVue draws it one voxel wide, a hairline on a 256 x 256 CT but
+   * an eighth of an 8 x 8 picture, a broad bar hiding the pixels and labels under it. It is now at most 1/256 of the
+   * study's largest side (one voxel on the CT, as before). */
+  fitCrosshair(): void {
+    const v = this.nv.volumes[0] as any
+    const dims = v?.dimsRAS as number[] | undefined, pix = v?.pixDimsRAS as number[] | undefined
+    if (!dims || !pix) return
+    const voxel = Math.min(pix[1], pix[2], pix[3])
+    const side = Math.max(dims[1] * pix[1], dims[2] * pix[2], dims[3] * pix[3])
+    this.nv.opts.crosshairWidthUnit = 'mm'
+    this.nv.opts.crosshairWidth = Math.min(voxel, side / 256)
+    const mesh = (this.nv as any).crosshairs3D  // NiiVue keeps its crosshair's mesh until the position moves
+    if (mesh) {
+      this.nv.gl.deleteBuffer(mesh.indexBuffer)
+      this.nv.gl.deleteBuffer(mesh.vertexBuffer)
+      ;(this.nv as any).crosshairs3D = null
     }
   }
 
