@@ -414,6 +414,10 @@ def set_display(
     for name, value in (("level", level), ("width", width), ("opacity", opacity)):
         if value is not None:
             _finite(value, f"window {name}" if name != "opacity" else name)
+    status = ""
+    if session.volume is not None and session.volume.is_rgb:  # its boxes are empty: Enter there sends None
+        status = _colour_window_status(session, window)
+        window, level, width = "default", None, None
     if window == "custom" and width is None:  # the Width box emptied, then Enter
         raise ValueError("window width must be positive: the Width box is empty")
     if window == "custom" and float(width) <= 0:
@@ -429,7 +433,17 @@ def set_display(
     if session.prompt is not None and session.prompt.corner is not None and mode != "box":
         session.prompt = None
     ctx.store.save(session)
-    return view_model(session, "")
+    return view_model(session, status)
+
+
+def _colour_window_status(session: Session, window: str) -> str:
+    """What a window chosen for a colour picture does: nothing (it is shown, and segmented, in its own colours). A
+    preset or a Level/Width + Enter on an RGB photograph was taken without a word and changed nothing on the screen,
+    with a CT's 40/400 in the boxes, so the user tried again or thought the viewer broken."""
+    if window == "default":
+        return ""
+    return (f"Window: {session.study_name} is a colour picture, shown in its own colours; "
+            "a window (preset or Level/Width) applies to grey images only.")
 
 
 # --- prompting --------------------------------------------------------------------------------
@@ -639,9 +653,12 @@ def select_label(ctx: AppContext, session: Session, value: int) -> ViewModel:
 
 @_with_session
 def edit_label(ctx: AppContext, session: Session, name: str, colour: str) -> ViewModel:
+    """Rename or recolour the active label, and say so: with no message, an error shown before (a name too long)
+    stayed on the status line after the shortened name was taken, as if it had been refused too."""
     session.edit_label(session.active, name=name, colour=parse_colour(colour))
     ctx.store.save(session)
-    return view_model(session, "")
+    d = session.label(session.active)
+    return view_model(session, f"Label {d.value}: {d.name}, colour #{'%02x%02x%02x' % d.colour}.")
 
 
 def parse_colour(text: str | None) -> tuple[int, int, int] | None:

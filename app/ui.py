@@ -219,8 +219,9 @@ def build_app(config: UIConfig):
                 with session.lock:  # one moment for the viewer's state, the label box and its order (seq)
                     state = viewer_actions.state(session)
                     seq = next(PAGE_SEQ)
-                    if session.volume is not None:
-                        shown_window = viewer_actions.window_of(session) or shown_window
+                    if session.volume is not None:  # a colour picture has no window: the boxes are empty
+                        shown_window = viewer_actions.window_of(session) or (
+                            {"level": None, "width": None} if session.volume.is_rgb else shown_window)
                     if session.labels is not None:
                         vm.labels, vm.active, vm.label_name, vm.colour = controller.label_box(session)
                 state_html = (f'<div data-state="{html.escape(json.dumps(state), quote=True)}" '
@@ -241,8 +242,8 @@ def build_app(config: UIConfig):
                 status,
                 vm.model,
                 vm.window,
-                round(float(shown_window["level"]), 2),
-                round(float(shown_window["width"]), 2),
+                None if shown_window["level"] is None else round(float(shown_window["level"]), 2),
+                None if shown_window["width"] is None else round(float(shown_window["width"]), 2),
             ]
             given[page_key()] = {i: result[i] for i in typed}
             return result
@@ -261,10 +262,11 @@ def build_app(config: UIConfig):
                 text = f"internal error ({type(e).__name__}); the session is saved, try again"
             gr.Warning(messages.for_toast(text))
             message = messages.for_markdown(f"⚠ {text}")
-            try:  # show the server's state again (e.g. the model picker snaps back)
-                check_cookie(s)
+            try:  # show the server's state again (e.g. the model picker snaps back), but for what the user typed:
+                check_cookie(s)  # a refused name of 125 characters went back to 'label 1', to be typed again whole
                 vm = controller.refresh(ctx, s, None)
-                return [message if i == at_status else v for i, v in enumerate(present(vm))]
+                return [message if i == at_status else gr.skip() if i in typed else v
+                        for i, v in enumerate(present(vm))]
             except Exception:
                 return only_status(message)
 

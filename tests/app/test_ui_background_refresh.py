@@ -80,3 +80,37 @@ def test_a_colour_echo_of_a_label_no_longer_active_edits_nothing(page):
     assert all(v == gr.skip() for v in answer), f"the echo changed the page: {answer!r}"
     assert [(d.value, d.name, d.colour) for d in session.label_defs] == before
     assert session.active == 2
+
+
+def test_a_refused_typed_value_stays_in_its_box_to_be_corrected(page):
+    """A label name of 125 characters (DICOM-SEG holds 64) was refused with one line, and the Name box went back to
+    'label 1' within half a second: the user had to type it again whole to shorten it (seen in Chromium). A width
+    of 0 went back to 400 the same way. The fields the user types into now keep what was typed when it is refused;
+    the rest of the page shows the server's state as before."""
+    demo, event, at = page
+    ctx = demo.medseg_ctx
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
+    name = event("label-name", "submit")
+    long = "🫀 قلب " + "very long name " * 8
+    args = {"label-name": long, "label-colour": "#dc143c"}
+    answer = name.fn(*[sid if getattr(b, "elem_id", None) is None else args[b.elem_id] for b in name.inputs])
+    assert "at most 64 characters" in str(answer), "the name was not refused"
+    assert answer[at["label-name"]] == gr.skip(), f"the refused name was replaced: {answer[at['label-name']]!r}"
+    answer = event("width", "submit").fn(sid, 40, 0)
+    assert "window width must be positive" in str(answer)
+    assert (answer[at["level"]], answer[at["width"]]) == (gr.skip(), gr.skip())
+
+
+def test_a_rename_taken_after_a_refused_one_says_so(page):
+    """A name refused (too long), then a shorter one taken: the rename answered an empty status, so the viewer kept
+    the refusal on the status line, and the label looked unnamed (seen in Chromium). It now says what it did."""
+    demo, event, _ = page
+    ctx = demo.medseg_ctx
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
+    name = event("label-name", "submit")
+    args = {"label-name": "🫀 قلب right ventricle", "label-colour": "#dc143c"}
+    answer = name.fn(*[sid if getattr(b, "elem_id", None) is None else args[b.elem_id] for b in name.inputs])
+    status = next(str(v) for v in answer if "news " in str(v) and "data-state" not in str(v))  # the status line
+    assert "Label 1: 🫀 قلب right ventricle, colour" in status and "dc143c" in status, status

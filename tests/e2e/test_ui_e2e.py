@@ -1149,3 +1149,160 @@ def test_a_click_right_after_add_label_or_a_label_pick_goes_to_that_label(browse
         page.wait_for_function("document.querySelector('#label input').value.startsWith('1')", timeout=TIMEOUT_MS)
     finally:
         context.close()
+
+
+def _pick_by_keyboard(page, box: str, option: str) -> None:
+    """Pick ``option`` in a Gradio dropdown by keyboard, as a user without the mouse: focus, ArrowDown to it, Enter."""
+    page.locator(f"{box} input").focus()
+    page.keyboard.press("ArrowDown")  # opens the list with an option highlighted
+    to = int(page.locator(f"{box} [role='option'][aria-label='{option}']").get_attribute("data-index"))
+    for _ in range(40):
+        page.wait_for_timeout(50)  # the list shows the key's move
+        at = int(page.locator(f"{box} [role='option'].active").get_attribute("data-index"))
+        if at == to:
+            break
+        page.keyboard.press("ArrowDown" if to > at else "ArrowUp")
+    page.keyboard.press("Enter")
+
+
+def test_a_label_picked_by_keyboard_while_clicks_are_queued_acts_after_them(browser, server, ct):
+    """Three quick clicks into label 2, then label 1 picked in the Active label box by keyboard (ArrowDown, Enter):
+    the mouse pick went through the viewer's queue, the keyboard's was Gradio's own event and ran at once, so the
+    clicks still queued made label 2 active again and the next structure went into it. (The model is held: the first
+    click waits at the server, the others in the browser's queue.)"""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.locator("#add-label").click()
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('2')", timeout=TIMEOUT_MS)
+        with server.runner.turn():
+            for q in REFINE[:3]:
+                page.mouse.click(*_xy(page, ct, *q))
+            _pick_by_keyboard(page, "#label", "1 · label 1")
+            page.wait_for_function("medsegViewer.inFlight >= 3")
+        _idle(page)
+        assert _state(server, sid)["active"] == 1, "the label picked by keyboard was undone by the clicks queued before it"
+        assert set(_server_counts(server.labels(sid))) == {2}, "the clicks went to label 2, as made"
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('1')", timeout=TIMEOUT_MS)
+    finally:
+        context.close()
+
+
+def test_a_model_picked_while_clicks_are_queued_acts_after_them(browser, server, ct):
+    """A box and three quick clicks refining it, then another model picked in the Model box: Gradio's event ran at
+    once and started a new object (a model change does), so the clicks still queued in the browser began a second
+    object on the new model instead of refining the box. The pick now waits in the viewer's queue, by mouse as by
+    keyboard. (The model is held: the box waits at the server, the clicks in the browser's queue.)"""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        with server.runner.turn():
+            _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
+            page.keyboard.press("p")
+            for q in REFINE[:3]:
+                page.mouse.click(*_xy(page, ct, *q))
+            page.locator("#model input").click()
+            page.locator("#model [role='option'][aria-label^='litemedsam-base:']").click()
+            page.wait_for_function("medsegViewer.inFlight >= 4")
+        _idle(page)
+        _wait_server(lambda: _state(server, sid)["model"] == "litemedsam-base")
+        last = [r for rs in _state(server, sid)["history"].values() for r in rs][-1]
+        assert len(last["points"]) == 3, f"the clicks queued before the model pick were split off: {last}"
+        page.wait_for_function("document.querySelector('#model input').value.startsWith('litemedsam-base:')")
+        from app.model_catalog import choices
+
+        with server.runner.turn():  # by keyboard, a click queued before it
+            page.mouse.click(*_xy(page, ct, *INSIDE))
+            _pick_by_keyboard(page, "#model", next(shown for shown, name in choices() if name == "litemedsam"))
+            page.wait_for_function("medsegViewer.inFlight >= 1 && medsegViewer.labelChanges >= 1")
+        _wait_server(lambda: _state(server, sid)["model"] == "litemedsam")
+        page.wait_for_function("document.querySelector('#model input').value.startsWith('litemedsam:')")
+        page.locator("#model input").click()  # the model in use picked again: nothing to wait for, a click goes on
+        page.locator("#model [role='option'][aria-label^='litemedsam:']").click()
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        page.wait_for_function("document.querySelector('#medseg-viewer').dataset.busy === '0'", timeout=20_000)
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+    finally:
+        context.close()
+
+
+def test_files_uploaded_while_clicks_are_queued_open_after_them(browser, server, ct, tmp_path):
+    """Three quick clicks, then a study uploaded at once: the upload opened its study while clicks 2 and 3 still
+    waited in the browser's queue, and they arrived after it, refused as made on a study no longer open ("another
+    tab opened ..."): lost. The files' choice now waits for the queue, as the page's buttons do. (The model is held:
+    the first click waits at the server, the others in the browser's queue.)"""
+    from dataclasses import replace
+
+    src = tmp_path / "three.nii.gz"
+    sitk.WriteImage(replace(ct, array=ct.array[5:8]).to_sitk(), str(src))
+    context, page, sid = _open_page(browser, server)
+    answers: list[int] = []
+    page.on("response", lambda r: answers.append(r.status) if r.url.endswith("/viewer-api/action") else None)
+    try:
+        ct_key = _open_sample(page)
+        with server.runner.turn():
+            for q in REFINE[:3]:
+                page.mouse.click(*_xy(page, ct, *q))
+            with page.expect_file_chooser() as chooser:
+                page.locator("#upload").click()
+            chooser.value.set_files(str(src))
+            time.sleep(2)  # the upload reaches the server (before the fix: it waits there for the first click)
+        page.wait_for_function("k => document.querySelector('#medseg-viewer').dataset.study !== k", arg=ct_key,
+                               timeout=TIMEOUT_MS)
+        _idle(page)
+        assert answers == [200, 200, 200], f"a click was refused: {answers}"
+        assert "another tab" not in page.locator("#viewer-status").inner_text()
+        assert _state(server, sid)["study_path"].endswith(src.name)
+    finally:
+        context.close()
+
+
+def test_a_window_chosen_for_a_colour_picture_says_it_does_not_apply(browser, server, tmp_path):
+    """An RGB photograph is shown in its own colours: a window preset or Level/Width + Enter was taken without a word
+    and changed nothing on the screen, with a CT's 40/400 in the boxes. The boxes are now empty for it, and a window
+    chosen says in the status line that it applies to grey images only (no error)."""
+    from PIL import Image
+
+    rgb = np.zeros((120, 160, 3), np.uint8)
+    rgb[30:90, 40:120] = (200, 50, 50)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    context, page, sid = _open_page(browser, server)
+    try:
+        with page.expect_file_chooser() as chooser:
+            page.locator("#upload").click()
+        chooser.value.set_files(str(tmp_path / "photo.png"))
+        _wait_status(page, "Ready")
+        assert page.locator("#level input").input_value() == "" and page.locator("#width input").input_value() == ""
+        page.locator("#window input").click()
+        page.get_by_role("option", name="lung").click()
+        _wait_status(page, "photo.png is a colour picture, shown in its own colours")
+        page.wait_for_function("document.querySelector('#window input').value === 'default'")
+        page.locator("#level input").fill("100")
+        page.locator("#level input").press("Enter")
+        page.wait_for_timeout(1000)
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+        assert _state(server, sid)["view"]["window"] == "default"
+    finally:
+        context.close()
+
+
+def test_the_crosshair_on_a_tiny_picture_is_a_line_not_a_bar(browser, server, tmp_path):
+    """NiiVue draws the crosshair one voxel wide: a hairline on the 256 x 256 CT, but on an 8 x 8 picture a bar an
+    eighth of the image wide each way, hiding a quarter of its pixels and labels (seen in Chromium). It is now at
+    most 1/256 of the study's largest side (one voxel on the CT, as before)."""
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / "tiny.png")
+    context, page, _ = _open_page(browser, server)
+    try:
+        with page.expect_file_chooser() as chooser:
+            page.locator("#upload").click()
+        chooser.value.set_files(str(tmp_path / "tiny.png"))
+        _wait_status(page, "Ready")
+        rgb = _canvas(page).astype(int)
+        crosshair = (rgb[..., 0] - rgb[..., 2]) > 100  # its amber over the grey picture
+        assert crosshair.any(), "no crosshair drawn"
+        assert crosshair.mean() < 0.02, f"the crosshair covers {crosshair.mean():.0%} of the canvas"
+    finally:
+        context.close()

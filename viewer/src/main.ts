@@ -51,7 +51,8 @@ const NEWS_MAX_MS = 60_000
 // through the viewer's queue, so pressed while prompts were still queued they ran first. An export missed the last
 // clicks, Open sample made the queued clicks arrive after the switch (refused as "another tab opened ..."), and Add
 // label was undone by the queued clicks (each sets its label active). Pressed while the queue is busy, a press is
-// held and made again once the queue is empty. Not Upload (its file chooser opens only on the user's own press).
+// held and made again once the queue is empty. Not Upload's press (its file chooser opens only on the user's own
+// press): the files' choice is held instead (holdUpload).
 const AFTER_QUEUE = ['#open-sample', '#export-btn', '#add-label', '#clear-label', '#propagate', '#review', '#review-prev',
   '#review-accept', '#review-cut', '#review-next', '#apply-brush', '#oneshot-set', '#oneshot-apply'].join(', ')
 
@@ -182,8 +183,11 @@ class Viewer {
   reviewKey = ''
   encodeAgain = false
   editsQueued = 0  // label edits (prompts, strokes, undo, redo) sent or waiting in the queue: a reload asks first
-  labelChanges = 0  // label choices and Add label presses queued: prompts made meanwhile take their label when sent
+  labelChanges = 0  // label choices, Add label presses and model picks queued: prompts made meanwhile take their
+  // label when sent
   held: HTMLElement[] = []  // the page's buttons pressed while prompts were queued (AFTER_QUEUE), pressed again after
+  heldUploads: HTMLInputElement[] = []  // Upload's file input, its files chosen while prompts were queued (holdUpload)
+  replaying: HTMLInputElement | null = null  // the input whose held change is being made again
   frameTimes: number[] = []
   promptTimes: number[] = []
   answerTimes: number[] = []  // the same prompts, until the server's answer arrived (the rest is drawing)
@@ -478,6 +482,7 @@ class Viewer {
       this.labelsVol = null
       await nv.loadVolumes([{ url: this.url(`volume/${s.study}.nii.gz`), name: 'study.nii.gz' } as any])
       this.slices.attach(nv.volumes[0], !!s.rgb)
+      this.fitCrosshair()
       this.rev = -1
       await this.reloadLabels()
       this.currentView = s.view || 'axial'
@@ -507,6 +512,25 @@ class Viewer {
       this.showError(`could not load the study into the viewer: ${e}`)
     } finally {
       this.loading = null
+    }
+  }
+
+  /** The crosshair's thickness for the study loaded: NiiVue draws it one voxel wide, a hairline on a 256 x 256 CT but
+   * an eighth of an 8 x 8 picture, a broad bar hiding the pixels and labels under it. It is now at most 1/256 of the
+   * study's largest side (one voxel on the CT, as before). */
+  fitCrosshair(): void {
+    const v = this.nv.volumes[0] as any
+    const dims = v?.dimsRAS as number[] | undefined, pix = v?.pixDimsRAS as number[] | undefined
+    if (!dims || !pix) return
+    const voxel = Math.min(pix[1], pix[2], pix[3])
+    const side = Math.max(dims[1] * pix[1], dims[2] * pix[2], dims[3] * pix[3])
+    this.nv.opts.crosshairWidthUnit = 'mm'
+    this.nv.opts.crosshairWidth = Math.min(voxel, side / 256)
+    const mesh = (this.nv as any).crosshairs3D  // NiiVue keeps its crosshair's mesh until the position moves
+    if (mesh) {
+      this.nv.gl.deleteBuffer(mesh.indexBuffer)
+      this.nv.gl.deleteBuffer(mesh.vertexBuffer)
+      ;(this.nv as any).crosshairs3D = null
     }
   }
 
@@ -949,6 +973,8 @@ class Viewer {
     window.addEventListener('keydown', (e) => this.onKey(e), true)
     document.addEventListener('click', (e) => this.holdPageButton(e), true)
     document.addEventListener('mousedown', (e) => this.queueLabelChoice(e), true)  // Gradio's dropdown picks on mousedown
+    document.addEventListener('keydown', (e) => this.queueLabelKey(e), true)  // ... and on Enter (ArrowDown, Enter)
+    document.addEventListener('change', (e) => this.holdUpload(e), true)  // files chosen under Upload…
     // a reload or a closed tab while edits were queued lost them without a word (the queue lives in this page: only
     // the one on its way reached the server; 5 quick clicks then F5 kept 1): the browser asks first
     window.addEventListener('beforeunload', (e) => {
@@ -1017,8 +1043,74 @@ class Viewer {
    * old label the same way. */
   queueLabelChoice(e: MouseEvent): void {
     if (!e.isTrusted || e.button !== 0) return
-    const option = (e.target as Element | null)?.closest?.('#label [role="option"]')
-    if (!option) return
+    const option = (e.target as Element | null)?.closest?.('#label [role="option"], #model [role="option"]')
+    if (option?.closest('#model')) this.queueModelPick(option, e)
+    else if (option) this.labelOptionPicked(option, e)
+  }
+
+  /** A label picked in the Active label box by keyboard (focus, ArrowDown, Enter: Gradio takes the option it
+   * highlighted, class ``active``) goes through the viewer's queue as a mouse pick does: it ran at once, and the
+   * prompts still queued made the old label active again. */
+  queueLabelKey(e: KeyboardEvent): void {
+    if (!e.isTrusted || e.key !== 'Enter' || e.isComposing) return
+    const box = (e.target as Element | null)?.closest?.('#label, #model')
+    const option = box?.querySelector('[role="option"].active')
+    if (option && box!.id === 'model') this.queueModelPick(option, e)
+    else if (option) this.labelOptionPicked(option, e)
+  }
+
+  /** A model picked in the Model box (mouse or Enter) goes through the viewer's queue, in order with the prompts:
+   * Gradio's own event ran at once and starts a new object (controller.set_model), so the clicks still queued
+   * behind the first refined nothing: the 3rd and 4th of 4 quick clicks started another object on the new model,
+   * apart from the first two. Made while prompts are queued, the pick is stopped here and made again (Gradio's own
+   * handler, on the same option) when its turn comes; the prompts behind it wait until the page answers it (its status
+   * line, or the page's state) or 60 s (a large model's first load). */
+  queueModelPick(option: Element, e: Event): void {
+    const label = option.getAttribute('aria-label')
+    // nothing queued: Gradio's own pick (made again from a list just closed, a keyboard pick was lost 1 run in 5);
+    // the model in use: no event to wait for
+    if (!label || this.settled() || option.getAttribute('aria-selected') === 'true') return
+    e.preventDefault(); e.stopImmediatePropagation()
+    ;(document.activeElement as HTMLElement | null)?.blur?.()  // closes the list; the page shows the model after
+    const n = this.pending.length
+    if (n) this.showStatus(`Model: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+    this.labelChanges++
+    this.queue = this.queue.then(async () => {
+      try {
+        const answered = () => `${this.pageStamps} ${this.pageSeq?.boot}.${this.pageSeq?.n}`
+        const before = answered()
+        if (!(await this.pickAgain('#model', label))) return
+        const t0 = performance.now()
+        while (answered() === before && performance.now() - t0 < 60_000) await new Promise((r) => setTimeout(r, 50))
+      } finally {
+        this.labelChanges--
+        if (this.settled()) this.releaseHeld()
+      }
+    })
+  }
+
+  /** Make a held dropdown pick again: open the box and press its option as Gradio's own handler takes it (a
+   * script's event, not trusted: the viewer's listeners let it pass). False when the option is gone. */
+  async pickAgain(box: string, label: string): Promise<boolean> {
+    const input = document.querySelector(`${box} input`) as HTMLInputElement | null
+    if (!input) return false
+    input.focus()
+    for (let i = 0; i < 40; i++) {
+      const option = [...document.querySelectorAll(`${box} [role="option"]`)].find((o) => o.getAttribute('aria-label') === label)
+      if (option) {
+        option.dispatchEvent(new MouseEvent('mousedown', { bubbles: true, cancelable: true }))
+        input.blur()
+        return true
+      }
+      await new Promise((r) => setTimeout(r, 50))
+    }
+    input.blur()
+    return false
+  }
+
+  /** The pick of one option of the Active label box, by mouse or keyboard: it goes through the queue (Gradio's own
+   * handler never sees it). */
+  labelOptionPicked(option: Element, e: Event): void {
     const text = (option.textContent ?? '').replace(/^\s*✓?\s*/, '').trim()  // "2 · label 2" (controller.view_model)
     const d = (this.state?.labels ?? []).find((x) => `${x.value} · ${x.name}` === text)
     if (!d) return
@@ -1027,8 +1119,29 @@ class Viewer {
     this.enqueue({ kind: 'active', label: d.value })
   }
 
+  /** Files chosen under Upload… while prompts are queued wait for them, as the page's buttons do: the upload opened
+   * its study at once, and the clicks still queued arrived after it, refused as made on a study no longer open ("another
+   * tab opened ..."): 3 quick clicks then an upload kept 1. The file chooser opens on the user's own press (not held);
+   * the choice (the input's change, before Gradio's handler) is stopped here and made again by :meth:`releaseHeld`:
+   * the input still holds the files. */
+  holdUpload(e: Event): void {
+    const input = e.target as HTMLInputElement | null  // Gradio's UploadButton: the file input just before #upload
+    if (input?.type !== 'file' || input.nextElementSibling?.id !== 'upload') return
+    if (input === this.replaying || this.settled()) return
+    e.stopImmediatePropagation()
+    if (!this.heldUploads.includes(input)) this.heldUploads.push(input)
+    const n = this.pending.length
+    this.showStatus(n === 0 ? 'Upload: after the label change…'
+      : `Upload: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+  }
+
   releaseHeld(): void {
     for (const b of this.held.splice(0)) if (b.isConnected) b.click()
+    for (const input of this.heldUploads.splice(0)) {
+      if (!input.isConnected || !input.files?.length) continue
+      this.replaying = input  // Gradio's own handler takes it (holdUpload lets it pass)
+      try { input.dispatchEvent(new Event('change', { bubbles: true })) } finally { this.replaying = null }
+    }
   }
 
   /** A brush stroke's next mouse position. Leaving the image ends the piece at the edge; coming back starts
