@@ -1062,14 +1062,12 @@ class Viewer {
   /** A model picked in the Model box (mouse or Enter) goes through the viewer's queue, in order with the prompts:
    * Gradio's own event ran at once and starts a new object (controller.set_model), so the clicks still queued
    * behind the first refined nothing: the 3rd and 4th of 4 quick clicks started another object on the new model,
-   * apart from the first two. Made while prompts are queued, the pick is stopped here and made again (Gradio's own
-   * handler, on the same option) when its turn comes; the prompts behind it wait until the page answers it (its status
-   * line, or the page's state) or 60 s (a large model's first load). */
+   * apart from the first two. A click made right after the pick went with the old model the same way. The pick is
+   * stopped here and made again (Gradio's own handler, on the same option) when its turn comes; the prompts behind it
+   * wait until the page answers it (its status line, or the page's state) or 60 s (a large model's first load). */
   queueModelPick(option: Element, e: Event): void {
     const label = option.getAttribute('aria-label')
-    // nothing queued: Gradio's own pick (made again from a list just closed, a keyboard pick was lost 1 run in 5);
-    // the model in use: no event to wait for
-    if (!label || this.settled() || option.getAttribute('aria-selected') === 'true') return
+    if (!label) return
     e.preventDefault(); e.stopImmediatePropagation()
     ;(document.activeElement as HTMLElement | null)?.blur?.()  // closes the list; the page shows the model after
     const n = this.pending.length
