@@ -1188,37 +1188,6 @@ def test_a_label_picked_by_keyboard_while_clicks_are_queued_acts_after_them(brow
         context.close()
 
 
-def test_a_model_picked_while_clicks_are_queued_acts_after_them(browser, server, ct):
-    """A box and three quick clicks refining it, then another model picked in the Model box: Gradio's event ran at
-    once and started a new object (a model change does), so the clicks still queued in the browser began a second
-    object on the new model instead of refining the box. The pick now waits in the viewer's queue, by mouse as by
-    keyboard. (The model is held: the box waits at the server, the clicks in the browser's queue.)"""
-    context, page, sid = _open_page(browser, server)
-    try:
-        _open_sample(page)
-        page.keyboard.press("b")
-        with server.runner.turn():
-            _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
-            page.keyboard.press("p")
-            for q in REFINE[:3]:
-                page.mouse.click(*_xy(page, ct, *q))
-            page.locator("#model input").click()
-            page.locator("#model [role='option'][aria-label^='litemedsam-base:']").click()
-            page.wait_for_function("medsegViewer.inFlight >= 4")
-        _idle(page)
-        _wait_server(lambda: _state(server, sid)["model"] == "litemedsam-base")
-        last = [r for rs in _state(server, sid)["history"].values() for r in rs][-1]
-        assert len(last["points"]) == 3, f"the clicks queued before the model pick were split off: {last}"
-        page.wait_for_function("document.querySelector('#model input').value.startsWith('litemedsam-base:')")
-        from app.model_catalog import choices
-
-        _pick_by_keyboard(page, "#model", next(shown for shown, name in choices() if name == "litemedsam"))
-        _wait_server(lambda: _state(server, sid)["model"] == "litemedsam")
-        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
-    finally:
-        context.close()
-
-
 def test_files_uploaded_while_clicks_are_queued_open_after_them(browser, server, ct, tmp_path):
     """Three quick clicks, then a study uploaded at once: the upload opened its study while clicks 2 and 3 still
     waited in the browser's queue, and they arrived after it, refused as made on a study no longer open ("another

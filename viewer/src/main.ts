@@ -183,8 +183,7 @@ class Viewer {
   reviewKey = ''
   encodeAgain = false
   editsQueued = 0  // label edits (prompts, strokes, undo, redo) sent or waiting in the queue: a reload asks first
-  labelChanges = 0  // label choices, Add label presses and model picks queued: prompts made meanwhile take their
-  // label when sent
+  labelChanges = 0  // label choices and Add label presses queued: prompts made meanwhile take their label when sent
   held: HTMLElement[] = []  // the page's buttons pressed while prompts were queued (AFTER_QUEUE), pressed again after
   heldUploads: HTMLInputElement[] = []  // Upload's file input, its files chosen while prompts were queued (holdUpload)
   replaying: HTMLInputElement | null = null  // the input whose held change is being made again
@@ -1043,9 +1042,8 @@ class Viewer {
    * old label the same way. */
   queueLabelChoice(e: MouseEvent): void {
     if (!e.isTrusted || e.button !== 0) return
-    const option = (e.target as Element | null)?.closest?.('#label [role="option"], #model [role="option"]')
-    if (option?.closest('#model')) this.queueModelPick(option, e)
-    else if (option) this.labelOptionPicked(option, e)
+    const option = (e.target as Element | null)?.closest?.('#label [role="option"]')
+    if (option) this.labelOptionPicked(option, e)
   }
 
   /** A label picked in the Active label box by keyboard (focus, ArrowDown, Enter: Gradio takes the option it
@@ -1053,57 +1051,9 @@ class Viewer {
    * prompts still queued made the old label active again. */
   queueLabelKey(e: KeyboardEvent): void {
     if (!e.isTrusted || e.key !== 'Enter' || e.isComposing) return
-    const box = (e.target as Element | null)?.closest?.('#label, #model')
+    const box = (e.target as Element | null)?.closest?.('#label')
     const option = box?.querySelector('[role="option"].active')
-    if (option && box!.id === 'model') this.queueModelPick(option, e)
-    else if (option) this.labelOptionPicked(option, e)
-  }
-
-  /** A model picked in the Model box (mouse or Enter) goes through the viewer's queue, in order with the prompts:
-   * Gradio's own event ran at once and starts a new object (controller.set_model), so the clicks still queued
-   * behind the first refined nothing: the 3rd and 4th of 4 quick clicks started another object on the new model,
-   * apart from the first two. A click made right after the pick went with the old model the same way. The pick is
-   * stopped here and made again (Gradio's own handler, on the same option) when its turn comes; the prompts behind it
-   * wait until the page answers it (its status line, or the page's state) or 60 s (a large model's first load). */
-  queueModelPick(option: Element, e: Event): void {
-    const label = option.getAttribute('aria-label')
-    if (!label) return
-    e.preventDefault(); e.stopImmediatePropagation()
-    ;(document.activeElement as HTMLElement | null)?.blur?.()  // closes the list; the page shows the model after
-    const n = this.pending.length
-    if (n) this.showStatus(`Model: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
-    this.labelChanges++
-    this.queue = this.queue.then(async () => {
-      try {
-        const answered = () => `${this.pageStamps} ${this.pageSeq?.boot}.${this.pageSeq?.n}`
-        const before = answered()
-        if (!(await this.pickAgain('#model', label))) return
-        const t0 = performance.now()
-        while (answered() === before && performance.now() - t0 < 60_000) await new Promise((r) => setTimeout(r, 50))
-      } finally {
-        this.labelChanges--
-        if (this.settled()) this.releaseHeld()
-      }
-    })
-  }
-
-  /** Make a held dropdown pick again: open the box and press its option as Gradio's own handler takes it (a
-   * script's event, not trusted: the viewer's listeners let it pass). False when the option is gone. */
-  async pickAgain(box: string, label: string): Promise<boolean> {
-    const input = document.querySelector(`${box} input`) as HTMLInputElement | null
-    if (!input) return false
-    input.focus()
-    for (let i = 0; i < 40; i++) {
-      const option = [...document.querySelectorAll(`${box} [role="option"]`)].find((o) => o.getAttribute('aria-label') === label)
-      if (option) {
-        option.dispatchEvent(new MouseEvent('mousedown', { bubbles: true, cancelable: true }))
-        input.blur()
-        return true
-      }
-      await new Promise((r) => setTimeout(r, 50))
-    }
-    input.blur()
-    return false
+    if (option) this.labelOptionPicked(option, e)
   }
 
   /** The pick of one option of the Active label box, by mouse or keyboard: it goes through the queue (Gradio's own
