@@ -218,8 +218,7 @@ def open_upload(ctx: AppContext, session: Session, files: list[str], progress: P
         try:
             view = _open(ctx, session, path, name, progress)
         except SeveralSeriesError as e:  # the user picks one (app/series_picker.py); the open study stays as it is
-            return _offer(session, (upload_dir, path, name, series_choices(e.series)), kept,
-                          f"{name} holds {len(e.series)} series: pick the one to open in the list under Upload.")
+            return _offer(session, (upload_dir, path, name, series_choices(e.series)), kept, several_status(name, e))
         except UnevenStudyError as e:  # opened only if the user asks for the mean spacing (the CLI's --allow-uneven)
             return _offer(session, (upload_dir, path, name, [uneven_choice(None)]), kept, uneven_status(e, path))
     except BaseException:
@@ -249,6 +248,16 @@ def uneven_status(error: BaseException, path: Path) -> str:
     """The reader's refusal as a browser user can act on it (the CLI's flag is named in the reader's message)."""
     text = _without_folder(str(error), path)  # "...; add the missing file(s), ..., or pass --allow-uneven"
     return f"Not opened: {text.replace('pass --allow-uneven', 'open it at the mean slice spacing under Upload')}."
+
+
+def several_status(name: str, error: SeveralSeriesError) -> str:
+    """What an upload of several series says (the list offered is cut at ``SERIES_OFFERED``)."""
+    from data.readers import SERIES_OFFERED
+
+    if len(error.series) < SERIES_OFFERED:
+        return f"{name} holds {len(error.series)} series: pick the one to open in the list under Upload."
+    return (f"{name} holds more than {SERIES_OFFERED - 1} series: the first {SERIES_OFFERED} are in the list under "
+            "Upload; pick one, or upload the one you want alone.")
 
 
 def series_choices(series: list[tuple[str, str, str, int]]) -> list[tuple[str, str]]:

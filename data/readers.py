@@ -432,6 +432,9 @@ def _instance(ds: pydicom.Dataset) -> int:
 
 
 SERIES_LISTED = 10  # series named in a refusal's one line (a study export may hold thousands: 70 characters each)
+# series a refusal offers to pick from (the UI's list), their texts cut to DICOM's lengths: the list crosses the
+# isolated reader's socket and fills a dropdown, and a hostile header may hold a description of any length
+SERIES_OFFERED = 500
 
 
 def read_dicom_series(
@@ -457,7 +460,8 @@ def read_dicom_series(
         listing = "; ".join(f"{s.series_instance_uid} ({s.modality}, {len(s.files)} files)" for s in series[:shown])
         raise SeveralSeriesError(f"{folder}: holds {len(series)} series, pick one with --series UID: {listing}"
                                  + (f";{more}" if more else ""),
-                                 [(s.series_instance_uid, s.modality, s.description, len(s.files)) for s in series])
+                                 [(s.series_instance_uid, s.modality[:16], s.description[:64], len(s.files))
+                                  for s in series[:SERIES_OFFERED]])
     else:
         info = series[0]
     for f in info.files:

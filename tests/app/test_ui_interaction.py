@@ -477,6 +477,32 @@ def _two_series_zip(tmp_path):
     return archive
 
 
+def test_a_series_description_of_any_length_is_cut_in_the_picker(ctx, tmp_path):
+    """A hostile header's SeriesDescription of 20,000 characters crossed the isolated reader's socket and filled the
+    picker's label whole; the offered list cuts it to DICOM's 64 characters (and at most 500 series are offered)."""
+    import zipfile
+
+    import pydicom
+
+    ct = sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").iterdir())
+    archive = tmp_path / "long.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for n, f in enumerate(ct):
+            zf.write(f, f"CT/a/{f.name}")
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID, ds.SeriesDescription = "1.2.826.0.1.3680043.8.498.5002", "x" * 20_000
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.5002.{n + 1}"
+            ds.save_as(tmp_path / f"b{n}.dcm")
+            zf.write(tmp_path / f"b{n}.dcm", f"CT/b/b{n}.dcm")
+    sid = controller.start(ctx, None).session_id
+    vm = controller.open_upload(ctx, sid, [str(archive)])
+    assert vm.status == "long.zip holds 2 series: pick the one to open in the list under Upload."
+    from app import series_picker
+
+    labels = [label for label, _ in series_picker.pending_choices(ctx, sid)]
+    assert max(len(label) for label in labels) < 120 and any("x" * 64 in label for label in labels)
+
+
 def test_a_series_with_a_missing_slice_opens_in_the_ui_only_when_asked_at_the_mean_spacing(ctx, tmp_path):
     """A study export that lost one file (a slice missing) was refused with "... or pass --allow-uneven", a flag a
     browser user cannot pass. The refusal now says so in the UI's words and offers the mean spacing under Upload;
