@@ -134,6 +134,13 @@ def main() -> int:
     p.add_argument("--point-mm-scale", type=float, nargs=2, default=(1.0, 1.0), metavar=("LO", "HI"),
                    help="each point session's pixel spacing x a log-uniform factor in [LO, HI] (default 1 1: the "
                         "slices' physical spacing; validation uses sqrt(LO x HI))")
+    p.add_argument("--no-point-route", action="store_true",
+                   help="point sessions give the refiner the points alone, no candidate's logits (the shipped model's "
+                        "recipe before session 9)")
+    p.add_argument("--one-error-share", type=float, default=0.0,
+                   help="share of box sessions that start from the box mask with every error but the largest corrected")
+    p.add_argument("--monotone-weight", type=float, default=0.0,
+                   help="weight of the loss term relu(Dice before a click - soft Dice after it)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     logf = open(args.out / "train_log.txt", "w")
@@ -164,7 +171,8 @@ def main() -> int:
     val_labels = set(int(v) for v in rng.choice(all_labels, int(len(all_labels) * args.val_fraction), replace=False))
     settings = ClickTrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_minutes=args.minutes,
                                   seed=args.seed, device=args.device, points_large_share=args.points_large_share,
-                                  point_mm_scale=tuple(args.point_mm_scale))
+                                  point_mm_scale=tuple(args.point_mm_scale), point_route=not args.no_point_route,
+                                  one_error_share=args.one_error_share, monotone_weight=args.monotone_weight)
     trainer = ClickTrainer(base, slices, settings, exclude=val_labels, pool=pool)
     # validation: original (variant 0) slices holding a held-out structure, every 4th, at most 48
     val_idx = [i for i, s in enumerate(slices) if s.volume_key[0] == 0 and s.k % 4 == 2

@@ -123,3 +123,54 @@ def test_a_box_alone_never_reaches_the_refiner_in_training(trainer, monkeypatch)
     assert len(dices) == 2 and len(calls) == 1  # the box step is the base decoder's; the click is refined
     points, boxes, masks = calls[0]
     assert points is not None and boxes is not None and masks is not None
+
+
+def test_a_one_error_start_keeps_the_largest_error_and_corrects_the_rest():
+    """Two error regions (a missed square of 16 px, a false blob of 4 px): the start keeps the large miss,
+    turns the small blob to the label's sign at its own magnitude, and leaves right pixels as they were."""
+    gt = np.zeros((1, 12, 12), bool)
+    gt[0, 2:8, 2:8] = True
+    low = np.where(gt, 3.0, -3.0).astype(np.float32)
+    low[0, 2:6, 2:6] = -2.5  # a miss of 16 px
+    low[0, 9:11, 9:11] = 4.0  # a false positive of 4 px
+    out = ct.one_error_logits(low, gt, np.ones_like(gt))
+    assert (out[0, 2:6, 2:6] == -2.5).all(), "the largest error stays for the click to find"
+    assert (out[0, 9:11, 9:11] == -4.0).all(), "a smaller error is corrected, at its own magnitude"
+    right = (low[0] > 0) == gt[0]
+    assert (out[0][right] == low[0][right]).all()
+    single = np.where(gt, 3.0, -3.0).astype(np.float32)
+    single[0, 9:11, 9:11] = 4.0  # one error region only: nothing to correct
+    assert np.array_equal(ct.one_error_logits(single, gt, np.ones_like(gt)), single)
+
+
+def test_the_monotone_hinge_is_zero_unless_the_click_made_the_mask_worse():
+    gt = torch.zeros(2, 8, 8)
+    gt[:, 2:6, 2:6] = 1
+    valid = torch.ones(2, 8, 8)
+    good = (gt * 20 - 10)[:, None]  # sigmoid ~ the label: soft Dice ~ 1
+    assert ct.monotone_hinge(good, gt, valid, [0.9, 0.9]).item() == 0.0
+    worse = torch.full((2, 1, 8, 8), -10.0)  # an empty mask after a click on a mask of Dice 0.8
+    assert ct.monotone_hinge(worse, gt, valid, [0.8, 0.8]).item() == pytest.approx(0.8 - 1 / 17, abs=1e-3)
+    worse.requires_grad_(True)
+    ct.monotone_hinge(worse, gt, valid, [0.8, 0.8]).backward()
+    assert worse.grad[:, 0, 3, 3].lt(0).all(), "the gradient pushes the missed pixels up"
+
+
+@needs_data
+def test_the_new_options_change_only_what_they_say(trainer, monkeypatch):
+    """one_error_share 1: a box session's click starts from a mask at least as good as the base box mask;
+    monotone_weight adds to the loss only; point_route False: points reach the refiner without a mask."""
+    calls = _spy(monkeypatch)
+    idx = list(range(len(trainer.slices)))
+    _, plain = trainer._session(idx, "box", np.random.default_rng(0), grad=False)
+    monkeypatch.setattr(trainer, "s", dataclasses.replace(trainer.s, one_error_share=1.0, monotone_weight=1.0))
+    loss, fixed = trainer._session(idx, "box", np.random.default_rng(0), grad=True)
+    assert np.mean(fixed[0]) >= np.mean(plain[0]) and loss.requires_grad
+    monkeypatch.setattr(trainer, "validating", True)  # validation sessions keep the plain box start
+    _, val = trainer._session(idx, "box", np.random.default_rng(0), grad=False)
+    assert val[0] == plain[0]
+    monkeypatch.setattr(trainer, "validating", False)
+    calls.clear()
+    monkeypatch.setattr(trainer, "s", dataclasses.replace(trainer.s, point_route=False))
+    trainer._session(idx, "points", np.random.default_rng(1), grad=False)
+    assert calls[0][2] is None and calls[0][0] is not None
