@@ -1,6 +1,10 @@
 """Dice per click of the base model and the click model (docs/clicks.md), from the training run's heldout.json.
 
-    python experiments/plot_click_model.py docs/clicks/heldout.json docs/img/click_model_dice_per_click.png
+    python experiments/plot_click_model.py docs/clicks/run_s16b/heldout.json docs/img/click_model_dice_per_click.png \
+        [--before docs/clicks/run_s4/heldout.json]
+
+``--before``: the previously shipped click model's run, drawn dotted (its box+clicks curve; its points figures in
+that file predate the point route, so they are not drawn).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ SETS = {"shared": "shared/data (Colin27 slab A, CT 0051, phantom)", "mni152": "M
         "colin27_other": "Colin27, other structures/views"}
 
 
-def main(src: str, dst: str) -> int:
+def main(src: str, dst: str, before: str | None = None) -> int:
     summary = json.load(open(src))["summary"]
+    previous = json.load(open(before))["summary"] if before else None
     fig, axes = plt.subplots(1, len(SETS), figsize=(4.2 * len(SETS), 3.6), sharey=True)
     for ax, (key, title) in zip(axes, SETS.items()):
         for model, style in (("base", "o--"), ("click_model", "o-")):
@@ -29,6 +34,10 @@ def main(src: str, dst: str) -> int:
                 v = summary[f"{model}|{proto}|{key}"][0]
                 ax.plot([int(proto[-1])], [v], marker, color=ax.lines[-1].get_color(), alpha=0.6,
                         label=f"{model.replace('_', ' ')}: {proto}" if key == "shared" else None)
+        if previous is not None:
+            curve = previous[f"click_model|box+clicks:5|{key}"]
+            ax.plot(range(len(curve)), curve, "o:", color="grey", alpha=0.8,
+                    label="click model shipped before: box+clicks" if key == "shared" else None)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("clicks (0 = the box alone)")
         ax.grid(alpha=0.3)
@@ -40,4 +49,11 @@ def main(src: str, dst: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(*sys.argv[1:3]))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("heldout")
+    ap.add_argument("png")
+    ap.add_argument("--before", help="the previously shipped model's heldout.json")
+    a = ap.parse_args()
+    raise SystemExit(main(a.heldout, a.png, a.before))
