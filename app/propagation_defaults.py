@@ -20,17 +20,18 @@ GUARD_RULE = replace(BOX_RULE, prompt="auto", guard=0.7)
 the box answer; every 2nd slice. ``auto`` is the box rule on a model without a click model trained on neighbouring
 masks (``PropagationSettings.for_model``), so those models walk as before."""
 
-GUARD_RULE_BACKENDS: frozenset[str] = frozenset({"torch"})
-"""Backends whose default is :data:`GUARD_RULE`: only those where it was measured to meet the rule above.
+GUARD_RULE_BACKENDS: frozenset[str] = frozenset({"torch", "torch-fp16"})
+"""Backends whose default is :data:`GUARD_RULE`: only those where it was measured to meet the rule above. Figures
+with the click model shipped since session 16 (docs/evaluation.md, "Session 16"; guard rule vs box rule):
 
-- ``torch`` (fp32): wins on every set, CPU, cached embeddings: calibration 0.485 vs 0.476, check 0.573 vs 0.539,
-  held-out slab 0.548 vs 0.540, CT head 0.906 vs 0.779, Colin27 0.487 vs 0.477 (docs/evaluation.md, "The guard rule
-  with the stride"; raw docs/img/propagation_guard_stride_s10.*). Measured on the CPU; torch on a GPU (a model
-  without a measured fp16, or ``--backend torch``) takes it too, where cuDNN may run its convolutions in TF32:
-  ``benchmarks/device_session.sh prop3d`` measures it there.
-- not ``onnx-int8-conv`` (the CPU default): it loses 0.022 on the held-out slab there (0.529 vs 0.551;
-  docs/img/propagation_guard_stride_int8_s10.*); the other int8 and onnx backends: not measured.
-- not ``torch-fp16`` (the GPU default) until measured on a GPU: ``benchmarks/device_session.sh prop3d``.
+- ``torch-fp16`` (the GPU default), H100: calibration 0.474 vs 0.465, check 0.519 vs 0.454, held-out slab 0.560 vs
+  0.545, CT head 0.900 vs 0.779 (raw docs/bench/s16/h100_newcm_prop3d_torch-fp16.csv). With the model before
+  session 16 it lost 0.003 on the held-out slab there and was not the default.
+- ``torch`` (fp32), the default since session 13: H100, calibration 0.476 vs 0.476 (-0.0002: a tie, so the
+  default stays), check 0.519 vs 0.451, held-out slab 0.566 vs 0.540, CT head 0.900 vs 0.779
+  (docs/bench/s16/h100_newcm_prop3d_torch.csv); the CPU run is in docs/evaluation.md.
+- not ``onnx-int8-conv`` (the CPU default): the guard rule loses there (session 16: calibration 0.450 vs 0.464,
+  held-out slab 0.523 vs 0.551; session 10: held-out -0.022); the other int8 and onnx backends: not measured.
 """
 
 
