@@ -27,9 +27,9 @@ with the click model shipped since session 16 (docs/evaluation.md, "Session 16";
 - ``torch-fp16`` (the GPU default), H100: calibration 0.474 vs 0.465, check 0.519 vs 0.454, held-out slab 0.560 vs
   0.545, CT head 0.900 vs 0.779 (raw docs/bench/s16/h100_newcm_prop3d_torch-fp16.csv). With the model before
   session 16 it lost 0.003 on the held-out slab there and was not the default.
-- ``torch`` (fp32), the default since session 13: H100, calibration 0.476 vs 0.476 (-0.0002: a tie, so the
-  default stays), check 0.519 vs 0.451, held-out slab 0.566 vs 0.540, CT head 0.900 vs 0.779
-  (docs/bench/s16/h100_newcm_prop3d_torch.csv); the CPU run is in docs/evaluation.md.
+- ``torch`` (fp32), the default since session 13: CPU, calibration 0.477 vs 0.476, check 0.518 vs 0.450, held-out
+  slab 0.564 vs 0.540, CT head 0.900 vs 0.779 (docs/bench/s16/cpu_newcm_prop3d_torch.csv); on the H100 the
+  calibration set ties (-0.0002) and the rest wins (h100_newcm_prop3d_torch.csv).
 - not ``onnx-int8-conv`` (the CPU default): the guard rule loses there (session 16: calibration 0.450 vs 0.464,
   held-out slab 0.523 vs 0.551; session 10: held-out -0.022); the other int8 and onnx backends: not measured.
 """
