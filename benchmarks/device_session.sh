@@ -8,7 +8,8 @@
 #   call 4 (nothing to carry):      bash benchmarks/device_session.sh sam throughput
 #
 # Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput, saturated, sessions, routing,
-# routing-propagation (-speed, -dice), clickbench, chunk, browser, prop3d (-torch-fp16, -torch), prop3d-speed.
+# routing-propagation (-speed, -dice), clickbench, chunk, browser, prop3d (-torch-fp16, -torch), prop3d-speed,
+# train-click.
 # docs/testing.md and docs/benchmarks.md quote the commands each stage runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -147,6 +148,13 @@ stage() {
       timeout 140 python3 experiments/eval_propagation.py --device cuda --backend $b --encode-batch 32 --parts rules \
         --rules "default, stride 1" "default, stride 2" "mask+box, guard 0.7, stride 2" --mricron .gpu/mricron \
         --out "$OUT/prop3d_$b.csv" 2>&1 | tail -25 ;;
+    train-click)
+      # issue 18: the shipped click model's training (session 16, run B: docs/clicks.md), its held-out evaluation at
+      # the end; carry .c16 (weights/devdata/click_model's train_inia19.npz, eval_slices.npz, sources.json) after the
+      # install and weights stages; writes $OUT/cm (7 files), never weights/click_model
+      PYTHONUNBUFFERED=1 python3 scripts/train_click_model.py --data .c16 --out "$OUT/cm" --checkpoint /tmp/w/lite_medsam.pth \
+        --device cuda --minutes 7.6 --steps 6000 --batch-size 32 --workers 14 --seed 0 --no-point-route \
+        --one-error-share 0.5 --monotone-weight 1 2>&1 | grep -v '"kind"' | tail -30 ;;
     prop3d-speed)
       # issue 21: the 300-slice walk (encodes included, from an empty cache) on torch-fp16, stride 2, the guard rule
       # against the box rule, interleaved twice, two timed runs each (the first may pay for allocations)
