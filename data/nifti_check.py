@@ -145,12 +145,19 @@ def _parse_header(prefix: bytes):
 
 
 def _voxel_offset(header, hdr_size: int) -> int:
+    """Where a single file's voxels start. Below ``hdr_size + 4`` (352) readers disagree: nifti1_io and nibabel read
+    from 352, ITK from byte 348 (measured: the header's last 4 bytes became the first 2 int16 voxels, the last 2 were
+    lost; 351 mixed neighbouring bytes), so the study would open shifted as if valid: refused."""
     value = float(header["vox_offset"])
     if not math.isfinite(value) or value < 0:
         raise NiftiCheckError(f"vox_offset {value}; expected a byte offset >= {hdr_size + 4}")
     if value > MAX_HEADER_BYTES:
         raise NiftiCheckError(f"vox_offset {value:.0f}: more than {MAX_HEADER_BYTES} bytes of header and extensions")
-    return max(int(value), hdr_size + 4)  # nifti1_io reads a single file's voxels from >= 352 (NIfTI-2: 544)
+    if value < hdr_size + 4:
+        raise NiftiCheckError(f"vox_offset {value:g}: a single-file NIfTI's voxels start at byte {hdr_size + 4} or later, "
+                              f"after its header; readers disagree where these start (ITK at byte {hdr_size}, nibabel at "
+                              f"{hdr_size + 4}): save the file again (e.g. nibabel.save(nibabel.load(IN), OUT)) and open that")
+    return int(value)
 
 
 def _check_extensions(path: Path, gz: bool, prefix: bytes, hdr_size: int, offset: int, order: str) -> None:

@@ -186,8 +186,7 @@ def test_vox_offset_and_extensions_must_end_where_the_voxels_start(tmp_path):
     refused(tmp_path, edited(vox_offset=-1), "vox_offset -1.0; expected a byte offset >= 352")
     refused(tmp_path, edited(vox_offset=np.nan), "vox_offset nan; expected a byte offset >= 352")
     refused(tmp_path, edited(vox_offset=2**26), "vox_offset 67108864: more than 33554432 bytes of header and extensions")
-    assert check(tmp_path, edited(vox_offset=0)).shape == SHAPE  # read from byte 352, as nifti1_io does
-    refused(tmp_path, edited(vox_offset=0)[:-1], "truncated: 399 of the 400 bytes that the header declares")
+    refused(tmp_path, edited(vox_offset=352)[:-1], "truncated: 399 of the 400 bytes that the header declares")
     head = edited(vox_offset=400)[:348]
     assert check(tmp_path, head + b"\0" * 4 + b"\0" * 48 + PLAIN[352:]).shape == SHAPE  # no extension flag
     extension = b"\1\0\0\0" + struct.pack("<ii", 48, 0) + b"\0" * 40
@@ -269,3 +268,26 @@ def test_the_qform_note_follows_the_tolerance_and_needs_a_qform(tmp_path):
     assert check(tmp_path, scaled).geometry == "sform (sform_code 2)"
     refused(tmp_path, edited(sform_code=0, qform_code=1, quatern_b=0.8, quatern_d=0.8),
             "the qform quaternion is not a rotation (b^2 + c^2 + d^2 > 1, or not finite)")
+
+
+def test_a_vox_offset_inside_the_header_is_refused_not_read_shifted(tmp_path):
+    """A single file's voxels start at byte 352 at the earliest. Below that ITK read them from byte 348 (the header's
+    last 4 bytes became the first 2 voxels and the last 2 were lost; 351 mixed the bytes of neighbours) while nibabel
+    and nifti1_io read them from 352: the study opened shifted, as if valid. 352 and above read as before."""
+    from data.readers import read_study
+    from data.study_errors import StudyError
+
+    values = np.arange(1, 25, dtype=np.int16).reshape(SHAPE)
+    raw = nifti_bytes(nib.Nifti1Image(values, np.eye(4)))
+    for offset in (0, 300, 348, 351):
+        message = (f"vox_offset {offset}: a single-file NIfTI's voxels start at byte 352 or later, after its header; "
+                   "readers disagree where these start (ITK at byte 348, nibabel at 352): save the file again "
+                   "(e.g. nibabel.save(nibabel.load(IN), OUT)) and open that")
+        refused(tmp_path, edited(raw, vox_offset=offset), message)
+        path = tmp_path / f"cut{offset}.nii.gz"
+        path.write_bytes(gzip.compress(edited(raw, vox_offset=offset)))
+        with pytest.raises(StudyError, match=r"^.+cut\d+\.nii\.gz: vox_offset \d+: a single-file NIfTI's voxels start"):
+            read_study(path)
+    path = tmp_path / "ok.nii"
+    path.write_bytes(edited(raw, vox_offset=352))
+    assert np.array_equal(read_study(path).array, values.transpose(2, 1, 0))
