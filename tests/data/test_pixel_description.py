@@ -174,3 +174,41 @@ def test_float_pixel_data_says_what_it_is_and_what_to_do(tmp_path, keyword, tag,
     with pytest.raises(StudyError, match=f"{keyword} \\(a parametric map of {bits}-bit floats\\): "
                                          "the decoder here reads integer PixelData only; export the map as NIfTI"):
         _read(path)
+
+
+def _stored_bits(bits_stored: int, high_bit: int, shift: int = 0, pixel_representation: int = 0):
+    """The CT slice as unsigned values (+1024, 0..2681: 12 bits) stored ``shift`` bits up, under the given description."""
+    def edit(ds: pydicom.Dataset) -> None:
+        values = (ds.pixel_array.astype(np.int32) + 1024).astype(np.uint16)
+        ds.PixelData = (values << shift).astype("<u2").tobytes()
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, high_bit, pixel_representation
+        ds.RescaleIntercept = -1024
+    return edit
+
+
+@pytest.mark.parametrize("name, edit, expected", [
+    # the retired ACR-NEMA layout: 12 bits stored at the top of the 16 (HighBit 15). GDCM took the low 12 bits:
+    # the CT opened at -1024..3056 HU where it holds -1024..1657, as if valid
+    ("high_bit_15_of_12", _stored_bits(12, 15, shift=4), "HighBit 15 with BitsStored 12; expected HighBit 11 (one less "
+     "than BitsStored): where the stored bits lie in each 16-bit value is in doubt, so the values would be guessed"),
+    ("high_bit_3_of_16", _stored_bits(16, 3), "HighBit 3 with BitsStored 16; expected HighBit 15"),
+    ("bits_stored_over_allocated", _stored_bits(20, 19), "BitsStored 20 with BitsAllocated 16; expected 1 to 16 bits "
+     "stored in each 16-bit value"),
+    ("bits_stored_0", _stored_bits(0, 15), "BitsStored 0 with BitsAllocated 16; expected 1 to 16"),
+    ("pixel_representation_2", _stored_bits(16, 15, pixel_representation=2), "PixelRepresentation 2; expected 0 "
+     "(unsigned) or 1 (signed)"),
+])
+def test_stored_bits_that_do_not_fit_their_description_are_refused_naming_the_field(tmp_path, name, edit, expected):
+    """BitsStored, HighBit and PixelRepresentation say which bits of each value are the pixel and how to read them;
+    GDCM ignored HighBit, BitsStored over BitsAllocated and a PixelRepresentation of 2, and opened each file."""
+    path = _edited_ct(tmp_path, name, edit)
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    assert expected in str(e.value) and path.name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_twelve_bits_stored_in_the_low_bits_still_open_exactly(tmp_path):
+    """BitsStored 12, HighBit 11 (most CT): the decoder keeps the low 12 bits, as the standard says."""
+    path = _edited_ct(tmp_path, "twelve", _stored_bits(12, 11))
+    ds = pydicom.dcmread(CT_FILE)
+    assert np.array_equal(_read(path).array[0], ds.pixel_array.astype(np.int32))
