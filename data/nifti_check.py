@@ -74,6 +74,7 @@ def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
     if not 1 <= ndim <= 7:
         raise NiftiCheckError(f"dim[0] = {ndim}; expected 1 to 7 dimensions")
     shape = tuple(dims[1 : ndim + 1])
+    _check_dims_past_ndim(dims)
     if any(n < 1 for n in shape):
         raise NiftiCheckError(f"empty image of size {shape}")
     if len(shape) > 3 and any(n != 1 for n in shape[3:]):
@@ -101,6 +102,18 @@ def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
     codes = (int(header["sform_code"]), int(header["qform_code"]), int(header["intent_code"]))
     return NiftiFacts(shape=shape, datatype=name, geometry=geometry, spacing=spacing, origin=origin, direction=direction,
                       codes=codes)
+
+
+def _check_dims_past_ndim(dims: list[int]) -> None:
+    """dim[0] counts the dimensions; the sizes past it must be 1 (or 0, unused). A size > 1 there means the header
+    disagrees with itself: ITK and nibabel take dim[0] and read only the first part (measured: dim[0] = 2 over an
+    image of 8 slices opened as its first slice, as if valid)."""
+    ndim = dims[0]
+    for axis in range(ndim + 1, 8):
+        if dims[axis] > 1:
+            raise NiftiCheckError(f"dim[0] = {ndim} but dim[{axis}] = {dims[axis]}: the header disagrees with itself on "
+                                  "the image's size (readers take dim[0] and would drop the voxels past it); expected "
+                                  f"dim[{ndim + 1}] to dim[7] to be 1 (or 0)")
 
 
 def _check_scaling(slope: float, inter: float) -> None:

@@ -291,3 +291,23 @@ def test_a_vox_offset_inside_the_header_is_refused_not_read_shifted(tmp_path):
     path = tmp_path / "ok.nii"
     path.write_bytes(edited(raw, vox_offset=352))
     assert np.array_equal(read_study(path).array, values.transpose(2, 1, 0))
+
+
+def test_dimensions_past_dim0_that_hold_more_than_one_are_refused(tmp_path):
+    """dim[0] = 2 over a 2 x 3 x 4 image: ITK and nibabel read the first 2 x 3 slice and dropped the other three
+    (the study opened as one slice, as if valid). Sizes of 1 past dim[0] (what writers leave) still open."""
+    from data.readers import read_study
+    from data.study_errors import StudyError
+
+    refused(tmp_path, edited(dim={0: 2}), "dim[0] = 2 but dim[3] = 4: the header disagrees with itself on the image's "
+            "size (readers take dim[0] and would drop the voxels past it); expected dim[3] to dim[7] to be 1 (or 0)")
+    refused(tmp_path, edited(dim={0: 3, 5: 2}), "dim[0] = 3 but dim[5] = 2: the header disagrees with itself on the "
+            "image's size (readers take dim[0] and would drop the voxels past it); expected dim[4] to dim[7] to be 1 "
+            "(or 0)")
+    path = tmp_path / "two.nii.gz"
+    path.write_bytes(gzip.compress(edited(dim={0: 2})))
+    with pytest.raises(StudyError, match=r"two\.nii\.gz: dim\[0\] = 2 but dim\[3\] = 4"):
+        read_study(path)
+    assert check(tmp_path, edited(dim={0: 3, 4: 1, 5: 0})).shape == SHAPE
+    flat = nifti_bytes(nib.Nifti1Image(np.zeros((2, 3), np.int16), np.eye(4)))  # nibabel's 2D: dim[3..7] = 1
+    assert check(tmp_path, flat).shape == (2, 3)
