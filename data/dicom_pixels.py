@@ -33,10 +33,12 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
     """Pixel data present, within the voxel limit, and (native syntaxes) at least as long as the header says."""
     if scan.pixel_keyword is None or "Rows" not in ds:
         raise StudyError(f"{path}: DICOM file without pixel data; expected an image")
-    frames = header_int(ds, "NumberOfFrames", 1)
+    frames = _counted(path, ds, "NumberOfFrames", 1)
+    if frames < 1:
+        raise StudyError(f"{path}: NumberOfFrames {frames}; expected 1 or more frames (a single image says 1)")
     check_voxels(path, (frames, header_int(ds, "Rows"), header_int(ds, "Columns")), limit)
     check_rescale(path, ds)
-    samples, bits = header_int(ds, "SamplesPerPixel", 1), header_int(ds, "BitsAllocated", 16)
+    samples, bits = _counted(path, ds, "SamplesPerPixel", 1), _counted(path, ds, "BitsAllocated", 16)
     if not 1 <= samples <= limits.MAX_SAMPLES_PER_PIXEL or bits not in (1, 8, 16, 32, 64):
         raise StudyError(f"{path}: SamplesPerPixel {samples} / BitsAllocated {bits}; expected 1-4 samples of 1, 8, 16, 32 or 64 bits")
     _check_stored_bits(path, ds, bits)
@@ -102,6 +104,14 @@ def _check_stored_bits(path: Path, ds: pydicom.Dataset, allocated: int) -> None:
         raise StudyError(f"{path}: PixelRepresentation {representation}; expected 0 (unsigned) or 1 (signed)")
 
 
+def _counted(path: Path, ds: pydicom.Dataset, keyword: str, default: int) -> int:
+    """A count the pixel bytes are laid out by, ``default`` when absent. 0 or text used to become the default
+    without a word (``header_int``): NumberOfFrames 0, 'abc' or 1.5 opened as one frame, SamplesPerPixel 0 and
+    BitsAllocated 0 were refused in GDCM's words naming no field."""
+    value = _int_field(path, ds, keyword)
+    return default if value is None else value
+
+
 def _int_field(path: Path, ds: pydicom.Dataset, keyword: str) -> int | None:
     """A US/IS pixel-description field as an int, None when absent or empty; text or a fraction is refused."""
     raw = ds.get(keyword)
@@ -110,9 +120,9 @@ def _int_field(path: Path, ds: pydicom.Dataset, keyword: str) -> int | None:
     try:
         value = float(raw)
     except (TypeError, ValueError):
-        raise StudyError(f"{path}: {keyword} {raw!r} is not a whole number") from None
+        raise StudyError(f"{path}: {keyword} {str(raw)!r} is not a whole number") from None
     if not value.is_integer():
-        raise StudyError(f"{path}: {keyword} {raw!r} is not a whole number")
+        raise StudyError(f"{path}: {keyword} {str(raw)!r} is not a whole number")
     return int(value)
 
 

@@ -212,3 +212,36 @@ def test_twelve_bits_stored_in_the_low_bits_still_open_exactly(tmp_path):
     path = _edited_ct(tmp_path, "twelve", _stored_bits(12, 11))
     ds = pydicom.dcmread(CT_FILE)
     assert np.array_equal(_read(path).array[0], ds.pixel_array.astype(np.int32))
+
+
+def _raw_value(keyword: str, value: str, vr: str = "IS"):
+    """Set ``keyword`` to the text ``value`` as stored in the file (a writer's mistake pydicom would not build)."""
+    def edit(ds: pydicom.Dataset) -> None:
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        ds.add_new(tag, vr, None)
+        ds[tag]._value = value
+    return edit
+
+
+@pytest.mark.parametrize("name, edit, expected", [
+    # GDCM: "An invalid logic behavior occurredGetVR().Compatible(...)" or an "empty image of size (-1, ...)"; 0,
+    # text and 1.5 opened as one frame: the count was taken as 1 without a word
+    ("frames_text", _raw_value("NumberOfFrames", "abc"), "NumberOfFrames 'abc' is not a whole number"),
+    ("frames_fraction", _raw_value("NumberOfFrames", "1.5"), "NumberOfFrames '1.5' is not a whole number"),
+    ("frames_0", _raw_value("NumberOfFrames", "0"), "NumberOfFrames 0; expected 1 or more frames"),
+    ("frames_negative", _raw_value("NumberOfFrames", "-1"), "NumberOfFrames -1; expected 1 or more frames"),
+    # GDCM: "An invalid logic behavior occurredSamplesPerPixel == 1 || ..." and "Cannot read requested file"
+    ("samples_0", lambda ds: setattr(ds, "SamplesPerPixel", 0), "SamplesPerPixel 0 / BitsAllocated 16; expected 1-4 "
+     "samples of 1, 8, 16, 32 or 64 bits"),
+    ("bits_0", lambda ds: setattr(ds, "BitsAllocated", 0), "SamplesPerPixel 1 / BitsAllocated 0; expected"),
+])
+def test_frame_sample_and_bit_counts_that_are_no_count_are_refused_naming_the_field(tmp_path, name, edit, expected):
+    path = _edited_ct(tmp_path, name, edit)
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    assert expected in str(e.value) and path.name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_number_of_frames_1_still_opens_exactly(tmp_path):
+    path = _edited_ct(tmp_path, "frames_1", _raw_value("NumberOfFrames", "1"))
+    assert np.array_equal(_read(path).array[0], pydicom.dcmread(CT_FILE).pixel_array)
