@@ -39,8 +39,8 @@ from data.limits import DEFAULT_MAX_VOXELS
 from data.nifti_check import NiftiCheckError, check_nifti
 from data.pictures import read_image_file
 from data.series_geometry import (GeometryError, UnevenSpacingError, check_pixel_spacing, check_series_geometry,
-                                  display_names, frame_geometry, numbers, orientation, position_along_normal,
-                                  require_pixel_spacing)
+                                  check_spacing_between_slices, display_names, frame_geometry, numbers, orientation,
+                                  position_along_normal, require_pixel_spacing)
 from data.study_errors import (SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError, check_voxels,
                                first_line, header_int, voxel_limit)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
@@ -476,6 +476,11 @@ def read_dicom_series(
         geometry = check_series_geometry(info.files, heads, allow_uneven=allow_uneven)
     except GeometryError as e:
         raise _geometry_refusal(folder, e) from None
+    for name, head in zip(display_names(info.files), heads):
+        try:
+            check_spacing_between_slices(head, series=True)
+        except GeometryError as e:
+            raise StudyError(f"{folder}: {name}: {e}") from None
     _check_distinct_instances(folder, info.files, heads)
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO(DICOM_IO)
@@ -599,6 +604,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         frames = frame_geometry(ds, allow_uneven=allow_uneven) if enhanced else None
         if frames is None:
             require_pixel_spacing(ds)
+            check_spacing_between_slices(ds)
     except GeometryError as e:
         raise _geometry_refusal(path, e) from None
     _check_frame_rescales(path, ds)

@@ -81,6 +81,26 @@ def check_pixel_spacing(ds: pydicom.Dataset) -> None:
         raise GeometryError(f"PixelSpacing {spacing.tolist()}: expected two numbers > 0 mm")
 
 
+def check_spacing_between_slices(ds: pydicom.Dataset, *, series: bool = False) -> None:
+    """SpacingBetweenSlices, which GDCM takes as an image's third spacing: 0, text or NaN were refused in GDCM's
+    words ("DICOM pixel data could not be decoded (Refusing to change spacing from [1, 1, 1] to [0.957, 0.957, 0])"),
+    a series too ("the DICOM series could not be read (...)"), naming no field and blaming the pixels. The decoder
+    here cannot be told to ignore it, so the refusal names it. A negative one (some MR scanners) opens as before."""
+    if "SpacingBetweenSlices" not in ds or ds["SpacingBetweenSlices"].value in (None, ""):
+        return
+    raw = ds["SpacingBetweenSlices"].value
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value, shown = math.nan, repr(str(raw))
+    else:
+        shown = f"{value:g}"
+    if not math.isfinite(value) or value == 0:
+        need = "the slices' positions give their spacing" if series else "a single image does not need it"
+        raise GeometryError(f"SpacingBetweenSlices {shown}: expected the distance between slices in mm, a number other "
+                            f"than 0 ({need}: remove it, or export the images again)")
+
+
 def require_pixel_spacing(ds: pydicom.Dataset) -> None:
     """An image placed in the patient (ImageOrientationPatient) must say its pixel size there. GDCM used 1 mm
     for a CT series without PixelSpacing (0.96 mm true): it opened as if measured, its areas and volumes in mm² and mL
