@@ -223,6 +223,12 @@ XFORM_CODES = range(6)  # nifti1.h's NIFTI_XFORM_*: unknown, scanner, aligned, T
 SPATIAL_UNITS = {1: ("metres", 1000.0), 3: ("micrometres", 0.001)}
 
 
+# Axes off perpendicular by more than this (a cosine) are shear. ITK refuses an sform from 1e-4 (measured: 9.99e-5
+# opens, 1.0e-4 is "not a readable NIfTI file (ITK ERROR: ITK only supports orthonormal direction cosines ...)"),
+# or silently takes the qform instead; the limit sits just under ITK's so that such a file is named as sheared.
+SHEAR_TOLERANCE = 9.9e-5
+
+
 def _geometry(header, shape: tuple[int, ...]):
     """(rule, spacing, origin LPS, direction LPS) from the sform/qform/pixdim, or NiftiCheckError."""
     pixdim = [float(x) for x in header["pixdim"]]
@@ -263,7 +269,7 @@ def _geometry(header, shape: tuple[int, ...]):
     if (spacing[:n] <= 1e-9).any() or abs(np.linalg.det(matrix)) <= 1e-12 * float(np.prod(spacing)):
         raise NiftiCheckError(f"the {rule.split()[0]} is degenerate (zero or collinear axes); no orientation can be derived")
     cosines = matrix / spacing
-    if np.abs(cosines.T @ cosines - np.eye(3)).max() > 1e-3:
+    if np.abs(cosines.T @ cosines - np.eye(3)).max() > SHEAR_TOLERANCE:
         raise NiftiCheckError(f"the {rule.split()[0]} has shear (its axes are not perpendicular); resample the image first")
     flip = np.array([-1.0, -1.0, 1.0])  # RAS (NIfTI) -> LPS (ITK)
     direction = (cosines * flip[:, None]).ravel()

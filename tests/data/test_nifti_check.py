@@ -121,7 +121,9 @@ def test_geometry_that_gives_no_orientation_is_refused(tmp_path):
     refused(tmp_path, edited(srow_x=[1, 1, 0, 0], srow_y=[0, 0, 0, 0]),
             "the sform is degenerate (zero or collinear axes); no orientation can be derived")
     refused(tmp_path, edited(srow_x=[1, 0.01, 0, 0]), "the sform has shear (its axes are not perpendicular); resample the image first")
-    assert check(tmp_path, edited(srow_x=[1, 0.0009, 0, 0])).geometry == "sform (sform_code 2)"  # within 1e-3
+    # ITK refuses 1e-4 and more (test_a_slight_shear_that_itk_refuses_is_named_as_shear); within that it opens
+    refused(tmp_path, edited(srow_x=[1, 0.0009, 0, 0]), "the sform has shear (its axes are not perpendicular); resample the image first")
+    assert check(tmp_path, edited(srow_x=[1, 0.00009, 0, 0])).geometry == "sform (sform_code 2)"
     tiny = edited(srow_x=[1e-4, 0, 0, 0], srow_y=[0, 1e-4, 0, 0], srow_z=[0, 0, 1e-4, 0], pixdim={1: 1e-4, 2: 1e-4, 3: 1e-4})
     assert check(tmp_path, tiny).spacing == pytest.approx((1e-4, 1e-4, 1e-4))  # 0.1 um voxels: small, not degenerate
     refused(tmp_path, edited(sform_code=0, qform_code=1, quatern_b=0.9, quatern_c=0.9),
@@ -311,3 +313,28 @@ def test_dimensions_past_dim0_that_hold_more_than_one_are_refused(tmp_path):
     assert check(tmp_path, edited(dim={0: 3, 4: 1, 5: 0})).shape == SHAPE
     flat = nifti_bytes(nib.Nifti1Image(np.zeros((2, 3), np.int16), np.eye(4)))  # nibabel's 2D: dim[3..7] = 1
     assert check(tmp_path, flat).shape == (2, 3)
+
+
+@pytest.mark.parametrize("qform_code", [0, 1])
+def test_a_slight_shear_that_itk_refuses_is_named_as_shear(tmp_path, qform_code):
+    """ITK refuses an sform whose axes are off perpendicular by 1e-4 (a cosine) or more; the check here allowed up to
+    1e-3, so a shear of 5e-4 reached ITK and was refused as `not a readable NIfTI file (ITK ERROR: ITK only supports
+    orthonormal direction cosines. No orthonormal definition found!)`: readable, and named as what it is now. A
+    shear under 1e-4 (float rounding of a resampled sform) opens as before."""
+    from data.readers import read_study
+    from data.study_errors import StudyError
+
+    def sheared(e: float):
+        affine = np.diag([0.8, 0.9, 2.5, 1.0])
+        affine[0, 1] = e * 0.9
+        img = nib.Nifti1Image(np.zeros(SHAPE, np.int16), affine)
+        img.set_sform(affine, 1)
+        img.set_qform(np.diag([0.8, 0.9, 2.5, 1.0]), qform_code)
+        path = tmp_path / f"shear{e:g}.nii"
+        nib.save(img, path)
+        return path
+
+    with pytest.raises(StudyError) as e:
+        read_study(sheared(5e-4))
+    assert str(e.value).endswith("the sform has shear (its axes are not perpendicular); resample the image first")
+    assert read_study(sheared(5e-5)).array.shape == SHAPE[::-1]
