@@ -26,6 +26,7 @@ geometry came from, and any repair, is in ``Volume.source.geometry`` / ``Volume.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -564,6 +565,19 @@ def _check_frame_rescales(path: Path, ds: pydicom.Dataset) -> None:
 US_CM = 3  # PhysicalUnitsX/YDirection 3: cm (PS3.3 C.8.5.5.1.15)
 
 
+def _decode_failure(path: Path, scan, error: BaseException) -> StudyError:
+    """The line for pixel data GDCM could not decode. Compressed data whose frame headers passed the checks but whose
+    body does not decode (a damaged JPEG) was refused in GDCM's words for the step that failed ("Failed to change to
+    Implicit Transfer Syntax"), naming neither the compression nor the damage; it now names both."""
+    said = first_line(error)
+    if not scan.encapsulated:
+        return StudyError(f"{path}: DICOM pixel data could not be decoded ({said})")
+    said = re.sub(r"^(ITK ERROR: )?GDCMImageIO: ", "", said)
+    name = pydicom.uid.UID(scan.transfer_syntax).name
+    return StudyError(f"{path}: its compressed pixel data ({name}) could not be decoded: damaged, or not what its "
+                      f"transfer syntax says (the decoder said: {said})")
+
+
 def _ultrasound_pixel_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
     """An ultrasound image's pixel size (x, y) in mm from its calibrated regions (SequenceOfUltrasoundRegions), where
     every 2D region measured in cm agrees on it; None otherwise (no such region, or two zooms side by side: then no
@@ -611,7 +625,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     try:
         image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, DICOM_IO)
     except RuntimeError as e:
-        raise StudyError(f"{path}: DICOM pixel data could not be decoded ({first_line(e)})") from e
+        raise _decode_failure(path, scan, e) from e
     if frames is not None and image.GetDimension() == 3:  # the checked grid, not GDCM's guess
         image.SetSpacing(frames.spacing)
         image.SetOrigin(frames.origin)

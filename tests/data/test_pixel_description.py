@@ -245,3 +245,24 @@ def test_frame_sample_and_bit_counts_that_are_no_count_are_refused_naming_the_fi
 def test_number_of_frames_1_still_opens_exactly(tmp_path):
     path = _edited_ct(tmp_path, "frames_1", _raw_value("NumberOfFrames", "1"))
     assert np.array_equal(_read(path).array[0], pydicom.dcmread(CT_FILE).pixel_array)
+
+
+@pytest.mark.parametrize("syntax, name", [("1.2.840.10008.1.2.4.50", "JPEG Baseline (Process 1)"),
+                                          ("1.2.840.10008.1.2.4.70", "JPEG Lossless, Non-Hierarchical, First-Order "
+                                                                     "Prediction (Process 14 [Selection Value 1])")])
+def test_compressed_pixel_data_the_decoder_cannot_read_names_its_transfer_syntax(tmp_path, syntax, name):
+    """A damaged JPEG frame (a valid frame header, then noise) was refused as `DICOM pixel data could not be decoded
+    (ITK ERROR: GDCMImageIO: Failed to change to Implicit Transfer Syntax)`: GDCM's step, not what failed."""
+    from pydicom.encaps import encapsulate
+
+    def damaged(ds: pydicom.Dataset) -> None:
+        header = (b"\xff\xd8\xff\xc0\x00\x11\x08" + ds.Rows.to_bytes(2, "big") + ds.Columns.to_bytes(2, "big")
+                  + b"\x01\x01\x11\x00")
+        ds.PixelData = encapsulate([header + np.random.default_rng(0).bytes(5000) + b"\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = syntax
+    path = _edited_ct(tmp_path, "damaged", damaged)
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    assert str(e.value) == (f"{path}: its compressed pixel data ({name}) could not be decoded: damaged, or not what "
+                            "its transfer syntax says (the decoder said: Failed to change to Implicit Transfer Syntax)")
