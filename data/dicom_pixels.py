@@ -96,9 +96,9 @@ def _check_stored_bits(path: Path, ds: pydicom.Dataset, allocated: int) -> None:
                          f"stored in each {allocated}-bit value")
     high = _int_field(path, ds, "HighBit")
     if stored is not None and high is not None and high != stored - 1:
-        raise StudyError(f"{path}: HighBit {high} with BitsStored {stored}; expected HighBit {stored - 1} (one less than "
-                         f"BitsStored): where the stored bits lie in each {allocated}-bit value is in doubt, so the "
-                         "values would be guessed")
+        raise StudyError(f"{path}: HighBit {high} with BitsStored {stored}; expected HighBit {stored - 1} (one less "
+                         f"than BitsStored): where the stored bits lie in each {allocated}-bit value is in doubt, so "
+                         "the values would be guessed")
     representation = _int_field(path, ds, "PixelRepresentation")
     if representation not in (None, 0, 1):
         raise StudyError(f"{path}: PixelRepresentation {representation}; expected 0 (unsigned) or 1 (signed)")

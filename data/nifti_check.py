@@ -111,9 +111,9 @@ def _check_dims_past_ndim(dims: list[int]) -> None:
     ndim = dims[0]
     for axis in range(ndim + 1, 8):
         if dims[axis] > 1:
-            raise NiftiCheckError(f"dim[0] = {ndim} but dim[{axis}] = {dims[axis]}: the header disagrees with itself on "
-                                  "the image's size (readers take dim[0] and would drop the voxels past it); expected "
-                                  f"dim[{ndim + 1}] to dim[7] to be 1 (or 0)")
+            raise NiftiCheckError(f"dim[0] = {ndim} but dim[{axis}] = {dims[axis]}: the header disagrees with itself "
+                                  "on the image's size (readers take dim[0] and would drop the voxels past it); "
+                                  f"expected dim[{ndim + 1}] to dim[7] to be 1 (or 0)")
 
 
 def _check_scaling(slope: float, inter: float) -> None:
@@ -167,9 +167,10 @@ def _voxel_offset(header, hdr_size: int) -> int:
     if value > MAX_HEADER_BYTES:
         raise NiftiCheckError(f"vox_offset {value:.0f}: more than {MAX_HEADER_BYTES} bytes of header and extensions")
     if value < hdr_size + 4:
-        raise NiftiCheckError(f"vox_offset {value:g}: a single-file NIfTI's voxels start at byte {hdr_size + 4} or later, "
-                              f"after its header; readers disagree where these start (ITK at byte {hdr_size}, nibabel at "
-                              f"{hdr_size + 4}): save the file again (e.g. nibabel.save(nibabel.load(IN), OUT)) and open that")
+        raise NiftiCheckError(f"vox_offset {value:g}: a single-file NIfTI's voxels start at byte {hdr_size + 4} or "
+                              f"later, after its header; readers disagree where these start (ITK at byte {hdr_size}, "
+                              f"nibabel at {hdr_size + 4}): save the file again (e.g. "
+                              "nibabel.save(nibabel.load(IN), OUT)) and open that")
     return int(value)
 
 

@@ -122,7 +122,8 @@ def test_geometry_that_gives_no_orientation_is_refused(tmp_path):
             "the sform is degenerate (zero or collinear axes); no orientation can be derived")
     refused(tmp_path, edited(srow_x=[1, 0.01, 0, 0]), "the sform has shear (its axes are not perpendicular); resample the image first")
     # ITK refuses 1e-4 and more (test_a_slight_shear_that_itk_refuses_is_named_as_shear); within that it opens
-    refused(tmp_path, edited(srow_x=[1, 0.0009, 0, 0]), "the sform has shear (its axes are not perpendicular); resample the image first")
+    refused(tmp_path, edited(srow_x=[1, 0.0009, 0, 0]),
+            "the sform has shear (its axes are not perpendicular); resample the image first")
     assert check(tmp_path, edited(srow_x=[1, 0.00009, 0, 0])).geometry == "sform (sform_code 2)"
     tiny = edited(srow_x=[1e-4, 0, 0, 0], srow_y=[0, 1e-4, 0, 0], srow_z=[0, 0, 1e-4, 0], pixdim={1: 1e-4, 2: 1e-4, 3: 1e-4})
     assert check(tmp_path, tiny).spacing == pytest.approx((1e-4, 1e-4, 1e-4))  # 0.1 um voxels: small, not degenerate

@@ -177,7 +177,7 @@ def test_float_pixel_data_says_what_it_is_and_what_to_do(tmp_path, keyword, tag,
 
 
 def _stored_bits(bits_stored: int, high_bit: int, shift: int = 0, pixel_representation: int = 0):
-    """The CT slice as unsigned values (+1024, 0..2681: 12 bits) stored ``shift`` bits up, under the given description."""
+    """The CT slice as unsigned values (+1024, 0..2681: 12 bits) stored ``shift`` bits up, under the description."""
     def edit(ds: pydicom.Dataset) -> None:
         values = (ds.pixel_array.astype(np.int32) + 1024).astype(np.uint16)
         ds.PixelData = (values << shift).astype("<u2").tobytes()
