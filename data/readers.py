@@ -36,6 +36,7 @@ import pydicom
 import SimpleITK as sitk
 
 from data.dicom_pixels import check_pixels, check_rescale, rescale_of, scan_checked
+from data.dicom_scan import NATIVE_SYNTAXES
 from data.limits import DEFAULT_MAX_VOXELS
 from data.nifti_check import NiftiCheckError, check_nifti
 from data.pictures import read_image_file
@@ -493,7 +494,8 @@ def read_dicom_series(
     try:
         image = _itk(reader.Execute)
     except RuntimeError as e:
-        raise StudyError(f"{folder}: the DICOM series could not be read ({first_line(e)})") from e
+        syntaxes = {str(getattr(getattr(h, "file_meta", None), "TransferSyntaxUID", "") or "") for h in heads}
+        raise _decode_failure(folder, syntaxes, e, "the DICOM series could not be read", series=True) from e
     if geometry.spacing_k is not None and image.GetDimension() == 3:
         image.SetSpacing((*image.GetSpacing()[:2], geometry.spacing_k))
     for note in geometry.notes:
@@ -565,17 +567,18 @@ def _check_frame_rescales(path: Path, ds: pydicom.Dataset) -> None:
 US_CM = 3  # PhysicalUnitsX/YDirection 3: cm (PS3.3 C.8.5.5.1.15)
 
 
-def _decode_failure(path: Path, scan, error: BaseException) -> StudyError:
-    """The line for pixel data GDCM could not decode. Compressed data whose frame headers passed the checks but whose
-    body does not decode (a damaged JPEG) was refused in GDCM's words for the step that failed ("Failed to change to
-    Implicit Transfer Syntax"), naming neither the compression nor the damage; it now names both."""
+def _decode_failure(where: Path, syntaxes: set[str], error: BaseException, failed: str, *, series: bool) -> StudyError:
+    """The line for pixel data GDCM could not decode (``failed``: what could not be, for uncompressed data).
+    Compressed data whose frame headers passed the checks but whose body does not decode (a damaged JPEG) was
+    refused in GDCM's words for the step that failed ("Failed to change to Implicit Transfer Syntax"), naming
+    neither the compression nor the damage; it now names both."""
     said = first_line(error)
-    if not scan.encapsulated:
-        return StudyError(f"{path}: DICOM pixel data could not be decoded ({said})")
+    compressed = sorted(pydicom.uid.UID(x).name for x in syntaxes if x and x not in NATIVE_SYNTAXES)
+    if not compressed:
+        return StudyError(f"{where}: {failed} ({said})")
     said = re.sub(r"^(ITK ERROR: )?GDCMImageIO: ", "", said)
-    name = pydicom.uid.UID(scan.transfer_syntax).name
-    return StudyError(f"{path}: its compressed pixel data ({name}) could not be decoded: damaged, or not what its "
-                      f"transfer syntax says (the decoder said: {said})")
+    return StudyError(f"{where}: {failed + ': ' if series else ''}its compressed pixel data ({', '.join(compressed)}) "
+                      f"could not be decoded: damaged, or not what its transfer syntax says (the decoder said: {said})")
 
 
 def _ultrasound_pixel_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
@@ -625,7 +628,8 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     try:
         image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, DICOM_IO)
     except RuntimeError as e:
-        raise _decode_failure(path, scan, e) from e
+        syntaxes = {scan.transfer_syntax} if scan.encapsulated else set()
+        raise _decode_failure(path, syntaxes, e, "DICOM pixel data could not be decoded", series=False) from e
     if frames is not None and image.GetDimension() == 3:  # the checked grid, not GDCM's guess
         image.SetSpacing(frames.spacing)
         image.SetOrigin(frames.origin)

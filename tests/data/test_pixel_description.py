@@ -266,3 +266,25 @@ def test_compressed_pixel_data_the_decoder_cannot_read_names_its_transfer_syntax
         _read(path)
     assert str(e.value) == (f"{path}: its compressed pixel data ({name}) could not be decoded: damaged, or not what "
                             "its transfer syntax says (the decoder said: Failed to change to Implicit Transfer Syntax)")
+
+
+def test_a_series_of_compressed_pixel_data_that_does_not_decode_names_its_transfer_syntax(tmp_path):
+    """The same damaged JPEG frames as a series: `the DICOM series could not be read (ITK ERROR: GDCMImageIO: Failed to
+    change to Implicit Transfer Syntax)`, naming neither the compression nor the damage."""
+    from pydicom.encaps import encapsulate
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for f in sorted(CT_FILE.parent.glob("*.dcm"))[:3]:
+        ds = pydicom.dcmread(f)
+        header = (b"\xff\xd8\xff\xc0\x00\x11\x08" + ds.Rows.to_bytes(2, "big") + ds.Columns.to_bytes(2, "big")
+                  + b"\x01\x01\x11\x00")
+        ds.PixelData = encapsulate([header + np.random.default_rng(0).bytes(5000) + b"\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+        ds.save_as(folder / f.name, enforce_file_format=False)
+    with pytest.raises(StudyError) as e:
+        _read(folder)
+    assert str(e.value) == (f"{folder}: the DICOM series could not be read: its compressed pixel data (JPEG Baseline "
+                            "(Process 1)) could not be decoded: damaged, or not what its transfer syntax says (the "
+                            "decoder said: Failed to change to Implicit Transfer Syntax)")
