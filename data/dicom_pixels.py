@@ -33,12 +33,15 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
     """Pixel data present, within the voxel limit, and (native syntaxes) at least as long as the header says."""
     if scan.pixel_keyword is None or "Rows" not in ds:
         raise StudyError(f"{path}: DICOM file without pixel data; expected an image")
-    frames = header_int(ds, "NumberOfFrames", 1)
+    frames = _counted(path, ds, "NumberOfFrames", 1)
+    if frames < 1:
+        raise StudyError(f"{path}: NumberOfFrames {frames}; expected 1 or more frames (a single image says 1)")
     check_voxels(path, (frames, header_int(ds, "Rows"), header_int(ds, "Columns")), limit)
     check_rescale(path, ds)
-    samples, bits = header_int(ds, "SamplesPerPixel", 1), header_int(ds, "BitsAllocated", 16)
+    samples, bits = _counted(path, ds, "SamplesPerPixel", 1), _counted(path, ds, "BitsAllocated", 16)
     if not 1 <= samples <= limits.MAX_SAMPLES_PER_PIXEL or bits not in (1, 8, 16, 32, 64):
         raise StudyError(f"{path}: SamplesPerPixel {samples} / BitsAllocated {bits}; expected 1-4 samples of 1, 8, 16, 32 or 64 bits")
+    _check_stored_bits(path, ds, bits)
     if _no_decoder(scan.transfer_syntax):
         name = pydicom.uid.UID(scan.transfer_syntax).name
         raise StudyError(f"{path}: transfer syntax {scan.transfer_syntax}"
@@ -79,6 +82,48 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
         raise StudyError(f"{path}: truncated DICOM file: {scan.pixel_length or 0} of {expected} bytes of pixel data "
                          f"({frames} frame(s) of {header_int(ds, 'Rows')} x {header_int(ds, 'Columns')} x {samples} x {bits} bits)")
     _check_no_excess(path, ds, scan.pixel_length or 0, expected, frames, samples, bits, scan.pixel_tail)
+
+
+def _check_stored_bits(path: Path, ds: pydicom.Dataset, allocated: int) -> None:
+    """BitsStored within BitsAllocated, HighBit one less than BitsStored, PixelRepresentation 0 or 1 (PS3.5 8.1.1,
+    PS3.3 C.7.6.3.1). GDCM ignores HighBit and keeps the low BitsStored bits: the retired layout of 12 bits at the
+    top of 16 (HighBit 15) opened at -1024..3056 HU where the CT holds -1024..1657, as if valid. BitsStored over
+    BitsAllocated and a PixelRepresentation of 2 opened too. Where the header cannot say which bits are the pixel
+    and how to read them, the values would be guessed: refused. An absent field is left to the decoder."""
+    stored = _int_field(path, ds, "BitsStored")
+    if stored is not None and not 1 <= stored <= allocated:
+        raise StudyError(f"{path}: BitsStored {stored} with BitsAllocated {allocated}; expected 1 to {allocated} bits "
+                         f"stored in each {allocated}-bit value")
+    high = _int_field(path, ds, "HighBit")
+    if stored is not None and high is not None and high != stored - 1:
+        raise StudyError(f"{path}: HighBit {high} with BitsStored {stored}; expected HighBit {stored - 1} (one less "
+                         f"than BitsStored): where the stored bits lie in each {allocated}-bit value is in doubt, so "
+                         "the values would be guessed")
+    representation = _int_field(path, ds, "PixelRepresentation")
+    if representation not in (None, 0, 1):
+        raise StudyError(f"{path}: PixelRepresentation {representation}; expected 0 (unsigned) or 1 (signed)")
+
+
+def _counted(path: Path, ds: pydicom.Dataset, keyword: str, default: int) -> int:
+    """A count the pixel bytes are laid out by, ``default`` when absent. 0 or text used to become the default
+    without a word (``header_int``): NumberOfFrames 0, 'abc' or 1.5 opened as one frame, SamplesPerPixel 0 and
+    BitsAllocated 0 were refused in GDCM's words naming no field."""
+    value = _int_field(path, ds, keyword)
+    return default if value is None else value
+
+
+def _int_field(path: Path, ds: pydicom.Dataset, keyword: str) -> int | None:
+    """A US/IS pixel-description field as an int, None when absent or empty; text or a fraction is refused."""
+    raw = ds.get(keyword)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise StudyError(f"{path}: {keyword} {str(raw)!r} is not a whole number") from None
+    if not value.is_integer():
+        raise StudyError(f"{path}: {keyword} {str(raw)!r} is not a whole number")
+    return int(value)
 
 
 PIXEL_PADDING_BYTES = 16  # more than a writer pads to an even or aligned length

@@ -312,6 +312,7 @@ def _values_highdicom_takes(ds: pydicom.Dataset, slice_spacing: float) -> list[s
         ds.SliceThickness = f"{slice_spacing:.10g}"[:16]
         notes.append(f"SliceThickness {repr(given) if given else 'absent'} is not a thickness > 0 mm; the DICOM-SEG's "
                      f"frames take the slice spacing {slice_spacing:g} mm")
+    notes += _spacing_between_slices(ds, slice_spacing) + _study_description(ds)
     if "PatientSex" in ds:
         sex = str(ds.PatientSex or "").strip().upper()
         if sex in ("", "M", "F", "O"):
@@ -335,6 +336,42 @@ def _values_highdicom_takes(ds: pydicom.Dataset, slice_spacing: float) -> list[s
         if value != raw:
             ds[keyword].value = value
     return notes
+
+
+def _spacing_between_slices(ds: pydicom.Dataset, slice_spacing: float) -> list[str]:
+    """highdicom copies the source's SpacingBetweenSlices into the SEG's PixelMeasures; a negative one (MR scanners
+    write -1.5 for slices stacked the other way), 0 or text went in as it was, and dciodvfy refuses it ("Not
+    permitted to be negative"). The SEG's frames are the grid's, so they take its slice spacing (> 0)."""
+    if "SpacingBetweenSlices" not in ds:
+        return []
+    given = str(ds["SpacingBetweenSlices"].value if ds["SpacingBetweenSlices"].value is not None else "").strip()
+    try:
+        spacing = float(given)
+    except (TypeError, ValueError):
+        spacing = math.nan
+    if math.isfinite(spacing) and spacing > 0:
+        return []
+    ds.SpacingBetweenSlices = f"{slice_spacing:.10g}"[:16]
+    return [f"SpacingBetweenSlices {given!r} is not a spacing > 0 mm; the DICOM-SEG's frames take the slice spacing "
+            f"{slice_spacing:g} mm"]
+
+
+def _study_description(ds: pydicom.Dataset) -> list[str]:
+    """highdicom copies the source's StudyDescription (LO: 64 characters) as it is; a description pasted whole (a
+    30 MB one opened) went into the SEG, which dciodvfy refuses ("Length invalid for this VR"). Cut to what LO holds."""
+    if "StudyDescription" not in ds:
+        return []
+    raw = ds["StudyDescription"].value or ""
+    # over 64 KiB it cannot be an explicit-VR LO: writers store it as UN, which pydicom reads as bytes
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    if len(text.encode("utf-8")) <= 64 and not isinstance(raw, bytes):
+        return []
+    del ds["StudyDescription"]  # a fresh LO element: assigning text to a UN one failed when the SEG was written
+    ds.StudyDescription = _lo(text, "")
+    if len(text.encode("utf-8")) <= 64:
+        return []
+    return [f"StudyDescription of {len(text)} characters is longer than its VR LO allows (64); the DICOM-SEG keeps "
+            "its first 64"]
 
 
 def _text_in_utf8(ds: pydicom.Dataset) -> None:

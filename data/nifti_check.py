@@ -74,6 +74,7 @@ def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
     if not 1 <= ndim <= 7:
         raise NiftiCheckError(f"dim[0] = {ndim}; expected 1 to 7 dimensions")
     shape = tuple(dims[1 : ndim + 1])
+    _check_dims_past_ndim(dims)
     if any(n < 1 for n in shape):
         raise NiftiCheckError(f"empty image of size {shape}")
     if len(shape) > 3 and any(n != 1 for n in shape[3:]):
@@ -101,6 +102,18 @@ def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
     codes = (int(header["sform_code"]), int(header["qform_code"]), int(header["intent_code"]))
     return NiftiFacts(shape=shape, datatype=name, geometry=geometry, spacing=spacing, origin=origin, direction=direction,
                       codes=codes)
+
+
+def _check_dims_past_ndim(dims: list[int]) -> None:
+    """dim[0] counts the dimensions; the sizes past it must be 1 (or 0, unused). A size > 1 there means the header
+    disagrees with itself: ITK and nibabel take dim[0] and read only the first part (measured: dim[0] = 2 over an
+    image of 8 slices opened as its first slice, as if valid)."""
+    ndim = dims[0]
+    for axis in range(ndim + 1, 8):
+        if dims[axis] > 1:
+            raise NiftiCheckError(f"dim[0] = {ndim} but dim[{axis}] = {dims[axis]}: the header disagrees with itself "
+                                  "on the image's size (readers take dim[0] and would drop the voxels past it); "
+                                  f"expected dim[{ndim + 1}] to dim[7] to be 1 (or 0)")
 
 
 def _check_scaling(slope: float, inter: float) -> None:
@@ -145,12 +158,20 @@ def _parse_header(prefix: bytes):
 
 
 def _voxel_offset(header, hdr_size: int) -> int:
+    """Where a single file's voxels start. Below ``hdr_size + 4`` (352) readers disagree: nifti1_io and nibabel read
+    from 352, ITK from byte 348 (measured: the header's last 4 bytes became the first 2 int16 voxels, the last 2 were
+    lost; 351 mixed neighbouring bytes), so the study would open shifted as if valid: refused."""
     value = float(header["vox_offset"])
     if not math.isfinite(value) or value < 0:
         raise NiftiCheckError(f"vox_offset {value}; expected a byte offset >= {hdr_size + 4}")
     if value > MAX_HEADER_BYTES:
         raise NiftiCheckError(f"vox_offset {value:.0f}: more than {MAX_HEADER_BYTES} bytes of header and extensions")
-    return max(int(value), hdr_size + 4)  # nifti1_io reads a single file's voxels from >= 352 (NIfTI-2: 544)
+    if value < hdr_size + 4:
+        raise NiftiCheckError(f"vox_offset {value:g}: a single-file NIfTI's voxels start at byte {hdr_size + 4} or "
+                              f"later, after its header; readers disagree where these start (ITK at byte {hdr_size}, "
+                              f"nibabel at {hdr_size + 4}): save the file again (e.g. "
+                              "nibabel.save(nibabel.load(IN), OUT)) and open that")
+    return int(value)
 
 
 def _check_extensions(path: Path, gz: bool, prefix: bytes, hdr_size: int, offset: int, order: str) -> None:
@@ -203,6 +224,12 @@ XFORM_CODES = range(6)  # nifti1.h's NIFTI_XFORM_*: unknown, scanner, aligned, T
 SPATIAL_UNITS = {1: ("metres", 1000.0), 3: ("micrometres", 0.001)}
 
 
+# Axes off perpendicular by more than this (a cosine) are shear. ITK refuses an sform from 1e-4 (measured: 9.99e-5
+# opens, 1.0e-4 is "not a readable NIfTI file (ITK ERROR: ITK only supports orthonormal direction cosines ...)"),
+# or silently takes the qform instead; the limit sits just under ITK's so that such a file is named as sheared.
+SHEAR_TOLERANCE = 9.9e-5
+
+
 def _geometry(header, shape: tuple[int, ...]):
     """(rule, spacing, origin LPS, direction LPS) from the sform/qform/pixdim, or NiftiCheckError."""
     pixdim = [float(x) for x in header["pixdim"]]
@@ -243,7 +270,7 @@ def _geometry(header, shape: tuple[int, ...]):
     if (spacing[:n] <= 1e-9).any() or abs(np.linalg.det(matrix)) <= 1e-12 * float(np.prod(spacing)):
         raise NiftiCheckError(f"the {rule.split()[0]} is degenerate (zero or collinear axes); no orientation can be derived")
     cosines = matrix / spacing
-    if np.abs(cosines.T @ cosines - np.eye(3)).max() > 1e-3:
+    if np.abs(cosines.T @ cosines - np.eye(3)).max() > SHEAR_TOLERANCE:
         raise NiftiCheckError(f"the {rule.split()[0]} has shear (its axes are not perpendicular); resample the image first")
     flip = np.array([-1.0, -1.0, 1.0])  # RAS (NIfTI) -> LPS (ITK)
     direction = (cosines * flip[:, None]).ravel()

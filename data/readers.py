@@ -26,6 +26,7 @@ geometry came from, and any repair, is in ``Volume.source.geometry`` / ``Volume.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,12 +36,13 @@ import pydicom
 import SimpleITK as sitk
 
 from data.dicom_pixels import check_pixels, check_rescale, rescale_of, scan_checked
+from data.dicom_scan import NATIVE_SYNTAXES
 from data.limits import DEFAULT_MAX_VOXELS
 from data.nifti_check import NiftiCheckError, check_nifti
 from data.pictures import read_image_file
 from data.series_geometry import (GeometryError, UnevenSpacingError, check_pixel_spacing, check_series_geometry,
-                                  display_names, frame_geometry, numbers, orientation, position_along_normal,
-                                  require_pixel_spacing)
+                                  check_spacing_between_slices, display_names, frame_geometry, numbers, orientation,
+                                  position_along_normal, require_pixel_spacing)
 from data.study_errors import (SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError, check_voxels,
                                first_line, header_int, voxel_limit)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
@@ -476,6 +478,11 @@ def read_dicom_series(
         geometry = check_series_geometry(info.files, heads, allow_uneven=allow_uneven)
     except GeometryError as e:
         raise _geometry_refusal(folder, e) from None
+    for name, head in zip(display_names(info.files), heads):
+        try:
+            check_spacing_between_slices(head, series=True)
+        except GeometryError as e:
+            raise StudyError(f"{folder}: {name}: {e}") from None
     _check_distinct_instances(folder, info.files, heads)
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO(DICOM_IO)
@@ -487,7 +494,8 @@ def read_dicom_series(
     try:
         image = _itk(reader.Execute)
     except RuntimeError as e:
-        raise StudyError(f"{folder}: the DICOM series could not be read ({first_line(e)})") from e
+        syntaxes = {str(getattr(getattr(h, "file_meta", None), "TransferSyntaxUID", "") or "") for h in heads}
+        raise _decode_failure(folder, syntaxes, e, "the DICOM series could not be read", series=True) from e
     if geometry.spacing_k is not None and image.GetDimension() == 3:
         image.SetSpacing((*image.GetSpacing()[:2], geometry.spacing_k))
     for note in geometry.notes:
@@ -559,6 +567,20 @@ def _check_frame_rescales(path: Path, ds: pydicom.Dataset) -> None:
 US_CM = 3  # PhysicalUnitsX/YDirection 3: cm (PS3.3 C.8.5.5.1.15)
 
 
+def _decode_failure(where: Path, syntaxes: set[str], error: BaseException, failed: str, *, series: bool) -> StudyError:
+    """The line for pixel data GDCM could not decode (``failed``: what could not be, for uncompressed data).
+    Compressed data whose frame headers passed the checks but whose body does not decode (a damaged JPEG) was
+    refused in GDCM's words for the step that failed ("Failed to change to Implicit Transfer Syntax"), naming
+    neither the compression nor the damage; it now names both."""
+    said = first_line(error)
+    compressed = sorted(pydicom.uid.UID(x).name for x in syntaxes if x and x not in NATIVE_SYNTAXES)
+    if not compressed:
+        return StudyError(f"{where}: {failed} ({said})")
+    said = re.sub(r"^(ITK ERROR: )?GDCMImageIO: ", "", said)
+    return StudyError(f"{where}: {failed + ': ' if series else ''}its compressed pixel data ({', '.join(compressed)}) "
+                      f"could not be decoded: damaged, or not what its transfer syntax says (the decoder said: {said})")
+
+
 def _ultrasound_pixel_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
     """An ultrasound image's pixel size (x, y) in mm from its calibrated regions (SequenceOfUltrasoundRegions), where
     every 2D region measured in cm agrees on it; None otherwise (no such region, or two zooms side by side: then no
@@ -599,13 +621,15 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         frames = frame_geometry(ds, allow_uneven=allow_uneven) if enhanced else None
         if frames is None:
             require_pixel_spacing(ds)
+            check_spacing_between_slices(ds)
     except GeometryError as e:
         raise _geometry_refusal(path, e) from None
     _check_frame_rescales(path, ds)
     try:
         image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, DICOM_IO)
     except RuntimeError as e:
-        raise StudyError(f"{path}: DICOM pixel data could not be decoded ({first_line(e)})") from e
+        syntaxes = {scan.transfer_syntax} if scan.encapsulated else set()
+        raise _decode_failure(path, syntaxes, e, "DICOM pixel data could not be decoded", series=False) from e
     if frames is not None and image.GetDimension() == 3:  # the checked grid, not GDCM's guess
         image.SetSpacing(frames.spacing)
         image.SetOrigin(frames.origin)

@@ -111,13 +111,15 @@ def nifti_codes(reference: Volume) -> tuple[int, int, int]:
     """(sform_code, qform_code, intent_code) for a label map of ``reference``.
 
     Why: a map of an MNI image (code 4; Talairach 3, aligned 2) written with code 1 has the same affine, but
-    FSL-based tools take the codes as different spaces. A NIfTI source's codes are kept; a DICOM or picture
-    source, or a NIfTI with both codes 0 (pixdim only: readers would place it differently from how we read it),
-    gets ITK's scanner codes. The intent is the label intent when the source had it, else none: a t-map's
-    intent (and its degrees of freedom) would misdescribe labels.
+    FSL-based tools take the codes as different spaces. A NIfTI source's codes are kept, both 0 too (pixdim only:
+    readers differ on where to draw such an image, ITK at the origin, nibabel centred and x flipped, so a map with
+    codes 1 was drawn mirrored and shifted against its image by nibabel-based tools; with codes 0 and the same
+    pixdim every reader places the two alike); a DICOM or picture source gets ITK's scanner codes. The intent is
+    the label intent when the source had it, else none: a t-map's intent (and its degrees of freedom) would
+    misdescribe labels.
     """
     codes = tuple(reference.source.nifti_codes)
-    if reference.source.format != "nifti" or len(codes) != 3 or not (codes[0] > 0 or codes[1] > 0):
+    if reference.source.format != "nifti" or len(codes) != 3:
         return ITK_CODES
     sform, qform, intent = (int(c) for c in codes)
     return sform, qform, NIFTI_INTENT_LABEL if intent == NIFTI_INTENT_LABEL else 0

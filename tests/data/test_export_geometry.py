@@ -164,3 +164,28 @@ def test_a_label_map_of_a_dicom_series_is_in_scanner_space(tmp_path):
     out = export_labels(asymmetric_labels(volume.array.shape[:3]), volume, tmp_path / "labels.nii.gz")
     header = nib.load(str(out)).header
     assert (int(header["sform_code"]), int(header["qform_code"]), int(header["intent_code"])) == (1, 1, 0)
+
+
+def test_a_label_map_of_a_nifti_without_space_codes_is_placed_as_its_source_by_every_reader(tmp_path):
+    """A NIfTI with sform_code and qform_code 0 (pixdim only, NIfTI method 1) has no place in the patient, and readers
+    differ on where to draw it: ITK at the origin, axes as stored; nibabel (FSLeyes, nilearn) centred and x flipped.
+    Its label map was written with codes 1 and ITK's affine: nibabel-based tools then drew the labels mirrored left to
+    right and shifted against the image they were drawn on. Now it keeps codes 0 and the source's pixdim, so every
+    reader places the two alike."""
+    source = nib.load(str(DATA / "mr_t1_colin27_slabA_image.nii.gz"))
+    image = nib.Nifti1Image(np.asanyarray(source.dataobj), None, source.header.copy())
+    image.set_sform(None, 0)
+    image.set_qform(None, 0)
+    path = tmp_path / "uncoded.nii.gz"
+    nib.save(image, path)
+    volume = read_study(path)
+    labels = asymmetric_labels(volume.array.shape[:3])
+    out = export_labels(labels, volume, tmp_path / "labels.nii.gz")
+    written, read = nib.load(str(out)), nib.load(str(path))
+    assert (int(written.header["sform_code"]), int(written.header["qform_code"])) == (0, 0)
+    np.testing.assert_allclose(written.affine, read.affine, atol=1e-4)  # nibabel: where it draws each
+    np.testing.assert_array_equal(np.asarray(written.dataobj).transpose(2, 1, 0), labels)
+    back, itk_source = sitk.ReadImage(str(out)), sitk.ReadImage(str(path))
+    np.testing.assert_allclose(back.GetOrigin(), itk_source.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(back.GetDirection(), itk_source.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(back.GetSpacing(), itk_source.GetSpacing(), atol=1e-6)

@@ -174,3 +174,117 @@ def test_float_pixel_data_says_what_it_is_and_what_to_do(tmp_path, keyword, tag,
     with pytest.raises(StudyError, match=f"{keyword} \\(a parametric map of {bits}-bit floats\\): "
                                          "the decoder here reads integer PixelData only; export the map as NIfTI"):
         _read(path)
+
+
+def _stored_bits(bits_stored: int, high_bit: int, shift: int = 0, pixel_representation: int = 0):
+    """The CT slice as unsigned values (+1024, 0..2681: 12 bits) stored ``shift`` bits up, under the description."""
+    def edit(ds: pydicom.Dataset) -> None:
+        values = (ds.pixel_array.astype(np.int32) + 1024).astype(np.uint16)
+        ds.PixelData = (values << shift).astype("<u2").tobytes()
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, high_bit, pixel_representation
+        ds.RescaleIntercept = -1024
+    return edit
+
+
+@pytest.mark.parametrize("name, edit, expected", [
+    # the retired ACR-NEMA layout: 12 bits stored at the top of the 16 (HighBit 15). GDCM took the low 12 bits:
+    # the CT opened at -1024..3056 HU where it holds -1024..1657, as if valid
+    ("high_bit_15_of_12", _stored_bits(12, 15, shift=4), "HighBit 15 with BitsStored 12; expected HighBit 11 (one less "
+     "than BitsStored): where the stored bits lie in each 16-bit value is in doubt, so the values would be guessed"),
+    ("high_bit_3_of_16", _stored_bits(16, 3), "HighBit 3 with BitsStored 16; expected HighBit 15"),
+    ("bits_stored_over_allocated", _stored_bits(20, 19), "BitsStored 20 with BitsAllocated 16; expected 1 to 16 bits "
+     "stored in each 16-bit value"),
+    ("bits_stored_0", _stored_bits(0, 15), "BitsStored 0 with BitsAllocated 16; expected 1 to 16"),
+    ("pixel_representation_2", _stored_bits(16, 15, pixel_representation=2), "PixelRepresentation 2; expected 0 "
+     "(unsigned) or 1 (signed)"),
+])
+def test_stored_bits_that_do_not_fit_their_description_are_refused_naming_the_field(tmp_path, name, edit, expected):
+    """BitsStored, HighBit and PixelRepresentation say which bits of each value are the pixel and how to read them;
+    GDCM ignored HighBit, BitsStored over BitsAllocated and a PixelRepresentation of 2, and opened each file."""
+    path = _edited_ct(tmp_path, name, edit)
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    assert expected in str(e.value) and path.name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_twelve_bits_stored_in_the_low_bits_still_open_exactly(tmp_path):
+    """BitsStored 12, HighBit 11 (most CT): the decoder keeps the low 12 bits, as the standard says."""
+    path = _edited_ct(tmp_path, "twelve", _stored_bits(12, 11))
+    ds = pydicom.dcmread(CT_FILE)
+    assert np.array_equal(_read(path).array[0], ds.pixel_array.astype(np.int32))
+
+
+def _raw_value(keyword: str, value: str, vr: str = "IS"):
+    """Set ``keyword`` to the text ``value`` as stored in the file (a writer's mistake pydicom would not build)."""
+    def edit(ds: pydicom.Dataset) -> None:
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        ds.add_new(tag, vr, None)
+        ds[tag]._value = value
+    return edit
+
+
+@pytest.mark.parametrize("name, edit, expected", [
+    # GDCM: "An invalid logic behavior occurredGetVR().Compatible(...)" or an "empty image of size (-1, ...)"; 0,
+    # text and 1.5 opened as one frame: the count was taken as 1 without a word
+    ("frames_text", _raw_value("NumberOfFrames", "abc"), "NumberOfFrames 'abc' is not a whole number"),
+    ("frames_fraction", _raw_value("NumberOfFrames", "1.5"), "NumberOfFrames '1.5' is not a whole number"),
+    ("frames_0", _raw_value("NumberOfFrames", "0"), "NumberOfFrames 0; expected 1 or more frames"),
+    ("frames_negative", _raw_value("NumberOfFrames", "-1"), "NumberOfFrames -1; expected 1 or more frames"),
+    # GDCM: "An invalid logic behavior occurredSamplesPerPixel == 1 || ..." and "Cannot read requested file"
+    ("samples_0", lambda ds: setattr(ds, "SamplesPerPixel", 0), "SamplesPerPixel 0 / BitsAllocated 16; expected 1-4 "
+     "samples of 1, 8, 16, 32 or 64 bits"),
+    ("bits_0", lambda ds: setattr(ds, "BitsAllocated", 0), "SamplesPerPixel 1 / BitsAllocated 0; expected"),
+])
+def test_frame_sample_and_bit_counts_that_are_no_count_are_refused_naming_the_field(tmp_path, name, edit, expected):
+    path = _edited_ct(tmp_path, name, edit)
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    assert expected in str(e.value) and path.name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_number_of_frames_1_still_opens_exactly(tmp_path):
+    path = _edited_ct(tmp_path, "frames_1", _raw_value("NumberOfFrames", "1"))
+    assert np.array_equal(_read(path).array[0], pydicom.dcmread(CT_FILE).pixel_array)
+
+
+@pytest.mark.parametrize("syntax, name", [("1.2.840.10008.1.2.4.50", "JPEG Baseline (Process 1)"),
+                                          ("1.2.840.10008.1.2.4.70", "JPEG Lossless, Non-Hierarchical, First-Order "
+                                                                     "Prediction (Process 14 [Selection Value 1])")])
+def test_compressed_pixel_data_the_decoder_cannot_read_names_its_transfer_syntax(tmp_path, syntax, name):
+    """A damaged JPEG frame (a valid frame header, then noise) was refused as `DICOM pixel data could not be decoded
+    (ITK ERROR: GDCMImageIO: Failed to change to Implicit Transfer Syntax)`: GDCM's step, not what failed."""
+    from pydicom.encaps import encapsulate
+
+    def damaged(ds: pydicom.Dataset) -> None:
+        header = (b"\xff\xd8\xff\xc0\x00\x11\x08" + ds.Rows.to_bytes(2, "big") + ds.Columns.to_bytes(2, "big")
+                  + b"\x01\x01\x11\x00")
+        ds.PixelData = encapsulate([header + np.random.default_rng(0).bytes(5000) + b"\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = syntax
+    path = _edited_ct(tmp_path, "damaged", damaged)
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    assert str(e.value) == (f"{path}: its compressed pixel data ({name}) could not be decoded: damaged, or not what "
+                            "its transfer syntax says (the decoder said: Failed to change to Implicit Transfer Syntax)")
+
+
+def test_a_series_of_compressed_pixel_data_that_does_not_decode_names_its_transfer_syntax(tmp_path):
+    """The same damaged JPEG frames as a series: `the DICOM series could not be read (ITK ERROR: GDCMImageIO: Failed to
+    change to Implicit Transfer Syntax)`, naming neither the compression nor the damage."""
+    from pydicom.encaps import encapsulate
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for f in sorted(CT_FILE.parent.glob("*.dcm"))[:3]:
+        ds = pydicom.dcmread(f)
+        header = (b"\xff\xd8\xff\xc0\x00\x11\x08" + ds.Rows.to_bytes(2, "big") + ds.Columns.to_bytes(2, "big")
+                  + b"\x01\x01\x11\x00")
+        ds.PixelData = encapsulate([header + np.random.default_rng(0).bytes(5000) + b"\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+        ds.save_as(folder / f.name, enforce_file_format=False)
+    with pytest.raises(StudyError) as e:
+        _read(folder)
+    assert str(e.value) == (f"{folder}: the DICOM series could not be read: its compressed pixel data (JPEG Baseline "
+                            "(Process 1)) could not be decoded: damaged, or not what its transfer syntax says (the "
+                            "decoder said: Failed to change to Implicit Transfer Syntax)")

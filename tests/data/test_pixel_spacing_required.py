@@ -56,3 +56,32 @@ def test_an_image_without_orientation_or_pixel_spacing_still_opens_unmeasured(tm
         warnings.simplefilter("ignore")
         volume = read_study(folder / CT_FILES[0].name)
     assert volume.source.geometry == "none (identity)" and not volume.size_is_physical
+
+
+@pytest.mark.parametrize("raw, shown", [("0", "SpacingBetweenSlices 0"), ("abc", "SpacingBetweenSlices 'abc'"),
+                                        ("NaN", "SpacingBetweenSlices nan")])
+def test_a_single_images_spacing_between_slices_that_is_no_distance_is_named(tmp_path, raw, shown):
+    """GDCM takes a single image's SpacingBetweenSlices as its third spacing and refused 0, text or NaN in its own
+    words: `DICOM pixel data could not be decoded (Refusing to change spacing from [1, 1, 1] to [0.957, 0.957, 0])`,
+    naming no field and blaming the pixels. A negative one (some MR scanners) still opens, as before."""
+    def edit(ds):
+        ds.add_new(0x00180088, "DS", None)
+        ds[0x00180088]._value = raw
+    path = _series(tmp_path, edit) / CT_FILES[0].name
+    with pytest.raises(StudyError) as e, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_study(path)
+    assert str(e.value) == (f"{path}: {shown}: expected the distance between slices in mm, a number other than 0 (a "
+                            "single image does not need it: remove it, or export the images again)")
+    with pytest.raises(StudyError) as e, warnings.catch_warnings():  # the series: before, "could not be read (...)"
+        warnings.simplefilter("ignore")
+        read_study(path.parent)
+    assert str(e.value) == (f"{path.parent}: {CT_FILES[0].name}: {shown}: expected the distance between slices in mm, "
+                            "a number other than 0 (the slices' positions give their spacing: remove it, or export the "
+                            "images again)")
+    (tmp_path / "neg").mkdir()
+    negative = _series(tmp_path / "neg", lambda ds: setattr(ds, "SpacingBetweenSlices", -1.5)) / CT_FILES[0].name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert read_study(negative).array.shape == (1, 256, 256)
+        assert read_study(negative.parent).spacing[2] == pytest.approx(1.5)

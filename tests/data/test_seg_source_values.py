@@ -36,6 +36,15 @@ CASES = {  # tag, VR, the source's bytes, what the SEG carries, a warning expect
                              "SliceThickness '0' is not a thickness"),
     "slice_thickness_text": (0x00180050, "DS", b"abc ", ("SliceThickness", "1.5"), "SliceThickness 'abc' is not"),
     "modality_lower_case": (0x00080060, "CS", b"ct", ("Modality", "SEG"), None),  # the SEG's own: it was refused
+    # a description pasted whole (an LO holds 64 characters): it went into the SEG as it was, which dciodvfy refuses
+    "study_description_100": (0x00081030, "LO", b"x" * 100, ("StudyDescription", "x" * 64),
+                              "StudyDescription of 100 characters is longer than its VR LO allows (64)"),
+    # over 64 KiB an explicit-VR writer stores it as UN (pydicom does): it went in as bytes, the SEG failed to write
+    "study_description_un": (0x00081030, "UN", b"x" * 70000, ("StudyDescription", "x" * 64),
+                             "StudyDescription of 70000 characters is longer than its VR LO allows (64)"),
+    # MR scanners write a negative spacing for slices stacked the other way: it was copied, dciodvfy refuses it
+    "spacing_between_slices_negative": (0x00180088, "DS", b"-1.5", ("SpacingBetweenSlices", "1.5"),
+                                        "SpacingBetweenSlices '-1.5' is not a spacing > 0 mm"),
 }
 
 
@@ -63,9 +72,9 @@ def test_a_seg_is_written_of_a_source_with_a_dirty_study_value(tmp_path, case, d
     else:
         assert len(ours) == 1 and warning in ours[0] and ours[0].startswith(CT_FILES[0].name), ours
     seg = pydicom.dcmread(tmp_path / "seg.dcm")
-    if keyword == "SliceThickness":  # the SEG's frames: their PixelMeasures
+    if keyword in ("SliceThickness", "SpacingBetweenSlices"):  # the SEG's frames: their PixelMeasures
         seg = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-    if not deidentify or keyword in ("SliceThickness", "Modality"):
+    if not deidentify or keyword in ("SliceThickness", "SpacingBetweenSlices", "Modality"):
         assert str(seg.get(keyword, "")) == expected
     if DCIODVFY:
         out = subprocess.run([DCIODVFY, str(tmp_path / "seg.dcm")], capture_output=True)

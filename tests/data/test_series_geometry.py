@@ -82,9 +82,9 @@ def test_orientation_must_be_two_perpendicular_unit_vectors_within_one_percent()
     assert orientation(Dataset()) is None
     assert orientation(head(iop=(1.009, 0, 0, 0, 1, 0))) is not None
     assert orientation(head(iop=(1, 0, 0, 0, 0.991, 0))) is not None
-    assert orientation(head(iop=(1, 0, 0, 0.009, 1, 0))) is not None  # row . column = 0.009
+    assert orientation(head(iop=(1, 0, 0, 0.00098, 1, 0))) is not None  # row . column under GDCM's 1e-3
     for iop in [(1.011, 0, 0, 0, 1, 0), (0.989, 0, 0, 0, 1, 0), (1, 0, 0, 0, 1.011, 0), (1, 0, 0, 0, 0.989, 0),
-                (1, 0, 0, 0.011, 1, 0), (1, 0, 0, -0.011, 1, 0)]:
+                (1, 0, 0, 0.011, 1, 0), (1, 0, 0, -0.011, 1, 0), (1, 0, 0, 0.009, 1, 0), (1, 0, 0, -0.0011, 1, 0)]:
         with pytest.raises(GeometryError) as e:
             orientation(head(iop=iop))
         assert str(e.value) == f"ImageOrientationPatient {[float(v) for v in iop]} is not two perpendicular unit vectors"
@@ -245,7 +245,7 @@ def test_tolerances_are_inclusive():
     heads = at(0, 2, 4)
     heads[2].ImageOrientationPatient = [1, 0, 0, 0, 0.9999995, 0.001]  # exactly 1e-3 off: the same orientation
     assert check(heads) == SeriesGeometry()
-    assert orientation(head(iop=(1, 0, 0, 0.01, 1, 0))) is not None  # row . column exactly 0.01
+    assert orientation(head(iop=(1, 0, 0, 0.00099, 1, 0))) is not None  # row . column exactly 9.9e-4 (GDCM: 1e-3)
 
 
 def test_a_missing_slice_is_told_from_uneven_spacing_within_the_tolerance_per_step():
@@ -261,3 +261,29 @@ def test_the_mean_spacing_is_from_the_first_to_the_last_slice():
     assert got.spacing_k == pytest.approx(8 / 3)
     thin = check(at(0, 0.5, 1.0, 2.0), allow_uneven=True)  # thin slices: a mean step under 1 mm is fine
     assert thin.spacing_k == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("dot", [0.002, 0.009])
+def test_an_orientation_gdcm_would_snap_to_the_axes_is_refused(tmp_path, dot):
+    """GDCM replaces an ImageOrientationPatient whose row and column are off perpendicular by more than 1e-3 with the
+    nearest axes: a CT slice turned 30 degrees (row . column 0.002, within the 1 % allowed here) opened unturned, its
+    NIfTI label map 30 degrees off the SEG of the same labels (which keeps the file's plane). Unit lengths off by up
+    to 1 % are normalised correctly and still open, as does the same slice with perpendicular axes."""
+    from data.readers import read_study
+    from data.study_errors import StudyError
+
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    row, column = np.array([c, s, 0.0]), np.array([-s, c, 0.0])
+
+    def turned(name: str, iop) -> Path:
+        ds = pydicom.dcmread(DATA / "dicom" / "pydicom_CT_small.dcm")
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in iop]
+        ds.save_as(tmp_path / name)
+        return tmp_path / name
+
+    with pytest.raises(StudyError, match=r"ImageOrientationPatient \[.*\] is not two perpendicular unit vectors$"):
+        read_study(turned("off.dcm", (*row, *(column + dot * row))))
+    for name, iop in (("exact.dcm", (*row, *column)), ("long.dcm", (*(row * 1.005), *column))):
+        direction = np.array(read_study(turned(name, iop)).direction).reshape(3, 3)
+        np.testing.assert_allclose(direction[:, 0], row, atol=1e-5)
+        np.testing.assert_allclose(direction[:, 1], column, atol=1e-5)

@@ -135,6 +135,7 @@ def _raw_nifti(data: np.ndarray, header_edit) -> bytes:
     img = nib.Nifti1Image(data, np.diag([0.8, 0.9, 2.0, 1.0]))
     img.header.set_qform(img.affine, code=1)
     img.header.set_sform(img.affine, code=1)
+    img.header["vox_offset"] = 352  # where nibabel's writer puts the voxels (its in-memory header says 0)
     raw = bytearray(img.header.binaryblock + b"\0\0\0\0" + np.asarray(data).tobytes(order="F"))
     header_edit(raw)
     return bytes(raw)
