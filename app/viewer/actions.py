@@ -28,12 +28,12 @@ from app.viewer.geometry import clip_to_plane, from_plane, outside_by, past_edge
 from data.writers import atomic_output
 from models.prompts import PromptError
 
-KINDS = ("point", "box", "brush", "erase", "new_object", "undo", "redo", "view", "window", "active")
+KINDS = ("point", "box", "brush", "erase", "new_object", "undo", "redo", "view", "window", "active", "model")
 PROMPTS = ("point", "box", "brush", "erase")  # the actions that edit the labels (each names its label)
 SHOWN_ONLY = ("view", "window")  # actions that change what is shown, not the labels: saved in the background
 # an action as the user knows it, in a message
 SAID = {"point": "click", "box": "box", "brush": "brush stroke", "erase": "eraser stroke", "new_object": "New object",
-        "undo": "undo", "redo": "redo", "active": "label choice"}
+        "undo": "undo", "redo": "redo", "active": "label choice", "model": "model choice"}
 MAX_STROKE_POINTS = 2000
 MAX_BRUSH_PX = 200
 # A point prompt may lie this far (plane pixels, or slices) past the image's edge and is then taken on the edge
@@ -215,6 +215,8 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
     kind = body.get("kind")
     if kind not in KINDS:
         raise PromptError(f"unknown action {str(kind)[:40]!r}; expected one of {', '.join(KINDS)}")
+    if kind == "model":  # the session's, not the study's: also with no study open
+        return choose_model(ctx, session, body)
     with session.lock:
         trace.mark("action.locked", kind=kind)
         base = session.revision  # the label map this action found: a page that holds another one reloads it
@@ -313,6 +315,23 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         if kind in ("point", "box", "undo", "redo") and _flag(body, "suggest", False):
             answer["suggest"] = suggestion(ctx, session)
         return answer
+
+
+def choose_model(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, Any]:
+    """The model picked in the Model box (``body["model"]``: its name, or the box's label for it), applied in order
+    with the prompts the viewer queued before it (``controller.switch_model``). An unknown or unusable model is
+    refused in one line (400) and nothing changes; the labels never do. The answer names the model in use; the
+    page's sync after it shows it in the Model box."""
+    name = body.get("model")
+    if not isinstance(name, str) or not name.strip():
+        raise PromptError(f"model: expected a model name, got {str(name)[:40]!r}")
+    with session.lock:
+        trace.mark("action.locked", kind="model")
+        base = session.revision
+        status = controller.switch_model(ctx, session, name.strip())
+        return {"ok": True, "status": status, "model": session.model, "rev": session.revision, "base": base,
+                "object": markers(session), "at": messages.news_stamp(), "boot": messages.BOOT,
+                "table": table_tag(session)}
 
 
 def suggestion(ctx: AppContext, session: Session) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ browser loads keep the study's geometry, and user errors answer one line without
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -729,3 +730,43 @@ def test_a_grey_picture_is_shown_as_its_pixels_and_the_boxes_say_so(tmp_path):
     session.start_study(read_study(tmp_path / "square.png"), str(tmp_path / "square.png"), "square.png")
     assert actions.window_of(session) == {"level": 127.5, "width": 255.0}
     assert actions.state(session)["window"] == {"level": 127.5, "width": 255.0}
+
+
+def test_a_model_choice_is_a_viewer_action_that_keeps_the_labels_and_refuses_an_unknown_model(ctx, opened):
+    """The Model box's pick is the viewer's own action (kind ``model``), applied in order with the prompts: Gradio's
+    event switched the model at once, so clicks still queued began a second object on the new model. An unknown
+    name is one line and changes nothing; a switch keeps the labels and the undo history; the model in use picked
+    again keeps the object being refined; the box's label for a model names it too; no study is needed."""
+    from app.model_catalog import choices
+    from app.session import SessionError
+
+    s = opened
+    actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True})
+    labels, undo, prompt = s.labels.copy(), len(s.undo_stack), s.prompt
+    assert labels.any() and prompt is not None
+    for body, error, message in [({"kind": "model", "model": "no-such-model"}, SessionError, "unknown model 'no-such-model'"),
+                                 ({"kind": "model"}, PromptError, "model: expected a model name, got 'None'"),
+                                 ({"kind": "model", "model": ["litemedsam"]}, PromptError, "model: expected a model name")]:
+        with pytest.raises(error) as e:
+            actions.act(ctx, s, body)
+        assert str(e.value).startswith(message) and "\n" not in str(e.value)
+        assert s.model == "litemedsam" and s.prompt is prompt and len(s.undo_stack) == undo
+        np.testing.assert_array_equal(s.labels, labels)
+
+    same = actions.act(ctx, s, {"kind": "model", "model": "litemedsam"})
+    assert same["status"] == "Model: litemedsam (already in use)." and s.prompt is prompt and same["object"]
+
+    shown = next(label for label, name in choices() if name == "litemedsam-base")  # as the Model box shows it
+    answer = actions.act(ctx, s, {"kind": "model", "model": shown})
+    assert answer["ok"] and answer["model"] == "litemedsam-base" == s.model and answer["object"] is None
+    assert answer["status"] == "Model: litemedsam-base. The next prompt starts a new object."
+    assert answer["rev"] == answer["base"] and s.prompt is None and len(s.undo_stack) == undo
+    np.testing.assert_array_equal(s.labels, labels)
+    assert ctx.store.flush(s.id)
+    assert json.loads((ctx.store.root / s.id / "state.json").read_text())["model"] == "litemedsam-base"  # saved
+
+    actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *RIGHT_HORN), "positive": True})
+    assert len(s.prompt.points) == 1 and (s.labels[labels == 1] == 1).all(), "the first object was kept"
+
+    empty = ctx.store.get(controller.start(ctx, None).session_id)
+    assert actions.act(ctx, empty, {"kind": "model", "model": "litemedsam-base"})["model"] == empty.model == "litemedsam-base"

@@ -1188,6 +1188,79 @@ def test_a_label_picked_by_keyboard_while_clicks_are_queued_acts_after_them(brow
         context.close()
 
 
+def _pick_model(page, shown: str) -> None:
+    """Pick a model in the Model box with the mouse (the list opens on a click; Gradio picks on mousedown)."""
+    page.locator("#model input").click()
+    page.locator(f"#model [role='option'][aria-label='{shown}']").click()
+
+
+def test_a_model_picked_while_clicks_are_queued_acts_after_them(browser, server, ct):
+    """A box, three quick clicks refining it, then another model picked in the Model box: Gradio's event switched the
+    model at once (a model change starts a new object), so the clicks still queued in the browser refined nothing and
+    began a second object on the new model. The pick is now the viewer's own action, queued after the clicks, by
+    mouse as by keyboard, and with nothing queued too; the Model box and the status say which model is in use. (The
+    model is held: the box waits at the server, the clicks in the browser's queue; before the fix the test waits
+    there until the server has Gradio's event, so that the race is run, not left to timing.)"""
+    from app.model_catalog import choices
+
+    shown = {name: label for label, name in choices()}
+    context, page, sid = _open_page(browser, server)
+    joined: list[str] = []
+    page.on("response", lambda r: joined.append(r.url) if "/queue/join" in r.url else None)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        with server.runner.turn():
+            _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
+            page.keyboard.press("p")
+            for q in REFINE[:3]:
+                page.mouse.click(*_xy(page, ct, *q))
+            page.wait_for_function("medsegViewer.inFlight >= 4")
+            joined.clear()
+            _pick_model(page, shown["litemedsam-base"])
+            # the pick queued behind the clicks (this fix), or Gradio's event taken by the server (before it)
+            _wait_server(lambda: page.evaluate("medsegViewer.inFlight") >= 5 or bool(joined))
+        _idle(page)
+        _wait_server(lambda: _state(server, sid)["model"] == "litemedsam-base")
+        last = _state(server, sid)["history"]["1"][-1]
+        assert len(last["points"]) == 3 and last["box"] is not None, \
+            f"the clicks queued before the model pick were split off the box: {last}"
+        page.wait_for_function("document.querySelector('#model input').value.startsWith('litemedsam-base:')",
+                               timeout=TIMEOUT_MS)
+        _wait_status(page, "Model: litemedsam-base.")
+        assert _browser_labels(page) == _server_counts(server.labels(sid))
+
+        # by keyboard (focus, arrows, Enter), behind a click still waiting at the server
+        with server.runner.turn():
+            page.mouse.click(*_xy(page, ct, *INSIDE))
+            page.wait_for_function("medsegViewer.inFlight >= 1")
+            _pick_by_keyboard(page, "#model", shown["litemedsam"])
+            page.wait_for_function("medsegViewer.inFlight >= 2")
+        _idle(page)
+        _wait_server(lambda: _state(server, sid)["model"] == "litemedsam")
+        assert len(_state(server, sid)["history"]["1"][-1]["points"]) == 1  # the click, on the model it was made on
+        page.wait_for_function("document.querySelector('#model input').value.startsWith('litemedsam:')",
+                               timeout=TIMEOUT_MS)
+
+        # nothing queued: the pick is made at once; the model in use picked again keeps the object being refined
+        _pick_model(page, shown["litemedsam-base"])
+        page.wait_for_function("document.querySelector('#medseg-viewer').dataset.model === 'litemedsam-base'",
+                               timeout=TIMEOUT_MS)
+        _idle(page)
+        page.wait_for_function("document.querySelector('#model input').value.startsWith('litemedsam-base:')",
+                               timeout=TIMEOUT_MS)
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _idle(page)
+        _pick_model(page, shown["litemedsam-base"])
+        _wait_status(page, "Model: litemedsam-base (already in use).")
+        _idle(page)
+        assert page.evaluate("medsegViewer.object && medsegViewer.object.points.length") == 1
+        assert _state(server, sid)["model"] == "litemedsam-base"
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+    finally:
+        context.close()
+
+
 def test_files_uploaded_while_clicks_are_queued_open_after_them(browser, server, ct, tmp_path):
     """Three quick clicks, then a study uploaded at once: the upload opened its study while clicks 2 and 3 still
     waited in the browser's queue, and they arrived after it, refused as made on a study no longer open ("another

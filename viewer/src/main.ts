@@ -22,6 +22,7 @@ type Answer = {
   at?: number; boot?: string  // the status's place in its server process's news order (app.messages.news_stamp)
   table?: string  // the label table the action found (a digest): another tab renamed or recoloured a label
   suggest?: Suggested | null
+  model?: string  // a model choice's answer: the model in use
   patch?: { axis: number; index: number; shape: number[]; data: string } | null
 }
 type Tool = 'point' | 'box' | 'brush' | 'erase' | 'navigate'
@@ -29,12 +30,13 @@ type Tool = 'point' | 'box' | 'brush' | 'erase' | 'navigate'
 // the wall clock: one stepped back (NTP) made later news look older.
 type News = { boot: string; seq: number }
 const SUGGEST_KINDS = new Set(['point', 'box', 'undo', 'redo'])
-const EDIT_KINDS = new Set(['brush', 'erase', 'new_object', 'active']) // they end the suggestion's answer
+const EDIT_KINDS = new Set(['brush', 'erase', 'new_object', 'active', 'model']) // they end the suggestion's answer
 // the actions that move the label map's revision when applied (app.viewer.actions), and how a message names them
 const REVISION_KINDS = new Set(['point', 'box', 'brush', 'erase', 'undo', 'redo'])
 const SAID: Record<string, string> = {
   point: 'click', box: 'box', brush: 'brush stroke', erase: 'eraser stroke', undo: 'undo', redo: 'redo',
   new_object: 'New object', active: 'label choice', window: 'window change', view: 'slice change',
+  model: 'model choice',
 }
 type Pending = { kind: 'point' | 'box' | 'stroke'; view: string; mm: number[][]; positive?: boolean }
 
@@ -1042,8 +1044,9 @@ class Viewer {
    * old label the same way. */
   queueLabelChoice(e: MouseEvent): void {
     if (!e.isTrusted || e.button !== 0) return
-    const option = (e.target as Element | null)?.closest?.('#label [role="option"]')
-    if (option) this.labelOptionPicked(option, e)
+    const option = (e.target as Element | null)?.closest?.('#label [role="option"], #model [role="option"]')
+    if (option?.closest('#model')) this.modelOptionPicked(option, e)
+    else if (option) this.labelOptionPicked(option, e)
   }
 
   /** A label picked in the Active label box by keyboard (focus, ArrowDown, Enter: Gradio takes the option it
@@ -1051,9 +1054,27 @@ class Viewer {
    * prompts still queued made the old label active again. */
   queueLabelKey(e: KeyboardEvent): void {
     if (!e.isTrusted || e.key !== 'Enter' || e.isComposing) return
-    const box = (e.target as Element | null)?.closest?.('#label')
+    const box = (e.target as Element | null)?.closest?.('#label, #model')
     const option = box?.querySelector('[role="option"].active')
-    if (option) this.labelOptionPicked(option, e)
+    if (option && box!.id === 'model') this.modelOptionPicked(option, e)
+    else if (option) this.labelOptionPicked(option, e)
+  }
+
+  /** A model picked in the Model box, by mouse or keyboard, is the viewer's own action (kind ``model``,
+   * app.viewer.actions.choose_model), sent through the queue after the prompts made before it: Gradio's event
+   * switched the model at once (a model change starts a new object), so of a box and 3 quick clicks then a model
+   * pick, 1 click refined the box and the other 2 began a second object on the new model. Gradio's handler never
+   * sees the pick (session 15 replayed it through the list when its turn came, and under load the replay was lost
+   * without a word); the answer says which model is in use, and the page's sync after it shows it in the box. The
+   * option's label is sent as shown: the server knows which model it names (app.model_catalog.name_of). */
+  modelOptionPicked(option: Element, e: Event): void {
+    const shown = option.getAttribute('aria-label') || (option.textContent ?? '').replace(/^\s*✓?\s*/, '').trim()
+    if (!shown) return
+    e.preventDefault(); e.stopImmediatePropagation()
+    ;(document.activeElement as HTMLElement | null)?.blur?.()  // closes the list; the page shows the model after the sync
+    const n = this.pending.length
+    if (n) this.showStatus(`Model: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+    this.enqueue({ kind: 'model', model: shown })
   }
 
   /** The pick of one option of the Active label box, by mouse or keyboard: it goes through the queue (Gradio's own
@@ -1234,7 +1255,7 @@ class Viewer {
   }
 
   enqueue(body: any, pending: Pending | null = null, quiet = false): void {
-    if (!this.state?.study) return
+    if (!this.state?.study && body.kind !== 'model') return  // a model is the session's: picked also with no study
     body.study = this.study  // the study shown now: the server refuses a prompt if another opened before it arrived
     const t0 = performance.now()
     if (!quiet) this.readyWanted = false  // the prompt's own answer is the news now
@@ -1268,6 +1289,9 @@ class Viewer {
         traceMark('action.received', { id, kind: body.kind })
         await this.apply(a, quiet)
         if (choice && a.ok && this.state) this.state.active = body.label  // the page shows it after its sync
+        // another model: its "Ready" once the shown slice is encoded with it, unless prompts queued behind say more
+        if (body.kind === 'model' && a.ok && this.inFlight === 1 && this.state?.study) this.readyWanted = true
+        if (body.kind === 'model' && a.ok) this.root.setAttribute('data-model', a.model ?? '')
         if (asks || EDIT_KINDS.has(body.kind)) this.suggestion = this.suggestOn ? a.suggest ?? null : null
         traceMark('action.applied', { id, kind: body.kind })
         if (pending) { this.promptTimes.push(performance.now() - t0); this.answerTimes.push(answered) }
