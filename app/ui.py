@@ -163,7 +163,9 @@ def build_app(config: UIConfig):
                         clear_btn = gr.Button(
                             "Clear label", size="sm", min_width=60, variant="stop", elem_id="clear-label"
                         )
-                alternatives = gr.Radio([], label="Alternatives of the first click", elem_id="alternatives")
+                # interactive: no Gradio event reads it (the viewer sends the pick), so Gradio would disable it
+                alternatives = gr.Radio([], label="Alternatives of the first click", elem_id="alternatives",
+                                        interactive=True)
                 propagate_btn = gr.Button("Propagate 3D (from the shown slice)", size="sm", elem_id="propagate")
                 review_btns = _review_buttons()
                 with gr.Accordion("Mask file", open=False):
@@ -364,13 +366,10 @@ def build_app(config: UIConfig):
         model.input(sync, [sid], outputs, trigger_mode="always_last", show_progress="hidden")
 
         # --- prompting (clicks, boxes and the brush live in the viewer) ------------------------
-        def on_choose(s, choice):
-            if not choice:
-                return [gr.skip()] * len(outputs)
-            return guarded(controller.choose, s, int(str(choice).split()[0]) - 1)
-
         _wire_propagation(ctx, propagate_btn, review_btns, sid, viewer_shown, outputs, guarded, background, load_event)
-        alternatives.input(on_choose, [sid, alternatives], outputs)
+        # An alternative is picked through the viewer's queue too (its 'alternative' action, after the prompts queued
+        # before it, for the first click the list was shown for); the radio's own event only shows the page again.
+        alternatives.input(sync, [sid], outputs, trigger_mode="always_last", show_progress="hidden")
 
         def on_mask(s, shown, file, model_prompt):
             return guarded(on_shown(_mask_action), s, shown, None, file, bool(model_prompt))

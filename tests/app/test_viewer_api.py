@@ -770,3 +770,41 @@ def test_a_model_choice_is_a_viewer_action_that_keeps_the_labels_and_refuses_an_
 
     empty = ctx.store.get(controller.start(ctx, None).session_id)
     assert actions.act(ctx, empty, {"kind": "model", "model": "litemedsam-base"})["model"] == empty.model == "litemedsam-base"
+
+
+def test_an_alternative_is_a_viewer_action_for_the_first_click_it_was_shown_for(ctx, opened):
+    """The alternatives' pick is the viewer's own action (kind ``alternative``), after the prompts queued before it:
+    Gradio's event reached the server before or after them as it happened, and after N and a first click on another
+    structure it swapped that structure's mask for an alternative of the first one's list. A pick names the first
+    click its list was shown for; one for another click, a refined click or a wrong field is one line and changes
+    nothing."""
+    s = opened
+    actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True})
+    first = s.prompt
+    assert len(first.alternatives) >= 2
+    pick = next(i for i in range(len(first.alternatives)) if i != first.chosen) + 1
+    labels, undo = s.labels.copy(), len(s.undo_stack)
+    for body, message in [({"alternative": pick, "first": _mm(s, *RIGHT_HORN)}, "the alternatives picked were those "
+                           "of an earlier click: a prompt made since began another object; pick again from the list "
+                           "shown now"),
+                          ({"alternative": "two"}, "alternative: expected a number, got 'two'"),
+                          ({"alternative": 1.5}, "alternative: expected a whole number, got 1.5"),
+                          ({"alternative": pick, "first": "here"}, "first: expected [x, y, z] in mm, got 'here'"),
+                          ({"alternative": 99}, f"alternative 99 does not exist; choose 1..{len(first.alternatives)}")]:
+        with pytest.raises(PromptError) as e:
+            actions.act(ctx, s, {"kind": "alternative", **body})
+        assert str(e.value) == message
+        assert s.prompt is first and len(s.undo_stack) == undo
+        np.testing.assert_array_equal(s.labels, labels)
+
+    answer = actions.act(ctx, s, {"kind": "alternative", "alternative": pick, "first": _mm(s, *LEFT_HORN)})
+    assert s.prompt.chosen == pick - 1 and answer["status"] == f"Alternative {pick} of the first click: overlay updated."
+    axis, index, values = _apply(s, answer)
+    np.testing.assert_array_equal(values, np.take(s.labels, index, axis=axis))
+    assert actions.act(ctx, s, {"kind": "alternative", "alternative": 1})["ok"]  # a scripted client: the current one
+
+    actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, 118.0, 90.0), "positive": True})
+    refined = s.prompt
+    with pytest.raises(PromptError, match="no alternatives to choose from"):
+        actions.act(ctx, s, {"kind": "alternative", "alternative": pick, "first": _mm(s, *LEFT_HORN)})
+    assert s.prompt is refined
