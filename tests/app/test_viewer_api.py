@@ -744,9 +744,11 @@ def test_a_model_choice_is_a_viewer_action_that_keeps_the_labels_and_refuses_an_
     actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True})
     labels, undo, prompt = s.labels.copy(), len(s.undo_stack), s.prompt
     assert labels.any() and prompt is not None
-    for body, error, message in [({"kind": "model", "model": "no-such-model"}, SessionError, "unknown model 'no-such-model'"),
-                                 ({"kind": "model"}, PromptError, "model: expected a model name, got 'None'"),
-                                 ({"kind": "model", "model": ["litemedsam"]}, PromptError, "model: expected a model name")]:
+    for body, error, message in [
+        ({"kind": "model", "model": "no-such-model"}, SessionError, "unknown model 'no-such-model'"),
+        ({"kind": "model"}, PromptError, "model: expected a model name, got 'None'"),
+        ({"kind": "model", "model": ["litemedsam"]}, PromptError, "model: expected a model name"),
+    ]:
         with pytest.raises(error) as e:
             actions.act(ctx, s, body)
         assert str(e.value).startswith(message) and "\n" not in str(e.value)
@@ -769,7 +771,8 @@ def test_a_model_choice_is_a_viewer_action_that_keeps_the_labels_and_refuses_an_
     assert len(s.prompt.points) == 1 and (s.labels[labels == 1] == 1).all(), "the first object was kept"
 
     empty = ctx.store.get(controller.start(ctx, None).session_id)
-    assert actions.act(ctx, empty, {"kind": "model", "model": "litemedsam-base"})["model"] == empty.model == "litemedsam-base"
+    answer = actions.act(ctx, empty, {"kind": "model", "model": "litemedsam-base"})
+    assert answer["model"] == empty.model == "litemedsam-base"
 
 
 def test_an_alternative_is_a_viewer_action_for_the_first_click_it_was_shown_for(ctx, opened):
@@ -798,7 +801,8 @@ def test_an_alternative_is_a_viewer_action_for_the_first_click_it_was_shown_for(
         np.testing.assert_array_equal(s.labels, labels)
 
     answer = actions.act(ctx, s, {"kind": "alternative", "alternative": pick, "first": _mm(s, *LEFT_HORN)})
-    assert s.prompt.chosen == pick - 1 and answer["status"] == f"Alternative {pick} of the first click: overlay updated."
+    assert s.prompt.chosen == pick - 1
+    assert answer["status"] == f"Alternative {pick} of the first click: overlay updated."
     axis, index, values = _apply(s, answer)
     np.testing.assert_array_equal(values, np.take(s.labels, index, axis=axis))
     assert actions.act(ctx, s, {"kind": "alternative", "alternative": 1})["ok"]  # a scripted client: the current one

@@ -1304,7 +1304,8 @@ def test_an_alternative_picked_while_a_click_is_queued_acts_after_it_on_its_own_
         _wait_status(page, "were those of an earlier click")
 
         # nothing queued: the list shown now is the second click's, and a pick there is applied (mouse, then arrow)
-        page.wait_for_function("""() => { const o = medsegViewer.object, s = document.querySelector('#viewer-state [data-state]');
+        page.wait_for_function("""() => { const o = medsegViewer.object;
+            const s = document.querySelector('#viewer-state [data-state]');
             const shown = s && JSON.parse(s.getAttribute('data-state')).object;  // the page caught up with the answers
             return o && shown && JSON.stringify(shown.points) === JSON.stringify(o.points) }""", timeout=TIMEOUT_MS)
         other = next(i for i in range(len(second.alternatives)) if i != best)

@@ -30,7 +30,8 @@ type Tool = 'point' | 'box' | 'brush' | 'erase' | 'navigate'
 // the wall clock: one stepped back (NTP) made later news look older.
 type News = { boot: string; seq: number }
 const SUGGEST_KINDS = new Set(['point', 'box', 'undo', 'redo'])
-const EDIT_KINDS = new Set(['brush', 'erase', 'new_object', 'active', 'model', 'alternative']) // they end the suggestion's answer
+// they end the suggestion's answer
+const EDIT_KINDS = new Set(['brush', 'erase', 'new_object', 'active', 'model', 'alternative'])
 // the actions that move the label map's revision when applied (app.viewer.actions), and how a message names them
 const REVISION_KINDS = new Set(['point', 'box', 'brush', 'erase', 'undo', 'redo', 'alternative'])
 const SAID: Record<string, string> = {
@@ -1073,7 +1074,7 @@ class Viewer {
     const shown = option.getAttribute('aria-label') || (option.textContent ?? '').replace(/^\s*✓?\s*/, '').trim()
     if (!shown) return
     e.preventDefault(); e.stopImmediatePropagation()
-    ;(document.activeElement as HTMLElement | null)?.blur?.()  // closes the list; the page shows the model after the sync
+    ;(document.activeElement as HTMLElement | null)?.blur?.()  // closes the list; the sync then shows the model
     const n = this.pending.length
     if (n) this.showStatus(`Model: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
     this.enqueue({ kind: 'model', model: shown })
@@ -1090,13 +1091,14 @@ class Viewer {
     this.enqueue({ kind: 'active', label: d.value })
   }
 
-  /** An alternative picked in *Alternatives of the first click* (a click on its radio, or the arrow keys, which
-   * click the next one) is the viewer's own action (kind ``alternative``), sent through the queue after the prompts
-   * made before it, with the first click the list was shown for (the page's state: the list and the state come in
-   * one page, so a pick made as a new page shows is judged by that page). Gradio's event reached the server before or after clicks still queued, as it happened: a refinement
-   * click queued before it refined the alternative instead of the mask it was made on, and after N and a first click
-   * on another structure it swapped that structure's mask for an alternative of the first one. The server refuses a
-   * pick whose list is no longer the current first click's; the page's sync after the answer shows the choice. */
+  /** An alternative picked in *Alternatives of the first click* (a click on its radio; keys: queueAlternativeKey) is
+   * the viewer's own action (kind ``alternative``), sent through the queue after the prompts made before it, with
+   * the first click the list was shown for (the page's state: the list and the state come in one page, so a pick
+   * made as a new page shows is judged by that page). Gradio's event reached the server before or after clicks still
+   * queued, as it happened: a refinement click queued before it refined the alternative instead of the mask it was
+   * made on, and after N and a first click on another structure it swapped that structure's mask for an alternative
+   * of the first one. The server refuses a pick whose list is no longer the current first click's; the page's sync
+   * after the answer shows the choice. */
   queueAlternative(e: MouseEvent): void {
     if (!e.isTrusted) return
     const row = (e.target as Element | null)?.closest?.('#alternatives label')
@@ -1109,7 +1111,8 @@ class Viewer {
    * the page's sync after the answer checks it. */
   queueAlternativeKey(e: KeyboardEvent): void {
     if (!e.isTrusted || e.isComposing || e.altKey || e.ctrlKey || e.metaKey) return
-    const radio = (e.target as Element | null)?.closest?.('#alternatives input[type="radio"]') as HTMLInputElement | null
+    const radio = (e.target as Element | null)?.closest?.('#alternatives input[type="radio"]') as HTMLInputElement
+      | null
     if (!radio) return
     const all = [...document.querySelectorAll('#alternatives input[type="radio"]')] as HTMLInputElement[]
     const at = all.indexOf(radio)
@@ -1131,7 +1134,8 @@ class Viewer {
     const body: any = { kind: 'alternative', alternative: which }
     if (o && o.points.length === 1) body.first = o.points[0].mm
     const n = this.pending.length
-    if (n) this.showStatus(`Alternative ${which}: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+    if (n) this.showStatus(`Alternative ${which}: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way ` +
+      'to the server…')
     this.enqueue(body)
   }
 
