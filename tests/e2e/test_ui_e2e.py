@@ -1208,6 +1208,15 @@ def test_a_model_picked_while_clicks_are_queued_acts_after_them(browser, server,
     joined: list[str] = []
     page.on("response", lambda r: joined.append(r.url) if "/queue/join" in r.url else None)
     try:
+        for name in ("litemedsam-base", "litemedsam"):  # no study open yet: the model is the session's
+            _pick_model(page, shown[name])
+            page.wait_for_function(f"document.querySelector('#medseg-viewer').dataset.model === '{name}'",
+                                   timeout=TIMEOUT_MS)
+            assert _state(server, sid)["model"] == name
+            # the page's sync shows it (the next pick opens the list after that: an update landing while the list
+            # is open may close it under the mouse)
+            page.wait_for_function(f"document.querySelector('#model input').value.startsWith('{name}:')",
+                                   timeout=TIMEOUT_MS)
         _open_sample(page)
         page.keyboard.press("b")
         with server.runner.turn():
