@@ -694,17 +694,38 @@ def parse_colour(text: str | None) -> tuple[int, int, int] | None:
 
 
 # --- model ------------------------------------------------------------------------------------
-@_with_session
-def set_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
+def _load_model(ctx: AppContext, name: str) -> None:
+    """Refuse a model that cannot prompt here (SessionError, one line), else load it (cached per process) before
+    the session switches to it: a refused or broken model leaves the session, its model and its labels as they were."""
     model_catalog.check_selectable(name)
     try:
-        ctx.runner.segmenter(name)  # load once (cached per process) before switching
+        ctx.runner.segmenter(name)
     except (CheckpointError, ValueError) as e:  # an adapter for other base weights, a broken file
         raise SessionError(f"cannot use {name}: {e}") from e
+
+
+@_with_session
+def set_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
+    _load_model(ctx, name)
     session.model = name
     session.prompt = None
     ctx.store.save(session)
     return _greet(session, f"Model: {name}.")
+
+
+def switch_model(ctx: AppContext, session: Session, name: str) -> str:
+    """The viewer's model choice (``app.viewer.actions``, kind ``model``; the caller holds the session's lock);
+    returns its status line. It comes through the viewer's queue, after the prompts made before it: Gradio's own
+    event ran at once, so clicks still queued refined nothing and began a second object on the new model.
+    ``name`` is a model name or the Model box's label for one. The model in use picked again changes nothing (the
+    object being refined stays); another model starts a new object, and the labels and undo history stay."""
+    name = model_catalog.name_of(name)
+    if name == session.model:
+        return f"Model: {name} (already in use)."
+    _load_model(ctx, name)
+    session.model, session.prompt = name, None
+    ctx.store.save(session)
+    return f"Model: {name}. The next prompt starts a new object."
 
 
 # --- export -----------------------------------------------------------------------------------

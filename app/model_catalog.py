@@ -42,6 +42,16 @@ def choices() -> list[tuple[str, str]]:
     return out
 
 
+def name_of(text: str) -> str:
+    """The model name ``text`` stands for: a name, or the label the Model box shows for one (the viewer sends the
+    option picked, as shown: the box's values are not on the page). Anything else comes back as it is, for
+    :func:`check_selectable` to refuse in one line."""
+    for label, name in choices():
+        if text in (name, label):
+            return name
+    return text
+
+
 def check_selectable(name: str) -> None:
     """SessionError saying why ``name`` cannot be used for interactive prompting."""
     specs = {s.name: s for s in list_specs()}

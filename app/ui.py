@@ -124,7 +124,9 @@ def build_app(config: UIConfig):
                     upload_series = series_picker.layout()
                 facts = gr.Markdown("No study open.", elem_id="facts")
                 pacs_panel = pacs.layout(config.dicomweb)
-                model = gr.Dropdown(controller.model_choices(), value=config.model, label="Model", elem_id="model")
+                # interactive: no Gradio event reads it (the viewer sends the pick), so Gradio would disable it
+                model = gr.Dropdown(controller.model_choices(), value=config.model, label="Model", elem_id="model",
+                                    interactive=True)
                 with gr.Group():
                     window = gr.Dropdown(window_choices(), value="default", label="Window (or right-drag the image)",
                                          elem_id="window")
@@ -161,7 +163,9 @@ def build_app(config: UIConfig):
                         clear_btn = gr.Button(
                             "Clear label", size="sm", min_width=60, variant="stop", elem_id="clear-label"
                         )
-                alternatives = gr.Radio([], label="Alternatives of the first click", elem_id="alternatives")
+                # interactive: no Gradio event reads it (the viewer sends the pick), so Gradio would disable it
+                alternatives = gr.Radio([], label="Alternatives of the first click", elem_id="alternatives",
+                                        interactive=True)
                 propagate_btn = gr.Button("Propagate 3D (from the shown slice)", size="sm", elem_id="propagate")
                 review_btns = _review_buttons()
                 with gr.Accordion("Mask file", open=False):
@@ -336,9 +340,6 @@ def build_app(config: UIConfig):
         uploaded = upload.upload(on_upload, [sid, upload], outputs + [download])
         uploaded.then(warm, [sid], [status], show_progress="minimal", **GPU)
         series_picker.wire(upload_series, wiring, uploaded, [download], lambda: [_no_download()])
-        model.input(lambda s, m: guarded(controller.set_model, s, m), [sid, model], outputs, **GPU).then(
-            warm, [sid], [status], show_progress="minimal", **GPU
-        )
 
         # --- looking (the viewer pages, zooms and windows itself; these set the window by name or number) --
         def display(s, w, lv, wd):
@@ -358,15 +359,17 @@ def build_app(config: UIConfig):
 
         viewer_sync.click(sync, [sid], outputs,
                           trigger_mode="always_last", show_progress="hidden")
+        # A model is picked through the viewer's queue (its 'model' action, after the prompts queued before it:
+        # app.viewer.actions.choose_model); the box's own event only shows the model in use again. It switched the
+        # model at once, so clicks still queued began a second object on the new model; and Gradio fires it on every
+        # blur of the box too, which started a new object with the same model.
+        model.input(sync, [sid], outputs, trigger_mode="always_last", show_progress="hidden")
 
         # --- prompting (clicks, boxes and the brush live in the viewer) ------------------------
-        def on_choose(s, choice):
-            if not choice:
-                return [gr.skip()] * len(outputs)
-            return guarded(controller.choose, s, int(str(choice).split()[0]) - 1)
-
         _wire_propagation(ctx, propagate_btn, review_btns, sid, viewer_shown, outputs, guarded, background, load_event)
-        alternatives.input(on_choose, [sid, alternatives], outputs)
+        # An alternative is picked through the viewer's queue too (its 'alternative' action, after the prompts queued
+        # before it, for the first click the list was shown for); the radio's own event only shows the page again.
+        alternatives.input(sync, [sid], outputs, trigger_mode="always_last", show_progress="hidden")
 
         def on_mask(s, shown, file, model_prompt):
             return guarded(on_shown(_mask_action), s, shown, None, file, bool(model_prompt))

@@ -28,12 +28,14 @@ from app.viewer.geometry import clip_to_plane, from_plane, outside_by, past_edge
 from data.writers import atomic_output
 from models.prompts import PromptError
 
-KINDS = ("point", "box", "brush", "erase", "new_object", "undo", "redo", "view", "window", "active")
+KINDS = ("point", "box", "brush", "erase", "new_object", "undo", "redo", "view", "window", "active", "model",
+         "alternative")
 PROMPTS = ("point", "box", "brush", "erase")  # the actions that edit the labels (each names its label)
 SHOWN_ONLY = ("view", "window")  # actions that change what is shown, not the labels: saved in the background
 # an action as the user knows it, in a message
 SAID = {"point": "click", "box": "box", "brush": "brush stroke", "erase": "eraser stroke", "new_object": "New object",
-        "undo": "undo", "redo": "redo", "active": "label choice"}
+        "undo": "undo", "redo": "redo", "active": "label choice", "model": "model choice",
+        "alternative": "choice of alternative"}
 MAX_STROKE_POINTS = 2000
 MAX_BRUSH_PX = 200
 # A point prompt may lie this far (plane pixels, or slices) past the image's edge and is then taken on the edge
@@ -215,6 +217,8 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
     kind = body.get("kind")
     if kind not in KINDS:
         raise PromptError(f"unknown action {str(kind)[:40]!r}; expected one of {', '.join(KINDS)}")
+    if kind == "model":  # the session's, not the study's: also with no study open
+        return choose_model(ctx, session, body)
     with session.lock:
         trace.mark("action.locked", kind=kind)
         base = session.revision  # the label map this action found: a page that holds another one reloads it
@@ -284,6 +288,10 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
             if width <= 0:
                 raise PromptError(f"window width must be a positive number, got {width:g}")
             session.view.window, session.view.level, session.view.width = "custom", level, width
+        elif kind == "alternative":
+            which = _alternative(session, body)
+            edit = interaction.choose_alternative(session, which - 1)
+            status = f"Alternative {which} of the first click: overlay updated."
         elif kind == "active":
             value = _label_value(body)
             session.label(value)
@@ -313,6 +321,23 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         if kind in ("point", "box", "undo", "redo") and _flag(body, "suggest", False):
             answer["suggest"] = suggestion(ctx, session)
         return answer
+
+
+def choose_model(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, Any]:
+    """The model picked in the Model box (``body["model"]``: its name, or the box's label for it), applied in order
+    with the prompts the viewer queued before it (``controller.switch_model``). An unknown or unusable model is
+    refused in one line (400) and nothing changes; the labels never do. The answer names the model in use; the
+    page's sync after it shows it in the Model box."""
+    name = body.get("model")
+    if not isinstance(name, str) or not name.strip():
+        raise PromptError(f"model: expected a model name, got {str(name)[:40]!r}")
+    with session.lock:
+        trace.mark("action.locked", kind="model")
+        base = session.revision
+        status = controller.switch_model(ctx, session, name.strip())
+        return {"ok": True, "status": status, "model": session.model, "rev": session.revision, "base": base,
+                "object": markers(session), "at": messages.news_stamp(), "boot": messages.BOOT,
+                "table": table_tag(session)}
 
 
 def suggestion(ctx: AppContext, session: Session) -> dict[str, Any] | None:
@@ -415,6 +440,37 @@ def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
     if type(value) in (int, float) and value in (0, 1):
         return bool(value)
     raise PromptError(f"{key}: expected true or false, got {str(value)[:40]!r}")
+
+
+def _alternative(session: Session, body: dict[str, Any]) -> int:
+    """The alternative picked (``body["alternative"]``, numbered from 1 as the list shows them) of the first click the
+    page showed them for (``body["first"]``, its world mm; a scripted client may leave it out: the current one's).
+
+    Why the click: the pick comes through the viewer's queue, after the prompts made before it. Gradio's event ran
+    whenever it reached the server, before or after clicks still queued: a refinement click queued before it then
+    refined the alternative instead of the mask it was made on, and after N and a first click on another structure,
+    the pick from the first structure's list swapped the second one's mask. A pick whose list is not the current
+    first click's is refused in one line, and nothing changes."""
+    which = _number(body, "alternative")
+    if which != int(which):
+        raise PromptError(f"alternative: expected a whole number, got {which:g}")
+    p = session.prompt
+    shown = body.get("first")
+    if shown is not None and p is not None and p.alternatives and p.points:
+        mm = _mm_list(shown, "first")
+        at = from_plane(session.volume, p.view, p.index, *p.points[0])
+        if p.label != session.active or max(abs(a - b) for a, b in zip(at, mm)) > 1e-3:
+            raise PromptError("the alternatives picked were those of an earlier click: a prompt made since began "
+                              "another object; pick again from the list shown now")
+    return int(which)
+
+
+def _mm_list(value: Any, key: str) -> list[float]:
+    """A world position [x, y, z] in mm from the page; PromptError naming the field otherwise."""
+    if not isinstance(value, list) or len(value) != 3 or not all(
+            type(v) in (int, float) and math.isfinite(v) for v in value):
+        raise PromptError(f"{key}: expected [x, y, z] in mm, got {str(value)[:40]!r}")
+    return [float(v) for v in value]
 
 
 def _locked(body: dict[str, Any]) -> set[int]:

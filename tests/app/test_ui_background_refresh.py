@@ -114,3 +114,44 @@ def test_a_rename_taken_after_a_refused_one_says_so(page):
     answer = name.fn(*[sid if getattr(b, "elem_id", None) is None else args[b.elem_id] for b in name.inputs])
     status = next(str(v) for v in answer if "news " in str(v) and "data-state" not in str(v))  # the status line
     assert "Label 1: 🫀 قلب right ventricle, colour" in status and "dc143c" in status, status
+
+
+def test_the_model_boxs_own_event_never_switches_the_model_it_shows_the_one_in_use(page):
+    """A model is picked through the viewer's queue (its ``model`` action, after the prompts queued before it). The
+    Model box's own Gradio event switched the model at once, so clicks still queued began a second object on the new
+    model; Gradio fires it on every blur of the box too, which started a new object on the same model. It now reads
+    no value from the box and only shows the model in use again; the box stays interactive (no event reads it)."""
+    demo, event, _ = page
+    ctx = demo.medseg_ctx
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
+    session = ctx.store.get(sid)
+    controller.click(ctx, sid, 128.0, 120.0)
+    prompt, model = session.prompt, session.model
+    assert prompt is not None and prompt.points
+    box = event("model", "input")
+    assert [getattr(b, "elem_id", None) for b in box.inputs] == [None], "the event reads the box's value"
+    answer = box.fn(sid)
+    at = [getattr(o, "elem_id", None) for o in box.outputs].index("model")
+    assert answer[at] == model and session.model == model and session.prompt is prompt
+    assert next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model").interactive is True
+
+
+def test_the_alternatives_own_event_never_picks_one_it_shows_the_one_applied(page):
+    """An alternative is picked through the viewer's queue (its ``alternative`` action, for the first click its list
+    was shown for); the radio's own Gradio event reached the server before or after clicks still queued. It now reads
+    no value from the radio and shows the page again; the radio stays interactive (no event reads it)."""
+    demo, event, _ = page
+    ctx = demo.medseg_ctx
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
+    session = ctx.store.get(sid)
+    controller.click(ctx, sid, 128.0, 120.0)
+    prompt = session.prompt
+    assert prompt is not None and len(prompt.alternatives) >= 2
+    radio = event("alternatives", "input")
+    assert [getattr(b, "elem_id", None) for b in radio.inputs] == [None], "the event reads the radio's value"
+    answer = radio.fn(sid)
+    at = [getattr(o, "elem_id", None) for o in radio.outputs].index("alternatives")
+    assert answer[at]["value"] == answer[at]["choices"][prompt.chosen] and session.prompt is prompt
+    assert next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "alternatives").interactive is True

@@ -5,6 +5,7 @@ browser loads keep the study's geometry, and user errors answer one line without
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -729,3 +730,85 @@ def test_a_grey_picture_is_shown_as_its_pixels_and_the_boxes_say_so(tmp_path):
     session.start_study(read_study(tmp_path / "square.png"), str(tmp_path / "square.png"), "square.png")
     assert actions.window_of(session) == {"level": 127.5, "width": 255.0}
     assert actions.state(session)["window"] == {"level": 127.5, "width": 255.0}
+
+
+def test_a_model_choice_is_a_viewer_action_that_keeps_the_labels_and_refuses_an_unknown_model(ctx, opened):
+    """The Model box's pick is the viewer's own action (kind ``model``), applied in order with the prompts: Gradio's
+    event switched the model at once, so clicks still queued began a second object on the new model. An unknown
+    name is one line and changes nothing; a switch keeps the labels and the undo history; the model in use picked
+    again keeps the object being refined; the box's label for a model names it too; no study is needed."""
+    from app.model_catalog import choices
+    from app.session import SessionError
+
+    s = opened
+    actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True})
+    labels, undo, prompt = s.labels.copy(), len(s.undo_stack), s.prompt
+    assert labels.any() and prompt is not None
+    for body, error, message in [
+        ({"kind": "model", "model": "no-such-model"}, SessionError, "unknown model 'no-such-model'"),
+        ({"kind": "model"}, PromptError, "model: expected a model name, got 'None'"),
+        ({"kind": "model", "model": ["litemedsam"]}, PromptError, "model: expected a model name"),
+    ]:
+        with pytest.raises(error) as e:
+            actions.act(ctx, s, body)
+        assert str(e.value).startswith(message) and "\n" not in str(e.value)
+        assert s.model == "litemedsam" and s.prompt is prompt and len(s.undo_stack) == undo
+        np.testing.assert_array_equal(s.labels, labels)
+
+    same = actions.act(ctx, s, {"kind": "model", "model": "litemedsam"})
+    assert same["status"] == "Model: litemedsam (already in use)." and s.prompt is prompt and same["object"]
+
+    shown = next(label for label, name in choices() if name == "litemedsam-base")  # as the Model box shows it
+    answer = actions.act(ctx, s, {"kind": "model", "model": shown})
+    assert answer["ok"] and answer["model"] == "litemedsam-base" == s.model and answer["object"] is None
+    assert answer["status"] == "Model: litemedsam-base. The next prompt starts a new object."
+    assert answer["rev"] == answer["base"] and s.prompt is None and len(s.undo_stack) == undo
+    np.testing.assert_array_equal(s.labels, labels)
+    assert ctx.store.flush(s.id)
+    assert json.loads((ctx.store.root / s.id / "state.json").read_text())["model"] == "litemedsam-base"  # saved
+
+    actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *RIGHT_HORN), "positive": True})
+    assert len(s.prompt.points) == 1 and (s.labels[labels == 1] == 1).all(), "the first object was kept"
+
+    empty = ctx.store.get(controller.start(ctx, None).session_id)
+    answer = actions.act(ctx, empty, {"kind": "model", "model": "litemedsam-base"})
+    assert answer["model"] == empty.model == "litemedsam-base"
+
+
+def test_an_alternative_is_a_viewer_action_for_the_first_click_it_was_shown_for(ctx, opened):
+    """The alternatives' pick is the viewer's own action (kind ``alternative``), after the prompts queued before it:
+    Gradio's event reached the server before or after them as it happened, and after N and a first click on another
+    structure it swapped that structure's mask for an alternative of the first one's list. A pick names the first
+    click its list was shown for; one for another click, a refined click or a wrong field is one line and changes
+    nothing."""
+    s = opened
+    actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True})
+    first = s.prompt
+    assert len(first.alternatives) >= 2
+    pick = next(i for i in range(len(first.alternatives)) if i != first.chosen) + 1
+    labels, undo = s.labels.copy(), len(s.undo_stack)
+    for body, message in [({"alternative": pick, "first": _mm(s, *RIGHT_HORN)}, "the alternatives picked were those "
+                           "of an earlier click: a prompt made since began another object; pick again from the list "
+                           "shown now"),
+                          ({"alternative": "two"}, "alternative: expected a number, got 'two'"),
+                          ({"alternative": 1.5}, "alternative: expected a whole number, got 1.5"),
+                          ({"alternative": pick, "first": "here"}, "first: expected [x, y, z] in mm, got 'here'"),
+                          ({"alternative": 99}, f"alternative 99 does not exist; choose 1..{len(first.alternatives)}")]:
+        with pytest.raises(PromptError) as e:
+            actions.act(ctx, s, {"kind": "alternative", **body})
+        assert str(e.value) == message
+        assert s.prompt is first and len(s.undo_stack) == undo
+        np.testing.assert_array_equal(s.labels, labels)
+
+    answer = actions.act(ctx, s, {"kind": "alternative", "alternative": pick, "first": _mm(s, *LEFT_HORN)})
+    assert s.prompt.chosen == pick - 1
+    assert answer["status"] == f"Alternative {pick} of the first click: overlay updated."
+    axis, index, values = _apply(s, answer)
+    np.testing.assert_array_equal(values, np.take(s.labels, index, axis=axis))
+    assert actions.act(ctx, s, {"kind": "alternative", "alternative": 1})["ok"]  # a scripted client: the current one
+
+    actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, 118.0, 90.0), "positive": True})
+    refined = s.prompt
+    with pytest.raises(PromptError, match="no alternatives to choose from"):
+        actions.act(ctx, s, {"kind": "alternative", "alternative": pick, "first": _mm(s, *LEFT_HORN)})
+    assert s.prompt is refined

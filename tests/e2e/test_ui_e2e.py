@@ -1188,6 +1188,152 @@ def test_a_label_picked_by_keyboard_while_clicks_are_queued_acts_after_them(brow
         context.close()
 
 
+def _pick_model(page, shown: str) -> None:
+    """Pick a model in the Model box with the mouse (the list opens on a click; Gradio picks on mousedown)."""
+    page.locator("#model input").click()
+    page.locator(f"#model [role='option'][aria-label='{shown}']").click()
+
+
+def test_a_model_picked_while_clicks_are_queued_acts_after_them(browser, server, ct):
+    """A box, three quick clicks refining it, then another model picked in the Model box: Gradio's event switched the
+    model at once (a model change starts a new object), so the clicks still queued in the browser refined nothing and
+    began a second object on the new model. The pick is now the viewer's own action, queued after the clicks, by
+    mouse as by keyboard, and with nothing queued too; the Model box and the status say which model is in use. (The
+    model is held: the box waits at the server, the clicks in the browser's queue; before the fix the test waits
+    there until the server has Gradio's event, so that the race is run, not left to timing.)"""
+    from app.model_catalog import choices
+
+    shown = {name: label for label, name in choices()}
+    context, page, sid = _open_page(browser, server)
+    joined: list[str] = []
+    page.on("response", lambda r: joined.append(r.url) if "/queue/join" in r.url else None)
+    try:
+        for name in ("litemedsam-base", "litemedsam"):  # no study open yet: the model is the session's
+            _pick_model(page, shown[name])
+            page.wait_for_function(f"document.querySelector('#medseg-viewer').dataset.model === '{name}'",
+                                   timeout=TIMEOUT_MS)
+            assert _state(server, sid)["model"] == name
+            # the page's sync shows it (the next pick opens the list after that: an update landing while the list
+            # is open may close it under the mouse)
+            page.wait_for_function(f"document.querySelector('#model input').value.startsWith('{name}:')",
+                                   timeout=TIMEOUT_MS)
+        _open_sample(page)
+        page.keyboard.press("b")
+        with server.runner.turn():
+            _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
+            page.keyboard.press("p")
+            for q in REFINE[:3]:
+                page.mouse.click(*_xy(page, ct, *q))
+            page.wait_for_function("medsegViewer.inFlight >= 4")
+            joined.clear()
+            _pick_model(page, shown["litemedsam-base"])
+            # the pick queued behind the clicks (this fix), or Gradio's event taken by the server (before it)
+            _wait_server(lambda: page.evaluate("medsegViewer.inFlight") >= 5 or bool(joined))
+        _idle(page)
+        _wait_server(lambda: _state(server, sid)["model"] == "litemedsam-base")
+        last = _state(server, sid)["history"]["1"][-1]
+        assert len(last["points"]) == 3 and last["box"] is not None, \
+            f"the clicks queued before the model pick were split off the box: {last}"
+        page.wait_for_function("document.querySelector('#model input').value.startsWith('litemedsam-base:')",
+                               timeout=TIMEOUT_MS)
+        _wait_status(page, "Model: litemedsam-base.")
+        assert _browser_labels(page) == _server_counts(server.labels(sid))
+
+        # by keyboard (focus, arrows, Enter), behind a click still waiting at the server
+        with server.runner.turn():
+            page.mouse.click(*_xy(page, ct, *INSIDE))
+            page.wait_for_function("medsegViewer.inFlight >= 1")
+            _pick_by_keyboard(page, "#model", shown["litemedsam"])
+            page.wait_for_function("medsegViewer.inFlight >= 2")
+        _idle(page)
+        _wait_server(lambda: _state(server, sid)["model"] == "litemedsam")
+        assert len(_state(server, sid)["history"]["1"][-1]["points"]) == 1  # the click, on the model it was made on
+        page.wait_for_function("document.querySelector('#model input').value.startsWith('litemedsam:')",
+                               timeout=TIMEOUT_MS)
+
+        # nothing queued: the pick is made at once; the model in use picked again keeps the object being refined
+        _pick_model(page, shown["litemedsam-base"])
+        page.wait_for_function("document.querySelector('#medseg-viewer').dataset.model === 'litemedsam-base'",
+                               timeout=TIMEOUT_MS)
+        _idle(page)
+        page.wait_for_function("document.querySelector('#model input').value.startsWith('litemedsam-base:')",
+                               timeout=TIMEOUT_MS)
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _idle(page)
+        _pick_model(page, shown["litemedsam-base"])
+        _wait_status(page, "Model: litemedsam-base (already in use).")
+        _idle(page)
+        assert page.evaluate("medsegViewer.object && medsegViewer.object.points.length") == 1
+        assert _state(server, sid)["model"] == "litemedsam-base"
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+    finally:
+        context.close()
+
+
+def test_an_alternative_picked_while_a_click_is_queued_acts_after_it_on_its_own_click(browser, server, ct):
+    """A first click, then N and a first click on another structure, and at once an alternative picked in the list
+    still showing the first structure's: Gradio's event reached the server after the queued click and swapped the
+    second structure's mask for alternative k of its own list (or, had it come first, a refinement click queued
+    before it refined the alternative, not the mask it was made on). The pick now goes through the viewer's queue
+    with the first click it was shown for, and one made for an earlier click is refused in one line; a pick with
+    nothing queued, by mouse or arrow key, is applied. (The model is held: the second click waits at the server;
+    before the fix the test waits there until the server has Gradio's event, so that the race is run.)"""
+    context, page, sid = _open_page(browser, server)
+    joined: list[str] = []
+    page.on("response", lambda r: joined.append(r.url) if "/queue/join" in r.url else None)
+    try:
+        _open_sample(page)
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _idle(page)
+        session = server.store.get(sid)
+        first = session.prompt
+        assert len(first.alternatives) >= 2, first.alternatives
+        pick = next(i for i in range(len(first.alternatives)) if i != first.chosen)
+        rows = page.locator("#alternatives label")
+        page.wait_for_function(f"document.querySelectorAll('#alternatives label').length === {len(first.alternatives)}",
+                               timeout=TIMEOUT_MS)
+        kept = server.labels(sid) == 1  # the first structure
+        with server.runner.turn():
+            with session.lock:  # N and the click leave together: no page sync between them hides the list
+                page.keyboard.press("n")
+                page.mouse.click(*_xy(page, ct, 60, 200))
+                page.wait_for_function("medsegViewer.inFlight >= 2")
+            page.wait_for_function("medsegViewer.inFlight === 1")  # N answered; the click waits for the model
+            joined.clear()
+            rows.nth(pick).click()
+            # the pick queued behind the click (this fix), or Gradio's event taken by the server (before it)
+            _wait_server(lambda: page.evaluate("medsegViewer.inFlight") >= 2 or bool(joined))
+        _idle(page)
+        second = session.prompt
+        assert second is not first and len(second.points) == 1 and second.alternatives
+        best = max(range(len(second.alternatives)), key=lambda i: second.alternatives[i][2])
+        assert second.chosen == best and session.undo_stack[-1].description == "positive click", \
+            f"the pick from the first click's list changed the second: {session.undo_stack[-1].description}"
+        assert (server.labels(sid)[kept] == 1).all(), "the first structure lost pixels"
+        _wait_status(page, "were those of an earlier click")
+
+        # nothing queued: the list shown now is the second click's, and a pick there is applied (mouse, then arrow)
+        page.wait_for_function("""() => { const o = medsegViewer.object;
+            const s = document.querySelector('#viewer-state [data-state]');
+            const shown = s && JSON.parse(s.getAttribute('data-state')).object;  // the page caught up with the answers
+            return o && shown && JSON.stringify(shown.points) === JSON.stringify(o.points) }""", timeout=TIMEOUT_MS)
+        other = next(i for i in range(len(second.alternatives)) if i != best)
+        page.wait_for_function(f"document.querySelectorAll('#alternatives input')[{best}].checked", timeout=TIMEOUT_MS)
+        rows.nth(other).click()
+        _wait_server(lambda: server.store.get(sid).prompt.chosen == other)
+        _idle(page)
+        page.wait_for_function(f"document.querySelectorAll('#alternatives input')[{other}].checked", timeout=TIMEOUT_MS)
+        assert _browser_labels(page) == _server_counts(server.labels(sid))
+        step = 1 if other + 1 < len(second.alternatives) else -1
+        page.locator("#alternatives input").nth(other).focus()
+        page.keyboard.press("ArrowDown" if step > 0 else "ArrowUp")
+        _wait_server(lambda: server.store.get(sid).prompt.chosen == other + step)
+        _idle(page)
+        assert server.store.get(sid).prompt.points == second.points
+    finally:
+        context.close()
+
+
 def test_files_uploaded_while_clicks_are_queued_open_after_them(browser, server, ct, tmp_path):
     """Three quick clicks, then a study uploaded at once: the upload opened its study while clicks 2 and 3 still
     waited in the browser's queue, and they arrived after it, refused as made on a study no longer open ("another

@@ -22,6 +22,7 @@ type Answer = {
   at?: number; boot?: string  // the status's place in its server process's news order (app.messages.news_stamp)
   table?: string  // the label table the action found (a digest): another tab renamed or recoloured a label
   suggest?: Suggested | null
+  model?: string  // a model choice's answer: the model in use
   patch?: { axis: number; index: number; shape: number[]; data: string } | null
 }
 type Tool = 'point' | 'box' | 'brush' | 'erase' | 'navigate'
@@ -29,12 +30,14 @@ type Tool = 'point' | 'box' | 'brush' | 'erase' | 'navigate'
 // the wall clock: one stepped back (NTP) made later news look older.
 type News = { boot: string; seq: number }
 const SUGGEST_KINDS = new Set(['point', 'box', 'undo', 'redo'])
-const EDIT_KINDS = new Set(['brush', 'erase', 'new_object', 'active']) // they end the suggestion's answer
+// they end the suggestion's answer
+const EDIT_KINDS = new Set(['brush', 'erase', 'new_object', 'active', 'model', 'alternative'])
 // the actions that move the label map's revision when applied (app.viewer.actions), and how a message names them
-const REVISION_KINDS = new Set(['point', 'box', 'brush', 'erase', 'undo', 'redo'])
+const REVISION_KINDS = new Set(['point', 'box', 'brush', 'erase', 'undo', 'redo', 'alternative'])
 const SAID: Record<string, string> = {
   point: 'click', box: 'box', brush: 'brush stroke', erase: 'eraser stroke', undo: 'undo', redo: 'redo',
   new_object: 'New object', active: 'label choice', window: 'window change', view: 'slice change',
+  model: 'model choice', alternative: 'choice of alternative',
 }
 type Pending = { kind: 'point' | 'box' | 'stroke'; view: string; mm: number[][]; positive?: boolean }
 
@@ -971,6 +974,8 @@ class Viewer {
     })
     window.addEventListener('keydown', (e) => this.onKey(e), true)
     document.addEventListener('click', (e) => this.holdPageButton(e), true)
+    document.addEventListener('click', (e) => this.queueAlternative(e), true)  // a radio picks on click ...
+    document.addEventListener('keydown', (e) => this.queueAlternativeKey(e), true)  // ... and on arrows and Space
     document.addEventListener('mousedown', (e) => this.queueLabelChoice(e), true)  // Gradio's dropdown picks on mousedown
     document.addEventListener('keydown', (e) => this.queueLabelKey(e), true)  // ... and on Enter (ArrowDown, Enter)
     document.addEventListener('change', (e) => this.holdUpload(e), true)  // files chosen under Upload…
@@ -1042,8 +1047,9 @@ class Viewer {
    * old label the same way. */
   queueLabelChoice(e: MouseEvent): void {
     if (!e.isTrusted || e.button !== 0) return
-    const option = (e.target as Element | null)?.closest?.('#label [role="option"]')
-    if (option) this.labelOptionPicked(option, e)
+    const option = (e.target as Element | null)?.closest?.('#label [role="option"], #model [role="option"]')
+    if (option?.closest('#model')) this.modelOptionPicked(option, e)
+    else if (option) this.labelOptionPicked(option, e)
   }
 
   /** A label picked in the Active label box by keyboard (focus, ArrowDown, Enter: Gradio takes the option it
@@ -1051,9 +1057,27 @@ class Viewer {
    * prompts still queued made the old label active again. */
   queueLabelKey(e: KeyboardEvent): void {
     if (!e.isTrusted || e.key !== 'Enter' || e.isComposing) return
-    const box = (e.target as Element | null)?.closest?.('#label')
+    const box = (e.target as Element | null)?.closest?.('#label, #model')
     const option = box?.querySelector('[role="option"].active')
-    if (option) this.labelOptionPicked(option, e)
+    if (option && box!.id === 'model') this.modelOptionPicked(option, e)
+    else if (option) this.labelOptionPicked(option, e)
+  }
+
+  /** A model picked in the Model box, by mouse or keyboard, is the viewer's own action (kind ``model``,
+   * app.viewer.actions.choose_model), sent through the queue after the prompts made before it: Gradio's event
+   * switched the model at once (a model change starts a new object), so of a box and 3 quick clicks then a model
+   * pick, 1 click refined the box and the other 2 began a second object on the new model. Gradio's handler never
+   * sees the pick (session 15 replayed it through the list when its turn came, and under load the replay was lost
+   * without a word); the answer says which model is in use, and the page's sync after it shows it in the box. The
+   * option's label is sent as shown: the server knows which model it names (app.model_catalog.name_of). */
+  modelOptionPicked(option: Element, e: Event): void {
+    const shown = option.getAttribute('aria-label') || (option.textContent ?? '').replace(/^\s*✓?\s*/, '').trim()
+    if (!shown) return
+    e.preventDefault(); e.stopImmediatePropagation()
+    ;(document.activeElement as HTMLElement | null)?.blur?.()  // closes the list; the sync then shows the model
+    const n = this.pending.length
+    if (n) this.showStatus(`Model: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+    this.enqueue({ kind: 'model', model: shown })
   }
 
   /** The pick of one option of the Active label box, by mouse or keyboard: it goes through the queue (Gradio's own
@@ -1065,6 +1089,60 @@ class Viewer {
     e.preventDefault(); e.stopImmediatePropagation()
     ;(document.activeElement as HTMLElement | null)?.blur?.()  // closes the list; the page shows the choice after the sync
     this.enqueue({ kind: 'active', label: d.value })
+  }
+
+  /** An alternative picked in *Alternatives of the first click* (a click on its radio; keys: queueAlternativeKey) is
+   * the viewer's own action (kind ``alternative``), sent through the queue after the prompts made before it, with
+   * the first click the list was shown for (the page's state: the list and the state come in one page, so a pick
+   * made as a new page shows is judged by that page). Gradio's event reached the server before or after clicks still
+   * queued, as it happened: a refinement click queued before it refined the alternative instead of the mask it was
+   * made on, and after N and a first click on another structure it swapped that structure's mask for an alternative
+   * of the first one. The server refuses a pick whose list is no longer the current first click's; the page's sync
+   * after the answer shows the choice. */
+  queueAlternative(e: MouseEvent): void {
+    if (!e.isTrusted) return
+    const row = (e.target as Element | null)?.closest?.('#alternatives label')
+    const radio = row?.querySelector('input[type="radio"]') as HTMLInputElement | null
+    if (row && radio && !radio.checked) this.alternativePicked(row, e)  // the one applied: nothing to change
+  }
+
+  /** The list's keys: an arrow checks the next or previous radio (the browser's own move fires no click, and
+   * Gradio's event took it), Space the focused one. The move is made here: focus goes there, the pick is queued, and
+   * the page's sync after the answer checks it. */
+  queueAlternativeKey(e: KeyboardEvent): void {
+    if (!e.isTrusted || e.isComposing || e.altKey || e.ctrlKey || e.metaKey) return
+    const radio = (e.target as Element | null)?.closest?.('#alternatives input[type="radio"]') as HTMLInputElement
+      | null
+    if (!radio) return
+    const all = [...document.querySelectorAll('#alternatives input[type="radio"]')] as HTMLInputElement[]
+    const at = all.indexOf(radio)
+    const step = { ArrowDown: 1, ArrowRight: 1, ArrowUp: -1, ArrowLeft: -1, ' ': 0 }[e.key]
+    if (at < 0 || step === undefined) return
+    const to = all[(at + step + all.length) % all.length]
+    e.preventDefault(); e.stopImmediatePropagation()
+    to.focus()
+    const row = to.closest('label')
+    if (row && !to.checked) this.alternativePicked(row, e)
+  }
+
+  /** One row of the list picked (its label ``row``), by mouse or keyboard: queued as the ``alternative`` action. */
+  alternativePicked(row: Element, e: Event): void {
+    const which = parseInt((row.textContent ?? '').trim(), 10)  // "2 (IoU 0.87, box)" (controller.view_model)
+    if (!Number.isFinite(which)) return
+    e.preventDefault(); e.stopImmediatePropagation()  // the radio stays as the page shows it until the answer
+    const o = this.shownState()?.object  // the page's, as the list: the viewer reads it 100 ms later
+    const body: any = { kind: 'alternative', alternative: which }
+    if (o && o.points.length === 1) body.first = o.points[0].mm
+    const n = this.pending.length
+    if (n) this.showStatus(`Alternative ${which}: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way ` +
+      'to the server…')
+    this.enqueue(body)
+  }
+
+  /** The state of the page shown now (``#viewer-state``), read at once: the page's lists come with it. */
+  shownState(): State | null {
+    const text = document.querySelector('#viewer-state [data-state]')?.getAttribute('data-state')
+    try { return text ? JSON.parse(text) : null } catch { return null }
   }
 
   /** Files chosen under Upload… while prompts are queued wait for them, as the page's buttons do: the upload opened
@@ -1234,7 +1312,7 @@ class Viewer {
   }
 
   enqueue(body: any, pending: Pending | null = null, quiet = false): void {
-    if (!this.state?.study) return
+    if (!this.state?.study && body.kind !== 'model') return  // a model is the session's: picked also with no study
     body.study = this.study  // the study shown now: the server refuses a prompt if another opened before it arrived
     const t0 = performance.now()
     if (!quiet) this.readyWanted = false  // the prompt's own answer is the news now
@@ -1268,6 +1346,9 @@ class Viewer {
         traceMark('action.received', { id, kind: body.kind })
         await this.apply(a, quiet)
         if (choice && a.ok && this.state) this.state.active = body.label  // the page shows it after its sync
+        // another model: its "Ready" once the shown slice is encoded with it, unless prompts queued behind say more
+        if (body.kind === 'model' && a.ok && this.inFlight === 1 && this.state?.study) this.readyWanted = true
+        if (body.kind === 'model' && a.ok) this.root.setAttribute('data-model', a.model ?? '')
         if (asks || EDIT_KINDS.has(body.kind)) this.suggestion = this.suggestOn ? a.suggest ?? null : null
         traceMark('action.applied', { id, kind: body.kind })
         if (pending) { this.promptTimes.push(performance.now() - t0); this.answerTimes.push(answered) }
