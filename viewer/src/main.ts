@@ -189,6 +189,7 @@ class Viewer {
   labelChanges = 0  // label choices and Add label presses queued: prompts made meanwhile take their label when sent
   held: HTMLElement[] = []  // the page's buttons pressed while prompts were queued (AFTER_QUEUE), pressed again after
   heldUploads: HTMLInputElement[] = []  // Upload's file input, its files chosen while prompts were queued (holdUpload)
+  alternativeShown: HTMLInputElement | null = null  // the radio checked at the last mousedown
   replaying: HTMLInputElement | null = null  // the input whose held change is being made again
   frameTimes: number[] = []
   promptTimes: number[] = []
@@ -974,6 +975,7 @@ class Viewer {
     })
     window.addEventListener('keydown', (e) => this.onKey(e), true)
     document.addEventListener('click', (e) => this.holdPageButton(e), true)
+    document.addEventListener('mousedown', () => this.noteAlternativeShown(), true)  // the radio checked before a click
     document.addEventListener('click', (e) => this.queueAlternative(e), true)  // a radio picks on click ...
     document.addEventListener('keydown', (e) => this.queueAlternativeKey(e), true)  // ... and on arrows and Space
     document.addEventListener('mousedown', (e) => this.queueLabelChoice(e), true)  // Gradio's dropdown picks on mousedown
@@ -1103,7 +1105,18 @@ class Viewer {
     if (!e.isTrusted) return
     const row = (e.target as Element | null)?.closest?.('#alternatives label')
     const radio = row?.querySelector('input[type="radio"]') as HTMLInputElement | null
-    if (row && radio && !radio.checked) this.alternativePicked(row, e)  // the one applied: nothing to change
+    if (!row || !radio) return
+    // a click on the radio itself comes after the browser has checked it (its activation runs first, and is undone
+    // when the click is cancelled), so whether it was the one applied is read from the mousedown before it; a click
+    // on the row's text comes before the radio is checked
+    const applied = e.target === radio ? this.alternativeShown === radio : radio.checked
+    if (!applied) this.alternativePicked(row, e)  // the one applied: nothing to change
+  }
+
+  /** Which radio of the list was checked when a mouse button went down (``queueAlternative`` reads it). */
+  noteAlternativeShown(): void {
+    const all = [...document.querySelectorAll('#alternatives input[type="radio"]')] as HTMLInputElement[]
+    this.alternativeShown = all.find((r) => r.checked) ?? null
   }
 
   /** The list's keys: an arrow checks the next or previous radio (the browser's own move fires no click, and
