@@ -116,17 +116,21 @@ def test_a_rename_taken_after_a_refused_one_says_so(page):
     assert "Label 1: 🫀 قلب right ventricle, colour" in status and "dc143c" in status, status
 
 
+def _sample_with_a_click(ctx):
+    """A session on the bundled sample with one click made: (session id, session)."""
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
+    controller.click(ctx, sid, 128.0, 120.0)
+    return sid, ctx.store.get(sid)
+
+
 def test_the_model_boxs_own_event_never_switches_the_model_it_shows_the_one_in_use(page):
     """A model is picked through the viewer's queue (its ``model`` action, after the prompts queued before it). The
     Model box's own Gradio event switched the model at once, so clicks still queued began a second object on the new
     model; Gradio fires it on every blur of the box too, which started a new object on the same model. It now reads
     no value from the box and only shows the model in use again; the box stays interactive (no event reads it)."""
     demo, event, _ = page
-    ctx = demo.medseg_ctx
-    sid = controller.start(ctx, None).session_id
-    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
-    session = ctx.store.get(sid)
-    controller.click(ctx, sid, 128.0, 120.0)
+    sid, session = _sample_with_a_click(demo.medseg_ctx)
     prompt, model = session.prompt, session.model
     assert prompt is not None and prompt.points
     box = event("model", "input")
@@ -142,11 +146,7 @@ def test_the_alternatives_own_event_never_picks_one_it_shows_the_one_applied(pag
     was shown for); the radio's own Gradio event reached the server before or after clicks still queued. It now reads
     no value from the radio and shows the page again; the radio stays interactive (no event reads it)."""
     demo, event, _ = page
-    ctx = demo.medseg_ctx
-    sid = controller.start(ctx, None).session_id
-    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
-    session = ctx.store.get(sid)
-    controller.click(ctx, sid, 128.0, 120.0)
+    sid, session = _sample_with_a_click(demo.medseg_ctx)
     prompt = session.prompt
     assert prompt is not None and len(prompt.alternatives) >= 2
     radio = event("alternatives", "input")
