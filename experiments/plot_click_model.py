@@ -10,13 +10,11 @@ that file predate the point route, so they are not drawn).
 from __future__ import annotations
 
 import json
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 SETS = {"shared": "shared/data (Colin27 slab A, CT 0051, phantom)", "mni152": "MNI152 2009a (held-out subject)",
         "colin27_other": "Colin27, other structures/views"}
