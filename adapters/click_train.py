@@ -216,8 +216,7 @@ def session_loss(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor,
     p_t = p * t + (1 - p) * (1 - t)
     alpha = 0.25 * t + 0.75 * (1 - t)
     focal = (alpha * ce * (1 - p_t) ** 2 * v).sum(dim=(1, 2)) / v.sum(dim=(1, 2))
-    inter = (p * t * v).sum(dim=(1, 2))
-    dice = 1 - (2 * inter + 1) / ((p * v).sum(dim=(1, 2)) + (t * v).sum(dim=(1, 2)) + 1)
+    dice = 1 - soft_dice(logits, gt, valid)
     with torch.no_grad():
         hard = (x > 0).float() * v
         iou = (hard * t).sum(dim=(1, 2)) / ((hard + t - hard * t) * v).sum(dim=(1, 2)).clamp(min=1)

@@ -52,6 +52,13 @@ def _open_page(browser, server):
     return context, page, sid
 
 
+def _upload(page, path) -> None:
+    """Upload ``path`` as a user does: Upload..., then the file in the browser's file chooser."""
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload").click()
+    chooser.value.set_files(str(path))
+
+
 def _wait_status(page, text: str) -> None:
     from playwright.sync_api import expect
 
@@ -792,8 +799,6 @@ def test_an_idle_tab_follows_the_study_another_tab_opened_and_its_stale_click_is
     click was not applied ...") and changes nothing, and A then shows the MR; and A, idle, follows B's next study
     within the poll's interval with one line ("Another tab opened <CT>; this tab follows it. Your labels on <MR> are
     kept ..."), showing the CT's labels as they were: no work lost, no silent divergence."""
-    from playwright.sync_api import expect
-
     context, page, sid = _open_page(browser, server)
     ct_key = _open_sample(page)
     page.mouse.click(*_xy(page, ct, *INSIDE))
@@ -863,9 +868,7 @@ def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path)
     # a bad upload: the message names the file, not a server path or the session id
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
-    with page.expect_file_chooser() as chooser:
-        page.locator("#upload").click()
-    chooser.value.set_files(str(bad))
+    _upload(page, bad)
     _wait_status(page, "notes.txt")
     message = page.locator("#viewer-status").inner_text()
     assert "notes.txt" in message and "/tmp" not in message and str(server.sessions) not in message
@@ -1351,9 +1354,7 @@ def test_files_uploaded_while_clicks_are_queued_open_after_them(browser, server,
         with server.runner.turn():
             for q in REFINE[:3]:
                 page.mouse.click(*_xy(page, ct, *q))
-            with page.expect_file_chooser() as chooser:
-                page.locator("#upload").click()
-            chooser.value.set_files(str(src))
+            _upload(page, src)
             time.sleep(2)  # the upload reaches the server (before the fix: it waits there for the first click)
         page.wait_for_function("k => document.querySelector('#medseg-viewer').dataset.study !== k", arg=ct_key,
                                timeout=TIMEOUT_MS)
@@ -1376,9 +1377,7 @@ def test_a_window_chosen_for_a_colour_picture_says_it_does_not_apply(browser, se
     Image.fromarray(rgb).save(tmp_path / "photo.png")
     context, page, sid = _open_page(browser, server)
     try:
-        with page.expect_file_chooser() as chooser:
-            page.locator("#upload").click()
-        chooser.value.set_files(str(tmp_path / "photo.png"))
+        _upload(page, tmp_path / "photo.png")
         _wait_status(page, "Ready")
         assert page.locator("#level input").input_value() == "" and page.locator("#width input").input_value() == ""
         page.locator("#window input").click()
@@ -1403,9 +1402,7 @@ def test_the_crosshair_on_a_tiny_picture_is_a_line_not_a_bar(browser, server, tm
     Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / "tiny.png")
     context, page, _ = _open_page(browser, server)
     try:
-        with page.expect_file_chooser() as chooser:
-            page.locator("#upload").click()
-        chooser.value.set_files(str(tmp_path / "tiny.png"))
+        _upload(page, tmp_path / "tiny.png")
         _wait_status(page, "Ready")
         rgb = _canvas(page).astype(int)
         crosshair = (rgb[..., 0] - rgb[..., 2]) > 100  # its amber over the grey picture

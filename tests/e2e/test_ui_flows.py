@@ -17,7 +17,7 @@ import pytest
 from models import point_prompts
 from tests.e2e.conftest import needs_browser, type_colour
 from tests.e2e.test_ui_e2e import BOX, INSIDE, TIMEOUT_MS, _browser_labels, _drag, _idle, _open_page, \
-    _open_sample, _page_to, _server_counts, _wait_server, _wait_status, _xy
+    _open_sample, _page_to, _server_counts, _upload, _wait_server, _wait_status, _xy
 
 pytestmark = needs_browser
 
@@ -298,13 +298,6 @@ def test_suggest_marks_where_the_answer_is_least_sure_and_a_click_there_refines(
     page.keyboard.press("g")
     assert page.evaluate("() => medsegViewer.suggestion") is None
     context.close()
-
-
-def _upload(page, path) -> None:
-    """Upload ``path`` as a user does: Upload..., then the file in the browser's file chooser."""
-    with page.expect_file_chooser() as chooser:
-        page.locator("#upload").click()
-    chooser.value.set_files(str(path))
 
 
 def test_an_upload_of_two_series_shows_a_picker_and_opens_the_pick(browser, server, tmp_path, shots):
