@@ -56,12 +56,14 @@ gpu-test:
 # (.devwheels/a: the study readers; .gpu: the weights, shared/data and the LiteMedSAM golden, ~50 MB).
 SHARED ?= $(firstword $(wildcard ../shared /work/shared))
 gpu-bundle: setup
-	test -d .devwheels/a || $(PY) benchmarks/prepare_device_env.py
-	rm -rf .gpu && mkdir -p .gpu/weights .gpu/shared/parity
-	cp -L $(WEIGHTS) .gpu/weights/
+	test -d .devwheels/s || $(PY) benchmarks/prepare_device_env.py
+	rm -rf .gpu && mkdir -p .gpu/lmA .gpu/lmB .gpu/shared/parity
+	xz -T0 -c $(WEIGHTS)/lite_medsam.pth > .gpu/lm.pth.xz
+	split -n 2 -d .gpu/lm.pth.xz .gpu/lmpart && mv .gpu/lmpart00 .gpu/lmA/ && mv .gpu/lmpart01 .gpu/lmB/
+	rm .gpu/lm.pth.xz
 	cp -r $(SHARED)/data .gpu/shared/data
 	cp -r $(SHARED)/parity/litemedsam_real .gpu/shared/parity/
-	du -sh .gpu .devwheels/a
+	du -sh .gpu/* .devwheels/*
 
 # Mutation testing (mutmut) per module with that module's fast tests; slow, not in CI. MODULES=... picks.
 mutants: setup

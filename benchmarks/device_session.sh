@@ -2,14 +2,15 @@
 # One GPU session's runs, in the order the device calls make them (the `device` tool: one machine, 30 s warm
 # between calls, 64 MiB carried a call, 10 minutes a command). Each stage writes its log and JSON under $OUT.
 #
-#   call 1, carry .devwheels/a:     bash benchmarks/device_session.sh install
-#   call 2, carry .gpu/lm.pth.xz:   bash benchmarks/device_session.sh weights
-#   call 3, carry .gpu/shared:      bash benchmarks/device_session.sh gpu-test propagation
-#   call 4 (nothing to carry):      bash benchmarks/device_session.sh sam throughput
+# (make gpu-bundle first; the tracked tree is ~30 MiB, so a call carries at most ~34 MiB)
+#   call 1, carry .devwheels/a .gpu/lmA:   bash benchmarks/device_session.sh install
+#   call 2, carry .devwheels/s:            bash benchmarks/device_session.sh install
+#   call 3, carry .gpu/lmB .gpu/shared:    bash benchmarks/device_session.sh weights gpu-test propagation
+#   call 4 (nothing to carry):             bash benchmarks/device_session.sh sam throughput
 #
 # Stages: install, weights, gpu-test, propagation, profile, coldstart, sam, throughput, saturated, sessions, routing,
 # routing-propagation (-speed, -dice), clickbench, chunk, browser, prop3d (-torch-fp16, -torch), prop3d-speed,
-# train-click.
+# train-click, suggest.
 # docs/testing.md and docs/benchmarks.md quote the commands each stage runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,12 +23,21 @@ export PYTHONPATH="/tmp/site:$PWD" MEDSEG_WEIGHTS=/tmp/w GRADIO_ANALYTICS_ENABLE
 stage() {
   case "$1" in
     install)
-      bash benchmarks/device_install.sh .devwheels/a
-      [ -d .devwheels/prof ] && bash benchmarks/device_install.sh .devwheels/prof
+      # whichever parts this call carried (make gpu-bundle: .devwheels/a with .gpu/lmA, then .devwheels/s); the
+      # halves of the weights wait in /tmp/parts for the weights stage
+      shopt -s nullglob; for p in .devwheels/*/; do bash benchmarks/device_install.sh "${p%/}"; done; shopt -u nullglob
+      mkdir -p /tmp/parts; cp .gpu/lm[AB]/lmpart* /tmp/parts/ 2>/dev/null
       nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
       python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))" ;;
     weights)
-      mkdir -p /tmp/w && xz -T0 -dc .gpu/lm.pth.xz > /tmp/w/lite_medsam.pth && cp -r weights/click_model /tmp/w/
+      # the tracked tree and .gpu/lm.pth.xz no longer fit one call's 64 MiB together: its two halves (split -b) may
+      # come in two calls and be joined in /tmp/parts/lm.pth.xz first
+      local xzw=.gpu/lm.pth.xz
+      if [ ! -f "$xzw" ]; then
+        mkdir -p /tmp/parts; cp .gpu/lm[AB]/lmpart* /tmp/parts/ 2>/dev/null
+        cat /tmp/parts/lmpart00 /tmp/parts/lmpart01 > /tmp/parts/lm.pth.xz || return 1; xzw=/tmp/parts/lm.pth.xz
+      fi
+      mkdir -p /tmp/w && xz -T0 -dc "$xzw" > /tmp/w/lite_medsam.pth && cp -r weights/click_model /tmp/w/
       sha256sum /tmp/w/lite_medsam.pth ;;
     gpu-test)
       # the shared data stays in /tmp for the later calls (a carried path is replaced call by call)
@@ -155,6 +165,17 @@ stage() {
       PYTHONUNBUFFERED=1 python3 scripts/train_click_model.py --data .c16 --out "$OUT/cm" --checkpoint /tmp/w/lite_medsam.pth \
         --device cuda --minutes 7.6 --steps 6000 --batch-size 32 --workers 14 --seed 0 --no-point-route \
         --one-error-share 0.5 --monotone-weight 1 2>&1 | grep -v '"kind"' | tail -30 ;;
+    suggest)
+      # issue 18's "where to click next" with the click model shipped in session 16: the suggestion against the
+      # simulated error-region click, 5 clicks after the box, on the shared set and the two held-out manifests;
+      # carry .gpu/shared and weights/devdata/click_model/{mni152,colin27_other}
+      [ -d .gpu/shared/data ] && { rm -rf /tmp/shared; cp -r .gpu/shared /tmp/shared; export MEDSEG_SHARED=/tmp/shared; }
+      for m in "$MEDSEG_SHARED/data/manifest.csv" weights/devdata/click_model/mni152/manifest.csv \
+               weights/devdata/click_model/colin27_other/manifest.csv; do
+        n=$(basename "$(dirname "$m")")
+        timeout 200 python3 experiments/eval_click_suggestion.py "$m" --clicks 5 --device cuda --output "$OUT/suggest_$n.json" \
+          2>&1 | tail -12
+      done ;;
     prop3d-speed)
       # issue 21: the 300-slice walk (encodes included, from an empty cache) on torch-fp16, stride 2, the guard rule
       # against the box rule, interleaved twice, two timed runs each (the first may pay for allocations)

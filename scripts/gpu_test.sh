@@ -3,21 +3,21 @@
 #
 # That machine's python3 has torch, Triton and pytest but not the study readers; it cannot download.
 # Here (the dev machine), once:   make gpu-bundle   (= .devwheels/ and .gpu/, both git-ignored)
-# Device call 1 (carry .devwheels/a):  bash benchmarks/device_install.sh .devwheels/a
-# Device call 2 (carry .gpu):          make gpu-test      (or: bash scripts/gpu_test.sh)
+# Device calls (each carries at most ~34 MiB beside the ~30 MiB tree; docs/testing.md):
+#   1, carry .devwheels/a .gpu/lmA:  bash benchmarks/device_session.sh install
+#   2, carry .devwheels/s:           bash benchmarks/device_session.sh install
+#   3, carry .gpu/lmB .gpu/shared:   bash benchmarks/device_session.sh weights gpu-test
 # /tmp/site (call 1) stays while the machine is warm. docs/testing.md has the details.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${GPU_PY:-python3}
 export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PY" -c "import SimpleITK, monai, nibabel, pydicom, segment_anything" 2>/dev/null; then
-  if [ -d .devwheels/a ]; then
-    bash benchmarks/device_install.sh .devwheels/a
-  else
-    echo "gpu-test: SimpleITK/MONAI/nibabel/pydicom/segment-anything are missing and .devwheels/a was not carried" \
-         "(run benchmarks/device_install.sh .devwheels/a in an earlier call, see docs/testing.md)" >&2
-    exit 2
-  fi
+  for p in .devwheels/a .devwheels/s; do if [ -d "$p" ]; then bash benchmarks/device_install.sh "$p"; fi; done
+  "$PY" -c "import SimpleITK, monai, nibabel, pydicom, segment_anything" 2>/dev/null || {
+    echo "gpu-test: SimpleITK/MONAI/nibabel/pydicom/segment-anything are missing: carry .devwheels/a and .devwheels/s" \
+         "in earlier calls (benchmarks/device_session.sh install, see docs/testing.md)" >&2
+    exit 2; }
 fi
 # weights and shared data: .gpu/ (make gpu-bundle) when carried, else the usual places
 [ -f .gpu/weights/lite_medsam.pth ] && export MEDSEG_WEIGHTS="$PWD/.gpu/weights"
