@@ -49,6 +49,12 @@ POINT_ROUTE = True  # points alone through models.point_prompts (PerSAM-F brain 
 # The positive point may only lie on pixels whose grey value is within these percentiles of the reference
 # structure's (fixed a priori, not tuned): see ``location_allowed``.
 GATE_PERCENTILES = (1.0, 99.0)
+# The point route's box candidates on a target, as multiples of the reference structure's half extent, for the
+# methods in SIZED_METHODS (docs/clicks.md, "One-shot: candidates the size of the reference"; the factors were fixed
+# before the run). The route's own sizes (5, 10, 20 mm) cannot hold a whole brain, and PerSAM's prompts carry no
+# spacing, so a reference in pixels is the one size a one-shot method knows.
+SIZE_FACTORS = (0.5, 1.0, 1.5)
+SIZED_METHODS: frozenset[str] = frozenset()
 
 
 class ReferenceMaskError(ValueError):
@@ -99,6 +105,8 @@ class PerSAMReference:
     the decoder's token queries. selected: (h, w) bool, the feature cells that defined it.
     intensity_range: (lo, hi) grey values of the reference structure (``reference_intensity_range``), where the
     positive point may lie; None (parity, or a reference saved before it existed) = no gate.
+    half_extent_px: half the larger side of the reference structure's tight box (``half_extent``), for the point
+    route's candidate boxes (``candidate_half_sides``); None = the route's fixed sizes.
     """
 
     target_feat: torch.Tensor
@@ -107,6 +115,7 @@ class PerSAMReference:
     model_name: str
     parity: bool
     intensity_range: tuple[float, float] | None = None
+    half_extent_px: float | None = None
 
 
 # --- reference ----------------------------------------------------------------------------------
@@ -182,8 +191,23 @@ def persam_reference(
     target_feat = target_embedding / target_embedding.norm(dim=-1, keepdim=True)
     return PerSAMReference(
         target_feat, target_embedding.unsqueeze(0), selected, embedding.model_name, parity,
-        None if parity else intensity_range,
+        None if parity else intensity_range, None if parity else half_extent(mask),
     )
+
+
+def half_extent(mask: np.ndarray) -> float | None:
+    """Half the larger side (pixels) of the (H, W) mask's tight box; None if it is empty."""
+    box = box_of(np.asarray(mask, dtype=bool))
+    return None if box is None else float(max(box[2] - box[0], box[3] - box[1]) + 1) / 2
+
+
+def candidate_half_sides(reference: PerSAMReference, method: str) -> tuple[float, ...] | None:
+    """The point route's half-sides for ``method``'s point prompts: ``SIZE_FACTORS`` x the reference's half extent
+    where ``method`` is in ``SIZED_METHODS`` (never in parity mode); else None, the route's own sizes. They are
+    pixels read as mm, since one-shot prompts carry no spacing (1 mm a pixel)."""
+    if method not in SIZED_METHODS or reference.parity or reference.half_extent_px is None:
+        return None
+    return tuple(f * reference.half_extent_px for f in SIZE_FACTORS)
 
 
 # --- location gate -------------------------------------------------------------------------------
@@ -344,7 +368,8 @@ def persam_segment(
         target_embedding=reference.target_embedding,
         leak_into_query_pe=parity,
     ):
-        first = Prompts(points=points, point_labels=labels)
+        first = Prompts(points=points, point_labels=labels,
+                        candidate_half_sides_mm=candidate_half_sides(reference, "persam"))
         step1 = run_step(segmenter, embedding, "step1", first, multimask=False, best=0)
     steps = [step1]
     refine1 = run_step(

@@ -26,7 +26,9 @@ from adapters.persam import (
     PerSAMResult,
     check_same_model,
     box_refinement,
+    candidate_half_sides,
     decoder_prompts,
+    half_extent,
     location_confidence,
     reference_features,
     run_step,
@@ -74,7 +76,8 @@ def persam_f_reference(
     target = (torch.max(feats, dim=0)[0] / 2 + mean / 2).unsqueeze(0)
     target = target / target.norm(dim=-1, keepdim=True)
     return PerSAMReference(
-        target, mean[None, None], selected, embedding.model_name, parity, None if parity else intensity_range
+        target, mean[None, None], selected, embedding.model_name, parity, None if parity else intensity_range,
+        None if parity else half_extent(mask),
     )
 
 
@@ -146,7 +149,8 @@ def fit_persam_f(
     """
     reference = persam_f_reference(segmenter, embedding, mask, parity=parity, intensity_range=intensity_range)
     pos, _ = _positive_point(segmenter, reference, embedding, allowed)
-    prompts = Prompts(points=pos[None].astype(np.float32), point_labels=np.array([1]))
+    prompts = Prompts(points=pos[None].astype(np.float32), point_labels=np.array([1]),
+                      candidate_half_sides_mm=candidate_half_sides(reference, "persam_f"))
     result = segmenter.predict(embedding, decoder_prompts(segmenter, prompts), multimask_output=True)
     if result.low_res_logits.shape[0] != 3:
         raise ValueError(
@@ -168,7 +172,9 @@ def persam_f_segment(
     check_same_model(model.reference, embedding)
     pos, conf = _positive_point(segmenter, model.reference, embedding, allowed)
     points, labels = pos[None].astype(np.float32), np.array([1], dtype=np.int64)
-    step1 = run_step(segmenter, embedding, "step1", Prompts(points=points, point_labels=labels), multimask=True)
+    sides = candidate_half_sides(model.reference, "persam_f")
+    step1 = run_step(segmenter, embedding, "step1",
+                     Prompts(points=points, point_labels=labels, candidate_half_sides_mm=sides), multimask=True)
     w = torch.as_tensor(model.mask_weights.weights)
     mixed_mask = (mix(_upscaled(segmenter, step1.result.low_res_logits, embedding).cpu(), w) > 0).numpy()
     mixed_logit = mix(torch.as_tensor(step1.result.low_res_logits), w).numpy()[None]

@@ -177,9 +177,17 @@ def main() -> int:
                     help="PerSAM's points alone through the base decoder, not models.point_prompts (as before issue 18)")
     ap.add_argument("--location-gate", choices=("on", "off"), default=None,
                     help="keep the positive point on pixels that look like the reference (default: the library's)")
+    ap.add_argument("--sized-candidates", choices=("none", "persam", "persam_f", "both"), default=None,
+                    help="which methods' point candidates follow the reference's size (default: the library's, "
+                         "adapters.persam.SIZED_METHODS)")
     ap.add_argument("--body-mask", choices=("on", "off"), default=None,
                     help="keep the positive point inside the slice's body (default: the library's, BODY_MASK)")
     args = ap.parse_args()
+    if args.sized_candidates is not None:
+        import adapters.persam
+        adapters.persam.SIZED_METHODS = frozenset(
+            {"none": (), "persam": ("persam",), "persam_f": ("persam_f",), "both": ("persam", "persam_f")}
+            [args.sized_candidates])
     if args.body_mask is not None:
         import adapters.persam_oneshot
 

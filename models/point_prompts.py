@@ -216,8 +216,8 @@ def decode_points_many(
     jobs: list[tuple[int, np.ndarray]] = []  # (request, candidate box)
     for i, (e, p) in enumerate(zip(embeddings, prompts)):
         try:
-            jobs += [(i, b) for b in candidate_boxes(p.points, p.point_labels, e.original_size, p.pixel_spacing,
-                                                     half_sides_mm)]
+            sides = p.candidate_half_sides_mm if p.candidate_half_sides_mm is not None else half_sides_mm
+            jobs += [(i, b) for b in candidate_boxes(p.points, p.point_labels, e.original_size, p.pixel_spacing, sides)]
         except Exception as err:  # noqa: BLE001 - this request's error
             out[i] = err
     decoded = _decode_boxes(segmenter, [embeddings[i] for i, _ in jobs], [b for _, b in jobs], grow_steps, batch)

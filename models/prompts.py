@@ -26,6 +26,8 @@ class Prompts:
     methods: their point prompts and decoder hooks are not what the click model was trained on).
     pixel_spacing: (row_mm, col_mm) of the image's pixels; points without a box become boxes of
     physical sizes around them (``models.point_prompts``), 1 mm when None.
+    candidate_half_sides_mm: the half-sides of those boxes where the caller knows the structure's size (a
+    one-shot reference: ``adapters.persam.candidate_half_sides``); None = ``point_prompts.HALF_SIDES_MM``.
     """
 
     points: np.ndarray | None = None
@@ -34,6 +36,7 @@ class Prompts:
     mask_logits: np.ndarray | None = None
     base_decoder: bool = False
     pixel_spacing: tuple[float, float] | None = None
+    candidate_half_sides_mm: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.points is not None:
@@ -66,6 +69,11 @@ class Prompts:
             if len(sp) != 2 or not all(np.isfinite(v) and v > 0 for v in sp):
                 raise PromptError(f"pixel spacing must be two positive mm values (row, col), got {list(sp)}")
             object.__setattr__(self, "pixel_spacing", sp)
+        if self.candidate_half_sides_mm is not None:
+            hs = tuple(float(v) for v in np.asarray(self.candidate_half_sides_mm, dtype=np.float64).reshape(-1))
+            if not hs or not all(np.isfinite(v) and v > 0 for v in hs):
+                raise PromptError(f"candidate half-sides must be positive mm values, got {list(hs)}")
+            object.__setattr__(self, "candidate_half_sides_mm", hs)
 
     @property
     def is_empty(self) -> bool:
@@ -97,7 +105,7 @@ class Prompts:
             pts = np.concatenate([self.points, pts])
             lab = np.concatenate([self.point_labels, lab])
         return Prompts(points=pts, point_labels=lab, box=self.box, mask_logits=self.mask_logits,
-                       pixel_spacing=self.pixel_spacing)
+                       pixel_spacing=self.pixel_spacing, candidate_half_sides_mm=self.candidate_half_sides_mm)
 
 
 @dataclass(frozen=True)
