@@ -54,7 +54,7 @@ GATE_PERCENTILES = (1.0, 99.0)
 # before the run). The route's own sizes (5, 10, 20 mm) cannot hold a whole brain, and PerSAM's prompts carry no
 # spacing, so a reference in pixels is the one size a one-shot method knows.
 SIZE_FACTORS = (0.5, 1.0, 1.5)
-SIZED_METHODS: frozenset[str] = frozenset()
+SIZED_METHODS: frozenset[str] = frozenset({"persam", "persam_f"})
 
 
 class ReferenceMaskError(ValueError):
@@ -183,15 +183,18 @@ def reference_features(
 
 def persam_reference(
     segmenter: Segmenter, embedding: Embedding, mask: np.ndarray, *, parity: bool = False,
-    intensity_range: tuple[float, float] | None = None,
+    intensity_range: tuple[float, float] | None = None, sized: bool = True,
 ) -> PerSAMReference:
-    """PerSAM's target embedding: the mean reference feature under the mask."""
+    """PerSAM's target embedding: the mean reference feature under the mask.
+
+    sized: keep the reference's size for the point route's candidates (``candidate_half_sides``); False = the route's
+    own sizes, as before session 17."""
     selected_feats, selected = reference_features(segmenter, embedding, mask, parity=parity)
     target_embedding = selected_feats.mean(0).unsqueeze(0)
     target_feat = target_embedding / target_embedding.norm(dim=-1, keepdim=True)
     return PerSAMReference(
         target_feat, target_embedding.unsqueeze(0), selected, embedding.model_name, parity,
-        None if parity else intensity_range, None if parity else half_extent(mask),
+        None if parity else intensity_range, half_extent(mask) if sized and not parity else None,
     )
 
 

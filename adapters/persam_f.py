@@ -68,16 +68,17 @@ class PerSAMFModel:
 
 def persam_f_reference(
     segmenter: Segmenter, embedding: Embedding, mask: np.ndarray, *, parity: bool = False,
-    intensity_range: tuple[float, float] | None = None,
+    intensity_range: tuple[float, float] | None = None, sized: bool = True,
 ) -> PerSAMReference:
-    """PerSAM-F's target feature: (max + mean) / 2 of the masked reference features, unit norm."""
+    """PerSAM-F's target feature: (max + mean) / 2 of the masked reference features, unit norm (``sized``: as
+    ``adapters.persam.persam_reference``)."""
     feats, selected = reference_features(segmenter, embedding, mask, parity=parity)
     mean = feats.mean(0)
     target = (torch.max(feats, dim=0)[0] / 2 + mean / 2).unsqueeze(0)
     target = target / target.norm(dim=-1, keepdim=True)
     return PerSAMReference(
         target, mean[None, None], selected, embedding.model_name, parity, None if parity else intensity_range,
-        None if parity else half_extent(mask),
+        half_extent(mask) if sized and not parity else None,
     )
 
 
@@ -139,7 +140,7 @@ def _positive_point(
 def fit_persam_f(
     segmenter: Segmenter, embedding: Embedding, mask: np.ndarray, *, parity: bool = False,
     iterations: int = ITERATIONS, lr: float = LEARNING_RATE, intensity_range: tuple[float, float] | None = None,
-    allowed: np.ndarray | None = None,
+    allowed: np.ndarray | None = None, sized: bool = True,
 ) -> PerSAMFModel:
     """Learn PerSAM-F's weights on the reference image (embedded) and its (H, W) bool mask.
 
@@ -147,7 +148,8 @@ def fit_persam_f(
     reference image): the ungated arg-max lands in the air on the Colin27 slab's k=1 too, and the weights are
     then fitted to a mask of the background.
     """
-    reference = persam_f_reference(segmenter, embedding, mask, parity=parity, intensity_range=intensity_range)
+    reference = persam_f_reference(segmenter, embedding, mask, parity=parity, intensity_range=intensity_range,
+                                   sized=sized)
     pos, _ = _positive_point(segmenter, reference, embedding, allowed)
     prompts = Prompts(points=pos[None].astype(np.float32), point_labels=np.array([1]),
                       candidate_half_sides_mm=candidate_half_sides(reference, "persam_f"))

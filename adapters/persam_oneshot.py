@@ -32,9 +32,11 @@ METHODS = ("persam", "persam_f", "persam_box")
 # Off: it moved PerSAM-F's point out of the air but lowered its held-out mean Dice (docs/oneshot.md, session 11).
 LOCATION_GATE = False
 # Keep the positive point inside the body of its slice (adapters.body_mask): the structure is never in the air.
-# Clean references only (parity references never are restricted). Off: by the rule fixed before the runs it had to
-# raise PerSAM-F's held-out mean; it lowered it (0.427 -> 0.409) and the shared brain/head (docs/clicks.md, session 14).
-BODY_MASK = False
+# Clean references only (parity references never are restricted). Off in session 14 (PerSAM-F's held-out mean fell,
+# 0.427 -> 0.409: its points in the air gave frame-filling masks that scored); on since session 17, with the point
+# route's candidates the size of the reference (adapters.persam.SIZED_METHODS): PerSAM-F held out 0.435 -> 0.480,
+# shared brain 0.567 -> 0.744, head 0.559 -> 0.581, by the rule fixed before the run (docs/clicks.md, session 17).
+BODY_MASK = True
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ def fit_oneshot(
     ref_embedding: Embedding | None = None,
     location_gate: bool | None = None,
     body: bool | None = None,
+    sized: bool = True,
 ) -> OneShot:
     """Learn a structure from one slice.
 
@@ -103,6 +106,8 @@ def fit_oneshot(
     ref_embedding: pass it if the slice is already embedded (the UI caches embeddings).
     location_gate (default ``LOCATION_GATE``): PerSAM-F's training point on the reference is gated too.
     body (default ``BODY_MASK``): PerSAM-F's training point stays inside the reference slice's body too.
+    sized: the reference keeps its size for the point route's candidates (``adapters.persam.candidate_half_sides``,
+    for the methods in ``SIZED_METHODS``); False = the route's fixed sizes.
     """
     if method not in METHODS:
         raise ValueError(f"one-shot method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -117,13 +122,14 @@ def fit_oneshot(
         allowed = None if rng is None or not gate else location_allowed(ref_image, rng)
         allowed = both(allowed, body_region(ref_image, parity, body))
         model = fit_persam_f(
-            segmenter, embedding, ref_mask, parity=parity, iterations=iterations, intensity_range=rng, allowed=allowed
+            segmenter, embedding, ref_mask, parity=parity, iterations=iterations, intensity_range=rng, allowed=allowed,
+            sized=sized,
         )
         return OneShot(method, segmenter.name, persam_f=model)
     if method == "persam_box":
         box = fit_persam_box(segmenter, embedding, ref_mask, parity=parity, intensity_range=rng)
         return OneShot(method, segmenter.name, persam_box=box)
-    reference = persam_reference(segmenter, embedding, ref_mask, parity=parity, intensity_range=rng)
+    reference = persam_reference(segmenter, embedding, ref_mask, parity=parity, intensity_range=rng, sized=sized)
     return OneShot(method, segmenter.name, reference=reference)
 
 

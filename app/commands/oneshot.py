@@ -67,8 +67,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--body-mask", choices=("on", "off"), default="on" if BODY_MASK else "off",
-        help="keep the positive point inside each slice's body (pixels above the window's floor, largest component, "
-        f"holes filled), the reference's too; never in --parity; default {'on' if BODY_MASK else 'off'}",
+        help="keep the positive point inside each slice's body (pixels above the window's floor, holes filled), the "
+        f"reference's too; never in --parity; default {'on' if BODY_MASK else 'off'}",
+    )
+    p.add_argument(
+        "--sized-candidates", choices=("on", "off"), default="on",
+        help="PerSAM's and PerSAM-F's point prompts try boxes of 0.5, 1 and 1.5 times the reference structure's "
+        "size (off: the fixed 5, 10, 20 mm of a lone click); never in --parity; default on",
     )
     add_model_args(p)
     return p
@@ -147,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     oneshot = fit_oneshot(
         segmenter, ref_image, mask, method=args.method, parity=args.parity, iterations=args.iterations,
-        location_gate=args.location_gate == "on", body=args.body_mask == "on",
+        location_gate=args.location_gate == "on", body=args.body_mask == "on", sized=args.sized_candidates == "on",
     )
     print(f"learnt {args.method} from {args.ref} slice {k} ({int(mask.sum())} px) in {time.perf_counter() - t0:.1f} s")
     out_dir.mkdir(parents=True, exist_ok=True)

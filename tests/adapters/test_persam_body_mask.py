@@ -90,7 +90,9 @@ def test_parity_references_ignore_the_body_mask(litemedsam):
 def test_persam_f_on_mni152_k26_the_point_leaves_the_air_and_the_dice_rises(litemedsam):
     """MNI152 brain, reference k=74, target k=26, read as ``medseg oneshot`` reads them (the held-out protocol of
     docs/clicks.md): without the body mask the point is at (166, 16), grey 0, and the mask scores 0.24; with it the
-    point is in the brain and the mask 0.67."""
+    point is in the brain and the mask 0.67. With the route's fixed candidates (``sized=False``), the body mask's own
+    effect; with candidates the size of the reference (the default since session 17) this slice, far smaller than
+    the reference, scores 0.25 (docs/clicks.md, "One-shot: candidates the size of the reference")."""
     from data.readers import read_study
     from data.windowing import default_window, slice_to_rgb
 
@@ -101,7 +103,7 @@ def test_persam_f_on_mni152_k26_the_point_leaves_the_air_and_the_dice_rises(lite
     ref_emb, emb = litemedsam.embed_batch([ref_img, img])
     gt = brain[26]
     res = {
-        on: fit_oneshot(litemedsam, ref_img, brain[74], method="persam_f", ref_embedding=ref_emb, body=on)
+        on: fit_oneshot(litemedsam, ref_img, brain[74], method="persam_f", ref_embedding=ref_emb, body=on, sized=False)
         .segment(litemedsam, emb, img, body=on)
         for on in (False, True)
     }
@@ -128,7 +130,8 @@ def test_cli_body_mask_on_keeps_the_mask_out_of_the_air(tmp_path):
     masks = {}
     for flag in ("off", "on"):
         rc = cli_main(["oneshot", "--method", "persam_f", "--ref", str(ref), "--ref-mask", str(ref_mask),
-                       "--targets", str(target), "--output", str(tmp_path / flag), "--body-mask", flag])
+                       "--targets", str(target), "--output", str(tmp_path / flag), "--body-mask", flag,
+                       "--sized-candidates", "off"])
         assert rc == 0
         masks[flag] = np.asarray(Image.open(tmp_path / flag / "k11.png")) > 0
     body = body_mask(img)

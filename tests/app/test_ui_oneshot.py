@@ -148,6 +148,8 @@ def test_persam_f_reference_keeps_its_learned_weights_across_a_restart(ctx, ct):
     assert "PerSAM-F" in controller.oneshot_reference(ctx, ct)
     # the location gate's grey range survives the restart, and gates the same way
     assert restored.oneshot.base.intensity_range == ref.oneshot.base.intensity_range is not None
+    # and the reference's size, which sizes the point route's candidates (adapters.persam.candidate_half_sides)
+    assert restored.oneshot.base.half_extent_px == ref.oneshot.base.half_extent_px is not None
     image = ref.image
     assert np.array_equal(restored.oneshot.segment(seg, embedding, image, location_gate=True).positive_xy,
                           ref.oneshot.segment(seg, embedding, image, location_gate=True).positive_xy)
