@@ -35,7 +35,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from data.dicom_pixels import check_pixels, check_rescale, rescale_of, scan_checked
+from data.dicom_pixels import HU_TYPES, check_pixels, check_rescale, rescale_of, scan_checked
 from data.dicom_scan import NATIVE_SYNTAXES
 from data.limits import DEFAULT_MAX_VOXELS
 from data.nifti_check import NiftiCheckError, check_nifti
@@ -514,7 +514,26 @@ def read_dicom_series(
             " (mean slice spacing, --allow-uneven)" if geometry.spacing_k is not None else ""),
         notes=geometry.notes,
     )
-    return Volume.from_sitk(image, modality=info.modality, source=source)
+    return _check_ct_values(folder, Volume.from_sitk(image, modality=info.modality, source=source), first)
+
+
+# No material reaches a million Hounsfield units (dense metals read some 30000; extended CT scales stop at 65535)
+HU_LIMIT = 1e6
+
+
+def _check_ct_values(where: Path, volume: Volume, ds: pydicom.Dataset) -> Volume:
+    """A CT in Hounsfield units whose values run past any material was rescaled wrongly (a RescaleSlope of 1e30
+    opened as 1e33 'HU', every CT window one flat colour, as if valid): refused naming the range. ``ds``: the first
+    slice's header (Modality, RescaleType)."""
+    if volume.modality.strip().upper() != "CT" or str(ds.get("RescaleType", "") or "").strip().upper() not in HU_TYPES:
+        return volume
+    low, high = float(np.min(volume.array)), float(np.max(volume.array))
+    if max(abs(low), abs(high)) > HU_LIMIT:
+        slope, intercept = rescale_of(ds)
+        raise StudyError(f"{where}: CT values of {low:.4g} to {high:.4g} HU after RescaleSlope {slope:g}, "
+                         f"RescaleIntercept {intercept:g}; Hounsfield units lie within -1024 and some 30000 (at most "
+                         f"{HU_LIMIT:g}), so the rescale is wrong")
+    return volume
 
 
 def _note_nifti_beside(folder: Path) -> None:
@@ -554,7 +573,7 @@ def _check_frame_rescales(path: Path, ds: pydicom.Dataset) -> None:
         items = group.get("PixelValueTransformationSequence") or shared.get("PixelValueTransformationSequence")
         if not items:
             continue
-        check_rescale(path, items[0])
+        check_rescale(path, items[0], image=ds, where=f"frame {n + 1}: ")
         this = rescale_of(items[0])
         if first is None:
             first = (n, this)
@@ -656,4 +675,4 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
                        "own plane, no patient position)" if us is not None
                   else "none (identity)"),
     )
-    return Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
+    return _check_ct_values(path, Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source), ds)
