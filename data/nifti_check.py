@@ -222,6 +222,9 @@ XFORM_CODES = range(6)  # nifti1.h's NIFTI_XFORM_*: unknown, scanner, aligned, T
 # xyzt_units' spatial codes other than mm (2) and unknown (0): ITK scales spacing and origin by these (nibabel does
 # not), and the label written back says mm; reading them as mm put a label 1000 times too small over the image.
 SPATIAL_UNITS = {1: ("metres", 1000.0), 3: ("micrometres", 0.001)}
+# Codes 4-7 (xyzt_units & 7) are undefined in NIfTI-1: ITK and nibabel read them as mm without a word, a guess at
+# the size of the image; refused since session 17 ("doubtful geometry is refused, not guessed").
+UNDEFINED_SPATIAL_UNITS = range(4, 8)
 
 
 # Axes off perpendicular by more than this (a cosine) are shear. ITK refuses an sform from 1e-4 (measured: 9.99e-5
@@ -261,6 +264,10 @@ def _geometry(header, shape: tuple[int, ...]):
     if not np.isfinite(affine).all():
         raise NiftiCheckError(f"the {rule.split()[0]} holds NaN or infinite values")
     unit = int(header["xyzt_units"]) & 0x07
+    if unit in UNDEFINED_SPATIAL_UNITS:
+        raise NiftiCheckError(f"xyzt_units {int(header['xyzt_units'])}: spatial unit code {unit} is not defined by NIfTI-1 "
+                              "(0 unknown, 1 metres, 2 millimetres, 3 micrometres), so the size and place of the image "
+                              "are in doubt; set xyzt_units to the unit its sform/pixdim are in (2 for mm)")
     if unit in SPATIAL_UNITS:  # metres or micrometres: millimetres, as ITK (3D Slicer) reads them and labels are written
         name, factor = SPATIAL_UNITS[unit]
         affine = affine * factor

@@ -192,8 +192,11 @@ def check_geometry_range(path: str | Path, volume: Volume) -> None:
         fault = f"origin {shown(volume.origin)} mm is more than {MAX_ORIGIN_MM:g} mm (100 m) from the scanner's origin"
     else:
         return
-    raise StudyError(f"{path}: {fault}; a label map cannot hold such a geometry (check ImagePositionPatient / "
-                     "PixelSpacing, or the NIfTI's sform and pixdim)")
+    check = ("check the NIfTI's xyzt_units: it says " + volume.source.geometry.split("; ")[-1].split(" (")[0]
+             + ", read as ITK and 3D Slicer read them, and a file in mm under that code is 1000 times off"
+             if volume.source is not None and volume.source.geometry.endswith("scaled to mm")
+             else "check ImagePositionPatient / PixelSpacing, or the NIfTI's sform and pixdim")
+    raise StudyError(f"{path}: {fault}; a label map cannot hold such a geometry ({check})")
 
 
 def has_dicom_magic(path: Path) -> bool:
