@@ -128,7 +128,8 @@ def _read_by_name(path: Path, *, series_uid: str | None, limit: int, allow_uneve
 
 CONTENT_KINDS = {"dicom": ("a DICOM file", ".dcm"), "nifti": ("an uncompressed NIfTI", ".nii"),
                  "nifti-gz": ("a gzip-compressed NIfTI", ".nii.gz"), "png": ("a PNG image", ".png"),
-                 "jpeg": ("a JPEG image", ".jpg")}
+                 "jpeg": ("a JPEG image", ".jpg"), "zip": ("a ZIP archive", ".zip")}
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive's end record
 
 
 def _content_kind(path: Path) -> str | None:
@@ -154,6 +155,8 @@ def _content_kind(path: Path) -> str | None:
         return "png"
     if head[:3] == b"\xff\xd8\xff":
         return "jpeg"
+    if head[:4] in ZIP_MAGIC:
+        return "zip"
     return None
 
 
@@ -169,7 +172,41 @@ def _misnamed(path: Path) -> str | None:
     what, suffix = CONTENT_KINDS[kind]
     if name.endswith(IMAGE_SUFFIXES if kind in ("png", "jpeg") else suffix):  # x.nii.gz does not end in .nii
         return None  # the name says what the bytes are: the file is damaged, not misnamed
+    if kind == "zip":  # a PACS or mail export saved under the name of its first image
+        return (f"its bytes are {what}, not what its name says: unpack it and open the folder, or rename it to end "
+                f"in {suffix} and upload that")
     return f"its bytes are {what}, not what its name says: rename it to end in {suffix}"
+
+
+DICOM_FILE_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+def _not_dicom_named_dicom(folder: Path) -> list[str]:
+    """The files of ``folder`` named as DICOM images that the series reader skips as not DICOM (under 132 bytes or no
+    DICM marker), each with what it is: a slice cut to 0 bytes or replaced by a ZIP was left out without a word, and
+    the refusal that followed asked to "add the missing file" the user could see in the folder."""
+    found = []
+    for f in sorted(folder.rglob("*")):
+        hidden = any(part.startswith(".") or part == "__MACOSX" for part in f.relative_to(folder).parts)
+        if hidden or not f.name.lower().endswith(DICOM_FILE_SUFFIXES) or f.is_symlink() or not f.is_file():
+            continue  # hidden: a Mac's ._IM0001.dcm resource forks ride along in zips
+        size = f.stat().st_size
+        if size >= 132 and has_dicom_magic(f):
+            continue
+        kind = _content_kind(f)
+        what = "0 bytes" if size == 0 else CONTENT_KINDS[kind][0] if kind else f"{size} bytes without the DICM marker"
+        found.append(f"{f.relative_to(folder)} ({what})")
+    return found
+
+
+def _with_unreadable_named(folder: Path, error: StudyError) -> StudyError:
+    """``error`` (a series refusal) with the files named as DICOM that are not, which may be its missing slices."""
+    skipped = _not_dicom_named_dicom(folder)
+    if not skipped:
+        return error
+    shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    return type(error)(f"{error}; note: {shown} in the folder {'is' if len(skipped) == 1 else 'are'} named as DICOM "
+                       "but not DICOM, perhaps the missing slice(s): export them again")
 
 
 # What a label map's float32 geometry holds to the 0.01 mm that labels are matched with: a voxel of 1 nm to 100 m,
@@ -480,7 +517,7 @@ def read_dicom_series(
     try:
         geometry = check_series_geometry(info.files, heads, allow_uneven=allow_uneven)
     except GeometryError as e:
-        raise _geometry_refusal(folder, e) from None
+        raise _with_unreadable_named(folder, _geometry_refusal(folder, e)) from None
     for name, head in zip(display_names(info.files), heads):
         try:
             check_spacing_between_slices(head, series=True)
@@ -503,6 +540,10 @@ def read_dicom_series(
         image.SetSpacing((*image.GetSpacing()[:2], geometry.spacing_k))
     for note in geometry.notes:
         warnings.warn(one_line(f"{folder}: {note}"), StudyWarning, stacklevel=2)
+    if skipped := _not_dicom_named_dicom(folder):
+        warnings.warn(one_line(f"{folder}: left out {len(skipped)} file(s) named as DICOM that are not DICOM: "
+                               + ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")),
+                      StudyWarning, stacklevel=2)
     _note_nifti_beside(folder)
     source = SourceRef(
         path=str(folder),
