@@ -233,6 +233,26 @@ FRAME_GROUPS = (("PlanePositionSequence", "ImagePositionPatient"), ("PlaneOrient
                 ("PixelMeasuresSequence", "PixelSpacing"))
 
 
+def _check_one_place(n: int, keyword: str, own: pydicom.Dataset | None, common: pydicom.Dataset | None) -> None:
+    """A functional group is in the shared or the per-frame groups, not both (PS3.3 C.7.6.16.1). Both, with other
+    values, leave the grid in doubt: a frame said 0.8 mm pixels where the shared groups said 0.5 mm, and it opened at
+    0.8 mm without a word (session 17); GDCM and other readers need not choose the same. Equal values are harmless."""
+    if own is None or common is None or keyword not in own or keyword not in common:
+        return
+    try:
+        mine, theirs = [float(v) for v in _values(own[keyword].value)], [float(v) for v in _values(common[keyword].value)]
+    except (TypeError, ValueError):
+        return  # not numbers: the checks of the values themselves name them
+    if len(mine) != len(theirs) or not np.allclose(mine, theirs, rtol=0, atol=1e-6):
+        raise GeometryError(f"frame {n + 1}: {keyword} {mine} in its per-frame functional groups but {theirs} in the "
+                            "shared ones; a functional group belongs in one of the two, so which holds is in doubt")
+
+
+def _values(value) -> list:
+    """A DICOM value as a list (one number, or several)."""
+    return list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+
+
 def _positive(value) -> bool:
     try:
         return math.isfinite(float(value)) and float(value) > 0
@@ -255,10 +275,12 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
         return items[0] if items else None
 
     heads = []
-    for group in per_frame:
+    for n, group in enumerate(per_frame):
         head = pydicom.Dataset()
         for sequence, keyword in FRAME_GROUPS:
-            found = item(group, sequence) or item(shared, sequence)
+            own, common = item(group, sequence), item(shared, sequence)
+            _check_one_place(n, keyword, own, common)
+            found = own or common
             if found is not None and keyword in found:
                 head[keyword] = found[keyword]
         heads.append(head)
