@@ -191,6 +191,7 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
     for n, step in enumerate(steps):
         if np.linalg.norm(step) <= tol:
             raise GeometryError(f"two images at the same position {where(n)}; remove the duplicate or pick one series")
+    _check_one_direction(names, ipp_arr, positions, steps, typical, tol)
     if abs(float(np.dot(typical, normal))) < (1 - SPACING_TOLERANCE) * size:
         raise GeometryError(f"the slices step {size:.3g} mm but only {abs(float(np.dot(typical, normal))):.3g} mm along "
                             "their normal (gantry tilt or in-plane shifts); resample the series before opening it")
@@ -217,6 +218,28 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
     summary = (f"--allow-uneven: {len(notes)} uneven step(s) ({notes[0]}{'; ...' if len(notes) > 1 else ''}); opened at "
                f"the mean spacing {mean:.4g} mm, so slice positions are approximate")
     return SeriesGeometry(spacing_k=mean, notes=(summary,))
+
+
+def _check_one_direction(names: Sequence[str], ipp: np.ndarray, positions: np.ndarray, steps: np.ndarray,
+                         typical: np.ndarray, tol: float) -> None:
+    """Images stacked as given must advance one way. A series is sorted by position, so only an enhanced multi-frame's
+    frames (stacked as stored) can step back: two time points of one volume in one file (0, 1.5, 0, 1.5 mm) were
+    called an uneven step, and --allow-uneven (the UI's mean-spacing choice) opened them as 4 slices 0.5 mm apart, the
+    second volume folded into the first (session 17). Refused, naming what the frames hold."""
+    back = [n for n, step in enumerate(steps) if float(np.dot(step, typical)) <= 0]
+    if not back:
+        return
+    order = np.argsort(positions, kind="stable")
+    for a, b in zip(order[:-1], order[1:]):
+        if np.linalg.norm(ipp[b] - ipp[a]) <= tol:
+            first, second = sorted((int(a), int(b)))
+            raise GeometryError(f"{names[second]} lies where {names[first]} does ({positions[first]:.2f} mm): the "
+                                "images hold more than one volume (time points or stacks); medseg opens one volume: "
+                                "save each as its own series and open one")
+    n = back[0]
+    raise GeometryError(f"{names[n + 1]} ({positions[n + 1]:.2f} mm) lies back before {names[n]} "
+                        f"({positions[n]:.2f} mm): the images are not stored in order along their normal, and they "
+                        "are stacked as stored, so the volume would open scrambled; save them in order")
 
 
 def _off_by(step: np.ndarray, typical: np.ndarray, tol: float) -> str:

@@ -741,6 +741,31 @@ def test_an_enhanced_frame_whose_group_disagrees_with_the_shared_one_is_refused(
     np.testing.assert_array_equal(read_study(with_own(shared)).array, stack)
 
 
+@pytest.mark.parametrize("zs, fault", [
+    ([0.0, 1.5, 0.0, 1.5], "frame 3 lies where frame 1 does (0.00 mm): the images hold more than one volume (time "
+                           "points or stacks); medseg opens one volume: save each as its own series and open one"),
+    ([0.0, 3.0, 1.5, 4.5], "frame 3 (1.50 mm) lies back before frame 2 (3.00 mm): the images are not stored in order "
+                           "along their normal, and they are stacked as stored, so the volume would open scrambled; "
+                           "save them in order"),
+], ids=["two_time_points", "interleaved"])
+def test_enhanced_frames_that_step_back_are_refused_even_when_uneven_spacing_is_allowed(tmp_path, zs, fault):
+    """Frames are stacked as stored. Two time points of one volume (0, 1.5, 0, 1.5 mm), or frames stored interleaved,
+    were refused as an uneven step, which --allow-uneven and the UI's mean-spacing choice then opened: 4 slices 0.5 mm
+    apart with the second volume folded in, or the slices scrambled (session 17)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stack = db.pixels(16, 16, seed=3, frames=4)
+    ds = db.enhanced_multiframe(stack, zs)
+    for n, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        content = Dataset()
+        content.TemporalPositionIndex, content.InStackPositionNumber = 1 + n // 2, 1 + n % 2
+        frame.FrameContentSequence = Sequence([content])
+    path = db.write(ds, tmp_path / "enhanced.dcm")
+    refused(path, f"{path}: {fault}")
+    refused(path, f"{path}: {fault}", allow_uneven=True)
+
+
 def test_a_single_frame_enhanced_image_is_held_to_its_functional_groups(tmp_path):
     """An enhanced (multi-frame class) image of one frame keeps its geometry in the functional groups only. The
     checks ran for 2+ frames alone: a NaN or two-valued PlanePosition opened at an origin of uninitialised memory
