@@ -190,6 +190,11 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
 
     for n, step in enumerate(steps):
         if np.linalg.norm(step) <= tol:
+            volumes = _volumes_told_apart(heads[n], heads[n + 1])
+            if volumes:
+                raise GeometryError(f"two images at the same position {where(n)}, of different {volumes}: the series "
+                                    f"holds {_count_at_each_position(positions, tol)} volumes (time points, echoes or "
+                                    "acquisitions); medseg opens one volume: export one of them as its own series")
             raise GeometryError(f"two images at the same position {where(n)}; remove the duplicate or pick one series")
     _check_one_direction(names, ipp_arr, positions, steps, typical, tol)
     if abs(float(np.dot(typical, normal))) < (1 - SPACING_TOLERANCE) * size:
@@ -218,6 +223,30 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
     summary = (f"--allow-uneven: {len(notes)} uneven step(s) ({notes[0]}{'; ...' if len(notes) > 1 else ''}); opened at "
                f"the mean spacing {mean:.4g} mm, so slice positions are approximate")
     return SeriesGeometry(spacing_k=mean, notes=(summary,))
+
+
+# What tells the volumes of one series apart at one position (PS3.3 C.7.6.1, C.8.3.1, C.8.8.16): time points of a
+# dynamic or perfusion study, the echoes of a multi-echo MR, repeated acquisitions
+VOLUME_KEYWORDS = ("TemporalPositionIdentifier", "EchoNumbers", "AcquisitionNumber", "TriggerTime", "EchoTime",
+                   "DiffusionBValue")
+
+
+def _volumes_told_apart(a: pydicom.Dataset, b: pydicom.Dataset) -> str:
+    """The attribute and values by which two images at one position belong to different volumes ('' when none does:
+    a duplicate, such as the same file copied twice). A dynamic MR or perfusion CT series of 2 time points was refused
+    with "remove the duplicate or pick one series", neither of which fits (session 17)."""
+    for keyword in VOLUME_KEYWORDS:
+        if keyword in a and keyword in b and str(a.get(keyword)) != str(b.get(keyword)):
+            return f"{keyword} ({a.get(keyword)} and {b.get(keyword)})"
+    return ""
+
+
+def _count_at_each_position(positions: np.ndarray, tol: float) -> str:
+    """How many images each position holds: one number when all hold the same, else 'several'."""
+    ordered = np.sort(positions)
+    groups = np.split(ordered, np.flatnonzero(np.diff(ordered) > tol) + 1)
+    counts = {len(g) for g in groups}
+    return str(counts.pop()) if len(counts) == 1 else "several"
 
 
 def _check_one_direction(names: Sequence[str], ipp: np.ndarray, positions: np.ndarray, steps: np.ndarray,
