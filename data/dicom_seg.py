@@ -232,6 +232,7 @@ def check_seg_source(volume: Volume, path: str | Path) -> list[pydicom.Dataset]:
 
     path = Path(path)
     sources = _source_datasets(volume, path)
+    _check_one_study_and_series(sources, volume.source.files, path)
     frames = {str(ds.get("FrameOfReferenceUID") or "").strip() for ds in sources}
     if "" in frames:  # allowed where the source's IOD does not require one (an ultrasound, a secondary capture)
         if get_module_usage("frame-of-reference", sources[0].SOPClassUID) == ModuleUsageValues.MANDATORY:
@@ -242,6 +243,20 @@ def check_seg_source(volume: Volume, path: str | Path) -> list[pydicom.Dataset]:
         raise DicomSegError(f"{path}: the source images have {len(frames)} different FrameOfReferenceUIDs; a DICOM-SEG "
                             "shares one with its source: write a NIfTI label map (.nii.gz) instead")
     return sources
+
+
+def _check_one_study_and_series(sources: list[pydicom.Dataset], files: Sequence[str], path: Path) -> None:
+    """A SEG references one study and one series. A series whose slices name different studies (merged or anonymised
+    wrongly) opened, and the SEG export failed in highdicom's words, naming neither the slice nor the attribute:
+    "Source images must all be part of the same series ..." (session 17)."""
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        first = str(sources[0].get(keyword) or "").strip()
+        for f, ds in zip(files, sources):
+            other = str(ds.get(keyword) or "").strip()
+            if other != first:
+                raise DicomSegError(f"{path}: the source image {Path(f).name} has {keyword} {other} where "
+                                    f"{Path(files[0]).name} has {first}; a DICOM-SEG references one study and series: "
+                                    "fix the source's UIDs, or write a NIfTI label map (.nii.gz) instead")
 
 
 def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
