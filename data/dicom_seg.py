@@ -143,7 +143,7 @@ def write_dicom_seg(
     _patient_orientation(seg, sources[0])
     if deidentify is not None:
         deidentify(seg)
-    _check_values_fit_their_vr(seg, path, deidentified=deidentify is not None)
+    _check_values_fit_their_vr(seg, path, Path(volume.source.files[0]).name, deidentified=deidentify is not None)
     with atomic_output(path) as tmp:
         seg.save_as(tmp)
     return path
@@ -300,24 +300,39 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
 TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
 PN_MAX_COMPONENTS = 5  # family^given^middle^prefix^suffix in each of up to 3 groups (PS3.5 6.2.1.1)
 PN_MAX_BYTES = 64  # what dciodvfy accepts for a whole PN value
+# control characters a VR may hold (PS3.5 6.1.3, 6.2): ESC for ISO 2022 code extensions; line breaks in the texts
+_ALLOWED_CONTROL = {vr: "\x1b\r\n\f\t" for vr in ("LT", "ST", "UT", "UC")}
 
 
-def _check_values_fit_their_vr(seg: pydicom.Dataset, path: Path, *, deidentified: bool) -> None:
-    """Every text value the SEG carries fits its VR (length, PN form, multiplicity), or DicomSegError naming the field.
+# Values that tie the SEG to its patient and order: cut or emptied, the SEG would be filed under another one
+IDENTIFIERS = frozenset({"PatientName", "PatientID", "IssuerOfPatientID", "OtherPatientIDs", "AccessionNumber",
+                         "StudyID"})
+CHECKED_VRS = TEXT_VRS | {"AS", "CS", "DA", "DS", "DT", "IS", "TM"}
+
+
+def _check_values_fit_their_vr(seg: pydicom.Dataset, path: Path, source_name: str, *, deidentified: bool) -> None:
+    """Every value the SEG carries fits its VR (length, characters, PN form, multiplicity): an identifier that does not
+    is refused (DicomSegError naming the field), any other value is left empty with a warning line.
 
     Why: the source's patient and study values are copied as they are; with the identifiers kept (a SEG going back to
     its PACS), a PatientID of 100 characters, a name component over 64, an AccessionNumber or StudyID over 16, a
-    PatientID holding a backslash (two values) or a name of 6 components went into a SEG that dciodvfy refuses (session
-    17). Cutting or emptying an identifier would file the SEG under another patient or study, so the export is
-    refused; a de-identified export replaces them (StudyDescription, not an identifier, is cut with a note earlier)."""
-    for element in seg.iterall():
-        fault = _vr_fault(element) if element.VR in TEXT_VRS else None
-        if fault is not None:
-            keyword = element.keyword or f"({element.tag.group:04X},{element.tag.element:04X})"
+    PatientID holding a backslash (two values), a name of 6 components or with a control character, a PatientAge
+    '45' or a PatientSize 'abc' went into a SEG that dciodvfy refuses (session 17). Cutting or emptying an identifier
+    would file the SEG under another patient or study, so that export is refused; a de-identified export replaces
+    them. Other values are emptied, as the invalid dates and PatientSex already are (StudyDescription is cut)."""
+    for element in list(seg.iterall()):
+        fault = _vr_fault(element) if element.VR in CHECKED_VRS else None
+        if fault is None:
+            continue
+        keyword = element.keyword or f"({element.tag.group:04X},{element.tag.element:04X})"
+        if keyword in IDENTIFIERS:
             remedy = "correct it in the source images" + ("" if deidentified else ", or export de-identified "
                                                           "(--deidentify; in the UI, untick Keep patient identifiers)")
             raise DicomSegError(f"{path}: the source's {keyword} {fault}; a DICOM-SEG carrying it is invalid and "
                                 f"one with it changed would no longer match the source's records: {remedy}")
+        element.value = None
+        warnings.warn(one_line(f"{source_name}: {keyword} {fault}; the DICOM-SEG leaves it empty"), UserWarning,
+                      stacklevel=4)
 
 
 def _vr_fault(element: pydicom.DataElement) -> str | None:
@@ -335,12 +350,15 @@ def _vr_fault(element: pydicom.DataElement) -> str | None:
     if allowed == "1" and len(values) > 1:
         return f"holds {len(values)} values (a backslash in it) where its VR allows 1"
     for text in (str(v) for v in values if v not in (None, "")):  # a PersonName too: its text is what is written
+        control = next((c for c in text if ord(c) < 0x20 and c not in _ALLOWED_CONTROL.get(element.VR, "\x1b")), None)
+        if control is not None:
+            return f"holds the control character {control!r}, which its VR {element.VR} does not allow"
         if element.VR == "PN" and any(group.count("^") >= PN_MAX_COMPONENTS for group in text.split("=")):
             return f"has a name of more than {PN_MAX_COMPONENTS} ^-separated components"
         try:
             validate_value(element.VR, text, RAISE)
         except ValueError as e:
-            reason = str(e).rstrip(".")
+            reason = re.sub(r"\. Please see .*", "", str(e).strip()).rstrip(".")  # pydicom's link to PS3.5
             limit = re.search(r"maximum (?:allowed )?length (?:of )?(\d+)", reason)
             return (f"is {len(text)} characters, longer than its VR {element.VR} allows ({limit.group(1)})"
                     if limit and element.VR != "PN" else f"is not a valid {element.VR} ({reason})")
