@@ -149,9 +149,9 @@ def _check_scaled_values(slope: float, inter: float, datatype: str) -> None:
                               f"{ITK_SLOPE_EPSILON:.3g} as no scaling, nibabel applies it); save the voxels scaled, "
                               "or with a slope of 1")
     if abs(slope) <= abs(inter) * FLOAT32_STEP:
-        raise NiftiCheckError(f"scl_inter = {inter:g} with scl_slope = {slope:g}: the intercept swamps the slope, so the "
-                              "voxels' differences would be lost in float32 (the type scaled voxels are read into); "
-                              "the scaling is wrong")
+        raise NiftiCheckError(f"scl_inter = {inter:g} with scl_slope = {slope:g}: the intercept swamps the slope, so "
+                              "the voxels' differences would be lost in float32 (the type scaled voxels are read "
+                              "into); the scaling is wrong")
     kind = np.dtype(datatype)
     if kind.kind in "iu":
         low, high = np.iinfo(kind).min, np.iinfo(kind).max
@@ -297,9 +297,9 @@ def _geometry(header, shape: tuple[int, ...]):
         raise NiftiCheckError(f"the {rule.split()[0]} holds NaN or infinite values")
     unit = int(header["xyzt_units"]) & 0x07
     if unit in UNDEFINED_SPATIAL_UNITS:
-        raise NiftiCheckError(f"xyzt_units {int(header['xyzt_units'])}: spatial unit code {unit} is not defined by NIfTI-1 "
-                              "(0 unknown, 1 metres, 2 millimetres, 3 micrometres), so the size and place of the image "
-                              "are in doubt; set xyzt_units to the unit its sform/pixdim are in (2 for mm)")
+        raise NiftiCheckError(f"xyzt_units {int(header['xyzt_units'])}: spatial unit code {unit} is not defined by "
+                              "NIfTI-1 (0 unknown, 1 metres, 2 millimetres, 3 micrometres), so the size and place of "
+                              "the image are in doubt; set xyzt_units to the unit its sform/pixdim are in (2 for mm)")
     if unit in SPATIAL_UNITS:  # metres or micrometres: millimetres, as ITK (3D Slicer) reads them and labels are written
         name, factor = SPATIAL_UNITS[unit]
         affine = affine * factor

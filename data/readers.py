@@ -719,4 +719,5 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
                        "own plane, no patient position)" if us is not None
                   else "none (identity)"),
     )
-    return _check_ct_values(path, Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source), ds)
+    volume = Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
+    return _check_ct_values(path, volume, ds)

@@ -302,7 +302,8 @@ def _check_one_place(n: int, keyword: str, own: pydicom.Dataset | None, common: 
     if own is None or common is None or keyword not in own or keyword not in common:
         return
     try:
-        mine, theirs = [float(v) for v in _values(own[keyword].value)], [float(v) for v in _values(common[keyword].value)]
+        mine = [float(v) for v in _values(own[keyword].value)]
+        theirs = [float(v) for v in _values(common[keyword].value)]
     except (TypeError, ValueError):
         return  # not numbers: the checks of the values themselves name them
     if len(mine) != len(theirs) or not np.allclose(mine, theirs, rtol=0, atol=1e-6):

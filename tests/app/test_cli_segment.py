@@ -228,7 +228,7 @@ def test_a_seg_of_a_series_whose_slices_name_two_studies_is_refused_naming_the_s
     monkeypatch.setattr("app.commands.segment.segmenter_from_args", model_ran)
     code, _, err = run_cli(capsys, "segment", series, "--slice", 6, "--box", 80, 80, 180, 180, "-o", tmp_path / "o.dcm")
     assert code == 2, err
+    name = sorted(series.iterdir())[0].name
     assert err.strip() == (f"medseg segment: error: {tmp_path / 'o.dcm'}: the source image {odd.name} has "
-                           f"StudyInstanceUID 1.2.3.4 where {sorted(series.iterdir())[0].name} has {first}; a DICOM-SEG "
-                           "references one study and series: fix the source's UIDs, or write a NIfTI label map "
-                           "(.nii.gz) instead")
+                           f"StudyInstanceUID 1.2.3.4 where {name} has {first}; a DICOM-SEG references one study and "
+                           "series: fix the source's UIDs, or write a NIfTI label map (.nii.gz) instead")

@@ -718,7 +718,8 @@ def test_enhanced_multiframe_frames_lie_where_their_functional_groups_put_them(t
     ("PlaneOrientationSequence", "ImageOrientationPatient", [1.0, 0.0, 0.0, 0.0, 0.0, -1.0],
      [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
 ], ids=["pixel_spacing", "orientation"])
-def test_an_enhanced_frame_whose_group_disagrees_with_the_shared_one_is_refused(tmp_path, group, keyword, value, shared):
+def test_an_enhanced_frame_whose_group_disagrees_with_the_shared_one_is_refused(tmp_path, group, keyword, value,
+                                                                                shared):
     """A functional group belongs in the shared or the per-frame groups (PS3.3 C.7.6.16.1). Both, disagreeing: the
     per-frame one was taken without a word (0.8 mm pixels where the shared groups say 0.5, session 17). The same
     value in both still opens."""

@@ -120,6 +120,6 @@ def test_a_series_of_two_volumes_says_so_not_remove_the_duplicate(tmp_path, keyw
         with pytest.raises(StudyError) as e:
             read_study(folder, allow_uneven=allow_uneven)
         assert str(e.value) == (f"{folder}: two images at the same position between v1_IM0001.dcm (-5.25 mm) and "
-                                f"v2_IM0001.dcm (-5.25 mm), of different {keyword} (1 and 2): the series holds 2 volumes "
-                                "(time points, echoes or acquisitions); medseg opens one volume: export one of them as "
-                                "its own series")
+                                f"v2_IM0001.dcm (-5.25 mm), of different {keyword} (1 and 2): the series holds 2 "
+                                "volumes (time points, echoes or acquisitions); medseg opens one volume: export one of "
+                                "them as its own series")
