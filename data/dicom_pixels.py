@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pydicom
 
 from data import limits
@@ -68,6 +69,11 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
     if scan.encapsulated:
         if len(scan.fragments) < 2 or not any(n for _, n in scan.fragments[1:]):
             raise StudyError(f"{path}: compressed pixel data without any frame fragment")
+        encoded = _encoded_frames(path, scan)
+        if encoded is not None and encoded != frames:
+            raise StudyError(f"{path}: {encoded} compressed frame(s) in its pixel data where NumberOfFrames says "
+                             f"{frames}; the frames cannot be matched to the image, so it would open garbled or not at "
+                             "all; refused")
         rows, cols = header_int(ds, "Rows"), header_int(ds, "Columns")
         for c, r, comps in encoded_frame_sizes(path, scan):
             if (c, r) != (cols, rows) or comps != samples:
@@ -102,6 +108,25 @@ def _check_stored_bits(path: Path, ds: pydicom.Dataset, allocated: int) -> None:
     representation = _int_field(path, ds, "PixelRepresentation")
     if representation not in (None, 0, 1):
         raise StudyError(f"{path}: PixelRepresentation {representation}; expected 0 (unsigned) or 1 (signed)")
+
+
+def _encoded_frames(path: Path, scan: DicomScan) -> int | None:
+    """How many frames encapsulated pixel data holds, where the file says it without decoding (None otherwise): RLE
+    puts each frame in one fragment (PS3.5 A.4.2); a Basic Offset Table has one offset per frame (A.4); a JPEG or
+    JPEG-LS frame starts with SOI (FF D8), which cannot occur inside one. NumberOfFrames 4 over 3 RLE frames (or 3
+    over 4) was refused in GDCM's words, "Failed to change to Implicit Transfer Syntax", naming neither (session 17)."""
+    data = scan.fragments[1:]
+    if scan.transfer_syntax == RLE_LOSSLESS:
+        return len(data)
+    table = scan.fragments[0][1] if scan.fragments else 0
+    if table:
+        return table // 4
+    with open(path, "rb") as f:
+        starts = []
+        for offset, length in data:
+            f.seek(offset)
+            starts.append(length >= 2 and f.read(2) == b"\xff\xd8")
+    return sum(starts) if starts and starts[0] else None
 
 
 def _counted(path: Path, ds: pydicom.Dataset, keyword: str, default: int) -> int:
@@ -199,10 +224,11 @@ def _no_decoder(syntax: str) -> bool:
     return syntax in NO_DECODER or syntax.startswith(NO_DECODER_PREFIXES)
 
 
-def check_rescale(path: Path, ds: pydicom.Dataset) -> None:
+def check_rescale(path: Path, ds: pydicom.Dataset, *, image: pydicom.Dataset | None = None, where: str = "") -> None:
     """RescaleSlope 0, NaN or inf, or a NaN/inf intercept: GDCM silently reads such a slope as 1 and such an
     intercept as 0 (measured: slope 0 with intercept -1024 opened as stored - 1024), values the file does not
-    say. Refused."""
+    say. Refused; so is a rescale whose values cannot be held (:func:`check_rescale_range`). ``image``: the data set
+    that describes the pixels, where ``ds`` is a frame's functional group (named by ``where``)."""
     for keyword in ("RescaleSlope", "RescaleIntercept"):
         if keyword not in ds or ds[keyword].value in (None, ""):
             continue
@@ -214,12 +240,52 @@ def check_rescale(path: Path, ds: pydicom.Dataset) -> None:
             raise StudyError(f"{path}: {keyword} {value:g}; expected a finite number{' other than 0' if keyword == 'RescaleSlope' else ''}"
                              " (the stored values cannot be turned into the modality's units)")
     slope, intercept = rescale_of(ds)
+    check_rescale_range(path, ds if image is None else image, slope, intercept, where=where)
     if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1" and (slope, intercept) != (1, 0):
         # MONOCHROME1 is for display, after the rescale; GDCM inverts the stored values before it (measured: a CT
         # slice of -896..1167 HU opened at -3216..-1153)
         raise StudyError(f"{path}: MONOCHROME1 with RescaleSlope {slope:g}, RescaleIntercept {intercept:g}: the decoder "
                          "inverts the stored values before the rescale, so the modality's values (HU) would be wrong; "
                          "save it as MONOCHROME2")
+
+
+# The rescaled values are held as float64 and shown, exported and windowed from there; beyond float32's range a
+# viewer, a float32 NIfTI or the model's input holds infinities, so that is the largest magnitude accepted.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT64_EPS = float(np.finfo(np.float64).eps)
+HU_TYPES = ("", "HU")  # RescaleType absent (CT's default) or Hounsfield units
+
+
+def stored_range(ds: pydicom.Dataset) -> tuple[int, int]:
+    """The smallest and largest stored value the header allows (BitsStored, PixelRepresentation; BitsAllocated or 16
+    where absent): what the rescale may be applied to, before any pixel is decoded."""
+    bits = min(max(header_int(ds, "BitsStored", header_int(ds, "BitsAllocated", 16)) or 16, 1), 64)  # checked later
+    if header_int(ds, "PixelRepresentation", 0) == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def check_rescale_range(path: Path, ds: pydicom.Dataset, slope: float, intercept: float, *,
+                        where: str = "") -> None:
+    """A rescale whose values cannot be held is refused, not opened as stated (session 17): an intercept of 1e30
+    swamped every stored step in float64 (a CT opened as one flat value, 1e30 everywhere, as if valid); a slope of
+    1e300 made values past float32 (infinities in any float viewer or export). On a CT in Hounsfield units a
+    negative slope turns bone darker than air: refused too. Other negative or large slopes that keep every stored
+    value apart are what the file says (PS3.3 C.11.1.1.2 bounds neither) and open; a CT's values past any material
+    are refused after decoding (``check_ct_values``). ``where`` names a frame's functional group."""
+    low, high = stored_range(ds)
+    magnitude = max(abs(slope * low + intercept), abs(slope * high + intercept))
+    said = f"{path}: {where}RescaleSlope {slope:g}, RescaleIntercept {intercept:g}"
+    if not math.isfinite(magnitude) or magnitude > FLOAT32_MAX:
+        raise StudyError(f"{said} make stored values {low}..{high} reach {magnitude:.3g}, past what an image can hold "
+                         f"(about {FLOAT32_MAX:.3g}); the rescale is wrong")
+    if abs(slope) <= abs(intercept) * FLOAT64_EPS * 2:  # one stored step below the intercept's rounding
+        raise StudyError(f"{said}: the intercept swamps the slope, so stored values {low}..{high} would all open as "
+                         f"about {intercept:.3g} (their differences lost); the rescale is wrong")
+    rescale_type = str(ds.get("RescaleType", "") or "").strip().upper()
+    if str(ds.get("Modality", "")).strip().upper() == "CT" and rescale_type in HU_TYPES and slope < 0:
+        raise StudyError(f"{said}: a CT's Hounsfield units grow with density, and a negative slope would show bone "
+                         "darker than air; the rescale is wrong")
 
 
 def rescale_of(ds: pydicom.Dataset) -> tuple[float, float]:

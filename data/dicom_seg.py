@@ -143,6 +143,7 @@ def write_dicom_seg(
     _patient_orientation(seg, sources[0])
     if deidentify is not None:
         deidentify(seg)
+    _check_values_fit_their_vr(seg, path, Path(volume.source.files[0]).name, deidentified=deidentify is not None)
     with atomic_output(path) as tmp:
         seg.save_as(tmp)
     return path
@@ -231,6 +232,7 @@ def check_seg_source(volume: Volume, path: str | Path) -> list[pydicom.Dataset]:
 
     path = Path(path)
     sources = _source_datasets(volume, path)
+    _check_one_study_and_series(sources, volume.source.files, path)
     frames = {str(ds.get("FrameOfReferenceUID") or "").strip() for ds in sources}
     if "" in frames:  # allowed where the source's IOD does not require one (an ultrasound, a secondary capture)
         if get_module_usage("frame-of-reference", sources[0].SOPClassUID) == ModuleUsageValues.MANDATORY:
@@ -241,6 +243,20 @@ def check_seg_source(volume: Volume, path: str | Path) -> list[pydicom.Dataset]:
         raise DicomSegError(f"{path}: the source images have {len(frames)} different FrameOfReferenceUIDs; a DICOM-SEG "
                             "shares one with its source: write a NIfTI label map (.nii.gz) instead")
     return sources
+
+
+def _check_one_study_and_series(sources: list[pydicom.Dataset], files: Sequence[str], path: Path) -> None:
+    """A SEG references one study and one series. A series whose slices name different studies (merged or anonymised
+    wrongly) opened, and the SEG export failed in highdicom's words, naming neither the slice nor the attribute:
+    "Source images must all be part of the same series ..." (session 17)."""
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        first = str(sources[0].get(keyword) or "").strip()
+        for f, ds in zip(files, sources):
+            other = str(ds.get(keyword) or "").strip()
+            if other != first:
+                raise DicomSegError(f"{path}: the source image {Path(f).name} has {keyword} {other} where "
+                                    f"{Path(files[0]).name} has {first}; a DICOM-SEG references one study and series: "
+                                    "fix the source's UIDs, or write a NIfTI label map (.nii.gz) instead")
 
 
 def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
@@ -268,6 +284,7 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
                 fault = f"has {keyword} {uid!r}, which is no DICOM UID" if uid else f"has no {keyword}"
                 raise DicomSegError(f"{path}: the source image {f} {fault}; a DICOM-SEG must reference it: write a "
                                     "NIfTI label map (.nii.gz) instead")
+        _un_text_as_its_vr(ds)
         for keyword in TYPE2_FROM_SOURCE:  # Type 2: must be present, may be empty (PS3.3 C.7.1.1, C.7.2.1)
             if keyword not in ds:
                 setattr(ds, keyword, "")
@@ -281,6 +298,77 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
 
 
 TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
+PN_MAX_COMPONENTS = 5  # family^given^middle^prefix^suffix in each of up to 3 groups (PS3.5 6.2.1.1)
+PN_MAX_BYTES = 64  # what dciodvfy accepts for a whole PN value
+# control characters a VR may hold (PS3.5 6.1.3, 6.2): ESC for ISO 2022 code extensions; line breaks in the texts
+_ALLOWED_CONTROL = {vr: "\x1b\r\n\f\t" for vr in ("LT", "ST", "UT", "UC")}
+
+
+# Values that tie the SEG to its patient and order: cut or emptied, the SEG would be filed under another one
+IDENTIFIERS = frozenset({"PatientName", "PatientID", "IssuerOfPatientID", "OtherPatientIDs", "AccessionNumber",
+                         "StudyID"})
+CHECKED_VRS = TEXT_VRS | {"AS", "CS", "DA", "DS", "DT", "IS", "TM"}
+
+
+def _check_values_fit_their_vr(seg: pydicom.Dataset, path: Path, source_name: str, *, deidentified: bool) -> None:
+    """Every value the SEG carries fits its VR (length, characters, PN form, multiplicity): an identifier that does not
+    is refused (DicomSegError naming the field), any other value is left empty with a warning line.
+
+    Why: the source's patient and study values are copied as they are; with the identifiers kept (a SEG going back to
+    its PACS), a PatientID of 100 characters, a name component over 64, an AccessionNumber or StudyID over 16, a
+    PatientID holding a backslash (two values), a name of 6 components or with a control character, a PatientAge
+    '45' or a PatientSize 'abc' went into a SEG that dciodvfy refuses (session 17). Cutting or emptying an identifier
+    would file the SEG under another patient or study, so that export is refused; a de-identified export replaces
+    them. Other values are emptied, as the invalid dates and PatientSex already are (StudyDescription is cut)."""
+    for element in list(seg.iterall()):
+        fault = _vr_fault(element) if element.VR in CHECKED_VRS else None
+        if fault is None:
+            continue
+        keyword = element.keyword or f"({element.tag.group:04X},{element.tag.element:04X})"
+        if keyword in IDENTIFIERS:
+            remedy = "correct it in the source images" + ("" if deidentified else ", or export de-identified "
+                                                          "(--deidentify; in the UI, untick Keep patient identifiers)")
+            raise DicomSegError(f"{path}: the source's {keyword} {fault}; a DICOM-SEG carrying it is invalid and "
+                                f"one with it changed would no longer match the source's records: {remedy}")
+        element.value = None
+        warnings.warn(one_line(f"{source_name}: {keyword} {fault}; the DICOM-SEG leaves it empty"), UserWarning,
+                      stacklevel=4)
+
+
+def _vr_fault(element: pydicom.DataElement) -> str | None:
+    """What makes a text element invalid for its VR (pydicom's own rule, plus the multiplicity and the PN form
+    dciodvfy checks and pydicom does not), None when it is valid."""
+    from pydicom.config import RAISE
+    from pydicom.datadict import dictionary_VM
+    from pydicom.valuerep import validate_value
+
+    values = element.value if isinstance(element.value, (list, tuple, pydicom.multival.MultiValue)) else [element.value]
+    try:
+        allowed = dictionary_VM(element.tag)
+    except KeyError:  # a private element: no dictionary entry
+        allowed = ""
+    if allowed == "1" and len(values) > 1:
+        return f"holds {len(values)} values (a backslash in it) where its VR allows 1"
+    for text in (str(v) for v in values if v not in (None, "")):  # a PersonName too: its text is what is written
+        control = next((c for c in text if ord(c) < 0x20 and c not in _ALLOWED_CONTROL.get(element.VR, "\x1b")), None)
+        if control is not None:
+            return f"holds the control character {control!r}, which its VR {element.VR} does not allow"
+        if element.VR == "PN" and any(group.count("^") >= PN_MAX_COMPONENTS for group in text.split("=")):
+            return f"has a name of more than {PN_MAX_COMPONENTS} ^-separated components"
+        try:
+            validate_value(element.VR, text, RAISE)
+        except ValueError as e:
+            reason = re.sub(r"\. Please see .*", "", str(e).strip()).rstrip(".")  # pydicom's link to PS3.5
+            limit = re.search(r"maximum (?:allowed )?length (?:of )?(\d+)", reason)
+            return (f"is {len(text)} characters, longer than its VR {element.VR} allows ({limit.group(1)})"
+                    if limit and element.VR != "PN" else f"is not a valid {element.VR} ({reason})")
+        if element.VR == "PN" and len(text.encode("utf-8")) > PN_MAX_BYTES:
+            # PS3.5 allows 64 characters per component group; dciodvfy counts the whole value (measured: a name of
+            # two groups, 8 and 62 characters, "Length invalid for this VR = 71, expected <= 64")
+            return f"is {len(text.encode('utf-8'))} bytes, longer than the 64 a PN value may hold"
+    return None
+
+
 SEG_DATES, SEG_TIMES = ("StudyDate", "PatientBirthDate"), ("StudyTime",)  # what highdicom parses from the source
 
 
@@ -354,6 +442,26 @@ def _spacing_between_slices(ds: pydicom.Dataset, slice_spacing: float) -> list[s
     ds.SpacingBetweenSlices = f"{slice_spacing:.10g}"[:16]
     return [f"SpacingBetweenSlices {given!r} is not a spacing > 0 mm; the DICOM-SEG's frames take the slice spacing "
             f"{slice_spacing:g} mm"]
+
+
+def _un_text_as_its_vr(ds: pydicom.Dataset) -> None:
+    """A text value over 64 KiB cannot be written in its own VR's 2-byte length, so explicit-VR writers store it as UN
+    (pydicom does) and pydicom reads it back as bytes; highdicom then failed on a PatientName of 70000 characters with
+    "Invalid type for a person name" (session 17). Such an element becomes text of its dictionary VR again, so the
+    checks that follow (StudyDescription cut, every value against its VR) name it."""
+    from pydicom.datadict import dictionary_VR
+
+    for element in list(ds):
+        if element.VR != "UN" or not isinstance(element.value, bytes) or element.tag.is_private:
+            continue
+        try:
+            vr = dictionary_VR(element.tag)
+        except KeyError:
+            continue
+        if vr in TEXT_VRS and element.keyword != "StudyDescription":  # that one has its own rule (cut, with a note)
+            text = element.value.decode("utf-8", "replace").rstrip("\0 ")
+            del ds[element.tag]
+            ds.add_new(element.tag, vr, text)
 
 
 def _study_description(ds: pydicom.Dataset) -> list[str]:

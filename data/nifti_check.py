@@ -88,6 +88,7 @@ def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
     if int(header["bitpix"]) != bits:
         raise NiftiCheckError(f"bitpix {int(header['bitpix'])} does not match datatype {name} ({bits} bits)")
     _check_scaling(float(header["scl_slope"]), float(header["scl_inter"]))
+    _check_scaled_values(float(header["scl_slope"]), float(header["scl_inter"]), name)
     voxels = math.prod(shape)
     if voxels > max_voxels:
         raise NiftiCheckError(
@@ -127,6 +128,37 @@ def _check_scaling(slope: float, inter: float) -> None:
                                   "whether to add the intercept; set scl_inter to 0 or give a valid scl_slope")
     elif math.isinf(inter):
         raise NiftiCheckError(f"scl_inter = {inter} with scl_slope = {slope:g}; the voxel scaling needs a finite intercept")
+
+
+# ITK applies scl_slope only above double's epsilon (itk::NiftiImageIO::MustRescale); nibabel applies any non-zero
+ITK_SLOPE_EPSILON = float(np.finfo(np.float64).eps)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_STEP = 2.0**-23  # float32's relative spacing: ITK reads a scaled NIfTI as float32
+
+
+def _check_scaled_values(slope: float, inter: float, datatype: str) -> None:
+    """Voxel scalings that readers cannot hold or apply alike (session 17; measured on the real CT with SimpleITK):
+    scl_slope 1e-30 was ignored by ITK (the CT opened unscaled, -1024..1746) where nibabel applies it; scl_inter 1e30
+    (or 1e10) swamped every stored step in ITK's float32 (one flat value, or 4 values for 2757); scl_slope 1e38 made
+    2.2 million voxels infinite, then 'repaired' with a warning. Refused naming the field. A negative or large slope
+    whose values fit float32 is what the file says (NIfTI bounds neither) and opens."""
+    if not (math.isfinite(slope) and slope != 0) or (slope == 1 and inter == 0) or datatype.startswith("RGB"):
+        return  # no scaling (_check_scaling refused the cases readers disagree on)
+    if abs(slope) < ITK_SLOPE_EPSILON:
+        raise NiftiCheckError(f"scl_slope = {slope:g}: readers disagree whether to apply it (ITK takes a slope under "
+                              f"{ITK_SLOPE_EPSILON:.3g} as no scaling, nibabel applies it); save the voxels scaled, "
+                              "or with a slope of 1")
+    if abs(slope) <= abs(inter) * FLOAT32_STEP:
+        raise NiftiCheckError(f"scl_inter = {inter:g} with scl_slope = {slope:g}: the intercept swamps the slope, so "
+                              "the voxels' differences would be lost in float32 (the type scaled voxels are read "
+                              "into); the scaling is wrong")
+    kind = np.dtype(datatype)
+    if kind.kind in "iu":
+        low, high = np.iinfo(kind).min, np.iinfo(kind).max
+        reach = max(abs(slope * low + inter), abs(slope * high + inter))
+        if reach > FLOAT32_MAX:
+            raise NiftiCheckError(f"scl_slope = {slope:g}, scl_inter = {inter:g} make {datatype} voxels reach "
+                                  f"{reach:.3g}, past what float32 holds ({FLOAT32_MAX:.3g}); the scaling is wrong")
 
 
 def _read_prefix(path: Path, gz: bool, n: int) -> bytes:
@@ -222,6 +254,9 @@ XFORM_CODES = range(6)  # nifti1.h's NIFTI_XFORM_*: unknown, scanner, aligned, T
 # xyzt_units' spatial codes other than mm (2) and unknown (0): ITK scales spacing and origin by these (nibabel does
 # not), and the label written back says mm; reading them as mm put a label 1000 times too small over the image.
 SPATIAL_UNITS = {1: ("metres", 1000.0), 3: ("micrometres", 0.001)}
+# Codes 4-7 (xyzt_units & 7) are undefined in NIfTI-1: ITK and nibabel read them as mm without a word, a guess at
+# the size of the image; refused since session 17 ("doubtful geometry is refused, not guessed").
+UNDEFINED_SPATIAL_UNITS = range(4, 8)
 
 
 # Axes off perpendicular by more than this (a cosine) are shear. ITK refuses an sform from 1e-4 (measured: 9.99e-5
@@ -261,6 +296,10 @@ def _geometry(header, shape: tuple[int, ...]):
     if not np.isfinite(affine).all():
         raise NiftiCheckError(f"the {rule.split()[0]} holds NaN or infinite values")
     unit = int(header["xyzt_units"]) & 0x07
+    if unit in UNDEFINED_SPATIAL_UNITS:
+        raise NiftiCheckError(f"xyzt_units {int(header['xyzt_units'])}: spatial unit code {unit} is not defined by "
+                              "NIfTI-1 (0 unknown, 1 metres, 2 millimetres, 3 micrometres), so the size and place of "
+                              "the image are in doubt; set xyzt_units to the unit its sform/pixdim are in (2 for mm)")
     if unit in SPATIAL_UNITS:  # metres or micrometres: millimetres, as ITK (3D Slicer) reads them and labels are written
         name, factor = SPATIAL_UNITS[unit]
         affine = affine * factor

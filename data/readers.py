@@ -35,7 +35,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from data.dicom_pixels import check_pixels, check_rescale, rescale_of, scan_checked
+from data.dicom_pixels import HU_TYPES, check_pixels, check_rescale, rescale_of, scan_checked
 from data.dicom_scan import NATIVE_SYNTAXES
 from data.limits import DEFAULT_MAX_VOXELS
 from data.nifti_check import NiftiCheckError, check_nifti
@@ -128,7 +128,8 @@ def _read_by_name(path: Path, *, series_uid: str | None, limit: int, allow_uneve
 
 CONTENT_KINDS = {"dicom": ("a DICOM file", ".dcm"), "nifti": ("an uncompressed NIfTI", ".nii"),
                  "nifti-gz": ("a gzip-compressed NIfTI", ".nii.gz"), "png": ("a PNG image", ".png"),
-                 "jpeg": ("a JPEG image", ".jpg")}
+                 "jpeg": ("a JPEG image", ".jpg"), "zip": ("a ZIP archive", ".zip")}
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive's end record
 
 
 def _content_kind(path: Path) -> str | None:
@@ -154,6 +155,8 @@ def _content_kind(path: Path) -> str | None:
         return "png"
     if head[:3] == b"\xff\xd8\xff":
         return "jpeg"
+    if head[:4] in ZIP_MAGIC:
+        return "zip"
     return None
 
 
@@ -169,7 +172,41 @@ def _misnamed(path: Path) -> str | None:
     what, suffix = CONTENT_KINDS[kind]
     if name.endswith(IMAGE_SUFFIXES if kind in ("png", "jpeg") else suffix):  # x.nii.gz does not end in .nii
         return None  # the name says what the bytes are: the file is damaged, not misnamed
+    if kind == "zip":  # a PACS or mail export saved under the name of its first image
+        return (f"its bytes are {what}, not what its name says: unpack it and open the folder, or rename it to end "
+                f"in {suffix} and upload that")
     return f"its bytes are {what}, not what its name says: rename it to end in {suffix}"
+
+
+DICOM_FILE_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+def _not_dicom_named_dicom(folder: Path) -> list[str]:
+    """The files of ``folder`` named as DICOM images that the series reader skips as not DICOM (under 132 bytes or no
+    DICM marker), each with what it is: a slice cut to 0 bytes or replaced by a ZIP was left out without a word, and
+    the refusal that followed asked to "add the missing file" the user could see in the folder."""
+    found = []
+    for f in sorted(folder.rglob("*")):
+        hidden = any(part.startswith(".") or part == "__MACOSX" for part in f.relative_to(folder).parts)
+        if hidden or not f.name.lower().endswith(DICOM_FILE_SUFFIXES) or f.is_symlink() or not f.is_file():
+            continue  # hidden: a Mac's ._IM0001.dcm resource forks ride along in zips
+        size = f.stat().st_size
+        if size >= 132 and has_dicom_magic(f):
+            continue
+        kind = _content_kind(f)
+        what = "0 bytes" if size == 0 else CONTENT_KINDS[kind][0] if kind else f"{size} bytes without the DICM marker"
+        found.append(f"{f.relative_to(folder)} ({what})")
+    return found
+
+
+def _with_unreadable_named(folder: Path, error: StudyError) -> StudyError:
+    """``error`` (a series refusal) with the files named as DICOM that are not, which may be its missing slices."""
+    skipped = _not_dicom_named_dicom(folder)
+    if not skipped:
+        return error
+    shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    return type(error)(f"{error}; note: {shown} in the folder {'is' if len(skipped) == 1 else 'are'} named as DICOM "
+                       "but not DICOM, perhaps the missing slice(s): export them again")
 
 
 # What a label map's float32 geometry holds to the 0.01 mm that labels are matched with: a voxel of 1 nm to 100 m,
@@ -192,8 +229,11 @@ def check_geometry_range(path: str | Path, volume: Volume) -> None:
         fault = f"origin {shown(volume.origin)} mm is more than {MAX_ORIGIN_MM:g} mm (100 m) from the scanner's origin"
     else:
         return
-    raise StudyError(f"{path}: {fault}; a label map cannot hold such a geometry (check ImagePositionPatient / "
-                     "PixelSpacing, or the NIfTI's sform and pixdim)")
+    check = ("check the NIfTI's xyzt_units: it says " + volume.source.geometry.split("; ")[-1].split(" (")[0]
+             + ", read as ITK and 3D Slicer read them, and a file in mm under that code is 1000 times off"
+             if volume.source is not None and volume.source.geometry.endswith("scaled to mm")
+             else "check ImagePositionPatient / PixelSpacing, or the NIfTI's sform and pixdim")
+    raise StudyError(f"{path}: {fault}; a label map cannot hold such a geometry ({check})")
 
 
 def has_dicom_magic(path: Path) -> bool:
@@ -477,7 +517,7 @@ def read_dicom_series(
     try:
         geometry = check_series_geometry(info.files, heads, allow_uneven=allow_uneven)
     except GeometryError as e:
-        raise _geometry_refusal(folder, e) from None
+        raise _with_unreadable_named(folder, _geometry_refusal(folder, e)) from None
     for name, head in zip(display_names(info.files), heads):
         try:
             check_spacing_between_slices(head, series=True)
@@ -500,6 +540,10 @@ def read_dicom_series(
         image.SetSpacing((*image.GetSpacing()[:2], geometry.spacing_k))
     for note in geometry.notes:
         warnings.warn(one_line(f"{folder}: {note}"), StudyWarning, stacklevel=2)
+    if skipped := _not_dicom_named_dicom(folder):
+        warnings.warn(one_line(f"{folder}: left out {len(skipped)} file(s) named as DICOM that are not DICOM: "
+                               + ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")),
+                      StudyWarning, stacklevel=2)
     _note_nifti_beside(folder)
     source = SourceRef(
         path=str(folder),
@@ -514,7 +558,26 @@ def read_dicom_series(
             " (mean slice spacing, --allow-uneven)" if geometry.spacing_k is not None else ""),
         notes=geometry.notes,
     )
-    return Volume.from_sitk(image, modality=info.modality, source=source)
+    return _check_ct_values(folder, Volume.from_sitk(image, modality=info.modality, source=source), first)
+
+
+# No material reaches a million Hounsfield units (dense metals read some 30000; extended CT scales stop at 65535)
+HU_LIMIT = 1e6
+
+
+def _check_ct_values(where: Path, volume: Volume, ds: pydicom.Dataset) -> Volume:
+    """A CT in Hounsfield units whose values run past any material was rescaled wrongly (a RescaleSlope of 1e30
+    opened as 1e33 'HU', every CT window one flat colour, as if valid): refused naming the range. ``ds``: the first
+    slice's header (Modality, RescaleType)."""
+    if volume.modality.strip().upper() != "CT" or str(ds.get("RescaleType", "") or "").strip().upper() not in HU_TYPES:
+        return volume
+    low, high = float(np.min(volume.array)), float(np.max(volume.array))
+    if max(abs(low), abs(high)) > HU_LIMIT:
+        slope, intercept = rescale_of(ds)
+        raise StudyError(f"{where}: CT values of {low:.4g} to {high:.4g} HU after RescaleSlope {slope:g}, "
+                         f"RescaleIntercept {intercept:g}; Hounsfield units lie within -1024 and some 30000 (at most "
+                         f"{HU_LIMIT:g}), so the rescale is wrong")
+    return volume
 
 
 def _note_nifti_beside(folder: Path) -> None:
@@ -554,7 +617,7 @@ def _check_frame_rescales(path: Path, ds: pydicom.Dataset) -> None:
         items = group.get("PixelValueTransformationSequence") or shared.get("PixelValueTransformationSequence")
         if not items:
             continue
-        check_rescale(path, items[0])
+        check_rescale(path, items[0], image=ds, where=f"frame {n + 1}: ")
         this = rescale_of(items[0])
         if first is None:
             first = (n, this)
@@ -656,4 +719,5 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
                        "own plane, no patient position)" if us is not None
                   else "none (identity)"),
     )
-    return Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
+    volume = Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
+    return _check_ct_values(path, volume, ds)

@@ -190,7 +190,13 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
 
     for n, step in enumerate(steps):
         if np.linalg.norm(step) <= tol:
+            volumes = _volumes_told_apart(heads[n], heads[n + 1])
+            if volumes:
+                raise GeometryError(f"two images at the same position {where(n)}, of different {volumes}: the series "
+                                    f"holds {_count_at_each_position(positions, tol)} volumes (time points, echoes or "
+                                    "acquisitions); medseg opens one volume: export one of them as its own series")
             raise GeometryError(f"two images at the same position {where(n)}; remove the duplicate or pick one series")
+    _check_one_direction(names, ipp_arr, positions, steps, typical, tol)
     if abs(float(np.dot(typical, normal))) < (1 - SPACING_TOLERANCE) * size:
         raise GeometryError(f"the slices step {size:.3g} mm but only {abs(float(np.dot(typical, normal))):.3g} mm along "
                             "their normal (gantry tilt or in-plane shifts); resample the series before opening it")
@@ -204,7 +210,7 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
             fix = "add the missing file(s), open the complete series, or pass --allow-uneven"
         else:
             fault = (f"uneven slice spacing, a step of {np.linalg.norm(step):.3g} mm {where(n)} while the others are "
-                     f"{size:.3g} mm")
+                     f"{size:.3g} mm" + _off_by(step, typical, tol))
             fix = "resample the series to even spacing (e.g. in 3D Slicer), or pass --allow-uneven"
         if not allow_uneven:
             raise UnevenSpacingError(f"{fault}; {fix}")
@@ -219,6 +225,62 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
     return SeriesGeometry(spacing_k=mean, notes=(summary,))
 
 
+# What tells the volumes of one series apart at one position (PS3.3 C.7.6.1, C.8.3.1, C.8.8.16): time points of a
+# dynamic or perfusion study, the echoes of a multi-echo MR, repeated acquisitions
+VOLUME_KEYWORDS = ("TemporalPositionIdentifier", "EchoNumbers", "AcquisitionNumber", "TriggerTime", "EchoTime",
+                   "DiffusionBValue")
+
+
+def _volumes_told_apart(a: pydicom.Dataset, b: pydicom.Dataset) -> str:
+    """The attribute and values by which two images at one position belong to different volumes ('' when none does:
+    a duplicate, such as the same file copied twice). A dynamic MR or perfusion CT series of 2 time points was refused
+    with "remove the duplicate or pick one series", neither of which fits (session 17)."""
+    for keyword in VOLUME_KEYWORDS:
+        if keyword in a and keyword in b and str(a.get(keyword)) != str(b.get(keyword)):
+            return f"{keyword} ({a.get(keyword)} and {b.get(keyword)})"
+    return ""
+
+
+def _count_at_each_position(positions: np.ndarray, tol: float) -> str:
+    """How many images each position holds: one number when all hold the same, else 'several'."""
+    ordered = np.sort(positions)
+    groups = np.split(ordered, np.flatnonzero(np.diff(ordered) > tol) + 1)
+    counts = {len(g) for g in groups}
+    return str(counts.pop()) if len(counts) == 1 else "several"
+
+
+def _check_one_direction(names: Sequence[str], ipp: np.ndarray, positions: np.ndarray, steps: np.ndarray,
+                         typical: np.ndarray, tol: float) -> None:
+    """Images stacked as given must advance one way. A series is sorted by position, so only an enhanced multi-frame's
+    frames (stacked as stored) can step back: two time points of one volume in one file (0, 1.5, 0, 1.5 mm) were
+    called an uneven step, and --allow-uneven (the UI's mean-spacing choice) opened them as 4 slices 0.5 mm apart, the
+    second volume folded into the first (session 17). Refused, naming what the frames hold."""
+    back = [n for n, step in enumerate(steps) if float(np.dot(step, typical)) <= 0]
+    if not back:
+        return
+    order = np.argsort(positions, kind="stable")
+    for a, b in zip(order[:-1], order[1:]):
+        if np.linalg.norm(ipp[b] - ipp[a]) <= tol:
+            first, second = sorted((int(a), int(b)))
+            raise GeometryError(f"{names[second]} lies where {names[first]} does ({positions[first]:.2f} mm): the "
+                                "images hold more than one volume (time points or stacks); medseg opens one volume: "
+                                "save each as its own series and open one")
+    n = back[0]
+    raise GeometryError(f"{names[n + 1]} ({positions[n + 1]:.2f} mm) lies back before {names[n]} "
+                        f"({positions[n]:.2f} mm): the images are not stored in order along their normal, and they "
+                        "are stacked as stored, so the volume would open scrambled; save them in order")
+
+
+def _off_by(step: np.ndarray, typical: np.ndarray, tol: float) -> str:
+    """Where the step's length reads as the others' once rounded (positions jittered sideways, or by hundredths of a
+    mm), how far it is from theirs: "a step of 1.5 mm ... while the others are 1.5 mm" named no difference at all
+    (session 17); '' when the lengths already show it."""
+    if f"{np.linalg.norm(step):.3g}" != f"{np.linalg.norm(typical):.3g}":
+        return ""
+    return (f", {np.linalg.norm(step - typical):.2g} mm away from their step in length or direction (more than the "
+            f"{tol:.2g} mm allowed)")
+
+
 @dataclass(frozen=True)
 class FrameGeometry:
     """The grid of an enhanced multi-frame image, from its functional groups (ITK order: i, j, k)."""
@@ -231,6 +293,27 @@ class FrameGeometry:
 
 FRAME_GROUPS = (("PlanePositionSequence", "ImagePositionPatient"), ("PlaneOrientationSequence", "ImageOrientationPatient"),
                 ("PixelMeasuresSequence", "PixelSpacing"))
+
+
+def _check_one_place(n: int, keyword: str, own: pydicom.Dataset | None, common: pydicom.Dataset | None) -> None:
+    """A functional group is in the shared or the per-frame groups, not both (PS3.3 C.7.6.16.1). Both, with other
+    values, leave the grid in doubt: a frame said 0.8 mm pixels where the shared groups said 0.5 mm, and it opened at
+    0.8 mm without a word (session 17); GDCM and other readers need not choose the same. Equal values are harmless."""
+    if own is None or common is None or keyword not in own or keyword not in common:
+        return
+    try:
+        mine = [float(v) for v in _values(own[keyword].value)]
+        theirs = [float(v) for v in _values(common[keyword].value)]
+    except (TypeError, ValueError):
+        return  # not numbers: the checks of the values themselves name them
+    if len(mine) != len(theirs) or not np.allclose(mine, theirs, rtol=0, atol=1e-6):
+        raise GeometryError(f"frame {n + 1}: {keyword} {mine} in its per-frame functional groups but {theirs} in the "
+                            "shared ones; a functional group belongs in one of the two, so which holds is in doubt")
+
+
+def _values(value) -> list:
+    """A DICOM value as a list (one number, or several)."""
+    return list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
 
 
 def _positive(value) -> bool:
@@ -255,10 +338,12 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
         return items[0] if items else None
 
     heads = []
-    for group in per_frame:
+    for n, group in enumerate(per_frame):
         head = pydicom.Dataset()
         for sequence, keyword in FRAME_GROUPS:
-            found = item(group, sequence) or item(shared, sequence)
+            own, common = item(group, sequence), item(shared, sequence)
+            _check_one_place(n, keyword, own, common)
+            found = own or common
             if found is not None and keyword in found:
                 head[keyword] = found[keyword]
         heads.append(head)

@@ -517,7 +517,8 @@ def test_seg_on_an_rgb_ultrasound_image(tmp_path):
 
 
 def test_a_source_changed_since_opening_is_refused_naming_the_file(tmp_path):
-    """One image of the series now belongs to another series: highdicom's reason, after the output name."""
+    """One image of the series now belongs to another series: named, with the attribute (session 17; before,
+    highdicom's reason after the output name: "Source images must all be part of the same series ...")."""
     copy = tmp_path / "series"
     shutil.copytree(CT_SERIES, copy)
     study = read_study(copy)
@@ -528,8 +529,10 @@ def test_a_source_changed_since_opening_is_refused_naming_the_file(tmp_path):
     labels[5, 10:20, 10:20] = 1
     out = tmp_path / "x.dcm"
     message = _refused(lambda: write_dicom_seg(labels, study, out), out)
-    assert message.startswith(f"{out}: highdicom could not build the DICOM-SEG (Source images must all be part of "
-                              "the same series")
+    first = pydicom.dcmread(study.source.files[0]).SeriesInstanceUID
+    assert message == (f"{out}: the source image {Path(study.source.files[4]).name} has SeriesInstanceUID 1.2.3.4.5 "
+                       f"where {Path(study.source.files[0]).name} has {first}; a DICOM-SEG references one study and "
+                       "series: fix the source's UIDs, or write a NIfTI label map (.nii.gz) instead")
 
 
 @needs_dciodvfy

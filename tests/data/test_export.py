@@ -197,6 +197,46 @@ def test_a_label_of_a_nifti_in_metres_overlays_it_where_itk_and_slicer_put_it(un
     np.testing.assert_allclose(label.GetSpacing(), image.GetSpacing(), rtol=1e-5)
     np.testing.assert_allclose(label.GetOrigin(), image.GetOrigin(), atol=1e-3)
     np.testing.assert_allclose(label.GetDirection(), image.GetDirection(), atol=1e-6)
+    assert int(nib.load(str(out)).header["xyzt_units"]) & 7 == 2  # the label map says mm, which its numbers are
+    again = read_study(out)
+    np.testing.assert_allclose(again.spacing, volume.spacing, rtol=1e-5)
+    np.testing.assert_allclose(again.origin, volume.origin, atol=1e-3)
+
+
+@pytest.mark.parametrize("unit", [4, 5, 6, 7])
+def test_a_nifti_spatial_unit_code_that_nifti_does_not_define_is_refused_not_read_as_mm(unit, tmp_path):
+    """xyzt_units & 7 of 4-7 is no unit of NIfTI-1 (1 m, 2 mm, 3 um); ITK and nibabel read it as mm without a
+    word, and medseg opened the real CT at 0.957 mm as if that were known (session 17: doubtful geometry is
+    refused, not guessed)."""
+    from data.readers import StudyError
+
+    source = nib.load(str(DATA / "ct_head_0051_slabA_image.nii.gz"))
+    image = nib.Nifti1Image(np.asarray(source.dataobj), source.affine, source.header)
+    image.header["xyzt_units"] = unit | 8  # + seconds
+    path = tmp_path / "odd_units.nii.gz"
+    nib.save(image, str(path))
+    with pytest.raises(StudyError) as e:
+        read_study(path)
+    assert str(e.value) == (f"{path}: xyzt_units {unit | 8}: spatial unit code {unit} is not defined by NIfTI-1 (0 "
+                            "unknown, 1 metres, 2 millimetres, 3 micrometres), so the size and place of the image are "
+                            "in doubt; set xyzt_units to the unit its sform/pixdim are in (2 for mm)")
+
+
+def test_a_nifti_in_mm_under_the_metres_code_is_refused_naming_xyzt_units(tmp_path):
+    """The real CT (origin about 122 mm) saved with xyzt_units 1: read as metres, as ITK and Slicer read it, its
+    origin is 122 m off and no label map can hold it; the refusal blamed ImagePositionPatient / the sform."""
+    from data.readers import StudyError
+
+    source = nib.load(str(DATA / "ct_head_0051_slabA_image.nii.gz"))
+    image = nib.Nifti1Image(np.asarray(source.dataobj), source.affine, source.header)
+    image.header["xyzt_units"] = 1 | 8
+    path = tmp_path / "metres.nii.gz"
+    nib.save(image, str(path))
+    with pytest.raises(StudyError) as e:
+        read_study(path)
+    assert str(e.value).endswith("a label map cannot hold such a geometry (check the NIfTI's xyzt_units: it says "
+                                 "metres, read as ITK and 3D Slicer read them, and a file in mm under that code is "
+                                 "1000 times off)")
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

@@ -60,3 +60,50 @@ def test_the_ui_says_it_too(tmp_path):
     ctx = AppContext(store=SessionStore(tmp_path / "sessions"), runner=runner, prefetcher=Prefetcher(runner))
     with pytest.raises((SessionError, *USER_ERRORS), match="its bytes are a gzip-compressed NIfTI"):
         open_upload(ctx, ctx.store.create().id, [str(tmp_path / "t1.dcm")])
+
+
+def test_a_zip_named_dcm_says_it_is_a_zip(tmp_path):
+    """A PACS or mail export saved under its first image's name: refused as a file without the DICM marker, as if the
+    image were damaged (session 17); now the line says it is a ZIP and what to do."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "IM0001.dcm", "w") as z:
+        z.write(CT_FILE, "IM0001.dcm")
+    with pytest.raises(StudyError) as e:
+        read_study(tmp_path / "IM0001.dcm")
+    assert str(e.value) == (f"{tmp_path / 'IM0001.dcm'}: not a readable DICOM file (no DICM marker at byte 128 (not a "
+                            "DICOM Part 10 file)); its bytes are a ZIP archive, not what its name says: unpack it and "
+                            "open the folder, or rename it to end in .zip and upload that")
+
+
+@pytest.mark.parametrize("damage, what", [("empty", "0 bytes"), ("zip", "a ZIP archive")])
+def test_a_slice_file_that_is_not_dicom_is_named_where_the_series_has_a_gap(tmp_path, damage, what):
+    """One slice of the real series cut to 0 bytes, or replaced by a ZIP of itself (a hospital's odd export): the
+    folder reader skipped it as not DICOM and the refusal asked to "add the missing file(s)", the file in plain sight.
+    Now the line names it; opened at the mean spacing, a warning names it."""
+    import warnings
+    import zipfile
+
+    from data.readers import StudyWarning, UnevenStudyError
+
+    folder = tmp_path / "series"
+    shutil.copytree(SAMPLES / "ct_head_0051_series", folder)
+    victim = sorted(folder.glob("*.dcm"))[4]
+    if damage == "empty":
+        victim.write_bytes(b"")
+    else:
+        data = victim.read_bytes()
+        with zipfile.ZipFile(victim, "w") as z:
+            z.writestr(victim.name, data)
+    (folder / "._IM0001.dcm").write_bytes(b"\0" * 4096)  # a Mac's resource fork: hidden, not named
+    with pytest.raises(UnevenStudyError) as e:
+        read_study(folder)
+    message = str(e.value)
+    assert "\n" not in message and "slice(s) missing" in message
+    assert message.endswith(f"; note: {victim.name} ({what}) in the folder is named as DICOM but not DICOM, perhaps "
+                            "the missing slice(s): export them again"), message
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_study(folder, allow_uneven=True)
+    notes = [str(w.message) for w in caught if issubclass(w.category, StudyWarning)]
+    assert f"{folder}: left out 1 file(s) named as DICOM that are not DICOM: {victim.name} ({what})" in notes, notes

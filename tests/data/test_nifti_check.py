@@ -339,3 +339,36 @@ def test_a_slight_shear_that_itk_refuses_is_named_as_shear(tmp_path, qform_code)
         read_study(sheared(5e-4))
     assert str(e.value).endswith("the sform has shear (its axes are not perpendicular); resample the image first")
     assert read_study(sheared(5e-5)).array.shape == SHAPE[::-1]
+
+
+@pytest.mark.parametrize("slope, inter, said", [
+    # ITK ignored it (the CT opened unscaled, -1024..1746), nibabel applies it
+    (1e-30, 0.0, "scl_slope = 1e-30: readers disagree whether to apply it (ITK takes a slope under 2.22e-16 as no "
+                 "scaling, nibabel applies it); save the voxels scaled, or with a slope of 1"),
+    # ITK's float32 lost every step: one flat 1e30 (1e10: 4 values where the CT has 2757)
+    (1.0, 1e30, "scl_inter = 1e+30 with scl_slope = 1: the intercept swamps the slope, so the voxels' differences "
+                "would be lost in float32 (the type scaled voxels are read into); the scaling is wrong"),
+    (1.0, 1e10, "scl_inter = 1e+10 with scl_slope = 1: the intercept swamps"),
+    # 2.2 million voxels infinite, 'repaired' to +-3e38 with a warning
+    (1e38, 0.0, "scl_slope = 1e+38, scl_inter = 0 make int16 voxels reach 3.28e+42, past what float32 holds "
+                "(3.4e+38); the scaling is wrong"),
+], ids=["slope_1e-30", "inter_1e30", "inter_1e10", "slope_1e38"])
+def test_a_voxel_scaling_readers_cannot_hold_or_apply_alike_is_refused(tmp_path, slope, inter, said):
+    """Session 17: each opened, as if valid, on the real CT. A negative or large slope that fits float32 still opens
+    as the file says (NIfTI bounds neither)."""
+    from data.readers import StudyError, read_study
+
+    source = nib.load(str(DATA / "ct_head_0051_slabA_image.nii.gz"))
+    stored = np.asarray(source.dataobj)
+    image = nib.Nifti1Image(stored, source.affine, source.header)
+    image.header.set_slope_inter(slope, inter)
+    path = tmp_path / "scaled.nii.gz"
+    nib.save(image, str(path))
+    with pytest.raises(StudyError) as e:
+        read_study(path)
+    assert str(e.value).startswith(f"{path}: {said}") and "\n" not in str(e.value)
+    for kept in (-1.0, 1e30):
+        image.header.set_slope_inter(kept, 0.0)
+        nib.save(image, str(path))
+        volume = read_study(path)
+        np.testing.assert_allclose(volume.array, (stored.astype(np.float64) * kept).transpose(2, 1, 0), rtol=1e-6)

@@ -288,3 +288,32 @@ def test_a_series_of_compressed_pixel_data_that_does_not_decode_names_its_transf
     assert str(e.value) == (f"{folder}: the DICOM series could not be read: its compressed pixel data (JPEG Baseline "
                             "(Process 1)) could not be decoded: damaged, or not what its transfer syntax says (the "
                             "decoder said: Failed to change to Implicit Transfer Syntax)")
+
+
+@pytest.mark.parametrize("frames_said, frames_held", [(4, 3), (3, 4)], ids=["one_frame_short", "one_frame_over"])
+def test_compressed_frames_that_do_not_match_number_of_frames_are_refused_naming_both(tmp_path, frames_said,
+                                                                                      frames_held):
+    """Four real CT slices as one RLE multi-frame, with NumberOfFrames one off the frames encoded: GDCM refused in its
+    words, "Failed to change to Implicit Transfer Syntax", naming neither (session 17). The matching file opens."""
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import RLELossless
+
+    from tests.hostile import dicom_bytes as db
+
+    files = sorted((SAMPLES / "ct_head_0051_series").glob("*.dcm"))[:4]
+    stack = np.stack([pydicom.dcmread(f).pixel_array for f in files]).astype(np.int16)
+    ds = db.image_dataset(stack, ipp=(-4.0, -4.0, 0.0))
+    ds.SpacingBetweenSlices = 1.5
+    ds.compress(RLELossless)
+    encoded = list(generate_frames(ds.PixelData, number_of_frames=4))
+    path = db.write(ds, tmp_path / "rle.dcm")
+    np.testing.assert_array_equal(_read(path).array, stack)
+    ds.PixelData = encapsulate(encoded[:frames_held])
+    ds["PixelData"].is_undefined_length = True
+    ds.NumberOfFrames = frames_said
+    path = db.write(ds, tmp_path / "rle_off.dcm")
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    assert str(e.value) == (f"{path}: {frames_held} compressed frame(s) in its pixel data where NumberOfFrames says "
+                            f"{frames_said}; the frames cannot be matched to the image, so it would open garbled or "
+                            "not at all; refused")

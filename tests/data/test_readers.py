@@ -713,6 +713,60 @@ def test_enhanced_multiframe_frames_lie_where_their_functional_groups_put_them(t
     assert volume.source.geometry.startswith("per-frame functional groups")
 
 
+@pytest.mark.parametrize("group, keyword, value, shared", [
+    ("PixelMeasuresSequence", "PixelSpacing", [0.8, 0.8], [0.5, 0.5]),
+    ("PlaneOrientationSequence", "ImageOrientationPatient", [1.0, 0.0, 0.0, 0.0, 0.0, -1.0],
+     [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+], ids=["pixel_spacing", "orientation"])
+def test_an_enhanced_frame_whose_group_disagrees_with_the_shared_one_is_refused(tmp_path, group, keyword, value,
+                                                                                shared):
+    """A functional group belongs in the shared or the per-frame groups (PS3.3 C.7.6.16.1). Both, disagreeing: the
+    per-frame one was taken without a word (0.8 mm pixels where the shared groups say 0.5, session 17). The same
+    value in both still opens."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stack = db.pixels(16, 16, seed=3, frames=4)
+
+    def with_own(own):
+        ds = db.enhanced_multiframe(stack, [0.0, 1.5, 3.0, 4.5])
+        for frame in ds.PerFrameFunctionalGroupsSequence:
+            item = Dataset()
+            setattr(item, keyword, own)
+            setattr(frame, group, Sequence([item]))
+        return db.write(ds, tmp_path / "enhanced.dcm")
+
+    path = with_own(value)
+    refused(path, f"{path}: frame 1: {keyword} {value} in its per-frame functional groups but {shared} in the shared "
+                  "ones; a functional group belongs in one of the two, so which holds is in doubt")
+    np.testing.assert_array_equal(read_study(with_own(shared)).array, stack)
+
+
+@pytest.mark.parametrize("zs, fault", [
+    ([0.0, 1.5, 0.0, 1.5], "frame 3 lies where frame 1 does (0.00 mm): the images hold more than one volume (time "
+                           "points or stacks); medseg opens one volume: save each as its own series and open one"),
+    ([0.0, 3.0, 1.5, 4.5], "frame 3 (1.50 mm) lies back before frame 2 (3.00 mm): the images are not stored in order "
+                           "along their normal, and they are stacked as stored, so the volume would open scrambled; "
+                           "save them in order"),
+], ids=["two_time_points", "interleaved"])
+def test_enhanced_frames_that_step_back_are_refused_even_when_uneven_spacing_is_allowed(tmp_path, zs, fault):
+    """Frames are stacked as stored. Two time points of one volume (0, 1.5, 0, 1.5 mm), or frames stored interleaved,
+    were refused as an uneven step, which --allow-uneven and the UI's mean-spacing choice then opened: 4 slices 0.5 mm
+    apart with the second volume folded in, or the slices scrambled (session 17)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stack = db.pixels(16, 16, seed=3, frames=4)
+    ds = db.enhanced_multiframe(stack, zs)
+    for n, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        content = Dataset()
+        content.TemporalPositionIndex, content.InStackPositionNumber = 1 + n // 2, 1 + n % 2
+        frame.FrameContentSequence = Sequence([content])
+    path = db.write(ds, tmp_path / "enhanced.dcm")
+    refused(path, f"{path}: {fault}")
+    refused(path, f"{path}: {fault}", allow_uneven=True)
+
+
 def test_a_single_frame_enhanced_image_is_held_to_its_functional_groups(tmp_path):
     """An enhanced (multi-frame class) image of one frame keeps its geometry in the functional groups only. The
     checks ran for 2+ frames alone: a NaN or two-valued PlanePosition opened at an origin of uninitialised memory

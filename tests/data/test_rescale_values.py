@@ -94,3 +94,58 @@ def test_monochrome1_with_a_rescale_is_refused_and_without_one_opens_inverted(tm
     ds.PixelData = stored.astype("<u2").tobytes()
     ds.save_as(tmp_path / "cr_m1.dcm")
     np.testing.assert_array_equal(read_study(tmp_path / "cr_m1.dcm").array[0], 4095 - stored)
+
+
+def _series_rescaled(folder: Path, slope: str, intercept: str) -> Path:
+    """The real CT series copied to ``folder`` with every slice under RescaleSlope/Intercept as written (DS text)."""
+    shutil.copytree(SERIES, folder)
+    for f in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.save_as(f, enforce_file_format=True)
+    return folder
+
+
+@pytest.mark.parametrize("slope, intercept, said", [
+    # every stored step lost: the CT opened as one flat 1e30 (float64 cannot tell 1e30 + 1 from 1e30)
+    ("1", "1e30", "IM0001.dcm: RescaleSlope 1, RescaleIntercept 1e+30: the intercept swamps the slope, so stored "
+                  "values -32768..32767 would all open as about 1e+30 (their differences lost); the rescale is wrong"),
+    # past float32: infinities in any float viewer, a float32 export or the model's input
+    ("1e300", "0", "IM0001.dcm: RescaleSlope 1e+300, RescaleIntercept 0 make stored values -32768..32767 reach "
+                   "3.28e+304, past what an image can hold (about 3.4e+38); the rescale is wrong"),
+    # a CT in HU, inverted: bone darker than air under every CT window
+    ("-1", "0", "IM0001.dcm: RescaleSlope -1, RescaleIntercept 0: a CT's Hounsfield units grow with density, and a "
+                "negative slope would show bone darker than air; the rescale is wrong"),
+    # representable, but no material: 1e33 'HU' opened, every CT preset window one flat colour
+    ("1e30", "0", ": CT values of -1.024e+33 to 1.729e+33 HU after RescaleSlope 1e+30, RescaleIntercept 0; Hounsfield "
+                  "units lie within -1024 and some 30000 (at most 1e+06), so the rescale is wrong"),
+], ids=["intercept_1e30", "slope_1e300", "ct_slope_negative", "ct_slope_1e30"])
+def test_a_rescale_whose_values_cannot_be_held_or_are_not_hu_is_refused(tmp_path, slope, intercept, said):
+    """Session 17: absurd rescales (0, NaN and text were already refused) opened as stated, as if valid."""
+    folder = _series_rescaled(tmp_path / "s", slope, intercept)
+    with pytest.raises(StudyError) as e:
+        read_study(folder)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message == f"{folder}/{said}" if said.startswith("IM") else message == f"{folder}{said}"
+
+
+def test_a_negative_or_large_slope_outside_ct_opens_as_the_file_states(tmp_path):
+    """PS3.3 bounds neither sign nor size of RescaleSlope; outside CT's Hounsfield units such a rescale is what the
+    file says (vendors' MR and PET scalings), so it opens, each stored step kept apart."""
+    ds = pydicom.dcmread(DATA / "dicom" / "pydicom_MR_small.dcm")
+    stored = ds.pixel_array.astype(np.float64)
+    for slope in ("-1", "1e30"):
+        ds.RescaleSlope, ds.RescaleIntercept = slope, "0"
+        ds.save_as(tmp_path / "mr.dcm")
+        np.testing.assert_array_equal(read_study(tmp_path / "mr.dcm").array[0], stored * float(slope))
+
+
+def test_an_enhanced_frame_whose_rescale_cannot_be_held_is_refused_naming_the_frame(tmp_path):
+    stack = db.pixels(16, 16, seed=3, frames=4)
+    ds = db.enhanced_multiframe(stack, [0.0, 1.0, 2.0, 3.0])
+    ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence = _transform(1, 1e30)
+    path = db.write(ds, tmp_path / "shared.dcm")
+    with pytest.raises(StudyError) as e:
+        read_study(path)
+    assert str(e.value).startswith(f"{path}: frame 1: RescaleSlope 1, RescaleIntercept 1e+30: the intercept swamps")

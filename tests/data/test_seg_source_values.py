@@ -118,3 +118,102 @@ def test_a_source_without_slice_thickness_modality_or_sop_class(tmp_path, keywor
         out = subprocess.run([DCIODVFY, str(tmp_path / "seg.dcm")], capture_output=True)
         assert not [line for line in (out.stdout + out.stderr).decode("utf-8", "replace").splitlines()
                     if line.startswith("Error")]
+
+
+IDENTIFIERS = {  # tag, VR, the source's bytes, the one line expected after "seg.dcm: the source's "
+    "patient_id_100": (0x00100020, "LO", b"P" * 100, "PatientID is 100 characters, longer than its VR LO allows (64)"),
+    # over 64 KiB an explicit-VR writer stores it as UN: highdicom failed, "Invalid type for a person name"
+    "patient_name_70000_un": (0x00100010, "UN", b"A" * 70000, "PatientName is not a valid PN (The PN component "
+                              "length (70000) exceeds the maximum allowed length of 64)"),
+    "patient_name_component_95": (0x00100010, "PN", b"DOE" * 30 + b"^JANE", "PatientName is not a valid PN (The PN "
+                                  "component length (95) exceeds the maximum allowed length of 64)"),
+    # each group within PS3.5's 64, the whole value not: dciodvfy counts the whole value
+    "patient_name_two_groups_71": (0x00100010, "PN", b"DOE^JANE=" + b"X" * 60 + b"^Y", "PatientName is 71 bytes, "
+                                   "longer than the 64 a PN value may hold"),
+    "patient_name_6_components": (0x00100010, "PN", b"A^B^C^D^E^F", "PatientName has a name of more than 5 "
+                                  "^-separated components"),
+    "patient_id_two_values": (0x00100020, "LO", b"12\\34", "PatientID holds 2 values (a backslash in it) where its "
+                              "VR allows 1"),
+    "issuer_of_patient_id_100": (0x00100021, "LO", b"I" * 100, "IssuerOfPatientID is 100 characters, longer than its "
+                                 "VR LO allows (64)"),
+    "accession_number_40": (0x00080050, "SH", b"A" * 40, "AccessionNumber is 40 characters, longer than its VR SH "
+                            "allows (16)"),
+    "study_id_40": (0x00200010, "SH", b"S" * 40, "StudyID is 40 characters, longer than its VR SH allows (16)"),
+    "patient_name_bell": (0x00100010, "PN", b"DOE^JANE\x07", "PatientName holds the control character '\\x07', "
+                          "which its VR PN does not allow"),
+}
+
+
+def _dciodvfy_errors(path) -> list[str]:
+    out = subprocess.run([DCIODVFY, str(path)], capture_output=True)
+    return [line[:200] for line in (out.stdout + out.stderr).decode("utf-8", "replace").splitlines()
+            if line.startswith("Error")]
+
+
+@pytest.mark.parametrize("case", sorted(IDENTIFIERS))
+def test_an_identified_seg_of_an_identifier_its_vr_cannot_hold_is_refused_in_one_line(tmp_path, case):
+    """Session 17: with the identifiers kept (a SEG going back to its PACS) these went into a SEG that dciodvfy refuses
+    (or, a 70000-character name stored as UN, highdicom failed in its own words). Cutting one would file the SEG under
+    another patient or study: refused naming the field; the de-identified export replaces them and passes dciodvfy."""
+    from data.export import ExportError
+
+    tag, vr, raw, said = IDENTIFIERS[case]
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for f in CT_FILES:
+        ds = pydicom.dcmread(f)
+        ds[tag] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
+        ds.save_as(folder / f.name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        volume = read_study(folder)
+        labels = np.zeros(volume.array.shape[:3], np.uint8)
+        labels[3:6, 100:120, 100:120] = 1
+        with pytest.raises(ExportError) as e:
+            export_labels(labels, volume, tmp_path / "seg.dcm")
+        export_labels(labels, volume, tmp_path / "deidentified.dcm", deidentify=deidentify_basic)
+    assert str(e.value) == (f"{tmp_path / 'seg.dcm'}: the source's {said}; a DICOM-SEG carrying it is invalid and one "
+                            "with it changed would no longer match the source's records: correct it in the source "
+                            "images, or export de-identified (--deidentify; in the UI, untick Keep patient "
+                            "identifiers)")
+    assert not (tmp_path / "seg.dcm").exists()
+    if DCIODVFY:
+        assert not _dciodvfy_errors(tmp_path / "deidentified.dcm")
+
+
+OTHER_VALUES = {  # tag, VR, the source's bytes, the warning after "IM0001.dcm: "
+    "patient_age_45": (0x00101010, "AS", b"45", "PatientAge is not a valid AS (Invalid value for VR AS: '45')"),
+    "patient_size_abc": (0x00101020, "DS", b"abc ", "PatientSize is not a valid DS (Invalid value for VR DS: 'abc')"),
+    "birth_time_25": (0x00100032, "TM", b"25:00 ", "PatientBirthTime is not a valid TM (Invalid value for VR TM: "
+                                                   "'25:00')"),
+    "referring_physician_100": (0x00080090, "PN", b"R" * 100, "ReferringPhysicianName is not a valid PN (The PN "
+                                "component length (100) exceeds the maximum allowed length of 64)"),
+    "patient_comments_20000": (0x00104000, "LT", b"C" * 20000, "PatientComments is 20000 characters, longer than its "
+                               "VR LT allows (10240)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OTHER_VALUES))
+def test_an_identified_seg_leaves_an_invalid_value_that_identifies_nothing_empty(tmp_path, case):
+    """Session 17: a PatientAge '45' (AS is '045Y'), a PatientSize 'abc', a birth time 25:00, a referring physician's
+    name over 64 or comments over LT's 10240 went into an identified SEG that dciodvfy refuses. They match no record,
+    so the SEG is written with the value empty and one warning line, as invalid dates and PatientSex already were."""
+    tag, vr, raw, said = OTHER_VALUES[case]
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for f in CT_FILES:
+        ds = pydicom.dcmread(f)
+        ds[tag] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
+        ds.save_as(folder / f.name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volume = read_study(folder)
+        labels = np.zeros(volume.array.shape[:3], np.uint8)
+        labels[3:6, 100:120, 100:120] = 1
+        export_labels(labels, volume, tmp_path / "seg.dcm")
+    ours = [str(w.message) for w in caught if "the DICOM-SEG" in str(w.message)]
+    assert ours == [f"{CT_FILES[0].name}: {said}; the DICOM-SEG leaves it empty"], ours
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert str(seg[tag].value or "") == "" and str(seg.PatientName) == str(pydicom.dcmread(CT_FILES[0]).PatientName)
+    if DCIODVFY:
+        assert not _dciodvfy_errors(tmp_path / "seg.dcm")

@@ -287,3 +287,13 @@ def test_an_orientation_gdcm_would_snap_to_the_axes_is_refused(tmp_path, dot):
         direction = np.array(read_study(turned(name, iop)).direction).reshape(3, 3)
         np.testing.assert_allclose(direction[:, 0], row, atol=1e-5)
         np.testing.assert_allclose(direction[:, 1], column, atol=1e-5)
+
+
+def test_a_step_off_sideways_says_by_how_much_where_its_length_reads_the_same():
+    """A slice whose position is 0.05 mm off sideways (jitter in an export): refused, but the line read "a step of 2 mm
+    ... while the others are 2 mm", naming no difference (session 17). It now says how far off and the limit."""
+    heads = [head(ipp=(0.0, 0.0, 2.0 * k)) for k in range(5)]
+    heads[2].ImagePositionPatient = [0.05, 0.0, 4.0]
+    refused(heads, "uneven slice spacing, a step of 2 mm between IM2.dcm (2.00 mm) and IM3.dcm (4.00 mm) while the "
+                   "others are 2 mm, 0.05 mm away from their step in length or direction (more than the 0.04 mm "
+                   "allowed); resample the series to even spacing (e.g. in 3D Slicer), or pass --allow-uneven")

@@ -97,3 +97,29 @@ def test_a_series_copied_twice_into_two_folders_names_the_folders(tmp_path):
         read_study(folder)
     message = str(e.value)
     assert "two images at the same position between A/IM0001.dcm" in message and "and B/IM0001.dcm" in message, message
+
+
+@pytest.mark.parametrize("keyword, values", [("TemporalPositionIdentifier", (1, 2)), ("EchoNumbers", (1, 2))])
+def test_a_series_of_two_volumes_says_so_not_remove_the_duplicate(tmp_path, keyword, values):
+    """The real CT series stored as two time points (or echoes) under one SeriesInstanceUID, as dynamic MR, perfusion
+    CT and multi-echo series are: refused with "two images at the same position ...; remove the duplicate or pick
+    one series", neither of which fits (session 17). Now the line names the attribute and the count of volumes; a
+    series copied twice (one SOPInstanceUID) keeps the duplicate's line (test above)."""
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path / "dynamic"
+    folder.mkdir()
+    for value in values:
+        for f in CT_FILES:
+            ds = pydicom.dcmread(f)
+            ds.SOPInstanceUID = generate_uid()
+            setattr(ds, keyword, value)
+            ds.InstanceNumber = int(ds.InstanceNumber) + 100 * value
+            ds.save_as(folder / f"v{value}_{f.name}")
+    for allow_uneven in (False, True):
+        with pytest.raises(StudyError) as e:
+            read_study(folder, allow_uneven=allow_uneven)
+        assert str(e.value) == (f"{folder}: two images at the same position between v1_IM0001.dcm (-5.25 mm) and "
+                                f"v2_IM0001.dcm (-5.25 mm), of different {keyword} (1 and 2): the series holds 2 "
+                                "volumes (time points, echoes or acquisitions); medseg opens one volume: export one of "
+                                "them as its own series")
