@@ -158,6 +158,13 @@ def main() -> int:
     parser.add_argument("--backend", default="torch",
                         help="runtime backend (e.g. onnx-int8-conv, the CPU default): its 3D Dice against torch's "
                         "(use its own --embeddings folder: the cache files are named by model)")
+    parser.add_argument("--anchor-rule", choices=("box", "backend"), default="box",
+                        help="the walk that --parts anchor/fill correct and re-propagate: box = PropagationSettings() "
+                        "(the box rule, as every run before session 17), backend = the default of --backend "
+                        "(app.propagation_defaults: what medseg propagate and the UI run)")
+    parser.add_argument("--worst", choices=("dice", "error"), default="dice",
+                        help="the slice --parts anchor corrects: dice = the lowest 2D Dice (an end slice, often), "
+                        "error = the most wrong pixels (the slice that looks worst)")
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figure from --out")
     parser.add_argument("--overlay", nargs="+", metavar="STRUCTURE",
                         help="draw these structures' propagation (default rule) over the image -> docs/img/propagation_overlay.png")
@@ -181,6 +188,7 @@ def main() -> int:
     if args.rules and BACKEND_DEFAULT in args.rules:
         chosen = default_propagation(args.backend)
         rules[f"{BACKEND_DEFAULT} ({args.backend}: {describe(chosen.for_model(seg))})"] = chosen
+    walk = DEFAULT if args.anchor_rule == "box" else default_propagation(args.backend).for_model(seg)
     volumes, caches, rows, overlays = {}, {}, [], []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,7 +214,7 @@ def main() -> int:
                     overlays.append((f"{dataset}: {structure}", volume, window, gt, res))
                 continue
             if "rules" in args.parts or "anchor" in args.parts:
-                for rule, settings in ({**rules, "default": DEFAULT} if "anchor" in args.parts else rules).items():
+                for rule, settings in ({**rules, "default": walk} if "anchor" in args.parts else rules).items():
                     res = propagate(seg, volume, k0, Prompts(box=box), window=window, cache=cache, settings=settings)
                     if rule == "default":
                         default_res = res
@@ -218,10 +226,10 @@ def main() -> int:
                                  "stopped": ";".join(f"{d}:{r}" for d, r in res.stopped.items())})
                     report(rows[-1])
             if "anchor" in args.parts and default_res is not None and dice(default_res.masks, gt) < 0.5:
-                rows.append(anchor_row(seg, volume, window, cache, gt, default_res, base))
+                rows.append(anchor_row(seg, volume, window, cache, gt, default_res, base, walk, args.worst))
                 report(rows[-1])
             if "fill" in args.parts:
-                rows.extend(fill_rows(seg, volume, window, cache, gt, base))
+                rows.extend(fill_rows(seg, volume, window, cache, gt, base, walk))
                 report(rows[-2])
                 report(rows[-1])
     if args.overlay:
@@ -235,27 +243,34 @@ def main() -> int:
     return 0
 
 
-def anchor_row(seg, volume, window, cache, gt, res, base: dict) -> dict:
-    """One correction: the GT mask of the worst GT slice becomes an anchor; re-propagate from both."""
+def anchor_row(seg, volume, window, cache, gt, res, base: dict, walk: PropagationSettings = DEFAULT,
+               worst_by: str = "dice") -> dict:
+    """One correction: the GT mask of the worst GT slice (lowest Dice, or most wrong pixels) becomes an anchor;
+    re-propagate from both with ``walk``."""
     gt_ks = np.flatnonzero(gt.reshape(len(gt), -1).any(axis=1))
-    worst = int(min((k for k in gt_ks if k != res.start_slice), key=lambda k: dice(res.masks[k], gt[k])))
+    others = [k for k in gt_ks if k != res.start_slice]
+    if worst_by == "error":
+        worst = int(max(others, key=lambda k: int((res.masks[k] != gt[k]).sum())))
+    else:
+        worst = int(min(others, key=lambda k: dice(res.masks[k], gt[k])))
     anchors = {res.start_slice: res.masks[res.start_slice], worst: gt[worst]}
-    after = propagate_anchors(seg, volume, anchors, window=window, cache=cache, settings=DEFAULT)
+    after = propagate_anchors(seg, volume, anchors, window=window, cache=cache, settings=walk)
     before_d, after_d = dice(res.masks, gt), dice(after.masks, gt)
-    return {**base, "part": "anchor", "rule": f"default + GT anchor on slice {worst}", "dice3d": round(after_d, 4),
+    return {**base, "part": "anchor", "rule": f"default + GT anchor on slice {worst} (worst by {worst_by})",
+            "dice3d": round(after_d, 4),
             "dice3d_before": round(before_d, 4), "gain": round(after_d - before_d, 4),
             "pred_slices": f"{after.slices[0]}..{after.slices[-1]}",
             "stopped": ";".join(f"{d}:{r}" for d, r in after.stopped.items())}
 
 
-def fill_rows(seg, volume, window, cache, gt, base: dict) -> list[dict]:
+def fill_rows(seg, volume, window, cache, gt, base: dict, walk: PropagationSettings = DEFAULT) -> list[dict]:
     """Two GT slices as anchors (25 % and 75 % of the extent): Dice on the slices strictly between."""
     gt_ks = np.flatnonzero(gt.reshape(len(gt), -1).any(axis=1))
     a, b = int(np.percentile(gt_ks, 25)), int(np.percentile(gt_ks, 75))
     if b - a < 2:
         return []
     anchors = {a: gt[a], b: gt[b]}
-    model = propagate_anchors(seg, volume, anchors, window=window, cache=cache, settings=DEFAULT, beyond=())
+    model = propagate_anchors(seg, volume, anchors, window=window, cache=cache, settings=walk, beyond=())
     shape = interpolate_shapes(anchors, volume.num_slices)
     between = slice(a + 1, b)
     return [{**base, "part": "fill", "rule": f"fill {a}..{b}: {name}", "dice3d": round(dice(m[between], gt[between]), 4),
