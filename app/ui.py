@@ -42,7 +42,7 @@ from app.render import window_choices
 from app.session import SessionError, SessionStore, claim_root
 from app.model_catalog import backend_for, load_model
 from app.viewer import actions as viewer_actions
-from app.viewer.api import head_html, routes as viewer_routes
+from app.viewer.api import LeaveGuard, head_html, routes as viewer_routes
 from runtime.threads import configure_serving
 
 log = logging.getLogger(__name__)
@@ -643,7 +643,7 @@ def launch(
         head=head_html(),
         theme=gr.themes.Default(spacing_size="sm", text_size="sm", radius_size="sm"),
         css=PAGE_CSS,
-        app_kwargs={"routes": demo.viewer_routes, "middleware": [cookie, bodies]},
+        app_kwargs={"routes": demo.viewer_routes, "middleware": [cookie, bodies, Middleware(LeaveGuard)]},
         prevent_thread_lock=prevent_thread_lock,
         auth=auth,  # a login page when bound beyond loopback (app.access)
         quiet=True,

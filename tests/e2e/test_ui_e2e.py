@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from app import controller
 from app.viewer.geometry import from_plane
 from data.readers import read_study
 from tests.conftest import SAMPLES
@@ -1054,27 +1055,52 @@ def test_page_buttons_and_label_choice_made_while_clicks_are_queued_act_after_th
         context.close()
 
 
-def test_a_reload_with_clicks_still_queued_asks_first_and_staying_keeps_them(browser, server, ct):
+def test_a_reload_with_clicks_still_queued_asks_first_and_staying_keeps_them(browser, server, ct, monkeypatch):
     """Five quick clicks then F5 kept one: the others waited in the page's own queue, and the reload dropped them
     without a word. While edits are queued the browser now asks before leaving; staying, all five arrive, in order.
-    (The model is held: the first click waits at the server, the others in the queue.)"""
+    (The model is held: the first click waits at the server, the others in the queue.)
+
+    Staying was not the end of it (the suite's load showed it once): Gradio's own ``beforeunload`` listener closes
+    its connection whether or not the user stays, so a page event still on its way then (here the open's warm-up,
+    slow under load) failed as "Connection errored out", and Gradio reloaded the page 2 s later: asked a second
+    time for the same clicks, or, with none queued by then, reloaded under the user who had chosen to stay. While
+    the viewer asks, Gradio's listener no longer runs."""
+    import threading
+
+    warming, go_on, real = threading.Event(), threading.Event(), controller.warm
+
+    def held_warm(*args, **kwargs):  # the open's warm-up, slow as under the suite's load: on its way at the question
+        warming.set()
+        go_on.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(controller, "warm", held_warm)
     context, page, _ = _open_page(browser, server)
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.type), d.dismiss()))
     try:
         _open_sample(page)
+        assert warming.wait(60), "the open's warm-up never started"
+        loaded = page.evaluate("performance.timeOrigin")
         with server.runner.turn():
             for q in REFINE[:5]:
                 page.mouse.click(*_xy(page, ct, *q))
             with page.expect_event("dialog", timeout=20_000):  # the handler above records it and stays
                 page.evaluate("() => { setTimeout(() => location.reload(), 0) }")  # F5
-        assert dialogs == ["beforeunload"]
+            assert dialogs == ["beforeunload"]
+            go_on.set()
+            page.wait_for_timeout(3500)  # Gradio's reconnect-and-reload ran 2 s after a lost connection
         _idle(page)
         assert page.evaluate("medsegViewer.object.points.length") == 5
+        page.wait_for_timeout(2500)
+        assert dialogs == ["beforeunload"], "asked again for the clicks the user stayed for"
+        assert page.evaluate("performance.timeOrigin") == loaded, "the page reloaded under the user who stayed"
+        assert "Connection" not in page.locator("body").inner_text()
         page.reload()  # nothing queued: no question
         _wait_status(page, "Ready")
         assert dialogs == ["beforeunload"]
     finally:
+        go_on.set()
         context.close()
 
 

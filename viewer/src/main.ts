@@ -982,12 +982,10 @@ class Viewer {
     document.addEventListener('keydown', (e) => this.queueLabelKey(e), true)  // ... and on Enter (ArrowDown, Enter)
     document.addEventListener('change', (e) => this.holdUpload(e), true)  // files chosen under Upload…
     // a reload or a closed tab while edits were queued lost them without a word (the queue lives in this page: only
-    // the one on its way reached the server; 5 quick clicks then F5 kept 1): the browser asks first
-    window.addEventListener('beforeunload', (e) => {
-      if (this.editsQueued === 0) return
-      e.preventDefault()
-      e.returnValue = ''
-    })
+    // the one on its way reached the server; 5 quick clicks then F5 kept 1): the browser asks first. The page's
+    // first script (app.viewer.api.LEAVE_GUARD) asks the same, before Gradio's listener; this one is for a page
+    // served without it (then the question stops the listeners registered after it only)
+    window.addEventListener('beforeunload', (e) => this.askBeforeLeaving(e))
     // back to this tab: another tab of the session may have edited meanwhile; the page's sync shows the server's state
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()
@@ -1036,6 +1034,18 @@ class Viewer {
         if (this.settled()) this.releaseHeld()
       }
     })
+  }
+
+  /** Leaving while edits are queued: the browser asks first. Gradio's own ``beforeunload`` listener closes its
+   * connection whether or not the user stays, so a page event on its way then failed ("Connection errored out")
+   * and Gradio reloaded the page 2 s later: the user who stayed was asked again for the same edits, or, with none
+   * queued by then, the page reloaded under them. While asking, the listeners after it are stopped (the page's
+   * first script calls this: app.viewer.api.LEAVE_GUARD); with nothing queued nobody is asked and Gradio's runs. */
+  askBeforeLeaving(e: BeforeUnloadEvent): void {
+    if (this.editsQueued === 0) return
+    e.stopImmediatePropagation()
+    e.preventDefault()
+    e.returnValue = ''
   }
 
   /** Nothing queued: no prompt on its way and no label change waiting for the page. */
