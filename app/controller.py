@@ -45,7 +45,7 @@ from models.registry import PROJECT_ROOT
 
 Progress = Callable[[float, str], None]
 MODES = ("point +", "point −", "box")
-GREETING = "greeting"  # session.runtime key: the news (opened, model chosen, restored) that the next warm() prefixes to "Ready"
+GREETING = "greeting"  # session.runtime key: the news (opened, restored) that the next warm() prefixes to "Ready"
 
 
 def sample_studies() -> dict[str, Path]:
@@ -149,7 +149,7 @@ def _session(ctx: AppContext, sid: str) -> Session:
 
 
 def _greet(session: Session, news: str) -> ViewModel:
-    """Show ``news`` (a study opened, a model chosen, a session restored), which :func:`warm` repeats with "Ready"
+    """Show ``news`` (a study opened, a session restored), which :func:`warm` repeats with "Ready"
     once the slice is encoded: that message is as old as the news, so a click made meanwhile is not hidden by it."""
     at = news_stamp()
     session.runtime[GREETING] = (news, at)
@@ -328,8 +328,8 @@ def warm(ctx: AppContext, sid: str) -> ViewModel:
 
     The session's lock is held only to read what is shown, not while encoding: the viewer's
     requests (the study, the labels) must not wait for the encoder. "Ready" is news only after
-    a study opened, the model changed or the session was restored: the page runs this after
-    every upload too, and a failed upload's message must stay, not be replaced by "Ready". The
+    a study opened or the session was restored (a model picked is the viewer's action, which shows
+    its own "Ready"): the page runs this after every upload too, and a failed upload's message must stay, not be replaced by "Ready". The
     news itself leads the "Ready" message, so a page that polls the status and missed the first
     message (it lasts as long as one encode) still reads it.
     """
@@ -474,13 +474,6 @@ def click(ctx: AppContext, session: Session, x_display: float, y_display: float)
     mark_anchor(session)
     ctx.store.save(session)
     ctx.prefetcher.request(session, view, index)
-    return view_model(session, _done(session, edit.description))
-
-
-@_with_session
-def choose(ctx: AppContext, session: Session, alternative: int) -> ViewModel:
-    edit = interaction.choose_alternative(session, alternative)
-    ctx.store.save(session)
     return view_model(session, _done(session, edit.description))
 
 
@@ -702,15 +695,6 @@ def _load_model(ctx: AppContext, name: str) -> None:
         ctx.runner.segmenter(name)
     except (CheckpointError, ValueError) as e:  # an adapter for other base weights, a broken file
         raise SessionError(f"cannot use {name}: {e}") from e
-
-
-@_with_session
-def set_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
-    _load_model(ctx, name)
-    session.model = name
-    session.prompt = None
-    ctx.store.save(session)
-    return _greet(session, f"Model: {name}.")
 
 
 def switch_model(ctx: AppContext, session: Session, name: str) -> str:
