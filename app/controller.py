@@ -697,6 +697,14 @@ def _load_model(ctx: AppContext, name: str) -> None:
         raise SessionError(f"cannot use {name}: {e}") from e
 
 
+@_with_session
+def pick_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
+    """A model picked in the Model box's list that the viewer did not take (a page without the viewer's script,
+    so no queue to wait for): applied by the viewer's own action (:func:`switch_model`). It was dropped without a
+    word, the box snapping back to the model in use."""
+    return view_model(session, switch_model(ctx, session, name))
+
+
 def switch_model(ctx: AppContext, session: Session, name: str) -> str:
     """The viewer's model choice (``app.viewer.actions``, kind ``model``; the caller holds the session's lock);
     returns its status line. It comes through the viewer's queue, after the prompts made before it: Gradio's own

@@ -365,6 +365,13 @@ def build_app(config: UIConfig):
         # blur of the box too, which started a new object with the same model.
         model.input(sync, [sid], outputs, trigger_mode="always_last", show_progress="hidden")
 
+        def on_model_pick(s, picked: gr.SelectData):
+            """A pick in the list that reached Gradio (the viewer takes every pick it sees, so only a page without
+            its script): it snapped back without a word; it is now the viewer's action (controller.pick_model)."""
+            return guarded(controller.pick_model, s, str(picked.value))
+
+        model.select(on_model_pick, [sid], outputs, show_progress="hidden")
+
         # --- prompting (clicks, boxes and the brush live in the viewer) ------------------------
         _wire_propagation(ctx, propagate_btn, review_btns, sid, viewer_shown, outputs, guarded, background, load_event)
         # An alternative is picked through the viewer's queue too (its 'alternative' action, after the prompts queued

@@ -1299,6 +1299,55 @@ def test_a_model_picked_while_clicks_are_queued_acts_after_them(browser, server,
         context.close()
 
 
+def test_a_model_pick_the_viewer_does_not_take_is_applied_or_said(browser, server):
+    """Two model picks the viewer's queue never saw made the Model box snap back without a word: a name typed into
+    the box that matches no model, then Enter (Gradio picks nothing; the box snaps back when it loses focus), and a
+    pick on a page without the viewer's script (Gradio's own event only showed the model in use again). The first
+    now says so in the status line; the second is applied by the viewer's own action (controller.pick_model). And a
+    model's name put into the box at once (pasted: no keys, so Gradio had not filtered the list) sent the option
+    highlighted before, the model in use; it now sends the first option holding the text, as Gradio picks."""
+    from app.model_catalog import choices
+
+    shown = {name: label for label, name in choices()}
+    context, page, sid = _open_page(browser, server)
+    box = page.locator("#model input")
+    try:
+        for typed in ("nonsense", "nonsense2"):  # typed key by key, then put there at once (pasted: no keys)
+            box.click()
+            box.fill("")
+            box.press_sequentially(typed) if typed == "nonsense" else box.fill(typed)
+            page.keyboard.press("Enter")
+            _wait_status(page, f'Model: no model in the list matches "{typed}", so the model in use stays')
+            page.keyboard.press("Tab")
+            page.wait_for_function("document.querySelector('#model input').value.startsWith('litemedsam:')")
+            assert _state(server, sid)["model"] == "litemedsam"
+        # a model's name put there at once: the option highlighted before (the model in use) was sent
+        box.click()
+        box.fill("litemedsam-base")
+        page.keyboard.press("Enter")
+        _wait_status(page, "Model: litemedsam-base.")
+        assert _state(server, sid)["model"] == "litemedsam-base"
+    finally:
+        context.close()
+
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.route("**/medseg-viewer/viewer.js", lambda route: route.abort())  # a page without the viewer's script
+    before = server.session_ids()
+    page.goto(server.url)
+    page.locator("#model input").wait_for(timeout=TIMEOUT_MS)
+    _wait_server(lambda: len(server.session_ids() - before) == 1)
+    (sid,) = server.session_ids() - before
+    try:
+        _pick_model(page, shown["litemedsam-base"])
+        _wait_server(lambda: _state(server, sid)["model"] == "litemedsam-base")
+        page.wait_for_timeout(1000)  # the page's events after the pick have landed: the box keeps it
+        assert page.locator("#model input").input_value().startswith("litemedsam-base:")
+        assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
+    finally:
+        context.close()
+
+
 def test_an_alternative_picked_while_a_click_is_queued_acts_after_it_on_its_own_click(browser, server, ct):
     """A first click, then N and a first click on another structure, and at once an alternative picked in the list
     still showing the first structure's: Gradio's event reached the server after the queued click and swapped the

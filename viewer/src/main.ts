@@ -1070,9 +1070,31 @@ class Viewer {
   queueLabelKey(e: KeyboardEvent): void {
     if (!e.isTrusted || e.key !== 'Enter' || e.isComposing) return
     const box = (e.target as Element | null)?.closest?.('#label, #model')
+    if (box?.id === 'model') { this.modelKey(box, e); return }
     const option = box?.querySelector('[role="option"].active')
-    if (option && box!.id === 'model') this.modelOptionPicked(option, e)
-    else if (option) this.labelOptionPicked(option, e)
+    if (option) this.labelOptionPicked(option, e)
+  }
+
+  /** Enter in the Model box: the option Gradio would pick goes through the queue (modelOptionPicked). Gradio
+   * filters the list as keys are typed, and at Enter picks the first option whose label holds the text when the
+   * highlighted one does not (text that came without keys, pasted with the mouse, leaves an earlier highlight: that
+   * option was sent). Text that matches no model in the open list picked nothing, and the box snapped back when it
+   * lost focus, without a word: the status line now says so. */
+  modelKey(box: Element, e: KeyboardEvent): void {
+    const input = e.target as HTMLInputElement
+    const typed = (input.value ?? '').trim()
+    const label = (o: Element) => (o.getAttribute('aria-label') || o.textContent || '').trim()
+    // the text of the model shown (nothing typed: the arrows move over the whole list) filters nothing
+    const selected = box.querySelector('[role="option"].selected')
+    const filter = selected && label(selected) === typed ? '' : typed.toLowerCase()
+    const holds = (o: Element) => label(o).toLowerCase().includes(filter)
+    const active = box.querySelector('[role="option"].active')
+    const option = active && holds(active) ? active : [...box.querySelectorAll('[role="option"]')].find(holds)
+    if (option) { this.modelOptionPicked(option, e); return }
+    if (!filter || !box.querySelector('[role="listbox"]')) return  // nothing typed, or the list is closed
+    e.preventDefault(); e.stopImmediatePropagation()
+    const shown = typed.length > 40 ? `${typed.slice(0, 40)}…` : typed
+    this.showError(`Model: no model in the list matches "${shown}", so the model in use stays: pick one from the list`)
   }
 
   /** A model picked in the Model box, by mouse or keyboard, is the viewer's own action (kind ``model``,
