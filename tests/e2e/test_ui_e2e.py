@@ -1348,6 +1348,34 @@ def test_a_model_pick_the_viewer_does_not_take_is_applied_or_said(browser, serve
         context.close()
 
 
+def test_the_model_list_stays_open_under_the_mouse_while_a_prompts_answer_and_the_page_land(browser, server, ct):
+    """Checked in session 17 (no fix needed): the Model box's list, opened with text typed to filter it and the
+    mouse over an option, stays open with its text while a click's answer arrives and the page's sync after it lands
+    (the sync sends the Model box its value again)."""
+    context, page, _ = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        seq = page.evaluate("document.querySelector('#viewer-state [data-state]').getAttribute('data-seq')")
+        with server.runner.turn():
+            page.mouse.click(*_xy(page, ct, *INSIDE))
+            page.locator("#model input").click()
+            page.keyboard.press("Control+A")
+            page.locator("#model input").press_sequentially("base")
+            options = page.locator("#model [role='option']")
+            options.first.wait_for(timeout=TIMEOUT_MS)
+            shown = options.count()
+            box = options.nth(shown - 1).bounding_box()
+            page.mouse.move(box["x"] + 20, box["y"] + box["height"] / 2)
+        _idle(page)
+        page.wait_for_function("([seq]) => document.querySelector('#viewer-state [data-state]')"
+                               ".getAttribute('data-seq') !== seq", arg=[seq], timeout=TIMEOUT_MS)
+        page.wait_for_timeout(500)  # the page's update applied
+        assert options.count() == shown > 0, "the list closed under the mouse"
+        assert page.locator("#model input").input_value() == "base"
+    finally:
+        context.close()
+
+
 def test_an_alternative_picked_while_a_click_is_queued_acts_after_it_on_its_own_click(browser, server, ct):
     """A first click, then N and a first click on another structure, and at once an alternative picked in the list
     still showing the first structure's: Gradio's event reached the server after the queued click and swapped the
