@@ -103,6 +103,7 @@ class ViewModel:
     mode: str = MODES[0]
     undo_depth: int = 0
     redo_depth: int = 0
+    exported: int | None = None  # the label revision an export wrote: the page's Download holds that map
     renderer: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
     _image: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -773,7 +774,9 @@ def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) 
         done = f"Exported {Path(path).name}."
         if not session.labels.any():  # said as for real work before: the work may be on another study, or undone
             done += " ⚠ No label has any voxel in this study: the file is empty."
-        return Path(path), view_model(session, done)
+        vm = view_model(session, done)
+        vm.exported = session.revision  # under the lock: an edit waiting for it comes after, and is not in the file
+        return Path(path), vm
 
 
 # --- the view ---------------------------------------------------------------------------------

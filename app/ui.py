@@ -228,8 +228,11 @@ def build_app(config: UIConfig):
                             {"level": None, "width": None} if session.volume.is_rgb else shown_window)
                     if session.labels is not None:
                         vm.labels, vm.active, vm.label_name, vm.colour = controller.label_box(session)
+                # an export's page says which label revision its file holds: the viewer marks the Download older
+                # than the labels once they are newer (a hurried user went on editing, then downloaded)
+                exported = "" if vm.exported is None else f' data-exported="{messages.BOOT}.{vm.exported}"'
                 state_html = (f'<div data-state="{html.escape(json.dumps(state), quote=True)}" '
-                              f'data-seq="{messages.BOOT}.{seq}"></div>')
+                              f'data-seq="{messages.BOOT}.{seq}"{exported}></div>')
             except SessionError:
                 pass
             status = gr.skip() if vm.status is None else messages.stamped(

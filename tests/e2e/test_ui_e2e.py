@@ -1055,6 +1055,41 @@ def test_page_buttons_and_label_choice_made_while_clicks_are_queued_act_after_th
         context.close()
 
 
+def test_a_download_older_than_the_labels_says_so(browser, server, ct, tmp_path, shots):
+    """A hurried user exported, went on clicking (one click made while the export ran), and later pressed Download:
+    the file held the labels of the export, without the later clicks, and the button looked as current as it did
+    right after the export. The page's state now carries the revision the export wrote (``data-exported``), and
+    the button says it is older than the labels once they are; a new export is current again."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.mouse.click(*_xy(page, ct, *REFINE[0]))
+        _idle(page)
+        download = page.locator("#download")
+        with server.runner.turn():  # the export runs (no model needed); the click made meanwhile waits for the model
+            page.locator("#export-btn").click()
+            download.wait_for(state="visible", timeout=TIMEOUT_MS)
+            page.wait_for_timeout(300)  # the page's state with the export has been read
+            assert "mv-stale" not in (download.get_attribute("class") or "")
+            page.mouse.click(*_xy(page, ct, *REFINE[1]))
+        _idle(page)
+        page.wait_for_function("document.querySelector('#download').classList.contains('mv-stale')",
+                               timeout=TIMEOUT_MS)
+        note = page.evaluate("getComputedStyle(document.querySelector('#download'), '::after').content")
+        assert "older than your labels" in note, note
+        page.screenshot(path=str(shots / "ui_download_stale.png"))
+        with page.expect_download(timeout=TIMEOUT_MS) as info:
+            download.click()
+        info.value.save_as(tmp_path / "old.nii.gz")
+        old = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "old.nii.gz")))
+        assert (old != server.labels(sid)).any()  # it is older indeed
+        page.locator("#export-btn").click()
+        page.wait_for_function("!document.querySelector('#download').classList.contains('mv-stale')",
+                               timeout=TIMEOUT_MS)
+    finally:
+        context.close()
+
+
 def test_a_reload_with_clicks_still_queued_asks_first_and_staying_keeps_them(browser, server, ct, monkeypatch):
     """Five quick clicks then F5 kept one: the others waited in the page's own queue, and the reload dropped them
     without a word. While edits are queued the browser now asks before leaving; staying, all five arrive, in order.

@@ -185,6 +185,8 @@ class Viewer {
   staleSeen = ''
   reviewKey = ''
   encodeAgain = false
+  exported: { boot: string; rev: number } | null = null  // the label revision the last export's file holds
+  exportedTag = ''
   editsQueued = 0  // label edits (prompts, strokes, undo, redo) sent or waiting in the queue: a reload asks first
   labelChanges = 0  // label choices and Add label presses queued: prompts made meanwhile take their label when sent
   held: HTMLElement[] = []  // the page's buttons pressed while prompts were queued (AFTER_QUEUE), pressed again after
@@ -379,6 +381,7 @@ class Viewer {
       if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text, news))
     }
     const holder = document.querySelector('#viewer-state [data-state]') as HTMLElement | null
+    this.noteExport(holder?.getAttribute('data-exported') || '')  // a fact whatever the page's age
     if (holder && this.stalePage(holder.getAttribute('data-seq') || '')) return
     const text = holder?.getAttribute('data-state') || ''
     if (!text || text === this.stateText) return
@@ -387,6 +390,27 @@ class Viewer {
     try { s = JSON.parse(text) } catch { return }
     this.state = s
     this.onState(s)
+  }
+
+  /** An export's page names the label revision its file holds (``BOOT.REV``, app.ui ``data-exported``). */
+  noteExport(tag: string): void {
+    const m = /^([0-9a-f]+)\.(\d+)$/.exec(tag)
+    if (!m || tag === this.exportedTag) return
+    this.exportedTag = tag
+    this.exported = { boot: m[1], rev: Number(m[2]) }
+    this.markDownload()
+  }
+
+  /** The Download button holds the labels of the last export: a hurried user exported, went on editing (or
+   * clicked while the export ran), and later pressed Download believing the file current; it held none of the
+   * later edits. Once the labels shown are newer than the file, the button says so (class ``mv-stale``). */
+  markDownload(): void {
+    const button = document.querySelector('#download')
+    if (!button || !this.exported || this.rev < 0) return  // labels on their way: judged when they are shown
+    const older = (this.revBoot ?? null) !== this.exported.boot || this.rev > this.exported.rev
+    button.classList.toggle('mv-stale', older)
+    if (older) button.setAttribute('title', 'This file holds the labels as they were at the export: export again')
+    else button.removeAttribute('title')
   }
 
   /** Note the page's status line on every change, not only every 100 ms: an error followed within the
@@ -584,6 +608,7 @@ class Viewer {
     this.rev = rev
     this.revBoot = boot
     this.root.setAttribute('data-rev', String(rev))
+    this.markDownload()
     this.applyLabelLook(true)
   }
 
@@ -1476,6 +1501,7 @@ class Viewer {
       this.rev = a.rev
       this.revBoot = a.boot ?? null
       this.root.setAttribute('data-rev', String(a.rev))
+      this.markDownload()
     }
     if ('object' in a) this.object = a.object ?? null
     // another tab renamed or recoloured a label: this page's table (legend, label box) is refreshed by its sync
