@@ -1090,6 +1090,35 @@ def test_a_download_older_than_the_labels_says_so(browser, server, ct, tmp_path,
         context.close()
 
 
+def test_a_window_drag_then_paging_while_a_click_is_on_its_way_reaches_the_page(browser, server, ct):
+    """A hurried user clicked, right-dragged the window and paged on while the click was on its way: the image showed
+    the new window (W 504 L -28), the server kept it, and the page's Window, Level and Width boxes went on saying
+    default 40/400 for good (and the label table missed the click). The page is synced only when the viewer's queue
+    runs empty, and only if the last action there asked for it: the paging (it syncs nothing) came last. Now any
+    action of the run that asks for a sync gets it when the queue is empty."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        with server.runner.turn():  # the click waits at the server; the window and the paging queue behind it
+            page.mouse.click(*_xy(page, ct, *INSIDE))
+            start = _xy(page, ct, 60, 60)
+            page.mouse.move(*start)
+            page.mouse.down(button="right")
+            page.mouse.move(start[0] + 120, start[1] + 60, steps=6)
+            page.mouse.up(button="right")
+            page.wait_for_function("medsegViewer.inFlight >= 2", timeout=TIMEOUT_MS)  # the window action is queued
+            page.keyboard.press("ArrowUp")
+        _idle(page)
+        _wait_server(lambda: _state(server, sid)["view"]["window"] == "custom")
+        view = _state(server, sid)["view"]
+        page.wait_for_function("([l, w]) => Math.abs(Number(document.querySelector('#level input').value) - l) < 0.5"
+                               " && Math.abs(Number(document.querySelector('#width input').value) - w) < 0.5",
+                               arg=[view["level"], view["width"]], timeout=30_000)
+        assert page.locator("#window input").input_value() == "custom"
+    finally:
+        context.close()
+
+
 def test_a_reload_with_clicks_still_queued_asks_first_and_staying_keeps_them(browser, server, ct, monkeypatch):
     """Five quick clicks then F5 kept one: the others waited in the page's own queue, and the reload dropped them
     without a word. While edits are queued the browser now asks before leaving; staying, all five arrive, in order.

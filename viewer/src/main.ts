@@ -166,6 +166,8 @@ class Viewer {
   // a study just loaded: say "Ready" once its shown slice is encoded, whoever encoded it (the page's warm-up
   // often wins, and then the encode request has no news of its own: the "never Ready" flake)
   readyWanted = false
+  syncWanted = false  // an action of the queue's run asks for the page's sync when the queue is empty
+  encodeWanted = false  // ... or for the shown slice's encode
   userActs = 0  // the user's key and pointer presses anywhere on the page
   errorAt = -1  // userActs when the error shown appeared (-1: no error shown)
   statusHost: Element | null = null
@@ -1431,10 +1433,15 @@ class Viewer {
         if (choice) this.labelChanges--
         this.root.setAttribute('data-busy', String(this.inFlight))
         this.drawOverlay()
+        // what the run of actions asks for once the queue is empty: asked by the last one only, a window drag then
+        // paging while a click was on its way never reached the page (its Window, Level and Width boxes kept the old
+        // window for good, and the label table missed the click): the paging, last, syncs nothing
+        if (!quiet || body.kind === 'window') this.syncWanted = true
+        if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box') this.encodeWanted = true
         if (this.inFlight === 0) {
           if (this.state && this.labelsNewer(this.state.boot, this.state.rev) && this.study === this.state.study) this.reloadLabels()
-          if (!quiet || body.kind === 'window' || this.tableStale) { this.tableStale = false; this.syncPage() }
-          if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box' || this.readyWanted) this.requestEncode()
+          if (this.syncWanted || this.tableStale) { this.syncWanted = false; this.tableStale = false; this.syncPage() }
+          if (this.encodeWanted || this.readyWanted) { this.encodeWanted = false; this.requestEncode() }
           if (this.labelChanges === 0) this.releaseHeld()  // else after the label change (queueAddLabel)
         }
       }
