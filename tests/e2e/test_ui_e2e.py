@@ -1426,7 +1426,9 @@ def test_the_model_list_stays_open_under_the_mouse_while_a_prompts_answer_and_th
             page.keyboard.press("Control+A")
             page.locator("#model input").press_sequentially("base")
             options = page.locator("#model [role='option']")
-            options.first.wait_for(timeout=TIMEOUT_MS)
+            page.wait_for_function("() => { const o = [...document.querySelectorAll('#model [role=option]')]; "
+                                   "return o.length > 0 && o.every(e => e.getAttribute('aria-label')"
+                                   ".toLowerCase().includes('base')) }", timeout=TIMEOUT_MS)  # the list filtered
             shown = options.count()
             box = options.nth(shown - 1).bounding_box()
             page.mouse.move(box["x"] + 20, box["y"] + box["height"] / 2)
