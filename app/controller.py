@@ -45,7 +45,7 @@ from models.registry import PROJECT_ROOT
 
 Progress = Callable[[float, str], None]
 MODES = ("point +", "point −", "box")
-GREETING = "greeting"  # session.runtime key: the news (opened, model chosen, restored) that the next warm() prefixes to "Ready"
+GREETING = "greeting"  # session.runtime key: the news (opened, restored) that the next warm() prefixes to "Ready"
 
 
 def sample_studies() -> dict[str, Path]:
@@ -103,6 +103,7 @@ class ViewModel:
     mode: str = MODES[0]
     undo_depth: int = 0
     redo_depth: int = 0
+    exported: int | None = None  # the label revision an export wrote: the page's Download holds that map
     renderer: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
     _image: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -149,7 +150,7 @@ def _session(ctx: AppContext, sid: str) -> Session:
 
 
 def _greet(session: Session, news: str) -> ViewModel:
-    """Show ``news`` (a study opened, a model chosen, a session restored), which :func:`warm` repeats with "Ready"
+    """Show ``news`` (a study opened, a session restored), which :func:`warm` repeats with "Ready"
     once the slice is encoded: that message is as old as the news, so a click made meanwhile is not hidden by it."""
     at = news_stamp()
     session.runtime[GREETING] = (news, at)
@@ -328,8 +329,8 @@ def warm(ctx: AppContext, sid: str) -> ViewModel:
 
     The session's lock is held only to read what is shown, not while encoding: the viewer's
     requests (the study, the labels) must not wait for the encoder. "Ready" is news only after
-    a study opened, the model changed or the session was restored: the page runs this after
-    every upload too, and a failed upload's message must stay, not be replaced by "Ready". The
+    a study opened or the session was restored (a model picked is the viewer's action, which shows
+    its own "Ready"): the page runs this after every upload too, and a failed upload's message must stay, not be replaced by "Ready". The
     news itself leads the "Ready" message, so a page that polls the status and missed the first
     message (it lasts as long as one encode) still reads it.
     """
@@ -474,13 +475,6 @@ def click(ctx: AppContext, session: Session, x_display: float, y_display: float)
     mark_anchor(session)
     ctx.store.save(session)
     ctx.prefetcher.request(session, view, index)
-    return view_model(session, _done(session, edit.description))
-
-
-@_with_session
-def choose(ctx: AppContext, session: Session, alternative: int) -> ViewModel:
-    edit = interaction.choose_alternative(session, alternative)
-    ctx.store.save(session)
     return view_model(session, _done(session, edit.description))
 
 
@@ -705,12 +699,11 @@ def _load_model(ctx: AppContext, name: str) -> None:
 
 
 @_with_session
-def set_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
-    _load_model(ctx, name)
-    session.model = name
-    session.prompt = None
-    ctx.store.save(session)
-    return _greet(session, f"Model: {name}.")
+def pick_model(ctx: AppContext, session: Session, name: str) -> ViewModel:
+    """A model picked in the Model box's list that the viewer did not take (a page without the viewer's script,
+    so no queue to wait for): applied by the viewer's own action (:func:`switch_model`). It was dropped without a
+    word, the box snapping back to the model in use."""
+    return view_model(session, switch_model(ctx, session, name))
 
 
 def switch_model(ctx: AppContext, session: Session, name: str) -> str:
@@ -781,7 +774,9 @@ def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) 
         done = f"Exported {Path(path).name}."
         if not session.labels.any():  # said as for real work before: the work may be on another study, or undone
             done += " ⚠ No label has any voxel in this study: the file is empty."
-        return Path(path), view_model(session, done)
+        vm = view_model(session, done)
+        vm.exported = session.revision  # under the lock: an edit waiting for it comes after, and is not in the file
+        return Path(path), vm
 
 
 # --- the view ---------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from app.render import window_choices
 from app.session import SessionError, SessionStore, claim_root
 from app.model_catalog import backend_for, load_model
 from app.viewer import actions as viewer_actions
-from app.viewer.api import head_html, routes as viewer_routes
+from app.viewer.api import LeaveGuard, head_html, routes as viewer_routes
 from runtime.threads import configure_serving
 
 log = logging.getLogger(__name__)
@@ -228,8 +228,11 @@ def build_app(config: UIConfig):
                             {"level": None, "width": None} if session.volume.is_rgb else shown_window)
                     if session.labels is not None:
                         vm.labels, vm.active, vm.label_name, vm.colour = controller.label_box(session)
+                # an export's page says which label revision its file holds: the viewer marks the Download older
+                # than the labels once they are newer (a hurried user went on editing, then downloaded)
+                exported = "" if vm.exported is None else f' data-exported="{messages.BOOT}.{vm.exported}"'
                 state_html = (f'<div data-state="{html.escape(json.dumps(state), quote=True)}" '
-                              f'data-seq="{messages.BOOT}.{seq}"></div>')
+                              f'data-seq="{messages.BOOT}.{seq}"{exported}></div>')
             except SessionError:
                 pass
             status = gr.skip() if vm.status is None else messages.stamped(
@@ -364,6 +367,13 @@ def build_app(config: UIConfig):
         # model at once, so clicks still queued began a second object on the new model; and Gradio fires it on every
         # blur of the box too, which started a new object with the same model.
         model.input(sync, [sid], outputs, trigger_mode="always_last", show_progress="hidden")
+
+        def on_model_pick(s, picked: gr.SelectData):
+            """A pick in the list that reached Gradio (the viewer takes every pick it sees, so only a page without
+            its script): it snapped back without a word; it is now the viewer's action (controller.pick_model)."""
+            return guarded(controller.pick_model, s, str(picked.value))
+
+        model.select(on_model_pick, [sid], outputs, show_progress="hidden")
 
         # --- prompting (clicks, boxes and the brush live in the viewer) ------------------------
         _wire_propagation(ctx, propagate_btn, review_btns, sid, viewer_shown, outputs, guarded, background, load_event)
@@ -643,7 +653,7 @@ def launch(
         head=head_html(),
         theme=gr.themes.Default(spacing_size="sm", text_size="sm", radius_size="sm"),
         css=PAGE_CSS,
-        app_kwargs={"routes": demo.viewer_routes, "middleware": [cookie, bodies]},
+        app_kwargs={"routes": demo.viewer_routes, "middleware": [cookie, bodies, Middleware(LeaveGuard)]},
         prevent_thread_lock=prevent_thread_lock,
         auth=auth,  # a login page when bound beyond loopback (app.access)
         quiet=True,

@@ -36,6 +36,68 @@ def head_html() -> str:
             f'<script type="module" src="{STATIC_URL}/viewer.js"></script>')
 
 
+# Runs before Gradio's own scripts (it is the page's first script): a listener registered first runs first (on the
+# window, registration order rules, capture or not). Gradio's ``beforeunload`` listener closes its connection whether
+# or not the user stays; the viewer's question (``askBeforeLeaving``) stops it while edits are queued.
+LEAVE_GUARD = (b"<script>addEventListener('beforeunload', function (e) { var v = window.medsegViewer; "
+               b"if (v && v.askBeforeLeaving) v.askBeforeLeaving(e) })</script>")
+
+
+class LeaveGuard:
+    """ASGI middleware: the page's HTML gets :data:`LEAVE_GUARD` as the first thing in its ``<head>``.
+
+    The viewer's bundle comes in Gradio's ``head=`` tags, which Gradio adds only after it has connected and
+    registered its own ``beforeunload`` listener (it closes the connection): a user who chose to stay on the page
+    then lost the page's events on their way, and Gradio reloaded the page 2 s later, asking again for the same
+    edits or, with none queued by then, reloading under the user. Only the page's HTML (GET ``/``) is rewritten."""
+
+    def __init__(self, app):
+        self.app = app
+
+    @staticmethod
+    def is_page(scope) -> bool:
+        """The request is for the page itself (``/`` under the app's root path)."""
+        root, path = scope.get("root_path", "") or "", scope.get("path", "")
+        return (path[len(root):] if root and path.startswith(root) else path) == "/"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "GET" or not self.is_page(scope):
+            return await self.app(scope, receive, send)
+        start: dict | None = None
+        chunks: list[bytes] = []
+
+        async def guarded(message):
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message  # held until the body is whole: its length changes
+                return
+            if message["type"] != "http.response.body" or start is None:
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body, headers = with_leave_guard(b"".join(chunks), start.get("headers", []))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, guarded)
+
+
+def with_leave_guard(body: bytes, headers: list) -> tuple[bytes, list]:
+    """The page with :data:`LEAVE_GUARD` right after ``<head>`` and its Content-Length to match; anything else
+    (not HTML, compressed, no ``<head>``) unchanged."""
+    named = {k.lower(): v for k, v in headers}
+    if not named.get(b"content-type", b"").startswith(b"text/html") or named.get(b"content-encoding"):
+        return body, headers
+    at = body.find(b"<head>")
+    if at < 0:
+        return body, headers
+    at += len(b"<head>")
+    body = body[:at] + LEAVE_GUARD + body[at:]
+    headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+    return body, headers + [(b"content-length", str(len(body)).encode())]
+
+
 def routes(ctx: AppContext) -> list:
     """The viewer's routes and the bundle's static files (Starlette routes, matched before Gradio's)."""
     from fastapi import APIRouter, Request

@@ -54,7 +54,8 @@ def _box_then_click(ctx, model: str) -> tuple[np.ndarray, np.ndarray]:
     sid = controller.start(ctx, None).session_id
     controller.open_sample(ctx, sid, CT_NAME)
     if model != "litemedsam":
-        assert controller.set_model(ctx, sid, model).model == model
+        controller.switch_model(ctx, ctx.store.get(sid), model)  # the viewer's ``model`` action
+        assert ctx.store.get(sid).model == model
     controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
     controller.click(ctx, sid, *BOX[0])
     controller.click(ctx, sid, *BOX[1])
@@ -77,7 +78,7 @@ def test_adapters_are_offered_and_one_segments_through_its_refiner(ctx):
 def test_an_adapter_for_other_base_weights_is_refused_and_the_model_stays(ctx):
     sid = controller.start(ctx, None).session_id
     with pytest.raises(SessionError, match="sha256"):
-        controller.set_model(ctx, sid, "litemedsam+other_base")
+        controller.switch_model(ctx, ctx.store.get(sid), "litemedsam+other_base")
     with pytest.raises(SessionError, match="unknown model"):
-        controller.set_model(ctx, sid, "litemedsam+missing")
+        controller.switch_model(ctx, ctx.store.get(sid), "litemedsam+missing")
     assert ctx.store.get(sid).model == "litemedsam"

@@ -812,3 +812,26 @@ def test_an_alternative_is_a_viewer_action_for_the_first_click_it_was_shown_for(
     with pytest.raises(PromptError, match="no alternatives to choose from"):
         actions.act(ctx, s, {"kind": "alternative", "alternative": pick, "first": _mm(s, *LEFT_HORN)})
     assert s.prompt is refined
+
+
+def test_the_pages_html_gets_the_leave_guard_first_and_nothing_else_is_touched():
+    """Gradio's ``beforeunload`` listener closed its connection even when the user chose to stay (Gradio then
+    reloaded the page 2 s later, asking again); the viewer's bundle comes too late to run before it, so the page's
+    HTML gets one script first in its ``<head>``. Only ``GET /`` as HTML; its length follows; the rest unchanged."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import HTMLResponse, JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from app.viewer.api import LEAVE_GUARD, LeaveGuard
+
+    page = "<!doctype html><html><head><script>gradio()</script></head><body>x</body></html>"
+    app = Starlette(routes=[Route("/", lambda r: HTMLResponse(page)), Route("/config", lambda r: JSONResponse({})),
+                            Route("/other", lambda r: HTMLResponse(page))], middleware=[Middleware(LeaveGuard)])
+    client = TestClient(app)
+    got = client.get("/?__theme=dark")
+    assert got.text.startswith("<!doctype html><html><head>" + LEAVE_GUARD.decode() + "<script>gradio()")
+    assert int(got.headers["content-length"]) == len(got.content)
+    assert client.get("/other").text == page
+    assert client.get("/config").json() == {}

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from app import controller
 from app.viewer.geometry import from_plane
 from data.readers import read_study
 from tests.conftest import SAMPLES
@@ -1054,27 +1055,116 @@ def test_page_buttons_and_label_choice_made_while_clicks_are_queued_act_after_th
         context.close()
 
 
-def test_a_reload_with_clicks_still_queued_asks_first_and_staying_keeps_them(browser, server, ct):
+def test_a_download_older_than_the_labels_says_so(browser, server, ct, tmp_path, shots):
+    """A hurried user exported, went on clicking (one click made while the export ran), and later pressed Download:
+    the file held the labels of the export, without the later clicks, and the button looked as current as it did
+    right after the export. The page's state now carries the revision the export wrote (``data-exported``), and
+    the button says it is older than the labels once they are; a new export is current again."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.mouse.click(*_xy(page, ct, *REFINE[0]))
+        _idle(page)
+        download = page.locator("#download")
+        with server.runner.turn():  # the export runs (no model needed); the click made meanwhile waits for the model
+            page.locator("#export-btn").click()
+            download.wait_for(state="visible", timeout=TIMEOUT_MS)
+            page.wait_for_timeout(300)  # the page's state with the export has been read
+            assert "mv-stale" not in (download.get_attribute("class") or "")
+            page.mouse.click(*_xy(page, ct, *REFINE[1]))
+        _idle(page)
+        page.wait_for_function("document.querySelector('#download').classList.contains('mv-stale')",
+                               timeout=TIMEOUT_MS)
+        note = page.evaluate("getComputedStyle(document.querySelector('#download'), '::after').content")
+        assert "older than your labels" in note, note
+        page.screenshot(path=str(shots / "ui_download_stale.png"))
+        with page.expect_download(timeout=TIMEOUT_MS) as info:
+            download.click()
+        info.value.save_as(tmp_path / "old.nii.gz")
+        old = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "old.nii.gz")))
+        assert (old != server.labels(sid)).any()  # it is older indeed
+        page.locator("#export-btn").click()
+        page.wait_for_function("!document.querySelector('#download').classList.contains('mv-stale')",
+                               timeout=TIMEOUT_MS)
+    finally:
+        context.close()
+
+
+def test_a_window_drag_then_paging_while_a_click_is_on_its_way_reaches_the_page(browser, server, ct):
+    """A hurried user clicked, right-dragged the window and paged on while the click was on its way: the image showed
+    the new window (W 504 L -28), the server kept it, and the page's Window, Level and Width boxes went on saying
+    default 40/400 for good (and the label table missed the click). The page is synced only when the viewer's queue
+    runs empty, and only if the last action there asked for it: the paging (it syncs nothing) came last. Now any
+    action of the run that asks for a sync gets it when the queue is empty."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        with server.runner.turn():  # the click waits at the server; the window and the paging queue behind it
+            page.mouse.click(*_xy(page, ct, *INSIDE))
+            start = _xy(page, ct, 60, 60)
+            page.mouse.move(*start)
+            page.mouse.down(button="right")
+            page.mouse.move(start[0] + 120, start[1] + 60, steps=6)
+            page.mouse.up(button="right")
+            page.wait_for_function("medsegViewer.inFlight >= 2", timeout=TIMEOUT_MS)  # the window action is queued
+            page.keyboard.press("ArrowUp")
+        _idle(page)
+        _wait_server(lambda: _state(server, sid)["view"]["window"] == "custom")
+        view = _state(server, sid)["view"]
+        page.wait_for_function("([l, w]) => Math.abs(Number(document.querySelector('#level input').value) - l) < 0.5"
+                               " && Math.abs(Number(document.querySelector('#width input').value) - w) < 0.5",
+                               arg=[view["level"], view["width"]], timeout=30_000)
+        assert page.locator("#window input").input_value() == "custom"
+    finally:
+        context.close()
+
+
+def test_a_reload_with_clicks_still_queued_asks_first_and_staying_keeps_them(browser, server, ct, monkeypatch):
     """Five quick clicks then F5 kept one: the others waited in the page's own queue, and the reload dropped them
     without a word. While edits are queued the browser now asks before leaving; staying, all five arrive, in order.
-    (The model is held: the first click waits at the server, the others in the queue.)"""
+    (The model is held: the first click waits at the server, the others in the queue.)
+
+    Staying was not the end of it (the suite's load showed it once): Gradio's own ``beforeunload`` listener closes
+    its connection whether or not the user stays, so a page event still on its way then (here the open's warm-up,
+    slow under load) failed as "Connection errored out", and Gradio reloaded the page 2 s later: asked a second
+    time for the same clicks, or, with none queued by then, reloaded under the user who had chosen to stay. While
+    the viewer asks, Gradio's listener no longer runs."""
+    import threading
+
+    warming, go_on, real = threading.Event(), threading.Event(), controller.warm
+
+    def held_warm(*args, **kwargs):  # the open's warm-up, slow as under the suite's load: on its way at the question
+        warming.set()
+        go_on.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(controller, "warm", held_warm)
     context, page, _ = _open_page(browser, server)
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.type), d.dismiss()))
     try:
         _open_sample(page)
+        assert warming.wait(60), "the open's warm-up never started"
+        loaded = page.evaluate("performance.timeOrigin")
         with server.runner.turn():
             for q in REFINE[:5]:
                 page.mouse.click(*_xy(page, ct, *q))
             with page.expect_event("dialog", timeout=20_000):  # the handler above records it and stays
                 page.evaluate("() => { setTimeout(() => location.reload(), 0) }")  # F5
-        assert dialogs == ["beforeunload"]
+            assert dialogs == ["beforeunload"]
+            go_on.set()
+            page.wait_for_timeout(3500)  # Gradio's reconnect-and-reload ran 2 s after a lost connection
         _idle(page)
         assert page.evaluate("medsegViewer.object.points.length") == 5
+        page.wait_for_timeout(2500)
+        assert dialogs == ["beforeunload"], "asked again for the clicks the user stayed for"
+        assert page.evaluate("performance.timeOrigin") == loaded, "the page reloaded under the user who stayed"
+        assert "Connection" not in page.locator("body").inner_text()
         page.reload()  # nothing queued: no question
         _wait_status(page, "Ready")
         assert dialogs == ["beforeunload"]
     finally:
+        go_on.set()
         context.close()
 
 
@@ -1269,6 +1359,85 @@ def test_a_model_picked_while_clicks_are_queued_acts_after_them(browser, server,
         assert page.evaluate("medsegViewer.object && medsegViewer.object.points.length") == 1
         assert _state(server, sid)["model"] == "litemedsam-base"
         assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+    finally:
+        context.close()
+
+
+def test_a_model_pick_the_viewer_does_not_take_is_applied_or_said(browser, server):
+    """Two model picks the viewer's queue never saw made the Model box snap back without a word: a name typed into
+    the box that matches no model, then Enter (Gradio picks nothing; the box snaps back when it loses focus), and a
+    pick on a page without the viewer's script (Gradio's own event only showed the model in use again). The first
+    now says so in the status line; the second is applied by the viewer's own action (controller.pick_model). And a
+    model's name put into the box at once (pasted: no keys, so Gradio had not filtered the list) sent the option
+    highlighted before, the model in use; it now sends the first option holding the text, as Gradio picks."""
+    from app.model_catalog import choices
+
+    shown = {name: label for label, name in choices()}
+    context, page, sid = _open_page(browser, server)
+    box = page.locator("#model input")
+    try:
+        for typed in ("nonsense", "nonsense2"):  # typed key by key, then put there at once (pasted: no keys)
+            box.click()
+            box.fill("")
+            box.press_sequentially(typed) if typed == "nonsense" else box.fill(typed)
+            page.keyboard.press("Enter")
+            _wait_status(page, f'Model: no model in the list matches "{typed}", so the model in use stays')
+            page.keyboard.press("Tab")
+            page.wait_for_function("document.querySelector('#model input').value.startsWith('litemedsam:')")
+            assert _state(server, sid)["model"] == "litemedsam"
+        # a model's name put there at once: the option highlighted before (the model in use) was sent
+        box.click()
+        box.fill("litemedsam-base")
+        page.keyboard.press("Enter")
+        _wait_status(page, "Model: litemedsam-base.")
+        assert _state(server, sid)["model"] == "litemedsam-base"
+    finally:
+        context.close()
+
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.route("**/medseg-viewer/viewer.js", lambda route: route.abort())  # a page without the viewer's script
+    before = server.session_ids()
+    page.goto(server.url)
+    page.locator("#model input").wait_for(timeout=TIMEOUT_MS)
+    _wait_server(lambda: len(server.session_ids() - before) == 1)
+    (sid,) = server.session_ids() - before
+    try:
+        _pick_model(page, shown["litemedsam-base"])
+        _wait_server(lambda: _state(server, sid)["model"] == "litemedsam-base")
+        page.wait_for_timeout(1000)  # the page's events after the pick have landed: the box keeps it
+        assert page.locator("#model input").input_value().startswith("litemedsam-base:")
+        assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
+    finally:
+        context.close()
+
+
+def test_the_model_list_stays_open_under_the_mouse_while_a_prompts_answer_and_the_page_land(browser, server, ct):
+    """Checked in session 17 (no fix needed): the Model box's list, opened with text typed to filter it and the
+    mouse over an option, stays open with its text while a click's answer arrives and the page's sync after it lands
+    (the sync sends the Model box its value again)."""
+    context, page, _ = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        seq = page.evaluate("document.querySelector('#viewer-state [data-state]').getAttribute('data-seq')")
+        with server.runner.turn():
+            page.mouse.click(*_xy(page, ct, *INSIDE))
+            page.locator("#model input").click()
+            page.keyboard.press("Control+A")
+            page.locator("#model input").press_sequentially("base")
+            options = page.locator("#model [role='option']")
+            page.wait_for_function("() => { const o = [...document.querySelectorAll('#model [role=option]')]; "
+                                   "return o.length > 0 && o.every(e => e.getAttribute('aria-label')"
+                                   ".toLowerCase().includes('base')) }", timeout=TIMEOUT_MS)  # the list filtered
+            shown = options.count()
+            box = options.nth(shown - 1).bounding_box()
+            page.mouse.move(box["x"] + 20, box["y"] + box["height"] / 2)
+        _idle(page)
+        page.wait_for_function("([seq]) => document.querySelector('#viewer-state [data-state]')"
+                               ".getAttribute('data-seq') !== seq", arg=[seq], timeout=TIMEOUT_MS)
+        page.wait_for_timeout(500)  # the page's update applied
+        assert options.count() == shown > 0, "the list closed under the mouse"
+        assert page.locator("#model input").input_value() == "base"
     finally:
         context.close()
 

@@ -166,6 +166,8 @@ class Viewer {
   // a study just loaded: say "Ready" once its shown slice is encoded, whoever encoded it (the page's warm-up
   // often wins, and then the encode request has no news of its own: the "never Ready" flake)
   readyWanted = false
+  syncWanted = false  // an action of the queue's run asks for the page's sync when the queue is empty
+  encodeWanted = false  // ... or for the shown slice's encode
   userActs = 0  // the user's key and pointer presses anywhere on the page
   errorAt = -1  // userActs when the error shown appeared (-1: no error shown)
   statusHost: Element | null = null
@@ -185,6 +187,8 @@ class Viewer {
   staleSeen = ''
   reviewKey = ''
   encodeAgain = false
+  exported: { boot: string; rev: number } | null = null  // the label revision the last export's file holds
+  exportedTag = ''
   editsQueued = 0  // label edits (prompts, strokes, undo, redo) sent or waiting in the queue: a reload asks first
   labelChanges = 0  // label choices and Add label presses queued: prompts made meanwhile take their label when sent
   held: HTMLElement[] = []  // the page's buttons pressed while prompts were queued (AFTER_QUEUE), pressed again after
@@ -379,6 +383,7 @@ class Viewer {
       if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text, news))
     }
     const holder = document.querySelector('#viewer-state [data-state]') as HTMLElement | null
+    this.noteExport(holder?.getAttribute('data-exported') || '')  // a fact whatever the page's age
     if (holder && this.stalePage(holder.getAttribute('data-seq') || '')) return
     const text = holder?.getAttribute('data-state') || ''
     if (!text || text === this.stateText) return
@@ -387,6 +392,27 @@ class Viewer {
     try { s = JSON.parse(text) } catch { return }
     this.state = s
     this.onState(s)
+  }
+
+  /** An export's page names the label revision its file holds (``BOOT.REV``, app.ui ``data-exported``). */
+  noteExport(tag: string): void {
+    const m = /^([0-9a-f]+)\.(\d+)$/.exec(tag)
+    if (!m || tag === this.exportedTag) return
+    this.exportedTag = tag
+    this.exported = { boot: m[1], rev: Number(m[2]) }
+    this.markDownload()
+  }
+
+  /** The Download button holds the labels of the last export: a hurried user exported, went on editing (or
+   * clicked while the export ran), and later pressed Download believing the file current; it held none of the
+   * later edits. Once the labels shown are newer than the file, the button says so (class ``mv-stale``). */
+  markDownload(): void {
+    const button = document.querySelector('#download')
+    if (!button || !this.exported || this.rev < 0) return  // labels on their way: judged when they are shown
+    const older = (this.revBoot ?? null) !== this.exported.boot || this.rev > this.exported.rev
+    button.classList.toggle('mv-stale', older)
+    if (older) button.setAttribute('title', 'This file holds the labels as they were at the export: export again')
+    else button.removeAttribute('title')
   }
 
   /** Note the page's status line on every change, not only every 100 ms: an error followed within the
@@ -584,6 +610,7 @@ class Viewer {
     this.rev = rev
     this.revBoot = boot
     this.root.setAttribute('data-rev', String(rev))
+    this.markDownload()
     this.applyLabelLook(true)
   }
 
@@ -982,12 +1009,10 @@ class Viewer {
     document.addEventListener('keydown', (e) => this.queueLabelKey(e), true)  // ... and on Enter (ArrowDown, Enter)
     document.addEventListener('change', (e) => this.holdUpload(e), true)  // files chosen under Upload…
     // a reload or a closed tab while edits were queued lost them without a word (the queue lives in this page: only
-    // the one on its way reached the server; 5 quick clicks then F5 kept 1): the browser asks first
-    window.addEventListener('beforeunload', (e) => {
-      if (this.editsQueued === 0) return
-      e.preventDefault()
-      e.returnValue = ''
-    })
+    // the one on its way reached the server; 5 quick clicks then F5 kept 1): the browser asks first. The page's
+    // first script (app.viewer.api.LEAVE_GUARD) asks the same, before Gradio's listener; this one is for a page
+    // served without it (then the question stops the listeners registered after it only)
+    window.addEventListener('beforeunload', (e) => this.askBeforeLeaving(e))
     // back to this tab: another tab of the session may have edited meanwhile; the page's sync shows the server's state
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()
@@ -1038,6 +1063,18 @@ class Viewer {
     })
   }
 
+  /** Leaving while edits are queued: the browser asks first. Gradio's own ``beforeunload`` listener closes its
+   * connection whether or not the user stays, so a page event on its way then failed ("Connection errored out")
+   * and Gradio reloaded the page 2 s later: the user who stayed was asked again for the same edits, or, with none
+   * queued by then, the page reloaded under them. While asking, the listeners after it are stopped (the page's
+   * first script calls this: app.viewer.api.LEAVE_GUARD); with nothing queued nobody is asked and Gradio's runs. */
+  askBeforeLeaving(e: BeforeUnloadEvent): void {
+    if (this.editsQueued === 0) return
+    e.stopImmediatePropagation()
+    e.preventDefault()
+    e.returnValue = ''
+  }
+
   /** Nothing queued: no prompt on its way and no label change waiting for the page. */
   settled(): boolean {
     return this.inFlight === 0 && this.labelChanges === 0
@@ -1060,9 +1097,31 @@ class Viewer {
   queueLabelKey(e: KeyboardEvent): void {
     if (!e.isTrusted || e.key !== 'Enter' || e.isComposing) return
     const box = (e.target as Element | null)?.closest?.('#label, #model')
+    if (box?.id === 'model') { this.modelKey(box, e); return }
     const option = box?.querySelector('[role="option"].active')
-    if (option && box!.id === 'model') this.modelOptionPicked(option, e)
-    else if (option) this.labelOptionPicked(option, e)
+    if (option) this.labelOptionPicked(option, e)
+  }
+
+  /** Enter in the Model box: the option Gradio would pick goes through the queue (modelOptionPicked). Gradio
+   * filters the list as keys are typed, and at Enter picks the first option whose label holds the text when the
+   * highlighted one does not (text that came without keys, pasted with the mouse, leaves an earlier highlight: that
+   * option was sent). Text that matches no model in the open list picked nothing, and the box snapped back when it
+   * lost focus, without a word: the status line now says so. */
+  modelKey(box: Element, e: KeyboardEvent): void {
+    const input = e.target as HTMLInputElement
+    const typed = (input.value ?? '').trim()
+    const label = (o: Element) => (o.getAttribute('aria-label') || o.textContent || '').trim()
+    // the text of the model shown (nothing typed: the arrows move over the whole list) filters nothing
+    const selected = box.querySelector('[role="option"].selected')
+    const filter = selected && label(selected) === typed ? '' : typed.toLowerCase()
+    const holds = (o: Element) => label(o).toLowerCase().includes(filter)
+    const active = box.querySelector('[role="option"].active')
+    const option = active && holds(active) ? active : [...box.querySelectorAll('[role="option"]')].find(holds)
+    if (option) { this.modelOptionPicked(option, e); return }
+    if (!filter || !box.querySelector('[role="listbox"]')) return  // nothing typed, or the list is closed
+    e.preventDefault(); e.stopImmediatePropagation()
+    const shown = typed.length > 40 ? `${typed.slice(0, 40)}…` : typed
+    this.showError(`Model: no model in the list matches "${shown}", so the model in use stays: pick one from the list`)
   }
 
   /** A model picked in the Model box, by mouse or keyboard, is the viewer's own action (kind ``model``,
@@ -1374,10 +1433,15 @@ class Viewer {
         if (choice) this.labelChanges--
         this.root.setAttribute('data-busy', String(this.inFlight))
         this.drawOverlay()
+        // what the run of actions asks for once the queue is empty: asked by the last one only, a window drag then
+        // paging while a click was on its way never reached the page (its Window, Level and Width boxes kept the old
+        // window for good, and the label table missed the click): the paging, last, syncs nothing
+        if (!quiet || body.kind === 'window') this.syncWanted = true
+        if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box') this.encodeWanted = true
         if (this.inFlight === 0) {
           if (this.state && this.labelsNewer(this.state.boot, this.state.rev) && this.study === this.state.study) this.reloadLabels()
-          if (!quiet || body.kind === 'window' || this.tableStale) { this.tableStale = false; this.syncPage() }
-          if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box' || this.readyWanted) this.requestEncode()
+          if (this.syncWanted || this.tableStale) { this.syncWanted = false; this.tableStale = false; this.syncPage() }
+          if (this.encodeWanted || this.readyWanted) { this.encodeWanted = false; this.requestEncode() }
           if (this.labelChanges === 0) this.releaseHeld()  // else after the label change (queueAddLabel)
         }
       }
@@ -1444,6 +1508,7 @@ class Viewer {
       this.rev = a.rev
       this.revBoot = a.boot ?? null
       this.root.setAttribute('data-rev', String(a.rev))
+      this.markDownload()
     }
     if ('object' in a) this.object = a.object ?? null
     // another tab renamed or recoloured a label: this page's table (legend, label box) is refreshed by its sync
