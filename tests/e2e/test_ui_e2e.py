@@ -1244,6 +1244,28 @@ def test_a_click_right_after_add_label_or_a_label_pick_goes_to_that_label(browse
         context.close()
 
 
+def test_a_label_pick_survives_a_page_sync_between_press_and_release(browser, server, ct):
+    """A pick in the legend whose press and release straddle a page sync: the legend was rebuilt on every sync, the
+    pressed button replaced, so the browser sent no click and the pick was lost (this made the test above flaky under
+    load). Now the legend is rebuilt only when what it shows changed."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.locator("#add-label").click()
+        _wait_server(lambda: _state(server, sid)["active"] == 2)
+        page.wait_for_function("document.querySelector(\"#viewer-legend .mv-label[data-value='2']\")"
+                               "?.classList.contains('mv-active')", timeout=TIMEOUT_MS)
+        name = page.locator("#viewer-legend .mv-label[data-value='1'] .mv-name")
+        box = name.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.evaluate("medsegViewer.onState(medsegViewer.state)")  # a sync lands while the button is held
+        page.mouse.up()
+        _wait_server(lambda: _state(server, sid)["active"] == 1)
+    finally:
+        context.close()
+
+
 def _pick_by_keyboard(page, box: str, option: str) -> None:
     """Pick ``option`` in a Gradio dropdown by keyboard, as a user without the mouse: focus, ArrowDown to it, Enter."""
     page.locator(f"{box} input").focus()

@@ -125,6 +125,7 @@ class Viewer {
   statusLine: HTMLElement
   info: HTMLElement
   legend: HTMLElement
+  legendKey = ''  // what the legend shows now (renderLegend)
   state: State | null = null
   stateText = ''
   pageStatus = ''
@@ -1344,9 +1345,15 @@ class Viewer {
     this.applyLabelLook()
   }
 
+  /** Rebuilt only when what it shows changed: every page sync and label look calls it, and a rebuild between a
+   *  mouse press and its release on a label's name replaced the button, so the browser sent no click and the pick
+   *  was lost (the flaky label-pick e2e test of session 17). */
   renderLegend(): void {
     const labels = this.state?.labels ?? []
     const active = this.state?.active
+    const key = JSON.stringify([labels, active, [...this.hidden].sort(), [...this.locked].sort()])
+    if (key === this.legendKey) return
+    this.legendKey = key
     this.legend.innerHTML = ''
     for (const d of labels) {
       const row = el('div', { class: 'mv-label' + (d.value === active ? ' mv-active' : ''), 'data-value': String(d.value) })
