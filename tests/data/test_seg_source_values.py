@@ -48,21 +48,33 @@ CASES = {  # tag, VR, the source's bytes, what the SEG carries, a warning expect
 }
 
 
-@pytest.mark.parametrize("deidentify", [False, True], ids=["identified", "deidentified"])
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_a_seg_is_written_of_a_source_with_a_dirty_study_value(tmp_path, case, deidentify):
-    tag, vr, raw, (keyword, expected), warning = CASES[case]
+def _ct_series_with(tmp_path, tag: int, vr: str, raw: bytes):
+    """The sample CT series copied to ``tmp_path/series`` with ``tag`` set to ``raw`` as written, unchecked."""
     folder = tmp_path / "series"
     folder.mkdir()
     for f in CT_FILES:
         ds = pydicom.dcmread(f)
         ds[tag] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
         ds.save_as(folder / f.name)
+    return folder
+
+
+def _a_square(volume) -> np.ndarray:
+    """A label map of the volume with one 3 x 20 x 20 square of label 1."""
+    labels = np.zeros(volume.array.shape[:3], np.uint8)
+    labels[3:6, 100:120, 100:120] = 1
+    return labels
+
+
+@pytest.mark.parametrize("deidentify", [False, True], ids=["identified", "deidentified"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_seg_is_written_of_a_source_with_a_dirty_study_value(tmp_path, case, deidentify):
+    tag, vr, raw, (keyword, expected), warning = CASES[case]
+    folder = _ct_series_with(tmp_path, tag, vr, raw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         volume = read_study(folder)
-    labels = np.zeros(volume.array.shape[:3], np.uint8)
-    labels[3:6, 100:120, 100:120] = 1
+    labels = _a_square(volume)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         export_labels(labels, volume, tmp_path / "seg.dcm", deidentify=deidentify_basic if deidentify else None)
@@ -158,17 +170,11 @@ def test_an_identified_seg_of_an_identifier_its_vr_cannot_hold_is_refused_in_one
     from data.export import ExportError
 
     tag, vr, raw, said = IDENTIFIERS[case]
-    folder = tmp_path / "series"
-    folder.mkdir()
-    for f in CT_FILES:
-        ds = pydicom.dcmread(f)
-        ds[tag] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
-        ds.save_as(folder / f.name)
+    folder = _ct_series_with(tmp_path, tag, vr, raw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         volume = read_study(folder)
-        labels = np.zeros(volume.array.shape[:3], np.uint8)
-        labels[3:6, 100:120, 100:120] = 1
+        labels = _a_square(volume)
         with pytest.raises(ExportError) as e:
             export_labels(labels, volume, tmp_path / "seg.dcm")
         export_labels(labels, volume, tmp_path / "deidentified.dcm", deidentify=deidentify_basic)
@@ -199,17 +205,11 @@ def test_an_identified_seg_leaves_an_invalid_value_that_identifies_nothing_empty
     name over 64 or comments over LT's 10240 went into an identified SEG that dciodvfy refuses. They match no record,
     so the SEG is written with the value empty and one warning line, as invalid dates and PatientSex already were."""
     tag, vr, raw, said = OTHER_VALUES[case]
-    folder = tmp_path / "series"
-    folder.mkdir()
-    for f in CT_FILES:
-        ds = pydicom.dcmread(f)
-        ds[tag] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
-        ds.save_as(folder / f.name)
+    folder = _ct_series_with(tmp_path, tag, vr, raw)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         volume = read_study(folder)
-        labels = np.zeros(volume.array.shape[:3], np.uint8)
-        labels[3:6, 100:120, 100:120] = 1
+        labels = _a_square(volume)
         export_labels(labels, volume, tmp_path / "seg.dcm")
     ours = [str(w.message) for w in caught if "the DICOM-SEG" in str(w.message)]
     assert ours == [f"{CT_FILES[0].name}: {said}; the DICOM-SEG leaves it empty"], ours
