@@ -21,8 +21,9 @@ The defaults and how they were chosen (on held-out structures) are in docs/evalu
 
 Anchors. Any slice the user drew or corrected is an anchor: :func:`propagate_anchors` keeps every
 anchor as it is, walks outward beyond the first and last one, and fills each gap between two
-anchors from both ends, blending the two walks' logits by distance ("model interpolation";
-:func:`interpolate_shapes` is the plain signed-distance interpolation for comparison).
+anchors from both ends, blending the two walks' logits by distance ("model interpolation"), or by
+``PropagationSettings.fill``: the plain signed-distance interpolation (:func:`interpolate_shapes`), or the
+model prompted with it.
 
 Masks are (H, W) bool on slice k of ``volume.array[k]``; boxes are x0, y0, x1, y1 pixels
 (x = column), inclusive, as everywhere in ``models.prompts``.
@@ -45,6 +46,7 @@ from models.segmenter import Embedding, Segmenter
 
 Direction = Literal["up", "down"]  # up = increasing k, down = decreasing k
 PromptRule = Literal["auto", "box", "mask", "mask+box"]
+FillRule = Literal["model", "shape", "guided"]
 ProgressFn = Callable[[int, int, str], None]
 """progress(done, total, message): ``done`` of at most ``total`` slices handled so far."""
 SliceFn = Callable[[int, np.ndarray], None]
@@ -79,6 +81,10 @@ class PropagationSettings:
     ``stride=1`` (every slice segmented). The default 2 was chosen on the calibration structures and checked on
     the others and the held-out slab, where it is within 0.001 of stride 1 or better (docs/evaluation.md); it
     encodes about 60 % of the slices.
+    fill: how the slices between two anchors are filled. 'model' = walked from both ends and the two walks'
+    logits blended by distance; 'shape' = signed-distance interpolation of the two anchors (no image looked at,
+    as 3D Slicer's "Fill between slices"); 'guided' = the model prompted on each slice with the shape
+    interpolation's box (+ ``margin_px``) and its mask as the mask prompt (the shape as a prior the image corrects).
     """
 
     prompt: PromptRule = "box"
@@ -94,6 +100,7 @@ class PropagationSettings:
     guard: float = 0.0
     stride: int = 2
     stride_agree: float = 0.9
+    fill: FillRule = "model"
 
     def __post_init__(self) -> None:
         if self.prompt not in ("auto", "box", "mask", "mask+box"):
@@ -113,6 +120,8 @@ class PropagationSettings:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         if not 0.0 <= self.stride_agree <= 1.0:
             raise ValueError(f"stride_agree is a fraction in 0..1, got {self.stride_agree}")
+        if self.fill not in ("model", "shape", "guided"):
+            raise ValueError(f"fill must be 'model', 'shape' or 'guided', got {self.fill!r}")
         if self.max_slices is not None and self.max_slices < 0:
             raise ValueError(f"max_slices must be >= 0, got {self.max_slices}")
 
@@ -428,7 +437,10 @@ def propagate_anchors(
 
     beyond_walks: dict[str, _Walk] = {}
     gap_walks: dict[str, tuple[_Walk, _Walk]] = {}
+    shape_gaps = {n: p for n, p in walks.items() if n not in ("up", "down") and settings.fill != "model"}
     for name, path in walks.items():
+        if name in shape_gaps:
+            continue
         if name in ("up", "down"):
             start = ks[-1] if name == "up" else ks[0]
             beyond_walks[name] = _Walk(steps[start], _strided(path, settings.stride), stop=True, on_step=on_step, on_keep=keep)
@@ -456,10 +468,43 @@ def propagate_anchors(
             if on_slice is not None:
                 on_slice(k, masks[k])
         result.stopped[name] = "filled"
+    for name, path in shape_gaps.items():
+        a, b = path[0] - 1, path[-1] + 1
+        for k, mask in _shape_fill(source, masks[a], masks[b], path, settings).items():
+            masks[k] = mask
+            done += 1
+            report(f"slice {k}: between {a} and {b} ({settings.fill}, {int(mask.sum())} px)")
+            if on_slice is not None:
+                on_slice(k, mask)
+        result.stopped[name] = f"filled ({settings.fill})"
     done = total
     reached = result.slices
     report(f"done: slices {reached[0]}..{reached[-1]}" if reached else "done: no slice")
     return result
+
+
+def _shape_fill(
+    source: _SliceSource, mask_a: np.ndarray, mask_b: np.ndarray, path: list[int], settings: PropagationSettings
+) -> dict[int, np.ndarray]:
+    """The slices of ``path`` (strictly between two anchors) by ``settings.fill`` 'shape' or 'guided'.
+
+    'guided' prompts each slice with the shape's box and mask, ``batch_size`` slices per encoder batch; a slice
+    the shape leaves empty (two anchors far apart) stays empty."""
+    priors = dict(zip(path, shapes_between(mask_a, mask_b, len(path))))
+    if settings.fill == "shape":
+        return priors
+    out = {k: prior for k, prior in priors.items() if not prior.any()}
+    todo = [k for k in path if k not in out]
+    segmenter = source.segmenter
+    for i in range(0, len(todo), settings.batch_size):
+        chunk = todo[i : i + settings.batch_size]
+        prompts = [
+            Prompts(box=box_around(priors[k], settings.margin_px), mask_logits=segmenter.mask_prompt_from_mask(priors[k]))
+            for k in chunk
+        ]
+        steps = source.predict_many(prompts, [chunk[j:] for j in range(len(chunk))], [None] * len(chunk))
+        out.update({k: step.mask for k, step in zip(chunk, steps)})
+    return out
 
 
 def _strided(path: list[int], stride: int) -> list[int]:
@@ -660,31 +705,34 @@ def merge_label(labels: np.ndarray, result: PropagationResult, label_value: int,
     return out
 
 
+def shapes_between(mask_a: np.ndarray, mask_b: np.ndarray, count: int) -> list[np.ndarray]:
+    """``count`` evenly spaced masks strictly between two (H, W) masks: their signed distances blended linearly."""
+    from scipy.ndimage import distance_transform_edt
+
+    def sdf(m: np.ndarray) -> np.ndarray:
+        m = np.asarray(m, dtype=bool)
+        return distance_transform_edt(~m) - distance_transform_edt(m)  # < 0 inside
+
+    da, db = sdf(mask_a), sdf(mask_b)
+    return [(1 - t) * da + t * db < 0 for t in (np.arange(1, count + 1) / (count + 1))]
+
+
 def interpolate_shapes(anchors: dict[int, np.ndarray], num_slices: int) -> np.ndarray:
     """Shape-based interpolation (signed distance, linear in k) between consecutive anchors -> (K, H, W) bool.
 
     The plain geometric baseline for "fill between slices": no image is looked at. Slices
     outside the first..last anchor stay empty.
     """
-    from scipy.ndimage import distance_transform_edt
-
     if len(anchors) < 2:
         raise PromptError("shape interpolation needs at least two annotated slices")
     ks = sorted(int(k) for k in anchors)
     shape = np.asarray(anchors[ks[0]]).shape
     out = np.zeros((num_slices, *shape), dtype=bool)
-
-    def sdf(m: np.ndarray) -> np.ndarray:
-        m = np.asarray(m, dtype=bool)
-        return distance_transform_edt(~m) - distance_transform_edt(m)  # < 0 inside
-
     for a, b in zip(ks, ks[1:]):
-        da, db = sdf(anchors[a]), sdf(anchors[b])
         out[a] = anchors[a]
         out[b] = anchors[b]
-        for k in range(a + 1, b):
-            t = (k - a) / (b - a)
-            out[k] = (1 - t) * da + t * db < 0
+        if b - a > 1:
+            out[a + 1 : b] = np.stack(shapes_between(anchors[a], anchors[b], b - a - 1))
     return out
 
 
@@ -694,6 +742,7 @@ __all__ = [
     "PropagationSettings",
     "box_around",
     "interpolate_shapes",
+    "shapes_between",
     "merge_label",
     "neighbour_prompts",
     "propagate",

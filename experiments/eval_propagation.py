@@ -10,7 +10,8 @@ CLI and the UI use). Parts (``--parts``):
 - ``anchor``: for each structure under 0.5 with the default rule, the GT mask of its worst slice
   (lowest 2D Dice among the GT slices) is added as one anchor and the volume re-propagated;
 - ``fill``: two GT slices (at 25 % and 75 % of the GT extent) as anchors; the slices between
-  filled by the model (both ends, blended) and by shape interpolation (signed distance).
+  filled by the model (both ends, blended), by shape interpolation (signed distance), and by the model
+  prompted with the shape (``PropagationSettings.fill``).
 
 ``--mricron DIR``: the extracted Debian package ``mricron-data`` (``dpkg-deb -x mricron-data_*.deb DIR``);
 adds the held-out set: another slab of Colin27 (axial z = 34..65, never used to choose anything)
@@ -42,7 +43,6 @@ from app.propagation import (  # noqa: E402
     MEDSAM_RULE,
     PropagationSettings,
     box_around,
-    interpolate_shapes,
     propagate,
     propagate_anchors,
 )
@@ -229,9 +229,10 @@ def main() -> int:
                 rows.append(anchor_row(seg, volume, window, cache, gt, default_res, base, walk, args.worst))
                 report(rows[-1])
             if "fill" in args.parts:
-                rows.extend(fill_rows(seg, volume, window, cache, gt, base, walk))
-                report(rows[-2])
-                report(rows[-1])
+                filled = fill_rows(seg, volume, window, cache, gt, base, walk)
+                rows.extend(filled)
+                for row in filled:
+                    report(row)
     if args.overlay:
         print(f"wrote {draw_overlay(overlays, ROOT / 'docs' / 'img' / 'propagation_overlay.png')}")
         return 0
@@ -264,17 +265,20 @@ def anchor_row(seg, volume, window, cache, gt, res, base: dict, walk: Propagatio
 
 
 def fill_rows(seg, volume, window, cache, gt, base: dict, walk: PropagationSettings = DEFAULT) -> list[dict]:
-    """Two GT slices as anchors (25 % and 75 % of the extent): Dice on the slices strictly between."""
+    """Two GT slices as anchors (25 % and 75 % of the extent): Dice on the slices strictly between, for each
+    ``PropagationSettings.fill`` (model, shape, guided) on top of ``walk``."""
     gt_ks = np.flatnonzero(gt.reshape(len(gt), -1).any(axis=1))
     a, b = int(np.percentile(gt_ks, 25)), int(np.percentile(gt_ks, 75))
     if b - a < 2:
         return []
     anchors = {a: gt[a], b: gt[b]}
-    model = propagate_anchors(seg, volume, anchors, window=window, cache=cache, settings=walk, beyond=())
-    shape = interpolate_shapes(anchors, volume.num_slices)
     between = slice(a + 1, b)
-    return [{**base, "part": "fill", "rule": f"fill {a}..{b}: {name}", "dice3d": round(dice(m[between], gt[between]), 4),
-             "pred_slices": f"{a}..{b}", "stopped": ""} for name, m in (("model", model.masks), ("shape (SDF)", shape))]
+    rows = []
+    for fill, name in (("model", "model"), ("shape", "shape (SDF)"), ("guided", "guided (model prompted by the shape)")):
+        m = propagate_anchors(seg, volume, anchors, window=window, cache=cache, settings=replace(walk, fill=fill), beyond=()).masks
+        rows.append({**base, "part": "fill", "rule": f"fill {a}..{b}: {name}", "dice3d": round(dice(m[between], gt[between]), 4),
+                     "pred_slices": f"{a}..{b}", "stopped": ""})
+    return rows
 
 
 def report(row: dict) -> None:
@@ -302,8 +306,9 @@ def summarise(rows: list[dict]) -> None:
             if d:
                 print(f"  {dataset:24s} {rule:36s} {np.mean(d):.3f}  (n={len(d)})")
         for part in ("fill", "anchor"):
-            for kind in ("model", "shape", "GT anchor"):
-                d = [float(r["dice3d"]) for r in rows if r["part"] == part and r["dataset"] == dataset and kind in r["rule"]]
+            for kind in ("model", "shape", "guided", "GT anchor"):
+                d = [float(r["dice3d"]) for r in rows if r["part"] == part and r["dataset"] == dataset
+                     and (kind in r["rule"] if part == "anchor" else r["rule"].split(": ", 1)[-1].startswith(kind))]
                 if d:
                     print(f"  {dataset:24s} {part} {kind:31s} {np.mean(d):.3f}  (n={len(d)})")
 
