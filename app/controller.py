@@ -533,9 +533,11 @@ def clear(ctx: AppContext, session: Session) -> ViewModel:
 
 
 @_with_session
-def propagate(ctx: AppContext, session: Session, progress: Progress | None = None, *, background: bool = True) -> ViewModel:
+def propagate(ctx: AppContext, session: Session, progress: Progress | None = None, *, background: bool = True,
+              fill: str | None = None) -> ViewModel:
     """Carry the active label from the shown slice through the study, keeping its anchors (``app.propagation_job``).
 
+    ``fill``: the slices between two anchors ("shape", "model", "guided"; None: the backend's default).
     It runs in the background (the study stays usable; :func:`propagation_status` polls it) and lands
     as one undoable edit. Propagation walks the stored slices (k), so it runs from the acquisition view.
     """
@@ -549,7 +551,7 @@ def propagate(ctx: AppContext, session: Session, progress: Progress | None = Non
         raise SessionError(f"propagate from the {acquired} view (the stored slices): switch the view, then propagate")
     session.runtime.pop("review", None)
     job = start_propagation(ctx.runner, session, session.view.index[acquired], on_done=ctx.store.save,
-                            background=background)
+                            background=background, fill=fill)
     return view_model(session, job.status())
 
 

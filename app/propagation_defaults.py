@@ -12,7 +12,13 @@ from dataclasses import replace
 
 from app.propagation import PropagationSettings
 
-BOX_RULE = PropagationSettings()
+DEFAULT_FILL = "shape"
+"""How every backend fills the slices between two anchors by default (``PropagationSettings.fill``): signed-distance
+interpolation, chosen in session 18 by a rule fixed before the runs (docs/evaluation.md, "Session 18"): mean fill
+Dice, calibration structures, int8 / torch: shape 0.918 / 0.918, the model prompted with the shape 0.877 / 0.878, the
+model from both ends 0.591 / 0.607; held-out slab 0.861 / 0.861, 0.818 / 0.819, 0.603 / 0.589."""
+
+BOX_RULE = PropagationSettings(fill=DEFAULT_FILL)
 """The neighbour's box + 3 px, every 2nd slice (``stride=2``), the stop rule: the default since session 10."""
 
 GUARD_RULE = replace(BOX_RULE, prompt="auto", guard=0.7)
@@ -42,12 +48,13 @@ def default_propagation(backend: str) -> PropagationSettings:
 
 
 def describe(settings: PropagationSettings) -> str:
-    """The rule in a few words for a report line, e.g. ``mask+box, guard 0.7, stride 2`` (pass the settings as
+    """The rule in a few words for a report line, e.g. ``mask+box, guard 0.7, stride 2, fill shape`` (pass the settings as
     ``for_model`` made them concrete, so ``auto`` reads as what ran)."""
     parts = [settings.prompt]
     if settings.guarded:
         parts.append(f"guard {settings.guard:g}")
     parts.append(f"stride {settings.stride}")
+    parts.append(f"fill {settings.fill}")
     return ", ".join(parts)
 
 

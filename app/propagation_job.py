@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -30,6 +30,10 @@ from app.session import Edit, Session, SessionError
 
 log = logging.getLogger(__name__)
 EMBEDDING_BYTES_BUDGET = 1 << 30  # per session: 256 LiteMedSAM slices (4 MiB each) stay encoded
+
+
+FILLS: tuple[str, ...] = ("shape", "model", "guided")
+"""``PropagationSettings.fill`` values a user may pick (the UI's choice; the CLI's ``--fill``)."""
 
 
 def anchors_of(session: Session, label: int) -> set[int]:
@@ -178,7 +182,7 @@ def job_of(session: Session) -> PropagationJob | None:
 def start_propagation(
     runner, session: Session, k: int, *, settings: PropagationSettings | None = None,
     on_done: Callable[[Session], None] | None = None, background: bool = True,
-    observe: Callable[[PropagationJob], None] | None = None,
+    observe: Callable[[PropagationJob], None] | None = None, fill: str | None = None,
 ) -> PropagationJob:
     """Propagate the active label from stored slice ``k`` keeping its anchors; one undoable edit at the end.
 
@@ -186,9 +190,13 @@ def start_propagation(
     With ``background=False`` the walk runs in the calling thread (the CLI-like path, tests).
     ``observe(job)`` is called after each slice, outside any lock (a UI push, a test's gate).
     ``settings``: None = the default rule of the backend the model runs with (``app.propagation_defaults``).
+    ``fill``: how the slices between anchors are filled, over ``settings`` (``PropagationSettings.fill``; the UI's
+    "Fill between corrected slices"); None keeps the settings' own.
     """
     from app.interaction import model_window
 
+    if fill is not None and fill not in FILLS:  # before anything is recorded: a refused start leaves no job behind
+        raise SessionError(f"fill between slices must be one of {', '.join(FILLS)}, got {fill!r}")
     volume = session.require_study()
     label = session.active
     current = job_of(session)
@@ -202,6 +210,8 @@ def start_propagation(
     before = session.labels.copy()
     if settings is None:
         settings = default_propagation(runner.backend_choice(session.model).backend)
+    if fill is not None:
+        settings = replace(settings, fill=fill)
     segmenter = TurnTaking(runner.segmenter(session.model), runner)
     job.rule = rule_of(settings, segmenter)
     window, cache = model_window(session), propagation_cache(session)

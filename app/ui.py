@@ -38,12 +38,16 @@ from app.page_wiring import PageWiring
 from app.errors import USER_ERRORS
 from app.interaction import ModelRunner, Prefetcher
 from app.oneshot import METHODS as ONESHOT_METHODS, SCOPES as ONESHOT_SCOPES
+from app.propagation_defaults import DEFAULT_FILL
 from app.render import window_choices
 from app.session import SessionError, SessionStore, claim_root
 from app.model_catalog import backend_for, load_model
 from app.viewer import actions as viewer_actions
 from app.viewer.api import LeaveGuard, head_html, routes as viewer_routes
 from runtime.threads import configure_serving
+
+FILL_CHOICES = [("Shape", "shape"), ("Model", "model"), ("Model guided by the shape", "guided")]
+"""The UI's "Fill between corrected slices" (label, ``PropagationSettings.fill``); ``DEFAULT_FILL`` is picked at first."""
 
 log = logging.getLogger(__name__)
 # The order in which pages were built (taken under the session's lock with what they show). Gradio applies each
@@ -167,6 +171,10 @@ def build_app(config: UIConfig):
                 alternatives = gr.Radio([], label="Alternatives of the first click", elem_id="alternatives",
                                         interactive=True)
                 propagate_btn = gr.Button("Propagate 3D (from the shown slice)", size="sm", elem_id="propagate")
+                fill_choice = gr.Radio(FILL_CHOICES, value=DEFAULT_FILL, label="Fill between corrected slices",
+                                       elem_id="fill-between", info="shape: interpolated (measured best, "
+                                       "docs/evaluation.md); model: segmented from both ends; guided: the model "
+                                       "prompted with the shape")
                 review_btns = _review_buttons()
                 with gr.Accordion("Mask file", open=False):
                     mask_file = gr.File(label="A mask PNG (slice or display size)", type="filepath", height=80)
@@ -376,7 +384,8 @@ def build_app(config: UIConfig):
         model.select(on_model_pick, [sid], outputs, show_progress="hidden")
 
         # --- prompting (clicks, boxes and the brush live in the viewer) ------------------------
-        _wire_propagation(ctx, propagate_btn, review_btns, sid, viewer_shown, outputs, guarded, background, load_event)
+        _wire_propagation(ctx, propagate_btn, fill_choice, review_btns, sid, viewer_shown, outputs, guarded, background,
+                          load_event)
         # An alternative is picked through the viewer's queue too (its 'alternative' action, after the prompts queued
         # before it, for the first click the list was shown for); the radio's own event only shows the page again.
         alternatives.input(sync, [sid], outputs, trigger_mode="always_last", show_progress="hidden")
@@ -503,18 +512,22 @@ def on_shown(action: Callable[..., ViewModel]) -> Callable[..., ViewModel]:
     return run
 
 
-def _wire_propagation(ctx: AppContext, button: Any, review_btns: dict[str, Any], sid: Any, shown: Any, outputs: list,
-                      guarded: Callable, background: Callable, load_event: Any) -> None:
+def _wire_propagation(ctx: AppContext, button: Any, fill: Any, review_btns: dict[str, Any], sid: Any, shown: Any,
+                      outputs: list, guarded: Callable, background: Callable, load_event: Any) -> None:
     """Propagate starts a background job and returns at once (the study stays visible and usable); a timer
     polls its per-slice progress and shows the result when it lands (a ``background`` refresh: what the
     user is typing stays). A page (re)loaded while one runs starts polling too: a reload mid-propagation left
-    the page without its progress and without its result. Review buttons call ``controller.review``."""
+    the page without its progress and without its result. Review buttons call ``controller.review``.
+    ``fill``: the "Fill between corrected slices" choice, read when Propagate is pressed."""
     import gradio as gr
 
     timer = gr.Timer(1.0, active=False)
 
-    def on_propagate(s, plane):
-        return guarded(on_shown(controller.propagate), s, plane) + [gr.Timer(active=True)]
+    def propagate_with(c: AppContext, s: str, how: str | None) -> ViewModel:
+        return controller.propagate(c, s, fill=how)
+
+    def on_propagate(s, plane, how):
+        return guarded(on_shown(propagate_with), s, plane, how) + [gr.Timer(active=True)]
 
     def on_tick(s):
         job = controller.propagation_job(ctx, s)
@@ -528,7 +541,7 @@ def _wire_propagation(ctx: AppContext, button: Any, review_btns: dict[str, Any],
             job = None
         return gr.Timer(active=bool(job and job.running))
 
-    button.click(on_propagate, [sid, shown], outputs + [timer])
+    button.click(on_propagate, [sid, shown, fill], outputs + [timer])
     load_event.then(on_load, [sid], [timer], show_progress="hidden")
     timer.tick(on_tick, [sid], outputs + [timer], show_progress="hidden")
     for action, btn in review_btns.items():

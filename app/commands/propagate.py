@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Segment one structure on slice K from a box, then carry the mask up and down the volume "
         "(each slice prompted by its segmented neighbour: --prompt) until the structure ends (the stop rule: "
         "--min-score, --score-drop, --area-drop, --min-overlap). Annotated slices (--anchor K:MASK.png, "
-        "repeatable) are kept as drawn; the slices between two of them are filled from both ends, those beyond "
+        "repeatable) are kept as drawn; the slices between two of them are filled (--fill), those beyond "
         "the outermost are walked outward. Writes a label map (value 1) on the source grid: .nii/.nii.gz (any 3D "
         "study) or .dcm (DICOM-SEG, DICOM series only). With a SAM 2 model (sam2*_hiera_*, medsam2) the slices are the "
         "frames of a video carried by SAM 2's memory: the box (and every anchor) is a conditioning frame, each walk stops "
@@ -66,9 +66,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--anchor", action="append", default=[], metavar="K:MASK.png",
                    help="slice K annotated by a 2D mask image (non-zero = structure, the slice's size), kept as it "
                    "is; repeatable. Without --box, two or more anchors fill the slices between them")
-    p.add_argument("--fill", choices=["model", "shape"], default="model",
-                   help="between anchors: the model from both ends (default), or shape = signed-distance "
-                   "interpolation of the anchors alone (no model, nothing beyond the outermost anchors)")
+    p.add_argument("--fill", choices=["model", "shape", "guided"],
+                   help="the slices between two anchors: shape = signed-distance interpolation of the anchors (the "
+                   "default on every backend: measured best, docs/evaluation.md), model = the model walked from both "
+                   "ends, guided = the model prompted with the shape. --fill shape given with anchors and no --box: "
+                   "the interpolation alone (no model, nothing beyond the outermost anchors)")
     add_model_args(p)
     p.add_argument("--deidentify", action="store_true",
                    help="DICOM-SEG output: empty patient name/ID/birth date, study dates, accession number "
@@ -167,11 +169,11 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--slice {k} has both --box and --anchor: give one of them")
     elif not anchors:
         raise UsageError("give a prompt: --slice K --box X0 Y0 X1 Y1, or annotated slices with --anchor K:MASK.png")
-    if args.fill == "shape" and (prompts is not None or len(anchors) < 2):
-        raise UsageError("--fill shape interpolates between annotated slices: give two or more --anchor and no --box")
+    if args.fill == "shape" and prompts is None and len(anchors) < 2:
+        raise UsageError("--fill shape interpolates between annotated slices: give two or more --anchor")
     backend = backend_choice(args).backend
     settings, source = settings_from_args(args, backend)
-    if args.fill == "shape":
+    if args.fill == "shape" and prompts is None:
         labels = interpolate_shapes(anchors, volume.num_slices).astype(np.uint8)
         where = save_labels(labels, volume, args.output, label_names={1: args.label},
                             model_name="shape interpolation", deidentify=deidentifier(args))
@@ -209,7 +211,8 @@ def settings_from_args(args: argparse.Namespace, backend: str) -> tuple[Propagat
     """The walk's settings: ``default_propagation(backend)`` with every flag given on top, and where they came from
     (for the report line): ``default for backend B``, with the rule's flags given, if any."""
     base = default_propagation(backend)
-    flags = {"prompt": "mask+box" if args.mask_prompt else args.prompt, "guard": args.guard, "stride": args.stride}
+    flags = {"prompt": "mask+box" if args.mask_prompt else args.prompt, "guard": args.guard, "stride": args.stride,
+             "fill": args.fill}
     given = {k: v for k, v in flags.items() if v is not None}
     try:
         settings = replace(

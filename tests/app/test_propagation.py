@@ -305,7 +305,7 @@ def test_cli_propagate_to_dicom_seg_is_valid_and_reads_back(default_run, ct, hea
     # the slices the command's strided walk segments are the app's (at least every other one of the 12)
     assert cache.misses == misses and cache.hits >= hits + 6
     said = capsys.readouterr().out
-    assert "on 12 slices" in said and "rule mask+box, guard 0.7, stride 2 (default for backend torch)" in said
+    assert "on 12 slices" in said and "rule mask+box, guard 0.7, stride 2, fill shape (default for backend torch)" in said
     if shutil.which("dciodvfy"):
         assert dciodvfy_errors(out) == []
     back = read_dicom_seg(out, ct)

@@ -130,14 +130,42 @@ def test_the_propagation_status_names_the_rule_that_ran_on_each_backend(ctx, fiv
     sid = _open_and_box(ctx, five, five_embeddings)
     assert ctx.runner.backend_choice(ctx.store.get(sid).model).backend == "torch"
     job = _propagate(ctx, sid)
-    assert "(rule: mask+box, guard 0.7, stride 2). Undo reverts" in job.status(), job.status()
-    assert "rule: mask+box, guard 0.7, stride 2" in controller.propagation_status(ctx, sid).status
+    assert "(rule: mask+box, guard 0.7, stride 2, fill shape). Undo reverts" in job.status(), job.status()
+    assert "rule: mask+box, guard 0.7, stride 2, fill shape" in controller.propagation_status(ctx, sid).status
 
     real = ctx.runner.backend_choice
     monkeypatch.setattr(ctx.runner, "backend_choice", lambda name: replace(real(name), backend="onnx-int8-conv"))
     sid = _open_and_box(ctx, five, five_embeddings)
     job = _propagate(ctx, sid)
-    assert job.status().startswith("Propagated to slices 0..4") and "(rule: box, stride 2)." in job.status(), job.status()
+    assert job.status().startswith("Propagated to slices 0..4") and "(rule: box, stride 2, fill shape)." in job.status(), job.status()
+
+
+def test_the_fill_picked_in_the_ui_reaches_the_walk_and_a_pasted_one_is_refused(ctx, five, five_embeddings, monkeypatch):
+    """The UI's "Fill between corrected slices" (``app.ui.FILL_CHOICES``) goes to the walk as
+    ``PropagationSettings.fill`` over the backend's default rule; the status names it. A value the choice does not
+    offer (a pasted or scripted one) is refused in one line and starts nothing."""
+    import app.propagation_job
+    from app.propagation_defaults import default_propagation
+    from app.session import SessionError
+    from app.ui import FILL_CHOICES
+
+    used, real = [], app.propagation_job.repropagate
+
+    def spy(*args, settings, **kwargs):
+        used.append(settings)
+        return real(*args, settings=settings, **kwargs)
+
+    monkeypatch.setattr(app.propagation_job, "repropagate", spy)
+    assert [v for _, v in FILL_CHOICES] == ["shape", "model", "guided"]
+    sid = _open_and_box(ctx, five, five_embeddings)
+    controller.propagate(ctx, sid, fill="guided")
+    job = controller.propagation_job(ctx, sid)
+    job.wait(600)
+    assert job.state == "done", job.error
+    assert used == [replace(default_propagation("torch"), fill="guided")] and "fill guided" in job.status()
+    with pytest.raises(SessionError, match="^fill between slices must be one of shape, model, guided, got 'smooth'$"):
+        controller.propagate(ctx, sid, fill="smooth")
+    assert len(used) == 1 and controller.propagation_job(ctx, sid) is job
 
 
 def test_correction_becomes_an_anchor_repropagation_keeps_it_and_undo_restores(ctx, five, five_embeddings):
