@@ -81,6 +81,10 @@ RULES: dict[str, PropagationSettings] = {
     "default, stride 3": replace(DEFAULT, stride=3),
     "mask+box, guard 0.7, stride 1": replace(DEFAULT, prompt="mask+box", guard=0.7, stride=1),
     "mask+box, guard 0.7, stride 2": replace(DEFAULT, prompt="mask+box", guard=0.7, stride=2),
+    # session 18: the guard's threshold on int8, where 0.7 lost (docs/evaluation.md, "Session 18: the guard on int8")
+    "mask+box, guard 0.5, stride 2": replace(DEFAULT, prompt="mask+box", guard=0.5, stride=2),
+    "mask+box, guard 0.8, stride 2": replace(DEFAULT, prompt="mask+box", guard=0.8, stride=2),
+    "mask+box, guard 0.9, stride 2": replace(DEFAULT, prompt="mask+box", guard=0.9, stride=2),
 }
 BACKEND_DEFAULT = "backend default"  # the rule the CLI, the UI and MONAI Label run on --backend (app.propagation_defaults)
 
