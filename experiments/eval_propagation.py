@@ -148,7 +148,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "propagation_dice.csv"))
     parser.add_argument("--start-margin", type=float, default=5.0)
-    parser.add_argument("--parts", nargs="+", default=["rules", "anchor", "fill"], choices=["rules", "anchor", "fill"])
+    parser.add_argument("--parts", nargs="+", default=["rules", "anchor", "fill"], choices=["rules", "anchor", "fill", "fillgap"])
     parser.add_argument("--rules", nargs="+", metavar="RULE",
                         help=f"only these rules (of: {', '.join(RULES)}, {BACKEND_DEFAULT}: the default rule of "
                         "--backend, written as 'backend default (BACKEND: the rule)')")
@@ -232,6 +232,10 @@ def main() -> int:
             if "anchor" in args.parts and default_res is not None and dice(default_res.masks, gt) < 0.5:
                 rows.append(anchor_row(seg, volume, window, cache, gt, default_res, base, walk, args.worst))
                 report(rows[-1])
+            if "fillgap" in args.parts:
+                for row in fill_gap_rows(seg, volume, window, cache, gt, base, walk):
+                    rows.append(row)
+                    report(row)
             if "fill" in args.parts:
                 filled = fill_rows(seg, volume, window, cache, gt, base, walk)
                 rows.extend(filled)
@@ -278,10 +282,33 @@ def fill_rows(seg, volume, window, cache, gt, base: dict, walk: PropagationSetti
     anchors = {a: gt[a], b: gt[b]}
     between = slice(a + 1, b)
     rows = []
-    for fill, name in (("model", "model"), ("shape", "shape (SDF)"), ("guided", "guided (model prompted by the shape)")):
+    for fill, name in FILLS:
         m = propagate_anchors(seg, volume, anchors, window=window, cache=cache, settings=replace(walk, fill=fill), beyond=()).masks
         rows.append({**base, "part": "fill", "rule": f"fill {a}..{b}: {name}", "dice3d": round(dice(m[between], gt[between]), 4),
                      "pred_slices": f"{a}..{b}", "stopped": ""})
+    return rows
+
+
+FILL_GAPS = (4, 8, 12, 16, 24)
+FILLS = (("model", "model"), ("shape", "shape (SDF)"), ("guided", "guided (model prompted by the shape)"))
+
+
+def fill_gap_rows(seg, volume, window, cache, gt, base: dict, walk: PropagationSettings = DEFAULT) -> list[dict]:
+    """Fill Dice against the distance between two GT anchors: for each gap G of ``FILL_GAPS``, anchors at the middle
+    of the GT extent -+ G/2 (both must hold the structure); Dice on the G - 1 slices strictly between, per fill."""
+    gt_ks = np.flatnonzero(gt.reshape(len(gt), -1).any(axis=1))
+    centre = (int(gt_ks.min()) + int(gt_ks.max())) // 2
+    rows = []
+    for gap in FILL_GAPS:
+        a, b = centre - gap // 2, centre - gap // 2 + gap
+        if a < 0 or b >= len(gt) or not gt[a].any() or not gt[b].any():
+            continue
+        anchors, between = {a: gt[a], b: gt[b]}, slice(a + 1, b)
+        for fill, name in FILLS:
+            m = propagate_anchors(seg, volume, anchors, window=window, cache=cache, settings=replace(walk, fill=fill),
+                                  beyond=()).masks
+            rows.append({**base, "part": "fillgap", "rule": f"gap {gap}: {name}", "gap": gap,
+                         "dice3d": round(dice(m[between], gt[between]), 4), "pred_slices": f"{a}..{b}", "stopped": ""})
     return rows
 
 
