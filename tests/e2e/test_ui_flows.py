@@ -233,6 +233,9 @@ def test_upload_then_propagate_3d_and_review(browser, server, tmp_path, ct, shot
     page.locator("#propagate").click()
     _wait_status(page, "⚠ slice 0 holds nothing of label 1")
     _page_to(page, 1)
+    # "Fill between corrected slices" reaches the walk (the status names the fill that ran)
+    page.locator("#fill-between").get_by_label("Model guided by the shape").check()
+    page.locator("#fill-between").screenshot(path=str(shots / "ui_fill_between.png"))
     with server.runner.turn():  # the walk waits for the model: a reload now comes mid-propagation
         page.locator("#propagate").click()
         _wait_status(page, "Propagating")
@@ -240,6 +243,7 @@ def test_upload_then_propagate_3d_and_review(browser, server, tmp_path, ct, shot
         # the reloaded page polls the job again (it showed neither the progress nor, later, the result)
         _wait_status(page, "Propagating")
     _wait_status(page, "Propagated")
+    _wait_status(page, "fill guided")
     after = server.labels(sid)
     assert (after[0] == 1).sum() > 100 and (after[2] == 1).sum() > 100
     np.testing.assert_array_equal(after[1], before[1])
