@@ -817,6 +817,14 @@ def render(session: Session) -> np.ndarray:
                    opacity=vs.opacity, markers=markers)
 
 
+def _shown_modality(modality: str) -> str:
+    """The file's Modality as plain Markdown text, cut to the 16 characters its VR (CS) holds. Why: it went into the
+    facts panel as it stood, so a DICOM whose Modality was ``![x](https://host/p.png)`` made the browser fetch that
+    picture when the study opened (a beacon of who opened it, and when), or showed a link the file chose."""
+    text = one_line(str(modality))
+    return escape_markdown(text if len(text) <= 16 else text[:16] + "…")
+
+
 def facts(session: Session) -> str:
     """``medseg info``-style facts of the open study (markdown)."""
     v = session.volume
@@ -826,7 +834,7 @@ def facts(session: Session) -> str:
     k, j, i = v.array.shape[:3]
     lines = [
         f"**{escape_markdown(session.study_name)}**",
-        f"modality **{v.modality}**, format {v.source.format or '?'}",
+        f"modality **{_shown_modality(v.modality)}**, format {v.source.format or '?'}",
         f"size {i} × {j} × {k} (i × j × k){', RGB' if v.is_rgb else ''}, {v.array.dtype}",
         f"spacing {sx:.3g} × {sy:.3g} × {sz:.3g} mm, orientation {v.orientation_code()}" if v.size_is_physical
         else "pixel size unknown (measured in pixels, no mm), no patient orientation",
