@@ -44,13 +44,26 @@ class NotFound(LookupError):
 
 
 class BadLabel(ValueError):
-    """A submitted label we refuse (HTTP 400): unreadable, or not on the image's grid."""
+    """A submitted label (or an uploaded image's id) we refuse (HTTP 400): unreadable, not on the image's grid, no id."""
 
 
 def check_id(value: str, what: str = "image") -> str:
     if not _SAFE_ID.match(value or "") or value in (".", ".."):
         raise NotFound(f"{what} {value!r}: unknown id")
     return value
+
+
+def new_image_id(given: str, name: str) -> str:
+    """The id an uploaded image is stored under: ``?image=ID``, else the file name's stem; BadLabel (400) naming the
+    rule when it is no id. Why: ``check_id`` answers a lookup (404 ``unknown id``), which told a client uploading
+    ``ct (1).nii.gz`` that the server lacked an image, not that the name was the fault."""
+    value = given or stem(Path(name).name)
+    if _SAFE_ID.match(value) and value not in (".", ".."):
+        return value
+    rule = "letters, digits, '.', '-' and '_' only, at most 128"
+    if given:
+        raise BadLabel(f"image id {value[:128]!r}: {rule}; give another ?image=ID")
+    raise BadLabel(f"image id {value[:128]!r} (from the file name): {rule}; rename the file or give ?image=ID")
 
 
 def check_tag(tag: str) -> str:
@@ -393,7 +406,7 @@ class StudiesDir(Datastore):
         return v
 
     def add_image(self, image_id: str, name: str, tmp: Path) -> str:
-        image_id = check_id(image_id or stem(Path(name).name))
+        image_id = new_image_id(image_id, name)
         ext = _ext(Path(name))
         if ext not in (".nii.gz", ".nii", ".nrrd"):
             raise StudyError(f"{Path(name).name}: expected a .nii.gz, .nii or .nrrd image")
@@ -519,7 +532,7 @@ def label_names_from_params(info: Iterable | None) -> dict[int, str]:
         if isinstance(item, dict) and item.get("name"):
             try:
                 names[int(item.get("idx", item.get("id")))] = str(item["name"])[:64]
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: "idx": 1e400 (json reads infinity)
                 continue
     return names
 

@@ -108,10 +108,13 @@ class BadParams(Exception):
 
 
 def _params(form) -> Any:
-    """The form's ``params`` JSON; BadParams when it is not JSON, or nested too deep (``json.loads`` raised
-    RecursionError, which answered 500 with a traceback in the log)."""
+    """The form's ``params`` JSON; BadParams when it is not JSON, nested too deep (``json.loads`` raised
+    RecursionError, which answered 500 with a traceback in the log), or a file part instead of a field."""
+    text = form.get("params")
+    if isinstance(text, UploadFile):  # a part with a file name (curl -F params=@p.json): TypeError, a 500, before
+        raise BadParams("params: expected a form field of JSON text, not a file part")
     try:
-        return json.loads(form.get("params") or "{}")
+        return json.loads(text or "{}")
     except json.JSONDecodeError:
         raise BadParams("params: not valid JSON") from None
     except RecursionError:

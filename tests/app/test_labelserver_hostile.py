@@ -218,3 +218,70 @@ def test_an_nrrd_whose_geometry_no_label_map_can_hold_is_refused(served):
     r = client.put("/session/", files={"files": ("far.nrrd", header.encode() + bytes(2 * 32 * 32 * 4))})
     assert r.status_code == 400 and r.json()["detail"].startswith("far.nrrd: origin (1e+300, 0, 0) mm is more than "), r.text
     assert not any(sessions.iterdir())
+
+
+def _good_label(studies, tmp_path) -> bytes:
+    arr = np.zeros(GRID, np.uint8)
+    arr[1, 5:9, 6:10] = 1
+    good = sitk.GetImageFromArray(arr)
+    good.CopyInformation(sitk.ReadImage(str(studies / "ct.nii.gz")))
+    sitk.WriteImage(good, str(tmp_path / "good.nii.gz"))
+    return (tmp_path / "good.nii.gz").read_bytes()
+
+
+def test_params_sent_as_a_file_part_is_400_not_500(served, tmp_path):
+    """A client that sends ``params`` with a file name (a file part, as ``curl -F params=@p.json`` does) got a plain
+    500 and a traceback in the log (``json.loads`` of an UploadFile raised TypeError) (session 18)."""
+    client, studies, _ = served
+    r = client.post("/infer/litemedsam?image=ct&output=json",
+                    files={"params": ("p.json", b'{"foreground": [[1, 1, 1]]}', "application/json")})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"] == "params: expected a form field of JSON text, not a file part"
+    r = client.put("/datastore/label?image=ct&tag=final",
+                   files={"label": ("liver.nii.gz", _good_label(studies, tmp_path)), "params": ("p.json", b"{}")})
+    assert r.status_code == 400, r.text  # Starlette's own refusal here (one file allowed), as before
+    assert not (studies / "labels").exists()
+    assert client.get("/info/").status_code == 200
+
+
+@pytest.mark.parametrize("idx", ["1e400", "-1e400"])
+def test_a_label_info_index_past_any_number_is_left_out_not_a_500(served, tmp_path, idx):
+    """Slicer's ``label_info`` with ``"idx": 1e400`` (Python's json reads it as infinity): int(inf) raised
+    OverflowError, a plain 500, and the label was not saved. Names whose index is no whole number were already
+    left out (the label is saved without them)."""
+    client, studies, _ = served
+    params = '{"label_info": [{"name": "liver", "idx": %s}, {"name": "spleen", "idx": 1}]}' % idx
+    r = client.put("/datastore/label?image=ct&tag=final",
+                   files={"label": ("liver.nii.gz", _good_label(studies, tmp_path)), "params": (None, params)})
+    assert r.status_code == 200, r.text
+    assert (studies / "labels" / "final" / "ct.nii.gz").is_file()
+
+
+def test_label_names_from_params_take_only_whole_finite_indices():
+    from app.labelserver.datastore import label_names_from_params
+
+    info = [{"name": "a", "idx": float("inf")}, {"name": "b", "idx": float("nan")}, {"name": "c", "idx": "x"},
+            {"name": "d", "idx": 2}, {"name": "e", "id": "3"}]
+    assert label_names_from_params(info) == {2: "d", 3: "e"}
+
+
+@pytest.mark.parametrize("name, shown", [("ct (1).nii.gz", "ct (1)"), ("scan\x1b[31m.nii.gz", "scan\x1b[31m"),
+                                         ("ü.nii.gz", "ü")])
+def test_an_image_upload_whose_name_is_no_image_id_is_400_naming_the_rule(served, name, shown):
+    """A browser's second download (``ct (1).nii.gz``) or a name with a space, uploaded without ``?image=``, was
+    answered 404 ``image 'ct (1)': unknown id``, as if the client had asked for an image the server lacks; the
+    client could not tell that the name was the fault (session 18)."""
+    client, studies, _ = served
+    data = (studies / "ct.nii.gz").read_bytes()
+    r = client.put("/datastore/image", files={"file": (name, data)})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"] == (f"image id {shown!r} (from the file name): letters, digits, '.', '-' and '_' only, "
+                                  "at most 128; rename the file or give ?image=ID")
+    r = client.put("/datastore/image?image=my%20scan", files={"file": ("ct.nii.gz", data)})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"] == ("image id 'my scan': letters, digits, '.', '-' and '_' only, at most 128; "
+                                  "give another ?image=ID")
+    assert sorted(p.name for p in studies.iterdir()) == ["ct.nii.gz"]
+    r = client.put("/datastore/image", files={"file": ("ct_1.nii.gz", data)})
+    assert r.status_code == 200 and r.json() == {"image": "ct_1"}
+    assert client.get("/datastore/image?image=no%20such").status_code == 404  # a lookup stays a 404
