@@ -200,12 +200,25 @@ def _codes():
     return codes
 
 
+def _snomed_concept(codes, name: str):
+    """The SNOMED-CT concept a label name spells (``liver`` -> ``codes.SCT.Liver``), else None. Only a pydicom
+    ``Code`` counts: the name is looked up as an attribute, and ``__class__`` or ``__doc__`` gave a type or a string
+    that failed the export (TypeError), ``__dict__`` one coded as whatever it unpacked to."""
+    from pydicom.sr.coding import Code
+
+    key = "".join(w[:1].upper() + w[1:] for w in name.split())
+    if not key.isidentifier():
+        return None
+    concept = getattr(codes.SCT, key, None)
+    return concept if isinstance(concept, Code) else None
+
+
 def _segment_description(number, value, names, colours, algorithm):
     import highdicom as hd
 
     codes = _codes()
     name = _lo(names.get(value, ""), f"label {value}")
-    concept = getattr(codes.SCT, "".join(w[:1].upper() + w[1:] for w in name.split()), None)
+    concept = _snomed_concept(codes, name)
     if concept is not None:
         category, kind = codes.SCT.AnatomicalStructure, concept
     else:  # free-text label: the generic coded pair dcmqi also uses
