@@ -162,58 +162,94 @@ def read_label_on_grid(path: Path, volume: Volume, *, name: str | None = None) -
     file name the client sent (messages name it, not our temporary file).
 
     Its header is read first: a 4D image (time or channels as an axis) is refused, not folded onto the
-    grid, and a size other than the image's is refused before any voxel is decoded."""
+    grid, and a size other than the image's is refused before any voxel is decoded. A NIfTI's place is the one
+    medseg's NIfTI reader gives an image (nibabel's rule, a 2D file's 3D affine); a 2D label is checked as a 3D one
+    is (it was checked for its size only, and a coronal slice's could not be read at all)."""
     name = name or path.name
     low = name.lower()
     if low.endswith(".nrrd"):
-        try:
-            reader = _nrrd_reader(path, name)
-        except StudyError as e:
-            raise BadLabel(str(e)) from None
+        dim, size, read, place = _nrrd_label(path, name)
     elif low.endswith((".nii", ".nii.gz")):
-        from data.nifti_check import NiftiCheckError, check_nifti
-
-        try:  # the header against the bytes, no .hdr/.img pair, before ITK's NIfTI reader (the only one allowed)
-            check_nifti(path, max_voxels=voxel_limit())
-        except NiftiCheckError as e:
-            raise BadLabel(f"{name}: {e}") from None
-        reader = sitk.ImageFileReader()
-        reader.SetImageIO("NiftiImageIO")
-        reader.SetFileName(str(path))
+        dim, size, read, place = _nifti_label(path, name)
     else:  # ITK would pick any of its readers by the bytes: MetaImage's ElementDataFile reads other files
         raise BadLabel(f"{name}: expected a .nii.gz, .nii or .nrrd (.seg.nrrd) label image")
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise BadLabel(f"{name}: not a readable label image (.nii.gz or .nrrd)") from None
-    dim, size = reader.GetDimension(), tuple(reversed(reader.GetSize()))
     grid = volume.array.shape[:3]
     if dim not in (2, 3):
         raise BadLabel(f"{name}: a {dim}D label image of size {size}; expected a 3D label on the image's grid {grid}")
     if (size if dim == 3 else (1, *size)) != grid:
         raise BadLabel(f"{name}: label grid {size} (k, j, i) differs from the image's {grid}")
     try:
-        image = reader.Execute()
+        array = read()
     except RuntimeError:
         raise BadLabel(f"{name}: the label's voxels could not be read (truncated or damaged file)") from None
-    array = sitk.GetArrayFromImage(image)
-    if image.GetDimension() == 2:
+    if array.ndim == 2:
         array = array[None]
     if array.ndim == 4:  # a .seg.nrrd with one component per segment: overlapping segments -> the largest value wins
         array = array.max(axis=-1)
-    if image.GetDimension() == 3:
-        tol = 1e-3 * max(1.0, max(abs(s) for s in volume.spacing))
-        if (np.abs(np.subtract(image.GetSpacing(), volume.spacing)).max() > tol
-                or np.abs(np.subtract(image.GetOrigin(), volume.origin)).max() > 1e-2
-                or np.abs(np.subtract(image.GetDirection(), volume.direction)).max() > 1e-4):
-            raise BadLabel(f"{name}: spacing/origin/direction differ from the image's; export the label on "
-                           "the image's grid")
+    if differs := _off_grid(place, volume):
+        raise BadLabel(f"{name}: {differs}; the label is not on the image's grid: export it on the image's grid")
     if not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.mod(array, 1) == 0):
             raise BadLabel(f"{name}: label values must be whole numbers")
     if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
         raise BadLabel(f"{name}: label values must be in 0..65535")
     return np.asarray(array, dtype=np.uint8 if array.max(initial=0) < 256 else np.uint16)
+
+
+Place = tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]  # spacing, origin, direction (3D, LPS)
+
+
+def _nrrd_label(path: Path, name: str):
+    """(dimension, size k j i, a reader of the voxels, the place) of an NRRD label, from its header alone; a 2D one
+    padded to 3D as ``Volume.from_sitk`` pads a 2D image."""
+    try:
+        reader = _nrrd_reader(path, name)
+    except StudyError as e:
+        raise BadLabel(str(e)) from None
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise BadLabel(f"{name}: not a readable label image (.nii.gz or .nrrd)") from None
+    dim, size = reader.GetDimension(), tuple(reversed(reader.GetSize()))
+    spacing, origin, d = reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
+    if dim == 2:
+        spacing, origin = (*spacing, 1.0), (*origin, 0.0)
+        d = (d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0)
+    return dim, size, lambda: sitk.GetArrayFromImage(reader.Execute()), (spacing, origin, d)
+
+
+def _nifti_label(path: Path, name: str):
+    """(dimension, size k j i, a reader of the voxels, the place) of a NIfTI label: the header checked as an
+    image's is (``check_nifti``), the place by the rule ``read_nifti`` places an image with, a 2D file's voxels read
+    as ``read_nifti`` reads them (ITK keeps only the 2 x 2 corner of its affine and fails on a coronal slice's)."""
+    from data.nifti_check import NiftiCheckError, check_nifti
+    from data.readers import NIFTI_IO, _itk, _nifti_2d_image
+
+    try:  # the header against the bytes, no .hdr/.img pair, before ITK's NIfTI reader (the only one allowed)
+        facts = check_nifti(path, max_voxels=voxel_limit())
+    except NiftiCheckError as e:
+        raise BadLabel(f"{name}: {e}") from None
+    dim, size = len(facts.shape), tuple(reversed(facts.shape))
+
+    def read() -> np.ndarray:
+        if dim == 2:
+            return sitk.GetArrayFromImage(_nifti_2d_image(path))
+        return sitk.GetArrayFromImage(_itk(sitk.ReadImage, str(path), sitk.sitkUnknown, NIFTI_IO))
+
+    return dim, size, read, (facts.spacing, facts.origin, facts.direction)
+
+
+def _off_grid(place: Place, volume: Volume) -> str:
+    """'' when ``place`` is the volume's, else what differs (``Volume.grid_difference``'s tolerances and words)."""
+    def fmt(values) -> str:
+        return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+    tol = 1e-3 * max(1.0, max(abs(s) for s in volume.spacing))
+    for what, mine, theirs, limit in zip(("spacing", "origin", "direction"), place,
+                                         (volume.spacing, volume.origin, volume.direction), (tol, 1e-2, 1e-4)):
+        if len(mine) != len(theirs) or np.abs(np.subtract(mine, theirs)).max() > limit:
+            return f"{what} {fmt(mine)} vs {fmt(theirs)}"
+    return ""
 
 
 @dataclass

@@ -285,3 +285,82 @@ def test_an_image_upload_whose_name_is_no_image_id_is_400_naming_the_rule(served
     r = client.put("/datastore/image", files={"file": ("ct_1.nii.gz", data)})
     assert r.status_code == 200 and r.json() == {"image": "ct_1"}
     assert client.get("/datastore/image?image=no%20such").status_code == 404  # a lookup stays a 404
+
+
+def _slice_k(path, k: int, shift_mm=(0.0, 0.0, 0.0), scale: float = 1.0, affine=None):
+    """Slice ``k`` of a real NIfTI as a 2D NIfTI (``dim[0]`` 2, as nibabel writes a 2D array) with the slice's own
+    3D affine (the volume's, moved to slice k), optionally moved, scaled, or given another affine."""
+    image = nib.load(str(path))
+    plane = np.asanyarray(image.dataobj)[:, :, k]
+    slice_affine = image.affine.copy()
+    slice_affine[:3, 3] += k * slice_affine[:3, 2] + np.asarray(shift_mm)
+    slice_affine[:3, :2] *= scale
+    out = nib.Nifti1Image(plane, slice_affine if affine is None else affine)
+    out.set_qform(out.affine, 1)
+    out.set_sform(out.affine, 1)
+    return out
+
+
+SLICES_2D = {  # a real image and its label, and the slice taken: coronal (its 2 x 2 affine corner is singular), axial
+    "ct_coronal": ("ct_head_0051_slabA_image.nii.gz", "ct_head_0051_slabA_label.nii.gz", 5),
+    "colin27_axial": ("mr_t1_colin27_slabA_image.nii.gz", "mr_t1_colin27_slabA_label.nii.gz", 16),
+}
+
+
+@pytest.fixture(params=sorted(SLICES_2D))
+def served_2d(tmp_path, request):
+    """A label server whose datastore holds one slice of a real study (a 2D NIfTI with its 3D affine)."""
+    from tests.conftest import DATA
+
+    image, label, k = SLICES_2D[request.param]
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    nib.save(_slice_k(DATA / image, k), studies / "ct.nii.gz")
+    cfg = ServerConfig(model="litemedsam", segmenter=NoModel(), backend="torch", datastore=StudiesDir(studies),
+                       sessions=Sessions(tmp_path / "sessions"), work_dir=tmp_path / "work")
+    with TestClient(build_app(cfg), base_url="http://localhost", raise_server_exceptions=False) as client:
+        yield client, studies, (DATA / label, k)
+
+
+@pytest.mark.parametrize("fault, kwargs, what", [
+    ("moved 10 mm", {"shift_mm": (10.0, 0.0, 0.0)}, "origin"),
+    ("pixels twice the size", {"scale": 2.0}, "spacing"),
+    ("an identity affine (no place)", {"affine": np.eye(4)}, "spacing|origin"),
+])
+def test_a_2d_label_off_the_images_place_is_refused_as_a_3d_one_is(served_2d, tmp_path, fault, kwargs, what):
+    """A 2D label (``dim[0]`` 2) was checked for its size only: one moved 10 mm, with pixels twice the size, or with
+    no place at all, was saved as the image's label (200), while a 3D label with the same fault was refused
+    (session 18). Its geometry is now the one medseg's NIfTI reader gives it (its 3D affine), checked alike."""
+    client, studies, (label, k) = served_2d
+    nib.save(_slice_k(label, k, **kwargs), tmp_path / "lab.nii.gz")
+    r = _label_put(client, "lab.nii.gz", (tmp_path / "lab.nii.gz").read_bytes())
+    assert r.status_code == 400, (fault, r.text)
+    assert any(r.json()["detail"].startswith(f"lab.nii.gz: {w} (") for w in what.split("|")), r.text
+    assert r.json()["detail"].endswith("; the label is not on the image's grid: export it on the image's grid")
+    assert not (studies / "labels").exists()
+
+
+def test_a_2d_label_on_the_images_place_is_saved_voxel_for_voxel(served_2d, tmp_path):
+    client, studies, (label, k) = served_2d
+    good = _slice_k(label, k)
+    nib.save(good, tmp_path / "lab.nii.gz")
+    r = _label_put(client, "lab.nii.gz", (tmp_path / "lab.nii.gz").read_bytes())
+    assert r.status_code == 200, r.text
+    saved = nib.load(str(studies / "labels" / "final" / "ct.nii.gz"))
+    np.testing.assert_array_equal(np.asanyarray(saved.dataobj).reshape(np.asanyarray(good.dataobj).shape),
+                                  np.asanyarray(good.dataobj))
+    assert int((np.asanyarray(good.dataobj) > 0).sum()) > 1000  # the real label, not an empty one
+
+
+def test_a_3d_label_off_the_image_is_refused_naming_what_differs(served, tmp_path):
+    client, studies, _ = served
+    arr = np.zeros(GRID, np.uint8)
+    arr[1, 5:9, 6:10] = 1
+    moved = sitk.GetImageFromArray(arr)
+    moved.CopyInformation(sitk.ReadImage(str(studies / "ct.nii.gz")))
+    moved.SetOrigin((0.0, 0.0, 5.0))
+    sitk.WriteImage(moved, str(tmp_path / "moved.nii.gz"))
+    r = _label_put(client, "moved.nii.gz", (tmp_path / "moved.nii.gz").read_bytes())
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"] == ("moved.nii.gz: origin (0, 0, 5) vs (0, 0, 0); the label is not on the image's grid: "
+                                  "export it on the image's grid")
