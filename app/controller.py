@@ -481,22 +481,47 @@ def click(ctx: AppContext, session: Session, x_display: float, y_display: float)
 @_with_session
 def mask(ctx: AppContext, session: Session, mask_display: np.ndarray, use_model: bool) -> ViewModel:
     """A mask drawn on (or uploaded at) display size or plane size -> prompt or paint."""
+    return _apply_mask(ctx, session, mask_display, use_model)
+
+
+@_with_session
+def mask_file(ctx: AppContext, session: Session, path: Path, use_model: bool) -> ViewModel:
+    """An uploaded mask image (PNG/JPEG) as the mask of the shown plane: its size is checked from its header before a
+    pixel is decoded. Why: it is read in the server's process, and a 480 KB PNG of 13000 x 13000 black pixels was
+    decoded whole (2.3 GB, 7 s of CPU) before its size was refused."""
+    from data.pictures import open_image, read_mask_image
+
+    plane_hw, shown = _mask_sizes(session)
+    with open_image(path) as im:
+        w, h = im.size
+    if not {(h, w), (w, h)} & {plane_hw, shown}:  # either way round: an EXIF Orientation turns it when decoded
+        raise PromptError(_mask_size_error(f"the mask {path.name}", (h, w), plane_hw, shown))
+    return _apply_mask(ctx, session, read_mask_image(path), use_model)
+
+
+def _mask_sizes(session: Session) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(H, W) of the shown plane and of its display: the two sizes a mask may have."""
     volume = session.require_study()
-    view, index = session.view.view, session.view.index[session.view.view]
-    plane = Plane.of(volume, view)
-    plane_hw = plane.extract(session.labels, index).shape
+    plane = Plane.of(volume, session.view.view)
+    plane_hw = plane.extract(session.labels, session.view.index[session.view.view]).shape
+    return plane_hw, display_size(plane_hw, plane.spacing(volume))
+
+
+def _mask_size_error(what: str, hw: tuple[int, int], plane_hw: tuple[int, int], shown: tuple[int, int]) -> str:
+    return (f"{what} is {hw[1]}x{hw[0]} pixels; expected the plane ({plane_hw[1]}x{plane_hw[0]}) "
+            f"or the display ({shown[1]}x{shown[0]})")
+
+
+def _apply_mask(ctx: AppContext, session: Session, mask_display: np.ndarray, use_model: bool) -> ViewModel:
+    plane_hw, shown = _mask_sizes(session)
     m = np.asarray(mask_display).astype(bool)
     if m.ndim == 3:
         m = m.any(axis=2)
     if m.shape != plane_hw:
         import cv2
 
-        shown = display_size(plane_hw, plane.spacing(volume))
         if m.shape != shown:
-            raise PromptError(
-                f"the mask is {m.shape[1]}x{m.shape[0]} pixels; expected the plane ({plane_hw[1]}x{plane_hw[0]}) "
-                f"or the display ({shown[1]}x{shown[0]})"
-            )
+            raise PromptError(_mask_size_error("the mask", m.shape, plane_hw, shown))
         m = cv2.resize(m.astype(np.uint8), (plane_hw[1], plane_hw[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
     edit = interaction.mask_prompt(ctx.runner, session, m, use_model=use_model)
     mark_anchor(session)
