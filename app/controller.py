@@ -492,7 +492,7 @@ def mask_file(ctx: AppContext, session: Session, path: Path, use_model: bool) ->
     from data.pictures import open_image, read_mask_image
 
     plane_hw, shown = _mask_sizes(session)
-    with open_image(path) as im:
+    with open_image(path, check_data=False) as im:  # the header only: the data is checked when it is read
         w, h = im.size
     if not {(h, w), (w, h)} & {plane_hw, shown}:  # either way round: an EXIF Orientation turns it when decoded
         raise PromptError(_mask_size_error(f"the mask {path.name}", (h, w), plane_hw, shown))
