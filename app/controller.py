@@ -762,6 +762,10 @@ def export_name(study_name: str, fmt: str, keep_identifiers: bool) -> str:
     if not keep_identifiers:
         return f"deidentified{_EXPORT_SUFFIX[fmt]}"
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(study_name).stem.split(".")[0])
+    # at most 100 UTF-8 bytes: an upload's name may take the 255 a file name holds, and the name with its suffix (and
+    # the writer's temporary name beside it) failed with "File name too long"
+    while len(stem.encode()) > 100:
+        stem = stem[:-1]
     return f"{stem or 'study'}{_EXPORT_SUFFIX[fmt]}"
 
 
