@@ -66,6 +66,18 @@ def new_image_id(given: str, name: str) -> str:
     raise BadLabel(f"image id {value[:128]!r} (from the file name): {rule}; rename the file or give ?image=ID")
 
 
+def _fitted(name: str, limit: int = 200) -> str:
+    """``name`` cut to ``limit`` UTF-8 bytes, its known suffix kept: a file name holds 255 bytes, and a legal one of
+    250 moved to ``00000_<name>`` could not be created (a 500 blaming the server)."""
+    if len(name.encode()) <= limit:
+        return name
+    suffix = next((e for e in (".seg.nrrd", *UPLOAD_EXTS) if name.lower().endswith(e)), "")
+    stem = name[: len(name) - len(suffix)]
+    while len((stem + suffix).encode()) > limit:
+        stem = stem[:-1]
+    return stem + suffix
+
+
 def check_tag(tag: str) -> str:
     if not _SAFE_TAG.match(tag or ""):
         raise BadLabel(f"tag {tag!r}: letters, digits, '-' and '_' only")
@@ -289,7 +301,8 @@ class Sessions:
                 safe = Path(name or f"image{n}").name
                 if not safe.lower().endswith(UPLOAD_EXTS) and len(uploads) == 1:
                     raise StudyError(f"{safe}: expected a .nii.gz, .nii or .nrrd image, or DICOM files")
-                target = folder / (f"{n:05d}_{safe}" if len(uploads) > 1 else safe)
+                kept = _fitted(safe)
+                target = folder / (f"{n:05d}_{kept}" if len(uploads) > 1 else kept)
                 shutil.move(str(tmp), target)
             image = folder if len(uploads) > 1 else next(folder.iterdir())
             volume = read_upload(image, folder)
@@ -442,10 +455,10 @@ class StudiesDir(Datastore):
         return v
 
     def add_image(self, image_id: str, name: str, tmp: Path) -> str:
-        image_id = new_image_id(image_id, name)
         ext = _ext(Path(name))
         if ext not in (".nii.gz", ".nii", ".nrrd"):
             raise StudyError(f"{Path(name).name}: expected a .nii.gz, .nii or .nrrd image")
+        image_id = new_image_id(image_id, name)
         target = self.root / f"{image_id}{ext}"
         staged = target.with_name(f".{target.name}.part{ext}")
         shutil.move(str(tmp), staged)

@@ -133,9 +133,15 @@ def _multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> Response:
     return Response(b"".join(chunks), media_type=f"multipart/form-data; boundary={boundary}")
 
 
+# what a temporary upload's name may end in: the client's name decides the format, and its last two suffixes taken
+# whole made a 255-byte name (legal) ".ggg...g" that no file could be created under (a 500 blaming the server)
+KNOWN_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".dcm", ".zip", ".json")
+
+
 async def _save_upload(upload: UploadFile, folder: Path) -> Path:
-    name = Path(upload.filename or "upload").name
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix="".join(Path(name).suffixes[-2:]) or ".bin")
+    """The upload's bytes in a temporary file of ``folder`` named with its known suffix (else ``.bin``)."""
+    name = Path(upload.filename or "upload").name.lower()
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=next((s for s in KNOWN_SUFFIXES if name.endswith(s)), ".bin"))
     with open(fd, "wb") as f:
         while chunk := await upload.read(2**20):
             f.write(chunk)

@@ -364,3 +364,31 @@ def test_a_3d_label_off_the_image_is_refused_naming_what_differs(served, tmp_pat
     assert r.status_code == 400, r.text
     assert r.json()["detail"] == ("moved.nii.gz: origin (0, 0, 5) vs (0, 0, 0); the label is not on the image's grid: "
                                   "export it on the image's grid")
+
+
+def test_uploads_with_long_legal_file_names_are_read_or_refused_as_the_clients_fault(served):
+    """A file name of 255 bytes is legal (Slicer names its files after the node): the server's temporary file took
+    the name's last suffixes whole (``.ggg...g``) and could not be created, and several DICOM files were moved to
+    ``00000_<name>``, past 255 bytes: both answered 500 ``the server could not read or write a file``, blaming the
+    server (session 18). The temporary name keeps a known suffix only, and kept names are cut to 200 bytes."""
+    import shutil as _shutil
+
+    from tests.conftest import SAMPLES
+
+    client, studies, sessions = served
+    data = (studies / "ct.nii.gz").read_bytes()
+    name = "scan." + "g" * 250
+    r = client.put("/session/", files={"files": (name, data)})
+    assert r.status_code == 400 and r.json()["detail"] == f"{name}: expected a .nii.gz, .nii or .nrrd image, or DICOM files"
+    r = client.put("/datastore/image", files={"file": ("scan.nii." + "z" * 245, data)})
+    assert r.status_code == 400 and r.json()["detail"].endswith(": expected a .nii.gz, .nii or .nrrd image"), r.text
+    r = client.put("/session/", files={"files": ("y" * 245 + ".nii.gz", data)})
+    assert r.status_code == 200, r.text
+    series = sorted((SAMPLES / "ct_head_0051_series").glob("*.dcm"))
+    r = client.put("/session/", files=[("files", (f"{i:02d}_" + "x" * 246 + ".dcm", f.read_bytes()))
+                                       for i, f in enumerate(series)])
+    assert r.status_code == 200, r.text
+    sid = r.json()["session_id"]
+    assert client.get(f"/session/{sid}").status_code == 200
+    assert not any(len(p.name.encode()) > 255 for p in sessions.rglob("*"))
+    _shutil.rmtree(sessions / sid, ignore_errors=True)
