@@ -393,12 +393,14 @@ def _study_status(e: StudyError) -> int:
 
 
 def _write_image(volume: Volume, path: Path) -> None:
-    import SimpleITK as sitk
+    """The image a viewer asks for (``GET /datastore/image``) as NIfTI with the source's space codes, as its labels
+    are written (``write_label_nifti``). Why: written by ITK alone it carried codes 1 whatever the source: an MNI
+    image (code 4) lost its space, and one placed by pixdim only (codes 0) was placed by nibabel-based tools elsewhere
+    than the labels saved for it."""
+    from data.writers import nifti_codes, write_nifti
 
-    from data.writers import atomic_output
-
-    with atomic_output(path) as tmp:
-        sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=True)
+    sform, qform, _ = nifti_codes(volume)
+    write_nifti(volume.to_sitk(), (sform, qform, 0), path)
 
 
 async def _threaded(fn):

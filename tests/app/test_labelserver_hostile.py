@@ -392,3 +392,49 @@ def test_uploads_with_long_legal_file_names_are_read_or_refused_as_the_clients_f
     assert client.get(f"/session/{sid}").status_code == 200
     assert not any(len(p.name.encode()) > 255 for p in sessions.rglob("*"))
     _shutil.rmtree(sessions / sid, ignore_errors=True)
+
+
+def _method_1_colin(path):
+    """The real Colin27 slab as a NIfTI placed by pixdim only (sform_code = qform_code = 0, NIfTI method 1)."""
+    from tests.conftest import SAMPLES
+
+    source = nib.load(str(SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"))
+    out = nib.Nifti1Image(np.asanyarray(source.dataobj), None)
+    out.header.set_zooms((1.0, 1.0, 1.0))
+    out.set_sform(None, 0)
+    out.set_qform(None, 0)
+    nib.save(out, path)
+
+
+def test_the_image_a_viewer_fetches_keeps_the_sources_space_and_lies_where_its_labels_do(tmp_path):
+    """``GET /datastore/image`` wrote the image with ITK alone: codes 1 whatever the source, so the MNI Colin27
+    (codes 4) lost its space, and one placed by pixdim only (codes 0) was served with ITK's affine under code 1
+    while the labels saved for it keep codes 0: nibabel-based tools drew the two apart (session 18)."""
+    from tests.conftest import SAMPLES
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "colin.nii.gz").write_bytes((SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz").read_bytes())
+    _method_1_colin(studies / "m1.nii.gz")
+    cfg = ServerConfig(model="litemedsam", segmenter=NoModel(), backend="torch", datastore=StudiesDir(studies),
+                       sessions=Sessions(tmp_path / "sessions"), work_dir=tmp_path / "work")
+    with TestClient(build_app(cfg), base_url="http://localhost", raise_server_exceptions=False) as client:
+        for image_id, codes in (("colin", (4, 4)), ("m1", (0, 0))):
+            r = client.get(f"/datastore/image?image={image_id}")
+            assert r.status_code == 200
+            (tmp_path / "got.nii.gz").write_bytes(r.content)
+            got, source = nib.load(str(tmp_path / "got.nii.gz")), nib.load(str(studies / f"{image_id}.nii.gz"))
+            assert (int(got.header["sform_code"]), int(got.header["qform_code"])) == codes
+            np.testing.assert_allclose(got.affine, source.affine, atol=1e-4)
+            np.testing.assert_array_equal(np.asanyarray(got.dataobj), np.asanyarray(source.dataobj))
+            # the label saved for it (the image's own grid, as Slicer sends it back) lies where the image does
+            label = nib.Nifti1Image((np.asanyarray(got.dataobj) > 100).astype(np.uint8), got.affine, got.header)
+            nib.save(label, tmp_path / "label.nii.gz")
+            r = _label_put_for(client, image_id, (tmp_path / "label.nii.gz").read_bytes())
+            assert r.status_code == 200, r.text
+            saved = nib.load(str(studies / "labels" / "final" / f"{image_id}.nii.gz"))
+            np.testing.assert_allclose(saved.affine, got.affine, atol=1e-4)
+
+
+def _label_put_for(client, image_id: str, data: bytes):
+    return client.put(f"/datastore/label?image={image_id}&tag=final", files={"label": ("label.nii.gz", data)})
