@@ -44,7 +44,8 @@ class NotFound(LookupError):
 
 
 class BadLabel(ValueError):
-    """A submitted label (or an uploaded image's id) we refuse (HTTP 400): unreadable, not on the image's grid, no id."""
+    """A submitted label (or an uploaded image's id) we refuse (HTTP 400): unreadable, not on the image's grid, or
+    no id."""
 
 
 def check_id(value: str, what: str = "image") -> str:

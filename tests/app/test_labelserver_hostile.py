@@ -379,7 +379,8 @@ def test_uploads_with_long_legal_file_names_are_read_or_refused_as_the_clients_f
     data = (studies / "ct.nii.gz").read_bytes()
     name = "scan." + "g" * 250
     r = client.put("/session/", files={"files": (name, data)})
-    assert r.status_code == 400 and r.json()["detail"] == f"{name}: expected a .nii.gz, .nii or .nrrd image, or DICOM files"
+    assert r.status_code == 400
+    assert r.json()["detail"] == f"{name}: expected a .nii.gz, .nii or .nrrd image, or DICOM files"
     r = client.put("/datastore/image", files={"file": ("scan.nii." + "z" * 245, data)})
     assert r.status_code == 400 and r.json()["detail"].endswith(": expected a .nii.gz, .nii or .nrrd image"), r.text
     r = client.put("/session/", files={"files": ("y" * 245 + ".nii.gz", data)})

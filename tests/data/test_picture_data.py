@@ -78,7 +78,8 @@ def test_an_interlaced_png_whose_image_data_ends_early_is_refused(tmp_path, slic
     (tmp_path / "whole.png").write_bytes(whole)
     np.testing.assert_array_equal(read_study(tmp_path / "whole.png").array[0], slice_8bit)  # the builder is right
     raw = zlib.decompress(whole[33 + 8:33 + 8 + struct.unpack(">I", whole[33:37])[0]])
-    short = b"\x89PNG\r\n\x1a\n" + whole[8:33] + _chunk(b"IDAT", zlib.compress(raw[: len(raw) // 2])) + _chunk(b"IEND", b"")
+    short = (b"\x89PNG\r\n\x1a\n" + whole[8:33] + _chunk(b"IDAT", zlib.compress(raw[: len(raw) // 2]))
+             + _chunk(b"IEND", b""))
     (tmp_path / "short.png").write_bytes(short)
     with pytest.raises(StudyError, match=rf"short\.png: the PNG's image data ends after {len(raw) // 2} of "
                                          rf"{len(raw)} bytes \(interlaced\); the picture is incomplete"):

@@ -30,10 +30,12 @@ def test_a_folder_holding_only_a_seg_names_it(tmp_path):
     (tmp_path / "export" / "README.TXT").write_text("exported by the PACS\n")
     with pytest.raises(StudyError) as e:
         read_study(tmp_path / "export")
-    assert str(e.value) == f"{tmp_path / 'export'}: no DICOM image series found in this folder: SEG/IM0001 is {WHAT_TO_DO}"
+    folder = tmp_path / "export"
+    assert str(e.value) == f"{folder}: no DICOM image series found in this folder: SEG/IM0001 is {WHAT_TO_DO}"
 
 
 def test_a_seg_beside_its_series_is_left_out_as_before(tmp_path):
     shutil.copytree(DATA / "dicom" / "ct_head_0051_series_k050-061", tmp_path / "study")
     shutil.copy(LIVER_SEG, tmp_path / "study" / "seg.dcm")
-    assert read_study(tmp_path / "study").array.shape == read_study(DATA / "dicom" / "ct_head_0051_series_k050-061").array.shape
+    series = DATA / "dicom" / "ct_head_0051_series_k050-061"
+    assert read_study(tmp_path / "study").array.shape == read_study(series).array.shape
