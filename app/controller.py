@@ -481,22 +481,47 @@ def click(ctx: AppContext, session: Session, x_display: float, y_display: float)
 @_with_session
 def mask(ctx: AppContext, session: Session, mask_display: np.ndarray, use_model: bool) -> ViewModel:
     """A mask drawn on (or uploaded at) display size or plane size -> prompt or paint."""
+    return _apply_mask(ctx, session, mask_display, use_model)
+
+
+@_with_session
+def mask_file(ctx: AppContext, session: Session, path: Path, use_model: bool) -> ViewModel:
+    """An uploaded mask image (PNG/JPEG) as the mask of the shown plane: its size is checked from its header before a
+    pixel is decoded. Why: it is read in the server's process, and a 480 KB PNG of 13000 x 13000 black pixels was
+    decoded whole (2.3 GB, 7 s of CPU) before its size was refused."""
+    from data.pictures import open_image, read_mask_image
+
+    plane_hw, shown = _mask_sizes(session)
+    with open_image(path, check_data=False) as im:  # the header only: the data is checked when it is read
+        w, h = im.size
+    if not {(h, w), (w, h)} & {plane_hw, shown}:  # either way round: an EXIF Orientation turns it when decoded
+        raise PromptError(_mask_size_error(f"the mask {path.name}", (h, w), plane_hw, shown))
+    return _apply_mask(ctx, session, read_mask_image(path), use_model)
+
+
+def _mask_sizes(session: Session) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(H, W) of the shown plane and of its display: the two sizes a mask may have."""
     volume = session.require_study()
-    view, index = session.view.view, session.view.index[session.view.view]
-    plane = Plane.of(volume, view)
-    plane_hw = plane.extract(session.labels, index).shape
+    plane = Plane.of(volume, session.view.view)
+    plane_hw = plane.extract(session.labels, session.view.index[session.view.view]).shape
+    return plane_hw, display_size(plane_hw, plane.spacing(volume))
+
+
+def _mask_size_error(what: str, hw: tuple[int, int], plane_hw: tuple[int, int], shown: tuple[int, int]) -> str:
+    return (f"{what} is {hw[1]}x{hw[0]} pixels; expected the plane ({plane_hw[1]}x{plane_hw[0]}) "
+            f"or the display ({shown[1]}x{shown[0]})")
+
+
+def _apply_mask(ctx: AppContext, session: Session, mask_display: np.ndarray, use_model: bool) -> ViewModel:
+    plane_hw, shown = _mask_sizes(session)
     m = np.asarray(mask_display).astype(bool)
     if m.ndim == 3:
         m = m.any(axis=2)
     if m.shape != plane_hw:
         import cv2
 
-        shown = display_size(plane_hw, plane.spacing(volume))
         if m.shape != shown:
-            raise PromptError(
-                f"the mask is {m.shape[1]}x{m.shape[0]} pixels; expected the plane ({plane_hw[1]}x{plane_hw[0]}) "
-                f"or the display ({shown[1]}x{shown[0]})"
-            )
+            raise PromptError(_mask_size_error("the mask", m.shape, plane_hw, shown))
         m = cv2.resize(m.astype(np.uint8), (plane_hw[1], plane_hw[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
     edit = interaction.mask_prompt(ctx.runner, session, m, use_model=use_model)
     mark_anchor(session)
@@ -739,6 +764,10 @@ def export_name(study_name: str, fmt: str, keep_identifiers: bool) -> str:
     if not keep_identifiers:
         return f"deidentified{_EXPORT_SUFFIX[fmt]}"
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(study_name).stem.split(".")[0])
+    # at most 100 UTF-8 bytes: an upload's name may take the 255 a file name holds, and the name with its suffix (and
+    # the writer's temporary name beside it) failed with "File name too long"
+    while len(stem.encode()) > 100:
+        stem = stem[:-1]
     return f"{stem or 'study'}{_EXPORT_SUFFIX[fmt]}"
 
 
@@ -819,6 +848,14 @@ def render(session: Session) -> np.ndarray:
                    opacity=vs.opacity, markers=markers)
 
 
+def _shown_modality(modality: str) -> str:
+    """The file's Modality as plain Markdown text, cut to the 16 characters its VR (CS) holds. Why: it went into the
+    facts panel as it stood, so a DICOM whose Modality was ``![x](https://host/p.png)`` made the browser fetch that
+    picture when the study opened (a beacon of who opened it, and when), or showed a link the file chose."""
+    text = one_line(str(modality))
+    return escape_markdown(text if len(text) <= 16 else text[:16] + "…")
+
+
 def facts(session: Session) -> str:
     """``medseg info``-style facts of the open study (markdown)."""
     v = session.volume
@@ -828,7 +865,7 @@ def facts(session: Session) -> str:
     k, j, i = v.array.shape[:3]
     lines = [
         f"**{escape_markdown(session.study_name)}**",
-        f"modality **{v.modality}**, format {v.source.format or '?'}",
+        f"modality **{_shown_modality(v.modality)}**, format {v.source.format or '?'}",
         f"size {i} × {j} × {k} (i × j × k){', RGB' if v.is_rgb else ''}, {v.array.dtype}",
         f"spacing {sx:.3g} × {sy:.3g} × {sz:.3g} mm, orientation {v.orientation_code()}" if v.size_is_physical
         else "pixel size unknown (measured in pixels, no mm), no patient orientation",

@@ -587,16 +587,13 @@ def _colour_changed(ctx: AppContext, guarded, sid, shown, name, colour, n_output
 
 def _mask_action(ctx: AppContext, sid: str, editor_value: Any, mask_file: str | None, use_model: bool) -> ViewModel:
     """The brush canvas's painted pixels, or an uploaded mask image, as the mask of the current plane."""
-    if mask_file:
-        from data.pictures import read_mask_image
-
-        drawn = read_mask_image(Path(mask_file))  # PNG/JPEG only (PIL would run PostScript); alpha respected
-    else:
-        layers = (editor_value or {}).get("layers") or []
-        if not layers:
-            raise SessionError("nothing painted: choose a mask file, or paint with the viewer's brush")
-        layer = np.asarray(layers[0])
-        drawn = layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 else layer.any(axis=-1)
+    if mask_file:  # PNG/JPEG only (PIL would run PostScript); alpha respected; its size checked before decoding
+        return controller.mask_file(ctx, sid, Path(mask_file), use_model)
+    layers = (editor_value or {}).get("layers") or []
+    if not layers:
+        raise SessionError("nothing painted: choose a mask file, or paint with the viewer's brush")
+    layer = np.asarray(layers[0])
+    drawn = layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 else layer.any(axis=-1)
     return controller.mask(ctx, sid, drawn, use_model)
 
 

@@ -190,8 +190,21 @@ def _is_dicom(path: Path) -> bool:
     return path.name.lower().endswith(".dcm") or has_dicom_magic(path)
 
 
+SAFE_NAME_BYTES = 200  # a file name holds 255 bytes; loose DICOM files are copied as 00000_<name>
+
+
 def _safe_name(name: str) -> str:
-    """A browser-supplied file name reduced to its last part, with only harmless characters."""
+    """A browser-supplied file name reduced to its last part, with only harmless characters, at most
+    ``SAFE_NAME_BYTES`` UTF-8 bytes with its suffix kept (``.dcm``, ``.nii.gz``). Why the cut: a legal name of 250
+    bytes became 256 with the copy's number, and the upload failed with "File name too long"."""
     base = PurePosixPath(name.replace("\\", "/")).name
-    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in base).lstrip(".")
-    return cleaned or "upload"
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in base).lstrip(".") or "upload"
+    if len(cleaned.encode()) <= SAFE_NAME_BYTES:
+        return cleaned
+    low = cleaned.lower()
+    suffix = next((s for s in NIFTI_SUFFIXES if low.endswith(s)), None) or PurePosixPath(cleaned).suffix
+    suffix = suffix if len(suffix) <= 16 else ""
+    stem = cleaned[: len(cleaned) - len(suffix)]
+    while len((stem + suffix).encode()) > SAFE_NAME_BYTES:
+        stem = stem[:-1]
+    return stem + suffix

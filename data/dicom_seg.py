@@ -200,12 +200,25 @@ def _codes():
     return codes
 
 
+def _snomed_concept(codes, name: str):
+    """The SNOMED-CT concept a label name spells (``liver`` -> ``codes.SCT.Liver``), else None. Only a pydicom
+    ``Code`` counts: the name is looked up as an attribute, and ``__class__`` or ``__doc__`` gave a type or a string
+    that failed the export (TypeError), ``__dict__`` one coded as whatever it unpacked to."""
+    from pydicom.sr.coding import Code
+
+    key = "".join(w[:1].upper() + w[1:] for w in name.split())
+    if not key.isidentifier():
+        return None
+    concept = getattr(codes.SCT, key, None)
+    return concept if isinstance(concept, Code) else None
+
+
 def _segment_description(number, value, names, colours, algorithm):
     import highdicom as hd
 
     codes = _codes()
     name = _lo(names.get(value, ""), f"label {value}")
-    concept = getattr(codes.SCT, "".join(w[:1].upper() + w[1:] for w in name.split()), None)
+    concept = _snomed_concept(codes, name)
     if concept is not None:
         category, kind = codes.SCT.AnatomicalStructure, concept
     else:  # free-text label: the generic coded pair dcmqi also uses
@@ -284,6 +297,7 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
                 fault = f"has {keyword} {uid!r}, which is no DICOM UID" if uid else f"has no {keyword}"
                 raise DicomSegError(f"{path}: the source image {f} {fault}; a DICOM-SEG must reference it: write a "
                                     "NIfTI label map (.nii.gz) instead")
+        _utf8_when_undeclared(ds)
         _un_text_as_its_vr(ds)
         for keyword in TYPE2_FROM_SOURCE:  # Type 2: must be present, may be empty (PS3.3 C.7.1.1, C.7.2.1)
             if keyword not in ds:
@@ -498,6 +512,40 @@ def _text_in_utf8(ds: pydicom.Dataset) -> None:
     if plain and all(n in ("", "None", "ISO_IR 6", "ISO_IR 192") for n in names):
         return
     ds.SpecificCharacterSet = "ISO_IR 192"
+
+
+def _utf8_when_undeclared(ds: pydicom.Dataset) -> None:
+    """Declare UTF-8 (ISO_IR 192) on a freshly read source that declares no character set and whose text is UTF-8
+    (``_undeclared_utf8``), before any of its text is decoded (as Latin-1, pydicom's default)."""
+    declared = ds.get("SpecificCharacterSet")
+    if declared in (None, "", "ISO_IR 6") and _undeclared_utf8(ds):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+
+
+def _undeclared_utf8(ds: pydicom.Dataset) -> bool:
+    """Whether the text of a source without a character set is UTF-8: some non-ASCII bytes, all of them valid UTF-8.
+    Why: undeclared bytes are read as Latin-1 (old European exports, session 15), and a name a tool wrote in UTF-8
+    without declaring it went into the SEG as "å±±ç°^å¤ªé" for 山田^太郎, "MÃ¼ller" for Müller. Latin-1 text
+    (ü alone is byte 0xFC) is almost never valid UTF-8, so the two are told apart by the bytes."""
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import RawDataElement
+
+    found = False
+    for tag, element in ds._dict.items():  # raw (not yet decoded) values: nothing read them as Latin-1 yet
+        if not isinstance(element, RawDataElement) or not element.value:
+            continue
+        try:
+            vr = element.VR or dictionary_VR(tag)
+        except KeyError:
+            continue
+        if vr not in TEXT_VRS or element.value.isascii():
+            continue
+        try:
+            element.value.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        found = True
+    return found
 
 
 # --- reading ------------------------------------------------------------------------------------

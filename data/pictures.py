@@ -5,7 +5,10 @@ size within the voxel limit, EXIF orientation applied as photo viewers apply it,
 
 from __future__ import annotations
 
+import math
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +26,11 @@ TO_RGB_MODES = ("RGBA", "RGBa", "P", "PA", "LA", "La", "CMYK", "YCbCr", "LAB", "
 IMAGE_FORMATS = ("PNG", "JPEG")
 
 
-def open_image(path: Path, *, max_voxels: int | None = None) -> Image.Image:
+def open_image(path: Path, *, max_voxels: int | None = None, check_data: bool = True) -> Image.Image:
     """A PNG or JPEG file opened (its header read, no pixel decoded yet) and checked: the format by its bytes, one
-    frame (an animated PNG's other frames were dropped silently), the size within ``max_voxels``; StudyError
-    otherwise. A JPEG with extra pictures (MPO, as phones write) is its first, primary picture. Close it."""
+    frame (an animated PNG's other frames were dropped silently), the size within ``max_voxels``, a PNG's image data
+    as long as its rows need (``check_data``); StudyError otherwise. A JPEG with extra pictures (MPO, as phones
+    write) is its first, primary picture. Close it."""
     limit = voxel_limit(max_voxels)
     try:
         with warnings.catch_warnings():
@@ -43,10 +47,76 @@ def open_image(path: Path, *, max_voxels: int | None = None) -> Image.Image:
         if frames > 1:
             raise StudyError(f"{path}: an animated PNG of {frames} frames; expected one image (save the frame to segment)")
         check_voxels(path, (im.size[1], im.size[0]), limit)
+        if check_data and im.format == "PNG":  # off only for a look at the header (a size checked first)
+            _check_png_data_complete(path)
     except BaseException:
         im.close()
         raise
     return im
+
+
+# Adam7's passes: (first column, first row, column step, row step)
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+
+
+def _check_png_data_complete(path: Path) -> None:
+    """StudyError when the PNG's image data (its IDAT chunks inflated) holds fewer bytes than its header's rows
+    need. Why: a stream that ends cleanly but too soon (an exporter or a copy that stopped early and closed the file
+    properly) opened whole, PIL padding the missing rows with black without a word; libpng refuses it ("Not enough
+    image data"). The bytes are counted in 1 MiB steps and not kept; inflating stops once the rows are full."""
+    with open(path, "rb") as f:
+        head = f.read(33)
+        if len(head) < 33 or head[12:16] != b"IHDR":
+            return  # PIL opened it: leave the odd layouts to its own checks
+        width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
+        samples = PNG_CHANNELS.get(colour)
+        if samples is None or interlace not in (0, 1):
+            return
+
+        def row_bytes(pixels: int) -> int:
+            return 1 + math.ceil(pixels * samples * depth / 8)  # the filter byte, then the packed samples
+
+        if interlace:
+            passes = [(math.ceil((height - y0) / dy), math.ceil((width - x0) / dx)) for x0, y0, dx, dy in ADAM7]
+            needed = sum(rows * row_bytes(cols) for rows, cols in passes if rows > 0 and cols > 0)
+        else:
+            needed = height * row_bytes(width)
+        got, inflate, closed = 0, zlib.decompressobj(), False
+        f.seek(8)
+        while got < needed and (header := f.read(8)) and len(header) == 8:
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"IEND":
+                closed = True
+                break
+            if kind != b"IDAT":
+                f.seek(length + 4, 1)
+                continue
+            data = f.read(length)
+            if len(data) < length:
+                return  # the file itself is cut: PIL says so ("image file is truncated")
+            f.seek(4, 1)
+            try:
+                while data and got < needed:
+                    got += len(inflate.decompress(data, 1 << 20))
+                    data = inflate.unconsumed_tail
+            except zlib.error:
+                return  # a damaged stream: PIL's decoder refuses it in its own words
+            if inflate.eof:
+                break
+        if got < needed and not inflate.eof:  # output zlib still holds for input it took whole (at most a window)
+            try:
+                got += len(inflate.flush())
+            except zlib.error:
+                return
+    if got >= needed or not (closed or inflate.eof):
+        return  # whole; or a file that just stops, which PIL refuses as truncated
+    if interlace:
+        told = f"{got} of {needed} bytes (interlaced)"
+    else:
+        told = f"{got // row_bytes(width)} of {height} rows"
+    raise StudyError(f"{path}: the PNG's image data ends after {told}; the picture is incomplete (damaged, or cut off "
+                     "when it was saved): save or export it again")
 
 
 def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:

@@ -51,6 +51,9 @@ from data.volume import SourceRef, Volume
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+# what a DICOM-SEG opened as a study is, and what to open: "open it as labels" named a step nothing in medseg offers
+SEG_NOT_AN_IMAGE = ("a DICOM-SEG (segmentation), not an image: open the image series it was drawn on (medseg writes "
+                    "DICOM-SEG but does not read labels back from one)")
 PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 __all__ = ["DEFAULT_MAX_VOXELS", "SeveralSeriesError", "StudyError", "StudyWarning", "UnevenStudyError", "read_study",
            "list_series", "voxel_limit"]
@@ -466,6 +469,20 @@ def _bare_data_sets(folder: Path) -> int:
     return count
 
 
+def _segs_in(folder: Path) -> list[str]:
+    """The DICOM-SEG files of a folder that holds no image series (``list_series`` leaves them out), as paths
+    inside it: a zip of the user's own SEG export said only "no DICOM image series found"."""
+    found = []
+    for f in sorted(folder.rglob("*")):
+        try:
+            if f.is_file() and not f.is_symlink() and has_dicom_magic(f):
+                if getattr(_read_header(f), "SOPClassUID", None) == SEG_SOP_CLASS:
+                    found.append(str(f.relative_to(folder)))
+        except (OSError, StudyError):
+            continue
+    return found
+
+
 def _instance(ds: pydicom.Dataset) -> int:
     try:
         return int(getattr(ds, "InstanceNumber", 0) or 0)
@@ -486,10 +503,14 @@ def read_dicom_series(
     if not series:
         bare = _bare_data_sets(folder)
         index = next((f for f in folder.rglob("*") if f.name.upper() == "DICOMDIR" and f.is_file()), None)
+        segs = [] if bare or index else _segs_in(folder)
         raise StudyError(f"{folder}: no DICOM image series found in this folder" + (
             f": {bare} file(s) hold a DICOM data set without the Part 10 header (no DICM marker at byte 128); "
             "export them again as DICOM files" if bare else f": it holds {index.relative_to(folder)}, the index of a "
-            "CD/DVD export, without the image files it lists; copy the whole disc (or a zip of it)" if index else ""))
+            "CD/DVD export, without the image files it lists; copy the whole disc (or a zip of it)" if index else
+            f": {', '.join(segs[:3])}{', ...' if len(segs) > 3 else ''} {'is' if len(segs) == 1 else 'are each'} "
+            f"{SEG_NOT_AN_IMAGE}" if segs
+            else ""))
     shown = SERIES_LISTED
     more = f" and {len(series) - shown} more (medseg info {folder} lists them)" if len(series) > shown else ""
     if series_uid is not None:
@@ -670,7 +691,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     scan = scan_checked(path, max_voxels=limit)
     ds = _read_header(path)
     if getattr(ds, "SOPClassUID", None) == SEG_SOP_CLASS:
-        raise StudyError(f"{path}: a DICOM-SEG (segmentation), not an image; open it as labels")
+        raise StudyError(f"{path}: {SEG_NOT_AN_IMAGE}")
     if _is_dicomdir(ds):  # what a CD viewer asks for, so what users pick first; it holds no pixels
         raise StudyError(f"{path}: a DICOMDIR, the index of a CD/DVD export, not an image; open the folder that holds "
                          "it with its image files (or a zip of that folder)")

@@ -119,6 +119,15 @@ class Volume:
             raise ValueError(f"array shape {array.shape[:3]} does not match the volume grid {self.array.shape[:3]}")
         return replace(self, array=array, **changes)
 
+    def grid_to_compare(self, other: "Volume") -> bool:
+        """Whether ``other`` (an annotation) must lie on this volume's grid (``grid_difference``): both 3D; both 2D
+        when both carry their size from their files (a 2D label of one slice of a 3D image is matched by shape and
+        slice elsewhere). Why: 2D ones were never compared (a PNG mask has no place), so a 2D NIfTI label moved 10 mm
+        or with pixels twice the size was taken as the image's truth."""
+        if self.is_2d != other.is_2d:
+            return False
+        return not self.is_2d or (self.size_is_physical and other.size_is_physical)
+
     def grid_difference(self, other: "Volume") -> str:
         """'' when ``other`` (a label) lies on this volume's grid, else what differs, e.g. ``origin (95, 130, 0)
         vs (90, 125, -5)``: a label of another slab, shifted or flipped has slice k somewhere else. Tolerances

@@ -81,9 +81,14 @@ def write_label_nifti(labels: np.ndarray, reference: Volume, path: str | Path) -
     path = Path(path)
     if not path.name.lower().endswith((".nii", ".nii.gz")):
         raise ValueError(f"{path}: a NIfTI label map must end in .nii or .nii.gz")
-    image = label_volume_image(labels, reference)
+    return write_nifti(label_volume_image(labels, reference), nifti_codes(reference), path)
+
+
+def write_nifti(image: sitk.Image, codes: tuple[int, int, int], path: str | Path) -> Path:
+    """Write ``image`` as NIfTI with (sform_code, qform_code, intent_code) ``codes`` (``nifti_codes``): ITK writes 1, 1
+    and no intent whatever it is told, so other codes are patched into the header."""
+    path = Path(path)
     compress = path.name.lower().endswith(".gz")
-    codes = nifti_codes(reference)
     # ITK writes NIfTI only under a lower-case suffix ('OUT.NII.GZ' fails); the file keeps the user's name
     with atomic_output(path, suffix=".nii.gz" if compress else ".nii") as tmp:
         if codes == ITK_CODES:

@@ -220,7 +220,7 @@ class CaseLoader:
         turns = (image_vol.source.exif_orientation, label_vol.source.exif_orientation)
         if turns[0] != turns[1]:  # pictures open turned by their EXIF tag: a label without it lay turned on a square one
             raise ManifestError(f"{_where(self.manifest, spec.line, 'label')}: " + exif_mismatch("image", "label", *turns))
-        if not image_vol.is_2d and not label_vol.is_2d and (differs := image_vol.grid_difference(label_vol)):
+        if image_vol.grid_to_compare(label_vol) and (differs := image_vol.grid_difference(label_vol)):
             # both 3D share slice_index: a label of another slab, shifted or flipped gave another place's truth
             raise ManifestError(f"{_where(self.manifest, spec.line, 'label')}: the label is not on the image's grid: "
                                 f"{differs}")

@@ -111,7 +111,7 @@ def reference_mask(args: argparse.Namespace, ref: Volume, k: int) -> np.ndarray:
             f"--ref-mask {args.ref_mask} has grid {mask_vol.array.shape[:3]} but --ref {args.ref} has "
             f"{ref.array.shape[:3]} (slices, rows, columns): give the annotation of that very image"
         )
-    if not ref.is_2d and (differs := ref.grid_difference(mask_vol)):  # flipped or shifted: slice K is elsewhere
+    if ref.grid_to_compare(mask_vol) and (differs := ref.grid_difference(mask_vol)):  # flipped or shifted
         raise UsageError(f"--ref-mask {args.ref_mask} is not on the grid of --ref {args.ref}: {differs}; "
                          "give the annotation of that very image")
     if args.ref_label is None and mask_vol.source is not None and mask_vol.source.format in ("png", "jpeg"):

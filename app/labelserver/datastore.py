@@ -44,13 +44,39 @@ class NotFound(LookupError):
 
 
 class BadLabel(ValueError):
-    """A submitted label we refuse (HTTP 400): unreadable, or not on the image's grid."""
+    """A submitted label (or an uploaded image's id) we refuse (HTTP 400): unreadable, not on the image's grid, or
+    no id."""
 
 
 def check_id(value: str, what: str = "image") -> str:
     if not _SAFE_ID.match(value or "") or value in (".", ".."):
         raise NotFound(f"{what} {value!r}: unknown id")
     return value
+
+
+def new_image_id(given: str, name: str) -> str:
+    """The id an uploaded image is stored under: ``?image=ID``, else the file name's stem; BadLabel (400) naming the
+    rule when it is no id. Why: ``check_id`` answers a lookup (404 ``unknown id``), which told a client uploading
+    ``ct (1).nii.gz`` that the server lacked an image, not that the name was the fault."""
+    value = given or stem(Path(name).name)
+    if _SAFE_ID.match(value) and value not in (".", ".."):
+        return value
+    rule = "letters, digits, '.', '-' and '_' only, at most 128"
+    if given:
+        raise BadLabel(f"image id {value[:128]!r}: {rule}; give another ?image=ID")
+    raise BadLabel(f"image id {value[:128]!r} (from the file name): {rule}; rename the file or give ?image=ID")
+
+
+def _fitted(name: str, limit: int = 200) -> str:
+    """``name`` cut to ``limit`` UTF-8 bytes, its known suffix kept: a file name holds 255 bytes, and a legal one of
+    250 moved to ``00000_<name>`` could not be created (a 500 blaming the server)."""
+    if len(name.encode()) <= limit:
+        return name
+    suffix = next((e for e in (".seg.nrrd", *UPLOAD_EXTS) if name.lower().endswith(e)), "")
+    stem = name[: len(name) - len(suffix)]
+    while len((stem + suffix).encode()) > limit:
+        stem = stem[:-1]
+    return stem + suffix
 
 
 def check_tag(tag: str) -> str:
@@ -149,58 +175,94 @@ def read_label_on_grid(path: Path, volume: Volume, *, name: str | None = None) -
     file name the client sent (messages name it, not our temporary file).
 
     Its header is read first: a 4D image (time or channels as an axis) is refused, not folded onto the
-    grid, and a size other than the image's is refused before any voxel is decoded."""
+    grid, and a size other than the image's is refused before any voxel is decoded. A NIfTI's place is the one
+    medseg's NIfTI reader gives an image (nibabel's rule, a 2D file's 3D affine); a 2D label is checked as a 3D one
+    is (it was checked for its size only, and a coronal slice's could not be read at all)."""
     name = name or path.name
     low = name.lower()
     if low.endswith(".nrrd"):
-        try:
-            reader = _nrrd_reader(path, name)
-        except StudyError as e:
-            raise BadLabel(str(e)) from None
+        dim, size, read, place = _nrrd_label(path, name)
     elif low.endswith((".nii", ".nii.gz")):
-        from data.nifti_check import NiftiCheckError, check_nifti
-
-        try:  # the header against the bytes, no .hdr/.img pair, before ITK's NIfTI reader (the only one allowed)
-            check_nifti(path, max_voxels=voxel_limit())
-        except NiftiCheckError as e:
-            raise BadLabel(f"{name}: {e}") from None
-        reader = sitk.ImageFileReader()
-        reader.SetImageIO("NiftiImageIO")
-        reader.SetFileName(str(path))
+        dim, size, read, place = _nifti_label(path, name)
     else:  # ITK would pick any of its readers by the bytes: MetaImage's ElementDataFile reads other files
         raise BadLabel(f"{name}: expected a .nii.gz, .nii or .nrrd (.seg.nrrd) label image")
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise BadLabel(f"{name}: not a readable label image (.nii.gz or .nrrd)") from None
-    dim, size = reader.GetDimension(), tuple(reversed(reader.GetSize()))
     grid = volume.array.shape[:3]
     if dim not in (2, 3):
         raise BadLabel(f"{name}: a {dim}D label image of size {size}; expected a 3D label on the image's grid {grid}")
     if (size if dim == 3 else (1, *size)) != grid:
         raise BadLabel(f"{name}: label grid {size} (k, j, i) differs from the image's {grid}")
     try:
-        image = reader.Execute()
+        array = read()
     except RuntimeError:
         raise BadLabel(f"{name}: the label's voxels could not be read (truncated or damaged file)") from None
-    array = sitk.GetArrayFromImage(image)
-    if image.GetDimension() == 2:
+    if array.ndim == 2:
         array = array[None]
     if array.ndim == 4:  # a .seg.nrrd with one component per segment: overlapping segments -> the largest value wins
         array = array.max(axis=-1)
-    if image.GetDimension() == 3:
-        tol = 1e-3 * max(1.0, max(abs(s) for s in volume.spacing))
-        if (np.abs(np.subtract(image.GetSpacing(), volume.spacing)).max() > tol
-                or np.abs(np.subtract(image.GetOrigin(), volume.origin)).max() > 1e-2
-                or np.abs(np.subtract(image.GetDirection(), volume.direction)).max() > 1e-4):
-            raise BadLabel(f"{name}: spacing/origin/direction differ from the image's; export the label on "
-                           "the image's grid")
+    if differs := _off_grid(place, volume):
+        raise BadLabel(f"{name}: {differs}; the label is not on the image's grid: export it on the image's grid")
     if not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.mod(array, 1) == 0):
             raise BadLabel(f"{name}: label values must be whole numbers")
     if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
         raise BadLabel(f"{name}: label values must be in 0..65535")
     return np.asarray(array, dtype=np.uint8 if array.max(initial=0) < 256 else np.uint16)
+
+
+Place = tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]  # spacing, origin, direction (3D, LPS)
+
+
+def _nrrd_label(path: Path, name: str):
+    """(dimension, size k j i, a reader of the voxels, the place) of an NRRD label, from its header alone; a 2D one
+    padded to 3D as ``Volume.from_sitk`` pads a 2D image."""
+    try:
+        reader = _nrrd_reader(path, name)
+    except StudyError as e:
+        raise BadLabel(str(e)) from None
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise BadLabel(f"{name}: not a readable label image (.nii.gz or .nrrd)") from None
+    dim, size = reader.GetDimension(), tuple(reversed(reader.GetSize()))
+    spacing, origin, d = reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
+    if dim == 2:
+        spacing, origin = (*spacing, 1.0), (*origin, 0.0)
+        d = (d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0)
+    return dim, size, lambda: sitk.GetArrayFromImage(reader.Execute()), (spacing, origin, d)
+
+
+def _nifti_label(path: Path, name: str):
+    """(dimension, size k j i, a reader of the voxels, the place) of a NIfTI label: the header checked as an
+    image's is (``check_nifti``), the place by the rule ``read_nifti`` places an image with, a 2D file's voxels read
+    as ``read_nifti`` reads them (ITK keeps only the 2 x 2 corner of its affine and fails on a coronal slice's)."""
+    from data.nifti_check import NiftiCheckError, check_nifti
+    from data.readers import NIFTI_IO, _itk, _nifti_2d_image
+
+    try:  # the header against the bytes, no .hdr/.img pair, before ITK's NIfTI reader (the only one allowed)
+        facts = check_nifti(path, max_voxels=voxel_limit())
+    except NiftiCheckError as e:
+        raise BadLabel(f"{name}: {e}") from None
+    dim, size = len(facts.shape), tuple(reversed(facts.shape))
+
+    def read() -> np.ndarray:
+        if dim == 2:
+            return sitk.GetArrayFromImage(_nifti_2d_image(path))
+        return sitk.GetArrayFromImage(_itk(sitk.ReadImage, str(path), sitk.sitkUnknown, NIFTI_IO))
+
+    return dim, size, read, (facts.spacing, facts.origin, facts.direction)
+
+
+def _off_grid(place: Place, volume: Volume) -> str:
+    """'' when ``place`` is the volume's, else what differs (``Volume.grid_difference``'s tolerances and words)."""
+    def fmt(values) -> str:
+        return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+    tol = 1e-3 * max(1.0, max(abs(s) for s in volume.spacing))
+    for what, mine, theirs, limit in zip(("spacing", "origin", "direction"), place,
+                                         (volume.spacing, volume.origin, volume.direction), (tol, 1e-2, 1e-4)):
+        if len(mine) != len(theirs) or np.abs(np.subtract(mine, theirs)).max() > limit:
+            return f"{what} {fmt(mine)} vs {fmt(theirs)}"
+    return ""
 
 
 @dataclass
@@ -240,7 +302,8 @@ class Sessions:
                 safe = Path(name or f"image{n}").name
                 if not safe.lower().endswith(UPLOAD_EXTS) and len(uploads) == 1:
                     raise StudyError(f"{safe}: expected a .nii.gz, .nii or .nrrd image, or DICOM files")
-                target = folder / (f"{n:05d}_{safe}" if len(uploads) > 1 else safe)
+                kept = _fitted(safe)
+                target = folder / (f"{n:05d}_{kept}" if len(uploads) > 1 else kept)
                 shutil.move(str(tmp), target)
             image = folder if len(uploads) > 1 else next(folder.iterdir())
             volume = read_upload(image, folder)
@@ -393,10 +456,10 @@ class StudiesDir(Datastore):
         return v
 
     def add_image(self, image_id: str, name: str, tmp: Path) -> str:
-        image_id = check_id(image_id or stem(Path(name).name))
         ext = _ext(Path(name))
         if ext not in (".nii.gz", ".nii", ".nrrd"):
             raise StudyError(f"{Path(name).name}: expected a .nii.gz, .nii or .nrrd image")
+        image_id = new_image_id(image_id, name)
         target = self.root / f"{image_id}{ext}"
         staged = target.with_name(f".{target.name}.part{ext}")
         shutil.move(str(tmp), staged)
@@ -519,7 +582,7 @@ def label_names_from_params(info: Iterable | None) -> dict[int, str]:
         if isinstance(item, dict) and item.get("name"):
             try:
                 names[int(item.get("idx", item.get("id")))] = str(item["name"])[:64]
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: "idx": 1e400 (json reads infinity)
                 continue
     return names
 

@@ -108,10 +108,13 @@ class BadParams(Exception):
 
 
 def _params(form) -> Any:
-    """The form's ``params`` JSON; BadParams when it is not JSON, or nested too deep (``json.loads`` raised
-    RecursionError, which answered 500 with a traceback in the log)."""
+    """The form's ``params`` JSON; BadParams when it is not JSON, nested too deep (``json.loads`` raised
+    RecursionError, which answered 500 with a traceback in the log), or a file part instead of a field."""
+    text = form.get("params")
+    if isinstance(text, UploadFile):  # a part with a file name (curl -F params=@p.json): TypeError, a 500, before
+        raise BadParams("params: expected a form field of JSON text, not a file part")
     try:
-        return json.loads(form.get("params") or "{}")
+        return json.loads(text or "{}")
     except json.JSONDecodeError:
         raise BadParams("params: not valid JSON") from None
     except RecursionError:
@@ -130,9 +133,15 @@ def _multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> Response:
     return Response(b"".join(chunks), media_type=f"multipart/form-data; boundary={boundary}")
 
 
+# what a temporary upload's name may end in: the client's name decides the format, and its last two suffixes taken
+# whole made a 255-byte name (legal) ".ggg...g" that no file could be created under (a 500 blaming the server)
+KNOWN_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".dcm", ".zip", ".json")
+
+
 async def _save_upload(upload: UploadFile, folder: Path) -> Path:
-    name = Path(upload.filename or "upload").name
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix="".join(Path(name).suffixes[-2:]) or ".bin")
+    """The upload's bytes in a temporary file of ``folder`` named with its known suffix (else ``.bin``)."""
+    name = Path(upload.filename or "upload").name.lower()
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=next((s for s in KNOWN_SUFFIXES if name.endswith(s)), ".bin"))
     with open(fd, "wb") as f:
         while chunk := await upload.read(2**20):
             f.write(chunk)
@@ -384,12 +393,14 @@ def _study_status(e: StudyError) -> int:
 
 
 def _write_image(volume: Volume, path: Path) -> None:
-    import SimpleITK as sitk
+    """The image a viewer asks for (``GET /datastore/image``) as NIfTI with the source's space codes, as its labels
+    are written (``write_label_nifti``). Why: written by ITK alone it carried codes 1 whatever the source: an MNI
+    image (code 4) lost its space, and one placed by pixdim only (codes 0) was placed by nibabel-based tools elsewhere
+    than the labels saved for it."""
+    from data.writers import nifti_codes, write_nifti
 
-    from data.writers import atomic_output
-
-    with atomic_output(path) as tmp:
-        sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=True)
+    sform, qform, _ = nifti_codes(volume)
+    write_nifti(volume.to_sitk(), (sform, qform, 0), path)
 
 
 async def _threaded(fn):

@@ -237,6 +237,26 @@ def test_a_deidentified_export_is_not_named_after_the_upload_in_either_format(ct
     assert names["dicom-seg", True] == "DOE_JANE_-_CT_head_seg.dcm"
 
 
+@pytest.mark.parametrize("stem", ["CT head " + "x" * 237, "頭部CT検査 " * 16])
+def test_an_export_keeping_identifiers_of_an_upload_with_a_long_name_fits_a_file_name(ctx, tmp_path, stem):
+    """A zip named with up to 255 bytes (what the file system allows; a CD export's description and the patient's
+    name make long ones) opens; exported with *Keep patient identifiers*, ``<study>_labels.nii.gz`` was longer than
+    255 bytes and the export failed with ``File name too long`` (session 18). The study's part is cut to 100 bytes."""
+    upload = tmp_path / f"{stem}.zip"
+    assert len(upload.name.encode()) <= 255
+    with zipfile.ZipFile(upload, "w") as z:
+        for f in sorted(CT.glob("*.dcm")):
+            z.write(f, f"s/{f.name}")
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(upload)])
+    ctx.store.get(sid).labels[5, 100:120, 100:120] = 1
+    for fmt, suffix in (("nifti", "_labels.nii.gz"), ("dicom-seg", "_seg.dcm")):
+        path, vm = controller.export(ctx, sid, fmt, keep_identifiers=True)
+        assert path.is_file() and path.name in vm.status and path.name.endswith(suffix)
+        kept = path.name.removesuffix(suffix)
+        assert len(kept.encode()) <= 100 and stem.replace(" ", "_").startswith(kept), kept
+
+
 def test_the_ui_export_of_an_mni_space_upload_keeps_its_space_codes(ctx, tmp_path):
     """The UI reads uploads in a child process (data.isolated_read): the source's NIfTI codes must survive it."""
     import nibabel as nib

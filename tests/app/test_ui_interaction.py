@@ -411,6 +411,30 @@ def test_a_mask_file_is_a_png_or_jpeg_by_its_bytes_and_bombs_are_user_errors(ctx
     np.testing.assert_array_equal(session.labels, before)
 
 
+def test_a_mask_file_of_another_size_is_refused_from_its_header_before_decoding(ctx, opened, tmp_path):
+    """A mask file is read in the server's process (not the isolated reader): a 480 KB PNG of 13000 x 13000 black
+    pixels was decoded whole first (2.3 GB peak, 7 s of CPU here) and only then refused as not the plane's size
+    (session 18). Its size is now checked from the header. This one's IDAT holds one row: decoded, it would be
+    refused as a damaged PNG instead."""
+    import struct
+    import zlib
+
+    from app.ui import _mask_action
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 13000, 13000, 8, 2, 0, 0, 0))
+                    + chunk(b"IDAT", zlib.compress(b"\0" * 39001)) + chunk(b"IEND", b""))
+    session = ctx.store.get(opened)
+    before = session.labels.copy()
+    with pytest.raises(PromptError, match=r"^the mask big\.png is 13000x13000 pixels; expected the plane \(256x256\) "
+                                          r"or the display \(512x512\)$"):
+        _mask_action(ctx, opened, None, str(big), use_model=False)
+    np.testing.assert_array_equal(session.labels, before)
+
+
 def test_ready_is_news_only_after_an_open(ctx, tmp_path):
     """The page runs warm() after every upload, failed ones too: under load its "Ready" replaced a
     failed upload's message before the viewer showed it (the e2e test saw "Ready", never "notes.txt").

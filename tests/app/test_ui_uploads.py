@@ -373,3 +373,27 @@ def test_a_member_more_than_64_folders_deep_is_refused_before_unpacking(tmp_path
     with _refused(f"deep.zip: member {name[:40] + '...'!r} is 2000 folders deep; at most 64 are accepted"):
         import_upload([archive], tmp_path / "upload")
     assert not (tmp_path / "upload").exists()
+
+
+@pytest.mark.parametrize("stem", ["x" * 246, "頭部" * 41])
+def test_dicom_files_with_long_legal_names_become_a_series_that_opens(tmp_path, stem):
+    """Loose DICOM files are copied as ``00000_<name>``: a name of 250 bytes (legal: a file name holds 255) became
+    256 and more, and the upload failed with ``[Errno 36] File name too long`` (session 18). Copied names are cut to
+    200 bytes, keeping their suffix and the number that keeps them apart."""
+    import shutil
+
+    files = []
+    for i, f in enumerate(sorted((SAMPLES / "ct_head_0051_series").glob("*.dcm"))):
+        name = tmp_path / f"{i:02d}_{stem}.dcm"
+        assert len(name.name.encode()) <= 255
+        shutil.copy(f, name)
+        files.append(name)
+    path = import_upload(files, tmp_path / "upload")
+    assert all(len(p.name.encode()) <= 6 + 200 and p.name.endswith(".dcm") for p in path.iterdir())  # 00000_ + 200
+    assert len(list(path.iterdir())) == len(files)
+    assert read_study(path).array.shape == read_study(SAMPLES / "ct_head_0051_series").array.shape
+    single = tmp_path / ("y" * 240 + ".nii.gz")
+    shutil.copy(SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz", single)
+    opened = import_upload([single], tmp_path / "upload2")
+    assert opened.name.endswith(".nii.gz") and len(opened.name.encode()) <= 200
+    assert read_study(opened).array.shape == (32, 217, 181)

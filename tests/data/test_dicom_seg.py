@@ -117,6 +117,19 @@ def test_coded_anatomy_from_known_names_generic_code_otherwise(ct, ct_labels, tm
     assert blob.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "85756007"
 
 
+@pytest.mark.parametrize("name", ["__class__", "__doc__", "__init__", "_concepts", "__dict__", "__module__"])
+def test_a_label_named_like_pythons_own_attributes_is_free_text_not_an_error(ct, ct_labels, tmp_path, name):
+    """The name was looked up as an attribute of pydicom's SNOMED dictionary: ``__class__`` and ``__doc__`` came
+    back as a type and a string, and the export failed with TypeError (the UI's Export: a red Error, a traceback in
+    the log); ``__dict__`` was coded as whatever that dict unpacked to (session 18). Only SNOMED concepts count."""
+    labels = np.where(ct_labels == 1, 1, 0).astype(np.uint8)
+    ds = pydicom.dcmread(write_dicom_seg(labels, ct, tmp_path / "s.dcm", label_names={1: name}))
+    (segment,) = ds.SegmentSequence
+    assert segment.SegmentLabel == name
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "85756007"  # Tissue: the generic pair
+    assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "85756007"
+
+
 def test_every_frame_references_its_source_image(ct, ct_labels, tmp_path):
     ds = pydicom.dcmread(write_dicom_seg(ct_labels, ct, tmp_path / "s.dcm", label_names={1: "head", 2: "skull"}))
     k_of = {uid: k for k, uid in enumerate(ct.source.sop_instance_uids)}

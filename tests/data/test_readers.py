@@ -256,7 +256,8 @@ def test_dicom_files_that_cannot_be_shown_are_refused_naming_the_fault(tmp_path)
     p = case("ps.dcm", lambda ds: setattr(ds, "PixelSpacing", [0, 1]))
     refused(p, f"{p}: PixelSpacing [0.0, 1.0]: expected two numbers > 0 mm")
     seg = DATA / "dicom" / "pydicom_SEG_liver_1frame.dcm"
-    refused(seg, f"{seg}: a DICOM-SEG (segmentation), not an image; open it as labels")
+    refused(seg, f"{seg}: a DICOM-SEG (segmentation), not an image: open the image series it was drawn on (medseg "
+            "writes DICOM-SEG but does not read labels back from one)")
 
 
 def _jpeg_dicom(path: Path, width: int, height: int, mode: str = "L") -> Path:
@@ -393,7 +394,9 @@ def test_a_folder_without_an_image_series_says_so(tmp_path):
     nouid = db.image_dataset(db.pixels()[0])
     del nouid.SeriesInstanceUID
     db.write(nouid, folder / "nouid.dcm")
-    refused(folder, f"{folder}: no DICOM image series found in this folder")
+    refused(folder, f"{folder}: no DICOM image series found in this folder: seg.dcm is a DICOM-SEG (segmentation), "
+            "not an image: open the image series it was drawn on (medseg writes DICOM-SEG but does not read labels "
+            "back from one)")
 
 
 def test_a_folder_of_dicom_files_without_the_part10_preamble_says_why_it_has_no_series(tmp_path):

@@ -767,6 +767,10 @@ def images(d: Path) -> list[Case]:
     cases.append(Case("png_over_voxel_limit", "images", _write_bytes(d / "big.png", png_header(4096, 4096, b"\0" * 4097)),
                       "refuse", "more than the limit"))
     cases.append(Case("png_zero_width", "images", _write_bytes(d / "zero.png", png_header(0, 10)), "refuse", "not a readable PNG"))
+    # a complete zlib stream of 10 of 64 rows, then IEND: PIL padded the rest black (session 18)
+    short = png_header(64, 64, b"".join(b"\0" + bytes([200]) * 64 for _ in range(10)))
+    cases.append(Case("png_image_data_ends_early", "images", _write_bytes(d / "short.png", short), "refuse",
+                      "image data ends after 10 of 64 rows"))
     # PIL decodes ~40 formats by their bytes: PostScript named .png ran through Ghostscript, GIF/TIFF/BMP opened
     ps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 20 10\nnewpath 0 0 moveto 20 0 lineto 20 10 lineto fill\n%%EOF\n"
     cases.append(Case("postscript_named_png", "images", _write_bytes(d / "scan.png", ps), "refuse",

@@ -1,0 +1,128 @@
+"""A PNG whose compressed image data ends cleanly but too soon (a complete zlib stream, valid chunk CRCs and an
+IEND, holding fewer rows than its header declares: an exporter or a transfer that stopped early and closed the
+file properly) opened as if whole: PIL pads the missing rows with black without a word, where libpng refuses
+("Not enough image data"). Found in session 18's adversarial pass; a file cut mid-stream was already refused."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from data.pictures import read_mask_image
+from data.readers import StudyError, read_study
+from tests.conftest import DATA
+
+COLIN = DATA / "mr_t1_colin27_slabA_image.nii.gz"
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png(pixels: np.ndarray, *, rows: int | None = None, interlace: bool = False, split: int = 0) -> bytes:
+    """A PNG of ``pixels`` (H, W) uint8/uint16 grey or (H, W, 3) uint8 RGB, unfiltered; ``rows``: only the first
+    rows' data in the (complete) zlib stream; ``split``: the stream over several IDAT chunks of that size."""
+    h, w = pixels.shape[:2]
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    depth = 16 if pixels.dtype == np.uint16 else 8
+    colour = {1: 0, 3: 2}[channels]
+    big_endian = pixels.astype(pixels.dtype.newbyteorder(">")) if depth == 16 else pixels
+    if interlace:  # Adam7: seven passes of sub-images, each row with its filter byte
+        raw = b""
+        for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+                               (0, 1, 1, 2)):
+            sub = big_endian[y0::dy, x0::dx]
+            if sub.size:
+                raw += b"".join(b"\0" + row.tobytes() for row in sub)
+    else:
+        raw = b"".join(b"\0" + row.tobytes() for row in big_endian[:rows])
+    stream = zlib.compress(raw)
+    parts = [stream[i:i + split] for i in range(0, len(stream), split)] if split else [stream]
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 1 if interlace else 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + b"".join(_chunk(b"IDAT", p) for p in parts)
+            + _chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def slice_8bit() -> np.ndarray:
+    """An axial slice of the real Colin27 T1 (uint8), as a picture of it would hold."""
+    data = np.asanyarray(nib.load(str(COLIN)).dataobj)
+    return np.ascontiguousarray(data[:, :, data.shape[2] // 2].T).astype(np.uint8)
+
+
+def _cases(slice_8bit: np.ndarray) -> dict[str, np.ndarray]:
+    rgb = np.stack([slice_8bit, slice_8bit // 2, 255 - slice_8bit], axis=-1)
+    return {"grey": slice_8bit, "grey16": slice_8bit.astype(np.uint16) * 257, "rgb": rgb}
+
+
+@pytest.mark.parametrize("kind", ["grey", "grey16", "rgb"])
+def test_a_png_whose_image_data_ends_early_is_refused(tmp_path, slice_8bit, kind):
+    pixels = _cases(slice_8bit)[kind]
+    h = pixels.shape[0]
+    path = tmp_path / "slice.png"
+    path.write_bytes(_png(pixels, rows=h // 3))
+    with pytest.raises(StudyError, match=rf"slice\.png: the PNG's image data ends after {h // 3} of {h} rows; "
+                                         r"the picture is incomplete \(damaged, or cut off when it was saved\)"):
+        read_study(path)
+    with pytest.raises(StudyError, match=r"the PNG's image data ends after"):
+        read_mask_image(path)
+
+
+def test_an_interlaced_png_whose_image_data_ends_early_is_refused(tmp_path, slice_8bit):
+    whole = _png(slice_8bit, interlace=True)
+    (tmp_path / "whole.png").write_bytes(whole)
+    np.testing.assert_array_equal(read_study(tmp_path / "whole.png").array[0], slice_8bit)  # the builder is right
+    raw = zlib.decompress(whole[33 + 8:33 + 8 + struct.unpack(">I", whole[33:37])[0]])
+    short = (b"\x89PNG\r\n\x1a\n" + whole[8:33] + _chunk(b"IDAT", zlib.compress(raw[: len(raw) // 2]))
+             + _chunk(b"IEND", b""))
+    (tmp_path / "short.png").write_bytes(short)
+    with pytest.raises(StudyError, match=rf"short\.png: the PNG's image data ends after {len(raw) // 2} of "
+                                         rf"{len(raw)} bytes \(interlaced\); the picture is incomplete"):
+        read_study(tmp_path / "short.png")
+
+
+@pytest.mark.parametrize("kind", ["grey", "grey16", "rgb"])
+def test_whole_pngs_open_as_before_in_one_or_many_idat_chunks(tmp_path, slice_8bit, kind):
+    pixels = _cases(slice_8bit)[kind]
+    for split in (0, 1000):
+        path = tmp_path / f"whole{split}.png"
+        path.write_bytes(_png(pixels, split=split))
+        np.testing.assert_array_equal(read_study(path).array[0], pixels)
+    assert read_mask_image(path).sum() == (pixels.reshape(pixels.shape[0], pixels.shape[1], -1) > 0).any(-1).sum()
+
+
+def test_pngs_written_by_pil_and_opencv_open_as_before(tmp_path, slice_8bit):
+    import cv2
+    from PIL import Image
+
+    Image.fromarray(slice_8bit).save(tmp_path / "pil.png", optimize=True)
+    cv2.imwrite(str(tmp_path / "cv.png"), slice_8bit.astype(np.uint16) * 200)
+    Image.fromarray(slice_8bit).convert("P").save(tmp_path / "palette.png")
+    np.testing.assert_array_equal(read_study(tmp_path / "pil.png").array[0], slice_8bit)
+    np.testing.assert_array_equal(read_study(tmp_path / "cv.png").array[0], slice_8bit.astype(np.uint16) * 200)
+    assert read_study(tmp_path / "palette.png").array.shape == (1, *slice_8bit.shape, 3)
+
+
+def test_a_png_with_more_image_data_than_its_rows_opens(tmp_path, slice_8bit):
+    """libpng only warns of extra compressed data ("Extra compressed data"); the image is whole, so it opens."""
+    h, w = slice_8bit.shape
+    raw = b"".join(b"\0" + row.tobytes() for row in slice_8bit) + b"\0" * (w + 1) * 3
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    path = tmp_path / "extra.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw))
+                     + _chunk(b"IEND", b""))
+    np.testing.assert_array_equal(read_study(path).array[0], slice_8bit)
+
+
+def test_the_samples_pngs_are_not_read_twice_in_memory(tmp_path, slice_8bit):
+    """The check counts the inflated bytes in steps and keeps none: a 4096 x 4096 PNG of zeros (16 MiB of rows from
+    16 KB) opens, and a stream that inflates past its rows is not inflated further than needed."""
+    big = np.zeros((4096, 4096), np.uint8)
+    path = Path(tmp_path / "zeros.png")
+    path.write_bytes(_png(big))
+    assert read_study(path).array.shape == (1, 4096, 4096)
