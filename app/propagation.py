@@ -131,9 +131,7 @@ class PropagationSettings:
         prompt is worse than to the box alone: docs/evaluation.md)."""
         if self.prompt != "auto":
             return self
-        model = getattr(getattr(segmenter, "base", segmenter), "model", None)
-        probe = Prompts(box=np.zeros(4, np.float32), mask_logits=np.zeros((1, 1, 1), np.float32))
-        return replace(self, prompt="mask+box" if refiner_for(model, probe, False) is not None else "box")
+        return replace(self, prompt="mask+box" if takes_mask_prompts(segmenter) else "box")
 
     @property
     def use_box(self) -> bool:
@@ -146,6 +144,14 @@ class PropagationSettings:
     @property
     def guarded(self) -> bool:
         return self.guard > 0 and self.use_mask_prompt
+
+
+def takes_mask_prompts(segmenter: Segmenter) -> bool:
+    """Whether ``segmenter`` answers a mask prompt with a decoder trained for it (LiteMedSAM's click model, trained on
+    neighbouring slices' masks); a box-trained decoder does worse with one than with the box alone."""
+    model = getattr(getattr(segmenter, "base", segmenter), "model", None)
+    probe = Prompts(box=np.zeros(4, np.float32), mask_logits=np.zeros((1, 1, 1), np.float32))
+    return refiner_for(model, probe, False) is not None
 
 
 MEDSAM_RULE = PropagationSettings(
@@ -488,18 +494,21 @@ def _shape_fill(
 ) -> dict[int, np.ndarray]:
     """The slices of ``path`` (strictly between two anchors) by ``settings.fill`` 'shape' or 'guided'.
 
-    'guided' prompts each slice with the shape's box and mask, ``batch_size`` slices per encoder batch; a slice
-    the shape leaves empty (two anchors far apart) stays empty."""
+    'guided' prompts each slice with the shape's box and mask (the box alone where the decoder was not trained on mask
+    prompts: :func:`takes_mask_prompts`), ``batch_size`` slices per encoder batch; a slice the shape leaves empty (two
+    anchors far apart) stays empty."""
     priors = dict(zip(path, shapes_between(mask_a, mask_b, len(path))))
     if settings.fill == "shape":
         return priors
     out = {k: prior for k, prior in priors.items() if not prior.any()}
     todo = [k for k in path if k not in out]
     segmenter = source.segmenter
+    with_mask = takes_mask_prompts(segmenter)
     for i in range(0, len(todo), settings.batch_size):
         chunk = todo[i : i + settings.batch_size]
         prompts = [
-            Prompts(box=box_around(priors[k], settings.margin_px), mask_logits=segmenter.mask_prompt_from_mask(priors[k]))
+            Prompts(box=box_around(priors[k], settings.margin_px),
+                    mask_logits=segmenter.mask_prompt_from_mask(priors[k]) if with_mask else None)
             for k in chunk
         ]
         steps = source.predict_many(prompts, [chunk[j:] for j in range(len(chunk))], [None] * len(chunk))
@@ -749,4 +758,5 @@ __all__ = [
     "propagate_anchors",
     "repropagate",
     "stop_reason",
+    "takes_mask_prompts",
 ]
