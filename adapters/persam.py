@@ -55,6 +55,12 @@ GATE_PERCENTILES = (1.0, 99.0)
 # spacing, so a reference in pixels is the one size a one-shot method knows.
 SIZE_FACTORS = (0.5, 1.0, 1.5)
 SIZED_METHODS: frozenset[str] = frozenset({"persam", "persam_f"})
+# The positive point may only lie within the reference structure's box, scaled by POSITION_FACTOR about its centre, at
+# the same place relative to the target image (anatomy stays roughly in place between slices of a study), for the
+# methods in POSITION_METHODS (docs/clicks.md, "One-shot: the point near where the reference was"; the factor was
+# fixed before the run).
+POSITION_FACTOR = 1.5
+POSITION_METHODS: frozenset[str] = frozenset()
 
 
 class ReferenceMaskError(ValueError):
@@ -107,6 +113,8 @@ class PerSAMReference:
     positive point may lie; None (parity, or a reference saved before it existed) = no gate.
     half_extent_px: half the larger side of the reference structure's tight box (``half_extent``), for the point
     route's candidate boxes (``candidate_half_sides``); None = the route's fixed sizes.
+    position_box: the reference structure's tight box as fractions of the image's width and height (x0, y0, x1, y1),
+    for ``position_region``; None (parity) = no position gate.
     """
 
     target_feat: torch.Tensor
@@ -116,6 +124,7 @@ class PerSAMReference:
     parity: bool
     intensity_range: tuple[float, float] | None = None
     half_extent_px: float | None = None
+    position_box: tuple[float, float, float, float] | None = None
 
 
 # --- reference ----------------------------------------------------------------------------------
@@ -195,6 +204,7 @@ def persam_reference(
     return PerSAMReference(
         target_feat, target_embedding.unsqueeze(0), selected, embedding.model_name, parity,
         None if parity else intensity_range, half_extent(mask) if sized and not parity else None,
+        None if parity else relative_box(mask),
     )
 
 
@@ -202,6 +212,32 @@ def half_extent(mask: np.ndarray) -> float | None:
     """Half the larger side (pixels) of the (H, W) mask's tight box; None if it is empty."""
     box = box_of(np.asarray(mask, dtype=bool))
     return None if box is None else float(max(box[2] - box[0], box[3] - box[1]) + 1) / 2
+
+
+def relative_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    """The (H, W) mask's tight box as fractions of the width and height, edges outside (x0, y0, x1, y1); None if empty."""
+    mask = np.asarray(mask, dtype=bool)
+    box = box_of(mask)
+    if box is None:
+        return None
+    h, w = mask.shape
+    return (box[0] / w, box[1] / h, (box[2] + 1) / w, (box[3] + 1) / h)
+
+
+def position_region(size: tuple[int, int], reference: PerSAMReference, method: str) -> np.ndarray | None:
+    """(H, W) bool: where ``method``'s positive point may lie on a target of ``size`` (H, W): the reference's
+    ``position_box`` scaled by ``POSITION_FACTOR`` about its centre; None (anywhere) for methods not in
+    ``POSITION_METHODS``, parity references and references without a box."""
+    if method not in POSITION_METHODS or reference.parity or reference.position_box is None:
+        return None
+    h, w = size
+    x0, y0, x1, y1 = reference.position_box
+    cx, cy, hx, hy = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2 * POSITION_FACTOR, (y1 - y0) / 2 * POSITION_FACTOR
+    rows = slice(max(0, math.floor((cy - hy) * h)), math.ceil((cy + hy) * h))
+    cols = slice(max(0, math.floor((cx - hx) * w)), math.ceil((cx + hx) * w))
+    out = np.zeros((h, w), dtype=bool)
+    out[rows, cols] = True
+    return out
 
 
 def candidate_half_sides(reference: PerSAMReference, method: str) -> tuple[float, ...] | None:

@@ -29,6 +29,7 @@ from adapters.persam import (
     candidate_half_sides,
     decoder_prompts,
     half_extent,
+    relative_box,
     location_confidence,
     reference_features,
     run_step,
@@ -78,7 +79,7 @@ def persam_f_reference(
     target = target / target.norm(dim=-1, keepdim=True)
     return PerSAMReference(
         target, mean[None, None], selected, embedding.model_name, parity, None if parity else intensity_range,
-        half_extent(mask) if sized and not parity else None,
+        half_extent(mask) if sized and not parity else None, None if parity else relative_box(mask),
     )
 
 

@@ -19,6 +19,7 @@ from adapters.persam import (
     PerSAMResult,
     location_allowed,
     persam_reference,
+    position_region,
     persam_segment,
     reference_intensity_range,
 )
@@ -74,6 +75,7 @@ class OneShot:
         gate = LOCATION_GATE if location_gate is None else location_gate
         allowed = location_allowed(image, self.base.intensity_range) if gate else None
         allowed = both(allowed, body_region(image, self.base.parity, body))
+        allowed = both(allowed, position_region(embedding.original_size, self.base, self.method))
         if self.method == "persam_f":
             return persam_f_segment(segmenter, self.persam_f, embedding, allowed=allowed)
         if self.method == "persam_box":

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from adapters.decoder_hooks import UnsupportedDecoderError, mask_decoder_of, two_way_transformer
-from adapters.persam import PerSAMReference, ReferenceMaskError, half_extent
+from adapters.persam import PerSAMReference, ReferenceMaskError, half_extent, relative_box
 from adapters.persam_box import PerSAMBoxModel
 from adapters.persam_f import ITERATIONS, MaskWeights, PerSAMFModel
 from adapters.persam_oneshot import OneShot, fit_oneshot
@@ -193,6 +193,7 @@ def load_reference(session: Session, device: str | torch.device = "cpu") -> Refe
             a["selected"].astype(bool), meta["model"], bool(meta["parity"]),
             tuple(float(v) for v in a["intensity_range"]) if "intensity_range" in a else None,
             None if bool(meta["parity"]) else half_extent(a["mask"]),
+            None if bool(meta["parity"]) else relative_box(a["mask"]),
         )
         method = meta["method"]
         if method == "persam_f":

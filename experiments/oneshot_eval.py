@@ -182,7 +182,13 @@ def main() -> int:
                          "adapters.persam.SIZED_METHODS)")
     ap.add_argument("--body-mask", choices=("on", "off"), default=None,
                     help="keep the positive point inside the slice's body (default: the library's, BODY_MASK)")
+    ap.add_argument("--position-gate", nargs="*", choices=("persam", "persam_f", "persam_box"), default=None,
+                    help="methods whose positive point stays near where the reference structure was (default: the "
+                         "library's, adapters.persam.POSITION_METHODS; no method given: none)")
     args = ap.parse_args()
+    if args.position_gate is not None:
+        import adapters.persam
+        adapters.persam.POSITION_METHODS = frozenset(args.position_gate)
     if args.sized_candidates is not None:
         import adapters.persam
         adapters.persam.SIZED_METHODS = frozenset(
