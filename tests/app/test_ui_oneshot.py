@@ -150,6 +150,8 @@ def test_persam_f_reference_keeps_its_learned_weights_across_a_restart(ctx, ct):
     assert restored.oneshot.base.intensity_range == ref.oneshot.base.intensity_range is not None
     # and the reference's size, which sizes the point route's candidates (adapters.persam.candidate_half_sides)
     assert restored.oneshot.base.half_extent_px == ref.oneshot.base.half_extent_px is not None
+    # and where it was, for the position gate (adapters.persam.position_region)
+    assert restored.oneshot.base.position_box == ref.oneshot.base.position_box is not None
     image = ref.image
     assert np.array_equal(restored.oneshot.segment(seg, embedding, image, location_gate=True).positive_xy,
                           ref.oneshot.segment(seg, embedding, image, location_gate=True).positive_xy)
