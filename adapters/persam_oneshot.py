@@ -59,13 +59,14 @@ class OneShot:
 
     def segment(
         self, segmenter: Segmenter, embedding: Embedding, image: np.ndarray | None = None, *,
-        location_gate: bool | None = None, body: bool | None = None,
+        location_gate: bool | None = None, body: bool | None = None, position: bool | None = None,
     ) -> PerSAMResult:
         """Segment the learnt structure on one embedded slice.
 
         image: that slice as the model got it ((H, W[, 3]) uint8); with it the positive point stays inside the
         slice's body (``body``, default ``BODY_MASK``) and, with ``location_gate`` (default ``LOCATION_GATE``), on
-        pixels that look like the reference structure.
+        pixels that look like the reference structure. ``position`` (default: the method is in
+        ``adapters.persam.POSITION_METHODS``): the positive point stays near where the reference structure was.
         """
         if segmenter.name != self.model_name:
             raise RuntimeError(
@@ -75,7 +76,7 @@ class OneShot:
         gate = LOCATION_GATE if location_gate is None else location_gate
         allowed = location_allowed(image, self.base.intensity_range) if gate else None
         allowed = both(allowed, body_region(image, self.base.parity, body))
-        allowed = both(allowed, position_region(embedding.original_size, self.base, self.method))
+        allowed = both(allowed, position_region(embedding.original_size, self.base, self.method, position))
         if self.method == "persam_f":
             return persam_f_segment(segmenter, self.persam_f, embedding, allowed=allowed)
         if self.method == "persam_box":
@@ -144,13 +145,15 @@ def segment_images(
     progress: Callable[[int, int], None] | None = None,
     location_gate: bool | None = None,
     body: bool | None = None,
+    position: bool | None = None,
 ) -> list[PerSAMResult]:
     """Segment several (H, W[, 3]) uint8 slices (e.g. every slice of a volume), embedding in batches."""
     results: list[PerSAMResult] = []
     for start in range(0, len(images), batch_size):
         batch = list(images[start : start + batch_size])
         for image, emb in zip(batch, segmenter.embed_batch(batch)):
-            results.append(oneshot.segment(segmenter, emb, image, location_gate=location_gate, body=body))
+            results.append(oneshot.segment(segmenter, emb, image, location_gate=location_gate, body=body,
+                                           position=position))
             if progress is not None:
                 progress(len(results), len(images))
     return results

@@ -75,6 +75,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="PerSAM's and PerSAM-F's point prompts try boxes of 0.5, 1 and 1.5 times the reference structure's "
         "size (off: the fixed 5, 10, 20 mm of a lone click); never in --parity; default on",
     )
+    p.add_argument(
+        "--position-gate", choices=("on", "off"), default="on",
+        help="keep the positive point near where the reference structure was (its box x1.5, at the same place "
+        "relative to the slice); never in --parity; default on",
+    )
     add_model_args(p)
     return p
 
@@ -162,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
         images = [slice_to_rgb(volume, i, window) for i in range(volume.num_slices)]
         t1 = time.perf_counter()
         results = segment_images(
-            segmenter, oneshot, images, location_gate=args.location_gate == "on", body=args.body_mask == "on"
+            segmenter, oneshot, images, location_gate=args.location_gate == "on", body=args.body_mask == "on",
+            position=args.position_gate == "on",
         )
         if volume.is_2d:
             path = write_png_mask(results[0].mask, out_dir / f"{stem}.png")
