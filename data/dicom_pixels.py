@@ -39,6 +39,7 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
     if frames < 1:
         raise StudyError(f"{path}: NumberOfFrames {frames}; expected 1 or more frames (a single image says 1)")
     check_voxels(path, (frames, header_int(ds, "Rows"), header_int(ds, "Columns")), limit)
+    _check_modality(path, ds)
     check_rescale(path, ds)
     samples, bits = _counted(path, ds, "SamplesPerPixel", 1), _counted(path, ds, "BitsAllocated", 16)
     if not 1 <= samples <= limits.MAX_SAMPLES_PER_PIXEL or bits not in (1, 8, 16, 32, 64):
@@ -89,6 +90,16 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
         raise StudyError(f"{path}: truncated DICOM file: {scan.pixel_length or 0} of {expected} bytes of pixel data "
                          f"({frames} frame(s) of {header_int(ds, 'Rows')} x {header_int(ds, 'Columns')} x {samples} x {bits} bits)")
     _check_no_excess(path, ds, scan.pixel_length or 0, expected, frames, samples, bits, scan.pixel_tail)
+
+
+def _check_modality(path: Path, ds: pydicom.Dataset) -> None:
+    """Modality holds one value. Why: ``CT\\MR`` was kept as pydicom's list and opened as ``['CT', 'MR']``: no CT
+    window, the checks of CT values skipped, a list in the facts panel; which modality the pixels are is not known."""
+    value = ds.get("Modality")
+    if isinstance(value, MultiValue) and len(value) > 1:
+        shown = "\\".join(str(v) for v in value)
+        raise StudyError(f"{path}: Modality {shown[:64]!r} holds {len(value)} values; expected one (CT, MR, US, ...): "
+                         "which modality the pixels are, and so their window and checks, is not known")
 
 
 def _check_stored_bits(path: Path, ds: pydicom.Dataset, allocated: int) -> None:

@@ -344,3 +344,22 @@ def test_compressed_frames_that_do_not_match_number_of_frames_are_refused_naming
     assert str(e.value) == (f"{path}: {frames_held} compressed frame(s) in its pixel data where NumberOfFrames says "
                             f"{frames_said}; the frames cannot be matched to the image, so it would open garbled or "
                             "not at all; refused")
+
+
+def test_a_modality_of_several_values_is_refused_naming_it(tmp_path):
+    """``CT\\MR`` opened as pydicom's list: the real CT slice came out with modality "['CT', 'MR']", so no CT
+    window, no check of its HU, and the list in the facts panel; so did the real series with it in every slice."""
+    path = _edited_ct(tmp_path, "two", lambda ds: setattr(ds, "Modality", ["CT", "MR"]))
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    assert str(e.value) == (f"{path}: Modality 'CT\\\\MR' holds 2 values; expected one (CT, MR, US, ...): which "
+                            "modality the pixels are, and so their window and checks, is not known")
+    series = tmp_path / "series"
+    shutil.copytree(CT_FILE.parent, series)
+    for f in sorted(series.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.Modality = ["CT", "MR"]
+        ds.save_as(f, enforce_file_format=False)
+    with pytest.raises(StudyError, match=r"IM0001.dcm: Modality 'CT\\\\MR' holds 2 values"):
+        _read(series)
+    assert _read(CT_FILE).modality == "CT"
