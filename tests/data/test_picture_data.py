@@ -166,3 +166,14 @@ def test_whole_jpegs_open_as_pillow_decodes_them(tmp_path, slice_8bit, kind, pro
         expected = np.asarray(im)
     np.testing.assert_array_equal(read_study(path).array[0], expected)
     assert read_mask_image(path).sum() == (expected.reshape(*expected.shape[:2], -1) > 0).any(-1).sum()
+
+
+def test_a_cut_jpeg_upload_is_refused_by_the_isolated_reader(tmp_path, slice_8bit):
+    """Uploads are read in the isolated reader's child, whose main thread catches libjpeg's stderr."""
+    from data.isolated_read import read_study_isolated
+
+    whole = _jpeg(slice_8bit)
+    path = tmp_path / "slice.jpg"
+    path.write_bytes(whole[: len(whole) // 3] + b"\xff\xd9")
+    with pytest.raises(StudyError, match=r"slice\.jpg: the JPEG's image data ends before its last row"):
+        read_study_isolated(path, scratch=tmp_path)
