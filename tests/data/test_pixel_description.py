@@ -81,8 +81,8 @@ def test_colour_without_a_photometric_interpretation_is_refused_and_grey_without
     ds.save_as(tmp_path / "rgb.dcm", enforce_file_format=False)
     with pytest.raises(StudyError) as e:
         _read(tmp_path / "rgb.dcm")
-    assert str(e.value) == (f"{tmp_path / 'rgb.dcm'}: no PhotometricInterpretation for SamplesPerPixel 3; expected RGB, "
-                            "YBR_FULL or another colour model: which colour each sample holds is not in the file")
+    assert str(e.value) == (f"{tmp_path / 'rgb.dcm'}: no PhotometricInterpretation for SamplesPerPixel 3; expected "
+                            "RGB, YBR_FULL or another colour model: which colour each sample holds is not in the file")
     path = _edited_ct(tmp_path, "grey", lambda ds: delattr(ds, "PhotometricInterpretation"))
     assert np.array_equal(_read(path).array, _read(CT_FILE).array)
 
