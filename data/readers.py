@@ -638,6 +638,7 @@ def _check_signed_as_unsigned(where: Path, volume: Volume, ds: pydicom.Dataset) 
 
 
 def _int_or_none(value) -> int | None:
+    """A header value as an int, None when absent or no number (a damaged field leaves the check to others)."""
     try:
         return int(value)
     except (TypeError, ValueError):
