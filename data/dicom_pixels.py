@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.multival import MultiValue
 
 from data import limits
 from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
@@ -38,6 +39,7 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
     if frames < 1:
         raise StudyError(f"{path}: NumberOfFrames {frames}; expected 1 or more frames (a single image says 1)")
     check_voxels(path, (frames, header_int(ds, "Rows"), header_int(ds, "Columns")), limit)
+    _check_modality(path, ds)
     check_rescale(path, ds)
     samples, bits = _counted(path, ds, "SamplesPerPixel", 1), _counted(path, ds, "BitsAllocated", 16)
     if not 1 <= samples <= limits.MAX_SAMPLES_PER_PIXEL or bits not in (1, 8, 16, 32, 64):
@@ -88,6 +90,16 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
         raise StudyError(f"{path}: truncated DICOM file: {scan.pixel_length or 0} of {expected} bytes of pixel data "
                          f"({frames} frame(s) of {header_int(ds, 'Rows')} x {header_int(ds, 'Columns')} x {samples} x {bits} bits)")
     _check_no_excess(path, ds, scan.pixel_length or 0, expected, frames, samples, bits, scan.pixel_tail)
+
+
+def _check_modality(path: Path, ds: pydicom.Dataset) -> None:
+    """Modality holds one value. Why: ``CT\\MR`` was kept as pydicom's list and opened as ``['CT', 'MR']``: no CT
+    window, the checks of CT values skipped, a list in the facts panel; which modality the pixels are is not known."""
+    value = ds.get("Modality")
+    if isinstance(value, MultiValue) and len(value) > 1:
+        shown = "\\".join(str(v) for v in value)
+        raise StudyError(f"{path}: Modality {shown[:64]!r} holds {len(value)} values; expected one (CT, MR, US, ...): "
+                         "which modality the pixels are, and so their window and checks, is not known")
 
 
 def _check_stored_bits(path: Path, ds: pydicom.Dataset, allocated: int) -> None:
@@ -180,10 +192,26 @@ PHOTOMETRIC_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "
 
 
 def _check_photometric(path: Path, ds: pydicom.Dataset, samples: int) -> None:
-    """PhotometricInterpretation and SamplesPerPixel agree (an unknown or absent one is left to the decoder)."""
-    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    """PhotometricInterpretation one of the names PS3.3 defines, in its own spelling, agreeing with SamplesPerPixel.
+    Why: GDCM reads any other value (``MONOCHROME3``, ``monochrome1``, ``MONOCHROME2\\RGB``) as MONOCHROME2, so
+    how the values are to be shown was guessed without a word (a MONOCHROME1 radiograph so spelled opened with its
+    bones black). An absent one is read as MONOCHROME2 for one sample (the stored values as they stand, as every
+    decoder reads them; type 1, but old files leave it out), and refused for colour: which colour each sample holds
+    would be guessed."""
+    raw = ds.get("PhotometricInterpretation")
+    if raw is None or raw == "":
+        if samples > 1:
+            raise StudyError(f"{path}: no PhotometricInterpretation for SamplesPerPixel {samples}; expected RGB, "
+                             "YBR_FULL or another colour model: which colour each sample holds is not in the file")
+        return
+    shown = "\\".join(str(v) for v in raw) if isinstance(raw, MultiValue) else str(raw)
+    photometric = shown.strip()
     needed = PHOTOMETRIC_SAMPLES.get(photometric)
-    if needed is not None and needed != samples:
+    if needed is None:
+        raise StudyError(f"{path}: PhotometricInterpretation {shown[:64]!r}; expected MONOCHROME2, "
+                         "MONOCHROME1, PALETTE COLOR, RGB or YBR_FULL (PS3.3's names, upper case): how the values are "
+                         "to be shown is not known, so the image would open as a guess")
+    if needed != samples:
         raise StudyError(f"{path}: PhotometricInterpretation {photometric} needs SamplesPerPixel {needed}, the file "
                          f"says {samples}; the pixels cannot be decoded as either")
 

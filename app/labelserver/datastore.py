@@ -197,8 +197,8 @@ def read_label_on_grid(path: Path, volume: Volume, *, name: str | None = None) -
         raise BadLabel(f"{name}: the label's voxels could not be read (truncated or damaged file)") from None
     if array.ndim == 2:
         array = array[None]
-    if array.ndim == 4:  # a .seg.nrrd with one component per segment: overlapping segments -> the largest value wins
-        array = array.max(axis=-1)
+    if array.ndim == 4:  # a .seg.nrrd whose segments lie in several layers (Slicer's overlapping segments)
+        array = _merged_layers(path, name, array)
     if differs := _off_grid(place, volume):
         raise BadLabel(f"{name}: {differs}; the label is not on the image's grid: export it on the image's grid")
     if not np.issubdtype(array.dtype, np.integer):
@@ -207,6 +207,55 @@ def read_label_on_grid(path: Path, volume: Volume, *, name: str | None = None) -
     if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
         raise BadLabel(f"{name}: label values must be in 0..65535")
     return np.asarray(array, dtype=np.uint8 if array.max(initial=0) < 256 else np.uint16)
+
+
+def _merged_layers(path: Path, name: str, layers: np.ndarray) -> np.ndarray:
+    """One label map from a ``.seg.nrrd``'s layers ((k, j, i, layer), as ITK reads Slicer's ``kinds: list domain
+    domain domain``). Why: Slicer puts segments that overlap in separate layers, often each with label value 1; a
+    max() over the layers kept the larger value where two overlapped and merged segments of one value in different
+    layers: annotations lost without a word. The saved label holds one value a voxel, so such a file is refused
+    naming the segments; layers that neither overlap nor share a value are merged as before."""
+    segments = _seg_nrrd_segments(path)
+
+    def named(layer: int, value: int) -> str:
+        return repr(segments[(layer, value)]) if (layer, value) in segments else f"value {value} of layer {layer}"
+
+    marked = layers != 0
+    for a in range(layers.shape[-1]):
+        for b in range(a + 1, layers.shape[-1]):
+            both = marked[..., a] & marked[..., b]
+            if both.any():
+                va, vb = int(layers[..., a][both][0]), int(layers[..., b][both][0])  # the first such voxel's
+                raise BadLabel(f"{name}: segments {named(a, va)} and {named(b, vb)} overlap ({int(both.sum())} voxels "
+                               "in all between layers); a saved label holds one segment a voxel, so one would be lost: "
+                               "make the segments not overlap (or send them as separate labels) and send it again")
+            shared = np.intersect1d(layers[..., a][marked[..., a]], layers[..., b][marked[..., b]])
+            if shared.size:
+                v = int(shared[0])
+                raise BadLabel(f"{name}: segments {named(a, v)} and {named(b, v)} share label value {v} in different "
+                               "layers; one label map cannot tell them apart: give each segment its own value (or "
+                               "send them as separate labels) and send it again")
+    return layers.max(axis=-1)
+
+
+def _seg_nrrd_segments(path: Path) -> dict[tuple[int, int], str]:
+    """(layer, label value) -> segment name, from Slicer's ``SegmentN_Layer/_LabelValue/_Name:=`` header fields
+    (empty when the file has none)."""
+    with open(path, "rb") as f:
+        head = f.read(NRRD_HEADER_BYTES)
+    head = head[: head.find(b"\n\n")] if b"\n\n" in head else head
+    fields: dict[str, dict[str, str]] = {}
+    for line in head.decode("utf-8", "replace").splitlines():
+        found = re.match(r"^Segment(\d+)_(Layer|LabelValue|Name):=(.*)$", line.strip())
+        if found:
+            fields.setdefault(found[1], {})[found[2]] = found[3].strip()
+    named = {}
+    for f in fields.values():
+        try:
+            named[(int(f.get("Layer", "0")), int(f["LabelValue"]))] = f.get("Name", "")[:64]
+        except (KeyError, ValueError):
+            continue
+    return named
 
 
 Place = tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]  # spacing, origin, direction (3D, LPS)

@@ -439,3 +439,52 @@ def test_the_image_a_viewer_fetches_keeps_the_sources_space_and_lies_where_its_l
 
 def _label_put_for(client, image_id: str, data: bytes):
     return client.put(f"/datastore/label?image={image_id}&tag=final", files={"label": ("label.nii.gz", data)})
+
+
+def _seg_nrrd(layers: np.ndarray, segments: list[tuple[str, int, int]]) -> bytes:
+    """A Slicer .seg.nrrd on the served image's grid: (k, j, i, layer) uint8 under ``kinds: list domain domain
+    domain``, with Slicer's SegmentN_Name/_Layer/_LabelValue fields (name, layer, value)."""
+    k, j, i, n = layers.shape
+    head = ["NRRD0004", "type: unsigned char", "dimension: 4", "space: left-posterior-superior",
+            f"sizes: {n} {i} {j} {k}", "space directions: none (0.8,0,0) (0,0.8,0) (0,0,2.5)",
+            "kinds: list domain domain domain", "encoding: raw", "space origin: (0,0,0)"]
+    for s, (name, layer, value) in enumerate(segments):
+        head += [f"Segment{s}_ID:=Segment_{s + 1}", f"Segment{s}_Name:={name}", f"Segment{s}_Layer:={layer}",
+                 f"Segment{s}_LabelValue:={value}"]
+    return ("\n".join(head) + "\n\n").encode() + np.ascontiguousarray(layers, np.uint8).tobytes()
+
+
+def test_a_seg_nrrd_whose_segments_overlap_or_share_a_value_across_layers_is_refused_naming_them(served):
+    """Slicer writes overlapping segments to separate layers, each often of label value 1. The layers were folded
+    by max(): where liver and tumour overlapped only the larger value stayed, and two segments of value 1 in two
+    layers were saved as one label (200 both): annotations lost without a word."""
+    client, studies, _ = served
+    layers = np.zeros((*GRID, 2), np.uint8)
+    layers[1, 4:12, 4:12, 0] = 1  # liver, layer 0
+    layers[1, 8:10, 8:10, 1] = 1  # tumour inside it, layer 1: 4 voxels of overlap
+    r = _label_put(client, "case.seg.nrrd", _seg_nrrd(layers, [("liver", 0, 1), ("tumour", 1, 1)]))
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"] == ("case.seg.nrrd: segments 'liver' and 'tumour' overlap (4 voxels in all between "
+                                  "layers); a saved label holds one segment a voxel, so one would be lost: make the "
+                                  "segments not overlap (or send them as separate labels) and send it again")
+    layers[1, 8:10, 8:10, 1] = 0
+    layers[2, 20:22, 20:22, 1] = 1  # apart, but the same value in another layer
+    r = _label_put(client, "case.seg.nrrd", _seg_nrrd(layers, [("liver", 0, 1), ("tumour", 1, 1)]))
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"] == ("case.seg.nrrd: segments 'liver' and 'tumour' share label value 1 in different "
+                                  "layers; one label map cannot tell them apart: give each segment its own value (or "
+                                  "send them as separate labels) and send it again")
+    r = _label_put(client, "case.seg.nrrd", _seg_nrrd(layers, []))  # no segment fields: named by layer and value
+    assert "segments value 1 of layer 0 and value 1 of layer 1 share label value 1" in r.json()["detail"]
+    assert not (studies / "labels").exists()
+
+
+def test_a_seg_nrrd_whose_layers_neither_overlap_nor_share_a_value_is_saved_whole(served):
+    client, studies, _ = served
+    layers = np.zeros((*GRID, 2), np.uint8)
+    layers[1, 4:12, 4:12, 0] = 1
+    layers[2, 20:22, 20:22, 1] = 2
+    r = _label_put(client, "case.seg.nrrd", _seg_nrrd(layers, [("liver", 0, 1), ("tumour", 1, 2)]))
+    assert r.status_code == 200, r.text
+    saved = sitk.GetArrayFromImage(sitk.ReadImage(str(studies / "labels" / "final" / "ct.nii.gz")))
+    np.testing.assert_array_equal(saved, layers.max(axis=-1))

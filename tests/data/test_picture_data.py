@@ -126,3 +126,54 @@ def test_the_samples_pngs_are_not_read_twice_in_memory(tmp_path, slice_8bit):
     path = Path(tmp_path / "zeros.png")
     path.write_bytes(_png(big))
     assert read_study(path).array.shape == (1, 4096, 4096)
+
+
+def _jpeg(pixels: np.ndarray, *, progressive: bool = False) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=90, progressive=progressive)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kind, progressive", [("grey", False), ("grey", True), ("rgb", False), ("rgb", True)])
+def test_a_jpeg_cut_off_and_closed_with_an_end_marker_is_refused(tmp_path, slice_8bit, kind, progressive):
+    """The first third of a JPEG of the real Colin27 slice, then EOI (FF D9): opened with the missing rows grey
+    (Pillow silences libjpeg's 'Corrupt JPEG data: premature end of data segment'), as a study and as a mask."""
+    whole = _jpeg(_cases(slice_8bit)[kind], progressive=progressive)
+    path = tmp_path / "slice.jpg"
+    path.write_bytes(whole[: len(whole) // 3] + b"\xff\xd9")
+    message = (f"{path}: the JPEG's image data ends before its last row (libjpeg: 'Corrupt JPEG data: premature end "
+               "of data segment'); the picture is incomplete, its missing part grey (damaged, or cut off when it was "
+               "saved): save or export it again")
+    with pytest.raises(StudyError) as e:
+        read_study(path)
+    assert str(e.value) == message
+    with pytest.raises(StudyError) as e:
+        read_mask_image(path)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("kind, progressive", [("grey", False), ("grey", True), ("rgb", False), ("rgb", True)])
+def test_whole_jpegs_open_as_pillow_decodes_them(tmp_path, slice_8bit, kind, progressive):
+    from PIL import Image
+
+    path = tmp_path / "slice.jpg"
+    path.write_bytes(_jpeg(_cases(slice_8bit)[kind], progressive=progressive))
+    with Image.open(path) as im:
+        expected = np.asarray(im)
+    np.testing.assert_array_equal(read_study(path).array[0], expected)
+    assert read_mask_image(path).sum() == (expected.reshape(*expected.shape[:2], -1) > 0).any(-1).sum()
+
+
+def test_a_cut_jpeg_upload_is_refused_by_the_isolated_reader(tmp_path, slice_8bit):
+    """Uploads are read in the isolated reader's child, whose main thread catches libjpeg's stderr."""
+    from data.isolated_read import read_study_isolated
+
+    whole = _jpeg(slice_8bit)
+    path = tmp_path / "slice.jpg"
+    path.write_bytes(whole[: len(whole) // 3] + b"\xff\xd9")
+    with pytest.raises(StudyError, match=r"slice\.jpg: the JPEG's image data ends before its last row"):
+        read_study_isolated(path, scratch=tmp_path)

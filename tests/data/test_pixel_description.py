@@ -60,6 +60,33 @@ def test_real_colour_files_still_open_exactly():
     assert _read(PYDICOM_FILES / "examples_palette.dcm").array.shape == (1, 350, 800, 3)
 
 
+@pytest.mark.parametrize("value, shown", [("MONOCHROME3", "MONOCHROME3"), ("monochrome1", "monochrome1"),
+                                          (["MONOCHROME2", "RGB"], "MONOCHROME2\\\\RGB")])
+def test_a_photometric_interpretation_outside_the_standards_names_is_refused_naming_it(tmp_path, value, shown):
+    """GDCM read any other name as MONOCHROME2: the real CT slice opened at -1024..1657 HU under each, as if valid,
+    and a radiograph's ``monochrome1`` was not inverted (bones black)."""
+    path = _edited_ct(tmp_path, "pi", lambda ds: setattr(ds, "PhotometricInterpretation", value))
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    assert str(e.value) == (f"{path}: PhotometricInterpretation '{shown}'; expected MONOCHROME2, MONOCHROME1, PALETTE "
+                            "COLOR, RGB or YBR_FULL (PS3.3's names, upper case): how the values are to be shown is not "
+                            "known, so the image would open as a guess")
+
+
+def test_colour_without_a_photometric_interpretation_is_refused_and_grey_without_one_opens(tmp_path):
+    """pydicom's real RGB file without the field opened as RGB, a guess (YBR would be as likely); one sample without
+    it is the stored values as they stand, as before (``test_readers``' defaults test)."""
+    ds = pydicom.dcmread(PYDICOM_FILES / "SC_rgb_small_odd.dcm")
+    del ds.PhotometricInterpretation
+    ds.save_as(tmp_path / "rgb.dcm", enforce_file_format=False)
+    with pytest.raises(StudyError) as e:
+        _read(tmp_path / "rgb.dcm")
+    assert str(e.value) == (f"{tmp_path / 'rgb.dcm'}: no PhotometricInterpretation for SamplesPerPixel 3; expected "
+                            "RGB, YBR_FULL or another colour model: which colour each sample holds is not in the file")
+    path = _edited_ct(tmp_path, "grey", lambda ds: delattr(ds, "PhotometricInterpretation"))
+    assert np.array_equal(_read(path).array, _read(CT_FILE).array)
+
+
 def _with_pixels(ds: pydicom.Dataset, data: bytes) -> None:
     ds.PixelData = data
 
@@ -317,3 +344,22 @@ def test_compressed_frames_that_do_not_match_number_of_frames_are_refused_naming
     assert str(e.value) == (f"{path}: {frames_held} compressed frame(s) in its pixel data where NumberOfFrames says "
                             f"{frames_said}; the frames cannot be matched to the image, so it would open garbled or "
                             "not at all; refused")
+
+
+def test_a_modality_of_several_values_is_refused_naming_it(tmp_path):
+    """``CT\\MR`` opened as pydicom's list: the real CT slice came out with modality "['CT', 'MR']", so no CT
+    window, no check of its HU, and the list in the facts panel; so did the real series with it in every slice."""
+    path = _edited_ct(tmp_path, "two", lambda ds: setattr(ds, "Modality", ["CT", "MR"]))
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    assert str(e.value) == (f"{path}: Modality 'CT\\\\MR' holds 2 values; expected one (CT, MR, US, ...): which "
+                            "modality the pixels are, and so their window and checks, is not known")
+    series = tmp_path / "series"
+    shutil.copytree(CT_FILE.parent, series)
+    for f in sorted(series.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.Modality = ["CT", "MR"]
+        ds.save_as(f, enforce_file_format=False)
+    with pytest.raises(StudyError, match=r"IM0001.dcm: Modality 'CT\\\\MR' holds 2 values"):
+        _read(series)
+    assert _read(CT_FILE).modality == "CT"

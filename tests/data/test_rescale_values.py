@@ -149,3 +149,53 @@ def test_an_enhanced_frame_whose_rescale_cannot_be_held_is_refused_naming_the_fr
     with pytest.raises(StudyError) as e:
         read_study(path)
     assert str(e.value).startswith(f"{path}: frame 1: RescaleSlope 1, RescaleIntercept 1e+30: the intercept swamps")
+
+
+def _series_unsigned(folder: Path, edit=None) -> Path:
+    """The real CT series (signed, air at -1024 stored) copied with PixelRepresentation 0 in every slice."""
+    shutil.copytree(SERIES, folder)
+    for f in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.PixelRepresentation = 0
+        if edit is not None:
+            edit(ds)
+        ds.save_as(f, enforce_file_format=True)
+    return folder
+
+
+def test_a_ct_of_signed_values_whose_header_says_unsigned_is_refused(tmp_path):
+    """The real head CT labelled unsigned opened with its air at 64512 'HU' (under HU_LIMIT, kept for extended CT
+    scales): every CT window showed the outside white, and a model saw the head inside a wall of metal."""
+    folder = _series_unsigned(tmp_path / "series")
+    with pytest.raises(StudyError) as e:
+        read_study(folder)
+    message = str(e.value)
+    assert message.startswith(f"{folder}: PixelRepresentation 0 (unsigned), but ")
+    assert "% of the CT reads 6" in message and "HU (mostly air) read as signed: the stored values are signed" in (
+        message)
+    assert "\n" not in message
+    one = sorted(folder.glob("*.dcm"))[0]
+    with pytest.raises(StudyError, match=r"PixelRepresentation 0 \(unsigned\), but"):
+        read_study(one)
+
+
+def test_unsigned_cts_without_that_evidence_open_as_before(tmp_path):
+    """Real unsigned CT (pydicom's, intercept -1024, stored 128..2191) and the head CT stored unsigned with -1024 and
+    a tenth of it metal of an extended scale (stored 40000: 38976 HU) open as they did."""
+    ds = pydicom.dcmread(DATA / "dicom" / "pydicom_CT_small.dcm")
+    stored = ds.pixel_array.astype(np.int64)
+    ds.PixelRepresentation = 0
+    ds.PixelData = stored.astype("<u2").tobytes()
+    ds.save_as(tmp_path / "small.dcm")
+    np.testing.assert_array_equal(read_study(tmp_path / "small.dcm").array[0], stored - 1024)
+
+    def metal(ds: pydicom.Dataset) -> None:
+        hu = ds.pixel_array.astype(np.int64)
+        values = hu + 1024
+        values[: values.shape[0] // 8] = 40000
+        ds.RescaleIntercept = -1024
+        ds.PixelData = values.astype("<u2").tobytes()
+
+    folder = _series_unsigned(tmp_path / "metal", metal)
+    volume = read_study(folder)
+    assert volume.array.max() == 40000 - 1024 and volume.array.min() >= -1024

@@ -277,6 +277,11 @@ def dicom_pixels(d: Path) -> list[Case]:
     cases.append(with_ds("bits_allocated_128", lambda ds: setattr(ds, "BitsAllocated", 128), "BitsAllocated 128"))
     cases.append(with_ds("samples_per_pixel_200", lambda ds: setattr(ds, "SamplesPerPixel", 200), "SamplesPerPixel 200"))
     cases.append(with_ds("no_pixel_data", lambda ds: delattr(ds, "PixelData"), "without pixel data"))
+    # read by GDCM as MONOCHROME2, and kept as pydicom's list ['CT', 'MR'] (session 18)
+    cases.append(with_ds("photometric_monochrome3", lambda ds: setattr(ds, "PhotometricInterpretation", "MONOCHROME3"),
+                         "PhotometricInterpretation 'MONOCHROME3'; expected MONOCHROME2"))
+    cases.append(with_ds("modality_two_values", lambda ds: setattr(ds, "Modality", ["CT", "MR"]),
+                         "Modality 'CT\\\\MR' holds 2 values"))
     # rescales GDCM replaced silently (slope 0/NaN/inf by 1, a NaN intercept by 0)
     for name, slope, intercept, fragment in (("rescale_slope_zero", 0, -1024, "RescaleSlope 0; expected a finite number"),
                                             ("rescale_slope_nan", "NaN", 0, "RescaleSlope nan"),
@@ -804,6 +809,12 @@ def images(d: Path) -> list[Case]:
     jpg = (d / "photo.jpg").read_bytes()
     cases.append(Case("jpeg_truncated", "images", _write_bytes(d / "cut.jpg", jpg[: len(jpg) // 2]), "refuse", "not a readable PNG/JPEG"))
     cases.append(Case("jpeg_header_only", "images", _write_bytes(d / "hdr.jpg", jpg[:200]), "refuse", "not a readable PNG/JPEG"))
+    # the first two thirds of a JPEG, then EOI: opened with the rest grey (Pillow silences libjpeg; session 18)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)).save(d / "noise.jpg", quality=90)
+    noise = (d / "noise.jpg").read_bytes()
+    cut_eoi = _write_bytes(d / "cut_eoi.jpg", noise[: 2 * len(noise) // 3] + b"\xff\xd9")
+    cases.append(Case("jpeg_cut_closed_with_eoi", "images", cut_eoi, "refuse",
+                      "the JPEG's image data ends before its last row"))
     return cases
 
 
