@@ -1266,6 +1266,78 @@ def test_a_label_pick_survives_a_page_sync_between_press_and_release(browser, se
         context.close()
 
 
+class _PageGate:
+    """Holds the pages of the viewer's state on their way to the browser (Gradio turns each into its output after
+    the page was built, under the session's lock, and the lock let go), as a loaded server delivers them late:
+    ``held`` says how many wait, ``release`` lets them go in order."""
+
+    def __init__(self, monkeypatch):
+        import threading
+
+        import gradio as gr
+
+        self.pages: list[tuple[str, threading.Event]] = []
+        self.closed = True
+        real = gr.HTML.postprocess
+
+        def postprocess(component, value):
+            if getattr(component, "elem_id", None) == "viewer-state" and self.closed and value:
+                go = threading.Event()
+                self.pages.append((value, go))
+                go.wait(120)
+            return real(component, value)
+
+        monkeypatch.setattr(gr.HTML, "postprocess", postprocess)
+
+    def seq(self, i: int) -> str:
+        """The ``data-seq`` of the ``i``-th page held (app.ui: the order pages were built in)."""
+        return re.search(r'data-seq="([^"]+)"', self.pages[i][0]).group(1)
+
+    def wait_held(self, n: int) -> None:
+        _wait_server(lambda: len(self.pages) >= n)
+
+    def release(self, i: int | None = None) -> None:
+        """Let page ``i`` go, or all of them (and the gate opens)."""
+        if i is None:
+            self.closed = False
+        for _, go in self.pages if i is None else [self.pages[i]]:
+            go.set()
+
+
+def test_a_label_pick_is_not_undone_by_a_page_built_before_it(browser, server, ct, monkeypatch):
+    """The page's sync after a click (built with label 2 active) reached the browser only after a label 1 picked in
+    the legend was answered: the viewer took that page as the state, label 2 active again, and the click made right
+    after named label 2; the server made it active and the structure went into it (the pick lost, the flaky
+    add-label/label-pick test). A page built before an action this tab has had answered is now stale: not taken,
+    and asked for again."""
+    gate = _PageGate(monkeypatch)
+    gate.release()  # open while the page loads
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.locator("#add-label").click()
+        page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 2", timeout=TIMEOUT_MS)
+        gate.closed = True
+        page.mouse.click(*_xy(page, ct, *INSIDE))  # into label 2; its answer asks for the page's sync
+        gate.wait_held(1)  # that page is built (label 2 active), on its way
+        page.locator("#viewer-legend .mv-label[data-value='1'] .mv-name").click()
+        _wait_server(lambda: _state(server, sid)["active"] == 1)
+        page.wait_for_function("medsegViewer.inFlight === 0", timeout=TIMEOUT_MS)  # the pick is answered
+        gate.release(0)  # the page built before the pick arrives now (the pick's own sync waits behind it)
+        page.wait_for_function("([seq]) => document.querySelector('#viewer-state [data-state]')"
+                               "?.getAttribute('data-seq') === seq", arg=[gate.seq(0)], timeout=TIMEOUT_MS)
+        page.evaluate("medsegViewer.pollState()")  # the viewer has read it
+        page.mouse.click(*_xy(page, ct, 60, 200))  # the next structure, for label 1
+        _idle(page)
+        gate.release()
+        _idle(page)
+        counts = _server_counts(server.labels(sid))
+        assert set(counts) == {1, 2} and _state(server, sid)["active"] == 1, (counts, _state(server, sid)["active"])
+    finally:
+        gate.release()
+        context.close()
+
+
 def _pick_by_keyboard(page, box: str, option: str) -> None:
     """Pick ``option`` in a Gradio dropdown by keyboard, as a user without the mouse: focus, ArrowDown to it, Enter."""
     page.locator(f"{box} input").focus()
