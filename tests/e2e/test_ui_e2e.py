@@ -1266,6 +1266,34 @@ def test_a_label_pick_survives_a_page_sync_between_press_and_release(browser, se
         context.close()
 
 
+def test_a_second_label_pick_survives_the_first_picks_answer_between_press_and_release(browser, server, ct):
+    """Label 1 picked in the legend, then at once label 2 (the user changed their mind): the first pick's answer
+    and its page sync made label 1 the active one while the button of label 2 was held, the legend was rebuilt for
+    the new active label, the pressed button replaced, so the browser sent no click and label 1 stayed active.
+    Now the legend is rebuilt only when its labels change; the active, hidden and locked marks change in place."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.locator("#add-label").click()
+        page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 2", timeout=TIMEOUT_MS)
+        name = page.locator("#viewer-legend .mv-label[data-value='2'] .mv-name")
+        with server.store.get(sid).lock:  # the server is busy a moment: the pick of label 1 waits there
+            page.locator("#viewer-legend .mv-label[data-value='1'] .mv-name").click()
+            page.wait_for_function("medsegViewer.inFlight > 0")
+            box = name.bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.down()
+        page.wait_for_function("document.querySelector(\"#viewer-legend .mv-label[data-value='1']\")"
+                               "?.classList.contains('mv-active')", timeout=TIMEOUT_MS)  # answered, shown
+        page.mouse.up()
+        _idle(page)
+        _wait_server(lambda: _state(server, sid)["active"] == 2, timeout_s=10)
+        page.wait_for_function("document.querySelector(\"#viewer-legend .mv-label[data-value='2']\")"
+                               "?.classList.contains('mv-active')", timeout=TIMEOUT_MS)
+    finally:
+        context.close()
+
+
 class _PageGate:
     """Holds the pages of the viewer's state on their way to the browser (Gradio turns each into its output after
     the page was built, under the session's lock, and the lock let go), as a loaded server delivers them late:

@@ -126,7 +126,7 @@ class Viewer {
   statusLine: HTMLElement
   info: HTMLElement
   legend: HTMLElement
-  legendKey = ''  // what the legend shows now (renderLegend)
+  legendKey = ''  // the labels the legend's rows were built for (renderLegend)
   state: State | null = null
   stateText = ''
   pageStatus = ''
@@ -1361,33 +1361,53 @@ class Viewer {
     this.applyLabelLook()
   }
 
-  /** Rebuilt only when what it shows changed: every page sync and label look calls it, and a rebuild between a
-   *  mouse press and its release on a label's name replaced the button, so the browser sent no click and the pick
-   *  was lost (the flaky label-pick e2e test of session 17). */
+  /** Rebuilt only when the labels changed (their values, names, colours): every page sync and label look calls it,
+   *  and a rebuild between a mouse press and its release on a label's name replaced the button, so the browser sent
+   *  no click and the pick was lost (the flaky label-pick e2e test of session 17). The active, hidden and locked
+   *  marks change in place (markLegend): a rebuild for a new active label lost a second pick pressed while the
+   *  first one's answer came (session 18). */
   renderLegend(): void {
     const labels = this.state?.labels ?? []
+    const key = JSON.stringify(labels)
+    if (key !== this.legendKey) {
+      this.legendKey = key
+      this.legend.innerHTML = ''
+      for (const d of labels) this.legend.append(this.legendRow(d))
+    }
+    this.markLegend()
+  }
+
+  /** One label's row of the legend: its colour, its name (a click makes it the active label), hide and lock. */
+  legendRow(d: LabelDef): HTMLElement {
+    const row = el('div', { class: 'mv-label', 'data-value': String(d.value) })
+    const sw = el('span', { class: 'mv-swatch' })
+    sw.style.background = d.colour
+    const name = el('button', { class: 'mv-name', type: 'button', title: `${d.name}: make it the active label` }, `${d.value} · ${d.name}`)
+    name.addEventListener('click', () => this.enqueue({ kind: 'active', label: d.value }))
+    const eye = el('button', { class: 'mv-icon mv-eye', type: 'button' })
+    eye.addEventListener('click', () => this.toggleHidden(d.value))
+    const lock = el('button', { class: 'mv-icon mv-lock', type: 'button', title: 'Locked labels cannot be edited' })
+    lock.addEventListener('click', () => {
+      if (this.locked.has(d.value)) this.locked.delete(d.value); else this.locked.add(d.value)
+      this.renderLegend()
+    })
+    row.append(sw, name, eye, lock)
+    return row
+  }
+
+  /** The legend's marks, set on the buttons in place: the active label, and each label's hide/show and lock. */
+  markLegend(): void {
     const active = this.state?.active
-    const key = JSON.stringify([labels, active, [...this.hidden].sort(), [...this.locked].sort()])
-    if (key === this.legendKey) return
-    this.legendKey = key
-    this.legend.innerHTML = ''
-    for (const d of labels) {
-      const row = el('div', { class: 'mv-label' + (d.value === active ? ' mv-active' : ''), 'data-value': String(d.value) })
-      const sw = el('span', { class: 'mv-swatch' })
-      sw.style.background = d.colour
-      const name = el('button', { class: 'mv-name', type: 'button', title: `${d.name}: make it the active label` }, `${d.value} · ${d.name}`)
-      name.addEventListener('click', () => this.enqueue({ kind: 'active', label: d.value }))
-      const eye = el('button', { class: 'mv-icon mv-eye', type: 'button', title: this.hidden.has(d.value) ? 'Show' : 'Hide' },
-        this.hidden.has(d.value) ? 'show' : 'hide')
-      eye.addEventListener('click', () => this.toggleHidden(d.value))
-      const lock = el('button', { class: 'mv-icon mv-lock', type: 'button', title: 'Locked labels cannot be edited' },
-        this.locked.has(d.value) ? 'unlock' : 'lock')
-      lock.addEventListener('click', () => {
-        if (this.locked.has(d.value)) this.locked.delete(d.value); else this.locked.add(d.value)
-        this.renderLegend()
-      })
-      row.append(sw, name, eye, lock)
-      this.legend.append(row)
+    for (const row of this.legend.querySelectorAll<HTMLElement>('.mv-label')) {
+      const v = Number(row.dataset.value)
+      row.classList.toggle('mv-active', v === active)
+      const set = (b: Element | null, text: string, title?: string) => {
+        if (b && b.textContent !== text) b.textContent = text
+        if (b && title !== undefined && b.getAttribute('title') !== title) b.setAttribute('title', title)
+      }
+      const hidden = this.hidden.has(v)
+      set(row.querySelector('.mv-eye'), hidden ? 'show' : 'hide', hidden ? 'Show' : 'Hide')
+      set(row.querySelector('.mv-lock'), this.locked.has(v) ? 'unlock' : 'lock')
     }
   }
 
