@@ -1294,6 +1294,28 @@ def test_a_second_label_pick_survives_the_first_picks_answer_between_press_and_r
         context.close()
 
 
+def test_h_right_after_a_label_pick_hides_the_label_picked(browser, server, ct):
+    """Label 1 picked in the legend, then H at once (hide the active label): H hid label 2, the label active before
+    the pick, whose answer had not come yet; the label picked is the one the user means. H now takes the newest
+    label choice still on its way."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.locator("#add-label").click()
+        page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 2", timeout=TIMEOUT_MS)
+        with server.store.get(sid).lock:  # the server is busy a moment: the pick's answer waits
+            page.locator("#viewer-legend .mv-label[data-value='1'] .mv-name").click()
+            page.wait_for_function("medsegViewer.inFlight > 0")
+            page.locator("#viewer-stage").focus()
+            page.keyboard.press("h")
+        _idle(page)
+        assert page.evaluate("[...medsegViewer.hidden]") == [1]
+        assert page.locator("#viewer-legend .mv-label[data-value='1'] .mv-eye").inner_text() == "show"
+        assert _state(server, sid)["active"] == 1
+    finally:
+        context.close()
+
+
 class _PageGate:
     """Holds the pages of the viewer's state on their way to the browser (Gradio turns each into its output after
     the page was built, under the session's lock, and the lock let go), as a loaded server delivers them late:

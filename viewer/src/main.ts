@@ -193,6 +193,7 @@ class Viewer {
   exportedTag = ''
   editsQueued = 0  // label edits (prompts, strokes, undo, redo) sent or waiting in the queue: a reload asks first
   labelChanges = 0  // label choices and Add label presses queued: prompts made meanwhile take their label when sent
+  chosen: { label: number } | null = null  // the newest label choice still on its way (H hides its label: shownActive)
   held: HTMLElement[] = []  // the page's buttons pressed while prompts were queued (AFTER_QUEUE), pressed again after
   heldUploads: HTMLInputElement[] = []  // Upload's file input, its files chosen while prompts were queued (holdUpload)
   alternativeShown: HTMLInputElement | null = null  // the radio checked at the last mousedown
@@ -1347,7 +1348,7 @@ class Viewer {
     else if (k === 'o' || k === 'O') this.toggleOutline()
     else if (k === 'g' || k === 'G') this.toggleSuggest()
     else if (k === 'm' || k === 'M') this.toggleLayout()
-    else if (k === 'h' || k === 'H') this.toggleHidden(this.state.active ?? 1)
+    else if (k === 'h' || k === 'H') this.toggleHidden(this.shownActive())
     else if (k === '+' || k === '=') this.zoom(1.25)
     else if (k === '-') this.zoom(0.8)
     else if (k === '0') this.resetZoom()
@@ -1356,6 +1357,12 @@ class Viewer {
   }
 
   // --- labels legend --------------------------------------------------------------------------
+  /** The label the user made active last: a label choice still on its way, or the state's. H right after a pick
+   * in the legend hid the label active before it (the pick's answer had not come), not the one just picked. */
+  shownActive(): number {
+    return this.chosen?.label ?? this.state?.active ?? 1
+  }
+
   toggleHidden(v: number): void {
     if (this.hidden.has(v)) this.hidden.delete(v); else this.hidden.add(v)
     this.applyLabelLook()
@@ -1435,7 +1442,7 @@ class Viewer {
     const edit = REVISION_KINDS.has(body.kind)
     if (edit) this.editsQueued++
     const choice = body.kind === 'active'  // a label choice: the prompts queued behind it take their label after it
-    if (choice) this.labelChanges++
+    if (choice) { this.labelChanges++; this.chosen = body }
     this.root.setAttribute('data-busy', String(this.inFlight))
     const id = String(++traceSeq)
     const asks = SUGGEST_KINDS.has(body.kind) // prompts and undo/redo answer with the next suggestion when asked
@@ -1475,6 +1482,7 @@ class Viewer {
         this.inFlight--
         if (edit) this.editsQueued--
         if (choice) this.labelChanges--
+        if (this.chosen === body) this.chosen = null  // answered (the state says it) or refused (the old one stays)
         this.root.setAttribute('data-busy', String(this.inFlight))
         this.drawOverlay()
         // what the run of actions asks for once the queue is empty: asked by the last one only, a window drag then
