@@ -1316,6 +1316,36 @@ def test_h_right_after_a_label_pick_hides_the_label_picked(browser, server, ct):
         context.close()
 
 
+def test_a_click_right_after_leaving_a_locked_label_goes_to_the_label_picked(browser, server, ct):
+    """Label 2 locked and active, label 1 picked in the legend, then a click at once: the viewer checked the lock
+    against label 2 (the pick's answer had not come), refused the click ("label 2 is locked") and sent nothing. A
+    click made while a label change is on its way is now checked when it leaves, with the label it takes then (the
+    server refuses a locked one)."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.locator("#add-label").click()
+        page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 2", timeout=TIMEOUT_MS)
+        page.locator("#viewer-legend .mv-label[data-value='2'] .mv-lock").click()
+        with server.store.get(sid).lock:  # the server is busy a moment: the pick's answer waits
+            page.locator("#viewer-legend .mv-label[data-value='1'] .mv-name").click()
+            page.wait_for_function("medsegViewer.inFlight > 0")
+            page.mouse.click(*_xy(page, ct, *INSIDE))
+        _idle(page)
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+        counts = _server_counts(server.labels(sid))
+        assert set(counts) == {1} and _state(server, sid)["active"] == 1, (counts, _state(server, sid)["active"])
+        with server.store.get(sid).lock:  # and back to the locked label, a click at once: refused, said, not painted
+            page.locator("#viewer-legend .mv-label[data-value='2'] .mv-name").click()
+            page.wait_for_function("medsegViewer.inFlight > 0")
+            page.mouse.click(*_xy(page, ct, 60, 200))
+        _idle(page)
+        _wait_status(page, "label 2 is locked")
+        assert _server_counts(server.labels(sid)) == counts
+    finally:
+        context.close()
+
+
 class _PageGate:
     """Holds the pages of the viewer's state on their way to the browser (Gradio turns each into its output after
     the page was built, under the session's lock, and the lock let go), as a loaded server delivers them late:

@@ -1419,9 +1419,12 @@ class Viewer {
   }
 
   // --- prompts: the queue ---------------------------------------------------------------------
+  /** A prompt for the active label, into the queue. With a label change queued before it the label is taken when it
+   * leaves, and so is the lock check (the server refuses a locked label: ``locked`` goes with it): checked here
+   * against the label active before the change, a click right after leaving a locked label was refused. */
   prompt(body: any, mark: Pending): void {
     const active = this.state?.active ?? 1
-    if (this.locked.has(active)) {
+    if (this.labelChanges === 0 && this.locked.has(active)) {
       this.showError(`label ${active} is locked: unlock it to edit it`)
       return
     }
