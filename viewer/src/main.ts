@@ -471,6 +471,7 @@ class Viewer {
       return true
     }
     this.pageSeq = page
+    this.staleSeen = ''  // a page taken: a late one shown after it (even one dropped before) is asked for again
     return false
   }
 
