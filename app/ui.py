@@ -21,7 +21,6 @@ events in at once, for the batcher.
 # (gr.Request, gr.SelectData, gr.Progress) to inject them.
 
 import html
-import itertools
 import json
 import logging
 import os
@@ -50,10 +49,6 @@ FILL_CHOICES = [("Shape", "shape"), ("Model", "model"), ("Model guided by the sh
 """The UI's "Fill between corrected slices" (label, ``PropagationSettings.fill``); ``DEFAULT_FILL`` is picked at first."""
 
 log = logging.getLogger(__name__)
-# The order in which pages were built (taken under the session's lock with what they show). Gradio applies each
-# event's outputs when they arrive, so a page built before an Add label but sent after it put label 1 back in the
-# label box; the viewer takes a page older than one it has shown as stale and asks for the page again.
-PAGE_SEQ = itertools.count(1)
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 BATCHED_CONCURRENCY = 32  # model events in flight when the runner batches encodes (app.encode_batcher)
 NO_COOKIE = ("this page needs its session cookie: allow cookies for this site, then reload "
@@ -230,7 +225,7 @@ def build_app(config: UIConfig):
                 session = ctx.store.get(vm.session_id)
                 with session.lock:  # one moment for the viewer's state, the label box and its order (seq)
                     state = viewer_actions.state(session)
-                    seq = next(PAGE_SEQ)
+                    seq = viewer_actions.PAGES.next()  # the order pages were built in (PageOrder)
                     if session.volume is not None:  # a colour picture has no window: the boxes are empty
                         shown_window = viewer_actions.window_of(session) or (
                             {"level": None, "width": None} if session.volume.is_rgb else shown_window)

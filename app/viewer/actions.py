@@ -13,6 +13,7 @@ import base64
 import json
 import math
 import tempfile
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,33 @@ MAX_BRUSH_PX = 200
 # or hostile client segmented whatever lay on the edge. A box's corner past the edge is still clamped (a drag
 # released past the edge ends there).
 POINT_TOLERANCE_PX = 1.0
+
+
+class PageOrder:
+    """The order in which the page's states were built (app.ui takes a number under the session's lock with what the
+    page shows). Gradio applies each event's outputs when they arrive, so a page built before an Add label but sent
+    after it put label 1 back in the label box; the viewer takes a page older than one it has shown as stale and asks
+    for the page again. Each action's answer says the last number given (``page``): a page built before a label
+    picked in the viewer but delivered after its answer made the old label active again in the viewer, and the click
+    made next named it (the flaky add-label/label-pick e2e test); the viewer now takes such a page as stale too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0
+
+    def next(self) -> int:
+        """The number of a page being built now (1, 2, ...)."""
+        with self._lock:
+            self._last += 1
+            return self._last
+
+    def last(self) -> int:
+        """The newest number given (0 before any): every page numbered up to it was built before this moment."""
+        with self._lock:
+            return self._last
+
+
+PAGES = PageOrder()
 
 
 class OtherStudy(SessionError):
@@ -311,7 +339,7 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
             ctx.prefetcher.request(session, session.view.view, session.view.index[session.view.view])
         answer: dict[str, Any] = {"ok": True, "status": status, "rev": session.revision, "base": base,
                                   "object": markers(session), "at": messages.news_stamp(), "boot": messages.BOOT,
-                                  "table": table_tag(session)}
+                                  "table": table_tag(session), "page": PAGES.last()}
         if kind in ("undo", "redo") and edit is not None and edit.view is None:
             answer["reload"] = True
         elif edit is not None:

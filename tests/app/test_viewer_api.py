@@ -391,6 +391,16 @@ def test_answers_say_when_their_news_happened_and_which_label_table_they_found(c
     assert actions.act(ctx, s, {"kind": "view", "view": "coronal", "at": [7, 0, 0]})["table"] == actions.state(s)["table"]
 
 
+def test_an_answer_says_which_pages_were_built_before_the_action(ctx, opened):
+    """The contract the viewer drops a late page by (main.ts pagesBefore): a page built before a label pick and
+    delivered after its answer made the old label active again in the viewer. The answer names the newest page
+    built before the action; a page built after it has a higher number."""
+    before = actions.PAGES.next()  # a page's sync built now, still on its way
+    answer = actions.act(ctx, opened, {"kind": "active", "label": 1})
+    assert answer["page"] >= before
+    assert actions.PAGES.next() > answer["page"]
+
+
 def test_an_idle_tab_polls_the_label_tables_digest_without_the_lock_or_a_load(ctx, tmp_path):
     """A tab that sends nothing never learned of another tab's rename until its next answer. It now polls
     ``GET /viewer-api/news``: a few hundred bytes at most, the cookie's session only, no credential in it; it
