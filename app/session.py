@@ -308,7 +308,7 @@ class Session:
             "study_path": self.study_path, "series_uid": self.series_uid, "study_name": self.study_name,
             "labels": [{"value": d.value, "name": d.name, "colour": list(d.colour)} for d in self.label_defs],
             "active": self.active, "view": asdict(self.view),
-            "history": {str(k): v for k, v in self.history.items()},
+            "history": {str(k): v for k, v in self.history.items()}, "anchors": self.anchors_json(),
         }
         # packed: a session may keep several studies' work, and a label map is mostly zeros
         self.stashed[key] = {"labels": pack(self.labels), "undo": list(self.undo_stack), "redo": list(self.redo_stack),
@@ -350,6 +350,7 @@ class Session:
         self.active = int(meta["active"])
         self.view = ViewState(**{k: v for k, v in meta["view"].items() if k in ViewState.__dataclass_fields__})
         self.history = {int(k): v for k, v in meta.get("history", {}).items()}
+        self.restore_anchors(meta.get("anchors", {}))
         self.undo_stack[:] = arrays.get("undo", [])
         self.redo_stack[:] = arrays.get("redo", [])
         return True
@@ -454,6 +455,16 @@ class Session:
         return edit
 
     # --- persistence -----------------------------------------------------------------------
+    def anchors_json(self) -> dict[str, list[int]]:
+        """The open study's propagation anchors (``app.propagation_job.anchors_of``) as JSON: they are saved with
+        the study's work, since a re-propagation overwrites every slice that is not one (a correction was lost
+        when they lived in ``runtime`` alone, which opening another study or a restart clears)."""
+        return {str(v): sorted(int(k) for k in ks) for v, ks in self.runtime.get(ANCHORS, {}).items() if ks}
+
+    def restore_anchors(self, data: dict[str, list[int]]) -> None:
+        """Bring back the anchors :meth:`anchors_json` wrote."""
+        self.runtime[ANCHORS] = {int(v): {int(k) for k in ks} for v, ks in data.items()}
+
     def to_json(self) -> dict[str, Any]:
         study = self.study_path
         if study is not None and Path(study).resolve().is_relative_to(self.directory.resolve()):
@@ -470,6 +481,7 @@ class Session:
             "active": self.active,
             "view": asdict(self.view),
             "history": {str(k): v for k, v in self.history.items()},
+            "anchors": self.anchors_json(),
             "studies": self.studies,
             "updated": self.updated,
         }
@@ -482,7 +494,7 @@ _STATE_FIELDS: tuple[tuple[str, tuple[type, ...], str], ...] = (
     ("study_name", (str,), "a name"),
     ("labels", (list,), "a list of labels"), ("active", (int,), "a label value"), ("view", (dict,), "an object"),
     ("history", (dict,), "an object"), ("studies", (dict,), "an object"), ("updated", (int, float), "a time"),
-    ("journal_seq", (int,), "a record number"),
+    ("journal_seq", (int,), "a record number"), ("anchors", (dict,), "slice lists by label value"),
 )
 _VIEW_FIELDS = {"view": (str,), "window": (str,), "mode": (str,), "level": (int, float), "width": (int, float),
                 "opacity": (int, float)}
@@ -515,6 +527,9 @@ def check_state(state: Any, name: str = "state.json") -> dict[str, Any]:
         raise bad("view.index", "slice numbers by view")
     if not all(re.fullmatch(r"-?[0-9]+", k) and isinstance(v, list) for k, v in state.get("history", {}).items()):
         raise bad("history", "prompt lists by label value")
+    if not all(re.fullmatch(r"-?[0-9]+", k) and isinstance(v, list) and all(type(i) is int for i in v)
+               for k, v in state.get("anchors", {}).items()):
+        raise bad("anchors", "slice numbers by label value")
     if not all(isinstance(v, dict) for v in state.get("studies", {}).values()):
         raise bad("studies", "an object per study")
     return state
@@ -566,6 +581,7 @@ def study_key(path: str, series_uid: str | None = None) -> str:
 
 
 LABELS_ON_DISK = "labels_on_disk"  # session.runtime key: labels_signature() of what labels.npz holds
+ANCHORS = "anchors"  # session.runtime key: {label: {slice k}} (app.propagation_job.anchors_of), saved with the study
 JOURNAL_SEQ = "journal_seq"  # session.runtime key: the last journal record written (app.save_journal)
 log = logging.getLogger(__name__)
 
@@ -862,6 +878,7 @@ class SessionStore:
                     continue
                 if region.shape == record.plane.shape:
                     region[...] = record.plane
+        session.restore_anchors(state.get("anchors", {}))
         session.runtime[JOURNAL_SEQ] = max([int(state.get("journal_seq", 0)), *(r.seq for r in records)])
         return session
 

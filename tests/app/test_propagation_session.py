@@ -302,3 +302,73 @@ def test_opening_another_study_while_propagation_runs_lands_it_in_its_own_study(
     controller.undo(ctx, sid)  # the propagation is one undoable edit of its study
     np.testing.assert_array_equal(session.labels, boxed)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- a hurried clinician's 3D workflow (session 18, ux3d18) ---------------------------------------
+def _gated(ctx, sid, k=2, at=1):
+    """Start a propagation from slice ``k`` that waits after ``at`` slices until released: (job, reached, release)."""
+    from app.propagation_job import start_propagation
+
+    session = ctx.store.get(sid)
+    reached, release = threading.Event(), threading.Event()
+
+    def gate(job):
+        if job.done >= at and not release.is_set():
+            reached.set()
+            release.wait(600)
+
+    with session.lock:
+        job = start_propagation(ctx.runner, session, k, observe=gate, on_done=ctx.store.save)
+    assert reached.wait(600)
+    return job, release
+
+
+def test_corrections_stay_anchors_after_opening_another_study_and_coming_back(ctx, five, five_embeddings, monkeypatch):
+    """Correct a propagated slice, look at another study, come back, Propagate again: the anchors lived in the
+    session's runtime, which opening a study clears, so the walk overwrote the correction. Now they travel
+    with the study's kept work and the correction stays."""
+    from app.propagation_job import propagation_cache
+
+    samples = {"five": five, "MR": SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"}
+    monkeypatch.setattr(controller, "sample_studies", lambda: samples)
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, "five")
+    session = ctx.store.get(sid)
+    for key, embedding in five_embeddings:
+        propagation_cache(session).put(key, embedding)
+    controller.set_slice(ctx, sid, 2)
+    controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
+    controller.click(ctx, sid, *BOX[0])
+    controller.click(ctx, sid, *BOX[1])
+    _propagate(ctx, sid)
+    controller.set_slice(ctx, sid, 4)
+    keep = np.zeros(session.labels.shape[1:], bool)
+    keep[:128, :128] = True
+    corrected = keep & (session.labels[4] == 1)
+    interaction.erase(session, ~keep)
+    controller.mark_anchor(session)
+    controller.open_sample(ctx, sid, "MR")
+    controller.open_sample(ctx, sid, "five")
+    for key, embedding in five_embeddings:
+        propagation_cache(session).put(key, embedding)
+    controller.set_slice(ctx, sid, 2)
+    _propagate(ctx, sid)
+    np.testing.assert_array_equal(session.labels[4] == 1, corrected)
+    assert anchors_of(session, 1) == {2, 4}
+
+
+def test_clear_label_while_propagation_runs_keeps_the_label_cleared(ctx, five, five_embeddings):
+    """Clear label while the walk runs: the walk landed on every slice but the cleared start one, so the label
+    the user had just cleared came back on four slices. Now the walk is dropped (its start slice is gone) and
+    the status says so in one line."""
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    job, release = _gated(ctx, sid)
+    controller.clear(ctx, sid)
+    release.set()
+    job.wait(600)
+    assert not (session.labels == 1).any()
+    status = controller.propagation_status(ctx, sid).status
+    assert "not applied" in status and "\n" not in status, status
+    controller.undo(ctx, sid)  # the clear is the last edit: undo brings the box back
+    assert (session.labels[2] == 1).sum() > 500 and not (session.labels[[0, 1, 3, 4]] == 1).any()
