@@ -805,9 +805,22 @@ def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) 
         done = f"Exported {Path(path).name}."
         if not session.labels.any():  # said as for real work before: the work may be on another study, or undone
             done += " ⚠ No label has any voxel in this study: the file is empty."
+        done += _running_note(session)
         vm = view_model(session, done)
         vm.exported = session.revision  # under the lock: an edit waiting for it comes after, and is not in the file
         return Path(path), vm
+
+
+def _running_note(session: Session) -> str:
+    """What an export taken while a propagation of this study runs must say: the file is the map before the walk
+    (the walk lands later, under the lock the export holds), so the user knows to export again when it is done."""
+    from app.propagation_job import job_of
+
+    job = job_of(session)
+    if job is None or not job.running or job.study != session.study_key:
+        return ""
+    return (f" ⚠ A propagation of {session.label(job.label).name} is running ({job.done}/{job.total} slices): "
+            "this file holds the labels before it; export again when it is done.")
 
 
 # --- the view ---------------------------------------------------------------------------------

@@ -372,3 +372,18 @@ def test_clear_label_while_propagation_runs_keeps_the_label_cleared(ctx, five, f
     assert "not applied" in status and "\n" not in status, status
     controller.undo(ctx, sid)  # the clear is the last edit: undo brings the box back
     assert (session.labels[2] == 1).sum() > 500 and not (session.labels[[0, 1, 3, 4]] == 1).any()
+
+
+def test_export_while_propagation_runs_exports_the_state_before_it_and_says_so(ctx, five, five_embeddings):
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    boxed = session.labels.copy()
+    job, release = _gated(ctx, sid)
+    try:
+        path, vm = controller.export(ctx, sid, "nifti")
+    finally:
+        release.set()
+        job.wait(600)
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert (written == boxed.reshape(written.shape)).all()
+    assert "is running" in vm.status and "export again when it is done" in vm.status, vm.status
