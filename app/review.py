@@ -80,6 +80,9 @@ def step_review(session: Session, delta: int) -> Review:
 def accept(session: Session) -> Review:
     """Keep the shown slice as it is (an anchor) and go to the next one."""
     review = _require(session)
+    if not (session.labels[review.current] == review.label).any():  # an empty anchor is ignored by the walk
+        raise SessionError(f"slice {review.current} holds nothing of {session.label(review.label).name} now, so "
+                           "Propagate again would fill it: to end the structure here press Cut here; or draw it")
     add_anchor(session, review.label, review.current)
     if review.position < len(review.slices) - 1:
         review.position += 1
@@ -91,6 +94,9 @@ def cut_here(session: Session) -> Edit:
     """Remove the label from the shown slice outward (away from the start) as one undoable edit."""
     review = _require(session)
     k = review.current
+    if k == review.start:  # no outward from the start: it cut the start slice and all below it (the user's own)
+        raise SessionError(f"slice {k} is where the propagation started: Cut here removes the slices beyond it; "
+                           "to remove this one, erase it or Clear label")
     before = session.labels.copy()
     after = before.copy()
     outward = slice(k, None) if k > review.start else slice(0, k + 1)

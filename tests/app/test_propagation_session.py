@@ -387,3 +387,39 @@ def test_export_while_propagation_runs_exports_the_state_before_it_and_says_so(c
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     assert (written == boxed.reshape(written.shape)).all()
     assert "is running" in vm.status and "export again when it is done" in vm.status, vm.status
+
+
+def test_cut_here_on_the_start_slice_is_refused_and_keeps_the_start(ctx, five, five_embeddings):
+    """Cut the range on both sides, then Cut here again: the review stood on the start slice and cut it and
+    every slice below it (the user's box too). Now that is refused in one line; the start slice stays."""
+    from app.session import SessionError
+
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    _propagate(ctx, sid)
+    controller.review(ctx, sid, "start")
+    for _ in range(3):
+        shown = controller.review(ctx, sid, "cut").slice_index
+        if shown == 2:
+            break
+    assert shown == 2 and (session.labels[2] == 1).sum() > 500
+    with pytest.raises(SessionError, match="start"):
+        controller.review(ctx, sid, "cut")
+    assert (session.labels[2] == 1).sum() > 500
+
+
+def test_accept_on_a_slice_erased_meanwhile_is_refused_in_one_line(ctx, five, five_embeddings):
+    """Review, erase the shown slice, Accept: it became an empty anchor, which the walk ignores, so Propagate again
+    filled the slice the user had just emptied and accepted. Now Accept refuses and points at Cut here."""
+    from app.session import SessionError
+
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    _propagate(ctx, sid)
+    k = controller.review(ctx, sid, "start").slice_index
+    interaction.erase(session, np.ones(session.labels.shape[1:], bool))
+    controller.mark_anchor(session)
+    with pytest.raises(SessionError, match="Cut here") as e:
+        controller.review(ctx, sid, "accept")
+    assert "\n" not in str(e.value)
+    assert not (session.labels[k] == 1).any()
