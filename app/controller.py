@@ -574,9 +574,9 @@ def propagate(ctx: AppContext, session: Session, progress: Progress | None = Non
         raise SessionError("propagation needs a 3D study; this one has a single slice")
     if session.view.view != acquired:
         raise SessionError(f"propagate from the {acquired} view (the stored slices): switch the view, then propagate")
-    session.runtime.pop("review", None)
     job = start_propagation(ctx.runner, session, session.view.index[acquired], on_done=ctx.store.save,
                             background=background, fill=fill)
+    session.runtime.pop("review", None)  # only once it started: a refused Propagate leaves the review as it was
     return view_model(session, job.status())
 
 

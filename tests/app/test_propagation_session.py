@@ -423,3 +423,18 @@ def test_accept_on_a_slice_erased_meanwhile_is_refused_in_one_line(ctx, five, fi
         controller.review(ctx, sid, "accept")
     assert "\n" not in str(e.value)
     assert not (session.labels[k] == 1).any()
+
+
+def test_a_refused_propagate_keeps_the_review_in_progress(ctx, five, five_embeddings):
+    """In Review, erase the shown slice and press Propagate there: refused (nothing to carry), but the review had
+    been ended before the refusal, so ◀ ▶ answered "no review in progress". Now a refused Propagate changes nothing."""
+    from app.session import SessionError
+
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    _propagate(ctx, sid)
+    k = controller.review(ctx, sid, "start").slice_index
+    interaction.erase(session, np.ones(session.labels.shape[1:], bool))
+    with pytest.raises(SessionError, match="holds nothing"):
+        controller.propagate(ctx, sid)
+    assert controller.review(ctx, sid, "next").slice_index != k
