@@ -586,7 +586,7 @@ def propagation_status(ctx: AppContext, session: Session) -> ViewModel:
     from app.propagation_job import job_of
 
     job = job_of(session)
-    return view_model(session, job.status() if job is not None else None)
+    return view_model(session, job.status(session.study_key) if job is not None else None)
 
 
 def propagation_job(ctx: AppContext, sid: str):

@@ -145,6 +145,8 @@ class PropagationJob:
     start: int
     anchors: list[int]
     study: str | None = None  # the study key it walks: another may be open when it lands
+    study_name: str = ""  # that study's name, for a status read while another is open
+    landed_elsewhere: bool = False  # it ended while another study was open: the edit went to its study's kept work
     total: int = 0
     done: int = 0
     message: str = "starting"
@@ -163,9 +165,18 @@ class PropagationJob:
         if self.thread is not None:
             self.thread.join(timeout)
 
-    def status(self) -> str:
+    def status(self, open_study: str | None = None) -> str:
+        """One status line; ``open_study``: the key of the study open now (None: its own), so a job of a study
+        the user left says where it runs or landed (there, not here, is where Undo reverts it)."""
+        elsewhere = open_study is not None and self.study is not None and open_study != self.study
+        if self.state == "running" and elsewhere:
+            return (f"Propagating in {self.study_name}: {self.done}/{self.total} slices ({self.message}); "
+                    "it lands there, and this study stays usable.")
         if self.state == "running":
             return f"Propagating: {self.done}/{self.total} slices ({self.message}). The study stays usable."
+        if self.state == "done" and (elsewhere or self.landed_elsewhere) and open_study != self.study:
+            return (f"Propagated in {self.study_name}, not the study open now: open it to see it "
+                    "(Undo there reverts it).")
         if self.state == "failed":
             return f"Propagation failed: {self.error}"
         if self.state == "dropped":
@@ -203,11 +214,13 @@ def start_propagation(
     label = session.active
     current = job_of(session)
     if current is not None and current.running:
-        raise SessionError("a propagation is already running in this study: wait for it (progress is shown)")
+        where = "this study" if current.study == session.study_key else current.study_name
+        raise SessionError(f"a propagation is already running in {where}: wait for it (progress is shown)")
     if not (session.labels[k] == label).any():
         raise SessionError(f"slice {k} holds nothing of {session.label(label).name}: segment or draw it first")
     add_anchor(session, label, k)
-    job = PropagationJob(label=label, start=int(k), anchors=sorted(anchors_of(session, label)), study=session.study_key)
+    job = PropagationJob(label=label, start=int(k), anchors=sorted(anchors_of(session, label)), study=session.study_key,
+                         study_name=session.study_name)
     session.runtime["propagation_job"] = job
     before = session.labels.copy()
     if settings is None:
@@ -280,6 +293,7 @@ def _land(session: Session, job: PropagationJob, before: np.ndarray, new: np.nda
         mine |= {int(k) for k in np.flatnonzero(touched) if (current[k] == label).any()}
         meta.setdefault("anchors", {})[str(label)] = sorted(mine)
         name = _label_name(session, job)
+        job.landed_elsewhere = True
         session.apply_kept(job.study, Edit(f"propagate {name}", None, None, current.copy(), after, None, None))
         return
     for k in np.flatnonzero(touched):

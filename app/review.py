@@ -42,7 +42,7 @@ def review_of(session: Session) -> Review | None:
 def start_review(session: Session) -> Review:
     """Review the last finished propagation of the active label, nearest slices to its start first."""
     job = job_of(session)
-    if job is None or job.result is None or job.label != session.active:
+    if job is None or job.result is None or job.label != session.active or job.study != session.study_key:
         raise SessionError("nothing to review: propagate the active label first")
     if job.running:
         raise SessionError("the propagation is still running: review it when it is done")

@@ -284,7 +284,10 @@ class Session:
         self.study_path, self.series_uid, self.study_name = path, series_uid, name
         self.allow_uneven = allow_uneven
         self.prompt = None
-        self.runtime.clear()
+        job = self.runtime.get("propagation_job")  # a walk goes on in its own study (app.propagation_job): the page
+        self.runtime.clear()                      # polls it, and a second start of it is refused, as in its study
+        if job is not None:
+            self.runtime["propagation_job"] = job
         self.revision += 1
         if self._unstash(key, volume):
             self._trim_undo()  # all the session's studies share its undo bound

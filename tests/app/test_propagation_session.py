@@ -438,3 +438,63 @@ def test_a_refused_propagate_keeps_the_review_in_progress(ctx, five, five_embedd
     with pytest.raises(SessionError, match="holds nothing"):
         controller.propagate(ctx, sid)
     assert controller.review(ctx, sid, "next").slice_index != k
+
+
+def test_a_propagation_left_running_is_still_shown_and_guarded_after_coming_back(ctx, five, five_embeddings, monkeypatch):
+    """Propagate, open another study, come back while it still runs: opening a study forgot the job, so the page's
+    poll stopped (no progress, no result) and Propagate pressed again started a second walk of the same label
+    beside the first. Now the job stays the session's: the other study says where it runs, coming back shows its
+    progress, a second start is refused in one line, and it lands once."""
+    from app.propagation_job import propagation_cache
+    from app.session import SessionError
+
+    samples = {"five": five, "MR": SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"}
+    monkeypatch.setattr(controller, "sample_studies", lambda: samples)
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, "five")
+    session = ctx.store.get(sid)
+    for key, embedding in five_embeddings:
+        propagation_cache(session).put(key, embedding)
+    controller.set_slice(ctx, sid, 2)
+    controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
+    controller.click(ctx, sid, *BOX[0])
+    controller.click(ctx, sid, *BOX[1])
+    job, release = _gated(ctx, sid)
+    try:
+        controller.open_sample(ctx, sid, "MR")
+        assert "Propagating" in controller.propagation_status(ctx, sid).status
+        controller.open_sample(ctx, sid, "five")
+        assert controller.propagation_job(ctx, sid) is job
+        assert "Propagating" in controller.propagation_status(ctx, sid).status
+        with pytest.raises(SessionError, match="already running"):
+            controller.propagate(ctx, sid)
+    finally:
+        release.set()
+        job.wait(600)
+    assert job.state == "done", job.error
+    assert all((session.labels[k] == 1).sum() > 500 for k in range(5))
+    assert session.undo_stack[-1].description == "propagate label 1" and len(session.undo_stack) == 2
+
+
+def test_a_propagation_that_landed_in_a_study_left_meanwhile_says_where(ctx, five, five_embeddings, monkeypatch):
+    """The walk ended after the user opened another study: its status said "Undo reverts the whole propagation",
+    but Undo there undid the other study's last edit. Now it names the study it landed in."""
+    from app.propagation_job import propagation_cache
+
+    samples = {"five": five, "MR": SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"}
+    monkeypatch.setattr(controller, "sample_studies", lambda: samples)
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, "five")
+    session = ctx.store.get(sid)
+    for key, embedding in five_embeddings:
+        propagation_cache(session).put(key, embedding)
+    controller.set_slice(ctx, sid, 2)
+    controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
+    controller.click(ctx, sid, *BOX[0])
+    controller.click(ctx, sid, *BOX[1])
+    job, release = _gated(ctx, sid)
+    controller.open_sample(ctx, sid, "MR")
+    release.set()
+    job.wait(600)
+    status = controller.propagation_status(ctx, sid).status
+    assert "five" in status and "open it" in status and "\n" not in status, status
