@@ -96,6 +96,25 @@ def test_saved_session_restores_in_a_fresh_store(store, ct_volume, tmp_path):
     assert again.revision > s.revision
 
 
+def test_propagation_anchors_survive_a_restart_and_a_study_switch(store, ct_volume, tmp_path):
+    """The slices a user corrected (anchors, which re-propagation keeps) lived only in memory: after a restart or
+    a look at another study a re-propagation overwrote the corrections (docs/ui.md, the 3D workflow in a hurry)."""
+    from app.propagation_job import anchors_of
+
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "CT head")
+    s.labels[4, 50:60, 70:90] = 1
+    anchors_of(s, 1).update({2, 4})
+    store.save(s)
+    again = SessionStore(tmp_path / "sessions").get(s.id)  # as after a server restart
+    assert anchors_of(again, 1) == {2, 4}
+    other = replace(ct_volume, array=ct_volume.array[:6])
+    again.start_study(other, str(CT) + "-cut", "cut")
+    assert anchors_of(again, 1) == set()
+    again.start_study(ct_volume, str(CT), "CT head")
+    assert anchors_of(again, 1) == {2, 4}
+
+
 def test_uploaded_study_path_is_stored_relative_to_the_session(store, ct_volume, tmp_path):
     s = store.create()
     upload = s.directory / "uploads" / "a" / "series"
