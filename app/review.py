@@ -46,14 +46,30 @@ def start_review(session: Session) -> Review:
         raise SessionError("nothing to review: propagate the active label first")
     if job.running:
         raise SessionError("the propagation is still running: review it when it is done")
-    reached = [k for k in np.flatnonzero((session.labels == job.label).reshape(len(session.labels), -1).any(axis=1))]
-    slices = sorted((int(k) for k in reached if int(k) != job.start), key=lambda k: (abs(k - job.start), k))
+    slices = _reached(session, job.label, job.start)
     if not slices:
         raise SessionError("the propagation reached no slice besides the start one")
     review = Review(label=job.label, start=job.start, slices=slices)
     session.runtime["review"] = review
     _show(session, review)
     return review
+
+
+def _reached(session: Session, label: int, start: int) -> list[int]:
+    """The slices holding ``label`` now, besides ``start``, nearest to it first: what a review steps through."""
+    held = np.flatnonzero((session.labels == label).reshape(len(session.labels), -1).any(axis=1))
+    return sorted((int(k) for k in held if int(k) != start), key=lambda k: (abs(k - start), k))
+
+
+def _follow(session: Session, review: Review) -> None:
+    """Re-read the review's slices from the labels as they are now, staying on the shown slice where it is still one.
+
+    Why: Undo of a Cut here (or any edit since) changes which slices hold the label; a list fixed at the start
+    kept the cut slices out of reach of ◀ ▶ after the Undo brought them back."""
+    current = review.current
+    review.slices = _reached(session, review.label, review.start) or [review.start]
+    review.position = review.slices.index(current) if current in review.slices else \
+        min(review.position, len(review.slices) - 1)
 
 
 def _show(session: Session, review: Review) -> None:
@@ -72,6 +88,7 @@ def _require(session: Session) -> Review:
 
 def step_review(session: Session, delta: int) -> Review:
     review = _require(session)
+    _follow(session, review)
     review.position = int(np.clip(review.position + delta, 0, len(review.slices) - 1))
     _show(session, review)
     return review
@@ -84,6 +101,7 @@ def accept(session: Session) -> Review:
         raise SessionError(f"slice {review.current} holds nothing of {session.label(review.label).name} now, so "
                            "Propagate again would fill it: to end the structure here press Cut here; or draw it")
     add_anchor(session, review.label, review.current)
+    _follow(session, review)
     if review.position < len(review.slices) - 1:
         review.position += 1
     _show(session, review)
@@ -105,7 +123,6 @@ def cut_here(session: Session) -> Edit:
     edit = Edit(f"cut {session.label(review.label).name} from slice {k} outward", None, None, before, after,
                 session.prompt, None)
     session.apply(edit)
-    review.slices = [s for s in review.slices if (s < k if k > review.start else s > k)] or [review.start]
-    review.position = min(review.position, len(review.slices) - 1)
+    _follow(session, review)
     _show(session, review)
     return edit

@@ -440,7 +440,8 @@ def test_a_refused_propagate_keeps_the_review_in_progress(ctx, five, five_embedd
     assert controller.review(ctx, sid, "next").slice_index != k
 
 
-def test_a_propagation_left_running_is_still_shown_and_guarded_after_coming_back(ctx, five, five_embeddings, monkeypatch):
+def test_a_propagation_left_running_is_still_shown_and_guarded_after_coming_back(ctx, five, five_embeddings,
+                                                                                monkeypatch):
     """Propagate, open another study, come back while it still runs: opening a study forgot the job, so the page's
     poll stopped (no progress, no result) and Propagate pressed again started a second walk of the same label
     beside the first. Now the job stays the session's: the other study says where it runs, coming back shows its
@@ -498,3 +499,17 @@ def test_a_propagation_that_landed_in_a_study_left_meanwhile_says_where(ctx, fiv
     job.wait(600)
     status = controller.propagation_status(ctx, sid).status
     assert "five" in status and "open it" in status and "\n" not in status, status
+
+
+def test_cut_here_then_undo_brings_the_cut_slices_back_into_the_review(ctx, five, five_embeddings):
+    """Cut here, then Undo: the slices came back in the study but the review had dropped them for good, so ◀ ▶
+    never reached them again. Now the review follows the labels as they are."""
+    sid = _open_and_box(ctx, five, five_embeddings)
+    _propagate(ctx, sid)
+    controller.review(ctx, sid, "start")
+    while controller.review(ctx, sid, "next").slice_index != 4:
+        pass
+    controller.review(ctx, sid, "cut")
+    controller.undo(ctx, sid)
+    seen = {controller.review(ctx, sid, step).slice_index for step in ("prev", "prev", "prev", "next", "next", "next")}
+    assert 4 in seen, seen
