@@ -42,10 +42,13 @@ def review_of(session: Session) -> Review | None:
 def start_review(session: Session) -> Review:
     """Review the last finished propagation of the active label, nearest slices to its start first."""
     job = job_of(session)
-    if job is None or job.result is None or job.label != session.active or job.study != session.study_key:
-        raise SessionError("nothing to review: propagate the active label first")
-    if job.running:
+    if job is not None and job.running:  # checked first: a running job has no result yet
         raise SessionError("the propagation is still running: review it when it is done")
+    if job is None or job.result is None or job.study != session.study_key:
+        raise SessionError("nothing to review: propagate the active label first")
+    if job.label != session.active:
+        name = next((d.name for d in session.label_defs if d.value == job.label), f"label {job.label}")
+        raise SessionError(f"the last propagation was of {name}: make it the active label to review it")
     slices = _reached(session, job.label, job.start)
     if not slices:
         raise SessionError("the propagation reached no slice besides the start one")

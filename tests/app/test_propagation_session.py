@@ -513,3 +513,24 @@ def test_cut_here_then_undo_brings_the_cut_slices_back_into_the_review(ctx, five
     controller.undo(ctx, sid)
     seen = {controller.review(ctx, sid, step).slice_index for step in ("prev", "prev", "prev", "next", "next", "next")}
     assert 4 in seen, seen
+
+
+def test_review_pressed_too_early_or_on_another_label_says_why_in_one_line(ctx, five, five_embeddings):
+    """Review while the walk ran said "nothing to review: propagate the active label first" (the propagation the
+    user had just started was right there), and so it did after picking another label. Now each says why."""
+    from app.session import SessionError
+
+    sid = _open_and_box(ctx, five, five_embeddings)
+    job, release = _gated(ctx, sid)
+    try:
+        with pytest.raises(SessionError, match="still running"):
+            controller.review(ctx, sid, "start")
+    finally:
+        release.set()
+        job.wait(600)
+    controller.add_label(ctx, sid, "other")
+    with pytest.raises(SessionError, match="make it the active label") as e:
+        controller.review(ctx, sid, "start")
+    assert "label 1" in str(e.value) and "\n" not in str(e.value)
+    controller.select_label(ctx, sid, 1)
+    assert "Review: slice" in controller.review(ctx, sid, "start").status
