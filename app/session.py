@@ -464,9 +464,17 @@ class Session:
         when they lived in ``runtime`` alone, which opening another study or a restart clears)."""
         return {str(v): sorted(int(k) for k in ks) for v, ks in self.runtime.get(ANCHORS, {}).items() if ks}
 
-    def restore_anchors(self, data: dict[str, list[int]]) -> None:
-        """Bring back the anchors :meth:`anchors_json` wrote."""
-        self.runtime[ANCHORS] = {int(v): {int(k) for k in ks} for v, ks in data.items()}
+    def restore_anchors(self, data: Any) -> None:
+        """Bring back the anchors :meth:`anchors_json` wrote. A kept study's entry is not checked with state.json
+        (``check_state``), so a damaged one is dropped with a warning: anchors only steer a re-propagation, and
+        refusing to open the study over them would keep its labels out of reach."""
+        anchors: dict[int, set[int]] = {}
+        for value, ks in (data.items() if isinstance(data, dict) else ()):
+            if re.fullmatch(r"-?[0-9]+", str(value)) and isinstance(ks, list) and all(type(k) is int for k in ks):
+                anchors[int(value)] = set(ks)
+            else:
+                log.warning("session %s: propagation anchors of label %r dropped (not slice numbers)", self.id, value)
+        self.runtime[ANCHORS] = anchors
 
     def to_json(self) -> dict[str, Any]:
         study = self.study_path

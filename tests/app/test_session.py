@@ -712,3 +712,19 @@ def test_renaming_a_label_to_another_labels_name_is_refused(store, ct_volume, tm
     s.labels[3, 10:20, 10:20], s.labels[4, 10:20, 10:20] = 1, 2
     out = write_dicom_seg(s.labels, ct_volume, tmp_path / "s.dcm", label_names={d.value: d.name for d in s.label_defs})
     assert [d.SegmentLabel for d in pydicom.dcmread(out).SegmentSequence] == ["liver", "spleen"]
+
+
+def test_a_kept_studys_damaged_anchors_are_dropped_and_the_study_opens_with_its_labels(store, ct_volume):
+    """A kept study's ``anchors`` in state.json is not checked with the file: damaged, it raised in the middle of
+    opening that study. Now they are dropped (they only steer a re-propagation) and the study opens with its labels."""
+    from app.propagation_job import anchors_of
+
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "CT head")
+    s.labels[4, 50:60, 70:90] = 1
+    anchors_of(s, 1).add(4)
+    s.start_study(replace(ct_volume, array=ct_volume.array[:6]), str(CT) + "-cut", "cut")
+    (meta,) = s.studies.values()
+    meta["anchors"] = {"1": "x", "2": [3]}
+    s.start_study(ct_volume, str(CT), "CT head")
+    assert int((s.labels == 1).sum()) == 200 and anchors_of(s, 1) == set() and anchors_of(s, 2) == {3}
