@@ -146,7 +146,6 @@ class PropagationJob:
     anchors: list[int]
     study: str | None = None  # the study key it walks: another may be open when it lands
     study_name: str = ""  # that study's name, for a status read while another is open
-    landed_elsewhere: bool = False  # it ended while another study was open: the edit went to its study's kept work
     total: int = 0
     done: int = 0
     message: str = "starting"
@@ -174,7 +173,7 @@ class PropagationJob:
                     "it lands there, and this study stays usable.")
         if self.state == "running":
             return f"Propagating: {self.done}/{self.total} slices ({self.message}). The study stays usable."
-        if self.state == "done" and (elsewhere or self.landed_elsewhere) and open_study != self.study:
+        if self.state == "done" and elsewhere:
             return (f"Propagated in {self.study_name}, not the study open now: open it to see it "
                     "(Undo there reverts it).")
         if self.state == "failed":
@@ -293,7 +292,6 @@ def _land(session: Session, job: PropagationJob, before: np.ndarray, new: np.nda
         mine |= {int(k) for k in np.flatnonzero(touched) if (current[k] == label).any()}
         meta.setdefault("anchors", {})[str(label)] = sorted(mine)
         name = _label_name(session, job)
-        job.landed_elsewhere = True
         session.apply_kept(job.study, Edit(f"propagate {name}", None, None, current.copy(), after, None, None))
         return
     for k in np.flatnonzero(touched):
