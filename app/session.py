@@ -617,6 +617,12 @@ def labels_signature(labels: np.ndarray) -> tuple:
     return labels.shape, labels.dtype.str, zlib.crc32(np.ascontiguousarray(labels))
 
 
+def _walking(session: Session) -> bool:
+    """Whether a propagation of ``session`` runs now (``app.propagation_job``: its job in the session's runtime)."""
+    job = session.runtime.get("propagation_job")
+    return bool(job is not None and getattr(job, "running", False))
+
+
 class SessionStore:
     """Sessions keyed by id, behind a lock; one folder each under ``root``.
 
@@ -920,5 +926,11 @@ class SessionStore:
         return removed
 
     def _evict_locked(self) -> None:
+        """Drop the least recently used sessions beyond ``max_in_memory``, but never one whose propagation runs:
+        its walk lands on this very object, and a copy loaded from disk meanwhile never got it (the page lost
+        the job, its progress and its result). Such a session may hold the store above its bound for the walk."""
         while len(self._sessions) > self.max_in_memory:
-            self._sessions.pop(next(iter(self._sessions)))
+            idle = next((sid for sid, s in self._sessions.items() if not _walking(s)), None)
+            if idle is None:
+                return
+            self._sessions.pop(idle)

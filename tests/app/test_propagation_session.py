@@ -534,3 +534,21 @@ def test_review_pressed_too_early_or_on_another_label_says_why_in_one_line(ctx, 
     assert "label 1" in str(e.value) and "\n" not in str(e.value)
     controller.select_label(ctx, sid, 1)
     assert "Review: slice" in controller.review(ctx, sid, "start").status
+
+
+def test_a_session_whose_propagation_runs_is_not_dropped_from_memory(ctx, five, five_embeddings, tmp_path):
+    """A busy server keeps its least recently used sessions on disk only. One whose walk was running was dropped
+    too: the walk landed on the dropped copy while the next request loaded another from disk, so the page lost the
+    job (no progress, no result) and the propagation never showed. Now a session with a running job stays."""
+    small = AppContext(SessionStore(tmp_path / "sessions", max_in_memory=1), ctx.runner,
+                       Prefetcher(ctx.runner, radius=0))
+    sid = _open_and_box(small, five, five_embeddings)
+    job, release = _gated(small, sid)
+    try:
+        controller.start(small, None)  # another user's page: one session at most stays in memory
+        assert controller.propagation_job(small, sid) is job
+    finally:
+        release.set()
+        job.wait(600)
+    assert job.state == "done", job.error
+    assert all((small.store.get(sid).labels[k] == 1).sum() > 500 for k in range(5))
