@@ -34,7 +34,7 @@ from app.render import (
     to_rgb,
 )
 from app.reading import read_untrusted
-from app.session import PALETTE, UNRESTORED, Session, SessionError, SessionStore
+from app.session import PALETTE, UNRESTORED, Edit, Session, SessionError, SessionStore
 from app.uploads import import_upload
 from data.readers import SeveralSeriesError, StudyWarning, UnevenStudyError, read_study
 from data.untrusted import one_line
@@ -472,7 +472,7 @@ def click(ctx: AppContext, session: Session, x_display: float, y_display: float)
             return view_model(session, "Box: now click the opposite corner.")
     else:
         edit = interaction.click(ctx.runner, session, x, y, positive=mode == "point +")
-    mark_anchor(session)
+    mark_anchor(session, edit)
     ctx.store.save(session)
     ctx.prefetcher.request(session, view, index)
     return view_model(session, _done(session, edit.description))
@@ -524,7 +524,7 @@ def _apply_mask(ctx: AppContext, session: Session, mask_display: np.ndarray, use
             raise PromptError(_mask_size_error("the mask", m.shape, plane_hw, shown))
         m = cv2.resize(m.astype(np.uint8), (plane_hw[1], plane_hw[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
     edit = interaction.mask_prompt(ctx.runner, session, m, use_model=use_model)
-    mark_anchor(session)
+    mark_anchor(session, edit)
     ctx.store.save(session)
     return view_model(session, _done(session, edit.description))
 
@@ -596,13 +596,18 @@ def propagation_job(ctx: AppContext, sid: str):
     return job_of(_session(ctx, sid))
 
 
-def mark_anchor(session: Session) -> None:
-    """A prompt or correction on a stored slice makes it an anchor of the active label."""
-    from app.propagation_job import add_anchor
+def mark_anchor(session: Session, edit: Edit | None = None) -> None:
+    """A prompt or correction on a stored slice makes it an anchor of the active label; ``edit`` (the correction)
+    takes that anchor away on Undo and brings it back on Redo (``session.note_anchor``)."""
+    from app.propagation_job import add_anchor, anchors_of
+    from app.session import note_anchor
 
     volume = session.volume
     if volume is not None and not volume.is_2d and session.view.view == acquisition_view(volume):
-        add_anchor(session, session.active, session.view.index[session.view.view])
+        k = session.view.index[session.view.view]
+        if edit is not None and k not in anchors_of(session, session.active):
+            note_anchor(edit, session.active, k)
+        add_anchor(session, session.active, k)
 
 
 # --- review of a propagation --------------------------------------------------------------------

@@ -166,6 +166,14 @@ class Edit:
         return tuple(_owner(a) for a in _edit_arrays(self))
 
 
+def note_anchor(edit: Edit, label: int, k: int) -> None:
+    """``edit`` made slice ``k`` an anchor of ``label`` (``controller.mark_anchor``): Undo of it takes the anchor
+    away, Redo brings it back (:meth:`Session.undo`). Why: an undone correction stayed an anchor, so Propagate
+    again kept that slice as the walk had left it instead of recomputing it. Kept on the (frozen) edit itself,
+    so the mark travels with it through a study's kept history and dies with it."""
+    edit.__dict__["made_anchor"] = (int(label), int(k))
+
+
 def _edit_arrays(edit: Edit) -> list:
     """The arrays an undo step keeps alive: its packed planes and both prompts' arrays."""
     arrays: list = [edit.before, edit.after]
@@ -432,6 +440,7 @@ class Session:
             return None
         edit = self.undo_stack.pop()
         self.region(edit.view, edit.index)[...] = edit.before.unpack()
+        self._follow_anchor(edit, made=False)
         self.prompt = edit.prompt_before
         self.revision += 1
         self.redo_stack.append(edit)
@@ -442,10 +451,21 @@ class Session:
             return None
         edit = self.redo_stack.pop()
         self.region(edit.view, edit.index)[...] = edit.after.unpack()
+        self._follow_anchor(edit, made=True)
         self.prompt = edit.prompt_after
         self.revision += 1
         self.undo_stack.append(edit)
         return edit
+
+    def _follow_anchor(self, edit: Edit, made: bool) -> None:
+        """The anchor ``edit`` made (:func:`note_anchor`) follows it: gone on Undo, back on Redo."""
+        mark = edit.__dict__.get("made_anchor")
+        if mark is not None:
+            anchors = self.runtime.setdefault(ANCHORS, {}).setdefault(mark[0], set())
+            if made:
+                anchors.add(mark[1])
+            else:
+                anchors.discard(mark[1])
 
     def clear_label(self, value: int) -> Edit | None:
         """Remove ``value`` from the whole study as one undoable edit (None when it was empty)."""

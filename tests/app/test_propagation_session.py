@@ -552,3 +552,21 @@ def test_a_session_whose_propagation_runs_is_not_dropped_from_memory(ctx, five, 
         job.wait(600)
     assert job.state == "done", job.error
     assert all((small.store.get(sid).labels[k] == 1).sum() > 500 for k in range(5))
+
+
+def test_an_undone_correction_is_no_anchor_and_redo_makes_it_one_again(ctx, five, five_embeddings):
+    """Correct a propagated slice, Undo the correction, Propagate again: the slice stayed an anchor, so the walk
+    kept it as the first propagation had left it instead of recomputing it. Now the anchor follows Undo / Redo."""
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    _propagate(ctx, sid)
+    controller.set_slice(ctx, sid, 4)
+    keep = np.zeros(session.labels.shape[1:], bool)
+    keep[:128, :128] = True
+    edit = interaction.erase(session, ~keep)
+    controller.mark_anchor(session, edit)  # what app.viewer.actions does after every correction
+    assert anchors_of(session, 1) == {2, 4}
+    controller.undo(ctx, sid)
+    assert anchors_of(session, 1) == {2}
+    controller.redo(ctx, sid)
+    assert anchors_of(session, 1) == {2, 4}
