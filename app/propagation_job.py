@@ -214,7 +214,8 @@ def start_propagation(
     current = job_of(session)
     if current is not None and current.running:
         where = "this study" if current.study == session.study_key else current.study_name
-        raise SessionError(f"a propagation is already running in {where}: wait for it (progress is shown)")
+        raise SessionError(f"a propagation of {_label_name(session, current)} is already running in {where}: "
+                           "wait for it (progress is shown)")
     if not (session.labels[k] == label).any():
         raise SessionError(f"slice {k} holds nothing of {session.label(label).name}: segment or draw it first")
     add_anchor(session, label, k)

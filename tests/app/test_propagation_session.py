@@ -570,3 +570,25 @@ def test_an_undone_correction_is_no_anchor_and_redo_makes_it_one_again(ctx, five
     assert anchors_of(session, 1) == {2}
     controller.redo(ctx, sid)
     assert anchors_of(session, 1) == {2, 4}
+
+
+def test_propagate_pressed_on_another_label_while_one_runs_names_the_running_one(ctx, five, five_embeddings):
+    """A second structure boxed and propagated while the first walks: refused with "a propagation is already
+    running in this study", not saying which, so the user looked for a run of the label they were on."""
+    from app.session import SessionError
+
+    sid = _open_and_box(ctx, five, five_embeddings)
+    job, release = _gated(ctx, sid)
+    try:
+        controller.add_label(ctx, sid, "other")
+        controller.set_slice(ctx, sid, 3)
+        controller.click(ctx, sid, *BOX[0])
+        controller.click(ctx, sid, *BOX[1])
+        with pytest.raises(SessionError, match="a propagation of label 1 is already running") as e:
+            controller.propagate(ctx, sid)
+        assert "\n" not in str(e.value)
+    finally:
+        release.set()
+        job.wait(600)
+    assert job.state == "done", job.error
+    assert (ctx.store.get(sid).labels[3] == 2).sum() > 500
