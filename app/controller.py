@@ -34,7 +34,7 @@ from app.render import (
     to_rgb,
 )
 from app.reading import read_untrusted
-from app.session import PALETTE, UNRESTORED, Session, SessionError, SessionStore
+from app.session import PALETTE, UNRESTORED, Edit, Session, SessionError, SessionStore
 from app.uploads import import_upload
 from data.readers import SeveralSeriesError, StudyWarning, UnevenStudyError, read_study
 from data.untrusted import one_line
@@ -472,7 +472,7 @@ def click(ctx: AppContext, session: Session, x_display: float, y_display: float)
             return view_model(session, "Box: now click the opposite corner.")
     else:
         edit = interaction.click(ctx.runner, session, x, y, positive=mode == "point +")
-    mark_anchor(session)
+    mark_anchor(session, edit)
     ctx.store.save(session)
     ctx.prefetcher.request(session, view, index)
     return view_model(session, _done(session, edit.description))
@@ -524,7 +524,7 @@ def _apply_mask(ctx: AppContext, session: Session, mask_display: np.ndarray, use
             raise PromptError(_mask_size_error("the mask", m.shape, plane_hw, shown))
         m = cv2.resize(m.astype(np.uint8), (plane_hw[1], plane_hw[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
     edit = interaction.mask_prompt(ctx.runner, session, m, use_model=use_model)
-    mark_anchor(session)
+    mark_anchor(session, edit)
     ctx.store.save(session)
     return view_model(session, _done(session, edit.description))
 
@@ -574,9 +574,9 @@ def propagate(ctx: AppContext, session: Session, progress: Progress | None = Non
         raise SessionError("propagation needs a 3D study; this one has a single slice")
     if session.view.view != acquired:
         raise SessionError(f"propagate from the {acquired} view (the stored slices): switch the view, then propagate")
-    session.runtime.pop("review", None)
     job = start_propagation(ctx.runner, session, session.view.index[acquired], on_done=ctx.store.save,
                             background=background, fill=fill)
+    session.runtime.pop("review", None)  # only once it started: a refused Propagate leaves the review as it was
     return view_model(session, job.status())
 
 
@@ -586,7 +586,7 @@ def propagation_status(ctx: AppContext, session: Session) -> ViewModel:
     from app.propagation_job import job_of
 
     job = job_of(session)
-    return view_model(session, job.status() if job is not None else None)
+    return view_model(session, job.status(session.study_key) if job is not None else None)
 
 
 def propagation_job(ctx: AppContext, sid: str):
@@ -596,13 +596,18 @@ def propagation_job(ctx: AppContext, sid: str):
     return job_of(_session(ctx, sid))
 
 
-def mark_anchor(session: Session) -> None:
-    """A prompt or correction on a stored slice makes it an anchor of the active label."""
-    from app.propagation_job import add_anchor
+def mark_anchor(session: Session, edit: Edit | None = None) -> None:
+    """A prompt or correction on a stored slice makes it an anchor of the active label; ``edit`` (the correction)
+    takes that anchor away on Undo and brings it back on Redo (``session.note_anchor``)."""
+    from app.propagation_job import add_anchor, anchors_of
+    from app.session import note_anchor
 
     volume = session.volume
     if volume is not None and not volume.is_2d and session.view.view == acquisition_view(volume):
-        add_anchor(session, session.active, session.view.index[session.view.view])
+        k = session.view.index[session.view.view]
+        if edit is not None and k not in anchors_of(session, session.active):
+            note_anchor(edit, session.active, k)
+        add_anchor(session, session.active, k)
 
 
 # --- review of a propagation --------------------------------------------------------------------
@@ -805,9 +810,22 @@ def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) 
         done = f"Exported {Path(path).name}."
         if not session.labels.any():  # said as for real work before: the work may be on another study, or undone
             done += " ⚠ No label has any voxel in this study: the file is empty."
+        done += _running_note(session)
         vm = view_model(session, done)
         vm.exported = session.revision  # under the lock: an edit waiting for it comes after, and is not in the file
         return Path(path), vm
+
+
+def _running_note(session: Session) -> str:
+    """What an export taken while a propagation of this study runs must say: the file is the map before the walk
+    (the walk lands later, under the lock the export holds), so the user knows to export again when it is done."""
+    from app.propagation_job import job_of
+
+    job = job_of(session)
+    if job is None or not job.running or job.study != session.study_key:
+        return ""
+    return (f" ⚠ A propagation of {session.label(job.label).name} is running ({job.done}/{job.total} slices): "
+            "this file holds the labels before it; export again when it is done.")
 
 
 # --- the view ---------------------------------------------------------------------------------

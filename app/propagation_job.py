@@ -26,7 +26,7 @@ import numpy as np
 from app.embedding_cache import EMBEDDING_BYTES, EmbeddingCache, volume_key
 from app.propagation import PropagationResult, PropagationSettings, repropagate
 from app.propagation_defaults import default_propagation, rule_of
-from app.session import Edit, Session, SessionError
+from app.session import ANCHORS, Edit, Session, SessionError
 
 log = logging.getLogger(__name__)
 EMBEDDING_BYTES_BUDGET = 1 << 30  # per session: 256 LiteMedSAM slices (4 MiB each) stay encoded
@@ -38,7 +38,7 @@ FILLS: tuple[str, ...] = ("shape", "model", "guided")
 
 def anchors_of(session: Session, label: int) -> set[int]:
     """The anchor slices of ``label`` (stored-slice indices k)."""
-    return session.runtime.setdefault("anchors", {}).setdefault(int(label), set())
+    return session.runtime.setdefault(ANCHORS, {}).setdefault(int(label), set())
 
 
 def add_anchor(session: Session, label: int, k: int) -> None:
@@ -145,11 +145,12 @@ class PropagationJob:
     start: int
     anchors: list[int]
     study: str | None = None  # the study key it walks: another may be open when it lands
+    study_name: str = ""  # that study's name, for a status read while another is open
     total: int = 0
     done: int = 0
     message: str = "starting"
     rule: str = ""  # the rule it walks (``propagation_defaults.rule_of``): the default depends on the backend
-    state: str = "running"  # running | done | failed
+    state: str = "running"  # running | done | failed | dropped (not applied: see :class:`Dropped`)
     finished: list[int] = field(default_factory=list)
     result: PropagationResult | None = None
     error: str | None = None
@@ -163,11 +164,22 @@ class PropagationJob:
         if self.thread is not None:
             self.thread.join(timeout)
 
-    def status(self) -> str:
+    def status(self, open_study: str | None = None) -> str:
+        """One status line; ``open_study``: the key of the study open now (None: its own), so a job of a study
+        the user left says where it runs or landed (there, not here, is where Undo reverts it)."""
+        elsewhere = open_study is not None and self.study is not None and open_study != self.study
+        if self.state == "running" and elsewhere:
+            return (f"Propagating in {self.study_name}: {self.done}/{self.total} slices ({self.message}); "
+                    "it lands there, and this study stays usable.")
         if self.state == "running":
             return f"Propagating: {self.done}/{self.total} slices ({self.message}). The study stays usable."
+        if self.state == "done" and elsewhere:
+            return (f"Propagated in {self.study_name}, not the study open now: open it to see it "
+                    "(Undo there reverts it).")
         if self.state == "failed":
             return f"Propagation failed: {self.error}"
+        if self.state == "dropped":
+            return f"Propagation not applied: {self.error}"
         reached = self.result.slices if self.result else []
         span = f"slices {reached[0]}..{reached[-1]}" if reached else "no slice"
         why = ", ".join(f"{d}: {r}" for d, r in (self.result.stopped if self.result else {}).items())
@@ -201,11 +213,14 @@ def start_propagation(
     label = session.active
     current = job_of(session)
     if current is not None and current.running:
-        raise SessionError("a propagation is already running in this study: wait for it (progress is shown)")
+        where = "this study" if current.study == session.study_key else current.study_name
+        raise SessionError(f"a propagation of {_label_name(session, current)} is already running in {where}: "
+                           "wait for it (progress is shown)")
     if not (session.labels[k] == label).any():
         raise SessionError(f"slice {k} holds nothing of {session.label(label).name}: segment or draw it first")
     add_anchor(session, label, k)
-    job = PropagationJob(label=label, start=int(k), anchors=sorted(anchors_of(session, label)), study=session.study_key)
+    job = PropagationJob(label=label, start=int(k), anchors=sorted(anchors_of(session, label)), study=session.study_key,
+                         study_name=session.study_name)
     session.runtime["propagation_job"] = job
     before = session.labels.copy()
     if settings is None:
@@ -234,6 +249,9 @@ def start_propagation(
             job.state = "done"
             if on_done is not None:
                 on_done(session)
+        except Dropped as e:  # the user's own doing, not a fault: one line, no traceback in the log
+            log.info("propagation not applied: %s", e)
+            job.error, job.state = str(e), "dropped"
         except Exception as e:  # noqa: BLE001 - a background job reports, it never kills the server
             log.exception("propagation failed")
             job.error, job.state = (str(e) if isinstance(e, (ValueError, SessionError)) else type(e).__name__), "failed"
@@ -246,6 +264,10 @@ def start_propagation(
     return job
 
 
+class Dropped(SessionError):
+    """The walk ended but is not applied: the user removed its start slice meanwhile (Clear label, Undo)."""
+
+
 def _land(session: Session, job: PropagationJob, before: np.ndarray, new: np.ndarray) -> None:
     """Apply the walk as one edit on the map as it is NOW: the job's label is replaced by the walk's,
     except on slices where the user changed that label meanwhile (those stay theirs and become anchors);
@@ -256,14 +278,21 @@ def _land(session: Session, job: PropagationJob, before: np.ndarray, new: np.nda
     current = session.kept_labels(job.study) if kept else session.labels
     if current is None:
         raise SessionError("its study was closed before it ended: propagate again")
+    if not (current[job.start] == label).any():  # Clear label or Undo of the seed while it ran: the user wants it gone
+        name = _label_name(session, job)
+        raise Dropped(f"{name} was removed from slice {job.start}, where it started, while it ran (Clear label or "
+                      "Undo); nothing changed. Draw it and propagate again if you want it.")
     touched = ((current == label) != (before == label)).reshape(len(current), -1).any(axis=1)
     after = current.copy()
     walked = ~touched[:, None, None]
     after[walked & (after == label)] = 0
     after[walked & (new == label) & (after == 0)] = label
     if kept:  # its own study gets the edit (undoable there); the open one is not touched
-        defs = session.studies.get(job.study, {}).get("labels", [])
-        name = next((d["name"] for d in defs if d["value"] == label), f"label {label}")
+        meta = session.studies.get(job.study, {})
+        mine = {int(k) for k in meta.get("anchors", {}).get(str(label), [])}
+        mine |= {int(k) for k in np.flatnonzero(touched) if (current[k] == label).any()}
+        meta.setdefault("anchors", {})[str(label)] = sorted(mine)
+        name = _label_name(session, job)
         session.apply_kept(job.study, Edit(f"propagate {name}", None, None, current.copy(), after, None, None))
         return
     for k in np.flatnonzero(touched):
@@ -271,6 +300,14 @@ def _land(session: Session, job: PropagationJob, before: np.ndarray, new: np.nda
             add_anchor(session, label, int(k))
     edit = Edit(f"propagate {session.label(label).name}", None, None, current.copy(), after, session.prompt, None)
     session.apply(edit)
+
+
+def _label_name(session: Session, job: PropagationJob) -> str:
+    """The name of the job's label, in the open study or (opened another meanwhile) in its own study's kept table."""
+    if job.study is None or job.study == session.study_key:
+        return session.label(job.label).name
+    defs = session.studies.get(job.study, {}).get("labels", [])
+    return next((d["name"] for d in defs if d["value"] == job.label), f"label {job.label}")
 
 
 def encode_study(runner, session: Session, *, batch_size: int | None = None, stop: threading.Event | None = None) -> threading.Thread:

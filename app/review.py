@@ -42,18 +42,37 @@ def review_of(session: Session) -> Review | None:
 def start_review(session: Session) -> Review:
     """Review the last finished propagation of the active label, nearest slices to its start first."""
     job = job_of(session)
-    if job is None or job.result is None or job.label != session.active:
-        raise SessionError("nothing to review: propagate the active label first")
-    if job.running:
+    if job is not None and job.running:  # checked first: a running job has no result yet
         raise SessionError("the propagation is still running: review it when it is done")
-    reached = [k for k in np.flatnonzero((session.labels == job.label).reshape(len(session.labels), -1).any(axis=1))]
-    slices = sorted((int(k) for k in reached if int(k) != job.start), key=lambda k: (abs(k - job.start), k))
+    if job is None or job.result is None or job.study != session.study_key:
+        raise SessionError("nothing to review: propagate the active label first")
+    if job.label != session.active:
+        name = next((d.name for d in session.label_defs if d.value == job.label), f"label {job.label}")
+        raise SessionError(f"the last propagation was of {name}: make it the active label to review it")
+    slices = _reached(session, job.label, job.start)
     if not slices:
         raise SessionError("the propagation reached no slice besides the start one")
     review = Review(label=job.label, start=job.start, slices=slices)
     session.runtime["review"] = review
     _show(session, review)
     return review
+
+
+def _reached(session: Session, label: int, start: int) -> list[int]:
+    """The slices holding ``label`` now, besides ``start``, nearest to it first: what a review steps through."""
+    held = np.flatnonzero((session.labels == label).reshape(len(session.labels), -1).any(axis=1))
+    return sorted((int(k) for k in held if int(k) != start), key=lambda k: (abs(k - start), k))
+
+
+def _follow(session: Session, review: Review) -> None:
+    """Re-read the review's slices from the labels as they are now, staying on the shown slice where it is still one.
+
+    Why: Undo of a Cut here (or any edit since) changes which slices hold the label; a list fixed at the start
+    kept the cut slices out of reach of ◀ ▶ after the Undo brought them back."""
+    current = review.current
+    review.slices = _reached(session, review.label, review.start) or [review.start]
+    review.position = review.slices.index(current) if current in review.slices else \
+        min(review.position, len(review.slices) - 1)
 
 
 def _show(session: Session, review: Review) -> None:
@@ -72,6 +91,7 @@ def _require(session: Session) -> Review:
 
 def step_review(session: Session, delta: int) -> Review:
     review = _require(session)
+    _follow(session, review)
     review.position = int(np.clip(review.position + delta, 0, len(review.slices) - 1))
     _show(session, review)
     return review
@@ -80,7 +100,11 @@ def step_review(session: Session, delta: int) -> Review:
 def accept(session: Session) -> Review:
     """Keep the shown slice as it is (an anchor) and go to the next one."""
     review = _require(session)
+    if not (session.labels[review.current] == review.label).any():  # an empty anchor is ignored by the walk
+        raise SessionError(f"slice {review.current} holds nothing of {session.label(review.label).name} now, so "
+                           "Propagate again would fill it: to end the structure here press Cut here; or draw it")
     add_anchor(session, review.label, review.current)
+    _follow(session, review)
     if review.position < len(review.slices) - 1:
         review.position += 1
     _show(session, review)
@@ -91,6 +115,9 @@ def cut_here(session: Session) -> Edit:
     """Remove the label from the shown slice outward (away from the start) as one undoable edit."""
     review = _require(session)
     k = review.current
+    if k == review.start:  # no outward from the start: it cut the start slice and all below it (the user's own)
+        raise SessionError(f"slice {k} is where the propagation started: Cut here removes the slices beyond it; "
+                           "to remove this one, erase it or Clear label")
     before = session.labels.copy()
     after = before.copy()
     outward = slice(k, None) if k > review.start else slice(0, k + 1)
@@ -99,7 +126,6 @@ def cut_here(session: Session) -> Edit:
     edit = Edit(f"cut {session.label(review.label).name} from slice {k} outward", None, None, before, after,
                 session.prompt, None)
     session.apply(edit)
-    review.slices = [s for s in review.slices if (s < k if k > review.start else s > k)] or [review.start]
-    review.position = min(review.position, len(review.slices) - 1)
+    _follow(session, review)
     _show(session, review)
     return edit

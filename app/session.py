@@ -166,6 +166,14 @@ class Edit:
         return tuple(_owner(a) for a in _edit_arrays(self))
 
 
+def note_anchor(edit: Edit, label: int, k: int) -> None:
+    """``edit`` made slice ``k`` an anchor of ``label`` (``controller.mark_anchor``): Undo of it takes the anchor
+    away, Redo brings it back (:meth:`Session.undo`). Why: an undone correction stayed an anchor, so Propagate
+    again kept that slice as the walk had left it instead of recomputing it. Kept on the (frozen) edit itself,
+    so the mark travels with it through a study's kept history and dies with it."""
+    edit.__dict__["made_anchor"] = (int(label), int(k))
+
+
 def _edit_arrays(edit: Edit) -> list:
     """The arrays an undo step keeps alive: its packed planes and both prompts' arrays."""
     arrays: list = [edit.before, edit.after]
@@ -284,7 +292,10 @@ class Session:
         self.study_path, self.series_uid, self.study_name = path, series_uid, name
         self.allow_uneven = allow_uneven
         self.prompt = None
-        self.runtime.clear()
+        job = self.runtime.get("propagation_job")  # a walk goes on in its own study (app.propagation_job): the page
+        self.runtime.clear()                      # polls it, and a second start of it is refused, as in its study
+        if job is not None:
+            self.runtime["propagation_job"] = job
         self.revision += 1
         if self._unstash(key, volume):
             self._trim_undo()  # all the session's studies share its undo bound
@@ -308,7 +319,7 @@ class Session:
             "study_path": self.study_path, "series_uid": self.series_uid, "study_name": self.study_name,
             "labels": [{"value": d.value, "name": d.name, "colour": list(d.colour)} for d in self.label_defs],
             "active": self.active, "view": asdict(self.view),
-            "history": {str(k): v for k, v in self.history.items()},
+            "history": {str(k): v for k, v in self.history.items()}, "anchors": self.anchors_json(),
         }
         # packed: a session may keep several studies' work, and a label map is mostly zeros
         self.stashed[key] = {"labels": pack(self.labels), "undo": list(self.undo_stack), "redo": list(self.redo_stack),
@@ -350,6 +361,7 @@ class Session:
         self.active = int(meta["active"])
         self.view = ViewState(**{k: v for k, v in meta["view"].items() if k in ViewState.__dataclass_fields__})
         self.history = {int(k): v for k, v in meta.get("history", {}).items()}
+        self.restore_anchors(meta.get("anchors", {}))
         self.undo_stack[:] = arrays.get("undo", [])
         self.redo_stack[:] = arrays.get("redo", [])
         return True
@@ -428,6 +440,7 @@ class Session:
             return None
         edit = self.undo_stack.pop()
         self.region(edit.view, edit.index)[...] = edit.before.unpack()
+        self._follow_anchor(edit, made=False)
         self.prompt = edit.prompt_before
         self.revision += 1
         self.redo_stack.append(edit)
@@ -438,10 +451,21 @@ class Session:
             return None
         edit = self.redo_stack.pop()
         self.region(edit.view, edit.index)[...] = edit.after.unpack()
+        self._follow_anchor(edit, made=True)
         self.prompt = edit.prompt_after
         self.revision += 1
         self.undo_stack.append(edit)
         return edit
+
+    def _follow_anchor(self, edit: Edit, made: bool) -> None:
+        """The anchor ``edit`` made (:func:`note_anchor`) follows it: gone on Undo, back on Redo."""
+        mark = edit.__dict__.get("made_anchor")
+        if mark is not None:
+            anchors = self.runtime.setdefault(ANCHORS, {}).setdefault(mark[0], set())
+            if made:
+                anchors.add(mark[1])
+            else:
+                anchors.discard(mark[1])
 
     def clear_label(self, value: int) -> Edit | None:
         """Remove ``value`` from the whole study as one undoable edit (None when it was empty)."""
@@ -454,6 +478,24 @@ class Session:
         return edit
 
     # --- persistence -----------------------------------------------------------------------
+    def anchors_json(self) -> dict[str, list[int]]:
+        """The open study's propagation anchors (``app.propagation_job.anchors_of``) as JSON: they are saved with
+        the study's work, since a re-propagation overwrites every slice that is not one (a correction was lost
+        when they lived in ``runtime`` alone, which opening another study or a restart clears)."""
+        return {str(v): sorted(int(k) for k in ks) for v, ks in self.runtime.get(ANCHORS, {}).items() if ks}
+
+    def restore_anchors(self, data: Any) -> None:
+        """Bring back the anchors :meth:`anchors_json` wrote. A kept study's entry is not checked with state.json
+        (``check_state``), so a damaged one is dropped with a warning: anchors only steer a re-propagation, and
+        refusing to open the study over them would keep its labels out of reach."""
+        anchors: dict[int, set[int]] = {}
+        for value, ks in (data.items() if isinstance(data, dict) else ()):
+            if re.fullmatch(r"-?[0-9]+", str(value)) and isinstance(ks, list) and all(type(k) is int for k in ks):
+                anchors[int(value)] = set(ks)
+            else:
+                log.warning("session %s: propagation anchors of label %r dropped (not slice numbers)", self.id, value)
+        self.runtime[ANCHORS] = anchors
+
     def to_json(self) -> dict[str, Any]:
         study = self.study_path
         if study is not None and Path(study).resolve().is_relative_to(self.directory.resolve()):
@@ -470,6 +512,7 @@ class Session:
             "active": self.active,
             "view": asdict(self.view),
             "history": {str(k): v for k, v in self.history.items()},
+            "anchors": self.anchors_json(),
             "studies": self.studies,
             "updated": self.updated,
         }
@@ -482,7 +525,7 @@ _STATE_FIELDS: tuple[tuple[str, tuple[type, ...], str], ...] = (
     ("study_name", (str,), "a name"),
     ("labels", (list,), "a list of labels"), ("active", (int,), "a label value"), ("view", (dict,), "an object"),
     ("history", (dict,), "an object"), ("studies", (dict,), "an object"), ("updated", (int, float), "a time"),
-    ("journal_seq", (int,), "a record number"),
+    ("journal_seq", (int,), "a record number"), ("anchors", (dict,), "slice lists by label value"),
 )
 _VIEW_FIELDS = {"view": (str,), "window": (str,), "mode": (str,), "level": (int, float), "width": (int, float),
                 "opacity": (int, float)}
@@ -515,6 +558,9 @@ def check_state(state: Any, name: str = "state.json") -> dict[str, Any]:
         raise bad("view.index", "slice numbers by view")
     if not all(re.fullmatch(r"-?[0-9]+", k) and isinstance(v, list) for k, v in state.get("history", {}).items()):
         raise bad("history", "prompt lists by label value")
+    if not all(re.fullmatch(r"-?[0-9]+", k) and isinstance(v, list) and all(type(i) is int for i in v)
+               for k, v in state.get("anchors", {}).items()):
+        raise bad("anchors", "slice numbers by label value")
     if not all(isinstance(v, dict) for v in state.get("studies", {}).values()):
         raise bad("studies", "an object per study")
     return state
@@ -566,6 +612,7 @@ def study_key(path: str, series_uid: str | None = None) -> str:
 
 
 LABELS_ON_DISK = "labels_on_disk"  # session.runtime key: labels_signature() of what labels.npz holds
+ANCHORS = "anchors"  # session.runtime key: {label: {slice k}} (app.propagation_job.anchors_of), saved with the study
 JOURNAL_SEQ = "journal_seq"  # session.runtime key: the last journal record written (app.save_journal)
 log = logging.getLogger(__name__)
 
@@ -588,6 +635,12 @@ def labels_signature(labels: np.ndarray) -> tuple:
     300 x 512 x 512 map), so a save after paging or windowing, which leave the labels as they were, skips
     rewriting them."""
     return labels.shape, labels.dtype.str, zlib.crc32(np.ascontiguousarray(labels))
+
+
+def _walking(session: Session) -> bool:
+    """Whether a propagation of ``session`` runs now (``app.propagation_job``: its job in the session's runtime)."""
+    job = session.runtime.get("propagation_job")
+    return bool(job is not None and getattr(job, "running", False))
 
 
 class SessionStore:
@@ -862,6 +915,7 @@ class SessionStore:
                     continue
                 if region.shape == record.plane.shape:
                     region[...] = record.plane
+        session.restore_anchors(state.get("anchors", {}))
         session.runtime[JOURNAL_SEQ] = max([int(state.get("journal_seq", 0)), *(r.seq for r in records)])
         return session
 
@@ -892,5 +946,11 @@ class SessionStore:
         return removed
 
     def _evict_locked(self) -> None:
+        """Drop the least recently used sessions beyond ``max_in_memory``, but never one whose propagation runs:
+        its walk lands on this very object, and a copy loaded from disk meanwhile never got it (the page lost
+        the job, its progress and its result). Such a session may hold the store above its bound for the walk."""
         while len(self._sessions) > self.max_in_memory:
-            self._sessions.pop(next(iter(self._sessions)))
+            idle = next((sid for sid, s in self._sessions.items() if not _walking(s)), None)
+            if idle is None:
+                return
+            self._sessions.pop(idle)

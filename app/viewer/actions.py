@@ -326,7 +326,7 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
             if value != session.active:
                 session.active, session.prompt = value, None
         if kind in PROMPTS:
-            controller.mark_anchor(session)  # a prompt or correction on a stored slice anchors propagation
+            controller.mark_anchor(session, edit)  # a prompt or correction on a stored slice anchors propagation
         trace.mark("action.acted", kind=kind)
         if kind in PROMPTS and edit is not None:
             ctx.store.save_edit(session, edit)  # its plane journalled now, the full save after the answer

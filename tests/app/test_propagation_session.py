@@ -302,3 +302,293 @@ def test_opening_another_study_while_propagation_runs_lands_it_in_its_own_study(
     controller.undo(ctx, sid)  # the propagation is one undoable edit of its study
     np.testing.assert_array_equal(session.labels, boxed)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- a hurried clinician's 3D workflow (session 18, ux3d18) ---------------------------------------
+def _gated(ctx, sid, k=2, at=1):
+    """Start a propagation from slice ``k`` that waits after ``at`` slices until released: (job, reached, release)."""
+    from app.propagation_job import start_propagation
+
+    session = ctx.store.get(sid)
+    reached, release = threading.Event(), threading.Event()
+
+    def gate(job):
+        if job.done >= at and not release.is_set():
+            reached.set()
+            release.wait(600)
+
+    with session.lock:
+        job = start_propagation(ctx.runner, session, k, observe=gate, on_done=ctx.store.save)
+    assert reached.wait(600)
+    return job, release
+
+
+def test_corrections_stay_anchors_after_opening_another_study_and_coming_back(ctx, five, five_embeddings, monkeypatch):
+    """Correct a propagated slice, look at another study, come back, Propagate again: the anchors lived in the
+    session's runtime, which opening a study clears, so the walk overwrote the correction. Now they travel
+    with the study's kept work and the correction stays."""
+    from app.propagation_job import propagation_cache
+
+    samples = {"five": five, "MR": SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"}
+    monkeypatch.setattr(controller, "sample_studies", lambda: samples)
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, "five")
+    session = ctx.store.get(sid)
+    for key, embedding in five_embeddings:
+        propagation_cache(session).put(key, embedding)
+    controller.set_slice(ctx, sid, 2)
+    controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
+    controller.click(ctx, sid, *BOX[0])
+    controller.click(ctx, sid, *BOX[1])
+    _propagate(ctx, sid)
+    controller.set_slice(ctx, sid, 4)
+    keep = np.zeros(session.labels.shape[1:], bool)
+    keep[:128, :128] = True
+    corrected = keep & (session.labels[4] == 1)
+    interaction.erase(session, ~keep)
+    controller.mark_anchor(session)
+    controller.open_sample(ctx, sid, "MR")
+    controller.open_sample(ctx, sid, "five")
+    for key, embedding in five_embeddings:
+        propagation_cache(session).put(key, embedding)
+    controller.set_slice(ctx, sid, 2)
+    _propagate(ctx, sid)
+    np.testing.assert_array_equal(session.labels[4] == 1, corrected)
+    assert anchors_of(session, 1) == {2, 4}
+
+
+def test_clear_label_while_propagation_runs_keeps_the_label_cleared(ctx, five, five_embeddings):
+    """Clear label while the walk runs: the walk landed on every slice but the cleared start one, so the label
+    the user had just cleared came back on four slices. Now the walk is dropped (its start slice is gone) and
+    the status says so in one line."""
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    job, release = _gated(ctx, sid)
+    controller.clear(ctx, sid)
+    release.set()
+    job.wait(600)
+    assert not (session.labels == 1).any()
+    status = controller.propagation_status(ctx, sid).status
+    assert "not applied" in status and "\n" not in status, status
+    controller.undo(ctx, sid)  # the clear is the last edit: undo brings the box back
+    assert (session.labels[2] == 1).sum() > 500 and not (session.labels[[0, 1, 3, 4]] == 1).any()
+
+
+def test_export_while_propagation_runs_exports_the_state_before_it_and_says_so(ctx, five, five_embeddings):
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    boxed = session.labels.copy()
+    job, release = _gated(ctx, sid)
+    try:
+        path, vm = controller.export(ctx, sid, "nifti")
+    finally:
+        release.set()
+        job.wait(600)
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert (written == boxed.reshape(written.shape)).all()
+    assert "is running" in vm.status and "export again when it is done" in vm.status, vm.status
+
+
+def test_cut_here_on_the_start_slice_is_refused_and_keeps_the_start(ctx, five, five_embeddings):
+    """Cut the range on both sides, then Cut here again: the review stood on the start slice and cut it and
+    every slice below it (the user's box too). Now that is refused in one line; the start slice stays."""
+    from app.session import SessionError
+
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    _propagate(ctx, sid)
+    controller.review(ctx, sid, "start")
+    for _ in range(3):
+        shown = controller.review(ctx, sid, "cut").slice_index
+        if shown == 2:
+            break
+    assert shown == 2 and (session.labels[2] == 1).sum() > 500
+    with pytest.raises(SessionError, match="start"):
+        controller.review(ctx, sid, "cut")
+    assert (session.labels[2] == 1).sum() > 500
+
+
+def test_accept_on_a_slice_erased_meanwhile_is_refused_in_one_line(ctx, five, five_embeddings):
+    """Review, erase the shown slice, Accept: it became an empty anchor, which the walk ignores, so Propagate again
+    filled the slice the user had just emptied and accepted. Now Accept refuses and points at Cut here."""
+    from app.session import SessionError
+
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    _propagate(ctx, sid)
+    k = controller.review(ctx, sid, "start").slice_index
+    interaction.erase(session, np.ones(session.labels.shape[1:], bool))
+    controller.mark_anchor(session)
+    with pytest.raises(SessionError, match="Cut here") as e:
+        controller.review(ctx, sid, "accept")
+    assert "\n" not in str(e.value)
+    assert not (session.labels[k] == 1).any()
+
+
+def test_a_refused_propagate_keeps_the_review_in_progress(ctx, five, five_embeddings):
+    """In Review, erase the shown slice and press Propagate there: refused (nothing to carry), but the review had
+    been ended before the refusal, so ◀ ▶ answered "no review in progress". Now a refused Propagate changes nothing."""
+    from app.session import SessionError
+
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    _propagate(ctx, sid)
+    k = controller.review(ctx, sid, "start").slice_index
+    interaction.erase(session, np.ones(session.labels.shape[1:], bool))
+    with pytest.raises(SessionError, match="holds nothing"):
+        controller.propagate(ctx, sid)
+    assert controller.review(ctx, sid, "next").slice_index != k
+
+
+def test_a_propagation_left_running_is_still_shown_and_guarded_after_coming_back(ctx, five, five_embeddings,
+                                                                                monkeypatch):
+    """Propagate, open another study, come back while it still runs: opening a study forgot the job, so the page's
+    poll stopped (no progress, no result) and Propagate pressed again started a second walk of the same label
+    beside the first. Now the job stays the session's: the other study says where it runs, coming back shows its
+    progress, a second start is refused in one line, and it lands once."""
+    from app.propagation_job import propagation_cache
+    from app.session import SessionError
+
+    samples = {"five": five, "MR": SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"}
+    monkeypatch.setattr(controller, "sample_studies", lambda: samples)
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, "five")
+    session = ctx.store.get(sid)
+    for key, embedding in five_embeddings:
+        propagation_cache(session).put(key, embedding)
+    controller.set_slice(ctx, sid, 2)
+    controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
+    controller.click(ctx, sid, *BOX[0])
+    controller.click(ctx, sid, *BOX[1])
+    job, release = _gated(ctx, sid)
+    try:
+        controller.open_sample(ctx, sid, "MR")
+        assert "Propagating" in controller.propagation_status(ctx, sid).status
+        controller.open_sample(ctx, sid, "five")
+        assert controller.propagation_job(ctx, sid) is job
+        assert "Propagating" in controller.propagation_status(ctx, sid).status
+        with pytest.raises(SessionError, match="already running"):
+            controller.propagate(ctx, sid)
+    finally:
+        release.set()
+        job.wait(600)
+    assert job.state == "done", job.error
+    assert all((session.labels[k] == 1).sum() > 500 for k in range(5))
+    assert session.undo_stack[-1].description == "propagate label 1" and len(session.undo_stack) == 2
+
+
+def test_a_propagation_that_landed_in_a_study_left_meanwhile_says_where(ctx, five, five_embeddings, monkeypatch):
+    """The walk ended after the user opened another study: its status said "Undo reverts the whole propagation",
+    but Undo there undid the other study's last edit. Now it names the study it landed in."""
+    from app.propagation_job import propagation_cache
+
+    samples = {"five": five, "MR": SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"}
+    monkeypatch.setattr(controller, "sample_studies", lambda: samples)
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, "five")
+    session = ctx.store.get(sid)
+    for key, embedding in five_embeddings:
+        propagation_cache(session).put(key, embedding)
+    controller.set_slice(ctx, sid, 2)
+    controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
+    controller.click(ctx, sid, *BOX[0])
+    controller.click(ctx, sid, *BOX[1])
+    job, release = _gated(ctx, sid)
+    controller.open_sample(ctx, sid, "MR")
+    release.set()
+    job.wait(600)
+    status = controller.propagation_status(ctx, sid).status
+    assert "five" in status and "open it" in status and "\n" not in status, status
+
+
+def test_cut_here_then_undo_brings_the_cut_slices_back_into_the_review(ctx, five, five_embeddings):
+    """Cut here, then Undo: the slices came back in the study but the review had dropped them for good, so ◀ ▶
+    never reached them again. Now the review follows the labels as they are."""
+    sid = _open_and_box(ctx, five, five_embeddings)
+    _propagate(ctx, sid)
+    controller.review(ctx, sid, "start")
+    while controller.review(ctx, sid, "next").slice_index != 4:
+        pass
+    controller.review(ctx, sid, "cut")
+    controller.undo(ctx, sid)
+    seen = {controller.review(ctx, sid, step).slice_index for step in ("prev", "prev", "prev", "next", "next", "next")}
+    assert 4 in seen, seen
+
+
+def test_review_pressed_too_early_or_on_another_label_says_why_in_one_line(ctx, five, five_embeddings):
+    """Review while the walk ran said "nothing to review: propagate the active label first" (the propagation the
+    user had just started was right there), and so it did after picking another label. Now each says why."""
+    from app.session import SessionError
+
+    sid = _open_and_box(ctx, five, five_embeddings)
+    job, release = _gated(ctx, sid)
+    try:
+        with pytest.raises(SessionError, match="still running"):
+            controller.review(ctx, sid, "start")
+    finally:
+        release.set()
+        job.wait(600)
+    controller.add_label(ctx, sid, "other")
+    with pytest.raises(SessionError, match="make it the active label") as e:
+        controller.review(ctx, sid, "start")
+    assert "label 1" in str(e.value) and "\n" not in str(e.value)
+    controller.select_label(ctx, sid, 1)
+    assert "Review: slice" in controller.review(ctx, sid, "start").status
+
+
+def test_a_session_whose_propagation_runs_is_not_dropped_from_memory(ctx, five, five_embeddings, tmp_path):
+    """A busy server keeps its least recently used sessions on disk only. One whose walk was running was dropped
+    too: the walk landed on the dropped copy while the next request loaded another from disk, so the page lost the
+    job (no progress, no result) and the propagation never showed. Now a session with a running job stays."""
+    small = AppContext(SessionStore(tmp_path / "sessions", max_in_memory=1), ctx.runner,
+                       Prefetcher(ctx.runner, radius=0))
+    sid = _open_and_box(small, five, five_embeddings)
+    job, release = _gated(small, sid)
+    try:
+        controller.start(small, None)  # another user's page: one session at most stays in memory
+        assert controller.propagation_job(small, sid) is job
+    finally:
+        release.set()
+        job.wait(600)
+    assert job.state == "done", job.error
+    assert all((small.store.get(sid).labels[k] == 1).sum() > 500 for k in range(5))
+
+
+def test_an_undone_correction_is_no_anchor_and_redo_makes_it_one_again(ctx, five, five_embeddings):
+    """Correct a propagated slice, Undo the correction, Propagate again: the slice stayed an anchor, so the walk
+    kept it as the first propagation had left it instead of recomputing it. Now the anchor follows Undo / Redo."""
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    _propagate(ctx, sid)
+    controller.set_slice(ctx, sid, 4)
+    keep = np.zeros(session.labels.shape[1:], bool)
+    keep[:128, :128] = True
+    edit = interaction.erase(session, ~keep)
+    controller.mark_anchor(session, edit)  # what app.viewer.actions does after every correction
+    assert anchors_of(session, 1) == {2, 4}
+    controller.undo(ctx, sid)
+    assert anchors_of(session, 1) == {2}
+    controller.redo(ctx, sid)
+    assert anchors_of(session, 1) == {2, 4}
+
+
+def test_propagate_pressed_on_another_label_while_one_runs_names_the_running_one(ctx, five, five_embeddings):
+    """A second structure boxed and propagated while the first walks: refused with "a propagation is already
+    running in this study", not saying which, so the user looked for a run of the label they were on."""
+    from app.session import SessionError
+
+    sid = _open_and_box(ctx, five, five_embeddings)
+    job, release = _gated(ctx, sid)
+    try:
+        controller.add_label(ctx, sid, "other")
+        controller.set_slice(ctx, sid, 3)
+        controller.click(ctx, sid, *BOX[0])
+        controller.click(ctx, sid, *BOX[1])
+        with pytest.raises(SessionError, match="a propagation of label 1 is already running") as e:
+            controller.propagate(ctx, sid)
+        assert "\n" not in str(e.value)
+    finally:
+        release.set()
+        job.wait(600)
+    assert job.state == "done", job.error
+    assert (ctx.store.get(sid).labels[3] == 2).sum() > 500

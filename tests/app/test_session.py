@@ -96,6 +96,25 @@ def test_saved_session_restores_in_a_fresh_store(store, ct_volume, tmp_path):
     assert again.revision > s.revision
 
 
+def test_propagation_anchors_survive_a_restart_and_a_study_switch(store, ct_volume, tmp_path):
+    """The slices a user corrected (anchors, which re-propagation keeps) lived only in memory: after a restart or
+    a look at another study a re-propagation overwrote the corrections (docs/ui.md, the 3D workflow in a hurry)."""
+    from app.propagation_job import anchors_of
+
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "CT head")
+    s.labels[4, 50:60, 70:90] = 1
+    anchors_of(s, 1).update({2, 4})
+    store.save(s)
+    again = SessionStore(tmp_path / "sessions").get(s.id)  # as after a server restart
+    assert anchors_of(again, 1) == {2, 4}
+    other = replace(ct_volume, array=ct_volume.array[:6])
+    again.start_study(other, str(CT) + "-cut", "cut")
+    assert anchors_of(again, 1) == set()
+    again.start_study(ct_volume, str(CT), "CT head")
+    assert anchors_of(again, 1) == {2, 4}
+
+
 def test_uploaded_study_path_is_stored_relative_to_the_session(store, ct_volume, tmp_path):
     s = store.create()
     upload = s.directory / "uploads" / "a" / "series"
@@ -693,3 +712,19 @@ def test_renaming_a_label_to_another_labels_name_is_refused(store, ct_volume, tm
     s.labels[3, 10:20, 10:20], s.labels[4, 10:20, 10:20] = 1, 2
     out = write_dicom_seg(s.labels, ct_volume, tmp_path / "s.dcm", label_names={d.value: d.name for d in s.label_defs})
     assert [d.SegmentLabel for d in pydicom.dcmread(out).SegmentSequence] == ["liver", "spleen"]
+
+
+def test_a_kept_studys_damaged_anchors_are_dropped_and_the_study_opens_with_its_labels(store, ct_volume):
+    """A kept study's ``anchors`` in state.json is not checked with the file: damaged, it raised in the middle of
+    opening that study. Now they are dropped (they only steer a re-propagation) and the study opens with its labels."""
+    from app.propagation_job import anchors_of
+
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "CT head")
+    s.labels[4, 50:60, 70:90] = 1
+    anchors_of(s, 1).add(4)
+    s.start_study(replace(ct_volume, array=ct_volume.array[:6]), str(CT) + "-cut", "cut")
+    (meta,) = s.studies.values()
+    meta["anchors"] = {"1": "x", "2": [3]}
+    s.start_study(ct_volume, str(CT), "CT head")
+    assert int((s.labels == 1).sum()) == 200 and anchors_of(s, 1) == set() and anchors_of(s, 2) == {3}

@@ -41,6 +41,7 @@ DAMAGE = {  # what was done to state.json -> a fragment the one-line reason must
     "updated text": (state_edit(updated="x"), "updated"),
     "studies a list": (state_edit(studies=[1]), "studies"),
     "journal_seq text": (state_edit(journal_seq="x"), "journal_seq"),
+    "anchor slice text": (state_edit(anchors={"1": ["x"]}), "anchors"),
     "study gone": (state_edit(study_path="/nonexistent/ct"), "can no longer be read"),
 }
 
