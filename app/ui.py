@@ -195,6 +195,8 @@ def build_app(config: UIConfig):
                    model, window, level, width]
         at_status = outputs.index(status)
         typed = [outputs.index(c) for c in (level, width, label_name, colour)]  # typed into, sent with Enter
+        at_name = outputs.index(label_name)
+        label_form = [outputs.index(c) for c in (label, label_name, colour)]  # one label's form: kept or shown whole
         given: dict[str | None, dict[int, Any]] = {}  # page (Gradio session hash) -> typed fields' last values sent
 
         def page_key() -> str | None:
@@ -202,16 +204,25 @@ def build_app(config: UIConfig):
 
             return getattr(LocalContext.request.get(None), "session_hash", None)
 
-        def background(refresh: Callable[[], list[Any]]) -> list[Any]:
+        def background(refresh: Callable[[], list[Any]], name: str | None = None) -> list[Any]:
             """Run a refresh the user did not ask for (the viewer's sync after its edits, the propagation
             timer); it leaves a typed field alone unless the server's value changed since the page was last
             given one: the user may be typing there. Issue 19: a sync that landed between typing width 0
-            and Enter put 400 back, so Enter sent 400 and no error was shown."""
+            and Enter put 400 back, so Enter sent 400 and no error was shown.
+
+            ``name``, the page's Name box as sent: while it holds text the page was not given, the user is typing
+            a name for the label the form shows, and the whole label form (label, name, colour) stays as it is; the
+            sync after a legend pick replaced the typed name with the picked label's (its value had changed)."""
             before = dict(given.get(page_key(), {}))
             result = refresh()
+            typing = name is not None and at_name in before and not _same_value(name, before[at_name])
             for i in typed:
                 if i in before and _same_value(result[i], before[i]):
                     result[i] = gr.skip()
+            for i in label_form if typing else ():
+                result[i] = gr.skip()
+                if i in before:  # the page still has what it was given before, not this refresh's value
+                    given.setdefault(page_key(), {})[i] = before[i]
             return result
 
         def only_status(message: str) -> list[Any]:
@@ -359,11 +370,11 @@ def build_app(config: UIConfig):
         window.input(display, [sid, window, level, width], outputs, trigger_mode="always_last")
         for control in (level, width):
             control.submit(lambda s, lv, wd: display(s, "custom", lv, wd), [sid, level, width], outputs)
-        def sync(s):
+        def sync(s, name=None):
             with trace.span("sync"):
-                return background(lambda: guarded(controller.refresh, s, None))
+                return background(lambda: guarded(controller.refresh, s, None), name)
 
-        viewer_sync.click(sync, [sid], outputs,
+        viewer_sync.click(sync, [sid, label_name], outputs,
                           trigger_mode="always_last", show_progress="hidden")
         # A model is picked through the viewer's queue (its 'model' action, after the prompts queued before it:
         # app.viewer.actions.choose_model); the box's own event only shows the model in use again. It switched the
@@ -429,7 +440,9 @@ def build_app(config: UIConfig):
         label.input(lambda s, v: guarded(controller.select_label, s, v), [sid, label], outputs)
         add_btn.click(lambda s, n: guarded(controller.add_label, s, n), [sid, label_name], outputs)
         clear_btn.click(lambda s: guarded(controller.clear, s), [sid], outputs)
-        label_name.submit(lambda s, n, c: guarded(controller.edit_label, s, n, c), [sid, label_name, colour], outputs)
+        # the label the form shows goes with Name + Enter: the rename is for it, not for a label picked since
+        label_name.submit(lambda s, v, n, c: guarded(controller.edit_label, s, n, c, v),
+                          [sid, label, label_name, colour], outputs)
         for event in (colour.input, colour.change):  # a typed hex colour fires change only
             event(lambda s, v, n, c: _colour_changed(ctx, guarded, s, v, n, c, len(outputs)),
                   [sid, label, label_name, colour], outputs, trigger_mode="always_last", show_progress="hidden")

@@ -315,7 +315,7 @@ class Page:
         answer = r.json()
         if not answer.get("ok"):
             raise PageError(f"viewer {body.get('kind')}: {answer.get('error')}")
-        self.event("viewer-sync", "click", [None])
+        self.event("viewer-sync", "click", [None, self.last.get("label_name")])  # the Name box as the page has it
         self.last["viewer"] = answer
         return self.last
 

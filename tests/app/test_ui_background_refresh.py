@@ -93,7 +93,7 @@ def test_a_refused_typed_value_stays_in_its_box_to_be_corrected(page):
     controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
     name = event("label-name", "submit")
     long = "🫀 قلب " + "very long name " * 8
-    args = {"label-name": long, "label-colour": "#dc143c"}
+    args = {"label": 1, "label-name": long, "label-colour": "#dc143c"}
     answer = name.fn(*[sid if getattr(b, "elem_id", None) is None else args[b.elem_id] for b in name.inputs])
     assert "at most 64 characters" in str(answer), "the name was not refused"
     assert answer[at["label-name"]] == gr.skip(), f"the refused name was replaced: {answer[at['label-name']]!r}"
@@ -110,10 +110,39 @@ def test_a_rename_taken_after_a_refused_one_says_so(page):
     sid = controller.start(ctx, None).session_id
     controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
     name = event("label-name", "submit")
-    args = {"label-name": "🫀 قلب right ventricle", "label-colour": "#dc143c"}
+    args = {"label": 1, "label-name": "🫀 قلب right ventricle", "label-colour": "#dc143c"}
     answer = name.fn(*[sid if getattr(b, "elem_id", None) is None else args[b.elem_id] for b in name.inputs])
     status = next(str(v) for v in answer if "news " in str(v) and "data-state" not in str(v))  # the status line
     assert "Label 1: 🫀 قلب right ventricle, colour" in status and "dc143c" in status, status
+
+
+def test_a_sync_leaves_the_label_form_alone_while_a_name_is_being_typed(page):
+    """A name typed in Name (no Enter yet), then a label picked in the legend: the pick's sync gave the box the
+    picked label's name (the server's value had changed), and the text typed was lost. The sync sends the Name box;
+    while it holds text the page was not given, the label, its name and colour stay as the page has them, so Enter
+    renames the label the form shows (the rename names it: the pick made another label active since)."""
+    demo, event, at = page
+    ctx = demo.medseg_ctx
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
+    sync = event("viewer-sync", "click")
+    assert [getattr(b, "elem_id", None) for b in sync.inputs][1:] == ["label-name"]
+    given = event("add-label", "click").fn(sid, "")  # label 2 active, its name given to the page
+    assert given[at["label-name"]] == "label 2"
+    controller.select_label(ctx, sid, 1)  # the viewer's pick
+    kept = sync.fn(sid, "kidn")
+    label_at = [o.elem_id for o in sync.outputs].index("label")
+    for i in (label_at, at["label-name"], at["label-colour"]):
+        assert kept[i] == gr.skip(), f"the sync rewrote the label form while a name was typed: {kept[i]!r}"
+    assert sync.fn(sid, "kidney")[at["label-name"]] == gr.skip()  # and again, the page's form unchanged
+    name = event("label-name", "submit")
+    args = {"label": 2, "label-name": "kidney", "label-colour": "#3cb44b"}
+    answer = name.fn(*[sid if getattr(b, "elem_id", None) is None else args[b.elem_id] for b in name.inputs])
+    session = ctx.store.get(sid)
+    assert (session.label(2).name, session.label(1).name, session.active) == ("kidney", "label 1", 1)
+    assert answer[at["label-name"]] == "label 1"  # the form shows the active label now
+    shown = sync.fn(sid, "label 1")  # nothing typed: the sync shows the server's label form again
+    assert shown[label_at] != gr.skip()
 
 
 def _sample_with_a_click(ctx):

@@ -213,6 +213,22 @@ def test_paint_labels_and_measurements_in_mm(ctx, opened):
     assert session.label(session.active).colour == (0, 255, 128)
 
 
+def test_a_rename_goes_to_the_label_the_form_showed_not_the_active_one(ctx, opened):
+    """Name + Enter typed right after a legend pick reached the server after the pick: the active label (the one
+    picked) was renamed, with the colour of the label the form showed. The rename names its label now; a label
+    that no longer exists is refused in one line and nothing changes."""
+    session = ctx.store.get(opened)
+    shown = controller.add_label(ctx, opened, "").active  # the form shows the label added
+    controller.select_label(ctx, opened, 1)  # the pick, applied before the rename typed for it
+    before = {d.value: (d.name, d.colour) for d in session.label_defs}
+    vm = controller.edit_label(ctx, opened, "kidney", "#3cb44b", shown)
+    assert {d.value: (d.name, d.colour) for d in session.label_defs} == {**before, shown: ("kidney", (60, 180, 75))}
+    assert session.active == 1 and vm.status == f"Label {shown}: kidney, colour #3cb44b."
+    with pytest.raises(SessionError, match=r"^label 99 no longer exists; nothing renamed"):
+        controller.edit_label(ctx, opened, "liver", "#ff0000", "99")
+    assert {d.value: d.name for d in session.label_defs} == {**{v: n for v, (n, _) in before.items()}, shown: "kidney"}
+
+
 @pytest.mark.parametrize("typed", ["rgb(300, 0, 0)", "rgb(-5, 0, 0)", "rgb(1e400, 0, 0)", "rgb(1, 2)"])
 def test_a_colour_out_of_0_255_is_refused_and_the_label_keeps_its_colour(ctx, opened, typed):
     """rgb(300, 0, 0) was kept as (300, 0, 0): the viewer got "#12c0000" and the DICOM-SEG export then failed

@@ -1418,6 +1418,74 @@ def test_a_label_pick_is_not_undone_by_a_page_built_before_it(browser, server, c
         context.close()
 
 
+def _label_defs(server, sid) -> dict[int, tuple[str, tuple[int, int, int]]]:
+    """Each label's name and colour on the server."""
+    return {d.value: (d.name, tuple(d.colour)) for d in server.store.get(sid).label_defs}
+
+
+def test_a_rename_typed_right_after_a_label_pick_goes_to_the_label_the_form_showed(browser, server, ct, monkeypatch):
+    """Label 1 picked in the legend, then a name typed in Name + Enter before the page's sync showed label 1: the
+    rename (Gradio's own event, outside the viewer's queue) went to the label active on the server by then, label 1,
+    with the Colour box of label 2, the label the form showed (label 1 renamed and recoloured). The rename now names
+    the label the form showed, and goes to it. (The pick's sync is held on its way: the form still shows label 2.)"""
+    gate = _PageGate(monkeypatch)
+    gate.release()  # open while the page loads
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.locator("#add-label").click()
+        page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 2", timeout=TIMEOUT_MS)
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('2')", timeout=TIMEOUT_MS)
+        before = _label_defs(server, sid)
+        gate.closed = True
+        page.locator("#viewer-legend .mv-label[data-value='1'] .mv-name").click()
+        _wait_server(lambda: _state(server, sid)["active"] == 1)
+        assert page.locator("#label input").input_value().startswith("2")  # the form shows label 2 still
+        name = page.locator("#label-name textarea, #label-name input").first
+        name.fill("kidney")
+        name.press("Enter")
+        _wait_server(lambda: "kidney" in {n for n, _ in _label_defs(server, sid).values()})
+        gate.release()
+        _idle(page)
+        after = _label_defs(server, sid)
+        assert after == {1: before[1], 2: ("kidney", before[2][1])}, (before, after)
+        assert _state(server, sid)["active"] == 1
+    finally:
+        gate.release()
+        context.close()
+
+
+def test_a_name_being_typed_is_not_replaced_by_the_sync_after_a_label_pick(browser, server, ct):
+    """A name typed in Name (no Enter yet), then a label picked in the legend: the pick's sync put the new label's
+    name in the box (the server's value for it had changed), so the text typed was lost. While Name holds text the
+    page was not given, a sync leaves the label form (label, name, colour) as it is; Enter renames the label the
+    form shows, and the form then shows the active label."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.locator("#add-label").click()
+        page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 2", timeout=TIMEOUT_MS)
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('2')", timeout=TIMEOUT_MS)
+        before = _label_defs(server, sid)
+        name = page.locator("#label-name textarea, #label-name input").first
+        name.fill("kidney")
+        page.locator("#viewer-legend .mv-label[data-value='1'] .mv-name").click()
+        _wait_server(lambda: _state(server, sid)["active"] == 1)
+        _idle(page)
+        page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 1", timeout=TIMEOUT_MS)
+        page.wait_for_timeout(500)  # a sync that would replace the box has come by now
+        assert name.input_value() == "kidney"
+        assert page.locator("#label input").input_value().startswith("2")
+        name.press("Enter")
+        _wait_server(lambda: "kidney" in {n for n, _ in _label_defs(server, sid).values()})
+        _idle(page)
+        assert _label_defs(server, sid) == {1: before[1], 2: ("kidney", before[2][1])}
+        page.wait_for_function("document.querySelector('#label input').value.startsWith('1')", timeout=TIMEOUT_MS)
+        assert name.input_value() == "label 1"
+    finally:
+        context.close()
+
+
 def _pick_by_keyboard(page, box: str, option: str) -> None:
     """Pick ``option`` in a Gradio dropdown by keyboard, as a user without the mouse: focus, ArrowDown to it, Enter."""
     page.locator(f"{box} input").focus()
