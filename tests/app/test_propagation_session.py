@@ -77,12 +77,10 @@ def five_embeddings(study_encoded):
     return study_encoded[1]
 
 
-def _open_and_box(ctx, path, embeddings, slice_index=2):
-    """Open the study in a new session whose study encoder has run (``embeddings``), then draw the box."""
+def _box_on(ctx, sid, embeddings, slice_index=2) -> str:
+    """In the open study, whose study encoder has run (``embeddings``), draw the box on ``slice_index``."""
     from app.propagation_job import propagation_cache
 
-    sid = controller.start(ctx, None).session_id
-    controller.open_upload(ctx, sid, [str(path)])
     cache = propagation_cache(ctx.store.get(sid))
     for key, embedding in embeddings:
         cache.put(key, embedding)
@@ -91,6 +89,22 @@ def _open_and_box(ctx, path, embeddings, slice_index=2):
     controller.click(ctx, sid, *BOX[0])
     controller.click(ctx, sid, *BOX[1])
     return sid
+
+
+def _open_and_box(ctx, path, embeddings, slice_index=2):
+    """Open the study in a new session whose study encoder has run (``embeddings``), then draw the box."""
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(path)])
+    return _box_on(ctx, sid, embeddings, slice_index)
+
+
+def _sample_and_box(ctx, monkeypatch, five, embeddings) -> str:
+    """A new session with two samples to switch between ("five", the 5-slice CT, and "MR"): "five" open, boxed."""
+    samples = {"five": five, "MR": SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"}
+    monkeypatch.setattr(controller, "sample_studies", lambda: samples)
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, "five")
+    return _box_on(ctx, sid, embeddings)
 
 
 def _propagate(ctx, sid):
@@ -268,30 +282,10 @@ def test_opening_another_study_while_propagation_runs_lands_it_in_its_own_study(
     there; the study open meanwhile is untouched."""
     import logging
 
-    from app.propagation_job import propagation_cache, start_propagation
-
-    samples = {"five": five, "MR": SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"}
-    monkeypatch.setattr(controller, "sample_studies", lambda: samples)
-    sid = controller.start(ctx, None).session_id
-    controller.open_sample(ctx, sid, "five")
+    sid = _sample_and_box(ctx, monkeypatch, five, five_embeddings)
     session = ctx.store.get(sid)
-    for key, embedding in five_embeddings:
-        propagation_cache(session).put(key, embedding)
-    controller.set_slice(ctx, sid, 2)
-    controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
-    controller.click(ctx, sid, *BOX[0])
-    controller.click(ctx, sid, *BOX[1])
     boxed = session.labels.copy()
-    reached, release = threading.Event(), threading.Event()
-
-    def gate(job):
-        if job.done >= 1 and not release.is_set():
-            reached.set()
-            release.wait(600)
-
-    with session.lock:
-        job = start_propagation(ctx.runner, session, 2, observe=gate, on_done=ctx.store.save)
-    assert reached.wait(600)
+    job, release = _gated(ctx, sid)
     controller.open_sample(ctx, sid, "MR")
     release.set()
     job.wait(600)
@@ -329,17 +323,8 @@ def test_corrections_stay_anchors_after_opening_another_study_and_coming_back(ct
     with the study's kept work and the correction stays."""
     from app.propagation_job import propagation_cache
 
-    samples = {"five": five, "MR": SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"}
-    monkeypatch.setattr(controller, "sample_studies", lambda: samples)
-    sid = controller.start(ctx, None).session_id
-    controller.open_sample(ctx, sid, "five")
+    sid = _sample_and_box(ctx, monkeypatch, five, five_embeddings)
     session = ctx.store.get(sid)
-    for key, embedding in five_embeddings:
-        propagation_cache(session).put(key, embedding)
-    controller.set_slice(ctx, sid, 2)
-    controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
-    controller.click(ctx, sid, *BOX[0])
-    controller.click(ctx, sid, *BOX[1])
     _propagate(ctx, sid)
     controller.set_slice(ctx, sid, 4)
     keep = np.zeros(session.labels.shape[1:], bool)
@@ -446,20 +431,10 @@ def test_a_propagation_left_running_is_still_shown_and_guarded_after_coming_back
     poll stopped (no progress, no result) and Propagate pressed again started a second walk of the same label
     beside the first. Now the job stays the session's: the other study says where it runs, coming back shows its
     progress, a second start is refused in one line, and it lands once."""
-    from app.propagation_job import propagation_cache
     from app.session import SessionError
 
-    samples = {"five": five, "MR": SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"}
-    monkeypatch.setattr(controller, "sample_studies", lambda: samples)
-    sid = controller.start(ctx, None).session_id
-    controller.open_sample(ctx, sid, "five")
+    sid = _sample_and_box(ctx, monkeypatch, five, five_embeddings)
     session = ctx.store.get(sid)
-    for key, embedding in five_embeddings:
-        propagation_cache(session).put(key, embedding)
-    controller.set_slice(ctx, sid, 2)
-    controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
-    controller.click(ctx, sid, *BOX[0])
-    controller.click(ctx, sid, *BOX[1])
     job, release = _gated(ctx, sid)
     try:
         controller.open_sample(ctx, sid, "MR")
@@ -480,19 +455,7 @@ def test_a_propagation_left_running_is_still_shown_and_guarded_after_coming_back
 def test_a_propagation_that_landed_in_a_study_left_meanwhile_says_where(ctx, five, five_embeddings, monkeypatch):
     """The walk ended after the user opened another study: its status said "Undo reverts the whole propagation",
     but Undo there undid the other study's last edit. Now it names the study it landed in."""
-    from app.propagation_job import propagation_cache
-
-    samples = {"five": five, "MR": SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"}
-    monkeypatch.setattr(controller, "sample_studies", lambda: samples)
-    sid = controller.start(ctx, None).session_id
-    controller.open_sample(ctx, sid, "five")
-    session = ctx.store.get(sid)
-    for key, embedding in five_embeddings:
-        propagation_cache(session).put(key, embedding)
-    controller.set_slice(ctx, sid, 2)
-    controller.set_display(ctx, sid, "default", 40, 400, 0.45, "box")
-    controller.click(ctx, sid, *BOX[0])
-    controller.click(ctx, sid, *BOX[1])
+    sid = _sample_and_box(ctx, monkeypatch, five, five_embeddings)
     job, release = _gated(ctx, sid)
     controller.open_sample(ctx, sid, "MR")
     release.set()
