@@ -908,6 +908,18 @@ def label_box(session: Session) -> tuple[list[tuple[str, int]], int, str, str]:
             active.name if active else "", "#%02x%02x%02x" % (active.colour if active else PALETTE[0]))
 
 
+def alternatives_box(session: Session) -> tuple[list[str], str | None]:
+    """The *Alternatives of the first click* list (its rows and the one applied): the first click's on the slice and
+    label shown, else empty."""
+    p, vs = session.prompt, session.view
+    if session.volume is None or p is None or not p.alternatives or not p.same_target(
+            vs.view, vs.index[vs.view], session.active):
+        return [], None
+    rows = [f"{i + 1} (IoU {score:.2f}{', box' if box is not None else ''})"
+            for i, (_, _, score, box) in enumerate(p.alternatives)]
+    return rows, rows[p.chosen]
+
+
 def view_model(session: Session, status: str | None) -> ViewModel:
     vs = session.view
     vm = ViewModel(
@@ -933,12 +945,6 @@ def view_model(session: Session, status: str | None) -> ViewModel:
     vm.slice_index = vs.index[vs.view]
     vm.labels, vm.active, vm.label_name, vm.colour = label_box(session)
     vm.measurements = interaction.measurements(session)
-    p = session.prompt
-    if p is not None and p.alternatives and p.same_target(vs.view, vm.slice_index, session.active):
-        vm.alternatives = [
-            f"{i + 1} (IoU {score:.2f}{', box' if box is not None else ''})"
-            for i, (_, _, score, box) in enumerate(p.alternatives)
-        ]
-        vm.chosen = vm.alternatives[p.chosen]
+    vm.alternatives, vm.chosen = alternatives_box(session)
     vm.renderer = lambda: render(session)
     return vm

@@ -242,6 +242,10 @@ def build_app(config: UIConfig):
                             {"level": None, "width": None} if session.volume.is_rgb else shown_window)
                     if session.labels is not None:
                         vm.labels, vm.active, vm.label_name, vm.colour = controller.label_box(session)
+                        # the list with the state it belongs to: a sync whose view model was made before N (its
+                        # list the first structure's) and its state after (no object) took a pick in that list to
+                        # the second structure, for no first click came with it (the flaky alternative e2e test)
+                        vm.alternatives, vm.chosen = controller.alternatives_box(session)
                 # an export's page says which label revision its file holds: the viewer marks the Download older
                 # than the labels once they are newer (a hurried user went on editing, then downloaded)
                 exported = "" if vm.exported is None else f' data-exported="{messages.BOOT}.{vm.exported}"'
