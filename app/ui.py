@@ -198,6 +198,8 @@ def build_app(config: UIConfig):
         at_name = outputs.index(label_name)
         label_form = [outputs.index(c) for c in (label, label_name, colour)]  # one label's form: kept or shown whole
         given: dict[str | None, dict[int, Any]] = {}  # page (Gradio session hash) -> typed fields' last values sent
+        # page -> (study, label revision) its Download holds: every page carries it, not only the export's own
+        exports: dict[str | None, tuple[str | None, int]] = {}
 
         def page_key() -> str | None:
             from gradio.context import LocalContext
@@ -246,9 +248,15 @@ def build_app(config: UIConfig):
                         # list the first structure's) and its state after (no object) took a pick in that list to
                         # the second structure, for no first click came with it (the flaky alternative e2e test)
                         vm.alternatives, vm.chosen = controller.alternatives_box(session)
-                # an export's page says which label revision its file holds: the viewer marks the Download older
-                # than the labels once they are newer (a hurried user went on editing, then downloaded)
-                exported = "" if vm.exported is None else f' data-exported="{messages.BOOT}.{vm.exported}"'
+                # the page says which label revision its Download's file holds: the viewer marks it older than the
+                # labels once they are newer (a hurried user went on editing, then downloaded). Every page of this
+                # study says it, not only the export's: a sync asked before the export and answered just after it
+                # replaced the export's page before the viewer's poll read it, and the mark never came (CI)
+                if vm.exported is not None:
+                    exports[page_key()] = (session.study_key, vm.exported)
+                held = exports.get(page_key())
+                exported = (f' data-exported="{messages.BOOT}.{held[1]}"'
+                            if held is not None and held[0] == session.study_key else "")
                 state_html = (f'<div data-state="{html.escape(json.dumps(state), quote=True)}" '
                               f'data-seq="{messages.BOOT}.{seq}"{exported}></div>')
             except SessionError:
@@ -338,6 +346,7 @@ def build_app(config: UIConfig):
         def on_unload(request: gr.Request) -> None:
             ctx.store.release(getattr(request, "session_hash", "") or "")
             given.pop(getattr(request, "session_hash", None), None)
+            exports.pop(getattr(request, "session_hash", None), None)
 
         wiring = PageWiring(ctx, sid, outputs, status, guarded, warm, GPU)
         pacs.wire(pacs_panel, wiring)

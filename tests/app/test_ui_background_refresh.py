@@ -217,3 +217,32 @@ def test_a_sync_shows_the_alternatives_of_the_state_it_carries(page, monkeypatch
     assert state["object"] is None
     alternatives = answer[names.index("alternatives")]
     assert alternatives["choices"] == [] and alternatives["visible"] is False, alternatives
+
+
+def test_every_page_after_an_export_says_which_labels_its_download_holds(page):
+    """The Download is marked older than the labels from the revision the export wrote (``data-exported``). Only the
+    export's own page said it: a sync asked just before the export and answered just after it replaced that page
+    before the viewer's 100 ms poll read it, and the button never said it was old (CI, 2 of 3 runs of
+    test_a_download_older_than_the_labels_says_so). Every page of the study says it now, until another export."""
+    import re
+
+    demo, event, _ = page
+    ctx = demo.medseg_ctx
+    sid, session = _sample_with_a_click(ctx)
+    export = event("export-btn", "click")
+    sync = event("viewer-sync", "click")
+    names = [getattr(o, "elem_id", None) for o in sync.outputs]
+
+    def exported(answer, at):
+        found = re.search(r'data-exported="[0-9a-f]+\.(\d+)"', answer[at])
+        return None if found is None else int(found.group(1))
+
+    done = export.fn(sid, "NIfTI", False)
+    at_export = [getattr(o, "elem_id", None) for o in export.outputs].index("viewer-state")
+    assert exported(done, at_export) == session.revision
+    written = session.revision
+    controller.click(ctx, sid, 120.0, 110.0)  # an edit after the export
+    assert session.revision > written
+    assert exported(sync.fn(sid, session.label(session.active).name), names.index("viewer-state")) == written
+    controller.open_sample(ctx, sid, list(controller.sample_studies())[1])  # another study: its page has no export
+    assert exported(sync.fn(sid, session.label(session.active).name), names.index("viewer-state")) is None
