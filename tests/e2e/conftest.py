@@ -49,8 +49,15 @@ class Server:
     A click's full save runs after its answer (``SessionStore.save_edit``), so the files are read once
     the session's background save is done."""
 
-    def __init__(self, url: str, sessions: Path, store, runner=None):
-        self.url, self.sessions, self.store, self.runner = url, sessions, store, runner
+    def __init__(self, url: str, sessions: Path, store, runner=None, demo=None):
+        self.url, self.sessions, self.store, self.runner, self.demo = url, sessions, store, runner, demo
+
+    def gradio_idle(self) -> bool:
+        """No page event waits in Gradio's queue or runs: every page the server will build for what was asked
+        so far is built (a test that races a pick against a click waits for this first)."""
+        queue = self.demo._queue
+        return (not any(len(q.queue) for q in queue.event_queue_per_concurrency_id.values())
+                and all(job is None for job in queue.active_jobs))
 
     def session_ids(self) -> set[str]:
         return {p.name for p in self.sessions.iterdir() if p.is_dir()}
@@ -72,7 +79,8 @@ def server(tmp_path_factory, litemedsam):
     with real_server_turn():
         port = _free_port()
         demo = launch("127.0.0.1", port, "litemedsam", "cpu", state_dir=state, prefetch_radius=0, prevent_thread_lock=True)
-        yield Server(f"http://127.0.0.1:{port}/", state / "sessions", demo.medseg_ctx.store, demo.medseg_ctx.runner)
+        yield Server(f"http://127.0.0.1:{port}/", state / "sessions", demo.medseg_ctx.store, demo.medseg_ctx.runner,
+                     demo)
         demo.close()
 
 

@@ -134,6 +134,23 @@ def _wait_server(predicate, timeout_s: float = 60) -> None:
         time.sleep(0.1)
 
 
+def _pages_landed(page, server) -> None:
+    """Every page event asked so far has run on the server and its page is the one shown (the viewer's syncs after
+    an answer land when they land: one built after a later N hid the list a test was about to pick from)."""
+    from app.viewer.actions import PAGES
+
+    def shown_is_last() -> bool:
+        return bool(page.evaluate("n => (document.querySelector('#viewer-state [data-state]')?.dataset.seq || '')"
+                                  ".endsWith('.' + n)", PAGES.last()))
+
+    for _ in range(20):  # Gradio's page sends an event deferred behind a running one when that one ends
+        _wait_server(lambda: server.gradio_idle() and shown_is_last())
+        page.wait_for_timeout(500)
+        if server.gradio_idle() and shown_is_last():
+            return
+    raise AssertionError("the page's events never settled")
+
+
 def _page_to(page, target: int) -> None:
     page.locator("#viewer-stage").focus()
     shown = int(page.locator("#medseg-viewer").get_attribute("data-slice"))
@@ -1707,6 +1724,7 @@ def test_an_alternative_picked_while_a_click_is_queued_acts_after_it_on_its_own_
         page.wait_for_function(f"document.querySelectorAll('#alternatives label').length === {len(first.alternatives)}",
                                timeout=TIMEOUT_MS)
         kept = server.labels(sid) == 1  # the first structure
+        _pages_landed(page, server)  # no sync of the first click is still on its way: its page (after N) hides the list
         with server.runner.turn():
             with session.lock:  # N and the click leave together: no page sync between them hides the list
                 page.keyboard.press("n")

@@ -187,6 +187,7 @@ class Viewer {
   pageStamps = 0
   pageSeq: { boot: string; n: number } | null = null  // the oldest page still taken (stalePage, pagesBefore)
   staleSeen = ''
+  syncAsked = 0  // performance.now() of the last page sync asked, until a page newer than the answers is taken
   reviewKey = ''
   encodeAgain = false
   exported: { boot: string; rev: number } | null = null  // the label revision the last export's file holds
@@ -466,7 +467,10 @@ class Viewer {
     const page = { boot: m[1], n: Number(m[2]) }
     const shown = this.pageSeq
     if (shown && shown.boot === page.boot && page.n < shown.n) {
-      if (this.staleSeen !== seq) {
+      // a sync asked since (the one after an answer makes the page shown stale at once) brings a newer page: a
+      // second one asked here ran after it (Gradio defers it), and its page, built after whatever came next (N),
+      // hid the alternatives list a pick was being made in
+      if (this.staleSeen !== seq && (this.inFlight > 0 || !this.syncOnItsWay())) {
         this.staleSeen = seq
         traceMark('page.stale')
         if (this.inFlight > 0) this.syncWanted = true; else this.syncPage()
@@ -475,6 +479,7 @@ class Viewer {
     }
     this.pageSeq = page
     this.staleSeen = ''  // a page taken: a late one shown after it (even one dropped before) is asked for again
+    this.syncAsked = 0  // a page newer than every answer: the sync asked (if any) is answered
     return false
   }
 
@@ -1607,7 +1612,13 @@ class Viewer {
     this.nv.drawScene()
   }
 
+  /** A page sync was asked less than 5 s ago and no page newer than the answers has come since. */
+  syncOnItsWay(): boolean {
+    return this.syncAsked > 0 && performance.now() - this.syncAsked < 5_000
+  }
+
   syncPage(): void {
+    this.syncAsked = performance.now()
     traceMark('sync.click')
     const b = document.querySelector('#viewer-sync') as HTMLButtonElement | null
     b?.click()
