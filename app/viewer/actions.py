@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from app import controller, interaction, messages, trace
 from app.controller import AppContext
 from app.render import Plane, acquisition_view, display_window
-from app.session import Edit, Session, SessionError
+from app.session import ANCHORS, Edit, Session, SessionError
 from app.viewer.geometry import clip_to_plane, from_plane, outside_by, past_edges, plane_coords
 from data.writers import atomic_output
 from models.prompts import PromptError
@@ -122,6 +122,10 @@ def state(session: Session) -> dict[str, Any]:
         opacity=vs.opacity,
         object=markers(session),
     )
+    # the active label's anchor slices (stored-slice k is the index in the acquisition view): the viewer names them
+    anchors = session.runtime.get(ANCHORS, {}).get(session.active, set())
+    if anchors:
+        out["anchors"] = sorted(int(k) for k in anchors)
     review = session.runtime.get("review")  # app.review: the viewer goes to the slice under review
     if review is not None and review.label == session.active:
         out["review"] = {"index": int(review.current), "position": int(review.position), "n": len(review.slices)}

@@ -258,10 +258,18 @@ def test_upload_then_propagate_3d_and_review(browser, server, tmp_path, ct, shot
     assert first in (0, 2)
     page.wait_for_function(f"document.querySelector('#medseg-viewer').dataset.slice === '{first}'",
                            timeout=TIMEOUT_MS)
-    page.locator("#review-next").click()
+    # Accept keeps the slice as an anchor and goes on; the viewer's slice line names the anchor (nowhere before)
+    page.locator("#review-accept").click()
     page.wait_for_function(f"document.querySelector('#medseg-viewer').dataset.slice === '{2 - first}'",
                            timeout=TIMEOUT_MS)
+    from playwright.sync_api import expect
+
+    info = page.locator("#viewer-info")
+    # the boxed slice 1 and the one accepted
+    expect(info).to_contain_text(f"label 1's anchors: slices {min(first, 1)}, {max(first, 1)}", timeout=TIMEOUT_MS)
     page.locator("#viewer-stage").screenshot(path=str(shots / "ui_review.png"))
+    page.locator("#review-prev").click()
+    expect(info).to_contain_text("anchor of label 1: propagation keeps this slice", timeout=TIMEOUT_MS)
 
     page.locator("#undo-btn").click()
     _wait_status(page, "Undid")

@@ -14,6 +14,7 @@ type State = {
   labels?: LabelDef[]; active?: number; window?: { level: number; width: number } | null; opacity?: number
   object?: ObjectMarks | null; index?: number
   review?: { index: number; position: number; n: number }
+  anchors?: number[]  // the active label's anchor slices (their index in the acquisition view): propagation keeps them
   table?: string
 }
 type Suggested = { view: string; index: number; mm: number[]; positive: boolean; score: number }
@@ -502,6 +503,7 @@ class Viewer {
     if (s.window) this.applyWindow(s.window)
     this.object = s.object ?? null
     this.followReview(s)
+    this.showInfo()  // the anchors of the active label may have changed
     this.drawOverlay()
   }
 
@@ -833,10 +835,22 @@ class Viewer {
     const axisName = ['x', 'y', 'z'][AXIS_OF[view]]
     const vol = this.nv.volumes[0]
     const wl = this.state.rgb ? '' : ` · W ${Math.round(vol.cal_max! - vol.cal_min!)} L ${Math.round((vol.cal_max! + vol.cal_min!) / 2)}`
-    this.info.textContent = `${view} slice ${index} (0–${count - 1}) · ${axisName} = ${mm[AXIS_OF[view]].toFixed(1)} mm${wl} · zoom ${this.nv.scene.pan2Dxyzmm[3].toFixed(1)}×`
+    this.info.textContent = `${view} slice ${index} (0–${count - 1}) · ${axisName} = ${mm[AXIS_OF[view]].toFixed(1)} mm${wl} · zoom ${this.nv.scene.pan2Dxyzmm[3].toFixed(1)}×${this.anchorNote(view, index)}`
     this.root.setAttribute('data-slice', String(index))
     this.root.setAttribute('data-view', view)
     this.publishShown()
+  }
+
+  /** The active label's anchors, in the slice line: a corrected slice is kept by every re-propagation, and the user
+   * saw nowhere which slices were (paging to one says so; elsewhere in that view, where they are). */
+  anchorNote(view: string, index: number): string {
+    const anchors = this.state?.anchors ?? []
+    const active = this.state?.active ?? 1
+    this.root.setAttribute('data-anchors', anchors.join(','))
+    if (!anchors.length || view !== this.state?.acquisition) return ''
+    if (anchors.includes(index)) return ` · anchor of label ${active}: propagation keeps this slice`
+    const listed = anchors.slice(0, 8).join(', ') + (anchors.length > 8 ? ', …' : '')
+    return ` · label ${active}'s anchor${anchors.length > 1 ? 's' : ''}: slice${anchors.length > 1 ? 's' : ''} ${listed}`
   }
 
   /** The shown plane into the page's hidden #viewer-shown box, at once: the buttons that act on the shown slice
