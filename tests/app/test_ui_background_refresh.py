@@ -246,3 +246,27 @@ def test_every_page_after_an_export_says_which_labels_its_download_holds(page):
     assert exported(sync.fn(sid, session.label(session.active).name), names.index("viewer-state")) == written
     controller.open_sample(ctx, sid, list(controller.sample_studies())[1])  # another study: its page has no export
     assert exported(sync.fn(sid, session.label(session.active).name), names.index("viewer-state")) is None
+
+
+def test_a_colour_echo_of_another_labels_form_edits_nothing(page):
+    """CI saw "label name: 'label 1' is already label 1's" appear unasked after label picks in the legend: the page
+    showed label 2 in its Active label box with label 1's name and colour (a later page replaced the box, not the
+    form), and the colour picker's change sent them as an edit of label 2. Another label's own name and colour
+    together are that label's form, not an edit: nothing changes and nothing is said."""
+    demo, event, _ = page
+    ctx = demo.medseg_ctx
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
+    session = ctx.store.get(sid)
+    red = "#%02x%02x%02x" % session.label(1).colour
+    controller.add_label(ctx, sid, "")  # label 2 is active now
+    before = [(d.value, d.name, d.colour) for d in session.label_defs]
+    change = event("label-colour", "change")
+    shown = {"label": 2, "label-name": "label 1", "label-colour": red}
+    answer = change.fn(*[sid if getattr(b, "elem_id", None) is None else shown[b.elem_id] for b in change.inputs])
+    assert all(v == gr.skip() for v in answer), f"the echo changed the page: {answer!r}"
+    assert [(d.value, d.name, d.colour) for d in session.label_defs] == before
+    # a colour the user picks for label 2 (its own name in the form) is still taken
+    shown = {"label": 2, "label-name": session.label(2).name, "label-colour": red}
+    change.fn(*[sid if getattr(b, "elem_id", None) is None else shown[b.elem_id] for b in change.inputs])
+    assert session.label(2).colour == session.label(1).colour
