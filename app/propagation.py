@@ -596,6 +596,8 @@ def propagate(
     prompts: Prompts | None = None,
     *,
     start_mask: np.ndarray | None = None,
+    start_logits: np.ndarray | None = None,
+    start_yardstick: bool = True,
     anchors: dict[int, np.ndarray] | None = None,
     window: Window | None,
     cache: EmbeddingCache | None = None,
@@ -606,6 +608,10 @@ def propagate(
 ) -> PropagationResult:
     """Segment ``start_slice`` from ``prompts`` (or take ``start_mask`` as it is), then carry it.
 
+    ``start_logits``: the model's own low-res logits whose mask ``start_mask`` is (the UI's last prompt on that
+    slice): the first neighbours get them as the mask prompt, as a walk from ``prompts`` does, not a drawn mask's
+    +-8 step (:meth:`Segmenter.mask_prompt_from_mask`), which left a 4-pixel grid of holes on torch's mask+box rule.
+    ``start_yardstick``: False when those logits came from the click model (see the box-only note below).
     ``anchors``: more corrected slices (slice -> mask) kept as they are; the start slice is one too.
     ``window`` is the intensity window the model sees (``data.windowing.default_window``);
     ``cache`` keeps embeddings for later calls (a new, call-local one when None).
@@ -644,6 +650,8 @@ def propagate(
         seed_mask = np.asarray(start_mask, dtype=bool)
         if seed_mask.shape != volume.slice_shape:
             raise ValueError(f"start_mask has shape {seed_mask.shape}, slice {k0} is {volume.slice_shape}")
+        if start_logits is not None:
+            seeds[k0] = _Step(seed_mask, np.asarray(start_logits, np.float32), float("nan"), yardstick=start_yardstick)
     if seed_mask.sum() < settings.min_area_px:
         result = PropagationResult(masks=np.zeros(volume.array.shape[:3], bool), start_slice=k0, anchors=[k0])
         result.scores.update({k: s.score for k, s in seeds.items()})
@@ -675,8 +683,13 @@ def repropagate(
     directions: tuple[Direction, ...] = ("up", "down"),
     progress: ProgressFn | None = None,
     on_slice: SliceFn | None = None,
+    start_logits: np.ndarray | None = None,
+    start_yardstick: bool = True,
 ) -> tuple[np.ndarray, PropagationResult]:
     """After the user corrected ``label_value`` on ``start_slice``, carry it again, keeping ``anchors``.
+
+    ``start_logits``: the model's low-res logits of the last prompt on ``start_slice``; used only where their mask is
+    exactly the label's pixels there (one object, as the model gave it), else the slice is a drawn anchor.
 
     labels: (K, H, W) integer label map on ``volume``'s grid. ``anchors``: other slices whose
     ``label_value`` pixels are kept as they are (earlier corrections); empty ones are ignored.
@@ -690,9 +703,15 @@ def repropagate(
     if not seed.any():
         raise PromptError(f"slice {start_slice} holds no pixel of label {label_value}: draw or segment it first")
     kept = {int(k): labels[k] == label_value for k in anchors if int(k) != start_slice and (labels[k] == label_value).any()}
+    if start_logits is not None:
+        up = segmenter.geometry.logits_to_original(torch.as_tensor(np.asarray(start_logits, np.float32)[None]),
+                                                   seed.shape)
+        if not np.array_equal((up > 0.0)[0, 0].cpu().numpy(), seed):
+            start_logits = None  # edited since, or more than the model's answer: a drawn anchor
     result = propagate(
-        segmenter, volume, start_slice, start_mask=seed, anchors=kept, window=window, cache=cache, settings=settings,
-        directions=directions, progress=progress, on_slice=on_slice,
+        segmenter, volume, start_slice, start_mask=seed, start_logits=start_logits, start_yardstick=start_yardstick,
+        anchors=kept, window=window, cache=cache, settings=settings, directions=directions, progress=progress,
+        on_slice=on_slice,
     )
     return merge_label(labels, result, label_value, directions), result
 

@@ -206,6 +206,7 @@ def start_propagation(
     "Fill between corrected slices"); None keeps the settings' own.
     """
     from app.interaction import model_window
+    from app.render import acquisition_view
 
     if fill is not None and fill not in FILLS:  # before anything is recorded: a refused start leaves no job behind
         raise SessionError(f"fill between slices must be one of {', '.join(FILLS)}, got {fill!r}")
@@ -230,6 +231,13 @@ def start_propagation(
     segmenter = TurnTaking(runner.segmenter(session.model), runner)
     job.rule = rule_of(settings, segmenter)
     window, cache = model_window(session), propagation_cache(session)
+    # the model's own answer to the last prompt on the start slice, as the CLI's walk from a box hands it on
+    # (propagation.repropagate takes it only where the label's pixels are still exactly its mask)
+    p = session.prompt
+    seeded = (p is not None and p.logits is not None and p.label == label
+              and p.same_target(acquisition_view(volume), int(k), label))
+    start_logits = p.logits if seeded else None
+    start_yardstick = not (seeded and p.points)  # clicks went through the click model: no yardstick (propagation)
 
     def progress(done: int, total: int, message: str) -> None:
         job.done, job.total, job.message = done, total, message
@@ -242,6 +250,7 @@ def start_propagation(
             new, result = repropagate(
                 segmenter, volume, before, job.start, label, anchors=job.anchors, window=window, cache=cache,
                 settings=settings, progress=progress, on_slice=lambda kk, _m: job.finished.append(int(kk)),
+                start_logits=start_logits, start_yardstick=start_yardstick,
             )
             with session.lock:
                 _land(session, job, before, new)

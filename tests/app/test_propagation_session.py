@@ -555,3 +555,28 @@ def test_propagate_pressed_on_another_label_while_one_runs_names_the_running_one
         job.wait(600)
     assert job.state == "done", job.error
     assert (ctx.store.get(sid).labels[3] == 2).sum() > 500
+
+
+def test_propagate_after_a_box_walks_as_the_cli_does_from_that_box(ctx, five, five_embeddings):
+    """The UI's walk starts from the label's pixels; with nothing more it took the box's answer as a drawn anchor
+    and handed its neighbours a +-8 step mask prompt, where ``medseg propagate --box`` (the path the 3D figures are
+    measured on) hands on the model's own logits. On torch's mask+box rule the step left a 4-pixel grid of holes (the
+    3-slice e2e CT: 138 hole pixels on slice 0). The last prompt's logits now seed the walk while the slice still
+    holds exactly their mask: the UI's masks are the CLI's, slice for slice."""
+    from app.interaction import model_window
+    from app.propagation import propagate
+    from app.propagation_defaults import default_propagation
+    from app.propagation_job import propagation_cache
+    from models.prompts import Prompts
+
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    box = np.asarray(session.prompt.box, np.float32)
+    _propagate(ctx, sid)
+    segmenter = ctx.runner.segmenter(session.model)
+    cli = propagate(segmenter, session.volume, 2, Prompts(box=box), window=model_window(session),
+                    cache=propagation_cache(session),
+                    settings=default_propagation(ctx.runner.backend_choice(session.model).backend))
+    ui = ctx.store.get(sid).labels == session.active
+    for k in range(ui.shape[0]):
+        assert (ui[k] == cli.masks[k]).all(), f"slice {k}: {int(ui[k].sum())} px in the UI, {int(cli.masks[k].sum())} by the CLI"
