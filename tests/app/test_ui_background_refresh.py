@@ -62,23 +62,32 @@ def test_a_background_refresh_leaves_the_typed_fields_alone(page, refresh):
 
 
 
-def test_a_colour_echo_of_a_label_no_longer_active_edits_nothing(page):
-    """The colour picker's change fires on every refresh of the page, and its handler runs later: a refresh that
-    showed label 1 just before Add label made label 2 active sent label 1's name and colour as an edit of label 2,
-    and the status line said "label name: 'label 1' is already label 1's" unasked (seen in the browser after clicks
-    then Add label). The event carries the label the page showed; one that is not the active label edits nothing."""
+def _label_2_active_and_colour_change(page):
+    """The sample open and Add label pressed (label 2 active): (sid, session, label 1's colour '#rrggbb', send), where
+    ``send(shown)`` fires the colour picker's change with the page's Active label, Name and Colour boxes as given."""
     demo, event, _ = page
     ctx = demo.medseg_ctx
     sid = controller.start(ctx, None).session_id
     controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
     session = ctx.store.get(sid)
     red = "#%02x%02x%02x" % session.label(1).colour
-    controller.add_label(ctx, sid, "")  # label 2 is active now
-    before = [(d.value, d.name, d.colour) for d in session.label_defs]
+    controller.add_label(ctx, sid, "")
     change = event("label-colour", "change")
-    shown = {"label": 1, "label-name": "label 1", "label-colour": red}
-    args = [sid if getattr(b, "elem_id", None) is None else shown[b.elem_id] for b in change.inputs]
-    answer = change.fn(*args)
+
+    def send(shown: dict[str, object]) -> list:
+        return change.fn(*[sid if getattr(b, "elem_id", None) is None else shown[b.elem_id] for b in change.inputs])
+
+    return sid, session, red, send
+
+
+def test_a_colour_echo_of_a_label_no_longer_active_edits_nothing(page):
+    """The colour picker's change fires on every refresh of the page, and its handler runs later: a refresh that
+    showed label 1 just before Add label made label 2 active sent label 1's name and colour as an edit of label 2,
+    and the status line said "label name: 'label 1' is already label 1's" unasked (seen in the browser after clicks
+    then Add label). The event carries the label the page showed; one that is not the active label edits nothing."""
+    sid, session, red, send = _label_2_active_and_colour_change(page)
+    before = [(d.value, d.name, d.colour) for d in session.label_defs]
+    answer = send({"label": 1, "label-name": "label 1", "label-colour": red})
     assert all(v == gr.skip() for v in answer), f"the echo changed the page: {answer!r}"
     assert [(d.value, d.name, d.colour) for d in session.label_defs] == before
     assert session.active == 2
@@ -253,20 +262,11 @@ def test_a_colour_echo_of_another_labels_form_edits_nothing(page):
     showed label 2 in its Active label box with label 1's name and colour (a later page replaced the box, not the
     form), and the colour picker's change sent them as an edit of label 2. Another label's own name and colour
     together are that label's form, not an edit: nothing changes and nothing is said."""
-    demo, event, _ = page
-    ctx = demo.medseg_ctx
-    sid = controller.start(ctx, None).session_id
-    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
-    session = ctx.store.get(sid)
-    red = "#%02x%02x%02x" % session.label(1).colour
-    controller.add_label(ctx, sid, "")  # label 2 is active now
+    sid, session, red, send = _label_2_active_and_colour_change(page)
     before = [(d.value, d.name, d.colour) for d in session.label_defs]
-    change = event("label-colour", "change")
-    shown = {"label": 2, "label-name": "label 1", "label-colour": red}
-    answer = change.fn(*[sid if getattr(b, "elem_id", None) is None else shown[b.elem_id] for b in change.inputs])
+    answer = send({"label": 2, "label-name": "label 1", "label-colour": red})
     assert all(v == gr.skip() for v in answer), f"the echo changed the page: {answer!r}"
     assert [(d.value, d.name, d.colour) for d in session.label_defs] == before
     # a colour the user picks for label 2 (its own name in the form) is still taken
-    shown = {"label": 2, "label-name": session.label(2).name, "label-colour": red}
-    change.fn(*[sid if getattr(b, "elem_id", None) is None else shown[b.elem_id] for b in change.inputs])
+    send({"label": 2, "label-name": session.label(2).name, "label-colour": red})
     assert session.label(2).colour == session.label(1).colour

@@ -1290,9 +1290,7 @@ def test_a_second_label_pick_survives_the_first_picks_answer_between_press_and_r
     Now the legend is rebuilt only when its labels change; the active, hidden and locked marks change in place."""
     context, page, sid = _open_page(browser, server)
     try:
-        _open_sample(page)
-        page.locator("#add-label").click()
-        page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 2", timeout=TIMEOUT_MS)
+        _sample_with_label_2(page)
         name = page.locator("#viewer-legend .mv-label[data-value='2'] .mv-name")
         with server.store.get(sid).lock:  # the server is busy a moment: the pick of label 1 waits there
             page.locator("#viewer-legend .mv-label[data-value='1'] .mv-name").click()
@@ -1317,9 +1315,7 @@ def test_h_right_after_a_label_pick_hides_the_label_picked(browser, server, ct):
     label choice still on its way."""
     context, page, sid = _open_page(browser, server)
     try:
-        _open_sample(page)
-        page.locator("#add-label").click()
-        page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 2", timeout=TIMEOUT_MS)
+        _sample_with_label_2(page)
         with server.store.get(sid).lock:  # the server is busy a moment: the pick's answer waits
             page.locator("#viewer-legend .mv-label[data-value='1'] .mv-name").click()
             page.wait_for_function("medsegViewer.inFlight > 0")
@@ -1340,9 +1336,7 @@ def test_a_click_right_after_leaving_a_locked_label_goes_to_the_label_picked(bro
     server refuses a locked one)."""
     context, page, sid = _open_page(browser, server)
     try:
-        _open_sample(page)
-        page.locator("#add-label").click()
-        page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 2", timeout=TIMEOUT_MS)
+        _sample_with_label_2(page)
         page.locator("#viewer-legend .mv-label[data-value='2'] .mv-lock").click()
         with server.store.get(sid).lock:  # the server is busy a moment: the pick's answer waits
             page.locator("#viewer-legend .mv-label[data-value='1'] .mv-name").click()
@@ -1361,6 +1355,20 @@ def test_a_click_right_after_leaving_a_locked_label_goes_to_the_label_picked(bro
         assert _server_counts(server.labels(sid)) == counts
     finally:
         context.close()
+
+
+def _sample_with_label_2(page) -> None:
+    """The CT sample open, Add label pressed and label 2 active, nothing queued."""
+    _open_sample(page)
+    page.locator("#add-label").click()
+    page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 2", timeout=TIMEOUT_MS)
+
+
+def _gated_page(browser, server, monkeypatch):
+    """A page opened with a :class:`_PageGate` in place, open while the page loads: (gate, context, page, sid)."""
+    gate = _PageGate(monkeypatch)
+    gate.release()
+    return (gate, *_open_page(browser, server))
 
 
 class _PageGate:
@@ -1407,13 +1415,9 @@ def test_a_label_pick_is_not_undone_by_a_page_built_before_it(browser, server, c
     after named label 2; the server made it active and the structure went into it (the pick lost, the flaky
     add-label/label-pick test). A page built before an action this tab has had answered is now stale: not taken,
     and asked for again."""
-    gate = _PageGate(monkeypatch)
-    gate.release()  # open while the page loads
-    context, page, sid = _open_page(browser, server)
+    gate, context, page, sid = _gated_page(browser, server, monkeypatch)
     try:
-        _open_sample(page)
-        page.locator("#add-label").click()
-        page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 2", timeout=TIMEOUT_MS)
+        _sample_with_label_2(page)
         gate.closed = True
         page.mouse.click(*_xy(page, ct, *INSIDE))  # into label 2; its answer asks for the page's sync
         gate.wait_held(1)  # that page is built (label 2 active), on its way
@@ -1445,13 +1449,9 @@ def test_a_rename_typed_right_after_a_label_pick_goes_to_the_label_the_form_show
     rename (Gradio's own event, outside the viewer's queue) went to the label active on the server by then, label 1,
     with the Colour box of label 2, the label the form showed (label 1 renamed and recoloured). The rename now names
     the label the form showed, and goes to it. (The pick's sync is held on its way: the form still shows label 2.)"""
-    gate = _PageGate(monkeypatch)
-    gate.release()  # open while the page loads
-    context, page, sid = _open_page(browser, server)
+    gate, context, page, sid = _gated_page(browser, server, monkeypatch)
     try:
-        _open_sample(page)
-        page.locator("#add-label").click()
-        page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 2", timeout=TIMEOUT_MS)
+        _sample_with_label_2(page)
         page.wait_for_function("document.querySelector('#label input').value.startsWith('2')", timeout=TIMEOUT_MS)
         before = _label_defs(server, sid)
         gate.closed = True
@@ -1479,9 +1479,7 @@ def test_a_name_being_typed_is_not_replaced_by_the_sync_after_a_label_pick(brows
     form shows, and the form then shows the active label."""
     context, page, sid = _open_page(browser, server)
     try:
-        _open_sample(page)
-        page.locator("#add-label").click()
-        page.wait_for_function("medsegViewer.settled() && medsegViewer.state?.active === 2", timeout=TIMEOUT_MS)
+        _sample_with_label_2(page)
         page.wait_for_function("document.querySelector('#label input').value.startsWith('2')", timeout=TIMEOUT_MS)
         before = _label_defs(server, sid)
         name = page.locator("#label-name textarea, #label-name input").first
