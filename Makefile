@@ -58,7 +58,7 @@ SHARED ?= $(firstword $(wildcard ../shared /work/shared))
 gpu-bundle: setup
 	test -d .devwheels/s || $(PY) benchmarks/prepare_device_env.py
 	rm -rf .gpu && mkdir -p .gpu/lmA .gpu/lmB .gpu/shared/parity
-	xz -T0 -c $(WEIGHTS)/lite_medsam.pth > .gpu/lm.pth.xz
+	xz -T0 -c $(WEIGHTS) > .gpu/lm.pth.xz
 	split -n 2 -d .gpu/lm.pth.xz .gpu/lmpart && mv .gpu/lmpart00 .gpu/lmA/ && mv .gpu/lmpart01 .gpu/lmB/
 	rm .gpu/lm.pth.xz
 	cp -r $(SHARED)/data .gpu/shared/data
