@@ -39,6 +39,7 @@ from app.session import PALETTE, UNRESTORED, Edit, Session, SessionError, Sessio
 from app.uploads import import_upload
 from data.readers import SeveralSeriesError, StudyWarning, UnevenStudyError, read_study
 from data.untrusted import one_line
+from data.volume import Volume
 from data.writers import write_label_nifti
 from models.prompts import PromptError
 from models.checkpoint import CheckpointError
@@ -890,19 +891,28 @@ def _shown_modality(modality: str) -> str:
     return escape_markdown(text if len(text) <= 16 else text[:16] + "…")
 
 
+def _size_fact(v: Volume) -> str:
+    """The facts' line on voxel size: only what the file measures (a cine's frames are not a distance)."""
+    sx, sy, sz = v.spacing
+    if v.slice_spacing_is_physical:
+        return f"spacing {sx:.3g} × {sy:.3g} × {sz:.3g} mm, orientation {v.orientation_code()}"
+    if v.size_is_physical:
+        return (f"pixel size {sx:.3g} × {sy:.3g} mm; {v.num_slices} frames not placed (their distance unknown: "
+                "no volume in mL), no patient orientation")
+    return "pixel size unknown (measured in pixels, no mm), no patient orientation"
+
+
 def facts(session: Session) -> str:
     """``medseg info``-style facts of the open study (markdown)."""
     v = session.volume
     if v is None:
         return "No study open."
-    sx, sy, sz = v.spacing
     k, j, i = v.array.shape[:3]
     lines = [
         f"**{escape_markdown(session.study_name)}**",
         f"modality **{_shown_modality(v.modality)}**, format {v.source.format or '?'}",
         f"size {i} × {j} × {k} (i × j × k){', RGB' if v.is_rgb else ''}, {v.array.dtype}",
-        f"spacing {sx:.3g} × {sy:.3g} × {sz:.3g} mm, orientation {v.orientation_code()}" if v.size_is_physical
-        else "pixel size unknown (measured in pixels, no mm), no patient orientation",
+        _size_fact(v),
     ]
     if v.source.series_instance_uid:
         lines.append(f"series {escape_markdown(str(v.source.series_instance_uid))}")

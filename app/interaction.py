@@ -557,10 +557,13 @@ def _predict(runner: ModelRunner, session: Session, p: PromptState, *, multimask
 # --- measurements -----------------------------------------------------------------------------
 def measurements(session: Session) -> list[list]:
     """Per label: [value, name, voxels on this plane, area mm² on this plane, volume mL over the study]; the area and
-    volume are "—" where the study's voxel size is not physical (``Volume.size_is_physical``)."""
+    volume are "—" where the study's voxel size is not physical (``Volume.size_is_physical``), the volume and a plane
+    across the slices also where the distance between slices is not (``Volume.slice_spacing_is_physical``)."""
     volume = session.require_study()
     view, index = session.view.view, session.view.index[session.view.view]
     plane = Plane.of(volume, view)
+    across = volume.slice_spacing_is_physical  # the slice spacing is measured: volumes and every plane's area
+    area_ok, volume_ok = volume.size_is_physical and (across or plane.fixed == 0), across
     row_mm, col_mm = plane.spacing(volume)
     voxel_ml = float(np.prod(volume.spacing)) / 1000.0
     region = plane.extract(session.labels, index)
@@ -570,7 +573,6 @@ def measurements(session: Session) -> list[list]:
     for d in session.label_defs:
         n_plane = int(plane_counts[d.value]) if d.value < len(plane_counts) else 0
         n_all = int(counts[d.value]) if d.value < len(counts) else 0
-        physical = (round(n_plane * row_mm * col_mm, 2), round(n_all * voxel_ml, 4)) if volume.size_is_physical \
-            else ("—", "—")
-        rows.append([d.value, d.name, n_plane, *physical])
+        rows.append([d.value, d.name, n_plane, round(n_plane * row_mm * col_mm, 2) if area_ok else "—",
+                     round(n_all * voxel_ml, 4) if volume_ok else "—"])
     return rows

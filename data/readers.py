@@ -46,7 +46,7 @@ from data.series_geometry import (GeometryError, UnevenSpacingError, check_pixel
 from data.study_errors import (SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError, check_voxels,
                                first_line, header_int, voxel_limit)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
-from data.volume import SourceRef, Volume
+from data.volume import FRAMES_NOT_PLACED, SourceRef, Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -709,6 +709,18 @@ def _decode_failure(where: Path, syntaxes: set[str], error: BaseException, faile
                       f"could not be decoded: damaged, or not what its transfer syntax says (the decoder said: {said})")
 
 
+def _unplaced_frames(image: sitk.Image, *, placed: bool) -> str:
+    """The note on the geometry of a multi-frame image the file does not place (no ImageOrientationPatient, no
+    functional groups: a cine, a multi-frame secondary capture). Why: the distance between its frames is not in the
+    file (they may be times), yet GDCM gives one (1 mm, or FrameTime's milliseconds); the note keeps volumes and
+    planes across the frames from being measured with it (``Volume.slice_spacing_is_physical``)."""
+    frames = image.GetSize()[2] if image.GetDimension() == 3 else 1
+    if placed or frames < 2:
+        return ""
+    return (f"; {frames} {FRAMES_NOT_PLACED} in the patient: their distance is not in the file "
+            f"(the {image.GetSpacing()[2]:g} mm between them is a placeholder; no volume is measured)")
+
+
 def _ultrasound_pixel_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
     """An ultrasound image's pixel size (x, y) in mm from its calibrated regions (SequenceOfUltrasoundRegions), where
     every 2D region measured in cm agrees on it; None otherwise (no such region, or two zooms side by side: then no
@@ -782,7 +794,8 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
                   else "ImagePositionPatient/ImageOrientationPatient" if "ImageOrientationPatient" in ds
                   else f"SequenceOfUltrasoundRegions (PhysicalDeltaX/Y, {us[0]:g} x {us[1]:g} mm; the region's "
                        "own plane, no patient position)" if us is not None
-                  else "none (identity)"),
+                  else "none (identity)") + _unplaced_frames(image, placed=frames is not None
+                                                                   or "ImageOrientationPatient" in ds),
     )
     volume = Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
     return _check_ct_values(path, volume, ds)

@@ -21,6 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 
 
+# in ``SourceRef.geometry`` of a multi-frame DICOM that does not place its frames (``Volume.slice_spacing_is_physical``)
+FRAMES_NOT_PLACED = "frames not placed"
+
+
 @dataclass(frozen=True)
 class SourceRef:
     """Where a volume came from; DICOM identifiers when the source was DICOM."""
@@ -96,9 +100,17 @@ class Volume:
         capture frame) opens with GDCM's 1 mm default, which is no measurement either."""
         if self.source.geometry == "none (pixels)":
             return False
-        if self.source.geometry == "none (identity)":
+        if self.source.geometry.startswith("none (identity)"):
             return tuple(float(s) for s in self.spacing[:2]) != (1.0, 1.0)
         return True
+
+    @property
+    def slice_spacing_is_physical(self) -> bool:
+        """Whether the distance between slices is the file's own too, so a volume means mL and a plane across the
+        slices mm². A multi-frame DICOM placed neither by ImageOrientationPatient nor by functional groups (an
+        ultrasound or XA cine, a multi-frame secondary capture) holds its frames' order, not their distance: GDCM
+        puts them 1 mm apart (or FrameTime's milliseconds), and a label's volume in mL was computed from that."""
+        return self.size_is_physical and FRAMES_NOT_PLACED not in self.source.geometry
 
     @property
     def direction_matrix(self) -> np.ndarray:

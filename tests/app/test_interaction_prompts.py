@@ -714,5 +714,29 @@ def test_no_area_or_volume_is_claimed_where_the_pixel_size_is_unknown(tmp_path, 
     assert "pixel size unknown" in controller.facts(session) and " mm," not in controller.facts(session)
 
 
+def test_no_volume_is_claimed_where_the_file_does_not_place_its_frames(tmp_path):
+    """pydicom's real ultrasound cine (30 frames 33 ms apart, regions calibrated at 0.51 mm, no patient position)
+    opened as a volume with GDCM's 1 mm between frames: the table said '0.0065 mL' (and mm² on the planes across the
+    frames, facts '× 1 mm') of a distance the file does not hold: its frames are times, not places. Now those cells
+    say "—"; a frame's own area stays in mm², from its calibration."""
+    import pydicom
+
+    from app import controller
+
+    path = Path(pydicom.__file__).parent / "data" / "test_files" / "examples_ybr_color.dcm"
+    volume = read_study(path)
+    assert volume.array.shape[:3] == (30, 240, 320) and volume.size_is_physical
+    session = Session(id=SID, directory=tmp_path, model="litemedsam")
+    session.start_study(volume, str(path), path.name)
+    session.labels[:, :, 5:10] = 1  # columns 5..9 of every frame: the same count on any plane of a view
+    session.view.view = "axial"  # the frames' plane (their direction is the identity)
+    assert interaction.measurements(session) == [[1, "label 1", 1200, round(1200 * 0.510497056**2, 2), "—"]]
+    session.view.view = "coronal"  # across the frames
+    assert interaction.measurements(session) == [[1, "label 1", 150, "—", "—"]]
+    facts = controller.facts(session)
+    assert "frames not placed" in facts and " × 1 mm" not in facts
+    assert "frames not placed" in volume.source.geometry  # medseg info prints it
+
+
 def test_a_study_with_geometry_keeps_its_area_and_volume():
     assert _warm()["volume"].size_is_physical and read_study(DATA_CT_NIFTI).size_is_physical
