@@ -11,7 +11,6 @@ import importlib.util
 import math
 import shutil
 import tempfile
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -491,20 +490,14 @@ def mask_file(ctx: AppContext, session: Session, path: Path, use_model: bool) ->
     """An uploaded mask image (PNG/JPEG) as the mask of the shown plane: its size is checked from its header before a
     pixel is decoded. Why: it is read in the server's process, and a 480 KB PNG of 13000 x 13000 black pixels was
     decoded whole (2.3 GB, 7 s of CPU) before its size was refused."""
-    from data.pictures import open_image, read_mask_image
+    from data.pictures import open_image, read_mask_image, refuse_lossy_mask
 
     plane_hw, shown = _mask_sizes(session)
     with open_image(path, check_data=False) as im:  # the header only: the data is checked when it is read
-        (w, h), jpeg = im.size, im.format == "JPEG"
+        (w, h), image_format = im.size, im.format
+    refuse_lossy_mask(path, image_format)  # before any decoding (a cut JPEG's grey rows were painted, in a thread)
     if not {(h, w), (w, h)} & {plane_hw, shown}:  # either way round: an EXIF Orientation turns it when decoded
         raise PromptError(_mask_size_error(f"the mask {path.name}", (h, w), plane_hw, shown))
-    if jpeg and threading.current_thread() is not threading.main_thread():
-        # a JPEG cut off and closed with an end marker decodes with its missing rows grey, and only libjpeg's
-        # stderr says so, which a server thread cannot catch (data.pictures): it is decoded once in the isolated
-        # reader's child first, whose main thread does (a cut mask JPEG painted its grey rows into the label)
-        from data.isolated_read import read_study_isolated
-
-        read_study_isolated(path)
     return _apply_mask(ctx, session, read_mask_image(path), use_model)
 
 

@@ -631,11 +631,12 @@ def test_an_upload_of_two_series_lets_the_ui_user_pick_one_and_keeps_the_open_st
     assert len(uploads) == 1  # the picked upload only
 
 
-def test_a_cut_jpeg_mask_uploaded_in_the_ui_is_refused_and_the_labels_stay(ctx, opened, tmp_path):
+def test_a_jpeg_mask_uploaded_in_the_ui_cut_or_whole_is_refused_and_the_labels_stay(ctx, opened, tmp_path):
     """A mask JPEG cut off and closed with an end marker decodes with its missing rows grey; only libjpeg's stderr
-    says so, and the page's events run in server threads, which cannot catch it: the check that refuses such a
-    study upload let a cut mask through, its grey rows painted into the label. It is decoded in the isolated
-    reader's child first now. (Run in a thread, as Gradio runs the page's events.)"""
+    says so, and the page's events run in server threads, which cannot catch it: a cut mask once painted its grey
+    rows into the label. A whole JPEG mask painted the faint pixels JPEG's compression leaves around every edge
+    (session 20). Both are refused from the header now, before any decoding. (Run in a thread, as Gradio runs the
+    page's events.)"""
     import io
     import threading
 
@@ -651,26 +652,27 @@ def test_a_cut_jpeg_mask_uploaded_in_the_ui_is_refused_and_the_labels_stay(ctx, 
     out = io.BytesIO()
     Image.fromarray(mask).save(out, "JPEG", quality=90)
     whole = out.getvalue()
-    cut = tmp_path / "mask.jpg"
-    cut.write_bytes(whole[: len(whole) // 3] + b"\xff\xd9")
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 3] + b"\xff\xd9")
+    (tmp_path / "whole.jpg").write_bytes(whole)
     before = session.labels.copy()
-    raised: list[BaseException] = []
+    for name in ("cut.jpg", "whole.jpg"):
+        raised: list[BaseException] = []
 
-    def upload():
-        try:
-            _mask_action(ctx, opened, None, str(cut), use_model=False)
-        except BaseException as e:  # noqa: BLE001 - handed to the test's thread
-            raised.append(e)
+        def upload():
+            try:
+                _mask_action(ctx, opened, None, str(tmp_path / name), use_model=False)
+            except BaseException as e:  # noqa: BLE001 - handed to the test's thread
+                raised.append(e)
 
-    worker = threading.Thread(target=upload)
-    worker.start()
-    worker.join(120)
-    assert raised and isinstance(raised[0], StudyError), raised
-    assert "mask.jpg: the JPEG's image data ends before its last row" in str(raised[0])
-    np.testing.assert_array_equal(session.labels, before)
-    whole_file = tmp_path / "whole.jpg"  # the whole file is applied, in a thread as well
-    whole_file.write_bytes(whole)
-    worker = threading.Thread(target=lambda: _mask_action(ctx, opened, None, str(whole_file), use_model=False))
+        worker = threading.Thread(target=upload)
+        worker.start()
+        worker.join(120)
+        assert raised and isinstance(raised[0], StudyError), raised
+        assert f"{name}: a JPEG mask; JPEG's lossy compression leaves faint pixels" in str(raised[0])
+        np.testing.assert_array_equal(session.labels, before)
+    Image.fromarray(mask).save(tmp_path / "mask.png")  # the same mask in PNG is applied, in a thread as well
+    worker = threading.Thread(target=lambda: _mask_action(ctx, opened, None, str(tmp_path / "mask.png"),
+                                                          use_model=False))
     worker.start()
     worker.join(120)
     assert (session.labels != before).any()
