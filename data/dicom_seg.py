@@ -303,7 +303,7 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
             if keyword not in ds:
                 setattr(ds, keyword, "")
         _text_in_utf8(ds)
-        for note in _values_highdicom_takes(ds, float(volume.spacing[2])):
+        for note in _values_highdicom_takes(ds, float(volume.spacing[2]), measured=volume.num_slices > 1):
             if note not in notes:  # each slice carries the same study values: one line for the series
                 notes.append(note)
                 warnings.warn(one_line(f"{Path(f).name}: {note}"), UserWarning, stacklevel=3)
@@ -386,7 +386,7 @@ def _vr_fault(element: pydicom.DataElement) -> str | None:
 SEG_DATES, SEG_TIMES = ("StudyDate", "PatientBirthDate"), ("StudyTime",)  # what highdicom parses from the source
 
 
-def _values_highdicom_takes(ds: pydicom.Dataset, slice_spacing: float) -> list[str]:
+def _values_highdicom_takes(ds: pydicom.Dataset, slice_spacing: float, *, measured: bool) -> list[str]:
     """The source's values that highdicom parses, made valid or left empty (the patient and study ones are Type 2);
     returns a note for each emptied or supplied. Why: clinics' files carry `f` or `X` for PatientSex, a StudyDate of
     20231345, a birth date 19XX0101, a StudyTime 25:61, a Modality `ct` or none, no SliceThickness (anonymisers and
@@ -414,7 +414,7 @@ def _values_highdicom_takes(ds: pydicom.Dataset, slice_spacing: float) -> list[s
         ds.SliceThickness = f"{slice_spacing:.10g}"[:16]
         notes.append(f"SliceThickness {repr(given) if given else 'absent'} is not a thickness > 0 mm; the DICOM-SEG's "
                      f"frames take the slice spacing {slice_spacing:g} mm")
-    notes += _spacing_between_slices(ds, slice_spacing) + _study_description(ds)
+    notes += _spacing_between_slices(ds, slice_spacing, measured=measured) + _study_description(ds)
     if "PatientSex" in ds:
         sex = str(ds.PatientSex or "").strip().upper()
         if sex in ("", "M", "F", "O"):
@@ -440,10 +440,16 @@ def _values_highdicom_takes(ds: pydicom.Dataset, slice_spacing: float) -> list[s
     return notes
 
 
-def _spacing_between_slices(ds: pydicom.Dataset, slice_spacing: float) -> list[str]:
+SPACING_AGREES = 0.01  # a source's SpacingBetweenSlices within 1 % of the grid's step is the same spacing, rounded
+
+
+def _spacing_between_slices(ds: pydicom.Dataset, slice_spacing: float, *, measured: bool) -> list[str]:
     """highdicom copies the source's SpacingBetweenSlices into the SEG's PixelMeasures; a negative one (MR scanners
     write -1.5 for slices stacked the other way), 0 or text went in as it was, and dciodvfy refuses it ("Not
-    permitted to be negative"). The SEG's frames are the grid's, so they take its slice spacing (> 0)."""
+    permitted to be negative"). A valid one that the slices' positions belie (3 mm for slices 1.5 mm apart; some
+    vendors write the gap there) went in too: the SEG declared another spacing than its own frames' positions. The
+    SEG's frames are the grid's, so they take its slice spacing (> 0; ``measured``: from the positions of two or more
+    slices, else the one slice's own spacing is kept)."""
     if "SpacingBetweenSlices" not in ds:
         return []
     given = str(ds["SpacingBetweenSlices"].value if ds["SpacingBetweenSlices"].value is not None else "").strip()
@@ -451,11 +457,16 @@ def _spacing_between_slices(ds: pydicom.Dataset, slice_spacing: float) -> list[s
         spacing = float(given)
     except (TypeError, ValueError):
         spacing = math.nan
-    if math.isfinite(spacing) and spacing > 0:
+    if not (math.isfinite(spacing) and spacing > 0):
+        fault = "is not a spacing > 0 mm"
+    elif measured and abs(spacing - slice_spacing) > SPACING_AGREES * slice_spacing:
+        fault = f"disagrees with the slices' positions, {slice_spacing:g} mm apart"
+    else:
         return []
     ds.SpacingBetweenSlices = f"{slice_spacing:.10g}"[:16]
-    return [f"SpacingBetweenSlices {given!r} is not a spacing > 0 mm; the DICOM-SEG's frames take the slice spacing "
+    return [f"SpacingBetweenSlices {given!r} {fault}; the DICOM-SEG's frames take the slice spacing "
             f"{slice_spacing:g} mm"]
+
 
 
 def _un_text_as_its_vr(ds: pydicom.Dataset) -> None:

@@ -45,6 +45,11 @@ CASES = {  # tag, VR, the source's bytes, what the SEG carries, a warning expect
     # MR scanners write a negative spacing for slices stacked the other way: it was copied, dciodvfy refuses it
     "spacing_between_slices_negative": (0x00180088, "DS", b"-1.5", ("SpacingBetweenSlices", "1.5"),
                                         "SpacingBetweenSlices '-1.5' is not a spacing > 0 mm"),
+    # a spacing the positions (1.5 mm apart, what the series opens by) belie: the SEG declared 3 mm between its frames
+    # (session 20); some vendors write the gap between slices there
+    "spacing_between_slices_disagrees": (0x00180088, "DS", b"3.0 ", ("SpacingBetweenSlices", "1.5"),
+                                         "SpacingBetweenSlices '3.0' disagrees with the slices' positions, 1.5 mm "
+                                         "apart; the DICOM-SEG's frames take the slice spacing 1.5 mm"),
 }
 
 
