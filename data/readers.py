@@ -42,7 +42,7 @@ from data.nifti_check import NiftiCheckError, check_nifti
 from data.pictures import read_image_file
 from data.series_geometry import (GeometryError, UnevenSpacingError, check_pixel_spacing, check_series_geometry,
                                   check_spacing_between_slices, display_names, frame_geometry, numbers, orientation,
-                                  position_along_normal, require_pixel_spacing)
+                                  position_along_normal, require_pixel_spacing, require_whole_plane)
 from data.study_errors import (SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError, check_voxels,
                                first_line, header_int, voxel_limit)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
@@ -755,6 +755,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     try:
         orientation(ds)
         numbers(ds, "ImagePositionPatient", 3)  # NaN or 2 values: ITK made the origin 0 or (x, y, 0) silently
+        require_whole_plane(ds)  # one without the other: ITK made the origin 0, or the orientation axial, silently
         check_pixel_spacing(ds)
         # an enhanced image of one frame keeps its geometry in the functional groups too (GDCM reads it from there)
         enhanced = header_int(ds, "NumberOfFrames", 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds

@@ -118,6 +118,22 @@ def require_pixel_spacing(ds: pydicom.Dataset) -> None:
                         f"(the decoder would take 1 mm){detector}; add PixelSpacing, or export the images again")
 
 
+def require_whole_plane(ds: pydicom.Dataset) -> None:
+    """ImageOrientationPatient and ImagePositionPatient place an image in the patient together (the Image Plane module
+    has both as Type 1). With one alone GDCM invents the other: a CT slice without its position opened at 0, 0, 0
+    (its geometry said 'ImagePositionPatient/ImageOrientationPatient'), one without its orientation as axial at its
+    position (it was coronal), and their label maps were written there, as if placed."""
+    has_orientation, has_position = "ImageOrientationPatient" in ds, "ImagePositionPatient" in ds
+    if has_orientation and not has_position:
+        raise GeometryError("ImageOrientationPatient but no ImagePositionPatient: where the image lies in the patient "
+                            "is not in the file (the decoder would put it at 0, 0, 0); add ImagePositionPatient, or "
+                            "export the images again")
+    if has_position and not has_orientation:
+        raise GeometryError("ImagePositionPatient but no ImageOrientationPatient: which way the image lies in the "
+                            "patient is not in the file (the decoder would take it as axial); add "
+                            "ImageOrientationPatient, or export the images again")
+
+
 def position_along_normal(ds: pydicom.Dataset) -> float | None:
     """Where a slice lies along its normal (mm), None when its position or orientation is unusable."""
     try:
@@ -145,6 +161,11 @@ def display_names(files: Sequence[str]) -> list[str]:
 def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset], *, allow_uneven: bool = False) -> SeriesGeometry:
     """Refuse (GeometryError) a series that is not one even stack; see the module doc."""
     if len(heads) < 2:
+        if heads:  # a folder of one image: placed by its whole plane or not at all, as a single file is
+            try:
+                require_whole_plane(heads[0])
+            except GeometryError as e:
+                raise GeometryError(f"{display_names(files)[0]}: {e}") from None
         return SeriesGeometry()
     names = display_names(files)
     ipp, iop = [], []

@@ -85,3 +85,39 @@ def test_a_single_images_spacing_between_slices_that_is_no_distance_is_named(tmp
         warnings.simplefilter("ignore")
         assert read_study(negative).array.shape == (1, 256, 256)
         assert read_study(negative.parent).spacing[2] == pytest.approx(1.5)
+
+
+HALF_A_PLANE = {
+    "ImagePositionPatient": "IM0001.dcm: ImageOrientationPatient but no ImagePositionPatient: where the image lies in "
+                            "the patient is not in the file (the decoder would put it at 0, 0, 0); add "
+                            "ImagePositionPatient, or export the images again",
+    "ImageOrientationPatient": "IM0001.dcm: ImagePositionPatient but no ImageOrientationPatient: which way the image "
+                               "lies in the patient is not in the file (the decoder would take it as axial); add "
+                               "ImageOrientationPatient, or export the images again",
+}
+
+
+@pytest.mark.parametrize("missing", sorted(HALF_A_PLANE))
+@pytest.mark.parametrize("how", ["single_file", "folder_of_one", "legacy_multiframe"])
+def test_an_image_placed_by_half_its_plane_is_refused(tmp_path, missing, how):
+    """The Image Plane module's orientation and position place an image together. A real CT slice with one of them
+    alone opened as if placed (session 20): without its position at 0, 0, 0 (the geometry said
+    'ImagePositionPatient/ImageOrientationPatient'), without its orientation as axial at its position (it is coronal),
+    and its label map was written there; a one-file folder and a legacy multi-frame (3 frames, SpacingBetweenSlices)
+    the same. Refused now naming the missing one; the whole plane and neither (unplaced, in pixels) open as before."""
+    import numpy as np
+
+    ds = pydicom.dcmread(CT_FILES[0])
+    if how == "legacy_multiframe":
+        frames = np.stack([ds.pixel_array] * 3)
+        ds.NumberOfFrames, ds.SpacingBetweenSlices, ds.PixelData = 3, 1.5, frames.tobytes()
+    delattr(ds, missing)
+    folder = tmp_path / "one"
+    folder.mkdir()
+    ds.save_as(folder / CT_FILES[0].name, enforce_file_format=False)
+    with pytest.raises(StudyError) as e, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_study(folder if how == "folder_of_one" else folder / CT_FILES[0].name)
+    assert str(e.value).endswith(HALF_A_PLANE[missing]), str(e.value)
+    whole = read_study(CT_FILES[0])
+    assert whole.origin == pytest.approx([float(v) for v in pydicom.dcmread(CT_FILES[0]).ImagePositionPatient])
