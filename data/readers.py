@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -270,8 +271,7 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
     except NiftiCheckError as e:
         raise StudyError(f"{path}: {e}") from None
     try:
-        image = _nifti_2d_image(path) if len(facts.shape) == 2 else _itk(sitk.ReadImage, str(path), sitk.sitkUnknown,
-                                                                          NIFTI_IO)
+        image = _nifti_2d_image(path) if len(facts.shape) == 2 else _read_itk_nifti(path)
     except RuntimeError as e:
         raise StudyError(f"{path}: not a readable NIfTI file ({first_line(e)})") from e
     if image.GetDimension() > 3:
@@ -292,6 +292,25 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
         array=_finite(_raw_non_finite(vol.array, path), path),
         modality=guess_modality(vol.array),
     )
+
+
+ITK_NIFTI_SUFFIXES = (".nii", ".nii.gz", ".NII", ".NII.GZ")  # ITK's nifti1_io takes a suffix in one case only
+
+
+def _read_itk_nifti(path: Path) -> sitk.Image:
+    """ITK's read of a NIfTI, through a link with a lower-case suffix where the name's is in mixed case. Why: medseg
+    takes a suffix in any case (and writes ``-o labels.nii.GZ``), but nifti1_io refuses '.nii.GZ' or '.Nii' ("is not
+    recognized as a NIFTI file"), so such a file, its own label maps included, was refused as not a readable NIfTI.
+    The link lives in a private temporary folder; ITK's messages name the file, not the link."""
+    if path.name.endswith(ITK_NIFTI_SUFFIXES):
+        return _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, NIFTI_IO)
+    with tempfile.TemporaryDirectory(prefix="medseg-nifti-") as folder:
+        link = Path(folder) / ("image.nii.gz" if path.name.lower().endswith(".gz") else "image.nii")
+        link.symlink_to(path.resolve())
+        try:
+            return _itk(sitk.ReadImage, str(link), sitk.sitkUnknown, NIFTI_IO)
+        except RuntimeError as e:
+            raise RuntimeError(str(e).replace(str(link), str(path))) from None
 
 
 def _nifti_2d_image(path: Path) -> sitk.Image:

@@ -107,3 +107,28 @@ def test_a_slice_file_that_is_not_dicom_is_named_where_the_series_has_a_gap(tmp_
         read_study(folder, allow_uneven=True)
     notes = [str(w.message) for w in caught if issubclass(w.category, StudyWarning)]
     assert f"{folder}: left out 1 file(s) named as DICOM that are not DICOM: {victim.name} ({what})" in notes, notes
+
+
+@pytest.mark.parametrize("suffix", [".nii.GZ", ".NII.gz", ".Nii.gz", ".Nii", ".nIi"])
+def test_a_nifti_whose_suffix_is_in_mixed_case_opens_and_a_label_map_so_named_reads_back(tmp_path, suffix):
+    """The real Colin27 as `t1.nii.GZ` or `t1.Nii` (names medseg's suffix checks take in any case): refused as
+    `not a readable NIfTI file (ITK ERROR: NiftiImageIO: ... is not recognized as a NIFTI file)` (ITK's nifti1_io
+    takes a suffix in one case only), as if damaged; and `medseg segment ... -o labels.nii.GZ` wrote a label map that
+    medseg then could not read back (session 20). Both open now, voxel for voxel and place for place."""
+    import numpy as np
+
+    from data.export import export_labels
+
+    reference = read_study(NIFTI_GZ)
+    data = NIFTI_GZ.read_bytes() if suffix.lower().endswith(".gz") else gzip.decompress(NIFTI_GZ.read_bytes())
+    (tmp_path / f"t1{suffix}").write_bytes(data)
+    volume = read_study(tmp_path / f"t1{suffix}")
+    np.testing.assert_array_equal(volume.array, reference.array)
+    assert (volume.spacing, volume.origin, volume.direction) == (reference.spacing, reference.origin,
+                                                                 reference.direction)
+    labels = np.zeros(reference.array.shape, np.uint8)
+    labels[10, 50:90, 60:100] = 1
+    export_labels(labels, reference, tmp_path / f"labels{suffix}")
+    back = read_study(tmp_path / f"labels{suffix}")
+    np.testing.assert_array_equal(back.array, labels)
+    assert back.origin == pytest.approx(reference.origin)
