@@ -614,7 +614,7 @@ def _colour_changed(ctx: AppContext, guarded, sid, shown, name, colour, n_output
 
 def _mask_action(ctx: AppContext, sid: str, editor_value: Any, mask_file: str | None, use_model: bool) -> ViewModel:
     """The brush canvas's painted pixels, or an uploaded mask image, as the mask of the current plane."""
-    if mask_file:  # PNG/JPEG only (PIL would run PostScript); alpha respected; its size checked before decoding
+    if mask_file:  # PNG only (a JPEG is refused; PIL would run PostScript); alpha respected; size checked first
         return controller.mask_file(ctx, sid, Path(mask_file), use_model)
     layers = (editor_value or {}).get("layers") or []
     if not layers:

@@ -29,7 +29,7 @@ PERPENDICULAR_TOLERANCE = 9.9e-4
 # ITK decodes every slice as the first file says (measured: a MONOCHROME1 slice among MONOCHROME2 ones came out
 # inverted, an unsigned slice among signed ones read as signed)
 # (BitsStored may differ: each slice's own is applied when it is decoded)
-SAME_IN_EVERY_SLICE = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "PixelRepresentation",
+SAME_IN_EVERY_SLICE = ("Modality", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "PixelRepresentation",
                        "PhotometricInterpretation", "FrameOfReferenceUID")
 
 

@@ -161,6 +161,25 @@ def test_slices_of_another_size_or_pixel_type_are_refused(keyword, value):
     refused(heads, f"IM3.dcm: {keyword} {value} differs from IM1.dcm ({first})")
 
 
+def test_a_slice_of_another_modality_is_refused(tmp_path):
+    """One MR image among a CT series' slices (a mis-sorted export): opened, the whole stack took the first file's
+    modality, and the CT's window and its HU checks were applied to the MR slice's values."""
+    from data.readers import read_study
+    from data.study_errors import StudyError
+
+    heads = at(0, 2, 4, Modality="CT")
+    heads[2].Modality = "MR"
+    refused(heads, "IM3.dcm: Modality MR differs from IM1.dcm (CT)")
+    files = sorted(CT_SERIES.glob("*.dcm"))
+    for f in files:
+        ds = pydicom.dcmread(f)
+        if f == files[5]:
+            ds.Modality = "MR"
+        ds.save_as(tmp_path / f.name)
+    with pytest.raises(StudyError, match=f"{files[5].name}: Modality MR differs from {files[0].name} \\(CT\\)"):
+        read_study(tmp_path)
+
+
 def test_a_slice_oriented_unlike_the_first_is_refused():
     heads = at(0, 2, 4)
     heads[2].ImageOrientationPatient = [1, 0, 0, 0, 0.9999995, 0.0011]  # 1.1e-3 off
