@@ -132,7 +132,8 @@ def _read_by_name(path: Path, *, series_uid: str | None, limit: int, allow_uneve
 
 CONTENT_KINDS = {"dicom": ("a DICOM file", ".dcm"), "nifti": ("an uncompressed NIfTI", ".nii"),
                  "nifti-gz": ("a gzip-compressed NIfTI", ".nii.gz"), "png": ("a PNG image", ".png"),
-                 "jpeg": ("a JPEG image", ".jpg"), "zip": ("a ZIP archive", ".zip")}
+                 "jpeg": ("a JPEG image", ".jpg"), "zip": ("a ZIP archive", ".zip"),
+                 "dicom-gz": ("a gzip-compressed DICOM file", ".dcm")}
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive's end record
 
 
@@ -153,6 +154,8 @@ def _content_kind(path: Path) -> str | None:
         return None
     if len(inner) >= 348 and inner[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c") and inner[344:347] == b"n+1":
         return kind
+    if kind == "nifti-gz" and inner[128:132] == b"DICM":  # scan.dcm.gz: a PACS or mail export's compressed image
+        return "dicom-gz"
     if head[128:132] == b"DICM":
         return "dicom"
     if head[:8] == b"\x89PNG\r\n\x1a\n":
@@ -174,6 +177,8 @@ def _misnamed(path: Path) -> str | None:
     if kind is None:
         return None
     what, suffix = CONTENT_KINDS[kind]
+    if kind == "dicom-gz":  # no name opens it: DICOM readers take the file itself, never a gzip of it
+        return f"its bytes are {what}: decompress it (gunzip) and open the {suffix} file it holds"
     if name.endswith(IMAGE_SUFFIXES if kind in ("png", "jpeg") else suffix):  # x.nii.gz does not end in .nii
         return None  # the name says what the bytes are: the file is damaged, not misnamed
     if kind == "zip":  # a PACS or mail export saved under the name of its first image
@@ -502,6 +507,12 @@ def _segs_in(folder: Path) -> list[str]:
     return found
 
 
+def _gzipped_dicoms(folder: Path) -> int:
+    """How many files of ``folder`` are gzip-compressed DICOM (IM0001.dcm.gz, a PACS or mail export's): the series
+    reader sees no DICOM in them, and the refusal said only that no series was found."""
+    return sum(1 for f in folder.rglob("*") if f.is_file() and not f.is_symlink() and _content_kind(f) == "dicom-gz")
+
+
 def _instance(ds: pydicom.Dataset) -> int:
     try:
         return int(getattr(ds, "InstanceNumber", 0) or 0)
@@ -523,13 +534,15 @@ def read_dicom_series(
         bare = _bare_data_sets(folder)
         index = next((f for f in folder.rglob("*") if f.name.upper() == "DICOMDIR" and f.is_file()), None)
         segs = [] if bare or index else _segs_in(folder)
+        gzipped = 0 if bare or index or segs else _gzipped_dicoms(folder)
         raise StudyError(f"{folder}: no DICOM image series found in this folder" + (
             f": {bare} file(s) hold a DICOM data set without the Part 10 header (no DICM marker at byte 128); "
             "export them again as DICOM files" if bare else f": it holds {index.relative_to(folder)}, the index of a "
             "CD/DVD export, without the image files it lists; copy the whole disc (or a zip of it)" if index else
             f": {', '.join(segs[:3])}{', ...' if len(segs) > 3 else ''} {'is' if len(segs) == 1 else 'are each'} "
-            f"{SEG_NOT_AN_IMAGE}" if segs
-            else ""))
+            f"{SEG_NOT_AN_IMAGE}" if segs else
+            f": {gzipped} file(s) are gzip-compressed DICOM files; decompress them (gunzip) and open the folder again"
+            if gzipped else ""))
     shown = SERIES_LISTED
     more = f" and {len(series) - shown} more (medseg info {folder} lists them)" if len(series) > shown else ""
     if series_uid is not None:

@@ -19,7 +19,7 @@ NIFTI_GZ = SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz"
 
 def _bytes(kind: str) -> bytes:
     return {"dicom": CT_FILE.read_bytes(), "nifti-gz": NIFTI_GZ.read_bytes(),
-            "nifti": gzip.decompress(NIFTI_GZ.read_bytes())}[kind]
+            "nifti": gzip.decompress(NIFTI_GZ.read_bytes()), "dicom-gz": gzip.compress(CT_FILE.read_bytes())}[kind]
 
 
 @pytest.mark.parametrize("name, kind, fragment", [
@@ -31,6 +31,12 @@ def _bytes(kind: str) -> bytes:
     ("scan.png", "dicom", "its bytes are a DICOM file"),
     ("scan.nii", "nifti-gz", "rename it to end in .nii.gz"),
     ("scan.nii.gz", "nifti", "rename it to end in .nii"),
+    # a PACS or mail export's gzip of one slice: "unsupported format" alone, or "rename it to end in .nii.gz" (its
+    # gzip header was taken for a compressed NIfTI's), sent the user after the wrong file
+    ("scan.dcm.gz", "dicom-gz", "its bytes are a gzip-compressed DICOM file: decompress it (gunzip) and open the .dcm"),
+    ("scan.gz", "dicom-gz", "its bytes are a gzip-compressed DICOM file: decompress it (gunzip)"),
+    ("scan.nii.gz", "dicom-gz", "its bytes are a gzip-compressed DICOM file: decompress it (gunzip)"),
+    ("scan.dcm", "dicom-gz", "its bytes are a gzip-compressed DICOM file: decompress it (gunzip)"),
 ])
 def test_a_misnamed_file_says_what_its_bytes_are(tmp_path, name, kind, fragment):
     (tmp_path / name).write_bytes(_bytes(kind))
@@ -132,3 +138,15 @@ def test_a_nifti_whose_suffix_is_in_mixed_case_opens_and_a_label_map_so_named_re
     back = read_study(tmp_path / f"labels{suffix}")
     np.testing.assert_array_equal(back.array, labels)
     assert back.origin == pytest.approx(reference.origin)
+
+
+def test_a_folder_of_gzipped_dicom_slices_says_so(tmp_path):
+    """A series folder whose slices were each gzipped (IM0001.dcm.gz): refused as "no DICOM image series found in
+    this folder" and nothing more, though every file in it was a slice."""
+    series = sorted((SAMPLES / "ct_head_0051_series").glob("*.dcm"))
+    for f in series:
+        (tmp_path / f"{f.name}.gz").write_bytes(gzip.compress(f.read_bytes()))
+    with pytest.raises(StudyError) as e:
+        read_study(tmp_path)
+    assert str(e.value) == (f"{tmp_path}: no DICOM image series found in this folder: {len(series)} file(s) are "
+                            "gzip-compressed DICOM files; decompress them (gunzip) and open the folder again")
