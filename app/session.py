@@ -566,18 +566,26 @@ def check_state(state: Any, name: str = "state.json") -> dict[str, Any]:
     return state
 
 
-_HELD_ROOTS: list = []  # the lock files of the state folders this process serves, open until it exits
+def default_state_dir() -> Path:
+    """``$MEDSEG_STATE_DIR`` or ``~/.local/state/medseg`` (sessions survive reboots, unlike /tmp)."""
+    return Path(os.environ.get("MEDSEG_STATE_DIR", Path.home() / ".local" / "state" / "medseg"))
+
+
+_HELD_ROOTS: dict[Path, Any] = {}  # the lock files of the state folders this process serves, open until it exits
 
 
 def claim_root(root: str | Path) -> None:
     """Make this process the only server of the state folder ``root`` (an flock on ``<root>/.lock``, freed
     when the process ends, kill -9 included; beside ``sessions/``, whose entries are sessions only). Two servers
     on one folder each kept a session in memory and saved over the other's labels (the browser's cookie is not
-    bound to a port, so both opened the same session)."""
+    bound to a port, so both opened the same session). A folder this process holds already is claimed again
+    (``medseg serve`` claims it before Gradio is imported, ``app.ui.launch`` when it starts)."""
     import fcntl
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    if root.resolve() in _HELD_ROOTS:
+        return
     handle = open(root / ".lock", "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -590,7 +598,7 @@ def claim_root(root: str | Path) -> None:
     handle.truncate(0)
     handle.write(str(os.getpid()))
     handle.flush()
-    _HELD_ROOTS.append(handle)
+    _HELD_ROOTS[root.resolve()] = handle
 
 
 def folder_bytes(folder: Path) -> int:

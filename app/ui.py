@@ -39,7 +39,7 @@ from app.interaction import ModelRunner, Prefetcher
 from app.oneshot import METHODS as ONESHOT_METHODS, SCOPES as ONESHOT_SCOPES
 from app.propagation_defaults import DEFAULT_FILL
 from app.render import window_choices
-from app.session import SessionError, SessionStore, claim_root
+from app.session import SessionError, SessionStore, claim_root, default_state_dir
 from app.model_catalog import backend_for, load_model
 from app.viewer import actions as viewer_actions
 from app.viewer.api import LeaveGuard, head_html, routes as viewer_routes
@@ -83,11 +83,6 @@ class UIConfig:
 def model_events(config: UIConfig) -> dict[str, Any]:
     """Gradio queue settings of the model events: one at a time, or many when the runner batches encodes."""
     return {**GPU, "concurrency_limit": BATCHED_CONCURRENCY} if config.batch_window_ms > 0 else dict(GPU)
-
-
-def default_state_dir() -> Path:
-    """``$MEDSEG_STATE_DIR`` or ``~/.local/state/medseg`` (sessions survive reboots, unlike /tmp)."""
-    return Path(os.environ.get("MEDSEG_STATE_DIR", Path.home() / ".local" / "state" / "medseg"))
 
 
 def build_app(config: UIConfig):

@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from pathlib import Path
 
 from app.commands.common import add_backend_arg, backend_choice, finite_float
 
@@ -94,6 +95,10 @@ def limit_malloc_arenas(n: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.session import claim_root, default_state_dir
+
+    # a second server on a state folder in use is refused before Gradio and the model are imported (seconds)
+    claim_root(Path(args.state_dir) if args.state_dir else default_state_dir())
     from app.ui import launch
 
     if args.prefetch < 0:
