@@ -1867,3 +1867,27 @@ def test_the_crosshair_on_a_tiny_picture_is_a_line_not_a_bar(browser, server, tm
         assert crosshair.mean() < 0.02, f"the crosshair covers {crosshair.mean():.0%} of the canvas"
     finally:
         context.close()
+
+
+def test_propagate_pressed_twice_shows_the_walks_progress_and_result(browser, server, ct):
+    """Propagate pressed twice quickly: the second press was refused ("⚠ a propagation of label 1 is already running
+    in this study: wait for it (progress is shown)"), and the viewer keeps an error until the user acts, so that line
+    hid the walk's progress and result: two minutes after the walk landed on all 12 slices it still said "already
+    running". The second press now answers with the walk's progress, and the result shows when it lands."""
+    from playwright.sync_api import expect
+
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
+        _wait_status(page, "Box: overlay updated")
+        _idle(page)
+        page.locator("#propagate").click()
+        page.locator("#propagate").click()
+        _wait_server(lambda: (job := controller.propagation_job(server.demo.medseg_ctx, sid)) is not None
+                     and job.state == "done", timeout_s=600)
+        expect(page.locator("#viewer-status")).to_contain_text("Propagated to", timeout=30_000)
+        assert page.locator("#viewer-status.mv-error").count() == 0
+    finally:
+        context.close()
