@@ -1891,3 +1891,40 @@ def test_propagate_pressed_twice_shows_the_walks_progress_and_result(browser, se
         assert page.locator("#viewer-status.mv-error").count() == 0
     finally:
         context.close()
+
+
+def _rubber_band(page) -> list[float] | None:
+    """The bounding box (canvas CSS px) of the box being dragged as the overlay draws it (its blue dashes)."""
+    return page.evaluate("""() => { const o = document.querySelector('#viewer-overlay'); const g = o.getContext('2d');
+        const d = g.getImageData(0, 0, o.width, o.height).data, r = o.width / o.clientWidth;
+        let x0 = 1e9, y0 = 1e9, x1 = -1, y1 = -1;
+        for (let i = 0; i < d.length; i += 4) if (d[i] < 40 && Math.abs(d[i + 1] - 170) < 40 && d[i + 2] > 215
+            && d[i + 3] > 200) { const p = i / 4, x = p % o.width, y = Math.floor(p / o.width);
+            x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x); y1 = Math.max(y1, y) }
+        return x1 < 0 ? null : [x0 / r, y0 / r, x1 / r, y1 / r] }""")
+
+
+def test_a_box_dragged_across_a_layout_switch_is_drawn_and_placed_from_its_first_corner(browser, server, ct):
+    """M (3 views) pressed during a box drag: the box being drawn stayed anchored at the screen point where the drag
+    began, which the new layout gives to another place (or another view), so the dashed box showed one box and the
+    release made another (from the corner first pressed); released over another view, the box was clamped from that
+    stale point. The box is now drawn from where its first corner is on the screen after the switch."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
+        page.keyboard.press("m")
+        end = _xy(page, ct, *BOX[1])  # the same plane point in the 3-view layout
+        page.mouse.move(*end)
+        canvas = page.locator("#viewer-canvas").bounding_box()
+        first = _xy(page, ct, *BOX[0])
+        band = _rubber_band(page)
+        want = [first[0] - canvas["x"], first[1] - canvas["y"], end[0] - canvas["x"], end[1] - canvas["y"]]
+        assert band == pytest.approx(want, abs=3), f"drawn {band}, the box's corners are at {want}"
+        page.mouse.up()
+        _wait_status(page, "Box: overlay updated")
+        _idle(page)
+        assert server.store.get(sid).prompt.box == pytest.approx((*BOX[0], *BOX[1]), abs=1.5)
+    finally:
+        context.close()
