@@ -568,7 +568,7 @@ def propagate(ctx: AppContext, session: Session, progress: Progress | None = Non
     It runs in the background (the study stays usable; :func:`propagation_status` polls it) and lands
     as one undoable edit. Propagation walks the stored slices (k), so it runs from the acquisition view.
     """
-    from app.propagation_job import start_propagation
+    from app.propagation_job import job_of, start_propagation
 
     volume = session.require_study()
     acquired = acquisition_view(volume)
@@ -576,10 +576,24 @@ def propagate(ctx: AppContext, session: Session, progress: Progress | None = Non
         raise SessionError("propagation needs a 3D study; this one has a single slice")
     if session.view.view != acquired:
         raise SessionError(f"propagate from the {acquired} view (the stored slices): switch the view, then propagate")
+    if _pressed_again(session, session.view.index[acquired]):
+        # a double press: its own walk's progress, not a refusal. The refusal (⚠) stayed on the viewer's status line
+        # over that walk's progress and its result ("Propagated to ... Undo reverts ...") until the user acted again
+        return view_model(session, f"{job_of(session).status()} (Propagate pressed again: this walk goes on.)")
     job = start_propagation(ctx.runner, session, session.view.index[acquired], on_done=ctx.store.save,
                             background=background, fill=fill)
     session.runtime.pop("review", None)  # only once it started: a refused Propagate leaves the review as it was
     return view_model(session, job.status())
+
+
+def _pressed_again(session: Session, k: int) -> bool:
+    """Propagate pressed while the walk it would start runs: the same label, from the same slice of this study (a
+    hurried double press). Any other start while one runs is still refused (one walk at a time)."""
+    from app.propagation_job import job_of
+
+    job = job_of(session)
+    return (job is not None and job.running and job.study == session.study_key and job.label == session.active
+            and job.start == int(k))
 
 
 @_with_session

@@ -261,8 +261,11 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         if study is not None and study != session.study_key:
             if kind in SHOWN_ONLY:  # paging or a window of a study left meanwhile: nothing to keep
                 return {"ok": True, "status": ""}
-            raise OtherStudy(f"another tab opened {session.study_name}: this {SAID[kind]} was not applied to it; "
-                             "this tab now shows it (your work on the other study is kept in the session)")
+            # worded for both ways here: the server cannot tell which tab opened it, and "another tab opened ..." told
+            # a user alone with one tab, who pressed Open and drew a box on the study still shown, that someone else had
+            raise OtherStudy(f"this {SAID[kind]} was made on the study shown before {session.study_name} was opened "
+                             f"(here or in another tab): it was not applied; this tab now shows {session.study_name} "
+                             "(your work on the other study is kept in the session)")
         target = session.active  # the browser's active label is the truth for its prompts
         if kind in PROMPTS and body.get("label") is not None:
             target = _label_value(body)

@@ -112,7 +112,7 @@ def routes(ctx: AppContext) -> list:
     def fail(e: Exception, sid: str | None) -> JSONResponse:
         if isinstance(e, (SessionError, *USER_ERRORS)):
             text = messages.plain(messages.error_text(e), hide=[sid or ""])
-            status = 409 if isinstance(e, actions.OtherStudy) else 400  # 409: another tab opened another study
+            status = 409 if isinstance(e, actions.OtherStudy) else 400  # 409: another study opened meanwhile
             return JSONResponse({"ok": False, "error": text}, status_code=status, headers=no_store)
         log.exception("viewer request failed")
         return JSONResponse({"ok": False, "error": f"internal error ({type(e).__name__}); the session is saved, "

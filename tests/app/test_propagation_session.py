@@ -430,7 +430,8 @@ def test_a_propagation_left_running_is_still_shown_and_guarded_after_coming_back
     """Propagate, open another study, come back while it still runs: opening a study forgot the job, so the page's
     poll stopped (no progress, no result) and Propagate pressed again started a second walk of the same label
     beside the first. Now the job stays the session's: the other study says where it runs, coming back shows its
-    progress, a second start is refused in one line, and it lands once."""
+    progress, a second start is not made (pressed again it shows the walk's progress; from another slice it is refused
+    in one line), and it lands once."""
     from app.session import SessionError
 
     sid = _sample_and_box(ctx, monkeypatch, five, five_embeddings)
@@ -442,6 +443,10 @@ def test_a_propagation_left_running_is_still_shown_and_guarded_after_coming_back
         controller.open_sample(ctx, sid, "five")
         assert controller.propagation_job(ctx, sid) is job
         assert "Propagating" in controller.propagation_status(ctx, sid).status
+        # pressed again from the slice it walks from: that walk's progress, no second walk beside it
+        assert "Propagating" in controller.propagate(ctx, sid).status
+        assert controller.propagation_job(ctx, sid) is job
+        controller.set_slice(ctx, sid, 3)  # from another slice: refused, one walk at a time
         with pytest.raises(SessionError, match="already running"):
             controller.propagate(ctx, sid)
     finally:
@@ -533,6 +538,26 @@ def test_an_undone_correction_is_no_anchor_and_redo_makes_it_one_again(ctx, five
     assert anchors_of(session, 1) == {2}
     controller.redo(ctx, sid)
     assert anchors_of(session, 1) == {2, 4}
+
+
+def test_propagate_pressed_twice_answers_with_the_walks_progress_not_a_refusal(ctx, five, five_embeddings):
+    """Propagate pressed twice quickly (session 20, a hurried user in Chromium): the second press was refused with
+    "⚠ a propagation of label 1 is already running in this study: wait for it (progress is shown)", and the viewer
+    keeps an error until the user acts, so that line hid the walk's progress and its result for good (the walk had
+    landed on 12 slices two minutes later, the status still said "already running"). Pressed again from the slice
+    its walk started on, the answer is that walk's progress, no error, and no second walk."""
+    sid = _open_and_box(ctx, five, five_embeddings)
+    job, release = _gated(ctx, sid)
+    try:
+        again = controller.propagate(ctx, sid)
+        assert again.status.startswith("Propagating: ") and "pressed again" in again.status
+        assert "\n" not in again.status and "⚠" not in again.status
+        assert controller.propagation_job(ctx, sid) is job
+    finally:
+        release.set()
+        job.wait(600)
+    assert job.state == "done", job.error
+    assert "Propagated to" in controller.propagation_status(ctx, sid).status
 
 
 def test_propagate_pressed_on_another_label_while_one_runs_names_the_running_one(ctx, five, five_embeddings):

@@ -573,7 +573,7 @@ def test_an_action_made_on_a_study_another_tab_left_is_refused_409_and_changes_n
         assert r.status_code == 409, (body["kind"], r.status_code, r.text)
         error = r.json()["error"]
         said = actions.SAID[body["kind"]]
-        assert error.startswith(f"another tab opened {s.study_name}: this {said} was not applied") \
+        assert error.startswith(f"this {said} was made on the study shown before {s.study_name} was opened") \
             and "\n" not in error and sid not in error and token not in error, error
         assert s.study_key == mr_key
         np.testing.assert_array_equal(s.labels, before[0])

@@ -813,8 +813,8 @@ def test_an_idle_tab_shows_another_tabs_edit_also_after_a_restart_with_the_clock
 def test_an_idle_tab_follows_the_study_another_tab_opened_and_its_stale_click_is_refused(browser, server, shots, ct):
     """Two tabs of one session; tab B opens another study. Tab A went on showing the first one without a word (its
     poll ignored news of another study), and its click there was refused with a line that did not say which study
-    was open. Now A's click made on the CT after B opened the MR is refused (409: "another tab opened <MR>: this
-    click was not applied ...") and changes nothing, and A then shows the MR; and A, idle, follows B's next study
+    was open. Now A's click made on the CT after B opened the MR is refused (409: "this click was made on the
+    study shown before <MR> was opened ...") and changes nothing, and A then shows the MR; and A, idle, follows B's next study
     within the poll's interval with one line ("Another tab opened <CT>; this tab follows it. Your labels on <MR> are
     kept ..."), showing the CT's labels as they were: no work lost, no silent divergence."""
     context, page, sid = _open_page(browser, server)
@@ -836,7 +836,8 @@ def test_an_idle_tab_follows_the_study_another_tab_opened_and_its_stale_click_is
     mr_labels = server.labels(sid).copy()
     assert page.locator("#medseg-viewer").get_attribute("data-study") == ct_key
     page.mouse.click(*_xy(page, ct, *REFINE[0]))
-    _wait_status(page, f"⚠ another tab opened {MR_NAME}: this click was not applied to it; this tab now shows it")
+    _wait_status(page, f"⚠ this click was made on the study shown before {MR_NAME} was opened (here or in "
+                       "another tab): it was not applied; this tab now shows")
     _idle(page)
     np.testing.assert_array_equal(server.labels(sid), mr_labels)  # A's click never reached the MR
     page.wait_for_function(f"document.querySelector('#medseg-viewer').dataset.study === '{mr_key}'",
@@ -1865,5 +1866,98 @@ def test_the_crosshair_on_a_tiny_picture_is_a_line_not_a_bar(browser, server, tm
         crosshair = (rgb[..., 0] - rgb[..., 2]) > 100  # its amber over the grey picture
         assert crosshair.any(), "no crosshair drawn"
         assert crosshair.mean() < 0.02, f"the crosshair covers {crosshair.mean():.0%} of the canvas"
+    finally:
+        context.close()
+
+
+def test_propagate_pressed_twice_shows_the_walks_progress_and_result(browser, server, ct):
+    """Propagate pressed twice quickly: the second press was refused ("⚠ a propagation of label 1 is already running
+    in this study: wait for it (progress is shown)"), and the viewer keeps an error until the user acts, so that line
+    hid the walk's progress and result: two minutes after the walk landed on all 12 slices it still said "already
+    running". The second press now answers with the walk's progress, and the result shows when it lands."""
+    from playwright.sync_api import expect
+
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
+        _wait_status(page, "Box: overlay updated")
+        _idle(page)
+        page.locator("#propagate").click()
+        page.locator("#propagate").click()
+        _wait_server(lambda: (job := controller.propagation_job(server.demo.medseg_ctx, sid)) is not None
+                     and job.state == "done", timeout_s=600)
+        expect(page.locator("#viewer-status")).to_contain_text("Propagated to", timeout=30_000)
+        assert page.locator("#viewer-status.mv-error").count() == 0
+    finally:
+        context.close()
+
+
+def _rubber_band(page) -> list[float] | None:
+    """The bounding box (canvas CSS px) of the box being dragged as the overlay draws it (its blue dashes)."""
+    return page.evaluate("""() => { const o = document.querySelector('#viewer-overlay'); const g = o.getContext('2d');
+        const d = g.getImageData(0, 0, o.width, o.height).data, r = o.width / o.clientWidth;
+        let x0 = 1e9, y0 = 1e9, x1 = -1, y1 = -1;
+        for (let i = 0; i < d.length; i += 4) if (d[i] < 40 && Math.abs(d[i + 1] - 170) < 40 && d[i + 2] > 215
+            && d[i + 3] > 200) { const p = i / 4, x = p % o.width, y = Math.floor(p / o.width);
+            x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x); y1 = Math.max(y1, y) }
+        return x1 < 0 ? null : [x0 / r, y0 / r, x1 / r, y1 / r] }""")
+
+
+def test_a_box_dragged_across_a_layout_switch_is_drawn_and_placed_from_its_first_corner(browser, server, ct):
+    """M (3 views) pressed during a box drag: the box being drawn stayed anchored at the screen point where the drag
+    began, which the new layout gives to another place (or another view), so the dashed box showed one box and the
+    release made another (from the corner first pressed); released over another view, the box was clamped from that
+    stale point. The box is now drawn from where its first corner is on the screen after the switch."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
+        page.keyboard.press("m")
+        end = _xy(page, ct, *BOX[1])  # the same plane point in the 3-view layout
+        page.mouse.move(*end)
+        canvas = page.locator("#viewer-canvas").bounding_box()
+        first = _xy(page, ct, *BOX[0])
+        band = _rubber_band(page)
+        want = [first[0] - canvas["x"], first[1] - canvas["y"], end[0] - canvas["x"], end[1] - canvas["y"]]
+        assert band == pytest.approx(want, abs=3), f"drawn {band}, the box's corners are at {want}"
+        page.mouse.up()
+        _wait_status(page, "Box: overlay updated")
+        _idle(page)
+        assert server.store.get(sid).prompt.box == pytest.approx((*BOX[0], *BOX[1]), abs=1.5)
+    finally:
+        context.close()
+
+
+def test_a_box_drawn_while_this_tab_opens_another_study_is_not_said_to_be_another_tabs(browser, server, ct, monkeypatch):
+    """Open sample (the MR), then at once a box on the CT still shown: the server had switched to the MR, so the box
+    was refused (rightly: it was drawn on the CT), but the line said "another tab opened MR ...", and the user, alone
+    with one tab, was told someone else had opened a study in their session. Here the open's answer is held after the
+    server switched, so the box surely leaves while the CT is shown."""
+    from app import controller as ctl
+
+    opened = ctl.open_sample
+
+    def slow_open(*args, **kwargs):
+        view = opened(*args, **kwargs)
+        time.sleep(3)  # the session holds the MR; the page still shows the CT
+        return view
+
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        monkeypatch.setattr(ctl, "open_sample", slow_open)
+        page.locator("#sample input").click()
+        page.get_by_role("option", name=MR_NAME).click()
+        page.locator("#open-sample").click()
+        _wait_server(lambda: server.store.get(sid).study_name == MR_NAME)
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
+        _wait_status(page, "⚠")
+        said = page.locator("#viewer-status").inner_text()
+        assert "this box" in said and MR_NAME in said and "another tab opened" not in said, said
+        assert not server.labels(sid).any()
     finally:
         context.close()

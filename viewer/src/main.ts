@@ -1019,9 +1019,13 @@ class Viewer {
       } else if (!d.mm0.length) {  // a click beside the image
         this.showStatus(this.tool === 'point' ? 'Point: click on the image.' : 'Box: drag from one corner to the opposite one, over the image.')
       } else if (moved) {
+        const first = this.boxStart(d)
         const hit = this.pick(d.x, d.y)  // released in another view's tile (3 views) or off the image: its edge
-        const end = hit && hit.view === d.view ? hit : this.pickClamped(d.x, d.y, d.x0, d.y0, d.view)
-        if (end) this.prompt({ kind: 'box', view: d.view, mm: d.mm0, mm2: end.mm, new_object: true }, { kind: 'box', view: d.view, mm: [d.mm0, end.mm] })
+        const end = !first ? null
+          : hit && hit.view === d.view ? hit : this.pickClamped(d.x, d.y, first[0], first[1], d.view)
+        if (!first) this.showError('box cancelled: its first corner left the screen during the drag (another slice or '
+          + 'view); drag it again')
+        else if (end) this.prompt({ kind: 'box', view: d.view, mm: d.mm0, mm2: end.mm, new_object: true }, { kind: 'box', view: d.view, mm: [d.mm0, end.mm] })
         else this.showError('the box could not be placed on the image: drag it again')
       } else if (this.tool === 'point') {
         const positive = !(e.shiftKey || this.negative)
@@ -1315,6 +1319,15 @@ class Viewer {
       d.out = true
     }
     d.outAt = [x, y]
+  }
+
+  /** Where the box being dragged begins on the screen now: its first corner's millimetres through the current
+   * mapping, not the screen point pressed. M (the layout), a zoom or the wheel during the drag move that corner (or
+   * take its slice off the screen: null), and the dashed box stayed at the old point while the release made a box
+   * from the corner first pressed; released over another view, it was clamped from that stale point. A box begun
+   * beside the image has no corner yet: the point pressed. */
+  boxStart(d: NonNullable<Viewer['drag']>): [number, number] | null {
+    return d.mm0.length ? this.toCanvas(d.mm0, d.view) : [d.x0, d.y0]
   }
 
   /** The image's edge between a canvas point inside it and one outside (bisection on the segment). */
@@ -1724,9 +1737,10 @@ class Viewer {
       }
     }
     const d = this.drag
-    if (d && (this.tool === 'point' || this.tool === 'box') && Math.hypot(d.x - d.x0, d.y - d.y0) >= DRAG_PX) {
+    const first = d ? this.boxStart(d) : null
+    if (d && first && (this.tool === 'point' || this.tool === 'box') && Math.hypot(d.x - d.x0, d.y - d.y0) >= DRAG_PX) {
       g.setLineDash([6, 4]); g.strokeStyle = 'rgb(0,170,255)'; g.lineWidth = 2
-      g.strokeRect(d.x0, d.y0, d.x - d.x0, d.y - d.y0); g.setLineDash([])
+      g.strokeRect(first[0], first[1], d.x - first[0], d.y - first[1]); g.setLineDash([])
     }
     if ((this.tool === 'brush' || this.tool === 'erase') && this.hover) {
       const r = this.brushRadiusCss(this.hover[0], this.hover[1])
