@@ -95,12 +95,6 @@ def limit_malloc_arenas(n: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.session import claim_root, default_state_dir
-
-    # a second server on a state folder in use is refused before Gradio and the model are imported (seconds)
-    claim_root(Path(args.state_dir) if args.state_dir else default_state_dir())
-    from app.ui import launch
-
     if args.prefetch < 0:
         raise ValueError(f"--prefetch must be 0 or more, got {args.prefetch}")
     if args.malloc_arenas < 0:
@@ -125,6 +119,13 @@ def run(args: argparse.Namespace) -> int:
     window = args.batch_window_ms if args.batch_window_ms is not None else default_batch_window_ms(args.device, backend)
     if not 0 <= window <= 1000:
         raise ValueError(f"--batch-window-ms must be 0..1000, got {window}")
+    from app.session import claim_root, default_state_dir
+
+    # the arguments checked, a second server on a state folder in use is refused before Gradio and the model are
+    # imported (seconds); a refused argument claims nothing
+    claim_root(Path(args.state_dir) if args.state_dir else default_state_dir())
+    from app.ui import launch
+
     limit_malloc_arenas(args.malloc_arenas)  # before the server starts its threads
     if args.host not in LOOPBACK:
         print(f"medseg serve: listening on {args.host}: the token login guards it, but traffic is plain HTTP: "

@@ -32,10 +32,14 @@ def test_a_new_session_opens_the_sample_and_a_restored_one_keeps_its_study(ctx):
     assert plain.image is None and "Open a sample" in plain.status
 
 
-def test_serve_refuses_an_unknown_sample_in_one_line(capsys):
+def test_serve_refuses_an_unknown_sample_in_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDSEG_STATE_DIR", str(tmp_path / "state"))
     assert main(["serve", "--open-sample", "liver CT"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--open-sample 'liver CT'" in err and CT in err
+    # a refused argument claims no state folder: this test claimed the user's default one for the rest of its
+    # process, and the next `medseg serve` there was refused as "another medseg serve" (CI, session 20)
+    assert not (tmp_path / "state").exists()
 
 
 def test_the_plane_is_drawn_only_when_asked(ctx, monkeypatch):

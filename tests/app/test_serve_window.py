@@ -13,13 +13,16 @@ from app.commands import serve
 
 
 @pytest.fixture
-def launched(monkeypatch):
+def launched(monkeypatch, tmp_path):
     """The keyword arguments `medseg serve` hands to the UI's launch (nothing is started)."""
     import app.ui
 
     seen: dict = {}
     monkeypatch.setattr(app.ui, "launch", lambda **kw: seen.update(kw))
     monkeypatch.delenv("MEDSEG_BACKEND", raising=False)
+    # `medseg serve` claims its state folder before it launches: a temporary one, never the user's default (this
+    # process holds the claim until it exits, and a test claiming ~/.local/state/medseg refused every other one)
+    monkeypatch.setenv("MEDSEG_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setattr(serve, "limit_malloc_arenas", lambda n: False)  # no process-wide setting from a test
     return seen
 
