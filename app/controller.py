@@ -576,10 +576,16 @@ def propagate(ctx: AppContext, session: Session, progress: Progress | None = Non
         raise SessionError("propagation needs a 3D study; this one has a single slice")
     if session.view.view != acquired:
         raise SessionError(f"propagate from the {acquired} view (the stored slices): switch the view, then propagate")
-    if _pressed_again(session, session.view.index[acquired]):
+    k = session.view.index[acquired]
+    if _pressed_again(session, k):
         # a double press: its own walk's progress, not a refusal. The refusal (⚠) stayed on the viewer's status line
         # over that walk's progress and its result ("Propagated to ... Undo reverts ...") until the user acted again
         return view_model(session, f"{job_of(session).status()} (Propagate pressed again: this walk goes on.)")
+    running = job_of(session)
+    if running is not None and running.running:  # one walk at a time: this start is said with its progress
+        running.not_started = (f"Your Propagate of {session.label(session.active).name} from slice {k} was not "
+                               "started (one walk at a time): press it again once this one has landed.")
+        return view_model(session, running.status(session.study_key))
     job = start_propagation(ctx.runner, session, session.view.index[acquired], on_done=ctx.store.save,
                             background=background, fill=fill)
     session.runtime.pop("review", None)  # only once it started: a refused Propagate leaves the review as it was
@@ -588,7 +594,7 @@ def propagate(ctx: AppContext, session: Session, progress: Progress | None = Non
 
 def _pressed_again(session: Session, k: int) -> bool:
     """Propagate pressed while the walk it would start runs: the same label, from the same slice of this study (a
-    hurried double press). Any other start while one runs is still refused (one walk at a time)."""
+    hurried double press). Any other start while one runs is not started, and says so with the walk's progress."""
     from app.propagation_job import job_of
 
     job = job_of(session)

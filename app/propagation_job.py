@@ -154,6 +154,9 @@ class PropagationJob:
     finished: list[int] = field(default_factory=list)
     result: PropagationResult | None = None
     error: str | None = None
+    # a Propagate of another start pressed while this one ran: said after its progress and its result. As a refusal
+    # (an error, which the viewer keeps until the user acts) it hid this walk's progress and "Propagated to ..." for good
+    not_started: str = ""
     thread: threading.Thread | None = field(default=None, repr=False)
 
     @property
@@ -167,6 +170,10 @@ class PropagationJob:
     def status(self, open_study: str | None = None) -> str:
         """One status line; ``open_study``: the key of the study open now (None: its own), so a job of a study
         the user left says where it runs or landed (there, not here, is where Undo reverts it)."""
+        line = self._progress(open_study)
+        return f"{line} {self.not_started}" if self.not_started else line
+
+    def _progress(self, open_study: str | None) -> str:
         elsewhere = open_study is not None and self.study is not None and open_study != self.study
         if self.state == "running" and elsewhere:
             return (f"Propagating in {self.study_name}: {self.done}/{self.total} slices ({self.message}); "

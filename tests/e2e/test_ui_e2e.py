@@ -1894,6 +1894,56 @@ def test_propagate_pressed_twice_shows_the_walks_progress_and_result(browser, se
         context.close()
 
 
+def test_propagate_from_another_slice_while_one_walks_is_said_with_that_walks_progress_and_result(browser, server, ct):
+    """A second box on the next slice and Propagate while the first walk runs: refused with "⚠ a propagation of
+    label 1 is already running ...", which the viewer keeps until the user acts, so a user who waited never saw the
+    walk's progress nor "Propagated to ..." (session 20). Now the second start is not made and the walk's own lines
+    say so, with no error; its result shows when it lands. The first walk is held after one slice (in the server)
+    so that the second Propagate comes while it runs."""
+    import threading
+
+    from playwright.sync_api import expect
+
+    from app.propagation_job import start_propagation
+
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
+        _wait_status(page, "Box: overlay updated")
+        _idle(page)
+        ctx = server.demo.medseg_ctx
+        session = ctx.store.get(sid)
+        reached, release = threading.Event(), threading.Event()
+
+        def hold(job):
+            if job.done >= 1 and not release.is_set():
+                reached.set()
+                release.wait(600)
+
+        with session.lock:
+            start = int(np.flatnonzero((session.labels == 1).reshape(len(session.labels), -1).any(axis=1))[0])
+            job = start_propagation(ctx.runner, session, start, observe=hold, on_done=ctx.store.save)
+        try:
+            assert reached.wait(600)
+            page.keyboard.press("ArrowUp")
+            _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
+            _wait_status(page, "Box: overlay updated")
+            _idle(page)
+            page.locator("#propagate").click()
+            expect(page.locator("#viewer-status")).to_contain_text("was not started", timeout=TIMEOUT_MS)
+            assert page.locator("#viewer-status.mv-error").count() == 0
+        finally:
+            release.set()
+        job.wait(600)
+        assert job.state == "done", job.error
+        expect(page.locator("#viewer-status")).to_contain_text("Propagated to", timeout=30_000)
+        assert page.locator("#viewer-status.mv-error").count() == 0
+    finally:
+        context.close()
+
+
 def _rubber_band(page) -> list[float] | None:
     """The bounding box (canvas CSS px) of the box being dragged as the overlay draws it (its blue dashes)."""
     return page.evaluate("""() => { const o = document.querySelector('#viewer-overlay'); const g = o.getContext('2d');
