@@ -577,29 +577,19 @@ def propagate(ctx: AppContext, session: Session, progress: Progress | None = Non
     if session.view.view != acquired:
         raise SessionError(f"propagate from the {acquired} view (the stored slices): switch the view, then propagate")
     k = session.view.index[acquired]
-    if _pressed_again(session, k):
-        # a double press: its own walk's progress, not a refusal. The refusal (⚠) stayed on the viewer's status line
-        # over that walk's progress and its result ("Propagated to ... Undo reverts ...") until the user acted again
-        return view_model(session, f"{job_of(session).status()} (Propagate pressed again: this walk goes on.)")
     running = job_of(session)
-    if running is not None and running.running:  # one walk at a time: this start is said with its progress
+    if running is not None and running.running:  # one walk at a time
+        if running.study == session.study_key and running.label == session.active and running.start == int(k):
+            # a hurried double press: its own walk's progress, not a refusal. The refusal (⚠) stayed on the viewer's
+            # status line over that walk's progress and its result ("Propagated to ...") until the user acted again
+            return view_model(session, f"{running.status()} (Propagate pressed again: this walk goes on.)")
+        # another start: said with the walk's progress and result (as an error, it hid both the same way)
         running.not_started = (f"Your Propagate of {session.label(session.active).name} from slice {k} was not "
                                "started (one walk at a time): press it again once this one has landed.")
         return view_model(session, running.status(session.study_key))
-    job = start_propagation(ctx.runner, session, session.view.index[acquired], on_done=ctx.store.save,
-                            background=background, fill=fill)
+    job = start_propagation(ctx.runner, session, k, on_done=ctx.store.save, background=background, fill=fill)
     session.runtime.pop("review", None)  # only once it started: a refused Propagate leaves the review as it was
     return view_model(session, job.status())
-
-
-def _pressed_again(session: Session, k: int) -> bool:
-    """Propagate pressed while the walk it would start runs: the same label, from the same slice of this study (a
-    hurried double press). Any other start while one runs is not started, and says so with the walk's progress."""
-    from app.propagation_job import job_of
-
-    job = job_of(session)
-    return (job is not None and job.running and job.study == session.study_key and job.label == session.active
-            and job.start == int(k))
 
 
 @_with_session

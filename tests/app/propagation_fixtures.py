@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -20,3 +22,21 @@ def ct():
 def head():
     """Head (label 1 or 2) on the series grid: k 12..23 of the slab labels."""
     return np.isin(read_study(DATA / "ct_head_0051_slabA_label.nii.gz").array[12:24], (1, 2))
+
+
+def held_walk(runner, session, k: int, at: int = 1, **kwargs):
+    """Start a background propagation from slice ``k`` that waits after ``at`` slices until released, so a test can
+    act while it runs: (job, release). Started under the session's lock, as the UI starts it."""
+    from app.propagation_job import start_propagation
+
+    reached, release = threading.Event(), threading.Event()
+
+    def hold(job):
+        if job.done >= at and not release.is_set():
+            reached.set()
+            release.wait(600)
+
+    with session.lock:
+        job = start_propagation(runner, session, k, observe=hold, **kwargs)
+    assert reached.wait(600)
+    return job, release

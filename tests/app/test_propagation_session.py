@@ -9,7 +9,6 @@ test's session starts with its embeddings, as a server's session does once its s
 
 from __future__ import annotations
 
-import threading
 from dataclasses import replace
 
 import numpy as np
@@ -21,6 +20,7 @@ from app.controller import AppContext
 from app.interaction import ModelRunner, Prefetcher
 from app.propagation_job import anchors_of
 from app.session import SessionStore
+from tests.app.propagation_fixtures import held_walk
 from tests.conftest import SAMPLES
 
 BOX = ((180, 150), (330, 330))  # display pixels (512 x 512) around the brain on the coronal slices
@@ -236,20 +236,9 @@ def test_review_accepts_and_cuts_the_range(ctx, five, five_embeddings):
 
 def test_study_stays_usable_while_propagation_runs(ctx, five, five_embeddings):
     """The job is held after its first slices; meanwhile the user browses and segments another slice."""
-    from app.propagation_job import start_propagation
-
     sid = _open_and_box(ctx, five, five_embeddings, slice_index=0)
     session = ctx.store.get(sid)
-    reached, release = threading.Event(), threading.Event()
-
-    def gate(job):
-        if job.done >= 2 and not release.is_set():
-            reached.set()
-            release.wait(600)
-
-    with session.lock:
-        job = start_propagation(ctx.runner, session, 0, observe=gate)
-    assert reached.wait(600)
+    job, release = held_walk(ctx.runner, session, 0, at=2)
     assert job.running and "Propagating: 2/5" in controller.propagation_status(ctx, sid).status
     vm = controller.set_slice(ctx, sid, 3)  # browsing: the image of another slice
     assert vm.slice_index == 3 and vm.image is not None
@@ -300,21 +289,8 @@ def test_opening_another_study_while_propagation_runs_lands_it_in_its_own_study(
 
 # --- a hurried clinician's 3D workflow (session 18, ux3d18) ---------------------------------------
 def _gated(ctx, sid, k=2, at=1):
-    """Start a propagation from slice ``k`` that waits after ``at`` slices until released: (job, reached, release)."""
-    from app.propagation_job import start_propagation
-
-    session = ctx.store.get(sid)
-    reached, release = threading.Event(), threading.Event()
-
-    def gate(job):
-        if job.done >= at and not release.is_set():
-            reached.set()
-            release.wait(600)
-
-    with session.lock:
-        job = start_propagation(ctx.runner, session, k, observe=gate, on_done=ctx.store.save)
-    assert reached.wait(600)
-    return job, release
+    """Start a propagation from slice ``k`` that waits after ``at`` slices until released: (job, release)."""
+    return held_walk(ctx.runner, ctx.store.get(sid), k, at, on_done=ctx.store.save)
 
 
 def test_corrections_stay_anchors_after_opening_another_study_and_coming_back(ctx, five, five_embeddings, monkeypatch):
@@ -430,10 +406,8 @@ def test_a_propagation_left_running_is_still_shown_and_guarded_after_coming_back
     """Propagate, open another study, come back while it still runs: opening a study forgot the job, so the page's
     poll stopped (no progress, no result) and Propagate pressed again started a second walk of the same label
     beside the first. Now the job stays the session's: the other study says where it runs, coming back shows its
-    progress, a second start is not made (pressed again it shows the walk's progress; from another slice it is refused
-    in one line), and it lands once."""
-    from app.session import SessionError
-
+    progress, a second start is not made (pressed again it shows the walk's progress; from another slice it is not started,
+    and says so), and it lands once."""
     sid = _sample_and_box(ctx, monkeypatch, five, five_embeddings)
     session = ctx.store.get(sid)
     job, release = _gated(ctx, sid)

@@ -101,6 +101,13 @@ def _xy(page, volume, x: float, y: float, index: int | None = None, view: str = 
     return box["x"] + pos[0], box["y"] + pos[1]
 
 
+def _box(page, volume) -> None:
+    """Drag BOX on the shown slice (Box or Point mode) and wait until its answer is drawn and the viewer is idle."""
+    _drag(page, _xy(page, volume, *BOX[0]), _xy(page, volume, *BOX[1]))
+    _wait_status(page, "Box: overlay updated")
+    _idle(page)
+
+
 def _drag(page, a: tuple[float, float], b: tuple[float, float], release: bool = True) -> None:
     page.mouse.move(*a)
     page.mouse.down()
@@ -1881,9 +1888,7 @@ def test_propagate_pressed_twice_shows_the_walks_progress_and_result(browser, se
     try:
         _open_sample(page)
         page.keyboard.press("b")
-        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
-        _wait_status(page, "Box: overlay updated")
-        _idle(page)
+        _box(page, ct)
         page.locator("#propagate").click()
         page.locator("#propagate").click()
         _wait_server(lambda: (job := controller.propagation_job(server.demo.medseg_ctx, sid)) is not None
@@ -1900,37 +1905,22 @@ def test_propagate_from_another_slice_while_one_walks_is_said_with_that_walks_pr
     walk's progress nor "Propagated to ..." (session 20). Now the second start is not made and the walk's own lines
     say so, with no error; its result shows when it lands. The first walk is held after one slice (in the server)
     so that the second Propagate comes while it runs."""
-    import threading
-
     from playwright.sync_api import expect
 
-    from app.propagation_job import start_propagation
+    from tests.app.propagation_fixtures import held_walk
 
     context, page, sid = _open_page(browser, server)
     try:
         _open_sample(page)
         page.keyboard.press("b")
-        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
-        _wait_status(page, "Box: overlay updated")
-        _idle(page)
+        _box(page, ct)
         ctx = server.demo.medseg_ctx
         session = ctx.store.get(sid)
-        reached, release = threading.Event(), threading.Event()
-
-        def hold(job):
-            if job.done >= 1 and not release.is_set():
-                reached.set()
-                release.wait(600)
-
-        with session.lock:
-            start = int(np.flatnonzero((session.labels == 1).reshape(len(session.labels), -1).any(axis=1))[0])
-            job = start_propagation(ctx.runner, session, start, observe=hold, on_done=ctx.store.save)
+        start = int(np.flatnonzero((session.labels == 1).reshape(len(session.labels), -1).any(axis=1))[0])
+        job, release = held_walk(ctx.runner, session, start, on_done=ctx.store.save)
         try:
-            assert reached.wait(600)
             page.keyboard.press("ArrowUp")
-            _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
-            _wait_status(page, "Box: overlay updated")
-            _idle(page)
+            _box(page, ct)
             page.locator("#propagate").click()
             expect(page.locator("#viewer-status")).to_contain_text("was not started", timeout=TIMEOUT_MS)
             assert page.locator("#viewer-status.mv-error").count() == 0
