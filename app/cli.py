@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import warnings
 
@@ -22,9 +23,18 @@ USER_ERROR = 2
 SERVERS = ("serve", "labelserver")
 
 
+# Any negative number a user types, exponent and -inf/-nan included: argparse's own pattern knows only
+# -5 and -.5, so "--box -1e9 0 10 10" read "-1e9" as an option ("--box: expected 4 arguments").
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse's usage errors as one line too (it printed the usage line first), with a hint for a file
     name that starts with '-' (argparse takes it for an option)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER  # argparse's hook; no option here looks like a number
 
     def error(self, message: str):
         from data.untrusted import one_line

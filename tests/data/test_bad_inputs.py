@@ -294,6 +294,18 @@ def test_non_utf8_zip_member_names_are_unpacked_under_safe_names(tmp_path, ctx):
     assert vm.image is not None and "Opened" in vm.status
 
 
+@pytest.mark.parametrize("prompt", [["--box", "-1e9", "0", "10", "10"], ["--point", "-2.5E+1", "3", "1"]])
+def test_a_negative_number_in_exponent_notation_is_a_number_not_an_option(tmp_path, capsys, prompt):
+    """argparse took "-1e9" for an option ("argument --box: expected 4 arguments", of a box that had four).
+    The number now reaches the prompt check, which says the box or point lies outside the image."""
+    from PIL import Image
+
+    Image.fromarray(np.full((32, 32), 100, np.uint8)).save(tmp_path / "scan.png")
+    code = main(["segment", str(tmp_path / "scan.png"), *prompt, "-o", str(tmp_path / "o.png")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "outside the image" in lines[0], lines
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["info", "-scan.nii.gz"], "unrecognized arguments: -scan.nii.gz (a file name that starts with '-': write "
                                "./-scan.nii.gz or put -- before it)"),
@@ -304,6 +316,7 @@ def test_non_utf8_zip_member_names_are_unpacked_under_safe_names(tmp_path, ctx):
      "medseg propagate: error: argument --margin: expected a finite number, got 'nan'"),
     (["eval", "m.csv", "--nsd-tolerance", "nan"], "medseg eval: error: argument --nsd-tolerance: expected a finite number"),
     (["eval", "m.csv", "--nsd-tolerance=-inf"], "argument --nsd-tolerance: expected a finite number, got '-inf'"),
+    (["eval", "m.csv", "--nsd-tolerance", "-inf"], "argument --nsd-tolerance: expected a finite number, got '-inf'"),
 ])
 def test_argument_errors_are_one_line_with_a_hint_for_a_leading_dash(tmp_path, monkeypatch, capsys, argv, fragment):
     """argparse printed its usage line before the error (two lines); a file named -scan.nii.gz, which a
