@@ -164,5 +164,6 @@ def patient_data_note(path) -> str | None:
 
 
 def deidentifier(args) -> Callable[[Dataset], None] | None:
-    """The hook for a CLI namespace with ``--deidentify`` (None when the flag is off)."""
-    return deidentify_basic if getattr(args, "deidentify", False) else None
+    """The hook for a CLI namespace of ``app.commands.common.add_identity_args``: the Basic Profile unless the
+    user keeps the identifiers on purpose (``--keep-identifiers``; None then), as the UI's export does."""
+    return None if getattr(args, "keep_identifiers", False) else deidentify_basic

@@ -341,7 +341,7 @@ def _check_values_fit_their_vr(seg: pydicom.Dataset, path: Path, source_name: st
         keyword = element.keyword or f"({element.tag.group:04X},{element.tag.element:04X})"
         if keyword in IDENTIFIERS:
             remedy = "correct it in the source images" + ("" if deidentified else ", or export de-identified "
-                                                          "(--deidentify; in the UI, untick Keep patient identifiers)")
+                                                          "(without --keep-identifiers; in the UI, untick Keep patient identifiers)")
             raise DicomSegError(f"{path}: the source's {keyword} {fault}; a DICOM-SEG carrying it is invalid and "
                                 f"one with it changed would no longer match the source's records: {remedy}")
         element.value = None

@@ -249,6 +249,19 @@ def check_outputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path],
             raise UsageError(f"{option} {out}: cannot write in {folder} ({e.strerror or e})") from None
 
 
+def add_identity_args(p: argparse.ArgumentParser) -> None:
+    """A DICOM-SEG output is de-identified unless the user keeps the identifiers on purpose, as the UI's export
+    is (*Keep patient identifiers*, off by default). ``--deidentify`` was the way to ask before it became the
+    default; scripts that pass it keep working."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--keep-identifiers", action="store_true",
+                   help="DICOM-SEG output: keep the source's patient and study identity (name, ID, birth date, "
+                   "dates, accession number), e.g. for a SEG that goes back to its own PACS. Default: de-identified "
+                   "by DICOM PS3.15 Annex E Basic Profile, UIDs kept (docs/reliability.md, De-identification)")
+    g.add_argument("--deidentify", action="store_true",
+                   help="DICOM-SEG output de-identified (the default; accepted for scripts written before it was)")
+
+
 def add_output_arg(p: argparse.ArgumentParser, formats: str) -> None:
     p.add_argument("--output", "-o", required=True,
                    help=f"output: {formats}, or dicomweb:BASE_URL to store a DICOM-SEG on a PACS over STOW-RS "
@@ -282,11 +295,12 @@ def save_labels(
     if base is None:
         path = export_labels(labels, volume, output, label_names=label_names, model_name=model_name,
                              deidentify=deidentify)
-        if deidentify is None and path.suffix.lower() == ".dcm":  # as the UI notes it (to a PACS, identity is due)
+        if deidentify is None and path.suffix.lower() == ".dcm":  # kept on purpose: said, as the UI's export says it
             from data.deidentify import patient_data_note
 
             if note := patient_data_note(path):
-                warnings.warn(f"{path}: {note}; --deidentify removes it", stacklevel=2)
+                warnings.warn(f"{path}: {note} (--keep-identifiers; without it the export is de-identified)",
+                              stacklevel=2)
         return str(path)
     from app.settings import get_settings
     from data.dicomweb import store

@@ -13,6 +13,7 @@ import numpy as np
 
 from app.commands.common import (
     add_model_args,
+    add_identity_args,
     add_output_arg,
     add_slice_args,
     add_study_args,
@@ -72,9 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "ends, guided = the model prompted with the shape. --fill shape given with anchors and no --box: "
                    "the interpolation alone (no model, nothing beyond the outermost anchors)")
     add_model_args(p)
-    p.add_argument("--deidentify", action="store_true",
-                   help="DICOM-SEG output: empty patient name/ID/birth date, study dates, accession number "
-                   "(DICOM PS3.15 Annex E Basic Profile, UIDs kept)")
+    add_identity_args(p)
     add_output_arg(p, ".nii, .nii.gz or .dcm (DICOM-SEG)")
     p.add_argument("--label", default="structure", help="segment name written in a DICOM-SEG (default: structure)")
     p.add_argument("--margin", type=finite_float, default=DEFAULTS.margin_px,

@@ -14,6 +14,7 @@ from app.commands.common import (
     add_prompt_args,
     add_slice_args,
     add_study_args,
+    add_identity_args,
     add_output_arg,
     dicomweb_target,
     load_slice,
@@ -40,9 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_prompt_args(p)
     add_model_args(p)
     p.add_argument("--multimask", action="store_true", help="ask for 3 candidate masks and keep the best-scored one")
-    p.add_argument("--deidentify", action="store_true",
-                   help="DICOM-SEG output: empty patient name/ID/birth date, study dates, accession number "
-                   "(DICOM PS3.15 Annex E Basic Profile, UIDs kept)")
+    add_identity_args(p)
     add_output_arg(p, ".png (2D input), .nii/.nii.gz or .dcm (DICOM-SEG)")
     return p
 

@@ -86,21 +86,29 @@ def test_an_output_beside_the_input_is_written(studies, capsys, litemedsam):
     assert (studies / "t1_labels.nii.gz").is_file()
 
 
-def test_a_seg_that_carries_the_patients_identity_says_so_as_the_ui_does(tmp_path, capsys, litemedsam):
-    """The UI de-identifies a DICOM-SEG unless asked and notes it when identity is kept; `medseg segment -o x.dcm`
-    kept PatientName/PatientID silently (exit 0, nothing on stderr)."""
+def test_a_seg_is_de_identified_unless_the_identifiers_are_kept_on_purpose_as_in_the_ui(tmp_path, capsys, litemedsam):
+    """The UI de-identifies a DICOM-SEG unless *Keep patient identifiers* is ticked; `medseg segment -o x.dcm` kept
+    PatientName/PatientID unless --deidentify was given (safe by default: PS3.15 unless kept on purpose). Now
+    the CLI's default is the UI's; --keep-identifiers keeps them and says so; --deidentify (the old way to ask)
+    still works, and the two together are refused."""
     import pydicom
 
+    source = pydicom.dcmread(sorted(SERIES.iterdir())[0], stop_before_pixels=True)
+    assert str(source.PatientName)  # the sample names a (synthetic) patient, so there is something to remove
     argv = ["segment", str(SERIES), "--slice", "5", "--box", "60", "60", "160", "160"]
-    assert main([*argv, "-o", str(tmp_path / "kept.dcm")]) == 0
+    for name, flags in (("default.dcm", []), ("asked.dcm", ["--deidentify"])):
+        assert main([*argv, *flags, "-o", str(tmp_path / name)]) == 0
+        seg = pydicom.dcmread(tmp_path / name)
+        assert str(seg.PatientIdentityRemoved) == "YES" and str(seg.PatientName) != str(source.PatientName), name
+        assert name not in capsys.readouterr().err
+    assert main([*argv, "--keep-identifiers", "-o", str(tmp_path / "kept.dcm")]) == 0
     # only this export's lines: an earlier test's unclosed socket may also reach this run as a ResourceWarning
     (line,) = [x for x in capsys.readouterr().err.splitlines() if "kept.dcm" in x]
-    assert "warning" in line and "PatientName" in line and "--deidentify" in line, line
-    assert str(pydicom.dcmread(tmp_path / "kept.dcm").PatientName) == str(
-        pydicom.dcmread(sorted(SERIES.iterdir())[0]).PatientName)  # kept, as asked: it goes back to its PACS
-    assert main([*argv, "--deidentify", "-o", str(tmp_path / "clean.dcm")]) == 0
-    assert "clean.dcm" not in capsys.readouterr().err
-    assert str(pydicom.dcmread(tmp_path / "clean.dcm").PatientIdentityRemoved) == "YES"
+    assert "warning" in line and "PatientName" in line and "--keep-identifiers" in line, line
+    assert str(pydicom.dcmread(tmp_path / "kept.dcm").PatientName) == str(source.PatientName)  # kept, as asked
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--keep-identifiers", "--deidentify", "-o", str(tmp_path / "both.dcm")])
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err and not (tmp_path / "both.dcm").exists()
 
 
 @pytest.mark.parametrize("where", ["inside a file", "procfs"])

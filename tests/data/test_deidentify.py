@@ -295,8 +295,10 @@ def test_cli_flag_picks_the_basic_profile():
 
     from data.deidentify import deidentifier
 
-    assert deidentifier(Namespace(deidentify=True)) is deidentify_basic
-    assert deidentifier(Namespace(deidentify=False)) is None and deidentifier(Namespace()) is None
+    assert deidentifier(Namespace(deidentify=True, keep_identifiers=False)) is deidentify_basic
+    assert deidentifier(Namespace(deidentify=False, keep_identifiers=False)) is deidentify_basic  # the default
+    assert deidentifier(Namespace()) is deidentify_basic
+    assert deidentifier(Namespace(deidentify=False, keep_identifiers=True)) is None
 
 
 def test_a_deidentified_ui_export_is_not_named_after_the_patient(tmp_path, identified_series):

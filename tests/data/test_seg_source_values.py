@@ -185,7 +185,7 @@ def test_an_identified_seg_of_an_identifier_its_vr_cannot_hold_is_refused_in_one
         export_labels(labels, volume, tmp_path / "deidentified.dcm", deidentify=deidentify_basic)
     assert str(e.value) == (f"{tmp_path / 'seg.dcm'}: the source's {said}; a DICOM-SEG carrying it is invalid and one "
                             "with it changed would no longer match the source's records: correct it in the source "
-                            "images, or export de-identified (--deidentify; in the UI, untick Keep patient "
+                            "images, or export de-identified (without --keep-identifiers; in the UI, untick Keep patient "
                             "identifiers)")
     assert not (tmp_path / "seg.dcm").exists()
     if DCIODVFY:
