@@ -53,13 +53,16 @@ def open_series(ctx: AppContext, session, url: str, progress: controller.Progres
 
 
 def export_to_pacs(ctx: AppContext, sid: str, base: str) -> ViewModel:
-    """Write the session's labels as a DICOM-SEG and store it on the PACS (STOW-RS)."""
+    """Write the session's labels as a DICOM-SEG and store it on the PACS (STOW-RS), with its source's patient
+    and study identity: the PACS files it with its images by them (a de-identified copy became a second,
+    nameless patient in Orthanc; ``data.deidentify.deidentifier``, ``to_pacs``). The download keeps its
+    *Keep patient identifiers* box."""
     from app.settings import get_settings
     from data.dicomweb import store
 
-    path, vm = controller.export(ctx, sid, "dicom-seg")
+    path, vm = controller.export(ctx, sid, "dicom-seg", keep_identifiers=True)
     (uid,) = store(base, [path], timeout=get_settings().dicomweb_timeout_s)
-    vm.status = f"Stored the DICOM-SEG on the PACS (SOP Instance UID {uid})."
+    vm.status = f"Stored the DICOM-SEG on the PACS with its study's patient (SOP Instance UID {uid})."
     return vm
 
 

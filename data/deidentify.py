@@ -163,7 +163,16 @@ def patient_data_note(path) -> str | None:
     return f"this export carries patient data ({', '.join(found)}); share it only where the source images may go"
 
 
-def deidentifier(args) -> Callable[[Dataset], None] | None:
+def deidentifier(args, *, to_pacs: bool = False) -> Callable[[Dataset], None] | None:
     """The hook for a CLI namespace of ``app.commands.common.add_identity_args``: the Basic Profile unless the
-    user keeps the identifiers on purpose (``--keep-identifiers``; None then), as the UI's export does."""
-    return None if getattr(args, "keep_identifiers", False) else deidentify_basic
+    user keeps the identifiers on purpose (``--keep-identifiers``; None then), as the UI's export does.
+
+    ``to_pacs``: the SEG is stored on a PACS (STOW-RS), which files it with its source images by patient and
+    study: it keeps their identity unless ``--deidentify`` asks otherwise. A de-identified SEG of a study the PACS
+    holds is filed under a second, nameless patient with the same StudyInstanceUID (Orthanc), or refused as a
+    patient mismatch; PS3.15 de-identification is for data that leaves the clinical record, not for the record."""
+    if getattr(args, "keep_identifiers", False):
+        return None
+    if to_pacs and not getattr(args, "deidentify", False):
+        return None
+    return deidentify_basic

@@ -257,9 +257,19 @@ def add_identity_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-identifiers", action="store_true",
                    help="DICOM-SEG output: keep the source's patient and study identity (name, ID, birth date, "
                    "dates, accession number), e.g. for a SEG that goes back to its own PACS. Default: de-identified "
-                   "by DICOM PS3.15 Annex E Basic Profile, UIDs kept (docs/reliability.md, De-identification)")
+                   "by DICOM PS3.15 Annex E Basic Profile, UIDs kept (docs/reliability.md, De-identification); "
+                   "a SEG stored on a PACS (-o dicomweb:...) keeps them, so the PACS files it with its images")
     g.add_argument("--deidentify", action="store_true",
-                   help="DICOM-SEG output de-identified (the default; accepted for scripts written before it was)")
+                   help="DICOM-SEG output de-identified (the default for a file; for -o dicomweb:..., a "
+                   "de-identified SEG on the PACS is filed apart from its source images)")
+
+
+def deidentify_hook(args: argparse.Namespace):
+    """``data.deidentify.deidentifier`` for this command's ``--output``: a file is de-identified unless
+    ``--keep-identifiers``; a PACS (``dicomweb:``) keeps the identity unless ``--deidentify``."""
+    from data.deidentify import deidentifier
+
+    return deidentifier(args, to_pacs=str(args.output).lower().startswith(DICOMWEB_OUTPUT))
 
 
 def add_output_arg(p: argparse.ArgumentParser, formats: str) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 from app.commands.common import (
     add_model_args,
     add_identity_args,
+    deidentify_hook,
     add_output_arg,
     add_slice_args,
     add_study_args,
@@ -34,7 +35,6 @@ from app.propagation_defaults import BOX_RULE, GUARD_RULE, GUARD_RULE_BACKENDS, 
 from data.readers import read_study
 from data.untrusted import LONE_SURROGATE
 from data.volume import Volume
-from data.deidentify import deidentifier
 from data.export import export_format
 from data.windowing import default_window
 from models.prompts import Prompts
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fill == "shape" and prompts is None:
         labels = interpolate_shapes(anchors, volume.num_slices).astype(np.uint8)
         where = save_labels(labels, volume, args.output, label_names={1: args.label},
-                            model_name="shape interpolation", deidentify=deidentifier(args))
+                            model_name="shape interpolation", deidentify=deidentify_hook(args))
         print(f"{where}: {int(labels.sum())} voxels on slices {min(anchors)}..{max(anchors)} (shape interpolation)")
         return 0
     segmenter = segmenter_from_args(args)
@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     labels = result.masks.astype(np.uint8)
     where = save_labels(labels, volume, args.output, label_names={1: args.label}, model_name=args.model,
-                        deidentify=deidentifier(args))
+                        deidentify=deidentify_hook(args))
     span = f"slices {result.slices[0]}..{result.slices[-1]}" if result.slices else "no slice"
     stops = ", ".join(f"{d}: {r}" for d, r in result.stopped.items())
     rule = rule_of(settings, segmenter)

@@ -15,6 +15,7 @@ from app.commands.common import (
     add_slice_args,
     add_study_args,
     add_identity_args,
+    deidentify_hook,
     add_output_arg,
     dicomweb_target,
     load_slice,
@@ -25,7 +26,6 @@ from app.commands.common import (
     study_files,
 )
 from app.errors import UsageError
-from data.deidentify import deidentifier
 from data.writers import write_png_mask
 
 
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         labels = np.zeros(volume.array.shape[:3], dtype=np.uint8)
         labels[k] = mask
         where = save_labels(labels, volume, args.output, label_names={1: "structure"}, model_name=args.model,
-                            deidentify=deidentifier(args))
+                            deidentify=deidentify_hook(args))
     else:
         where = str(write_png_mask(mask, out))
     score = result.scores[result.best_index]

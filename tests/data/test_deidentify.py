@@ -299,6 +299,9 @@ def test_cli_flag_picks_the_basic_profile():
     assert deidentifier(Namespace(deidentify=False, keep_identifiers=False)) is deidentify_basic  # the default
     assert deidentifier(Namespace()) is deidentify_basic
     assert deidentifier(Namespace(deidentify=False, keep_identifiers=True)) is None
+    # a SEG stored on a PACS keeps the identity its images are filed under, unless asked otherwise
+    assert deidentifier(Namespace(deidentify=False, keep_identifiers=False), to_pacs=True) is None
+    assert deidentifier(Namespace(deidentify=True, keep_identifiers=False), to_pacs=True) is deidentify_basic
 
 
 def test_a_deidentified_ui_export_is_not_named_after_the_patient(tmp_path, identified_series):

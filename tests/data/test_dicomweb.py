@@ -105,6 +105,8 @@ def test_series_in_seg_out_read_back_from_orthanc(pacs, ct, litemedsam, tmp_path
     assert ds.FrameOfReferenceUID == ct.source.frame_of_reference_uid
     ref = ds.ReferencedSeriesSequence[0]
     assert ref.SeriesInstanceUID == ct.source.series_instance_uid
+    # stored with its source's patient, so the PACS files it with its images (not as a second, nameless patient)
+    _assert_filed_with_its_images(pacs, seg_uid)
     assert {i.ReferencedSOPInstanceUID for i in ref.ReferencedInstanceSequence} <= set(ct.source.sop_instance_uids)
     assert ds.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID in set(ct.source.sop_instance_uids)
 
@@ -215,6 +217,19 @@ def test_slow_pacs_times_out_with_one_clear_error(private_tmp, settings_env, cap
         server.server_close()
 
 
+def _assert_filed_with_its_images(pacs, seg_series_uid: str) -> None:
+    """The SEG series sits in the same Orthanc study (so under the same patient) as the CT series it segments.
+    A de-identified SEG (the UI's Export to PACS until session 21) got a study of its own under a nameless patient
+    with the same StudyInstanceUID: two patients in the PACS for one scan."""
+    found = [s for s in pacs.rest("/series?expand") if s["MainDicomTags"].get("SeriesInstanceUID") == seg_series_uid]
+    assert len(found) == 1
+    study = pacs.rest(f"/studies/{found[0]['ParentStudy']}")
+    modalities = {pacs.rest(f"/series/{s}")["MainDicomTags"].get("Modality") for s in study["Series"]}
+    assert "CT" in modalities, (study["PatientMainDicomTags"], modalities)
+    source = pydicom.dcmread(sorted(SERIES.glob("*.dcm"))[0], stop_before_pixels=True)
+    assert study["PatientMainDicomTags"].get("PatientID") == source.PatientID
+
+
 def test_ui_pacs_panel_lists_opens_and_exports(pacs, ct, litemedsam, tmp_path):
     """`medseg serve --dicomweb`: the PACS panel's actions (QIDO list, WADO open, STOW export) on the real Orthanc."""
     from app import controller
@@ -234,6 +249,8 @@ def test_ui_pacs_panel_lists_opens_and_exports(pacs, ct, litemedsam, tmp_path):
     vm = open_series(ctx, sid, url)
     assert "Opened PACS series" in vm.status
     before = pacs.instance_count()
+    seg_series_before = {s["0020000E"]["Value"][0] for s in client(pacs.dicomweb).search_for_series(
+        ct.source.study_instance_uid) if s["00080060"]["Value"] == ["SEG"]}
     with pytest.raises(Exception, match="nothing is segmented"):
         export_to_pacs(ctx, sid, pacs.dicomweb)  # nothing drawn yet: refused, nothing stored
     assert pacs.instance_count() == before
@@ -241,6 +258,9 @@ def test_ui_pacs_panel_lists_opens_and_exports(pacs, ct, litemedsam, tmp_path):
     assert vm.measurements
     vm = export_to_pacs(ctx, sid, pacs.dicomweb)
     assert "Stored the DICOM-SEG on the PACS" in vm.status and pacs.instance_count() == before + 1
+    (seg_uid,) = {s["0020000E"]["Value"][0] for s in client(pacs.dicomweb).search_for_series(
+        ct.source.study_instance_uid) if s["00080060"]["Value"] == ["SEG"]} - seg_series_before
+    _assert_filed_with_its_images(pacs, seg_uid)
 
 
 def test_serve_beyond_loopback_needs_a_token(monkeypatch, capsys):
