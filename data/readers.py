@@ -564,7 +564,10 @@ def read_dicom_series(
             f.encode("utf-8")
         except UnicodeEncodeError:  # SimpleITK aborts the process on such a name
             raise StudyError(f"{f!r}: the file name is not valid UTF-8; rename the file") from None
+    if len(info.files) == 1:
+        return _one_file_series(folder, Path(info.files[0]), max_voxels=max_voxels, allow_uneven=allow_uneven)
     heads = [_read_header(Path(f)) for f in info.files]
+    _refuse_multiframe_among(folder, info, heads)
     first = heads[0]
     check_voxels(folder, (len(heads), header_int(first, "Rows"), header_int(first, "Columns")), voxel_limit(max_voxels))
     try:
@@ -612,6 +615,42 @@ def read_dicom_series(
         notes=geometry.notes,
     )
     return _check_ct_values(folder, Volume.from_sitk(image, modality=info.modality, source=source), first)
+
+
+def _is_multiframe(ds: pydicom.Dataset) -> bool:
+    """An image of several frames, or an enhanced one (its geometry in functional groups, whatever its count)."""
+    return header_int(ds, "NumberOfFrames", 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _one_file_series(folder: Path, path: Path, *, max_voxels: int | None, allow_uneven: bool) -> Volume:
+    """A folder whose series is one file, read as that file alone (``read_dicom_file``: an enhanced multi-frame on
+    its functional groups, a cine's frames as unplaced, an ultrasound frame at its calibrated regions' size). Why: the
+    series reader stacks files, so a zip of one multi-frame image was refused in ITK's words ("only 2D and 3D images
+    are supported, got a 4D image"), and a zip of one ultrasound frame opened at GDCM's 1 mm with its geometry called
+    'ImagePositionPatient/ImageOrientationPatient', its areas claimed in mm² (session 21)."""
+    volume = read_dicom_file(path, max_voxels=max_voxels, allow_uneven=allow_uneven)
+    if skipped := _not_dicom_named_dicom(folder):
+        warnings.warn(one_line(f"{folder}: left out {len(skipped)} file(s) named as DICOM that are not DICOM: "
+                               + ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")),
+                      StudyWarning, stacklevel=3)
+    _note_nifti_beside(folder)
+    # one frame: a one-slice series as before (DICOM-SEG references it); several: a multi-frame file, as opened alone
+    return replace(volume, source=replace(volume.source, path=str(folder),
+                                          format="dicom-series" if volume.num_slices == 1 else "dicom"))
+
+
+def _refuse_multiframe_among(folder: Path, info: SeriesInfo, heads: list[pydicom.Dataset]) -> None:
+    """A series of several files, one of them a multi-frame image (an enhanced CT beside single-frame slices of its
+    series, or a series split into several enhanced files). Its frames are not single slices the series reader can
+    stack: it was refused as "enh.dcm: no ImageOrientationPatient; a series of 3 images cannot be stacked without it"
+    (an enhanced image keeps it in its functional groups), or in ITK's words (a 4D image). Refused naming the file."""
+    for name, head in zip(display_names(info.files), heads):
+        if _is_multiframe(head):
+            frames = header_int(head, "NumberOfFrames", 1)
+            raise StudyError(f"{folder}: {name} is a multi-frame image ({frames} frame{'s' if frames != 1 else ''}) "
+                             f"among the {len(heads)} files of series {info.series_instance_uid}; medseg stacks "
+                             "single-frame files, or opens one multi-frame file alone: open that file by itself (or "
+                             "export the series as single-frame files)")
 
 
 # No material reaches a million Hounsfield units (dense metals read some 30000; extended CT scales stop at 65535)
@@ -790,8 +829,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         require_whole_plane(ds)  # one without the other: ITK made the origin 0, or the orientation axial, silently
         check_pixel_spacing(ds)
         # an enhanced image of one frame keeps its geometry in the functional groups too (GDCM reads it from there)
-        enhanced = header_int(ds, "NumberOfFrames", 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
-        frames = frame_geometry(ds, allow_uneven=allow_uneven) if enhanced else None
+        frames = frame_geometry(ds, allow_uneven=allow_uneven) if _is_multiframe(ds) else None
         if frames is None:
             require_pixel_spacing(ds)
             check_spacing_between_slices(ds)

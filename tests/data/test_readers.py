@@ -745,6 +745,51 @@ def test_an_enhanced_frame_whose_group_disagrees_with_the_shared_one_is_refused(
     np.testing.assert_array_equal(read_study(with_own(shared)).array, stack)
 
 
+def test_a_folder_of_one_multiframe_or_unplaced_image_opens_as_that_file_alone(tmp_path):
+    """A zip (or CD folder) of one enhanced multi-frame image was refused in ITK's words ("could not be read
+    (ValueError: only 2D and 3D images are supported, got a 4D image)"): the series reader stacked the one file. A
+    folder of one ultrasound frame opened at GDCM's 1 mm with its geometry called 'ImagePositionPatient/
+    ImageOrientationPatient', so its areas were claimed in mm² (session 21). Now either opens as the file alone."""
+    stack = db.pixels(16, 16, seed=3, frames=4)
+    enhanced = db.write(db.enhanced_multiframe(stack, [4.5, 3.0, 1.5, 0.0]), tmp_path / "enh" / "IM0001.dcm")
+    us = tmp_path / "us" / "US.dcm"
+    us.parent.mkdir()
+    shutil.copy(DATA / "dicom" / "pydicom_US_rgb_lymph_node.dcm", us)
+    for path, format in ((enhanced, "dicom"), (us, "dicom-series")):
+        alone, in_folder = read_study(path), read_study(path.parent)
+        np.testing.assert_array_equal(in_folder.array, alone.array)
+        assert (in_folder.spacing, in_folder.origin, in_folder.direction) == (alone.spacing, alone.origin,
+                                                                              alone.direction)
+        assert in_folder.source.geometry == alone.source.geometry
+        assert in_folder.size_is_physical == alone.size_is_physical
+        assert (in_folder.source.path, in_folder.source.format, in_folder.source.files) == (
+            str(path.parent), format, (str(path),))
+    assert not read_study(us.parent).size_is_physical
+    np.testing.assert_array_equal(read_study(enhanced.parent).array, stack)
+
+
+def test_a_multiframe_image_among_the_files_of_a_series_is_refused_naming_it(tmp_path):
+    """An enhanced image beside single-frame slices of its series, or a series split into two enhanced files, was
+    refused as "enh.dcm: no ImageOrientationPatient; a series of 3 images cannot be stacked without it" (the
+    enhanced image keeps it in its functional groups; session 21)."""
+    stack = db.pixels(16, 16, seed=3, frames=4)
+    mixed = tmp_path / "mixed"
+    db.write(db.enhanced_multiframe(stack, [0.0, 1.5, 3.0, 4.5]), mixed / "enh.dcm")
+    for n, z in enumerate([6.0, 7.5]):
+        db.write(db.image_dataset(db.pixels(seed=n)[0], instance=n + 2, ipp=(0.0, 0.0, z)), mixed / f"im{n}.dcm")
+    refused(mixed, f"{mixed}: enh.dcm is a multi-frame image (4 frames) among the 3 files of series {SERIES_A}; "
+                   "medseg stacks single-frame files, or opens one multi-frame file alone: open that file by itself "
+                   "(or export the series as single-frame files)")
+    two = tmp_path / "two"
+    db.write(db.enhanced_multiframe(stack, [0.0, 1.5, 3.0, 4.5]), two / "a.dcm")
+    second = db.enhanced_multiframe(stack, [6.0, 7.5, 9.0, 10.5])
+    second.SOPInstanceUID = second.file_meta.MediaStorageSOPInstanceUID = f"{SERIES_A}.2"
+    db.write(second, two / "b.dcm")
+    refused(two, f"{two}: a.dcm is a multi-frame image (4 frames) among the 2 files of series {SERIES_A}; medseg "
+                 "stacks single-frame files, or opens one multi-frame file alone: open that file by itself (or export "
+                 "the series as single-frame files)")
+
+
 @pytest.mark.parametrize("zs, fault", [
     ([0.0, 1.5, 0.0, 1.5], "frame 3 lies where frame 1 does (0.00 mm): the images hold more than one volume (time "
                            "points or stacks); medseg opens one volume: save each as its own series and open one"),
