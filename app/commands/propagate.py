@@ -30,6 +30,7 @@ from app.embedding_cache import EmbeddingCache
 from app.errors import UsageError
 from app.propagation import PropagationResult, PropagationSettings, interpolate_shapes, propagate, propagate_anchors
 from app.propagation_defaults import BOX_RULE, GUARD_RULE, GUARD_RULE_BACKENDS, default_propagation, rule_of
+from data.pictures import read_mask_image
 from data.readers import read_study
 from data.untrusted import LONE_SURROGATE
 from data.volume import Volume
@@ -124,7 +125,8 @@ def read_anchors(specs: list[str], volume: Volume) -> dict[int, np.ndarray]:
     anchors: dict[int, np.ndarray] = {}
     for spec in specs:
         k_text, sep, path = spec.partition(":")
-        if not sep or not path or not k_text.strip().lstrip("-").isdigit():
+        # isdecimal: '²' is a digit to isdigit but not to int(), which named no flag ("invalid literal for int()")
+        if not sep or not path or not k_text.strip().lstrip("-").isdecimal():
             raise UsageError(f"--anchor {spec!r}: expected K:MASK.png (a slice index, a colon, a mask image)")
         k = int(k_text)
         if not 0 <= k < volume.num_slices:
@@ -134,8 +136,13 @@ def read_anchors(specs: list[str], volume: Volume) -> dict[int, np.ndarray]:
         image = read_study(path)
         if not image.is_2d:
             raise UsageError(f"--anchor {spec}: {path} is not a 2D mask image")
-        mask = np.asarray(image.slice(0))
-        mask = (mask.max(axis=2) if mask.ndim == 3 else mask) > 0
+        if image.source is not None and image.source.format in ("png", "jpeg"):
+            # the painted pixels, as the UI's mask file and oneshot --ref-mask read them: a JPEG's ringing was taken
+            # as annotation, and a mask on a transparent layer whose hidden pixels are white as the whole slice
+            mask = read_mask_image(Path(path))
+        else:
+            mask = np.asarray(image.slice(0))
+            mask = (mask.max(axis=2) if mask.ndim == 3 else mask) > 0
         if mask.shape != volume.slice_shape:
             raise UsageError(f"--anchor {spec}: mask is {mask.shape[0]}x{mask.shape[1]} (rows x columns), slice {k} "
                              f"is {volume.slice_shape[0]}x{volume.slice_shape[1]}")

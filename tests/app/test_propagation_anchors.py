@@ -157,13 +157,21 @@ def test_cli_fill_shape_between_two_anchor_pngs(head, ct, tmp_path, capsys):
         ("3:{small}", "mask is 10x10 (rows x columns), slice 3 is 256x256"),
         ("3:{empty}", "no non-zero pixel"),
         ("3:{missing}", "missing.png"),
+        # session 21: a JPEG mask was taken with its compression's faint pixels as annotation (the UI and oneshot
+        # refused it); '²' passed the digit check and failed in int(), naming no flag
+        ("3:{jpeg}", "a JPEG mask; JPEG's lossy compression leaves faint pixels"),
+        ("²:{a}", "expected K:MASK.png"),
     ],
 )
 def test_cli_refuses_bad_anchors(head, tmp_path, capsys, anchor, message):
+    from PIL import Image
+
     from app.cli import main
 
     files = {"a": _png(tmp_path / "a.png", head[3]), "small": _png(tmp_path / "s.png", np.ones((10, 10), bool)),
-             "empty": _png(tmp_path / "e.png", np.zeros_like(head[3])), "missing": tmp_path / "missing.png"}
+             "empty": _png(tmp_path / "e.png", np.zeros_like(head[3])), "missing": tmp_path / "missing.png",
+             "jpeg": tmp_path / "a.jpg"}
+    Image.fromarray(head[3].astype(np.uint8) * 255).save(files["jpeg"], quality=75)
     code = main(["propagate", str(CT_SERIES), "--anchor", anchor.format(**files), "--output", str(tmp_path / "x.nii.gz")])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
@@ -248,3 +256,18 @@ def test_cli_stride_writes_every_slice_and_refuses_zero(tmp_path, capsys):
                  "--output", str(tmp_path / "x.nii.gz")])
     err = capsys.readouterr().err
     assert code == 2 and "stride must be >= 1, got 0" in err and "Traceback" not in err
+
+
+def test_an_anchor_on_a_transparent_layer_is_its_painted_pixels(head, ct, tmp_path):
+    """A mask painted on a transparent layer whose hidden pixels are white (paint programs keep any colour there) was
+    read as the whole slice: --anchor read it as an image, dropping the alpha (session 21). Read as the UI's mask file
+    and oneshot --ref-mask read it: the visible pixels."""
+    from PIL import Image
+
+    from app.commands.propagate import read_anchors
+
+    layer = np.full((*head[3].shape, 4), 255, np.uint8)
+    layer[..., 3] = head[3] * 255
+    Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
+    anchors = read_anchors([f"3:{tmp_path / 'layer.png'}"], ct)
+    np.testing.assert_array_equal(anchors[3], head[3])
