@@ -113,7 +113,7 @@ def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
         if missing:
             raise ManifestError(
                 f"{path}: missing column(s) {', '.join(missing)}; a manifest needs {', '.join(REQUIRED)} "
-                f"(found: {', '.join(header) or 'no header'})"
+                f"(found: {', '.join(header) or 'no header'})" + _other_delimiter(header)
             )
         attributes = [h for h in header if h not in KNOWN]
         cases: list[CaseSpec] = []
@@ -129,6 +129,22 @@ def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
     if not cases:
         raise ManifestError(f"{path}: the manifest has a header but no cases")
     return cases, attributes
+
+
+OTHER_DELIMITERS = {";": "semicolons (a European Excel's CSV)", "\t": "tabs", "|": "bars"}
+
+
+def _other_delimiter(header: list[str]) -> str:
+    """The fix for a header that is one cell holding the required names between another separator: Excel saves "CSV"
+    with semicolons where the decimal mark is a comma, and the refusal listed 'case_id;image;label' as found without
+    saying why it was not read (session 21)."""
+    if len(header) != 1:
+        return ""
+    for mark, name in OTHER_DELIMITERS.items():
+        if all(c in [h.strip() for h in header[0].split(mark)] for c in REQUIRED):
+            return (f"; its columns are separated by {name}, not commas: save it as comma-separated CSV (in Excel: "
+                    "'CSV UTF-8 (Comma delimited)')")
+    return ""
 
 
 def _parse_row(row: dict[str, str], manifest: Path, line: int, attributes: list[str]) -> CaseSpec:

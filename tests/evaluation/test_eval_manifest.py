@@ -113,6 +113,15 @@ def _with(**columns: str) -> tuple[list[str], list[str]]:
         (*_with(norm_lo="5", norm_hi="5"), " line 2, column 'norm_hi': norm_hi 5 must be above norm_lo 5"),
         (*_with(label_values="1|x"), " line 2, column 'label_values': 'x' is not a number"),
         (*_with(label_values=" | "), " line 2, column 'label_values': no values in '|'"),
+        # session 21: a European Excel's CSV (semicolons) or a tab-separated file listed its header as found, no why
+        (["case_id;image;label"], ["a;img.png;lab.png"],
+         ": missing column(s) case_id, image, label; a manifest needs case_id, image, label (found: case_id;image;label)"
+         "; its columns are separated by semicolons (a European Excel's CSV), not commas: save it as comma-separated "
+         "CSV (in Excel: 'CSV UTF-8 (Comma delimited)')"),
+        (["case_id\timage\tlabel\tsite"], ["a\timg.png\tlab.png\tx"],
+         ": missing column(s) case_id, image, label; a manifest needs case_id, image, label (found: case_id\timage\t"
+         "label\tsite); its columns are separated by tabs, not commas: save it as comma-separated CSV (in Excel: 'CSV "
+         "UTF-8 (Comma delimited)')"),
         # session 21: DictReader kept the repeated column's last cell, and the case was scored against it
         (["case_id", "image", "label", "image"], ["a", "img.png", "lab.png", "lab.png"],
          ": the header repeats 'image' (columns 2, 4); each column must be named once"),
