@@ -271,3 +271,30 @@ def test_an_anchor_on_a_transparent_layer_is_its_painted_pixels(head, ct, tmp_pa
     Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
     anchors = read_anchors([f"3:{tmp_path / 'layer.png'}"], ct)
     np.testing.assert_array_equal(anchors[3], head[3])
+
+
+def test_a_placed_anchor_mask_must_lie_on_its_slice(head, ct, tmp_path):
+    """A one-slice NIfTI mask carries its place, but only its size was compared: the mask of slice 7 given as
+    --anchor 3:... (an index convention mixed up), or a numpy mask saved by nibabel with an identity affine, was taken
+    as slice 3's annotation (session 21). Refused naming where it lies; the mask of slice 3 itself is taken."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from app.commands.propagate import read_anchors
+    from app.errors import UsageError
+
+    def placed(k: int, name: str):
+        image = sitk.GetImageFromArray(head[k][None].astype(np.uint8))
+        image.SetSpacing(ct.spacing)
+        image.SetOrigin(tuple(float(v) for v in ct.index_to_physical(np.array([0.0, 0.0, k]))))
+        image.SetDirection(ct.direction)
+        sitk.WriteImage(image, str(tmp_path / name))
+        return tmp_path / name
+
+    np.testing.assert_array_equal(read_anchors([f"3:{placed(3, 'k3.nii.gz')}"], ct)[3], head[3])
+    other = placed(7, "k7.nii.gz")
+    with pytest.raises(UsageError, match=r"k7\.nii\.gz lies on slice 7 of the volume, not slice 3 .*give --anchor 7:"):
+        read_anchors([f"3:{other}"], ct)
+    nib.save(nib.Nifti1Image(head[3].astype(np.uint8), np.eye(4)), tmp_path / "numpy.nii.gz")
+    with pytest.raises(UsageError, match=r"numpy\.nii\.gz has pixels of \(1, 1\) mm where the slices have"):
+        read_anchors([f"3:{tmp_path / 'numpy.nii.gz'}"], ct)
