@@ -647,9 +647,11 @@ def _refuse_multiframe_among(folder: Path, info: SeriesInfo, heads: list[pydicom
     for name, head in zip(display_names(info.files), heads):
         if _is_multiframe(head):
             frames = header_int(head, "NumberOfFrames", 1)
-            raise StudyError(f"{folder}: {name} is a multi-frame image ({frames} frame{'s' if frames != 1 else ''}) "
+            what = (f"a multi-frame image ({frames} frames)" if frames > 1 else
+                    "an enhanced image (its geometry in functional groups, one frame)")
+            raise StudyError(f"{folder}: {name} is {what} "
                              f"among the {len(heads)} files of series {info.series_instance_uid}; medseg stacks "
-                             "single-frame files, or opens one multi-frame file alone: open that file by itself (or "
+                             "single-frame files placed by ImagePositionPatient, or opens one multi-frame file alone: open that file by itself (or "
                              "export the series as single-frame files)")
 
 

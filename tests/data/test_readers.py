@@ -778,16 +778,16 @@ def test_a_multiframe_image_among_the_files_of_a_series_is_refused_naming_it(tmp
     for n, z in enumerate([6.0, 7.5]):
         db.write(db.image_dataset(db.pixels(seed=n)[0], instance=n + 2, ipp=(0.0, 0.0, z)), mixed / f"im{n}.dcm")
     refused(mixed, f"{mixed}: enh.dcm is a multi-frame image (4 frames) among the 3 files of series {SERIES_A}; "
-                   "medseg stacks single-frame files, or opens one multi-frame file alone: open that file by itself "
-                   "(or export the series as single-frame files)")
+                   "medseg stacks single-frame files placed by ImagePositionPatient, or opens one multi-frame file "
+                   "alone: open that file by itself (or export the series as single-frame files)")
     two = tmp_path / "two"
     db.write(db.enhanced_multiframe(stack, [0.0, 1.5, 3.0, 4.5]), two / "a.dcm")
     second = db.enhanced_multiframe(stack, [6.0, 7.5, 9.0, 10.5])
     second.SOPInstanceUID = second.file_meta.MediaStorageSOPInstanceUID = f"{SERIES_A}.2"
     db.write(second, two / "b.dcm")
     refused(two, f"{two}: a.dcm is a multi-frame image (4 frames) among the 2 files of series {SERIES_A}; medseg "
-                 "stacks single-frame files, or opens one multi-frame file alone: open that file by itself (or export "
-                 "the series as single-frame files)")
+                 "stacks single-frame files placed by ImagePositionPatient, or opens one multi-frame file alone: open "
+                 "that file by itself (or export the series as single-frame files)")
 
 
 @pytest.mark.parametrize("zs, fault", [
