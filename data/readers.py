@@ -552,6 +552,7 @@ def read_dicom_series(
                              f"{', '.join(s.series_instance_uid for s in series[:shown])}{more}")
         info = chosen[0]
     elif len(series := _without_localizers(folder, series)) > 1:
+        _refuse_one_series_split(folder, series)
         listing = "; ".join(f"{s.series_instance_uid} ({s.modality}, {len(s.files)} files)" for s in series[:shown])
         raise SeveralSeriesError(f"{folder}: holds {len(series)} series, pick one with --series UID: {listing}"
                                  + (f";{more}" if more else ""),
@@ -615,6 +616,35 @@ def read_dicom_series(
         notes=geometry.notes,
     )
     return _check_ct_values(folder, Volume.from_sitk(image, modality=info.modality, source=source), first)
+
+
+SPLIT_SERIES_MIN = 3  # one-image series that, parallel and stacked, look like one series split by its UIDs
+
+
+def _refuse_one_series_split(folder: Path, series: list[SeriesInfo]) -> None:
+    """StudyError when a folder's series are one image each, of one study and frame of reference, parallel slices at
+    different places: one series whose images were each given their own SeriesInstanceUID (an anonymiser or export
+    that made a UID per file). Why: it was refused as "holds 12 series, pick one with --series UID", and the UI
+    offered 12 series of one image to pick from, neither saying what was wrong (session 21)."""
+    if len(series) < SPLIT_SERIES_MIN or any(len(s.files) != 1 for s in series):
+        return
+    heads = [_read_header(Path(s.files[0])) for s in series]
+    same = ("StudyInstanceUID", "FrameOfReferenceUID", "Modality", "Rows", "Columns")
+    if any(not str(heads[0].get(k, "") or "") or any(str(h.get(k, "")) != str(heads[0].get(k, "")) for h in heads)
+           for k in same):
+        return
+    try:
+        turns = [orientation(h) for h in heads]
+    except GeometryError:
+        return
+    places = [position_along_normal(h) for h in heads]
+    if any(t is None for t in turns) or any(p is None for p in places) or \
+            any(np.abs(t - turns[0]).max() > 1e-3 for t in turns) or len({round(p, 2) for p in places}) != len(heads):
+        return
+    raise StudyError(f"{folder}: holds {len(series)} series of one image each, parallel slices of one study and frame "
+                     "of reference at different positions: they look like one series whose images were each given "
+                     "their own SeriesInstanceUID (an anonymiser or export that made a UID per file); give them one "
+                     "SeriesInstanceUID (e.g. dcmodify -m SeriesInstanceUID=UID *.dcm) and open the folder again")
 
 
 def _is_multiframe(ds: pydicom.Dataset) -> bool:

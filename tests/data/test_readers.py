@@ -768,6 +768,31 @@ def test_a_folder_of_one_multiframe_or_unplaced_image_opens_as_that_file_alone(t
     np.testing.assert_array_equal(read_study(enhanced.parent).array, stack)
 
 
+def test_a_series_split_into_one_image_series_says_so_instead_of_offering_them(tmp_path):
+    """A series whose images were each given their own SeriesInstanceUID (an anonymiser that made a UID per file) was
+    refused as "holds 3 series, pick one with --series UID", and the UI offered one-image series to pick (session 21).
+    Two such images, or one-image series of different frames of reference, are still offered as series."""
+    folder = tmp_path / "split"
+    uids = [f"{SERIES_A}.{n}" for n in range(3)]
+    for n, uid in enumerate(uids):
+        series(folder, [1.5 * n], uid=uid)
+    refused(folder, f"{folder}: holds 3 series of one image each, parallel slices of one study and frame of reference "
+                    "at different positions: they look like one series whose images were each given their own "
+                    "SeriesInstanceUID (an anonymiser or export that made a UID per file); give them one "
+                    "SeriesInstanceUID (e.g. dcmodify -m SeriesInstanceUID=UID *.dcm) and open the folder again")
+    assert read_study(folder, series_uid=uids[1]).origin[2] == 1.5
+    (folder / f"{uids[2][-4:]}_0.dcm").unlink()
+    with pytest.raises(readers.SeveralSeriesError):
+        read_study(folder)
+    other = tmp_path / "other"
+    for n, uid in enumerate(uids):
+        ds = db.image_dataset(db.pixels(seed=n)[0], series_uid=uid, ipp=(0.0, 0.0, 1.5 * n))
+        ds.FrameOfReferenceUID = f"{db.FOR_UID}.{n}"
+        db.write(ds, other / f"{n}.dcm")
+    with pytest.raises(readers.SeveralSeriesError):
+        read_study(other)
+
+
 def test_a_multiframe_image_among_the_files_of_a_series_is_refused_naming_it(tmp_path):
     """An enhanced image beside single-frame slices of its series, or a series split into two enhanced files, was
     refused as "enh.dcm: no ImageOrientationPatient; a series of 3 images cannot be stacked without it" (the
