@@ -49,6 +49,12 @@ from data.study_errors import (SeveralSeriesError, StudyError, StudyWarning, Une
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import FRAMES_NOT_PLACED, SourceRef, Volume
 
+# pydicom checks a value against its VR when it is first used, after the read, and warns naming no file ("The value
+# length (66) exceeds the maximum length of 64 allowed for VR UI. Please see <url>"): such notes reached the CLI's
+# and the UI's warning lines about the study opened (session 21). The values are read alike; the checks here name the
+# fields they need (and the DICOM-SEG writer checks what it copies, ``data.dicom_seg``).
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"

@@ -382,6 +382,26 @@ def test_list_series_orders_slices_without_position_by_instance_number(tmp_path)
     assert [Path(f).name for f in only.files] == ["d.dcm", "b.dcm", "c.dcm", "a.dcm"]
 
 
+def test_pydicoms_notes_on_odd_values_do_not_reach_the_user_without_a_file_name(tmp_path):
+    """pydicom warns when a value is first used, after the read: a 66-character SeriesInstanceUID printed 'medseg
+    info: warning: The value length (66) exceeds the maximum length of 64 allowed for VR UI. Please see <url>',
+    naming no file, on every open (session 21)."""
+    import pydicom.config
+
+    ds = db.image_dataset(db.pixels()[0], series_uid="1." + "2" * 64)
+    before = pydicom.config.settings.writing_validation_mode
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        path = db.write(ds, tmp_path / "long_uid.dcm")
+    finally:
+        pydicom.config.settings.writing_validation_mode = before
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volume = read_study(path)
+        assert volume.source.series_instance_uid == "1." + "2" * 64
+    assert [str(w.message) for w in caught] == []
+
+
 def test_a_folder_without_an_image_series_says_so(tmp_path):
     folder = tmp_path / "f"
     folder.mkdir()
