@@ -281,6 +281,8 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
         facts = check_nifti(path, max_voxels=voxel_limit(max_voxels))
     except NiftiCheckError as e:
         raise StudyError(f"{path}: {e}") from None
+    if len(facts.shape) == 1:  # ITK said "The maximum supported IO dimension is 5.", which names nothing (session 21)
+        raise StudyError(f"{path}: a 1D NIfTI of size {facts.shape} (one row of values); expected a 2D or 3D image")
     try:
         image = _nifti_2d_image(path) if len(facts.shape) == 2 else _read_itk_nifti(path)
     except RuntimeError as e:

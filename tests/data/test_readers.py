@@ -697,6 +697,10 @@ def test_nifti_refusals_and_identity_through_read_study(tmp_path):
             "crop/downsample the study)", max_voxels=23)
     path.write_bytes(path.read_bytes()[:-5])
     refused(path, f"{path}: truncated: 395 of the 400 bytes that the header declares")
+    # session 21: ITK's "not a readable NIfTI file (The maximum supported IO dimension is 5.)", naming nothing
+    row = tmp_path / "row.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(5, dtype=np.int16), np.eye(4)), row)
+    refused(row, f"{row}: a 1D NIfTI of size (5,) (one row of values); expected a 2D or 3D image")
 
 
 def test_header_attributes_dicom_may_leave_out_take_their_defaults(tmp_path):
