@@ -515,6 +515,15 @@ def _segs_in(folder: Path) -> list[str]:
     return found
 
 
+def _other_studies_in(folder: Path) -> list[str]:
+    """The NIfTI and PNG/JPEG files of a folder without DICOM, as paths inside it: a folder given for the one NIfTI it
+    holds (as a download or a BIDS subject folder arrives) was refused as "no DICOM image series found in this
+    folder", not saying that the NIfTI was there, nor how to open it (session 21)."""
+    return sorted(str(f.relative_to(folder)) for f in folder.rglob("*")
+                  if f.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES) and not f.name.startswith(".")
+                  and f.is_file())
+
+
 def _gzipped_dicoms(folder: Path) -> int:
     """How many files of ``folder`` are gzip-compressed DICOM (IM0001.dcm.gz, a PACS or mail export's): the series
     reader sees no DICOM in them, and the refusal said only that no series was found."""
@@ -543,7 +552,10 @@ def read_dicom_series(
         index = next((f for f in folder.rglob("*") if f.name.upper() == "DICOMDIR" and f.is_file()), None)
         segs = [] if bare or index else _segs_in(folder)
         gzipped = 0 if bare or index or segs else _gzipped_dicoms(folder)
+        studies = [] if bare or index or segs or gzipped else _other_studies_in(folder)
         raise StudyError(f"{folder}: no DICOM image series found in this folder" + (
+            f": it holds {', '.join(studies[:3])}{', ...' if len(studies) > 3 else ''}, which medseg opens as a file, "
+            "not as a folder: open that file itself" if studies else
             f": {bare} file(s) hold a DICOM data set without the Part 10 header (no DICM marker at byte 128); "
             "export them again as DICOM files" if bare else f": it holds {index.relative_to(folder)}, the index of a "
             "CD/DVD export, without the image files it lists; copy the whole disc (or a zip of it)" if index else

@@ -417,6 +417,13 @@ def test_a_folder_without_an_image_series_says_so(tmp_path):
     refused(folder, f"{folder}: no DICOM image series found in this folder: seg.dcm is a DICOM-SEG (segmentation), "
             "not an image: open the image series it was drawn on (medseg writes DICOM-SEG but does not read labels "
             "back from one)")
+    # session 21: a folder given for the NIfTI it holds said only "no DICOM image series found in this folder"
+    subject = tmp_path / "sub-01" / "anat"
+    subject.mkdir(parents=True)
+    shutil.copy(DATA / "ct_head_0051_slabA_image.nii.gz", subject / "sub-01_T1w.nii.gz")
+    (subject / "sub-01_T1w.json").write_text("{}")
+    refused(subject.parent, f"{subject.parent}: no DICOM image series found in this folder: it holds "
+            "anat/sub-01_T1w.nii.gz, which medseg opens as a file, not as a folder: open that file itself")
 
 
 def test_a_folder_of_dicom_files_without_the_part10_preamble_says_why_it_has_no_series(tmp_path):
