@@ -56,6 +56,8 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
                          "reads integer PixelData only; export the map as NIfTI and open that")
     _check_photometric(path, ds, samples)
     _check_palette(path, ds)
+    _check_planar_configuration(path, ds, samples)
+    _check_modality_lut(path, ds)
     if scan.transfer_syntax == RLE_LOSSLESS and samples > 1 and bits > 8:
         # GDCM decodes these with each sample's byte segments out of order (measured on pydicom's SC_rgb_rle_16bit
         # and 32bit: pure red 65535, 0, 0 opened as 0, 65280, 255), while 8-bit colour and 16-bit grey RLE are exact
@@ -239,6 +241,39 @@ def _check_palette(path: Path, ds: pydicom.Dataset) -> None:
             raise StudyError(f"{path}: PALETTE COLOR {colour} lookup table of {size} bytes with descriptor {entries}, "
                              f"{first}, {bits}; expected {entries} entries of 8 or 16 bits from value 0 (the decoder "
                              "here takes no other)")
+
+
+def _check_planar_configuration(path: Path, ds: pydicom.Dataset, samples: int) -> None:
+    """A colour image's PlanarConfiguration 0 (colour by pixel) or 1 (colour by plane), PS3.3 C.7.6.3.1.3; absent
+    reads as 0. Any other value was refused in GDCM's own words, "DICOM pixel data could not be decoded (An invalid
+    logic behavior occurredpc == 0 || pc == 1)", naming no field (session 21)."""
+    value = _int_field(path, ds, "PlanarConfiguration")
+    if samples > 1 and value not in (None, 0, 1):
+        raise StudyError(f"{path}: PlanarConfiguration {value}; expected 0 (the samples of each pixel together) or 1 "
+                         "(each colour plane after the other): how the colour samples are laid out is not known")
+
+
+def _check_modality_lut(path: Path, ds: pydicom.Dataset) -> None:
+    """A Modality LUT (ModalityLUTSequence, the lookup-table form of RescaleSlope/Intercept: radiographs, XA, some
+    US) that is not the identity. GDCM does not apply it: an MR whose LUT maps each stored value v to v + 1000
+    opened at the stored values, as if valid (session 21). Refused; an identity table changes nothing and opens."""
+    items = ds.get("ModalityLUTSequence")
+    if not items:
+        return
+    try:
+        from pydicom.pixels import apply_modality_lut
+
+        entries, first, _bits = (int(v) for v in items[0].LUTDescriptor)
+        entries = entries or 65536  # 0 means 2^16 (PS3.3 C.11.1.1.1)
+        stored = np.arange(first, first + entries, dtype=np.int64)
+        mapped = apply_modality_lut(stored, ds)
+        identity = mapped.shape == stored.shape and np.array_equal(np.asarray(mapped, np.float64), stored)
+    except Exception:  # a table pydicom cannot read: its values are in doubt all the same
+        identity = False
+    if not identity:
+        raise StudyError(f"{path}: a ModalityLUTSequence (a lookup table from stored values to the modality's "
+                         "values), which the decoder here does not apply, so the image would open at its stored values; "
+                         "export it with the table applied (or with RescaleSlope/RescaleIntercept) and open that")
 
 
 # Transfer syntaxes GDCM (under SimpleITK) cannot decode: video (MPEG-2/4, HEVC), JPIP references, JPEG XL, HTJ2K,

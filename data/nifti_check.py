@@ -120,13 +120,15 @@ def _check_dims_past_ndim(dims: list[int]) -> None:
 def _check_scaling(slope: float, inter: float) -> None:
     """Refuse voxel scalings that readers apply differently (measured with SimpleITK and nibabel): NIfTI and
     nibabel read a slope of 0, NaN or inf as no scaling, ITK still added a finite intercept (-1024 would shift
-    every HU); with a valid slope, nibabel refuses an infinite intercept and ITK reads it as 0. A NaN intercept
-    (nibabel writes NaN, NaN for "no scaling") is read as 0 by both."""
+    every HU); with a valid slope, nibabel refuses an infinite or NaN intercept ("Valid slope but invalid intercept")
+    and ITK reads it as 0: a slope of 2 with a NaN intercept opened as 2 x stored (session 21; a 2D one, read by
+    nibabel, was refused in its words). A NaN intercept without a slope (nibabel writes NaN, NaN for "no scaling") is
+    no scaling to both."""
     if not math.isfinite(slope) or slope == 0:
         if math.isfinite(inter) and inter != 0:
             raise NiftiCheckError(f"scl_slope = {slope:g} (no scaling) with scl_inter = {inter:g}: readers disagree "
                                   "whether to add the intercept; set scl_inter to 0 or give a valid scl_slope")
-    elif math.isinf(inter):
+    elif not math.isfinite(inter):
         raise NiftiCheckError(f"scl_inter = {inter} with scl_slope = {slope:g}; the voxel scaling needs a finite intercept")
 
 

@@ -179,6 +179,27 @@ def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(_turned(colour & alpha if alpha is not None else colour, orientation))
 
 
+def visible_pixels(path: Path, *, max_voxels: int | None = None) -> np.ndarray | None:
+    """(H, W) bool: the pixels of a PNG that are not fully transparent (its alpha channel or transparent palette
+    colour), turned as its image is; None when it has no transparency. Why: a label read as an image loses its alpha,
+    so a label painted on a transparent layer whose hidden pixels are white was the whole plane (``read_mask_image``
+    reads masks so; ``evaluation.manifest`` needs the label's values, not a mask)."""
+    with open_image(path, max_voxels=max_voxels) as im:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                im.load()
+                orientation = _exif_orientation(im)
+                if im.mode == "P" and "transparency" in im.info:
+                    im = im.convert("RGBA")
+                if "A" not in im.getbands():
+                    return None
+                alpha = np.asarray(im.getchannel("A")) > 0
+        except Exception as e:
+            raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
+    return np.ascontiguousarray(_turned(alpha, orientation))
+
+
 def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
     im = open_image(path, max_voxels=max_voxels)
     try:

@@ -49,6 +49,12 @@ from data.study_errors import (SeveralSeriesError, StudyError, StudyWarning, Une
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import FRAMES_NOT_PLACED, SourceRef, Volume
 
+# pydicom checks a value against its VR when it is first used, after the read, and warns naming no file ("The value
+# length (66) exceeds the maximum length of 64 allowed for VR UI. Please see <url>"): such notes reached the CLI's
+# and the UI's warning lines about the study opened (session 21). The values are read alike; the checks here name the
+# fields they need (and the DICOM-SEG writer checks what it copies, ``data.dicom_seg``).
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -275,6 +281,8 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
         facts = check_nifti(path, max_voxels=voxel_limit(max_voxels))
     except NiftiCheckError as e:
         raise StudyError(f"{path}: {e}") from None
+    if len(facts.shape) == 1:  # ITK said "The maximum supported IO dimension is 5.", which names nothing (session 21)
+        raise StudyError(f"{path}: a 1D NIfTI of size {facts.shape} (one row of values); expected a 2D or 3D image")
     try:
         image = _nifti_2d_image(path) if len(facts.shape) == 2 else _read_itk_nifti(path)
     except RuntimeError as e:
@@ -507,6 +515,15 @@ def _segs_in(folder: Path) -> list[str]:
     return found
 
 
+def _other_studies_in(folder: Path) -> list[str]:
+    """The NIfTI and PNG/JPEG files of a folder without DICOM, as paths inside it: a folder given for the one NIfTI it
+    holds (as a download or a BIDS subject folder arrives) was refused as "no DICOM image series found in this
+    folder", not saying that the NIfTI was there, nor how to open it (session 21)."""
+    return sorted(str(f.relative_to(folder)) for f in folder.rglob("*")
+                  if f.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES) and not f.name.startswith(".")
+                  and f.is_file())
+
+
 def _gzipped_dicoms(folder: Path) -> int:
     """How many files of ``folder`` are gzip-compressed DICOM (IM0001.dcm.gz, a PACS or mail export's): the series
     reader sees no DICOM in them, and the refusal said only that no series was found."""
@@ -535,7 +552,10 @@ def read_dicom_series(
         index = next((f for f in folder.rglob("*") if f.name.upper() == "DICOMDIR" and f.is_file()), None)
         segs = [] if bare or index else _segs_in(folder)
         gzipped = 0 if bare or index or segs else _gzipped_dicoms(folder)
+        studies = [] if bare or index or segs or gzipped else _other_studies_in(folder)
         raise StudyError(f"{folder}: no DICOM image series found in this folder" + (
+            f": it holds {', '.join(studies[:3])}{', ...' if len(studies) > 3 else ''}, which medseg opens as a file, "
+            "not as a folder: open that file itself" if studies else
             f": {bare} file(s) hold a DICOM data set without the Part 10 header (no DICM marker at byte 128); "
             "export them again as DICOM files" if bare else f": it holds {index.relative_to(folder)}, the index of a "
             "CD/DVD export, without the image files it lists; copy the whole disc (or a zip of it)" if index else
@@ -552,6 +572,7 @@ def read_dicom_series(
                              f"{', '.join(s.series_instance_uid for s in series[:shown])}{more}")
         info = chosen[0]
     elif len(series := _without_localizers(folder, series)) > 1:
+        _refuse_one_series_split(folder, series)
         listing = "; ".join(f"{s.series_instance_uid} ({s.modality}, {len(s.files)} files)" for s in series[:shown])
         raise SeveralSeriesError(f"{folder}: holds {len(series)} series, pick one with --series UID: {listing}"
                                  + (f";{more}" if more else ""),
@@ -564,7 +585,10 @@ def read_dicom_series(
             f.encode("utf-8")
         except UnicodeEncodeError:  # SimpleITK aborts the process on such a name
             raise StudyError(f"{f!r}: the file name is not valid UTF-8; rename the file") from None
+    if len(info.files) == 1:
+        return _one_file_series(folder, Path(info.files[0]), max_voxels=max_voxels, allow_uneven=allow_uneven)
     heads = [_read_header(Path(f)) for f in info.files]
+    _refuse_multiframe_among(folder, info, heads)
     first = heads[0]
     check_voxels(folder, (len(heads), header_int(first, "Rows"), header_int(first, "Columns")), voxel_limit(max_voxels))
     try:
@@ -612,6 +636,73 @@ def read_dicom_series(
         notes=geometry.notes,
     )
     return _check_ct_values(folder, Volume.from_sitk(image, modality=info.modality, source=source), first)
+
+
+SPLIT_SERIES_MIN = 3  # one-image series that, parallel and stacked, look like one series split by its UIDs
+
+
+def _refuse_one_series_split(folder: Path, series: list[SeriesInfo]) -> None:
+    """StudyError when a folder's series are one image each, of one study and frame of reference, parallel slices at
+    different places: one series whose images were each given their own SeriesInstanceUID (an anonymiser or export
+    that made a UID per file). Why: it was refused as "holds 12 series, pick one with --series UID", and the UI
+    offered 12 series of one image to pick from, neither saying what was wrong (session 21)."""
+    if len(series) < SPLIT_SERIES_MIN or any(len(s.files) != 1 for s in series):
+        return
+    heads = [_read_header(Path(s.files[0])) for s in series]
+    same = ("StudyInstanceUID", "FrameOfReferenceUID", "Modality", "Rows", "Columns")
+    if any(not str(heads[0].get(k, "") or "") or any(str(h.get(k, "")) != str(heads[0].get(k, "")) for h in heads)
+           for k in same):
+        return
+    try:
+        turns = [orientation(h) for h in heads]
+    except GeometryError:
+        return
+    places = [position_along_normal(h) for h in heads]
+    if any(t is None for t in turns) or any(p is None for p in places) or \
+            any(np.abs(t - turns[0]).max() > 1e-3 for t in turns) or len({round(p, 2) for p in places}) != len(heads):
+        return
+    raise StudyError(f"{folder}: holds {len(series)} series of one image each, parallel slices of one study and frame "
+                     "of reference at different positions: they look like one series whose images were each given "
+                     "their own SeriesInstanceUID (an anonymiser or export that made a UID per file); give them one "
+                     "SeriesInstanceUID (e.g. dcmodify -m SeriesInstanceUID=UID *.dcm) and open the folder again")
+
+
+def _is_multiframe(ds: pydicom.Dataset) -> bool:
+    """An image of several frames, or an enhanced one (its geometry in functional groups, whatever its count)."""
+    return header_int(ds, "NumberOfFrames", 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _one_file_series(folder: Path, path: Path, *, max_voxels: int | None, allow_uneven: bool) -> Volume:
+    """A folder whose series is one file, read as that file alone (``read_dicom_file``: an enhanced multi-frame on
+    its functional groups, a cine's frames as unplaced, an ultrasound frame at its calibrated regions' size). Why: the
+    series reader stacks files, so a zip of one multi-frame image was refused in ITK's words ("only 2D and 3D images
+    are supported, got a 4D image"), and a zip of one ultrasound frame opened at GDCM's 1 mm with its geometry called
+    'ImagePositionPatient/ImageOrientationPatient', its areas claimed in mm² (session 21)."""
+    volume = read_dicom_file(path, max_voxels=max_voxels, allow_uneven=allow_uneven)
+    if skipped := _not_dicom_named_dicom(folder):
+        warnings.warn(one_line(f"{folder}: left out {len(skipped)} file(s) named as DICOM that are not DICOM: "
+                               + ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")),
+                      StudyWarning, stacklevel=3)
+    _note_nifti_beside(folder)
+    # one frame: a one-slice series as before (DICOM-SEG references it); several: a multi-frame file, as opened alone
+    return replace(volume, source=replace(volume.source, path=str(folder),
+                                          format="dicom-series" if volume.num_slices == 1 else "dicom"))
+
+
+def _refuse_multiframe_among(folder: Path, info: SeriesInfo, heads: list[pydicom.Dataset]) -> None:
+    """A series of several files, one of them a multi-frame image (an enhanced CT beside single-frame slices of its
+    series, or a series split into several enhanced files). Its frames are not single slices the series reader can
+    stack: it was refused as "enh.dcm: no ImageOrientationPatient; a series of 3 images cannot be stacked without it"
+    (an enhanced image keeps it in its functional groups), or in ITK's words (a 4D image). Refused naming the file."""
+    for name, head in zip(display_names(info.files), heads):
+        if _is_multiframe(head):
+            frames = header_int(head, "NumberOfFrames", 1)
+            what = (f"a multi-frame image ({frames} frames)" if frames > 1 else
+                    "an enhanced image (its geometry in functional groups, one frame)")
+            raise StudyError(f"{folder}: {name} is {what} "
+                             f"among the {len(heads)} files of series {info.series_instance_uid}; medseg stacks "
+                             "single-frame files placed by ImagePositionPatient, or opens one multi-frame file alone: open that file by itself (or "
+                             "export the series as single-frame files)")
 
 
 # No material reaches a million Hounsfield units (dense metals read some 30000; extended CT scales stop at 65535)
@@ -790,8 +881,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         require_whole_plane(ds)  # one without the other: ITK made the origin 0, or the orientation axial, silently
         check_pixel_spacing(ds)
         # an enhanced image of one frame keeps its geometry in the functional groups too (GDCM reads it from there)
-        enhanced = header_int(ds, "NumberOfFrames", 1) > 1 or "PerFrameFunctionalGroupsSequence" in ds
-        frames = frame_geometry(ds, allow_uneven=allow_uneven) if enhanced else None
+        frames = frame_geometry(ds, allow_uneven=allow_uneven) if _is_multiframe(ds) else None
         if frames is None:
             require_pixel_spacing(ds)
             check_spacing_between_slices(ds)

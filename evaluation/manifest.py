@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.pictures import exif_mismatch
+from data.pictures import exif_mismatch, refuse_lossy_mask, visible_pixels
 from data.readers import StudyError, read_study
 from data.volume import Volume
 from data.windowing import Window, default_window, slice_to_rgb
@@ -102,11 +102,18 @@ def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
     with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
+        # csv.DictReader keeps a repeated column's last cell: two 'label' columns (an edited export) scored the case
+        # against the second without a word
+        repeated = sorted({h for h in header if h and header.count(h) > 1})
+        if repeated:
+            at = ", ".join(f"{h!r} (columns {', '.join(str(n + 1) for n, x in enumerate(header) if x == h)})"
+                           for h in repeated)
+            raise ManifestError(f"{path}: the header repeats {at}; each column must be named once")
         missing = [c for c in REQUIRED if c not in header]
         if missing:
             raise ManifestError(
                 f"{path}: missing column(s) {', '.join(missing)}; a manifest needs {', '.join(REQUIRED)} "
-                f"(found: {', '.join(header) or 'no header'})"
+                f"(found: {', '.join(header) or 'no header'})" + _other_delimiter(header)
             )
         attributes = [h for h in header if h not in KNOWN]
         cases: list[CaseSpec] = []
@@ -122,6 +129,22 @@ def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
     if not cases:
         raise ManifestError(f"{path}: the manifest has a header but no cases")
     return cases, attributes
+
+
+OTHER_DELIMITERS = {";": "semicolons (a European Excel's CSV)", "\t": "tabs", "|": "bars"}
+
+
+def _other_delimiter(header: list[str]) -> str:
+    """The fix for a header that is one cell holding the required names between another separator: Excel saves "CSV"
+    with semicolons where the decimal mark is a comma, and the refusal listed 'case_id;image;label' as found without
+    saying why it was not read (session 21)."""
+    if len(header) != 1:
+        return ""
+    for mark, name in OTHER_DELIMITERS.items():
+        if all(c in [h.strip() for h in header[0].split(mark)] for c in REQUIRED):
+            return (f"; its columns are separated by {name}, not commas: save it as comma-separated CSV (in Excel: "
+                    "'CSV UTF-8 (Comma delimited)')")
+    return ""
 
 
 def _parse_row(row: dict[str, str], manifest: Path, line: int, attributes: list[str]) -> CaseSpec:
@@ -207,6 +230,34 @@ class CaseLoader:
             )
         return k
 
+    def _painted(self, label_vol: Volume, labels: np.ndarray, spec: CaseSpec) -> np.ndarray:
+        """A picture label's slice as annotated: a JPEG is refused (its compression's faint pixels around every edge
+        counted as ground truth: Dice was scored against them), and the fully transparent pixels of a PNG are
+        unlabelled (read as an image, a label on a transparent layer whose hidden pixels are white was the whole
+        plane). The same rules as the UI's mask file and ``oneshot --ref-mask`` (``data.pictures``)."""
+        fmt = label_vol.source.format if label_vol.source is not None else ""
+        try:
+            if fmt == "jpeg":
+                refuse_lossy_mask(spec.label, "JPEG")
+            visible = visible_pixels(spec.label) if fmt == "png" else None
+        except StudyError as e:
+            raise ManifestError(f"{_where(self.manifest, spec.line, 'label')}: {e}") from e
+        if visible is None:
+            return labels
+        return np.where(visible[..., None] if labels.ndim == 3 else visible, labels, 0)
+
+    def _check_values_present(self, label_vol: Volume, spec: CaseSpec) -> None:
+        """label_values none of which the label holds anywhere (a mask saved as 0/255 under label_values 1): the run
+        stopped at "the ground truth is empty on this slice", naming neither the column nor the values there are."""
+        array = np.asarray(label_vol.array)
+        if np.isin(array, spec.label_values).any():
+            return  # the values are in the label, not on this slice: the runner says so for the slice
+        held = np.unique(array)
+        shown = ", ".join(f"{v:g}" for v in held[:10].tolist()) + (f" and {held.size - 10} more" if held.size > 10 else "")
+        values = "|".join(f"{v:g}" for v in spec.label_values)
+        raise ManifestError(f"{_where(self.manifest, spec.line, 'label_values')}: {values}: the label holds none of "
+                            f"these values (it holds {shown}); give the values the structure has in the label")
+
     def load(self, spec: CaseSpec) -> LoadedCase:
         image_vol = self._volume(spec.image, spec, "image")
         label_vol = self._volume(spec.label, spec, "label")
@@ -226,12 +277,14 @@ class CaseLoader:
                                 f"{differs}")
         window = Window(*spec.window, name="manifest") if spec.window else default_window(image_vol)
         image = apply_transform(slice_to_rgb(image_vol, k, window), spec.transform)
-        labels = label_vol.slice(kl)
+        labels = self._painted(label_vol, label_vol.slice(kl), spec)
         if label_vol.is_rgb:
             if not (labels[..., :1] == labels[..., :3]).all():
                 raise ManifestError(f"{_where(self.manifest, spec.line, 'label')}: a colour label image; expected grey levels")
             labels = labels[..., 0]
         labels = apply_transform(labels, spec.transform)
         gt = np.isin(labels, spec.label_values) if spec.label_values else labels != 0
+        if spec.label_values and not gt.any():
+            self._check_values_present(label_vol, spec)
         spacing = (float(image_vol.spacing[1]), float(image_vol.spacing[0]))
         return LoadedCase(spec=spec, image=image, gt=np.ascontiguousarray(gt), spacing=spacing)

@@ -16,7 +16,7 @@ from adapters.persam_f import ITERATIONS
 from adapters.persam_oneshot import BODY_MASK, LOCATION_GATE, METHODS, fit_oneshot, segment_images
 from app.commands.common import add_model_args, apply_local_clicks_arg, check_outputs
 from app.errors import UsageError
-from data.pictures import exif_mismatch, read_mask_image
+from data.pictures import exif_mismatch, read_mask_image, refuse_lossy_mask, visible_pixels
 from data.readers import read_study
 from data.volume import Volume
 from data.windowing import default_window, slice_to_rgb
@@ -126,6 +126,12 @@ def reference_mask(args: argparse.Namespace, ref: Volume, k: int) -> np.ndarray:
         if s.ndim == 3:  # an RGB annotation (PerSAM's own masks are red): any channel
             s = s.max(axis=2)
         mask = s == args.ref_label if args.ref_label is not None else s > 0
+        if mask_vol.source is not None and mask_vol.source.format in ("png", "jpeg"):
+            # with --ref-label too (session 21): a JPEG's faint pixels are not the label's, nor a transparent layer's
+            # hidden ones (read as an image, a layer whose hidden pixels hold the label's grey was the whole image)
+            refuse_lossy_mask(Path(args.ref_mask), "JPEG" if mask_vol.source.format == "jpeg" else None)
+            visible = visible_pixels(Path(args.ref_mask))
+            mask = mask & visible if visible is not None else mask
     if not mask.any():
         what = f"label {args.ref_label}" if args.ref_label is not None else "no non-zero pixel"
         raise UsageError(f"--ref-mask {args.ref_mask}: slice {k} has {what}: choose the slice with --ref-slice K")

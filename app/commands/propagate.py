@@ -32,6 +32,7 @@ from app.embedding_cache import EmbeddingCache
 from app.errors import UsageError
 from app.propagation import PropagationResult, PropagationSettings, interpolate_shapes, propagate, propagate_anchors
 from app.propagation_defaults import BOX_RULE, GUARD_RULE, GUARD_RULE_BACKENDS, default_propagation, rule_of
+from data.pictures import read_mask_image
 from data.readers import read_study
 from data.untrusted import LONE_SURROGATE
 from data.volume import Volume
@@ -123,7 +124,8 @@ def read_anchors(specs: list[str], volume: Volume) -> dict[int, np.ndarray]:
     anchors: dict[int, np.ndarray] = {}
     for spec in specs:
         k_text, sep, path = spec.partition(":")
-        if not sep or not path or not k_text.strip().lstrip("-").isdigit():
+        # isdecimal: '²' is a digit to isdigit but not to int(), which named no flag ("invalid literal for int()")
+        if not sep or not path or not k_text.strip().lstrip("-").isdecimal():
             raise UsageError(f"--anchor {spec!r}: expected K:MASK.png (a slice index, a colon, a mask image)")
         k = int(k_text)
         if not 0 <= k < volume.num_slices:
@@ -133,15 +135,47 @@ def read_anchors(specs: list[str], volume: Volume) -> dict[int, np.ndarray]:
         image = read_study(path)
         if not image.is_2d:
             raise UsageError(f"--anchor {spec}: {path} is not a 2D mask image")
-        mask = np.asarray(image.slice(0))
-        mask = (mask.max(axis=2) if mask.ndim == 3 else mask) > 0
+        if image.source is not None and image.source.format in ("png", "jpeg"):
+            # the painted pixels, as the UI's mask file and oneshot --ref-mask read them: a JPEG's ringing was taken
+            # as annotation, and a mask on a transparent layer whose hidden pixels are white as the whole slice
+            mask = read_mask_image(Path(path))
+        else:
+            mask = np.asarray(image.slice(0))
+            mask = (mask.max(axis=2) if mask.ndim == 3 else mask) > 0
         if mask.shape != volume.slice_shape:
             raise UsageError(f"--anchor {spec}: mask is {mask.shape[0]}x{mask.shape[1]} (rows x columns), slice {k} "
                              f"is {volume.slice_shape[0]}x{volume.slice_shape[1]}")
         if not mask.any():
             raise UsageError(f"--anchor {spec}: the mask has no non-zero pixel")
+        if image.size_is_physical and volume.size_is_physical and (off := anchor_off_slice(image, volume, k)):
+            raise UsageError(f"--anchor {spec}: {path} {off}")
         anchors[k] = mask
     return anchors
+
+
+def anchor_off_slice(image: Volume, volume: Volume, k: int) -> str:
+    """'' when a placed 2D mask (a NIfTI or DICOM slice, which carries its position) lies on slice ``k`` of
+    ``volume``, else where it lies. Why: only its size was compared, so a one-slice NIfTI exported from slice 7 (or a
+    numpy mask saved by nibabel with an identity affine, transposed on reading) was taken as slice 3's annotation
+    because K said so (session 21); ``oneshot --ref-mask`` and ``eval`` already compare a placed mask's grid."""
+    def shown(values) -> str:
+        return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+    axes, own = volume.direction_matrix[:, :2], image.direction_matrix[:, :2]
+    if np.abs(np.subtract(image.spacing[:2], volume.spacing[:2])).max() > 1e-3 * max(1.0, *volume.spacing[:2]):
+        return f"has pixels of {shown(image.spacing[:2])} mm where the slices have {shown(volume.spacing[:2])} mm"
+    if np.abs(own - axes).max() > 1e-4:
+        return (f"lies along {shown(own.T.ravel())} where the slices lie along {shown(axes.T.ravel())} (row and column "
+                "directions): it is turned or flipped against them")
+    origin = np.asarray(image.origin)
+    if np.abs(origin - volume.index_to_physical(np.array([0.0, 0.0, k]))).max() <= 1e-2:
+        return ""
+    normal = volume.direction_matrix[:, 2]
+    at = int(round(float(np.dot(origin - np.asarray(volume.origin), normal)) / float(volume.spacing[2])))
+    if 0 <= at < volume.num_slices and np.abs(origin - volume.index_to_physical(np.array([0.0, 0.0, at]))).max() <= 1e-2:
+        return f"lies on slice {at} of the volume, not slice {k} (its origin {shown(origin)} mm): give --anchor {at}:..."
+    return (f"is not on slice {k} of the volume: its origin {shown(origin)} mm, the slice's "
+            f"{shown(volume.index_to_physical(np.array([0.0, 0.0, k])))} mm")
 
 
 def run(args: argparse.Namespace) -> int:

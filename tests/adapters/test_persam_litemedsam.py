@@ -214,3 +214,30 @@ def test_cli_oneshot_png_reference_mask_on_a_transparent_layer_is_its_opaque_pix
     expected = np.zeros((64, 80), bool)
     expected[10:30, 20:50] = True
     np.testing.assert_array_equal(mask, expected)
+
+
+def test_a_picture_reference_mask_read_by_its_label_value_is_read_as_painted_too(tmp_path):
+    """--ref-label N on a PNG or JPEG mask compared the picture's values with N: a JPEG's compression noise was kept
+    where it equalled N, and a transparent layer whose hidden pixels hold N was the whole image; only the path without
+    --ref-label read the painted pixels (session 21)."""
+    import argparse
+
+    from PIL import Image
+
+    from app.commands.oneshot import reference_mask
+    from data.readers import StudyError, read_study
+
+    Image.fromarray(np.full((64, 80), 90, np.uint8)).save(tmp_path / "ref.png")
+    layer = np.full((64, 80, 2), 255, np.uint8)  # grey + alpha: 255 everywhere, visible in the box only
+    layer[..., 1] = 0
+    layer[10:30, 20:50, 1] = 255
+    Image.fromarray(layer, "LA").save(tmp_path / "mask.png")
+    Image.fromarray(layer[..., 1]).save(tmp_path / "mask.jpg", quality=75)
+    ref = read_study(tmp_path / "ref.png")
+    args = argparse.Namespace(ref=str(tmp_path / "ref.png"), ref_mask=str(tmp_path / "mask.png"), ref_label=255)
+    expected = np.zeros((64, 80), bool)
+    expected[10:30, 20:50] = True
+    np.testing.assert_array_equal(reference_mask(args, ref, 0), expected)
+    args.ref_mask = str(tmp_path / "mask.jpg")
+    with pytest.raises(StudyError, match="mask.jpg: a JPEG mask; JPEG's lossy compression leaves faint pixels"):
+        reference_mask(args, ref, 0)

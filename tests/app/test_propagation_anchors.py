@@ -157,13 +157,21 @@ def test_cli_fill_shape_between_two_anchor_pngs(head, ct, tmp_path, capsys):
         ("3:{small}", "mask is 10x10 (rows x columns), slice 3 is 256x256"),
         ("3:{empty}", "no non-zero pixel"),
         ("3:{missing}", "missing.png"),
+        # session 21: a JPEG mask was taken with its compression's faint pixels as annotation (the UI and oneshot
+        # refused it); '²' passed the digit check and failed in int(), naming no flag
+        ("3:{jpeg}", "a JPEG mask; JPEG's lossy compression leaves faint pixels"),
+        ("²:{a}", "expected K:MASK.png"),
     ],
 )
 def test_cli_refuses_bad_anchors(head, tmp_path, capsys, anchor, message):
+    from PIL import Image
+
     from app.cli import main
 
     files = {"a": _png(tmp_path / "a.png", head[3]), "small": _png(tmp_path / "s.png", np.ones((10, 10), bool)),
-             "empty": _png(tmp_path / "e.png", np.zeros_like(head[3])), "missing": tmp_path / "missing.png"}
+             "empty": _png(tmp_path / "e.png", np.zeros_like(head[3])), "missing": tmp_path / "missing.png",
+             "jpeg": tmp_path / "a.jpg"}
+    Image.fromarray(head[3].astype(np.uint8) * 255).save(files["jpeg"], quality=75)
     code = main(["propagate", str(CT_SERIES), "--anchor", anchor.format(**files), "--output", str(tmp_path / "x.nii.gz")])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
@@ -248,3 +256,45 @@ def test_cli_stride_writes_every_slice_and_refuses_zero(tmp_path, capsys):
                  "--output", str(tmp_path / "x.nii.gz")])
     err = capsys.readouterr().err
     assert code == 2 and "stride must be >= 1, got 0" in err and "Traceback" not in err
+
+
+def test_an_anchor_on_a_transparent_layer_is_its_painted_pixels(head, ct, tmp_path):
+    """A mask painted on a transparent layer whose hidden pixels are white (paint programs keep any colour there) was
+    read as the whole slice: --anchor read it as an image, dropping the alpha (session 21). Read as the UI's mask file
+    and oneshot --ref-mask read it: the visible pixels."""
+    from PIL import Image
+
+    from app.commands.propagate import read_anchors
+
+    layer = np.full((*head[3].shape, 4), 255, np.uint8)
+    layer[..., 3] = head[3] * 255
+    Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
+    anchors = read_anchors([f"3:{tmp_path / 'layer.png'}"], ct)
+    np.testing.assert_array_equal(anchors[3], head[3])
+
+
+def test_a_placed_anchor_mask_must_lie_on_its_slice(head, ct, tmp_path):
+    """A one-slice NIfTI mask carries its place, but only its size was compared: the mask of slice 7 given as
+    --anchor 3:... (an index convention mixed up), or a numpy mask saved by nibabel with an identity affine, was taken
+    as slice 3's annotation (session 21). Refused naming where it lies; the mask of slice 3 itself is taken."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from app.commands.propagate import read_anchors
+    from app.errors import UsageError
+
+    def placed(k: int, name: str):
+        image = sitk.GetImageFromArray(head[k][None].astype(np.uint8))
+        image.SetSpacing(ct.spacing)
+        image.SetOrigin(tuple(float(v) for v in ct.index_to_physical(np.array([0.0, 0.0, k]))))
+        image.SetDirection(ct.direction)
+        sitk.WriteImage(image, str(tmp_path / name))
+        return tmp_path / name
+
+    np.testing.assert_array_equal(read_anchors([f"3:{placed(3, 'k3.nii.gz')}"], ct)[3], head[3])
+    other = placed(7, "k7.nii.gz")
+    with pytest.raises(UsageError, match=r"k7\.nii\.gz lies on slice 7 of the volume, not slice 3 .*give --anchor 7:"):
+        read_anchors([f"3:{other}"], ct)
+    nib.save(nib.Nifti1Image(head[3].astype(np.uint8), np.eye(4)), tmp_path / "numpy.nii.gz")
+    with pytest.raises(UsageError, match=r"numpy\.nii\.gz has pixels of \(1, 1\) mm where the slices have"):
+        read_anchors([f"3:{tmp_path / 'numpy.nii.gz'}"], ct)

@@ -352,7 +352,9 @@ def test_a_slight_shear_that_itk_refuses_is_named_as_shear(tmp_path, qform_code)
     # 2.2 million voxels infinite, 'repaired' to +-3e38 with a warning
     (1e38, 0.0, "scl_slope = 1e+38, scl_inter = 0 make int16 voxels reach 3.28e+42, past what float32 holds "
                 "(3.4e+38); the scaling is wrong"),
-], ids=["slope_1e-30", "inter_1e30", "inter_1e10", "slope_1e38"])
+    # session 21: ITK read the NaN intercept as 0 (2 x stored), nibabel refuses it; a 2D file was refused in its words
+    (2.0, float("nan"), "scl_inter = nan with scl_slope = 2; the voxel scaling needs a finite intercept"),
+], ids=["slope_1e-30", "inter_1e30", "inter_1e10", "slope_1e38", "inter_nan"])
 def test_a_voxel_scaling_readers_cannot_hold_or_apply_alike_is_refused(tmp_path, slope, inter, said):
     """Session 17: each opened, as if valid, on the real CT. A negative or large slope that fits float32 still opens
     as the file says (NIfTI bounds neither)."""
@@ -361,9 +363,13 @@ def test_a_voxel_scaling_readers_cannot_hold_or_apply_alike_is_refused(tmp_path,
     source = nib.load(str(DATA / "ct_head_0051_slabA_image.nii.gz"))
     stored = np.asarray(source.dataobj)
     image = nib.Nifti1Image(stored, source.affine, source.header)
-    image.header.set_slope_inter(slope, inter)
+    image.header.set_slope_inter(slope, 0.0 if np.isnan(inter) else inter)
     path = tmp_path / "scaled.nii.gz"
     nib.save(image, str(path))
+    if np.isnan(inter):  # nibabel will not write a NaN intercept beside a valid slope; other writers do
+        raw = bytearray(gzip.decompress(path.read_bytes()))
+        raw[116:120] = struct.pack("<f", inter)  # scl_inter (the file is little-endian, as nibabel wrote it)
+        path.write_bytes(gzip.compress(bytes(raw)))
     with pytest.raises(StudyError) as e:
         read_study(path)
     assert str(e.value).startswith(f"{path}: {said}") and "\n" not in str(e.value)

@@ -363,3 +363,51 @@ def test_a_modality_of_several_values_is_refused_naming_it(tmp_path):
     with pytest.raises(StudyError, match=r"IM0001.dcm: Modality 'CT\\\\MR' holds 2 values"):
         _read(series)
     assert _read(CT_FILE).modality == "CT"
+
+
+def test_a_planar_configuration_other_than_0_or_1_is_refused_naming_it(tmp_path):
+    """PlanarConfiguration 2 on a colour image was refused in GDCM's words, "DICOM pixel data could not be decoded (An
+    invalid logic behavior occurredpc == 0 || pc == 1)" (session 21). 0 and 1 still open as the colours they hold."""
+    source = PYDICOM_FILES / "SC_rgb_small_odd.dcm"
+    ds = pydicom.dcmread(source)
+    path = tmp_path / "planar2.dcm"
+    ds.PlanarConfiguration = 2
+    ds.save_as(path, enforce_file_format=False)
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    assert str(e.value) == (f"{path}: PlanarConfiguration 2; expected 0 (the samples of each pixel together) or 1 (each "
+                            "colour plane after the other): how the colour samples are laid out is not known")
+    ds.PlanarConfiguration = 1
+    ds.PixelData = pydicom.dcmread(source).pixel_array.transpose(2, 0, 1).tobytes()
+    ds.save_as(path, enforce_file_format=False)
+    np.testing.assert_array_equal(_read(path).array[0], pydicom.dcmread(source).pixel_array)
+
+
+def _modality_lut(offset: int):
+    """A ModalityLUTSequence mapping stored values 0..4095 to themselves + ``offset`` (16-bit entries)."""
+    def edit(ds: pydicom.Dataset) -> None:
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence
+
+        ds.Modality, ds.PixelRepresentation = "MR", 0
+        ds.PixelData = np.clip(ds.pixel_array.astype(np.int32) + 1024, 0, 4095).astype("<u2").tobytes()
+        del ds.RescaleSlope, ds.RescaleIntercept
+        item = Dataset()
+        item.LUTDescriptor, item.ModalityLUTType = [4096, 0, 16], "US"
+        item.LUTData = (np.arange(4096) + offset).astype("<u2").tobytes()
+        ds.ModalityLUTSequence = Sequence([item])
+    return edit
+
+
+def test_a_modality_lut_that_changes_values_is_refused_and_an_identity_one_opens(tmp_path):
+    """GDCM does not apply a Modality LUT: an MR whose table maps each stored value v to v + 1000 opened at the stored
+    values, as if valid (session 21)."""
+    path = _edited_ct(tmp_path, "lut", _modality_lut(1000))
+    with pytest.raises(StudyError) as e:
+        _read(path)
+    assert str(e.value) == (f"{path}: a ModalityLUTSequence (a lookup table from stored values to the modality's "
+                            "values), which the decoder here does not apply, so the image would open at its stored "
+                            "values; export it with the table applied (or with RescaleSlope/RescaleIntercept) and open "
+                            "that")
+    identity = _edited_ct(tmp_path, "identity", _modality_lut(0))
+    np.testing.assert_array_equal(_read(identity).array[0], pydicom.dcmread(identity).pixel_array)

@@ -382,6 +382,26 @@ def test_list_series_orders_slices_without_position_by_instance_number(tmp_path)
     assert [Path(f).name for f in only.files] == ["d.dcm", "b.dcm", "c.dcm", "a.dcm"]
 
 
+def test_pydicoms_notes_on_odd_values_do_not_reach_the_user_without_a_file_name(tmp_path):
+    """pydicom warns when a value is first used, after the read: a 66-character SeriesInstanceUID printed 'medseg
+    info: warning: The value length (66) exceeds the maximum length of 64 allowed for VR UI. Please see <url>',
+    naming no file, on every open (session 21)."""
+    import pydicom.config
+
+    ds = db.image_dataset(db.pixels()[0], series_uid="1." + "2" * 64)
+    before = pydicom.config.settings.writing_validation_mode
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        path = db.write(ds, tmp_path / "long_uid.dcm")
+    finally:
+        pydicom.config.settings.writing_validation_mode = before
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volume = read_study(path)
+        assert volume.source.series_instance_uid == "1." + "2" * 64
+    assert [str(w.message) for w in caught] == []
+
+
 def test_a_folder_without_an_image_series_says_so(tmp_path):
     folder = tmp_path / "f"
     folder.mkdir()
@@ -397,6 +417,13 @@ def test_a_folder_without_an_image_series_says_so(tmp_path):
     refused(folder, f"{folder}: no DICOM image series found in this folder: seg.dcm is a DICOM-SEG (segmentation), "
             "not an image: open the image series it was drawn on (medseg writes DICOM-SEG but does not read labels "
             "back from one)")
+    # session 21: a folder given for the NIfTI it holds said only "no DICOM image series found in this folder"
+    subject = tmp_path / "sub-01" / "anat"
+    subject.mkdir(parents=True)
+    shutil.copy(DATA / "ct_head_0051_slabA_image.nii.gz", subject / "sub-01_T1w.nii.gz")
+    (subject / "sub-01_T1w.json").write_text("{}")
+    refused(subject.parent, f"{subject.parent}: no DICOM image series found in this folder: it holds "
+            "anat/sub-01_T1w.nii.gz, which medseg opens as a file, not as a folder: open that file itself")
 
 
 def test_a_folder_of_dicom_files_without_the_part10_preamble_says_why_it_has_no_series(tmp_path):
@@ -677,6 +704,10 @@ def test_nifti_refusals_and_identity_through_read_study(tmp_path):
             "crop/downsample the study)", max_voxels=23)
     path.write_bytes(path.read_bytes()[:-5])
     refused(path, f"{path}: truncated: 395 of the 400 bytes that the header declares")
+    # session 21: ITK's "not a readable NIfTI file (The maximum supported IO dimension is 5.)", naming nothing
+    row = tmp_path / "row.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(5, dtype=np.int16), np.eye(4)), row)
+    refused(row, f"{row}: a 1D NIfTI of size (5,) (one row of values); expected a 2D or 3D image")
 
 
 def test_header_attributes_dicom_may_leave_out_take_their_defaults(tmp_path):
@@ -743,6 +774,76 @@ def test_an_enhanced_frame_whose_group_disagrees_with_the_shared_one_is_refused(
     refused(path, f"{path}: frame 1: {keyword} {value} in its per-frame functional groups but {shared} in the shared "
                   "ones; a functional group belongs in one of the two, so which holds is in doubt")
     np.testing.assert_array_equal(read_study(with_own(shared)).array, stack)
+
+
+def test_a_folder_of_one_multiframe_or_unplaced_image_opens_as_that_file_alone(tmp_path):
+    """A zip (or CD folder) of one enhanced multi-frame image was refused in ITK's words ("could not be read
+    (ValueError: only 2D and 3D images are supported, got a 4D image)"): the series reader stacked the one file. A
+    folder of one ultrasound frame opened at GDCM's 1 mm with its geometry called 'ImagePositionPatient/
+    ImageOrientationPatient', so its areas were claimed in mm² (session 21). Now either opens as the file alone."""
+    stack = db.pixels(16, 16, seed=3, frames=4)
+    enhanced = db.write(db.enhanced_multiframe(stack, [4.5, 3.0, 1.5, 0.0]), tmp_path / "enh" / "IM0001.dcm")
+    us = tmp_path / "us" / "US.dcm"
+    us.parent.mkdir()
+    shutil.copy(DATA / "dicom" / "pydicom_US_rgb_lymph_node.dcm", us)
+    for path, format in ((enhanced, "dicom"), (us, "dicom-series")):
+        alone, in_folder = read_study(path), read_study(path.parent)
+        np.testing.assert_array_equal(in_folder.array, alone.array)
+        assert (in_folder.spacing, in_folder.origin, in_folder.direction) == (alone.spacing, alone.origin,
+                                                                              alone.direction)
+        assert in_folder.source.geometry == alone.source.geometry
+        assert in_folder.size_is_physical == alone.size_is_physical
+        assert (in_folder.source.path, in_folder.source.format, in_folder.source.files) == (
+            str(path.parent), format, (str(path),))
+    assert not read_study(us.parent).size_is_physical
+    np.testing.assert_array_equal(read_study(enhanced.parent).array, stack)
+
+
+def test_a_series_split_into_one_image_series_says_so_instead_of_offering_them(tmp_path):
+    """A series whose images were each given their own SeriesInstanceUID (an anonymiser that made a UID per file) was
+    refused as "holds 3 series, pick one with --series UID", and the UI offered one-image series to pick (session 21).
+    Two such images, or one-image series of different frames of reference, are still offered as series."""
+    folder = tmp_path / "split"
+    uids = [f"{SERIES_A}.{n}" for n in range(3)]
+    for n, uid in enumerate(uids):
+        series(folder, [1.5 * n], uid=uid)
+    refused(folder, f"{folder}: holds 3 series of one image each, parallel slices of one study and frame of reference "
+                    "at different positions: they look like one series whose images were each given their own "
+                    "SeriesInstanceUID (an anonymiser or export that made a UID per file); give them one "
+                    "SeriesInstanceUID (e.g. dcmodify -m SeriesInstanceUID=UID *.dcm) and open the folder again")
+    assert read_study(folder, series_uid=uids[1]).origin[2] == 1.5
+    (folder / f"{uids[2][-4:]}_0.dcm").unlink()
+    with pytest.raises(readers.SeveralSeriesError):
+        read_study(folder)
+    other = tmp_path / "other"
+    for n, uid in enumerate(uids):
+        ds = db.image_dataset(db.pixels(seed=n)[0], series_uid=uid, ipp=(0.0, 0.0, 1.5 * n))
+        ds.FrameOfReferenceUID = f"{db.FOR_UID}.{n}"
+        db.write(ds, other / f"{n}.dcm")
+    with pytest.raises(readers.SeveralSeriesError):
+        read_study(other)
+
+
+def test_a_multiframe_image_among_the_files_of_a_series_is_refused_naming_it(tmp_path):
+    """An enhanced image beside single-frame slices of its series, or a series split into two enhanced files, was
+    refused as "enh.dcm: no ImageOrientationPatient; a series of 3 images cannot be stacked without it" (the
+    enhanced image keeps it in its functional groups; session 21)."""
+    stack = db.pixels(16, 16, seed=3, frames=4)
+    mixed = tmp_path / "mixed"
+    db.write(db.enhanced_multiframe(stack, [0.0, 1.5, 3.0, 4.5]), mixed / "enh.dcm")
+    for n, z in enumerate([6.0, 7.5]):
+        db.write(db.image_dataset(db.pixels(seed=n)[0], instance=n + 2, ipp=(0.0, 0.0, z)), mixed / f"im{n}.dcm")
+    refused(mixed, f"{mixed}: enh.dcm is a multi-frame image (4 frames) among the 3 files of series {SERIES_A}; "
+                   "medseg stacks single-frame files placed by ImagePositionPatient, or opens one multi-frame file "
+                   "alone: open that file by itself (or export the series as single-frame files)")
+    two = tmp_path / "two"
+    db.write(db.enhanced_multiframe(stack, [0.0, 1.5, 3.0, 4.5]), two / "a.dcm")
+    second = db.enhanced_multiframe(stack, [6.0, 7.5, 9.0, 10.5])
+    second.SOPInstanceUID = second.file_meta.MediaStorageSOPInstanceUID = f"{SERIES_A}.2"
+    db.write(second, two / "b.dcm")
+    refused(two, f"{two}: a.dcm is a multi-frame image (4 frames) among the 2 files of series {SERIES_A}; medseg "
+                 "stacks single-frame files placed by ImagePositionPatient, or opens one multi-frame file alone: open "
+                 "that file by itself (or export the series as single-frame files)")
 
 
 @pytest.mark.parametrize("zs, fault", [

@@ -113,6 +113,18 @@ def _with(**columns: str) -> tuple[list[str], list[str]]:
         (*_with(norm_lo="5", norm_hi="5"), " line 2, column 'norm_hi': norm_hi 5 must be above norm_lo 5"),
         (*_with(label_values="1|x"), " line 2, column 'label_values': 'x' is not a number"),
         (*_with(label_values=" | "), " line 2, column 'label_values': no values in '|'"),
+        # session 21: a European Excel's CSV (semicolons) or a tab-separated file listed its header as found, no why
+        (["case_id;image;label"], ["a;img.png;lab.png"],
+         ": missing column(s) case_id, image, label; a manifest needs case_id, image, label (found: case_id;image;label)"
+         "; its columns are separated by semicolons (a European Excel's CSV), not commas: save it as comma-separated "
+         "CSV (in Excel: 'CSV UTF-8 (Comma delimited)')"),
+        (["case_id\timage\tlabel\tsite"], ["a\timg.png\tlab.png\tx"],
+         ": missing column(s) case_id, image, label; a manifest needs case_id, image, label (found: case_id\timage\t"
+         "label\tsite); its columns are separated by tabs, not commas: save it as comma-separated CSV (in Excel: 'CSV "
+         "UTF-8 (Comma delimited)')"),
+        # session 21: DictReader kept the repeated column's last cell, and the case was scored against it
+        (["case_id", "image", "label", "image"], ["a", "img.png", "lab.png", "lab.png"],
+         ": the header repeats 'image' (columns 2, 4); each column must be named once"),
     ],
 )
 def test_bad_rows_name_line_and_column(tmp_path, header, row, message):
@@ -335,3 +347,32 @@ def test_a_picture_turned_by_exif_with_a_label_that_is_not_is_refused(tmp_path):
     with pytest.warns(UserWarning):
         case = CaseLoader(m).load(cases[0])
     np.testing.assert_array_equal(case.gt, np.rot90(lab, -1) != 0)
+
+
+def test_a_picture_label_is_read_as_painted_and_absent_label_values_are_named(tmp_path):
+    """Session 21: eval read a label picture as an image. A label painted on a transparent layer whose hidden pixels
+    are white was the whole plane (the alpha dropped: Dice 0.446 where the painted label scores 0.670 on the real
+    Colin27 slice), a JPEG label's compression ringing counted as ground truth, and label_values the label does not
+    hold (1 for a 0/255 mask) stopped the run at "the ground truth is empty on this slice", naming neither."""
+    img, lab = _png_pair(tmp_path)
+    layer = np.full((*lab.shape, 4), 255, np.uint8)
+    layer[..., 3] = (lab != 0) * 255
+    Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
+    palette = Image.fromarray((lab != 0).astype(np.uint8), "P")
+    palette.putpalette([255, 255, 255, 255, 255, 255])
+    palette.save(tmp_path / "palette.png", transparency=0)  # index 0 (white) transparent
+    Image.fromarray(lab * 100).save(tmp_path / "lab.jpg", quality=75)
+    m = _write_manifest(tmp_path, ["case_id", "image", "label", "label_values"],
+                        [["a", "img.png", "layer.png", ""], ["b", "img.png", "palette.png", ""],
+                         ["c", "img.png", "lab.jpg", ""], ["d", "img.png", "lab.png", "1|3"]])
+    cases, _ = read_manifest(m)
+    loader = CaseLoader(m)
+    for case in cases[:2]:
+        np.testing.assert_array_equal(loader.load(case).gt, lab != 0)
+    with _exactly(f"{m} line 4, column 'label': {tmp_path / 'lab.jpg'}: a JPEG mask; JPEG's lossy compression leaves "
+                  "faint pixels around every painted edge, so which pixels were painted is not known: save the mask "
+                  "as PNG"):
+        loader.load(cases[2])
+    with _exactly(f"{m} line 5, column 'label_values': 1|3: the label holds none of these values (it holds 0, 2); "
+                  "give the values the structure has in the label"):
+        loader.load(cases[3])
