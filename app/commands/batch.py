@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.commands.common import add_backend_arg, backend_choice, finite_float
+from app.commands.common import add_backend_arg, backend_choice, finite_float, say
 from app.errors import UsageError
 from app.commands.eval import settings_from_args
 from evaluation.clicks import PROTOCOL_HELP
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     rows = result.run.rows
     last = max(r.clicks for r in rows)
     finals = [r.dice for r in rows if r.clicks == last]
-    print(
+    say(
         f"{out}: {result.run.n_cases} cases ({len(result.computed)} run, {len(result.skipped)} already done), "
         f"{protocol}, mean Dice at click {last} {sum(finals) / len(finals):.4f}; masks in {out / 'masks'}"
     )

@@ -278,6 +278,14 @@ def add_output_arg(p: argparse.ArgumentParser, formats: str) -> None:
                    "(e.g. dicomweb:http://pacs:8042/dicom-web)")
 
 
+def say(text: str) -> None:
+    """A command's result line on stdout, as one line: it names the user's files, and a file name may hold a
+    newline or an escape sequence (error lines were already escaped; this line split in two)."""
+    from data.untrusted import one_line
+
+    print(one_line(text))
+
+
 def dicomweb_target(output: str) -> str | None:
     """The PACS base URL of ``--output dicomweb:BASE_URL``, else None (a file name)."""
     if not str(output).lower().startswith(DICOMWEB_OUTPUT):

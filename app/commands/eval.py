@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from app.commands.common import add_model_args, finite_float, segmenter_from_args
+from app.commands.common import add_model_args, finite_float, segmenter_from_args, say
 from app.errors import UsageError
 from evaluation.clicks import PROTOCOL_HELP, parse_protocol
 from evaluation.manifest import read_manifest
@@ -97,5 +97,5 @@ def run(args: argparse.Namespace) -> int:
     last = str(summary["clicks"][-1])
     first = str(summary["clicks"][0])
     span = f"{overall[first]['dice']:.4f}" if first == last else f"{overall[first]['dice']:.4f} -> {overall[last]['dice']:.4f}"
-    print(f"{out}: {summary['n_cases']} cases, {protocol}, mean Dice {span} (clicks {first}..{last}); see {out / 'report.md'}")
+    say(f"{out}: {summary['n_cases']} cases, {protocol}, mean Dice {span} (clicks {first}..{last}); see {out / 'report.md'}")
     return 0

@@ -14,7 +14,7 @@ import numpy as np
 
 from adapters.persam_f import ITERATIONS
 from adapters.persam_oneshot import BODY_MASK, LOCATION_GATE, METHODS, fit_oneshot, segment_images
-from app.commands.common import add_model_args, apply_local_clicks_arg, check_outputs
+from app.commands.common import add_model_args, apply_local_clicks_arg, check_outputs, say
 from app.errors import UsageError
 from data.pictures import exif_mismatch, read_mask_image, refuse_lossy_mask, visible_pixels
 from data.readers import read_study
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         segmenter, ref_image, mask, method=args.method, parity=args.parity, iterations=args.iterations,
         location_gate=args.location_gate == "on", body=args.body_mask == "on", sized=args.sized_candidates == "on",
     )
-    print(f"learnt {args.method} from {args.ref} slice {k} ({int(mask.sum())} px) in {time.perf_counter() - t0:.1f} s")
+    say(f"learnt {args.method} from {args.ref} slice {k} ({int(mask.sum())} px) in {time.perf_counter() - t0:.1f} s")
     out_dir.mkdir(parents=True, exist_ok=True)
     for target, stem in zip(targets, stems):
         volume = read_study(target)
@@ -182,5 +182,5 @@ def run(args: argparse.Namespace) -> int:
             labels = np.stack([r.mask for r in results]).astype(np.uint8)
             path = write_label_nifti(labels, volume, out_dir / f"{stem}.nii.gz")
         area = sum(int(r.mask.sum()) for r in results)
-        print(f"{path}: {area} pixels on {len(results)} slice(s) in {time.perf_counter() - t1:.1f} s")
+        say(f"{path}: {area} pixels on {len(results)} slice(s) in {time.perf_counter() - t1:.1f} s")
     return 0

@@ -12,19 +12,20 @@ from pathlib import Path
 import numpy as np
 
 from app.commands.common import (
-    add_model_args,
     add_identity_args,
-    deidentify_hook,
+    add_model_args,
     add_output_arg,
     add_slice_args,
     add_study_args,
     backend_choice,
+    check_outputs,
+    deidentify_hook,
     dicomweb_target,
     finite_float,
     read_input,
-    check_outputs,
     resolve_slice,
     save_labels,
+    say,
     segmenter_from_args,
     study_files,
 )
@@ -210,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         labels = interpolate_shapes(anchors, volume.num_slices).astype(np.uint8)
         where = save_labels(labels, volume, args.output, label_names={1: args.label},
                             model_name="shape interpolation", deidentify=deidentify_hook(args))
-        print(f"{where}: {int(labels.sum())} voxels on slices {min(anchors)}..{max(anchors)} (shape interpolation)")
+        say(f"{where}: {int(labels.sum())} voxels on slices {min(anchors)}..{max(anchors)} (shape interpolation)")
         return 0
     segmenter = segmenter_from_args(args)
 
@@ -235,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     span = f"slices {result.slices[0]}..{result.slices[-1]}" if result.slices else "no slice"
     stops = ", ".join(f"{d}: {r}" for d, r in result.stopped.items())
     rule = rule_of(settings, segmenter)
-    print(f"{where}: {int(labels.sum())} voxels on {len(result.slices)} slices ({span}); stopped {stops}; "
+    say(f"{where}: {int(labels.sum())} voxels on {len(result.slices)} slices ({span}); stopped {stops}; "
           f"{elapsed:.1f} s ({args.device}); rule {rule} ({source})")
     return 0
 

@@ -10,18 +10,19 @@ from pathlib import Path
 import numpy as np
 
 from app.commands.common import (
+    add_identity_args,
     add_model_args,
+    add_output_arg,
     add_prompt_args,
     add_slice_args,
     add_study_args,
-    add_identity_args,
+    check_outputs,
     deidentify_hook,
-    add_output_arg,
     dicomweb_target,
     load_slice,
     prompts_from_args,
-    check_outputs,
     save_labels,
+    say,
     segmenter_from_args,
     study_files,
 )
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         where = str(write_png_mask(mask, out))
     score = result.scores[result.best_index]
-    print(
+    say(
         f"{where}: {int(mask.sum())} pixels on slice {k}, predicted IoU {score:.3f}; "
         f"encode {1000 * (t1 - t0):.0f} ms, prompt {1000 * (t2 - t1):.0f} ms ({args.device})"
     )

@@ -182,3 +182,15 @@ def test_segment_refuses_a_seg_of_a_study_that_is_not_dicom_before_the_model(stu
             f"medseg segment: error: --output {out}: DICOM-SEG needs a DICOM study, this one is {fmt}; "
             "use a .nii.gz output name"], err
         assert not out.exists()
+
+
+def test_the_result_line_names_a_file_with_a_newline_in_one_line(tmp_path, capsys, litemedsam):
+    """Error lines escaped control characters in file names, the result line on stdout did not: an output named
+    with a newline (a pasted name) split it in two, and a terminal escape in a name reached the terminal."""
+    image = tmp_path / "scan.png"
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(image)
+    out = tmp_path / "mask\n\x1b[31mred.png"
+    assert main(["segment", str(image), "--box", "10", "10", "40", "40", "-o", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "mask\\n\\x1b[31mred.png: " in lines[0] and "\x1b" not in lines[0], lines
+    assert out.is_file()  # the file keeps the name it was given
