@@ -2001,3 +2001,38 @@ def test_a_box_drawn_while_this_tab_opens_another_study_is_not_said_to_be_anothe
         assert not server.labels(sid).any()
     finally:
         context.close()
+
+
+def test_a_click_or_box_made_while_the_study_loads_says_it_was_not_placed(browser, server, ct):
+    """A hurried user clicks (or drags a box) on the black canvas while the first study is still on its way into the
+    viewer (its download held here). Before, the click was dropped without a word: the line kept saying "Loading ...",
+    and the user waited for a mask that never came. It now says in one line that nothing was placed and to click once
+    the study is shown; that line gives way to the study's own once it is shown, and nothing reached the labels."""
+    from playwright.sync_api import expect
+
+    def said(text: str) -> None:  # at once (the press's own answer), not after the first encode's long wait
+        expect(page.locator("#viewer-status")).to_contain_text(text, timeout=10_000)
+
+    context, page, sid = _open_page(browser, server)
+    held = []
+    try:
+        page.route("**/viewer-api/volume/**", lambda route: held.append(route))
+        canvas = page.locator("#viewer-canvas").bounding_box()
+        middle = (canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2)
+        page.mouse.click(*middle)  # no study open yet
+        said("No study is open")
+        page.locator("#open-sample").click()
+        page.wait_for_function("medsegViewer.loading !== null && document.querySelector('#viewer-status')"
+                               ".textContent.startsWith('Loading')", timeout=TIMEOUT_MS)
+        page.mouse.click(*middle)
+        said(f"{CT_NAME} is still loading: your click was not placed")
+        _drag(page, (middle[0] - 80, middle[1] - 80), (middle[0] + 80, middle[1] + 80))
+        said("your box was not placed")
+        assert page.locator("#viewer-status").inner_text().count("⚠") <= 1
+        for route in held:
+            route.continue_()
+        _wait_status(page, "Ready")
+        assert "not placed" not in page.locator("#viewer-status").inner_text()
+        assert not server.labels(sid).any()
+    finally:
+        context.close()

@@ -205,6 +205,8 @@ class Viewer {
   heldUploads: HTMLInputElement[] = []  // Upload's file input, its files chosen while prompts were queued (holdUpload)
   alternativeShown: HTMLInputElement | null = null  // the radio checked at the last mousedown
   replaying: HTMLInputElement | null = null  // the input whose held change is being made again
+  unplaced: { x: number; y: number; button: number } | null = null  // a press made while no study is shown (sayUnplaced)
+  loadRefusal = -1  // the statusSeq of the line saying a press was not placed while the study loaded
   frameTimes: number[] = []
   promptTimes: number[] = []
   answerTimes: number[] = []  // the same prompts, until the server's answer arrived (the rest is drawing)
@@ -565,6 +567,7 @@ class Viewer {
       // a poll may see the study this page is opening before the open's answer reaches it: that answer puts a new
       // "Opened <name>" on the page's status line since the poll, and then it is no other tab's
       const mine = f !== null && this.pageStamps !== f.stamps && this.pageStatus.startsWith(`Opened ${s.name ?? ''}`)
+      if (this.loadRefusal === this.statusSeq) this.errorAt = -1  // "still loading: not placed": now it is shown
       if (f && f.study === s.study && !mine) {
         this.errorAt = -1  // an error shown was about the study left: this line is the news now
         this.showStatus(`Another tab opened ${f.name}; this tab follows it. Your labels on ${f.from} are kept: ` +
@@ -937,6 +940,12 @@ class Viewer {
     const editing = () => this.tool !== 'navigate'
     stage.addEventListener('mousedown', (e) => {
       stage.focus({ preventScroll: true })
+      if ((e.button === 0 || e.button === 2) && (this.loading || !this.nv.volumes.length)) {
+        // nothing shown to place it on: said at the release (a click, a box, a stroke or a window drag)
+        e.stopPropagation(); e.preventDefault()
+        this.unplaced = { x: e.clientX, y: e.clientY, button: e.button }
+        return
+      }
       const [x, y] = this.canvasXY(e)
       const hit = this.pick(x, y)
       if (hit) { this.currentView = hit.view }
@@ -994,6 +1003,13 @@ class Viewer {
       this.drawOverlay()
     }, true)
     window.addEventListener('mouseup', (e) => {
+      const unplaced = this.unplaced
+      if (unplaced && e.button === unplaced.button) {
+        e.stopPropagation(); e.preventDefault()
+        this.unplaced = null
+        this.sayUnplaced(Math.hypot(e.clientX - unplaced.x, e.clientY - unplaced.y) >= DRAG_PX, e.button)
+        return
+      }
       if (this.wl && e.button === 2) {
         e.stopPropagation(); e.preventDefault()
         this.wl = null
@@ -1365,6 +1381,22 @@ class Viewer {
     this.showInfo()
     window.clearTimeout(this.windowTimer)
     this.windowTimer = window.setTimeout(() => this.enqueue({ kind: 'window', level: own.level, width: own.width }, null, true), 250)
+  }
+
+  /** A press on the stage while no study is shown (none open, or one still on its way into the viewer): there is
+   * nothing to place it on, and before it was dropped without a word (the line kept saying "Loading ...", the user
+   * waited for a mask that never came). One line says so; a study's own line replaces it once it is shown. */
+  sayUnplaced(moved: boolean, button: number): void {
+    const painting = this.tool === 'brush' || this.tool === 'erase'
+    const what = button === 2 ? 'window drag' : painting ? 'stroke' : moved && this.tool !== 'navigate' ? 'box' : 'click'
+    if (!this.loading && !this.state?.study) {
+      this.showStatus('No study is open: open a sample or upload a study, then click on it.')
+      return
+    }
+    const name = this.state?.name ?? 'The study'
+    this.showError(`${name} is still loading: your ${what} was not placed; ${what === 'click' ? 'click' : 'do it'} again ` +
+      'once it is shown.')
+    this.loadRefusal = this.statusSeq
   }
 
   onKey(e: KeyboardEvent): void {
