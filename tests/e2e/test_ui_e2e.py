@@ -2036,3 +2036,32 @@ def test_a_click_or_box_made_while_the_study_loads_says_it_was_not_placed(browse
         assert not server.labels(sid).any()
     finally:
         context.close()
+
+
+def test_a_tool_key_pressed_mid_stroke_paints_the_stroke_drawn_so_far(browser, server, ct):
+    """A hurried user painting with the brush presses E (to erase next) before letting the mouse go. The stroke's path
+    was on the screen, yet nothing was painted and nothing said: the tool's key dropped the drag. The stroke drawn so
+    far is now painted with the brush; a box being dragged when Brush is picked is cancelled in one line."""
+    from playwright.sync_api import expect
+
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        a, b = _xy(page, ct, 100.0, 100.0), _xy(page, ct, 150.0, 100.0)
+        _drag(page, a, ((a[0] + b[0]) / 2, a[1]), release=False)
+        page.keyboard.press("e")
+        page.mouse.move(*b)
+        page.mouse.up()
+        expect(page.locator("#viewer-status")).to_contain_text("Painted", timeout=30_000)
+        _idle(page)
+        painted = server.labels(sid)[6]
+        assert painted[100, 100:126].all() and not painted[100, 135:].any(), _server_counts(painted)
+        assert page.locator("#medseg-viewer").get_attribute("data-tool") == "erase"
+        page.keyboard.press("b")
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
+        page.keyboard.press("r")
+        page.mouse.up()
+        expect(page.locator("#viewer-status")).to_contain_text("Box cancelled: the tool changed", timeout=10_000)
+    finally:
+        context.close()

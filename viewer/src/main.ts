@@ -902,12 +902,36 @@ class Viewer {
 
   // --- tools -------------------------------------------------------------------------------------
   setTool(tool: Tool): void {
+    if (this.drag) this.toolDuringDrag(tool)
     this.tool = tool
     this.root.setAttribute('data-tool', tool)
     this.root.querySelectorAll('.mv-tool').forEach((b) => b.classList.toggle('mv-on', (b as HTMLElement).dataset.tool === tool))
     this.stage.style.cursor = { point: 'pointer', box: 'crosshair', brush: 'none', erase: 'none', navigate: 'default' }[tool]
-    this.drag = null
     this.drawOverlay()
+  }
+
+  /** A tool's key pressed while the mouse is still down (a hurried user painting presses E to erase next): the
+   * stroke drawn so far was dropped without a word, its path shown and nothing painted. A brush or eraser stroke is
+   * now sent as it is, with the tool it was drawn with (the rest of the drag paints nothing); a box goes on when the
+   * new tool draws boxes too (Point, Box), else it is cancelled in one line. */
+  toolDuringDrag(next: Tool): void {
+    const d = this.drag!
+    if (next === this.tool) return
+    if (this.tool === 'brush' || this.tool === 'erase') {
+      this.drag = null
+      this.sendStroke(d)
+    } else if (next !== 'point' && next !== 'box') {
+      this.drag = null
+      this.showStatus('Box cancelled: the tool changed during the drag; drag it again.')
+    }
+  }
+
+  /** A brush or eraser stroke's pieces (one per stretch inside the image), each one undoable edit. */
+  sendStroke(d: NonNullable<Viewer['drag']>): void {
+    for (const piece of [...d.done, d.stroke].filter((p) => p.length)) {
+      this.prompt({ kind: this.tool, view: d.view, points: piece, radius: this.brushPx / 2 },
+        { kind: 'stroke', view: d.view, mm: piece })
+    }
   }
 
   setBrush(px: number): void {
@@ -1022,10 +1046,7 @@ class Viewer {
       this.drag = null
       const moved = Math.hypot(d.x - d.x0, d.y - d.y0) >= DRAG_PX
       if (this.tool === 'brush' || this.tool === 'erase') {
-        for (const piece of [...d.done, d.stroke].filter((p) => p.length)) {
-          this.prompt({ kind: this.tool, view: d.view, points: piece, radius: this.brushPx / 2 },
-            { kind: 'stroke', view: d.view, mm: piece })
-        }
+        this.sendStroke(d)
       } else if (moved && !d.mm0.length) {  // begun off the image: from its edge, in the view where it is released
         const hit = this.pick(d.x, d.y)
         const start = hit ? this.pickClamped(d.x0, d.y0, d.x, d.y, hit.view) : null
