@@ -2065,3 +2065,22 @@ def test_a_tool_key_pressed_mid_stroke_paints_the_stroke_drawn_so_far(browser, s
         expect(page.locator("#viewer-status")).to_contain_text("Box cancelled: the tool changed", timeout=10_000)
     finally:
         context.close()
+
+
+def test_a_study_whose_load_failed_is_shown_when_opened_again(browser, server, ct):
+    """The study's download into the viewer fails (a dropped connection; here refused once). The viewer said "could
+    not load the study", and the user opened it again, as told: the page said "Opened ... Ready" but the viewer, taking
+    that study as loaded, stayed black for good, and clicks on it did nothing. Opened again, it is now loaded afresh
+    and a click segments."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        page.route("**/viewer-api/volume/**", lambda route: route.abort())
+        page.locator("#open-sample").click()
+        _wait_status(page, "could not load")
+        page.unroute("**/viewer-api/volume/**")
+        _open_sample(page)  # raises "never showed as ready" without the fix
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _wait_status(page, "Positive click")
+        assert server.labels(sid).any()
+    finally:
+        context.close()

@@ -206,6 +206,7 @@ class Viewer {
   alternativeShown: HTMLInputElement | null = null  // the radio checked at the last mousedown
   replaying: HTMLInputElement | null = null  // the input whose held change is being made again
   unplaced: { x: number; y: number; button: number } | null = null  // a press made while no study is shown (sayUnplaced)
+  loadFailed: { stamps: number } | null = null  // the study's load failed; pageStamps then (pollState loads it again)
   loadRefusal = -1  // the statusSeq of the line saying a press was not placed while the study loaded
   frameTimes: number[] = []
   promptTimes: number[] = []
@@ -394,6 +395,12 @@ class Viewer {
     for (const { text, news } of this.pageStatuses.splice(0)) {
       if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text, news))
     }
+    // the study's load failed (a dropped connection): the server's next message (its warm-up's "Ready", the user's
+    // Open again) loads it again; before, the same study opened again was taken as loaded and the viewer stayed black
+    const failed = this.loadFailed
+    if (failed && this.pageStamps !== failed.stamps && this.state?.study && !this.loading) {
+      this.loading = this.loadStudy(this.state)
+    }
     const holder = document.querySelector('#viewer-state [data-state]') as HTMLElement | null
     this.noteExport(holder?.getAttribute('data-exported') || '')  // a fact whatever the page's age
     // every poll, not only when the labels or the export change: Gradio re-renders the Download button (its class
@@ -540,6 +547,7 @@ class Viewer {
 
   async loadStudy(s: State): Promise<void> {
     this.study = s.study
+    this.loadFailed = null
     this.showStatus(`Loading ${s.name ?? 'the study'} into the viewer…`)
     const nv = this.nv
     try {
@@ -577,7 +585,14 @@ class Viewer {
       this.readyWanted = true
       this.requestEncode()
     } catch (e) {
-      this.showError(`could not load the study into the viewer: ${e}`)
+      // nothing of it stays: opening it again loads it afresh (the same study was taken as loaded, and the viewer stayed
+      // black under "Opened ... Ready")
+      this.study = null
+      while (nv.volumes.length) nv.removeVolume(nv.volumes[nv.volumes.length - 1])
+      this.labelsVol = null
+      this.root.removeAttribute('data-study')
+      this.loadFailed = { stamps: this.pageStamps }
+      this.showError(`could not load ${s.name ?? 'the study'} into the viewer (${e}): open it again`)
     } finally {
       this.loading = null
     }
@@ -1415,8 +1430,16 @@ class Viewer {
       return
     }
     const name = this.state?.name ?? 'The study'
-    this.showError(`${name} is still loading: your ${what} was not placed; ${what === 'click' ? 'click' : 'do it'} again ` +
-      'once it is shown.')
+    const again = what === 'click' ? 'click' : 'do it'
+    if (!this.loading && this.nv.volumes.length) {  // shown between the press and the release
+      this.showError(`your ${what} began while ${name} was still loading and was not placed: ${again} again.`)
+      return
+    }
+    if (!this.loading) {  // its load failed (said then): nothing is loading
+      this.showError(`${name} is not in the viewer (its loading failed): open it again; your ${what} was not placed.`)
+      return
+    }
+    this.showError(`${name} is still loading: your ${what} was not placed; ${again} again once it is shown.`)
     this.loadRefusal = this.statusSeq
   }
 
