@@ -205,6 +205,9 @@ class Viewer {
   heldUploads: HTMLInputElement[] = []  // Upload's file input, its files chosen while prompts were queued (holdUpload)
   alternativeShown: HTMLInputElement | null = null  // the radio checked at the last mousedown
   replaying: HTMLInputElement | null = null  // the input whose held change is being made again
+  unplaced: { x: number; y: number; button: number } | null = null  // a press made while no study is shown (sayUnplaced)
+  loadFailed: { stamps: number } | null = null  // the study's load failed; pageStamps then (pollState loads it again)
+  loadRefusal = -1  // the statusSeq of the line saying a press was not placed while the study loaded
   frameTimes: number[] = []
   promptTimes: number[] = []
   answerTimes: number[] = []  // the same prompts, until the server's answer arrived (the rest is drawing)
@@ -392,6 +395,12 @@ class Viewer {
     for (const { text, news } of this.pageStatuses.splice(0)) {
       if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text, news))
     }
+    // the study's load failed (a dropped connection): the server's next message (its warm-up's "Ready", the user's
+    // Open again) loads it again; before, the same study opened again was taken as loaded and the viewer stayed black
+    const failed = this.loadFailed
+    if (failed && this.pageStamps !== failed.stamps && this.state?.study && !this.loading) {
+      this.loading = this.loadStudy(this.state)
+    }
     const holder = document.querySelector('#viewer-state [data-state]') as HTMLElement | null
     this.noteExport(holder?.getAttribute('data-exported') || '')  // a fact whatever the page's age
     // every poll, not only when the labels or the export change: Gradio re-renders the Download button (its class
@@ -538,6 +547,7 @@ class Viewer {
 
   async loadStudy(s: State): Promise<void> {
     this.study = s.study
+    this.loadFailed = null
     this.showStatus(`Loading ${s.name ?? 'the study'} into the viewer…`)
     const nv = this.nv
     try {
@@ -565,6 +575,7 @@ class Viewer {
       // a poll may see the study this page is opening before the open's answer reaches it: that answer puts a new
       // "Opened <name>" on the page's status line since the poll, and then it is no other tab's
       const mine = f !== null && this.pageStamps !== f.stamps && this.pageStatus.startsWith(`Opened ${s.name ?? ''}`)
+      if (this.loadRefusal === this.statusSeq) this.errorAt = -1  // "still loading: not placed": now it is shown
       if (f && f.study === s.study && !mine) {
         this.errorAt = -1  // an error shown was about the study left: this line is the news now
         this.showStatus(`Another tab opened ${f.name}; this tab follows it. Your labels on ${f.from} are kept: ` +
@@ -574,7 +585,14 @@ class Viewer {
       this.readyWanted = true
       this.requestEncode()
     } catch (e) {
-      this.showError(`could not load the study into the viewer: ${e}`)
+      // nothing of it stays: opening it again loads it afresh (the same study was taken as loaded, and the viewer stayed
+      // black under "Opened ... Ready")
+      this.study = null
+      while (nv.volumes.length) nv.removeVolume(nv.volumes[nv.volumes.length - 1])
+      this.labelsVol = null
+      this.root.removeAttribute('data-study')
+      this.loadFailed = { stamps: this.pageStamps }
+      this.showError(`could not load ${s.name ?? 'the study'} into the viewer (${e}): open it again`)
     } finally {
       this.loading = null
     }
@@ -899,12 +917,36 @@ class Viewer {
 
   // --- tools -------------------------------------------------------------------------------------
   setTool(tool: Tool): void {
+    if (this.drag) this.toolDuringDrag(tool)
     this.tool = tool
     this.root.setAttribute('data-tool', tool)
     this.root.querySelectorAll('.mv-tool').forEach((b) => b.classList.toggle('mv-on', (b as HTMLElement).dataset.tool === tool))
     this.stage.style.cursor = { point: 'pointer', box: 'crosshair', brush: 'none', erase: 'none', navigate: 'default' }[tool]
-    this.drag = null
     this.drawOverlay()
+  }
+
+  /** A tool's key pressed while the mouse is still down (a hurried user painting presses E to erase next): the
+   * stroke drawn so far was dropped without a word, its path shown and nothing painted. A brush or eraser stroke is
+   * now sent as it is, with the tool it was drawn with (the rest of the drag paints nothing); a box goes on when the
+   * new tool draws boxes too (Point, Box), else it is cancelled in one line. */
+  toolDuringDrag(next: Tool): void {
+    const d = this.drag!
+    if (next === this.tool) return
+    if (this.tool === 'brush' || this.tool === 'erase') {
+      this.drag = null
+      this.sendStroke(d)
+    } else if (next !== 'point' && next !== 'box') {
+      this.drag = null
+      this.showStatus('Box cancelled: the tool changed during the drag; drag it again.')
+    }
+  }
+
+  /** A brush or eraser stroke's pieces (one per stretch inside the image), each one undoable edit. */
+  sendStroke(d: NonNullable<Viewer['drag']>): void {
+    for (const piece of [...d.done, d.stroke].filter((p) => p.length)) {
+      this.prompt({ kind: this.tool, view: d.view, points: piece, radius: this.brushPx / 2 },
+        { kind: 'stroke', view: d.view, mm: piece })
+    }
   }
 
   setBrush(px: number): void {
@@ -937,6 +979,12 @@ class Viewer {
     const editing = () => this.tool !== 'navigate'
     stage.addEventListener('mousedown', (e) => {
       stage.focus({ preventScroll: true })
+      if ((e.button === 0 || e.button === 2) && (this.loading || !this.nv.volumes.length)) {
+        // nothing shown to place it on: said at the release (a click, a box, a stroke or a window drag)
+        e.stopPropagation(); e.preventDefault()
+        this.unplaced = { x: e.clientX, y: e.clientY, button: e.button }
+        return
+      }
       const [x, y] = this.canvasXY(e)
       const hit = this.pick(x, y)
       if (hit) { this.currentView = hit.view }
@@ -994,6 +1042,13 @@ class Viewer {
       this.drawOverlay()
     }, true)
     window.addEventListener('mouseup', (e) => {
+      const unplaced = this.unplaced
+      if (unplaced && e.button === unplaced.button) {
+        e.stopPropagation(); e.preventDefault()
+        this.unplaced = null
+        this.sayUnplaced(Math.hypot(e.clientX - unplaced.x, e.clientY - unplaced.y) >= DRAG_PX, e.button)
+        return
+      }
       if (this.wl && e.button === 2) {
         e.stopPropagation(); e.preventDefault()
         this.wl = null
@@ -1006,10 +1061,7 @@ class Viewer {
       this.drag = null
       const moved = Math.hypot(d.x - d.x0, d.y - d.y0) >= DRAG_PX
       if (this.tool === 'brush' || this.tool === 'erase') {
-        for (const piece of [...d.done, d.stroke].filter((p) => p.length)) {
-          this.prompt({ kind: this.tool, view: d.view, points: piece, radius: this.brushPx / 2 },
-            { kind: 'stroke', view: d.view, mm: piece })
-        }
+        this.sendStroke(d)
       } else if (moved && !d.mm0.length) {  // begun off the image: from its edge, in the view where it is released
         const hit = this.pick(d.x, d.y)
         const start = hit ? this.pickClamped(d.x0, d.y0, d.x, d.y, hit.view) : null
@@ -1365,6 +1417,30 @@ class Viewer {
     this.showInfo()
     window.clearTimeout(this.windowTimer)
     this.windowTimer = window.setTimeout(() => this.enqueue({ kind: 'window', level: own.level, width: own.width }, null, true), 250)
+  }
+
+  /** A press on the stage while no study is shown (none open, or one still on its way into the viewer): there is
+   * nothing to place it on, and before it was dropped without a word (the line kept saying "Loading ...", the user
+   * waited for a mask that never came). One line says so; a study's own line replaces it once it is shown. */
+  sayUnplaced(moved: boolean, button: number): void {
+    const painting = this.tool === 'brush' || this.tool === 'erase'
+    const what = button === 2 ? 'window drag' : painting ? 'stroke' : moved && this.tool !== 'navigate' ? 'box' : 'click'
+    if (!this.loading && !this.state?.study) {
+      this.showStatus('No study is open: open a sample or upload a study, then click on it.')
+      return
+    }
+    const name = this.state?.name ?? 'The study'
+    const again = what === 'click' ? 'click' : 'do it'
+    if (!this.loading && this.nv.volumes.length) {  // shown between the press and the release
+      this.showError(`your ${what} began while ${name} was still loading and was not placed: ${again} again.`)
+      return
+    }
+    if (!this.loading) {  // its load failed (said then): nothing is loading
+      this.showError(`${name} is not in the viewer (its loading failed): open it again; your ${what} was not placed.`)
+      return
+    }
+    this.showError(`${name} is still loading: your ${what} was not placed; ${again} again once it is shown.`)
+    this.loadRefusal = this.statusSeq
   }
 
   onKey(e: KeyboardEvent): void {
