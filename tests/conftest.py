@@ -156,7 +156,8 @@ REAL_SERVER_FILES = (
 # Files that share a session fixture's expensive work (tests/app/conftest.py: ct_series_embeddings, the CT
 # series' 12 encodes) run in one worker, so the work is done once a run rather than once per worker.
 SHARED_SETUP_UNITS = {
-    "propagation on the CT series": ("tests/app/test_propagation.py", "tests/app/test_propagation_anchors.py"),
+    "propagation on the CT series": ("tests/app/test_propagation.py", "tests/app/test_propagation_anchors.py",
+                                     "tests/app/test_propagation_fill.py"),
 }
 
 

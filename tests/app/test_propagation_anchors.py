@@ -24,7 +24,7 @@ from app.propagation import (
 from data.readers import read_study
 from data.windowing import default_window
 from models.prompts import PromptError
-from tests.app.propagation_fixtures import CT_SERIES, ct, head  # noqa: F401 (fixtures)
+from tests.app.propagation_fixtures import CT_SERIES, cli_meets_the_cache, ct, head  # noqa: F401 (fixtures)
 from tests.conftest import dice
 
 
@@ -234,16 +234,18 @@ def test_stride_settings_are_checked(bad):
         PropagationSettings(**bad)
 
 
-def test_cli_stride_writes_every_slice_and_refuses_zero(tmp_path, capsys):
+def test_cli_stride_writes_every_slice_and_refuses_zero(tmp_path, capsys, cache, monkeypatch):
     from app.cli import main
     from data.readers import read_study
 
+    cli_meets_the_cache(monkeypatch, cache)
     out = tmp_path / "head.nii.gz"
     code = main(["propagate", str(CT_SERIES), "--slice", "6", "--box", "40", "30", "220", "230", "--stride", "2",
                  "--quiet", "--output", str(out)])
     assert code == 0
     mask = read_study(out).array > 0
     assert mask.reshape(len(mask), -1).any(axis=1).all(), "a strided walk left a slice of the head empty"
+    assert cache.misses <= 12  # each of the series' slices encoded at most once (cli_meets_the_cache)
     code = main(["propagate", str(CT_SERIES), "--slice", "6", "--box", "40", "30", "220", "230", "--stride", "0",
                  "--output", str(tmp_path / "x.nii.gz")])
     err = capsys.readouterr().err
