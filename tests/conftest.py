@@ -156,8 +156,31 @@ REAL_SERVER_FILES = (
 # Files that share a session fixture's expensive work (tests/app/conftest.py: ct_series_embeddings, the CT
 # series' 12 encodes) run in one worker, so the work is done once a run rather than once per worker.
 SHARED_SETUP_UNITS = {
-    "propagation on the CT series": ("tests/app/test_propagation.py", "tests/app/test_propagation_anchors.py"),
+    "propagation on the CT series": ("tests/app/test_propagation.py", "tests/app/test_propagation_anchors.py",
+                                     "tests/app/test_propagation_fill.py"),
 }
+
+
+# Units that take long for their few tests, handed out first, in this order (the real servers, the most tests, were
+# first already); the rest follow in xdist's order (most tests first). In that order these came among the last, and
+# xdist gives a worker its next unit while it still runs the last two tests of its current one, queued behind them:
+# a long few-test file near the end (test_timing, 1 test, ~25 s idle until it encoded once; test_default_backend,
+# 4 tests, ~50 s) could keep one worker busy while the other had nothing left. Seconds: each file alone, one thread,
+# on the shared machine at load ~8 (suite21, 2026-12-06; roughly 3-4x an idle run's).
+SLOW_FIRST = (
+    "real servers",
+    "tests/models/test_zoo_parity.py",  # 179 s
+    "tests/app/test_default_backend.py",  # 181 s (the first use of the ONNX default builds its export)
+    "tests/evaluation/test_eval_runner.py",  # 88 s
+    "tests/runtime/test_cuda_graphs.py",  # 68 s (its CPU tests)
+    "tests/adapters/test_persam_location_gate.py",  # 60 s
+    "tests/data/test_hostile_corpus.py",  # 55-62 s
+    "tests/models/test_litemedsam_parity.py",  # 53 s
+    "tests/app/test_serve_ray.py",  # 49 s (Ray Serve's start)
+    "tests/app/test_ui_oneshot.py",  # 44 s
+    "tests/models/test_litemedsam_host_inputs.py",  # 41 s
+    "tests/app/test_decode_bypass.py",  # 28 s
+)
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown (and unused) with -p no:xdist
@@ -174,6 +197,12 @@ def pytest_xdist_make_scheduler(config, log):
                 if nodeid.split("::", 1)[0] in files:
                     return unit
             return super()._split_scope(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            slow = next((unit for unit in SLOW_FIRST if unit in self.workqueue), None)
+            if slow is not None:
+                self.workqueue.move_to_end(slow, last=False)  # xdist pops the front
+            super()._assign_work_unit(node)
 
     return RealServersTogether(config, log)
 

@@ -40,3 +40,13 @@ def held_walk(runner, session, k: int, at: int = 1, **kwargs):
         job = start_propagation(runner, session, k, observe=hold, **kwargs)
     assert reached.wait(600)
     return job, release
+
+
+def cli_meets_the_cache(monkeypatch, cache) -> None:
+    """``medseg propagate`` walks with the shared CT cache (``ct_series_embeddings``) instead of encoding the series
+    again (8 to 12 encodes a run). The cache is keyed by the volume's voxels and geometry, the slice, the model and
+    the window: a slice the command read, windowed or modelled otherwise than the app would miss, be encoded, and
+    show as more than the series' 12 misses, which the tests using this assert against."""
+    import app.commands.propagate
+
+    monkeypatch.setattr(app.commands.propagate, "EmbeddingCache", lambda max_items: cache)

@@ -24,7 +24,7 @@ from app.propagation import (
 from data.readers import read_study
 from data.windowing import default_window
 from models.prompts import PromptError
-from tests.app.propagation_fixtures import CT_SERIES, ct, head  # noqa: F401 (fixtures)
+from tests.app.propagation_fixtures import CT_SERIES, cli_meets_the_cache, ct, head  # noqa: F401 (fixtures)
 from tests.conftest import dice
 
 
@@ -209,15 +209,17 @@ def test_a_strided_walk_still_stops_where_the_structure_ends(litemedsam, ct, hea
     assert three.stopped["up"] in ("empty", "low score", "score drop", "area drop", "overlap drop")
 
 
-def test_a_strided_walk_encodes_fewer_slices_and_fills_every_one(litemedsam, ct, head, cache):
+def test_a_strided_walk_encodes_fewer_slices_and_fills_every_one(litemedsam, ct, head, cache, monkeypatch):
     """The point of a stride (issue 21's CPU time) is fewer encodes; every slice must still get a mask close to the
-    one-slice-at-a-time walk's, and the head against its labels no worse than 0.02."""
+    one-slice-at-a-time walk's, and the head against its labels no worse than 0.02. The slices the strided walk asks
+    the cache for are counted (whether the shared cache holds them already or not: a fresh cache encoded them all
+    again, ~6 encodes, for the same count)."""
     from app.propagation import box_around
     from models.prompts import Prompts
 
     box, window = Prompts(box=box_around(head[6], 5)), default_window(ct)
     one = propagate(litemedsam, ct, 6, box, window=window, cache=cache, settings=PropagationSettings(stride=1))
-    counting = EmbeddingCache(max_items=16)
+    counting = cache
     encoded: list[int] = []
     fill = counting.embeddings
 
@@ -228,7 +230,7 @@ def test_a_strided_walk_encodes_fewer_slices_and_fills_every_one(litemedsam, ct,
         return got
 
     seen: set[int] = set()
-    counting.embeddings = count
+    monkeypatch.setattr(counting, "embeddings", count)
     two = propagate(litemedsam, ct, 6, box, window=window, cache=counting, settings=PropagationSettings(stride=2, batch_size=1))
     assert two.slices == list(range(12))
     assert len(set(encoded)) < 12, f"stride 2 encoded every slice: {sorted(set(encoded))}"
@@ -242,16 +244,18 @@ def test_stride_settings_are_checked(bad):
         PropagationSettings(**bad)
 
 
-def test_cli_stride_writes_every_slice_and_refuses_zero(tmp_path, capsys):
+def test_cli_stride_writes_every_slice_and_refuses_zero(tmp_path, capsys, cache, monkeypatch):
     from app.cli import main
     from data.readers import read_study
 
+    cli_meets_the_cache(monkeypatch, cache)
     out = tmp_path / "head.nii.gz"
     code = main(["propagate", str(CT_SERIES), "--slice", "6", "--box", "40", "30", "220", "230", "--stride", "2",
                  "--quiet", "--output", str(out)])
     assert code == 0
     mask = read_study(out).array > 0
     assert mask.reshape(len(mask), -1).any(axis=1).all(), "a strided walk left a slice of the head empty"
+    assert cache.misses <= 12  # each of the series' slices encoded at most once (cli_meets_the_cache)
     code = main(["propagate", str(CT_SERIES), "--slice", "6", "--box", "40", "30", "220", "230", "--stride", "0",
                  "--output", str(tmp_path / "x.nii.gz")])
     err = capsys.readouterr().err

@@ -12,7 +12,7 @@ from app.propagation import PropagationSettings, interpolate_shapes, propagate_a
 from app.propagation_defaults import default_propagation
 from data.readers import read_study
 from data.windowing import default_window
-from tests.app.propagation_fixtures import CT_SERIES, ct, head  # noqa: F401 (fixtures)
+from tests.app.propagation_fixtures import CT_SERIES, cli_meets_the_cache, ct, head  # noqa: F401 (fixtures)
 from tests.conftest import dice
 
 
@@ -85,9 +85,10 @@ def _png(path, mask):
 
 
 @pytest.mark.parametrize("fill", ["guided", "model"])
-def test_cli_fill_runs_the_model_between_anchors_and_says_so(head, tmp_path, capsys, fill):
+def test_cli_fill_runs_the_model_between_anchors_and_says_so(head, tmp_path, capsys, fill, cache, monkeypatch):
     from app.cli import main
 
+    cli_meets_the_cache(monkeypatch, cache)
     a, b = _png(tmp_path / "a.png", head[2]), _png(tmp_path / "b.png", head[9])
     out = tmp_path / "fill.nii.gz"
     code = main(["propagate", str(CT_SERIES), "--anchor", f"2:{a}", "--anchor", f"9:{b}", "--fill", fill,
@@ -98,13 +99,15 @@ def test_cli_fill_runs_the_model_between_anchors_and_says_so(head, tmp_path, cap
     labels = read_study(out).array
     np.testing.assert_array_equal(labels[2] == 1, head[2])
     assert dice(labels[3:9] == 1, head[3:9]) >= 0.75
+    assert cache.misses <= 12  # each of the series' slices encoded at most once (see cli_meets_the_cache)
 
 
-def test_cli_box_with_fill_shape_walks_beyond_and_interpolates_between(head, tmp_path, capsys):
+def test_cli_box_with_fill_shape_walks_beyond_and_interpolates_between(head, tmp_path, capsys, cache, monkeypatch):
     """--fill shape with a box used to be refused; now the box's walk runs and the gap to the anchor is the shape."""
     from app.cli import main
     from app.propagation import box_around
 
+    cli_meets_the_cache(monkeypatch, cache)
     b = _png(tmp_path / "b.png", head[9])
     x0, y0, x1, y1 = (str(int(v)) for v in box_around(head[3], 5))
     out = tmp_path / "walk.nii.gz"
@@ -116,6 +119,7 @@ def test_cli_box_with_fill_shape_walks_beyond_and_interpolates_between(head, tmp
     labels = read_study(out).array == 1
     np.testing.assert_array_equal(labels[9], head[9])
     assert labels[:3].any() and labels[10:].any()  # walked beyond both ends
+    assert cache.misses <= 12
 
 
 class _Recording:

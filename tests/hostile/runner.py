@@ -17,6 +17,7 @@ child that exits at once) is reported so increments can be compared too.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -87,6 +88,10 @@ def main() -> int:
     from app.cli import build_parser
 
     build_parser()  # import every command module, as `medseg` does before running one
+    # Children start with the parent's objects in the permanent generation: their collections no longer
+    # walk (and so copy, page by page) the imports' objects (a child that exits at once: ~0.19 -> ~0.13 s).
+    gc.collect()
+    gc.freeze()
     results = {}
     with tempfile.TemporaryDirectory(prefix="medseg-corpus-") as tmp:
         work = Path(tmp)
