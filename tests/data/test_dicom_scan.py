@@ -298,6 +298,19 @@ def test_deflated_data_sets_are_inflated_in_capped_steps(tmp_path, monkeypatch):
     # past the kept head and before the kept tail: cannot be walked
     big = db.deflated_file(plain, extra=el(0x0009, 0x1010, b"OB", b"\0" * 70_000))
     refused(tmp_path, big, "the header is larger than 64 bytes after inflation", max_voxels=10**6)
+
+
+def test_a_deflate_bomb_after_small_pixels_stops_at_what_the_pixels_allow_not_the_voxel_limit(tmp_path, monkeypatch):
+    """A 3 GB private element after 512 bytes of pixels, deflated to ~3 MB, was inflated up to the voxel limit's cap
+    (1.6 GB at the default: 10 s of the server reader's CPU per upload) before its refusal. Once the first
+    MAX_DICOM_HEADER_BYTES are in, the pixel data's declared length bounds the rest: every other byte is header."""
+    ds = db.image_dataset(db.pixels(), syntax=DeflatedExplicitVRLittleEndian)
+    plain = db.write(ds, tmp_path / "d.dcm").read_bytes()
+    monkeypatch.setattr(dicom_scan, "MAX_DICOM_HEADER_BYTES", 4096)
+    assert scan_bytes(tmp_path, plain, max_voxels=10**6).pixel_length == 512  # a real one still scans whole
+    bomb = db.deflated_file(plain, zeros_element_bytes=3 * 1024**2)
+    refused(tmp_path, bomb, f"the deflated data set inflates to more than {4096 + 512} bytes (its pixel data and a "
+            "header of at most MAX_DICOM_HEADER_BYTES); refused without inflating it", max_voxels=10**6)
     monkeypatch.undo()
     refused(tmp_path, db.deflated_file(plain, cut=40), "the deflated data set is truncated (the stream has no end)")
     meta_end = db._meta_end(plain)
