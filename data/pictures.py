@@ -163,16 +163,10 @@ def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
     white); read as grey alone, such a file became a mask of the whole plane."""
     with open_image(path, max_voxels=max_voxels) as im:
         refuse_lossy_mask(path, im.format)
+        im, orientation, alpha = _loaded_with_alpha(path, im)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                im.load()
-                orientation = _exif_orientation(im)
-                if im.mode == "P" and "transparency" in im.info:
-                    im = im.convert("RGBA")
-                alpha = np.asarray(im.getchannel("A")) > 0 if "A" in im.getbands() else None
-                grey = im.getbands() in (("L",), ("1",), ("I",))  # single-channel, 16-bit included
-                colour = np.asarray(im) > 0 if grey else np.asarray(im.convert("RGB")).max(axis=2) > 0
+            grey = im.getbands() in (("L",), ("1",), ("I",))  # single-channel, 16-bit included
+            colour = np.asarray(im) > 0 if grey else np.asarray(im.convert("RGB")).max(axis=2) > 0
         except Exception as e:
             raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
     # turned as its image is (``read_image_file``): a mask drawn on a turned photo keeps that photo's orientation
@@ -185,19 +179,24 @@ def visible_pixels(path: Path, *, max_voxels: int | None = None) -> np.ndarray |
     so a label painted on a transparent layer whose hidden pixels are white was the whole plane (``read_mask_image``
     reads masks so; ``evaluation.manifest`` needs the label's values, not a mask)."""
     with open_image(path, max_voxels=max_voxels) as im:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                im.load()
-                orientation = _exif_orientation(im)
-                if im.mode == "P" and "transparency" in im.info:
-                    im = im.convert("RGBA")
-                if "A" not in im.getbands():
-                    return None
-                alpha = np.asarray(im.getchannel("A")) > 0
-        except Exception as e:
-            raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
-    return np.ascontiguousarray(_turned(alpha, orientation))
+        _, orientation, alpha = _loaded_with_alpha(path, im)
+    return None if alpha is None else np.ascontiguousarray(_turned(alpha, orientation))
+
+
+def _loaded_with_alpha(path: Path, im) -> tuple:
+    """``im`` decoded -> (the image, a transparent palette colour made an alpha channel; its EXIF orientation; its
+    alpha > 0 as (H, W) bool, None without transparency). Decoding errors are the file's: one line naming it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im.load()
+            orientation = _exif_orientation(im)
+            if im.mode == "P" and "transparency" in im.info:
+                im = im.convert("RGBA")
+            alpha = np.asarray(im.getchannel("A")) > 0 if "A" in im.getbands() else None
+    except Exception as e:
+        raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
+    return im, orientation, alpha
 
 
 def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
