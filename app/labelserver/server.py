@@ -5,6 +5,7 @@ Routes (MONAI Label 0.8 wire formats): ``GET /info/``; ``POST /infer/{model}?ima
 [&output=image|json|all|dicom_seg]`` (multipart: ``params`` JSON, optional ``file``/``label``);
 ``PUT /session/`` (multipart ``files``), ``GET|DELETE /session/{id}``; ``GET /datastore/?output=all|stats``,
 ``PUT /datastore/`` and ``/datastore/image`` (upload), ``GET /datastore/image``, ``PUT|GET /datastore/label``;
+``POST /activelearning/{first|random}`` (the next image to label, ``app.labelserver.activelearning``);
 ``GET /auth/``, ``POST /auth/token`` (login with the access token as password).
 """
 
@@ -34,6 +35,7 @@ from starlette.routing import Route
 from app.access import LOGIN_USER, bearer, is_loopback_host_header, token_matches
 from app.body_limit import BodyLimit, size_text
 from app.embedding_cache import EmbeddingCache
+from app.labelserver.activelearning import NextSample, UnknownStrategy
 from app.labelserver.datastore import (
     BadLabel,
     Datastore,
@@ -121,6 +123,26 @@ def _params(form) -> Any:
         raise BadParams("params: not valid JSON (nested too deep)") from None
 
 
+async def _json_body(request: Request, limit: int = 64 * 1024) -> dict:
+    """A small JSON object body (``/activelearning``'s params; MONAILabelClient posts them as JSON), or {}."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadParams(f"params: a JSON body of at most {limit // 1024} KiB expected")
+    if not body.strip():
+        return {}
+    try:
+        params = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadParams("params: the request body is not valid JSON") from None
+    except RecursionError:
+        raise BadParams("params: not valid JSON (nested too deep)") from None
+    if not isinstance(params, dict):
+        raise BadParams("params: expected a JSON object")
+    return params
+
+
 def _multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> Response:
     """A multipart/form-data reply (what MONAI Label sends and its client parses): name -> (filename, body, type)."""
     boundary = uuid4().hex
@@ -151,6 +173,7 @@ async def _save_upload(upload: UploadFile, folder: Path) -> Path:
 def build_app(cfg: ServerConfig) -> Starlette:
     entries = model_entries(cfg.model)
     cache = EmbeddingCache(max_items=16)
+    next_sample = NextSample(cfg.datastore)
     model_lock = threading.Lock()
     uploads = cfg.work_dir / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
@@ -163,7 +186,7 @@ def build_app(cfg: ServerConfig) -> Starlette:
             "labels": ["structure"],
             "models": {name: e.info() for name, e in entries.items()},
             "trainers": {},
-            "strategies": {},
+            "strategies": next_sample.info(),
             "scoring": {},
             "train_stats": {},
             "datastore": cfg.datastore.status(),
@@ -322,6 +345,11 @@ def build_app(cfg: ServerConfig) -> Starlette:
         path = cfg.datastore.label_file(label, request.query_params.get("tag") or "final")
         return FileResponse(path, media_type="application/octet-stream", filename=path.name)
 
+    async def activelearning(request: Request):
+        params = await _json_body(request)
+        strategy = request.path_params["strategy"]
+        return JSONResponse(await _threaded(lambda: next_sample(strategy, params)))
+
     async def auth_info(request: Request):
         return JSONResponse({"enabled": cfg.token is not None, "client_id": "medseg", "realm": ""})
 
@@ -349,12 +377,14 @@ def build_app(cfg: ServerConfig) -> Starlette:
         Route("/datastore/image", datastore_get_image, methods=["GET"]),
         Route("/datastore/label", label_put, methods=["PUT"]),
         Route("/datastore/label", label_get, methods=["GET"]),
+        Route("/activelearning/{strategy}", activelearning, methods=["POST"]),
         Route("/auth/", auth_info, methods=["GET"]),
         Route("/auth/token", auth_token, methods=["POST"]),
         Route("/auth/token/valid", auth_valid, methods=["GET"]),
     ]
     handlers = {
         NotFound: lambda r, e: _error(404, str(e)),
+        UnknownStrategy: lambda r, e: _error(404, str(e)),
         InferError: lambda r, e: _error(400, str(e)),
         BadParams: lambda r, e: _error(400, str(e)),
         PromptError: lambda r, e: _error(400, str(e)),
