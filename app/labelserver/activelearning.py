@@ -9,7 +9,8 @@ saving, to skip an image) are not given the same image. ``first`` is then the fi
 one of them drawn uniformly. When every unlabelled image was handed out recently, ``first`` gives the one handed
 out longest ago (one annotator skipping images cycles through them) and ``random`` draws with MONAI Label's
 weights (the time since each was handed out). The reply carries no server path: a client opens the image by its
-id (MONAI Label sends its file path, which only a client on the same disk can use).
+id (MONAI Label sends its file path, which only a client on the same disk can use); on a PACS datastore it
+carries the StudyInstanceUID and SeriesInstanceUID, which OHIF's Next Sample opens.
 """
 
 from __future__ import annotations
@@ -75,5 +76,5 @@ class NextSample:
                 weight = ages[ids.index(chosen)]
             self._served[chosen] = now
         # the name Slicer saves the download under: GET /datastore/image always sends NIfTI
-        return {"id": chosen, "name": f"{chosen}.nii.gz",
-                "strategy": strategy, "weight": round(float(weight), 3)}
+        return {"id": chosen, "name": f"{chosen}.nii.gz", "strategy": strategy, "weight": round(float(weight), 3),
+                **self.datastore.image_info(chosen)}

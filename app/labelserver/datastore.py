@@ -420,6 +420,10 @@ class Datastore:
         """Keep an image a viewer uploads (``PUT /datastore/?image=ID``, Slicer's 'upload'); returns its id."""
         raise NotImplementedError
 
+    def image_info(self, image_id: str) -> dict[str, str]:
+        """What a viewer needs to open the image itself (OHIF's Next Sample opens ``StudyInstanceUID``)."""
+        return {}
+
     def label_file(self, image_id: str, tag: str) -> Path:
         path = self.labels(check_id(image_id)).get(check_tag(tag))
         if path is None:
@@ -572,6 +576,12 @@ class DicomWebStore(Datastore):
 
     def image_ext(self, image_id: str) -> str:
         return ""
+
+    def image_info(self, image_id: str) -> dict[str, str]:
+        from data.dicomweb import find_series
+
+        url = find_series(self.base, check_id(image_id), timeout=self.timeout)
+        return {"StudyInstanceUID": url.study_uid, "SeriesInstanceUID": url.series_uid}
 
     def volume(self, image_id: str) -> Volume:
         from data.dicomweb import fetch_series, find_series

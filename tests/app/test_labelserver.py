@@ -236,6 +236,10 @@ def test_ohif_point_prompts_on_a_pacs_and_the_label_saved_back_as_seg(litemedsam
 
             mlc = MONAILabelClient(url, tmpdir=str(tmp_path))
             assert mlc.info()["datastore"]["total"] == 1
+            # OHIF's Next Sample (default strategy random) opens the reply's StudyInstanceUID
+            sample = mlc.next_sample("random", {})
+            assert (sample["id"], sample["SeriesInstanceUID"]) == (uid, uid)
+            assert sample["StudyInstanceUID"] == ct.source.study_instance_uid
             before = pacs.instance_count()
             reply = mlc.save_label(uid, str(label_file), tag="final",
                                    params={"label_info": [{"name": "head", "idx": 1}]})
@@ -246,6 +250,7 @@ def test_ohif_point_prompts_on_a_pacs_and_the_label_saved_back_as_seg(litemedsam
             tags = pacs.rest(f"/instances/{found[0]['ID']}/simplified-tags")
             assert tags["Modality"] == "SEG" and tags["SegmentSequence"][0]["SegmentLabel"] == "head"
             assert tags["ReferencedSeriesSequence"][0]["SeriesInstanceUID"] == uid
+            assert mlc.next_sample("random", {}) == {}  # its one series is labelled now
 
 
 def test_token_required_beyond_loopback(litemedsam, studies, tmp_path, monkeypatch, capsys):
