@@ -230,6 +230,29 @@ def list_all_series(base: str, *, limit: int = 500, timeout: float = DEFAULT_TIM
             for s in found or [] if _value(s, "00080060") not in ("SEG", "SR", "PR", "RTSTRUCT")]
 
 
+def seg_series(base: str, *, limit: int = 2000, timeout: float = DEFAULT_TIMEOUT_S) -> list[SeriesURL]:
+    """Every segmentation series (Modality SEG) on the PACS (QIDO-RS)."""
+    c = client(base, timeout)
+    found = _call(lambda: c.search_for_series(search_filters={"Modality": "SEG"}, limit=limit),
+                  base, "searching segmentation series (QIDO-RS)", timeout)
+    return [SeriesURL(base=check_base_url(base), study_uid=_value(s, "0020000D"), series_uid=_value(s, "0020000E"))
+            for s in found or [] if _value(s, "0020000E")]
+
+
+def referenced_series(url: SeriesURL, *, timeout: float = DEFAULT_TIMEOUT_S) -> set[str]:
+    """The SeriesInstanceUIDs a SEG series' instances reference (ReferencedSeriesSequence, from WADO-RS
+    metadata): which image series it labels."""
+    c = client(url.base, timeout)
+    metadata = _call(lambda: c.retrieve_series_metadata(url.study_uid, url.series_uid), str(url),
+                     "reading a segmentation's metadata (WADO-RS)", timeout)
+    refs: set[str] = set()
+    for m in metadata or []:
+        for item in (m.get("00081115") or {}).get("Value") or []:
+            if isinstance(item, dict) and _value(item, "0020000E"):
+                refs.add(_value(item, "0020000E"))
+    return refs
+
+
 # --- WADO-RS ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SeriesSize:

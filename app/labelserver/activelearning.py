@@ -49,8 +49,8 @@ class NextSample:
 
     def unlabelled(self, label_tag: str = "final") -> list[str]:
         """The datastore's ids without a label of ``label_tag``, sorted."""
-        tag = check_tag(label_tag)
-        return sorted(i for i in self.datastore.ids() if tag not in self.datastore.labels(i))
+        done = self.datastore.labelled(check_tag(label_tag))
+        return sorted(i for i in self.datastore.ids() if i not in done)
 
     def __call__(self, strategy: str, params: dict) -> dict:
         """The reply: ``{"id", "name", "strategy", "weight"}`` of the chosen image, ``{}`` when none is left."""

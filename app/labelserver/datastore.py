@@ -420,6 +420,10 @@ class Datastore:
         """Keep an image a viewer uploads (``PUT /datastore/?image=ID``, Slicer's 'upload'); returns its id."""
         raise NotImplementedError
 
+    def labelled(self, tag: str = "final") -> set[str]:
+        """The ids that have a label of ``tag`` (Next Sample passes them over; /info/'s 'completed')."""
+        return {i for i in self.ids() if tag in self.labels(i)}
+
     def image_info(self, image_id: str) -> dict[str, str]:
         """What a viewer needs to open the image itself (OHIF's Next Sample opens ``StudyInstanceUID``)."""
         return {}
@@ -432,13 +436,11 @@ class Datastore:
 
     def status(self) -> dict:
         tags: dict[str, int] = {}
-        completed = 0
         ids = self.ids()
         for i in ids:
-            found = self.labels(i)
-            completed += "final" in found
-            for tag in found:
+            for tag in self.labels(i):
                 tags[tag] = tags.get(tag, 0) + 1
+        completed = len(self.labelled("final") & set(ids))  # on a PACS also SEGs stored there by others
         return {"total": len(ids), "completed": completed, "label_tags": tags}
 
     def as_json(self) -> dict:
@@ -567,6 +569,7 @@ class DicomWebStore(Datastore):
         self.max_instances = max_instances
         self._volumes: OrderedDict[str, tuple[Volume, Path]] = OrderedDict()
         self._saved: dict[str, dict[str, Path]] = {}
+        self._seg_refs: dict[str, set[str]] = {}  # SEG SeriesInstanceUID -> the image series it references
         self._lock = threading.Lock()
 
     def ids(self) -> list[str]:
@@ -612,6 +615,21 @@ class DicomWebStore(Datastore):
 
     def labels(self, image_id: str) -> dict[str, Path]:
         return dict(self._saved.get(image_id, {}))
+
+    def labelled(self, tag: str = "final") -> set[str]:
+        """Series labelled here, and, for ``final``, every series a SEG on the PACS references (MONAI Label's
+        DICOMweb datastore counts them so): a server restarted, or a SEG stored by another tool, still counts.
+        Each SEG series' references are read once (WADO-RS metadata) and kept: a SEG never changes them."""
+        from data.dicomweb import referenced_series, seg_series
+
+        done = {i for i, saved in self._saved.items() if tag in saved}
+        if tag != "final":
+            return done
+        for seg in seg_series(self.base, timeout=self.timeout):
+            if seg.series_uid not in self._seg_refs:
+                self._seg_refs[seg.series_uid] = referenced_series(seg, timeout=self.timeout)
+            done |= self._seg_refs[seg.series_uid]
+        return done
 
     def save_label(self, image_id: str, labels: np.ndarray, tag: str, label_names: dict[int, str]) -> str:
         """Write the label as a DICOM-SEG referencing the series and store it on the PACS (STOW-RS)."""

@@ -112,3 +112,35 @@ def test_a_label_of_another_tag_leaves_the_image_to_label(tmp_path):
     assert chooser("first", {"label_tag": "draft"})["id"] == "case_b"
     # one annotator skipping an image (Next Sample again without saving) gets the next one, then the first again
     assert [chooser("first", {})["id"] for _ in range(3)] == ["case_c", "case_a", "case_b"]
+
+
+def test_on_a_pacs_a_series_with_a_seg_stored_there_is_labelled_after_a_restart(tmp_path):
+    """A --dicomweb server knew only the labels it had saved itself: restarted, or beside another tool that
+    stores SEGs, it offered a series already segmented on the PACS as the next to label (and /info/ said 0
+    completed). Now a SEG on the PACS that references the series counts as its final label, as in MONAI Label."""
+    from app.labelserver.datastore import DicomWebStore
+    from data.dicom_seg import write_dicom_seg
+    from data.readers import read_study
+    from tests.app.test_labelserver import SERIES, serving
+    from tests.orthanc import running_orthanc
+
+    ct = read_study(SERIES)
+    labels = np.zeros(ct.array.shape[:3], np.uint8)
+    labels[3, 100:140, 100:140] = 1
+    seg = write_dicom_seg(labels, ct, tmp_path / "seg.dcm", label_names={1: "lesion"}, model_name="another tool")
+    with running_orthanc(tmp_path / "orthanc") as pacs:
+        pacs.upload(sorted(SERIES.glob("*.dcm")))
+
+        def next_and_info() -> tuple[dict, dict]:
+            store = DicomWebStore(pacs.dicomweb, tmp_path / "cache", max_voxels=2**28, max_bytes=2**30, timeout=30)
+            cfg = ServerConfig(model="litemedsam", segmenter=None, backend="torch", datastore=store,
+                               sessions=Sessions(tmp_path / "sessions"), work_dir=tmp_path / "work")
+            with serving(cfg) as url:  # a fresh server each time: nothing remembered from a save
+                mlc = MONAILabelClient(url, tmpdir=str(tmp_path))
+                return mlc.next_sample("first", {}), mlc.info()["datastore"]
+
+        sample, status = next_and_info()
+        assert sample["id"] == ct.source.series_instance_uid and status["completed"] == 0
+        pacs.upload([seg])
+        sample, status = next_and_info()
+        assert sample == {} and (status["total"], status["completed"]) == (1, 1)
