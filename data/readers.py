@@ -815,6 +815,9 @@ def _check_frame_rescales(path: Path, ds: pydicom.Dataset) -> None:
                              "to every frame (save the frames as a series)")
 
 
+# the geometry of an image whose pixels' relative size comes from PixelAspectRatio (``Volume.size_is_physical``)
+PIXELS_BY_ASPECT = "none (pixels, PixelAspectRatio"
+MAX_PIXEL_ASPECT = 100.0  # no scanner's pixels are 100 times taller than wide; a larger ratio is a damaged field
 US_CM = 3  # PhysicalUnitsX/YDirection 3: cm (PS3.3 C.8.5.5.1.15)
 
 
@@ -864,6 +867,33 @@ def _ultrasound_pixel_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def _pixel_aspect(path: Path, ds: pydicom.Dataset) -> tuple[float, float, str] | None:
+    """The relative pixel size (x, y), the smaller 1, and the ratio as 'v:h', from PixelAspectRatio (vertical\\horizontal, PS3.3
+    C.7.6.3.1.7) of an image without PixelSpacing; None when absent or 1:1. Why: an ultrasound or secondary capture
+    of 2\\1 opened with square pixels, squashed to half its height (a round lesion an oval, a caliper off by 2 in one
+    direction), where every DICOM viewer shows it stretched. A clinician measures on it in pixels, as on any image
+    without a size, but expects its shape; so the ratio is honoured and no mm claimed (``Volume.size_is_physical``).
+    A ratio that is no two positive numbers is refused: which shape holds is in doubt."""
+    if "PixelAspectRatio" not in ds or ds["PixelAspectRatio"].value in (None, ""):
+        return None
+    raw = ds["PixelAspectRatio"].value
+    values = list(raw) if isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) else [raw]
+    try:
+        vertical, horizontal = (float(v) for v in values)
+    except (TypeError, ValueError):
+        vertical = horizontal = math.nan
+    if not (math.isfinite(vertical) and math.isfinite(horizontal) and vertical > 0 and horizontal > 0) \
+            or max(vertical, horizontal) / min(vertical, horizontal) > MAX_PIXEL_ASPECT:
+        shown = "\\".join(str(v) for v in values)
+        raise StudyError(f"{path}: PixelAspectRatio {shown}: expected two numbers > 0 (the pixel's height\\width, "
+                         f"at most {MAX_PIXEL_ASPECT:g} times one the other); the image's shape is in doubt: fix the "
+                         "field or remove it")
+    if vertical == horizontal:
+        return None
+    low = min(vertical, horizontal)
+    return horizontal / low, vertical / low, f"{vertical:g}:{horizontal:g}"
+
+
 def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: bool = False) -> Volume:
     """One DICOM file; an enhanced multi-frame one on the grid its functional groups prove (``frame_geometry``)."""
     limit = voxel_limit(max_voxels)
@@ -902,6 +932,10 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     us = _ultrasound_pixel_mm(ds) if frames is None and "ImageOrientationPatient" not in ds else None
     if us is not None:
         image.SetSpacing((us[0], us[1], *image.GetSpacing()[2:]))
+    aspect = _pixel_aspect(path, ds) if frames is None and us is None and "PixelSpacing" not in ds \
+        and "ImageOrientationPatient" not in ds else None
+    if aspect is not None:
+        image.SetSpacing((aspect[0], aspect[1], *image.GetSpacing()[2:]))
     source = SourceRef(
         path=str(path),
         format="dicom",
@@ -917,7 +951,8 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
                   else "ImagePositionPatient/ImageOrientationPatient" if "ImageOrientationPatient" in ds
                   else f"SequenceOfUltrasoundRegions (PhysicalDeltaX/Y, {us[0]:g} x {us[1]:g} mm; the region's "
                        "own plane, no patient position)" if us is not None
-                  else "none (identity)") + _unplaced_frames(image, placed=frames is not None
+                  else f"{PIXELS_BY_ASPECT} {aspect[2]}: relative pixel sizes, not mm)"
+                  if aspect is not None else "none (identity)") + _unplaced_frames(image, placed=frames is not None
                                                                    or "ImageOrientationPatient" in ds),
     )
     volume = Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)

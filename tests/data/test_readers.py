@@ -1004,6 +1004,38 @@ def test_an_ultrasound_frame_takes_its_pixel_size_from_its_calibrated_region(tmp
     assert not plain.size_is_physical
 
 
+def _aspect_image(tmp_path: Path, ratio) -> Path:
+    """An ultrasound frame (8 rows x 16 columns) without geometry or PixelSpacing, with PixelAspectRatio ``ratio``."""
+    ds = db.image_dataset(db.pixels(8, 16)[0], ipp=None, iop=None, spacing=None)
+    ds.Modality = "US"
+    if ratio is not None:
+        ds.add_new(0x00280034, "IS", None)
+        ds[0x00280034]._value = ratio
+    return db.write(ds, tmp_path / "us.dcm")
+
+
+@pytest.mark.parametrize("ratio, spacing", [("2\\1", (1.0, 2.0)), ("3\\4", (4 / 3, 1.0)), ("5\\5", (1.0, 1.0))])
+def test_pixel_aspect_ratio_without_pixel_spacing_shapes_the_image_in_relative_units(tmp_path, ratio, spacing):
+    """An ultrasound or secondary capture with PixelAspectRatio 2\\1 and no PixelSpacing opened with square pixels,
+    squashed to half its height (session 22). Its pixels are now 1 wide and 2 high, in relative units: the shape as
+    every viewer shows it, no mm claimed (a clinician measures it in pixels, as before)."""
+    vol = read_study(_aspect_image(tmp_path, ratio))
+    assert vol.spacing[:2] == pytest.approx(spacing) and not vol.size_is_physical
+    assert vol.source.geometry == ("none (identity)" if spacing == (1.0, 1.0) else
+                                   f"none (pixels, PixelAspectRatio {ratio.replace(chr(92), ':')}: relative pixel "
+                                   "sizes, not mm)")
+    assert vol.array.shape == (1, 8, 16)
+
+
+@pytest.mark.parametrize("ratio", ["0\\1", "2", "-1\\1", "1\\1000", "a\\b"])
+def test_a_pixel_aspect_ratio_that_is_no_shape_is_refused_in_one_line(tmp_path, ratio):
+    path = _aspect_image(tmp_path, ratio)
+    with pytest.raises(StudyError) as e:
+        read_study(path)
+    assert str(e.value).startswith(f"{path}: PixelAspectRatio ") and "expected two numbers > 0" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("deltas, units", [(((0.02, 0.02), (0.04, 0.04)), 3), (((0.02, 0.02),), 4)])
 def test_ultrasound_regions_that_disagree_or_are_not_in_cm_give_no_size(tmp_path, deltas, units):
     """Two zooms side by side (a duplex screen) have no one pixel size; a region in seconds or Hz is no length."""
