@@ -41,13 +41,14 @@ from data.dicom_scan import NATIVE_SYNTAXES
 from data.limits import DEFAULT_MAX_VOXELS
 from data.nifti_check import NiftiCheckError, check_nifti
 from data.pictures import read_image_file
-from data.series_geometry import (GeometryError, UnevenSpacingError, check_pixel_spacing, check_series_geometry,
-                                  check_spacing_between_slices, display_names, frame_geometry, numbers, orientation,
-                                  position_along_normal, require_pixel_spacing, require_whole_plane)
+from data.series_geometry import (SAME_IN_EVERY_SLICE, GeometryError, UnevenSpacingError, check_pixel_spacing,
+                                  check_series_geometry, check_spacing_between_slices, display_names, frame_geometry,
+                                  frame_heads, numbers, orientation, position_along_normal, require_pixel_spacing,
+                                  require_whole_plane, stack_grid)
 from data.study_errors import (SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError, check_voxels,
                                first_line, header_int, voxel_limit)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
-from data.volume import FRAMES_NOT_PLACED, SourceRef, Volume
+from data.volume import FRAMES_NOT_PLACED, SPLIT_ENHANCED, SourceRef, Volume
 
 # pydicom checks a value against its VR when it is first used, after the read, and warns naming no file ("The value
 # length (66) exceeds the maximum length of 64 allowed for VR UI. Please see <url>"): such notes reached the CLI's
@@ -588,6 +589,8 @@ def read_dicom_series(
     if len(info.files) == 1:
         return _one_file_series(folder, Path(info.files[0]), max_voxels=max_voxels, allow_uneven=allow_uneven)
     heads = [_read_header(Path(f)) for f in info.files]
+    if all(_is_enhanced_volume(h) for h in heads):
+        return _split_enhanced_series(folder, info, heads, max_voxels=max_voxels, allow_uneven=allow_uneven)
     _refuse_multiframe_among(folder, info, heads)
     first = heads[0]
     check_voxels(folder, (len(heads), header_int(first, "Rows"), header_int(first, "Columns")), voxel_limit(max_voxels))
@@ -689,9 +692,66 @@ def _one_file_series(folder: Path, path: Path, *, max_voxels: int | None, allow_
                                           format="dicom-series" if volume.num_slices == 1 else "dicom"))
 
 
+def _is_enhanced_volume(ds: pydicom.Dataset) -> bool:
+    """An enhanced image whose frames carry their positions (PlanePositionSequence): part of a volume, placeable."""
+    return "PerFrameFunctionalGroupsSequence" in ds and any(
+        "PlanePositionSequence" in group for group in (ds.get("PerFrameFunctionalGroupsSequence") or []))
+
+
+def _split_enhanced_series(folder: Path, info: SeriesInfo, heads: list[pydicom.Dataset], *, max_voxels: int | None,
+                           allow_uneven: bool) -> Volume:
+    """One series split into several enhanced multi-frame files (some scanners and archives write a file per stack
+    or per N frames), stacked by every frame's own position (PlanePositionSequence) as a series of single frames is.
+    Why: it was refused as "a.dcm is a multi-frame image among the 2 files ...: open that file by itself", which opened
+    a part of the volume as if it were the whole. Frames of several files at one place, an uneven gap between files or
+    files on different grids are refused as in a series, naming the file and frame."""
+    names = display_names(info.files)
+    frames = []  # (file index, frame index, frame header)
+    for f, (name, head) in enumerate(zip(names, heads)):
+        try:
+            own = frame_heads(head)
+        except GeometryError as e:
+            raise StudyError(f"{folder}: {name}: {e}") from None
+        for n, frame in enumerate(own):
+            for keyword in SAME_IN_EVERY_SLICE:  # the files must share one pixel description and frame of reference
+                if keyword in head:
+                    frame[keyword] = head[keyword]
+            frames.append((f, n, frame))
+    check_voxels(folder, (len(frames), header_int(heads[0], "Rows"), header_int(heads[0], "Columns")),
+                 voxel_limit(max_voxels))
+    placed = [position_along_normal(frame) for _, _, frame in frames]
+    order = (sorted(range(len(frames)), key=lambda i: placed[i]) if all(p is not None for p in placed)
+             else list(range(len(frames))))  # an unplaced frame: refused below, naming it
+    stacked = [frames[i] for i in order]
+    try:
+        grid = stack_grid([f"{names[f]} frame {n + 1}" for f, n, _ in stacked], [h for _, _, h in stacked],
+                          allow_uneven=allow_uneven)
+    except GeometryError as e:
+        raise _geometry_refusal(folder, e) from None
+    _check_distinct_instances(folder, info.files, heads)
+    volumes = [read_dicom_file(Path(f), max_voxels=max_voxels, allow_uneven=allow_uneven) for f in info.files]
+    dtype = np.result_type(*(v.array.dtype for v in volumes))
+    array = np.stack([volumes[f].array[n] for f, n, _ in stacked]).astype(dtype, copy=False)
+    for note in grid.notes:
+        warnings.warn(one_line(f"{folder}: {note}"), StudyWarning, stacklevel=3)
+    _note_nifti_beside(folder)
+    first = heads[0]
+    source = SourceRef(
+        path=str(folder), format="dicom", study_instance_uid=str(getattr(first, "StudyInstanceUID", "")) or None,
+        series_instance_uid=info.series_instance_uid,
+        frame_of_reference_uid=str(getattr(first, "FrameOfReferenceUID", "")) or None,
+        sop_instance_uids=tuple(str(getattr(h, "SOPInstanceUID", "")) for h in heads),
+        sop_class_uid=str(getattr(first, "SOPClassUID", "")) or None, files=info.files, notes=grid.notes,
+        geometry=f"{SPLIT_ENHANCED}{len(heads)} files (PlanePosition, PlaneOrientation, PixelMeasures)"
+                 + (" (mean slice spacing, --allow-uneven)" if grid.notes else ""))
+    return Volume(array=array, spacing=grid.spacing, origin=grid.origin, direction=grid.direction,
+                  modality=info.modality, source=source)
+
+
 def _refuse_multiframe_among(folder: Path, info: SeriesInfo, heads: list[pydicom.Dataset]) -> None:
     """A series of several files, one of them a multi-frame image (an enhanced CT beside single-frame slices of its
-    series, or a series split into several enhanced files). Its frames are not single slices the series reader can
+    series; a series split into several enhanced files whose frames are placed is stacked instead,
+    ``_split_enhanced_series``). Its frames are not single slices the series reader can
     stack: it was refused as "enh.dcm: no ImageOrientationPatient; a series of 3 images cannot be stacked without it"
     (an enhanced image keeps it in its functional groups), or in ITK's words (a 4D image). Refused naming the file."""
     for name, head in zip(display_names(info.files), heads):

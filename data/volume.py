@@ -23,6 +23,8 @@ import SimpleITK as sitk
 
 # in ``SourceRef.geometry`` of a multi-frame DICOM that does not place its frames (``Volume.slice_spacing_is_physical``)
 FRAMES_NOT_PLACED = "frames not placed"
+# in ``SourceRef.geometry`` of a series split into enhanced multi-frame files, stacked by their frames' positions
+SPLIT_ENHANCED = "per-frame functional groups of "
 
 
 @dataclass(frozen=True)

@@ -836,14 +836,43 @@ def test_a_multiframe_image_among_the_files_of_a_series_is_refused_naming_it(tmp
     refused(mixed, f"{mixed}: enh.dcm is a multi-frame image (4 frames) among the 3 files of series {SERIES_A}; "
                    "medseg stacks single-frame files placed by ImagePositionPatient, or opens one multi-frame file "
                    "alone: open that file by itself (or export the series as single-frame files)")
-    two = tmp_path / "two"
-    db.write(db.enhanced_multiframe(stack, [0.0, 1.5, 3.0, 4.5]), two / "a.dcm")
-    second = db.enhanced_multiframe(stack, [6.0, 7.5, 9.0, 10.5])
-    second.SOPInstanceUID = second.file_meta.MediaStorageSOPInstanceUID = f"{SERIES_A}.2"
-    db.write(second, two / "b.dcm")
-    refused(two, f"{two}: a.dcm is a multi-frame image (4 frames) among the 2 files of series {SERIES_A}; medseg "
-                 "stacks single-frame files placed by ImagePositionPatient, or opens one multi-frame file alone: open "
-                 "that file by itself (or export the series as single-frame files)")
+
+
+def _split_enhanced(folder: Path, stack: np.ndarray, zs_per_file) -> Path:
+    """One series split into enhanced files, file n holding the next frames of ``stack`` at ``zs_per_file[n]``."""
+    at = 0
+    for n, zs in enumerate(zs_per_file):
+        ds = db.enhanced_multiframe(stack[at:at + len(zs)], zs)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{SERIES_A}.{n + 1}"
+        ds.InstanceNumber = n + 1
+        db.write(ds, folder / f"{'abc'[n]}.dcm")
+        at += len(zs)
+    return folder
+
+
+def test_a_series_split_into_enhanced_files_is_stacked_by_each_frames_position(tmp_path):
+    """A series split into several enhanced multi-frame files (a file per stack or per N frames) was refused as "a.dcm
+    is a multi-frame image (4 frames) among the 2 files ...: open that file by itself", which opened half the volume as
+    if it were the whole (session 22). Its frames are now stacked by their own positions (PlanePositionSequence),
+    whatever order the files and frames are stored in, and checked as a series is: a gap or an overlap between the
+    files is refused naming the file and frame."""
+    stack = db.pixels(16, 16, seed=3, frames=8)
+    for name, zs, frames in (("in_order", ([0.0, 1.5, 3.0, 4.5], [6.0, 7.5, 9.0, 10.5]), stack),
+                             ("second_reversed", ([0.0, 1.5, 3.0, 4.5], [10.5, 9.0, 7.5, 6.0]),
+                              np.concatenate([stack[:4], stack[4:][::-1]])),
+                             ("files_swapped", ([6.0, 7.5, 9.0, 10.5], [0.0, 1.5, 3.0, 4.5]),
+                              np.concatenate([stack[4:], stack[:4]]))):
+        volume = read_study(_split_enhanced(tmp_path / name, frames, zs))
+        np.testing.assert_array_equal(volume.array, stack)
+        assert volume.spacing == pytest.approx((0.5, 0.5, 1.5)) and volume.origin == pytest.approx((-4.0, -4.0, 0.0))
+        assert np.allclose(volume.direction, np.eye(3).ravel())
+        assert volume.source.geometry.startswith("per-frame functional groups of 2 files") and volume.size_is_physical
+    gap = _split_enhanced(tmp_path / "gap", stack, ([0.0, 1.5, 3.0, 4.5], [9.0, 10.5, 12.0, 13.5]))
+    refused(gap, f"{gap}: 2 slice(s) missing between a.dcm frame 4 (4.50 mm) and b.dcm frame 1 (9.00 mm) (the other "
+                 "slices are 1.5 mm apart); add the missing file(s), open the complete series, or pass --allow-uneven")
+    overlap = _split_enhanced(tmp_path / "overlap", stack, ([0.0, 1.5, 3.0, 4.5], [4.5, 6.0, 7.5, 9.0]))
+    refused(overlap, f"{overlap}: two images at the same position between a.dcm frame 4 (4.50 mm) and b.dcm frame 1 "
+                     "(4.50 mm); remove the duplicate or pick one series")
 
 
 @pytest.mark.parametrize("zs, fault", [
