@@ -80,10 +80,20 @@ def orientation(ds: pydicom.Dataset) -> np.ndarray | None:
     return iop.reshape(2, 3)
 
 
+# the smallest pixel a label map holds (``data.readers.SPACING_RANGE_MM``): 1 nm
+MIN_PIXEL_MM = 1e-6
+
+
 def check_pixel_spacing(ds: pydicom.Dataset) -> None:
+    """PixelSpacing, when present: two numbers > 0 mm, and not below ``MIN_PIXEL_MM``. A PixelSpacing of 1e-300 was
+    refused in ITK's words, blaming the pixels: "DICOM pixel data could not be decoded (ITK ERROR: Singular matrix.
+    Determinant is 0.)" (session 22)."""
     spacing = numbers(ds, "PixelSpacing", 2)
     if spacing is not None and not (spacing > 0).all():
         raise GeometryError(f"PixelSpacing {spacing.tolist()}: expected two numbers > 0 mm")
+    if spacing is not None and not (spacing >= MIN_PIXEL_MM).all():
+        raise GeometryError(f"PixelSpacing {spacing.tolist()}: expected pixels of {MIN_PIXEL_MM:g} mm or more; a "
+                            "pixel that small is a damaged value (no label map can hold it)")
 
 
 def check_spacing_between_slices(ds: pydicom.Dataset, *, series: bool = False) -> None:
