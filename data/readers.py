@@ -96,6 +96,9 @@ def read_study(
     except UnicodeEncodeError:
         # SimpleITK aborts the whole process on such a name; refuse it here instead
         raise StudyError(f"{str(path)!r}: the file name is not valid UTF-8; rename the file") from None
+    if "\x00" in str(path):  # no file has such a name: the OS refused it with a bare "embedded null byte" (session 22)
+        raise StudyError(f"{str(path)!r}: the path holds a NUL byte (\\x00), which no file name can; give the file's "
+                         "path as it is") from None
     try:
         check_regular(path, allow_dir=True)
     except UntrustedFileError as e:

@@ -408,3 +408,16 @@ def test_a_one_slice_label_of_a_3d_image_is_the_label_of_slice_index(tmp_path):
     with pytest.raises(ManifestError, match=f"^{re.escape(str(m))} line 6, column 'slice_index': 20, but the label "
                                             r"moved.nii.gz \(one slice\) lies on no slice of the image \(origin "):
         loader.load(cases[4])
+
+
+def test_a_path_with_a_nul_byte_is_refused_naming_the_line_and_column(tmp_path):
+    """A manifest cell holding a NUL byte (a file written by a script or a damaged export): `medseg eval` said only
+    "embedded null byte", the OS's words from deep in the reader, naming no file, line or column (session 22)."""
+    m = tmp_path / "MANIFEST.csv"
+    m.write_bytes(b"case_id,image,label\na,img.nii.gz\x00,lab.nii.gz\n")
+    cases, _ = read_manifest(m)
+    with _exactly(f"{m} line 2, column 'image': {str(tmp_path / 'img.nii.gz')!r}"[:-1] + "\\x00': the path holds a NUL "
+                  "byte (\\x00), which no file name can; give the file's path as it is"):
+        CaseLoader(m).load(cases[0])
+    with pytest.raises(StudyError, match="the path holds a NUL byte"):
+        read_study(tmp_path / "a\x00b.dcm")
