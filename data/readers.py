@@ -931,8 +931,8 @@ def _ultrasound_pixel_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
 
 
 def _pixel_aspect(path: Path, ds: pydicom.Dataset) -> tuple[float, float, str] | None:
-    """The relative pixel size (x, y), the smaller 1, and the ratio as 'v:h', from PixelAspectRatio (vertical\\horizontal, PS3.3
-    C.7.6.3.1.7) of an image without PixelSpacing; None when absent or 1:1. Why: an ultrasound or secondary capture
+    """The relative pixel size (x, y), the smaller 1, and the ratio as 'v:h', from PixelAspectRatio
+    (vertical\\horizontal, PS3.3 C.7.6.3.1.7) of an image without PixelSpacing; None when absent or 1:1. Why: an ultrasound or secondary capture
     of 2\\1 opened with square pixels, squashed to half its height (a round lesion an oval, a caliper off by 2 in one
     direction), where every DICOM viewer shows it stretched. A clinician measures on it in pixels, as on any image
     without a size, but expects its shape; so the ratio is honoured and no mm claimed (``Volume.size_is_physical``).

@@ -99,8 +99,8 @@ class Volume:
     def size_is_physical(self) -> bool:
         """Whether the voxel size is the file's own, so areas and volumes mean mm² and mL. A picture (PNG/JPEG) is
         in pixels; a DICOM image with no geometry and no PixelSpacing (an uncalibrated ultrasound or secondary
-        capture frame) opens with GDCM's 1 mm default, which is no measurement either; one with PixelAspectRatio opens at
-        relative pixel sizes (1 x 2), its shape, not mm."""
+        capture frame) opens with GDCM's 1 mm default, which is no measurement either; one with PixelAspectRatio
+        opens at relative pixel sizes (1 x 2), its shape, not mm."""
         if self.source.geometry.startswith("none (pixels"):  # a picture; a DICOM sized by PixelAspectRatio alone
             return False
         if self.source.geometry.startswith("none (identity)"):
