@@ -148,7 +148,11 @@ def build_app(config: UIConfig):
                     interactive=False, elem_id="measurements", label="Labels", max_height=180,
                 )
                 with gr.Group():
-                    label = gr.Dropdown([], label="Active label", elem_id="label")
+                    # allow_custom_value: Gradio checks a value sent against the choices the box last got before any
+                    # handler runs, and a page built before a study switch (its label 2, the new study's choices [1])
+                    # fired the colour picker's change: "Value: 2 is not in the list of choices: [1]", a red error and
+                    # a traceback (session 22). The handlers judge the label sent (_colour_changed, select_label).
+                    label = gr.Dropdown([], label="Active label", elem_id="label", allow_custom_value=True)
                     with gr.Row():
                         label_name = gr.Textbox(label="Name", elem_id="label-name", scale=2, min_width=80, max_lines=1)
                         colour = gr.ColorPicker(label="Colour", elem_id="label-colour", scale=1, min_width=60)

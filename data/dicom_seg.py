@@ -28,7 +28,7 @@ import pydicom
 import SimpleITK as sitk
 
 from data.untrusted import LONE_SURROGATE, one_line
-from data.volume import SourceRef, Volume
+from data.volume import SPLIT_ENHANCED, SourceRef, Volume
 from data.writers import atomic_output
 
 SEG_SERIES_NUMBER = 900
@@ -279,6 +279,9 @@ def _source_datasets(volume: Volume, path: Path) -> list[pydicom.Dataset]:
             f"{path}: DICOM-SEG needs a DICOM source series (this study is {src.format or 'in memory'}); "
             "write a NIfTI label map (.nii.gz) instead"
         )
+    if src.geometry.startswith(SPLIT_ENHANCED) and len(src.files) > 1:  # highdicom references one multi-frame image
+        raise DicomSegError(f"{path}: the source is a series split into {len(src.files)} enhanced multi-frame files; "
+                            "a DICOM-SEG references one such file: write a NIfTI label map (.nii.gz) instead")
     if len(src.files) != volume.num_slices:
         raise DicomSegError(
             f"{path}: the source has {len(src.files)} DICOM files for {volume.num_slices} slices "

@@ -26,6 +26,27 @@ TO_RGB_MODES = ("RGBA", "RGBa", "P", "PA", "LA", "La", "CMYK", "YCbCr", "LAB", "
 IMAGE_FORMATS = ("PNG", "JPEG")
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _unreadable_png_header(path: Path) -> str | None:
+    """What a PNG whose header Pillow refuses says (its IHDR), None for bytes that are no PNG. Why: a PNG of 0 x 8
+    pixels was refused as "its bytes are neither PNG nor JPEG", which sent the user looking for a format problem
+    (session 22)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(29)
+    except OSError:
+        return None
+    if len(head) < 29 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    if width == 0 or height == 0:
+        return f"a PNG of {width} x {height} pixels, an empty picture; expected an image of at least 1 x 1 pixels"
+    return (f"a PNG whose header (IHDR: {width} x {height} pixels, bit depth {depth}, colour type {colour}) is not "
+            "valid: the file is damaged; save or export it again")
+
+
 def open_image(path: Path, *, max_voxels: int | None = None, check_data: bool = True) -> Image.Image:
     """A PNG or JPEG file opened (its header read, no pixel decoded yet) and checked: the format by its bytes, one
     frame (an animated PNG's other frames were dropped silently), the size within ``max_voxels``, a PNG's image data
@@ -39,7 +60,8 @@ def open_image(path: Path, *, max_voxels: int | None = None, check_data: bool = 
     except Image.DecompressionBombError as e:
         raise StudyError(f"{path}: image too large to open safely ({first_line(e)})") from e
     except UnidentifiedImageError as e:
-        raise StudyError(f"{path}: not a readable PNG/JPEG image (its bytes are neither PNG nor JPEG)") from e
+        said = _unreadable_png_header(path) or "not a readable PNG/JPEG image (its bytes are neither PNG nor JPEG)"
+        raise StudyError(f"{path}: {said}") from e
     except Exception as e:
         raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
     try:

@@ -41,13 +41,14 @@ from data.dicom_scan import NATIVE_SYNTAXES
 from data.limits import DEFAULT_MAX_VOXELS
 from data.nifti_check import NiftiCheckError, check_nifti
 from data.pictures import read_image_file
-from data.series_geometry import (GeometryError, UnevenSpacingError, check_pixel_spacing, check_series_geometry,
-                                  check_spacing_between_slices, display_names, frame_geometry, numbers, orientation,
-                                  position_along_normal, require_pixel_spacing, require_whole_plane)
+from data.series_geometry import (SAME_IN_EVERY_SLICE, GeometryError, UnevenSpacingError, check_pixel_spacing,
+                                  check_series_geometry, check_spacing_between_slices, display_names, frame_geometry,
+                                  frame_heads, numbers, orientation, position_along_normal, require_pixel_spacing,
+                                  require_whole_plane, stack_grid)
 from data.study_errors import (SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError, check_voxels,
                                first_line, header_int, voxel_limit)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
-from data.volume import FRAMES_NOT_PLACED, SourceRef, Volume
+from data.volume import FRAMES_NOT_PLACED, SPLIT_ENHANCED, SourceRef, Volume
 
 # pydicom checks a value against its VR when it is first used, after the read, and warns naming no file ("The value
 # length (66) exceeds the maximum length of 64 allowed for VR UI. Please see <url>"): such notes reached the CLI's
@@ -95,6 +96,9 @@ def read_study(
     except UnicodeEncodeError:
         # SimpleITK aborts the whole process on such a name; refuse it here instead
         raise StudyError(f"{str(path)!r}: the file name is not valid UTF-8; rename the file") from None
+    if "\x00" in str(path):  # no file has such a name: the OS refused it with a bare "embedded null byte" (session 22)
+        raise StudyError(f"{str(path)!r}: the path holds a NUL byte (\\x00), which no file name can; give the file's "
+                         "path as it is") from None
     try:
         check_regular(path, allow_dir=True)
     except UntrustedFileError as e:
@@ -588,6 +592,8 @@ def read_dicom_series(
     if len(info.files) == 1:
         return _one_file_series(folder, Path(info.files[0]), max_voxels=max_voxels, allow_uneven=allow_uneven)
     heads = [_read_header(Path(f)) for f in info.files]
+    if all(_is_enhanced_volume(h) for h in heads):
+        return _split_enhanced_series(folder, info, heads, max_voxels=max_voxels, allow_uneven=allow_uneven)
     _refuse_multiframe_among(folder, info, heads)
     first = heads[0]
     check_voxels(folder, (len(heads), header_int(first, "Rows"), header_int(first, "Columns")), voxel_limit(max_voxels))
@@ -689,9 +695,66 @@ def _one_file_series(folder: Path, path: Path, *, max_voxels: int | None, allow_
                                           format="dicom-series" if volume.num_slices == 1 else "dicom"))
 
 
+def _is_enhanced_volume(ds: pydicom.Dataset) -> bool:
+    """An enhanced image whose frames carry their positions (PlanePositionSequence): part of a volume, placeable."""
+    return "PerFrameFunctionalGroupsSequence" in ds and any(
+        "PlanePositionSequence" in group for group in (ds.get("PerFrameFunctionalGroupsSequence") or []))
+
+
+def _split_enhanced_series(folder: Path, info: SeriesInfo, heads: list[pydicom.Dataset], *, max_voxels: int | None,
+                           allow_uneven: bool) -> Volume:
+    """One series split into several enhanced multi-frame files (some scanners and archives write a file per stack
+    or per N frames), stacked by every frame's own position (PlanePositionSequence) as a series of single frames is.
+    Why: it was refused as "a.dcm is a multi-frame image among the 2 files ...: open that file by itself", which opened
+    a part of the volume as if it were the whole. Frames of several files at one place, an uneven gap between files or
+    files on different grids are refused as in a series, naming the file and frame."""
+    names = display_names(info.files)
+    frames = []  # (file index, frame index, frame header)
+    for f, (name, head) in enumerate(zip(names, heads)):
+        try:
+            own = frame_heads(head)
+        except GeometryError as e:
+            raise StudyError(f"{folder}: {name}: {e}") from None
+        for n, frame in enumerate(own):
+            for keyword in SAME_IN_EVERY_SLICE:  # the files must share one pixel description and frame of reference
+                if keyword in head:
+                    frame[keyword] = head[keyword]
+            frames.append((f, n, frame))
+    check_voxels(folder, (len(frames), header_int(heads[0], "Rows"), header_int(heads[0], "Columns")),
+                 voxel_limit(max_voxels))
+    placed = [position_along_normal(frame) for _, _, frame in frames]
+    order = (sorted(range(len(frames)), key=lambda i: placed[i]) if all(p is not None for p in placed)
+             else list(range(len(frames))))  # an unplaced frame: refused below, naming it
+    stacked = [frames[i] for i in order]
+    try:
+        grid = stack_grid([f"{names[f]} frame {n + 1}" for f, n, _ in stacked], [h for _, _, h in stacked],
+                          allow_uneven=allow_uneven)
+    except GeometryError as e:
+        raise _geometry_refusal(folder, e) from None
+    _check_distinct_instances(folder, info.files, heads)
+    volumes = [read_dicom_file(Path(f), max_voxels=max_voxels, allow_uneven=allow_uneven) for f in info.files]
+    dtype = np.result_type(*(v.array.dtype for v in volumes))
+    array = np.stack([volumes[f].array[n] for f, n, _ in stacked]).astype(dtype, copy=False)
+    for note in grid.notes:
+        warnings.warn(one_line(f"{folder}: {note}"), StudyWarning, stacklevel=3)
+    _note_nifti_beside(folder)
+    first = heads[0]
+    source = SourceRef(
+        path=str(folder), format="dicom", study_instance_uid=str(getattr(first, "StudyInstanceUID", "")) or None,
+        series_instance_uid=info.series_instance_uid,
+        frame_of_reference_uid=str(getattr(first, "FrameOfReferenceUID", "")) or None,
+        sop_instance_uids=tuple(str(getattr(h, "SOPInstanceUID", "")) for h in heads),
+        sop_class_uid=str(getattr(first, "SOPClassUID", "")) or None, files=info.files, notes=grid.notes,
+        geometry=f"{SPLIT_ENHANCED}{len(heads)} files (PlanePosition, PlaneOrientation, PixelMeasures)"
+                 + (" (mean slice spacing, --allow-uneven)" if grid.notes else ""))
+    return Volume(array=array, spacing=grid.spacing, origin=grid.origin, direction=grid.direction,
+                  modality=info.modality, source=source)
+
+
 def _refuse_multiframe_among(folder: Path, info: SeriesInfo, heads: list[pydicom.Dataset]) -> None:
     """A series of several files, one of them a multi-frame image (an enhanced CT beside single-frame slices of its
-    series, or a series split into several enhanced files). Its frames are not single slices the series reader can
+    series; a series split into several enhanced files whose frames are placed is stacked instead,
+    ``_split_enhanced_series``). Its frames are not single slices the series reader can
     stack: it was refused as "enh.dcm: no ImageOrientationPatient; a series of 3 images cannot be stacked without it"
     (an enhanced image keeps it in its functional groups), or in ITK's words (a 4D image). Refused naming the file."""
     for name, head in zip(display_names(info.files), heads):
@@ -815,6 +878,9 @@ def _check_frame_rescales(path: Path, ds: pydicom.Dataset) -> None:
                              "to every frame (save the frames as a series)")
 
 
+# the geometry of an image whose pixels' relative size comes from PixelAspectRatio (``Volume.size_is_physical``)
+PIXELS_BY_ASPECT = "none (pixels, PixelAspectRatio"
+MAX_PIXEL_ASPECT = 100.0  # no scanner's pixels are 100 times taller than wide; a larger ratio is a damaged field
 US_CM = 3  # PhysicalUnitsX/YDirection 3: cm (PS3.3 C.8.5.5.1.15)
 
 
@@ -864,6 +930,33 @@ def _ultrasound_pixel_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def _pixel_aspect(path: Path, ds: pydicom.Dataset) -> tuple[float, float, str] | None:
+    """The relative pixel size (x, y), the smaller 1, and the ratio as 'v:h', from PixelAspectRatio
+    (vertical\\horizontal, PS3.3 C.7.6.3.1.7) of an image without PixelSpacing; None when absent or 1:1. Why: an ultrasound or secondary capture
+    of 2\\1 opened with square pixels, squashed to half its height (a round lesion an oval, a caliper off by 2 in one
+    direction), where every DICOM viewer shows it stretched. A clinician measures on it in pixels, as on any image
+    without a size, but expects its shape; so the ratio is honoured and no mm claimed (``Volume.size_is_physical``).
+    A ratio that is no two positive numbers is refused: which shape holds is in doubt."""
+    if "PixelAspectRatio" not in ds or ds["PixelAspectRatio"].value in (None, ""):
+        return None
+    raw = ds["PixelAspectRatio"].value
+    values = list(raw) if isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) else [raw]
+    try:
+        vertical, horizontal = (float(v) for v in values)
+    except (TypeError, ValueError):
+        vertical = horizontal = math.nan
+    if not (math.isfinite(vertical) and math.isfinite(horizontal) and vertical > 0 and horizontal > 0) \
+            or max(vertical, horizontal) / min(vertical, horizontal) > MAX_PIXEL_ASPECT:
+        shown = "\\".join(str(v) for v in values)
+        raise StudyError(f"{path}: PixelAspectRatio {shown}: expected two numbers > 0 (the pixel's height\\width, "
+                         f"at most {MAX_PIXEL_ASPECT:g} times one the other); the image's shape is in doubt: fix the "
+                         "field or remove it")
+    if vertical == horizontal:
+        return None
+    low = min(vertical, horizontal)
+    return horizontal / low, vertical / low, f"{vertical:g}:{horizontal:g}"
+
+
 def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: bool = False) -> Volume:
     """One DICOM file; an enhanced multi-frame one on the grid its functional groups prove (``frame_geometry``)."""
     limit = voxel_limit(max_voxels)
@@ -902,6 +995,10 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     us = _ultrasound_pixel_mm(ds) if frames is None and "ImageOrientationPatient" not in ds else None
     if us is not None:
         image.SetSpacing((us[0], us[1], *image.GetSpacing()[2:]))
+    aspect = _pixel_aspect(path, ds) if frames is None and us is None and "PixelSpacing" not in ds \
+        and "ImageOrientationPatient" not in ds else None
+    if aspect is not None:
+        image.SetSpacing((aspect[0], aspect[1], *image.GetSpacing()[2:]))
     source = SourceRef(
         path=str(path),
         format="dicom",
@@ -917,7 +1014,8 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
                   else "ImagePositionPatient/ImageOrientationPatient" if "ImageOrientationPatient" in ds
                   else f"SequenceOfUltrasoundRegions (PhysicalDeltaX/Y, {us[0]:g} x {us[1]:g} mm; the region's "
                        "own plane, no patient position)" if us is not None
-                  else "none (identity)") + _unplaced_frames(image, placed=frames is not None
+                  else f"{PIXELS_BY_ASPECT} {aspect[2]}: relative pixel sizes, not mm)"
+                  if aspect is not None else "none (identity)") + _unplaced_frames(image, placed=frames is not None
                                                                    or "ImageOrientationPatient" in ds),
     )
     volume = Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)

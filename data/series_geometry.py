@@ -80,10 +80,20 @@ def orientation(ds: pydicom.Dataset) -> np.ndarray | None:
     return iop.reshape(2, 3)
 
 
+# the smallest pixel a label map holds (``data.readers.SPACING_RANGE_MM``): 1 nm
+MIN_PIXEL_MM = 1e-6
+
+
 def check_pixel_spacing(ds: pydicom.Dataset) -> None:
+    """PixelSpacing, when present: two numbers > 0 mm, and not below ``MIN_PIXEL_MM``. A PixelSpacing of 1e-300 was
+    refused in ITK's words, blaming the pixels: "DICOM pixel data could not be decoded (ITK ERROR: Singular matrix.
+    Determinant is 0.)" (session 22)."""
     spacing = numbers(ds, "PixelSpacing", 2)
     if spacing is not None and not (spacing > 0).all():
         raise GeometryError(f"PixelSpacing {spacing.tolist()}: expected two numbers > 0 mm")
+    if spacing is not None and not (spacing >= MIN_PIXEL_MM).all():
+        raise GeometryError(f"PixelSpacing {spacing.tolist()}: expected pixels of {MIN_PIXEL_MM:g} mm or more; a "
+                            "pixel that small is a damaged value (no label map can hold it)")
 
 
 def check_spacing_between_slices(ds: pydicom.Dataset, *, series: bool = False) -> None:
@@ -344,13 +354,9 @@ def _positive(value) -> bool:
         return False
 
 
-def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameGeometry | None:
-    """An enhanced multi-frame image's frames checked as one even stack, like a series (frame n named
-    "frame n"), and the grid they make; None when no frame carries a position (a cine loop, not a volume).
-
-    GDCM, under SimpleITK, stacks the frames from the first frame's position at an even spacing whatever the
-    others say: frames stored from head to feet opened mirrored (k running the wrong way), uneven or repeated
-    positions and mixed orientations opened at an invented spacing (measured)."""
+def frame_heads(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """An enhanced multi-frame image's frames as headers of their own (ImagePositionPatient, ImageOrientationPatient,
+    PixelSpacing from the per-frame or shared functional groups), the way a series' files carry them."""
     per_frame = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
     shared = list(ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
 
@@ -368,6 +374,17 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
             if found is not None and keyword in found:
                 head[keyword] = found[keyword]
         heads.append(head)
+    return heads
+
+
+def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameGeometry | None:
+    """An enhanced multi-frame image's frames checked as one even stack, like a series (frame n named
+    "frame n"), and the grid they make; None when no frame carries a position (a cine loop, not a volume).
+
+    GDCM, under SimpleITK, stacks the frames from the first frame's position at an even spacing whatever the
+    others say: frames stored from head to feet opened mirrored (k running the wrong way), uneven or repeated
+    positions and mixed orientations opened at an invented spacing (measured)."""
+    heads = frame_heads(ds)
     if not any("ImagePositionPatient" in h for h in heads):
         offsets = ds.get("GridFrameOffsetVector")  # RT Dose: frame positions along the normal, which GDCM reads
         if offsets is not None and "ImageOrientationPatient" in ds:
@@ -386,16 +403,21 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
     frames = int(ds.get("NumberOfFrames") or 1)
     if len(heads) != frames:
         raise GeometryError(f"{len(heads)} per-frame functional groups for NumberOfFrames {frames}")
-    names = [f"frame {n + 1}" for n in range(frames)]
+    return stack_grid([f"frame {n + 1}" for n in range(frames)], heads, allow_uneven=allow_uneven)
+
+
+def stack_grid(names: Sequence[str], heads: Sequence[pydicom.Dataset], *, allow_uneven: bool = False) -> FrameGeometry:
+    """The grid of frames stacked as given (each a header with its position, orientation and pixel spacing, named
+    ``names`` in refusals), checked as one even stack like a series; GeometryError otherwise."""
     checked = check_series_geometry(names, heads, allow_uneven=allow_uneven)
     iop, ipp = orientation(heads[0]), numbers(heads[0], "ImagePositionPatient", 3)
     pixel = numbers(heads[0], "PixelSpacing", 2)
     if iop is None or ipp is None or pixel is None:
         missing = "ImageOrientationPatient" if iop is None else "ImagePositionPatient" if ipp is None else "PixelSpacing"
-        raise GeometryError(f"frame 1: no {missing} in its functional groups; the frames have no grid")
+        raise GeometryError(f"{names[0]}: no {missing} in its functional groups; the frames have no grid")
     check_pixel_spacing(heads[0])
-    if frames > 1:
-        step = (numbers(heads[-1], "ImagePositionPatient", 3) - ipp) / (frames - 1)
+    if len(heads) > 1:
+        step = (numbers(heads[-1], "ImagePositionPatient", 3) - ipp) / (len(heads) - 1)
         k_spacing = float(np.linalg.norm(step))
         k_axis = step / k_spacing
     else:

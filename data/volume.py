@@ -23,6 +23,8 @@ import SimpleITK as sitk
 
 # in ``SourceRef.geometry`` of a multi-frame DICOM that does not place its frames (``Volume.slice_spacing_is_physical``)
 FRAMES_NOT_PLACED = "frames not placed"
+# in ``SourceRef.geometry`` of a series split into enhanced multi-frame files, stacked by their frames' positions
+SPLIT_ENHANCED = "per-frame functional groups of "
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,9 @@ class Volume:
     def size_is_physical(self) -> bool:
         """Whether the voxel size is the file's own, so areas and volumes mean mm² and mL. A picture (PNG/JPEG) is
         in pixels; a DICOM image with no geometry and no PixelSpacing (an uncalibrated ultrasound or secondary
-        capture frame) opens with GDCM's 1 mm default, which is no measurement either."""
-        if self.source.geometry == "none (pixels)":
+        capture frame) opens with GDCM's 1 mm default, which is no measurement either; one with PixelAspectRatio
+        opens at relative pixel sizes (1 x 2), its shape, not mm."""
+        if self.source.geometry.startswith("none (pixels"):  # a picture; a DICOM sized by PixelAspectRatio alone
             return False
         if self.source.geometry.startswith("none (identity)"):
             return tuple(float(s) for s in self.spacing[:2]) != (1.0, 1.0)

@@ -4,7 +4,8 @@ Columns (paths relative to the manifest's folder):
 
 * required: ``case_id``, ``image``, ``label``;
 * optional: ``slice_index`` (k of a 3D study as ``SimpleITK.GetArrayFromImage(volume)[k]``;
-  required for 3D), ``label_values`` (``|``-separated label values forming the structure;
+  required for 3D; a one-slice label of a 3D image is the label of that slice, and must lie there
+  when its file places it), ``label_values`` (``|``-separated label values forming the structure;
   default: any non-zero), ``structure`` (its name; default ``label``), ``transform`` (``T`` or
   ``rot90``, below), ``norm_lo``/``norm_hi`` (intensity window; default: the study's default
   window, see ``data.windowing``);
@@ -199,6 +200,21 @@ def apply_transform(slice_2d: np.ndarray, transform: str) -> np.ndarray:
     raise ValueError(f"unknown transform {transform!r}; use T, rot90 or nothing")
 
 
+def _slice_on(image: Volume, label: Volume) -> int | None:
+    """The image slice a one-slice label lies on (its origin at that slice's, the same pixels and in-plane axes, to
+    the tolerances of ``Volume.grid_difference``), None when on none."""
+    if label.slice_shape != image.slice_shape or \
+            np.abs(np.subtract(label.spacing[:2], image.spacing[:2])).max() > 1e-3 * max(1.0, *image.spacing) or \
+            np.abs(label.direction_matrix[:, :2] - image.direction_matrix[:, :2]).max() > 1e-4:
+        return None
+    index = np.linalg.solve(image.direction_matrix * np.asarray(image.spacing), np.subtract(label.origin, image.origin))
+    k = int(round(float(index[2])))
+    if not 0 <= k < image.num_slices or \
+            np.abs(image.index_to_physical(np.array([0.0, 0.0, k])) - np.asarray(label.origin)).max() > 1e-2:
+        return None
+    return k
+
+
 class CaseLoader:
     """Loads cases, reading each study file once (many rows share one volume)."""
 
@@ -229,6 +245,28 @@ class CaseLoader:
                 f"(slices 0..{volume.num_slices - 1})"
             )
         return k
+
+    def _label_slice(self, image_vol: Volume, label_vol: Volume, spec: CaseSpec, k: int) -> int:
+        """The label's slice for image slice ``k``. A one-slice label of a 3D image is the annotation of slice
+        ``slice_index``: it was read as a study of its own, so slice_index 20 was refused as "20 is out of range for
+        label (slices 0..0)" and only image slice 0 could be scored, against a label saved from any slice
+        (session 22). Where both files place their pixels, the label must lie on that slice; the line names the
+        slice it does lie on."""
+        if label_vol.num_slices != 1 or image_vol.is_2d:
+            return self._slice_index(label_vol, spec, "label")
+        if not (image_vol.size_is_physical and label_vol.size_is_physical):
+            return 0  # a PNG mask has no place: matched by shape
+        on = _slice_on(image_vol, label_vol)
+        if on == k:
+            return 0
+        where = _where(self.manifest, spec.line, "slice_index")
+        if on is None:
+            fault = ("lies on no slice of the image (origin " + ", ".join(f"{v:.4g}" for v in label_vol.origin)
+                     + f" mm, pixels {label_vol.spacing[0]:.4g} x {label_vol.spacing[1]:.4g} mm); give the label of "
+                     f"image slice {k} on the image's grid")
+        else:
+            fault = f"lies on image slice {on}: set slice_index to {on}, or give the label of slice {k}"
+        raise ManifestError(f"{where}: {k}, but the label {spec.label.name} (one slice) {fault}")
 
     def _painted(self, label_vol: Volume, labels: np.ndarray, spec: CaseSpec) -> np.ndarray:
         """A picture label's slice as annotated: a JPEG is refused (its compression's faint pixels around every edge
@@ -262,7 +300,7 @@ class CaseLoader:
         image_vol = self._volume(spec.image, spec, "image")
         label_vol = self._volume(spec.label, spec, "label")
         k = self._slice_index(image_vol, spec, "image")
-        kl = self._slice_index(label_vol, spec, "label")
+        kl = self._label_slice(image_vol, label_vol, spec, k)
         if label_vol.slice_shape != image_vol.slice_shape:
             raise ManifestError(
                 f"{_where(self.manifest, spec.line, 'label')}: label slices are {label_vol.slice_shape} (H, W) "

@@ -270,3 +270,46 @@ def test_a_colour_echo_of_another_labels_form_edits_nothing(page):
     # a colour the user picks for label 2 (its own name in the form) is still taken
     send({"label": 2, "label-name": session.label(2).name, "label-colour": red})
     assert session.label(2).colour == session.label(1).colour
+
+
+def test_a_colour_echo_naming_a_label_of_the_study_left_is_no_gradio_error(page):
+    """Study A with label 2 active, then study B opened (one label): a page built before the open, still showing label
+    2, reaches the browser after it, and the colour picker's change (it fires on every refresh) sends Active label 2.
+    Gradio checked the value against the box's choices as the open had left them ([1]) before any handler ran, and
+    raised ``Value: 2 is not in the list of choices: [1]``: a red error and a traceback in the server's log (seen in
+    the e2e runs). The stale echo is now the handler's to judge (``_colour_changed``: not the active label, nothing
+    edited); a pick or a rename naming a label the study lacks gets the controller's one line. Called through
+    Gradio's own processing (``process_api``: preprocess, the handler, postprocess), as a page's event is."""
+    import asyncio
+
+    from gradio.state_holder import SessionState
+
+    demo, event, _ = page
+    ctx = demo.medseg_ctx
+    sid = controller.start(ctx, None).session_id
+    state = SessionState(demo)
+    for fn in demo.fns.values():  # the page's session id, a state of the page (its cookie's)
+        for b in fn.inputs:
+            if getattr(b, "stateful", False):
+                state[b._id] = sid
+    samples = list(controller.sample_studies())
+
+    def call(elem_id: str | None, name: str, values: dict[str, object]) -> dict:
+        fn = event(elem_id, name)
+        inputs = [sid if getattr(b, "elem_id", None) is None else values[b.elem_id] for b in fn.inputs]
+        return asyncio.run(demo.process_api(fn, inputs, state=state))
+
+    call("open-sample", "click", {"sample": samples[1]})
+    call("add-label", "click", {"label-name": ""})  # label 2 of study A, shown in the box
+    session = ctx.store.get(sid)
+    colour_2 = "#%02x%02x%02x" % session.label(2).colour
+    call("open-sample", "click", {"sample": samples[0]})  # study B: label 1 alone
+    assert [d.value for d in session.label_defs] == [1]
+    call("label-colour", "change", {"label": 2, "label-name": "label 2", "label-colour": colour_2})
+    assert [(d.value, d.name) for d in session.label_defs] == [(1, "label 1")] and session.active == 1
+    at_status = [o.elem_id for o in event("label-name", "submit").outputs].index("status")
+    renamed = call("label-name", "submit", {"label": 2, "label-name": "liver", "label-colour": colour_2})
+    assert "label 2 no longer exists; nothing renamed" in str(renamed["data"][at_status])
+    picked = call("label", "input", {"label": 2})
+    assert "no label 2; labels are 1" in str(picked["data"][at_status])
+    assert [d.name for d in session.label_defs] == ["label 1"] and session.active == 1

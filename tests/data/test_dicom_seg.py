@@ -321,6 +321,19 @@ def test_sources_that_cannot_carry_a_seg_are_refused_with_the_reason(ct, ct_labe
     assert _refused(lambda: write_dicom_seg(ct_labels, multi, out), out) == (
         f"{out}: the source has 1 DICOM files for 12 slices (a multi-frame source); "
         "write a NIfTI label map (.nii.gz) instead")
+    # a series split into enhanced files of one frame each (session 22: it opens, stacked by the frames' positions):
+    # highdicom said "Only one source image should be provided in case images are multi-frame images."
+    from tests.hostile import dicom_bytes as db
+
+    stack = db.pixels(16, 16, seed=3, frames=3)
+    for n in range(3):
+        ds = db.enhanced_multiframe(stack[n:n + 1], [1.5 * n])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.2001.{n + 1}"
+        db.write(ds, tmp_path / "split" / f"{n}.dcm")
+    split = read_study(tmp_path / "split")
+    assert _refused(lambda: write_dicom_seg(np.ones(split.array.shape, np.uint8), split, out), out) == (
+        f"{out}: the source is a series split into 3 enhanced multi-frame files; a DICOM-SEG references one such "
+        "file: write a NIfTI label map (.nii.gz) instead")
     # a source file deleted (or replaced by something else) since the study was opened
     copy = tmp_path / "series"
     shutil.copytree(CT_SERIES, copy)

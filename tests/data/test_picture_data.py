@@ -199,3 +199,27 @@ def test_a_jpeg_mask_is_refused_its_compression_paints_faint_pixels(tmp_path, co
                             "PNG")
     Image.fromarray(pixels).save(tmp_path / "mask.png")
     np.testing.assert_array_equal(read_mask_image(tmp_path / "mask.png"), painted)
+
+
+@pytest.mark.parametrize("size, depth, said", [
+    ((0, 8), 8, "a PNG of 0 x 8 pixels, an empty picture; expected an image of at least 1 x 1 pixels"),
+    ((8, 0), 8, "a PNG of 8 x 0 pixels, an empty picture; expected an image of at least 1 x 1 pixels"),
+    ((8, 8), 7, "a PNG whose header (IHDR: 8 x 8 pixels, bit depth 7, colour type 0) is not valid: the file is "
+                "damaged; save or export it again"),
+])
+def test_a_png_whose_header_pillow_refuses_is_named_a_png(tmp_path, size, depth, said):
+    """A PNG of 0 x 8 pixels (or bit depth 7) was refused as "not a readable PNG/JPEG image (its bytes are neither PNG
+    nor JPEG)", which sent the user looking for a format problem; the line now says what its header holds (session
+    22). A file that is no PNG keeps its line."""
+    width, height = size
+    path = tmp_path / "slice.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0))
+                     + _chunk(b"IDAT", zlib.compress(b"\x00" * 9 * max(height, 1))) + _chunk(b"IEND", b""))
+    for read in (read_study, read_mask_image):
+        with pytest.raises(StudyError) as e:
+            read(path)
+        assert str(e.value) == f"{path}: {said}"
+    other = tmp_path / "other.png"
+    other.write_bytes(b"GIF89a" + b"\x00" * 40)
+    with pytest.raises(StudyError, match="its bytes are neither PNG nor JPEG"):
+        read_study(other)

@@ -99,6 +99,29 @@ def test_pixel_spacing_must_be_positive():
         assert str(e.value) == f"PixelSpacing {[float(v) for v in spacing]}: expected two numbers > 0 mm"
 
 
+def test_a_pixel_spacing_too_small_to_place_is_refused_naming_it(tmp_path):
+    """PixelSpacing 1e-300 (a damaged value) was refused in ITK's words, blaming the pixels: "DICOM pixel data could
+    not be decoded (ITK ERROR: Singular matrix. Determinant is 0.)" (session 22). A single file and a series."""
+    from data.readers import StudyError, read_study
+    from tests.hostile import dicom_bytes as db
+
+    with pytest.raises(GeometryError) as e:
+        check_pixel_spacing(head(PixelSpacing=[1e-300, 1e-300]))
+    assert str(e.value) == ("PixelSpacing [1e-300, 1e-300]: expected pixels of 1e-06 mm or more; a pixel that small "
+                            "is a damaged value (no label map can hold it)")
+    check_pixel_spacing(head(PixelSpacing=[1e-6, 0.001]))
+    for n in range(2):
+        ds = db.image_dataset(db.pixels(seed=n)[0], instance=n + 1, ipp=(0.0, 0.0, 1.5 * n))
+        ds.add_new(0x00280030, "DS", None)
+        ds[0x00280030]._value = "1e-300\\1e-300"
+        db.write(ds, tmp_path / f"IM{n + 1}.dcm")
+    for path, where in ((tmp_path / "IM1.dcm", f"{tmp_path / 'IM1.dcm'}"), (tmp_path, f"{tmp_path}: IM1.dcm")):
+        with pytest.raises(StudyError) as e:
+            read_study(path)
+        assert str(e.value) == f"{where}: PixelSpacing [1e-300, 1e-300]: expected pixels of 1e-06 mm or more; a " \
+                               "pixel that small is a damaged value (no label map can hold it)"
+
+
 def test_position_along_the_normal_of_an_oblique_slice():
     row, col = np.array([0.6, 0.8, 0.0]), np.array([0.0, 0.0, -1.0])
     ds = head(ipp=(3.0, -4.0, 7.0), iop=(*row, *col))

@@ -231,7 +231,7 @@ def test_slice_index_bounds_for_image_and_label(tmp_path):
         tmp_path,
         ["case_id", "image", "label", "slice_index"],
         [["a", image, label, ""], ["b", image, label, "32"], ["c", image, label, "31"],
-         ["d", image, "lab.png", "5"], ["e", "img.png", label, ""]],
+         ["d", "img.png", "lab.png", "5"], ["e", "img.png", label, ""]],
     )
     cases, _ = read_manifest(m)
     loader = CaseLoader(m)
@@ -241,7 +241,7 @@ def test_slice_index_bounds_for_image_and_label(tmp_path):
         loader.load(cases[1])
     last = loader.load(cases[2])
     assert last.gt.shape == (217, 181)
-    with _exactly(f"{m} line 5, column 'slice_index': 5 is out of range for label (slices 0..0)"):
+    with _exactly(f"{m} line 5, column 'slice_index': 5 is out of range for image (slices 0..0)"):
         loader.load(cases[3])
     with _exactly(f"{m} line 6, column 'slice_index': label is 3D (32 slices); give slice_index (0..31)"):
         loader.load(cases[4])
@@ -376,3 +376,48 @@ def test_a_picture_label_is_read_as_painted_and_absent_label_values_are_named(tm
     with _exactly(f"{m} line 5, column 'label_values': 1|3: the label holds none of these values (it holds 0, 2); "
                   "give the values the structure has in the label"):
         loader.load(cases[3])
+
+
+def test_a_one_slice_label_of_a_3d_image_is_the_label_of_slice_index(tmp_path):
+    """A 3D image and the label of one of its slices (a PNG, or a one-slice NIfTI cut from the label volume): slice 20
+    was refused as "20 is out of range for label (slices 0..0)", and slice_index 0 scored image slice 0 against the
+    label of slice 20, silently (session 22). Now the label is slice_index's; one that its file places on another
+    slice, or on none, is refused naming the slice it lies on."""
+    import SimpleITK as sitk
+
+    image, label = DATA / "mr_t1_colin27_slabA_image.nii.gz", DATA / "mr_t1_colin27_slabA_label.nii.gz"
+    volume = sitk.ReadImage(str(label))
+    sitk.WriteImage(volume[:, :, 20:21], str(tmp_path / "k20.nii.gz"))
+    moved = volume[:, :, 20:21]
+    moved.SetOrigin(tuple(o + d for o, d in zip(moved.GetOrigin(), (3.0, 0.0, 0.0))))
+    sitk.WriteImage(moved, str(tmp_path / "moved.nii.gz"))
+    Image.fromarray((sitk.GetArrayFromImage(volume)[20] > 0).astype(np.uint8)).save(tmp_path / "k20.png")
+    m = _write_manifest(tmp_path, ["case_id", "image", "label", "slice_index"],
+                        [["a", image, "k20.nii.gz", "20"], ["b", image, "k20.png", "20"], ["c", image, label, "20"],
+                         ["d", image, "k20.nii.gz", "4"], ["e", image, "moved.nii.gz", "20"]])
+    cases, _ = read_manifest(m)
+    loader = CaseLoader(m)
+    whole = loader.load(cases[2])
+    for case in cases[:2]:
+        loaded = loader.load(case)
+        np.testing.assert_array_equal(loaded.gt, whole.gt)
+        np.testing.assert_array_equal(loaded.image, whole.image)
+    with _exactly(f"{m} line 5, column 'slice_index': 4, but the label k20.nii.gz (one slice) lies on image slice 20: "
+                  "set slice_index to 20, or give the label of slice 4"):
+        loader.load(cases[3])
+    with pytest.raises(ManifestError, match=f"^{re.escape(str(m))} line 6, column 'slice_index': 20, but the label "
+                                            r"moved.nii.gz \(one slice\) lies on no slice of the image \(origin "):
+        loader.load(cases[4])
+
+
+def test_a_path_with_a_nul_byte_is_refused_naming_the_line_and_column(tmp_path):
+    """A manifest cell holding a NUL byte (a file written by a script or a damaged export): `medseg eval` said only
+    "embedded null byte", the OS's words from deep in the reader, naming no file, line or column (session 22)."""
+    m = tmp_path / "MANIFEST.csv"
+    m.write_bytes(b"case_id,image,label\na,img.nii.gz\x00,lab.nii.gz\n")
+    cases, _ = read_manifest(m)
+    with _exactly(f"{m} line 2, column 'image': {str(tmp_path / 'img.nii.gz')!r}"[:-1] + "\\x00': the path holds a NUL "
+                  "byte (\\x00), which no file name can; give the file's path as it is"):
+        CaseLoader(m).load(cases[0])
+    with pytest.raises(StudyError, match="the path holds a NUL byte"):
+        read_study(tmp_path / "a\x00b.dcm")

@@ -773,7 +773,8 @@ def images(d: Path) -> list[Case]:
                       "refuse", "too large"))
     cases.append(Case("png_over_voxel_limit", "images", _write_bytes(d / "big.png", png_header(4096, 4096, b"\0" * 4097)),
                       "refuse", "more than the limit"))
-    cases.append(Case("png_zero_width", "images", _write_bytes(d / "zero.png", png_header(0, 10)), "refuse", "not a readable PNG"))
+    cases.append(Case("png_zero_width", "images", _write_bytes(d / "zero.png", png_header(0, 10)), "refuse",
+                      "a PNG of 0 x 10 pixels, an empty picture"))  # session 22: was "not a readable PNG"
     # a complete zlib stream of 10 of 64 rows, then IEND: PIL padded the rest black (session 18)
     short = png_header(64, 64, b"".join(b"\0" + bytes([200]) * 64 for _ in range(10)))
     cases.append(Case("png_image_data_ends_early", "images", _write_bytes(d / "short.png", short), "refuse",
