@@ -1,0 +1,108 @@
+// Tools and what a drag becomes: the tool chosen (mid-drag too), a stroke cut at the image's edge, a box's first corner,
+// and a press made before a study is shown.
+import type { Viewer } from './viewer'
+import type { Drag, Tool } from './types'
+
+export const DRAG_PX = 4 // a press that moves less than this is a click, not a box
+
+export const gestureMethods = {
+  setTool(this: Viewer, tool: Tool): void {
+    if (this.drag) this.toolDuringDrag(tool)
+    this.tool = tool
+    this.root.setAttribute('data-tool', tool)
+    this.root.querySelectorAll('.mv-tool').forEach((b) => b.classList.toggle('mv-on', (b as HTMLElement).dataset.tool === tool))
+    this.stage.style.cursor = { point: 'pointer', box: 'crosshair', brush: 'none', erase: 'none', navigate: 'default' }[tool]
+    this.drawOverlay()
+  },
+
+  /** A tool's key pressed while the mouse is still down (a hurried user painting presses E to erase next): the
+   * stroke drawn so far was dropped without a word, its path shown and nothing painted. A brush or eraser stroke is
+   * now sent as it is, with the tool it was drawn with (the rest of the drag paints nothing); a box goes on when the
+   * new tool draws boxes too (Point, Box), else it is cancelled in one line. */
+  toolDuringDrag(this: Viewer, next: Tool): void {
+    const d = this.drag!
+    if (next === this.tool) return
+    if (this.tool === 'brush' || this.tool === 'erase') {
+      this.drag = null
+      this.sendStroke(d)
+    } else if (next !== 'point' && next !== 'box') {
+      this.drag = null
+      this.showStatus('Box cancelled: the tool changed during the drag; drag it again.')
+    }
+  },
+
+  /** A brush or eraser stroke's pieces (one per stretch inside the image), each one undoable edit. */
+  sendStroke(this: Viewer, d: Drag): void {
+    for (const piece of [...d.done, d.stroke].filter((p) => p.length)) {
+      this.prompt({ kind: this.tool, view: d.view, points: piece, radius: this.brushPx / 2 },
+        { kind: 'stroke', view: d.view, mm: piece })
+    }
+  },
+
+  setBrush(this: Viewer, px: number): void {
+    this.brushPx = Math.max(1, Math.min(100, Math.round(px) || 1))
+    const input = this.root.querySelector('#brush-size') as HTMLInputElement | null
+    if (input) input.value = String(this.brushPx)
+    this.drawOverlay()
+  },
+
+  /** A brush stroke's next mouse position. Leaving the image ends the piece at the edge; coming back starts
+   * another piece at the edge. The stroke was one polyline of its inside points, so leaving on one side and
+   * coming back on another painted a straight line across the image where the brush never went. */
+  extendStroke(this: Viewer, d: Drag, x: number, y: number): void {
+    const hit = this.pick(x, y)
+    if (hit && !d.mm0.length && !d.stroke.length && !d.done.length) d.view = hit.view  // begun off every image
+    if (hit && hit.view === d.view) {
+      if (d.out) {
+        if (d.stroke.length) d.done.push(d.stroke)
+        const edge = this.edgeBetween(x, y, d.outAt[0], d.outAt[1], d.view)
+        d.stroke = edge ? [edge.mm] : []
+        d.out = false
+      }
+      d.stroke.push(hit.mm)
+      d.last = [x, y]
+      return
+    }
+    if (!d.out) {
+      const edge = this.edgeBetween(d.last[0], d.last[1], x, y, d.view)
+      if (edge) d.stroke.push(edge.mm)
+      d.out = true
+    }
+    d.outAt = [x, y]
+  },
+
+  /** Where the box being dragged begins on the screen now: its first corner's millimetres through the current
+   * mapping, not the screen point pressed. M (the layout), a zoom or the wheel during the drag move that corner (or
+   * take its slice off the screen: null), and the dashed box stayed at the old point while the release made a box
+   * from the corner first pressed; released over another view, it was clamped from that stale point. A box begun
+   * beside the image has no corner yet: the point pressed. */
+  boxStart(this: Viewer, d: Drag): [number, number] | null {
+    return d.mm0.length ? this.toCanvas(d.mm0, d.view) : [d.x0, d.y0]
+  },
+
+  /** A press on the stage while no study is shown (none open, or one still on its way into the viewer): there is
+   * nothing to place it on, and before it was dropped without a word (the line kept saying "Loading ...", the user
+   * waited for a mask that never came). One line says so; a study's own line replaces it once it is shown. */
+  sayUnplaced(this: Viewer, moved: boolean, button: number): void {
+    const painting = this.tool === 'brush' || this.tool === 'erase'
+    const what = button === 2 ? 'window drag' : painting ? 'stroke' : moved && this.tool !== 'navigate' ? 'box' : 'click'
+    if (!this.loading && !this.state?.study) {
+      this.showStatus('No study is open: open a sample or upload a study, then click on it.')
+      return
+    }
+    const name = this.state?.name ?? 'The study'
+    const again = what === 'click' ? 'click' : 'do it'
+    if (!this.loading && this.nv.volumes.length) {  // shown between the press and the release
+      this.showError(`your ${what} began while ${name} was still loading and was not placed: ${again} again.`)
+      return
+    }
+    if (!this.loading) {  // its load failed (said then): nothing is loading
+      this.showError(`${name} is not in the viewer (its loading failed): open it again; your ${what} was not placed.`)
+      return
+    }
+    this.showError(`${name} is still loading: your ${what} was not placed; ${again} again once it is shown.`)
+    this.loadRefusal = this.statusSeq
+  },
+}
+
+export type GestureMethods = typeof gestureMethods

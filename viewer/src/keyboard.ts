@@ -1,0 +1,65 @@
+// Keyboard shortcuts on the page (the Shortcuts table lists them).
+import type { Viewer } from './viewer'
+
+export const SHORTCUTS: [string, string][] = [
+  ['P / B / R / E / V', 'point, box, brush, eraser, navigate'],
+  ['click', 'positive point (shift+click: negative)'],
+  ['drag', 'box (in point and box modes)'],
+  ['Esc', 'cancel a box being drawn'],
+  ['N', 'new object'],
+  ['wheel, ↑/↓, PgUp/PgDn', 'page slices'],
+  ['ctrl+wheel, +/−, 0', 'zoom in / out / reset'],
+  ['middle-drag', 'pan'],
+  ['right-drag', 'window/level'],
+  ['[ / ]', 'brush size'],
+  ['O', 'outline / fill'],
+  ['G', 'suggest where to click next (on / off)'],
+  ['H', 'hide / show the active label'],
+  ['M', 'one view / three views'],
+  ['ctrl+Z / ctrl+Y', 'undo / redo'],
+]
+
+export const keyboardMethods = {
+  /** The window's keys, in capture: before NiiVue's and the page's own. */
+  bindKeys(this: Viewer): void {
+    window.addEventListener('keydown', (e) => this.onKey(e), true)
+  },
+
+  onKey(this: Viewer, e: KeyboardEvent): void {
+    const t = e.target as HTMLElement | null
+    if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || t.isContentEditable)) return
+    if (!this.state?.study) return
+    const k = e.key
+    const ctrl = e.ctrlKey || e.metaKey
+    let handled = true
+    if (k === 'Escape') {
+      if (this.drag) {
+        const stroke = this.tool === 'brush' || this.tool === 'erase'
+        this.drag = null; this.showStatus(stroke ? 'Stroke cancelled.' : 'Box cancelled.'); this.drawOverlay()
+      } else handled = false
+    } else if (ctrl && k.toLowerCase() === 'z') this.enqueue({ kind: 'undo' })
+    else if (ctrl && k.toLowerCase() === 'y') this.enqueue({ kind: 'redo' })
+    else if (ctrl) handled = false
+    else if (k === 'ArrowUp' || k === 'PageUp') this.page(1)
+    else if (k === 'ArrowDown' || k === 'PageDown') this.page(-1)
+    else if (k === 'p' || k === 'P') this.setTool('point')
+    else if (k === 'b' || k === 'B') this.setTool('box')
+    else if (k === 'r' || k === 'R') this.setTool('brush')
+    else if (k === 'e' || k === 'E') this.setTool('erase')
+    else if (k === 'v' || k === 'V') this.setTool('navigate')
+    else if (k === 'n' || k === 'N') this.enqueue({ kind: 'new_object' })
+    else if (k === '[') this.setBrush(this.brushPx - 1)
+    else if (k === ']') this.setBrush(this.brushPx + 1)
+    else if (k === 'o' || k === 'O') this.toggleOutline()
+    else if (k === 'g' || k === 'G') this.toggleSuggest()
+    else if (k === 'm' || k === 'M') this.toggleLayout()
+    else if (k === 'h' || k === 'H') this.toggleHidden(this.shownActive())
+    else if (k === '+' || k === '=') this.zoom(1.25)
+    else if (k === '-') this.zoom(0.8)
+    else if (k === '0') this.resetZoom()
+    else handled = false
+    if (handled) { e.preventDefault(); e.stopPropagation() }
+  },
+}
+
+export type KeyboardMethods = typeof keyboardMethods
