@@ -5,6 +5,9 @@ import type { Drag, Tool } from './types'
 
 export const DRAG_PX = 4 // a press that moves less than this is a click, not a box
 
+// a tool as its button names it (panel.ts)
+const TOOL_NAME: Record<Tool, string> = { point: 'Point', box: 'Box', brush: 'Brush', erase: 'Eraser', navigate: 'Navigate' }
+
 export const gestureMethods = {
   setTool(this: Viewer, tool: Tool): void {
     if (this.drag) this.toolDuringDrag(tool)
@@ -27,8 +30,15 @@ export const gestureMethods = {
       this.sendStroke(d)
     } else if (next !== 'point' && next !== 'box') {
       this.drag = null
-      this.showStatus('Box cancelled: the tool changed during the drag; drag it again.')
+      this.sayBoxCancelled(`the tool changed to ${TOOL_NAME[next]} during the drag`)
     }
+  },
+
+  /** A box the viewer had to drop (not Esc: the user knows then) is said in one wording, whatever the reason: two
+   * wordings said it ("Box cancelled: ..." as a plain line, "box cancelled: ..." as a warning), and the plain one
+   * was replaced by the next late message while the user still looked for the box. */
+  sayBoxCancelled(this: Viewer, why: string): void {
+    this.showError(`box cancelled: ${why}; nothing was placed, drag it again`)
   },
 
   /** A brush or eraser stroke's pieces (one per stretch inside the image), each one undoable edit. */

@@ -123,8 +123,7 @@ export const pointerMethods = {
       const hit = this.pick(d.x, d.y)  // released in another view's tile (3 views) or off the image: its edge
       const end = !first ? null
         : hit && hit.view === d.view ? hit : this.pickClamped(d.x, d.y, first[0], first[1], d.view)
-      if (!first) this.showError('box cancelled: its first corner left the screen during the drag (another slice or '
-        + 'view); drag it again')
+      if (!first) this.sayBoxCancelled('its first corner left the screen during the drag (another slice or view)')
       else if (end) this.prompt({ kind: 'box', view: d.view, mm: d.mm0, mm2: end.mm, new_object: true }, { kind: 'box', view: d.view, mm: [d.mm0, end.mm] })
       else this.showError('the box could not be placed on the image: drag it again')
     } else if (this.tool === 'point') {

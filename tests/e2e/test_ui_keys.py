@@ -1,0 +1,57 @@
+"""End to end in a real browser: keys and gestures of a hurried user that were lost or said nothing (session 22).
+
+Ctrl+Z pressed with the Active label box focused, keys pressed while the study loads, a box the viewer had to
+cancel, and the Download button's mark. What the server holds (``labels.npz``) and the viewer's status line are
+the assertions.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import needs_browser
+from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, TIMEOUT_MS, _drag, _idle, _open_page, _open_sample, \
+    _wait_status, _xy
+
+pytestmark = needs_browser
+
+
+@pytest.fixture(scope="module")
+def ct():
+    from data.readers import read_study
+    from tests.conftest import SAMPLES
+
+    return read_study(SAMPLES / "ct_head_0051_series")
+
+
+def _said(page, text: str, timeout_ms: int = 10_000) -> None:
+    """The viewer's status line says ``text`` soon (the key's own answer, not a late server message)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#viewer-status")).to_contain_text(text, timeout=timeout_ms)
+
+
+def test_a_box_the_viewer_cancels_is_said_in_one_wording(browser, server, ct):
+    """A box whose first corner left the screen during the drag (↑ paged away from its slice) and one dragged while
+    a tool without boxes was picked were said in two wordings, "box cancelled: ..." as a warning and "Box cancelled:
+    ..." as a plain line that the next late message replaced. Both now say "box cancelled: <why>; nothing was placed,
+    drag it again" as a warning, and nothing reaches the server."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
+        page.keyboard.press("ArrowUp")  # the drag's slice leaves the screen
+        page.mouse.up()
+        _said(page, "⚠ box cancelled: its first corner left the screen during the drag (another slice or view); "
+                    "nothing was placed, drag it again")
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("b")
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
+        page.keyboard.press("e")
+        page.mouse.up()
+        _said(page, "⚠ box cancelled: the tool changed to Eraser during the drag; nothing was placed, drag it again")
+        _idle(page)
+        assert not server.labels(sid).any()
+    finally:
+        context.close()
