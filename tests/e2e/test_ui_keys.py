@@ -55,3 +55,32 @@ def test_a_box_the_viewer_cancels_is_said_in_one_wording(browser, server, ct):
         assert not server.labels(sid).any()
     finally:
         context.close()
+
+
+def test_the_download_mark_is_written_only_when_it_changes(browser, server, ct):
+    """The Download button's "older than your labels" mark was written again on every poll of the page (10 times a
+    second, its title attribute each time) though nothing changed. It is now written when it differs from what the
+    button shows (a re-render by Gradio that dropped it included): no write in a second of an idle page."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _wait_status(page, "Positive click")
+        _idle(page)
+        page.locator("#export-btn").click()
+        page.locator("#download").wait_for(state="visible", timeout=TIMEOUT_MS)
+        page.mouse.click(*_xy(page, ct, 140.0, 120.0))
+        _idle(page)
+        page.wait_for_function("document.querySelector('#download').classList.contains('mv-stale')",
+                               timeout=TIMEOUT_MS)
+        writes = page.evaluate("""() => new Promise((done) => {
+            const b = document.querySelector('#download'); let n = 0
+            const o = new MutationObserver((records) => { n += records.length })
+            o.observe(b, { attributes: true, attributeFilter: ['class', 'title'] })
+            setTimeout(() => { o.disconnect(); done(n) }, 1000) })""")
+        assert writes == 0
+        assert page.locator("#download").get_attribute("title").startswith("This file holds the labels")
+        page.evaluate("document.querySelector('#download').classList.remove('mv-stale')")  # as a re-render does
+        page.wait_for_function("document.querySelector('#download').classList.contains('mv-stale')", timeout=5_000)
+    finally:
+        context.close()

@@ -17,7 +17,6 @@ export const answerMethods = {
       this.rev = a.rev
       this.revBoot = a.boot ?? null
       this.root.setAttribute('data-rev', String(a.rev))
-      this.markDownload()
     }
     if ('object' in a) this.object = a.object ?? null
     // another tab renamed or recoloured a label: this page's table (legend, label box) is refreshed by its sync

@@ -19,7 +19,7 @@ export const pageStateMethods = {
     const holder = document.querySelector('#viewer-state [data-state]') as HTMLElement | null
     this.noteExport(holder?.getAttribute('data-exported') || '')  // a fact whatever the page's age
     // every poll, not only when the labels or the export change: Gradio re-renders the Download button (its class
-    // attribute from its own props), which could drop the mark set once, and a page in between never set it again
+    // attribute from its own props), which could drop the mark set once; it writes only what the button lacks
     this.markDownload()
     if (holder && this.stalePage(holder.getAttribute('data-seq') || '')) return
     const text = holder?.getAttribute('data-state') || ''

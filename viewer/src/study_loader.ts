@@ -132,7 +132,6 @@ export const studyLoaderMethods = {
     this.rev = rev
     this.revBoot = boot
     this.root.setAttribute('data-rev', String(rev))
-    this.markDownload()
     this.applyLabelLook(true)
   },
 }
