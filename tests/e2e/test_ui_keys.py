@@ -84,3 +84,37 @@ def test_the_download_mark_is_written_only_when_it_changes(browser, server, ct):
         page.wait_for_function("document.querySelector('#download').classList.contains('mv-stale')", timeout=5_000)
     finally:
         context.close()
+
+
+def test_keys_pressed_while_the_study_loads_say_they_were_not_applied(browser, server, ct):
+    """Arrow keys (slice stepping), M and the zoom keys pressed while the study is still on its way into the viewer
+    did nothing (or were undone when it came: M, the zoom) without a word, as clicks did before session 21; ctrl+Z
+    undid the loading study's last edit out of sight (its "Undid ..." replaced by the study's own line). They now say
+    in one line that they were not applied, which the study's own line replaces once it is shown."""
+    context, page, sid = _open_page(browser, server)
+    held = []
+    try:
+        page.route("**/viewer-api/volume/**", lambda route: held.append(route))
+        page.locator("#open-sample").click()
+        page.wait_for_function("medsegViewer.loading !== null && document.querySelector('#viewer-status')"
+                               ".textContent.startsWith('Loading')", timeout=TIMEOUT_MS)
+        page.locator("#viewer-stage").focus()
+        page.keyboard.press("ArrowDown")
+        _said(page, f"{CT_NAME} is still loading: your slice step (↓) was not applied; press it again once it is shown")
+        page.keyboard.press("m")
+        _said(page, "your layout switch (M) was not applied")
+        page.keyboard.press("Control+z")  # it undid the loading study's last edit out of sight
+        _said(page, "your undo (ctrl+Z) was not applied")
+        page.keyboard.press("p")  # a tool key needs no image: taken, and nothing said
+        assert page.locator("#medseg-viewer").get_attribute("data-tool") == "point"
+        for route in held:
+            route.continue_()
+        _wait_status(page, "Ready")
+        assert "not applied" not in page.locator("#viewer-status").inner_text()
+        assert page.locator("#medseg-viewer").get_attribute("data-layout") == "one"
+        before = page.locator("#medseg-viewer").get_attribute("data-slice")
+        page.keyboard.press("ArrowDown")  # shown now: it steps
+        page.wait_for_function("s => document.querySelector('#medseg-viewer').dataset.slice !== s", arg=before,
+                               timeout=10_000)
+    finally:
+        context.close()

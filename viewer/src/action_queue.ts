@@ -5,6 +5,17 @@ import { EDIT_KINDS, REVISION_KINDS, SUGGEST_KINDS } from './action_kinds'
 import { apiUrl, failure, nextTraceId, traceMark } from './util'
 
 export const actionQueueMethods = {
+  /** Undo or redo the last edit (ctrl+Z/Y, the toolbar's buttons: ``how`` names the press). Not while a study is on its
+   * way into the viewer: it undid that study's last edit out of sight, and the study's own line then hid the "Undid
+   * ..." (the work was gone without a word). Said as the keys that need the image are. */
+  history(this: Viewer, kind: 'undo' | 'redo', how: string): void {
+    if (this.state?.study && (this.loading || !this.nv.volumes.length)) {
+      this.sayNotShown(`${how}`, 'applied', 'press it')
+      return
+    }
+    this.enqueue({ kind })
+  },
+
   /** A prompt for the active label, into the queue. With a label change queued before it the label is taken when it
    * leaves, and so is the lock check (the server refuses a locked label: ``locked`` goes with it): checked here
    * against the label active before the change, a click right after leaving a locked label was refused. */

@@ -100,17 +100,23 @@ export const gestureMethods = {
       this.showStatus('No study is open: open a sample or upload a study, then click on it.')
       return
     }
-    const name = this.state?.name ?? 'The study'
     const again = what === 'click' ? 'click' : 'do it'
     if (!this.loading && this.nv.volumes.length) {  // shown between the press and the release
-      this.showError(`your ${what} began while ${name} was still loading and was not placed: ${again} again.`)
+      this.showError(`your ${what} began while ${this.state?.name ?? 'The study'} was still loading and was not placed: ${again} again.`)
       return
     }
+    this.sayNotShown(what, 'placed', again)
+  },
+
+  /** A press or key (``what``) that needs the image while none is shown: its study still loading, or its load failed
+   * (said then). One honest line, which the study's own replaces once it is shown. */
+  sayNotShown(this: Viewer, what: string, verb: 'placed' | 'applied', again: string): void {
+    const name = this.state?.name ?? 'The study'
     if (!this.loading) {  // its load failed (said then): nothing is loading
-      this.showError(`${name} is not in the viewer (its loading failed): open it again; your ${what} was not placed.`)
+      this.showError(`${name} is not in the viewer (its loading failed): open it again; your ${what} was not ${verb}.`)
       return
     }
-    this.showError(`${name} is still loading: your ${what} was not placed; ${again} again once it is shown.`)
+    this.showError(`${name} is still loading: your ${what} was not ${verb}; ${again} again once it is shown.`)
     this.loadRefusal = this.statusSeq
   },
 }

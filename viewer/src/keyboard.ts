@@ -19,6 +19,13 @@ export const SHORTCUTS: [string, string][] = [
   ['ctrl+Z / ctrl+Y', 'undo / redo'],
 ]
 
+// The keys that act on the image shown, and how a message names them: pressed while none is shown (its load under
+// way or failed) they did nothing, or were undone when it came (M, zoom), without a word.
+const IMAGE_KEYS: Record<string, string> = {
+  ArrowUp: 'slice step (↑)', ArrowDown: 'slice step (↓)', PageUp: 'slice step (PgUp)', PageDown: 'slice step (PgDn)',
+  m: 'layout switch (M)', M: 'layout switch (M)', '+': 'zoom (+)', '=': 'zoom (+)', '-': 'zoom (−)', '0': 'zoom reset (0)',
+}
+
 export const keyboardMethods = {
   /** The window's keys, in capture: before NiiVue's and the page's own. */
   bindKeys(this: Viewer): void {
@@ -31,14 +38,20 @@ export const keyboardMethods = {
     if (!this.state?.study) return
     const k = e.key
     const ctrl = e.ctrlKey || e.metaKey
+    const needs = IMAGE_KEYS[k]
+    if (needs && !ctrl && (this.loading || !this.nv.volumes.length)) {
+      e.preventDefault(); e.stopPropagation()
+      this.sayNotShown(needs, 'applied', 'press it')
+      return
+    }
     let handled = true
     if (k === 'Escape') {
       if (this.drag) {
         const stroke = this.tool === 'brush' || this.tool === 'erase'
         this.drag = null; this.showStatus(stroke ? 'Stroke cancelled.' : 'Box cancelled.'); this.drawOverlay()
       } else handled = false
-    } else if (ctrl && k.toLowerCase() === 'z') this.enqueue({ kind: 'undo' })
-    else if (ctrl && k.toLowerCase() === 'y') this.enqueue({ kind: 'redo' })
+    } else if (ctrl && k.toLowerCase() === 'z') this.history('undo', 'undo (ctrl+Z)')
+    else if (ctrl && k.toLowerCase() === 'y') this.history('redo', 'redo (ctrl+Y)')
     else if (ctrl) handled = false
     else if (k === 'ArrowUp' || k === 'PageUp') this.page(1)
     else if (k === 'ArrowDown' || k === 'PageDown') this.page(-1)

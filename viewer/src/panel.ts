@@ -42,8 +42,8 @@ export function buildPanel(v: Viewer, root: HTMLElement): Panel {
     bar.append(sep)
     const actions: [string, string, string, () => void][] = [
       ['new-object', 'New object', 'N: the next prompt starts another object (the others stay)', () => v.enqueue({ kind: 'new_object' })],
-      ['undo-btn', 'Undo', 'ctrl+Z', () => v.enqueue({ kind: 'undo' })],
-      ['redo-btn', 'Redo', 'ctrl+Y', () => v.enqueue({ kind: 'redo' })],
+      ['undo-btn', 'Undo', 'ctrl+Z', () => v.history('undo', 'Undo')],
+      ['redo-btn', 'Redo', 'ctrl+Y', () => v.history('redo', 'Redo')],
       ['layout-btn', '3 views', 'M: one view or linked axial, coronal and sagittal views', () => v.toggleLayout()],
       ['outline-btn', 'Outline', 'O: outline or fill', () => v.toggleOutline()],
       ['suggest-btn', 'Suggest', 'G: after each prompt, mark where the answer is least sure (a dashed ring: + to add, − to remove)', () => v.toggleSuggest()],
