@@ -118,3 +118,29 @@ def test_keys_pressed_while_the_study_loads_say_they_were_not_applied(browser, s
                                timeout=10_000)
     finally:
         context.close()
+
+
+def test_ctrl_z_with_the_label_box_focused_undoes_the_last_click(browser, server, ct):
+    """A hurried user clicks a structure, opens the Active label box (to pick the next label), changes their mind and
+    presses ctrl+Z to take the click back. The key went to the box, whose text has nothing to undo: the click stayed,
+    and nothing said so, so the user went on believing it undone. The key now undoes the last edit (and closes the
+    list); ctrl+shift+Z there redoes it, as ctrl+Y does."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _wait_status(page, "Positive click")
+        _idle(page)
+        assert server.labels(sid).any()
+        page.locator("#label input").click()
+        page.keyboard.press("Control+z")
+        _said(page, "Undid", 30_000)
+        _idle(page)
+        assert not server.labels(sid).any()
+        page.locator("#label input").click()
+        page.keyboard.press("Control+Shift+z")
+        _said(page, "Redid", 30_000)
+        _idle(page)
+        assert server.labels(sid).any()
+    finally:
+        context.close()

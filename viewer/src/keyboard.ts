@@ -16,7 +16,7 @@ export const SHORTCUTS: [string, string][] = [
   ['G', 'suggest where to click next (on / off)'],
   ['H', 'hide / show the active label'],
   ['M', 'one view / three views'],
-  ['ctrl+Z / ctrl+Y', 'undo / redo'],
+  ['ctrl+Z / ctrl+Y (ctrl+shift+Z)', 'undo / redo'],
 ]
 
 // The keys that act on the image shown, and how a message names them: pressed while none is shown (its load under
@@ -24,6 +24,23 @@ export const SHORTCUTS: [string, string][] = [
 const IMAGE_KEYS: Record<string, string> = {
   ArrowUp: 'slice step (↑)', ArrowDown: 'slice step (↓)', PageUp: 'slice step (PgUp)', PageDown: 'slice step (PgDn)',
   m: 'layout switch (M)', M: 'layout switch (M)', '+': 'zoom (+)', '=': 'zoom (+)', '-': 'zoom (−)', '0': 'zoom reset (0)',
+}
+
+// the input types whose keys edit text: ctrl+Z there is the field's own undo
+const TEXT_INPUTS = new Set(['text', 'search', 'number', 'email', 'password', 'url', 'tel'])
+
+/** A field that takes the keys pressed in it (text typed, a radio or slider moved by arrows): the viewer's shortcuts
+ * leave them to it. */
+function ownsKeys(t: HTMLElement): boolean {
+  return t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || t.isContentEditable
+}
+
+/** ctrl+Z/Y in a field with no text of its own to undo means the user's last edit of the labels: in the Active
+ * label or Model box (a list: its text is the choice shown) it did nothing, no undo and no word, and the user went
+ * on believing the last click undone; likewise on a checkbox, radio or slider. */
+function undoIsTheViewers(t: HTMLElement): boolean {
+  if (t.closest('#label, #model')) return true
+  return t.tagName === 'INPUT' && !TEXT_INPUTS.has((t as HTMLInputElement).type)
 }
 
 export const keyboardMethods = {
@@ -34,10 +51,12 @@ export const keyboardMethods = {
 
   onKey(this: Viewer, e: KeyboardEvent): void {
     const t = e.target as HTMLElement | null
-    if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || t.isContentEditable)) return
-    if (!this.state?.study) return
     const k = e.key
     const ctrl = e.ctrlKey || e.metaKey
+    const undoKey = ctrl && !e.altKey && (k.toLowerCase() === 'z' || k.toLowerCase() === 'y')
+    if (t && ownsKeys(t) && !(undoKey && undoIsTheViewers(t))) return
+    if (!this.state?.study) return
+    if (undoKey && t?.closest('#label, #model')) (t as HTMLElement).blur()  // closes the list: the undo is the news
     const needs = IMAGE_KEYS[k]
     if (needs && !ctrl && (this.loading || !this.nv.volumes.length)) {
       e.preventDefault(); e.stopPropagation()
@@ -50,7 +69,8 @@ export const keyboardMethods = {
         const stroke = this.tool === 'brush' || this.tool === 'erase'
         this.drag = null; this.showStatus(stroke ? 'Stroke cancelled.' : 'Box cancelled.'); this.drawOverlay()
       } else handled = false
-    } else if (ctrl && k.toLowerCase() === 'z') this.history('undo', 'undo (ctrl+Z)')
+    } else if (ctrl && k.toLowerCase() === 'z' && e.shiftKey) this.history('redo', 'redo (ctrl+shift+Z)')  // the Mac's
+    else if (ctrl && k.toLowerCase() === 'z') this.history('undo', 'undo (ctrl+Z)')
     else if (ctrl && k.toLowerCase() === 'y') this.history('redo', 'redo (ctrl+Y)')
     else if (ctrl) handled = false
     else if (k === 'ArrowUp' || k === 'PageUp') this.page(1)
