@@ -144,3 +144,32 @@ def test_ctrl_z_with_the_label_box_focused_undoes_the_last_click(browser, server
         assert server.labels(sid).any()
     finally:
         context.close()
+
+
+def test_a_slice_paged_mid_stroke_paints_each_part_on_the_slice_it_was_drawn_on(browser, server, ct):
+    """A hurried user paints, pages to the next slice (↑, or the wheel) without letting the mouse go, and paints on.
+    The whole stroke went to the server as one, and the server paints a stroke on its first point's slice: the part
+    drawn on the next slice was painted on the slice left, where the user never drew it, and the next slice got
+    nothing. The stroke is now cut where the slice changed: each part is painted on its own slice."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        first = int(page.locator("#medseg-viewer").get_attribute("data-slice"))
+        page.keyboard.press("r")
+        a, b = _xy(page, ct, 100.0, 100.0), _xy(page, ct, 150.0, 100.0)
+        middle = ((a[0] + b[0]) / 2, a[1])
+        _drag(page, a, middle, release=False)
+        page.keyboard.press("ArrowUp")
+        page.wait_for_function("s => document.querySelector('#medseg-viewer').dataset.slice !== s", arg=str(first),
+                               timeout=10_000)
+        second = int(page.locator("#medseg-viewer").get_attribute("data-slice"))
+        for t in (0.25, 0.5, 0.75, 1.0):
+            page.mouse.move(middle[0] + t * (b[0] - middle[0]), b[1])
+        page.mouse.up()
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        labels = server.labels(sid)
+        assert labels[first][100, 100:120].all() and not labels[first][100, 135:].any()
+        assert labels[second][100, 135:150].all() and not labels[second][100, 100:115].any()
+    finally:
+        context.close()

@@ -49,6 +49,22 @@ export const gestureMethods = {
     }
   },
 
+  /** The slice changed under a brush or eraser stroke (↑/↓ or the wheel, the mouse still down): the part drawn so far
+   * is sent now, on its own slice, and the stroke goes on as a new one on the slice shown. Sent whole, the server
+   * painted all of it on its first point's slice: the part drawn after the paging went to the slice left. */
+  cutStrokeAtSlice(this: Viewer): void {
+    const d = this.drag
+    if (!d || (this.tool !== 'brush' && this.tool !== 'erase')) return
+    const piece = d.stroke.length ? d.stroke : d.done[d.done.length - 1] ?? []
+    const last = piece[piece.length - 1]
+    if (!last || this.toCanvas(last, d.view)) return  // nothing drawn yet, or still on the slice shown
+    this.sendStroke(d)
+    const hit = this.pick(d.x, d.y)
+    const on = hit !== null && hit.view === d.view
+    this.drag = { ...d, x0: d.x, y0: d.y, mm0: [], stroke: on ? [hit.mm] : [], done: [], out: !on, last: [d.x, d.y],
+      outAt: [d.x, d.y] }
+  },
+
   setBrush(this: Viewer, px: number): void {
     this.brushPx = Math.max(1, Math.min(100, Math.round(px) || 1))
     const input = this.root.querySelector('#brush-size') as HTMLInputElement | null

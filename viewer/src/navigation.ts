@@ -56,6 +56,7 @@ export const navigationMethods = {
   },
 
   afterNavigate(this: Viewer): void {
+    this.cutStrokeAtSlice()
     this.showInfo()
     window.clearTimeout(this.viewTimer)
     this.viewTimer = window.setTimeout(() => this.reportView(), 300)
