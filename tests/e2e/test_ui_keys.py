@@ -87,7 +87,7 @@ def test_the_download_mark_is_written_only_when_it_changes(browser, server, ct):
 
 
 def test_keys_pressed_while_the_study_loads_say_they_were_not_applied(browser, server, ct):
-    """Arrow keys (slice stepping), M and the zoom keys pressed while the study is still on its way into the viewer
+    """Arrow keys (slice stepping), the wheel, M and the zoom keys pressed while the study is still on its way into the viewer
     did nothing (or were undone when it came: M, the zoom) without a word, as clicks did before session 21; ctrl+Z
     undid the loading study's last edit out of sight (its "Undid ..." replaced by the study's own line). They now say
     in one line that they were not applied, which the study's own line replaces once it is shown."""
@@ -103,6 +103,10 @@ def test_keys_pressed_while_the_study_loads_say_they_were_not_applied(browser, s
         _said(page, f"{CT_NAME} is still loading: your slice step (↓) was not applied; press it again once it is shown")
         page.keyboard.press("m")
         _said(page, "your layout switch (M) was not applied")
+        canvas = page.locator("#viewer-canvas").bounding_box()
+        page.mouse.move(canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2)
+        page.mouse.wheel(0, 120)
+        _said(page, "your slice scroll (wheel) was not applied; scroll again once it is shown")
         page.keyboard.press("Control+z")  # it undid the loading study's last edit out of sight
         _said(page, "your undo (ctrl+Z) was not applied")
         page.keyboard.press("p")  # a tool key needs no image: taken, and nothing said

@@ -139,6 +139,12 @@ export const pointerMethods = {
 
   /** ctrl/alt+wheel zooms; the plain wheel is NiiVue's paging of the slice under the mouse. */
   onWheel(this: Viewer, e: WheelEvent): void {
+    if (this.state?.study && (this.loading || !this.nv.volumes.length)) {  // as a key is then (keyboard.ts IMAGE_KEYS)
+      e.preventDefault(); e.stopPropagation()
+      const zoom = e.ctrlKey || e.metaKey || e.altKey
+      this.sayNotShown(zoom ? 'zoom (ctrl+wheel)' : 'slice scroll (wheel)', 'applied', 'scroll')
+      return
+    }
     const [x, y] = this.canvasXY(e)
     const hit = this.pick(x, y)
     if (hit) this.currentView = hit.view
