@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.conftest import needs_browser
-from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, TIMEOUT_MS, _drag, _idle, _open_page, _open_sample, \
+from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, _drag, _idle, _open_page, _open_sample, \
     _wait_status, _xy
 
 pytestmark = needs_browser
@@ -175,5 +175,28 @@ def test_a_slice_paged_mid_stroke_paints_each_part_on_the_slice_it_was_drawn_on(
         labels = server.labels(sid)
         assert labels[first][100, 100:120].all() and not labels[first][100, 135:].any()
         assert labels[second][100, 135:150].all() and not labels[second][100, 100:115].any()
+    finally:
+        context.close()
+
+
+def test_a_box_being_drawn_when_the_next_study_opens_is_said_to_be_dropped(browser, server, ct):
+    """A hurried user presses Open sample (the MR) and at once drags a box on the CT still shown; the open's page lands
+    while the mouse is still down. The viewer emptied itself for the MR under the drag, and the release threw (the
+    box's corner had no volume to be placed on): the box was lost without a word, the line going from "Loading ..."
+    to "Opened MR ...". The drag is now dropped as the study opens, in one line naming it."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        study = _open_sample(page)
+        page.keyboard.press("b")
+        page.locator("#sample input").click()
+        page.get_by_role("option", name=MR_NAME).click()
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
+        page.evaluate("document.querySelector('#open-sample').click()")  # the press just before, its page yet to come
+        page.wait_for_function("s => document.querySelector('#medseg-viewer').dataset.study !== s"
+                               " || medsegViewer.loading !== null", arg=study, timeout=TIMEOUT_MS)
+        page.mouse.up()
+        _said(page, f"⚠ box cancelled: {MR_NAME} opened while this box was being drawn; nothing was placed, drag it "
+                    "again")
+        assert not server.labels(sid).any()
     finally:
         context.close()

@@ -41,6 +41,21 @@ export const gestureMethods = {
     this.showError(`box cancelled: ${why}; nothing was placed, drag it again`)
   },
 
+  /** A study opened (its page state came) while a box, stroke or click was being made on the one shown: its
+   * millimetres belong to the study left, and its release threw on the emptied viewer, so it was lost without a
+   * word. It is dropped now, in one line naming the study that opened. */
+  dropDragForStudy(this: Viewer, name: string): void {
+    const d = this.drag
+    if (!d) return
+    this.drag = null
+    if (this.tool === 'brush' || this.tool === 'erase') {
+      this.showError(`stroke cancelled: ${name} opened while it was being drawn; nothing was painted, paint it again`)
+    } else if (Math.hypot(d.x - d.x0, d.y - d.y0) >= DRAG_PX && this.tool !== 'navigate') {
+      this.sayBoxCancelled(`${name} opened while this box was being drawn`)
+    } else this.showError(`your click was not placed: ${name} opened before it was released; click again`)
+    this.drawOverlay()
+  },
+
   /** A brush or eraser stroke's pieces (one per stretch inside the image), each one undoable edit. */
   sendStroke(this: Viewer, d: Drag): void {
     for (const piece of [...d.done, d.stroke].filter((p) => p.length)) {

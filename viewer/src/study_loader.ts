@@ -13,6 +13,7 @@ export const studyLoaderMethods = {
   },
 
   async loadStudy(this: Viewer, s: State): Promise<void> {
+    this.dropDragForStudy(s.name ?? 'another study')
     this.study = s.study
     this.loadFailed = null
     this.showStatus(`Loading ${s.name ?? 'the study'} into the viewer…`)
