@@ -56,7 +56,7 @@ PAGING_JS = """async ([n, kind]) => {
 }"""
 
 
-STEPS = [  # (from, to) marks of one click, browser (b) or server (s); app.trace, viewer/src/main.ts
+STEPS = [  # (from, to) marks of one click, browser (b) or server (s); app.trace, viewer/src/action_queue.ts
     ("b:action.queued", "b:action.sent"), ("b:action.sent", "s:action.arrive"), ("s:action.arrive", "s:action.locked"),
     ("s:action.locked", "s:decode.start"), ("s:decode.start", "s:decode.end"), ("s:decode.end", "s:action.answer"),
     ("s:action.answer", "b:action.received"), ("b:action.received", "b:action.applied"),

@@ -392,7 +392,7 @@ def test_answers_say_when_their_news_happened_and_which_label_table_they_found(c
 
 
 def test_an_answer_says_which_pages_were_built_before_the_action(ctx, opened):
-    """The contract the viewer drops a late page by (main.ts pagesBefore): a page built before a label pick and
+    """The contract the viewer drops a late page by (viewer/src/page_state.ts pagesBefore): a page built before a label pick and
     delivered after its answer made the old label active again in the viewer. The answer names the newest page
     built before the action; a page built after it has a higher number."""
     before = actions.PAGES.next()  # a page's sync built now, still on its way
@@ -458,7 +458,7 @@ def test_an_idle_tab_polls_the_label_tables_digest_without_the_lock_or_a_load(ct
 
 
 def _viewer_takes(new: dict, shown: dict) -> bool:
-    """The viewer's rule (``showStatus`` in viewer/src/main.ts): a server message replaces the one shown unless it
+    """The viewer's rule (``showStatus`` in viewer/src/status_line.ts): a server message replaces the one shown unless it
     comes from the same server process and is earlier in its news order."""
     return new.get("boot") != shown.get("boot") or new["at"] > shown["at"]
 
@@ -586,7 +586,7 @@ def test_an_action_made_on_a_study_another_tab_left_is_refused_409_and_changes_n
 
 
 def _tab_reloads(news: dict, tab: dict) -> bool:
-    """The viewer's rule (``labelsNewer`` in viewer/src/main.ts, for the page's state and the idle tab's poll): the
+    """The viewer's rule (``labelsNewer`` in viewer/src/study_loader.ts, for the page's state and the idle tab's poll): the
     server's label map is news to a tab holding revision ``tab["rev"]`` of server process ``tab["boot"]`` when it
     comes from another process or has a higher revision; the tab then fetches the labels again."""
     return news.get("boot") != tab.get("boot") or news["rev"] > tab["rev"]

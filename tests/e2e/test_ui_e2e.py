@@ -2062,7 +2062,8 @@ def test_a_tool_key_pressed_mid_stroke_paints_the_stroke_drawn_so_far(browser, s
         _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
         page.keyboard.press("r")
         page.mouse.up()
-        expect(page.locator("#viewer-status")).to_contain_text("Box cancelled: the tool changed", timeout=10_000)
+        expect(page.locator("#viewer-status")).to_contain_text("box cancelled: the tool changed to Brush during the drag",
+                                                               timeout=10_000)
     finally:
         context.close()
 

@@ -1,0 +1,202 @@
+"""End to end in a real browser: keys and gestures of a hurried user that were lost or said nothing (session 22).
+
+Ctrl+Z pressed with the Active label box focused, keys pressed while the study loads, a box the viewer had to
+cancel, and the Download button's mark. What the server holds (``labels.npz``) and the viewer's status line are
+the assertions.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import needs_browser
+from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, _drag, _idle, _open_page, _open_sample, \
+    _wait_status, _xy
+
+pytestmark = needs_browser
+
+
+@pytest.fixture(scope="module")
+def ct():
+    from data.readers import read_study
+    from tests.conftest import SAMPLES
+
+    return read_study(SAMPLES / "ct_head_0051_series")
+
+
+def _said(page, text: str, timeout_ms: int = 10_000) -> None:
+    """The viewer's status line says ``text`` soon (the key's own answer, not a late server message)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#viewer-status")).to_contain_text(text, timeout=timeout_ms)
+
+
+def test_a_box_the_viewer_cancels_is_said_in_one_wording(browser, server, ct):
+    """A box whose first corner left the screen during the drag (↑ paged away from its slice) and one dragged while
+    a tool without boxes was picked were said in two wordings, "box cancelled: ..." as a warning and "Box cancelled:
+    ..." as a plain line that the next late message replaced. Both now say "box cancelled: <why>; nothing was placed,
+    drag it again" as a warning, and nothing reaches the server."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
+        page.keyboard.press("ArrowUp")  # the drag's slice leaves the screen
+        page.mouse.up()
+        _said(page, "⚠ box cancelled: its first corner left the screen during the drag (another slice or view); "
+                    "nothing was placed, drag it again")
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("b")
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
+        page.keyboard.press("e")
+        page.mouse.up()
+        _said(page, "⚠ box cancelled: the tool changed to Eraser during the drag; nothing was placed, drag it again")
+        _idle(page)
+        assert not server.labels(sid).any()
+    finally:
+        context.close()
+
+
+def test_the_download_mark_is_written_only_when_it_changes(browser, server, ct):
+    """The Download button's "older than your labels" mark was written again on every poll of the page (10 times a
+    second, its title attribute each time) though nothing changed. It is now written when it differs from what the
+    button shows (a re-render by Gradio that dropped it included): no write in a second of an idle page."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _wait_status(page, "Positive click")
+        _idle(page)
+        page.locator("#export-btn").click()
+        page.locator("#download").wait_for(state="visible", timeout=TIMEOUT_MS)
+        page.mouse.click(*_xy(page, ct, 140.0, 120.0))
+        _idle(page)
+        page.wait_for_function("document.querySelector('#download').classList.contains('mv-stale')",
+                               timeout=TIMEOUT_MS)
+        writes = page.evaluate("""() => new Promise((done) => {
+            const b = document.querySelector('#download'); let n = 0
+            const o = new MutationObserver((records) => { n += records.length })
+            o.observe(b, { attributes: true, attributeFilter: ['class', 'title'] })
+            setTimeout(() => { o.disconnect(); done(n) }, 1000) })""")
+        assert writes == 0
+        assert page.locator("#download").get_attribute("title").startswith("This file holds the labels")
+        page.evaluate("document.querySelector('#download').classList.remove('mv-stale')")  # as a re-render does
+        page.wait_for_function("document.querySelector('#download').classList.contains('mv-stale')", timeout=5_000)
+    finally:
+        context.close()
+
+
+def test_keys_pressed_while_the_study_loads_say_they_were_not_applied(browser, server, ct):
+    """Arrow keys (slice stepping), the wheel, M and the zoom keys pressed while the study is still on its way into the viewer
+    did nothing (or were undone when it came: M, the zoom) without a word, as clicks did before session 21; ctrl+Z
+    undid the loading study's last edit out of sight (its "Undid ..." replaced by the study's own line). They now say
+    in one line that they were not applied, which the study's own line replaces once it is shown."""
+    context, page, sid = _open_page(browser, server)
+    held = []
+    try:
+        page.route("**/viewer-api/volume/**", lambda route: held.append(route))
+        page.locator("#open-sample").click()
+        page.wait_for_function("medsegViewer.loading !== null && document.querySelector('#viewer-status')"
+                               ".textContent.startsWith('Loading')", timeout=TIMEOUT_MS)
+        page.locator("#viewer-stage").focus()
+        page.keyboard.press("ArrowDown")
+        _said(page, f"{CT_NAME} is still loading: your slice step (↓) was not applied; press it again once it is shown")
+        page.keyboard.press("m")
+        _said(page, "your layout switch (M) was not applied")
+        canvas = page.locator("#viewer-canvas").bounding_box()
+        page.mouse.move(canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2)
+        page.mouse.wheel(0, 120)
+        _said(page, "your slice scroll (wheel) was not applied; scroll again once it is shown")
+        page.keyboard.press("Control+z")  # it undid the loading study's last edit out of sight
+        _said(page, "your undo (ctrl+Z) was not applied")
+        page.keyboard.press("p")  # a tool key needs no image: taken, and nothing said
+        assert page.locator("#medseg-viewer").get_attribute("data-tool") == "point"
+        for route in held:
+            route.continue_()
+        _wait_status(page, "Ready")
+        assert "not applied" not in page.locator("#viewer-status").inner_text()
+        assert page.locator("#medseg-viewer").get_attribute("data-layout") == "one"
+        before = page.locator("#medseg-viewer").get_attribute("data-slice")
+        page.keyboard.press("ArrowDown")  # shown now: it steps
+        page.wait_for_function("s => document.querySelector('#medseg-viewer').dataset.slice !== s", arg=before,
+                               timeout=10_000)
+    finally:
+        context.close()
+
+
+def test_ctrl_z_with_the_label_box_focused_undoes_the_last_click(browser, server, ct):
+    """A hurried user clicks a structure, opens the Active label box (to pick the next label), changes their mind and
+    presses ctrl+Z to take the click back. The key went to the box, whose text has nothing to undo: the click stayed,
+    and nothing said so, so the user went on believing it undone. The key now undoes the last edit (and closes the
+    list); ctrl+shift+Z there redoes it, as ctrl+Y does."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _wait_status(page, "Positive click")
+        _idle(page)
+        assert server.labels(sid).any()
+        page.locator("#label input").click()
+        page.keyboard.press("Control+z")
+        _said(page, "Undid", 30_000)
+        _idle(page)
+        assert not server.labels(sid).any()
+        page.locator("#label input").click()
+        page.keyboard.press("Control+Shift+z")
+        _said(page, "Redid", 30_000)
+        _idle(page)
+        assert server.labels(sid).any()
+    finally:
+        context.close()
+
+
+def test_a_slice_paged_mid_stroke_paints_each_part_on_the_slice_it_was_drawn_on(browser, server, ct):
+    """A hurried user paints, pages to the next slice (↑, or the wheel) without letting the mouse go, and paints on.
+    The whole stroke went to the server as one, and the server paints a stroke on its first point's slice: the part
+    drawn on the next slice was painted on the slice left, where the user never drew it, and the next slice got
+    nothing. The stroke is now cut where the slice changed: each part is painted on its own slice."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        first = int(page.locator("#medseg-viewer").get_attribute("data-slice"))
+        page.keyboard.press("r")
+        a, b = _xy(page, ct, 100.0, 100.0), _xy(page, ct, 150.0, 100.0)
+        middle = ((a[0] + b[0]) / 2, a[1])
+        _drag(page, a, middle, release=False)
+        page.keyboard.press("ArrowUp")
+        page.wait_for_function("s => document.querySelector('#medseg-viewer').dataset.slice !== s", arg=str(first),
+                               timeout=10_000)
+        second = int(page.locator("#medseg-viewer").get_attribute("data-slice"))
+        for t in (0.25, 0.5, 0.75, 1.0):
+            page.mouse.move(middle[0] + t * (b[0] - middle[0]), b[1])
+        page.mouse.up()
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        labels = server.labels(sid)
+        assert labels[first][100, 100:120].all() and not labels[first][100, 135:].any()
+        assert labels[second][100, 135:150].all() and not labels[second][100, 100:115].any()
+    finally:
+        context.close()
+
+
+def test_a_box_being_drawn_when_the_next_study_opens_is_said_to_be_dropped(browser, server, ct):
+    """A hurried user presses Open sample (the MR) and at once drags a box on the CT still shown; the open's page lands
+    while the mouse is still down. The viewer emptied itself for the MR under the drag, and the release threw (the
+    box's corner had no volume to be placed on): the box was lost without a word, the line going from "Loading ..."
+    to "Opened MR ...". The drag is now dropped as the study opens, in one line naming it."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        study = _open_sample(page)
+        page.keyboard.press("b")
+        page.locator("#sample input").click()
+        page.get_by_role("option", name=MR_NAME).click()
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]), release=False)
+        page.evaluate("document.querySelector('#open-sample').click()")  # the press just before, its page yet to come
+        page.wait_for_function("s => document.querySelector('#medseg-viewer').dataset.study !== s"
+                               " || medsegViewer.loading !== null", arg=study, timeout=TIMEOUT_MS)
+        page.mouse.up()
+        _said(page, f"⚠ box cancelled: {MR_NAME} opened while this box was being drawn; nothing was placed, drag it "
+                    "again")
+        assert not server.labels(sid).any()
+    finally:
+        context.close()

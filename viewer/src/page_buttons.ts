@@ -1,0 +1,121 @@
+// The page's buttons and Upload pressed while prompts are queued: held and made again once the queue is empty.
+import type { Viewer } from './viewer'
+
+// The page's buttons whose Gradio events read or change the session's labels, label table or study: they do not go
+// through the viewer's queue, so pressed while prompts were still queued they ran first. An export missed the last
+// clicks, Open sample made the queued clicks arrive after the switch (refused as "another tab opened ..."), and Add
+// label was undone by the queued clicks (each sets its label active). Pressed while the queue is busy, a press is
+// held and made again once the queue is empty. Not Upload's press (its file chooser opens only on the user's own
+// press): the files' choice is held instead (holdUpload).
+export const AFTER_QUEUE = ['#open-sample', '#export-btn', '#add-label', '#clear-label', '#propagate', '#review', '#review-prev',
+  '#review-accept', '#review-cut', '#review-next', '#apply-brush', '#oneshot-set', '#oneshot-apply'].join(', ')
+
+export const pageButtonMethods = {
+  /** The page's listeners (buttons, lists, Upload, leaving, the tab shown again), in capture: before Gradio's. */
+  bindPage(this: Viewer): void {
+    document.addEventListener('click', (e) => this.holdPageButton(e), true)
+    document.addEventListener('mousedown', () => this.noteAlternativeShown(), true)  // the radio checked before a click
+    document.addEventListener('click', (e) => this.queueAlternative(e), true)  // a radio picks on click ...
+    document.addEventListener('keydown', (e) => this.queueAlternativeKey(e), true)  // ... and on arrows and Space
+    document.addEventListener('mousedown', (e) => this.queueLabelChoice(e), true)  // Gradio's dropdown picks on mousedown
+    document.addEventListener('keydown', (e) => this.queueLabelKey(e), true)  // ... and on Enter (ArrowDown, Enter)
+    document.addEventListener('change', (e) => this.holdUpload(e), true)  // files chosen under Upload…
+    // a reload or a closed tab while edits were queued lost them without a word (the queue lives in this page: only
+    // the one on its way reached the server; 5 quick clicks then F5 kept 1): the browser asks first. The page's
+    // first script (app.viewer.api.LEAVE_GUARD) asks the same, before Gradio's listener; this one is for a page
+    // served without it (then the question stops the listeners registered after it only)
+    window.addEventListener('beforeunload', (e) => this.askBeforeLeaving(e))
+    // back to this tab: another tab of the session may have edited meanwhile; the page's sync shows the server's state
+    document.addEventListener('visibilitychange', () => {
+      if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()
+      if (document.visibilityState === 'hidden') { window.clearTimeout(this.newsTimer); this.newsTimer = 0; return }
+      // shown again: poll now (another tab may have opened another study: the poll names it for the notice)
+      window.clearTimeout(this.newsTimer)
+      this.newsTimer = 0
+      if (!this.newsBusy) this.pollNews()
+    })
+  },
+
+  /** A press of one of the page's buttons (AFTER_QUEUE) while the viewer's prompts are queued waits for them:
+   * it is stopped here (before Gradio's own handler) and made again by :meth:`releaseHeld` when the queue is
+   * empty. Presses made again are the script's own (not trusted) and pass. */
+  holdPageButton(this: Viewer, e: MouseEvent): void {
+    if (!e.isTrusted) return
+    const b = (e.target as Element | null)?.closest?.(AFTER_QUEUE) as HTMLElement | null
+    if (!b || (b as HTMLButtonElement).disabled) return
+    if (b.id === 'add-label') { e.preventDefault(); e.stopImmediatePropagation(); this.queueAddLabel(b); return }
+    if (this.settled()) return
+    e.preventDefault(); e.stopImmediatePropagation()
+    if (!this.held.includes(b)) this.held.push(b)
+    const n = this.pending.length
+    const what = (b.textContent || 'that').trim()
+    this.showStatus(n === 0 ? `${what}: after the label change…`
+      : `${what}: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+  },
+
+  /** Add label goes through the viewer's queue, in order with the prompts: pressed while prompts were queued, they
+   * made label 1 active again after it; a click made right after it, before the page showed the new label, named
+   * label 1 and went there. The press is made again when its turn comes, and the queue waits for the page to show
+   * the new label (10 s at most) before the prompts behind it take their label. */
+  queueAddLabel(this: Viewer, b: HTMLElement): void {
+    this.labelChanges++
+    this.queue = this.queue.then(async () => {
+      try {
+        // the page shows the new label: a state with one label more (a state that came meanwhile for another
+        // reason, the sync after the prompts, let the buttons held behind it go first; CI saw it under load)
+        const count = () => this.state?.labels?.length ?? 0
+        const before = count()
+        if (b.isConnected) b.click()  // the page's own event (not trusted: holdPageButton lets it pass)
+        const t0 = performance.now()
+        while (count() <= before && performance.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 50))
+      } finally {
+        this.labelChanges--
+        if (this.settled()) this.releaseHeld()
+      }
+    })
+  },
+
+  /** Leaving while edits are queued: the browser asks first. Gradio's own ``beforeunload`` listener closes its
+   * connection whether or not the user stays, so a page event on its way then failed ("Connection errored out")
+   * and Gradio reloaded the page 2 s later: the user who stayed was asked again for the same edits, or, with none
+   * queued by then, the page reloaded under them. While asking, the listeners after it are stopped (the page's
+   * first script calls this: app.viewer.api.LEAVE_GUARD); with nothing queued nobody is asked and Gradio's runs. */
+  askBeforeLeaving(this: Viewer, e: BeforeUnloadEvent): void {
+    if (this.editsQueued === 0) return
+    e.stopImmediatePropagation()
+    e.preventDefault()
+    e.returnValue = ''
+  },
+
+  /** Nothing queued: no prompt on its way and no label change waiting for the page. */
+  settled(this: Viewer): boolean {
+    return this.inFlight === 0 && this.labelChanges === 0
+  },
+
+  /** Files chosen under Upload… while prompts are queued wait for them, as the page's buttons do: the upload opened
+   * its study at once, and the clicks still queued arrived after it, refused as made on a study no longer open ("another
+   * tab opened ..."): 3 quick clicks then an upload kept 1. The file chooser opens on the user's own press (not held);
+   * the choice (the input's change, before Gradio's handler) is stopped here and made again by :meth:`releaseHeld`:
+   * the input still holds the files. */
+  holdUpload(this: Viewer, e: Event): void {
+    const input = e.target as HTMLInputElement | null  // Gradio's UploadButton: the file input just before #upload
+    if (input?.type !== 'file' || input.nextElementSibling?.id !== 'upload') return
+    if (input === this.replaying || this.settled()) return
+    e.stopImmediatePropagation()
+    if (!this.heldUploads.includes(input)) this.heldUploads.push(input)
+    const n = this.pending.length
+    this.showStatus(n === 0 ? 'Upload: after the label change…'
+      : `Upload: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+  },
+
+  releaseHeld(this: Viewer): void {
+    for (const b of this.held.splice(0)) if (b.isConnected) b.click()
+    for (const input of this.heldUploads.splice(0)) {
+      if (!input.isConnected || !input.files?.length) continue
+      this.replaying = input  // Gradio's own handler takes it (holdUpload lets it pass)
+      try { input.dispatchEvent(new Event('change', { bubbles: true })) } finally { this.replaying = null }
+    }
+  },
+}
+
+export type PageButtonMethods = typeof pageButtonMethods

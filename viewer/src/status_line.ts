@@ -1,0 +1,43 @@
+// The status/error line under the image: an error stays until the user acts; older server news never hides newer.
+import type { Viewer } from './viewer'
+import type { News } from './types'
+
+export const statusLineMethods = {
+  /** A message replaces the one shown, except an error the user has not acted on since: a late answer,
+   * a background "Ready" or a propagation's progress never hides it (issue 19). A server message (``news``: its
+   * place in the news order) older than one already shown is dropped: the page's warm-up says "Opened ... Ready"
+   * when its encode ends, which came after the answer of a click made meanwhile and replaced it. A message of
+   * another server process (restarted) is taken as newer: its count starts again. */
+  showStatus(this: Viewer, text: string, news?: News): void {
+    if (news !== undefined) {
+      const shown = this.newsShown
+      if (shown && shown.boot === news.boot && news.seq < shown.seq) return
+      this.newsShown = news
+    }
+    if (this.errorAt >= 0 && this.errorAt === this.userActs) return
+    this.errorAt = -1
+    this.statusSeq += 1
+    this.statusLine.textContent = text
+    this.statusLine.classList.remove('mv-error')
+  },
+
+  /** The slice's "Ready" joins the message shown instead of replacing it ("Review: slice 2 ..." stays
+   * readable after the viewer moved there and encoded it); an error stays as it is. */
+  addReady(this: Viewer, ready: string): void {
+    if (this.statusLine.classList.contains('mv-error')) return
+    const text = (this.statusLine.textContent ?? '').trim()
+    // already said, by the viewer or by the page's warm-up ("... Ready: the slice is encoded (backend ...)."):
+    // said twice, the status took three lines and pushed the page past 900 px (session 12)
+    if (/Ready: the slice is encoded(?: \([^)]*\))?\.?$/.test(text)) return
+    this.showStatus(text ? `${text} · ${ready}` : ready)
+  },
+
+  showError(this: Viewer, text: string): void {
+    this.errorAt = this.userActs
+    this.statusSeq += 1
+    this.statusLine.textContent = `⚠ ${text}`
+    this.statusLine.classList.add('mv-error')
+  },
+}
+
+export type StatusLineMethods = typeof statusLineMethods
