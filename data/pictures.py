@@ -21,6 +21,12 @@ from data.volume import SourceRef, Volume
 TO_RGB_MODES = ("RGBA", "RGBa", "P", "PA", "LA", "La", "CMYK", "YCbCr", "LAB", "HSV")
 
 
+# the note on an image whose alpha hides pixels; a caller reading the file as a label (whose alpha it applies,
+# ``visible_pixels``) leaves it out
+TRANSPARENCY_IGNORED = ("pixels are fully transparent (its alpha channel); opened with their stored values, the "
+                        "transparency ignored (another viewer may show them blank)")
+
+
 # PIL identifies ~40 formats by their bytes, whatever the name says: a file named scan.png holding PostScript
 # went to Ghostscript (installed here), BMP, TIFF or GIF opened as if PNG. Only these two are decoded.
 IMAGE_FORMATS = ("PNG", "JPEG")
@@ -274,8 +280,7 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
         array = _png_16bit(path, array)
     notes: tuple[str, ...] = ()
     if hidden:
-        notes = (f"{hidden} of {array.shape[0] * array.shape[1]} pixels are fully transparent (its alpha channel); "
-                 "opened with their stored values, the transparency ignored (another viewer may show them blank)",)
+        notes = (f"{hidden} of {array.shape[0] * array.shape[1]} {TRANSPARENCY_IGNORED}",)
         warnings.warn(one_line(f"{path}: {notes[0]}"), StudyWarning, stacklevel=2)
     if orientation != 1:
         array = _turned(array, orientation)

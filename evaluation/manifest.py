@@ -24,13 +24,15 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from data.pictures import exif_mismatch, refuse_lossy_mask, visible_pixels
+from data.pictures import TRANSPARENCY_IGNORED, exif_mismatch, refuse_lossy_mask, visible_pixels
 from data.readers import StudyError, read_study
 from data.volume import Volume
 from data.windowing import Window, default_window, slice_to_rgb
@@ -265,7 +267,10 @@ class CaseLoader:
     def _volume(self, path: Path, spec: CaseSpec, column: str) -> Volume:
         if path not in self._volumes:
             try:
-                self._volumes[path] = read_study(path)
+                with warnings.catch_warnings():
+                    if column == "label":  # its alpha is applied (``_painted``), not ignored as the note says
+                        warnings.filterwarnings("ignore", message=f".*{re.escape(TRANSPARENCY_IGNORED)}")
+                    self._volumes[path] = read_study(path)
             except StudyError as e:
                 raise ManifestError(f"{_where(self.manifest, spec.line, column)}: {e}") from e
         return self._volumes[path]

@@ -350,6 +350,7 @@ def test_a_picture_turned_by_exif_with_a_label_that_is_not_is_refused(tmp_path):
     np.testing.assert_array_equal(case.gt, np.rot90(lab, -1) != 0)
 
 
+@pytest.mark.filterwarnings("error::data.study_errors.StudyWarning")  # no "transparency ignored" note on a label
 def test_a_picture_label_is_read_as_painted_and_absent_label_values_are_named(tmp_path):
     """Session 21: eval read a label picture as an image. A label painted on a transparent layer whose hidden pixels
     are white was the whole plane (the alpha dropped: Dice 0.446 where the painted label scores 0.670 on the real
