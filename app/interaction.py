@@ -33,7 +33,7 @@ from data.windowing import Window, default_window
 from models import decode_many
 from models.click_suggest import Suggestion, suggest_from_logits
 from models.point_prompts import predict_points
-from models.prompts import MaskResult, PromptError, Prompts
+from models.prompts import MaskResult, PromptError, Prompts, check_box_area
 from models.segmenter import Embedding, Segmenter
 
 log = logging.getLogger(__name__)
@@ -437,6 +437,7 @@ def box_prompt(
     ``before`` is the prompt state its undo restores: the session's by default; ``None`` (a box drawn from a
     lone corner) is kept as None, so a click after the undo starts a new box rather than finishing the old one.
     """
+    check_box_area(box)
     view, index = session.view.view, session.view.index[session.view.view]
     before = session.prompt if before is _CURRENT else before
     base = new_prompt(session, view, index).base

@@ -21,6 +21,12 @@ from data.volume import SourceRef, Volume
 TO_RGB_MODES = ("RGBA", "RGBa", "P", "PA", "LA", "La", "CMYK", "YCbCr", "LAB", "HSV")
 
 
+# the note on an image whose alpha hides pixels; a caller reading the file as a label (whose alpha it applies,
+# ``visible_pixels``) leaves it out
+TRANSPARENCY_IGNORED = ("pixels are fully transparent (its alpha channel); opened with their stored values, the "
+                        "transparency ignored (another viewer may show them blank)")
+
+
 # PIL identifies ~40 formats by their bytes, whatever the name says: a file named scan.png holding PostScript
 # went to Ghostscript (installed here), BMP, TIFF or GIF opened as if PNG. Only these two are decoded.
 IMAGE_FORMATS = ("PNG", "JPEG")
@@ -191,6 +197,8 @@ def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
             colour = np.asarray(im) > 0 if grey else np.asarray(im.convert("RGB")).max(axis=2) > 0
         except Exception as e:
             raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
+        if _png_16bit_with_colour_or_alpha(path):  # PIL kept the high bytes: a 16-bit grey+alpha mask of 1s was empty
+            colour = _png_16bit_channels(path, colour.shape)[..., :3].max(axis=2) > 0
     # turned as its image is (``read_image_file``): a mask drawn on a turned photo keeps that photo's orientation
     return np.ascontiguousarray(_turned(colour & alpha if alpha is not None else colour, orientation))
 
@@ -203,6 +211,22 @@ def visible_pixels(path: Path, *, max_voxels: int | None = None) -> np.ndarray |
     with open_image(path, max_voxels=max_voxels) as im:
         _, orientation, alpha = _loaded_with_alpha(path, im)
     return None if alpha is None else np.ascontiguousarray(_turned(alpha, orientation))
+
+
+def _transparent_pixels(path: Path, im) -> int:
+    """How many pixels of a loaded picture its alpha channel (or transparent palette colour) hides fully, 8- or
+    16-bit alike. Why: an image's pixels are its data and open with their stored values, but a viewer shows the
+    hidden ones blank; a 16-bit grey+alpha PNG (session 22), like an 8-bit one, dropped its alpha without a word.
+    (A mask reads the same alpha as 'not painted': ``read_mask_image``.)"""
+    if im.mode == "P" and "transparency" in im.info:
+        alpha = np.asarray(im.convert("RGBA").getchannel("A"))
+    elif "A" in im.getbands():
+        alpha = np.asarray(im.getchannel("A"))
+    else:
+        return 0
+    if im.format == "PNG" and _png_16bit_with_colour_or_alpha(path):  # PIL's alpha is the high byte
+        alpha = _png_16bit_channels(path, alpha.shape)[..., 3]
+    return int((alpha == 0).sum())
 
 
 def _loaded_with_alpha(path: Path, im) -> tuple:
@@ -218,6 +242,8 @@ def _loaded_with_alpha(path: Path, im) -> tuple:
             alpha = np.asarray(im.getchannel("A")) > 0 if "A" in im.getbands() else None
     except Exception as e:
         raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
+    if alpha is not None and _png_16bit_with_colour_or_alpha(path):  # PIL's 8-bit alpha: 1..255 of 65535 read as 0
+        alpha = _png_16bit_channels(path, alpha.shape)[..., 3] > 0
     return im, orientation, alpha
 
 
@@ -231,6 +257,7 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
             if im.format == "JPEG":
                 _check_jpeg_data_complete(path)
             orientation = _exif_orientation(im)
+            hidden = _transparent_pixels(path, im)
             mode = im.mode
             if mode == "1":
                 im = im.convert("L")  # a 1-bit image shows as 0 / 255, as every viewer shows it
@@ -252,11 +279,14 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
     if _png_16bit_with_colour_or_alpha(path):
         array = _png_16bit(path, array)
     notes: tuple[str, ...] = ()
+    if hidden:
+        notes = (f"{hidden} of {array.shape[0] * array.shape[1]} {TRANSPARENCY_IGNORED}",)
+        warnings.warn(one_line(f"{path}: {notes[0]}"), StudyWarning, stacklevel=2)
     if orientation != 1:
         array = _turned(array, orientation)
-        notes = (f"EXIF Orientation {orientation}: shown turned as photo viewers show it (masks are written in this "
-                 "orientation)",)
-        warnings.warn(one_line(f"{path}: {notes[0]}"), StudyWarning, stacklevel=2)
+        notes = (*notes, f"EXIF Orientation {orientation}: shown turned as photo viewers show it (masks are written "
+                 "in this orientation)")
+        warnings.warn(one_line(f"{path}: {notes[-1]}"), StudyWarning, stacklevel=2)
     fmt = "png" if path.suffix.lower() == ".png" else "jpeg"
     return Volume(array=np.ascontiguousarray(array)[None], modality="OT",
                   source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)", notes=notes,
@@ -297,17 +327,21 @@ def _png_16bit_with_colour_or_alpha(path: Path) -> bool:
     return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
 
 
-def _png_16bit(path: Path, eight_bit: np.ndarray) -> np.ndarray:
-    """The 16-bit values PIL dropped to their high byte (59900 became 233): a grey image stored as RGB or with
-    an alpha channel opens as its 16-bit grey, losslessly; a true colour one stays 8-bit, with a warning."""
+def _png_16bit_channels(path: Path, size: tuple[int, ...]) -> np.ndarray:
+    """A 16-bit colour or grey+alpha PNG of (H, W) ``size`` at its full depth: (H, W, 3) RGB or (H, W, 4) RGBA, grey
+    repeated, as OpenCV decodes it (BGR turned to RGB)."""
     import cv2
 
     full = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
-    if full is None or full.dtype != np.uint16 or full.shape[:2] != eight_bit.shape[:2]:
+    if full is None or full.dtype != np.uint16 or full.shape[:2] != tuple(size[:2]) or full.ndim != 3:
         raise StudyError(f"{path}: not a readable 16-bit PNG")
-    if full.ndim == 2:
-        return full
-    colour = full[..., :3] if full.shape[2] >= 3 else full[..., :1]
+    return np.ascontiguousarray(full[..., [2, 1, 0, 3][: full.shape[2]]])
+
+
+def _png_16bit(path: Path, eight_bit: np.ndarray) -> np.ndarray:
+    """The 16-bit values PIL dropped to their high byte (59900 became 233): a grey image stored as RGB or with
+    an alpha channel opens as its 16-bit grey, losslessly; a true colour one stays 8-bit, with a warning."""
+    colour = _png_16bit_channels(path, eight_bit.shape[:2])[..., :3]
     if (colour == colour[..., :1]).all():
         return np.ascontiguousarray(colour[..., 0])
     warnings.warn(one_line(f"{path}: a 16-bit colour PNG, opened at 8 bits per channel (the low byte of each "

@@ -621,7 +621,10 @@ def read_dicom_series(
         raise _decode_failure(folder, syntaxes, e, "the DICOM series could not be read", series=True) from e
     if geometry.spacing_k is not None and image.GetDimension() == 3:
         image.SetSpacing((*image.GetSpacing()[:2], geometry.spacing_k))
-    for note in geometry.notes:
+    notes = geometry.notes
+    if (contradiction := _aspect_contradiction(first)) is not None:
+        notes = (*notes, contradiction)
+    for note in notes:
         warnings.warn(one_line(f"{folder}: {note}"), StudyWarning, stacklevel=2)
     if skipped := _not_dicom_named_dicom(folder):
         warnings.warn(one_line(f"{folder}: left out {len(skipped)} file(s) named as DICOM that are not DICOM: "
@@ -639,7 +642,7 @@ def read_dicom_series(
         files=info.files,
         geometry="ImagePositionPatient/ImageOrientationPatient" + (
             " (mean slice spacing, --allow-uneven)" if geometry.spacing_k is not None else ""),
-        notes=geometry.notes,
+        notes=notes,
     )
     return _check_ct_values(folder, Volume.from_sitk(image, modality=info.modality, source=source), first)
 
@@ -957,6 +960,26 @@ def _pixel_aspect(path: Path, ds: pydicom.Dataset) -> tuple[float, float, str] |
     return horizontal / low, vertical / low, f"{vertical:g}:{horizontal:g}"
 
 
+def _aspect_contradiction(ds: pydicom.Dataset) -> str | None:
+    """A note when PixelAspectRatio (vertical\\horizontal) contradicts PixelSpacing (row\\column mm) by more than 1 %;
+    None otherwise. Why not a refusal: PS3.3 C.7.6.3.1.7 makes PixelAspectRatio a stand-in used only where
+    PixelSpacing is absent, so the calibrated PixelSpacing governs (as in GDCM, ITK and every viewer that sizes by
+    it); files whose converters left a default 1\\1 beside rectangular pixels open elsewhere and must here too.
+    Why a note: one of the two was edited or written wrongly, and the shape the user saw in another tool may differ."""
+    try:
+        vertical, horizontal = (float(v) for v in ds["PixelAspectRatio"].value)
+        row_mm, col_mm = (float(v) for v in ds["PixelSpacing"].value)
+    except (KeyError, TypeError, ValueError):  # absent or malformed: PixelSpacing is checked by its own rule
+        return None
+    if not all(math.isfinite(v) and v > 0 for v in (vertical, horizontal, row_mm, col_mm)):
+        return None
+    if abs((vertical / horizontal) / (row_mm / col_mm) - 1) <= 0.01:
+        return None
+    return (f"PixelAspectRatio {vertical:g}\\{horizontal:g} contradicts PixelSpacing {row_mm:g}\\{col_mm:g} mm "
+            f"(pixels {row_mm / col_mm:.3g} times as high as wide); PixelSpacing, the calibrated size, is used: "
+            "another viewer may show the image with another shape")
+
+
 def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: bool = False) -> Volume:
     """One DICOM file; an enhanced multi-frame one on the grid its functional groups prove (``frame_geometry``)."""
     limit = voxel_limit(max_voxels)
@@ -999,6 +1022,10 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         and "ImageOrientationPatient" not in ds else None
     if aspect is not None:
         image.SetSpacing((aspect[0], aspect[1], *image.GetSpacing()[2:]))
+    notes = frames.notes if frames is not None else ()
+    if (contradiction := _aspect_contradiction(ds)) is not None:
+        warnings.warn(one_line(f"{path}: {contradiction}"), StudyWarning, stacklevel=2)
+        notes = (*notes, contradiction)
     source = SourceRef(
         path=str(path),
         format="dicom",
@@ -1008,7 +1035,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         sop_instance_uids=(str(getattr(ds, "SOPInstanceUID", "")),),
         sop_class_uid=str(getattr(ds, "SOPClassUID", "")) or None,
         files=(str(path),),
-        notes=frames.notes if frames is not None else (),
+        notes=notes,
         geometry=("per-frame functional groups (PlanePosition, PlaneOrientation, PixelMeasures)"
                   + (" (mean slice spacing, --allow-uneven)" if frames.notes else "") if frames is not None
                   else "ImagePositionPatient/ImageOrientationPatient" if "ImageOrientationPatient" in ds

@@ -42,7 +42,7 @@ class SourceRef:
     geometry: str = ""  # where spacing/origin/direction came from, e.g. "sform (sform_code 1)"
     # a NIfTI source's (sform_code, qform_code, intent_code): label maps written of it keep its space (MNI 4 ...)
     nifti_codes: tuple[int, ...] = ()
-    notes: tuple[str, ...] = ()  # repairs the user asked for (e.g. --allow-uneven), shown with the study
+    notes: tuple[str, ...] = ()  # repairs the user asked for (e.g. --allow-uneven) or doubts, shown with the study
     exif_orientation: int = 1  # a picture's EXIF Orientation (1-8), which it was turned by when read; 1: as stored
 
 

@@ -24,12 +24,15 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from data.pictures import exif_mismatch, refuse_lossy_mask, visible_pixels
+from data.pictures import TRANSPARENCY_IGNORED, exif_mismatch, refuse_lossy_mask, visible_pixels
 from data.readers import StudyError, read_study
 from data.volume import Volume
 from data.windowing import Window, default_window, slice_to_rgb
@@ -101,7 +104,9 @@ def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
         raise ManifestError(f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the manifest as "
                             "UTF-8 (in Excel: 'CSV UTF-8 (Comma delimited)')") from None
     with io.StringIO(text, newline="") as f:
-        reader = csv.DictReader(f)
+        # strict: an unclosed quote raised nothing and swallowed the rest of the file into one cell, which read as
+        # "column 'label': empty" (session 22)
+        reader = csv.DictReader(f, strict=True)
         header = [h.strip() for h in (reader.fieldnames or [])]
         # csv.DictReader keeps a repeated column's last cell: two 'label' columns (an edited export) scored the case
         # against the second without a word
@@ -119,9 +124,15 @@ def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
         attributes = [h for h in header if h not in KNOWN]
         cases: list[CaseSpec] = []
         seen: dict[str, int] = {}
-        for raw in reader:
+        for raw in _rows(reader, path, text):
             line = reader.line_num  # counts skipped blank lines and line breaks inside quoted cells
-            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}  # None: extra cells
+            extra = [v for v in raw.get(None) or () if v.strip()]  # cells past the header's columns
+            if extra:
+                raise ManifestError(
+                    f"{path} line {line}: {len(header) + len(raw[None])} cells, but the header names {len(header)} "
+                    f"columns (extra: {', '.join(repr(v[:40]) for v in extra[:3])}); quote a cell that holds a "
+                    "comma, or name the column in the header")
+            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
             cases.append(_parse_row(row, path, line, attributes))
             cid = cases[-1].case_id
             if cid in seen:
@@ -130,6 +141,26 @@ def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
     if not cases:
         raise ManifestError(f"{path}: the manifest has a header but no cases")
     return cases, attributes
+
+
+def _rows(reader: csv.DictReader, path: Path, text: str) -> Iterator[dict]:
+    """The reader's rows; a CSV syntax error as one line naming the line where its row begins."""
+    while True:
+        before = reader.line_num
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            lines = text.splitlines()
+            start = before + 1
+            while start < len(lines) and not lines[start - 1].strip():  # DictReader skips blank lines
+                start += 1
+            if "unexpected end of data" in str(e):
+                raise ManifestError(f"{path} line {start}: a quote (\") opened in this row is never closed, so the "
+                                    "rest of the file would be one cell; close the quote or remove it") from None
+            raise ManifestError(f"{path} line {start}: not valid CSV ({e}); a cell with a quote must be "
+                                "quoted whole, its quotes doubled (\"a \"\"b\"\" c\")") from None
 
 
 OTHER_DELIMITERS = {";": "semicolons (a European Excel's CSV)", "\t": "tabs", "|": "bars"}
@@ -153,6 +184,9 @@ def _parse_row(row: dict[str, str], manifest: Path, line: int, attributes: list[
         if not row.get(col):
             raise ManifestError(f"{_where(manifest, line, col)}: empty; every case needs {', '.join(REQUIRED)}")
     base = manifest.parent
+    if _same_file(base / row["image"], base / row["label"]):  # scored against every non-zero voxel of the image
+        raise ManifestError(f"{_where(manifest, line, 'label')}: {row['label']!r} is the image itself (column 'image' "
+                            f"{row['image']!r}); the label must be the ground-truth mask file")
     slice_index = None
     if row.get("slice_index"):
         v = _float(row["slice_index"], manifest, line, "slice_index")
@@ -191,6 +225,14 @@ def _parse_row(row: dict[str, str], manifest: Path, line: int, attributes: list[
     )
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two manifest paths name one file: the same path, or a link or another spelling of it."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except (OSError, ValueError):  # a NUL byte or an unreadable folder: the file is refused when it is read
+        return False
+
+
 def apply_transform(slice_2d: np.ndarray, transform: str) -> np.ndarray:
     """SimpleITK slice (rows j, columns i[, c]) -> the manifest's 2D view (see the module doc)."""
     if transform in ("", "none", "T"):
@@ -225,7 +267,10 @@ class CaseLoader:
     def _volume(self, path: Path, spec: CaseSpec, column: str) -> Volume:
         if path not in self._volumes:
             try:
-                self._volumes[path] = read_study(path)
+                with warnings.catch_warnings():
+                    if column == "label":  # its alpha is applied (``_painted``), not ignored as the note says
+                        warnings.filterwarnings("ignore", message=f".*{re.escape(TRANSPARENCY_IGNORED)}")
+                    self._volumes[path] = read_study(path)
             except StudyError as e:
                 raise ManifestError(f"{_where(self.manifest, spec.line, column)}: {e}") from e
         return self._volumes[path]

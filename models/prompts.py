@@ -14,6 +14,18 @@ class PromptError(ValueError):
     """A prompt that cannot be applied to this image (outside it, empty box, ...)."""
 
 
+def check_box_area(box: "np.ndarray | tuple[float, ...] | None") -> None:
+    """Refuse a box the user gave whose corners share an x or a y: it has no area, and the model answers it with an
+    empty mask (``medseg segment --box 10 10 10 10`` wrote an empty mask with no hint). Called where a user's box
+    comes in (CLI, UI, label server), not in ``validate``: boxes made from a 1-pixel-wide mask are the app's own."""
+    if box is None:
+        return
+    x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=np.float64).reshape(-1)[:4])
+    if x0 == x1 or y0 == y1:  # reversed corners are validate's refusal
+        raise PromptError(f"box {x0:g} {y0:g} {x1:g} {y1:g} has no area: a box needs x0 < x1 and y0 < y1 "
+                          "(two opposite corners); for a single pixel give a point")
+
+
 @dataclass(frozen=True)
 class Prompts:
     """What the user gave on one slice.

@@ -18,7 +18,7 @@ from app.errors import UsageError
 from app.reading import read_for_cli
 from data.volume import Volume
 from data.windowing import default_window, slice_to_rgb
-from models.prompts import Prompts
+from models.prompts import Prompts, check_box_area
 from runtime import BACKENDS
 from runtime.backend_choice import AUTO, ENV_VAR
 
@@ -165,6 +165,7 @@ def prompts_from_args(args: argparse.Namespace) -> Prompts:
         if not np.isin(arr[:, 2], (0, 1)).all():
             raise UsageError(f"--point LABEL must be 1 (foreground) or 0 (background), got {arr[:, 2].tolist()}")
         points, labels = arr[:, :2], arr[:, 2].astype(np.int64)
+    check_box_area(args.box)
     return Prompts(points=points, point_labels=labels, box=args.box)
 
 

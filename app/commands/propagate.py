@@ -39,7 +39,7 @@ from data.untrusted import LONE_SURROGATE
 from data.volume import Volume
 from data.export import export_format
 from data.windowing import default_window
-from models.prompts import Prompts
+from models.prompts import Prompts, check_box_area
 
 DEFAULTS = BOX_RULE  # the settings no backend changes; --prompt, --guard, --stride: default_propagation(backend)
 GUARDED = ", ".join(sorted(GUARD_RULE_BACKENDS)) or "no backend yet"
@@ -197,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = None
     if args.box is not None:
         k = resolve_slice(volume, args.slice)
+        check_box_area(args.box)
         prompts = Prompts(box=args.box)
         prompts.validate(volume.slice_shape)
         if k in anchors:

@@ -26,7 +26,7 @@ import numpy as np
 from app.embedding_cache import EmbeddingCache, volume_key, window_key
 from data.volume import Volume
 from data.windowing import default_window, slice_to_rgb
-from models.prompts import Prompts
+from models.prompts import Prompts, check_box_area
 
 DEFAULT_LABEL = "structure"
 
@@ -147,6 +147,7 @@ def request_prompts(entry: ModelEntry, params: Mapping[str, Any], volume: Volume
         points = np.asarray([[p[0], p[1]] for p in fg + bg], dtype=np.float32)
         labels = np.asarray([1] * len(fg) + [0] * len(bg), dtype=np.int64)
     box = None if roi is None else np.asarray(roi[:4], dtype=np.float32)
+    check_box_area(box)
     prompts = Prompts(points=points, point_labels=labels, box=box, pixel_spacing=volume.pixel_spacing)
     prompts.validate(volume.slice_shape)
     value = 1

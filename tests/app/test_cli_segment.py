@@ -132,6 +132,9 @@ def _bad_inputs(tmp_path):
         ("unsupported format", ["segment", txt, "--box", 1, 1, 5, 5, "-o", tmp_path / "o.png"], "unsupported format"),
         ("box outside", ["segment", *ok, "--box", 10, 10, 300, 20, "-o", tmp_path / "o.nii.gz"], "outside the image"),
         ("empty box", ["segment", *ok, "--box", 50, 50, 40, 60, "-o", tmp_path / "o.nii.gz"], "is empty"),
+        # session 22: wrote an empty mask with no hint
+        ("zero-size box", ["segment", *ok, "--box", 10, 10, 10, 10, "-o", tmp_path / "o.nii.gz"],
+         "box 10 10 10 10 has no area: a box needs x0 < x1 and y0 < y1"),
         ("slice out of range", ["segment", CT_SERIES, "--slice", 12, "--box", 1, 1, 5, 5, "-o", tmp_path / "o.nii.gz"], "out of range"),
         ("no slice for 3D", ["segment", CT_SERIES, "--box", 1, 1, 5, 5, "-o", tmp_path / "o.nii.gz"], "--slice K"),
         ("no prompt", ["segment", *ok, "-o", tmp_path / "o.nii.gz"], "give a prompt"),
@@ -144,7 +147,7 @@ def _bad_inputs(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("case", range(14))
+@pytest.mark.parametrize("case", range(15))
 def test_bad_input_is_one_line_and_exit_2(case, capsys, tmp_path):
     name, argv, expected = _bad_inputs(tmp_path)[case]
     code, out, err = run_cli(capsys, *argv)

@@ -184,6 +184,15 @@ def test_a_box_drawn_with_two_clicks_in_any_order_and_its_undo(session, runner):
     assert session.prompt.corner == (BOX[0], BOX[1]) and session.prompt.label == 2
 
 
+def test_a_box_of_two_clicks_on_one_row_is_refused_before_the_model(session, runner):
+    """Session 22: two corners with the same y (or the same point twice) made a box without area; the model
+    answered an empty mask with no hint. The same rule as the CLI and the label server (models.prompts)."""
+    interaction.box_click(runner, session, 10, 20)
+    with pytest.raises(PromptError, match=r"box 10 20 30 20 has no area: a box needs x0 < x1 and y0 < y1"):
+        interaction.box_click(runner, session, 30, 20)
+    assert not runner.calls and not session.labels.any()
+
+
 def test_a_corner_on_another_plane_is_forgotten(session, runner):
     """Box mode: a first corner on plane 6, then scroll to plane 5 and click: a new first corner there, never a
     box spanning two planes."""

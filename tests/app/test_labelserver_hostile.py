@@ -59,6 +59,14 @@ def test_params_that_are_no_finite_numbers_are_400_naming_the_field(served, mode
     assert client.get("/info/").status_code == 200
 
 
+def test_a_roi_without_area_is_400_not_an_empty_label(served):
+    """Session 22: roi [3, 3, 2, 8, 0, 1] (one column wide, rounded to voxels) was answered with an empty label."""
+    client, _, _ = served
+    r = client.post("/infer/litemedsam?image=ct&output=json", files={"params": (None, '{"roi": [3, 3, 2, 8, 0, 1]}')})
+    assert r.status_code == 400, r.text
+    assert "box 3 2 3 8 has no area: a box needs x0 < x1 and y0 < y1" in r.json()["detail"], r.json()
+
+
 @pytest.mark.parametrize("expiry", ["nan", "inf", "-5", "soon"])
 def test_a_session_expiry_that_is_no_duration_is_refused_and_creates_nothing(served, expiry):
     """expiry=nan made a session that never expired (and answered 'cannot convert float NaN to integer'),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from data.pictures import read_mask_image
-from data.readers import StudyError, read_study
+from data.readers import StudyError, StudyWarning, read_study
 from tests.conftest import DATA
 
 COLIN = DATA / "mr_t1_colin27_slabA_image.nii.gz"
@@ -25,12 +25,13 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def _png(pixels: np.ndarray, *, rows: int | None = None, interlace: bool = False, split: int = 0) -> bytes:
-    """A PNG of ``pixels`` (H, W) uint8/uint16 grey or (H, W, 3) uint8 RGB, unfiltered; ``rows``: only the first
-    rows' data in the (complete) zlib stream; ``split``: the stream over several IDAT chunks of that size."""
+    """A PNG of ``pixels`` (H, W) uint8/uint16 grey, (H, W, 2) grey+alpha, (H, W, 3) RGB or (H, W, 4) RGBA,
+    unfiltered; ``rows``: only the first rows' data in the (complete) zlib stream; ``split``: the stream over several
+    IDAT chunks of that size."""
     h, w = pixels.shape[:2]
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     depth = 16 if pixels.dtype == np.uint16 else 8
-    colour = {1: 0, 3: 2}[channels]
+    colour = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
     big_endian = pixels.astype(pixels.dtype.newbyteorder(">")) if depth == 16 else pixels
     if interlace:  # Adam7: seven passes of sub-images, each row with its filter byte
         raw = b""
@@ -223,3 +224,28 @@ def test_a_png_whose_header_pillow_refuses_is_named_a_png(tmp_path, size, depth,
     other.write_bytes(b"GIF89a" + b"\x00" * 40)
     with pytest.raises(StudyError, match="its bytes are neither PNG nor JPEG"):
         read_study(other)
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_a_grey_alpha_png_is_a_mask_of_its_painted_visible_pixels_and_an_image_with_a_note(tmp_path, depth):
+    """Session 22: a 16-bit grey+alpha mask of label 1 read as empty (PIL kept each value's high byte, 0), and as an
+    image its alpha was dropped without a word. Now 8- and 16-bit alike: the mask is non-zero and not transparent
+    (``_loaded_with_alpha``), the image keeps its stored values with a note naming the transparent pixels."""
+    dtype, opaque = (np.uint16, 65535) if depth == 16 else (np.uint8, 255)
+    grey = np.zeros((6, 8), dtype)
+    grey[1:4, 1:4] = 1
+    grey[:, 6:] = 200  # under the transparent columns: not painted
+    alpha = np.full((6, 8), opaque, dtype)
+    alpha[:, 6:] = 0
+    path = tmp_path / f"ga{depth}.png"
+    path.write_bytes(_png(np.dstack([grey, alpha])))
+    expected = np.zeros((6, 8), bool)
+    expected[1:4, 1:4] = True
+    np.testing.assert_array_equal(read_mask_image(path), expected)
+    with pytest.warns(StudyWarning) as record:
+        vol = read_study(path)
+    note = ("12 of 48 pixels are fully transparent (its alpha channel); opened with their stored values, the "
+            "transparency ignored (another viewer may show them blank)")
+    assert [str(w.message) for w in record] == [f"{path}: {note}"] and vol.source.notes == (note,)
+    shown = vol.array[0] if depth == 16 else vol.array[0, ..., 0]  # 8-bit grey+alpha opens as RGB
+    np.testing.assert_array_equal(shown, grey)

@@ -1060,6 +1060,38 @@ def test_pixel_aspect_ratio_without_pixel_spacing_shapes_the_image_in_relative_u
     assert vol.array.shape == (1, 8, 16)
 
 
+@pytest.mark.parametrize("one_file", [True, False])
+def test_a_pixel_aspect_ratio_that_contradicts_pixel_spacing_is_named_and_pixel_spacing_kept(tmp_path, one_file):
+    """PixelAspectRatio 2\\1 beside PixelSpacing 0.5\\0.5 (session 22): before, PixelSpacing was used without a word.
+    PixelSpacing stays (the calibrated size; the standard uses the ratio only where it is absent), with a note."""
+    if one_file:
+        ds = db.image_dataset(db.pixels(8, 16)[0])
+        ds.PixelAspectRatio = [2, 1]
+        path = db.write(ds, tmp_path / "ct.dcm")
+    else:
+        path = series(tmp_path / "s", [0.0, 1.0, 2.0])
+        for f in sorted(path.iterdir()):
+            ds = pydicom.dcmread(f)
+            ds.PixelAspectRatio = [2, 1]
+            ds.save_as(f)
+    with pytest.warns(StudyWarning) as record:
+        vol = read_study(path)
+    assert vol.spacing[:2] == pytest.approx((0.5, 0.5)) and vol.size_is_physical
+    note = ("PixelAspectRatio 2\\1 contradicts PixelSpacing 0.5\\0.5 mm (pixels 1 times as high as wide); "
+            "PixelSpacing, the calibrated size, is used: another viewer may show the image with another shape")
+    assert [str(w.message) for w in record if "PixelAspectRatio" in str(w.message)] == [f"{path}: {note}"]
+    assert note in vol.source.notes
+
+
+def test_a_pixel_aspect_ratio_that_agrees_with_pixel_spacing_says_nothing(tmp_path):
+    ds = db.image_dataset(db.pixels(8, 16)[0], spacing=(0.6, 0.3))
+    ds.PixelAspectRatio = [2, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StudyWarning)
+        vol = read_study(db.write(ds, tmp_path / "ct.dcm"))
+    assert vol.spacing[:2] == pytest.approx((0.3, 0.6)) and vol.source.notes == ()
+
+
 @pytest.mark.parametrize("ratio", ["0\\1", "2", "-1\\1", "1\\1000", "a\\b"])
 def test_a_pixel_aspect_ratio_that_is_no_shape_is_refused_in_one_line(tmp_path, ratio):
     path = _aspect_image(tmp_path, ratio)

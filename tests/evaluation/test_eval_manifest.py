@@ -256,8 +256,9 @@ def test_spacing_is_row_then_column_in_mm(tmp_path):
     volume = sitk.GetImageFromArray(array)
     volume.SetSpacing((0.5, 0.8, 2.0))  # x (columns), y (rows), z
     sitk.WriteImage(volume, str(tmp_path / "aniso.nii.gz"))
+    sitk.WriteImage(volume, str(tmp_path / "aniso_label.nii.gz"))  # a label that is the image file is refused
     m = _write_manifest(tmp_path, ["case_id", "image", "label", "slice_index"],
-                        [["a", "aniso.nii.gz", "aniso.nii.gz", "1"]])
+                        [["a", "aniso.nii.gz", "aniso_label.nii.gz", "1"]])
     case = CaseLoader(m).load(read_manifest(m)[0][0])
     assert case.spacing == pytest.approx((0.8, 0.5), abs=1e-6) and int(case.gt.sum()) == 4
 
@@ -349,6 +350,7 @@ def test_a_picture_turned_by_exif_with_a_label_that_is_not_is_refused(tmp_path):
     np.testing.assert_array_equal(case.gt, np.rot90(lab, -1) != 0)
 
 
+@pytest.mark.filterwarnings("error::data.study_errors.StudyWarning")  # no "transparency ignored" note on a label
 def test_a_picture_label_is_read_as_painted_and_absent_label_values_are_named(tmp_path):
     """Session 21: eval read a label picture as an image. A label painted on a transparent layer whose hidden pixels
     are white was the whole plane (the alpha dropped: Dice 0.446 where the painted label scores 0.670 on the real
@@ -421,3 +423,36 @@ def test_a_path_with_a_nul_byte_is_refused_naming_the_line_and_column(tmp_path):
         CaseLoader(m).load(cases[0])
     with pytest.raises(StudyError, match="the path holds a NUL byte"):
         read_study(tmp_path / "a\x00b.dcm")
+
+
+def test_a_row_with_more_cells_than_the_header_is_refused_naming_the_line(tmp_path):
+    """Session 22: an unquoted comma in a cell shifted the row; the cells past the header were dropped without a word.
+    Empty trailing cells (Excel pads rows) carry nothing and stay accepted."""
+    m = tmp_path / "MANIFEST.csv"
+    m.write_text("case_id,image,label\na,i.png,l.png,,\nb,i.png,l.png,extra,x\n")
+    with _exactly(f"{m} line 3: 5 cells, but the header names 3 columns (extra: 'extra', 'x'); quote a cell that "
+                  "holds a comma, or name the column in the header"):
+        read_manifest(m)
+
+
+def test_an_unclosed_quote_is_named_at_the_line_it_opens(tmp_path):
+    """Session 22: the quote swallowed the rest of the file into one cell, which read as "column 'label': empty"."""
+    m = tmp_path / "MANIFEST.csv"
+    m.write_text('case_id,image,label\n\na,"i.png,l.png\nb,i.png,l.png\n')
+    with _exactly(f'{m} line 3: a quote (") opened in this row is never closed, so the rest of the file would be '
+                  "one cell; close the quote or remove it"):
+        read_manifest(m)
+    m.write_text('case_id,image,label\na,"i.png"x,l.png\n')
+    with pytest.raises(ManifestError, match=f"^{re.escape(str(m))} line 2: not valid CSV \\("):
+        read_manifest(m)
+
+
+def test_a_label_that_is_the_image_itself_is_refused(tmp_path):
+    """Session 22: label = image scored the case against every non-zero pixel of the image as ground truth."""
+    (tmp_path / "i.png").write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    for label in ("i.png", "./sub/../i.png"):
+        m = _write_manifest(tmp_path, ["case_id", "image", "label"], [["a", "i.png", label]])
+        with _exactly(f"{m} line 2, column 'label': {label!r} is the image itself (column 'image' 'i.png'); the label "
+                      "must be the ground-truth mask file"):
+            read_manifest(m)
