@@ -24,6 +24,14 @@ def ct():
     return read_study(SAMPLES / "ct_head_0051_series")
 
 
+def _sample_clicked_once(page, ct) -> None:
+    """The bundled CT open and one positive click on it answered (the edit the tests then undo or export)."""
+    _open_sample(page)
+    page.mouse.click(*_xy(page, ct, *INSIDE))
+    _wait_status(page, "Positive click")
+    _idle(page)
+
+
 def _said(page, text: str, timeout_ms: int = 10_000) -> None:
     """The viewer's status line says ``text`` soon (the key's own answer, not a late server message)."""
     from playwright.sync_api import expect
@@ -63,10 +71,7 @@ def test_the_download_mark_is_written_only_when_it_changes(browser, server, ct):
     button shows (a re-render by Gradio that dropped it included): no write in a second of an idle page."""
     context, page, sid = _open_page(browser, server)
     try:
-        _open_sample(page)
-        page.mouse.click(*_xy(page, ct, *INSIDE))
-        _wait_status(page, "Positive click")
-        _idle(page)
+        _sample_clicked_once(page, ct)
         page.locator("#export-btn").click()
         page.locator("#download").wait_for(state="visible", timeout=TIMEOUT_MS)
         page.mouse.click(*_xy(page, ct, 140.0, 120.0))
@@ -131,10 +136,7 @@ def test_ctrl_z_with_the_label_box_focused_undoes_the_last_click(browser, server
     list); ctrl+shift+Z there redoes it, as ctrl+Y does."""
     context, page, sid = _open_page(browser, server)
     try:
-        _open_sample(page)
-        page.mouse.click(*_xy(page, ct, *INSIDE))
-        _wait_status(page, "Positive click")
-        _idle(page)
+        _sample_clicked_once(page, ct)
         assert server.labels(sid).any()
         page.locator("#label input").click()
         page.keyboard.press("Control+z")
