@@ -84,22 +84,28 @@ class MemoisedEmbeddings:
 
 
 @contextlib.contextmanager
-def memoised_embeddings(segmenter) -> Iterator[MemoisedEmbeddings]:
+def memoised_embeddings(segmenter, per_image: bool = False) -> Iterator[MemoisedEmbeddings]:
     """Within the block, ``segmenter`` (this instance: the shared one the CLI and the app load too) encodes
     each distinct batch of images once: a batch whose images are byte for byte those of an earlier batch gets
     the earlier embeddings back. The encoder is deterministic for equal input in one process, so only the time
     changes; an image that differs by one byte (another window, slice or order) misses and is encoded.
     For tests whose CLI run and reference computation encode the same slice; never where encodes are counted
-    through the segmenter or its weights change."""
+    through the segmenter or its weights change.
+
+    ``per_image``: each image is looked up on its own and only the missing ones are encoded (one batch); for a
+    server whose sessions each encode the same sample's slices in batches of their own (the encoder has no
+    batch-wide statistics: ``app.embedding_cache.padded``). Counts are then per image."""
     import hashlib
 
     memo: dict[tuple, list] = {}
     counts = MemoisedEmbeddings()
     encode = segmenter.embed_batch
 
+    def key_of(im) -> tuple:
+        return np.shape(im), str(np.asarray(im).dtype), hashlib.sha256(np.ascontiguousarray(im)).hexdigest()
+
     def embed_batch(images):
-        key = tuple((np.shape(im), str(np.asarray(im).dtype), hashlib.sha256(np.ascontiguousarray(im)).hexdigest())
-                    for im in images)
+        key = tuple(key_of(im) for im in images)
         if key in memo:
             counts.hits += 1
         else:
@@ -107,7 +113,17 @@ def memoised_embeddings(segmenter) -> Iterator[MemoisedEmbeddings]:
             memo[key] = encode(images)
         return list(memo[key])
 
-    segmenter.embed_batch = embed_batch
+    def embed_each(images):
+        keys = [(key_of(im),) for im in images]
+        missing = {k: im for k, im in zip(keys, images) if k not in memo}
+        counts.hits += len(keys) - len(missing)
+        counts.misses += len(missing)
+        if missing:
+            for k, embedding in zip(missing, encode(list(missing.values()))):
+                memo[k] = [embedding]
+        return [memo[k][0] for k in keys]
+
+    segmenter.embed_batch = embed_each if per_image else embed_batch
     try:
         yield counts
     finally:

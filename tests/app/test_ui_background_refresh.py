@@ -16,10 +16,19 @@ import pytest
 
 from app import controller
 from app.ui import UIConfig, build_app
+from tests.conftest import memoised_embeddings
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def _encoded_once(litemedsam):
+    """Four tests open the CT and click on its shown slice, each in a session of its own: the slice is encoded once
+    for the module (``memoised_embeddings``); nothing here counts encodes."""
+    with memoised_embeddings(litemedsam, per_image=True) as counts:
+        yield counts
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory, _encoded_once):
     demo = build_app(UIConfig(sessions_root=tmp_path_factory.mktemp("sessions"), prefetch_radius=0))
     by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
 

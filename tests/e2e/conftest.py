@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import real_server_turn
+from tests.conftest import memoised_embeddings, real_server_turn
 
 CHROMIUM = Path(os.environ.get("MEDSEG_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = [
@@ -76,7 +76,9 @@ def server(tmp_path_factory, litemedsam):
     from app.ui import launch
 
     state = tmp_path_factory.mktemp("medseg-state")
-    with real_server_turn():
+    # Every test opens the CT sample in a session of its own, and each session encoded its slices afresh (2.3 s of
+    # CPU each; two propagations walked all 12): now each distinct slice image is encoded once for the package.
+    with real_server_turn(), memoised_embeddings(litemedsam, per_image=True):
         port = _free_port()
         demo = launch("127.0.0.1", port, "litemedsam", "cpu", state_dir=state, prefetch_radius=0, prevent_thread_lock=True)
         yield Server(f"http://127.0.0.1:{port}/", state / "sessions", demo.medseg_ctx.store, demo.medseg_ctx.runner,

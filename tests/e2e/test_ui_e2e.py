@@ -92,13 +92,19 @@ def _idle(page) -> None:
 
 def _xy(page, volume, x: float, y: float, index: int | None = None, view: str = "coronal") -> tuple[float, float]:
     """Screen position of plane pixel (x, y) on the shown slice (or on slice ``index``, which must be shown)."""
+    return _xys(page, volume, [(x, y)], index, view)[0]
+
+
+def _xys(page, volume, points, index: int | None = None, view: str = "coronal") -> list[tuple[float, float]]:
+    """Screen positions of plane pixels [(x, y), ...], as :func:`_xy` gives each, asked of the page in one call
+    (a test that maps every pixel of a mask made two page round trips a pixel: thousands, ~40 s)."""
     if index is None:
         index = int(page.locator("#medseg-viewer").get_attribute("data-slice"))
-    mm = from_plane(volume, view, index, x, y)
-    pos = page.evaluate("([mm, view]) => medsegViewer.toCanvas(mm, view)", [mm, view])
-    assert pos is not None, f"{view} slice {index} is not on the screen"
+    mms = [from_plane(volume, view, index, float(x), float(y)) for x, y in points]
+    found = page.evaluate("([mms, view]) => mms.map(mm => medsegViewer.toCanvas(mm, view))", [mms, view])
+    assert all(pos is not None for pos in found), f"{view} slice {index} is not on the screen"
     box = page.locator("#viewer-canvas").bounding_box()
-    return box["x"] + pos[0], box["y"] + pos[1]
+    return [(box["x"] + pos[0], box["y"] + pos[1]) for pos in found]
 
 
 def _box(page, volume) -> None:
@@ -280,7 +286,7 @@ def test_second_object_keeps_the_first_and_rapid_prompts_all_register(browser, s
     # every one is queued, sent in order and registered
     page.keyboard.press("n")
     clicks = [(110.0 + 2 * (i % 10), 112.0 + 3 * (i // 10)) for i in range(30)]
-    positions = [_xy(page, ct, x, y, index=7) for x, y in clicks]
+    positions = _xys(page, ct, clicks, index=7)
     for i, (px, py) in enumerate(positions):
         page.mouse.click(px, py)
         page.wait_for_timeout(100)
@@ -368,8 +374,7 @@ def test_outline_draws_a_one_slice_label_as_its_border(browser, server, ct):
     def at(canvas: np.ndarray, where: np.ndarray) -> np.ndarray:
         ys, xs = np.nonzero(where)
         out = []
-        for y, x in zip(ys, xs):
-            sx, sy = _xy(page, ct, float(x), float(y))
+        for sx, sy in _xys(page, ct, list(zip(xs, ys))):
             out.append(canvas[int(round(sy - box["y"])), int(round(sx - box["x"]))].astype(int))
         return np.array(out)
 
