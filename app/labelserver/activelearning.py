@@ -49,8 +49,9 @@ class NextSample:
 
     def unlabelled(self, label_tag: str = "final") -> list[str]:
         """The datastore's ids without a label of ``label_tag``, sorted."""
-        done = self.datastore.labelled(check_tag(label_tag))
-        return sorted(i for i in self.datastore.ids() if i not in done)
+        ids = self.datastore.ids()
+        done = self.datastore.labelled(check_tag(label_tag), ids)
+        return sorted(i for i in ids if i not in done)
 
     def __call__(self, strategy: str, params: dict) -> dict:
         """The reply: ``{"id", "name", "strategy", "weight"}`` of the chosen image, ``{}`` when none is left."""

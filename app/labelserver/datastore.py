@@ -420,9 +420,10 @@ class Datastore:
         """Keep an image a viewer uploads (``PUT /datastore/?image=ID``, Slicer's 'upload'); returns its id."""
         raise NotImplementedError
 
-    def labelled(self, tag: str = "final") -> set[str]:
-        """The ids that have a label of ``tag`` (Next Sample passes them over; /info/'s 'completed')."""
-        return {i for i in self.ids() if tag in self.labels(i)}
+    def labelled(self, tag: str = "final", ids: list[str] | None = None) -> set[str]:
+        """The ids that have a label of ``tag`` (Next Sample passes them over; /info/'s 'completed'); ``ids``: the
+        listing the caller already holds (else listed here)."""
+        return {i for i in (self.ids() if ids is None else ids) if tag in self.labels(i)}
 
     def image_info(self, image_id: str) -> dict[str, str]:
         """What a viewer needs to open the image itself (OHIF's Next Sample opens ``StudyInstanceUID``)."""
@@ -440,7 +441,7 @@ class Datastore:
         for i in ids:
             for tag in self.labels(i):
                 tags[tag] = tags.get(tag, 0) + 1
-        completed = len(self.labelled("final") & set(ids))  # on a PACS also SEGs stored there by others
+        completed = len(self.labelled("final", ids) & set(ids))  # on a PACS also SEGs stored there by others
         return {"total": len(ids), "completed": completed, "label_tags": tags}
 
     def as_json(self) -> dict:
@@ -616,7 +617,7 @@ class DicomWebStore(Datastore):
     def labels(self, image_id: str) -> dict[str, Path]:
         return dict(self._saved.get(image_id, {}))
 
-    def labelled(self, tag: str = "final") -> set[str]:
+    def labelled(self, tag: str = "final", ids: list[str] | None = None) -> set[str]:
         """Series labelled here, and, for ``final``, every series a SEG on the PACS references (MONAI Label's
         DICOMweb datastore counts them so): a server restarted, or a SEG stored by another tool, still counts.
         Each SEG series' references are read once (WADO-RS metadata) and kept: a SEG never changes them."""
