@@ -26,25 +26,32 @@ GUARD_RULE = replace(BOX_RULE, prompt="auto", guard=0.7)
 the box answer; every 2nd slice. ``auto`` is the box rule on a model without a click model trained on neighbouring
 masks (``PropagationSettings.for_model``), so those models walk as before."""
 
-GUARD_RULE_BACKENDS: frozenset[str] = frozenset({"torch", "torch-fp16"})
-"""Backends whose default is :data:`GUARD_RULE`: only those where it was measured to meet the rule above. Figures
-with the click model shipped since session 16 (docs/evaluation.md, "Session 16"; guard rule vs box rule):
+GUARD_BY_BACKEND: dict[str, float] = {"torch": 0.7, "torch-fp16": 0.7, "onnx-int8": 0.8}
+"""Backends whose default is :data:`GUARD_RULE`, with the guard threshold measured for each: only those where it was
+measured to meet the rule above. Figures with the click model shipped since session 16 (docs/evaluation.md,
+"Session 16" and "Session 23"; guard rule vs box rule):
 
-- ``torch-fp16`` (the GPU default), H100: calibration 0.474 vs 0.465, check 0.519 vs 0.454, held-out slab 0.560 vs
-  0.545, CT head 0.900 vs 0.779 (raw docs/bench/s16/h100_newcm_prop3d_torch-fp16.csv). With the model before
-  session 16 it lost 0.003 on the held-out slab there and was not the default.
-- ``torch`` (fp32), the default since session 13: CPU, calibration 0.477 vs 0.476, check 0.518 vs 0.450, held-out
-  slab 0.564 vs 0.540, CT head 0.900 vs 0.779 (docs/bench/s16/cpu_newcm_prop3d_torch.csv); on the H100 the
+- ``torch-fp16`` (the GPU default), H100, guard 0.7: calibration 0.474 vs 0.465, check 0.519 vs 0.454, held-out
+  slab 0.560 vs 0.545, CT head 0.900 vs 0.779 (raw docs/bench/s16/h100_newcm_prop3d_torch-fp16.csv). With the model
+  before session 16 it lost 0.003 on the held-out slab there and was not the default.
+- ``torch`` (fp32), guard 0.7, the default since session 13: CPU, calibration 0.477 vs 0.476, check 0.518 vs 0.450,
+  held-out slab 0.564 vs 0.540, CT head 0.900 vs 0.779 (docs/bench/s16/cpu_newcm_prop3d_torch.csv); on the H100 the
   calibration set ties (-0.0002) and the rest wins (h100_newcm_prop3d_torch.csv).
-- not ``onnx-int8-conv`` (the CPU default): the guard rule loses there (session 16: calibration 0.450 vs 0.464,
-  held-out slab 0.523 vs 0.551; session 10: held-out -0.022); the other int8 and onnx backends: not measured.
+- ``onnx-int8`` (dynamic int8), guard 0.8, since session 23: CPU, calibration 0.484 vs 0.465, check 0.557 vs 0.546,
+  held-out slab 0.549 vs 0.542, CT head 0.900 vs 0.778 (docs/bench/s23/prop3d_onnx-int8.csv); guard 0.7 lost on the
+  calibration set there (0.459).
+- not ``onnx-int8-conv`` (the CPU default): every guard lost on the calibration set or the held-out slab there
+  (session 16: guard 0.7, calibration 0.450 vs 0.464, held-out slab 0.523 vs 0.551; session 18: guard 0.8, held-out
+  slab -0.001); the other int8 and onnx backends: not measured.
 """
 
 
 def default_propagation(backend: str) -> PropagationSettings:
     """The rule a walk on ``backend`` (a ``runtime.BACKENDS`` name, as ``runtime.backend_choice`` picked it) runs by
-    default: :data:`GUARD_RULE` where measured to meet the rule (:data:`GUARD_RULE_BACKENDS`), else :data:`BOX_RULE`."""
-    return GUARD_RULE if backend in GUARD_RULE_BACKENDS else BOX_RULE
+    default: :data:`GUARD_RULE` with the backend's threshold where measured to meet the rule
+    (:data:`GUARD_BY_BACKEND`), else :data:`BOX_RULE`."""
+    guard = GUARD_BY_BACKEND.get(backend)
+    return BOX_RULE if guard is None else replace(GUARD_RULE, guard=guard)
 
 
 def describe(settings: PropagationSettings) -> str:

@@ -32,7 +32,7 @@ from app.commands.common import (
 from app.embedding_cache import EmbeddingCache
 from app.errors import UsageError
 from app.propagation import PropagationResult, PropagationSettings, interpolate_shapes, propagate, propagate_anchors
-from app.propagation_defaults import BOX_RULE, GUARD_RULE, GUARD_RULE_BACKENDS, default_propagation, rule_of
+from app.propagation_defaults import BOX_RULE, GUARD_BY_BACKEND, GUARD_RULE, default_propagation, rule_of
 from data.pictures import read_mask_image
 from data.readers import read_study
 from data.untrusted import LONE_SURROGATE
@@ -42,10 +42,10 @@ from data.windowing import default_window
 from models.prompts import Prompts, check_box_area
 
 DEFAULTS = BOX_RULE  # the settings no backend changes; --prompt, --guard, --stride: default_propagation(backend)
-GUARDED = ", ".join(sorted(GUARD_RULE_BACKENDS)) or "no backend yet"
+GUARDED = "; ".join(f"--guard {g:g} on {b}" for b, g in sorted(GUARD_BY_BACKEND.items())) or "no backend yet"
 PER_BACKEND = (f"default per backend (app/propagation_defaults.py, docs/evaluation.md): {GUARD_RULE.prompt} with "
-               f"--guard {GUARD_RULE.guard:g} on {GUARDED}, where that was measured to be better; {BOX_RULE.prompt} "
-               f"with --guard {BOX_RULE.guard:g} on the others")
+               f"{GUARDED}, where that was measured to be better; {BOX_RULE.prompt} with --guard {BOX_RULE.guard:g} "
+               "on the others")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
