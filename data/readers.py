@@ -143,7 +143,8 @@ def _read_by_name(path: Path, *, series_uid: str | None, limit: int, allow_uneve
 CONTENT_KINDS = {"dicom": ("a DICOM file", ".dcm"), "nifti": ("an uncompressed NIfTI", ".nii"),
                  "nifti-gz": ("a gzip-compressed NIfTI", ".nii.gz"), "png": ("a PNG image", ".png"),
                  "jpeg": ("a JPEG image", ".jpg"), "zip": ("a ZIP archive", ".zip"),
-                 "dicom-gz": ("a gzip-compressed DICOM file", ".dcm")}
+                 "dicom-gz": ("a gzip-compressed DICOM file", ".dcm"), "tar": ("a tar archive", ".tar"),
+                 "tar-gz": ("a gzip-compressed tar archive", ".tar.gz")}
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive's end record
 
 
@@ -166,6 +167,8 @@ def _content_kind(path: Path) -> str | None:
         return kind
     if kind == "nifti-gz" and inner[128:132] == b"DICM":  # scan.dcm.gz: a PACS or mail export's compressed image
         return "dicom-gz"
+    if inner[257:262] == b"ustar":  # POSIX and GNU tar headers: a Linux or macOS export of a series folder
+        return "tar-gz" if kind == "nifti-gz" else "tar"
     if head[128:132] == b"DICM":
         return "dicom"
     if head[:8] == b"\x89PNG\r\n\x1a\n":
@@ -189,6 +192,8 @@ def _misnamed(path: Path) -> str | None:
     what, suffix = CONTENT_KINDS[kind]
     if kind == "dicom-gz":  # no name opens it: DICOM readers take the file itself, never a gzip of it
         return f"its bytes are {what}: decompress it (gunzip) and open the {suffix} file it holds"
+    if kind in ("tar", "tar-gz"):  # said only "unsupported format", though the UI takes a zip of the same folder
+        return f"its bytes are {what}: unpack it (tar xf) and open the folder or file it holds, or upload a zip of it"
     if name.endswith(IMAGE_SUFFIXES if kind in ("png", "jpeg") else suffix):  # x.nii.gz does not end in .nii
         return None  # the name says what the bytes are: the file is damaged, not misnamed
     if kind == "zip":  # a PACS or mail export saved under the name of its first image
