@@ -642,7 +642,7 @@ def read_dicom_series(
         study_instance_uid=str(getattr(first, "StudyInstanceUID", "")) or None,
         series_instance_uid=info.series_instance_uid,
         frame_of_reference_uid=str(getattr(first, "FrameOfReferenceUID", "")) or None,
-        sop_instance_uids=tuple(str(h.SOPInstanceUID) for h in heads),
+        sop_instance_uids=tuple(str(getattr(h, "SOPInstanceUID", "")) for h in heads),  # none: a SEG is refused
         sop_class_uid=str(getattr(first, "SOPClassUID", "")) or None,
         files=info.files,
         geometry="ImagePositionPatient/ImageOrientationPatient" + (
