@@ -426,11 +426,13 @@ def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[Se
     """All image series in a folder (recursively), each ordered along its slice normal.
 
     Files without the DICOM marker (a README, a thumbnail) are skipped; a DICOM file that fails
-    the checks, a link out of the folder or a FIFO refuses the whole folder, naming the file.
+    the checks, a link out of the folder or a FIFO refuses the whole folder, naming the file; so does an image
+    without SeriesInstanceUID beside a series (it may be one of its slices).
     """
     folder = Path(folder)
     limit = voxel_limit(max_voxels)
     groups: dict[str, list[tuple[float, int, str, pydicom.Dataset]]] = {}
+    unplaced: list[Path] = []  # images without a SeriesInstanceUID
     for f in sorted(folder.rglob("*")):
         try:
             f_stat = check_regular(f, folder=folder, allow_dir=True)
@@ -440,14 +442,23 @@ def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[Se
             continue
         scan = scan_checked(f, max_voxels=limit)
         ds = _read_header(f)
-        if "SeriesInstanceUID" not in ds or getattr(ds, "SOPClassUID", None) == SEG_SOP_CLASS:
+        if getattr(ds, "SOPClassUID", None) == SEG_SOP_CLASS:
             continue
         if "Rows" not in ds:
             continue  # no image (structured report, presentation state)
+        if not str(ds.get("SeriesInstanceUID", "") or "").strip():
+            unplaced.append(f)
+            continue
         check_pixels(f, scan, ds, limit)
         position = position_along_normal(ds)
         groups.setdefault(str(ds.SeriesInstanceUID), []).append(
             (position if position is not None else float(_instance(ds)), _instance(ds), str(f), ds))
+    if unplaced and groups:
+        # such an image was left out without a word: a slice so damaged made a gap the refusal asked to "add the
+        # missing file(s)" for, the file in plain sight, or the series opened a slice short (session 23)
+        raise StudyError(f"{unplaced[0]}: a DICOM image without SeriesInstanceUID, so which series of the folder it "
+                         "belongs to is not known; give it its series' SeriesInstanceUID (e.g. dcmodify -i "
+                         "SeriesInstanceUID=UID FILE) or take it out of the folder")
     series = []
     for uid, items in groups.items():
         items.sort(key=lambda t: (t[0], t[1]))

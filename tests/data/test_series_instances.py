@@ -57,6 +57,29 @@ def test_a_slice_without_a_sop_instance_uid_opens_and_its_seg_is_refused_naming_
         export_labels(labels, volume, tmp_path / "seg.dcm")
 
 
+@pytest.mark.parametrize("value", [None, ""])
+@pytest.mark.parametrize("k", [5, 0])
+def test_a_slice_without_a_series_instance_uid_is_refused_naming_it_not_a_gap(tmp_path, value, k):
+    """Session 23: the slice was left out without a word: in the middle the refusal asked to "add the missing
+    file(s)" between IM0005.dcm and IM0007.dcm, with IM0006.dcm in the folder; the first one, and the series opened a
+    slice short. Which series such an image belongs to is not known."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for n, f in enumerate(CT_FILES):
+        ds = pydicom.dcmread(f)
+        if n == k:
+            if value is None:
+                del ds.SeriesInstanceUID
+            else:
+                ds.SeriesInstanceUID = value
+        ds.save_as(folder / f.name)
+    with pytest.raises(StudyError) as e:
+        read_study(folder)
+    assert str(e.value).endswith(f"{CT_FILES[k].name}: a DICOM image without SeriesInstanceUID, so which series of "
+                                 "the folder it belongs to is not known; give it its series' SeriesInstanceUID (e.g. "
+                                 "dcmodify -i SeriesInstanceUID=UID FILE) or take it out of the folder")
+
+
 def test_the_same_file_twice_under_two_names_is_refused_by_its_position(tmp_path):
     folder = tmp_path / "series"
     folder.mkdir()
