@@ -167,7 +167,7 @@ def _segment_pixels(labels: np.ndarray, volume: Volume, path: Path) -> tuple[np.
 
     Why a label map: one binary layer of the whole grid per value, twice (a mask each, then their stack), made a
     label of many values a memory bomb: the label server's PUT of a 12 x 256 x 256 label holding 65535 values asked
-    for 100 GB and the server was killed (session 23)."""
+    for about 100 GB, enough for the kernel to kill the server (session 23)."""
     grid = volume.array.shape[:3]
     if labels.ndim == 4:
         if labels.shape[1:] != grid:
