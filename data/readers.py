@@ -104,12 +104,19 @@ def read_study(
     except UntrustedFileError as e:
         raise StudyError(str(e)) from None
     try:
-        return _read_by_name(path, series_uid=series_uid, limit=limit, allow_uneven=allow_uneven)
+        volume = _read_by_name(path, series_uid=series_uid, limit=limit, allow_uneven=allow_uneven)
     except StudyError as e:
         hint = None if type(e) is not StudyError or path.is_dir() else _misnamed(path)
         if hint is None:
             raise
         raise StudyError(f"{e}; {hint}") from e
+    if series_uid is not None and not path.is_dir() and volume.source.series_instance_uid != series_uid:
+        # a file holds one study: the series asked for was ignored without a word, and another one opened (session 23)
+        own = volume.source.series_instance_uid
+        raise StudyError(f"{path}: series {series_uid} was asked for, but this file is "
+                         f"{f'of series {own}' if own else 'no part of a DICOM series'}; a series is picked among "
+                         "those of a folder: give the folder, or leave the series out")
+    return volume
 
 
 def _read_by_name(path: Path, *, series_uid: str | None, limit: int, allow_uneven: bool) -> Volume:
