@@ -24,8 +24,9 @@ SERVERS = ("serve", "labelserver")
 
 
 # Any negative number a user types, exponent and -inf/-nan included: argparse's own pattern knows only
-# -5 and -.5, so "--box -1e9 0 10 10" read "-1e9" as an option ("--box: expected 4 arguments").
-_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+# -5 and -.5, so "--box -1e9 0 10 10" read "-1e9" as an option ("--box: expected 4 arguments"); and an anchor of a
+# negative slice, "--anchor -1:m.png" ("--anchor: expected one argument", session 23), so its own check names it.
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$|^-\d+:.", re.IGNORECASE)
 
 
 class OneLineParser(argparse.ArgumentParser):

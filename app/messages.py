@@ -16,10 +16,11 @@ import threading
 from datetime import datetime, timezone
 from typing import Iterable
 
+from data.untrusted import escape_markdown
+
 MAX_CHARS = 400
 # an absolute POSIX path (after start, space, quote or bracket): shown as its last part
 _PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"(),;]+/)+([^\s/'\"(),;]*)")
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
 
 
 def plain(text: object, hide: Iterable[str] = ()) -> str:
@@ -36,11 +37,6 @@ def plain(text: object, hide: Iterable[str] = ()) -> str:
 def for_toast(text: object, hide: Iterable[str] = ()) -> str:
     """For ``gr.Warning``/``gr.Info`` (rendered as HTML): plain text, HTML-escaped."""
     return html.escape(plain(text, hide), quote=True)
-
-
-def escape_markdown(s: str) -> str:
-    """Literal text inside Markdown: HTML-escaped and Markdown punctuation backslash-escaped."""
-    return _MARKDOWN.sub(r"\\\1", html.escape(s, quote=False))
 
 
 def for_markdown(text: object, hide: Iterable[str] = ()) -> str:

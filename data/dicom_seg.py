@@ -100,14 +100,11 @@ def write_dicom_seg(
     import highdicom as hd
 
     path = Path(path)
-    layers = _segment_layers(np.asarray(labels), volume, path)
+    pixels, values = _segment_pixels(np.asarray(labels), volume, path)
     sources = check_seg_source(volume, path)
-    values = [v for v in sorted(layers) if layers[v].any()]  # no empty segments
     if not values:
         raise DicomSegError(f"{path}: nothing is segmented (every label is empty); a DICOM-SEG needs at least one "
                             "non-empty segment")
-    # (frames, rows, columns, segments): one binary layer per segment, so segments may overlap
-    pixels = np.stack([layers[v] for v in values], axis=-1).astype(np.uint8)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=model_name,
         family=_codes().DCM.ArtificialIntelligence,
@@ -162,23 +159,51 @@ def _patient_orientation(seg: pydicom.Dataset, source: pydicom.Dataset) -> None:
     seg.PatientOrientation = source.get("PatientOrientation", "") or ""
 
 
-def _segment_layers(labels: np.ndarray, volume: Volume, path: Path) -> dict[int, np.ndarray]:
-    """label value -> (K, H, W) bool mask. A (K, H, W) label map gives one layer per value; a
-    (S, K, H, W) stack of binary masks (overlapping structures) gives layer s the value s + 1."""
+def _segment_pixels(labels: np.ndarray, volume: Volume, path: Path) -> tuple[np.ndarray, list[int]]:
+    """-> (the pixels highdicom takes, the label value of segment 1, 2, ...), empty segments left out. A (K, H, W)
+    label map gives a label map of segment numbers 1..S (highdicom's *label-map* style: one array whatever the number
+    of segments); a (S, K, H, W) stack of binary masks (overlapping structures, layer s is label value s + 1) gives
+    their (K, H, W, S) stack.
+
+    Why a label map: one binary layer of the whole grid per value, twice (a mask each, then their stack), made a
+    label of many values a memory bomb: the label server's PUT of a 12 x 256 x 256 label holding 65535 values asked
+    for about 100 GB, enough for the kernel to kill the server (session 23)."""
     grid = volume.array.shape[:3]
     if labels.ndim == 4:
         if labels.shape[1:] != grid:
             raise DicomSegError(f"{path}: mask stack {labels.shape} does not match (segments, *{grid}) of the source grid")
         if not np.isin(labels, (0, 1)).all():
             raise DicomSegError(f"{path}: a stack of overlapping masks must hold 0/1 (or bool) values")
-        return {n + 1: labels[n] != 0 for n in range(labels.shape[0])}
+        present = [n for n in range(labels.shape[0]) if labels[n].any()]
+        _check_segment_count(len(present), path)
+        return np.stack([labels[n] != 0 for n in present], axis=-1).astype(np.uint8), [n + 1 for n in present]
     if labels.shape != grid:
         raise DicomSegError(f"{path}: label array {labels.shape} does not match the source grid {grid}")
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
         raise DicomSegError(f"{path}: labels must be integers (0 = background), got {labels.dtype}")
     if labels.min(initial=0) < 0:
         raise DicomSegError(f"{path}: labels must be >= 0, found {int(labels.min())}")
-    return {int(v): labels == v for v in np.unique(labels) if v != 0}
+    values, segment = np.unique(labels, return_inverse=True)  # segment: the index of each voxel's value in values
+    if values.size and values[0] == 0:
+        values = values[1:]
+    else:
+        segment += 1
+    _check_segment_count(len(values), path)
+    return segment.reshape(grid).astype(np.uint16), [int(v) for v in values]
+
+
+# segments medseg writes into one DICOM-SEG; the standard allows 65535 (SegmentNumber is US). Why a bound: each
+# segment is a frame (with its functional groups) on every slice it touches, about 15 ms and 25 KB each here, so a
+# label of tens of thousands of values (a label server's PUT) held a server thread for hours and gigabytes; the
+# largest atlases (Schaefer's 1000 parcels and the subcortex) stay under it (session 23)
+MAX_SEGMENTS = 2000
+
+
+def _check_segment_count(count: int, path: Path) -> None:
+    if count > MAX_SEGMENTS:
+        raise DicomSegError(f"{path}: {count} labels, each a segment; medseg writes at most {MAX_SEGMENTS} segments "
+                            "in a DICOM-SEG (each is a frame on every slice it touches): write a NIfTI label map, "
+                            "or merge labels")
 
 
 # LO (Segment Label, Series Description): one value (a backslash separates values: "a\\b" became ["a", "b"]),

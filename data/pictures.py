@@ -18,7 +18,7 @@ from data.study_errors import StudyError, StudyWarning, check_voxels, first_line
 from data.untrusted import native_stderr_captured, one_line
 from data.volume import SourceRef, Volume
 
-TO_RGB_MODES = ("RGBA", "RGBa", "P", "PA", "LA", "La", "CMYK", "YCbCr", "LAB", "HSV")
+TO_RGB_MODES = ("RGBA", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
 
 
 # the note on an image whose alpha hides pixels; a caller reading the file as a label (whose alpha it applies,
@@ -261,6 +261,11 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
             mode = im.mode
             if mode == "1":
                 im = im.convert("L")  # a 1-bit image shows as 0 / 255, as every viewer shows it
+                mode = "L"
+            elif mode in ("LA", "La"):
+                # grey + alpha is a grey image (its alpha noted above), as a 16-bit one opens: made RGB, it lost the
+                # grey window and opened as a colour picture (session 23)
+                im = im.convert("LA").getchannel("L")
                 mode = "L"
             elif mode in TO_RGB_MODES:
                 im = im.convert("RGB")

@@ -104,12 +104,19 @@ def read_study(
     except UntrustedFileError as e:
         raise StudyError(str(e)) from None
     try:
-        return _read_by_name(path, series_uid=series_uid, limit=limit, allow_uneven=allow_uneven)
+        volume = _read_by_name(path, series_uid=series_uid, limit=limit, allow_uneven=allow_uneven)
     except StudyError as e:
         hint = None if type(e) is not StudyError or path.is_dir() else _misnamed(path)
         if hint is None:
             raise
         raise StudyError(f"{e}; {hint}") from e
+    if series_uid is not None and not path.is_dir() and volume.source.series_instance_uid != series_uid:
+        # a file holds one study: the series asked for was ignored without a word, and another one opened (session 23)
+        own = volume.source.series_instance_uid
+        raise StudyError(f"{path}: series {series_uid} was asked for, but this file is "
+                         f"{f'of series {own}' if own else 'no part of a DICOM series'}; a series is picked among "
+                         "those of a folder: give the folder, or leave the series out")
+    return volume
 
 
 def _read_by_name(path: Path, *, series_uid: str | None, limit: int, allow_uneven: bool) -> Volume:
@@ -143,7 +150,8 @@ def _read_by_name(path: Path, *, series_uid: str | None, limit: int, allow_uneve
 CONTENT_KINDS = {"dicom": ("a DICOM file", ".dcm"), "nifti": ("an uncompressed NIfTI", ".nii"),
                  "nifti-gz": ("a gzip-compressed NIfTI", ".nii.gz"), "png": ("a PNG image", ".png"),
                  "jpeg": ("a JPEG image", ".jpg"), "zip": ("a ZIP archive", ".zip"),
-                 "dicom-gz": ("a gzip-compressed DICOM file", ".dcm")}
+                 "dicom-gz": ("a gzip-compressed DICOM file", ".dcm"), "tar": ("a tar archive", ".tar"),
+                 "tar-gz": ("a gzip-compressed tar archive", ".tar.gz")}
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive's end record
 
 
@@ -166,6 +174,8 @@ def _content_kind(path: Path) -> str | None:
         return kind
     if kind == "nifti-gz" and inner[128:132] == b"DICM":  # scan.dcm.gz: a PACS or mail export's compressed image
         return "dicom-gz"
+    if inner[257:262] == b"ustar":  # POSIX and GNU tar headers: a Linux or macOS export of a series folder
+        return "tar-gz" if kind == "nifti-gz" else "tar"
     if head[128:132] == b"DICM":
         return "dicom"
     if head[:8] == b"\x89PNG\r\n\x1a\n":
@@ -189,6 +199,8 @@ def _misnamed(path: Path) -> str | None:
     what, suffix = CONTENT_KINDS[kind]
     if kind == "dicom-gz":  # no name opens it: DICOM readers take the file itself, never a gzip of it
         return f"its bytes are {what}: decompress it (gunzip) and open the {suffix} file it holds"
+    if kind in ("tar", "tar-gz"):  # said only "unsupported format", though the UI takes a zip of the same folder
+        return f"its bytes are {what}: unpack it (tar xf) and open the folder or file it holds, or upload a zip of it"
     if name.endswith(IMAGE_SUFFIXES if kind in ("png", "jpeg") else suffix):  # x.nii.gz does not end in .nii
         return None  # the name says what the bytes are: the file is damaged, not misnamed
     if kind == "zip":  # a PACS or mail export saved under the name of its first image
@@ -421,11 +433,13 @@ def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[Se
     """All image series in a folder (recursively), each ordered along its slice normal.
 
     Files without the DICOM marker (a README, a thumbnail) are skipped; a DICOM file that fails
-    the checks, a link out of the folder or a FIFO refuses the whole folder, naming the file.
+    the checks, a link out of the folder or a FIFO refuses the whole folder, naming the file; so does an image
+    without SeriesInstanceUID beside a series (it may be one of its slices).
     """
     folder = Path(folder)
     limit = voxel_limit(max_voxels)
     groups: dict[str, list[tuple[float, int, str, pydicom.Dataset]]] = {}
+    unplaced: list[Path] = []  # images without a SeriesInstanceUID
     for f in sorted(folder.rglob("*")):
         try:
             f_stat = check_regular(f, folder=folder, allow_dir=True)
@@ -435,14 +449,23 @@ def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[Se
             continue
         scan = scan_checked(f, max_voxels=limit)
         ds = _read_header(f)
-        if "SeriesInstanceUID" not in ds or getattr(ds, "SOPClassUID", None) == SEG_SOP_CLASS:
+        if getattr(ds, "SOPClassUID", None) == SEG_SOP_CLASS:
             continue
         if "Rows" not in ds:
             continue  # no image (structured report, presentation state)
+        if not str(ds.get("SeriesInstanceUID", "") or "").strip():
+            unplaced.append(f)
+            continue
         check_pixels(f, scan, ds, limit)
         position = position_along_normal(ds)
         groups.setdefault(str(ds.SeriesInstanceUID), []).append(
             (position if position is not None else float(_instance(ds)), _instance(ds), str(f), ds))
+    if unplaced and groups:
+        # such an image was left out without a word: a slice so damaged made a gap the refusal asked to "add the
+        # missing file(s)" for, the file in plain sight, or the series opened a slice short (session 23)
+        raise StudyError(f"{unplaced[0]}: a DICOM image without SeriesInstanceUID, so which series of the folder it "
+                         "belongs to is not known; give it its series' SeriesInstanceUID (e.g. dcmodify -i "
+                         "SeriesInstanceUID=UID FILE) or take it out of the folder")
     series = []
     for uid, items in groups.items():
         items.sort(key=lambda t: (t[0], t[1]))
@@ -637,7 +660,7 @@ def read_dicom_series(
         study_instance_uid=str(getattr(first, "StudyInstanceUID", "")) or None,
         series_instance_uid=info.series_instance_uid,
         frame_of_reference_uid=str(getattr(first, "FrameOfReferenceUID", "")) or None,
-        sop_instance_uids=tuple(str(h.SOPInstanceUID) for h in heads),
+        sop_instance_uids=tuple(str(getattr(h, "SOPInstanceUID", "")) for h in heads),  # none: a SEG is refused
         sop_class_uid=str(getattr(first, "SOPClassUID", "")) or None,
         files=info.files,
         geometry="ImagePositionPatient/ImageOrientationPatient" + (

@@ -91,6 +91,9 @@ def _float(value: str, manifest: Path, line: int, column: str) -> float:
     return out
 
 
+_NO_CELL = object()  # csv.DictReader's ``restval``: a column the row has no cell for
+
+
 def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
     """Parse MANIFEST.csv -> (cases in file order, attribute column names). Reads no images."""
     path = Path(path)
@@ -106,7 +109,7 @@ def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
     with io.StringIO(text, newline="") as f:
         # strict: an unclosed quote raised nothing and swallowed the rest of the file into one cell, which read as
         # "column 'label': empty" (session 22)
-        reader = csv.DictReader(f, strict=True)
+        reader = csv.DictReader(f, strict=True, restval=_NO_CELL)
         header = [h.strip() for h in (reader.fieldnames or [])]
         # csv.DictReader keeps a repeated column's last cell: two 'label' columns (an edited export) scored the case
         # against the second without a word
@@ -132,7 +135,16 @@ def read_manifest(path: str | Path) -> tuple[list[CaseSpec], list[str]]:
                     f"{path} line {line}: {len(header) + len(raw[None])} cells, but the header names {len(header)} "
                     f"columns (extra: {', '.join(repr(v[:40]) for v in extra[:3])}); quote a cell that holds a "
                     "comma, or name the column in the header")
-            row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+            # a row of fewer cells: a comma lost, so the cells after it are read under the wrong columns, or a
+            # column left out; DictReader filled the missing ones in without a word (session 23)
+            short = [k.strip() for k, v in raw.items() if v is _NO_CELL and k is not None and k.strip()]
+            if short:
+                cells = sum(v is not _NO_CELL for k, v in raw.items() if k is not None)
+                raise ManifestError(
+                    f"{path} line {line}: {cells} cells, but the header names {len(header)} columns (missing: "
+                    f"{', '.join(repr(c) for c in short[:3])}{', ...' if len(short) > 3 else ''}); give every column "
+                    "a cell, an empty one between two commas (a,b,,d), so that each cell stays under its column")
+            row = {k.strip(): ("" if v is _NO_CELL else v.strip()) for k, v in raw.items() if k is not None}
             cases.append(_parse_row(row, path, line, attributes))
             cid = cases[-1].case_id
             if cid in seen:

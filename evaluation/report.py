@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from data.untrusted import escape_markdown, one_line
 from data.writers import atomic_output
 from evaluation.fairness import equity_table
 from evaluation.metrics import CaseMetrics, MetricAccumulator
@@ -168,13 +169,25 @@ def _n(v: object, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+def _text(value: object) -> str:
+    """A manifest's text (a structure, a group, a column name) as literal text on one line of report.md. Why: a cell
+    such as ``![x](http://host/beacon.png)`` or ``<img src=x onerror=...>`` was written as is, so a Markdown viewer
+    fetched the image or drew the HTML when the report was opened, and a ``|`` broke the tables (session 23)."""
+    return escape_markdown(one_line(str(value)))
+
+
+def _code(value: object) -> str:
+    """A manifest's text inside a code span, where Markdown and HTML are inert: one line, no backtick to close it."""
+    return one_line(str(value)).replace("`", "'")
+
+
 def report_markdown(summary: dict, images: dict[str, str]) -> str:
     """report.md text; ``images`` maps a role ('dice', 'group:<column>') to a file name."""
     clicks = [str(c) for c in summary["clicks"]]
     lines = [
         f"# Evaluation: {summary['model']}, protocol `{summary['protocol']}`",
         "",
-        f"Manifest `{summary['manifest']}`, {summary['n_cases']} cases; box margin {summary['margin_px']} px, "
+        f"Manifest `{_code(summary['manifest'])}`, {summary['n_cases']} cases; box margin {summary['margin_px']} px, "
         f"jitter {summary['jitter_px']} px, seed {summary['seed']}; NSD tolerance {summary['nsd_tolerance_mm']} mm; "
         f"empty masks: both empty = {summary['empty_policy']['both_empty']}, HD95 with one empty = "
         f"{summary['empty_policy']['one_empty_hd']}. Model time {summary['seconds_total']:.1f} s.",
@@ -186,7 +199,7 @@ def report_markdown(summary: dict, images: dict[str, str]) -> str:
     ]
     for s, per in summary["means"].items():
         n = per[clicks[0]]["count"]
-        lines.append(f"| {s} | {n} | " + " | ".join(_n(per[c]["dice"]) for c in clicks) + " |")
+        lines.append(f"| {_text(s)} | {n} | " + " | ".join(_n(per[c]["dice"]) for c in clicks) + " |")
     last = clicks[-1]
     lines += [
         "",
@@ -197,14 +210,14 @@ def report_markdown(summary: dict, images: dict[str, str]) -> str:
     ]
     for s, per in summary["means"].items():
         m = per[last]
-        lines.append(f"| {s} | {_n(m['dice'])} | {_n(m['iou'])} | {_n(m['hd95'], 2)} | {_n(m['nsd'])} |")
+        lines.append(f"| {_text(s)} | {_n(m['dice'])} | {_n(m['iou'])} | {_n(m['hd95'], 2)} | {_n(m['nsd'])} |")
     if "dice" in images:
         lines += ["", f"![Dice per click]({images['dice']})"]
     for column, per_click in summary["equity"].items():
         res = per_click[last]
         lines += [
             "",
-            f"## Equity-scaled metrics by `{column}` ({last} clicks)",
+            f"## Equity-scaled metrics by `{_code(column)}` ({last} clicks)",
             "",
             "ES-M = M_all / (1 + sum_g |M_g - M_all|) (FairSeg); `n/a` where the structure lies in fewer than two groups.",
             "",
@@ -214,16 +227,16 @@ def report_markdown(summary: dict, images: dict[str, str]) -> str:
         for s, by_metric in res.items():
             d = by_metric["dice"]
             if "error" in d:
-                lines.append(f"| {s} | n/a | | n/a | n/a | {d['error']} |")
+                lines.append(f"| {_text(s)} | n/a | | n/a | n/a | {_text(d['error'])} |")
                 continue
-            groups = ", ".join(f"{g}: {_n(v['mean'])} ({v['n']})" for g, v in d["groups"].items())
+            groups = ", ".join(f"{_text(g)}: {_n(v['mean'])} ({v['n']})" for g, v in d["groups"].items())
             lines.append(
-                f"| {s} | {_n(d['es'])} | {_n(d['overall'])} | {_n(by_metric['iou'].get('es'))} | "
+                f"| {_text(s)} | {_n(d['es'])} | {_n(d['overall'])} | {_n(by_metric['iou'].get('es'))} | "
                 f"{_n(by_metric['nsd'].get('es'))} | {groups} |"
             )
         key = f"group:{column}"
         if key in images:
-            lines += ["", f"![Dice by {column}]({images[key]})"]
+            lines += ["", f"![Dice by {_text(column)}]({images[key]})"]
     return "\n".join(lines) + "\n"
 
 

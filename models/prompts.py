@@ -26,6 +26,20 @@ def check_box_area(box: "np.ndarray | tuple[float, ...] | None") -> None:
                           "(two opposite corners); for a single pixel give a point")
 
 
+def _check_float32(what: str, values) -> None:
+    """Refuse finite coordinates past float32's range (prompts are float32) as outside the image. Why: ``--box 0 0
+    1e300 10`` became inf and was refused as "box has non-finite values: [0.0, 0.0, inf, 10.0]", numbers the user
+    never typed (session 23)."""
+    try:
+        wide = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return  # not numbers: the float32 conversion below says so
+    huge = np.isfinite(wide) & (np.abs(wide) > np.finfo(np.float32).max)
+    if huge.any():
+        raise PromptError(f"{what} {' '.join(f'{v:g}' for v in wide)} lies outside the image: a coordinate of "
+                          f"{wide[huge][0]:g} is past any image's size")
+
+
 @dataclass(frozen=True)
 class Prompts:
     """What the user gave on one slice.
@@ -52,6 +66,7 @@ class Prompts:
 
     def __post_init__(self) -> None:
         if self.points is not None:
+            _check_float32("point", self.points)
             pts = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
             labels = np.asarray(
                 self.point_labels if self.point_labels is not None else np.ones(len(pts)), dtype=np.int64
@@ -65,6 +80,7 @@ class Prompts:
         elif self.point_labels is not None:
             raise PromptError("point labels were given without points")
         if self.box is not None:
+            _check_float32("box", self.box)
             box = np.asarray(self.box, dtype=np.float32).reshape(-1)
             if box.shape != (4,):
                 raise PromptError(f"a box needs 4 numbers x0 y0 x1 y1, got {box.tolist()}")

@@ -161,7 +161,7 @@ def prompts_from_args(args: argparse.Namespace) -> Prompts:
         raise UsageError("give a prompt: --box X0 Y0 X1 Y1 and/or --point X Y LABEL")
     points = labels = None
     if args.point:
-        arr = np.asarray(args.point, dtype=np.float32)
+        arr = np.asarray(args.point, dtype=np.float64)  # Prompts checks the range, then casts
         if not np.isin(arr[:, 2], (0, 1)).all():
             raise UsageError(f"--point LABEL must be 1 (foreground) or 0 (background), got {arr[:, 2].tolist()}")
         points, labels = arr[:, :2], arr[:, 2].astype(np.int64)

@@ -144,10 +144,15 @@ def _bad_inputs(tmp_path):
         ("unknown model", ["segment", *ok, "--box", 1, 1, 5, 5, "--model", "sam_vit_x", "-o", tmp_path / "o.nii.gz"], "unknown model"),
         ("3D to PNG", ["segment", *ok, "--box", 1, 1, 5, 5, "-o", tmp_path / "o.png"], ".nii.gz"),
         ("info missing", ["info", tmp_path / "nope"], "no such file"),
+        # session 23: "box has non-finite values: [0.0, 0.0, inf, 10.0]", numbers the user never typed
+        ("box past float32", ["segment", *ok, "--box", 0, 0, "1e300", 10, "-o", tmp_path / "o.nii.gz"],
+         "box 0 0 1e+300 10 lies outside the image: a coordinate of 1e+300 is past any image's size"),
+        ("point past float32", ["segment", *ok, "--point", "-1e300", 3, 1, "-o", tmp_path / "o.nii.gz"],
+         "point -1e+300 3 lies outside the image: a coordinate of -1e+300 is past any image's size"),
     ]
 
 
-@pytest.mark.parametrize("case", range(15))
+@pytest.mark.parametrize("case", range(17))
 def test_bad_input_is_one_line_and_exit_2(case, capsys, tmp_path):
     name, argv, expected = _bad_inputs(tmp_path)[case]
     code, out, err = run_cli(capsys, *argv)

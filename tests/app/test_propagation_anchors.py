@@ -161,6 +161,8 @@ def test_cli_fill_shape_between_two_anchor_pngs(head, ct, tmp_path, capsys):
         # refused it); '²' passed the digit check and failed in int(), naming no flag
         ("3:{jpeg}", "a JPEG mask; JPEG's lossy compression leaves faint pixels"),
         ("²:{a}", "expected K:MASK.png"),
+        # session 23: argparse took '-1:a.png' for an option: "argument --anchor: expected one argument"
+        ("-1:{a}", "slice -1 is out of range 0..11"),
     ],
 )
 def test_cli_refuses_bad_anchors(head, tmp_path, capsys, anchor, message):

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from data.dicom_seg import DicomSegError, read_dicom_seg, write_dicom_seg
+from data.dicom_seg import MAX_SEGMENTS, DicomSegError, read_dicom_seg, write_dicom_seg
 from data.readers import read_study
 from tests.conftest import DATA
 
@@ -292,6 +293,20 @@ def test_label_arrays_that_cannot_be_a_seg_are_refused_with_the_reason(ct, tmp_p
     assert _refused(write(one, colours={1: (-1, 0, 0)}), out) == "colour of label 1 must be 3 values in 0..255, got (-1, 0, 0)"
     assert _refused(write(one, colours={1: (0, 256, 0)}), out) == "colour of label 1 must be 3 values in 0..255, got (0, 256, 0)"
     assert _refused(write(one, colours={1: (9, 9)}), out) == "colour of label 1 must be 3 values in 0..255, got (9, 9)"
+
+
+def test_a_label_of_thousands_of_values_is_refused_at_once_not_a_memory_bomb(ct, tmp_path):
+    """Session 23: each label value became a binary layer of the whole grid, twice: a label server PUT (PACS datastore)
+    of a 12 x 256 x 256 label holding 65535 values asked for about 100 GB (MemoryError under a 6 GB limit). Now the
+    pixels go to highdicom as one label map of segment numbers, and more than MAX_SEGMENTS segments are refused in one
+    line."""
+    out = tmp_path / "x.dcm"
+    many = (np.arange(np.prod(ct.array.shape[:3])) % 65535 + 1).astype(np.uint16).reshape(ct.array.shape[:3])
+    started = time.monotonic()
+    assert _refused(lambda: write_dicom_seg(many, ct, out), out) == (
+        f"{out}: 65535 labels, each a segment; medseg writes at most {MAX_SEGMENTS} segments in a DICOM-SEG (each "
+        "is a frame on every slice it touches): write a NIfTI label map, or merge labels")
+    assert time.monotonic() - started < 2
 
 
 def test_bool_masks_and_edge_colours_are_accepted(ct, tmp_path):

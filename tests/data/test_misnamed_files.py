@@ -22,6 +22,24 @@ def _bytes(kind: str) -> bytes:
             "nifti": gzip.decompress(NIFTI_GZ.read_bytes()), "dicom-gz": gzip.compress(CT_FILE.read_bytes())}[kind]
 
 
+@pytest.mark.parametrize("name", ["series.tar", "series.tar.gz", "series.tgz", "scan.dcm"])
+def test_a_tar_archive_says_it_is_one_and_how_to_open_it(tmp_path, name):
+    """Session 23: a tar of a series folder (what Linux and macOS users pack) said only "unsupported format;
+    expected a NIfTI ..., a DICOM file or series folder, or PNG/JPEG", though the web UI takes a zip of the same."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if name.endswith(("gz", "tgz")) else "w") as tar:
+        tar.add(CT_FILE, arcname="series/IM0001.dcm")
+    (tmp_path / name).write_bytes(buffer.getvalue())
+    with pytest.raises(StudyError) as e:
+        read_study(tmp_path / name)
+    what = "a gzip-compressed tar archive" if name.endswith(("gz", "tgz")) else "a tar archive"
+    assert str(e.value).endswith(f"; its bytes are {what}: unpack it (tar xf) and open the folder or file it holds, "
+                                 "or upload a zip of it")
+
+
 @pytest.mark.parametrize("name, kind, fragment", [
     ("scan.dcm", "nifti-gz",
      "its bytes are a gzip-compressed NIfTI, not what its name says: rename it to end in .nii.gz"),

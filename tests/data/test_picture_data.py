@@ -230,7 +230,7 @@ def test_a_png_whose_header_pillow_refuses_is_named_a_png(tmp_path, size, depth,
 def test_a_grey_alpha_png_is_a_mask_of_its_painted_visible_pixels_and_an_image_with_a_note(tmp_path, depth):
     """Session 22: a 16-bit grey+alpha mask of label 1 read as empty (PIL kept each value's high byte, 0), and as an
     image its alpha was dropped without a word. Now 8- and 16-bit alike: the mask is non-zero and not transparent
-    (``_loaded_with_alpha``), the image keeps its stored values with a note naming the transparent pixels."""
+    (``_loaded_with_alpha``), the image keeps its stored grey values with a note naming the transparent pixels."""
     dtype, opaque = (np.uint16, 65535) if depth == 16 else (np.uint8, 255)
     grey = np.zeros((6, 8), dtype)
     grey[1:4, 1:4] = 1
@@ -247,5 +247,6 @@ def test_a_grey_alpha_png_is_a_mask_of_its_painted_visible_pixels_and_an_image_w
     note = ("12 of 48 pixels are fully transparent (its alpha channel); opened with their stored values, the "
             "transparency ignored (another viewer may show them blank)")
     assert [str(w.message) for w in record] == [f"{path}: {note}"] and vol.source.notes == (note,)
-    shown = vol.array[0] if depth == 16 else vol.array[0, ..., 0]  # 8-bit grey+alpha opens as RGB
-    np.testing.assert_array_equal(shown, grey)
+    # session 23: an 8-bit grey+alpha opened as RGB (three equal channels), the 16-bit one as grey
+    assert vol.array.shape == (1, 6, 8) and vol.array.dtype == dtype
+    np.testing.assert_array_equal(vol.array[0], grey)

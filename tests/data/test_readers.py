@@ -492,9 +492,7 @@ def test_png_modes_open_as_grey_or_rgb_as_viewers_show_them(tmp_path):
     pal = Image.fromarray(rgb).quantize(8)
     np.testing.assert_array_equal(png("pal.png", pal), np.asarray(pal.convert("RGB")))
     la = Image.fromarray(rgb[..., 0]).convert("LA")
-    got = png("la.png", la)
-    assert got.shape == (6, 5, 3)
-    np.testing.assert_array_equal(got, np.repeat(rgb[..., :1], 3, axis=2))
+    np.testing.assert_array_equal(png("la.png", la), rgb[..., 0])  # grey + alpha: grey (RGB before session 23)
     deep = (np.arange(30, dtype=np.uint16).reshape(6, 5) * 2000)
     Image.fromarray(deep).save(tmp_path / "deep.png")  # 16-bit grey: stored big-endian in the PNG
     got = read_study(tmp_path / "deep.png").array[0]
@@ -1106,3 +1104,17 @@ def test_ultrasound_regions_that_disagree_or_are_not_in_cm_give_no_size(tmp_path
     """Two zooms side by side (a duplex screen) have no one pixel size; a region in seconds or Hz is no length."""
     vol = read_study(_us_with_regions(tmp_path, *deltas, units=units))
     assert vol.spacing[:2] == pytest.approx((1.0, 1.0)) and not vol.size_is_physical
+
+
+def test_a_series_asked_of_a_single_file_of_another_series_is_refused_not_ignored(tmp_path):
+    """Session 23: ``--series UID`` (or a series picked) with a single file was ignored without a word, and the file's
+    own study opened: a NIfTI, a picture, a DICOM file of another series. A file of that very series opens."""
+    ct_file = DATA / "dicom" / "ct_head_0051_series_k050-061" / "IM0001.dcm"
+    own = str(pydicom.dcmread(ct_file, stop_before_pixels=True).SeriesInstanceUID)
+    assert read_study(ct_file, series_uid=own).source.series_instance_uid == own
+    nifti = DATA / "ct_head_0051_slabA_image.nii.gz"
+    for path, what in ((ct_file, f"of series {own}"), (nifti, "no part of a DICOM series")):
+        with pytest.raises(StudyError) as e:
+            read_study(path, series_uid="1.2.3")
+        assert str(e.value) == (f"{path}: series 1.2.3 was asked for, but this file is {what}; a series is picked "
+                                "among those of a folder: give the folder, or leave the series out")

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from data.export import export_labels
+from data.export import ExportError, export_labels
 from data.dicom_seg import read_dicom_seg
 from data.readers import StudyError, read_study
 from tests.conftest import SAMPLES
@@ -34,6 +34,50 @@ def test_two_slices_with_one_sop_instance_uid_are_refused_naming_both(tmp_path):
     names = f"{CT_FILES[5].name} and {CT_FILES[4].name}"
     assert f"{names} are different slices with one SOPInstanceUID ({shared})" in message
     assert "\n" not in message
+
+
+def test_a_slice_without_a_sop_instance_uid_opens_and_its_seg_is_refused_naming_it(tmp_path):
+    """Session 23: a series one of whose slices lacks SOPInstanceUID (a damaged export) was refused as
+    "series: could not be read (AttributeError: 'FileDataset' object has no attribute 'SOPInstanceUID')", naming no
+    file and blaming nothing it could fix; one such file alone opened. The UID places nothing: the volume opens as
+    the series is, and only a DICOM-SEG, which must reference the slice, is refused naming it."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for n, f in enumerate(CT_FILES):
+        ds = pydicom.dcmread(f)
+        if n == 5:
+            del ds.SOPInstanceUID
+        ds.save_as(folder / f.name)
+    volume, whole = read_study(folder), read_study(SAMPLES / "ct_head_0051_series")
+    np.testing.assert_array_equal(volume.array, whole.array)
+    assert volume.origin == whole.origin and volume.spacing == whole.spacing and volume.direction == whole.direction
+    labels = np.zeros(volume.array.shape[:3], np.uint8)
+    labels[5, 10:20, 10:20] = 1
+    with pytest.raises(ExportError, match=f"{CT_FILES[5].name} has no SOPInstanceUID; a DICOM-SEG must reference it"):
+        export_labels(labels, volume, tmp_path / "seg.dcm")
+
+
+@pytest.mark.parametrize("value", [None, ""])
+@pytest.mark.parametrize("k", [5, 0])
+def test_a_slice_without_a_series_instance_uid_is_refused_naming_it_not_a_gap(tmp_path, value, k):
+    """Session 23: the slice was left out without a word: in the middle the refusal asked to "add the missing
+    file(s)" between IM0005.dcm and IM0007.dcm, with IM0006.dcm in the folder; the first one, and the series opened a
+    slice short. Which series such an image belongs to is not known."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for n, f in enumerate(CT_FILES):
+        ds = pydicom.dcmread(f)
+        if n == k:
+            if value is None:
+                del ds.SeriesInstanceUID
+            else:
+                ds.SeriesInstanceUID = value
+        ds.save_as(folder / f.name)
+    with pytest.raises(StudyError) as e:
+        read_study(folder)
+    assert str(e.value).endswith(f"{CT_FILES[k].name}: a DICOM image without SeriesInstanceUID, so which series of "
+                                 "the folder it belongs to is not known; give it its series' SeriesInstanceUID (e.g. "
+                                 "dcmodify -i SeriesInstanceUID=UID FILE) or take it out of the folder")
 
 
 def test_the_same_file_twice_under_two_names_is_refused_by_its_position(tmp_path):

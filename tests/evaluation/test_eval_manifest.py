@@ -435,6 +435,19 @@ def test_a_row_with_more_cells_than_the_header_is_refused_naming_the_line(tmp_pa
         read_manifest(m)
 
 
+def test_a_row_with_fewer_cells_than_the_header_is_refused_naming_the_line(tmp_path):
+    """Session 23: a lost comma (or a column left out) filled the row's last columns with nothing, without a word: the
+    cells after the lost comma read under the wrong columns, a label_values left out scored every non-zero label. A
+    header's unnamed trailing column (a trailing comma) needs no cell."""
+    m = tmp_path / "MANIFEST.csv"
+    m.write_text("case_id,image,label,label_values,\na,i.png,l.png,3,\nb,i.png,l.png\n")
+    with _exactly(f"{m} line 3: 3 cells, but the header names 5 columns (missing: 'label_values'); give every column "
+                  "a cell, an empty one between two commas (a,b,,d), so that each cell stays under its column"):
+        read_manifest(m)
+    m.write_text("case_id,image,label,label_values,\na,i.png,l.png,3\nb,i.png,l.png,\n")
+    assert [c.label_values for c in read_manifest(m)[0]] == [(3.0,), None]
+
+
 def test_an_unclosed_quote_is_named_at_the_line_it_opens(tmp_path):
     """Session 22: the quote swallowed the rest of the file into one cell, which read as "column 'label': empty"."""
     m = tmp_path / "MANIFEST.csv"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import pytest
 
@@ -108,10 +109,29 @@ def test_report_text_by_hand():
         "", "| structure | ES-Dice | Dice (all) | ES-IoU | ES-NSD | groups: mean Dice (n) |", "|---|---|---|---|---|---|",
     ]
     assert lines[28] == "| all | 0.667 | 0.800 | 0.583 | 0.667 | A: 0.900 (1), B: 0.700 (1) |"
-    assert lines[29].startswith("| aorta | n/a | | n/a | n/a | equity-scaled dice needs at least two known groups")
+    assert lines[29].startswith("| aorta | n/a | | n/a | n/a | equity\\-scaled dice needs at least two known groups")
     assert lines[30] == "| liver | 0.667 | 0.800 | 0.583 | 0.667 | A: 0.900 (1), B: 0.700 (1) |"
     assert lines[31:] == ["", "![Dice by site](g.png)", ""]
     assert "![" not in report_markdown(s, {})
+
+
+def test_a_manifests_names_are_literal_text_in_the_report_no_link_image_html_or_broken_table():
+    """Session 23: structure, group and column names from the manifest went into report.md as they were: a cell
+    ``![x](http://host/b.png)`` made a Markdown viewer fetch that image when the report was opened, ``<img ...>``
+    drew HTML, a ``|`` split a table row and a newline ended it."""
+    hostile = "![x](http://host/b.png) <img src=x onerror=alert(1)> a|b\nc"
+    rows = [_row("c1", hostile, 0, 0.8, hostile), _row("c1", hostile, 1, 0.9, hostile),
+            _row("c2", hostile, 0, 0.6, "B"), _row("c2", hostile, 1, 0.7, "B")]
+    run = _run(rows)
+    run = EvalRun(rows=rows, settings=run.settings, model="litemedsam", manifest="m`x.csv", attributes=["s`ite"],
+                  n_cases=2)
+    for r in rows:
+        r.attributes["s`ite"] = r.attributes["site"]
+    md = report_markdown(summarize(run, ["s`ite"]), {"group:s`ite": "g.png"})
+    assert "](http" not in md and "<img" not in md and "a|b" not in md and "\\nc" in md
+    assert "Manifest `m'x.csv`" in md and "by `s'ite`" in md
+    row = next(line for line in md.split("\n") if line.endswith(" | 2 | 0.700 | 0.800 |"))  # Dice per click
+    assert len(re.split(r"(?<!\\)\|", row)) == 6  # the structure is one cell: its | escaped
 
 
 def test_one_step_runs_and_protocol_comparisons_plot(tmp_path):
