@@ -202,3 +202,31 @@ def test_a_box_being_drawn_when_the_next_study_opens_is_said_to_be_dropped(brows
         assert not server.labels(sid).any()
     finally:
         context.close()
+
+
+def test_keys_pressed_after_ticking_negative_or_moving_the_opacity_act(browser, server, ct):
+    """A hurried user ticks the toolbar's *negative* box (or moves the opacity slider, or picks an export format) with
+    the mouse, then presses B for a box or ↑ to page on: the focus stays on the control, and every shortcut pressed
+    there did nothing, without a word. A checkbox, radio or slider now keeps only its own keys (Space; a radio's or a
+    slider's arrows): the others are the viewer's."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        viewer = page.locator("#medseg-viewer")
+        before = viewer.get_attribute("data-slice")
+        page.locator("#tool-negative").click()
+        page.keyboard.press("b")
+        page.keyboard.press("ArrowUp")  # a checkbox has no use for arrows
+        assert viewer.get_attribute("data-tool") == "box"
+        page.wait_for_function("s => document.querySelector('#medseg-viewer').dataset.slice !== s", arg=before,
+                               timeout=5_000)
+        page.keyboard.press(" ")  # its own key: unticked
+        assert not page.locator("#tool-negative").is_checked()
+        page.locator("#label-opacity").click()
+        page.keyboard.press("r")
+        assert viewer.get_attribute("data-tool") == "brush"
+        page.locator("#export-format input").first.click()
+        page.keyboard.press("v")
+        assert viewer.get_attribute("data-tool") == "navigate"
+    finally:
+        context.close()
