@@ -230,3 +230,22 @@ def test_keys_pressed_after_ticking_negative_or_moving_the_opacity_act(browser, 
         assert viewer.get_attribute("data-tool") == "navigate"
     finally:
         context.close()
+
+
+def test_a_double_click_is_one_point(browser, server, ct):
+    """A hurried user double-clicks the structure (the habit of opening things). Each press was a point: two points on
+    one pixel, "Positive click (2 points)", and ctrl+Z took back only the second, the mask of the first staying. The
+    second press of a double-click is now the same click: one point, and one undo takes it back."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.mouse.dblclick(*_xy(page, ct, *INSIDE))
+        _said(page, "Positive click (1 point)", 30_000)
+        _idle(page)
+        assert "(1 point)" in page.locator("#viewer-status").inner_text()  # "(2 points)" once the second came
+        page.keyboard.press("Control+z")
+        _said(page, "Undid", 30_000)
+        _idle(page)
+        assert not server.labels(sid).any()
+    finally:
+        context.close()
