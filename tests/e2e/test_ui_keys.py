@@ -249,3 +249,26 @@ def test_a_double_click_is_one_point(browser, server, ct):
         assert not server.labels(sid).any()
     finally:
         context.close()
+
+
+def test_download_says_older_as_soon_as_an_edit_is_on_its_way(browser, server, ct):
+    """A hurried user exports, makes one last click and presses Download at once: the file held the labels without
+    that click, and the button said nothing until the click's answer came (the model's time: seconds on a busy CPU).
+    The button is marked "older than your labels" from the moment an edit leaves."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _sample_clicked_once(page, ct)
+        download = page.locator("#download")
+        page.locator("#export-btn").click()
+        download.wait_for(state="visible", timeout=TIMEOUT_MS)
+        page.wait_for_timeout(300)  # the page's state with the export has been read
+        assert "mv-stale" not in (download.get_attribute("class") or "")
+        with server.runner.turn():  # the click waits for the model
+            page.mouse.click(*_xy(page, ct, 140.0, 120.0))
+            page.wait_for_function("document.querySelector('#download').classList.contains('mv-stale')",
+                                   timeout=2_000)
+        _idle(page)
+        page.wait_for_timeout(300)
+        assert "mv-stale" in download.get_attribute("class")  # and it stays once the click is answered
+    finally:
+        context.close()
