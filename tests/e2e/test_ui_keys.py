@@ -272,3 +272,30 @@ def test_download_says_older_as_soon_as_an_edit_is_on_its_way(browser, server, c
         assert "mv-stale" in download.get_attribute("class")  # and it stays once the click is answered
     finally:
         context.close()
+
+
+def test_a_locked_label_stays_locked_after_a_reload_and_in_another_tab(browser, server, ct):
+    """A clinician locks a finished structure so that nothing edits it, then reloads the page (or Gradio reloads it
+    after a lost connection), or goes on in a second tab. The lock lived in the page only: after the reload every
+    label was unlocked without a word, the other tab never had it, and a click or stroke there edited the label.
+    The browser now keeps the study's locks: the reloaded page and the other tab refuse the edit, as the first did."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        lock = "#viewer-legend .mv-label[data-value='1'] .mv-lock"
+        page.locator(lock).click()
+        page.reload()
+        _said(page, "Ready", TIMEOUT_MS)
+        assert page.locator(lock).inner_text() == "unlock"
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _said(page, "label 1 is locked")
+        other = context.new_page()
+        other.goto(server.url)
+        _wait_status(other, "Ready")
+        other.mouse.click(*_xy(other, ct, *INSIDE))
+        _said(other, "label 1 is locked")
+        page.locator(lock).click()  # unlocked here: the other tab takes it at once
+        other.wait_for_function("s => document.querySelector(s).textContent === 'lock'", arg=lock, timeout=5_000)
+        assert not server.labels(sid).any()  # neither click was sent
+    finally:
+        context.close()
