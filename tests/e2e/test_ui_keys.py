@@ -299,3 +299,21 @@ def test_a_locked_label_stays_locked_after_a_reload_and_in_another_tab(browser, 
         assert not server.labels(sid).any()  # neither click was sent
     finally:
         context.close()
+
+
+def test_an_edit_of_the_hidden_label_shows_it_again(browser, server, ct):
+    """A hurried user hides the active label (H) to see the image under it, then clicks to correct it: the answer said
+    "overlay updated" over an image without any mask, the label still hidden, and the user clicked again and again.
+    An edit of a hidden label now shows it again (as painting a hidden segment does in other viewers)."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _sample_clicked_once(page, ct)
+        alpha = "medsegViewer.labelsVol.colormapLabel.lut[7]"  # label 1's
+        page.keyboard.press("h")
+        assert page.evaluate(alpha) == 0
+        page.mouse.click(*_xy(page, ct, 140.0, 120.0))
+        _said(page, "Positive click (2 points)", 30_000)
+        assert page.evaluate(alpha) == 255
+        assert page.locator("#viewer-legend .mv-label[data-value='1'] .mv-eye").inner_text() == "hide"
+    finally:
+        context.close()
