@@ -247,6 +247,12 @@ def test_a_double_click_is_one_point(browser, server, ct):
         _said(page, "Undid", 30_000)
         _idle(page)
         assert not server.labels(sid).any()
+        page.mouse.click(*_xy(page, ct, *INSIDE))  # a click, then shift held for the second press: a negative point
+        page.keyboard.down("Shift")
+        page.mouse.down(click_count=2)
+        page.mouse.up(click_count=2)
+        page.keyboard.up("Shift")
+        _said(page, "Negative click (2 points)", 30_000)
     finally:
         context.close()
 
