@@ -157,6 +157,8 @@ class PropagationJob:
     # a Propagate of another start pressed while this one ran: said after its progress and its result. As a refusal
     # (an error, which the viewer keeps until the user acts) it hid this walk's progress and "Propagated to ..." for good
     not_started: str = ""
+    # slices of its label the user edited while it ran: they stay as the user left them (the walk skips them)
+    kept: list[int] = field(default_factory=list)
     thread: threading.Thread | None = field(default=None, repr=False)
 
     @property
@@ -191,7 +193,17 @@ class PropagationJob:
         span = f"slices {reached[0]}..{reached[-1]}" if reached else "no slice"
         why = ", ".join(f"{d}: {r}" for d, r in (self.result.stopped if self.result else {}).items())
         rule = f" (rule: {self.rule})" if self.rule else ""
-        return f"Propagated to {span} ({why}){rule}. Undo reverts the whole propagation."
+        return f"Propagated to {span} ({why}){rule}.{self._kept_phrase()} Undo reverts the whole propagation."
+
+    def _kept_phrase(self) -> str:
+        """The slices the walk left as the user edited them while it ran: "Propagated to slices 0..11" alone
+        claimed them, and the user who corrected slice 8 meanwhile found the structure missing there."""
+        if not self.kept:
+            return ""
+        if len(self.kept) == 1:
+            return f" Slice {self.kept[0]}, edited while it ran, is kept as you left it (not propagated there)."
+        return (f" Slices {', '.join(map(str, self.kept))}, edited while it ran, are kept as you left them "
+                "(not propagated there).")
 
 
 def job_of(session: Session) -> PropagationJob | None:
@@ -299,6 +311,7 @@ def _land(session: Session, job: PropagationJob, before: np.ndarray, new: np.nda
         raise Dropped(f"{name} was removed from slice {job.start}, where it started, while it ran (Clear label or "
                       "Undo); nothing changed. Draw it and propagate again if you want it.")
     touched = ((current == label) != (before == label)).reshape(len(current), -1).any(axis=1)
+    job.kept = [int(k) for k in np.flatnonzero(touched)]
     after = current.copy()
     walked = ~touched[:, None, None]
     after[walked & (after == label)] = 0

@@ -551,8 +551,12 @@ def _wire_propagation(ctx: AppContext, button: Any, fill: Any, review_btns: dict
 
     def on_tick(s):
         job = controller.propagation_job(ctx, s)
+        # read before the line is made: read after, a walk that landed in between (its status waits for the session's
+        # lock, which the landing holds) stopped the polling on its last progress line, "Propagating: 12/12 slices",
+        # and the result never showed (seen after a reload mid-walk)
+        running = bool(job and job.running)
         shown = background(lambda: guarded(controller.propagation_status, s))
-        return shown + [gr.Timer(active=bool(job and job.running))]
+        return shown + [gr.Timer(active=running)]
 
     def on_load(s):
         try:

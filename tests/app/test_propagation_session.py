@@ -587,3 +587,22 @@ def test_propagate_after_a_box_walks_as_the_cli_does_from_that_box(ctx, five, fi
     ui = ctx.store.get(sid).labels == session.active
     for k in range(ui.shape[0]):
         assert (ui[k] == cli.masks[k]).all(), f"slice {k}: {int(ui[k].sum())} px in the UI, {int(cli.masks[k].sum())} by the CLI"
+
+
+def test_a_slice_edited_while_the_walk_runs_is_said_to_be_kept(ctx, five, five_embeddings):
+    """A hurried user presses Propagate and, while it walks, boxes the structure on another slice. The walk keeps that
+    slice as the user left it (its edit is theirs), but the status said only "Propagated to slices 0..4", as if the
+    walk had reached it too. It now names the slice kept."""
+    sid = _open_and_box(ctx, five, five_embeddings)
+    session = ctx.store.get(sid)
+    job, release = _gated(ctx, sid)
+    controller.set_slice(ctx, sid, 4)
+    controller.click(ctx, sid, *BOX[0])
+    controller.click(ctx, sid, *BOX[1])
+    mine = session.labels[4].copy()
+    release.set()
+    job.wait(600)
+    assert job.state == "done", job.error
+    np.testing.assert_array_equal(session.labels[4], mine)
+    status = controller.propagation_status(ctx, sid).status
+    assert "Slice 4, edited while it ran, is kept as you left it (not propagated there)." in status, status

@@ -322,3 +322,31 @@ def test_a_colour_echo_naming_a_label_of_the_study_left_is_no_gradio_error(page)
     picked = call("label", "input", {"label": 2})
     assert "no label 2; labels are 1" in str(picked["data"][at_status])
     assert [d.name for d in session.label_defs] == ["label 1"] and session.active == 1
+
+
+def test_the_propagation_timer_polls_once_more_when_the_walk_lands_as_it_reads(page):
+    """The timer's tick made the status line, then asked whether the walk still ran to keep polling. A walk that
+    landed in between (the line waits for the session's lock, which the landing holds: likely at the last slice)
+    left the page on "Propagating: 12/12 slices ..." for good, the polling stopped and the result never said (seen
+    in Chromium after a reload mid-walk). The tick now keeps polling after a running line, and the next one shows
+    the result and stops."""
+    from app.propagation_job import PropagationJob
+
+    demo, event, _ = page
+    ctx = demo.medseg_ctx
+    sid = controller.start(ctx, None).session_id
+    controller.open_sample(ctx, sid, next(iter(controller.sample_studies())))
+
+    class Landing(PropagationJob):
+        def status(self, open_study=None):
+            line = super().status(open_study)
+            self.state = "done"  # the walk lands as its line is made
+            return line
+
+    ctx.store.get(sid).runtime["propagation_job"] = Landing(label=1, start=6, anchors=[6], done=12, total=12)
+    tick = event(None, "tick").fn
+    first = tick(sid)
+    assert first[-1].active, "the timer stopped on a running line"
+    second = tick(sid)
+    assert not second[-1].active
+    assert any("Propagated to" in str(v) for v in second), second

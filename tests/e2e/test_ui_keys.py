@@ -202,3 +202,124 @@ def test_a_box_being_drawn_when_the_next_study_opens_is_said_to_be_dropped(brows
         assert not server.labels(sid).any()
     finally:
         context.close()
+
+
+def test_keys_pressed_after_ticking_negative_or_moving_the_opacity_act(browser, server, ct):
+    """A hurried user ticks the toolbar's *negative* box (or moves the opacity slider, or picks an export format) with
+    the mouse, then presses B for a box or ↑ to page on: the focus stays on the control, and every shortcut pressed
+    there did nothing, without a word. A checkbox, radio or slider now keeps only its own keys (Space; a radio's or a
+    slider's arrows): the others are the viewer's."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        viewer = page.locator("#medseg-viewer")
+        before = viewer.get_attribute("data-slice")
+        page.locator("#tool-negative").click()
+        page.keyboard.press("b")
+        page.keyboard.press("ArrowUp")  # a checkbox has no use for arrows
+        assert viewer.get_attribute("data-tool") == "box"
+        page.wait_for_function("s => document.querySelector('#medseg-viewer').dataset.slice !== s", arg=before,
+                               timeout=5_000)
+        page.keyboard.press(" ")  # its own key: unticked
+        assert not page.locator("#tool-negative").is_checked()
+        page.locator("#label-opacity").click()
+        page.keyboard.press("r")
+        assert viewer.get_attribute("data-tool") == "brush"
+        page.locator("#export-format input").first.click()
+        page.keyboard.press("v")
+        assert viewer.get_attribute("data-tool") == "navigate"
+    finally:
+        context.close()
+
+
+def test_a_double_click_is_one_point(browser, server, ct):
+    """A hurried user double-clicks the structure (the habit of opening things). Each press was a point: two points on
+    one pixel, "Positive click (2 points)", and ctrl+Z took back only the second, the mask of the first staying. The
+    second press of a double-click is now the same click: one point, and one undo takes it back."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.mouse.dblclick(*_xy(page, ct, *INSIDE))
+        _said(page, "Positive click (1 point)", 30_000)
+        _idle(page)
+        assert "(1 point)" in page.locator("#viewer-status").inner_text()  # "(2 points)" once the second came
+        page.keyboard.press("Control+z")
+        _said(page, "Undid", 30_000)
+        _idle(page)
+        assert not server.labels(sid).any()
+        page.mouse.click(*_xy(page, ct, *INSIDE))  # a click, then shift held for the second press: a negative point
+        page.keyboard.down("Shift")
+        page.mouse.down(click_count=2)
+        page.mouse.up(click_count=2)
+        page.keyboard.up("Shift")
+        _said(page, "Negative click (2 points)", 30_000)
+    finally:
+        context.close()
+
+
+def test_download_says_older_as_soon_as_an_edit_is_on_its_way(browser, server, ct):
+    """A hurried user exports, makes one last click and presses Download at once: the file held the labels without
+    that click, and the button said nothing until the click's answer came (the model's time: seconds on a busy CPU).
+    The button is marked "older than your labels" from the moment an edit leaves."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _sample_clicked_once(page, ct)
+        download = page.locator("#download")
+        page.locator("#export-btn").click()
+        download.wait_for(state="visible", timeout=TIMEOUT_MS)
+        page.wait_for_timeout(300)  # the page's state with the export has been read
+        assert "mv-stale" not in (download.get_attribute("class") or "")
+        with server.runner.turn():  # the click waits for the model
+            page.mouse.click(*_xy(page, ct, 140.0, 120.0))
+            page.wait_for_function("document.querySelector('#download').classList.contains('mv-stale')",
+                                   timeout=2_000)
+        _idle(page)
+        page.wait_for_timeout(300)
+        assert "mv-stale" in download.get_attribute("class")  # and it stays once the click is answered
+    finally:
+        context.close()
+
+
+def test_a_locked_label_stays_locked_after_a_reload_and_in_another_tab(browser, server, ct):
+    """A clinician locks a finished structure so that nothing edits it, then reloads the page (or Gradio reloads it
+    after a lost connection), or goes on in a second tab. The lock lived in the page only: after the reload every
+    label was unlocked without a word, the other tab never had it, and a click or stroke there edited the label.
+    The browser now keeps the study's locks: the reloaded page and the other tab refuse the edit, as the first did."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        lock = "#viewer-legend .mv-label[data-value='1'] .mv-lock"
+        page.locator(lock).click()
+        page.reload()
+        _said(page, "Ready", TIMEOUT_MS)
+        assert page.locator(lock).inner_text() == "unlock"
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _said(page, "label 1 is locked")
+        other = context.new_page()
+        other.goto(server.url)
+        _wait_status(other, "Ready")
+        other.mouse.click(*_xy(other, ct, *INSIDE))
+        _said(other, "label 1 is locked")
+        page.locator(lock).click()  # unlocked here: the other tab takes it at once
+        other.wait_for_function("s => document.querySelector(s).textContent === 'lock'", arg=lock, timeout=5_000)
+        assert not server.labels(sid).any()  # neither click was sent
+    finally:
+        context.close()
+
+
+def test_an_edit_of_the_hidden_label_shows_it_again(browser, server, ct):
+    """A hurried user hides the active label (H) to see the image under it, then clicks to correct it: the answer said
+    "overlay updated" over an image without any mask, the label still hidden, and the user clicked again and again.
+    An edit of a hidden label now shows it again (as painting a hidden segment does in other viewers)."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _sample_clicked_once(page, ct)
+        alpha = "medsegViewer.labelsVol.colormapLabel.lut[7]"  # label 1's
+        page.keyboard.press("h")
+        assert page.evaluate(alpha) == 0
+        page.mouse.click(*_xy(page, ct, 140.0, 120.0))
+        _said(page, "Positive click (2 points)", 30_000)
+        assert page.evaluate(alpha) == 255
+        assert page.locator("#viewer-legend .mv-label[data-value='1'] .mv-eye").inner_text() == "hide"
+    finally:
+        context.close()

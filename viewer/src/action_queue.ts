@@ -25,6 +25,10 @@ export const actionQueueMethods = {
       this.showError(`label ${active} is locked: unlock it to edit it`)
       return
     }
+    // an edit of a hidden label (H pressed to see the image under it, then a click) showed nothing: "overlay
+    // updated" over an image without the mask. Editing a label shows it again, as painting a hidden segment does
+    const target = this.shownActive()
+    if (this.hidden.has(target)) { this.hidden.delete(target); this.applyLabelLook() }
     if (this.labelChanges > 0) body.labelLate = true  // a label choice is queued before it: the label active then
     else body.label = active
     body.locked = [...this.locked]

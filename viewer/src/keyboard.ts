@@ -29,10 +29,20 @@ const IMAGE_KEYS: Record<string, string> = {
 // the input types whose keys edit text: ctrl+Z there is the field's own undo
 const TEXT_INPUTS = new Set(['text', 'search', 'number', 'email', 'password', 'url', 'tel'])
 
-/** A field that takes the keys pressed in it (text typed, a radio or slider moved by arrows): the viewer's shortcuts
- * leave them to it. */
-function ownsKeys(t: HTMLElement): boolean {
-  return t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || t.isContentEditable
+// the keys a control without text acts on: the rest are the viewer's shortcuts
+const ARROWS = ['ArrowUp', 'ArrowDown', 'ArrowLeft', 'ArrowRight']
+const CONTROL_KEYS: Record<string, Set<string>> = {
+  checkbox: new Set([' ']),
+  radio: new Set([' ', ...ARROWS]),
+  range: new Set([...ARROWS, 'PageUp', 'PageDown', 'Home', 'End']),
+}
+
+/** A field that takes the key pressed in it (text typed, a radio or slider moved by arrows): the viewer's shortcuts
+ * leave it to it. A checkbox, radio or slider takes only its own keys: the focus stays on one after a click (the
+ * toolbar's *negative* box, the opacity slider, the export format), and B, ↑ or R pressed next did nothing at all. */
+function ownsKeys(t: HTMLElement, key: string): boolean {
+  if (t.tagName === 'INPUT') return CONTROL_KEYS[(t as HTMLInputElement).type]?.has(key) ?? true
+  return t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || t.isContentEditable
 }
 
 /** ctrl+Z/Y in a field with no text of its own to undo means the user's last edit of the labels: in the Active
@@ -54,7 +64,7 @@ export const keyboardMethods = {
     const k = e.key
     const ctrl = e.ctrlKey || e.metaKey
     const undoKey = ctrl && !e.altKey && (k.toLowerCase() === 'z' || k.toLowerCase() === 'y')
-    if (t && ownsKeys(t) && !(undoKey && undoIsTheViewers(t))) return
+    if (t && ownsKeys(t, k) && !(undoKey && undoIsTheViewers(t))) return
     if (!this.state?.study) return
     if (undoKey && t?.closest('#label, #model')) (t as HTMLElement).blur()  // closes the list: the undo is the news
     const needs = IMAGE_KEYS[k]

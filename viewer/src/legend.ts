@@ -3,6 +3,8 @@ import type { Viewer } from './viewer'
 import type { LabelDef } from './types'
 import { el } from './util'
 
+const lockKey = (study: string | null) => `medseg-locked:${study ?? ''}`
+
 export const legendMethods = {
   /** The label the user made active last: a label choice still on its way, or the state's. H right after a pick
    * in the legend hid the label active before it (the pick's answer had not come), not the one just picked. */
@@ -31,6 +33,30 @@ export const legendMethods = {
     this.markLegend()
   },
 
+  /** The study's locked labels as this browser keeps them (``localStorage``, per study): they lived in the page
+   * only, so a reload (or Gradio's own after a lost connection) unlocked every label without a word, and a second
+   * tab of the session never had them: a finished structure locked against edits took the next stroke over it. */
+  storedLocks(this: Viewer): Set<number> {
+    try {
+      const kept = JSON.parse(localStorage.getItem(lockKey(this.study)) ?? '[]')
+      return new Set(Array.isArray(kept) ? kept.filter((v) => Number.isInteger(v)) : [])
+    } catch { return new Set() }  // storage refused (a private window's quota) or damaged: none kept
+  },
+
+  storeLocks(this: Viewer): void {
+    try {
+      if (this.locked.size) localStorage.setItem(lockKey(this.study), JSON.stringify([...this.locked]))
+      else localStorage.removeItem(lockKey(this.study))
+    } catch { /* storage refused: the locks hold in this page only, as before */ }
+  },
+
+  /** Another tab of this browser locked or unlocked a label of the study shown: take it now (``storage`` event). */
+  locksChanged(this: Viewer, key: string | null): void {
+    if (key !== lockKey(this.study)) return
+    this.locked = this.storedLocks()
+    this.markLegend()
+  },
+
   /** One label's row of the legend: its colour, its name (a click makes it the active label), hide and lock. */
   legendRow(this: Viewer, d: LabelDef): HTMLElement {
     const row = el('div', { class: 'mv-label', 'data-value': String(d.value) })
@@ -43,6 +69,7 @@ export const legendMethods = {
     const lock = el('button', { class: 'mv-icon mv-lock', type: 'button', title: 'Locked labels cannot be edited' })
     lock.addEventListener('click', () => {
       if (this.locked.has(d.value)) this.locked.delete(d.value); else this.locked.add(d.value)
+      this.storeLocks()
       this.renderLegend()
     })
     row.append(sw, name, eye, lock)

@@ -25,6 +25,7 @@ export const pageButtonMethods = {
     // first script (app.viewer.api.LEAVE_GUARD) asks the same, before Gradio's listener; this one is for a page
     // served without it (then the question stops the listeners registered after it only)
     window.addEventListener('beforeunload', (e) => this.askBeforeLeaving(e))
+    window.addEventListener('storage', (e) => this.locksChanged(e.key))  // a lock set in another tab
     // back to this tab: another tab of the session may have edited meanwhile; the page's sync shows the server's state
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && this.state?.study && this.inFlight === 0) this.syncPage()

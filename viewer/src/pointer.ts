@@ -126,8 +126,13 @@ export const pointerMethods = {
       if (!first) this.sayBoxCancelled('its first corner left the screen during the drag (another slice or view)')
       else if (end) this.prompt({ kind: 'box', view: d.view, mm: d.mm0, mm2: end.mm, new_object: true }, { kind: 'box', view: d.view, mm: [d.mm0, end.mm] })
       else this.showError('the box could not be placed on the image: drag it again')
+    } else if (this.tool === 'point' && e.detail >= 2 && this.lastPositive === !(e.shiftKey || this.negative)) {
+      // a double-click's second press (the browser counts it so only on the same spot): one click. It was a second
+      // point on the first, "(2 points)", and one undo left the mask of the first. The other kind there (shift held
+      // for the second) is a point of its own
     } else if (this.tool === 'point') {
       const positive = !(e.shiftKey || this.negative)
+      this.lastPositive = positive
       const body: any = { kind: 'point', view: d.view, mm: d.mm0, positive }
       if (this.newObject) { body.new_object = true; this.newObject = false }
       this.prompt(body, { kind: 'point', view: d.view, mm: [d.mm0], positive })

@@ -15,6 +15,7 @@ export const studyLoaderMethods = {
   async loadStudy(this: Viewer, s: State): Promise<void> {
     this.dropDragForStudy(s.name ?? 'another study')
     this.study = s.study
+    this.locked = this.storedLocks()  // this study's: label 1 locked on the last study is another structure
     this.loadFailed = null
     this.showStatus(`Loading ${s.name ?? 'the study'} into the viewer…`)
     const nv = this.nv

@@ -43,6 +43,7 @@ export class Viewer {
   labelsVol: NVImage | null = null
   tool: Tool = 'point'
   negative = false
+  lastPositive: boolean | null = null  // the kind of the last point placed: a double-click's second press is it again
   newObject = false
   three = false
   outline = false
