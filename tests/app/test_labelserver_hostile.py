@@ -124,8 +124,9 @@ def test_infer_calls_carrying_their_image_leave_other_viewers_sessions_alone(tmp
         r = put()
         assert r.status_code == 429 and re.fullmatch(
             r"the server holds 2 sessions, its limit of 2, none expired: delete one no longer needed "
-            r"\(DELETE session/ID\), or try again when the next expires \(in 3[56]\d\d s\); an image can also go with its "
-            r"infer request \(POST /infer with a 'file' part\), which keeps no session", r.json()["detail"]), r.text
+            r"\(DELETE session/ID\), or try again when the next expires \(in 3[56]\d\d s\); an image can also go "
+            r"with its infer request \(POST /infer with a 'file' part\), which keeps no session",
+            r.json()["detail"]), r.text
         assert sorted(p.name for p in root.iterdir()) == sorted(mine)
         assert client.delete(f"/session/{mine[0]}").status_code == 200
         assert put("?expiry=0.05").status_code == 200
