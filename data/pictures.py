@@ -268,8 +268,14 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
                 im = im.convert("LA").getchannel("L")
                 mode = "L"
             elif mode in TO_RGB_MODES:
+                palette = mode in ("P", "PA")
                 im = im.convert("RGB")
                 mode = "RGB"
+                if palette and _all_grey(im):
+                    # a grey picture stored with a palette (an 8-bit grey PNG some tools write so) is grey, as an
+                    # 8-bit grey+alpha or a 16-bit one opens: made RGB, it lost the grey window (session 23)
+                    im = im.getchannel("R")
+                    mode = "L"
             array = np.asarray(im)
     except StudyError:
         raise
@@ -296,6 +302,13 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
     return Volume(array=np.ascontiguousarray(array)[None], modality="OT",
                   source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)", notes=notes,
                                    exif_orientation=orientation))
+
+
+def _all_grey(rgb: Image.Image) -> bool:
+    """Whether a palette picture, made RGB, is grey: every palette colour its pixels use has R = G = B. (Its pixels'
+    colours are what it shows; a palette whose colours some pixels use opens in colour.)"""
+    array = np.asarray(rgb)
+    return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
 
 
 def exif_mismatch(what: str, other: str, turn: int, other_turn: int) -> str:

@@ -41,10 +41,10 @@ from data.dicom_scan import NATIVE_SYNTAXES
 from data.limits import DEFAULT_MAX_VOXELS
 from data.nifti_check import NiftiCheckError, check_nifti
 from data.pictures import read_image_file
-from data.series_geometry import (SAME_IN_EVERY_SLICE, GeometryError, UnevenSpacingError, check_pixel_spacing,
-                                  check_series_geometry, check_spacing_between_slices, display_names, frame_geometry,
-                                  frame_heads, numbers, orientation, position_along_normal, require_pixel_spacing,
-                                  require_whole_plane, stack_grid)
+from data.series_geometry import (ONE_PATIENT_AND_STUDY, SAME_IN_EVERY_SLICE, GeometryError, UnevenSpacingError,
+                                  check_pixel_spacing, check_series_geometry, check_spacing_between_slices,
+                                  display_names, frame_geometry, frame_heads, numbers, orientation,
+                                  position_along_normal, require_pixel_spacing, require_whole_plane, stack_grid)
 from data.study_errors import (SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError, check_voxels,
                                first_line, header_int, voxel_limit)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
@@ -742,7 +742,8 @@ def _split_enhanced_series(folder: Path, info: SeriesInfo, heads: list[pydicom.D
         except GeometryError as e:
             raise StudyError(f"{folder}: {name}: {e}") from None
         for n, frame in enumerate(own):
-            for keyword in SAME_IN_EVERY_SLICE:  # the files must share one pixel description and frame of reference
+            # the files must share one patient, study, pixel description and frame of reference
+            for keyword in ONE_PATIENT_AND_STUDY + SAME_IN_EVERY_SLICE:
                 if keyword in head:
                     frame[keyword] = head[keyword]
             frames.append((f, n, frame))

@@ -31,6 +31,10 @@ PERPENDICULAR_TOLERANCE = 9.9e-4
 # (BitsStored may differ: each slice's own is applied when it is decoded)
 SAME_IN_EVERY_SLICE = ("Modality", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "PixelRepresentation",
                        "PhotometricInterpretation", "FrameOfReferenceUID")
+# One series is one patient's, of one study: a slice naming another (a mis-sorted or wrongly merged export) opened as
+# part of the volume without a word where its geometry fitted, two patients' images in one volume (session 23). Their
+# values are not shown in the refusal: error lines reach logs and the label server's clients.
+ONE_PATIENT_AND_STUDY = ("PatientID", "PatientName", "StudyInstanceUID")
 
 
 class GeometryError(ValueError):
@@ -194,6 +198,11 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
     first = heads[0]
     first_spacing = numbers(first, "PixelSpacing", 2)
     for name, h in zip(names, heads):
+        for keyword in ONE_PATIENT_AND_STUDY:
+            if str(h.get(keyword, "") or "").strip() != str(first.get(keyword, "") or "").strip():
+                raise GeometryError(f"{name}: {keyword} differs from {names[0]}'s within one series: the volume would "
+                                    "hold images of two patients or studies; take the file out of the folder, or "
+                                    f"correct its {keyword}")
         for keyword in SAME_IN_EVERY_SLICE:
             if h.get(keyword) != first.get(keyword):
                 raise GeometryError(f"{name}: {keyword} {h.get(keyword)} differs from {names[0]} ({first.get(keyword)})")

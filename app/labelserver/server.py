@@ -41,6 +41,7 @@ from app.labelserver.datastore import (
     Datastore,
     NotFound,
     Sessions,
+    SessionsFull,
     check_id,
     check_tag,
     label_names_from_params,
@@ -215,14 +216,16 @@ def build_app(cfg: ServerConfig) -> Starlette:
         if not isinstance(params, dict):
             return _error(400, "params: expected a JSON object")
         tmp_files = []
+        carried_image = contextlib.ExitStack()
         try:
             upload = form.get("file")
             image, session_id = request.query_params.get("image", ""), request.query_params.get("session_id", "")
-            if isinstance(upload, UploadFile):  # the image itself in the request
+            carried: Volume | None = None
+            if isinstance(upload, UploadFile):  # the image itself in the request: a temporary, not a session
                 tmp = await _save_upload(upload, uploads)
                 tmp_files.append(tmp)
-                session = cfg.sessions.add([(upload.filename or "image.nii.gz", tmp)], expiry_s=60)
-                session_id = session.session_id
+                carried = await _threaded(lambda: carried_image.enter_context(
+                    cfg.sessions.temporary([(upload.filename or "image.nii.gz", tmp)])))
             ext = str(params.get("result_extension") or ".nii.gz")
             if ext not in RESULT_EXTS:
                 return _error(400, f"params.result_extension {ext!r}: expected one of {', '.join(RESULT_EXTS)}")
@@ -232,7 +235,7 @@ def build_app(cfg: ServerConfig) -> Starlette:
             compress = bool(params.get("result_compress", True)) or ext == ".nii.gz"
 
             def work():
-                volume = volume_for(image, session_id)
+                volume = carried if carried is not None else volume_for(image, session_id)
                 with model_lock:
                     result = run_infer(cfg.segmenter, entry, volume, params, cache, backend=cfg.backend)
                 return volume, result
@@ -241,7 +244,8 @@ def build_app(cfg: ServerConfig) -> Starlette:
             reply = {"label_names": result.label_names, "latencies": result.latencies, "slice": result.slice}
             if output == "json":
                 return JSONResponse(reply)
-            name = f"label_{entry.name}_{(image or session_id)[-24:]}"
+            source_id = uuid4().hex if carried is not None else image or session_id  # a carried image has no id
+            name = f"label_{entry.name}_{source_id[-24:]}"
             if output == "dicom_seg":
                 if volume.source.format != "dicom-series":
                     return _error(400, "output=dicom_seg needs a DICOM series image; ask for output=image")
@@ -262,6 +266,7 @@ def build_app(cfg: ServerConfig) -> Starlette:
             return _multipart({"params": (None, json.dumps(reply).encode(), "application/json"),
                                "image": (f"{name}{ext}", body, ctype)})
         finally:
+            carried_image.close()
             for f in tmp_files:
                 f.unlink(missing_ok=True)
 
@@ -384,6 +389,7 @@ def build_app(cfg: ServerConfig) -> Starlette:
     ]
     handlers = {
         NotFound: lambda r, e: _error(404, str(e)),
+        SessionsFull: lambda r, e: _error(429, str(e)),
         UnknownStrategy: lambda r, e: _error(404, str(e)),
         InferError: lambda r, e: _error(400, str(e)),
         BadParams: lambda r, e: _error(400, str(e)),

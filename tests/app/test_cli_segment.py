@@ -215,11 +215,12 @@ def test_a_seg_output_the_source_cannot_carry_is_refused_before_the_model_runs(c
                            "NIfTI label map (.nii.gz) instead")
 
 
-def test_a_seg_of_a_series_whose_slices_name_two_studies_is_refused_naming_the_slice(capsys, tmp_path, monkeypatch):
-    """One slice of the series under another StudyInstanceUID (merged or anonymised wrongly): it opens (one grid, one
+def test_a_series_whose_slices_name_two_studies_is_refused_naming_the_slice(capsys, tmp_path, monkeypatch):
+    """One slice of the series under another StudyInstanceUID (merged or anonymised wrongly): it opened (one grid, one
     frame of reference), but its SEG failed after the model, in highdicom's words: "Source images must all be part of
-    the same series and must have the same image dimensions (number of rows/columns)." (session 17). Now: before the
-    model, naming the slice and the attribute."""
+    the same series and must have the same image dimensions (number of rows/columns)." (session 17: refused before the
+    model, at the SEG). Since session 23 the series itself is refused as it opens, as one of two patients is, naming
+    the slice and the attribute: a NIfTI of it would have been made of two studies' images too."""
     import pydicom
 
     series = tmp_path / "series"
@@ -228,15 +229,15 @@ def test_a_seg_of_a_series_whose_slices_name_two_studies_is_refused_naming_the_s
     ds = pydicom.dcmread(odd)
     ds.StudyInstanceUID = "1.2.3.4"
     ds.save_as(odd)
-    first = pydicom.dcmread(sorted(series.iterdir())[0]).StudyInstanceUID
 
     def model_ran(*args, **kwargs):
         raise AssertionError("the model ran before the refusal")
 
     monkeypatch.setattr("app.commands.segment.segmenter_from_args", model_ran)
-    code, _, err = run_cli(capsys, "segment", series, "--slice", 6, "--box", 80, 80, 180, 180, "-o", tmp_path / "o.dcm")
-    assert code == 2, err
-    name = sorted(series.iterdir())[0].name
-    assert err.strip() == (f"medseg segment: error: {tmp_path / 'o.dcm'}: the source image {odd.name} has "
-                           f"StudyInstanceUID 1.2.3.4 where {name} has {first}; a DICOM-SEG references one study and "
-                           "series: fix the source's UIDs, or write a NIfTI label map (.nii.gz) instead")
+    for out in ("o.dcm", "o.nii.gz"):
+        code, _, err = run_cli(capsys, "segment", series, "--slice", 6, "--box", 80, 80, 180, 180, "-o", tmp_path / out)
+        assert code == 2, err
+        name = sorted(series.iterdir())[0].name
+        assert err.strip() == (f"medseg segment: error: {series}: {odd.name}: StudyInstanceUID differs from {name}'s "
+                               "within one series: the volume would hold images of two patients or studies; take the "
+                               "file out of the folder, or correct its StudyInstanceUID")

@@ -5,6 +5,9 @@ the client's file, nothing is stored, and the server keeps answering. (The real-
 from __future__ import annotations
 
 import json
+import re
+import time
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -75,6 +78,60 @@ def test_a_session_expiry_that_is_no_duration_is_refused_and_creates_nothing(ser
     r = client.put(f"/session/?expiry={expiry}", files={"files": ("x.nii.gz", (studies / "ct.nii.gz").read_bytes())})
     assert r.status_code == 400 and r.json()["detail"] == f"expiry={expiry!r}: expected seconds >= 0"
     assert not any(sessions.iterdir())
+
+
+class Square:
+    """A model that answers every prompt with a 4 x 4 square (the session tests need a result, not a model)."""
+
+    name = "square"
+
+    def embed(self, rgb):
+        return SimpleNamespace(features=None, extras={}, shape=rgb.shape[:2])
+
+    def predict(self, embedding, prompts, multimask_output=False):
+        mask = np.zeros(embedding.shape, bool)
+        mask[2:6, 2:6] = True
+        return SimpleNamespace(best_mask=mask)
+
+
+def test_infer_calls_carrying_their_image_leave_other_viewers_sessions_alone(tmp_path):
+    """Each POST /infer carrying its image made a session (kept 60 s) and the server kept the newest 16: 16 such calls
+    took away the images other viewers had uploaded (PUT /session/), who then got 'session ... not found (expired?)'
+    an hour before it expired (session 23). Now the carried image is a temporary of its request, sessions go only when
+    they expire or are deleted (as MONAI Label's), and a new one when every slot is live is a 429 naming the limit."""
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(GRID, np.int16)), str(studies / "ct.nii.gz"))
+    image = (studies / "ct.nii.gz").read_bytes()
+    root = tmp_path / "sessions"
+    cfg = ServerConfig(model="litemedsam", segmenter=Square(), backend="torch", datastore=StudiesDir(studies),
+                       sessions=Sessions(root, max_sessions=2), work_dir=tmp_path / "work")
+    with TestClient(build_app(cfg), base_url="http://localhost", raise_server_exceptions=False) as client:
+        def put(expiry: str = ""):
+            return client.put(f"/session/{expiry}", files={"files": ("mine.nii.gz", image)})
+
+        mine = [put().json()["session_id"] for _ in range(2)]
+        for _ in range(3):  # another client's load: each call with its image
+            r = client.post("/infer/litemedsam?output=json", files={"file": ("theirs.nii.gz", image),
+                                                                     "params": (None, '{"foreground": [[3, 3, 1]]}')})
+            assert r.status_code == 200 and r.json()["slice"] == 1, r.text
+        for sid in mine:
+            assert client.get(f"/session/{sid}").status_code == 200
+            r = client.post(f"/infer/litemedsam?session_id={sid}&output=json",
+                            files={"params": (None, '{"foreground": [[3, 3, 1]]}')})
+            assert r.status_code == 200, r.text
+        assert sorted(p.name for p in root.iterdir()) == sorted(mine)  # no temporary left behind
+        r = put()
+        assert r.status_code == 429 and re.fullmatch(
+            r"the server holds 2 sessions, its limit of 2, none expired: delete one no longer needed "
+            r"\(DELETE session/ID\), or try again when the next expires \(in 3[56]\d\d s\); an image can also go "
+            r"with its infer request \(POST /infer with a 'file' part\), which keeps no session",
+            r.json()["detail"]), r.text
+        assert sorted(p.name for p in root.iterdir()) == sorted(mine)
+        assert client.delete(f"/session/{mine[0]}").status_code == 200
+        assert put("?expiry=0.05").status_code == 200
+        time.sleep(0.1)  # an expired session's slot is free again
+        assert put().status_code == 200 and client.get(f"/session/{mine[1]}").status_code == 200
 
 
 def _label_put(client, name: str, data: bytes):

@@ -103,10 +103,36 @@ def test_pngs_written_by_pil_and_opencv_open_as_before(tmp_path, slice_8bit):
 
     Image.fromarray(slice_8bit).save(tmp_path / "pil.png", optimize=True)
     cv2.imwrite(str(tmp_path / "cv.png"), slice_8bit.astype(np.uint16) * 200)
-    Image.fromarray(slice_8bit).convert("P").save(tmp_path / "palette.png")
     np.testing.assert_array_equal(read_study(tmp_path / "pil.png").array[0], slice_8bit)
     np.testing.assert_array_equal(read_study(tmp_path / "cv.png").array[0], slice_8bit.astype(np.uint16) * 200)
-    assert read_study(tmp_path / "palette.png").array.shape == (1, *slice_8bit.shape, 3)
+
+
+def test_an_8bit_png_of_a_grey_palette_opens_grey_and_one_of_colours_in_colour(tmp_path, slice_8bit):
+    """Session 23: a grey picture stored as a palette PNG (PIL's convert("P") of a grey image, some tools' 8-bit
+    grey) opened as RGB, three equal channels: called colour, no grey window, where the same picture saved as grey,
+    grey+alpha or 16 bits opened grey. Now its grey values; a palette with colour, or with a colour some pixels use,
+    opens in its colours as before, and a grey palette with a transparent colour is grey with the transparency note."""
+    from PIL import Image
+
+    from data.study_errors import StudyWarning
+
+    Image.fromarray(slice_8bit).convert("P").save(tmp_path / "grey.png")
+    grey = read_study(tmp_path / "grey.png")
+    assert grey.array.shape == (1, *slice_8bit.shape)
+    np.testing.assert_array_equal(grey.array[0], slice_8bit)
+    tinted = Image.fromarray(slice_8bit).convert("P")
+    palette = tinted.getpalette()
+    used = int(slice_8bit.max())  # PIL's grey palette: index v is the grey v
+    palette[3 * used: 3 * used + 3] = [255, 0, 0]  # one colour, used by some pixels, is red
+    tinted.putpalette(palette)
+    tinted.save(tmp_path / "tinted.png")
+    colour = read_study(tmp_path / "tinted.png").array[0]
+    assert colour.shape == (*slice_8bit.shape, 3)
+    np.testing.assert_array_equal(colour, np.asarray(tinted.convert("RGB")))
+    Image.fromarray(slice_8bit).convert("P").save(tmp_path / "holes.png", transparency=used)
+    with pytest.warns(StudyWarning, match="transparent"):
+        holes = read_study(tmp_path / "holes.png")
+    np.testing.assert_array_equal(holes.array[0], slice_8bit)
 
 
 def test_a_png_with_more_image_data_than_its_rows_opens(tmp_path, slice_8bit):

@@ -871,6 +871,13 @@ def test_a_series_split_into_enhanced_files_is_stacked_by_each_frames_position(t
     overlap = _split_enhanced(tmp_path / "overlap", stack, ([0.0, 1.5, 3.0, 4.5], [4.5, 6.0, 7.5, 9.0]))
     refused(overlap, f"{overlap}: two images at the same position between a.dcm frame 4 (4.50 mm) and b.dcm frame 1 "
                      "(4.50 mm); remove the duplicate or pick one series")
+    other = _split_enhanced(tmp_path / "other_patient", stack, ([0.0, 1.5, 3.0, 4.5], [6.0, 7.5, 9.0, 10.5]))
+    ds = pydicom.dcmread(other / "b.dcm")
+    ds.PatientID = "OTHER-7"  # session 23: one file of another patient, held to one patient as a series' slices are
+    ds.save_as(other / "b.dcm")
+    refused(other, f"{other}: b.dcm frame 1: PatientID differs from a.dcm frame 1's within one series: the volume "
+                   "would hold images of two patients or studies; take the file out of the folder, or correct its "
+                   "PatientID")
 
 
 @pytest.mark.parametrize("zs, fault", [

