@@ -323,10 +323,11 @@ class Session:
     volume: Volume
     created: float
     expiry_s: float
+    last_used: float = 0.0  # time of the last request that named it (``Sessions.get``); 0: none since created
 
     def info(self) -> dict:
         return {"name": self.image.name, "path": self.image.name, "image": self.session_id,
-                "meta": {}, "create_ts": int(self.created), "last_access_ts": int(time.time()),
+                "meta": {}, "create_ts": int(self.created), "last_access_ts": int(self.last_used or self.created),
                 "expiry": int(self.expiry_s)}
 
 
@@ -351,12 +352,16 @@ def read_uploads(uploads: list[tuple[str, Path]], folder: Path) -> tuple[Path, V
 class Sessions:
     """Viewer uploads (``PUT /session/``), each in its own folder under ``root``, kept until they expire or are
     deleted, as MONAI Label's are. At most ``max_sessions`` live ones (each holds its volume in memory); when all are
-    live a new one is refused (SessionsFull, 429). Why not evict the oldest: 16 ``POST /infer`` calls carrying their
-    image (each then made a session) took away the images other viewers had uploaded, who got 'session ... not
-    found (expired?)' before it expired (session 23). Those calls now read their image as a temporary instead."""
+    live, a new one takes the slot of the one left unused longest, if it has been unused for ``idle_s`` (10 minutes):
+    an annotator who uploads a twentieth image within the hour is not refused for the nineteen before it. Only when
+    every session was used within ``idle_s`` is a new one refused (SessionsFull, 429). Why not evict the oldest: 16
+    ``POST /infer`` calls carrying their image (each then made a session) took away the images other viewers had
+    uploaded and were working on, who got 'session ... not found (expired?)' (session 23). Those calls now read their
+    image as a temporary instead."""
 
-    def __init__(self, root: Path, default_expiry_s: float = 3600.0, max_sessions: int = 16):
+    def __init__(self, root: Path, default_expiry_s: float = 3600.0, max_sessions: int = 16, idle_s: float = 600.0):
         self.root = root
+        self.idle_s = idle_s
         self.root.mkdir(parents=True, exist_ok=True)
         self.default_expiry_s = default_expiry_s
         self.max_sessions = max_sessions
@@ -383,16 +388,22 @@ class Sessions:
         return session
 
     def _refuse_when_full(self) -> None:
-        """SessionsFull when every slot holds a live session, naming the limit and when the next one expires (the
-        caller holds the lock)."""
+        """Make room for one more session (the caller holds the lock): the one unused longest goes if it has been
+        unused for ``idle_s``; else SessionsFull, naming the limit and when a slot frees."""
         if len(self._items) < self.max_sessions:
             return
         now = time.time()
-        soonest = min((s.created + s.expiry_s - now for s in self._items.values()), default=0.0)
-        raise SessionsFull(f"the server holds {len(self._items)} sessions, its limit of {self.max_sessions}, none "
-                           f"expired: delete one no longer needed (DELETE session/ID), or try again when the next "
-                           f"expires (in {max(soonest, 0):.0f} s); an image can also go with its infer request "
-                           "(POST /infer with a 'file' part), which keeps no session")
+        idle = min(self._items.values(), key=lambda s: s.last_used or s.created)
+        if now - (idle.last_used or idle.created) >= self.idle_s:
+            self._items.pop(idle.session_id)
+            shutil.rmtree(idle.folder, ignore_errors=True)
+            return
+        soonest = min(min(s.created + s.expiry_s, (s.last_used or s.created) + self.idle_s) - now
+                      for s in self._items.values())
+        raise SessionsFull(f"the server holds {len(self._items)} sessions, its limit of {self.max_sessions}, each used "
+                           f"in the last {self.idle_s:.0f} s: delete one no longer needed (DELETE session/ID), or try "
+                           f"again when the next frees (in {max(soonest, 0):.0f} s); an image can also go with its "
+                           "infer request (POST /infer with a 'file' part), which keeps no session")
 
     @contextlib.contextmanager
     def temporary(self, uploads: list[tuple[str, Path]]) -> Iterator[Volume]:
@@ -407,8 +418,10 @@ class Sessions:
     def get(self, sid: str) -> Session:
         with self._lock:
             s = self._items.get(sid)
-        if s is None or time.time() - s.created > s.expiry_s:
+        now = time.time()
+        if s is None or now - s.created > s.expiry_s:
             raise NotFound(f"session {sid!r} not found (expired?); create one with PUT /session/")
+        s.last_used = now
         return s
 
     def remove(self, sid: str) -> Session:

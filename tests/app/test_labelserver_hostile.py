@@ -123,8 +123,8 @@ def test_infer_calls_carrying_their_image_leave_other_viewers_sessions_alone(tmp
         assert sorted(p.name for p in root.iterdir()) == sorted(mine)  # no temporary left behind
         r = put()
         assert r.status_code == 429 and re.fullmatch(
-            r"the server holds 2 sessions, its limit of 2, none expired: delete one no longer needed "
-            r"\(DELETE session/ID\), or try again when the next expires \(in 3[56]\d\d s\); an image can also go "
+            r"the server holds 2 sessions, its limit of 2, each used in the last 600 s: delete one no longer needed "
+            r"\(DELETE session/ID\), or try again when the next frees \(in (5\d\d|600) s\); an image can also go "
             r"with its infer request \(POST /infer with a 'file' part\), which keeps no session",
             r.json()["detail"]), r.text
         assert sorted(p.name for p in root.iterdir()) == sorted(mine)
@@ -132,6 +132,31 @@ def test_infer_calls_carrying_their_image_leave_other_viewers_sessions_alone(tmp
         assert put("?expiry=0.05").status_code == 200
         time.sleep(0.1)  # an expired session's slot is free again
         assert put().status_code == 200 and client.get(f"/session/{mine[1]}").status_code == 200
+
+
+def test_a_session_unused_for_ten_minutes_makes_room_for_a_new_one(tmp_path):
+    """With every slot live, a new upload was refused (429) although one viewer had left an hour ago: an annotator
+    opening a seventeenth image within the hour was refused for the sixteen before it. The session unused longest
+    gives its slot, once unused for 10 minutes; one used since keeps its own."""
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(GRID, np.int16)), str(studies / "ct.nii.gz"))
+    image = (studies / "ct.nii.gz").read_bytes()
+    sessions = Sessions(tmp_path / "sessions", max_sessions=2)
+    cfg = ServerConfig(model="litemedsam", segmenter=Square(), backend="torch", datastore=StudiesDir(studies),
+                       sessions=sessions, work_dir=tmp_path / "work")
+    with TestClient(build_app(cfg), base_url="http://localhost", raise_server_exceptions=False) as client:
+        def put():
+            return client.put("/session/", files={"files": ("mine.nii.gz", image)})
+
+        left, working = (put().json()["session_id"] for _ in range(2))
+        sessions.get(left).last_used = time.time() - 601  # its viewer left ten minutes ago
+        assert client.get(f"/session/{working}").status_code == 200
+        new = put()
+        assert new.status_code == 200, new.text
+        assert client.get(f"/session/{left}").status_code == 404
+        assert client.get(f"/session/{working}").status_code == 200
+        assert put().status_code == 429  # the two left were both used just now
 
 
 def _label_put(client, name: str, data: bytes):
