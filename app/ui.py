@@ -40,6 +40,7 @@ from app.oneshot import METHODS as ONESHOT_METHODS, SCOPES as ONESHOT_SCOPES
 from app.propagation_defaults import DEFAULT_FILL
 from app.render import window_choices
 from app.session import SessionError, SessionStore, claim_root, default_state_dir
+from app.startup_check import patient_launch_check
 from app.model_catalog import backend_for, load_model
 from app.viewer import actions as viewer_actions
 from app.viewer.api import LeaveGuard, head_html, routes as viewer_routes
@@ -682,20 +683,21 @@ def launch(
     # inside the cookie middleware: a request it refuses (no session, a rebound name) is never read at all
     bodies = Middleware(BodyLimit, limit_for=serve_limit_for(limits.max_upload_bytes, limits.max_upload_files),
                         refuse=serve_refusal)
-    demo.launch(
-        server_name=host,
-        server_port=port,
-        allowed_paths=[str(r) for r in limits.allowed_roots],
-        blocked_paths=[str(sessions.resolve())],
-        max_file_size=limits.max_upload_bytes,
-        footer_links=[],
-        run_history=False,  # never keep patients' images in the browser's run history
-        head=head_html(),
-        theme=gr.themes.Default(spacing_size="sm", text_size="sm", radius_size="sm"),
-        css=PAGE_CSS,
-        app_kwargs={"routes": demo.viewer_routes, "middleware": [cookie, bodies, Middleware(LeaveGuard)]},
-        prevent_thread_lock=prevent_thread_lock,
-        auth=auth,  # a login page when bound beyond loopback (app.access)
-        quiet=True,
-    )
+    with patient_launch_check():  # Gradio's own check gives up on a busy machine (app/startup_check.py)
+        demo.launch(
+            server_name=host,
+            server_port=port,
+            allowed_paths=[str(r) for r in limits.allowed_roots],
+            blocked_paths=[str(sessions.resolve())],
+            max_file_size=limits.max_upload_bytes,
+            footer_links=[],
+            run_history=False,  # never keep patients' images in the browser's run history
+            head=head_html(),
+            theme=gr.themes.Default(spacing_size="sm", text_size="sm", radius_size="sm"),
+            css=PAGE_CSS,
+            app_kwargs={"routes": demo.viewer_routes, "middleware": [cookie, bodies, Middleware(LeaveGuard)]},
+            prevent_thread_lock=prevent_thread_lock,
+            auth=auth,  # a login page when bound beyond loopback (app.access)
+            quiet=True,
+        )
     return demo
