@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.losses import DiceLoss, FocalLoss
 from torch import nn
 
 from adapters.persam import (
@@ -104,6 +103,8 @@ def train_mask_weights(
     param = nn.Parameter(torch.ones(2, 1, device=logits.device) / 3)
     optimizer = torch.optim.AdamW([param], lr=lr, eps=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t_max or iterations)
+    from monai.losses import DiceLoss, FocalLoss  # here: MONAI's import is ~3 s of every `medseg` start
+
     dice = DiceLoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0)
     focal = FocalLoss(gamma=2.0, alpha=0.25, use_softmax=False)
     trajectory = np.zeros((iterations, 2), np.float32)

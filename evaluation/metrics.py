@@ -23,7 +23,6 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou, compute_surface_dice
 
 METRICS: tuple[str, ...] = ("dice", "iou", "hd95", "nsd")
 HIGHER_IS_BETTER: dict[str, bool] = {"dice": True, "iou": True, "hd95": False, "nsd": True}
@@ -97,6 +96,10 @@ def case_metrics(
     if p_empty or g_empty:
         hd = image_diagonal_mm(gt.shape, spacing) if policy.one_empty_hd == "diagonal" else math.nan
         return CaseMetrics(0.0, 0.0, hd, 0.0)
+    # here, not at the top: MONAI's import (it brings torchvision, pandas, scipy) was ~4 s of CPU in every `medseg`
+    # process, `medseg serve` included, which imports this module for its Dice line
+    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou, compute_surface_dice
+
     yp, yt = _as_batch(pred), _as_batch(gt)
     with warnings.catch_warnings():
         # MONAI 1.5+ warns about its own internal use of a deprecated argument; nothing to act on.

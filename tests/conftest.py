@@ -84,7 +84,7 @@ class MemoisedEmbeddings:
 
 
 @contextlib.contextmanager
-def memoised_embeddings(segmenter, per_image: bool = False) -> Iterator[MemoisedEmbeddings]:
+def memoised_embeddings(segmenter, per_image: bool = False, memo: dict | None = None) -> Iterator[MemoisedEmbeddings]:
     """Within the block, ``segmenter`` (this instance: the shared one the CLI and the app load too) encodes
     each distinct batch of images once: a batch whose images are byte for byte those of an earlier batch gets
     the earlier embeddings back. The encoder is deterministic for equal input in one process, so only the time
@@ -94,10 +94,13 @@ def memoised_embeddings(segmenter, per_image: bool = False) -> Iterator[Memoised
 
     ``per_image``: each image is looked up on its own and only the missing ones are encoded (one batch); for a
     server whose sessions each encode the same sample's slices in batches of their own (the encoder has no
-    batch-wide statistics: ``app.embedding_cache.padded``). Counts are then per image."""
+    batch-wide statistics: ``app.embedding_cache.padded``). Counts are then per image.
+
+    ``memo``: a dict kept by the caller, to share the encodes between blocks (tests of a module that each enter
+    the block, so that it is not active in the module's other tests)."""
     import hashlib
 
-    memo: dict[tuple, list] = {}
+    memo = {} if memo is None else memo
     counts = MemoisedEmbeddings()
     encode = segmenter.embed_batch
 

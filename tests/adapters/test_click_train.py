@@ -16,7 +16,7 @@ from evaluation.manifest import CaseLoader, read_manifest
 from models import point_prompts
 from models.prompts import Prompts
 from models.registry import get_spec
-from tests.conftest import DATA
+from tests.conftest import DATA, memoised_embeddings
 
 MANIFEST = DATA / "manifest.csv"
 # a small, a middle-sized and a large structure of the shared set (1 mm MR, 0.96 mm CT)
@@ -70,10 +70,19 @@ def _spy(monkeypatch) -> list[tuple]:
     return calls
 
 
+_EMBEDDED: dict[str, dict] = {}  # per segmenter: the trainer's slices as it encodes them, for every check below
+
+
 def _assert_refiner_got_point_prompts_candidates(trainer, seg, call, scale: float) -> None:
     """``call`` (points, boxes, masks) to the refiner: for each session, masks = the candidate that
     ``models.point_prompts`` chooses for its points at the slice's spacing x ``scale``, on the segmenter's
-    own embedding of the slice (the inference path; the slice is the "original" image here)."""
+    own embedding of the slice (the inference path; the slice is the "original" image here). The 5 checks of
+    this file encode each of the 3 slices once (``memoised_embeddings``; 15 encodes before, nothing counts them)."""
+    with memoised_embeddings(seg, memo=_EMBEDDED.setdefault(seg.name, {})):
+        _check_refiner_call(trainer, seg, call, scale)
+
+
+def _check_refiner_call(trainer, seg, call, scale: float) -> None:
     points, boxes, masks = call
     assert boxes is None and masks is not None, "points alone reach the refiner with the chosen candidate only"
     for b, sl in enumerate(trainer.slices):

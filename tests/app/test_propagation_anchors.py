@@ -25,7 +25,7 @@ from data.readers import read_study
 from data.windowing import default_window
 from models.prompts import PromptError
 from tests.app.propagation_fixtures import CT_SERIES, cli_meets_the_cache, ct, head  # noqa: F401 (fixtures)
-from tests.conftest import dice
+from tests.conftest import dice, memoised_embeddings
 
 
 
@@ -35,6 +35,20 @@ from tests.conftest import dice
 @pytest.fixture(scope="module")
 def cache(ct_series_embeddings):
     return ct_series_embeddings
+
+
+@pytest.fixture(scope="module")
+def _cut_memo() -> dict:
+    return {}
+
+
+@pytest.fixture()
+def cut_encodes(litemedsam, _cut_memo):
+    """The two walks over a CT with its head cut off (fresh caches: another volume) encode each distinct slice image
+    once between them (``memoised_embeddings``): their slices below the cut are the same images, and so are their air
+    slices; the second walk's own slices (its cut is one slice higher) are encoded. Neither counts encodes."""
+    with memoised_embeddings(litemedsam, per_image=True, memo=_cut_memo):
+        yield
 
 
 # --- pure helpers -------------------------------------------------------------------------------
@@ -104,7 +118,7 @@ def test_repropagation_keeps_every_anchor_and_recomputes_the_rest(litemedsam, ct
     assert (out[8] == 1).sum() < (out[6] == 1).sum()
 
 
-def test_walk_stops_where_a_structure_ends_mid_volume(litemedsam, ct, head, cache):
+def test_walk_stops_where_a_structure_ends_mid_volume(litemedsam, ct, head, cache, cut_encodes):
     """The head is cut off after slice 7 (slices 8..11 replaced by air): the walk must stop there,
     not carry the slice-7 mask onward."""
     arr = ct.array.copy()
@@ -190,7 +204,7 @@ def test_cli_refuses_a_guard_outside_0_1(tmp_path, capsys):
     assert not (tmp_path / "x.nii.gz").exists()
 
 
-def test_a_strided_walk_still_stops_where_the_structure_ends(litemedsam, ct, head, cache):
+def test_a_strided_walk_still_stops_where_the_structure_ends(litemedsam, ct, head, cache, cut_encodes):
     """The head cut off after slice 8: stride 3 tries 7, then 10 (air), which stops it. Slice 8 still holds the
     head, so the walk must go back to one slice at a time from 7 and end where stride 1 ends, not at 7."""
     arr = ct.array.copy()

@@ -25,18 +25,32 @@ from models.tiny_vit import TinyViT, TinyViTConfig
 SCRIPT = Path(__file__).with_name("triton_convs_interpret.py")
 
 
-def _interpret(case: str) -> dict:
+CASES = ("mbconv", "patch_merging", "patch_merging_stride1", "encoder", "tanh_gelu", "half")
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict:
+    """Every case's result from one interpreter subprocess: each run of the script spent ~5.5 s of CPU importing
+    torch and Triton before its case (6 runs, ~27 s a suite); a case that raises is reported in its own line."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(SCRIPT), case], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, str(SCRIPT), *CASES], env=env, capture_output=True, text=True,
+                          timeout=120 * len(CASES))
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    lines = [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith('{"case"')]
+    return {line["case"]: line for line in lines}
+
+
+def _interpret(interpreted: dict, case: str) -> dict:
+    r = interpreted[case]
+    assert "error" not in r, r["error"]
+    return r
 
 
 @pytest.mark.parametrize("case", ["mbconv", "patch_merging", "patch_merging_stride1", "encoder"])
-def test_fused_blocks_equal_the_folded_originals_in_fp32(case):
+def test_fused_blocks_equal_the_folded_originals_in_fp32(interpreted, case):
     """Stage-0 MBConv (20 x 20, not a tile multiple), PatchMerging stride 2 (NCHW and odd-sized tokens) and
     stride 1 (320 outputs: several channel blocks), a whole small encoder eager and compiled."""
-    r = _interpret(case)
+    r = _interpret(interpreted, case)
     assert r["shape_ok"]
     assert r["max_abs"] <= 1e-6 * max(r["scale"], 1.0) + 1e-5, r
     if case == "mbconv":
@@ -45,19 +59,19 @@ def test_fused_blocks_equal_the_folded_originals_in_fp32(case):
         assert r["count"] == r["count_after_decompose"] == 5  # 2 MBConv + 3 PatchMerging
 
 
-def test_tanh_gelu_blocks_equal_the_originals_with_tanh_gelu():
+def test_tanh_gelu_blocks_equal_the_originals_with_tanh_gelu(interpreted):
     """fast_gelu computes nn.GELU(approximate="tanh") everywhere in the block (fp32, interpreter's exp form),
     which differs measurably from the erf blocks."""
-    r = _interpret("tanh_gelu")
+    r = _interpret(interpreted, "tanh_gelu")
     assert r["shape_ok"]
     assert r["max_abs"] <= 1e-6 * max(r["scale"], 1.0) + 1e-5, r
     assert r["erf_vs_tanh"] > 1e-5, r
 
 
-def test_fused_blocks_in_half_precision_are_as_close_as_the_originals():
+def test_fused_blocks_in_half_precision_are_as_close_as_the_originals(interpreted):
     """fp16 through the interpreter (its bf16 is unusable): the kernels' low-precision dot and casts
     stay as close to fp32 as the original blocks run in fp16."""
-    r = _interpret("half")
+    r = _interpret(interpreted, "half")
     assert r["shape_ok"]
     assert r["fused_err"] <= 1.5 * r["original_err"] + 1e-3 * r["scale"], r
 

@@ -1,10 +1,11 @@
-"""CPU checks of runtime/triton_convs.py through the Triton interpreter, one case per run.
+"""CPU checks of runtime/triton_convs.py through the Triton interpreter, the named cases in one run.
 
 Run by tests/runtime/test_triton_convs.py in a subprocess with TRITON_INTERPRET=1, which must be set before
 the kernels are decorated (other tests import triton first). fp32 only: the interpreter's bf16 is
-not trustworthy. Prints one JSON line ``{"case": ..., "max_abs": ..., ...}``.
+not trustworthy. Prints one JSON line per case, ``{"case": ..., "max_abs": ..., ...}``, or ``{"case": ...,
+"error": ...}`` for a case that raised (the others still run: each test reads its own case's line).
 
-    TRITON_INTERPRET=1 python tests/runtime/triton_convs_interpret.py mbconv
+    TRITON_INTERPRET=1 python tests/runtime/triton_convs_interpret.py mbconv [encoder ...]
 """
 
 from __future__ import annotations
@@ -162,7 +163,13 @@ CASES = {"mbconv": case_mbconv, "tanh_gelu": case_tanh_gelu, "patch_merging": ca
          "patch_merging_stride1": case_patch_merging_stride1, "encoder": case_encoder, "half": case_half}
 
 if __name__ == "__main__":
+    import traceback
+
     torch.set_num_threads(1)
-    name = sys.argv[1]
-    with torch.no_grad():
-        print(json.dumps({"case": name, **CASES[name]()}))
+    for name in sys.argv[1:]:
+        try:
+            with torch.no_grad():
+                line = {"case": name, **CASES[name]()}
+        except Exception:  # noqa: BLE001 - reported as this case's result, the next case still runs
+            line = {"case": name, "error": traceback.format_exc()[-3000:]}
+        print(json.dumps(line), flush=True)
