@@ -346,11 +346,11 @@ def test_identity_anywhere_in_the_source_headers_is_absent_from_the_deidentified
     private blocks; none is in the de-identified file's bytes, nor a source date or time. (Session 12: held.)"""
     from pydicom.dataset import Dataset
 
-    marks: list[str] = []
+    marks: dict[str, str] = {}
 
     def mark(what: str) -> str:  # short enough for any VR (SH: 16): an identified SEG of invalid values is refused
-        marks.append(f"PHI{len(marks)}X")
-        return marks[-1]
+        # one mark per attribute, the same on every slice: a series of one patient (slices of two are refused)
+        return marks.setdefault(what, f"PHI{len(marks)}X")
 
     folder = tmp_path / "series"
     folder.mkdir()
@@ -374,7 +374,7 @@ def test_identity_anywhere_in_the_source_headers_is_absent_from_the_deidentified
     labels = np.zeros(volume.array.shape[:3], np.uint8)
     labels[3, 50:80, 50:90] = 1
     kept = export_labels(labels, volume, tmp_path / "kept.dcm", {1: "lesion"})
-    assert str(pydicom.dcmread(kept).PatientName) == marks[PLANTED.index("PatientName")]  # the plant reached the SEG
+    assert str(pydicom.dcmread(kept).PatientName) == marks["PatientName"]  # the plant reached the SEG
     raw = export_labels(labels, volume, tmp_path / "clean.dcm", {1: "lesion"}, deidentify=deidentify_basic).read_bytes()
-    assert [m for m in set(marks) if m.encode() in raw] == []
+    assert [m for m in marks.values() if m.encode() in raw] == []
     assert [d for d in ("19610203", "20230405", "101112") if d.encode() in raw] == []
