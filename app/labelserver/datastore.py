@@ -323,11 +323,11 @@ class Session:
     volume: Volume
     created: float
     expiry_s: float
-    last_used: float = 0.0  # time of the last request that named it (``Sessions.get``); 0: none since created
+    last_used: float  # time of its upload, then of the last request that named it (``Sessions.get``)
 
     def info(self) -> dict:
         return {"name": self.image.name, "path": self.image.name, "image": self.session_id,
-                "meta": {}, "create_ts": int(self.created), "last_access_ts": int(self.last_used or self.created),
+                "meta": {}, "create_ts": int(self.created), "last_access_ts": int(self.last_used),
                 "expiry": int(self.expiry_s)}
 
 
@@ -372,33 +372,34 @@ class Sessions:
         """``uploads``: (client file name, saved temp file). One file = one image; several = a DICOM series."""
         self._expire()
         with self._lock:
-            self._refuse_when_full()  # before reading: a refused upload costs no read
+            self._make_room()  # before reading: a refused upload costs no read
         sid = str(uuid.uuid4())
         folder = self.root / sid
         folder.mkdir()
         try:
             image, volume = read_uploads(uploads, folder)
-            session = Session(sid, folder, image, volume, time.time(), float(expiry_s or self.default_expiry_s))
+            now = time.time()
+            session = Session(sid, folder, image, volume, now, float(expiry_s or self.default_expiry_s), now)
             with self._lock:
-                self._refuse_when_full()  # others may have filled the slots while this one was read
+                self._make_room()  # others may have filled the slots while this one was read
                 self._items[sid] = session
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         return session
 
-    def _refuse_when_full(self) -> None:
+    def _make_room(self) -> None:
         """Make room for one more session (the caller holds the lock): the one unused longest goes if it has been
         unused for ``idle_s``; else SessionsFull, naming the limit and when a slot frees."""
         if len(self._items) < self.max_sessions:
             return
         now = time.time()
-        idle = min(self._items.values(), key=lambda s: s.last_used or s.created)
-        if now - (idle.last_used or idle.created) >= self.idle_s:
+        idle = min(self._items.values(), key=lambda s: s.last_used)
+        if now - idle.last_used >= self.idle_s:
             self._items.pop(idle.session_id)
             shutil.rmtree(idle.folder, ignore_errors=True)
             return
-        soonest = min(min(s.created + s.expiry_s, (s.last_used or s.created) + self.idle_s) - now
+        soonest = min(min(s.created + s.expiry_s, s.last_used + self.idle_s) - now
                       for s in self._items.values())
         raise SessionsFull(f"the server holds {len(self._items)} sessions, its limit of {self.max_sessions}, each used "
                            f"in the last {self.idle_s:.0f} s: delete one no longer needed (DELETE session/ID), or try "
