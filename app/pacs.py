@@ -88,6 +88,7 @@ def wire(panel: dict[str, Any] | None, page: PageWiring) -> None:
     import gradio as gr
 
     from app.errors import USER_ERRORS
+    from app.web_session import rotate_first_js
 
     base = panel["base"]
 
@@ -107,6 +108,7 @@ def wire(panel: dict[str, Any] | None, page: PageWiring) -> None:
         return page.guarded(export_to_pacs, s, base)
 
     panel["refresh"].click(on_list, [], [panel["series"], page.status])
-    panel["open"].click(on_open, [page.sid, panel["series"]], page.outputs).then(
+    # a new session token first: a cookie planted after the page opened must not receive the retrieved study
+    panel["open"].click(on_open, [page.sid, panel["series"]], page.outputs, js=rotate_first_js(2)).then(
         page.warm, [page.sid], [page.status], show_progress="minimal", **page.gpu)
     panel["export"].click(on_export, [page.sid], page.outputs)

@@ -43,7 +43,7 @@ from app.session import SessionError, SessionStore, claim_root, default_state_di
 from app.startup_check import patient_launch_check
 from app.model_catalog import backend_for, load_model
 from app.viewer import actions as viewer_actions
-from app.viewer.api import LeaveGuard, head_html, routes as viewer_routes
+from app.viewer.api import API_URL as VIEWER_API_URL, LeaveGuard, head_html, routes as viewer_routes
 from runtime.threads import configure_serving
 
 FILL_CHOICES = [("Shape", "shape"), ("Model", "model"), ("Model guided by the shape", "guided")]
@@ -678,8 +678,11 @@ def launch(
 
     from app.body_limit import BodyLimit, serve_limit_for, serve_refusal
 
+    tokens = web_session.TokenTable(sessions / web_session.TOKENS_DIR, limits.session_ttl_s,
+                                    demo.medseg_ctx.store.exists)
     cookie = Middleware(web_session.SessionCookieMiddleware, session_exists=demo.medseg_ctx.store.exists,
-                        shelf=demo.medseg_shelf, max_age_s=limits.session_ttl_s, loopback_names_only=auth is None)
+                        shelf=demo.medseg_shelf, tokens=tokens, max_age_s=limits.session_ttl_s,
+                        loopback_names_only=auth is None, renewed_prefix=VIEWER_API_URL + "/")
     # inside the cookie middleware: a request it refuses (no session, a rebound name) is never read at all
     bodies = Middleware(BodyLimit, limit_for=serve_limit_for(limits.max_upload_bytes, limits.max_upload_files),
                         refuse=serve_refusal)

@@ -17,6 +17,10 @@ path is the credential itself. Every handler checks that the event's cookie is t
 - answers a cross-site navigation without the cookie (SameSite=Strict withholds it) with a page that
   reloads itself from the same site, so the cookie arrives instead of a new one replacing it;
 - adds ``X-Content-Type-Options: nosniff`` to every response;
+- gives the browser a new token, and revokes the one it sent, when a page opens on an existing session, when a
+  file is uploaded into one, and on ``POST /medseg-rotate`` (the PACS panel's open asks first; :class:`TokenTable`):
+  a token planted in the user's browser (cookies ignore ports, so any page on another port of the same host can set
+  one) stops working before the user's study arrives;
 - without a token (loopback), answers only requests addressed to a loopback name: DNS rebinding made a
   page of another site same-origin with the server (``MEDSEG_ALLOWED_ROOTS`` files were its to read).
 Session folders are never served: ``app.ui.launch`` puts the session root in Gradio's
@@ -25,12 +29,16 @@ Session folders are never served: ``app.ui.launch`` puts the session root in Gra
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
 import re
 import secrets
 import shutil
 import threading
-from http.cookies import SimpleCookie
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote
@@ -45,8 +53,110 @@ FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/")  # Gradio's file route 
 PAGE_PATHS = ("/", "/config")  # where a missing cookie is issued (the page and its configuration)
 
 
+ROTATE_PATHS = ("/",)  # a GET here on an existing session gets a new token (uploads too: _rotates)
+ROTATE_URL = "/medseg-rotate"  # POST: a new token for the session, before a study arrives another way (the PACS)
+REVOKED = "revoked"
+RENEWED_HEADER = b"x-medseg-renewed"  # on that 409 (viewer/src/util.ts reads it; 409 alone: another study opened)
+RENEWED = json.dumps({"ok": False, "renewed": True, "error": "this tab's session token was renewed by another tab or "
+                      "an upload: send it again"}).encode()
+TOKENS_DIR = ".tokens"  # under the session root (never served: the root is in Gradio's blocked_paths)
+
+
 def new_token() -> str:
     return secrets.token_hex(32)
+
+
+def rotate_first_js(inputs: int) -> str:
+    """A Gradio event's ``js=``: ask for a new token before the event leaves (its request then carries the new one).
+    For the ways a study enters a session without an upload (a PACS retrieve). ``inputs``: the event's input count,
+    passed on unchanged. A failed request is no reason to keep the study from opening: the event goes anyway."""
+    return (f"async (...args) => {{ try {{ await fetch('{ROTATE_URL.lstrip('/')}', {{method: 'POST', "
+            f"credentials: 'same-origin'}}) }} catch (e) {{}} return args.slice(0, {int(inputs)}) }}")
+
+
+class TokenTable:
+    """Which session a cookie token opens, once tokens have been rotated; kept on disk to survive a restart.
+
+    Why: the session id is ``sha256(token)[:32]`` of the session's *first* token, so a token that an attacker was
+    issued (any visit gets one) and planted in the user's browser opened the attacker's session for the user, and
+    the attacker then read what the user opened and drew (session fixation; signing tokens does not help: the
+    planted token is a genuine one). Now the token changes when a page opens on an existing session and when a
+    file is uploaded into it: the new token maps to the session's first token (downstream code keeps deriving the
+    session id from that), and the token sent is revoked. The planter never learns the new token.
+
+    One file per token ever rotated, named by the token's sha256 (the folder never holds a live token in its
+    name): it holds the session's first token, or ``revoked``. A token without a file is a first token. The first
+    token stored in a file is revoked itself: reading it off the disk opens nothing. At start, files older than the
+    cookie's lifetime go (their cookies have expired), except a revoked first token's while its session exists:
+    without its file it would open the session again. A first token's file name begins with its session id
+    (the id is ``sha256(token)[:32]``).
+    """
+
+    CACHED = 4096  # entries kept in memory (the rest are read from disk)
+
+    def __init__(self, folder: str | Path, max_age_s: float, session_exists: Callable[[str], bool]):
+        self.folder = Path(folder)
+        make_private(self.folder)
+        self._known: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+        now = time.time()
+        for entry in self.folder.iterdir():
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime <= max_age_s:
+                    continue
+                if entry.read_text().strip() == REVOKED and session_exists(entry.name[:32]):
+                    continue  # a first token that was planted or kept: revoked for as long as its session lives
+                entry.unlink()
+
+    @staticmethod
+    def _name(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def _entry(self, token: str) -> str | None:
+        name = self._name(token)
+        with self._lock:
+            if name in self._known:
+                self._known.move_to_end(name)
+                return self._known[name]
+        try:
+            value = (self.folder / name).read_text().strip()
+        except OSError:
+            return None
+        self._remember(name, value)
+        return value
+
+    def _remember(self, name: str, value: str) -> None:
+        with self._lock:
+            self._known[name] = value
+            self._known.move_to_end(name)
+            while len(self._known) > self.CACHED:
+                self._known.popitem(last=False)
+
+    def first_token(self, token: str | None) -> str | None:
+        """The session's first token that ``token`` stands for; None for a revoked (or no) token."""
+        if token is None:
+            return None
+        entry = self._entry(token)
+        if entry is None:
+            return token
+        return entry if TOKEN.match(entry) else None
+
+    def rotate(self, token: str, first: str) -> str:
+        """A new token for ``first``'s session; ``token`` (the one sent) is revoked. The new token's file is written
+        before the revocation, and both before the browser hears of it, so a crash leaves a working cookie."""
+        fresh = new_token()
+        self._write(fresh, first)
+        self._write(token, REVOKED)
+        if first != token:
+            self._write(first, REVOKED)  # the first token stays revoked whatever happened before
+        return fresh
+
+    def _write(self, token: str, value: str) -> None:
+        name = self._name(token)
+        tmp = self.folder / f".{name}.{secrets.token_hex(4)}"
+        tmp.write_text(value)
+        os.replace(tmp, self.folder / name)
+        self._remember(name, value)
 
 
 def sid_of_token(token: str | None) -> str | None:
@@ -116,11 +226,13 @@ class ExportShelf:
 class SessionCookieMiddleware:
     """ASGI middleware: issue the cookie, gate uploads and exports, never let a download render."""
 
-    def __init__(self, app, *, session_exists: Callable[[str], bool], shelf: ExportShelf, max_age_s: float,
-                 loopback_names_only: bool = False):
+    def __init__(self, app, *, session_exists: Callable[[str], bool], shelf: ExportShelf, tokens: TokenTable,
+                 max_age_s: float, loopback_names_only: bool = False, renewed_prefix: str | None = None):
         self.app = app
         self.session_exists = session_exists
         self.shelf = shelf
+        self.tokens = tokens
+        self.renewed_prefix = renewed_prefix  # routes whose client sends again on 409 (the viewer's: app.viewer.api)
         self.max_age_s = int(max_age_s)
         self.loopback_names_only = loopback_names_only  # a server without a token: refuse DNS-rebound names
 
@@ -128,7 +240,11 @@ class SessionCookieMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        token = _cookie(headers.get("cookie", ""))
+        sent = _cookie(headers.get("cookie", ""))
+        token = self.tokens.first_token(sent)
+        if token != sent or (sent is None and COOKIE in headers.get("cookie", "")):
+            # the handlers behind see the session's first token; none for a revoked token or two different ones
+            scope = {**scope, "headers": _with_cookie(scope.get("headers", []), token)}
         sid = sid_of_token(token)
         path = scope.get("path", "")
         root = scope.get("root_path", "") or ""
@@ -149,23 +265,55 @@ class SessionCookieMiddleware:
                 if owner is None or owner != sid:
                     return await _plain(send, 404, b"not found")
                 return await self.app(scope, receive, _with_headers(send, attachment=Path(served).name))
+        if sent is not None and token is None and self.renewed_prefix and local.startswith(self.renewed_prefix):
+            # another tab renewed the token while this request was on its way: nothing was done, the page sends it
+            # again with the browser's new cookie (a brush stroke was refused, with "allow cookies", before)
+            return await _plain(send, 409, RENEWED, b"application/json", extra=[(RENEWED_HEADER, b"1")])
+        if local == ROTATE_URL:
+            if method != "POST" or sid is None or not self.session_exists(sid):
+                return await _plain(send, 403, b"a new session token needs the cookie of an open session (POST)")
+            fresh = cookie_header(self.tokens.rotate(sent, token), self.max_age_s)
+            return await _plain(send, 204, b"", extra=[(b"set-cookie", fresh)])
         issue = None
         if method == "GET" and local in PAGE_PATHS and sid is None:
             if headers.get("sec-fetch-site") == "cross-site":
                 return await _plain(send, 200, RELOAD_PAGE, b"text/html; charset=utf-8")
             issue = cookie_header(new_token(), self.max_age_s)
+        elif sid is not None and self._rotates(method, local) and self.session_exists(sid):
+            issue = cookie_header(self.tokens.rotate(sent, token), self.max_age_s)
         return await self.app(scope, receive, _with_headers(send, cookie=issue))
+
+    @staticmethod
+    def _rotates(method: str, local: str) -> bool:
+        """A page opening on a session, or a file arriving in it: the moments a planted token must stop working."""
+        uploads = method == "POST" and local.endswith("/gradio_api/upload")
+        return uploads or (method == "GET" and local in ROTATE_PATHS)
 
 
 def _cookie(header: str) -> str | None:
-    try:
-        jar = SimpleCookie()
-        jar.load(header)
-    except Exception:  # a malformed Cookie header is no cookie
+    """Our token in a Cookie header; None when absent, malformed, or sent twice with different values (a cookie
+    planted under another path or domain rides along with ours: neither is trusted)."""
+    values = {part.split("=", 1)[1].strip().strip('"') for part in header.split(";")
+              if "=" in part and part.split("=", 1)[0].strip() == COOKIE}
+    if len(values) != 1:
         return None
-    morsel = jar.get(COOKIE)
-    token = morsel.value if morsel else None
-    return token if token and TOKEN.match(token) else None
+    token = values.pop()
+    return token if TOKEN.match(token) else None
+
+
+def _with_cookie(headers: list, token: str | None) -> list:
+    """The request's headers with our cookie set to ``token`` (removed for None), other cookies kept."""
+    out, jar = [], []
+    for k, v in headers:
+        if k.lower() != b"cookie":
+            out.append((k, v))
+            continue
+        jar += [c for c in v.decode("latin-1").split(";") if c.strip() and c.split("=", 1)[0].strip() != COOKIE]
+    if token is not None:
+        jar.append(f" {COOKIE}={token}")
+    if jar:
+        out.append((b"cookie", ";".join(c.strip() for c in jar).encode("latin-1")))
+    return out
 
 
 def _with_headers(send, *, cookie: bytes | None = None, attachment: str | None = None):
@@ -187,8 +335,9 @@ def _with_headers(send, *, cookie: bytes | None = None, attachment: str | None =
     return wrapped
 
 
-async def _plain(send, status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8") -> None:
+async def _plain(send, status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8",
+                 extra: list | None = None) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
-                            (b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]})
+                            (b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"), *(extra or [])]})
     await send({"type": "http.response.body", "body": body})

@@ -29,6 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -151,8 +152,8 @@ class Page:
         self.url = url.rstrip("/")
         self.api = self.url + "/gradio_api"
         self.http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0))
-        if token:
-            self.http.cookies.set(COOKIE, token)
+        if token:  # as the server's own Set-Cookie stores it (host-only, Path=/): a new token it sends replaces it
+            self.http.cookies.set(COOKIE, token, domain=urlsplit(self.url).hostname or "", path="/")
         self.session_hash = uuid.uuid4().hex[:11]
         config = self.http.get(self.url + "/config").raise_for_status().json()
         self._elem = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c["props"].get("elem_id")}

@@ -57,6 +57,11 @@ def test_acknowledged_edits_survive_kill_9_of_the_real_server(tmp_path, exclusiv
         acked = _labels(page, tmp_path / "acked.nii.gz")
         assert {1, 2} <= set(np.unique(acked).tolist()), "the acknowledged edits segmented nothing"
 
+        # the browser reloads the page: a new cookie token for the same session (session 24), the old one retired
+        first_token = page.token
+        page.http.get(server.url + "/").raise_for_status()
+        assert page.token != first_token
+
         # the second corner segments on the new label; kill the server while it works on it
         in_flight = page.start_click(340, 340)
         server.kill9()
@@ -68,6 +73,8 @@ def test_acknowledged_edits_survive_kill_9_of_the_real_server(tmp_path, exclusiv
         restored_state = again.load()
         assert again.token == page.token
         assert restored_state["status"].startswith("Session restored")
+        retired = Page(server.url, token=first_token).load()  # the token before the reload opens nothing (kill -9 too)
+        assert not retired["status"].startswith("Session restored"), retired["status"]
         names = {name.split(" · ", 1)[1] for name, _ in restored_state["label_choices"]}
         assert {"label 1", "organ 2", "in flight"} <= names
         restored = _labels(again, tmp_path / "restored.nii.gz")

@@ -21,6 +21,7 @@ import pydicom
 import pytest
 
 from app.messages import unstamped
+from app.session import SESSION_ID
 from scripts.page_client import OUTPUTS, Page, PageError, ServerProcess
 from tests.conftest import ROOT, SAMPLES
 
@@ -142,7 +143,7 @@ def test_hostile_uploads_leave_the_server_up_and_the_other_session_unharmed(tmp_
         attacker = Page(server.url)
         attacker.load()
         token = attacker.token
-        (sid,) = [p.name for p in (state / "sessions").iterdir()]
+        (sid,) = [p.name for p in (state / "sessions").iterdir() if SESSION_ID.match(p.name)]  # not .tokens
         secrets = [token, sid, str(state), str(tmp_path), "/tmp/", str(ROOT)]
         clicker.start()
         hostile = _hostile_files(tmp_path / "hostile")

@@ -4,6 +4,7 @@ escaped messages, the session cookie and what it gates, upload folders, quotas, 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import zipfile
 from pathlib import Path
@@ -48,18 +49,24 @@ def gated(tmp_path):
     store = SessionStore(tmp_path / "sessions")
     shelf = web_session.ExportShelf(tmp_path / "gradio")
 
-    async def page(request):
-        return PlainTextResponse("page")
+    async def page(request):  # says which session the handlers behind the middleware see
+        return PlainTextResponse(f"page {web_session.sid_of_request(request)}")
 
     async def upload(request):
         return PlainTextResponse("stored")
+
+    async def action(request):  # a viewer route: says which session it sees
+        return PlainTextResponse(f"action {web_session.sid_of_request(request)}")
 
     async def file(request):
         return FileResponse(request.path_params["path"], media_type="text/html", content_disposition_type="inline")
 
     app = Starlette(routes=[Route("/", page), Route("/config", page), Route("/gradio_api/upload", upload, methods=["POST"]),
+                            Route("/viewer-api/action", action, methods=["POST"]),
                             Route("/gradio_api/file={path:path}", file), Route("/gradio_api/file/{path:path}", file)])
-    wrapped = web_session.SessionCookieMiddleware(app, session_exists=store.exists, shelf=shelf, max_age_s=3600)
+    tokens = web_session.TokenTable(store.root / web_session.TOKENS_DIR, 3600, store.exists)
+    wrapped = web_session.SessionCookieMiddleware(app, session_exists=store.exists, shelf=shelf, tokens=tokens,
+                                                  max_age_s=3600, renewed_prefix="/viewer-api/")
     return TestClient(wrapped, base_url="http://127.0.0.1"), store, shelf
 
 
@@ -71,8 +78,133 @@ def test_the_page_sets_an_httponly_strict_cookie_and_the_id_is_derived_on_the_se
     token = client.cookies.get(web_session.COOKIE)
     sid = web_session.sid_of_token(token)
     assert sid and sid not in token and store.open(sid)[0].id == sid
-    assert "set-cookie" not in client.get("/").headers  # kept, not replaced
+    again = client.get("/")  # the page opens on the session again: same session, a new token (issue 23's fixation)
+    assert again.text == f"page {sid}" and client.cookies.get(web_session.COOKIE) != token
     assert web_session.sid_of_token("../../etc") is None and web_session.sid_of_token("A" * 64) is None
+
+
+def _as(client, token: str | None) -> TestClient:
+    """``client`` sending exactly this cookie from now on (a browser whose cookie was planted or kept)."""
+    client.cookies.clear()
+    if token:
+        client.cookies.set(web_session.COOKIE, token, domain="127.0.0.1", path="/")
+    return client
+
+
+def test_a_planted_cookie_stops_opening_the_session_once_the_victims_page_opens(gated):
+    """Session fixation (seen in session 23's pass): a page on another port of the host can plant a cookie in the
+    user's browser. The planter's own token opened the planter's session for the user, and the planter then read
+    what the user opened there. Before: the victim's page kept the planted token; the planter's requests with it
+    went on seeing the session."""
+    client, store, _ = gated
+    attacker = TestClient(client.app, base_url="http://127.0.0.1")
+    attacker.get("/")
+    planted = attacker.cookies.get(web_session.COOKIE)
+    sid = web_session.sid_of_token(planted)
+    store.open(sid)  # the attacker opened a session with it (any study, or none)
+    victim = _as(client, planted)
+    page = victim.get("/")
+    assert page.text == f"page {sid}"  # the victim's page works on ...
+    fresh = victim.cookies.get(web_session.COOKIE)
+    assert fresh != planted  # ... with a token the planter never saw
+    assert _as(attacker, planted).get("/config").text == "page None"  # the planted token opens nothing now
+    assert _as(attacker, planted).post("/gradio_api/upload").status_code == 403
+    assert _as(victim, fresh).get("/config").text == f"page {sid}"
+    assert "/" not in "".join(p.name for p in (store.root / web_session.TOKENS_DIR).iterdir())
+
+
+def test_a_cookie_planted_while_the_page_is_open_is_revoked_by_the_upload(gated):
+    """The planted cookie arrives after the victim's page opened (no page load to rotate it): the upload of the
+    victim's study gives a new token, and the planted one is dead before the study is opened with it."""
+    client, store, _ = gated
+    client.get("/")
+    planted = client.cookies.get(web_session.COOKIE)
+    sid = web_session.sid_of_token(planted)
+    store.open(sid)
+    victim = _as(client, planted)  # no page load after the plant
+    assert victim.post("/gradio_api/upload").text == "stored"
+    fresh = victim.cookies.get(web_session.COOKIE)
+    assert fresh != planted and _as(victim, fresh).get("/config").text == f"page {sid}"
+    attacker = _as(TestClient(client.app, base_url="http://127.0.0.1"), planted)
+    assert attacker.get("/config").text == "page None"
+
+
+def test_rotated_tokens_survive_a_restart_and_revoked_ones_stay_revoked(gated):
+    client, store, shelf = gated
+    client.get("/")
+    first = client.cookies.get(web_session.COOKIE)
+    sid = web_session.sid_of_token(first)
+    store.open(sid)
+    client.get("/")
+    second = client.cookies.get(web_session.COOKIE)
+    folder = store.root / web_session.TOKENS_DIR
+    restarted = web_session.TokenTable(folder, 3600, store.exists)  # a new server process reads them
+    assert restarted.first_token(second) == first and restarted.first_token(first) is None
+    client.get("/")
+    restarted = web_session.TokenTable(folder, 3600, store.exists)
+    assert restarted.first_token(second) is None  # each page load revokes the token it came with
+    third = client.cookies.get(web_session.COOKIE)
+    assert restarted.first_token(third) == first
+
+    # past the cookie's lifetime: expired tokens' files go, but the first token stays revoked while its session
+    # lives (without its file it would be a first token again: a planted one would open the session once more)
+    for entry in folder.iterdir():
+        os.utime(entry, (time.time() - 7200, time.time() - 7200))
+    restarted = web_session.TokenTable(folder, 3600, store.exists)
+    assert restarted.first_token(first) is None and restarted.first_token(third) == third
+    assert store.cleanup(now=time.time() + store.ttl_s + 60) == [sid]  # the session expires
+    restarted = web_session.TokenTable(folder, 3600, store.exists)
+    assert not any(folder.iterdir())  # its session gone: nothing left to guard
+
+
+def test_a_pacs_open_asks_for_a_new_token_first_and_only_an_open_session_gets_one(gated):
+    """``POST /medseg-rotate`` (the PACS panel's Open sends it before the retrieve: a study arriving without an
+    upload): a new token for the session, the one sent revoked; nothing for no session, a revoked token or a GET."""
+    client, store, _ = gated
+    assert client.post("/medseg-rotate").status_code == 403  # no cookie
+    client.get("/")
+    token = client.cookies.get(web_session.COOKIE)
+    assert client.post("/medseg-rotate").status_code == 403  # a cookie, no session opened with it
+    sid = web_session.sid_of_token(token)
+    store.open(sid)
+    assert client.get("/medseg-rotate").status_code == 403
+    r = client.post("/medseg-rotate")
+    fresh = client.cookies.get(web_session.COOKIE)
+    assert r.status_code == 204 and fresh != token and client.get("/config").text == f"page {sid}"
+    assert _as(TestClient(client.app, base_url="http://127.0.0.1"), token).post("/medseg-rotate").status_code == 403
+
+
+def test_a_viewer_request_with_a_token_renewed_meanwhile_is_told_to_send_again(gated):
+    """Another tab's page load renews the token while this tab's action is on its way: 409 with the renewed header
+    (the viewer sends it again with the new cookie), nothing done; the new token's request goes through."""
+    client, store, _ = gated
+    client.get("/")
+    old = client.cookies.get(web_session.COOKIE)
+    sid = web_session.sid_of_token(old)
+    store.open(sid)
+    client.get("/")  # the other tab
+    new = client.cookies.get(web_session.COOKIE)
+    stale = TestClient(client.app, base_url="http://127.0.0.1")
+    r = _as(stale, old).post("/viewer-api/action")
+    assert r.status_code == 409 and r.headers[web_session.RENEWED_HEADER.decode()] == "1" and r.json()["renewed"]
+    assert _as(stale, new).post("/viewer-api/action").text == f"action {sid}"
+    fresh = _as(stale, None).post("/viewer-api/action")  # no cookie at all: the route's own answer, not a retry
+    assert fresh.status_code == 200 and fresh.text == "action None"
+
+
+def test_two_different_session_cookies_in_one_request_open_nothing(gated):
+    """A cookie planted under a longer path (or a parent domain) is sent beside ours, first: neither is taken."""
+    client, store, _ = gated
+    client.get("/")
+    ours = client.cookies.get(web_session.COOKIE)
+    store.open(web_session.sid_of_token(ours))
+    other = web_session.new_token()
+    store.open(web_session.sid_of_token(other))
+    raw = TestClient(client.app, base_url="http://127.0.0.1")
+    header = {"cookie": f"{web_session.COOKIE}={other}; {web_session.COOKIE}={ours}"}
+    assert raw.post("/gradio_api/upload", headers=header).status_code == 403
+    assert raw.get("/config", headers=header).text == "page None"  # the handlers behind see no cookie either
+    assert raw.get("/config", headers={"cookie": f"theme=dark; {web_session.COOKIE}={ours}"}).text != "page None"
 
 
 def test_a_cross_site_navigation_reloads_instead_of_replacing_the_cookie(gated):

@@ -239,7 +239,12 @@ def test_ui_pacs_panel_lists_opens_and_exports(pacs, ct, litemedsam, tmp_path):
     from app.session import SessionStore
     from app.ui import UIConfig, build_app
 
-    build_app(UIConfig(sessions_root=tmp_path / "ui", dicomweb=pacs.dicomweb))  # the panel lays out and wires
+    demo = build_app(UIConfig(sessions_root=tmp_path / "ui", dicomweb=pacs.dicomweb))  # the panel lays out and wires
+    # its Open asks for a new session token before the retrieve leaves (a cookie planted after the page opened must
+    # not receive the study; session 24): the page's js for that event, checked in Chromium in session 24's note
+    (open_btn,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "pacs-open"]
+    (opening,) = [d for d in demo.config["dependencies"] if (open_btn._id, "click") in map(tuple, d["targets"])]
+    assert "medseg-rotate" in (opening["js"] or "") and "slice(0, 2)" in opening["js"]
     choices = series_choices(pacs.dicomweb)
     url = series_url(pacs, ct)
     assert url in [u for _, u in choices]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.session import SESSION_ID
 from tests.conftest import memoised_embeddings, real_server_turn
 
 CHROMIUM = Path(os.environ.get("MEDSEG_CHROMIUM", "/usr/bin/chromium"))
@@ -60,7 +61,7 @@ class Server:
                 and all(job is None for job in queue.active_jobs))
 
     def session_ids(self) -> set[str]:
-        return {p.name for p in self.sessions.iterdir() if p.is_dir()}
+        return {p.name for p in self.sessions.iterdir() if p.is_dir() and SESSION_ID.match(p.name)}
 
     def flush(self, sid: str) -> None:
         assert self.store.flush(sid), "the session's background save did not finish"

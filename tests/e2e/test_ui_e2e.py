@@ -16,6 +16,7 @@ import re
 import statistics
 import time
 
+import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -676,6 +677,42 @@ def test_a_lost_answer_says_whether_the_server_applied_the_click(browser, server
     context.close()
 
 
+def test_a_click_that_meets_a_cookie_renewed_by_another_tab_is_sent_again_not_lost(browser, server, ct):
+    """Since session 24 the session's cookie token is renewed at each page load (a planted token stops working), so a
+    click on its way while another tab of the browser opens the page carries a token retired meanwhile. Before the
+    viewer sent it again it was refused with "this page has no session cookie: allow cookies" and the click was
+    lost. Here the first request of the click leaves with the token of before the other tab's load (sent by the
+    test, as the browser would have), the server answers 409 (renewed, nothing done), and the viewer sends it
+    again with the browser's cookie: the click lands, with no error."""
+    context, page, sid = _open_page(browser, server)
+    _open_sample(page)
+    (before,) = [c["value"] for c in context.cookies() if c["name"] == "medseg_session"]
+    other = context.new_page()  # another tab of this browser opens the page: the token is renewed
+    other.goto(server.url)
+    _wait_status(other, "Ready")
+    (after,) = [c["value"] for c in context.cookies() if c["name"] == "medseg_session"]
+    assert after != before
+    answers = []
+
+    def stale_first(route):
+        if answers or json.loads(route.request.post_data or "{}").get("kind") != "point":
+            answers.append(None)
+            return route.continue_()
+        stale = httpx.post(server.url.rstrip("/") + "/viewer-api/action", content=route.request.post_data,
+                           headers={"content-type": "application/json"}, cookies={"medseg_session": before})
+        answers.append(stale.status_code)
+        route.fulfill(status=stale.status_code, headers=dict(stale.headers), body=stale.content)
+
+    page.route("**/viewer-api/action", stale_first)
+    page.mouse.click(*_xy(page, ct, *INSIDE))
+    _idle(page)
+    _wait_status(page, "Positive click")
+    assert answers[:2] == [409, None], answers  # refused as renewed, then sent again
+    assert page.locator("#viewer-status.mv-error").count() == 0
+    assert _server_counts(server.labels(sid)).get(1, 0) > 30
+    context.close()
+
+
 def test_a_late_ready_from_the_open_never_hides_a_newer_message(browser, server, ct, shots, monkeypatch):
     """The page's warm-up after an open says "Opened ... Ready: the slice is encoded" once its encode ends. A click
     made meanwhile waits behind that encode and is answered first, so its "Positive click" was shown and then
@@ -938,6 +975,11 @@ def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path)
     _wait_status(page, "Ready")
     page.wait_for_function("medsegViewer.labelsVol !== null && medsegViewer.rev >= 0", timeout=TIMEOUT_MS)
     assert server.session_ids() == before
+    # ... under a new cookie token; the one before the reload opens nothing now (a planted token dies so: session 24)
+    (reloaded,) = [c for c in context.cookies() if c["name"] == "medseg_session"]
+    assert reloaded["value"] != cookie["value"]
+    old = httpx.get(server.url.rstrip("/") + "/viewer-api/state", cookies={"medseg_session": cookie["value"]})
+    assert old.status_code == 409 and old.json() == {"ok": False, "renewed": True, "error": old.json()["error"]}, old.text
     assert _browser_labels(page) == _server_counts(ct_labels)
     assert str(int((ct_labels == 1).sum())) in page.locator("#measurements").inner_text()
     page.screenshot(path=str(shots / "ui_restored.png"))

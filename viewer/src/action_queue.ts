@@ -2,7 +2,7 @@
 import type { Viewer } from './viewer'
 import type { Answer, Pending } from './types'
 import { EDIT_KINDS, REVISION_KINDS, SUGGEST_KINDS } from './action_kinds'
-import { apiUrl, failure, nextTraceId, traceMark } from './util'
+import { RENEWED_HEADER, apiUrl, failure, nextTraceId, traceMark } from './util'
 
 export const actionQueueMethods = {
   /** Undo or redo the last edit (ctrl+Z/Y, the toolbar's buttons: ``how`` names the press). Not while a study is on its
@@ -59,9 +59,13 @@ export const actionQueueMethods = {
       let taken = false
       try {
         traceMark('action.sent', { id, kind: body.kind })
-        const r = await fetch(apiUrl('action'), {
+        const send = () => fetch(apiUrl('action'), {
           method: 'POST', headers: { 'Content-Type': 'application/json', 'X-Trace-Id': id }, body: JSON.stringify(body),
         })
+        let r = await send()
+        // another tab (a page load, an upload) renewed the session's cookie while this action was on its way: the
+        // server did nothing with it, and the browser holds the new cookie now; sent once more, it is not lost
+        if (r.status === 409 && r.headers.get(RENEWED_HEADER)) r = await send()
         if (!r.ok) {
           const refused = await this.refusalOf(r)  // the server's own message: it refused, nothing changed
           if (refused !== null) this.showError(refused)
