@@ -372,7 +372,7 @@ class Sessions:
         """``uploads``: (client file name, saved temp file). One file = one image; several = a DICOM series."""
         self._expire()
         with self._lock:
-            self._make_room()  # before reading: a refused upload costs no read
+            self._make_room(evict=False)  # before reading: a refused upload costs no read, and no one's session
         sid = str(uuid.uuid4())
         folder = self.root / sid
         folder.mkdir()
@@ -388,16 +388,19 @@ class Sessions:
             raise
         return session
 
-    def _make_room(self) -> None:
+    def _make_room(self, evict: bool = True) -> None:
         """Make room for one more session (the caller holds the lock): the one unused longest goes if it has been
-        unused for ``idle_s``; else SessionsFull, naming the limit and when a slot frees."""
+        unused for ``idle_s``; else SessionsFull, naming the limit and when a slot frees. ``evict=False`` only checks
+        that room can be made: an upload not yet read (it may be refused) must not cost a viewer the session it comes
+        back to (session 24)."""
         if len(self._items) < self.max_sessions:
             return
         now = time.time()
         idle = min(self._items.values(), key=lambda s: s.last_used)
         if now - idle.last_used >= self.idle_s:
-            self._items.pop(idle.session_id)
-            shutil.rmtree(idle.folder, ignore_errors=True)
+            if evict:
+                self._items.pop(idle.session_id)
+                shutil.rmtree(idle.folder, ignore_errors=True)
             return
         soonest = min(min(s.created + s.expiry_s, s.last_used + self.idle_s) - now
                       for s in self._items.values())

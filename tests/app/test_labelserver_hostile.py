@@ -159,6 +159,29 @@ def test_a_session_unused_for_ten_minutes_makes_room_for_a_new_one(tmp_path):
         assert put().status_code == 429  # the two left were both used just now
 
 
+def test_a_refused_upload_costs_no_idle_session(tmp_path):
+    """With every slot taken and one session idle for ten minutes, an upload that is then refused (a text file
+    named .nii.gz) freed the idle session's slot before it was read: 400 for the upload, and the viewer who came back
+    to the idle session got 404 'session ... not found (expired?)' (session 24). The slot is freed only for an
+    upload that was read."""
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(GRID, np.int16)), str(studies / "ct.nii.gz"))
+    image = (studies / "ct.nii.gz").read_bytes()
+    sessions = Sessions(tmp_path / "sessions", max_sessions=2)
+    cfg = ServerConfig(model="litemedsam", segmenter=Square(), backend="torch", datastore=StudiesDir(studies),
+                       sessions=sessions, work_dir=tmp_path / "work")
+    with TestClient(build_app(cfg), base_url="http://localhost", raise_server_exceptions=False) as client:
+        idle, working = (client.put("/session/", files={"files": ("mine.nii.gz", image)}).json()["session_id"]
+                         for _ in range(2))
+        sessions.get(idle).last_used = time.time() - 601
+        r = client.put("/session/", files={"files": ("bad.nii.gz", b"not an image")})
+        assert r.status_code == 400 and r.json()["detail"].startswith("bad.nii.gz: not a readable NIfTI file"), r.text
+        assert client.get(f"/session/{idle}").status_code == 200
+        assert client.get(f"/session/{working}").status_code == 200
+        assert sorted(p.name for p in (tmp_path / "sessions").iterdir()) == sorted([idle, working])
+
+
 def _label_put(client, name: str, data: bytes):
     return client.put("/datastore/label?image=ct&tag=final", files={"label": (name, data)})
 
