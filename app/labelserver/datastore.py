@@ -359,8 +359,10 @@ class Sessions:
     uploaded and were working on, who got 'session ... not found (expired?)' (session 23). Those calls now read their
     image as a temporary instead."""
 
-    def __init__(self, root: Path, default_expiry_s: float = 3600.0, max_sessions: int = 16, idle_s: float = 600.0):
+    def __init__(self, root: Path, default_expiry_s: float = 3600.0, max_sessions: int = 16, idle_s: float = 600.0,
+                 max_expiry_s: float = 14 * 86400.0):
         self.root = root
+        self.max_expiry_s = max_expiry_s  # a client's ?expiry= is bounded: each session keeps a patient image on disk
         self.idle_s = idle_s
         self.root.mkdir(parents=True, exist_ok=True)
         self.default_expiry_s = default_expiry_s

@@ -279,8 +279,11 @@ def build_app(cfg: ServerConfig) -> Starlette:
             expiry = float(request.query_params.get("expiry") or 0)
         except ValueError:
             expiry = -1.0
-        if not 0 <= expiry < math.inf:  # NaN or inf never expired, and inf broke the reply (int(inf))
-            return _error(400, f"expiry={request.query_params.get('expiry')!r}: expected seconds >= 0"[:200])
+        longest = cfg.sessions.max_expiry_s
+        if not 0 <= expiry <= longest:  # NaN or inf never expired, and inf broke the reply (int(inf)); 1e300 too
+            return _error(400, f"expiry={request.query_params.get('expiry')!r}"[:100] + f": expected seconds from 0 "
+                          f"(the default, {cfg.sessions.default_expiry_s:.0f}) to {longest:.0f} (MEDSEG_SESSION_TTL_HOURS"
+                          f", {longest / 3600:g} h): a session keeps its image on the server until it expires")
         saved = [(f.filename or f"file{n}", await _save_upload(f, uploads)) for n, f in enumerate(files)]
         try:
             session = await _threaded(lambda: cfg.sessions.add(saved, expiry_s=expiry))

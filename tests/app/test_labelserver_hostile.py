@@ -70,14 +70,19 @@ def test_a_roi_without_area_is_400_not_an_empty_label(served):
     assert "box 3 2 3 8 has no area: a box needs x0 < x1 and y0 < y1" in r.json()["detail"], r.json()
 
 
-@pytest.mark.parametrize("expiry", ["nan", "inf", "-5", "soon"])
+@pytest.mark.parametrize("expiry", ["nan", "inf", "-5", "soon", "1e300", "1209601"])
 def test_a_session_expiry_that_is_no_duration_is_refused_and_creates_nothing(served, expiry):
     """expiry=nan made a session that never expired (and answered 'cannot convert float NaN to integer'),
-    expiry=inf a 500 after the session was made."""
+    expiry=inf a 500 after the session was made. expiry=1e300 (or a year) made a session that kept the patient's
+    image on the server's disk for good, where the UI's sessions go after MEDSEG_SESSION_TTL_HOURS (session 24)."""
     client, studies, sessions = served
     r = client.put(f"/session/?expiry={expiry}", files={"files": ("x.nii.gz", (studies / "ct.nii.gz").read_bytes())})
-    assert r.status_code == 400 and r.json()["detail"] == f"expiry={expiry!r}: expected seconds >= 0"
+    assert r.status_code == 400 and r.json()["detail"] == (
+        f"expiry={expiry!r}: expected seconds from 0 (the default, 3600) to 1209600 (MEDSEG_SESSION_TTL_HOURS, 336 h):"
+        " a session keeps its image on the server until it expires")
     assert not any(sessions.iterdir())
+    r = client.put("/session/?expiry=1209600", files={"files": ("x.nii.gz", (studies / "ct.nii.gz").read_bytes())})
+    assert r.status_code == 200 and r.json()["session_info"]["expiry"] == 1209600
 
 
 class Square:
