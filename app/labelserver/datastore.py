@@ -331,6 +331,10 @@ class Session:
                 "expiry": int(self.expiry_s)}
 
 
+class ImageExists(Exception):
+    """An upload under the id of another image of the datastore (HTTP 409): an upload never replaces a study."""
+
+
 class SessionsFull(Exception):
     """Every session slot holds a live session (HTTP 429): the message names the limit and what frees one."""
 
@@ -576,17 +580,32 @@ class StudiesDir(Datastore):
         staged = target.with_name(f".{target.name}.part{ext}")
         shutil.move(str(tmp), staged)
         try:
-            read_image_file(staged, Path(name).name)  # refuse what we could not read later
+            upload = read_image_file(staged, Path(name).name)  # refuse what we could not read later
+            if image_id in self._entries():
+                self._check_same_image(image_id, upload)
+                staged.unlink()  # the same image again (a viewer's re-upload): the study's own file is kept
+                return image_id
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
-        for old in self.root.glob(f"{image_id}.*"):
-            if old.is_file() and stem(old.name) == image_id:
-                old.unlink()
         staged.replace(target)
         with self._lock:
             self._cache.pop(image_id, None)
         return image_id
+
+    def _check_same_image(self, image_id: str, upload: Volume) -> None:
+        """ImageExists unless ``upload`` is the image ``image_id`` already names (grid and voxels). Why: an upload
+        under a study's id (Slicer names it after the volume node, 'ct' of another patient) deleted the study's file
+        from --studies and put another image under its saved labels, which then lay on a picture they were not drawn
+        on (session 24)."""
+        study = self.volume(image_id)
+        differs = study.grid_difference(upload) or ("" if np.array_equal(study.array, upload.array)
+                                                    else "other voxel values")
+        if differs:
+            labelled = ", ".join(self.labels(image_id))
+            raise ImageExists(f"image {image_id!r} is already in the datastore ({self.path(image_id).name}"
+                              f"{f', labelled: {labelled}' if labelled else ''}) and this upload is another image "
+                              f"({differs}); an upload never replaces a study: give it another id (?image=ID)")
 
     def labels(self, image_id: str) -> dict[str, Path]:
         base = self.root / "labels"

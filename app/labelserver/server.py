@@ -39,6 +39,7 @@ from app.labelserver.activelearning import NextSample, UnknownStrategy
 from app.labelserver.datastore import (
     BadLabel,
     Datastore,
+    ImageExists,
     NotFound,
     Sessions,
     SessionsFull,
@@ -392,6 +393,7 @@ def build_app(cfg: ServerConfig) -> Starlette:
     ]
     handlers = {
         NotFound: lambda r, e: _error(404, str(e)),
+        ImageExists: lambda r, e: _error(409, str(e)),
         SessionsFull: lambda r, e: _error(429, str(e)),
         UnknownStrategy: lambda r, e: _error(404, str(e)),
         InferError: lambda r, e: _error(400, str(e)),

@@ -273,6 +273,33 @@ def test_a_self_contained_nrrd_still_uploads(served, tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "got.nii.gz"))), arr)
 
 
+def test_an_upload_under_a_studys_id_never_replaces_the_study(served, tmp_path):
+    """PUT /datastore/?image=ct (Slicer names an upload after its volume node: 'ct' of another patient) deleted
+    ct.nii.gz from --studies and put the upload in its place: 200, and the label saved for ct then lay on an image it
+    was not drawn on (session 24). Now 409 naming the study and its labels, the study's file untouched; the same image
+    uploaded again (a viewer's re-upload, as NRRD) is 200 and keeps the study's own file."""
+    client, studies, _ = served
+    original = (studies / "ct.nii.gz").read_bytes()
+    study = sitk.ReadImage(str(studies / "ct.nii.gz"))
+    label = sitk.GetImageFromArray(np.ones(GRID, np.uint8))
+    label.CopyInformation(study)
+    sitk.WriteImage(label, str(tmp_path / "label.nii.gz"))
+    assert _label_put(client, "label.nii.gz", (tmp_path / "label.nii.gz").read_bytes()).status_code == 200
+    other = sitk.GetImageFromArray(np.zeros(GRID, np.int16))  # another patient: same size, placed elsewhere
+    sitk.WriteImage(other, str(tmp_path / "ct.nii.gz"))
+    for url in ("/datastore/?image=ct", "/datastore/"):  # by the id, or by the file name
+        r = client.put(url, files={"file": ("ct.nii.gz", (tmp_path / "ct.nii.gz").read_bytes())})
+        assert r.status_code == 409 and r.json()["detail"] == (
+            "image 'ct' is already in the datastore (ct.nii.gz, labelled: final) and this upload is another image "
+            "(spacing (1, 1, 1) vs (0.8, 0.8, 2.5)); an upload never replaces a study: give it another id (?image=ID)")
+    assert (studies / "ct.nii.gz").read_bytes() == original and sorted(p.name for p in studies.iterdir()) == [
+        "ct.nii.gz", "labels"]
+    sitk.WriteImage(study, str(tmp_path / "ct.nrrd"))
+    r = client.put("/datastore/?image=ct", files={"file": ("ct.nrrd", (tmp_path / "ct.nrrd").read_bytes())})
+    assert r.status_code == 200 and r.json() == {"image": "ct"}, r.text
+    assert (studies / "ct.nii.gz").read_bytes() == original and not (studies / "ct.nrrd").exists()
+
+
 def test_an_nrrd_with_sheared_space_directions_is_refused_like_a_nifti(served):
     """space directions (1,0.5,0) (0,1,0) (0,0,2): ITK kept the non-perpendicular axes and the session opened on
     a direction matrix that is no rotation (200); the NIfTI reader refuses shear."""
