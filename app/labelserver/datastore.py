@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from data.isolated_read import read_study_isolated
-from data.readers import StudyError, _finite, check_geometry_range, read_study, voxel_limit
+from data.readers import StudyError, _finite, check_geometry_range, has_dicom_magic, read_study, voxel_limit
 from data.untrusted import NRRD_HEADER_BYTES, UntrustedFileError, check_nrrd_attached
 from data.volume import SourceRef, Volume
 from data.writers import atomic_output
@@ -344,7 +344,8 @@ def read_uploads(uploads: list[tuple[str, Path]], folder: Path) -> tuple[Path, V
     temp file); one file is one image, several a DICOM series. ``folder`` is the caller's to remove."""
     for n, (name, tmp) in enumerate(uploads):
         safe = Path(name or f"image{n}").name
-        if not safe.lower().endswith(UPLOAD_EXTS) and len(uploads) == 1:
+        # a lone DICOM file is often named IM0001 or by its UID (its DICM marker tells it; session 24: refused)
+        if not safe.lower().endswith(UPLOAD_EXTS) and len(uploads) == 1 and not has_dicom_magic(tmp):
             raise StudyError(f"{safe}: expected a .nii.gz, .nii or .nrrd image, or DICOM files")
         kept = _fitted(safe)
         target = folder / (f"{n:05d}_{kept}" if len(uploads) > 1 else kept)

@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from app.labelserver.datastore import Sessions, StudiesDir
 from app.labelserver.server import ServerConfig, build_app
+from tests.conftest import DATA
 
 GRID = (4, 32, 32)  # k, j, i
 
@@ -298,6 +299,19 @@ def test_an_upload_under_a_studys_id_never_replaces_the_study(served, tmp_path):
     r = client.put("/datastore/?image=ct", files={"file": ("ct.nrrd", (tmp_path / "ct.nrrd").read_bytes())})
     assert r.status_code == 200 and r.json() == {"image": "ct"}, r.text
     assert (studies / "ct.nii.gz").read_bytes() == original and not (studies / "ct.nrrd").exists()
+
+
+def test_a_lone_dicom_file_named_without_dcm_opens_as_a_session(served):
+    """A single DICOM slice named as scanners name them (IM0001, or its SOPInstanceUID) was refused, `IM0001: expected
+    a .nii.gz, .nii or .nrrd image, or DICOM files`, telling the client that sent one to send DICOM; several such
+    files (a series) opened (session 24). Its DICM marker tells it; a text file so named is still refused."""
+    client, _, _ = served
+    dicom = (DATA / "dicom" / "ct_head_0051_series_k050-061" / "IM0001.dcm").read_bytes()
+    r = client.put("/session/", files={"files": ("IM0001", dicom)})
+    assert r.status_code == 200 and r.json()["session_info"]["name"] == "IM0001", r.text
+    r = client.put("/session/", files={"files": ("IM0002", b"not DICOM" * 30)})
+    assert r.status_code == 400 and r.json()["detail"] == (
+        "IM0002: expected a .nii.gz, .nii or .nrrd image, or DICOM files"), r.text
 
 
 def test_an_nrrd_with_sheared_space_directions_is_refused_like_a_nifti(served):
