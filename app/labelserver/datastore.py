@@ -348,10 +348,16 @@ def read_uploads(uploads: list[tuple[str, Path]], folder: Path) -> tuple[Path, V
         if not safe.lower().endswith(UPLOAD_EXTS) and len(uploads) == 1 and not has_dicom_magic(tmp):
             raise StudyError(f"{safe}: expected a .nii.gz, .nii or .nrrd image, or DICOM files")
         kept = _fitted(safe)
-        target = folder / (f"{n:05d}_{kept}" if len(uploads) > 1 else kept)
+        target = folder / (kept if not (folder / kept).exists() else f"{n:05d}_{kept}")  # only a repeated name numbered
         shutil.move(str(tmp), target)
-    image = folder if len(uploads) > 1 else next(folder.iterdir())
-    return image, read_upload(image, folder)
+    if len(uploads) == 1:
+        return next(folder.iterdir()), read_upload(next(folder.iterdir()), folder)
+    try:
+        return folder, read_upload(folder, folder)
+    except StudyError as e:
+        # the reader names the folder, which is the server's (a uuid), where the client sent files (session 24), the CLI's --allow-uneven is no choice here
+        said = str(e).replace(str(folder), f"the {len(uploads)} files sent").replace(", or pass --allow-uneven", "")
+        raise StudyError(said) from None
 
 
 class Sessions:

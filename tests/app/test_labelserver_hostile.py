@@ -314,6 +314,21 @@ def test_a_lone_dicom_file_named_without_dcm_opens_as_a_session(served):
         "IM0002: expected a .nii.gz, .nii or .nrrd image, or DICOM files"), r.text
 
 
+def test_a_refused_series_upload_names_the_files_sent_not_the_servers_folder(served):
+    """PUT /session/ of the real CT series less one slice said `c03ccc6f-...: 1 slice(s) missing between
+    00004_IM0005.dcm (0.75 mm) and 00005_IM0007.dcm (3.75 mm) ...; ..., or pass --allow-uneven`: the server's folder
+    (a uuid, like a session id), file names the client never sent, and a command-line flag (session 24)."""
+    client, _, sessions = served
+    series = sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").glob("*.dcm"))
+    r = client.put("/session/", files=[("files", (p.name, p.read_bytes())) for p in series if p.name != "IM0006.dcm"])
+    assert r.status_code == 400 and r.json()["detail"] == (
+        "the 11 files sent: 1 slice(s) missing between IM0005.dcm (0.75 mm) and IM0007.dcm (3.75 mm) (the other "
+        "slices are 1.5 mm apart); add the missing file(s), open the complete series"), r.text
+    r = client.put("/session/", files=[("files", ("a.dcm", b"x" * 200)), ("files", ("b.dcm", b"y" * 200))])
+    assert r.status_code == 400 and r.json()["detail"].startswith("the 2 files sent: no DICOM image series"), r.text
+    assert not any(sessions.iterdir())
+
+
 def test_an_nrrd_with_sheared_space_directions_is_refused_like_a_nifti(served):
     """space directions (1,0.5,0) (0,1,0) (0,0,2): ITK kept the non-perpendicular axes and the session opened on
     a direction matrix that is no rotation (200); the NIfTI reader refuses shear."""
