@@ -254,7 +254,7 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
             warnings.simplefilter("ignore")  # PIL's notes on odd chunks; a damaged image raises below
             with native_stderr_captured():  # libjpeg's "Corrupt JPEG data" lines
                 im.load()
-            if im.format == "JPEG":
+            if im.format in LOSSY_FORMATS:  # a phone's MPO too: cut short, it opened grey below the cut (session 24)
                 _check_jpeg_data_complete(path)
             orientation = _exif_orientation(im)
             hidden = _transparent_pixels(path, im)

@@ -201,6 +201,27 @@ def test_a_jpeg_cut_off_and_closed_with_an_end_marker_is_refused(tmp_path, slice
         read_mask_image(path)
 
 
+def test_a_phone_mpo_jpeg_cut_off_and_closed_with_an_end_marker_is_refused(tmp_path, slice_8bit):
+    """A phone's JPEG with a second picture (MPO: Pillow names its format 'MPO', not 'JPEG') of the real Colin27
+    slice, cut to its first third and closed with EOI: opened with the missing rows grey, as if whole, where a plain
+    JPEG so cut is refused (session 24). The whole MPO still opens as its first picture."""
+    from PIL import Image
+
+    rgb = _cases(slice_8bit)["rgb"]
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(rgb).save(path, "MPO", save_all=True, append_images=[Image.fromarray(rgb[::-1])], quality=90)
+    whole = path.read_bytes()
+    with Image.open(path) as im:
+        assert im.format == "MPO"
+        first = np.asarray(im)
+    np.testing.assert_array_equal(read_study(path).array[0], first)
+    path.write_bytes(whole[: len(whole) // 6] + b"\xff\xd9")  # within the first picture: the second is as long
+    with Image.open(path) as im:
+        assert im.format == "MPO"
+    with pytest.raises(StudyError, match=r"photo\.jpg: the JPEG's image data ends before its last row"):
+        read_study(path)
+
+
 @pytest.mark.parametrize("kind, progressive", [("grey", False), ("grey", True), ("rgb", False), ("rgb", True)])
 def test_whole_jpegs_open_as_pillow_decodes_them(tmp_path, slice_8bit, kind, progressive):
     from PIL import Image
