@@ -540,6 +540,7 @@ class StudiesDir(Datastore):
         self.description = f"studies in {self.root.name}"
         self._cache: OrderedDict[str, Volume] = OrderedDict()
         self._lock = threading.Lock()
+        self._adding = threading.Lock()
 
     def _entries(self) -> dict[str, Path]:
         out: dict[str, Path] = {}
@@ -584,18 +585,21 @@ class StudiesDir(Datastore):
             raise StudyError(f"{Path(name).name}: expected a .nii.gz, .nii or .nrrd image")
         image_id = new_image_id(image_id, name)
         target = self.root / f"{image_id}{ext}"
-        staged = target.with_name(f".{target.name}.part{ext}")
+        # a staging name of its own: two uploads at once under one id shared one, and each read the other's half-moved
+        # file (`i0.nii.gz: not a readable NIfTI file` for a good one) (session 24)
+        staged = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part{ext}")
         shutil.move(str(tmp), staged)
         try:
             upload = read_image_file(staged, Path(name).name)  # refuse what we could not read later
-            if image_id in self._entries():
-                self._check_same_image(image_id, upload)
-                staged.unlink()  # the same image again (a viewer's re-upload): the study's own file is kept
-                return image_id
+            with self._adding:  # the check and the move as one: else two new images under one id both 'added'
+                if image_id in self._entries():
+                    self._check_same_image(image_id, upload)
+                    staged.unlink()  # the same image again (a viewer's re-upload): the study's own file is kept
+                    return image_id
+                staged.replace(target)
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
-        staged.replace(target)
         with self._lock:
             self._cache.pop(image_id, None)
         return image_id

@@ -301,6 +301,37 @@ def test_an_upload_under_a_studys_id_never_replaces_the_study(served, tmp_path):
     assert (studies / "ct.nii.gz").read_bytes() == original and not (studies / "ct.nrrd").exists()
 
 
+def test_uploads_at_once_under_one_new_id_store_one_image_and_refuse_the_others(served, tmp_path):
+    """Eight viewers uploading at once under one new id (?image=new) shared one staging file: each read the others'
+    half-moved bytes, so good files were refused as `i0.nii.gz: not a readable NIfTI file`, and two could both be
+    told 200 while one replaced the other (session 24). Now one is stored (200) and the others are 409, each naming
+    its own difference; no staging file is left."""
+    import threading
+
+    client, studies, _ = served
+    images = []
+    for n in range(8):
+        sitk.WriteImage(sitk.GetImageFromArray(np.full(GRID, n, np.int16)), str(tmp_path / f"i{n}.nii.gz"))
+        images.append((tmp_path / f"i{n}.nii.gz").read_bytes())
+    answers: list = [None] * 8
+    start = threading.Barrier(8)
+
+    def upload(n: int) -> None:
+        start.wait()
+        answers[n] = client.put("/datastore/?image=new", files={"file": (f"i{n}.nii.gz", images[n])})
+
+    threads = [threading.Thread(target=upload, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [200] + [409] * 7, [r.text for r in answers]
+    stored = next(n for n, r in enumerate(answers) if r.status_code == 200)
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(studies / "new.nii.gz"))).flat[0] == stored
+    assert sorted(p.name for p in studies.iterdir()) == ["ct.nii.gz", "new.nii.gz"]
+
+
 def test_a_lone_dicom_file_named_without_dcm_opens_as_a_session(served):
     """A single DICOM slice named as scanners name them (IM0001, or its SOPInstanceUID) was refused, `IM0001: expected
     a .nii.gz, .nii or .nrrd image, or DICOM files`, telling the client that sent one to send DICOM; several such
