@@ -26,6 +26,7 @@ from uuid import uuid4
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -392,6 +393,10 @@ def build_app(cfg: ServerConfig) -> Starlette:
         Route("/auth/token/valid", auth_valid, methods=["GET"]),
     ]
     handlers = {
+        # Starlette's own refusals (a form of too many parts, no multipart boundary, a wrong method) answered text/plain;
+        # MONAI Label (FastAPI) answers them as JSON {"detail": ...}, which its clients show (session 24)
+        HTTPException: lambda r, e: JSONResponse({"detail": _public(str(e.detail))}, status_code=e.status_code,
+                                                 headers=e.headers),
         NotFound: lambda r, e: _error(404, str(e)),
         ImageExists: lambda r, e: _error(409, str(e)),
         SessionsFull: lambda r, e: _error(429, str(e)),

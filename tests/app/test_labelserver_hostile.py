@@ -63,6 +63,25 @@ def test_params_that_are_no_finite_numbers_are_400_naming_the_field(served, mode
     assert client.get("/info/").status_code == 200
 
 
+def test_the_servers_own_refusals_are_json_naming_the_fault(served):
+    """A form of too many parts, a multipart body without its boundary, a wrong method or path answered text/plain
+    (`Too many files. Maximum number of files is 4.`), where MONAI Label (FastAPI) answers {"detail": ...}, which its
+    clients show: they showed nothing (session 24). Same words and status, as JSON; a 405 keeps its Allow header."""
+    client, studies, _ = served
+    image = (studies / "ct.nii.gz").read_bytes()
+    for r, status, detail in (
+        (client.post("/infer/litemedsam?image=ct", files=[("file", ("a.nii.gz", image))] * 5), 400,
+         "Too many files. Maximum number of files is 4."),
+        (client.post("/infer/litemedsam?image=ct", content=b"abc", headers={"content-type": "multipart/form-data"}),
+         400, "Missing boundary in multipart."),
+        (client.get("/infer/litemedsam"), 405, "Method Not Allowed"),
+        (client.get("/no/such/route"), 404, "Not Found"),
+    ):
+        assert (r.status_code, r.headers["content-type"], r.json()) == (status, "application/json",
+                                                                         {"detail": detail}), r.text
+    assert client.get("/infer/litemedsam").headers["allow"] == "POST"
+
+
 def test_a_roi_without_area_is_400_not_an_empty_label(served):
     """Session 22: roi [3, 3, 2, 8, 0, 1] (one column wide, rounded to voxels) was answered with an empty label."""
     client, _, _ = served
