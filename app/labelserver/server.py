@@ -283,9 +283,10 @@ def build_app(cfg: ServerConfig) -> Starlette:
             expiry = -1.0
         longest = cfg.sessions.max_expiry_s
         if not 0 <= expiry <= longest:  # NaN or inf never expired, and inf broke the reply (int(inf)); 1e300 too
-            return _error(400, f"expiry={request.query_params.get('expiry')!r}"[:100] + f": expected seconds from 0 "
-                          f"(the default, {cfg.sessions.default_expiry_s:.0f}) to {longest:.0f} (MEDSEG_SESSION_TTL_HOURS"
-                          f", {longest / 3600:g} h): a session keeps its image on the server until it expires")
+            return _error(400, f"expiry={request.query_params.get('expiry')!r}"[:100] + ": expected seconds from 0 "
+                          f"(the default, {cfg.sessions.default_expiry_s:.0f}) to {longest:.0f} "
+                          f"(MEDSEG_SESSION_TTL_HOURS, {longest / 3600:g} h): a session keeps its image on the server "
+                          "until it expires")
         saved = [(f.filename or f"file{n}", await _save_upload(f, uploads)) for n, f in enumerate(files)]
         try:
             session = await _threaded(lambda: cfg.sessions.add(saved, expiry_s=expiry))
@@ -393,8 +394,8 @@ def build_app(cfg: ServerConfig) -> Starlette:
         Route("/auth/token/valid", auth_valid, methods=["GET"]),
     ]
     handlers = {
-        # Starlette's own refusals (a form of too many parts, no multipart boundary, a wrong method) answered text/plain;
-        # MONAI Label (FastAPI) answers them as JSON {"detail": ...}, which its clients show (session 24)
+        # Starlette's own refusals (a form of too many parts, no multipart boundary, a wrong method) answered
+        # text/plain; MONAI Label (FastAPI) answers them as JSON {"detail": ...}, which its clients show (session 24)
         HTTPException: lambda r, e: JSONResponse({"detail": _public(str(e.detail))}, status_code=e.status_code,
                                                  headers=e.headers),
         NotFound: lambda r, e: _error(404, str(e)),
