@@ -254,11 +254,11 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
             warnings.simplefilter("ignore")  # PIL's notes on odd chunks; a damaged image raises below
             with native_stderr_captured():  # libjpeg's "Corrupt JPEG data" lines
                 im.load()
-            if im.format == "JPEG":
+            if im.format in LOSSY_FORMATS:  # a phone's MPO too: cut short, it opened grey below the cut (session 24)
                 _check_jpeg_data_complete(path)
             orientation = _exif_orientation(im)
             hidden = _transparent_pixels(path, im)
-            mode = im.mode
+            mode, png = im.mode, im.format == "PNG"
             if mode == "1":
                 im = im.convert("L")  # a 1-bit image shows as 0 / 255, as every viewer shows it
                 mode = "L"
@@ -268,14 +268,15 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
                 im = im.convert("LA").getchannel("L")
                 mode = "L"
             elif mode in TO_RGB_MODES:
-                palette = mode in ("P", "PA")
                 im = im.convert("RGB")
                 mode = "RGB"
-                if palette and _all_grey(im):
-                    # a grey picture stored with a palette (an 8-bit grey PNG some tools write so) is grey, as an
-                    # 8-bit grey+alpha or a 16-bit one opens: made RGB, it lost the grey window (session 23)
-                    im = im.getchannel("R")
-                    mode = "L"
+            if mode == "RGB" and png and not _png_16bit_with_colour_or_alpha(path) and _all_grey(im):
+                # a grey picture stored with a palette (session 23) or as RGB(A) of equal channels (session 24; a
+                # screenshot, an 8-bit grey some tools write so) is grey, as a 16-bit one stored so opens: made RGB,
+                # it lost the grey window and was called colour. (A JPEG's chroma rounding leaves a grey picture's
+                # channels unequal now and then: it stays as stored rather than open one way or the other by chance.)
+                im = im.getchannel("R")
+                mode = "L"
             array = np.asarray(im)
     except StudyError:
         raise
@@ -305,8 +306,8 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
 
 
 def _all_grey(rgb: Image.Image) -> bool:
-    """Whether a palette picture, made RGB, is grey: every palette colour its pixels use has R = G = B. (Its pixels'
-    colours are what it shows; a palette whose colours some pixels use opens in colour.)"""
+    """Whether an RGB picture (a palette or RGBA one made RGB) is grey: every pixel has R = G = B. (Its pixels'
+    colours are what it shows; a palette whose colours no pixel uses does not make it colour.)"""
     array = np.asarray(rgb)
     return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
 

@@ -925,6 +925,20 @@ def _decode_failure(where: Path, syntaxes: set[str], error: BaseException, faile
                       f"could not be decoded: damaged, or not what its transfer syntax says (the decoder said: {said})")
 
 
+def _one_slice_thickness(ds: pydicom.Dataset, image: sitk.Image) -> float | None:
+    """The SliceThickness of a single placed slice without SpacingBetweenSlices, which GDCM ignores: it gave the
+    slice its 1 mm default, so one slice of the real head CT (1.5 mm thick) said `0.957 x 0.957 x 1 mm` in the facts
+    and its labels' mL were 2/3 of area x thickness (session 24); dcm2niix takes the thickness so too. None where the
+    image has several frames, a SpacingBetweenSlices (GDCM's third spacing) or no usable thickness."""
+    if (image.GetDimension() == 3 and image.GetSize()[2] != 1) or ds.get("SpacingBetweenSlices") not in (None, ""):
+        return None
+    try:
+        thickness = float(ds.get("SliceThickness"))
+    except (TypeError, ValueError):
+        return None
+    return thickness if 1e-6 <= thickness <= 1e5 else None  # NaN too; outside, check_geometry_range would refuse
+
+
 def _unplaced_frames(image: sitk.Image, *, placed: bool) -> str:
     """The note on the geometry of a multi-frame image the file does not place (no ImageOrientationPatient, no
     functional groups: a cine, a multi-frame secondary capture). Why: the distance between its frames is not in the
@@ -1039,6 +1053,8 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         image.SetDirection(frames.direction)
         for note in frames.notes:
             warnings.warn(one_line(f"{path}: {note}"), StudyWarning, stacklevel=2)
+    if frames is None and "ImageOrientationPatient" in ds and (thick := _one_slice_thickness(ds, image)) is not None:
+        image.SetSpacing((*image.GetSpacing()[:2], thick))
     us = _ultrasound_pixel_mm(ds) if frames is None and "ImageOrientationPatient" not in ds else None
     if us is not None:
         image.SetSpacing((us[0], us[1], *image.GetSpacing()[2:]))

@@ -68,6 +68,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[EvalSettings, list]:
         raise UsageError(f"--margin and --jitter must be >= 0 px, got {args.margin} and {args.jitter}")
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
+    if args.seed < 0:  # numpy's 'expected non-negative integer' came after the model loaded, naming no flag
+        raise UsageError(f"--seed must be a whole number >= 0, got {args.seed}")
     cases, attributes = read_manifest(args.manifest)
     for column in args.group_by:
         if column not in attributes and column != "structure":

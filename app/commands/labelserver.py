@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         # load (and export once) before serving: fail early on missing weights
         segmenter = load_segmenter(args.model, device=args.device, backend=choice.backend)
         cfg = ServerConfig(model=args.model, segmenter=segmenter, backend=choice.backend, datastore=datastore,
-                           sessions=Sessions(work / "sessions"), work_dir=work, token=token,
+                           sessions=Sessions(work / "sessions", max_expiry_s=limits.session_ttl_s), work_dir=work,
+                           token=token,
                            max_upload_bytes=limits.max_upload_bytes)
         app = build_app(cfg)
         shown = f"[{args.host}]" if ":" in args.host else args.host

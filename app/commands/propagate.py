@@ -242,6 +242,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# PropagationSettings' fields -> the flags that set them (their refusals name the flag, session 24)
+SETTING_FLAGS = {"margin_px": "--margin", "min_area_px": "--min-area", "min_score": "--min-score",
+                 "score_drop": "--score-drop", "area_drop": "--area-drop", "min_overlap": "--min-overlap",
+                 "max_slices": "--max-slices", "guard": "--guard", "stride": "--stride", "prompt": "--prompt",
+                 "fill": "--fill"}
+
+
 def settings_from_args(args: argparse.Namespace, backend: str) -> tuple[PropagationSettings, str]:
     """The walk's settings: ``default_propagation(backend)`` with every flag given on top, and where they came from
     (for the report line): ``default for backend B``, with the rule's flags given, if any."""
@@ -255,7 +262,9 @@ def settings_from_args(args: argparse.Namespace, backend: str) -> tuple[Propagat
             score_drop=args.score_drop, area_drop=args.area_drop, min_overlap=args.min_overlap,
             max_slices=args.max_slices, **given,
         )
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    except ValueError as e:  # the settings' words name their field (margin_px): the user typed the flag
+        said = str(e)
+        field = said.split(" ", 1)[0]
+        raise UsageError(SETTING_FLAGS.get(field, field) + said[len(field):]) from None
     named = "".join(f", --{k} given" for k in given)
     return settings, f"default for backend {backend}{named}"

@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from data.isolated_read import read_study_isolated
-from data.readers import StudyError, _finite, check_geometry_range, read_study, voxel_limit
+from data.readers import StudyError, _finite, check_geometry_range, has_dicom_magic, read_study, voxel_limit
 from data.untrusted import NRRD_HEADER_BYTES, UntrustedFileError, check_nrrd_attached
 from data.volume import SourceRef, Volume
 from data.writers import atomic_output
@@ -331,6 +331,10 @@ class Session:
                 "expiry": int(self.expiry_s)}
 
 
+class ImageExists(Exception):
+    """An upload under the id of another image of the datastore (HTTP 409): an upload never replaces a study."""
+
+
 class SessionsFull(Exception):
     """Every session slot holds a live session (HTTP 429): the message names the limit and what frees one."""
 
@@ -340,13 +344,21 @@ def read_uploads(uploads: list[tuple[str, Path]], folder: Path) -> tuple[Path, V
     temp file); one file is one image, several a DICOM series. ``folder`` is the caller's to remove."""
     for n, (name, tmp) in enumerate(uploads):
         safe = Path(name or f"image{n}").name
-        if not safe.lower().endswith(UPLOAD_EXTS) and len(uploads) == 1:
+        # a lone DICOM file is often named IM0001 or by its UID (its DICM marker tells it; session 24: refused)
+        if not safe.lower().endswith(UPLOAD_EXTS) and len(uploads) == 1 and not has_dicom_magic(tmp):
             raise StudyError(f"{safe}: expected a .nii.gz, .nii or .nrrd image, or DICOM files")
         kept = _fitted(safe)
-        target = folder / (f"{n:05d}_{kept}" if len(uploads) > 1 else kept)
+        target = folder / (kept if not (folder / kept).exists() else f"{n:05d}_{kept}")  # only a repeated name numbered
         shutil.move(str(tmp), target)
-    image = folder if len(uploads) > 1 else next(folder.iterdir())
-    return image, read_upload(image, folder)
+    if len(uploads) == 1:
+        return next(folder.iterdir()), read_upload(next(folder.iterdir()), folder)
+    try:
+        return folder, read_upload(folder, folder)
+    except StudyError as e:
+        # the reader names the folder, which is the server's (a uuid), where the client sent files (session 24);
+        # the CLI's --allow-uneven is no choice here
+        said = str(e).replace(str(folder), f"the {len(uploads)} files sent").replace(", or pass --allow-uneven", "")
+        raise StudyError(said) from None
 
 
 class Sessions:
@@ -359,8 +371,10 @@ class Sessions:
     uploaded and were working on, who got 'session ... not found (expired?)' (session 23). Those calls now read their
     image as a temporary instead."""
 
-    def __init__(self, root: Path, default_expiry_s: float = 3600.0, max_sessions: int = 16, idle_s: float = 600.0):
+    def __init__(self, root: Path, default_expiry_s: float = 3600.0, max_sessions: int = 16, idle_s: float = 600.0,
+                 max_expiry_s: float = 14 * 86400.0):
         self.root = root
+        self.max_expiry_s = max_expiry_s  # a client's ?expiry= is bounded: each session keeps a patient image on disk
         self.idle_s = idle_s
         self.root.mkdir(parents=True, exist_ok=True)
         self.default_expiry_s = default_expiry_s
@@ -372,7 +386,7 @@ class Sessions:
         """``uploads``: (client file name, saved temp file). One file = one image; several = a DICOM series."""
         self._expire()
         with self._lock:
-            self._make_room()  # before reading: a refused upload costs no read
+            self._make_room(evict=False)  # before reading: a refused upload costs no read, and no one's session
         sid = str(uuid.uuid4())
         folder = self.root / sid
         folder.mkdir()
@@ -388,16 +402,19 @@ class Sessions:
             raise
         return session
 
-    def _make_room(self) -> None:
+    def _make_room(self, evict: bool = True) -> None:
         """Make room for one more session (the caller holds the lock): the one unused longest goes if it has been
-        unused for ``idle_s``; else SessionsFull, naming the limit and when a slot frees."""
+        unused for ``idle_s``; else SessionsFull, naming the limit and when a slot frees. ``evict=False`` only checks
+        that room can be made: an upload not yet read (it may be refused) must not cost a viewer the session it comes
+        back to (session 24)."""
         if len(self._items) < self.max_sessions:
             return
         now = time.time()
         idle = min(self._items.values(), key=lambda s: s.last_used)
         if now - idle.last_used >= self.idle_s:
-            self._items.pop(idle.session_id)
-            shutil.rmtree(idle.folder, ignore_errors=True)
+            if evict:
+                self._items.pop(idle.session_id)
+                shutil.rmtree(idle.folder, ignore_errors=True)
             return
         soonest = min(min(s.created + s.expiry_s, s.last_used + self.idle_s) - now
                       for s in self._items.values())
@@ -524,6 +541,7 @@ class StudiesDir(Datastore):
         self.description = f"studies in {self.root.name}"
         self._cache: OrderedDict[str, Volume] = OrderedDict()
         self._lock = threading.Lock()
+        self._adding = threading.Lock()
 
     def _entries(self) -> dict[str, Path]:
         out: dict[str, Path] = {}
@@ -568,20 +586,38 @@ class StudiesDir(Datastore):
             raise StudyError(f"{Path(name).name}: expected a .nii.gz, .nii or .nrrd image")
         image_id = new_image_id(image_id, name)
         target = self.root / f"{image_id}{ext}"
-        staged = target.with_name(f".{target.name}.part{ext}")
+        # a staging name of its own: two uploads at once under one id shared one, and each read the other's half-moved
+        # file (`i0.nii.gz: not a readable NIfTI file` for a good one) (session 24)
+        staged = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part{ext}")
         shutil.move(str(tmp), staged)
         try:
-            read_image_file(staged, Path(name).name)  # refuse what we could not read later
+            upload = read_image_file(staged, Path(name).name)  # refuse what we could not read later
+            with self._adding:  # the check and the move as one: else two new images under one id both 'added'
+                if image_id in self._entries():
+                    self._check_same_image(image_id, upload)
+                    staged.unlink()  # the same image again (a viewer's re-upload): the study's own file is kept
+                    return image_id
+                staged.replace(target)
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
-        for old in self.root.glob(f"{image_id}.*"):
-            if old.is_file() and stem(old.name) == image_id:
-                old.unlink()
-        staged.replace(target)
         with self._lock:
             self._cache.pop(image_id, None)
         return image_id
+
+    def _check_same_image(self, image_id: str, upload: Volume) -> None:
+        """ImageExists unless ``upload`` is the image ``image_id`` already names (grid and voxels). Why: an upload
+        under a study's id (Slicer names it after the volume node, 'ct' of another patient) deleted the study's file
+        from --studies and put another image under its saved labels, which then lay on a picture they were not drawn
+        on (session 24)."""
+        study = self.volume(image_id)
+        differs = study.grid_difference(upload) or ("" if np.array_equal(study.array, upload.array)
+                                                    else "other voxel values")
+        if differs:
+            labelled = ", ".join(self.labels(image_id))
+            raise ImageExists(f"image {image_id!r} is already in the datastore ({self.path(image_id).name}"
+                              f"{f', labelled: {labelled}' if labelled else ''}) and this upload is another image "
+                              f"({differs}); an upload never replaces a study: give it another id (?image=ID)")
 
     def labels(self, image_id: str) -> dict[str, Path]:
         base = self.root / "labels"

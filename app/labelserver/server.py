@@ -26,6 +26,7 @@ from uuid import uuid4
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -39,6 +40,7 @@ from app.labelserver.activelearning import NextSample, UnknownStrategy
 from app.labelserver.datastore import (
     BadLabel,
     Datastore,
+    ImageExists,
     NotFound,
     Sessions,
     SessionsFull,
@@ -279,8 +281,12 @@ def build_app(cfg: ServerConfig) -> Starlette:
             expiry = float(request.query_params.get("expiry") or 0)
         except ValueError:
             expiry = -1.0
-        if not 0 <= expiry < math.inf:  # NaN or inf never expired, and inf broke the reply (int(inf))
-            return _error(400, f"expiry={request.query_params.get('expiry')!r}: expected seconds >= 0"[:200])
+        longest = cfg.sessions.max_expiry_s
+        if not 0 <= expiry <= longest:  # NaN or inf never expired, and inf broke the reply (int(inf)); 1e300 too
+            return _error(400, f"expiry={request.query_params.get('expiry')!r}"[:100] + ": expected seconds from 0 "
+                          f"(the default, {cfg.sessions.default_expiry_s:.0f}) to {longest:.0f} "
+                          f"(MEDSEG_SESSION_TTL_HOURS, {longest / 3600:g} h): a session keeps its image on the server "
+                          "until it expires")
         saved = [(f.filename or f"file{n}", await _save_upload(f, uploads)) for n, f in enumerate(files)]
         try:
             session = await _threaded(lambda: cfg.sessions.add(saved, expiry_s=expiry))
@@ -388,7 +394,12 @@ def build_app(cfg: ServerConfig) -> Starlette:
         Route("/auth/token/valid", auth_valid, methods=["GET"]),
     ]
     handlers = {
+        # Starlette's own refusals (a form of too many parts, no multipart boundary, a wrong method) answered
+        # text/plain; MONAI Label (FastAPI) answers them as JSON {"detail": ...}, which its clients show (session 24)
+        HTTPException: lambda r, e: JSONResponse({"detail": _public(str(e.detail))}, status_code=e.status_code,
+                                                 headers=e.headers),
         NotFound: lambda r, e: _error(404, str(e)),
+        ImageExists: lambda r, e: _error(409, str(e)),
         SessionsFull: lambda r, e: _error(429, str(e)),
         UnknownStrategy: lambda r, e: _error(404, str(e)),
         InferError: lambda r, e: _error(400, str(e)),

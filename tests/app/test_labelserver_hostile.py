@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from app.labelserver.datastore import Sessions, StudiesDir
 from app.labelserver.server import ServerConfig, build_app
+from tests.conftest import DATA
 
 GRID = (4, 32, 32)  # k, j, i
 
@@ -62,6 +63,25 @@ def test_params_that_are_no_finite_numbers_are_400_naming_the_field(served, mode
     assert client.get("/info/").status_code == 200
 
 
+def test_the_servers_own_refusals_are_json_naming_the_fault(served):
+    """A form of too many parts, a multipart body without its boundary, a wrong method or path answered text/plain
+    (`Too many files. Maximum number of files is 4.`), where MONAI Label (FastAPI) answers {"detail": ...}, which its
+    clients show: they showed nothing (session 24). Same words and status, as JSON; a 405 keeps its Allow header."""
+    client, studies, _ = served
+    image = (studies / "ct.nii.gz").read_bytes()
+    for r, status, detail in (
+        (client.post("/infer/litemedsam?image=ct", files=[("file", ("a.nii.gz", image))] * 5), 400,
+         "Too many files. Maximum number of files is 4."),
+        (client.post("/infer/litemedsam?image=ct", content=b"abc", headers={"content-type": "multipart/form-data"}),
+         400, "Missing boundary in multipart."),
+        (client.get("/infer/litemedsam"), 405, "Method Not Allowed"),
+        (client.get("/no/such/route"), 404, "Not Found"),
+    ):
+        assert (r.status_code, r.headers["content-type"], r.json()) == (status, "application/json",
+                                                                         {"detail": detail}), r.text
+    assert client.get("/infer/litemedsam").headers["allow"] == "POST"
+
+
 def test_a_roi_without_area_is_400_not_an_empty_label(served):
     """Session 22: roi [3, 3, 2, 8, 0, 1] (one column wide, rounded to voxels) was answered with an empty label."""
     client, _, _ = served
@@ -70,14 +90,19 @@ def test_a_roi_without_area_is_400_not_an_empty_label(served):
     assert "box 3 2 3 8 has no area: a box needs x0 < x1 and y0 < y1" in r.json()["detail"], r.json()
 
 
-@pytest.mark.parametrize("expiry", ["nan", "inf", "-5", "soon"])
+@pytest.mark.parametrize("expiry", ["nan", "inf", "-5", "soon", "1e300", "1209601"])
 def test_a_session_expiry_that_is_no_duration_is_refused_and_creates_nothing(served, expiry):
     """expiry=nan made a session that never expired (and answered 'cannot convert float NaN to integer'),
-    expiry=inf a 500 after the session was made."""
+    expiry=inf a 500 after the session was made. expiry=1e300 (or a year) made a session that kept the patient's
+    image on the server's disk for good, where the UI's sessions go after MEDSEG_SESSION_TTL_HOURS (session 24)."""
     client, studies, sessions = served
     r = client.put(f"/session/?expiry={expiry}", files={"files": ("x.nii.gz", (studies / "ct.nii.gz").read_bytes())})
-    assert r.status_code == 400 and r.json()["detail"] == f"expiry={expiry!r}: expected seconds >= 0"
+    assert r.status_code == 400 and r.json()["detail"] == (
+        f"expiry={expiry!r}: expected seconds from 0 (the default, 3600) to 1209600 (MEDSEG_SESSION_TTL_HOURS, 336 h):"
+        " a session keeps its image on the server until it expires")
     assert not any(sessions.iterdir())
+    r = client.put("/session/?expiry=1209600", files={"files": ("x.nii.gz", (studies / "ct.nii.gz").read_bytes())})
+    assert r.status_code == 200 and r.json()["session_info"]["expiry"] == 1209600
 
 
 class Square:
@@ -157,6 +182,29 @@ def test_a_session_unused_for_ten_minutes_makes_room_for_a_new_one(tmp_path):
         assert client.get(f"/session/{left}").status_code == 404
         assert client.get(f"/session/{working}").status_code == 200
         assert put().status_code == 429  # the two left were both used just now
+
+
+def test_a_refused_upload_costs_no_idle_session(tmp_path):
+    """With every slot taken and one session idle for ten minutes, an upload that is then refused (a text file
+    named .nii.gz) freed the idle session's slot before it was read: 400 for the upload, and the viewer who came back
+    to the idle session got 404 'session ... not found (expired?)' (session 24). The slot is freed only for an
+    upload that was read."""
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(GRID, np.int16)), str(studies / "ct.nii.gz"))
+    image = (studies / "ct.nii.gz").read_bytes()
+    sessions = Sessions(tmp_path / "sessions", max_sessions=2)
+    cfg = ServerConfig(model="litemedsam", segmenter=Square(), backend="torch", datastore=StudiesDir(studies),
+                       sessions=sessions, work_dir=tmp_path / "work")
+    with TestClient(build_app(cfg), base_url="http://localhost", raise_server_exceptions=False) as client:
+        idle, working = (client.put("/session/", files={"files": ("mine.nii.gz", image)}).json()["session_id"]
+                         for _ in range(2))
+        sessions.get(idle).last_used = time.time() - 601
+        r = client.put("/session/", files={"files": ("bad.nii.gz", b"not an image")})
+        assert r.status_code == 400 and r.json()["detail"].startswith("bad.nii.gz: not a readable NIfTI file"), r.text
+        assert client.get(f"/session/{idle}").status_code == 200
+        assert client.get(f"/session/{working}").status_code == 200
+        assert sorted(p.name for p in (tmp_path / "sessions").iterdir()) == sorted([idle, working])
 
 
 def _label_put(client, name: str, data: bytes):
@@ -243,6 +291,92 @@ def test_a_self_contained_nrrd_still_uploads(served, tmp_path):
     got = client.get("/datastore/image?image=ok")
     (tmp_path / "got.nii.gz").write_bytes(got.content)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "got.nii.gz"))), arr)
+
+
+def test_an_upload_under_a_studys_id_never_replaces_the_study(served, tmp_path):
+    """PUT /datastore/?image=ct (Slicer names an upload after its volume node: 'ct' of another patient) deleted
+    ct.nii.gz from --studies and put the upload in its place: 200, and the label saved for ct then lay on an image it
+    was not drawn on (session 24). Now 409 naming the study and its labels, the study's file untouched; the same image
+    uploaded again (a viewer's re-upload, as NRRD) is 200 and keeps the study's own file."""
+    client, studies, _ = served
+    original = (studies / "ct.nii.gz").read_bytes()
+    study = sitk.ReadImage(str(studies / "ct.nii.gz"))
+    label = sitk.GetImageFromArray(np.ones(GRID, np.uint8))
+    label.CopyInformation(study)
+    sitk.WriteImage(label, str(tmp_path / "label.nii.gz"))
+    assert _label_put(client, "label.nii.gz", (tmp_path / "label.nii.gz").read_bytes()).status_code == 200
+    other = sitk.GetImageFromArray(np.zeros(GRID, np.int16))  # another patient: same size, placed elsewhere
+    sitk.WriteImage(other, str(tmp_path / "ct.nii.gz"))
+    for url in ("/datastore/?image=ct", "/datastore/"):  # by the id, or by the file name
+        r = client.put(url, files={"file": ("ct.nii.gz", (tmp_path / "ct.nii.gz").read_bytes())})
+        assert r.status_code == 409 and r.json()["detail"] == (
+            "image 'ct' is already in the datastore (ct.nii.gz, labelled: final) and this upload is another image "
+            "(spacing (1, 1, 1) vs (0.8, 0.8, 2.5)); an upload never replaces a study: give it another id (?image=ID)")
+    assert (studies / "ct.nii.gz").read_bytes() == original and sorted(p.name for p in studies.iterdir()) == [
+        "ct.nii.gz", "labels"]
+    sitk.WriteImage(study, str(tmp_path / "ct.nrrd"))
+    r = client.put("/datastore/?image=ct", files={"file": ("ct.nrrd", (tmp_path / "ct.nrrd").read_bytes())})
+    assert r.status_code == 200 and r.json() == {"image": "ct"}, r.text
+    assert (studies / "ct.nii.gz").read_bytes() == original and not (studies / "ct.nrrd").exists()
+
+
+def test_uploads_at_once_under_one_new_id_store_one_image_and_refuse_the_others(served, tmp_path):
+    """Eight viewers uploading at once under one new id (?image=new) shared one staging file: each read the others'
+    half-moved bytes, so good files were refused as `i0.nii.gz: not a readable NIfTI file`, and two could both be
+    told 200 while one replaced the other (session 24). Now one is stored (200) and the others are 409, each naming
+    its own difference; no staging file is left."""
+    import threading
+
+    client, studies, _ = served
+    images = []
+    for n in range(8):
+        sitk.WriteImage(sitk.GetImageFromArray(np.full(GRID, n, np.int16)), str(tmp_path / f"i{n}.nii.gz"))
+        images.append((tmp_path / f"i{n}.nii.gz").read_bytes())
+    answers: list = [None] * 8
+    start = threading.Barrier(8)
+
+    def upload(n: int) -> None:
+        start.wait()
+        answers[n] = client.put("/datastore/?image=new", files={"file": (f"i{n}.nii.gz", images[n])})
+
+    threads = [threading.Thread(target=upload, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [200] + [409] * 7, [r.text for r in answers]
+    stored = next(n for n, r in enumerate(answers) if r.status_code == 200)
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(studies / "new.nii.gz"))).flat[0] == stored
+    assert sorted(p.name for p in studies.iterdir()) == ["ct.nii.gz", "new.nii.gz"]
+
+
+def test_a_lone_dicom_file_named_without_dcm_opens_as_a_session(served):
+    """A single DICOM slice named as scanners name them (IM0001, or its SOPInstanceUID) was refused, `IM0001: expected
+    a .nii.gz, .nii or .nrrd image, or DICOM files`, telling the client that sent one to send DICOM; several such
+    files (a series) opened (session 24). Its DICM marker tells it; a text file so named is still refused."""
+    client, _, _ = served
+    dicom = (DATA / "dicom" / "ct_head_0051_series_k050-061" / "IM0001.dcm").read_bytes()
+    r = client.put("/session/", files={"files": ("IM0001", dicom)})
+    assert r.status_code == 200 and r.json()["session_info"]["name"] == "IM0001", r.text
+    r = client.put("/session/", files={"files": ("IM0002", b"not DICOM" * 30)})
+    assert r.status_code == 400 and r.json()["detail"] == (
+        "IM0002: expected a .nii.gz, .nii or .nrrd image, or DICOM files"), r.text
+
+
+def test_a_refused_series_upload_names_the_files_sent_not_the_servers_folder(served):
+    """PUT /session/ of the real CT series less one slice said `c03ccc6f-...: 1 slice(s) missing between
+    00004_IM0005.dcm (0.75 mm) and 00005_IM0007.dcm (3.75 mm) ...; ..., or pass --allow-uneven`: the server's folder
+    (a uuid, like a session id), file names the client never sent, and a command-line flag (session 24)."""
+    client, _, sessions = served
+    series = sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").glob("*.dcm"))
+    r = client.put("/session/", files=[("files", (p.name, p.read_bytes())) for p in series if p.name != "IM0006.dcm"])
+    assert r.status_code == 400 and r.json()["detail"] == (
+        "the 11 files sent: 1 slice(s) missing between IM0005.dcm (0.75 mm) and IM0007.dcm (3.75 mm) (the other "
+        "slices are 1.5 mm apart); add the missing file(s), open the complete series"), r.text
+    r = client.put("/session/", files=[("files", ("a.dcm", b"x" * 200)), ("files", ("b.dcm", b"y" * 200))])
+    assert r.status_code == 400 and r.json()["detail"].startswith("the 2 files sent: no DICOM image series"), r.text
+    assert not any(sessions.iterdir())
 
 
 def test_an_nrrd_with_sheared_space_directions_is_refused_like_a_nifti(served):

@@ -154,6 +154,28 @@ def test_cli_takes_the_backends_default_and_flags_override_it(argv, prompt, guar
     assert settings.min_score == BOX_RULE.min_score and settings.margin_px == BOX_RULE.margin_px
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["--margin", "-5"], "--margin must be a finite number >= 0, got -5.0"),
+    (["--min-area", "0"], "--min-area must be >= 1 (an empty mask always stops), got 0"),
+    (["--area-drop", "2"], "--area-drop is a fraction in 0..1, got 2.0"),
+    (["--max-slices", "-1"], "--max-slices must be >= 0, got -1"),
+    (["--stride", "0"], "--stride must be >= 1, got 0"),
+])
+def test_a_refused_propagation_flag_is_named_as_typed(argv, said):
+    """`medseg propagate ... --margin -5` said `margin_px must be a finite number >= 0, got -5.0`, the setting's
+    field, not the flag the user typed (also min_area_px, max_slices ...) (session 24)."""
+    from app.cli import build_parser
+    from app.commands.common import backend_choice
+    from app.commands.propagate import settings_from_args
+    from app.errors import UsageError
+
+    args = build_parser().parse_args(["propagate", "x.nii.gz", "--slice", "1", "--box", "1", "1", "5", "5",
+                                      "-o", "y.nii.gz", *argv])
+    with pytest.raises(UsageError) as e:
+        settings_from_args(args, backend_choice(args).backend)
+    assert str(e.value) == said
+
+
 def test_the_torch_default_carries_the_whole_head_better_than_the_box_rule(default_run, head_run, head):
     """Issue 21 on this 12-slice CT series: the box rule segments the intracranial content inside the head's box
     (0.79); the torch default (the click model's answer to the neighbour's mask, where the box answer agrees) keeps

@@ -135,6 +135,24 @@ def test_an_8bit_png_of_a_grey_palette_opens_grey_and_one_of_colours_in_colour(t
     np.testing.assert_array_equal(holes.array[0], slice_8bit)
 
 
+@pytest.mark.parametrize("channels", ["RGB", "RGBA"])
+def test_an_8bit_png_of_equal_rgb_channels_opens_grey_as_a_16bit_one_does(tmp_path, slice_8bit, channels):
+    """Session 24: a grey picture saved as 8-bit RGB (a screenshot of a viewer, an export that writes colour) opened
+    as a colour picture of three equal channels, with no grey window, where the same picture stored as 16-bit RGB,
+    as a grey palette or as grey+alpha opened grey. Now its grey values; one pixel of colour keeps it colour."""
+    from PIL import Image
+
+    rgb = np.dstack([slice_8bit] * 3)
+    pixels = np.dstack([rgb, np.full(slice_8bit.shape, 255, np.uint8)]) if channels == "RGBA" else rgb
+    Image.fromarray(pixels, channels).save(tmp_path / "grey.png")
+    grey = read_study(tmp_path / "grey.png")
+    assert grey.array.shape == (1, *slice_8bit.shape)
+    np.testing.assert_array_equal(grey.array[0], slice_8bit)
+    rgb[5, 7] = (255, 0, 0)  # one red mark: a colour picture
+    Image.fromarray(rgb).save(tmp_path / "marked.png")
+    np.testing.assert_array_equal(read_study(tmp_path / "marked.png").array[0], rgb)
+
+
 def test_a_png_with_more_image_data_than_its_rows_opens(tmp_path, slice_8bit):
     """libpng only warns of extra compressed data ("Extra compressed data"); the image is whole, so it opens."""
     h, w = slice_8bit.shape
@@ -181,6 +199,27 @@ def test_a_jpeg_cut_off_and_closed_with_an_end_marker_is_refused(tmp_path, slice
     assert str(e.value) == message
     with pytest.raises(StudyError, match="a JPEG mask; JPEG's lossy compression"):
         read_mask_image(path)
+
+
+def test_a_phone_mpo_jpeg_cut_off_and_closed_with_an_end_marker_is_refused(tmp_path, slice_8bit):
+    """A phone's JPEG with a second picture (MPO: Pillow names its format 'MPO', not 'JPEG') of the real Colin27
+    slice, cut to its first third and closed with EOI: opened with the missing rows grey, as if whole, where a plain
+    JPEG so cut is refused (session 24). The whole MPO still opens as its first picture."""
+    from PIL import Image
+
+    rgb = _cases(slice_8bit)["rgb"]
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(rgb).save(path, "MPO", save_all=True, append_images=[Image.fromarray(rgb[::-1])], quality=90)
+    whole = path.read_bytes()
+    with Image.open(path) as im:
+        assert im.format == "MPO"
+        first = np.asarray(im)
+    np.testing.assert_array_equal(read_study(path).array[0], first)
+    path.write_bytes(whole[: len(whole) // 6] + b"\xff\xd9")  # within the first picture: the second is as long
+    with Image.open(path) as im:
+        assert im.format == "MPO"
+    with pytest.raises(StudyError, match=r"photo\.jpg: the JPEG's image data ends before its last row"):
+        read_study(path)
 
 
 @pytest.mark.parametrize("kind, progressive", [("grey", False), ("grey", True), ("rgb", False), ("rgb", True)])

@@ -1125,3 +1125,24 @@ def test_a_series_asked_of_a_single_file_of_another_series_is_refused_not_ignore
             read_study(path, series_uid="1.2.3")
         assert str(e.value) == (f"{path}: series 1.2.3 was asked for, but this file is {what}; a series is picked "
                                 "among those of a folder: give the folder, or leave the series out")
+
+
+def test_one_placed_slice_is_as_thick_as_its_slice_thickness(tmp_path):
+    """One slice of the real head CT (SliceThickness 1.5, no SpacingBetweenSlices), alone or as a folder of one file,
+    opened 0.957 x 0.957 x 1 mm: GDCM's default, which the facts panel showed as measured and from which the labels
+    table's mL were computed (2/3 of area x thickness) (session 24). It opens 1.5 mm thick, as dcm2niix reads it; a
+    SpacingBetweenSlices is still GDCM's third spacing (pydicom's CT_small: 5), and without a thickness 1 mm stays."""
+    src = DATA / "dicom" / "ct_head_0051_series_k050-061" / "IM0001.dcm"
+    (tmp_path / "one").mkdir()
+    shutil.copy(src, tmp_path / "one" / "IM0001.dcm")
+    for path in (src, tmp_path / "one"):
+        volume = read_study(path)
+        assert volume.array.shape == (1, 256, 256)
+        np.testing.assert_allclose(volume.spacing, (0.9570312, 0.9570312, 1.5), rtol=1e-6)
+    ds = pydicom.dcmread(src)
+    ds.SpacingBetweenSlices = 2.0
+    ds.save_as(tmp_path / "spaced.dcm")
+    assert read_study(tmp_path / "spaced.dcm").spacing[2] == pytest.approx(2.0)
+    del ds.SpacingBetweenSlices, ds.SliceThickness
+    ds.save_as(tmp_path / "thin.dcm")
+    assert read_study(tmp_path / "thin.dcm").spacing[2] == pytest.approx(1.0)

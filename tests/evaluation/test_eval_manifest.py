@@ -469,3 +469,16 @@ def test_a_label_that_is_the_image_itself_is_refused(tmp_path):
         with _exactly(f"{m} line 2, column 'label': {label!r} is the image itself (column 'image' 'i.png'); the label "
                       "must be the ground-truth mask file"):
             read_manifest(m)
+
+
+@pytest.mark.parametrize("command", ["eval", "batch"])
+def test_a_negative_seed_is_refused_naming_the_flag_before_the_model(command):
+    """`medseg eval MANIFEST --seed -1` loaded the model and then stopped in numpy's words, `expected non-negative
+    integer`, naming no flag (session 24); `medseg batch` shares the checks."""
+    from app.cli import build_parser
+    from app.commands.eval import settings_from_args
+    from app.errors import UsageError
+
+    args = build_parser().parse_args([command, "no-such-manifest.csv", "--seed", "-1", "-o", "out"])
+    with pytest.raises(UsageError, match=r"^--seed must be a whole number >= 0, got -1$"):
+        settings_from_args(args)
