@@ -4,6 +4,7 @@ the client's file, nothing is stored, and the server keeps answering. (The real-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -159,18 +160,24 @@ def test_infer_calls_carrying_their_image_leave_other_viewers_sessions_alone(tmp
         assert put().status_code == 200 and client.get(f"/session/{mine[1]}").status_code == 200
 
 
-def test_a_session_unused_for_ten_minutes_makes_room_for_a_new_one(tmp_path):
-    """With every slot live, a new upload was refused (429) although one viewer had left an hour ago: an annotator
-    opening a seventeenth image within the hour was refused for the sixteen before it. The session unused longest
-    gives its slot, once unused for 10 minutes; one used since keeps its own."""
+@contextlib.contextmanager
+def _two_slot_server(tmp_path):
+    """A label server with room for two sessions, and the bytes of a study to upload: (client, sessions, image)."""
     studies = tmp_path / "studies"
     studies.mkdir()
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros(GRID, np.int16)), str(studies / "ct.nii.gz"))
-    image = (studies / "ct.nii.gz").read_bytes()
     sessions = Sessions(tmp_path / "sessions", max_sessions=2)
     cfg = ServerConfig(model="litemedsam", segmenter=Square(), backend="torch", datastore=StudiesDir(studies),
                        sessions=sessions, work_dir=tmp_path / "work")
     with TestClient(build_app(cfg), base_url="http://localhost", raise_server_exceptions=False) as client:
+        yield client, sessions, (studies / "ct.nii.gz").read_bytes()
+
+
+def test_a_session_unused_for_ten_minutes_makes_room_for_a_new_one(tmp_path):
+    """With every slot live, a new upload was refused (429) although one viewer had left an hour ago: an annotator
+    opening a seventeenth image within the hour was refused for the sixteen before it. The session unused longest
+    gives its slot, once unused for 10 minutes; one used since keeps its own."""
+    with _two_slot_server(tmp_path) as (client, sessions, image):
         def put():
             return client.put("/session/", files={"files": ("mine.nii.gz", image)})
 
@@ -189,14 +196,7 @@ def test_a_refused_upload_costs_no_idle_session(tmp_path):
     named .nii.gz) freed the idle session's slot before it was read: 400 for the upload, and the viewer who came back
     to the idle session got 404 'session ... not found (expired?)' (session 24). The slot is freed only for an
     upload that was read."""
-    studies = tmp_path / "studies"
-    studies.mkdir()
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(GRID, np.int16)), str(studies / "ct.nii.gz"))
-    image = (studies / "ct.nii.gz").read_bytes()
-    sessions = Sessions(tmp_path / "sessions", max_sessions=2)
-    cfg = ServerConfig(model="litemedsam", segmenter=Square(), backend="torch", datastore=StudiesDir(studies),
-                       sessions=sessions, work_dir=tmp_path / "work")
-    with TestClient(build_app(cfg), base_url="http://localhost", raise_server_exceptions=False) as client:
+    with _two_slot_server(tmp_path) as (client, sessions, image):
         idle, working = (client.put("/session/", files={"files": ("mine.nii.gz", image)}).json()["session_id"]
                          for _ in range(2))
         sessions.get(idle).last_used = time.time() - 601
