@@ -323,3 +323,42 @@ def test_an_edit_of_the_hidden_label_shows_it_again(browser, server, ct):
         assert page.locator("#viewer-legend .mv-label[data-value='1'] .mv-eye").inner_text() == "hide"
     finally:
         context.close()
+
+
+def _hold(page, key: str, repeats: int) -> None:
+    """``key`` held down: its press, then ``repeats`` of the key's repeats (``repeat`` true), then its release."""
+    for _ in range(1 + repeats):
+        page.keyboard.down(key)
+    page.keyboard.up(key)
+
+
+def _actions(page, kind: str) -> list:
+    """The viewer's requests of ``kind`` from now on (the list grows as they are sent)."""
+    sent: list = []
+    page.on("request", lambda r: sent.append(r) if r.url.endswith("/viewer-api/action")
+            and f'"kind":"{kind}"' in (r.post_data or "") else None)
+    return sent
+
+
+def test_a_toggle_key_held_down_acts_once(browser, server, ct):
+    """A hurried user holds H a moment to look under the label (or M, O): the key's repeats (30 a second after half
+    a second) flipped it back and forth, so it ended hidden or shown, one view or three, by the count of repeats;
+    N held sent a new object per repeat. A held toggle now acts once, as its first press."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        new_objects = _actions(page, "new_object")
+        page.locator("#viewer-stage").focus()
+        _hold(page, "h", 3)
+        _hold(page, "m", 3)
+        _hold(page, "o", 3)
+        _hold(page, "n", 3)
+        _idle(page)
+        assert page.evaluate("[...medsegViewer.hidden]") == [1]
+        assert page.locator("#medseg-viewer").get_attribute("data-layout") == "three"
+        assert page.evaluate("medsegViewer.outline") is True
+        assert len(new_objects) == 1
+        _hold(page, "h", 0)  # pressed again: shown again
+        assert page.evaluate("[...medsegViewer.hidden]") == []
+    finally:
+        context.close()

@@ -26,6 +26,11 @@ const IMAGE_KEYS: Record<string, string> = {
   m: 'layout switch (M)', M: 'layout switch (M)', '+': 'zoom (+)', '=': 'zoom (+)', '-': 'zoom (−)', '0': 'zoom reset (0)',
 }
 
+// Keys that flip something or act once: held down, the key's repeats (30 a second after half a second) flipped it
+// back and forth, so H, M or O held a moment too long ended hidden or shown, one view or three, by the count of
+// repeats, and N held sent a new object per repeat. A held one acts once, as its first press.
+const ONCE = new Set(['h', 'H', 'm', 'M', 'o', 'O', 'g', 'G', 'n', 'N'])
+
 // the input types whose keys edit text: ctrl+Z there is the field's own undo
 const TEXT_INPUTS = new Set(['text', 'search', 'number', 'email', 'password', 'url', 'tel'])
 
@@ -73,6 +78,7 @@ export const keyboardMethods = {
       this.sayNotShown(needs, 'applied', 'press it')
       return
     }
+    if (e.repeat && !ctrl && ONCE.has(k)) { e.preventDefault(); e.stopPropagation(); return }
     let handled = true
     if (k === 'Escape') {
       if (this.drag) {
