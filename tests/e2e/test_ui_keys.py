@@ -362,3 +362,45 @@ def test_a_toggle_key_held_down_acts_once(browser, server, ct):
         assert page.evaluate("[...medsegViewer.hidden]") == []
     finally:
         context.close()
+
+
+def test_ctrl_z_held_on_a_slow_server_undoes_no_further_than_the_screen_shows(browser, server, ct):
+    """A hurried user holds ctrl+Z to take back the last stroke on a slow server (or network): every repeat of the
+    key queued an undo, faster than the server answered, so the queue went on undoing after the user let go, down to
+    nothing (6 undos for a press and 5 repeats: 3 strokes gone), and the next edit dropped them for good. A repeat now
+    waits for the undo before it to be answered."""
+    context, page, sid = _open_page(browser, server)
+    held: list = []
+    late = {"answer": False}
+
+    def route(r) -> None:  # the server answers late: held until the keys are done
+        if late["answer"]:
+            r.continue_()
+        else:
+            held.append(r)
+
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        for y in (80.0, 120.0, 160.0):
+            _drag(page, _xy(page, ct, 90.0, y), _xy(page, ct, 160.0, y))
+        _idle(page)
+        undos = _actions(page, "undo")
+        page.route("**/viewer-api/action", route)
+        page.locator("#viewer-stage").focus()
+        page.keyboard.down("Control")
+        _hold(page, "z", 5)
+        page.keyboard.up("Control")
+        page.wait_for_timeout(300)
+    finally:
+        late["answer"] = True
+        while held:
+            held.pop(0).continue_()
+    try:
+        _said(page, "Undid", 30_000)
+        _idle(page)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        assert len(undos) == 1
+        assert labels[80, 100:150].all() and labels[120, 100:150].all() and not labels[160].any()
+    finally:
+        context.close()

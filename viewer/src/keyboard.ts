@@ -85,9 +85,9 @@ export const keyboardMethods = {
         const stroke = this.tool === 'brush' || this.tool === 'erase'
         this.drag = null; this.showStatus(stroke ? 'Stroke cancelled.' : 'Box cancelled.'); this.drawOverlay()
       } else handled = false
-    } else if (ctrl && k.toLowerCase() === 'z' && e.shiftKey) this.history('redo', 'redo (ctrl+shift+Z)')  // the Mac's
-    else if (ctrl && k.toLowerCase() === 'z') this.history('undo', 'undo (ctrl+Z)')
-    else if (ctrl && k.toLowerCase() === 'y') this.history('redo', 'redo (ctrl+Y)')
+    } else if (ctrl && k.toLowerCase() === 'z' && e.shiftKey) this.history('redo', 'redo (ctrl+shift+Z)', e.repeat)  // the Mac's
+    else if (ctrl && k.toLowerCase() === 'z') this.history('undo', 'undo (ctrl+Z)', e.repeat)
+    else if (ctrl && k.toLowerCase() === 'y') this.history('redo', 'redo (ctrl+Y)', e.repeat)
     else if (ctrl) handled = false
     else if (k === 'ArrowUp' || k === 'PageUp') this.page(1)
     else if (k === 'ArrowDown' || k === 'PageDown') this.page(-1)
