@@ -404,3 +404,45 @@ def test_ctrl_z_held_on_a_slow_server_undoes_no_further_than_the_screen_shows(br
         assert labels[80, 100:150].all() and labels[120, 100:150].all() and not labels[160].any()
     finally:
         context.close()
+
+
+def test_a_drag_whose_button_release_was_lost_ends_where_the_button_was_let_go(browser, server, ct):
+    """A brush stroke (or a window drag) whose button release never reached the page: let go over a remote desktop's
+    edge, after alt+tab, under a dialog. The stroke went on painting where the mouse merely hovered, and the next press
+    dropped it all without a word (its 12 points lost); the window followed the mouse with no button down. The drag
+    now ends at the first move without its button, as the release would have ended it."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        cdp = context.new_cdp_session(page)
+
+        def mouse(kind: str, at: tuple[float, float], button: str = "none", buttons: int = 0) -> None:
+            cdp.send("Input.dispatchMouseEvent", {"type": kind, "x": at[0], "y": at[1], "button": button,
+                                                  "buttons": buttons, "clickCount": 1})
+
+        page.keyboard.press("r")
+        mouse("mouseMoved", _xy(page, ct, 90.0, 100.0))
+        mouse("mousePressed", _xy(page, ct, 90.0, 100.0), "left", 1)
+        for x in (110.0, 130.0, 150.0):
+            mouse("mouseMoved", _xy(page, ct, x, 100.0), "none", 1)
+        for y in (120.0, 140.0, 160.0):  # the button let go unseen: hovering
+            mouse("mouseMoved", _xy(page, ct, 150.0, y))
+        mouse("mousePressed", _xy(page, ct, 100.0, 200.0), "left", 1)  # the next stroke, a dab
+        mouse("mouseReleased", _xy(page, ct, 100.0, 200.0), "left", 0)
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        assert labels[100, 95:145].all()
+        assert not labels[115:165, 150].any()
+        assert labels[200, 100]
+        centre = _xy(page, ct, 128.0, 128.0)
+        mouse("mousePressed", centre, "right", 2)
+        mouse("mouseMoved", (centre[0] + 30, centre[1]), "none", 2)
+        width = page.evaluate("medsegViewer.windowOwn.width")
+        for dx in (60, 90, 120):
+            mouse("mouseMoved", (centre[0] + dx, centre[1] + dx))
+        assert page.evaluate("medsegViewer.wl") is None
+        assert page.evaluate("[medsegViewer.nv.volumes[0].cal_max - medsegViewer.nv.volumes[0].cal_min]") == \
+            pytest.approx([width])
+    finally:
+        context.close()
