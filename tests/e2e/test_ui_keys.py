@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.conftest import needs_browser
-from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, _drag, _idle, _open_page, _open_sample, \
-    _wait_status, _xy
+from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, _drag, _idle, _label_defs, _open_page, \
+    _open_sample, _wait_server, _wait_status, _xy
 
 pytestmark = needs_browser
 
@@ -444,5 +444,29 @@ def test_a_drag_whose_button_release_was_lost_ends_where_the_button_was_let_go(b
         assert page.evaluate("medsegViewer.wl") is None
         assert page.evaluate("[medsegViewer.nv.volumes[0].cal_max - medsegViewer.nv.volumes[0].cal_min]") == \
             pytest.approx([width])
+    finally:
+        context.close()
+
+
+def test_a_name_typed_and_left_without_enter_renames_the_label(browser, server, ct):
+    """A hurried user types the structure's name in Name and clicks on the image to go on, without Enter: the name was
+    never sent. The box went on showing it over a label still named "label 1" (legend, table, label box), and the
+    export carried "label 1". Leaving the box now renames the label as Enter does; Add label, which names the new
+    label so, is left as it was."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        name = page.locator("#label-name textarea, #label-name input").first
+        name.fill("liver")
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _wait_server(lambda: _label_defs(server, sid)[1][0] == "liver", 30)
+        page.wait_for_function("document.querySelector('#viewer-legend .mv-label[data-value=\"1\"] .mv-name')"
+                               ".textContent.endsWith('liver')", timeout=30_000)
+        _idle(page)
+        name.fill("spleen")
+        page.locator("#add-label").click()
+        _wait_server(lambda: 2 in _label_defs(server, sid), 30)
+        assert _label_defs(server, sid)[2][0] == "spleen"
+        assert _label_defs(server, sid)[1][0] == "liver"
     finally:
         context.close()
