@@ -7,6 +7,7 @@ the assertions.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.e2e.conftest import needs_browser
@@ -468,5 +469,36 @@ def test_a_name_typed_and_left_without_enter_renames_the_label(browser, server, 
         _wait_server(lambda: 2 in _label_defs(server, sid), 30)
         assert _label_defs(server, sid)[2][0] == "spleen"
         assert _label_defs(server, sid)[1][0] == "liver"
+    finally:
+        context.close()
+
+
+def test_the_brush_ring_shows_the_brush_size(browser, server, ct):
+    """Over the image the brush hides the mouse's cursor and draws a ring of its size instead. On the bundled CT (as
+    on any study shown with the patient's right on the left) the ring's radius came out negative and was drawn as a
+    2 px dot whatever the size, and the stroke's trail as a hairline: the user painted blind, the band painted 7
+    times wider than anything shown. The ring is now as wide as what a dab paints."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        for _ in range(6):
+            page.keyboard.press("]")  # 14 px
+        at = _xy(page, ct, 100.0, 100.0)
+        page.mouse.move(*at)
+        page.mouse.move(at[0] + 1, at[1])
+        ring = page.evaluate("""() => {
+            const o = medsegViewer.overlay, d = o.getContext('2d').getImageData(0, 0, o.width, o.height).data
+            let lo = o.width, hi = -1
+            for (let y = 0; y < o.height; y++) for (let x = 0; x < o.width; x++)
+                if (d[4 * (y * o.width + x) + 3]) { lo = Math.min(lo, x); hi = Math.max(hi, x) }
+            return (hi - lo + 1) / (o.width / o.clientWidth) }""")
+        page.mouse.down()
+        page.mouse.up()
+        _said(page, "Painted", 30_000)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        painted = np.flatnonzero(labels[100])
+        per_pixel = _xy(page, ct, 110.0, 100.0)[0] - _xy(page, ct, 100.0, 100.0)[0]
+        assert ring == pytest.approx((painted[-1] - painted[0] + 1) * abs(per_pixel) / 10, rel=0.25)
     finally:
         context.close()
