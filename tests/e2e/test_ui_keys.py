@@ -502,3 +502,27 @@ def test_the_brush_ring_shows_the_brush_size(browser, server, ct):
         assert ring == pytest.approx((painted[-1] - painted[0] + 1) * abs(per_pixel) / 10, rel=0.25)
     finally:
         context.close()
+
+
+def test_m_pressed_mid_stroke_paints_no_band_where_the_brush_never_went(browser, server, ct):
+    """A hurried user paints, presses M (three views) with the mouse still down and paints on in the new layout. The
+    layout moved the image under the mouse, and the stroke joined the last point drawn to the next one with a straight
+    band where the brush never went (down a column of the slice here). The stroke is now cut where the layout changed
+    (as it is where the slice changes): each part painted where it was drawn."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        _drag(page, _xy(page, ct, 100.0, 60.0), _xy(page, ct, 140.0, 60.0), release=False)
+        page.keyboard.press("m")
+        page.wait_for_function("document.querySelector('#medseg-viewer').dataset.layout === 'three'", timeout=5_000)
+        page.mouse.move(*_xy(page, ct, 140.0, 120.0))  # the next point, in the new layout
+        page.mouse.move(*_xy(page, ct, 160.0, 120.0))
+        page.mouse.up()
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        assert labels[60, 105:135].all() and labels[120, 145:155].all()
+        assert not labels[70:110, 140].any()
+    finally:
+        context.close()
