@@ -37,7 +37,7 @@ from app.packed import PackedArray, pack
 from app.render import VIEWS, Plane, acquisition_view
 from app.reading import read_untrusted
 from data.readers import StudyError, read_study
-from data.untrusted import LONE_SURROGATE
+from data.untrusted import DIRECTION_CONTROL, LONE_SURROGATE
 from data.volume import Volume
 from data.writers import atomic_output
 
@@ -632,6 +632,12 @@ def _checked_name(name: str, unchanged: str | None = None) -> str:
     if (broken := LONE_SURROGATE.search(name)) is not None:  # half an emoji: no UTF-8 encoder takes it (page, SEG)
         raise SessionError(f"label name: not valid text (a broken character at position {broken.start() + 1}); "
                            "type the name again")
+    if (flip := DIRECTION_CONTROL.search(name)) is not None and name != unchanged:
+        # a right-to-left override in a name turned the rest of every line showing it backwards (the viewer's status
+        # line read "Label 1: ba, .b4916e# ruoloc" after a rename), so a name could make the text around it lie
+        raise SessionError(f"label name: an invisible text-direction control (U+{ord(flip.group()):04X}, often pasted "
+                           f"with the text) at position {flip.start() + 1} would reorder the text shown after the "
+                           "name; type the name again")
     if len(name) > MAX_LABEL_NAME and name != unchanged:
         raise SessionError(f"label name: at most {MAX_LABEL_NAME} characters (what a DICOM-SEG segment label holds), "
                            f"got {len(name)}")

@@ -37,6 +37,9 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # A lone UTF-16 surrogate (half an emoji from JSON's "\ud83d", or a byte os.fsdecode could not decode): Python
 # holds it, every UTF-8 encoder refuses it (the page's state, a DICOM-SEG's labels).
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# The explicit text-direction embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): invisible, they
+# reorder the text shown after them ("Trojan Source"); right-to-left letters need none of them to show right.
+DIRECTION_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
 def one_line(text: str) -> str:

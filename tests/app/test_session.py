@@ -696,6 +696,22 @@ def test_a_label_name_with_half_an_emoji_is_refused_not_kept_to_break_the_page(s
     assert JSONResponse({"labels": label_rows(s)}).body.decode("utf-8").count("liver \U0001fac1") == 1
 
 
+def test_a_label_name_with_a_text_direction_override_is_refused(store, ct_volume):
+    """A right-to-left override (U+202E) pasted into a label name reversed the rest of every line showing it: the
+    viewer's status line read "Label 1: ba, .b4916e# ruoloc" after the rename (session 24, seen in Chromium). The
+    explicit direction controls are refused in one line; right-to-left letters need none and are taken."""
+    s = store.create()
+    s.start_study(ct_volume, str(CT), "ct")
+    with pytest.raises(SessionError) as e:
+        s.add_label("liver \u202eab")
+    assert str(e.value) == ("label name: an invisible text-direction control (U+202E, often pasted with the text) at "
+                            "position 7 would reorder the text shown after the name; type the name again")
+    with pytest.raises(SessionError, match="U\\+2067"):
+        s.edit_label(1, name="\u2067kidney")
+    s.edit_label(1, name="\u05db\u05d1\u05d3 liver")  # Hebrew letters are text like any other
+    assert s.label(1).name == "\u05db\u05d1\u05d3 liver"
+
+
 def test_renaming_a_label_to_another_labels_name_is_refused(store, ct_volume, tmp_path):
     """Adding a label under a name in use gives it the default name (two segments of one name in an export); renaming
     did not check: label 2 renamed "liver" beside label 1 "liver" made a SEG with two "liver" segments."""

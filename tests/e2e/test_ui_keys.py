@@ -7,11 +7,12 @@ the assertions.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.e2e.conftest import needs_browser
-from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, _drag, _idle, _open_page, _open_sample, \
-    _wait_status, _xy
+from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, _drag, _idle, _label_defs, _open_page, \
+    _open_sample, _wait_server, _wait_status, _xy
 
 pytestmark = needs_browser
 
@@ -321,5 +322,207 @@ def test_an_edit_of_the_hidden_label_shows_it_again(browser, server, ct):
         _said(page, "Positive click (2 points)", 30_000)
         assert page.evaluate(alpha) == 255
         assert page.locator("#viewer-legend .mv-label[data-value='1'] .mv-eye").inner_text() == "hide"
+    finally:
+        context.close()
+
+
+def _hold(page, key: str, repeats: int) -> None:
+    """``key`` held down: its press, then ``repeats`` of the key's repeats (``repeat`` true), then its release."""
+    for _ in range(1 + repeats):
+        page.keyboard.down(key)
+    page.keyboard.up(key)
+
+
+def _actions(page, kind: str) -> list:
+    """The viewer's requests of ``kind`` from now on (the list grows as they are sent)."""
+    sent: list = []
+    page.on("request", lambda r: sent.append(r) if r.url.endswith("/viewer-api/action")
+            and f'"kind":"{kind}"' in (r.post_data or "") else None)
+    return sent
+
+
+def test_a_toggle_key_held_down_acts_once(browser, server, ct):
+    """A hurried user holds H a moment to look under the label (or M, O): the key's repeats (30 a second after half
+    a second) flipped it back and forth, so it ended hidden or shown, one view or three, by the count of repeats;
+    N held sent a new object per repeat. A held toggle now acts once, as its first press."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        new_objects = _actions(page, "new_object")
+        page.locator("#viewer-stage").focus()
+        _hold(page, "h", 3)
+        _hold(page, "m", 3)
+        _hold(page, "o", 3)
+        _hold(page, "n", 3)
+        _idle(page)
+        assert page.evaluate("[...medsegViewer.hidden]") == [1]
+        assert page.locator("#medseg-viewer").get_attribute("data-layout") == "three"
+        assert page.evaluate("medsegViewer.outline") is True
+        assert len(new_objects) == 1
+        _hold(page, "h", 0)  # pressed again: shown again
+        assert page.evaluate("[...medsegViewer.hidden]") == []
+    finally:
+        context.close()
+
+
+def test_ctrl_z_held_on_a_slow_server_undoes_no_further_than_the_screen_shows(browser, server, ct):
+    """A hurried user holds ctrl+Z to take back the last stroke on a slow server (or network): every repeat of the
+    key queued an undo, faster than the server answered, so the queue went on undoing after the user let go, down to
+    nothing (6 undos for a press and 5 repeats: 3 strokes gone), and the next edit dropped them for good. A repeat now
+    waits for the undo before it to be answered."""
+    context, page, sid = _open_page(browser, server)
+    held: list = []
+    late = {"answer": False}
+
+    def route(r) -> None:  # the server answers late: held until the keys are done
+        if late["answer"]:
+            r.continue_()
+        else:
+            held.append(r)
+
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        for y in (80.0, 120.0, 160.0):
+            _drag(page, _xy(page, ct, 90.0, y), _xy(page, ct, 160.0, y))
+        _idle(page)
+        undos = _actions(page, "undo")
+        page.route("**/viewer-api/action", route)
+        page.locator("#viewer-stage").focus()
+        page.keyboard.down("Control")
+        _hold(page, "z", 5)
+        page.keyboard.up("Control")
+        page.wait_for_timeout(300)
+    finally:
+        late["answer"] = True
+        while held:
+            held.pop(0).continue_()
+    try:
+        _said(page, "Undid", 30_000)
+        _idle(page)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        assert len(undos) == 1
+        assert labels[80, 100:150].all() and labels[120, 100:150].all() and not labels[160].any()
+    finally:
+        context.close()
+
+
+def test_a_drag_whose_button_release_was_lost_ends_where_the_button_was_let_go(browser, server, ct):
+    """A brush stroke (or a window drag) whose button release never reached the page: let go over a remote desktop's
+    edge, after alt+tab, under a dialog. The stroke went on painting where the mouse merely hovered, and the next press
+    dropped it all without a word (its 12 points lost); the window followed the mouse with no button down. The drag
+    now ends at the first move without its button, as the release would have ended it."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        cdp = context.new_cdp_session(page)
+
+        def mouse(kind: str, at: tuple[float, float], button: str = "none", buttons: int = 0) -> None:
+            cdp.send("Input.dispatchMouseEvent", {"type": kind, "x": at[0], "y": at[1], "button": button,
+                                                  "buttons": buttons, "clickCount": 1})
+
+        page.keyboard.press("r")
+        mouse("mouseMoved", _xy(page, ct, 90.0, 100.0))
+        mouse("mousePressed", _xy(page, ct, 90.0, 100.0), "left", 1)
+        for x in (110.0, 130.0, 150.0):
+            mouse("mouseMoved", _xy(page, ct, x, 100.0), "none", 1)
+        for y in (120.0, 140.0, 160.0):  # the button let go unseen: hovering
+            mouse("mouseMoved", _xy(page, ct, 150.0, y))
+        mouse("mousePressed", _xy(page, ct, 100.0, 200.0), "left", 1)  # the next stroke, a dab
+        mouse("mouseReleased", _xy(page, ct, 100.0, 200.0), "left", 0)
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        assert labels[100, 95:145].all()
+        assert not labels[115:165, 150].any()
+        assert labels[200, 100]
+        centre = _xy(page, ct, 128.0, 128.0)
+        mouse("mousePressed", centre, "right", 2)
+        mouse("mouseMoved", (centre[0] + 30, centre[1]), "none", 2)
+        width = page.evaluate("medsegViewer.windowOwn.width")
+        for dx in (60, 90, 120):
+            mouse("mouseMoved", (centre[0] + dx, centre[1] + dx))
+        assert page.evaluate("medsegViewer.wl") is None
+        assert page.evaluate("[medsegViewer.nv.volumes[0].cal_max - medsegViewer.nv.volumes[0].cal_min]") == \
+            pytest.approx([width])
+    finally:
+        context.close()
+
+
+def test_a_name_typed_and_left_without_enter_renames_the_label(browser, server, ct):
+    """A hurried user types the structure's name in Name and clicks on the image to go on, without Enter: the name was
+    never sent. The box went on showing it over a label still named "label 1" (legend, table, label box), and the
+    export carried "label 1". Leaving the box now renames the label as Enter does; Add label, which names the new
+    label so, is left as it was."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        name = page.locator("#label-name textarea, #label-name input").first
+        name.fill("liver")
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _wait_server(lambda: _label_defs(server, sid)[1][0] == "liver", 30)
+        page.wait_for_function("document.querySelector('#viewer-legend .mv-label[data-value=\"1\"] .mv-name')"
+                               ".textContent.endsWith('liver')", timeout=30_000)
+        _idle(page)
+        name.fill("spleen")
+        page.locator("#add-label").click()
+        _wait_server(lambda: 2 in _label_defs(server, sid), 30)
+        assert _label_defs(server, sid)[2][0] == "spleen"
+        assert _label_defs(server, sid)[1][0] == "liver"
+    finally:
+        context.close()
+
+
+def test_the_brush_ring_shows_the_brush_size(browser, server, ct):
+    """Over the image the brush hides the mouse's cursor and draws a ring of its size instead. On the bundled CT (as
+    on any study shown with the patient's right on the left) the ring's radius came out negative and was drawn as a
+    2 px dot whatever the size, and the stroke's trail as a hairline: the user painted blind, the band painted 7
+    times wider than anything shown. The ring is now as wide as what a dab paints."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        for _ in range(6):
+            page.keyboard.press("]")  # 14 px
+        at = _xy(page, ct, 100.0, 100.0)
+        page.mouse.move(*at)
+        page.mouse.move(at[0] + 1, at[1])
+        ring = page.evaluate("""() => {
+            const o = medsegViewer.overlay, d = o.getContext('2d').getImageData(0, 0, o.width, o.height).data
+            let lo = o.width, hi = -1
+            for (let y = 0; y < o.height; y++) for (let x = 0; x < o.width; x++)
+                if (d[4 * (y * o.width + x) + 3]) { lo = Math.min(lo, x); hi = Math.max(hi, x) }
+            return (hi - lo + 1) / (o.width / o.clientWidth) }""")
+        page.mouse.down()
+        page.mouse.up()
+        _said(page, "Painted", 30_000)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        painted = np.flatnonzero(labels[100])
+        per_pixel = _xy(page, ct, 110.0, 100.0)[0] - _xy(page, ct, 100.0, 100.0)[0]
+        assert ring == pytest.approx((painted[-1] - painted[0] + 1) * abs(per_pixel) / 10, rel=0.25)
+    finally:
+        context.close()
+
+
+def test_m_pressed_mid_stroke_paints_no_band_where_the_brush_never_went(browser, server, ct):
+    """A hurried user paints, presses M (three views) with the mouse still down and paints on in the new layout. The
+    layout moved the image under the mouse, and the stroke joined the last point drawn to the next one with a straight
+    band where the brush never went (down a column of the slice here). The stroke is now cut where the layout changed
+    (as it is where the slice changes): each part painted where it was drawn."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        _drag(page, _xy(page, ct, 100.0, 60.0), _xy(page, ct, 140.0, 60.0), release=False)
+        page.keyboard.press("m")
+        page.wait_for_function("document.querySelector('#medseg-viewer').dataset.layout === 'three'", timeout=5_000)
+        page.mouse.move(*_xy(page, ct, 140.0, 120.0))  # the next point, in the new layout
+        page.mouse.move(*_xy(page, ct, 160.0, 120.0))
+        page.mouse.up()
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        assert labels[60, 105:135].all() and labels[120, 145:155].all()
+        assert not labels[70:110, 140].any()
     finally:
         context.close()

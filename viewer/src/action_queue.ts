@@ -8,12 +8,19 @@ export const actionQueueMethods = {
   /** Undo or redo the last edit (ctrl+Z/Y, the toolbar's buttons: ``how`` names the press). Not while a study is on its
    * way into the viewer: it undid that study's last edit out of sight, and the study's own line then hid the "Undid
    * ..." (the work was gone without a word). Said as the keys that need the image are. */
-  history(this: Viewer, kind: 'undo' | 'redo', how: string): void {
+  history(this: Viewer, kind: 'undo' | 'redo', how: string, repeat = false): void {
     if (this.state?.study && (this.loading || !this.nv.volumes.length)) {
       this.sayNotShown(`${how}`, 'applied', 'press it')
       return
     }
+    // ctrl+Z held: each of the key's repeats (30 a second) queued an undo, faster than a server answers them, so the
+    // queue went on undoing after the user let go on seeing the mask they wanted (10 undone of a 1 s hold on a slow
+    // server), and their next edit dropped the undone ones for good. A repeat now waits for the step before it to be
+    // answered: the screen keeps up with the key, one step behind at most.
+    if (repeat && this.stepsOnWay > 0) return
+    this.stepsOnWay++
     this.enqueue({ kind })
+    this.queue.finally(() => { this.stepsOnWay-- })
   },
 
   /** A prompt for the active label, into the queue. With a label change queued before it the label is taken when it

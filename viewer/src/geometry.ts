@@ -103,7 +103,10 @@ export const geometryMethods = {
     const s = this.nv.screenSlices[tile]
     const pix = (this.nv.volumes[0] as any).pixDimsRAS as number[] | undefined
     const mmPerVoxel = pix ? Math.min(pix[1], pix[2], pix[3]) : 1
-    const pxPerMM = s.leftTopWidthHeight[2] / s.fovMM[0] / dpr
+    // the field of view's width is negative where the view is flipped (the radiological convention shows the
+    // patient's right on the left): the radius came out negative, the ring was drawn as a 2 px dot whatever the
+    // brush size (the cursor is hidden over the image) and the stroke's trail as a hairline
+    const pxPerMM = Math.abs(s.leftTopWidthHeight[2] / s.fovMM[0]) / dpr
     return (this.brushPx / 2) * mmPerVoxel * pxPerMM
   },
 }

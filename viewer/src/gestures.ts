@@ -80,6 +80,17 @@ export const gestureMethods = {
       outAt: [d.x, d.y] }
   },
 
+  /** The screen's mapping changed under a brush or eraser stroke (M, a zoom key, ctrl+wheel, the mouse still down):
+   * the mouse now stands over another point of the image than the last one drawn, and the stroke joined the two
+   * with a straight band where the brush never went. The piece drawn so far ends there; the stroke goes on from the
+   * next point, each piece one undoable edit. */
+  breakStroke(this: Viewer): void {
+    const d = this.drag
+    if (!d || (this.tool !== 'brush' && this.tool !== 'erase') || !d.stroke.length) return
+    d.done.push(d.stroke)
+    d.stroke = []
+  },
+
   setBrush(this: Viewer, px: number): void {
     this.brushPx = Math.max(1, Math.min(100, Math.round(px) || 1))
     const input = this.root.querySelector('#brush-size') as HTMLInputElement | null

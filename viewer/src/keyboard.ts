@@ -26,6 +26,11 @@ const IMAGE_KEYS: Record<string, string> = {
   m: 'layout switch (M)', M: 'layout switch (M)', '+': 'zoom (+)', '=': 'zoom (+)', '-': 'zoom (−)', '0': 'zoom reset (0)',
 }
 
+// Keys that flip something or act once: held down, the key's repeats (30 a second after half a second) flipped it
+// back and forth, so H, M or O held a moment too long ended hidden or shown, one view or three, by the count of
+// repeats, and N held sent a new object per repeat. A held one acts once, as its first press.
+const ONCE = new Set(['h', 'H', 'm', 'M', 'o', 'O', 'g', 'G', 'n', 'N'])
+
 // the input types whose keys edit text: ctrl+Z there is the field's own undo
 const TEXT_INPUTS = new Set(['text', 'search', 'number', 'email', 'password', 'url', 'tel'])
 
@@ -73,15 +78,16 @@ export const keyboardMethods = {
       this.sayNotShown(needs, 'applied', 'press it')
       return
     }
+    if (e.repeat && !ctrl && ONCE.has(k)) { e.preventDefault(); e.stopPropagation(); return }
     let handled = true
     if (k === 'Escape') {
       if (this.drag) {
         const stroke = this.tool === 'brush' || this.tool === 'erase'
         this.drag = null; this.showStatus(stroke ? 'Stroke cancelled.' : 'Box cancelled.'); this.drawOverlay()
       } else handled = false
-    } else if (ctrl && k.toLowerCase() === 'z' && e.shiftKey) this.history('redo', 'redo (ctrl+shift+Z)')  // the Mac's
-    else if (ctrl && k.toLowerCase() === 'z') this.history('undo', 'undo (ctrl+Z)')
-    else if (ctrl && k.toLowerCase() === 'y') this.history('redo', 'redo (ctrl+Y)')
+    } else if (ctrl && k.toLowerCase() === 'z' && e.shiftKey) this.history('redo', 'redo (ctrl+shift+Z)', e.repeat)  // the Mac's
+    else if (ctrl && k.toLowerCase() === 'z') this.history('undo', 'undo (ctrl+Z)', e.repeat)
+    else if (ctrl && k.toLowerCase() === 'y') this.history('redo', 'redo (ctrl+Y)', e.repeat)
     else if (ctrl) handled = false
     else if (k === 'ArrowUp' || k === 'PageUp') this.page(1)
     else if (k === 'ArrowDown' || k === 'PageDown') this.page(-1)

@@ -6,6 +6,7 @@ import { apiUrl, traceMark } from './util'
 
 export const navigationMethods = {
   applyLayout(this: Viewer): void {
+    this.breakStroke()
     const is2d = this.state?.is2d
     if (this.three && !is2d) this.nv.setSliceType(SLICE_TYPE.MULTIPLANAR)
     else this.nv.setSliceType(SLICE_OF[this.currentView] ?? SLICE_TYPE.AXIAL)
@@ -23,12 +24,14 @@ export const navigationMethods = {
 
   // both show the zoom in the corner at once: the keys (+, -, 0) and Fit left it saying the zoom before
   resetZoom(this: Viewer): void {
+    this.breakStroke()
     this.nv.setPan2Dxyzmm([0, 0, 0, 1] as any)
     this.drawOverlay()
     this.showInfo()
   },
 
   zoom(this: Viewer, factor: number): void {
+    this.breakStroke()
     const p = this.nv.scene.pan2Dxyzmm
     this.nv.setPan2Dxyzmm([p[0], p[1], p[2], Math.min(20, Math.max(0.5, p[3] * factor))] as any)
     this.drawOverlay()

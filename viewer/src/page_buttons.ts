@@ -20,6 +20,9 @@ export const pageButtonMethods = {
     document.addEventListener('mousedown', (e) => this.queueLabelChoice(e), true)  // Gradio's dropdown picks on mousedown
     document.addEventListener('keydown', (e) => this.queueLabelKey(e), true)  // ... and on Enter (ArrowDown, Enter)
     document.addEventListener('change', (e) => this.holdUpload(e), true)  // files chosen under Upload…
+    document.addEventListener('focusin', (e) => this.nameEntered(e), true)  // the label form's Name box: a name
+    document.addEventListener('keydown', (e) => this.nameEntered(e), true)  // typed and left without Enter is sent
+    document.addEventListener('focusout', (e) => this.nameLeft(e as FocusEvent), true)
     // a reload or a closed tab while edits were queued lost them without a word (the queue lives in this page: only
     // the one on its way reached the server; 5 quick clicks then F5 kept 1): the browser asks first. The page's
     // first script (app.viewer.api.LEAVE_GUARD) asks the same, before Gradio's listener; this one is for a page
@@ -107,6 +110,27 @@ export const pageButtonMethods = {
     const n = this.pending.length
     this.showStatus(n === 0 ? 'Upload: after the label change…'
       : `Upload: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+  },
+
+  /** The Name box's text as last given or sent: on focus, and on Enter (Gradio sends it then). */
+  nameEntered(this: Viewer, e: Event): void {
+    const input = e.target as HTMLInputElement | null
+    if (!input?.closest?.('#label-name')) return
+    if (e.type === 'focusin' || (e as KeyboardEvent).key === 'Enter') this.nameSent = input.value
+  },
+
+  /** A name typed in the label form's Name box and left without Enter (a click on the image to go on, Tab): it was
+   * never sent. The box went on showing it over a label still named as before (legend, table, Active label box),
+   * and the export carried the old name. Leaving the box now renames the label the form shows, as Enter does
+   * (Gradio's own submit, so the label form's label goes with it); not when the focus goes to Add label, whose
+   * press names the new label so. */
+  nameLeft(this: Viewer, e: FocusEvent): void {
+    const input = e.target as HTMLInputElement | null
+    if (!e.isTrusted || !input?.closest?.('#label-name') || !this.state?.study) return
+    if ((e.relatedTarget as Element | null)?.closest?.('#add-label')) return
+    if (!input.value.trim() || input.value === this.nameSent) return
+    this.nameSent = input.value
+    input.dispatchEvent(new KeyboardEvent('keypress', { key: 'Enter', code: 'Enter', bubbles: true, cancelable: true }))
   },
 
   releaseHeld(this: Viewer): void {

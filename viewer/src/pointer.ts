@@ -22,6 +22,7 @@ export const pointerMethods = {
     const stage = this.stage
     const editing = () => this.tool !== 'navigate'
     stage.focus({ preventScroll: true })
+    this.releaseLost(e, e.button)
     if ((e.button === 0 || e.button === 2) && (this.loading || !this.nv.volumes.length)) {
       // nothing shown to place it on: said at the release (a click, a box, a stroke or a window drag)
       e.stopPropagation(); e.preventDefault()
@@ -66,6 +67,7 @@ export const pointerMethods = {
   /** The mouse moved anywhere on the page: the window drag, box or stroke under way follows it; the brush ring too. */
   onMove(this: Viewer, e: MouseEvent): void {
     const stage = this.stage
+    this.releaseLost(e)
     const [x, y] = this.canvasXY(e)
     const inside = e.target === this.canvas || e.target === this.overlay || stage.contains(e.target as Node)
     this.hover = inside ? [x, y] : null
@@ -86,6 +88,28 @@ export const pointerMethods = {
       this.extendStroke(this.drag, x, y)
     }
     this.drawOverlay()
+  },
+
+  /** A drag whose button is no longer held, though its release never came: let go where the page could not see it
+   * (over a remote desktop's edge, after alt+tab, under a dialog). The stroke went on painting where the mouse merely
+   * hovered, the next press dropped the whole stroke without a word, and a window drag followed the mouse with no
+   * button down. Ended now as that release would have ended it, where the button was last seen held: a stroke is
+   * sent as drawn, a window kept; a box, whose corner is not known, is cancelled in one line. */
+  releaseLost(this: Viewer, e: MouseEvent, pressed = -1): void {
+    // a press of the drag's own button is a new drag: the old one's release was lost (``buttons`` holds the new press)
+    if (this.wl && (!(e.buttons & 2) || pressed === 2)) {
+      this.wl = null
+      this.onWindowDragged()
+    }
+    const d = this.drag
+    if (!d || (e.buttons & 1 && pressed !== 0)) return
+    if (this.tool !== 'brush' && this.tool !== 'erase' && Math.hypot(d.x - d.x0, d.y - d.y0) >= DRAG_PX) {
+      this.drag = null
+      this.sayBoxCancelled('the mouse button was let go where the page could not see it')
+      this.drawOverlay()
+      return
+    }
+    this.onRelease(new MouseEvent('mouseup', { button: 0, shiftKey: e.shiftKey }))
   },
 
   /** A button released anywhere on the page: the drag under way becomes its prompt (or the reason it has none). */

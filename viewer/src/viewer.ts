@@ -103,6 +103,8 @@ export class Viewer {
   encodeAgain = false
   exported: { boot: string; rev: number } | null = null  // the label revision the last export's file holds
   exportedTag = ''
+  nameSent = ''  // the label form's Name box as given or sent (focus, Enter): a name typed and left is sent (nameLeft)
+  stepsOnWay = 0  // undo and redo presses sent or waiting in the queue: a held key's repeats wait for them (history)
   editsQueued = 0  // label edits (prompts, strokes, undo, redo) sent or waiting in the queue: a reload asks first
   labelChanges = 0  // label choices and Add label presses queued: prompts made meanwhile take their label when sent
   chosen: { label: number } | null = null  // the newest label choice still on its way (H hides its label: shownActive)
