@@ -35,7 +35,8 @@ from data.volume import SourceRef, Volume
 from data.writers import atomic_output
 
 LABEL_EXTS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
-UPLOAD_EXTS = (".nii.gz", ".nii", ".nrrd", ".dcm")
+IMAGE_EXTS = (".nii.gz", ".nii", ".nrrd")  # one file, one image: never a slice of a series
+UPLOAD_EXTS = (*IMAGE_EXTS, ".dcm")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _SAFE_TAG = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
@@ -342,6 +343,11 @@ class SessionsFull(Exception):
 def read_uploads(uploads: list[tuple[str, Path]], folder: Path) -> tuple[Path, Volume]:
     """(the image, its volume) from a viewer's upload moved into ``folder``: ``uploads`` are (client file name, saved
     temp file); one file is one image, several a DICOM series. ``folder`` is the caller's to remove."""
+    images = [Path(name).name for name, _ in uploads if name and name.lower().endswith(IMAGE_EXTS)]
+    if len(uploads) > 1 and images:
+        # the series opened and the image was left out, told in the server's log only (session 24's pass)
+        raise StudyError(f"{images[0]}: a {_ext(Path(images[0]))} image among {len(uploads)} files sent; expected "
+                         "one image alone, or DICOM files only (a series): send it in a request of its own")
     for n, (name, tmp) in enumerate(uploads):
         safe = Path(name or f"image{n}").name
         # a lone DICOM file is often named IM0001 or by its UID (its DICM marker tells it; session 24: refused)

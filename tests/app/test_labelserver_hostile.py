@@ -379,6 +379,20 @@ def test_a_refused_series_upload_names_the_files_sent_not_the_servers_folder(ser
     assert not any(sessions.iterdir())
 
 
+def test_a_series_upload_with_a_nifti_among_its_files_is_refused_naming_it(served):
+    """PUT /session/ of the real CT series and a NIfTI: the series opened (200) and the NIfTI was left out, told in
+    the server's log only; the client saw a session of the series, as if all it sent were in it (session 24's pass)."""
+    client, _, sessions = served
+    series = sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").glob("*.dcm"))
+    nifti = nib.Nifti1Image(np.zeros((32, 32, 4), np.int16), np.eye(4)).to_bytes()
+    r = client.put("/session/", files=[*[("files", (p.name, p.read_bytes())) for p in series],
+                                       ("files", ("scan.nii", nifti))])
+    assert r.status_code == 400 and r.json()["detail"] == (
+        "scan.nii: a .nii image among 13 files sent; expected one image alone, or DICOM files only (a series): "
+        "send it in a request of its own"), r.text
+    assert not any(sessions.iterdir())
+
+
 def test_an_nrrd_with_sheared_space_directions_is_refused_like_a_nifti(served):
     """space directions (1,0.5,0) (0,1,0) (0,0,2): ITK kept the non-perpendicular axes and the session opened on
     a direction matrix that is no rotation (200); the NIfTI reader refuses shear."""
