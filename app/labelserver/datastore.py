@@ -548,26 +548,40 @@ class StudiesDir(Datastore):
         self._cache: OrderedDict[str, Volume] = OrderedDict()
         self._lock = threading.Lock()
         self._adding = threading.Lock()
+        if clash := next(iter(self._clashes().values()), None):
+            raise StudyError(f"--studies {self.root}: {clash}")
 
-    def _entries(self) -> dict[str, Path]:
-        out: dict[str, Path] = {}
+    def _found(self) -> dict[str, list[Path]]:
+        """Each image id with every file or series folder of the folder named so (sorted)."""
+        out: dict[str, list[Path]] = {}
         for p in sorted(self.root.iterdir()):
             if p.name.startswith(".") or p.name == "labels":
                 continue
             if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz", ".nrrd")):
-                out.setdefault(stem(p.name), p)
+                out.setdefault(stem(p.name), []).append(p)
             elif p.is_dir() and _SAFE_ID.match(p.name):
-                out.setdefault(p.name, p)
+                out.setdefault(p.name, []).append(p)
         return {k: v for k, v in out.items() if _SAFE_ID.match(k)}
+
+    def _clashes(self) -> dict[str, str]:
+        """Ids that name two images (``ct.nii`` beside ``ct.nii.gz``, a series folder ``ct`` beside ``ct.nii.gz``):
+        the first in sorted order was served and the other was invisible to every client (session 24's pass)."""
+        return {k: f"{' and '.join(p.name for p in v)} are both image {k!r}; expected one image per name: rename or "
+                   "move all but one" for k, v in self._found().items() if len(v) > 1}
+
+    def _entries(self) -> dict[str, Path]:
+        return {k: v[0] for k, v in self._found().items()}
 
     def ids(self) -> list[str]:
         return list(self._entries())
 
     def path(self, image_id: str) -> Path:
-        p = self._entries().get(check_id(image_id))
-        if p is None:
+        found = self._found().get(check_id(image_id))
+        if found is None:
             raise NotFound(f"image {image_id!r} not in the datastore")
-        return p
+        if len(found) > 1:  # appeared after the start: refused, not one of them picked
+            raise StudyError(self._clashes()[image_id])
+        return found[0]
 
     def image_ext(self, image_id: str) -> str:
         p = self.path(image_id)

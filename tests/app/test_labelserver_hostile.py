@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from app.labelserver.datastore import Sessions, StudiesDir
 from app.labelserver.server import ServerConfig, build_app
+from data.readers import StudyError
 from tests.conftest import DATA
 
 GRID = (4, 32, 32)  # k, j, i
@@ -391,6 +392,22 @@ def test_a_series_upload_with_a_nifti_among_its_files_is_refused_naming_it(serve
         "scan.nii: a .nii image among 13 files sent; expected one image alone, or DICOM files only (a series): "
         "send it in a request of its own"), r.text
     assert not any(sessions.iterdir())
+
+
+@pytest.mark.parametrize("other", ["ct.nii", "ct"])
+def test_two_images_of_one_id_in_studies_are_refused_not_one_hidden(served, tmp_path, other):
+    """`ct.nii` (or a series folder `ct`) beside `ct.nii.gz` in --studies: the first in sorted order was served as
+    `ct` and the other was invisible to every client, without a word at start (session 24's pass)."""
+    client, studies, _ = served
+    (studies / other).mkdir() if other == "ct" else sitk.WriteImage(sitk.Image(8, 8, 2, sitk.sitkInt16),
+                                                                     str(studies / other))
+    names = "ct and ct.nii.gz" if other == "ct" else "ct.nii and ct.nii.gz"
+    said = f"{names} are both image 'ct'; expected one image per name: rename or move all but one"
+    with pytest.raises(StudyError) as e:  # at the start: `medseg labelserver --studies` says it and stops
+        StudiesDir(studies)
+    assert str(e.value) == f"--studies {studies}: {said}"
+    r = client.get("/datastore/image", params={"image": "ct"})  # appeared while it ran: refused, not one picked
+    assert r.status_code == 400 and r.json()["detail"] == said, r.text
 
 
 def test_an_nrrd_with_sheared_space_directions_is_refused_like_a_nifti(served):
