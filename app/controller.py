@@ -38,7 +38,7 @@ from app.session import PALETTE, UNRESTORED, Edit, Session, SessionError, Sessio
 from app.uploads import import_upload
 from data.readers import SeveralSeriesError, StudyWarning, UnevenStudyError, read_study
 from data.untrusted import one_line
-from data.volume import Volume
+from data.volume import THICKNESS_UNKNOWN, Volume
 from data.writers import write_label_nifti
 from models.prompts import PromptError
 from models.checkpoint import CheckpointError
@@ -899,6 +899,9 @@ def _size_fact(v: Volume) -> str:
     sx, sy, sz = v.spacing
     if v.slice_spacing_is_physical:
         return f"spacing {sx:.3g} × {sy:.3g} × {sz:.3g} mm, orientation {v.orientation_code()}"
+    if v.size_is_physical and THICKNESS_UNKNOWN in v.source.geometry:
+        return (f"pixel size {sx:.3g} × {sy:.3g} mm; slice thickness unknown (not in the file: no volume in mL), "
+                f"orientation {v.orientation_code()}")
     if v.size_is_physical:
         return (f"pixel size {sx:.3g} × {sy:.3g} mm; {v.num_slices} frames not placed (their distance unknown: "
                 "no volume in mL), no patient orientation")
