@@ -361,10 +361,8 @@ def read_uploads(uploads: list[tuple[str, Path]], folder: Path) -> tuple[Path, V
     try:
         return folder, read_upload(folder, folder)
     except StudyError as e:
-        # the reader names the folder, which is the server's (a uuid), where the client sent files (session 24);
-        # the CLI's --allow-uneven is no choice here
-        said = str(e).replace(str(folder), f"the {len(uploads)} files sent").replace(", or pass --allow-uneven", "")
-        raise StudyError(said) from None
+        # the reader names the folder, which is the server's (a uuid), where the client sent files (session 24)
+        raise StudyError(str(e).replace(str(folder), f"the {len(uploads)} files sent")) from None
 
 
 class Sessions:

@@ -410,6 +410,21 @@ def test_two_images_of_one_id_in_studies_are_refused_not_one_hidden(served, tmp_
     assert r.status_code == 400 and r.json()["detail"] == said, r.text
 
 
+def test_a_studies_series_with_a_slice_missing_is_refused_without_the_clis_flag(served):
+    """A series folder of --studies less one slice: `GET /datastore/image` said `...; add the missing file(s), open
+    the complete series, or pass --allow-uneven`, a flag the label server does not have (nor its client); a PACS
+    series read by the server said so too (session 24's pass)."""
+    client, studies, _ = served
+    (studies / "head").mkdir()
+    for p in sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").glob("*.dcm")):
+        if p.name != "IM0006.dcm":
+            (studies / "head" / p.name).write_bytes(p.read_bytes())
+    r = client.get("/datastore/image", params={"image": "head"})
+    assert r.status_code == 400 and r.json()["detail"].endswith(
+        "1 slice(s) missing between IM0005.dcm (0.75 mm) and IM0007.dcm (3.75 mm) (the other slices are 1.5 mm "
+        "apart); add the missing file(s), open the complete series"), r.text
+
+
 def test_an_nrrd_with_sheared_space_directions_is_refused_like_a_nifti(served):
     """space directions (1,0.5,0) (0,1,0) (0,0,2): ITK kept the non-perpendicular axes and the session opened on
     a direction matrix that is no rotation (200); the NIfTI reader refuses shear."""
