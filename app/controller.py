@@ -38,7 +38,7 @@ from app.session import PALETTE, UNRESTORED, Edit, Session, SessionError, Sessio
 from app.uploads import import_upload
 from data.readers import SeveralSeriesError, StudyWarning, UnevenStudyError, read_study
 from data.untrusted import one_line
-from data.volume import Volume
+from data.volume import THICKNESS_UNKNOWN, Volume
 from data.writers import write_label_nifti
 from models.prompts import PromptError
 from models.checkpoint import CheckpointError
@@ -222,7 +222,7 @@ def open_upload(ctx: AppContext, session: Session, files: list[str], progress: P
         except SeveralSeriesError as e:  # the user picks one (app/series_picker.py); the open study stays as it is
             return _offer(session, (upload_dir, path, name, series_choices(e.series)), kept, several_status(name, e))
         except UnevenStudyError as e:  # opened only if the user asks for the mean spacing (the CLI's --allow-uneven)
-            return _offer(session, (upload_dir, path, name, [uneven_choice(None)]), kept, uneven_status(e, path))
+            return offer_uneven(session, (upload_dir, path, name), e, kept)
     except BaseException:
         shutil.rmtree(upload_dir, ignore_errors=True)
         raise
@@ -240,6 +240,13 @@ def _offer(session: Session, pending: tuple, kept: list[Path], status: str) -> V
     session.runtime[PENDING_SERIES] = pending
     _drop_uploads(session, kept)
     return view_model(session, status)
+
+
+def offer_uneven(session: Session, where: tuple[Path, Path, str], error: BaseException,
+                 kept: list[Path] | None = None) -> ViewModel:
+    """Offer a study refused for its uneven slices at the mean spacing under Upload (``where``: its folder, path and
+    name), the reader's refusal in the UI's words; an upload and a PACS series alike."""
+    return _offer(session, (*where, [uneven_choice(None)]), kept or [], uneven_status(error, where[1]))
 
 
 def uneven_choice(uid: str | None) -> tuple[str, str]:
@@ -287,7 +294,8 @@ def open_pending_series(ctx: AppContext, session: Session, uid: str, progress: P
         return view_model(session, uneven_status(e, path))
     session.runtime.pop(PENDING_SERIES, None)
     uploads = session.directory / "uploads"
-    _drop_uploads(session, [p for p in uploads.iterdir() if p.is_dir() and p != upload_dir])
+    others = [p for p in uploads.iterdir() if p.is_dir() and p != upload_dir] if uploads.is_dir() else []  # PACS only
+    _drop_uploads(session, others)
     return view
 
 
@@ -899,6 +907,9 @@ def _size_fact(v: Volume) -> str:
     sx, sy, sz = v.spacing
     if v.slice_spacing_is_physical:
         return f"spacing {sx:.3g} × {sy:.3g} × {sz:.3g} mm, orientation {v.orientation_code()}"
+    if v.size_is_physical and THICKNESS_UNKNOWN in v.source.geometry:
+        return (f"pixel size {sx:.3g} × {sy:.3g} mm; slice thickness unknown (not in the file: no volume in mL), "
+                f"orientation {v.orientation_code()}")
     if v.size_is_physical:
         return (f"pixel size {sx:.3g} × {sy:.3g} mm; {v.num_slices} frames not placed (their distance unknown: "
                 "no volume in mL), no patient orientation")

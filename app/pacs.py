@@ -13,6 +13,7 @@ from app import controller
 from app.controller import AppContext, ViewModel
 from app.page_wiring import PageWiring
 from app.session import SessionError
+from data.readers import UnevenStudyError
 
 
 def series_choices(base: str) -> list[tuple[str, str]]:
@@ -49,7 +50,11 @@ def open_series(ctx: AppContext, session, url: str, progress: controller.Progres
     folder = fetch_series(target, session.directory / "pacs" / time.strftime("%Y%m%d-%H%M%S"),
                           max_voxels=limits.max_voxels, max_bytes=limits.max_upload_bytes,
                           max_instances=limits.max_upload_files, timeout=limits.dicomweb_timeout_s, progress=step)
-    return controller._open(ctx, session, folder, f"PACS series {target.series_uid[-12:]}", progress)
+    name = f"PACS series {target.series_uid[-12:]}"
+    try:
+        return controller._open(ctx, session, folder, name, progress)
+    except UnevenStudyError as e:  # offered at the mean spacing under Upload, as an upload is; it said "pass
+        return controller.offer_uneven(session, (folder, folder, name), e)  # --allow-uneven" (session 24's pass)
 
 
 def export_to_pacs(ctx: AppContext, sid: str, base: str) -> ViewModel:
@@ -81,10 +86,11 @@ def layout(base: str | None) -> dict[str, Any] | None:
     return {"base": base, "series": series, "refresh": refresh, "open": open_btn, "export": export}
 
 
-def wire(panel: dict[str, Any] | None, page: PageWiring) -> None:
-    """Connect the panel's buttons; errors come back through ``guarded`` as one line, as elsewhere."""
+def wire(panel: dict[str, Any] | None, page: PageWiring) -> Any:
+    """Connect the panel's buttons; errors come back through ``guarded`` as one line, as elsewhere. Returns the Open
+    event (None without a panel): the Upload picker follows it, for a series offered at its mean slice spacing."""
     if panel is None:
-        return
+        return None
     import gradio as gr
 
     from app.errors import USER_ERRORS
@@ -109,6 +115,7 @@ def wire(panel: dict[str, Any] | None, page: PageWiring) -> None:
 
     panel["refresh"].click(on_list, [], [panel["series"], page.status])
     # a new session token first: a cookie planted after the page opened must not receive the retrieved study
-    panel["open"].click(on_open, [page.sid, panel["series"]], page.outputs, js=rotate_first_js(2)).then(
-        page.warm, [page.sid], [page.status], show_progress="minimal", **page.gpu)
+    opened = panel["open"].click(on_open, [page.sid, panel["series"]], page.outputs, js=rotate_first_js(2))
+    opened.then(page.warm, [page.sid], [page.status], show_progress="minimal", **page.gpu)
     panel["export"].click(on_export, [page.sid], page.outputs)
+    return opened

@@ -46,9 +46,10 @@ def layout():
                        elem_id="upload-series")
 
 
-def wire(picker, page: PageWiring, after_upload, extra_outputs: list, extra_values: Callable[[], list]) -> None:
-    """Show the picker after an upload that holds several series (``after_upload``: the upload's event), hide it once
-    one is open; a pick opens that series like an upload, through ``guarded`` (one line on error)."""
+def wire(picker, page: PageWiring, after_upload: list, extra_outputs: list, extra_values: Callable[[], list]) -> None:
+    """Show the picker after an upload that holds several series or uneven slices (``after_upload``: the upload's
+    event, and the PACS panel's Open), hide it once one is open; a pick opens that series like an upload, through
+    ``guarded`` (one line on error)."""
     import gradio as gr
 
     ctx, sid, outputs = page.ctx, page.sid, page.outputs
@@ -62,6 +63,7 @@ def wire(picker, page: PageWiring, after_upload, extra_outputs: list, extra_valu
             return [gr.skip()] * (len(outputs) + len(extra_outputs))
         return page.guarded(controller.open_pending_series, s, uid, lambda f, d: progress(f, desc=d)) + extra_values()
 
-    after_upload.then(shown, [sid], [picker])
+    for event in after_upload:
+        event.then(shown, [sid], [picker])
     picker.input(on_pick, [sid, picker], outputs + extra_outputs).then(shown, [sid], [picker]).then(
         page.warm, [sid], [page.status], show_progress="minimal", **page.gpu)

@@ -349,7 +349,7 @@ def build_app(config: UIConfig):
             exports.pop(getattr(request, "session_hash", None), None)
 
         wiring = PageWiring(ctx, sid, outputs, status, guarded, warm, GPU)
-        pacs.wire(pacs_panel, wiring)
+        pacs_opened = pacs.wire(pacs_panel, wiring)
 
         load_event = demo.load(on_load, None, outputs)
         load_event.then(warm, [sid], [status], show_progress="minimal", **GPU)
@@ -369,7 +369,8 @@ def build_app(config: UIConfig):
             warm, [sid], [status], show_progress="minimal", **GPU)
         uploaded = upload.upload(on_upload, [sid, upload], outputs + [download])
         uploaded.then(warm, [sid], [status], show_progress="minimal", **GPU)
-        series_picker.wire(upload_series, wiring, uploaded, [download], lambda: [_no_download()])
+        series_picker.wire(upload_series, wiring, [uploaded, *([pacs_opened] if pacs_opened else [])], [download],
+                           lambda: [_no_download()])
 
         # --- looking (the viewer pages, zooms and windows itself; these set the window by name or number) --
         def display(s, w, lv, wd):

@@ -123,8 +123,11 @@ def _check_scaling(slope: float, inter: float) -> None:
     every HU); with a valid slope, nibabel refuses an infinite or NaN intercept ("Valid slope but invalid intercept")
     and ITK reads it as 0: a slope of 2 with a NaN intercept opened as 2 x stored (session 21; a 2D one, read by
     nibabel, was refused in its words). A NaN intercept without a slope (nibabel writes NaN, NaN for "no scaling") is
-    no scaling to both."""
-    if not math.isfinite(slope) or slope == 0:
+    no scaling to both. An infinite slope opened unscaled without a word (session 24's pass): refused, as in doubt."""
+    if math.isinf(slope):  # 0 and NaN are "no scaling" as NIfTI and nibabel write it; inf is a scaling none can apply
+        raise NiftiCheckError(f"scl_slope = {slope:g}: expected a finite voxel scaling (or 0 or NaN for none); the "
+                              "header asks for a scaling that cannot be applied")
+    if math.isnan(slope) or slope == 0:
         if math.isfinite(inter) and inter != 0:
             raise NiftiCheckError(f"scl_slope = {slope:g} (no scaling) with scl_inter = {inter:g}: readers disagree "
                                   "whether to add the intercept; set scl_inter to 0 or give a valid scl_slope")

@@ -48,7 +48,7 @@ from data.series_geometry import (ONE_PATIENT_AND_STUDY, SAME_IN_EVERY_SLICE, Ge
 from data.study_errors import (SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError, check_voxels,
                                first_line, header_int, voxel_limit)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
-from data.volume import FRAMES_NOT_PLACED, SPLIT_ENHANCED, SourceRef, Volume
+from data.volume import FRAMES_NOT_PLACED, SPLIT_ENHANCED, THICKNESS_UNKNOWN, SourceRef, Volume
 
 # pydicom checks a value against its VR when it is first used, after the read, and warns naming no file ("The value
 # length (66) exceeds the maximum length of 64 allowed for VR UI. Please see <url>"): such notes reached the CLI's
@@ -939,6 +939,17 @@ def _one_slice_thickness(ds: pydicom.Dataset, image: sitk.Image) -> float | None
     return thickness if 1e-6 <= thickness <= 1e5 else None  # NaN too; outside, check_geometry_range would refuse
 
 
+def _unknown_thickness(ds: pydicom.Dataset, image: sitk.Image, *, placed: bool) -> str:
+    """The note on a single placed slice that gives no thickness (neither SliceThickness nor SpacingBetweenSlices, or
+    no usable one): GDCM makes it 1 mm thick, and the labels table gave mL from that as if measured (session 24's
+    pass). The note keeps volumes from being measured with it (``Volume.slice_spacing_is_physical``)."""
+    if not placed or (image.GetDimension() == 3 and image.GetSize()[2] != 1) \
+            or ds.get("SpacingBetweenSlices") not in (None, ""):
+        return ""
+    return (f"; {THICKNESS_UNKNOWN}: neither SliceThickness nor SpacingBetweenSlices in the file (the "
+            f"{image.GetSpacing()[2]:g} mm is a placeholder; no volume is measured)")
+
+
 def _unplaced_frames(image: sitk.Image, *, placed: bool) -> str:
     """The note on the geometry of a multi-frame image the file does not place (no ImageOrientationPatient, no
     functional groups: a cine, a multi-frame secondary capture). Why: the distance between its frames is not in the
@@ -1053,7 +1064,8 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         image.SetDirection(frames.direction)
         for note in frames.notes:
             warnings.warn(one_line(f"{path}: {note}"), StudyWarning, stacklevel=2)
-    if frames is None and "ImageOrientationPatient" in ds and (thick := _one_slice_thickness(ds, image)) is not None:
+    thick = _one_slice_thickness(ds, image) if frames is None and "ImageOrientationPatient" in ds else None
+    if thick is not None:
         image.SetSpacing((*image.GetSpacing()[:2], thick))
     us = _ultrasound_pixel_mm(ds) if frames is None and "ImageOrientationPatient" not in ds else None
     if us is not None:
@@ -1083,7 +1095,9 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
                        "own plane, no patient position)" if us is not None
                   else f"{PIXELS_BY_ASPECT} {aspect[2]}: relative pixel sizes, not mm)"
                   if aspect is not None else "none (identity)") + _unplaced_frames(image, placed=frames is not None
-                                                                   or "ImageOrientationPatient" in ds),
+                                                                   or "ImageOrientationPatient" in ds)
+                 + _unknown_thickness(ds, image, placed=frames is None and "ImageOrientationPatient" in ds
+                                      and thick is None),
     )
     volume = Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
     return _check_ct_values(path, volume, ds)

@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 import pydicom
 
+from data.study_errors import ALLOW_UNEVEN_ADVICE
+
 SPACING_TOLERANCE = 0.02  # relative deviation of one slice step from the median step still called even
 ORTHONORMAL_TOLERANCE = 1e-2  # |row|, |column| within 1 +- this (GDCM normalises them, the direction kept)
 # |row . column| / (|row| |column|) at most this. GDCM replaces an orientation off perpendicular by more than 1e-3 with
@@ -247,11 +249,11 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
         missing = int(round(float(np.dot(step, typical)) / size**2)) - 1
         if missing >= 1 and np.linalg.norm(step - (missing + 1) * typical) <= tol * (missing + 1):
             fault = f"{missing} slice(s) missing {where(n)} (the other slices are {size:.3g} mm apart)"
-            fix = "add the missing file(s), open the complete series, or pass --allow-uneven"
+            fix = "add the missing file(s), open the complete series" + ALLOW_UNEVEN_ADVICE
         else:
             fault = (f"uneven slice spacing, a step of {np.linalg.norm(step):.3g} mm {where(n)} while the others are "
                      f"{size:.3g} mm" + _off_by(step, typical, tol))
-            fix = "resample the series to even spacing (e.g. in 3D Slicer), or pass --allow-uneven"
+            fix = "resample the series to even spacing (e.g. in 3D Slicer)" + ALLOW_UNEVEN_ADVICE
         if not allow_uneven:
             raise UnevenSpacingError(f"{fault}; {fix}")
         notes.append(fault)

@@ -35,6 +35,17 @@ class SeveralSeriesError(StudyError):
         self.series = series
 
 
+# the end of a refusal for uneven slices (``data.series_geometry``): advice for the CLI, whose commands that read a
+# study take --allow-uneven; callers without that flag drop it (``without_cli_advice``)
+ALLOW_UNEVEN_ADVICE = ", or pass --allow-uneven"
+
+
+def without_cli_advice(text: str) -> str:
+    """A reader's refusal without the CLI's ``--allow-uneven``, for a caller that has no such flag: the label server,
+    an eval manifest's row (session 24's pass: both said to pass it)."""
+    return text.replace(ALLOW_UNEVEN_ADVICE, "")
+
+
 class UnevenStudyError(StudyError):
     """A study refused only for uneven slice spacing or missing slices: ``allow_uneven=True`` opens it at the mean
     spacing with a note (the CLI's ``--allow-uneven``, the UI's choice under Upload)."""

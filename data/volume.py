@@ -23,6 +23,8 @@ import SimpleITK as sitk
 
 # in ``SourceRef.geometry`` of a multi-frame DICOM that does not place its frames (``Volume.slice_spacing_is_physical``)
 FRAMES_NOT_PLACED = "frames not placed"
+# in ``SourceRef.geometry`` of a single placed DICOM slice that gives no thickness (``Volume.slice_spacing_is_physical``)
+THICKNESS_UNKNOWN = "slice thickness unknown"
 # in ``SourceRef.geometry`` of a series split into enhanced multi-frame files, stacked by their frames' positions
 SPLIT_ENHANCED = "per-frame functional groups of "
 
@@ -112,8 +114,10 @@ class Volume:
         """Whether the distance between slices is the file's own too, so a volume means mL and a plane across the
         slices mm². A multi-frame DICOM placed neither by ImageOrientationPatient nor by functional groups (an
         ultrasound or XA cine, a multi-frame secondary capture) holds its frames' order, not their distance: GDCM
-        puts them 1 mm apart (or FrameTime's milliseconds), and a label's volume in mL was computed from that."""
-        return self.size_is_physical and FRAMES_NOT_PLACED not in self.source.geometry
+        puts them 1 mm apart (or FrameTime's milliseconds), and a label's volume in mL was computed from that. A single
+        placed slice with neither SliceThickness nor SpacingBetweenSlices is GDCM's 1 mm thick: no measurement either."""
+        return self.size_is_physical and FRAMES_NOT_PLACED not in self.source.geometry \
+            and THICKNESS_UNKNOWN not in self.source.geometry
 
     @property
     def direction_matrix(self) -> np.ndarray:

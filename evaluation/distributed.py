@@ -80,10 +80,18 @@ class BatchResult:
     retried_tasks: int = 0  # tasks the driver re-queued after their worker was lost
 
 
+# a case's file name keeps this much of its id: with the checksum, the suffix and atomic_output's temporary's dots and
+# random part it stays under a file name's 255 bytes (a 240-character id failed in the file system's words, session 24)
+CASE_STEM_CHARS = 180
+
+
 def case_stem(case_id: str) -> str:
-    """A file name for a case id; ids with other characters get a checksum so two never collide."""
+    """A file name for a case id; ids with other characters, or longer than CASE_STEM_CHARS (cut there), get a
+    checksum of the whole id so two never collide."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", case_id)
-    return safe if safe == case_id else f"{safe}-{zlib.crc32(case_id.encode('utf-8')):08x}"
+    if safe == case_id and len(safe) <= CASE_STEM_CHARS:
+        return safe
+    return f"{safe[:CASE_STEM_CHARS]}-{zlib.crc32(case_id.encode('utf-8')):08x}"
 
 
 def case_path(output: Path, case_id: str) -> Path:

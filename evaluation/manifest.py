@@ -34,6 +34,7 @@ import numpy as np
 
 from data.pictures import TRANSPARENCY_IGNORED, exif_mismatch, refuse_lossy_mask, visible_pixels
 from data.readers import StudyError, read_study
+from data.study_errors import without_cli_advice
 from data.volume import Volume
 from data.windowing import Window, default_window, slice_to_rgb
 
@@ -284,7 +285,9 @@ class CaseLoader:
                         warnings.filterwarnings("ignore", message=f".*{re.escape(TRANSPARENCY_IGNORED)}")
                     self._volumes[path] = read_study(path)
             except StudyError as e:
-                raise ManifestError(f"{_where(self.manifest, spec.line, column)}: {e}") from e
+                # eval and batch have no --allow-uneven: a series with a slice missing said to pass it (session 24)
+                said = without_cli_advice(str(e))
+                raise ManifestError(f"{_where(self.manifest, spec.line, column)}: {said}") from e
         return self._volumes[path]
 
     def _slice_index(self, volume: Volume, spec: CaseSpec, column: str) -> int:

@@ -35,7 +35,8 @@ from data.volume import SourceRef, Volume
 from data.writers import atomic_output
 
 LABEL_EXTS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
-UPLOAD_EXTS = (".nii.gz", ".nii", ".nrrd", ".dcm")
+IMAGE_EXTS = (".nii.gz", ".nii", ".nrrd")  # one file, one image: never a slice of a series
+UPLOAD_EXTS = (*IMAGE_EXTS, ".dcm")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _SAFE_TAG = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
@@ -342,6 +343,11 @@ class SessionsFull(Exception):
 def read_uploads(uploads: list[tuple[str, Path]], folder: Path) -> tuple[Path, Volume]:
     """(the image, its volume) from a viewer's upload moved into ``folder``: ``uploads`` are (client file name, saved
     temp file); one file is one image, several a DICOM series. ``folder`` is the caller's to remove."""
+    images = [Path(name).name for name, _ in uploads if name and name.lower().endswith(IMAGE_EXTS)]
+    if len(uploads) > 1 and images:
+        # the series opened and the image was left out, told in the server's log only (session 24's pass)
+        raise StudyError(f"{images[0]}: a {_ext(Path(images[0]))} image among {len(uploads)} files sent; expected "
+                         "one image alone, or DICOM files only (a series): send it in a request of its own")
     for n, (name, tmp) in enumerate(uploads):
         safe = Path(name or f"image{n}").name
         # a lone DICOM file is often named IM0001 or by its UID (its DICM marker tells it; session 24: refused)
@@ -355,10 +361,8 @@ def read_uploads(uploads: list[tuple[str, Path]], folder: Path) -> tuple[Path, V
     try:
         return folder, read_upload(folder, folder)
     except StudyError as e:
-        # the reader names the folder, which is the server's (a uuid), where the client sent files (session 24);
-        # the CLI's --allow-uneven is no choice here
-        said = str(e).replace(str(folder), f"the {len(uploads)} files sent").replace(", or pass --allow-uneven", "")
-        raise StudyError(said) from None
+        # the reader names the folder, which is the server's (a uuid), where the client sent files (session 24)
+        raise StudyError(str(e).replace(str(folder), f"the {len(uploads)} files sent")) from None
 
 
 class Sessions:
@@ -542,26 +546,40 @@ class StudiesDir(Datastore):
         self._cache: OrderedDict[str, Volume] = OrderedDict()
         self._lock = threading.Lock()
         self._adding = threading.Lock()
+        if clash := next(iter(self._clashes().values()), None):
+            raise StudyError(f"--studies {self.root}: {clash}")
 
-    def _entries(self) -> dict[str, Path]:
-        out: dict[str, Path] = {}
+    def _found(self) -> dict[str, list[Path]]:
+        """Each image id with every file or series folder of the folder named so (sorted)."""
+        out: dict[str, list[Path]] = {}
         for p in sorted(self.root.iterdir()):
             if p.name.startswith(".") or p.name == "labels":
                 continue
             if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz", ".nrrd")):
-                out.setdefault(stem(p.name), p)
+                out.setdefault(stem(p.name), []).append(p)
             elif p.is_dir() and _SAFE_ID.match(p.name):
-                out.setdefault(p.name, p)
+                out.setdefault(p.name, []).append(p)
         return {k: v for k, v in out.items() if _SAFE_ID.match(k)}
+
+    def _clashes(self) -> dict[str, str]:
+        """Ids that name two images (``ct.nii`` beside ``ct.nii.gz``, a series folder ``ct`` beside ``ct.nii.gz``):
+        the first in sorted order was served and the other was invisible to every client (session 24's pass)."""
+        return {k: f"{' and '.join(p.name for p in v)} are both image {k!r}; expected one image per name: rename or "
+                   "move all but one" for k, v in self._found().items() if len(v) > 1}
+
+    def _entries(self) -> dict[str, Path]:
+        return {k: v[0] for k, v in self._found().items()}
 
     def ids(self) -> list[str]:
         return list(self._entries())
 
     def path(self, image_id: str) -> Path:
-        p = self._entries().get(check_id(image_id))
-        if p is None:
+        found = self._found().get(check_id(image_id))
+        if found is None:
             raise NotFound(f"image {image_id!r} not in the datastore")
-        return p
+        if len(found) > 1:  # appeared after the start: refused, not one of them picked
+            raise StudyError(self._clashes()[image_id])
+        return found[0]
 
     def image_ext(self, image_id: str) -> str:
         p = self.path(image_id)

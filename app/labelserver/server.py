@@ -53,6 +53,7 @@ from app.labelserver.datastore import (
 from app.labelserver.inference import InferError, model_entries, run_infer
 from data.dicom_seg import DicomSegError, medseg_version, write_dicom_seg
 from data.readers import StudyError
+from data.study_errors import without_cli_advice
 from data.volume import Volume
 from models.prompts import PromptError
 
@@ -407,7 +408,8 @@ def build_app(cfg: ServerConfig) -> Starlette:
         PromptError: lambda r, e: _error(400, str(e)),
         BadLabel: lambda r, e: _error(400, str(e)),
         DicomSegError: lambda r, e: _error(400, str(e)),
-        StudyError: lambda r, e: _error(_study_status(e), str(e)),
+        # no --allow-uneven here: a --studies series folder or a PACS series with a slice missing said to pass it
+        StudyError: lambda r, e: _error(_study_status(e), without_cli_advice(str(e))),
         ValueError: lambda r, e: _error(400, str(e)),
         OSError: lambda r, e: _error(500, "the server could not read or write a file"),
     }

@@ -747,5 +747,32 @@ def test_no_volume_is_claimed_where_the_file_does_not_place_its_frames(tmp_path)
     assert "frames not placed" in volume.source.geometry  # medseg info prints it
 
 
+def test_no_volume_is_claimed_for_one_slice_that_gives_no_thickness(tmp_path):
+    """One slice of the real head CT without SliceThickness and SpacingBetweenSlices opened 1 mm thick (GDCM's
+    default): the facts said `0.957 × 0.957 × 1 mm` and the labels table gave mL from that placeholder (session 24's
+    pass). Now the volume cell is "—", the facts say the thickness is unknown, `medseg info`'s geometry says why; the
+    slice's own area stays in mm², and one with a SliceThickness keeps its mL."""
+    import pydicom
+
+    from app import controller
+
+    ds = pydicom.dcmread(DATA / "dicom" / "ct_head_0051_series_k050-061" / "IM0001.dcm")
+    del ds.SliceThickness
+    ds.save_as(tmp_path / "thin.dcm")
+    volume = read_study(tmp_path / "thin.dcm")
+    assert volume.size_is_physical and not volume.slice_spacing_is_physical
+    session = Session(id=SID, directory=tmp_path, model="litemedsam")
+    session.start_study(volume, str(tmp_path / "thin.dcm"), "thin.dcm")
+    session.labels[0, 5:15, 5:15] = 1
+    session.view.view = "axial"
+    assert interaction.measurements(session) == [[1, "label 1", 100, round(100 * 0.9570312**2, 2), "—"]]
+    facts = controller.facts(session)
+    assert "slice thickness unknown (not in the file: no volume in mL)" in facts and " × 1 mm" not in facts
+    assert volume.source.geometry.endswith("; slice thickness unknown: neither SliceThickness nor SpacingBetweenSlices "
+                                           "in the file (the 1 mm is a placeholder; no volume is measured)")
+    measured = read_study(DATA / "dicom" / "ct_head_0051_series_k050-061" / "IM0001.dcm")  # 1.5 mm thick
+    assert measured.slice_spacing_is_physical and "thickness unknown" not in measured.source.geometry
+
+
 def test_a_study_with_geometry_keeps_its_area_and_volume():
     assert _warm()["volume"].size_is_physical and read_study(DATA_CT_NIFTI).size_is_physical

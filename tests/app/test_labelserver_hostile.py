@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 
 from app.labelserver.datastore import Sessions, StudiesDir
 from app.labelserver.server import ServerConfig, build_app
+from data.readers import StudyError
 from tests.conftest import DATA
 
 GRID = (4, 32, 32)  # k, j, i
@@ -377,6 +378,51 @@ def test_a_refused_series_upload_names_the_files_sent_not_the_servers_folder(ser
     r = client.put("/session/", files=[("files", ("a.dcm", b"x" * 200)), ("files", ("b.dcm", b"y" * 200))])
     assert r.status_code == 400 and r.json()["detail"].startswith("the 2 files sent: no DICOM image series"), r.text
     assert not any(sessions.iterdir())
+
+
+def test_a_series_upload_with_a_nifti_among_its_files_is_refused_naming_it(served):
+    """PUT /session/ of the real CT series and a NIfTI: the series opened (200) and the NIfTI was left out, told in
+    the server's log only; the client saw a session of the series, as if all it sent were in it (session 24's pass)."""
+    client, _, sessions = served
+    series = sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").glob("*.dcm"))
+    nifti = nib.Nifti1Image(np.zeros((32, 32, 4), np.int16), np.eye(4)).to_bytes()
+    r = client.put("/session/", files=[*[("files", (p.name, p.read_bytes())) for p in series],
+                                       ("files", ("scan.nii", nifti))])
+    assert r.status_code == 400 and r.json()["detail"] == (
+        "scan.nii: a .nii image among 13 files sent; expected one image alone, or DICOM files only (a series): "
+        "send it in a request of its own"), r.text
+    assert not any(sessions.iterdir())
+
+
+@pytest.mark.parametrize("other", ["ct.nii", "ct"])
+def test_two_images_of_one_id_in_studies_are_refused_not_one_hidden(served, tmp_path, other):
+    """`ct.nii` (or a series folder `ct`) beside `ct.nii.gz` in --studies: the first in sorted order was served as
+    `ct` and the other was invisible to every client, without a word at start (session 24's pass)."""
+    client, studies, _ = served
+    (studies / other).mkdir() if other == "ct" else sitk.WriteImage(sitk.Image(8, 8, 2, sitk.sitkInt16),
+                                                                     str(studies / other))
+    names = "ct and ct.nii.gz" if other == "ct" else "ct.nii and ct.nii.gz"
+    said = f"{names} are both image 'ct'; expected one image per name: rename or move all but one"
+    with pytest.raises(StudyError) as e:  # at the start: `medseg labelserver --studies` says it and stops
+        StudiesDir(studies)
+    assert str(e.value) == f"--studies {studies}: {said}"
+    r = client.get("/datastore/image", params={"image": "ct"})  # appeared while it ran: refused, not one picked
+    assert r.status_code == 400 and r.json()["detail"] == said, r.text
+
+
+def test_a_studies_series_with_a_slice_missing_is_refused_without_the_clis_flag(served):
+    """A series folder of --studies less one slice: `GET /datastore/image` said `...; add the missing file(s), open
+    the complete series, or pass --allow-uneven`, a flag the label server does not have (nor its client); a PACS
+    series read by the server said so too (session 24's pass)."""
+    client, studies, _ = served
+    (studies / "head").mkdir()
+    for p in sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").glob("*.dcm")):
+        if p.name != "IM0006.dcm":
+            (studies / "head" / p.name).write_bytes(p.read_bytes())
+    r = client.get("/datastore/image", params={"image": "head"})
+    assert r.status_code == 400 and r.json()["detail"].endswith(
+        "1 slice(s) missing between IM0005.dcm (0.75 mm) and IM0007.dcm (3.75 mm) (the other slices are 1.5 mm "
+        "apart); add the missing file(s), open the complete series"), r.text
 
 
 def test_an_nrrd_with_sheared_space_directions_is_refused_like_a_nifti(served):

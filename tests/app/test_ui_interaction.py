@@ -567,6 +567,33 @@ def test_a_series_with_a_missing_slice_opens_in_the_ui_only_when_asked_at_the_me
     assert again.get(sid).volume.spacing == session.volume.spacing
 
 
+def test_a_pacs_series_with_a_missing_slice_is_offered_at_the_mean_spacing_not_told_a_cli_flag(ctx, tmp_path,
+                                                                                                monkeypatch):
+    """The PACS panel's Open of a series less one slice said `... add the missing file(s), open the complete series,
+    or pass --allow-uneven` (with the session's folder), a flag the browser user cannot pass (session 24's pass). It
+    is now refused and offered at the mean spacing under Upload, as an upload is, and the pick opens it."""
+    import data.dicomweb
+    from app import pacs, series_picker
+
+    ct = sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").iterdir())
+
+    def fetch(target, folder, **_):  # what the PACS sends: the bundled CT less its sixth slice
+        folder.mkdir(parents=True)
+        for f in ct[:5] + ct[6:]:
+            (folder / f.name).write_bytes(f.read_bytes())
+        return folder
+
+    monkeypatch.setattr(data.dicomweb, "fetch_series", fetch)
+    sid = controller.start(ctx, None).session_id
+    vm = pacs.open_series(ctx, sid, "http://pacs/dicom-web/studies/1.2.3/series/1.2.3.4")
+    assert vm.status.startswith("Not opened: 1 slice(s) missing between ") and vm.status.endswith(
+        "add the missing file(s), open the complete series, or open it at the mean slice spacing under Upload.")
+    assert "--allow-uneven" not in vm.status and ctx.store.get(sid).volume is None
+    ((_, value),) = series_picker.pending_choices(ctx, sid)
+    vm = controller.open_pending_series(ctx, sid, value)
+    assert vm.status.startswith("Opened PACS series") and ctx.store.get(sid).volume.array.shape[0] == 11
+
+
 def _gap_zip(tmp_path):
     """The bundled CT series less its sixth slice (a study export that lost one file), in one zip."""
     import zipfile

@@ -354,7 +354,12 @@ def test_a_slight_shear_that_itk_refuses_is_named_as_shear(tmp_path, qform_code)
                 "(3.4e+38); the scaling is wrong"),
     # session 21: ITK read the NaN intercept as 0 (2 x stored), nibabel refuses it; a 2D file was refused in its words
     (2.0, float("nan"), "scl_inter = nan with scl_slope = 2; the voxel scaling needs a finite intercept"),
-], ids=["slope_1e-30", "inter_1e30", "inter_1e10", "slope_1e38", "inter_nan"])
+    # session 24's pass: opened unscaled without a word (ITK and nibabel both ignore a slope that is not finite), where
+    # the header asked for a scaling it cannot hold; 0 and NaN stay "no scaling", as NIfTI and nibabel write them
+    (float("inf"), 0.0, "scl_slope = inf: expected a finite voxel scaling (or 0 or NaN for none); the header asks for "
+                        "a scaling that cannot be applied"),
+    (float("-inf"), 0.0, "scl_slope = -inf: expected a finite voxel scaling"),
+], ids=["slope_1e-30", "inter_1e30", "inter_1e10", "slope_1e38", "inter_nan", "slope_inf", "slope_-inf"])
 def test_a_voxel_scaling_readers_cannot_hold_or_apply_alike_is_refused(tmp_path, slope, inter, said):
     """Session 17: each opened, as if valid, on the real CT. A negative or large slope that fits float32 still opens
     as the file says (NIfTI bounds neither)."""
@@ -363,12 +368,13 @@ def test_a_voxel_scaling_readers_cannot_hold_or_apply_alike_is_refused(tmp_path,
     source = nib.load(str(DATA / "ct_head_0051_slabA_image.nii.gz"))
     stored = np.asarray(source.dataobj)
     image = nib.Nifti1Image(stored, source.affine, source.header)
-    image.header.set_slope_inter(slope, 0.0 if np.isnan(inter) else inter)
+    finite = np.isfinite([slope, inter]).all()
+    image.header.set_slope_inter(slope if finite else 2.0, inter if finite else 0.0)
     path = tmp_path / "scaled.nii.gz"
     nib.save(image, str(path))
-    if np.isnan(inter):  # nibabel will not write a NaN intercept beside a valid slope; other writers do
+    if not finite:  # nibabel will not write a NaN intercept beside a valid slope, nor an infinite slope; others do
         raw = bytearray(gzip.decompress(path.read_bytes()))
-        raw[116:120] = struct.pack("<f", inter)  # scl_inter (the file is little-endian, as nibabel wrote it)
+        raw[112:120] = struct.pack("<ff", slope, inter)  # scl_slope, scl_inter (little-endian, as nibabel wrote it)
         path.write_bytes(gzip.compress(bytes(raw)))
     with pytest.raises(StudyError) as e:
         read_study(path)

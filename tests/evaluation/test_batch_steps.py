@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +222,18 @@ def test_case_file_names_are_safe_and_never_collide(tmp_path):
     assert case_stem("ab/c").startswith("ab_c-") and case_stem("a//b").startswith("a_b-")
     assert case_path(tmp_path, "ab/c") == tmp_path / "cases" / f"{case_stem('ab/c')}.json"
     assert mask_path(tmp_path, "ab/c") == tmp_path / "masks" / f"{case_stem('ab/c')}.png"
+
+
+def test_a_case_id_of_250_characters_saves_its_mask_and_results(specs, tmp_path):
+    """`medseg batch` named a case's files `<case_id>.png/.json` in full: an id of 240 characters or more stopped the
+    case with `[Errno 36] File name too long` (the temporary beside them is longer still) (session 24's pass). Such
+    an id is cut, with its checksum, so two that share their first 180 characters stay apart."""
+    mask = np.ones((4, 4), bool)
+    for case_id in ("c" * 250, "c" * 249 + "d", "c" * 1000):
+        spec = replace(specs[0], case_id=case_id)
+        save_case(tmp_path, _record(spec, mask))
+        assert load_case(tmp_path, spec) is not None and len(case_path(tmp_path, case_id).name) < 200
+    assert len(list((tmp_path / "masks").iterdir())) == 3 and case_stem("c" * 180) == "c" * 180
 
 
 def _record(spec, mask: np.ndarray) -> dict:

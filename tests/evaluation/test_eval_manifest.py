@@ -482,3 +482,21 @@ def test_a_negative_seed_is_refused_naming_the_flag_before_the_model(command):
     args = build_parser().parse_args([command, "no-such-manifest.csv", "--seed", "-1", "-o", "out"])
     with pytest.raises(UsageError, match=r"^--seed must be a whole number >= 0, got -1$"):
         settings_from_args(args)
+
+
+def test_a_row_whose_series_lacks_a_slice_is_refused_without_a_flag_eval_does_not_have(tmp_path):
+    """A manifest row naming the bundled CT series less its sixth slice: `... add the missing file(s), open the
+    complete series, or pass --allow-uneven`, a flag `medseg eval` and `batch` do not take (session 24's pass)."""
+    import shutil
+
+    series = tmp_path / "ct"
+    series.mkdir()
+    for f in sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").iterdir()):
+        if f.name != "IM0006.dcm":
+            shutil.copy(f, series / f.name)
+    m = _write_manifest(tmp_path, ["case_id", "image", "label", "slice_index"], [["a", "ct", DATA / "mr_t1_colin27_slabA_label.nii.gz", "3"]])
+    cases, _ = read_manifest(m)
+    with pytest.raises(ManifestError) as e:
+        CaseLoader(m).load(cases[0])
+    assert str(e.value).endswith("1 slice(s) missing between IM0005.dcm (0.75 mm) and IM0007.dcm (3.75 mm) (the other "
+                                 "slices are 1.5 mm apart); add the missing file(s), open the complete series")

@@ -659,12 +659,17 @@ def nifti_types(d: Path) -> list[Case]:
     # a valid slope with an infinite intercept: ITK read the raw integers as if unscaled, nibabel raises
     cases.append(Case("scl_inter_inf", "nifti-types", _nifti(d / "inter_inf.nii.gz", ints, edit=scaling(1.0, np.inf)),
                       "refuse", "scl_inter = inf with scl_slope = 1; the voxel scaling needs a finite intercept"))
-    # scl_slope 0, NaN or inf means no scaling (the NIfTI standard, nibabel), but ITK still added the intercept
-    for name, slope in (("scl_slope_zero", 0.0), ("scl_slope_nan", np.nan), ("scl_slope_inf", np.inf)):
+    # scl_slope 0 or NaN means no scaling (the NIfTI standard, nibabel), but ITK still added the intercept
+    for name, slope in (("scl_slope_zero", 0.0), ("scl_slope_nan", np.nan)):
         cases.append(Case(f"{name}_inter_7", "nifti-types", _nifti(d / f"{name}_7.nii.gz", ints, edit=scaling(slope, 7.0)),
                           "refuse", "(no scaling) with scl_inter = 7: readers disagree whether to add the intercept"))
         cases.append(Case(f"{name}_inter_0", "nifti-types", _nifti(d / f"{name}_0.nii.gz", ints, edit=scaling(slope, 0.0)),
                           "accept", expected=ours(ints)))
+    # inf too for both readers, yet the header asked for a scaling: it opened unscaled without a word (session 24)
+    for inter in (7.0, 0.0):
+        cases.append(Case(f"scl_slope_inf_inter_{inter:g}", "nifti-types",
+                          _nifti(d / f"scl_slope_inf_{inter:g}.nii.gz", ints, edit=scaling(np.inf, inter)),
+                          "refuse", "scl_slope = inf: expected a finite voxel scaling (or 0 or NaN for none)"))
     cases.append(Case("all_nan", "nifti-types", write("all_nan", np.full(shape, np.nan, np.float32)), "refuse", "every voxel is NaN"))
     return cases
 
