@@ -16,7 +16,7 @@ import threading
 from datetime import datetime, timezone
 from typing import Iterable
 
-from data.untrusted import escape_markdown
+from data.untrusted import escape_markdown, visible_direction_controls
 
 MAX_CHARS = 400
 # an absolute POSIX path (after start, space, quote or bracket): shown as its last part
@@ -30,7 +30,7 @@ def plain(text: object, hide: Iterable[str] = ()) -> str:
         if secret:
             s = s.replace(secret, "…")
     s = _PATH.sub(lambda m: m.group(1) or "…", s)
-    s = " ".join(s.split())  # newlines, tabs: one line
+    s = visible_direction_controls(" ".join(s.split()))  # newlines, tabs: one line; direction controls written out
     return s if len(s) <= MAX_CHARS else s[: MAX_CHARS - 1] + "…"
 
 

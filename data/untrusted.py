@@ -42,6 +42,13 @@ LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 DIRECTION_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
+def visible_direction_controls(text: str) -> str:
+    """``text`` with each text-direction control written out (``\\u202e``): what a file says is shown as it is, in
+    its order. Why: a DICOM description or a file name holding U+202E reversed the rest of the line that showed it
+    (the study facts, the status line: ``...txt.exe`` shown for ``...exe.txt``); label names refuse them outright."""
+    return DIRECTION_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def one_line(text: str) -> str:
     """``text`` with every control character escaped (``\\n``, ``\\x1b``...), so it prints as one line."""
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
@@ -53,7 +60,7 @@ _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
 def escape_markdown(s: str) -> str:
     """Literal text inside Markdown: HTML-escaped and Markdown punctuation backslash-escaped. Why: a name a file
     carries (a DICOM field, a manifest's cell) drew links, remote images or HTML where Markdown is rendered."""
-    return _MARKDOWN.sub(r"\\\1", html.escape(str(s), quote=False))
+    return _MARKDOWN.sub(r"\\\1", html.escape(visible_direction_controls(str(s)), quote=False))
 
 
 # What a spreadsheet (Excel, LibreOffice) takes for the start of a formula in a CSV cell (OWASP's CSV-injection list)

@@ -65,3 +65,21 @@ def test_a_plain_modality_reads_as_before(tmp_path):
     session = Session(id=SID, directory=tmp_path, model="litemedsam")
     session.start_study(volume, str(CT_SLICE), CT_SLICE.name)
     assert "modality **CT**, format dicom" in controller.facts(session)
+
+
+def test_a_direction_control_in_a_file_name_or_message_is_written_out_not_obeyed(tmp_path):
+    """A file name (or DICOM text) holding U+202E (right-to-left override) reversed the rest of the line that showed
+    it: the study facts showed ``scan[U+202E]txt.dcm`` as "scanmcd.txt", and the status line and toasts likewise
+    (session 24's viewer pass; label names refuse it since). Now the control is written out, ``\\u202e``, and the
+    text keeps its order; right-to-left letters need no control and show as they are."""
+    from app import messages
+
+    path = tmp_path / "scan\u202etxt.dcm"
+    path.write_bytes(CT_SLICE.read_bytes())
+    session = Session(id=SID, directory=tmp_path, model="litemedsam")
+    session.start_study(read_study(path), str(path), path.name)
+    name_line = controller.facts(session).splitlines()[0]
+    assert "\u202e" not in name_line and "\\\\u202etxt" in name_line, name_line  # Markdown: \\ renders as \
+    for shown in (messages.for_markdown(f"{path}: not opened"), messages.for_toast(f"{path}: not opened")):
+        assert "\u202e" not in shown and "u202etxt.dcm: not opened" in shown, shown
+    assert messages.plain("סריקה \u2067ראש\u2069") == "סריקה \\u2067ראש\\u2069"  # isolates too; Hebrew kept
