@@ -26,6 +26,7 @@ from app.controller import AppContext
 from app.render import Plane, acquisition_view, display_window
 from app.session import ANCHORS, Edit, Session, SessionError
 from app.viewer.geometry import clip_to_plane, from_plane, outside_by, past_edges, plane_coords
+from data.untrusted import visible_direction_controls
 from data.writers import atomic_output
 from models.prompts import PromptError
 
@@ -106,7 +107,7 @@ def state(session: Session) -> dict[str, Any]:
     volume, vs = session.volume, session.view
     out.update(
         study=session.study_key,
-        name=session.study_name,
+        name=visible_direction_controls(session.study_name),  # the viewer's own lines show it (data.untrusted)
         rgb=volume.is_rgb,
         is2d=volume.is_2d,
         views=["axial"] if volume.is_2d else ["axial", "coronal", "sagittal"],
@@ -153,7 +154,8 @@ def news(session: Session | None) -> dict[str, Any]:
     out: dict[str, Any] = {"ok": True, "study": None, "table": None, "rev": None, "at": messages.last_stamp(),
                            "boot": messages.BOOT}
     if session is not None and session.volume is not None:
-        out.update(study=session.study_key, name=session.study_name, table=table_tag(session), rev=session.revision)
+        out.update(study=session.study_key, name=visible_direction_controls(session.study_name),
+                   table=table_tag(session), rev=session.revision)
     return out
 
 

@@ -80,6 +80,10 @@ def test_a_direction_control_in_a_file_name_or_message_is_written_out_not_obeyed
     session.start_study(read_study(path), str(path), path.name)
     name_line = controller.facts(session).splitlines()[0]
     assert "\u202e" not in name_line and "\\\\u202etxt" in name_line, name_line  # Markdown: \\ renders as \
+    from app.viewer import actions
+
+    for told in (actions.state(session), actions.news(session)):  # the viewer's own lines show the name too
+        assert told["name"] == "scan\\u202etxt.dcm", told["name"]
     for shown in (messages.for_markdown(f"{path}: not opened"), messages.for_toast(f"{path}: not opened")):
         assert "\u202e" not in shown and "u202etxt.dcm: not opened" in shown, shown
     assert messages.plain("סריקה \u2067ראש\u2069") == "סריקה \\u2067ראש\\u2069"  # isolates too; Hebrew kept
