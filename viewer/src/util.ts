@@ -43,10 +43,10 @@ export function el<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<
   return e
 }
 
-/** The viewer's API under the page's origin (the session cookie goes with each request). */
 /** The header of a 409 that says the request carried a session token renewed meanwhile (``app.web_session``). */
 export const RENEWED_HEADER = 'x-medseg-renewed'
 
+/** The viewer's API under the page's origin (the session cookie goes with each request). */
 export function apiUrl(what: string): string {
   return `/viewer-api/${what}`
 }
