@@ -17,7 +17,7 @@ run: setup
 	GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/medseg serve --host $(HOST) --port $(PORT) --open-sample
 
 test: setup $(VENV)/.dicom3tools $(VENV)/.chromium $(VENV)/.orthanc
-	GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -n 2 --dist loadfile -m "not gpu" tests
+	GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -n 3 --dist loadfile -m "not gpu" tests
 
 # dciodvfy (Debian dicom3tools) validates the DICOM-SEG files the tests write.
 $(VENV)/.dicom3tools: | $(STAMP)

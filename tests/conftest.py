@@ -15,7 +15,8 @@ import pytest
 
 # pytest-xdist: each worker is a process. Two workers on two cores, each with torch's and ONNX Runtime's
 # default of one thread per core, oversubscribe the cores and the threads spin-wait on each other
-# (runtime/threads.py has the figures). Each worker, and every CLI or server it starts, gets its share.
+# (runtime/threads.py has the figures). Each worker, and every CLI or server it starts, gets its share (at least
+# one thread: `make test` runs 3 workers on CI's 2 cores, see STEP_ASIDE_NICENESS).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
@@ -170,6 +171,28 @@ REAL_SERVER_FILES = (
     "tests/app/test_state_dir_lock.py",
     "tests/app/test_serve_host.py",
 )
+
+
+# `make test` runs 3 workers on CI's 2 cores: the worker running the real-server unit mostly waits (on its browser, its
+# `medseg serve` children, Orthanc), and two workers left a quarter of the cores idle (docs/testing.md, session 23).
+# A third worker fills that idle time, and so that the real servers' browser and server waits (240 s timeouts) do not
+# lengthen under the extra load, every worker that runs anything else lowers its own CPU priority (and that of the
+# processes it starts from then on) before its first such test: the real-server unit, handed out first (SLOW_FIRST),
+# keeps the run's priority and the others take what it leaves. A process cannot raise its priority back, so the
+# real-server worker steps aside only once it is done with them. On a machine shared with other jobs the lowered
+# workers also yield to those jobs, so the run is slower there than on CI; nothing in them is timed.
+STEP_ASIDE_NICENESS = 5
+_stepped_aside = False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """An xdist worker lowers its priority before its first test outside the real-server unit (see above)."""
+    global _stepped_aside
+    if (not _stepped_aside and os.environ.get("PYTEST_XDIST_WORKER")
+            and not item.nodeid.startswith(REAL_SERVER_FILES)):
+        os.nice(STEP_ASIDE_NICENESS)
+        _stepped_aside = True
 
 
 # Files that share a session fixture's expensive work (tests/app/conftest.py: ct_series_embeddings, the CT
