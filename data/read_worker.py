@@ -72,6 +72,13 @@ def _limit(which: int, value: int) -> None:
         pass
 
 
+def cpu_limit_s(timeout_s: float) -> tuple[int, int]:
+    """RLIMIT_CPU for a read of ``timeout_s``: SIGXCPU at the timeout rounded up (at least 1 s, the
+    kernel's unit), SIGKILL 5 s later; the supervisor's wall-clock kill usually comes first."""
+    soft = max(1, int(timeout_s + 0.999))
+    return soft, soft + 5
+
+
 def reader_child(request: dict, reply_fd: int) -> int:
     """In the reader child: limit ourselves, read, write the result. Returns the exit code."""
     import warnings
@@ -90,11 +97,11 @@ def reader_child(request: dict, reply_fd: int) -> int:
     base = address_space_bytes()
     if base is not None:
         _limit(resource.RLIMIT_AS, base + memory)
-    cpu = max(1, int(float(request["timeout_s"]) + 0.999))
+    soft, hard = cpu_limit_s(float(request["timeout_s"]))
     try:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))  # SIGXCPU at cpu s, SIGKILL 5 s later
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
     except (ValueError, OSError):
-        _limit(resource.RLIMIT_CPU, cpu)
+        _limit(resource.RLIMIT_CPU, soft)
     _limit(resource.RLIMIT_FSIZE, int(request["max_result_bytes"]))
 
     def answer(obj: dict) -> int:

@@ -192,14 +192,13 @@ def test_the_reader_works_within_its_limits(tmp_path, monkeypatch):
     assert seen["kw"] == {"series_uid": "1.2", "max_voxels": 999, "allow_uneven": True}
 
 
-def test_a_cpu_limit_under_a_second_and_a_half_is_one_second(tmp_path, monkeypatch):
-    def cpu(path, **kw):
-        import resource
-
-        raise StudyError(json.dumps(resource.getrlimit(resource.RLIMIT_CPU)))
-
-    monkeypatch.setattr(readers, "read_study", cpu)
-    assert json.loads(ask(request(tmp_path, CT, timeout_s=0.9), tmp_path)["error"]) == [1, 6]
+def test_a_cpu_limit_under_a_second_and_a_half_is_one_second():
+    # the kernel counts whole seconds: a 0.9 s read may use 1 s of CPU, never 0 (unlimited)
+    # (the limit itself, set in the child: the test above; a 0.9 s child was too short for CI's niced workers)
+    assert read_worker.cpu_limit_s(0.9) == (1, 6)
+    assert read_worker.cpu_limit_s(0.01) == (1, 6)
+    assert read_worker.cpu_limit_s(1.0) == (1, 6)
+    assert read_worker.cpu_limit_s(2.2) == (3, 8)
 
 
 def test_a_decoded_study_over_the_result_bound_is_one_line(tmp_path):
@@ -270,9 +269,9 @@ def test_an_answer_of_exactly_the_reply_limit_is_kept(tmp_path, monkeypatch):
     assert ask(request(tmp_path, CT), tmp_path) == answer
 
 
-def test_a_quick_answer_within_a_one_second_limit(tmp_path, monkeypatch):
+def test_a_quick_answer_within_a_few_seconds_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(read_worker, "reader_child", _answers({"error": "fine"}))
-    assert ask(request(tmp_path, CT, timeout_s=1.0), tmp_path) == {"error": "fine"}
+    assert ask(request(tmp_path, CT, timeout_s=5.0), tmp_path) == {"error": "fine"}  # 1 s was short for a niced CI worker
 
 
 def test_a_reader_that_raises_exits_with_1(tmp_path, monkeypatch):
