@@ -59,6 +59,8 @@ REVOKED = "revoked"
 RENEWED_HEADER = b"x-medseg-renewed"  # on that 409 (viewer/src/util.ts reads it; 409 alone: another study opened)
 RENEWED = json.dumps({"ok": False, "renewed": True, "error": "this tab's session token was renewed by another tab or "
                       "an upload: send it again"}).encode()
+NO_FILE = ""  # TokenTable's memory of a token without a file (a first token); safe to keep, as this process is
+# the state folder's only server (app.session's flock) and writes every change through _write, which replaces it
 TOKENS_DIR = ".tokens"  # under the session root (never served: the root is in Gradio's blocked_paths)
 
 
@@ -117,13 +119,15 @@ class TokenTable:
         with self._lock:
             if name in self._known:
                 self._known.move_to_end(name)
-                return self._known[name]
+                return self._known[name] or None
         try:
             value = (self.folder / name).read_text().strip()
+        except FileNotFoundError:
+            value = NO_FILE  # a first token, the common case: remembered too, or each request opened a file
         except OSError:
             return None
         self._remember(name, value)
-        return value
+        return value or None
 
     def _remember(self, name: str, value: str) -> None:
         with self._lock:

@@ -157,6 +157,22 @@ def test_rotated_tokens_survive_a_restart_and_revoked_ones_stay_revoked(gated):
     assert not any(folder.iterdir())  # its session gone: nothing left to guard
 
 
+def test_a_first_token_costs_one_file_lookup_not_one_per_request(gated, monkeypatch):
+    """Every HTTP request asks the table for its cookie's session; a session's first token (until its first reload
+    or upload) has no file, and each request tried to open one. Once known, a first token is answered from memory,
+    and revoking it still takes effect."""
+    client, store, _ = gated
+    tokens = web_session.TokenTable(store.root / web_session.TOKENS_DIR, 3600, store.exists)
+    first = web_session.new_token()
+    opened = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: opened.append(self) or real(self, *a, **k))
+    assert [tokens.first_token(first) for _ in range(5)] == [first] * 5
+    assert len(opened) == 1
+    tokens.rotate(first, first)
+    assert tokens.first_token(first) is None
+
+
 def test_a_pacs_open_asks_for_a_new_token_first_and_only_an_open_session_gets_one(gated):
     """``POST /medseg-rotate`` (the PACS panel's Open sends it before the retrieve: a study arriving without an
     upload): a new token for the session, the one sent revoked; nothing for no session, a revoked token or a GET."""
