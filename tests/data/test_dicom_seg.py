@@ -302,11 +302,11 @@ def test_a_label_of_thousands_of_values_is_refused_at_once_not_a_memory_bomb(ct,
     line."""
     out = tmp_path / "x.dcm"
     many = (np.arange(np.prod(ct.array.shape[:3])) % 65535 + 1).astype(np.uint16).reshape(ct.array.shape[:3])
-    started = time.monotonic()
+    started = time.thread_time()  # this thread's CPU, not the wall clock a niced CI worker stretches (session 25)
     assert _refused(lambda: write_dicom_seg(many, ct, out), out) == (
         f"{out}: 65535 labels, each a segment; medseg writes at most {MAX_SEGMENTS} segments in a DICOM-SEG (each "
         "is a frame on every slice it touches): write a NIfTI label map, or merge labels")
-    assert time.monotonic() - started < 2
+    assert time.thread_time() - started < 2
 
 
 def test_bool_masks_and_edge_colours_are_accepted(ct, tmp_path):
