@@ -74,12 +74,16 @@ def test_two_sessions_clicks_are_one_batch_with_the_one_at_a_time_masks(tmp_path
         except PromptError as e:
             answers[i] = e
 
+    # the batch closes once both clicks are in; the window only bounds the wait (3 s until session 25, which a niced
+    # CI worker's second thread could miss, and which every run waited out)
+    batching.decode_batcher.window_s, batching.decode_batcher.max_batch = 600.0, 2
     threads = [threading.Thread(target=click, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=600)
     assert sorted(batching.decode_batcher.history[0]) == sorted(s.id for s in sessions)  # one batch
+    batching.decode_batcher.window_s = 0.0  # the next click comes alone: no one to wait for
     assert isinstance(answers[1], PromptError) and "outside the image" in str(answers[1])
     expected = interaction.click(serial, references[0], *clicks[0])
     assert expected.after.unpack().any()

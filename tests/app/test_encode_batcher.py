@@ -89,6 +89,9 @@ def test_batched_masks_equal_the_one_at_a_time_masks(tmp_path, litemedsam):
         with runner.turn():  # what a click does; with batching it must not serialise the two sessions
             results[i] = runner.embedding(session, "coronal", k)
 
+    # the batch closes once both requests are in; the window only bounds the wait (3 s until session 25, which a
+    # niced CI worker's second thread could miss, and which every run waited out)
+    runner.batcher.window_s, runner.batcher.max_batch = 600.0, 2
     threads = [threading.Thread(target=request, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
