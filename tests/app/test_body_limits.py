@@ -131,7 +131,7 @@ def test_an_oversized_body_is_refused_early_and_the_session_still_works(served, 
     limit = serve_limit_for(get_settings().max_upload_bytes, get_settings().max_upload_files)(
         {"method": "POST", "path": path})  # 4 MiB for the viewer, 39 MiB for Gradio's JSON routes
     assert sent <= limit + 16 * MIB  # refused once past the limit (plus the sockets' buffers), not after 256 MiB
-    assert seconds < 20
+    assert seconds < 60  # a bound, not a timing (20 s until session 25): this worker and its server are niced on CI
     assert grown < limit / MIB + 32  # the body was 256 MiB (before: +252 to +560 MiB, held, then parsed)
     _still_clicks(page)
 

@@ -45,9 +45,9 @@ def serve(tmp_path: Path, token: str | None):
     server = uvicorn.Server(uvicorn.Config(build_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    for _ in range(200):
-        if server.started:
-            break
+    deadline = time.monotonic() + 120  # 200 polls of 0.05 s until session 25, then went on unstarted
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the label server did not start"
         time.sleep(0.05)
     return server, thread, f"http://127.0.0.1:{port}", port
 

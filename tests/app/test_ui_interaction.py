@@ -319,7 +319,7 @@ def test_prefetcher_encodes_the_neighbour_while_idle(ctx, opened):
     prefetcher = Prefetcher(ctx.runner, radius=1)
     controller.set_slice(ctx, opened, 0)
     prefetcher.request(session, "coronal", 0)  # slice 0 has one neighbour: 1
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # bounded patience for one encode (120 s until session 25)
     while not prefetcher.idle() and time.monotonic() < deadline:
         time.sleep(0.05)
     prefetcher.stop()
