@@ -16,6 +16,11 @@ from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, _dr
 
 pytestmark = needs_browser
 
+# The page's own answer to a key or a click (no model, no server round trip: at most its 0.1 s page poll) comes at once;
+# the limit only ends a test that would wait for ever (2-10 s until session 25, which a loaded CI machine could miss).
+# Waits whose point is "at once" rather than "after a poll" keep their short limits.
+LOCAL_MS = 30_000
+
 
 @pytest.fixture(scope="module")
 def ct():
@@ -87,7 +92,7 @@ def test_the_download_mark_is_written_only_when_it_changes(browser, server, ct):
         assert writes == 0
         assert page.locator("#download").get_attribute("title").startswith("This file holds the labels")
         page.evaluate("document.querySelector('#download').classList.remove('mv-stale')")  # as a re-render does
-        page.wait_for_function("document.querySelector('#download').classList.contains('mv-stale')", timeout=5_000)
+        page.wait_for_function("document.querySelector('#download').classList.contains('mv-stale')", timeout=LOCAL_MS)
     finally:
         context.close()
 
@@ -125,7 +130,7 @@ def test_keys_pressed_while_the_study_loads_say_they_were_not_applied(browser, s
         before = page.locator("#medseg-viewer").get_attribute("data-slice")
         page.keyboard.press("ArrowDown")  # shown now: it steps
         page.wait_for_function("s => document.querySelector('#medseg-viewer').dataset.slice !== s", arg=before,
-                               timeout=10_000)
+                               timeout=LOCAL_MS)
     finally:
         context.close()
 
@@ -168,7 +173,7 @@ def test_a_slice_paged_mid_stroke_paints_each_part_on_the_slice_it_was_drawn_on(
         _drag(page, a, middle, release=False)
         page.keyboard.press("ArrowUp")
         page.wait_for_function("s => document.querySelector('#medseg-viewer').dataset.slice !== s", arg=str(first),
-                               timeout=10_000)
+                               timeout=LOCAL_MS)
         second = int(page.locator("#medseg-viewer").get_attribute("data-slice"))
         for t in (0.25, 0.5, 0.75, 1.0):
             page.mouse.move(middle[0] + t * (b[0] - middle[0]), b[1])
@@ -220,7 +225,7 @@ def test_keys_pressed_after_ticking_negative_or_moving_the_opacity_act(browser, 
         page.keyboard.press("ArrowUp")  # a checkbox has no use for arrows
         assert viewer.get_attribute("data-tool") == "box"
         page.wait_for_function("s => document.querySelector('#medseg-viewer').dataset.slice !== s", arg=before,
-                               timeout=5_000)
+                               timeout=LOCAL_MS)
         page.keyboard.press(" ")  # its own key: unticked
         assert not page.locator("#tool-negative").is_checked()
         page.locator("#label-opacity").click()
@@ -273,7 +278,7 @@ def test_download_says_older_as_soon_as_an_edit_is_on_its_way(browser, server, c
         with server.runner.turn():  # the click waits for the model
             page.mouse.click(*_xy(page, ct, 140.0, 120.0))
             page.wait_for_function("document.querySelector('#download').classList.contains('mv-stale')",
-                                   timeout=2_000)
+                                   timeout=LOCAL_MS)
         _idle(page)
         page.wait_for_timeout(300)
         assert "mv-stale" in download.get_attribute("class")  # and it stays once the click is answered
@@ -515,7 +520,7 @@ def test_m_pressed_mid_stroke_paints_no_band_where_the_brush_never_went(browser,
         page.keyboard.press("r")
         _drag(page, _xy(page, ct, 100.0, 60.0), _xy(page, ct, 140.0, 60.0), release=False)
         page.keyboard.press("m")
-        page.wait_for_function("document.querySelector('#medseg-viewer').dataset.layout === 'three'", timeout=5_000)
+        page.wait_for_function("document.querySelector('#medseg-viewer').dataset.layout === 'three'", timeout=LOCAL_MS)
         page.mouse.move(*_xy(page, ct, 140.0, 120.0))  # the next point, in the new layout
         page.mouse.move(*_xy(page, ct, 160.0, 120.0))
         page.mouse.up()
