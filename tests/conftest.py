@@ -196,11 +196,41 @@ def pytest_runtest_setup(item) -> None:
 
 
 # Files that share a session fixture's expensive work (tests/app/conftest.py: ct_series_embeddings, the CT
-# series' 12 encodes) run in one worker, so the work is done once a run rather than once per worker.
+# series' 12 encodes; ray_cluster below) run in one worker, so the work is done once a run rather than once per worker.
+RAY_FILES = ("tests/app/test_serve_ray.py", "tests/evaluation/test_batch.py")
 SHARED_SETUP_UNITS = {
     "propagation on the CT series": ("tests/app/test_propagation.py", "tests/app/test_propagation_anchors.py",
                                      "tests/app/test_propagation_fill.py"),
+    "one local Ray": RAY_FILES,
 }
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray of 2 CPUs, started by the first of ``RAY_FILES`` to need it and left running for the next (one
+    xdist unit: they run one after the other), stopped after the last test of those files (the teardown hook below).
+    One start instead of one a file: ``ray.init`` + ``shutdown`` took ~9 s of wall clock and ~2.5 s of CPU here."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """``ray_cluster``'s end: after the fixtures' own teardown (a Serve app stops on this Ray), once the next test is
+    not in ``RAY_FILES`` (the Ray's daemons and idle workers would otherwise hold memory and CPU for the rest of the
+    worker's run). A later test of those files (``-p no:xdist`` runs them apart) starts it again."""
+    result = yield
+    if item.nodeid.startswith(RAY_FILES) and (nextitem is None or not nextitem.nodeid.startswith(RAY_FILES)):
+        import sys
+
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+    return result
 
 
 # Units that take long for their few tests, handed out first, in this order (the real servers, the most tests, were
@@ -213,12 +243,12 @@ SLOW_FIRST = (
     "real servers",
     "tests/models/test_zoo_parity.py",  # 179 s
     "tests/app/test_default_backend.py",  # 181 s (the first use of the ONNX default builds its export)
+    "one local Ray",  # test_batch.py + test_serve_ray.py: ~190 s in session 24's loaded run (Ray, its workers' models)
     "tests/evaluation/test_eval_runner.py",  # 88 s
     "tests/runtime/test_cuda_graphs.py",  # 68 s (its CPU tests)
     "tests/adapters/test_persam_location_gate.py",  # 60 s
     "tests/data/test_hostile_corpus.py",  # 55-62 s
     "tests/models/test_litemedsam_parity.py",  # 53 s
-    "tests/app/test_serve_ray.py",  # 49 s (Ray Serve's start)
     "tests/app/test_ui_oneshot.py",  # 44 s
     "tests/models/test_litemedsam_host_inputs.py",  # 41 s
     "tests/app/test_decode_bypass.py",  # 28 s

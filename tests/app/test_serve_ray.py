@@ -1,9 +1,8 @@
 """The UI's model calls on a Ray Serve replica (local Ray, one CPU replica): same masks as the local model,
-and the configuration picks local or remote. One Ray + one Serve app for the module."""
+and the configuration picks local or remote. One Serve app for the module, on the Ray it shares with
+``tests/evaluation/test_batch.py`` (``ray_cluster``, ``tests/conftest.py``)."""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import pytest
@@ -25,17 +24,13 @@ MASK_AGREEMENT = 0.999  # fraction of pixels equal between the remote and the lo
 
 
 @pytest.fixture(scope="module")
-def serve_app():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
+def serve_app(ray_cluster):
     from ray import serve
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(proxy_location="Disabled")  # the UI uses handles; no HTTP port needed
     deploy("litemedsam", replicas=1, num_cpus=1)
     yield RemoteSegmenter.connect()
-    serve.shutdown()
-    ray.shutdown()
+    serve.shutdown()  # its replica's CPU is free again for the batch test's two workers
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """``medseg batch`` on a local Ray (2 CPU workers): same per_case.csv as ``medseg eval`` although
-one worker is killed mid-run, and a second run resumes. One Ray and one 2-worker run for the
-module (Ray and model start-up cost seconds each).
+one worker is killed mid-run, and a second run resumes. One 2-worker run for the module, on the Ray it shares
+with ``tests/app/test_serve_ray.py`` (``ray_cluster``, ``tests/conftest.py``: Ray and model start-up cost seconds each).
 
 The cohort: 4 real cases of the shared Colin27 MR, 2 structures on each of 2 slices, so tasks
 group rows that share a slice and both workers get one.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -34,16 +33,6 @@ CASES = [  # manifest order
     "mr_t1_colin27_slabA_thalamus_R_k011",
 ]
 DICE_TOL = 1e-5  # Dice recomputed from the saved PNG vs the CSV (6 significant digits)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +71,7 @@ def eval_rows(cohort, litemedsam, tmp_path_factory) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def batch_dir(ray_local, cohort, tmp_path_factory) -> Path:
+def batch_dir(ray_cluster, cohort, tmp_path_factory) -> Path:
     """One run on 2 workers in which the first worker to start a task dies hard (the test-only fault hook)."""
     base = tmp_path_factory.mktemp("batch")
     args = ["batch", str(cohort), "--protocol", PROTOCOL, "--ray", "local", "--workers", "2", "--no-progress"]
@@ -124,7 +113,7 @@ def test_a_killed_worker_is_restarted_and_nothing_is_lost(batch_dir, eval_rows):
     assert read_rows(batch_dir / "per_case.csv")[1] == eval_rows
 
 
-def test_resume_runs_only_the_unfinished_cases(ray_local, batch_dir, cohort, eval_rows, tmp_path):
+def test_resume_runs_only_the_unfinished_cases(ray_cluster, batch_dir, cohort, eval_rows, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(batch_dir, out)
     lost = CASES[2]
