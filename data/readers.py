@@ -45,8 +45,8 @@ from data.series_geometry import (ONE_PATIENT_AND_STUDY, SAME_IN_EVERY_SLICE, Ge
                                   check_pixel_spacing, check_series_geometry, check_spacing_between_slices,
                                   display_names, frame_geometry, frame_heads, numbers, orientation,
                                   position_along_normal, require_pixel_spacing, require_whole_plane, stack_grid)
-from data.study_errors import (SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError, check_voxels,
-                               first_line, header_int, voxel_limit)
+from data.study_errors import (SERIES_ADVICE, SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError,
+                               check_voxels, first_line, header_int, voxel_limit)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import FRAMES_NOT_PLACED, SPLIT_ENHANCED, THICKNESS_UNKNOWN, SourceRef, Volume
 
@@ -601,7 +601,7 @@ def read_dicom_series(
     elif len(series := _without_localizers(folder, series)) > 1:
         _refuse_one_series_split(folder, series)
         listing = "; ".join(f"{s.series_instance_uid} ({s.modality}, {len(s.files)} files)" for s in series[:shown])
-        raise SeveralSeriesError(f"{folder}: holds {len(series)} series, pick one with --series UID: {listing}"
+        raise SeveralSeriesError(f"{folder}: holds {len(series)} series{SERIES_ADVICE}: {listing}"
                                  + (f";{more}" if more else ""),
                                  [(s.series_instance_uid, s.modality[:16], s.description[:64], len(s.files))
                                   for s in series[:SERIES_OFFERED]])

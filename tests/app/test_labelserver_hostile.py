@@ -394,6 +394,18 @@ def test_a_series_upload_with_a_nifti_among_its_files_is_refused_naming_it(serve
     assert not any(sessions.iterdir())
 
 
+def test_an_upload_of_two_series_is_refused_without_the_clis_series_flag(served):
+    """PUT /session/ of the real CT series with pydicom's MR_small among its files: `the 13 files sent: holds 2 series,
+    pick one with --series UID: ...`, a command-line flag no label-server client can pass (session 25)."""
+    client, _, sessions = served
+    files = [*sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").glob("*.dcm")),
+             DATA / "dicom" / "pydicom_MR_small.dcm"]
+    r = client.put("/session/", files=[("files", (p.name, p.read_bytes())) for p in files])
+    assert r.status_code == 400 and r.json()["detail"].startswith(
+        "the 13 files sent: holds 2 series; expected one: give the files of one series alone: "), r.text
+    assert "--series" not in r.text and not any(sessions.iterdir())
+
+
 @pytest.mark.parametrize("other", ["ct.nii", "ct"])
 def test_two_images_of_one_id_in_studies_are_refused_not_one_hidden(served, tmp_path, other):
     """`ct.nii` (or a series folder `ct`) beside `ct.nii.gz` in --studies: the first in sorted order was served as
