@@ -965,10 +965,12 @@ def test_a_folder_of_many_series_names_the_first_ten_in_its_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("syntax, name", [("1.2.840.10008.1.2.4.201", "High-Throughput JPEG 2000 Image Compression "
-                                           "(Lossless Only)"), ("1.2.840.10008.1.2.4.100", "MPEG2 Main Profile / Main Level")])
+                                           "(Lossless Only)"), ("1.2.840.10008.1.2.4.100", "MPEG2 Main Profile / Main Level"),
+                                          ("1.2.840.10008.1.2.1.98", "Encapsulated Uncompressed Explicit VR Little Endian")])
 def test_a_transfer_syntax_without_a_decoder_here_is_named(tmp_path, syntax, name):
     """Before: 'DICOM pixel data could not be decoded (ITK ERROR: GDCMImageIO: Failed to change to Implicit Transfer
-    Syntax)', which names neither the syntax nor the fix."""
+    Syntax)', which names neither the syntax nor the fix; Encapsulated Uncompressed (session 25) was `its compressed
+    pixel data ... could not be decoded: damaged, or not what its transfer syntax says`, blaming a valid file."""
     from pydicom.uid import RLELossless
 
     ds = pydicom.dcmread(DATA / "dicom" / "pydicom_CT_small.dcm")
@@ -977,6 +979,24 @@ def test_a_transfer_syntax_without_a_decoder_here_is_named(tmp_path, syntax, nam
     ds.save_as(tmp_path / "new.dcm")
     refused(tmp_path / "new.dcm", f"{tmp_path / 'new.dcm'}: transfer syntax {syntax} ({name}) has no decoder here; "
                                   "save it uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")
+
+
+@pytest.mark.parametrize("encapsulated", [False, True])
+def test_a_private_transfer_syntax_is_named_as_one_not_called_raw_or_damaged(tmp_path, encapsulated):
+    """GE's private 1.2.840.113619.5.2 (or a vendor's own compression): `transfer syntax ... needs compressed
+    (encapsulated) pixel data; the file holds raw bytes`, or, encapsulated, `its compressed pixel data could not be
+    decoded: damaged, ...`: neither true; the syntax is one medseg does not know (session 25)."""
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(DATA / "dicom" / "pydicom_CT_small.dcm")
+    if encapsulated:
+        ds.compress(RLELossless)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.113619.5.2"
+    ds.save_as(tmp_path / "ge.dcm")
+    refused(tmp_path / "ge.dcm", f"{tmp_path / 'ge.dcm'}: transfer syntax 1.2.840.113619.5.2, a private one (not "
+                                 "defined by the DICOM standard): how its data and pixels are encoded is not known "
+                                 "here; export it with a standard transfer syntax (e.g. Explicit VR Little Endian) and "
+                                 "open that")
 
 
 def _with_localizer(folder: Path) -> str:
