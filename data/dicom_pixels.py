@@ -14,7 +14,7 @@ import pydicom
 from pydicom.multival import MultiValue
 
 from data import limits
-from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
+from data.dicom_scan import EXPLICIT_BE, NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
 from data.study_errors import StudyError, check_voxels, header_int
 
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
@@ -68,6 +68,12 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
         raise StudyError(f"{path}: RLE Lossless colour ({samples} samples) of {bits} bits: the decoder here mixes "
                          "up its bytes (red opens as blue-green); save it uncompressed (e.g. dcmdrle IN OUT) and open "
                          "that")
+    if scan.transfer_syntax == EXPLICIT_BE and bits >= 32:
+        # GDCM swaps such values 16 bits at a time: pydicom's rtdose_expb.dcm opened at 250085395 where its little
+        # endian twin (and pydicom) hold 1249000, every value wrong, as if valid (session 25)
+        raise StudyError(f"{path}: {bits}-bit pixels in Explicit VR Big Endian, which the decoder here reads with "
+                         "their bytes mixed up (every value would open wrong); save it as little endian (e.g. dcmconv "
+                         "+te IN OUT) and open that")
     native = scan.transfer_syntax in NATIVE_SYNTAXES or not scan.transfer_syntax
     if native and scan.encapsulated:
         raise StudyError(f"{path}: compressed (encapsulated) pixel data in the uncompressed transfer syntax {scan.transfer_syntax}")

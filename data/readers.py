@@ -1046,7 +1046,9 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         require_whole_plane(ds)  # one without the other: ITK made the origin 0, or the orientation axial, silently
         check_pixel_spacing(ds)
         # an enhanced image of one frame keeps its geometry in the functional groups too (GDCM reads it from there)
-        frames = frame_geometry(ds, allow_uneven=allow_uneven) if _is_multiframe(ds) else None
+        # an RT Dose of one frame with a GridFrameOffsetVector too: its offsets are checked against its count
+        frames = frame_geometry(ds, allow_uneven=allow_uneven) if _is_multiframe(ds) or "GridFrameOffsetVector" in ds \
+            else None
         if frames is None:
             require_pixel_spacing(ds)
             check_spacing_between_slices(ds)
@@ -1100,4 +1102,22 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
                                       and thick is None),
     )
     volume = Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
-    return _check_ct_values(path, volume, ds)
+    return _check_ct_values(path, _dose_scaled(path, volume, ds), ds)
+
+
+def _dose_scaled(path: Path, volume: Volume, ds: pydicom.Dataset) -> Volume:
+    """An RT Dose grid in its DoseUnits: the stored values times ``DoseGridScaling`` (PS3.3 C.8.8.3), which GDCM does
+    not apply. Why: pydicom's rtdose.dcm (scaling 1e-06) opened at its stored integers, 101378 where the file says
+    0.1 Gy, as if valid (session 25). A scaling that is not a finite number > 0 is refused, as a RescaleSlope is."""
+    if "DoseGridScaling" not in ds or ds["DoseGridScaling"].value in (None, ""):
+        return volume
+    try:
+        scaling = float(ds["DoseGridScaling"].value)
+    except (TypeError, ValueError):
+        scaling = float("nan")
+    if not (math.isfinite(scaling) and scaling > 0):
+        raise StudyError(f"{path}: DoseGridScaling {ds['DoseGridScaling'].value!r}; expected a finite number > 0 (the "
+                         "factor from the stored values to the dose in DoseUnits)")
+    if scaling == 1:
+        return volume
+    return replace(volume, array=np.asarray(volume.array, np.float64) * scaling)

@@ -400,7 +400,11 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
         offsets = ds.get("GridFrameOffsetVector")  # RT Dose: frame positions along the normal, which GDCM reads
         if offsets is not None and "ImageOrientationPatient" in ds:
             steps = np.diff(np.asarray([float(v) for v in offsets], float))
-            if len(steps) + 1 != int(ds.get("NumberOfFrames") or 1) or not np.isfinite(steps).all() or (steps <= 0).any() \
+            if len(steps) + 1 != int(ds.get("NumberOfFrames") or 1):  # GDCM: "An invalid logic behavior occurred"
+                raise GeometryError(f"GridFrameOffsetVector holds {len(steps) + 1} frame offsets, but the image has "
+                                    f"{int(ds.get('NumberOfFrames') or 1)} frame(s) (NumberOfFrames); expected one "
+                                    "offset per frame: which frame lies where is not known")
+            if not np.isfinite(steps).all() or (steps <= 0).any() \
                     or np.abs(steps - np.median(steps)).max() > SPACING_TOLERANCE * float(np.median(steps)):
                 raise GeometryError(f"GridFrameOffsetVector {[float(v) for v in offsets][:8]} is not one increasing, "
                                     "even step per frame; the frames cannot be stacked")

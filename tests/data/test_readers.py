@@ -1166,3 +1166,42 @@ def test_one_placed_slice_is_as_thick_as_its_slice_thickness(tmp_path):
     del ds.SpacingBetweenSlices, ds.SliceThickness
     ds.save_as(tmp_path / "thin.dcm")
     assert read_study(tmp_path / "thin.dcm").spacing[2] == pytest.approx(1.0)
+
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def test_an_rt_dose_opens_in_its_dose_units_and_a_scaling_that_is_no_factor_is_refused(tmp_path):
+    """pydicom's rtdose.dcm (DoseGridScaling 1e-06, DoseUnits RELATIVE) opened at its stored integers, 1254000 where
+    the file says 1.254, as if valid: GDCM does not apply the scaling (session 25)."""
+    path = PYDICOM_FILES / "rtdose.dcm"
+    ds = pydicom.dcmread(path)
+    volume = read_study(path)
+    assert volume.modality == "RTDOSE" and volume.array.shape == (15, 10, 10)
+    np.testing.assert_array_equal(volume.array, ds.pixel_array.astype(np.float64) * 1e-6)
+    assert volume.spacing == (10.0, 10.0, 5.0)
+    for value in ("0", "-1e-6", "nan"):
+        ds.DoseGridScaling = value
+        ds.save_as(tmp_path / "dose.dcm")
+        refused(tmp_path / "dose.dcm", f"{tmp_path / 'dose.dcm'}: DoseGridScaling {ds.DoseGridScaling!r}; expected a "
+                                       "finite number > 0 (the factor from the stored values to the dose in DoseUnits)")
+
+
+def test_an_rt_dose_whose_frame_offsets_do_not_match_its_frames_is_refused_naming_them():
+    """pydicom's rtdose_1frame.dcm: one frame, 15 GridFrameOffsetVector values. Before: `DICOM pixel data could not
+    be decoded (An invalid logic behavior occurredTag(Group,Element) ...)`, GDCM's words blaming the pixels."""
+    path = PYDICOM_FILES / "rtdose_1frame.dcm"
+    refused(path, f"{path}: GridFrameOffsetVector holds 15 frame offsets, but the image has 1 frame(s) "
+                  "(NumberOfFrames); expected one offset per frame: which frame lies where is not known")
+
+
+def test_32_bit_big_endian_pixels_the_decoder_garbles_are_refused():
+    """pydicom's rtdose_expb.dcm, the big endian twin of rtdose.dcm: GDCM swapped its 32-bit values 16 bits at a
+    time, 250085395 where pydicom and the little endian file hold 1249000: every voxel wrong, opened as if valid
+    (session 25). 16-bit big endian (MR_small_bigendian) opens as pydicom decodes it."""
+    path = PYDICOM_FILES / "rtdose_expb.dcm"
+    refused(path, f"{path}: 32-bit pixels in Explicit VR Big Endian, which the decoder here reads with their bytes "
+                  "mixed up (every value would open wrong); save it as little endian (e.g. dcmconv +te IN OUT) and "
+                  "open that")
+    small = PYDICOM_FILES / "MR_small_bigendian.dcm"
+    np.testing.assert_array_equal(read_study(small).array[0], pydicom.dcmread(small).pixel_array)
