@@ -45,8 +45,8 @@ from data.series_geometry import (ONE_PATIENT_AND_STUDY, SAME_IN_EVERY_SLICE, Ge
                                   check_pixel_spacing, check_series_geometry, check_spacing_between_slices,
                                   display_names, frame_geometry, frame_heads, numbers, orientation,
                                   position_along_normal, require_pixel_spacing, require_whole_plane, stack_grid)
-from data.study_errors import (SERIES_ADVICE, SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError,
-                               check_voxels, first_line, header_int, voxel_limit)
+from data.study_errors import (LOCALIZER_ADVICE, SERIES_ADVICE, SeveralSeriesError, StudyError, StudyWarning,
+                               UnevenStudyError, check_voxels, first_line, header_int, voxel_limit)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import FRAMES_NOT_PLACED, SPLIT_ENHANCED, THICKNESS_UNKNOWN, SourceRef, Volume
 
@@ -509,7 +509,7 @@ def _without_localizers(folder: Path, series: list[SeriesInfo]) -> list[SeriesIn
         return series
     skipped = ", ".join(s.series_instance_uid for s in series if s.localizer)
     warnings.warn(one_line(f"{folder}: opened series {volumes[0].series_instance_uid}; left out "
-                           f"{len(series) - 1} localizer series ({skipped}; --series UID opens one)"),
+                           f"{len(series) - 1} localizer series ({skipped}{LOCALIZER_ADVICE})"),
                   StudyWarning, stacklevel=3)
     return volumes
 

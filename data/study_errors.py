@@ -42,12 +42,15 @@ ALLOW_UNEVEN_ADVICE = ", or pass --allow-uneven"
 # oneshot``, eval manifests and the label server do not take; they say what to give instead (session 25)
 SERIES_ADVICE = ", pick one with --series UID"
 SERIES_ADVICE_WITHOUT_FLAG = "; expected one: give the files of one series alone"
+LOCALIZER_ADVICE = "; --series UID opens one"  # the end of the note on a scout left out (``data.readers``)
 
 
 def without_cli_advice(text: str) -> str:
-    """A reader's refusal without the CLI's ``--allow-uneven`` and ``--series``, for a caller that has no such flags:
-    the label server, an eval manifest's row (session 24's pass: both said to pass them), ``medseg oneshot``."""
-    return text.replace(ALLOW_UNEVEN_ADVICE, "").replace(SERIES_ADVICE, SERIES_ADVICE_WITHOUT_FLAG)
+    """A reader's refusal or note without the CLI's ``--allow-uneven`` and ``--series``, for a caller that has no such
+    flags: the label server, an eval manifest's row (session 24's pass: both said to pass them), ``medseg oneshot``,
+    the UI's status line (session 25: `left out 1 localizer series (UID; --series UID opens one)`)."""
+    return (text.replace(ALLOW_UNEVEN_ADVICE, "").replace(SERIES_ADVICE, SERIES_ADVICE_WITHOUT_FLAG)
+            .replace(LOCALIZER_ADVICE, ""))
 
 
 class UnevenStudyError(StudyError):
