@@ -1090,7 +1090,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         sop_class_uid=str(getattr(ds, "SOPClassUID", "")) or None,
         files=(str(path),),
         notes=notes,
-        geometry=("per-frame functional groups (PlanePosition, PlaneOrientation, PixelMeasures)"
+        geometry=(frames.described
                   + (" (mean slice spacing, --allow-uneven)" if frames.notes else "") if frames is not None
                   else "ImagePositionPatient/ImageOrientationPatient" if "ImageOrientationPatient" in ds
                   else f"SequenceOfUltrasoundRegions (PhysicalDeltaX/Y, {us[0]:g} x {us[1]:g} mm; the region's "

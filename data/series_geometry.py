@@ -331,6 +331,7 @@ class FrameGeometry:
     origin: tuple[float, float, float]
     direction: tuple[float, ...]  # 3 x 3 row-major, columns = the i, j, k axes
     notes: tuple[str, ...] = ()  # --allow-uneven: the frames' uneven steps, opened at the mean spacing
+    described: str = "per-frame functional groups (PlanePosition, PlaneOrientation, PixelMeasures)"  # the source's
 
 
 FRAME_GROUPS = (("PlanePositionSequence", "ImagePositionPatient"), ("PlaneOrientationSequence", "ImageOrientationPatient"),
@@ -404,6 +405,9 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
                 raise GeometryError(f"GridFrameOffsetVector holds {len(steps) + 1} frame offsets, but the image has "
                                     f"{int(ds.get('NumberOfFrames') or 1)} frame(s) (NumberOfFrames); expected one "
                                     "offset per frame: which frame lies where is not known")
+            descending = _descending_dose_frames(ds, offsets, steps)
+            if descending is not None:
+                return descending
             if not np.isfinite(steps).all() or (steps <= 0).any() \
                     or np.abs(steps - np.median(steps)).max() > SPACING_TOLERANCE * float(np.median(steps)):
                 raise GeometryError(f"GridFrameOffsetVector {[float(v) for v in offsets][:8]} is not one increasing, "
@@ -419,6 +423,26 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
     if len(heads) != frames:
         raise GeometryError(f"{len(heads)} per-frame functional groups for NumberOfFrames {frames}")
     return stack_grid([f"frame {n + 1}" for n in range(frames)], heads, allow_uneven=allow_uneven)
+
+
+def _descending_dose_frames(ds: pydicom.Dataset, offsets, steps: np.ndarray) -> FrameGeometry | None:
+    """The grid of an RT Dose whose relative GridFrameOffsetVector descends evenly (0, -5, -10 ... mm: frame n lies
+    offset n along the normal of ImageOrientationPatient): its k axis runs against the normal. None for any other.
+    Why: such files exist (Orthanc Stone learnt to read them in 2023) and were refused as not increasing, while GDCM
+    reads only increasing offsets (session 25)."""
+    if not len(steps) or float(offsets[0]) != 0 or not np.isfinite(steps).all() or (steps >= 0).any():
+        return None
+    step = float(np.median(-steps))
+    if np.abs(-steps - step).max() > SPACING_TOLERANCE * step:
+        return None
+    iop, ipp, pixel = orientation(ds), numbers(ds, "ImagePositionPatient", 3), numbers(ds, "PixelSpacing", 2)
+    if iop is None or ipp is None or pixel is None:
+        return None  # refused as before, or by the checks of an image without them
+    direction = np.column_stack([iop[0], iop[1], -np.cross(iop[0], iop[1])])
+    return FrameGeometry(spacing=(float(pixel[1]), float(pixel[0]), step), origin=tuple(map(float, ipp)),
+                         direction=tuple(map(float, direction.ravel())),
+                         described="ImagePositionPatient/ImageOrientationPatient, GridFrameOffsetVector descending "
+                                   f"({step:g} mm a frame against the normal)")
 
 
 def stack_grid(names: Sequence[str], heads: Sequence[pydicom.Dataset], *, allow_uneven: bool = False) -> FrameGeometry:

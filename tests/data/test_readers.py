@@ -1205,3 +1205,29 @@ def test_32_bit_big_endian_pixels_the_decoder_garbles_are_refused():
                   "open that")
     small = PYDICOM_FILES / "MR_small_bigendian.dcm"
     np.testing.assert_array_equal(read_study(small).array[0], pydicom.dcmread(small).pixel_array)
+
+
+def test_an_rt_dose_whose_frame_offsets_descend_opens_where_each_frame_lies(tmp_path):
+    """rtdose.dcm with its frames stored the other way: the last frame first, ImagePositionPatient at it, and
+    GridFrameOffsetVector 0, -5, ..., -70 mm. Refused before as `not one increasing, even step per frame`, though each
+    frame's place is in the file (Orthanc Stone learnt to read such doses in 2023). Now its k axis runs against the
+    normal: every voxel lies where the original's does, and a label map written of it lies there too (session 25)."""
+    from data.writers import write_label_nifti
+
+    original = read_study(PYDICOM_FILES / "rtdose.dcm")
+    ds = pydicom.dcmread(PYDICOM_FILES / "rtdose.dcm")
+    ds.PixelData = ds.pixel_array[::-1].copy().tobytes()
+    ds.ImagePositionPatient = [*[float(v) for v in ds.ImagePositionPatient[:2]], float(ds.ImagePositionPatient[2]) + 70]
+    ds.GridFrameOffsetVector = [-5.0 * n for n in range(15)]
+    ds.save_as(tmp_path / "reversed.dcm")
+    volume = read_study(tmp_path / "reversed.dcm")
+    np.testing.assert_array_equal(volume.array[::-1], original.array)
+    assert volume.spacing == original.spacing and volume.direction[8] == -1.0
+    assert volume.source.geometry.startswith("ImagePositionPatient/ImageOrientationPatient, GridFrameOffsetVector "
+                                             "descending (5 mm a frame against the normal)")
+    labels = (volume.array > 1.0).astype(np.uint8)
+    written = sitk.ReadImage(str(write_label_nifti(labels, volume, tmp_path / "l.nii.gz")))
+    for k in (0, 14):  # the first and last frames' corners lie where the original's frames 14 and 0 do
+        np.testing.assert_allclose(written.TransformIndexToPhysicalPoint((0, 0, k)),
+                                   np.array(original.origin) + [0, 0, 5.0 * (14 - k)], atol=1e-3)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written)[::-1], (original.array > 1.0).astype(np.uint8))
