@@ -413,8 +413,21 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
                 raise GeometryError(f"GridFrameOffsetVector {[float(v) for v in offsets][:8]} is not one increasing, "
                                     "even step per frame; the frames cannot be stacked")
             return None
-        if "ImageOrientationPatient" in ds and int(ds.get("NumberOfFrames") or 1) > 1 \
-                and not _positive(ds.get("SpacingBetweenSlices")):
+        frames = int(ds.get("NumberOfFrames") or 1)
+        shared = list(ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
+        turned = any(item.get("ImageOrientationPatient") is not None
+                     for item in shared.get("PlaneOrientationSequence") or []) \
+            or any("ImageOrientationPatient" in h for h in heads)
+        if turned and frames > 1:
+            # the rule below, where the orientation sits in the functional groups: an Enhanced CT without its
+            # PerFrameFunctionalGroupsSequence opened as unplaced 1 mm frames, its shared orientation and pixel
+            # spacing dropped without a word (session 25)
+            nor = "" if "PerFrameFunctionalGroupsSequence" in ds else \
+                ", nor the PerFrameFunctionalGroupsSequence an enhanced image requires"
+            raise GeometryError(f"{frames} frames with an ImageOrientationPatient in their functional groups but no "
+                                f"PlanePositionSequence (ImagePositionPatient) for any frame{nor}: where the frames lie "
+                                "is not in the file")
+        if "ImageOrientationPatient" in ds and frames > 1 and not _positive(ds.get("SpacingBetweenSlices")):
             # ITK stacks such frames 1 mm apart (SliceThickness is not a spacing): an invented third axis
             raise GeometryError(f"{int(ds.get('NumberOfFrames') or 1)} frames with ImageOrientationPatient but no "
                                 "SpacingBetweenSlices or per-frame positions: where the frames lie is not in the file")

@@ -1231,3 +1231,22 @@ def test_an_rt_dose_whose_frame_offsets_descend_opens_where_each_frame_lies(tmp_
         np.testing.assert_allclose(written.TransformIndexToPhysicalPoint((0, 0, k)),
                                    np.array(original.origin) + [0, 0, 5.0 * (14 - k)], atol=1e-3)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written)[::-1], (original.array > 1.0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_enhanced_frames_oriented_in_their_functional_groups_but_placed_nowhere_are_refused(tmp_path, per_frame):
+    """An Enhanced CT whose shared functional groups give an orientation and 0.5 mm pixels, without the
+    PerFrameFunctionalGroupsSequence its IOD requires (or with per-frame groups that place no frame): opened as 4
+    unplaced frames of 1 x 1 mm, identity, the orientation and pixel size dropped without a word, where the same frames
+    with a top-level ImageOrientationPatient are refused (session 25)."""
+    ds = db.enhanced_multiframe(np.arange(4 * 8 * 8, dtype=np.int16).reshape(4, 8, 8), [0, 1.5, 3, 4.5])
+    if per_frame:
+        for group in ds.PerFrameFunctionalGroupsSequence:
+            del group.PlanePositionSequence
+    else:
+        del ds.PerFrameFunctionalGroupsSequence
+    ds.save_as(tmp_path / "enh.dcm", enforce_file_format=True)
+    nor = "" if per_frame else ", nor the PerFrameFunctionalGroupsSequence an enhanced image requires"
+    refused(tmp_path / "enh.dcm", f"{tmp_path / 'enh.dcm'}: 4 frames with an ImageOrientationPatient in their "
+                                  f"functional groups but no PlanePositionSequence (ImagePositionPatient) for any "
+                                  f"frame{nor}: where the frames lie is not in the file")
