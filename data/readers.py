@@ -1107,8 +1107,8 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
 
 def _dose_scaled(path: Path, volume: Volume, ds: pydicom.Dataset) -> Volume:
     """An RT Dose grid in its DoseUnits: the stored values times ``DoseGridScaling`` (PS3.3 C.8.8.3), which GDCM does
-    not apply. Why: pydicom's rtdose.dcm (scaling 1e-06) opened at its stored integers, 101378 where the file says
-    0.1 Gy, as if valid (session 25). A scaling that is not a finite number > 0 is refused, as a RescaleSlope is."""
+    not apply. Why: pydicom's rtdose.dcm (scaling 1e-06) opened at its stored integers, 1254000 where the file says
+    1.254 (DoseUnits RELATIVE), as if valid (session 25). A scaling that is not a finite number > 0 is refused, as a RescaleSlope is."""
     if "DoseGridScaling" not in ds or ds["DoseGridScaling"].value in (None, ""):
         return volume
     try:
