@@ -287,7 +287,7 @@ def _check_modality_lut(path: Path, ds: pydicom.Dataset) -> None:
 
 
 # Transfer syntaxes GDCM (under SimpleITK) cannot decode: video (MPEG-2/4, HEVC), JPIP references, JPEG XL, HTJ2K,
-# SMPTE ST 2110, Encapsulated Uncompressed (2021) and Deflated Image Frame Compression (2023). GDCM failed on them
+# SMPTE ST 2110, Encapsulated Uncompressed and Deflated Image Frame Compression. GDCM failed on them
 # with "Failed to change to Implicit Transfer Syntax" or "Cannot read requested file", naming neither; the last two
 # were called damaged (session 25).
 NO_DECODER_PREFIXES = ("1.2.840.10008.1.2.4.10", "1.2.840.10008.1.2.4.11", "1.2.840.10008.1.2.4.20",
