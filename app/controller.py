@@ -37,6 +37,7 @@ from app.reading import read_untrusted
 from app.session import PALETTE, UNRESTORED, Edit, Session, SessionError, SessionStore
 from app.uploads import import_upload
 from data.readers import SeveralSeriesError, StudyWarning, UnevenStudyError, read_study
+from data.study_errors import without_cli_advice
 from data.untrusted import one_line
 from data.volume import THICKNESS_UNKNOWN, Volume
 from data.writers import write_label_nifti
@@ -323,7 +324,7 @@ def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Pr
     ctx.store.save(session)
     if progress:
         progress(0.9, "rendering")
-    notes = "".join(f" Note: {_without_folder(str(w.message), path)}." for w in caught
+    notes = "".join(f" Note: {without_cli_advice(_without_folder(str(w.message), path))}." for w in caught
                     if issubclass(w.category, StudyWarning))
     return _greet(session, f"Opened {name}.{notes} Click on the structure, or drag a box.")
 

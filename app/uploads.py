@@ -65,10 +65,18 @@ def safe_extract_zip(
                 )
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
+        seen: dict[Path, zipfile.ZipInfo] = {}
         for m in members:
             target = (dest / m.filename).resolve()
             if root not in target.parents and target != root:
                 raise UploadError(f"{archive.name}: member {m.filename!r} points outside the archive; refused")
+            first = seen.setdefault(target, m)
+            files = not (m.is_dir() or first.is_dir())  # a folder's name as a file's: refused when unpacked, below
+            if first is not m and files and (first.CRC, first.file_size) != (m.CRC, m.file_size):
+                # the later copy was written over the earlier without a word: another unzipper (or a listing) shows
+                # the first, medseg opened the last (session 25)
+                raise UploadError(f"{archive.name}: member {m.filename!r} is in the archive twice with different "
+                                  "contents, so which one is meant is in doubt; make the zip again")
             try:  # zipfile stops at the declared size and checks the CRC: a lying header ends in BadZipFile
                 if m.is_dir():
                     target.mkdir(parents=True, exist_ok=True)

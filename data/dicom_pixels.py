@@ -14,7 +14,7 @@ import pydicom
 from pydicom.multival import MultiValue
 
 from data import limits
-from data.dicom_scan import NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
+from data.dicom_scan import EXPLICIT_BE, NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
 from data.study_errors import StudyError, check_voxels, header_int
 
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
@@ -45,6 +45,10 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
     if not 1 <= samples <= limits.MAX_SAMPLES_PER_PIXEL or bits not in (1, 8, 16, 32, 64):
         raise StudyError(f"{path}: SamplesPerPixel {samples} / BitsAllocated {bits}; expected 1-4 samples of 1, 8, 16, 32 or 64 bits")
     _check_stored_bits(path, ds, bits)
+    if _private_syntax(scan.transfer_syntax):
+        raise StudyError(f"{path}: transfer syntax {scan.transfer_syntax}, a private one (not defined by the DICOM "
+                         "standard): how its data and pixels are encoded is not known here; export it with a standard "
+                         "transfer syntax (e.g. Explicit VR Little Endian) and open that")
     if _no_decoder(scan.transfer_syntax):
         name = pydicom.uid.UID(scan.transfer_syntax).name
         raise StudyError(f"{path}: transfer syntax {scan.transfer_syntax}"
@@ -64,6 +68,12 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
         raise StudyError(f"{path}: RLE Lossless colour ({samples} samples) of {bits} bits: the decoder here mixes "
                          "up its bytes (red opens as blue-green); save it uncompressed (e.g. dcmdrle IN OUT) and open "
                          "that")
+    if scan.transfer_syntax == EXPLICIT_BE and bits >= 32:
+        # GDCM swaps such values 16 bits at a time: pydicom's rtdose_expb.dcm opened at 250085395 where its little
+        # endian twin (and pydicom) hold 1249000, every value wrong, as if valid (session 25)
+        raise StudyError(f"{path}: {bits}-bit pixels in Explicit VR Big Endian, which the decoder here reads with "
+                         "their bytes mixed up (every value would open wrong); save it as little endian (e.g. dcmconv "
+                         "+te IN OUT) and open that")
     native = scan.transfer_syntax in NATIVE_SYNTAXES or not scan.transfer_syntax
     if native and scan.encapsulated:
         raise StudyError(f"{path}: compressed (encapsulated) pixel data in the uncompressed transfer syntax {scan.transfer_syntax}")
@@ -277,14 +287,24 @@ def _check_modality_lut(path: Path, ds: pydicom.Dataset) -> None:
 
 
 # Transfer syntaxes GDCM (under SimpleITK) cannot decode: video (MPEG-2/4, HEVC), JPIP references, JPEG XL, HTJ2K,
-# SMPTE ST 2110. GDCM failed on them with "Failed to change to Implicit Transfer Syntax", naming neither.
+# SMPTE ST 2110, Encapsulated Uncompressed and Deflated Image Frame Compression. GDCM failed on them
+# with "Failed to change to Implicit Transfer Syntax" or "Cannot read requested file", naming neither; the last two
+# were called damaged (session 25).
 NO_DECODER_PREFIXES = ("1.2.840.10008.1.2.4.10", "1.2.840.10008.1.2.4.11", "1.2.840.10008.1.2.4.20",
-                       "1.2.840.10008.1.2.7.")
-NO_DECODER = frozenset({"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95"})
+                       "1.2.840.10008.1.2.7.", "1.2.840.10008.1.2.8.")
+NO_DECODER = frozenset({"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.1.98"})
+DICOM_ROOT = "1.2.840.10008."  # every transfer syntax the standard defines lies under it
 
 
 def _no_decoder(syntax: str) -> bool:
     return syntax in NO_DECODER or syntax.startswith(NO_DECODER_PREFIXES)
+
+
+def _private_syntax(syntax: str) -> bool:
+    """A transfer syntax outside the standard's root (GE's private big endian 1.2.840.113619.5.2, a vendor's own
+    compression): it was refused as `needs compressed (encapsulated) pixel data; the file holds raw bytes`, or
+    called damaged, where its encoding is simply not one medseg knows (session 25)."""
+    return bool(syntax) and not syntax.startswith(DICOM_ROOT)
 
 
 def check_rescale(path: Path, ds: pydicom.Dataset, *, image: pydicom.Dataset | None = None, where: str = "") -> None:

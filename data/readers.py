@@ -45,8 +45,8 @@ from data.series_geometry import (ONE_PATIENT_AND_STUDY, SAME_IN_EVERY_SLICE, Ge
                                   check_pixel_spacing, check_series_geometry, check_spacing_between_slices,
                                   display_names, frame_geometry, frame_heads, numbers, orientation,
                                   position_along_normal, require_pixel_spacing, require_whole_plane, stack_grid)
-from data.study_errors import (SeveralSeriesError, StudyError, StudyWarning, UnevenStudyError, check_voxels,
-                               first_line, header_int, voxel_limit)
+from data.study_errors import (LOCALIZER_ADVICE, SERIES_ADVICE, SeveralSeriesError, StudyError, StudyWarning,
+                               UnevenStudyError, check_voxels, first_line, header_int, voxel_limit)
 from data.untrusted import UntrustedFileError, check_regular, native_stderr_captured, one_line
 from data.volume import FRAMES_NOT_PLACED, SPLIT_ENHANCED, THICKNESS_UNKNOWN, SourceRef, Volume
 
@@ -509,7 +509,7 @@ def _without_localizers(folder: Path, series: list[SeriesInfo]) -> list[SeriesIn
         return series
     skipped = ", ".join(s.series_instance_uid for s in series if s.localizer)
     warnings.warn(one_line(f"{folder}: opened series {volumes[0].series_instance_uid}; left out "
-                           f"{len(series) - 1} localizer series ({skipped}; --series UID opens one)"),
+                           f"{len(series) - 1} localizer series ({skipped}{LOCALIZER_ADVICE})"),
                   StudyWarning, stacklevel=3)
     return volumes
 
@@ -601,7 +601,7 @@ def read_dicom_series(
     elif len(series := _without_localizers(folder, series)) > 1:
         _refuse_one_series_split(folder, series)
         listing = "; ".join(f"{s.series_instance_uid} ({s.modality}, {len(s.files)} files)" for s in series[:shown])
-        raise SeveralSeriesError(f"{folder}: holds {len(series)} series, pick one with --series UID: {listing}"
+        raise SeveralSeriesError(f"{folder}: holds {len(series)} series{SERIES_ADVICE}: {listing}"
                                  + (f";{more}" if more else ""),
                                  [(s.series_instance_uid, s.modality[:16], s.description[:64], len(s.files))
                                   for s in series[:SERIES_OFFERED]])
@@ -1046,7 +1046,9 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         require_whole_plane(ds)  # one without the other: ITK made the origin 0, or the orientation axial, silently
         check_pixel_spacing(ds)
         # an enhanced image of one frame keeps its geometry in the functional groups too (GDCM reads it from there)
-        frames = frame_geometry(ds, allow_uneven=allow_uneven) if _is_multiframe(ds) else None
+        # an RT Dose of one frame with a GridFrameOffsetVector too: its offsets are checked against its count
+        frames = frame_geometry(ds, allow_uneven=allow_uneven) if _is_multiframe(ds) or "GridFrameOffsetVector" in ds \
+            else None
         if frames is None:
             require_pixel_spacing(ds)
             check_spacing_between_slices(ds)
@@ -1088,7 +1090,7 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         sop_class_uid=str(getattr(ds, "SOPClassUID", "")) or None,
         files=(str(path),),
         notes=notes,
-        geometry=("per-frame functional groups (PlanePosition, PlaneOrientation, PixelMeasures)"
+        geometry=(frames.described
                   + (" (mean slice spacing, --allow-uneven)" if frames.notes else "") if frames is not None
                   else "ImagePositionPatient/ImageOrientationPatient" if "ImageOrientationPatient" in ds
                   else f"SequenceOfUltrasoundRegions (PhysicalDeltaX/Y, {us[0]:g} x {us[1]:g} mm; the region's "
@@ -1100,4 +1102,22 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
                                       and thick is None),
     )
     volume = Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
-    return _check_ct_values(path, volume, ds)
+    return _check_ct_values(path, _dose_scaled(path, volume, ds), ds)
+
+
+def _dose_scaled(path: Path, volume: Volume, ds: pydicom.Dataset) -> Volume:
+    """An RT Dose grid in its DoseUnits: the stored values times ``DoseGridScaling`` (PS3.3 C.8.8.3), which GDCM does
+    not apply. Why: pydicom's rtdose.dcm (scaling 1e-06) opened at its stored integers, 1254000 where the file says
+    1.254 (DoseUnits RELATIVE), as if valid (session 25). A scaling that is not a finite number > 0 is refused, as a RescaleSlope is."""
+    if "DoseGridScaling" not in ds or ds["DoseGridScaling"].value in (None, ""):
+        return volume
+    try:
+        scaling = float(ds["DoseGridScaling"].value)
+    except (TypeError, ValueError):
+        scaling = float("nan")
+    if not (math.isfinite(scaling) and scaling > 0):
+        raise StudyError(f"{path}: DoseGridScaling {ds['DoseGridScaling'].value!r}; expected a finite number > 0 (the "
+                         "factor from the stored values to the dose in DoseUnits)")
+    if scaling == 1:
+        return volume
+    return replace(volume, array=np.asarray(volume.array, np.float64) * scaling)

@@ -331,6 +331,7 @@ class FrameGeometry:
     origin: tuple[float, float, float]
     direction: tuple[float, ...]  # 3 x 3 row-major, columns = the i, j, k axes
     notes: tuple[str, ...] = ()  # --allow-uneven: the frames' uneven steps, opened at the mean spacing
+    described: str = "per-frame functional groups (PlanePosition, PlaneOrientation, PixelMeasures)"  # the source's
 
 
 FRAME_GROUPS = (("PlanePositionSequence", "ImagePositionPatient"), ("PlaneOrientationSequence", "ImageOrientationPatient"),
@@ -400,13 +401,33 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
         offsets = ds.get("GridFrameOffsetVector")  # RT Dose: frame positions along the normal, which GDCM reads
         if offsets is not None and "ImageOrientationPatient" in ds:
             steps = np.diff(np.asarray([float(v) for v in offsets], float))
-            if len(steps) + 1 != int(ds.get("NumberOfFrames") or 1) or not np.isfinite(steps).all() or (steps <= 0).any() \
+            if len(steps) + 1 != int(ds.get("NumberOfFrames") or 1):  # GDCM: "An invalid logic behavior occurred"
+                raise GeometryError(f"GridFrameOffsetVector holds {len(steps) + 1} frame offsets, but the image has "
+                                    f"{int(ds.get('NumberOfFrames') or 1)} frame(s) (NumberOfFrames); expected one "
+                                    "offset per frame: which frame lies where is not known")
+            descending = _descending_dose_frames(ds, offsets, steps)
+            if descending is not None:
+                return descending
+            if not np.isfinite(steps).all() or (steps <= 0).any() \
                     or np.abs(steps - np.median(steps)).max() > SPACING_TOLERANCE * float(np.median(steps)):
                 raise GeometryError(f"GridFrameOffsetVector {[float(v) for v in offsets][:8]} is not one increasing, "
                                     "even step per frame; the frames cannot be stacked")
             return None
-        if "ImageOrientationPatient" in ds and int(ds.get("NumberOfFrames") or 1) > 1 \
-                and not _positive(ds.get("SpacingBetweenSlices")):
+        frames = int(ds.get("NumberOfFrames") or 1)
+        shared = list(ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
+        turned = any(item.get("ImageOrientationPatient") is not None
+                     for item in shared.get("PlaneOrientationSequence") or []) \
+            or any("ImageOrientationPatient" in h for h in heads)
+        if turned and frames > 1:
+            # the rule below, where the orientation sits in the functional groups: an Enhanced CT without its
+            # PerFrameFunctionalGroupsSequence opened as unplaced 1 mm frames, its shared orientation and pixel
+            # spacing dropped without a word (session 25)
+            nor = "" if "PerFrameFunctionalGroupsSequence" in ds else \
+                ", nor the PerFrameFunctionalGroupsSequence an enhanced image requires"
+            raise GeometryError(f"{frames} frames with an ImageOrientationPatient in their functional groups but no "
+                                f"PlanePositionSequence (ImagePositionPatient) for any frame{nor}: where the frames lie "
+                                "is not in the file")
+        if "ImageOrientationPatient" in ds and frames > 1 and not _positive(ds.get("SpacingBetweenSlices")):
             # ITK stacks such frames 1 mm apart (SliceThickness is not a spacing): an invented third axis
             raise GeometryError(f"{int(ds.get('NumberOfFrames') or 1)} frames with ImageOrientationPatient but no "
                                 "SpacingBetweenSlices or per-frame positions: where the frames lie is not in the file")
@@ -415,6 +436,26 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
     if len(heads) != frames:
         raise GeometryError(f"{len(heads)} per-frame functional groups for NumberOfFrames {frames}")
     return stack_grid([f"frame {n + 1}" for n in range(frames)], heads, allow_uneven=allow_uneven)
+
+
+def _descending_dose_frames(ds: pydicom.Dataset, offsets, steps: np.ndarray) -> FrameGeometry | None:
+    """The grid of an RT Dose whose relative GridFrameOffsetVector descends evenly (0, -5, -10 ... mm: frame n lies
+    offset n along the normal of ImageOrientationPatient): its k axis runs against the normal. None for any other.
+    Why: such files exist (Orthanc Stone learnt to read them in 2023) and were refused as not increasing, while GDCM
+    reads only increasing offsets (session 25)."""
+    if not len(steps) or float(offsets[0]) != 0 or not np.isfinite(steps).all() or (steps >= 0).any():
+        return None
+    step = float(np.median(-steps))
+    if np.abs(-steps - step).max() > SPACING_TOLERANCE * step:
+        return None
+    iop, ipp, pixel = orientation(ds), numbers(ds, "ImagePositionPatient", 3), numbers(ds, "PixelSpacing", 2)
+    if iop is None or ipp is None or pixel is None:
+        return None  # refused as before, or by the checks of an image without them
+    direction = np.column_stack([iop[0], iop[1], -np.cross(iop[0], iop[1])])
+    return FrameGeometry(spacing=(float(pixel[1]), float(pixel[0]), step), origin=tuple(map(float, ipp)),
+                         direction=tuple(map(float, direction.ravel())),
+                         described="ImagePositionPatient/ImageOrientationPatient, GridFrameOffsetVector descending "
+                                   f"({step:g} mm a frame against the normal)")
 
 
 def stack_grid(names: Sequence[str], heads: Sequence[pydicom.Dataset], *, allow_uneven: bool = False) -> FrameGeometry:

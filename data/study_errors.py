@@ -38,12 +38,19 @@ class SeveralSeriesError(StudyError):
 # the end of a refusal for uneven slices (``data.series_geometry``): advice for the CLI, whose commands that read a
 # study take --allow-uneven; callers without that flag drop it (``without_cli_advice``)
 ALLOW_UNEVEN_ADVICE = ", or pass --allow-uneven"
+# the advice in a refusal of a folder of several series (``data.readers``): the CLI's --series, which ``medseg
+# oneshot``, eval manifests and the label server do not take; they say what to give instead (session 25)
+SERIES_ADVICE = ", pick one with --series UID"
+SERIES_ADVICE_WITHOUT_FLAG = "; expected one: give the files of one series alone"
+LOCALIZER_ADVICE = "; --series UID opens one"  # the end of the note on a scout left out (``data.readers``)
 
 
 def without_cli_advice(text: str) -> str:
-    """A reader's refusal without the CLI's ``--allow-uneven``, for a caller that has no such flag: the label server,
-    an eval manifest's row (session 24's pass: both said to pass it)."""
-    return text.replace(ALLOW_UNEVEN_ADVICE, "")
+    """A reader's refusal or note without the CLI's ``--allow-uneven`` and ``--series``, for a caller that has no such
+    flags: the label server, an eval manifest's row (session 24's pass: both said to pass them), ``medseg oneshot``,
+    the UI's status line (session 25: `left out 1 localizer series (UID; --series UID opens one)`)."""
+    return (text.replace(ALLOW_UNEVEN_ADVICE, "").replace(SERIES_ADVICE, SERIES_ADVICE_WITHOUT_FLAG)
+            .replace(LOCALIZER_ADVICE, ""))
 
 
 class UnevenStudyError(StudyError):

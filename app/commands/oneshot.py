@@ -17,7 +17,8 @@ from adapters.persam_oneshot import BODY_MASK, LOCATION_GATE, METHODS, fit_onesh
 from app.commands.common import add_model_args, apply_local_clicks_arg, check_outputs, say
 from app.errors import UsageError
 from data.pictures import exif_mismatch, read_mask_image, refuse_lossy_mask, visible_pixels
-from data.readers import read_study
+from data.readers import StudyError, read_study
+from data.study_errors import without_cli_advice
 from data.volume import Volume
 from data.windowing import default_window, slice_to_rgb
 from data.writers import write_label_nifti, write_png_mask
@@ -93,6 +94,15 @@ def output_stem(path: Path) -> str:
     return Path(name).stem
 
 
+def read_image(path: str | Path) -> Volume:
+    """``read_study`` without the CLI's --allow-uneven and --series advice: oneshot takes neither flag, and its
+    refusal of a series with a slice missing told the user to pass one (session 25)."""
+    try:
+        return read_study(path)
+    except StudyError as e:
+        raise StudyError(without_cli_advice(str(e))) from None
+
+
 def reference_slice(ref: Volume, k: int | None, path: str) -> int:
     """The annotated slice of --ref: 0 for 2D, --ref-slice K (required, in range) for 3D."""
     n = ref.num_slices
@@ -107,7 +117,7 @@ def reference_slice(ref: Volume, k: int | None, path: str) -> int:
 
 def reference_mask(args: argparse.Namespace, ref: Volume, k: int) -> np.ndarray:
     """(H, W) bool mask of the structure on reference slice K."""
-    mask_vol = read_study(args.ref_mask)
+    mask_vol = read_image(args.ref_mask)
     if mask_vol.source.exif_orientation != ref.source.exif_orientation:  # a square photo: a mask lying turned on it
         raise UsageError(f"--ref-mask {args.ref_mask}: " + exif_mismatch(
             "reference image", "mask", ref.source.exif_orientation, mask_vol.source.exif_orientation))
@@ -154,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--targets: several targets would write {dupes[0]!r} in {out_dir}; give distinct file names")
     check_outputs([out_dir / f"{stem}{ext}" for stem in stems for ext in (".png", ".nii.gz")],
                              [args.ref, args.ref_mask, *targets])
-    ref = read_study(args.ref)
+    ref = read_image(args.ref)
     k = reference_slice(ref, args.ref_slice, args.ref)
     ref_image = slice_to_rgb(ref, k, default_window(ref, args.window))
     mask = reference_mask(args, ref, k)
@@ -168,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"learnt {args.method} from {args.ref} slice {k} ({int(mask.sum())} px) in {time.perf_counter() - t0:.1f} s")
     out_dir.mkdir(parents=True, exist_ok=True)
     for target, stem in zip(targets, stems):
-        volume = read_study(target)
+        volume = read_image(target)
         window = default_window(volume, args.window)
         images = [slice_to_rgb(volume, i, window) for i in range(volume.num_slices)]
         t1 = time.perf_counter()

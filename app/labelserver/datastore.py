@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from data.isolated_read import read_study_isolated
+from data.nrrd_check import check_geometry, header_fields, itk_reason
 from data.readers import StudyError, _finite, check_geometry_range, has_dicom_magic, read_study, voxel_limit
 from data.untrusted import NRRD_HEADER_BYTES, UntrustedFileError, check_nrrd_attached
 from data.volume import SourceRef, Volume
@@ -104,20 +105,16 @@ def read_image_file(path: Path, name: str | None = None) -> Volume:
         try:
             reader.ReadImageInformation()
         except RuntimeError as e:
-            raise StudyError(f"{name}: not a readable NRRD file") from e
+            raise StudyError(f"{name}: not a readable NRRD file ({itk_reason(e, path, name)})") from None
         size = reader.GetSize()
         if int(np.prod(size, dtype=np.float64)) > voxel_limit() or len(size) not in (2, 3):
             raise StudyError(f"{name}: {size} voxels is not a 2D/3D image within the limit of {voxel_limit()}")
         try:
             image = reader.Execute()
         except RuntimeError as e:
-            raise StudyError(f"{name}: the NRRD pixel data could not be read") from e
+            raise StudyError(f"{name}: the NRRD pixel data could not be read ({itk_reason(e, path, name)})") from None
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise StudyError(f"{name}: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected 1")
-        d = np.asarray(image.GetDirection(), float).reshape(image.GetDimension(), image.GetDimension())
-        if np.abs(d.T @ d - np.eye(len(d))).max() > 1e-3:  # ITK keeps sheared space directions as they are
-            raise StudyError(f"{name}: the NRRD's space directions are not perpendicular (shear); resample the image "
-                             "first (a NIfTI with shear is refused too)")
         volume = Volume.from_sitk(image, source=SourceRef(path=str(path), format="nrrd"))
         check_geometry_range(name, volume)  # what the label map written back can hold, as for every reader
         from data.readers import guess_modality
@@ -140,26 +137,11 @@ def _nrrd_reader(path: Path, name: str) -> sitk.ImageFileReader:
     except (UntrustedFileError, OSError) as e:
         raise StudyError(str(e).replace(path.name, name, 1) if isinstance(e, UntrustedFileError)
                          else f"{name}: cannot be read") from None
-    units = _nrrd_space_units(path)
-    if units is not None and any(u.strip('"').strip().lower() != "mm" for u in units.split()):
-        # ITK ignores the field: an NRRD in metres opened 1000 times too small, and its label was written in mm
-        raise StudyError(f"{name}: space units {units}; expected millimetres (\"mm\") on every axis")
+    check_geometry(header_fields(path), name)  # what ITK would guess or ignore (units, space, axes), named
     reader = sitk.ImageFileReader()
     reader.SetImageIO("NrrdImageIO")  # never another ITK reader chosen by the bytes (MetaImage has detached data too)
     reader.SetFileName(str(path))
     return reader
-
-
-def _nrrd_space_units(path: Path) -> str | None:
-    """The header's ``space units`` value as written (e.g. ``"mm" "mm" "mm"``), None when absent."""
-    with open(path, "rb") as f:
-        head = f.read(NRRD_HEADER_BYTES)
-    head = head[: head.find(b"\n\n")] if b"\n\n" in head else head
-    for line in head.decode("latin-1").splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip().lower() == "space units":
-            return value.strip()
-    return None
 
 
 def read_upload(path: Path, scratch: Path) -> Volume:
@@ -272,8 +254,8 @@ def _nrrd_label(path: Path, name: str):
         raise BadLabel(str(e)) from None
     try:
         reader.ReadImageInformation()
-    except RuntimeError:
-        raise BadLabel(f"{name}: not a readable label image (.nii.gz or .nrrd)") from None
+    except RuntimeError as e:
+        raise BadLabel(f"{name}: not a readable label image (.nii.gz or .nrrd): {itk_reason(e, path, name)}") from None
     dim, size = reader.GetDimension(), tuple(reversed(reader.GetSize()))
     spacing, origin, d = reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
     if dim == 2:

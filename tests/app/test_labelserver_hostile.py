@@ -394,6 +394,18 @@ def test_a_series_upload_with_a_nifti_among_its_files_is_refused_naming_it(serve
     assert not any(sessions.iterdir())
 
 
+def test_an_upload_of_two_series_is_refused_without_the_clis_series_flag(served):
+    """PUT /session/ of the real CT series with pydicom's MR_small among its files: `the 13 files sent: holds 2 series,
+    pick one with --series UID: ...`, a command-line flag no label-server client can pass (session 25)."""
+    client, _, sessions = served
+    files = [*sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").glob("*.dcm")),
+             DATA / "dicom" / "pydicom_MR_small.dcm"]
+    r = client.put("/session/", files=[("files", (p.name, p.read_bytes())) for p in files])
+    assert r.status_code == 400 and r.json()["detail"].startswith(
+        "the 13 files sent: holds 2 series; expected one: give the files of one series alone: "), r.text
+    assert "--series" not in r.text and not any(sessions.iterdir())
+
+
 @pytest.mark.parametrize("other", ["ct.nii", "ct"])
 def test_two_images_of_one_id_in_studies_are_refused_not_one_hidden(served, tmp_path, other):
     """`ct.nii` (or a series folder `ct`) beside `ct.nii.gz` in --studies: the first in sorted order was served as
@@ -488,6 +500,63 @@ def test_an_nrrd_whose_geometry_no_label_map_can_hold_is_refused(served):
     r = client.put("/session/", files={"files": ("far.nrrd", header.encode() + bytes(2 * 32 * 32 * 4))})
     assert r.status_code == 400 and r.json()["detail"].startswith("far.nrrd: origin (1e+300, 0, 0) mm is more than "), r.text
     assert not any(sessions.iterdir())
+
+
+GUESSED_NRRD_GEOMETRY = [  # (name, header line(s) changed, the refusal) of session 25's pass: each opened before (200)
+    ("spaceunits", ("space origin: (0,0,0)", 'space origin: (0,0,0)\nspaceunits: "m" "m" "m"'),
+     'spaceunits.nrrd: space units "m" "m" "m"; expected millimetres ("mm") on every axis'),
+    ("none_axis", ("space directions: (0.8,0,0)", "space directions: none"),
+     "none_axis.nrrd: space directions: axis 1 is 'none', but it is an axis of the image's grid; expected its "
+     "direction in mm, e.g. (0,0.8,0) (its spacing would be guessed as 1 mm)"),
+    ("long_axis", ("(0.8,0,0)", "(1e200,0,0)"),
+     "long_axis.nrrd: space directions: axis 1 (1e200,0,0): expected a direction of finite numbers whose length, the "
+     "spacing, is 1e-06 to 100000 mm"),
+    ("nan_spacing", ("space directions: (0.8,0,0) (0,0.8,0) (0,0,2.5)\n", "spacings: nan nan 2.5\n"),
+     "nan_spacing.nrrd: spacings nan nan 2.5: axis 1 has none (nan), but it is an axis of the image's grid; expected "
+     "its spacing in mm (it would be guessed as 1 mm)"),
+    ("left_handed", ("left-posterior-superior", "3D-left-handed"),
+     "left_handed.nrrd: space 3D-left-handed: expected a patient space (left-posterior-superior, "
+     "right-anterior-superior or left-anterior-superior); any other is read as left-posterior-superior, so where the "
+     "image lies, and its left and right, would be guessed"),
+    ("scanner", ("left-posterior-superior", "scanner-xyz"), "scanner.nrrd: space scanner-xyz: expected a patient space"),
+]
+
+
+@pytest.mark.parametrize("name, change, said", GUESSED_NRRD_GEOMETRY, ids=[c[0] for c in GUESSED_NRRD_GEOMETRY])
+def test_an_nrrd_whose_geometry_itk_would_guess_is_refused_naming_the_field(served, name, change, said):
+    """ITK's NRRD reader fills in what a header leaves out or cannot hold: an image axis whose direction is `none` or
+    1e200 mm long, or whose spacing is nan, opened 1 mm thick; `spaceunits` (teem's other spelling of `space
+    units`) passed the mm check, a metre image opened as mm; a `space` that is not the patient's was taken as
+    left-posterior-superior (a left-handed frame then lies mirrored). Each opened a session (200); an image or a label
+    (the same reader) is now refused naming the field (session 25)."""
+    client, _, sessions = served
+    header = NRRD_HEAD.format(type="short", extra="").replace(*change).encode()
+    assert header != NRRD_HEAD.format(type="short", extra="").encode()
+    r = client.put("/session/", files={"files": (f"{name}.nrrd", header + bytes(2 * 32 * 32 * 4))})
+    assert r.status_code == 400 and r.json()["detail"].startswith(said), r.text
+    assert not any(sessions.iterdir())
+    r = _label_put(client, f"{name}.nrrd", header.replace(b"type: short", b"type: unsigned char") + bytes(32 * 32 * 4))
+    assert r.status_code == 400 and r.json()["detail"].startswith(said), r.text
+
+
+@pytest.mark.parametrize("change, said", [
+    (("kinds: domain domain domain", "kinds: domain domain"),
+     "not a readable NRRD file (its kinds field 'domain domain': couldn't extract string for kind 3 of 3)"),
+    (("sizes: 32 32 4", "sizes: 32 32"), "not a readable NRRD file (its sizes field '32 32': parsed 2 values, but "
+                                         "dimension is 3)"),
+    (("encoding: raw", "encoding: raw\nline skip: 50"), "not a readable NRRD file (hit EOF skipping line "),
+])
+def test_an_nrrd_itk_refuses_is_refused_with_its_reason_and_field(served, change, said):
+    """Every header ITK refused was `x.nrrd: not a readable NRRD file`, naming neither the field nor the fault; a zero
+    spacing was `the NRRD pixel data could not be read`, blaming the voxels (session 25)."""
+    client, _, sessions = served
+    head = NRRD_HEAD.format(type="short", extra="").replace("space origin", "kinds: domain domain domain\nspace origin")
+    r = client.put("/session/", files={"files": ("x.nrrd", head.replace(*change).encode() + bytes(2 * 32 * 32 * 4))})
+    assert r.status_code == 400 and r.json()["detail"].startswith(f"x.nrrd: {said}"), r.text
+    assert "/" not in r.json()["detail"] and not any(sessions.iterdir())  # no server path in teem's words
+    zero = NRRD_HEAD.format(type="short", extra="").replace("(0.8,0,0)", "(0,0,0)")
+    r = client.put("/session/", files={"files": ("x.nrrd", zero.encode() + bytes(2 * 32 * 32 * 4))})
+    assert r.json()["detail"].startswith("x.nrrd: space directions: axis 1 (0,0,0): expected a direction "), r.text
 
 
 def _good_label(studies, tmp_path) -> bytes:

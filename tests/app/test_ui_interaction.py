@@ -492,6 +492,8 @@ def test_a_study_zip_with_its_scout_opens_in_the_ui_and_says_what_it_left_out(ct
     status = controller.open_upload(ctx, sid, [str(archive)]).status
     assert status.startswith("Opened study.zip. Note: opened series ") and "left out 1 localizer series" in status
     assert "/" not in status.split("Note:")[1]  # no server path
+    # nor a command-line flag a browser user cannot pass: `(1.2...; --series UID opens one)` before (session 25)
+    assert status.split("Note:")[1].startswith(" opened series 1.2.826.0.1.3680043.8.498.") and "--series" not in status
     assert ctx.store.get(sid).volume.array.shape == (12, 256, 256)
 
 

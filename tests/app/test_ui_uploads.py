@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 
 import pytest
 
 from app.uploads import UploadError, import_upload, safe_extract_zip
 from data.readers import read_study
-from tests.conftest import SAMPLES
+from tests.conftest import DATA, SAMPLES
 
 CT = SAMPLES / "ct_head_0051_series"
 
@@ -397,3 +398,26 @@ def test_dicom_files_with_long_legal_names_become_a_series_that_opens(tmp_path, 
     opened = import_upload([single], tmp_path / "upload2")
     assert opened.name.endswith(".nii.gz") and len(opened.name.encode()) <= 200
     assert read_study(opened).array.shape == (32, 217, 181)
+
+
+@pytest.mark.parametrize("second", ["scan.nii.gz", "./scan.nii.gz"])
+def test_a_zip_holding_one_name_twice_with_different_contents_is_refused(tmp_path, second):
+    """Two members `scan.nii.gz` (the Colin27 MR, then a CT: a zip's central directory may list a name twice; Python's
+    zipfile and a concatenating tool write such zips): the last was unpacked over the first without a word and the
+    CT opened, where another unzipper or a listing shows the MR (session 25). The same bytes twice stay harmless."""
+    mr = (SAMPLES / "colin27" / "mr_t1_colin27_slabA_image.nii.gz").read_bytes()
+    ct = (DATA / "ct_head_0051_slabA_image.nii.gz").read_bytes()
+    archive = tmp_path / "two.zip"
+    with warnings.catch_warnings(), zipfile.ZipFile(archive, "w") as zf:
+        warnings.simplefilter("ignore")  # zipfile's "Duplicate name" warning: writing such a zip is the point
+        zf.writestr("scan.nii.gz", mr)
+        zf.writestr(second, ct)
+    with _refused(f"two.zip: member {second!r} is in the archive twice with different contents, so which one is meant "
+                  "is in doubt; make the zip again"):
+        import_upload([archive], tmp_path / "upload")
+    assert not (tmp_path / "upload").exists()
+    same = tmp_path / "same.zip"
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(same, "w") as zf:
+        zf.writestr("scan.nii.gz", mr)
+        zf.writestr("scan.nii.gz", mr)
+    assert read_study(import_upload([same], tmp_path / "upload")).array.shape == (32, 217, 181)

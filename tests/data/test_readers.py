@@ -965,10 +965,12 @@ def test_a_folder_of_many_series_names_the_first_ten_in_its_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("syntax, name", [("1.2.840.10008.1.2.4.201", "High-Throughput JPEG 2000 Image Compression "
-                                           "(Lossless Only)"), ("1.2.840.10008.1.2.4.100", "MPEG2 Main Profile / Main Level")])
+                                           "(Lossless Only)"), ("1.2.840.10008.1.2.4.100", "MPEG2 Main Profile / Main Level"),
+                                          ("1.2.840.10008.1.2.1.98", "Encapsulated Uncompressed Explicit VR Little Endian")])
 def test_a_transfer_syntax_without_a_decoder_here_is_named(tmp_path, syntax, name):
     """Before: 'DICOM pixel data could not be decoded (ITK ERROR: GDCMImageIO: Failed to change to Implicit Transfer
-    Syntax)', which names neither the syntax nor the fix."""
+    Syntax)', which names neither the syntax nor the fix; Encapsulated Uncompressed (session 25) was `its compressed
+    pixel data ... could not be decoded: damaged, or not what its transfer syntax says`, blaming a valid file."""
     from pydicom.uid import RLELossless
 
     ds = pydicom.dcmread(DATA / "dicom" / "pydicom_CT_small.dcm")
@@ -977,6 +979,24 @@ def test_a_transfer_syntax_without_a_decoder_here_is_named(tmp_path, syntax, nam
     ds.save_as(tmp_path / "new.dcm")
     refused(tmp_path / "new.dcm", f"{tmp_path / 'new.dcm'}: transfer syntax {syntax} ({name}) has no decoder here; "
                                   "save it uncompressed (e.g. gdcmconv --raw IN OUT, or dcmdjpeg) and open that")
+
+
+@pytest.mark.parametrize("encapsulated", [False, True])
+def test_a_private_transfer_syntax_is_named_as_one_not_called_raw_or_damaged(tmp_path, encapsulated):
+    """GE's private 1.2.840.113619.5.2 (or a vendor's own compression): `transfer syntax ... needs compressed
+    (encapsulated) pixel data; the file holds raw bytes`, or, encapsulated, `its compressed pixel data could not be
+    decoded: damaged, ...`: neither true; the syntax is one medseg does not know (session 25)."""
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(DATA / "dicom" / "pydicom_CT_small.dcm")
+    if encapsulated:
+        ds.compress(RLELossless)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.113619.5.2"
+    ds.save_as(tmp_path / "ge.dcm")
+    refused(tmp_path / "ge.dcm", f"{tmp_path / 'ge.dcm'}: transfer syntax 1.2.840.113619.5.2, a private one (not "
+                                 "defined by the DICOM standard): how its data and pixels are encoded is not known "
+                                 "here; export it with a standard transfer syntax (e.g. Explicit VR Little Endian) and "
+                                 "open that")
 
 
 def _with_localizer(folder: Path) -> str:
@@ -1146,3 +1166,87 @@ def test_one_placed_slice_is_as_thick_as_its_slice_thickness(tmp_path):
     del ds.SpacingBetweenSlices, ds.SliceThickness
     ds.save_as(tmp_path / "thin.dcm")
     assert read_study(tmp_path / "thin.dcm").spacing[2] == pytest.approx(1.0)
+
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def test_an_rt_dose_opens_in_its_dose_units_and_a_scaling_that_is_no_factor_is_refused(tmp_path):
+    """pydicom's rtdose.dcm (DoseGridScaling 1e-06, DoseUnits RELATIVE) opened at its stored integers, 1254000 where
+    the file says 1.254, as if valid: GDCM does not apply the scaling (session 25)."""
+    path = PYDICOM_FILES / "rtdose.dcm"
+    ds = pydicom.dcmread(path)
+    volume = read_study(path)
+    assert volume.modality == "RTDOSE" and volume.array.shape == (15, 10, 10)
+    np.testing.assert_array_equal(volume.array, ds.pixel_array.astype(np.float64) * 1e-6)
+    assert volume.spacing == (10.0, 10.0, 5.0)
+    for value in ("0", "-1e-6", "nan"):
+        ds.DoseGridScaling = value
+        ds.save_as(tmp_path / "dose.dcm")
+        refused(tmp_path / "dose.dcm", f"{tmp_path / 'dose.dcm'}: DoseGridScaling {ds.DoseGridScaling!r}; expected a "
+                                       "finite number > 0 (the factor from the stored values to the dose in DoseUnits)")
+
+
+def test_an_rt_dose_whose_frame_offsets_do_not_match_its_frames_is_refused_naming_them():
+    """pydicom's rtdose_1frame.dcm: one frame, 15 GridFrameOffsetVector values. Before: `DICOM pixel data could not
+    be decoded (An invalid logic behavior occurredTag(Group,Element) ...)`, GDCM's words blaming the pixels."""
+    path = PYDICOM_FILES / "rtdose_1frame.dcm"
+    refused(path, f"{path}: GridFrameOffsetVector holds 15 frame offsets, but the image has 1 frame(s) "
+                  "(NumberOfFrames); expected one offset per frame: which frame lies where is not known")
+
+
+def test_32_bit_big_endian_pixels_the_decoder_garbles_are_refused():
+    """pydicom's rtdose_expb.dcm, the big endian twin of rtdose.dcm: GDCM swapped its 32-bit values 16 bits at a
+    time, 250085395 where pydicom and the little endian file hold 1249000: every voxel wrong, opened as if valid
+    (session 25). 16-bit big endian (MR_small_bigendian) opens as pydicom decodes it."""
+    path = PYDICOM_FILES / "rtdose_expb.dcm"
+    refused(path, f"{path}: 32-bit pixels in Explicit VR Big Endian, which the decoder here reads with their bytes "
+                  "mixed up (every value would open wrong); save it as little endian (e.g. dcmconv +te IN OUT) and "
+                  "open that")
+    small = PYDICOM_FILES / "MR_small_bigendian.dcm"
+    np.testing.assert_array_equal(read_study(small).array[0], pydicom.dcmread(small).pixel_array)
+
+
+def test_an_rt_dose_whose_frame_offsets_descend_opens_where_each_frame_lies(tmp_path):
+    """rtdose.dcm with its frames stored the other way: the last frame first, ImagePositionPatient at it, and
+    GridFrameOffsetVector 0, -5, ..., -70 mm. Refused before as `not one increasing, even step per frame`, though each
+    frame's place is in the file (Orthanc Stone learnt to read such doses in 2023). Now its k axis runs against the
+    normal: every voxel lies where the original's does, and a label map written of it lies there too (session 25)."""
+    from data.writers import write_label_nifti
+
+    original = read_study(PYDICOM_FILES / "rtdose.dcm")
+    ds = pydicom.dcmread(PYDICOM_FILES / "rtdose.dcm")
+    ds.PixelData = ds.pixel_array[::-1].copy().tobytes()
+    ds.ImagePositionPatient = [*[float(v) for v in ds.ImagePositionPatient[:2]], float(ds.ImagePositionPatient[2]) + 70]
+    ds.GridFrameOffsetVector = [-5.0 * n for n in range(15)]
+    ds.save_as(tmp_path / "reversed.dcm")
+    volume = read_study(tmp_path / "reversed.dcm")
+    np.testing.assert_array_equal(volume.array[::-1], original.array)
+    assert volume.spacing == original.spacing and volume.direction[8] == -1.0
+    assert volume.source.geometry.startswith("ImagePositionPatient/ImageOrientationPatient, GridFrameOffsetVector "
+                                             "descending (5 mm a frame against the normal)")
+    labels = (volume.array > 1.0).astype(np.uint8)
+    written = sitk.ReadImage(str(write_label_nifti(labels, volume, tmp_path / "l.nii.gz")))
+    for k in (0, 14):  # the first and last frames' corners lie where the original's frames 14 and 0 do
+        np.testing.assert_allclose(written.TransformIndexToPhysicalPoint((0, 0, k)),
+                                   np.array(original.origin) + [0, 0, 5.0 * (14 - k)], atol=1e-3)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written)[::-1], (original.array > 1.0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_enhanced_frames_oriented_in_their_functional_groups_but_placed_nowhere_are_refused(tmp_path, per_frame):
+    """An Enhanced CT whose shared functional groups give an orientation and 0.5 mm pixels, without the
+    PerFrameFunctionalGroupsSequence its IOD requires (or with per-frame groups that place no frame): opened as 4
+    unplaced frames of 1 x 1 mm, identity, the orientation and pixel size dropped without a word, where the same frames
+    with a top-level ImageOrientationPatient are refused (session 25)."""
+    ds = db.enhanced_multiframe(np.arange(4 * 8 * 8, dtype=np.int16).reshape(4, 8, 8), [0, 1.5, 3, 4.5])
+    if per_frame:
+        for group in ds.PerFrameFunctionalGroupsSequence:
+            del group.PlanePositionSequence
+    else:
+        del ds.PerFrameFunctionalGroupsSequence
+    ds.save_as(tmp_path / "enh.dcm", enforce_file_format=True)
+    nor = "" if per_frame else ", nor the PerFrameFunctionalGroupsSequence an enhanced image requires"
+    refused(tmp_path / "enh.dcm", f"{tmp_path / 'enh.dcm'}: 4 frames with an ImageOrientationPatient in their "
+                                  f"functional groups but no PlanePositionSequence (ImagePositionPatient) for any "
+                                  f"frame{nor}: where the frames lie is not in the file")

@@ -146,11 +146,14 @@ def _meta_end(data: bytes) -> int:
 
 
 def decoded_reference(path: Path) -> np.ndarray:
-    """pydicom's own decoding (with the modality rescale), [frames, rows, cols(, samples)] float64."""
+    """pydicom's own decoding (with the modality rescale, and an RT Dose's DoseGridScaling, which medseg applies since
+    session 25), [frames, rows, cols(, samples)] float64."""
     from pydicom.pixels import apply_rescale
 
     ds = pydicom.dcmread(path)
     arr = apply_rescale(ds.pixel_array, ds).astype(np.float64)
+    if "DoseGridScaling" in ds:
+        arr = arr * float(ds.DoseGridScaling)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     return arr if frames > 1 else arr[None]
 
