@@ -845,3 +845,25 @@ def test_the_pages_html_gets_the_leave_guard_first_and_nothing_else_is_touched()
     assert int(got.headers["content-length"]) == len(got.content)
     assert client.get("/other").text == page
     assert client.get("/config").json() == {}
+
+
+def test_the_object_being_refined_survives_a_server_restart(ctx, opened, embeddings):
+    """Session 24's viewer pass: one click, the server restarted, and the next click on the same structure said
+    "Positive click (1 point)": a new object, painted over the first's mask. Now the restarted server refines the
+    object the click began: "(2 points)", and the mask is the one an unbroken session gives."""
+    s = opened
+    first = {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True}
+    second = {"kind": "point", "view": "coronal", "mm": _mm(s, LEFT_HORN[0] + 6, LEFT_HORN[1] + 4), "positive": False}
+    actions.act(ctx, s, first)
+    unbroken = actions.act(ctx, s, second)
+    want = np.array(s.region("coronal", 7), copy=True)
+    assert "(2 points)" in unbroken["status"]
+    actions.act(ctx, s, {"kind": "undo"})
+    actions.act(ctx, s, {"kind": "undo"})
+    actions.act(ctx, s, first)
+    restarted = AppContext(SessionStore(ctx.store.root), ctx.runner, ctx.prefetcher)  # the journal only, or flushed
+    again = restarted.store.get(s.id)
+    again.runtime["embeddings"] = embeddings
+    answer = actions.act(restarted, again, second)
+    assert "Negative click (2 points)" in answer["status"], answer["status"]
+    np.testing.assert_array_equal(again.region("coronal", 7), want)
