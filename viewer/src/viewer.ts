@@ -105,6 +105,11 @@ export class Viewer {
   exportedTag = ''
   nameSent = ''  // the label form's Name box as given or sent (focus, Enter): a name typed and left is sent (nameLeft)
   stepsOnWay = 0  // undo and redo presses sent or waiting in the queue: a held key's repeats wait for them (history)
+  // actions sent while the server could not be reached, and what this tab held then: judged once it answers
+  unknown: { whats: string[]; sent: { rev: number; boot: string | null }; study: string | null;
+    labels: ArrayLike<number> | null } | null = null
+  unknownTimer = 0
+  settleQueued = false
   editsQueued = 0  // label edits (prompts, strokes, undo, redo) sent or waiting in the queue: a reload asks first
   labelChanges = 0  // label choices and Add label presses queued: prompts made meanwhile take their label when sent
   chosen: { label: number } | null = null  // the newest label choice still on its way (H hides its label: shownActive)
