@@ -526,3 +526,29 @@ def test_m_pressed_mid_stroke_paints_no_band_where_the_brush_never_went(browser,
         assert not labels[70:110, 140].any()
     finally:
         context.close()
+
+
+def test_a_brush_size_changed_mid_stroke_applies_from_there_on(browser, server, ct):
+    """A hurried user paints a thin line along an edge, presses ] a few times with the mouse still down to fill the
+    wider part, and paints on. The stroke was sent with one radius, the size at its release: the thin part came out
+    as wide as the rest (23 rows of the plane, both parts). The part drawn before the change is now sent with its own
+    size, and the stroke goes on from its last point with the new one (no gap between the two)."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        a, b, c = _xy(page, ct, 90.0, 100.0), _xy(page, ct, 120.0, 100.0), _xy(page, ct, 150.0, 100.0)
+        _drag(page, a, b, release=False)
+        for _ in range(12):
+            page.keyboard.press("]")
+        for t in (0.25, 0.5, 0.75, 1.0):
+            page.mouse.move(b[0] + t * (c[0] - b[0]), c[1])
+        page.mouse.up()
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        thin, wide = int((labels[:, 100] > 0).sum()), int((labels[:, 140] > 0).sum())
+        assert 0 < thin and thin * 2 < wide, (thin, wide)
+        assert labels[100, 90:151].all()  # one band, no gap where the size changed
+    finally:
+        context.close()
