@@ -552,3 +552,46 @@ def test_a_brush_size_changed_mid_stroke_applies_from_there_on(browser, server, 
         assert labels[100, 90:151].all()  # one band, no gap where the size changed
     finally:
         context.close()
+
+
+def test_the_wheel_pages_by_its_delta_a_notch_a_slice_and_a_touchpad_summed(browser, server, ct):
+    """The wheel paged one slice per wheel event whatever its size (NiiVue's paging): a touchpad's gentle swipe of
+    ten 3 px events went through 10 slices. Now the deltas page: a mouse notch is one slice (100 px on Windows and
+    Linux, a few px with a legacy wheelDeltaY of 240 on macOS, 3 lines in Firefox's line mode), notches merged into
+    one event page one each, and a touchpad's small deltas are summed, one slice per 50 px."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        at = _xy(page, ct, *INSIDE)
+        page.mouse.move(*at)
+
+        def turned(*events) -> int:
+            """Slices paged by synthetic wheel events (deltaY, deltaMode, wheelDeltaY or None) over the image."""
+            before = int(page.locator("#medseg-viewer").get_attribute("data-slice"))
+            page.evaluate("""([events, x, y]) => {
+                const c = medsegViewer.canvas
+                let t = 0
+                for (const [deltaY, deltaMode, legacy] of events) {
+                    const init = { deltaY, deltaMode, clientX: x, clientY: y, bubbles: true, cancelable: true }
+                    if (legacy !== null) init.wheelDeltaY = legacy
+                    c.dispatchEvent(new WheelEvent('wheel', init))
+                } }""", [list(events), at[0], at[1]])
+            page.wait_for_timeout(100)
+            return abs(int(page.locator("#medseg-viewer").get_attribute("data-slice")) - before)
+
+        assert turned(*[(3, 0, None)] * 10) == 0  # a gentle swipe: 30 px (10 slices before)
+        page.wait_for_timeout(500)  # the next gesture
+        assert turned(*[(3, 0, None)] * 20) == 1  # 60 px
+        page.wait_for_timeout(500)
+        # back and forth: the study's ends never stop a page
+        assert turned((-100, 0, None)) == 1  # a notch on Windows or Linux
+        assert turned((120, 0, -120)) == 1  # ... on Linux (Chromium's 120)
+        assert turned((-200, 0, 240)) == 2  # two notches merged while a frame was busy (1 before)
+        assert turned((4, 0, -240)) == 1  # a notch on macOS
+        assert turned((3, 1, None)) == 1  # a notch in lines (Firefox)
+        assert turned((-3, 1, None)) == 1
+        page.mouse.wheel(0, 100)  # a real wheel event, through the browser's input
+        page.wait_for_timeout(300)
+        assert page.evaluate("window.scrollY") == 0
+    finally:
+        context.close()

@@ -2,6 +2,7 @@
 // Its methods are grouped by job in the modules mixed in at the end (news.ts, page_state.ts, ...).
 import { Niivue, NVImage, SHOW_RENDER, MULTIPLANAR_TYPE, DRAG_MODE } from '@niivue/niivue'
 import { SliceShader } from './slice_shader'
+import { WheelPager } from './wheel'
 import type { Drag, News, ObjectMarks, Pending, State, Suggested, Tool, Window, WindowDrag } from './types'
 import { buildPanel } from './panel'
 import { NEWS_MS, newsMethods, type NewsMethods } from './news'
@@ -49,6 +50,7 @@ export class Viewer {
   outline = false
   opacity = 0.45
   brushPx = 8
+  wheel = new WheelPager()  // the wheel's slices, from its deltas (a touchpad's small ones summed)
   hidden = new Set<number>()
   locked = new Set<number>()
   currentView = 'axial'
