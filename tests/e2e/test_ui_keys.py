@@ -595,3 +595,27 @@ def test_the_wheel_pages_by_its_delta_a_notch_a_slice_and_a_touchpad_summed(brow
         assert page.evaluate("window.scrollY") == 0
     finally:
         context.close()
+
+
+def test_the_window_resized_mid_stroke_paints_no_band_where_the_brush_never_went(browser, server, ct):
+    """Session 25's pass: a brush stroke with the window resized meanwhile, the mouse still down (maximised by a key,
+    a tablet turned, the page's layout changed). The image moved and scaled under the mouse, and the stroke joined the
+    last point drawn to the next one with a band where the brush never went (a diagonal across the brain when the
+    mouse went straight on). The stroke is now cut where the screen's size changed, as it is for M or a zoom."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        _drag(page, _xy(page, ct, 100.0, 60.0), _xy(page, ct, 140.0, 60.0), release=False)
+        page.set_viewport_size({"width": 1300, "height": 760})
+        page.wait_for_timeout(500)
+        page.mouse.move(*_xy(page, ct, 140.0, 120.0))  # the next point, on the resized screen
+        page.mouse.move(*_xy(page, ct, 160.0, 120.0))
+        page.mouse.up()
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        assert labels[60, 105:135].all() and labels[120, 145:155].all()
+        assert not labels[70:110, 140].any()
+    finally:
+        context.close()

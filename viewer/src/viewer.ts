@@ -183,7 +183,10 @@ export class Viewer {
       if (this.frameTimes.length > 500) this.frameTimes.shift()
       return out
     }
-    new ResizeObserver(() => this.drawOverlay()).observe(this.stage)
+    // the window resized under a brush stroke (maximised by a key, the page's layout changed, the mouse still down):
+    // the image moves under the mouse, and the stroke joined its last point to the next with a band where the brush
+    // never went. Cut there, as M or a zoom mid-stroke (breakStroke)
+    new ResizeObserver(() => { this.breakStroke(); this.drawOverlay() }).observe(this.stage)
     setInterval(() => this.pollState(), 100)
     this.pollState()
     this.scheduleNews()
