@@ -619,3 +619,30 @@ def test_the_window_resized_mid_stroke_paints_no_band_where_the_brush_never_went
         assert not labels[70:110, 140].any()
     finally:
         context.close()
+
+
+def test_a_touchpad_pinch_zooms_by_its_delta_and_a_ctrl_notch_by_one_step(browser, server, ct):
+    """Session 25's pass: Chromium sends a touchpad's pinch as ctrl+wheel events of a few pixels each, and each event
+    zoomed one notch's step (x1.15): a gentle pinch of 20 events of 2 px zoomed 16-fold at once. A pinch now zooms by
+    its delta (a notch's step per 100 px); a ctrl+wheel notch is still one step."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        at = _xy(page, ct, *INSIDE)
+        page.mouse.move(*at)
+
+        def zoom_after(*events) -> float:
+            page.keyboard.press("0")  # the zoom reset
+            page.evaluate("""([events, x, y]) => {
+                for (const [deltaY, legacy] of events) {
+                    const init = { deltaY, ctrlKey: true, clientX: x, clientY: y, bubbles: true, cancelable: true }
+                    if (legacy !== null) init.wheelDeltaY = legacy
+                    medsegViewer.canvas.dispatchEvent(new WheelEvent('wheel', init))
+                } }""", [list(events), at[0], at[1]])
+            return page.evaluate("medsegViewer.nv.scene.pan2Dxyzmm[3]")
+
+        assert zoom_after(*[(-2, None)] * 20) == pytest.approx(1.15 ** 0.4, rel=1e-3)  # 16.4 before
+        assert zoom_after((-100, -120)) == pytest.approx(1.15, rel=1e-6)  # a notch
+        assert zoom_after((-4, 240), (4, -240), (4, -240)) == pytest.approx(1 / 1.15, rel=1e-6)  # macOS notches
+    finally:
+        context.close()

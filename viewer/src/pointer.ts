@@ -180,7 +180,7 @@ export const pointerMethods = {
     if (hit) this.currentView = hit.view
     if (e.ctrlKey || e.metaKey || e.altKey) {
       e.preventDefault(); e.stopPropagation()
-      this.zoom(e.deltaY < 0 ? 1.15 : 1 / 1.15)
+      this.zoom(this.wheel.zoomFactor(e))  // by the delta: a pinch's many small events zoom a little each
       this.showInfo()
       return
     }

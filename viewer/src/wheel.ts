@@ -23,9 +23,25 @@ const LINES_PER_NOTCH = 3
 /** A pause after which a touchpad's leftover delta is forgotten: the next gesture starts afresh. */
 const GESTURE_GAP_MS = 400
 
+/** The zoom of one notch (ctrl+wheel); a touchpad's pinch (ctrl+wheel of small deltas) zooms by its delta. */
+export const ZOOM_NOTCH = 1.15
+
 export class WheelPager {
   private sum = 0
   private last = -Infinity
+
+  /** The notches ``e`` holds (signed as deltaY), or null for a touchpad's small step (its pixels count). */
+  notches(e: WheelEvent): number | null {
+    const dy = e.deltaY
+    const sign = Math.sign(dy)
+    if (e.deltaMode === WheelEvent.DOM_DELTA_LINE || e.deltaMode === WheelEvent.DOM_DELTA_PAGE) {
+      const per = e.deltaMode === WheelEvent.DOM_DELTA_LINE ? LINES_PER_NOTCH : 1
+      return sign * Math.max(1, Math.round(Math.abs(dy) / per))
+    }
+    const legacy = (e as any).wheelDeltaY
+    const size = typeof legacy === 'number' && legacy !== 0 ? Math.abs(legacy) : Math.abs(dy)
+    return size > NOTCH_LEGACY ? sign * Math.max(1, Math.round(Math.abs(dy) / NOTCH_PX)) : null
+  }
 
   /** The slices ``e`` turns (signed as deltaY: positive down), 0 while a touchpad's small deltas add up. */
   steps(e: WheelEvent): number {
@@ -33,22 +49,21 @@ export class WheelPager {
     const gap = e.timeStamp - this.last > GESTURE_GAP_MS
     this.last = e.timeStamp
     if (!dy) return 0
-    const sign = Math.sign(dy)
-    if (e.deltaMode === WheelEvent.DOM_DELTA_LINE || e.deltaMode === WheelEvent.DOM_DELTA_PAGE) {
-      this.sum = 0
-      const per = e.deltaMode === WheelEvent.DOM_DELTA_LINE ? LINES_PER_NOTCH : 1
-      return sign * Math.max(1, Math.round(Math.abs(dy) / per))
-    }
-    const legacy = (e as any).wheelDeltaY
-    const size = typeof legacy === 'number' && legacy !== 0 ? Math.abs(legacy) : Math.abs(dy)
-    if (size > NOTCH_LEGACY) {
-      this.sum = 0
-      return sign * Math.max(1, Math.round(Math.abs(dy) / NOTCH_PX))
-    }
-    if (gap || Math.sign(this.sum) === -sign) this.sum = 0  // a new gesture, or the swipe turned back
+    const notches = this.notches(e)
+    if (notches !== null) { this.sum = 0; return notches }
+    if (gap || Math.sign(this.sum) === -Math.sign(dy)) this.sum = 0  // a new gesture, or the swipe turned back
     this.sum += dy
     const n = Math.trunc(this.sum / PRECISE_PX)
     this.sum -= n * PRECISE_PX
     return n
+  }
+
+  /** The zoom factor of a ctrl+wheel event: ZOOM_NOTCH per notch in, its inverse out; a pinch's small deltas (Chromium
+   * sends a touchpad pinch as ctrl+wheel) by their size, a notch's worth per NOTCH_PX. One step per event zoomed a
+   * pinch of 20 small events 16-fold (the clamp's 20x in a moment). */
+  zoomFactor(e: WheelEvent): number {
+    if (!e.deltaY) return 1
+    const notches = this.notches(e)
+    return notches !== null ? ZOOM_NOTCH ** -notches : Math.exp(-e.deltaY * Math.log(ZOOM_NOTCH) / NOTCH_PX)
   }
 }
