@@ -646,3 +646,22 @@ def test_a_touchpad_pinch_zooms_by_its_delta_and_a_ctrl_notch_by_one_step(browse
         assert zoom_after((-4, 240), (4, -240), (4, -240)) == pytest.approx(1 / 1.15, rel=1e-6)  # macOS notches
     finally:
         context.close()
+
+
+def test_brush_size_keys_typed_with_altgr_change_the_size(browser, server, ct):
+    """Session 25's pass: on a German, French or Swiss keyboard [ and ] are typed with AltGr, which Windows reports as
+    ctrl+alt; the viewer took them as ctrl shortcuts and the brush size stayed as it was, without a word. ctrl+alt is
+    no shortcut of the viewer's: the key now acts as typed (and ctrl+Z still undoes)."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        size = lambda: page.locator("#brush-size").input_value()  # noqa: E731
+        assert size() == "8"
+        page.keyboard.press("Control+Alt+BracketRight")
+        page.keyboard.press("Control+Alt+BracketRight")
+        assert size() == "10"
+        page.keyboard.press("Control+Alt+BracketLeft")
+        assert size() == "9"
+    finally:
+        context.close()
