@@ -64,6 +64,9 @@ export const actionQueueMethods = {
       // the label map this tab holds as the action leaves: a lost answer is judged against it
       const sent = { rev: this.rev >= 0 ? this.rev : this.state?.rev ?? -1, boot: this.revBoot ?? this.state?.boot ?? null }
       if (body.labelLate) { delete body.labelLate; body.label = this.state?.active ?? 1 }
+      // the object this tab shows as the click leaves (the answers before it applied): the server starts a new one
+      // where another tab changed it meanwhile, rather than adding this point to an object this tab never saw
+      if (body.kind === 'point' && !body.new_object) body.object_points = this.object?.points.length ?? 0
       let taken = false
       try {
         traceMark('action.sent', { id, kind: body.kind })
