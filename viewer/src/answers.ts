@@ -140,7 +140,7 @@ export const answerMethods = {
     if ('object' in s) this.object = s.object ?? null
     this.rev = -1
     await this.reloadLabels()
-    const now = this.labelsCopy()
+    const now = this.rev >= 0 ? this.labelsCopy() : null  // its labels fetched (else: not known, never "not applied")
     const same = u.labels !== null && now !== null && u.labels.length === now.length &&
       Array.prototype.every.call(now, (v: number, i: number) => v === u.labels![i])
     if (same) this.showError(notApplied)
