@@ -7,8 +7,9 @@ behind a lock, saves each one atomically after every edit and reloads it from di
 comes back after the server forgot it (restart, idle eviction).
 
 On disk, ``<root>/<id>/``: ``state.json`` (everything but arrays), ``labels.npz`` (the label map),
-``uploads/`` (the study, when uploaded) and ``exports/``. Undo history and the embedding cache
-live in memory only: they survive a page reload, not a server restart.
+``uploads/`` (the study, when uploaded) and ``exports/``; ``prompt.npz``: the arrays of the object being refined
+(:data:`PROMPT_FILE`). Undo history and the embedding cache live in memory only: they survive a page reload, not a
+server restart.
 """
 
 from __future__ import annotations
@@ -526,6 +527,7 @@ _STATE_FIELDS: tuple[tuple[str, tuple[type, ...], str], ...] = (
     ("labels", (list,), "a list of labels"), ("active", (int,), "a label value"), ("view", (dict,), "an object"),
     ("history", (dict,), "an object"), ("studies", (dict,), "an object"), ("updated", (int, float), "a time"),
     ("journal_seq", (int,), "a record number"), ("anchors", (dict,), "slice lists by label value"),
+    ("prompt", (dict, type(None)), "the object being refined or null"),
 )
 _VIEW_FIELDS = {"view": (str,), "window": (str,), "mode": (str,), "level": (int, float), "width": (int, float),
                 "opacity": (int, float)}
@@ -622,6 +624,14 @@ def study_key(path: str, series_uid: str | None = None) -> str:
 LABELS_ON_DISK = "labels_on_disk"  # session.runtime key: labels_signature() of what labels.npz holds
 ANCHORS = "anchors"  # session.runtime key: {label: {slice k}} (app.propagation_job.anchors_of), saved with the study
 JOURNAL_SEQ = "journal_seq"  # session.runtime key: the last journal record written (app.save_journal)
+# The object being refined survives a restart as the labels do. Why: after a restart the next click on the structure
+# started a new object ("Positive click (1 point)" where "(2 points)" was due), painted over the first object's mask
+# instead of refining it. Its points, box and plane go into the state (the journal's with every click, state.json's);
+# its arrays (the plane before it began, the last low-res logits) into prompt.npz, written before the state that names
+# it by a token: a state whose token the file does not hold (a crash between the two) restores no object, never a
+# stale one; the labels are kept either way.
+PROMPT_FILE = "prompt.npz"
+PROMPT_ON_DISK = "prompt_on_disk"  # session.runtime key: (the PromptState prompt.npz holds, its token, packed base)
 log = logging.getLogger(__name__)
 
 
@@ -814,7 +824,8 @@ class SessionStore:
         with atomic_output(session.directory / "state.json") as tmp:
             # compact: json's C encoder serves only indent=None; with indent=1 the pure-Python one took ~5x as
             # long, and the prompt history grows with every click (py-spy, docs/benchmarks.md H)
-            tmp.write_text(json.dumps({**session.to_json(), "journal_seq": seq}, separators=(",", ":")))
+            tmp.write_text(json.dumps({**session.to_json(), "journal_seq": seq, "prompt": self._prompt_json(session)},
+                                      separators=(",", ":")))
         with self._later_cond:  # save_edit appends under this lock: no record is dropped unsaved
             if session.runtime.get(JOURNAL_SEQ, 0) == seq:
                 save_journal.clear(session.directory)
@@ -827,11 +838,38 @@ class SessionStore:
             self.save(session)
             return
         session.updated = time.time()
+        prompt = self._prompt_json(session)  # its arrays on disk before the record that names them
         with self._later_cond:
             seq = session.runtime.get(JOURNAL_SEQ, 0) + 1
-            save_journal.append(session.directory, seq, edit.view, int(edit.index), edit.after, session.to_json())
+            save_journal.append(session.directory, seq, edit.view, int(edit.index), edit.after,
+                                {**session.to_json(), "prompt": prompt})
             session.runtime[JOURNAL_SEQ] = seq
             self._queue_save_locked(session)
+
+    def _prompt_json(self, session: Session) -> dict[str, Any] | None:
+        """The object being refined, for the state (None without one); its arrays written to prompt.npz first when
+        they are not there yet (a rename, no fsync: on the click path, as the journal's append)."""
+        p = session.prompt
+        if p is None or p.base is None or session.labels is None:
+            session.runtime.pop(PROMPT_ON_DISK, None)
+            return None
+        on_disk = session.runtime.get(PROMPT_ON_DISK)
+        if on_disk is None or on_disk[0] is not p:
+            base = on_disk[2] if on_disk is not None and on_disk[0].base is p.base else pack(p.base)
+            token = secrets.token_hex(8)
+            arrays = {"token": np.array(token), "base": np.frombuffer(base.compressed, np.uint8),
+                      "base_shape": np.array(base.shape), "base_dtype": np.array(base.dtype.str)}
+            if p.logits is not None:
+                arrays["logits"] = np.asarray(p.logits)
+            tmp = session.directory / f".{PROMPT_FILE}.{token}.tmp"
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, session.directory / PROMPT_FILE)
+            on_disk = (p, token, base)
+            session.runtime[PROMPT_ON_DISK] = on_disk
+        return {"view": p.view, "index": p.index, "label": p.label, "points": [list(q) for q in p.points],
+                "point_labels": list(p.point_labels), "box": list(p.box) if p.box is not None else None,
+                "corner": list(p.corner) if p.corner is not None else None, "arrays": on_disk[1]}
 
     def save_soon(self, session: Session) -> None:
         """A change of what is shown (slice, window), no annotation: saved in the background, coalesced per
@@ -929,9 +967,43 @@ class SessionStore:
                     continue
                 if region.shape == record.plane.shape:
                     region[...] = record.plane
+            if state.get("prompt"):
+                self._restore_prompt(session, state["prompt"])
         session.restore_anchors(state.get("anchors", {}))
         session.runtime[JOURNAL_SEQ] = max([int(state.get("journal_seq", 0)), *(r.seq for r in records)])
         return session
+
+    def _restore_prompt(self, session: Session, meta: dict[str, Any]) -> None:
+        """The object being refined, from the state's ``meta`` and prompt.npz; left out (a log line, the labels
+        restored all the same: the next click starts a new object) when the file is not the one the state names."""
+        try:
+            with np.load(session.directory / PROMPT_FILE) as z:
+                if str(z["token"]) != meta["arrays"]:
+                    raise ValueError("prompt.npz holds another object than the state names (a crash between the two)")
+                shape, dtype = tuple(int(n) for n in z["base_shape"]), np.dtype(str(z["base_dtype"]))
+                base = PackedArray.from_compressed(z["base"].tobytes(), shape, dtype).unpack()
+                logits = np.array(z["logits"], np.float32) if "logits" in z.files else None
+            view, index, label = str(meta["view"]), int(meta["index"]), int(meta["label"])
+            if index < 0:
+                raise ValueError(f"slice {index}")
+            region = session.region(view, index)
+            if base.shape != region.shape or base.dtype != region.dtype or label not in session.colours():
+                raise ValueError(f"its plane {base.shape} or label {label} is not the study's")
+            points = tuple((float(x), float(y)) for x, y in meta["points"])
+            point_labels = tuple(int(v) for v in meta["point_labels"])
+            if len(points) != len(point_labels):
+                raise ValueError("its points and their signs differ in number")
+            box, corner = meta.get("box"), meta.get("corner")
+            session.prompt = PromptState(
+                view=view, index=index, label=label, points=points, point_labels=point_labels,
+                box=tuple(float(v) for v in box) if box is not None else None,  # type: ignore[arg-type]
+                corner=tuple(float(v) for v in corner) if corner is not None else None,  # type: ignore[arg-type]
+                base=base, logits=logits)
+        except Exception as e:  # noqa: BLE001 - a damaged or mismatched file: the object goes, never the labels
+            log.warning("session %s: the object being refined was not restored (%s: %s); the next click starts "
+                        "a new one", session.id, type(e).__name__, e)
+            return
+        session.runtime[PROMPT_ON_DISK] = (session.prompt, meta["arrays"], pack(base))
 
     def cleanup(self, now: float | None = None) -> list[str]:
         """Delete sessions untouched for ``ttl_s`` (memory and disk); returns their ids."""

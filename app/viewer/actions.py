@@ -285,11 +285,13 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
             view, (index, x, y) = point_at
             _show(session, view, index)
             positive = _flag(body, "positive", True)
-            if _flag(body, "new_object", False):
+            other = _object_changed(session, body)
+            if _flag(body, "new_object", False) or other:
                 session.prompt = None
             edit = interaction.click(ctx.runner, session, x, y, positive=positive)
             n = len(session.prompt.points)
-            status = f"{'Positive' if positive else 'Negative'} click ({n} point{'s' if n != 1 else ''}): overlay updated."
+            status = (f"{'Positive' if positive else 'Negative'} click ({n} point{'s' if n != 1 else ''}"
+                      f"{OTHER_OBJECT if other else ''}): overlay updated.")
         elif kind == "box":
             view, (index, x0, y0) = _where(volume, body, "mm")
             _, (_, x1, y1) = _where(volume, body, "mm2", view)
@@ -466,6 +468,23 @@ def _number(body: dict[str, Any], key: str, default: Any = None) -> float:
     if not math.isfinite(number):
         raise PromptError(f"{key}: expected a number, got {str(value)[:40]!r}")
     return number
+
+
+OTHER_OBJECT = "; a new object: the one this tab showed was changed meanwhile, in another tab"
+
+
+def _object_changed(session: Session, body: dict[str, Any]) -> bool:
+    """Whether the click's tab showed another object than the session's (``body["object_points"]``: the points of the
+    object the tab showed when the click left; a scripted client may leave it out). Why: two tabs of a session share
+    the object being refined, and a click in a tab that had not seen the other's object yet became its next point
+    ("(2 points)", no mask where it clicked). A click refines the object its tab shows; another starts a new one."""
+    seen = body.get("object_points")
+    if seen is None:
+        return False
+    if type(seen) is not int or seen < 0:
+        raise PromptError(f"object_points: expected a number of points, got {str(seen)[:40]!r}")
+    p = session.prompt
+    return p is not None and p.label == session.active and len(p.points) != seen
 
 
 def _flag(body: dict[str, Any], key: str, default: bool) -> bool:

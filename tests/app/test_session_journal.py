@@ -153,3 +153,40 @@ def test_the_prompt_history_keeps_a_changed_prompt_whole_and_is_bounded():
     for n in range(MAX_HISTORY + 50):
         log_prompt(log, {"kind": "paint", "view": "axial", "index": n, "points": [], "point_labels": [], "box": None})
     assert len(log) == MAX_HISTORY and log[-1]["index"] == MAX_HISTORY + 49  # the newest kept
+
+
+def test_the_object_being_refined_survives_a_kill_and_a_stale_one_is_never_restored(tmp_path):
+    """Session 24's viewer pass: one click, a server restart, and the next click on the same structure started a new
+    object ("Positive click (1 point)" where "(2 points)" was due), its mask painted over the first's. The object (its
+    points, box, the plane before it began and the last logits) now survives kill -9 as the labels do; a prompt.npz
+    that is not the one the state names (a crash between the two writes) restores no object, the labels all the same."""
+    from dataclasses import replace
+
+    from app.session import PROMPT_FILE, PromptState
+
+    store = _killed_store(tmp_path)
+    s = _open(store)
+    view, index = s.view.view, s.view.index[s.view.view]
+    base = np.array(s.region(view, index), copy=True)
+    base[5, 5] = 1
+    logits = np.random.default_rng(0).normal(size=(1, 256, 256)).astype(np.float32)
+    after = PromptState(view, index, 1, points=((100.0, 80.5),), point_labels=(1,), box=(90.0, 70.0, 110.0, 90.0),
+                        base=base, logits=logits)
+    edit = replace(_paint(s, 1, slice(10, 20)), prompt_after=after)
+    s.apply(edit, "click+")
+    store.save_edit(s, edit)
+    restored = SessionStore(tmp_path, ttl_s=3600).get(s.id)
+    p = restored.prompt
+    assert p is not None and p == after  # view, index, label, points, signs, box, corner
+    np.testing.assert_array_equal(p.base, base)
+    np.testing.assert_array_equal(p.logits, logits)
+    assert int((restored.labels == 1).sum()) == 100
+    # a second click's state written, its arrays not (killed between the two): no object, never the first one's
+    second = replace(after, points=after.points + ((120.0, 90.0),), point_labels=(1, 0))
+    edit2 = replace(_paint(restored, 1, slice(30, 40)), prompt_before=p, prompt_after=second)
+    restored.apply(edit2, "click-")
+    stale = (tmp_path / s.id / PROMPT_FILE).read_bytes()
+    _killed_store(tmp_path).save_edit(restored, edit2)
+    (tmp_path / s.id / PROMPT_FILE).write_bytes(stale)
+    again = SessionStore(tmp_path, ttl_s=3600).get(s.id)
+    assert again.prompt is None and int((again.labels == 1).sum()) == 200

@@ -846,3 +846,47 @@ def test_the_pages_html_gets_the_leave_guard_first_and_nothing_else_is_touched()
     assert int(got.headers["content-length"]) == len(got.content)
     assert client.get("/other").text == page
     assert client.get("/config").json() == {}
+
+
+def test_the_object_being_refined_survives_a_server_restart(ctx, opened, embeddings):
+    """Session 24's viewer pass: one click, the server restarted, and the next click on the same structure said
+    "Positive click (1 point)": a new object, painted over the first's mask. Now the restarted server refines the
+    object the click began: "(2 points)", and the mask is the one an unbroken session gives."""
+    s = opened
+    first = {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True}
+    second = {"kind": "point", "view": "coronal", "mm": _mm(s, LEFT_HORN[0] + 6, LEFT_HORN[1] + 4), "positive": False}
+    actions.act(ctx, s, first)
+    unbroken = actions.act(ctx, s, second)
+    want = np.array(s.region("coronal", 7), copy=True)
+    assert "(2 points)" in unbroken["status"]
+    actions.act(ctx, s, {"kind": "undo"})
+    actions.act(ctx, s, {"kind": "undo"})
+    actions.act(ctx, s, first)
+    restarted = AppContext(SessionStore(ctx.store.root), ctx.runner, ctx.prefetcher)  # the journal only, or flushed
+    again = restarted.store.get(s.id)
+    again.runtime["embeddings"] = embeddings
+    answer = actions.act(restarted, again, second)
+    assert "Negative click (2 points)" in answer["status"], answer["status"]
+    np.testing.assert_array_equal(again.region("coronal", 7), want)
+
+
+def test_a_click_from_a_tab_that_had_not_seen_the_object_starts_a_new_one(ctx, opened):
+    """Session 25's pass: two tabs of one session, a click in each at once on two structures. The second tab's click
+    (right horn) became the second point of the first tab's object (left horn): "(2 points)" and no mask where it
+    clicked. The viewer now sends the points of the object it shows; a click whose tab showed another object than the
+    session's starts a new one, said so, and the first object stays. A tab that saw it refines it as before."""
+    s = opened
+    left = {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True, "object_points": 0}
+    actions.act(ctx, s, left)
+    first = s.region("coronal", 7) == 1
+    other_tab = {"kind": "point", "view": "coronal", "mm": _mm(s, *RIGHT_HORN), "positive": True, "object_points": 0}
+    answer = actions.act(ctx, s, other_tab)
+    assert answer["status"] == ("Positive click (1 point; a new object: the one this tab showed was changed meanwhile, "
+                                "in another tab): overlay updated."), answer["status"]
+    plane = s.region("coronal", 7)
+    assert (plane[first] == 1).all() and _near((plane == 1) & ~first, RIGHT_HORN)
+    refine = {"kind": "point", "view": "coronal", "mm": _mm(s, RIGHT_HORN[0] + 4, RIGHT_HORN[1]), "positive": True,
+              "object_points": 1}
+    assert "Positive click (2 points): overlay updated." == actions.act(ctx, s, refine)["status"]
+    with pytest.raises(PromptError, match="object_points: expected a number of points, got '1'"):
+        actions.act(ctx, s, {**refine, "object_points": "1"})

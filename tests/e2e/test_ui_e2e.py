@@ -673,7 +673,67 @@ def test_a_lost_answer_says_whether_the_server_applied_the_click(browser, server
     _idle(page)
     shown = page.locator("#viewer-status").inner_text()
     assert shown == ("⚠ the server did not answer (no connection), nor when asked again: whether your click was "
-                     "applied is not known"), shown
+                     "applied is checked once it answers"), shown
+    # reachable again (session 25): "not known" was the last word; now the revision, unchanged, says it plainly
+    page.unroute("**/viewer-api/state")
+    _wait_status(page, "⚠ Your click was not applied: the server was unreachable; click again.")
+    assert _browser_labels(page) == counts == _server_counts(server.labels(sid))
+    context.close()
+
+
+def test_a_click_lost_to_a_server_down_and_restarted_is_said_not_applied_once_it_answers(browser, server, ct):
+    """Session 24's viewer pass: a click while the server is down said "whether your click was applied is not
+    known", though a refused connection means it never arrived. Once the server answers again, the viewer finds
+    out: a restarted server (another ``boot``: its revisions are another count) holding the labels this tab held
+    when the click left did not apply it, said plainly. A 5xx of the server's own after the edit was made (a failed
+    save: "internal error ...; try again") was shown as it came, and the user clicked twice: now it is checked as a
+    lost answer is, and said applied."""
+    context, page, sid = _open_page(browser, server)
+    _open_sample(page)
+    page.mouse.click(*_xy(page, ct, *INSIDE))
+    _wait_status(page, "Positive click (1 point)")
+    _idle(page)
+    counts = _browser_labels(page)
+    assert counts.get(1, 0) > 30, counts
+
+    def is_point(route) -> bool:
+        return json.loads(route.request.post_data or "{}").get("kind") == "point"
+
+    page.route("**/viewer-api/action", lambda route: route.abort() if is_point(route) else route.continue_())
+    page.route("**/viewer-api/state", lambda route: route.abort())
+    page.mouse.click(*_xy(page, ct, *REFINE[0]))
+    _idle(page)
+    assert "is checked once it answers" in page.locator("#viewer-status").inner_text()
+
+    def restarted(route):  # the server came back as another process: the same labels, another boot
+        answer = route.fetch(timeout=TIMEOUT_MS)
+        state = answer.json()
+        state["boot"] = "restarted"
+        route.fulfill(response=answer, json=state)
+
+    page.unroute("**/viewer-api/state")
+    page.route("**/viewer-api/state", restarted)
+    _wait_status(page, "⚠ Your click was not applied: the server was unreachable; click again.")
+    page.unroute("**/viewer-api/state")
+    page.unroute("**/viewer-api/action")
+    assert _browser_labels(page) == counts == _server_counts(server.labels(sid))
+    assert len(_state(server, sid)["prompt"]["points"]) == 1
+
+    def failed_after_applying(route):
+        if not is_point(route):
+            return route.continue_()
+        assert route.fetch(timeout=TIMEOUT_MS).status == 200  # applied and saved; the browser hears a 500
+        route.fulfill(status=500, json={"ok": False, "error": "internal error (OSError); the session is saved, try again"})
+
+    page.route("**/viewer-api/action", failed_after_applying)
+    page.mouse.click(*_xy(page, ct, *REFINE[0]))
+    _idle(page)
+    shown = page.locator("#viewer-status").inner_text()
+    assert shown == ("Your click was applied (though the server answered an error: internal error (OSError); the "
+                     "session is saved, try again); the labels shown are the server's."), shown
+    page.wait_for_function("() => !medsegViewer.reloading", timeout=TIMEOUT_MS)
+    assert _browser_labels(page) == _server_counts(server.labels(sid))
+    assert len(_state(server, sid)["prompt"]["points"]) == 2
     context.close()
 
 

@@ -531,3 +531,142 @@ def test_m_pressed_mid_stroke_paints_no_band_where_the_brush_never_went(browser,
         assert not labels[70:110, 140].any()
     finally:
         context.close()
+
+
+def test_a_brush_size_changed_mid_stroke_applies_from_there_on(browser, server, ct):
+    """A hurried user paints a thin line along an edge, presses ] a few times with the mouse still down to fill the
+    wider part, and paints on. The stroke was sent with one radius, the size at its release: the thin part came out
+    as wide as the rest (23 rows of the plane, both parts). The part drawn before the change is now sent with its own
+    size, and the stroke goes on from its last point with the new one (no gap between the two)."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        a, b, c = _xy(page, ct, 90.0, 100.0), _xy(page, ct, 120.0, 100.0), _xy(page, ct, 150.0, 100.0)
+        _drag(page, a, b, release=False)
+        for _ in range(12):
+            page.keyboard.press("]")
+        for t in (0.25, 0.5, 0.75, 1.0):
+            page.mouse.move(b[0] + t * (c[0] - b[0]), c[1])
+        page.mouse.up()
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        thin, wide = int((labels[:, 100] > 0).sum()), int((labels[:, 140] > 0).sum())
+        assert 0 < thin and thin * 2 < wide, (thin, wide)
+        assert labels[100, 90:151].all()  # one band, no gap where the size changed
+    finally:
+        context.close()
+
+
+def test_the_wheel_pages_by_its_delta_a_notch_a_slice_and_a_touchpad_summed(browser, server, ct):
+    """The wheel paged one slice per wheel event whatever its size (NiiVue's paging): a touchpad's gentle swipe of
+    ten 3 px events went through 10 slices. Now the deltas page: a mouse notch is one slice (100 px on Windows and
+    Linux, a few px with a legacy wheelDeltaY of 240 on macOS, 3 lines in Firefox's line mode), notches merged into
+    one event page one each, and a touchpad's small deltas are summed, one slice per 50 px."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        at = _xy(page, ct, *INSIDE)
+        page.mouse.move(*at)
+
+        def turned(*events) -> int:
+            """Slices paged by synthetic wheel events (deltaY, deltaMode, wheelDeltaY or None) over the image."""
+            before = int(page.locator("#medseg-viewer").get_attribute("data-slice"))
+            page.evaluate("""([events, x, y]) => {
+                const c = medsegViewer.canvas
+                let t = 0
+                for (const [deltaY, deltaMode, legacy] of events) {
+                    const init = { deltaY, deltaMode, clientX: x, clientY: y, bubbles: true, cancelable: true }
+                    if (legacy !== null) init.wheelDeltaY = legacy
+                    c.dispatchEvent(new WheelEvent('wheel', init))
+                } }""", [list(events), at[0], at[1]])
+            page.wait_for_timeout(100)
+            return abs(int(page.locator("#medseg-viewer").get_attribute("data-slice")) - before)
+
+        assert turned(*[(3, 0, None)] * 10) == 0  # a gentle swipe: 30 px (10 slices before)
+        page.wait_for_timeout(500)  # the next gesture
+        assert turned(*[(3, 0, None)] * 20) == 1  # 60 px
+        page.wait_for_timeout(500)
+        # back and forth: the study's ends never stop a page
+        assert turned((-100, 0, None)) == 1  # a notch on Windows or Linux
+        assert turned((120, 0, -120)) == 1  # ... on Linux (Chromium's 120)
+        assert turned((-200, 0, 240)) == 2  # two notches merged while a frame was busy (1 before)
+        assert turned((4, 0, -240)) == 1  # a notch on macOS
+        assert turned((3, 1, None)) == 1  # a notch in lines (Firefox)
+        assert turned((-3, 1, None)) == 1
+        page.mouse.wheel(0, 100)  # a real wheel event, through the browser's input
+        page.wait_for_timeout(300)
+        assert page.evaluate("window.scrollY") == 0
+    finally:
+        context.close()
+
+
+def test_the_window_resized_mid_stroke_paints_no_band_where_the_brush_never_went(browser, server, ct):
+    """Session 25's pass: a brush stroke with the window resized meanwhile, the mouse still down (maximised by a key,
+    a tablet turned, the page's layout changed). The image moved and scaled under the mouse, and the stroke joined the
+    last point drawn to the next one with a band where the brush never went (a diagonal across the brain when the
+    mouse went straight on). The stroke is now cut where the screen's size changed, as it is for M or a zoom."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        _drag(page, _xy(page, ct, 100.0, 60.0), _xy(page, ct, 140.0, 60.0), release=False)
+        page.set_viewport_size({"width": 1300, "height": 760})
+        page.wait_for_timeout(500)
+        page.mouse.move(*_xy(page, ct, 140.0, 120.0))  # the next point, on the resized screen
+        page.mouse.move(*_xy(page, ct, 160.0, 120.0))
+        page.mouse.up()
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        assert labels[60, 105:135].all() and labels[120, 145:155].all()
+        assert not labels[70:110, 140].any()
+    finally:
+        context.close()
+
+
+def test_a_touchpad_pinch_zooms_by_its_delta_and_a_ctrl_notch_by_one_step(browser, server, ct):
+    """Session 25's pass: Chromium sends a touchpad's pinch as ctrl+wheel events of a few pixels each, and each event
+    zoomed one notch's step (x1.15): a gentle pinch of 20 events of 2 px zoomed 16-fold at once. A pinch now zooms by
+    its delta (a notch's step per 100 px); a ctrl+wheel notch is still one step."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        at = _xy(page, ct, *INSIDE)
+        page.mouse.move(*at)
+
+        def zoom_after(*events) -> float:
+            page.keyboard.press("0")  # the zoom reset
+            page.evaluate("""([events, x, y]) => {
+                for (const [deltaY, legacy] of events) {
+                    const init = { deltaY, ctrlKey: true, clientX: x, clientY: y, bubbles: true, cancelable: true }
+                    if (legacy !== null) init.wheelDeltaY = legacy
+                    medsegViewer.canvas.dispatchEvent(new WheelEvent('wheel', init))
+                } }""", [list(events), at[0], at[1]])
+            return page.evaluate("medsegViewer.nv.scene.pan2Dxyzmm[3]")
+
+        assert zoom_after(*[(-2, None)] * 20) == pytest.approx(1.15 ** 0.4, rel=1e-3)  # 16.4 before
+        assert zoom_after((-100, -120)) == pytest.approx(1.15, rel=1e-6)  # a notch
+        assert zoom_after((-4, 240), (4, -240), (4, -240)) == pytest.approx(1 / 1.15, rel=1e-6)  # macOS notches
+    finally:
+        context.close()
+
+
+def test_brush_size_keys_typed_with_altgr_change_the_size(browser, server, ct):
+    """Session 25's pass: on a German, French or Swiss keyboard [ and ] are typed with AltGr, which Windows reports as
+    ctrl+alt; the viewer took them as ctrl shortcuts and the brush size stayed as it was, without a word. ctrl+alt is
+    no shortcut of the viewer's: the key now acts as typed (and ctrl+Z still undoes)."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        size = lambda: page.locator("#brush-size").input_value()  # noqa: E731
+        assert size() == "8"
+        page.keyboard.press("Control+Alt+BracketRight")
+        page.keyboard.press("Control+Alt+BracketRight")
+        assert size() == "10"
+        page.keyboard.press("Control+Alt+BracketLeft")
+        assert size() == "9"
+    finally:
+        context.close()

@@ -60,9 +60,13 @@ export const actionQueueMethods = {
     if (this.suggestOn && asks) body.suggest = true
     traceMark('action.queued', { id, kind: body.kind })
     this.queue = this.queue.then(async () => {
+      if (this.unknown) await this.settleUnknown()  // actions lost to an unreachable server: judged before this one
       // the label map this tab holds as the action leaves: a lost answer is judged against it
       const sent = { rev: this.rev >= 0 ? this.rev : this.state?.rev ?? -1, boot: this.revBoot ?? this.state?.boot ?? null }
       if (body.labelLate) { delete body.labelLate; body.label = this.state?.active ?? 1 }
+      // the object this tab shows as the click leaves (the answers before it applied): the server starts a new one
+      // where another tab changed it meanwhile, rather than adding this point to an object this tab never saw
+      if (body.kind === 'point' && !body.new_object) body.object_points = this.object?.points.length ?? 0
       let taken = false
       try {
         traceMark('action.sent', { id, kind: body.kind })
@@ -74,8 +78,10 @@ export const actionQueueMethods = {
         // server did nothing with it, and the browser holds the new cookie now; sent once more, it is not lost
         if (r.status === 409 && r.headers.get(RENEWED_HEADER)) r = await send()
         if (!r.ok) {
-          const refused = await this.refusalOf(r)  // the server's own message: it refused, nothing changed
-          if (refused !== null) this.showError(refused)
+          const refused = await this.refusalOf(r)  // the server's own message
+          // a 5xx comes after the edit may have been made (its save failed): "try again" then made it twice
+          if (refused !== null && r.status >= 500 && REVISION_KINDS.has(body.kind)) await this.answerLost(body.kind, refused, sent, 'error')
+          else if (refused !== null) this.showError(refused)  // refused (4xx): nothing changed
           else await this.answerLost(body.kind, `answer ${r.status} without the server's message`, sent)
           return
         }

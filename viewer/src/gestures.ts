@@ -91,8 +91,23 @@ export const gestureMethods = {
     d.stroke = []
   },
 
+  /** The brush size changed under a brush or eraser stroke (``[``/``]`` or the size box, the mouse still down): the
+   * stroke is sent with one radius, so the new size applied to the whole of it, the part drawn before too. The part
+   * drawn so far is sent now, with the size it was drawn with; the stroke goes on from its last point (no gap) with
+   * the new size. A stroke of its press alone takes the new size whole. Call before the size changes. */
+  cutStrokeAtSize(this: Viewer): void {
+    const d = this.drag
+    if (!d || (this.tool !== 'brush' && this.tool !== 'erase')) return
+    if (d.done.reduce((n, p) => n + p.length, d.stroke.length) <= 1) return
+    const last = d.stroke[d.stroke.length - 1]
+    this.sendStroke(d)
+    this.drag = { ...d, done: [], stroke: last && !d.out ? [last] : [] }
+  },
+
   setBrush(this: Viewer, px: number): void {
-    this.brushPx = Math.max(1, Math.min(100, Math.round(px) || 1))
+    const size = Math.max(1, Math.min(100, Math.round(px) || 1))
+    if (size !== this.brushPx) this.cutStrokeAtSize()
+    this.brushPx = size
     const input = this.root.querySelector('#brush-size') as HTMLInputElement | null
     if (input) input.value = String(this.brushPx)
     this.drawOverlay()

@@ -67,7 +67,10 @@ export const keyboardMethods = {
   onKey(this: Viewer, e: KeyboardEvent): void {
     const t = e.target as HTMLElement | null
     const k = e.key
-    const ctrl = e.ctrlKey || e.metaKey
+    // AltGr (German, French, ... layouts type [ ] { } with it) comes as ctrl+alt on Windows: [ and ] were taken as
+    // ctrl shortcuts and did nothing there. ctrl+alt is no shortcut of the viewer's: the key is read as typed
+    const altGr = e.getModifierState?.('AltGraph') || (e.ctrlKey && e.altKey && !e.metaKey)
+    const ctrl = (e.ctrlKey || e.metaKey) && !altGr
     const undoKey = ctrl && !e.altKey && (k.toLowerCase() === 'z' || k.toLowerCase() === 'y')
     if (t && ownsKeys(t, k) && !(undoKey && undoIsTheViewers(t))) return
     if (!this.state?.study) return

@@ -1,6 +1,7 @@
 // Mouse input on the image: presses, moves and releases become clicks, boxes, strokes and window drags.
 import type { Viewer } from './viewer'
 import { DRAG_PX } from './gestures'
+import { AXIS_OF } from './geometry'
 
 export const pointerMethods = {
   /** The stage's and window's mouse listeners, in capture: they run before NiiVue's own (which would move the
@@ -166,7 +167,7 @@ export const pointerMethods = {
     this.drawOverlay()
   },
 
-  /** ctrl/alt+wheel zooms; the plain wheel is NiiVue's paging of the slice under the mouse. */
+  /** ctrl/alt+wheel zooms; the plain wheel pages the slice under the mouse, by its delta (WheelPager). */
   onWheel(this: Viewer, e: WheelEvent): void {
     if (this.state?.study && (this.loading || !this.nv.volumes.length)) {  // as a key is then (keyboard.ts IMAGE_KEYS)
       e.preventDefault(); e.stopPropagation()
@@ -179,12 +180,18 @@ export const pointerMethods = {
     if (hit) this.currentView = hit.view
     if (e.ctrlKey || e.metaKey || e.altKey) {
       e.preventDefault(); e.stopPropagation()
-      this.zoom(e.deltaY < 0 ? 1.15 : 1 / 1.15)
+      this.zoom(this.wheel.zoomFactor(e))  // by the delta: a pinch's many small events zoom a little each
       this.showInfo()
       return
     }
-    e.preventDefault()
-    window.setTimeout(() => this.afterNavigate(), 0) // NiiVue pages the slice under the mouse
+    // the slice under the mouse is paged here, by the event's delta (wheel.ts), not by NiiVue's one slice an event
+    e.preventDefault(); e.stopPropagation()
+    const n = this.wheel.steps(e)
+    if (!n || !hit) return
+    const d = [0, 0, 0]
+    d[AXIS_OF[hit.view]] = n  // NiiVue's direction: the wheel down (deltaY > 0) one voxel up the view's axis
+    this.nv.moveCrosshairInVox(d[0], d[1], d[2])
+    this.afterNavigate()
   },
 }
 

@@ -2,6 +2,7 @@
 // Its methods are grouped by job in the modules mixed in at the end (news.ts, page_state.ts, ...).
 import { Niivue, NVImage, SHOW_RENDER, MULTIPLANAR_TYPE, DRAG_MODE } from '@niivue/niivue'
 import { SliceShader } from './slice_shader'
+import { WheelPager } from './wheel'
 import type { Drag, News, ObjectMarks, Pending, State, Suggested, Tool, Window, WindowDrag } from './types'
 import { buildPanel } from './panel'
 import { NEWS_MS, newsMethods, type NewsMethods } from './news'
@@ -49,6 +50,7 @@ export class Viewer {
   outline = false
   opacity = 0.45
   brushPx = 8
+  wheel = new WheelPager()  // the wheel's slices, from its deltas (a touchpad's small ones summed)
   hidden = new Set<number>()
   locked = new Set<number>()
   currentView = 'axial'
@@ -105,6 +107,11 @@ export class Viewer {
   exportedTag = ''
   nameSent = ''  // the label form's Name box as given or sent (focus, Enter): a name typed and left is sent (nameLeft)
   stepsOnWay = 0  // undo and redo presses sent or waiting in the queue: a held key's repeats wait for them (history)
+  // actions sent while the server could not be reached, and what this tab held then: judged once it answers
+  unknown: { whats: string[]; sent: { rev: number; boot: string | null }; study: string | null;
+    labels: ArrayLike<number> | null } | null = null
+  unknownTimer = 0
+  settleQueued = false
   editsQueued = 0  // label edits (prompts, strokes, undo, redo) sent or waiting in the queue: a reload asks first
   labelChanges = 0  // label choices and Add label presses queued: prompts made meanwhile take their label when sent
   chosen: { label: number } | null = null  // the newest label choice still on its way (H hides its label: shownActive)
@@ -176,7 +183,10 @@ export class Viewer {
       if (this.frameTimes.length > 500) this.frameTimes.shift()
       return out
     }
-    new ResizeObserver(() => this.drawOverlay()).observe(this.stage)
+    // the window resized under a brush stroke (maximised by a key, the page's layout changed, the mouse still down):
+    // the image moves under the mouse, and the stroke joined its last point to the next with a band where the brush
+    // never went. Cut there, as M or a zoom mid-stroke (breakStroke)
+    new ResizeObserver(() => { this.breakStroke(); this.drawOverlay() }).observe(this.stage)
     setInterval(() => this.pollState(), 100)
     this.pollState()
     this.scheduleNews()
