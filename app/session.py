@@ -603,6 +603,29 @@ def claim_root(root: str | Path) -> None:
     _HELD_ROOTS[root.resolve()] = handle
 
 
+# What a save writes beside its target before the rename (data.writers.atomic_output: ``.<name>.<random><suffix>``;
+# prompt.npz: ``.prompt.npz.<token>.tmp``); kill -9 between the two leaves it, never read and never removed.
+SAVE_TEMPORARY = re.compile(r"\.(labels\.npz|state\.json|prompt\.npz)\..+")
+STUDY_TEMPORARY = re.compile(r"\..+\.npz\..+\.npz")
+
+
+def remove_save_temporaries(sessions_root: str | Path) -> int:
+    """Delete what interrupted saves left in the session folders; returns how many. Only at start, once
+    :func:`claim_root` holds the state folder: no save of this process runs yet, and no other server's can."""
+    removed = 0
+    root = Path(sessions_root)
+    for directory in root.iterdir() if root.is_dir() else ():
+        if not directory.is_dir() or not SESSION_ID.match(directory.name):
+            continue
+        found = [f for f in directory.glob(".*") if SAVE_TEMPORARY.fullmatch(f.name)]
+        found += [f for f in (directory / "studies").glob(".*") if STUDY_TEMPORARY.fullmatch(f.name)]
+        for f in found:
+            with contextlib.suppress(OSError):
+                f.unlink()
+                removed += 1
+    return removed
+
+
 def folder_bytes(folder: Path) -> int:
     """Apparent size of the regular files under ``folder`` (0 when it does not exist)."""
     total = 0

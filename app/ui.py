@@ -39,7 +39,7 @@ from app.interaction import ModelRunner, Prefetcher
 from app.oneshot import METHODS as ONESHOT_METHODS, SCOPES as ONESHOT_SCOPES
 from app.propagation_defaults import DEFAULT_FILL
 from app.render import window_choices
-from app.session import SessionError, SessionStore, claim_root, default_state_dir
+from app.session import SessionError, SessionStore, claim_root, default_state_dir, remove_save_temporaries
 from app.startup_check import patient_launch_check
 from app.model_catalog import backend_for, load_model
 from app.viewer import actions as viewer_actions
@@ -662,6 +662,7 @@ def launch(
     claim_root(state)  # one server per state folder, checked before the model loads
     sessions = state / "sessions"
     sessions.mkdir(parents=True, exist_ok=True)
+    remove_save_temporaries(sessions)  # what a kill -9 mid-save left (ours alone now: claim_root)
     load_model(model, device, backend)  # load (export once) before serving; fail early on missing weights
     configure_serving(device, backend_for(model, device, backend).backend)  # torch decodes only: 1 CPU thread
     config = UIConfig(
