@@ -43,7 +43,7 @@ from data.nifti_check import NiftiCheckError, check_nifti
 from data.pictures import read_image_file
 from data.series_geometry import (ONE_PATIENT_AND_STUDY, SAME_IN_EVERY_SLICE, GeometryError, UnevenSpacingError,
                                   check_pixel_spacing, check_series_geometry, check_spacing_between_slices,
-                                  display_names, frame_geometry, frame_heads, numbers, orientation,
+                                  display_names, frame_geometry, frame_heads, numbers, one_offset_dose, orientation,
                                   position_along_normal, require_pixel_spacing, require_whole_plane, stack_grid)
 from data.study_errors import (LOCALIZER_ADVICE, SERIES_ADVICE, SeveralSeriesError, StudyError, StudyWarning,
                                UnevenStudyError, check_voxels, first_line, header_int, voxel_limit)
@@ -630,6 +630,9 @@ def read_dicom_series(
         except GeometryError as e:
             raise StudyError(f"{folder}: {name}: {e}") from None
     _check_distinct_instances(folder, info.files, heads)
+    for name, head in zip(display_names(info.files), heads):
+        if (refusal := one_offset_dose(head)) is not None:
+            raise StudyError(f"{folder}: {name}: {refusal}")
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO(DICOM_IO)
     reader.SetFileNames(list(info.files))
@@ -667,7 +670,8 @@ def read_dicom_series(
             " (mean slice spacing, --allow-uneven)" if geometry.spacing_k is not None else ""),
         notes=notes,
     )
-    return _check_ct_values(folder, Volume.from_sitk(image, modality=info.modality, source=source), first)
+    volume = Volume.from_sitk(image, modality=info.modality, source=source)
+    return _check_ct_values(folder, _dose_scaled([Path(f) for f in info.files], volume, heads), first)
 
 
 SPLIT_SERIES_MIN = 3  # one-image series that, parallel and stacked, look like one series split by its UIDs
@@ -1102,15 +1106,26 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
                                       and thick is None),
     )
     volume = Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
-    return _check_ct_values(path, _dose_scaled(path, volume, ds), ds)
+    return _check_ct_values(path, _dose_scaled([path], volume, [ds]), ds)
 
 
-def _dose_scaled(path: Path, volume: Volume, ds: pydicom.Dataset) -> Volume:
+def _dose_scaled(paths: list[Path], volume: Volume, heads: list[pydicom.Dataset]) -> Volume:
     """An RT Dose grid in its DoseUnits: the stored values times ``DoseGridScaling`` (PS3.3 C.8.8.3), which GDCM does
-    not apply. Why: pydicom's rtdose.dcm (scaling 1e-06) opened at its stored integers, 1254000 where the file says
-    1.254 (DoseUnits RELATIVE), as if valid (session 25). A scaling that is not a finite number > 0 is refused, as a RescaleSlope is."""
-    if "DoseGridScaling" not in ds or ds["DoseGridScaling"].value in (None, ""):
+    not apply; one head for a multi-frame file, one per slice (``paths[k]``'s) for a series of one-frame doses, each
+    slice its own factor. Why: pydicom's rtdose.dcm (scaling 1e-06) opened at its stored integers, 1254000 where the
+    file says 1.254 (DoseUnits RELATIVE), as if valid (session 25), and a series of its frames as one-frame files
+    still did (hostile25b). A scaling that is not a finite number > 0 is refused, as a RescaleSlope is; none is 1."""
+    scalings = [_dose_scaling(path, ds) for path, ds in zip(paths, heads)]
+    if all(s == 1 for s in scalings):
         return volume
+    factors = np.asarray(scalings, np.float64).reshape(-1, *([1] * (volume.array.ndim - 1)))
+    return replace(volume, array=np.asarray(volume.array, np.float64) * factors)
+
+
+def _dose_scaling(path: Path, ds: pydicom.Dataset) -> float:
+    """``ds``'s DoseGridScaling, 1 where it has none; StudyError for one that is not a finite number > 0."""
+    if "DoseGridScaling" not in ds or ds["DoseGridScaling"].value in (None, ""):
+        return 1.0
     try:
         scaling = float(ds["DoseGridScaling"].value)
     except (TypeError, ValueError):
@@ -1118,6 +1133,4 @@ def _dose_scaled(path: Path, volume: Volume, ds: pydicom.Dataset) -> Volume:
     if not (math.isfinite(scaling) and scaling > 0):
         raise StudyError(f"{path}: DoseGridScaling {ds['DoseGridScaling'].value!r}; expected a finite number > 0 (the "
                          "factor from the stored values to the dose in DoseUnits)")
-    if scaling == 1:
-        return volume
-    return replace(volume, array=np.asarray(volume.array, np.float64) * scaling)
+    return scaling

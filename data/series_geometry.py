@@ -21,6 +21,7 @@ import pydicom
 from data.study_errors import ALLOW_UNEVEN_ADVICE
 
 SPACING_TOLERANCE = 0.02  # relative deviation of one slice step from the median step still called even
+OFFSET_TOLERANCE_MM = 0.05  # an absolute GridFrameOffsetVector's first z against ImagePositionPatient's (DS rounding)
 ORTHONORMAL_TOLERANCE = 1e-2  # |row|, |column| within 1 +- this (GDCM normalises them, the direction kept)
 # |row . column| / (|row| |column|) at most this. GDCM replaces an orientation off perpendicular by more than 1e-3 with
 # the nearest axes (measured by bisection: 1.0000005e-3): a slice turned 30 degrees with row . column 0.002 opened
@@ -400,11 +401,15 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
     if not any("ImagePositionPatient" in h for h in heads):
         offsets = ds.get("GridFrameOffsetVector")  # RT Dose: frame positions along the normal, which GDCM reads
         if offsets is not None and "ImageOrientationPatient" in ds:
+            offsets = _values(offsets)  # one value is a DSfloat, not a list: "TypeError: 'DSfloat' object is not iterable"
             steps = np.diff(np.asarray([float(v) for v in offsets], float))
             if len(steps) + 1 != int(ds.get("NumberOfFrames") or 1):  # GDCM: "An invalid logic behavior occurred"
                 raise GeometryError(f"GridFrameOffsetVector holds {len(steps) + 1} frame offsets, but the image has "
                                     f"{int(ds.get('NumberOfFrames') or 1)} frame(s) (NumberOfFrames); expected one "
                                     "offset per frame: which frame lies where is not known")
+            if (refusal := one_offset_dose(ds)) is not None:
+                raise GeometryError(refusal)
+            _check_absolute_offsets(ds, offsets)
             descending = _descending_dose_frames(ds, offsets, steps)
             if descending is not None:
                 return descending
@@ -436,6 +441,33 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
     if len(heads) != frames:
         raise GeometryError(f"{len(heads)} per-frame functional groups for NumberOfFrames {frames}")
     return stack_grid([f"frame {n + 1}" for n in range(frames)], heads, allow_uneven=allow_uneven)
+
+
+def one_offset_dose(ds: pydicom.Dataset) -> str | None:
+    """Why an RT Dose of one frame whose GridFrameOffsetVector holds one value cannot be read here, or None. GDCM
+    fails on it ("An invalid logic behavior occurred ... idx < GetNumberOfValues()", read alone or as a series's
+    slice: it takes the second offset), and the one value places nothing the ImagePositionPatient does not (session
+    25, hostile25b: a dose split into one-frame files, as a planning system exports planes)."""
+    offsets = ds.get("GridFrameOffsetVector")
+    if offsets is None or len(_values(offsets)) != 1:
+        return None
+    return ("a one-frame RT Dose whose GridFrameOffsetVector holds one value, which the decoder here cannot read (it "
+            "needs two); remove the field, which places nothing ImagePositionPatient does not (e.g. dcmodify -e "
+            "GridFrameOffsetVector IN), and open that")
+
+
+def _check_absolute_offsets(ds: pydicom.Dataset, offsets: list) -> None:
+    """An RT Dose's GridFrameOffsetVector whose first value is not 0 holds the frames' z coordinates (PS3.3 C.8.8.3.2,
+    an axial grid), the first of which is ImagePositionPatient's z: refused where the two disagree, as which one
+    places the grid is in doubt. Why: such a dose opened at ImagePositionPatient (GDCM's choice) without a word
+    (session 25; hostile25b)."""
+    first, ipp = float(offsets[0]), numbers(ds, "ImagePositionPatient", 3)
+    if first == 0 or ipp is None or not math.isfinite(first):
+        return
+    if abs(first - float(ipp[2])) > OFFSET_TOLERANCE_MM:
+        raise GeometryError(f"GridFrameOffsetVector begins at {first:g}, so its offsets are the frames' z coordinates "
+                            f"(absolute), but ImagePositionPatient's z is {float(ipp[2]):g}; expected the first "
+                            "offset to be 0 (relative) or the first frame's z: where the grid lies is in doubt")
 
 
 def _descending_dose_frames(ds: pydicom.Dataset, offsets, steps: np.ndarray) -> FrameGeometry | None:

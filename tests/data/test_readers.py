@@ -1233,6 +1233,66 @@ def test_an_rt_dose_whose_frame_offsets_descend_opens_where_each_frame_lies(tmp_
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written)[::-1], (original.array > 1.0).astype(np.uint8))
 
 
+def _one_frame_doses(folder: Path, *, offsets: bool) -> np.ndarray:
+    """pydicom's rtdose.dcm cut into 15 one-frame files, as a planning system exports dose planes: each at its own
+    ImagePositionPatient, the odd frames with DoseGridScaling 2e-06; the doses they hold, frame by frame."""
+    ds = pydicom.dcmread(PYDICOM_FILES / "rtdose.dcm")
+    stored, ipp = ds.pixel_array, [float(v) for v in ds.ImagePositionPatient]
+    folder.mkdir()
+    for k in range(stored.shape[0]):
+        one = pydicom.dcmread(PYDICOM_FILES / "rtdose.dcm")
+        one.NumberOfFrames, one.PixelData, one.InstanceNumber = 1, stored[k].tobytes(), k + 1
+        one.ImagePositionPatient = [ipp[0], ipp[1], ipp[2] + float(ds.GridFrameOffsetVector[k])]
+        one.SOPInstanceUID = pydicom.uid.generate_uid()
+        one.DoseGridScaling = 2e-6 if k % 2 else 1e-6
+        if offsets:
+            one.GridFrameOffsetVector = [0.0]
+        else:
+            del one.GridFrameOffsetVector, one.FrameIncrementPointer
+        one.save_as(folder / f"d{k:02d}.dcm")
+    return stored * np.where(np.arange(stored.shape[0]) % 2, 2e-6, 1e-6)[:, None, None]
+
+
+def test_a_series_of_one_frame_rt_doses_opens_in_its_dose_units_slice_by_slice(tmp_path):
+    """A series of one-frame RT Dose files went through the series reader, which did not apply DoseGridScaling: it
+    opened at its stored integers (1254000 where the file says 1.254), as if valid (session 25's leftover; hostile25b).
+    Each slice now gets its own file's scaling."""
+    doses = _one_frame_doses(tmp_path / "doses", offsets=False)
+    volume = read_study(tmp_path / "doses")
+    assert volume.array.shape == (15, 10, 10) and volume.spacing == (10.0, 10.0, 5.0)
+    np.testing.assert_allclose(volume.array, doses, rtol=1e-12)
+    np.testing.assert_allclose(volume.array[::2], read_study(PYDICOM_FILES / "rtdose.dcm").array[::2], rtol=1e-12)
+
+
+def test_a_one_frame_rt_dose_with_one_frame_offset_is_refused_naming_the_field(tmp_path):
+    """One-frame RT Doses carrying GridFrameOffsetVector [0] (its Frame Increment Pointer's field): read alone it was
+    `could not be read (TypeError: 'DSfloat' object is not iterable)`; as a series GDCM failed in its own words (`the
+    DICOM series could not be read (An invalid logic behavior occurred...)`), blaming the pixels (hostile25b)."""
+    _one_frame_doses(tmp_path / "doses", offsets=True)
+    why = ("a one-frame RT Dose whose GridFrameOffsetVector holds one value, which the decoder here cannot read (it "
+           "needs two); remove the field, which places nothing ImagePositionPatient does not (e.g. dcmodify -e "
+           "GridFrameOffsetVector IN), and open that")
+    refused(tmp_path / "doses" / "d03.dcm", f"{tmp_path / 'doses' / 'd03.dcm'}: {why}")
+    refused(tmp_path / "doses", f"{tmp_path / 'doses'}: d00.dcm: {why}")
+
+
+def test_an_rt_dose_whose_absolute_frame_offsets_disagree_with_its_position_is_refused(tmp_path):
+    """rtdose.dcm with an absolute GridFrameOffsetVector (the frames' z, PS3.3 C.8.8.3.2): where the first z is
+    ImagePositionPatient's it opens as the relative one does; 10 mm off, it opened at ImagePositionPatient without a
+    word (GDCM's choice), where the file is in doubt (session 25's leftover; hostile25b)."""
+    ds = pydicom.dcmread(PYDICOM_FILES / "rtdose.dcm")
+    z = float(ds.ImagePositionPatient[2])
+    ds.GridFrameOffsetVector = [z + 5.0 * n for n in range(15)]
+    ds.save_as(tmp_path / "absolute.dcm")
+    assert read_study(tmp_path / "absolute.dcm").spacing == (10.0, 10.0, 5.0)
+    ds.GridFrameOffsetVector = [z + 10 + 5.0 * n for n in range(15)]
+    ds.save_as(tmp_path / "off.dcm")
+    refused(tmp_path / "off.dcm", f"{tmp_path / 'off.dcm'}: GridFrameOffsetVector begins at {z + 10:g}, so its "
+                                  f"offsets are the frames' z coordinates (absolute), but ImagePositionPatient's z is "
+                                  f"{z:g}; expected the first offset to be 0 (relative) or the first frame's z: where "
+                                  "the grid lies is in doubt")
+
+
 @pytest.mark.parametrize("per_frame", [False, True])
 def test_enhanced_frames_oriented_in_their_functional_groups_but_placed_nowhere_are_refused(tmp_path, per_frame):
     """An Enhanced CT whose shared functional groups give an orientation and 0.5 mm pixels, without the
