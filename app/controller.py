@@ -37,7 +37,7 @@ from app.reading import read_untrusted
 from app.session import PALETTE, UNRESTORED, Edit, Session, SessionError, SessionStore
 from app.uploads import import_upload
 from data.readers import SeveralSeriesError, StudyWarning, UnevenStudyError, read_study
-from data.study_errors import without_cli_advice
+from data.study_errors import UNEVEN_NOTE, without_cli_advice
 from data.untrusted import one_line
 from data.volume import THICKNESS_UNKNOWN, Volume
 from data.writers import write_label_nifti
@@ -324,9 +324,19 @@ def _open(ctx: AppContext, session: Session, path: Path, name: str, progress: Pr
     ctx.store.save(session)
     if progress:
         progress(0.9, "rendering")
-    notes = "".join(f" Note: {without_cli_advice(_without_folder(str(w.message), path))}." for w in caught
+    notes = "".join(f" Note: {_in_ui_words(_without_folder(str(w.message), path))}." for w in caught
                     if issubclass(w.category, StudyWarning))
     return _greet(session, f"Opened {name}.{notes} Click on the structure, or drag a box.")
+
+
+UNEVEN_NOTE_IN_UI = "you picked the mean slice spacing under Upload: "
+
+
+def _in_ui_words(note: str) -> str:
+    """A reader's note as the UI's user knows what they did: without the CLI's flags, the choice of the mean slice
+    spacing named as the pick under Upload it was. Why: it began `--allow-uneven: 1 uneven step(s) ...`, a flag a
+    browser user never typed (session 25's leftover)."""
+    return without_cli_advice(note).replace(UNEVEN_NOTE, UNEVEN_NOTE_IN_UI)
 
 
 def _without_folder(note: str, path: Path) -> str:

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import pydicom
 
-from data.study_errors import ALLOW_UNEVEN_ADVICE
+from data.study_errors import ALLOW_UNEVEN_ADVICE, UNEVEN_NOTE
 
 SPACING_TOLERANCE = 0.02  # relative deviation of one slice step from the median step still called even
 OFFSET_TOLERANCE_MM = 0.05  # an absolute GridFrameOffsetVector's first z against ImagePositionPatient's (DS rounding)
@@ -263,7 +263,7 @@ def check_series_geometry(files: Sequence[str], heads: Sequence[pydicom.Dataset]
     mean = abs(float(positions[-1] - positions[0])) / (len(heads) - 1)
     if not math.isfinite(mean) or mean <= 0:
         raise GeometryError("the slices do not advance along their normal")
-    summary = (f"--allow-uneven: {len(notes)} uneven step(s) ({notes[0]}{'; ...' if len(notes) > 1 else ''}); opened at "
+    summary = (f"{UNEVEN_NOTE}{len(notes)} uneven step(s) ({notes[0]}{'; ...' if len(notes) > 1 else ''}); opened at "
                f"the mean spacing {mean:.4g} mm, so slice positions are approximate")
     return SeriesGeometry(spacing_k=mean, notes=(summary,))
 

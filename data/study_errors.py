@@ -43,6 +43,9 @@ ALLOW_UNEVEN_ADVICE = ", or pass --allow-uneven"
 SERIES_ADVICE = ", pick one with --series UID"
 SERIES_ADVICE_WITHOUT_FLAG = "; expected one: give the files of one series alone"
 LOCALIZER_ADVICE = "; --series UID opens one"  # the end of the note on a scout left out (``data.readers``)
+# the start of the note on a study opened at its mean slice spacing (``data.series_geometry``): the CLI's flag that
+# asked for it; the UI names its own choice instead (``app.controller``, session 25's leftover)
+UNEVEN_NOTE = "--allow-uneven: "
 
 
 def without_cli_advice(text: str) -> str:

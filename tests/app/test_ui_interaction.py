@@ -558,7 +558,8 @@ def test_a_series_with_a_missing_slice_opens_in_the_ui_only_when_asked_at_the_me
     assert label == "Open at the mean slice spacing (slice positions approximate)"
     assert series_picker.label_of([(label, value)]).startswith("The slices are unevenly spaced")
     vm = controller.open_pending_series(ctx, sid, value)
-    assert vm.status.startswith("Opened gap.zip. Note: --allow-uneven: 1 uneven step(s) (1 slice(s) missing")
+    assert vm.status.startswith("Opened gap.zip. Note: you picked the mean slice spacing under Upload: 1 uneven "
+                                "step(s) (1 slice(s) missing")  # was "Note: --allow-uneven: 1 ...", the CLI's flag
     session = ctx.store.get(sid)
     assert session.volume.array.shape[0] == 11 and session.allow_uneven
     assert session.volume.spacing[2] == pytest.approx(11 * ct_spacing(ct) / 10)

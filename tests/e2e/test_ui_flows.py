@@ -355,7 +355,7 @@ def test_an_upload_with_a_missing_slice_offers_the_mean_spacing_and_opens_it(bro
     page.screenshot(path=str(shots / "uneven_picker.png"))
     picker.locator("input").click()
     page.get_by_role("option", name="Open at the mean slice spacing", exact=False).click()
-    _wait_status(page, "Opened gap.zip. Note: --allow-uneven: 1 uneven step(s)")
+    _wait_status(page, "Opened gap.zip. Note: you picked the mean slice spacing under Upload: 1 uneven step(s)")
     page.wait_for_function("document.querySelector('#medseg-viewer').dataset.study", timeout=TIMEOUT_MS)
     assert _state(server, sid)["allow_uneven"] is True
     picker.wait_for(state="hidden", timeout=TIMEOUT_MS)
