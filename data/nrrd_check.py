@@ -42,8 +42,8 @@ def header_fields(path: Path) -> dict[str, str]:
 
 
 def check_geometry(fields: dict[str, str], name: str) -> None:
-    """StudyError for a place ITK would guess: units other than mm, a space that is not the patient's, an image
-    axis without a direction or spacing, a direction of no usable length, or directions that are not perpendicular."""
+    """StudyError for a place ITK would guess: units other than mm, a space that is not the patient's, no geometry at
+    all, an image axis without a direction or spacing, a direction of no usable length, or directions that are not perpendicular."""
     units = fields.get("spaceunits")
     if units is not None and any(u.strip('"').strip().lower() != "mm" for u in units.split()):
         # ITK ignores the field: an NRRD in metres opened 1000 times too small, and its label was written in mm
@@ -58,6 +58,12 @@ def check_geometry(fields: dict[str, str], name: str) -> None:
     def image_axis(axis: int) -> bool:
         return axis >= len(kinds) or kinds[axis].lower() in IMAGE_AXIS_KINDS
 
+    if "spacedirections" not in fields and "spacings" not in fields:
+        # unu's plain output opened at 1 x 1 x 1 mm, identity, as if measured: the label server has no "size unknown"
+        # (a picture's, which the UI says), and 3D Slicer always writes the three fields (session 25's leftover)
+        raise StudyError(f"{name}: no space directions (nor spacings): the voxels' size and where the image lies are "
+                         "not in the file (it would open at a guessed 1 x 1 x 1 mm); expected the geometry 3D Slicer "
+                         "writes: space, space directions and space origin")
     directions = []
     if "spacedirections" in fields:
         rows = re.findall(r"\(([^)]*)\)|(none)", fields["spacedirections"], re.IGNORECASE)

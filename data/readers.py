@@ -390,14 +390,23 @@ def _raw_non_finite(array: np.ndarray, path: Path) -> np.ndarray:
     return out
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _finite(array: np.ndarray, path: Path) -> np.ndarray:
-    """NaN/-Inf -> the smallest finite value, +Inf -> the largest, with a StudyWarning; all-NaN is an error."""
+    """NaN/-Inf -> the smallest finite value, +Inf -> the largest, with a StudyWarning; all-NaN is an error, and so
+    are finite values past float32's range, which the viewer's copy is kept in (they would show as infinite)."""
     if not np.issubdtype(array.dtype, np.floating):
         return array
     bad = ~np.isfinite(array)
+    good = array[~bad] if bad.any() else array
+    if good.size and array.dtype.itemsize > 4 and max(-float(good.min()), float(good.max())) > FLOAT32_MAX:
+        # an NRRD or NIfTI of doubles holding 1e300 opened as stored, its viewer copy infinite (session 25's leftover)
+        raise StudyError(f"{path}: values {float(good.min()):.4g} to {float(good.max()):.4g}, past float32's range "
+                         "(+-3.4e+38), in which the viewer is sent the image (they would show as infinite); expected "
+                         "values a 32-bit float holds: rescale the image")
     if not bad.any():
         return array
-    good = array[~bad]
     if good.size == 0:
         raise StudyError(f"{path}: every voxel is NaN or infinite; nothing to show")
     low, high = good.min(), good.max()

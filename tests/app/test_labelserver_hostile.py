@@ -502,6 +502,36 @@ def test_an_nrrd_whose_geometry_no_label_map_can_hold_is_refused(served):
     assert not any(sessions.iterdir())
 
 
+def test_an_nrrd_without_geometry_or_with_values_past_float32_is_refused(served):
+    """unu's plain NRRD (no space, space directions, spacings nor origin) opened at 1 x 1 x 1 mm, identity, as if
+    measured, and its label was written back on that made-up grid; an NRRD of doubles holding 1e300 opened as stored,
+    the viewer's float32 copy infinite (session 25's leftovers; hostile25b). uint64 past 2^63 opens: float32 holds it."""
+    client, _, sessions = served
+    bare = NRRD_HEAD.format(type="short", extra="")
+    for line in ("space: left-posterior-superior\n", "space directions: (0.8,0,0) (0,0.8,0) (0,0,2.5)\n",
+                 "space origin: (0,0,0)\n"):
+        bare = bare.replace(line, "")
+    said = ("bare.nrrd: no space directions (nor spacings): the voxels' size and where the image lies are not in the "
+            "file (it would open at a guessed 1 x 1 x 1 mm); expected the geometry 3D Slicer writes: space, space "
+            "directions and space origin")
+    r = client.put("/session/", files={"files": ("bare.nrrd", bare.encode() + bytes(2 * 32 * 32 * 4))})
+    assert r.status_code == 400 and r.json()["detail"] == said, r.text
+    r = _label_put(client, "bare.nrrd", bare.replace("type: short", "type: unsigned char").encode() + bytes(32 * 32 * 4))
+    assert r.status_code == 400 and r.json()["detail"] == said, r.text
+    values = np.zeros(GRID)
+    values[1, 2, 3] = 1e300
+    r = client.put("/session/", files={"files": ("huge.nrrd", NRRD_HEAD.format(type="double", extra="").encode()
+                                                 + values.tobytes())})
+    assert r.status_code == 400 and r.json()["detail"] == (
+        "huge.nrrd: values 0 to 1e+300, past float32's range (+-3.4e+38), in which the viewer is sent the image (they "
+        "would show as infinite); expected values a 32-bit float holds: rescale the image"), r.text
+    assert not any(sessions.iterdir())
+    big = np.full(GRID, 2**63 + 5, np.uint64)
+    r = client.put("/session/", files={"files": ("u64.nrrd", NRRD_HEAD.format(type="unsigned long long", extra="")
+                                                 .encode() + big.tobytes())})
+    assert r.status_code == 200, r.text
+
+
 GUESSED_NRRD_GEOMETRY = [  # (name, header line(s) changed, the refusal) of session 25's pass: each opened before (200)
     ("spaceunits", ("space origin: (0,0,0)", 'space origin: (0,0,0)\nspaceunits: "m" "m" "m"'),
      'spaceunits.nrrd: space units "m" "m" "m"; expected millimetres ("mm") on every axis'),

@@ -1310,3 +1310,17 @@ def test_enhanced_frames_oriented_in_their_functional_groups_but_placed_nowhere_
     refused(tmp_path / "enh.dcm", f"{tmp_path / 'enh.dcm'}: 4 frames with an ImageOrientationPatient in their "
                                   f"functional groups but no PlanePositionSequence (ImagePositionPatient) for any "
                                   f"frame{nor}: where the frames lie is not in the file")
+
+
+def test_a_nifti_of_doubles_past_float32s_range_is_refused_not_shown_infinite(tmp_path):
+    """A float64 NIfTI holding -1e300 opened as stored; the viewer's float32 copy of it was infinite there (session 25's
+    leftover, the NRRD's twin; hostile25b). A float64 NIfTI within float32's range opens as before."""
+    values = np.zeros((5, 4, 3))
+    values[1, 1, 1], values[2, 2, 2] = -1e300, 3.0
+    nib.save(nib.Nifti1Image(values, np.eye(4)), tmp_path / "huge.nii.gz")
+    refused(tmp_path / "huge.nii.gz", f"{tmp_path / 'huge.nii.gz'}: values -1e+300 to 3, past float32's range "
+                                      "(+-3.4e+38), in which the viewer is sent the image (they would show as "
+                                      "infinite); expected values a 32-bit float holds: rescale the image")
+    values[1, 1, 1] = -3e38
+    nib.save(nib.Nifti1Image(values, np.eye(4)), tmp_path / "large.nii.gz")
+    assert read_study(tmp_path / "large.nii.gz").array.min() == -3e38
