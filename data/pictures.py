@@ -53,6 +53,23 @@ def _unreadable_png_header(path: Path) -> str | None:
             "valid: the file is damaged; save or export it again")
 
 
+# Pillow's words for a PNG text or ICC-profile chunk past its decompression-bomb guard (PngImagePlugin.MAX_TEXT_CHUNK,
+# MAX_TEXT_MEMORY), which it raises whatever the picture's pixels
+PNG_METADATA_GUARD = ("PngImagePlugin.MAX_TEXT_CHUNK", "MAX_TEXT_MEMORY")
+
+
+def unreadable(path: Path, error: BaseException) -> StudyError:
+    """The refusal of a picture Pillow could not read: its reason, or, for a text or ICC-profile chunk past Pillow's
+    guard, what it is. Why: a valid picture with a large comment or ICC profile was refused as `not a readable PNG/JPEG
+    image (Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)`, blaming the picture (session 25)."""
+    said = first_line(error)
+    if any(guard in said for guard in PNG_METADATA_GUARD):
+        return StudyError(f"{path}: its metadata (a text or ICC-profile chunk, not the picture) inflates past Pillow's "
+                          "limit of 1 MB a chunk (64 MB in all), which guards against decompression bombs; save the "
+                          "picture without its metadata (e.g. optipng -strip all, or exiftool -all= IN) and open that")
+    return StudyError(f"{path}: not a readable PNG/JPEG image ({said})")
+
+
 def open_image(path: Path, *, max_voxels: int | None = None, check_data: bool = True) -> Image.Image:
     """A PNG or JPEG file opened (its header read, no pixel decoded yet) and checked: the format by its bytes, one
     frame (an animated PNG's other frames were dropped silently), the size within ``max_voxels``, a PNG's image data
@@ -69,7 +86,7 @@ def open_image(path: Path, *, max_voxels: int | None = None, check_data: bool = 
         said = _unreadable_png_header(path) or "not a readable PNG/JPEG image (its bytes are neither PNG nor JPEG)"
         raise StudyError(f"{path}: {said}") from e
     except Exception as e:
-        raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
+        raise unreadable(path, e) from e
     try:
         frames = int(getattr(im, "n_frames", 1) or 1) if im.format == "PNG" else 1
         if frames > 1:
@@ -196,7 +213,7 @@ def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
             grey = im.getbands() in (("L",), ("1",), ("I",))  # single-channel, 16-bit included
             colour = np.asarray(im) > 0 if grey else np.asarray(im.convert("RGB")).max(axis=2) > 0
         except Exception as e:
-            raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
+            raise unreadable(path, e) from e
         if _png_16bit_with_colour_or_alpha(path):  # PIL kept the high bytes: a 16-bit grey+alpha mask of 1s was empty
             colour = _png_16bit_channels(path, colour.shape)[..., :3].max(axis=2) > 0
     # turned as its image is (``read_image_file``): a mask drawn on a turned photo keeps that photo's orientation
@@ -241,7 +258,7 @@ def _loaded_with_alpha(path: Path, im) -> tuple:
                 im = im.convert("RGBA")
             alpha = np.asarray(im.getchannel("A")) > 0 if "A" in im.getbands() else None
     except Exception as e:
-        raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
+        raise unreadable(path, e) from e
     if alpha is not None and _png_16bit_with_colour_or_alpha(path):  # PIL's 8-bit alpha: 1..255 of 65535 read as 0
         alpha = _png_16bit_channels(path, alpha.shape)[..., 3] > 0
     return im, orientation, alpha
@@ -281,7 +298,7 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
     except StudyError:
         raise
     except Exception as e:
-        raise StudyError(f"{path}: not a readable PNG/JPEG image ({first_line(e)})") from e
+        raise unreadable(path, e) from e
     if array.dtype.byteorder not in ("=", "|"):
         array = array.astype(array.dtype.newbyteorder("="))  # 16-bit big-endian PNG modes
     if array.ndim == 3 and mode != "RGB":

@@ -315,3 +315,22 @@ def test_a_grey_alpha_png_is_a_mask_of_its_painted_visible_pixels_and_an_image_w
     # session 23: an 8-bit grey+alpha opened as RGB (three equal channels), the 16-bit one as grey
     assert vol.array.shape == (1, 6, 8) and vol.array.dtype == dtype
     np.testing.assert_array_equal(vol.array[0], grey)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_png_whose_metadata_inflates_past_pillows_guard_is_refused_naming_the_metadata(tmp_path, slice_8bit, where):
+    """The Colin27 slice with a 2 MB comment (a zTXt chunk, before or after its image data): refused as `not a readable
+    PNG/JPEG image (Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)`, blaming the picture, whose pixels
+    are whole (session 25's leftover; hostile25b). Pillow's guard stays; the line says what tripped it."""
+    comment = _chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"x" * 2_000_000))
+    png = _png(slice_8bit)
+    at = png.index(b"IDAT") - 4 if where == "before" else png.index(b"IEND") - 4
+    (tmp_path / "commented.png").write_bytes(png[:at] + comment + png[at:])
+    with pytest.raises(StudyError) as e:
+        read_study(tmp_path / "commented.png")
+    assert str(e.value) == (f"{tmp_path / 'commented.png'}: its metadata (a text or ICC-profile chunk, not the picture) "
+                            "inflates past Pillow's limit of 1 MB a chunk (64 MB in all), which guards against "
+                            "decompression bombs; save the picture without its metadata (e.g. optipng -strip all, or "
+                            "exiftool -all= IN) and open that")
+    (tmp_path / "plain.png").write_bytes(png)
+    np.testing.assert_array_equal(read_study(tmp_path / "plain.png").array[0], slice_8bit)
