@@ -287,6 +287,13 @@ def _geometry(header, shape: tuple[int, ...]):
         rule = f"sform (sform_code {sform_code})"
         if qform_code > 0:
             qform = _qform(header)
+            if qform is not None and np.linalg.det(qform[:, :3]) * np.linalg.det(affine[:, :3]) < 0:
+                # one is the other's mirror: opened by the sform without a word, while a reader of the qform (ITK
+                # for some files, tools that trust the scanner's) shows left as right (hostile25b)
+                raise NiftiCheckError(f"the sform (sform_code {sform_code}) and the qform (qform_code {qform_code}) "
+                                      "are mirror images of each other (their handedness differs), so which side is "
+                                      "the patient's left is in doubt; make them agree (e.g. fslorient "
+                                      "-copysform2qform, or -copyqform2sform)")
             if qform is None or not np.allclose(qform, affine, atol=1e-3, rtol=1e-4):
                 rule += f"; the qform (qform_code {qform_code}) disagrees and was not used"
     elif qform_code > 0:

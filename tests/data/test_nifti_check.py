@@ -135,6 +135,35 @@ def test_geometry_that_gives_no_orientation_is_refused(tmp_path):
 
 
 
+def test_a_qform_that_mirrors_the_sform_is_refused(tmp_path):
+    """The real Colin27 slab with its sform's x axis flipped (code 2) and its qform kept (code 1): opened by the sform
+    without a word, mirrored left to right against its qform, where a reader of the qform puts left (hostile25b). A
+    qform 50 mm off the sform (a registered file: an MNI sform, the scanner's qform) opens by the sform as before."""
+    from data.readers import StudyError, read_study
+
+    img = nib.load(DATA / "mr_t1_colin27_slabA_image.nii.gz")
+    flipped = img.affine.copy()
+    flipped[:, 0] *= -1
+    mirrored = nib.Nifti1Image(np.asanyarray(img.dataobj), None)
+    mirrored.set_qform(img.affine, code=1)
+    mirrored.set_sform(flipped, code=2)
+    nib.save(mirrored, tmp_path / "mirrored.nii.gz")
+    with pytest.raises(StudyError) as e:
+        read_study(tmp_path / "mirrored.nii.gz")
+    assert str(e.value) == (f"{tmp_path / 'mirrored.nii.gz'}: the sform (sform_code 2) and the qform (qform_code 1) "
+                            "are mirror images of each other (their handedness differs), so which side is the "
+                            "patient's left is in doubt; make them agree (e.g. fslorient -copysform2qform, or "
+                            "-copyqform2sform)")
+    shifted = img.affine.copy()
+    shifted[:3, 3] += 50
+    moved = nib.Nifti1Image(np.asanyarray(img.dataobj), None)
+    moved.set_qform(img.affine, code=1)
+    moved.set_sform(shifted, code=2)
+    nib.save(moved, tmp_path / "moved.nii.gz")
+    volume = read_study(tmp_path / "moved.nii.gz")
+    assert volume.source.geometry == "sform (sform_code 2); the qform (qform_code 1) disagrees and was not used"
+
+
 def test_a_space_code_that_is_no_nifti_code_is_refused(tmp_path):
     """sform_code 99 was read as "use the sform" here, while nibabel (and the FSL tools) take an unknown code as 0 and
     place the image by the qform or pixdim: two readers, two geometries. Found in review (session 13), when the label
