@@ -38,6 +38,7 @@ import SimpleITK as sitk
 
 from data.dicom_pixels import HU_TYPES, check_pixels, check_rescale, rescale_of, scan_checked
 from data.dicom_scan import NATIVE_SYNTAXES
+from data.dicomdir import missing_from_index
 from data.limits import DEFAULT_MAX_VOXELS
 from data.nifti_check import NiftiCheckError, check_nifti
 from data.pictures import read_image_file
@@ -621,6 +622,11 @@ def read_dicom_series(
             f.encode("utf-8")
         except UnicodeEncodeError:  # SimpleITK aborts the process on such a name
             raise StudyError(f"{f!r}: the file name is not valid UTF-8; rename the file") from None
+    if missing := missing_from_index(folder, info.series_instance_uid):
+        raise StudyError(f"{folder}: its DICOMDIR lists {len(missing)} file(s) of series {info.series_instance_uid} "
+                         f"that are not in the folder ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): "
+                         "the copy of the disc is incomplete, and the series would open without them; copy the whole "
+                         "disc (or a zip of it)")
     if len(info.files) == 1:
         return _one_file_series(folder, Path(info.files[0]), max_voxels=max_voxels, allow_uneven=allow_uneven)
     heads = [_read_header(Path(f)) for f in info.files]

@@ -31,3 +31,49 @@ def test_a_folder_with_only_a_dicomdir_says_the_image_files_are_missing(tmp_path
     message = str(e.value)
     assert "no DICOM image series found in this folder: it holds DICOMDIR, the index of a CD/DVD export, without the " \
            "image files it lists" in message and "\n" not in message
+
+
+def _disc(tmp_path: Path) -> Path:
+    """The real CT series (12 slices) as a disc's file set, written by pydicom: a DICOMDIR and PT*/ST*/SE*/IM* files
+    (the study fields a DICOMDIR's records require added)."""
+    from pydicom.fileset import FileSet
+
+    from tests.conftest import DATA
+
+    staged, fs = tmp_path / "staged", FileSet()
+    staged.mkdir()
+    for n, f in enumerate(sorted((DATA / "dicom" / "ct_head_0051_series_k050-061").iterdir())):
+        ds = pydicom.dcmread(f)
+        for keyword, value in (("StudyDate", "20200101"), ("StudyTime", "120000"), ("StudyID", "1"),
+                               ("AccessionNumber", "1"), ("PatientID", "p"), ("PatientName", "x"),
+                               ("SeriesNumber", 1), ("InstanceNumber", n + 1)):
+            if ds.get(keyword) in (None, ""):
+                setattr(ds, keyword, value)
+        ds.save_as(staged / f.name)
+        fs.add(str(staged / f.name))
+    fs.write(str(tmp_path / "disc"))
+    shutil.rmtree(staged)
+    return tmp_path / "disc"
+
+
+def test_a_disc_copy_missing_a_file_its_dicomdir_lists_is_refused_naming_it(tmp_path):
+    """A copy of a disc that lost the series's last slice opened as 11 slices of 12 without a word, as if complete: the
+    folder's files are read, the index never followed (hostile25b). A complete copy, or one whose names a copier made
+    lower case, opens as before."""
+    disc = _disc(tmp_path)
+    complete = read_study(disc)
+    assert complete.array.shape == (12, 256, 256)
+    lower = tmp_path / "lower"
+    shutil.copytree(disc, lower)
+    for path in sorted(lower.rglob("*"), key=lambda p: -len(p.parts)):
+        if path.name != "DICOMDIR":
+            path.rename(path.with_name(path.name.lower()))
+    assert read_study(lower).array.shape == (12, 256, 256)
+    last = Path(complete.source.files[-1])  # the stack's end: without it, the rest is one even series
+    last.unlink()
+    uid = pydicom.dcmread(next(disc.rglob("IM*"))).SeriesInstanceUID
+    with pytest.raises(StudyError) as e:
+        read_study(disc)
+    assert str(e.value) == (f"{disc}: its DICOMDIR lists 1 file(s) of series {uid} that are not in the folder "
+                            f"({last.relative_to(disc).as_posix()}): the copy of the disc is incomplete, and the series "
+                            "would open without them; copy the whole disc (or a zip of it)")
