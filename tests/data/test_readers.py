@@ -177,7 +177,7 @@ def test_sform_wins_over_a_disagreeing_qform_as_in_nibabel(tmp_path):
     """ITK takes the qform when the two disagree; medseg, like nibabel and FSL, the sform (sform_code > 0)."""
     img = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), None)
     sform = np.array([[-2.0, 0, 0, 10], [0, 3.0, 0, -20], [0, 0, 4.0, 30], [0, 0, 0, 1]])
-    qform = np.diag([1.0, 1.0, 1.0, 1.0])
+    qform = np.diag([-1.0, 1.0, 1.0, 1.0])  # of the sform's handedness: a mirror pair is refused (hostile25b)
     img.set_sform(sform, code=2)
     img.set_qform(qform, code=1)
     path = tmp_path / "both.nii"
