@@ -45,7 +45,7 @@ def _key(parts: tuple[str, ...] | list[str]) -> str:
 
 def missing_from_index(folder: Path, series_uid: str) -> list[str]:
     """The files that ``folder``'s DICOMDIR (or DICOMDIRs) lists under ``series_uid`` and the folder lacks; [] without
-    an index, or with one pydicom cannot read (the files are all medseg reads; an index that is damaged tells nothing)."""
+    an index, or with one pydicom cannot read (the files are what medseg reads; a damaged index tells nothing)."""
     missing: list[str] = []
     for index_path in (p for p in folder.rglob("*") if p.name.upper() == "DICOMDIR" and p.is_file()):
         try:

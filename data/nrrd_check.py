@@ -43,7 +43,8 @@ def header_fields(path: Path) -> dict[str, str]:
 
 def check_geometry(fields: dict[str, str], name: str) -> None:
     """StudyError for a place ITK would guess: units other than mm, a space that is not the patient's, no geometry at
-    all, an image axis without a direction or spacing, a direction of no usable length, or directions that are not perpendicular."""
+    all, an image axis without a direction or spacing, a direction of no usable length, or directions that are not
+    perpendicular."""
     units = fields.get("spaceunits")
     if units is not None and any(u.strip('"').strip().lower() != "mm" for u in units.split()):
         # ITK ignores the field: an NRRD in metres opened 1000 times too small, and its label was written in mm

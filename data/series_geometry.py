@@ -401,7 +401,7 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
     if not any("ImagePositionPatient" in h for h in heads):
         offsets = ds.get("GridFrameOffsetVector")  # RT Dose: frame positions along the normal, which GDCM reads
         if offsets is not None and "ImageOrientationPatient" in ds:
-            offsets = _values(offsets)  # one value is a DSfloat, not a list: "TypeError: 'DSfloat' object is not iterable"
+            offsets = _values(offsets)  # one value is a DSfloat, not a list ("'DSfloat' object is not iterable")
             steps = np.diff(np.asarray([float(v) for v in offsets], float))
             if len(steps) + 1 != int(ds.get("NumberOfFrames") or 1):  # GDCM: "An invalid logic behavior occurred"
                 raise GeometryError(f"GridFrameOffsetVector holds {len(steps) + 1} frame offsets, but the image has "

@@ -505,7 +505,8 @@ def test_an_nrrd_whose_geometry_no_label_map_can_hold_is_refused(served):
 def test_an_nrrd_without_geometry_or_with_values_past_float32_is_refused(served):
     """unu's plain NRRD (no space, space directions, spacings nor origin) opened at 1 x 1 x 1 mm, identity, as if
     measured, and its label was written back on that made-up grid; an NRRD of doubles holding 1e300 opened as stored,
-    the viewer's float32 copy infinite (session 25's leftovers; hostile25b). uint64 past 2^63 opens: float32 holds it."""
+    the viewer's float32 copy infinite (session 25's leftovers; hostile25b). uint64 past 2^63 opens: float32 holds
+    it."""
     client, _, sessions = served
     bare = NRRD_HEAD.format(type="short", extra="")
     for line in ("space: left-posterior-superior\n", "space directions: (0.8,0,0) (0,0.8,0) (0,0,2.5)\n",
@@ -516,7 +517,8 @@ def test_an_nrrd_without_geometry_or_with_values_past_float32_is_refused(served)
             "directions and space origin")
     r = client.put("/session/", files={"files": ("bare.nrrd", bare.encode() + bytes(2 * 32 * 32 * 4))})
     assert r.status_code == 400 and r.json()["detail"] == said, r.text
-    r = _label_put(client, "bare.nrrd", bare.replace("type: short", "type: unsigned char").encode() + bytes(32 * 32 * 4))
+    label = bare.replace("type: short", "type: unsigned char").encode() + bytes(32 * 32 * 4)
+    r = _label_put(client, "bare.nrrd", label)
     assert r.status_code == 400 and r.json()["detail"] == said, r.text
     values = np.zeros(GRID)
     values[1, 2, 3] = 1e300

@@ -75,5 +75,5 @@ def test_a_disc_copy_missing_a_file_its_dicomdir_lists_is_refused_naming_it(tmp_
     with pytest.raises(StudyError) as e:
         read_study(disc)
     assert str(e.value) == (f"{disc}: its DICOMDIR lists 1 file(s) of series {uid} that are not in the folder "
-                            f"({last.relative_to(disc).as_posix()}): the copy of the disc is incomplete, and the series "
-                            "would open without them; copy the whole disc (or a zip of it)")
+                            f"({last.relative_to(disc).as_posix()}): the copy of the disc is incomplete, and the "
+                            "series would open without them; copy the whole disc (or a zip of it)")

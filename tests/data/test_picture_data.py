@@ -328,9 +328,9 @@ def test_a_png_whose_metadata_inflates_past_pillows_guard_is_refused_naming_the_
     (tmp_path / "commented.png").write_bytes(png[:at] + comment + png[at:])
     with pytest.raises(StudyError) as e:
         read_study(tmp_path / "commented.png")
-    assert str(e.value) == (f"{tmp_path / 'commented.png'}: its metadata (a text or ICC-profile chunk, not the picture) "
-                            "inflates past Pillow's limit of 1 MB a chunk (64 MB in all), which guards against "
-                            "decompression bombs; save the picture without its metadata (e.g. optipng -strip all, or "
-                            "exiftool -all= IN) and open that")
+    assert str(e.value) == (f"{tmp_path / 'commented.png'}: its metadata (a text or ICC-profile chunk, not the "
+                            "picture) inflates past Pillow's limit of 1 MB a chunk (64 MB in all), which guards "
+                            "against decompression bombs; save the picture without its metadata (e.g. optipng -strip "
+                            "all, or exiftool -all= IN) and open that")
     (tmp_path / "plain.png").write_bytes(png)
     np.testing.assert_array_equal(read_study(tmp_path / "plain.png").array[0], slice_8bit)
