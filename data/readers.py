@@ -1131,6 +1131,12 @@ def _dose_scaled(paths: list[Path], volume: Volume, heads: list[pydicom.Dataset]
     file says 1.254 (DoseUnits RELATIVE), as if valid (session 25), and a series of its frames as one-frame files
     still did (hostile25b). A scaling that is not a finite number > 0 is refused, as a RescaleSlope is; none is 1."""
     scalings = [_dose_scaling(path, ds) for path, ds in zip(paths, heads)]
+    has = [ds.get("DoseGridScaling") not in (None, "") for ds in heads]
+    if any(has) and not all(has):  # the one without would open its stored integers among doses (1e6 times off)
+        without, other = has.index(False), has.index(True)
+        raise StudyError(f"{paths[without]}: no DoseGridScaling, where {paths[other].name} of the same series has "
+                         f"{scalings[other]:g}; expected one in every file of a dose (its slices would not be in one "
+                         "unit)")
     if all(s == 1 for s in scalings):
         return volume
     factors = np.asarray(scalings, np.float64).reshape(-1, *([1] * (volume.array.ndim - 1)))

@@ -1262,6 +1262,12 @@ def test_a_series_of_one_frame_rt_doses_opens_in_its_dose_units_slice_by_slice(t
     assert volume.array.shape == (15, 10, 10) and volume.spacing == (10.0, 10.0, 5.0)
     np.testing.assert_allclose(volume.array, doses, rtol=1e-12)
     np.testing.assert_allclose(volume.array[::2], read_study(PYDICOM_FILES / "rtdose.dcm").array[::2], rtol=1e-12)
+    without = pydicom.dcmread(tmp_path / "doses" / "d04.dcm")
+    del without.DoseGridScaling  # its stored integers would open 1e6 times the doses beside it
+    without.save_as(tmp_path / "doses" / "d04.dcm")
+    refused(tmp_path / "doses", f"{tmp_path / 'doses' / 'd04.dcm'}: no DoseGridScaling, where d00.dcm of the same "
+                                "series has 1e-06; expected one in every file of a dose (its slices would not be in "
+                                "one unit)")
 
 
 def test_a_one_frame_rt_dose_with_one_frame_offset_is_refused_naming_the_field(tmp_path):
