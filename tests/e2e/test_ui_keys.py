@@ -670,3 +670,28 @@ def test_brush_size_keys_typed_with_altgr_change_the_size(browser, server, ct):
         assert size() == "9"
     finally:
         context.close()
+
+
+def test_a_layout_shift_mid_stroke_paints_no_band_where_the_brush_never_went(browser, server, ct):
+    """Session 25's pass: the page's layout moved the image mid-stroke without resizing it (a line above it wrapping),
+    the mouse still down. The stroke was cut on a size change only, so it joined the last point drawn to the next with
+    a band where the brush never went. It is now cut where the canvas's place on the page changed too."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        size = page.evaluate("[medsegViewer.stage.clientWidth, medsegViewer.stage.clientHeight]")
+        _drag(page, _xy(page, ct, 100.0, 60.0), _xy(page, ct, 140.0, 60.0), release=False)
+        page.evaluate("() => { const s = medsegViewer.root.style; s.position = 'relative'; s.top = '60px' }")
+        page.wait_for_timeout(300)
+        assert page.evaluate("[medsegViewer.stage.clientWidth, medsegViewer.stage.clientHeight]") == size
+        page.mouse.move(*_xy(page, ct, 140.0, 120.0))  # the next point, the image moved down the page
+        page.mouse.move(*_xy(page, ct, 160.0, 120.0))
+        page.mouse.up()
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        assert labels[60, 105:135].all() and labels[120, 145:155].all()
+        assert not labels[70:110, 140].any()
+    finally:
+        context.close()

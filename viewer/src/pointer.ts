@@ -31,6 +31,7 @@ export const pointerMethods = {
       return
     }
     const [x, y] = this.canvasXY(e)
+    this.noteCanvasPlace()
     const hit = this.pick(x, y)
     if (hit) { this.currentView = hit.view }
     if (e.button === 2 && hit && this.state?.study && !this.state.rgb) { // window/level drag, ours
@@ -86,6 +87,7 @@ export const pointerMethods = {
     e.stopPropagation(); e.preventDefault()
     this.drag.x = x; this.drag.y = y
     if (this.tool === 'brush' || this.tool === 'erase') {
+      this.noteCanvasPlace()  // moved on the page since the last point: the stroke cut there
       this.extendStroke(this.drag, x, y)
     }
     this.drawOverlay()

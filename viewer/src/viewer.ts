@@ -62,6 +62,7 @@ export class Viewer {
   queue: Promise<void> = Promise.resolve()
   drag: Drag | null = null
   hover: [number, number] | null = null
+  canvasAt = ''  // the canvas's place on the page at the last press or stroke move (noteCanvasPlace)
   wl: WindowDrag | null = null
   loading: Promise<void> | null = null
   windowTimer = 0
