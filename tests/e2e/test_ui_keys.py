@@ -672,6 +672,28 @@ def test_brush_size_keys_typed_with_altgr_change_the_size(browser, server, ct):
         context.close()
 
 
+def test_a_name_left_by_a_click_on_the_image_keeps_the_clicks_line(browser, server, ct):
+    """Session 25's pass: a name typed in Name, then a click on the image. Leaving the box sends the name (session
+    24), and its line ``Label 1: liver, colour ...`` came after the click's answer and replaced ``Positive click (1
+    point)``: the user could not tell the click was taken. The name's line now joins the click's."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        name = page.locator("#label-name textarea, #label-name input").first
+        name.fill("liver")
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _wait_server(lambda: _label_defs(server, sid)[1][0] == "liver", 30)
+        _wait_status(page, "Positive click")
+        _idle(page)
+        page.wait_for_function("document.querySelector('#status [data-testid=\"markdown\"]').innerText.includes('liver')",
+                               timeout=LOCAL_MS)
+        page.wait_for_timeout(500)  # the page's line read by the viewer's poll
+        line = page.locator("#viewer-status").inner_text()
+        assert "Positive click (1 point)" in line and "liver" in line, line
+    finally:
+        context.close()
+
+
 def test_a_layout_shift_mid_stroke_paints_no_band_where_the_brush_never_went(browser, server, ct):
     """Session 25's pass: the page's layout moved the image mid-stroke without resizing it (a line above it wrapping),
     the mouse still down. The stroke was cut on a size change only, so it joined the last point drawn to the next with

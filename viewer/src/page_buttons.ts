@@ -130,6 +130,7 @@ export const pageButtonMethods = {
     if ((e.relatedTarget as Element | null)?.closest?.('#add-label')) return
     if (!input.value.trim() || input.value === this.nameSent) return
     this.nameSent = input.value
+    this.renamed = { seq: this.statusSeq, text: null }  // its line and a click's answer, joined (joinRename)
     input.dispatchEvent(new KeyboardEvent('keypress', { key: 'Enter', code: 'Enter', bubbles: true, cancelable: true }))
   },
 

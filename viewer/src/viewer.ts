@@ -79,6 +79,9 @@ export class Viewer {
   shownLook = ''  // the label opacity and outline last drawn by the viewer's slice shader (uniforms)
   lookOf: NVImage | null = null
   statusSeq = 0  // bumped by every message shown: a late "Ready" never hides a newer one
+  answerSeq = -1  // statusSeq when a prompt's answer was last shown
+  // a name sent by leaving the Name box (its statusSeq then) and its page line once shown alone (joinRename)
+  renamed: { seq: number; text: string | null } | null = null
   // a study just loaded: say "Ready" once its shown slice is encoded, whoever encoded it (the page's warm-up
   // often wins, and then the encode request has no news of its own: the "never Ready" flake)
   readyWanted = false
