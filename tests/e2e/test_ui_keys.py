@@ -717,3 +717,70 @@ def test_a_layout_shift_mid_stroke_paints_no_band_where_the_brush_never_went(bro
         assert not labels[70:110, 140].any()
     finally:
         context.close()
+
+
+def test_a_finger_taps_drags_pinches_and_swipes_as_the_mouse_and_wheel_do(browser, server, ct):
+    """Session 25's second pass, a tablet at the bedside: a tap placed no point, a finger's drag drew no box and
+    painted no stroke (NiiVue's own touch handling moved its crosshair instead, and the browser made no mouse events
+    of them), and a two-finger pinch paged the slices, to the first, without a word. One finger now does what the
+    mouse's left button does; two fingers pinch to zoom or swipe to page the slices."""
+    from tests.e2e.test_ui_e2e import VIEWPORT
+
+    context = browser.new_context(viewport=VIEWPORT, has_touch=True)
+    page = context.new_page()
+    before = server.session_ids()
+    page.goto(server.url)
+    _wait_status(page, "Open a sample")
+    (sid,) = server.session_ids() - before
+    cdp = context.new_cdp_session(page)
+
+    def touch(kind: str, *points) -> None:
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [
+            {"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)]})
+
+    def finger_drag(a, b) -> None:
+        touch("touchStart", a)
+        for t in (0.25, 0.5, 0.75, 1.0):
+            touch("touchMove", (a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])))
+        touch("touchEnd")
+
+    def two_fingers(a0, b0, a1, b1) -> None:
+        touch("touchStart", a0, b0)
+        for t in (0.1, 0.2, 0.4, 0.6, 0.8, 1.0):
+            touch("touchMove", *[(p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])) for p, q in ((a0, a1), (b0, b1))])
+        touch("touchEnd")
+
+    slice_shown = lambda: int(page.locator("#medseg-viewer").get_attribute("data-slice"))  # noqa: E731
+    try:
+        _open_sample(page)
+        page.touchscreen.tap(*_xy(page, ct, *INSIDE))
+        _wait_status(page, "Positive click (1 point)")
+        _idle(page)
+        assert server.labels(sid).any()
+        page.locator("#undo-btn").tap()
+        _wait_status(page, "Undid")
+        _idle(page)
+
+        page.keyboard.press("b")
+        finger_drag(_xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
+        _wait_status(page, "Box: overlay updated")
+        _idle(page)
+        x0, y0, x1, y1 = server.store.get(sid).prompt.box
+        assert (x0, y0, x1, y1) == pytest.approx((*BOX[0], *BOX[1]), abs=1.5)
+
+        page.keyboard.press("r")
+        index = slice_shown()
+        finger_drag(_xy(page, ct, 60.0, 200.0), _xy(page, ct, 100.0, 200.0))
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        assert server.labels(sid)[index][200, 65:95].all()
+
+        c = _xy(page, ct, 128.0, 128.0)
+        two_fingers((c[0] - 20, c[1]), (c[0] + 20, c[1]), (c[0] - 60, c[1]), (c[0] + 60, c[1]))
+        assert page.evaluate("medsegViewer.nv.scene.pan2Dxyzmm[3]") == pytest.approx(3.0, rel=0.02)
+        assert slice_shown() == index  # a pinch paged to slice 0 before
+        two_fingers((c[0] - 20, c[1]), (c[0] + 20, c[1]), (c[0] - 20, c[1] + 100), (c[0] + 20, c[1] + 100))
+        assert abs(slice_shown() - index) == 3  # 100 px of swipe: 3 slices of 30 px
+        assert page.evaluate("window.scrollY") == 0
+    finally:
+        context.close()

@@ -23,6 +23,7 @@ import { actionQueueMethods, type ActionQueueMethods } from './action_queue'
 import { answerMethods, type AnswerMethods } from './answers'
 import { overlayMethods, type OverlayMethods } from './overlay'
 import { statusLineMethods, type StatusLineMethods } from './status_line'
+import { touchMethods, type TouchMethods, type TouchGesture } from './touch'
 
 export class Viewer {
   nv: Niivue
@@ -62,6 +63,7 @@ export class Viewer {
   queue: Promise<void> = Promise.resolve()
   drag: Drag | null = null
   hover: [number, number] | null = null
+  touch: TouchGesture | null = null  // the fingers on the image (touch.ts)
   canvasAt = ''  // the canvas's place on the page at the last press or stroke move (noteCanvasPlace)
   wl: WindowDrag | null = null
   loading: Promise<void> | null = null
@@ -169,6 +171,7 @@ export class Viewer {
     }
     // the order of registration is the order listeners on one target run in: pointer, keys, then the page's
     this.bindPointer()
+    this.bindTouch()
     this.bindKeys()
     this.bindPage()
   }
@@ -201,9 +204,9 @@ export class Viewer {
 export interface Viewer extends NewsMethods, PageStateMethods, DownloadMarkMethods, StudyLoaderMethods,
   LabelLayerMethods, WindowLevelMethods, NavigationMethods, GeometryMethods, GestureMethods, PointerMethods,
   KeyboardMethods, PageButtonMethods, ChoiceMethods, LegendMethods, ActionQueueMethods, AnswerMethods,
-  OverlayMethods, StatusLineMethods {}
+  OverlayMethods, StatusLineMethods, TouchMethods {}
 
 Object.assign(Viewer.prototype, newsMethods, pageStateMethods, downloadMarkMethods, studyLoaderMethods,
   labelLayerMethods, windowLevelMethods, navigationMethods, geometryMethods, gestureMethods, pointerMethods,
   keyboardMethods, pageButtonMethods, choiceMethods, legendMethods, actionQueueMethods, answerMethods,
-  overlayMethods, statusLineMethods)
+  overlayMethods, statusLineMethods, touchMethods)
