@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.viewer.geometry import from_plane
 from tests.e2e.conftest import needs_browser
 from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, _drag, _idle, _label_defs, _open_page, \
     _open_sample, _wait_server, _wait_status, _xy
@@ -782,5 +783,35 @@ def test_a_finger_taps_drags_pinches_and_swipes_as_the_mouse_and_wheel_do(browse
         two_fingers((c[0] - 20, c[1]), (c[0] + 20, c[1]), (c[0] - 20, c[1] + 100), (c[0] + 20, c[1] + 100))
         assert abs(slice_shown() - index) == 3  # 100 px of swipe: 3 slices of 30 px
         assert page.evaluate("window.scrollY") == 0
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("zoom", [0.5, 1.5])
+def test_a_click_on_a_page_zoomed_by_css_lands_on_the_pixel_under_the_mouse(browser, server, ct, zoom):
+    """Session 25's second pass: the page zoomed by CSS (``zoom`` on the page: an embedding page, a zoom extension).
+    The event's pixels are the window's and the canvas's own are unzoomed, so at 50 % a click landed twice as far from
+    the canvas's corner as the mouse (plane pixel (192, 196) for a click on (128, 128)), and the brush ring was drawn
+    away from the mouse. A click, a box and a stroke now land on the pixel under the mouse."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.evaluate(f"document.documentElement.style.zoom = '{zoom}'")
+        page.wait_for_function(f"Math.abs(medsegViewer.canvas.getBoundingClientRect().width"
+                               f" / medsegViewer.canvas.clientWidth - {zoom}) < 0.01", timeout=LOCAL_MS)
+        page.wait_for_timeout(500)
+
+        def screen(x: float, y: float) -> tuple[float, float]:
+            box = page.locator("#viewer-canvas").bounding_box()
+            k = box["width"] / page.evaluate("medsegViewer.canvas.clientWidth")
+            pos = page.evaluate("([mm, view]) => medsegViewer.toCanvas(mm, view)",
+                                [from_plane(ct, "coronal", int(page.locator("#medseg-viewer").get_attribute("data-slice")),
+                                            x, y), "coronal"])
+            return box["x"] + pos[0] * k, box["y"] + pos[1] * k
+
+        page.mouse.click(*screen(*INSIDE))
+        _wait_status(page, "Positive click (1 point)")
+        _idle(page)
+        assert server.store.get(sid).prompt.points[0] == pytest.approx(INSIDE, abs=2.0)
     finally:
         context.close()
