@@ -815,3 +815,30 @@ def test_a_click_on_a_page_zoomed_by_css_lands_on_the_pixel_under_the_mouse(brow
         assert server.store.get(sid).prompt.points[0] == pytest.approx(INSIDE, abs=2.0)
     finally:
         context.close()
+
+
+def test_keys_on_the_focused_image_are_the_viewers_alone(browser, server, ct):
+    """Session 25's second pass, keyboard only: NiiVue made its canvas a Tab stop with key handlers of its own. Tabbed
+    there, V chose Navigate as documented and NiiVue also turned the view sagittal
+    while the viewer's line said coronal (its clicks then went to the wrong plane). The stage is now the image's one
+    Tab stop, outlined when reached by Tab, and a key on the canvas does only what the Shortcuts table says."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        slice_type = lambda: page.evaluate("medsegViewer.nv.opts.sliceType")  # noqa: E731
+        before = slice_type()
+        page.focus("#viewer-canvas")
+        page.keyboard.press("v")
+        page.keyboard.press("c")
+        page.keyboard.press("p")
+        assert slice_type() == before
+        assert "coronal" in page.locator("#viewer-info").inner_text()
+        assert page.evaluate("medsegViewer.tool") == "point"
+        page.focus("#label-opacity")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "viewer-stage"
+        assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") != "viewer-canvas"
+    finally:
+        context.close()

@@ -178,6 +178,13 @@ export class Viewer {
 
   async start(): Promise<void> {
     await this.nv.attachToCanvas(this.canvas)
+    // NiiVue makes its canvas a Tab stop with key handlers of its own (V cycles its slice type, C its clip plane,
+    // ...): focused (a Tab there), V chose Navigate and NiiVue turned the view sagittal while the
+    // viewer's line went on saying coronal. The stage is the image's one Tab stop, and the keys are the viewer's
+    this.canvas.tabIndex = -1
+    for (const type of ['keydown', 'keyup']) {
+      this.stage.addEventListener(type, (e) => { if (e.target === this.canvas) e.stopPropagation() }, true)
+    }
     this.slices.compile()
     this.nv.onLocationChange = () => this.showInfo()
     const draw = this.nv.drawScene.bind(this.nv)
