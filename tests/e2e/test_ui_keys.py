@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.viewer.geometry import from_plane
 from tests.e2e.conftest import needs_browser
 from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, _drag, _idle, _label_defs, _open_page, \
     _open_sample, _wait_server, _wait_status, _xy
@@ -671,5 +672,176 @@ def test_brush_size_keys_typed_with_altgr_change_the_size(browser, server, ct):
         assert size() == "10"
         page.keyboard.press("Control+Alt+BracketLeft")
         assert size() == "9"
+    finally:
+        context.close()
+
+
+def test_a_name_left_by_a_click_on_the_image_keeps_the_clicks_line(browser, server, ct):
+    """Session 25's pass: a name typed in Name, then a click on the image. Leaving the box sends the name (session
+    24), and its line ``Label 1: liver, colour ...`` came after the click's answer and replaced ``Positive click (1
+    point)``: the user could not tell the click was taken. The name's line now joins the click's."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        name = page.locator("#label-name textarea, #label-name input").first
+        name.fill("liver")
+        page.mouse.click(*_xy(page, ct, *INSIDE))
+        _wait_server(lambda: _label_defs(server, sid)[1][0] == "liver", 30)
+        _wait_status(page, "Positive click")
+        _idle(page)
+        page.wait_for_function("document.querySelector('#status [data-testid=\"markdown\"]').innerText.includes('liver')",
+                               timeout=LOCAL_MS)
+        page.wait_for_timeout(500)  # the page's line read by the viewer's poll
+        line = page.locator("#viewer-status").inner_text()
+        assert "Positive click (1 point)" in line and "liver" in line, line
+    finally:
+        context.close()
+
+
+def test_a_layout_shift_mid_stroke_paints_no_band_where_the_brush_never_went(browser, server, ct):
+    """Session 25's pass: the page's layout moved the image mid-stroke without resizing it (a line above it wrapping),
+    the mouse still down. The stroke was cut on a size change only, so it joined the last point drawn to the next with
+    a band where the brush never went. It is now cut where the canvas's place on the page changed too."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("r")
+        size = page.evaluate("[medsegViewer.stage.clientWidth, medsegViewer.stage.clientHeight]")
+        _drag(page, _xy(page, ct, 100.0, 60.0), _xy(page, ct, 140.0, 60.0), release=False)
+        page.evaluate("() => { const s = medsegViewer.root.style; s.position = 'relative'; s.top = '60px' }")
+        page.wait_for_timeout(300)
+        assert page.evaluate("[medsegViewer.stage.clientWidth, medsegViewer.stage.clientHeight]") == size
+        page.mouse.move(*_xy(page, ct, 140.0, 120.0))  # the next point, the image moved down the page
+        page.mouse.move(*_xy(page, ct, 160.0, 120.0))
+        page.mouse.up()
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+        assert labels[60, 105:135].all() and labels[120, 145:155].all()
+        assert not labels[70:110, 140].any()
+    finally:
+        context.close()
+
+
+def test_a_finger_taps_drags_pinches_and_swipes_as_the_mouse_and_wheel_do(browser, server, ct):
+    """Session 25's second pass, a tablet at the bedside: a tap placed no point, a finger's drag drew no box and
+    painted no stroke (NiiVue's own touch handling moved its crosshair instead, and the browser made no mouse events
+    of them), and a two-finger pinch paged the slices, to the first, without a word. One finger now does what the
+    mouse's left button does; two fingers pinch to zoom or swipe to page the slices."""
+    from tests.e2e.test_ui_e2e import VIEWPORT
+
+    context = browser.new_context(viewport=VIEWPORT, has_touch=True)
+    page = context.new_page()
+    before = server.session_ids()
+    page.goto(server.url)
+    _wait_status(page, "Open a sample")
+    (sid,) = server.session_ids() - before
+    cdp = context.new_cdp_session(page)
+
+    def touch(kind: str, *points) -> None:
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [
+            {"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)]})
+
+    def finger_drag(a, b) -> None:
+        touch("touchStart", a)
+        for t in (0.25, 0.5, 0.75, 1.0):
+            touch("touchMove", (a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])))
+        touch("touchEnd")
+
+    def two_fingers(a0, b0, a1, b1) -> None:
+        touch("touchStart", a0, b0)
+        for t in (0.1, 0.2, 0.4, 0.6, 0.8, 1.0):
+            touch("touchMove", *[(p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])) for p, q in ((a0, a1), (b0, b1))])
+        touch("touchEnd")
+
+    slice_shown = lambda: int(page.locator("#medseg-viewer").get_attribute("data-slice"))  # noqa: E731
+    try:
+        _open_sample(page)
+        page.touchscreen.tap(*_xy(page, ct, *INSIDE))
+        _wait_status(page, "Positive click (1 point)")
+        _idle(page)
+        assert server.labels(sid).any()
+        page.locator("#undo-btn").tap()
+        _wait_status(page, "Undid")
+        _idle(page)
+
+        page.keyboard.press("b")
+        finger_drag(_xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
+        _wait_status(page, "Box: overlay updated")
+        _idle(page)
+        x0, y0, x1, y1 = server.store.get(sid).prompt.box
+        assert (x0, y0, x1, y1) == pytest.approx((*BOX[0], *BOX[1]), abs=1.5)
+
+        page.keyboard.press("r")
+        index = slice_shown()
+        finger_drag(_xy(page, ct, 60.0, 200.0), _xy(page, ct, 100.0, 200.0))
+        _said(page, "Painted", 30_000)
+        _idle(page)
+        assert server.labels(sid)[index][200, 65:95].all()
+
+        c = _xy(page, ct, 128.0, 128.0)
+        two_fingers((c[0] - 20, c[1]), (c[0] + 20, c[1]), (c[0] - 60, c[1]), (c[0] + 60, c[1]))
+        assert page.evaluate("medsegViewer.nv.scene.pan2Dxyzmm[3]") == pytest.approx(3.0, rel=0.02)
+        assert slice_shown() == index  # a pinch paged to slice 0 before
+        two_fingers((c[0] - 20, c[1]), (c[0] + 20, c[1]), (c[0] - 20, c[1] + 100), (c[0] + 20, c[1] + 100))
+        assert abs(slice_shown() - index) == 3  # 100 px of swipe: 3 slices of 30 px
+        assert page.evaluate("window.scrollY") == 0
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("zoom", [0.5, 1.5])
+def test_a_click_on_a_page_zoomed_by_css_lands_on_the_pixel_under_the_mouse(browser, server, ct, zoom):
+    """Session 25's second pass: the page zoomed by CSS (``zoom`` on the page: an embedding page, a zoom extension).
+    The event's pixels are the window's and the canvas's own are unzoomed, so at 50 % a click landed twice as far from
+    the canvas's corner as the mouse (plane pixel (192, 196) for a click on (128, 128)), and the brush ring was drawn
+    away from the mouse. A click, a box and a stroke now land on the pixel under the mouse."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.evaluate(f"document.documentElement.style.zoom = '{zoom}'")
+        page.wait_for_function(f"Math.abs(medsegViewer.canvas.getBoundingClientRect().width"
+                               f" / medsegViewer.canvas.clientWidth - {zoom}) < 0.01", timeout=LOCAL_MS)
+        page.wait_for_timeout(500)
+
+        def screen(x: float, y: float) -> tuple[float, float]:
+            box = page.locator("#viewer-canvas").bounding_box()
+            k = box["width"] / page.evaluate("medsegViewer.canvas.clientWidth")
+            pos = page.evaluate("([mm, view]) => medsegViewer.toCanvas(mm, view)",
+                                [from_plane(ct, "coronal", int(page.locator("#medseg-viewer").get_attribute("data-slice")),
+                                            x, y), "coronal"])
+            return box["x"] + pos[0] * k, box["y"] + pos[1] * k
+
+        page.mouse.click(*screen(*INSIDE))
+        _wait_status(page, "Positive click (1 point)")
+        _idle(page)
+        assert server.store.get(sid).prompt.points[0] == pytest.approx(INSIDE, abs=2.0)
+    finally:
+        context.close()
+
+
+def test_keys_on_the_focused_image_are_the_viewers_alone(browser, server, ct):
+    """Session 25's second pass, keyboard only: NiiVue made its canvas a Tab stop with key handlers of its own. Tabbed
+    there, V chose Navigate as documented and NiiVue also turned the view sagittal
+    while the viewer's line said coronal (its clicks then went to the wrong plane). The stage is now the image's one
+    Tab stop, outlined when reached by Tab, and a key on the canvas does only what the Shortcuts table says."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        slice_type = lambda: page.evaluate("medsegViewer.nv.opts.sliceType")  # noqa: E731
+        before = slice_type()
+        page.focus("#viewer-canvas")
+        page.keyboard.press("v")
+        page.keyboard.press("c")
+        page.keyboard.press("p")
+        assert slice_type() == before
+        assert "coronal" in page.locator("#viewer-info").inner_text()
+        assert page.evaluate("medsegViewer.tool") == "point"
+        page.focus("#label-opacity")
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "viewer-stage"
+        assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") != "viewer-canvas"
     finally:
         context.close()

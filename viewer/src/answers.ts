@@ -24,7 +24,10 @@ export const answerMethods = {
     if ('object' in a) this.object = a.object ?? null
     // another tab renamed or recoloured a label: this page's table (legend, label box) is refreshed by its sync
     if (a.table !== undefined && this.state?.table !== undefined && a.table !== this.state.table) this.tableStale = true
-    if (a.status && !quiet) this.showStatus(a.status, a.at !== undefined && a.boot ? { boot: a.boot, seq: a.at } : undefined)
+    if (a.status && !quiet && !this.answerAfterRename(a.status)) {
+      this.showStatus(a.status, a.at !== undefined && a.boot ? { boot: a.boot, seq: a.at } : undefined)
+      this.answerSeq = this.statusSeq
+    }
     this.drawOverlay()
   },
 

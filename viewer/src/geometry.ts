@@ -9,7 +9,12 @@ export const AXIS_OF: Record<string, number> = { sagittal: 0, coronal: 1, axial:
 export const geometryMethods = {
   canvasXY(this: Viewer, e: MouseEvent): [number, number] {
     const r = this.canvas.getBoundingClientRect()
-    return [e.clientX - r.left, e.clientY - r.top]
+    // the page zoomed by CSS (``zoom`` on the page or an ancestor: an embedding page, a zoom extension): the event's
+    // and the rectangle's pixels are the window's, the canvas's own (NiiVue's, the overlay's) are unzoomed. At 50 %
+    // a click landed twice as far from the canvas's corner as the mouse: on another structure, or off the image
+    const kx = r.width ? this.canvas.clientWidth / r.width : 1
+    const ky = r.height ? this.canvas.clientHeight / r.height : 1
+    return [(e.clientX - r.left) * kx, (e.clientY - r.top) * ky]
   },
 
   /** The view and world position under a canvas point (CSS pixels), or null outside the slices. */

@@ -91,6 +91,17 @@ export const gestureMethods = {
     d.stroke = []
   },
 
+  /** Where the canvas lies on the page now (its top-left corner, CSS pixels), noted at a press and checked at each
+   * move of a brush or eraser stroke: the page's layout moved the image without resizing it (a line above it
+   * wrapping, a notice shown, the page scrolled), and the stroke joined its last point to the next with a band where
+   * the brush never went, as a resize did (that one the stage's ResizeObserver cuts). Cut there too (breakStroke). */
+  noteCanvasPlace(this: Viewer): void {
+    const r = this.canvas.getBoundingClientRect()
+    const at = `${r.left},${r.top}`
+    if (at !== this.canvasAt) this.breakStroke()
+    this.canvasAt = at
+  },
+
   /** The brush size changed under a brush or eraser stroke (``[``/``]`` or the size box, the mouse still down): the
    * stroke is sent with one radius, so the new size applied to the whole of it, the part drawn before too. The part
    * drawn so far is sent now, with the size it was drawn with; the stroke goes on from its last point (no gap) with

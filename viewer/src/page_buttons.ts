@@ -130,6 +130,8 @@ export const pageButtonMethods = {
     if ((e.relatedTarget as Element | null)?.closest?.('#add-label')) return
     if (!input.value.trim() || input.value === this.nameSent) return
     this.nameSent = input.value
+    // left by a press on the image (onPress focuses the stage): its line and the click's answer, joined (joinRename)
+    if ((e.relatedTarget as Element | null)?.closest?.('#viewer-stage')) this.renamed = { seq: this.statusSeq, text: null }
     input.dispatchEvent(new KeyboardEvent('keypress', { key: 'Enter', code: 'Enter', bubbles: true, cancelable: true }))
   },
 

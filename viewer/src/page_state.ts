@@ -8,7 +8,9 @@ export const pageStateMethods = {
     this.watchPageStatus()
     this.readPageStatus()
     for (const { text, news } of this.pageStatuses.splice(0)) {
-      if (text) (text.startsWith('⚠') ? this.showError(text.replace(/^⚠\s*/, '')) : this.showStatus(text, news))
+      if (!text) continue
+      if (text.startsWith('⚠')) this.showError(text.replace(/^⚠\s*/, ''))
+      else if (!this.joinRename(text, news)) this.showStatus(text, news)
     }
     // the study's load failed (a dropped connection): the server's next message (its warm-up's "Ready", the user's
     // Open again) loads it again; before, the same study opened again was taken as loaded and the viewer stayed black

@@ -31,6 +31,7 @@ export const pointerMethods = {
       return
     }
     const [x, y] = this.canvasXY(e)
+    this.noteCanvasPlace()
     const hit = this.pick(x, y)
     if (hit) { this.currentView = hit.view }
     if (e.button === 2 && hit && this.state?.study && !this.state.rgb) { // window/level drag, ours
@@ -86,6 +87,7 @@ export const pointerMethods = {
     e.stopPropagation(); e.preventDefault()
     this.drag.x = x; this.drag.y = y
     if (this.tool === 'brush' || this.tool === 'erase') {
+      this.noteCanvasPlace()  // moved on the page since the last point: the stroke cut there
       this.extendStroke(this.drag, x, y)
     }
     this.drawOverlay()
@@ -188,8 +190,14 @@ export const pointerMethods = {
     e.preventDefault(); e.stopPropagation()
     const n = this.wheel.steps(e)
     if (!n || !hit) return
+    this.pageSlices(hit.view, n)
+  },
+
+  /** ``n`` slices along ``view``'s axis (the wheel's, a two-finger swipe's): NiiVue's direction, the wheel down
+   * (deltaY > 0) one voxel up the view's axis. */
+  pageSlices(this: Viewer, view: string, n: number): void {
     const d = [0, 0, 0]
-    d[AXIS_OF[hit.view]] = n  // NiiVue's direction: the wheel down (deltaY > 0) one voxel up the view's axis
+    d[AXIS_OF[view]] = n
     this.nv.moveCrosshairInVox(d[0], d[1], d[2])
     this.afterNavigate()
   },

@@ -32,6 +32,35 @@ export const statusLineMethods = {
     this.showStatus(text ? `${text} · ${ready}` : ready)
   },
 
+  /** The page's status line for a name sent by leaving the Name box (nameLeft) and a prompt's answer: the user left
+   * the box by clicking on the image, so both come at once. The name's line came after the click's answer and
+   * replaced it (``Label 1: liver, colour #e6194b.`` where ``Positive click (1 point)`` was due), and the user could
+   * not tell the click was taken. The one that comes second now joins the first: ``Positive click ... · Label 1:
+   * liver ...``. Returns whether the page's line was shown so (else showStatus shows it as any other). */
+  joinRename(this: Viewer, text: string, news?: News): boolean {
+    const r = this.renamed
+    if (!r || r.text !== null) return false
+    if (this.answerSeq > r.seq && this.statusSeq === this.answerSeq && !this.statusLine.classList.contains('mv-error')) {
+      this.renamed = null
+      this.showStatus(`${(this.statusLine.textContent ?? '').trim()} · ${text}`)
+      return true
+    }
+    this.showStatus(text, news)
+    this.renamed = this.statusLine.textContent === text ? { seq: this.statusSeq, text } : null
+    return true
+  },
+
+  /** A prompt's answer (``status``) after the name's line was shown alone (joinRename): joined to it, the click's
+   * first, whatever their order in the server's news (the name's may be the newer: the answer then was dropped). */
+  answerAfterRename(this: Viewer, status: string): boolean {
+    const r = this.renamed
+    if (!r || r.text === null) return false
+    this.renamed = null
+    if (this.statusSeq !== r.seq || this.statusLine.classList.contains('mv-error')) return false
+    this.showStatus(`${status} · ${r.text}`)
+    return true
+  },
+
   showError(this: Viewer, text: string): void {
     this.errorAt = this.userActs
     this.statusSeq += 1

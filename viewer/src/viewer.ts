@@ -23,6 +23,7 @@ import { actionQueueMethods, type ActionQueueMethods } from './action_queue'
 import { answerMethods, type AnswerMethods } from './answers'
 import { overlayMethods, type OverlayMethods } from './overlay'
 import { statusLineMethods, type StatusLineMethods } from './status_line'
+import { touchMethods, type TouchMethods, type TouchGesture } from './touch'
 
 export class Viewer {
   nv: Niivue
@@ -62,6 +63,8 @@ export class Viewer {
   queue: Promise<void> = Promise.resolve()
   drag: Drag | null = null
   hover: [number, number] | null = null
+  touch: TouchGesture | null = null  // the fingers on the image (touch.ts)
+  canvasAt = ''  // the canvas's place on the page at the last press or stroke move (noteCanvasPlace)
   wl: WindowDrag | null = null
   loading: Promise<void> | null = null
   windowTimer = 0
@@ -78,6 +81,9 @@ export class Viewer {
   shownLook = ''  // the label opacity and outline last drawn by the viewer's slice shader (uniforms)
   lookOf: NVImage | null = null
   statusSeq = 0  // bumped by every message shown: a late "Ready" never hides a newer one
+  answerSeq = -1  // statusSeq when a prompt's answer was last shown
+  // a name sent by leaving the Name box (its statusSeq then) and its page line once shown alone (joinRename)
+  renamed: { seq: number; text: string | null } | null = null
   // a study just loaded: say "Ready" once its shown slice is encoded, whoever encoded it (the page's warm-up
   // often wins, and then the encode request has no news of its own: the "never Ready" flake)
   readyWanted = false
@@ -165,12 +171,20 @@ export class Viewer {
     }
     // the order of registration is the order listeners on one target run in: pointer, keys, then the page's
     this.bindPointer()
+    this.bindTouch()
     this.bindKeys()
     this.bindPage()
   }
 
   async start(): Promise<void> {
     await this.nv.attachToCanvas(this.canvas)
+    // NiiVue makes its canvas a Tab stop with key handlers of its own (V cycles its slice type, C its clip plane,
+    // ...): focused (a Tab there), V chose Navigate and NiiVue turned the view sagittal while the
+    // viewer's line went on saying coronal. The stage is the image's one Tab stop, and the keys are the viewer's
+    this.canvas.tabIndex = -1
+    for (const type of ['keydown', 'keyup']) {
+      this.stage.addEventListener(type, (e) => { if (e.target === this.canvas) e.stopPropagation() }, true)
+    }
     this.slices.compile()
     this.nv.onLocationChange = () => this.showInfo()
     const draw = this.nv.drawScene.bind(this.nv)
@@ -197,9 +211,9 @@ export class Viewer {
 export interface Viewer extends NewsMethods, PageStateMethods, DownloadMarkMethods, StudyLoaderMethods,
   LabelLayerMethods, WindowLevelMethods, NavigationMethods, GeometryMethods, GestureMethods, PointerMethods,
   KeyboardMethods, PageButtonMethods, ChoiceMethods, LegendMethods, ActionQueueMethods, AnswerMethods,
-  OverlayMethods, StatusLineMethods {}
+  OverlayMethods, StatusLineMethods, TouchMethods {}
 
 Object.assign(Viewer.prototype, newsMethods, pageStateMethods, downloadMarkMethods, studyLoaderMethods,
   labelLayerMethods, windowLevelMethods, navigationMethods, geometryMethods, gestureMethods, pointerMethods,
   keyboardMethods, pageButtonMethods, choiceMethods, legendMethods, actionQueueMethods, answerMethods,
-  overlayMethods, statusLineMethods)
+  overlayMethods, statusLineMethods, touchMethods)
