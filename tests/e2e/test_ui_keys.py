@@ -513,6 +513,24 @@ def test_the_brush_ring_shows_the_brush_size(browser, server, ct):
         context.close()
 
 
+def _stroke_broken_by(page, server, sid, ct, interrupt) -> None:
+    """Open the sample, paint from (100, 60) to (140, 60) with the brush, call ``interrupt`` with the mouse still
+    down, paint on from (140, 120) to (160, 120) and release: both parts are painted where they were drawn, and no
+    band joins them where the brush never went (column 140, rows 70-110)."""
+    _open_sample(page)
+    page.keyboard.press("r")
+    _drag(page, _xy(page, ct, 100.0, 60.0), _xy(page, ct, 140.0, 60.0), release=False)
+    interrupt()
+    page.mouse.move(*_xy(page, ct, 140.0, 120.0))
+    page.mouse.move(*_xy(page, ct, 160.0, 120.0))
+    page.mouse.up()
+    _said(page, "Painted", 30_000)
+    _idle(page)
+    labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
+    assert labels[60, 105:135].all() and labels[120, 145:155].all()
+    assert not labels[70:110, 140].any()
+
+
 def test_m_pressed_mid_stroke_paints_no_band_where_the_brush_never_went(browser, server, ct):
     """A hurried user paints, presses M (three views) with the mouse still down and paints on in the new layout. The
     layout moved the image under the mouse, and the stroke joined the last point drawn to the next one with a straight
@@ -520,19 +538,12 @@ def test_m_pressed_mid_stroke_paints_no_band_where_the_brush_never_went(browser,
     (as it is where the slice changes): each part painted where it was drawn."""
     context, page, sid = _open_page(browser, server)
     try:
-        _open_sample(page)
-        page.keyboard.press("r")
-        _drag(page, _xy(page, ct, 100.0, 60.0), _xy(page, ct, 140.0, 60.0), release=False)
-        page.keyboard.press("m")
-        page.wait_for_function("document.querySelector('#medseg-viewer').dataset.layout === 'three'", timeout=LOCAL_MS)
-        page.mouse.move(*_xy(page, ct, 140.0, 120.0))  # the next point, in the new layout
-        page.mouse.move(*_xy(page, ct, 160.0, 120.0))
-        page.mouse.up()
-        _said(page, "Painted", 30_000)
-        _idle(page)
-        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
-        assert labels[60, 105:135].all() and labels[120, 145:155].all()
-        assert not labels[70:110, 140].any()
+        def press_m():
+            page.keyboard.press("m")
+            page.wait_for_function("document.querySelector('#medseg-viewer').dataset.layout === 'three'",
+                                   timeout=LOCAL_MS)
+
+        _stroke_broken_by(page, server, sid, ct, press_m)  # the next point in the new layout
     finally:
         context.close()
 
@@ -613,19 +624,11 @@ def test_the_window_resized_mid_stroke_paints_no_band_where_the_brush_never_went
     mouse went straight on). The stroke is now cut where the screen's size changed, as it is for M or a zoom."""
     context, page, sid = _open_page(browser, server)
     try:
-        _open_sample(page)
-        page.keyboard.press("r")
-        _drag(page, _xy(page, ct, 100.0, 60.0), _xy(page, ct, 140.0, 60.0), release=False)
-        page.set_viewport_size({"width": 1300, "height": 760})
-        page.wait_for_timeout(500)
-        page.mouse.move(*_xy(page, ct, 140.0, 120.0))  # the next point, on the resized screen
-        page.mouse.move(*_xy(page, ct, 160.0, 120.0))
-        page.mouse.up()
-        _said(page, "Painted", 30_000)
-        _idle(page)
-        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
-        assert labels[60, 105:135].all() and labels[120, 145:155].all()
-        assert not labels[70:110, 140].any()
+        def resize():
+            page.set_viewport_size({"width": 1300, "height": 760})
+            page.wait_for_timeout(500)
+
+        _stroke_broken_by(page, server, sid, ct, resize)  # the next point on the resized screen
     finally:
         context.close()
 
@@ -704,21 +707,15 @@ def test_a_layout_shift_mid_stroke_paints_no_band_where_the_brush_never_went(bro
     a band where the brush never went. It is now cut where the canvas's place on the page changed too."""
     context, page, sid = _open_page(browser, server)
     try:
-        _open_sample(page)
-        page.keyboard.press("r")
-        size = page.evaluate("[medsegViewer.stage.clientWidth, medsegViewer.stage.clientHeight]")
-        _drag(page, _xy(page, ct, 100.0, 60.0), _xy(page, ct, 140.0, 60.0), release=False)
-        page.evaluate("() => { const s = medsegViewer.root.style; s.position = 'relative'; s.top = '60px' }")
-        page.wait_for_timeout(300)
-        assert page.evaluate("[medsegViewer.stage.clientWidth, medsegViewer.stage.clientHeight]") == size
-        page.mouse.move(*_xy(page, ct, 140.0, 120.0))  # the next point, the image moved down the page
-        page.mouse.move(*_xy(page, ct, 160.0, 120.0))
-        page.mouse.up()
-        _said(page, "Painted", 30_000)
-        _idle(page)
-        labels = server.labels(sid)[int(page.locator("#medseg-viewer").get_attribute("data-slice"))]
-        assert labels[60, 105:135].all() and labels[120, 145:155].all()
-        assert not labels[70:110, 140].any()
+        size = "[medsegViewer.stage.clientWidth, medsegViewer.stage.clientHeight]"
+
+        def shift():
+            before = page.evaluate(size)
+            page.evaluate("() => { const s = medsegViewer.root.style; s.position = 'relative'; s.top = '60px' }")
+            page.wait_for_timeout(300)
+            assert page.evaluate(size) == before  # moved, not resized
+
+        _stroke_broken_by(page, server, sid, ct, shift)  # the next point with the image moved down the page
     finally:
         context.close()
 
