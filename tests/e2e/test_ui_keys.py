@@ -725,14 +725,7 @@ def test_a_finger_taps_drags_pinches_and_swipes_as_the_mouse_and_wheel_do(browse
     painted no stroke (NiiVue's own touch handling moved its crosshair instead, and the browser made no mouse events
     of them), and a two-finger pinch paged the slices, to the first, without a word. One finger now does what the
     mouse's left button does; two fingers pinch to zoom or swipe to page the slices."""
-    from tests.e2e.test_ui_e2e import VIEWPORT
-
-    context = browser.new_context(viewport=VIEWPORT, has_touch=True)
-    page = context.new_page()
-    before = server.session_ids()
-    page.goto(server.url)
-    _wait_status(page, "Open a sample")
-    (sid,) = server.session_ids() - before
+    context, page, sid = _open_page(browser, server, has_touch=True)
     cdp = context.new_cdp_session(page)
 
     def touch(kind: str, *points) -> None:
