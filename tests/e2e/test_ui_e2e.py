@@ -14,6 +14,7 @@ import logging
 import math
 import re
 import statistics
+import threading
 import time
 
 import httpx
@@ -2084,11 +2085,12 @@ def test_a_box_drawn_while_this_tab_opens_another_study_is_not_said_to_be_anothe
     from app import controller as ctl
 
     opened = ctl.open_sample
+    answered = threading.Event()
 
     def slow_open(*args, **kwargs):
         view = opened(*args, **kwargs)
-        time.sleep(3)  # the session holds the MR; the page still shows the CT
-        return view
+        answered.wait(120)  # the session holds the MR; the page still shows the CT until the box is answered
+        return view  # (a 3 s hold here was too short for a loaded CI run: the page had switched before the drag)
 
     context, page, sid = _open_page(browser, server)
     try:
@@ -2105,6 +2107,7 @@ def test_a_box_drawn_while_this_tab_opens_another_study_is_not_said_to_be_anothe
         assert "this box" in said and MR_NAME in said and "another tab opened" not in said, said
         assert not server.labels(sid).any()
     finally:
+        answered.set()
         context.close()
 
 

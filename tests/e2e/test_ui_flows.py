@@ -9,7 +9,6 @@ browser's label layer holds are the assertions; prompts are gestures on the view
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -159,9 +158,11 @@ def test_alternatives_labels_mask_file_and_dicom_seg_export(browser, server, mod
     Image.fromarray(mask).save(tmp_path / "mask.png")
     page.get_by_text("Mask file").click()
     page.get_by_label("Use as a model prompt (off: paint the label as drawn)").uncheck()
-    page.locator(".block", has_text="A mask PNG").locator("input[type=file]").set_input_files(
-        str(tmp_path / "mask.png"))
-    time.sleep(1.0)  # the file reaches the server before the button reads it
+    mask_block = page.locator(".block", has_text="A mask PNG")
+    mask_block.locator("input[type=file]").set_input_files(str(tmp_path / "mask.png"))
+    # the file reaches the server before the button reads it: Gradio names it once uploaded (a fixed 1 s was a guess
+    # a loaded CI run could miss)
+    expect(mask_block.get_by_text("mask.png")).to_be_visible(timeout=TIMEOUT_MS)
     page.locator("#apply-brush").click()
     _wait_status(page, "Paint")
     painted = server.labels(sid)
