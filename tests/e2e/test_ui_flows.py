@@ -160,9 +160,10 @@ def test_alternatives_labels_mask_file_and_dicom_seg_export(browser, server, mod
     page.get_by_label("Use as a model prompt (off: paint the label as drawn)").uncheck()
     mask_block = page.locator(".block", has_text="A mask PNG")
     mask_block.locator("input[type=file]").set_input_files(str(tmp_path / "mask.png"))
-    # the file reaches the server before the button reads it: Gradio names it once uploaded (a fixed 1 s was a guess
-    # a loaded CI run could miss)
-    expect(mask_block.get_by_text("mask.png")).to_be_visible(timeout=TIMEOUT_MS)
+    # the file reaches the server before the button reads it: once uploaded, Gradio lists it as a table cell (a fixed
+    # 1 s was a guess a loaded CI run could miss; the text "mask.png" is split over two spans, so get_by_text matched
+    # only a transient element of the upload and a run that missed it waited in vain)
+    expect(mask_block.get_by_role("cell", name="mask.png").first).to_be_visible(timeout=TIMEOUT_MS)
     page.locator("#apply-brush").click()
     _wait_status(page, "Paint")
     painted = server.labels(sid)
