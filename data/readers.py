@@ -29,6 +29,8 @@ import math
 import re
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -646,17 +648,21 @@ def read_dicom_series(
             raise StudyError(f"{folder}: {name}: {e}") from None
     _check_distinct_instances(folder, info.files, heads)
     for name, head in zip(display_names(info.files), heads):
-        if (refusal := one_offset_dose(head)) is not None:
-            raise StudyError(f"{folder}: {name}: {refusal}")
+        if "GridFrameOffsetVector" in head:  # a one-frame dose's offset: a number, and where its position says
+            try:
+                frame_geometry(head)
+            except GeometryError as e:
+                raise StudyError(f"{folder}: {name}: {e}") from None
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO(DICOM_IO)
-    reader.SetFileNames(list(info.files))
     if len({rescale_of(h) for h in heads}) > 1:
         # ITK decodes every slice into the first slice's pixel type: another slice's fractional slope was truncated
         # and values past it wrapped round (a PET slope of 64 read 1729 as -32764). Each slice's own, in float64:
         reader.SetOutputPixelType(sitk.sitkFloat64)
     try:
-        image = _itk(reader.Execute)
+        with _gdcm_readable([Path(f) for f in info.files], heads) as names:
+            reader.SetFileNames(names)
+            image = _itk(reader.Execute)
     except RuntimeError as e:
         syntaxes = {str(getattr(getattr(h, "file_meta", None), "TransferSyntaxUID", "") or "") for h in heads}
         raise _decode_failure(folder, syntaxes, e, "the DICOM series could not be read", series=True) from e
@@ -1075,7 +1081,8 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         raise _geometry_refusal(path, e) from None
     _check_frame_rescales(path, ds)
     try:
-        image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, DICOM_IO)
+        with _gdcm_readable([path], [ds]) as names:
+            image = _itk(sitk.ReadImage, names[0], sitk.sitkUnknown, DICOM_IO)
     except RuntimeError as e:
         syntaxes = {scan.transfer_syntax} if scan.encapsulated else set()
         raise _decode_failure(path, syntaxes, e, "DICOM pixel data could not be decoded", series=False) from e
@@ -1122,6 +1129,41 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     )
     volume = Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
     return _check_ct_values(path, _dose_scaled([path], volume, [ds]), ds)
+
+
+@contextmanager
+def _gdcm_readable(paths: list[Path], heads: list[pydicom.Dataset]) -> Iterator[list[str]]:
+    """The names GDCM is to read for ``paths``: each one-frame RT Dose whose GridFrameOffsetVector holds one value
+    (``one_offset_dose``) as a copy without that field in a private temporary folder, the others as they are. Why: a
+    valid dose split into one-frame files was refused, GDCM failing on the one value; the copy differs from the file by
+    that field alone, so its voxels and the grid GDCM reads are the file's (session 26). The offset was checked first
+    (``frame_geometry``): a number, and where ImagePositionPatient says. GDCM's words name the file, not the copy."""
+    if not any(one_offset_dose(h) for h in heads):
+        yield [str(p) for p in paths]
+        return
+    with tempfile.TemporaryDirectory(prefix="medseg-dose-") as folder:
+        names = []
+        for k, (path, head) in enumerate(zip(paths, heads)):
+            if not one_offset_dose(head):
+                names.append(str(path))
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    whole = pydicom.dcmread(path)
+                del whole.GridFrameOffsetVector
+                names.append(str(Path(folder) / f"{k}.dcm"))
+                whole.save_as(names[-1])
+            except Exception as e:  # the file was scanned and its header read: a fault here is the copy's
+                raise RuntimeError(f"{path.name}: a copy without its GridFrameOffsetVector could not be made "
+                                   f"({first_line(e)})") from e
+        try:
+            yield names
+        except RuntimeError as e:
+            message = str(e)
+            for path, name in zip(paths, names):
+                message = message.replace(name, str(path))
+            raise RuntimeError(message) from None
 
 
 def _dose_scaled(paths: list[Path], volume: Volume, heads: list[pydicom.Dataset]) -> Volume:
