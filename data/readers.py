@@ -441,8 +441,10 @@ def _read_header(path: Path) -> pydicom.Dataset:
         raise StudyError(f"{path}: not a readable DICOM file ({first_line(e)})") from e
 
 
-def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[SeriesInfo]:
-    """All image series in a folder (recursively), each ordered along its slice normal.
+def list_series(folder: str | Path, *, max_voxels: int | None = None,
+                listing: list[Path] | None = None) -> list[SeriesInfo]:
+    """All image series in a folder (recursively), each ordered along its slice normal; ``listing``: the folder's
+    paths as ``sorted(folder.rglob("*"))`` gives them, where the caller walked it already.
 
     Files without the DICOM marker (a README, a thumbnail) are skipped; a DICOM file that fails
     the checks, a link out of the folder or a FIFO refuses the whole folder, naming the file; so does an image
@@ -452,7 +454,7 @@ def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[Se
     limit = voxel_limit(max_voxels)
     groups: dict[str, list[tuple[float, int, str, pydicom.Dataset]]] = {}
     unplaced: list[Path] = []  # images without a SeriesInstanceUID
-    for f in sorted(folder.rglob("*")):
+    for f in sorted(folder.rglob("*")) if listing is None else listing:
         try:
             f_stat = check_regular(f, folder=folder, allow_dir=True)
         except UntrustedFileError as e:
@@ -585,7 +587,8 @@ SERIES_OFFERED = 500
 def read_dicom_series(
     folder: Path, *, series_uid: str | None = None, max_voxels: int | None = None, allow_uneven: bool = False
 ) -> Volume:
-    series = list_series(folder, max_voxels=max_voxels)
+    listing = sorted(folder.rglob("*"))  # walked once: the series, and the DICOMDIR check (``missing_from_index``)
+    series = list_series(folder, max_voxels=max_voxels, listing=listing)
     if not series:
         bare = _bare_data_sets(folder)
         index = next((f for f in folder.rglob("*") if f.name.upper() == "DICOMDIR" and f.is_file()), None)
@@ -624,7 +627,7 @@ def read_dicom_series(
             f.encode("utf-8")
         except UnicodeEncodeError:  # SimpleITK aborts the process on such a name
             raise StudyError(f"{f!r}: the file name is not valid UTF-8; rename the file") from None
-    if missing := missing_from_index(folder, info.series_instance_uid):
+    if missing := missing_from_index(folder, info.series_instance_uid, listing):
         raise StudyError(f"{folder}: its DICOMDIR lists {len(missing)} file(s) of series {info.series_instance_uid} "
                          f"that are not in the folder ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): "
                          "the copy of the disc is incomplete, and the series would open without them; copy the whole "
