@@ -154,7 +154,9 @@ CONTENT_KINDS = {"dicom": ("a DICOM file", ".dcm"), "nifti": ("an uncompressed N
                  "nifti-gz": ("a gzip-compressed NIfTI", ".nii.gz"), "png": ("a PNG image", ".png"),
                  "jpeg": ("a JPEG image", ".jpg"), "zip": ("a ZIP archive", ".zip"),
                  "dicom-gz": ("a gzip-compressed DICOM file", ".dcm"), "tar": ("a tar archive", ".tar"),
-                 "tar-gz": ("a gzip-compressed tar archive", ".tar.gz")}
+                 "tar-gz": ("a gzip-compressed tar archive", ".tar.gz"),
+                 "gz-gz": ("gzip-compressed twice (a gzip file inside a gzip file)", ".gz"),
+                 "zip-gz": ("a gzip-compressed ZIP archive", ".zip")}
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive's end record
 
 
@@ -177,6 +179,10 @@ def _content_kind(path: Path) -> str | None:
         return kind
     if kind == "nifti-gz" and inner[128:132] == b"DICM":  # scan.dcm.gz: a PACS or mail export's compressed image
         return "dicom-gz"
+    if kind == "nifti-gz" and inner[:2] == b"\x1f\x8b":  # gzip run on a .nii.gz again (session 26)
+        return "gz-gz"
+    if kind == "nifti-gz" and inner[:4] in ZIP_MAGIC:
+        return "zip-gz"
     if inner[257:262] == b"ustar":  # POSIX and GNU tar headers: a Linux or macOS export of a series folder
         return "tar-gz" if kind == "nifti-gz" else "tar"
     if head[128:132] == b"DICM":
@@ -188,6 +194,19 @@ def _content_kind(path: Path) -> str | None:
     if head[:4] in ZIP_MAGIC:
         return "zip"
     return None
+
+
+def _twice_gzipped_nifti(path: Path) -> bool:
+    """Whether a file gzipped twice holds a NIfTI under its second layer (its first 352 bytes only)."""
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as outer, gzip.open(outer, "rb") as inner:
+            head = inner.read(352)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return len(head) >= 348 and head[344:347] == b"n+1"
 
 
 def _misnamed(path: Path) -> str | None:
@@ -202,6 +221,12 @@ def _misnamed(path: Path) -> str | None:
     what, suffix = CONTENT_KINDS[kind]
     if kind == "dicom-gz":  # no name opens it: DICOM readers take the file itself, never a gzip of it
         return f"its bytes are {what}: decompress it (gunzip) and open the {suffix} file it holds"
+    if kind == "gz-gz":  # said "no NIfTI header (sizeof_hdr is neither 348 nor 540)", as if damaged (session 26)
+        once = "once.nii.gz" if _twice_gzipped_nifti(path) else "once.gz"
+        return (f"its bytes are {what}: decompress one layer (e.g. gunzip -c {path.name} > {once}) and open what "
+                "that gives")
+    if kind == "zip-gz":
+        return f"its bytes are {what}: decompress it (gunzip) and open the folder the zip holds, or upload the zip"
     if kind in ("tar", "tar-gz"):  # said only "unsupported format", though the UI takes a zip of the same folder
         return f"its bytes are {what}: unpack it (tar xf) and open the folder or file it holds, or upload a zip of it"
     if name.endswith(IMAGE_SUFFIXES if kind in ("png", "jpeg") else suffix):  # x.nii.gz does not end in .nii
