@@ -328,7 +328,7 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
     if len(facts.shape) == 1:  # ITK said "The maximum supported IO dimension is 5.", which names nothing (session 21)
         raise StudyError(f"{path}: a 1D NIfTI of size {facts.shape} (one row of values); expected a 2D or 3D image")
     try:
-        image = _nifti_2d_image(path) if len(facts.shape) == 2 else _read_itk_nifti(path)
+        image = _nifti_by_nibabel(path) if len(facts.shape) == 2 or facts.version == 2 else _read_itk_nifti(path)
     except RuntimeError as e:
         raise StudyError(f"{path}: not a readable NIfTI file ({first_line(e)})") from e
     if image.GetDimension() > 3:
@@ -370,11 +370,13 @@ def _read_itk_nifti(path: Path) -> sitk.Image:
             raise RuntimeError(str(e).replace(str(link), str(path))) from None
 
 
-def _nifti_2d_image(path: Path) -> sitk.Image:
-    """A 2D NIfTI's pixels (scaled as ITK scales them), on an identity grid that ``read_nifti`` replaces with the
-    checked affine. ITK keeps only the affine's 2 x 2 corner: a coronal or sagittal slice saved with its 3D affine
-    (nibabel writes dim[0] 2 for a 2D array) has a singular one there and failed ("Bad direction, determinant is 0",
-    shown as "not a readable NIfTI file (-0 -0)"); an axial one lost its height."""
+def _nifti_by_nibabel(path: Path) -> sitk.Image:
+    """A 2D NIfTI's pixels, or a NIfTI-2's voxels (scaled as ITK scales them), on an identity grid that ``read_nifti``
+    replaces with the checked affine. ITK keeps only a 2D image's affine's 2 x 2 corner: a coronal or sagittal slice
+    saved with its 3D affine (nibabel writes dim[0] 2 for a 2D array) has a singular one there and failed ("Bad
+    direction, determinant is 0", shown as "not a readable NIfTI file (-0 -0)"); an axial one lost its height. ITK here
+    reads no NIfTI-2 ("not recognized as a NIFTI file"), so a valid NIfTI-2 was refused, told to convert it (session
+    26: it opens, checked as a NIfTI-1 is)."""
     import nibabel
 
     try:
@@ -386,7 +388,13 @@ def _nifti_2d_image(path: Path) -> sitk.Image:
         data = np.stack([data[name] for name in data.dtype.names[:3]], axis=-1)
     if data.dtype == np.float64 and image.get_data_dtype().kind in "iuf" and image.get_data_dtype().itemsize <= 4:
         data = data.astype(np.float32)  # scaled: float32, as ITK reads it
-    return sitk.GetImageFromArray(np.ascontiguousarray(np.swapaxes(data, 0, 1)), isVector=data.ndim == 3)
+    rgb = data.ndim > len(image.shape)  # the records' channels, stacked last
+    spatial = data.shape[:data.ndim - rgb]
+    while len(spatial) > 3 and spatial[-1] == 1:  # (i, j, k, 1): one volume (``check_nifti`` refused the rest)
+        spatial = spatial[:-1]
+    data = data.reshape(spatial + data.shape[data.ndim - rgb:])
+    axes = (*reversed(range(len(spatial))), *([len(spatial)] if rgb else []))  # ITK's order: k, j, i (, channel)
+    return sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(axes)), isVector=bool(rgb))
 
 
 def _same_geometry(vol: Volume, facts) -> bool:

@@ -269,7 +269,7 @@ def _nifti_label(path: Path, name: str):
     image's is (``check_nifti``), the place by the rule ``read_nifti`` places an image with, a 2D file's voxels read
     as ``read_nifti`` reads them (ITK keeps only the 2 x 2 corner of its affine and fails on a coronal slice's)."""
     from data.nifti_check import NiftiCheckError, check_nifti
-    from data.readers import NIFTI_IO, _itk, _nifti_2d_image
+    from data.readers import NIFTI_IO, _itk, _nifti_by_nibabel
 
     try:  # the header against the bytes, no .hdr/.img pair, before ITK's NIfTI reader (the only one allowed)
         facts = check_nifti(path, max_voxels=voxel_limit())
@@ -279,7 +279,7 @@ def _nifti_label(path: Path, name: str):
 
     def read() -> np.ndarray:
         if dim == 2:
-            return sitk.GetArrayFromImage(_nifti_2d_image(path))
+            return sitk.GetArrayFromImage(_nifti_by_nibabel(path))
         return sitk.GetArrayFromImage(_itk(sitk.ReadImage, str(path), sitk.sitkUnknown, NIFTI_IO))
 
     return dim, size, read, (facts.spacing, facts.origin, facts.direction)
