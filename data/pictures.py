@@ -395,6 +395,12 @@ def _turned(array: np.ndarray, orientation: int) -> np.ndarray:
     return turns[orientation](array) if orientation in turns else array
 
 
+def as_stored(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array`` (H, W[, C]) as shown turned by EXIF ``orientation`` put back as the file stores it (``_turned``'s
+    inverse: 6 and 8 undo each other, the other turns undo themselves)."""
+    return _turned(array, {6: 8, 8: 6}.get(orientation, orientation))
+
+
 def _png_16bit_with_colour_or_alpha(path: Path) -> bool:
     """A 16-bit PNG of colour type grey+alpha (4), RGB (2) or RGBA (6): PIL reads these at 8 bits per channel."""
     with open(path, "rb") as f:
