@@ -115,3 +115,23 @@ def test_oneshot_refuses_a_reference_and_mask_turned_differently(tmp_path, capsy
     assert code == 2 and err.strip().splitlines()[-1] == (
         f"medseg oneshot: error: --ref-mask {tmp_path / 'mask.png'}: the reference image has EXIF Orientation 6 and "
         "the mask 1 (as stored); which way the mask was drawn is not known: save both with the same orientation"), err
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_mask_written_for_a_turned_picture_reads_back_as_drawn_in_medseg_and_in_viewers(tmp_path, orientation):
+    """``write_png_mask(exif_orientation=)`` stores the mask as the picture stores its pixels, with its tag (session 26):
+    PIL's ``exif_transpose`` (what viewers show) and medseg's ``read_mask_image`` both give the mask as drawn, and the
+    stored pixels lie where the picture's stored pixels are (the red block of ``_picture``)."""
+    from data.pictures import read_mask_image
+    from data.writers import write_png_mask
+
+    photo = _with_orientation(tmp_path / "photo.png", orientation)
+    with Image.open(photo) as im:
+        shown = np.asarray(ImageOps.exif_transpose(im))
+    drawn = (shown[..., 0] == 255) & (shown[..., 1] < 100)  # the red block, as shown
+    write_png_mask(drawn, tmp_path / "mask.png", exif_orientation=orientation)
+    np.testing.assert_array_equal(read_mask_image(tmp_path / "mask.png"), drawn)
+    with Image.open(tmp_path / "mask.png") as im:
+        np.testing.assert_array_equal(np.asarray(ImageOps.exif_transpose(im)) > 0, drawn)
+        stored = np.asarray(im) > 0
+    assert stored.shape == (60, 100) and stored[5:20, 10:40].all() and stored.sum() == 15 * 30
