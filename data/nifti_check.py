@@ -59,6 +59,7 @@ class NiftiFacts:
     origin: tuple[float, float, float]  # LPS mm
     direction: tuple[float, ...]  # 3x3 row-major, LPS, columns = i, j, k axes
     codes: tuple[int, int, int] = (0, 0, 0)  # (sform_code, qform_code, intent_code) as the header says
+    version: int = 1  # NIfTI-1 or NIfTI-2 (whose voxels ITK cannot read here: "not recognized as a NIFTI file")
 
 
 def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
@@ -102,7 +103,7 @@ def check_nifti(path: Path, *, max_voxels: int) -> NiftiFacts:
     geometry, spacing, origin, direction = _geometry(header, shape)
     codes = (int(header["sform_code"]), int(header["qform_code"]), int(header["intent_code"]))
     return NiftiFacts(shape=shape, datatype=name, geometry=geometry, spacing=spacing, origin=origin, direction=direction,
-                      codes=codes)
+                      codes=codes, version=1 if hdr_size == 348 else 2)
 
 
 def _check_dims_past_ndim(dims: list[int]) -> None:
@@ -187,10 +188,7 @@ def _parse_header(prefix: bytes):
                     raise NiftiCheckError("a header of a .hdr/.img pair; expected a single-file NIfTI (magic n+1)")
                 if magic not in (b"n+1", b"n+2"):
                     raise NiftiCheckError(f"NIfTI magic {magic!r}; expected b'n+1' or b'n+2'")
-                if size == 540:  # SimpleITK's reader here does not know NIfTI-2 (measured: "Unable to determine ImageIO")
-                    raise NiftiCheckError("a NIfTI-2 file; medseg reads NIfTI-1: convert it, e.g. "
-                                          "nibabel.save(nibabel.Nifti1Image.from_image(nibabel.load(IN)), OUT)")
-                return header, size
+                return header, size  # NIfTI-2 too: checked alike, its voxels read by nibabel (``NiftiFacts.version``)
     raise NiftiCheckError("no NIfTI header (sizeof_hdr is neither 348 nor 540)")
 
 

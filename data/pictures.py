@@ -5,6 +5,7 @@ size within the voxel limit, EXIF orientation applied as photo viewers apply it,
 
 from __future__ import annotations
 
+import io
 import math
 import struct
 import warnings
@@ -12,7 +13,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from data.study_errors import StudyError, StudyWarning, check_voxels, first_line, voxel_limit
 from data.untrusted import native_stderr_captured, one_line
@@ -58,6 +59,44 @@ def _unreadable_png_header(path: Path) -> str | None:
 PNG_METADATA_GUARD = ("PngImagePlugin.MAX_TEXT_CHUNK", "MAX_TEXT_MEMORY")
 
 
+PNG_METADATA_CHUNKS = (b"iCCP", b"zTXt", b"iTXt")  # the chunks Pillow inflates under its guard
+
+
+def _png_without_oversized_metadata(path: Path) -> io.BytesIO | None:
+    """The PNG's bytes without its text and ICC-profile chunks that inflate past Pillow's guard (each such chunk handed
+    to Pillow's own reader of it, which refuses it or not), None when it has none (or is no PNG). Why: a valid picture
+    carrying a 2 MB comment or ICC profile was refused whole (session 25); medseg uses none of that metadata, so the
+    chunk is left out rather than the guard lowered: the picture's data meets Pillow's checks as before, and the chunks
+    Pillow can read (an XMP packet's or ImageMagick's EXIF orientation among them) stay (session 26)."""
+    dropped: list[tuple[int, int]] = []  # (start, end) of each chunk left out
+    with open(path, "rb") as f:
+        if f.read(8) != PNG_SIGNATURE:
+            return None
+        while len(header := f.read(8)) == 8 and (kind := header[4:]) != b"IEND":
+            length = struct.unpack(">I", header[:4])[0]
+            if kind not in PNG_METADATA_CHUNKS:
+                f.seek(length + 4, 1)
+                continue
+            data = f.read(length)
+            f.seek(4, 1)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    PngImagePlugin.PngStream(io.BytesIO(data)).call(kind, 0, len(data))
+            except ValueError as e:
+                if any(guard in str(e) for guard in PNG_METADATA_GUARD):
+                    dropped.append((f.tell() - length - 12, f.tell()))
+            except Exception:  # Pillow's own refusal of the chunk, which the real read repeats in its words
+                pass
+        if not dropped:
+            return None
+        f.seek(0)
+        whole = f.read()
+    starts = [0, *(end for _, end in dropped)]
+    ends = [*(start for start, _ in dropped), len(whole)]
+    return io.BytesIO(b"".join(whole[a:b] for a, b in zip(starts, ends)))
+
+
 def unreadable(path: Path, error: BaseException) -> StudyError:
     """The refusal of a picture Pillow could not read: its reason, or, for a text or ICC-profile chunk past Pillow's
     guard, what it is. Why: a valid picture with a large comment or ICC profile was refused as `not a readable PNG/JPEG
@@ -79,7 +118,7 @@ def open_image(path: Path, *, max_voxels: int | None = None, check_data: bool = 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
-            im = Image.open(path, formats=IMAGE_FORMATS)
+            im = Image.open(_png_without_oversized_metadata(path) or path, formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as e:
         raise StudyError(f"{path}: image too large to open safely ({first_line(e)})") from e
     except UnidentifiedImageError as e:
@@ -354,6 +393,12 @@ def _turned(array: np.ndarray, orientation: int) -> np.ndarray:
              5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
              8: lambda a: np.rot90(a, 1)}
     return turns[orientation](array) if orientation in turns else array
+
+
+def as_stored(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array`` (H, W[, C]) as shown turned by EXIF ``orientation`` put back as the file stores it (``_turned``'s
+    inverse: 6 and 8 undo each other, the other turns undo themselves)."""
+    return _turned(array, {6: 8, 8: 6}.get(orientation, orientation))
 
 
 def _png_16bit_with_colour_or_alpha(path: Path) -> bool:

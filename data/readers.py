@@ -29,6 +29,8 @@ import math
 import re
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -152,7 +154,9 @@ CONTENT_KINDS = {"dicom": ("a DICOM file", ".dcm"), "nifti": ("an uncompressed N
                  "nifti-gz": ("a gzip-compressed NIfTI", ".nii.gz"), "png": ("a PNG image", ".png"),
                  "jpeg": ("a JPEG image", ".jpg"), "zip": ("a ZIP archive", ".zip"),
                  "dicom-gz": ("a gzip-compressed DICOM file", ".dcm"), "tar": ("a tar archive", ".tar"),
-                 "tar-gz": ("a gzip-compressed tar archive", ".tar.gz")}
+                 "tar-gz": ("a gzip-compressed tar archive", ".tar.gz"),
+                 "gz-gz": ("gzip-compressed twice (a gzip file inside a gzip file)", ".gz"),
+                 "zip-gz": ("a gzip-compressed ZIP archive", ".zip")}
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive's end record
 
 
@@ -175,6 +179,10 @@ def _content_kind(path: Path) -> str | None:
         return kind
     if kind == "nifti-gz" and inner[128:132] == b"DICM":  # scan.dcm.gz: a PACS or mail export's compressed image
         return "dicom-gz"
+    if kind == "nifti-gz" and inner[:2] == b"\x1f\x8b":  # gzip run on a .nii.gz again (session 26)
+        return "gz-gz"
+    if kind == "nifti-gz" and inner[:4] in ZIP_MAGIC:
+        return "zip-gz"
     if inner[257:262] == b"ustar":  # POSIX and GNU tar headers: a Linux or macOS export of a series folder
         return "tar-gz" if kind == "nifti-gz" else "tar"
     if head[128:132] == b"DICM":
@@ -186,6 +194,19 @@ def _content_kind(path: Path) -> str | None:
     if head[:4] in ZIP_MAGIC:
         return "zip"
     return None
+
+
+def _twice_gzipped_nifti(path: Path) -> bool:
+    """Whether a file gzipped twice holds a NIfTI under its second layer (its first 352 bytes only)."""
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as outer, gzip.open(outer, "rb") as inner:
+            head = inner.read(352)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return len(head) >= 348 and head[344:347] == b"n+1"
 
 
 def _misnamed(path: Path) -> str | None:
@@ -200,6 +221,12 @@ def _misnamed(path: Path) -> str | None:
     what, suffix = CONTENT_KINDS[kind]
     if kind == "dicom-gz":  # no name opens it: DICOM readers take the file itself, never a gzip of it
         return f"its bytes are {what}: decompress it (gunzip) and open the {suffix} file it holds"
+    if kind == "gz-gz":  # said "no NIfTI header (sizeof_hdr is neither 348 nor 540)", as if damaged (session 26)
+        once = "once.nii.gz" if _twice_gzipped_nifti(path) else "once.gz"
+        return (f"its bytes are {what}: decompress one layer (e.g. gunzip -c {path.name} > {once}) and open what "
+                "that gives")
+    if kind == "zip-gz":
+        return f"its bytes are {what}: decompress it (gunzip) and open the folder the zip holds, or upload the zip"
     if kind in ("tar", "tar-gz"):  # said only "unsupported format", though the UI takes a zip of the same folder
         return f"its bytes are {what}: unpack it (tar xf) and open the folder or file it holds, or upload a zip of it"
     if name.endswith(IMAGE_SUFFIXES if kind in ("png", "jpeg") else suffix):  # x.nii.gz does not end in .nii
@@ -301,7 +328,7 @@ def read_nifti(path: Path, *, max_voxels: int | None = None) -> Volume:
     if len(facts.shape) == 1:  # ITK said "The maximum supported IO dimension is 5.", which names nothing (session 21)
         raise StudyError(f"{path}: a 1D NIfTI of size {facts.shape} (one row of values); expected a 2D or 3D image")
     try:
-        image = _nifti_2d_image(path) if len(facts.shape) == 2 else _read_itk_nifti(path)
+        image = _nifti_by_nibabel(path) if len(facts.shape) == 2 or facts.version == 2 else _read_itk_nifti(path)
     except RuntimeError as e:
         raise StudyError(f"{path}: not a readable NIfTI file ({first_line(e)})") from e
     if image.GetDimension() > 3:
@@ -343,11 +370,13 @@ def _read_itk_nifti(path: Path) -> sitk.Image:
             raise RuntimeError(str(e).replace(str(link), str(path))) from None
 
 
-def _nifti_2d_image(path: Path) -> sitk.Image:
-    """A 2D NIfTI's pixels (scaled as ITK scales them), on an identity grid that ``read_nifti`` replaces with the
-    checked affine. ITK keeps only the affine's 2 x 2 corner: a coronal or sagittal slice saved with its 3D affine
-    (nibabel writes dim[0] 2 for a 2D array) has a singular one there and failed ("Bad direction, determinant is 0",
-    shown as "not a readable NIfTI file (-0 -0)"); an axial one lost its height."""
+def _nifti_by_nibabel(path: Path) -> sitk.Image:
+    """A 2D NIfTI's pixels, or a NIfTI-2's voxels (scaled as ITK scales them), on an identity grid that ``read_nifti``
+    replaces with the checked affine. ITK keeps only a 2D image's affine's 2 x 2 corner: a coronal or sagittal slice
+    saved with its 3D affine (nibabel writes dim[0] 2 for a 2D array) has a singular one there and failed ("Bad
+    direction, determinant is 0", shown as "not a readable NIfTI file (-0 -0)"); an axial one lost its height. ITK here
+    reads no NIfTI-2 ("not recognized as a NIFTI file"), so a valid NIfTI-2 was refused, told to convert it (session
+    26: it opens, checked as a NIfTI-1 is)."""
     import nibabel
 
     try:
@@ -359,7 +388,13 @@ def _nifti_2d_image(path: Path) -> sitk.Image:
         data = np.stack([data[name] for name in data.dtype.names[:3]], axis=-1)
     if data.dtype == np.float64 and image.get_data_dtype().kind in "iuf" and image.get_data_dtype().itemsize <= 4:
         data = data.astype(np.float32)  # scaled: float32, as ITK reads it
-    return sitk.GetImageFromArray(np.ascontiguousarray(np.swapaxes(data, 0, 1)), isVector=data.ndim == 3)
+    rgb = data.ndim > len(image.shape)  # the records' channels, stacked last
+    spatial = data.shape[:data.ndim - rgb]
+    while len(spatial) > 3 and spatial[-1] == 1:  # (i, j, k, 1): one volume (``check_nifti`` refused the rest)
+        spatial = spatial[:-1]
+    data = data.reshape(spatial + data.shape[data.ndim - rgb:])
+    axes = (*reversed(range(len(spatial))), *([len(spatial)] if rgb else []))  # ITK's order: k, j, i (, channel)
+    return sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(axes)), isVector=bool(rgb))
 
 
 def _same_geometry(vol: Volume, facts) -> bool:
@@ -439,8 +474,10 @@ def _read_header(path: Path) -> pydicom.Dataset:
         raise StudyError(f"{path}: not a readable DICOM file ({first_line(e)})") from e
 
 
-def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[SeriesInfo]:
-    """All image series in a folder (recursively), each ordered along its slice normal.
+def list_series(folder: str | Path, *, max_voxels: int | None = None,
+                listing: list[Path] | None = None) -> list[SeriesInfo]:
+    """All image series in a folder (recursively), each ordered along its slice normal; ``listing``: the folder's
+    paths as ``sorted(folder.rglob("*"))`` gives them, where the caller walked it already.
 
     Files without the DICOM marker (a README, a thumbnail) are skipped; a DICOM file that fails
     the checks, a link out of the folder or a FIFO refuses the whole folder, naming the file; so does an image
@@ -450,7 +487,7 @@ def list_series(folder: str | Path, *, max_voxels: int | None = None) -> list[Se
     limit = voxel_limit(max_voxels)
     groups: dict[str, list[tuple[float, int, str, pydicom.Dataset]]] = {}
     unplaced: list[Path] = []  # images without a SeriesInstanceUID
-    for f in sorted(folder.rglob("*")):
+    for f in sorted(folder.rglob("*")) if listing is None else listing:
         try:
             f_stat = check_regular(f, folder=folder, allow_dir=True)
         except UntrustedFileError as e:
@@ -583,7 +620,8 @@ SERIES_OFFERED = 500
 def read_dicom_series(
     folder: Path, *, series_uid: str | None = None, max_voxels: int | None = None, allow_uneven: bool = False
 ) -> Volume:
-    series = list_series(folder, max_voxels=max_voxels)
+    listing = sorted(folder.rglob("*"))  # walked once: the series, and the DICOMDIR check (``missing_from_index``)
+    series = list_series(folder, max_voxels=max_voxels, listing=listing)
     if not series:
         bare = _bare_data_sets(folder)
         index = next((f for f in folder.rglob("*") if f.name.upper() == "DICOMDIR" and f.is_file()), None)
@@ -622,7 +660,7 @@ def read_dicom_series(
             f.encode("utf-8")
         except UnicodeEncodeError:  # SimpleITK aborts the process on such a name
             raise StudyError(f"{f!r}: the file name is not valid UTF-8; rename the file") from None
-    if missing := missing_from_index(folder, info.series_instance_uid):
+    if missing := missing_from_index(folder, info.series_instance_uid, listing):
         raise StudyError(f"{folder}: its DICOMDIR lists {len(missing)} file(s) of series {info.series_instance_uid} "
                          f"that are not in the folder ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): "
                          "the copy of the disc is incomplete, and the series would open without them; copy the whole "
@@ -646,17 +684,21 @@ def read_dicom_series(
             raise StudyError(f"{folder}: {name}: {e}") from None
     _check_distinct_instances(folder, info.files, heads)
     for name, head in zip(display_names(info.files), heads):
-        if (refusal := one_offset_dose(head)) is not None:
-            raise StudyError(f"{folder}: {name}: {refusal}")
+        if "GridFrameOffsetVector" in head:  # a one-frame dose's offset: a number, and where its position says
+            try:
+                frame_geometry(head)
+            except GeometryError as e:
+                raise StudyError(f"{folder}: {name}: {e}") from None
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO(DICOM_IO)
-    reader.SetFileNames(list(info.files))
     if len({rescale_of(h) for h in heads}) > 1:
         # ITK decodes every slice into the first slice's pixel type: another slice's fractional slope was truncated
         # and values past it wrapped round (a PET slope of 64 read 1729 as -32764). Each slice's own, in float64:
         reader.SetOutputPixelType(sitk.sitkFloat64)
     try:
-        image = _itk(reader.Execute)
+        with _gdcm_readable([Path(f) for f in info.files], heads) as names:
+            reader.SetFileNames(names)
+            image = _itk(reader.Execute)
     except RuntimeError as e:
         syntaxes = {str(getattr(getattr(h, "file_meta", None), "TransferSyntaxUID", "") or "") for h in heads}
         raise _decode_failure(folder, syntaxes, e, "the DICOM series could not be read", series=True) from e
@@ -1075,7 +1117,8 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
         raise _geometry_refusal(path, e) from None
     _check_frame_rescales(path, ds)
     try:
-        image = _itk(sitk.ReadImage, str(path), sitk.sitkUnknown, DICOM_IO)
+        with _gdcm_readable([path], [ds]) as names:
+            image = _itk(sitk.ReadImage, names[0], sitk.sitkUnknown, DICOM_IO)
     except RuntimeError as e:
         syntaxes = {scan.transfer_syntax} if scan.encapsulated else set()
         raise _decode_failure(path, syntaxes, e, "DICOM pixel data could not be decoded", series=False) from e
@@ -1122,6 +1165,41 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     )
     volume = Volume.from_sitk(image, modality=str(getattr(ds, "Modality", "OT")), source=source)
     return _check_ct_values(path, _dose_scaled([path], volume, [ds]), ds)
+
+
+@contextmanager
+def _gdcm_readable(paths: list[Path], heads: list[pydicom.Dataset]) -> Iterator[list[str]]:
+    """The names GDCM is to read for ``paths``: each one-frame RT Dose whose GridFrameOffsetVector holds one value
+    (``one_offset_dose``) as a copy without that field in a private temporary folder, the others as they are. Why: a
+    valid dose split into one-frame files was refused, GDCM failing on the one value; the copy differs from the file by
+    that field alone, so its voxels and the grid GDCM reads are the file's (session 26). The offset was checked first
+    (``frame_geometry``): a number, and where ImagePositionPatient says. GDCM's words name the file, not the copy."""
+    if not any(one_offset_dose(h) for h in heads):
+        yield [str(p) for p in paths]
+        return
+    with tempfile.TemporaryDirectory(prefix="medseg-dose-") as folder:
+        names = []
+        for k, (path, head) in enumerate(zip(paths, heads)):
+            if not one_offset_dose(head):
+                names.append(str(path))
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    whole = pydicom.dcmread(path)
+                del whole.GridFrameOffsetVector
+                names.append(str(Path(folder) / f"{k}.dcm"))
+                whole.save_as(names[-1])
+            except Exception as e:  # the file was scanned and its header read: a fault here is the copy's
+                raise RuntimeError(f"{path.name}: a copy without its GridFrameOffsetVector could not be made "
+                                   f"({first_line(e)})") from e
+        try:
+            yield names
+        except RuntimeError as e:
+            message = str(e)
+            for path, name in zip(paths, names):
+                message = message.replace(name, str(path))
+            raise RuntimeError(message) from None
 
 
 def _dose_scaled(paths: list[Path], volume: Volume, heads: list[pydicom.Dataset]) -> Volume:

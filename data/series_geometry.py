@@ -407,9 +407,12 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
                 raise GeometryError(f"GridFrameOffsetVector holds {len(steps) + 1} frame offsets, but the image has "
                                     f"{int(ds.get('NumberOfFrames') or 1)} frame(s) (NumberOfFrames); expected one "
                                     "offset per frame: which frame lies where is not known")
-            if (refusal := one_offset_dose(ds)) is not None:
-                raise GeometryError(refusal)
+            if not all(math.isfinite(float(v)) for v in offsets):
+                raise GeometryError(f"GridFrameOffsetVector {[float(v) for v in offsets][:8]} holds a value that is "
+                                    "not a number; expected one offset in mm per frame")
             _check_absolute_offsets(ds, offsets)
+            if not len(steps):  # one frame (read from a copy without the field: ``one_offset_dose``)
+                return None
             descending = _descending_dose_frames(ds, offsets, steps)
             if descending is not None:
                 return descending
@@ -443,17 +446,14 @@ def frame_geometry(ds: pydicom.Dataset, *, allow_uneven: bool = False) -> FrameG
     return stack_grid([f"frame {n + 1}" for n in range(frames)], heads, allow_uneven=allow_uneven)
 
 
-def one_offset_dose(ds: pydicom.Dataset) -> str | None:
-    """Why an RT Dose of one frame whose GridFrameOffsetVector holds one value cannot be read here, or None. GDCM
-    fails on it ("An invalid logic behavior occurred ... idx < GetNumberOfValues()", read alone or as a series's
-    slice: it takes the second offset), and the one value places nothing the ImagePositionPatient does not (session
-    25, hostile25b: a dose split into one-frame files, as a planning system exports planes)."""
+def one_offset_dose(ds: pydicom.Dataset) -> bool:
+    """An RT Dose of one frame whose GridFrameOffsetVector holds one value (the field its FrameIncrementPointer names):
+    valid, but GDCM fails on it ("An invalid logic behavior occurred ... idx < GetNumberOfValues()", read alone or as
+    a series's slice: it takes the second offset), so the reader gives GDCM a copy without the field, which places
+    nothing ImagePositionPatient does not once ``frame_geometry`` has checked the value (session 26; refused in
+    session 25, hostile25b: a dose split into one-frame files, as a planning system exports planes)."""
     offsets = ds.get("GridFrameOffsetVector")
-    if offsets is None or len(_values(offsets)) != 1:
-        return None
-    return ("a one-frame RT Dose whose GridFrameOffsetVector holds one value, which the decoder here cannot read (it "
-            "needs two); remove the field, which places nothing ImagePositionPatient does not (e.g. dcmodify -e "
-            "GridFrameOffsetVector IN), and open that")
+    return offsets is not None and len(_values(offsets)) == 1
 
 
 def _check_absolute_offsets(ds: pydicom.Dataset, offsets: list) -> None:

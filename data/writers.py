@@ -144,11 +144,23 @@ def _set_codes(path: Path, codes: tuple[int, int, int]) -> None:
         f.write(header.binaryblock)
 
 
-def write_png_mask(mask: np.ndarray, path: str | Path) -> Path:
-    """(H, W) bool -> 8-bit PNG with 0 = background, 255 = structure (viewable, and any non-zero reads back)."""
+def write_png_mask(mask: np.ndarray, path: str | Path, *, exif_orientation: int = 1) -> Path:
+    """(H, W) bool -> 8-bit PNG with 0 = background, 255 = structure (viewable, and any non-zero reads back).
+
+    ``exif_orientation``: that of the picture the mask was drawn on, shown turned (``Volume.source``): the mask is
+    stored as the picture stores its pixels, with the same EXIF Orientation, so it lies on the picture in any viewer,
+    turning or not, and medseg reads it back as drawn. Why: written as shown without the tag, `medseg oneshot` refused
+    medseg's own mask of a phone photo as --ref-mask ("the reference image has EXIF Orientation 6 and the mask 1"), and
+    a tool reading stored pixels saw it turned against the photo (session 26)."""
+    from data.pictures import as_stored
+
     path = Path(path)
+    picture = Image.fromarray(as_stored(np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8), exif_orientation))
+    exif = Image.Exif()
+    if exif_orientation != 1:
+        exif[0x0112] = exif_orientation
     with atomic_output(path) as tmp:
-        Image.fromarray(np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
+        picture.save(tmp, format="PNG", exif=exif)
     return path
 
 

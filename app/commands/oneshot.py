@@ -187,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
             position=args.position_gate == "on",
         )
         if volume.is_2d:
-            path = write_png_mask(results[0].mask, out_dir / f"{stem}.png")
+            path = write_png_mask(results[0].mask, out_dir / f"{stem}.png",
+                                  exif_orientation=volume.source.exif_orientation)
         else:
             labels = np.stack([r.mask for r in results]).astype(np.uint8)
             path = write_label_nifti(labels, volume, out_dir / f"{stem}.nii.gz")

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         where = save_labels(labels, volume, args.output, label_names={1: "structure"}, model_name=args.model,
                             deidentify=deidentify_hook(args))
     else:
-        where = str(write_png_mask(mask, out))
+        where = str(write_png_mask(mask, out, exif_orientation=volume.source.exif_orientation))
     score = result.scores[result.best_index]
     say(
         f"{where}: {int(mask.sum())} pixels on slice {k}, predicted IoU {score:.3f}; "

@@ -266,10 +266,11 @@ def _nrrd_label(path: Path, name: str):
 
 def _nifti_label(path: Path, name: str):
     """(dimension, size k j i, a reader of the voxels, the place) of a NIfTI label: the header checked as an
-    image's is (``check_nifti``), the place by the rule ``read_nifti`` places an image with, a 2D file's voxels read
-    as ``read_nifti`` reads them (ITK keeps only the 2 x 2 corner of its affine and fails on a coronal slice's)."""
+    image's is (``check_nifti``), the place by the rule ``read_nifti`` places an image with, a 2D file's or a NIfTI-2's
+    voxels read as ``read_nifti`` reads them (ITK keeps only the 2 x 2 corner of its affine and fails on a coronal
+    slice's, and reads no NIfTI-2)."""
     from data.nifti_check import NiftiCheckError, check_nifti
-    from data.readers import NIFTI_IO, _itk, _nifti_2d_image
+    from data.readers import NIFTI_IO, _itk, _nifti_by_nibabel
 
     try:  # the header against the bytes, no .hdr/.img pair, before ITK's NIfTI reader (the only one allowed)
         facts = check_nifti(path, max_voxels=voxel_limit())
@@ -278,8 +279,8 @@ def _nifti_label(path: Path, name: str):
     dim, size = len(facts.shape), tuple(reversed(facts.shape))
 
     def read() -> np.ndarray:
-        if dim == 2:
-            return sitk.GetArrayFromImage(_nifti_2d_image(path))
+        if dim == 2 or facts.version == 2:  # ITK here reads no NIfTI-2 (session 26)
+            return sitk.GetArrayFromImage(_nifti_by_nibabel(path))
         return sitk.GetArrayFromImage(_itk(sitk.ReadImage, str(path), sitk.sitkUnknown, NIFTI_IO))
 
     return dim, size, read, (facts.spacing, facts.origin, facts.direction)

@@ -77,3 +77,39 @@ def test_a_disc_copy_missing_a_file_its_dicomdir_lists_is_refused_naming_it(tmp_
     assert str(e.value) == (f"{disc}: its DICOMDIR lists 1 file(s) of series {uid} that are not in the folder "
                             f"({last.relative_to(disc).as_posix()}): the copy of the disc is incomplete, and the "
                             "series would open without them; copy the whole disc (or a zip of it)")
+
+
+def test_the_dicomdir_check_reuses_the_readers_listing_and_reads_only_the_opened_series(tmp_path, monkeypatch):
+    """The check walked the folder twice more on every open of a series and read every series's records: 267 ms of a
+    4.3 s open of one 200-slice series on a disc copy of 2000 files in 10 series, 130 ms now (session 26; figures in
+    docs/reliability.md). It is given the listing the reader made, and reads the opened series's records only, which
+    still finds a file missing from another series when that one is opened."""
+    from data import readers
+
+    disc = _disc(tmp_path)
+    other = pydicom.uid.generate_uid()
+    for path in sorted(disc.rglob("IM*"))[:3]:  # a second series in the folder, not in the index
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = other, pydicom.uid.generate_uid()
+        ds.save_as(disc / f"X{path.name}")
+    uid = pydicom.dcmread(next(disc.rglob("IM*"))).SeriesInstanceUID
+    checked = []
+
+    def no_walk(*_args, **_kwargs):
+        raise AssertionError("the DICOMDIR check walked the folder again")
+
+    def check(folder, series_uid, listing=None):
+        checked.append(listing is not None)
+        with monkeypatch.context() as m:
+            m.setattr(Path, "rglob", no_walk)
+            return missing(folder, series_uid, listing)
+
+    missing = readers.missing_from_index
+    monkeypatch.setattr(readers, "missing_from_index", check)
+    assert read_study(disc, series_uid=uid).array.shape == (12, 256, 256) and checked == [True]
+    assert read_study(disc, series_uid=other).array.shape[0] == 3  # the index lists none of it: nothing missing
+    monkeypatch.undo()
+    last = sorted(disc.rglob("IM*"))[-1]
+    last.unlink()
+    with pytest.raises(StudyError, match=f"its DICOMDIR lists 1 file\\(s\\) of series {uid} that are not in the folder"):
+        read_study(disc, series_uid=uid)

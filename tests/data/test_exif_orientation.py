@@ -60,10 +60,34 @@ def test_medseg_segment_takes_the_box_on_the_picture_as_viewers_show_it(tmp_path
 
     assert main(["segment", str(path), "--box", "38", "8", "56", "41", "--output", str(out)]) == 0
     assert "EXIF Orientation 6" in capsys.readouterr().err
-    mask = np.asarray(Image.open(out)) > 0
+    with Image.open(out) as im:
+        mask = np.asarray(ImageOps.exif_transpose(im)) > 0
     assert mask.shape == (100, 60)
     ys, xs = np.nonzero(mask)
     assert mask[10:40, 40:55].mean() > 0.8 and 38 <= xs.min() and xs.max() <= 56 and 8 <= ys.min() and ys.max() <= 41
+
+
+def test_medsegs_mask_of_a_turned_photo_lies_on_it_as_stored_and_is_its_oneshot_reference(tmp_path, capsys):
+    """`medseg segment` wrote the mask of an Orientation 6 photo as shown, without the tag: `medseg oneshot --ref
+    photo.jpg --ref-mask mask.png` then refused medseg's own mask ("the reference image has EXIF Orientation 6 and the
+    mask 1 (as stored)"), and a tool reading stored pixels saw it turned against the photo. It is written as the photo
+    stores its pixels, with its Orientation: the red block's mask lies at x 10..39, y 5..19 of the stored pixels, medseg
+    reads it back as drawn, and oneshot takes it (session 26)."""
+    from app.cli import main
+    from data.pictures import read_mask_image
+
+    path = _with_orientation(tmp_path / "photo.jpg", 6)
+    out = tmp_path / "mask.png"
+    assert main(["segment", str(path), "--box", "38", "8", "56", "41", "--output", str(out)]) == 0
+    with Image.open(out) as im:
+        stored, orientation = np.asarray(im) > 0, im.getexif().get(0x0112)
+    assert orientation == 6 and stored.shape == (60, 100) and stored[5:20, 10:40].mean() > 0.8
+    np.testing.assert_array_equal(read_mask_image(out), np.rot90(stored, -1))
+    capsys.readouterr()
+    assert main(["oneshot", "--ref", str(path), "--ref-mask", str(out), "--targets", str(path),
+                 "-o", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    with Image.open(tmp_path / "out" / "photo.png") as im:
+        assert im.getexif().get(0x0112) == 6 and (np.asarray(im)[5:20, 10:40] > 0).mean() > 0.8
 
 
 def test_a_mask_picture_is_turned_as_its_image_is(tmp_path):
@@ -91,3 +115,23 @@ def test_oneshot_refuses_a_reference_and_mask_turned_differently(tmp_path, capsy
     assert code == 2 and err.strip().splitlines()[-1] == (
         f"medseg oneshot: error: --ref-mask {tmp_path / 'mask.png'}: the reference image has EXIF Orientation 6 and "
         "the mask 1 (as stored); which way the mask was drawn is not known: save both with the same orientation"), err
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_mask_written_for_a_turned_picture_reads_back_as_drawn_in_medseg_and_in_viewers(tmp_path, orientation):
+    """``write_png_mask(exif_orientation=)`` stores the mask as the picture stores its pixels, with its tag (session 26):
+    PIL's ``exif_transpose`` (what viewers show) and medseg's ``read_mask_image`` both give the mask as drawn, and the
+    stored pixels lie where the picture's stored pixels are (the red block of ``_picture``)."""
+    from data.pictures import read_mask_image
+    from data.writers import write_png_mask
+
+    photo = _with_orientation(tmp_path / "photo.png", orientation)
+    with Image.open(photo) as im:
+        shown = np.asarray(ImageOps.exif_transpose(im))
+    drawn = (shown[..., 0] == 255) & (shown[..., 1] < 100)  # the red block, as shown
+    write_png_mask(drawn, tmp_path / "mask.png", exif_orientation=orientation)
+    np.testing.assert_array_equal(read_mask_image(tmp_path / "mask.png"), drawn)
+    with Image.open(tmp_path / "mask.png") as im:
+        np.testing.assert_array_equal(np.asarray(ImageOps.exif_transpose(im)) > 0, drawn)
+        stored = np.asarray(im) > 0
+    assert stored.shape == (60, 100) and stored[5:20, 10:40].all() and stored.sum() == 15 * 30

@@ -168,3 +168,26 @@ def test_a_folder_of_gzipped_dicom_slices_says_so(tmp_path):
         read_study(tmp_path)
     assert str(e.value) == (f"{tmp_path}: no DICOM image series found in this folder: {len(series)} file(s) are "
                             "gzip-compressed DICOM files; decompress them (gunzip) and open the folder again")
+
+
+@pytest.mark.parametrize("name", ["scan.nii.gz", "scan.nii", "scan.gz"])
+def test_a_file_compressed_twice_or_a_gzipped_zip_says_so(tmp_path, name):
+    """The real Colin27 .nii.gz gzipped again (a mail client's or a script's second gzip), or a zip of it gzipped:
+    refused as `no NIfTI header (sizeof_hdr is neither 348 nor 540)` (or `unsupported format`), as if damaged
+    (session 26). The line now says what the bytes are and how to get at the file inside."""
+    (tmp_path / name).write_bytes(gzip.compress(NIFTI_GZ.read_bytes()))
+    with pytest.raises(StudyError) as e:
+        read_study(tmp_path / name)
+    assert str(e.value).endswith(f"; its bytes are gzip-compressed twice (a gzip file inside a gzip file): decompress "
+                                 f"one layer (e.g. gunzip -c {name} > once.nii.gz) and open what that gives")
+    import io
+    import zipfile
+
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("scan.nii.gz", NIFTI_GZ.read_bytes())
+    (tmp_path / name).write_bytes(gzip.compress(zipped.getvalue()))
+    with pytest.raises(StudyError) as e:
+        read_study(tmp_path / name)
+    assert str(e.value).endswith("; its bytes are a gzip-compressed ZIP archive: decompress it (gunzip) and open the "
+                                 "folder the zip holds, or upload the zip")

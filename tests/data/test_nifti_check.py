@@ -205,8 +205,7 @@ def test_headers_that_are_not_single_file_nifti1_are_refused(tmp_path):
     refused(tmp_path, edited(magic=b"ni1"), "a header of a .hdr/.img pair; expected a single-file NIfTI (magic n+1)")
     refused(tmp_path, edited(magic=b"xyz"), "NIfTI magic b'xyz'; expected b'n+1' or b'n+2'")
     two = nifti_bytes(nib.Nifti2Image(np.zeros(SHAPE, np.int16), np.eye(4)))
-    refused(tmp_path, two, "a NIfTI-2 file; medseg reads NIfTI-1: convert it, e.g. "
-            "nibabel.save(nibabel.Nifti1Image.from_image(nibabel.load(IN)), OUT)")
+    assert check(tmp_path, two).version == 2  # opened since session 26 (test_a_nifti2_opens_as_its_nifti1_twin)
     refused(tmp_path, two[:400], "400 bytes; a NIfTI-2 header needs 540")
     big_endian = nib.Nifti1Header(binaryblock=PLAIN[:348]).as_byteswapped(">")
     data = np.arange(24, dtype=">i2").reshape(SHAPE).tobytes(order="F")
@@ -413,3 +412,37 @@ def test_a_voxel_scaling_readers_cannot_hold_or_apply_alike_is_refused(tmp_path,
         nib.save(image, str(path))
         volume = read_study(path)
         np.testing.assert_allclose(volume.array, (stored.astype(np.float64) * kept).transpose(2, 1, 0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, shape", [("mr_t1_colin27_slabA_image.nii.gz", None), ("ct_head_0051_slabA_image.nii.gz", None),
+                                         ("mr_t1_colin27_slabA_image.nii.gz", "2d"), ("mr_t1_colin27_slabA_image.nii.gz", "4d"),
+                                         ("mr_t1_colin27_slabA_image.nii.gz", "qform")])
+def test_a_nifti2_opens_as_its_nifti1_twin(tmp_path, name, shape):
+    """A valid NIfTI-2 (the real Colin27 MR and CT slabs saved as NIfTI-2 by nibabel; a 2D slice; (i, j, k, 1); a qform
+    alone) was refused: `a NIfTI-2 file; medseg reads NIfTI-1: convert it` (SimpleITK here reads no NIfTI-2). It is
+    checked as a NIfTI-1 is and its voxels read by nibabel: voxels, spacing, origin and direction equal its NIfTI-1
+    twin's as medseg reads it (session 26). A NIfTI-2 past the voxel limit, or cut short, is still refused."""
+    from data.readers import StudyError, read_study
+
+    one = nib.load(str(DATA / name))
+    if shape == "2d":
+        one = nib.Nifti1Image(np.asanyarray(one.dataobj)[:, :, 16], one.affine, one.header)
+    elif shape == "4d":
+        one = nib.Nifti1Image(np.asanyarray(one.dataobj)[..., None], one.affine, one.header)
+    elif shape == "qform":
+        one.header.set_sform(None, code=0)
+    nib.save(one, tmp_path / "one.nii.gz")
+    nib.save(nib.Nifti2Image.from_image(one), tmp_path / "two.nii.gz")
+    assert nib.load(tmp_path / "two.nii.gz").header.sizeof_hdr == 540
+    a, b = read_study(tmp_path / "one.nii.gz"), read_study(tmp_path / "two.nii.gz")
+    assert a.array.dtype == b.array.dtype and a.source.geometry == b.source.geometry
+    np.testing.assert_array_equal(a.array, b.array)
+    np.testing.assert_allclose(a.spacing, b.spacing, rtol=1e-6)
+    np.testing.assert_allclose(a.origin, b.origin, atol=1e-5)
+    np.testing.assert_allclose(a.direction, b.direction, atol=1e-6)
+    with pytest.raises(StudyError, match="voxels is more than the limit of 1000"):
+        read_study(tmp_path / "two.nii.gz", max_voxels=1000)
+    raw = gzip.decompress((tmp_path / "two.nii.gz").read_bytes())
+    (tmp_path / "cut.nii").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(StudyError, match="cut.nii: "):
+        read_study(tmp_path / "cut.nii")

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data.pictures import read_mask_image
+from data.pictures import PNG_SIGNATURE, read_mask_image
 from data.readers import StudyError, StudyWarning, read_study
 from tests.conftest import DATA
 
@@ -317,20 +317,45 @@ def test_a_grey_alpha_png_is_a_mask_of_its_painted_visible_pixels_and_an_image_w
     np.testing.assert_array_equal(vol.array[0], grey)
 
 
-@pytest.mark.parametrize("where", ["before", "after"])
-def test_a_png_whose_metadata_inflates_past_pillows_guard_is_refused_naming_the_metadata(tmp_path, slice_8bit, where):
-    """The Colin27 slice with a 2 MB comment (a zTXt chunk, before or after its image data): refused as `not a readable
-    PNG/JPEG image (Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)`, blaming the picture, whose pixels
-    are whole (session 25's leftover; hostile25b). Pillow's guard stays; the line says what tripped it."""
-    comment = _chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"x" * 2_000_000))
-    png = _png(slice_8bit)
+BIG = zlib.compress(b"x" * 2_000_000)  # 2 MB inflated: past Pillow's 1 MB a text or ICC-profile chunk
+OVERSIZED_METADATA = {"zTXt": b"Comment\0\0" + BIG, "iTXt": b"Comment\0\1\0en\0Comment\0" + BIG,
+                      "iCCP": b"ICC profile\0\0" + BIG}
+
+
+def _with_chunk(png: bytes, chunk: bytes, where: str) -> bytes:
     at = png.index(b"IDAT") - 4 if where == "before" else png.index(b"IEND") - 4
-    (tmp_path / "commented.png").write_bytes(png[:at] + comment + png[at:])
-    with pytest.raises(StudyError) as e:
-        read_study(tmp_path / "commented.png")
-    assert str(e.value) == (f"{tmp_path / 'commented.png'}: its metadata (a text or ICC-profile chunk, not the "
-                            "picture) inflates past Pillow's limit of 1 MB a chunk (64 MB in all), which guards "
-                            "against decompression bombs; save the picture without its metadata (e.g. optipng -strip "
-                            "all, or exiftool -all= IN) and open that")
-    (tmp_path / "plain.png").write_bytes(png)
-    np.testing.assert_array_equal(read_study(tmp_path / "plain.png").array[0], slice_8bit)
+    return png[:at] + chunk + png[at:]
+
+
+@pytest.mark.parametrize("kind", sorted(OVERSIZED_METADATA))
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_png_whose_metadata_inflates_past_pillows_guard_opens_without_it(tmp_path, slice_8bit, kind, where):
+    """The Colin27 slice with a 2 MB comment or ICC profile (a zTXt, iTXt or iCCP chunk, before or after its image
+    data): refused as `not a readable PNG/JPEG image (Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)`
+    (session 25's leftover), then as metadata past Pillow's guard (hostile25b), though its pixels are whole. The chunk
+    is left out now, Pillow's guard as it was: the picture opens as stored, as an image and as a mask (session 26)."""
+    path = tmp_path / "commented.png"
+    path.write_bytes(_with_chunk(_png(slice_8bit), _chunk(kind.encode(), OVERSIZED_METADATA[kind]), where))
+    np.testing.assert_array_equal(read_study(path).array[0], slice_8bit)
+    np.testing.assert_array_equal(read_mask_image(path), slice_8bit > 0)
+
+
+def test_a_png_with_oversized_metadata_is_still_refused_for_a_bomb_or_cut_image_data(tmp_path, slice_8bit):
+    """Leaving out the oversized metadata (above) lowers no guard on the picture: with the 2 MB comment, a
+    decompression bomb in the image data (20000 x 20000 pixels of 0, 400 MB from a file of 0.4 MB) is refused by
+    Pillow's pixel guard, and image data that ends early by medseg's check, as without it (session 26)."""
+    comment = _chunk(b"zTXt", OVERSIZED_METADATA["zTXt"])
+    side = 20_000
+    squeeze, row = zlib.compressobj(9), b"\0" * (side + 1)
+    bomb = b"".join(squeeze.compress(row) for _ in range(side)) + squeeze.flush()
+    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+    path = tmp_path / "bomb.png"
+    path.write_bytes(PNG_SIGNATURE + header + comment + _chunk(b"IDAT", bomb) + _chunk(b"IEND", b""))
+    with pytest.raises(StudyError, match=r"bomb\.png: image too large to open safely \(Image size \(400000000 pixels\) "
+                                         r"exceeds limit"):
+        read_study(path)
+    h = slice_8bit.shape[0]
+    path = tmp_path / "cut.png"
+    path.write_bytes(_with_chunk(_png(slice_8bit, rows=h // 3), comment, "before"))
+    with pytest.raises(StudyError, match=rf"cut\.png: the PNG's image data ends after {h // 3} of {h} rows"):
+        read_study(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -1270,16 +1271,41 @@ def test_a_series_of_one_frame_rt_doses_opens_in_its_dose_units_slice_by_slice(t
                                 "one unit)")
 
 
-def test_a_one_frame_rt_dose_with_one_frame_offset_is_refused_naming_the_field(tmp_path):
-    """One-frame RT Doses carrying GridFrameOffsetVector [0] (its Frame Increment Pointer's field): read alone it was
-    `could not be read (TypeError: 'DSfloat' object is not iterable)`; as a series GDCM failed in its own words (`the
-    DICOM series could not be read (An invalid logic behavior occurred...)`), blaming the pixels (hostile25b)."""
-    _one_frame_doses(tmp_path / "doses", offsets=True)
-    why = ("a one-frame RT Dose whose GridFrameOffsetVector holds one value, which the decoder here cannot read (it "
-           "needs two); remove the field, which places nothing ImagePositionPatient does not (e.g. dcmodify -e "
-           "GridFrameOffsetVector IN), and open that")
-    refused(tmp_path / "doses" / "d03.dcm", f"{tmp_path / 'doses' / 'd03.dcm'}: {why}")
-    refused(tmp_path / "doses", f"{tmp_path / 'doses'}: d00.dcm: {why}")
+def test_a_one_frame_rt_dose_with_one_frame_offset_opens_as_pydicom_reads_it(tmp_path, monkeypatch):
+    """One-frame RT Doses carrying GridFrameOffsetVector [0] (its Frame Increment Pointer's field), valid: read alone it
+    was `could not be read (TypeError: 'DSfloat' object is not iterable)`; as a series GDCM failed in its own words
+    (hostile25b), then both were refused naming the field (session 25). GDCM now reads a copy without the field: each
+    opens in its dose units, voxels and grid as pydicom reads the file (session 26). An offset that is no number, or an
+    absolute one that disagrees with ImagePositionPatient, is refused."""
+    doses = _one_frame_doses(tmp_path / "doses", offsets=True)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the copies go, to see them gone
+    ds = pydicom.dcmread(tmp_path / "doses" / "d03.dcm")
+    one = read_study(tmp_path / "doses" / "d03.dcm")
+    np.testing.assert_array_equal(one.array, ds.pixel_array[None] * float(ds.DoseGridScaling))
+    assert one.origin == tuple(float(v) for v in ds.ImagePositionPatient)
+    assert one.spacing[:2] == (float(ds.PixelSpacing[1]), float(ds.PixelSpacing[0]))
+    np.testing.assert_array_equal(np.asarray(one.direction).reshape(3, 3)[:, :2].T.ravel(),
+                                  [float(v) for v in ds.ImageOrientationPatient])
+    series = read_study(tmp_path / "doses")
+    assert series.array.shape == (15, 10, 10) and series.spacing == (10.0, 10.0, 5.0)
+    np.testing.assert_allclose(series.array, doses, rtol=1e-12)
+    assert series.origin == tuple(float(v) for v in pydicom.dcmread(tmp_path / "doses" / "d00.dcm").ImagePositionPatient)
+    assert not list((tmp_path / "tmp").iterdir())
+    z = float(ds.ImagePositionPatient[2])
+    ds.GridFrameOffsetVector = [z]  # absolute, agreeing: opens
+    ds.save_as(tmp_path / "abs.dcm")
+    np.testing.assert_array_equal(read_study(tmp_path / "abs.dcm").array, one.array)
+    ds.GridFrameOffsetVector = [z + 10]
+    ds.save_as(tmp_path / "doses" / "d03.dcm")
+    refused(tmp_path / "doses", f"{tmp_path / 'doses'}: d03.dcm: GridFrameOffsetVector begins at {z + 10:g}, so its "
+                                f"offsets are the frames' z coordinates (absolute), but ImagePositionPatient's z is "
+                                f"{z:g}; expected the first offset to be 0 (relative) or the first frame's z: where the "
+                                "grid lies is in doubt")
+    ds.GridFrameOffsetVector = ["nan"]
+    ds.save_as(tmp_path / "nan.dcm")
+    refused(tmp_path / "nan.dcm", f"{tmp_path / 'nan.dcm'}: GridFrameOffsetVector [nan] holds a value that is not a "
+                                  "number; expected one offset in mm per frame")
 
 
 def test_an_rt_dose_whose_absolute_frame_offsets_disagree_with_its_position_is_refused(tmp_path):
