@@ -835,3 +835,28 @@ def test_keys_on_the_focused_image_are_the_viewers_alone(browser, server, ct):
         assert page.evaluate("document.activeElement.id") != "viewer-canvas"
     finally:
         context.close()
+
+
+def test_a_narrow_window_shows_the_image_first_and_a_wide_one_keeps_its_three_columns(browser, server, ct):
+    """Session 25's second pass: an 800x600 window stacks the page's three columns, and the sidebar came first: the
+    canvas began 765 px down the page, below the fold, so the study just opened was not in view. The viewer's column
+    now comes first when they stack (``app/ui.py``'s PAGE_CSS) and a study opened by the sidebar's button below it is
+    scrolled into view, toolbar and all; a 1280x800 window keeps the sidebar, viewer and tools side by side."""
+    for width, height in ((800, 600), (1280, 800)):
+        context, page, sid = _open_page(browser, server, viewport={"width": width, "height": height})
+        try:
+            _open_sample(page)
+            canvas = page.locator("#viewer-canvas").bounding_box()
+            status = page.locator("#viewer-status").bounding_box()
+            sidebar = page.locator("#sample").bounding_box()
+            tools = page.locator("#label").bounding_box()
+            assert 0 <= canvas["y"] and canvas["y"] + canvas["height"] <= height, (width, canvas)
+            assert status["y"] + status["height"] <= height, (width, status)
+            if width == 800:  # stacked: the viewer's toolbar and image, then the sidebar's and tools' controls
+                assert page.locator(".mv-toolbar").bounding_box()["y"] >= 0
+                assert sidebar["y"] > canvas["y"] + canvas["height"] and tools["y"] > canvas["y"] + canvas["height"]
+            else:  # side by side, the sidebar on the left, the tools on the right, as before
+                assert sidebar["x"] + sidebar["width"] < canvas["x"] < canvas["x"] + canvas["width"] < tools["x"]
+                assert sidebar["y"] < canvas["y"] + canvas["height"] and tools["y"] < canvas["y"] + canvas["height"]
+        finally:
+            context.close()
