@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.viewer.geometry import from_plane
+from app.viewer.geometry import from_plane, to_plane
 from tests.e2e.conftest import needs_browser
 from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, _drag, _idle, _label_defs, _open_page, \
     _open_sample, _wait_server, _wait_status, _xy
@@ -860,3 +860,59 @@ def test_a_narrow_window_shows_the_image_first_and_a_wide_one_keeps_its_three_co
                 assert sidebar["y"] < canvas["y"] + canvas["height"] and tools["y"] < canvas["y"] + canvas["height"]
         finally:
             context.close()
+
+
+def test_the_keyboard_alone_places_a_point_and_a_box(browser, server, ct):
+    """Session 25's second pass: the keyboard reached every tool and button, but a point or a box needed the mouse or
+    a finger on the image. K now shows a cursor on the focused image: the arrows move it (shift: 10 pixels), Enter
+    clicks there (shift+Enter: a negative point) and C, then C, drags a box between two corners, each as the mouse's
+    own events (one prompt path)."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.focus("#label-opacity")
+        page.keyboard.press("Tab")  # the image, as a keyboard user reaches it
+        page.keyboard.press("k")
+        _said(page, "Keyboard cursor")
+
+        def cursor() -> tuple[float, float]:
+            _, x, y = to_plane(ct, "coronal", page.evaluate("medsegViewer.keyCursor.mm"))
+            return x, y
+
+        x0, y0 = cursor()
+        page.keyboard.press("Shift+ArrowUp")
+        page.keyboard.press("ArrowLeft")
+        x, y = cursor()
+        assert (x, y) == pytest.approx((x0 - 1, y0 - 10), abs=0.6)  # one pixel left, ten up
+        ring = page.evaluate("""() => { const v = medsegViewer, k = window.devicePixelRatio || 1;
+            const at = v.toCanvas(v.keyCursor.mm, v.keyCursor.view);
+            return Array.from(v.overlay.getContext('2d').getImageData(Math.round((at[0] + 9) * k), Math.round(at[1] * k),
+                                                                      1, 1).data) }""")
+        assert ring[1] > 180 and ring[2] > 180 and ring[0] < 80, ring  # the cursor's cyan ring is drawn
+        page.keyboard.press("Enter")
+        _wait_status(page, "Positive click (1 point)")
+        _idle(page)
+        assert server.labels(sid).any()
+        assert server.store.get(sid).prompt.points[0] == pytest.approx((x, y), abs=0.6)
+        page.keyboard.press("Shift+ArrowRight")
+        page.keyboard.press("Shift+Enter")
+        _wait_status(page, "Negative click (2 points)")
+        _idle(page)
+
+        page.keyboard.press("n")
+        for key in ["Shift+ArrowUp"] * 3 + ["Shift+ArrowRight"] * 3:
+            page.keyboard.press(key)
+        a = cursor()
+        page.keyboard.press("c")
+        _said(page, "Box corner marked")
+        for key in ["Shift+ArrowDown"] * 6 + ["Shift+ArrowLeft"] * 6:
+            page.keyboard.press(key)
+        b = cursor()
+        page.keyboard.press("c")
+        _wait_status(page, "Box: overlay updated")
+        _idle(page)
+        x0, y0, x1, y1 = server.store.get(sid).prompt.box
+        assert (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)) == pytest.approx(
+            (min(a[0], b[0]), min(a[1], b[1]), max(a[0], b[0]), max(a[1], b[1])), abs=1.0)
+    finally:
+        context.close()

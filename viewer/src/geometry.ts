@@ -102,6 +102,12 @@ export const geometryMethods = {
   },
 
   brushRadiusCss(this: Viewer, x: number, y: number): number {
+    return (this.brushPx / 2) * this.voxelCss(x, y)
+  },
+
+  /** CSS pixels a voxel of the study spans on the screen at a canvas point (0 off the slices): the brush's ring,
+   * the keyboard cursor's step. */
+  voxelCss(this: Viewer, x: number, y: number): number {
     const dpr = (this.nv.uiData as any).dpr || 1
     const tile = this.nv.tileIndex(x * dpr, y * dpr)
     if (tile < 0) return 0
@@ -112,7 +118,7 @@ export const geometryMethods = {
     // patient's right on the left): the radius came out negative, the ring was drawn as a 2 px dot whatever the
     // brush size (the cursor is hidden over the image) and the stroke's trail as a hairline
     const pxPerMM = Math.abs(s.leftTopWidthHeight[2] / s.fovMM[0]) / dpr
-    return (this.brushPx / 2) * mmPerVoxel * pxPerMM
+    return mmPerVoxel * pxPerMM
   },
 }
 

@@ -14,6 +14,7 @@ export const studyLoaderMethods = {
 
   async loadStudy(this: Viewer, s: State): Promise<void> {
     this.dropDragForStudy(s.name ?? 'another study')
+    this.keyCursor = null; this.keyMark = null  // a place on the last study
     this.study = s.study
     this.locked = this.storedLocks()  // this study's: label 1 locked on the last study is another structure
     this.loadFailed = null
