@@ -12,8 +12,8 @@ import pytest
 
 from app.viewer.geometry import from_plane, to_plane
 from tests.e2e.conftest import needs_browser
-from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, _drag, _idle, _label_defs, _open_page, \
-    _open_sample, _wait_server, _wait_status, _xy
+from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, VIEWPORT, _drag, _idle, _label_defs, \
+    _open_page, _open_sample, _wait_server, _wait_status, _xy
 
 pytestmark = needs_browser
 
@@ -885,9 +885,8 @@ def test_the_keyboard_alone_places_a_point_and_a_box(browser, server, ct):
         x, y = cursor()
         assert (x, y) == pytest.approx((x0 - 1, y0 - 10), abs=0.6)  # one pixel left, ten up
         ring = page.evaluate("""() => { const v = medsegViewer, k = window.devicePixelRatio || 1;
-            const at = v.toCanvas(v.keyCursor.mm, v.keyCursor.view);
-            return Array.from(v.overlay.getContext('2d').getImageData(Math.round((at[0] + 9) * k), Math.round(at[1] * k),
-                                                                      1, 1).data) }""")
+            const at = v.toCanvas(v.keyCursor.mm, v.keyCursor.view), g = v.overlay.getContext('2d');
+            return Array.from(g.getImageData(Math.round((at[0] + 9) * k), Math.round(at[1] * k), 1, 1).data) }""")
         assert ring[1] > 180 and ring[2] > 180 and ring[0] < 80, ring  # the cursor's cyan ring is drawn
         page.keyboard.press("Enter")
         _wait_status(page, "Positive click (1 point)")
@@ -914,5 +913,24 @@ def test_the_keyboard_alone_places_a_point_and_a_box(browser, server, ct):
         x0, y0, x1, y1 = server.store.get(sid).prompt.box
         assert (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)) == pytest.approx(
             (min(a[0], b[0]), min(a[1], b[1]), max(a[0], b[0]), max(a[1], b[1])), abs=1.0)
+    finally:
+        context.close()
+
+
+def test_at_css_zoom_200_the_image_and_its_status_line_fit_the_window(browser, server, ct):
+    """Session 25's second pass: the stage is the window's height less the toolbar's and status line's (``100vh -
+    200px``), but under CSS zoom ``100vh`` is the unzoomed window's: at 200 % the stage was twice the window's height
+    (1400 px in a 900 px window) and the status line below it off screen wherever the page was scrolled. The stage
+    now takes the zoom into account: with the viewer scrolled to the top, image and status line are in view."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.evaluate("document.documentElement.style.zoom = '2'")
+        page.wait_for_function("medsegViewer.stage.getBoundingClientRect().height < innerHeight", timeout=LOCAL_MS)
+        page.evaluate("medsegViewer.root.scrollIntoView({block: 'start'})")
+        stage = page.locator("#viewer-stage").bounding_box()
+        status = page.locator("#viewer-status").bounding_box()
+        assert stage["y"] >= 0 and status["y"] + status["height"] <= VIEWPORT["height"], (stage, status)
+        assert stage["height"] >= 0.6 * VIEWPORT["height"]  # the image as large as fits, not the 320 px minimum alone
     finally:
         context.close()

@@ -17,6 +17,15 @@ export const geometryMethods = {
     return [(e.clientX - r.left) * kx, (e.clientY - r.top) * ky]
   },
 
+  /** The stage sized for the page's CSS zoom (an embedding page's, a zoom extension's; not the browser's own, which
+   * changes the window's CSS size): its height is the window's less the toolbar's and status line's, on the screen. */
+  fitStageToZoom(this: Viewer): void {
+    const shown = this.stage.offsetHeight
+    if (!shown) return
+    const k = String(Math.round((this.stage.getBoundingClientRect().height / shown) * 100) / 100)
+    if (k !== '0' && k !== this.root.style.getPropertyValue('--mv-zoom')) this.root.style.setProperty('--mv-zoom', k)
+  },
+
   /** The view and world position under a canvas point (CSS pixels), or null outside the slices. */
   pick(this: Viewer, x: number, y: number): { view: string; mm: number[] } | null {
     const dpr = (this.nv.uiData as any).dpr || window.devicePixelRatio || 1

@@ -204,7 +204,7 @@ export class Viewer {
     // the image moves under the mouse, and the stroke joined its last point to the next with a band where the brush
     // never went. Cut there, as M or a zoom mid-stroke (breakStroke)
     new ResizeObserver(() => { this.breakStroke(); this.drawOverlay() }).observe(this.stage)
-    setInterval(() => this.pollState(), 100)
+    setInterval(() => { this.pollState(); this.fitStageToZoom() }, 100)
     this.pollState()
     this.scheduleNews()
   }
