@@ -56,7 +56,6 @@ NO_COOKIE = ("this page needs its session cookie: allow cookies for this site, t
              "(the cookie holds only a random token)")
 
 SIDEBAR_MIN_PX, VIEWER_MIN_PX, TOOLS_MIN_PX = 250, 520, 260  # the columns' least widths (Gradio's min_width)
-ROW_GAP_PX = 12  # Gradio's gap between a row's columns
 
 # The page's own style: the hidden state and sync elements the viewer talks through, a compact page.
 PAGE_CSS = """
@@ -67,7 +66,7 @@ PAGE_CSS = """
 #status { min-height: 1.5em; }
 .gradio-container { max-width: 100% !important; padding-top: 4px !important; }
 /* under 1024 px Gradio's page is 768 px wide, too narrow for the sidebar and the viewer side by side
-   (SIDEBAR_MIN_PX + ROW_GAP_PX + VIEWER_MIN_PX), and the three columns stack: the viewer's first, so the study
+   (SIDEBAR_MIN_PX + Gradio's 12 px gap + VIEWER_MIN_PX), and the three columns stack: the viewer's first, so the study
    just opened is in view rather than 700 px down, below the sidebar's controls (Gradio drops @container rules).
    The browser's scroll anchoring is off there: the status line growing a line scrolled the image 20 px up */
 @media (max-width: 1023px) { #viewer-column { order: -1; } #main-row { overflow-anchor: none; } }
