@@ -658,6 +658,46 @@ PROMPT_ON_DISK = "prompt_on_disk"  # session.runtime key: (the PromptState promp
 log = logging.getLogger(__name__)
 
 
+def _alternatives_arrays(alternatives: tuple) -> dict[str, np.ndarray]:
+    """A lone first click's candidates (mask, logits, score, box or None) as prompt.npz's arrays: the masks' bits,
+    the logits, scores and boxes (NaN for none). Why: after a restart the ``Alternative`` choice of the object's first
+    click was gone, its masks not saved."""
+    masks = np.stack([np.asarray(a[0], bool) for a in alternatives])
+    return {"alt_masks": np.packbits(masks), "alt_mask_shape": np.array(masks.shape),
+            "alt_logits": np.stack([np.asarray(a[1], np.float32) for a in alternatives]),
+            "alt_scores": np.array([float(a[2]) for a in alternatives]),
+            "alt_boxes": np.array([a[3] if len(a) > 3 and a[3] is not None else (np.nan,) * 4 for a in alternatives],
+                                  np.float64)}
+
+
+def _alternatives_of(z, plane_shape: tuple[int, ...]) -> tuple:
+    """The candidates :func:`_alternatives_arrays` wrote, () when there are none; ValueError when they are not of
+    ``plane_shape`` or their counts differ (a damaged file)."""
+    if "alt_masks" not in z.files:
+        return ()
+    shape = tuple(int(n) for n in z["alt_mask_shape"])
+    n = shape[0]
+    logits, scores, boxes = np.array(z["alt_logits"], np.float32), z["alt_scores"], z["alt_boxes"]
+    if shape[1:] != tuple(plane_shape) or len(logits) != n or scores.shape != (n,) or boxes.shape != (n, 4):
+        raise ValueError(f"its {n} alternatives are not of its plane {tuple(plane_shape)} or not one of each")
+    masks = np.unpackbits(z["alt_masks"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+    return tuple((masks[i], logits[i], float(scores[i]),
+                  None if np.isnan(boxes[i]).any() else tuple(float(v) for v in boxes[i])) for i in range(n))
+
+
+def _check_logits(model: str, logits: list[np.ndarray | None]) -> None:
+    """ValueError unless each of ``logits`` is the (1, side, side) finite low-res logits ``model``'s decoder takes back.
+    Why: a damaged prompt.npz's were restored as they came, and the next click failed on them (the model refused the
+    mask prompt) where the restore could have dropped the object."""
+    from models.registry import get_spec  # torch: only once a prompt is restored
+
+    side = get_spec(model).low_res_size
+    for a in logits:
+        if a is not None and (a.shape != (1, side, side) or not np.isfinite(a).all()):
+            raise ValueError(f"its low-res logits are {a.shape}{'' if np.isfinite(a).all() else ', not all finite'};"
+                             f" model {model} takes (1, {side}, {side})")
+
+
 def _checked_name(name: str, unchanged: str | None = None) -> str:
     """A typed label name, stripped; SessionError past :data:`MAX_LABEL_NAME` characters (``unchanged``, the name the
     label already has, passes: a colour change sends it back, and a session saved before the bound kept it)."""
@@ -884,6 +924,8 @@ class SessionStore:
                       "base_shape": np.array(base.shape), "base_dtype": np.array(base.dtype.str)}
             if p.logits is not None:
                 arrays["logits"] = np.asarray(p.logits)
+            if p.alternatives:
+                arrays.update(_alternatives_arrays(p.alternatives))
             tmp = session.directory / f".{PROMPT_FILE}.{token}.tmp"
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
@@ -892,7 +934,8 @@ class SessionStore:
             session.runtime[PROMPT_ON_DISK] = on_disk
         return {"view": p.view, "index": p.index, "label": p.label, "points": [list(q) for q in p.points],
                 "point_labels": list(p.point_labels), "box": list(p.box) if p.box is not None else None,
-                "corner": list(p.corner) if p.corner is not None else None, "arrays": on_disk[1]}
+                "corner": list(p.corner) if p.corner is not None else None, "arrays": on_disk[1],
+                "chosen": p.chosen}
 
     def save_soon(self, session: Session) -> None:
         """A change of what is shown (slice, window), no annotation: saved in the background, coalesced per
@@ -1006,6 +1049,7 @@ class SessionStore:
                 shape, dtype = tuple(int(n) for n in z["base_shape"]), np.dtype(str(z["base_dtype"]))
                 base = PackedArray.from_compressed(z["base"].tobytes(), shape, dtype).unpack()
                 logits = np.array(z["logits"], np.float32) if "logits" in z.files else None
+                alternatives = _alternatives_of(z, shape)
             view, index, label = str(meta["view"]), int(meta["index"]), int(meta["label"])
             if index < 0:
                 raise ValueError(f"slice {index}")
@@ -1016,12 +1060,16 @@ class SessionStore:
             point_labels = tuple(int(v) for v in meta["point_labels"])
             if len(points) != len(point_labels):
                 raise ValueError("its points and their signs differ in number")
+            _check_logits(session.model, [logits, *(a[1] for a in alternatives)])
+            chosen = int(meta.get("chosen", 0))
+            if alternatives and not 0 <= chosen < len(alternatives):
+                raise ValueError(f"alternative {chosen} chosen of {len(alternatives)}")
             box, corner = meta.get("box"), meta.get("corner")
             session.prompt = PromptState(
                 view=view, index=index, label=label, points=points, point_labels=point_labels,
                 box=tuple(float(v) for v in box) if box is not None else None,  # type: ignore[arg-type]
                 corner=tuple(float(v) for v in corner) if corner is not None else None,  # type: ignore[arg-type]
-                base=base, logits=logits)
+                base=base, logits=logits, alternatives=alternatives, chosen=chosen)
         except Exception as e:  # noqa: BLE001 - a damaged or mismatched file: the object goes, never the labels
             log.warning("session %s: the object being refined was not restored (%s: %s); the next click starts "
                         "a new one", session.id, type(e).__name__, e)

@@ -55,6 +55,8 @@ BATCHED_CONCURRENCY = 32  # model events in flight when the runner batches encod
 NO_COOKIE = ("this page needs its session cookie: allow cookies for this site, then reload "
              "(the cookie holds only a random token)")
 
+SIDEBAR_MIN_PX, VIEWER_MIN_PX, TOOLS_MIN_PX = 250, 520, 260  # the columns' least widths (Gradio's min_width)
+
 # The page's own style: the hidden state and sync elements the viewer talks through, a compact page.
 PAGE_CSS = """
 .mv-hidden { display: none !important; }
@@ -63,6 +65,11 @@ PAGE_CSS = """
 .form:not(:has(> :not(.mv-hidden))) { display: none !important; }
 #status { min-height: 1.5em; }
 .gradio-container { max-width: 100% !important; padding-top: 4px !important; }
+/* under 1024 px Gradio's page is 768 px wide, too narrow for the sidebar and the viewer side by side
+   (SIDEBAR_MIN_PX + Gradio's 12 px gap + VIEWER_MIN_PX), and the three columns stack: the viewer's first, so the study
+   just opened is in view rather than 700 px down, below the sidebar's controls (Gradio drops @container rules).
+   The browser's scroll anchoring is off there: the status line growing a line scrolled the image 20 px up */
+@media (max-width: 1023px) { #viewer-column { order: -1; } #main-row { overflow-anchor: none; } }
 """
 
 
@@ -106,8 +113,8 @@ def build_app(config: UIConfig):
     with gr.Blocks(title="medseg", delete_cache=(3600, 86400)) as demo:
         demo.medseg_ctx, demo.medseg_shelf = ctx, shelf  # for launch(): the middleware's view of sessions
         sid = gr.State(None)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=250):
+        with gr.Row(equal_height=False, elem_id="main-row"):
+            with gr.Column(scale=1, min_width=SIDEBAR_MIN_PX):
                 gr.Markdown("**medseg**: promptable segmentation of CT, MR and photographs")
                 with gr.Group():
                     sample = gr.Dropdown(samples, value=samples[0], label="Bundled sample", elem_id="sample")
@@ -135,7 +142,7 @@ def build_app(config: UIConfig):
                                            label="Keep patient identifiers (SEG headers, file names; off: de-identified)")
                     export_btn = gr.Button("Export labels", size="sm", elem_id="export-btn")
                     download = gr.DownloadButton("Download", visible=False, size="sm", elem_id="download")
-            with gr.Column(scale=4, min_width=520):
+            with gr.Column(scale=4, min_width=VIEWER_MIN_PX, elem_id="viewer-column"):
                 gr.HTML('<div id="medseg-viewer">The viewer is loading (if it never appears, run <code>make</code> '
                         'to build it).</div>', elem_id="viewer-panel", padding=False)
                 viewer_state = gr.HTML("", elem_id="viewer-state", elem_classes=["mv-hidden"])
@@ -143,7 +150,7 @@ def build_app(config: UIConfig):
                 # the plane the viewer shows, written by the viewer as it pages: sent with the buttons that act on it
                 viewer_shown = gr.Textbox("", elem_id="viewer-shown", elem_classes=["mv-hidden"], max_lines=1)
                 status = gr.Markdown("", elem_id="status", elem_classes=["mv-hidden"])  # shown by the viewer
-            with gr.Column(scale=1, min_width=260):
+            with gr.Column(scale=1, min_width=TOOLS_MIN_PX):
                 table = gr.Dataframe(
                     headers=["#", "label", "px on slice", "mm² on slice", "mL in study"],
                     interactive=False, elem_id="measurements", label="Labels", max_height=180,

@@ -33,6 +33,7 @@ class ModelSpec:
     weight_file: str  # file name expected in weights/
     build: Callable[[dict[str, torch.Tensor], str], Segmenter]  # (state_dict, device) -> Segmenter
     input_size: int
+    low_res_size: int = 256  # the side of the decoder's low-res logits (Prompts.mask_logits; a restored object's)
     prompt_types: tuple[str, ...] = ("box", "points", "mask")
     sha256: str | None = None  # pinned where we know the official file
     source: str = ""
@@ -257,6 +258,7 @@ def _register_builtin() -> None:
                 weight_file=v.weight_file,
                 build=partial(_build_sam2, variant=v.name),
                 input_size=v.image_size,
+                low_res_size=v.image_size // 4,  # Sam2Segmenter.low_res_size
                 prompt_types=("box", "points", "mask"),
                 source=v.source + "; needs `pip install sam2==1.1.0` (SAM2_BUILD_CUDA=0)",
                 extra={"memory_3d": True},
@@ -270,6 +272,7 @@ def _register_builtin() -> None:
                 weight_file=weight_file,
                 build=build,
                 input_size=input_size,
+                low_res_size=input_size // 4,  # SAM's decoder: 4x the embedding's side of input_size / 16
                 prompt_types=prompt_types,
                 source=source,
             )

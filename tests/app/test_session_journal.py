@@ -5,6 +5,7 @@ every acknowledged edit, an edit cut mid-record is dropped whole, and a full sav
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from app import save_journal
 from app.session import Edit, SessionStore
@@ -190,3 +191,69 @@ def test_the_object_being_refined_survives_a_kill_and_a_stale_one_is_never_resto
     (tmp_path / s.id / PROMPT_FILE).write_bytes(stale)
     again = SessionStore(tmp_path, ttl_s=3600).get(s.id)
     assert again.prompt is None and int((again.labels == 1).sum()) == 200
+
+
+def _refined(tmp_path, **prompt):
+    """A session killed after one click whose object is ``prompt`` (on the shown plane, label 1, journalled)."""
+    from dataclasses import replace
+
+    from app.session import PromptState
+
+    store = _killed_store(tmp_path)
+    s = _open(store)
+    view, index = s.view.view, s.view.index[s.view.view]
+    after = PromptState(view, index, 1, points=((100.0, 80.5),), point_labels=(1,),
+                        base=np.array(s.region(view, index), copy=True), **prompt)
+    edit = replace(_paint(s, 1, slice(10, 20)), prompt_after=after)
+    s.apply(edit, "click+")
+    store.save_edit(s, edit)
+    return s, after
+
+
+def test_the_first_clicks_alternatives_survive_a_restart(tmp_path):
+    """Session 25's pass: the object restored after a restart had no first-click alternatives (their masks were not
+    saved in prompt.npz), so the Alternative choice of that click was gone. They are now saved with it: masks,
+    logits, predicted IoU, box (or none), and which one is applied."""
+    rng = np.random.default_rng(1)
+    s0, _ = _refined(tmp_path / "probe")
+    plane = s0.region(s0.view.view, s0.view.index[s0.view.view]).shape
+    alternatives = tuple((rng.random(plane) > 0.5, rng.normal(size=(1, 256, 256)).astype(np.float32), score, box)
+                         for score, box in ((0.72, (1.0, 2.0, 30.0, 40.0)), (0.88, None), (0.5, (3.5, 4.0, 9.0, 9.5))))
+    s, after = _refined(tmp_path / "kept", logits=alternatives[1][1], alternatives=alternatives, chosen=1)
+    p = SessionStore(tmp_path / "kept", ttl_s=3600).get(s.id).prompt
+    assert p is not None and p.chosen == 1 and len(p.alternatives) == 3
+    for got, want in zip(p.alternatives, alternatives):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        assert got[2:] == want[2:]
+
+
+@pytest.mark.parametrize("logits", [np.zeros((1, 64, 64), np.float32), np.full((1, 256, 256), np.nan, np.float32)],
+                         ids=["another_models_size", "not_finite"])
+def test_a_restored_objects_logits_the_model_cannot_take_drop_the_object_at_restore(tmp_path, caplog, logits):
+    """Session 25's pass: a restored object's low-res logits were checked for nothing (only its plane was), so a
+    damaged prompt.npz was restored as it came and the next click failed on them. Logits not of the (1, 256, 256)
+    LiteMedSAM takes back, or not finite, now drop the object at restore with a log line; the labels are kept."""
+    s, _ = _refined(tmp_path, logits=logits)
+    with caplog.at_level("WARNING", logger="app.session"):
+        restored = SessionStore(tmp_path, ttl_s=3600).get(s.id)
+    assert restored.prompt is None and int((restored.labels == 1).sum()) == 100
+    assert "the object being refined was not restored" in caplog.text and "(1, 256, 256)" in caplog.text
+
+
+def test_the_registrys_low_res_size_is_each_segmenters():
+    """The restore's check (above) takes the logits' side from the registry, without loading a model: it must be the
+    side each segmenter's decoder returns and takes back."""
+    from models import sam_med2d, sam_unet
+    from models.litemedsam import LiteMedSAMSegmenter
+    from models.registry import get_spec
+    from models.sam import SamSegmenter
+    from models.tinysam import TinySamSegmenter
+
+    assert get_spec("litemedsam").low_res_size == get_spec("litemedsam-base").low_res_size == \
+        LiteMedSAMSegmenter.low_res_size
+    for name in ("sam_vit_b", "sam_vit_l", "sam_vit_h", "mobilesam"):
+        assert get_spec(name).low_res_size == SamSegmenter.low_res_size
+    assert get_spec("tinysam").low_res_size == TinySamSegmenter.low_res_size
+    assert get_spec("sam_med2d").low_res_size == sam_med2d.LOW_RES_SIZE
+    assert get_spec("sam_unet").low_res_size == sam_unet.LOW_RES_SIZE

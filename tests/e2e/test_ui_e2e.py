@@ -47,8 +47,8 @@ def ct():
 
 def _open_page(browser, server, **context_options):
     """A new browser context's page on the server, and the session it opened (``context_options``: Playwright's,
-    e.g. ``has_touch=True`` for a tablet)."""
-    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True, **context_options)
+    e.g. ``has_touch=True`` for a tablet, ``viewport={...}`` for another window than VIEWPORT)."""
+    context = browser.new_context(**{"viewport": VIEWPORT, "accept_downloads": True, **context_options})
     page = context.new_page()
     before = server.session_ids()
     page.goto(server.url)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.viewer.geometry import from_plane
+from app.viewer.geometry import from_plane, to_plane
 from tests.e2e.conftest import needs_browser
-from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, _drag, _idle, _label_defs, _open_page, \
-    _open_sample, _wait_server, _wait_status, _xy
+from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, VIEWPORT, _drag, _idle, _label_defs, \
+    _open_page, _open_sample, _wait_server, _wait_status, _xy
 
 pytestmark = needs_browser
 
@@ -833,5 +833,104 @@ def test_keys_on_the_focused_image_are_the_viewers_alone(browser, server, ct):
         assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
         page.keyboard.press("Tab")
         assert page.evaluate("document.activeElement.id") != "viewer-canvas"
+    finally:
+        context.close()
+
+
+def test_a_narrow_window_shows_the_image_first_and_a_wide_one_keeps_its_three_columns(browser, server, ct):
+    """Session 25's second pass: an 800x600 window stacks the page's three columns, and the sidebar came first: the
+    canvas began 765 px down the page, below the fold, so the study just opened was not in view. The viewer's column
+    now comes first when they stack (``app/ui.py``'s PAGE_CSS) and a study opened by the sidebar's button below it is
+    scrolled into view, toolbar and all; a 1280x800 window keeps the sidebar, viewer and tools side by side."""
+    for width, height in ((800, 600), (1280, 800)):
+        context, page, sid = _open_page(browser, server, viewport={"width": width, "height": height})
+        try:
+            _open_sample(page)
+            canvas = page.locator("#viewer-canvas").bounding_box()
+            status = page.locator("#viewer-status").bounding_box()
+            sidebar = page.locator("#sample").bounding_box()
+            tools = page.locator("#label").bounding_box()
+            assert 0 <= canvas["y"] and canvas["y"] + canvas["height"] <= height, (width, canvas)
+            assert status["y"] + status["height"] <= height, (width, status)
+            if width == 800:  # stacked: the viewer's toolbar and image, then the sidebar's and tools' controls
+                assert page.locator(".mv-toolbar").bounding_box()["y"] >= 0
+                assert sidebar["y"] > canvas["y"] + canvas["height"] and tools["y"] > canvas["y"] + canvas["height"]
+            else:  # side by side, the sidebar on the left, the tools on the right, as before
+                assert sidebar["x"] + sidebar["width"] < canvas["x"] < canvas["x"] + canvas["width"] < tools["x"]
+                assert sidebar["y"] < canvas["y"] + canvas["height"] and tools["y"] < canvas["y"] + canvas["height"]
+        finally:
+            context.close()
+
+
+def test_the_keyboard_alone_places_a_point_and_a_box(browser, server, ct):
+    """Session 25's second pass: the keyboard reached every tool and button, but a point or a box needed the mouse or
+    a finger on the image. K now shows a cursor on the focused image: the arrows move it (shift: 10 pixels), Enter
+    clicks there (shift+Enter: a negative point) and C, then C, drags a box between two corners, each as the mouse's
+    own events (one prompt path)."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.focus("#label-opacity")
+        page.keyboard.press("Tab")  # the image, as a keyboard user reaches it
+        page.keyboard.press("k")
+        _said(page, "Keyboard cursor")
+
+        def cursor() -> tuple[float, float]:
+            _, x, y = to_plane(ct, "coronal", page.evaluate("medsegViewer.keyCursor.mm"))
+            return x, y
+
+        x0, y0 = cursor()
+        page.keyboard.press("Shift+ArrowUp")
+        page.keyboard.press("ArrowLeft")
+        x, y = cursor()
+        assert (x, y) == pytest.approx((x0 - 1, y0 - 10), abs=0.6)  # one pixel left, ten up
+        ring = page.evaluate("""() => { const v = medsegViewer, k = window.devicePixelRatio || 1;
+            const at = v.toCanvas(v.keyCursor.mm, v.keyCursor.view), g = v.overlay.getContext('2d');
+            return Array.from(g.getImageData(Math.round((at[0] + 9) * k), Math.round(at[1] * k), 1, 1).data) }""")
+        assert ring[1] > 180 and ring[2] > 180 and ring[0] < 80, ring  # the cursor's cyan ring is drawn
+        page.keyboard.press("Enter")
+        _wait_status(page, "Positive click (1 point)")
+        _idle(page)
+        assert server.labels(sid).any()
+        assert server.store.get(sid).prompt.points[0] == pytest.approx((x, y), abs=0.6)
+        page.keyboard.press("Shift+ArrowRight")
+        page.keyboard.press("Shift+Enter")
+        _wait_status(page, "Negative click (2 points)")
+        _idle(page)
+
+        page.keyboard.press("n")
+        for key in ["Shift+ArrowUp"] * 3 + ["Shift+ArrowRight"] * 3:
+            page.keyboard.press(key)
+        a = cursor()
+        page.keyboard.press("c")
+        _said(page, "Box corner marked")
+        for key in ["Shift+ArrowDown"] * 6 + ["Shift+ArrowLeft"] * 6:
+            page.keyboard.press(key)
+        b = cursor()
+        page.keyboard.press("c")
+        _wait_status(page, "Box: overlay updated")
+        _idle(page)
+        x0, y0, x1, y1 = server.store.get(sid).prompt.box
+        assert (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)) == pytest.approx(
+            (min(a[0], b[0]), min(a[1], b[1]), max(a[0], b[0]), max(a[1], b[1])), abs=1.0)
+    finally:
+        context.close()
+
+
+def test_at_css_zoom_200_the_image_and_its_status_line_fit_the_window(browser, server, ct):
+    """Session 25's second pass: the stage is the window's height less the toolbar's and status line's (``100vh -
+    200px``), but under CSS zoom ``100vh`` is the unzoomed window's: at 200 % the stage was twice the window's height
+    (1400 px in a 900 px window) and the status line below it off screen wherever the page was scrolled. The stage
+    now takes the zoom into account: with the viewer scrolled to the top, image and status line are in view."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.evaluate("document.documentElement.style.zoom = '2'")
+        page.wait_for_function("medsegViewer.stage.getBoundingClientRect().height < innerHeight", timeout=LOCAL_MS)
+        page.evaluate("medsegViewer.root.scrollIntoView({block: 'start'})")
+        stage = page.locator("#viewer-stage").bounding_box()
+        status = page.locator("#viewer-status").bounding_box()
+        assert stage["y"] >= 0 and status["y"] + status["height"] <= VIEWPORT["height"], (stage, status)
+        assert stage["height"] >= 0.6 * VIEWPORT["height"]  # the image as large as fits, not the 320 px minimum alone
     finally:
         context.close()

@@ -17,6 +17,15 @@ export const geometryMethods = {
     return [(e.clientX - r.left) * kx, (e.clientY - r.top) * ky]
   },
 
+  /** The stage sized for the page's CSS zoom (an embedding page's, a zoom extension's; not the browser's own, which
+   * changes the window's CSS size): its height is the window's less the toolbar's and status line's, on the screen. */
+  fitStageToZoom(this: Viewer): void {
+    const shown = this.stage.offsetHeight
+    if (!shown) return
+    const k = String(Math.round((this.stage.getBoundingClientRect().height / shown) * 100) / 100)
+    if (k !== '0' && k !== this.root.style.getPropertyValue('--mv-zoom')) this.root.style.setProperty('--mv-zoom', k)
+  },
+
   /** The view and world position under a canvas point (CSS pixels), or null outside the slices. */
   pick(this: Viewer, x: number, y: number): { view: string; mm: number[] } | null {
     const dpr = (this.nv.uiData as any).dpr || window.devicePixelRatio || 1
@@ -102,6 +111,12 @@ export const geometryMethods = {
   },
 
   brushRadiusCss(this: Viewer, x: number, y: number): number {
+    return (this.brushPx / 2) * this.voxelCss(x, y)
+  },
+
+  /** CSS pixels a voxel of the study spans on the screen at a canvas point (0 off the slices): the brush's ring,
+   * the keyboard cursor's step. */
+  voxelCss(this: Viewer, x: number, y: number): number {
     const dpr = (this.nv.uiData as any).dpr || 1
     const tile = this.nv.tileIndex(x * dpr, y * dpr)
     if (tile < 0) return 0
@@ -112,7 +127,7 @@ export const geometryMethods = {
     // patient's right on the left): the radius came out negative, the ring was drawn as a 2 px dot whatever the
     // brush size (the cursor is hidden over the image) and the stroke's trail as a hairline
     const pxPerMM = Math.abs(s.leftTopWidthHeight[2] / s.fovMM[0]) / dpr
-    return (this.brushPx / 2) * mmPerVoxel * pxPerMM
+    return mmPerVoxel * pxPerMM
   },
 }
 

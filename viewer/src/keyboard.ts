@@ -6,6 +6,10 @@ export const SHORTCUTS: [string, string][] = [
   ['click', 'positive point (shift+click: negative)'],
   ['drag', 'box (in point and box modes)'],
   ['Esc', 'cancel a box being drawn'],
+  ['K', 'keyboard cursor on / off (the image focused)'],
+  ['arrows, shift+arrows', 'move the keyboard cursor (shift: 10 pixels)'],
+  ['Enter / shift+Enter', 'click at the keyboard cursor (shift: negative)'],
+  ['C, then C', 'box from the cursor\'s first corner to the second'],
   ['N', 'new object'],
   ['wheel, ↑/↓, PgUp/PgDn', 'page slices'],
   ['ctrl+wheel, +/−, 0', 'zoom in / out / reset'],
@@ -23,13 +27,13 @@ export const SHORTCUTS: [string, string][] = [
 // way or failed) they did nothing, or were undone when it came (M, zoom), without a word.
 const IMAGE_KEYS: Record<string, string> = {
   ArrowUp: 'slice step (↑)', ArrowDown: 'slice step (↓)', PageUp: 'slice step (PgUp)', PageDown: 'slice step (PgDn)',
-  m: 'layout switch (M)', M: 'layout switch (M)', '+': 'zoom (+)', '=': 'zoom (+)', '-': 'zoom (−)', '0': 'zoom reset (0)',
+  m: 'layout switch (M)', M: 'layout switch (M)', k: 'keyboard cursor (K)', K: 'keyboard cursor (K)', '+': 'zoom (+)', '=': 'zoom (+)', '-': 'zoom (−)', '0': 'zoom reset (0)',
 }
 
 // Keys that flip something or act once: held down, the key's repeats (30 a second after half a second) flipped it
 // back and forth, so H, M or O held a moment too long ended hidden or shown, one view or three, by the count of
 // repeats, and N held sent a new object per repeat. A held one acts once, as its first press.
-const ONCE = new Set(['h', 'H', 'm', 'M', 'o', 'O', 'g', 'G', 'n', 'N'])
+const ONCE = new Set(['h', 'H', 'm', 'M', 'o', 'O', 'g', 'G', 'n', 'N', 'k', 'K'])
 
 // the input types whose keys edit text: ctrl+Z there is the field's own undo
 const TEXT_INPUTS = new Set(['text', 'search', 'number', 'email', 'password', 'url', 'tel'])
@@ -62,6 +66,8 @@ export const keyboardMethods = {
   /** The window's keys, in capture: before NiiVue's and the page's own. */
   bindKeys(this: Viewer): void {
     window.addEventListener('keydown', (e) => this.onKey(e), true)
+    // the keyboard cursor is drawn while the image has the focus: its keys act only then
+    for (const type of ['focus', 'blur']) this.stage.addEventListener(type, () => this.drawOverlay())
   },
 
   onKey(this: Viewer, e: KeyboardEvent): void {
@@ -82,6 +88,7 @@ export const keyboardMethods = {
       return
     }
     if (e.repeat && !ctrl && ONCE.has(k)) { e.preventDefault(); e.stopPropagation(); return }
+    if (this.keyCursorKey(e)) { e.preventDefault(); e.stopPropagation(); return }  // the cursor's arrows, Enter, C
     let handled = true
     if (k === 'Escape') {
       if (this.drag) {
@@ -99,6 +106,7 @@ export const keyboardMethods = {
     else if (k === 'r' || k === 'R') this.setTool('brush')
     else if (k === 'e' || k === 'E') this.setTool('erase')
     else if (k === 'v' || k === 'V') this.setTool('navigate')
+    else if (k === 'k' || k === 'K') this.toggleKeyCursor()
     else if (k === 'n' || k === 'N') this.enqueue({ kind: 'new_object' })
     else if (k === '[') this.setBrush(this.brushPx - 1)
     else if (k === ']') this.setBrush(this.brushPx + 1)

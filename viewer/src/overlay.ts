@@ -76,6 +76,7 @@ export const overlayMethods = {
         g.lineCap = 'butt'
       }
     }
+    this.drawKeyCursor(g)
   },
 
   toggleSuggest(this: Viewer): void {

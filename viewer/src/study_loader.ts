@@ -14,6 +14,7 @@ export const studyLoaderMethods = {
 
   async loadStudy(this: Viewer, s: State): Promise<void> {
     this.dropDragForStudy(s.name ?? 'another study')
+    this.keyCursor = null; this.keyMark = null  // a place on the last study
     this.study = s.study
     this.locked = this.storedLocks()  // this study's: label 1 locked on the last study is another structure
     this.loadFailed = null
@@ -51,6 +52,7 @@ export const studyLoaderMethods = {
           'open it again to go back to them.')
       } else this.showStatus(`${s.name ?? 'Study'} in the viewer. Click on a structure or drag a box.`)
       this.root.setAttribute('data-study', s.study || '')
+      this.bringIntoView()
       this.readyWanted = true
       this.requestEncode()
     } catch (e) {
@@ -65,6 +67,13 @@ export const studyLoaderMethods = {
     } finally {
       this.loading = null
     }
+  },
+
+  /** A study just shown: its image in the window. A narrow window stacks the page's columns, the viewer's first
+   * (app/ui.py), and Open sample or Upload below it left the page scrolled past the image just opened. */
+  bringIntoView(this: Viewer): void {
+    const r = this.stage.getBoundingClientRect()
+    if (r.top < 0 || r.bottom > window.innerHeight) this.root.scrollIntoView({ block: 'start' })
   },
 
   /** The crosshair's thickness for the study loaded: NiiVue draws it one voxel wide, a hairline on a 256 x 256 CT but

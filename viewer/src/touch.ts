@@ -39,7 +39,7 @@ export const touchMethods = {
     const g = this.touch
     if (e.type === 'touchstart' && !g && pts.length === 1) {
       this.touch = { fingers: 1, at: pts[0], dist: 0, start: [0, 0, 0], kind: null, swiped: 0 }
-      this.fingerMouse('mousedown', pts[0])
+      this.asMouse('mousedown', pts[0])
     } else if (e.type === 'touchstart' && pts.length >= 2 && g?.fingers !== 2) {
       if (g) this.endOneFinger(g)
       const mid = midpoint(pts)
@@ -47,12 +47,12 @@ export const touchMethods = {
       this.touch = { fingers: 2, at: mid, dist, start: [mid[0], mid[1], dist], kind: null, swiped: 0 }
     } else if (e.type === 'touchmove' && g?.fingers === 1 && pts.length) {
       g.at = pts[0]
-      this.fingerMouse('mousemove', pts[0])
+      this.asMouse('mousemove', pts[0])
     } else if (e.type === 'touchmove' && g?.fingers === 2 && pts.length >= 2) {
       this.twoFingers(g, pts)
     } else if ((e.type === 'touchend' || e.type === 'touchcancel') && !pts.length && g) {
       this.touch = null
-      if (g.fingers === 1) this.fingerMouse('mouseup', g.at)
+      if (g.fingers === 1) this.asMouse('mouseup', g.at)
       else if (g.kind) this.afterNavigate()
     }
   },
@@ -66,7 +66,7 @@ export const touchMethods = {
       this.drag = null
       this.drawOverlay()
     }
-    this.fingerMouse('mouseup', g.at)  // NiiVue's own drag (Navigate) ends too
+    this.asMouse('mouseup', g.at)  // NiiVue's own drag (Navigate) ends too
   },
 
   /** Two fingers moved: once they have moved DECIDE_PX, a pinch (their distance changed most) zooms by its ratio,
@@ -98,12 +98,12 @@ export const touchMethods = {
     g.at = mid
   },
 
-  /** A finger's press, move or release as the mouse's left button's, sent to the canvas: the viewer's own mouse
-   * handlers (and NiiVue's, for Navigate) take it as they take the mouse's. */
-  fingerMouse(this: Viewer, type: string, [x, y]: [number, number]): void {
+  /** A finger's (or the keyboard cursor's) press, move or release as the mouse's left button's, sent to the canvas:
+   * the viewer's own mouse handlers (and NiiVue's, for Navigate) take it as they take the mouse's. */
+  asMouse(this: Viewer, type: string, [x, y]: [number, number], shiftKey = false): void {
     const buttons = type === 'mouseup' ? 0 : 1
     this.canvas.dispatchEvent(new MouseEvent(type, {
-      clientX: x, clientY: y, button: 0, buttons, detail: 1, bubbles: true, cancelable: true, view: window }))
+      clientX: x, clientY: y, button: 0, buttons, detail: 1, shiftKey, bubbles: true, cancelable: true, view: window }))
   },
 }
 

@@ -24,6 +24,7 @@ import { answerMethods, type AnswerMethods } from './answers'
 import { overlayMethods, type OverlayMethods } from './overlay'
 import { statusLineMethods, type StatusLineMethods } from './status_line'
 import { touchMethods, type TouchMethods, type TouchGesture } from './touch'
+import { keyCursorMethods, type KeyCursorMethods, type KeyMark } from './key_cursor'
 
 export class Viewer {
   nv: Niivue
@@ -64,6 +65,8 @@ export class Viewer {
   drag: Drag | null = null
   hover: [number, number] | null = null
   touch: TouchGesture | null = null  // the fingers on the image (touch.ts)
+  keyCursor: KeyMark | null = null  // the keyboard cursor (K), where Enter clicks (key_cursor.ts)
+  keyMark: KeyMark | null = null  // a box's first corner marked with C at the keyboard cursor
   canvasAt = ''  // the canvas's place on the page at the last press or stroke move (noteCanvasPlace)
   wl: WindowDrag | null = null
   loading: Promise<void> | null = null
@@ -201,7 +204,7 @@ export class Viewer {
     // the image moves under the mouse, and the stroke joined its last point to the next with a band where the brush
     // never went. Cut there, as M or a zoom mid-stroke (breakStroke)
     new ResizeObserver(() => { this.breakStroke(); this.drawOverlay() }).observe(this.stage)
-    setInterval(() => this.pollState(), 100)
+    setInterval(() => { this.pollState(); this.fitStageToZoom() }, 100)
     this.pollState()
     this.scheduleNews()
   }
@@ -211,9 +214,9 @@ export class Viewer {
 export interface Viewer extends NewsMethods, PageStateMethods, DownloadMarkMethods, StudyLoaderMethods,
   LabelLayerMethods, WindowLevelMethods, NavigationMethods, GeometryMethods, GestureMethods, PointerMethods,
   KeyboardMethods, PageButtonMethods, ChoiceMethods, LegendMethods, ActionQueueMethods, AnswerMethods,
-  OverlayMethods, StatusLineMethods, TouchMethods {}
+  OverlayMethods, StatusLineMethods, TouchMethods, KeyCursorMethods {}
 
 Object.assign(Viewer.prototype, newsMethods, pageStateMethods, downloadMarkMethods, studyLoaderMethods,
   labelLayerMethods, windowLevelMethods, navigationMethods, geometryMethods, gestureMethods, pointerMethods,
   keyboardMethods, pageButtonMethods, choiceMethods, legendMethods, actionQueueMethods, answerMethods,
-  overlayMethods, statusLineMethods, touchMethods)
+  overlayMethods, statusLineMethods, touchMethods, keyCursorMethods)
