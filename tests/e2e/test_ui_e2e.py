@@ -1806,7 +1806,11 @@ def test_a_model_pick_the_viewer_does_not_take_is_applied_or_said(browser, serve
     try:
         _pick_model(page, shown["litemedsam-base"])
         _wait_server(lambda: _state(server, sid)["model"] == "litemedsam-base")
-        page.wait_for_timeout(1000)  # the page's events after the pick have landed: the box keeps it
+        # the box shows the pick once the page's events after it have landed (a fixed 1 s was a guess a loaded run
+        # missed: the box still showed the old model), and keeps it (the bug snapped it back)
+        page.wait_for_function("document.querySelector('#model input').value.startsWith('litemedsam-base:')",
+                               timeout=TIMEOUT_MS)
+        page.wait_for_timeout(1000)
         assert page.locator("#model input").input_value().startswith("litemedsam-base:")
         assert page.locator(".toast-body").count() == 0, page.locator(".toast-body").all_inner_texts()
     finally:
