@@ -935,7 +935,16 @@ def test_a_single_frame_enhanced_image_is_held_to_its_functional_groups(tmp_path
     # refused at the header since session 22, as 1e-300 (which ITK could not place) is
     ({"PixelSpacing": [1e-30, 1e-30]}, "PixelSpacing [1e-30, 1e-30]: expected pixels of 1e-06 mm or more; a pixel "
                                        "that small is a damaged value (no label map can hold it)"),
-    ({"PixelSpacing": [1e30, 1e30]}, "voxel spacing (1e+30, 1e+30, 5) mm is outside 1e-06..100000 mm"),
+    # refused at the header since session 26b: no scanner's pixel is past 50 mm (5000 mm opened as a 640 m image)
+    ({"PixelSpacing": [1e30, 1e30]}, "PixelSpacing [1e+30, 1e+30]: expected pixels of 50 mm or less (no scanner's "
+                                     "pixel is larger: NM and dose grids reach about 20 mm); a larger pixel is a "
+                                     "damaged value: check the file's PixelSpacing"),
+    ({"PixelSpacing": [5000, 5000]}, "PixelSpacing [5000.0, 5000.0]: expected pixels of 50 mm or less (no scanner's "
+                                     "pixel is larger: NM and dose grids reach about 20 mm); a larger pixel is a "
+                                     "damaged value: check the file's PixelSpacing"),
+    ({"PixelSpacing": [0.66, 51]}, "PixelSpacing [0.66, 51.0]: expected pixels of 50 mm or less (no scanner's "
+                                   "pixel is larger: NM and dose grids reach about 20 mm); a larger pixel is a "
+                                   "damaged value: check the file's PixelSpacing"),
 ])
 def test_geometry_that_no_label_map_can_hold_is_refused(tmp_path, edit, fault):
     """The real CT slice with an absurd position or pixel size: it opened, and the NIfTI label map written of it
