@@ -1072,6 +1072,29 @@ def test_an_ultrasound_frame_takes_its_pixel_size_from_its_calibrated_region(tmp
     assert not plain.size_is_physical
 
 
+@pytest.mark.parametrize("deltas", [[(0.0, 0.0)], [(0.0, 0.025)], [(float("nan"), 0.02), (0.0, 0.0)]])
+def test_an_ultrasound_region_whose_calibration_is_void_says_so_in_the_opens_note(tmp_path, deltas):
+    """pydicom's US frame with its 2D region's PhysicalDeltaX/Y 0 opened unmeasured, as one without regions does,
+    without a word that the calibration was there and void (session 26's leftover). Now one line says so."""
+    path = _us_with_regions(tmp_path, *deltas)
+    with pytest.warns(StudyWarning) as record:
+        vol = read_study(path)
+    assert not vol.size_is_physical and vol.source.geometry == "none (identity)"
+    shown = ", ".join(f"{cx:g} x {cy:g}" for cx, cy in deltas)
+    note = (f"SequenceOfUltrasoundRegions: the region's calibration (PhysicalDeltaX/Y {shown} cm) is there but void "
+            "(expected a size > 0 cm a pixel); sizes are unknown: the image is shown in pixels, nothing measured")
+    assert [str(w.message) for w in record if "Ultrasound" in str(w.message)] == [f"{path}: {note}"]
+    assert vol.source.notes == (note,) and "\n" not in note
+
+
+def test_an_ultrasound_region_in_other_units_or_calibrated_says_nothing(tmp_path):
+    """A Doppler strip (seconds, cm/s) rightly opens unmeasured, and a calibrated region measured: no note."""
+    for path in (_us_with_regions(tmp_path, (0.0, 0.0), units=4), _us_with_regions(tmp_path, (0.02, 0.02))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", StudyWarning)
+            assert read_study(path).source.notes == ()
+
+
 def _aspect_image(tmp_path: Path, ratio) -> Path:
     """An ultrasound frame (8 rows x 16 columns) without geometry or PixelSpacing, with PixelAspectRatio ``ratio``."""
     ds = db.image_dataset(db.pixels(8, 16)[0], ipp=None, iop=None, spacing=None)
