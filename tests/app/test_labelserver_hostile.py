@@ -897,3 +897,22 @@ def test_a_request_of_more_clicks_than_a_prompt_holds_is_400_before_the_model(se
     r = client.post(f"/infer/{model}?image=ct&output=json", files={"params": (None, json.dumps(params, separators=(",", ":")))})
     assert (r.status_code, r.json()) == (400, {"detail": detail})
     assert time.monotonic() - t0 < 30 and client.get("/info/").status_code == 200
+
+
+@pytest.mark.parametrize("route", ["infer", "label", "activelearning"])
+def test_a_number_longer_than_python_reads_in_params_is_one_line_naming_params(served, route):
+    """A 5000-digit integer in params answered Python's own words: "Exceeds the limit (4300 digits) for integer string
+    conversion: value has 5000 digits; use sys.set_int_max_str_digits() to increase the limit", naming no field and
+    advising on the server's code (session 26b). Now it names params; nothing is stored."""
+    client, studies, _ = served
+    params = '{"foreground": [[%s, 1, 1]]}' % ("9" * 5000)
+    if route == "infer":
+        r = client.post("/infer/litemedsam?image=ct&output=json", files={"params": (None, params)})
+    elif route == "label":
+        r = client.put("/datastore/label?image=ct", files={
+            "params": (None, params), "label": ("ct.nii.gz", (studies / "ct.nii.gz").read_bytes(), "application/gzip")})
+    else:
+        r = client.post("/activelearning/random", content=params.encode())
+    assert (r.status_code, r.json()) == (400, {"detail": "params: not valid JSON here (a number of more than 4300 "
+                                                         "digits)"})
+    assert not list(studies.rglob("*label*")) and client.get("/info/").status_code == 200
