@@ -40,7 +40,7 @@ from data.readers import SeveralSeriesError, StudyWarning, UnevenStudyError, rea
 from data.study_errors import UNEVEN_NOTE, without_cli_advice
 from data.untrusted import one_line
 from data.volume import THICKNESS_UNKNOWN, Volume
-from data.writers import write_label_nifti
+from data.writers import write_label_nifti, write_png_labels
 from models.prompts import PromptError
 from models.checkpoint import CheckpointError
 from models.registry import PROJECT_ROOT
@@ -793,7 +793,8 @@ def switch_model(ctx: AppContext, session: Session, name: str) -> str:
 
 
 # --- export -----------------------------------------------------------------------------------
-_EXPORT_SUFFIX = {"nifti": "_labels.nii.gz", "dicom-seg": "_seg.dcm"}
+_EXPORT_SUFFIX = {"nifti": "_labels.nii.gz", "dicom-seg": "_seg.dcm", "png": "_labels.png"}
+PICTURE_FORMATS = ("png", "jpeg")  # ``SourceRef.format`` of a picture (``data.pictures``)
 
 
 def export_name(study_name: str, fmt: str, keep_identifiers: bool) -> str:
@@ -804,7 +805,7 @@ def export_name(study_name: str, fmt: str, keep_identifiers: bool) -> str:
     de-identified file named after the patient is not de-identified once mailed or uploaded.
     """
     if fmt not in _EXPORT_SUFFIX:
-        raise ValueError(f"unknown export format {fmt!r}; expected nifti or dicom-seg")
+        raise ValueError(f"unknown export format {fmt!r}; expected nifti, dicom-seg or png")
     if not keep_identifiers:
         return f"deidentified{_EXPORT_SUFFIX[fmt]}"
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(study_name).stem.split(".")[0])
@@ -829,6 +830,14 @@ def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) 
         name = export_name(session.study_name, fmt, keep_identifiers)
         if fmt == "nifti":
             path = write_label_nifti(session.labels, volume, out_dir / name)
+        elif fmt == "png":  # a picture's labels as the picture stores its pixels, with its EXIF Orientation
+            if volume.source is None or volume.source.format not in PICTURE_FORMATS or not volume.is_2d:
+                raise SessionError("PNG export is for a picture (PNG or JPEG) study; this one is not: export NIfTI or "
+                                   "DICOM-SEG")
+            if session.labels.max(initial=0) > 255:
+                raise SessionError("PNG export holds label values up to 255; this map has higher ones: export NIfTI")
+            path = write_png_labels(session.labels[0], out_dir / name,
+                                    exif_orientation=volume.source.exif_orientation)
         elif fmt == "dicom-seg":
             if not dicom_seg_available():
                 raise SessionError("DICOM-SEG export is not available in this build; export NIfTI")
@@ -845,8 +854,12 @@ def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) 
                 deidentify=None if keep_identifiers else deidentify_basic,
             )
         else:
-            raise ValueError(f"unknown export format {fmt!r}; expected nifti or dicom-seg")
+            raise ValueError(f"unknown export format {fmt!r}; expected nifti, dicom-seg or png")
         done = f"Exported {Path(path).name}."
+        if fmt == "nifti" and volume.source is not None and volume.source.format in PICTURE_FORMATS \
+                and volume.source.exif_orientation != 1:
+            done += (f" ⚠ This photo is turned by its EXIF Orientation {volume.source.exif_orientation}, which a NIfTI "
+                     "cannot carry: export PNG to use the labels with the photo (medseg oneshot --ref-mask, eval).")
         if not session.labels.any():  # said as for real work before: the work may be on another study, or undone
             done += " ⚠ No label has any voxel in this study: the file is empty."
         done += _running_note(session)

@@ -50,6 +50,7 @@ FILL_CHOICES = [("Shape", "shape"), ("Model", "model"), ("Model guided by the sh
 """The UI's "Fill between corrected slices" (label, ``PropagationSettings.fill``); ``DEFAULT_FILL`` is picked at first."""
 
 log = logging.getLogger(__name__)
+EXPORT_PNG = "PNG (.png, pictures)"  # a picture's labels, with its EXIF Orientation
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 BATCHED_CONCURRENCY = 32  # model events in flight when the runner batches encodes (app.encode_batcher)
 NO_COOKIE = ("this page needs its session cookie: allow cookies for this site, then reload "
@@ -136,7 +137,8 @@ def build_app(config: UIConfig):
                         level = gr.Number(40, label="Level", elem_id="level", min_width=60)
                         width = gr.Number(400, label="Width", elem_id="width", min_width=60)
                 with gr.Group():
-                    formats = ["NIfTI (.nii.gz)"] + (["DICOM-SEG (.dcm)"] if controller.dicom_seg_available() else [])
+                    formats = (["NIfTI (.nii.gz)"] + (["DICOM-SEG (.dcm)"] if controller.dicom_seg_available() else [])
+                               + [EXPORT_PNG])
                     export_fmt = gr.Radio(formats, value=formats[0], label="Export format", elem_id="export-format")
                     keep_ids = gr.Checkbox(False, elem_id="keep-identifiers",
                                            label="Keep patient identifiers (SEG headers, file names; off: de-identified)")
@@ -472,8 +474,8 @@ def build_app(config: UIConfig):
         def on_export(s, fmt, keep):
             try:
                 check_cookie(s)
-                path, vm = controller.export(ctx, s, "dicom-seg" if str(fmt).startswith("DICOM") else "nifti",
-                                             keep_identifiers=bool(keep))
+                kind = "dicom-seg" if str(fmt).startswith("DICOM") else "png" if fmt == EXPORT_PNG else "nifti"
+                path, vm = controller.export(ctx, s, kind, keep_identifiers=bool(keep))
                 from data.deidentify import patient_data_note
 
                 if note := (patient_data_note(path) if Path(path).suffix == ".dcm" else None):

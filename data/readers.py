@@ -1023,11 +1023,11 @@ def _unplaced_frames(image: sitk.Image, *, placed: bool) -> str:
             f"(the {image.GetSpacing()[2]:g} mm between them is a placeholder; no volume is measured)")
 
 
-def _ultrasound_pixel_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
-    """An ultrasound image's pixel size (x, y) in mm from its calibrated regions (SequenceOfUltrasoundRegions), where
-    every 2D region measured in cm agrees on it; None otherwise (no such region, or two zooms side by side: then no
-    size holds for the whole image and the study stays in pixels). GDCM reads no size from there."""
-    sizes = set()
+def _ultrasound_regions(ds: pydicom.Dataset) -> tuple[set[tuple[float, float]], list[tuple[float, float]]]:
+    """The pixel sizes (x, y) in mm of an ultrasound image's 2D regions measured in cm (SequenceOfUltrasoundRegions)
+    that hold a size, and the PhysicalDeltaX/Y (cm, as written) of those whose size is void (0, not finite, or past
+    1e-4..100 mm)."""
+    sizes, void = set(), []
     for region in ds.get("SequenceOfUltrasoundRegions") or []:
         try:
             if int(region.get("RegionSpatialFormat", 0) or 0) != 1:  # 1: a 2D tissue or flow image
@@ -1035,12 +1035,35 @@ def _ultrasound_pixel_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
             if int(region.get("PhysicalUnitsXDirection", 0) or 0) != US_CM or \
                     int(region.get("PhysicalUnitsYDirection", 0) or 0) != US_CM:
                 continue
-            dx, dy = abs(float(region.PhysicalDeltaX)) * 10.0, abs(float(region.PhysicalDeltaY)) * 10.0
+            cx, cy = float(region.PhysicalDeltaX), float(region.PhysicalDeltaY)
         except (AttributeError, TypeError, ValueError):
             continue
+        dx, dy = abs(cx) * 10.0, abs(cy) * 10.0
         if math.isfinite(dx) and math.isfinite(dy) and 1e-4 <= dx <= 100 and 1e-4 <= dy <= 100:
             sizes.add((round(dx, 9), round(dy, 9)))
+        else:
+            void.append((cx, cy))
+    return sizes, void
+
+
+def _ultrasound_pixel_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:
+    """An ultrasound image's pixel size (x, y) in mm from its calibrated regions (SequenceOfUltrasoundRegions), where
+    every 2D region measured in cm agrees on it; None otherwise (no such region, or two zooms side by side: then no
+    size holds for the whole image and the study stays in pixels). GDCM reads no size from there."""
+    sizes, _ = _ultrasound_regions(ds)
     return sizes.pop() if len(sizes) == 1 else None
+
+
+def _void_ultrasound_calibration(ds: pydicom.Dataset) -> str | None:
+    """A note when an ultrasound image's 2D regions in cm hold no usable size (PhysicalDeltaX/Y 0, say); None
+    otherwise. Why: such an image opened unmeasured as one without regions does, and the user could not tell that the
+    calibration was there and void (session 26b)."""
+    sizes, void = _ultrasound_regions(ds)
+    if sizes or not void:
+        return None
+    shown = ", ".join(f"{cx:g} x {cy:g}" for cx, cy in void[:3]) + (" ..." if len(void) > 3 else "")
+    return (f"SequenceOfUltrasoundRegions: the region's calibration (PhysicalDeltaX/Y {shown} cm) is there but void "
+            "(expected a size > 0 cm a pixel); sizes are unknown: the image is shown in pixels, nothing measured")
 
 
 def _pixel_aspect(path: Path, ds: pydicom.Dataset) -> tuple[float, float, str] | None:
@@ -1139,9 +1162,11 @@ def read_dicom_file(path: Path, *, max_voxels: int | None = None, allow_uneven: 
     if aspect is not None:
         image.SetSpacing((aspect[0], aspect[1], *image.GetSpacing()[2:]))
     notes = frames.notes if frames is not None else ()
-    if (contradiction := _aspect_contradiction(ds)) is not None:
-        warnings.warn(one_line(f"{path}: {contradiction}"), StudyWarning, stacklevel=2)
-        notes = (*notes, contradiction)
+    for note in (_aspect_contradiction(ds),
+                 _void_ultrasound_calibration(ds) if frames is None and "ImageOrientationPatient" not in ds else None):
+        if note is not None:
+            warnings.warn(one_line(f"{path}: {note}"), StudyWarning, stacklevel=2)
+            notes = (*notes, note)
     source = SourceRef(
         path=str(path),
         format="dicom",

@@ -89,18 +89,28 @@ def orientation(ds: pydicom.Dataset) -> np.ndarray | None:
 
 # the smallest pixel a label map holds (``data.readers.SPACING_RANGE_MM``): 1 nm
 MIN_PIXEL_MM = 1e-6
+# the largest pixel an image of a patient has: the coarsest clinical grids are SPECT/NM matrices of 64 or 32 over a
+# 400-600 mm field of view (6-19 mm), PET 2-6 mm, RT Dose grids 2-10 mm (pydicom's: 10 mm), a whole-body scout a few
+# mm; pydicom's secondary captures carry 33.3 mm. 50 mm is past all of them with room, and a patient of 600 mm is
+# still 12 pixels across; a larger pixel is a damaged value (5000 mm: a 640 m picture of a 128-pixel CT, session 26b)
+MAX_PIXEL_MM = 50.0
 
 
 def check_pixel_spacing(ds: pydicom.Dataset) -> None:
-    """PixelSpacing, when present: two numbers > 0 mm, and not below ``MIN_PIXEL_MM``. A PixelSpacing of 1e-300 was
-    refused in ITK's words, blaming the pixels: "DICOM pixel data could not be decoded (ITK ERROR: Singular matrix.
-    Determinant is 0.)" (session 22)."""
+    """PixelSpacing, when present: two numbers > 0 mm, within ``MIN_PIXEL_MM``..``MAX_PIXEL_MM``. A PixelSpacing of
+    1e-300 was refused in ITK's words, blaming the pixels: "DICOM pixel data could not be decoded (ITK ERROR: Singular
+    matrix. Determinant is 0.)" (session 22); one of 5000 mm opened as a 640 m image, its sizes measured in it
+    (session 26b)."""
     spacing = numbers(ds, "PixelSpacing", 2)
     if spacing is not None and not (spacing > 0).all():
         raise GeometryError(f"PixelSpacing {spacing.tolist()}: expected two numbers > 0 mm")
     if spacing is not None and not (spacing >= MIN_PIXEL_MM).all():
         raise GeometryError(f"PixelSpacing {spacing.tolist()}: expected pixels of {MIN_PIXEL_MM:g} mm or more; a "
                             "pixel that small is a damaged value (no label map can hold it)")
+    if spacing is not None and not (spacing <= MAX_PIXEL_MM).all():
+        raise GeometryError(f"PixelSpacing {spacing.tolist()}: expected pixels of {MAX_PIXEL_MM:g} mm or less (no "
+                            "scanner's pixel is larger: NM and dose grids reach about 20 mm); a larger pixel is a "
+                            "damaged value: check the file's PixelSpacing")
 
 
 def check_spacing_between_slices(ds: pydicom.Dataset, *, series: bool = False) -> None:

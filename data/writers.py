@@ -152,23 +152,24 @@ def write_png_mask(mask: np.ndarray, path: str | Path, *, exif_orientation: int 
     turning or not, and medseg reads it back as drawn. Why: written as shown without the tag, `medseg oneshot` refused
     medseg's own mask of a phone photo as --ref-mask ("the reference image has EXIF Orientation 6 and the mask 1"), and
     a tool reading stored pixels saw it turned against the photo (session 26)."""
+    return write_png_labels(np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8), path,
+                            exif_orientation=exif_orientation)
+
+
+def write_png_labels(labels: np.ndarray, path: str | Path, *, exif_orientation: int = 1) -> Path:
+    """(H, W) integer label map as shown -> 8-bit PNG keeping the label values, stored as the picture stores its pixels
+    with its EXIF Orientation (see ``write_png_mask``). Why the orientation: the UI's labels of a phone photo were
+    exported only as a NIfTI in the shown orientation, without the tag, which `medseg oneshot --ref-mask` and `medseg
+    eval` refused beside the photo (session 26b)."""
     from data.pictures import as_stored
 
     path = Path(path)
-    picture = Image.fromarray(as_stored(np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8), exif_orientation))
+    if labels.max(initial=0) > 255:
+        raise ValueError("a PNG label map holds at most 255 labels")
+    picture = Image.fromarray(np.ascontiguousarray(as_stored(np.asarray(labels, dtype=np.uint8), exif_orientation)))
     exif = Image.Exif()
     if exif_orientation != 1:
         exif[0x0112] = exif_orientation
     with atomic_output(path) as tmp:
         picture.save(tmp, format="PNG", exif=exif)
-    return path
-
-
-def write_png_labels(labels: np.ndarray, path: str | Path) -> Path:
-    """(H, W) integer label map -> 8-bit PNG keeping the label values."""
-    path = Path(path)
-    if labels.max(initial=0) > 255:
-        raise ValueError("a PNG label map holds at most 255 labels")
-    with atomic_output(path) as tmp:
-        Image.fromarray(np.asarray(labels, dtype=np.uint8)).save(tmp, format="PNG")
     return path

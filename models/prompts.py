@@ -10,6 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 
 
+# The most points one prompt may hold. Each point is a token that the mask decoder attends over the image with: on the
+# CPU here LiteMedSAM took 1.9 s for 10 points, 6.5 s for 1000 and 29 s (+770 MiB) for 4000, so a label server
+# request of 10^5 clicks (0.8 MB of JSON, under Starlette's 1 MB a form field) held the model lock for an hour or more
+# and asked ~19 GB (session 26b). Slicer, OHIF and the viewer send tens; 1000 keeps session 13's 500 clicks on one object.
+MAX_PROMPT_POINTS = 1000
+
+
 class PromptError(ValueError):
     """A prompt that cannot be applied to this image (outside it, empty box, ...)."""
 
@@ -120,6 +127,9 @@ class Prompts:
                 raise PromptError(
                     f"box {x0:g} {y0:g} {x1:g} {y1:g} lies outside the image: x must be in 0..{w - 1}, y in 0..{h - 1}"
                 )
+        if self.points is not None and len(self.points) > MAX_PROMPT_POINTS:
+            raise PromptError(f"{len(self.points)} points in one prompt: at most {MAX_PROMPT_POINTS} (each one costs "
+                              "the model time and memory); start a new object")
         if self.points is not None:
             for (x, y) in self.points:
                 if not (0 <= x <= w - 1 and 0 <= y <= h - 1) or not np.isfinite([x, y]).all():

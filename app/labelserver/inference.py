@@ -26,7 +26,7 @@ import numpy as np
 from app.embedding_cache import EmbeddingCache, volume_key, window_key
 from data.volume import Volume
 from data.windowing import default_window, slice_to_rgb
-from models.prompts import Prompts, check_box_area
+from models.prompts import MAX_PROMPT_POINTS, Prompts, check_box_area
 
 DEFAULT_LABEL = "structure"
 
@@ -75,6 +75,8 @@ class InferResult:
 def _voxels(value: Any, name: str, volume: Volume) -> list[tuple[int, int, int]]:
     if value in (None, ""):
         return []
+    if isinstance(value, (list, tuple)) and len(value) > MAX_PROMPT_POINTS:  # refused before 10^6 are converted
+        raise InferError(f"params.{name}: {len(value)} points; at most {MAX_PROMPT_POINTS} in one request")
     try:
         points = [tuple(int(round(float(c))) for c in p) for p in value]
     except NUMBER_ERRORS:

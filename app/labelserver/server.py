@@ -16,6 +16,7 @@ import json
 import math
 import re
 import shutil
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -113,6 +114,11 @@ class BadParams(Exception):
     """The form's ``params`` part is not JSON: answered 400 with its message (the app's exception handlers)."""
 
 
+# Why: a 5000-digit integer in params answered Python's own words, "Exceeds the limit (4300 digits) for integer string
+# conversion ...; use sys.set_int_max_str_digits() to increase the limit", advice for the server's code (session 26b)
+LONG_NUMBER = f"params: not valid JSON here (a number of more than {sys.get_int_max_str_digits()} digits)"
+
+
 def _params(form) -> Any:
     """The form's ``params`` JSON; BadParams when it is not JSON, nested too deep (``json.loads`` raised
     RecursionError, which answered 500 with a traceback in the log), or a file part instead of a field."""
@@ -123,6 +129,8 @@ def _params(form) -> Any:
         return json.loads(text or "{}")
     except json.JSONDecodeError:
         raise BadParams("params: not valid JSON") from None
+    except ValueError:  # json.loads' other refusal: an integer past Python's digit limit
+        raise BadParams(LONG_NUMBER) from None
     except RecursionError:
         raise BadParams("params: not valid JSON (nested too deep)") from None
 
@@ -140,6 +148,8 @@ async def _json_body(request: Request, limit: int = 64 * 1024) -> dict:
         params = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BadParams("params: the request body is not valid JSON") from None
+    except ValueError:
+        raise BadParams(LONG_NUMBER) from None
     except RecursionError:
         raise BadParams("params: not valid JSON (nested too deep)") from None
     if not isinstance(params, dict):

@@ -878,3 +878,41 @@ def test_a_nifti2_label_on_the_images_grid_is_saved(served, tmp_path):
     got = client.get("/datastore/label?image=ct&tag=final")
     (tmp_path / "got.nii.gz").write_bytes(got.content)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "got.nii.gz"))), labels)
+
+
+@pytest.mark.parametrize("model, params, detail", [
+    ("litemedsam", {"foreground": [[1, 1, 1]] * 10**5},  # 0.9 MB: under Starlette's 1 MB a form field
+     "params.foreground: 100000 points; at most 1000 in one request"),
+    ("litemedsam_points", {"points": [[1, 1, 1]] * 1001}, "params.points: 1001 points; at most 1000 in one request"),
+    ("litemedsam", {"foreground": [[1, 1, 1]] * 600, "background": [[2, 2, 1]] * 600},
+     "1200 points in one prompt: at most 1000 (each one costs the model time and memory); start a new object"),
+])
+def test_a_request_of_more_clicks_than_a_prompt_holds_is_400_before_the_model(served, model, params, detail):
+    """10^5 clicks in one infer request (0.8 MB of JSON: Starlette takes a form field up to 1 MB) went to the model:
+    each point is a token the mask decoder attends over the image with (LiteMedSAM on this CPU: 6.5 s for 1000 points,
+    29 s and +770 MiB for 4000), so the request held the model lock for an hour or more and asked ~19 GB (session
+    26b). Now one 400."""
+    client, _, _ = served
+    t0 = time.monotonic()
+    r = client.post(f"/infer/{model}?image=ct&output=json", files={"params": (None, json.dumps(params, separators=(",", ":")))})
+    assert (r.status_code, r.json()) == (400, {"detail": detail})
+    assert time.monotonic() - t0 < 30 and client.get("/info/").status_code == 200
+
+
+@pytest.mark.parametrize("route", ["infer", "label", "activelearning"])
+def test_a_number_longer_than_python_reads_in_params_is_one_line_naming_params(served, route):
+    """A 5000-digit integer in params answered Python's own words: "Exceeds the limit (4300 digits) for integer string
+    conversion: value has 5000 digits; use sys.set_int_max_str_digits() to increase the limit", naming no field and
+    advising on the server's code (session 26b). Now it names params; nothing is stored."""
+    client, studies, _ = served
+    params = '{"foreground": [[%s, 1, 1]]}' % ("9" * 5000)
+    if route == "infer":
+        r = client.post("/infer/litemedsam?image=ct&output=json", files={"params": (None, params)})
+    elif route == "label":
+        r = client.put("/datastore/label?image=ct", files={
+            "params": (None, params), "label": ("ct.nii.gz", (studies / "ct.nii.gz").read_bytes(), "application/gzip")})
+    else:
+        r = client.post("/activelearning/random", content=params.encode())
+    assert (r.status_code, r.json()) == (400, {"detail": "params: not valid JSON here (a number of more than 4300 "
+                                                         "digits)"})
+    assert not list(studies.rglob("*label*")) and client.get("/info/").status_code == 200

@@ -890,3 +890,40 @@ def test_a_click_from_a_tab_that_had_not_seen_the_object_starts_a_new_one(ctx, o
     assert "Positive click (2 points): overlay updated." == actions.act(ctx, s, refine)["status"]
     with pytest.raises(PromptError, match="object_points: expected a number of points, got '1'"):
         actions.act(ctx, s, {**refine, "object_points": "1"})
+
+
+BIG = "1" + "0" * 400  # a JSON integer past float's range: Python reads it exactly, float() of it overflows
+
+
+@pytest.mark.parametrize("body, message", [
+    ('{"kind": "active", "label": %s}', "label: expected a number, got 'inf'"),
+    ('{"kind": "point", "view": "coronal", "mm": [%s, 0, 0]}', "mm: expected finite numbers"),
+    ('{"kind": "point", "view": "coronal", "at": [%s, 1, 1]}', "at: expected finite numbers [plane index, x, y]"),
+    ('{"kind": "box", "view": "coronal", "at": [7, 1, 1], "at2": [7, %s, 1]}',
+     "at2: expected finite numbers [plane index, x, y]"),
+    ('{"kind": "brush", "view": "coronal", "points": [[%s, 0, 0]]}',
+     "points[0]: expected [x, y, z] in millimetres (finite numbers), got '[inf, 0, 0]'"),
+    ('{"kind": "point", "view": "coronal", "at": [7, 100, 100], "locked": [%s]}',
+     "locked: expected a list of label numbers, got 'inf'"),
+    ('{"kind": "window", "level": %s, "width": 1}', "level: expected a number, got 'inf'"),
+    ('{"kind": "alternative", "alternative": %s}', "alternative: expected a number, got 'inf'"),
+])
+def test_an_integer_past_floats_range_is_a_400_naming_the_field_not_a_500(ctx, opened, body, message, caplog):
+    """A scripted client's 400-digit integer where a number belongs (JSON has no bound; 1e400 was already read as
+    Infinity and refused) raised OverflowError in the field's check: 500 "internal error (OverflowError)" and a
+    traceback in the server's log (session 26b). Now the field's own one line, 400, nothing changed, nothing logged."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from app import web_session
+
+    token = web_session.new_token()
+    sid = controller.start(ctx, web_session.sid_of_token(token)).session_id
+    controller.open_sample(ctx, sid, CT_NAME)
+    s = ctx.store.get(sid)
+    client = TestClient(FastAPI(routes=routes(ctx)), headers={"Cookie": f"{web_session.COOKIE}={token}"},
+                        raise_server_exceptions=False)
+    r = client.post("/viewer-api/action", content=(body % BIG).encode(), headers={"content-type": "application/json"})
+    assert (r.status_code, r.json()) == (400, {"ok": False, "error": message})
+    assert not s.labels.any() and not s.undo_stack and s.view.window == "default"
+    assert "Traceback" not in caplog.text and "viewer request failed" not in caplog.text

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from data.readers import StudyWarning, read_study
+from tests.conftest import DATA
 
 
 def _picture() -> np.ndarray:
@@ -135,3 +136,50 @@ def test_a_mask_written_for_a_turned_picture_reads_back_as_drawn_in_medseg_and_i
         np.testing.assert_array_equal(np.asarray(ImageOps.exif_transpose(im)) > 0, drawn)
         stored = np.asarray(im) > 0
     assert stored.shape == (60, 100) and stored[5:20, 10:40].all() and stored.sum() == 15 * 30
+
+
+def test_the_uis_png_export_of_a_turned_photos_labels_is_its_oneshot_reference(tmp_path, capsys):
+    """The UI exported a phone photo's labels only as a NIfTI in the shown orientation, without the EXIF tag, so
+    `medseg oneshot --ref photo.jpg --ref-mask labels.nii.gz` (and `medseg eval`) refused it: "the reference image has
+    EXIF Orientation 6 and the mask 1 (as stored)" (session 26's leftover). The UI's PNG export writes the labels as the
+    photo stores its pixels, with its Orientation, every label's value kept; oneshot takes it (session 26b)."""
+    from app import controller
+    from app.cli import main
+    from app.controller import AppContext
+    from app.interaction import ModelRunner, Prefetcher
+    from app.session import SessionError, SessionStore
+
+    photo = _with_orientation(tmp_path / "photo.jpg", 6)
+    runner = ModelRunner("cpu")
+    ctx = AppContext(SessionStore(tmp_path / "sessions"), runner, Prefetcher(runner, radius=0))
+    sid = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid, [str(photo)])
+    drawn = np.zeros((100, 60), bool)  # as shown: the red block of the stored x 10..39, y 5..19 turned by 6
+    drawn[10:40, 40:55] = True
+    controller.mask(ctx, sid, drawn, False)
+    controller.add_label(ctx, sid, "second")
+    second = np.zeros((100, 60), bool)
+    second[80:90, 5:15] = True
+    controller.mask(ctx, sid, second, False)
+    shown = ctx.store.get(sid).labels[0].copy()
+    assert set(np.unique(shown)) == {0, 1, 2}
+
+    path, vm = controller.export(ctx, sid, "png")
+    assert path.name == "deidentified_labels.png" and vm.status.startswith("Exported deidentified_labels.png.")
+    with Image.open(path) as im:
+        stored, orientation = np.asarray(im), im.getexif().get(0x0112)
+    assert orientation == 6 and stored.shape == (60, 100) and (stored[5:20, 10:40] == 1).all()
+    back = read_study(path)  # read back as drawn, every label's value, turned as the photo (what eval compares)
+    np.testing.assert_array_equal(back.array[0], shown)
+    assert back.source.exif_orientation == read_study(photo).source.exif_orientation == 6
+    assert main(["oneshot", "--ref", str(photo), "--ref-mask", str(path), "--targets", str(photo),
+                 "-o", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    with Image.open(tmp_path / "out" / "photo.png") as im:
+        assert im.getexif().get(0x0112) == 6 and (np.asarray(im)[5:20, 10:40] > 0).mean() > 0.8
+
+    path, vm = controller.export(ctx, sid, "nifti")  # still there; it says what it cannot carry
+    assert "EXIF Orientation 6, which a NIfTI cannot carry: export PNG" in vm.status
+    sid2 = controller.start(ctx, None).session_id
+    controller.open_upload(ctx, sid2, [str(DATA / "ct_head_0051_slabA_image.nii.gz")])
+    with pytest.raises(SessionError, match=r"^PNG export is for a picture \(PNG or JPEG\) study; this one is not"):
+        controller.export(ctx, sid2, "png")

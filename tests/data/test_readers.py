@@ -935,7 +935,16 @@ def test_a_single_frame_enhanced_image_is_held_to_its_functional_groups(tmp_path
     # refused at the header since session 22, as 1e-300 (which ITK could not place) is
     ({"PixelSpacing": [1e-30, 1e-30]}, "PixelSpacing [1e-30, 1e-30]: expected pixels of 1e-06 mm or more; a pixel "
                                        "that small is a damaged value (no label map can hold it)"),
-    ({"PixelSpacing": [1e30, 1e30]}, "voxel spacing (1e+30, 1e+30, 5) mm is outside 1e-06..100000 mm"),
+    # refused at the header since session 26b: no scanner's pixel is past 50 mm (5000 mm opened as a 640 m image)
+    ({"PixelSpacing": [1e30, 1e30]}, "PixelSpacing [1e+30, 1e+30]: expected pixels of 50 mm or less (no scanner's "
+                                     "pixel is larger: NM and dose grids reach about 20 mm); a larger pixel is a "
+                                     "damaged value: check the file's PixelSpacing"),
+    ({"PixelSpacing": [5000, 5000]}, "PixelSpacing [5000.0, 5000.0]: expected pixels of 50 mm or less (no scanner's "
+                                     "pixel is larger: NM and dose grids reach about 20 mm); a larger pixel is a "
+                                     "damaged value: check the file's PixelSpacing"),
+    ({"PixelSpacing": [0.66, 51]}, "PixelSpacing [0.66, 51.0]: expected pixels of 50 mm or less (no scanner's "
+                                   "pixel is larger: NM and dose grids reach about 20 mm); a larger pixel is a "
+                                   "damaged value: check the file's PixelSpacing"),
 ])
 def test_geometry_that_no_label_map_can_hold_is_refused(tmp_path, edit, fault):
     """The real CT slice with an absurd position or pixel size: it opened, and the NIfTI label map written of it
@@ -1061,6 +1070,29 @@ def test_an_ultrasound_frame_takes_its_pixel_size_from_its_calibrated_region(tmp
     plain = read_study(DATA / "dicom" / "pydicom_US_rgb_lymph_node.dcm")
     np.testing.assert_array_equal(vol.array, plain.array)
     assert not plain.size_is_physical
+
+
+@pytest.mark.parametrize("deltas", [[(0.0, 0.0)], [(0.0, 0.025)], [(float("nan"), 0.02), (0.0, 0.0)]])
+def test_an_ultrasound_region_whose_calibration_is_void_says_so_in_the_opens_note(tmp_path, deltas):
+    """pydicom's US frame with its 2D region's PhysicalDeltaX/Y 0 opened unmeasured, as one without regions does,
+    without a word that the calibration was there and void (session 26's leftover). Now one line says so."""
+    path = _us_with_regions(tmp_path, *deltas)
+    with pytest.warns(StudyWarning) as record:
+        vol = read_study(path)
+    assert not vol.size_is_physical and vol.source.geometry == "none (identity)"
+    shown = ", ".join(f"{cx:g} x {cy:g}" for cx, cy in deltas)
+    note = (f"SequenceOfUltrasoundRegions: the region's calibration (PhysicalDeltaX/Y {shown} cm) is there but void "
+            "(expected a size > 0 cm a pixel); sizes are unknown: the image is shown in pixels, nothing measured")
+    assert [str(w.message) for w in record if "Ultrasound" in str(w.message)] == [f"{path}: {note}"]
+    assert vol.source.notes == (note,) and "\n" not in note
+
+
+def test_an_ultrasound_region_in_other_units_or_calibrated_says_nothing(tmp_path):
+    """A Doppler strip (seconds, cm/s) rightly opens unmeasured, and a calibrated region measured: no note."""
+    for path in (_us_with_regions(tmp_path, (0.0, 0.0), units=4), _us_with_regions(tmp_path, (0.02, 0.02))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", StudyWarning)
+            assert read_study(path).source.notes == ()
 
 
 def _aspect_image(tmp_path: Path, ratio) -> Path:

@@ -122,6 +122,27 @@ def test_a_pixel_spacing_too_small_to_place_is_refused_naming_it(tmp_path):
                                "pixel that small is a damaged value (no label map can hold it)"
 
 
+def test_a_pixel_spacing_past_what_any_scanner_makes_is_refused_naming_it(tmp_path):
+    """PixelSpacing 5000 mm (pydicom's CT_small so edited) opened without a word as a 640 m image (session 26's
+    leftover). 50 mm is the bound (``MAX_PIXEL_MM``): pydicom's 33.3 mm secondary captures and 10 mm dose grids open."""
+    from data.readers import StudyError, read_study
+    from tests.hostile import dicom_bytes as db
+
+    check_pixel_spacing(head(PixelSpacing=[50, 33.333333]))
+    with pytest.raises(GeometryError) as e:
+        check_pixel_spacing(head(PixelSpacing=[5000, 5000]))
+    line = ("PixelSpacing [5000.0, 5000.0]: expected pixels of 50 mm or less (no scanner's pixel is larger: NM and "
+            "dose grids reach about 20 mm); a larger pixel is a damaged value: check the file's PixelSpacing")
+    assert str(e.value) == line
+    for n in range(2):
+        ds = db.image_dataset(db.pixels(seed=n)[0], instance=n + 1, ipp=(0.0, 0.0, 1.5 * n))
+        ds.PixelSpacing = [5000, 5000]
+        db.write(ds, tmp_path / f"IM{n + 1}.dcm")
+    with pytest.raises(StudyError) as e:
+        read_study(tmp_path)
+    assert str(e.value) == f"{tmp_path}: IM1.dcm: {line}"
+
+
 def test_position_along_the_normal_of_an_oblique_slice():
     row, col = np.array([0.6, 0.8, 0.0]), np.array([0.0, 0.0, -1.0])
     ds = head(ipp=(3.0, -4.0, 7.0), iop=(*row, *col))
