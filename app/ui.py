@@ -50,7 +50,7 @@ FILL_CHOICES = [("Shape", "shape"), ("Model", "model"), ("Model guided by the sh
 """The UI's "Fill between corrected slices" (label, ``PropagationSettings.fill``); ``DEFAULT_FILL`` is picked at first."""
 
 log = logging.getLogger(__name__)
-EXPORT_PNG = "PNG (.png, pictures)"  # a picture's labels, with its EXIF Orientation
+EXPORT_PNG = "PNG (.png)"  # a picture's labels, with its EXIF Orientation
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 BATCHED_CONCURRENCY = 32  # model events in flight when the runner batches encodes (app.encode_batcher)
 NO_COOKIE = ("this page needs its session cookie: allow cookies for this site, then reload "
@@ -70,6 +70,9 @@ PAGE_CSS = """
    (SIDEBAR_MIN_PX + Gradio's 12 px gap + VIEWER_MIN_PX), and the three columns stack: the viewer's first, so the study
    just opened is in view rather than 700 px down, below the sidebar's controls (Gradio drops @container rules).
    The browser's scroll anchoring is off there: the status line growing a line scrolled the image 20 px up */
+/* the export formats in one row of the sidebar (a second row pushed Export below a 900 px window) */
+#export-format .wrap { gap: 2px !important; }
+#export-format label { padding-left: 4px !important; padding-right: 4px !important; margin: 0 !important; }
 @media (max-width: 1023px) { #viewer-column { order: -1; } #main-row { overflow-anchor: none; } }
 """
 
@@ -137,9 +140,13 @@ def build_app(config: UIConfig):
                         level = gr.Number(40, label="Level", elem_id="level", min_width=60)
                         width = gr.Number(400, label="Width", elem_id="width", min_width=60)
                 with gr.Group():
-                    formats = (["NIfTI (.nii.gz)"] + (["DICOM-SEG (.dcm)"] if controller.dicom_seg_available() else [])
-                               + [EXPORT_PNG])
-                    export_fmt = gr.Radio(formats, value=formats[0], label="Export format", elem_id="export-format")
+                    # short names, so the three fit one row of the sidebar (the extension is the value, in the
+                    # file's name): a second row made a 900 px window scroll
+                    formats = ([("NIfTI", "NIfTI (.nii.gz)")]
+                               + ([("DICOM-SEG", "DICOM-SEG (.dcm)")] if controller.dicom_seg_available() else [])
+                               + [("PNG", EXPORT_PNG)])
+                    export_fmt = gr.Radio(formats, value=formats[0][1], label="Export format",
+                                          elem_id="export-format")
                     keep_ids = gr.Checkbox(False, elem_id="keep-identifiers",
                                            label="Keep patient identifiers (SEG headers, file names; off: de-identified)")
                     export_btn = gr.Button("Export labels", size="sm", elem_id="export-btn")

@@ -172,7 +172,7 @@ def test_alternatives_labels_mask_file_and_dicom_seg_export(browser, server, mod
     _in_sync(page, server, sid)
 
     # DICOM-SEG: each segment, found by name, equals the server's label voxel for voxel; an attachment
-    page.locator("#export-format").get_by_label("DICOM-SEG (.dcm)").check()
+    page.locator("#export-format").get_by_label("DICOM-SEG", exact=True).check()
     page.locator("#export-btn").click()
     _wait_status(page, "Exported")
     with page.expect_download(timeout=TIMEOUT_MS) as info:
