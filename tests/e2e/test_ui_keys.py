@@ -934,3 +934,49 @@ def test_at_css_zoom_200_the_image_and_its_status_line_fit_the_window(browser, s
         assert stage["height"] >= 0.6 * VIEWPORT["height"]  # the image as large as fits, not the 320 px minimum alone
     finally:
         context.close()
+
+
+def _tab_stops(page, n: int) -> list[str]:
+    """The next ``n`` Tab stops, each named by its own id or its nearest ancestor's (a Gradio input by its box's)."""
+    stops = []
+    for _ in range(n):
+        page.keyboard.press("Tab")
+        stops.append(page.evaluate("document.activeElement.closest('[id]')?.id ?? document.activeElement.tagName"))
+    return stops
+
+
+def test_tab_follows_the_columns_as_shown_in_a_narrow_window(browser, server):
+    """Session 26: an 800x600 window shows the viewer's column first (the stacked layout), but Tab went through the
+    sidebar's 13 stops (and the tools') before the viewer's toolbar. Tab now follows the order shown: the toolbar and
+    the image first, then the sidebar; a 1280x800 window keeps the sidebar first, as shown there."""
+    for width, height, first in ((800, 600, "tool-point"), (1280, 800, "sample")):
+        context, page, sid = _open_page(browser, server, viewport={"width": width, "height": height})
+        try:
+            stops = _tab_stops(page, 20)
+            assert stops[0] == first, (width, stops)
+            if width == 800:
+                assert stops.index("viewer-stage") < stops.index("sample"), stops
+        finally:
+            context.close()
+
+
+def test_tabbing_past_the_sidebars_lists_leaves_none_open(browser, server):
+    """Session 25's second pass: Tab through Bundled sample, Model and Window left their three option lists drawn
+    over the sidebar (the first hiding Open sample) until a click elsewhere, and the Tab after Model went to the
+    page's body (the list's scroller took it, then closed under it). Gradio's keydown handler reopened each list a
+    tick after its blur had closed it. Now each closes as the focus leaves, and Tab goes on to the next control."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        page.focus("#sample input")
+        assert page.locator("#sample .options").count() == 1  # the focused list is open, as Gradio shows it
+        assert _tab_stops(page, 6) == ["open-sample", "upload", "model", "window", "level", "width"]
+        page.wait_for_timeout(300)  # Gradio's handler reopened a list a tick after the key
+        assert page.locator(".options").count() == 0
+        page.keyboard.press("Shift+Tab")
+        page.keyboard.press("Shift+Tab")
+        assert page.evaluate("document.activeElement.closest('[id]').id") == "window"
+        page.keyboard.press("Shift+Tab")
+        page.wait_for_timeout(300)
+        assert page.locator("#window .options").count() == 0 and page.locator("#model .options").count() == 1
+    finally:
+        context.close()
