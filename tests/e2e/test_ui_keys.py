@@ -980,3 +980,29 @@ def test_tabbing_past_the_sidebars_lists_leaves_none_open(browser, server):
         assert page.locator("#window .options").count() == 0 and page.locator("#model .options").count() == 1
     finally:
         context.close()
+
+
+def test_a_box_flat_as_a_line_is_cancelled_in_the_viewers_words(browser, server, ct):
+    """Session 26's viewer pass: a box whose corners lie on one row of the image (a hurried straight drag, or the
+    keyboard cursor's C, → → →, C without a ↓) reached the server, which refused it in the model's words for a script:
+    ``⚠ box 104.227 127.355 150.773 127.355 has no area: a box needs x0 < x1 and y0 < y1 ...``. The viewer now
+    cancels it in its own wording, and nothing is sent."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.focus("#viewer-stage")
+        page.keyboard.press("k")
+        page.keyboard.press("c")
+        _said(page, "Box corner marked")
+        for _ in range(4):
+            page.keyboard.press("Shift+ArrowRight")
+        page.keyboard.press("c")
+        flat = "⚠ box cancelled: its corners are on one row or column of the image (a line, not a box); nothing was placed"
+        _said(page, flat)
+        page.keyboard.press("b")
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, BOX[1][0], BOX[0][1]))
+        _said(page, flat)
+        assert page.evaluate("medsegViewer.inFlight") == 0
+        assert server.store.get(sid).prompt is None
+    finally:
+        context.close()
