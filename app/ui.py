@@ -68,12 +68,8 @@ PAGE_CSS = """
 /* under 1024 px Gradio's page is 768 px wide, too narrow for the sidebar and the viewer side by side
    (SIDEBAR_MIN_PX + Gradio's 12 px gap + VIEWER_MIN_PX), and the three columns stack: the viewer's first, so the study
    just opened is in view rather than 700 px down, below the sidebar's controls (Gradio drops @container rules).
-   The browser's scroll anchoring is off there: the status line growing a line scrolled the image 20 px up. Tab
-   follows the order shown (reading-flow; Chromium 137+, elsewhere Tab stays in the page's order, the sidebar first) */
-@media (max-width: 1023px) {
-  #viewer-column { order: -1; }
-  #main-row { overflow-anchor: none; reading-flow: flex-visual; }
-}
+   The browser's scroll anchoring is off there: the status line growing a line scrolled the image 20 px up */
+@media (max-width: 1023px) { #viewer-column { order: -1; } #main-row { overflow-anchor: none; } }
 """
 
 

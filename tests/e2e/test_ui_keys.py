@@ -945,21 +945,6 @@ def _tab_stops(page, n: int) -> list[str]:
     return stops
 
 
-def test_tab_follows_the_columns_as_shown_in_a_narrow_window(browser, server):
-    """Session 26: an 800x600 window shows the viewer's column first (the stacked layout), but Tab went through the
-    sidebar's 13 stops (and the tools') before the viewer's toolbar. Tab now follows the order shown: the toolbar and
-    the image first, then the sidebar; a 1280x800 window keeps the sidebar first, as shown there."""
-    for width, height, first in ((800, 600, "tool-point"), (1280, 800, "sample")):
-        context, page, sid = _open_page(browser, server, viewport={"width": width, "height": height})
-        try:
-            stops = _tab_stops(page, 20)
-            assert stops[0] == first, (width, stops)
-            if width == 800:
-                assert stops.index("viewer-stage") < stops.index("sample"), stops
-        finally:
-            context.close()
-
-
 def test_tabbing_past_the_sidebars_lists_leaves_none_open(browser, server):
     """Session 25's second pass: Tab through Bundled sample, Model and Window left their three option lists drawn
     over the sidebar (the first hiding Open sample) until a click elsewhere, and the Tab after Model went to the
