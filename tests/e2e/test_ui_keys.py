@@ -934,3 +934,60 @@ def test_at_css_zoom_200_the_image_and_its_status_line_fit_the_window(browser, s
         assert stage["height"] >= 0.6 * VIEWPORT["height"]  # the image as large as fits, not the 320 px minimum alone
     finally:
         context.close()
+
+
+def _tab_stops(page, n: int) -> list[str]:
+    """The next ``n`` Tab stops, each named by its own id or its nearest ancestor's (a Gradio input by its box's)."""
+    stops = []
+    for _ in range(n):
+        page.keyboard.press("Tab")
+        stops.append(page.evaluate("document.activeElement.closest('[id]')?.id ?? document.activeElement.tagName"))
+    return stops
+
+
+def test_tabbing_past_the_sidebars_lists_leaves_none_open(browser, server):
+    """Session 25's second pass: Tab through Bundled sample, Model and Window left their three option lists drawn
+    over the sidebar (the first hiding Open sample) until a click elsewhere, and the Tab after Model went to the
+    page's body (the list's scroller took it, then closed under it). Gradio's keydown handler reopened each list a
+    tick after its blur had closed it. Now each closes as the focus leaves, and Tab goes on to the next control."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        page.focus("#sample input")
+        assert page.locator("#sample .options").count() == 1  # the focused list is open, as Gradio shows it
+        assert _tab_stops(page, 6) == ["open-sample", "upload", "model", "window", "level", "width"]
+        page.wait_for_timeout(300)  # Gradio's handler reopened a list a tick after the key
+        assert page.locator(".options").count() == 0
+        page.keyboard.press("Shift+Tab")
+        page.keyboard.press("Shift+Tab")
+        assert page.evaluate("document.activeElement.closest('[id]').id") == "window"
+        page.keyboard.press("Shift+Tab")
+        page.wait_for_timeout(300)
+        assert page.locator("#window .options").count() == 0 and page.locator("#model .options").count() == 1
+    finally:
+        context.close()
+
+
+def test_a_box_flat_as_a_line_is_cancelled_in_the_viewers_words(browser, server, ct):
+    """Session 26's viewer pass: a box whose corners lie on one row of the image (a hurried straight drag, or the
+    keyboard cursor's C, → → →, C without a ↓) reached the server, which refused it in the model's words for a script:
+    ``⚠ box 104.227 127.355 150.773 127.355 has no area: a box needs x0 < x1 and y0 < y1 ...``. The viewer now
+    cancels it in its own wording, and nothing is sent."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.focus("#viewer-stage")
+        page.keyboard.press("k")
+        page.keyboard.press("c")
+        _said(page, "Box corner marked")
+        for _ in range(4):
+            page.keyboard.press("Shift+ArrowRight")
+        page.keyboard.press("c")
+        flat = "⚠ box cancelled: its corners are on one row or column of the image (a line, not a box); nothing was placed"
+        _said(page, flat)
+        page.keyboard.press("b")
+        _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, BOX[1][0], BOX[0][1]))
+        _said(page, flat)
+        assert page.evaluate("medsegViewer.inFlight") == 0
+        assert server.store.get(sid).prompt is None
+    finally:
+        context.close()

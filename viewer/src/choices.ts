@@ -13,6 +13,33 @@ export const choiceMethods = {
     else if (option) this.labelOptionPicked(option, e)
   },
 
+  /** Tab (or shift+Tab) out of one of Gradio's dropdowns (Bundled sample, Model, Window, Active label) closes its
+   * list. Gradio's keydown handler reopens the list after a tick for any key but Escape, after its blur handler has
+   * closed it: tabbing past the sidebar left three lists drawn over it (the first hiding Open sample) until a click
+   * elsewhere. The key is kept from that handler (the browser still moves the focus), and the list's scroller is no
+   * Tab stop (Chromium makes a scroller one: the Tab after Model went there, then to the page's body as the list
+   * closed under it). */
+  tabOutOfList(this: Viewer, e: KeyboardEvent): void {
+    const input = e.target as HTMLElement | null
+    if (e.key !== 'Tab' || !input?.matches?.('input[role="combobox"]')) return
+    e.stopPropagation()
+    for (const list of input.closest('.wrap')?.querySelectorAll<HTMLElement>('.option-list') ?? []) list.tabIndex = -1
+  },
+
+  /** A list open while its box has not the focus is closed as Escape closes it: the key just before a Tab (shift,
+   * a letter) has its own reopening tick, which came after the blur on a busy page. */
+  watchLists(this: Viewer): void {
+    new MutationObserver((records) => {
+      for (const { target } of records) {
+        const input = target as HTMLElement
+        if (input.matches('input[role="combobox"]') && input.getAttribute('aria-expanded') === 'true'
+            && document.activeElement !== input) {
+          input.dispatchEvent(new KeyboardEvent('keydown', { key: 'Escape', bubbles: true }))
+        }
+      }
+    }).observe(document.body, { attributes: true, attributeFilter: ['aria-expanded'], subtree: true })
+  },
+
   /** A label picked in the Active label box by keyboard (focus, ArrowDown, Enter: Gradio takes the option it
    * highlighted, class ``active``) goes through the viewer's queue as a mouse pick does: it ran at once, and the
    * prompts still queued made the old label active again. */

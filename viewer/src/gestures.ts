@@ -41,6 +41,20 @@ export const gestureMethods = {
     this.showError(`box cancelled: ${why}; nothing was placed, drag it again`)
   },
 
+  /** A box dragged (or drawn by the keyboard cursor's C, C) from a corner to the opposite one, sent as a prompt; one
+   * whose corners lie on one row or column of the image (a straight line dragged, a corner moved by ← or → alone) is
+   * cancelled in the viewer's words: the server refused it as `box 104.227 127.355 150.773 127.355 has no area: a box
+   * needs x0 < x1 and y0 < y1`, the model's wording for a scripted client. */
+  sendBox(this: Viewer, view: string, mm: number[], mm2: number[]): void {
+    const a = this.toCanvas(mm, view), b = this.toCanvas(mm2, view)
+    const voxel = a && b ? this.voxelCss((a[0] + b[0]) / 2, (a[1] + b[1]) / 2) : 0
+    if (a && b && Math.min(Math.abs(a[0] - b[0]), Math.abs(a[1] - b[1])) < voxel) {
+      this.sayBoxCancelled('its corners are on one row or column of the image (a line, not a box)')
+      return
+    }
+    this.prompt({ kind: 'box', view, mm, mm2, new_object: true }, { kind: 'box', view, mm: [mm, mm2] })
+  },
+
   /** A study opened (its page state came) while a box, stroke or click was being made on the one shown: its
    * millimetres belong to the study left, and its release threw on the emptied viewer, so it was lost without a
    * word. It is dropped now, in one line naming the study that opened. */

@@ -19,6 +19,8 @@ export const pageButtonMethods = {
     document.addEventListener('keydown', (e) => this.queueAlternativeKey(e), true)  // ... and on arrows and Space
     document.addEventListener('mousedown', (e) => this.queueLabelChoice(e), true)  // Gradio's dropdown picks on mousedown
     document.addEventListener('keydown', (e) => this.queueLabelKey(e), true)  // ... and on Enter (ArrowDown, Enter)
+    document.addEventListener('keydown', (e) => this.tabOutOfList(e), true)  // a list left by Tab closes
+    this.watchLists()  // ... and one open while its box is not focused
     document.addEventListener('change', (e) => this.holdUpload(e), true)  // files chosen under Upload…
     document.addEventListener('focusin', (e) => this.nameEntered(e), true)  // the label form's Name box: a name
     document.addEventListener('keydown', (e) => this.nameEntered(e), true)  // typed and left without Enter is sent

@@ -140,8 +140,7 @@ export const pointerMethods = {
     } else if (moved && !d.mm0.length) {  // begun off the image: from its edge, in the view where it is released
       const hit = this.pick(d.x, d.y)
       const start = hit ? this.pickClamped(d.x0, d.y0, d.x, d.y, hit.view) : null
-      if (hit && start) this.prompt({ kind: 'box', view: hit.view, mm: start.mm, mm2: hit.mm, new_object: true },
-        { kind: 'box', view: hit.view, mm: [start.mm, hit.mm] })
+      if (hit && start) this.sendBox(hit.view, start.mm, hit.mm)
       else this.showError('the box could not be placed on the image: release it over the image')
     } else if (!d.mm0.length) {  // a click beside the image
       this.showStatus(this.tool === 'point' ? 'Point: click on the image.' : 'Box: drag from one corner to the opposite one, over the image.')
@@ -151,7 +150,7 @@ export const pointerMethods = {
       const end = !first ? null
         : hit && hit.view === d.view ? hit : this.pickClamped(d.x, d.y, first[0], first[1], d.view)
       if (!first) this.sayBoxCancelled('its first corner left the screen during the drag (another slice or view)')
-      else if (end) this.prompt({ kind: 'box', view: d.view, mm: d.mm0, mm2: end.mm, new_object: true }, { kind: 'box', view: d.view, mm: [d.mm0, end.mm] })
+      else if (end) this.sendBox(d.view, d.mm0, end.mm)
       else this.showError('the box could not be placed on the image: drag it again')
     } else if (this.tool === 'point' && e.detail >= 2 && this.lastPositive === !(e.shiftKey || this.negative)) {
       // a double-click's second press (the browser counts it so only on the same spot): one click. It was a second
