@@ -2098,13 +2098,19 @@ def test_a_box_drawn_while_this_tab_opens_another_study_is_not_said_to_be_anothe
 
     context, page, sid = _open_page(browser, server)
     try:
-        _open_sample(page)
+        ct_study = _open_sample(page)
         page.keyboard.press("b")
         monkeypatch.setattr(ctl, "open_sample", slow_open)
         page.locator("#sample input").click()
         page.get_by_role("option", name=MR_NAME).click()
         page.locator("#open-sample").click()
         _wait_server(lambda: server.store.get(sid).study_name == MR_NAME)
+        # two of the viewer's news polls (3 s each) find the session on the MR while the open's answer is held: this
+        # tab's own open on its way, so the page stays on the CT. It followed the MR and said "Another tab opened MR
+        # ..." (CI, session 26: a poll came between the switch and the drag)
+        page.wait_for_timeout(7000)
+        assert "nother tab" not in page.locator("#viewer-status").inner_text()
+        assert page.locator("#medseg-viewer").get_attribute("data-study") == ct_study
         _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
         _wait_status(page, "⚠")
         said = page.locator("#viewer-status").inner_text()

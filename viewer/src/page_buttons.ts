@@ -14,6 +14,7 @@ export const pageButtonMethods = {
   /** The page's listeners (buttons, lists, Upload, leaving, the tab shown again), in capture: before Gradio's. */
   bindPage(this: Viewer): void {
     document.addEventListener('click', (e) => this.holdPageButton(e), true)
+    document.addEventListener('click', (e) => this.noteOwnOpen(e), true)  // after it: a held press is not sent yet
     document.addEventListener('mousedown', () => this.noteAlternativeShown(), true)  // the radio checked before a click
     document.addEventListener('click', (e) => this.queueAlternative(e), true)  // a radio picks on click ...
     document.addEventListener('keydown', (e) => this.queueAlternativeKey(e), true)  // ... and on arrows and Space
@@ -98,6 +99,14 @@ export const pageButtonMethods = {
     return this.inFlight === 0 && this.labelChanges === 0
   },
 
+  /** Open sample pressed (and sent: a press held by :meth:`holdPageButton` stops before this listener, and is noted
+   * when it is made again): until the page's next server message, a poll that finds the session on another study is
+   * this tab's own open on its way, not another tab's (news.ts, followStudy). */
+  noteOwnOpen(this: Viewer, e: MouseEvent): void {
+    const b = (e.target as Element | null)?.closest?.('#open-sample') as HTMLButtonElement | null
+    if (b && !b.disabled) this.ownOpen = { at: performance.now(), stamps: this.pageStamps }
+  },
+
   /** Files chosen under Upload… while prompts are queued wait for them, as the page's buttons do: the upload opened
    * its study at once, and the clicks still queued arrived after it, refused as made on a study no longer open ("another
    * tab opened ..."): 3 quick clicks then an upload kept 1. The file chooser opens on the user's own press (not held);
@@ -106,7 +115,7 @@ export const pageButtonMethods = {
   holdUpload(this: Viewer, e: Event): void {
     const input = e.target as HTMLInputElement | null  // Gradio's UploadButton: the file input just before #upload
     if (input?.type !== 'file' || input.nextElementSibling?.id !== 'upload') return
-    if (input === this.replaying || this.settled()) return
+    if (input === this.replaying || this.settled()) { this.ownOpen = { at: performance.now(), stamps: this.pageStamps }; return }
     e.stopImmediatePropagation()
     if (!this.heldUploads.includes(input)) this.heldUploads.push(input)
     const n = this.pending.length

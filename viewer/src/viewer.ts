@@ -105,6 +105,7 @@ export class Viewer {
   tableSynced: { table: string; at: number } | null = null  // the last digest a poll synced the page for, and when
   // another tab of the session opened another study: this tab follows it (its sync loads it) and says so once shown
   following: { study: string; name: string; from: string; at: number; stamps: number } | null = null
+  ownOpen: { at: number; stamps: number } | null = null  // this tab's Open sample or upload, unanswered (news.ts)
   pageStamp = ''  // the news stamp of the page's status line (app.messages.stamped), and how many it has had
   pageStamps = 0
   pageSeq: { boot: string; n: number } | null = null  // the oldest page still taken (stalePage, pagesBefore)
