@@ -125,7 +125,11 @@ def test_keys_pressed_while_the_study_loads_say_they_were_not_applied(browser, s
         assert page.locator("#medseg-viewer").get_attribute("data-tool") == "point"
         for route in held:
             route.continue_()
-        _wait_status(page, "Ready")
+        # the study shown (its data-study), not the page's own "Opened ... Ready", which may come while the volume is
+        # still on its way into the viewer (CI of ba54cd4: data-layout read before the study set it)
+        page.wait_for_function("document.querySelector('#medseg-viewer').dataset.study"
+                               " && document.querySelector('#viewer-status').textContent.includes('Ready')",
+                               timeout=TIMEOUT_MS)
         assert "not applied" not in page.locator("#viewer-status").inner_text()
         assert page.locator("#medseg-viewer").get_attribute("data-layout") == "one"
         before = page.locator("#medseg-viewer").get_attribute("data-slice")
