@@ -6,11 +6,13 @@ size within the voxel limit, EXIF orientation applied as photo viewers apply it,
 from __future__ import annotations
 
 import io
+import json
 import math
 import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
@@ -26,6 +28,55 @@ TO_RGB_MODES = ("RGBA", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
 # ``visible_pixels``) leaves it out
 TRANSPARENCY_IGNORED = ("pixels are fully transparent (its alpha channel); opened with their stored values, the "
                         "transparency ignored (another viewer may show them blank)")
+
+
+# The text chunk (iTXt, UTF-8, uncompressed) in which medseg's PNG label map names its labels, a JSON object
+# {"1": {"name": "liver", "colour": "#e6194b"}, ...} (``data.writers.write_png_labels``). A palette PNG carrying it is
+# a label map: its pixels are the label values (its palette their colours), read as such wherever medseg reads it.
+LABELS_CHUNK_KEY = "medseg:labels"
+
+
+def label_table_text(names: Mapping[int, str], colours: Mapping[int, Sequence[int]]) -> str:
+    """The ``medseg:labels`` chunk's JSON for labels value -> name and value -> RGB colour (0-255)."""
+    return json.dumps({str(v): {"name": names[v], "colour": "#{:02x}{:02x}{:02x}".format(*colours[v])}
+                       for v in sorted(names)}, ensure_ascii=False)
+
+
+def label_table(im: Image.Image) -> dict[int, tuple[str, tuple[int, int, int]]] | None:
+    """The labels a loaded PNG names in its ``medseg:labels`` chunk, value -> (name, RGB colour); None without the
+    chunk or when it is not such a table (the file's text, untrusted: not partly believed)."""
+    text = im.info.get(LABELS_CHUNK_KEY)
+    try:
+        table = json.loads(text) if isinstance(text, str) else None
+        if not isinstance(table, dict):
+            return None
+        out = {}
+        for key, entry in table.items():
+            value, name, colour = int(key), entry["name"], entry["colour"]
+            if (not 1 <= value <= 65535 or str(value) != key or not isinstance(name, str)
+                    or not (isinstance(colour, str) and len(colour) == 7 and colour[0] == "#")):
+                return None
+            out[value] = (name, (int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)))
+        return out
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return None
+
+
+def read_label_table(path: Path) -> dict[int, tuple[str, tuple[int, int, int]]] | None:
+    """The label names and colours of a PNG label map medseg wrote (``label_table``), None for any other picture."""
+    with open_image(path, check_data=False) as im:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                im.load()  # a text chunk after the image data is read with it
+        except Exception as e:
+            raise unreadable(path, e) from e
+        return label_table(im)
+
+
+def _is_label_map(im: Image.Image) -> bool:
+    """A palette PNG medseg wrote as a label map (its ``medseg:labels`` chunk): its pixels are the label values."""
+    return im.mode == "P" and LABELS_CHUNK_KEY in im.info
 
 
 # PIL identifies ~40 formats by their bytes, whatever the name says: a file named scan.png holding PostScript
@@ -249,7 +300,9 @@ def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
         refuse_lossy_mask(path, im.format)
         im, orientation, alpha = _loaded_with_alpha(path, im)
         try:
-            grey = im.getbands() in (("L",), ("1",), ("I",))  # single-channel, 16-bit included
+            # single-channel, 16-bit included; medseg's palette label map by its values, not its colours (a label
+            # coloured black is painted too)
+            grey = im.getbands() in (("L",), ("1",), ("I",)) or _is_label_map(im)
             colour = np.asarray(im) > 0 if grey else np.asarray(im.convert("RGB")).max(axis=2) > 0
         except Exception as e:
             raise unreadable(path, e) from e
@@ -322,6 +375,11 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
                 # grey + alpha is a grey image (its alpha noted above), as a 16-bit one opens: made RGB, it lost the
                 # grey window and opened as a colour picture (session 23)
                 im = im.convert("LA").getchannel("L")
+                mode = "L"
+            elif _is_label_map(im):
+                # medseg's PNG label map (session 27): its values are the labels, its palette only their colours;
+                # made RGB, eval refused it as "a colour label image" and oneshot --ref-label read colours
+                im = Image.fromarray(np.asarray(im))
                 mode = "L"
             elif mode in TO_RGB_MODES:
                 im = im.convert("RGB")
