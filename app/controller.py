@@ -834,7 +834,7 @@ def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) 
             if volume.source is None or volume.source.format not in PICTURE_FORMATS or not volume.is_2d:
                 raise SessionError("PNG export is for a picture (PNG or JPEG) study; this one is not: export NIfTI or "
                                    "DICOM-SEG")
-            # a palette PNG named by its medseg:labels chunk; past 255, 16-bit grey with the chunk (session 27)
+            # grey, the pixels the label values (16-bit past 255), named by its medseg:labels chunk (session 27)
             path = write_png_labels(session.labels[0], out_dir / name,
                                     exif_orientation=volume.source.exif_orientation,
                                     label_names={d.value: d.name for d in session.label_defs},

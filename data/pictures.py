@@ -30,9 +30,9 @@ TRANSPARENCY_IGNORED = ("pixels are fully transparent (its alpha channel); opene
                         "transparency ignored (another viewer may show them blank)")
 
 
-# The text chunk (iTXt, UTF-8, uncompressed) in which medseg's PNG label map names its labels, a JSON object
-# {"1": {"name": "liver", "colour": "#e6194b"}, ...} (``data.writers.write_png_labels``). A palette PNG carrying it is
-# a label map: its pixels are the label values (its palette their colours), read as such wherever medseg reads it.
+# The text chunk (iTXt, UTF-8, uncompressed) in which medseg's grey PNG label map names its labels, a JSON object
+# {"1": {"name": "liver", "colour": "#e6194b"}, ...} (``data.writers.write_png_labels``). Only names them: the pixels
+# are the label values, read as any grey PNG is.
 LABELS_CHUNK_KEY = "medseg:labels"
 
 
@@ -72,11 +72,6 @@ def read_label_table(path: Path) -> dict[int, tuple[str, tuple[int, int, int]]] 
         except Exception as e:
             raise unreadable(path, e) from e
         return label_table(im)
-
-
-def _is_label_map(im: Image.Image) -> bool:
-    """A palette PNG medseg wrote as a label map (its ``medseg:labels`` chunk): its pixels are the label values."""
-    return im.mode == "P" and LABELS_CHUNK_KEY in im.info
 
 
 # PIL identifies ~40 formats by their bytes, whatever the name says: a file named scan.png holding PostScript
@@ -339,9 +334,7 @@ def read_mask_image(path: Path, *, max_voxels: int | None = None) -> np.ndarray:
         refuse_lossy_mask(path, im.format)
         im, orientation, alpha = _loaded_with_alpha(path, im)
         try:
-            # single-channel, 16-bit included; medseg's palette label map by its values, not its colours (a label
-            # coloured black is painted too)
-            grey = im.getbands() in (("L",), ("1",), ("I",)) or _is_label_map(im)
+            grey = im.getbands() in (("L",), ("1",), ("I",))  # single-channel, 16-bit included
             colour = np.asarray(im) > 0 if grey else np.asarray(im.convert("RGB")).max(axis=2) > 0
         except Exception as e:
             raise unreadable(path, e) from e
@@ -415,11 +408,6 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
                 # grey + alpha is a grey image (its alpha noted above), as a 16-bit one opens: made RGB, it lost the
                 # grey window and opened as a colour picture (session 23)
                 im = im.convert("LA").getchannel("L")
-                mode = "L"
-            elif _is_label_map(im):
-                # medseg's PNG label map (session 27): its values are the labels, its palette only their colours;
-                # made RGB, eval refused it as "a colour label image" and oneshot --ref-label read colours
-                im = Image.fromarray(np.asarray(im))
                 mode = "L"
             elif mode in TO_RGB_MODES:
                 im = im.convert("RGB")
