@@ -858,7 +858,7 @@ def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) 
             raise ValueError(f"unknown export format {fmt!r}; expected nifti, dicom-seg or png")
         done = f"Exported {Path(path).name}."
         if fmt == "png" and session.labels.max(initial=0) > 255:
-            done += (" Label values past 255: a 16-bit grey PNG (a palette holds 256 colours), which viewers show near "
+            done += (" Label values past 255: a 16-bit grey PNG (8 bits hold values up to 255), which viewers show near "
                      "black; its label names and colours are in its medseg:labels text.")
         if fmt == "nifti" and volume.source is not None and volume.source.format in PICTURE_FORMATS \
                 and volume.source.exif_orientation != 1:

@@ -147,7 +147,7 @@ def test_a_png_export_past_255_labels_is_16bit_grey_with_its_names(ui):
         ctx.store.save(session)
     shown = session.labels[0].copy()
     path, vm = controller.export(ctx, sid, "png")
-    assert ("Label values past 255: a 16-bit grey PNG (a palette holds 256 colours), which viewers show near black; "
+    assert ("Label values past 255: a 16-bit grey PNG (8 bits hold values up to 255), which viewers show near black; "
             "its label names and colours are in its medseg:labels text.") in vm.status
     with Image.open(path) as im:
         assert im.mode == "I;16" and im.getexif().get(0x0112) == 6
