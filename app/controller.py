@@ -834,10 +834,11 @@ def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) 
             if volume.source is None or volume.source.format not in PICTURE_FORMATS or not volume.is_2d:
                 raise SessionError("PNG export is for a picture (PNG or JPEG) study; this one is not: export NIfTI or "
                                    "DICOM-SEG")
-            if session.labels.max(initial=0) > 255:
-                raise SessionError("PNG export holds label values up to 255; this map has higher ones: export NIfTI")
+            # grey, the pixels the label values (16-bit past 255), named by its medseg:labels chunk (session 27)
             path = write_png_labels(session.labels[0], out_dir / name,
-                                    exif_orientation=volume.source.exif_orientation)
+                                    exif_orientation=volume.source.exif_orientation,
+                                    label_names={d.value: d.name for d in session.label_defs},
+                                    colours={d.value: d.colour for d in session.label_defs})
         elif fmt == "dicom-seg":
             if not dicom_seg_available():
                 raise SessionError("DICOM-SEG export is not available in this build; export NIfTI")
@@ -856,6 +857,9 @@ def export(ctx: AppContext, sid: str, fmt: str, keep_identifiers: bool = False) 
         else:
             raise ValueError(f"unknown export format {fmt!r}; expected nifti, dicom-seg or png")
         done = f"Exported {Path(path).name}."
+        if fmt == "png" and session.labels.max(initial=0) > 255:
+            done += (" Label values past 255: a 16-bit grey PNG (8 bits hold values up to 255), which viewers show near "
+                     "black; its label names and colours are in its medseg:labels text.")
         if fmt == "nifti" and volume.source is not None and volume.source.format in PICTURE_FORMATS \
                 and volume.source.exif_orientation != 1:
             done += (f" ⚠ This photo is turned by its EXIF Orientation {volume.source.exif_orientation}, which a NIfTI "

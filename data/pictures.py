@@ -6,11 +6,13 @@ size within the voxel limit, EXIF orientation applied as photo viewers apply it,
 from __future__ import annotations
 
 import io
+import json
 import math
 import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
@@ -26,6 +28,50 @@ TO_RGB_MODES = ("RGBA", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
 # ``visible_pixels``) leaves it out
 TRANSPARENCY_IGNORED = ("pixels are fully transparent (its alpha channel); opened with their stored values, the "
                         "transparency ignored (another viewer may show them blank)")
+
+
+# The text chunk (iTXt, UTF-8, uncompressed) in which medseg's grey PNG label map names its labels, a JSON object
+# {"1": {"name": "liver", "colour": "#e6194b"}, ...} (``data.writers.write_png_labels``). Only names them: the pixels
+# are the label values, read as any grey PNG is.
+LABELS_CHUNK_KEY = "medseg:labels"
+
+
+def label_table_text(names: Mapping[int, str], colours: Mapping[int, Sequence[int]]) -> str:
+    """The ``medseg:labels`` chunk's JSON for labels value -> name and value -> RGB colour (0-255)."""
+    return json.dumps({str(v): {"name": names[v], "colour": "#{:02x}{:02x}{:02x}".format(*colours[v])}
+                       for v in sorted(names)}, ensure_ascii=False)
+
+
+def label_table(im: Image.Image) -> dict[int, tuple[str, tuple[int, int, int]]] | None:
+    """The labels a loaded PNG names in its ``medseg:labels`` chunk, value -> (name, RGB colour); None without the
+    chunk or when it is not such a table (the file's text, untrusted: not partly believed)."""
+    text = im.info.get(LABELS_CHUNK_KEY)
+    try:
+        table = json.loads(text) if isinstance(text, str) else None
+        if not isinstance(table, dict):
+            return None
+        out = {}
+        for key, entry in table.items():
+            value, name, colour = int(key), entry["name"], entry["colour"]
+            if (not 1 <= value <= 65535 or str(value) != key or not isinstance(name, str)
+                    or not (isinstance(colour, str) and len(colour) == 7 and colour[0] == "#")):
+                return None
+            out[value] = (name, (int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)))
+        return out
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return None
+
+
+def read_label_table(path: Path) -> dict[int, tuple[str, tuple[int, int, int]]] | None:
+    """The label names and colours of a PNG label map medseg wrote (``label_table``), None for any other picture."""
+    with open_image(path, check_data=False) as im:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                im.load()  # a text chunk after the image data is read with it
+        except Exception as e:
+            raise unreadable(path, e) from e
+        return label_table(im)
 
 
 # PIL identifies ~40 formats by their bytes, whatever the name says: a file named scan.png holding PostScript
@@ -62,13 +108,19 @@ PNG_METADATA_GUARD = ("PngImagePlugin.MAX_TEXT_CHUNK", "MAX_TEXT_MEMORY")
 PNG_METADATA_CHUNKS = (b"iCCP", b"zTXt", b"iTXt")  # the chunks Pillow inflates under its guard
 
 
-def _png_without_oversized_metadata(path: Path) -> io.BytesIO | None:
+# text chunks whose loss may take an EXIF Orientation with it (Pillow's ``getexif`` reads the tag from them)
+PNG_ORIENTATION_KEYWORDS = ("Raw profile type exif", "XML:com.adobe.xmp")
+
+
+def _png_without_oversized_metadata(path: Path) -> tuple[io.BytesIO, tuple[str, ...]] | None:
     """The PNG's bytes without its text and ICC-profile chunks that inflate past Pillow's guard (each such chunk handed
-    to Pillow's own reader of it, which refuses it or not), None when it has none (or is no PNG). Why: a valid picture
-    carrying a 2 MB comment or ICC profile was refused whole (session 25); medseg uses none of that metadata, so the
-    chunk is left out rather than the guard lowered: the picture's data meets Pillow's checks as before, and the chunks
-    Pillow can read (an XMP packet's or ImageMagick's EXIF orientation among them) stay (session 26)."""
+    to Pillow's own reader of it, which refuses it or not), and what each left out was (``_chunk_named``); None when it
+    has none (or is no PNG). Why: a valid picture carrying a 2 MB comment or ICC profile was refused whole (session
+    25); medseg uses none of that metadata, so the chunk is left out rather than the guard lowered: the picture's data
+    meets Pillow's checks as before, and the chunks Pillow can read (an XMP packet's or ImageMagick's EXIF orientation
+    among them) stay (session 26). What was left out is said in the open's notes (session 27)."""
     dropped: list[tuple[int, int]] = []  # (start, end) of each chunk left out
+    named: list[str] = []
     with open(path, "rb") as f:
         if f.read(8) != PNG_SIGNATURE:
             return None
@@ -86,6 +138,7 @@ def _png_without_oversized_metadata(path: Path) -> io.BytesIO | None:
             except ValueError as e:
                 if any(guard in str(e) for guard in PNG_METADATA_GUARD):
                     dropped.append((f.tell() - length - 12, f.tell()))
+                    named.append(_chunk_named(kind, data))
             except Exception:  # Pillow's own refusal of the chunk, which the real read repeats in its words
                 pass
         if not dropped:
@@ -94,7 +147,34 @@ def _png_without_oversized_metadata(path: Path) -> io.BytesIO | None:
         whole = f.read()
     starts = [0, *(end for _, end in dropped)]
     ends = [*(start for start, _ in dropped), len(whole)]
-    return io.BytesIO(b"".join(whole[a:b] for a, b in zip(starts, ends)))
+    return io.BytesIO(b"".join(whole[a:b] for a, b in zip(starts, ends))), tuple(named)
+
+
+def _chunk_named(kind: bytes, data: bytes) -> str:
+    """A metadata chunk as a note names it: ``ICC profile (iCCP)``, ``text 'Comment' (zTXt)``; a keyword that is not
+    the printable Latin-1 the PNG standard allows (the file's own bytes, shown in the UI) is not repeated."""
+    if kind == b"iCCP":
+        return "ICC profile (iCCP)"
+    keyword = data[:data.find(b"\0")].decode("latin-1") if 0 < data.find(b"\0") <= 79 else ""
+    if keyword and keyword.isprintable() and keyword == keyword.strip():
+        return f"text '{keyword}' ({kind.decode()})"
+    return f"text ({kind.decode()})"
+
+
+def _metadata_left_out_note(named: Sequence[str]) -> str:
+    """The open's note for the metadata chunks ``_png_without_oversized_metadata`` left out. Why: they were left out
+    silently (session 26's leftover); a user looking for a profile or a comment, or for an orientation an ImageMagick
+    EXIF profile or an XMP packet held, learns it was not read."""
+    shown = ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
+    one = len(named) == 1
+    note = (f"its metadata {'chunk' if one else 'chunks'} {shown} {'was' if one else 'were'} left out: "
+            f"{'it inflates' if one else 'each inflates'} past Pillow's "
+            "limit of 1 MB a chunk (a guard against decompression bombs); medseg uses no PNG text or ICC profile, and "
+            "the picture's pixels are whole")
+    lost = [k for k in PNG_ORIENTATION_KEYWORDS if any(f"'{k}'" in n for n in named)]
+    if lost:
+        note += f"; '{lost[0]}' may have held an EXIF Orientation, not applied: the picture is shown as stored"
+    return note
 
 
 def unreadable(path: Path, error: BaseException) -> StudyError:
@@ -109,16 +189,21 @@ def unreadable(path: Path, error: BaseException) -> StudyError:
     return StudyError(f"{path}: not a readable PNG/JPEG image ({said})")
 
 
-def open_image(path: Path, *, max_voxels: int | None = None, check_data: bool = True) -> Image.Image:
+def open_image(path: Path, *, max_voxels: int | None = None, check_data: bool = True,
+               left_out: list[str] | None = None) -> Image.Image:
     """A PNG or JPEG file opened (its header read, no pixel decoded yet) and checked: the format by its bytes, one
     frame (an animated PNG's other frames were dropped silently), the size within ``max_voxels``, a PNG's image data
     as long as its rows need (``check_data``); StudyError otherwise. A JPEG with extra pictures (MPO, as phones
-    write) is its first, primary picture. Close it."""
+    write) is its first, primary picture. ``left_out`` gets the metadata chunks past Pillow's guard that were left
+    out (``_png_without_oversized_metadata``). Close it."""
     limit = voxel_limit(max_voxels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
-            im = Image.open(_png_without_oversized_metadata(path) or path, formats=IMAGE_FORMATS)
+            without = _png_without_oversized_metadata(path)
+            if without is not None and left_out is not None:
+                left_out.extend(without[1])
+            im = Image.open(without[0] if without is not None else path, formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as e:
         raise StudyError(f"{path}: image too large to open safely ({first_line(e)})") from e
     except UnidentifiedImageError as e:
@@ -304,7 +389,8 @@ def _loaded_with_alpha(path: Path, im) -> tuple:
 
 
 def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
-    im = open_image(path, max_voxels=max_voxels)
+    left_out: list[str] = []
+    im = open_image(path, max_voxels=max_voxels, left_out=left_out)
     try:
         with im, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's notes on odd chunks; a damaged image raises below
@@ -347,9 +433,12 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
     if _png_16bit_with_colour_or_alpha(path):
         array = _png_16bit(path, array)
     notes: tuple[str, ...] = ()
+    if left_out:
+        notes = (_metadata_left_out_note(left_out),)
+        warnings.warn(one_line(f"{path}: {notes[-1]}"), StudyWarning, stacklevel=2)
     if hidden:
-        notes = (f"{hidden} of {array.shape[0] * array.shape[1]} {TRANSPARENCY_IGNORED}",)
-        warnings.warn(one_line(f"{path}: {notes[0]}"), StudyWarning, stacklevel=2)
+        notes = (*notes, f"{hidden} of {array.shape[0] * array.shape[1]} {TRANSPARENCY_IGNORED}")
+        warnings.warn(one_line(f"{path}: {notes[-1]}"), StudyWarning, stacklevel=2)
     if orientation != 1:
         array = _turned(array, orientation)
         notes = (*notes, f"EXIF Orientation {orientation}: shown turned as photo viewers show it (masks are written "

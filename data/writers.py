@@ -8,11 +8,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from data.volume import Volume
 
@@ -156,20 +156,35 @@ def write_png_mask(mask: np.ndarray, path: str | Path, *, exif_orientation: int 
                             exif_orientation=exif_orientation)
 
 
-def write_png_labels(labels: np.ndarray, path: str | Path, *, exif_orientation: int = 1) -> Path:
-    """(H, W) integer label map as shown -> 8-bit PNG keeping the label values, stored as the picture stores its pixels
-    with its EXIF Orientation (see ``write_png_mask``). Why the orientation: the UI's labels of a phone photo were
-    exported only as a NIfTI in the shown orientation, without the tag, which `medseg oneshot --ref-mask` and `medseg
-    eval` refused beside the photo (session 26b)."""
-    from data.pictures import as_stored
+def write_png_labels(labels: np.ndarray, path: str | Path, *, exif_orientation: int = 1,
+                     label_names: Mapping[int, str] | None = None,
+                     colours: Mapping[int, Sequence[int]] | None = None) -> Path:
+    """(H, W) integer label map as shown -> grey PNG whose pixels are the label values, stored as the picture stores
+    its pixels with its EXIF Orientation (see ``write_png_mask``). Why the orientation: the UI's labels of a phone photo
+    were exported only as a NIfTI in the shown orientation, without the tag, which `medseg oneshot --ref-mask` and
+    `medseg eval` refused beside the photo (session 26b).
+
+    Without ``label_names``: 8-bit grey, values up to 255 (a mask). With them (the UI's export, session 27): 8-bit
+    grey up to 255, 16-bit grey past it, and an iTXt chunk ``medseg:labels`` naming the values with their colours
+    (``data.pictures.label_table_text``, read back by ``read_label_table``): the map was a bare grey map no person or
+    tool could name. Grey, not a palette PNG showing the colours: OpenCV's ``imread``, SimpleITK/ITK (so 3D Slicer)
+    and many scripts expand a palette into its colours, so a user's pipeline would get colours, not label numbers."""
+    from data.pictures import LABELS_CHUNK_KEY, as_stored, label_table_text
 
     path = Path(path)
-    if labels.max(initial=0) > 255:
-        raise ValueError("a PNG label map holds at most 255 labels")
-    picture = Image.fromarray(np.ascontiguousarray(as_stored(np.asarray(labels, dtype=np.uint8), exif_orientation)))
+    top, limit = int(np.max(labels, initial=0)), 255 if label_names is None else 65535
+    if top > limit:
+        raise ValueError(f"a PNG label map holds at most {limit} labels")
+    picture = Image.fromarray(np.ascontiguousarray(
+        as_stored(np.asarray(labels, dtype=np.uint8 if top <= 255 else np.uint16), exif_orientation)))
+    info = None
+    if label_names is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt(LABELS_CHUNK_KEY, label_table_text(label_names, {v: (colours or {}).get(v, (0, 0, 0))
+                                                                        for v in label_names}))
     exif = Image.Exif()
     if exif_orientation != 1:
         exif[0x0112] = exif_orientation
     with atomic_output(path) as tmp:
-        picture.save(tmp, format="PNG", exif=exif)
+        picture.save(tmp, format="PNG", exif=exif, pnginfo=info)
     return path

@@ -5,6 +5,7 @@ file properly) opened as if whole: PIL pads the missing rows with black without 
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -359,3 +360,46 @@ def test_a_png_with_oversized_metadata_is_still_refused_for_a_bomb_or_cut_image_
     path.write_bytes(_with_chunk(_png(slice_8bit, rows=h // 3), comment, "before"))
     with pytest.raises(StudyError, match=rf"cut\.png: the PNG's image data ends after {h // 3} of {h} rows"):
         read_study(path)
+
+
+def test_the_open_says_which_oversized_metadata_it_left_out(tmp_path, slice_8bit):
+    """The metadata past Pillow's guard was left out silently (session 26's leftover): a user looking for the picture's
+    ICC profile or comment, or for the EXIF orientation an ImageMagick profile held, was not told. The open's notes
+    (shown with the study, as other readers' notes are) and a warning say which chunks, and that an orientation such a
+    chunk may have held is not applied (session 27). A mask read has no notes; a picture without such chunks none."""
+    comment = _chunk(b"zTXt", OVERSIZED_METADATA["zTXt"])
+    profile = _chunk(b"iCCP", OVERSIZED_METADATA["iCCP"])
+    exif = _chunk(b"zTXt", b"Raw profile type exif\0\0" + BIG)
+    odd = _chunk(b"iTXt", b"<b>x</b>\x07\0\1\0en\0x\0" + BIG)  # a keyword that is not printable Latin-1: not repeated
+    cases = {
+        (comment,): "its metadata chunk text 'Comment' (zTXt) was left out: it inflates past Pillow's limit of 1 MB a "
+                    "chunk (a guard against decompression bombs); medseg uses no PNG text or ICC profile, and the "
+                    "picture's pixels are whole",
+        (profile, comment): "its metadata chunks ICC profile (iCCP), text 'Comment' (zTXt) were left out: each "
+                            "inflates past",
+        (exif,): "its metadata chunk text 'Raw profile type exif' (zTXt) was left out: it inflates past",
+        (odd, comment, comment, profile, comment): "its metadata chunks text (iTXt), text 'Comment' (zTXt), text "
+                                                   "'Comment' (zTXt) and 2 more were left out: each inflates past",
+    }
+    for chunks, said in cases.items():
+        path = tmp_path / "commented.png"
+        path.write_bytes(_with_chunk(_png(slice_8bit), b"".join(chunks), "before"))
+        with pytest.warns(StudyWarning, match=re.escape(f"{path}: {said}")):
+            volume = read_study(path)
+        np.testing.assert_array_equal(volume.array[0], slice_8bit)
+        assert len(volume.source.notes) == 1 and volume.source.notes[0].startswith(said)
+        assert volume.source.notes[0].endswith("; 'Raw profile type exif' may have held an EXIF Orientation, not "
+                                               "applied: the picture is shown as stored") == (chunks == (exif,))
+    path.write_bytes(_with_chunk(_png(slice_8bit), comment, "after"))  # in the UI: read in a child process
+    from app import controller
+    from app.controller import AppContext
+    from app.interaction import ModelRunner, Prefetcher
+    from app.session import SessionStore
+
+    runner = ModelRunner("cpu")
+    ctx = AppContext(SessionStore(tmp_path / "sessions"), runner, Prefetcher(runner, radius=0))
+    sid = controller.start(ctx, None).session_id
+    status = controller.open_upload(ctx, sid, [str(path)]).status
+    assert f"Note: {cases[(comment,)]}." in status, status
+    path.write_bytes(_png(slice_8bit))
+    assert read_study(path).source.notes == ()
