@@ -102,7 +102,9 @@ def test_keys_pressed_while_the_study_loads_say_they_were_not_applied(browser, s
     """Arrow keys (slice stepping), the wheel, M and the zoom keys pressed while the study is still on its way into the viewer
     did nothing (or were undone when it came: M, the zoom) without a word, as clicks did before session 21; ctrl+Z
     undid the loading study's last edit out of sight (its "Undid ..." replaced by the study's own line). They now say
-    in one line that they were not applied, which the study's own line replaces once it is shown."""
+    in one line that they were not applied, which the study's own line replaces once it is shown. Enter on the image
+    (the keyboard cursor's click, whose cursor the load drops) said nothing until session 27; Enter on a focused
+    button is still the button's."""
     context, page, sid = _open_page(browser, server)
     held = []
     try:
@@ -115,6 +117,15 @@ def test_keys_pressed_while_the_study_loads_say_they_were_not_applied(browser, s
         _said(page, f"{CT_NAME} is still loading: your slice step (↓) was not applied; press it again once it is shown")
         page.keyboard.press("m")
         _said(page, "your layout switch (M) was not applied")
+        page.keyboard.press("Enter")
+        _said(page, f"{CT_NAME} is still loading: your click (Enter) was not placed; show the cursor (K) and press "
+                    "Enter again once it is shown")
+        page.keyboard.press("Shift+Enter")
+        _said(page, "your negative click (shift+Enter) was not placed; show the cursor (K) and press shift+Enter again")
+        page.focus("#tool-box")
+        page.keyboard.press("Enter")  # a focused button's own
+        assert page.locator("#medseg-viewer").get_attribute("data-tool") == "box"
+        assert "negative click (shift+Enter)" in page.locator("#viewer-status").inner_text()  # no click said
         canvas = page.locator("#viewer-canvas").bounding_box()
         page.mouse.move(canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2)
         page.mouse.wheel(0, 120)
@@ -995,3 +1006,4 @@ def test_a_box_flat_as_a_line_is_cancelled_in_the_viewers_words(browser, server,
         assert server.store.get(sid).prompt is None
     finally:
         context.close()
+

@@ -81,10 +81,14 @@ export const keyboardMethods = {
     if (t && ownsKeys(t, k) && !(undoKey && undoIsTheViewers(t))) return
     if (!this.state?.study) return
     if (undoKey && t?.closest('#label, #model')) (t as HTMLElement).blur()  // closes the list: the undo is the news
-    const needs = IMAGE_KEYS[k]
+    // Enter on the image is the keyboard cursor's click (K), which the load dropped: said so, not silent. Enter on a
+    // focused button or list is that control's own
+    const enter = k === 'Enter' && t && this.stage.contains(t) ? (e.shiftKey ? 'shift+Enter' : 'Enter') : ''
+    const needs = IMAGE_KEYS[k] ?? (enter && `${e.shiftKey ? 'negative click' : 'click'} (${enter})`)
     if (needs && !ctrl && (this.loading || !this.nv.volumes.length)) {
       e.preventDefault(); e.stopPropagation()
-      this.sayNotShown(needs, 'applied', 'press it')
+      if (enter) this.sayNotShown(needs, 'placed', `show the cursor (K) and press ${enter}`)
+      else this.sayNotShown(needs, 'applied', 'press it')
       return
     }
     if (e.repeat && !ctrl && ONCE.has(k)) { e.preventDefault(); e.stopPropagation(); return }
