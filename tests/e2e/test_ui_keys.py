@@ -1007,3 +1007,43 @@ def test_a_box_flat_as_a_line_is_cancelled_in_the_viewers_words(browser, server,
     finally:
         context.close()
 
+
+def test_a_keyboard_box_a_pixel_across_is_a_box_and_one_on_a_spot_is_cancelled(browser, server, ct):
+    """Session 26's viewer pass: the keyboard's C, C went as the mouse's drag, so the mouse's rule (a drag under
+    ``DRAG_PX`` is a click) made C, one arrow each way, C a ``Positive click (1 point)``, and C, C on one spot a
+    click too. A keyboard box is deliberate: corners a pixel of the study apart across and down make that box; on
+    one spot it is cancelled in the viewer's words, and nothing is sent."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.focus("#viewer-stage")
+        page.keyboard.press("k")
+
+        def cursor() -> tuple[float, float]:
+            _, x, y = to_plane(ct, "coronal", page.evaluate("medsegViewer.keyCursor.mm"))
+            return x, y
+
+        a = cursor()
+        page.keyboard.press("c")
+        _said(page, "Box corner marked")
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowDown")
+        b = cursor()
+        page.keyboard.press("c")
+        _wait_status(page, "Box: overlay updated")
+        _idle(page)
+        assert not server.store.get(sid).prompt.points  # a box, no click
+        x0, y0, x1, y1 = server.store.get(sid).prompt.box
+        assert (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)) == pytest.approx(
+            (min(a[0], b[0]), min(a[1], b[1]), max(a[0], b[0]), max(a[1], b[1])), abs=0.05)
+        assert abs(x1 - x0) == pytest.approx(1, abs=0.05) and abs(y1 - y0) == pytest.approx(1, abs=0.05)
+        box = server.store.get(sid).prompt.box
+        page.keyboard.press("c")
+        page.keyboard.press("c")
+        _said(page, "⚠ box cancelled: its two corners are one point (C twice without moving the cursor); nothing "
+                    "was placed")
+        assert page.evaluate("medsegViewer.inFlight") == 0
+        assert server.store.get(sid).prompt.box == box and not server.store.get(sid).prompt.points
+    finally:
+        context.close()
+
