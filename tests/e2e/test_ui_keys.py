@@ -1047,3 +1047,35 @@ def test_a_keyboard_box_a_pixel_across_is_a_box_and_one_on_a_spot_is_cancelled(b
     finally:
         context.close()
 
+
+def test_t_takes_the_keyboard_cursor_to_the_next_view_at_the_same_point(browser, server, ct):
+    """Session 26's viewer pass: in three views (M) the arrows stop at the cursor's tile's edge, so the keyboard alone
+    could not take the cursor to another view. T now moves it onto the next view's tile at the same point of the
+    study (that view paged to it), where Enter clicks; three Ts come back to the first view."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.focus("#viewer-stage")
+        page.keyboard.press("m")
+        assert page.locator("#medseg-viewer").get_attribute("data-layout") == "three"
+        page.keyboard.press("k")
+        for key in ("Shift+ArrowRight", "Shift+ArrowRight", "Shift+ArrowDown"):
+            page.keyboard.press(key)  # off the crosshair: its point is on no other view's slice shown
+        where = """() => { const v = medsegViewer, c = v.keyCursor, at = v.onShownSlice(c), hit = at && v.pick(...at);
+            return { view: c.view, mm: hit && hit.mm, tile: hit && hit.view } }"""  # the point drawn, and its tile
+        first = page.evaluate(where)
+        seen = [first["view"]]
+        for _ in range(3):
+            page.keyboard.press("t")
+            now = page.evaluate(where)
+            assert now["tile"] == now["view"]  # drawn on its own view's tile
+            assert now["mm"] == pytest.approx(first["mm"], abs=1e-3)
+            seen.append(now["view"])
+        assert sorted(seen[:3]) == ["axial", "coronal", "sagittal"] and seen[3] == seen[0]
+        page.keyboard.press("t")
+        _said(page, f"Keyboard cursor on the {seen[1]} view")
+        page.keyboard.press("Enter")
+        _wait_status(page, "Positive click (1 point)")
+        assert "T" in page.evaluate("[...document.querySelectorAll('#viewer-shortcuts td')].map(td => td.textContent)")
+    finally:
+        context.close()

@@ -24,7 +24,8 @@ export const keyCursorMethods = {
       }
       this.stage.focus({ preventScroll: true })
       this.showStatus('Keyboard cursor: the arrows move it (shift: faster), Enter clicks there (shift+Enter: a negative ' +
-        'point), C marks a box\'s corner and C again draws the box, Esc or K hides it.')
+        'point), C marks a box\'s corner and C again draws the box, ' + (this.three ? 'T takes it to the next view, ' : '') +
+        'Esc or K hides it.')
     }
     this.drawOverlay()
   },
@@ -70,6 +71,7 @@ export const keyCursorMethods = {
       this.drawOverlay()
       return true
     }
+    if (k === 't' || k === 'T') { this.keyCursorToNextView(); return true }
     if (k !== 'Enter' && k !== 'c' && k !== 'C') return false
     if (e.repeat || this.drag) return true  // held: one click or corner, as a toggle key acts once
     if (k === 'Enter') {
@@ -93,6 +95,26 @@ export const keyCursorMethods = {
     }
     this.drawOverlay()
     return true
+  },
+
+  /** T: the cursor onto the next view's tile (three views), at the same point of the study: that view is paged to
+   * it. The arrows stop at a tile's edge, so the keyboard alone could not reach another view. */
+  keyCursorToNextView(this: Viewer): void {
+    const c = this.keyCursor!
+    const views = [...new Set(this.nv.screenSlices.map((s) => VIEW_OF[s.axCorSag as number]).filter(Boolean))]
+    if (views.length < 2) {
+      this.showStatus('T takes the keyboard cursor to the next view when three are shown (M).')
+      return
+    }
+    const view = views[(views.indexOf(c.view) + 1) % views.length]
+    const mm = this.shownMM(c)
+    this.moveTo(mm, view)
+    this.keyCursor = { view, mm }
+    this.currentView = view  // as a press there sets it: ↑/↓ and PgUp/PgDn page it
+    this.afterNavigate()
+    this.showStatus(`Keyboard cursor on the ${view} view` + (this.keyMark ? ' (the box corner marked is dropped).' : '.'))
+    this.keyMark = null
+    this.drawOverlay()
   },
 
   /** C, C in Point or Box: the box between the two corners' points, however small. Sent as the mouse's drag it

@@ -10,6 +10,7 @@ export const SHORTCUTS: [string, string][] = [
   ['arrows, shift+arrows', 'move the keyboard cursor (shift: 10 pixels)'],
   ['Enter / shift+Enter', 'click at the keyboard cursor (shift: negative)'],
   ['C, then C', 'box from the cursor\'s first corner to the second'],
+  ['T', 'keyboard cursor to the next view (three views)'],
   ['N', 'new object'],
   ['wheel, ↑/↓, PgUp/PgDn', 'page slices'],
   ['ctrl+wheel, +/−, 0', 'zoom in / out / reset'],
@@ -33,7 +34,7 @@ const IMAGE_KEYS: Record<string, string> = {
 // Keys that flip something or act once: held down, the key's repeats (30 a second after half a second) flipped it
 // back and forth, so H, M or O held a moment too long ended hidden or shown, one view or three, by the count of
 // repeats, and N held sent a new object per repeat. A held one acts once, as its first press.
-const ONCE = new Set(['h', 'H', 'm', 'M', 'o', 'O', 'g', 'G', 'n', 'N', 'k', 'K'])
+const ONCE = new Set(['h', 'H', 'm', 'M', 'o', 'O', 'g', 'G', 'n', 'N', 'k', 'K', 't', 'T'])
 
 // the input types whose keys edit text: ctrl+Z there is the field's own undo
 const TEXT_INPUTS = new Set(['text', 'search', 'number', 'email', 'password', 'url', 'tel'])
