@@ -304,7 +304,7 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
             view, (index, x0, y0) = _where(volume, body, "mm")
             _, (_, x1, y1) = _where(volume, body, "mm2", view)
             _show(session, view, index)
-            if abs(x1 - x0) < 1 and abs(y1 - y0) < 1:
+            if abs(x1 - x0) < 1 - 1e-6 and abs(y1 - y0) < 1 - 1e-6:  # a keyboard box a pixel across: 0.99999999
                 raise PromptError("the box is empty: drag across the structure")
             edit = interaction.box_prompt(ctx.runner, session, (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
             status = "Box: overlay updated."

@@ -102,7 +102,9 @@ def test_keys_pressed_while_the_study_loads_say_they_were_not_applied(browser, s
     """Arrow keys (slice stepping), the wheel, M and the zoom keys pressed while the study is still on its way into the viewer
     did nothing (or were undone when it came: M, the zoom) without a word, as clicks did before session 21; ctrl+Z
     undid the loading study's last edit out of sight (its "Undid ..." replaced by the study's own line). They now say
-    in one line that they were not applied, which the study's own line replaces once it is shown."""
+    in one line that they were not applied, which the study's own line replaces once it is shown. Enter on the image
+    (the keyboard cursor's click, whose cursor the load drops) said nothing until session 27; Enter on a focused
+    button is still the button's."""
     context, page, sid = _open_page(browser, server)
     held = []
     try:
@@ -115,6 +117,15 @@ def test_keys_pressed_while_the_study_loads_say_they_were_not_applied(browser, s
         _said(page, f"{CT_NAME} is still loading: your slice step (↓) was not applied; press it again once it is shown")
         page.keyboard.press("m")
         _said(page, "your layout switch (M) was not applied")
+        page.keyboard.press("Enter")
+        _said(page, f"{CT_NAME} is still loading: your click (Enter) was not placed; show the cursor (K) and press "
+                    "Enter again once it is shown")
+        page.keyboard.press("Shift+Enter")
+        _said(page, "your negative click (shift+Enter) was not placed; show the cursor (K) and press shift+Enter again")
+        page.focus("#tool-box")
+        page.keyboard.press("Enter")  # a focused button's own
+        assert page.locator("#medseg-viewer").get_attribute("data-tool") == "box"
+        assert "negative click (shift+Enter)" in page.locator("#viewer-status").inner_text()  # no click said
         canvas = page.locator("#viewer-canvas").bounding_box()
         page.mouse.move(canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2)
         page.mouse.wheel(0, 120)
@@ -993,5 +1004,78 @@ def test_a_box_flat_as_a_line_is_cancelled_in_the_viewers_words(browser, server,
         _said(page, flat)
         assert page.evaluate("medsegViewer.inFlight") == 0
         assert server.store.get(sid).prompt is None
+    finally:
+        context.close()
+
+
+def test_a_keyboard_box_a_pixel_across_is_a_box_and_one_on_a_spot_is_cancelled(browser, server, ct):
+    """Session 26's viewer pass: the keyboard's C, C went as the mouse's drag, so the mouse's rule (a drag under
+    ``DRAG_PX`` is a click) made C, one arrow each way, C a ``Positive click (1 point)``, and C, C on one spot a
+    click too. A keyboard box is deliberate: corners a pixel of the study apart across and down make that box; on
+    one spot it is cancelled in the viewer's words, and nothing is sent."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.focus("#viewer-stage")
+        page.keyboard.press("k")
+
+        def cursor() -> tuple[float, float]:
+            _, x, y = to_plane(ct, "coronal", page.evaluate("medsegViewer.keyCursor.mm"))
+            return x, y
+
+        a = cursor()
+        page.keyboard.press("c")
+        _said(page, "Box corner marked")
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowDown")
+        b = cursor()
+        page.keyboard.press("c")
+        _wait_status(page, "Box: overlay updated")
+        _idle(page)
+        assert not server.store.get(sid).prompt.points  # a box, no click
+        x0, y0, x1, y1 = server.store.get(sid).prompt.box
+        assert (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)) == pytest.approx(
+            (min(a[0], b[0]), min(a[1], b[1]), max(a[0], b[0]), max(a[1], b[1])), abs=0.05)
+        assert abs(x1 - x0) == pytest.approx(1, abs=0.05) and abs(y1 - y0) == pytest.approx(1, abs=0.05)
+        box = server.store.get(sid).prompt.box
+        page.keyboard.press("c")
+        page.keyboard.press("c")
+        _said(page, "⚠ box cancelled: its two corners are one point (C twice without moving the cursor); nothing "
+                    "was placed")
+        assert page.evaluate("medsegViewer.inFlight") == 0
+        assert server.store.get(sid).prompt.box == box and not server.store.get(sid).prompt.points
+    finally:
+        context.close()
+
+
+def test_t_takes_the_keyboard_cursor_to_the_next_view_at_the_same_point(browser, server, ct):
+    """Session 26's viewer pass: in three views (M) the arrows stop at the cursor's tile's edge, so the keyboard alone
+    could not take the cursor to another view. T now moves it onto the next view's tile at the same point of the
+    study (that view paged to it), where Enter clicks; three Ts come back to the first view."""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.focus("#viewer-stage")
+        page.keyboard.press("m")
+        assert page.locator("#medseg-viewer").get_attribute("data-layout") == "three"
+        page.keyboard.press("k")
+        for key in ("Shift+ArrowRight", "Shift+ArrowRight", "Shift+ArrowDown"):
+            page.keyboard.press(key)  # off the crosshair: its point is on no other view's slice shown
+        where = """() => { const v = medsegViewer, c = v.keyCursor, at = v.onShownSlice(c), hit = at && v.pick(...at);
+            return { view: c.view, mm: hit && hit.mm, tile: hit && hit.view } }"""  # the point drawn, and its tile
+        first = page.evaluate(where)
+        seen = [first["view"]]
+        for _ in range(3):
+            page.keyboard.press("t")
+            now = page.evaluate(where)
+            assert now["tile"] == now["view"]  # drawn on its own view's tile
+            assert now["mm"] == pytest.approx(first["mm"], abs=1e-3)
+            seen.append(now["view"])
+        assert sorted(seen[:3]) == ["axial", "coronal", "sagittal"] and seen[3] == seen[0]
+        page.keyboard.press("t")
+        _said(page, f"Keyboard cursor on the {seen[1]} view")
+        page.keyboard.press("Enter")
+        _wait_status(page, "Positive click (1 point)")
+        assert "T" in page.evaluate("[...document.querySelectorAll('#viewer-shortcuts td')].map(td => td.textContent)")
     finally:
         context.close()

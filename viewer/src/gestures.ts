@@ -48,7 +48,7 @@ export const gestureMethods = {
   sendBox(this: Viewer, view: string, mm: number[], mm2: number[]): void {
     const a = this.toCanvas(mm, view), b = this.toCanvas(mm2, view)
     const voxel = a && b ? this.voxelCss((a[0] + b[0]) / 2, (a[1] + b[1]) / 2) : 0
-    if (a && b && Math.min(Math.abs(a[0] - b[0]), Math.abs(a[1] - b[1])) < voxel) {
+    if (a && b && Math.min(Math.abs(a[0] - b[0]), Math.abs(a[1] - b[1])) < 0.99 * voxel) {  // float: a keyboard box 1 voxel high is 0.99999
       this.sayBoxCancelled('its corners are on one row or column of the image (a line, not a box)')
       return
     }

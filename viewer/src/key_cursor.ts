@@ -1,7 +1,7 @@
 // The keyboard cursor: a point on the focused image moved by the arrows, where Enter clicks and C marks a box's
 // corners, for a user without a mouse or finger (session 25's second pass: the keyboard reached every tool and
-// button, but a prompt needed the mouse). Its clicks and boxes are the mouse's own events, sent to the canvas: one
-// prompt path, the mouse's (pointer.ts), whatever the tool.
+// button, but a prompt needed the mouse). Its clicks (and C, C outside Point and Box) are the mouse's own events, sent
+// to the canvas: the mouse's path (pointer.ts), whatever the tool; its boxes go to sendBox as the mouse's do (keyBox).
 import type { Viewer } from './viewer'
 import { AXIS_OF, VIEW_OF } from './geometry'
 
@@ -24,7 +24,8 @@ export const keyCursorMethods = {
       }
       this.stage.focus({ preventScroll: true })
       this.showStatus('Keyboard cursor: the arrows move it (shift: faster), Enter clicks there (shift+Enter: a negative ' +
-        'point), C marks a box\'s corner and C again draws the box, Esc or K hides it.')
+        'point), C marks a box\'s corner and C again draws the box, ' + (this.three ? 'T takes it to the next view, ' : '') +
+        'Esc or K hides it.')
     }
     this.drawOverlay()
   },
@@ -34,12 +35,17 @@ export const keyCursorMethods = {
     return this.keyCursor !== null && document.activeElement === this.stage
   },
 
-  /** A place on the shown slice of its view (canvas pixels), moved onto it when the slice was paged since. */
-  onShownSlice(this: Viewer, m: KeyMark): [number, number] | null {
+  /** A place's point on the shown slice of its view, moved onto it when the slice was paged since. */
+  shownMM(this: Viewer, m: KeyMark): number[] {
     const mm = [...m.mm]
     const axis = AXIS_OF[m.view]
     mm[axis] = this.crosshairMM()[axis]
-    return this.toCanvas(mm, m.view)
+    return mm
+  },
+
+  /** A place on the shown slice of its view (canvas pixels). */
+  onShownSlice(this: Viewer, m: KeyMark): [number, number] | null {
+    return this.toCanvas(this.shownMM(m), m.view)
   },
 
   /** An arrow, Enter, C or Esc for the cursor; false for a key it does not take (the other shortcuts then act). */
@@ -65,6 +71,7 @@ export const keyCursorMethods = {
       this.drawOverlay()
       return true
     }
+    if (k === 't' || k === 'T') { this.keyCursorToNextView(); return true }
     if (k !== 'Enter' && k !== 'c' && k !== 'C') return false
     if (e.repeat || this.drag) return true  // held: one click or corner, as a toggle key acts once
     if (k === 'Enter') {
@@ -76,10 +83,11 @@ export const keyCursorMethods = {
       this.showStatus(on ? 'Box corner marked: move to the opposite corner and press C again (Esc drops it).'
         : 'Box corner: move the cursor onto the image first.')
     } else {
-      const first = this.onShownSlice(this.keyMark)
+      const mark = this.keyMark, first = this.onShownSlice(mark)
       this.keyMark = null
       if (!first) this.sayBoxCancelled('its first corner is not on the slice shown')
-      else {  // a drag from the first corner to the cursor, as the mouse makes it
+      else if (this.tool === 'point' || this.tool === 'box') this.keyBox(mark, first, at)
+      else {  // a drag from the first corner to the cursor, as the mouse makes it (a stroke in Brush)
         this.asMouse('mousedown', this.clientXY(first))
         this.asMouse('mousemove', this.clientXY(at))
         this.asMouse('mouseup', this.clientXY(at))
@@ -87,6 +95,38 @@ export const keyCursorMethods = {
     }
     this.drawOverlay()
     return true
+  },
+
+  /** T: the cursor onto the next view's tile (three views), at the same point of the study: that view is paged to
+   * it. The arrows stop at a tile's edge, so the keyboard alone could not reach another view. */
+  keyCursorToNextView(this: Viewer): void {
+    const c = this.keyCursor!
+    const views = [...new Set(this.nv.screenSlices.map((s) => VIEW_OF[s.axCorSag as number]).filter(Boolean))]
+    if (views.length < 2) {
+      this.showStatus('T takes the keyboard cursor to the next view when three are shown (M).')
+      return
+    }
+    const view = views[(views.indexOf(c.view) + 1) % views.length]
+    const mm = this.shownMM(c)
+    this.moveTo(mm, view)
+    this.keyCursor = { view, mm }
+    this.currentView = view  // as a press there sets it: ↑/↓ and PgUp/PgDn page it
+    this.afterNavigate()
+    this.showStatus(`Keyboard cursor on the ${view} view` + (this.keyMark ? ' (the box corner marked is dropped).' : '.'))
+    this.keyMark = null
+    this.drawOverlay()
+  },
+
+  /** C, C in Point or Box: the box between the two corners' points, however small. Sent as the mouse's drag it
+   * was a click under DRAG_PX (C, one arrow, C: `Positive click (1 point)`), and the browser's whole-pixel mouse
+   * coordinates could make a box a pixel of the study wide flat. On one spot it is cancelled. */
+  keyBox(this: Viewer, mark: KeyMark, first: [number, number], at: [number, number]): void {
+    const half = this.voxelCss(at[0], at[1]) / 2
+    const end = this.pick(at[0], at[1])
+    if (Math.abs(first[0] - at[0]) < half && Math.abs(first[1] - at[1]) < half) {
+      this.sayBoxCancelled('its two corners are one point (C twice without moving the cursor)')
+    } else if (!end || end.view !== mark.view) this.sayBoxCancelled('its corners are in two views')
+    else { this.currentView = mark.view; this.sendBox(mark.view, this.shownMM(mark), end.mm) }  // as a press sets it
   },
 
   /** The window's pixel of a canvas point (the page may be zoomed by CSS: canvasXY's inverse). */

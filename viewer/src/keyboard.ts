@@ -10,6 +10,7 @@ export const SHORTCUTS: [string, string][] = [
   ['arrows, shift+arrows', 'move the keyboard cursor (shift: 10 pixels)'],
   ['Enter / shift+Enter', 'click at the keyboard cursor (shift: negative)'],
   ['C, then C', 'box from the cursor\'s first corner to the second'],
+  ['T', 'keyboard cursor to the next view (three views)'],
   ['N', 'new object'],
   ['wheel, ↑/↓, PgUp/PgDn', 'page slices'],
   ['ctrl+wheel, +/−, 0', 'zoom in / out / reset'],
@@ -33,7 +34,7 @@ const IMAGE_KEYS: Record<string, string> = {
 // Keys that flip something or act once: held down, the key's repeats (30 a second after half a second) flipped it
 // back and forth, so H, M or O held a moment too long ended hidden or shown, one view or three, by the count of
 // repeats, and N held sent a new object per repeat. A held one acts once, as its first press.
-const ONCE = new Set(['h', 'H', 'm', 'M', 'o', 'O', 'g', 'G', 'n', 'N', 'k', 'K'])
+const ONCE = new Set(['h', 'H', 'm', 'M', 'o', 'O', 'g', 'G', 'n', 'N', 'k', 'K', 't', 'T'])
 
 // the input types whose keys edit text: ctrl+Z there is the field's own undo
 const TEXT_INPUTS = new Set(['text', 'search', 'number', 'email', 'password', 'url', 'tel'])
@@ -81,10 +82,14 @@ export const keyboardMethods = {
     if (t && ownsKeys(t, k) && !(undoKey && undoIsTheViewers(t))) return
     if (!this.state?.study) return
     if (undoKey && t?.closest('#label, #model')) (t as HTMLElement).blur()  // closes the list: the undo is the news
-    const needs = IMAGE_KEYS[k]
+    // Enter on the image is the keyboard cursor's click (K), which the load dropped: said so, not silent. Enter on a
+    // focused button or list is that control's own
+    const enter = k === 'Enter' && t && this.stage.contains(t) ? (e.shiftKey ? 'shift+Enter' : 'Enter') : ''
+    const needs = IMAGE_KEYS[k] ?? (enter && `${e.shiftKey ? 'negative click' : 'click'} (${enter})`)
     if (needs && !ctrl && (this.loading || !this.nv.volumes.length)) {
       e.preventDefault(); e.stopPropagation()
-      this.sayNotShown(needs, 'applied', 'press it')
+      if (enter) this.sayNotShown(needs, 'placed', `show the cursor (K) and press ${enter}`)
+      else this.sayNotShown(needs, 'applied', 'press it')
       return
     }
     if (e.repeat && !ctrl && ONCE.has(k)) { e.preventDefault(); e.stopPropagation(); return }
