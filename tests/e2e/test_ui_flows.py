@@ -343,27 +343,26 @@ def test_an_upload_of_two_series_shows_a_picker_and_opens_the_pick(browser, serv
     context.close()
 
 
-def _offer_two_series(page, server, tmp_path):
-    """Upload the two-series zip: the series picker shows (the study shown stays open). Returns once the upload's
-    warm-up is done too: run after the pick's open, it carried the open's greeting to the page before the pick's own
-    answer (a server message: this tab's open then no longer counted as on its way)."""
+def _offer_two_series(page, tmp_path):
+    """Upload the two-series zip: the series picker shows (the study shown stays open)."""
     from tests.app.test_ui_interaction import _two_series_zip
 
     _upload(page, _two_series_zip(tmp_path))
     _wait_status(page, "two.zip holds 2 series")
     page.locator("#upload-series").wait_for(state="visible", timeout=TIMEOUT_MS)
-    _wait_server(server.gradio_idle, timeout_s=TIMEOUT_MS / 1000)
 
 
 def test_a_slow_series_pick_of_this_tab_is_not_said_to_be_another_tabs(browser, server, tmp_path, monkeypatch,
                                                                       real_encodes):
     """A series picked under Upload whose open is slow to answer: the news poll found the session on the new study and
     said "Another tab opened two.zip ..." to a user alone with one tab (Open sample and Upload were known as this tab's
-    own opens, a pick in the series picker was not). Here the pick's answer is held after the server opened it, for
-    two polls."""
+    own opens, a pick in the series picker was not). Here the pick's answer is held for two polls after the server
+    opened the series. Gradio sends the pick twice, and the second (no news: skipped) goes on to the page's warm-up,
+    which carried the open's greeting to the page before the open's answer and so ended this tab's open on its way
+    (seen, not changed: docs/reliability.md, session 27); its warm-up is held with the answer here."""
     from app import controller as ctl
 
-    opened = ctl.open_pending_series
+    opened, warm = ctl.open_pending_series, ctl.warm
     answered = threading.Event()
 
     def slow_pick(*args, **kwargs):
@@ -371,11 +370,16 @@ def test_a_slow_series_pick_of_this_tab_is_not_said_to_be_another_tabs(browser, 
         answered.wait(120)
         return view
 
+    def held_warm(*args, **kwargs):
+        answered.wait(120)
+        return warm(*args, **kwargs)
+
     context, page, sid = _open_page(browser, server)
     try:
         ct_study = _open_sample(page)
-        _offer_two_series(page, server, tmp_path)
+        _offer_two_series(page, tmp_path)
         monkeypatch.setattr(ctl, "open_pending_series", slow_pick)
+        monkeypatch.setattr(ctl, "warm", held_warm)
         page.locator("#upload-series input").click()
         page.get_by_role("option", name="CT bone (12 images)", exact=False).click()
         _wait_server(lambda: server.store.get(sid).study_name.startswith("two.zip"))
@@ -383,7 +387,11 @@ def test_a_slow_series_pick_of_this_tab_is_not_said_to_be_another_tabs(browser, 
         assert "nother tab" not in page.locator("#viewer-status").inner_text()
         assert page.locator("#medseg-viewer").get_attribute("data-study") == ct_study
         answered.set()
-        _wait_status(page, "Opened two.zip, series")
+        # the series shown (its data-study, then Ready), not the page's own "Opened ...": the viewer's own line for the
+        # study may replace that one first
+        page.wait_for_function("k => document.querySelector('#medseg-viewer').dataset.study !== k"
+                               " && document.querySelector('#viewer-status').textContent.includes('Ready')",
+                               arg=ct_study, timeout=TIMEOUT_MS)
         assert "nother tab" not in page.locator("#viewer-status").inner_text()
     finally:
         answered.set()
@@ -399,7 +407,7 @@ def test_a_series_picked_while_clicks_are_queued_opens_after_them(browser, serve
     page.on("response", lambda r: answers.append(r.status) if r.url.endswith("/viewer-api/action") else None)
     try:
         ct_study = _open_sample(page)
-        _offer_two_series(page, server, tmp_path)
+        _offer_two_series(page, tmp_path)
         with server.runner.turn():
             for q in REFINE[:4]:
                 page.mouse.click(*_xy(page, ct, *q))
