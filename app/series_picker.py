@@ -36,6 +36,10 @@ def label_of(choices: list[tuple[str, str]]) -> str:
 
 
 SERIES_LABEL = "Series in this upload (pick one to open)"
+# The pick leaves once the viewer's queue is empty (viewer/src/page_buttons.ts, pickAfterQueue): sent at once, it
+# opened the series before the clicks still queued, which were then refused as made on a study no longer open.
+PICK_AFTER_QUEUE_JS = ("async (...args) => { await window.medsegViewer?.pickAfterQueue?.('Series'); "
+                       "return args.slice(0, 2) }")
 
 
 def layout():
@@ -65,5 +69,5 @@ def wire(picker, page: PageWiring, after_upload: list, extra_outputs: list, extr
 
     for event in after_upload:
         event.then(shown, [sid], [picker])
-    picker.input(on_pick, [sid, picker], outputs + extra_outputs).then(shown, [sid], [picker]).then(
+    picker.input(on_pick, [sid, picker], outputs + extra_outputs, js=PICK_AFTER_QUEUE_JS).then(shown, [sid], [picker]).then(
         page.warm, [sid], [page.status], show_progress="minimal", **page.gpu)

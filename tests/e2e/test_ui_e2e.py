@@ -1193,6 +1193,92 @@ def test_page_buttons_and_label_choice_made_while_clicks_are_queued_act_after_th
         context.close()
 
 
+@pytest.fixture(scope="module")
+def pacs_server(server, tmp_path_factory):
+    """A second server of the package, with the PACS panel (``medseg serve --dicomweb``), launched while the package's
+    server holds its turn (real_server_turn). No PACS answers at its URL: a test stubs ``app.pacs``'s retrieve and
+    store (the real ones run on Orthanc in tests/data/test_dicomweb.py)."""
+    from app.ui import launch
+    from tests.e2e.conftest import Server, _free_port
+
+    state = tmp_path_factory.mktemp("medseg-pacs-state")
+    port = _free_port()
+    demo = launch("127.0.0.1", port, "litemedsam", "cpu", state_dir=state, prefetch_radius=0, prevent_thread_lock=True,
+                  dicomweb="http://127.0.0.1:9/dicom-web")
+    yield Server(f"http://127.0.0.1:{port}/", state / "sessions", demo.medseg_ctx.store, demo.medseg_ctx.runner, demo)
+    demo.close()
+
+
+def test_pacs_buttons_pressed_while_clicks_are_queued_act_after_them(browser, pacs_server, ct, monkeypatch):
+    """A hurried user clicks on the CT and at once presses Export to PACS, or Open from PACS: the PACS panel's buttons
+    were not among the page's buttons held while prompts are queued, so the PACS got the labels without the last
+    clicks, and the open switched the study before them (refused as made on a study no longer open). Both now wait for
+    the queue. A slow Open from PACS is this tab's own open: the news poll that finds the session on the retrieved
+    study meanwhile does not announce it as another tab's. The PACS is stubbed: the store keeps the labels it was given,
+    the retrieve opens a sample (the MR, then the CT with its answer held)."""
+    from app import controller as ctl
+    from app import pacs
+
+    server = pacs_server
+    stored: list[np.ndarray] = []
+    answered = threading.Event()
+
+    def store(ctx, sid, base):  # what Export to PACS stores: the session's labels as they are when it runs
+        path, view = ctl.export(ctx, sid, "nifti")
+        stored.append(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+        return view
+
+    opens = [(MR_NAME, False), (CT_NAME, True)]
+
+    def retrieve(ctx, sid, url, progress=None):  # the PACS's series: a sample; the second's answer held
+        name, slow = opens.pop(0)
+        view = ctl.open_sample(ctx, sid, name, progress)
+        if slow:
+            answered.wait(120)  # the session holds the CT; the page still shows the MR
+        return view
+
+    monkeypatch.setattr(pacs, "export_to_pacs", store)
+    monkeypatch.setattr(pacs, "open_series", retrieve)
+    context, page, sid = _open_page(browser, server)
+    answers: list[int] = []
+    page.on("response", lambda r: answers.append(r.status) if r.url.endswith("/viewer-api/action") else None)
+    try:
+        ct_study = _open_sample(page)
+        with server.runner.turn():
+            for q in REFINE[:4]:
+                page.mouse.click(*_xy(page, ct, *q))
+            page.locator("#pacs-export").click()
+        _wait_server(lambda: stored, timeout_s=TIMEOUT_MS / 1000)
+        _idle(page)
+        np.testing.assert_array_equal(stored[0], server.labels(sid))  # the PACS got all four clicks
+
+        with server.runner.turn():
+            for q in REFINE[:3]:
+                page.mouse.click(*_xy(page, ct, *q))
+            page.locator("#pacs-open").click()
+        page.wait_for_function("k => document.querySelector('#medseg-viewer').dataset.study !== k", arg=ct_study,
+                               timeout=TIMEOUT_MS)
+        _idle(page)
+        assert answers == [200] * 7, f"an action was refused: {answers}"
+        assert "nother tab" not in page.locator("#viewer-status").inner_text()
+
+        # a slow Open from PACS, nothing queued: two news polls find the session on the CT while its answer is held
+        mr_study = page.locator("#medseg-viewer").get_attribute("data-study")
+        _wait_server(server.gradio_idle, timeout_s=TIMEOUT_MS / 1000)
+        page.locator("#pacs-open").click()
+        _wait_server(lambda: server.store.get(sid).study_name == CT_NAME, timeout_s=TIMEOUT_MS / 1000)
+        page.wait_for_timeout(7000)
+        assert "nother tab" not in page.locator("#viewer-status").inner_text()
+        assert page.locator("#medseg-viewer").get_attribute("data-study") == mr_study
+        answered.set()
+        page.wait_for_function("k => document.querySelector('#medseg-viewer').dataset.study !== k", arg=mr_study,
+                               timeout=TIMEOUT_MS)
+        assert "nother tab" not in page.locator("#viewer-status").inner_text()
+    finally:
+        answered.set()
+        context.close()
+
+
 def test_a_download_older_than_the_labels_says_so(browser, server, ct, tmp_path, shots):
     """A hurried user exported, went on clicking (one click made while the export ran), and later pressed Download:
     the file held the labels of the export, without the later clicks, and the button looked as current as it did

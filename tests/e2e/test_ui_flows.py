@@ -9,13 +9,14 @@ browser's label layer holds are the assertions; prompts are gestures on the view
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
 
 from models import point_prompts
 from tests.e2e.conftest import needs_browser, type_colour
-from tests.e2e.test_ui_e2e import BOX, INSIDE, TIMEOUT_MS, _browser_labels, _drag, _idle, _open_page, \
+from tests.e2e.test_ui_e2e import BOX, INSIDE, REFINE, TIMEOUT_MS, _browser_labels, _drag, _idle, _open_page, \
     _open_sample, _page_to, _server_counts, _upload, _wait_server, _wait_status, _xy
 
 pytestmark = needs_browser
@@ -340,6 +341,88 @@ def test_an_upload_of_two_series_shows_a_picker_and_opens_the_pick(browser, serv
     assert _state(server, sid)["series_uid"] == "1.2.826.0.1.3680043.8.498.5001"
     picker.wait_for(state="hidden", timeout=TIMEOUT_MS)
     context.close()
+
+
+def _offer_two_series(page, tmp_path):
+    """Upload the two-series zip: the series picker shows (the study shown stays open)."""
+    from tests.app.test_ui_interaction import _two_series_zip
+
+    _upload(page, _two_series_zip(tmp_path))
+    _wait_status(page, "two.zip holds 2 series")
+    page.locator("#upload-series").wait_for(state="visible", timeout=TIMEOUT_MS)
+
+
+def test_a_slow_series_pick_of_this_tab_is_not_said_to_be_another_tabs(browser, server, tmp_path, monkeypatch,
+                                                                      real_encodes):
+    """A series picked under Upload whose open is slow to answer: the news poll found the session on the new study and
+    said "Another tab opened two.zip ..." to a user alone with one tab (Open sample and Upload were known as this tab's
+    own opens, a pick in the series picker was not). Here the pick's answer is held for two polls after the server
+    opened the series. Gradio sends the pick twice, and the second (no news: skipped) goes on to the page's warm-up,
+    which carried the open's greeting to the page before the open's answer and so ended this tab's open on its way
+    (seen, not changed: docs/reliability.md, session 27); its warm-up is held with the answer here."""
+    from app import controller as ctl
+
+    opened, warm = ctl.open_pending_series, ctl.warm
+    answered = threading.Event()
+
+    def slow_pick(*args, **kwargs):
+        view = opened(*args, **kwargs)
+        answered.wait(120)
+        return view
+
+    def held_warm(*args, **kwargs):
+        answered.wait(120)
+        return warm(*args, **kwargs)
+
+    context, page, sid = _open_page(browser, server)
+    try:
+        ct_study = _open_sample(page)
+        _offer_two_series(page, tmp_path)
+        monkeypatch.setattr(ctl, "open_pending_series", slow_pick)
+        monkeypatch.setattr(ctl, "warm", held_warm)
+        page.locator("#upload-series input").click()
+        page.get_by_role("option", name="CT bone (12 images)", exact=False).click()
+        _wait_server(lambda: server.store.get(sid).study_name.startswith("two.zip"))
+        page.wait_for_timeout(7000)
+        assert "nother tab" not in page.locator("#viewer-status").inner_text()
+        assert page.locator("#medseg-viewer").get_attribute("data-study") == ct_study
+        answered.set()
+        # the series shown (its data-study, then Ready), not the page's own "Opened ...": the viewer's own line for the
+        # study may replace that one first
+        page.wait_for_function("k => document.querySelector('#medseg-viewer').dataset.study !== k"
+                               " && document.querySelector('#viewer-status').textContent.includes('Ready')",
+                               arg=ct_study, timeout=TIMEOUT_MS)
+        assert "nother tab" not in page.locator("#viewer-status").inner_text()
+    finally:
+        answered.set()
+        context.close()
+
+
+def test_a_series_picked_while_clicks_are_queued_opens_after_them(browser, server, ct, tmp_path):
+    """A hurried user clicks on the study shown and at once picks a series under Upload: the pick opened the series
+    before the queued clicks reached the server, and they were refused as made on a study no longer open. The pick now
+    waits for them, as the page's buttons do, and the status line says so."""
+    context, page, sid = _open_page(browser, server)
+    answers: list[int] = []
+    page.on("response", lambda r: answers.append(r.status) if r.url.endswith("/viewer-api/action") else None)
+    try:
+        ct_study = _open_sample(page)
+        _offer_two_series(page, tmp_path)
+        with server.runner.turn():
+            for q in REFINE[:4]:
+                page.mouse.click(*_xy(page, ct, *q))
+            page.locator("#upload-series input").click()
+            page.get_by_role("option", name="CT bone (12 images)", exact=False).click()
+            page.wait_for_timeout(500)
+            said = page.locator("#viewer-status").inner_text()
+        page.wait_for_function("k => document.querySelector('#medseg-viewer').dataset.study !== k", arg=ct_study,
+                               timeout=TIMEOUT_MS)
+        _idle(page)
+        assert answers == [200] * 4, f"a click was refused: {answers}"
+        assert "Series: after your" in said, said
+        assert _state(server, sid)["series_uid"] == "1.2.826.0.1.3680043.8.498.5001"
+    finally:
+        context.close()
 
 
 def test_an_upload_with_a_missing_slice_offers_the_mean_spacing_and_opens_it(browser, server, tmp_path, shots,

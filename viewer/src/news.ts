@@ -6,7 +6,7 @@ import { apiUrl, traceMark } from './util'
 // ~100 bytes): another tab's rename or colour change reaches it without an action of its own. A failed poll
 // doubles the wait, up to NEWS_MAX_MS (a server that is down gets no storm); a hidden tab does not poll.
 export const NEWS_MS = 3000
-const OWN_OPEN_MS = 600_000  // how long a press of Open sample (or an upload) counts as this tab's open on its way
+const OWN_OPEN_MS = 600_000  // how long this tab's open (noteOwnOpen, openLeaves) counts as on its way
 export const NEWS_MAX_MS = 60_000
 
 export const newsMethods = {
@@ -58,9 +58,10 @@ export const newsMethods = {
    * first study without a word. */
   followStudy(this: Viewer, study: string, name: string | undefined): void {
     if (this.loading || this.inFlight > 0 || this.drag) return
-    // this tab's own Open sample or upload, not answered yet (no server message since the press, 10 minutes at most):
-    // the study the poll sees is most likely that open's, which its answer shows. Followed here, a slow open was
-    // announced as "Another tab opened ..." to a user alone with one tab (CI, session 26)
+    // this tab's own open (Open sample, Open from PACS, an upload, a series pick), not answered yet (no server
+    // message since it left, 10 minutes at most): the study the poll sees is most likely that open's, which its answer
+    // shows. Followed here, a slow open was announced as "Another tab opened ..." to a user alone with one tab (CI,
+    // session 26; the PACS open and the series pick: session 27)
     const own = this.ownOpen
     if (own && this.pageStamps === own.stamps && performance.now() - own.at < OWN_OPEN_MS) return
     const f = this.following

@@ -6,9 +6,14 @@ import type { Viewer } from './viewer'
 // clicks, Open sample made the queued clicks arrive after the switch (refused as "another tab opened ..."), and Add
 // label was undone by the queued clicks (each sets its label active). Pressed while the queue is busy, a press is
 // held and made again once the queue is empty. Not Upload's press (its file chooser opens only on the user's own
-// press): the files' choice is held instead (holdUpload).
+// press): the files' choice is held instead (holdUpload); a pick in Upload's series picker waits too (pickAfterQueue).
+// The PACS panel's (app/pacs.py): Export to PACS stored the labels without the last clicks, Open from PACS switched
+// the study before them (session 27).
 export const AFTER_QUEUE = ['#open-sample', '#export-btn', '#add-label', '#clear-label', '#propagate', '#review', '#review-prev',
-  '#review-accept', '#review-cut', '#review-next', '#apply-brush', '#oneshot-set', '#oneshot-apply'].join(', ')
+  '#review-accept', '#review-cut', '#review-next', '#apply-brush', '#oneshot-set', '#oneshot-apply', '#pacs-open',
+  '#pacs-export'].join(', ')
+// The page's buttons that open a study in the session: until the page's answer, a study the news poll finds is theirs
+const OPENS = '#open-sample, #pacs-open'
 
 export const pageButtonMethods = {
   /** The page's listeners (buttons, lists, Upload, leaving, the tab shown again), in capture: before Gradio's. */
@@ -54,8 +59,12 @@ export const pageButtonMethods = {
     if (this.settled()) return
     e.preventDefault(); e.stopImmediatePropagation()
     if (!this.held.includes(b)) this.held.push(b)
+    this.sayHeld((b.textContent || 'that').trim())
+  },
+
+  /** The status line for a press or pick held behind the queue: what waits for what. */
+  sayHeld(this: Viewer, what: string): void {
     const n = this.pending.length
-    const what = (b.textContent || 'that').trim()
     this.showStatus(n === 0 ? `${what}: after the label change…`
       : `${what}: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
   },
@@ -99,12 +108,27 @@ export const pageButtonMethods = {
     return this.inFlight === 0 && this.labelChanges === 0
   },
 
-  /** Open sample pressed (and sent: a press held by :meth:`holdPageButton` stops before this listener, and is noted
-   * when it is made again): until the page's next server message, a poll that finds the session on another study is
-   * this tab's own open on its way, not another tab's (news.ts, followStudy). */
+  /** Open sample or Open from PACS pressed (and sent: a press held by :meth:`holdPageButton` stops before this
+   * listener, and is noted when it is made again): until the page's next server message, a poll that finds the
+   * session on another study is this tab's own open on its way, not another tab's (news.ts, followStudy). */
   noteOwnOpen(this: Viewer, e: MouseEvent): void {
-    const b = (e.target as Element | null)?.closest?.('#open-sample') as HTMLButtonElement | null
-    if (b && !b.disabled) this.ownOpen = { at: performance.now(), stamps: this.pageStamps }
+    const b = (e.target as Element | null)?.closest?.(OPENS) as HTMLButtonElement | null
+    if (b && !b.disabled) this.openLeaves()
+  },
+
+  /** This tab's open leaves for the server now (noteOwnOpen, holdUpload, pickAfterQueue). */
+  openLeaves(this: Viewer): void {
+    this.ownOpen = { at: performance.now(), stamps: this.pageStamps }
+  },
+
+  /** A pick in Upload's series picker (app/series_picker.py: its Gradio event's ``js`` awaits this before the pick
+   * leaves, so mouse and Enter picks alike, and nothing is replayed through the list) waits for the prompts still
+   * queued, as the page's buttons do: it opened the series at once, and the queued clicks arrived after it, refused
+   * as made on a study no longer open. Once it leaves it is this tab's own open (openLeaves). */
+  pickAfterQueue(this: Viewer, what: string): Promise<void> {
+    if (this.settled()) { this.openLeaves(); return Promise.resolve() }
+    this.sayHeld(what)
+    return new Promise((resolve) => this.heldPicks.push(() => { this.openLeaves(); resolve() }))
   },
 
   /** Files chosen under Upload… while prompts are queued wait for them, as the page's buttons do: the upload opened
@@ -115,12 +139,10 @@ export const pageButtonMethods = {
   holdUpload(this: Viewer, e: Event): void {
     const input = e.target as HTMLInputElement | null  // Gradio's UploadButton: the file input just before #upload
     if (input?.type !== 'file' || input.nextElementSibling?.id !== 'upload') return
-    if (input === this.replaying || this.settled()) { this.ownOpen = { at: performance.now(), stamps: this.pageStamps }; return }
+    if (input === this.replaying || this.settled()) { this.openLeaves(); return }
     e.stopImmediatePropagation()
     if (!this.heldUploads.includes(input)) this.heldUploads.push(input)
-    const n = this.pending.length
-    this.showStatus(n === 0 ? 'Upload: after the label change…'
-      : `Upload: after your ${n > 1 ? `${n} prompts` : 'prompt'} still on the way to the server…`)
+    this.sayHeld('Upload')
   },
 
   /** The Name box's text as last given or sent: on focus, and on Enter (Gradio sends it then). */
@@ -153,6 +175,7 @@ export const pageButtonMethods = {
       this.replaying = input  // Gradio's own handler takes it (holdUpload lets it pass)
       try { input.dispatchEvent(new Event('change', { bubbles: true })) } finally { this.replaying = null }
     }
+    for (const leave of this.heldPicks.splice(0)) leave()
   },
 }
 

@@ -105,7 +105,7 @@ export class Viewer {
   tableSynced: { table: string; at: number } | null = null  // the last digest a poll synced the page for, and when
   // another tab of the session opened another study: this tab follows it (its sync loads it) and says so once shown
   following: { study: string; name: string; from: string; at: number; stamps: number } | null = null
-  ownOpen: { at: number; stamps: number } | null = null  // this tab's Open sample or upload, unanswered (news.ts)
+  ownOpen: { at: number; stamps: number } | null = null  // this tab's open (sample, PACS, upload, series), unanswered (news.ts)
   pageStamp = ''  // the news stamp of the page's status line (app.messages.stamped), and how many it has had
   pageStamps = 0
   pageSeq: { boot: string; n: number } | null = null  // the oldest page still taken (stalePage, pagesBefore)
@@ -127,6 +127,7 @@ export class Viewer {
   chosen: { label: number } | null = null  // the newest label choice still on its way (H hides its label: shownActive)
   held: HTMLElement[] = []  // the page's buttons pressed while prompts were queued (AFTER_QUEUE), pressed again after
   heldUploads: HTMLInputElement[] = []  // Upload's file input, its files chosen while prompts were queued (holdUpload)
+  heldPicks: (() => void)[] = []  // series picks waiting for the queue (pickAfterQueue): each lets its pick leave
   alternativeShown: HTMLInputElement | null = null  // the radio checked at the last mousedown
   replaying: HTMLInputElement | null = null  // the input whose held change is being made again
   unplaced: { x: number; y: number; button: number } | null = null  // a press made while no study is shown (sayUnplaced)
