@@ -70,6 +70,16 @@ def _wait_status(page, text: str) -> None:
     expect(page.locator("#viewer-status")).to_contain_text(text, timeout=TIMEOUT_MS)
 
 
+def _wait_shown(page) -> None:
+    """The viewer shows a study and its slice is encoded: its ``data-study`` set and "Ready" on its status line. The
+    page's own "Opened ... Ready" or "Session restored ... Ready" can come while the volume is still on its way into
+    the viewer, so "Ready" alone is no proof (CI, session 27: a click aimed at the image of a second tab found no
+    slice; data-layout read before the study set it)."""
+    page.wait_for_function("document.querySelector('#medseg-viewer')?.dataset.study"  # a reloaded page: none yet
+                           " && document.querySelector('#viewer-status')?.textContent.includes('Ready')",
+                           timeout=TIMEOUT_MS)
+
+
 def _open_sample(page, name: str = CT_NAME) -> str:
     """Open a bundled sample; returns once the viewer shows it and its slice is encoded."""
     before = page.locator("#medseg-viewer").get_attribute("data-study")
@@ -180,7 +190,7 @@ def _click_in_another_tab(context, server, ct, *, close: bool = False):
     """A second tab of the same browser (the same session) clicks the left frontal horn on slice 7; returns it."""
     tab = context.new_page()
     tab.goto(server.url)
-    _wait_status(tab, "Ready")
+    _wait_shown(tab)
     _page_to(tab, 7)
     tab.mouse.click(*_xy(tab, ct, *LEFT_HORN))
     _idle(tab)
@@ -752,7 +762,7 @@ def test_a_click_that_meets_a_cookie_renewed_by_another_tab_is_sent_again_not_lo
     (before,) = [c["value"] for c in context.cookies() if c["name"] == "medseg_session"]
     other = context.new_page()  # another tab of this browser opens the page: the token is renewed
     other.goto(server.url)
-    _wait_status(other, "Ready")
+    _wait_shown(other)
     (after,) = [c["value"] for c in context.cookies() if c["name"] == "medseg_session"]
     assert after != before
     answers = []
@@ -841,7 +851,7 @@ def _rename_in_another_tab(context, server):
 
     tab = context.new_page()
     tab.goto(server.url)
-    _wait_status(tab, "Ready")
+    _wait_shown(tab)
     name = tab.locator("#label-name textarea, #label-name input").first
     name.fill("ventricle")
     name.press("Enter")
@@ -945,7 +955,7 @@ def test_an_idle_tab_follows_the_study_another_tab_opened_and_its_stale_click_is
     page.route("**/viewer-api/news", lambda route: route.fulfill(json=no_news))
     tab = context.new_page()
     tab.goto(server.url)
-    _wait_status(tab, "Ready")
+    _wait_shown(tab)
     mr_key = _open_sample(tab, MR_NAME)
     assert "Another tab" not in tab.locator("#viewer-status").inner_text()  # B opened it: B follows no one
     mr_labels = server.labels(sid).copy()
@@ -1023,7 +1033,7 @@ def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path)
     # re-opening the open sample keeps its labels too (the old UI dropped them silently)
     page.locator("#open-sample").click()
     _wait_status(page, "Opened")
-    _wait_status(page, "Ready")
+    _wait_shown(page)
     np.testing.assert_array_equal(server.labels(sid), ct_labels)
 
     # the session is held by an HttpOnly, SameSite=Strict cookie: page scripts (the viewer included)
@@ -1038,7 +1048,7 @@ def test_errors_studies_and_reload(browser, server, shots, ct, caplog, tmp_path)
     # a reload mid-session restores the session into the viewer
     before = server.session_ids()
     page.reload()
-    _wait_status(page, "Ready")
+    _wait_shown(page)
     page.wait_for_function("medsegViewer.labelsVol !== null && medsegViewer.rev >= 0", timeout=TIMEOUT_MS)
     assert server.session_ids() == before
     # ... under a new cookie token; the one before the reload opens nothing now (a planted token dies so: session 24)
@@ -1385,7 +1395,7 @@ def test_a_reload_with_clicks_still_queued_asks_first_and_staying_keeps_them(bro
         assert page.evaluate("performance.timeOrigin") == loaded, "the page reloaded under the user who stayed"
         assert "Connection" not in page.locator("body").inner_text()
         page.reload()  # nothing queued: no question
-        _wait_status(page, "Ready")
+        _wait_shown(page)
         assert dialogs == ["beforeunload"]
     finally:
         go_on.set()
@@ -2042,7 +2052,7 @@ def test_a_window_chosen_for_a_colour_picture_says_it_does_not_apply(browser, se
     context, page, sid = _open_page(browser, server)
     try:
         _upload(page, tmp_path / "photo.png")
-        _wait_status(page, "Ready")
+        _wait_shown(page)
         assert page.locator("#level input").input_value() == "" and page.locator("#width input").input_value() == ""
         page.locator("#window input").click()
         page.get_by_role("option", name="lung").click()
@@ -2067,7 +2077,7 @@ def test_the_crosshair_on_a_tiny_picture_is_a_line_not_a_bar(browser, server, tm
     context, page, _ = _open_page(browser, server)
     try:
         _upload(page, tmp_path / "tiny.png")
-        _wait_status(page, "Ready")
+        _wait_shown(page)
         rgb = _canvas(page).astype(int)
         crosshair = (rgb[..., 0] - rgb[..., 2]) > 100  # its amber over the grey picture
         assert crosshair.any(), "no crosshair drawn"
@@ -2238,7 +2248,7 @@ def test_a_click_or_box_made_while_the_study_loads_says_it_was_not_placed(browse
         assert page.locator("#viewer-status").inner_text().count("⚠") <= 1
         for route in held:
             route.continue_()
-        _wait_status(page, "Ready")
+        _wait_shown(page)
         assert "not placed" not in page.locator("#viewer-status").inner_text()
         assert not server.labels(sid).any()
     finally:

@@ -17,7 +17,7 @@ import pytest
 from models import point_prompts
 from tests.e2e.conftest import needs_browser, type_colour
 from tests.e2e.test_ui_e2e import BOX, INSIDE, REFINE, TIMEOUT_MS, _browser_labels, _drag, _idle, _open_page, \
-    _open_sample, _page_to, _server_counts, _upload, _wait_server, _wait_status, _xy
+    _open_sample, _page_to, _server_counts, _upload, _wait_server, _wait_shown, _wait_status, _xy
 
 pytestmark = needs_browser
 
@@ -224,7 +224,7 @@ def test_upload_then_propagate_3d_and_review(browser, server, tmp_path, ct, shot
     uploaded, original = read_study(copy), read_study(src)
     np.testing.assert_array_equal(uploaded.array, original.array)
     assert (uploaded.spacing, uploaded.origin, uploaded.direction) == (original.spacing, original.origin, original.direction)
-    _wait_status(page, "Ready")
+    _wait_shown(page)
     assert page.locator("#medseg-viewer").get_attribute("data-slice") == "1"
 
     _box(page, uploaded)

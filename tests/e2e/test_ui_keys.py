@@ -13,7 +13,7 @@ import pytest
 from app.viewer.geometry import from_plane, to_plane
 from tests.e2e.conftest import needs_browser
 from tests.e2e.test_ui_e2e import BOX, CT_NAME, INSIDE, MR_NAME, TIMEOUT_MS, VIEWPORT, _drag, _idle, _label_defs, \
-    _open_page, _open_sample, _wait_server, _wait_status, _xy
+    _open_page, _open_sample, _wait_server, _wait_shown, _wait_status, _xy
 
 pytestmark = needs_browser
 
@@ -136,11 +136,7 @@ def test_keys_pressed_while_the_study_loads_say_they_were_not_applied(browser, s
         assert page.locator("#medseg-viewer").get_attribute("data-tool") == "point"
         for route in held:
             route.continue_()
-        # the study shown (its data-study), not the page's own "Opened ... Ready", which may come while the volume is
-        # still on its way into the viewer (CI of ba54cd4: data-layout read before the study set it)
-        page.wait_for_function("document.querySelector('#medseg-viewer').dataset.study"
-                               " && document.querySelector('#viewer-status').textContent.includes('Ready')",
-                               timeout=TIMEOUT_MS)
+        _wait_shown(page)  # not the page's own "Opened ... Ready" (CI of ba54cd4: data-layout read before the study set it)
         assert "not applied" not in page.locator("#viewer-status").inner_text()
         assert page.locator("#medseg-viewer").get_attribute("data-layout") == "one"
         before = page.locator("#medseg-viewer").get_attribute("data-slice")
@@ -314,7 +310,7 @@ def test_a_locked_label_stays_locked_after_a_reload_and_in_another_tab(browser, 
         page.locator(lock).click()
         page.wait_for_function("s => document.querySelector(s).textContent === 'unlock'", arg=lock, timeout=TIMEOUT_MS)
         page.reload()
-        _said(page, "Ready", TIMEOUT_MS)
+        _wait_shown(page)
         # the legend's rows may be drawn before the study's stored locks are applied to them (a loaded CI run read
         # 'lock' right after "Ready"); the lock must come back, not necessarily in the same frame
         page.wait_for_function("s => document.querySelector(s)?.textContent === 'unlock'", arg=lock, timeout=TIMEOUT_MS)
@@ -322,7 +318,7 @@ def test_a_locked_label_stays_locked_after_a_reload_and_in_another_tab(browser, 
         _said(page, "label 1 is locked")
         other = context.new_page()
         other.goto(server.url)
-        _wait_status(other, "Ready")
+        _wait_shown(other)
         other.mouse.click(*_xy(other, ct, *INSIDE))
         _said(other, "label 1 is locked")
         page.locator(lock).click()  # unlocked here: the other tab takes it at once
