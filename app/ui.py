@@ -720,5 +720,6 @@ def launch(
             prevent_thread_lock=prevent_thread_lock,
             auth=auth,  # a login page when bound beyond loopback (app.access)
             quiet=True,
+            enable_monitoring=False,  # Gradio's /monitoring logged its dashboard's key for any caller; unused here
         )
     return demo

@@ -258,6 +258,9 @@ class SessionCookieMiddleware:
         if self.loopback_names_only and not is_loopback_host_header(headers.get("host")):
             return await _plain(send, 403, b"this server has no token, so it answers only requests to localhost or "
                                            b"a loopback address (DNS rebinding); set MEDSEG_TOKEN to serve other names")
+        if _from_another_sites_page(headers):
+            return await _plain(send, 403, b"refused: this request comes from another page than medseg's own (another "
+                                           b"site, or another port of this host); open medseg's page itself")
         if local.endswith("/gradio_api/upload") and method == "POST":
             if sid is None or not self.session_exists(sid):
                 return await _plain(send, 403, b"uploads need an open session: reload the page")
@@ -292,6 +295,17 @@ class SessionCookieMiddleware:
         """A page opening on a session, or a file arriving in it: the moments a planted token must stop working."""
         uploads = method == "POST" and local.endswith("/gradio_api/upload")
         return uploads or (method == "GET" and local in ROTATE_PATHS)
+
+
+def _from_another_sites_page(headers: dict[str, str]) -> bool:
+    """A script, image or form of another page (``Sec-Fetch-Site`` same-site or cross-site, not a navigation).
+
+    Our page asks only its own origin. Browsers count other ports of this host as the same site, so a page on
+    ``localhost:8080`` sends our SameSite cookie, and Gradio's CORS answers any localhost origin with credentials:
+    without this it read the session's study and labels and posted actions into it. Navigations (a link to the page)
+    and clients without ``Sec-Fetch-*`` (curl, scripts) pass as before."""
+    return (headers.get("sec-fetch-site") in ("same-site", "cross-site")
+            and headers.get("sec-fetch-mode", "navigate") != "navigate")
 
 
 def _cookie(header: str) -> str | None:
