@@ -311,9 +311,14 @@ class _BodyClock:
         self.whole = self.gone or not message.get("more_body", False)
         return message
 
+    @property
+    def cut(self) -> bool:
+        """The request ended without its whole body: what the app answers is dropped."""
+        return self.late or self.gone
+
     async def send(self, message) -> None:
-        if self.late and message["type"].startswith("http.response"):
-            return  # the 408 is the answer, or the app's own was cut off
+        if self.cut and message["type"].startswith("http.response"):
+            return  # the 408 is the answer, the app's own was cut off, or no one is there to read it
         self.started = self.started or message["type"] == "http.response.start"
         await self._send(message)
 
@@ -348,12 +353,12 @@ class SessionCookieMiddleware:
             return await self._serve(scope, headers, receive, send)
         clock = _BodyClock(receive, send, self.body_timeout_s)
         try:
-            await self._serve(scope, headers, clock.receive, clock.send)
+            await self._serve(scope, headers, clock.receive, clock.send, clock)
         except Exception:
-            if not (clock.late or clock.gone):
+            if not clock.cut:
                 raise  # the app failed on a body that never came whole: no one to answer, nothing to report
 
-    async def _serve(self, scope, headers: dict[str, str], receive, send):
+    async def _serve(self, scope, headers: dict[str, str], receive, send, clock: "_BodyClock | None" = None):
         sent = _cookie(headers.get("cookie", ""))
         token = self.tokens.first_token(sent)
         if token != sent or (sent is None and COOKIE in headers.get("cookie", "")):
@@ -395,13 +400,22 @@ class SessionCookieMiddleware:
                 return await _plain(send, 403, b"a new session token needs the cookie of an open session (POST)")
             fresh = cookie_header(self.tokens.rotate(sent, token), self.max_age_s)
             return await _plain(send, 204, b"", extra=[(b"set-cookie", fresh)])
-        issue = None
+        issue: bytes | Callable[[], bytes | None] | None = None
         if method == "GET" and local in PAGE_PATHS and sid is None:
             if headers.get("sec-fetch-site") == "cross-site":
                 return await _plain(send, 200, RELOAD_PAGE, b"text/html; charset=utf-8")
             issue = cookie_header(new_token(), self.max_age_s)
         elif sid is not None and self._rotates(method, local) and self.session_exists(sid):
-            issue = cookie_header(self.tokens.rotate(sent, token), self.max_age_s)
+            # renewed as the answer starts, the new token in it: an answer never sent (the client left, a stalled
+            # body's 408) revokes nothing, or the browser kept a dead token and its next page began a new session
+            def renewed() -> bytes | None:
+                if clock is not None and clock.cut:
+                    return None  # this answer is dropped: the token it would carry is not made
+                if self.tokens.first_token(sent) != token:
+                    return None  # revoked while the request ran (a page renewed it): a planter's slow upload gets none
+                return cookie_header(self.tokens.rotate(sent, token), self.max_age_s)
+
+            issue = renewed
         return await self.app(scope, receive, _with_headers(send, cookie=issue))
 
     async def _bound_hashes(self, scope, local: str, method: str, sid: str | None, receive, send):
@@ -505,8 +519,9 @@ def _with_cookie(headers: list, token: str | None) -> list:
     return out
 
 
-def _with_headers(send, *, cookie: bytes | None = None, attachment: str | None = None):
-    """Add our headers to the response start; ``attachment``: the download's file name (forces a download)."""
+def _with_headers(send, *, cookie: bytes | Callable[[], bytes | None] | None = None, attachment: str | None = None):
+    """Add our headers to the response start; ``cookie``: a Set-Cookie value, or made then (a token renewed as the
+    answer starts); ``attachment``: the download's file name (forces a download)."""
     async def wrapped(message):
         if message["type"] == "http.response.start":
             headers = [(k, v) for k, v in message.get("headers", [])
@@ -516,8 +531,9 @@ def _with_headers(send, *, cookie: bytes | None = None, attachment: str | None =
                 name = "".join(c for c in attachment if c.isascii() and (c.isalnum() or c in "._-")) or "download"
                 headers += [(b"content-type", b"application/octet-stream"),
                             (b"content-disposition", f'attachment; filename="{name}"'.encode())]
-            if cookie:
-                headers.append((b"set-cookie", cookie))
+            value = cookie() if callable(cookie) else cookie
+            if value:
+                headers.append((b"set-cookie", value))
             message = {**message, "headers": headers}
         await send(message)
 
