@@ -89,12 +89,17 @@ GRADIO_BODY_BYTES = 32 * 2**20
 MULTIPART_BYTES_PER_FILE = 1024
 
 
+def gradio_body_bytes(max_upload_files: int) -> int:
+    """The limit of Gradio's JSON routes (``app.web_session`` reads the hash-bearing ones whole under it too)."""
+    return max(GRADIO_BODY_BYTES, max_upload_files * 4096)
+
+
 def serve_limit_for(max_upload_bytes: int, max_upload_files: int) -> LimitFor:
     """The limit of each ``medseg serve`` route with a body: the viewer's actions, Gradio's upload (all its
     files together under MEDSEG_MAX_UPLOAD_MB, which Gradio's ``max_file_size`` checks per file only),
     Gradio's JSON routes."""
     upload = max_upload_bytes + max_upload_files * MULTIPART_BYTES_PER_FILE + 2**20
-    gradio = max(GRADIO_BODY_BYTES, max_upload_files * 4096)
+    gradio = gradio_body_bytes(max_upload_files)
 
     def limit_for(scope: dict[str, Any]) -> int | None:
         if scope.get("method") in ("GET", "HEAD", "OPTIONS"):

@@ -15,6 +15,7 @@
 | ``MEDSEG_READ_MEMORY_MB``   | 512 + 32 B/voxel | memory (address space) the child that reads an upload may add (``data/limits.py``) |
 | ``MEDSEG_READ_TIMEOUT_S``   | 120            | wall-clock and CPU seconds that child may take           |
 | ``MEDSEG_ISOLATE_READS``    | (off)          | ``1``: the CLI reads its input in that child too (``app/reading.py``) |
+| ``MEDSEG_BODY_TIMEOUT_S``   | 30             | seconds ``medseg serve`` waits for a request body's next part; then 408 |
 | ``MEDSEG_ALLOWED_ROOTS``    | (none)         | extra folders the server may serve files from (``os.pathsep``-separated); session folders are never served |
 
 The in-memory caches' bounds (plane embeddings and undo per session, study embeddings per server) and
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from app.web_session import BODY_TIMEOUT_S
 from data.limits import DEFAULT_MAX_VOXELS, DEFAULT_READ_TIMEOUT_S
 
 MIB = 1024**2
@@ -60,6 +62,7 @@ class Settings:
     study_embeddings_bytes: int = 2048 * MIB
     read_memory_mb: float | None = None  # None: data.limits.read_memory_bytes's default for max_voxels
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -84,6 +87,7 @@ class Settings:
             study_embeddings_bytes=int(_number(env, "MEDSEG_STUDY_EMBEDDINGS_MB", d.study_embeddings_bytes / MIB) * MIB),
             read_memory_mb=_number(env, "MEDSEG_READ_MEMORY_MB", 0) or None,
             read_timeout_s=_number(env, "MEDSEG_READ_TIMEOUT_S", d.read_timeout_s),
+            body_timeout_s=_number(env, "MEDSEG_BODY_TIMEOUT_S", d.body_timeout_s),
         )
 
 

@@ -694,13 +694,15 @@ def launch(
     memory_report.start(demo.medseg_ctx.store)  # only with MEDSEG_MEMORY_LOG_S (the soak)
     from starlette.middleware import Middleware
 
-    from app.body_limit import BodyLimit, serve_limit_for, serve_refusal
+    from app.body_limit import BodyLimit, gradio_body_bytes, serve_limit_for, serve_refusal
 
     tokens = web_session.TokenTable(sessions / web_session.TOKENS_DIR, limits.session_ttl_s,
                                     demo.medseg_ctx.store.exists)
     cookie = Middleware(web_session.SessionCookieMiddleware, session_exists=demo.medseg_ctx.store.exists,
                         shelf=demo.medseg_shelf, tokens=tokens, max_age_s=limits.session_ttl_s,
-                        loopback_names_only=auth is None, renewed_prefix=VIEWER_API_URL + "/")
+                        loopback_names_only=auth is None, renewed_prefix=VIEWER_API_URL + "/",
+                        body_timeout_s=limits.body_timeout_s,
+                        hash_body_bytes=gradio_body_bytes(limits.max_upload_files))
     # inside the cookie middleware: a request it refuses (no session, a rebound name) is never read at all
     bodies = Middleware(BodyLimit, limit_for=serve_limit_for(limits.max_upload_bytes, limits.max_upload_files),
                         refuse=serve_refusal)

@@ -22,13 +22,18 @@ path is the credential itself. Every handler checks that the event's cookie is t
   a token planted in the user's browser (cookies ignore ports, so any page on another port of the same host can set
   one) stops working before the user's study arrives;
 - without a token (loopback), answers only requests addressed to a loopback name: DNS rebinding made a
-  page of another site same-origin with the server (``MEDSEG_ALLOWED_ROOTS`` files were its to read).
+  page of another site same-origin with the server (``MEDSEG_ALLOWED_ROOTS`` files were its to read);
+- binds each Gradio ``session_hash`` to the session of the first request that uses it (:class:`HashBinding`): whoever
+  knew a tab's hash opened its event stream and took the tab's outputs;
+- answers 408 to a request body whose next part does not come within ``MEDSEG_BODY_TIMEOUT_S`` (:class:`_BodyClock`):
+  a body sent a byte a minute held its connection for ever (uvicorn, as Gradio starts it, has no such timeout).
 Session folders are never served: ``app.ui.launch`` puts the session root in Gradio's
 ``blocked_paths``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -41,9 +46,10 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from app.access import is_loopback_host_header, make_private
+from app.body_limit import GRADIO_BODY_BYTES, serve_refusal
 
 COOKIE = "medseg_session"
 TOKEN = re.compile(r"^[0-9a-f]{64}$")
@@ -62,6 +68,15 @@ RENEWED = json.dumps({"ok": False, "renewed": True, "error": "this tab's session
 NO_FILE = ""  # TokenTable's memory of a token without a file (a first token); safe to keep, as this process is
 # the state folder's only server (app.session's flock) and writes every change through _write, which replaces it
 TOKENS_DIR = ".tokens"  # under the session root (never served: the root is in Gradio's blocked_paths)
+BODY_TIMEOUT_S = 30.0  # the longest wait for a request body's next part (MEDSEG_BODY_TIMEOUT_S; app.settings)
+SLOW_BODY = b"the request body stopped arriving (nothing for a while): send it again"
+HASH_BINDINGS = 20_000  # Gradio session hashes remembered (least recently used forgotten first)
+STOLEN_HASH = b"refused: this page's event stream belongs to another session (reload the page)"
+# Gradio's routes that take a tab's session_hash: in the JSON body (POST), in the path (GET); any other
+# /gradio_api/ request carries it in its query string (queue/data, deep_link)
+HASH_IN_BODY = ("/gradio_api/queue/join", "/gradio_api/cancel", "/gradio_api/component_server")
+HASH_IN_BODY_PREFIXES = ("/gradio_api/run/", "/gradio_api/api/")
+HASH_IN_PATH = ("/gradio_api/heartbeat/", "/gradio_api/stream/")
 
 
 def new_token() -> str:
@@ -227,12 +242,102 @@ class ExportShelf:
             return True  # unparseable: refuse
 
 
+class HashBinding:
+    """Which session first used each Gradio ``session_hash``; a later request with that hash from another is refused.
+
+    Why: Gradio keys a tab's events by the hash its page draws (11 characters of ``Math.random``) and hands a tab's
+    outputs (status lines, the viewer state) to whoever opens ``/gradio_api/queue/data?session_hash=H``; a client that
+    knew the hash opened the stream first and took them, and could join, cancel or end (heartbeat) the tab's events.
+    The handlers check the cookie, the stream did not.
+
+    The session is ``sid_of_token`` of the request's cookie (the session's first token: the same across token
+    rotation, so a renewed cookie keeps its tab's hash); None for a client without our cookie (gradio_client, curl),
+    which keeps its own hashes as before. A page reload draws a new hash, two tabs of one session have two hashes
+    of one session: all pass. First come, first bound: the hash is drawn in the user's browser and used at once
+    (the heartbeat as the page opens), so another client can only be first by knowing it before it was ever sent.
+    At most ``size`` hashes are kept, least recently used forgotten first; a live tab uses its hash on every event.
+    """
+
+    def __init__(self, size: int = HASH_BINDINGS):
+        self.size = size
+        self._sids: OrderedDict[str, str | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def admits(self, session_hash: str, sid: str | None) -> bool:
+        """True when ``session_hash`` is new (now bound to ``sid``) or already ``sid``'s."""
+        key = hashlib.sha256(session_hash.encode("utf-8", "surrogatepass")).hexdigest()[:32]  # a client picks its
+        with self._lock:  # hash's length (a JSON body's up to 39 MiB): 20,000 of them are kept by a fixed-size digest
+            if key in self._sids:
+                self._sids.move_to_end(key)
+                return self._sids[key] == sid
+            self._sids[key] = sid
+            while len(self._sids) > self.size:
+                self._sids.popitem(last=False)
+            return True
+
+
+class _BodyClock:
+    """A request's ``receive`` and ``send`` with a deadline on each part of its body.
+
+    Why: a client sending its body a byte a minute held a connection (and whatever the route had read) for ever;
+    uvicorn, as Gradio starts it (``gradio.http_server``: no options passed on), times out only idle keep-alive
+    connections. Past ``timeout_s`` without a part: a one-line 408 (``Connection: close``) if nothing was answered
+    yet, and the app reading on is told the client left (its own answer to that is dropped). Once the body is
+    whole, ``receive`` is the server's own again (a stream waits on it for the client's disconnect). The app's failure
+    on a body cut short (Starlette's ``ClientDisconnect``) is nobody's to read: not logged as a traceback."""
+
+    def __init__(self, receive, send, timeout_s: float):
+        self._receive, self._send, self.timeout_s = receive, send, timeout_s
+        self.whole = False  # the body's last part arrived
+        self.late = False  # the deadline passed: the request is over
+        self.gone = False  # the client left before its body was whole
+        self.started = False  # a response has begun (the app's or our 408)
+
+    async def receive(self):
+        if self.late:
+            return {"type": "http.disconnect"}
+        if self.whole:
+            return await self._receive()
+        try:
+            async with asyncio.timeout(self.timeout_s):  # no task per part, as wait_for would make
+                message = await self._receive()
+        except TimeoutError:
+            self.late = True
+            if not self.started:
+                self.started = True
+                await _plain(self._send, 408, SLOW_BODY, extra=[(b"connection", b"close")])
+            return {"type": "http.disconnect"}
+        self.gone = message["type"] == "http.disconnect"
+        self.whole = self.gone or not message.get("more_body", False)
+        return message
+
+    @property
+    def cut(self) -> bool:
+        """The request ended without its whole body: what the app answers is dropped."""
+        return self.late or self.gone
+
+    async def send(self, message) -> None:
+        if self.cut and message["type"].startswith("http.response"):
+            return  # the 408 is the answer, the app's own was cut off, or no one is there to read it
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
+
+
+def _has_body(headers: dict[str, str]) -> bool:
+    length = headers.get("content-length", "").strip()
+    return bool(headers.get("transfer-encoding")) or (length not in ("", "0"))
+
+
 class SessionCookieMiddleware:
     """ASGI middleware: issue the cookie, gate uploads and exports, never let a download render."""
 
     def __init__(self, app, *, session_exists: Callable[[str], bool], shelf: ExportShelf, tokens: TokenTable,
-                 max_age_s: float, loopback_names_only: bool = False, renewed_prefix: str | None = None):
+                 max_age_s: float, loopback_names_only: bool = False, renewed_prefix: str | None = None,
+                 body_timeout_s: float = BODY_TIMEOUT_S, hash_body_bytes: int = GRADIO_BODY_BYTES):
         self.app = app
+        self.body_timeout_s = body_timeout_s
+        self.hashes = HashBinding()
+        self.hash_body_bytes = hash_body_bytes  # the hash-bearing JSON bodies read here: BodyLimit's limit for them
         self.session_exists = session_exists
         self.shelf = shelf
         self.tokens = tokens
@@ -244,6 +349,16 @@ class SessionCookieMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if not _has_body(headers):
+            return await self._serve(scope, headers, receive, send)
+        clock = _BodyClock(receive, send, self.body_timeout_s)
+        try:
+            await self._serve(scope, headers, clock.receive, clock.send, clock)
+        except Exception:
+            if not clock.cut:
+                raise  # the app failed on a body that never came whole: no one to answer, nothing to report
+
+    async def _serve(self, scope, headers: dict[str, str], receive, send, clock: "_BodyClock | None" = None):
         sent = _cookie(headers.get("cookie", ""))
         token = self.tokens.first_token(sent)
         if token != sent or (sent is None and COOKIE in headers.get("cookie", "")):
@@ -276,25 +391,95 @@ class SessionCookieMiddleware:
             # another tab renewed the token while this request was on its way: nothing was done, the page sends it
             # again with the browser's new cookie (a brush stroke was refused, with "allow cookies", before)
             return await _plain(send, 409, RENEWED, b"application/json", extra=[(RENEWED_HEADER, b"1")])
+        if local.startswith("/gradio_api/"):
+            receive = await self._bound_hashes(scope, local, method, sid, receive, send)
+            if receive is None:
+                return None
         if local == ROTATE_URL:
             if method != "POST" or sid is None or not self.session_exists(sid):
                 return await _plain(send, 403, b"a new session token needs the cookie of an open session (POST)")
             fresh = cookie_header(self.tokens.rotate(sent, token), self.max_age_s)
             return await _plain(send, 204, b"", extra=[(b"set-cookie", fresh)])
-        issue = None
+        issue: bytes | Callable[[], bytes | None] | None = None
         if method == "GET" and local in PAGE_PATHS and sid is None:
             if headers.get("sec-fetch-site") == "cross-site":
                 return await _plain(send, 200, RELOAD_PAGE, b"text/html; charset=utf-8")
             issue = cookie_header(new_token(), self.max_age_s)
         elif sid is not None and self._rotates(method, local) and self.session_exists(sid):
-            issue = cookie_header(self.tokens.rotate(sent, token), self.max_age_s)
+            # renewed as the answer starts, the new token in it: an answer never sent (the client left, a stalled
+            # body's 408) revokes nothing, or the browser kept a dead token and its next page began a new session
+            def renewed() -> bytes | None:
+                if clock is not None and clock.cut:
+                    return None  # this answer is dropped: the token it would carry is not made
+                if self.tokens.first_token(sent) != token:
+                    return None  # revoked while the request ran (a page renewed it): a planter's slow upload gets none
+                return cookie_header(self.tokens.rotate(sent, token), self.max_age_s)
+
+            issue = renewed
         return await self.app(scope, receive, _with_headers(send, cookie=issue))
+
+    async def _bound_hashes(self, scope, local: str, method: str, sid: str | None, receive, send):
+        """The request's ``receive`` (a JSON body read here is replayed) when every session hash it names is new or
+        ``sid``'s; None when it was answered here (403 for another session's hash, 413, the client gone)."""
+        hashes = [v for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+                  if k == "session_hash"]  # every value: which one a route reads is the framework's business
+        route = local.rstrip("/")
+        prefix = next((p for p in HASH_IN_PATH if local.startswith(p)), None)
+        if prefix and method in ("GET", "HEAD"):
+            hashes.append(local[len(prefix):].split("/", 1)[0])
+        if method == "POST" and (route in HASH_IN_BODY or route.startswith(HASH_IN_BODY_PREFIXES)):
+            body = await self._json_body(scope, receive, send)
+            if body is None:
+                return None
+            if isinstance(body[1], str):
+                hashes.append(body[1])
+            receive = _replay(body[0], receive)
+        for session_hash in hashes:
+            if not self.hashes.admits(session_hash, sid):
+                await _plain(send, 403, STOLEN_HASH)
+                return None
+        return receive
+
+    async def _json_body(self, scope, receive, send) -> tuple[bytes, Any] | None:
+        """(the body, its ``session_hash`` or None) read whole, up to ``hash_body_bytes``; None when answered here."""
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.hash_body_bytes:
+            await serve_refusal(scope, self.hash_body_bytes, int(declared))(scope, receive, send)
+            return None
+        parts, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None  # the client left (or the body's deadline passed: already answered)
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > self.hash_body_bytes:
+                await serve_refusal(scope, self.hash_body_bytes, None)(scope, receive, send)
+                return None
+            if not message.get("more_body", False):
+                break
+        body = b"".join(parts)
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError):
+            value = None  # not JSON: Gradio answers it (400 or 422)
+        return body, value.get("session_hash") if isinstance(value, dict) else None
 
     @staticmethod
     def _rotates(method: str, local: str) -> bool:
         """A page opening on a session, or a file arriving in it: the moments a planted token must stop working."""
         uploads = method == "POST" and local.endswith("/gradio_api/upload")
         return uploads or (method == "GET" and local in ROTATE_PATHS)
+
+
+def _replay(body: bytes, receive):
+    """``receive`` giving ``body`` whole first (it was read to find the session hash), then the server's messages."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed():
+        return pending.pop() if pending else await receive()
+
+    return replayed
 
 
 def _from_another_sites_page(headers: dict[str, str]) -> bool:
@@ -334,8 +519,9 @@ def _with_cookie(headers: list, token: str | None) -> list:
     return out
 
 
-def _with_headers(send, *, cookie: bytes | None = None, attachment: str | None = None):
-    """Add our headers to the response start; ``attachment``: the download's file name (forces a download)."""
+def _with_headers(send, *, cookie: bytes | Callable[[], bytes | None] | None = None, attachment: str | None = None):
+    """Add our headers to the response start; ``cookie``: a Set-Cookie value, or made then (a token renewed as the
+    answer starts); ``attachment``: the download's file name (forces a download)."""
     async def wrapped(message):
         if message["type"] == "http.response.start":
             headers = [(k, v) for k, v in message.get("headers", [])
@@ -345,8 +531,9 @@ def _with_headers(send, *, cookie: bytes | None = None, attachment: str | None =
                 name = "".join(c for c in attachment if c.isascii() and (c.isalnum() or c in "._-")) or "download"
                 headers += [(b"content-type", b"application/octet-stream"),
                             (b"content-disposition", f'attachment; filename="{name}"'.encode())]
-            if cookie:
-                headers.append((b"set-cookie", cookie))
+            value = cookie() if callable(cookie) else cookie
+            if value:
+                headers.append((b"set-cookie", value))
             message = {**message, "headers": headers}
         await send(message)
 

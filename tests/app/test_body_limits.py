@@ -16,7 +16,9 @@ import select
 import socket
 import threading
 import time
+import uuid
 
+import httpx
 import pytest
 
 from app.body_limit import serve_limit_for
@@ -206,4 +208,42 @@ def test_deeply_nested_json_to_gradio_is_refused_without_a_traceback(served, pat
     print(path, r.status_code, r.text[:120])
     assert r.status_code in (400, 422)
     assert "Traceback" not in server.log_path.read_text(errors="replace")
+    _still_clicks(page)
+
+
+def test_another_client_neither_reads_nor_joins_a_tabs_event_stream(served):
+    """Session 27's leftover, on the real server: a client without the tab's cookie that knew its ``session_hash``
+    opened ``/gradio_api/queue/data`` while the tab's event was queued and took its outputs (the page's state and
+    status); the tab got nothing. Now: 403, one line, and the tab's own stream gets the event; a join with the
+    tab's hash is refused; a cookie-less client (gradio_client) with its own hash works as before.
+    (Here for its server: ``test_server_hardening.py`` checks the middleware route by route.)"""
+    server, page = served
+    load = page._dep(None, "load")
+
+    def join(client: httpx.Client, session_hash: str) -> httpx.Response:
+        return client.post(page.api + "/queue/join", json={"data": [], "fn_index": load["id"], "event_data": None,
+                                                            "session_hash": session_hash, "trigger_id": None})
+
+    def outputs(client: httpx.Client, session_hash: str, event_id: str) -> list[dict]:
+        seen = []
+        with client.stream("GET", page.api + "/queue/data", params={"session_hash": session_hash}) as s:
+            assert s.status_code == 200, s.read()
+            for line in s.iter_lines():
+                if line.startswith("data:"):
+                    seen.append(json.loads(line[5:]))
+                    if seen[-1].get("event_id") == event_id and seen[-1].get("msg") == "process_completed":
+                        break
+        return seen
+
+    event_id = join(page.http, page.session_hash).raise_for_status().json()["event_id"]  # the tab's event, queued
+    with httpx.Client(timeout=30) as thief:
+        stolen = thief.get(page.api + "/queue/data", params={"session_hash": page.session_hash})
+        print(stolen.status_code, stolen.text[:200])
+        assert stolen.status_code == 403 and "data:" not in stolen.text and "\n" not in stolen.text
+        assert join(thief, page.session_hash).status_code == 403
+        done = outputs(page.http, page.session_hash, event_id)[-1]  # the tab's own stream has its outputs
+        assert done["success"] and "CT head" in json.dumps(done["output"]["data"])
+        own = uuid.uuid4().hex[:11]  # a gradio_client's own hash, no cookie: served as before
+        done = outputs(thief, own, join(thief, own).raise_for_status().json()["event_id"])[-1]
+        assert done["msg"] == "process_completed" and done["success"]
     _still_clicks(page)

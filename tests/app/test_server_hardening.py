@@ -3,15 +3,20 @@ escaped messages, the session cookie and what it gates, upload folders, quotas, 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
+import socket
+import threading
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
+import uvicorn
 from starlette.applications import Starlette
-from starlette.responses import FileResponse, PlainTextResponse
+from starlette.responses import FileResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
@@ -61,9 +66,22 @@ def gated(tmp_path):
     async def file(request):
         return FileResponse(request.path_params["path"], media_type="text/html", content_disposition_type="inline")
 
+    async def join(request):  # Gradio's queue/join (and cancel): says what body it was given
+        body = await request.body()
+        try:
+            return PlainTextResponse(f"joined {len(body)} {json.loads(body).get('session_hash')}")
+        except (ValueError, RecursionError):
+            return PlainTextResponse("Gradio's own answer", status_code=422)
+
+    async def data(request):  # Gradio's event stream and heartbeat: the tab's outputs
+        return PlainTextResponse(f"data: outputs of {request.query_params.get('session_hash')}\n\n")
+
     app = Starlette(routes=[Route("/", page), Route("/config", page), Route("/gradio_api/upload", upload, methods=["POST"]),
                             Route("/viewer-api/action", action, methods=["POST"]),
-                            Route("/gradio_api/file={path:path}", file), Route("/gradio_api/file/{path:path}", file)])
+                            Route("/gradio_api/file={path:path}", file), Route("/gradio_api/file/{path:path}", file),
+                            Route("/gradio_api/queue/join", join, methods=["POST"]),
+                            Route("/gradio_api/cancel", join, methods=["POST"]),
+                            Route("/gradio_api/queue/data", data), Route("/gradio_api/heartbeat/{hash}", data)])
     tokens = web_session.TokenTable(store.root / web_session.TOKENS_DIR, 3600, store.exists)
     wrapped = web_session.SessionCookieMiddleware(app, session_exists=store.exists, shelf=shelf, tokens=tokens,
                                                   max_age_s=3600, renewed_prefix="/viewer-api/")
@@ -257,6 +275,203 @@ def test_exports_are_served_only_to_their_session_and_only_as_downloads(gated, t
     unknown = Path(served).parent.parent / ("0" * 32) / "x.nii.gz"
     assert client.get(f"/gradio_api/file={unknown}").status_code == 404
     assert shelf.publish(export, sid) != served  # same bytes, new URL: never shared between sessions
+
+
+def _join(client: TestClient, session_hash: str, **headers):
+    return client.post("/gradio_api/queue/join", json={"data": [], "fn_index": 3, "session_hash": session_hash},
+                       headers=headers)
+
+
+def test_a_tabs_session_hash_serves_only_the_session_that_used_it_first(gated):
+    """Session 27's leftover: Gradio hands a tab's event outputs to whoever opens ``/gradio_api/queue/data`` with the
+    tab's ``session_hash``. Now the hash is bound to the session (cookie) of its first request: another session or a
+    client without the cookie gets one 403 line and nothing of the tab, at every route that takes the hash (query,
+    path, JSON body; every value of a repeated parameter). Before: 200 with the tab's outputs."""
+    client, store, _ = gated
+    client.get("/")
+    sid = web_session.sid_of_token(client.cookies.get(web_session.COOKIE))
+    store.open(sid)
+    tab = "k3v9x0q2m1a"
+    joined = _join(client, tab)
+    assert joined.text.startswith("joined ") and joined.text.endswith(f" {tab}")  # the body reaches Gradio whole
+    assert client.get("/gradio_api/queue/data", params={"session_hash": tab}).text == f"data: outputs of {tab}\n\n"
+    thief = TestClient(client.app, base_url="http://127.0.0.1")  # no cookie (curl, another program)
+    other = TestClient(client.app, base_url="http://127.0.0.1")
+    other.get("/")  # another browser's session
+    for who in (thief, other):
+        for r in (who.get("/gradio_api/queue/data", params={"session_hash": tab}),
+                  who.get(f"/gradio_api/queue/data?session_hash=mine{id(who)}&session_hash={tab}"),
+                  who.get(f"/gradio_api/heartbeat/{tab}"), _join(who, tab),
+                  who.post("/gradio_api/cancel", json={"session_hash": tab, "fn_index": 3, "event_id": "e"})):
+            assert r.status_code == 403 and r.text == web_session.STOLEN_HASH.decode(), r.text
+            assert "outputs" not in r.text and "\n" not in r.text
+    client.get("/")  # the page reloads: a new token, the same session
+    assert client.cookies.get(web_session.COOKIE) and _join(client, tab).status_code == 200  # a late event of the tab
+    assert _join(client, "secondtab01").status_code == 200  # another tab of the session: its own hash
+    assert _join(thief, "gradioclie1").status_code == 200  # a cookie-less client (gradio_client) with its own hash
+    assert thief.get("/gradio_api/queue/data", params={"session_hash": "gradioclie1"}).status_code == 200
+    assert _join(client, "gradioclie1").status_code == 403  # ... is its own too
+
+
+def test_the_hash_read_from_a_join_body_keeps_gradios_own_answers_and_limits(gated):
+    """The join body is read whole here to find the hash: a body that is not JSON (or nested past the parser) goes to
+    Gradio as sent, for its own 400/422; past Gradio's body limit it is refused here, as BodyLimit would, one line."""
+    client, _, _ = gated
+    r = client.post("/gradio_api/queue/join", content=b"[" * 100_000, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.text == "Gradio's own answer"
+    client.app.hash_body_bytes = 1000
+    big = {"data": ["x" * 2000], "session_hash": "bigbody0001"}
+    declared = client.post("/gradio_api/queue/join", json=big)
+    assert declared.status_code == 413 and "over the limit of 1 KiB" in declared.text, declared.text
+
+    def chunks():
+        yield json.dumps(big).encode()
+
+    counted = client.post("/gradio_api/queue/join", content=chunks())  # chunked: no Content-Length
+    assert counted.status_code == 413 and counted.text == "the request body is over the limit of 1 KiB for this route"
+
+
+def test_the_hash_table_is_bounded_and_forgets_the_least_recently_used():
+    table = web_session.HashBinding(size=3)
+    assert table.admits("a", "s1") and table.admits("b", None) and table.admits("c", "s2")
+    assert table.admits("a", "s1")  # used again: now the most recent
+    assert table.admits("d", "s3")  # "b" forgotten
+    assert not table.admits("a", "s9") and not table.admits("c", None) and table.admits("b", "s9")
+    huge = "h" * 2**20 + "\ud800"  # a JSON body's hash may be any length (and a lone surrogate): kept as a digest
+    assert table.admits(huge, None) and not table.admits(huge, "s1") and {len(k) for k in table._sids} == {32}
+
+
+@pytest.fixture()
+def slow_server(tmp_path):
+    """The middleware around a stand-in app on a real uvicorn (as Gradio starts it), the body deadline 1 s."""
+    async def echo(request):
+        return PlainTextResponse(f"got {len(await request.body())}")
+
+    async def slow_answer(request):
+        await request.body()
+
+        async def parts():
+            for _ in range(3):
+                await asyncio.sleep(0.4)
+                yield b"part "
+
+        return StreamingResponse(parts())
+
+    async def whoami(request):
+        return PlainTextResponse(f"session {web_session.sid_of_request(request)}")
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/slow", slow_answer, methods=["POST"]),
+                            Route("/gradio_api/upload", echo, methods=["POST"]), Route("/whoami", whoami),
+                            Route("/", whoami)])
+    store = SessionStore(tmp_path / "sessions")
+    tokens = web_session.TokenTable(store.root / web_session.TOKENS_DIR, 3600, store.exists)
+    wrapped = web_session.SessionCookieMiddleware(app, session_exists=store.exists, shelf=web_session.ExportShelf(
+        tmp_path / "gradio"), tokens=tokens, max_age_s=3600)
+    wrapped.body_timeout_s = 1.0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(wrapped, host="127.0.0.1", port=port, log_level="warning",
+                                           log_config=None))  # its errors reach caplog
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield port, store
+    server.should_exit = True
+    thread.join(10)
+
+
+def _raw(port: int, head: bytes, parts: list[bytes], gap_s: float) -> tuple[bytes, float]:
+    """Send ``head`` then each of ``parts`` ``gap_s`` apart; -> (all answered until the server closed, seconds)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=6) as s:
+        t0 = time.monotonic()
+        s.sendall(head)
+        for part in parts:
+            time.sleep(gap_s)
+            s.sendall(part)
+        reply = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                break  # still open after 6 s of silence
+            if not chunk:
+                break
+            reply += chunk
+        return reply, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "headers only"])
+def test_a_request_body_that_stops_arriving_is_answered_408_and_closed(slow_server, framing):
+    """A client sending its body a byte a minute held its connection for ever (uvicorn has no body timeout; Gradio
+    passes it no options). Now: one 408 line once no part came for the deadline, and the connection is closed.
+    Before: no answer (the socket still open after 6 s)."""
+    head = b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n" + (
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n" if framing == "chunked" else
+        b"Content-Length: 100\r\n\r\n" + (b"0123456789" if framing == "length" else b""))
+    reply, seconds = _raw(slow_server[0], head, [], 0)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply
+    assert reply.endswith(b"\r\n\r\n" + web_session.SLOW_BODY) and b"connection: close" in reply.lower()
+    assert 0.9 < seconds < 5
+
+
+def test_an_upload_cut_by_the_deadline_leaves_the_sessions_cookie_working(slow_server):
+    """An upload into a session renews its token, given with the answer: a stalled upload's 408 gives none, so the
+    token it carried must stay (before: revoked with no new one sent; the page's next load began a new session)."""
+    port, store = slow_server
+    token = web_session.new_token()
+    sid = web_session.sid_of_token(token)
+    store.open(sid)
+    cookie = f"Cookie: {web_session.COOKIE}={token}\r\n".encode()
+    head = b"POST /gradio_api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n" + cookie + b"Content-Length: 100\r\n\r\n0123"
+    reply, _ = _raw(port, head, [], 0)
+    assert reply.startswith(b"HTTP/1.1 408 ") and b"set-cookie" not in reply.lower(), reply
+    reply, _ = _raw(port, b"GET /whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + cookie + b"\r\n", [], 0)
+    assert reply.endswith(f"session {sid}".encode()), reply
+
+
+def test_an_upload_whose_token_was_revoked_while_it_arrived_renews_nothing(slow_server):
+    """The token is renewed as the upload's answer starts: a planter's own slow upload with the planted token, begun
+    before the victim's page renewed it, must not get a new token into the victim's session when it ends."""
+    port, store = slow_server
+    planted = web_session.new_token()
+    sid = web_session.sid_of_token(planted)
+    store.open(sid)
+    cookie = f"Cookie: {web_session.COOKIE}={planted}\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=6) as planter:
+        planter.sendall(b"POST /gradio_api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + cookie
+                        + b"Content-Length: 8\r\n\r\n0123")
+        time.sleep(0.1)
+        page, _ = _raw(port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + cookie + b"\r\n", [], 0)
+        assert page.endswith(f"session {sid}".encode()) and b"set-cookie" in page.lower()  # the victim's, renewed
+        planter.sendall(b"4567")
+        answer = b""
+        while chunk := planter.recv(65536):
+            answer += chunk
+    assert answer.endswith(b"got 8") and b"set-cookie" not in answer.lower(), answer
+
+
+def test_a_client_leaving_mid_body_leaves_no_traceback(slow_server, caplog):
+    """The app reading a body whose client left fails (Starlette's ``ClientDisconnect``): nobody to answer, so not
+    logged. Before: uvicorn's ``Exception in ASGI application`` and a traceback in the server's log."""
+    with socket.create_connection(("127.0.0.1", slow_server[0]), timeout=5) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n0123456789")
+        time.sleep(0.1)
+    time.sleep(0.3)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_a_body_arriving_in_slow_parts_within_the_deadline_and_a_long_answer_pass(slow_server):
+    """Each part within the deadline (the whole body longer than it): answered; an answer streaming longer than the
+    deadline after its body came is not cut (the deadline stops with the body's last part)."""
+    head = b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 40\r\n\r\n"
+    reply, seconds = _raw(slow_server[0], head, [b"0123456789"] * 4, 0.4)
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"got 40") and seconds > 1.5
+    head = b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    reply, seconds = _raw(slow_server[0], head, [], 0)
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.count(b"part ") == 3 and seconds > 1
 
 
 # --- uploads: folders, refusals, quotas --------------------------------------------------------------
