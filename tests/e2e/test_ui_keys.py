@@ -111,10 +111,11 @@ def test_keys_pressed_while_the_study_loads_say_they_were_not_applied(browser, s
         page.route("**/viewer-api/volume/**", lambda route: held.append(route))
         page.locator("#open-sample").click()
         # the page's own "Opened ... Ready" (its warm-up's encode, on the server) comes while the volume is held here;
-        # awaited first, as it replaces any line once the user has acted (the focused button's Enter below), and came
-        # after that Enter in CI of 677b34f: the line checked there was the page's, not the refused click's
-        page.wait_for_function("medsegViewer.loading !== null && document.querySelector('#viewer-status')"
-                               ".textContent.includes('Ready: the slice is encoded')", timeout=TIMEOUT_MS)
+        # awaited first (read by the viewer's poll, before or after its "Loading"), as it replaces any line once the
+        # user has acted (the focused button's Enter below), and came after that Enter in CI of 677b34f: the line
+        # checked there was the page's, not the refused click's
+        page.wait_for_function("medsegViewer.loading !== null && medsegViewer.pageStatuses.length === 0 && "
+                               "medsegViewer.pageStatus.includes('Ready: the slice is encoded')", timeout=TIMEOUT_MS)
         page.locator("#viewer-stage").focus()
         page.keyboard.press("ArrowDown")
         _said(page, f"{CT_NAME} is still loading: your slice step (↓) was not applied; press it again once it is shown")
