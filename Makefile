@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 WEIGHTS := weights/lite_medsam.pth
+DEVDATA := weights/devdata/click_model/sources.json
+DEVDL := weights/devdata/download
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
@@ -16,7 +18,7 @@ VIEWER_SRC := $(wildcard viewer/src/*) viewer/package.json viewer/package-lock.j
 run: setup
 	GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/medseg serve --host $(HOST) --port $(PORT) --open-sample
 
-test: setup $(VENV)/.dicom3tools $(VENV)/.chromium $(VENV)/.orthanc
+test: setup $(VENV)/.dicom3tools $(VENV)/.chromium $(VENV)/.orthanc $(DEVDATA)
 	GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -n 3 --dist loadfile -m "not gpu" tests
 
 # dciodvfy (Debian dicom3tools) validates the DICOM-SEG files the tests write.
@@ -29,6 +31,19 @@ $(VENV)/.orthanc: | $(STAMP)
 	test -x /usr/sbin/Orthanc -a -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends orthanc orthanc-dicomweb)
 	touch $@
+
+# The click model's held-out sets (MNI152 from PyPI's nilearn, Colin27 and INIA19 from Debian's mricron-data),
+# for the tests that score on them: each source file must have the sha256 that weights/click_model/adapter.json
+# records, or nothing is written (scripts/prepare_click_data.py --verify; docs/clicks.md, "Data").
+$(DEVDATA): scripts/prepare_click_data.py weights/click_model/adapter.json | $(STAMP)
+	rm -rf $(DEVDL) && mkdir -p $(DEVDL)
+	cd $(DEVDL) && (apt-get download mricron-data=1.2.20211006+dfsg-4 || \
+		(apt-get update -qq && apt-get download mricron-data=1.2.20211006+dfsg-4))
+	dpkg-deb -x $(DEVDL)/mricron-data_*.deb $(DEVDL)/mricron
+	$(PIP) download --quiet --no-deps --only-binary :all: nilearn==0.14.1 -d $(DEVDL)
+	$(PY) scripts/prepare_click_data.py --mricron $(DEVDL)/mricron --nilearn-wheel $(DEVDL)/nilearn-0.14.1-py3-none-any.whl \
+		--shared $(SHARED)/data --verify weights/click_model/adapter.json
+	rm -rf $(DEVDL)
 
 # Debian's chromium drives the Playwright end-to-end UI tests (tests/e2e).
 $(VENV)/.chromium: | $(STAMP)

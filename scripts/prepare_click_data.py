@@ -29,6 +29,7 @@ import argparse
 import csv
 import hashlib
 import json
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -180,21 +181,48 @@ def export_eval_slices(manifests: dict[str, Path], out: Path) -> None:
     print(f"eval slices: {len(index)} cases")
 
 
+def unverified(sources: list[dict], adapter_json: Path) -> str | None:
+    """The first source whose sha256 is not the one ``adapter.json`` records (``training_volumes``,
+    ``heldout_volumes``), as a one-line message; None when all match. A registry that ships other bytes under the
+    same version would otherwise give other training or held-out data without a word."""
+    meta = json.loads(adapter_json.read_text())
+    recorded = {(r.get("package"), r.get("path")): r.get("sha256")
+                for r in meta.get("training_volumes", []) + meta.get("heldout_volumes", [])}
+    for s in sources:
+        want = recorded.get((s["package"], s["path"]))
+        if want != s["sha256"]:
+            return (f"{s['path']} in {s['package']} {s['version']} has sha256 {s['sha256'][:12]}..., "
+                    f"{adapter_json} records {want[:12] + '...' if want else 'no such file'}")
+    return None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mricron", type=Path, required=True, help="mricron-data unpacked (dpkg-deb -x) or its templates folder")
     p.add_argument("--nilearn-wheel", type=Path, required=True, help="nilearn-0.14.1-py3-none-any.whl")
     p.add_argument("--shared", type=Path, default=Path("/work/shared/data"), help="the shared evaluation data")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--verify", type=Path, metavar="ADAPTER_JSON",
+                   help="refuse any source file whose sha256 differs from the one this adapter.json records")
     args = p.parse_args()
     templates = args.mricron if (args.mricron / "inia19-t1-brain.nii.gz").is_file() else args.mricron / "usr/share/mricron/templates"
-    args.out.mkdir(parents=True, exist_ok=True)
+    # built beside --out and moved there whole once verified: a refused or interrupted run leaves no data that a
+    # test or the trainer could take for the real thing
+    out = args.out.with_name(args.out.name + ".partial")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     sources: list[dict] = []
-    prepare_inia19(templates, args.out, sources)
-    manifests = {"shared": args.shared / "manifest.csv", "mni152": prepare_mni152(args.nilearn_wheel, args.out, sources),
-                 "colin27_other": prepare_colin_other(templates, args.out, sources)}
-    export_eval_slices(manifests, args.out)
-    (args.out / "sources.json").write_text(json.dumps(sources, indent=2))
+    prepare_inia19(templates, out, sources)
+    manifests = {"shared": args.shared / "manifest.csv", "mni152": prepare_mni152(args.nilearn_wheel, out, sources),
+                 "colin27_other": prepare_colin_other(templates, out, sources)}
+    if args.verify and (wrong := unverified(sources, args.verify)):
+        shutil.rmtree(out)
+        print(f"prepare_click_data: {wrong}", file=sys.stderr)
+        return 1
+    export_eval_slices(manifests, out)
+    (out / "sources.json").write_text(json.dumps(sources, indent=2))
+    shutil.rmtree(args.out, ignore_errors=True)
+    out.rename(args.out)
     for f in sorted(args.out.glob("*.npz")):
         print(f"{f.name}: {f.stat().st_size / 1e6:.1f} MB")
     return 0

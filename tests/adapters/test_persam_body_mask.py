@@ -14,7 +14,8 @@ from adapters.persam_oneshot import fit_oneshot
 from tests.adapters.test_persam_litemedsam import BRAIN, IMAGE, mr_slice, window
 from tests.conftest import ROOT, dice
 
-# The held-out MNI152 2009a axial volume, written by scripts/prepare_click_data.py (git-ignored: not in CI).
+# The held-out MNI152 2009a axial volume, written by scripts/prepare_click_data.py (git-ignored; `make test` makes it
+# first, from the registry packages, checked against adapter.json's sha256s)
 MNI152 = ROOT / "weights" / "devdata" / "click_model" / "mni152"
 
 
@@ -85,8 +86,6 @@ def test_parity_references_ignore_the_body_mask(litemedsam):
     assert np.array_equal(res[False].mask, res[True].mask)
 
 
-@pytest.mark.skipif(not (MNI152 / "axial_image.nii.gz").exists(),
-                    reason="needs weights/devdata/click_model/mni152 (scripts/prepare_click_data.py)")
 def test_persam_f_on_mni152_k26_the_point_leaves_the_air_and_the_dice_rises(litemedsam):
     """MNI152 brain, reference k=74, target k=26, read as ``medseg oneshot`` reads them (the held-out protocol of
     docs/clicks.md): without the body mask the point is at (166, 16), grey 0, and the mask scores 0.24; with it the
@@ -96,6 +95,7 @@ def test_persam_f_on_mni152_k26_the_point_leaves_the_air_and_the_dice_rises(lite
     from data.readers import read_study
     from data.windowing import default_window, slice_to_rgb
 
+    assert (MNI152 / "axial_image.nii.gz").is_file(), f"{MNI152} is missing: `make weights/devdata/click_model/sources.json`"
     vol, lab = read_study(MNI152 / "axial_image.nii.gz"), read_study(MNI152 / "axial_label.nii.gz")
     brain = np.isin(np.asarray(lab.array), (1, 2, 3))
     win = default_window(vol, None)
