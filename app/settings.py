@@ -16,6 +16,7 @@
 | ``MEDSEG_READ_TIMEOUT_S``   | 120            | wall-clock and CPU seconds that child may take           |
 | ``MEDSEG_ISOLATE_READS``    | (off)          | ``1``: the CLI reads its input in that child too (``app/reading.py``) |
 | ``MEDSEG_BODY_TIMEOUT_S``   | 30             | seconds ``medseg serve`` waits for a request body's next part; then 408 |
+| ``MEDSEG_HEADER_TIMEOUT_S`` | 20             | seconds ``medseg serve`` waits for a request's line and headers; then 408 and the connection closes |
 | ``MEDSEG_ALLOWED_ROOTS``    | (none)         | extra folders the server may serve files from (``os.pathsep``-separated); session folders are never served |
 
 The in-memory caches' bounds (plane embeddings and undo per session, study embeddings per server) and
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from app.header_deadline import HEADER_TIMEOUT_S
 from app.web_session import BODY_TIMEOUT_S
 from data.limits import DEFAULT_MAX_VOXELS, DEFAULT_READ_TIMEOUT_S
 
@@ -63,6 +65,7 @@ class Settings:
     read_memory_mb: float | None = None  # None: data.limits.read_memory_bytes's default for max_voxels
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     body_timeout_s: float = BODY_TIMEOUT_S
+    header_timeout_s: float = HEADER_TIMEOUT_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -88,6 +91,7 @@ class Settings:
             read_memory_mb=_number(env, "MEDSEG_READ_MEMORY_MB", 0) or None,
             read_timeout_s=_number(env, "MEDSEG_READ_TIMEOUT_S", d.read_timeout_s),
             body_timeout_s=_number(env, "MEDSEG_BODY_TIMEOUT_S", d.body_timeout_s),
+            header_timeout_s=_number(env, "MEDSEG_HEADER_TIMEOUT_S", d.header_timeout_s),
         )
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from app import controller, messages, pacs, series_picker, trace, web_session
+from app import controller, header_deadline, messages, pacs, series_picker, trace, web_session
 from app.controller import MODES, AppContext, ViewModel
 from app.page_wiring import PageWiring
 from app.errors import USER_ERRORS
@@ -706,6 +706,7 @@ def launch(
     # inside the cookie middleware: a request it refuses (no session, a rebound name) is never read at all
     bodies = Middleware(BodyLimit, limit_for=serve_limit_for(limits.max_upload_bytes, limits.max_upload_files),
                         refuse=serve_refusal)
+    header_deadline.install(limits.header_timeout_s)  # slow request lines and headers get 408 (app/header_deadline.py)
     with patient_launch_check():  # Gradio's own check gives up on a busy machine (app/startup_check.py)
         demo.launch(
             server_name=host,

@@ -88,6 +88,7 @@ class ServerProcess:
     threads: int | None = None  # torch threads (OMP_NUM_THREADS); match a replay's for bit-equal results
     log_path: Path | None = None
     extra_args: tuple[str, ...] = ()  # more `medseg serve` arguments (--device cuda, --batch-window-ms MS)
+    env: dict[str, str] = field(default_factory=dict)  # more environment (MEDSEG_* settings)
     proc: subprocess.Popen | None = None
 
     @property
@@ -101,7 +102,7 @@ class ServerProcess:
         cmd = [str(medseg) if medseg.is_file() else sys.executable, *([] if medseg.is_file() else ["-m", "app.cli"]),
                "serve", "--port", str(self.port), "--state-dir", str(self.state_dir), "--prefetch", str(self.prefetch),
                *([] if self.malloc_arenas is None else ["--malloc-arenas", str(self.malloc_arenas)]), *self.extra_args]
-        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **self.env}
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)

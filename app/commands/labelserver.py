@@ -36,7 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+    from app import header_deadline
     from app.access import required_token
     from app.labelserver.datastore import DicomWebStore, Sessions, StudiesDir
     from app.labelserver.server import ServerConfig, build_app
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"medseg labelserver: MONAI Label API at http://{shown}:{args.port}/ "
               f"({'token required' if token else 'loopback, no token'}); models {args.model}, {args.model}_3d, "
               f"{args.model}_points; {choice.status()}", file=sys.stderr, flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                    http=header_deadline.protocol_class(AutoHTTPProtocol, limits.header_timeout_s))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
