@@ -34,6 +34,12 @@ def _prompt_sets(g) -> dict[str, Prompts]:
     }
 
 
+@pytest.fixture(scope="module")
+def golden_embedding(litemedsam):
+    """The plain segmenter's embedding of the golden slice: the reference of three tests below, encoded once."""
+    return litemedsam.embed(np.load(GOLDEN)["image"])
+
+
 def test_static_decoder_equals_the_plain_prompt_encoder_and_decoder(litemedsam_base):
     """The prompt encoder without boolean indexing + packed point buffers: bit-identical logits and IoU
     (the base model: no click refiner, so every prompt kind goes through the static path)."""
@@ -51,13 +57,13 @@ def test_static_decoder_equals_the_plain_prompt_encoder_and_decoder(litemedsam_b
     assert np.array_equal(result.masks, litemedsam_base.predict(emb, _prompt_sets(g)["box"]).masks)
 
 
-def test_graphs_take_every_prompt_the_click_model_and_the_base_decoder_answer(litemedsam):
+def test_graphs_take_every_prompt_the_click_model_and_the_base_decoder_answer(litemedsam, golden_embedding):
     """With the shipped click model, a box alone (propagation's prompt) goes through the base decoder's graph and
     every point or mask prompt through the click refiner's, residual add included, as ``Segmenter.decode_prompts``
     routes them: bit-identical logits and IoU, nothing left to the eager fallback. Before, the click model's
     prompts all fell back, so a GPU click ran ~150 eager kernels (docs/benchmarks.md, H)."""
     g = np.load(GOLDEN)
-    emb = litemedsam.embed(g["image"])
+    emb = golden_embedding
     fast = tuned(litemedsam, precision="fp32", fuse=False, channels_last=False, cuda_graphs=True)
     fast.decode_prompts.fallback = None  # the static path must answer every prompt here
     routes = set()
@@ -72,19 +78,20 @@ def test_graphs_take_every_prompt_the_click_model_and_the_base_decoder_answer(li
     assert np.array_equal(fast.predict(emb, one).masks, litemedsam.predict(emb, one).masks)
 
 
-def test_graph_ready_embed_equals_embed_for_any_slice_shape(litemedsam):
+def test_graph_ready_embed_equals_embed_for_any_slice_shape(litemedsam, golden_embedding):
     """The split preprocessing (host half into fixed 256 x 256 buffers, device half after the copy) gives
     the plain embedding for a slice that needs a resize and padding and for one that needs neither."""
     rng = np.random.default_rng(0)
     images = [np.load(GOLDEN)["image"], (rng.random((256, 256)) * 255).astype(np.uint8)]
     fast = tuned(litemedsam, precision="fp32", fuse=False, channels_last=False, cuda_graphs=True)
-    for image in images:
+    references = [golden_embedding, litemedsam.embed(images[1])]
+    for image, reference in zip(images, references):
         emb = fast.embed(image)
         assert emb.original_size == image.shape[:2]
-        assert torch.equal(emb.features, litemedsam.embed(image).features)
+        assert torch.equal(emb.features, reference.features)
 
 
-def test_a_padded_batch_returns_each_slices_own_embedding(litemedsam, monkeypatch):
+def test_a_padded_batch_returns_each_slices_own_embedding(litemedsam, golden_embedding, monkeypatch):
     """Three slices of different shapes run in the batch-4 graph: each comes back as its own embedding,
     the spare row dropped, and a later batch reuses the buffers without leaking the earlier rows."""
     from runtime import cuda_graphs
@@ -96,7 +103,7 @@ def test_a_padded_batch_returns_each_slices_own_embedding(litemedsam, monkeypatc
     rng = np.random.default_rng(2)
     images = [np.load(GOLDEN)["image"], (rng.random((200, 300)) * 255).astype(np.uint8), (rng.random((256, 256, 3)) * 255).astype(np.uint8)]
     fast = tuned(litemedsam, precision="fp32", fuse=False, channels_last=False, cuda_graphs=True)
-    reference = [litemedsam.embed(im).features for im in images]
+    reference = [golden_embedding.features] + [litemedsam.embed(im).features for im in images[1:]]
     for order in ([0, 1, 2], [2, 0, 1]):  # the 4-row buffers twice, the slices in another order
         embs = fast.embed_batch([images[i] for i in order])
         assert len(embs) == 3

@@ -94,7 +94,8 @@ def copied_weights(tmp_path_factory):
     built = seg.encoder_path.parent
     folder = tmp_path_factory.mktemp("weights")
     os.symlink(weights_dir() / "lite_medsam.pth", folder / "lite_medsam.pth")
-    shutil.copytree(built, folder / "onnx" / built.name)
+    with export_cache._build_lock(built):  # not while another test process builds into it (tests/runtime/test_onnx.py)
+        shutil.copytree(built, folder / "onnx" / built.name)
     os.environ["MEDSEG_WEIGHTS"] = str(folder)
     clear_caches()
     yield folder / "onnx" / built.name
