@@ -15,6 +15,7 @@ import time
 
 import pytest
 import uvicorn
+import uvicorn.config
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
@@ -44,8 +45,10 @@ APP = Starlette(routes=[Route("/", hello, methods=["GET", "POST"]), Route("/slow
 
 
 @pytest.fixture(params=["auto installed", "httptools", "h11"])
-def port(request):
+def port(request, monkeypatch):
     if request.param == "auto installed":
+        # uvicorn's table of protocol names is the process's: restored after, for the other tests in this worker
+        monkeypatch.setitem(uvicorn.config.HTTP_PROTOCOLS, "auto", uvicorn.config.HTTP_PROTOCOLS["auto"])
         header_deadline.install(DEADLINE_S)
         http = "auto"  # as Gradio's launch builds its Config
     else:
