@@ -26,11 +26,10 @@ from app import controller
 from app.viewer.geometry import from_plane
 from data.readers import read_study
 from tests.conftest import SAMPLES
-from tests.e2e.conftest import needs_browser, type_colour
+from tests.e2e.conftest import VIEWPORT, needs_browser, new_context, type_colour
 
 pytestmark = needs_browser
 TIMEOUT_MS = 240_000  # first encode on a busy 2-core machine
-VIEWPORT = {"width": 1440, "height": 900}
 CT_NAME = "CT head (DICOM series, 12 slices)"
 MR_NAME = "MR T1 brain, Colin27 (NIfTI, 32 slices)"
 # Plane pixels (x, y) on the CT's coronal slices (it opens on slice 6).
@@ -46,9 +45,9 @@ def ct():
 
 
 def _open_page(browser, server, **context_options):
-    """A new browser context's page on the server, and the session it opened (``context_options``: Playwright's,
-    e.g. ``has_touch=True`` for a tablet, ``viewport={...}`` for another window than VIEWPORT)."""
-    context = browser.new_context(**{"viewport": VIEWPORT, "accept_downloads": True, **context_options})
+    """A fresh browser's page on the server, and the session it opened (``context_options``: Playwright's, e.g.
+    ``has_touch=True`` for a tablet, ``viewport={...}`` for another window than VIEWPORT; see ``new_context``)."""
+    context = new_context(browser, server.url, **context_options)
     page = context.new_page()
     before = server.session_ids()
     page.goto(server.url)
