@@ -94,7 +94,72 @@ def browser():
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
         yield b
+        for key in [k for k in _shared if k[0] == id(b)]:
+            del _shared[key]
         b.close()
+
+
+VIEWPORT = {"width": 1440, "height": 900}
+
+
+class SharedContext:
+    """One browser context per server, lent to one test at a time as a fresh browser would be: no cookie (so a new
+    session), no localStorage (the viewer keeps a study's locked labels there), no page of an earlier test. What it
+    keeps is the HTTP cache (Gradio's scripts, the sample's volume): a page load took ~3.2 s of CPU in a context of its
+    own and ~2.1 s in this one (docs/testing.md, session 29), over ~90 tests a run. A page left open on the server's
+    origin (``keeper``, a static file: no session, no script) is where the origin's localStorage is cleared."""
+
+    def __init__(self, browser, url: str):
+        self.context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+        self.keeper = self.context.new_page()
+        self.keeper.goto(url + "favicon.ico")
+        self.lent = False
+
+    def lend(self) -> "SharedContext":
+        self.give_back()
+        self.keeper.evaluate("() => { localStorage.clear(); sessionStorage.clear() }")
+        self.context.clear_cookies()
+        assert not self.context.cookies(), "the shared browser context kept a cookie"
+        self.lent = True
+        return self
+
+    def give_back(self) -> None:
+        """Closes the test's pages (what ``context.close()`` did to a context of its own); the context stays."""
+        for page in self.context.pages:
+            if page is not self.keeper:
+                page.close()
+        self.lent = False
+
+    def close(self) -> None:
+        self.give_back()
+
+    def __getattr__(self, name: str):  # new_page, cookies, new_cdp_session: the context's own
+        return getattr(self.context, name)
+
+
+_shared: dict[tuple[int, str], SharedContext] = {}
+
+
+def new_context(browser, url: str, **options):
+    """A browser context for a test's page on the server at ``url``: the shared one (see :class:`SharedContext`) when
+    the test asks for no other options and has not already borrowed it (a second browser of the same test, another
+    user, gets one of its own), else a new one with ``options``. Either way ``close()`` ends it for the test."""
+    if not options:
+        shared = _shared.get((id(browser), url))
+        if shared is None:
+            shared = _shared[id(browser), url] = SharedContext(browser, url)
+        if not shared.lent:
+            return shared.lend()
+    return browser.new_context(**{"viewport": VIEWPORT, "accept_downloads": True, **options})
+
+
+@pytest.fixture(autouse=True)
+def _shared_context_given_back():
+    """A test that failed before its ``context.close()`` leaves no page in the shared context for the next test."""
+    yield
+    for shared in _shared.values():
+        if shared.lent:
+            shared.give_back()
 
 
 @pytest.fixture()

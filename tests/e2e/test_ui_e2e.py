@@ -26,11 +26,10 @@ from app import controller
 from app.viewer.geometry import from_plane
 from data.readers import read_study
 from tests.conftest import SAMPLES
-from tests.e2e.conftest import needs_browser, type_colour
+from tests.e2e.conftest import VIEWPORT, needs_browser, new_context, type_colour
 
 pytestmark = needs_browser
 TIMEOUT_MS = 240_000  # first encode on a busy 2-core machine
-VIEWPORT = {"width": 1440, "height": 900}
 CT_NAME = "CT head (DICOM series, 12 slices)"
 MR_NAME = "MR T1 brain, Colin27 (NIfTI, 32 slices)"
 # Plane pixels (x, y) on the CT's coronal slices (it opens on slice 6).
@@ -46,9 +45,9 @@ def ct():
 
 
 def _open_page(browser, server, **context_options):
-    """A new browser context's page on the server, and the session it opened (``context_options``: Playwright's,
-    e.g. ``has_touch=True`` for a tablet, ``viewport={...}`` for another window than VIEWPORT)."""
-    context = browser.new_context(**{"viewport": VIEWPORT, "accept_downloads": True, **context_options})
+    """A fresh browser's page on the server, and the session it opened (``context_options``: Playwright's, e.g.
+    ``has_touch=True`` for a tablet, ``viewport={...}`` for another window than VIEWPORT; see ``new_context``)."""
+    context = new_context(browser, server.url, **context_options)
     page = context.new_page()
     before = server.session_ids()
     page.goto(server.url)
@@ -159,6 +158,21 @@ def _wait_server(predicate, timeout_s: float = 60) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "the server never got there"
         time.sleep(0.1)
+
+
+def _news_polls_read(page, count: int = 2) -> None:
+    """Returns once ``count`` of the viewer's news polls sent from now on have been answered and read (its
+    ``newsBusy`` down after the last): a test that asserts the tab did not follow a study those polls found waits for
+    the polls themselves. A fixed 7 s (two 3 s intervals) cost its full 7 s each time and, on a loaded machine, could
+    end before the second poll was read; each poll is sent only after the one before it was read, so none is missed."""
+    def news(request) -> bool:
+        return request.url.endswith("/viewer-api/news")
+
+    for _ in range(count):
+        with page.expect_request(news, timeout=60_000) as sent:
+            pass
+        sent.value.response()
+    page.wait_for_function("!medsegViewer.newsBusy", timeout=60_000)
 
 
 def _pages_landed(page, server) -> None:
@@ -898,9 +912,13 @@ def test_a_label_renamed_in_another_tab_reaches_an_idle_tab_by_its_poll(browser,
     polls.clear()  # one in flight when the tab was hidden
     page.wait_for_timeout(7000)  # more than twice the poll's interval
     assert polls == [], f"a hidden tab polled {len(polls)} times"
-    page.evaluate(set_visibility, "visible")
-    page.wait_for_timeout(5000)
-    assert polls, "the tab, shown again, never polled"
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:  # its next poll, within the 5 s the test waited for it before (the interval, 3 s, and a margin)
+        with page.expect_request(lambda r: r.url.endswith("/viewer-api/news"), timeout=5000):
+            page.evaluate(set_visibility, "visible")
+    except PlaywrightTimeout:
+        raise AssertionError("the tab, shown again, never polled") from None
     tab.close()
     context.close()
 
@@ -1277,7 +1295,8 @@ def test_pacs_buttons_pressed_while_clicks_are_queued_act_after_them(browser, pa
         _wait_server(server.gradio_idle, timeout_s=TIMEOUT_MS / 1000)
         page.locator("#pacs-open").click()
         _wait_server(lambda: server.store.get(sid).study_name == CT_NAME, timeout_s=TIMEOUT_MS / 1000)
-        page.wait_for_timeout(7000)
+        _news_polls_read(page)
+        assert page.evaluate("medsegViewer.following") is None, "the tab followed its own open as another tab's"
         assert "nother tab" not in page.locator("#viewer-status").inner_text()
         assert page.locator("#medseg-viewer").get_attribute("data-study") == mr_study
         answered.set()
@@ -2207,7 +2226,8 @@ def test_a_box_drawn_while_this_tab_opens_another_study_is_not_said_to_be_anothe
         # two of the viewer's news polls (3 s each) find the session on the MR while the open's answer is held: this
         # tab's own open on its way, so the page stays on the CT. It followed the MR and said "Another tab opened MR
         # ..." (CI, session 26: a poll came between the switch and the drag)
-        page.wait_for_timeout(7000)
+        _news_polls_read(page)
+        assert page.evaluate("medsegViewer.following") is None, "the tab followed its own open as another tab's"
         assert "nother tab" not in page.locator("#viewer-status").inner_text()
         assert page.locator("#medseg-viewer").get_attribute("data-study") == ct_study
         _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))

@@ -17,7 +17,7 @@ import pytest
 from models import point_prompts
 from tests.e2e.conftest import needs_browser, type_colour
 from tests.e2e.test_ui_e2e import BOX, INSIDE, REFINE, TIMEOUT_MS, _browser_labels, _drag, _idle, _open_page, \
-    _open_sample, _page_to, _server_counts, _upload, _wait_server, _wait_shown, _wait_status, _xy
+    _news_polls_read, _open_sample, _page_to, _server_counts, _upload, _wait_server, _wait_shown, _wait_status, _xy
 
 pytestmark = needs_browser
 
@@ -383,7 +383,8 @@ def test_a_slow_series_pick_of_this_tab_is_not_said_to_be_another_tabs(browser, 
         page.locator("#upload-series input").click()
         page.get_by_role("option", name="CT bone (12 images)", exact=False).click()
         _wait_server(lambda: server.store.get(sid).study_name.startswith("two.zip"))
-        page.wait_for_timeout(7000)
+        _news_polls_read(page)
+        assert page.evaluate("medsegViewer.following") is None, "the tab followed its own pick as another tab's"
         assert "nother tab" not in page.locator("#viewer-status").inner_text()
         assert page.locator("#medseg-viewer").get_attribute("data-study") == ct_study
         answered.set()
