@@ -196,6 +196,12 @@ def unverified(sources: list[dict], adapter_json: Path) -> str | None:
     return None
 
 
+def not_ours(folder: Path) -> bool:
+    """True for a folder this script must not replace: it exists, holds something, and is not an earlier output
+    (which always has ``sources.json``). ``--out`` is replaced whole, so a folder of the user's own files is refused."""
+    return folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / "sources.json").is_file()))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mricron", type=Path, required=True, help="mricron-data unpacked (dpkg-deb -x) or its templates folder")
@@ -209,8 +215,16 @@ def main() -> int:
     # built beside --out and moved there whole once verified: a refused or interrupted run leaves no data that a
     # test or the trainer could take for the real thing
     out = args.out.with_name(args.out.name + ".partial")
+    if not_ours(args.out):
+        print(f"prepare_click_data: --out {args.out} exists and is not an earlier output of this script (no sources.json); "
+              "give an empty or new folder", file=sys.stderr)
+        return 1
+    if out.exists() and not (out.is_dir() and (out / ".prepare_click_data").is_file()):
+        print(f"prepare_click_data: {out} exists and is not this script's build folder; move it away", file=sys.stderr)
+        return 1
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    (out / ".prepare_click_data").touch()  # marks the build folder as ours, so a rerun may clear it
     sources: list[dict] = []
     prepare_inia19(templates, out, sources)
     manifests = {"shared": args.shared / "manifest.csv", "mni152": prepare_mni152(args.nilearn_wheel, out, sources),
@@ -221,6 +235,7 @@ def main() -> int:
         return 1
     export_eval_slices(manifests, out)
     (out / "sources.json").write_text(json.dumps(sources, indent=2))
+    (out / ".prepare_click_data").unlink()
     shutil.rmtree(args.out, ignore_errors=True)
     out.rename(args.out)
     for f in sorted(args.out.glob("*.npz")):

@@ -52,3 +52,30 @@ def test_a_file_with_other_bytes_is_refused_by_name(prepare, sources):
     assert tampered[2]["path"] in message and tampered[2]["package"] in message and "adapter.json" in message
     unknown = [dict(sources[0], path="usr/share/mricron/templates/other.nii.gz")]
     assert "no such file" in prepare.unverified(unknown, ADAPTER)
+
+
+def test_an_out_folder_of_other_files_is_refused_and_left_as_it_was(prepare, tmp_path, monkeypatch, capsys):
+    """The script replaces ``--out`` whole once verified; a folder that holds the user's own files must not be
+    emptied (found in review: ``--out ~/data`` would have lost everything in it)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    monkeypatch.setattr("sys.argv", ["prepare_click_data.py", "--mricron", str(tmp_path / "none"),
+                                     "--nilearn-wheel", str(tmp_path / "none.whl"), "--out", str(mine)])
+    assert prepare.main() == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(mine) in err and "sources.json" in err
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    # a folder that is not the script's build folder, where it would build, is refused the same way
+    (tmp_path / "new.partial").mkdir()
+    (tmp_path / "new.partial" / "x").write_text("keep")
+    monkeypatch.setattr("sys.argv", ["prepare_click_data.py", "--mricron", str(tmp_path / "none"),
+                                     "--nilearn-wheel", str(tmp_path / "none.whl"), "--out", str(tmp_path / "new")])
+    assert prepare.main() == 1
+    assert (tmp_path / "new.partial" / "x").read_text() == "keep"
+    # an earlier output (it has sources.json) and an empty folder are not refused: the check is not what fails them
+    for folder in (tmp_path / "earlier", tmp_path / "empty"):
+        folder.mkdir()
+    (tmp_path / "earlier" / "sources.json").write_text("[]")
+    assert not prepare.not_ours(tmp_path / "earlier") and not prepare.not_ours(tmp_path / "empty")
+    assert not prepare.not_ours(tmp_path / "absent") and prepare.not_ours(mine)
