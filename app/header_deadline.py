@@ -23,8 +23,9 @@ _REFUSAL = b"the request line and headers did not arrive in time"
 class HeaderDeadline:
     """Mixin for a uvicorn HTTP protocol class: 408 and close when a request's headers are late.
 
-    The clock starts when the connection opens and again when the bytes of a next request begin to arrive after a
-    complete response; it stops when that request's headers are complete (a new cycle exists).
+    The clock starts when the connection opens and again when the bytes of a next request begin to arrive (after
+    the previous request's body, even while its answer is still going out); it stops when that request's headers
+    are complete (a new cycle exists). An answer in flight is never cut: the refusal waits until it is complete.
     """
 
     header_timeout_s: float = HEADER_TIMEOUT_S
@@ -37,8 +38,10 @@ class HeaderDeadline:
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle  # type: ignore[attr-defined]
-        if self._deadline is None and (cycle is None or cycle.response_complete):
-            self._start_clock()  # the first bytes of a next request on a kept-alive connection
+        # bytes after a request's body is complete are a next request's, whether or not the answer is still going
+        # out (pipelined): its clock starts now, and ``_late`` waits for that answer before cutting
+        if self._deadline is None and (cycle is None or cycle.response_complete or not cycle.more_body):
+            self._start_clock()
         super().data_received(data)  # type: ignore[misc]
         if self._deadline is not None and self.cycle is not self._cycle_at_start:  # type: ignore[attr-defined]
             self._stop_clock()

@@ -57,7 +57,8 @@ def port(request, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(APP, host="127.0.0.1", port=free, log_level="warning", http=http))
+    server = uvicorn.Server(uvicorn.Config(APP, host="127.0.0.1", port=free, log_level="warning", http=http,
+                                           timeout_keep_alive=60))  # the deadline must not lean on uvicorn's 5 s
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -124,6 +125,17 @@ def test_an_answer_longer_than_the_deadline_and_a_slow_body_are_not_cut(port):
     head = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 3\r\n\r\n"
     reply, _ = _talk(port, [head, b"a", b"b", b"c"], 0.5)
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"hello 3"), reply
+
+
+def test_a_pipelined_requests_late_headers_are_cut_once_the_answer_in_flight_is_out(port):
+    """A next request's headers trickling in while the previous answer still streams (HTTP/1.1 pipelining), then
+    silence: before, httptools started no clock for it, and the connection was held until uvicorn's keep-alive
+    timeout (for ever with a long one). Found in session 29's review."""
+    first = b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    partial = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: "
+    reply, seconds = _talk(port, [first] + [partial[i:i + 1] for i in range(len(partial))], 0.05, quiet_s=20)
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.count(b"part ") == 5, reply  # the answer was not cut
+    assert reply.endswith(b"did not arrive in time") and 2.5 < seconds < 2.5 + DEADLINE_S + 2, (reply[-80:], seconds)
 
 
 def test_medseg_serve_closes_a_silent_connection(tmp_path):
