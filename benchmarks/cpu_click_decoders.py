@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import runtime  # noqa: E402
 from evaluation.clicks import box_from_mask, next_click  # noqa: E402
+from models.registry import checkpoint_path  # noqa: E402
 from evaluation.manifest import CaseLoader, read_manifest  # noqa: E402
 from models.prompts import Prompts  # noqa: E402
 from runtime.onnx_backend import OnnxSegmenter  # noqa: E402
@@ -49,10 +50,11 @@ KINDS = ("box", "click", "lone")
 def paths(names: list[str]) -> dict[str, OnnxSegmenter]:
     """The segmenters compared, sharing the base model and the int8 encoder's file."""
     after = runtime.load_segmenter("litemedsam", backend="onnx-int8-fast")
-    folder, out = after.encoder_path.parent, {}
+    out = {}
     for name in names:
         if name == "before":
-            out[name] = OnnxSegmenter(after.base, after.encoder_path, folder / "decoder.onnx", label="onnx-int8-fast")
+            decoder = runtime.plain_decoder_file(after.base, str(checkpoint_path("litemedsam").resolve()))
+            out[name] = OnnxSegmenter(after.base, after.encoder_path, decoder, label="onnx-int8-fast")
         elif name == "after":
             out[name] = after  # as load_segmenter gives it (runtime.threads.decoder_threads)
         elif name.startswith("after-"):

@@ -77,9 +77,9 @@ def _load_onnx(name: str, path: str, device: str, backend: str) -> Segmenter:
     from runtime.threads import decoder_threads
 
     base = _load_torch(name, path, "cpu")
-    encoder, decoder = onnx_files(base, path, backend)
+    encoder = encoder_file(base, path, backend)
     if backend not in FAST_DECODER_BACKENDS:
-        return OnnxSegmenter(base, encoder, decoder, device=device, label=backend)
+        return OnnxSegmenter(base, encoder, plain_decoder_file(base, path), device=device, label=backend)
     decoder, refiner = fast_decoder_files(base, path)
     threads = decoder_threads() if device == "cpu" else None
     return OnnxSegmenter(base, encoder, decoder, device=device, label=backend, refiner_path=refiner,
@@ -95,39 +95,51 @@ def _export_folder(base: Segmenter, checkpoint: str) -> tuple[Path, dict[str, st
     return weights_dir() / "onnx" / f"{base.name}-{weights_sha[:16]}", export_cache.cache_key(weights_sha)
 
 
-def onnx_files(base: Segmenter, checkpoint: str, backend: str = "onnx") -> tuple[Path, Path]:
-    """The (encoder, decoder) ONNX files ``backend`` runs for a loaded variant, built once into
+def encoder_file(base: Segmenter, checkpoint: str, backend: str = "onnx") -> Path:
+    """The ONNX encoder ``backend`` runs for a loaded variant, built once into
     ``weights/onnx/<variant>-<checkpoint sha256[:16]>/`` and checked before each reuse (``runtime.export_cache``:
-    a damaged or stale file is rebuilt)."""
+    a damaged or stale file is rebuilt). Only the files the backend needs are built: the int8 encoders of
+    ``FAST_EXPORT_BACKENDS`` (the CPU default among them) come from ``encoder-fast.onnx``, so a fresh install never
+    exports the plain ``encoder.onnx`` for them (it cost 40 MB and ~10 CPU-s for nothing)."""
     from runtime import export_cache
-    from runtime.onnx_export import export_onnx
+    from runtime.onnx_quant import FAST_EXPORT_BACKENDS
 
     folder, key = _export_folder(base, checkpoint)
-    encoder, decoder = export_cache.ensure(
-        [folder / "encoder.onnx", folder / "decoder.onnx"], lambda tmp: export_onnx(base, tmp), key
-    )
-    if backend == "onnx":
-        return encoder, decoder
-    from runtime.onnx_quant import (
-        BACKEND_RECIPES,
-        FAST_EXPORT_BACKENDS,
-        build_int8_encoder,
-        int8_dot_saturates,
-        int8_file_name,
-    )
-
     if backend in FAST_EXPORT_BACKENDS:
         from runtime.onnx_fast_export import export_fast_encoder
 
         (encoder,) = export_cache.ensure(
             [folder / "encoder-fast.onnx"], lambda tmp: export_fast_encoder(base, tmp / "encoder-fast.onnx"), key
         )
+    else:
+        from runtime.onnx_export import export_encoder
+
+        (encoder,) = export_cache.ensure(
+            [folder / "encoder.onnx"], lambda tmp: export_encoder(base, tmp / "encoder.onnx"), key
+        )
+    if backend == "onnx":
+        return encoder
+    from runtime.onnx_quant import BACKEND_RECIPES, build_int8_encoder, int8_dot_saturates, int8_file_name
+
     recipe, u8_weights = BACKEND_RECIPES[backend], int8_dot_saturates()
     int8 = folder / int8_file_name(encoder, recipe, u8_weights)
     export_cache.ensure(
         [int8], lambda tmp: build_int8_encoder(base, encoder, tmp / int8.name, recipe, u8_weights), key, source=encoder
     )
-    return int8, decoder
+    return int8
+
+
+def plain_decoder_file(base: Segmenter, checkpoint: str) -> Path:
+    """``decoder.onnx``, the plain export of the prompt encoder and mask decoder (the ``onnx`` backend's, checked by
+    the parity tests), built once beside the encoders like them."""
+    from runtime import export_cache
+    from runtime.onnx_export import export_decoder
+
+    folder, key = _export_folder(base, checkpoint)
+    (decoder,) = export_cache.ensure(
+        [folder / "decoder.onnx"], lambda tmp: export_decoder(base, tmp / "decoder.onnx"), key
+    )
+    return decoder
 
 
 def fast_decoder_files(base: Segmenter, checkpoint: str) -> tuple[Path, Path | None]:

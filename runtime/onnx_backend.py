@@ -75,7 +75,8 @@ def _run_options():
 
 
 class OnnxSegmenter(Segmenter):
-    """Runs ``encoder.onnx`` / ``decoder.onnx`` written by :func:`runtime.onnx_export.export_onnx`."""
+    """Runs ``encoder.onnx`` / ``decoder.onnx`` written by :mod:`runtime.onnx_export`
+    (or the int8 and fast exports of ``runtime.onnx_quant``, ``runtime.onnx_fast_export``, ``runtime.onnx_decoder_export``)."""
 
     def __init__(
         self,

@@ -84,40 +84,49 @@ class DecoderOnnx(nn.Module):
         return masks, iou
 
 
-def export_onnx(segmenter: Segmenter, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``encoder.onnx`` and ``decoder.onnx`` for a segmenter; returns their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def export_encoder(segmenter: Segmenter, path: str | Path) -> Path:
+    """Write the image encoder (preprocessed image -> embedding) as ONNX to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     size = segmenter.geometry.target
-    device = torch.device("cpu")
-    image = torch.zeros(1, 3, size, size, device=device)
-    model = segmenter.model.to(device)
-    enc_path, dec_path = out_dir / "encoder.onnx", out_dir / "decoder.onnx"
+    model = segmenter.model.to("cpu")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on constants; parity is tested instead
         torch.onnx.export(
             EncoderOnnx(segmenter).eval(),
-            (image,),
-            str(enc_path),
+            (torch.zeros(1, 3, size, size),),
+            str(path),
             input_names=["image"],
             output_names=["image_embeddings"],
             dynamic_axes={"image": {0: "batch"}, "image_embeddings": {0: "batch"}},
             opset_version=OPSET,
             dynamo=False,
         )
-        emb = EncoderOnnx(segmenter).eval()(image)
+    model.to(segmenter.device)
+    return path
+
+
+def export_decoder(segmenter: Segmenter, path: str | Path) -> Path:
+    """Write the prompt encoder + mask decoder (embedding, points, mask -> logits, IoU) as ONNX to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = segmenter.geometry.target
+    model = segmenter.model.to("cpu")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        emb = EncoderOnnx(segmenter).eval()(torch.zeros(1, 3, size, size))  # the embedding's shape, per variant
         low = segmenter.low_res_size
         args = (
             emb,
-            torch.zeros(1, 3, 2, device=device),
-            torch.tensor([[1.0, 2.0, 3.0]], device=device),
-            torch.zeros(1, 1, low, low, device=device),
-            torch.zeros(1, device=device),
+            torch.zeros(1, 3, 2),
+            torch.tensor([[1.0, 2.0, 3.0]]),
+            torch.zeros(1, 1, low, low),
+            torch.zeros(1),
         )
         torch.onnx.export(
             DecoderOnnx(segmenter).eval(),
             args,
-            str(dec_path),
+            str(path),
             input_names=["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
             output_names=["low_res_logits", "iou_predictions"],
             dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
@@ -125,4 +134,5 @@ def export_onnx(segmenter: Segmenter, out_dir: str | Path) -> tuple[Path, Path]:
             dynamo=False,
         )
     model.to(segmenter.device)
-    return enc_path, dec_path
+    return path
+

@@ -1,6 +1,6 @@
 """A second ONNX export of the TinyViT encoder, written for ONNX Runtime on the CPU (``onnx-int8-fast``).
 
-Same arithmetic as :func:`runtime.onnx_export.export_onnx`'s encoder (fp32 output within 1e-6
+Same arithmetic as :func:`runtime.onnx_export.export_encoder` (fp32 output within 1e-6
 relative), fewer passes over memory. ORT runs each node with a full read and write of its tensors,
 and its copies (Split, Slice, Transpose) hardly use the second core, so on 2 cores removing nodes
 is what pays (docs/benchmarks.md, CPU section, ``onnx-int8-fast``):

@@ -112,8 +112,7 @@ def _files(folder):
 
 def test_the_default_backends_files_are_reused_by_a_new_process(copied_weights):
     before, builds = _files(copied_weights), sum(BUILDS.values())
-    assert {"encoder.onnx", "decoder.onnx", "encoder-fast.onnx", "decoder-fast.onnx", "refiner-fast.onnx"} <= set(
-        before)
+    assert {"encoder-fast.onnx", "decoder-fast.onnx", "refiner-fast.onnx"} <= set(before)
     seg = load_segmenter("litemedsam", backend=BACKEND)
     assert seg.encoder_path.parent == copied_weights and seg.encoder_path.name.startswith("encoder-fast-int8-")
     clear_caches()  # what a new process sees
@@ -129,6 +128,28 @@ def test_the_default_backends_files_are_reused_by_a_new_process(copied_weights):
 
     meta = json.loads((copied_weights / "refiner-fast.onnx.json").read_text())
     assert meta["source_sha256"] == export_cache.file_sha256(CLICK_MODEL_DIR / WEIGHTS_FILE)
+
+
+def test_the_default_backend_never_builds_the_plain_exports(copied_weights, monkeypatch):
+    """``encoder.onnx`` and ``decoder.onnx`` are the plain ``onnx`` backend's; the int8 backends run the fast encoder
+    and decoders. Building them on a fresh install cost ~10 CPU-s and 40 MB that nothing ran (found in session 29's
+    suite profile): with them gone and their exporters broken, the default backend still loads from its own files."""
+    import runtime.onnx_export as onnx_export
+
+    for name in ("encoder.onnx", "decoder.onnx"):
+        for path in (copied_weights / name, copied_weights / (name + ".json")):
+            path.unlink(missing_ok=True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the plain ONNX export was built for a backend that never runs it")
+
+    for exporter in ("export_encoder", "export_decoder"):
+        monkeypatch.setattr(onnx_export, exporter, refuse)
+    clear_caches()
+    seg = load_segmenter("litemedsam", backend=BACKEND)  # onnx-int8-conv takes the same two branches
+    clear_caches()
+    assert seg.decoder_path.name == "decoder-fast.onnx" and seg.encoder_path.name.startswith("encoder-fast-int8-")
+    assert not (copied_weights / "encoder.onnx").exists() and not (copied_weights / "decoder.onnx").exists()
 
 
 def test_a_tampered_int8_encoder_is_rebuilt_not_run(copied_weights):
