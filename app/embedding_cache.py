@@ -56,14 +56,16 @@ def window_key(window: Window | None) -> Hashable:
 
 
 def embedding_nbytes(embedding: Embedding) -> int:
-    """Bytes an embedding keeps alive: the storages behind its features and extras (a view counts whole)."""
+    """Bytes an embedding keeps alive: the storages behind its features and extras (a view counts whole), and
+    its grey picture."""
     storages = {}
     for t in (embedding.features, *embedding.extras.values()):
         if not hasattr(t, "untyped_storage"):
             continue  # not a tensor (a stand-in): it holds no tensor memory
         storage = t.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values())
+    picture = getattr(embedding, "picture", None)
+    return sum(storages.values()) + (picture.nbytes if isinstance(picture, np.ndarray) else 0)
 
 
 class EmbeddingCache:

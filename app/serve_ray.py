@@ -40,6 +40,7 @@ def _to_device(embedding: Embedding, device) -> Embedding:
         input_size=tuple(embedding.input_size),
         model_name=embedding.model_name,
         extras={k: v.to(device) for k, v in embedding.extras.items()},
+        picture=embedding.picture,
     )
 
 

@@ -5,7 +5,10 @@ shipped click refiner (``models/click_model.py``) answers points alone with a sm
 Dice 0.24 on the shared set, docs/clicks.md). A box it does understand. So a prompt of points alone
 becomes boxes derived from the positive points: their extent (a lone point: the point itself) grown
 by each of ``HALF_SIDES_MM`` on every side, physical sizes that need the pixel spacing
-(``Prompts.pixel_spacing``, 1 mm when unknown). The base decoder segments each box; its predicted
+(``Prompts.pixel_spacing``, 1 mm when unknown). ``$MEDSEG_POINT_BOXES=picture`` (or ``mm+picture``) gives a lone
+positive point the boxes of the region of similar grey level around it instead (or as well;
+``models.picture_boxes``): they hold large structures the mm boxes never do, but lose on small nuclei, so they are
+not the default (docs/clicks.md). The base decoder segments each box; its predicted
 IoU picks one; then, where the model carries a click refiner, every point (negatives too) goes to the
 refiner with the chosen box's logits as the mask prompt, which is what the refiner was trained on
 (corrective clicks after a box).
@@ -24,12 +27,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from models.picture_boxes import picture_boxes
 from models.prompts import MaskResult, Prompts
 
 if TYPE_CHECKING:
     from models.segmenter import Embedding, Segmenter
 
 HALF_SIDES_MM = (5.0, 10.0, 20.0)  # grown on each side of the positives' extent (docs/clicks.md: measured)
+BOXES = ("mm", "picture", "mm+picture")  # a lone positive point's candidate boxes: the mm boxes (the default), the
+# picture's boxes (models.picture_boxes), or both; measured in docs/clicks.md ("A lone point's boxes from the picture")
+BOXES_ENV = "MEDSEG_POINT_BOXES"
+DEFAULT_BOXES = "mm"  # the picture's boxes win on large structures, lose on small nuclei: not the default by the rule
 REFINES = ("none", "points", "points+box")
 REFINE = "points"  # refine the candidates with every point through the click refiner, where there is one
 DEFAULT_SPACING_MM = (1.0, 1.0)  # (row, col) mm per pixel when the caller does not know it
@@ -43,6 +51,15 @@ DEFAULT_CHOICE = "iou"  # iou*stability won on validation, lost held out; refine
 # neither is the default by the rules fixed before their held-out runs (docs/clicks.md)
 STABILITY_OFFSET = 1.0
 TOUCH_PX = 2  # a mask this close to a box side touches it
+
+
+def boxes_source() -> str:
+    """Where a lone positive point's candidate boxes come from: ``$MEDSEG_POINT_BOXES`` (one of ``BOXES``), else
+    ``DEFAULT_BOXES``."""
+    value = os.environ.get(BOXES_ENV, "").strip().lower() or DEFAULT_BOXES
+    if value not in BOXES:
+        raise ValueError(f"{BOXES_ENV} must be one of {', '.join(BOXES)}, got {value!r}")
+    return value
 
 
 def choice() -> str:
@@ -105,6 +122,20 @@ def candidate_boxes(
         hx, hy = half / col_mm, half / row_mm
         boxes.append((max(0.0, x0 - hx), max(0.0, y0 - hy), min(w - 1.0, x1 + hx), min(h - 1.0, y1 + hy)))
     return np.asarray(boxes, np.float32)
+
+
+def _candidates(embedding: "Embedding", prompts: Prompts, half_sides_mm: tuple[float, ...] | None) -> np.ndarray:
+    """The candidate boxes of one request: the mm boxes, and/or (``$MEDSEG_POINT_BOXES``) the picture's boxes for
+    exactly one positive point where the embedding keeps its picture and the caller gave no sizes (PerSAM gives
+    its own)."""
+    sides = prompts.candidate_half_sides_mm if prompts.candidate_half_sides_mm is not None else half_sides_mm
+    mm = candidate_boxes(prompts.points, prompts.point_labels, embedding.original_size, prompts.pixel_spacing, sides)
+    source = boxes_source()
+    pos = np.asarray(prompts.points, np.float32).reshape(-1, 2)[np.asarray(prompts.point_labels).reshape(-1) == 1]
+    if source == "mm" or len(pos) != 1 or getattr(embedding, "picture", None) is None or sides is not None:
+        return mm
+    picture = picture_boxes(embedding.picture, pos[0], prompts.pixel_spacing)
+    return picture if source == "picture" else np.concatenate([mm, picture])
 
 
 def grown_box(box: np.ndarray, mask: np.ndarray, touch_px: int = TOUCH_PX) -> np.ndarray | None:
@@ -216,8 +247,7 @@ def decode_points_many(
     jobs: list[tuple[int, np.ndarray]] = []  # (request, candidate box)
     for i, (e, p) in enumerate(zip(embeddings, prompts)):
         try:
-            sides = p.candidate_half_sides_mm if p.candidate_half_sides_mm is not None else half_sides_mm
-            jobs += [(i, b) for b in candidate_boxes(p.points, p.point_labels, e.original_size, p.pixel_spacing, sides)]
+            jobs += [(i, b) for b in _candidates(e, p, half_sides_mm)]
         except Exception as err:  # noqa: BLE001 - this request's error
             out[i] = err
     decoded = _decode_boxes(segmenter, [embeddings[i] for i, _ in jobs], [b for _, b in jobs], grow_steps, batch)

@@ -16,6 +16,8 @@ from torch import nn
 from models import decode_many
 from models.click_refiner import refiner_for
 from models.geometry import LongestSide, Stretch, low_res_to_input_frame
+from models.picture_boxes import grey
+from models.point_prompts import boxes_source
 from models.prompts import MaskResult, PromptError, Prompts
 
 
@@ -25,6 +27,9 @@ class Embedding:
 
     features: (1, C, h, w) on the model's device. original_size / input_size: (H, W).
     extras: model-specific tensors the decoder also needs (e.g. SAM-UNet's multi-scale feature).
+    picture: the (H, W) uint8 grey slice that was encoded, for the prompts that read the picture (a lone point's
+    candidate boxes, ``models.picture_boxes``), kept only while ``$MEDSEG_POINT_BOXES`` asks for them (not by
+    default: no cost on the encode path or in the embedding cache); None otherwise (the mm boxes answer).
     """
 
     features: torch.Tensor
@@ -32,6 +37,7 @@ class Embedding:
     input_size: tuple[int, int]
     model_name: str
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    picture: np.ndarray | None = None
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -104,6 +110,7 @@ class Segmenter:
         for im in rgb:
             self.check_input_size(im.shape[:2])
         features, extras = self.embed_features(rgb)
+        keep_picture = boxes_source() != "mm"
         out = []
         for b, im in enumerate(rgb):
             size = (int(im.shape[0]), int(im.shape[1]))
@@ -114,6 +121,7 @@ class Segmenter:
                     input_size=self.geometry.input_size(size),
                     model_name=self.name,
                     extras={k: v[b : b + 1] for k, v in extras.items()},
+                    picture=grey(im) if keep_picture else None,
                 )
             )
         return out
