@@ -444,7 +444,9 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
         notes = (*notes, f"EXIF Orientation {orientation}: shown turned as photo viewers show it (masks are written "
                  "in this orientation)")
         warnings.warn(one_line(f"{path}: {notes[-1]}"), StudyWarning, stacklevel=2)
-    fmt = "png" if path.suffix.lower() == ".png" else "jpeg"
+    # by its bytes, not its name: a JPEG label named .png was scored with its faint pixels as ground truth, a PNG
+    # named .jpg refused as a JPEG mask (session 30); the mask and label rules read this format
+    fmt = "png" if png else "jpeg"
     return Volume(array=np.ascontiguousarray(array)[None], modality="OT",
                   source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)", notes=notes,
                                    exif_orientation=orientation))

@@ -500,3 +500,21 @@ def test_a_row_whose_series_lacks_a_slice_is_refused_without_a_flag_eval_does_no
         CaseLoader(m).load(cases[0])
     assert str(e.value).endswith("1 slice(s) missing between IM0005.dcm (0.75 mm) and IM0007.dcm (3.75 mm) (the other "
                                  "slices are 1.5 mm apart); add the missing file(s), open the complete series")
+
+
+def test_a_label_is_judged_by_its_bytes_not_its_name(tmp_path):
+    """Session 30: a JPEG label saved under a .png name (a mail client's or a converter's rename) was scored as ground
+    truth, its compression's faint pixels counted as labelled, since the reader named a picture's format by its
+    suffix; a lossless PNG under a .jpg name was refused as a JPEG mask. The format is now the one Pillow read."""
+    img, lab = _png_pair(tmp_path)
+    Image.fromarray(lab * 100).save(tmp_path / "jpeg_named.png", format="JPEG", quality=75)
+    Image.fromarray(lab).save(tmp_path / "png_named.jpg", format="PNG")
+    m = _write_manifest(tmp_path, ["case_id", "image", "label"],
+                        [["a", "img.png", "jpeg_named.png"], ["b", "img.png", "png_named.jpg"]])
+    cases, _ = read_manifest(m)
+    loader = CaseLoader(m)
+    with _exactly(f"{m} line 2, column 'label': {tmp_path / 'jpeg_named.png'}: a JPEG mask; JPEG's lossy compression "
+                  "leaves faint pixels around every painted edge, so which pixels were painted is not known: save the "
+                  "mask as PNG"):
+        loader.load(cases[0])
+    np.testing.assert_array_equal(loader.load(cases[1]).gt, lab != 0)
