@@ -15,7 +15,7 @@ from pydicom.multival import MultiValue
 
 from data import limits
 from data.dicom_scan import (EXPLICIT_BE, NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes,
-                             rle_segment_lengths, scan_dicom)
+                             jpeg_precisions, rle_segment_lengths, scan_dicom)
 from data.study_errors import StudyError, check_voxels, header_int
 
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
@@ -94,6 +94,11 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
             if (c, r) != (cols, rows) or comps != samples:
                 raise StudyError(f"{path}: a compressed frame of {c} x {r} x {comps} (its JPEG frame header) in an image "
                                  f"of Columns x Rows x SamplesPerPixel {cols} x {rows} x {samples}; refused before decoding")
+        wider = max(jpeg_precisions(path, scan), default=0)
+        if wider > bits:
+            raise StudyError(f"{path}: its compressed frames hold {wider}-bit samples (the JPEG frame header's precision) "
+                             f"but BitsAllocated is {bits}: the values cannot fit, so the image would open garbled; "
+                             "refused")
         if scan.transfer_syntax == RLE_LOSSLESS:
             _check_rle_segments(path, scan, rows, cols)
         return

@@ -21,6 +21,7 @@ import functools
 import mmap
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -351,18 +352,33 @@ def encoded_frame_sizes(path: Path, scan: DicomScan) -> list[tuple[int, int, int
     """(columns, rows, components) that each JPEG / JPEG-LS / JPEG 2000 fragment's own header
     declares (fragments that start a codestream only). A decoder allocates what the codestream
     says, whatever Rows/Columns say, so the two must agree before anything decodes it."""
-    sizes = []
+    sizes = (_jpeg_size(head) if head[:2] == b"\xff\xd8" else _j2k_size(head) for head in _frame_heads(path, scan))
+    return [size for size in sizes if size is not None]
+
+
+def jpeg_precisions(path: Path, scan: DicomScan) -> list[int]:
+    """The sample precision (bits) that each JPEG / JPEG-LS fragment's frame header (SOF) declares. Why: GDCM fits
+    the decoded samples into BitsAllocated, so 16-bit JPEG-LS samples under BitsAllocated 8 opened as int8 noise
+    (session 30). JPEG 2000 is left out: GDCM reads its samples at the codestream's own width."""
+    heads = (_jpeg_frame_header(head) for head in _frame_heads(path, scan) if head[:2] == b"\xff\xd8")
+    return [header[3] for header in heads if header is not None]
+
+
+def _frame_heads(path: Path, scan: DicomScan) -> Iterator[bytes]:
+    """The first ``FRAME_HEAD_BYTES`` of each fragment of encapsulated pixel data."""
     with open(path, "rb") as f:
         for offset, length in scan.fragments[1:]:  # [0] is the basic offset table
             f.seek(offset)
-            head = f.read(min(length, FRAME_HEAD_BYTES))
-            size = _jpeg_size(head) if head[:2] == b"\xff\xd8" else _j2k_size(head)
-            if size is not None:
-                sizes.append(size)
-    return sizes
+            yield f.read(min(length, FRAME_HEAD_BYTES))
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int, int] | None:
+    header = _jpeg_frame_header(data)
+    return None if header is None else header[:3]
+
+
+def _jpeg_frame_header(data: bytes) -> tuple[int, int, int, int] | None:
+    """(columns, rows, components, precision) of a JPEG / JPEG-LS codestream's frame header (SOF), None without one."""
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
@@ -377,7 +393,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int, int] | None:
         seg = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
         if marker in JPEG_SOF and pos + 10 <= len(data):
             rows, cols = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return cols, rows, data[pos + 9]
+            return cols, rows, data[pos + 9], data[pos + 4]
         pos += 2 + seg
     return None
 

@@ -430,3 +430,20 @@ def test_rle_frames_longer_or_shorter_than_rows_say_are_refused_naming_rows(tmp_
             f"({rows} x 256) make {rows * 256}: Rows or Columns is wrong, so the image would open cut or garbled; "
             "refused") + "$"):
         _read(tmp_path / "ct_rle.dcm")
+
+
+@pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "JPEG-lossy.dcm"])
+def test_jpeg_samples_wider_than_bits_allocated_are_refused_naming_both(tmp_path, name):
+    """Session 30: a JPEG-LS MR of 16-bit samples (or a 12-bit JPEG) whose header said BitsAllocated 8, BitsStored 8,
+    HighBit 7 opened as int8 noise (-128..127, mean 5 where the image's is 519), as if valid: GDCM fits the decoded
+    values into the header's 8 bits. The codestream's own sample precision (its SOF header) is now checked against
+    BitsAllocated before decoding."""
+    ds = pydicom.dcmread(PYDICOM_FILES / name)
+    precision = 16 if "jpeg_ls" in name else 12
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.save_as(tmp_path / name)
+    with pytest.raises(StudyError, match="^" + re.escape(
+            f"{tmp_path / name}: its compressed frames hold {precision}-bit samples (the JPEG frame header's "
+            "precision) but BitsAllocated is 8: the values cannot fit, so the image would open garbled; refused") + "$"):
+        _read(tmp_path / name)
+    assert _read(PYDICOM_FILES / name).array.dtype.itemsize == 2  # as stored, it opens
