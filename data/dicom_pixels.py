@@ -99,7 +99,7 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
             raise StudyError(f"{path}: its compressed frames hold {wider}-bit samples (the JPEG frame header's precision) "
                              f"but BitsAllocated is {bits}: the values cannot fit, so the image would open garbled; "
                              "refused")
-        if scan.transfer_syntax == RLE_LOSSLESS:
+        if scan.transfer_syntax == RLE_LOSSLESS and bits % 8 == 0:  # a byte a pixel in each segment (PS3.5 G.2)
             _check_rle_segments(path, scan, rows, cols)
         return
     per_frame = header_int(ds, "Rows") * header_int(ds, "Columns") * samples
@@ -143,7 +143,7 @@ def _check_stored_bits(path: Path, ds: pydicom.Dataset, allocated: int) -> None:
 
 
 def _check_rle_segments(path: Path, scan: DicomScan, rows: int, cols: int) -> None:
-    """Each RLE segment decodes to Rows x Columns bytes (a pad byte more at most, less than a row): else the header
+    """Each RLE segment decodes to Rows x Columns bytes (less than a row more is an encoder's slack): else the header
     lies about the image's size (``dicom_scan.rle_segment_lengths``)."""
     expected = rows * cols
     for frame, segments in enumerate(rle_segment_lengths(path, scan), 1):
