@@ -370,6 +370,20 @@ def _transparent_pixels(path: Path, im) -> int:
     return int((alpha == 0).sum())
 
 
+def _check_palette_indices(path: Path, im) -> None:
+    """A loaded palette picture whose pixels use an index its palette does not hold is refused. Why: the PNG standard
+    makes such an index an error, and Pillow shows those pixels black: a label tool's mask of index 5 under a palette
+    of 2 colours opened all black as an image and as an empty mask (session 30)."""
+    if im.mode != "P":
+        return
+    colours = len(im.getpalette() or ()) // 3
+    used = int(np.asarray(im).max(initial=0))
+    if used >= colours:
+        raise StudyError(f"{path}: a palette PNG whose pixels use colour index {used}, but its palette (PLTE) holds "
+                         f"{colours} colours (indices 0 to {colours - 1}); the PNG standard makes such an index an "
+                         "error, and what those pixels show is a guess (black here): save or export it again")
+
+
 def _loaded_with_alpha(path: Path, im) -> tuple:
     """``im`` decoded -> (the image, a transparent palette colour made an alpha channel; its EXIF orientation; its
     alpha > 0 as (H, W) bool, None without transparency). Decoding errors are the file's: one line naming it."""
@@ -377,10 +391,13 @@ def _loaded_with_alpha(path: Path, im) -> tuple:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             im.load()
+            _check_palette_indices(path, im)
             orientation = _exif_orientation(im)
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
             alpha = np.asarray(im.getchannel("A")) > 0 if "A" in im.getbands() else None
+    except StudyError:
+        raise
     except Exception as e:
         raise unreadable(path, e) from e
     if alpha is not None and _png_16bit_with_colour_or_alpha(path):  # PIL's 8-bit alpha: 1..255 of 65535 read as 0
@@ -396,6 +413,7 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
             warnings.simplefilter("ignore")  # PIL's notes on odd chunks; a damaged image raises below
             with native_stderr_captured():  # libjpeg's "Corrupt JPEG data" lines
                 im.load()
+            _check_palette_indices(path, im)
             if im.format in LOSSY_FORMATS:  # a phone's MPO too: cut short, it opened grey below the cut (session 24)
                 _check_jpeg_data_complete(path)
             orientation = _exif_orientation(im)

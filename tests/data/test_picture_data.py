@@ -403,3 +403,30 @@ def test_the_open_says_which_oversized_metadata_it_left_out(tmp_path, slice_8bit
     assert f"Note: {cases[(comment,)]}." in status, status
     path.write_bytes(_png(slice_8bit))
     assert read_study(path).source.notes == ()
+
+
+def test_a_palette_png_whose_pixels_index_past_its_palette_is_refused_as_image_and_mask(tmp_path):
+    """Session 30: a palette PNG (a label tool's mask: index 5 painted, a palette of 2 colours) whose pixels use an
+    index its PLTE does not hold, which the PNG standard calls an error: Pillow showed those pixels black, so the
+    image opened all black as if valid and, uploaded as a mask, the 32 painted pixels read as none. Each is one line
+    naming the index and the palette's size; a palette that holds every index used opens as before."""
+    pixels = np.tile(np.array([0, 0, 5, 5, 5, 5, 0, 0], np.uint8), (8, 1))
+    ihdr = struct.pack(">IIBBBBB", 8, 8, 8, 3, 0, 0, 0)
+    raw = b"".join(b"\0" + row.tobytes() for row in pixels)
+
+    def palette_png(colours: int) -> bytes:
+        plte = bytes([0, 0, 0] + [255] * 3 * (colours - 1))  # black, then white
+        return (PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"PLTE", plte) + _chunk(b"IDAT", zlib.compress(raw))
+                + _chunk(b"IEND", b""))
+
+    (tmp_path / "short.png").write_bytes(palette_png(2))
+    told = (f"{tmp_path / 'short.png'}: a palette PNG whose pixels use colour index 5, but its palette (PLTE) holds 2 "
+            "colours (indices 0 to 1); the PNG standard makes such an index an error, and what those pixels show is "
+            "a guess (black here): save or export it again")
+    with pytest.raises(StudyError, match="^" + re.escape(told) + "$"):
+        read_study(tmp_path / "short.png")
+    with pytest.raises(StudyError, match="^" + re.escape(told) + "$"):
+        read_mask_image(tmp_path / "short.png")
+    (tmp_path / "whole.png").write_bytes(palette_png(6))
+    assert read_mask_image(tmp_path / "whole.png").sum() == 32
+    assert read_study(tmp_path / "whole.png").array.shape[:3] == (1, 8, 8)
