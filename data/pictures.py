@@ -251,13 +251,19 @@ def _check_png_data_complete(path: Path) -> None:
             needed = sum(rows * row_bytes(cols) for rows, cols in passes if rows > 0 and cols > 0)
         else:
             needed = height * row_bytes(width)
-        got, inflate, closed = 0, zlib.decompressobj(), False
+        got, inflate, closed, seen = 0, zlib.decompressobj(), False, set()
         f.seek(8)
         while got < needed and (header := f.read(8)) and len(header) == 8:
             length, kind = struct.unpack(">I4s", header)
             if kind == b"IEND":
                 closed = True
                 break
+            if kind in (b"IHDR", b"PLTE"):
+                if kind in seen:  # Pillow took the second: 8 x 8 data read through a second, 4 x 4 header (session 30)
+                    raise StudyError(f"{path}: the PNG holds a second {kind.decode()} chunk, where the standard allows "
+                                     "one (readers disagree which one counts): the file is damaged; save or export it "
+                                     "again")
+                seen.add(kind)
             if kind != b"IDAT":
                 f.seek(length + 4, 1)
                 continue
@@ -378,6 +384,9 @@ def _check_palette_indices(path: Path, im) -> None:
         return
     colours = len(im.getpalette() or ()) // 3
     used = int(np.asarray(im).max(initial=0))
+    if colours == 0:
+        raise StudyError(f"{path}: a palette PNG without a palette (no PLTE chunk before its image data); what its "
+                         "pixels show is not in the file: save or export it again")
     if used >= colours:
         raise StudyError(f"{path}: a palette PNG whose pixels use colour index {used}, but its palette (PLTE) holds "
                          f"{colours} colours (indices 0 to {colours - 1}); the PNG standard makes such an index an "

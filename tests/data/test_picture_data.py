@@ -430,3 +430,27 @@ def test_a_palette_png_whose_pixels_index_past_its_palette_is_refused_as_image_a
     (tmp_path / "whole.png").write_bytes(palette_png(6))
     assert read_mask_image(tmp_path / "whole.png").sum() == 32
     assert read_study(tmp_path / "whole.png").array.shape[:3] == (1, 8, 8)
+
+
+@pytest.mark.parametrize("second", [b"IHDR", b"PLTE"])
+def test_a_png_with_a_second_header_or_palette_is_refused_naming_the_chunk(tmp_path, second):
+    """Session 30: an 8 x 8 palette PNG carrying a second IHDR (4 x 4 grey) opened as that 4 x 4 grey picture, its
+    8 x 8 data read through the wrong header (9 of 32 mask pixels), and one with a second PLTE took the second's
+    colours; the PNG standard allows one of each, libpng refuses a second IHDR. A palette PNG without a PLTE is named
+    so, not as a palette of 0 colours."""
+    pixels = np.tile(np.array([0, 0, 1, 1, 1, 1, 0, 0], np.uint8), (8, 1))
+    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 3, 0, 0, 0))
+    plte = _chunk(b"PLTE", bytes([0, 0, 0, 255, 255, 255]))
+    extra = {b"IHDR": _chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0)),
+             b"PLTE": _chunk(b"PLTE", bytes([9, 9, 9, 0, 0, 0]))}[second]
+    idat = _chunk(b"IDAT", zlib.compress(b"".join(b"\0" + row.tobytes() for row in pixels)))
+    (tmp_path / "two.png").write_bytes(PNG_SIGNATURE + ihdr + plte + extra + idat + _chunk(b"IEND", b""))
+    told = (f"{tmp_path / 'two.png'}: the PNG holds a second {second.decode()} chunk, where the standard allows one "
+            "(readers disagree which one counts): the file is damaged; save or export it again")
+    for read in (read_study, read_mask_image):
+        with pytest.raises(StudyError, match="^" + re.escape(told) + "$"):
+            read(tmp_path / "two.png")
+    (tmp_path / "bare.png").write_bytes(PNG_SIGNATURE + ihdr + idat + _chunk(b"IEND", b""))
+    with pytest.raises(StudyError, match="^" + re.escape(f"{tmp_path / 'bare.png'}: a palette PNG without a palette "
+                                                          "(no PLTE chunk before its image data)")):
+        read_study(tmp_path / "bare.png")
