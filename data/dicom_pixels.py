@@ -96,9 +96,9 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
                                  f"of Columns x Rows x SamplesPerPixel {cols} x {rows} x {samples}; refused before decoding")
         wider = max(jpeg_precisions(path, scan), default=0)
         if wider > bits:
-            raise StudyError(f"{path}: its compressed frames hold {wider}-bit samples (the JPEG frame header's precision) "
-                             f"but BitsAllocated is {bits}: the values cannot fit, so the image would open garbled; "
-                             "refused")
+            raise StudyError(f"{path}: its compressed frames hold {wider}-bit samples (the JPEG frame header's "
+                             f"precision) but BitsAllocated is {bits}: the values cannot fit, so the image would open "
+                             "garbled; refused")
         if scan.transfer_syntax == RLE_LOSSLESS and bits % 8 == 0:  # a byte a pixel in each segment (PS3.5 G.2)
             _check_rle_segments(path, scan, rows, cols)
         return

@@ -1011,8 +1011,8 @@ def _unknown_thickness(ds: pydicom.Dataset, image: sitk.Image, *, placed: bool) 
     # a value that is there but no thickness is named: "neither ... in the file" sent the user looking for a field
     # that was there (session 30)
     why = ("neither SliceThickness nor SpacingBetweenSlices in the file" if given in (None, "") else
-           f"SliceThickness {one_line(str(given))[:40]} is not a thickness (expected 1e-06 to 1e+05 mm) and there is no "
-           "SpacingBetweenSlices")
+           f"SliceThickness {one_line(str(given))[:40]} is not a thickness (expected 1e-06 to 1e+05 mm) and there "
+           "is no SpacingBetweenSlices")
     return f"; {THICKNESS_UNKNOWN}: {why} (the {image.GetSpacing()[2]:g} mm is a placeholder; no volume is measured)"
 
 

@@ -444,6 +444,7 @@ def test_jpeg_samples_wider_than_bits_allocated_are_refused_naming_both(tmp_path
     ds.save_as(tmp_path / name)
     with pytest.raises(StudyError, match="^" + re.escape(
             f"{tmp_path / name}: its compressed frames hold {precision}-bit samples (the JPEG frame header's "
-            "precision) but BitsAllocated is 8: the values cannot fit, so the image would open garbled; refused") + "$"):
+            "precision) but BitsAllocated is 8: the values cannot fit, so the image would open garbled; "
+            "refused") + "$"):
         _read(tmp_path / name)
     assert _read(PYDICOM_FILES / name).array.dtype.itemsize == 2  # as stored, it opens
