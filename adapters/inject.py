@@ -21,6 +21,7 @@ of the server is never touched. Adapter tensors are those whose names match
 from __future__ import annotations
 
 import copy
+import math
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields
 from functools import partial
@@ -35,6 +36,7 @@ from adapters.layers import ChannelSpatialAdapter, HighFrequencyPrompt, LoRALine
 from models.tiny_vit import TinyViT, TinyViTBlock
 
 KINDS = ("sam_med2d", "sam_adapter", "lora")
+MAX_WIDTH_SETTING = 1024  # lora_rank, scale_factor: past any block width of the encoders here (ViT-B's is 768)
 # Name segments that only adapter tensors have (see is_adapter_key).
 _ADAPTER_MARKS = (".adapter.", ".lora_A", ".lora_B", "image_encoder.hf_prompt.")
 
@@ -70,12 +72,28 @@ class AdapterConfig:
     click_refiner: bool = False  # a residual decoder for corrective clicks (models.click_refiner)
 
     def __post_init__(self) -> None:
+        """Types and ranges checked before anything is built. Why: the settings come from an adapter.json (a
+        colleague's, or damaged): lora_rank 10^9 or mlp_ratio 1e9 asked for terabytes and ended in a traceback,
+        scale_factor 0 in ZeroDivisionError, lora_rank true or 2.5 in TypeError (session 30)."""
         if self.kind not in KINDS:
             raise ValueError(f"adapter kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        for name in ("lora_rank", "scale_factor"):
+            value = getattr(self, name)
+            if type(value) is not int or not 1 <= value <= MAX_WIDTH_SETTING:
+                raise ValueError(f"{name} must be a whole number from 1 to {MAX_WIDTH_SETTING}, got {value!r}")
+        for name in ("bottleneck_ratio", "mlp_ratio", "lora_alpha", "freq_nums"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        for name in ("train_decoder", "train_click_prompts", "click_refiner"):
+            if type(getattr(self, name)) is not bool:
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not 0 < self.bottleneck_ratio <= 1:
             raise ValueError(f"bottleneck_ratio must be in (0, 1], got {self.bottleneck_ratio}")
-        if self.lora_rank < 1:
-            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
+        if not 0 < self.mlp_ratio <= 4:
+            raise ValueError(f"mlp_ratio must be in (0, 4], got {self.mlp_ratio}")
+        if not 0 < self.freq_nums < 1:
+            raise ValueError(f"freq_nums must be in (0, 1), got {self.freq_nums}")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -14,7 +14,8 @@ import pydicom
 from pydicom.multival import MultiValue
 
 from data import limits
-from data.dicom_scan import EXPLICIT_BE, NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes, scan_dicom
+from data.dicom_scan import (EXPLICIT_BE, NATIVE_SYNTAXES, DicomScan, DicomScanError, encoded_frame_sizes,
+                             jpeg_precisions, rle_segment_lengths, scan_dicom)
 from data.study_errors import StudyError, check_voxels, header_int
 
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
@@ -93,6 +94,13 @@ def check_pixels(path: Path, scan: DicomScan, ds: pydicom.Dataset, limit: int) -
             if (c, r) != (cols, rows) or comps != samples:
                 raise StudyError(f"{path}: a compressed frame of {c} x {r} x {comps} (its JPEG frame header) in an image "
                                  f"of Columns x Rows x SamplesPerPixel {cols} x {rows} x {samples}; refused before decoding")
+        wider = max(jpeg_precisions(path, scan), default=0)
+        if wider > bits:
+            raise StudyError(f"{path}: its compressed frames hold {wider}-bit samples (the JPEG frame header's "
+                             f"precision) but BitsAllocated is {bits}: the values cannot fit, so the image would open "
+                             "garbled; refused")
+        if scan.transfer_syntax == RLE_LOSSLESS and bits % 8 == 0:  # a byte a pixel in each segment (PS3.5 G.2)
+            _check_rle_segments(path, scan, rows, cols)
         return
     per_frame = header_int(ds, "Rows") * header_int(ds, "Columns") * samples
     if str(getattr(ds, "PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
@@ -132,6 +140,18 @@ def _check_stored_bits(path: Path, ds: pydicom.Dataset, allocated: int) -> None:
     representation = _int_field(path, ds, "PixelRepresentation")
     if representation not in (None, 0, 1):
         raise StudyError(f"{path}: PixelRepresentation {representation}; expected 0 (unsigned) or 1 (signed)")
+
+
+def _check_rle_segments(path: Path, scan: DicomScan, rows: int, cols: int) -> None:
+    """Each RLE segment decodes to Rows x Columns bytes (less than a row more is an encoder's slack): else the header
+    lies about the image's size (``dicom_scan.rle_segment_lengths``)."""
+    expected = rows * cols
+    for frame, segments in enumerate(rle_segment_lengths(path, scan), 1):
+        for segment, got in enumerate(segments, 1):
+            if not expected <= got < expected + max(cols, 2):
+                raise StudyError(f"{path}: frame {frame}, RLE segment {segment} decodes to {got} bytes where Rows x "
+                                 f"Columns ({rows} x {cols}) make {expected}: Rows or Columns is wrong, so the image "
+                                 "would open cut or garbled; refused")
 
 
 def _encoded_frames(path: Path, scan: DicomScan) -> int | None:

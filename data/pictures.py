@@ -251,13 +251,19 @@ def _check_png_data_complete(path: Path) -> None:
             needed = sum(rows * row_bytes(cols) for rows, cols in passes if rows > 0 and cols > 0)
         else:
             needed = height * row_bytes(width)
-        got, inflate, closed = 0, zlib.decompressobj(), False
+        got, inflate, closed, seen = 0, zlib.decompressobj(), False, set()
         f.seek(8)
         while got < needed and (header := f.read(8)) and len(header) == 8:
             length, kind = struct.unpack(">I4s", header)
             if kind == b"IEND":
                 closed = True
                 break
+            if kind in (b"IHDR", b"PLTE"):
+                if kind in seen:  # Pillow took the second: 8 x 8 data read through a second, 4 x 4 header (session 30)
+                    raise StudyError(f"{path}: the PNG holds a second {kind.decode()} chunk, where the standard allows "
+                                     "one (readers disagree which one counts): the file is damaged; save or export it "
+                                     "again")
+                seen.add(kind)
             if kind != b"IDAT":
                 f.seek(length + 4, 1)
                 continue
@@ -370,6 +376,23 @@ def _transparent_pixels(path: Path, im) -> int:
     return int((alpha == 0).sum())
 
 
+def _check_palette_indices(path: Path, im) -> None:
+    """A loaded palette picture whose pixels use an index its palette does not hold is refused. Why: the PNG standard
+    makes such an index an error, and Pillow shows those pixels black: a label tool's mask of index 5 under a palette
+    of 2 colours opened all black as an image and as an empty mask (session 30)."""
+    if im.mode != "P":
+        return
+    colours = len(im.getpalette() or ()) // 3
+    used = int(np.asarray(im).max(initial=0))
+    if colours == 0:
+        raise StudyError(f"{path}: a palette PNG without a palette (no PLTE chunk before its image data); what its "
+                         "pixels show is not in the file: save or export it again")
+    if used >= colours:
+        raise StudyError(f"{path}: a palette PNG whose pixels use colour index {used}, but its palette (PLTE) holds "
+                         f"{colours} colours (indices 0 to {colours - 1}); the PNG standard makes such an index an "
+                         "error, and what those pixels show is a guess (black here): save or export it again")
+
+
 def _loaded_with_alpha(path: Path, im) -> tuple:
     """``im`` decoded -> (the image, a transparent palette colour made an alpha channel; its EXIF orientation; its
     alpha > 0 as (H, W) bool, None without transparency). Decoding errors are the file's: one line naming it."""
@@ -377,10 +400,13 @@ def _loaded_with_alpha(path: Path, im) -> tuple:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             im.load()
+            _check_palette_indices(path, im)
             orientation = _exif_orientation(im)
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
             alpha = np.asarray(im.getchannel("A")) > 0 if "A" in im.getbands() else None
+    except StudyError:
+        raise
     except Exception as e:
         raise unreadable(path, e) from e
     if alpha is not None and _png_16bit_with_colour_or_alpha(path):  # PIL's 8-bit alpha: 1..255 of 65535 read as 0
@@ -396,6 +422,7 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
             warnings.simplefilter("ignore")  # PIL's notes on odd chunks; a damaged image raises below
             with native_stderr_captured():  # libjpeg's "Corrupt JPEG data" lines
                 im.load()
+            _check_palette_indices(path, im)
             if im.format in LOSSY_FORMATS:  # a phone's MPO too: cut short, it opened grey below the cut (session 24)
                 _check_jpeg_data_complete(path)
             orientation = _exif_orientation(im)
@@ -444,7 +471,9 @@ def read_image_file(path: Path, *, max_voxels: int | None = None) -> Volume:
         notes = (*notes, f"EXIF Orientation {orientation}: shown turned as photo viewers show it (masks are written "
                  "in this orientation)")
         warnings.warn(one_line(f"{path}: {notes[-1]}"), StudyWarning, stacklevel=2)
-    fmt = "png" if path.suffix.lower() == ".png" else "jpeg"
+    # by its bytes, not its name: a JPEG label named .png was scored with its faint pixels as ground truth, a PNG
+    # named .jpg refused as a JPEG mask (session 30); the mask and label rules read this format
+    fmt = "png" if png else "jpeg"
     return Volume(array=np.ascontiguousarray(array)[None], modality="OT",
                   source=SourceRef(path=str(path), format=fmt, geometry="none (pixels)", notes=notes,
                                    exif_orientation=orientation))

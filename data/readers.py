@@ -1007,8 +1007,13 @@ def _unknown_thickness(ds: pydicom.Dataset, image: sitk.Image, *, placed: bool) 
     if not placed or (image.GetDimension() == 3 and image.GetSize()[2] != 1) \
             or ds.get("SpacingBetweenSlices") not in (None, ""):
         return ""
-    return (f"; {THICKNESS_UNKNOWN}: neither SliceThickness nor SpacingBetweenSlices in the file (the "
-            f"{image.GetSpacing()[2]:g} mm is a placeholder; no volume is measured)")
+    given = ds.get("SliceThickness")
+    # a value that is there but no thickness is named: "neither ... in the file" sent the user looking for a field
+    # that was there (session 30)
+    why = ("neither SliceThickness nor SpacingBetweenSlices in the file" if given in (None, "") else
+           f"SliceThickness {one_line(str(given))[:40]} is not a thickness (expected 1e-06 to 1e+05 mm) and there "
+           "is no SpacingBetweenSlices")
+    return f"; {THICKNESS_UNKNOWN}: {why} (the {image.GetSpacing()[2]:g} mm is a placeholder; no volume is measured)"
 
 
 def _unplaced_frames(image: sitk.Image, *, placed: bool) -> str:

@@ -356,6 +356,18 @@ class CaseLoader:
         raise ManifestError(f"{_where(self.manifest, spec.line, 'label_values')}: {values}: the label holds none of "
                             f"these values (it holds {shown}); give the values the structure has in the label")
 
+    def _check_whole_values(self, labels: np.ndarray, spec: CaseSpec, k: int) -> None:
+        """A label slice of fractional values is refused. Why: a label resampled with linear interpolation (or a
+        probability map) was ground truth wherever non-zero, each blurred edge counted as labelled (session 30)."""
+        if not np.issubdtype(labels.dtype, np.floating):
+            return
+        finite = labels[np.isfinite(labels)]
+        fractions = finite[finite != np.round(finite)]
+        if fractions.size:
+            raise ManifestError(f"{_where(self.manifest, spec.line, 'label')}: {spec.label} holds fractional values on "
+                                f"slice {k} ({float(fractions[0]):g}): a probability map or a label resampled with "
+                                "interpolation; expected whole label values (resample labels with nearest neighbour)")
+
     def load(self, spec: CaseSpec) -> LoadedCase:
         image_vol = self._volume(spec.image, spec, "image")
         label_vol = self._volume(spec.label, spec, "label")
@@ -381,6 +393,7 @@ class CaseLoader:
                 raise ManifestError(f"{_where(self.manifest, spec.line, 'label')}: a colour label image; expected grey levels")
             labels = labels[..., 0]
         labels = apply_transform(labels, spec.transform)
+        self._check_whole_values(labels, spec, kl)
         gt = np.isin(labels, spec.label_values) if spec.label_values else labels != 0
         if spec.label_values and not gt.any():
             self._check_values_present(label_vol, spec)

@@ -325,8 +325,8 @@ EQUIVALENT |= {
        for f, n in (("_read_meta", 75), ("_read_value", 10), ("_walk", 232))},
     **{f"{_D}_{f}__mutmut_{n}": "strip('XX\\0 XX'): a UID or an IS number holds no 'X'"
        for f, n in (("_read_meta", 78), ("_read_value", 11))},
-    **{f"{_D}__jpeg_size__mutmut_{n}": "the marker loop's bound: a frame header needs pos + 10 bytes, so stopping "
-       "a byte earlier finds the same" for n in (4, 5)},
+    **{f"{_D}__jpeg_frame_header__mutmut_{n}": "the marker loop's bound: a frame header needs pos + 10 bytes, so "
+       "stopping a byte earlier finds the same" for n in (4, 5)},
     f"{_D}__walk__mutmut_22": "FRAGMENTS = 3 for 2: the kinds are only compared with these names, 3 is free",
     f"{_D}__walk__mutmut_40": "stack[0][2] = None for False: falsy alike",
     f"{_D}__walk__mutmut_118": "'depth >= 0' for '> 0': a data set of undefined length is always an item, depth >= 1",

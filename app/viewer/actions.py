@@ -225,7 +225,7 @@ def volume_file(session: Session) -> Path:
                 tmp.with_name(tmp.name + ".nii.gz").replace(tmp)
         else:
             array = volume.array
-            if array.dtype == np.float64 or array.dtype == np.int64:
+            if array.dtype in (np.float64, np.int64, np.uint64):  # NiiVue reads no uint64 (session 30)
                 array = array.astype(np.float32)
             image = sitk.GetImageFromArray(np.ascontiguousarray(array))
             volume.copy_geometry_to(image)

@@ -414,3 +414,30 @@ def test_a_resave_interrupted_between_its_two_writes_never_loads_a_mismatched_pa
     save_adapter(new_model, config, folder, base_model="litemedsam", base_sha256=digest, validation={"box_dice": 0.9})
     seg = apply_adapter(litemedsam, folder, CHECKPOINT)  # saved again whole: loads
     assert not np.allclose(seg.predict(seg.embed(image), Prompts(box=BOX)).low_res_logits, old_logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("setting, told", [
+    ({"kind": "lora", "lora_rank": 10**9}, "lora_rank must be a whole number from 1 to 1024, got 1000000000"),
+    ({"kind": "lora", "lora_rank": True}, "lora_rank must be a whole number from 1 to 1024, got True"),
+    ({"kind": "lora", "lora_rank": 2.5}, "lora_rank must be a whole number from 1 to 1024, got 2.5"),
+    ({"kind": "lora", "lora_alpha": "8"}, "lora_alpha must be a finite number, got '8'"),
+    ({"kind": "sam_adapter", "scale_factor": 0}, "scale_factor must be a whole number from 1 to 1024, got 0"),
+    ({"kind": "sam_adapter", "freq_nums": 5}, "freq_nums must be in (0, 1), got 5"),
+    ({"kind": "sam_med2d", "mlp_ratio": 1e9}, "mlp_ratio must be in (0, 4], got 1000000000.0"),
+    ({"kind": "sam_med2d", "train_decoder": "yes"}, "train_decoder must be true or false, got 'yes'"),
+])
+def test_adapter_settings_no_model_can_hold_are_one_line_before_anything_is_built(tmp_path, setting, told, capsys):
+    """Session 30: `medseg segment --adapter DIR` with an adapter.json (a colleague's, or damaged) holding lora_rank
+    10^9 or mlp_ratio 1e9 tried to allocate 0.5 TB / 4 TB and ended in a traceback (RuntimeError: can't allocate
+    memory); scale_factor 0 in ZeroDivisionError; lora_rank true or 2.5 in TypeError. Each setting is now checked for
+    its type and range when the settings are read, before the base model is touched, in one line."""
+    sha = sha256_of(CHECKPOINT)
+    meta = {"format": 1, "base_model": "litemedsam", "base_sha256": sha, "adapter": setting, "weights_sha256": "00"}
+    (tmp_path / "adapter.json").write_text(json.dumps(meta))
+    (tmp_path / "adapter.safetensors").write_bytes(b"x")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "img.png")
+    code = main(["segment", str(tmp_path / "img.png"), "--box", "1", "1", "20", "20", "--adapter", str(tmp_path),
+                 "--backend", "torch", "-o", str(tmp_path / "out.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert f"{tmp_path / 'adapter.json'}: bad adapter settings: {told}" in err, err

@@ -927,3 +927,28 @@ def test_an_integer_past_floats_range_is_a_400_naming_the_field_not_a_500(ctx, o
     assert (r.status_code, r.json()) == (400, {"ok": False, "error": message})
     assert not s.labels.any() and not s.undo_stack and s.view.window == "default"
     assert "Traceback" not in caplog.text and "viewer request failed" not in caplog.text
+
+
+# NIfTI datatypes NiiVue decodes (its nvimage switch; anything else is "datatype N not supported" and no image shows)
+NIIVUE_DATATYPES = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 2304}
+
+
+@pytest.mark.parametrize("dtype", ["uint64", "int64", "uint32", "float64"])
+def test_the_viewers_copy_of_a_study_is_in_a_datatype_niivue_reads(tmp_path, dtype):
+    """Session 30: a uint64 NIfTI (numpy's default for unsigned counts, saved with nibabel's dtype argument) opened,
+    medseg info and the model took it, but the viewer's copy was written as uint64, which NiiVue refuses (`datatype
+    1280 not supported`): the page showed no image for a study it called open. Its values reach the viewer as float32,
+    as int64 and float64 ones did."""
+    from pathlib import Path
+
+    import nibabel as nib
+
+    from app.session import Session
+
+    values = np.arange(6 * 7 * 8).reshape(8, 7, 6).astype(dtype)
+    nib.save(nib.Nifti1Image(values, np.diag([0.8, 0.9, 2.0, 1.0]), dtype=np.dtype(dtype)), tmp_path / "big.nii.gz")
+    session = Session(id="s" * 32, directory=Path(tmp_path), model="litemedsam")
+    session.start_study(read_study(tmp_path / "big.nii.gz"), str(tmp_path / "big.nii.gz"), "big.nii.gz")
+    shown = nib.load(actions.volume_file(session))
+    assert int(shown.header["datatype"]) in NIIVUE_DATATYPES
+    np.testing.assert_array_equal(np.asanyarray(shown.dataobj), values)

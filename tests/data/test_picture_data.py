@@ -403,3 +403,54 @@ def test_the_open_says_which_oversized_metadata_it_left_out(tmp_path, slice_8bit
     assert f"Note: {cases[(comment,)]}." in status, status
     path.write_bytes(_png(slice_8bit))
     assert read_study(path).source.notes == ()
+
+
+def test_a_palette_png_whose_pixels_index_past_its_palette_is_refused_as_image_and_mask(tmp_path):
+    """Session 30: a palette PNG (a label tool's mask: index 5 painted, a palette of 2 colours) whose pixels use an
+    index its PLTE does not hold, which the PNG standard calls an error: Pillow showed those pixels black, so the
+    image opened all black as if valid and, uploaded as a mask, the 32 painted pixels read as none. Each is one line
+    naming the index and the palette's size; a palette that holds every index used opens as before."""
+    pixels = np.tile(np.array([0, 0, 5, 5, 5, 5, 0, 0], np.uint8), (8, 1))
+    ihdr = struct.pack(">IIBBBBB", 8, 8, 8, 3, 0, 0, 0)
+    raw = b"".join(b"\0" + row.tobytes() for row in pixels)
+
+    def palette_png(colours: int) -> bytes:
+        plte = bytes([0, 0, 0] + [255] * 3 * (colours - 1))  # black, then white
+        return (PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"PLTE", plte) + _chunk(b"IDAT", zlib.compress(raw))
+                + _chunk(b"IEND", b""))
+
+    (tmp_path / "short.png").write_bytes(palette_png(2))
+    told = (f"{tmp_path / 'short.png'}: a palette PNG whose pixels use colour index 5, but its palette (PLTE) holds 2 "
+            "colours (indices 0 to 1); the PNG standard makes such an index an error, and what those pixels show is "
+            "a guess (black here): save or export it again")
+    with pytest.raises(StudyError, match="^" + re.escape(told) + "$"):
+        read_study(tmp_path / "short.png")
+    with pytest.raises(StudyError, match="^" + re.escape(told) + "$"):
+        read_mask_image(tmp_path / "short.png")
+    (tmp_path / "whole.png").write_bytes(palette_png(6))
+    assert read_mask_image(tmp_path / "whole.png").sum() == 32
+    assert read_study(tmp_path / "whole.png").array.shape[:3] == (1, 8, 8)
+
+
+@pytest.mark.parametrize("second", [b"IHDR", b"PLTE"])
+def test_a_png_with_a_second_header_or_palette_is_refused_naming_the_chunk(tmp_path, second):
+    """Session 30: an 8 x 8 palette PNG carrying a second IHDR (4 x 4 grey) opened as that 4 x 4 grey picture, its
+    8 x 8 data read through the wrong header (9 of 32 mask pixels), and one with a second PLTE took the second's
+    colours; the PNG standard allows one of each, libpng refuses a second IHDR. A palette PNG without a PLTE is named
+    so, not as a palette of 0 colours."""
+    pixels = np.tile(np.array([0, 0, 1, 1, 1, 1, 0, 0], np.uint8), (8, 1))
+    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 3, 0, 0, 0))
+    plte = _chunk(b"PLTE", bytes([0, 0, 0, 255, 255, 255]))
+    extra = {b"IHDR": _chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0)),
+             b"PLTE": _chunk(b"PLTE", bytes([9, 9, 9, 0, 0, 0]))}[second]
+    idat = _chunk(b"IDAT", zlib.compress(b"".join(b"\0" + row.tobytes() for row in pixels)))
+    (tmp_path / "two.png").write_bytes(PNG_SIGNATURE + ihdr + plte + extra + idat + _chunk(b"IEND", b""))
+    told = (f"{tmp_path / 'two.png'}: the PNG holds a second {second.decode()} chunk, where the standard allows one "
+            "(readers disagree which one counts): the file is damaged; save or export it again")
+    for read in (read_study, read_mask_image):
+        with pytest.raises(StudyError, match="^" + re.escape(told) + "$"):
+            read(tmp_path / "two.png")
+    (tmp_path / "bare.png").write_bytes(PNG_SIGNATURE + ihdr + idat + _chunk(b"IEND", b""))
+    with pytest.raises(StudyError, match="^" + re.escape(f"{tmp_path / 'bare.png'}: a palette PNG without a palette "
+                                                          "(no PLTE chunk before its image data)")):
+        read_study(tmp_path / "bare.png")

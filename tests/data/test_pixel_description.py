@@ -4,6 +4,7 @@ naming the field, never a picture of noise opened as if valid (session 15's adve
 
 from __future__ import annotations
 
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -411,3 +412,39 @@ def test_a_modality_lut_that_changes_values_is_refused_and_an_identity_one_opens
                             "that")
     identity = _edited_ct(tmp_path, "identity", _modality_lut(0))
     np.testing.assert_array_equal(_read(identity).array[0], pydicom.dcmread(identity).pixel_array)
+
+
+@pytest.mark.parametrize("rows", [128, 512])
+def test_rle_frames_longer_or_shorter_than_rows_say_are_refused_naming_rows(tmp_path, rows):
+    """Session 30: RLE has no frame header to check Rows/Columns against (as JPEG's is, session 15), so the CT slice
+    RLE-compressed with Rows then halved opened as its top half, as if valid (GDCM decodes what the header describes
+    and drops the rest; pydicom's SC_rgb_rle.dcm so edited did the same); Rows doubled was refused in GDCM's words,
+    `Failed to change to Implicit Transfer Syntax`, naming nothing. Each segment's decoded length is now counted (a
+    walk over its run headers, about 1 ms a 256 x 256 slice) before any decoder sees it."""
+    ds = pydicom.dcmread(CT_FILE)
+    ds.compress(pydicom.uid.RLELossless)
+    ds.Rows = rows
+    ds.save_as(tmp_path / "ct_rle.dcm")
+    with pytest.raises(StudyError, match="^" + re.escape(
+            f"{tmp_path / 'ct_rle.dcm'}: frame 1, RLE segment 1 decodes to 65536 bytes where Rows x Columns "
+            f"({rows} x 256) make {rows * 256}: Rows or Columns is wrong, so the image would open cut or garbled; "
+            "refused") + "$"):
+        _read(tmp_path / "ct_rle.dcm")
+
+
+@pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "JPEG-lossy.dcm"])
+def test_jpeg_samples_wider_than_bits_allocated_are_refused_naming_both(tmp_path, name):
+    """Session 30: a JPEG-LS MR of 16-bit samples (or a 12-bit JPEG) whose header said BitsAllocated 8, BitsStored 8,
+    HighBit 7 opened as int8 noise (-128..127, mean 5 where the image's is 519), as if valid: GDCM fits the decoded
+    values into the header's 8 bits. The codestream's own sample precision (its SOF header) is now checked against
+    BitsAllocated before decoding."""
+    ds = pydicom.dcmread(PYDICOM_FILES / name)
+    precision = 16 if "jpeg_ls" in name else 12
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.save_as(tmp_path / name)
+    with pytest.raises(StudyError, match="^" + re.escape(
+            f"{tmp_path / name}: its compressed frames hold {precision}-bit samples (the JPEG frame header's "
+            "precision) but BitsAllocated is 8: the values cannot fit, so the image would open garbled; "
+            "refused") + "$"):
+        _read(tmp_path / name)
+    assert _read(PYDICOM_FILES / name).array.dtype.itemsize == 2  # as stored, it opens

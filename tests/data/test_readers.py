@@ -1388,3 +1388,18 @@ def test_a_nifti_of_doubles_past_float32s_range_is_refused_not_shown_infinite(tm
     values[1, 1, 1] = -3e38
     nib.save(nib.Nifti1Image(values, np.eye(4)), tmp_path / "large.nii.gz")
     assert read_study(tmp_path / "large.nii.gz").array.min() == -3e38
+
+
+@pytest.mark.parametrize("thickness", ["-1.5", "nan", "1e10"])
+def test_one_slice_whose_slice_thickness_is_no_thickness_says_so_not_that_it_is_absent(tmp_path, thickness):
+    """Session 30: one CT slice with SliceThickness -1.5 (or NaN, 1e10) opened with the 1 mm placeholder, as it should,
+    but its geometry said `neither SliceThickness nor SpacingBetweenSlices in the file`: the user looking for the field
+    found it there. Now the line names the value that was not used."""
+    ds = pydicom.dcmread(DATA / "dicom" / "ct_head_0051_series_k050-061" / "IM0001.dcm")
+    ds.SliceThickness = thickness
+    ds.save_as(tmp_path / "thick.dcm")
+    volume = read_study(tmp_path / "thick.dcm")
+    assert not volume.slice_spacing_is_physical
+    assert volume.source.geometry.endswith(
+        f"; slice thickness unknown: SliceThickness {thickness} is not a thickness (expected 1e-06 to 1e+05 mm) and "
+        "there is no SpacingBetweenSlices (the 1 mm is a placeholder; no volume is measured)")

@@ -500,3 +500,47 @@ def test_a_row_whose_series_lacks_a_slice_is_refused_without_a_flag_eval_does_no
         CaseLoader(m).load(cases[0])
     assert str(e.value).endswith("1 slice(s) missing between IM0005.dcm (0.75 mm) and IM0007.dcm (3.75 mm) (the other "
                                  "slices are 1.5 mm apart); add the missing file(s), open the complete series")
+
+
+def test_a_label_is_judged_by_its_bytes_not_its_name(tmp_path):
+    """Session 30: a JPEG label saved under a .png name (a mail client's or a converter's rename) was scored as ground
+    truth, its compression's faint pixels counted as labelled, since the reader named a picture's format by its
+    suffix; a lossless PNG under a .jpg name was refused as a JPEG mask. The format is now the one Pillow read."""
+    img, lab = _png_pair(tmp_path)
+    Image.fromarray(lab * 100).save(tmp_path / "jpeg_named.png", format="JPEG", quality=75)
+    Image.fromarray(lab).save(tmp_path / "png_named.jpg", format="PNG")
+    m = _write_manifest(tmp_path, ["case_id", "image", "label"],
+                        [["a", "img.png", "jpeg_named.png"], ["b", "img.png", "png_named.jpg"]])
+    cases, _ = read_manifest(m)
+    loader = CaseLoader(m)
+    with _exactly(f"{m} line 2, column 'label': {tmp_path / 'jpeg_named.png'}: a JPEG mask; JPEG's lossy compression "
+                  "leaves faint pixels around every painted edge, so which pixels were painted is not known: save the "
+                  "mask as PNG"):
+        loader.load(cases[0])
+    np.testing.assert_array_equal(loader.load(cases[1]).gt, lab != 0)
+
+
+def test_a_label_of_fractional_values_is_refused_not_scored_as_any_non_zero(tmp_path):
+    """Session 30: a label map resampled with linear interpolation (or a probability map) holding 0.5 along its
+    edges was ground truth wherever it was non-zero: every fraction counted as labelled, the structure grown by the
+    blur. A float label whose values are whole (0/1 saved as float32) scores as before."""
+    import nibabel as nib
+
+    image = np.random.RandomState(0).randint(0, 200, (12, 10, 8)).astype(np.int16)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "img.nii.gz")
+    whole = np.zeros((12, 10, 8), np.float32)
+    whole[2:6, 2:6, 3] = 1.0
+    blurred = whole.copy()
+    blurred[6, 2:6, 3] = 0.5
+    nib.save(nib.Nifti1Image(whole, affine), tmp_path / "whole.nii.gz")
+    nib.save(nib.Nifti1Image(blurred, affine), tmp_path / "blurred.nii.gz")
+    m = _write_manifest(tmp_path, ["case_id", "image", "label", "slice_index"],
+                        [["a", "img.nii.gz", "whole.nii.gz", 3], ["b", "img.nii.gz", "blurred.nii.gz", 3]])
+    cases, _ = read_manifest(m)
+    loader = CaseLoader(m)
+    assert loader.load(cases[0]).gt.sum() == 16
+    with _exactly(f"{m} line 3, column 'label': {tmp_path / 'blurred.nii.gz'} holds fractional values on slice 3 "
+                  "(0.5): a probability map or a label resampled with interpolation; expected whole label values "
+                  "(resample labels with nearest neighbour)"):
+        loader.load(cases[1])
