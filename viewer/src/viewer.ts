@@ -170,7 +170,7 @@ export class Viewer {
     } as any)
     // NiiVue recomputes the image's 3D gradient (a blur and a Sobel pass over every slice) whenever the image layer
     // is refreshed, a study's load included; only its volume rendering reads it, and this viewer never shows one
-    // (multiplanarShowRender NEVER). The build's option (vite.config.js) skips it: about 0.5 s of a software
+    // (multiplanarShowRender NEVER). The build's option (vite.config.js) skips it: ~0.25 s of a software
     // renderer's CPU per study opened, for nothing
     ;(this.nv.opts as any).skipGradient = true
     this.slices = new SliceShader(this.nv)
