@@ -498,6 +498,9 @@ def test_wheel_zoom_window_escape_views_and_layout(browser, server, shots, ct, c
     page.wait_for_function("Math.abs(medsegViewer.nv.volumes[0].cal_max - medsegViewer.nv.volumes[0].cal_min - 80)"
                            " < 0.01", timeout=TIMEOUT_MS)
     assert "W 80 L 40" in page.locator("#viewer-info").inner_text()
+    # NiiVue's 3D gradient (a blur and a Sobel pass over every slice) is read by its volume rendering alone, never
+    # shown here: neither the study's open nor a window change computes it (~0.25 s of a software renderer's CPU each)
+    assert page.evaluate("medsegViewer.nv.gradientTexture === null")
 
     # middle-drag pans; the corner tells the view, the slice and its position in mm
     before_pan = page.evaluate("medsegViewer.nv.scene.pan2Dxyzmm.slice(0, 2)")

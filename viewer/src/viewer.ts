@@ -168,6 +168,11 @@ export class Viewer {
         centerButton: DRAG_MODE.pan,
       },
     } as any)
+    // NiiVue recomputes the image's 3D gradient (a blur and a Sobel pass over every slice) whenever the image layer
+    // is refreshed, a study's load included; only its volume rendering reads it, and this viewer never shows one
+    // (multiplanarShowRender NEVER). The build's option (vite.config.js) skips it: ~0.25 s of a software
+    // renderer's CPU per study opened, for nothing
+    ;(this.nv.opts as any).skipGradient = true
     this.slices = new SliceShader(this.nv)
     this.setTool('point')
     // registered before the viewer's own key and mouse handlers: a press counts before its message shows

@@ -17,14 +17,8 @@ export const windowLevelMethods = {
     }
     // NiiVue's own contrast path (its windowing drag): the image layer alone is drawn into its texture again;
     // updateGLVolume would redo the label layer too (a pass over the whole label map for nothing). Without the
-    // 3D gradient (vite.config.js): only volume rendering reads it, never shown here, and it was most of the cost.
-    const opts = this.nv.opts as any
-    opts.skipGradient = true
-    try {
-      this.nv.refreshLayers(vol, 0)
-    } finally {
-      opts.skipGradient = false
-    }
+    // 3D gradient (skipGradient, set once in viewer.ts): only volume rendering reads it, never shown here.
+    this.nv.refreshLayers(vol, 0)
     this.nv.drawScene()
     this.showInfo()
   },
