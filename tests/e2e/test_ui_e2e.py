@@ -2162,6 +2162,66 @@ def test_propagate_from_another_slice_while_one_walks_is_said_with_that_walks_pr
         context.close()
 
 
+
+def _review_position(page) -> int:
+    """The review's position (1-based) as the status line says it: "Review: slice K (N/M). ..."."""
+    return int(re.search(r"Review: slice \d+ \((\d+)/", page.locator("#viewer-status").inner_text()).group(1))
+
+
+def test_review_steps_pressed_quickly_each_step(browser, server, ct, monkeypatch):
+    """A hurried reviewer presses ▶ three times, or Accept twice, faster than each step's answer comes: Gradio took
+    no press of a button whose event was still running (``trigger_mode="once"``), so 3 quick ▶ went 1 or 2 slices
+    on. Pressed while a click (a fix of the slice) was still on its way, the presses were held behind it, and a
+    repeat of a held button was dropped (▶ ▶ ▶ went one slice). Each press now steps, in the order pressed. A step's
+    work is held 0.6 s on the server so that the next press always comes while it runs."""
+    from playwright.sync_api import expect
+
+    from app import review
+
+    real_step, real_accept = review.step_review, review.accept
+
+    def slow(real):
+        return lambda *a: (time.sleep(0.6), real(*a))[1]
+
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        _box(page, ct)
+        page.locator("#propagate").click()
+        _wait_status(page, "Propagated to")
+        page.locator("#review").click()
+        _wait_status(page, "Review: slice")
+        assert _review_position(page) == 1
+        monkeypatch.setattr(review, "step_review", slow(real_step))
+        monkeypatch.setattr(review, "accept", slow(real_accept))
+        for _ in range(3):
+            page.locator("#review-next").click()
+        for _ in range(2):
+            page.locator("#review-accept").click()
+        expect(page.locator("#viewer-status")).to_contain_text("(6/", timeout=30_000)
+        page.wait_for_timeout(2000)  # no step left to come
+        assert _review_position(page) == 6
+        # the same presses held behind a click on its way: each made once the click is answered
+        held: list = []
+        late = {"answer": False}
+        page.route("**/viewer-api/action", lambda r: r.continue_() if late["answer"] else held.append(r))
+        try:
+            page.locator("#tool-point").click()
+            page.mouse.click(*_xy(page, ct, *INSIDE))
+            page.wait_for_function("medsegViewer.inFlight > 0")  # the click on its way, its answer held
+            for _ in range(3):
+                page.locator("#review-prev").click()
+        finally:
+            late["answer"] = True
+            while held:
+                held.pop(0).continue_()
+        expect(page.locator("#viewer-status")).to_contain_text("(3/", timeout=30_000)
+        page.wait_for_timeout(2000)
+        assert _review_position(page) == 3
+    finally:
+        context.close()
+
 def _rubber_band(page) -> list[float] | None:
     """The bounding box (canvas CSS px) of the box being dragged as the overlay draws it (its blue dashes)."""
     return page.evaluate("""() => { const o = document.querySelector('#viewer-overlay'); const g = o.getContext('2d');

@@ -12,6 +12,9 @@ import type { Viewer } from './viewer'
 export const AFTER_QUEUE = ['#open-sample', '#export-btn', '#add-label', '#clear-label', '#propagate', '#review', '#review-prev',
   '#review-accept', '#review-cut', '#review-next', '#apply-brush', '#oneshot-set', '#oneshot-apply', '#pacs-open',
   '#pacs-export'].join(', ')
+// The review's steps (app.ui.REVIEW_STEPS): each press acts, so a repeat held behind the queue is held again (▶ ▶ ▶
+// pressed while a fix was on its way went one slice on); a repeat of another button held is one press (Export)
+const STEPS = '#review-prev, #review-next, #review-accept'
 // The page's buttons that open a study in the session: until the page's answer, a study the news poll finds is theirs
 const OPENS = '#open-sample, #pacs-open'
 
@@ -58,7 +61,7 @@ export const pageButtonMethods = {
     if (b.id === 'add-label') { e.preventDefault(); e.stopImmediatePropagation(); this.queueAddLabel(b); return }
     if (this.settled()) return
     e.preventDefault(); e.stopImmediatePropagation()
-    if (!this.held.includes(b)) this.held.push(b)
+    if (!this.held.includes(b) || b.matches(STEPS)) this.held.push(b)
     this.sayHeld((b.textContent || 'that').trim())
   },
 
