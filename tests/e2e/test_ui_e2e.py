@@ -1221,6 +1221,35 @@ def test_page_buttons_and_label_choice_made_while_clicks_are_queued_act_after_th
         context.close()
 
 
+def test_a_click_made_right_after_clear_label_is_kept(browser, server, ct):
+    """A hurried user clicks one structure, thinks better of it, presses Clear label and at once clicks another one:
+    the press was held until the viewer's queue was empty, so the second click, queued behind the first, went before
+    it and was cleared with the rest ("Cleared label 1", nothing left on the slice). A page button pressed behind
+    queued actions now takes its place in the queue: the clicks made after it wait for its page. (The model is held
+    while the gestures are made: the first click waits at the server.)"""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        _page_to(page, 7)
+        with server.runner.turn():
+            page.mouse.click(*_xy(page, ct, *LEFT_HORN))
+            page.wait_for_function("medsegViewer.inFlight > 0")
+            page.locator("#clear-label").click()
+            page.mouse.click(*_xy(page, ct, *RIGHT_HORN))
+        _wait_status(page, "Positive click")
+        _idle(page)
+        plane = server.labels(sid)[7]
+
+        def near(xy) -> bool:
+            x, y = int(xy[0]), int(xy[1])
+            return bool((plane[y - 3:y + 4, x - 3:x + 4] == 1).any())
+
+        assert near(RIGHT_HORN) and not near(LEFT_HORN), "the click made after Clear label was cleared"
+        _wait_server(lambda: _browser_labels(page) == _server_counts(server.labels(sid)), 30)
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+    finally:
+        context.close()
+
 @pytest.fixture(scope="module")
 def pacs_server(server, tmp_path_factory):
     """A second server of the package, with the PACS panel (``medseg serve --dicomweb``), launched while the package's
