@@ -1250,6 +1250,30 @@ def test_a_click_made_right_after_clear_label_is_kept(browser, server, ct):
     finally:
         context.close()
 
+def test_propagate_pressed_behind_a_box_then_paging_runs_from_the_slice_it_was_pressed_on(browser, server, ct):
+    """A box on slice 6, Propagate at once, then ↑ to look at slice 7 while the box is still on its way: the press,
+    held behind the box, was made again once the box was answered, with the slice shown then, so the walk started
+    from slice 7 and was refused ("slice 7 holds nothing of label 1: segment or draw it first"). It now runs from the
+    slice shown when it was pressed. (The model is held while the gestures are made: the box waits at the server.)"""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        with server.runner.turn():
+            _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
+            page.wait_for_function("medsegViewer.inFlight > 0")
+            page.locator("#propagate").click()
+            _page_to(page, 7)
+        page.wait_for_function("() => { const s = document.querySelector('#viewer-status');"
+                               " return s.classList.contains('mv-error') || /Propagat(ing|ed)/.test(s.textContent) }",
+                               timeout=TIMEOUT_MS)
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+        assert controller.propagation_job(server.demo.medseg_ctx, sid).start == 6
+        _wait_status(page, "Propagated to")
+        assert page.locator("#medseg-viewer").get_attribute("data-slice") == "7"  # the user's paging stays
+    finally:
+        context.close()
+
 @pytest.fixture(scope="module")
 def pacs_server(server, tmp_path_factory):
     """A second server of the package, with the PACS panel (``medseg serve --dicomweb``), launched while the package's

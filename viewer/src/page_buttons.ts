@@ -76,11 +76,21 @@ export const pageButtonMethods = {
    * to that study first, as before (sent after the open, it was refused as made on a study no longer open). */
   queuePress(this: Viewer, b: HTMLElement): void {
     this.pressesQueued.push(b)
+    // the plane shown at the press: Propagate, one-shot and Apply mask act on it (#viewer-shown goes with their event).
+    // Read at the replay, a Propagate pressed on the slice just boxed, then ↑ to look at the next one, ran from there
+    // ("slice 7 holds nothing of label 1")
+    const shownBox = () => document.querySelector('#viewer-shown textarea, #viewer-shown input') as HTMLInputElement | null
+    const shown = shownBox()?.value ?? ''
+    const tick = () => new Promise((r) => setTimeout(r, 50))  // Gradio takes a box's input on its next update
     this.queue = this.queue.then(async () => {
       try {
         const seq = () => document.querySelector('#viewer-state [data-state]')?.getAttribute('data-seq') ?? ''
         const before = seq()
+        const box = shownBox()
+        const moved = !!box && !!shown && box.value !== shown
+        if (moved) { box!.value = shown; box!.dispatchEvent(new Event('input', { bubbles: true })); await tick() }
         if (b.isConnected) b.click()  // the page's own event (not trusted: holdPageButton lets it pass)
+        if (moved) { await tick(); this.publishShown() }  // the plane shown now, for the presses after it
         const t0 = performance.now()
         while (b.isConnected && seq() === before && performance.now() - t0 < PRESS_PAGE_MS) {
           await new Promise((r) => setTimeout(r, 50))
