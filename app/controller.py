@@ -556,18 +556,31 @@ def new_object(ctx: AppContext, session: Session) -> ViewModel:
     return view_model(session, "Next click starts a new object.")
 
 
+def history_line(session: Session, kind: str, edit: Edit | None) -> str:
+    """The line for an undo or redo (``kind``), saying on which slice it acted: the edit taken back may be on a slice
+    not shown (paged away since, or made in another tab of the session), where the screen shows no change, and
+    "Undid positive click." alone made a hurried user press it again, undoing the edit before it too."""
+    if edit is None:
+        return f"Nothing to {kind}."
+    volume = session.volume
+    where = f"slice {edit.index}"
+    on = (f" on {edit.view} {where}" if edit.view is not None and volume is not None and not volume.is_2d
+          and where not in edit.description else "")
+    return f"{'Undid' if kind == 'undo' else 'Redid'} {edit.description}{on}."
+
+
 @_with_session
 def undo(ctx: AppContext, session: Session) -> ViewModel:
     edit = session.undo()
     ctx.store.save(session)
-    return view_model(session, f"Undid {edit.description}." if edit else "Nothing to undo.")
+    return view_model(session, history_line(session, "undo", edit))
 
 
 @_with_session
 def redo(ctx: AppContext, session: Session) -> ViewModel:
     edit = session.redo()
     ctx.store.save(session)
-    return view_model(session, f"Redid {edit.description}." if edit else "Nothing to redo.")
+    return view_model(session, history_line(session, "redo", edit))
 
 
 @_with_session

@@ -536,6 +536,18 @@ def _review_buttons() -> dict[str, Any]:
     return buttons
 
 
+# The review's steps: ◀ ▶ and Accept (which goes on to the next slice) act on each press. Gradio's default
+# (trigger_mode "once") took no press while the button's event ran, so ▶ pressed 3 times quickly went 1 or 2
+# slices on. All review events share one queue, one at a time, so the presses act in the order made.
+REVIEW_STEPS = ("prev", "next", "accept")
+REVIEW_QUEUE = {"concurrency_id": "review", "concurrency_limit": 1}
+
+
+def review_event(action: str) -> dict[str, Any]:
+    """Gradio event settings of a review button: every press of a step counts, all in one ordered queue."""
+    return {**REVIEW_QUEUE, "trigger_mode": "multiple" if action in REVIEW_STEPS else "once"}
+
+
 def on_shown(action: Callable[..., ViewModel]) -> Callable[..., ViewModel]:
     """``action(ctx, sid, *args)`` run on the plane the viewer shows: ``(ctx, sid, shown, *args)``, where
     ``shown`` is the page's ``#viewer-shown`` (``viewer_actions.follow_shown``), under the session's lock."""
@@ -587,7 +599,8 @@ def _wire_propagation(ctx: AppContext, button: Any, fill: Any, review_btns: dict
     load_event.then(on_load, [sid], [timer], show_progress="hidden")
     timer.tick(on_tick, [sid], outputs + [timer], show_progress="hidden")
     for action, btn in review_btns.items():
-        btn.click(lambda s, a=action: guarded(controller.review, s, a), [sid], outputs, show_progress="hidden")
+        btn.click(lambda s, a=action: guarded(controller.review, s, a), [sid], outputs, show_progress="hidden",
+                  **review_event(action))
 
 
 def _same_value(new: Any, old: Any) -> bool:

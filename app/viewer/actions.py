@@ -321,12 +321,9 @@ def act(ctx: AppContext, session: Session, body: dict[str, Any]) -> dict[str, An
         elif kind == "new_object":
             session.prompt = None
             status = "Next prompt starts a new object."
-        elif kind == "undo":
-            edit = session.undo()
-            status = f"Undid {edit.description}." if edit else "Nothing to undo."
-        elif kind == "redo":
-            edit = session.redo()
-            status = f"Redid {edit.description}." if edit else "Nothing to redo."
+        elif kind in ("undo", "redo"):
+            edit = session.undo() if kind == "undo" else session.redo()
+            status = controller.history_line(session, kind, edit)
         elif kind == "view":
             view, (index, _, _) = _where(volume, body, "mm")
             _show(session, view, index)

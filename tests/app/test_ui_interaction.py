@@ -135,7 +135,7 @@ def test_a_click_after_undo_never_resends_the_undone_point(ctx, opened):
     box_logits = session.prompt.logits.copy()
     controller.set_display(ctx, opened, "default", 40, 400, 0.45, "point −")
     controller.click(ctx, opened, 300, 300)
-    assert controller.undo(ctx, opened).status == "Undid negative click."
+    assert controller.undo(ctx, opened).status == "Undid negative click on coronal slice 6."
     np.testing.assert_array_equal(session.labels, after_box)
     controller.set_display(ctx, opened, "default", 40, 400, 0.45, "point +")
     ctx.runner.calls.clear()

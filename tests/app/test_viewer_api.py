@@ -99,6 +99,19 @@ def test_a_second_object_on_the_same_slice_and_label_keeps_the_first(ctx, opened
     assert undone["status"].startswith("Undid") and (s.region("coronal", 7) == left).all()
 
 
+
+def test_undo_and_redo_say_on_which_slice_they_acted(ctx, opened):
+    """A click on slice 7, paging to slice 3 (or a click made in another tab of the session), then ctrl+Z: the undo
+    took back the click on slice 7, out of sight, and said only "Undid positive click.", so a hurried user saw nothing
+    change and pressed it again, undoing the edit before it too. The line now says where."""
+    s = opened
+    actions.act(ctx, s, {"kind": "point", "view": "coronal", "mm": _mm(s, *LEFT_HORN), "positive": True})
+    actions.act(ctx, s, {"kind": "view", "view": "coronal", "mm": _mm(s, 128, 128, index=3)})
+    assert actions.act(ctx, s, {"kind": "undo"})["status"] == "Undid positive click on coronal slice 7."
+    assert actions.act(ctx, s, {"kind": "redo"})["status"] == "Redid positive click on coronal slice 7."
+    assert controller.undo(ctx, s.id).status == "Undid positive click on coronal slice 7."
+    assert actions.act(ctx, s, {"kind": "undo"})["status"] == "Nothing to undo."
+
 def test_box_brush_and_eraser_in_mm(ctx, opened):
     s = opened
     answer = actions.act(ctx, s, {"kind": "box", "view": "coronal", "mm": _mm(s, 90, 60), "mm2": _mm(s, 170, 140)})

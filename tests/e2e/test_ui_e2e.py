@@ -1224,6 +1224,59 @@ def test_page_buttons_and_label_choice_made_while_clicks_are_queued_act_after_th
         context.close()
 
 
+def test_a_click_made_right_after_clear_label_is_kept(browser, server, ct):
+    """A hurried user clicks one structure, thinks better of it, presses Clear label and at once clicks another one:
+    the press was held until the viewer's queue was empty, so the second click, queued behind the first, went before
+    it and was cleared with the rest ("Cleared label 1", nothing left on the slice). A page button pressed behind
+    queued actions now takes its place in the queue: the clicks made after it wait for its page. (The model is held
+    while the gestures are made: the first click waits at the server.)"""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        _page_to(page, 7)
+        with server.runner.turn():
+            page.mouse.click(*_xy(page, ct, *LEFT_HORN))
+            page.wait_for_function("medsegViewer.inFlight > 0")
+            page.locator("#clear-label").click()
+            page.mouse.click(*_xy(page, ct, *RIGHT_HORN))
+        _wait_status(page, "Positive click")
+        _idle(page)
+        plane = server.labels(sid)[7]
+
+        def near(xy) -> bool:
+            x, y = int(xy[0]), int(xy[1])
+            return bool((plane[y - 3:y + 4, x - 3:x + 4] == 1).any())
+
+        assert near(RIGHT_HORN) and not near(LEFT_HORN), "the click made after Clear label was cleared"
+        _wait_server(lambda: _browser_labels(page) == _server_counts(server.labels(sid)), 30)
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+    finally:
+        context.close()
+
+def test_propagate_pressed_behind_a_box_then_paging_runs_from_the_slice_it_was_pressed_on(browser, server, ct):
+    """A box on slice 6, Propagate at once, then ↑ to look at slice 7 while the box is still on its way: the press,
+    held behind the box, was made again once the box was answered, with the slice shown then, so the walk started
+    from slice 7 and was refused ("slice 7 holds nothing of label 1: segment or draw it first"). It now runs from the
+    slice shown when it was pressed. (The model is held while the gestures are made: the box waits at the server.)"""
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        with server.runner.turn():
+            _drag(page, _xy(page, ct, *BOX[0]), _xy(page, ct, *BOX[1]))
+            page.wait_for_function("medsegViewer.inFlight > 0")
+            page.locator("#propagate").click()
+            _page_to(page, 7)
+        page.wait_for_function("() => { const s = document.querySelector('#viewer-status');"
+                               " return s.classList.contains('mv-error') || /Propagat(ing|ed)/.test(s.textContent) }",
+                               timeout=TIMEOUT_MS)
+        assert page.locator("#viewer-status.mv-error").count() == 0, page.locator("#viewer-status").inner_text()
+        assert controller.propagation_job(server.demo.medseg_ctx, sid).start == 6
+        _wait_status(page, "Propagated to")
+        assert page.locator("#medseg-viewer").get_attribute("data-slice") == "7"  # the user's paging stays
+    finally:
+        context.close()
+
 @pytest.fixture(scope="module")
 def pacs_server(server, tmp_path_factory):
     """A second server of the package, with the PACS panel (``medseg serve --dicomweb``), launched while the package's
@@ -2164,6 +2217,66 @@ def test_propagate_from_another_slice_while_one_walks_is_said_with_that_walks_pr
     finally:
         context.close()
 
+
+
+def _review_position(page) -> int:
+    """The review's position (1-based) as the status line says it: "Review: slice K (N/M). ..."."""
+    return int(re.search(r"Review: slice \d+ \((\d+)/", page.locator("#viewer-status").inner_text()).group(1))
+
+
+def test_review_steps_pressed_quickly_each_step(browser, server, ct, monkeypatch):
+    """A hurried reviewer presses ▶ three times, or Accept twice, faster than each step's answer comes: Gradio took
+    no press of a button whose event was still running (``trigger_mode="once"``), so 3 quick ▶ went 1 or 2 slices
+    on. Pressed while a click (a fix of the slice) was still on its way, the presses were held behind it, and a
+    repeat of a held button was dropped (▶ ▶ ▶ went one slice). Each press now steps, in the order pressed. A step's
+    work is held 0.6 s on the server so that the next press always comes while it runs."""
+    from playwright.sync_api import expect
+
+    from app import review
+
+    real_step, real_accept = review.step_review, review.accept
+
+    def slow(real):
+        return lambda *a: (time.sleep(0.6), real(*a))[1]
+
+    context, page, sid = _open_page(browser, server)
+    try:
+        _open_sample(page)
+        page.keyboard.press("b")
+        _box(page, ct)
+        page.locator("#propagate").click()
+        _wait_status(page, "Propagated to")
+        page.locator("#review").click()
+        _wait_status(page, "Review: slice")
+        assert _review_position(page) == 1
+        monkeypatch.setattr(review, "step_review", slow(real_step))
+        monkeypatch.setattr(review, "accept", slow(real_accept))
+        for _ in range(3):
+            page.locator("#review-next").click()
+        for _ in range(2):
+            page.locator("#review-accept").click()
+        expect(page.locator("#viewer-status")).to_contain_text("(6/", timeout=30_000)
+        page.wait_for_timeout(2000)  # no step left to come
+        assert _review_position(page) == 6
+        # the same presses held behind a click on its way: each made once the click is answered
+        held: list = []
+        late = {"answer": False}
+        page.route("**/viewer-api/action", lambda r: r.continue_() if late["answer"] else held.append(r))
+        try:
+            page.locator("#tool-point").click()
+            page.mouse.click(*_xy(page, ct, *INSIDE))
+            page.wait_for_function("medsegViewer.inFlight > 0")  # the click on its way, its answer held
+            for _ in range(3):
+                page.locator("#review-prev").click()
+        finally:
+            late["answer"] = True
+            while held:
+                held.pop(0).continue_()
+        expect(page.locator("#viewer-status")).to_contain_text("(3/", timeout=30_000)
+        page.wait_for_timeout(2000)
+        assert _review_position(page) == 3
+    finally:
+        context.close()
 
 def _rubber_band(page) -> list[float] | None:
     """The bounding box (canvas CSS px) of the box being dragged as the overlay draws it (its blue dashes)."""

@@ -120,9 +120,13 @@ export const actionQueueMethods = {
         if (body.kind === 'view' || body.kind === 'point' || body.kind === 'box') this.encodeWanted = true
         if (this.inFlight === 0) {
           if (this.state && this.labelsNewer(this.state.boot, this.state.rev) && this.study === this.state.study) this.reloadLabels()
-          if (this.syncWanted || this.tableStale) { this.syncWanted = false; this.tableStale = false; this.syncPage() }
+          // a page button queued next (queuePress) brings a page built after these actions; a sync's page, come while
+          // the press waits, was taken for the press's own and let the actions behind it go before its event ran
+          if ((this.syncWanted || this.tableStale) && !this.pressesQueued.length) {
+            this.syncWanted = false; this.tableStale = false; this.syncPage()
+          }
           if (this.encodeWanted || this.readyWanted) { this.encodeWanted = false; this.requestEncode() }
-          if (this.labelChanges === 0) this.releaseHeld()  // else after the label change (queueAddLabel)
+          if (this.settled()) this.releaseHeld()  // else after the label change or press queued (page_buttons.ts)
         }
       }
     })

@@ -12,6 +12,11 @@ import type { Viewer } from './viewer'
 export const AFTER_QUEUE = ['#open-sample', '#export-btn', '#add-label', '#clear-label', '#propagate', '#review', '#review-prev',
   '#review-accept', '#review-cut', '#review-next', '#apply-brush', '#oneshot-set', '#oneshot-apply', '#pacs-open',
   '#pacs-export'].join(', ')
+// The review's steps (app.ui.REVIEW_STEPS): each press acts, so a repeat held behind the queue is held again (▶ ▶ ▶
+// pressed while a fix was on its way went one slice on); a repeat of another button held is one press (Export)
+const STEPS = '#review-prev, #review-next, #review-accept'
+// How long a press queued behind actions waits for its page before the actions behind it go on (queuePress)
+const PRESS_PAGE_MS = 10_000
 // The page's buttons that open a study in the session: until the page's answer, a study the news poll finds is theirs
 const OPENS = '#open-sample, #pacs-open'
 
@@ -58,8 +63,43 @@ export const pageButtonMethods = {
     if (b.id === 'add-label') { e.preventDefault(); e.stopImmediatePropagation(); this.queueAddLabel(b); return }
     if (this.settled()) return
     e.preventDefault(); e.stopImmediatePropagation()
-    if (!this.held.includes(b)) this.held.push(b)
+    if (b.matches(OPENS)) {  // a click made after it was made on the study shown: it goes there first (queuePress)
+      if (!this.held.includes(b)) this.held.push(b)
+    } else if (this.pressesQueued.at(-1) !== b || b.matches(STEPS)) this.queuePress(b)
     this.sayHeld((b.textContent || 'that').trim())
+  },
+
+  /** A page button pressed behind queued actions takes its place in the queue: pressed when the actions before it
+   * are answered, and the actions made after it wait for its page (the event done; PRESS_PAGE_MS at most). Held
+   * until the queue was empty, a click made right after Clear label went first and was cleared with the rest (click,
+   * Clear label, click elsewhere: nothing left). Not a study's open: a click made after it, on the study shown, goes
+   * to that study first, as before (sent after the open, it was refused as made on a study no longer open). */
+  queuePress(this: Viewer, b: HTMLElement): void {
+    this.pressesQueued.push(b)
+    // the plane shown at the press: Propagate, one-shot and Apply mask act on it (#viewer-shown goes with their event).
+    // Read at the replay, a Propagate pressed on the slice just boxed, then ↑ to look at the next one, ran from there
+    // ("slice 7 holds nothing of label 1")
+    const shownBox = () => document.querySelector('#viewer-shown textarea, #viewer-shown input') as HTMLInputElement | null
+    const shown = shownBox()?.value ?? ''
+    const tick = () => new Promise((r) => setTimeout(r, 50))  // Gradio takes a box's input on its next update
+    this.queue = this.queue.then(async () => {
+      try {
+        const seq = () => document.querySelector('#viewer-state [data-state]')?.getAttribute('data-seq') ?? ''
+        const before = seq()
+        const box = shownBox()
+        const moved = !!box && !!shown && box.value !== shown
+        if (moved) { box!.value = shown; box!.dispatchEvent(new Event('input', { bubbles: true })); await tick() }
+        if (b.isConnected) b.click()  // the page's own event (not trusted: holdPageButton lets it pass)
+        if (moved) { await tick(); this.publishShown() }  // the plane shown now, for the presses after it
+        const t0 = performance.now()
+        while (b.isConnected && seq() === before && performance.now() - t0 < PRESS_PAGE_MS) {
+          await new Promise((r) => setTimeout(r, 50))
+        }
+      } finally {
+        this.pressesQueued.splice(this.pressesQueued.indexOf(b), 1)
+        if (this.settled()) this.releaseHeld()
+      }
+    })
   },
 
   /** The status line for a press or pick held behind the queue: what waits for what. */
@@ -103,9 +143,9 @@ export const pageButtonMethods = {
     e.returnValue = ''
   },
 
-  /** Nothing queued: no prompt on its way and no label change waiting for the page. */
+  /** Nothing queued: no prompt on its way, no label change or page button waiting for the page. */
   settled(this: Viewer): boolean {
-    return this.inFlight === 0 && this.labelChanges === 0
+    return this.inFlight === 0 && this.labelChanges === 0 && this.pressesQueued.length === 0
   },
 
   /** Open sample or Open from PACS pressed (and sent: a press held by :meth:`holdPageButton` stops before this

@@ -125,6 +125,7 @@ export class Viewer {
   editsQueued = 0  // label edits (prompts, strokes, undo, redo) sent or waiting in the queue: a reload asks first
   labelChanges = 0  // label choices and Add label presses queued: prompts made meanwhile take their label when sent
   chosen: { label: number } | null = null  // the newest label choice still on its way (H hides its label: shownActive)
+  pressesQueued: HTMLElement[] = []  // page buttons pressed behind queued actions, each waiting its turn (queuePress)
   held: HTMLElement[] = []  // the page's buttons pressed while prompts were queued (AFTER_QUEUE), pressed again after
   heldUploads: HTMLInputElement[] = []  // Upload's file input, its files chosen while prompts were queued (holdUpload)
   heldPicks: (() => void)[] = []  // series picks waiting for the queue (pickAfterQueue): each lets its pick leave
