@@ -11,6 +11,8 @@ logits back to the original image in NumPy/torch with the model's own geometry.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -84,14 +86,25 @@ class DecoderOnnx(nn.Module):
         return masks, iou
 
 
-def export_encoder(segmenter: Segmenter, path: str | Path) -> Path:
-    """Write the image encoder (preprocessed image -> embedding) as ONNX to ``path``."""
+@contextmanager
+def _exporting(segmenter: Segmenter, path: str | Path) -> Iterator[Path]:
+    """The model on the CPU, no grad, the tracer's notes silenced (parity is tested instead) while ``path`` is
+    written; the model goes back to its device after."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    size = segmenter.geometry.target
     model = segmenter.model.to("cpu")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on constants; parity is tested instead
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield path
+    finally:
+        model.to(segmenter.device)
+
+
+def export_encoder(segmenter: Segmenter, path: str | Path) -> Path:
+    """Write the image encoder (preprocessed image -> embedding) as ONNX to ``path``."""
+    size = segmenter.geometry.target
+    with _exporting(segmenter, path) as path:
         torch.onnx.export(
             EncoderOnnx(segmenter).eval(),
             (torch.zeros(1, 3, size, size),),
@@ -102,27 +115,15 @@ def export_encoder(segmenter: Segmenter, path: str | Path) -> Path:
             opset_version=OPSET,
             dynamo=False,
         )
-    model.to(segmenter.device)
     return path
 
 
 def export_decoder(segmenter: Segmenter, path: str | Path) -> Path:
     """Write the prompt encoder + mask decoder (embedding, points, mask -> logits, IoU) as ONNX to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    size = segmenter.geometry.target
-    model = segmenter.model.to("cpu")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    size, low = segmenter.geometry.target, segmenter.low_res_size
+    with _exporting(segmenter, path) as path:
         emb = EncoderOnnx(segmenter).eval()(torch.zeros(1, 3, size, size))  # the embedding's shape, per variant
-        low = segmenter.low_res_size
-        args = (
-            emb,
-            torch.zeros(1, 3, 2),
-            torch.tensor([[1.0, 2.0, 3.0]]),
-            torch.zeros(1, 1, low, low),
-            torch.zeros(1),
-        )
+        args = (emb, torch.zeros(1, 3, 2), torch.tensor([[1.0, 2.0, 3.0]]), torch.zeros(1, 1, low, low), torch.zeros(1))
         torch.onnx.export(
             DecoderOnnx(segmenter).eval(),
             args,
@@ -133,6 +134,4 @@ def export_decoder(segmenter: Segmenter, path: str | Path) -> Path:
             opset_version=OPSET,
             dynamo=False,
         )
-    model.to(segmenter.device)
     return path
-
